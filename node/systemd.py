@@ -1,0 +1,111 @@
+"""systemd readiness and watchdog notifications (the sd_notify protocol).
+
+Under ``Type=notify`` systemd passes ``$NOTIFY_SOCKET`` (a filesystem path or an
+abstract ``@name``) and, with ``WatchdogSec=``, ``$WATCHDOG_USEC``. Each
+notification is one datagram of ``KEY=VALUE`` lines. Sending never raises:
+without systemd the notifier is disabled, and a failed send is only logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class SystemdNotifier:
+    """Sends READY/STATUS/WATCHDOG/STOPPING to systemd; a no-op when not under it."""
+
+    def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
+        self._address = _socket_address(address) if address else None
+        self._watchdog_usec = watchdog_usec
+        self._sock: socket.socket | None = None
+        if self._address is not None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemdNotifier:
+        """Build from ``$NOTIFY_SOCKET`` / ``$WATCHDOG_USEC`` (/ ``$WATCHDOG_PID``)."""
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET") or None
+        if address is not None and not address.startswith(("/", "@")):
+            log.warning("unsupported NOTIFY_SOCKET, systemd notifications off", address=address)
+            address = None
+        watchdog_usec: int | None = None
+        raw_usec = env.get("WATCHDOG_USEC")
+        watchdog_pid = env.get("WATCHDOG_PID")
+        # As sd_watchdog_enabled(): the watchdog is ours only if no other pid is named.
+        if raw_usec and (not watchdog_pid or watchdog_pid == str(os.getpid())):
+            try:
+                watchdog_usec = int(raw_usec)
+            except ValueError:
+                log.warning("invalid WATCHDOG_USEC ignored", value=raw_usec)
+        return cls(address, watchdog_usec if watchdog_usec and watchdog_usec > 0 else None)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a notify socket is configured."""
+        return self._sock is not None
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between ``watchdog()`` pings: half of ``WatchdogSec``, or None."""
+        if self._watchdog_usec is None:
+            return None
+        return self._watchdog_usec / 2 / 1_000_000
+
+    def ready(self) -> None:
+        """Tell systemd start-up is complete."""
+        self.notify("READY=1")
+
+    def status(self, text: str) -> None:
+        """Set the one-line status shown by ``systemctl status``."""
+        self.notify("STATUS=" + text.replace("\n", " "))
+
+    def watchdog(self) -> None:
+        """Keep-alive ping for ``WatchdogSec``."""
+        self.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        """Tell systemd a graceful shutdown has begun."""
+        self.notify("STOPPING=1")
+
+    def notify(self, message: str) -> None:
+        """Send one raw notification datagram; logs, never raises."""
+        if self._sock is None or self._address is None:
+            return
+        try:
+            self._sock.sendto(message.encode(), self._address)
+        except OSError as exc:
+            log.warning("systemd notify failed", message=message, error=str(exc))
+
+    async def watchdog_loop(self) -> None:
+        """Ping the watchdog every ``watchdog_interval()`` until cancelled.
+
+        Run it as a task on the event loop: if the loop stalls, pings stop and
+        systemd restarts the node, which is the point.
+        """
+        interval = self.watchdog_interval()
+        if interval is None or not self.enabled:
+            return
+        while True:
+            self.watchdog()
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        """Close the socket; later notifications are dropped."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _socket_address(address: str) -> str | bytes:
+    if address.startswith("@"):
+        # Abstract namespace: a leading NUL byte instead of '@'.
+        return b"\0" + address[1:].encode()
+    return address

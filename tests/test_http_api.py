@@ -1,0 +1,196 @@
+"""The HTTP endpoint served by uvicorn on 127.0.0.1, scraped with httpx."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from node.http_api import HealthReport, HttpServer, HttpServerError, create_app
+from node.metrics import NodeMetrics
+
+HOST = "127.0.0.1"
+
+
+class FakeDaemonState:
+    """Plain state the callables read, as the daemon's would be."""
+
+    def __init__(self) -> None:
+        self.health = HealthReport(ok=True)
+        self.status: dict[str, Any] = {"peer_id": "16Uiu2HAm-test", "models": ["smollm2-135m"]}
+
+    def get_health(self) -> HealthReport:
+        return self.health
+
+    def get_status(self) -> dict[str, Any]:
+        return self.status
+
+
+@pytest.fixture
+def metrics() -> NodeMetrics:
+    return NodeMetrics()
+
+
+@pytest.fixture
+def state() -> FakeDaemonState:
+    return FakeDaemonState()
+
+
+@pytest.fixture
+async def server(metrics: NodeMetrics, state: FakeDaemonState) -> AsyncIterator[HttpServer]:
+    srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+    await srv.start(HOST, 0)
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def client(server: HttpServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{HOST}:{server.port}", timeout=5) as c:
+        yield c
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_scrape_reflects_updates(
+    client: httpx.AsyncClient, metrics: NodeMetrics
+) -> None:
+    metrics.tasks_received.inc(3)
+    metrics.tasks_taken.inc()
+    metrics.tasks_completed.inc()
+    metrics.tasks_failed.inc()
+    metrics.reject("expired")
+    metrics.ignore("no_model")
+    metrics.task_latency_seconds.observe(1.5)
+    metrics.task_queue_wait_seconds.observe(0.02)
+    metrics.record_generation("smollm2-135m", 120, 1.0)
+    metrics.peers.set(4)
+    metrics.mesh_peers.labels(topic="tasks/v1").set(3)
+    metrics.journal_backlog.set(2)
+    metrics.capacity_free.set(1)
+    metrics.tasks_running.set(1)
+
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    got = samples(resp.text)
+    assert got[("compute_node_tasks_received_total", ())] == 3
+    assert got[("compute_node_tasks_taken_total", ())] == 1
+    assert got[("compute_node_tasks_completed_total", ())] == 1
+    assert got[("compute_node_tasks_failed_total", ())] == 1
+    assert got[("compute_node_tasks_rejected_total", (("reason", "expired"),))] == 1
+    assert got[("compute_node_tasks_ignored_total", (("reason", "no_model"),))] == 1
+    assert got[("compute_node_task_latency_seconds_count", ())] == 1
+    assert got[("compute_node_task_latency_seconds_sum", ())] == 1.5
+    assert got[("compute_node_task_queue_wait_seconds_bucket", (("le", "0.05"),))] == 1
+    assert got[("compute_node_tokens_generated_total", (("model", "smollm2-135m"),))] == 120
+    assert got[("compute_node_tokens_per_second", (("model", "smollm2-135m"),))] == 120
+    assert got[("compute_node_peers", ())] == 4
+    assert got[("compute_node_mesh_peers", (("topic", "tasks/v1"),))] == 3
+    assert got[("compute_node_journal_backlog", ())] == 2
+    assert got[("compute_node_capacity_free", ())] == 1
+    assert got[("compute_node_tasks_running", ())] == 1
+
+    metrics.tasks_received.inc()
+    again = samples((await client.get("/metrics")).text)
+    assert again[("compute_node_tasks_received_total", ())] == 4
+
+
+def test_each_node_metrics_has_its_own_registry() -> None:
+    a, b = NodeMetrics(), NodeMetrics()
+    a.tasks_received.inc()
+    assert samples(b.render()[0].decode())[("compute_node_tasks_received_total", ())] == 0
+
+
+async def test_healthz_ok_then_unhealthy(client: httpx.AsyncClient, state: FakeDaemonState) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+
+    state.health = HealthReport(ok=False, reason="no peers for 120 s")
+    resp = await client.get("/healthz")
+    assert resp.status_code == 503
+    assert resp.json() == {"status": "unhealthy", "reason": "no peers for 120 s"}
+
+
+async def test_healthz_probe_that_raises_is_unhealthy(
+    metrics: NodeMetrics, state: FakeDaemonState
+) -> None:
+    def broken() -> HealthReport:
+        raise RuntimeError("journal closed")
+
+    srv = HttpServer(create_app(metrics, broken, state.get_status))
+    await srv.start(HOST, 0)
+    try:
+        async with httpx.AsyncClient(timeout=5) as c:
+            resp = await c.get(f"http://{HOST}:{srv.port}/healthz")
+        assert resp.status_code == 503 and "journal closed" in resp.json()["reason"]
+    finally:
+        await srv.stop()
+
+
+async def test_status_returns_the_daemon_dict(client: httpx.AsyncClient, state: FakeDaemonState) -> None:
+    resp = await client.get("/status")
+    assert resp.status_code == 200 and resp.json() == state.status
+    state.status = {"peer_id": "x", "running": 2}
+    assert (await client.get("/status")).json() == {"peer_id": "x", "running": 2}
+
+
+async def test_taken_port_gives_a_clear_error(
+    metrics: NodeMetrics, state: FakeDaemonState
+) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((HOST, 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+        with pytest.raises(HttpServerError, match=f"{HOST}:{port}"):
+            await srv.start(HOST, port)
+    finally:
+        holder.close()
+
+
+async def test_stop_releases_port_and_leaves_signal_handlers(
+    metrics: NodeMetrics, state: FakeDaemonState
+) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+    await srv.start(HOST, 0)
+    port = srv.port
+    assert port
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    await srv.stop()
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(timeout=2) as c:
+            await c.get(f"http://{HOST}:{port}/healthz")
+    # The same port can be bound again right away (a restart).
+    again = HttpServer(create_app(metrics, state.get_health, state.get_status))
+    await again.start(HOST, port)
+    await again.stop()
+
+
+def test_serves_under_uvloop(metrics: NodeMetrics, state: FakeDaemonState) -> None:
+    """The daemon runs uvloop; the server must start, answer and stop there too."""
+    import uvloop
+
+    async def scenario() -> int:
+        srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+        await srv.start(HOST, 0)
+        try:
+            async with httpx.AsyncClient(timeout=5) as c:
+                return (await c.get(f"http://{HOST}:{srv.port}/healthz")).status_code
+        finally:
+            await srv.stop()
+
+    assert uvloop.run(scenario()) == 200
