@@ -1,0 +1,302 @@
+"""The P2P layer with real libp2p hosts on 127.0.0.1 (TCP + Noise + Yamux, gossipsub)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from node.p2p import GossipMessage, MessageTooLargeError, P2PError, P2PHost
+from node.p2p_logging import SERVICE_LOGGERS, route_libp2p_logging
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+TOPIC = "task"
+WAIT_S = 10.0
+
+HostFactory = Callable[..., Awaitable[P2PHost]]
+
+
+@pytest.fixture
+async def make_host() -> AsyncIterator[HostFactory]:
+    """Start hosts on loopback; all are stopped at teardown."""
+    hosts: list[P2PHost] = []
+
+    async def make(**kwargs: object) -> P2PHost:
+        host = P2PHost(secrets.token_bytes(32), [LOOPBACK], **kwargs)  # type: ignore[arg-type]
+        await host.start()
+        hosts.append(host)
+        return host
+
+    yield make
+    await asyncio.gather(*(host.stop() for host in hosts))
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_mesh(host: P2PHost, topic: str, peers: int) -> None:
+    async def meshed() -> bool:
+        return (await host.mesh_sizes()).get(topic, 0) >= peers
+
+    await wait_until(meshed, f"{host.peer_id} to mesh {peers} peer(s) on {topic!r}")
+
+
+async def link(a: P2PHost, b: P2PHost) -> None:
+    assert await b.connect(a.listen_addrs[0]) == a.peer_id
+
+
+async def receive(queue: asyncio.Queue[GossipMessage], timeout: float = WAIT_S) -> GossipMessage:
+    return await asyncio.wait_for(queue.get(), timeout)
+
+
+async def pair(make_host: HostFactory, **kwargs: object) -> tuple[P2PHost, P2PHost, asyncio.Queue, asyncio.Queue]:
+    """Two connected hosts subscribed to TOPIC, meshed; returns (a, b, a's queue, b's queue)."""
+    a, b = await make_host(**kwargs), await make_host(**kwargs)
+    qa, qb = await a.subscribe(TOPIC), await b.subscribe(TOPIC)
+    await link(a, b)
+    await wait_for_mesh(a, TOPIC, 1)
+    await wait_for_mesh(b, TOPIC, 1)
+    return a, b, qa, qb
+
+
+def test_peer_id_of_fixed_secret() -> None:
+    secret = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
+    first, second = P2PHost(secret, [LOOPBACK]), P2PHost(secret, [LOOPBACK])
+    assert first.peer_id.startswith("16Uiu2")
+    assert first.peer_id == second.peer_id
+    assert P2PHost(secrets.token_bytes(32), [LOOPBACK]).peer_id != first.peer_id
+
+
+def test_bad_secret_is_rejected() -> None:
+    with pytest.raises(P2PError, match="secret"):
+        P2PHost(b"short", [LOOPBACK])
+
+
+async def test_listen_addrs_have_real_port_and_peer_id(make_host: HostFactory) -> None:
+    host = await make_host()
+    [addr] = host.listen_addrs
+    parts = addr.split("/")
+    assert parts[1:3] == ["ip4", "127.0.0.1"] and parts[3] == "tcp"
+    assert int(parts[4]) > 0
+    assert addr.endswith(f"/p2p/{host.peer_id}")
+
+
+async def test_two_hosts_exchange_both_ways(make_host: HostFactory) -> None:
+    a, b, qa, qb = await pair(make_host)
+    assert await a.peers() == [b.peer_id]
+    await a.publish(TOPIC, b"from a")
+    assert await receive(qb) == GossipMessage(TOPIC, b"from a", a.peer_id)
+    await b.publish(TOPIC, b"from b")
+    assert await receive(qa) == GossipMessage(TOPIC, b"from b", b.peer_id)
+    # Own messages are not delivered locally (a's own would have queued before b's).
+    assert qa.empty() and qb.empty()
+
+
+async def test_message_is_relayed_along_a_line(make_host: HostFactory) -> None:
+    a, b, c = await make_host(), await make_host(), await make_host()
+    qc = await c.subscribe(TOPIC)
+    await a.subscribe(TOPIC)
+    await b.subscribe(TOPIC)
+    await link(a, b)
+    await link(b, c)
+    await wait_for_mesh(b, TOPIC, 2)
+    await wait_for_mesh(c, TOPIC, 1)
+    assert a.peer_id not in await c.peers()
+    await a.publish(TOPIC, b"via b")
+    assert await receive(qc) == GossipMessage(TOPIC, b"via b", a.peer_id)
+
+
+async def test_rejecting_validator_stops_delivery_and_relay(make_host: HostFactory) -> None:
+    def no_bad(topic: str, data: bytes) -> bool:
+        return topic == TOPIC and not data.startswith(b"bad")
+
+    a, b, c = await make_host(), await make_host(), await make_host()
+    await a.subscribe(TOPIC)
+    qb = await b.subscribe(TOPIC, validator=no_bad)
+    qc = await c.subscribe(TOPIC)
+    await link(a, b)
+    await link(b, c)
+    await wait_for_mesh(b, TOPIC, 2)
+    await wait_for_mesh(c, TOPIC, 1)
+    await a.publish(TOPIC, b"bad message")
+    await a.publish(TOPIC, b"good message")
+    assert (await receive(qb)).data == b"good message"
+    assert (await receive(qc)).data == b"good message"
+    assert qb.empty() and qc.empty()
+
+
+async def test_raising_validator_rejects_and_host_keeps_working(make_host: HostFactory) -> None:
+    def explode_on_boom(topic: str, data: bytes) -> bool:
+        if data == b"boom":
+            raise ValueError("validator bug")
+        return True
+
+    a, b = await make_host(), await make_host()
+    qa = await a.subscribe(TOPIC)
+    qb = await b.subscribe(TOPIC, validator=explode_on_boom)
+    await link(a, b)
+    await wait_for_mesh(a, TOPIC, 1)
+    await a.publish(TOPIC, b"boom")
+    await a.publish(TOPIC, b"fine")
+    assert (await receive(qb)).data == b"fine"
+    await b.publish(TOPIC, b"b still publishes")
+    assert (await receive(qa)).data == b"b still publishes"
+    assert qb.empty()
+
+
+async def test_oversize_publish_raises_and_sends_nothing(make_host: HostFactory) -> None:
+    a, _, _, qb = await pair(make_host)
+    limit = a.max_message_bytes
+    assert limit == 256 * 1024
+    with pytest.raises(MessageTooLargeError, match=str(limit)):
+        await a.publish(TOPIC, b"x" * (limit + 1))
+    await a.publish(TOPIC, b"y" * limit)  # exactly at the limit is fine
+    assert (await receive(qb)).data == b"y" * limit
+    assert qb.empty()
+
+
+async def test_receiver_rejects_messages_over_its_limit(make_host: HostFactory) -> None:
+    big_sender = await make_host(max_message_bytes=4096)
+    small_receiver = await make_host(max_message_bytes=1024)
+    await big_sender.subscribe(TOPIC)
+    queue = await small_receiver.subscribe(TOPIC)
+    await link(big_sender, small_receiver)
+    await wait_for_mesh(big_sender, TOPIC, 1)
+    await big_sender.publish(TOPIC, b"z" * 2000)
+    await big_sender.publish(TOPIC, b"small")
+    assert (await receive(queue)).data == b"small"
+    assert queue.empty()
+
+
+async def test_burst_of_300_messages_all_arrive(make_host: HostFactory) -> None:
+    a, _, _, qb = await pair(make_host)
+    sent = [f"message {i:03d} ".encode() + b"." * 200 for i in range(300)]
+    for data in sent:
+        await a.publish(TOPIC, data)
+    received = [(await receive(qb)).data for _ in sent]
+    assert sorted(received) == sorted(sent)
+
+
+async def test_same_data_twice_is_delivered_once(make_host: HostFactory) -> None:
+    a, b, qa, qb = await pair(make_host)
+    await a.publish(TOPIC, b"same envelope")
+    await a.publish(TOPIC, b"same envelope")
+    await a.publish(TOPIC, b"marker")
+    assert (await receive(qb)).data == b"same envelope"
+    assert (await receive(qb)).data == b"marker"
+    await b.publish(TOPIC, b"same envelope")  # b has seen it: not sent back to a
+    await b.publish(TOPIC, b"marker from b")
+    assert (await receive(qa)).data == b"marker from b"
+    assert qa.empty() and qb.empty()
+
+
+async def test_full_queue_drops_and_counts(make_host: HostFactory) -> None:
+    a = await make_host()
+    b = await make_host(queue_size=5)
+    await a.subscribe(TOPIC)
+    qb = await b.subscribe(TOPIC)
+    await link(a, b)
+    await wait_for_mesh(a, TOPIC, 1)
+    for i in range(20):
+        await a.publish(TOPIC, f"m{i}".encode())
+
+    async def all_accounted() -> bool:
+        return qb.qsize() + b.dropped_messages == 20
+
+    await wait_until(all_accounted, "20 messages delivered or dropped")
+    assert qb.qsize() == 5 and b.dropped_messages == 15
+
+
+async def test_port_in_use_fails_naming_the_address(make_host: HostFactory) -> None:
+    first = await make_host()
+    port = first.listen_addrs[0].split("/")[4]
+    taken = f"/ip4/127.0.0.1/tcp/{port}"
+    second = P2PHost(secrets.token_bytes(32), [taken])
+    with pytest.raises(P2PError, match=taken):
+        await asyncio.wait_for(second.start(), WAIT_S)
+    await second.stop()
+
+
+async def test_dial_failures_raise_p2p_error(make_host: HostFactory) -> None:
+    a, b = await make_host(), await make_host()
+    with pytest.raises(P2PError, match="invalid peer multiaddr"):
+        await a.connect("not-a-multiaddr")
+    with pytest.raises(P2PError, match="our own"):
+        await a.connect(a.listen_addrs[0])
+    port = b.listen_addrs[0].split("/")[4]
+    await b.stop()
+    started = time.monotonic()
+    with pytest.raises(P2PError, match=port):
+        await a.connect(f"/ip4/127.0.0.1/tcp/{port}/p2p/{b.peer_id}", timeout=3.0)
+    assert time.monotonic() - started < 5.0
+    assert await a.peers() == []
+
+
+async def test_subscribing_twice_is_an_error(make_host: HostFactory) -> None:
+    host = await make_host()
+    await host.subscribe(TOPIC)
+    with pytest.raises(P2PError, match="already subscribed"):
+        await host.subscribe(TOPIC)
+
+
+async def test_stop_under_traffic_is_clean_bounded_and_idempotent(make_host: HostFactory) -> None:
+    a, b, _, qb = await pair(make_host)
+
+    async def flood() -> int:
+        count = 0
+        try:
+            while True:
+                await a.publish(TOPIC, f"flood {count}".encode())
+                count += 1
+        except P2PError:
+            return count
+
+    flooding = asyncio.create_task(flood())
+    await receive(qb)  # traffic is flowing
+    started = time.monotonic()
+    await b.stop()
+    await a.stop()
+    assert time.monotonic() - started < 5.0
+    assert await asyncio.wait_for(flooding, WAIT_S) > 0
+    await a.stop()  # idempotent
+    await b.stop()
+    alive = {thread.name for thread in threading.enumerate()}
+    assert a.thread_name not in alive and b.thread_name not in alive
+    with pytest.raises(P2PError, match="not running"):
+        await a.publish(TOPIC, b"after stop")
+
+
+def test_libp2p_logs_reach_our_logging_and_shutdown_noise_is_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    route_libp2p_logging("WARNING")
+    swarm_log = logging.getLogger(SERVICE_LOGGERS[0])
+    closed = ExceptionGroup("nursery", [RuntimeError("Nursery is closed to new arrivals")])
+    with caplog.at_level(logging.WARNING):
+        for error in (closed, ValueError("real failure")):
+            try:
+                raise error
+            except (ExceptionGroup, ValueError):
+                swarm_log.error("task exited with error", exc_info=True)
+        logging.getLogger("libp2p.pubsub.pubsub").info("below the routed level")
+    [record] = caplog.records
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
+
+
+async def test_stop_during_start_is_bounded() -> None:
+    host = P2PHost(secrets.token_bytes(32), [LOOPBACK])
+    starting = asyncio.create_task(host.start())
+    await asyncio.sleep(0)  # the thread is started, the host is not ready yet
+    await asyncio.wait_for(host.stop(), WAIT_S)
+    with pytest.raises(P2PError, match="stopped while starting"):
+        await asyncio.wait_for(starting, WAIT_S)
+    assert host.thread_name not in {thread.name for thread in threading.enumerate()}
