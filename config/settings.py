@@ -1,0 +1,193 @@
+"""The node's settings: defaults < TOML file < environment (COMPUTE_NODE_*) < CLI flags.
+
+Every setting is one flat field, so the same name works everywhere: the TOML key
+`max_queue`, the variable `COMPUTE_NODE_MAX_QUEUE` and the flag `--max-queue`.
+List settings accept a JSON array or a comma-separated string in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "COMPUTE_NODE_"
+DEFAULT_MODEL = "smollm2:135m"
+
+
+class ConfigError(Exception):
+    """A setting is invalid or the config file cannot be read; the message names it."""
+
+
+StrList = Annotated[list[str], NoDecode]
+
+# Repeatable flags read better in the singular: --model A --model B.
+_SINGULAR_FLAGS = {"models": "model", "publishers": "publisher"}
+
+
+def cli_flag(name: str) -> str:
+    """The command-line flag of a setting: `max_queue` -> `--max-queue`."""
+    return "--" + _SINGULAR_FLAGS.get(name, name).replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a setting: `max_queue` -> `COMPUTE_NODE_MAX_QUEUE`."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. See config/example.toml for a commented file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Identity and storage
+    data_dir: Path = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
+    secret_key: str | None = Field(default=None, description="Node secret key (hex); default: <data_dir>/identity.key")
+
+    # Network
+    listen: StrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
+    bootstrap: StrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
+    heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
+    redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
+    publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are taken")
+
+    # Models and runtime
+    models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")
+    registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
+    n_ctx: int = Field(default=2048, ge=256, description="Context window per model")
+    n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
+    n_gpu_layers: int | None = Field(default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)")
+    flash_attn: bool = Field(default=False, description="Use flash attention")
+    max_concurrent: int = Field(default=1, ge=1, description="Tasks running at once per model")
+    max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
+
+    # Workflow tools
+    search_provider: Literal["searxng", "serper"] | None = Field(default=None, description="Web search provider")
+    search_url: str | None = Field(default=None, description="Search provider URL")
+    search_api_key: str | None = Field(default=None, description="Search provider API key (sent only to search_url)")
+    tool_allow: StrList = Field(default=[], description="Hosts/CIDRs tools may reach despite egress rules")
+    tool_timeout: float = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
+    tool_max_bytes: int = Field(default=1_000_000, ge=1024, description="Largest tool response kept")
+
+    # Operations
+    drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
+    http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
+    http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")
+    http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
+
+    @field_validator("listen", "bootstrap", "publishers", "models", "tool_allow", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("listen", "bootstrap")
+    @classmethod
+    def _multiaddrs(cls, value: list[str]) -> list[str]:
+        for addr in value:
+            if not addr.startswith("/"):
+                raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
+        return value
+
+    @field_validator("publishers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        out = []
+        for addr in value:
+            hex_part = addr.lower().removeprefix("0x")
+            if len(hex_part) != 40 or any(c not in "0123456789abcdef" for c in hex_part):
+                raise ValueError(f"{addr!r} is not a 40-hex-character address")
+            out.append(hex_part)
+        return out
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init) > environment > TOML file > defaults.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @property
+    def identity_path(self) -> Path:
+        return self.data_dir / "identity.key"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.sqlite3"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; `overrides` are CLI flags (None values are ignored).
+
+    Raises ConfigError naming the setting (and where it can be set) when a value is invalid.
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    toml_file = None
+    if config_file is not None:
+        config_file = Path(config_file).expanduser()
+        if not config_file.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        toml_file = config_file
+    settings_cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml_file}})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
+        source = f"config file {toml_file}" if toml_file else "settings"
+        raise ConfigError(f"cannot read {source}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        where = f"{env_var(name)} / {cli_flag(name)}"
+        problems.append(f"invalid setting '{name}' ({where}): {error['msg']}")
+    return "; ".join(problems)
+
+
+def settings_table() -> str:
+    """The Markdown rows of every setting (key, flag, variable, default, meaning) for the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, list):
+            shown = ", ".join(default) if default else "(none)"
+        elif default is None or isinstance(default, dict):
+            shown = "(auto)" if name in ("n_threads", "n_gpu_layers") else "(none)"
+        else:
+            shown = str(default)
+        rows.append(f"| `{name}` | `{cli_flag(name)}` | `{env_var(name)}` | `{shown}` | {field.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,150 @@
+"""The `compute-node` command: start a node, run a task as a publisher, manage models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError, Settings, cli_flag, load_settings
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 2
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; values are validated by the Settings model, not here."""
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    for name, field in Settings.model_fields.items():
+        flag = cli_flag(name)
+        origin = typing.get_origin(field.annotation)
+        args = typing.get_args(field.annotation)
+        help_text = field.description
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif origin is list or (args and typing.get_origin(args[0]) is list):
+            parser.add_argument(flag, dest=name, action="append", default=None, help=f"{help_text} (repeatable)")
+        elif origin is dict:
+            parser.add_argument(flag, dest=name, type=json.loads, default=None, help=f"{help_text} (JSON)")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in Settings.model_fields}
+    return load_settings(args.config, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compute-node", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="run a compute node until SIGINT/SIGTERM")
+    _add_settings_flags(start)
+
+    run_task = commands.add_parser("run-task", help="publish one task as a publisher and print its result")
+    run_task.add_argument("--peer", action="append", required=True, help="multiaddr of a node to join through (repeatable)")
+    run_task.add_argument("--model", action="append", required=True, help="acceptable model (repeatable)")
+    source = run_task.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="run the Simple workflow on this prompt")
+    source.add_argument("--workflow", type=Path, help="workflow JSON file")
+    run_task.add_argument("--input", dest="task_prompt", help="the task's input prompt (memory key __input)")
+    run_task.add_argument("--node", action="append", help="address of a node to pick (repeatable)")
+    run_task.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
+    run_task.add_argument("--max-tokens", type=int, default=250, help="max_tokens of the Simple workflow")
+
+    identity = commands.add_parser("identity", help="print this node's address and peer id")
+    _add_settings_flags(identity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "start":
+            return _start(args)
+        if args.command == "run-task":
+            return _run_task(args)
+        if args.command == "identity":
+            return _identity(args)
+    except ConfigError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_ERROR
+
+
+def _start(args: argparse.Namespace) -> int:
+    from node.log import configure_logging
+    from node.server import run_node
+
+    settings = _settings_from(args)
+    configure_logging(settings.log_level, settings.log_format)
+    return run_node(settings)
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from node.identity import Identity
+
+    settings = _settings_from(args)
+    identity = (
+        Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
+    )
+    print(f"address {identity.address}\npeer_id {identity.peer_id}")
+    return 0
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from node.log import configure_logging
+
+    configure_logging("warning", "auto")
+    try:
+        workflow = _load_workflow(args)
+    except (OSError, ValueError) as exc:
+        print(f"compute-node: cannot read workflow: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return uvloop.run(_publish(args, workflow))
+
+
+def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
+    if args.workflow is not None:
+        data = json.loads(args.workflow.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.workflow} does not hold a JSON object")
+        return data
+    from workflows import Simple
+
+    return Simple().workflow(prompt=args.prompt, max_tokens=args.max_tokens)
+
+
+async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
+    from node.client import Client, ClientError, Task, TaskFailedError, TaskTimeoutError
+
+    client = Client(peers=args.peer, secret_key=args.key)
+    try:
+        task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
+        result = await client.execute(task, timeout=args.timeout)
+    except TaskTimeoutError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except TaskFailedError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ClientError, ValueError) as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await asyncio.shield(client.close())
+    print(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The publisher side: join the network, publish signed tasks, collect verified results.
+
+    async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
+        simple = Simple()
+        res = await client.execute(Task(workflow=simple.workflow(prompt="Hey there!"), models=["smollm2:135m"]), timeout=45)
+        print(simple.parse_result(res))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+
+from node.ecies import EciesError, decrypt
+from node.envelope import seal
+from node.identity import Identity
+from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
+from node.messages import ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.p2p import GossipMessage, P2PError, P2PHost
+
+log = structlog.get_logger(__name__)
+
+
+class ClientError(Exception):
+    """The client could not get a task done."""
+
+
+class TaskTimeoutError(ClientError, TimeoutError):
+    """No result arrived before the timeout."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id}: no result within {timeout:g} s")
+        self.task_id = task_id
+
+
+class TaskFailedError(ClientError):
+    """The executing node returned an error result."""
+
+    def __init__(self, task_id: str, reason: str, node: str) -> None:
+        super().__init__(f"task {task_id} failed on node {node}: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+        self.node = node
+
+
+class Task(BaseModel):
+    """What a publisher asks for: a workflow and the models it accepts."""
+
+    workflow: dict[str, Any]
+    models: list[str] = Field(min_length=1)
+    prompt: str | None = None
+    nodes: list[str] | None = None  # addresses to pick; None: any node that matches
+
+
+class TaskResult(BaseModel):
+    """A verified, decrypted result."""
+
+    task_id: str
+    text: str
+    node: str  # address that signed the result
+    model: str
+    stats: Stats
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Client:
+    """A publisher peer. Starts on first use; close it (or use `async with`)."""
+
+    def __init__(
+        self,
+        peers: list[str],
+        secret_key: str | bytes | None = None,
+        listen: list[str] | None = None,
+        connect_timeout: float = 15.0,
+    ) -> None:
+        if isinstance(secret_key, bytes):
+            self.identity = Identity(secret_key)
+        elif isinstance(secret_key, str):
+            self.identity = Identity.from_hex(secret_key)
+        else:
+            self.identity = Identity.generate()
+        self._peers = list(peers)
+        self._listen = listen or ["/ip4/127.0.0.1/tcp/0"]
+        self._connect_timeout = connect_timeout
+        self._host: P2PHost | None = None
+        self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._start_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Join the network: listen, subscribe, dial the peers, wait for a task mesh."""
+        async with self._start_lock:
+            if self._host is not None:
+                return
+            host = P2PHost(self.identity.secret, self._listen)
+            await host.start()
+            self._host = host
+            gate = GossipGate()
+            queues = {t: await host.subscribe(t, gate.validate) for t in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+            self._loops = [
+                asyncio.create_task(self._consume_results(queues[RESULTS_TOPIC])),
+                asyncio.create_task(self._drain(queues[TASK_TOPIC])),
+                asyncio.create_task(self._drain(queues[HEARTBEAT_TOPIC])),
+            ]
+            results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
+            failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
+            if self._peers and len(failures) == len(self._peers):
+                raise ClientError("could not connect to any peer: " + "; ".join(failures))
+            await self._wait_for_mesh(host)
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        if self._host is not None:
+            await self._host.stop()
+            self._host = None
+
+    async def execute(self, task: Task, timeout: float = 60.0) -> TaskResult:
+        """Publish the task and wait for its result; TaskTimeoutError / TaskFailedError otherwise."""
+        await self.start()
+        assert self._host is not None
+        task_id = secrets.token_urlsafe(16)
+        body = TaskBody(
+            task_id=task_id,
+            deadline=time.time_ns() + int(timeout * 1e9),
+            input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
+            picked_nodes=task.nodes,
+            public_key=self.identity.public_key_compressed.hex(),
+        )
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        picked = {n.lower().removeprefix("0x") for n in task.nodes} if task.nodes else None
+        self._pending[task_id] = (future, picked)
+        try:
+            await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
+            log.debug("task published", task_id=task_id, models=task.models)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise TaskTimeoutError(task_id, timeout) from None
+        except P2PError as exc:
+            raise ClientError(f"task {task_id}: could not publish: {exc}") from None
+        finally:
+            self._pending.pop(task_id, None)
+
+    async def _wait_for_mesh(self, host: P2PHost) -> None:
+        if not self._peers:
+            return
+        deadline = time.monotonic() + self._connect_timeout
+        while time.monotonic() < deadline:
+            if (await host.mesh_sizes()).get(TASK_TOPIC, 0) > 0:
+                return
+            await asyncio.sleep(0.1)
+        raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
+
+    async def _consume_results(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                inbound = decode(RESULTS_TOPIC, message.data)
+            except InboundError:
+                continue
+            body = inbound.body
+            assert isinstance(body, ResultBody)
+            pending = self._pending.get(body.task_id)
+            if pending is None:
+                continue
+            future, picked = pending
+            if future.done():
+                continue
+            if picked is not None and inbound.sender not in picked:
+                log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
+                continue
+            if body.error is not None:
+                future.set_exception(TaskFailedError(body.task_id, body.error, inbound.sender))
+                continue
+            try:
+                future.set_result(self._open(body, inbound.sender))
+            except TaskFailedError as exc:
+                future.set_exception(exc)
+
+    def _open(self, body: ResultBody, node: str) -> TaskResult:
+        assert body.ciphertext is not None
+        try:
+            text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
+        except (EciesError, ValueError) as exc:
+            raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
+        return TaskResult(task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats)
+
+    @staticmethod
+    async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            await queue.get()

@@ -1,0 +1,65 @@
+"""Heartbeats (PROTOCOL.md section 6): what this node hosts and how much room it has."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from node.envelope import PROTOCOL_VERSION, seal
+from node.identity import Identity
+from node.inbound import HEARTBEAT_TOPIC
+from node.messages import Capacity, HeartbeatBody, encode_body
+from node.p2p import P2PError, P2PHost
+
+log = structlog.get_logger(__name__)
+
+
+class Heartbeat:
+    """Publishes a heartbeat every `interval` seconds until stopped."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: P2PHost,
+        models: list[str],
+        capacity: Callable[[], tuple[int, int]],
+        pending: Callable[[], int],
+        tps: Callable[[], dict[str, float]],
+        interval: float,
+    ) -> None:
+        self._identity = identity
+        self._host = host
+        self._models = models
+        self._capacity = capacity
+        self._pending = pending
+        self._tps = tps
+        self._interval = interval
+
+    def body(self) -> HeartbeatBody:
+        free, total = self._capacity()
+        return HeartbeatBody(
+            address=self._identity.address,
+            peer_id=self._host.peer_id,
+            models=self._models,
+            capacity=Capacity(free=free, max=total),
+            pending_tasks=self._pending(),
+            tps=self._tps(),
+            version=PROTOCOL_VERSION,
+            timestamp=time.time_ns(),
+        )
+
+    async def publish_once(self) -> None:
+        data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))
+        await self._host.publish(HEARTBEAT_TOPIC, data)
+
+    async def run(self) -> None:
+        """Publish now and then every interval; a failed publish is logged, not fatal."""
+        while True:
+            try:
+                await self.publish_once()
+            except P2PError as exc:
+                log.warning("heartbeat not published", error=str(exc))
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,26 @@
+"""Maps the operator's settings onto the workflow engine's tool and model options."""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from workflows import EngineOptions, ToolSettings
+from workflows.options import SearchProvider
+
+
+def tool_settings(settings: Settings) -> ToolSettings:
+    search = None
+    if settings.search_provider is not None:
+        search = SearchProvider(kind=settings.search_provider, api_key=settings.search_api_key)
+        if settings.search_url:
+            search = search.model_copy(update={"url": settings.search_url})
+    return ToolSettings(
+        search=search,
+        reader_enabled=True,
+        egress_allow=settings.tool_allow,
+        http_timeout_s=settings.tool_timeout,
+        max_response_bytes=settings.tool_max_bytes,
+    )
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(temperature=settings.temperature)

@@ -1,0 +1,42 @@
+"""Helpers to run real nodes on 127.0.0.1 inside a test process."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from config.settings import Settings, load_settings
+from node.server import NodeServer
+
+
+def node_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test node: loopback, free port, one thread, small context, no HTTP."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "listen": ["/ip4/127.0.0.1/tcp/0"],
+        "n_ctx": 1024,
+        "n_threads": 1,
+        "http_enabled": False,
+        "heartbeat_interval": 2.0,
+        "drain_timeout": 5.0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def running_node(settings: Settings) -> AsyncIterator[NodeServer]:
+    """Start a node with `startup()` and shut it down on exit."""
+    server = NodeServer(settings)
+    try:
+        await asyncio.wait_for(server.startup(), timeout=60)
+        yield server
+    finally:
+        await asyncio.wait_for(server.shutdown(), timeout=60)
+
+
+def dialable(server: NodeServer) -> str:
+    """The node's loopback multiaddr with /p2p/."""
+    return next(addr for addr in server.listen_addrs if "/ip4/127.0.0.1/" in addr)

@@ -1,0 +1,87 @@
+"""Executor admission: capacity per model, busy refusal, drain on shutdown."""
+
+import asyncio
+import time
+
+import pytest
+
+from node.executor import BusyError, Executor, Job
+from node.identity import Identity
+from node.messages import TaskBody, TaskInput
+
+
+def job(task_id: str, model: str = "m") -> Job:
+    body = TaskBody(
+        task_id=task_id,
+        deadline=time.time_ns() + 60 * 10**9,
+        input=TaskInput(workflow={}, model=[model]),
+        public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
+    )
+    return Job(task=body, publisher="00" * 20, model=model, received_at_ns=time.time_ns())
+
+
+class Recorder:
+    """Runs jobs until released, recording what happened to each."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.abandoned: list[tuple[str, str]] = []
+
+    async def run(self, j: Job) -> None:
+        self.started.append(j.task.task_id)
+        try:
+            await self.release.wait()
+            self.finished.append(j.task.task_id)
+        except asyncio.CancelledError:
+            self.abandoned.append((j.task.task_id, "cancelled while running"))
+            raise
+
+    async def abandon(self, j: Job, reason: str) -> None:
+        self.abandoned.append((j.task.task_id, reason))
+
+
+async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
+    rec = Recorder()
+    executor = Executor(rec.run, rec.abandon, ["m"], max_concurrent=1, max_queue=1)
+    executor.submit(job("a"))
+    executor.submit(job("b"))
+    with pytest.raises(BusyError, match="busy: model m"):
+        executor.submit(job("c"))
+    await asyncio.sleep(0.01)
+    assert rec.started == ["a"]
+    assert executor.capacity() == (0, 2)
+    rec.release.set()
+    await executor.drain(timeout=5)
+    assert rec.finished == ["a", "b"]
+    assert executor.pending == 0
+
+
+async def test_capacity_is_per_model() -> None:
+    rec = Recorder()
+    executor = Executor(rec.run, rec.abandon, ["m", "n"], max_concurrent=1, max_queue=0)
+    executor.submit(job("a", "m"))
+    executor.submit(job("b", "n"))
+    with pytest.raises(BusyError):
+        executor.submit(job("c", "m"))
+    assert executor.capacity() == (0, 2)
+    rec.release.set()
+    await executor.drain(timeout=5)
+
+
+async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
+    rec = Recorder()
+    executor = Executor(rec.run, rec.abandon, ["m"], max_concurrent=1, max_queue=2)
+    executor.submit(job("running"))
+    executor.submit(job("queued"))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    cancelled = await executor.drain(timeout=0.2)
+    assert time.monotonic() - started < 2
+    assert cancelled == 2
+    assert ("running", "cancelled while running") in rec.abandoned
+    assert any(task_id == "queued" and "before the task started" in reason for task_id, reason in rec.abandoned)
+    with pytest.raises(BusyError, match="shutting down"):
+        executor.submit(job("late"))
+    assert executor.capacity()[0] == 0

@@ -1,0 +1,100 @@
+"""Intake decisions: model matching, pickedNodes, bloom filter, deadline, replays, allow-list."""
+
+import random
+import time
+
+import pytest
+
+from node.bloom import BloomFilter
+from node.identity import Identity
+from node.intake import Ignore, Intake, SeenTasks, Take, match_model
+from node.messages import TaskBody, TaskFilter, TaskInput
+
+NODE = Identity.from_hex("11" * 32)
+OTHER = Identity.from_hex("22" * 32)
+PUBLISHER = Identity.from_hex("33" * 32)
+HOSTED = ["smollm2:135m", "qwen2.5:0.5b-instruct-q4_K_M"]
+
+
+def task(task_id: str = "t1", models: list[str] | None = None, deadline_in_s: float = 60, **extra) -> TaskBody:
+    return TaskBody(
+        task_id=task_id,
+        deadline=time.time_ns() + int(deadline_in_s * 1e9),
+        input=TaskInput(workflow={}, model=models or ["smollm2:135m"]),
+        public_key=PUBLISHER.public_key_compressed.hex(),
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [
+        (["smollm2:135m"], {"smollm2:135m"}),
+        (["gemma3:270m", "qwen2.5:0.5b-instruct-q4_K_M"], {"qwen2.5:0.5b-instruct-q4_K_M"}),
+        (["llamacpp"], set(HOSTED)),
+        (["*"], set(HOSTED)),
+        (["!"], {"smollm2:135m"}),
+        (["gemma3:270m"], {None}),
+        (["SMOLLM2:135M"], {None}),  # names are exact
+    ],
+)
+def test_match_model(requested: list[str], expected: set) -> None:
+    rng = random.Random(7)
+    seen = {match_model(requested, HOSTED, rng) for _ in range(50)}
+    assert seen == expected
+
+
+def test_takes_a_matching_task_once() -> None:
+    intake = Intake(NODE.address, HOSTED)
+    now = time.time_ns()
+    body = task()
+    assert intake.decide(PUBLISHER.address, body, now) == Take("smollm2:135m")
+    assert intake.decide(PUBLISHER.address, body, now) == Ignore("duplicate task id")
+
+
+def test_picked_nodes() -> None:
+    intake = Intake(NODE.address, HOSTED)
+    now = time.time_ns()
+    assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Take)
+    assert isinstance(intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Take)
+    assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not in pickedNodes")
+
+
+def test_bloom_filter_selects_by_raw_address() -> None:
+    intake = Intake(NODE.address, HOSTED)
+    now = time.time_ns()
+    ours = BloomFilter.build([NODE.address_bytes])
+    theirs = BloomFilter.build([OTHER.address_bytes])
+    assert isinstance(intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Take)
+    decision = intake.decide(PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now)
+    assert decision == Ignore("not in filter")
+
+
+def test_past_deadline_and_no_model() -> None:
+    intake = Intake(NODE.address, HOSTED)
+    now = time.time_ns()
+    assert intake.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline passed")
+    decision = intake.decide(PUBLISHER.address, task("b", models=["gemma3:270m"]), now)
+    assert isinstance(decision, Ignore) and "no hosted model" in decision.reason
+    # A task not taken is not remembered: it could still be taken after a config change.
+    assert "b" not in intake.seen
+
+
+def test_publisher_allow_list() -> None:
+    intake = Intake(NODE.address, HOSTED, publishers=[PUBLISHER.address])
+    now = time.time_ns()
+    assert isinstance(intake.decide(PUBLISHER.address, task("a"), now), Take)
+    decision = intake.decide(OTHER.address, task("b"), now)
+    assert isinstance(decision, Ignore) and "allow-list" in decision.reason
+
+
+def test_seen_tasks_kept_until_deadline_and_bounded() -> None:
+    seen = SeenTasks(max_entries=3)
+    assert seen.add("a", deadline_ns=100, now_ns=0)
+    assert not seen.add("a", deadline_ns=100, now_ns=50)  # replay before the deadline
+    assert seen.add("b", deadline_ns=200, now_ns=50)
+    seen.prune(now_ns=150)
+    assert "a" not in seen and "b" in seen
+    for name, deadline in [("c", 300), ("d", 400), ("e", 500)]:
+        seen.add(name, deadline_ns=deadline, now_ns=150)
+    assert len(seen) == 3 and "b" not in seen  # earliest deadline forgotten first
