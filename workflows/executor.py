@@ -1,0 +1,127 @@
+"""Walking a workflow's graph: steps, conditions, fallbacks, loops and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import structlog
+
+from models.requests import ModelError
+from workflows.backend import ModelBackend
+from workflows.conditions import evaluate
+from workflows.errors import LimitExceededError, TaskError, WorkflowError
+from workflows.inputs import render, resolve, write_outputs
+from workflows.memory import Memory
+from workflows.operators import RunContext, run_task
+from workflows.options import EngineOptions, ToolSettings
+from workflows.return_value import build_result
+from workflows.schema import Edge, Workflow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class WorkflowResult:
+    """The result string and what the run cost."""
+
+    text: str
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _Progress:
+    steps: int = 0
+    current: str = ""
+
+
+def _capped(wanted: float, cap: float | None) -> float:
+    return min(wanted, cap) if cap is not None else wanted
+
+
+async def run_workflow(
+    workflow: Workflow,
+    model: ModelBackend,
+    *,
+    prompt: str | None = None,
+    tools: ToolSettings | None = None,
+    options: EngineOptions | None = None,
+    embedder: ModelBackend | None = None,
+) -> WorkflowResult:
+    """Run a validated workflow on `model`; raises a WorkflowError subclass on failure.
+
+    `prompt` becomes the cache entry `__input`; `embedder` (default: `model`)
+    provides the file store's embeddings. `max_time` is enforced while a task
+    runs: an in-flight generation is cancelled.
+    """
+    options = options or EngineOptions()
+    max_steps = int(_capped(workflow.config.max_steps, options.max_steps_cap))
+    max_time = _capped(workflow.config.max_time, options.max_time_cap)
+    ctx = RunContext(
+        config=workflow.config,
+        model=model,
+        memory=Memory.create(embedder or model, workflow.external_memory, prompt),
+        tools=tools or ToolSettings(),
+        options=options,
+        rng=random.Random(options.seed),
+    )
+    progress = _Progress()
+    timer = asyncio.timeout(max_time)
+    try:
+        async with timer:
+            await _walk(workflow, ctx, max_steps, progress)
+            text = await build_result(workflow.return_value, ctx.memory)
+    except TimeoutError:
+        if not timer.expired():
+            raise
+        raise LimitExceededError(
+            "max_time", f"max_time exceeded: the workflow ran longer than {max_time:g} s (in task {progress.current!r})"
+        ) from None
+    log.info("workflow_done", steps=progress.steps, completion_tokens=ctx.usage.completion_tokens)
+    return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+
+
+async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _Progress) -> None:
+    node = workflow.steps[0].source
+    while (edge := _edge_from(workflow, node)) is not None:
+        task = workflow.task(node)
+        assert task is not None  # edge sources are validated to be tasks
+        if progress.steps >= max_steps:
+            raise LimitExceededError(
+                "max_steps", f"max_steps exceeded: {max_steps} task executions done, task {node!r} would run next"
+            )
+        progress.steps += 1
+        progress.current = node
+        try:
+            result = await run_task(task, ctx)
+            await write_outputs(task.outputs, result, ctx.memory)
+        except LimitExceededError:
+            raise
+        except (WorkflowError, ModelError) as e:
+            if edge.fallback is None:
+                if isinstance(e, ModelError):
+                    raise TaskError(f"task {task.id!r} failed: model error: {e}") from e
+                raise type(e)(f"task {task.id!r} failed: {e}") from e
+            log.info("task_failed_fallback", task=task.id, fallback=edge.fallback, error=str(e))
+            node = edge.fallback
+            continue
+        node = await _next_node(edge, ctx)
+    if workflow.task(node) is not None and node not in ("_end", "__end"):
+        log.debug("workflow_stops_at_node_without_edge", node=node)
+
+
+def _edge_from(workflow: Workflow, node: str) -> Edge | None:
+    return next((edge for edge in workflow.steps if edge.source == node), None)
+
+
+async def _next_node(edge: Edge, ctx: RunContext) -> str:
+    condition = edge.condition
+    if condition is None:
+        return edge.target
+    value = render(await resolve(condition.input, ctx.memory))
+    holds = await evaluate(condition.expression, value, condition.expected, ctx.memory.files)
+    log.debug("condition", source=edge.source, expression=condition.expression, value=value[:80], holds=holds)
+    return edge.target if holds else condition.target_if_not

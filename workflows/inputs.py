@@ -1,0 +1,70 @@
+"""Resolving an InputValue against memory, and writing a task's outputs."""
+
+from __future__ import annotations
+
+from workflows.errors import TaskError
+from workflows.memory import Entry, Memory, render_entry
+from workflows.schema import RESULT_VALUE, InputValue, TaskInput, TaskOutput
+
+# What an input resolves to: an entry, a list of entries, or None for "nothing".
+Resolved = Entry | list[Entry] | None
+
+
+async def resolve(value: InputValue, memory: Memory) -> Resolved:
+    """The value an input names; None when it names nothing."""
+    match value.type:
+        case "input":
+            return memory.read("__input")
+        case "read":
+            return memory.read(value.key)
+        case "pop":
+            return memory.pop(value.key)
+        case "peek":
+            return memory.peek(value.key, value.index or 0)
+        case "get_all":
+            return memory.get_all(value.key) or None
+        case "size":
+            return str(memory.size(value.key))
+        case "string":
+            return value.key
+        case "search":
+            assert value.search_query is not None  # enforced by the schema
+            query = render(await resolve(value.search_query, memory))
+            return await memory.files.search(query) or None
+    raise AssertionError(f"unhandled input type {value.type}")
+
+
+def render(resolved: Resolved) -> str:
+    """Text of a resolved value: lists joined by " \\n", JSON compact, nothing as ""."""
+    if resolved is None:
+        return ""
+    if isinstance(resolved, list):
+        return " \n".join(render_entry(e) for e in resolved)
+    return render_entry(resolved)
+
+
+async def resolve_inputs(inputs: list[TaskInput], memory: Memory) -> dict[str, str]:
+    """Render every declared input; a required one that resolves to nothing fails."""
+    rendered: dict[str, str] = {}
+    for item in inputs:
+        resolved = await resolve(item.value, memory)
+        if resolved is None and item.required:
+            source = "the task's prompt (none was given)" if item.value.type == "input" else (
+                f"{item.value.type} {item.value.key!r}"
+            )
+            raise TaskError(f"required input {item.name!r} ({source}) resolved to nothing")
+        rendered[item.name] = render(resolved)
+    return rendered
+
+
+async def write_outputs(outputs: list[TaskOutput], result: str, memory: Memory) -> None:
+    """Store the task's result (or literal values) where its outputs say."""
+    for out in outputs:
+        value = result if out.value == RESULT_VALUE else out.value
+        match out.type:
+            case "write":
+                memory.write(out.key, value)
+            case "push":
+                memory.push(out.key, value)
+            case "insert":
+                await memory.files.insert(value)

@@ -1,0 +1,142 @@
+"""A run's memory: the cache, the stacks and the vector file store.
+
+An entry is a string or a JSON value; a string that parses as JSON is kept as
+JSON (so "42" becomes 42). Memory is created fresh for every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.requests import EmbeddingRequest
+from workflows.backend import ModelBackend
+
+Entry = Any  # str | int | float | bool | list | dict
+CHUNK_CHARS = 250
+TOP_K = 3
+SIMILAR_THRESHOLD = 0.95
+
+
+def coerce_entry(value: Any) -> Entry:
+    """Keep JSON-looking strings as JSON values; everything else unchanged."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return value if parsed is None else parsed
+    return value
+
+
+def render_entry(entry: Entry) -> str:
+    """An entry as text: strings as they are, JSON values as compact JSON."""
+    if isinstance(entry, str):
+        return entry
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Split text into chunks of about `size` characters on whitespace."""
+    chunks: list[str] = []
+    current = ""
+    for word in text.split():
+        while len(word) > size:  # a single overlong word is cut hard
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(word[:size])
+            word = word[size:]
+        if current and len(current) + 1 + len(word) > size:
+            chunks.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+@dataclass
+class FileStore:
+    """Text chunks with their embeddings; top-k cosine search."""
+
+    embedder: ModelBackend
+    chunks: list[tuple[str, list[float]]] = field(default_factory=list)
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        return await self.embedder.embed(EmbeddingRequest(texts=texts))
+
+    async def insert(self, text: str) -> None:
+        pieces = chunk_text(text)
+        if pieces:
+            vectors = await self._embed(pieces)
+            self.chunks.extend(zip(pieces, vectors, strict=True))
+
+    async def scored(self, query: str) -> list[tuple[float, str]]:
+        """Every chunk with its similarity to `query`, best first."""
+        if not self.chunks or not query.strip():
+            return []
+        [q] = await self._embed([query])
+        return sorted(((cosine(q, v), text) for text, v in self.chunks), reverse=True)
+
+    async def search(self, query: str, k: int = TOP_K) -> list[str]:
+        return [text for _, text in (await self.scored(query))[:k]]
+
+    async def have_similar(self, text: str, threshold: float = SIMILAR_THRESHOLD) -> bool:
+        best = await self.scored(text)
+        return bool(best) and best[0][0] >= threshold
+
+
+@dataclass
+class Memory:
+    """Cache (key -> entry), stacks (key -> entries) and the file store."""
+
+    files: FileStore
+    cache: dict[str, Entry] = field(default_factory=dict)
+    stacks: dict[str, list[Entry]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, embedder: ModelBackend, external: dict[str, Any], prompt: str | None) -> Memory:
+        """Fresh memory loaded with `external_memory` and the task's prompt."""
+        memory = cls(files=FileStore(embedder))
+        for key, value in external.items():
+            if isinstance(value, list):
+                for item in value:
+                    memory.push(key, item)
+            else:
+                memory.write(key, value)
+        if prompt is not None:
+            memory.write("__input", prompt)
+        return memory
+
+    def write(self, key: str, value: Any) -> None:
+        self.cache[key] = coerce_entry(value)
+
+    def read(self, key: str) -> Entry | None:
+        return self.cache.get(key)
+
+    def push(self, key: str, value: Any) -> None:
+        self.stacks.setdefault(key, []).append(coerce_entry(value))
+
+    def pop(self, key: str) -> Entry | None:
+        stack = self.stacks.get(key)
+        return stack.pop() if stack else None
+
+    def peek(self, key: str, index: int = 0) -> Entry | None:
+        stack = self.stacks.get(key, [])
+        return stack[-1 - index] if index < len(stack) else None
+
+    def get_all(self, key: str) -> list[Entry]:
+        return list(self.stacks.get(key, []))
+
+    def size(self, key: str) -> int:
+        return len(self.stacks.get(key, []))

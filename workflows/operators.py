@@ -1,0 +1,135 @@
+"""The task operators: generation, function_calling(_raw), search, sample, end."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.requests import ChatMessage, GenerationRequest, ModelError
+from workflows.backend import ModelBackend
+from workflows.errors import TaskError, ToolError
+from workflows.inputs import render, resolve, resolve_inputs
+from workflows.memory import Memory, render_entry
+from workflows.options import EngineOptions, ToolSettings
+from workflows.placeholders import fill
+from workflows.schema import Task, WorkflowConfig
+from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
+from workflows.tools import build_tools, web_search
+
+DEFAULT_SEARCH_RESULTS = 5
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class RunContext:
+    """Everything a task needs while a workflow runs."""
+
+    config: WorkflowConfig
+    model: ModelBackend
+    memory: Memory
+    tools: ToolSettings
+    options: EngineOptions
+    rng: random.Random
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def max_tokens(self) -> int:
+        wanted = self.config.max_tokens or self.options.max_tokens
+        cap = self.options.max_tokens_cap
+        return min(wanted, cap) if cap else wanted
+
+
+async def run_task(task: Task, ctx: RunContext) -> str:
+    """Run one task's operator and return its result text."""
+    if task.operator == "end":
+        return ""
+    if task.operator == "sample":
+        return await _sample(task, ctx)
+    values = await resolve_inputs(task.inputs, ctx.memory)
+    messages = [ChatMessage(role=m.role, content=fill(m.content, values)) for m in task.messages]
+    match task.operator:
+        case "generation":
+            return await generate(ctx, messages, task.json_schema)
+        case "function_calling" | "function_calling_raw":
+            return await _function_call(ctx, messages, execute=task.operator == "function_calling")
+        case "search":
+            return await _search(ctx, messages)
+    raise AssertionError(f"unhandled operator {task.operator}")
+
+
+async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[str, Any] | None) -> str:
+    """One model call; with a schema, the answer must parse as JSON."""
+    messages = [m for m in messages if m.content.strip()]
+    if not messages:
+        raise TaskError("the task has no non-empty message to send to the model")
+    request = GenerationRequest(
+        messages=messages,
+        max_tokens=ctx.max_tokens,
+        temperature=ctx.options.temperature,
+        seed=ctx.options.seed,
+        json_schema=schema,
+    )
+    try:
+        generation = await ctx.model.generate(request)
+    except ModelError as e:
+        raise TaskError(f"model {ctx.model.name!r} failed: {e}") from e
+    ctx.usage.prompt_tokens += generation.prompt_tokens
+    ctx.usage.completion_tokens += generation.completion_tokens
+    if schema is not None:
+        try:
+            json.loads(generation.text)
+        except ValueError:
+            hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
+            raise TaskError(f"the model's answer is not complete JSON for the schema{hint}") from None
+    return generation.text
+
+
+async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execute: bool) -> str:
+    tools = build_tools(ctx.config, ctx.tools, ctx.options.tool_arg_max_length)
+    if not tools:
+        raise ToolError("function calling needs tools, but config.tools and config.custom_tools offer none")
+    schema = call_schema(tools, ctx.options.tool_arg_max_length)
+    text = await generate(ctx, with_tool_prompt(messages, tools), schema)
+    call = parse_call(text, tools)
+    if not execute:
+        return json.dumps(call, ensure_ascii=False)
+    tool = next(t for t in tools if t.name == call["name"])
+    if tool.run is None:
+        raise ToolError(f"tool {tool.name!r} has mode 'custom' and cannot be executed; use function_calling_raw")
+    return await tool.run(call["arguments"])
+
+
+async def _search(ctx: RunContext, messages: list[ChatMessage]) -> str:
+    if not messages:
+        raise TaskError("the search operator needs a message holding the query")
+    content = messages[-1].content
+    try:
+        spec = json.loads(content)
+    except ValueError:
+        spec = {"query": content}  # lenient: a plain-text message is the query itself
+    if not isinstance(spec, dict) or not isinstance(spec.get("query"), str):
+        raise TaskError('the search operator\'s last message must be a JSON object {"query": str, ...}')
+    n = spec.get("n_results", DEFAULT_SEARCH_RESULTS)
+    return await web_search(ctx.tools, spec["query"], n if isinstance(n, int) else DEFAULT_SEARCH_RESULTS)
+
+
+async def _sample(task: Task, ctx: RunContext) -> str:
+    """For each input pick one random entry of the stack it names (or the list it is)."""
+    values: dict[str, str] = {}
+    samples: list[str] = []
+    for item in task.inputs:
+        resolved = await resolve(item.value, ctx.memory)
+        values[item.name] = render(resolved)
+        pool = resolved if isinstance(resolved, list) else ctx.memory.get_all(render(resolved))
+        if not pool:
+            raise TaskError(f"sample input {item.name!r}: stack {render(resolved)!r} is empty or missing")
+        samples.append(render_entry(ctx.rng.choice(pool)))
+    prompt = fill(task.messages[-1].content, values) if task.messages else ""
+    return "".join([prompt, *(f": {s}" for s in samples)])

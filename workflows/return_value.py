@@ -1,0 +1,60 @@
+"""Building the run's result string from the return value specification."""
+
+from __future__ import annotations
+
+import json
+
+from workflows.errors import WorkflowError
+from workflows.inputs import render, resolve
+from workflows.memory import Memory, render_entry
+from workflows.schema import PostProcess, ReturnValue
+
+
+async def build_result(spec: ReturnValue, memory: Memory) -> str:
+    """The result text: resolved input(s), optionally as a JSON array, post-processed."""
+    values = spec.input if isinstance(spec.input, list) else [spec.input]
+    resolved = []
+    for i, value in enumerate(values):
+        item = await resolve(value, memory)
+        if item is None and value.type == "get_all":
+            item = []  # an empty stack is an empty list, not a missing value
+        if item is None:
+            where = f"return_value.input[{i}]" if isinstance(spec.input, list) else "return_value.input"
+            raise WorkflowError(f"{where}: {value.type} {value.key!r} holds nothing at the end of the run")
+        resolved.append(item)
+
+    is_list = isinstance(spec.input, list) or isinstance(resolved[0], list)
+    if spec.to_json and is_list:
+        # A list (get_all, several inputs) becomes a JSON array of strings.
+        flat: list[str] = []
+        for item in resolved:
+            items = item if isinstance(item, list) else [item]
+            flat.extend(render_entry(e) for e in items)
+        text = json.dumps(flat, ensure_ascii=False)
+    else:
+        text = "\n".join(render(item) for item in resolved)
+    for step in spec.post_process:
+        text = post_process(text, step)
+    return text
+
+
+def post_process(text: str, step: PostProcess) -> str:
+    """Apply one post-processing step."""
+    match step.process_type:
+        case "replace":
+            return text.replace(step.lhs or "", step.rhs or "") if step.lhs else text
+        case "append":
+            return text + (step.rhs or "")
+        case "prepend":
+            return (step.lhs or "") + text
+        case "trim":
+            return text.strip()
+        case "trim_start":
+            return text.lstrip()
+        case "trim_end":
+            return text.rstrip()
+        case "to_lower":
+            return text.lower()
+        case "to_upper":
+            return text.upper()
+    raise AssertionError(f"unhandled post-process {step.process_type}")

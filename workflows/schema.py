@@ -1,0 +1,270 @@
+"""Pydantic models of the workflow format (see protocol/WORKFLOWS.md).
+
+Null-dumped and omitted optional fields mean the same thing: every model drops
+`null` values before validation so defaults apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workflows.errors import WorkflowValidationError
+
+InputType = Literal["input", "read", "pop", "peek", "get_all", "size", "string", "search"]
+OutputType = Literal["write", "push", "insert"]
+Operator = Literal["generation", "function_calling", "function_calling_raw", "search", "sample", "end"]
+Expression = Literal[
+    "Equal",
+    "NotEqual",
+    "Contains",
+    "NotContains",
+    "GreaterThan",
+    "LessThan",
+    "GreaterThanOrEqual",
+    "LessThanOrEqual",
+    "HaveSimilar",
+]
+ProcessType = Literal["replace", "append", "prepend", "trim", "trim_start", "trim_end", "to_lower", "to_upper"]
+END_NODES = frozenset({"_end", "__end"})
+RESULT_VALUE = "__result"
+
+
+class _Model(BaseModel):
+    """Base: `null` fields are treated as absent."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class InputValue(_Model):
+    """Where a value comes from: memory, a literal, or a file-store search."""
+
+    type: InputType
+    key: str = ""
+    index: int | None = Field(default=None, ge=0)
+    search_query: InputValue | None = None
+
+    @model_validator(mode="after")
+    def _search_needs_query(self) -> InputValue:
+        if self.type == "search" and self.search_query is None:
+            raise ValueError("type 'search' needs a search_query")
+        return self
+
+
+class TaskInput(_Model):
+    """A named input of a task, rendered into its messages as a placeholder."""
+
+    name: str
+    value: InputValue
+    required: bool = True
+
+
+class TaskOutput(_Model):
+    """Where a task's result (or a literal) goes after the task succeeds."""
+
+    type: OutputType
+    key: str
+    value: str = RESULT_VALUE
+
+
+class Message(_Model):
+    role: Literal["system", "user", "assistant"]
+    content: str = ""
+
+
+class Task(_Model):
+    """One node of the graph: an operator applied to filled-in messages."""
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    description: str = ""
+    messages: list[Message] = Field(default_factory=list)
+    inputs: list[TaskInput] = Field(default_factory=list)
+    operator: Operator
+    outputs: list[TaskOutput] = Field(default_factory=list)
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_prompt(cls, data: Any) -> Any:
+        # Older workflows carry a single `prompt` string instead of `messages`.
+        if isinstance(data, dict) and data.get("prompt") is not None and not data.get("messages"):
+            data = {**data, "messages": [{"role": "user", "content": data["prompt"]}]}
+        return data
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _parse_schema(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) or raw is None:
+            return raw
+        if not isinstance(raw, str):
+            raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
+        return _decode_schema(raw)
+
+
+def _decode_schema(raw: str) -> dict[str, Any]:
+    """A JSON-schema string, or the base64 of one."""
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        try:
+            parsed = json.loads(base64.b64decode(raw, validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError("is neither a JSON schema string nor base64 of one") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object schema")  # noqa: TRY004 (pydantic wants ValueError)
+    return parsed
+
+
+class CustomFunctionTool(_Model):
+    """A tool the model may name (meaningful for `function_calling_raw`)."""
+
+    mode: Literal["custom"]
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class HttpRequestTool(_Model):
+    """A tool that calls an HTTP endpoint; the body keys are string parameters."""
+
+    mode: Literal["http_request"]
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    url: str
+    method: Literal["GET", "POST", "PUT", "DELETE"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, str] = Field(default_factory=dict)
+
+
+CustomTool = Annotated[CustomFunctionTool | HttpRequestTool, Field(discriminator="mode")]
+
+
+class WorkflowConfig(_Model):
+    max_steps: int = Field(ge=1)
+    max_time: float = Field(gt=0)
+    tools: list[str] = Field(default_factory=list)
+    custom_tools: list[CustomTool] = Field(default_factory=list)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class Condition(_Model):
+    input: InputValue
+    expected: str
+    expression: Expression
+    target_if_not: str
+
+
+class Edge(_Model):
+    source: str
+    target: str
+    condition: Condition | None = None
+    fallback: str | None = None
+
+
+class PostProcess(_Model):
+    process_type: ProcessType
+    lhs: str | None = None
+    rhs: str | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> PostProcess:
+        if self.process_type in ("replace", "prepend") and self.lhs is None:
+            raise ValueError(f"{self.process_type} needs lhs")
+        if self.process_type == "append" and self.rhs is None:
+            raise ValueError("append needs rhs")
+        return self
+
+
+class ReturnValue(_Model):
+    input: InputValue | list[InputValue]
+    to_json: bool = False
+    post_process: list[PostProcess] = Field(default_factory=list)
+
+
+class Workflow(_Model):
+    """A whole workflow; unknown top-level keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = ""
+    description: str = ""
+    config: WorkflowConfig
+    external_memory: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[Task] = Field(min_length=1)
+    steps: list[Edge] = Field(min_length=1)
+    return_value: ReturnValue
+
+    @model_validator(mode="after")
+    def _graph(self) -> Workflow:
+        ids: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            if task.id in ids:
+                raise _GraphError(f"tasks[{i}].id: duplicate task id {task.id!r}")
+            ids.add(task.id)
+        known = ids | END_NODES
+
+        def check(ref: str, path: str, allow_end: bool = True) -> None:
+            if ref not in (known if allow_end else ids):
+                raise _GraphError(f"{path}: no task with id {ref!r}")
+
+        for i, edge in enumerate(self.steps):
+            check(edge.source, f"steps[{i}].source", allow_end=False)
+            check(edge.target, f"steps[{i}].target")
+            if edge.fallback is not None:
+                check(edge.fallback, f"steps[{i}].fallback")
+            if edge.condition is not None:
+                check(edge.condition.target_if_not, f"steps[{i}].condition.target_if_not")
+        return self
+
+    def task(self, task_id: str) -> Task | None:
+        """The task with this id, if declared."""
+        return next((t for t in self.tasks if t.id == task_id), None)
+
+
+class _GraphError(ValueError):
+    """A cross-reference error whose message already names the field."""
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("custom", "http_request") or "[" in part:
+            continue  # union branch tags, not fields
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "workflow"
+
+
+def parse_workflow(raw: dict[str, Any] | str | bytes) -> Workflow:
+    """Validate a workflow; raises WorkflowValidationError naming the field at fault."""
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise WorkflowValidationError(f"workflow: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise WorkflowValidationError("workflow: must be a JSON object")
+    try:
+        return Workflow.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _GraphError):
+            raise WorkflowValidationError(str(ctx_error)) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise WorkflowValidationError(f"{_path(err['loc'])}: {msg}{more}") from None

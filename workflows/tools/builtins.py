@@ -1,0 +1,116 @@
+"""Built-in tools the operator can configure: web `search` and the page `reader`."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+from typing import Any, ClassVar
+
+from workflows.egress import fetch
+from workflows.errors import ToolError
+from workflows.options import SearchProvider, ToolSettings
+from workflows.tools.base import Tool
+
+DEFAULT_RESULTS = 5
+MAX_RESULTS = 20
+
+
+async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAULT_RESULTS) -> str:
+    """Search through the configured provider; results as numbered text."""
+    provider = settings.search
+    if provider is None:
+        raise ToolError("the search tool is not available: this node has no search provider configured")
+    if not query.strip():
+        raise ToolError("search: empty query")
+    n = max(1, min(n_results, MAX_RESULTS))
+    hits = await (_searxng(settings, provider, query) if provider.kind == "searxng" else _serper(settings, provider, query, n))
+    if not hits:
+        return "No results."
+    return "\n\n".join(f"{i}. {title}\n{url}\n{snippet}".rstrip() for i, (title, url, snippet) in enumerate(hits[:n], 1))
+
+
+async def _searxng(settings: ToolSettings, provider: SearchProvider, query: str) -> list[tuple[str, str, str]]:
+    url = provider.url.rstrip("/") + "/search"
+    data = await _json(settings, "GET", url, params={"q": query, "format": "json"}, headers={})
+    return [(r.get("title", ""), r.get("url", ""), r.get("content", "")) for r in data.get("results", [])]
+
+
+async def _serper(settings: ToolSettings, provider: SearchProvider, query: str, n: int) -> list[tuple[str, str, str]]:
+    key = provider.api_key.get_secret_value() if provider.api_key else ""
+    data = await _json(settings, "POST", provider.url, json_body={"q": query, "num": n}, headers={"X-API-KEY": key})
+    return [(r.get("title", ""), r.get("link", ""), r.get("snippet", "")) for r in data.get("organic", [])]
+
+
+async def _json(settings: ToolSettings, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    # The provider URL is operator-configured, so its first hop is trusted.
+    response = await fetch(settings, method, url, trusted=True, **kwargs)
+    if response.status >= 400:
+        raise ToolError(f"search provider answered HTTP {response.status}")
+    try:
+        data = json.loads(response.text)
+    except ValueError:
+        raise ToolError("search provider answered something that is not JSON") from None
+    if not isinstance(data, dict):
+        raise ToolError("search provider answered an unexpected JSON shape")
+    return data
+
+
+def search_tool(settings: ToolSettings, max_length: int) -> Tool:
+    async def run(arguments: dict[str, Any]) -> str:
+        return await web_search(settings, str(arguments.get("query", "")))
+
+    return Tool(
+        name="search",
+        description="Search the web; returns titles, URLs and snippets",
+        parameters={
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": max_length}},
+            "required": ["query"],
+        },
+        run=run,
+    )
+
+
+class _TextExtractor(html.parser.HTMLParser):
+    """Visible text of an HTML page (script, style and head dropped)."""
+
+    _SKIP: ClassVar[frozenset[str]] = frozenset({"script", "style", "head", "noscript", "template"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping and data.strip():
+            self.parts.append(data.strip())
+
+
+def html_to_text(page: str) -> str:
+    extractor = _TextExtractor()
+    extractor.feed(page)
+    return "\n".join(extractor.parts)
+
+
+def reader_tool(settings: ToolSettings, name: str) -> Tool:
+    async def run(arguments: dict[str, Any]) -> str:
+        url = str(arguments.get("url", ""))
+        response = await fetch(settings, "GET", url)
+        if response.status >= 400:
+            raise ToolError(f"reader: {url} answered HTTP {response.status}")
+        return html_to_text(response.text) if "<" in response.text[:1000] else response.text
+
+    return Tool(
+        name=name,
+        description="Fetch a web page by URL and return its text",
+        parameters={"type": "object", "properties": {"url": {"type": "string", "maxLength": 300}}, "required": ["url"]},
+        run=run,
+    )
