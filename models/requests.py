@@ -1,0 +1,75 @@
+"""The request interface of the model runtime.
+
+Callers (the workflow engine, the node) submit a request and await its result.
+Cancelling the awaiting asyncio task cancels the request: an in-flight
+generation stops within tens of milliseconds and the model stays usable.
+A scheduler that batches many requests into one llama.cpp decode can replace
+the one-request-at-a-time worker behind this interface without changing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ChatMessage(BaseModel):
+    """One chat turn; rendered with the model's own chat template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationRequest(BaseModel):
+    """A chat completion request."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int = Field(default=250, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    seed: int | None = None
+    # When set, decoding is constrained to JSON following this JSON schema.
+    json_schema: dict[str, Any] | None = None
+    stop: list[str] = Field(default_factory=list)
+    # Generate exactly max_tokens (benchmarks): end-of-sequence is not a stop.
+    ignore_eos: bool = False
+    # Stop the request and fail it with DeadlineExceededError once it has run
+    # this long (counted from the call, including time queued behind others).
+    deadline_seconds: float | None = Field(default=None, gt=0)
+
+
+class Generation(BaseModel):
+    """The result of a generation request."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+
+
+class EmbeddingRequest(BaseModel):
+    """Sentence embeddings (mean pooled) for each text."""
+
+    texts: list[str] = Field(min_length=1)
+
+
+class ModelError(Exception):
+    """A model could not serve a request (base class of the runtime's errors)."""
+
+
+class UnknownModelError(ModelError):
+    """The model name is not in the registry."""
+
+
+class ModelLoadError(ModelError):
+    """The model file is missing, corrupt, or could not be loaded."""
+
+
+class ContextOverflowError(ModelError):
+    """The prompt does not fit the model's context window."""
+
+
+class DeadlineExceededError(ModelError):
+    """The request's deadline passed while it was running; it was stopped."""
