@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(default=1, ge=1, description="Tasks running at once per model")
     max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
+    embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
+    startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")
+    min_tps: float = Field(default=0.0, ge=0.0, description="Drop models slower than this many tokens/s (0: off)")
+    max_tokens_cap: int | None = Field(default=None, ge=1, description="Largest max_tokens a workflow may ask for")
+    max_time_cap: float | None = Field(default=None, gt=0, description="Largest max_time (s) a workflow may ask for")
 
     # Workflow tools
     search_provider: Literal["searxng", "serper"] | None = Field(default=None, description="Web search provider")
@@ -79,8 +84,14 @@ class Settings(BaseSettings):
     tool_allow: StrList = Field(default=[], description="Hosts/CIDRs tools may reach despite egress rules")
     tool_timeout: float = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
     tool_max_bytes: int = Field(default=1_000_000, ge=1024, description="Largest tool response kept")
+    tool_secrets: dict[str, dict[str, str]] = Field(
+        default={}, description="Headers sent only to the named host, e.g. {\"api.x.com\": {\"Authorization\": \"...\"}}"
+    )
 
     # Operations
+    rerun_interrupted: bool = Field(default=False, description="Re-run tasks a crash interrupted, if time allows")
+    result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
+    journal_retention: float = Field(default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline")
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
     http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
     http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import ConfigError, Settings, cli_flag, load_settings
+from node.cli_models import add_models_commands, run_models_command
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
     run_task.add_argument("--max-tokens", type=int, default=250, help="max_tokens of the Simple workflow")
 
+    models = commands.add_parser("models", help="list, pull, remove or benchmark models")
+    add_models_commands(models, _add_settings_flags)
+
     identity = commands.add_parser("identity", help="print this node's address and peer id")
     _add_settings_flags(identity)
     return parser
@@ -71,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run_task(args)
         if args.command == "identity":
             return _identity(args)
+        if args.command == "models":
+            from node.log import configure_logging
+
+            settings = _settings_from(args)
+            configure_logging("warning", settings.log_format)
+            return run_models_command(args, settings)
     except ConfigError as exc:
         print(f"compute-node: {exc}", file=sys.stderr)
         return EXIT_ERROR

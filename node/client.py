@@ -133,6 +133,11 @@ class Client:
 
     async def execute(self, task: Task, timeout: float = 60.0) -> TaskResult:
         """Publish the task and wait for its result; TaskTimeoutError / TaskFailedError otherwise."""
+        task_id = await self.submit(task, timeout)
+        return await self.wait(task_id, timeout)
+
+    async def submit(self, task: Task, timeout: float = 60.0) -> str:
+        """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`."""
         await self.start()
         assert self._host is not None
         task_id = secrets.token_urlsafe(16)
@@ -143,20 +148,33 @@ class Client:
             picked_nodes=task.nodes,
             public_key=self.identity.public_key_compressed.hex(),
         )
-        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        picked = {n.lower().removeprefix("0x") for n in task.nodes} if task.nodes else None
-        self._pending[task_id] = (future, picked)
+        self._expect(task_id, task.nodes)
         try:
             await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
-            log.debug("task published", task_id=task_id, models=task.models)
+        except P2PError as exc:
+            self._pending.pop(task_id, None)
+            raise ClientError(f"task {task_id}: could not publish: {exc}") from None
+        log.debug("task published", task_id=task_id, models=task.models)
+        return task_id
+
+    async def wait(self, task_id: str, timeout: float, nodes: list[str] | None = None) -> TaskResult:
+        """Wait for the result of a task published by this key (also one from an earlier session)."""
+        await self.start()
+        future = self._expect(task_id, nodes)
+        try:
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
             raise TaskTimeoutError(task_id, timeout) from None
-        except P2PError as exc:
-            raise ClientError(f"task {task_id}: could not publish: {exc}") from None
         finally:
             self._pending.pop(task_id, None)
+
+    def _expect(self, task_id: str, nodes: list[str] | None) -> asyncio.Future[TaskResult]:
+        if task_id not in self._pending:
+            future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+            picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
+            self._pending[task_id] = (future, picked)
+        return self._pending[task_id][0]
 
     async def _wait_for_mesh(self, host: P2PHost) -> None:
         if not self._peers:

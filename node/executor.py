@@ -58,6 +58,9 @@ class Executor:
             return 0, total
         return total - sum(self._admitted.values()), total
 
+    def hosts(self, model: str) -> bool:
+        return model in self._slots
+
     @property
     def pending(self) -> int:
         """Jobs admitted and not finished (running or queued)."""

@@ -28,9 +28,10 @@ class Take:
 
 @dataclass(frozen=True)
 class Ignore:
-    """Leave the task to other nodes."""
+    """Leave the task to other nodes; `reason` is a stable code (a metric label), `detail` says more."""
 
     reason: str
+    detail: str = ""
 
 
 def match_model(requested: list[str], hosted: list[str], rng: random.Random) -> str | None:
@@ -103,23 +104,23 @@ class Intake:
     def decide(self, sender: str, task: TaskBody, now_ns: int) -> Take | Ignore:
         """Take (and remember) the task, or say why not."""
         if self._publishers is not None and sender.lower() not in self._publishers:
-            return Ignore(f"publisher {sender} is not in the allow-list")
+            return Ignore("publisher_not_allowed", f"publisher {sender} is not in the allow-list")
         if task.picked_nodes is not None and self._address not in {n.lower().removeprefix("0x") for n in task.picked_nodes}:
-            return Ignore("not in pickedNodes")
+            return Ignore("not_picked")
         if task.filter is not None:
             try:
                 bloom = BloomFilter.from_hex(task.filter.hex, task.filter.hashes)
             except BloomFilterError as exc:
-                return Ignore(f"malformed filter: {exc}")
+                return Ignore("malformed_filter", str(exc))
             if not bloom.contains(self._address_bytes):
-                return Ignore("not in filter")
+                return Ignore("not_in_filter")
         if task.deadline <= now_ns:
-            return Ignore("deadline passed")
+            return Ignore("deadline_passed")
         if task.task_id in self.seen:
-            return Ignore("duplicate task id")
+            return Ignore("duplicate")
         model = match_model(task.input.model, self._hosted, self._rng)
         if model is None:
-            return Ignore(f"no hosted model matches {task.input.model}")
+            return Ignore("no_model", f"no hosted model matches {task.input.model}")
         if not self.seen.add(task.task_id, task.deadline, now_ns):
-            return Ignore("duplicate task id")
+            return Ignore("duplicate")
         return Take(model)

@@ -1,14 +1,17 @@
-"""Loading the configured models at start: registry -> local file -> llama.cpp runtime.
+"""Loading the configured models at start: registry -> local file -> llama.cpp runtime -> benchmark.
 
-A model that cannot be found or loaded is reported and skipped; a node left with
-no usable model cannot serve and stops with a clear error.
+A model that cannot be found or loaded, or that is slower than `min_tps`, is
+reported and skipped; a node left with no usable model stops with a clear error.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import structlog
 
 from config.settings import Settings
+from models.benchmark import BenchmarkCache
 from models.registry import Registry
 from models.requests import ModelError
 from models.runtime import LlamaModel, RuntimeOptions
@@ -21,6 +24,14 @@ class NoUsableModelError(Exception):
     """None of the configured models could be loaded."""
 
 
+@dataclass
+class LoadedModels:
+    """The models this node serves, in configured order, with their measured speed."""
+
+    models: dict[str, LlamaModel] = field(default_factory=dict)
+    tps: dict[str, float] = field(default_factory=dict)  # generation tokens/s per model
+
+
 def runtime_options(settings: Settings) -> RuntimeOptions:
     return RuntimeOptions(
         n_ctx=settings.n_ctx,
@@ -30,12 +41,16 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
     )
 
 
-async def load_models(settings: Settings) -> dict[str, LlamaModel]:
-    """Load every configured model that can be loaded, in the configured order."""
-    registry = Registry.builtin().with_overrides(settings.registry)
-    store = ModelStore(settings.models_dir)
+def model_store(settings: Settings) -> tuple[Registry, ModelStore]:
+    return Registry.builtin().with_overrides(settings.registry), ModelStore(settings.models_dir)
+
+
+async def load_models(settings: Settings) -> LoadedModels:
+    """Load (and benchmark) every configured model that can serve, in the configured order."""
+    registry, store = model_store(settings)
     options = runtime_options(settings)
-    loaded: dict[str, LlamaModel] = {}
+    bench_cache = BenchmarkCache(settings.data_dir / "benchmarks.json")
+    loaded = LoadedModels()
     problems: list[str] = []
     for name in dict.fromkeys(settings.models):
         try:
@@ -43,11 +58,24 @@ async def load_models(settings: Settings) -> dict[str, LlamaModel]:
             path = store.locate(spec)
             if path is None:
                 raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-            loaded[name] = await LlamaModel.load(name, path, options)
-            log.info("model loaded", model=name, path=str(path))
+            model = await LlamaModel.load(name, path, options)
         except ModelError as exc:
             log.error("model skipped", model=name, error=str(exc))
             problems.append(f"{name}: {exc}")
-    if not loaded:
+            continue
+        if settings.startup_benchmark:
+            result = await bench_cache.measure(model)
+            log.info("model benchmarked", model=name, prompt_tps=round(result.prompt_tps, 1),
+                     generation_tps=round(result.generation_tps, 1))
+            if settings.min_tps and result.generation_tps < settings.min_tps:
+                reason = f"{result.generation_tps:.1f} tokens/s is below min_tps {settings.min_tps:g}"
+                log.error("model skipped", model=name, error=reason)
+                problems.append(f"{name}: {reason}")
+                await model.close()
+                continue
+            loaded.tps[name] = round(result.generation_tps, 1)
+        loaded.models[name] = model
+        log.info("model loaded", model=name, path=str(path))
+    if not loaded.models:
         raise NoUsableModelError("no usable model: " + "; ".join(problems))
     return loaded

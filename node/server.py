@@ -1,11 +1,12 @@
 """The daemon's lifecycle: startup, serve until a signal, graceful shutdown.
 
-startup:  identity -> models -> P2P host (listen, subscribe) -> bootstrap dials
-          -> background loops (intake, heartbeat, re-dial)
+startup:  identity -> journal -> models -> P2P host (listen, subscribe) ->
+          bootstrap dials -> journal recovery -> background loops (intake,
+          heartbeat, re-dial, outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM
-shutdown: stop admitting (heartbeat capacity 0), let running tasks finish up to
-          `drain_timeout`, error the rest, stop the network, close the models.
-          A second signal skips the wait.
+shutdown: STOPPING=1, stop admitting (heartbeat capacity 0), let running tasks
+          finish up to `drain_timeout`, error the rest, flush results, stop the
+          network and the models, close the journal. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -14,19 +15,28 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from node.connector import Connector
 from node.executor import BusyError, Executor, Job
 from node.heartbeat import Heartbeat
+from node.http_api import HttpServer, create_app
 from node.identity import Identity
 from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
 from node.intake import Ignore, Intake
+from node.journal import Journal
+from node.messages import TaskBody, encode_body
+from node.metrics import NodeMetrics
 from node.model_setup import load_models
+from node.monitor import NodeMonitor
+from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
-from node.results import ResultPublisher
+from node.recovery import recover_interrupted
+from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
 from node.workflow_setup import engine_options, tool_settings
 
@@ -34,18 +44,24 @@ log = structlog.get_logger(__name__)
 
 
 class NodeServer:
-    """One compute node. `await serve()` runs it until a signal (or `request_exit`)."""
+    """One compute node. `await serve()` runs it until a signal (or `request_exit()`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = NodeMetrics()
+        self.notifier = SystemdNotifier.from_env()
         self.identity: Identity | None = None
         self.host: P2PHost | None = None
         self.executor: Executor | None = None
+        self.journal: Journal | None = None
+        self.monitor: NodeMonitor | None = None
+        self.http: HttpServer | None = None
         self.listen_addrs: list[str] = []
-        self.started = asyncio.Event()
+        self._outbox: ResultOutbox | None = None
+        self._heartbeat: Heartbeat | None = None
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._models: dict = {}
+        self._models: dict[str, Any] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -59,7 +75,7 @@ class NodeServer:
             await self.shutdown()
 
     def request_exit(self) -> None:
-        """Begin a graceful shutdown (what the first SIGINT/SIGTERM does)."""
+        """Begin a graceful shutdown; a second call skips waiting for running tasks."""
         if self._exit.is_set():
             self._force_exit = True
             log.warning("second stop request: exiting without waiting for tasks")
@@ -69,78 +85,110 @@ class NodeServer:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = (
-            Identity.from_hex(settings.secret_key)
-            if settings.secret_key
-            else Identity.load_or_create(settings.identity_path)
+            Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
         )
-        self._models = await load_models(settings)
+        self.journal = journal = Journal.open(settings.journal_path)
+        journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
+        loaded = await load_models(settings)
+        self._models = loaded.models
         names = list(self._models)
-        host = P2PHost(self.identity.secret, settings.listen)
-        self.host = host
+        for name, tps in loaded.tps.items():
+            self.metrics.tokens_per_second.labels(model=name).set(tps)
+        embedder = self._models.get(settings.embedding_model) if settings.embedding_model else None
+        if settings.embedding_model and embedder is None:
+            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a loaded model ({names})")
+        self.host = host = P2PHost(self.identity.secret, settings.listen)
         await host.start()
 
-        runner = TaskRunner(self._models, ResultPublisher(self.identity, host), tool_settings(settings), engine_options(settings))
+        outbox = ResultOutbox(self.identity, host, journal, grace_s=settings.result_grace)
+        runner = TaskRunner(
+            self._models, outbox, journal, self.metrics, tool_settings(settings), engine_options(settings), embedder
+        )
         self._runner = runner
         self.executor = Executor(runner.run, runner.abandon, names, settings.max_concurrent, settings.max_queue)
         self._intake = Intake(self.identity.address, names, settings.publishers or None)
+        self.monitor = NodeMonitor(self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models)
 
-        gate = GossipGate()
+        gate = GossipGate(on_reject=self._on_reject)
         queues = {topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
         connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
         await connector.dial_all()
-        heartbeat = Heartbeat(
-            self.identity,
-            host,
-            names,
-            capacity=self.executor.capacity,
-            pending=lambda: self.executor.pending if self.executor else 0,
-            tps=dict,
-            interval=settings.heartbeat_interval,
+        await recover_interrupted(journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0)
+        self._outbox = outbox
+        self._heartbeat = heartbeat = Heartbeat(
+            self.identity, host, names, capacity=self.executor.capacity, pending=lambda: self.executor.pending,
+            tps=lambda: loaded.tps, interval=settings.heartbeat_interval,
         )
         self._loops = [
             asyncio.create_task(self._consume_tasks(queues[TASK_TOPIC]), name="intake"),
-            asyncio.create_task(self._consume_others(queues[RESULTS_TOPIC]), name="results"),
-            asyncio.create_task(self._consume_others(queues[HEARTBEAT_TOPIC]), name="heartbeats"),
+            asyncio.create_task(self._drain_queue(queues[RESULTS_TOPIC]), name="results"),
+            asyncio.create_task(self._consume_heartbeats(queues[HEARTBEAT_TOPIC]), name="heartbeats"),
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
             asyncio.create_task(connector.run(), name="connector"),
+            asyncio.create_task(outbox.run(), name="outbox"),
         ]
+        self.monitor.watch_loops(lambda: all(not loop.done() for loop in self._loops))
+        if settings.http_enabled:
+            self.http = HttpServer(create_app(self.metrics, self.monitor.health, self.monitor.status))
+            await self.http.start(settings.http_host, settings.http_port)
         self.listen_addrs = host.listen_addrs
-        log.info(
-            "node started",
-            address=self.identity.address,
-            peer_id=host.peer_id,
-            listen=self.listen_addrs,
-            models=names,
-        )
+        log.info("node started", address=self.identity.address, peer_id=host.peer_id, listen=self.listen_addrs, models=names)
         for addr in self.listen_addrs:
             print(f"listening on {addr}", flush=True)
-        self.started.set()
+        self.notifier.ready()
+        self.notifier.status(f"serving {', '.join(names)} as {self.identity.address}")
+        self._loops.append(asyncio.create_task(self.monitor.run(), name="monitor"))  # watchdog pings after READY
 
     async def shutdown(self) -> None:
         log.info("shutting down")
+        self.notifier.stopping()
         if self.executor is not None:
-            timeout = 0.0 if self._force_exit else self.settings.drain_timeout
-            drain = asyncio.create_task(self.executor.drain(timeout))
-            while not drain.done():
-                # A second signal during the drain cuts it short.
-                await asyncio.wait({drain}, timeout=0.2)
-                if self._force_exit and not drain.done():
-                    self.executor.accepting = False
-                    await self.executor.drain(0.0)
-            cancelled = drain.result()
-            if cancelled:
-                log.warning("tasks cancelled at shutdown", count=cancelled)
+            self.executor.accepting = False
+            await self._announce_draining()
+            await self._drain(self.executor)
+            await self._flush_results()
         for task in [*self._loops, *self._side_tasks]:
             task.cancel()
         await asyncio.gather(*self._loops, *self._side_tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.stop()
         if self.host is not None:
             await self.host.stop()
         for model in self._models.values():
             await model.close()
+        if self.journal is not None:
+            self.journal.close()
         log.info("stopped")
 
+    async def _drain(self, executor: Executor) -> None:
+        timeout = 0.0 if self._force_exit else self.settings.drain_timeout
+        drain = asyncio.create_task(executor.drain(timeout))
+        while not drain.done():
+            await asyncio.wait({drain}, timeout=0.2)
+            if self._force_exit and not drain.done():
+                await executor.drain(0.0)  # a second signal during the drain cuts it short
+        if cancelled := drain.result():
+            log.warning("tasks cancelled at shutdown", count=cancelled)
+
+    async def _announce_draining(self) -> None:
+        """Publishers see capacity 0 at once instead of at the next heartbeat."""
+        if self._heartbeat is None:
+            return
+        try:
+            await asyncio.wait_for(self._heartbeat.publish_once(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - best effort while stopping
+            log.warning("draining heartbeat not published", error=str(exc))
+
+    async def _flush_results(self) -> None:
+        if self._outbox is None:
+            return
+        try:
+            await asyncio.wait_for(self._outbox.flush(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - what is left stays in the journal for the next start
+            log.warning("results left in the journal", error=str(exc))
+
     async def _consume_tasks(self, queue: asyncio.Queue[GossipMessage]) -> None:
-        assert self.executor is not None
+        assert self.executor is not None and self.journal is not None
         while True:
             message = await queue.get()
             now = time.time_ns()
@@ -149,24 +197,46 @@ class NodeServer:
             except InboundError:
                 continue  # already rejected and logged by the gossip validator
             task = inbound.body
+            assert isinstance(task, TaskBody)
+            self.metrics.tasks_received.inc()
             task_log = log.bind(task_id=task.task_id)
+            task_log.debug("task received", publisher=inbound.sender)
             decision = self._intake.decide(inbound.sender, task, now)
             if isinstance(decision, Ignore):
-                task_log.debug("task not taken", reason=decision.reason)
+                self.metrics.ignore(decision.reason)
+                task_log.debug("task not taken", reason=decision.reason, detail=decision.detail)
                 continue
+            if not self.journal.record_accepted(
+                task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task), now
+            ):
+                self.metrics.ignore("duplicate")
+                task_log.debug("task not taken", reason="duplicate", detail="already in the journal")
+                continue
+            self.metrics.tasks_taken.inc()
             job = Job(task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log)
             task_log.info("task taken", model=decision.model, publisher=inbound.sender)
             try:
                 self.executor.submit(job)
             except BusyError as exc:
                 task_log.warning("task refused", reason=str(exc))
-                self._spawn(self._runner.refuse(job, str(exc)))
+                self._spawn(self._runner.abandon(job, str(exc)))
 
-    async def _consume_others(self, queue: asyncio.Queue[GossipMessage]) -> None:
+    async def _consume_heartbeats(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            await queue.get()
+            if self.monitor is not None:
+                self.monitor.heartbeat_seen()
+
+    @staticmethod
+    async def _drain_queue(queue: asyncio.Queue[GossipMessage]) -> None:
         while True:
             await queue.get()
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _on_reject(self, topic: str, reason: str) -> None:
+        if topic == TASK_TOPIC:
+            self.metrics.reject(reason)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)

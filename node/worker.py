@@ -12,35 +12,44 @@ import time
 
 from models.requests import ModelError
 from node.executor import Job
+from node.journal import Journal
 from node.messages import ResultBody, Stats
-from node.results import ResultPublisher, error_body, success_body
-from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
+from node.metrics import NodeMetrics
+from node.outbox import ResultOutbox
+from node.results import error_body, success_body
+from workflows import EngineOptions, ToolSettings, WorkflowError, WorkflowResult, parse_workflow, run_workflow
 from workflows.backend import ModelBackend
 
 
 class TaskRunner:
-    """Executes jobs handed over by the executor and publishes their results."""
+    """Executes jobs handed over by the executor and sends their results to the outbox."""
 
     def __init__(
         self,
         models: dict[str, ModelBackend],
-        publisher: ResultPublisher,
+        outbox: ResultOutbox,
+        journal: Journal,
+        metrics: NodeMetrics,
         tools: ToolSettings,
         options: EngineOptions,
         embedder: ModelBackend | None = None,
     ) -> None:
         self._models = models
-        self._publisher = publisher
+        self._outbox = outbox
+        self._journal = journal
+        self._metrics = metrics
         self._tools = tools
         self._options = options
         self._embedder = embedder
 
     async def run(self, job: Job) -> None:
-        """Run the job to a published result (success or error)."""
+        """Run the job to a result (success or error) handed to the outbox."""
         started = time.time_ns()
+        self._journal.mark_running(job.task.task_id)
+        self._metrics.task_queue_wait_seconds.observe(max(0, started - job.received_at_ns) / 1e9)
         job.log.info("task started", model=job.model)
         try:
-            text = await self._execute(job)
+            result = await self._execute(job)
         except asyncio.CancelledError:
             await self._finish(job, started, error="interrupted: node shutting down")
             raise
@@ -50,17 +59,13 @@ class TaskRunner:
             job.log.exception("task crashed")
             await self._finish(job, started, error=f"internal error: {type(exc).__name__}")
         else:
-            await self._finish(job, started, text=text)
+            await self._finish(job, started, result=result)
 
     async def abandon(self, job: Job, reason: str) -> None:
-        """Publish an error for a job that never started (cancelled while queued)."""
+        """Send an error for a job that never started (cancelled while queued, or refused as busy)."""
         await self._finish(job, time.time_ns(), error=reason)
 
-    async def refuse(self, job: Job, reason: str) -> None:
-        """Publish an error for a job the executor could not admit ("busy: ...")."""
-        await self._finish(job, time.time_ns(), error=reason)
-
-    async def _execute(self, job: Job) -> str:
+    async def _execute(self, job: Job) -> WorkflowResult:
         try:
             workflow = parse_workflow(job.task.input.workflow)
         except WorkflowError as exc:
@@ -86,28 +91,41 @@ class TaskRunner:
         except ModelError as exc:
             raise _TaskFailure(f"model error: {exc}") from None
         job.log.info("workflow finished", steps=result.steps, completion_tokens=result.completion_tokens)
-        return result.text
+        return result
 
-    async def _finish(self, job: Job, started_ns: int, *, text: str | None = None, error: str | None = None) -> None:
+    async def _finish(
+        self, job: Job, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None
+    ) -> None:
         ended = time.time_ns()
-        stats = Stats(
-            received_at=job.received_at_ns,
-            execution_started_at=started_ns,
-            execution_ended_at=ended,
-            published_at=ended,
-        )
         task = job.task
         body: ResultBody
-        if error is None and text is not None:
-            body = success_body(task.task_id, job.model, text, task.public_key, stats)
+        if result is not None:
+            stats = Stats(
+                received_at=job.received_at_ns,
+                execution_started_at=started_ns,
+                execution_ended_at=ended,
+                published_at=ended,
+                promptTokens=result.prompt_tokens,
+                completionTokens=result.completion_tokens,
+            )
+            body = success_body(task.task_id, job.model, result.text, task.public_key, stats)
+            self._metrics.tasks_completed.inc()
+            self._metrics.tokens_generated.labels(model=job.model).inc(result.completion_tokens)
         else:
+            stats = Stats(
+                received_at=job.received_at_ns,
+                execution_started_at=started_ns,
+                execution_ended_at=ended,
+                published_at=ended,
+            )
             body = error_body(task.task_id, job.model, error or "unknown error", stats)
+            self._metrics.tasks_failed.inc()
+        self._metrics.task_latency_seconds.observe(max(0, ended - job.received_at_ns) / 1e9)
+        job.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
         try:
-            await self._publisher.publish(body)
-        except Exception:  # noqa: BLE001 - publishing failures are logged; the journal retries them
-            job.log.exception("result publish failed")
-            return
-        job.log.info("result published", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
+            await self._outbox.send(body)
+        except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries
+            job.log.exception("result not sent")
 
 
 class _TaskFailure(Exception):

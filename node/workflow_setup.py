@@ -17,10 +17,15 @@ def tool_settings(settings: Settings) -> ToolSettings:
         search=search,
         reader_enabled=True,
         egress_allow=settings.tool_allow,
+        secrets=settings.tool_secrets,
         http_timeout_s=settings.tool_timeout,
         max_response_bytes=settings.tool_max_bytes,
     )
 
 
 def engine_options(settings: Settings) -> EngineOptions:
-    return EngineOptions(temperature=settings.temperature)
+    return EngineOptions(
+        temperature=settings.temperature,
+        max_tokens_cap=settings.max_tokens_cap,
+        max_time_cap=settings.max_time_cap,
+    )

@@ -21,6 +21,7 @@ def node_settings(data_dir: Path, **overrides: Any) -> Settings:
         "http_enabled": False,
         "heartbeat_interval": 2.0,
         "drain_timeout": 5.0,
+        "startup_benchmark": False,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -26,6 +26,7 @@ def cli_env() -> dict[str, str]:
     env["COMPUTE_NODE_N_THREADS"] = "1"
     env["COMPUTE_NODE_N_CTX"] = "1024"
     env["COMPUTE_NODE_HTTP_ENABLED"] = "false"
+    env["COMPUTE_NODE_STARTUP_BENCHMARK"] = "false"
     return env
 
 

@@ -49,7 +49,7 @@ def test_takes_a_matching_task_once() -> None:
     now = time.time_ns()
     body = task()
     assert intake.decide(PUBLISHER.address, body, now) == Take("smollm2:135m")
-    assert intake.decide(PUBLISHER.address, body, now) == Ignore("duplicate task id")
+    assert intake.decide(PUBLISHER.address, body, now) == Ignore("duplicate")
 
 
 def test_picked_nodes() -> None:
@@ -57,7 +57,7 @@ def test_picked_nodes() -> None:
     now = time.time_ns()
     assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Take)
     assert isinstance(intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Take)
-    assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not in pickedNodes")
+    assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not_picked")
 
 
 def test_bloom_filter_selects_by_raw_address() -> None:
@@ -67,15 +67,15 @@ def test_bloom_filter_selects_by_raw_address() -> None:
     theirs = BloomFilter.build([OTHER.address_bytes])
     assert isinstance(intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Take)
     decision = intake.decide(PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now)
-    assert decision == Ignore("not in filter")
+    assert decision == Ignore("not_in_filter")
 
 
 def test_past_deadline_and_no_model() -> None:
     intake = Intake(NODE.address, HOSTED)
     now = time.time_ns()
-    assert intake.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline passed")
+    assert intake.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline_passed")
     decision = intake.decide(PUBLISHER.address, task("b", models=["gemma3:270m"]), now)
-    assert isinstance(decision, Ignore) and "no hosted model" in decision.reason
+    assert decision.reason == "no_model" and "gemma3:270m" in decision.detail
     # A task not taken is not remembered: it could still be taken after a config change.
     assert "b" not in intake.seen
 
@@ -85,7 +85,7 @@ def test_publisher_allow_list() -> None:
     now = time.time_ns()
     assert isinstance(intake.decide(PUBLISHER.address, task("a"), now), Take)
     decision = intake.decide(OTHER.address, task("b"), now)
-    assert isinstance(decision, Ignore) and "allow-list" in decision.reason
+    assert decision.reason == "publisher_not_allowed" and OTHER.address in decision.detail
 
 
 def test_seen_tasks_kept_until_deadline_and_bounded() -> None:

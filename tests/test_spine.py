@@ -72,7 +72,7 @@ async def test_task_for_a_model_no_node_hosts_times_out_naming_the_task(cluster:
         entry for entry in logs if entry["event"] == "task not taken" and entry.get("task_id") == caught.value.task_id
     ]
     assert len(not_taken) == 2, logs  # each node logged it
-    assert all("no hosted model" in entry["reason"] for entry in not_taken)
+    assert all(entry["reason"] == "no_model" and "gemma3:270m" in entry["detail"] for entry in not_taken)
 
 
 async def test_failing_workflow_returns_an_error_result_with_the_reason(cluster: Cluster) -> None:
