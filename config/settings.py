@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
     journal_retention: float = Field(default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline")
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
+    startup_grace: float = Field(default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start")
     http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
     http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")
     http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")

@@ -159,10 +159,10 @@ class Client:
 
     async def wait(self, task_id: str, timeout: float, nodes: list[str] | None = None) -> TaskResult:
         """Wait for the result of a task published by this key (also one from an earlier session)."""
-        await self.start()
-        future = self._expect(task_id, nodes)
+        future = self._expect(task_id, nodes)  # before joining: a result may arrive as soon as the mesh forms
         try:
             async with asyncio.timeout(timeout):
+                await self.start()
                 return await future
         except TimeoutError:
             raise TaskTimeoutError(task_id, timeout) from None

@@ -16,7 +16,7 @@ import structlog
 from node.envelope import seal
 from node.identity import Identity
 from node.inbound import RESULTS_TOPIC
-from node.journal import Journal, JournalEntry
+from node.journal import Journal, JournalEntry, TaskState
 from node.messages import MessageError, ResultBody, decode_result, encode_body
 from node.p2p import P2PError, P2PHost
 
@@ -45,10 +45,11 @@ class ResultOutbox:
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now."""
         self._journal.record_finished(body.task_id, encode_body(body))
-        if not await self._has_peers():
-            log.warning("no peers: result kept until peers return", task_id=body.task_id)
-            return False
-        return await self._publish(body)
+        async with self._lock:
+            if not await self._has_peers():
+                log.warning("no peers: result kept until peers return", task_id=body.task_id)
+                return False
+            return await self._publish_if_unpublished(body)
 
     async def flush(self) -> int:
         """Publish every journalled result still in time; returns how many went out."""
@@ -62,7 +63,7 @@ class ResultOutbox:
                 if entry.deadline_ns + self._grace_ns < now:
                     continue  # too late to matter; pruned with the old entries
                 body = self._body_of(entry)
-                if body is not None and await self._publish(body):
+                if body is not None and await self._publish_if_unpublished(body):
                     sent += 1
             return sent
 
@@ -75,7 +76,11 @@ class ResultOutbox:
                     log.info("kept results published", count=sent)
             await asyncio.sleep(self._retry_interval_s)
 
-    async def _publish(self, body: ResultBody) -> bool:
+    async def _publish_if_unpublished(self, body: ResultBody) -> bool:
+        # Callers hold the lock; `send` and `flush` may both hold the same result.
+        entry = self._journal.get(body.task_id)
+        if entry is not None and entry.state == TaskState.PUBLISHED:
+            return False
         stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
         sent = body.model_copy(update={"stats": stats})
         try:

@@ -205,7 +205,20 @@ class P2PService:
                 log.info("p2p.listening", peer_id=self.peer_id, addrs=self.listen_addrs)
                 on_ready()
                 await self._stop_event.wait()  # type: ignore[union-attr]
+                await self._flush_outbound(STOP_GRACE_S / 3)
+                # Close connections explicitly: cancelling the services alone leaves the
+                # sockets open, and peers would keep us in their mesh as if still alive.
+                with trio.move_on_after(STOP_GRACE_S / 2):
+                    await host.close()
                 nursery.cancel_scope.cancel()
+
+    async def _flush_outbound(self, timeout: float) -> None:
+        """Let messages published just before stop() reach the wire (bounded)."""
+        assert self._pubsub is not None
+        with trio.move_on_after(timeout):
+            while any(len(queue) for queue in self._pubsub.peer_queues.values()):
+                await trio.sleep(PACING_POLL_S)
+            await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
 
     async def _housekeeping(self) -> None:
         # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound.

@@ -107,7 +107,10 @@ class NodeServer:
         self._runner = runner
         self.executor = Executor(runner.run, runner.abandon, names, settings.max_concurrent, settings.max_queue)
         self._intake = Intake(self.identity.address, names, settings.publishers or None)
-        self.monitor = NodeMonitor(self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models)
+        self.monitor = NodeMonitor(
+            self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models,
+            startup_grace_s=settings.startup_grace,
+        )
 
         gate = GossipGate(on_reject=self._on_reject)
         queues = {topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
@@ -131,6 +134,7 @@ class NodeServer:
         if settings.http_enabled:
             self.http = HttpServer(create_app(self.metrics, self.monitor.health, self.monitor.status))
             await self.http.start(settings.http_host, settings.http_port)
+            log.info("http endpoint", url=f"http://{settings.http_host}:{self.http.port}", paths=["/metrics", "/healthz", "/status"])
         self.listen_addrs = host.listen_addrs
         log.info("node started", address=self.identity.address, peer_id=host.peer_id, listen=self.listen_addrs, models=names)
         for addr in self.listen_addrs:

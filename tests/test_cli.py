@@ -3,65 +3,17 @@ as real subprocesses against each other, stopped with real signals."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.nodeproc import CLI, ROOT, NodeProcess, cli_env
+
 pytestmark = pytest.mark.slow
-
-CLI = [sys.executable, "-m", "node.cli"]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_NODE_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["COMPUTE_NODE_N_THREADS"] = "1"
-    env["COMPUTE_NODE_N_CTX"] = "1024"
-    env["COMPUTE_NODE_HTTP_ENABLED"] = "false"
-    env["COMPUTE_NODE_STARTUP_BENCHMARK"] = "false"
-    return env
-
-
-class NodeProcess:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(data_dir), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
-        )
-        self.addr = self._wait_for_listen_line()
-
-    def _wait_for_listen_line(self, timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = re.match(r"listening on (/ip4/127\.0\.0\.1/tcp/\d+/p2p/16Uiu2\w+)", line.strip())
-            if match:
-                return match.group(1)
-        self.proc.kill()
-        raise AssertionError(f"node did not print its address; stderr:\n{self.proc.stderr.read()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 @pytest.fixture

@@ -102,6 +102,18 @@ async def test_two_hosts_exchange_both_ways(make_host: HostFactory) -> None:
     assert qa.empty() and qb.empty()
 
 
+async def test_stopped_host_leaves_its_peers_mesh(make_host: HostFactory) -> None:
+    # Regression: stop() used to end the Trio thread with its sockets still open,
+    # so peers kept a stopped host in their mesh and published into the void.
+    a, b, _, _ = await pair(make_host)
+    await a.stop()
+
+    async def gone() -> bool:
+        return not await b.peers() and (await b.mesh_sizes()).get(TOPIC, 0) == 0
+
+    await wait_until(gone, "b to notice that a stopped")
+
+
 async def test_message_is_relayed_along_a_line(make_host: HostFactory) -> None:
     a, b, c = await make_host(), await make_host(), await make_host()
     qc = await c.subscribe(TOPIC)
