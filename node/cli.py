@@ -135,13 +135,13 @@ def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
-    from node.client import Client, ClientError, Task, TaskFailedError, TaskTimeoutError
+    from node.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
 
     client = Client(peers=args.peer, secret_key=args.key)
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)
-    except TaskTimeoutError as exc:
+    except (TaskTimeoutError, NoNodeError) as exc:
         print(f"compute-node: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
     except TaskFailedError as exc:

@@ -20,7 +20,8 @@ from node.ecies import EciesError, decrypt
 from node.envelope import seal
 from node.identity import Identity
 from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
-from node.messages import ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.node_table import KnownNode, NodeTable
 from node.p2p import GossipMessage, P2PError, P2PHost
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,13 @@ class TaskTimeoutError(ClientError, TimeoutError):
         self.task_id = task_id
 
 
+class NoNodeError(ClientError, TimeoutError):
+    """No live node hosting an acceptable model was seen before the timeout; nothing was published."""
+
+    def __init__(self, timeout: float, models: list[str], known: int) -> None:
+        super().__init__(f"no live node hosting any of {models} seen within {timeout:g} s ({known} live nodes known)")
+
+
 class TaskFailedError(ClientError):
     """The executing node returned an error result."""
 
@@ -46,6 +54,11 @@ class TaskFailedError(ClientError):
         self.task_id = task_id
         self.reason = reason
         self.node = node
+
+    @property
+    def retryable(self) -> bool:
+        """A node-side failure (busy, interrupted, crashed, model failed), not a workflow error."""
+        return self.reason.startswith(("busy:", "interrupted:", "internal error", "model error"))
 
 
 class Task(BaseModel):
@@ -79,6 +92,8 @@ class Client:
         secret_key: str | bytes | None = None,
         listen: list[str] | None = None,
         connect_timeout: float = 15.0,
+        max_retries: int = 2,
+        node_table: NodeTable | None = None,
     ) -> None:
         if isinstance(secret_key, bytes):
             self.identity = Identity(secret_key)
@@ -93,6 +108,8 @@ class Client:
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
+        self._max_retries = max_retries
+        self.nodes = node_table or NodeTable()
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -114,7 +131,7 @@ class Client:
             self._loops = [
                 asyncio.create_task(self._consume_results(queues[RESULTS_TOPIC])),
                 asyncio.create_task(self._drain(queues[TASK_TOPIC])),
-                asyncio.create_task(self._drain(queues[HEARTBEAT_TOPIC])),
+                asyncio.create_task(self._consume_heartbeats(queues[HEARTBEAT_TOPIC])),
             ]
             results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
             failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
@@ -132,9 +149,52 @@ class Client:
             self._host = None
 
     async def execute(self, task: Task, timeout: float = 60.0) -> TaskResult:
-        """Publish the task and wait for its result; TaskTimeoutError / TaskFailedError otherwise."""
-        task_id = await self.submit(task, timeout)
-        return await self.wait(task_id, timeout)
+        """Run the task and return its verified result within `timeout` seconds.
+
+        With `task.nodes` set, those nodes are picked. Otherwise one live node that
+        hosts an acceptable model is chosen from heartbeats; a `busy` answer or a
+        node failure is retried on another node (new task id, at most `max_retries`
+        times); a workflow error is not. Raises TaskTimeoutError (NoNodeError when
+        no node was found) or TaskFailedError.
+        """
+        if task.nodes:
+            task_id = await self.submit(task, timeout)
+            return await self.wait(task_id, timeout, nodes=task.nodes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        tried: set[str] = set()
+        last_failure: TaskFailedError | None = None
+        for _ in range(self._max_retries + 1):
+            node = await self._choose(task.models, tried, deadline, timeout, last_failure)
+            tried.add(node.address)
+            self.nodes.reserve(node.address)
+            picked = task.model_copy(update={"nodes": [node.address]})
+            remaining = max(deadline - loop.time(), 0.001)
+            task_id = await self.submit(picked, remaining)
+            try:
+                return await self.wait(task_id, remaining, nodes=picked.nodes)
+            except TaskFailedError as exc:
+                if not exc.retryable:
+                    raise
+                last_failure = exc
+                log.info("retrying on another node", task_id=task_id, node=node.address, reason=exc.reason)
+        assert last_failure is not None
+        raise last_failure
+
+    async def _choose(
+        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
+    ) -> KnownNode:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        while True:
+            node = self.nodes.choose(models, exclude=tried)
+            if node is not None:
+                return node
+            if last_failure is not None and not any(n.serves(models) and n.address not in tried for n in self.nodes.live()):
+                raise last_failure  # every node that could take it was tried
+            if loop.time() >= deadline:
+                raise NoNodeError(timeout, models, len(self.nodes.live()))
+            await asyncio.sleep(0.1)
 
     async def submit(self, task: Task, timeout: float = 60.0) -> str:
         """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`."""
@@ -219,6 +279,16 @@ class Client:
         except (EciesError, ValueError) as exc:
             raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
         return TaskResult(task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats)
+
+    async def _consume_heartbeats(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                inbound = decode(HEARTBEAT_TOPIC, message.data)
+            except InboundError:
+                continue
+            assert isinstance(inbound.body, HeartbeatBody)
+            self.nodes.update(inbound.sender, inbound.body)
 
     @staticmethod
     async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:

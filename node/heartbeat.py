@@ -55,11 +55,29 @@ class Heartbeat:
         data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))
         await self._host.publish(HEARTBEAT_TOPIC, data)
 
-    async def run(self) -> None:
-        """Publish now and then every interval; a failed publish is logged, not fatal."""
+    async def run(self, tick: float = 1.0, settle: float = 1.5) -> None:
+        """Publish every interval, and soon after a new peer connects (once its mesh had
+        `settle` seconds to form), so a new publisher learns about this node at once."""
+        loop = asyncio.get_running_loop()
+        last_published = -self._interval
+        first_seen: dict[str, float] = {}
+        announced: set[str] = set()
         while True:
+            now = loop.time()
             try:
-                await self.publish_once()
-            except P2PError as exc:
-                log.warning("heartbeat not published", error=str(exc))
-            await asyncio.sleep(self._interval)
+                peers = set(await self._host.peers())
+            except P2PError:
+                peers = set()
+            for peer in peers - first_seen.keys():
+                first_seen[peer] = now
+            first_seen = {peer: seen for peer, seen in first_seen.items() if peer in peers}
+            announced &= peers
+            matured = {peer for peer in peers - announced if now - first_seen[peer] >= settle}
+            if matured or now - last_published >= self._interval:
+                try:
+                    await self.publish_once()
+                    last_published = now
+                    announced |= matured
+                except P2PError as exc:
+                    log.warning("heartbeat not published", error=str(exc))
+            await asyncio.sleep(tick)

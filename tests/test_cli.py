@@ -59,7 +59,7 @@ def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
 def test_run_task_timeout_and_error_are_one_line_and_non_zero(node: NodeProcess) -> None:
     timed_out = run_task("--peer", node.addr, "--model", "gemma3:270m", "--prompt", "Hi", "--timeout", "3")
     assert timed_out.returncode == 2
-    assert re.fullmatch(r"compute-node: task [\w-]+: no result within 3 s\n", timed_out.stderr)
+    assert re.fullmatch(r"compute-node: no live node hosting any of \['gemma3:270m'\] seen within 3 s .*\n", timed_out.stderr)
     bad = run_task("--peer", node.addr, "--model", "*", "--workflow", "/nonexistent.json")
     assert bad.returncode == 1
     assert "cannot read workflow" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

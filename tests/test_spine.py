@@ -63,7 +63,8 @@ async def test_picked_node_executes_and_signs(cluster: Cluster) -> None:
 
 
 async def test_task_for_a_model_no_node_hosts_times_out_naming_the_task(cluster: Cluster) -> None:
-    task = Task(workflow=Simple().workflow(prompt="Hi"), models=["gemma3:270m"])
+    # Both nodes are named, so the task is published and each node decides for itself.
+    task = Task(workflow=Simple().workflow(prompt="Hi"), models=["gemma3:270m"], nodes=sorted(cluster.addresses))
     with structlog.testing.capture_logs() as logs:
         with pytest.raises(TaskTimeoutError) as caught:
             await cluster.client.execute(task, timeout=3)
