@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import pathlib
 import random
 
 import pytest
@@ -12,7 +10,7 @@ import xxhash
 from node.bloom import BloomFilter, BloomFilterError
 from node.identity import Identity
 
-VECTORS = json.loads(pathlib.Path("/work/shared/protocol/vectors.json").read_text())
+from tests.protocol_files import VECTORS
 
 
 @pytest.mark.parametrize("vector", VECTORS["bloom_filter"], ids=lambda v: f"{len(v['hex']) // 2}B")

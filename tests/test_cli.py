@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodeproc import CLI, ROOT, NodeProcess, cli_env
+from tests.protocol_files import EXAMPLES
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +47,7 @@ def test_start_then_run_task_prints_the_result_and_sigterm_exits_0(node: NodePro
 
 
 def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
-    workflow = ROOT.parent / "shared" / "protocol" / "examples" / "simple_omitted.json"
-    if not workflow.exists():
-        pytest.skip("shared protocol examples are not beside the checkout")
+    workflow = EXAMPLES / "simple_omitted.json"
     done = run_task(
         "--peer", node.addr, "--model", "*", "--workflow", str(workflow), "--input", "What is the capital of France?"
     )

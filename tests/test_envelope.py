@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from node.envelope import (
 from node.identity import Identity
 from node.messages import decode_task
 
-VECTORS = json.loads(pathlib.Path("/work/shared/protocol/vectors.json").read_text())
+from tests.protocol_files import VECTORS
 VECTOR = VECTORS["envelope_signature"]
 NOW = 1_733_160_000_123_456_789
 SECOND = 1_000_000_000

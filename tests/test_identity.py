@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import stat
@@ -22,7 +21,7 @@ from node.identity import (
     recover_address,
 )
 
-VECTORS = json.loads(pathlib.Path("/work/shared/protocol/vectors.json").read_text())
+from tests.protocol_files import VECTORS
 IDENTITY = VECTORS["identity"]
 DIGEST = hashlib.sha256(b"compute node").digest()
 

