@@ -98,3 +98,10 @@ def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path
     assert settings.http_enabled is False
     assert settings.max_queue == 2
+
+
+def test_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "example.toml"
+    settings = load_settings(example)
+    assert settings.data_dir == Path("/var/lib/compute-node")
+    assert settings.listen == ["/ip4/0.0.0.0/tcp/4001"] and settings.max_queue == 8

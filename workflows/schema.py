@@ -116,12 +116,15 @@ class Task(_Model):
 def _decode_schema(raw: str) -> dict[str, Any]:
     """A JSON-schema string, or the base64 of one."""
     try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError:
         try:
-            parsed = json.loads(base64.b64decode(raw, validate=True))
-        except (binascii.Error, ValueError):
-            raise ValueError("is neither a JSON schema string nor base64 of one") from None
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                parsed = json.loads(base64.b64decode(raw, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError("is neither a JSON schema string nor base64 of one") from None
+    except RecursionError:
+        raise ValueError("nests too deeply to be a JSON schema") from None
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object schema")  # noqa: TRY004 (pydantic wants ValueError)
     return parsed
@@ -254,8 +257,10 @@ def parse_workflow(raw: dict[str, Any] | str | bytes) -> Workflow:
     if isinstance(raw, (str, bytes)):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
             raise WorkflowValidationError(f"workflow: not valid JSON ({e})") from None
+        except RecursionError:
+            raise WorkflowValidationError("workflow: JSON nests too deeply") from None
     if not isinstance(raw, dict):
         raise WorkflowValidationError("workflow: must be a JSON object")
     try:
