@@ -12,6 +12,7 @@ from typing import Any
 
 from config.settings import ConfigError, Settings, cli_flag, load_settings
 from node.cli_models import add_models_commands, run_models_command
+from node.gateway.cli import add_gateway_command, run_gateway
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list, pull, remove or benchmark models")
     add_models_commands(models, _add_settings_flags)
 
+    add_gateway_command(commands)
+
     identity = commands.add_parser("identity", help="print this node's address and peer id")
     _add_settings_flags(identity)
     return parser
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_task(args)
         if args.command == "identity":
             return _identity(args)
+        if args.command == "gateway":
+            return run_gateway(args)
         if args.command == "models":
             from node.log import configure_logging
 

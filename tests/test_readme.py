@@ -1,15 +1,22 @@
-"""The README's settings table is the one generated from the Settings model."""
+"""The README's settings tables are the ones generated from the settings models."""
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from config.settings import settings_table
+from node.gateway.settings import gateway_settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_settings_table_matches_the_settings_model() -> None:
+@pytest.mark.parametrize(
+    ("marker", "generate"), [("settings-table", settings_table), ("gateway-settings-table", gateway_settings_table)]
+)
+def test_settings_table_matches_the_settings_model(marker: str, generate: Callable[[], str]) -> None:
     text = README.read_text()
-    match = re.search(r"<!-- settings-table[^>]*-->\n\| key[^\n]*\n\|---[^\n]*\n(.*?)\n<!-- /settings-table -->", text, re.S)
-    assert match, "settings table markers missing from README.md"
-    assert match.group(1) == settings_table(), "regenerate the README table with config.settings.settings_table()"
+    match = re.search(rf"<!-- {marker}[^>]*-->\n\| key[^\n]*\n\|---[^\n]*\n(.*?)\n<!-- /{marker} -->", text, re.S)
+    assert match, f"{marker} markers missing from README.md"
+    assert match.group(1) == generate(), f"regenerate the README table from {generate.__module__}.{generate.__name__}()"

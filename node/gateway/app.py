@@ -1,0 +1,186 @@
+"""The gateway's HTTP API (FastAPI): tasks in, results out, nodes listed.
+
+    POST /v1/tasks             one task          -> 202 {"id", "status": "pending"}
+    POST /v1/tasks:batch       {"tasks": [...]}  -> 202 {"tasks": [{"id", "status"}...]}
+    GET  /v1/tasks/{id}?wait=  one task's state (long polls up to `wait` s while pending)
+    GET  /v1/tasks?ids=a,b&wait=  several at once
+    GET  /v1/nodes             the nodes seen by heartbeat
+    GET  /healthz              no auth; GET /openapi.json and /docs: the schema
+
+Every error is `{"detail": "..."}`; a 422 names the field at fault.
+"""
+
+# No `from __future__ import annotations`: FastAPI must evaluate the route signatures,
+# whose Annotated metadata refers to local names (`caller`, `bearer`).
+import math
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from node.gateway.auth import ApiKeys, AuthError, RateLimiter
+from node.gateway.limits import BodyLimitMiddleware
+from node.gateway.schemas import (
+    Accepted,
+    BatchAccepted,
+    BatchRequest,
+    Capacity,
+    ErrorBody,
+    Health,
+    NodeList,
+    NodeView,
+    TaskList,
+    TaskRequest,
+    TaskView,
+)
+from node.gateway.service import GatewayService, TooManyPendingError
+from node.gateway.settings import GatewaySettings
+from node.gateway.store import TaskRecord, TaskStoreError
+from workflows import WorkflowValidationError, parse_workflow
+
+log = structlog.get_logger(__name__)
+
+PENDING_RETRY_AFTER = 5  # seconds suggested to a key at its limit of unfinished tasks
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
+
+
+def create_gateway_app(service: GatewayService, settings: GatewaySettings) -> FastAPI:
+    """The FastAPI app of one gateway, with the keys and limits of `settings`."""
+    app = FastAPI(
+        title="compute-node gateway",
+        version="1",
+        description="Publish LLM workflow tasks to the compute-node network over HTTP.",
+        responses=_ERRORS,  # type: ignore[arg-type]
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    keys = ApiKeys(settings.api_keys)
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
+
+    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+        """The calling key's id, after authentication and rate limiting."""
+        try:
+            ident = keys.identify(credentials.credentials if credentials else None)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        wait = limiter.take(ident)
+        if wait > 0:
+            raise HTTPException(
+                429,
+                f"rate limit of {settings.rate_limit:g} requests per minute exceeded",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        return ident
+
+    def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
+        timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
+        try:
+            return service.submit(key, requests, timeouts, settings.max_pending)
+        except TooManyPendingError as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(PENDING_RETRY_AFTER)}) from None
+        except TaskStoreError as exc:
+            log.error("task not accepted", error=str(exc))
+            raise HTTPException(503, "the gateway cannot store tasks right now") from None
+
+    @app.post("/v1/tasks", status_code=202, response_model=Accepted, tags=["tasks"])
+    async def create_task(request: TaskRequest, key: Annotated[str, Depends(caller)]) -> Accepted:
+        """Validate the workflow, choose a node by heartbeat, sign and publish the task."""
+        [task_id] = accept(key, [request], "")
+        return Accepted(id=task_id)
+
+    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"])
+    async def create_tasks(batch: BatchRequest, key: Annotated[str, Depends(caller)]) -> BatchAccepted:
+        """Several tasks at once (at most `max_batch`); all are accepted or none."""
+        if len(batch.tasks) > settings.max_batch:
+            raise HTTPException(422, f"tasks: at most {settings.max_batch} tasks per batch, got {len(batch.tasks)}")
+        return BatchAccepted(tasks=[Accepted(id=i) for i in accept(key, batch.tasks, "tasks[{}].")])
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, response_model_exclude_none=True, tags=["tasks"])
+    async def get_task(
+        task_id: str,
+        key: Annotated[str, Depends(caller)],
+        wait: Annotated[float, Query(ge=0, description="Seconds to wait while pending (capped by max_wait)")] = 0,
+    ) -> TaskView:
+        """A task's state; with `wait`, returns as soon as it finishes."""
+        record = service.get(task_id, key)
+        if record is None:
+            raise HTTPException(404, f"no task {task_id!r}")
+        if record.status == "pending" and wait > 0:
+            await service.wait([task_id], min(wait, settings.max_wait))
+            record = service.get(task_id, key) or record
+        return _view(record)
+
+    @app.get("/v1/tasks", response_model=TaskList, response_model_exclude_none=True, tags=["tasks"])
+    async def get_tasks(
+        ids: Annotated[list[str], Query(description="Task ids, comma-separated or repeated")],
+        key: Annotated[str, Depends(caller)],
+        wait: Annotated[float, Query(ge=0, description="Seconds to wait while any is pending (capped by max_wait)")] = 0,
+    ) -> TaskList:
+        """Several tasks' states; with `wait`, returns as soon as all have finished."""
+        wanted = list(dict.fromkeys(i for item in ids for i in item.split(",") if i))
+        if len(wanted) > settings.max_batch:
+            raise HTTPException(422, f"ids: at most {settings.max_batch} ids per request, got {len(wanted)}")
+        found = service.get_many(wanted, key)
+        pending = [i for i, record in found.items() if record.status == "pending"]
+        if pending and wait > 0:
+            await service.wait(pending, min(wait, settings.max_wait))
+            found = service.get_many(wanted, key)
+        return TaskList(tasks=[_view(found[i]) for i in wanted if i in found], missing=[i for i in wanted if i not in found])
+
+    @app.get("/v1/nodes", response_model=NodeList, tags=["network"])
+    async def get_nodes(key: Annotated[str, Depends(caller)]) -> NodeList:
+        """The live nodes the gateway knows from their heartbeats."""
+        return NodeList(
+            nodes=[
+                NodeView(
+                    address=node.address,
+                    peer_id=node.peer_id,
+                    models=node.models,
+                    capacity=Capacity(free=max(node.free, 0), max=node.max),
+                    tps=node.tps,
+                    last_heartbeat=node.last_seen,
+                )
+                for node in service.nodes()
+            ]
+        )
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def health() -> Health:
+        """Liveness, without authentication."""
+        return Health(nodes=len(service.nodes()))
+
+    return app
+
+
+def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> float:
+    """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do) and the bounds."""
+    try:
+        parse_workflow(request.workflow)
+    except WorkflowValidationError as exc:
+        message = str(exc)
+        path = message if message.startswith("workflow") else f"workflow.{message}"
+        raise HTTPException(422, f"{prefix}{path}") from None
+    timeout = settings.default_timeout if request.timeout is None else request.timeout
+    if timeout > settings.max_timeout:
+        raise HTTPException(422, f"{prefix}timeout: must be at most {settings.max_timeout:g} seconds")
+    return timeout
+
+
+def _view(record: TaskRecord) -> TaskView:
+    return TaskView.model_validate(record.model_dump(include=set(TaskView.model_fields)))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one line naming the field, as for an invalid workflow."""
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    if len(loc) > 1 and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return JSONResponse({"detail": f"{path}: {message}{more}"}, status_code=422)

@@ -1,0 +1,79 @@
+"""Who is calling, and whether they may call now: bearer API keys and per-key rate limits.
+
+A key is known by its id (a short SHA-256 of the key) in the task database and
+in logs; the key itself is only compared, in constant time. With no keys
+configured every caller is the one local key `local` (the gateway then only
+listens on loopback, see GatewaySettings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+LOCAL_KEY_ID = "local"
+
+
+class AuthError(Exception):
+    """The request has no API key or an unknown one."""
+
+
+def key_id(key: str) -> str:
+    """The name a key is stored and logged under."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+class ApiKeys:
+    """The configured bearer keys."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [(key.encode("utf-8"), key_id(key)) for key in keys]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, token: str | None) -> str:
+        """The id of the key `token`; AuthError if it is missing or unknown (when keys are configured)."""
+        if not self._keys:
+            return LOCAL_KEY_ID
+        if not token:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        given = token.encode("utf-8")
+        found = None
+        for key, ident in self._keys:  # compare against every key: timing does not tell which matched
+            if hmac.compare_digest(given, key):
+                found = ident
+        if found is None:
+            raise AuthError("unknown API key")
+        return found
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute."""
+
+    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = per_minute / 60.0
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str) -> float:
+        """Spend one request of `key`: 0.0 if allowed, else the seconds until it would be."""
+        now = self._clock()
+        bucket = self._buckets.setdefault(key, _Bucket(tokens=self._burst, updated=now))
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self._rate

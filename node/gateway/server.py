@@ -1,0 +1,80 @@
+"""A running gateway: the publisher service and its HTTP API, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from node.gateway.app import create_gateway_app
+from node.gateway.publisher import GatewayClient
+from node.gateway.service import GatewayService
+from node.gateway.settings import GatewaySettings
+from node.gateway.store import TaskStore
+from node.http_api import HttpServer
+from node.identity import Identity
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """`compute-node gateway` in one object: `await start()`, `.url`, `await stop()`."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        identity = (
+            Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
+        )
+        client = GatewayClient(
+            peers=settings.peers,
+            secret_key=identity.secret,
+            listen=settings.listen,
+            connect_timeout=settings.connect_timeout,
+            max_retries=settings.max_retries,
+        )
+        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention), settings.max_retries)
+        self.http = HttpServer(create_gateway_app(self.service, settings))
+
+    @property
+    def address(self) -> str:
+        """The gateway's publisher address (tasks are signed with its key)."""
+        return self.service.client.identity.address
+
+    @property
+    def url(self) -> str:
+        assert self.http.port is not None, "gateway not started"
+        host = f"[{self.http.host}]" if ":" in (self.http.host or "") else self.http.host
+        return f"http://{host}:{self.http.port}"
+
+    async def start(self) -> None:
+        """Join the network, then listen for HTTP (HttpServerError if the port is taken)."""
+        try:
+            await self.service.start()
+            await self.http.start(self.settings.host, self.settings.port)
+        except BaseException:
+            await self.service.close()
+            self.service.store.close()
+            raise
+        log.info("gateway listening", url=self.url, address=self.address, auth=bool(self.settings.api_keys))
+
+    async def stop(self) -> None:
+        """Stop the HTTP API (in-flight requests finish), then the publisher; pending tasks stay stored."""
+        await self.http.stop()
+        await self.service.close()
+        self.service.store.close()
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run a gateway until SIGINT or SIGTERM."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway stopping")
+        await gateway.stop()

@@ -1,0 +1,240 @@
+"""The publisher side of the gateway: submit tasks, follow them to a result, record it.
+
+Each accepted task is one asyncio job that chooses a node by heartbeat exactly
+as `Client.execute` does (weighted by free capacity and speed; a busy or failed
+node is retried on another one with a new network task id, at most
+`max_retries` times; a workflow error is not retried) and writes the outcome to
+the store. The gateway id stays the same across retries. Long polling waits on
+an in-memory event per unfinished task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from node.client import ClientError, NoNodeError, Task, TaskFailedError, TaskResult, TaskTimeoutError
+from node.gateway.publisher import GatewayClient, SealedResult
+from node.gateway.schemas import TaskRequest
+from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
+from node.node_table import KnownNode
+
+log = structlog.get_logger(__name__)
+
+PURGE_INTERVAL = 60.0
+
+
+class TooManyPendingError(Exception):
+    """A key already has as many unfinished tasks as it may."""
+
+    def __init__(self, pending: int, adding: int, limit: int) -> None:
+        super().__init__(f"{pending} tasks of this key are unfinished; {adding} more would exceed the limit of {limit}")
+
+
+class GatewayService:
+    """Publishes tasks through a `GatewayClient` and keeps their state in a `TaskStore`."""
+
+    def __init__(self, client: GatewayClient, store: TaskStore, max_retries: int = 2) -> None:
+        self.client = client
+        self.store = store
+        self._max_retries = max_retries
+        self._finished: dict[str, asyncio.Event] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._purger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join the network and resume waiting for tasks left pending by an earlier run."""
+        await self.client.start()
+        for record in self.store.pending():
+            self._finished[record.id] = asyncio.Event()
+            self._spawn(self._resume(record))
+        self._purger = asyncio.create_task(self._purge_loop(), name="gateway-purge")
+
+    async def close(self) -> None:
+        """Stop following tasks (they stay pending in the store) and leave the network."""
+        tasks = [*self._jobs, *([self._purger] if self._purger else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._jobs.clear()
+        await self.client.close()
+
+    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], max_pending: int) -> list[str]:
+        """Accept tasks (all or none) for `key_id` and start publishing them; their gateway ids.
+
+        Raises TooManyPendingError when the key would have more than `max_pending` unfinished tasks.
+        """
+        pending = self.store.pending_count(key_id)
+        if pending + len(requests) > max_pending:
+            raise TooManyPendingError(pending, len(requests), max_pending)
+        now = time.time()
+        records = [
+            TaskRecord(
+                id=secrets.token_urlsafe(12),
+                key_id=key_id,
+                status="pending",
+                models=request.models,
+                picked=request.nodes,
+                public_key=request.public_key,
+                created_at=now,
+                updated_at=now,
+                deadline=now + timeout,
+                expires_at=now + timeout + self.store.retention,
+            )
+            for request, timeout in zip(requests, timeouts)
+        ]
+        self.store.insert(records)
+        for record, request, timeout in zip(records, requests, timeouts):
+            self._finished[record.id] = asyncio.Event()
+            self._spawn(self._run(record.id, request, timeout))
+            log.info("task accepted", id=record.id, key_id=key_id, models=request.models, sealed=bool(request.public_key))
+        return [record.id for record in records]
+
+    def get(self, task_id: str, key_id: str) -> TaskRecord | None:
+        """The task if it exists and belongs to `key_id`."""
+        record = self.store.get(task_id)
+        return record if record is not None and record.key_id == key_id else None
+
+    def get_many(self, task_ids: list[str], key_id: str) -> dict[str, TaskRecord]:
+        return {i: r for i, r in self.store.get_many(task_ids).items() if r.key_id == key_id}
+
+    async def wait(self, task_ids: list[str], seconds: float) -> None:
+        """Return when every one of these tasks has finished, or after `seconds`."""
+        events = [self._finished[i] for i in task_ids if i in self._finished]
+        if not events or seconds <= 0:
+            return
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def nodes(self) -> list[KnownNode]:
+        return sorted(self.client.nodes.live(), key=lambda node: node.address)
+
+    async def _run(self, task_id: str, request: TaskRequest, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        task = Task(workflow=request.workflow, models=request.models, prompt=request.prompt, nodes=request.nodes)
+        try:
+            if request.nodes:
+                result = await self._attempt(task_id, task, request, deadline, None)
+            else:
+                result = await self._run_on_chosen_nodes(task_id, task, request, deadline, timeout)
+        except TaskTimeoutError as exc:
+            self._finish(task_id, "expired", error=str(exc))
+        except TaskFailedError as exc:
+            self._finish(task_id, "error", error=exc.reason, node=exc.node)
+        except (NoNodeError, ClientError) as exc:
+            self._finish(task_id, "error", error=str(exc))
+        except Exception as exc:  # the job's boundary: a bug must not leave the task pending forever
+            log.exception("task job failed", id=task_id)
+            self._finish(task_id, "error", error=f"gateway error: {exc!r}")
+        else:
+            self._finish_with(task_id, result)
+
+    async def _run_on_chosen_nodes(
+        self, task_id: str, task: Task, request: TaskRequest, deadline: float, timeout: float
+    ) -> TaskResult:
+        """Client.execute's loop, keeping one gateway id across the retries."""
+        tried: set[str] = set()
+        last_failure: TaskFailedError | None = None
+        for _ in range(self._max_retries + 1):
+            node = await self._choose(task.models, tried, deadline, timeout, last_failure)
+            tried.add(node.address)
+            self.client.nodes.reserve(node.address)
+            try:
+                return await self._attempt(task_id, task.model_copy(update={"nodes": [node.address]}), request, deadline, node)
+            except TaskFailedError as exc:
+                if not exc.retryable:
+                    raise
+                last_failure = exc
+                log.info("retrying on another node", id=task_id, node=node.address, reason=exc.reason)
+        assert last_failure is not None
+        raise last_failure
+
+    async def _attempt(
+        self, task_id: str, task: Task, request: TaskRequest, deadline: float, node: KnownNode | None
+    ) -> TaskResult:
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
+        network_id = await self.client.submit(task, remaining, public_key=request.public_key)
+        self.store.published(task_id, network_id, node.address if node else None)
+        log.debug("task published", id=task_id, network_id=network_id, node=node.address if node else task.nodes)
+        return await self.client.wait(network_id, remaining, nodes=task.nodes)
+
+    async def _choose(
+        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
+    ) -> KnownNode:
+        loop = asyncio.get_running_loop()
+        while True:
+            node = self.client.nodes.choose(models, exclude=tried)
+            if node is not None:
+                return node
+            if last_failure is not None and not any(
+                n.serves(models) and n.address not in tried for n in self.client.nodes.live()
+            ):
+                raise last_failure  # every node that could take it was tried
+            if loop.time() >= deadline:
+                raise NoNodeError(timeout, models, len(self.client.nodes.live()))
+            await asyncio.sleep(0.1)
+
+    async def _resume(self, record: TaskRecord) -> None:
+        """Wait for the result of a task published before a restart (no retry: its workflow is not kept)."""
+        remaining = record.deadline - time.time()
+        if record.network_id is None or remaining <= 0:
+            self._finish(record.id, "expired", error="no result before the deadline")
+            return
+        if record.public_key is not None:
+            self.client.expect_sealed(record.network_id)
+        nodes = record.picked or ([record.node] if record.node else None)
+        try:
+            result = await self.client.wait(record.network_id, remaining, nodes=nodes)
+        except TaskTimeoutError as exc:
+            self._finish(record.id, "expired", error=str(exc))
+        except TaskFailedError as exc:
+            self._finish(record.id, "error", error=exc.reason, node=exc.node)
+        except ClientError as exc:
+            self._finish(record.id, "error", error=str(exc))
+        else:
+            self._finish_with(record.id, result)
+
+    def _finish_with(self, task_id: str, result: TaskResult) -> None:
+        stats = result.stats.model_dump(by_alias=True)
+        if isinstance(result, SealedResult):
+            self._finish(task_id, "done", ciphertext=result.ciphertext, node=result.node, model=result.model, stats=stats)
+        else:
+            self._finish(task_id, "done", result=result.text, node=result.node, model=result.model, stats=stats)
+
+    def _finish(self, task_id: str, status: str, **fields: object) -> None:
+        self.store.finish(task_id, status, **fields)  # type: ignore[arg-type]
+        event = self._finished.pop(task_id, None)
+        if event is not None:
+            event.set()
+        log.info("task finished", id=task_id, status=status, node=fields.get("node"), error=fields.get("error"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("task job crashed", error=repr(job.exception()))  # e.g. the store could not be written
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                deleted = self.store.purge()
+            except TaskStoreError as exc:
+                log.warning("could not delete expired tasks", error=str(exc))
+            else:
+                if deleted:
+                    log.info("expired tasks deleted", count=deleted)
+            await asyncio.sleep(PURGE_INTERVAL)

@@ -1,0 +1,189 @@
+"""The gateway's settings: defaults < TOML file < environment (COMPUTE_NODE_GATEWAY_*) < CLI flags.
+
+Same style as config/settings.py: one flat field per setting, so the TOML key
+`rate_limit`, the variable `COMPUTE_NODE_GATEWAY_RATE_LIMIT` and the flag
+`--rate-limit` name the same thing. Lists accept a JSON array or a
+comma-separated string in the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from config.settings import ConfigError, StrList
+
+ENV_PREFIX = "COMPUTE_NODE_GATEWAY_"
+
+# Repeatable flags read better in the singular: --peer A --peer B, --api-key K.
+_SINGULAR_FLAGS = {"peers": "peer", "api_keys": "api-key"}
+
+
+def gateway_flag(name: str) -> str:
+    """The command-line flag of a gateway setting: `rate_limit` -> `--rate-limit`."""
+    return "--" + _SINGULAR_FLAGS.get(name, name).replace("_", "-")
+
+
+def gateway_env_var(name: str) -> str:
+    """The environment variable of a gateway setting: `rate_limit` -> `COMPUTE_NODE_GATEWAY_RATE_LIMIT`."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+class GatewaySettings(BaseSettings):
+    """Everything a gateway operator can set."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Identity and storage
+    data_dir: Path = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
+    secret_key: str | None = Field(default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key")
+
+    # Network
+    peers: StrList = Field(default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)")
+    listen: StrList = Field(default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs")
+    connect_timeout: float = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
+    max_retries: int = Field(default=2, ge=0, description="Busy/failed nodes retried on another node, per task")
+
+    # HTTP API
+    host: str = Field(default="127.0.0.1", description="HTTP listen host (non-loopback needs api_keys)")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port")
+    api_keys: StrList = Field(default=[], description="Bearer API keys; none: local-only, no auth")
+    rate_limit: float = Field(default=600.0, gt=0, description="Requests per minute per key")
+    rate_burst: int = Field(default=60, ge=1, description="Requests a key may make at once before rate limiting")
+    max_pending: int = Field(default=100, ge=1, description="Unfinished tasks per key")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
+    max_batch: int = Field(default=100, ge=1, description="Most tasks per batch request (and ids per list request)")
+    default_timeout: float = Field(default=60.0, gt=0, description="Task timeout (s) when a request gives none")
+    max_timeout: float = Field(default=600.0, gt=0, description="Largest task timeout (s) a request may ask for")
+    max_wait: float = Field(default=60.0, ge=0, description="Longest long poll (?wait=) in seconds")
+    retention: float = Field(default=86400.0, gt=0, description="Seconds a finished task is kept")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
+
+    @field_validator("peers", "listen", "api_keys", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("peers", "listen")
+    @classmethod
+    def _multiaddrs(cls, value: list[str]) -> list[str]:
+        for addr in value:
+            if not addr.startswith("/"):
+                raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 16:
+                raise ValueError("an API key must be at least 16 characters")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _public_needs_keys(self) -> GatewaySettings:
+        if not self.api_keys and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no api_keys are set; set api_keys "
+                f"({gateway_env_var('api_keys')} / {gateway_flag('api_keys')}) to listen on a public address"
+            )
+        if self.default_timeout > self.max_timeout:
+            raise ValueError(f"default_timeout {self.default_timeout:g} exceeds max_timeout {self.max_timeout:g}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init) > environment > TOML file > defaults.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @property
+    def identity_path(self) -> Path:
+        return self.data_dir / "identity.key"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "gateway.sqlite3"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an IP or `localhost`) only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_gateway_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Build the settings; `overrides` are CLI flags (None values are ignored). ConfigError names the setting."""
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    toml_file = None
+    if config_file is not None:
+        config_file = Path(config_file).expanduser()
+        if not config_file.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        toml_file = config_file
+    config = {**GatewaySettings.model_config, "toml_file": toml_file}
+    settings_cls = type("FileGatewaySettings", (GatewaySettings,), {"model_config": config})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
+        source = f"config file {toml_file}" if toml_file else "gateway settings"
+        raise ConfigError(f"cannot read {source}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings; its message names them
+            problems.append(f"invalid gateway settings: {message}")
+            continue
+        name = str(error["loc"][0])
+        problems.append(f"invalid setting '{name}' ({gateway_env_var(name)} / {gateway_flag(name)}): {message}")
+    return "; ".join(problems)
+
+
+def gateway_settings_table() -> str:
+    """The Markdown rows of every gateway setting (key, flag, variable, default, meaning) for the README."""
+    rows = []
+    for name, field in GatewaySettings.model_fields.items():
+        default = field.default
+        if isinstance(default, list):
+            shown = ", ".join(default) if default else "(none)"
+        else:
+            shown = "(none)" if default is None else str(default)
+        rows.append(f"| `{name}` | `{gateway_flag(name)}` | `{gateway_env_var(name)}` | `{shown}` | {field.description} |")
+    return "\n".join(rows)
