@@ -7,48 +7,26 @@ List settings accept a JSON array or a comma-separated string in the environment
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from config.layered import ConfigError, LayeredSettings, StrList, split_list
+
+__all__ = ["ConfigError", "Settings", "StrList", "cli_flag", "env_var", "load_settings", "settings_table"]
 
 ENV_PREFIX = "COMPUTE_NODE_"
 DEFAULT_MODEL = "smollm2:135m"
 
 
-class ConfigError(Exception):
-    """A setting is invalid or the config file cannot be read; the message names it."""
-
-
-StrList = Annotated[list[str], NoDecode]
-
-# Repeatable flags read better in the singular: --model A --model B.
-_SINGULAR_FLAGS = {"models": "model", "publishers": "publisher"}
-
-
-def cli_flag(name: str) -> str:
-    """The command-line flag of a setting: `max_queue` -> `--max-queue`."""
-    return "--" + _SINGULAR_FLAGS.get(name, name).replace("_", "-")
-
-
-def env_var(name: str) -> str:
-    """The environment variable of a setting: `max_queue` -> `COMPUTE_NODE_MAX_QUEUE`."""
-    return f"{ENV_PREFIX}{name.upper()}"
-
-
-class Settings(BaseSettings):
+class Settings(LayeredSettings):
     """Everything an operator can set. See config/example.toml for a commented file."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    singular_flags: ClassVar[dict[str, str]] = {"models": "model", "publishers": "publisher"}
+    auto_defaults: ClassVar[frozenset[str]] = frozenset({"n_threads", "n_gpu_layers"})
 
     # Identity and storage
     data_dir: Path = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
@@ -103,12 +81,7 @@ class Settings(BaseSettings):
     @field_validator("listen", "bootstrap", "publishers", "models", "tool_allow", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("listen", "bootstrap")
     @classmethod
@@ -134,18 +107,6 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: CLI flags (init) > environment > TOML file > defaults.
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
-
     @property
     def identity_path(self) -> Path:
         return self.data_dir / "identity.key"
@@ -160,46 +121,20 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; `overrides` are CLI flags (None values are ignored).
-
-    Raises ConfigError naming the setting (and where it can be set) when a value is invalid.
-    """
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    toml_file = None
-    if config_file is not None:
-        config_file = Path(config_file).expanduser()
-        if not config_file.is_file():
-            raise ConfigError(f"config file not found: {config_file}")
-        toml_file = config_file
-    settings_cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml_file}})
-    try:
-        return settings_cls(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
-        source = f"config file {toml_file}" if toml_file else "settings"
-        raise ConfigError(f"cannot read {source}: {exc}") from None
+    """The node's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
+    return Settings.load(config_file, **overrides)
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "?"
-        where = f"{env_var(name)} / {cli_flag(name)}"
-        problems.append(f"invalid setting '{name}' ({where}): {error['msg']}")
-    return "; ".join(problems)
+def cli_flag(name: str) -> str:
+    """The command-line flag of a setting: `max_queue` -> `--max-queue`."""
+    return Settings.flag(name)
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a setting: `max_queue` -> `COMPUTE_NODE_MAX_QUEUE`."""
+    return Settings.env_var(name)
 
 
 def settings_table() -> str:
-    """The Markdown rows of every setting (key, flag, variable, default, meaning) for the README."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, list):
-            shown = ", ".join(default) if default else "(none)"
-        elif default is None or isinstance(default, dict):
-            shown = "(auto)" if name in ("n_threads", "n_gpu_layers") else "(none)"
-        else:
-            shown = str(default)
-        rows.append(f"| `{name}` | `{cli_flag(name)}` | `{env_var(name)}` | `{shown}` | {field.description} |")
-    return "\n".join(rows)
+    """The README's table rows of the node's settings."""
+    return Settings.table()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -25,6 +26,8 @@ from node.node_table import KnownNode, NodeTable
 from node.p2p import GossipMessage, P2PError, P2PHost
 
 log = structlog.get_logger(__name__)
+
+OnSubmit = Callable[[str, "str | None"], None]  # (task id published, node picked or None)
 
 
 class ClientError(Exception):
@@ -68,13 +71,17 @@ class Task(BaseModel):
     models: list[str] = Field(min_length=1)
     prompt: str | None = None
     nodes: list[str] | None = None  # addresses to pick; None: any node that matches
+    # Encrypt the result to this key instead of the client's (a gateway serving a caller):
+    # the client then returns the node's ciphertext untouched.
+    public_key: str | None = None
 
 
 class TaskResult(BaseModel):
     """A verified, decrypted result."""
 
     task_id: str
-    text: str
+    text: str = ""
+    ciphertext: str | None = None  # hex ECIES, for a task encrypted to another key (`Task.public_key`)
     node: str  # address that signed the result
     model: str
     stats: Stats
@@ -106,6 +113,7 @@ class Client:
         self._connect_timeout = connect_timeout
         self._host: P2PHost | None = None
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
         self._loops: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
         self._max_retries = max_retries
@@ -148,17 +156,20 @@ class Client:
             await self._host.stop()
             self._host = None
 
-    async def execute(self, task: Task, timeout: float = 60.0) -> TaskResult:
+    async def execute(self, task: Task, timeout: float = 60.0, on_submit: OnSubmit | None = None) -> TaskResult:
         """Run the task and return its verified result within `timeout` seconds.
 
         With `task.nodes` set, those nodes are picked. Otherwise one live node that
         hosts an acceptable model is chosen from heartbeats; a `busy` answer or a
         node failure is retried on another node (new task id, at most `max_retries`
         times); a workflow error is not. Raises TaskTimeoutError (NoNodeError when
-        no node was found) or TaskFailedError.
+        no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for every
+        task published (each retry has a new id).
         """
         if task.nodes:
             task_id = await self.submit(task, timeout)
+            if on_submit is not None:
+                on_submit(task_id, None)
             return await self.wait(task_id, timeout, nodes=task.nodes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -171,6 +182,8 @@ class Client:
             picked = task.model_copy(update={"nodes": [node.address]})
             remaining = max(deadline - loop.time(), 0.001)
             task_id = await self.submit(picked, remaining)
+            if on_submit is not None:
+                on_submit(task_id, node.address)
             try:
                 return await self.wait(task_id, remaining, nodes=picked.nodes)
             except TaskFailedError as exc:
@@ -206,8 +219,10 @@ class Client:
             deadline=time.time_ns() + int(timeout * 1e9),
             input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
             picked_nodes=task.nodes,
-            public_key=self.identity.public_key_compressed.hex(),
+            public_key=task.public_key or self.identity.public_key_compressed.hex(),
         )
+        if task.public_key:
+            self._sealed.add(task_id)
         self._expect(task_id, task.nodes)
         try:
             await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
@@ -217,8 +232,15 @@ class Client:
         log.debug("task published", task_id=task_id, models=task.models)
         return task_id
 
-    async def wait(self, task_id: str, timeout: float, nodes: list[str] | None = None) -> TaskResult:
-        """Wait for the result of a task published by this key (also one from an earlier session)."""
+    async def wait(
+        self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
+    ) -> TaskResult:
+        """Wait for the result of a task published by this key (also one from an earlier session).
+
+        `sealed`: the task was encrypted to another key (`Task.public_key`): return its ciphertext.
+        """
+        if sealed:
+            self._sealed.add(task_id)
         future = self._expect(task_id, nodes)  # before joining: a result may arrive as soon as the mesh forms
         try:
             async with asyncio.timeout(timeout):
@@ -228,6 +250,7 @@ class Client:
             raise TaskTimeoutError(task_id, timeout) from None
         finally:
             self._pending.pop(task_id, None)
+            self._sealed.discard(task_id)
 
     def _expect(self, task_id: str, nodes: list[str] | None) -> asyncio.Future[TaskResult]:
         if task_id not in self._pending:
@@ -274,6 +297,8 @@ class Client:
 
     def _open(self, body: ResultBody, node: str) -> TaskResult:
         assert body.ciphertext is not None
+        if body.task_id in self._sealed:
+            return TaskResult(task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats)
         try:
             text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
         except (EciesError, ValueError) as exc:

@@ -2,7 +2,6 @@
 
     settings.py  GatewaySettings (COMPUTE_NODE_GATEWAY_*, TOML via --config)
     schemas.py   the JSON shapes of the HTTP API (pydantic)
-    publisher.py GatewayClient: a Client that can also publish for a caller's own key
     store.py     TaskStore: task state in SQLite (survives restarts until it expires)
     service.py   GatewayService: submits tasks, chooses nodes, records results, long polling
     auth.py      API keys and per-key rate limits

@@ -8,7 +8,7 @@ import signal
 import structlog
 
 from node.gateway.app import create_gateway_app
-from node.gateway.publisher import GatewayClient
+from node.client import Client
 from node.gateway.service import GatewayService
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
@@ -26,14 +26,14 @@ class Gateway:
         identity = (
             Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
         )
-        client = GatewayClient(
+        client = Client(
             peers=settings.peers,
             secret_key=identity.secret,
             listen=settings.listen,
             connect_timeout=settings.connect_timeout,
             max_retries=settings.max_retries,
         )
-        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention), settings.max_retries)
+        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
         self.http = HttpServer(create_gateway_app(self.service, settings))
 
     @property

@@ -1,10 +1,9 @@
 """The publisher side of the gateway: submit tasks, follow them to a result, record it.
 
-Each accepted task is one asyncio job that chooses a node by heartbeat exactly
-as `Client.execute` does (weighted by free capacity and speed; a busy or failed
-node is retried on another one with a new network task id, at most
-`max_retries` times; a workflow error is not retried) and writes the outcome to
-the store. The gateway id stays the same across retries. Long polling waits on
+Each accepted task is one asyncio job running `Client.execute` (node choice by
+heartbeat; a busy or failed node retried on another one with a new network task
+id; a workflow error not retried), recording each network task id it publishes
+and the outcome in the store. The gateway id stays the same across retries. Long polling waits on
 an in-memory event per unfinished task.
 """
 
@@ -18,8 +17,7 @@ from typing import Any
 
 import structlog
 
-from node.client import ClientError, NoNodeError, Task, TaskFailedError, TaskResult, TaskTimeoutError
-from node.gateway.publisher import GatewayClient, SealedResult
+from node.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.gateway.schemas import TaskRequest
 from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
 from node.node_table import KnownNode
@@ -37,12 +35,11 @@ class TooManyPendingError(Exception):
 
 
 class GatewayService:
-    """Publishes tasks through a `GatewayClient` and keeps their state in a `TaskStore`."""
+    """Publishes tasks through a `Client` and keeps their state in a `TaskStore`."""
 
-    def __init__(self, client: GatewayClient, store: TaskStore, max_retries: int = 2) -> None:
+    def __init__(self, client: Client, store: TaskStore) -> None:
         self.client = client
         self.store = store
-        self._max_retries = max_retries
         self._finished: dict[str, asyncio.Event] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._purger: asyncio.Task[None] | None = None
@@ -119,19 +116,22 @@ class GatewayService:
         return sorted(self.client.nodes.live(), key=lambda node: node.address)
 
     async def _run(self, task_id: str, request: TaskRequest, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        task = Task(workflow=request.workflow, models=request.models, prompt=request.prompt, nodes=request.nodes)
+        task = Task(
+            workflow=request.workflow, models=request.models, prompt=request.prompt,
+            nodes=request.nodes, public_key=request.public_key,
+        )
+
+        def published(network_id: str, node: str | None) -> None:
+            self.store.published(task_id, network_id, node)
+            log.debug("task published", id=task_id, network_id=network_id, node=node or request.nodes)
+
         try:
-            if request.nodes:
-                result = await self._attempt(task_id, task, request, deadline, None)
-            else:
-                result = await self._run_on_chosen_nodes(task_id, task, request, deadline, timeout)
+            result = await self.client.execute(task, timeout, on_submit=published)
         except TaskTimeoutError as exc:
             self._finish(task_id, "expired", error=str(exc))
         except TaskFailedError as exc:
             self._finish(task_id, "error", error=exc.reason, node=exc.node)
-        except (NoNodeError, ClientError) as exc:
+        except ClientError as exc:  # NoNodeError among them
             self._finish(task_id, "error", error=str(exc))
         except Exception as exc:  # the job's boundary: a bug must not leave the task pending forever
             log.exception("task job failed", id=task_id)
@@ -139,62 +139,15 @@ class GatewayService:
         else:
             self._finish_with(task_id, result)
 
-    async def _run_on_chosen_nodes(
-        self, task_id: str, task: Task, request: TaskRequest, deadline: float, timeout: float
-    ) -> TaskResult:
-        """Client.execute's loop, keeping one gateway id across the retries."""
-        tried: set[str] = set()
-        last_failure: TaskFailedError | None = None
-        for _ in range(self._max_retries + 1):
-            node = await self._choose(task.models, tried, deadline, timeout, last_failure)
-            tried.add(node.address)
-            self.client.nodes.reserve(node.address)
-            try:
-                return await self._attempt(task_id, task.model_copy(update={"nodes": [node.address]}), request, deadline, node)
-            except TaskFailedError as exc:
-                if not exc.retryable:
-                    raise
-                last_failure = exc
-                log.info("retrying on another node", id=task_id, node=node.address, reason=exc.reason)
-        assert last_failure is not None
-        raise last_failure
-
-    async def _attempt(
-        self, task_id: str, task: Task, request: TaskRequest, deadline: float, node: KnownNode | None
-    ) -> TaskResult:
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        network_id = await self.client.submit(task, remaining, public_key=request.public_key)
-        self.store.published(task_id, network_id, node.address if node else None)
-        log.debug("task published", id=task_id, network_id=network_id, node=node.address if node else task.nodes)
-        return await self.client.wait(network_id, remaining, nodes=task.nodes)
-
-    async def _choose(
-        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
-    ) -> KnownNode:
-        loop = asyncio.get_running_loop()
-        while True:
-            node = self.client.nodes.choose(models, exclude=tried)
-            if node is not None:
-                return node
-            if last_failure is not None and not any(
-                n.serves(models) and n.address not in tried for n in self.client.nodes.live()
-            ):
-                raise last_failure  # every node that could take it was tried
-            if loop.time() >= deadline:
-                raise NoNodeError(timeout, models, len(self.client.nodes.live()))
-            await asyncio.sleep(0.1)
-
     async def _resume(self, record: TaskRecord) -> None:
         """Wait for the result of a task published before a restart (no retry: its workflow is not kept)."""
         remaining = record.deadline - time.time()
         if record.network_id is None or remaining <= 0:
             self._finish(record.id, "expired", error="no result before the deadline")
             return
-        if record.public_key is not None:
-            self.client.expect_sealed(record.network_id)
         nodes = record.picked or ([record.node] if record.node else None)
         try:
-            result = await self.client.wait(record.network_id, remaining, nodes=nodes)
+            result = await self.client.wait(record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None)
         except TaskTimeoutError as exc:
             self._finish(record.id, "expired", error=str(exc))
         except TaskFailedError as exc:
@@ -206,7 +159,7 @@ class GatewayService:
 
     def _finish_with(self, task_id: str, result: TaskResult) -> None:
         stats = result.stats.model_dump(by_alias=True)
-        if isinstance(result, SealedResult):
+        if result.ciphertext is not None:
             self._finish(task_id, "done", ciphertext=result.ciphertext, node=result.node, model=result.model, stats=stats)
         else:
             self._finish(task_id, "done", result=result.text, node=result.node, model=result.model, stats=stats)

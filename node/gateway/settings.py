@@ -9,41 +9,26 @@ comma-separated string in the environment.
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from config.settings import ConfigError, StrList
+from config.layered import ConfigError, LayeredSettings, StrList, split_list
+
+__all__ = ["ConfigError", "GatewaySettings", "gateway_env_var", "gateway_flag", "gateway_settings_table",
+           "is_loopback", "load_gateway_settings"]
 
 ENV_PREFIX = "COMPUTE_NODE_GATEWAY_"
 
-# Repeatable flags read better in the singular: --peer A --peer B, --api-key K.
-_SINGULAR_FLAGS = {"peers": "peer", "api_keys": "api-key"}
 
-
-def gateway_flag(name: str) -> str:
-    """The command-line flag of a gateway setting: `rate_limit` -> `--rate-limit`."""
-    return "--" + _SINGULAR_FLAGS.get(name, name).replace("_", "-")
-
-
-def gateway_env_var(name: str) -> str:
-    """The environment variable of a gateway setting: `rate_limit` -> `COMPUTE_NODE_GATEWAY_RATE_LIMIT`."""
-    return f"{ENV_PREFIX}{name.upper()}"
-
-
-class GatewaySettings(BaseSettings):
+class GatewaySettings(LayeredSettings):
     """Everything a gateway operator can set."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    singular_flags: ClassVar[dict[str, str]] = {"peers": "peer", "api_keys": "api-key"}
+    label: ClassVar[str] = "gateway settings"
 
     # Identity and storage
     data_dir: Path = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
@@ -74,12 +59,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("peers", "listen", "api_keys", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("peers", "listen")
     @classmethod
@@ -113,18 +93,6 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"default_timeout {self.default_timeout:g} exceeds max_timeout {self.max_timeout:g}")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: CLI flags (init) > environment > TOML file > defaults.
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
-
     @property
     def identity_path(self) -> Path:
         return self.data_dir / "identity.key"
@@ -145,45 +113,20 @@ def is_loopback(host: str) -> bool:
 
 
 def load_gateway_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
-    """Build the settings; `overrides` are CLI flags (None values are ignored). ConfigError names the setting."""
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    toml_file = None
-    if config_file is not None:
-        config_file = Path(config_file).expanduser()
-        if not config_file.is_file():
-            raise ConfigError(f"config file not found: {config_file}")
-        toml_file = config_file
-    config = {**GatewaySettings.model_config, "toml_file": toml_file}
-    settings_cls = type("FileGatewaySettings", (GatewaySettings,), {"model_config": config})
-    try:
-        return settings_cls(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
-        source = f"config file {toml_file}" if toml_file else "gateway settings"
-        raise ConfigError(f"cannot read {source}: {exc}") from None
+    """The gateway's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
+    return GatewaySettings.load(config_file, **overrides)
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not error["loc"]:  # a check across settings; its message names them
-            problems.append(f"invalid gateway settings: {message}")
-            continue
-        name = str(error["loc"][0])
-        problems.append(f"invalid setting '{name}' ({gateway_env_var(name)} / {gateway_flag(name)}): {message}")
-    return "; ".join(problems)
+def gateway_flag(name: str) -> str:
+    """The command-line flag of a gateway setting: `rate_limit` -> `--rate-limit`."""
+    return GatewaySettings.flag(name)
+
+
+def gateway_env_var(name: str) -> str:
+    """The environment variable of a gateway setting: `rate_limit` -> `COMPUTE_NODE_GATEWAY_RATE_LIMIT`."""
+    return GatewaySettings.env_var(name)
 
 
 def gateway_settings_table() -> str:
-    """The Markdown rows of every gateway setting (key, flag, variable, default, meaning) for the README."""
-    rows = []
-    for name, field in GatewaySettings.model_fields.items():
-        default = field.default
-        if isinstance(default, list):
-            shown = ", ".join(default) if default else "(none)"
-        else:
-            shown = "(none)" if default is None else str(default)
-        rows.append(f"| `{name}` | `{gateway_flag(name)}` | `{gateway_env_var(name)}` | `{shown}` | {field.description} |")
-    return "\n".join(rows)
+    """The README's table rows of the gateway's settings."""
+    return GatewaySettings.table()

@@ -1,0 +1,120 @@
+"""Settings layered as defaults < TOML file < environment < CLI flags, with errors that name the setting.
+
+A subclass declares flat fields and an `env_prefix`; each field is then the TOML
+key `max_queue`, the variable `<PREFIX>MAX_QUEUE` and the flag `--max-queue`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+S = TypeVar("S", bound="LayeredSettings")
+
+# A list setting; the environment may give it as a JSON array or comma-separated (see `split_list`).
+StrList = Annotated[list[str], NoDecode]
+
+
+class ConfigError(Exception):
+    """A setting is invalid or the config file cannot be read; the message names it."""
+
+
+def split_list(value: Any) -> Any:
+    """A JSON array or a comma-separated string from the environment, as a list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class LayeredSettings(BaseSettings):
+    """Base of the node's and the gateway's settings."""
+
+    # Repeatable flags read better in the singular: --model A --model B.
+    singular_flags: ClassVar[dict[str, str]] = {}
+    # Settings whose empty default means "worked out at start" rather than "none".
+    auto_defaults: ClassVar[frozenset[str]] = frozenset()
+    label: ClassVar[str] = "settings"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init) > environment > TOML file > defaults.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The command-line flag of a setting: `max_queue` -> `--max-queue`."""
+        return "--" + cls.singular_flags.get(name, name).replace("_", "-")
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of a setting: `max_queue` -> `<PREFIX>MAX_QUEUE`."""
+        return f"{cls.model_config.get('env_prefix', '')}{name.upper()}"
+
+    @classmethod
+    def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
+        """Build the settings; `overrides` are CLI flags (None values are ignored).
+
+        Raises ConfigError naming the setting (and where it can be set) when a value is invalid.
+        """
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        toml_file = None
+        if config_file is not None:
+            config_file = Path(config_file).expanduser()
+            if not config_file.is_file():
+                raise ConfigError(f"config file not found: {config_file}")
+            toml_file = config_file
+        with_file = type(f"File{cls.__name__}", (cls,), {"model_config": {**cls.model_config, "toml_file": toml_file}})
+        try:
+            return with_file(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(cls._describe(exc)) from None
+        except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
+            source = f"config file {toml_file}" if toml_file else cls.label
+            raise ConfigError(f"cannot read {source}: {exc}") from None
+
+    @classmethod
+    def _describe(cls, exc: ValidationError) -> str:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not error["loc"]:  # a check across settings; its message names them
+                problems.append(f"invalid {cls.label}: {message}")
+                continue
+            name = str(error["loc"][0])
+            problems.append(f"invalid setting '{name}' ({cls.env_var(name)} / {cls.flag(name)}): {message}")
+        return "; ".join(problems)
+
+    @classmethod
+    def table(cls) -> str:
+        """The Markdown rows of every setting (key, flag, variable, default, meaning) for the README."""
+        rows = []
+        for name, field in cls.model_fields.items():
+            default = field.default
+            if isinstance(default, list):
+                shown = ", ".join(default) if default else "(none)"
+            elif default is None or isinstance(default, dict):
+                shown = "(auto)" if name in cls.auto_defaults else "(none)"
+            else:
+                shown = str(default)
+            rows.append(f"| `{name}` | `{cls.flag(name)}` | `{cls.env_var(name)}` | `{shown}` | {field.description} |")
+        return "\n".join(rows)
