@@ -28,6 +28,10 @@ log = structlog.get_logger("llama.cpp")
 # ERROR=4, CONT=5. (llama_cpp/_logger.py still documents an older numbering.)
 _DEBUG, _CONT = 1, 5
 _LEVEL_NAMES = {0: "debug", 2: "debug", 3: "warning", 4: "error"}
+# The runtime's vocab-only tokenizer context (no weights, so no training context)
+# makes llama.cpp warn about it on every load; it means nothing there.
+_KNOWN_HARMLESS = "> n_ctx_train (0)"
+_DEBUG_VISIBLE = 2
 
 
 class LlamaLogRouter:
@@ -64,6 +68,8 @@ class LlamaLogRouter:
     def _emit(level: int, line: str) -> None:
         if level == _DEBUG:
             return
+        if _KNOWN_HARMLESS in line:
+            level = _DEBUG_VISIBLE
         method = getattr(log, _LEVEL_NAMES.get(level, "debug"))
         method("llama_cpp", line=line)
 
