@@ -1,0 +1,244 @@
+"""A loaded model that serves many requests at once by continuous batching.
+
+`BatchedLlamaModel` has the public interface of `models.runtime.LlamaModel`
+(load / generate / embed / count_tokens / close), so the workflow engine and
+the node use either. Behind it a `Scheduler` thread owns one llama.cpp context
+with `parallel` sequence slots and decodes every running request in one batch
+per step; see models/scheduler.py.
+
+Differences a caller may notice:
+  - `generate` returns a `BatchedGeneration` (a Generation subclass) that also
+    says how many prompt tokens came from a slot's cached prefix.
+  - `n_ctx` is the context of ONE slot (RuntimeOptions.n_ctx); the llama.cpp
+    context holds `parallel` times that.
+  - As in LlamaModel, a seeded request evaluates its whole prompt (no prefix
+    reuse), so its output does not depend on what ran before it.
+
+Cancellation: cancelling the task awaiting `generate` sets the request's
+cancelled flag; the scheduler drops it at its next step (one decode, tens of
+ms) and the slot takes the next request. A prompt chunk being decoded is not
+interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import llama_cpp
+import structlog
+
+from models.chat_prompt import ChatTemplate
+from models.embedder import Embedder
+from models.gguf_file import check_model_file
+from models.llama_log import install_llama_log_router
+from models.requests import (
+    ChatMessage,
+    ContextOverflowError,
+    EmbeddingRequest,
+    Generation,
+    GenerationRequest,
+    ModelError,
+    ModelLoadError,
+)
+from models.runtime import RuntimeOptions
+from models.sampling import Grammar, SamplingSettings
+from models.scheduler import Scheduler
+from models.slots import Outcome, SlotRequest
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PARALLEL_CPU = 4
+DEFAULT_PARALLEL_GPU = 8
+
+
+class BatchedLlamaModel:
+    """One GGUF model serving up to `parallel` generations at once; satisfies `workflows.backend.ModelBackend`."""
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions, scheduler: Scheduler,
+                 vocab: llama_cpp.Llama, n_ctx_seq: int) -> None:
+        self.name = name
+        self.path = path
+        self.options = options
+        self._scheduler = scheduler
+        self._vocab = vocab
+        self._vocab_lock = threading.Lock()
+        self._template = ChatTemplate(vocab)
+        self._n_ctx = n_ctx_seq
+        self._eog_ids: tuple[int, ...] | None = None
+        self._embedder = Embedder(name, path, options)
+        self._closed = False
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    async def load(cls, name: str, path: Path, options: RuntimeOptions | None = None,
+                   parallel: int | None = None) -> BatchedLlamaModel:
+        """Load `path` with `parallel` slots (default 4 on CPU, 8 with GPU offload).
+
+        Raises ModelLoadError naming the file when it is missing, not a GGUF,
+        corrupt, or too large for the memory available.
+        """
+        options = options or RuntimeOptions()
+        path = Path(path)
+        if parallel is None:
+            parallel = DEFAULT_PARALLEL_GPU if options.gpu_layers() != 0 else DEFAULT_PARALLEL_CPU
+        if not 1 <= parallel <= options.n_batch:
+            # Every running sequence feeds one token per step into one batch of n_batch tokens.
+            raise ModelLoadError(f"parallel must be between 1 and n_batch ({options.n_batch}), got {parallel}")
+        install_llama_log_router()
+        check_model_file(path, in_host_memory=options.gpu_layers() == 0)
+        scheduler = Scheduler(name, path, options, parallel)
+        scheduler.start()
+        try:
+            n_ctx_seq = await asyncio.wrap_future(scheduler.loaded)
+            vocab = await asyncio.to_thread(_open_vocab, path)
+        except BaseException:  # failed or cancelled: do not leave the thread and its context behind
+            await asyncio.to_thread(scheduler.close)
+            raise
+        model = cls(name, path, options, scheduler, vocab, n_ctx_seq)
+        await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
+        log.info("model_loaded", model=name, path=str(path), parallel=parallel, n_ctx_per_slot=n_ctx_seq,
+                 n_threads=options.threads(), n_gpu_layers=options.gpu_layers(),
+                 chat_template=model._template.source)
+        return model
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window of one request (one slot), in tokens."""
+        return self._n_ctx
+
+    @property
+    def parallel(self) -> int:
+        """How many requests run at once."""
+        return self._scheduler.parallel
+
+    @property
+    def slots_free(self) -> int:
+        """Slots not running a request right now."""
+        return self._scheduler.slots_free
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a free slot."""
+        return self._scheduler.queued
+
+    @property
+    def prompt_tokens_evaluated(self) -> int:
+        """Prompt tokens decoded since load, all requests together (prefix reuse lowers it)."""
+        return self._scheduler.prompt_tokens_evaluated
+
+    # -------------------------------------------------------------- tokenizing
+    def tokenize(self, text: str) -> list[int]:
+        """The tokens of `text` (no BOS, special tokens as plain text). Safe from any thread."""
+        with self._vocab_lock:
+            return self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens in `text` (no BOS). Safe to call from any thread."""
+        return len(self.tokenize(text))
+
+    def count_chat_tokens(self, messages: list[ChatMessage]) -> int:
+        """Number of prompt tokens these messages take with the chat template."""
+        return len(self._prompt_tokens(messages)[0])
+
+    def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str]]:
+        # Exactly as LlamaModel renders and tokenizes, so both runtimes see the same tokens.
+        prompt = self._template.render(messages)
+        with self._vocab_lock:
+            tokens = self._vocab.tokenize(prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True)
+        return tokens, prompt.stop
+
+    def _end_of_generation_ids(self) -> tuple[int, ...]:
+        if self._eog_ids is None:
+            with self._vocab_lock:
+                vocab_p = self._vocab._model.vocab
+                self._eog_ids = tuple(t for t in range(self._vocab.n_vocab())
+                                      if llama_cpp.llama_vocab_is_eog(vocab_p, t))
+        return self._eog_ids
+
+    # -------------------------------------------------------------- generating
+    async def generate(self, request: GenerationRequest) -> Generation:
+        """Run one chat completion alongside the others. Cancelling the awaiting task stops it."""
+        if self._closed:
+            raise ModelError(f"model {self.name} is closed")
+        started = time.monotonic()
+        tokens, template_stop = await asyncio.to_thread(self._prompt_tokens, request.messages)
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token "
+                f"context of model {self.name}"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Generation] = loop.create_future()
+
+        def deliver(outcome: Outcome) -> None:  # runs on the scheduler thread
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the caller's loop is closed; nobody waits any more
+                pass
+
+        slot_request = SlotRequest(
+            tokens=tokens,
+            sampling=self._sampling(request),
+            stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
+            # As create_completion does: generation stops where the context ends.
+            max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
+            reuse_prefix=request.seed is None,
+            deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
+            deliver=deliver,
+        )
+        self._scheduler.submit(slot_request)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            slot_request.cancelled.set()
+            self._scheduler.wake()
+            raise
+
+    def _sampling(self, request: GenerationRequest) -> SamplingSettings:
+        grammar = None
+        if request.json_schema is not None:
+            if request.ignore_eos:
+                raise ModelError("ignore_eos cannot be combined with json_schema")
+            grammar = Grammar.from_json_schema(request.json_schema)
+        return SamplingSettings(
+            temperature=request.temperature,
+            seed=request.seed,
+            grammar=grammar,
+            banned_tokens=self._end_of_generation_ids() if request.ignore_eos else (),
+        )
+
+    async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
+        """Mean-pooled, L2-normalised sentence embeddings, one per text."""
+        if self._closed:
+            raise ModelError(f"model {self.name} is closed")
+        return await self._embedder.embed(request.texts)
+
+    async def close(self) -> None:
+        """Fail queued and running requests, free the llama.cpp objects, end the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._scheduler.close)
+        await self._embedder.close()
+        with self._vocab_lock:
+            self._vocab.close()
+        log.info("model_closed", model=self.name)
+
+
+def _open_vocab(path: Path) -> llama_cpp.Llama:
+    try:
+        return llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=64, verbose=False)
+    except Exception as exc:
+        raise ModelLoadError(f"llama.cpp could not read the vocabulary of {path}: {exc}") from exc
+
+
+def _settle(future: asyncio.Future[Generation], outcome: Outcome) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,341 @@
+"""The decode loop of the batched runtime: one llama.cpp context, N sequence slots, one thread.
+
+Every llama.cpp call on the context happens on the scheduler's own thread:
+loading, decoding, sampling, freeing. Other threads only `submit` requests and
+set their `cancelled` event. Each step:
+  1. admit queued requests into free slots (reusing a cached prompt prefix),
+  2. drop jobs that were cancelled or ran past their deadline,
+  3. build ONE batch: a token for every generating sequence, then prompt chunks
+     of prefilling sequences up to n_batch tokens,
+  4. decode it, and sample every sequence that produced logits with its own
+     sampler; finished sequences deliver their result and free their slot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+
+import llama_cpp
+import structlog
+
+from models.requests import DeadlineExceededError, ModelError, ModelLoadError
+from models.runtime import RuntimeOptions
+from models.sampling import SequenceSampler, StopText, token_piece
+from models.slots import (
+    BatchedGeneration,
+    Job,
+    Outcome,
+    Slot,
+    SlotRequest,
+    choose_slot,
+    common_prefix,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class SchedulerClosedError(ModelError):
+    """The model was closed before or while the request ran."""
+
+
+class Scheduler:
+    """Owns the llama.cpp model + context and runs the batched decode loop on its thread."""
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions, parallel: int) -> None:
+        self.name = name
+        self.parallel = parallel
+        self._path = path
+        self._options = options
+        self._queue: deque[SlotRequest] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._slots = [Slot(seq_id=i) for i in range(parallel)]
+        self._busy = 0  # slots with a job; read from other threads
+        self._prompt_tokens_evaluated = 0
+        self.loaded: Future[int] = Future()  # the per-slot context size, once loaded
+        self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
+
+    # ------------------------------------------------------------- any thread
+    def start(self) -> None:
+        """Start the thread; `loaded` resolves when the model is ready (or failed)."""
+        self._thread.start()
+
+    def submit(self, request: SlotRequest) -> None:
+        """Queue a request; its `deliver` is called once with the outcome."""
+        with self._wake:
+            if self._closed:
+                raise SchedulerClosedError(f"model {self.name} is closed")
+            self._queue.append(request)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Make the loop look at cancellations now."""
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop the loop (failing what is queued or running) and wait for the thread to free everything."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def slots_free(self) -> int:
+        return self.parallel - self._busy
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def prompt_tokens_evaluated(self) -> int:
+        """Prompt tokens decoded since load (all requests together)."""
+        return self._prompt_tokens_evaluated
+
+    # ------------------------------------------------------ scheduler thread
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:  # noqa: BLE001 - reported through the future
+            self.loaded.set_exception(exc)
+            return
+        self.loaded.set_result(self._n_ctx_seq)
+        try:
+            while self._wait_for_work():
+                try:
+                    self._step()
+                except Exception as exc:
+                    log.exception("batch_step_failed", model=self.name)
+                    self._fail_all(ModelError(f"generation on model {self.name} failed: {exc}"), queued=False)
+        finally:
+            self._fail_all(SchedulerClosedError(f"model {self.name} was closed during the request"), queued=True)
+            self._free()
+
+    def _open(self) -> None:
+        opts = self._options
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = opts.gpu_layers()
+        self._model = llama_cpp.llama_model_load_from_file(str(self._path).encode("utf-8"), model_params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load model file {self._path}")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = opts.n_ctx * self.parallel
+        params.n_batch = opts.n_batch
+        params.n_ubatch = min(opts.n_batch, 512)
+        params.n_seq_max = self.parallel
+        params.n_threads = params.n_threads_batch = opts.threads()
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.kv_unified = False  # each sequence gets its own n_ctx cells
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a {params.n_ctx}-token context for {self._path} "
+                f"({self.parallel} slots of {opts.n_ctx}); lower n_ctx or parallel"
+            )
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self._n_batch = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at n_ctx
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(64)
+
+    def _free(self) -> None:
+        if not hasattr(self, "_ctx"):
+            return
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        llama_cpp.llama_model_free(self._model)
+
+    def end_of_generation(self, token: int) -> bool:
+        """True for end-of-generation tokens (call only once loaded)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def _wait_for_work(self) -> bool:
+        with self._wake:
+            while not self._closed and not self._queue and not self._busy:
+                self._wake.wait()
+            return not self._closed
+
+    def _step(self) -> None:
+        self._admit()
+        self._reap()
+        jobs = [s for s in self._slots if s.job is not None]
+        if jobs:
+            self._decode_step(jobs)
+
+    def _admit(self) -> None:
+        while True:
+            free = [s for s in self._slots if s.job is None]
+            with self._wake:
+                if not free or not self._queue:
+                    return
+                request = self._queue.popleft()
+            if request.cancelled.is_set():
+                continue
+            if request.deadline_passed():
+                request.deliver(DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
+                continue
+            slot = choose_slot(free, request.tokens, request.reuse_prefix)
+            try:
+                self._start(slot, request)
+            except ModelError as exc:
+                request.deliver(exc)
+
+    def _start(self, slot: Slot, request: SlotRequest) -> None:
+        tokens = request.tokens
+        keep = 0
+        if request.reuse_prefix:
+            keep = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token must give logits
+        if keep < len(slot.cached) and not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+        sampler = SequenceSampler(self._vocab, self._n_vocab, request.sampling)
+        slot.job = Job(request=request, sampler=sampler, pending=tokens[keep:], reused=keep,
+                       text=StopText(request.stops))
+        self._busy += 1
+
+    def _reap(self) -> None:
+        with self._wake:  # cancelled or expired requests must not wait for a slot (nor count as queued)
+            waiting = list(self._queue)
+            self._queue = deque(r for r in waiting if not r.cancelled.is_set() and not r.deadline_passed())
+        for request in waiting:
+            if not request.cancelled.is_set() and request.deadline_passed():
+                request.deliver(DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.request.cancelled.is_set():
+                self._finish(slot, None)
+            elif job.request.deadline_passed():
+                self._finish(slot, DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
+
+    def _finish(self, slot: Slot, outcome: Outcome | None) -> None:
+        """End the slot's job; the slot keeps its cache for prefix reuse."""
+        job = slot.job
+        assert job is not None
+        slot.job = None
+        slot.last_used = time.monotonic()
+        self._busy -= 1
+        job.sampler.close()
+        if outcome is not None:
+            job.request.deliver(outcome)
+
+    def _decode_step(self, slots: list[Slot]) -> None:
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[Slot, int]] = []
+        fed: list[tuple[Slot, list[int]]] = []
+
+        def add(slot: Slot, tokens: list[int], want_logits: bool) -> None:
+            nonlocal n
+            pos0 = len(slot.cached)
+            for i, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = pos0 + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = 0
+                n += 1
+            if want_logits:
+                batch.logits[n - 1] = 1
+                outputs.append((slot, n - 1))
+            fed.append((slot, tokens))
+
+        generating = [s for s in slots if s.job is not None and s.job.next_token is not None]
+        for slot in generating:
+            assert slot.job is not None and slot.job.next_token is not None
+            add(slot, [slot.job.next_token], True)
+        prefilling = [s for s in slots if s.job is not None and s.job.prefilling]
+        for slot in prefilling:
+            room = self._n_batch - n
+            if room <= 0:
+                break
+            job = slot.job
+            assert job is not None
+            chunk = job.pending[:room]
+            add(slot, chunk, len(chunk) == len(job.pending))
+        batch.n_tokens = n
+        started = time.perf_counter()
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        elapsed = time.perf_counter() - started
+        if rc != 0:
+            self._decode_failed(rc, [s for s, _ in fed])
+            return
+        for slot, tokens in fed:
+            job = slot.job
+            assert job is not None
+            slot.cached.extend(tokens)
+            if job.next_token is not None:
+                job.next_token = None
+                job.generation_seconds += elapsed
+            else:
+                del job.pending[: len(tokens)]
+                job.prompt_seconds += elapsed
+                self._prompt_tokens_evaluated += len(tokens)
+        for slot, index in outputs:
+            self._take_token(slot, index)
+
+    def _decode_failed(self, rc: int, slots: list[Slot]) -> None:
+        why = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
+        for slot in slots:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached.clear()
+            self._finish(slot, ModelError(f"generation on model {self.name} failed: {why}"))
+
+    def _take_token(self, slot: Slot, index: int) -> None:
+        job = slot.job
+        assert job is not None
+        token = job.sampler.sample(self._ctx, index)
+        if self.end_of_generation(token):
+            self._complete(slot, "stop")
+            return
+        job.generated.append(token)
+        if job.text.add(token_piece(self._vocab, token, self._piece)):
+            self._complete(slot, "stop")
+        elif len(job.generated) >= job.request.max_tokens:
+            self._complete(slot, "length")
+        else:
+            job.next_token = token
+
+    def _complete(self, slot: Slot, finish_reason: str) -> None:
+        job = slot.job
+        assert job is not None
+        result = BatchedGeneration(
+            text=job.text.text,
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            prompt_tokens=len(job.request.tokens),
+            completion_tokens=len(job.generated),
+            prompt_seconds=job.prompt_seconds,
+            generation_seconds=job.generation_seconds,
+            reused_prompt_tokens=job.reused,
+        )
+        self._finish(slot, result)
+
+    def _fail_all(self, error: ModelError, *, queued: bool) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                if hasattr(self, "_memory"):
+                    llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                slot.cached.clear()
+                self._finish(slot, error)
+        if queued:
+            with self._wake:
+                waiting, self._queue = list(self._queue), deque()
+            for request in waiting:
+                request.deliver(error)
