@@ -26,7 +26,7 @@ class Settings(LayeredSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     singular_flags: ClassVar[dict[str, str]] = {"models": "model", "publishers": "publisher"}
-    auto_defaults: ClassVar[frozenset[str]] = frozenset({"n_threads", "n_gpu_layers"})
+    auto_defaults: ClassVar[frozenset[str]] = frozenset({"n_threads", "n_gpu_layers", "parallel", "max_concurrent"})
 
     # Identity and storage
     data_dir: Path = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
@@ -45,8 +45,9 @@ class Settings(LayeredSettings):
     n_ctx: int = Field(default=2048, ge=256, description="Context window per model")
     n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
     n_gpu_layers: int | None = Field(default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)")
-    flash_attn: bool = Field(default=False, description="Use flash attention")
-    max_concurrent: int = Field(default=1, ge=1, description="Tasks running at once per model")
+    flash_attn: bool = Field(default=True, description="Use flash attention (as llama-server does on CPU)")
+    parallel: int | None = Field(default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)")
+    max_concurrent: int | None = Field(default=None, ge=1, description="Tasks running at once per model (default: parallel)")
     max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")

@@ -8,7 +8,7 @@ import sys
 from config.settings import Settings
 from models.benchmark import BenchmarkCache, benchmark
 from models.requests import ModelError
-from models.runtime import LlamaModel
+from models.batching import BatchedLlamaModel
 from node.model_setup import model_store, runtime_options
 
 
@@ -61,7 +61,7 @@ async def _bench(names: list[str], settings: Settings) -> int:
         path = store.locate(registry.get(name))
         if path is None:
             raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-        model = await LlamaModel.load(name, path, runtime_options(settings))
+        model = await BatchedLlamaModel.load(name, path, runtime_options(settings), parallel=settings.parallel)
         try:
             print(" measuring...", end="", flush=True)
             result = await benchmark(model)

@@ -1,8 +1,10 @@
 """Execution scheduling: per-model capacity, a bounded queue, and drain on shutdown.
 
-Each hosted model runs at most `max_concurrent` tasks at once with at most
-`max_queue` more waiting; a task beyond that is refused at once (`BusyError`,
-which the caller turns into a "busy: ..." error result, never silence).
+Each hosted model runs at most its `concurrency` of tasks at once (by default
+its batched runtime's sequence slots) with at most `max_queue` more waiting; a
+task beyond that is refused at once (`BusyError`, which the caller turns into a
+"busy: ..." error result, never silence). Free capacity, as heartbeats report
+it, is the free slots plus the queue room.
 """
 
 from __future__ import annotations
@@ -40,20 +42,19 @@ AbandonJob = Callable[[Job, str], Awaitable[None]]
 class Executor:
     """Admits jobs per model and runs them as asyncio tasks."""
 
-    def __init__(self, run: RunJob, abandon: AbandonJob, models: list[str], max_concurrent: int, max_queue: int) -> None:
+    def __init__(self, run: RunJob, abandon: AbandonJob, concurrency: dict[str, int], max_queue: int) -> None:
         self._run = run
         self._abandon = abandon
-        self._max_concurrent = max_concurrent
+        self._concurrency = dict(concurrency)
         self._max_queue = max_queue
-        self._slots = {model: asyncio.Semaphore(max_concurrent) for model in models}
-        self._admitted = {model: 0 for model in models}
+        self._slots = {model: asyncio.Semaphore(limit) for model, limit in concurrency.items()}
+        self._admitted = {model: 0 for model in concurrency}
         self._running: dict[asyncio.Task[None], Job] = {}
         self.accepting = True
 
     def capacity(self) -> tuple[int, int]:
         """(free, max) task places over all models; 0 free while draining."""
-        per_model = self._max_concurrent + self._max_queue
-        total = per_model * len(self._slots)
+        total = sum(self._concurrency.values()) + self._max_queue * len(self._slots)
         if not self.accepting:
             return 0, total
         return total - sum(self._admitted.values()), total
@@ -70,10 +71,9 @@ class Executor:
         """Admit the job or raise BusyError saying why."""
         if not self.accepting:
             raise BusyError("busy: node is shutting down")
-        if self._admitted[job.model] >= self._max_concurrent + self._max_queue:
-            raise BusyError(
-                f"busy: model {job.model} has {self._max_concurrent} running and {self._max_queue} queued tasks"
-            )
+        running = self._concurrency[job.model]
+        if self._admitted[job.model] >= running + self._max_queue:
+            raise BusyError(f"busy: model {job.model} has {running} running and {self._max_queue} queued tasks")
         self._admitted[job.model] += 1
         task = asyncio.create_task(self._execute(job), name=f"task-{job.task.task_id}")
         self._running[task] = job

@@ -1,4 +1,4 @@
-"""Loading the configured models at start: registry -> local file -> llama.cpp runtime -> benchmark.
+"""Loading the configured models at start: registry -> local file -> batched llama.cpp runtime -> benchmark.
 
 A model that cannot be found or loaded, or that is slower than `min_tps`, is
 reported and skipped; a node left with no usable model stops with a clear error.
@@ -14,7 +14,8 @@ from config.settings import Settings
 from models.benchmark import BenchmarkCache
 from models.registry import Registry
 from models.requests import ModelError
-from models.runtime import LlamaModel, RuntimeOptions
+from models.batching import BatchedLlamaModel
+from models.runtime import RuntimeOptions
 from models.store import ModelStore
 
 log = structlog.get_logger(__name__)
@@ -28,8 +29,12 @@ class NoUsableModelError(Exception):
 class LoadedModels:
     """The models this node serves, in configured order, with their measured speed."""
 
-    models: dict[str, LlamaModel] = field(default_factory=dict)
+    models: dict[str, BatchedLlamaModel] = field(default_factory=dict)
     tps: dict[str, float] = field(default_factory=dict)  # generation tokens/s per model
+
+    def concurrency(self, max_concurrent: int | None) -> dict[str, int]:
+        """Tasks each model runs at once: the operator's cap, else its sequence slots."""
+        return {name: max_concurrent or model.parallel for name, model in self.models.items()}
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -58,7 +63,7 @@ async def load_models(settings: Settings) -> LoadedModels:
             path = store.locate(spec)
             if path is None:
                 raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-            model = await LlamaModel.load(name, path, options)
+            model = await BatchedLlamaModel.load(name, path, options, parallel=settings.parallel)
         except ModelError as exc:
             log.error("model skipped", model=name, error=str(exc))
             problems.append(f"{name}: {exc}")

@@ -105,7 +105,7 @@ class NodeServer:
             self._models, outbox, journal, self.metrics, tool_settings(settings), engine_options(settings), embedder
         )
         self._runner = runner
-        self.executor = Executor(runner.run, runner.abandon, names, settings.max_concurrent, settings.max_queue)
+        self.executor = Executor(runner.run, runner.abandon, loaded.concurrency(settings.max_concurrent), settings.max_queue)
         self._intake = Intake(self.identity.address, names, settings.publishers or None)
         self.monitor = NodeMonitor(
             self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models,

@@ -44,7 +44,7 @@ class Recorder:
 
 async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, ["m"], max_concurrent=1, max_queue=1)
+    executor = Executor(rec.run, rec.abandon, {"m": 1}, max_queue=1)
     executor.submit(job("a"))
     executor.submit(job("b"))
     with pytest.raises(BusyError, match="busy: model m"):
@@ -60,7 +60,7 @@ async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
 
 async def test_capacity_is_per_model() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, ["m", "n"], max_concurrent=1, max_queue=0)
+    executor = Executor(rec.run, rec.abandon, {"m": 1, "n": 1}, max_queue=0)
     executor.submit(job("a", "m"))
     executor.submit(job("b", "n"))
     with pytest.raises(BusyError):
@@ -72,7 +72,7 @@ async def test_capacity_is_per_model() -> None:
 
 async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, ["m"], max_concurrent=1, max_queue=2)
+    executor = Executor(rec.run, rec.abandon, {"m": 1}, max_queue=2)
     executor.submit(job("running"))
     executor.submit(job("queued"))
     await asyncio.sleep(0.01)

@@ -160,7 +160,7 @@ async def test_metrics_health_and_status_over_http(tmp_path: Path) -> None:
                 status = (await http.get("/status")).json()
                 metrics = (await http.get("/metrics")).text
         assert status["address"] == server.identity.address
-        assert status["models"] == ["smollm2:135m"] and status["capacity"]["max"] == 9
+        assert status["models"] == ["smollm2:135m"] and status["capacity"]["max"] == 4 + 8  # slots + queue
         assert status["peers"] >= 1
         assert "compute_node_tasks_taken_total 1.0" in metrics
         assert "compute_node_tasks_completed_total 1.0" in metrics
