@@ -4,6 +4,7 @@ A result is published at once when the node has peers; otherwise (or when the
 publish fails) it stays in the journal and `run()` publishes it when peers
 return, as long as the task's deadline plus a grace period has not passed.
 Results are re-sealed at publish time, so a late envelope is never stale.
+Journal entries older than their deadline plus `retention_s` are pruned hourly.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ class ResultOutbox:
         *,
         grace_s: float = 300.0,
         retry_interval_s: float = 2.0,
+        retention_s: float = 86400.0,
+        prune_interval_s: float = 3600.0,
     ) -> None:
         self._identity = identity
         self._host = host
         self._journal = journal
         self._grace_ns = int(grace_s * 1e9)
         self._retry_interval_s = retry_interval_s
+        self._retention_ns = int(retention_s * 1e9)
+        self._prune_interval_s = prune_interval_s
         self._lock = asyncio.Lock()
 
     async def send(self, body: ResultBody) -> bool:
@@ -68,12 +73,18 @@ class ResultOutbox:
             return sent
 
     async def run(self) -> None:
-        """Retry unpublished results forever (cancel to stop)."""
+        """Retry unpublished results and prune old journal entries, forever (cancel to stop)."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + self._prune_interval_s
         while True:
             if self._journal.backlog():
                 sent = await self.flush()
                 if sent:
                     log.info("kept results published", count=sent)
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + self._prune_interval_s
+                if pruned := self._journal.prune(time.time_ns() - self._retention_ns):
+                    log.info("journal pruned", entries=pruned)
             await asyncio.sleep(self._retry_interval_s)
 
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:

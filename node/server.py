@@ -100,7 +100,9 @@ class NodeServer:
         self.host = host = P2PHost(self.identity.secret, settings.listen)
         await host.start()
 
-        outbox = ResultOutbox(self.identity, host, journal, grace_s=settings.result_grace)
+        outbox = ResultOutbox(
+            self.identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
+        )
         runner = TaskRunner(
             self._models, outbox, journal, self.metrics, tool_settings(settings), engine_options(settings), embedder
         )
