@@ -1,0 +1,84 @@
+"""5. Footprint: startup time to READY, RSS of an idle node and of a node running a task,
+next to the plain llama_cpp script loading the same model (benchmarks.raw_worker).
+
+READY for the node is its `listening on` line (models loaded, P2P listening); for
+the script, its first output line after `Llama(...)` returned. The running RSS is
+the highest VmRSS sampled every 20 ms while one Simple task of 128 tokens runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from benchmarks.options import BenchOptions, Publisher
+from benchmarks.peers import node_process, rss_bytes
+from benchmarks.raw_worker import RawWorker
+from benchmarks.report import Row, Section
+from benchmarks.stats import alternate, paired_ratio, summarize
+from benchmarks.workloads import model_path, simple_workflow, story_prompt
+
+IDLE_SETTLE_S = 1.5
+MIB = 1024 * 1024
+
+
+async def _peak_rss_while(pid: int, work: Awaitable[object]) -> int:
+    """Highest RSS of `pid` sampled while `work` runs."""
+    task = asyncio.ensure_future(work)
+    peak = rss_bytes(pid)
+    while not task.done():
+        peak = max(peak, rss_bytes(pid))
+        await asyncio.wait({task}, timeout=0.02)
+    await task
+    return peak
+
+
+async def run(options: BenchOptions) -> Section:
+    rounds = options.pick(full=3, quick=1)
+    path = model_path()
+    samples: dict[str, dict[str, list[float]]] = {
+        side: {"startup": [], "idle": [], "busy": []} for side in ("node", "raw")
+    }
+
+    async def node_round(i: int) -> None:
+        with node_process(options.threads, extra_args=options.node_args) as node:
+            samples["node"]["startup"].append(node.startup_seconds)
+            async with Publisher(node) as publisher:
+                await asyncio.sleep(IDLE_SETTLE_S)
+                samples["node"]["idle"].append(node.rss_bytes() / MIB)
+                peak = await _peak_rss_while(node.pid, publisher.run(simple_workflow(story_prompt(i))))
+                samples["node"]["busy"].append(peak / MIB)
+
+    async def raw_round(i: int) -> None:
+        with RawWorker(path, options.threads, 2048) as raw:
+            samples["raw"]["startup"].append(raw.startup_seconds)
+            await asyncio.sleep(IDLE_SETTLE_S)
+            samples["raw"]["idle"].append(rss_bytes(raw.pid) / MIB)
+            peak = await _peak_rss_while(raw.pid, asyncio.to_thread(raw.complete, story_prompt(i), 128))
+            samples["raw"]["busy"].append(peak / MIB)
+
+    await alternate(rounds, node_round, raw_round)
+    what = "footprint"
+    rows = []
+    for key, metric, unit in (
+        ("startup", "startup: spawn -> READY", "s"),
+        ("idle", "RSS idle", "MiB"),
+        ("busy", "RSS running a 128-token task (peak)", "MiB"),
+    ):
+        rows.append(Row(
+            metric=metric,
+            node=summarize(samples["node"][key], unit, what=what),
+            baseline=summarize(samples["raw"][key], unit, what=what),
+            baseline_name="plain llama_cpp script",
+            ratio=paired_ratio(samples["node"][key], samples["raw"][key], what=what),
+        ))
+    return Section(
+        name="footprint",
+        title="5. Footprint",
+        rows=rows,
+        notes=[
+            (f"{rounds} fresh start(s) per side, alternately; node with the default log level (info, JSON to a file), "
+            f"n_ctx 2048, {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
+            f"{IDLE_SETTLE_S:g} s after READY with a publisher connected."),
+        ],
+    )

@@ -1,0 +1,183 @@
+"""Peers in their own processes on 127.0.0.1: a real compute node (`python -m node.cli
+start`) or the bare P2P echo peer, both READY when they print `listening on <multiaddr>`.
+
+For the node, READY comes after its models are loaded and its P2P host listens.
+Memory and CPU time come from /proc/<pid>; which model class serves requests
+comes from the node's own `model_loaded` log line (its logger name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from benchmarks.stats import BenchmarkError
+from node.identity import Identity
+
+READY_TIMEOUT_S = 90.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_MODEL_CLASSES = {"models.runtime": "LlamaModel (models.runtime)", "models.batching": "BatchedLlamaModel (models.batching)"}
+
+
+def node_process(
+    threads: int,
+    *,
+    n_ctx: int = 2048,
+    max_concurrent: int = 1,
+    max_queue: int = 8,
+    extra_args: list[str] | None = None,
+) -> PeerProcess:
+    """A compute node with a fresh identity and data dir, default log level (info, JSON)."""
+    identity = Identity.generate()
+    workdir = tempfile.TemporaryDirectory(prefix="bench-node-")
+    data_dir = Path(workdir.name)
+    identity.save(data_dir / "identity.key")
+    args = [
+        sys.executable, "-m", "node.cli", "start",
+        "--listen", "/ip4/127.0.0.1/tcp/0",
+        "--data-dir", str(data_dir),
+        "--no-http-enabled",
+        "--n-threads", str(threads),
+        "--n-ctx", str(n_ctx),
+        "--max-concurrent", str(max_concurrent),
+        "--max-queue", str(max_queue),
+        "--heartbeat-interval", "30",
+        "--log-format", "json",
+        *(extra_args or []),
+    ]
+    return PeerProcess(args, workdir, identity)
+
+
+class PeerProcess:
+    """Start with `with process:`; `multiaddr` (and for a node `address`) to reach it."""
+
+    def __init__(self, args: list[str], workdir: tempfile.TemporaryDirectory[str], identity: Identity | None = None) -> None:
+        self.args = args
+        self.identity = identity
+        self._workdir = workdir
+        self._stderr_path = Path(workdir.name) / "stderr.log"
+        self._proc: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+        self.multiaddr = ""
+        self.startup_seconds = 0.0
+        self._ready_at = 0.0
+
+    @property
+    def address(self) -> str:
+        """The node's address (what `Task.nodes` picks)."""
+        if self.identity is None:
+            raise BenchmarkError("this peer has no node identity")
+        return self.identity.address
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BenchmarkError(f"{self.args[2]} is not running")
+        return self._proc.pid
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Spawn the process and wait for READY; BenchmarkError with its log tail if it never gets there."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_NODE_")}
+        with open(self._stderr_path, "w") as stderr:
+            started = time.perf_counter()
+            self._proc = subprocess.Popen(
+                self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=_repo_root()
+            )
+        threading.Thread(target=self._read_stdout, name="bench-node-stdout", daemon=True).start()
+        deadline = started + READY_TIMEOUT_S
+        while not self._ready.wait(0.01):
+            if self._proc.poll() is not None or time.perf_counter() > deadline:
+                code, tail = self._proc.poll(), self.log_tail()
+                self.stop()
+                why = f"not READY within {READY_TIMEOUT_S:g} s" if code is None else f"exited with code {code} before READY"
+                raise BenchmarkError(f"{self.args[2]} {why}: {tail}")
+        self.startup_seconds = self._ready_at - started
+
+    def _read_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.startswith("listening on ") and "/ip4/127.0.0.1/" in line and not self._ready.is_set():
+                self._ready_at = time.perf_counter()
+                self.multiaddr = line.removeprefix("listening on ").strip()
+                self._ready.set()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the process has not exited within 30 s."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+        self._workdir.cleanup()
+
+    # ------------------------------------------------------------ measuring
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+    def peak_rss_bytes(self) -> int:
+        return _status_kib(self.pid, "VmHWM") * 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the node process so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def model_class(self) -> str:
+        """Which model class the node loaded, from its `model_loaded` log line."""
+        for line in self._log_lines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "model_loaded":
+                logger = str(entry.get("logger", ""))
+                name = _MODEL_CLASSES.get(logger, f"model class of logger {logger!r}")
+                return f"{name}, parallel {entry['parallel']}" if "parallel" in entry else name
+        return "unknown (no model_loaded log line)"
+
+    def log_tail(self, chars: int = 1500) -> str:
+        return "\n".join(self._log_lines())[-chars:]
+
+    def _log_lines(self) -> list[str]:
+        try:
+            return self._stderr_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process now."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise BenchmarkError(f"/proc/{pid}/status has no {key}")
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
