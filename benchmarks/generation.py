@@ -108,9 +108,9 @@ async def run(options: BenchOptions) -> Section:
             (f"{rounds} rounds, node and raw script alternately; {options.threads} thread(s), n_ctx {N_CTX}, "
             "greedy, prompt 'Write a long, detailed story about <topic>' (topic changes per round)."),
             f"node model class: {model_class}; node flags: {' '.join(options.node_args) or '(defaults)'}.",
-            ("tokens = the answer re-tokenized with the model's tokenizer on both sides (the result "
-            "stats carry no token counts), so the node's prompt-eval / generation split is not visible "
-            "from outside; the raw split comes from llama.cpp's perf counters."),
+            ("publish -> result tokens = the answer re-tokenized with the model's tokenizer on both sides; "
+            "the execution-time row uses the token counts the node reports in its result stats; the raw "
+            "prompt-eval / generation split comes from llama.cpp's perf counters."),
             f"identical answer text on both sides in {same_text} of {rounds} rounds.",
             f"goal node/raw >= {GOAL}: {verdict} (median {ratio.median:.3f}).",
         ],
