@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, StrList, split_list
 
-__all__ = ["ConfigError", "Settings", "StrList", "cli_flag", "env_var", "load_settings", "settings_table"]
+__all__ = ["ConfigError", "Settings", "StrList", "load_settings"]
 
 ENV_PREFIX = "COMPUTE_NODE_"
 DEFAULT_MODEL = "smollm2:135m"
@@ -124,18 +124,3 @@ class Settings(LayeredSettings):
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """The node's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
     return Settings.load(config_file, **overrides)
-
-
-def cli_flag(name: str) -> str:
-    """The command-line flag of a setting: `max_queue` -> `--max-queue`."""
-    return Settings.flag(name)
-
-
-def env_var(name: str) -> str:
-    """The environment variable of a setting: `max_queue` -> `COMPUTE_NODE_MAX_QUEUE`."""
-    return Settings.env_var(name)
-
-
-def settings_table() -> str:
-    """The README's table rows of the node's settings."""
-    return Settings.table()

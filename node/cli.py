@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import json
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
-from config.settings import ConfigError, Settings, cli_flag, load_settings
+from config.settings import ConfigError, Settings
+from node.cli_settings import add_settings_flags, settings_from
 from node.cli_models import add_models_commands, run_models_command
 from node.gateway.cli import add_gateway_command, run_gateway
 EXIT_ERROR = 1
@@ -18,26 +18,11 @@ EXIT_TIMEOUT = 2
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; values are validated by the Settings model, not here."""
-    parser.add_argument("--config", type=Path, help="TOML config file")
-    for name, field in Settings.model_fields.items():
-        flag = cli_flag(name)
-        origin = typing.get_origin(field.annotation)
-        args = typing.get_args(field.annotation)
-        help_text = field.description
-        if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif origin is list or (args and typing.get_origin(args[0]) is list):
-            parser.add_argument(flag, dest=name, action="append", default=None, help=f"{help_text} (repeatable)")
-        elif origin is dict:
-            parser.add_argument(flag, dest=name, type=json.loads, default=None, help=f"{help_text} (JSON)")
-        else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text)
+    add_settings_flags(parser, Settings)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name, None) for name in Settings.model_fields}
-    return load_settings(args.config, **overrides)
+    return settings_from(args, Settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import settings_table
-from node.gateway.settings import gateway_settings_table
+from config.settings import Settings
+from node.gateway.settings import GatewaySettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.mark.parametrize(
-    ("marker", "generate"), [("settings-table", settings_table), ("gateway-settings-table", gateway_settings_table)]
+    ("marker", "generate"), [("settings-table", Settings.table), ("gateway-settings-table", GatewaySettings.table)]
 )
 def test_settings_table_matches_the_settings_model(marker: str, generate: Callable[[], str]) -> None:
     text = README.read_text()
     match = re.search(rf"<!-- {marker}[^>]*-->\n\| key[^\n]*\n\|---[^\n]*\n(.*?)\n<!-- /{marker} -->", text, re.S)
     assert match, f"{marker} markers missing from README.md"
-    assert match.group(1) == generate(), f"regenerate the README table from {generate.__module__}.{generate.__name__}()"
+    assert match.group(1) == generate(), f"regenerate the README table from {generate.__qualname__}()"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
-from pathlib import Path
 
 from config.settings import ConfigError
-from node.gateway.settings import GatewaySettings, gateway_flag, load_gateway_settings
+from node.cli_settings import add_settings_flags, settings_from
+from node.gateway.settings import GatewaySettings
 
 EXIT_ERROR = 1
+DEST_PREFIX = "gateway_"
 
 
 def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -24,15 +24,7 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser = subparsers.add_parser(
         "gateway", help="run a publisher peer with an HTTP API (POST /v1/tasks, GET /v1/tasks/{id}, /docs)"
     )
-    parser.add_argument("--config", type=Path, help="TOML config file")
-    for name, field in GatewaySettings.model_fields.items():
-        dest = f"gateway_{name}"  # kept apart from the node's own settings flags
-        args = typing.get_args(field.annotation)
-        is_list = typing.get_origin(field.annotation) is list or (args and typing.get_origin(args[0]) is list)
-        if is_list:
-            parser.add_argument(gateway_flag(name), dest=dest, action="append", default=None, help=f"{field.description} (repeatable)")
-        else:
-            parser.add_argument(gateway_flag(name), dest=dest, default=None, help=field.description)
+    add_settings_flags(parser, GatewaySettings, dest_prefix=DEST_PREFIX)  # kept apart from the node's flags
     return parser
 
 
@@ -48,8 +40,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     from node.log import configure_logging
 
     try:
-        overrides = {name: getattr(args, f"gateway_{name}", None) for name in GatewaySettings.model_fields}
-        settings = load_gateway_settings(args.config, **overrides)
+        settings = settings_from(args, GatewaySettings, dest_prefix=DEST_PREFIX)
     except ConfigError as exc:
         print(f"compute-node gateway: {exc}", file=sys.stderr)
         return EXIT_ERROR

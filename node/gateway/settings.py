@@ -17,8 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, StrList, split_list
 
-__all__ = ["ConfigError", "GatewaySettings", "gateway_env_var", "gateway_flag", "gateway_settings_table",
-           "is_loopback", "load_gateway_settings"]
+__all__ = ["ConfigError", "GatewaySettings", "is_loopback", "load_gateway_settings"]
 
 ENV_PREFIX = "COMPUTE_NODE_GATEWAY_"
 
@@ -87,7 +86,7 @@ class GatewaySettings(LayeredSettings):
         if not self.api_keys and not is_loopback(self.host):
             raise ValueError(
                 f"host {self.host!r} is not a loopback address and no api_keys are set; set api_keys "
-                f"({gateway_env_var('api_keys')} / {gateway_flag('api_keys')}) to listen on a public address"
+                f"({GatewaySettings.env_var('api_keys')} / {GatewaySettings.flag('api_keys')}) to listen on a public address"
             )
         if self.default_timeout > self.max_timeout:
             raise ValueError(f"default_timeout {self.default_timeout:g} exceeds max_timeout {self.max_timeout:g}")
@@ -115,18 +114,3 @@ def is_loopback(host: str) -> bool:
 def load_gateway_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
     """The gateway's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
     return GatewaySettings.load(config_file, **overrides)
-
-
-def gateway_flag(name: str) -> str:
-    """The command-line flag of a gateway setting: `rate_limit` -> `--rate-limit`."""
-    return GatewaySettings.flag(name)
-
-
-def gateway_env_var(name: str) -> str:
-    """The environment variable of a gateway setting: `rate_limit` -> `COMPUTE_NODE_GATEWAY_RATE_LIMIT`."""
-    return GatewaySettings.env_var(name)
-
-
-def gateway_settings_table() -> str:
-    """The README's table rows of the gateway's settings."""
-    return GatewaySettings.table()
