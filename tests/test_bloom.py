@@ -9,7 +9,6 @@ import xxhash
 
 from node.bloom import BloomFilter, BloomFilterError
 from node.identity import Identity
-
 from tests.protocol_files import VECTORS
 
 

@@ -20,8 +20,8 @@ from node.envelope import (
 )
 from node.identity import Identity
 from node.messages import decode_task
-
 from tests.protocol_files import VECTORS
+
 VECTOR = VECTORS["envelope_signature"]
 NOW = 1_733_160_000_123_456_789
 SECOND = 1_000_000_000

@@ -20,8 +20,8 @@ from node.identity import (
     address_of,
     recover_address,
 )
-
 from tests.protocol_files import VECTORS
+
 IDENTITY = VECTORS["identity"]
 DIGEST = hashlib.sha256(b"compute node").digest()
 

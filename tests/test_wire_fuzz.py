@@ -12,7 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from node.envelope import EnvelopeError, SignedMessage, open_envelope, payload_digest, seal
+from node.envelope import (
+    EnvelopeError,
+    SignedMessage,
+    open_envelope,
+    payload_digest,
+    seal,
+)
 from node.identity import Identity
 from node.messages import MessageError, decode_heartbeat, decode_result, decode_task
 

