@@ -86,7 +86,10 @@ class Journal:
         """Open (or create) the journal at ``path``, creating its parent directory."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Tasks hold publishers' workflows: readable by the operator only. SQLite
+            # gives its -wal and -shm files the database file's permissions.
+            path.touch(mode=0o600, exist_ok=True)
             # isolation_level=None: autocommit; every statement is its own transaction.
             conn = sqlite3.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:

@@ -83,7 +83,7 @@ class NodeServer:
 
     async def startup(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # key, journal: the operator's only
         self.identity = (
             Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
         )

@@ -177,3 +177,11 @@ def test_calls_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
     per_call_us = (time.perf_counter() - start) / (n * 5) * 1e6
     # Measured ~10-20 us; the bound is loose for a busy 2-core CI machine.
     assert per_call_us < 2000, f"{per_call_us:.0f} us per journal call"
+
+
+def test_journal_files_are_private_to_the_operator(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "data" / "journal.sqlite3")
+    journal.record_accepted("t", "a" * 40, 1, "m", b"{}", 1)
+    for name in ("journal.sqlite3", "journal.sqlite3-wal"):
+        assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600, name
+    journal.close()
