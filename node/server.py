@@ -198,6 +198,8 @@ class NodeServer:
         while True:
             message = await queue.get()
             now = time.time_ns()
+            # Decoded a second time: the validator's verdict runs on the libp2p thread and
+            # gives back only accept/reject. ~55 us, against ~1.5 ms of P2P work per message.
             try:
                 inbound = decode(TASK_TOPIC, message.data, now)
             except InboundError:
