@@ -23,6 +23,7 @@ from benchmarks import (
     generation,
     llama_server,
     overhead,
+    prefix,
     throughput,
 )
 from benchmarks.machine import describe
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "concurrency": Benchmark("3. Concurrency", concurrency.run, 210),
     "throughput": Benchmark("4. Network throughput", throughput.run, 90),
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
+    "prefix": Benchmark("6. Prefix reuse", prefix.run, 60),
 }
 
 
