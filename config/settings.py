@@ -38,6 +38,9 @@ class Settings(LayeredSettings):
     heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
     redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
     publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are taken")
+    reject_log_window: float = Field(
+        default=10.0, ge=0, description="Seconds between log lines for one rejection reason (0: log every one)"
+    )
 
     # Models and runtime
     models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")

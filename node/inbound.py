@@ -68,22 +68,39 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
 
 
 class GossipGate:
-    """The validator handed to the P2P layer; counts rejections by reason."""
+    """The validator handed to the P2P layer; counts rejections by reason.
 
-    def __init__(self, on_reject: Callable[[str, str], None] | None = None) -> None:
+    Each rejection reason is logged at most once per `log_window_s` (with how
+    many were not logged since), so a peer spamming invalid messages cannot
+    flood the logs; the `on_reject` callback (metrics) still sees every one.
+    """
+
+    def __init__(self, on_reject: Callable[[str, str], None] | None = None, log_window_s: float = 10.0) -> None:
         self._on_reject = on_reject
+        self._log_window_s = log_window_s
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
 
     def validate(self, topic: str, data: bytes) -> bool:
         try:
             decode(topic, data, time.time_ns())
         except InboundError as exc:
-            log.info("message rejected", topic=topic, reason=exc.reason, detail=str(exc)[:300], size=len(data))
-            if self._on_reject is not None:
-                self._on_reject(topic, exc.reason)
+            self._reject(topic, exc.reason, str(exc), len(data))
             return False
         except Exception:  # noqa: BLE001 - a validator must never raise into libp2p
             log.exception("validator failed", topic=topic, size=len(data))
-            if self._on_reject is not None:
-                self._on_reject(topic, "internal")
+            self._reject(topic, "internal", "validator failed", len(data))
             return False
         return True
+
+    def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:
+        if self._on_reject is not None:
+            self._on_reject(topic, reason)
+        key = (topic, reason)
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -self._log_window_s) < self._log_window_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last_logged[key] = now
+        log.info("message rejected", topic=topic, reason=reason, detail=detail[:300], size=size,
+                 not_logged_since=self._suppressed.pop(key, 0))

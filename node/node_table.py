@@ -41,15 +41,22 @@ class KnownNode:
 class NodeTable:
     """Nodes by address, refreshed by heartbeats."""
 
-    def __init__(self, ttl: float = 90.0, rng: random.Random | None = None) -> None:
+    def __init__(self, ttl: float = 90.0, rng: random.Random | None = None, max_nodes: int = 10_000) -> None:
         self._nodes: dict[str, KnownNode] = {}
         self._ttl = ttl
         self._rng = rng or random.Random()
+        self._max_nodes = max_nodes
 
     def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> None:
         """Record a heartbeat; only its signer's own entry can change (the body's address must match)."""
         if heartbeat.address != sender:
             return
+        now = time.time() if now is None else now
+        if sender not in self._nodes and len(self._nodes) >= self._max_nodes:
+            # Anyone can make keys: forget the silent first, and never grow past the cap.
+            self._nodes = {a: n for a, n in self._nodes.items() if now - n.last_seen <= self._ttl}
+            if len(self._nodes) >= self._max_nodes:
+                del self._nodes[min(self._nodes.values(), key=lambda n: n.last_seen).address]
         self._nodes[sender] = KnownNode(
             address=sender,
             peer_id=heartbeat.peer_id,
@@ -57,7 +64,7 @@ class NodeTable:
             free=heartbeat.capacity.free,
             max=heartbeat.capacity.max,
             tps=dict(heartbeat.tps),
-            last_seen=time.time() if now is None else now,
+            last_seen=now,
         )
 
     def reserve(self, address: str) -> None:

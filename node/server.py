@@ -114,7 +114,7 @@ class NodeServer:
             startup_grace_s=settings.startup_grace,
         )
 
-        gate = GossipGate(on_reject=self._on_reject)
+        gate = GossipGate(on_reject=self._on_reject, log_window_s=settings.reject_log_window)
         queues = {topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
         connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
         await connector.dial_all()

@@ -271,7 +271,9 @@ async def publish_round(run: Run, cases: list[Case], valid_every: int) -> None:
 async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds: int = 1) -> Outcome:
     """Publish `cases` `rounds` times from a raw peer at a fresh node, with valid tasks among them."""
     publisher = Identity.generate()
-    settings = node_settings(tmp_path / "node", publishers=[publisher.address], max_queue=32, n_ctx=512)
+    settings = node_settings(
+        tmp_path / "node", publishers=[publisher.address], max_queue=32, n_ctx=512, reject_log_window=0
+    )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
             assert node.identity is not None and node.monitor is not None

@@ -57,3 +57,13 @@ def test_reserve_counts_sent_tasks_until_the_next_heartbeat() -> None:
     first = table.choose(["m"], now=1).address
     table.reserve(first)
     assert {table.choose(["m"], now=1).address for _ in range(20)} == ({A, B} - {first})
+
+
+def test_table_stays_bounded_under_a_flood_of_new_keys() -> None:
+    table = NodeTable(ttl=90, max_nodes=100)
+    for i in range(1000):
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, ["m"]), now=i * 0.01)
+    assert len(table.live(now=10)) == 100
+    newest = f"{999:040x}"
+    assert newest in {node.address for node in table.live(now=10)}
