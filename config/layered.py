@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,10 +20,6 @@ from pydantic_settings import (
 )
 
 S = TypeVar("S", bound="LayeredSettings")
-
-# A list setting; the environment may give it as a JSON array or comma-separated (see `split_list`).
-StrList = Annotated[list[str], NoDecode]
-
 
 class ConfigError(Exception):
     """A setting is invalid or the config file cannot be read; the message names it."""
@@ -37,6 +33,21 @@ def split_list(value: Any) -> Any:
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
+
+
+def _multiaddrs(value: list[str]) -> list[str]:
+    for addr in value:
+        if not addr.startswith("/"):
+            raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
+    return value
+
+
+# A list setting; the environment may give it as a JSON array or comma-separated.
+StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+# A list of libp2p multiaddrs (/ip4/HOST/tcp/PORT[/p2p/ID]).
+MultiaddrList = Annotated[StrList, AfterValidator(_multiaddrs)]
+# A path where `~` means the user's home.
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 
 class LayeredSettings(BaseSettings):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from config.layered import ConfigError, LayeredSettings, StrList, split_list
+from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
 
 __all__ = ["ConfigError", "Settings", "StrList", "load_settings"]
 
@@ -29,12 +29,12 @@ class Settings(LayeredSettings):
     auto_defaults: ClassVar[frozenset[str]] = frozenset({"n_threads", "n_gpu_layers", "parallel", "max_concurrent"})
 
     # Identity and storage
-    data_dir: Path = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
+    data_dir: UserPath = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
     secret_key: str | None = Field(default=None, description="Node secret key (hex); default: <data_dir>/identity.key")
 
     # Network
-    listen: StrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
-    bootstrap: StrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
+    listen: MultiaddrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
+    bootstrap: MultiaddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
     heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
     redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
     publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are taken")
@@ -82,19 +82,6 @@ class Settings(LayeredSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
 
-    @field_validator("listen", "bootstrap", "publishers", "models", "tool_allow", mode="before")
-    @classmethod
-    def _split_list(cls, value: Any) -> Any:
-        return split_list(value)
-
-    @field_validator("listen", "bootstrap")
-    @classmethod
-    def _multiaddrs(cls, value: list[str]) -> list[str]:
-        for addr in value:
-            if not addr.startswith("/"):
-                raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
-        return value
-
     @field_validator("publishers")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
@@ -105,11 +92,6 @@ class Settings(LayeredSettings):
                 raise ValueError(f"{addr!r} is not a 40-hex-character address")
             out.append(hex_part)
         return out
-
-    @field_validator("data_dir")
-    @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
 
     @property
     def identity_path(self) -> Path:

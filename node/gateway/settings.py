@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from config.layered import ConfigError, LayeredSettings, StrList, split_list
+from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
 
 __all__ = ["ConfigError", "GatewaySettings", "is_loopback", "load_gateway_settings"]
 
@@ -30,12 +30,12 @@ class GatewaySettings(LayeredSettings):
     label: ClassVar[str] = "gateway settings"
 
     # Identity and storage
-    data_dir: Path = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
+    data_dir: UserPath = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
     secret_key: str | None = Field(default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key")
 
     # Network
-    peers: StrList = Field(default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)")
-    listen: StrList = Field(default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs")
+    peers: MultiaddrList = Field(default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)")
+    listen: MultiaddrList = Field(default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs")
     connect_timeout: float = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
     max_retries: int = Field(default=2, ge=0, description="Busy/failed nodes retried on another node, per task")
 
@@ -55,19 +55,6 @@ class GatewaySettings(LayeredSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
 
-    @field_validator("peers", "listen", "api_keys", mode="before")
-    @classmethod
-    def _split_list(cls, value: Any) -> Any:
-        return split_list(value)
-
-    @field_validator("peers", "listen")
-    @classmethod
-    def _multiaddrs(cls, value: list[str]) -> list[str]:
-        for addr in value:
-            if not addr.startswith("/"):
-                raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
-        return value
-
     @field_validator("api_keys")
     @classmethod
     def _long_keys(cls, value: list[str]) -> list[str]:
@@ -75,11 +62,6 @@ class GatewaySettings(LayeredSettings):
             if len(key) < 16:
                 raise ValueError("an API key must be at least 16 characters")
         return value
-
-    @field_validator("data_dir")
-    @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
 
     @model_validator(mode="after")
     def _public_needs_keys(self) -> GatewaySettings:
