@@ -11,6 +11,8 @@ from __future__ import annotations
 import ecies
 from ecies.config import Config
 
+from node.identity import IdentityError, parse_public_key
+
 WIRE_CONFIG = (
     Config()
 )  # eciespy defaults; a private copy so no one can mutate ECIES_CONFIG under us
@@ -25,15 +27,10 @@ class EciesError(Exception):
 
 
 def _public_key_bytes(public_key: bytes | str) -> bytes:
-    if isinstance(public_key, str):
-        text = public_key[2:] if public_key[:2] in ("0x", "0X") else public_key
-        try:
-            public_key = bytes.fromhex(text)
-        except ValueError as e:
-            raise EciesError("public key is not hex") from e
-    if len(public_key) not in (33, 64, 65):
-        raise EciesError(f"public key must be 33, 64 or 65 bytes, got {len(public_key)}")
-    return public_key
+    try:
+        return parse_public_key(public_key).format(compressed=False)
+    except IdentityError as e:
+        raise EciesError(str(e)) from e
 
 
 def encrypt(public_key: bytes | str, plaintext: bytes) -> bytes:

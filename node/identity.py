@@ -35,8 +35,14 @@ class SignatureError(Exception):
     """A signature is malformed or does not recover a public key."""
 
 
-def _public_key(public_key: bytes) -> coincurve.PublicKey:
-    """Parse a 33 (compressed), 65 (uncompressed) or 64 (raw x||y) byte public key."""
+def parse_public_key(public_key: bytes | str) -> coincurve.PublicKey:
+    """A 33 (compressed), 65 (uncompressed) or 64 (raw x||y) byte public key, as bytes or hex
+    (optional 0x); IdentityError says what is wrong."""
+    if isinstance(public_key, str):
+        try:
+            public_key = bytes.fromhex(public_key.removeprefix("0x").removeprefix("0X"))
+        except ValueError as e:
+            raise IdentityError("public key is not hex") from e
     if len(public_key) == 64:
         public_key = b"\x04" + public_key
     if len(public_key) not in (33, 65):
@@ -49,7 +55,7 @@ def _public_key(public_key: bytes) -> coincurve.PublicKey:
 
 def address_of(public_key: bytes) -> str:
     """The 40-hex-character address of a 33/64/65-byte public key."""
-    uncompressed = _public_key(public_key).format(compressed=False)
+    uncompressed = parse_public_key(public_key).format(compressed=False)
     return keccak.new(digest_bits=256, data=uncompressed[1:]).digest()[-20:].hex()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-import coincurve
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from node.bloom import BloomFilter, BloomFilterError
+from node.identity import IdentityError, parse_public_key
 
 MAX_FILTER_HEX_CHARS = 128 * 1024  # 64 KiB of filter bytes
 MAX_MODELS = 64
@@ -104,17 +104,10 @@ class TaskBody(_Wire):
     @field_validator("public_key")
     @classmethod
     def _valid_public_key(cls, value: str) -> str:
-        text = value.removeprefix("0x")
         try:
-            raw = bytes.fromhex(text)
-        except ValueError as e:
-            raise ValueError("public key is not hex") from e
-        if len(raw) not in (33, 64, 65):
-            raise ValueError(f"public key must be 33, 64 or 65 bytes, got {len(raw)}")
-        try:
-            coincurve.PublicKey(b"\x04" + raw if len(raw) == 64 else raw)
-        except ValueError as e:
-            raise ValueError("not a valid secp256k1 public key") from e
+            parse_public_key(value)
+        except IdentityError as e:
+            raise ValueError(str(e)) from None
         return value
 
     def is_picked(self, address: str) -> bool:
