@@ -45,7 +45,9 @@ ENV PATH=/opt/venv/bin:${PATH}
 RUN pip install --upgrade pip wheel
 # Trap: with SOURCE_DATE_EPOCH set (reproducible builds set it) llama.cpp turns
 # every SIMD option off and runs 4-26x slower, so unset it for this build.
+# No AMX kernels (they segfault on some Intel Xeons; models/cpu.py), as install.sh.
 RUN env -u SOURCE_DATE_EPOCH CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" \
+      CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
       CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
       pip wheel --no-deps --wheel-dir /wheels "llama-cpp-python==${LLAMA_CPP_VERSION}"
 COPY . /src

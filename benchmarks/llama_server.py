@@ -9,6 +9,7 @@ minutes on 2 cores. No package provides llama-server, so there is no other way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -25,6 +26,8 @@ import httpx
 import llama_cpp
 import structlog
 
+from models.cpu import NO_AMX_CFLAGS, CpuInfo, extra_buffers_enabled
+
 log = structlog.get_logger(__name__)
 
 CACHE_ROOT = Path("~/.cache/compute-node").expanduser()
@@ -35,7 +38,9 @@ class LlamaServerError(Exception):
 
 
 def cache_dir(version: str | None = None) -> Path:
-    return CACHE_ROOT / f"llama-server-{version or llama_cpp.__version__}"
+    # Keyed by the CPU too: the build is native (-march=native), like the node's wheel.
+    cpu = hashlib.sha256(" ".join(sorted(CpuInfo.read().flags)).encode()).hexdigest()[:12]
+    return CACHE_ROOT / f"llama-server-{version or llama_cpp.__version__}-noamx-{cpu}"
 
 
 def binary_path(version: str | None = None) -> Path:
@@ -94,6 +99,8 @@ def _cmake_build(source: Path, build: Path, timeout: float) -> None:
         "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF",
         "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+        # The node's own build flags (install.sh): no AMX kernels (see models/cpu.py).
+        f"-DCMAKE_C_FLAGS={NO_AMX_CFLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_CFLAGS}",
     ]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(source), "-B", str(build), *generator, *flags], "configuring llama.cpp", timeout)
@@ -129,6 +136,8 @@ def running_server(model: Path, parallel: int, threads: int, ctx_per_slot: int =
         "--parallel", str(parallel), "-t", str(threads), "-tb", str(threads),
         "-c", str(parallel * ctx_per_slot), "--no-webui", "--log-disable",
     ]
+    if not extra_buffers_enabled("auto", CpuInfo.read()):
+        cmd.append("--no-repack")  # as the node does on this CPU (extra_buffers = auto)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
         url = f"http://127.0.0.1:{port}"

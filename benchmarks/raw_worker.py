@@ -22,6 +22,8 @@ import llama_cpp
 from pydantic import BaseModel
 
 from benchmarks.stats import BenchmarkError
+from models.cpu import CpuInfo, extra_buffers_enabled
+from models.runtime import construct_llama
 
 
 class RawReply(BaseModel):
@@ -88,8 +90,9 @@ class RawWorker:
 
 
 def main(model_path: str, threads: int, n_ctx: int) -> None:
-    llama = llama_cpp.Llama(
-        model_path=model_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+    llama = construct_llama(  # with the node's extra-buffer choice for this CPU (models/cpu.py)
+        Path(model_path), extra_buffers=extra_buffers_enabled("auto", CpuInfo.read()),
+        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
     )
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -49,6 +49,9 @@ class Settings(LayeredSettings):
     n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
     n_gpu_layers: int | None = Field(default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)")
     flash_attn: bool = Field(default=True, description="Use flash attention (as llama-server does on CPU)")
+    extra_buffers: Literal["auto", "on", "off"] = Field(
+        default="auto", description="llama.cpp extra buffer types (AMX, weight repacking); auto: off on AMX CPUs"
+    )
     parallel: int | None = Field(default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)")
     max_concurrent: int | None = Field(default=None, ge=1, description="Tasks running at once per model (default: parallel)")
     max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")

@@ -14,7 +14,7 @@ from pathlib import Path
 import llama_cpp
 
 from models.requests import ModelError, ModelLoadError
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeOptions, construct_llama
 
 
 class Embedder:
@@ -36,10 +36,10 @@ class Embedder:
     def _open(self) -> llama_cpp.Llama:
         opts = self._options
         try:
-            return llama_cpp.Llama(
-                model_path=str(self._path), n_ctx=opts.n_ctx, n_batch=opts.n_batch,
+            return construct_llama(
+                self._path, extra_buffers=opts.extra_buffers, n_ctx=opts.n_ctx, n_batch=opts.n_batch,
                 n_threads=opts.threads(), n_threads_batch=opts.threads(),
-                n_gpu_layers=opts.gpu_layers(), flash_attn=opts.flash_attn, verbose=False,
+                n_gpu_layers=opts.gpu_layers(), flash_attn=opts.flash_attn,
                 embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
             )
         except Exception as exc:

@@ -61,6 +61,8 @@ class RuntimeOptions(BaseModel):
     n_gpu_layers: int | None = None
     flash_attn: bool = False
     n_batch: int = Field(default=512, ge=1)
+    # llama.cpp's extra buffer types (AMX, CPU weight repacking); see models/cpu.py.
+    extra_buffers: bool = True
 
     def threads(self) -> int:
         """The thread count to use."""
@@ -349,14 +351,29 @@ def _grammar(schema: dict[str, Any]) -> llama_cpp.LlamaGrammar:
 _CONSTRUCT_LOCK = threading.Lock()
 
 
-def _construct(path: Path, **params: Any) -> llama_cpp.Llama:
+def construct_llama(path: Path, extra_buffers: bool = True, **params: Any) -> llama_cpp.Llama:
     with _CONSTRUCT_LOCK:
-        return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
+        if extra_buffers:
+            return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
+        # Llama() takes no use_extra_bufts argument: hand it default model params with
+        # the switch off, for this one construction (the lock keeps it to this one).
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_extra_buffers() -> llama_cpp.llama_model_params:
+            model_params = defaults()
+            model_params.use_extra_bufts = False
+            return model_params
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 def _open_llama(path: Path, options: RuntimeOptions, **extra: Any) -> llama_cpp.Llama:
     try:
-        return _construct(
+        return construct_llama(
             path,
             n_ctx=options.n_ctx,
             n_batch=options.n_batch,
@@ -364,6 +381,7 @@ def _open_llama(path: Path, options: RuntimeOptions, **extra: Any) -> llama_cpp.
             n_threads_batch=options.threads(),
             n_gpu_layers=options.gpu_layers(),
             flash_attn=options.flash_attn,
+            extra_buffers=options.extra_buffers,
             **extra,
         )
     except Exception as exc:
@@ -373,7 +391,7 @@ def _open_llama(path: Path, options: RuntimeOptions, **extra: Any) -> llama_cpp.
 def _open(path: Path, options: RuntimeOptions) -> tuple[llama_cpp.Llama, llama_cpp.Llama]:
     llama = _open_llama(path, options)
     try:
-        vocab = _construct(path, vocab_only=True, n_ctx=64)
+        vocab = construct_llama(path, vocab_only=True, n_ctx=64)
     except Exception as exc:
         llama.close()
         raise ModelLoadError(f"llama.cpp could not read the vocabulary of {path}: {exc}") from exc

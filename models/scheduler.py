@@ -122,6 +122,7 @@ class Scheduler:
         opts = self._options
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = opts.gpu_layers()
+        model_params.use_extra_bufts = opts.extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(str(self._path).encode("utf-8"), model_params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load model file {self._path}")

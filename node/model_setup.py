@@ -12,6 +12,7 @@ import structlog
 
 from config.settings import Settings
 from models.benchmark import BenchmarkCache
+from models.cpu import CpuInfo, extra_buffers_enabled
 from models.registry import Registry
 from models.requests import ModelError
 from models.batching import BatchedLlamaModel
@@ -43,6 +44,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
+        extra_buffers=extra_buffers_enabled(settings.extra_buffers, CpuInfo.read()),
     )
 
 
