@@ -8,8 +8,9 @@ checkable on any CPU:
   the built `libggml-cpu` holds no AMX kernel at all (`amx_instructions` finds none);
 - `extra_buffers = "auto"` turns llama.cpp's extra buffer types (AMX, and the CPU
   weight repacking that shares the switch) off where the CPU has AMX, for a library
-  built elsewhere. Repacking stays on everywhere else: it speeds up Q4_0/Q8_0 weights
-  on AVX2/AVX-512, and the default model (Q4_1) runs the same with it off or on.
+  built elsewhere. Repacking stays on everywhere else: measured on AMD EPYC (2
+  threads), SmolLM2 as Q4_0 generates 167 tok/s with it vs 131 without (prompt 799
+  vs 547); the default model (Q4_1, not repacked) runs the same either way.
 """
 
 from __future__ import annotations
