@@ -87,7 +87,10 @@ def _fetch_sources(work: Path, version: str, timeout: float) -> Path:
     if not archives:
         raise LlamaServerError(f"pip download left no llama_cpp_python sdist in {work}")
     with tarfile.open(archives[0]) as tar:
-        tar.extractall(work, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (Debian 12 ships 3.11.2)
+            tar.extractall(work, filter="data")
+        else:
+            tar.extractall(work)  # noqa: S202 - PyPI's sdist of the version we run
     source = work / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").exists():
         raise LlamaServerError(f"the sdist has no vendored llama.cpp at {source}")
