@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.identity import Identity, SignatureError, recover_address
+from node.identity import SIGNATURE_BYTES, Identity, SignatureError, recover_address
 
 PROTOCOL_NAME = "dria"
 PROTOCOL_VERSION = "0.3.0"
@@ -80,6 +80,20 @@ def payload_digest(payload: str) -> bytes:
 def _major_minor(version: str) -> tuple[int, int] | None:
     match = _MAJOR_MINOR.match(version)
     return (int(match[1]), int(match[2])) if match else None
+
+
+def sealed_size(topic: str, body: bytes) -> int:
+    """Bytes `seal` would make of `body` for `topic` (without signing it)."""
+    envelope = Envelope(
+        payload=base64.b64encode(body).decode("ascii"),
+        topic=topic,
+        version=PROTOCOL_VERSION,
+        protocol=PROTOCOL_NAME,
+        timestamp=time.time_ns(),
+        signature="0" * 2 * SIGNATURE_BYTES,
+        recovery_id=1,
+    )
+    return len(envelope.model_dump_json().encode("utf-8"))
 
 
 def seal(identity: Identity, topic: str, body: bytes, now_ns: int | None = None) -> bytes:
