@@ -15,6 +15,7 @@ from typing import Union
 import structlog
 
 from node.envelope import EnvelopeError, SignedMessage, open_envelope
+from node.identity import peer_id_of_key
 from node.messages import HeartbeatBody, MessageError, ResultBody, TaskBody, decode_heartbeat, decode_result, decode_task
 
 TASK_TOPIC = "task"
@@ -64,7 +65,21 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
         body = _DECODERS[topic](signed.body)
     except MessageError as exc:
         raise InboundError("bad_body", str(exc)) from None
+    if isinstance(body, HeartbeatBody):
+        _check_heartbeat_signer(signed, body)
     return Inbound(signed, body)
+
+
+def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
+    """A heartbeat speaks for its signer only (PROTOCOL.md section 7)."""
+    if body.address != signed.sender:
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
+        )
+    if body.peer_id != peer_id_of_key(signed.sender_key):
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
+        )
 
 
 class GossipGate:
