@@ -71,7 +71,7 @@ class TaskFilter(_Wire):
     """Bloom filter over the raw 20-byte addresses of the nodes that may take the task."""
 
     hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
-    hashes: int
+    hashes: int = Field(ge=1, le=64)
     _bloom: BloomFilter = PrivateAttr()
 
     @model_validator(mode="after")

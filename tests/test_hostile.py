@@ -25,7 +25,8 @@ from node.ecies import decrypt
 from node.identity import Identity
 from node.inbound import RESULTS_TOPIC, TASK_TOPIC, InboundError, decode
 from node.intake import Ignore, Intake, Take
-from node.messages import ResultBody, TaskBody
+from node.messages import HeartbeatBody, ResultBody, TaskBody
+from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
 from node.p2p import GossipMessage, MessageTooLargeError, P2PHost
 from node.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
@@ -49,7 +50,7 @@ SOUND = [case for case in CASES if not case.known_bug]
 REQUIRED_CATEGORIES = {
     "invalid_json", "wrong_types", "missing_fields", "bad_base64", "bad_signature", "topic_mismatch",
     "protocol_version", "timestamps", "oversize", "nesting", "huge_strings", "task_id", "deadline",
-    "public_key", "bloom_filter", "model_list", "workflow",
+    "public_key", "bloom_filter", "model_list", "workflow", "numbers", "heartbeat_values", "oversize_result",
 }  # fmt: skip
 VALID_TASK_EVERY = 20  # one valid task after this many hostile cases
 ROUNDS = 3  # the corpus is published this many times: memory must level off
@@ -72,7 +73,7 @@ def test_corpus_has_60_cases_in_every_required_category() -> None:
     counts = Counter(case.category for case in CASES)
     assert len(CASES) >= 60, counts
     assert REQUIRED_CATEGORIES <= set(counts), REQUIRED_CATEGORIES - set(counts)
-    assert {case.expect.verdict for case in CASES} == {"reject", "ignore", "error_result", "result", "unsendable"}
+    assert {case.expect.verdict for case in CASES} == {"reject", "ignore", "error_result", "result", "unsendable", "accept"}
 
 
 def test_raw_cases_are_distinct_bytes() -> None:
@@ -105,6 +106,14 @@ def test_offline_verdict(case: Case) -> None:
         assert caught.value.reason == expect.reason, str(caught.value)
         return
     inbound = decode(case.topic, built.data, now)
+    if expect.verdict == "accept":  # another topic's valid message: a publisher's node table must cope with it
+        assert isinstance(inbound.body, HeartbeatBody)
+        table = NodeTable()
+        table.update(inbound.sender, inbound.body, now=now / 1e9)
+        for node in table.live(now=now / 1e9):
+            assert 0 <= node.free <= MAX_CAPACITY and all(0 <= tps <= MAX_TPS for tps in node.tps.values())
+        table.choose(["*"], now=now / 1e9)
+        return
     decision = Intake(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
     if expect.verdict == "ignore":
         assert isinstance(decision, Ignore) and decision.reason == expect.reason, decision
@@ -156,6 +165,8 @@ class Run:
             return
         since = len(self.logs)
         await self.peer.publish(case.topic, built.data)
+        if expect.verdict == "accept":
+            return  # relayed and not acted on: the crash check and the valid tasks around it tell
         if expect.verdict == "reject":
             entry = await self.wait_for_log(since, {"event": "message rejected"})
             if entry is None or entry["reason"] != expect.reason or entry["topic"] != case.topic:
