@@ -98,6 +98,8 @@ class ResultOutbox:
                         log.info("journal pruned", entries=pruned)
             except JournalError as exc:
                 log.error("outbox round failed; retried in the next round", error=str(exc))
+            except Exception:  # noqa: BLE001 - the outbox loop outlives any one failure
+                log.exception("outbox round failed; retried in the next round")
             await asyncio.sleep(self._retry_interval_s)
 
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:
