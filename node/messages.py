@@ -171,8 +171,12 @@ class Stats(_Wire):
 
     @model_validator(mode="after")
     def _finite_extras(self) -> Stats:
-        if (path := _first_non_finite(self.model_extra or {})) is not None:
+        extras = self.model_extra or {}
+        if (path := _first_non_finite(extras)) is not None:
             raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        for name, value in extras.items():
+            if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                raise ValueError(f"{name} does not fit in int64")
         return self
 
 

@@ -207,3 +207,33 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                 assert loops_alive(node)
             finally:
                 await peer.stop()
+
+
+async def test_an_unexpected_intake_failure_is_logged_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = Identity.generate()
+    with structlog.testing.capture_logs() as logs:
+        async with running_node(node_settings(tmp_path / "node", n_ctx=512)) as node:
+            assert node.identity is not None
+            peer, results = await connected_peer(node, publisher)
+            actors = Actors(publisher, Identity.generate(), node.identity.address)
+            decide = node._intake.decide
+            calls = []
+
+            def broken_once(*args: Any) -> Any:
+                calls.append(args)
+                if len(calls) == 1:
+                    raise RuntimeError("a bug in intake")
+                return decide(*args)
+
+            monkeypatch.setattr(node._intake, "decide", broken_once)
+            try:
+                since = len(logs)
+                await publish(peer, actors, echo_task("first"))
+                await logged(logs, since, event="task intake failed; the next task is taken as usual")
+                built = await publish(peer, actors, echo_task("second"))
+                assert (await result_for(results, built.task_id)).ciphertext is not None
+                assert loops_alive(node)
+            finally:
+                await peer.stop()
