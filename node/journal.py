@@ -30,7 +30,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
-ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body, counted against the quota
+ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the quota
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_PUBLISHER_BYTES = 32 * 1024 * 1024
 
@@ -167,7 +167,8 @@ class Journal:
     def _count_bytes(self) -> None:
         with self._guard("count its bytes"):
             rows = self._conn.execute(
-                "SELECT publisher, SUM(LENGTH(task_message)) + COUNT(*) * ? FROM tasks GROUP BY publisher",
+                "SELECT publisher, SUM(LENGTH(task_message)) + SUM(COALESCE(LENGTH(result_body), 0)) + COUNT(*) * ? "
+                "FROM tasks GROUP BY publisher",
                 (ROW_OVERHEAD_BYTES,),
             ).fetchall()
         self._bytes_by_publisher = {publisher: int(used) for publisher, used in rows}
@@ -250,10 +251,19 @@ class Journal:
         self._transition(task_id, TaskState.RUNNING, (TaskState.ACCEPTED, TaskState.RUNNING))
 
     def record_finished(self, task_id: str, result_body: bytes) -> None:
-        """Store the encoded result/error body (unsealed) and move to FINISHED."""
+        """Store the encoded result/error body (unsealed) and move to FINISHED.
+
+        The result counts against the quota of the task's publisher but is never refused
+        for it: the task was taken, so its result is owed.
+        """
         self._transition(
             task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body
         )
+        with self._guard("read", task_id):
+            row = self._conn.execute("SELECT publisher FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is not None:
+            self.bytes_used += len(result_body)
+            self._bytes_by_publisher[row[0]] = self.publisher_bytes(row[0]) + len(result_body)
 
     def mark_published(self, task_id: str) -> None:
         """FINISHED -> PUBLISHED (a no-op if already PUBLISHED)."""
@@ -262,6 +272,7 @@ class Journal:
     def replace_result(self, task_id: str, result_body: bytes) -> None:
         """Swap the stored result of a FINISHED task (for one that cannot be sent as it is)."""
         self._transition(task_id, TaskState.FINISHED, (TaskState.FINISHED,), result_body)
+        self._count_bytes()
 
     def mark_dropped(self, task_id: str) -> None:
         """FINISHED -> DROPPED: the result cannot be published; never retried, even after a restart."""

@@ -211,8 +211,12 @@ def test_quota_in_total_and_per_publisher(journal_path: Path) -> None:
     finally:
         j.close()
     reopened = Journal.open(journal_path, max_bytes=12_000, max_publisher_bytes=4_000)
-    try:  # the count survives a restart, and pruning gives the room back
+    try:  # the count survives a restart, results count too (never refused: they are owed), pruning gives room back
         assert reopened.bytes_used == 10024
+        reopened.record_finished("a3", b"r" * 2000)
+        assert reopened.bytes_used == 12024 and reopened.publisher_bytes("alice") == 5512
+        reopened.replace_result("a3", b"r" * 10)
+        assert reopened.bytes_used == 10034
         assert reopened.prune(time.time_ns() + 2 * HOUR_NS) == 4
         assert reopened.bytes_used == 0
         assert reopened.record_accepted("d1", "dave", time.time_ns() + HOUR_NS, "m", b"x" * 3000, 1)
