@@ -30,6 +30,9 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
+# Calls run on the event loop: wait this long, not sqlite3's default 5 s, for a lock
+# another process holds, then fail the call with a JournalError.
+BUSY_TIMEOUT_S = 0.2
 ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the quota
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_PUBLISHER_BYTES = 32 * 1024 * 1024
@@ -126,7 +129,7 @@ class Journal:
             # gives its -wal and -shm files the database file's permissions.
             path.touch(mode=0o600, exist_ok=True)
             # isolation_level=None: autocommit; every statement is its own transaction.
-            conn = sqlite3.connect(path, isolation_level=None)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         try:

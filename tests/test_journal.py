@@ -285,3 +285,17 @@ def test_a_full_disk_is_a_clear_journal_error_and_the_journal_recovers(small_dis
         assert j.seen("after")
     finally:
         j.close()
+
+
+def test_a_database_locked_by_another_process_is_a_quick_journal_error(journal: Journal, journal_path: Path) -> None:
+    other = sqlite3.connect(journal_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        started = time.monotonic()
+        with pytest.raises(JournalError, match="database is locked"):
+            accept(journal, "blocked")
+        assert time.monotonic() - started < 2.0  # the event loop is not held for sqlite3's default 5 s
+        other.execute("ROLLBACK")
+        assert accept(journal, "blocked")
+    finally:
+        other.close()
