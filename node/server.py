@@ -26,7 +26,7 @@ from node.executor import BusyError, Executor, Job
 from node.heartbeat import Heartbeat
 from node.http_api import HttpServer, create_app
 from node.identity import Identity
-from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
+from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, LogWindow, decode
 from node.intake import Ignore, Intake
 from node.journal import Journal, JournalError, JournalQuotaError
 from node.messages import TaskBody, encode_body
@@ -64,6 +64,7 @@ class NodeServer:
         self._models: dict[str, Any] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._journal_log = LogWindow(settings.reject_log_window)  # a full disk fails every task: log it once a window
 
     async def serve(self) -> None:
         """Start, run until asked to stop, shut down."""
@@ -238,7 +239,8 @@ class NodeServer:
             self._intake.seen.discard(task.task_id)
             reason = "journal_full" if isinstance(exc, JournalQuotaError) else "journal_error"
             self.metrics.ignore(reason)
-            task_log.error("task not taken", reason=reason, detail=str(exc))
+            if (not_logged := self._journal_log.admit(reason)) is not None:
+                task_log.error("task not taken", reason=reason, detail=str(exc), not_logged_since=not_logged)
             return
         if not journalled:
             self.metrics.ignore("duplicate")
