@@ -244,17 +244,21 @@ async def test_max_concurrent_bounds_requests_in_flight() -> None:
 
 async def test_embeddings_are_pooled_and_normalised() -> None:
     async with FaultEngine() as engine:
-        engine.script.append(Scripted(body={"data": [
-            {"index": 1, "embedding": [[3.0, 0.0], [3.0, 0.0]]},  # per-token vectors: mean-pooled
-            {"index": 0, "embedding": [0.0, 2.0]},
-        ]}))
-        model = await open_remote(engine.base_url)
+        engine.script.extend([
+            Scripted(body={"data": [{"index": 0, "embedding": [0.0, 2.0]}]}),
+            Scripted(body={"data": [{"index": 0, "embedding": [[3.0, 0.0], [3.0, 0.0]]}]}),  # per token: pooled
+        ])
+        model = await open_remote(engine.base_url, max_concurrent=1)  # one at a time: answers in order
         try:
             vectors = await model.embed(EmbeddingRequest(texts=["a", "b"]))
+            engine.script.append(Scripted(body={"data": []}))
+            with pytest.raises(EngineRequestError, match="unknown form"):
+                await model.embed(EmbeddingRequest(texts=["c"]))
         finally:
             await model.close()
     assert vectors == [[0.0, 1.0], [1.0, 0.0]]
-    assert engine.requests[0][0] == "/v1/embeddings" and engine.requests[0][2]["input"] == ["a", "b"]
+    assert [(path, body["input"]) for path, _, body in engine.requests] == [
+        ("/v1/embeddings", ["a"]), ("/v1/embeddings", ["b"]), ("/v1/embeddings", ["c"])]
 
 
 # -------------------------------------------------------------------- health

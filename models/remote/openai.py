@@ -165,21 +165,23 @@ class RemoteModel:
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         """L2-normalised sentence embeddings from the engine's `/embeddings`, one per text.
 
-        An engine that answers per-token vectors (llama_cpp.server without pooling)
-        is mean-pooled here, as the local runtime pools.
+        One request per text, sent together (the engine batches them): llama-cpp-python's
+        server answers a multi-text request without pooling with mixed-up token vectors.
+        An engine that answers per-token vectors is mean-pooled here, as the local runtime pools.
         """
         if self._closed:
             raise ModelError(f"model {self.name} is closed")
-        answer = await self._call("embeddings", {"model": self.engine_model, "input": list(request.texts)}, None)
+        return list(await asyncio.gather(*(self._embed_one(text) for text in request.texts)))
+
+    async def _embed_one(self, text: str) -> list[float]:
+        answer = await self._call("embeddings", {"model": self.engine_model, "input": [text]}, None)
         try:
-            rows = sorted(answer["data"], key=lambda row: row.get("index", 0))
-            vectors = [_pooled(row["embedding"]) for row in rows]
-        except (KeyError, TypeError, ValueError, AttributeError):
+            rows = answer["data"]
+            if len(rows) != 1:
+                raise ValueError("not one vector")
+            return _normalised(_pooled(rows[0]["embedding"]))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             raise EngineRequestError(f"the engine serving {self.name} answered embeddings in an unknown form") from None
-        if len(vectors) != len(request.texts):
-            raise EngineRequestError(f"the engine serving {self.name} answered {len(vectors)} embeddings "
-                                     f"for {len(request.texts)} texts")
-        return [_normalised(v) for v in vectors]
 
     async def _call(self, path: str, payload: dict[str, Any], deadline: float | None) -> dict[str, Any]:
         self._waiting += 1
