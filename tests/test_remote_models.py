@@ -307,3 +307,23 @@ async def test_the_benchmark_is_cached_per_engine(tmp_path: Path) -> None:
     assert asked == 3 and len(engine.requests) == asked  # the second came from the cache
     assert first == second and isinstance(first, BenchResult) and first.generation_tps > 0
     assert json.loads((tmp_path / "benchmarks.json").read_text())
+
+
+# ------------------------------------------------------------- deploy files
+def test_the_vllm_deploy_files_agree_with_each_other_and_with_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from config.settings import load_settings
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "vllm"
+    monkeypatch.delenv("VLLM_KEY", raising=False)
+    settings = load_settings(deploy / "node.toml")
+    registry = Registry.builtin().with_overrides(settings.registry)
+    spec = registry.get(settings.models[0])
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    vllm = compose["services"]["vllm"]["command"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in vllm)
+    assert spec.is_remote and spec.base_url == "http://vllm:8000/v1"
+    assert spec.model == flags["served-model-name"]
+    assert spec.max_concurrent == int(flags["max-num-seqs"]) and spec.n_ctx == int(flags["max-model-len"])
+    assert spec.api_key_env in compose["services"]["node"]["environment"]
