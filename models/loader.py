@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache, BenchResult
+from models.benchmark import BenchmarkCache, BenchResult, benchmark
 from models.registry import ModelSpec
-from models.remote.benchmark import RemoteBenchmarkCache
+from models.remote.benchmark import RemoteBenchmarkCache, benchmark_remote
 from models.remote.openai import RemoteModel
 from models.requests import ModelError
 from models.runtime import RuntimeOptions
@@ -35,8 +35,21 @@ async def open_model(
     return await BatchedLlamaModel.load(name, path, options, parallel=parallel)
 
 
-async def measure_speed(model: ServedModel, cache_file: Path) -> BenchResult:
-    """The model's measured speed: cached, or benchmarked now (against the engine for a remote model)."""
+async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = False) -> BenchResult:
+    """The model's measured speed: cached, or benchmarked now (against the engine for a remote model).
+
+    `fresh`: measure even when the cache has a result, and store the new one.
+    """
     if isinstance(model, RemoteModel):
-        return await RemoteBenchmarkCache(cache_file).measure(model)
-    return await BenchmarkCache(cache_file).measure(model)  # type: ignore[arg-type]
+        remote_cache = RemoteBenchmarkCache(cache_file)
+        if not fresh:
+            return await remote_cache.measure(model)
+        result = await benchmark_remote(model)
+        remote_cache.put(model, result)  # type: ignore[arg-type]
+        return result
+    cache = BenchmarkCache(cache_file)
+    if not fresh:
+        return await cache.measure(model)  # type: ignore[arg-type]
+    result = await benchmark(model)  # type: ignore[arg-type]
+    cache.put(model, result)  # type: ignore[arg-type]
+    return result

@@ -327,3 +327,24 @@ def test_the_vllm_deploy_files_agree_with_each_other_and_with_the_node(monkeypat
     assert spec.model == flags["served-model-name"]
     assert spec.max_concurrent == int(flags["max-num-seqs"]) and spec.n_ctx == int(flags["max-model-len"])
     assert spec.api_key_env in compose["services"]["node"]["environment"]
+
+
+@pytest.mark.slow
+async def test_models_commands_list_and_bench_a_remote_entry(tmp_path: Path) -> None:
+    from tests.nodeproc import CLI, ROOT, cli_env
+
+    async with FaultEngine() as engine:
+        registry = json.dumps({"remote:model": remote_entry(engine.base_url)})
+        outputs = []
+        for command in (["list"], ["bench", "remote:model"]):
+            proc = await asyncio.create_subprocess_exec(
+                *CLI, "models", *command, "--registry", registry, "--data-dir", str(tmp_path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode == 0, err.decode()
+            outputs.append(out.decode())
+    listing, bench = outputs
+    assert "remote:model" in listing
+    assert "remote:model: loading... measuring... prompt" in bench and "generation" in bench
+    assert len(engine.requests) == 3  # warm-up, prompt-only, full
+    assert json.loads((tmp_path / "benchmarks.json").read_text())
