@@ -68,6 +68,9 @@ class Endpoint:
         parts = urlsplit(self.base_url)
         self.host = parts.netloc  # for log lines: scheme + host, never the key
         self.retry_seconds = spec.retry_seconds
+        if api_key and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("remote engine key sent over plain http", model=spec.name, engine=self.host,
+                        hint="use https:// unless the network between node and engine is private")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url + "/",
