@@ -32,11 +32,11 @@ from node.journal import Journal
 from node.messages import TaskBody, encode_body
 from node.metrics import NodeMetrics
 from node.model_setup import load_models
-from node.remote_health import RemoteHealth
 from node.monitor import NodeMonitor
 from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
 from node.recovery import recover_interrupted
+from node.remote_health import RemoteHealth
 from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
 from node.workflow_setup import engine_options, tool_settings
@@ -127,7 +127,8 @@ class NodeServer:
                               settings.data_dir / "benchmarks.json" if settings.startup_benchmark else None)
         self.remote_health = remote
         self._heartbeat = heartbeat = Heartbeat(
-            self.identity, host, lambda: remote.advertised(names), capacity=self.executor.capacity, pending=lambda: self.executor.pending,
+            self.identity, host, lambda: remote.advertised(names),
+            capacity=self.executor.capacity, pending=lambda: self.executor.pending,
             tps=lambda: loaded.tps, interval=settings.heartbeat_interval,
         )
         self._loops = [
