@@ -24,6 +24,7 @@ from benchmarks import (
     llama_server,
     overhead,
     prefix,
+    remote,
     throughput,
 )
 from benchmarks.machine import describe
@@ -52,6 +53,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "throughput": Benchmark("4. Network throughput", throughput.run, 90),
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 60),
+    "remote": Benchmark("7. Remote engine", remote.run, 150),
 }
 
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         values["threads"] = args.threads
     options = BenchOptions(**values)
     names = args.only or list(BENCHMARKS)
-    if "concurrency" in names:
+    if "concurrency" in names or "remote" in names:
         options.llama_server_problem = setup_llama_server(skip=args.no_llama_server)
     machine = describe()
     machine["model threads (node and baselines)"] = str(options.threads)

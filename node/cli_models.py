@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from config.settings import Settings
-from models.benchmark import BenchmarkCache, benchmark
+from models.loader import measure_speed, open_model
 from models.requests import ModelError
-from models.batching import BatchedLlamaModel
 from node.model_setup import model_store, runtime_options
 
 
@@ -55,17 +54,12 @@ def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _bench(names: list[str], settings: Settings) -> int:
     registry, store = model_store(settings)
-    cache = BenchmarkCache(settings.data_dir / "benchmarks.json")
     for index, name in enumerate(names, 1):
         print(f"[{index}/{len(names)}] {name}: loading...", end="", flush=True)
-        path = store.locate(registry.get(name))
-        if path is None:
-            raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-        model = await BatchedLlamaModel.load(name, path, runtime_options(settings), parallel=settings.parallel)
+        model = await open_model(name, registry.get(name), store, runtime_options(settings), parallel=settings.parallel)
         try:
             print(" measuring...", end="", flush=True)
-            result = await benchmark(model)
-            cache.put(model, result)
+            result = await measure_speed(model, settings.data_dir / "benchmarks.json", fresh=True)
         finally:
             await model.close()
         print(f" prompt {result.prompt_tps:.1f} tok/s, generation {result.generation_tps:.1f} tok/s", flush=True)

@@ -24,7 +24,7 @@ class Heartbeat:
         self,
         identity: Identity,
         host: P2PHost,
-        models: list[str],
+        models: Callable[[], list[str]],
         capacity: Callable[[], tuple[int, int]],
         pending: Callable[[], int],
         tps: Callable[[], dict[str, float]],
@@ -43,7 +43,7 @@ class Heartbeat:
         return HeartbeatBody(
             address=self._identity.address,
             peer_id=self._host.peer_id,
-            models=self._models,
+            models=self._models(),
             capacity=Capacity(free=free, max=total),
             pending=self._pending(),
             tps=self._tps(),

@@ -93,6 +93,20 @@ class NodeMetrics:
         self.tasks_running = Gauge(
             "tasks_running", "Tasks executing now", namespace=NAMESPACE, registry=r
         )
+        self.remote_engine_up = Gauge(
+            "remote_engine_up",
+            "1 while the remote engine of a model answers its health check, else 0, by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.remote_engine_down = Counter(
+            "remote_engine_down",
+            "Times a remote engine went from up to down, by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
 
     def reject(self, reason: str) -> None:
         """Count a refused task under ``reason``."""

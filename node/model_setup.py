@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from config.settings import Settings
-from models.benchmark import BenchmarkCache
 from models.cpu import CpuInfo, extra_buffers_enabled
+from models.loader import ServedModel, measure_speed, open_model
 from models.registry import Registry
+from models.remote.openai import RemoteModel
 from models.requests import ModelError
-from models.batching import BatchedLlamaModel
 from models.runtime import RuntimeOptions
 from models.store import ModelStore
 
@@ -30,12 +30,22 @@ class NoUsableModelError(Exception):
 class LoadedModels:
     """The models this node serves, in configured order, with their measured speed."""
 
-    models: dict[str, BatchedLlamaModel] = field(default_factory=dict)
+    models: dict[str, ServedModel] = field(default_factory=dict)
     tps: dict[str, float] = field(default_factory=dict)  # generation tokens/s per model
 
     def concurrency(self, max_concurrent: int | None) -> dict[str, int]:
-        """Tasks each model runs at once: the operator's cap, else its sequence slots."""
-        return {name: max_concurrent or model.parallel for name, model in self.models.items()}
+        """Tasks each model runs at once: the operator's cap, else its sequence slots.
+
+        A remote model runs its own entry's `max_concurrent` (its engine's capacity, not this machine's).
+        """
+        return {
+            name: model.parallel if isinstance(model, RemoteModel) else max_concurrent or model.parallel
+            for name, model in self.models.items()
+        }
+
+    def remote(self) -> dict[str, RemoteModel]:
+        """The models served by remote engines."""
+        return {name: model for name, model in self.models.items() if isinstance(model, RemoteModel)}
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -56,22 +66,25 @@ async def load_models(settings: Settings) -> LoadedModels:
     """Load (and benchmark) every configured model that can serve, in the configured order."""
     registry, store = model_store(settings)
     options = runtime_options(settings)
-    bench_cache = BenchmarkCache(settings.data_dir / "benchmarks.json")
     loaded = LoadedModels()
     problems: list[str] = []
     for name in dict.fromkeys(settings.models):
         try:
-            spec = registry.get(name)
-            path = store.locate(spec)
-            if path is None:
-                raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-            model = await BatchedLlamaModel.load(name, path, options, parallel=settings.parallel)
+            model = await open_model(name, registry.get(name), store, options, parallel=settings.parallel)
         except ModelError as exc:
             log.error("model skipped", model=name, error=str(exc))
             problems.append(f"{name}: {exc}")
             continue
         if settings.startup_benchmark:
-            result = await bench_cache.measure(model)
+            try:
+                result = await measure_speed(model, settings.data_dir / "benchmarks.json")
+            except ModelError as exc:
+                if not isinstance(model, RemoteModel):
+                    raise
+                # A remote engine down at start: served, advertised once it is back (node/remote_health.py).
+                log.warning("model not benchmarked", model=name, error=str(exc))
+                loaded.models[name] = model
+                continue
             log.info("model benchmarked", model=name, prompt_tps=round(result.prompt_tps, 1),
                      generation_tps=round(result.generation_tps, 1))
             if settings.min_tps and result.generation_tps < settings.min_tps:
@@ -82,7 +95,7 @@ async def load_models(settings: Settings) -> LoadedModels:
                 continue
             loaded.tps[name] = round(result.generation_tps, 1)
         loaded.models[name] = model
-        log.info("model loaded", model=name, path=str(path))
+        log.info("model loaded", model=name)
     if not loaded.models:
         raise NoUsableModelError("no usable model: " + "; ".join(problems))
     return loaded

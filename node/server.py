@@ -36,6 +36,7 @@ from node.monitor import NodeMonitor
 from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
 from node.recovery import recover_interrupted
+from node.remote_health import RemoteHealth
 from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
 from node.workflow_setup import engine_options, tool_settings
@@ -59,6 +60,7 @@ class NodeServer:
         self.listen_addrs: list[str] = []
         self._outbox: ResultOutbox | None = None
         self._heartbeat: Heartbeat | None = None
+        self.remote_health: RemoteHealth | None = None
         self._exit = asyncio.Event()
         self._force_exit = False
         self._models: dict[str, Any] = {}
@@ -126,8 +128,13 @@ class NodeServer:
         await connector.dial_all()
         await recover_interrupted(journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0)
         self._outbox = outbox
+        # Remote engines (registry backend "openai"): checked periodically; a down one leaves the heartbeat.
+        remote = RemoteHealth(loaded.remote(), self.metrics, loaded.tps, settings.remote_health_interval,
+                              settings.data_dir / "benchmarks.json" if settings.startup_benchmark else None)
+        self.remote_health = remote
         self._heartbeat = heartbeat = Heartbeat(
-            self.identity, host, names, capacity=self.executor.capacity, pending=lambda: self.executor.pending,
+            self.identity, host, lambda: remote.advertised(names),
+            capacity=self.executor.capacity, pending=lambda: self.executor.pending,
             tps=lambda: loaded.tps, interval=settings.heartbeat_interval,
         )
         self._loops = [
@@ -137,6 +144,7 @@ class NodeServer:
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
             asyncio.create_task(connector.run(), name="connector"),
             asyncio.create_task(outbox.run(), name="outbox"),
+            asyncio.create_task(remote.run(), name="remote-health"),
         ]
         self.monitor.watch_loops(lambda: all(not loop.done() for loop in self._loops))
         if settings.http_enabled:

@@ -1,0 +1,55 @@
+"""The one place a registry entry becomes a served model: a local GGUF or a remote engine.
+
+`open_model` dispatches on the entry's backend; `measure_speed` runs (or reads
+from the cache) the startup benchmark of either kind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.batching import BatchedLlamaModel
+from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.registry import ModelSpec
+from models.remote.benchmark import RemoteBenchmarkCache, benchmark_remote
+from models.remote.openai import RemoteModel
+from models.requests import ModelError
+from models.runtime import RuntimeOptions
+from models.store import ModelStore
+
+ServedModel = BatchedLlamaModel | RemoteModel
+
+
+async def open_model(
+    name: str, spec: ModelSpec, store: ModelStore, options: RuntimeOptions, parallel: int | None = None
+) -> ServedModel:
+    """Load `spec` as `name`: a batched llama.cpp model from its file, or a client of its remote engine.
+
+    Raises ModelError (ModelLoadError ...) naming the model when it cannot serve.
+    """
+    if spec.is_remote:
+        return await RemoteModel.open(spec, default_n_ctx=options.n_ctx)
+    path = store.locate(spec)
+    if path is None:
+        raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
+    return await BatchedLlamaModel.load(name, path, options, parallel=parallel)
+
+
+async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = False) -> BenchResult:
+    """The model's measured speed: cached, or benchmarked now (against the engine for a remote model).
+
+    `fresh`: measure even when the cache has a result, and store the new one.
+    """
+    if isinstance(model, RemoteModel):
+        remote_cache = RemoteBenchmarkCache(cache_file)
+        if not fresh:
+            return await remote_cache.measure(model)
+        result = await benchmark_remote(model)
+        remote_cache.put(model, result)  # type: ignore[arg-type]
+        return result
+    cache = BenchmarkCache(cache_file)
+    if not fresh:
+        return await cache.measure(model)  # type: ignore[arg-type]
+    result = await benchmark(model)  # type: ignore[arg-type]
+    cache.put(model, result)  # type: ignore[arg-type]
+    return result

@@ -1,0 +1,1 @@
+"""Models served by an inference engine elsewhere, reached over an OpenAI-compatible HTTP API."""

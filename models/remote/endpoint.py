@@ -1,0 +1,158 @@
+"""One OpenAI-compatible engine: its pooled HTTP client, its API key, and calls with retries.
+
+The API key comes from the registry entry (`api_key`, a SecretStr) or the
+environment variable it names (`api_key_env`). It is set as a header of this
+endpoint's own client only, whose base URL is the configured one: requests go
+to that host over that scheme, redirects are not followed, and the key never
+appears in a log line or an error text.
+
+429 and 5xx answers and transport errors (connection refused or reset) are
+retried with exponential backoff (honouring `Retry-After`) for at most
+`retry_seconds`; then the call fails with EngineUnavailableError, a transient
+error. Other 4xx answers fail at once with EngineRequestError. Cancelling the
+awaiting task closes the HTTP request (httpx drops the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+from models.registry import ModelSpec
+from models.requests import ModelError, ModelLoadError
+
+log = structlog.get_logger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+FIRST_BACKOFF = 0.25
+MAX_BACKOFF = 8.0
+HEALTH_TIMEOUT = 5.0
+
+
+class EngineUnavailableError(ModelError):
+    """The engine is down or overloaded (transport error, 429 or 5xx) after retrying; transient."""
+
+
+class EngineRequestError(ModelError):
+    """The engine refused the request (a 4xx other than 429) or answered something unreadable."""
+
+
+def resolve_api_key(spec: ModelSpec, environ: dict[str, str] | None = None) -> str | None:
+    """The entry's API key: its own `api_key`, else the variable `api_key_env` names."""
+    if spec.api_key is not None:
+        return spec.api_key.get_secret_value()
+    if spec.api_key_env is None:
+        return None
+    value = (os.environ if environ is None else environ).get(spec.api_key_env)
+    if not value:
+        raise ModelLoadError(
+            f"model {spec.name}: environment variable {spec.api_key_env} (its api_key_env) is not set"
+        )
+    return value
+
+
+class Endpoint:
+    """The HTTP side of one remote model: pooled keep-alive connections to `base_url`."""
+
+    def __init__(self, spec: ModelSpec, api_key: str | None, max_connections: int) -> None:
+        assert spec.base_url is not None
+        self.model_name = spec.name
+        self.base_url = spec.base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.host = parts.netloc  # for log lines: scheme + host, never the key
+        self.retry_seconds = spec.retry_seconds
+        if api_key and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("remote engine key sent over plain http", model=spec.name, engine=self.host,
+                        hint="use https:// unless the network between node and engine is private")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            headers=headers,
+            follow_redirects=False,
+            timeout=httpx.Timeout(spec.request_timeout, connect=min(10.0, spec.request_timeout)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
+            ),
+            trust_env=False,  # no proxy from the environment sees the key
+        )
+
+    async def post(self, path: str, payload: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """POST `payload` to `path` (relative to base_url) and return the JSON answer, retrying transient failures.
+
+        `deadline` (a time.monotonic() value) bounds the retries as well.
+        """
+        started = time.monotonic()
+        budget_end = started + self.retry_seconds
+        if deadline is not None:
+            budget_end = min(budget_end, deadline)
+        attempt = 0
+        while True:
+            attempt += 1
+            problem, retry_after = await self._attempt(path, payload)
+            if isinstance(problem, dict):
+                return problem
+            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                backoff = max(backoff, min(retry_after, MAX_BACKOFF))
+            if time.monotonic() + backoff > budget_end:
+                elapsed = time.monotonic() - started
+                log.warning("remote engine unavailable", model=self.model_name, engine=self.host, problem=problem,
+                            attempts=attempt, seconds=round(elapsed, 2))
+                raise EngineUnavailableError(
+                    f"the engine serving {self.model_name} is unavailable ({problem}; "
+                    f"{attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
+                )
+            log.info("remote engine retry", model=self.model_name, engine=self.host, problem=problem,
+                     attempt=attempt, backoff=round(backoff, 2))
+            await asyncio.sleep(backoff)
+
+    async def _attempt(self, path: str, payload: dict[str, Any]) -> tuple[dict[str, Any] | str, float | None]:
+        """The JSON answer, or (a transient problem's description, Retry-After seconds)."""
+        try:
+            response = await self._client.post(path, json=payload)
+        except httpx.TimeoutException:
+            return f"no answer within {self._client.timeout.read:g} s", None
+        except httpx.TransportError as exc:
+            return f"connection failed: {type(exc).__name__}", None
+        if response.status_code in RETRY_STATUSES:
+            return f"HTTP {response.status_code}", _retry_after(response)
+        if response.status_code >= 400:
+            # The engine's own message may quote the prompt: the log gets it, the error text does not.
+            log.warning("remote engine refused the request", model=self.model_name, engine=self.host,
+                        status=response.status_code, detail=response.text[:300])
+            raise EngineRequestError(f"the engine serving {self.model_name} refused the request (HTTP {response.status_code})")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise EngineRequestError(f"the engine serving {self.model_name} answered something other than a JSON object")
+        return answer, None
+
+    async def get_json(self, path: str, timeout: float = HEALTH_TIMEOUT) -> Any:
+        """GET `path` once (no retries); raises EngineUnavailableError on any failure."""
+        try:
+            response = await self._client.get(path, timeout=timeout)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise EngineUnavailableError(f"the engine serving {self.model_name} did not answer GET {path}: "
+                                         f"{type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
