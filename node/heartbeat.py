@@ -24,7 +24,7 @@ class Heartbeat:
         self,
         identity: Identity,
         host: P2PHost,
-        models: list[str],
+        models: list[str] | Callable[[], list[str]],
         capacity: Callable[[], tuple[int, int]],
         pending: Callable[[], int],
         tps: Callable[[], dict[str, float]],
@@ -32,7 +32,8 @@ class Heartbeat:
     ) -> None:
         self._identity = identity
         self._host = host
-        self._models = models
+        # A callable: the models served right now (a crash-looping model leaves the heartbeats).
+        self._models = models if callable(models) else (lambda: list(models))
         self._capacity = capacity
         self._pending = pending
         self._tps = tps
@@ -43,7 +44,7 @@ class Heartbeat:
         return HeartbeatBody(
             address=self._identity.address,
             peer_id=self._host.peer_id,
-            models=self._models,
+            models=self._models(),
             capacity=Capacity(free=free, max=total),
             pending_tasks=self._pending(),
             tps=self._tps(),

@@ -31,14 +31,14 @@ from node.intake import Ignore, Intake
 from node.journal import Journal
 from node.messages import TaskBody, encode_body
 from node.metrics import NodeMetrics
-from node.model_setup import load_models
+from node.execution.pool import ExecutionPool
 from node.monitor import NodeMonitor
 from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
 from node.recovery import recover_interrupted
 from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
-from node.workflow_setup import engine_options, tool_settings
+from node.workflow_setup import engine_options
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ class NodeServer:
         self._heartbeat: Heartbeat | None = None
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._models: dict[str, Any] = {}
+        self.pool: ExecutionPool | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -89,28 +89,24 @@ class NodeServer:
         )
         self.journal = journal = Journal.open(settings.journal_path)
         journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
-        loaded = await load_models(settings)
-        self._models = loaded.models
-        names = list(self._models)
-        for name, tps in loaded.tps.items():
-            self.metrics.tokens_per_second.labels(model=name).set(tps)
-        embedder = self._models.get(settings.embedding_model) if settings.embedding_model else None
-        if settings.embedding_model and embedder is None:
-            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a loaded model ({names})")
+        if settings.embedding_model and settings.embedding_model not in settings.models:
+            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a hosted model ({settings.models})")
+        self.pool = pool = ExecutionPool(settings, self.metrics)  # one execution process per model, READY = probed
+        await pool.start()
+        names = list(pool.hosted)
         self.host = host = P2PHost(self.identity.secret, settings.listen)
         await host.start()
 
         outbox = ResultOutbox(
             self.identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
         )
-        runner = TaskRunner(
-            self._models, outbox, journal, self.metrics, tool_settings(settings), engine_options(settings), embedder
-        )
+        runner = TaskRunner(pool, outbox, journal, self.metrics, engine_options(settings), settings.exec_cancel_grace)
         self._runner = runner
-        self.executor = Executor(runner.run, runner.abandon, loaded.concurrency(settings.max_concurrent), settings.max_queue)
+        concurrency = {name: settings.max_concurrent or pool.parallel[name] for name in names}
+        self.executor = Executor(runner.run, runner.abandon, concurrency, settings.max_queue)
         self._intake = Intake(self.identity.address, names, settings.publishers or None)
         self.monitor = NodeMonitor(
-            self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models,
+            self.identity, host, self.executor, journal, self.metrics, self.notifier, pool.available,
             startup_grace_s=settings.startup_grace,
         )
 
@@ -121,8 +117,8 @@ class NodeServer:
         await recover_interrupted(journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0)
         self._outbox = outbox
         self._heartbeat = heartbeat = Heartbeat(
-            self.identity, host, names, capacity=self.executor.capacity, pending=lambda: self.executor.pending,
-            tps=lambda: loaded.tps, interval=settings.heartbeat_interval,
+            self.identity, host, pool.available, capacity=self.executor.capacity, pending=lambda: self.executor.pending,
+            tps=lambda: pool.tps, interval=settings.heartbeat_interval,
         )
         self._loops = [
             asyncio.create_task(self._consume_tasks(queues[TASK_TOPIC]), name="intake"),
@@ -160,8 +156,8 @@ class NodeServer:
             await self.http.stop()
         if self.host is not None:
             await self.host.stop()
-        for model in self._models.values():
-            await model.close()
+        if self.pool is not None:
+            await self.pool.close()
         if self.journal is not None:
             self.journal.close()
         log.info("stopped")
