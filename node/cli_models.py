@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from config.settings import Settings
-from models.benchmark import BenchmarkCache, benchmark
 from models.requests import ModelError
-from models.batching import BatchedLlamaModel
-from node.model_setup import model_store, runtime_options
+
+# llama.cpp is imported only by the commands that use it: `compute-node start` goes
+# through this module, and the daemon itself never loads llama.cpp (its execution
+# processes do).
 
 
 def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> None:  # type: ignore[no-untyped-def]
@@ -26,6 +27,8 @@ def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> 
 
 
 def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
+    from node.model_setup import model_store
+
     registry, store = model_store(settings)
     try:
         if args.models_command == "list":
@@ -54,18 +57,17 @@ def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _bench(names: list[str], settings: Settings) -> int:
-    registry, store = model_store(settings)
+    from models.benchmark import BenchmarkCache, benchmark
+    from node.model_setup import create_model
+
     cache = BenchmarkCache(settings.data_dir / "benchmarks.json")
     for index, name in enumerate(names, 1):
         print(f"[{index}/{len(names)}] {name}: loading...", end="", flush=True)
-        path = store.locate(registry.get(name))
-        if path is None:
-            raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
-        model = await BatchedLlamaModel.load(name, path, runtime_options(settings), parallel=settings.parallel)
+        model = await create_model(name, settings)
         try:
             print(" measuring...", end="", flush=True)
-            result = await benchmark(model)
-            cache.put(model, result)
+            result = await benchmark(model)  # type: ignore[arg-type]
+            cache.put(model, result)  # type: ignore[arg-type]
         finally:
             await model.close()
         print(f" prompt {result.prompt_tps:.1f} tok/s, generation {result.generation_tps:.1f} tok/s", flush=True)

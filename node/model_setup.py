@@ -29,10 +29,6 @@ from models.store import ModelStore
 log = structlog.get_logger(__name__)
 
 
-class NoUsableModelError(Exception):
-    """None of the configured models could be loaded."""
-
-
 class ServedModel(Protocol):
     """What an execution process needs from a model: the engine's ModelBackend plus its capacity."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from node.execution.handle import RuntimeExitError
 from node.execution.pool import ExecutionPool, ModelUnavailableError
@@ -24,7 +25,7 @@ from node.messages import ResultBody, Stats
 from node.metrics import NodeMetrics
 from node.outbox import ResultOutbox
 from node.results import error_body, success_body
-from workflows import EngineOptions, WorkflowError, WorkflowResult, parse_workflow
+from workflows import EngineOptions, WorkflowResult
 
 # A task the crash interrupted runs again only with at least this much of its deadline left.
 RERUN_MIN_TIME_LEFT_S = 10.0
@@ -99,17 +100,15 @@ class TaskRunner:
         return exit_error.reason
 
     async def _execute(self, job: Job) -> WorkflowResult:
-        try:
-            workflow = parse_workflow(job.task.input.workflow)
-        except WorkflowError as exc:
-            raise _TaskFailure(f"invalid workflow: {exc}") from None
         remaining = (job.task.deadline - time.time_ns()) / 1e9
         if remaining <= 0:
             raise _TaskFailure("deadline passed before the task started")
-        max_time = workflow.config.max_time
-        if self._options.max_time_cap is not None:
+        # The workflow is validated (and its error answered) in the execution process; here
+        # only its max_time matters, to stop a process that does not stop by itself.
+        max_time = _max_time(job.task.input.workflow)
+        if max_time is not None and self._options.max_time_cap is not None:
             max_time = min(max_time, self._options.max_time_cap)
-        if max_time + MAX_TIME_MARGIN_S < remaining:
+        if max_time is not None and max_time + MAX_TIME_MARGIN_S < remaining:
             limit, reason = max_time + MAX_TIME_MARGIN_S, f"max_time exceeded: the workflow ran longer than {max_time:g} s"
         else:
             limit, reason = remaining, "deadline passed while the task was running"
@@ -130,7 +129,7 @@ class TaskRunner:
                 return _outcome(run)
             if not self._pool.cancel(job.model, request.task_id, reason):
                 run.cancel()  # still waiting for a process to come up
-                raise _TaskFailure(reason)
+                raise _TaskFailure(f"{reason} (waiting for the model runtime to restart)")
             done, _ = await asyncio.wait({run}, timeout=self._cancel_grace_s)
             if done:
                 return _outcome(run)
@@ -189,3 +188,12 @@ def _outcome(run: asyncio.Future[TaskDone | TaskFailed]) -> TaskDone | TaskFaile
         return run.result()
     except ModelUnavailableError as exc:
         raise _TaskFailure(str(exc)) from None
+
+
+def _max_time(workflow: dict[str, Any]) -> float | None:
+    """The workflow's config.max_time if it is a positive number (else the process reports the error)."""
+    config = workflow.get("config")
+    value = config.get("max_time") if isinstance(config, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

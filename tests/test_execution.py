@@ -21,13 +21,14 @@ import structlog
 from config.settings import Settings
 from node.client import Client, Task, TaskFailedError, TaskResult
 from node.execution.handle import describe_exit
+from node.execution.pool import NoUsableModelError
 from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
 from node.journal import TaskState
-from node.model_setup import NoUsableModelError
 from node.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
+from tests.nodeproc import NodeProcess
 from workflows import Simple
 
 MODEL = "smollm2:135m"
@@ -251,9 +252,32 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
         await server.shutdown()
 
 
-def _alive(pid: int) -> bool:
+@pytest.mark.slow
+def test_execution_process_dies_with_the_daemon(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        children = _children(node.proc.pid)
+        assert len(children) == 1  # one model, one execution process
+        node.proc.kill()
+        node.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(children[0]):
+            assert time.monotonic() < deadline, "execution process outlived its daemon"
+            time.sleep(0.05)
+    finally:
+        if node.proc.poll() is None:
+            node.stop()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -23,7 +23,6 @@ from config.settings import Settings
 from node.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.metrics import NodeMetrics
-from node.model_setup import NoUsableModelError
 
 log = structlog.get_logger("node.execution")
 
@@ -33,6 +32,10 @@ PROBE_TIMEOUT_S = 30.0  # the child's loop is free unless a workflow blocks it; 
 RSS_CHECK_INTERVAL_S = 0.5
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+
+
+class NoUsableModelError(Exception):
+    """None of the configured models could be loaded."""
 
 
 class ModelUnavailableError(Exception):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import importlib
 import os
 import resource
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -52,6 +54,15 @@ log = structlog.get_logger("node.execution")
 # Test-only: "module:function" taking and returning the loaded model, to give tests a
 # backend that misbehaves on purpose (spins, allocates, crashes). Unset in production.
 TEST_WRAPPER_ENV = "COMPUTE_NODE_TEST_EXEC_WRAPPER"
+
+
+def die_with_the_daemon() -> None:
+    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1  # noqa: N806 - the Linux constant's name
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the daemon was already gone before prctl
+        raise SystemExit(0)
 
 
 def apply_memory_limit(limit_mb: int | None) -> None:
@@ -198,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.execution.process")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
     args = parser.parse_args(argv)
+    die_with_the_daemon()
     import uvloop
 
     return uvloop.run(serve(args.fd))
