@@ -84,7 +84,7 @@ class Settings(LayeredSettings):
         default=5.0, gt=0, description="Seconds a task gets to stop after cancel before its execution process is killed"
     )
     exec_address_space_mb: int | None = Field(
-        default=None, ge=256, description="Address-space limit (RLIMIT_AS, MiB) of each execution process (unset: none)"
+        default=None, ge=256, description="Address-space limit (RLIMIT_AS, MiB) of each execution process; CPU only (unset: none)"
     )
     exec_max_rss_mb: int | None = Field(
         default=None, ge=64, description="Resident memory (MiB) past which an execution process is killed (unset: none)"

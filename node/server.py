@@ -118,7 +118,7 @@ class NodeServer:
         self._outbox = outbox
         self._heartbeat = heartbeat = Heartbeat(
             self.identity, host, pool.available, capacity=self.executor.capacity, pending=lambda: self.executor.pending,
-            tps=lambda: pool.tps, interval=settings.heartbeat_interval,
+            tps=pool.available_tps, interval=settings.heartbeat_interval,
         )
         self._loops = [
             asyncio.create_task(self._consume_tasks(queues[TASK_TOPIC]), name="intake"),

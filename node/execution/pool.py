@@ -62,7 +62,8 @@ class ExecutionPool:
 
     def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
         self._settings = settings
-        self._settings_json = settings.model_dump(mode="json")
+        # The node's identity key stays in the daemon: a runtime has no use for it.
+        self._settings_json = settings.model_dump(mode="json", exclude={"secret_key"})
         self._metrics = metrics
         self._slots: dict[str, _Slot] = {}
         self.hosted: list[str] = []  # models whose process started; the node's models
@@ -77,15 +78,14 @@ class ExecutionPool:
         A model whose runtime fails (missing file, too slow, a crash naming its signal)
         is logged and left out; NoUsableModelError if none is left.
         """
-        names = list(dict.fromkeys(self._settings.models))
-        results = await asyncio.gather(*(self._start_first(name) for name in names), return_exceptions=True)
         problems = []
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, RuntimeStartError | TimeoutError | RuntimeExitError):
-                    raise result
-                log.error("model skipped", model=name, error=str(result))
-                problems.append(str(result))
+        # One after the other: startup benchmarks running side by side would measure each other.
+        for name in dict.fromkeys(self._settings.models):
+            try:
+                await self._start_first(name)
+            except (RuntimeStartError, RuntimeExitError, OSError) as exc:
+                log.error("model skipped", model=name, error=str(exc))
+                problems.append(str(exc))
                 continue
             self.hosted.append(name)
         if not self.hosted:
@@ -127,6 +127,11 @@ class ExecutionPool:
     def available(self) -> list[str]:
         """Models to announce in heartbeats: hosted, and not crash-looping."""
         return [name for name in self.hosted if not self._slots[name].benched]
+
+    def available_tps(self) -> dict[str, float]:
+        """Measured generation speed of the models in the heartbeats."""
+        available = self.available()
+        return {name: tps for name, tps in self.tps.items() if name in available}
 
     def pids(self) -> dict[str, int | None]:
         return {name: (s.process.pid if s.process else None) for name, s in self._slots.items()}
