@@ -137,6 +137,8 @@ class TaskRunner:
                           grace_s=self._cancel_grace_s)
             self._pool.kill(job.model, f"task {request.task_id} did not stop {self._cancel_grace_s:g} s after cancel")
             await asyncio.wait({run}, timeout=10)
+            if run.done() and not run.cancelled():
+                run.exception()  # this task's answer is `reason`, whatever the dying process said
             run.cancel()
             raise _TaskFailure(reason)
         except asyncio.CancelledError:

@@ -111,6 +111,9 @@ class ExecutionProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        if self._settings.get("exec_address_space_mb"):
+            # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "node.execution.process", "--fd", str(child.fileno()),
@@ -126,7 +129,12 @@ class ExecutionProcess:
             self._proc.kill()
             await self._proc.wait()
             raise RuntimeStartError(f"model {self.model}: the runtime did not load within {timeout:g} s") from None
-        message = decode_from_child(first) if first is not None else None
+        try:
+            message = decode_from_child(first) if first is not None else None
+        except ProtocolError as exc:
+            self._proc.kill()
+            await self._reap(reader)
+            raise RuntimeStartError(f"model {self.model}: {exc}") from None
         if not isinstance(message, Ready):
             await self._reap(reader)
             if isinstance(message, LoadFailed):
