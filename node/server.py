@@ -1,12 +1,13 @@
 """The daemon's lifecycle: startup, serve until a signal, graceful shutdown.
 
-startup:  identity -> journal -> models -> P2P host (listen, subscribe) ->
+startup:  identity -> journal -> execution processes (one per model: load,
+          benchmark, health probe; see node/execution/) -> P2P host (listen, subscribe) ->
           bootstrap dials -> journal recovery -> background loops (intake,
           heartbeat, re-dial, outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM
 shutdown: STOPPING=1, stop admitting (heartbeat capacity 0), let running tasks
           finish up to `drain_timeout`, error the rest, flush results, stop the
-          network and the models, close the journal. A second signal skips the wait.
+          network and the execution processes, close the journal. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class NodeServer:
         ]
         self.monitor.watch_loops(lambda: all(not loop.done() for loop in self._loops))
         if settings.http_enabled:
-            self.http = HttpServer(create_app(self.metrics, self.monitor.health, self.monitor.status))
+            self.http = HttpServer(create_app(self.metrics, self.monitor.health, self._status))
             await self.http.start(settings.http_host, settings.http_port)
             log.info("http endpoint", url=f"http://{settings.http_host}:{self.http.port}", paths=["/metrics", "/healthz", "/status"])
         self.listen_addrs = host.listen_addrs
@@ -140,6 +141,10 @@ class NodeServer:
         self.notifier.ready()
         self.notifier.status(f"serving {', '.join(names)} as {self.identity.address}")
         self._loops.append(asyncio.create_task(self.monitor.run(), name="monitor"))  # watchdog pings after READY
+
+    def _status(self) -> dict[str, Any]:
+        assert self.monitor is not None and self.pool is not None
+        return {**self.monitor.status(), "execution": self.pool.stats()}
 
     async def shutdown(self) -> None:
         log.info("shutting down")

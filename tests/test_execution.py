@@ -147,6 +147,8 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             assert result.text.strip()
             assert h.crashes(sig.name) == 2
             assert h.server.pool.process(MODEL).pid not in (pid, pid2)
+            status = h.server._status()["execution"][MODEL]  # what /status shows
+            assert status["up"] and status["pid"] == h.process().pid and status["crashes_in_window"] == 2
             h.assert_journal_all_ended([long_id, short_id])
     events = [entry["event"] for entry in logs]
     assert "model leaves the heartbeats: its runtime crashed too often" in events
