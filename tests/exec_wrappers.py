@@ -71,6 +71,7 @@ def misbehave(model: Any) -> Misbehaving:
 
 
 def crash_at_start(model: Any) -> Any:
-    """The runtime dies while loading, as llama.cpp's AMX path does on some hosts."""
-    os.kill(os.getpid(), signal.SIGSEGV)
+    """A model whose name holds "crash" dies while loading, as llama.cpp's AMX path does on some hosts."""
+    if "crash" in model.name:
+        os.kill(os.getpid(), signal.SIGSEGV)
     return model

@@ -28,6 +28,7 @@ from node.journal import TaskState
 from node.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
+from tests.model_file import SMOLLM2
 from tests.nodeproc import NodeProcess
 from workflows import Simple
 
@@ -246,9 +247,17 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.exec_wrappers:crash_at_start")
-    server = NodeServer(node_settings(tmp_path))
+    registry = {"crashy": {"path": str(SMOLLM2)}}
+    with structlog.testing.capture_logs() as logs:
+        async with running_node(node_settings(tmp_path / "a", models=[MODEL, "crashy"], registry=registry)) as server:
+            assert server.pool is not None and server.pool.hosted == [MODEL]  # started without the crashing model
+            assert server._heartbeat is not None and server._heartbeat.body().models == [MODEL]
+    skipped = [entry for entry in logs if entry["event"] == "model skipped"]
+    assert [entry["error"] for entry in skipped] == ["model crashy: the runtime crashed while loading (SIGSEGV)"]
+
+    server = NodeServer(node_settings(tmp_path / "b", models=["crashy"], registry=registry))
     try:
-        with pytest.raises(NoUsableModelError, match=rf"model {MODEL}: the runtime crashed while loading \(SIGSEGV\)"):
+        with pytest.raises(NoUsableModelError, match=r"model crashy: the runtime crashed while loading \(SIGSEGV\)"):
             await server.startup()
     finally:
         await server.shutdown()
