@@ -19,12 +19,14 @@ import pytest
 import structlog
 
 from config.settings import Settings
+from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
 from node.client import Client, Task, TaskFailedError, TaskResult
 from node.execution.handle import describe_exit
 from node.execution.pool import NoUsableModelError
 from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
 from node.journal import TaskState
+from node.model_setup import create_embedder
 from node.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
@@ -52,6 +54,18 @@ def test_exit_descriptions_name_the_signal() -> None:
     assert describe_exit(-signal.SIGSEGV) == "SIGSEGV"
     assert describe_exit(-signal.SIGKILL) == "SIGKILL"
     assert describe_exit(3) == "exit code 3"
+
+
+@pytest.mark.asyncio
+async def test_embedding_model_other_than_the_task_model_serves_only_embeddings(tmp_path: Path) -> None:
+    model = create_embedder(MODEL, node_settings(tmp_path))
+    try:
+        vectors = await model.embed(EmbeddingRequest(texts=["a cat", "a dog"]))
+        assert len(vectors) == 2 and len(vectors[0]) == 576
+        with pytest.raises(ModelError, match="only embeddings"):
+            await model.generate(GenerationRequest(messages=[ChatMessage(role="user", content="hi")]))
+    finally:
+        await model.close()
 
 
 # ---------------------------------------------------------------- real nodes
@@ -264,11 +278,14 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
 
 
 @pytest.mark.slow
-def test_execution_process_dies_with_the_daemon(tmp_path: Path) -> None:
+def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path)
     try:
         children = _children(node.proc.pid)
         assert len(children) == 1  # one model, one execution process
+        # llama.cpp lives in the execution process only; the daemon never loads it.
+        assert "libllama" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
+        assert "libllama" in Path(f"/proc/{children[0]}/maps").read_text()
         node.proc.kill()
         node.proc.wait(30)
         deadline = time.monotonic() + 30
