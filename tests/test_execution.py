@@ -7,11 +7,11 @@ SmolLM2 model, a real client over TCP on 127.0.0.1, and real signals.
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
