@@ -21,6 +21,7 @@ from benchmarks import (
     concurrency,
     footprint,
     generation,
+    ipc,
     llama_server,
     overhead,
     prefix,
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 60),
     "remote": Benchmark("7. Remote engine", remote.run, 150),
+    "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
 }
 
 

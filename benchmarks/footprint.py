@@ -1,5 +1,7 @@
 """5. Footprint: startup time to READY, RSS of an idle node and of a node running a task,
 next to the plain llama_cpp script loading the same model (benchmarks.raw_worker).
+The node's RSS is its daemon plus its execution processes (one per model), also
+reported separately.
 
 READY for the node is its `listening on` line (models loaded, P2P listening); for
 the script, its first output line after `Llama(...)` returned. The running RSS is
@@ -12,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable
 
 from benchmarks.options import BenchOptions, Publisher
-from benchmarks.peers import node_process, rss_bytes
+from benchmarks.peers import node_process, rss_bytes, tree_rss_bytes
 from benchmarks.raw_worker import RawWorker
 from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
@@ -33,21 +35,42 @@ async def _peak_rss_while(pid: int, work: Awaitable[object]) -> int:
     return peak
 
 
+async def _peak_tree_rss_while(pid: int, work: Awaitable[object]) -> tuple[int, int, int]:
+    """Highest (total, own, children's) RSS of `pid` and its children sampled while `work` runs."""
+    task = asyncio.ensure_future(work)
+    peaks = (0, 0, 0)
+    while True:
+        own, children = tree_rss_bytes(pid)
+        peaks = (max(peaks[0], own + children), max(peaks[1], own), max(peaks[2], children))
+        if task.done():
+            break
+        await asyncio.wait({task}, timeout=0.02)
+    await task
+    return peaks
+
+
 async def run(options: BenchOptions) -> Section:
     rounds = options.pick(full=3, quick=1)
     path = model_path()
     samples: dict[str, dict[str, list[float]]] = {
         side: {"startup": [], "idle": [], "busy": []} for side in ("node", "raw")
     }
+    parts: dict[str, list[float]] = {"idle_daemon": [], "idle_exec": [], "busy_daemon": [], "busy_exec": []}
 
     async def node_round(i: int) -> None:
         with node_process(options.threads, extra_args=options.node_args) as node:
             samples["node"]["startup"].append(node.startup_seconds)
             async with Publisher(node) as publisher:
                 await asyncio.sleep(IDLE_SETTLE_S)
-                samples["node"]["idle"].append(node.rss_bytes() / MIB)
-                peak = await _peak_rss_while(node.pid, publisher.run(simple_workflow(story_prompt(i))))
-                samples["node"]["busy"].append(peak / MIB)
+                own, children = tree_rss_bytes(node.pid)
+                samples["node"]["idle"].append((own + children) / MIB)
+                parts["idle_daemon"].append(own / MIB)
+                parts["idle_exec"].append(children / MIB)
+                total, own, children = await _peak_tree_rss_while(
+                    node.pid, publisher.run(simple_workflow(story_prompt(i))))
+                samples["node"]["busy"].append(total / MIB)
+                parts["busy_daemon"].append(own / MIB)
+                parts["busy_exec"].append(children / MIB)
 
     async def raw_round(i: int) -> None:
         with RawWorker(path, options.threads, 2048) as raw:
@@ -62,8 +85,8 @@ async def run(options: BenchOptions) -> Section:
     rows = []
     for key, metric, unit in (
         ("startup", "startup: spawn -> READY", "s"),
-        ("idle", "RSS idle", "MiB"),
-        ("busy", "RSS running a 128-token task (peak)", "MiB"),
+        ("idle", "RSS idle (daemon + execution processes)", "MiB"),
+        ("busy", "RSS running a 128-token task (peak, daemon + execution processes)", "MiB"),
     ):
         rows.append(Row(
             metric=metric,
@@ -72,6 +95,13 @@ async def run(options: BenchOptions) -> Section:
             baseline_name="plain llama_cpp script",
             ratio=paired_ratio(samples["node"][key], samples["raw"][key], what=what),
         ))
+    for key, metric in (
+        ("idle_daemon", "RSS idle: daemon alone"),
+        ("idle_exec", "RSS idle: execution process"),
+        ("busy_daemon", "RSS running a task (peak): daemon alone"),
+        ("busy_exec", "RSS running a task (peak): execution process"),
+    ):
+        rows.append(Row(metric=metric, node=summarize(parts[key], "MiB", what=what)))
     return Section(
         name="footprint",
         title="5. Footprint",
@@ -79,6 +109,7 @@ async def run(options: BenchOptions) -> Section:
         notes=[
             (f"{rounds} fresh start(s) per side, alternately; node with the default log level (info, JSON to a file), "
             f"n_ctx 2048, {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
-            f"{IDLE_SETTLE_S:g} s after READY with a publisher connected."),
+            f"{IDLE_SETTLE_S:g} s after READY with a publisher connected. The node's RSS is its daemon plus "
+            "its execution process (one model); peaks are sampled together every 20 ms."),
         ],
     )

@@ -134,15 +134,26 @@ class PeerProcess:
 
     # ------------------------------------------------------------ measuring
     def rss_bytes(self) -> int:
+        """RSS of the peer's own (daemon) process; see `child_pids` for its execution processes."""
         return rss_bytes(self.pid)
+
+    def child_pids(self) -> list[int]:
+        """The processes the peer started (a node's execution processes, one per model)."""
+        return child_pids(self.pid)
 
     def peak_rss_bytes(self) -> int:
         return _status_kib(self.pid, "VmHWM") * 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the node process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        """User + system CPU time so far of the node process and its live execution processes."""
+        total = 0.0
+        for pid in (self.pid, *self.child_pids()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a child that just ended
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return total
 
     def model_class(self) -> str:
         """Which model class the node loaded, from its `model_loaded` log line."""
@@ -170,6 +181,29 @@ class PeerProcess:
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process now."""
     return _status_kib(pid, "VmRSS") * 1024
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc/<pid>/task/*/children."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def tree_rss_bytes(pid: int) -> tuple[int, int]:
+    """(RSS of `pid`, summed RSS of its children) now."""
+    own = rss_bytes(pid)
+    children = 0
+    for child in child_pids(pid):
+        try:
+            children += rss_bytes(child)
+        except (OSError, BenchmarkError):
+            continue
+    return own, children
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -89,6 +89,22 @@ class Settings(LayeredSettings):
     deadline_horizon: float = Field(
         default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to take it"
     )
+    exec_start_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds a model's execution process gets to load, benchmark and answer"
+    )
+    exec_cancel_grace: float = Field(
+        default=5.0, gt=0, description="Seconds a task gets to stop after cancel before its execution process is killed"
+    )
+    exec_address_space_mb: int | None = Field(
+        default=None, ge=256, description="Address-space limit (RLIMIT_AS, MiB) of each execution process; CPU only (unset: none)"
+    )
+    exec_max_rss_mb: int | None = Field(
+        default=None, ge=64, description="Resident memory (MiB) past which an execution process is killed (unset: none)"
+    )
+    exec_crash_limit: int = Field(
+        default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
+    )
+    exec_crash_window: float = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
     startup_grace: float = Field(default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start")
     http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")

@@ -15,13 +15,15 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import llama_cpp
 import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from models.requests import ChatMessage, GenerationRequest
-from models.runtime import LlamaModel
+
+if TYPE_CHECKING:  # the remote benchmark shares this cache without loading llama.cpp
+    from models.runtime import LlamaModel
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +78,8 @@ async def benchmark(model: LlamaModel) -> BenchResult:
 
 def build_fingerprint() -> str:
     """The llama.cpp build: package version plus the compiled CPU/GPU features."""
+    import llama_cpp
+
     info = llama_cpp.llama_print_system_info()
     text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
     return f"llama-cpp-python {llama_cpp.__version__} | {text.strip()}"

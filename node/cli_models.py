@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from config.settings import Settings
-from models.loader import measure_speed, open_model
 from models.requests import ModelError
-from node.model_setup import model_store, runtime_options
+
+# llama.cpp is imported only by the commands that use it: `compute-node start` goes
+# through this module, and the daemon itself never loads llama.cpp (its execution
+# processes do).
 
 
 def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> None:  # type: ignore[no-untyped-def]
@@ -25,6 +27,8 @@ def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> 
 
 
 def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
+    from node.model_setup import model_store
+
     registry, store = model_store(settings)
     try:
         if args.models_command == "list":
@@ -53,10 +57,12 @@ def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _bench(names: list[str], settings: Settings) -> int:
-    registry, store = model_store(settings)
+    from models.loader import measure_speed
+    from node.model_setup import create_model
+
     for index, name in enumerate(names, 1):
         print(f"[{index}/{len(names)}] {name}: loading...", end="", flush=True)
-        model = await open_model(name, registry.get(name), store, runtime_options(settings), parallel=settings.parallel)
+        model = await create_model(name, settings)
         try:
             print(" measuring...", end="", flush=True)
             result = await measure_speed(model, settings.data_dir / "benchmarks.json", fresh=True)

@@ -33,6 +33,8 @@ class Job:
     received_at_ns: int
     log: Any = field(default_factory=lambda: structlog.get_logger("node.task"))
     started: bool = False
+    reruns: int = 0  # times it ran again after its execution process died (at most once)
+    crashes: int = 0  # times its execution process crashed under it (twice: poison)
 
 
 RunJob = Callable[[Job], Awaitable[None]]

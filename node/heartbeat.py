@@ -32,6 +32,7 @@ class Heartbeat:
     ) -> None:
         self._identity = identity
         self._host = host
+        # The models served right now: a crash-looping model or a down remote engine leaves the heartbeats.
         self._models = models
         self._capacity = capacity
         self._pending = pending

@@ -108,6 +108,26 @@ class NodeMetrics:
             registry=r,
         )
 
+        self.exec_crashes = Counter(
+            "exec_crashes",
+            "Execution processes that died (signal, abort, memory limit, unresponsive), by model and cause",
+            ["model", "cause"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.exec_restarts = Counter(
+            "exec_restarts", "Execution processes restarted after they ended, by model", ["model"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.exec_process_up = Gauge(
+            "exec_process_up", "1 while the model's execution process serves, by model", ["model"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.exec_rss_bytes = Gauge(
+            "exec_rss_bytes", "Resident memory of the model's execution process, by model", ["model"],
+            namespace=NAMESPACE, registry=r,
+        )
+
     def reject(self, reason: str) -> None:
         """Count a refused task under ``reason``."""
         self.tasks_rejected.labels(reason=reason).inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import structlog
@@ -39,7 +39,7 @@ class NodeMonitor:
         journal: Journal,
         metrics: NodeMetrics,
         notifier: SystemdNotifier,
-        models: Callable[[], dict[str, Any]],
+        models: Callable[[], Collection[str]],  # the models served now
         *,
         startup_grace_s: float = 60.0,
         sample_interval_s: float = 5.0,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import structlog
 
-from models.loader import measure_speed
+from config.settings import Settings
+from models.remote.benchmark import RemoteBenchmarkCache
+from models.registry import Registry
 from models.remote.openai import RemoteModel
 from models.requests import ModelError
 from node.metrics import NodeMetrics
@@ -38,9 +40,30 @@ class RemoteHealth:
         for name, model in models.items():
             metrics.remote_engine_up.labels(model=name).set(1 if model.available else 0)
 
+    @classmethod
+    async def open(cls, settings: Settings, names: list[str], metrics: NodeMetrics, tps: dict[str, float]) -> RemoteHealth:
+        """Health checks of the remote models among `names`, from the daemon's own clients of their engines.
+
+        The models themselves run in execution processes; these clients only ask
+        the engines for their model list (and benchmark a model that was down at start).
+        """
+        registry = Registry.builtin().with_overrides(settings.registry)
+        models = {name: await RemoteModel.open(registry.get(name), default_n_ctx=settings.n_ctx) for name in names}
+        bench_file = settings.data_dir / "benchmarks.json" if settings.startup_benchmark else None
+        return cls(models, metrics, tps, settings.remote_health_interval, bench_file)
+
     def advertised(self, names: list[str]) -> list[str]:
         """`names` without the remote models whose engine is down."""
         return [name for name in names if name not in self._models or self._models[name].available]
+
+    def advertised_tps(self, tps: dict[str, float]) -> dict[str, float]:
+        """`tps` without the remote models whose engine is down."""
+        return {name: value for name, value in tps.items() if name in self.advertised([name])}
+
+    async def close(self) -> None:
+        """Close the engines' clients."""
+        for model in self._models.values():
+            await model.close()
 
     async def check_all(self) -> None:
         """One round of health checks (all engines at once)."""
@@ -57,7 +80,7 @@ class RemoteHealth:
     async def _benchmark(self, name: str) -> None:
         assert self._bench_file is not None
         try:
-            result = await measure_speed(self._models[name], self._bench_file)
+            result = await RemoteBenchmarkCache(self._bench_file).measure(self._models[name])
         except ModelError as exc:
             log.warning("model not benchmarked", model=name, error=str(exc))
             return
@@ -71,3 +94,9 @@ class RemoteHealth:
                 await self.check_all()
             except Exception:  # noqa: BLE001 - a bug here must not stop the checks (or the node)
                 log.exception("remote health check failed")
+
+
+def remote_models(settings: Settings, names: list[str]) -> list[str]:
+    """The models among `names` that a remote engine serves (registry backend other than a GGUF)."""
+    registry = Registry.builtin().with_overrides(settings.registry)
+    return [name for name in names if registry.get(name).is_remote]

@@ -1,12 +1,13 @@
 """The daemon's lifecycle: startup, serve until a signal, graceful shutdown.
 
-startup:  identity -> journal -> models -> P2P host (listen, subscribe) ->
+startup:  identity -> journal -> execution processes (one per model: load,
+          benchmark, health probe; see node/execution/) -> P2P host (listen, subscribe) ->
           bootstrap dials -> journal recovery -> background loops (intake,
           heartbeat, re-dial, outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM
 shutdown: STOPPING=1, stop admitting (heartbeat capacity 0), let running tasks
           finish up to `drain_timeout`, error the rest, flush results, stop the
-          network and the models, close the journal. A second signal skips the wait.
+          network and the execution processes, close the journal. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from node.intake import Ignore, Intake
 from node.journal import Journal, JournalError, JournalQuotaError
 from node.messages import TaskBody, encode_body
 from node.metrics import NodeMetrics
-from node.model_setup import load_models
+from node.execution.pool import ExecutionPool
 from node.monitor import NodeMonitor
 from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
 from node.recovery import recover_interrupted
-from node.remote_health import RemoteHealth
+from node.remote_health import RemoteHealth, remote_models
 from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
-from node.workflow_setup import engine_options, tool_settings
+from node.workflow_setup import engine_options
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +64,7 @@ class NodeServer:
         self.remote_health: RemoteHealth | None = None
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._models: dict[str, Any] = {}
+        self.pool: ExecutionPool | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._journal_log = LogWindow(settings.reject_log_window)  # a full disk fails every task: log it once a window
@@ -94,31 +95,32 @@ class NodeServer:
             settings.journal_path, settings.journal_max_bytes, settings.journal_publisher_max_bytes
         )
         journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
-        loaded = await load_models(settings)
-        self._models = loaded.models
-        names = list(self._models)
-        for name, tps in loaded.tps.items():
-            self.metrics.tokens_per_second.labels(model=name).set(tps)
-        embedder = self._models.get(settings.embedding_model) if settings.embedding_model else None
-        if settings.embedding_model and embedder is None:
-            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a loaded model ({names})")
+        if settings.embedding_model and settings.embedding_model not in settings.models:
+            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a hosted model ({settings.models})")
+        self.pool = pool = ExecutionPool(settings, self.metrics)  # one execution process per model, READY = probed
+        await pool.start()
+        names = list(pool.hosted)
+        remote_names = remote_models(settings, names)
         self.host = host = P2PHost(self.identity.secret, settings.listen)
         await host.start()
 
         outbox = ResultOutbox(
             self.identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
         )
-        runner = TaskRunner(
-            self._models, outbox, journal, self.metrics, tool_settings(settings), engine_options(settings), embedder
-        )
+        runner = TaskRunner(pool, outbox, journal, self.metrics, engine_options(settings), settings.exec_cancel_grace)
         self._runner = runner
-        self.executor = Executor(runner.run, runner.abandon, loaded.concurrency(settings.max_concurrent), settings.max_queue)
+        # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
+        concurrency = {
+            name: pool.parallel[name] if name in remote_names else settings.max_concurrent or pool.parallel[name]
+            for name in names
+        }
+        self.executor = Executor(runner.run, runner.abandon, concurrency, settings.max_queue)
         self._intake = Intake(self.identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon)
         now = time.time_ns()
         for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
             self._intake.seen.add(task_id, deadline, now)
         self.monitor = NodeMonitor(
-            self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models,
+            self.identity, host, self.executor, journal, self.metrics, self.notifier, pool.available,
             startup_grace_s=settings.startup_grace,
         )
 
@@ -129,13 +131,12 @@ class NodeServer:
         await recover_interrupted(journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0)
         self._outbox = outbox
         # Remote engines (registry backend "openai"): checked periodically; a down one leaves the heartbeat.
-        remote = RemoteHealth(loaded.remote(), self.metrics, loaded.tps, settings.remote_health_interval,
-                              settings.data_dir / "benchmarks.json" if settings.startup_benchmark else None)
+        remote = await RemoteHealth.open(settings, remote_names, self.metrics, pool.tps)
         self.remote_health = remote
         self._heartbeat = heartbeat = Heartbeat(
-            self.identity, host, lambda: remote.advertised(names),
+            self.identity, host, lambda: remote.advertised(pool.available()),
             capacity=self.executor.capacity, pending=lambda: self.executor.pending,
-            tps=lambda: loaded.tps, interval=settings.heartbeat_interval,
+            tps=lambda: remote.advertised_tps(pool.available_tps()), interval=settings.heartbeat_interval,
         )
         self._loops = [
             asyncio.create_task(self._consume_tasks(queues[TASK_TOPIC]), name="intake"),
@@ -148,7 +149,7 @@ class NodeServer:
         ]
         self.monitor.watch_loops(lambda: all(not loop.done() for loop in self._loops))
         if settings.http_enabled:
-            self.http = HttpServer(create_app(self.metrics, self.monitor.health, self.monitor.status))
+            self.http = HttpServer(create_app(self.metrics, self.monitor.health, self._status))
             await self.http.start(settings.http_host, settings.http_port)
             log.info("http endpoint", url=f"http://{settings.http_host}:{self.http.port}", paths=["/metrics", "/healthz", "/status"])
         self.listen_addrs = host.listen_addrs
@@ -158,6 +159,10 @@ class NodeServer:
         self.notifier.ready()
         self.notifier.status(f"serving {', '.join(names)} as {self.identity.address}")
         self._loops.append(asyncio.create_task(self.monitor.run(), name="monitor"))  # watchdog pings after READY
+
+    def _status(self) -> dict[str, Any]:
+        assert self.monitor is not None and self.pool is not None
+        return {**self.monitor.status(), "execution": self.pool.stats()}
 
     async def shutdown(self) -> None:
         log.info("shutting down")
@@ -174,8 +179,10 @@ class NodeServer:
             await self.http.stop()
         if self.host is not None:
             await self.host.stop()
-        for model in self._models.values():
-            await model.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.remote_health is not None:
+            await self.remote_health.close()
         if self.journal is not None:
             self.journal.close()
         log.info("stopped")
