@@ -58,7 +58,7 @@ def test_exit_descriptions_name_the_signal() -> None:
 
 @pytest.mark.asyncio
 async def test_embedding_model_other_than_the_task_model_serves_only_embeddings(tmp_path: Path) -> None:
-    model = create_embedder(MODEL, node_settings(tmp_path))
+    model = await create_embedder(MODEL, node_settings(tmp_path))
     try:
         vectors = await model.embed(EmbeddingRequest(texts=["a cat", "a dog"]))
         assert len(vectors) == 2 and len(vectors[0]) == 576

@@ -84,7 +84,7 @@ async def test_both_models_answer_through_the_network_and_are_advertised(setup: 
     assert await setup.run(DEFAULT_MODEL)
     assert await setup.run(REMOTE)
     known = await setup.heartbeat(lambda n: {DEFAULT_MODEL, REMOTE} <= set(n.models))
-    local_slots = setup.node._models[DEFAULT_MODEL].parallel
+    local_slots = setup.node.pool.parallel[DEFAULT_MODEL]
     assert known.max == local_slots + REMOTE_SLOTS + 2 * setup.node.settings.max_queue
     assert known.tps[DEFAULT_MODEL] > 0 and known.tps[REMOTE] > 0
 
