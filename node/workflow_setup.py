@@ -28,4 +28,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         temperature=settings.temperature,
         max_tokens_cap=settings.max_tokens_cap,
         max_time_cap=settings.max_time_cap,
+        max_steps_cap=settings.max_steps_cap,
+        max_task_tokens=settings.max_task_tokens,
+        max_memory_bytes=settings.max_memory_bytes,
+        max_result_bytes=settings.max_result_bytes,
     )

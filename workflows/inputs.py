@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows.errors import TaskError
+from workflows.errors import InvalidTaskError
 from workflows.memory import Entry, Memory, render_entry
 from workflows.schema import RESULT_VALUE, InputValue, TaskInput, TaskOutput
 
@@ -52,7 +52,7 @@ async def resolve_inputs(inputs: list[TaskInput], memory: Memory) -> dict[str, s
             source = "the task's prompt (none was given)" if item.value.type == "input" else (
                 f"{item.value.type} {item.value.key!r}"
             )
-            raise TaskError(f"required input {item.name!r} ({source}) resolved to nothing")
+            raise InvalidTaskError(f"required input {item.name!r} ({source}) resolved to nothing")
         rendered[item.name] = render(resolved)
     return rendered
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 
-from workflows.errors import WorkflowError
+from workflows.errors import ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve
 from workflows.memory import Memory, render_entry
 from workflows.schema import PostProcess, ReturnValue
 
 
-async def build_result(spec: ReturnValue, memory: Memory) -> str:
-    """The result text: resolved input(s), optionally as a JSON array, post-processed."""
+async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = None) -> str:
+    """The result text: resolved input(s), optionally as a JSON array, post-processed.
+
+    With `limit`, a post-processing step that would grow the text past `limit`
+    characters raises ResultTooLargeError before it runs.
+    """
     values = spec.input if isinstance(spec.input, list) else [spec.input]
     resolved = []
     for i, value in enumerate(values):
@@ -34,15 +38,20 @@ async def build_result(spec: ReturnValue, memory: Memory) -> str:
     else:
         text = "\n".join(render(item) for item in resolved)
     for step in spec.post_process:
-        text = post_process(text, step)
+        text = post_process(text, step, limit)
     return text
 
 
-def post_process(text: str, step: PostProcess) -> str:
+def post_process(text: str, step: PostProcess, limit: int | None = None) -> str:
     """Apply one post-processing step."""
     match step.process_type:
         case "replace":
-            return text.replace(step.lhs or "", step.rhs or "") if step.lhs else text
+            if not step.lhs:
+                return text
+            rhs = step.rhs or ""
+            if limit is not None and len(text) + text.count(step.lhs) * (len(rhs) - len(step.lhs)) > limit:
+                raise ResultTooLargeError(f"result too large: post_process replace would pass {limit} characters")
+            return text.replace(step.lhs, rhs)
         case "append":
             return text + (step.rhs or "")
         case "prepend":

@@ -105,7 +105,7 @@ def reader_tool(settings: ToolSettings, name: str) -> Tool:
         url = str(arguments.get("url", ""))
         response = await fetch(settings, "GET", url)
         if response.status >= 400:
-            raise ToolError(f"reader: {url} answered HTTP {response.status}")
+            raise ToolError(f"reader: the page answered HTTP {response.status}")
         return html_to_text(response.text) if "<" in response.text[:1000] else response.text
 
     return Tool(
