@@ -18,6 +18,7 @@ from node.metrics import NodeMetrics
 from node.outbox import ResultOutbox
 from node.results import error_body, success_body
 from workflows import EngineOptions, ToolSettings, WorkflowError, WorkflowResult, parse_workflow, run_workflow
+from workflows.errors import public_error_text
 from workflows.backend import ModelBackend
 
 
@@ -69,7 +70,7 @@ class TaskRunner:
         try:
             workflow = parse_workflow(job.task.input.workflow)
         except WorkflowError as exc:
-            raise _TaskFailure(f"invalid workflow: {exc}") from None
+            raise _TaskFailure(public_error_text(exc)) from None
         remaining = (job.task.deadline - time.time_ns()) / 1e9
         if remaining <= 0:
             raise _TaskFailure("deadline passed before the task started")
@@ -87,7 +88,7 @@ class TaskRunner:
         except TimeoutError:
             raise _TaskFailure("deadline passed while the task was running") from None
         except WorkflowError as exc:
-            raise _TaskFailure(str(exc)) from None
+            raise _TaskFailure(public_error_text(exc)) from None
         except ModelError as exc:
             raise _TaskFailure(f"model error: {exc}") from None
         job.log.info("workflow finished", steps=result.steps, completion_tokens=result.completion_tokens)
