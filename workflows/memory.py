@@ -23,6 +23,7 @@ SIMILAR_THRESHOLD = 0.95
 ENTRY_OVERHEAD = 64  # bytes charged per entry besides its text (Python object headers)
 JSON_FACTOR = 4  # a parsed JSON value takes several times its text in Python objects
 FLOAT_BYTES = 8
+VECTOR_GUESS = 1024  # floats per embedding until the first one is known
 UNLIMITED = 1 << 62
 
 
@@ -115,9 +116,16 @@ class FileStore:
     async def insert(self, text: str) -> None:
         pieces = chunk_text(text)
         if pieces:
-            texts = sum(ENTRY_OVERHEAD + text_bytes(p) for p in pieces)
-            self.budget.take(texts, "an insert into the file store")  # before the (costly) embedding
-            vectors = await self._embed(pieces)
+            dims = len(self.chunks[0][1]) if self.chunks else VECTOR_GUESS
+            # Charged before the (costly) embedding, with the vectors' size estimated, then settled.
+            estimate = sum(ENTRY_OVERHEAD + text_bytes(p) + FLOAT_BYTES * dims for p in pieces)
+            self.budget.take(estimate, "an insert into the file store")
+            try:
+                vectors = await self._embed(pieces)
+            except BaseException:
+                self.budget.give(estimate)
+                raise
+            self.budget.give(FLOAT_BYTES * dims * len(pieces))
             self.budget.take(sum(FLOAT_BYTES * len(v) for v in vectors), "an insert into the file store")
             self.chunks.extend(zip(pieces, vectors, strict=True))
 
