@@ -20,6 +20,7 @@ Entry = Any  # str | int | float | bool | list | dict
 CHUNK_CHARS = 250
 TOP_K = 3
 SIMILAR_THRESHOLD = 0.95
+EMBED_BATCH = 4  # texts per embedding call
 ENTRY_OVERHEAD = 64  # bytes charged per entry besides its text (Python object headers)
 JSON_FACTOR = 4  # a parsed JSON value takes several times its text in Python objects
 FLOAT_BYTES = 8
@@ -111,7 +112,12 @@ class FileStore:
     chunks: list[tuple[str, list[float]]] = field(default_factory=list)
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        return await self.embedder.embed(EmbeddingRequest(texts=texts))
+        # In small batches: an embedding call cannot be stopped once started, so a
+        # cancelled run (max_time, deadline) frees the embedding worker within one batch.
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            vectors += await self.embedder.embed(EmbeddingRequest(texts=texts[start : start + EMBED_BATCH]))
+        return vectors
 
     async def insert(self, text: str) -> None:
         pieces = chunk_text(text)

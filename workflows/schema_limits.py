@@ -1,4 +1,4 @@
-"""Size and depth caps on the JSON schemas a workflow hands to constrained decoding.
+"""Size and depth caps (and local-only `$ref`) on the JSON schemas a workflow hands to constrained decoding.
 
 A schema becomes a llama.cpp grammar; a small schema can expand into a huge
 one (`maxLength: 10**9`, `minItems` in the millions, a regex `pattern` of
@@ -54,6 +54,10 @@ def check_schema(schema: Any) -> None:
 
 
 def _check_keywords(node: dict[str, Any]) -> None:
+    ref = node.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+        # A remote $ref would make the grammar converter fetch a URL (uncontrolled egress).
+        raise SchemaTooLargeError("has a $ref outside the schema; only local references ('#/...') are accepted")
     for key in _BOUNDS & node.keys():
         value = node[key]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_BOUND:
