@@ -66,6 +66,15 @@ def generation_loop(max_time: float = 3, max_tokens: int = 10**9) -> dict[str, A
     return _loop(task, max_time=max_time, config={"max_tokens": max_tokens})
 
 
+def failing_fallback_loop(operator: str) -> dict[str, Any]:
+    """A task that fails at once (`search` with no provider, `function_calling` with no tools)
+    and falls back to itself: the failure path must yield and count steps too."""
+    task = {"id": "f", "operator": operator, "messages": [{"role": "user", "content": '{"query": "q"}'}]}
+    wf = _loop(task, max_time=600)
+    wf["steps"] = [{"source": "f", "target": "f", "fallback": "f"}]
+    return wf
+
+
 def write_bomb() -> dict[str, Any]:
     """One step writing a 60 kB sample to 150 cache keys (9 MB)."""
     task = {
@@ -175,6 +184,8 @@ LOOPS = [
     HostileWorkflow("end_self_loop", end_loop(), "max_steps exceeded"),
     HostileWorkflow("memory_only_loop", memory_only_loop(), "max_steps exceeded"),
     HostileWorkflow("sample_doubling_loop", sample_loop(), "memory limit exceeded"),
+    HostileWorkflow("search_fallback_loop", failing_fallback_loop("search"), "max_steps exceeded"),
+    HostileWorkflow("function_calling_fallback_loop", failing_fallback_loop("function_calling"), "max_steps exceeded"),
 ]
 
 MEMORY_BOMBS = [
