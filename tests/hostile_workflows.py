@@ -177,6 +177,7 @@ GRAMMAR_BOMBS = [
     HostileWorkflow("schema_too_large", schema_task({"enum": [f"v{i}" * 20 for i in range(2000)]}), "characters of JSON"),
     HostileWorkflow("schema_base64_bomb", schema_task({"type": "string", "maxLength": 10**9}, encode="base64"), "maxLength"),
     HostileWorkflow("custom_tool_parameters_bomb", custom_tool_bomb(), "minLength"),
+    HostileWorkflow("schema_huge_integer_range", schema_task({"type": "integer", "minimum": 0, "maximum": 10**4000}), "maximum"),
     HostileWorkflow("schema_remote_ref", schema_task({"$ref": "https://169.254.169.254/latest/meta-data"}), "$ref"),
 ]
 

@@ -20,6 +20,8 @@ MAX_PATTERN_CHARS = 1024
 MAX_PATTERN_EXPANSION = 20_000  # characters a `pattern` may expand to once counts are unrolled
 
 _COUNT = re.compile(r"\{\s*(\d+)\s*(,)?\s*(\d*)\s*\}", re.ASCII)
+MAX_NUMBER = 2**63
+_NUMBERS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
 _BOUNDS = frozenset(
     {"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties", "minContains", "maxContains"}
 )
@@ -62,6 +64,11 @@ def _check_keywords(node: dict[str, Any]) -> None:
         value = node[key]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_BOUND:
             raise SchemaTooLargeError(f"{key} {value} is larger than this node's limit of {MAX_BOUND}")
+    for key in _NUMBERS & node.keys():
+        value = node[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+            # Integer ranges become digit-by-digit grammar rules: keep them to int64 sizes.
+            raise SchemaTooLargeError(f"{key} is outside -2^63..2^63")
     pattern = node.get("pattern")
     if isinstance(pattern, str):
         if len(pattern) > MAX_PATTERN_CHARS:
