@@ -28,6 +28,7 @@ from tests.hostile_workflows import (
     generation_loop,
     http_tool_workflow,
     insert_bomb,
+    schema_task,
 )
 from tests.live_hostile import LiveRun, live_publisher, rss_bytes
 from tests.test_workflow_tools import LocalServer, Route
@@ -85,6 +86,9 @@ def _engine_cases(server: LocalServer) -> list[HostileWorkflow]:
         HostileWorkflow("insert_bomb", insert_bomb(max_time=10), "exceeded"),
         *OVERSIZE,
         *GRAMMAR_BOMBS,
+        # Valid as a workflow, but no grammar exists for it: deterministic, so `Invalid prompt: `.
+        HostileWorkflow("schema_unsupported_type", schema_task({"type": "teleport"}),
+                        "Invalid prompt: task 'g' failed: the task's schema is not supported"),
         *ssrf,
     ]
 

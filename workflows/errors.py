@@ -56,6 +56,10 @@ class InvalidTaskError(TaskError):
     deterministic = True
 
 
+class UnsupportedSchemaError(InvalidTaskError):
+    """A task's JSON schema cannot be turned into a grammar."""
+
+
 class ModelFailedError(TaskError):
     """The model failed while running a task (transient: another node may succeed)."""
 

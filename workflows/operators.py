@@ -9,7 +9,14 @@ from typing import Any
 
 from models.requests import ChatMessage, GenerationRequest, ModelError
 from workflows.backend import ModelBackend
-from workflows.errors import InvalidTaskError, InvalidToolError, LimitExceededError, ModelFailedError, TaskError
+from workflows.errors import (
+    InvalidTaskError,
+    InvalidToolError,
+    LimitExceededError,
+    ModelFailedError,
+    TaskError,
+    UnsupportedSchemaError,
+)
 from workflows.inputs import render, resolve, resolve_inputs
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
@@ -87,6 +94,8 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
     try:
         generation = await ctx.model.generate(request)
     except ModelError as e:
+        if _is_grammar_error(e):  # the same schema fails on every node
+            raise UnsupportedSchemaError(f"the task's schema is not supported: {e}") from e
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
@@ -97,6 +106,13 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
             hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
             raise TaskError(f"the model's answer is not complete JSON for the schema{hint}") from None
     return generation.text
+
+
+def _is_grammar_error(error: ModelError) -> bool:
+    # Imported here: models.sampling loads llama.cpp, which `import workflows` must not.
+    from models.sampling import GrammarError
+
+    return isinstance(error, GrammarError)
 
 
 async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execute: bool) -> str:
