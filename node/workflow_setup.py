@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from config.settings import Settings
+from pydantic import ValidationError
+
+from config.settings import ConfigError, Settings
 from workflows import EngineOptions, ToolSettings
 from workflows.options import SearchProvider
+
+
+_SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 
 def tool_settings(settings: Settings) -> ToolSettings:
@@ -13,14 +18,19 @@ def tool_settings(settings: Settings) -> ToolSettings:
         search = SearchProvider(kind=settings.search_provider, api_key=settings.search_api_key)
         if settings.search_url:
             search = search.model_copy(update={"url": settings.search_url})
-    return ToolSettings(
-        search=search,
-        reader_enabled=True,
-        egress_allow=settings.tool_allow,
-        secrets=settings.tool_secrets,
-        http_timeout_s=settings.tool_timeout,
-        max_response_bytes=settings.tool_max_bytes,
-    )
+    try:
+        return ToolSettings(
+            search=search,
+            reader_enabled=True,
+            egress_allow=settings.tool_allow,
+            secrets=settings.tool_secrets,
+            http_timeout_s=settings.tool_timeout,
+            max_response_bytes=settings.tool_max_bytes,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "tool settings"
+        raise ConfigError(f"invalid setting {_SETTING.get(field, field)!r}: {error['msg']}") from None
 
 
 def engine_options(settings: Settings) -> EngineOptions:

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import ConfigError, load_settings
+from node.workflow_setup import tool_settings
 from workflows import EgressRefusedError, ToolError, ToolSettings
 from workflows.egress import EgressPolicy, fetch, is_public
 from tests.test_workflow_tools import LocalServer, Route
@@ -98,6 +99,8 @@ def test_settings_refuse_an_http_secret_key() -> None:
     with pytest.raises(ConfigError, match="https"):
         load_settings(tool_secrets={"http://api.x.com": {"Authorization": "x"}})
     assert load_settings(tool_secrets={"https://api.x.com:8443": {"A": "b"}}).tool_secrets
+    with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'.*'a/b'"):
+        tool_settings(load_settings(tool_secrets={"a/b": {"Authorization": "x"}}))
 
 
 def _gzip(data: bytes) -> bytes:
