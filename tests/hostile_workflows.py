@@ -39,12 +39,11 @@ def end_loop(max_time: float = 600) -> dict[str, Any]:
 
 
 def memory_only_loop(max_time: float = 600) -> dict[str, Any]:
-    """An `end` task that pops and pushes memory each step and never calls a model."""
+    """An `end` task that rewrites memory each step (constant size) and never calls a model."""
     task = {
         "id": "m",
         "operator": "end",
-        "inputs": [{"name": "v", "value": {"type": "pop", "key": "s"}, "required": False}],
-        "outputs": [{"type": "push", "key": "s", "value": "again"}, {"type": "write", "key": "k", "value": "v"}],
+        "outputs": [{"type": "write", "key": "k", "value": "v" * 1000}, {"type": "write", "key": "k", "value": "w"}],
     }
     return _loop(task, max_time=max_time)
 

@@ -25,9 +25,11 @@ from tests.hostile_workflows import (
     OVERSIZE,
     SSRF_HOSTS,
     HostileWorkflow,
+    end_loop,
     generation_loop,
     http_tool_workflow,
     insert_bomb,
+    memory_only_loop,
     schema_task,
 )
 from tests.live_hostile import LiveRun, live_publisher, rss_bytes
@@ -134,4 +136,23 @@ async def test_compressed_tool_responses_are_capped_as_received(tmp_path: Path, 
             await _case(run, case, failures, rss)
     assert not failures, "\n".join(failures)
     assert [s.path for s in loopback.seen] == ["/gzip-bomb", "/double-gzip-bomb"]
+    assert max(rss) - rss[0] < MAX_RSS_GROWTH_BYTES, [r >> 20 for r in rss]
+
+
+async def test_loops_that_run_until_max_time_keep_the_node_responsive(tmp_path: Path) -> None:
+    """With the step cap loosened by the operator, loops that never await run for their whole max_time."""
+    settings = node_settings(tmp_path / "node", n_ctx=512, max_steps_cap=10**12)
+    failures: list[str] = []
+    cases = [
+        HostileWorkflow("end_loop_8s", end_loop(max_time=8), "max_time exceeded"),
+        HostileWorkflow("memory_only_loop_8s", memory_only_loop(max_time=8), "max_time exceeded"),
+    ]
+    async with running_node(settings) as node, live_publisher(node) as run:
+        rss = [rss_bytes()]
+        for case in cases:
+            await _case(run, case, failures, rss)
+            # Heartbeats kept coming while the loop spun: at least 8 s / interval of them.
+            if len(run.heartbeats) < 8 / run.heartbeat_interval - 1:
+                failures.append(f"{case.name}: only {len(run.heartbeats)} heartbeats")
+    assert not failures, "\n".join(failures)
     assert max(rss) - rss[0] < MAX_RSS_GROWTH_BYTES, [r >> 20 for r in rss]
