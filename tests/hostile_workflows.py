@@ -86,6 +86,29 @@ def write_bomb() -> dict[str, Any]:
     return _loop(task, max_time=600, external_memory={"pool": [BLOCK]})
 
 
+def fan_out_bomb(where: str) -> dict[str, Any]:
+    """A 1.8 MB stack, then 1500 inputs (of a task, or of the return value) each naming all of it."""
+    fill_stack = {
+        "id": "fill",
+        "operator": "sample",
+        "messages": [{"role": "user", "content": "{a}"}],
+        "inputs": [{"name": "a", "value": {"type": "get_all", "key": "pool"}}],
+        "outputs": [{"type": "push", "key": "big", "value": "__result"}] * 30,
+    }
+    every = {"type": "get_all", "key": "big"}
+    use = {"id": "use", "operator": "end"}
+    if where == "task":
+        use = {"id": "use", "operator": "sample", "messages": [{"role": "user", "content": "x"}],
+               "inputs": [{"name": f"i{n}", "value": every} for n in range(1500)]}  # fmt: skip
+    return {
+        "config": {"max_steps": 5, "max_time": 60},
+        "external_memory": {"pool": [BLOCK]},
+        "tasks": [fill_stack, use],
+        "steps": [{"source": "fill", "target": "use"}, {"source": "use", "target": "_end"}],
+        "return_value": {"input": [every] * 1500 if where == "return_value" else {"type": "string", "key": "x"}},
+    }
+
+
 def push_bomb() -> dict[str, Any]:
     """`push` of a 60 kB literal every step."""
     task = {"id": "p", "operator": "end", "outputs": [{"type": "push", "key": "s", "value": BLOCK}]}
@@ -192,6 +215,8 @@ MEMORY_BOMBS = [
     HostileWorkflow("write_bomb", write_bomb(), "memory limit exceeded"),
     HostileWorkflow("push_bomb", push_bomb(), "memory limit exceeded"),
     HostileWorkflow("placeholder_bomb", placeholder_bomb(), "memory limit exceeded"),
+    HostileWorkflow("inputs_fan_out_bomb", fan_out_bomb("task"), "memory limit exceeded"),
+    HostileWorkflow("return_value_fan_out_bomb", fan_out_bomb("return_value"), "result too large"),
 ]
 
 OVERSIZE = [

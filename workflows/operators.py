@@ -17,7 +17,7 @@ from workflows.errors import (
     TaskError,
     UnsupportedSchemaError,
 )
-from workflows.inputs import render, resolve, resolve_inputs
+from workflows.inputs import check_rendered, render, resolve, resolve_inputs
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
@@ -66,8 +66,8 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         return ""
     if task.operator == "sample":
         return await _sample(task, ctx)
-    values = await resolve_inputs(task.inputs, ctx.memory)
     limit = ctx.options.max_memory_bytes
+    values = await resolve_inputs(task.inputs, ctx.memory, limit)
     messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]
     match task.operator:
         case "generation":
@@ -148,9 +148,12 @@ async def _sample(task: Task, ctx: RunContext) -> str:
     """For each input pick one random entry of the stack it names (or the list it is)."""
     values: dict[str, str] = {}
     samples: list[str] = []
+    size = 0
     for item in task.inputs:
         resolved = await resolve(item.value, ctx.memory)
         values[item.name] = render(resolved)
+        size += len(values[item.name])
+        check_rendered(size, ctx.options.max_memory_bytes)
         pool = resolved if isinstance(resolved, list) else ctx.memory.get_all(render(resolved))
         if not pool:
             raise TaskError(f"sample input {item.name!r}: the stack it names is empty or missing")

@@ -28,15 +28,17 @@ async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = No
         resolved.append(item)
 
     is_list = isinstance(spec.input, list) or isinstance(resolved[0], list)
-    if spec.to_json and is_list:
-        # A list (get_all, several inputs) becomes a JSON array of strings.
-        flat: list[str] = []
-        for item in resolved:
-            items = item if isinstance(item, list) else [item]
-            flat.extend(render_entry(e) for e in items)
-        text = json.dumps(flat, ensure_ascii=False)
-    else:
-        text = "\n".join(render(item) for item in resolved)
+    parts: list[str] = []
+    size = 0
+    # Rendered piece by piece against `limit`: many inputs naming one large stack must not multiply it.
+    for item in resolved:
+        for piece in (item if spec.to_json and is_list and isinstance(item, list) else [item]):
+            parts.append(render_entry(piece) if spec.to_json and is_list else render(piece))
+            size += len(parts[-1])
+            if limit is not None and size > limit:
+                raise ResultTooLargeError(f"result too large: the return value renders to more than {limit} characters")
+    # A list (get_all, several inputs) with to_json becomes a JSON array of strings.
+    text = json.dumps(parts, ensure_ascii=False) if spec.to_json and is_list else "\n".join(parts)
     for step in spec.post_process:
         text = post_process(text, step, limit)
     return text
