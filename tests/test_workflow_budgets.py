@@ -198,3 +198,16 @@ async def test_error_texts_carry_no_model_output_or_memory_values(model: LlamaMo
     with pytest.raises(Exception) as caught:
         await run_workflow(workflow, model, prompt=secret)
     assert secret not in public_error_text(caught.value) and secret not in str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "expect"), [("deep", "nests too deeply"), (float("nan"), "not JSON")])
+def test_external_memory_must_be_plain_json(value: Any, expect: str) -> None:
+    if value == "deep":
+        value = nested = {}
+        for _ in range(5000):
+            nested["a"] = {}
+            nested = nested["a"]
+    workflow = end_loop()
+    workflow["external_memory"] = {"k": value}
+    with pytest.raises(WorkflowValidationError, match=f"external_memory: .*{expect}"):
+        parse_workflow(workflow)

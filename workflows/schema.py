@@ -222,6 +222,17 @@ class Workflow(_Model):
     steps: list[Edge] = Field(min_length=1)
     return_value: ReturnValue
 
+    @field_validator("external_memory")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except RecursionError:
+            raise ValueError("nests too deeply") from None
+        except ValueError:
+            raise ValueError("holds a number that is not JSON (NaN or Infinity)") from None
+        return value
+
     @model_validator(mode="after")
     def _graph(self) -> Workflow:
         ids: set[str] = set()
