@@ -191,6 +191,17 @@ def custom_tool_bomb() -> dict[str, Any]:
     return wf
 
 
+def many_tools_bomb() -> dict[str, Any]:
+    """Each tool is small; together their call schema is not."""
+    wf = custom_tool_bomb()
+    wf["config"]["custom_tools"] = [
+        {"name": f"t{i}", "mode": "http_request", "description": "d", "url": "https://example.org/",
+         "body": {f"k{j}": "v" for j in range(40)}}
+        for i in range(60)
+    ]  # fmt: skip
+    return wf
+
+
 GRAMMAR_BOMBS = [
     HostileWorkflow("schema_max_length_huge", schema_task({"type": "string", "maxLength": 10**9}), "maxLength"),
     HostileWorkflow("schema_min_items_huge", schema_task({"type": "array", "minItems": 10**6, "items": {"type": "integer"}}), "minItems"),

@@ -29,6 +29,7 @@ from tests.hostile_workflows import (
     generation_loop,
     http_tool_workflow,
     insert_bomb,
+    many_tools_bomb,
     memory_only_loop,
     schema_task,
 )
@@ -91,6 +92,7 @@ def _engine_cases(server: LocalServer) -> list[HostileWorkflow]:
         # Valid as a workflow, but no grammar exists for it: deterministic, so `Invalid prompt: `.
         HostileWorkflow("schema_unsupported_type", schema_task({"type": "teleport"}),
                         "Invalid prompt: task 'g' failed: the task's schema is not supported"),
+        HostileWorkflow("many_tools_call_schema", many_tools_bomb(), "Invalid prompt: task 'g' failed: the tools together"),
         *ssrf,
     ]
 

@@ -24,6 +24,7 @@ from tests.hostile_workflows import (
     end_loop,
     generation_loop,
     insert_bomb,
+    many_tools_bomb,
     memory_only_loop,
 )
 from tests.model_file import SMOLLM2 as GGUF
@@ -211,3 +212,9 @@ def test_external_memory_must_be_plain_json(value: Any, expect: str) -> None:
     workflow["external_memory"] = {"k": value}
     with pytest.raises(WorkflowValidationError, match=f"external_memory: .*{expect}"):
         parse_workflow(workflow)
+
+
+async def test_many_small_tools_cannot_make_a_grammar_bomb(model: LlamaModel) -> None:
+    with pytest.raises(InvalidToolError, match="the tools together make a call schema that is [0-9]+ characters of JSON") as caught:
+        await run_workflow(parse_workflow(many_tools_bomb()), model)
+    assert public_error_text(caught.value).startswith("Invalid prompt: task 'g' failed: the tools together")

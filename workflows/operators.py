@@ -22,6 +22,7 @@ from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
 from workflows.schema import Task, WorkflowConfig
+from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
 from workflows.tools import build_tools, web_search
 
@@ -120,6 +121,10 @@ async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execut
     if not tools:
         raise InvalidToolError("function calling needs tools, but config.tools and config.custom_tools offer none")
     schema = call_schema(tools, ctx.options.tool_arg_max_length)
+    try:
+        check_schema(schema)  # many tools or body keys together can still make a grammar bomb
+    except SchemaTooLargeError as e:
+        raise InvalidToolError(f"the tools together make a call schema that {e}") from None
     text = await generate(ctx, with_tool_prompt(messages, tools), schema)
     call = parse_call(text, tools)
     if not execute:
