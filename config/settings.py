@@ -62,8 +62,16 @@ class Settings(LayeredSettings):
         default=15.0, gt=0, description="Seconds between health checks of remote engines (registry backend = \"openai\")"
     )
     min_tps: float = Field(default=0.0, ge=0.0, description="Drop models slower than this many tokens/s (0: off)")
-    max_tokens_cap: int | None = Field(default=None, ge=1, description="Largest max_tokens a workflow may ask for")
-    max_time_cap: float | None = Field(default=None, gt=0, description="Largest max_time (s) a workflow may ask for")
+    max_tokens_cap: int = Field(default=4096, ge=1, description="Largest max_tokens a workflow may ask for")
+    max_time_cap: float = Field(default=3600.0, gt=0, description="Largest max_time (s) a workflow may ask for")
+    max_steps_cap: int = Field(default=1000, ge=1, description="Largest max_steps a workflow may ask for")
+    max_task_tokens: int = Field(default=32768, ge=1, description="Tokens all generations of one task may produce")
+    max_memory_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Bytes one task may hold in its workflow memory"
+    )
+    max_result_bytes: int = Field(
+        default=64 * 1024, ge=1, le=96 * 1024, description="Largest result (UTF-8 bytes); larger is an error result"
+    )
 
     # Workflow tools
     search_provider: Literal["searxng", "serper"] | None = Field(default=None, description="Web search provider")
@@ -71,9 +79,13 @@ class Settings(LayeredSettings):
     search_api_key: str | None = Field(default=None, description="Search provider API key (sent only to search_url)")
     tool_allow: StrList = Field(default=[], description="Hosts/CIDRs tools may reach despite egress rules")
     tool_timeout: float = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
-    tool_max_bytes: int = Field(default=1_000_000, ge=1024, description="Largest tool response kept")
+    tool_max_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Largest tool response, counted as received (before decompression) and after"
+    )
     tool_secrets: dict[str, dict[str, str]] = Field(
-        default={}, description="Headers sent only to the named host, e.g. {\"api.x.com\": {\"Authorization\": \"...\"}}"
+        default={},
+        description="Headers sent only over https to the named host and port (443 unless given), "
+        "e.g. {\"api.x.com\": {\"Authorization\": \"...\"}}; keys: host, host:port or https://host[:port]",
     )
 
     # Operations
@@ -123,6 +135,15 @@ class Settings(LayeredSettings):
                 raise ValueError(f"{addr!r} is not a 40-hex-character address")
             out.append(hex_part)
         return out
+
+    @field_validator("tool_secrets")
+    @classmethod
+    def _https_only(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for key in value:
+            scheme, sep, rest = key.partition("://")
+            if sep and (scheme.lower() != "https" or "/" in rest.rstrip("/")):
+                raise ValueError(f"{key!r}: secrets go only over https; write 'host', 'host:port' or 'https://host[:port]'")
+        return value
 
     @property
     def identity_path(self) -> Path:

@@ -2,8 +2,9 @@
 
 `run()` samples the network (peers, mesh per topic), capacity and the journal
 backlog every few seconds into the metrics, logs a status line every
-`log_interval` seconds, and pings the systemd watchdog from the main loop (so
-a stuck event loop stops the pings and systemd restarts the node).
+`log_interval` seconds, and pings the systemd watchdog from the main loop while
+every background loop is alive (so a stuck event loop, or a dead loop, stops
+the pings and systemd restarts the node).
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ class NodeMonitor:
         self._peers: list[str] = []
         self._mesh: dict[str, int] = {}
         self._last_heartbeat_seen: float | None = None
-        self._loops_alive: Callable[[], bool] = lambda: True
+        self._failed_loops: Callable[[], list[str]] = list
 
-    def watch_loops(self, alive: Callable[[], bool]) -> None:
-        """Health checks call `alive()` to know the node's background loops still run."""
-        self._loops_alive = alive
+    def watch_loops(self, failed: Callable[[], list[str]]) -> None:
+        """`failed()` names the background loops not running; health and the watchdog depend on it."""
+        self._failed_loops = failed
 
     def heartbeat_seen(self) -> None:
         """Record that a heartbeat from another node arrived."""
@@ -92,7 +93,10 @@ class NodeMonitor:
         last_log = 0.0
         while True:
             await self.sample()
-            self._notifier.watchdog()
+            if failed := self._failed_loops():
+                log.warning("watchdog not pinged: background loops not running", loops=failed)
+            else:
+                self._notifier.watchdog()
             if time.monotonic() - last_log >= self._log_interval_s:
                 last_log = time.monotonic()
                 status = self.status()
@@ -102,8 +106,8 @@ class NodeMonitor:
             await asyncio.sleep(interval)
 
     def health(self) -> HealthReport:
-        if not self._loops_alive():
-            return HealthReport(ok=False, reason="a background loop of the node has stopped")
+        if failed := self._failed_loops():
+            return HealthReport(ok=False, reason=f"background loop not running: {'; '.join(failed)}")
         if not self._models():
             return HealthReport(ok=False, reason="no model is loaded")
         in_grace = time.monotonic() - self._started < self._startup_grace_s

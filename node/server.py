@@ -38,6 +38,7 @@ from node.outbox import ResultOutbox
 from node.p2p import GossipMessage, P2PHost
 from node.recovery import recover_interrupted
 from node.remote_health import RemoteHealth, remote_models
+from node.supervisor import Supervisor, thread_alive
 from node.systemd import SystemdNotifier
 from node.worker import TaskRunner
 from node.workflow_setup import engine_options
@@ -66,6 +67,8 @@ class NodeServer:
         self._force_exit = False
         self.pool: ExecutionPool | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self.exit_code = 0
+        self.supervisor = Supervisor(self._on_fatal_loop)
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._journal_log = LogWindow(settings.reject_log_window)  # a full disk fails every task: log it once a window
 
@@ -138,16 +141,18 @@ class NodeServer:
             capacity=self.executor.capacity, pending=lambda: self.executor.pending,
             tps=lambda: remote.advertised_tps(pool.available_tps()), interval=settings.heartbeat_interval,
         )
+        loops = self.supervisor
         self._loops = [
-            asyncio.create_task(self._consume_tasks(queues[TASK_TOPIC]), name="intake"),
-            asyncio.create_task(self._drain_queue(queues[RESULTS_TOPIC]), name="results"),
-            asyncio.create_task(self._consume_heartbeats(queues[HEARTBEAT_TOPIC]), name="heartbeats"),
-            asyncio.create_task(heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(connector.run(), name="connector"),
-            asyncio.create_task(outbox.run(), name="outbox"),
-            asyncio.create_task(remote.run(), name="remote-health"),
+            loops.start("intake", lambda: self._consume_tasks(queues[TASK_TOPIC])),
+            loops.start("results", lambda: self._drain_queue(queues[RESULTS_TOPIC])),
+            loops.start("heartbeats", lambda: self._consume_heartbeats(queues[HEARTBEAT_TOPIC])),
+            loops.start("heartbeat", heartbeat.run),
+            loops.start("connector", connector.run),
+            loops.start("outbox", outbox.run),
+            loops.start("remote-health", remote.run),
+            loops.watch_thread("p2p-thread", lambda: thread_alive(host.thread_name)),
         ]
-        self.monitor.watch_loops(lambda: all(not loop.done() for loop in self._loops))
+        self.monitor.watch_loops(loops.failed)
         if settings.http_enabled:
             self.http = HttpServer(create_app(self.metrics, self.monitor.health, self._status))
             await self.http.start(settings.http_host, settings.http_port)
@@ -158,7 +163,7 @@ class NodeServer:
             print(f"listening on {addr}", flush=True)
         self.notifier.ready()
         self.notifier.status(f"serving {', '.join(names)} as {self.identity.address}")
-        self._loops.append(asyncio.create_task(self.monitor.run(), name="monitor"))  # watchdog pings after READY
+        self._loops.append(loops.start("monitor", self.monitor.run))  # watchdog pings after READY
 
     def _status(self) -> dict[str, Any]:
         assert self.monitor is not None and self.pool is not None
@@ -281,6 +286,12 @@ class NodeServer:
         while True:
             await queue.get()
 
+    def _on_fatal_loop(self, name: str, reason: str) -> None:
+        """A loop that cannot continue: exit non-zero so systemd or Docker restarts the node."""
+        log.error("node exiting: a background loop cannot continue", loop=name, error=reason)
+        self.exit_code = 1
+        self.request_exit()
+
     def _on_reject(self, topic: str, reason: str) -> None:
         if topic == TASK_TOPIC:
             self.metrics.reject(reason)
@@ -314,4 +325,6 @@ def run_node(settings: Settings) -> int:
         log.error("node failed", error=str(exc), error_type=type(exc).__name__)
         print(f"compute-node: {exc}", file=sys.stderr)
         return 1
-    return 0
+    if server.supervisor.fatal is not None:
+        print(f"compute-node: background loop failed: {server.supervisor.fatal}", file=sys.stderr)
+    return server.exit_code

@@ -26,12 +26,12 @@ from node.metrics import NodeMetrics
 from node.outbox import ResultOutbox
 from node.results import error_body, success_body
 from workflows import EngineOptions, WorkflowResult
+from workflows.errors import INVALID_PROMPT
 
 # A task the crash interrupted runs again only with at least this much of its deadline left.
 RERUN_MIN_TIME_LEFT_S = 10.0
 # Past max_time the engine in the process stops the task itself; the daemon cancels after this margin.
 MAX_TIME_MARGIN_S = 2.0
-INVALID_PROMPT = "Invalid prompt: "
 
 
 class TaskRunner:

@@ -170,14 +170,15 @@ async def test_redirect_to_a_non_allowed_target_is_refused(servers: tuple[LocalS
     assert b.seen == [] and [s.path for s in a.seen] == [path]
 
 
-async def test_operator_secret_goes_only_to_its_host(servers: tuple[LocalServer, LocalServer]) -> None:
+async def test_operator_secret_never_goes_over_plain_http(servers: tuple[LocalServer, LocalServer]) -> None:
     a, b = servers
     settings = ToolSettings(egress_allow=["127.0.0.1"], secrets={f"127.0.0.1:{a.port}": {"Authorization": "Bearer A"}})
     for url in (b.url("/"), a.url("/to-b")):
         tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings)
         assert tool.run is not None
         assert await tool.run({"code": "A-17"}) == "from B"
-    assert a.seen[0].headers["authorization"] == "Bearer A"
+    # The key names A's host and port, but the request is http://: secrets go only over https.
+    assert "authorization" not in a.seen[0].headers
     assert [s.headers.get("authorization") for s in b.seen] == [None, None]
     # The workflow's own headers went to the host it named, not across the redirect.
     assert b.seen[0].headers.get("x-from-workflow") == "1" and "x-from-workflow" not in b.seen[1].headers

@@ -8,10 +8,12 @@ from workflows.builders import Simple
 from workflows.errors import (
     EgressRefusedError,
     LimitExceededError,
+    ResultTooLargeError,
     TaskError,
     ToolError,
     WorkflowError,
     WorkflowValidationError,
+    public_error_text,
 )
 from workflows.executor import WorkflowResult, run_workflow
 from workflows.options import EngineOptions, SearchProvider, ToolSettings
@@ -22,6 +24,7 @@ __all__ = [
     "EngineOptions",
     "LimitExceededError",
     "ModelBackend",
+    "ResultTooLargeError",
     "SearchProvider",
     "Simple",
     "TaskError",
@@ -32,5 +35,6 @@ __all__ = [
     "WorkflowResult",
     "WorkflowValidationError",
     "parse_workflow",
+    "public_error_text",
     "run_workflow",
 ]

@@ -2,12 +2,17 @@
 
 Every hop (the first request and each redirect, which we follow ourselves):
 1. the host is resolved and every address must be public (not loopback,
-   private, link-local, multicast, reserved, unspecified; IPv4 and IPv6) unless
+   private, link-local, site-local, multicast, reserved, unspecified; IPv4 and
+   IPv6; an IPv6 address embedding an IPv4 one, as IPv4-mapped/compatible, 6to4
+   and NAT64 do, is judged by that IPv4 address too; Teredo is refused) unless
    the operator's allow-list names the host or a network holding the address;
 2. the connection goes to the address that was checked (no second DNS lookup
    an attacker could rebind), with the original Host header and TLS SNI;
-3. operator secrets are attached only when the hop's host is configured for them.
-Responses are capped in bytes and the whole exchange in time.
+3. operator secrets are attached only to https hops to the host and port they
+   were configured for.
+Responses are capped in bytes as received (before any decompression) and again
+once decoded, and the whole exchange in time. Error texts name the cause, never
+the URL (it may come from the model or the task).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -29,7 +35,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _REDIRECTS = {301, 302, 303, 307, 308}
 # Headers a workflow may not set: they belong to the connection, not the request.
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
+# Encodings we decode ourselves under the byte cap (httpx would decode uncapped).
+_ACCEPT_ENCODING = "gzip, deflate"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,37 @@ class AllowEntry:
         return address.version == self.network.version and address in self.network
 
 
+_TEREDO = ipaddress.ip_network("2001::/32")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: IPv4-mapped/compatible, 6to4 or NAT64."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _public_v4(address: ipaddress.IPv4Address) -> bool:
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
+
+
 def is_public(address: IPAddress) -> bool:
-    """Whether an address is on the public internet (mapped IPv4 unwrapped)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether an address is on the public internet; an embedded IPv4 address decides for IPv6 forms that carry one."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return _public_v4(address)
+    if address in _TEREDO or address in _SITE_LOCAL or address in _NAT64_LOCAL:
+        return False
+    embedded = embedded_ipv4(address)
+    if embedded is not None:
+        return _public_v4(embedded)
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
@@ -89,7 +125,7 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ToolError(f"cannot resolve host {host!r}: {e.strerror}") from None
+        raise ToolError(f"cannot resolve the tool's host: {e.strerror}") from None
     # Drop IPv6 scope ids ("fe80::1%eth0") before parsing.
     return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
@@ -104,30 +140,55 @@ class EgressPolicy:
     async def check(self, url: httpx.URL, *, trusted: bool = False) -> IPAddress:
         """The address to connect to for `url`; raises EgressRefusedError if not allowed."""
         if url.scheme not in ("http", "https") or not url.host:
-            raise EgressRefusedError(f"refused {url}: only http(s) URLs with a host are allowed")
+            raise EgressRefusedError("tool request refused: only http(s) URLs with a host are allowed")
         host, port = url.host.lower(), _default_port(url)
         addresses = await _resolve(host, port)
         if not trusted:
             for address in addresses:
                 if not is_public(address) and not any(e.permits(host, port, address) for e in self.allow):
+                    log.info("egress_refused", host=host, port=port, address=str(address))
                     raise EgressRefusedError(
-                        f"refused {url.scheme}://{url.netloc.decode()}: address {address} is not public "
-                        "(loopback, private, link-local, multicast or reserved) and not in the operator's allow-list"
+                        "tool request refused: the address is not public (loopback, private, link-local, "
+                        "site-local, multicast or reserved) and not in the operator's allow-list"
                     )
         return addresses[0]
 
     def secret_headers(self, url: httpx.URL) -> dict[str, str]:
-        """Headers the operator configured for exactly this host (or host:port)."""
+        """Headers the operator configured for this https host and port (443 unless the key names one)."""
+        if url.scheme != "https":
+            return {}
         host, port = url.host.lower(), _default_port(url)
         literal = _ip_literal(host)
         headers: dict[str, str] = {}
         for key, values in self.settings.secrets.items():
-            entry = AllowEntry.parse(key)
-            by_name = entry.name == host and entry.port in (None, port)
+            entry = secret_target(key)
+            if (entry.port or 443) != port:
+                continue
+            by_name = entry.name == host
             by_address = literal is not None and entry.network is not None and entry.permits(host, port, literal)
             if by_name or by_address:
                 headers.update({k: v.get_secret_value() for k, v in values.items()})
         return headers
+
+
+def secret_target(key: str) -> AllowEntry:
+    """Where a `tool_secrets` key lets its headers go: `host`, `host:port` or `https://host[:port]`."""
+    scheme, sep, rest = key.strip().partition("://")
+    if sep:
+        if scheme.lower() != "https":
+            raise ValueError(f"{key!r}: secrets go only over https")
+        key = rest.rstrip("/")
+    if not key or ("/" in key and not _is_network(key)):
+        raise ValueError(f"{key!r}: write 'host', 'host:port' or 'https://host[:port]'")
+    return AllowEntry.parse(key)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _ip_literal(host: str) -> IPAddress | None:
@@ -154,11 +215,12 @@ async def fetch(
         async with asyncio.timeout(settings.http_timeout_s):
             return await _exchange(policy, method, httpx.URL(url).copy_merge_params(params or {}), headers or {}, json_body, trusted)
     except TimeoutError:
-        raise ToolError(f"request to {url} timed out after {settings.http_timeout_s:g} s") from None
-    except httpx.InvalidURL as e:
-        raise ToolError(f"invalid URL {url!r}: {e}") from None
+        raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
+    except httpx.InvalidURL:
+        raise ToolError("tool request: invalid URL") from None
     except httpx.HTTPError as e:
-        raise ToolError(f"request to {url} failed: {type(e).__name__}: {e}") from None
+        log.info("egress_failed", error=str(e))  # local log only: the text may hold the URL
+        raise ToolError(f"tool request failed: {type(e).__name__}") from None
 
 
 async def _exchange(
@@ -171,6 +233,7 @@ async def _exchange(
             hop_headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS})
             hop_headers.update(policy.secret_headers(url))  # replaces same-named headers, any case
             hop_headers["Host"] = url.netloc.decode()  # we connect to the checked address
+            hop_headers["Accept-Encoding"] = _ACCEPT_ENCODING
             pinned = url.copy_with(host=str(address))
             request = client.build_request(
                 method,
@@ -183,7 +246,7 @@ async def _exchange(
             try:
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECTS or not location:
-                    body = await _read_capped(response, settings.max_response_bytes, url)
+                    body = await _read_capped(response, settings.max_response_bytes)
                     return HttpResponse(response.status_code, str(url), body)
             finally:
                 await response.aclose()
@@ -194,13 +257,44 @@ async def _exchange(
             if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):
                 headers = {}  # the workflow's headers were meant for the first origin only
             url = next_url
-    raise ToolError(f"too many redirects (more than {settings.max_redirects}) starting at {url}")
+    raise ToolError(f"tool request: too many redirects (more than {settings.max_redirects})")
 
 
-async def _read_capped(response: httpx.Response, limit: int, url: httpx.URL) -> str:
+async def _read_capped(response: httpx.Response, limit: int) -> str:
+    """The body, at most `limit` bytes as received and at most `limit` bytes once decoded."""
     data = bytearray()
-    async for piece in response.aiter_bytes():
+    async for piece in response.aiter_raw():  # as received: before any Content-Encoding is undone
         data.extend(piece)
         if len(data) > limit:
-            raise ToolError(f"response from {url} is larger than {limit} bytes")
-    return data.decode(response.encoding or "utf-8", errors="replace")
+            raise ToolError(f"tool response is larger than {limit} bytes")
+    body = bytes(data)
+    encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
+    for encoding in reversed(encodings):  # the last one applied is undone first
+        body = _decode(body, encoding, limit)
+    return body.decode(response.encoding or "utf-8", errors="replace")
+
+
+def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "identity":
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, _GZIP_WBITS, limit)
+    if encoding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
+        try:
+            return _inflate(body, zlib.MAX_WBITS, limit)
+        except zlib.error:
+            return _inflate(body, -zlib.MAX_WBITS, limit)
+    raise ToolError(f"tool response has an unsupported content encoding ({encoding[:20]})")
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)  # never more than one byte past the cap
+    except zlib.error as e:
+        if wbits == zlib.MAX_WBITS:
+            raise
+        raise ToolError(f"tool response is not valid compressed data ({e})") from None
+    if len(out) > limit:
+        raise ToolError(f"tool response is larger than {limit} bytes once decompressed")
+    return out

@@ -1,33 +1,97 @@
-"""The engine's error types. `str(error)` is the human reason given back to the publisher."""
+"""The engine's error types and the one function that turns an error into public text.
+
+`str(error)` is the human reason; `public_error_text` is what a node may send
+back (PROTOCOL.md section 5): errors that fail the same way on any node
+(`deterministic`) start with `Invalid prompt: `, the others never contain that
+phrase, and no text carries task data (prompt text, memory values, model
+output, tool URLs): messages name causes and workflow structure only.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import ClassVar, Literal
+
+from models.requests import ModelError
+
+INVALID_PROMPT = "Invalid prompt: "
+MAX_ERROR_CHARS = 500
+_PHRASE = re.compile(r"invalid\s+prompt", re.IGNORECASE)
+
+Limit = Literal["max_steps", "max_time", "max_tokens", "memory"]
 
 
 class WorkflowError(Exception):
     """Base of every error the workflow engine raises."""
 
+    # True when the same workflow fails the same way on any node (no retry helps).
+    deterministic: ClassVar[bool] = False
+
 
 class WorkflowValidationError(WorkflowError):
     """The workflow is malformed; the message names the field path at fault."""
 
+    deterministic = True
+
 
 class LimitExceededError(WorkflowError):
-    """The run exceeded `max_steps` or `max_time`."""
+    """The run exceeded a budget: steps, time, tokens or memory."""
 
-    def __init__(self, limit: Literal["max_steps", "max_time"], message: str) -> None:
+    def __init__(self, limit: Limit, message: str) -> None:
         super().__init__(message)
         self.limit = limit
 
 
+class ResultTooLargeError(WorkflowError):
+    """The result is larger than this node sends back."""
+
+
 class TaskError(WorkflowError):
-    """One task failed (a missing required input, a bad model answer, ...)."""
+    """One task failed (a bad model answer, an empty stack, ...)."""
+
+
+class InvalidTaskError(TaskError):
+    """A task cannot run as written (a missing required input, no message to send)."""
+
+    deterministic = True
+
+
+class UnsupportedSchemaError(InvalidTaskError):
+    """A task's JSON schema cannot be turned into a grammar."""
+
+
+class ModelFailedError(TaskError):
+    """The model failed while running a task (transient: another node may succeed)."""
 
 
 class ToolError(WorkflowError):
-    """A tool is unknown, unavailable, refused by egress policy, or failed."""
+    """A tool is unavailable, refused by egress policy, or failed."""
+
+
+class InvalidToolError(ToolError):
+    """The workflow names an unknown tool or uses tools in a way no node can run."""
+
+    deterministic = True
 
 
 class EgressRefusedError(ToolError):
     """A tool HTTP request was refused before any connection was made."""
+
+
+def public_error_text(error: BaseException) -> str:
+    """The error text a node sends for `error` (see the module docstring)."""
+    if isinstance(error, WorkflowError):
+        text = str(error)
+        if isinstance(error, WorkflowValidationError):
+            text = f"invalid workflow: {text}"
+    elif isinstance(error, ModelError):
+        text = f"model error: {error}"
+    else:
+        text = f"internal error: {type(error).__name__}"
+    # Workflow-chosen names (task ids, keys) must not forge the deterministic marker.
+    text = _PHRASE.sub("invalid-prompt", text)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 3] + "..."
+    if isinstance(error, WorkflowError) and error.deterministic:
+        return INVALID_PROMPT + text
+    return text

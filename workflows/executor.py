@@ -11,7 +11,7 @@ import structlog
 from models.requests import ModelError
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
-from workflows.errors import LimitExceededError, TaskError, WorkflowError
+from workflows.errors import LimitExceededError, ModelFailedError, ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve, write_outputs
 from workflows.memory import Memory
 from workflows.operators import RunContext, run_task
@@ -55,7 +55,9 @@ async def run_workflow(
 
     `prompt` becomes the cache entry `__input`; `embedder` (default: `model`)
     provides the file store's embeddings. `max_time` is enforced while a task
-    runs: an in-flight generation is cancelled.
+    runs: an in-flight generation is cancelled. Every step yields to the event
+    loop, memory writes are checked against `options.max_memory_bytes`, and a
+    result over `options.max_result_bytes` raises ResultTooLargeError.
     """
     options = options or EngineOptions()
     max_steps = int(_capped(workflow.config.max_steps, options.max_steps_cap))
@@ -63,7 +65,7 @@ async def run_workflow(
     ctx = RunContext(
         config=workflow.config,
         model=model,
-        memory=Memory.create(embedder or model, workflow.external_memory, prompt),
+        memory=Memory.create(embedder or model, workflow.external_memory, prompt, options.max_memory_bytes),
         tools=tools or ToolSettings(),
         options=options,
         rng=random.Random(options.seed),
@@ -73,13 +75,16 @@ async def run_workflow(
     try:
         async with timer:
             await _walk(workflow, ctx, max_steps, progress)
-            text = await build_result(workflow.return_value, ctx.memory)
+            text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes)
     except TimeoutError:
         if not timer.expired():
             raise
         raise LimitExceededError(
             "max_time", f"max_time exceeded: the workflow ran longer than {max_time:g} s (in task {progress.current!r})"
         ) from None
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > options.max_result_bytes:
+        raise ResultTooLargeError(f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})")
     log.info("workflow_done", steps=progress.steps, completion_tokens=ctx.usage.completion_tokens)
     return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 
@@ -87,6 +92,8 @@ async def run_workflow(
 async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _Progress) -> None:
     node = workflow.steps[0].source
     while (edge := _edge_from(workflow, node)) is not None:
+        # Steps that never await (end, sample, memory-only) must not starve the loop.
+        await asyncio.sleep(0)
         task = workflow.task(node)
         assert task is not None  # edge sources are validated to be tasks
         if progress.steps >= max_steps:
@@ -103,7 +110,7 @@ async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _
         except (WorkflowError, ModelError) as e:
             if edge.fallback is None:
                 if isinstance(e, ModelError):
-                    raise TaskError(f"task {task.id!r} failed: model error: {e}") from e
+                    raise ModelFailedError(f"task {task.id!r} failed: model error: {e}") from e
                 raise type(e)(f"task {task.id!r} failed: {e}") from e
             log.info("task_failed_fallback", task=task.id, fallback=edge.fallback, error=str(e))
             node = edge.fallback

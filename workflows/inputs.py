@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows.errors import TaskError
+from workflows.errors import InvalidTaskError, LimitExceededError
 from workflows.memory import Entry, Memory, render_entry
 from workflows.schema import RESULT_VALUE, InputValue, TaskInput, TaskOutput
 
@@ -43,17 +43,30 @@ def render(resolved: Resolved) -> str:
     return render_entry(resolved)
 
 
-async def resolve_inputs(inputs: list[TaskInput], memory: Memory) -> dict[str, str]:
-    """Render every declared input; a required one that resolves to nothing fails."""
+def check_rendered(size: int, limit: int | None) -> None:
+    """Raise LimitExceededError once rendered inputs pass `limit` characters."""
+    if limit is not None and size > limit:
+        raise LimitExceededError("memory", f"memory limit exceeded: the task's inputs render to more than {limit} characters")
+
+
+async def resolve_inputs(inputs: list[TaskInput], memory: Memory, limit: int | None = None) -> dict[str, str]:
+    """Render every declared input; a required one that resolves to nothing fails.
+
+    With `limit`, inputs rendering to more than `limit` characters together
+    raise LimitExceededError (many inputs naming one large stack).
+    """
     rendered: dict[str, str] = {}
+    size = 0
     for item in inputs:
         resolved = await resolve(item.value, memory)
         if resolved is None and item.required:
             source = "the task's prompt (none was given)" if item.value.type == "input" else (
                 f"{item.value.type} {item.value.key!r}"
             )
-            raise TaskError(f"required input {item.name!r} ({source}) resolved to nothing")
+            raise InvalidTaskError(f"required input {item.name!r} ({source}) resolved to nothing")
         rendered[item.name] = render(resolved)
+        size += len(rendered[item.name])
+        check_rendered(size, limit)
     return rendered
 
 

@@ -1,7 +1,8 @@
 """A run's memory: the cache, the stacks and the vector file store.
 
 An entry is a string or a JSON value; a string that parses as JSON is kept as
-JSON (so "42" becomes 42). Memory is created fresh for every run.
+JSON (so "42" becomes 42). Memory is created fresh for every run, with a byte
+budget every write is checked against (a workflow cannot grow it without bound).
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from typing import Any
 
 from models.requests import EmbeddingRequest
 from workflows.backend import ModelBackend
+from workflows.errors import LimitExceededError
 
 Entry = Any  # str | int | float | bool | list | dict
 CHUNK_CHARS = 250
 TOP_K = 3
 SIMILAR_THRESHOLD = 0.95
+EMBED_BATCH = 4  # texts per embedding call
+ENTRY_OVERHEAD = 64  # bytes charged per entry besides its text (Python object headers)
+JSON_FACTOR = 4  # a parsed JSON value takes several times its text in Python objects
+FLOAT_BYTES = 8
+VECTOR_GUESS = 1024  # floats per embedding until the first one is known
+UNLIMITED = 1 << 62
 
 
 def coerce_entry(value: Any) -> Entry:
@@ -25,7 +33,7 @@ def coerce_entry(value: Any) -> Entry:
     if isinstance(value, str):
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return value
         return value if parsed is None else parsed
     return value
@@ -36,6 +44,36 @@ def render_entry(entry: Entry) -> str:
     if isinstance(entry, str):
         return entry
     return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def text_bytes(text: str) -> int:
+    """An upper bound of `text` in UTF-8 bytes, without encoding it."""
+    return len(text) if text.isascii() else 4 * len(text)
+
+
+def entry_bytes(entry: Entry) -> int:
+    """What holding `entry` is charged against the memory budget."""
+    if isinstance(entry, str):
+        return ENTRY_OVERHEAD + text_bytes(entry)
+    return ENTRY_OVERHEAD + JSON_FACTOR * text_bytes(render_entry(entry))
+
+
+@dataclass
+class MemoryBudget:
+    """Bytes a run's memory may hold; `take` raises before the limit is passed."""
+
+    limit: int = UNLIMITED
+    held: int = 0
+
+    def take(self, amount: int, what: str) -> None:
+        if self.held + amount > self.limit:
+            raise LimitExceededError(
+                "memory", f"memory limit exceeded: {what} would make the run hold more than {self.limit} bytes"
+            )
+        self.held += amount
+
+    def give(self, amount: int) -> None:
+        self.held = max(0, self.held - amount)
 
 
 def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -70,15 +108,31 @@ class FileStore:
     """Text chunks with their embeddings; top-k cosine search."""
 
     embedder: ModelBackend
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
     chunks: list[tuple[str, list[float]]] = field(default_factory=list)
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        return await self.embedder.embed(EmbeddingRequest(texts=texts))
+        # In small batches: an embedding call cannot be stopped once started, so a
+        # cancelled run (max_time, deadline) frees the embedding worker within one batch.
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            vectors += await self.embedder.embed(EmbeddingRequest(texts=texts[start : start + EMBED_BATCH]))
+        return vectors
 
     async def insert(self, text: str) -> None:
         pieces = chunk_text(text)
         if pieces:
-            vectors = await self._embed(pieces)
+            dims = len(self.chunks[0][1]) if self.chunks else VECTOR_GUESS
+            # Charged before the (costly) embedding, with the vectors' size estimated, then settled.
+            estimate = sum(ENTRY_OVERHEAD + text_bytes(p) + FLOAT_BYTES * dims for p in pieces)
+            self.budget.take(estimate, "an insert into the file store")
+            try:
+                vectors = await self._embed(pieces)
+            except BaseException:
+                self.budget.give(estimate)
+                raise
+            self.budget.give(FLOAT_BYTES * dims * len(pieces))
+            self.budget.take(sum(FLOAT_BYTES * len(v) for v in vectors), "an insert into the file store")
             self.chunks.extend(zip(pieces, vectors, strict=True))
 
     async def scored(self, query: str) -> list[tuple[float, str]]:
@@ -104,10 +158,16 @@ class Memory:
     cache: dict[str, Entry] = field(default_factory=dict)
     stacks: dict[str, list[Entry]] = field(default_factory=dict)
 
+    @property
+    def budget(self) -> MemoryBudget:
+        return self.files.budget
+
     @classmethod
-    def create(cls, embedder: ModelBackend, external: dict[str, Any], prompt: str | None) -> Memory:
-        """Fresh memory loaded with `external_memory` and the task's prompt."""
-        memory = cls(files=FileStore(embedder))
+    def create(
+        cls, embedder: ModelBackend, external: dict[str, Any], prompt: str | None, limit: int = UNLIMITED
+    ) -> Memory:
+        """Fresh memory loaded with `external_memory` and the task's prompt, holding at most `limit` bytes."""
+        memory = cls(files=FileStore(embedder, MemoryBudget(limit)))
         for key, value in external.items():
             if isinstance(value, list):
                 for item in value:
@@ -119,17 +179,27 @@ class Memory:
         return memory
 
     def write(self, key: str, value: Any) -> None:
-        self.cache[key] = coerce_entry(value)
+        entry = coerce_entry(value)
+        old = self.cache.get(key)
+        freed = entry_bytes(old) + text_bytes(key) if key in self.cache else 0
+        self.budget.take(entry_bytes(entry) + text_bytes(key) - freed, f"a write to {key!r}")
+        self.cache[key] = entry
 
     def read(self, key: str) -> Entry | None:
         return self.cache.get(key)
 
     def push(self, key: str, value: Any) -> None:
-        self.stacks.setdefault(key, []).append(coerce_entry(value))
+        entry = coerce_entry(value)
+        self.budget.take(entry_bytes(entry) + (0 if key in self.stacks else text_bytes(key)), f"a push to {key!r}")
+        self.stacks.setdefault(key, []).append(entry)
 
     def pop(self, key: str) -> Entry | None:
         stack = self.stacks.get(key)
-        return stack.pop() if stack else None
+        if not stack:
+            return None
+        entry = stack.pop()
+        self.budget.give(entry_bytes(entry))
+        return entry
 
     def peek(self, key: str, index: int = 0) -> Entry | None:
         stack = self.stacks.get(key, [])

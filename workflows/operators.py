@@ -9,12 +9,20 @@ from typing import Any
 
 from models.requests import ChatMessage, GenerationRequest, ModelError
 from workflows.backend import ModelBackend
-from workflows.errors import TaskError, ToolError
-from workflows.inputs import render, resolve, resolve_inputs
+from workflows.errors import (
+    InvalidTaskError,
+    InvalidToolError,
+    LimitExceededError,
+    ModelFailedError,
+    TaskError,
+    UnsupportedSchemaError,
+)
+from workflows.inputs import check_rendered, render, resolve, resolve_inputs
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
 from workflows.schema import Task, WorkflowConfig
+from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
 from workflows.tools import build_tools, web_search
 
@@ -41,9 +49,16 @@ class RunContext:
 
     @property
     def max_tokens(self) -> int:
+        """Tokens the next generation may produce: the workflow's ask, capped, within the run's budget."""
         wanted = self.config.max_tokens or self.options.max_tokens
         cap = self.options.max_tokens_cap
-        return min(wanted, cap) if cap else wanted
+        left = self.options.max_task_tokens - self.usage.completion_tokens
+        if left <= 0:
+            raise LimitExceededError(
+                "max_tokens", f"token budget exceeded: the run generated {self.usage.completion_tokens} tokens "
+                f"(this node allows {self.options.max_task_tokens} per task)"
+            )
+        return min(wanted, cap, left) if cap else min(wanted, left)
 
 
 async def run_task(task: Task, ctx: RunContext) -> str:
@@ -52,8 +67,9 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         return ""
     if task.operator == "sample":
         return await _sample(task, ctx)
-    values = await resolve_inputs(task.inputs, ctx.memory)
-    messages = [ChatMessage(role=m.role, content=fill(m.content, values)) for m in task.messages]
+    limit = ctx.options.max_memory_bytes
+    values = await resolve_inputs(task.inputs, ctx.memory, limit)
+    messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]
     match task.operator:
         case "generation":
             return await generate(ctx, messages, task.json_schema)
@@ -79,7 +95,9 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
     try:
         generation = await ctx.model.generate(request)
     except ModelError as e:
-        raise TaskError(f"model {ctx.model.name!r} failed: {e}") from e
+        if _is_grammar_error(e):  # the same schema fails on every node
+            raise UnsupportedSchemaError(f"the task's schema is not supported: {e}") from e
+        raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
     if schema is not None:
@@ -91,24 +109,35 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
     return generation.text
 
 
+def _is_grammar_error(error: ModelError) -> bool:
+    # Imported here: models.sampling loads llama.cpp, which `import workflows` must not.
+    from models.sampling import GrammarError
+
+    return isinstance(error, GrammarError)
+
+
 async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execute: bool) -> str:
     tools = build_tools(ctx.config, ctx.tools, ctx.options.tool_arg_max_length)
     if not tools:
-        raise ToolError("function calling needs tools, but config.tools and config.custom_tools offer none")
+        raise InvalidToolError("function calling needs tools, but config.tools and config.custom_tools offer none")
     schema = call_schema(tools, ctx.options.tool_arg_max_length)
+    try:
+        check_schema(schema)  # many tools or body keys together can still make a grammar bomb
+    except SchemaTooLargeError as e:
+        raise InvalidToolError(f"the tools together make a call schema that {e}") from None
     text = await generate(ctx, with_tool_prompt(messages, tools), schema)
     call = parse_call(text, tools)
     if not execute:
         return json.dumps(call, ensure_ascii=False)
     tool = next(t for t in tools if t.name == call["name"])
     if tool.run is None:
-        raise ToolError(f"tool {tool.name!r} has mode 'custom' and cannot be executed; use function_calling_raw")
+        raise InvalidToolError(f"tool {tool.name!r} has mode 'custom' and cannot be executed; use function_calling_raw")
     return await tool.run(call["arguments"])
 
 
 async def _search(ctx: RunContext, messages: list[ChatMessage]) -> str:
     if not messages:
-        raise TaskError("the search operator needs a message holding the query")
+        raise InvalidTaskError("the search operator needs a message holding the query")
     content = messages[-1].content
     try:
         spec = json.loads(content)
@@ -124,12 +153,15 @@ async def _sample(task: Task, ctx: RunContext) -> str:
     """For each input pick one random entry of the stack it names (or the list it is)."""
     values: dict[str, str] = {}
     samples: list[str] = []
+    size = 0
     for item in task.inputs:
         resolved = await resolve(item.value, ctx.memory)
         values[item.name] = render(resolved)
+        size += len(values[item.name])
+        check_rendered(size, ctx.options.max_memory_bytes)
         pool = resolved if isinstance(resolved, list) else ctx.memory.get_all(render(resolved))
         if not pool:
-            raise TaskError(f"sample input {item.name!r}: stack {render(resolved)!r} is empty or missing")
+            raise TaskError(f"sample input {item.name!r}: the stack it names is empty or missing")
         samples.append(render_entry(ctx.rng.choice(pool)))
-    prompt = fill(task.messages[-1].content, values) if task.messages else ""
+    prompt = fill(task.messages[-1].content, values, ctx.options.max_memory_bytes) if task.messages else ""
     return "".join([prompt, *(f": {s}" for s in samples)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 
 class SearchProvider(BaseModel):
@@ -24,21 +24,46 @@ class ToolSettings(BaseModel):
     # Hosts ("api.example.com", "127.0.0.2", "127.0.0.1:8080") and CIDRs
     # ("10.1.0.0/16") tool requests may reach even though they are not public.
     egress_allow: list[str] = Field(default_factory=list)
-    # host (or host:port) -> headers attached only to requests to that host.
+    # "host", "host:port" or "https://host[:port]" -> headers attached only to
+    # https requests to that host and port (443 unless named); http:// is refused.
     secrets: dict[str, dict[str, SecretStr]] = Field(default_factory=dict)
     http_timeout_s: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=1_000_000, gt=0)
     max_redirects: int = Field(default=5, ge=0)
 
+    @field_validator("secrets")
+    @classmethod
+    def _https_targets(cls, value: dict[str, dict[str, SecretStr]]) -> dict[str, dict[str, SecretStr]]:
+        from workflows.egress import secret_target  # egress imports this module
+
+        for key in value:
+            secret_target(key)
+        return value
+
+
+# Budgets a workflow cannot raise; an operator may tighten (or loosen) them.
+DEFAULT_MAX_STEPS = 1000
+DEFAULT_MAX_TIME_S = 3600.0
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_TASK_TOKENS = 32768
+DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024
+DEFAULT_RESULT_BYTES = 64 * 1024
+
 
 class EngineOptions(BaseModel):
-    """Model defaults and the limits the operator allows a workflow to ask for."""
+    """Model defaults and the budgets the operator allows a workflow to use."""
 
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     seed: int | None = None
     max_tokens: int = Field(default=250, ge=1)  # when the workflow names none
-    max_tokens_cap: int | None = Field(default=None, ge=1)
-    max_steps_cap: int | None = Field(default=None, ge=1)
-    max_time_cap: float | None = Field(default=None, gt=0)
+    max_tokens_cap: int | None = Field(default=DEFAULT_MAX_TOKENS, ge=1)  # per generation
+    max_steps_cap: int | None = Field(default=DEFAULT_MAX_STEPS, ge=1)
+    max_time_cap: float | None = Field(default=DEFAULT_MAX_TIME_S, gt=0, allow_inf_nan=False)
+    # Completion tokens of all generations of one run together.
+    max_task_tokens: int = Field(default=DEFAULT_TASK_TOKENS, ge=1)
+    # Bytes one run may hold in its memory (cache, stacks, file store), checked on every write.
+    max_memory_bytes: int = Field(default=DEFAULT_MEMORY_BYTES, ge=1024)
+    # UTF-8 bytes of the result string; larger is a `result too large` error.
+    max_result_bytes: int = Field(default=DEFAULT_RESULT_BYTES, ge=1)
     # maxLength put on every string a tool call may contain (small models loop).
     tool_arg_max_length: int = Field(default=200, ge=1)

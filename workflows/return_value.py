@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 
-from workflows.errors import WorkflowError
+from workflows.errors import ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve
 from workflows.memory import Memory, render_entry
 from workflows.schema import PostProcess, ReturnValue
 
 
-async def build_result(spec: ReturnValue, memory: Memory) -> str:
-    """The result text: resolved input(s), optionally as a JSON array, post-processed."""
+async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = None) -> str:
+    """The result text: resolved input(s), optionally as a JSON array, post-processed.
+
+    With `limit`, a post-processing step that would grow the text past `limit`
+    characters raises ResultTooLargeError before it runs.
+    """
     values = spec.input if isinstance(spec.input, list) else [spec.input]
     resolved = []
     for i, value in enumerate(values):
@@ -24,25 +28,32 @@ async def build_result(spec: ReturnValue, memory: Memory) -> str:
         resolved.append(item)
 
     is_list = isinstance(spec.input, list) or isinstance(resolved[0], list)
-    if spec.to_json and is_list:
-        # A list (get_all, several inputs) becomes a JSON array of strings.
-        flat: list[str] = []
-        for item in resolved:
-            items = item if isinstance(item, list) else [item]
-            flat.extend(render_entry(e) for e in items)
-        text = json.dumps(flat, ensure_ascii=False)
-    else:
-        text = "\n".join(render(item) for item in resolved)
+    parts: list[str] = []
+    size = 0
+    # Rendered piece by piece against `limit`: many inputs naming one large stack must not multiply it.
+    for item in resolved:
+        for piece in (item if spec.to_json and is_list and isinstance(item, list) else [item]):
+            parts.append(render_entry(piece) if spec.to_json and is_list else render(piece))
+            size += len(parts[-1])
+            if limit is not None and size > limit:
+                raise ResultTooLargeError(f"result too large: the return value renders to more than {limit} characters")
+    # A list (get_all, several inputs) with to_json becomes a JSON array of strings.
+    text = json.dumps(parts, ensure_ascii=False) if spec.to_json and is_list else "\n".join(parts)
     for step in spec.post_process:
-        text = post_process(text, step)
+        text = post_process(text, step, limit)
     return text
 
 
-def post_process(text: str, step: PostProcess) -> str:
+def post_process(text: str, step: PostProcess, limit: int | None = None) -> str:
     """Apply one post-processing step."""
     match step.process_type:
         case "replace":
-            return text.replace(step.lhs or "", step.rhs or "") if step.lhs else text
+            if not step.lhs:
+                return text
+            rhs = step.rhs or ""
+            if limit is not None and len(text) + text.count(step.lhs) * (len(rhs) - len(step.lhs)) > limit:
+                raise ResultTooLargeError(f"result too large: post_process replace would pass {limit} characters")
+            return text.replace(step.lhs, rhs)
         case "append":
             return text + (step.rhs or "")
         case "prepend":

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workflows.errors import WorkflowValidationError
+from workflows.schema_limits import check_schema
 
 InputType = Literal["input", "read", "pop", "peek", "get_all", "size", "string", "search"]
 OutputType = Literal["write", "push", "insert"]
@@ -106,21 +107,27 @@ class Task(_Model):
     @field_validator("json_schema", mode="before")
     @classmethod
     def _parse_schema(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) or raw is None:
+        if raw is None:
             return raw
-        if not isinstance(raw, str):
+        if not isinstance(raw, (str, dict)):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
-        return _decode_schema(raw)
+        schema = raw if isinstance(raw, dict) else _decode_schema(raw)
+        check_schema(schema)  # grammar bombs stop here, before the model runtime sees them
+        return schema
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _decode_schema(raw: str) -> dict[str, Any]:
     """A JSON-schema string, or the base64 of one."""
     try:
         try:
-            parsed = json.loads(raw)
+            parsed = json.loads(raw, parse_constant=_no_constant)
         except json.JSONDecodeError:
             try:
-                parsed = json.loads(base64.b64decode(raw, validate=True))
+                parsed = json.loads(base64.b64decode(raw, validate=True), parse_constant=_no_constant)
             except (binascii.Error, ValueError):
                 raise ValueError("is neither a JSON schema string nor base64 of one") from None
     except RecursionError:
@@ -137,6 +144,12 @@ class CustomFunctionTool(_Model):
     name: str = Field(min_length=1, max_length=64)
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_schema(value)
+        return value
 
 
 class HttpRequestTool(_Model):
@@ -156,7 +169,7 @@ CustomTool = Annotated[CustomFunctionTool | HttpRequestTool, Field(discriminator
 
 class WorkflowConfig(_Model):
     max_steps: int = Field(ge=1)
-    max_time: float = Field(gt=0)
+    max_time: float = Field(gt=0, allow_inf_nan=False)
     tools: list[str] = Field(default_factory=list)
     custom_tools: list[CustomTool] = Field(default_factory=list)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -209,6 +222,17 @@ class Workflow(_Model):
     steps: list[Edge] = Field(min_length=1)
     return_value: ReturnValue
 
+    @field_validator("external_memory")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except RecursionError:
+            raise ValueError("nests too deeply") from None
+        except ValueError:
+            raise ValueError("holds a number that is not JSON (NaN or Infinity)") from None
+        return value
+
     @model_validator(mode="after")
     def _graph(self) -> Workflow:
         ids: set[str] = set()
@@ -256,7 +280,7 @@ def parse_workflow(raw: dict[str, Any] | str | bytes) -> Workflow:
     """Validate a workflow; raises WorkflowValidationError naming the field at fault."""
     if isinstance(raw, (str, bytes)):
         try:
-            raw = json.loads(raw)
+            raw = json.loads(raw, parse_constant=_no_constant)
         except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
             raise WorkflowValidationError(f"workflow: not valid JSON ({e})") from None
         except RecursionError:

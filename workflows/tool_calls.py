@@ -81,8 +81,8 @@ def parse_call(text: str, tools: list[Tool]) -> dict[str, Any]:
     try:
         call = json.loads(text)
     except ValueError:
-        raise TaskError(f"the model did not produce a complete tool call (got {text[:120]!r})") from None
+        raise TaskError(f"the model did not produce a complete tool call ({len(text)} characters of output)") from None
     names = {tool.name for tool in tools}
     if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments"), dict):
-        raise TaskError(f"the model's tool call is not a call to one of {sorted(names)}: {text[:120]!r}")
+        raise TaskError(f"the model's tool call is not a call to one of {sorted(names)}")
     return {"name": call["name"], "arguments": call["arguments"]}

@@ -48,6 +48,7 @@ from node.model_setup import ServedModel, create_embedder, prepare_model
 from node.workflow_setup import engine_options, tool_settings
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
 from workflows.backend import ModelBackend
+from workflows.errors import public_error_text
 
 log = structlog.get_logger("node.execution")
 
@@ -116,23 +117,18 @@ class TaskHost:
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(request.task_id, "cancelled")
             self._send(TaskFailed(task_id=request.task_id, error=reason))
-        except WorkflowError as exc:
-            self._send(TaskFailed(task_id=request.task_id, error=str(exc)))
-        except ModelError as exc:
-            self._send(TaskFailed(task_id=request.task_id, error=f"model error: {exc}"))
         except MemoryError:
             task_log.error("task ran out of memory")
             self._send(TaskFailed(task_id=request.task_id,
                                   error="out of memory: the task exceeded the model runtime's memory limit"))
-        except Exception as exc:  # noqa: BLE001 - any bug still answers the publisher
-            task_log.exception("task crashed")
-            self._send(TaskFailed(task_id=request.task_id, error=f"internal error: {type(exc).__name__}"))
+        except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
+            if not isinstance(exc, WorkflowError | ModelError):
+                task_log.exception("task crashed")
+            # The public text: `Invalid prompt: ` for deterministic errors, no task data (PROTOCOL.md 5).
+            self._send(TaskFailed(task_id=request.task_id, error=public_error_text(exc)))
 
     async def _execute(self, request: RunTask) -> TaskDone | TaskFailed:
-        try:
-            workflow = parse_workflow(request.workflow)
-        except WorkflowError as exc:
-            return TaskFailed(task_id=request.task_id, error=f"invalid workflow: {exc}")
+        workflow = parse_workflow(request.workflow)  # WorkflowValidationError: answered by _run
         remaining = (request.deadline_ns - time.time_ns()) / 1e9
         if remaining <= 0:
             return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")

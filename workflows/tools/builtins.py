@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html.parser
 import json
 from typing import Any, ClassVar
@@ -105,8 +106,11 @@ def reader_tool(settings: ToolSettings, name: str) -> Tool:
         url = str(arguments.get("url", ""))
         response = await fetch(settings, "GET", url)
         if response.status >= 400:
-            raise ToolError(f"reader: {url} answered HTTP {response.status}")
-        return html_to_text(response.text) if "<" in response.text[:1000] else response.text
+            raise ToolError(f"reader: the page answered HTTP {response.status}")
+        if "<" not in response.text[:1000]:
+            return response.text
+        # A page of up to tool_max_bytes takes the pure-Python parser a while: not on the event loop.
+        return await asyncio.to_thread(html_to_text, response.text)
 
     return Tool(
         name=name,

@@ -37,7 +37,7 @@ def http_request_tool(spec: HttpRequestTool, settings: ToolSettings) -> Tool:
             json_body=None if as_query else values,
         )
         if response.status >= 400:
-            raise ToolError(f"tool {spec.name!r}: {response.url} answered HTTP {response.status}")
+            raise ToolError(f"tool {spec.name!r}: the server answered HTTP {response.status}")
         return response.text
 
     return Tool(name=spec.name, description=spec.description, parameters=parameters, run=run)

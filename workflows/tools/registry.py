@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows.errors import ToolError
+from workflows.errors import InvalidToolError, ToolError
 from workflows.options import ToolSettings
 from workflows.schema import CustomFunctionTool, WorkflowConfig
 from workflows.tools.base import Tool
@@ -36,9 +36,9 @@ def build_tools(config: WorkflowConfig, settings: ToolSettings, max_length: int)
         elif name in KNOWN_BUILTINS:
             raise ToolError(f"tool {name!r} is not available: this node has not configured it")
         else:
-            raise ToolError(f"unknown tool {name!r} (built-ins: {', '.join(KNOWN_BUILTINS)}, ALL)")
+            raise InvalidToolError(f"unknown tool {name!r} (built-ins: {', '.join(KNOWN_BUILTINS)}, ALL)")
     for spec in config.custom_tools:
         if spec.name in chosen:
-            raise ToolError(f"custom tool {spec.name!r} has the name of another tool")
+            raise InvalidToolError(f"custom tool {spec.name!r} has the name of another tool")
         chosen[spec.name] = custom_tool(spec) if isinstance(spec, CustomFunctionTool) else http_request_tool(spec, settings)
     return list(chosen.values())
