@@ -20,7 +20,7 @@ from node.execution.handle import RuntimeExitError
 from node.execution.pool import ExecutionPool, ModelUnavailableError
 from node.execution.protocol import RunTask, TaskDone, TaskFailed
 from node.executor import Job
-from node.journal import Journal
+from node.journal import Journal, JournalError
 from node.messages import ResultBody, Stats
 from node.metrics import NodeMetrics
 from node.outbox import ResultOutbox
@@ -56,7 +56,7 @@ class TaskRunner:
     async def run(self, job: Job) -> None:
         """Run the job to a result (success or error) handed to the outbox."""
         started = time.time_ns()
-        self._journal.mark_running(job.task.task_id)
+        self._mark_running(job)
         self._metrics.task_queue_wait_seconds.observe(max(0, started - job.received_at_ns) / 1e9)
         job.log.info("task started", model=job.model)
         while True:
@@ -68,7 +68,7 @@ class TaskRunner:
             except RuntimeExitError as exit_error:
                 error = self._after_runtime_exit(job, exit_error)
                 if error is None:
-                    self._journal.mark_running(job.task.task_id)
+                    self._mark_running(job)
                     continue
                 await self._finish(job, started, error=error)
             except _TaskFailure as failure:
@@ -79,6 +79,14 @@ class TaskRunner:
             else:
                 await self._finish(job, started, result=result)
             return
+
+    def _mark_running(self, job: Job) -> None:
+        # A journal that cannot be written (full disk) must not cost the task its result:
+        # it runs and is answered; only a crash of the daemon meanwhile would forget it.
+        try:
+            self._journal.mark_running(job.task.task_id)
+        except JournalError as exc:
+            job.log.error("task not marked running in the journal", error=str(exc))
 
     async def abandon(self, job: Job, reason: str) -> None:
         """Send an error for a job that never started (cancelled while queued, or refused as busy)."""
