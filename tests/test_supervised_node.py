@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from node.inbound import TASK_TOPIC
 from node.server import NodeServer
 from tests.cluster import node_settings, running_node
 from tests.live_hostile import live_publisher
@@ -69,18 +70,22 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
     with capture_logs() as logs:
         async with running_node(settings) as node, live_publisher(node) as run:
             node.supervisor.base_backoff_s = 2.0
-            decide = node._intake.decide
+            # One bad message cannot stop the intake (it catches per message), so the loop
+            # itself is made to fail: its queue raises once.
+            assert node.host is not None
+            queue = node.host._queues[TASK_TOPIC]
+            get = queue.get
             calls = 0
 
-            def poisoned(*args: Any) -> Any:
+            async def poisoned() -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
                     raise RuntimeError("injected intake failure")
-                return decide(*args)
+                return await get()
 
-            node._intake.decide = poisoned  # type: ignore[method-assign]
-            lost = asyncio.create_task(run.run_valid_task())  # its message dies with the loop
+            queue.get = poisoned  # type: ignore[method-assign]
+            lost = asyncio.create_task(run.run_valid_task())
             await _wait_for(lambda: any(e["event"] == "loop crashed, restarting" for e in logs), 20, "the crash")
             crashed = time.monotonic()
             assert node.monitor is not None
