@@ -283,7 +283,8 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     """Publish `cases` `rounds` times from a raw peer at a fresh node, with valid tasks among them."""
     publisher = Identity.generate()
     settings = node_settings(
-        tmp_path / "node", publishers=[publisher.address], max_queue=32, n_ctx=512, reject_log_window=0
+        tmp_path / "node", publishers=[publisher.address], max_queue=32, n_ctx=512, reject_log_window=0,
+        max_result_bytes=96 * 1024,  # the largest an operator may set: the envelope limit is what these cases probe
     )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
