@@ -45,7 +45,7 @@ class Heartbeat:
             peer_id=self._host.peer_id,
             models=self._models,
             capacity=Capacity(free=free, max=total),
-            pending_tasks=self._pending(),
+            pending=self._pending(),
             tps=self._tps(),
             version=PROTOCOL_VERSION,
             timestamp=time.time_ns(),

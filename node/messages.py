@@ -8,12 +8,15 @@ MessageError only; its message names the field.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PrivateAttr,
     StringConstraints,
     ValidationError,
@@ -24,6 +27,7 @@ from pydantic.alias_generators import to_camel
 
 from node.bloom import BloomFilter, BloomFilterError
 from node.identity import IdentityError, parse_public_key
+from node.wire_time import INT64_MAX, format_rfc3339_ns, ns_from_wire
 
 MAX_FILTER_HEX_CHARS = 128 * 1024  # 64 KiB of filter bytes
 MAX_MODELS = 64
@@ -33,7 +37,17 @@ TaskId = Annotated[
 ]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
-Nanoseconds = Annotated[int, Field(ge=0)]
+Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Nanoseconds = Int64
+# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns (section 4).
+Deadline = Annotated[int, BeforeValidator(ns_from_wire), Field(ge=0, le=INT64_MAX)]
+# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form (section 5).
+StatTime = Annotated[
+    int,
+    BeforeValidator(ns_from_wire),
+    Field(ge=0, le=INT64_MAX),
+    PlainSerializer(format_rfc3339_ns, return_type=str, when_used="json"),
+]
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -78,6 +92,24 @@ class TaskFilter(_Wire):
         return self._bloom.contains(address_bytes)
 
 
+def _first_non_finite(value: Any) -> str | None:
+    """Path of the first NaN or infinite number inside parsed JSON, or None.
+
+    The JSON parser takes `NaN`, `Infinity` and `1e999` (none of them JSON numbers)
+    into free-form parts such as a workflow; they are refused here.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "value"
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), inner) for key, inner in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{index}" if path else str(index), inner) for index, inner in enumerate(item))
+    return None
+
+
 class TaskInput(_Wire):
     """What to run: a raw workflow (validated later by the engine) and acceptable models."""
 
@@ -85,12 +117,19 @@ class TaskInput(_Wire):
     model: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS)
     prompt: str | None = None
 
+    @field_validator("workflow")
+    @classmethod
+    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if (path := _first_non_finite(value)) is not None:
+            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        return value
+
 
 class TaskBody(_Wire):
     """Topic `task`: a publisher's request."""
 
     task_id: TaskId
-    deadline: Nanoseconds
+    deadline: Deadline
     input: TaskInput
     filter: TaskFilter | None = None
     picked_nodes: list[Address] | None = None
@@ -120,14 +159,21 @@ class TaskBody(_Wire):
 
 
 class Stats(_Wire):
-    """Timings of a task in Unix nanoseconds; extra fields (token counts) are kept."""
+    """Timings of a task, Unix nanoseconds in Python and RFC-3339 strings in JSON;
+    extra fields (token counts) are kept."""
 
     model_config = ConfigDict(extra="allow")
 
-    received_at: Nanoseconds
-    published_at: Nanoseconds
-    execution_started_at: Nanoseconds
-    execution_ended_at: Nanoseconds
+    received_at: StatTime
+    published_at: StatTime
+    execution_started_at: StatTime
+    execution_ended_at: StatTime
+
+    @model_validator(mode="after")
+    def _finite_extras(self) -> Stats:
+        if (path := _first_non_finite(self.model_extra or {})) is not None:
+            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        return self
 
 
 class ResultBody(_Wire):
@@ -149,8 +195,8 @@ class ResultBody(_Wire):
 class Capacity(_Wire):
     """Task slots: free now, and the most the node runs at once."""
 
-    free: int = Field(ge=0)
-    max: int = Field(ge=0)
+    free: Int64
+    max: Int64
 
 
 class HeartbeatBody(_Wire):
@@ -158,17 +204,25 @@ class HeartbeatBody(_Wire):
 
     address: Address
     peer_id: str = Field(min_length=1, max_length=128)
-    models: list[ModelName]
+    models: list[ModelName] = Field(max_length=MAX_MODELS)
     capacity: Capacity
-    pending_tasks: int = Field(ge=0)
-    tps: dict[str, Annotated[float, Field(ge=0)]]
-    version: str
+    pending: Int64 = Field(alias="pendingTasks")
+    # Dria's form, `[tasks taken and unfinished, 0]`; filled in from `pending` when absent.
+    pending_tasks: tuple[Int64, Int64] | None = Field(default=None, alias="pending_tasks")
+    tps: dict[ModelName, Annotated[float, Field(ge=0)]] = Field(max_length=MAX_MODELS)
+    version: str = Field(max_length=64)
     timestamp: Nanoseconds
 
     @field_validator("address")
     @classmethod
     def _lowercase_address(cls, value: str) -> str:
         return _normalize_address(value)
+
+    @model_validator(mode="after")
+    def _dria_pending(self) -> HeartbeatBody:
+        if self.pending_tasks is None:
+            self.pending_tasks = (self.pending, 0)
+        return self
 
 
 def _decode(kind: str, model: type[M], body: bytes) -> M:

@@ -28,7 +28,13 @@ from tests.protocol_files import EXAMPLES
 
 PUBLISHER = Identity.from_hex("11" * 32)
 NODE = Identity.from_hex("22" * 32)
-STATS = {"receivedAt": 1, "publishedAt": 4, "executionStartedAt": 2, "executionEndedAt": 3}
+STATS = {"receivedAt": 1, "publishedAt": 4, "executionStartedAt": 2, "executionEndedAt": 3}  # the 0.3.0 form
+STATS_RFC3339 = {
+    "receivedAt": "1970-01-01T00:00:00.000000001Z",
+    "publishedAt": "1970-01-01T00:00:00.000000004Z",
+    "executionStartedAt": "1970-01-01T00:00:00.000000002Z",
+    "executionEndedAt": "1970-01-01T00:00:00.000000003Z",
+}
 
 
 def task_json(**changes: Any) -> dict[str, Any]:
@@ -134,6 +140,15 @@ def test_public_key_forms_accepted() -> None:
         ({"deadline": "1733160600000000000"}, "deadline"),
         ({"deadline": True}, "deadline"),
         ({"deadline": -1}, "deadline"),
+        ({"deadline": 2**63}, "deadline"),
+        ({"deadline": 10**400}, "deadline"),
+        ({"deadline": 1.7e18}, "deadline"),
+        ({"deadline": "2025-04-03T10:05:00"}, "deadline"),  # no offset
+        ({"deadline": "2025-04-03"}, "deadline"),
+        ({"deadline": "2025-02-30T10:05:00Z"}, "deadline"),
+        ({"deadline": "2025-04-03T10:05:00.1234567890Z"}, "deadline"),  # 10 fractional digits
+        ({"deadline": "1969-12-31T23:59:59Z"}, "deadline"),
+        ({"deadline": "2262-04-12T00:00:00Z"}, "deadline"),  # past int64 nanoseconds
         ({"input": {"workflow": {}, "model": []}}, "input.model"),
         ({"input": {"workflow": {}, "model": [""]}}, "input.model.0"),
         ({"input": {"workflow": {}, "model": ["m"] * 65}}, "input.model"),
@@ -153,6 +168,31 @@ def test_public_key_forms_accepted() -> None:
 def test_invalid_task_fields_are_named(changes: dict[str, Any], field: str) -> None:
     message = task_error(task_json(**changes))
     assert message.startswith(f"task body: {field}"), message
+
+
+@pytest.mark.parametrize(
+    ("deadline", "ns"),
+    [
+        ("2025-04-03T10:05:00.123456+00:00", 1_743_674_700_123_456_000),  # what Dria's SDK sends
+        ("2025-04-03T10:05:00Z", 1_743_674_700_000_000_000),
+        ("2025-04-03T12:05:00.123456789+02:00", 1_743_674_700_123_456_789),
+        ("2025-04-03t10:05:00.5z", 1_743_674_700_500_000_000),
+        (1_743_674_700_123_456_789, 1_743_674_700_123_456_789),
+        (2**63 - 1, 2**63 - 1),
+    ],
+)
+def test_deadline_forms_become_nanoseconds(deadline: Any, ns: int) -> None:
+    task = decode_task(json.dumps(task_json(deadline=deadline)).encode())
+    assert task.deadline == ns
+    assert json.loads(encode_body(task))["deadline"] == ns
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_inside_a_workflow_are_refused(token: str) -> None:
+    raw = json.dumps(task_json(input={"workflow": {"config": {"max_time": 1}, "tasks": [{"x": [2]}]}, "model": ["*"]}))
+    for original, hostile in (('"max_time": 1', f'"max_time": {token}'), ('"x": [2]', f'"x": [{token}]')):
+        with pytest.raises(MessageError, match="not a finite number"):
+            decode_task(raw.replace(original, hostile).encode())
 
 
 def test_missing_task_field_is_named() -> None:
@@ -187,7 +227,7 @@ def test_result_success_round_trip_with_extra_stats() -> None:
     result = decode_result(json.dumps(raw).encode())
     assert result.stats.execution_ended_at == 3
     assert result.stats.model_extra == {"inputTokens": 12, "outputTokens": 30}
-    assert json.loads(encode_body(result)) == raw
+    assert json.loads(encode_body(result)) == {**raw, "stats": {**STATS_RFC3339, "inputTokens": 12, "outputTokens": 30}}
     assert ecies.decrypt(PUBLISHER.secret, bytes.fromhex(result.ciphertext or "")) == b"a haiku"
 
 
@@ -199,7 +239,7 @@ def test_result_error_round_trip_built_in_python() -> None:
         stats=Stats(received_at=1, published_at=4, execution_started_at=2, execution_ended_at=3),
     )
     wire = json.loads(encode_body(result))
-    assert wire == result_json(error="deadline passed")
+    assert wire == result_json(error="deadline passed", stats=STATS_RFC3339)
     assert decode_result(encode_body(result)) == result
 
 
@@ -234,6 +274,45 @@ def test_invalid_result_fields_are_named(changes: dict[str, Any], field: str) ->
     assert str(info.value).startswith(f"result body: {field}"), str(info.value)
 
 
+def test_stats_are_written_as_rfc3339_and_read_in_both_forms() -> None:
+    stats = {
+        "receivedAt": "2025-04-03T10:00:00.101000000Z",
+        "executionStartedAt": "2025-04-03T10:00:00.102000000Z",
+        "executionEndedAt": "2025-04-03T10:00:01.502000000Z",
+        "publishedAt": "2025-04-03T10:00:01.503000000Z",
+    }
+    result = decode_result(json.dumps(result_json(error="e", stats=stats)).encode())
+    assert result.stats.received_at == 1_743_674_400_101_000_000
+    assert json.loads(encode_body(result))["stats"] == stats
+    mixed = {**stats, "publishedAt": 1_743_674_401_503_000_000, "receivedAt": "2025-04-03T12:00:00.101+02:00"}
+    assert decode_result(json.dumps(result_json(error="e", stats=mixed)).encode()) == result
+
+
+def test_stats_strings_parse_the_way_dria_sdk_parses_them() -> None:
+    from datetime import datetime
+
+    stats = Stats(received_at=1_743_674_400_123_456_789, published_at=2, execution_started_at=3, execution_ended_at=4)
+    text = json.loads(stats.model_dump_json(by_alias=True))["receivedAt"]
+    assert text == "2025-04-03T10:00:00.123456789Z"
+    head, fraction = text.rstrip("Z").split(".")
+    parsed = datetime.fromisoformat(f"{head}.{fraction[:6]}+00:00")  # the SDK cuts to 6 digits
+    assert int(parsed.timestamp()) * 1_000_000_000 + 123_456_000 == 1_743_674_400_123_456_000
+
+
+@pytest.mark.parametrize(
+    "value", [-1, 2**63, 1.5, True, "2025-04-03T10:00:00", "yesterday", "NaN"]
+)
+def test_bad_stats_are_refused(value: Any) -> None:
+    with pytest.raises(MessageError, match="stats.receivedAt"):
+        decode_result(json.dumps(result_json(error="e", stats={**STATS, "receivedAt": value})).encode())
+
+
+def test_non_finite_stats_extras_are_refused() -> None:
+    raw = json.dumps(result_json(error="e", stats={**STATS, "tokens": 1})).replace('"tokens": 1', '"tokens": NaN')
+    with pytest.raises(MessageError, match="not a finite number"):
+        decode_result(raw.encode())
+
+
 def heartbeat_json(**changes: Any) -> dict[str, Any]:
     heartbeat: dict[str, Any] = {
         "address": NODE.address,
@@ -241,6 +320,7 @@ def heartbeat_json(**changes: Any) -> dict[str, Any]:
         "models": ["gemma3:270m"],
         "capacity": {"free": 3, "max": 4},
         "pendingTasks": 1,
+        "pending_tasks": [1, 0],
         "tps": {"gemma3:270m": 41.7},
         "version": "0.3.0",
         "timestamp": 1_733_160_000_123_456_789,
@@ -260,12 +340,20 @@ def test_heartbeat_round_trip() -> None:
         peer_id=NODE.peer_id,
         models=["gemma3:270m"],
         capacity=Capacity(free=3, max=4),
-        pending_tasks=1,
+        pending=1,
         tps={"gemma3:270m": 41.7},
         version="0.3.0",
         timestamp=1_733_160_000_123_456_789,
     )
     assert built == heartbeat
+
+
+def test_heartbeat_of_protocol_0_3_0_gets_the_dria_pending_list() -> None:
+    raw = heartbeat_json(pendingTasks=2)
+    del raw["pending_tasks"]
+    heartbeat = decode_heartbeat(json.dumps(raw).encode())
+    assert (heartbeat.pending, heartbeat.pending_tasks) == (2, (2, 0))
+    assert json.loads(encode_body(heartbeat))["pending_tasks"] == [2, 0]
 
 
 def test_heartbeat_tps_integer_is_a_float() -> None:
@@ -278,6 +366,13 @@ def test_heartbeat_tps_integer_is_a_float() -> None:
         ({"address": "xyz"}, "address"),
         ({"capacity": {"free": -1, "max": 4}}, "capacity.free"),
         ({"pendingTasks": "1"}, "pendingTasks"),
+        ({"pendingTasks": 2**63}, "pendingTasks"),
+        ({"pending_tasks": 1}, "pending_tasks"),
+        ({"pending_tasks": [1, -1]}, "pending_tasks.1"),
+        ({"capacity": {"free": 10**400, "max": 4}}, "capacity.free"),
+        ({"capacity": {"free": 1, "max": 2**63}}, "capacity.max"),
+        ({"timestamp": 2**63}, "timestamp"),
+        ({"tps": {"m": 1e999}}, "tps.m"),
         ({"tps": {"m": "fast"}}, "tps.m"),
         ({"tps": {"m": -1.0}}, "tps.m"),
         ({"peerId": ""}, "peerId"),

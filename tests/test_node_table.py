@@ -9,7 +9,7 @@ from node.node_table import NodeTable
 def heartbeat(address: str, models: list[str], free: int = 1, tps: dict[str, float] | None = None) -> HeartbeatBody:
     return HeartbeatBody(
         address=address, peer_id="16Uiu2x", models=models, capacity=Capacity(free=free, max=4),
-        pending_tasks=0, tps=tps or {}, version="0.3.0", timestamp=1,
+        pending=0, tps=tps or {}, version="0.3.0", timestamp=1,
     )
 
 

@@ -39,6 +39,9 @@ json_scalars = (
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30)
+    # Edges of the wire's int64 ranges, and numbers JSON does not have (json.dumps writes NaN, Infinity).
+    | st.sampled_from([2**63 - 1, 2**63, -(2**63), 10**400, 1e308, float("inf"), float("-inf"), float("nan")])
+    | st.sampled_from(["2025-04-03T10:05:00.123456+00:00", "2025-04-03T10:00:00.123456789Z", "9999-12-31T23:59:59Z"])
 )
 json_values = st.recursive(
     json_scalars,
@@ -143,6 +146,7 @@ body_fields = st.fixed_dictionaries(
             "models",
             "capacity",
             "pendingTasks",
+            "pending_tasks",
             "tps",
             "version",
             "timestamp",
@@ -187,6 +191,29 @@ VALID_BODIES: list[tuple[Callable[[bytes], BaseModel], dict[str, Any]]] = [
         },
     ),
     (
+        decode_result,
+        {
+            "taskId": "t-1",
+            "error": "busy",
+            "model": "m",
+            "stats": {
+                "receivedAt": "2025-04-03T10:00:00.101000000Z",
+                "publishedAt": "2025-04-03T10:00:01.503000000Z",
+                "executionStartedAt": "2025-04-03T10:00:00.102000000Z",
+                "executionEndedAt": "2025-04-03T10:00:01.502000000Z",
+            },
+        },
+    ),
+    (
+        decode_task,
+        {
+            "taskId": "t-2",
+            "deadline": "2025-04-03T10:05:00.123456+00:00",
+            "input": {"workflow": {"config": {"max_time": 5}}, "model": ["*"]},
+            "publicKey": IDENTITY.public_key_compressed.hex(),
+        },
+    ),
+    (
         decode_heartbeat,
         {
             "address": IDENTITY.address,
@@ -194,6 +221,7 @@ VALID_BODIES: list[tuple[Callable[[bytes], BaseModel], dict[str, Any]]] = [
             "models": ["m"],
             "capacity": {"free": 1, "max": 2},
             "pendingTasks": 0,
+            "pending_tasks": [0, 0],
             "tps": {"m": 1.5},
             "version": "0.3.0",
             "timestamp": NOW,
