@@ -198,11 +198,7 @@ class BatchedLlamaModel:
             raise
 
     def _sampling(self, request: GenerationRequest) -> SamplingSettings:
-        grammar = None
-        if request.json_schema is not None:
-            if request.ignore_eos:
-                raise ModelError("ignore_eos cannot be combined with json_schema")
-            grammar = Grammar.from_json_schema(request.json_schema)
+        grammar = Grammar.for_request(request)
         return SamplingSettings(
             temperature=request.temperature,
             seed=request.seed,

@@ -13,37 +13,47 @@ so a request samples the same way on either runtime:
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 
-from models.requests import ModelError
+from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, regex_to_gbnf
+from models.requests import GenerationRequest, ModelError
+
+__all__ = ["Grammar", "GrammarError", "SamplingSettings", "SequenceSampler", "StopText", "token_piece"]
 
 # The sampling constants create_completion uses by default.
 _TOP_K, _TYPICAL_P, _TOP_P, _MIN_P, _MIN_KEEP = 40, 1.0, 0.95, 0.05, 1
 
 
-class GrammarError(ModelError):
-    """A JSON schema or grammar cannot be turned into a llama.cpp grammar sampler."""
-
-
 @dataclass(frozen=True)
 class Grammar:
-    """A GBNF grammar and its root rule."""
+    """A GBNF grammar whose rule `root` is the start (checked again before llama.cpp sees it)."""
 
     gbnf: str
-    root: str = "root"
 
     @classmethod
     def from_json_schema(cls, schema: dict[str, Any]) -> Grammar:
-        """Convert a JSON schema to GBNF; GrammarError names the problem."""
-        try:
-            grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as exc:
-            raise GrammarError(f"json_schema cannot be turned into a grammar: {exc}") from exc
-        return cls(gbnf=grammar._grammar, root=grammar._root)
+        """Convert a JSON schema (Gemini's upper-case form too) to GBNF; GrammarError names the problem."""
+        return cls(gbnf=json_schema_to_gbnf(schema))
+
+    @classmethod
+    def from_regex(cls, pattern: str) -> Grammar:
+        """Convert a regex (matched as a whole) to GBNF; GrammarError names the problem."""
+        return cls(gbnf=regex_to_gbnf(pattern))
+
+    @classmethod
+    def for_request(cls, request: GenerationRequest) -> Grammar | None:
+        """The grammar constraining `request` (its json_schema or regex), if any."""
+        if request.json_schema is None and request.regex is None:
+            return None
+        if request.ignore_eos:
+            raise ModelError("ignore_eos cannot be combined with json_schema or regex")
+        if request.regex is not None:
+            return cls.from_regex(request.regex)
+        assert request.json_schema is not None
+        return cls.from_json_schema(request.json_schema)
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,8 @@ class SequenceSampler:
             # llama.cpp copies the array, so `biases` may go out of scope.
             self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases), "logit bias")
         if settings.grammar is not None:
-            self._add(llama_cpp.llama_sampler_init_grammar(
-                vocab, settings.grammar.gbnf.encode("utf-8"), settings.grammar.root.encode("utf-8")
-            ), "grammar (the grammar does not parse)")
+            gbnf = check_gbnf(settings.grammar.gbnf)  # llama.cpp's parser can abort the process
+            self._add(llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root"), "grammar")
         if settings.temperature == 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy(), "greedy")
             return

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.grammar import GrammarError, json_schema_to_gbnf, regex_to_gbnf
 from workflows.errors import WorkflowValidationError
 
 InputType = Literal["input", "read", "pop", "peek", "get_all", "size", "string", "search"]
@@ -83,6 +85,13 @@ class Message(_Model):
     content: str = ""
 
 
+@dataclass(frozen=True)
+class RegexSchema:
+    """A `schema` given as base64 of a regex the answer must match (Dria's SDK, Ollama/OpenRouter models)."""
+
+    pattern: str
+
+
 class Task(_Model):
     """One node of the graph: an operator applied to filled-in messages."""
 
@@ -93,7 +102,7 @@ class Task(_Model):
     inputs: list[TaskInput] = Field(default_factory=list)
     operator: Operator
     outputs: list[TaskOutput] = Field(default_factory=list)
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    json_schema: dict[str, Any] | RegexSchema | None = Field(default=None, alias="schema")
 
     @model_validator(mode="before")
     @classmethod
@@ -106,23 +115,33 @@ class Task(_Model):
     @field_validator("json_schema", mode="before")
     @classmethod
     def _parse_schema(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) or raw is None:
+        if raw is None:
             return raw
-        if not isinstance(raw, str):
+        if isinstance(raw, str):
+            raw = _decode_schema(raw)
+        elif not isinstance(raw, dict):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
-        return _decode_schema(raw)
+        try:  # a constraint llama.cpp cannot take fails here, the same way on every node
+            regex_to_gbnf(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_to_gbnf(raw)
+        except GrammarError as exc:
+            raise ValueError(f"unsupported schema: {exc}") from None
+        return raw
 
 
-def _decode_schema(raw: str) -> dict[str, Any]:
-    """A JSON-schema string, or the base64 of one."""
+def _decode_schema(raw: str) -> dict[str, Any] | RegexSchema:
+    """A JSON-schema string, or the base64 of a JSON schema or of a regex."""
     try:
         try:
             parsed = json.loads(raw)
         except json.JSONDecodeError:
             try:
-                parsed = json.loads(base64.b64decode(raw, validate=True))
+                decoded = base64.b64decode(raw, validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
-                raise ValueError("is neither a JSON schema string nor base64 of one") from None
+                raise ValueError("is neither a JSON schema string nor base64 of a JSON schema or regex") from None
+            try:
+                parsed = json.loads(decoded)
+            except json.JSONDecodeError:
+                return RegexSchema(decoded)
     except RecursionError:
         raise ValueError("nests too deeply to be a JSON schema") from None
     if not isinstance(parsed, dict):

@@ -17,7 +17,6 @@ import json
 import re
 import secrets
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -68,19 +67,6 @@ def network_id(task_id: str) -> str:
     return f"{task_id}--{secrets.token_hex(6)}"
 
 
-def parse_deadline(value: str | int) -> int:
-    """Unix nanoseconds of an RFC-3339 deadline (or of one already in nanoseconds)."""
-    if isinstance(value, int):
-        return value
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise RpcPayloadError("deadline: not an ISO-8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1_000_000) * 1000
-
-
 def decode_payload(payload: str) -> dict[str, Any]:
     """The posted task as a dict without its private key and the other fields nodes never see."""
     if len(payload) > MAX_PAYLOAD_CHARS:
@@ -102,7 +88,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
         posted = _PostedTask.model_validate(data)
         body = TaskBody(
             task_id=published_as,
-            deadline=parse_deadline(posted.deadline),
+            deadline=posted.deadline,  # RFC-3339 from the SDK; the body holds nanoseconds
             input=TaskInput(workflow=posted.input.workflow, model=posted.input.model),
             picked_nodes=posted.picked_nodes,
             public_key=posted.public_key,
