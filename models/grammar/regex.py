@@ -28,7 +28,7 @@ def _code(c: str) -> str:
     return f"\\U{n:08X}"
 
 
-def _literal(text: str) -> str:
+def gbnf_literal(text: str) -> str:
     """A GBNF string literal matching `text` exactly."""
     out = []
     for c in text:
@@ -96,11 +96,11 @@ class _RegexParser:
                 text += char
                 continue
             if text:
-                parts.append(_literal(text))
+                parts.append(gbnf_literal(text))
                 text = ""
             parts.append(item + quantifier)
         if text:
-            parts.append(_literal(text))
+            parts.append(gbnf_literal(text))
         return " ".join(parts)
 
     def quantifier(self) -> str:
@@ -158,7 +158,7 @@ class _RegexParser:
             raise self.fail(f"anchor {c!r} inside the pattern is not supported")
         if c == ")":
             raise self.fail("unbalanced ')'")
-        return _literal(c), c
+        return gbnf_literal(c), c
 
     def group(self) -> str:
         if self.peek() == "?":
@@ -184,7 +184,7 @@ class _RegexParser:
         if c.lower() in _SHORTHANDS:
             return "[^" + "".join(_class_char(x) if x not in "-" else x for x in _SHORTHANDS[c.lower()]) + "]", None
         char = self._escaped_char(c)
-        return _literal(char), char
+        return gbnf_literal(char), char
 
     def _escaped_char(self, c: str) -> str:
         """The character an escape (after the backslash) stands for."""

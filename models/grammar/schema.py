@@ -4,8 +4,8 @@
 - Gemini form: upper-case type names (`"OBJECT"`, `"STRING"`), a property given as a
   bare type name (`"kind": "STRING"`), and a nested type object (`{"type": {"type":
   "ARRAY", ...}}`): normalized into a JSON schema first.
-- `pattern` keywords go through this package's regex converter: llama-cpp-python
-  0.3.36's own pattern translation mis-escapes `"` and `\\.`.
+- `pattern` keywords go through this package's regex converter, and literals through
+  its escaping: llama-cpp-python 0.3.36 mis-escapes `"`, `\\` and `\\.` in both.
 Every result passes `check_gbnf`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from models.grammar.gbnf import GrammarError, check_gbnf
-from models.grammar.regex import regex_expression
+from models.grammar.regex import gbnf_literal, regex_expression
 
 _TYPES = {"OBJECT", "ARRAY", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "NULL"}
 
@@ -46,7 +46,14 @@ def normalize_schema(schema: Any) -> Any:
 
 
 class _Converter(SchemaConverter):  # type: ignore[misc]
-    """llama-cpp-python's converter with this package's regex translation for `pattern`."""
+    """llama-cpp-python's converter with this package's literal escaping and regex translation.
+
+    Its own `_format_literal` leaves a backslash unescaped (`"b\\"c"` for the constant
+    `b"c`), which breaks the grammar.
+    """
+
+    def _format_literal(self, literal: str) -> str:
+        return gbnf_literal(literal)
 
     def _visit_pattern(self, pattern: str, name: str) -> str:
         return self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')
