@@ -148,6 +148,7 @@ def test_regex_features_match_as_python_re_does(pattern: str, text: str, expecte
         (r"\q", "unknown escape"),
         ("[abc", "unexpected end"),
         ("(" * 5000, "nests too deeply"),
+        ("((a{100}){100}){100}", "expands to more than"),
     ],
 )
 def test_unsupported_or_broken_regexes_are_refused_with_the_reason(pattern: str, reason: str) -> None:

@@ -11,9 +11,12 @@ naming it; a pattern never reaches llama.cpp unconverted.
 
 from __future__ import annotations
 
+import re
+
 from models.grammar.gbnf import MAX_REPEAT, GrammarError, check_gbnf
 
 MAX_PATTERN_CHARS = 100_000
+MAX_EXPANSION = 100_000  # grammar elements a pattern may expand to once counted repetitions are unrolled
 _SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \t\n\r\f\v"}
 _CONTROL_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "0": "\0"}
 _REJECTED_ESCAPES = {"b": "word boundaries", "B": "word boundaries", "A": "anchors", "Z": "anchors", "z": "anchors"}
@@ -67,7 +70,10 @@ class _RegexParser:
     def parse(self) -> str:
         if self.peek() == "^":
             self.pos += 1
-        expr = self.alternation()
+        expr, cost = self.alternation()
+        if cost > MAX_EXPANSION:
+            raise GrammarError(f"regex: expands to about {cost} grammar elements once counts are unrolled "
+                               f"(limit {MAX_EXPANSION})")
         if self.peek() == "$" and self.pos == len(self.pattern) - 1:
             self.pos += 1
         if self.pos != len(self.pattern):
@@ -75,23 +81,29 @@ class _RegexParser:
             raise self.fail("unbalanced ')'" if c == ")" else f"unsupported {c!r}")
         return expr or '""'
 
-    def alternation(self) -> str:
+    def alternation(self) -> tuple[str, int]:
+        """The GBNF of alternatives, and how many elements llama.cpp expands it into."""
         branches = [self.sequence()]
         while self.peek() == "|":
             self.pos += 1
             branches.append(self.sequence())
+        cost = sum(c for _, c in branches)
         if len(branches) == 1:
-            return branches[0]
-        return "(" + " | ".join(b or '""' for b in branches) + ")"
+            return branches[0][0], cost
+        return "(" + " | ".join(b or '""' for b, _ in branches) + ")", cost
 
-    def sequence(self) -> str:
+    def sequence(self) -> tuple[str, int]:
         parts: list[str] = []
+        cost = 0
         text = ""  # consecutive unquantified literal characters, merged into one literal
         while self.peek() and self.peek() not in "|)":
             if self.peek() == "$" and self.pos == len(self.pattern) - 1:
                 break
-            item, char = self.atom()
-            quantifier = self.quantifier()
+            item, char, item_cost = self.atom()
+            quantifier, factor = self.quantifier()
+            cost += item_cost * factor
+            if cost > MAX_EXPANSION:
+                raise self.fail(f"expands to more than {MAX_EXPANSION} grammar elements once counts are unrolled")
             if char is not None and not quantifier:
                 text += char
                 continue
@@ -101,22 +113,25 @@ class _RegexParser:
             parts.append(item + quantifier)
         if text:
             parts.append(gbnf_literal(text))
-        return " ".join(parts)
+        return " ".join(parts), cost
 
-    def quantifier(self) -> str:
+    def quantifier(self) -> tuple[str, int]:
+        """The GBNF quantifier, and how many copies of its item llama.cpp makes."""
         c = self.peek()
         if c in ("*", "+", "?"):
             self.pos += 1
-            found = c
+            found, factor = c, 1
         elif c == "{" and self._counted():
             found = self._counted_quantifier()
+            bounds = [int(n) for n in re.findall(r"\d+", found)]
+            factor = max(bounds + [1])
         else:
-            return ""
+            return "", 1
         if self.peek() == "?":  # lazy: the same strings match as a whole
             self.pos += 1
         if self.peek() in ("*", "+", "?") or (self.peek() == "{" and self._counted()):
             raise self.fail("multiple repeat (possessive or stacked quantifiers are not supported)")
-        return found
+        return found, factor
 
     def _counted(self) -> bool:
         end = self.pattern.find("}", self.pos)
@@ -141,26 +156,26 @@ class _RegexParser:
             return f"{{{low}}}"
         return f"{{{low},}}" if high is None else f"{{{low},{high}}}"
 
-    def atom(self) -> tuple[str, str | None]:
-        """One GBNF element, and the literal character it stands for (None if not a single char)."""
+    def atom(self) -> tuple[str, str | None, int]:
+        """One GBNF element, the literal character it stands for (None if not a single char), its expanded size."""
         c = self.take()
         if c == "(":
-            return self.group(), None
+            return self.group()
         if c == "[":
-            return self.char_class(), None
+            return self.char_class(), None, 1
         if c == ".":
-            return "[^\\x0A]", None
+            return "[^\\x0A]", None, 1
         if c == "\\":
-            return self.escape()
+            return (*self.escape(), 1)
         if c in "*+?":
             raise self.fail(f"nothing to repeat before {c!r}")
         if c in "^$":
             raise self.fail(f"anchor {c!r} inside the pattern is not supported")
         if c == ")":
             raise self.fail("unbalanced ')'")
-        return gbnf_literal(c), c
+        return gbnf_literal(c), c, 1
 
-    def group(self) -> str:
+    def group(self) -> tuple[str, None, int]:
         if self.peek() == "?":
             if self.peek(1) == ":":
                 self.pos += 2
@@ -171,11 +186,11 @@ class _RegexParser:
                 self.pos = end + 1
             else:
                 raise self.fail("lookaround, inline flags and other (?...) groups are not supported")
-        inner = self.alternation()
+        inner, cost = self.alternation()
         if self.peek() != ")":
             raise self.fail("missing ')'")
         self.pos += 1
-        return "(" + (inner or '""') + ")"
+        return "(" + (inner or '""') + ")", None, max(cost, 1)
 
     def escape(self) -> tuple[str, str | None]:
         c = self.take()

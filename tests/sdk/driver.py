@@ -107,7 +107,8 @@ async def magpie(dria: Dria) -> None:
         {"instructor_persona": "A chef", "responding_persona": "A food critic", "num_turns": 1},
     ])
     entries, inputs = await executor.execute_workflows()
-    emit(scenario="magpie", entries=dataset.get_entries(data_only=True), inputs=inputs)
+    # The executor writes into its own dataset, "<name>_MagPie".
+    emit(scenario="magpie", entries=dataset.db.get_dataset_entries(executor.dataset_id, data_only=True), inputs=inputs)
 
 
 async def invalid(dria: Dria) -> None:
