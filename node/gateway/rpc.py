@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
 PURGE_INTERVAL = 60.0
+MAX_HEARTBEATS = 10_000
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
 _MAX_SDK_TASK_ID = 100
@@ -125,6 +126,9 @@ class RpcService:
         body = inbound.body
         if isinstance(body, HeartbeatBody):
             self._heartbeats[inbound.sender] = _item(inbound.signed.envelope, peer_id=body.peer_id)
+            if len(self._heartbeats) > MAX_HEARTBEATS:  # anyone can make keys: keep the live nodes only
+                live = {node.address for node in self.client.nodes.live()}
+                self._heartbeats = {a: i for a, i in self._heartbeats.items() if a in live}
         elif isinstance(body, ResultBody):
             self._result(inbound, body)
 
