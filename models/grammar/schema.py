@@ -71,6 +71,7 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
     except RecursionError:
         raise GrammarError("json_schema nests too deeply") from None
     except Exception as exc:  # the converter raises assorted errors (KeyError, AssertionError, ...) on bad schemas
-        raise GrammarError(f"json_schema cannot be turned into a grammar: {type(exc).__name__}: {exc}") from None
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise GrammarError(f"json_schema cannot be turned into a grammar: {type(exc).__name__}: {detail}") from None
     return check_gbnf(gbnf)
 
