@@ -3,9 +3,11 @@
 The chain mirrors what `llama_cpp.Llama.create_completion` builds for the
 arguments `LlamaModel` passes (repeat_penalty 1.0, default top-k/top-p/min-p),
 so a request samples the same way on either runtime:
-  [end-token mask (ignore_eos)] -> [grammar] -> greedy            (temperature 0)
-  [end-token mask (ignore_eos)] -> [grammar] -> top_k 40 -> typical 1.0 ->
+  [end-token mask (ignore_eos)] -> greedy                          (temperature 0)
+  [end-token mask (ignore_eos)] -> top_k 40 -> typical 1.0 ->
       top_p 0.95 -> min_p 0.05 -> temp -> dist(seed)                (temperature > 0)
+A grammar (from a JSON schema or a regex, see models.grammar) is kept beside the
+chain and checked lazily (see SequenceSampler).
 
 `StopText` collects a sequence's output bytes and finds its stop strings.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, regex_to_gbnf
 from models.requests import GenerationRequest, ModelError
@@ -67,11 +70,27 @@ class SamplingSettings:
     banned_tokens: tuple[int, ...] = ()
 
 
+# llama_token_data as numpy sees it: a full-vocabulary candidate array is filled without a Python loop.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
 class SequenceSampler:
-    """A llama.cpp sampler chain owned by one sequence. Use only on the context's thread."""
+    """A llama.cpp sampler chain owned by one sequence. Use only on the context's thread.
+
+    A grammar is checked lazily, as llama.cpp's own common sampler does: the chain picks a
+    token from the unconstrained logits, and only when the grammar refuses it is the
+    full vocabulary masked by the grammar and the token picked again. Masking every
+    token costs milliseconds per step on a large vocabulary; checking one costs microseconds.
+    At temperature 0 both give the same token.
+    """
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, settings: SamplingSettings) -> None:
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._grammar: llama_cpp.llama_sampler_p | None = None
+        self._n_vocab = n_vocab
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._candidates: np.ndarray | None = None  # allocated on the first refused token
         try:
             self._build(vocab, n_vocab, settings)
         except BaseException:
@@ -93,7 +112,9 @@ class SequenceSampler:
             self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases), "logit bias")
         if settings.grammar is not None:
             gbnf = check_gbnf(settings.grammar.gbnf)  # llama.cpp's parser can abort the process
-            self._add(llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root"), "grammar")
+            self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if not self._grammar:
+                raise GrammarError("llama.cpp could not create the grammar sampler")
         if settings.temperature == 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy(), "greedy")
             return
@@ -107,13 +128,48 @@ class SequenceSampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
         """Sample (and accept) the next token from the logits of batch position `output_index`."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, output_index))
+        token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, output_index))
+        if self._grammar is None:
+            return token
+        if not self._allowed(token):
+            token = self._constrained(ctx, output_index)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _allowed(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (it is offered alone)."""
+        assert self._grammar is not None
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return bool(self._one[0].logit != float("-inf"))
+
+    def _constrained(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
+        """Pick again from the full vocabulary with the grammar's mask applied first."""
+        assert self._grammar is not None
+        if self._candidates is None:
+            self._candidates = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        candidates = self._candidates
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, output_index), shape=(self._n_vocab,))
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(data, self._n_vocab, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if array.selected < 0:
+            raise GrammarError("the grammar allows no token here")
+        return int(candidates["id"][array.selected])
 
     def close(self) -> None:
-        """Free the chain and every sampler in it."""
+        """Free the chain, the grammar and every sampler in them."""
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 class StopText:

@@ -309,3 +309,18 @@ def test_solo_runtime_decodes_under_an_sdk_regex() -> None:
 
     text = asyncio.run(run())
     assert re.fullmatch(regex, text), text
+
+
+def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_temperature(batched: BatchedLlamaModel) -> None:
+    # The unconstrained pick is refused at almost every step: the full-vocabulary fallback decides.
+    pattern = r"ZQX-[0-9]{3}(;ZQX-[0-9]{3}){0,2}"
+
+    async def run() -> list[str]:
+        results = await asyncio.gather(*[
+            batched.generate(_person_request(regex=pattern).model_copy(update={"temperature": t, "seed": 7}))
+            for t in (0.0, 0.8, 1.5)
+        ])
+        return [r.text for r in results]
+
+    for text in asyncio.run(run()):
+        assert re.fullmatch(pattern, text), text
