@@ -21,6 +21,7 @@ from benchmarks import (
     concurrency,
     footprint,
     generation,
+    grammar,
     llama_server,
     overhead,
     prefix,
@@ -52,6 +53,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "throughput": Benchmark("4. Network throughput", throughput.run, 90),
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 60),
+    "grammar": Benchmark("7. Constrained decoding", grammar.run, 180),
 }
 
 

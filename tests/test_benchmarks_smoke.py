@@ -55,4 +55,4 @@ def test_percentile_and_paired_ratio() -> None:
 def test_command_line_names_every_benchmark() -> None:
     args = build_parser().parse_args(["--only", "overhead", "--quick"])
     assert args.only == ["overhead"] and args.quick
-    assert set(BENCHMARKS) == {"generation", "overhead", "concurrency", "throughput", "footprint", "prefix"}
+    assert set(BENCHMARKS) == {"generation", "overhead", "concurrency", "throughput", "footprint", "prefix", "grammar"}
