@@ -77,6 +77,15 @@ class Settings(LayeredSettings):
     rerun_interrupted: bool = Field(default=False, description="Re-run tasks a crash interrupted, if time allows")
     result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
     journal_retention: float = Field(default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline")
+    journal_max_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds; past it tasks are refused"
+    )
+    journal_publisher_max_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds for one publisher"
+    )
+    deadline_horizon: float = Field(
+        default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to take it"
+    )
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
     startup_grace: float = Field(default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start")
     http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.identity import Identity, SignatureError, recover_address
+from node.identity import SIGNATURE_BYTES, Identity, SignatureError, address_of, recover_public_key
 
 PROTOCOL_NAME = "dria"
 PROTOCOL_VERSION = "0.3.0"
@@ -57,7 +57,7 @@ class Envelope(BaseModel):
     topic: str
     version: str
     protocol: str
-    timestamp: int = Field(ge=0)
+    timestamp: int = Field(ge=0, le=2**63 - 1)
     signature: str = Field(pattern=r"^[0-9a-fA-F]{128}$")
     recovery_id: int = Field(ge=0, le=1)
 
@@ -70,6 +70,7 @@ class SignedMessage:
     topic: str
     body: bytes
     envelope: Envelope
+    sender_key: bytes = b""  # recovered compressed public key
 
 
 def payload_digest(payload: str) -> bytes:
@@ -80,6 +81,20 @@ def payload_digest(payload: str) -> bytes:
 def _major_minor(version: str) -> tuple[int, int] | None:
     match = _MAJOR_MINOR.match(version)
     return (int(match[1]), int(match[2])) if match else None
+
+
+def sealed_size(topic: str, body: bytes) -> int:
+    """Bytes `seal` would make of `body` for `topic` (without signing it)."""
+    envelope = Envelope(
+        payload=base64.b64encode(body).decode("ascii"),
+        topic=topic,
+        version=PROTOCOL_VERSION,
+        protocol=PROTOCOL_NAME,
+        timestamp=time.time_ns(),
+        signature="0" * 2 * SIGNATURE_BYTES,
+        recovery_id=1,
+    )
+    return len(envelope.model_dump_json().encode("utf-8"))
 
 
 def seal(identity: Identity, topic: str, body: bytes, now_ns: int | None = None) -> bytes:
@@ -167,11 +182,13 @@ def open_envelope(data: bytes, topic: str, now_ns: int | None = None) -> SignedM
     body = _decode_payload(envelope.payload)
     _check_header(envelope, topic, time.time_ns() if now_ns is None else now_ns)
     try:
-        sender = recover_address(
+        sender_key = recover_public_key(
             payload_digest(envelope.payload),
             bytes.fromhex(envelope.signature),
             envelope.recovery_id,
         )
     except SignatureError as e:
         raise EnvelopeError("bad_signature", str(e)) from e
-    return SignedMessage(sender=sender, topic=envelope.topic, body=body, envelope=envelope)
+    return SignedMessage(
+        sender=address_of(sender_key), topic=envelope.topic, body=body, envelope=envelope, sender_key=sender_key
+    )

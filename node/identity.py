@@ -7,6 +7,7 @@ is the libp2p id of the same key.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import tempfile
@@ -25,6 +26,8 @@ SECRET_BYTES = 32
 DIGEST_BYTES = 32
 SIGNATURE_BYTES = 64
 KEY_FILE_MODE = 0o600
+CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+HALF_ORDER = CURVE_ORDER // 2
 
 
 class IdentityError(Exception):
@@ -61,19 +64,41 @@ def address_of(public_key: bytes) -> str:
 
 def recover_address(digest: bytes, signature: bytes, recovery_id: int) -> str:
     """Address of the key that made `signature` (r||s) with `recovery_id` over `digest`."""
+    return address_of(recover_public_key(digest, signature, recovery_id))
+
+
+def recover_public_key(digest: bytes, signature: bytes, recovery_id: int) -> bytes:
+    """The compressed public key that made `signature` (r||s) with `recovery_id` over `digest`.
+
+    Only low-s signatures count: (r, n - s) with the other recovery id is the same
+    signature, and gossip message ids are hashes of the data, so accepting both
+    would let anyone re-send a message under a new id.
+    """
     if len(digest) != DIGEST_BYTES:
         raise SignatureError(f"digest must be {DIGEST_BYTES} bytes, got {len(digest)}")
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
     if recovery_id not in (0, 1):
         raise SignatureError(f"recovery id must be 0 or 1, got {recovery_id!r}")
+    if int.from_bytes(signature[32:], "big") > HALF_ORDER:
+        raise SignatureError("signature has a high s (not canonical); sign with low s")
     try:
         public_key = coincurve.PublicKey.from_signature_and_message(
             signature + bytes([recovery_id]), digest, hasher=None
         )
     except (ValueError, TypeError) as e:
         raise SignatureError(f"signature does not recover a public key: {e}") from e
-    return address_of(public_key.format(compressed=False))
+    return public_key.format(compressed=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_id_of_key(public_key: bytes) -> str:
+    """The libp2p peer id (`16Uiu2...`) of a 33/64/65-byte secp256k1 public key."""
+    from libp2p.crypto.secp256k1 import Secp256k1PublicKey
+    from libp2p.peer.id import ID
+
+    compressed = parse_public_key(public_key).format(compressed=True)
+    return ID.from_pubkey(Secp256k1PublicKey.from_bytes(compressed)).to_base58()
 
 
 class Identity:

@@ -15,6 +15,7 @@ from typing import Union
 import structlog
 
 from node.envelope import EnvelopeError, SignedMessage, open_envelope
+from node.identity import peer_id_of_key
 from node.messages import HeartbeatBody, MessageError, ResultBody, TaskBody, decode_heartbeat, decode_result, decode_task
 
 TASK_TOPIC = "task"
@@ -64,7 +65,39 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
         body = _DECODERS[topic](signed.body)
     except MessageError as exc:
         raise InboundError("bad_body", str(exc)) from None
+    if isinstance(body, HeartbeatBody):
+        _check_heartbeat_signer(signed, body)
     return Inbound(signed, body)
+
+
+def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
+    """A heartbeat speaks for its signer only (PROTOCOL.md section 7)."""
+    if body.address != signed.sender:
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
+        )
+    if body.peer_id != peer_id_of_key(signed.sender_key):
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
+        )
+
+
+class LogWindow:
+    """At most one log line per key per `window_s`; counts the lines held back meanwhile."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._last_logged: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def admit(self, key: object) -> int | None:
+        """None: do not log now. Otherwise log, saying how many were not logged since."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -self._window_s) < self._window_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last_logged[key] = now
+        return self._suppressed.pop(key, 0)
 
 
 class GossipGate:
@@ -77,9 +110,7 @@ class GossipGate:
 
     def __init__(self, on_reject: Callable[[str, str], None] | None = None, log_window_s: float = 10.0) -> None:
         self._on_reject = on_reject
-        self._log_window_s = log_window_s
-        self._last_logged: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
+        self._window = LogWindow(log_window_s)
 
     def validate(self, topic: str, data: bytes) -> bool:
         try:
@@ -96,11 +127,8 @@ class GossipGate:
     def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:
         if self._on_reject is not None:
             self._on_reject(topic, reason)
-        key = (topic, reason)
-        now = time.monotonic()
-        if now - self._last_logged.get(key, -self._log_window_s) < self._log_window_s:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        not_logged = self._window.admit((topic, reason))
+        if not_logged is None:
             return
-        self._last_logged[key] = now
         log.info("message rejected", topic=topic, reason=reason, detail=detail[:300], size=size,
-                 not_logged_since=self._suppressed.pop(key, 0))
+                 not_logged_since=not_logged)

@@ -1,7 +1,8 @@
 """Task intake: does this node take a valid task? (PROTOCOL.md section 4).
 
 Pure decisions, no I/O: the publisher allow-list, `pickedNodes`, the bloom
-`filter`, the deadline, replays, and model matching. A task that is not for
+`filter`, the deadline (passed, or further ahead than the node's horizon),
+replays, and model matching. A task that is not for
 this node is ignored with a reason (logged at debug by the caller).
 """
 
@@ -17,6 +18,7 @@ from node.messages import TaskBody
 ANY_LOCAL_MODEL = "llamacpp"  # provider name: every locally hosted GGUF model
 ANY_MODEL = "*"
 FIRST_MODEL = "!"
+DEFAULT_HORIZON_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,15 @@ class SeenTasks:
         heapq.heappush(self._by_deadline, (deadline_ns, task_id))
         return True
 
+    def discard(self, task_id: str) -> None:
+        """Forget a task id (it was not taken after all); its heap entry goes at its deadline."""
+        self._deadlines.pop(task_id, None)
+
     def prune(self, now_ns: int) -> None:
         while self._by_deadline and self._by_deadline[0][0] < now_ns:
-            _, task_id = heapq.heappop(self._by_deadline)
-            self._deadlines.pop(task_id, None)
+            deadline, task_id = heapq.heappop(self._by_deadline)
+            if self._deadlines.get(task_id) == deadline:
+                del self._deadlines[task_id]
 
 
 class Intake:
@@ -93,6 +100,7 @@ class Intake:
         publishers: list[str] | None = None,
         rng: random.Random | None = None,
         seen: SeenTasks | None = None,
+        horizon_s: float = DEFAULT_HORIZON_S,
     ) -> None:
         self._address = address.lower()
         self._address_bytes = bytes.fromhex(self._address)
@@ -100,6 +108,7 @@ class Intake:
         self._publishers = {p.lower() for p in publishers} if publishers else None
         self._rng = rng or random.Random()
         self.seen = seen or SeenTasks()
+        self._horizon_ns = int(horizon_s * 1e9)
 
     def decide(self, sender: str, task: TaskBody, now_ns: int) -> Take | Ignore:
         """Take (and remember) the task, or say why not."""
@@ -116,6 +125,11 @@ class Intake:
                 return Ignore("not_in_filter")
         if task.deadline <= now_ns:
             return Ignore("deadline_passed")
+        if task.deadline - now_ns > self._horizon_ns:
+            return Ignore(
+                "deadline_too_far",
+                f"deadline is {(task.deadline - now_ns) / 1e9:.0f} s ahead, beyond this node's {self._horizon_ns / 1e9:g} s",
+            )
         if task.task_id in self.seen:
             return Ignore("duplicate")
         model = match_model(task.input.model, self._hosted, self._rng)

@@ -8,12 +8,19 @@ lose the last few transactions, which at worst re-runs or re-publishes a task.
 A task moves ACCEPTED -> RUNNING -> FINISHED -> PUBLISHED. After a restart the
 daemon re-publishes ``unpublished()`` results and deals with ``interrupted()``
 tasks; ``seen()`` dedupes tasks that gossip delivers again.
+
+Bounded: full task bodies are kept only for tasks the node runs (a refused task
+is journalled without its body, so that its error result is still published),
+within a byte quota in total and per publisher. Every SQLite failure (disk full,
+a locked file, a number SQLite cannot store) surfaces as a JournalError.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +30,12 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
+# Calls run on the event loop: wait this long, not sqlite3's default 5 s, for a lock
+# another process holds, then fail the call with a JournalError.
+BUSY_TIMEOUT_S = 0.2
+ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the quota
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_PUBLISHER_BYTES = 32 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -53,6 +66,7 @@ class TaskState(StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
     PUBLISHED = "published"
+    DROPPED = "dropped"  # the result could not be published at all; never retried
 
 
 @dataclass(frozen=True)
@@ -71,19 +85,43 @@ class JournalEntry:
 
 
 class JournalError(Exception):
-    """The journal cannot be opened or a task cannot make the asked transition."""
+    """The journal cannot be opened or written, or a task cannot make the asked transition."""
+
+
+class JournalQuotaError(JournalError):
+    """Journalling the task would pass the journal's byte quota (in total or for its publisher)."""
 
 
 class Journal:
     """Task journal on one SQLite file; use from one thread (the event loop's)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_publisher_bytes: int = DEFAULT_MAX_PUBLISHER_BYTES,
+    ) -> None:
         self._conn = conn
         self.path = path
+        self.max_bytes = max_bytes
+        self.max_publisher_bytes = max_publisher_bytes
+        self._bytes_by_publisher: dict[str, int] = {}
+        self.bytes_used = 0
+        self._count_bytes()
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
-        """Open (or create) the journal at ``path``, creating its parent directory."""
+    def open(
+        cls,
+        path: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_publisher_bytes: int = DEFAULT_MAX_PUBLISHER_BYTES,
+    ) -> Journal:
+        """Open (or create) the journal at ``path``, creating its parent directory.
+
+        ``max_bytes`` / ``max_publisher_bytes``: quota of task bodies (plus a fixed
+        overhead per row) in total and per publisher; past it a task is refused.
+        """
         path = Path(path)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -91,7 +129,7 @@ class Journal:
             # gives its -wal and -shm files the database file's permissions.
             path.touch(mode=0o600, exist_ok=True)
             # isolation_level=None: autocommit; every statement is its own transaction.
-            conn = sqlite3.connect(path, isolation_level=None)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         try:
@@ -114,7 +152,34 @@ class Journal:
             conn.close()
             raise
         log.debug("journal opened", path=str(path))
-        return cls(conn, path)
+        try:
+            return cls(conn, path, max_bytes, max_publisher_bytes)
+        except JournalError:
+            conn.close()
+            raise
+
+    @contextmanager
+    def _guard(self, action: str, task_id: str | None = None) -> Iterator[None]:
+        """Turn whatever SQLite raises (full disk, locked file, integer overflow) into JournalError."""
+        try:
+            yield
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            what = f"{action} task {task_id}" if task_id else action
+            raise JournalError(f"journal {self.path}: cannot {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _count_bytes(self) -> None:
+        with self._guard("count its bytes"):
+            rows = self._conn.execute(
+                "SELECT publisher, SUM(LENGTH(task_message)) + SUM(COALESCE(LENGTH(result_body), 0)) + COUNT(*) * ? "
+                "FROM tasks GROUP BY publisher",
+                (ROW_OVERHEAD_BYTES,),
+            ).fetchall()
+        self._bytes_by_publisher = {publisher: int(used) for publisher, used in rows}
+        self.bytes_used = sum(self._bytes_by_publisher.values())
+
+    def publisher_bytes(self, publisher: str) -> int:
+        """Bytes this publisher's tasks take in the journal (as the quota counts them)."""
+        return self._bytes_by_publisher.get(publisher, 0)
 
     def record_accepted(
         self,
@@ -125,32 +190,63 @@ class Journal:
         task_message: bytes,
         received_at_ns: int,
     ) -> bool:
-        """Journal a newly accepted task; False if ``task_id`` was already there."""
-        cur = self._conn.execute(
-            f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-            (
-                task_id,
-                publisher,
-                deadline_ns,
-                model,
-                TaskState.ACCEPTED.value,
-                task_message,
-                received_at_ns,
-                time.time_ns(),
-            ),
-        )
-        return cur.rowcount == 1
+        """Journal a newly accepted task; False if ``task_id`` was already there.
+
+        ``task_message`` is empty for a task the node refuses (busy): only its id
+        and its error result are kept. JournalQuotaError past the quota, JournalError
+        when SQLite fails; either way nothing was written.
+        """
+        cost = len(task_message) + ROW_OVERHEAD_BYTES
+        if self.bytes_used + cost > self.max_bytes:
+            raise JournalQuotaError(
+                f"journal {self.path} is full: {self.bytes_used} of {self.max_bytes} bytes used, "
+                f"task {task_id} needs {cost}"
+            )
+        if self.publisher_bytes(publisher) + cost > self.max_publisher_bytes:
+            raise JournalQuotaError(
+                f"publisher {publisher} has {self.publisher_bytes(publisher)} of its "
+                f"{self.max_publisher_bytes} journal bytes in use, task {task_id} needs {cost}"
+            )
+        with self._guard("journal", task_id):
+            cur = self._conn.execute(
+                f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                (
+                    task_id,
+                    publisher,
+                    deadline_ns,
+                    model,
+                    TaskState.ACCEPTED.value,
+                    task_message,
+                    received_at_ns,
+                    time.time_ns(),
+                ),
+            )
+        if cur.rowcount != 1:
+            return False
+        self.bytes_used += cost
+        self._bytes_by_publisher[publisher] = self.publisher_bytes(publisher) + cost
+        return True
+
+    def known_ids(self, now_ns: int) -> list[tuple[str, int]]:
+        """(task id, deadline) of every entry whose deadline has not passed (to dedupe after a restart)."""
+        with self._guard("list task ids"):
+            rows = self._conn.execute(
+                "SELECT task_id, deadline_ns FROM tasks WHERE deadline_ns >= ?", (now_ns,)
+            ).fetchall()
+        return [(task_id, int(deadline)) for task_id, deadline in rows]
 
     def seen(self, task_id: str) -> bool:
         """Whether ``task_id`` is in the journal (in any state)."""
-        row = self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        with self._guard("look up", task_id):
+            row = self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return row is not None
 
     def get(self, task_id: str) -> JournalEntry | None:
         """The entry for ``task_id``, or None."""
-        row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
-        ).fetchone()
+        with self._guard("read", task_id):
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
         return None if row is None else _entry(row)
 
     def mark_running(self, task_id: str) -> None:
@@ -158,14 +254,32 @@ class Journal:
         self._transition(task_id, TaskState.RUNNING, (TaskState.ACCEPTED, TaskState.RUNNING))
 
     def record_finished(self, task_id: str, result_body: bytes) -> None:
-        """Store the encoded result/error body (unsealed) and move to FINISHED."""
+        """Store the encoded result/error body (unsealed) and move to FINISHED.
+
+        The result counts against the quota of the task's publisher but is never refused
+        for it: the task was taken, so its result is owed.
+        """
         self._transition(
             task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body
         )
+        with self._guard("read", task_id):
+            row = self._conn.execute("SELECT publisher FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is not None:
+            self.bytes_used += len(result_body)
+            self._bytes_by_publisher[row[0]] = self.publisher_bytes(row[0]) + len(result_body)
 
     def mark_published(self, task_id: str) -> None:
         """FINISHED -> PUBLISHED (a no-op if already PUBLISHED)."""
         self._transition(task_id, TaskState.PUBLISHED, (TaskState.FINISHED, TaskState.PUBLISHED))
+
+    def replace_result(self, task_id: str, result_body: bytes) -> None:
+        """Swap the stored result of a FINISHED task (for one that cannot be sent as it is)."""
+        self._transition(task_id, TaskState.FINISHED, (TaskState.FINISHED,), result_body)
+        self._count_bytes()
+
+    def mark_dropped(self, task_id: str) -> None:
+        """FINISHED -> DROPPED: the result cannot be published; never retried, even after a restart."""
+        self._transition(task_id, TaskState.DROPPED, (TaskState.FINISHED, TaskState.DROPPED))
 
     def unpublished(self) -> list[JournalEntry]:
         """FINISHED entries whose result is not yet published, oldest first."""
@@ -177,9 +291,10 @@ class Journal:
 
     def backlog(self) -> int:
         """How many FINISHED results are waiting to be published."""
-        row = self._conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.FINISHED.value,)
-        ).fetchone()
+        with self._guard("count the backlog"):
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.FINISHED.value,)
+            ).fetchone()
         return int(row[0])
 
     def prune(self, before_ns: int) -> int:
@@ -189,7 +304,10 @@ class Journal:
         still dedupes a re-delivered task; after it, intake rejects the task as
         expired anyway. Stale unfinished entries past their deadline go too.
         """
-        cur = self._conn.execute("DELETE FROM tasks WHERE deadline_ns < ?", (before_ns,))
+        with self._guard("prune"):
+            cur = self._conn.execute("DELETE FROM tasks WHERE deadline_ns < ?", (before_ns,))
+        if cur.rowcount:
+            self._count_bytes()
         return cur.rowcount
 
     def close(self) -> None:
@@ -209,32 +327,34 @@ class Journal:
     ) -> None:
         marks = ", ".join("?" for _ in allowed_from)
         now = time.time_ns()
-        if result_body is None:
-            cur = self._conn.execute(
-                f"UPDATE tasks SET state = ?, updated_at_ns = ? "
-                f"WHERE task_id = ? AND state IN ({marks})",
-                (to.value, now, task_id, *(s.value for s in allowed_from)),
-            )
-        else:
-            cur = self._conn.execute(
-                f"UPDATE tasks SET state = ?, result_body = ?, updated_at_ns = ? "
-                f"WHERE task_id = ? AND state IN ({marks})",
-                (to.value, result_body, now, task_id, *(s.value for s in allowed_from)),
-            )
-        if cur.rowcount == 1:
-            return
-        row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        with self._guard(f"move to {to.value}", task_id):
+            if result_body is None:
+                cur = self._conn.execute(
+                    f"UPDATE tasks SET state = ?, updated_at_ns = ? "
+                    f"WHERE task_id = ? AND state IN ({marks})",
+                    (to.value, now, task_id, *(s.value for s in allowed_from)),
+                )
+            else:
+                cur = self._conn.execute(
+                    f"UPDATE tasks SET state = ?, result_body = ?, updated_at_ns = ? "
+                    f"WHERE task_id = ? AND state IN ({marks})",
+                    (to.value, result_body, now, task_id, *(s.value for s in allowed_from)),
+                )
+            if cur.rowcount == 1:
+                return
+            row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise JournalError(f"task {task_id} is not in the journal {self.path}")
         raise JournalError(f"task {task_id} cannot go from {row[0]} to {to.value}")
 
     def _select_states(self, states: tuple[TaskState, ...]) -> list[JournalEntry]:
         marks = ", ".join("?" for _ in states)
-        rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) "
-            "ORDER BY received_at_ns, rowid",
-            tuple(s.value for s in states),
-        ).fetchall()
+        with self._guard("list tasks"):
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) "
+                "ORDER BY received_at_ns, rowid",
+                tuple(s.value for s in states),
+            ).fetchall()
         return [_entry(row) for row in rows]
 
 

@@ -71,7 +71,7 @@ class TaskFilter(_Wire):
     """Bloom filter over the raw 20-byte addresses of the nodes that may take the task."""
 
     hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
-    hashes: int
+    hashes: int = Field(ge=1, le=64)
     _bloom: BloomFilter = PrivateAttr()
 
     @model_validator(mode="after")
@@ -171,8 +171,12 @@ class Stats(_Wire):
 
     @model_validator(mode="after")
     def _finite_extras(self) -> Stats:
-        if (path := _first_non_finite(self.model_extra or {})) is not None:
+        extras = self.model_extra or {}
+        if (path := _first_non_finite(extras)) is not None:
             raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        for name, value in extras.items():
+            if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                raise ValueError(f"{name} does not fit in int64")
         return self
 
 

@@ -5,6 +5,11 @@ publish fails) it stays in the journal and `run()` publishes it when peers
 return, as long as the task's deadline plus a grace period has not passed.
 Results are re-sealed at publish time, so a late envelope is never stale.
 Journal entries older than their deadline plus `retention_s` are pruned hourly.
+
+A result whose envelope would pass the gossip size limit is sent as a `result
+too large` error instead. A result that cannot be sent for any other reason than
+a missing peer is logged and marked dropped in the journal, so that neither this
+loop nor a restart retries it forever; the loop itself never stops on one result.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import time
 
 import structlog
 
-from node.envelope import seal
+from node.envelope import MAX_MESSAGE_BYTES, seal, sealed_size
 from node.identity import Identity
 from node.inbound import RESULTS_TOPIC
-from node.journal import Journal, JournalEntry, TaskState
+from node.journal import Journal, JournalEntry, JournalError, TaskState
 from node.messages import MessageError, ResultBody, decode_result, encode_body
 from node.p2p import P2PError, P2PHost
+from node.results import error_body
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +55,7 @@ class ResultOutbox:
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now."""
+        body = _fitting(body)
         self._journal.record_finished(body.task_id, encode_body(body))
         async with self._lock:
             if not await self._has_peers():
@@ -67,9 +74,12 @@ class ResultOutbox:
             for entry in entries:
                 if entry.deadline_ns + self._grace_ns < now:
                     continue  # too late to matter; pruned with the old entries
-                body = self._body_of(entry)
-                if body is not None and await self._publish_if_unpublished(body):
-                    sent += 1
+                try:
+                    body = self._body_of(entry)
+                    if body is not None and await self._publish_if_unpublished(body):
+                        sent += 1
+                except JournalError as exc:
+                    log.error("kept result not published: journal failed", task_id=entry.task_id, error=str(exc))
             return sent
 
     async def run(self) -> None:
@@ -77,14 +87,19 @@ class ResultOutbox:
         loop = asyncio.get_running_loop()
         next_prune = loop.time() + self._prune_interval_s
         while True:
-            if self._journal.backlog():
-                sent = await self.flush()
-                if sent:
-                    log.info("kept results published", count=sent)
-            if loop.time() >= next_prune:
-                next_prune = loop.time() + self._prune_interval_s
-                if pruned := self._journal.prune(time.time_ns() - self._retention_ns):
-                    log.info("journal pruned", entries=pruned)
+            try:
+                if self._journal.backlog():
+                    sent = await self.flush()
+                    if sent:
+                        log.info("kept results published", count=sent)
+                if loop.time() >= next_prune:
+                    next_prune = loop.time() + self._prune_interval_s
+                    if pruned := self._journal.prune(time.time_ns() - self._retention_ns):
+                        log.info("journal pruned", entries=pruned)
+            except JournalError as exc:
+                log.error("outbox round failed; retried in the next round", error=str(exc))
+            except Exception:  # noqa: BLE001 - the outbox loop outlives any one failure
+                log.exception("outbox round failed; retried in the next round")
             await asyncio.sleep(self._retry_interval_s)
 
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:
@@ -92,12 +107,20 @@ class ResultOutbox:
         entry = self._journal.get(body.task_id)
         if entry is not None and entry.state == TaskState.PUBLISHED:
             return False
+        if (fitted := _fitting(body)) is not body:  # kept before this check existed, or grown by a restamp
+            self._journal.replace_result(body.task_id, encode_body(fitted))
+            body = fitted
         stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
         sent = body.model_copy(update={"stats": stats})
         try:
             await self._host.publish(RESULTS_TOPIC, seal(self._identity, RESULTS_TOPIC, encode_body(sent)))
         except P2PError as exc:
             log.warning("result publish failed; kept for retry", task_id=body.task_id, error=str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - EnvelopeError or any other: one result must never stop the outbox
+            log.error("result cannot be published; dropped", task_id=body.task_id,
+                      error=f"{type(exc).__name__}: {exc}")
+            self._journal.mark_dropped(body.task_id)
             return False
         self._journal.mark_published(body.task_id)
         log.info("result published", task_id=body.task_id, ok=body.error is None)
@@ -116,5 +139,18 @@ class ResultOutbox:
             return decode_result(entry.result_body or b"")
         except MessageError as exc:
             log.error("journalled result unreadable; dropped", task_id=entry.task_id, error=str(exc))
-            self._journal.mark_published(entry.task_id)
+            self._journal.mark_dropped(entry.task_id)
             return None
+
+
+def _fitting(body: ResultBody) -> ResultBody:
+    """`body`, or a `result too large` error in its place when its envelope would pass the gossip limit.
+
+    The error names sizes only, never the task's data (error bodies are not encrypted).
+    """
+    size = sealed_size(RESULTS_TOPIC, encode_body(body))
+    if size <= MAX_MESSAGE_BYTES:
+        return body
+    log.warning("result too large; sent as an error", task_id=body.task_id, envelope_bytes=size)
+    reason = f"result too large: its envelope would be {size} bytes, over the {MAX_MESSAGE_BYTES}-byte gossip limit"
+    return error_body(body.task_id, body.model[:256], reason, body.stats)

@@ -4,9 +4,12 @@ py-libp2p is Trio-only, so `P2PHost` runs `P2PService` (node/p2p_service.py)
 under `trio.run` in a dedicated thread. asyncio -> Trio: `trio_token.run_sync_soon`
 spawns a task in the service's nursery; Trio -> asyncio: `loop.call_soon_threadsafe`
 settles a future or puts a message on a subscription queue. libp2p objects are
-never touched from the asyncio thread, and the Trio side never waits on asyncio:
-when a subscription queue is full, the message is dropped, counted
-(`dropped_messages`) and logged.
+never touched from the asyncio thread, and the Trio side never waits on asyncio.
+Each topic has a budget, in messages and in bytes, of what was handed over and
+not yet taken off its queue; it is charged on the Trio thread BEFORE
+`call_soon_threadsafe`, so a flood cannot pile up callbacks on the event loop.
+A message over budget is dropped, counted (`dropped_messages`) and logged at
+most once per `DROP_LOG_WINDOW_S` per topic.
 
 Own messages: a host's own published messages are NOT delivered to its own
 subscription queues (and its own publishes skip its validators), so the node
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +52,8 @@ log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-DROP_LOG_EVERY = 100
+DROP_LOG_WINDOW_S = 10.0
+DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,62 @@ class P2PError(Exception):
 
 class MessageTooLargeError(P2PError):
     """The message exceeds the gossip size limit; nothing was sent."""
+
+
+class HandOffBudget:
+    """Messages and bytes of one topic handed from the Trio thread and not yet consumed.
+
+    Charged on the Trio thread before the hand-off, released when a consumer takes
+    the message off its queue (or when it is dropped); thread-safe.
+    """
+
+    def __init__(self, topic: str, max_messages: int, max_bytes: int) -> None:
+        self.topic = topic
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages = 0
+        self.bytes = 0
+        self.dropped = 0
+        self._not_logged = 0
+        self._last_log = -DROP_LOG_WINDOW_S
+        self._lock = threading.Lock()
+
+    def charge(self, size: int) -> bool:
+        """Reserve room for a message of `size` bytes; False (and counted as dropped) if there is none."""
+        with self._lock:
+            if self.messages < self.max_messages and self.bytes + size <= self.max_bytes:
+                self.messages += 1
+                self.bytes += size
+                return True
+            self.dropped += 1
+            self._not_logged += 1
+            now = time.monotonic()
+            if now - self._last_log < DROP_LOG_WINDOW_S:
+                return False
+            self._last_log, not_logged = now, self._not_logged
+            self._not_logged = 0
+            held = (self.messages, self.bytes)
+        log.warning("p2p.queue_full_dropped", topic=self.topic, dropped=not_logged, dropped_total=self.dropped,
+                    queued_messages=held[0], queued_bytes=held[1])
+        return False
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.messages -= 1
+            self.bytes -= size
+
+
+class _BudgetQueue(asyncio.Queue[GossipMessage]):
+    """A subscription queue that gives a message's room back to its budget when it is taken."""
+
+    def __init__(self, budget: HandOffBudget) -> None:
+        super().__init__(budget.max_messages)
+        self.budget = budget
+
+    def _get(self) -> GossipMessage:
+        message: GossipMessage = super()._get()  # type: ignore[misc]
+        self.budget.release(len(message.data))
+        return message
 
 
 Validator = Callable[[str, bytes], bool]
@@ -96,9 +157,14 @@ class P2PHost:
         max_message_bytes: int = 256 * 1024,
         gossip_heartbeat_s: float = 1.0,
         queue_size: int = 4096,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         libp2p_log_level: int | str = logging.WARNING,
     ) -> None:
-        """`secret` is the node's 32-byte secp256k1 secret; it is also the host key."""
+        """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
+
+        `queue_size` / `queue_bytes`: per topic, the most messages and bytes received
+        and not yet taken by the consumer; more is dropped.
+        """
         try:
             options = ServiceOptions(
                 secret=secret,
@@ -111,6 +177,8 @@ class P2PHost:
         route_libp2p_logging(libp2p_log_level)
         self._options = options
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._budgets: dict[str, HandOffBudget] = {}
         self._service = P2PService(options, on_message=self._on_trio_message)
         self._peer_id = peer_id_of(secret)
         self._queues: dict[str, asyncio.Queue[GossipMessage]] = {}
@@ -120,7 +188,6 @@ class P2PHost:
         self._ready: asyncio.Future[None] | None = None
         self._exited: asyncio.Event | None = None
         self._stopping = False
-        self.dropped_messages = 0
 
     # --- properties ------------------------------------------------------
 
@@ -138,6 +205,11 @@ class P2PHost:
     def thread_name(self) -> str:
         """Name of the Trio thread that runs this host."""
         return f"p2p-trio-{self._peer_id[-8:]}"
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages received and dropped because their topic's hand-off budget was full."""
+        return sum(budget.dropped for budget in list(self._budgets.values()))
 
     @property
     def max_message_bytes(self) -> int:
@@ -199,12 +271,15 @@ class P2PHost:
         """
         if topic in self._queues:
             raise P2PError(f"already subscribed to topic {topic!r}")
-        queue: asyncio.Queue[GossipMessage] = asyncio.Queue(self._queue_size)
+        budget = HandOffBudget(topic, self._queue_size, self._queue_bytes)
+        queue = _BudgetQueue(budget)
         self._queues[topic] = queue
+        self._budgets[topic] = budget
         try:
             await self._call(self._service.subscribe, topic, validator)
         except BaseException:
             self._queues.pop(topic, None)
+            self._budgets.pop(topic, None)
             raise
         return queue
 
@@ -329,6 +404,9 @@ class P2PHost:
             self._exited.set()
 
     def _on_trio_message(self, topic: str, data: bytes, source_peer: str) -> None:  # on the Trio thread
+        budget = self._budgets.get(topic)
+        if budget is None or not budget.charge(len(data)):
+            return
         self._call_soon(self._deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
 
     def _deliver(self, message: GossipMessage) -> None:
@@ -337,7 +415,5 @@ class P2PHost:
             return
         try:
             queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped_messages += 1
-            if self.dropped_messages % DROP_LOG_EVERY == 1:
-                log.warning("p2p.queue_full_dropped", topic=message.topic, dropped_total=self.dropped_messages)
+        except asyncio.QueueFull:  # the budget admits no more than the queue holds; kept as a guard
+            queue.budget.release(len(message.data))

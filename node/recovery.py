@@ -52,6 +52,8 @@ async def recover_interrupted(
 
 
 def _resubmit(entry: JournalEntry, executor: Executor, task_log: structlog.typing.FilteringBoundLogger) -> bool:
+    if not entry.task_message:  # refused (busy) when it came: journalled without its body
+        return False
     try:
         task = decode_task(entry.task_message)
     except MessageError as exc:

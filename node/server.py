@@ -26,9 +26,9 @@ from node.executor import BusyError, Executor, Job
 from node.heartbeat import Heartbeat
 from node.http_api import HttpServer, create_app
 from node.identity import Identity
-from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
+from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, LogWindow, decode
 from node.intake import Ignore, Intake
-from node.journal import Journal
+from node.journal import Journal, JournalError, JournalQuotaError
 from node.messages import TaskBody, encode_body
 from node.metrics import NodeMetrics
 from node.model_setup import load_models
@@ -64,6 +64,7 @@ class NodeServer:
         self._models: dict[str, Any] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._journal_log = LogWindow(settings.reject_log_window)  # a full disk fails every task: log it once a window
 
     async def serve(self) -> None:
         """Start, run until asked to stop, shut down."""
@@ -87,7 +88,9 @@ class NodeServer:
         self.identity = (
             Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
         )
-        self.journal = journal = Journal.open(settings.journal_path)
+        self.journal = journal = Journal.open(
+            settings.journal_path, settings.journal_max_bytes, settings.journal_publisher_max_bytes
+        )
         journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
         loaded = await load_models(settings)
         self._models = loaded.models
@@ -108,7 +111,10 @@ class NodeServer:
         )
         self._runner = runner
         self.executor = Executor(runner.run, runner.abandon, loaded.concurrency(settings.max_concurrent), settings.max_queue)
-        self._intake = Intake(self.identity.address, names, settings.publishers or None)
+        self._intake = Intake(self.identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon)
+        now = time.time_ns()
+        for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
+            self._intake.seen.add(task_id, deadline, now)
         self.monitor = NodeMonitor(
             self.identity, host, self.executor, journal, self.metrics, self.notifier, lambda: self._models,
             startup_grace_s=settings.startup_grace,
@@ -197,37 +203,57 @@ class NodeServer:
         assert self.executor is not None and self.journal is not None
         while True:
             message = await queue.get()
-            now = time.time_ns()
-            # Decoded a second time: the validator's verdict runs on the libp2p thread and
-            # gives back only accept/reject. ~55 us, against ~1.5 ms of P2P work per message.
             try:
-                inbound = decode(TASK_TOPIC, message.data, now)
-            except InboundError:
-                continue  # already rejected and logged by the gossip validator
-            task = inbound.body
-            assert isinstance(task, TaskBody)
-            self.metrics.tasks_received.inc()
-            task_log = log.bind(task_id=task.task_id)
-            task_log.debug("task received", publisher=inbound.sender)
-            decision = self._intake.decide(inbound.sender, task, now)
-            if isinstance(decision, Ignore):
-                self.metrics.ignore(decision.reason)
-                task_log.debug("task not taken", reason=decision.reason, detail=decision.detail)
-                continue
-            if not self.journal.record_accepted(
-                task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task), now
-            ):
-                self.metrics.ignore("duplicate")
-                task_log.debug("task not taken", reason="duplicate", detail="already in the journal")
-                continue
-            self.metrics.tasks_taken.inc()
-            job = Job(task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log)
-            task_log.info("task taken", model=decision.model, publisher=inbound.sender)
-            try:
-                self.executor.submit(job)
-            except BusyError as exc:
-                task_log.warning("task refused", reason=str(exc))
-                self._spawn(self._runner.abandon(job, str(exc)))
+                self._take_task(message)
+            except Exception:  # noqa: BLE001 - one message must never stop the intake
+                self.metrics.ignore("internal_error")
+                log.exception("task intake failed; the next task is taken as usual")
+
+    def _take_task(self, message: GossipMessage) -> None:
+        assert self.executor is not None and self.journal is not None
+        now = time.time_ns()
+        # Decoded a second time: the validator's verdict runs on the libp2p thread and
+        # gives back only accept/reject. ~55 us, against ~1.5 ms of P2P work per message.
+        try:
+            inbound = decode(TASK_TOPIC, message.data, now)
+        except InboundError:
+            return  # already rejected and logged by the gossip validator
+        task = inbound.body
+        assert isinstance(task, TaskBody)
+        self.metrics.tasks_received.inc()
+        task_log = log.bind(task_id=task.task_id)
+        task_log.debug("task received", publisher=inbound.sender)
+        decision = self._intake.decide(inbound.sender, task, now)
+        if isinstance(decision, Ignore):
+            self.metrics.ignore(decision.reason)
+            task_log.debug("task not taken", reason=decision.reason, detail=decision.detail)
+            return
+        # Only a task that will run is journalled with its body; a refused one (busy) keeps
+        # just its row, so that its error result still goes through the outbox.
+        runs = self.executor.admits(decision.model)
+        try:
+            journalled = self.journal.record_accepted(
+                task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
+            )
+        except JournalError as exc:
+            self._intake.seen.discard(task.task_id)
+            reason = "journal_full" if isinstance(exc, JournalQuotaError) else "journal_error"
+            self.metrics.ignore(reason)
+            if (not_logged := self._journal_log.admit(reason)) is not None:
+                task_log.error("task not taken", reason=reason, detail=str(exc), not_logged_since=not_logged)
+            return
+        if not journalled:
+            self.metrics.ignore("duplicate")
+            task_log.debug("task not taken", reason="duplicate", detail="already in the journal")
+            return
+        self.metrics.tasks_taken.inc()
+        job = Job(task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log)
+        task_log.info("task taken", model=decision.model, publisher=inbound.sender)
+        try:
+            self.executor.submit(job)
+        except BusyError as exc:
+            task_log.warning("task refused", reason=str(exc))
+            self._spawn(self._runner.abandon(job, str(exc)))
 
     async def _consume_heartbeats(self, queue: asyncio.Queue[GossipMessage]) -> None:
         while True:

@@ -12,11 +12,15 @@ from a valid task body (a Simple workflow, 8 tokens) signed by the publisher,
 then applies its edits in this order: `body` / `body_text` replace the body,
 `set` / `unset` edit it (dotted paths, list indexes as numbers), `pad_to` grows
 it, the envelope is signed as `signature` says and edited by `envelope_set` /
-`envelope_unset`.
+`envelope_unset`. In `body_text` (for bodies JSON cannot hold, such as `NaN`), whole
+quoted placeholders are replaced by their JSON values.
 
 String values that are exactly one of these placeholders are replaced:
 `$TASK_ID` (fresh), `$DEADLINE` (now + 60 s), `$PAST_DEADLINE` (now - 1 s),
-`$NOW_NS`, `$PUBKEY` (the publisher's compressed key), `$NODE` (the node's
+`$DEADLINE_RFC3339` (now + 60 s as Dria's SDK writes it), `$PAST_DEADLINE_RFC3339`,
+`$FAR_DEADLINE` (now + 2 h: beyond the default horizon), `$NOW_NS`, `$NOW_S`,
+`$PUBKEY` (the publisher's compressed key), `$PUBLISHER` / `$PUBLISHER_PEER_ID`
+(the publisher's address and peer id), `$NODE` (the node's
 address), `$OTHER_NODE` (an address that is not the node's), `$HUGE:<n>` (a
 string of n "x"), `$BRACKETS:<n>` (a string of n "[" then n "]"). `"$NESTED:<n>"` (with its quotes) is replaced in the final text, raw text
 included, by n nested JSON arrays (deeper than Python's json module can write).
@@ -27,6 +31,11 @@ Verdicts:
 - `error_result`: taken; the error result contains `reason`.
 - `result`: taken and answered with a (non-empty) encrypted text.
 - `unsendable`: the sender's P2P layer refuses it (`MessageTooLargeError`).
+- `accept`: a valid message of another topic (a heartbeat with extreme but
+  in-range values): relayed, nothing taken, nothing breaks.
+
+Signatures: `valid`, or broken as `zero`, `flip_recovery`, `tamper_payload`,
+`r_overflow`, `s_zero`, `high_s` (the malleable twin (r, n - s) of a valid one).
 
 A case with `known_bug` states the right verdict that the node does not give yet;
 its tests are strict xfails, so they flip to failures once the bug is fixed.
@@ -41,6 +50,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,8 +63,9 @@ from workflows import Simple
 CASE_DIR = Path(__file__).parent / "hostile"
 DEFAULT_MODEL = "smollm2:135m"
 DEADLINE_S = 60
-Verdict = Literal["reject", "ignore", "error_result", "result", "unsendable"]
-Signature = Literal["valid", "zero", "flip_recovery", "tamper_payload", "r_overflow", "s_zero"]
+Verdict = Literal["reject", "ignore", "error_result", "result", "unsendable", "accept"]
+Signature = Literal["valid", "zero", "flip_recovery", "tamper_payload", "r_overflow", "s_zero", "high_s"]
+CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 TASK_TOPICS = ("task", "results", "heartbeat")
 _NESTED = re.compile(r'"\$NESTED:(\d+)"')
 
@@ -163,14 +174,25 @@ def build(case: Case, actors: Actors, now_ns: int | None = None) -> Built:
     return build_recipe(case.recipe, case.topic, actors, now)
 
 
+def _rfc3339(ns: int) -> str:
+    """A time the way Dria's SDK writes a deadline: microseconds and a `+00:00` offset."""
+    return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).isoformat(timespec="microseconds")
+
+
 def _placeholders(actors: Actors, now_ns: int) -> dict[str, Any]:
     other = Identity.from_hex("77" * 32).address
     return {
         "$TASK_ID": "hostile-" + secrets.token_hex(8),
         "$DEADLINE": now_ns + DEADLINE_S * 1_000_000_000,
         "$PAST_DEADLINE": now_ns - 1_000_000_000,
+        "$DEADLINE_RFC3339": _rfc3339(now_ns + DEADLINE_S * 1_000_000_000),
+        "$PAST_DEADLINE_RFC3339": _rfc3339(now_ns - 1_000_000_000),
+        "$FAR_DEADLINE": now_ns + 2 * 3600 * 1_000_000_000,
         "$NOW_NS": now_ns,
+        "$NOW_S": now_ns // 1_000_000_000,
         "$PUBKEY": actors.publisher.public_key_compressed.hex(),
+        "$PUBLISHER": actors.publisher.address,
+        "$PUBLISHER_PEER_ID": actors.publisher.peer_id,
         "$NODE": actors.node_address,
         "$OTHER_NODE": other if other != actors.node_address else Identity.from_hex("78" * 32).address,
     }
@@ -223,7 +245,10 @@ def _dump(value: Any) -> str:
 
 def _body_text(recipe: Recipe, actors: Actors, table: dict[str, Any]) -> tuple[str, str | None]:
     if recipe.body_text is not None:
-        return recipe.body_text, None
+        text = recipe.body_text
+        for placeholder, value in table.items():  # only whole quoted placeholders, e.g. "$NOW_NS"
+            text = text.replace(f'"{placeholder}"', json.dumps(value))
+        return text, None
     body = valid_task_body() if recipe.body is None else recipe.body
     body = _edit(_substitute(body, table), recipe.set, recipe.unset, table)
     task_id = body.get("taskId") if isinstance(body, dict) else None
@@ -245,6 +270,9 @@ def _sign(recipe: Recipe, payload: str, actors: Actors) -> tuple[str, int]:
             return "ff" * 32 + signature.hex()[64:], recovery_id
         case "s_zero":
             return signature.hex()[:64] + "00" * 32, recovery_id
+        case "high_s":
+            high_s = (CURVE_ORDER - int.from_bytes(signature[32:], "big")).to_bytes(32, "big")
+            return (signature[:32] + high_s).hex(), 1 - recovery_id
     return signature.hex(), recovery_id
 
 

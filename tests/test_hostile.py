@@ -25,7 +25,8 @@ from node.ecies import decrypt
 from node.identity import Identity
 from node.inbound import RESULTS_TOPIC, TASK_TOPIC, InboundError, decode
 from node.intake import Ignore, Intake, Take
-from node.messages import ResultBody, TaskBody
+from node.messages import HeartbeatBody, ResultBody, TaskBody
+from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
 from node.p2p import GossipMessage, MessageTooLargeError, P2PHost
 from node.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
@@ -49,7 +50,7 @@ SOUND = [case for case in CASES if not case.known_bug]
 REQUIRED_CATEGORIES = {
     "invalid_json", "wrong_types", "missing_fields", "bad_base64", "bad_signature", "topic_mismatch",
     "protocol_version", "timestamps", "oversize", "nesting", "huge_strings", "task_id", "deadline",
-    "public_key", "bloom_filter", "model_list", "workflow",
+    "public_key", "bloom_filter", "model_list", "workflow", "numbers", "heartbeat_values", "oversize_result",
 }  # fmt: skip
 VALID_TASK_EVERY = 20  # one valid task after this many hostile cases
 ROUNDS = 3  # the corpus is published this many times: memory must level off
@@ -72,7 +73,7 @@ def test_corpus_has_60_cases_in_every_required_category() -> None:
     counts = Counter(case.category for case in CASES)
     assert len(CASES) >= 60, counts
     assert REQUIRED_CATEGORIES <= set(counts), REQUIRED_CATEGORIES - set(counts)
-    assert {case.expect.verdict for case in CASES} == {"reject", "ignore", "error_result", "result", "unsendable"}
+    assert {case.expect.verdict for case in CASES} == {"reject", "ignore", "error_result", "result", "unsendable", "accept"}
 
 
 def test_raw_cases_are_distinct_bytes() -> None:
@@ -105,6 +106,14 @@ def test_offline_verdict(case: Case) -> None:
         assert caught.value.reason == expect.reason, str(caught.value)
         return
     inbound = decode(case.topic, built.data, now)
+    if expect.verdict == "accept":  # another topic's valid message: a publisher's node table must cope with it
+        assert isinstance(inbound.body, HeartbeatBody)
+        table = NodeTable()
+        table.update(inbound.sender, inbound.body, now=now / 1e9)
+        for node in table.live(now=now / 1e9):
+            assert 0 <= node.free <= MAX_CAPACITY and all(0 <= tps <= MAX_TPS for tps in node.tps.values())
+        table.choose(["*"], now=now / 1e9)
+        return
     decision = Intake(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
     if expect.verdict == "ignore":
         assert isinstance(decision, Ignore) and decision.reason == expect.reason, decision
@@ -156,6 +165,8 @@ class Run:
             return
         since = len(self.logs)
         await self.peer.publish(case.topic, built.data)
+        if expect.verdict == "accept":
+            return  # relayed and not acted on: the crash check and the valid tasks around it tell
         if expect.verdict == "reject":
             entry = await self.wait_for_log(since, {"event": "message rejected"})
             if entry is None or entry["reason"] != expect.reason or entry["topic"] != case.topic:
@@ -310,3 +321,64 @@ async def test_node_survives_the_corpus_and_answers_valid_tasks(tmp_path: Path) 
     assert outcome.valid_completed == outcome.valid_sent >= 5
     assert outcome.unhealthy is None
     assert outcome.rss[-1] - outcome.rss[0] < MAX_RSS_GROWTH_BYTES
+
+
+# --------------------------------------------------------------------------- against a publisher
+
+
+async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
+    """Signed heartbeats with extreme values, replays and stale bodies, sent at a real Client."""
+    from node.client import Client
+    from node.envelope import seal
+
+    fake_node = Identity.generate()
+    peer = P2PHost(fake_node.secret, ["/ip4/127.0.0.1/tcp/0"])
+    await peer.start()
+    await peer.subscribe(TASK_TOPIC)
+    await peer.subscribe("heartbeat")
+    client = Client(peers=[peer.listen_addrs[0]], node_table=NodeTable(ttl=3))
+    try:
+        await client.start()
+        for _ in range(100):
+            if (await peer.mesh_sizes()).get("heartbeat"):
+                break
+            await asyncio.sleep(0.1)
+
+        def heartbeat(at_ns: int, free: int, tps: float) -> bytes:
+            body = {"address": fake_node.address, "peerId": fake_node.peer_id, "models": ["m"],
+                    "capacity": {"free": free, "max": free}, "pendingTasks": 0, "pending_tasks": [0, 0],
+                    "tps": {"m": tps}, "version": "0.3.0", "timestamp": at_ns}
+            return json.dumps(body).encode()
+
+        async def send(body: bytes) -> None:
+            await peer.publish("heartbeat", seal(fake_node, "heartbeat", body))
+
+        async def known() -> list[Any]:
+            for _ in range(30):
+                if nodes := client.nodes.live():
+                    return nodes
+                await asyncio.sleep(0.1)
+            return []
+
+        first = time.time_ns()
+        await send(heartbeat(first, 2**63 - 1, 1e308))
+        [node] = await known()
+        assert (node.free, node.tps["m"]) == (MAX_CAPACITY, MAX_TPS)
+        assert client.nodes.choose(["m"]) is not None  # weighing did not raise
+        # An older body (validly signed, freshly enveloped) does not replace the newer one.
+        await send(heartbeat(first - 10**9, 0, 1.0))
+        await asyncio.sleep(0.5)
+        assert client.nodes.live()[0].free == MAX_CAPACITY
+        # The same signed body re-sent after the TTL keeps nothing alive.
+        await asyncio.sleep(3.2)
+        envelope = json.loads(seal(fake_node, "heartbeat", heartbeat(first, 5, 1.0)))
+        await peer.publish("heartbeat", json.dumps(envelope).encode())
+        await asyncio.sleep(0.5)
+        assert client.nodes.live() == []
+        # A fresh one brings it back.
+        await send(heartbeat(time.time_ns(), 3, 10.0))
+        [node] = await known()
+        assert node.free == 3 and not any(loop.done() for loop in client._loops)
+    finally:
+        await client.close()
+        await peer.stop()

@@ -1,10 +1,14 @@
 """The gossip gate: verdicts, and rejection logs that a spamming peer cannot flood."""
 
+import base64
+import json
+
+import pytest
 import structlog
 
-from node.envelope import seal
-from node.identity import Identity
-from node.inbound import GossipGate
+from node.envelope import payload_digest, seal
+from node.identity import CURVE_ORDER, Identity
+from node.inbound import GossipGate, InboundError, decode
 
 
 def test_rejections_are_counted_each_time_but_logged_once_per_window() -> None:
@@ -27,10 +31,49 @@ def test_suppressed_count_is_reported_when_the_window_reopens() -> None:
     assert [e["not_logged_since"] for e in logs if e["event"] == "message rejected"] == [0, 0]
 
 
-def test_a_valid_heartbeat_passes() -> None:
-    identity = Identity.generate()
-    body = (
-        b'{"address":"' + identity.address.encode() + b'","peerId":"16Uiu2x","models":["m"],'
+def heartbeat_body(address: str, peer_id: str) -> bytes:
+    return (
+        b'{"address":"' + address.encode() + b'","peerId":"' + peer_id.encode() + b'","models":["m"],'
         b'"capacity":{"free":1,"max":1},"pendingTasks":0,"tps":{},"version":"0.3.0","timestamp":1}'
     )
-    assert GossipGate().validate("heartbeat", seal(identity, "heartbeat", body))
+
+
+def test_a_valid_heartbeat_passes() -> None:
+    identity = Identity.generate()
+    assert GossipGate().validate("heartbeat", seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id)))
+
+
+def test_a_heartbeat_speaking_for_another_identity_is_rejected() -> None:
+    signer, victim = Identity.generate(), Identity.generate()
+    for address, peer_id, named in (
+        (victim.address, signer.peer_id, "address"),
+        ("0x" + victim.address.upper(), signer.peer_id, "address"),
+        (signer.address, victim.peer_id, "peerId"),
+        (signer.address, "16Uiu2x", "peerId"),
+    ):
+        with pytest.raises(InboundError, match=f"heartbeat body {named}") as caught:
+            decode("heartbeat", seal(signer, "heartbeat", heartbeat_body(address, peer_id)))
+        assert caught.value.reason == "identity_mismatch"
+    with structlog.testing.capture_logs() as logs:
+        assert not GossipGate().validate("heartbeat", seal(signer, "heartbeat", heartbeat_body(victim.address, victim.peer_id)))
+    assert [e["reason"] for e in logs if e["event"] == "message rejected"] == ["identity_mismatch"]
+
+
+def test_high_s_twin_of_a_valid_signature_is_rejected() -> None:
+    """(r, n - s) with the other recovery id verifies too: accepted, it would be a second message id."""
+    identity = Identity.generate()
+    envelope = json.loads(seal(identity, "task", b'{"taskId":"t"}'))
+    signature = bytes.fromhex(envelope["signature"])
+    high_s = (CURVE_ORDER - int.from_bytes(signature[32:], "big")).to_bytes(32, "big")
+    twin = {**envelope, "signature": (signature[:32] + high_s).hex(), "recovery_id": 1 - envelope["recovery_id"]}
+    import coincurve  # the twin is a valid signature of the same key: only the low-s rule refuses it
+
+    recovered = coincurve.PublicKey.from_signature_and_message(
+        signature[:32] + high_s + bytes([twin["recovery_id"]]), payload_digest(envelope["payload"]), hasher=None
+    )
+    assert recovered.format() == identity.public_key_compressed
+    with pytest.raises(InboundError, match="high s") as caught:
+        decode("task", json.dumps(twin).encode())
+    assert caught.value.reason == "bad_signature"
+    assert base64.b64decode(envelope["payload"]) == b'{"taskId":"t"}'
+

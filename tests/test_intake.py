@@ -98,3 +98,26 @@ def test_seen_tasks_kept_until_deadline_and_bounded() -> None:
     for name, deadline in [("c", 300), ("d", 400), ("e", 500)]:
         seen.add(name, deadline_ns=deadline, now_ns=150)
     assert len(seen) == 3 and "b" not in seen  # earliest deadline forgotten first
+
+
+def test_deadline_beyond_the_horizon_is_not_taken() -> None:
+    intake = Intake(NODE.address, HOSTED, horizon_s=600)
+    now = time.time_ns()
+    decision = intake.decide(PUBLISHER.address, task("far", deadline_in_s=601), now)
+    assert decision.reason == "deadline_too_far" and "600 s" in decision.detail
+    assert "far" not in intake.seen
+    assert isinstance(intake.decide(PUBLISHER.address, task("near", deadline_in_s=599), now), Take)
+    default = Intake(NODE.address, HOSTED)  # one hour by default
+    assert default.decide(PUBLISHER.address, task("x", deadline_in_s=3601), now).reason == "deadline_too_far"
+    assert isinstance(default.decide(PUBLISHER.address, task("y", deadline_in_s=3599), now), Take)
+
+
+def test_a_discarded_task_id_can_be_taken_again() -> None:
+    intake = Intake(NODE.address, HOSTED)
+    now = time.time_ns()
+    first = task("t")
+    assert isinstance(intake.decide(PUBLISHER.address, first, now), Take)
+    intake.seen.discard("t")  # it could not be journalled: not taken after all
+    assert isinstance(intake.decide(PUBLISHER.address, first, now), Take)
+    intake.seen.prune(first.deadline + 1)
+    assert "t" not in intake.seen and len(intake.seen) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.journal import Journal, JournalEntry, JournalError, TaskState
+from node.journal import Journal, JournalEntry, JournalError, JournalQuotaError, TaskState
 
 HOUR_NS = 3600 * 10**9
 
@@ -185,3 +185,117 @@ def test_journal_files_are_private_to_the_operator(tmp_path: Path) -> None:
     for name in ("journal.sqlite3", "journal.sqlite3-wal"):
         assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600, name
     journal.close()
+
+
+def test_numbers_sqlite_cannot_store_are_a_journal_error(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="cannot journal task huge: OverflowError"):
+        accept(journal, "huge", deadline_ns=2**63)
+    assert not journal.seen("huge")
+    assert accept(journal, "next")  # the journal still works
+
+
+def test_quota_in_total_and_per_publisher(journal_path: Path) -> None:
+    j = Journal.open(journal_path, max_bytes=12_000, max_publisher_bytes=4_000)
+    try:
+        deadline = time.time_ns() + HOUR_NS
+        assert j.record_accepted("a1", "alice", deadline, "m", b"x" * 3000, 1)
+        with pytest.raises(JournalQuotaError, match="publisher alice has 3256 of its 4000 journal bytes"):
+            j.record_accepted("a2", "alice", deadline, "m", b"x" * 1000, 1)
+        assert j.record_accepted("a3", "alice", deadline, "m", b"", 1)  # a refused task's row is small
+        assert j.record_accepted("b1", "bob", deadline, "m", b"x" * 3000, 1)
+        assert j.record_accepted("c1", "carol", deadline, "m", b"x" * 3000, 1)
+        with pytest.raises(JournalQuotaError, match="is full: 10024 of 12000 bytes used"):
+            j.record_accepted("d1", "dave", deadline, "m", b"x" * 3000, 1)
+        assert not j.seen("a2") and not j.seen("d1")
+        assert j.bytes_used == 10024 and j.publisher_bytes("alice") == 3512
+    finally:
+        j.close()
+    reopened = Journal.open(journal_path, max_bytes=12_000, max_publisher_bytes=4_000)
+    try:  # the count survives a restart, results count too (never refused: they are owed), pruning gives room back
+        assert reopened.bytes_used == 10024
+        reopened.record_finished("a3", b"r" * 2000)
+        assert reopened.bytes_used == 12024 and reopened.publisher_bytes("alice") == 5512
+        reopened.replace_result("a3", b"r" * 10)
+        assert reopened.bytes_used == 10034
+        assert reopened.prune(time.time_ns() + 2 * HOUR_NS) == 4
+        assert reopened.bytes_used == 0
+        assert reopened.record_accepted("d1", "dave", time.time_ns() + HOUR_NS, "m", b"x" * 3000, 1)
+    finally:
+        reopened.close()
+
+
+def test_known_ids_lists_tasks_until_their_deadline(journal: Journal) -> None:
+    now = time.time_ns()
+    accept(journal, "live", deadline_ns=now + HOUR_NS)
+    accept(journal, "gone", deadline_ns=now - 1)
+    assert journal.known_ids(now) == [("live", now + HOUR_NS)]
+
+
+def test_dropped_results_are_not_retried(journal: Journal) -> None:
+    accept(journal, "t")
+    journal.record_finished("t", b"too big")
+    journal.replace_result("t", b"smaller")
+    assert journal.get("t").result_body == b"smaller"
+    journal.mark_dropped("t")
+    assert journal.unpublished() == [] and journal.backlog() == 0
+    assert journal.get("t").state is TaskState.DROPPED
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MiB filesystem (tmpfs) if this process may mount one, else None."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_a_clear_journal_error_and_the_journal_recovers(small_disk: Path | None, tmp_path: Path) -> None:
+    """On a real full filesystem when the test may mount one; otherwise SQLite's page limit, which
+    fails the same way (SQLITE_FULL)."""
+    j = Journal.open((small_disk or tmp_path) / "journal.sqlite3", max_bytes=10**9, max_publisher_bytes=10**9)
+    filler = (small_disk or tmp_path) / "filler"
+    if small_disk is None:
+        j._conn.execute("PRAGMA max_page_count = 64")
+    else:
+        filler.write_bytes(b"\0" * (1024 * 1024 - 200 * 1024))  # leave ~200 KiB
+    try:
+        errors = []
+        for i in range(40):
+            try:
+                accept_big = j.record_accepted(f"t{i}", "p", time.time_ns() + HOUR_NS, "m", b"x" * 20_000, 1)
+                assert accept_big
+            except JournalError as exc:
+                errors.append(str(exc))
+        assert errors, "the disk never filled up"
+        assert all("database or disk is full" in e for e in errors), errors[:3]
+        assert f"journal {j.path}: cannot journal task" in errors[0]
+        # Room again (the filler removed, or a higher page limit): the same journal takes tasks again.
+        if small_disk is None:
+            j._conn.execute("PRAGMA max_page_count = 1000000")
+        else:
+            filler.unlink()
+        assert j.record_accepted("after", "p", time.time_ns() + HOUR_NS, "m", b"x" * 20_000, 1)
+        assert j.seen("after")
+    finally:
+        j.close()
+
+
+def test_a_database_locked_by_another_process_is_a_quick_journal_error(journal: Journal, journal_path: Path) -> None:
+    other = sqlite3.connect(journal_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        started = time.monotonic()
+        with pytest.raises(JournalError, match="database is locked"):
+            accept(journal, "blocked")
+        assert time.monotonic() - started < 2.0  # the event loop is not held for sqlite3's default 5 s
+        other.execute("ROLLBACK")
+        assert accept(journal, "blocked")
+    finally:
+        other.close()

@@ -307,10 +307,13 @@ def test_bad_stats_are_refused(value: Any) -> None:
         decode_result(json.dumps(result_json(error="e", stats={**STATS, "receivedAt": value})).encode())
 
 
-def test_non_finite_stats_extras_are_refused() -> None:
+def test_non_finite_or_huge_stats_extras_are_refused() -> None:
     raw = json.dumps(result_json(error="e", stats={**STATS, "tokens": 1})).replace('"tokens": 1', '"tokens": NaN')
     with pytest.raises(MessageError, match="not a finite number"):
         decode_result(raw.encode())
+    with pytest.raises(MessageError, match="tokens does not fit in int64"):
+        decode_result(json.dumps(result_json(error="e", stats={**STATS, "tokens": 2**63})).encode())
+    assert decode_result(json.dumps(result_json(error="e", stats={**STATS, "tokens": 2**63 - 1})).encode())
 
 
 def heartbeat_json(**changes: Any) -> dict[str, Any]:

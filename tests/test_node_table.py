@@ -1,15 +1,21 @@
 """The publisher's node table: liveness from heartbeats and weighted choice."""
 
+import json
 import random
 
-from node.messages import Capacity, HeartbeatBody
-from node.node_table import NodeTable
+import pytest
+
+from node.messages import Capacity, HeartbeatBody, decode_heartbeat
+from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
 
 
-def heartbeat(address: str, models: list[str], free: int = 1, tps: dict[str, float] | None = None) -> HeartbeatBody:
+def heartbeat(
+    address: str, models: list[str], free: int = 1, tps: dict[str, float] | None = None, at: float = 0.0, max_: int = 4
+) -> HeartbeatBody:
+    """A heartbeat whose signed body was stamped at `at` (Unix seconds)."""
     return HeartbeatBody(
-        address=address, peer_id="16Uiu2x", models=models, capacity=Capacity(free=free, max=4),
-        pending=0, tps=tps or {}, version="0.3.0", timestamp=1,
+        address=address, peer_id="16Uiu2x", models=models, capacity=Capacity(free=free, max=max_),
+        pending=0, tps=tps or {}, version="0.3.0", timestamp=int(at * 1e9),
     )
 
 
@@ -28,6 +34,80 @@ def test_nodes_silent_for_the_ttl_are_gone() -> None:
     assert [n.address for n in table.live(now=90)] == [A]
     assert table.live(now=91) == []
     assert table.choose(["m"], now=91) is None
+
+
+def test_default_ttl_is_two_heartbeat_intervals() -> None:
+    table = NodeTable()
+    assert table.update(A, heartbeat(A, ["m"], at=100), now=100)
+    assert table.live(now=160) and not table.live(now=161)
+
+
+def test_liveness_is_judged_by_the_signed_body_timestamp() -> None:
+    table = NodeTable(ttl=60)
+    old = heartbeat(A, ["m"], at=1000)
+    assert table.update(A, old, now=1000)
+    # The same signed body re-sent later (a fresh envelope around it) keeps nothing alive.
+    assert not table.update(A, old, now=1050)
+    assert table.live(now=1061) == []
+    assert not table.update(A, old, now=1061)  # stale on arrival: ignored
+    assert table.live(now=1061) == []
+
+
+def test_a_heartbeat_older_than_the_newest_seen_is_ignored() -> None:
+    table = NodeTable(ttl=60)
+    assert table.update(A, heartbeat(A, ["m"], free=3, at=100), now=100)
+    assert not table.update(A, heartbeat(A, ["m"], free=0, at=90), now=101)  # an older one replayed
+    assert table.live(now=101)[0].free == 3
+    assert table.update(A, heartbeat(A, ["m"], free=0, at=101), now=101)
+    assert table.live(now=101)[0].free == 0
+
+
+def test_a_heartbeat_from_the_future_is_ignored() -> None:
+    table = NodeTable(ttl=60, max_skew=60)
+    assert not table.update(A, heartbeat(A, ["m"], at=10_000), now=100)
+    assert table.update(A, heartbeat(A, ["m"], at=150), now=100)  # within the skew
+
+
+@pytest.mark.parametrize(
+    ("free", "max_", "tps", "expected_free", "expected_tps"),
+    [
+        (2**63 - 1, 2**63 - 1, 1e308, MAX_CAPACITY, MAX_TPS),
+        (0, 0, 0.0, 0, 0.0),
+        (5, 4, 2e6, 5, MAX_TPS),
+    ],
+)
+def test_heartbeat_numbers_are_clamped_before_weighing(
+    free: int, max_: int, tps: float, expected_free: int, expected_tps: float
+) -> None:
+    table = NodeTable(rng=random.Random(5))
+    assert table.update(A, heartbeat(A, ["m"], free=free, max_=max_, tps={"m": tps}), now=0)
+    assert table.update(B, heartbeat(B, ["m"], free=1, tps={"m": 1.0}), now=0)
+    [node] = [n for n in table.live(now=0) if n.address == A]
+    assert (node.free, node.tps["m"]) == (expected_free, expected_tps) and node.max <= MAX_CAPACITY
+    picks = {table.choose(["m"], now=0).address for _ in range(200)}  # never raises
+    assert picks <= {A, B}
+
+
+def test_extreme_heartbeats_never_reach_the_table() -> None:
+    """`free = 10**400` or `tps = Infinity` is refused when the body is parsed; clamping covers the rest."""
+    from node.messages import MessageError
+
+    body = heartbeat(A, ["m"]).model_dump(by_alias=True)
+    for change in ({"capacity": {"free": 10**400, "max": 1}}, {"tps": {"m": float("inf")}}):
+        with pytest.raises(MessageError):
+            decode_heartbeat(json.dumps({**body, **change}).encode())
+
+
+def test_table_stays_bounded_in_bytes() -> None:
+    table = NodeTable(max_nodes=10_000, max_bytes=200_000)
+    models = [f"model-{i:03d}-" + "x" * 240 for i in range(60)]
+    for i in range(100):
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, models, at=i * 0.01), now=1)
+        assert table.bytes_used <= 200_000
+    live = table.live(now=1)
+    assert 0 < len(live) < 100 and f"{99:040x}" in {n.address for n in live}
+    assert table.bytes_used == sum(n.size for n in live)
 
 
 def test_choice_respects_models_and_exclusions() -> None:
@@ -63,7 +143,7 @@ def test_table_stays_bounded_under_a_flood_of_new_keys() -> None:
     table = NodeTable(ttl=90, max_nodes=100)
     for i in range(1000):
         address = f"{i:040x}"
-        table.update(address, heartbeat(address, ["m"]), now=i * 0.01)
+        table.update(address, heartbeat(address, ["m"], at=i * 0.01), now=i * 0.01)
     assert len(table.live(now=10)) == 100
     newest = f"{999:040x}"
     assert newest in {node.address for node in table.live(now=10)}

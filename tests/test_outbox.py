@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from pathlib import Path
+
+import pytest
 
 from node.identity import Identity
 from node.inbound import RESULTS_TOPIC, decode
 from node.journal import Journal, TaskState
-from node.messages import Stats
+from node.messages import ResultBody, Stats, encode_body
 from node.outbox import ResultOutbox
 from node.p2p import P2PHost
-from node.results import error_body
+from node.results import error_body, success_body
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -57,6 +61,111 @@ async def test_kept_without_peers_then_published_once_when_a_peer_joins(tmp_path
                 break
             await asyncio.sleep(0.1)
         assert journal.get("old") is None and journal.get("t1") is not None
+        runner.cancel()
+    finally:
+        await listener.stop()
+        await host.stop()
+        journal.close()
+
+
+async def connected(tmp_path: Path) -> tuple[Identity, Identity, P2PHost, P2PHost, asyncio.Queue, Journal]:  # type: ignore[type-arg]
+    node, publisher = Identity.generate(), Identity.generate()
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    host, listener = P2PHost(node.secret, LOOPBACK), P2PHost(publisher.secret, LOOPBACK)
+    await host.start()
+    await listener.start()
+    await host.subscribe(RESULTS_TOPIC)
+    received = await listener.subscribe(RESULTS_TOPIC)
+    await listener.connect(host.listen_addrs[0])
+    for _ in range(100):
+        if (await host.mesh_sizes()).get(RESULTS_TOPIC):
+            break
+        await asyncio.sleep(0.1)
+    return node, publisher, host, listener, received, journal
+
+
+def success(task_id: str, publisher: Identity, plaintext: str):  # type: ignore[no-untyped-def]
+    now = time.time_ns()
+    stats = Stats(received_at=now, execution_started_at=now, execution_ended_at=now, published_at=now)
+    return success_body(task_id, "m", plaintext, publisher.public_key_compressed.hex(), stats)
+
+
+async def test_oversize_result_becomes_a_result_too_large_error(tmp_path: Path) -> None:
+    node, publisher, host, listener, received, journal = await connected(tmp_path)
+    try:
+        outbox = ResultOutbox(node, host, journal)
+        deadline = time.time_ns() + 60 * 10**9
+        secret_text = "SECRET-" * 20_000  # 140 kB of plaintext: its ciphertext hex and base64 pass 256 KiB
+        journal.record_accepted("big", publisher.address, deadline, "m", b"{}", time.time_ns())
+        assert await outbox.send(success("big", publisher, secret_text)) is True
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert isinstance(inbound.body, ResultBody) and inbound.body.task_id == "big"
+        assert inbound.body.ciphertext is None and inbound.body.error is not None
+        assert inbound.body.error.startswith("result too large: ") and "SECRET" not in inbound.body.error
+        assert journal.get("big").state == TaskState.PUBLISHED
+
+        # A small one right after still goes out as it is.
+        journal.record_accepted("small", publisher.address, deadline, "m", b"{}", time.time_ns())
+        assert await outbox.send(success("small", publisher, "fine")) is True
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert inbound.body.task_id == "small" and inbound.body.ciphertext is not None
+    finally:
+        await listener.stop()
+        await host.stop()
+        journal.close()
+
+
+async def test_oversize_result_kept_in_the_journal_is_fitted_when_flushed(tmp_path: Path) -> None:
+    node, publisher, host, listener, received, journal = await connected(tmp_path)
+    try:
+        deadline = time.time_ns() + 60 * 10**9
+        journal.record_accepted("kept", publisher.address, deadline, "m", b"{}", time.time_ns())
+        # As an older node (without the size check) left it: too large to seal.
+        journal.record_finished("kept", encode_body(success("kept", publisher, "x" * 140_000)))
+        outbox = ResultOutbox(node, host, journal)
+        assert await outbox.flush() == 1
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert inbound.body.error is not None and inbound.body.error.startswith("result too large")
+        assert journal.backlog() == 0
+    finally:
+        await listener.stop()
+        await host.stop()
+        journal.close()
+
+
+async def test_a_result_that_fails_to_publish_is_dropped_once_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, publisher, host, listener, received, journal = await connected(tmp_path)
+    try:
+        deadline = time.time_ns() + 60 * 10**9
+        for task_id in ("bad", "good"):
+            journal.record_accepted(task_id, publisher.address, deadline, "m", b"{}", time.time_ns())
+            journal.record_finished(task_id, encode_body(body(task_id)))
+        journal.record_accepted("garbled", publisher.address, deadline, "m", b"{}", time.time_ns())
+        journal.record_finished("garbled", b"not a result body")
+        real_publish = host.publish
+
+        async def publish(topic: str, data: bytes) -> None:
+            if b"bad" in base64.b64decode(json.loads(data)["payload"]):
+                raise RuntimeError("a bug in one result's path")
+            await real_publish(topic, data)
+
+        monkeypatch.setattr(host, "publish", publish)
+        outbox = ResultOutbox(node, host, journal, retry_interval_s=0.05)
+        runner = asyncio.create_task(outbox.run())
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert inbound.body.task_id == "good"
+        for _ in range(50):
+            if journal.backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert journal.get("bad").state == TaskState.DROPPED
+        assert journal.get("garbled").state == TaskState.DROPPED
+        assert journal.get("good").state == TaskState.PUBLISHED
+        assert not runner.done()
+        # After a restart nothing is retried: a fresh outbox on the same journal has nothing to send.
+        assert await ResultOutbox(node, host, journal).flush() == 0
         runner.cancel()
     finally:
         await listener.stop()
