@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def sdk_payload(task_id: str, node: str, **extra: Any) -> dict[str, Any]:
     task_key = Identity.generate()
     return {
         "taskId": task_id, "input": {"workflow": workflow, "model": [SDK_NAME]}, "pickedNodes": [node],
-        "nodePeerIds": ["16Uiu2..."], "deadline": "2099-01-01T00:00:00.000000+00:00",
+        "nodePeerIds": ["16Uiu2..."], "deadline": (datetime.now(UTC) + timedelta(seconds=300)).isoformat(),
         "datasetId": "ab" * 32, "publicKey": task_key.public_key_uncompressed.hex()[2:],
         "privateKey": "0x" + task_key.secret.hex(), **extra,
     }
