@@ -40,7 +40,8 @@ from tests.cluster import dialable, node_settings, running_node
 from tests.sdk.venv import DRIVER, SCHEMAS, sdk_python
 from workflows import Simple, WorkflowValidationError
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+# The first test that needs the SDK may install it (.venv-sdk) and runs every scenario.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(1200)]
 
 SDK_NAME = "llama3.2:1b"  # an SDK `Model` value; the test node hosts SmolLM2 under it (tests only)
 TOKEN = "sdk-test-token-0123456789"
