@@ -44,6 +44,8 @@ from workflows import Simple, WorkflowValidationError
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(1200)]
 
 SDK_NAME = "llama3.2:1b"  # an SDK `Model` value; the test node hosts SmolLM2 under it (tests only)
+# Also under an OpenAI and a Gemini name: the SDK sends each group its own schema form.
+OPENAI_NAME, GEMINI_NAME = "gpt-4o-mini", "gemini-1.5-flash"
 TOKEN = "sdk-test-token-0123456789"
 OTHER_TOKEN = "other-sdk-token-0123456789"
 # The node sends `Invalid prompt: ` for deterministic errors once the engine marks them (workflows.errors);
@@ -83,7 +85,8 @@ def gateway_settings(data_dir: Path, peers: list[str], port: int = 0) -> Gateway
 async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
     async with AsyncExitStack() as stack:
         node = await stack.enter_async_context(running_node(node_settings(
-            tmp_path_factory.mktemp("node"), models=[SDK_NAME], registry={SDK_NAME: {"alias": DEFAULT_MODEL}},
+            tmp_path_factory.mktemp("node"), models=[SDK_NAME, OPENAI_NAME, GEMINI_NAME],
+            registry={name: {"alias": DEFAULT_MODEL} for name in (SDK_NAME, OPENAI_NAME, GEMINI_NAME)},
             n_ctx=4096, max_tokens_cap=120, max_queue=16,
         )))
         settings = gateway_settings(tmp_path_factory.mktemp("gw"), [dialable(node)])
@@ -196,7 +199,7 @@ async def test_gets_answer_200_or_401_and_list_live_nodes_with_their_own_signatu
         [item] = [json.loads(p) for p in peers]
         assert item["peer_id"] == net.node.identity.peer_id
         body = json.loads(base64.b64decode(item["message"]))
-        assert body["models"] == [SDK_NAME] and isinstance(body["pending_tasks"], list)
+        assert body["models"] == [SDK_NAME, OPENAI_NAME, GEMINI_NAME] and isinstance(body["pending_tasks"], list)
         # The node's own signature, untouched: it recovers to the node's address.
         signer = recover_address(payload_digest(item["message"]), bytes.fromhex(item["signature"]), item["recovery_id"])
         assert signer == net.node.identity.address
@@ -265,12 +268,16 @@ async def test_simple_tasks_return_results_from_the_aliased_model(sdk_run: Net) 
     assert len(rows) == 3 and all(r["served"] and r["picked"] == json.dumps([sdk_run.node.identity.address]) for r in rows)
 
 
-async def test_prompt_with_a_pydantic_schema_is_decoded_under_the_sdk_regex(sdk_run: Net) -> None:
+async def test_prompt_with_a_pydantic_schema_is_decoded_under_each_sdk_schema_form(sdk_run: Net) -> None:
     output = sdk_run.outputs["prompt"]
-    [result] = output["results"]
-    assert re.fullmatch(output["regex"], result["result"]), result["result"]
-    person = json.loads(result["result"])
-    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    by_model = {r["model"]: r["result"] for r in output["results"]}
+    assert set(by_model) == {SDK_NAME, OPENAI_NAME, GEMINI_NAME}
+    assert re.fullmatch(output["regex"], by_model[SDK_NAME]), by_model[SDK_NAME]  # the outlines regex
+    for name in (SDK_NAME, OPENAI_NAME):  # the regex and the strict JSON schema both require both fields
+        person = json.loads(by_model[name])
+        assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    gemini = json.loads(by_model[GEMINI_NAME])  # upper-case types, no `required`: typed fields if present
+    assert isinstance(gemini, dict) and isinstance(gemini.get("name", ""), str) and isinstance(gemini.get("age", 0), int)
 
 
 async def test_magpie_runs_through_parallel_singleton_executor(sdk_run: Net) -> None:

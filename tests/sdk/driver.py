@@ -16,7 +16,9 @@ import sys
 import time
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-MODEL = "llama3.2:1b"  # the test node hosts SmolLM2 under this SDK name
+MODEL = "llama3.2:1b"  # the test node hosts SmolLM2 under these SDK names (an Ollama, an OpenAI, a Gemini one)
+OPENAI_MODEL = "gpt-4o-mini"
+GEMINI_MODEL = "gemini-1.5-flash"
 violations: list[str] = []
 
 
@@ -90,10 +92,14 @@ async def simple(dria: Dria) -> None:
 
 
 async def prompt(dria: Dria) -> None:
+    # One task per schema form: the SDK rewrites the schema by the picked model's group.
     asked = Prompt(prompt="Describe {{name}}, a person, as JSON with a name and an age.", schema=Person)
-    task = Task(workflow=asked.workflow(name="Ada"), models=[SDK_MODEL], dataset_id="sdk-test")
-    results = await dria.execute(task, timeout=240)
-    # The SDK rewrote the schema for this Ollama-group name into this regex (base64) before posting it.
+    # One execute per model: in a batch the SDK gives every task a random one of all the batch's models.
+    results = []
+    for name in (MODEL, OPENAI_MODEL, GEMINI_MODEL):
+        task = Task(workflow=asked.workflow(name="Ada"), models=[Model(name)], dataset_id="sdk-test")
+        results += await dria.execute(task, timeout=240)
+    # For the Ollama-group name the SDK sent this regex (base64) as the schema.
     regex = base64.b64decode(SchemaParser.parse(Person, "ollama")).decode()
     emit(scenario="prompt", regex=regex, results=[{"result": r.result, "model": r.model} for r in results])
 
