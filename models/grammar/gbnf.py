@@ -40,6 +40,7 @@ class _Parser:
         self.text = text
         self.pos = 0
         self.rules = _Rules()
+        self._last_min = 1  # the lower bound of the last quantifier read (0: the item may be absent)
 
     def fail(self, message: str) -> GrammarError:
         line = self.text.count("\n", 0, self.pos) + 1
@@ -188,8 +189,6 @@ class _Parser:
             else:
                 return items
             self.space(nested)
-
-    _last_min = 1
 
     def quantifier(self, nested: bool) -> None:
         c = self.peek()
