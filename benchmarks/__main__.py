@@ -21,6 +21,7 @@ from benchmarks import (
     concurrency,
     footprint,
     generation,
+    grammar,
     ipc,
     llama_server,
     overhead,
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 60),
     "remote": Benchmark("7. Remote engine", remote.run, 150),
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
+    "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
 }
 
 

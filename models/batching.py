@@ -42,7 +42,6 @@ from models.requests import (
     GenerationRequest,
     ModelError,
     ModelLoadError,
-    UnsupportedRequestError,
 )
 from models.runtime import RuntimeOptions
 from models.sampling import Grammar, SamplingSettings
@@ -199,13 +198,7 @@ class BatchedLlamaModel:
             raise
 
     def _sampling(self, request: GenerationRequest) -> SamplingSettings:
-        grammar = None
-        if request.regex is not None:
-            raise UnsupportedRequestError("Invalid prompt: schema form not supported by llama.cpp (regex)")
-        if request.json_schema is not None:
-            if request.ignore_eos:
-                raise ModelError("ignore_eos cannot be combined with json_schema")
-            grammar = Grammar.from_json_schema(request.json_schema)
+        grammar = Grammar.for_request(request)
         return SamplingSettings(
             temperature=request.temperature,
             seed=request.seed,

@@ -162,10 +162,16 @@ class Registry:
     def with_overrides(self, entries: dict[str, dict[str, Any]]) -> Registry:
         """A new registry with `entries` (name -> spec fields) added or replacing built-ins.
 
+        An entry `{"alias": "<other name>"}` hosts the other entry's GGUF under `name`
+        (e.g. a Dria SDK model name such as `llama3.2:1b` for `llama3.2:1b-instruct-q4_K_M`).
+
         Raises RegistryError naming the entry when one is invalid.
         """
         specs = dict(self._specs)
         for name, fields in entries.items():
+            if "alias" in fields:
+                specs[name] = _alias(specs, name, fields)
+                continue
             try:
                 specs[name] = ModelSpec.model_validate({**fields, "name": name})
             except ValidationError as exc:
@@ -194,3 +200,16 @@ class Registry:
     def specs(self) -> list[ModelSpec]:
         """All specs, sorted by name."""
         return [self._specs[n] for n in self.names()]
+
+
+def _alias(specs: dict[str, ModelSpec], name: str, fields: dict[str, Any]) -> ModelSpec:
+    """The spec of the entry `fields["alias"]` names, under `name`."""
+    target = fields["alias"]
+    if set(fields) != {"alias"}:
+        others = ", ".join(sorted(set(fields) - {"alias"}))
+        raise RegistryError(f"registry entry {name!r} is invalid: an alias takes no other fields (got {others})")
+    if not isinstance(target, str) or target not in specs:
+        raise RegistryError(
+            f"registry entry {name!r} is invalid: alias {target!r} is not a known model; known models: {', '.join(sorted(specs))}"
+        )
+    return specs[target].model_copy(update={"name": name})

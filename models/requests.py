@@ -30,8 +30,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     # When set, decoding is constrained to JSON following this JSON schema.
     json_schema: dict[str, Any] | None = None
-    # When set, decoding is constrained to text matching this regular expression
-    # (a backend that cannot do it raises UnsupportedRequestError).
+    # When set, decoding is constrained to text this regex matches as a whole (takes precedence).
     regex: str | None = None
     stop: list[str] = Field(default_factory=list)
     # Generate exactly max_tokens (benchmarks): end-of-sequence is not a stop.

@@ -16,7 +16,6 @@ finish reason, tells a cancelled or timed-out request from a finished one.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.chat_prompt import ChatTemplate
 from models.gguf_file import check_model_file
+from models.grammar import check_gbnf
 from models.llama_log import install_llama_log_router
 from models.requests import (
     ChatMessage,
@@ -43,8 +43,8 @@ from models.requests import (
     GenerationRequest,
     ModelError,
     ModelLoadError,
-    UnsupportedRequestError,
 )
+from models.sampling import Grammar
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -246,13 +246,7 @@ class LlamaModel:
         criteria: list[Callable[..., bool]] = [stop.criterion]
         processors = None
         stops = list(request.stop)
-        grammar = None
-        if request.regex is not None:
-            raise UnsupportedRequestError("Invalid prompt: schema form not supported by llama.cpp (regex)")
-        if request.json_schema is not None:
-            if request.ignore_eos:
-                raise ModelError("ignore_eos cannot be combined with json_schema")
-            grammar = _grammar(request.json_schema)
+        grammar = _grammar(request)
         if request.ignore_eos:
             processors = llama_cpp.LogitsProcessorList([self._end_token_mask()])
         else:
@@ -339,11 +333,10 @@ class LlamaModel:
                     llama.close()
 
 
-def _grammar(schema: dict[str, Any]) -> llama_cpp.LlamaGrammar:
-    try:
-        return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except Exception as exc:
-        raise ModelError(f"json_schema cannot be turned into a grammar: {exc}") from exc
+def _grammar(request: GenerationRequest) -> llama_cpp.LlamaGrammar | None:
+    """The request's constraint as a llama.cpp grammar, parsed in Python first (see models.grammar)."""
+    grammar = Grammar.for_request(request)
+    return None if grammar is None else llama_cpp.LlamaGrammar.from_string(check_gbnf(grammar.gbnf), verbose=False)
 
 
 # llama-cpp-python's Llama(verbose=False) points the process's stdout/stderr at

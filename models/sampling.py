@@ -3,9 +3,11 @@
 The chain mirrors what `llama_cpp.Llama.create_completion` builds for the
 arguments `LlamaModel` passes (repeat_penalty 1.0, default top-k/top-p/min-p),
 so a request samples the same way on either runtime:
-  [end-token mask (ignore_eos)] -> [grammar] -> greedy            (temperature 0)
-  [end-token mask (ignore_eos)] -> [grammar] -> top_k 40 -> typical 1.0 ->
+  [end-token mask (ignore_eos)] -> greedy                          (temperature 0)
+  [end-token mask (ignore_eos)] -> top_k 40 -> typical 1.0 ->
       top_p 0.95 -> min_p 0.05 -> temp -> dist(seed)                (temperature > 0)
+A grammar (from a JSON schema or a regex, see models.grammar) is kept beside the
+chain and checked lazily (see SequenceSampler).
 
 `StopText` collects a sequence's output bytes and finds its stop strings.
 """
@@ -13,37 +15,48 @@ so a request samples the same way on either runtime:
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
-from models.requests import ModelError
+from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, regex_to_gbnf
+from models.requests import GenerationRequest, ModelError
+
+__all__ = ["Grammar", "GrammarError", "SamplingSettings", "SequenceSampler", "StopText", "token_piece"]
 
 # The sampling constants create_completion uses by default.
 _TOP_K, _TYPICAL_P, _TOP_P, _MIN_P, _MIN_KEEP = 40, 1.0, 0.95, 0.05, 1
 
 
-class GrammarError(ModelError):
-    """A JSON schema or grammar cannot be turned into a llama.cpp grammar sampler."""
-
-
 @dataclass(frozen=True)
 class Grammar:
-    """A GBNF grammar and its root rule."""
+    """A GBNF grammar whose rule `root` is the start (checked again before llama.cpp sees it)."""
 
     gbnf: str
-    root: str = "root"
 
     @classmethod
     def from_json_schema(cls, schema: dict[str, Any]) -> Grammar:
-        """Convert a JSON schema to GBNF; GrammarError names the problem."""
-        try:
-            grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as exc:
-            raise GrammarError(f"json_schema cannot be turned into a grammar: {exc}") from exc
-        return cls(gbnf=grammar._grammar, root=grammar._root)
+        """Convert a JSON schema (Gemini's upper-case form too) to GBNF; GrammarError names the problem."""
+        return cls(gbnf=json_schema_to_gbnf(schema))
+
+    @classmethod
+    def from_regex(cls, pattern: str) -> Grammar:
+        """Convert a regex (matched as a whole) to GBNF; GrammarError names the problem."""
+        return cls(gbnf=regex_to_gbnf(pattern))
+
+    @classmethod
+    def for_request(cls, request: GenerationRequest) -> Grammar | None:
+        """The grammar constraining `request` (its json_schema or regex), if any."""
+        if request.json_schema is None and request.regex is None:
+            return None
+        if request.ignore_eos:
+            raise ModelError("ignore_eos cannot be combined with json_schema or regex")
+        if request.regex is not None:
+            return cls.from_regex(request.regex)
+        assert request.json_schema is not None
+        return cls.from_json_schema(request.json_schema)
 
 
 @dataclass(frozen=True)
@@ -57,11 +70,27 @@ class SamplingSettings:
     banned_tokens: tuple[int, ...] = ()
 
 
+# llama_token_data as numpy sees it: a full-vocabulary candidate array is filled without a Python loop.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
 class SequenceSampler:
-    """A llama.cpp sampler chain owned by one sequence. Use only on the context's thread."""
+    """A llama.cpp sampler chain owned by one sequence. Use only on the context's thread.
+
+    A grammar is checked lazily, as llama.cpp's own common sampler does: the chain picks a
+    token from the unconstrained logits, and only when the grammar refuses it is the
+    full vocabulary masked by the grammar and the token picked again. Masking every
+    token costs milliseconds per step on a large vocabulary; checking one costs microseconds.
+    At temperature 0 both give the same token.
+    """
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, settings: SamplingSettings) -> None:
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._grammar: llama_cpp.llama_sampler_p | None = None
+        self._n_vocab = n_vocab
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._candidates: np.ndarray | None = None  # allocated on the first refused token
         try:
             self._build(vocab, n_vocab, settings)
         except BaseException:
@@ -82,9 +111,10 @@ class SequenceSampler:
             # llama.cpp copies the array, so `biases` may go out of scope.
             self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases), "logit bias")
         if settings.grammar is not None:
-            self._add(llama_cpp.llama_sampler_init_grammar(
-                vocab, settings.grammar.gbnf.encode("utf-8"), settings.grammar.root.encode("utf-8")
-            ), "grammar (the grammar does not parse)")
+            gbnf = check_gbnf(settings.grammar.gbnf)  # llama.cpp's parser can abort the process
+            self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if not self._grammar:
+                raise GrammarError("llama.cpp could not create the grammar sampler")
         if settings.temperature == 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy(), "greedy")
             return
@@ -98,13 +128,48 @@ class SequenceSampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
         """Sample (and accept) the next token from the logits of batch position `output_index`."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, output_index))
+        token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, output_index))
+        if self._grammar is None:
+            return token
+        if not self._allowed(token):
+            token = self._constrained(ctx, output_index)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _allowed(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (it is offered alone)."""
+        assert self._grammar is not None
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return bool(self._one[0].logit != float("-inf"))
+
+    def _constrained(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
+        """Pick again from the full vocabulary with the grammar's mask applied first."""
+        assert self._grammar is not None
+        if self._candidates is None:
+            self._candidates = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        candidates = self._candidates
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, output_index), shape=(self._n_vocab,))
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(data, self._n_vocab, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if array.selected < 0:
+            raise GrammarError("the grammar allows no token here")
+        return int(candidates["id"][array.selected])
 
     def close(self) -> None:
-        """Free the chain and every sampler in it."""
+        """Free the chain, the grammar and every sampler in them."""
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 class StopText:

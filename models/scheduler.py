@@ -302,7 +302,11 @@ class Scheduler:
     def _take_token(self, slot: Slot, index: int) -> None:
         job = slot.job
         assert job is not None
-        token = job.sampler.sample(self._ctx, index)
+        try:
+            token = job.sampler.sample(self._ctx, index)
+        except ModelError as exc:  # a grammar with no way on: this request fails, the others go on
+            self._finish(slot, exc)
+            return
         if self.end_of_generation(token):
             self._complete(slot, "stop")
             return

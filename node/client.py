@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from node.ecies import EciesError, decrypt
 from node.envelope import seal
 from node.identity import Identity
-from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, InboundError, decode
+from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, GossipGate, Inbound, InboundError, decode
 from node.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
 from node.node_table import KnownNode, NodeTable
 from node.p2p import GossipMessage, P2PError, P2PHost
@@ -28,6 +28,7 @@ from node.p2p import GossipMessage, P2PError, P2PHost
 log = structlog.get_logger(__name__)
 
 OnSubmit = Callable[[str, "str | None"], None]  # (task id published, node picked or None)
+OnMessage = Callable[[Inbound], None]  # every verified result or heartbeat, as it arrived
 
 
 class ClientError(Exception):
@@ -101,6 +102,7 @@ class Client:
         connect_timeout: float = 15.0,
         max_retries: int = 2,
         node_table: NodeTable | None = None,
+        on_message: OnMessage | None = None,
     ) -> None:
         if isinstance(secret_key, bytes):
             self.identity = Identity(secret_key)
@@ -118,6 +120,7 @@ class Client:
         self._start_lock = asyncio.Lock()
         self._max_retries = max_retries
         self.nodes = node_table or NodeTable()
+        self.on_message = on_message  # called for every verified result and heartbeat
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -225,12 +228,21 @@ class Client:
             self._sealed.add(task_id)
         self._expect(task_id, task.nodes)
         try:
-            await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
-        except P2PError as exc:
+            await self.publish_task(body)
+        except ClientError:
             self._pending.pop(task_id, None)
-            raise ClientError(f"task {task_id}: could not publish: {exc}") from None
+            raise
         log.debug("task published", task_id=task_id, models=task.models)
         return task_id
+
+    async def publish_task(self, body: TaskBody) -> None:
+        """Sign and publish a task body as it is (its result is not awaited: see `on_message`)."""
+        await self.start()
+        assert self._host is not None
+        try:
+            await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
+        except P2PError as exc:
+            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
 
     async def wait(
         self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
@@ -278,6 +290,7 @@ class Client:
                 continue
             body = inbound.body
             assert isinstance(body, ResultBody)
+            self._notify(inbound)
             pending = self._pending.get(body.task_id)
             if pending is None:
                 continue
@@ -314,6 +327,15 @@ class Client:
                 continue
             assert isinstance(inbound.body, HeartbeatBody)
             self.nodes.update(inbound.sender, inbound.body)
+            self._notify(inbound)
+
+    def _notify(self, inbound: Inbound) -> None:
+        if self.on_message is None:
+            return
+        try:
+            self.on_message(inbound)
+        except Exception:  # the consumer loop must survive a failing observer
+            log.exception("message observer failed", topic=inbound.signed.topic)
 
     @staticmethod
     async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:

@@ -56,5 +56,5 @@ def test_command_line_names_every_benchmark() -> None:
     args = build_parser().parse_args(["--only", "overhead", "--quick"])
     assert args.only == ["overhead"] and args.quick
     assert set(BENCHMARKS) == {
-        "generation", "overhead", "concurrency", "throughput", "footprint", "prefix", "remote", "ipc",
+        "generation", "overhead", "concurrency", "throughput", "footprint", "prefix", "remote", "ipc", "grammar",
     }

@@ -21,7 +21,7 @@ from workflows.inputs import check_rendered, render, resolve, resolve_inputs
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
-from workflows.schema import Task, WorkflowConfig
+from workflows.schema import RegexSchema, Task, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
 from workflows.tools import build_tools, web_search
@@ -80,8 +80,8 @@ async def run_task(task: Task, ctx: RunContext) -> str:
     raise AssertionError(f"unhandled operator {task.operator}")
 
 
-async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[str, Any] | None) -> str:
-    """One model call; with a schema, the answer must parse as JSON."""
+async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[str, Any] | RegexSchema | None) -> str:
+    """One model call; with a schema (a JSON schema, or a regex of JSON), the answer must parse as JSON."""
     messages = [m for m in messages if m.content.strip()]
     if not messages:
         raise TaskError("the task has no non-empty message to send to the model")
@@ -90,7 +90,8 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
         max_tokens=ctx.max_tokens,
         temperature=ctx.options.temperature,
         seed=ctx.options.seed,
-        json_schema=schema,
+        json_schema=schema if isinstance(schema, dict) else None,
+        regex=schema.pattern if isinstance(schema, RegexSchema) else None,
     )
     try:
         generation = await ctx.model.generate(request)

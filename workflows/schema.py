@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.grammar import GrammarError, json_schema_to_gbnf, regex_to_gbnf
 from workflows.errors import WorkflowValidationError
 from workflows.schema_limits import check_schema
 
@@ -84,6 +86,13 @@ class Message(_Model):
     content: str = ""
 
 
+@dataclass(frozen=True)
+class RegexSchema:
+    """A `schema` given as base64 of a regex the answer must match (Dria's SDK, Ollama/OpenRouter models)."""
+
+    pattern: str
+
+
 class Task(_Model):
     """One node of the graph: an operator applied to filled-in messages."""
 
@@ -94,7 +103,7 @@ class Task(_Model):
     inputs: list[TaskInput] = Field(default_factory=list)
     operator: Operator
     outputs: list[TaskOutput] = Field(default_factory=list)
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    json_schema: dict[str, Any] | RegexSchema | None = Field(default=None, alias="schema")
 
     @model_validator(mode="before")
     @classmethod
@@ -109,27 +118,37 @@ class Task(_Model):
     def _parse_schema(cls, raw: Any) -> Any:
         if raw is None:
             return raw
-        if not isinstance(raw, (str, dict)):
+        if isinstance(raw, str):
+            raw = _decode_schema(raw)
+        elif not isinstance(raw, dict):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
-        schema = raw if isinstance(raw, dict) else _decode_schema(raw)
-        check_schema(schema)  # grammar bombs stop here, before the model runtime sees them
-        return schema
+        if isinstance(raw, dict):
+            check_schema(raw)  # grammar bombs stop here, before the model runtime sees them
+        try:  # a constraint llama.cpp cannot take fails here, the same way on every node
+            regex_to_gbnf(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_to_gbnf(raw)
+        except GrammarError as exc:
+            raise ValueError(f"unsupported schema: {exc}") from None
+        return raw
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _decode_schema(raw: str) -> dict[str, Any]:
-    """A JSON-schema string, or the base64 of one."""
+def _decode_schema(raw: str) -> dict[str, Any] | RegexSchema:
+    """A JSON-schema string, or the base64 of a JSON schema or of a regex."""
     try:
         try:
             parsed = json.loads(raw, parse_constant=_no_constant)
         except json.JSONDecodeError:
             try:
-                parsed = json.loads(base64.b64decode(raw, validate=True), parse_constant=_no_constant)
+                decoded = base64.b64decode(raw, validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
-                raise ValueError("is neither a JSON schema string nor base64 of one") from None
+                raise ValueError("is neither a JSON schema string nor base64 of a JSON schema or regex") from None
+            try:
+                parsed = json.loads(decoded, parse_constant=_no_constant)
+            except json.JSONDecodeError:
+                return RegexSchema(decoded)
     except RecursionError:
         raise ValueError("nests too deeply to be a JSON schema") from None
     if not isinstance(parsed, dict):

@@ -7,6 +7,9 @@
     auth.py      API keys and per-key rate limits
     limits.py    request body size limit (ASGI middleware)
     app.py       the FastAPI routes
+    rpc.py       RpcService: the API of Dria's Python SDK (tasks posted as it posts them, raw envelopes back)
+    rpc_store.py RpcStore: its tasks and per-key result queues in the same SQLite file
+    rpc_app.py   its routes: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task
     server.py    Gateway: service + HTTP server, started and stopped together
     cli.py       `compute-node gateway`
 """

@@ -6,6 +6,7 @@
     GET  /v1/tasks?ids=a,b&wait=  several at once
     GET  /v1/nodes             the nodes seen by heartbeat
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
+    GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/rpc_app.py)
 
 Every error is `{"detail": "..."}`; a 422 names the field at fault.
 """
@@ -23,6 +24,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
 from node.gateway.limits import BodyLimitMiddleware
+from node.gateway.rpc import RpcService
+from node.gateway.rpc_app import add_rpc_routes
 from node.gateway.schemas import (
     Accepted,
     BatchAccepted,
@@ -47,8 +50,8 @@ PENDING_RETRY_AFTER = 5  # seconds suggested to a key at its limit of unfinished
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
 
 
-def create_gateway_app(service: GatewayService, settings: GatewaySettings) -> FastAPI:
-    """The FastAPI app of one gateway, with the keys and limits of `settings`."""
+def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: RpcService | None = None) -> FastAPI:
+    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `rpc`, Dria's SDK routes too."""
     app = FastAPI(
         title="compute-node gateway",
         version="1",
@@ -153,6 +156,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings) -> Fa
         """Liveness, without authentication."""
         return Health(nodes=len(service.nodes()))
 
+    if rpc is not None:
+        add_rpc_routes(app, rpc, keys, limiter)
     return app
 
 

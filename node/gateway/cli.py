@@ -22,7 +22,8 @@ DEST_PREFIX = "gateway_"
 def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add `gateway` to the `compute-node` subcommands; returns its parser."""
     parser = subparsers.add_parser(
-        "gateway", help="run a publisher peer with an HTTP API (POST /v1/tasks, GET /v1/tasks/{id}, /docs)"
+        "gateway",
+        help="run a publisher peer with an HTTP API (POST /v1/tasks, GET /v1/tasks/{id}, /docs; Dria's SDK: /rpc/*)",
     )
     add_settings_flags(parser, GatewaySettings, dest_prefix=DEST_PREFIX)  # kept apart from the node's flags
     return parser

@@ -9,6 +9,8 @@ import structlog
 
 from node.gateway.app import create_gateway_app
 from node.client import Client
+from node.gateway.rpc import RpcService
+from node.gateway.rpc_store import RpcStore
 from node.gateway.service import GatewayService
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
@@ -34,7 +36,9 @@ class Gateway:
             max_retries=settings.max_retries,
         )
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
-        self.http = HttpServer(create_gateway_app(self.service, settings))
+        self.rpc = RpcService(client, RpcStore(settings.database_path, settings.retention))
+        client.on_message = self.rpc.observe
+        self.http = HttpServer(create_gateway_app(self.service, settings, self.rpc))
 
     @property
     def address(self) -> str:
@@ -48,13 +52,17 @@ class Gateway:
         return f"http://{host}:{self.http.port}"
 
     async def start(self) -> None:
-        """Join the network, then listen for HTTP (HttpServerError if the port is taken)."""
+        """Listen for HTTP (HttpServerError if the port is taken), then join the network.
+
+        Listening first keeps a restart's gap short: the SDK's poll loop gives up after a few refused connections.
+        """
         try:
-            await self.service.start()
             await self.http.start(self.settings.host, self.settings.port)
+            await self.service.start()
         except BaseException:
+            await self.http.stop()
             await self.service.close()
-            self.service.store.close()
+            self._close_stores()
             raise
         log.info("gateway listening", url=self.url, address=self.address, auth=bool(self.settings.api_keys))
 
@@ -62,7 +70,11 @@ class Gateway:
         """Stop the HTTP API (in-flight requests finish), then the publisher; pending tasks stay stored."""
         await self.http.stop()
         await self.service.close()
+        self._close_stores()
+
+    def _close_stores(self) -> None:
         self.service.store.close()
+        self.rpc.store.close()
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -1,0 +1,192 @@
+"""The Dria-SDK ("RPC") side of the gateway: tasks posted as the SDK posts them, raw node envelopes back.
+
+DRIA_SDK.md is the contract. A posted task is published under
+`<taskId>--<suffix>` with the SDK's own public key and picked node, signed by
+the gateway (tasks may be signed by any publisher); its `privateKey` is dropped
+before anything else happens to the payload. Results and heartbeats are never
+re-signed: the node's own envelope is handed to the SDK, which checks the signer
+itself. The gateway does no node choice and no retry on this path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from node.client import Client
+from node.envelope import Envelope
+from node.gateway.rpc_store import RpcStore, RpcTask
+from node.inbound import Inbound
+from node.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
+
+log = structlog.get_logger(__name__)
+
+MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
+MAX_RESULTS_PER_POLL = 200
+PURGE_INTERVAL = 60.0
+MAX_HEARTBEATS = 10_000
+# The SDK splits the network id on "--" and expects exactly two parts.
+_SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
+_MAX_SDK_TASK_ID = 100
+_DROPPED = ("privateKey", "nodePeerIds", "datasetId")
+
+
+class RpcPayloadError(Exception):
+    """A posted task cannot be published; the message names the field, never its value."""
+
+
+class _PostedInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    workflow: dict[str, Any]
+    model: list[str] = Field(min_length=1)
+
+
+class _PostedTask(BaseModel):
+    """The fields of the SDK's task payload the gateway uses (see DRIA_SDK.md section 3)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    task_id: str = Field(alias="taskId", min_length=1, max_length=_MAX_SDK_TASK_ID)
+    input: _PostedInput
+    picked_nodes: list[str] = Field(alias="pickedNodes", min_length=1)
+    deadline: str | int
+    public_key: str = Field(alias="publicKey")
+
+
+def network_id(task_id: str) -> str:
+    """The id a posted task is published under: `<taskId>--<suffix>`."""
+    return f"{task_id}--{secrets.token_hex(6)}"
+
+
+def decode_payload(payload: str) -> dict[str, Any]:
+    """The posted task as a dict without its private key and the other fields nodes never see."""
+    if len(payload) > MAX_PAYLOAD_CHARS:
+        raise RpcPayloadError(f"value.payload: longer than {MAX_PAYLOAD_CHARS} characters")
+    try:
+        data = json.loads(base64.b64decode(payload, validate=True))
+    except (binascii.Error, ValueError, RecursionError):
+        raise RpcPayloadError("value.payload: not base64 of a JSON object") from None
+    if not isinstance(data, dict):
+        raise RpcPayloadError("value.payload: not base64 of a JSON object")
+    for name in _DROPPED:
+        data.pop(name, None)
+    return data
+
+
+def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[str]]:
+    """The task body to publish for the posted `data`, and its picked addresses (lowercase, no 0x)."""
+    try:
+        posted = _PostedTask.model_validate(data)
+        body = TaskBody(
+            task_id=published_as,
+            deadline=posted.deadline,  # RFC-3339 from the SDK; the body holds nanoseconds
+            input=TaskInput(workflow=posted.input.workflow, model=posted.input.model),
+            picked_nodes=posted.picked_nodes,
+            public_key=posted.public_key,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]  # loc and msg only: the input may be a secret
+        where = ".".join(str(part) for part in first["loc"])
+        raise RpcPayloadError(f"{where}: {first['msg']}") from None
+    assert body.picked_nodes is not None
+    return body, list(body.picked_nodes)
+
+
+def payload_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _item(envelope: Envelope, **extra: str) -> str:
+    """An envelope as the SDK reads it (DRIA_SDK.md sections 2 and 4)."""
+    return json.dumps({**extra, "message": envelope.payload, "signature": envelope.signature,
+                       "recovery_id": envelope.recovery_id})
+
+
+class RpcService:
+    """Publishes posted tasks and collects the envelopes the SDK polls for."""
+
+    def __init__(self, client: Client, store: RpcStore) -> None:
+        self.client = client
+        self.store = store
+        self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
+        self._purged_at = 0.0
+
+    def observe(self, inbound: Inbound) -> None:
+        """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
+        body = inbound.body
+        if isinstance(body, HeartbeatBody):
+            self._heartbeats[inbound.sender] = _item(inbound.signed.envelope, peer_id=body.peer_id)
+            if len(self._heartbeats) > MAX_HEARTBEATS:  # anyone can make keys: keep the live nodes only
+                live = {node.address for node in self.client.nodes.live()}
+                self._heartbeats = {a: i for a, i in self._heartbeats.items() if a in live}
+        elif isinstance(body, ResultBody):
+            self._result(inbound, body)
+
+    def _result(self, inbound: Inbound, body: ResultBody) -> None:
+        task = self.store.get(body.task_id)
+        if task is None:
+            return
+        if inbound.sender not in task.picked:
+            log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
+            return
+        if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
+            log.info("result queued", task_id=body.task_id, node=inbound.sender, key_id=task.key_id,
+                     error=body.error is not None)
+
+    def alive_peers(self) -> list[str]:
+        """The latest heartbeat envelope of every live node."""
+        live = {node.address for node in self.client.nodes.live()}
+        return [item for address, item in sorted(self._heartbeats.items()) if address in live]
+
+    def results(self, key_id: str) -> list[str]:
+        """This key's results not served before (each is served once)."""
+        now = time.monotonic()
+        if now - self._purged_at > PURGE_INTERVAL:  # polled every few seconds: old rows go here
+            self._purged_at = now
+            self.store.purge()
+        return self.store.drain(key_id, MAX_RESULTS_PER_POLL)
+
+    async def post(self, key_id: str, payload: str) -> str:
+        """Publish a posted task once; its network id (the same one when the same payload comes again).
+
+        RpcPayloadError when it cannot be published; ClientError when publishing failed
+        (then a repeated POST tries again).
+        """
+        data = decode_payload(payload)
+        task_id = data.get("taskId")
+        if not isinstance(task_id, str) or not _SDK_TASK_ID.match(task_id) or len(task_id) > _MAX_SDK_TASK_ID:
+            raise RpcPayloadError(f"taskId: must be 1 to {_MAX_SDK_TASK_ID} of [A-Za-z0-9_-] without '--'")
+        digest = payload_hash(data)
+        known = self.store.find(key_id, task_id)
+        if known is not None:
+            if known.payload_hash != digest:
+                raise RpcPayloadError("taskId: already posted with another payload")
+            return known.network_id
+        published_as = network_id(task_id)
+        body, picked = task_body(data, published_as)
+        now = time.time()
+        task = RpcTask(
+            network_id=published_as, key_id=key_id, task_id=task_id, payload_hash=digest, picked=picked,
+            created_at=now, expires_at=body.deadline / 1e9 + self.store.retention,
+        )
+        if not self.store.insert(task):  # the same task posted concurrently
+            known = self.store.find(key_id, task_id)
+            assert known is not None
+            return known.network_id
+        try:
+            await self.client.publish_task(body)
+        except BaseException:
+            self.store.delete(published_as)
+            raise
+        log.info("sdk task published", task_id=published_as, key_id=key_id, node=picked, models=body.input.model)
+        return published_as

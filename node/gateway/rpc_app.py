@@ -1,0 +1,101 @@
+"""The HTTP routes Dria's Python SDK calls (DRIA_SDK.md section 1), authenticated by `x-api-key`.
+
+    GET  /health               200 (401 for an unknown key)
+    GET  /rpc/get_alive_peers  200 {"data": {"results": [heartbeat items]}}
+    GET  /rpc/results          200 {"data": {"results": [result items]}}: each served once per key
+    POST /rpc/task             {"value": {"payload": "<base64 task>"}} -> 200 {"data": {"taskId": ...}}
+
+The SDK's poll loop dies for good on any GET answer but 200 with `data.results`
+or 401, so these GETs answer nothing else: a rate-limited or failing GET gets
+an empty list. With no API keys configured every token is accepted and each
+token has its own result queue.
+"""
+
+# No `from __future__ import annotations`: FastAPI evaluates the route signatures.
+import math
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Security
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
+
+from node.client import ClientError
+from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
+from node.gateway.rpc import RpcPayloadError, RpcService
+from node.gateway.store import TaskStoreError
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER = 5
+
+
+class PostedValue(BaseModel):
+    payload: str = Field(description="Standard base64 of the task JSON")
+
+
+class PostedTask(BaseModel):
+    """What the SDK posts."""
+
+    value: PostedValue
+
+
+def _results(items: list[str]) -> dict[str, Any]:
+    return {"data": {"results": items}}
+
+
+def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLimiter) -> None:
+    """Add the SDK's routes to the gateway app."""
+    header = APIKeyHeader(name="x-api-key", auto_error=False, description="An API key (any token without api_keys)")
+
+    async def sdk_key(token: Annotated[str | None, Security(header)]) -> str:
+        """The caller's queue: its key id (with no keys configured, one queue per token)."""
+        if not keys.required:
+            return "local" if not token else f"local-{key_id(token)}"
+        try:
+            return keys.identify(token)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from None
+
+    @app.get("/health", tags=["dria-sdk"])
+    async def health(key: Annotated[str, Depends(sdk_key)]) -> dict[str, str]:
+        """200 for a known key (the SDK's health check)."""
+        return {"status": "ok"}
+
+    @app.get("/rpc/get_alive_peers", tags=["dria-sdk"])
+    async def alive_peers(key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+        """The latest signed heartbeat of each live node, as the node sent it."""
+        if limiter.take(key) > 0:
+            return _results([])
+        try:
+            return _results(rpc.alive_peers())
+        except Exception:  # any other answer would stop the SDK's poll loop for good
+            log.exception("listing peers failed")
+            return _results([])
+
+    @app.get("/rpc/results", tags=["dria-sdk"])
+    async def results(key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+        """This key's result envelopes not served before, each signed by the node its task picked."""
+        if limiter.take(key) > 0:
+            return _results([])
+        try:
+            return _results(rpc.results(key))
+        except Exception:
+            log.exception("reading results failed", key_id=key)
+            return _results([])
+
+    @app.post("/rpc/task", tags=["dria-sdk"])
+    async def post_task(posted: PostedTask, key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+        """Publish the task to the node it picked; the same payload again is published once."""
+        wait = limiter.take(key)
+        if wait > 0:
+            raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))})
+        try:
+            task_id = await rpc.post(key, posted.value.payload)
+        except RpcPayloadError as exc:
+            raise HTTPException(422, f"value.payload: {exc}") from None
+        except (ClientError, TaskStoreError) as exc:
+            log.error("sdk task not published", error=str(exc))
+            raise HTTPException(503, "the gateway cannot publish tasks right now",
+                                headers={"Retry-After": str(RETRY_AFTER)}) from None
+        return {"data": {"taskId": task_id}}

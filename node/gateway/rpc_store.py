@@ -1,0 +1,132 @@
+"""State of the Dria-SDK ("RPC") API in the gateway's SQLite file: tasks published and results queued.
+
+One row per network task id (`<taskId>--<suffix>`): which key posted it, a hash
+of the posted payload (so a repeated POST publishes nothing), the node it
+picked, and, once the first result signed by that node arrives, the raw result
+envelope. `GET /rpc/results` drains a key's queue: each result is served once.
+Rows are deleted `retention` seconds after their deadline. The task's private
+key is never part of a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from node.gateway.store import TaskStoreError, _Transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rpc_tasks (
+    network_id    TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    payload_hash  TEXT NOT NULL,
+    picked        TEXT NOT NULL,
+    result        TEXT,
+    served        INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    UNIQUE (key_id, task_id)
+);
+CREATE INDEX IF NOT EXISTS rpc_tasks_queue ON rpc_tasks (key_id, served, result);
+CREATE INDEX IF NOT EXISTS rpc_tasks_by_expiry ON rpc_tasks (expires_at);
+"""
+
+
+class RpcTask(BaseModel):
+    """One task posted through `POST /rpc/task`."""
+
+    network_id: str
+    key_id: str
+    task_id: str  # the id the SDK chose
+    payload_hash: str
+    picked: list[str]  # lowercase addresses without 0x
+    result: str | None = None  # the item served by /rpc/results (the node's envelope, re-shaped)
+    served: bool = False
+    created_at: float
+    expires_at: float
+
+
+class RpcStore:
+    """The `rpc_tasks` table of the gateway's database."""
+
+    def __init__(self, path: Path, retention: float) -> None:
+        self.path = path
+        self.retention = retention
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise TaskStoreError(f"cannot open the task database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def find(self, key_id: str, task_id: str) -> RpcTask | None:
+        """The task this key already posted under the SDK's `task_id`, if any."""
+        row = self._db.execute("SELECT * FROM rpc_tasks WHERE key_id = ? AND task_id = ?", (key_id, task_id)).fetchone()
+        return None if row is None else _task(row)
+
+    def get(self, network_id: str) -> RpcTask | None:
+        row = self._db.execute("SELECT * FROM rpc_tasks WHERE network_id = ?", (network_id,)).fetchone()
+        return None if row is None else _task(row)
+
+    def insert(self, task: RpcTask) -> bool:
+        """Add a task; False (and nothing changed) if this key already posted that task id."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO rpc_tasks (network_id, key_id, task_id, payload_hash, picked, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (task.network_id, task.key_id, task.task_id, task.payload_hash, json.dumps(task.picked),
+                 task.created_at, task.expires_at),
+            )
+        return cursor.rowcount == 1
+
+    def delete(self, network_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM rpc_tasks WHERE network_id = ?", (network_id,))
+
+    def add_result(self, network_id: str, item: str) -> bool:
+        """Queue the first result of a task; False if it already has one (or is unknown)."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE rpc_tasks SET result = ?, expires_at = MAX(expires_at, ?) WHERE network_id = ? AND result IS NULL",
+                (item, time.time() + self.retention, network_id),
+            )
+        return cursor.rowcount == 1
+
+    def drain(self, key_id: str, limit: int) -> list[str]:
+        """Up to `limit` queued results of this key, marked served (they are not served again)."""
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT network_id, result FROM rpc_tasks WHERE key_id = ? AND served = 0 AND result IS NOT NULL "
+                "ORDER BY rowid LIMIT ?",
+                (key_id, limit),
+            ).fetchall()
+            self._db.executemany("UPDATE rpc_tasks SET served = 1 WHERE network_id = ?", [(r["network_id"],) for r in rows])
+        return [row["result"] for row in rows]
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete tasks kept longer than the retention; how many were deleted."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM rpc_tasks WHERE expires_at < ?", (now,))
+        return cursor.rowcount
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self.path)
+
+
+def _task(row: sqlite3.Row) -> RpcTask:
+    data = dict(row)
+    data["picked"] = json.loads(data["picked"])
+    data["served"] = bool(data["served"])
+    return RpcTask.model_validate(data)

@@ -1,0 +1,107 @@
+"""The Dria-SDK side of the gateway without a network: the posted payload, the task body it
+becomes, and the SQLite queue that serves each result once (end to end: test_dria_sdk.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.gateway.rpc import RpcPayloadError, decode_payload, network_id, payload_hash, task_body
+from node.gateway.rpc_store import RpcStore, RpcTask
+from node.identity import Identity
+from node.wire_time import parse_rfc3339_ns
+
+NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
+SECRET = "0x" + "ab" * 32
+
+
+def posted(**changes: Any) -> dict[str, Any]:
+    key = Identity.generate()
+    data = {
+        "taskId": "A" * 32, "input": {"workflow": {"tasks": []}, "model": ["llama3.2:1b"]}, "pickedNodes": [NODE],
+        "nodePeerIds": ["16Uiu2..."], "deadline": "2026-12-01T10:05:00.123456+00:00", "datasetId": "cd" * 32,
+        "publicKey": key.public_key_uncompressed.hex()[2:], "privateKey": SECRET,
+    }
+    data.update(changes)
+    return data
+
+
+def b64(data: Any) -> str:
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+def test_the_private_key_and_fields_nodes_never_see_are_dropped_first() -> None:
+    data = decode_payload(b64(posted()))
+    assert "privateKey" not in data and "nodePeerIds" not in data and "datasetId" not in data
+    assert payload_hash(data) == payload_hash(decode_payload(b64(posted())) | {"publicKey": data["publicKey"]})
+
+
+def test_the_task_body_carries_the_sdk_key_picked_node_and_deadline_in_ns() -> None:
+    data = decode_payload(b64(posted()))
+    published_as = network_id(data["taskId"])
+    body, picked = task_body(data, published_as)
+    prefix, suffix = published_as.split("--")
+    assert prefix == "A" * 32 and suffix.isalnum()
+    assert body.task_id == published_as and picked == [NODE] and body.picked_nodes == [NODE]
+    assert body.deadline == parse_rfc3339_ns("2026-12-01T10:05:00.123456+00:00")
+    assert body.public_key == data["publicKey"] and body.input.model == ["llama3.2:1b"]
+    assert "privateKey" not in body.model_dump_json(by_alias=True)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("not base64!", "not base64 of a JSON object"),
+        (base64.b64encode(b"[1, 2]").decode(), "not base64 of a JSON object"),
+        ("A" * (256 * 1024 + 1), "longer than"),
+    ],
+)
+def test_payloads_that_are_not_a_task_are_refused(payload: str, reason: str) -> None:
+    with pytest.raises(RpcPayloadError, match=reason):
+        decode_payload(payload)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"publicKey": "zz"}, "public_key"),
+        ({"pickedNodes": []}, "pickedNodes"),
+        ({"deadline": "tomorrow"}, "deadline"),
+        ({"input": {"model": ["x"]}}, "input.workflow"),
+    ],
+)
+def test_invalid_fields_are_named_and_no_value_is_echoed(changes: dict[str, Any], field: str) -> None:
+    data = decode_payload(b64(posted(**changes)))
+    with pytest.raises(RpcPayloadError) as caught:
+        task_body(data, "x--y")
+    assert field in str(caught.value)
+    assert SECRET not in str(caught.value) and "tomorrow" not in str(caught.value)
+
+
+def task(key: str = "k1", task_id: str = "t1") -> RpcTask:
+    return RpcTask(network_id=f"{task_id}--{key}", key_id=key, task_id=task_id, payload_hash="h", picked=[NODE],
+                   created_at=1.0, expires_at=4e9)
+
+
+def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp_path: Path) -> None:
+    store = RpcStore(tmp_path / "g.sqlite3", retention=60)
+    assert store.insert(task())
+    assert not store.insert(task())  # the same key and task id again
+    assert store.insert(task(key="k2"))  # another key may use the same id
+    assert store.find("k1", "t1") is not None and store.find("k1", "nope") is None
+    assert store.add_result("t1--k1", "first")
+    assert not store.add_result("t1--k1", "second")  # only the first result of a network task
+    assert not store.add_result("unknown--k1", "x")
+    assert store.drain("k2", 10) == []
+    assert store.drain("k1", 10) == ["first"]
+    assert store.drain("k1", 10) == []
+    store.close()
+    reopened = RpcStore(tmp_path / "g.sqlite3", retention=60)  # a restart: state kept
+    found = reopened.get("t1--k1")
+    assert found is not None and found.served and found.result == "first"
+    assert reopened.purge(now=5e9) == 2
+    reopened.close()
