@@ -131,18 +131,6 @@ async def test_regex_goes_as_guided_regex_only_where_the_entry_says_the_engine_c
     assert len(engine.requests) == 1 and engine.requests[0][2]["guided_regex"] == r"\d+"
 
 
-async def test_the_local_runtime_refuses_a_regex_instead_of_ignoring_it() -> None:
-    from models.batching import BatchedLlamaModel
-    from tests.model_file import SMOLLM2
-
-    local = await BatchedLlamaModel.load("smollm2", SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1), parallel=1)
-    try:
-        with pytest.raises(UnsupportedRequestError, match="^Invalid prompt: schema form not supported by llama.cpp"):
-            await local.generate(GenerationRequest(messages=HELLO, regex=r"\d+"))
-    finally:
-        await local.close()
-
-
 async def test_429_and_5xx_are_retried_with_backoff_then_succeed() -> None:
     async with FaultEngine() as engine:
         engine.script.extend([Scripted(429, headers={"retry-after": "0.3"}), Scripted(503), Scripted(502)])

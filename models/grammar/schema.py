@@ -11,9 +11,8 @@ Every result passes `check_gbnf`.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
-
-from llama_cpp.llama_grammar import SchemaConverter
 
 from models.grammar.gbnf import GrammarError, check_gbnf
 from models.grammar.regex import gbnf_literal, regex_expression
@@ -45,24 +44,30 @@ def normalize_schema(schema: Any) -> Any:
     return out
 
 
-class _Converter(SchemaConverter):  # type: ignore[misc]
+@cache
+def _converter_class() -> type:
     """llama-cpp-python's converter with this package's literal escaping and regex translation.
 
     Its own `_format_literal` leaves a backslash unescaped (`"b\\"c"` for the constant
-    `b"c`), which breaks the grammar.
+    `b"c`), which breaks the grammar. Built on first use: importing llama_cpp maps
+    llama.cpp's libraries, which the daemon (it validates no workflow) never needs.
     """
+    from llama_cpp.llama_grammar import SchemaConverter
 
-    def _format_literal(self, literal: str) -> str:
-        return gbnf_literal(literal)
+    class Converter(SchemaConverter):  # type: ignore[misc]
+        def _format_literal(self, literal: str) -> str:
+            return gbnf_literal(literal)
 
-    def _visit_pattern(self, pattern: str, name: str) -> str:
-        return self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')
+        def _visit_pattern(self, pattern: str, name: str) -> str:
+            return self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')
+
+    return Converter
 
 
 def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
     """A checked GBNF grammar (root `root`) for JSON following `schema`; GrammarError names the problem."""
     try:
-        converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        converter = _converter_class()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         resolved = converter.resolve_refs(normalize_schema(schema), "input")
         converter.visit(resolved, "")
         gbnf = converter.format_grammar()
@@ -71,7 +76,7 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
     except RecursionError:
         raise GrammarError("json_schema nests too deeply") from None
     except Exception as exc:  # the converter raises assorted errors (KeyError, AssertionError, ...) on bad schemas
-        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise GrammarError(f"json_schema cannot be turned into a grammar: {type(exc).__name__}: {detail}") from None
+        # The converter's message quotes the schema: task data, which error texts never carry (PROTOCOL.md 5).
+        raise GrammarError(f"json_schema cannot be turned into a grammar ({type(exc).__name__})") from None
     return check_gbnf(gbnf)
 
