@@ -39,7 +39,7 @@ from benchmarks.report import (
     render_table,
     write_results,
 )
-from node.log import configure_logging
+from node.ops.log import configure_logging
 
 
 class Benchmark(NamedTuple):

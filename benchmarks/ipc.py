@@ -20,11 +20,11 @@ from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import MODEL_NAME, sample_workflow
 from config.settings import load_settings
-from node.execution.pool import ExecutionPool
-from node.execution.protocol import RunTask, TaskDone
-from node.metrics import NodeMetrics
-from node.model_setup import create_model
-from node.workflow_setup import engine_options, tool_settings
+from node.daemon.execution.pool import ExecutionPool
+from node.daemon.execution.protocol import RunTask, TaskDone
+from node.ops.metrics import NodeMetrics
+from node.daemon.model_setup import create_model
+from node.daemon.workflow_setup import engine_options, tool_settings
 from workflows import parse_workflow, run_workflow
 
 BLOCK = 20

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from benchmarks.stats import BenchmarkError
-from node.identity import Identity
+from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -23,7 +23,7 @@ from benchmarks.peers import node_process
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, paired_ratio, summarize
 from benchmarks.workloads import GENERATED_TOKENS, TokenCounter, model_path, simple_workflow, story_prompt
-from node.client import Task
+from node.publisher.client import Task
 
 REMOTE_NAME = "remote:llama-server"
 ENGINE_MODEL = "smollm2"

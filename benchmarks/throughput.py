@@ -23,7 +23,7 @@ from benchmarks.peers import PeerProcess, node_process
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, paired_ratio, summarize
 from benchmarks.workloads import sample_workflow
-from node.client import TaskFailedError
+from node.publisher.client import TaskFailedError
 
 # Enough slots that refusals ("busy") do not cap the rate before the P2P path does.
 NODE_MAX_CONCURRENT = 8

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from config.settings import Settings, load_settings
-from node.server import NodeServer
+from node.daemon.server import NodeServer
 
 
 def node_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from node.client import Client, Task, TaskFailedError
+from node.publisher.client import Client, Task, TaskFailedError
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 

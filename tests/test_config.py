@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import ConfigError, load_settings
-from node.cli import _settings_from, build_parser
+from node.cli.main import _settings_from, build_parser
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,12 @@ import time
 import pytest
 import structlog
 
-from node.client import Client
-from node.envelope import seal
-from node.identity import Identity
-from node.messages import TaskBody, TaskInput, encode_body
-from node.p2p import P2PHost
-from node.server import NodeServer
+from node.publisher.client import Client
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.messages import TaskBody, TaskInput, encode_body
+from node.p2p.host import P2PHost
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.nodeproc import free_port
 from workflows import Simple

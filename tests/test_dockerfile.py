@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from node.http_api import HealthReport, HttpServer, create_app
-from node.metrics import NodeMetrics
+from node.ops.http_api import HealthReport, HttpServer, create_app
+from node.ops.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 Instruction = dict[str, Any]
@@ -97,7 +97,7 @@ def test_entrypoint_is_the_projects_console_script(
     scripts = pyproject["project"]["scripts"]
     assert exec_form(entrypoint)[0] in scripts, f"ENTRYPOINT {entrypoint} not in {scripts}"
     [cmd] = values(final, "CMD")
-    from node.cli import build_parser
+    from node.cli.main import build_parser
 
     assert build_parser().parse_args(exec_form(cmd)).command == "start"
 
@@ -220,7 +220,7 @@ def test_systemd_unit_matches_daemon(pyproject: dict[str, Any]) -> None:
     [exec_start] = unit["ExecStart"]
     binary, *argv = exec_start.split()
     assert Path(binary).name in pyproject["project"]["scripts"]
-    from node.cli import build_parser
+    from node.cli.main import build_parser
 
     args = build_parser().parse_args(argv)
     assert args.command == "start" and args.data_dir == "/var/lib/compute-node"

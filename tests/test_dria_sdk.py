@@ -28,14 +28,15 @@ import pytest
 import pytest_asyncio
 
 from models.registry import DEFAULT_MODEL
-from node.envelope import payload_digest, seal
+from node.wire.envelope import payload_digest, seal
 from node.gateway.auth import key_id
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings, load_gateway_settings
-from node.identity import Identity, recover_address
-from node.inbound import RESULTS_TOPIC, decode
-from node.messages import ResultBody, Stats, encode_body
-from node.server import NodeServer
+from node.wire.identity import Identity, recover_address
+from node.wire.inbound import decode
+from node.wire.topics import RESULTS_TOPIC
+from node.wire.messages import ResultBody, Stats, encode_body
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.sdk.venv import DRIVER, SCHEMAS, sdk_python
 from workflows import Simple, WorkflowValidationError

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import ConfigError, load_settings
-from node.workflow_setup import tool_settings
+from node.daemon.workflow_setup import tool_settings
 from workflows import EgressRefusedError, ToolError, ToolSettings
 from workflows.egress import EgressPolicy, fetch, is_public
 from tests.test_workflow_tools import LocalServer, Route

@@ -8,18 +8,11 @@ from typing import Any
 
 import pytest
 
-from node.envelope import (
-    MAX_MESSAGE_BYTES,
-    PROTOCOL_NAME,
-    PROTOCOL_VERSION,
-    Envelope,
-    EnvelopeError,
-    open_envelope,
-    payload_digest,
-    seal,
-)
-from node.identity import Identity
-from node.messages import decode_task
+from node.wire.envelope import Envelope, EnvelopeError, open_envelope, payload_digest, seal
+
+from node.wire.topics import MAX_MESSAGE_BYTES, PROTOCOL_NAME, PROTOCOL_VERSION
+from node.wire.identity import Identity
+from node.wire.messages import decode_task
 from tests.protocol_files import VECTORS
 
 VECTOR = VECTORS["envelope_signature"]

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import pytest_asyncio
 
-from node.client import Client, Task, TaskResult
-from node.server import NodeServer
+from node.publisher.client import Client, Task, TaskResult
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.protocol_files import EXAMPLES, example
 

@@ -20,14 +20,14 @@ import structlog
 
 from config.settings import Settings
 from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
-from node.client import Client, Task, TaskFailedError, TaskResult
-from node.execution.handle import describe_exit
-from node.execution.pool import NoUsableModelError
-from node.execution.process import TEST_WRAPPER_ENV
-from node.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
-from node.journal import TaskState
-from node.model_setup import create_embedder
-from node.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError, TaskResult
+from node.daemon.execution.handle import describe_exit
+from node.daemon.execution.pool import NoUsableModelError
+from node.daemon.execution.process import TEST_WRAPPER_ENV
+from node.daemon.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
+from node.daemon.journal import TaskState
+from node.daemon.model_setup import create_embedder
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
 from tests.model_file import SMOLLM2

@@ -15,16 +15,16 @@ import pytest
 import pytest_asyncio
 
 from config.settings import ConfigError
-from node.ecies import decrypt
+from node.wire.ecies import decrypt
 from node.gateway.app import create_gateway_app
 from node.gateway.auth import LOCAL_KEY_ID, ApiKeys, AuthError, RateLimiter, key_id
-from node.gateway.cli import add_gateway_command, run_gateway
+from node.cli.gateway import add_gateway_command, run_gateway
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings, load_gateway_settings
 from node.gateway.store import TaskRecord, TaskStore
-from node.http_api import HttpServer
-from node.identity import Identity
-from node.server import NodeServer
+from node.ops.http_api import HttpServer
+from node.wire.identity import Identity
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 

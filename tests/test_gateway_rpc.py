@@ -12,8 +12,8 @@ import pytest
 
 from node.gateway.rpc import RpcPayloadError, decode_payload, network_id, payload_hash, task_body
 from node.gateway.rpc_store import RpcStore, RpcTask
-from node.identity import Identity
-from node.wire_time import parse_rfc3339_ns
+from node.wire.identity import Identity
+from node.wire.wire_time import parse_rfc3339_ns
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
 SECRET = "0x" + "ab" * 32

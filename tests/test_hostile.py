@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 import structlog
 
-from node.ecies import decrypt
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC, InboundError, decode
-from node.intake import Ignore, Intake, Take
-from node.messages import HeartbeatBody, ResultBody, TaskBody
-from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
-from node.p2p import GossipMessage, MessageTooLargeError, P2PHost
-from node.server import NodeServer
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
+from node.wire.inbound import InboundError, decode
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
+from node.daemon.intake import Ignore, Intake, Take
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody
+from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.p2p.host import GossipMessage, MessageTooLargeError, P2PHost
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.hostile_corpus import (
     DEFAULT_MODEL,
@@ -329,8 +330,8 @@ async def test_node_survives_the_corpus_and_answers_valid_tasks(tmp_path: Path) 
 
 async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
     """Signed heartbeats with extreme values, replays and stale bodies, sent at a real Client."""
-    from node.client import Client
-    from node.envelope import seal
+    from node.publisher.client import Client
+    from node.wire.envelope import seal
 
     fake_node = Identity.generate()
     peer = P2PHost(fake_node.secret, ["/ip4/127.0.0.1/tcp/0"])

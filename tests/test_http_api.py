@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.http_api import HealthReport, HttpServer, HttpServerError, create_app
-from node.metrics import NodeMetrics
+from node.ops.http_api import HealthReport, HttpServer, HttpServerError, create_app
+from node.ops.metrics import NodeMetrics
 
 HOST = "127.0.0.1"
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import structlog
 
-from node.envelope import payload_digest, seal
-from node.identity import CURVE_ORDER, Identity
-from node.inbound import GossipGate, InboundError, decode
+from node.wire.envelope import payload_digest, seal
+from node.wire.identity import CURVE_ORDER, Identity
+from node.wire.inbound import GossipGate, InboundError, decode
 
 
 def test_rejections_are_counted_each_time_but_logged_once_per_window() -> None:

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from node.bloom import BloomFilter
-from node.identity import Identity
-from node.intake import Ignore, Intake, SeenTasks, Take, match_model
-from node.messages import TaskBody, TaskFilter, TaskInput
+from node.wire.bloom import BloomFilter
+from node.wire.identity import Identity
+from node.daemon.intake import Ignore, Intake, SeenTasks, Take, match_model
+from node.wire.messages import TaskBody, TaskFilter, TaskInput
 
 NODE = Identity.from_hex("11" * 32)
 OTHER = Identity.from_hex("22" * 32)

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import structlog
 
-from node.ecies import decrypt
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC, decode
-from node.journal import ROW_OVERHEAD_BYTES
-from node.messages import ResultBody
-from node.p2p import GossipMessage, P2PHost
-from node.server import NodeServer
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
+from node.daemon.journal import ROW_OVERHEAD_BYTES
+from node.wire.messages import ResultBody
+from node.p2p.host import GossipMessage, P2PHost
+from node.daemon.server import NodeServer
 from tests.cluster import node_settings, running_node
 from tests.hostile_corpus import Actors, Built, Recipe, build_recipe, valid_task_body
 from tests.test_hostile import connected_peer

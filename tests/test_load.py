@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from node.client import Client, Task, TaskResult
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC
-from node.server import NodeServer
+from node.publisher.client import Client, Task, TaskResult
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from node import ecies
-from node.bloom import BloomFilter
-from node.identity import Identity
-from node.messages import (
+from node.wire import ecies
+from node.wire.bloom import BloomFilter
+from node.wire.identity import Identity
+from node.wire.messages import (
     Capacity,
     HeartbeatBody,
     MessageError,

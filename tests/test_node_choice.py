@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack
 import pytest
 import structlog
 
-from node.client import Client, NoNodeError, Task, TaskFailedError
-from node.node_table import NodeTable
+from node.publisher.client import Client, NoNodeError, Task, TaskFailedError
+from node.publisher.node_table import NodeTable
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 

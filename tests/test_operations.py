@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node.client import Client, Task, TaskFailedError
-from node.identity import Identity
-from node.p2p import P2PHost
+from node.publisher.client import Client, Task, TaskFailedError
+from node.wire.identity import Identity
+from node.p2p.host import P2PHost
 from tests.cluster import dialable, node_settings, running_node
 from tests.nodeproc import NodeProcess, cli_env, free_port
 from workflows import Simple

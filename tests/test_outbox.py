@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, decode
-from node.journal import Journal, TaskState
-from node.messages import ResultBody, Stats, encode_body
-from node.outbox import ResultOutbox
-from node.p2p import P2PHost
-from node.results import error_body, success_body
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.topics import RESULTS_TOPIC
+from node.daemon.journal import Journal, TaskState
+from node.wire.messages import ResultBody, Stats, encode_body
+from node.daemon.outbox import ResultOutbox
+from node.p2p.host import P2PHost
+from node.wire.results import error_body, success_body
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 

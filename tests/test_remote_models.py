@@ -30,8 +30,8 @@ from models.requests import (
 )
 from models.runtime import RuntimeOptions
 from models.store import ModelStore
-from node.metrics import NodeMetrics
-from node.remote_health import RemoteHealth
+from node.ops.metrics import NodeMetrics
+from node.daemon.remote_health import RemoteHealth
 from tests.remote_engines import ENGINE_MODEL, FaultEngine, Scripted, chat_answer
 
 HELLO = [ChatMessage(role="user", content="Say hello.")]

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 
 from models.registry import DEFAULT_MODEL
-from node.client import Client, Task, TaskFailedError
-from node.node_table import KnownNode
-from node.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.node_table import KnownNode
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from tests.remote_engines import ENGINE_MODEL, LlamaCppServer
 from workflows import Simple

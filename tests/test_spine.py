@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from node.client import Client, Task, TaskFailedError, TaskTimeoutError
-from node.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError, TaskTimeoutError
+from node.daemon.server import NodeServer
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 

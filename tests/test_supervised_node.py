@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from node.inbound import TASK_TOPIC
-from node.server import NodeServer
+from node.wire.topics import TASK_TOPIC
+from node.daemon.server import NodeServer
 from tests.cluster import node_settings, running_node
 from tests.live_hostile import live_publisher
 

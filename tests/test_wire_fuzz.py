@@ -12,15 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from node.envelope import (
+from node.wire.envelope import (
     EnvelopeError,
     SignedMessage,
     open_envelope,
     payload_digest,
     seal,
 )
-from node.identity import Identity
-from node.messages import MessageError, decode_heartbeat, decode_result, decode_task
+from node.wire.identity import Identity
+from node.wire.messages import MessageError, decode_heartbeat, decode_result, decode_task
 
 NOW = 1_733_160_000_123_456_789
 TOPICS = ["task", "results", "heartbeat"]

@@ -14,7 +14,7 @@ import pytest
 from config.settings import load_settings
 from models.requests import ModelError
 from models.runtime import LlamaModel, RuntimeOptions
-from node.workflow_setup import engine_options
+from node.daemon.workflow_setup import engine_options
 from tests.hostile_workflows import (
     GRAMMAR_BOMBS,
     LOOPS,

@@ -11,5 +11,4 @@
     rpc_store.py RpcStore: its tasks and per-key result queues in the same SQLite file
     rpc_app.py   its routes: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task
     server.py    Gateway: service + HTTP server, started and stopped together
-    cli.py       `compute-node gateway`
 """

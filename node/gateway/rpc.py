@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.client import Client
-from node.envelope import Envelope
+from node.publisher.client import Client
+from node.wire.envelope import Envelope
 from node.gateway.rpc_store import RpcStore, RpcTask
-from node.inbound import Inbound
-from node.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
+from node.wire.inbound import Inbound
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
-from node.client import ClientError
+from node.publisher.client import ClientError
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.rpc import RpcPayloadError, RpcService
 from node.gateway.store import TaskStoreError

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from node.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
+from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.gateway.schemas import TaskRequest
 from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
-from node.node_table import KnownNode
+from node.publisher.node_table import KnownNode
 
 log = structlog.get_logger(__name__)
 
