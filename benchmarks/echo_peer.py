@@ -23,8 +23,8 @@ import uvloop
 
 from benchmarks.peers import PeerProcess
 from benchmarks.stats import BenchmarkError
-from node.wire.identity import Identity
 from node.p2p.host import GossipMessage, P2PHost
+from node.wire.identity import Identity
 
 PING = "bench-ping"
 PONG = "bench-pong"
@@ -33,7 +33,9 @@ _PREFIX = b"pong:"
 
 def echo_process() -> PeerProcess:
     """The responder in its own process (READY when it prints `listening on ...`)."""
-    return PeerProcess([sys.executable, "-m", "benchmarks.echo_peer"], tempfile.TemporaryDirectory(prefix="bench-echo-"))
+    return PeerProcess(
+        [sys.executable, "-m", "benchmarks.echo_peer"], tempfile.TemporaryDirectory(prefix="bench-echo-")
+    )
 
 
 async def _serve() -> None:

@@ -185,9 +185,7 @@ class LlamaModel:
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str], frozenset[int]]:
         prompt = self._template.render(messages)
         with self._vocab_lock:
-            tokens = self._vocab.tokenize(
-                prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True
-            )
+            tokens = self._vocab.tokenize(prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True)
         return tokens, prompt.stop, prompt.end_token_ids
 
     # -------------------------------------------------------------- generating
@@ -204,8 +202,7 @@ class LlamaModel:
             tokens, template_stop, end_ids = self._prompt_tokens(request.messages)
             if len(tokens) >= self.n_ctx:
                 raise ContextOverflowError(
-                    f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token "
-                    f"context of model {self.name}"
+                    f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context of model {self.name}"
                 )
             kwargs = self._completion_kwargs(request, stop, template_stop, end_ids)
             with self._lock:

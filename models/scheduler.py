@@ -132,8 +132,9 @@ class Scheduler:
         params.n_ubatch = min(opts.n_batch, 512)
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = opts.threads()
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
-                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.kv_unified = False  # each sequence gets its own n_ctx cells
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -206,8 +207,9 @@ class Scheduler:
             keep = 0
         del slot.cached[keep:]
         sampler = SequenceSampler(self._vocab, self._n_vocab, request.sampling)
-        slot.job = Job(request=request, sampler=sampler, pending=tokens[keep:], reused=keep,
-                       text=StopText(request.stops))
+        slot.job = Job(
+            request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
+        )
         self._busy += 1
 
     def _reap(self) -> None:

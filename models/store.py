@@ -110,9 +110,7 @@ class ModelStore:
             return [found] if found else []
         candidates = [self.models_dir / spec.file, self.models_dir / spec.file_name]
         assert spec.repo is not None
-        cached = try_to_load_from_cache(
-            spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision
-        )
+        cached = try_to_load_from_cache(spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision)
         if isinstance(cached, str):
             candidates.append(Path(cached))
         return candidates
@@ -147,9 +145,7 @@ class ModelStore:
                 )
             )
         except Exception as exc:  # the hub raises many types: HTTP, network, offline, disk
-            raise DownloadError(
-                f"could not download model {spec.name} ({where}): {type(exc).__name__}: {exc}"
-            ) from exc
+            raise DownloadError(f"could not download model {spec.name} ({where}): {type(exc).__name__}: {exc}") from exc
         self._verify(spec, path)
         log.info("model_download_finished", model=spec.name, path=str(path), size=path.stat().st_size)
         return path
@@ -170,8 +166,7 @@ class ModelStore:
             get_session().head(url, headers=build_hf_headers(), timeout=_PROBE_TIMEOUT_S)
         except Exception as exc:  # transport errors of the hub's HTTP client
             raise DownloadError(
-                f"could not download model {spec.name} ({where}): the hub is unreachable: "
-                f"{type(exc).__name__}: {exc}"
+                f"could not download model {spec.name} ({where}): the hub is unreachable: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _verify(self, spec: ModelSpec, path: Path) -> None:

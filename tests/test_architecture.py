@@ -50,7 +50,9 @@ def test_every_first_party_import_points_down() -> None:
         if path.parent == ROOT / "node":
             continue  # node/__init__.py: a docstring only
         allowed = ALLOWED[_package_of(path)]
-        violations += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(_imports(path)) if not _allowed(name, allowed)]
+        violations += [
+            f"{path.relative_to(ROOT)} imports {name}" for name in sorted(_imports(path)) if not _allowed(name, allowed)
+        ]
     assert violations == []
 
 

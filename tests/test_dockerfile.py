@@ -90,9 +90,7 @@ def exec_form(value: str) -> list[str]:
     return form
 
 
-def test_entrypoint_is_the_projects_console_script(
-    final: list[Instruction], pyproject: dict[str, Any]
-) -> None:
+def test_entrypoint_is_the_projects_console_script(final: list[Instruction], pyproject: dict[str, Any]) -> None:
     [entrypoint] = values(final, "ENTRYPOINT")
     scripts = pyproject["project"]["scripts"]
     assert exec_form(entrypoint)[0] in scripts, f"ENTRYPOINT {entrypoint} not in {scripts}"
@@ -165,9 +163,7 @@ def test_runtime_runs_as_non_root_with_data_volume(final: list[Instruction]) -> 
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
-def test_each_variant_runtime_has_the_shared_libraries(
-    stages: list[list[Instruction]], variant: str
-) -> None:
+def test_each_variant_runtime_has_the_shared_libraries(stages: list[list[Instruction]], variant: str) -> None:
     chain = stage_chain(stages, variant)
     assert len(chain) > len(stages[-1]), f"no runtime-{variant} stage under the final one"
     runs = " ".join(values(chain, "RUN"))

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from node.wire.messages import Capacity, HeartbeatBody, decode_heartbeat
 from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.wire.messages import Capacity, HeartbeatBody, decode_heartbeat
 
 
 def heartbeat(
@@ -14,8 +14,14 @@ def heartbeat(
 ) -> HeartbeatBody:
     """A heartbeat whose signed body was stamped at `at` (Unix seconds)."""
     return HeartbeatBody(
-        address=address, peer_id="16Uiu2x", models=models, capacity=Capacity(free=free, max=max_),
-        pending=0, tps=tps or {}, version="0.3.0", timestamp=int(at * 1e9),
+        address=address,
+        peer_id="16Uiu2x",
+        models=models,
+        capacity=Capacity(free=free, max=max_),
+        pending=0,
+        tps=tps or {},
+        version="0.3.0",
+        timestamp=int(at * 1e9),
     )
 
 

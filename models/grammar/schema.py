@@ -79,4 +79,3 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
         # The converter's message quotes the schema: task data, which error texts never carry (PROTOCOL.md 5).
         raise GrammarError(f"json_schema cannot be turned into a grammar ({type(exc).__name__})") from None
     return check_gbnf(gbnf)
-

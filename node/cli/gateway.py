@@ -33,12 +33,12 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Run the gateway the parsed `args` describe; the process exit code."""
     import uvloop
 
-    from node.publisher.client import ClientError
     from node.gateway.server import serve
     from node.gateway.store import TaskStoreError
     from node.ops.http_api import HttpServerError
-    from node.wire.identity import IdentityError
     from node.ops.log import configure_logging
+    from node.publisher.client import ClientError
+    from node.wire.identity import IdentityError
 
     try:
         settings = settings_from(args, GatewaySettings, dest_prefix=DEST_PREFIX)

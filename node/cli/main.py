@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import ConfigError, Settings
-from node.cli.settings import add_settings_flags, settings_from
-from node.cli.models import add_models_commands, run_models_command
 from node.cli.gateway import add_gateway_command, run_gateway
+from node.cli.models import add_models_commands, run_models_command
+from node.cli.settings import add_settings_flags, settings_from
+
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(start)
 
     run_task = commands.add_parser("run-task", help="publish one task as a publisher and print its result")
-    run_task.add_argument("--peer", action="append", required=True, help="multiaddr of a node to join through (repeatable)")
+    run_task.add_argument(
+        "--peer", action="append", required=True, help="multiaddr of a node to join through (repeatable)"
+    )
     run_task.add_argument("--model", action="append", required=True, help="acceptable model (repeatable)")
     source = run_task.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="run the Simple workflow on this prompt")
@@ -80,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from node.ops.log import configure_logging
     from node.daemon.server import run_node
+    from node.ops.log import configure_logging
 
     settings = _settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -93,7 +96,9 @@ def _identity(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     identity = (
-        Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
+        Identity.from_hex(settings.secret_key)
+        if settings.secret_key
+        else Identity.load_or_create(settings.identity_path)
     )
     print(f"address {identity.address}\npeer_id {identity.peer_id}")
     return 0

@@ -13,7 +13,9 @@ from config.layered import LayeredSettings
 S = TypeVar("S", bound=LayeredSettings)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[LayeredSettings], dest_prefix: str = "") -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, settings_cls: type[LayeredSettings], dest_prefix: str = ""
+) -> None:
     """`--config` plus one flag per setting; `dest_prefix` keeps two settings classes apart in one namespace."""
     parser.add_argument("--config", type=Path, help="TOML config file")
     for name, field in settings_cls.model_fields.items():

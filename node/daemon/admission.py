@@ -71,7 +71,11 @@ class Executor:
 
     def admits(self, model: str) -> bool:
         """Whether `submit` would admit a job for `model` now (asks, admits nothing)."""
-        return self.accepting and model in self._slots and self._admitted[model] < self._concurrency[model] + self._max_queue
+        return (
+            self.accepting
+            and model in self._slots
+            and self._admitted[model] < self._concurrency[model] + self._max_queue
+        )
 
     def submit(self, job: Job) -> None:
         """Admit the job or raise BusyError saying why."""

@@ -8,13 +8,11 @@ from collections.abc import Callable
 
 import structlog
 
-from node.wire.envelope import seal
-
-from node.wire.topics import PROTOCOL_VERSION
-from node.wire.identity import Identity
-from node.wire.topics import HEARTBEAT_TOPIC
-from node.wire.messages import Capacity, HeartbeatBody, encode_body
 from node.p2p.host import P2PError, P2PHost
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.messages import Capacity, HeartbeatBody, encode_body
+from node.wire.topics import HEARTBEAT_TOPIC, PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
 

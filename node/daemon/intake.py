@@ -112,7 +112,9 @@ class Intake:
         """Take (and remember) the task, or say why not."""
         if self._publishers is not None and sender.lower() not in self._publishers:
             return Ignore("publisher_not_allowed", f"publisher {sender} is not in the allow-list")
-        if task.picked_nodes is not None and self._address not in {n.lower().removeprefix("0x") for n in task.picked_nodes}:
+        if task.picked_nodes is not None and self._address not in {
+            n.lower().removeprefix("0x") for n in task.picked_nodes
+        }:
             return Ignore("not_picked")
         if task.filter is not None:
             try:

@@ -53,10 +53,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at_ns);
 CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (deadline_ns);
 """
 
-_COLUMNS = (
-    "task_id, publisher, deadline_ns, model, state, task_message, "
-    "result_body, received_at_ns, updated_at_ns"
-)
+_COLUMNS = "task_id, publisher, deadline_ns, model, state, task_message, result_body, received_at_ns, updated_at_ns"
 
 
 class TaskState(StrEnum):
@@ -140,8 +137,7 @@ class Journal:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise JournalError(
-                    f"cannot open journal {path}: schema version {version}, "
-                    f"this node knows {SCHEMA_VERSION}"
+                    f"cannot open journal {path}: schema version {version}, this node knows {SCHEMA_VERSION}"
                 )
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -244,9 +240,7 @@ class Journal:
     def get(self, task_id: str) -> JournalEntry | None:
         """The entry for ``task_id``, or None."""
         with self._guard("read", task_id):
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
-            ).fetchone()
+            row = self._conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else _entry(row)
 
     def mark_running(self, task_id: str) -> None:
@@ -259,9 +253,7 @@ class Journal:
         The result counts against the quota of the task's publisher but is never refused
         for it: the task was taken, so its result is owed.
         """
-        self._transition(
-            task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body
-        )
+        self._transition(task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body)
         with self._guard("read", task_id):
             row = self._conn.execute("SELECT publisher FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is not None:
@@ -330,8 +322,7 @@ class Journal:
         with self._guard(f"move to {to.value}", task_id):
             if result_body is None:
                 cur = self._conn.execute(
-                    f"UPDATE tasks SET state = ?, updated_at_ns = ? "
-                    f"WHERE task_id = ? AND state IN ({marks})",
+                    f"UPDATE tasks SET state = ?, updated_at_ns = ? WHERE task_id = ? AND state IN ({marks})",
                     (to.value, now, task_id, *(s.value for s in allowed_from)),
                 )
             else:
@@ -351,8 +342,7 @@ class Journal:
         marks = ", ".join("?" for _ in states)
         with self._guard("list tasks"):
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) "
-                "ORDER BY received_at_ns, rowid",
+                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) ORDER BY received_at_ns, rowid",
                 tuple(s.value for s in states),
             ).fetchall()
         return [_entry(row) for row in rows]

@@ -101,8 +101,12 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
     except BaseException:
         await model.close()
         raise
-    log.info("model benchmarked", model=name, prompt_tps=round(result.prompt_tps, 1),
-             generation_tps=round(result.generation_tps, 1))
+    log.info(
+        "model benchmarked",
+        model=name,
+        prompt_tps=round(result.prompt_tps, 1),
+        generation_tps=round(result.generation_tps, 1),
+    )
     if settings.min_tps and result.generation_tps < settings.min_tps:
         await model.close()
         raise ModelError(f"{result.generation_tps:.1f} tokens/s is below min_tps {settings.min_tps:g}")

@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 
 from node.daemon.admission import Executor
-from node.ops.http_api import HealthReport
-from node.wire.identity import Identity
 from node.daemon.journal import Journal
+from node.ops.http_api import HealthReport
 from node.ops.metrics import NodeMetrics
-from node.p2p.host import P2PError, P2PHost
 from node.ops.systemd import SystemdNotifier
+from node.p2p.host import P2PError, P2PHost
+from node.wire.identity import Identity
 from node.wire.topics import PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
@@ -99,8 +99,14 @@ class NodeMonitor:
             if time.monotonic() - last_log >= self._log_interval_s:
                 last_log = time.monotonic()
                 status = self.status()
-                log.info("status", peers=status["peers"], mesh=status["mesh"], capacity=status["capacity"],
-                         last_heartbeat_seen=status["last_heartbeat_seen"], backlog=status["journal_backlog"])
+                log.info(
+                    "status",
+                    peers=status["peers"],
+                    mesh=status["mesh"],
+                    capacity=status["capacity"],
+                    last_heartbeat_seen=status["last_heartbeat_seen"],
+                    backlog=status["journal_backlog"],
+                )
                 self._notifier.status(f"{status['peers']} peers, {status['capacity']['free']} free task places")
             await asyncio.sleep(interval)
 

@@ -19,15 +19,13 @@ import time
 
 import structlog
 
-from node.wire.envelope import seal, sealed_size
-
-from node.wire.topics import MAX_MESSAGE_BYTES
-from node.wire.identity import Identity
-from node.wire.topics import RESULTS_TOPIC
 from node.daemon.journal import Journal, JournalEntry, JournalError, TaskState
-from node.wire.messages import MessageError, ResultBody, decode_result, encode_body
 from node.p2p.host import P2PError, P2PHost
+from node.wire.envelope import seal, sealed_size
+from node.wire.identity import Identity
+from node.wire.messages import MessageError, ResultBody, decode_result, encode_body
 from node.wire.results import error_body
+from node.wire.topics import MAX_MESSAGE_BYTES, RESULTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -120,8 +118,7 @@ class ResultOutbox:
             log.warning("result publish failed; kept for retry", task_id=body.task_id, error=str(exc))
             return False
         except Exception as exc:  # noqa: BLE001 - EnvelopeError or any other: one result must never stop the outbox
-            log.error("result cannot be published; dropped", task_id=body.task_id,
-                      error=f"{type(exc).__name__}: {exc}")
+            log.error("result cannot be published; dropped", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
             self._journal.mark_dropped(body.task_id)
             return False
         self._journal.mark_published(body.task_id)

@@ -14,8 +14,8 @@ import structlog
 
 from node.daemon.admission import BusyError, Executor, Job
 from node.daemon.journal import Journal, JournalEntry
-from node.wire.messages import MessageError, Stats, decode_task
 from node.daemon.outbox import ResultOutbox
+from node.wire.messages import MessageError, Stats, decode_task
 from node.wire.results import error_body
 
 log = structlog.get_logger(__name__)
@@ -62,8 +62,15 @@ def _resubmit(entry: JournalEntry, executor: Executor, task_log: structlog.typin
     if not executor.hosts(entry.model):
         return False
     try:
-        executor.submit(Job(task=task, publisher=entry.publisher, model=entry.model,
-                            received_at_ns=entry.received_at_ns, log=task_log))
+        executor.submit(
+            Job(
+                task=task,
+                publisher=entry.publisher,
+                model=entry.model,
+                received_at_ns=entry.received_at_ns,
+                log=task_log,
+            )
+        )
     except BusyError:
         return False
     task_log.info("interrupted task runs again", model=entry.model)

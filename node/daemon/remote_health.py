@@ -15,8 +15,8 @@ from pathlib import Path
 import structlog
 
 from config.settings import Settings
-from models.remote.benchmark import RemoteBenchmarkCache
 from models.registry import Registry
+from models.remote.benchmark import RemoteBenchmarkCache
 from models.remote.openai import RemoteModel
 from models.requests import ModelError
 from node.ops.metrics import NodeMetrics
@@ -28,8 +28,12 @@ class RemoteHealth:
     """Checks every remote model's engine each `interval` seconds."""
 
     def __init__(
-        self, models: dict[str, RemoteModel], metrics: NodeMetrics, tps: dict[str, float],
-        interval: float, bench_file: Path | None,
+        self,
+        models: dict[str, RemoteModel],
+        metrics: NodeMetrics,
+        tps: dict[str, float],
+        interval: float,
+        bench_file: Path | None,
     ) -> None:
         self._models = models
         self._metrics = metrics
@@ -41,7 +45,9 @@ class RemoteHealth:
             metrics.remote_engine_up.labels(model=name).set(1 if model.available else 0)
 
     @classmethod
-    async def open(cls, settings: Settings, names: list[str], metrics: NodeMetrics, tps: dict[str, float]) -> RemoteHealth:
+    async def open(
+        cls, settings: Settings, names: list[str], metrics: NodeMetrics, tps: dict[str, float]
+    ) -> RemoteHealth:
         """Health checks of the remote models among `names`, from the daemon's own clients of their engines.
 
         The models themselves run in execution processes; these clients only ask

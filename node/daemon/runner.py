@@ -16,14 +16,14 @@ import asyncio
 import time
 from typing import Any
 
+from node.daemon.admission import Job
 from node.daemon.execution.handle import RuntimeExitError
 from node.daemon.execution.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.execution.protocol import RunTask, TaskDone, TaskFailed
-from node.daemon.admission import Job
 from node.daemon.journal import Journal, JournalError
-from node.wire.messages import ResultBody, Stats
-from node.ops.metrics import NodeMetrics
 from node.daemon.outbox import ResultOutbox
+from node.ops.metrics import NodeMetrics
+from node.wire.messages import ResultBody, Stats
 from node.wire.results import error_body, success_body
 from workflows import EngineOptions, WorkflowResult
 from workflows.errors import INVALID_PROMPT
@@ -102,8 +102,9 @@ class TaskRunner:
         time_left = (job.task.deadline - time.time_ns()) / 1e9
         if job.reruns == 0 and time_left > RERUN_MIN_TIME_LEFT_S:
             job.reruns += 1
-            job.log.warning("task runs again after its model runtime ended", cause=exit_error.cause,
-                            time_left_s=round(time_left, 1))
+            job.log.warning(
+                "task runs again after its model runtime ended", cause=exit_error.cause, time_left_s=round(time_left, 1)
+            )
             return None
         return exit_error.reason
 
@@ -117,11 +118,18 @@ class TaskRunner:
         if max_time is not None and self._options.max_time_cap is not None:
             max_time = min(max_time, self._options.max_time_cap)
         if max_time is not None and max_time + MAX_TIME_MARGIN_S < remaining:
-            limit, reason = max_time + MAX_TIME_MARGIN_S, f"max_time exceeded: the workflow ran longer than {max_time:g} s"
+            limit, reason = (
+                max_time + MAX_TIME_MARGIN_S,
+                f"max_time exceeded: the workflow ran longer than {max_time:g} s",
+            )
         else:
             limit, reason = remaining, "deadline passed while the task was running"
-        request = RunTask(task_id=job.task.task_id, workflow=job.task.input.workflow, prompt=job.task.input.prompt,
-                          deadline_ns=job.task.deadline)
+        request = RunTask(
+            task_id=job.task.task_id,
+            workflow=job.task.input.workflow,
+            prompt=job.task.input.prompt,
+            deadline_ns=job.task.deadline,
+        )
         outcome = await self._run_within(job, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
@@ -141,8 +149,7 @@ class TaskRunner:
             done, _ = await asyncio.wait({run}, timeout=self._cancel_grace_s)
             if done:
                 return _outcome(run)
-            job.log.error("task did not stop after cancel; killing its execution process",
-                          grace_s=self._cancel_grace_s)
+            job.log.error("task did not stop after cancel; killing its execution process", grace_s=self._cancel_grace_s)
             self._pool.kill(job.model, f"task {request.task_id} did not stop {self._cancel_grace_s:g} s after cancel")
             await asyncio.wait({run}, timeout=10)
             if run.done() and not run.cancelled():
@@ -152,7 +159,6 @@ class TaskRunner:
         except asyncio.CancelledError:
             run.cancel()
             raise
-
 
     async def _finish(
         self, job: Job, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None

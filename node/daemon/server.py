@@ -22,27 +22,27 @@ from typing import Any
 import structlog
 
 from config.settings import ConfigError, Settings
-from node.p2p.connector import Connector
 from node.daemon.admission import BusyError, Executor, Job
+from node.daemon.execution.pool import ExecutionPool
 from node.daemon.heartbeat import Heartbeat
-from node.ops.http_api import HttpServer, create_app
-from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, InboundError, LogWindow, decode
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from node.daemon.intake import Ignore, Intake
 from node.daemon.journal import Journal, JournalError, JournalQuotaError
-from node.wire.messages import TaskBody, encode_body
-from node.ops.metrics import NodeMetrics
-from node.daemon.execution.pool import ExecutionPool
 from node.daemon.monitor import NodeMonitor
 from node.daemon.outbox import ResultOutbox
-from node.p2p.host import GossipMessage, P2PHost
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
-from node.daemon.supervisor import Supervisor, thread_alive
-from node.ops.systemd import SystemdNotifier
 from node.daemon.runner import TaskRunner
+from node.daemon.supervisor import Supervisor, thread_alive
 from node.daemon.workflow_setup import engine_options
+from node.ops.http_api import HttpServer, create_app
+from node.ops.metrics import NodeMetrics
+from node.ops.systemd import SystemdNotifier
+from node.p2p.connector import Connector
+from node.p2p.host import GossipMessage, P2PHost
+from node.wire.identity import Identity
+from node.wire.inbound import GossipGate, InboundError, LogWindow, decode
+from node.wire.messages import TaskBody, encode_body
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -93,14 +93,18 @@ class NodeServer:
         settings = self.settings
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # key, journal: the operator's only
         self.identity = (
-            Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
+            Identity.from_hex(settings.secret_key)
+            if settings.secret_key
+            else Identity.load_or_create(settings.identity_path)
         )
         self.journal = journal = Journal.open(
             settings.journal_path, settings.journal_max_bytes, settings.journal_publisher_max_bytes
         )
         journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
         if settings.embedding_model and settings.embedding_model not in settings.models:
-            raise ConfigError(f"invalid setting 'embedding_model': {settings.embedding_model} is not a hosted model ({settings.models})")
+            raise ConfigError(
+                f"invalid setting 'embedding_model': {settings.embedding_model} is not a hosted model ({settings.models})"
+            )
         self.pool = pool = ExecutionPool(settings, self.metrics)  # one execution process per model, READY = probed
         await pool.start()
         names = list(pool.hosted)
@@ -119,28 +123,44 @@ class NodeServer:
             for name in names
         }
         self.executor = Executor(runner.run, runner.abandon, concurrency, settings.max_queue)
-        self._intake = Intake(self.identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon)
+        self._intake = Intake(
+            self.identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon
+        )
         now = time.time_ns()
         for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
             self._intake.seen.add(task_id, deadline, now)
         self.monitor = NodeMonitor(
-            self.identity, host, self.executor, journal, self.metrics, self.notifier, pool.available,
+            self.identity,
+            host,
+            self.executor,
+            journal,
+            self.metrics,
+            self.notifier,
+            pool.available,
             startup_grace_s=settings.startup_grace,
         )
 
         gate = GossipGate(on_reject=self._on_reject, log_window_s=settings.reject_log_window)
-        queues = {topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+        queues = {
+            topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
+        }
         connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
         await connector.dial_all()
-        await recover_interrupted(journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0)
+        await recover_interrupted(
+            journal, outbox, self.executor, rerun=settings.rerun_interrupted, min_time_left_s=10.0
+        )
         self._outbox = outbox
         # Remote engines (registry backend "openai"): checked periodically; a down one leaves the heartbeat.
         remote = await RemoteHealth.open(settings, remote_names, self.metrics, pool.tps)
         self.remote_health = remote
         self._heartbeat = heartbeat = Heartbeat(
-            self.identity, host, lambda: remote.advertised(pool.available()),
-            capacity=self.executor.capacity, pending=lambda: self.executor.pending,
-            tps=lambda: remote.advertised_tps(pool.available_tps()), interval=settings.heartbeat_interval,
+            self.identity,
+            host,
+            lambda: remote.advertised(pool.available()),
+            capacity=self.executor.capacity,
+            pending=lambda: self.executor.pending,
+            tps=lambda: remote.advertised_tps(pool.available_tps()),
+            interval=settings.heartbeat_interval,
         )
         loops = self.supervisor
         self._loops = [
@@ -157,9 +177,15 @@ class NodeServer:
         if settings.http_enabled:
             self.http = HttpServer(create_app(self.metrics, self.monitor.health, self._status))
             await self.http.start(settings.http_host, settings.http_port)
-            log.info("http endpoint", url=f"http://{settings.http_host}:{self.http.port}", paths=["/metrics", "/healthz", "/status"])
+            log.info(
+                "http endpoint",
+                url=f"http://{settings.http_host}:{self.http.port}",
+                paths=["/metrics", "/healthz", "/status"],
+            )
         self.listen_addrs = host.listen_addrs
-        log.info("node started", address=self.identity.address, peer_id=host.peer_id, listen=self.listen_addrs, models=names)
+        log.info(
+            "node started", address=self.identity.address, peer_id=host.peer_id, listen=self.listen_addrs, models=names
+        )
         for addr in self.listen_addrs:
             print(f"listening on {addr}", flush=True)
         self.notifier.ready()

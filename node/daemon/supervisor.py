@@ -85,9 +85,7 @@ class Supervisor:
 
     def failed(self) -> list[str]:
         """Loops not running now, as 'name (state: error)'."""
-        return [
-            f"{s.name} ({s.state}: {s.last_error})" for s in self._loops.values() if s.state != "running"
-        ]
+        return [f"{s.name} ({s.state}: {s.last_error})" for s in self._loops.values() if s.state != "running"]
 
     def alive(self) -> bool:
         return not self.failed()

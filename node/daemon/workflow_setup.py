@@ -8,7 +8,6 @@ from config.settings import ConfigError, Settings
 from workflows import EngineOptions, ToolSettings
 from workflows.options import SearchProvider
 
-
 _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 

@@ -33,9 +33,7 @@ class NodeMetrics:
         self.tasks_received = Counter(
             "tasks_received", "Task messages received from the network", namespace=NAMESPACE, registry=r
         )
-        self.tasks_taken = Counter(
-            "tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r
-        )
+        self.tasks_taken = Counter("tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r)
         self.tasks_completed = Counter(
             "tasks_completed", "Tasks that produced a result", namespace=NAMESPACE, registry=r
         )
@@ -90,9 +88,7 @@ class NodeMetrics:
         self.capacity_free = Gauge(
             "capacity_free", "Executor slots free for new tasks", namespace=NAMESPACE, registry=r
         )
-        self.tasks_running = Gauge(
-            "tasks_running", "Tasks executing now", namespace=NAMESPACE, registry=r
-        )
+        self.tasks_running = Gauge("tasks_running", "Tasks executing now", namespace=NAMESPACE, registry=r)
         self.remote_engine_up = Gauge(
             "remote_engine_up",
             "1 while the remote engine of a model answers its health check, else 0, by model",
@@ -116,16 +112,25 @@ class NodeMetrics:
             registry=r,
         )
         self.exec_restarts = Counter(
-            "exec_restarts", "Execution processes restarted after they ended, by model", ["model"],
-            namespace=NAMESPACE, registry=r,
+            "exec_restarts",
+            "Execution processes restarted after they ended, by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.exec_process_up = Gauge(
-            "exec_process_up", "1 while the model's execution process serves, by model", ["model"],
-            namespace=NAMESPACE, registry=r,
+            "exec_process_up",
+            "1 while the model's execution process serves, by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
         )
         self.exec_rss_bytes = Gauge(
-            "exec_rss_bytes", "Resident memory of the model's execution process, by model", ["model"],
-            namespace=NAMESPACE, registry=r,
+            "exec_rss_bytes",
+            "Resident memory of the model's execution process, by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
         )
 
     def reject(self, reason: str) -> None:

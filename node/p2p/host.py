@@ -107,8 +107,14 @@ class HandOffBudget:
             self._last_log, not_logged = now, self._not_logged
             self._not_logged = 0
             held = (self.messages, self.bytes)
-        log.warning("p2p.queue_full_dropped", topic=self.topic, dropped=not_logged, dropped_total=self.dropped,
-                    queued_messages=held[0], queued_bytes=held[1])
+        log.warning(
+            "p2p.queue_full_dropped",
+            topic=self.topic,
+            dropped=not_logged,
+            dropped_total=self.dropped,
+            queued_messages=held[0],
+            queued_bytes=held[1],
+        )
         return False
 
     def release(self, size: int) -> None:

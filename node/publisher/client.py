@@ -1,9 +1,9 @@
 """The publisher side: join the network, publish signed tasks, collect verified results.
 
-    async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
-        simple = Simple()
-        res = await client.execute(Task(workflow=simple.workflow(prompt="Hey there!"), models=["smollm2:135m"]), timeout=45)
-        print(simple.parse_result(res))
+async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
+    simple = Simple()
+    res = await client.execute(Task(workflow=simple.workflow(prompt="Hey there!"), models=["smollm2:135m"]), timeout=45)
+    print(simple.parse_result(res))
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
+from node.p2p.host import GossipMessage, P2PError, P2PHost
+from node.publisher.node_table import KnownNode, NodeTable
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, InboundError, decode
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
-from node.publisher.node_table import KnownNode, NodeTable
-from node.p2p.host import GossipMessage, P2PError, P2PHost
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +207,9 @@ class Client:
             node = self.nodes.choose(models, exclude=tried)
             if node is not None:
                 return node
-            if last_failure is not None and not any(n.serves(models) and n.address not in tried for n in self.nodes.live()):
+            if last_failure is not None and not any(
+                n.serves(models) and n.address not in tried for n in self.nodes.live()
+            ):
                 raise last_failure  # every node that could take it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))
@@ -312,7 +314,9 @@ class Client:
     def _open(self, body: ResultBody, node: str) -> TaskResult:
         assert body.ciphertext is not None
         if body.task_id in self._sealed:
-            return TaskResult(task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats)
+            return TaskResult(
+                task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats
+            )
         try:
             text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
         except (EciesError, ValueError) as exc:

@@ -18,8 +18,8 @@ import random
 import time
 from dataclasses import dataclass, replace
 
-from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 from node.wire.messages import HeartbeatBody
+from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 MAX_CAPACITY = 1024
 MAX_TPS = 1e6

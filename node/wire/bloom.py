@@ -32,9 +32,7 @@ class BloomFilter:
         if isinstance(hashes, bool) or not isinstance(hashes, int):
             raise BloomFilterError(f"bloom filter hashes must be an integer, got {hashes!r}")
         if not MIN_HASHES <= hashes <= MAX_HASHES:
-            raise BloomFilterError(
-                f"bloom filter hashes must be {MIN_HASHES}..{MAX_HASHES}, got {hashes}"
-            )
+            raise BloomFilterError(f"bloom filter hashes must be {MIN_HASHES}..{MAX_HASHES}, got {hashes}")
         self._bits = bytearray(bits)
         self.hashes = hashes
 
@@ -42,11 +40,7 @@ class BloomFilter:
         return f"BloomFilter(bytes={len(self._bits)}, hashes={self.hashes})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, BloomFilter)
-            and other._bits == self._bits
-            and other.hashes == self.hashes
-        )
+        return isinstance(other, BloomFilter) and other._bits == self._bits and other.hashes == self.hashes
 
     @classmethod
     def from_hex(cls, hex_str: str, hashes: int) -> BloomFilter:
@@ -63,9 +57,7 @@ class BloomFilter:
     def build(cls, items: list[bytes], false_positive_rate: float = 0.01) -> BloomFilter:
         """A filter sized for `items` at about `false_positive_rate`, with them added."""
         if not 0.0 < false_positive_rate < 1.0:
-            raise BloomFilterError(
-                f"false positive rate must be in (0, 1), got {false_positive_rate}"
-            )
+            raise BloomFilterError(f"false positive rate must be in (0, 1), got {false_positive_rate}")
         n = max(len(items), 1)
         optimal_bits = -n * math.log(false_positive_rate) / (math.log(2) ** 2)
         size = max(1, math.ceil(optimal_bits / 8))

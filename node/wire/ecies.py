@@ -13,9 +13,7 @@ from ecies.config import Config
 
 from node.wire.identity import IdentityError, parse_public_key
 
-WIRE_CONFIG = (
-    Config()
-)  # eciespy defaults; a private copy so no one can mutate ECIES_CONFIG under us
+WIRE_CONFIG = Config()  # eciespy defaults; a private copy so no one can mutate ECIES_CONFIG under us
 EPHEMERAL_KEY_BYTES = 65
 NONCE_BYTES = 16
 TAG_BYTES = 16
@@ -45,9 +43,7 @@ def encrypt(public_key: bytes | str, plaintext: bytes) -> bytes:
 def decrypt(secret: bytes, ciphertext: bytes) -> bytes:
     """Decrypt `ciphertext` with a 32-byte secret key; EciesError if it is not for this key."""
     if len(ciphertext) < OVERHEAD_BYTES:
-        raise EciesError(
-            f"ciphertext is {len(ciphertext)} bytes, shorter than the {OVERHEAD_BYTES}-byte header"
-        )
+        raise EciesError(f"ciphertext is {len(ciphertext)} bytes, shorter than the {OVERHEAD_BYTES}-byte header")
     try:
         return ecies.decrypt(secret, ciphertext, config=WIRE_CONFIG)
     except (ValueError, TypeError) as e:  # bad key, bad point, or failed GCM tag check

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.wire.topics import MAX_MESSAGE_BYTES, PROTOCOL_NAME, PROTOCOL_VERSION
 from node.wire.identity import SIGNATURE_BYTES, Identity, SignatureError, address_of, recover_public_key
+from node.wire.topics import MAX_MESSAGE_BYTES, PROTOCOL_NAME, PROTOCOL_VERSION
 
 MAX_AGE_NS = 10 * 60 * 1_000_000_000
 MAX_SKEW_NS = 60 * 1_000_000_000

@@ -134,9 +134,7 @@ class Identity:
         if text[:2] in ("0x", "0X"):
             text = text[2:]
         if len(text) != 2 * SECRET_BYTES:
-            raise IdentityError(
-                f"secret key must be {2 * SECRET_BYTES} hex characters, got {len(text)}"
-            )
+            raise IdentityError(f"secret key must be {2 * SECRET_BYTES} hex characters, got {len(text)}")
         try:
             secret = bytes.fromhex(text)
         except ValueError as e:

@@ -10,16 +10,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import structlog
 
 from node.wire.envelope import EnvelopeError, SignedMessage, open_envelope
 from node.wire.identity import peer_id_of_key
-from node.wire.messages import HeartbeatBody, MessageError, ResultBody, TaskBody, decode_heartbeat, decode_result, decode_task
+from node.wire.messages import (
+    HeartbeatBody,
+    MessageError,
+    ResultBody,
+    TaskBody,
+    decode_heartbeat,
+    decode_result,
+    decode_task,
+)
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
-Body = Union[TaskBody, ResultBody, HeartbeatBody]
+Body = TaskBody | ResultBody | HeartbeatBody
 _DECODERS: dict[str, Callable[[bytes], Body]] = {
     TASK_TOPIC: decode_task,
     RESULTS_TOPIC: decode_result,
@@ -126,5 +133,6 @@ class GossipGate:
         not_logged = self._window.admit((topic, reason))
         if not_logged is None:
             return
-        log.info("message rejected", topic=topic, reason=reason, detail=detail[:300], size=size,
-                 not_logged_since=not_logged)
+        log.info(
+            "message rejected", topic=topic, reason=reason, detail=detail[:300], size=size, not_logged_since=not_logged
+        )

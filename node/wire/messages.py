@@ -32,9 +32,7 @@ from node.wire.wire_time import INT64_MAX, format_rfc3339_ns, ns_from_wire
 MAX_FILTER_HEX_CHARS = 128 * 1024  # 64 KiB of filter bytes
 MAX_MODELS = 64
 
-TaskId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
-]
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
 Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -58,9 +56,7 @@ class MessageError(Exception):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, strict=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
 def _normalize_address(address: str) -> str:

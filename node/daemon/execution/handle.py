@@ -116,8 +116,15 @@ class ExecutionProcess:
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "node.daemon.execution.process", "--fd", str(child.fileno()),
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                sys.executable,
+                "-m",
+                "node.daemon.execution.process",
+                "--fd",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
             )
         finally:
             child.close()

@@ -108,7 +108,9 @@ class ExecutionPool:
             await process.probe(PROBE_TIMEOUT_S)
         except (TimeoutError, RuntimeExitError) as exc:
             await process.close(1.0)
-            raise RuntimeStartError(f"model {slot.model}: the runtime did not answer its health probe ({exc})") from None
+            raise RuntimeStartError(
+                f"model {slot.model}: the runtime did not answer its health probe ({exc})"
+            ) from None
         slot.process = process
         slot.ready.set()
         self._metrics.exec_process_up.labels(model=slot.model).set(1)
@@ -164,8 +166,9 @@ class ExecutionPool:
         process = self.process(model)
         if process is not None:
             log.error("killing execution process", model=model, pid=process.pid, reason=reason)
-            process.kill("interrupted: model runtime restarted (another task would not stop)",
-                         crash=False, cause="stopped")
+            process.kill(
+                "interrupted: model runtime restarted (another task would not stop)", crash=False, cause="stopped"
+            )
 
     # ----------------------------------------------------------------- watching
     def _on_exit(self, process: ExecutionProcess) -> None:
@@ -182,12 +185,23 @@ class ExecutionPool:
             slot.crashes.append(now)
             while slot.crashes and now - slot.crashes[0] > self._settings.exec_crash_window:
                 slot.crashes.popleft()
-        log.error("execution process ended", model=slot.model, pid=process.pid, cause=error.cause,
-                  reason=error.reason, tasks_lost=process.running, crash=error.crash)
+        log.error(
+            "execution process ended",
+            model=slot.model,
+            pid=process.pid,
+            cause=error.cause,
+            reason=error.reason,
+            tasks_lost=process.running,
+            crash=error.crash,
+        )
         if error.crash and len(slot.crashes) >= self._settings.exec_crash_limit and not slot.benched:
             slot.benched = True
-            log.error("model leaves the heartbeats: its runtime crashed too often", model=slot.model,
-                      crashes=len(slot.crashes), window_s=self._settings.exec_crash_window)
+            log.error(
+                "model leaves the heartbeats: its runtime crashed too often",
+                model=slot.model,
+                crashes=len(slot.crashes),
+                window_s=self._settings.exec_crash_window,
+            )
         slot.restarter = asyncio.create_task(self._restart(slot), name=f"exec-restart-{slot.model}")
 
     async def _restart(self, slot: _Slot) -> None:
@@ -224,8 +238,13 @@ class ExecutionPool:
                 self._metrics.exec_rss_bytes.labels(model=slot.model).set(rss)
                 if limit and rss > limit * MIB:
                     reason = f"model runtime exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
-                    log.error("execution process over its memory limit", model=slot.model, pid=process.pid,
-                              rss_mib=rss // MIB, limit_mib=limit)
+                    log.error(
+                        "execution process over its memory limit",
+                        model=slot.model,
+                        pid=process.pid,
+                        rss_mib=rss // MIB,
+                        limit_mib=limit,
+                    )
                     process.kill(reason, crash=True, cause="memory")
                     continue
             if time.monotonic() - last_probe >= PROBE_INTERVAL_S and (slot.prober is None or slot.prober.done()):
@@ -237,15 +256,22 @@ class ExecutionPool:
             await process.probe(PROBE_TIMEOUT_S)
         except TimeoutError:
             log.error("execution process does not answer its health probe", model=slot.model, pid=process.pid)
-            process.kill(f"model runtime stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
-                         crash=True, cause="unresponsive")
+            process.kill(
+                f"model runtime stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                crash=True,
+                cause="unresponsive",
+            )
         except RuntimeExitError:
             pass
 
     def stats(self) -> dict[str, Any]:
         """Per-model process state for /status."""
         return {
-            name: {"pid": s.process.pid if s.process else None, "up": s.ready.is_set(), "benched": s.benched,
-                   "crashes_in_window": len(s.crashes)}
+            name: {
+                "pid": s.process.pid if s.process else None,
+                "up": s.ready.is_set(),
+                "benched": s.benched,
+                "crashes_in_window": len(s.crashes),
+            }
             for name, s in self._slots.items()
         }

@@ -32,20 +32,20 @@ from node.daemon.execution.protocol import (
     Cancel,
     Configure,
     LoadFailed,
+    Message,
     Pong,
     Probe,
     Ready,
     RunTask,
     TaskDone,
     TaskFailed,
-    Message,
     decode_to_child,
     encode,
     read_line,
 )
-from node.ops.log import configure_logging
 from node.daemon.model_setup import ServedModel, create_embedder, prepare_model
 from node.daemon.workflow_setup import engine_options, tool_settings
+from node.ops.log import configure_logging
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
 from workflows.backend import ModelBackend
 from workflows.errors import public_error_text
@@ -76,8 +76,14 @@ def apply_memory_limit(limit_mb: int | None) -> None:
 class TaskHost:
     """Runs the daemon's tasks on one model, concurrently, and sends one answer per task."""
 
-    def __init__(self, model: ServedModel, embedder: ModelBackend, tools: ToolSettings, options: EngineOptions,
-                 send: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        embedder: ModelBackend,
+        tools: ToolSettings,
+        options: EngineOptions,
+        send: Callable[[Message], None],
+    ) -> None:
         self._model = model
         self._embedder = embedder
         self._tools = tools
@@ -119,8 +125,11 @@ class TaskHost:
             self._send(TaskFailed(task_id=request.task_id, error=reason))
         except MemoryError:
             task_log.error("task ran out of memory")
-            self._send(TaskFailed(task_id=request.task_id,
-                                  error="out of memory: the task exceeded the model runtime's memory limit"))
+            self._send(
+                TaskFailed(
+                    task_id=request.task_id, error="out of memory: the task exceeded the model runtime's memory limit"
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
             if not isinstance(exc, WorkflowError | ModelError):
                 task_log.exception("task crashed")
@@ -134,12 +143,23 @@ class TaskHost:
             return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
         try:
             async with asyncio.timeout(remaining):
-                result = await run_workflow(workflow, self._model, prompt=request.prompt, tools=self._tools,
-                                            options=self._options, embedder=self._embedder)
+                result = await run_workflow(
+                    workflow,
+                    self._model,
+                    prompt=request.prompt,
+                    tools=self._tools,
+                    options=self._options,
+                    embedder=self._embedder,
+                )
         except TimeoutError:
             return TaskFailed(task_id=request.task_id, error="deadline passed while the task was running")
-        return TaskDone(task_id=request.task_id, text=result.text, steps=result.steps,
-                        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        return TaskDone(
+            task_id=request.task_id,
+            text=result.text,
+            steps=result.steps,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
 
 
 async def serve(fd: int) -> int:
@@ -171,8 +191,11 @@ async def serve(fd: int) -> int:
         await writer.drain()
         return 0
     host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
-    send(Ready(model=name, parallel=model.parallel, generation_tps=prepared.generation_tps,
-               prompt_tps=prepared.prompt_tps))
+    send(
+        Ready(
+            model=name, parallel=model.parallel, generation_tps=prepared.generation_tps, prompt_tps=prepared.prompt_tps
+        )
+    )
     log.info("execution process ready", model=name, pid=os.getpid())
     try:
         while (line := await read_line(reader)) is not None:
@@ -182,8 +205,14 @@ async def serve(fd: int) -> int:
             elif isinstance(message, Cancel):
                 host.cancel(message)
             elif isinstance(message, Probe):
-                send(Pong(probe_id=message.probe_id, running=host.running, slots_free=model.slots_free,
-                          queued=model.queued))
+                send(
+                    Pong(
+                        probe_id=message.probe_id,
+                        running=host.running,
+                        slots_free=model.slots_free,
+                        queued=model.queued,
+                    )
+                )
             await writer.drain()
     finally:
         await host.stop()
