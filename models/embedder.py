@@ -60,7 +60,7 @@ class Embedder:
             raise
         except Exception as exc:
             raise ModelError(f"embedding on model {self.name} failed: {exc}") from exc
-        return [[float(x) for x in v] for v in vectors]  # type: ignore[union-attr]
+        return [[float(x) for x in v] for v in vectors]
 
     async def close(self) -> None:
         """Free the embedding context and end its thread."""

@@ -213,7 +213,7 @@ class LlamaModel:
                     # token alone, whose logits differ in the last bits from a
                     # full-batch evaluation; a seeded request must not depend on
                     # what ran before, so it evaluates its prompt from scratch.
-                    self._llama.reset()
+                    self._llama.reset()  # type: ignore[no-untyped-call]
                 result: Any = self._llama.create_completion(prompt=tokens, **kwargs)
                 perf = llama_cpp.llama_perf_context(ctx)
         except ModelError:
@@ -330,10 +330,14 @@ class LlamaModel:
                     llama.close()
 
 
-def _grammar(request: GenerationRequest) -> llama_cpp.LlamaGrammar | None:
+def _grammar(request: GenerationRequest) -> llama_cpp.llama_grammar.LlamaGrammar | None:
     """The request's constraint as a llama.cpp grammar, parsed in Python first (see models.grammar)."""
     grammar = Grammar.for_request(request)
-    return None if grammar is None else llama_cpp.LlamaGrammar.from_string(check_gbnf(grammar.gbnf), verbose=False)
+    return (
+        None
+        if grammar is None
+        else llama_cpp.llama_grammar.LlamaGrammar.from_string(check_gbnf(grammar.gbnf), verbose=False)
+    )
 
 
 # llama-cpp-python's Llama(verbose=False) points the process's stdout/stderr at
@@ -353,7 +357,7 @@ def construct_llama(path: Path, extra_buffers: bool = True, **params: Any) -> ll
         defaults = llama_cpp.llama_cpp.llama_model_default_params
 
         def without_extra_buffers() -> llama_cpp.llama_model_params:
-            model_params = defaults()
+            model_params: llama_cpp.llama_model_params = defaults()
             model_params.use_extra_bufts = False
             return model_params
 

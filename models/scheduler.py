@@ -145,7 +145,7 @@ class Scheduler:
             )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._n_batch = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at n_ctx
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)

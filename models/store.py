@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.utils import build_hf_headers, get_session, silent_tqdm
+from huggingface_hub.utils import build_hf_headers, get_session, silent_tqdm  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from models.registry import ModelSpec, Registry
@@ -141,7 +141,7 @@ class ModelStore:
                     revision=spec.revision,
                     local_dir=self.models_dir,
                     endpoint=self.endpoint,
-                    tqdm_class=None if progress else silent_tqdm,  # type: ignore[arg-type]
+                    tqdm_class=None if progress else silent_tqdm,
                 )
             )
         except Exception as exc:  # the hub raises many types: HTTP, network, offline, disk

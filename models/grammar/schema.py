@@ -54,12 +54,13 @@ def _converter_class() -> type:
     """
     from llama_cpp.llama_grammar import SchemaConverter
 
-    class Converter(SchemaConverter):  # type: ignore[misc]
+    class Converter(SchemaConverter):
         def _format_literal(self, literal: str) -> str:
             return gbnf_literal(literal)
 
         def _visit_pattern(self, pattern: str, name: str) -> str:
-            return self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')
+            rule: str = self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')  # type: ignore[no-untyped-call]
+            return rule
 
     return Converter
 

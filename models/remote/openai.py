@@ -246,7 +246,7 @@ def _generation(answer: dict[str, Any], name: str, seconds: float) -> Generation
         raise EngineRequestError(f"the engine serving {name} answered a chat completion in an unknown form") from None
     if not isinstance(text, str):
         raise EngineRequestError(f"the engine serving {name} answered no text (finish_reason {finish!r})")
-    timings = answer.get("timings") if isinstance(answer.get("timings"), dict) else {}  # llama-server
+    timings: dict[str, Any] = answer["timings"] if isinstance(answer.get("timings"), dict) else {}  # llama-server
     return Generation(
         text=text,
         finish_reason="length" if finish == "length" else "stop",
