@@ -39,7 +39,7 @@ from benchmarks.report import (
     render_table,
     write_results,
 )
-from node.log import configure_logging
+from node.ops.log import configure_logging
 
 
 class Benchmark(NamedTuple):
@@ -63,14 +63,22 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=list(BENCHMARKS), help="run only this benchmark (repeatable)")
+    parser.add_argument(
+        "--only", action="append", choices=list(BENCHMARKS), help="run only this benchmark (repeatable)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rounds (under 3 minutes)")
-    parser.add_argument("--threads", type=int, help="model threads on the node and the baselines (default: usable cores - 1, at least 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="model threads on the node and the baselines (default: usable cores - 1, at least 1)",
+    )
     parser.add_argument("--node-arg", action="append", default=[], help="extra flag for `node.cli start` (repeatable)")
-    parser.add_argument("--no-llama-server", action="store_true",
-                        help="skip the llama-server baseline (no build); the table says so")
-    parser.add_argument("--no-write", action="store_true",
-                        help=f"do not overwrite {RESULTS_PATH.name} (a run with --only never does)")
+    parser.add_argument(
+        "--no-llama-server", action="store_true", help="skip the llama-server baseline (no build); the table says so"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help=f"do not overwrite {RESULTS_PATH.name} (a run with --only never does)"
+    )
     return parser
 
 
@@ -86,12 +94,17 @@ async def run_all(names: list[str], options: BenchOptions) -> list[Section]:
             async with asyncio.timeout(budget):
                 section = await bench.run(options)
         except TimeoutError:
-            section = Section(name=name, title=bench.title, error=f"did not finish within its {budget:.0f} s budget "
-                              "(a busy machine? try --threads 1)")
+            section = Section(
+                name=name,
+                title=bench.title,
+                error=f"did not finish within its {budget:.0f} s budget (a busy machine? try --threads 1)",
+            )
         except Exception as exc:  # noqa: BLE001 - reported as a FAILED row, exit status 1
             section = Section(name=name, title=bench.title, error=f"{type(exc).__name__}: {exc}")
         section.seconds = time.perf_counter() - started
-        print(f"  {name}: {'FAILED' if section.error else 'done'} in {section.seconds:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"  {name}: {'FAILED' if section.error else 'done'} in {section.seconds:.0f} s", file=sys.stderr, flush=True
+        )
         sections.append(section)
     return sections
 
@@ -101,8 +114,11 @@ def setup_llama_server(skip: bool) -> str | None:
     if skip:
         return "skipped (--no-llama-server)"
     if not llama_server.binary_path().exists():
-        print("setup: building llama-server from the vendored llama.cpp sources (once; minutes) ...",
-              file=sys.stderr, flush=True)
+        print(
+            "setup: building llama-server from the vendored llama.cpp sources (once; minutes) ...",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         llama_server.ensure_built()
     except llama_server.LlamaServerError as exc:

@@ -56,10 +56,16 @@ async def _node_sequential(publisher: Publisher, counter: TokenCounter, prompts:
 
 async def _server_batch(http: httpx.AsyncClient, prompts: list[str]) -> float:
     async def one(prompt: str) -> int:
-        reply = await http.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": prompt}], "max_tokens": GENERATED_TOKENS,
-            "temperature": 0.0, "ignore_eos": True, "cache_prompt": False,
-        })
+        reply = await http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": GENERATED_TOKENS,
+                "temperature": 0.0,
+                "ignore_eos": True,
+                "cache_prompt": False,
+            },
+        )
         reply.raise_for_status()
         tokens = int(reply.json()["usage"]["completion_tokens"])
         if tokens != GENERATED_TOKENS:
@@ -81,9 +87,15 @@ async def run(options: BenchOptions) -> Section:
     server: dict[int, list[float]] = {n: [] for n in LEVELS}
     try:
         with ExitStack() as stack:
-            peer = stack.enter_context(node_process(
-                options.threads, n_ctx=NODE_N_CTX, max_concurrent=SLOTS, max_queue=2 * SLOTS,
-                extra_args=options.node_args))
+            peer = stack.enter_context(
+                node_process(
+                    options.threads,
+                    n_ctx=NODE_N_CTX,
+                    max_concurrent=SLOTS,
+                    max_queue=2 * SLOTS,
+                    extra_args=options.node_args,
+                )
+            )
             url = None
             if server_problem is None:
                 url = stack.enter_context(llama_server.running_server(path, SLOTS, options.threads, CTX_PER_SLOT))
@@ -107,36 +119,71 @@ async def run(options: BenchOptions) -> Section:
     return _section(options, rounds, model_class, sequential, node, server, server_problem)
 
 
-def _section(options: BenchOptions, rounds: int, model_class: str, sequential: list[float],
-             node: dict[int, list[float]], server: dict[int, list[float]], server_problem: str | None) -> Section:
+def _section(
+    options: BenchOptions,
+    rounds: int,
+    model_class: str,
+    sequential: list[float],
+    node: dict[int, list[float]],
+    server: dict[int, list[float]],
+    server_problem: str | None,
+) -> Section:
     what = "concurrency"
     seq = summarize(sequential, "tok/s", what=what)
     rows = [Row(metric=f"sequential: {SEQUENTIAL_TASKS} tasks one after another", node=seq)]
     for n in LEVELS:
         mine = summarize(node[n], "tok/s", what=what)
-        seq_ratio = Summary(**{**mine.model_dump(), "median": mine.median / seq.median, "low": mine.low / seq.median,
-                                "high": mine.high / seq.median, "unit": "x"})
-        rows.append(Row(metric=f"{n} simultaneous, aggregate", node=mine, baseline=seq,
-                        baseline_name="same node, sequential", ratio=seq_ratio))
+        seq_ratio = Summary(
+            **{
+                **mine.model_dump(),
+                "median": mine.median / seq.median,
+                "low": mine.low / seq.median,
+                "high": mine.high / seq.median,
+                "unit": "x",
+            }
+        )
+        rows.append(
+            Row(
+                metric=f"{n} simultaneous, aggregate",
+                node=mine,
+                baseline=seq,
+                baseline_name="same node, sequential",
+                ratio=seq_ratio,
+            )
+        )
         if server_problem is None:
-            rows.append(Row(metric=f"{n} simultaneous, aggregate", node=mine,
-                            baseline=summarize(server[n], "tok/s", what=what),
-                            baseline_name=f"llama-server --parallel {SLOTS}",
-                            ratio=paired_ratio(node[n], server[n], what=what)))
+            rows.append(
+                Row(
+                    metric=f"{n} simultaneous, aggregate",
+                    node=mine,
+                    baseline=summarize(server[n], "tok/s", what=what),
+                    baseline_name=f"llama-server --parallel {SLOTS}",
+                    ratio=paired_ratio(node[n], server[n], what=what),
+                )
+            )
         else:
-            rows.append(Row(metric=f"{n} simultaneous, aggregate", node=mine,
-                            baseline_name=f"llama-server NOT AVAILABLE: {server_problem[:200]}"))
+            rows.append(
+                Row(
+                    metric=f"{n} simultaneous, aggregate",
+                    node=mine,
+                    baseline_name=f"llama-server NOT AVAILABLE: {server_problem[:200]}",
+                )
+            )
     built = llama_server.build_seconds()
     return Section(
         name="concurrency",
         title="3. Concurrency",
         rows=rows,
         notes=[
-            (f"node model class: {model_class}; node flags: max_concurrent {SLOTS}, n_ctx {NODE_N_CTX}, "
-            f"{options.threads} thread(s); extra node flags: {' '.join(options.node_args) or 'none'}."),
-            (f"{rounds} round(s); per round the sequential run, then for each N the node and llama-server "
-            f"alternately; {GENERATED_TOKENS} max tokens per task; aggregate = tokens of all N answers / wall "
-            "time from the first publish to the last result."),
+            (
+                f"node model class: {model_class}; node flags: max_concurrent {SLOTS}, n_ctx {NODE_N_CTX}, "
+                f"{options.threads} thread(s); extra node flags: {' '.join(options.node_args) or 'none'}."
+            ),
+            (
+                f"{rounds} round(s); per round the sequential run, then for each N the node and llama-server "
+                f"alternately; {GENERATED_TOKENS} max tokens per task; aggregate = tokens of all N answers / wall "
+                "time from the first publish to the last result."
+            ),
             "'vs sequential' divides by the median sequential rate; 'vs llama-server' is the median of per-round ratios.",
             f"llama-server {llama_server.binary_path()}: "
             + (f"built from the vendored llama.cpp sources in {built:.0f} s (cached)" if built else "not built")

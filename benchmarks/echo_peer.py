@@ -1,6 +1,6 @@
 """The P2P baseline: a bare gossipsub echo over the node's own libp2p host wrapper.
 
-`python -m benchmarks.echo_peer` runs the responder: a `node.p2p.P2PHost` on
+`python -m benchmarks.echo_peer` runs the responder: a `node.p2p.host.P2PHost` on
 127.0.0.1 that answers every message on topic `bench-ping` with the same bytes
 on `bench-pong`. No signing, validation, encryption, intake or workflow: what is
 left is py-libp2p (TCP + Noise + Yamux + gossipsub) and the asyncio<->Trio
@@ -23,8 +23,8 @@ import uvloop
 
 from benchmarks.peers import PeerProcess
 from benchmarks.stats import BenchmarkError
-from node.identity import Identity
-from node.p2p import GossipMessage, P2PHost
+from node.p2p.host import GossipMessage, P2PHost
+from node.wire.identity import Identity
 
 PING = "bench-ping"
 PONG = "bench-pong"
@@ -33,7 +33,9 @@ _PREFIX = b"pong:"
 
 def echo_process() -> PeerProcess:
     """The responder in its own process (READY when it prints `listening on ...`)."""
-    return PeerProcess([sys.executable, "-m", "benchmarks.echo_peer"], tempfile.TemporaryDirectory(prefix="bench-echo-"))
+    return PeerProcess(
+        [sys.executable, "-m", "benchmarks.echo_peer"], tempfile.TemporaryDirectory(prefix="bench-echo-")
+    )
 
 
 async def _serve() -> None:

@@ -67,7 +67,8 @@ async def run(options: BenchOptions) -> Section:
                 parts["idle_daemon"].append(own / MIB)
                 parts["idle_exec"].append(children / MIB)
                 total, own, children = await _peak_tree_rss_while(
-                    node.pid, publisher.run(simple_workflow(story_prompt(i))))
+                    node.pid, publisher.run(simple_workflow(story_prompt(i)))
+                )
                 samples["node"]["busy"].append(total / MIB)
                 parts["busy_daemon"].append(own / MIB)
                 parts["busy_exec"].append(children / MIB)
@@ -88,13 +89,15 @@ async def run(options: BenchOptions) -> Section:
         ("idle", "RSS idle (daemon + execution processes)", "MiB"),
         ("busy", "RSS running a 128-token task (peak, daemon + execution processes)", "MiB"),
     ):
-        rows.append(Row(
-            metric=metric,
-            node=summarize(samples["node"][key], unit, what=what),
-            baseline=summarize(samples["raw"][key], unit, what=what),
-            baseline_name="plain llama_cpp script",
-            ratio=paired_ratio(samples["node"][key], samples["raw"][key], what=what),
-        ))
+        rows.append(
+            Row(
+                metric=metric,
+                node=summarize(samples["node"][key], unit, what=what),
+                baseline=summarize(samples["raw"][key], unit, what=what),
+                baseline_name="plain llama_cpp script",
+                ratio=paired_ratio(samples["node"][key], samples["raw"][key], what=what),
+            )
+        )
     for key, metric in (
         ("idle_daemon", "RSS idle: daemon alone"),
         ("idle_exec", "RSS idle: execution process"),
@@ -107,9 +110,11 @@ async def run(options: BenchOptions) -> Section:
         title="5. Footprint",
         rows=rows,
         notes=[
-            (f"{rounds} fresh start(s) per side, alternately; node with the default log level (info, JSON to a file), "
-            f"n_ctx 2048, {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
-            f"{IDLE_SETTLE_S:g} s after READY with a publisher connected. The node's RSS is its daemon plus "
-            "its execution process (one model); peaks are sampled together every 20 ms."),
+            (
+                f"{rounds} fresh start(s) per side, alternately; node with the default log level (info, JSON to a file), "
+                f"n_ctx 2048, {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
+                f"{IDLE_SETTLE_S:g} s after READY with a publisher connected. The node's RSS is its daemon plus "
+                "its execution process (one model); peaks are sampled together every 20 ms."
+            ),
         ],
     )

@@ -42,7 +42,10 @@ async def run(options: BenchOptions) -> Section:
     same_text = 0
     node_texts: dict[int, str] = {}
     try:
-        with RawWorker(path, options.threads, N_CTX) as raw, node_process(options.threads, n_ctx=N_CTX, extra_args=options.node_args) as node:
+        with (
+            RawWorker(path, options.threads, N_CTX) as raw,
+            node_process(options.threads, n_ctx=N_CTX, extra_args=options.node_args) as node,
+        ):
             async with Publisher(node) as publisher:
                 # Warm-up, not counted: first decode allocates buffers on both sides.
                 await publisher.run(simple_workflow("Say hello.", 8))
@@ -105,12 +108,16 @@ async def run(options: BenchOptions) -> Section:
             ),
         ],
         notes=[
-            (f"{rounds} rounds, node and raw script alternately; {options.threads} thread(s), n_ctx {N_CTX}, "
-            "greedy, prompt 'Write a long, detailed story about <topic>' (topic changes per round)."),
+            (
+                f"{rounds} rounds, node and raw script alternately; {options.threads} thread(s), n_ctx {N_CTX}, "
+                "greedy, prompt 'Write a long, detailed story about <topic>' (topic changes per round)."
+            ),
             f"node model class: {model_class}; node flags: {' '.join(options.node_args) or '(defaults)'}.",
-            ("publish -> result tokens = the answer re-tokenized with the model's tokenizer on both sides; "
-            "the execution-time row uses the token counts the node reports in its result stats; the raw "
-            "prompt-eval / generation split comes from llama.cpp's perf counters."),
+            (
+                "publish -> result tokens = the answer re-tokenized with the model's tokenizer on both sides; "
+                "the execution-time row uses the token counts the node reports in its result stats; the raw "
+                "prompt-eval / generation split comes from llama.cpp's perf counters."
+            ),
             f"identical answer text on both sides in {same_text} of {rounds} rounds.",
             f"goal node/raw >= {GOAL}: {verdict} (median {ratio.median:.3f}).",
         ],
@@ -119,4 +126,6 @@ async def run(options: BenchOptions) -> Section:
 
 def _check_length(tokens: int, side: str) -> None:
     if tokens < MIN_TOKENS:
-        raise BenchmarkError(f"{side} answer has only {tokens} tokens (< {MIN_TOKENS}); the prompt did not make it write long")
+        raise BenchmarkError(
+            f"{side} answer has only {tokens} tokens (< {MIN_TOKENS}); the prompt did not make it write long"
+        )

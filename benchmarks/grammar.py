@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.batching import BatchedLlamaModel
-from models.requests import ChatMessage, GenerationRequest
-from models.runtime import RuntimeOptions
-
 from benchmarks.options import BenchOptions
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, alternate, paired_ratio, summarize
 from benchmarks.workloads import model_path
+from models.batching import BatchedLlamaModel
+from models.requests import ChatMessage, GenerationRequest
+from models.runtime import RuntimeOptions
 
 GOAL = 1.5  # masking the whole vocabulary at every step (grammar first in the chain) cost ~1.7x here
 PARALLEL = 4
@@ -34,7 +33,8 @@ SCHEMAS = Path(__file__).parent.parent / "tests" / "data" / "sdk_schemas.json"
 def _request(**constraint: Any) -> GenerationRequest:
     return GenerationRequest(
         messages=[ChatMessage(role="user", content="Write a short product review as JSON.")],
-        max_tokens=MAX_TOKENS, **constraint,
+        max_tokens=MAX_TOKENS,
+        **constraint,
     )
 
 
@@ -49,6 +49,7 @@ async def run(options: BenchOptions) -> Section:
     model = await BatchedLlamaModel.load("smollm2:135m", model_path(), runtime, parallel=PARALLEL)
     rows: list[Row] = []
     try:
+
         async def per_token(constraint: dict[str, Any]) -> float:
             started = time.perf_counter()
             results = await asyncio.gather(*[model.generate(_request(**constraint)) for _ in range(PARALLEL)])
@@ -60,13 +61,15 @@ async def run(options: BenchOptions) -> Section:
         for name, constraint in forms.items():
             constrained, free = await alternate(rounds, lambda _i, c=constraint: per_token(c), lambda _i: per_token({}))
             what = f"grammar {name}"
-            rows.append(Row(
-                metric=f"ms per generated token, {PARALLEL} sequences at once, {name}",
-                node=summarize(constrained, "ms", what=what),
-                baseline=summarize(free, "ms", what=what),
-                baseline_name="same requests, no constraint",
-                ratio=paired_ratio(constrained, free, what=what),
-            ))
+            rows.append(
+                Row(
+                    metric=f"ms per generated token, {PARALLEL} sequences at once, {name}",
+                    node=summarize(constrained, "ms", what=what),
+                    baseline=summarize(free, "ms", what=what),
+                    baseline_name="same requests, no constraint",
+                    ratio=paired_ratio(constrained, free, what=what),
+                )
+            )
     finally:
         await model.close()
     worst = max(row.ratio.median for row in rows if row.ratio is not None)
@@ -75,9 +78,11 @@ async def run(options: BenchOptions) -> Section:
         title="9. Constrained decoding",
         rows=rows,
         notes=[
-            (f"{rounds} rounds alternately; BatchedLlamaModel, {PARALLEL} slots, {options.threads} thread(s); "
-             f"schemas as Dria's SDK sends them for one pydantic model; the grammar is checked lazily "
-             f"(the unconstrained pick first, the full vocabulary masked only when it is refused)."),
+            (
+                f"{rounds} rounds alternately; BatchedLlamaModel, {PARALLEL} slots, {options.threads} thread(s); "
+                f"schemas as Dria's SDK sends them for one pydantic model; the grammar is checked lazily "
+                f"(the unconstrained pick first, the full vocabulary masked only when it is refused)."
+            ),
             f"goal ratio <= {GOAL:g}x: {'met' if worst <= GOAL else 'NOT met'} (worst median {worst:.2f}x).",
         ],
     )

@@ -20,11 +20,11 @@ from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import MODEL_NAME, sample_workflow
 from config.settings import load_settings
-from node.execution.pool import ExecutionPool
-from node.execution.protocol import RunTask, TaskDone
-from node.metrics import NodeMetrics
-from node.model_setup import create_model
-from node.workflow_setup import engine_options, tool_settings
+from node.daemon.execution.pool import ExecutionPool
+from node.daemon.execution.protocol import RunTask, TaskDone
+from node.daemon.model_setup import create_model
+from node.daemon.workflow_setup import engine_options, tool_settings
+from node.ops.metrics import NodeMetrics
 from workflows import parse_workflow, run_workflow
 
 BLOCK = 20
@@ -37,8 +37,14 @@ async def run(options: BenchOptions) -> Section:
     inline: list[float] = []
     probes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-ipc-") as data_dir:
-        settings = load_settings(data_dir=Path(data_dir), models=[MODEL_NAME], n_threads=options.threads,
-                                 startup_benchmark=False, http_enabled=False, log_level="warning")
+        settings = load_settings(
+            data_dir=Path(data_dir),
+            models=[MODEL_NAME],
+            n_threads=options.threads,
+            startup_benchmark=False,
+            http_enabled=False,
+            log_level="warning",
+        )
         pool = ExecutionPool(settings, NodeMetrics())
         await pool.start()
         model = await create_model(MODEL_NAME, settings)
@@ -50,7 +56,9 @@ async def run(options: BenchOptions) -> Section:
             async def via_process(i: int) -> float:
                 started = time.perf_counter()
                 for j in range(BLOCK):
-                    request = RunTask(task_id=f"ipc-{i}-{j}", workflow=workflow, deadline_ns=time.time_ns() + 30 * 10**9)
+                    request = RunTask(
+                        task_id=f"ipc-{i}-{j}", workflow=workflow, deadline_ns=time.time_ns() + 30 * 10**9
+                    )
                     answer = await pool.run(MODEL_NAME, request)
                     if not isinstance(answer, TaskDone):
                         raise RuntimeError(f"sample workflow failed in the execution process: {answer}")
@@ -81,14 +89,20 @@ async def run(options: BenchOptions) -> Section:
         name="ipc",
         title="8. Execution-process IPC",
         rows=[
-            Row(metric="task without model call (ms per task)", node=summarize(through_ms, "ms", what=what),
-                baseline=summarize(inline_ms, "ms", what=what), baseline_name="engine in the same process",
-                ratio=paired_ratio(through_ms, inline_ms, what=what)),
+            Row(
+                metric="task without model call (ms per task)",
+                node=summarize(through_ms, "ms", what=what),
+                baseline=summarize(inline_ms, "ms", what=what),
+                baseline_name="engine in the same process",
+                ratio=paired_ratio(through_ms, inline_ms, what=what),
+            ),
             Row(metric="health probe round trip", node=summarize(probes, "us", what=what, percentiles=True)),
         ],
         notes=[
-            (f"{rounds} alternating blocks of {BLOCK} tasks; the node column runs them through one execution "
-             f"process (JSON lines over a socketpair), the baseline runs the same engine call here. "
-             f"IPC cost per task (difference of medians): {ipc_us:.0f} us."),
+            (
+                f"{rounds} alternating blocks of {BLOCK} tasks; the node column runs them through one execution "
+                f"process (JSON lines over a socketpair), the baseline runs the same engine call here. "
+                f"IPC cost per task (difference of medians): {ipc_us:.0f} us."
+            ),
         ],
     )

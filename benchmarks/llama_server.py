@@ -79,9 +79,20 @@ def ensure_built(timeout: float = 1800.0) -> Path:
 
 def _fetch_sources(work: Path, version: str, timeout: float) -> Path:
     _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={version}", "-d", str(work)],
-        "downloading the llama-cpp-python sdist", timeout,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(work),
+        ],
+        "downloading the llama-cpp-python sdist",
+        timeout,
     )
     archives = list(work.glob("llama_cpp_python-*.tar.gz"))
     if not archives:
@@ -99,11 +110,18 @@ def _fetch_sources(work: Path, version: str, timeout: float) -> Path:
 
 def _cmake_build(source: Path, build: Path, timeout: float) -> None:
     flags = [
-        "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON",
-        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF",
-        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
         # The node's own build flags (install.sh): no AMX kernels (see models/cpu.py).
-        f"-DCMAKE_C_FLAGS={NO_AMX_CFLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_CFLAGS}",
+        f"-DCMAKE_C_FLAGS={NO_AMX_CFLAGS}",
+        f"-DCMAKE_CXX_FLAGS={NO_AMX_CFLAGS}",
     ]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(source), "-B", str(build), *generator, *flags], "configuring llama.cpp", timeout)
@@ -135,9 +153,23 @@ def running_server(model: Path, parallel: int, threads: int, ctx_per_slot: int =
     binary = ensure_built()
     port = free_port()
     cmd = [
-        str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "--parallel", str(parallel), "-t", str(threads), "-tb", str(threads),
-        "-c", str(parallel * ctx_per_slot), "--no-webui", "--log-disable",
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--parallel",
+        str(parallel),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "-c",
+        str(parallel * ctx_per_slot),
+        "--no-webui",
+        "--log-disable",
     ]
     if not extra_buffers_enabled("auto", CpuInfo.read()):
         cmd.append("--no-repack")  # as the node does on this CPU (extra_buffers = auto)

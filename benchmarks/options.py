@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from benchmarks.peers import PeerProcess
 from benchmarks.workloads import MODEL_NAME
-from node.client import Client, Task, TaskResult
+from node.publisher.client import Client, Task, TaskResult
 
 
 class BenchOptions(BaseModel):
@@ -32,7 +32,7 @@ class BenchOptions(BaseModel):
 
 
 class Publisher:
-    """A `node.client.Client` joined to one node process, picking that node for every task."""
+    """A `node.publisher.client.Client` joined to one node process, picking that node for every task."""
 
     def __init__(self, node: PeerProcess) -> None:
         self.node = node

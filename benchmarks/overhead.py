@@ -65,11 +65,17 @@ async def run(options: BenchOptions) -> Section:
             ),
         ],
         notes=[
-            (f"{blocks} alternating blocks of {BLOCK} sequential messages per side, after {WARMUP} warm-up each; "
-             "the ratio is the median over block pairs of (node block median / echo block median)."),
-            (f"the node adds {node_summary.median - bare.median:.1f} ms at p50 and {(node_summary.p95 or 0) - (bare.p95 or 0):.1f} ms at p95 "
-            "over the bare P2P round trip (signing, validation, intake, executor, workflow, ECIES, verification)."),
-            ("bare round trip: two node.p2p.P2PHost peers (py-libp2p TCP+Noise+Yamux+gossipsub, same asyncio<->Trio "
-            "bridge as the node) in two processes, 64-byte payloads."),
+            (
+                f"{blocks} alternating blocks of {BLOCK} sequential messages per side, after {WARMUP} warm-up each; "
+                "the ratio is the median over block pairs of (node block median / echo block median)."
+            ),
+            (
+                f"the node adds {node_summary.median - bare.median:.1f} ms at p50 and {(node_summary.p95 or 0) - (bare.p95 or 0):.1f} ms at p95 "
+                "over the bare P2P round trip (signing, validation, intake, executor, workflow, ECIES, verification)."
+            ),
+            (
+                "bare round trip: two node.p2p.P2PHost peers (py-libp2p TCP+Noise+Yamux+gossipsub, same asyncio<->Trio "
+                "bridge as the node) in two processes, 64-byte payloads."
+            ),
         ],
     )

@@ -21,11 +21,14 @@ from types import TracebackType
 from typing import Self
 
 from benchmarks.stats import BenchmarkError
-from node.identity import Identity
+from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_MODEL_CLASSES = {"models.runtime": "LlamaModel (models.runtime)", "models.batching": "BatchedLlamaModel (models.batching)"}
+_MODEL_CLASSES = {
+    "models.runtime": "LlamaModel (models.runtime)",
+    "models.batching": "BatchedLlamaModel (models.batching)",
+}
 
 
 def node_process(
@@ -42,16 +45,27 @@ def node_process(
     data_dir = Path(workdir.name)
     identity.save(data_dir / "identity.key")
     args = [
-        sys.executable, "-m", "node.cli", "start",
-        "--listen", "/ip4/127.0.0.1/tcp/0",
-        "--data-dir", str(data_dir),
+        sys.executable,
+        "-m",
+        "node.cli",
+        "start",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+        str(data_dir),
         "--no-http-enabled",
-        "--n-threads", str(threads),
-        "--n-ctx", str(n_ctx),
-        "--max-concurrent", str(max_concurrent),
-        "--max-queue", str(max_queue),
-        "--heartbeat-interval", "30",
-        "--log-format", "json",
+        "--n-threads",
+        str(threads),
+        "--n-ctx",
+        str(n_ctx),
+        "--max-concurrent",
+        str(max_concurrent),
+        "--max-queue",
+        str(max_queue),
+        "--heartbeat-interval",
+        "30",
+        "--log-format",
+        "json",
         *(extra_args or []),
     ]
     return PeerProcess(args, workdir, identity)
@@ -60,7 +74,9 @@ def node_process(
 class PeerProcess:
     """Start with `with process:`; `multiaddr` (and for a node `address`) to reach it."""
 
-    def __init__(self, args: list[str], workdir: tempfile.TemporaryDirectory[str], identity: Identity | None = None) -> None:
+    def __init__(
+        self, args: list[str], workdir: tempfile.TemporaryDirectory[str], identity: Identity | None = None
+    ) -> None:
         self.args = args
         self.identity = identity
         self._workdir = workdir
@@ -88,7 +104,9 @@ class PeerProcess:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -105,7 +123,11 @@ class PeerProcess:
             if self._proc.poll() is not None or time.perf_counter() > deadline:
                 code, tail = self._proc.poll(), self.log_tail()
                 self.stop()
-                why = f"not READY within {READY_TIMEOUT_S:g} s" if code is None else f"exited with code {code} before READY"
+                why = (
+                    f"not READY within {READY_TIMEOUT_S:g} s"
+                    if code is None
+                    else f"exited with code {code} before READY"
+                )
                 raise BenchmarkError(f"{self.args[2]} {why}: {tail}")
         self.startup_seconds = self._ready_at - started
 

@@ -9,14 +9,13 @@ Goal: step 2's prompt evaluation >= 5x faster with reuse.
 
 from __future__ import annotations
 
-from models.batching import BatchedLlamaModel
-from models.requests import ChatMessage, GenerationRequest
-from models.runtime import RuntimeOptions
-
 from benchmarks.options import BenchOptions
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, alternate, paired_ratio, summarize
 from benchmarks.workloads import TOPICS, model_path
+from models.batching import BatchedLlamaModel
+from models.requests import ChatMessage, GenerationRequest
+from models.runtime import RuntimeOptions
 
 GOAL = 5.0
 STEP_TOKENS = 32
@@ -29,7 +28,11 @@ def _steps(topic: str) -> tuple[list[ChatMessage], list[ChatMessage]]:
         ChatMessage(role="system", content="You are a careful storyteller who keeps track of every detail."),
         ChatMessage(role="user", content=f"{context}\nContinue the story of {topic}."),
     ]
-    second = [*first, ChatMessage(role="assistant", content="{answer}"), ChatMessage(role="user", content="Now give it a title.")]
+    second = [
+        *first,
+        ChatMessage(role="assistant", content="{answer}"),
+        ChatMessage(role="user", content="Now give it a title."),
+    ]
     return first, second
 
 
@@ -86,9 +89,11 @@ async def run(options: BenchOptions) -> Section:
             ),
         ],
         notes=[
-            (f"{rounds} rounds alternately; BatchedLlamaModel, 1 slot, {options.threads} thread(s), n_ctx 2048; "
-             f"step 2 prompt {min(prompt_tokens)}-{max(prompt_tokens)} tokens, of which the warm runs reused "
-             f"{min(reused[0::2])}-{max(reused[0::2])}; the ratio column is the speed-up (no reuse / reuse)."),
+            (
+                f"{rounds} rounds alternately; BatchedLlamaModel, 1 slot, {options.threads} thread(s), n_ctx 2048; "
+                f"step 2 prompt {min(prompt_tokens)}-{max(prompt_tokens)} tokens, of which the warm runs reused "
+                f"{min(reused[0::2])}-{max(reused[0::2])}; the ratio column is the speed-up (no reuse / reuse)."
+            ),
             f"goal speed-up >= {GOAL:g}x: {verdict} (median {speedup.median:.1f}x).",
         ],
     )

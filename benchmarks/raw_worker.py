@@ -50,14 +50,19 @@ class RawWorker:
     def __enter__(self) -> Self:
         started = time.perf_counter()
         self._proc = subprocess.Popen(
-            self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            self._args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
         self._read_line()  # {"ready": true}
         self.startup_seconds = time.perf_counter() - started
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._proc is not None:
             assert self._proc.stdin is not None
             self._proc.stdin.close()
@@ -91,8 +96,11 @@ class RawWorker:
 
 def main(model_path: str, threads: int, n_ctx: int) -> None:
     llama = construct_llama(  # with the node's extra-buffer choice for this CPU (models/cpu.py)
-        Path(model_path), extra_buffers=extra_buffers_enabled("auto", CpuInfo.read()),
-        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        Path(model_path),
+        extra_buffers=extra_buffers_enabled("auto", CpuInfo.read()),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
     )
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

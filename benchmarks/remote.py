@@ -23,7 +23,7 @@ from benchmarks.peers import node_process
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, paired_ratio, summarize
 from benchmarks.workloads import GENERATED_TOKENS, TokenCounter, model_path, simple_workflow, story_prompt
-from node.client import Task
+from node.publisher.client import Task
 
 REMOTE_NAME = "remote:llama-server"
 ENGINE_MODEL = "smollm2"
@@ -46,10 +46,15 @@ async def _node_batch(publisher: Publisher, counter: TokenCounter, prompts: list
 
 async def _direct_batch(http: httpx.AsyncClient, counter: TokenCounter, prompts: list[str]) -> float:
     async def one(prompt: str) -> str:
-        reply = await http.post("/v1/chat/completions", json={
-            "model": ENGINE_MODEL, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": GENERATED_TOKENS, "temperature": 0.0,
-        })
+        reply = await http.post(
+            "/v1/chat/completions",
+            json={
+                "model": ENGINE_MODEL,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": GENERATED_TOKENS,
+                "temperature": 0.0,
+            },
+        )
         reply.raise_for_status()
         return str(reply.json()["choices"][0]["message"]["content"])
 
@@ -69,9 +74,19 @@ async def run(options: BenchOptions) -> Section:
     try:
         with llama_server.running_server(path, SLOTS, options.threads, CTX_PER_SLOT) as url:
             entry = {"backend": "openai", "base_url": f"{url}/v1", "model": ENGINE_MODEL, "max_concurrent": SLOTS}
-            peer = node_process(options.threads, max_concurrent=SLOTS, max_queue=2 * SLOTS, extra_args=[
-                "--model", REMOTE_NAME, "--registry", json.dumps({REMOTE_NAME: entry}), "--no-startup-benchmark",
-                *options.node_args])
+            peer = node_process(
+                options.threads,
+                max_concurrent=SLOTS,
+                max_queue=2 * SLOTS,
+                extra_args=[
+                    "--model",
+                    REMOTE_NAME,
+                    "--registry",
+                    json.dumps({REMOTE_NAME: entry}),
+                    "--no-startup-benchmark",
+                    *options.node_args,
+                ],
+            )
             with peer:
                 async with Publisher(peer) as publisher, httpx.AsyncClient(base_url=url, timeout=300) as http:
                     await _node_batch(publisher, counter, ["Say hello."])  # warm-up, both paths
@@ -92,15 +107,25 @@ async def run(options: BenchOptions) -> Section:
     return Section(
         name="remote",
         title="7. Remote engine",
-        rows=[Row(metric=f"{SLOTS} simultaneous tasks, aggregate", node=summarize(node, "tok/s", what=what),
-                  baseline=summarize(direct, "tok/s", what=what),
-                  baseline_name=f"same requests straight to llama-server --parallel {SLOTS}", ratio=ratio)],
+        rows=[
+            Row(
+                metric=f"{SLOTS} simultaneous tasks, aggregate",
+                node=summarize(node, "tok/s", what=what),
+                baseline=summarize(direct, "tok/s", what=what),
+                baseline_name=f"same requests straight to llama-server --parallel {SLOTS}",
+                ratio=ratio,
+            )
+        ],
         notes=[
-            (f"the node's only model is `{REMOTE_NAME}` (backend openai -> llama-server at 127.0.0.1, "
-             f"max_concurrent {SLOTS}); {rounds} round(s) of {SLOTS} simultaneous {GENERATED_TOKENS}-max-token "
-             "story prompts per side, sides alternating first; tokens re-counted with the model's tokenizer."),
-            (f"the node keeps {ratio.median:.1%} of the engine's direct aggregate (done-when: >= 95%); "
-             "node, engine and publisher share this machine's cores."),
+            (
+                f"the node's only model is `{REMOTE_NAME}` (backend openai -> llama-server at 127.0.0.1, "
+                f"max_concurrent {SLOTS}); {rounds} round(s) of {SLOTS} simultaneous {GENERATED_TOKENS}-max-token "
+                "story prompts per side, sides alternating first; tokens re-counted with the model's tokenizer."
+            ),
+            (
+                f"the node keeps {ratio.median:.1%} of the engine's direct aggregate (done-when: >= 95%); "
+                "node, engine and publisher share this machine's cores."
+            ),
             f"llama-server --parallel {SLOTS} -c {SLOTS * CTX_PER_SLOT} -t {options.threads}.",
         ],
     )

@@ -70,7 +70,9 @@ def paired_ratio(node: Sequence[float], baseline: Sequence[float], *, what: str)
     return summarize([a / b for a, b in zip(node, baseline)], "x", what=what)
 
 
-async def alternate(rounds: int, first: Callable[[int], Awaitable[T]], second: Callable[[int], Awaitable[T]]) -> tuple[list[T], list[T]]:
+async def alternate(
+    rounds: int, first: Callable[[int], Awaitable[T]], second: Callable[[int], Awaitable[T]]
+) -> tuple[list[T], list[T]]:
     """Run first(i), second(i) for i in range(rounds): A B A B ..., so drift hits both alike."""
     a_results: list[T] = []
     b_results: list[T] = []

@@ -23,7 +23,7 @@ from benchmarks.peers import PeerProcess, node_process
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, paired_ratio, summarize
 from benchmarks.workloads import sample_workflow
-from node.client import TaskFailedError
+from node.publisher.client import TaskFailedError
 
 # Enough slots that refusals ("busy") do not cap the rate before the P2P path does.
 NODE_MAX_CONCURRENT = 8
@@ -63,8 +63,13 @@ async def _window(in_flight: int, seconds: float, peer: PeerProcess, one: Callab
     cpu0, own0, started = peer.cpu_seconds(), time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - started
-    return Window(done=done, refused=refused, seconds=elapsed, peer_cpu=peer.cpu_seconds() - cpu0,
-                  publisher_cpu=time.process_time() - own0)
+    return Window(
+        done=done,
+        refused=refused,
+        seconds=elapsed,
+        peer_cpu=peer.cpu_seconds() - cpu0,
+        publisher_cpu=time.process_time() - own0,
+    )
 
 
 async def run(options: BenchOptions) -> Section:
@@ -75,8 +80,9 @@ async def run(options: BenchOptions) -> Section:
     node_windows: dict[int, list[Window]] = {k: [] for k in levels}
     echo_windows: dict[int, list[Window]] = {k: [] for k in levels}
     with (
-        node_process(options.threads, max_concurrent=NODE_MAX_CONCURRENT, max_queue=NODE_MAX_QUEUE,
-                     extra_args=options.node_args) as node,
+        node_process(
+            options.threads, max_concurrent=NODE_MAX_CONCURRENT, max_queue=NODE_MAX_QUEUE, extra_args=options.node_args
+        ) as node,
         echo_process() as echo,
     ):
         async with Publisher(node) as publisher, EchoClient(echo.multiaddr) as pinger:
@@ -103,33 +109,43 @@ async def run(options: BenchOptions) -> Section:
     return _section(options, levels, rounds, seconds, node_windows, echo_windows)
 
 
-def _section(options: BenchOptions, levels: list[int], rounds: int, seconds: float,
-             node_windows: dict[int, list[Window]], echo_windows: dict[int, list[Window]]) -> Section:
+def _section(
+    options: BenchOptions,
+    levels: list[int],
+    rounds: int,
+    seconds: float,
+    node_windows: dict[int, list[Window]],
+    echo_windows: dict[int, list[Window]],
+) -> Section:
     what = "throughput"
     rows: list[Row] = []
     for k in levels:
         node_rates = [w.rate for w in node_windows[k]]
         echo_rates = [w.rate for w in echo_windows[k]]
-        rows.append(Row(
-            metric=f"tasks/s with {k} in flight",
-            node=summarize(node_rates, "tasks/s", what=what),
-            baseline=summarize(echo_rates, "msg/s", what=what),
-            baseline_name="bare gossipsub echo",
-            ratio=paired_ratio(node_rates, echo_rates, what=what),
-        ))
+        rows.append(
+            Row(
+                metric=f"tasks/s with {k} in flight",
+                node=summarize(node_rates, "tasks/s", what=what),
+                baseline=summarize(echo_rates, "msg/s", what=what),
+                baseline_name="bare gossipsub echo",
+                ratio=paired_ratio(node_rates, echo_rates, what=what),
+            )
+        )
     all_node = [w for ws in node_windows.values() for w in ws]
     all_echo = [w for ws in echo_windows.values() for w in ws]
     if not all(w.done for w in all_node + all_echo):
         raise BenchmarkError("a throughput window completed no message")
     node_cpu = [w.cpu_per_message() * 1000 for w in all_node]
     echo_cpu = [w.cpu_per_message() * 1000 for w in all_echo]
-    rows.append(Row(
-        metric="CPU per gossip message (process user+sys)",
-        node=summarize(node_cpu, "ms", what=what),
-        baseline=summarize(echo_cpu, "ms", what=what),
-        baseline_name="bare gossipsub echo = P2P layer",
-        ratio=paired_ratio(node_cpu, echo_cpu, what=what),
-    ))
+    rows.append(
+        Row(
+            metric="CPU per gossip message (process user+sys)",
+            node=summarize(node_cpu, "ms", what=what),
+            baseline=summarize(echo_cpu, "ms", what=what),
+            baseline_name="bare gossipsub echo = P2P layer",
+            ratio=paired_ratio(node_cpu, echo_cpu, what=what),
+        )
+    )
     best = max(levels, key=lambda k: summarize([w.rate for w in node_windows[k]], "", what=what).median)
     refused = sum(w.refused for w in all_node)
     publisher_share = max(w.publisher_cpu / w.seconds for w in all_node)
@@ -138,10 +154,14 @@ def _section(options: BenchOptions, levels: list[int], rounds: int, seconds: flo
         title="4. Network throughput",
         rows=rows,
         notes=[
-            (f"{rounds} round(s) of {seconds:g} s windows per K, node and echo alternately; one-step `sample` "
-            f"workflow; node with max_concurrent {NODE_MAX_CONCURRENT}, max_queue {NODE_MAX_QUEUE}."),
+            (
+                f"{rounds} round(s) of {seconds:g} s windows per K, node and echo alternately; one-step `sample` "
+                f"workflow; node with max_concurrent {NODE_MAX_CONCURRENT}, max_queue {NODE_MAX_QUEUE}."
+            ),
             f"highest node rate at K={best}; {refused} tasks refused as busy over all windows.",
-            (f"the publisher (this process: client, signing, decryption) used up to {publisher_share:.0%} of one "
-            "core; on a 2-core machine publisher and node share the CPU, so the rate is a lower bound for the node."),
+            (
+                f"the publisher (this process: client, signing, decryption) used up to {publisher_share:.0%} of one "
+                "core; on a 2-core machine publisher and node share the CPU, so the rate is a lower bound for the node."
+            ),
         ],
     )

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 S = TypeVar("S", bound="LayeredSettings")
 
+
 class ConfigError(Exception):
     """A setting is invalid or the config file cannot be read; the message names it."""
 

@@ -47,19 +47,25 @@ class Settings(LayeredSettings):
     registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
     n_ctx: int = Field(default=2048, ge=256, description="Context window per model")
     n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
-    n_gpu_layers: int | None = Field(default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)")
+    n_gpu_layers: int | None = Field(
+        default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
+    )
     flash_attn: bool = Field(default=True, description="Use flash attention (as llama-server does on CPU)")
     extra_buffers: Literal["auto", "on", "off"] = Field(
         default="auto", description="llama.cpp extra buffer types (AMX, weight repacking); auto: off on AMX CPUs"
     )
-    parallel: int | None = Field(default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)")
-    max_concurrent: int | None = Field(default=None, ge=1, description="Tasks running at once per model (default: parallel)")
+    parallel: int | None = Field(
+        default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)"
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="Tasks running at once per model (default: parallel)"
+    )
     max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
     startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")
     remote_health_interval: float = Field(
-        default=15.0, gt=0, description="Seconds between health checks of remote engines (registry backend = \"openai\")"
+        default=15.0, gt=0, description='Seconds between health checks of remote engines (registry backend = "openai")'
     )
     min_tps: float = Field(default=0.0, ge=0.0, description="Drop models slower than this many tokens/s (0: off)")
     max_tokens_cap: int = Field(default=4096, ge=1, description="Largest max_tokens a workflow may ask for")
@@ -80,18 +86,22 @@ class Settings(LayeredSettings):
     tool_allow: StrList = Field(default=[], description="Hosts/CIDRs tools may reach despite egress rules")
     tool_timeout: float = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
     tool_max_bytes: int = Field(
-        default=1_000_000, ge=1024, description="Largest tool response, counted as received (before decompression) and after"
+        default=1_000_000,
+        ge=1024,
+        description="Largest tool response, counted as received (before decompression) and after",
     )
     tool_secrets: dict[str, dict[str, str]] = Field(
         default={},
         description="Headers sent only over https to the named host and port (443 unless given), "
-        "e.g. {\"api.x.com\": {\"Authorization\": \"...\"}}; keys: host, host:port or https://host[:port]",
+        'e.g. {"api.x.com": {"Authorization": "..."}}; keys: host, host:port or https://host[:port]',
     )
 
     # Operations
     rerun_interrupted: bool = Field(default=False, description="Re-run tasks a crash interrupted, if time allows")
     result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
-    journal_retention: float = Field(default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline")
+    journal_retention: float = Field(
+        default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline"
+    )
     journal_max_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds; past it tasks are refused"
     )
@@ -108,7 +118,9 @@ class Settings(LayeredSettings):
         default=5.0, gt=0, description="Seconds a task gets to stop after cancel before its execution process is killed"
     )
     exec_address_space_mb: int | None = Field(
-        default=None, ge=256, description="Address-space limit (RLIMIT_AS, MiB) of each execution process; CPU only (unset: none)"
+        default=None,
+        ge=256,
+        description="Address-space limit (RLIMIT_AS, MiB) of each execution process; CPU only (unset: none)",
     )
     exec_max_rss_mb: int | None = Field(
         default=None, ge=64, description="Resident memory (MiB) past which an execution process is killed (unset: none)"
@@ -118,7 +130,9 @@ class Settings(LayeredSettings):
     )
     exec_crash_window: float = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
-    startup_grace: float = Field(default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start")
+    startup_grace: float = Field(
+        default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start"
+    )
     http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
     http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")
     http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")
@@ -142,7 +156,9 @@ class Settings(LayeredSettings):
         for key in value:
             scheme, sep, rest = key.partition("://")
             if sep and (scheme.lower() != "https" or "/" in rest.rstrip("/")):
-                raise ValueError(f"{key!r}: secrets go only over https; write 'host', 'host:port' or 'https://host[:port]'")
+                raise ValueError(
+                    f"{key!r}: secrets go only over https; write 'host', 'host:port' or 'https://host[:port]'"
+                )
         return value
 
     @property

@@ -57,8 +57,15 @@ DEFAULT_PARALLEL_GPU = 8
 class BatchedLlamaModel:
     """One GGUF model serving up to `parallel` generations at once; satisfies `workflows.backend.ModelBackend`."""
 
-    def __init__(self, name: str, path: Path, options: RuntimeOptions, scheduler: Scheduler,
-                 vocab: llama_cpp.Llama, n_ctx_seq: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        options: RuntimeOptions,
+        scheduler: Scheduler,
+        vocab: llama_cpp.Llama,
+        n_ctx_seq: int,
+    ) -> None:
         self.name = name
         self.path = path
         self.options = options
@@ -73,8 +80,9 @@ class BatchedLlamaModel:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    async def load(cls, name: str, path: Path, options: RuntimeOptions | None = None,
-                   parallel: int | None = None) -> BatchedLlamaModel:
+    async def load(
+        cls, name: str, path: Path, options: RuntimeOptions | None = None, parallel: int | None = None
+    ) -> BatchedLlamaModel:
         """Load `path` with `parallel` slots (default 4 on CPU, 8 with GPU offload).
 
         Raises ModelLoadError naming the file when it is missing, not a GGUF,
@@ -99,9 +107,16 @@ class BatchedLlamaModel:
             raise
         model = cls(name, path, options, scheduler, vocab, n_ctx_seq)
         await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
-        log.info("model_loaded", model=name, path=str(path), parallel=parallel, n_ctx_per_slot=n_ctx_seq,
-                 n_threads=options.threads(), n_gpu_layers=options.gpu_layers(),
-                 chat_template=model._template.source)
+        log.info(
+            "model_loaded",
+            model=name,
+            path=str(path),
+            parallel=parallel,
+            n_ctx_per_slot=n_ctx_seq,
+            n_threads=options.threads(),
+            n_gpu_layers=options.gpu_layers(),
+            chat_template=model._template.source,
+        )
         return model
 
     @property
@@ -154,8 +169,9 @@ class BatchedLlamaModel:
         if self._eog_ids is None:
             with self._vocab_lock:
                 vocab_p = self._vocab._model.vocab
-                self._eog_ids = tuple(t for t in range(self._vocab.n_vocab())
-                                      if llama_cpp.llama_vocab_is_eog(vocab_p, t))
+                self._eog_ids = tuple(
+                    t for t in range(self._vocab.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab_p, t)
+                )
         return self._eog_ids
 
     # -------------------------------------------------------------- generating
@@ -167,8 +183,7 @@ class BatchedLlamaModel:
         tokens, template_stop = await asyncio.to_thread(self._prompt_tokens, request.messages)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
-                f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token "
-                f"context of model {self.name}"
+                f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context of model {self.name}"
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()

@@ -22,7 +22,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["AMX_FLAGS", "NO_AMX_CFLAGS", "CpuInfo", "ExtraBuffers", "amx_instructions", "extra_buffers_enabled", "ggml_cpu_libraries"]
+__all__ = [
+    "AMX_FLAGS",
+    "NO_AMX_CFLAGS",
+    "CpuInfo",
+    "ExtraBuffers",
+    "amx_instructions",
+    "extra_buffers_enabled",
+    "ggml_cpu_libraries",
+]
 
 ExtraBuffers = Literal["auto", "on", "off"]
 AMX_FLAGS = frozenset({"amx_tile", "amx_int8", "amx_bf16"})
@@ -86,11 +94,14 @@ def ggml_cpu_libraries() -> list[Path]:
 
 # AMX tile instructions as objdump prints them: a library without them cannot take
 # llama.cpp's AMX path, whatever CPU it runs on.
-_AMX_INSTRUCTION = re.compile(r"\s(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|tdpb[a-z0-9]*)\s")
+_AMX_INSTRUCTION = re.compile(
+    r"\s(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|tdpb[a-z0-9]*)\s"
+)
 
 
 def amx_instructions(binary: Path) -> int:
     """How many AMX instructions the machine code of `binary` holds (0 for a build without AMX)."""
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(binary)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(binary)], capture_output=True, text=True, check=True
+    )
     return len(_AMX_INSTRUCTION.findall(out.stdout))

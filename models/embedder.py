@@ -37,10 +37,16 @@ class Embedder:
         opts = self._options
         try:
             return construct_llama(
-                self._path, extra_buffers=opts.extra_buffers, n_ctx=opts.n_ctx, n_batch=opts.n_batch,
-                n_threads=opts.threads(), n_threads_batch=opts.threads(),
-                n_gpu_layers=opts.gpu_layers(), flash_attn=opts.flash_attn,
-                embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                self._path,
+                extra_buffers=opts.extra_buffers,
+                n_ctx=opts.n_ctx,
+                n_batch=opts.n_batch,
+                n_threads=opts.threads(),
+                n_threads_batch=opts.threads(),
+                n_gpu_layers=opts.gpu_layers(),
+                flash_attn=opts.flash_attn,
+                embedding=True,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
             )
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load model file {self._path} for embeddings: {exc}") from exc
@@ -54,7 +60,7 @@ class Embedder:
             raise
         except Exception as exc:
             raise ModelError(f"embedding on model {self.name} failed: {exc}") from exc
-        return [[float(x) for x in v] for v in vectors]  # type: ignore[union-attr]
+        return [[float(x) for x in v] for v in vectors]
 
     async def close(self) -> None:
         """Free the embedding context and end its thread."""

@@ -61,14 +61,13 @@ class ModelSpec(BaseModel):
         if self.is_remote:
             return self._remote_fields()
         remote_only = [
-            key for key in ("base_url", "model", "api_key", "api_key_env", "max_concurrent", "n_ctx")
+            key
+            for key in ("base_url", "model", "api_key", "api_key_env", "max_concurrent", "n_ctx")
             if getattr(self, key) is not None
         ]
         if remote_only:
-            raise ValueError(f"model {self.name!r}: {', '.join(remote_only)} need backend = \"openai\"")
-        sources = [
-            s for s, set_ in (("path", self.path), ("repo", self.repo), ("package", self.package)) if set_
-        ]
+            raise ValueError(f'model {self.name!r}: {", ".join(remote_only)} need backend = "openai"')
+        sources = [s for s, set_ in (("path", self.path), ("repo", self.repo), ("package", self.package)) if set_]
         if len(sources) != 1:
             raise ValueError(
                 f"model {self.name!r} needs exactly one of path, repo or package (got {sources or 'none'})"
@@ -82,7 +81,9 @@ class ModelSpec(BaseModel):
     def _remote_fields(self) -> ModelSpec:
         files = [key for key in ("path", "repo", "file", "package", "sha256") if getattr(self, key) is not None]
         if files:
-            raise ValueError(f"model {self.name!r} has backend {self.backend!r} and cannot also have {', '.join(files)}")
+            raise ValueError(
+                f"model {self.name!r} has backend {self.backend!r} and cannot also have {', '.join(files)}"
+            )
         if self.base_url is None:
             raise ValueError(f"model {self.name!r} has backend {self.backend!r} but no base_url")
         if self.api_key is not None and self.api_key_env is not None:
@@ -115,16 +116,10 @@ _BUILTIN: tuple[ModelSpec, ...] = (
     ),
     _hf("gemma3:270m", "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf"),
     _hf("gemma3:1b-it-q4_K_M", "unsloth/gemma-3-1b-it-GGUF", "gemma-3-1b-it-Q4_K_M.gguf"),
-    _hf(
-        "qwen2.5:0.5b-instruct-q4_K_M", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf"
-    ),
-    _hf(
-        "qwen2.5:1.5b-instruct-q4_K_M", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "qwen2.5-1.5b-instruct-q4_k_m.gguf"
-    ),
+    _hf("qwen2.5:0.5b-instruct-q4_K_M", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+    _hf("qwen2.5:1.5b-instruct-q4_K_M", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "qwen2.5-1.5b-instruct-q4_k_m.gguf"),
     _hf("qwen2.5:3b-instruct-q4_K_M", "Qwen/Qwen2.5-3B-Instruct-GGUF", "qwen2.5-3b-instruct-q4_k_m.gguf"),
-    _hf(
-        "qwen2.5:7b-instruct-q4_K_M", "bartowski/Qwen2.5-7B-Instruct-GGUF", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"
-    ),
+    _hf("qwen2.5:7b-instruct-q4_K_M", "bartowski/Qwen2.5-7B-Instruct-GGUF", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"),
     _hf(
         "llama3.2:1b-instruct-q4_K_M",
         "bartowski/Llama-3.2-1B-Instruct-GGUF",
@@ -175,9 +170,7 @@ class Registry:
             try:
                 specs[name] = ModelSpec.model_validate({**fields, "name": name})
             except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors()
-                )
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
                 raise RegistryError(f"registry entry {name!r} is invalid: {problems}") from exc
         return Registry(specs)
 
@@ -186,9 +179,7 @@ class Registry:
         try:
             return self._specs[name]
         except KeyError:
-            raise UnknownModelError(
-                f"unknown model {name!r}; known models: {', '.join(self.names())}"
-            ) from None
+            raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         """All model names, sorted."""

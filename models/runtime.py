@@ -185,9 +185,7 @@ class LlamaModel:
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str], frozenset[int]]:
         prompt = self._template.render(messages)
         with self._vocab_lock:
-            tokens = self._vocab.tokenize(
-                prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True
-            )
+            tokens = self._vocab.tokenize(prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True)
         return tokens, prompt.stop, prompt.end_token_ids
 
     # -------------------------------------------------------------- generating
@@ -204,8 +202,7 @@ class LlamaModel:
             tokens, template_stop, end_ids = self._prompt_tokens(request.messages)
             if len(tokens) >= self.n_ctx:
                 raise ContextOverflowError(
-                    f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token "
-                    f"context of model {self.name}"
+                    f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context of model {self.name}"
                 )
             kwargs = self._completion_kwargs(request, stop, template_stop, end_ids)
             with self._lock:
@@ -216,7 +213,7 @@ class LlamaModel:
                     # token alone, whose logits differ in the last bits from a
                     # full-batch evaluation; a seeded request must not depend on
                     # what ran before, so it evaluates its prompt from scratch.
-                    self._llama.reset()
+                    self._llama.reset()  # type: ignore[no-untyped-call]
                 result: Any = self._llama.create_completion(prompt=tokens, **kwargs)
                 perf = llama_cpp.llama_perf_context(ctx)
         except ModelError:
@@ -333,10 +330,14 @@ class LlamaModel:
                     llama.close()
 
 
-def _grammar(request: GenerationRequest) -> llama_cpp.LlamaGrammar | None:
+def _grammar(request: GenerationRequest) -> llama_cpp.llama_grammar.LlamaGrammar | None:
     """The request's constraint as a llama.cpp grammar, parsed in Python first (see models.grammar)."""
     grammar = Grammar.for_request(request)
-    return None if grammar is None else llama_cpp.LlamaGrammar.from_string(check_gbnf(grammar.gbnf), verbose=False)
+    return (
+        None
+        if grammar is None
+        else llama_cpp.llama_grammar.LlamaGrammar.from_string(check_gbnf(grammar.gbnf), verbose=False)
+    )
 
 
 # llama-cpp-python's Llama(verbose=False) points the process's stdout/stderr at
@@ -356,7 +357,7 @@ def construct_llama(path: Path, extra_buffers: bool = True, **params: Any) -> ll
         defaults = llama_cpp.llama_cpp.llama_model_default_params
 
         def without_extra_buffers() -> llama_cpp.llama_model_params:
-            model_params = defaults()
+            model_params: llama_cpp.llama_model_params = defaults()
             model_params.use_extra_bufts = False
             return model_params
 

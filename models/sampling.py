@@ -139,7 +139,7 @@ class SequenceSampler:
     def _allowed(self, token: int) -> bool:
         """Whether the grammar accepts `token` next (it is offered alone)."""
         assert self._grammar is not None
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0  # type: ignore[assignment]
         array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
         return bool(self._one[0].logit != float("-inf"))

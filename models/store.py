@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.utils import build_hf_headers, get_session, silent_tqdm
+from huggingface_hub.utils import build_hf_headers, get_session, silent_tqdm  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from models.registry import ModelSpec, Registry
@@ -110,9 +110,7 @@ class ModelStore:
             return [found] if found else []
         candidates = [self.models_dir / spec.file, self.models_dir / spec.file_name]
         assert spec.repo is not None
-        cached = try_to_load_from_cache(
-            spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision
-        )
+        cached = try_to_load_from_cache(spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision)
         if isinstance(cached, str):
             candidates.append(Path(cached))
         return candidates
@@ -143,13 +141,11 @@ class ModelStore:
                     revision=spec.revision,
                     local_dir=self.models_dir,
                     endpoint=self.endpoint,
-                    tqdm_class=None if progress else silent_tqdm,  # type: ignore[arg-type]
+                    tqdm_class=None if progress else silent_tqdm,
                 )
             )
         except Exception as exc:  # the hub raises many types: HTTP, network, offline, disk
-            raise DownloadError(
-                f"could not download model {spec.name} ({where}): {type(exc).__name__}: {exc}"
-            ) from exc
+            raise DownloadError(f"could not download model {spec.name} ({where}): {type(exc).__name__}: {exc}") from exc
         self._verify(spec, path)
         log.info("model_download_finished", model=spec.name, path=str(path), size=path.stat().st_size)
         return path
@@ -170,8 +166,7 @@ class ModelStore:
             get_session().head(url, headers=build_hf_headers(), timeout=_PROBE_TIMEOUT_S)
         except Exception as exc:  # transport errors of the hub's HTTP client
             raise DownloadError(
-                f"could not download model {spec.name} ({where}): the hub is unreachable: "
-                f"{type(exc).__name__}: {exc}"
+                f"could not download model {spec.name} ({where}): the hub is unreachable: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _verify(self, spec: ModelSpec, path: Path) -> None:

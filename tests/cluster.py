@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from config.settings import Settings, load_settings
-from node.server import NodeServer
+from node.daemon.server import NodeServer
 
 
 def node_settings(data_dir: Path, **overrides: Any) -> Settings:

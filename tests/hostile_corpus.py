@@ -56,8 +56,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from node.envelope import PROTOCOL_NAME, PROTOCOL_VERSION, payload_digest
-from node.identity import Identity
+from node.wire.envelope import payload_digest
+from node.wire.identity import Identity
+from node.wire.topics import PROTOCOL_NAME, PROTOCOL_VERSION
 from workflows import Simple
 
 CASE_DIR = Path(__file__).parent / "hostile"

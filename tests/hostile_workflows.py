@@ -167,7 +167,9 @@ def schema_task(schema: Any, *, encode: str = "json") -> dict[str, Any]:
     value = base64.b64encode(text.encode()).decode() if encode == "base64" else text
     return {
         "config": {"max_steps": 1, "max_time": 60, "max_tokens": 8},
-        "tasks": [{"id": "g", "operator": "generation", "messages": [{"role": "user", "content": "Hi"}], "schema": value}],
+        "tasks": [
+            {"id": "g", "operator": "generation", "messages": [{"role": "user", "content": "Hi"}], "schema": value}
+        ],
         "steps": [{"source": "g", "target": "_end"}],
         "return_value": {"input": {"type": "string", "key": "x"}},
     }
@@ -185,8 +187,12 @@ def custom_tool_bomb() -> dict[str, Any]:
     del wf["tasks"][0]["schema"]
     wf["tasks"][0]["operator"] = "function_calling_raw"
     wf["config"]["custom_tools"] = [
-        {"name": "t", "mode": "custom", "description": "d",
-         "parameters": {"type": "object", "properties": {"s": {"type": "string", "minLength": 10**7}}}}
+        {
+            "name": "t",
+            "mode": "custom",
+            "description": "d",
+            "parameters": {"type": "object", "properties": {"s": {"type": "string", "minLength": 10**7}}},
+        }
     ]
     return wf
 
@@ -204,13 +210,25 @@ def many_tools_bomb() -> dict[str, Any]:
 
 GRAMMAR_BOMBS = [
     HostileWorkflow("schema_max_length_huge", schema_task({"type": "string", "maxLength": 10**9}), "maxLength"),
-    HostileWorkflow("schema_min_items_huge", schema_task({"type": "array", "minItems": 10**6, "items": {"type": "integer"}}), "minItems"),
-    HostileWorkflow("schema_nested_pattern", schema_task({"type": "string", "pattern": "((a{100}){100}){100}"}), "pattern"),
+    HostileWorkflow(
+        "schema_min_items_huge",
+        schema_task({"type": "array", "minItems": 10**6, "items": {"type": "integer"}}),
+        "minItems",
+    ),
+    HostileWorkflow(
+        "schema_nested_pattern", schema_task({"type": "string", "pattern": "((a{100}){100}){100}"}), "pattern"
+    ),
     HostileWorkflow("schema_deep_nesting", schema_task(_nested(40)), "nests deeper"),
-    HostileWorkflow("schema_too_large", schema_task({"enum": [f"v{i}" * 20 for i in range(2000)]}), "characters of JSON"),
-    HostileWorkflow("schema_base64_bomb", schema_task({"type": "string", "maxLength": 10**9}, encode="base64"), "maxLength"),
+    HostileWorkflow(
+        "schema_too_large", schema_task({"enum": [f"v{i}" * 20 for i in range(2000)]}), "characters of JSON"
+    ),
+    HostileWorkflow(
+        "schema_base64_bomb", schema_task({"type": "string", "maxLength": 10**9}, encode="base64"), "maxLength"
+    ),
     HostileWorkflow("custom_tool_parameters_bomb", custom_tool_bomb(), "minLength"),
-    HostileWorkflow("schema_huge_integer_range", schema_task({"type": "integer", "minimum": 0, "maximum": 10**4000}), "maximum"),
+    HostileWorkflow(
+        "schema_huge_integer_range", schema_task({"type": "integer", "minimum": 0, "maximum": 10**4000}), "maximum"
+    ),
     HostileWorkflow("schema_remote_ref", schema_task({"$ref": "https://169.254.169.254/latest/meta-data"}), "$ref"),
 ]
 
@@ -237,9 +255,25 @@ OVERSIZE = [
 
 # Hosts an http_request tool may name that must all be refused on a default node.
 SSRF_HOSTS = [
-    "127.0.0.1", "localhost", "[::1]", "0.0.0.0", "2130706433", "0x7f000001", "127.1", "0177.0.0.1",
-    "[::ffff:127.0.0.1]", "[::127.0.0.1]", "[2002:7f00:1::]", "[64:ff9b::7f00:1]", "[fec0::1]",
-    "169.254.169.254", "[fe80::1]", "10.0.0.1", "192.168.1.1", "[fc00::1]", "100.64.0.1",
+    "127.0.0.1",
+    "localhost",
+    "[::1]",
+    "0.0.0.0",
+    "2130706433",
+    "0x7f000001",
+    "127.1",
+    "0177.0.0.1",
+    "[::ffff:127.0.0.1]",
+    "[::127.0.0.1]",
+    "[2002:7f00:1::]",
+    "[64:ff9b::7f00:1]",
+    "[fec0::1]",
+    "169.254.169.254",
+    "[fe80::1]",
+    "10.0.0.1",
+    "192.168.1.1",
+    "[fc00::1]",
+    "100.64.0.1",
 ]
 
 

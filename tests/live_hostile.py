@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.ecies import decrypt
-from node.identity import Identity
-from node.inbound import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC, decode
-from node.messages import ResultBody
-from node.p2p import GossipMessage, P2PHost
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.p2p.host import GossipMessage, P2PHost
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import ResultBody
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from tests.cluster import dialable
 from tests.hostile_corpus import DEFAULT_MODEL, Actors, Recipe, build_recipe, valid_task_body
 

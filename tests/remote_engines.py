@@ -49,9 +49,23 @@ class LlamaCppServer:
 
     def start(self, timeout: float = 120.0) -> None:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(SMOLLM2), "--model_alias", ENGINE_MODEL,
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", "1", "--n_ctx", "1024",
-            "--embedding", "true",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(SMOLLM2),
+            "--model_alias",
+            ENGINE_MODEL,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            "1",
+            "--n_ctx",
+            "1024",
+            "--embedding",
+            "true",
         ]
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -107,10 +121,12 @@ class FaultEngine:
         self.models_up = True
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[
-            Route("/v1/models", self._models, methods=["GET"]),
-            Route("/v1/{path:path}", self._post, methods=["POST"]),
-        ])
+        app = Starlette(
+            routes=[
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/{path:path}", self._post, methods=["POST"]),
+            ]
+        )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -144,5 +160,8 @@ class FaultEngine:
                     self.disconnects += 1
                     return Response(status_code=499)
                 await asyncio.sleep(0.02)
-        return JSONResponse(step.body if step.body is not None else {"error": {"message": "scripted"}},
-                            status_code=step.status, headers=step.headers)
+        return JSONResponse(
+            step.body if step.body is not None else {"error": {"message": "scripted"}},
+            status_code=step.status,
+            headers=step.headers,
+        )

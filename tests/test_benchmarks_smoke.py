@@ -25,8 +25,11 @@ async def test_bare_round_trip_is_measured_and_lands_in_the_table() -> None:
     assert cpu >= 0
 
     sections = [
-        Section(name="overhead", title="2. Node overhead",
-                rows=[Row(metric="bare round trip", baseline=summary, baseline_name="echo")]),
+        Section(
+            name="overhead",
+            title="2. Node overhead",
+            rows=[Row(metric="bare round trip", baseline=summary, baseline_name="echo")],
+        ),
         Section(name="generation", title="1. Generation", error="BenchmarkError: node did not become READY"),
     ]
     table = render_table(sections)
@@ -56,5 +59,13 @@ def test_command_line_names_every_benchmark() -> None:
     args = build_parser().parse_args(["--only", "overhead", "--quick"])
     assert args.only == ["overhead"] and args.quick
     assert set(BENCHMARKS) == {
-        "generation", "overhead", "concurrency", "throughput", "footprint", "prefix", "remote", "ipc", "grammar",
+        "generation",
+        "overhead",
+        "concurrency",
+        "throughput",
+        "footprint",
+        "prefix",
+        "remote",
+        "ipc",
+        "grammar",
     }

@@ -7,8 +7,8 @@ import random
 import pytest
 import xxhash
 
-from node.bloom import BloomFilter, BloomFilterError
-from node.identity import Identity
+from node.wire.bloom import BloomFilter, BloomFilterError
+from node.wire.identity import Identity
 from tests.protocol_files import VECTORS
 
 

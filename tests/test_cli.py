@@ -58,7 +58,9 @@ def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
 def test_run_task_timeout_and_error_are_one_line_and_non_zero(node: NodeProcess) -> None:
     timed_out = run_task("--peer", node.addr, "--model", "gemma3:270m", "--prompt", "Hi", "--timeout", "3")
     assert timed_out.returncode == 2
-    assert re.fullmatch(r"compute-node: no live node hosting any of \['gemma3:270m'\] seen within 3 s .*\n", timed_out.stderr)
+    assert re.fullmatch(
+        r"compute-node: no live node hosting any of \['gemma3:270m'\] seen within 3 s .*\n", timed_out.stderr
+    )
     bad = run_task("--peer", node.addr, "--model", "*", "--workflow", "/nonexistent.json")
     assert bad.returncode == 1
     assert "cannot read workflow" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -67,7 +69,11 @@ def test_run_task_timeout_and_error_are_one_line_and_non_zero(node: NodeProcess)
 def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     done = subprocess.run(
         [*CLI, "start", "--data-dir", str(tmp_path), "--max-queue", "-3"],
-        capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "invalid setting 'max_queue'" in done.stderr
@@ -76,7 +82,11 @@ def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
 def test_unknown_model_fails_at_start_with_known_names(tmp_path: Path) -> None:
     done = subprocess.run(
         [*CLI, "start", "--data-dir", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--model", "nope:1b"],
-        capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "nope:1b" in done.stderr and "smollm2:135m" in done.stderr

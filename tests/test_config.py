@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import ConfigError, load_settings
-from node.cli import _settings_from, build_parser
+from node.cli.main import _settings_from, build_parser
 
 
 @pytest.fixture(autouse=True)
@@ -83,13 +83,19 @@ def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         [
             "start",
-            "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--listen", "/ip4/127.0.0.1/tcp/5001",
-            "--bootstrap", "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2x",
-            "--data-dir", str(tmp_path),
-            "--model", "smollm2:135m",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/5001",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2x",
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            "smollm2:135m",
             "--no-http-enabled",
-            "--max-queue", "2",
+            "--max-queue",
+            "2",
         ]
     )
     settings = _settings_from(args)

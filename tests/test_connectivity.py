@@ -8,12 +8,12 @@ import time
 import pytest
 import structlog
 
-from node.client import Client
-from node.envelope import seal
-from node.identity import Identity
-from node.messages import TaskBody, TaskInput, encode_body
-from node.p2p import P2PHost
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.p2p.host import P2PHost
+from node.publisher.client import Client
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.messages import TaskBody, TaskInput, encode_body
 from tests.cluster import dialable, node_settings, running_node
 from tests.nodeproc import free_port
 from workflows import Simple
@@ -64,7 +64,10 @@ async def _has_peer(server: NodeServer, peer_id: str) -> bool:
 
 async def test_a_replayed_task_id_runs_once(tmp_path) -> None:
     publisher = Identity.generate()
-    async with running_node(node_settings(tmp_path / "a")) as node, Client(peers=[dialable(node)], secret_key=publisher.secret) as client:
+    async with (
+        running_node(node_settings(tmp_path / "a")) as node,
+        Client(peers=[dialable(node)], secret_key=publisher.secret) as client,
+    ):
         body = TaskBody(
             task_id="replayed-task-1",
             deadline=time.time_ns() + 60 * 10**9,

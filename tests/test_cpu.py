@@ -19,7 +19,7 @@ import pytest
 
 from config.settings import load_settings
 from models.cpu import NO_AMX_CFLAGS, CpuInfo, amx_instructions, extra_buffers_enabled, ggml_cpu_libraries
-from node.model_setup import runtime_options
+from node.daemon.model_setup import runtime_options
 
 SAMPLES = Path(__file__).parent / "data" / "cpuinfo"
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,12 +97,25 @@ def test_the_instruction_check_finds_amx_code(tmp_path: Path) -> None:
         " _tile_loadd(2, b, 64); _tile_dpbssd(0, 1, 2); _tile_stored(0, a, 64); _tile_release(); }\n"
     )
     with_amx, without_amx = tmp_path / "with.so", tmp_path / "without.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-march=sapphirerapids", str(source), "-o", str(with_amx)],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-march=sapphirerapids", str(source), "-o", str(with_amx)], check=True
+    )
     plain = tmp_path / "plain.c"
     plain.write_text("int g(int x) { return x * 3; }\n")
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-march=sapphirerapids", *NO_AMX_CFLAGS.split(),
-                    str(plain), "-o", str(without_amx)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-march=sapphirerapids",
+            *NO_AMX_CFLAGS.split(),
+            str(plain),
+            "-o",
+            str(without_amx),
+        ],
+        check=True,
+    )
     assert amx_instructions(with_amx) >= 5
     assert amx_instructions(without_amx) == 0
 
@@ -130,8 +143,13 @@ def test_a_crashing_child_is_reported_with_cpu_signal_and_remedy() -> None:
 @pytest.mark.slow
 def test_selfcheck_generates_with_extra_buffers_on_and_off() -> None:
     for setting in ("on", "off"):
-        done = subprocess.run([sys.executable, "-m", "models.selfcheck", "--extra-buffers", setting, "--threads", "1"],
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "models.selfcheck", "--extra-buffers", setting, "--threads", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert "selfcheck ok: smollm2:135m generated 8 tokens" in done.stdout
         assert f"extra buffers {setting}" in done.stdout

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from node.http_api import HealthReport, HttpServer, create_app
-from node.metrics import NodeMetrics
+from node.ops.http_api import HealthReport, HttpServer, create_app
+from node.ops.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 Instruction = dict[str, Any]
@@ -90,14 +90,12 @@ def exec_form(value: str) -> list[str]:
     return form
 
 
-def test_entrypoint_is_the_projects_console_script(
-    final: list[Instruction], pyproject: dict[str, Any]
-) -> None:
+def test_entrypoint_is_the_projects_console_script(final: list[Instruction], pyproject: dict[str, Any]) -> None:
     [entrypoint] = values(final, "ENTRYPOINT")
     scripts = pyproject["project"]["scripts"]
     assert exec_form(entrypoint)[0] in scripts, f"ENTRYPOINT {entrypoint} not in {scripts}"
     [cmd] = values(final, "CMD")
-    from node.cli import build_parser
+    from node.cli.main import build_parser
 
     assert build_parser().parse_args(exec_form(cmd)).command == "start"
 
@@ -165,9 +163,7 @@ def test_runtime_runs_as_non_root_with_data_volume(final: list[Instruction]) -> 
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
-def test_each_variant_runtime_has_the_shared_libraries(
-    stages: list[list[Instruction]], variant: str
-) -> None:
+def test_each_variant_runtime_has_the_shared_libraries(stages: list[list[Instruction]], variant: str) -> None:
     chain = stage_chain(stages, variant)
     assert len(chain) > len(stages[-1]), f"no runtime-{variant} stage under the final one"
     runs = " ".join(values(chain, "RUN"))
@@ -220,7 +216,7 @@ def test_systemd_unit_matches_daemon(pyproject: dict[str, Any]) -> None:
     [exec_start] = unit["ExecStart"]
     binary, *argv = exec_start.split()
     assert Path(binary).name in pyproject["project"]["scripts"]
-    from node.cli import build_parser
+    from node.cli.main import build_parser
 
     args = build_parser().parse_args(argv)
     assert args.command == "start" and args.data_dir == "/var/lib/compute-node"

@@ -28,14 +28,15 @@ import pytest
 import pytest_asyncio
 
 from models.registry import DEFAULT_MODEL
-from node.envelope import payload_digest, seal
+from node.daemon.server import NodeServer
 from node.gateway.auth import key_id
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings, load_gateway_settings
-from node.identity import Identity, recover_address
-from node.inbound import RESULTS_TOPIC, decode
-from node.messages import ResultBody, Stats, encode_body
-from node.server import NodeServer
+from node.wire.envelope import payload_digest, seal
+from node.wire.identity import Identity, recover_address
+from node.wire.inbound import decode
+from node.wire.messages import ResultBody, Stats, encode_body
+from node.wire.topics import RESULTS_TOPIC
 from tests.cluster import dialable, node_settings, running_node
 from tests.sdk.venv import DRIVER, SCHEMAS, sdk_python
 from workflows import Simple, WorkflowValidationError
@@ -84,11 +85,18 @@ def gateway_settings(data_dir: Path, peers: list[str], port: int = 0) -> Gateway
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
     async with AsyncExitStack() as stack:
-        node = await stack.enter_async_context(running_node(node_settings(
-            tmp_path_factory.mktemp("node"), models=[SDK_NAME, OPENAI_NAME, GEMINI_NAME],
-            registry={name: {"alias": DEFAULT_MODEL} for name in (SDK_NAME, OPENAI_NAME, GEMINI_NAME)},
-            n_ctx=4096, max_tokens_cap=120, max_queue=16,
-        )))
+        node = await stack.enter_async_context(
+            running_node(
+                node_settings(
+                    tmp_path_factory.mktemp("node"),
+                    models=[SDK_NAME, OPENAI_NAME, GEMINI_NAME],
+                    registry={name: {"alias": DEFAULT_MODEL} for name in (SDK_NAME, OPENAI_NAME, GEMINI_NAME)},
+                    n_ctx=4096,
+                    max_tokens_cap=120,
+                    max_queue=16,
+                )
+            )
+        )
         settings = gateway_settings(tmp_path_factory.mktemp("gw"), [dialable(node)])
         gateway = Gateway(settings)
         await gateway.start()
@@ -122,9 +130,14 @@ async def sdk_run(net: Net) -> Net:
     """Run every scenario in one SDK process (one SDK process per API key); the outputs by scenario."""
     python = await asyncio.to_thread(sdk_python)
     proc = await asyncio.create_subprocess_exec(
-        str(python), str(DRIVER), net.gateway.url, *SCENARIOS,
-        cwd=net.tmp, env={"HOME": str(net.tmp), "PATH": "/usr/bin:/bin", "DRIA_RPC_TOKEN": TOKEN},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(python),
+        str(DRIVER),
+        net.gateway.url,
+        *SCENARIOS,
+        cwd=net.tmp,
+        env={"HOME": str(net.tmp), "PATH": "/usr/bin:/bin", "DRIA_RPC_TOKEN": TOKEN},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
     stderr_task = asyncio.create_task(proc.stderr.read())
@@ -157,10 +170,15 @@ def sdk_payload(task_id: str, node: str, **extra: Any) -> dict[str, Any]:
     workflow = Simple().workflow(prompt="Hi", max_tokens=8)
     task_key = Identity.generate()
     return {
-        "taskId": task_id, "input": {"workflow": workflow, "model": [SDK_NAME]}, "pickedNodes": [node],
-        "nodePeerIds": ["16Uiu2..."], "deadline": (datetime.now(UTC) + timedelta(seconds=300)).isoformat(),
-        "datasetId": "ab" * 32, "publicKey": task_key.public_key_uncompressed.hex()[2:],
-        "privateKey": "0x" + task_key.secret.hex(), **extra,
+        "taskId": task_id,
+        "input": {"workflow": workflow, "model": [SDK_NAME]},
+        "pickedNodes": [node],
+        "nodePeerIds": ["16Uiu2..."],
+        "deadline": (datetime.now(UTC) + timedelta(seconds=300)).isoformat(),
+        "datasetId": "ab" * 32,
+        "publicKey": task_key.public_key_uncompressed.hex()[2:],
+        "privateKey": "0x" + task_key.secret.hex(),
+        **extra,
     }
 
 
@@ -233,7 +251,9 @@ async def test_posts_are_published_once_without_the_private_key_and_results_serv
 
         refused = await http.post("/rpc/task", json=encoded(sdk_payload("has--dashes", net.node.identity.address)))
         assert refused.status_code == 422 and "taskId" in refused.json()["detail"]
-        assert (await http.post("/rpc/task", json=encoded(payload), headers={"x-api-key": "nope-nope-nope-nope"})).status_code == 401
+        assert (
+            await http.post("/rpc/task", json=encoded(payload), headers={"x-api-key": "nope-nope-nope-nope"})
+        ).status_code == 401
 
 
 async def test_a_result_signed_by_a_node_that_was_not_picked_is_never_served(net: Net) -> None:
@@ -245,8 +265,12 @@ async def test_a_result_signed_by_a_node_that_was_not_picked_is_never_served(net
         response = await http.post("/rpc/task", json=encoded(sdk_payload(task_id, stranger.address[::-1])))
         published = response.json()["data"]["taskId"]
         now = time.time_ns()
-        forged = ResultBody(task_id=published, error="Invalid prompt: forged", model=SDK_NAME,
-                            stats=Stats(received_at=now, published_at=now, execution_started_at=now, execution_ended_at=now))
+        forged = ResultBody(
+            task_id=published,
+            error="Invalid prompt: forged",
+            model=SDK_NAME,
+            stats=Stats(received_at=now, published_at=now, execution_started_at=now, execution_ended_at=now),
+        )
         inbound = decode(RESULTS_TOPIC, seal(stranger, RESULTS_TOPIC, encode_body(forged)))
         net.gateway.rpc.observe(inbound)
         assert (await http.get("/rpc/results")).json()["data"]["results"] == []
@@ -265,7 +289,9 @@ async def test_simple_tasks_return_results_from_the_aliased_model(sdk_run: Net) 
     for result in results:
         assert result["model"] == SDK_NAME and isinstance(result["result"], str) and result["result"].strip()
     rows = sdk_run.phase_rows("simple")
-    assert len(rows) == 3 and all(r["served"] and r["picked"] == json.dumps([sdk_run.node.identity.address]) for r in rows)
+    assert len(rows) == 3 and all(
+        r["served"] and r["picked"] == json.dumps([sdk_run.node.identity.address]) for r in rows
+    )
 
 
 async def test_prompt_with_a_pydantic_schema_is_decoded_under_each_sdk_schema_form(sdk_run: Net) -> None:
@@ -277,7 +303,9 @@ async def test_prompt_with_a_pydantic_schema_is_decoded_under_each_sdk_schema_fo
         person = json.loads(by_model[name])
         assert isinstance(person["name"], str) and isinstance(person["age"], int)
     gemini = json.loads(by_model[GEMINI_NAME])  # upper-case types, no `required`: typed fields if present
-    assert isinstance(gemini, dict) and isinstance(gemini.get("name", ""), str) and isinstance(gemini.get("age", 0), int)
+    assert (
+        isinstance(gemini, dict) and isinstance(gemini.get("name", ""), str) and isinstance(gemini.get("age", 0), int)
+    )
 
 
 async def test_magpie_runs_through_parallel_singleton_executor(sdk_run: Net) -> None:

@@ -17,10 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import ConfigError, load_settings
-from node.workflow_setup import tool_settings
+from node.daemon.workflow_setup import tool_settings
+from tests.test_workflow_tools import LocalServer, Route
 from workflows import EgressRefusedError, ToolError, ToolSettings
 from workflows.egress import EgressPolicy, fetch, is_public
-from tests.test_workflow_tools import LocalServer, Route
 
 LIMIT = 100_000
 
@@ -52,7 +52,9 @@ def test_non_public_ipv6_forms_are_refused(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["2002:808:808::", "64:ff9b::808:808", "::ffff:8.8.8.8", "2606:4700::1111", "1.1.1.1"])
+@pytest.mark.parametrize(
+    "address", ["2002:808:808::", "64:ff9b::808:808", "::ffff:8.8.8.8", "2606:4700::1111", "1.1.1.1"]
+)
 def test_public_forms_are_public(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
 
@@ -112,16 +114,18 @@ def server() -> Iterator[LocalServer]:
     zeros = b"\0" * (50 * LIMIT)  # 5 MB that compresses to a few KB
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     raw_deflate = deflater.compress(zeros) + deflater.flush()
-    local = LocalServer({
-        "/gzip-bomb": Route(body=_gzip(zeros), headers={"content-encoding": "gzip"}),
-        "/double-gzip-bomb": Route(body=_gzip(_gzip(zeros)), headers={"content-encoding": "gzip, gzip"}),
-        "/deflate-bomb": Route(body=zlib.compress(zeros, 9), headers={"content-encoding": "deflate"}),
-        "/raw-deflate-bomb": Route(body=raw_deflate, headers={"content-encoding": "deflate"}),
-        "/big-compressed": Route(body=_gzip(os.urandom(2 * LIMIT)), headers={"content-encoding": "gzip"}),
-        "/small-gzip": Route(body=_gzip(b"hello " * 100), headers={"content-encoding": "gzip"}),
-        "/brotli": Route(body=b"\x0b\x02\x80hello\x03", headers={"content-encoding": "br"}),
-        "/bad-gzip": Route(body=b"\x1f\x8bnot gzip at all", headers={"content-encoding": "gzip"}),
-    })
+    local = LocalServer(
+        {
+            "/gzip-bomb": Route(body=_gzip(zeros), headers={"content-encoding": "gzip"}),
+            "/double-gzip-bomb": Route(body=_gzip(_gzip(zeros)), headers={"content-encoding": "gzip, gzip"}),
+            "/deflate-bomb": Route(body=zlib.compress(zeros, 9), headers={"content-encoding": "deflate"}),
+            "/raw-deflate-bomb": Route(body=raw_deflate, headers={"content-encoding": "deflate"}),
+            "/big-compressed": Route(body=_gzip(os.urandom(2 * LIMIT)), headers={"content-encoding": "gzip"}),
+            "/small-gzip": Route(body=_gzip(b"hello " * 100), headers={"content-encoding": "gzip"}),
+            "/brotli": Route(body=b"\x0b\x02\x80hello\x03", headers={"content-encoding": "br"}),
+            "/bad-gzip": Route(body=b"\x1f\x8bnot gzip at all", headers={"content-encoding": "gzip"}),
+        }
+    )
     yield local
     local.close()
 

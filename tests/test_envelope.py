@@ -8,18 +8,10 @@ from typing import Any
 
 import pytest
 
-from node.envelope import (
-    MAX_MESSAGE_BYTES,
-    PROTOCOL_NAME,
-    PROTOCOL_VERSION,
-    Envelope,
-    EnvelopeError,
-    open_envelope,
-    payload_digest,
-    seal,
-)
-from node.identity import Identity
-from node.messages import decode_task
+from node.wire.envelope import Envelope, EnvelopeError, open_envelope, payload_digest, seal
+from node.wire.identity import Identity
+from node.wire.messages import decode_task
+from node.wire.topics import MAX_MESSAGE_BYTES, PROTOCOL_NAME, PROTOCOL_VERSION
 from tests.protocol_files import VECTORS
 
 VECTOR = VECTORS["envelope_signature"]
@@ -129,9 +121,7 @@ def test_stale_and_future_timestamps() -> None:
     assert reason_of(data, now_ns=NOW - 61 * SECOND) == "future"
 
 
-@pytest.mark.parametrize(
-    "payload", ["not base64!", "QUJD=", "QUJ", "QUJD\n", "QR==", "QUJD====", "-_-_", "Y\u00e9Q="]
-)
+@pytest.mark.parametrize("payload", ["not base64!", "QUJD=", "QUJ", "QUJD\n", "QR==", "QUJD====", "-_-_", "Y\u00e9Q="])
 def test_bad_base64(payload: str) -> None:
     assert reason_of(sealed(payload=payload)) == "bad_base64"
 
@@ -155,9 +145,7 @@ def test_not_json(data: bytes) -> None:
     assert reason_of(data) == "not_json"
 
 
-@pytest.mark.parametrize(
-    "field", ["payload", "topic", "version", "protocol", "timestamp", "signature", "recovery_id"]
-)
+@pytest.mark.parametrize("field", ["payload", "topic", "version", "protocol", "timestamp", "signature", "recovery_id"])
 def test_missing_field(field: str) -> None:
     obj = json.loads(sealed())
     del obj[field]

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import pytest_asyncio
 
-from node.client import Client, Task, TaskResult
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskResult
 from tests.cluster import dialable, node_settings, running_node
 from tests.protocol_files import EXAMPLES, example
 
@@ -64,7 +64,15 @@ async def run(client: Client, node: NodeServer, workflow: dict, prompt: str | No
 
 
 async def test_every_example_is_covered() -> None:
-    covered = {"simple", "simple_omitted", "structured", "loop_questions", "sample_and_fallback", "tool_call_raw", "http_tool"}
+    covered = {
+        "simple",
+        "simple_omitted",
+        "structured",
+        "loop_questions",
+        "sample_and_fallback",
+        "tool_call_raw",
+        "http_tool",
+    }
     assert {path.stem for path in EXAMPLES.glob("*.json")} == covered
 
 
@@ -101,7 +109,9 @@ async def test_tool_call_raw_names_get_weather_with_a_city(client: Client, node:
     assert call["name"] == "get_weather" and isinstance(call["arguments"]["city"], str)
 
 
-async def test_http_tool_calls_the_server_and_returns_its_answer(client: Client, node: NodeServer, price_url: str) -> None:
+async def test_http_tool_calls_the_server_and_returns_its_answer(
+    client: Client, node: NodeServer, price_url: str
+) -> None:
     workflow = example("http_tool")
     workflow["config"]["custom_tools"][0]["url"] = price_url
     before = len(PriceServer.bodies)

@@ -20,14 +20,14 @@ import structlog
 
 from config.settings import Settings
 from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
-from node.client import Client, Task, TaskFailedError, TaskResult
-from node.execution.handle import describe_exit
-from node.execution.pool import NoUsableModelError
-from node.execution.process import TEST_WRAPPER_ENV
-from node.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
-from node.journal import TaskState
-from node.model_setup import create_embedder
-from node.server import NodeServer
+from node.daemon.execution.handle import describe_exit
+from node.daemon.execution.pool import NoUsableModelError
+from node.daemon.execution.process import TEST_WRAPPER_ENV
+from node.daemon.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
+from node.daemon.journal import TaskState
+from node.daemon.model_setup import create_embedder
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.cluster import dialable, node_settings, running_node
 from tests.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
 from tests.model_file import SMOLLM2
@@ -101,15 +101,18 @@ class Harness:
 
     async def running(self, count: int, not_pid: int | None = None) -> int:
         """Wait until the model's process (not `not_pid`) holds `count` tasks; its pid."""
+
         def ready() -> bool:
             process = self.process()
             return process is not None and process.pid != not_pid and process.running >= count
+
         await self.until(ready)
         return self.process().pid
 
     def crashes(self, cause: str) -> float:
         value = self.server.metrics.registry.get_sample_value(
-            "compute_node_exec_crashes_total", {"model": MODEL, "cause": cause})
+            "compute_node_exec_crashes_total", {"model": MODEL, "cause": cause}
+        )
         return value or 0.0
 
     def assert_journal_all_ended(self, task_ids: list[str]) -> None:
@@ -298,8 +301,7 @@ def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_pa
 
 
 def _children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
 def _alive(pid: int) -> bool:

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from node.executor import BusyError, Executor, Job
-from node.identity import Identity
-from node.messages import TaskBody, TaskInput
+from node.daemon.admission import BusyError, Executor, Job
+from node.wire.identity import Identity
+from node.wire.messages import TaskBody, TaskInput
 
 
 def job(task_id: str, model: str = "m") -> Job:

@@ -15,16 +15,16 @@ import pytest
 import pytest_asyncio
 
 from config.settings import ConfigError
-from node.ecies import decrypt
+from node.cli.gateway import add_gateway_command, run_gateway
+from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
 from node.gateway.auth import LOCAL_KEY_ID, ApiKeys, AuthError, RateLimiter, key_id
-from node.gateway.cli import add_gateway_command, run_gateway
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings, load_gateway_settings
 from node.gateway.store import TaskRecord, TaskStore
-from node.http_api import HttpServer
-from node.identity import Identity
-from node.server import NodeServer
+from node.ops.http_api import HttpServer
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 
@@ -68,7 +68,9 @@ def gateway_settings(data_dir: Path, peers: list[str], **overrides: Any) -> Gate
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(running_node(node_settings(tmp_path_factory.mktemp("n1"), max_queue=16)))
+        first = await stack.enter_async_context(
+            running_node(node_settings(tmp_path_factory.mktemp("n1"), max_queue=16))
+        )
         second = await stack.enter_async_context(
             running_node(node_settings(tmp_path_factory.mktemp("n2"), max_queue=16, bootstrap=[dialable(first)]))
         )
@@ -268,7 +270,9 @@ async def test_gateway_restart_keeps_finished_results(net: Net, tmp_path: Path) 
     first = Gateway(settings)
     await first.start()
     try:
-        async with httpx.AsyncClient(base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+        async with httpx.AsyncClient(
+            base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        ) as http:
             task_id = (await http.post("/v1/tasks", json=simple_task(max_tokens=8))).json()["id"]
             before = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 30})).json()
     finally:
@@ -279,7 +283,9 @@ async def test_gateway_restart_keeps_finished_results(net: Net, tmp_path: Path) 
     assert second.address == first.address  # same key from data_dir
     await second.start()
     try:
-        async with httpx.AsyncClient(base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as http:
+        async with httpx.AsyncClient(
+            base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        ) as http:
             after = (await http.get(f"/v1/tasks/{task_id}")).json()
     finally:
         await second.stop()
@@ -292,7 +298,9 @@ async def test_a_restarted_gateway_collects_a_result_published_after_the_restart
     first = Gateway(settings)
     await first.start()
     try:
-        async with httpx.AsyncClient(base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as http:
+        async with httpx.AsyncClient(
+            base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        ) as http:
             task_id = (await http.post("/v1/tasks", json=long_task)).json()["id"]
             await asyncio.sleep(0.3)  # published, still generating
     finally:
@@ -301,7 +309,9 @@ async def test_a_restarted_gateway_collects_a_result_published_after_the_restart
     second = Gateway(settings)
     await second.start()
     try:
-        async with httpx.AsyncClient(base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+        async with httpx.AsyncClient(
+            base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        ) as http:
             body = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 50})).json()
     finally:
         await second.stop()
@@ -313,7 +323,13 @@ async def test_store_expires_overdue_tasks_and_deletes_old_ones(tmp_path: Path) 
     path = tmp_path / "tasks.sqlite3"
     now = time.time()
     store = TaskStore(path, retention=100)
-    common: dict[str, Any] = {"key_id": "k", "status": "pending", "models": [MODEL], "created_at": now - 50, "updated_at": now - 50}
+    common: dict[str, Any] = {
+        "key_id": "k",
+        "status": "pending",
+        "models": [MODEL],
+        "created_at": now - 50,
+        "updated_at": now - 50,
+    }
     store.insert(
         [
             TaskRecord(id="overdue", deadline=now - 1, expires_at=now + 99, **common),

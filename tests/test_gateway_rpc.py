@@ -12,8 +12,8 @@ import pytest
 
 from node.gateway.rpc import RpcPayloadError, decode_payload, network_id, payload_hash, task_body
 from node.gateway.rpc_store import RpcStore, RpcTask
-from node.identity import Identity
-from node.wire_time import parse_rfc3339_ns
+from node.wire.identity import Identity
+from node.wire.wire_time import parse_rfc3339_ns
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
 SECRET = "0x" + "ab" * 32
@@ -22,9 +22,14 @@ SECRET = "0x" + "ab" * 32
 def posted(**changes: Any) -> dict[str, Any]:
     key = Identity.generate()
     data = {
-        "taskId": "A" * 32, "input": {"workflow": {"tasks": []}, "model": ["llama3.2:1b"]}, "pickedNodes": [NODE],
-        "nodePeerIds": ["16Uiu2..."], "deadline": "2026-12-01T10:05:00.123456+00:00", "datasetId": "cd" * 32,
-        "publicKey": key.public_key_uncompressed.hex()[2:], "privateKey": SECRET,
+        "taskId": "A" * 32,
+        "input": {"workflow": {"tasks": []}, "model": ["llama3.2:1b"]},
+        "pickedNodes": [NODE],
+        "nodePeerIds": ["16Uiu2..."],
+        "deadline": "2026-12-01T10:05:00.123456+00:00",
+        "datasetId": "cd" * 32,
+        "publicKey": key.public_key_uncompressed.hex()[2:],
+        "privateKey": SECRET,
     }
     data.update(changes)
     return data
@@ -83,8 +88,15 @@ def test_invalid_fields_are_named_and_no_value_is_echoed(changes: dict[str, Any]
 
 
 def task(key: str = "k1", task_id: str = "t1") -> RpcTask:
-    return RpcTask(network_id=f"{task_id}--{key}", key_id=key, task_id=task_id, payload_hash="h", picked=[NODE],
-                   created_at=1.0, expires_at=4e9)
+    return RpcTask(
+        network_id=f"{task_id}--{key}",
+        key_id=key,
+        task_id=task_id,
+        payload_hash="h",
+        picked=[NODE],
+        created_at=1.0,
+        expires_at=4e9,
+    )
 
 
 def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp_path: Path) -> None:

@@ -88,19 +88,37 @@ def test_every_sdk_regex_converts_to_a_grammar_that_parses(model: str) -> None:
         ("Person", '{"name": "Ada", "age": 036}', False),
         ("Person", '{"name": "Ada"}', False),
         ("Person", '{"age": 36, "name": "Ada"}', False),
-        ("Review", '{"title": "Good", "score": 4.5, "recommended": true, "tags": ["x", "y"], "color": "red", '
-                   '"kind": "a", "code": "AB.12", "stars": 3, "friends": [{"name": "B", "age": 2}]}', True),
-        ("Review", '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "blue", '
-                   '"kind": "b\\"c", "nick": null, "code": "AB.12", "stars": 3, "friends": []}', True),
-        ("Review", '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "green", '
-                   '"kind": "a", "code": "AB.12", "stars": 3, "friends": []}', False),
-        ("Review", '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "red", '
-                   '"kind": "a", "code": "AB12", "stars": 3, "friends": []}', False),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": ["x", "y"], "color": "red", '
+            '"kind": "a", "code": "AB.12", "stars": 3, "friends": [{"name": "B", "age": 2}]}',
+            True,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "blue", '
+            '"kind": "b\\"c", "nick": null, "code": "AB.12", "stars": 3, "friends": []}',
+            True,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "green", '
+            '"kind": "a", "code": "AB.12", "stars": 3, "friends": []}',
+            False,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "red", '
+            '"kind": "a", "code": "AB12", "stars": 3, "friends": []}',
+            False,
+        ),
         ("Dialogue", '{"instruction": "Hi", "responses": ["a", "b", "c"]}', True),
         ("Dialogue", '{"instruction": "Hi", "responses": ["a", "b", "c", "d"]}', False),
     ],
 )
-def test_the_grammar_accepts_exactly_what_the_sdk_regex_matches(model: str, text: str, expected: bool, vocab: Any) -> None:
+def test_the_grammar_accepts_exactly_what_the_sdk_regex_matches(
+    model: str, text: str, expected: bool, vocab: Any
+) -> None:
     regex = sdk_regex(model)
     assert (re.fullmatch(regex, text) is not None) == expected  # the case itself is right
     assert grammar_matches(regex_to_gbnf(regex), text, vocab) == expected
@@ -173,7 +191,7 @@ def test_unsupported_or_broken_regexes_are_refused_with_the_reason(pattern: str,
         ('root ::= "a"{,3}', "expecting an integer"),
         ('root ::= "a"{3', "expecting ',' or '}'"),
         ('root ::= ("a"', "expecting ')'"),
-        ('root ::= [a-', "unexpected end of input"),
+        ("root ::= [a-", "unexpected end of input"),
         ('root "a"', "expecting ::="),
         ('root ::= "a"\nroot ::= "b"', "defined twice"),
         ('root ::= "\\x4"', "hex digits"),
@@ -221,8 +239,11 @@ def test_sdk_json_schemas_convert_to_grammars_that_parse(model: str, form: str) 
 
 
 def test_schema_patterns_use_our_regex_converter(vocab: Any) -> None:
-    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": r'^[A-Z]{2}\.\d+"?$'}},
-              "required": ["code"]}
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": r'^[A-Z]{2}\.\d+"?$'}},
+        "required": ["code"],
+    }
     gbnf = json_schema_to_gbnf(schema)
     assert grammar_matches(gbnf, '{"code": "AB.12"}', vocab)
     assert not grammar_matches(gbnf, '{"code": "AB-12"}', vocab)
@@ -241,8 +262,15 @@ def test_bad_json_schemas_are_grammar_errors() -> None:
 def _workflow(schema: str) -> dict[str, Any]:
     return {
         "config": {"max_steps": 5, "max_time": 30},
-        "tasks": [{"id": "a", "operator": "generation", "messages": [{"role": "user", "content": "Hi"}],
-                   "outputs": [{"type": "write", "key": "r"}], "schema": schema}],
+        "tasks": [
+            {
+                "id": "a",
+                "operator": "generation",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "outputs": [{"type": "write", "key": "r"}],
+                "schema": schema,
+            }
+        ],
         "steps": [{"source": "a", "target": "_end"}],
         "return_value": {"input": {"type": "read", "key": "r"}},
     }
@@ -267,7 +295,8 @@ def test_a_schema_that_cannot_become_a_grammar_fails_validation() -> None:
 def _person_request(**constraint: Any) -> GenerationRequest:
     return GenerationRequest(
         messages=[ChatMessage(role="user", content="Describe a person named Ada aged 36 as JSON.")],
-        max_tokens=60, **constraint,
+        max_tokens=60,
+        **constraint,
     )
 
 
@@ -311,15 +340,19 @@ def test_solo_runtime_decodes_under_an_sdk_regex() -> None:
     assert re.fullmatch(regex, text), text
 
 
-def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_temperature(batched: BatchedLlamaModel) -> None:
+def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_temperature(
+    batched: BatchedLlamaModel,
+) -> None:
     # The unconstrained pick is refused at almost every step: the full-vocabulary fallback decides.
     pattern = r"ZQX-[0-9]{3}(;ZQX-[0-9]{3}){0,2}"
 
     async def run() -> list[str]:
-        results = await asyncio.gather(*[
-            batched.generate(_person_request(regex=pattern).model_copy(update={"temperature": t, "seed": 7}))
-            for t in (0.0, 0.8, 1.5)
-        ])
+        results = await asyncio.gather(
+            *[
+                batched.generate(_person_request(regex=pattern).model_copy(update={"temperature": t, "seed": 7}))
+                for t in (0.0, 0.8, 1.5)
+            ]
+        )
         return [r.text for r in results]
 
     for text in asyncio.run(run()):

@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 import structlog
 
-from node.ecies import decrypt
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC, InboundError, decode
-from node.intake import Ignore, Intake, Take
-from node.messages import HeartbeatBody, ResultBody, TaskBody
-from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
-from node.p2p import GossipMessage, MessageTooLargeError, P2PHost
-from node.server import NodeServer
+from node.daemon.intake import Ignore, Intake, Take
+from node.daemon.server import NodeServer
+from node.p2p.host import GossipMessage, MessageTooLargeError, P2PHost
+from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
+from node.wire.inbound import InboundError, decode
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
 from tests.cluster import dialable, node_settings, running_node
 from tests.hostile_corpus import (
     DEFAULT_MODEL,
@@ -73,7 +74,14 @@ def test_corpus_has_60_cases_in_every_required_category() -> None:
     counts = Counter(case.category for case in CASES)
     assert len(CASES) >= 60, counts
     assert REQUIRED_CATEGORIES <= set(counts), REQUIRED_CATEGORIES - set(counts)
-    assert {case.expect.verdict for case in CASES} == {"reject", "ignore", "error_result", "result", "unsendable", "accept"}
+    assert {case.expect.verdict for case in CASES} == {
+        "reject",
+        "ignore",
+        "error_result",
+        "result",
+        "unsendable",
+        "accept",
+    }
 
 
 def test_raw_cases_are_distinct_bytes() -> None:
@@ -85,7 +93,9 @@ def test_raw_cases_are_distinct_bytes() -> None:
 def params(cases: list[Case]) -> list[Any]:
     """One pytest param per case; a known bug makes it a strict xfail."""
     return [
-        pytest.param(case, id=case.name, marks=[pytest.mark.xfail(strict=True, reason=case.known_bug)] if case.known_bug else [])
+        pytest.param(
+            case, id=case.name, marks=[pytest.mark.xfail(strict=True, reason=case.known_bug)] if case.known_bug else []
+        )
         for case in cases
     ]
 
@@ -223,7 +233,9 @@ class Run:
             self.failures.append(f"{case.name}: result signed by {sender}")
         if case.expect.verdict == "error_result":
             if body.error is None or case.expect.reason not in body.error:
-                self.failures.append(f"{case.name}: expected error containing {case.expect.reason!r}, got {body.error!r}")
+                self.failures.append(
+                    f"{case.name}: expected error containing {case.expect.reason!r}, got {body.error!r}"
+                )
             return 0
         if body.ciphertext is None:
             self.failures.append(f"{case.name}: expected a result, got error {body.error!r}")
@@ -283,7 +295,11 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     """Publish `cases` `rounds` times from a raw peer at a fresh node, with valid tasks among them."""
     publisher = Identity.generate()
     settings = node_settings(
-        tmp_path / "node", publishers=[publisher.address], max_queue=32, n_ctx=512, reject_log_window=0,
+        tmp_path / "node",
+        publishers=[publisher.address],
+        max_queue=32,
+        n_ctx=512,
+        reject_log_window=0,
         max_result_bytes=96 * 1024,  # the largest an operator may set: the envelope limit is what these cases probe
     )
     with structlog.testing.capture_logs() as logs:
@@ -305,7 +321,9 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     crashes = [entry for entry in logs if entry["event"] in CRASH_EVENTS or entry.get("reason") == "internal"]
     taken = {entry["task_id"] for entry in logs if entry["event"] == "task taken"}
     if taken != run.to_take:
-        run.failures.append(f"taken but not expected: {taken - run.to_take}; expected but not taken: {run.to_take - taken}")
+        run.failures.append(
+            f"taken but not expected: {taken - run.to_take}; expected but not taken: {run.to_take - taken}"
+        )
     return Outcome(run.failures, crashes, run.valid_sent, run.valid_completed, health.reason, rss)
 
 
@@ -329,8 +347,8 @@ async def test_node_survives_the_corpus_and_answers_valid_tasks(tmp_path: Path) 
 
 async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
     """Signed heartbeats with extreme values, replays and stale bodies, sent at a real Client."""
-    from node.client import Client
-    from node.envelope import seal
+    from node.publisher.client import Client
+    from node.wire.envelope import seal
 
     fake_node = Identity.generate()
     peer = P2PHost(fake_node.secret, ["/ip4/127.0.0.1/tcp/0"])
@@ -346,9 +364,17 @@ async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
             await asyncio.sleep(0.1)
 
         def heartbeat(at_ns: int, free: int, tps: float) -> bytes:
-            body = {"address": fake_node.address, "peerId": fake_node.peer_id, "models": ["m"],
-                    "capacity": {"free": free, "max": free}, "pendingTasks": 0, "pending_tasks": [0, 0],
-                    "tps": {"m": tps}, "version": "0.3.0", "timestamp": at_ns}
+            body = {
+                "address": fake_node.address,
+                "peerId": fake_node.peer_id,
+                "models": ["m"],
+                "capacity": {"free": free, "max": free},
+                "pendingTasks": 0,
+                "pending_tasks": [0, 0],
+                "tps": {"m": tps},
+                "version": "0.3.0",
+                "timestamp": at_ns,
+            }
             return json.dumps(body).encode()
 
         async def send(body: bytes) -> None:

@@ -90,9 +90,14 @@ def _engine_cases(server: LocalServer) -> list[HostileWorkflow]:
         *OVERSIZE,
         *GRAMMAR_BOMBS,
         # Valid as a workflow, but no grammar exists for it: deterministic, so `Invalid prompt: `.
-        HostileWorkflow("schema_unsupported_type", schema_task({"type": "teleport"}),
-                        "Invalid prompt: invalid workflow: tasks[0].schema: unsupported schema"),
-        HostileWorkflow("many_tools_call_schema", many_tools_bomb(), "Invalid prompt: task 'g' failed: the tools together"),
+        HostileWorkflow(
+            "schema_unsupported_type",
+            schema_task({"type": "teleport"}),
+            "Invalid prompt: invalid workflow: tasks[0].schema: unsupported schema",
+        ),
+        HostileWorkflow(
+            "many_tools_call_schema", many_tools_bomb(), "Invalid prompt: task 'g' failed: the tools together"
+        ),
         *ssrf,
     ]
 

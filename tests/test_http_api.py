@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.http_api import HealthReport, HttpServer, HttpServerError, create_app
-from node.metrics import NodeMetrics
+from node.ops.http_api import HealthReport, HttpServer, HttpServerError, create_app
+from node.ops.metrics import NodeMetrics
 
 HOST = "127.0.0.1"
 
@@ -63,9 +63,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def test_metrics_scrape_reflects_updates(
-    client: httpx.AsyncClient, metrics: NodeMetrics
-) -> None:
+async def test_metrics_scrape_reflects_updates(client: httpx.AsyncClient, metrics: NodeMetrics) -> None:
     metrics.tasks_received.inc(3)
     metrics.tasks_taken.inc()
     metrics.tasks_completed.inc()
@@ -123,9 +121,7 @@ async def test_healthz_ok_then_unhealthy(client: httpx.AsyncClient, state: FakeD
     assert resp.json() == {"status": "unhealthy", "reason": "no peers for 120 s"}
 
 
-async def test_healthz_probe_that_raises_is_unhealthy(
-    metrics: NodeMetrics, state: FakeDaemonState
-) -> None:
+async def test_healthz_probe_that_raises_is_unhealthy(metrics: NodeMetrics, state: FakeDaemonState) -> None:
     def broken() -> HealthReport:
         raise RuntimeError("journal closed")
 
@@ -146,9 +142,7 @@ async def test_status_returns_the_daemon_dict(client: httpx.AsyncClient, state: 
     assert (await client.get("/status")).json() == {"peer_id": "x", "running": 2}
 
 
-async def test_taken_port_gives_a_clear_error(
-    metrics: NodeMetrics, state: FakeDaemonState
-) -> None:
+async def test_taken_port_gives_a_clear_error(metrics: NodeMetrics, state: FakeDaemonState) -> None:
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind((HOST, 0))
     holder.listen()
@@ -161,9 +155,7 @@ async def test_taken_port_gives_a_clear_error(
         holder.close()
 
 
-async def test_stop_releases_port_and_leaves_signal_handlers(
-    metrics: NodeMetrics, state: FakeDaemonState
-) -> None:
+async def test_stop_releases_port_and_leaves_signal_handlers(metrics: NodeMetrics, state: FakeDaemonState) -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
     await srv.start(HOST, 0)

@@ -12,8 +12,8 @@ import ecies as eciespy
 import pytest
 from ecies.config import ECIES_CONFIG
 
-from node import ecies
-from node.identity import (
+from node.wire import ecies
+from node.wire.identity import (
     Identity,
     IdentityError,
     SignatureError,

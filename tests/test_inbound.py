@@ -6,9 +6,9 @@ import json
 import pytest
 import structlog
 
-from node.envelope import payload_digest, seal
-from node.identity import CURVE_ORDER, Identity
-from node.inbound import GossipGate, InboundError, decode
+from node.wire.envelope import payload_digest, seal
+from node.wire.identity import CURVE_ORDER, Identity
+from node.wire.inbound import GossipGate, InboundError, decode
 
 
 def test_rejections_are_counted_each_time_but_logged_once_per_window() -> None:
@@ -40,7 +40,9 @@ def heartbeat_body(address: str, peer_id: str) -> bytes:
 
 def test_a_valid_heartbeat_passes() -> None:
     identity = Identity.generate()
-    assert GossipGate().validate("heartbeat", seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id)))
+    assert GossipGate().validate(
+        "heartbeat", seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id))
+    )
 
 
 def test_a_heartbeat_speaking_for_another_identity_is_rejected() -> None:
@@ -55,7 +57,9 @@ def test_a_heartbeat_speaking_for_another_identity_is_rejected() -> None:
             decode("heartbeat", seal(signer, "heartbeat", heartbeat_body(address, peer_id)))
         assert caught.value.reason == "identity_mismatch"
     with structlog.testing.capture_logs() as logs:
-        assert not GossipGate().validate("heartbeat", seal(signer, "heartbeat", heartbeat_body(victim.address, victim.peer_id)))
+        assert not GossipGate().validate(
+            "heartbeat", seal(signer, "heartbeat", heartbeat_body(victim.address, victim.peer_id))
+        )
     assert [e["reason"] for e in logs if e["event"] == "message rejected"] == ["identity_mismatch"]
 
 
@@ -76,4 +80,3 @@ def test_high_s_twin_of_a_valid_signature_is_rejected() -> None:
         decode("task", json.dumps(twin).encode())
     assert caught.value.reason == "bad_signature"
     assert base64.b64decode(envelope["payload"]) == b'{"taskId":"t"}'
-

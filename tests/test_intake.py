@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from node.bloom import BloomFilter
-from node.identity import Identity
-from node.intake import Ignore, Intake, SeenTasks, Take, match_model
-from node.messages import TaskBody, TaskFilter, TaskInput
+from node.daemon.intake import Ignore, Intake, SeenTasks, Take, match_model
+from node.wire.bloom import BloomFilter
+from node.wire.identity import Identity
+from node.wire.messages import TaskBody, TaskFilter, TaskInput
 
 NODE = Identity.from_hex("11" * 32)
 OTHER = Identity.from_hex("22" * 32)
@@ -56,7 +56,9 @@ def test_picked_nodes() -> None:
     intake = Intake(NODE.address, HOSTED)
     now = time.time_ns()
     assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Take)
-    assert isinstance(intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Take)
+    assert isinstance(
+        intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Take
+    )
     assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not_picked")
 
 
@@ -65,7 +67,9 @@ def test_bloom_filter_selects_by_raw_address() -> None:
     now = time.time_ns()
     ours = BloomFilter.build([NODE.address_bytes])
     theirs = BloomFilter.build([OTHER.address_bytes])
-    assert isinstance(intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Take)
+    assert isinstance(
+        intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Take
+    )
     decision = intake.decide(PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now)
     assert decision == Ignore("not_in_filter")
 

@@ -1,6 +1,6 @@
 """Property tests of the node's intake path: whatever arrives, nothing but the typed errors escape.
 
-- `node.inbound.decode` raises only InboundError (random envelopes, signed near-valid bodies);
+- `node.wire.inbound.decode` raises only InboundError (random envelopes, signed near-valid bodies);
 - `Intake.decide` never raises on a body that decodes, and answers Take or Ignore;
 - `workflows.parse_workflow` raises only WorkflowError subclasses (random JSON, mutated workflows).
 """
@@ -16,11 +16,12 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from node.envelope import PROTOCOL_NAME, PROTOCOL_VERSION, payload_digest
-from node.identity import Identity
-from node.inbound import TOPICS, Inbound, InboundError, decode
-from node.intake import Ignore, Intake, Take
-from node.messages import TaskBody
+from node.daemon.intake import Ignore, Intake, Take
+from node.wire.envelope import payload_digest
+from node.wire.identity import Identity
+from node.wire.inbound import Inbound, InboundError, decode
+from node.wire.messages import TaskBody
+from node.wire.topics import PROTOCOL_NAME, PROTOCOL_VERSION, TOPICS
 from workflows import Simple, Workflow, WorkflowError, parse_workflow
 
 NOW = time.time_ns()
@@ -43,7 +44,9 @@ scalars = (
     | st.sampled_from(["", "0", "smollm2:135m", "*", "!", "llamacpp", NODE.address, "0x" + NODE.address, "ab" * 64])
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=15
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=15,
 )
 
 

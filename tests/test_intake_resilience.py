@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import structlog
 
-from node.ecies import decrypt
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC, decode
-from node.journal import ROW_OVERHEAD_BYTES
-from node.messages import ResultBody
-from node.p2p import GossipMessage, P2PHost
-from node.server import NodeServer
+from node.daemon.journal import ROW_OVERHEAD_BYTES
+from node.daemon.server import NodeServer
+from node.p2p.host import GossipMessage, P2PHost
+from node.wire.ecies import decrypt
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import ResultBody
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
 from tests.cluster import node_settings, running_node
 from tests.hostile_corpus import Actors, Built, Recipe, build_recipe, valid_task_body
 from tests.test_hostile import connected_peer
@@ -30,7 +31,15 @@ pytestmark = pytest.mark.slow
 # Returns its prompt without calling the model: fast, and its result is as large as the prompt.
 ECHO_WORKFLOW: dict[str, Any] = {
     "config": {"max_steps": 5, "max_time": 30, "tools": []},
-    "tasks": [{"id": "a", "name": "echo", "description": "d", "messages": [{"role": "user", "content": "x"}], "operator": "end"}],
+    "tasks": [
+        {
+            "id": "a",
+            "name": "echo",
+            "description": "d",
+            "messages": [{"role": "user", "content": "x"}],
+            "operator": "end",
+        }
+    ],
     "steps": [{"source": "a", "target": "_end"}],
     "return_value": {"input": {"type": "input", "key": "__input"}},
 }
@@ -173,7 +182,9 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                 ]
                 since = len(logs)
                 for i in range(200):
-                    await publish(peer, actors, Recipe(set={"input.prompt": f"unwanted {i} " + "y" * 2000, **unwanted[i % 4]}))
+                    await publish(
+                        peer, actors, Recipe(set={"input.prompt": f"unwanted {i} " + "y" * 2000, **unwanted[i % 4]})
+                    )
                 deadline = time.monotonic() + WAIT_S
                 while time.monotonic() < deadline:
                     ignored = [e for e in logs[since:] if e["event"] == "task not taken"]
@@ -181,13 +192,21 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                         break
                     await asyncio.sleep(0.05)
                 assert len(ignored) == 200
-                assert {e["reason"] for e in ignored} == {"deadline_too_far", "no_model", "not_picked", "deadline_passed"}
+                assert {e["reason"] for e in ignored} == {
+                    "deadline_too_far",
+                    "no_model",
+                    "not_picked",
+                    "deadline_passed",
+                }
                 assert node.journal.bytes_used == used  # nothing journalled for tasks not taken
 
                 # Valid tasks beyond the capacity (1 running + 1 queued): refused as busy, with an
                 # error result, and journalled without their bodies.
                 since = len(logs)
-                sent = [await publish(peer, actors, Recipe(body=valid_task_body(f"Count to {i}.", max_tokens=48))) for i in range(8)]
+                sent = [
+                    await publish(peer, actors, Recipe(body=valid_task_body(f"Count to {i}.", max_tokens=48)))
+                    for i in range(8)
+                ]
                 answers = {}
                 while len(answers) < len(sent):
                     message = await asyncio.wait_for(results.get(), timeout=WAIT_S * 3)

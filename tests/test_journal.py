@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.journal import Journal, JournalEntry, JournalError, JournalQuotaError, TaskState
+from node.daemon.journal import Journal, JournalEntry, JournalError, JournalQuotaError, TaskState
 
 HOUR_NS = 3600 * 10**9
 
@@ -86,7 +86,7 @@ def test_duplicate_accept_returns_false_and_keeps_first(journal: Journal) -> Non
 CRASHING_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from node.journal import Journal
+from node.daemon.journal import Journal
 j = Journal.open(Path(sys.argv[1]))
 for tid, received in (("a", 3), ("b", 1), ("c", 2)):
     j.record_accepted(tid, "pub", 2**62, "m", b"msg-" + tid.encode(), received)

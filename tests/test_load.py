@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from node.client import Client, Task, TaskResult
-from node.inbound import RESULTS_TOPIC, TASK_TOPIC
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskResult
+from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 
@@ -50,7 +50,9 @@ async def wait_for_heartbeats(publishers: list[Client], addresses: set[str]) -> 
     deadline = time.monotonic() + MESH_TIMEOUT_S
     while any({node.address for node in client.nodes.live()} != addresses for client in publishers):
         if time.monotonic() > deadline:
-            raise AssertionError(f"publishers saw {[len(c.nodes.live()) for c in publishers]} of {len(addresses)} nodes")
+            raise AssertionError(
+                f"publishers saw {[len(c.nodes.live()) for c in publishers]} of {len(addresses)} nodes"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -58,7 +60,9 @@ async def test_100_tasks_on_5_nodes_each_run_exactly_once(tmp_path: Path) -> Non
     started = time.monotonic()
     with structlog.testing.capture_logs() as logs:
         async with AsyncExitStack() as stack:
-            hub = await stack.enter_async_context(running_node(node_settings(tmp_path / "node0", n_ctx=512, max_queue=TASKS)))
+            hub = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "node0", n_ctx=512, max_queue=TASKS))
+            )
             nodes = [hub]
             for i in range(1, NODES):
                 settings = node_settings(tmp_path / f"node{i}", n_ctx=512, max_queue=TASKS, bootstrap=[dialable(hub)])

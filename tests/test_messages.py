@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from node import ecies
-from node.bloom import BloomFilter
-from node.identity import Identity
-from node.messages import (
+from node.wire import ecies
+from node.wire.bloom import BloomFilter
+from node.wire.identity import Identity
+from node.wire.messages import (
     Capacity,
     HeartbeatBody,
     MessageError,
@@ -100,9 +100,7 @@ def test_selection_by_picked_nodes_and_filter() -> None:
     only_filter = decode_task(json.dumps(task_json(pickedNodes=None)).encode())
     assert only_filter.is_picked(NODE.address)
     assert not only_filter.is_picked(PUBLISHER.address)
-    picked_upper = decode_task(
-        json.dumps(task_json(pickedNodes=["0x" + NODE.address.upper()])).encode()
-    )
+    picked_upper = decode_task(json.dumps(task_json(pickedNodes=["0x" + NODE.address.upper()])).encode())
     assert picked_upper.picked_nodes == [NODE.address]
 
 
@@ -299,9 +297,7 @@ def test_stats_strings_parse_the_way_dria_sdk_parses_them() -> None:
     assert int(parsed.timestamp()) * 1_000_000_000 + 123_456_000 == 1_743_674_400_123_456_000
 
 
-@pytest.mark.parametrize(
-    "value", [-1, 2**63, 1.5, True, "2025-04-03T10:00:00", "yesterday", "NaN"]
-)
+@pytest.mark.parametrize("value", [-1, 2**63, 1.5, True, "2025-04-03T10:00:00", "yesterday", "NaN"])
 def test_bad_stats_are_refused(value: Any) -> None:
     with pytest.raises(MessageError, match="stats.receivedAt"):
         decode_result(json.dumps(result_json(error="e", stats={**STATS, "receivedAt": value})).encode())
@@ -389,10 +385,6 @@ def test_invalid_heartbeat_fields_are_named(changes: dict[str, Any], field: str)
 
 def test_heartbeat_rejects_nan_and_infinity() -> None:
     for value in (b"NaN", b"Infinity", b"1e999"):
-        body = (
-            json.dumps(heartbeat_json(tps={}))
-            .encode()
-            .replace(b'"tps": {}', b'"tps": {"m": ' + value + b"}")
-        )
+        body = json.dumps(heartbeat_json(tps={})).encode().replace(b'"tps": {}', b'"tps": {"m": ' + value + b"}")
         with pytest.raises(MessageError):
             decode_heartbeat(body)

@@ -76,15 +76,27 @@ async def test_no_cross_talk_with_more_requests_than_slots(model: BatchedLlamaMo
     assert model.slots_free == PARALLEL and model.queued == 0
 
 
-async def test_batched_outputs_agree_with_solo_runs(
-        model: BatchedLlamaModel, solo: LlamaModel) -> None:
-    prompts = ["Name three colours.", "What is the capital of France?",
-               "Write one sentence about the sea.", "Count from one to five."]
-    requests = [GenerationRequest(messages=[ChatMessage(role="user", content=p)], max_tokens=32, ignore_eos=True)
-                for p in prompts]
+async def test_batched_outputs_agree_with_solo_runs(model: BatchedLlamaModel, solo: LlamaModel) -> None:
+    prompts = [
+        "Name three colours.",
+        "What is the capital of France?",
+        "Write one sentence about the sea.",
+        "Count from one to five.",
+    ]
+    requests = [
+        GenerationRequest(messages=[ChatMessage(role="user", content=p)], max_tokens=32, ignore_eos=True)
+        for p in prompts
+    ]
     # A seeded sampled request goes through the same sampler chain as in LlamaModel.
-    requests.append(GenerationRequest(messages=[ChatMessage(role="user", content="Tell me a short joke.")],
-                                      max_tokens=32, ignore_eos=True, temperature=0.8, seed=7))
+    requests.append(
+        GenerationRequest(
+            messages=[ChatMessage(role="user", content="Tell me a short joke.")],
+            max_tokens=32,
+            ignore_eos=True,
+            temperature=0.8,
+            seed=7,
+        )
+    )
     batched = await asyncio.gather(*(model.generate(r) for r in requests))
     alone = [await solo.generate(r) for r in requests]
     agree = total = 0
@@ -107,7 +119,8 @@ async def test_json_schema_sequence_in_a_batch_is_valid_json(model: BatchedLlama
     }
     structured = GenerationRequest(
         messages=[ChatMessage(role="user", content="Give the largest city of Japan and its population as JSON.")],
-        json_schema=schema, max_tokens=60,
+        json_schema=schema,
+        max_tokens=60,
     )
     results = await asyncio.gather(model.generate(structured), *(model.generate(_say(w)) for w in WORDS[:3]))
     data = json.loads(results[0].text)
@@ -117,8 +130,9 @@ async def test_json_schema_sequence_in_a_batch_is_valid_json(model: BatchedLlama
 
 
 async def test_cancelling_one_sequence_frees_its_slot_and_spares_the_others(model: BatchedLlamaModel) -> None:
-    long = GenerationRequest(messages=[ChatMessage(role="user", content="Tell a long story.")],
-                             max_tokens=400, ignore_eos=True)
+    long = GenerationRequest(
+        messages=[ChatMessage(role="user", content="Tell a long story.")], max_tokens=400, ignore_eos=True
+    )
     victim = asyncio.create_task(model.generate(long))
     others = [asyncio.create_task(model.generate(_say(w, max_tokens=60, ignore_eos=True))) for w in WORDS[:3]]
     await _wait_until(lambda: model.slots_free == 0, timeout=10)
@@ -139,8 +153,9 @@ async def test_cancelling_one_sequence_frees_its_slot_and_spares_the_others(mode
 
 async def test_prompt_longer_than_the_context_fails_alone(model: BatchedLlamaModel) -> None:
     too_long = GenerationRequest(messages=[ChatMessage(role="user", content="word " * 2000)])
-    results = await asyncio.gather(model.generate(too_long), *(model.generate(_say(w)) for w in WORDS[:2]),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        model.generate(too_long), *(model.generate(_say(w)) for w in WORDS[:2]), return_exceptions=True
+    )
     assert isinstance(results[0], ContextOverflowError)
     assert "512-token context" in str(results[0])
     for word, result in zip(WORDS[:2], results[1:]):
@@ -151,8 +166,10 @@ async def test_next_step_reuses_the_cached_prompt_prefix(model: BatchedLlamaMode
     system = ChatMessage(role="system", content="You are a careful assistant. " * 25)
     first = [system, ChatMessage(role="user", content="Name a fruit.")]
     step1 = await model.generate(GenerationRequest(messages=first, max_tokens=12))
-    second = first + [ChatMessage(role="assistant", content=step1.text),
-                      ChatMessage(role="user", content="Name another one.")]
+    second = first + [
+        ChatMessage(role="assistant", content=step1.text),
+        ChatMessage(role="user", content="Name another one."),
+    ]
     before = model.prompt_tokens_evaluated
     step2 = await model.generate(GenerationRequest(messages=second, max_tokens=12))
     assert isinstance(step2, BatchedGeneration)
@@ -168,13 +185,19 @@ async def test_next_step_reuses_the_cached_prompt_prefix(model: BatchedLlamaMode
 
 
 async def test_stop_strings_deadline_and_max_tokens(model: BatchedLlamaModel) -> None:
-    counted = GenerationRequest(messages=[ChatMessage(role="user", content="Count from one to ten with digits.")],
-                                max_tokens=60, stop=["5"])
-    slow = GenerationRequest(messages=[ChatMessage(role="user", content="Tell a long story.")],
-                             max_tokens=500, ignore_eos=True, deadline_seconds=0.3)
+    counted = GenerationRequest(
+        messages=[ChatMessage(role="user", content="Count from one to ten with digits.")], max_tokens=60, stop=["5"]
+    )
+    slow = GenerationRequest(
+        messages=[ChatMessage(role="user", content="Tell a long story.")],
+        max_tokens=500,
+        ignore_eos=True,
+        deadline_seconds=0.3,
+    )
     short = _say("apple", max_tokens=3, ignore_eos=True)
-    stopped, late, capped = await asyncio.gather(model.generate(counted), model.generate(slow),
-                                                 model.generate(short), return_exceptions=True)
+    stopped, late, capped = await asyncio.gather(
+        model.generate(counted), model.generate(slow), model.generate(short), return_exceptions=True
+    )
     assert isinstance(stopped, BatchedGeneration) and "4" in stopped.text and "5" not in stopped.text
     assert stopped.finish_reason == "stop"
     assert isinstance(late, DeadlineExceededError)
@@ -187,8 +210,13 @@ async def test_embeddings_and_closing() -> None:
     try:
         vectors = await own.embed(EmbeddingRequest(texts=["a cat", "a dog"]))
         assert len(vectors) == 2 and len(vectors[0]) == 576
-        running = asyncio.create_task(own.generate(GenerationRequest(
-            messages=[ChatMessage(role="user", content="Tell a long story.")], max_tokens=400, ignore_eos=True)))
+        running = asyncio.create_task(
+            own.generate(
+                GenerationRequest(
+                    messages=[ChatMessage(role="user", content="Tell a long story.")], max_tokens=400, ignore_eos=True
+                )
+            )
+        )
         await _wait_until(lambda: own.slots_free == 1, timeout=10)
     finally:
         await own.close()

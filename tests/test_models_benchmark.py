@@ -21,9 +21,7 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(
-        LlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1))
-    )
+    loaded = asyncio.run(LlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1)))
     yield loaded
     asyncio.run(loaded.close())
 

@@ -109,9 +109,7 @@ async def test_json_schema_output_always_parses(model: LlamaModel, prompt: str) 
 
 
 async def test_cancelling_stops_generation_and_model_keeps_serving(model: LlamaModel) -> None:
-    task = asyncio.create_task(
-        model.generate(ask("Tell a very long story.", max_tokens=2000, ignore_eos=True))
-    )
+    task = asyncio.create_task(model.generate(ask("Tell a very long story.", max_tokens=2000, ignore_eos=True)))
     await asyncio.sleep(0.3)
     assert not task.done()
     started = time.monotonic()
@@ -136,9 +134,7 @@ async def test_timeout_from_asyncio_cancels_like_a_cancel(model: LlamaModel) -> 
 async def test_deadline_stops_a_request(model: LlamaModel) -> None:
     started = time.monotonic()
     with pytest.raises(DeadlineExceededError):
-        await model.generate(
-            ask("Tell a long story.", max_tokens=2000, ignore_eos=True, deadline_seconds=0.3)
-        )
+        await model.generate(ask("Tell a long story.", max_tokens=2000, ignore_eos=True, deadline_seconds=0.3))
     assert time.monotonic() - started < 1.5
 
 
@@ -155,16 +151,12 @@ async def test_invalid_json_schema_fails_only_that_request(model: LlamaModel) ->
 
 
 async def test_concurrent_requests_are_served_one_by_one(model: LlamaModel) -> None:
-    results = await asyncio.gather(
-        *(model.generate(ask(f"Name a color number {i}.", max_tokens=6)) for i in range(4))
-    )
+    results = await asyncio.gather(*(model.generate(ask(f"Name a color number {i}.", max_tokens=6)) for i in range(4)))
     assert all(r.completion_tokens >= 1 for r in results)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / (
-        math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    )
+    return sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
 async def test_embeddings_are_576_d_and_semantic(model: LlamaModel) -> None:

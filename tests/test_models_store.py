@@ -212,9 +212,7 @@ def _isolated_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def spec_for(hub: FakeHub, sha256: str | None = None) -> ModelSpec:
-    return ModelSpec(
-        name="tiny:1b", repo=REPO, file=FILE, sha256=sha256 or hashlib.sha256(hub.content).hexdigest()
-    )
+    return ModelSpec(name="tiny:1b", repo=REPO, file=FILE, sha256=sha256 or hashlib.sha256(hub.content).hexdigest())
 
 
 def leftovers(directory: Path) -> list[Path]:
@@ -276,9 +274,7 @@ def test_unreachable_hub_is_a_clear_download_error(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     store = ModelStore(tmp_path / "models", endpoint=f"http://127.0.0.1:{port}")
-    with pytest.raises(
-        DownloadError, match=f"could not download model tiny:1b .*127.0.0.1:{port}.*unreachable"
-    ):
+    with pytest.raises(DownloadError, match=f"could not download model tiny:1b .*127.0.0.1:{port}.*unreachable"):
         store.pull(ModelSpec(name="tiny:1b", repo=REPO, file=FILE), progress=False)
 
 

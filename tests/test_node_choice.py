@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack
 import pytest
 import structlog
 
-from node.client import Client, NoNodeError, Task, TaskFailedError
-from node.node_table import NodeTable
+from node.publisher.client import Client, NoNodeError, Task, TaskFailedError
+from node.publisher.node_table import NodeTable
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 
@@ -43,8 +43,12 @@ async def test_client_picks_one_node_per_task_from_heartbeats(tmp_path) -> None:
         await wait_for_nodes(client, 2)
         with structlog.testing.capture_logs() as logs:
             results = await asyncio.gather(
-                *(client.execute(Task(workflow=Simple().workflow(f"Say {i}.", max_tokens=8), models=["smollm2:135m"]),
-                                 timeout=60) for i in range(6))
+                *(
+                    client.execute(
+                        Task(workflow=Simple().workflow(f"Say {i}.", max_tokens=8), models=["smollm2:135m"]), timeout=60
+                    )
+                    for i in range(6)
+                )
             )
         started = [entry["task_id"] for entry in logs if entry["event"] == "task started"]
         assert sorted(started) == sorted(r.task_id for r in results)  # each task ran exactly once
@@ -64,26 +68,46 @@ async def test_busy_node_is_retried_on_another_node_but_a_workflow_error_is_not(
     # Node A announces itself as fast and free, then gets busy: the client's stale view picks it,
     # gets "busy", and retries on B with a new task id.
     async with AsyncExitStack() as stack:
-        busy = await stack.enter_async_context(running_node(node_settings(
-            tmp_path / "a", max_concurrent=1, max_queue=0, startup_benchmark=True, heartbeat_interval=600,
-        )))
-        spare = await stack.enter_async_context(running_node(node_settings(
-            tmp_path / "b", bootstrap=[dialable(busy)], max_concurrent=1, max_queue=0, heartbeat_interval=600,
-        )))
-        client = await stack.enter_async_context(
-            Client(peers=[dialable(busy)], node_table=NodeTable(rng=Heaviest()))
+        busy = await stack.enter_async_context(
+            running_node(
+                node_settings(
+                    tmp_path / "a",
+                    max_concurrent=1,
+                    max_queue=0,
+                    startup_benchmark=True,
+                    heartbeat_interval=600,
+                )
+            )
         )
+        spare = await stack.enter_async_context(
+            running_node(
+                node_settings(
+                    tmp_path / "b",
+                    bootstrap=[dialable(busy)],
+                    max_concurrent=1,
+                    max_queue=0,
+                    heartbeat_interval=600,
+                )
+            )
+        )
+        client = await stack.enter_async_context(Client(peers=[dialable(busy)], node_table=NodeTable(rng=Heaviest())))
         await wait_for_nodes(client, 2)
         assert client.nodes.choose(["*"]).address == busy.identity.address  # benchmarked tps: the heavier one
         workflow = Simple().workflow("List booleans.", max_tokens=2400)
-        workflow["tasks"][0]["schema"] = json.dumps({"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300})
+        workflow["tasks"][0]["schema"] = json.dumps(
+            {"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300}
+        )
         long_id = await client.submit(Task(workflow=workflow, models=["*"], nodes=[busy.identity.address]), timeout=60)
         await asyncio.sleep(0.5)  # the long task is running on A
         with structlog.testing.capture_logs() as logs:
-            result = await client.execute(Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60)
+            result = await client.execute(
+                Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60
+            )
         assert result.node == spare.identity.address
         retries = [entry for entry in logs if entry["event"] == "retrying on another node"]
-        assert [(entry["node"], entry["reason"].split(":")[0]) for entry in retries] == [(busy.identity.address, "busy")]
+        assert [(entry["node"], entry["reason"].split(":")[0]) for entry in retries] == [
+            (busy.identity.address, "busy")
+        ]
         assert retries[0]["task_id"] != result.task_id  # the retry is a new task
 
         bad = Simple().workflow("unused")

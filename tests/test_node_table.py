@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from node.messages import Capacity, HeartbeatBody, decode_heartbeat
-from node.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.wire.messages import Capacity, HeartbeatBody, decode_heartbeat
 
 
 def heartbeat(
@@ -14,8 +14,14 @@ def heartbeat(
 ) -> HeartbeatBody:
     """A heartbeat whose signed body was stamped at `at` (Unix seconds)."""
     return HeartbeatBody(
-        address=address, peer_id="16Uiu2x", models=models, capacity=Capacity(free=free, max=max_),
-        pending=0, tps=tps or {}, version="0.3.0", timestamp=int(at * 1e9),
+        address=address,
+        peer_id="16Uiu2x",
+        models=models,
+        capacity=Capacity(free=free, max=max_),
+        pending=0,
+        tps=tps or {},
+        version="0.3.0",
+        timestamp=int(at * 1e9),
     )
 
 
@@ -90,7 +96,7 @@ def test_heartbeat_numbers_are_clamped_before_weighing(
 
 def test_extreme_heartbeats_never_reach_the_table() -> None:
     """`free = 10**400` or `tps = Infinity` is refused when the body is parsed; clamping covers the rest."""
-    from node.messages import MessageError
+    from node.wire.messages import MessageError
 
     body = heartbeat(A, ["m"]).model_dump(by_alias=True)
     for change in ({"capacity": {"free": 10**400, "max": 1}}, {"tps": {"m": float("inf")}}):

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node.client import Client, Task, TaskFailedError
-from node.identity import Identity
-from node.p2p import P2PHost
+from node.p2p.host import P2PHost
+from node.publisher.client import Client, Task, TaskFailedError
+from node.wire.identity import Identity
 from tests.cluster import dialable, node_settings, running_node
 from tests.nodeproc import NodeProcess, cli_env, free_port
 from workflows import Simple
@@ -66,13 +66,18 @@ def test_systemd_sees_ready_then_watchdog_then_stopping(tmp_path: Path) -> None:
     finally:
         node.stop(signal.SIGKILL)
         systemd.close()
-    first = {kind: next(i for i, m in enumerate(received) if m.startswith(kind)) for kind in ("READY=1", "WATCHDOG=1", "STOPPING=1")}
+    first = {
+        kind: next(i for i, m in enumerate(received) if m.startswith(kind))
+        for kind in ("READY=1", "WATCHDOG=1", "STOPPING=1")
+    }
     assert first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"], received
     assert any(m.startswith("STATUS=") for m in received)
 
 
 @pytest.mark.parametrize(("drain_timeout", "expect_result"), [("60", True), ("0.5", False)])
-async def test_sigterm_drains_the_running_task_then_exits_0(tmp_path: Path, drain_timeout: str, expect_result: bool) -> None:
+async def test_sigterm_drains_the_running_task_then_exits_0(
+    tmp_path: Path, drain_timeout: str, expect_result: bool
+) -> None:
     node = NodeProcess(tmp_path / "node", "--drain-timeout", drain_timeout)
     try:
         address = node_address(node)
@@ -140,7 +145,9 @@ async def test_metrics_health_and_status_over_http(tmp_path: Path) -> None:
             assert lonely.status_code == 503 and lonely.json()["reason"] == "no peers"
 
             async with Client(peers=[dialable(server)]) as client:
-                res = await client.execute(Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60)
+                res = await client.execute(
+                    Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60
+                )
                 assert res.text
                 raw = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])
                 await raw.start()

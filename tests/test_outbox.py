@@ -10,21 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from node.identity import Identity
-from node.inbound import RESULTS_TOPIC, decode
-from node.journal import Journal, TaskState
-from node.messages import ResultBody, Stats, encode_body
-from node.outbox import ResultOutbox
-from node.p2p import P2PHost
-from node.results import error_body, success_body
+from node.daemon.journal import Journal, TaskState
+from node.daemon.outbox import ResultOutbox
+from node.p2p.host import P2PHost
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import ResultBody, Stats, encode_body
+from node.wire.results import error_body, success_body
+from node.wire.topics import RESULTS_TOPIC
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
 def body(task_id: str):  # type: ignore[no-untyped-def]
     now = time.time_ns()
-    return error_body(task_id, "m", "a reason", Stats(received_at=now, execution_started_at=now,
-                                                      execution_ended_at=now, published_at=now))
+    return error_body(
+        task_id,
+        "m",
+        "a reason",
+        Stats(received_at=now, execution_started_at=now, execution_ended_at=now, published_at=now),
+    )
 
 
 async def test_kept_without_peers_then_published_once_when_a_peer_joins(tmp_path: Path) -> None:

@@ -17,10 +17,12 @@ def test_an_alias_hosts_the_same_file_under_another_name() -> None:
 
 
 def test_an_alias_may_name_an_entry_added_before_it() -> None:
-    registry = Registry.builtin().with_overrides({
-        "mine": {"path": "/models/mine.gguf"},
-        "gpt-4o-mini": {"alias": "mine"},
-    })
+    registry = Registry.builtin().with_overrides(
+        {
+            "mine": {"path": "/models/mine.gguf"},
+            "gpt-4o-mini": {"alias": "mine"},
+        }
+    )
     assert str(registry.get("gpt-4o-mini").path) == "/models/mine.gguf"
 
 

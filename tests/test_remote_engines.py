@@ -45,8 +45,7 @@ def remote_spec(base_url: str, **fields: Any):
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def model(llama_cpp_server: LlamaCppServer) -> AsyncIterator[RemoteModel]:
-    spec = remote_spec(llama_cpp_server.base_url, model=ENGINE_MODEL, structured_output="json_object",
-                       max_concurrent=2)
+    spec = remote_spec(llama_cpp_server.base_url, model=ENGINE_MODEL, structured_output="json_object", max_concurrent=2)
     remote = await RemoteModel.open(spec, default_n_ctx=1024)
     yield remote
     await remote.close()
@@ -68,8 +67,10 @@ WEATHER_TOOL = {
 
 async def test_chat_with_max_tokens_stop_and_temperature(model: RemoteModel) -> None:
     assert model.available
-    messages = [ChatMessage(role="system", content="You are terse."),
-                ChatMessage(role="user", content="Count from 1 to 20, separated by commas.")]
+    messages = [
+        ChatMessage(role="system", content="You are terse."),
+        ChatMessage(role="user", content="Count from 1 to 20, separated by commas."),
+    ]
     capped = await model.generate(GenerationRequest(messages=messages, max_tokens=5))
     assert capped.finish_reason == "length" and capped.completion_tokens == 5 and capped.prompt_tokens > 5
     stopped = await model.generate(GenerationRequest(messages=messages, max_tokens=60, stop=["5"]))
@@ -81,10 +82,14 @@ async def test_chat_with_max_tokens_stop_and_temperature(model: RemoteModel) -> 
 
 
 async def test_a_generation_workflow_with_a_schema_answers_valid_json(model: RemoteModel) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                               "age": {"type": "integer"}}, "required": ["name", "age"]}
-    workflow = parse_workflow(one_task_workflow("generation", "Invent a person: name and age.",
-                                                schema=json.dumps(schema)))
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    workflow = parse_workflow(
+        one_task_workflow("generation", "Invent a person: name and age.", schema=json.dumps(schema))
+    )
     result = await run_workflow(workflow, model, options=EngineOptions())
     answer = json.loads(result.text)
     assert isinstance(answer["name"], str) and isinstance(answer["age"], int)
@@ -119,10 +124,16 @@ async def test_llama_server_with_json_schema_and_its_own_timings() -> None:
     with running_server(Path(SMOLLM2), parallel=2, threads=1) as url:
         remote = await RemoteModel.open(remote_spec(f"{url}/v1", max_concurrent=2), default_n_ctx=1024)
         try:
-            schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
-                      "required": ["city"]}
-            result = await remote.generate(GenerationRequest(
-                messages=[ChatMessage(role="user", content="Name a city.")], max_tokens=40, json_schema=schema))
+            schema = {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+            }
+            result = await remote.generate(
+                GenerationRequest(
+                    messages=[ChatMessage(role="user", content="Name a city.")], max_tokens=40, json_schema=schema
+                )
+            )
             assert isinstance(json.loads(result.text)["city"], str)
             assert result.generation_seconds > 0
             workflow_dict = one_task_workflow("function_calling_raw", "What is the weather in Paris?")

@@ -30,8 +30,8 @@ from models.requests import (
 )
 from models.runtime import RuntimeOptions
 from models.store import ModelStore
-from node.metrics import NodeMetrics
-from node.remote_health import RemoteHealth
+from node.daemon.remote_health import RemoteHealth
+from node.ops.metrics import NodeMetrics
 from tests.remote_engines import ENGINE_MODEL, FaultEngine, Scripted, chat_answer
 
 HELLO = [ChatMessage(role="user", content="Say hello.")]
@@ -46,31 +46,46 @@ def spec_of(base_url: str, name: str = "remote:model", **fields: object):
 
 
 async def open_remote(base_url: str, **fields: object) -> RemoteModel:
-    model = await open_model("remote:model", spec_of(base_url, **fields), ModelStore(Path("/nonexistent")),
-                             RuntimeOptions(n_ctx=1024))
+    model = await open_model(
+        "remote:model", spec_of(base_url, **fields), ModelStore(Path("/nonexistent")), RuntimeOptions(n_ctx=1024)
+    )
     assert isinstance(model, RemoteModel)
     return model
 
 
 # ------------------------------------------------------------------ registry
 def test_registry_accepts_a_remote_entry_as_in_the_readme() -> None:
-    spec = Registry.builtin().with_overrides({"llama3.1:8b-instruct-fp16": {
-        "backend": "openai", "base_url": "http://10.0.0.5:8000/v1", "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "api_key_env": "VLLM_KEY", "max_concurrent": 64,
-    }}).get("llama3.1:8b-instruct-fp16")
+    spec = (
+        Registry.builtin()
+        .with_overrides(
+            {
+                "llama3.1:8b-instruct-fp16": {
+                    "backend": "openai",
+                    "base_url": "http://10.0.0.5:8000/v1",
+                    "model": "meta-llama/Llama-3.1-8B-Instruct",
+                    "api_key_env": "VLLM_KEY",
+                    "max_concurrent": 64,
+                }
+            }
+        )
+        .get("llama3.1:8b-instruct-fp16")
+    )
     assert spec.is_remote and spec.max_concurrent == 64 and spec.file_name == ""
     assert ModelStore(Path("/nonexistent")).locate(spec) is None
 
 
-@pytest.mark.parametrize(("fields", "problem"), [
-    ({"backend": "openai"}, "no base_url"),
-    ({"backend": "openai", "base_url": "http://h/v1", "path": "/m.gguf"}, "cannot also have path"),
-    ({"path": "/m.gguf", "base_url": "http://h/v1"}, 'need backend = "openai"'),
-    ({"backend": "openai", "base_url": "ftp://h/v1"}, "base_url"),
-    ({"backend": "openai", "base_url": "http://user:pw@h/v1"}, "base_url"),
-    ({"backend": "openai", "base_url": "http://h/v1", "api_key": "k", "api_key_env": "K"}, "not both"),
-    ({"backend": "vllm", "base_url": "http://h/v1"}, "backend"),
-])
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"backend": "openai"}, "no base_url"),
+        ({"backend": "openai", "base_url": "http://h/v1", "path": "/m.gguf"}, "cannot also have path"),
+        ({"path": "/m.gguf", "base_url": "http://h/v1"}, 'need backend = "openai"'),
+        ({"backend": "openai", "base_url": "ftp://h/v1"}, "base_url"),
+        ({"backend": "openai", "base_url": "http://user:pw@h/v1"}, "base_url"),
+        ({"backend": "openai", "base_url": "http://h/v1", "api_key": "k", "api_key_env": "K"}, "not both"),
+        ({"backend": "vllm", "base_url": "http://h/v1"}, "backend"),
+    ],
+)
 def test_registry_names_the_problem_of_a_bad_remote_entry(fields: dict[str, object], problem: str) -> None:
     with pytest.raises(RegistryError, match="'bad'") as info:
         Registry.builtin().with_overrides({"bad": fields})
@@ -102,18 +117,28 @@ async def test_request_carries_the_workflow_settings_and_the_key_from_the_enviro
             assert (model.parallel, model.slots_free, model.queued, model.n_ctx) == (3, 3, 0, 1024)
             schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
             engine.script.append(Scripted(body=chat_answer('{"a": 1}', finish="length")))
-            result = await model.generate(GenerationRequest(
-                messages=HELLO, max_tokens=17, temperature=0.5, stop=["\n\n"], seed=4, json_schema=schema))
+            result = await model.generate(
+                GenerationRequest(
+                    messages=HELLO, max_tokens=17, temperature=0.5, stop=["\n\n"], seed=4, json_schema=schema
+                )
+            )
         finally:
             await model.close()
-    assert (result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens) == ('{"a": 1}', "length", 7, 3)
+    assert (result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens) == (
+        '{"a": 1}',
+        "length",
+        7,
+        3,
+    )
     path, headers, body = engine.requests[-1]
     assert path == "/v1/chat/completions"
     assert headers["authorization"] == "Bearer sk-env-key"
     assert body["model"] == ENGINE_MODEL and body["messages"] == [{"role": "user", "content": "Say hello."}]
     assert (body["max_tokens"], body["temperature"], body["stop"], body["seed"]) == (17, 0.5, ["\n\n"], 4)
-    assert body["response_format"] == {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": schema, "strict": False}}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": False},
+    }
 
 
 async def test_regex_goes_as_guided_regex_only_where_the_entry_says_the_engine_can() -> None:
@@ -244,10 +269,12 @@ async def test_max_concurrent_bounds_requests_in_flight() -> None:
 
 async def test_embeddings_are_pooled_and_normalised() -> None:
     async with FaultEngine() as engine:
-        engine.script.extend([
-            Scripted(body={"data": [{"index": 0, "embedding": [0.0, 2.0]}]}),
-            Scripted(body={"data": [{"index": 0, "embedding": [[3.0, 0.0], [3.0, 0.0]]}]}),  # per token: pooled
-        ])
+        engine.script.extend(
+            [
+                Scripted(body={"data": [{"index": 0, "embedding": [0.0, 2.0]}]}),
+                Scripted(body={"data": [{"index": 0, "embedding": [[3.0, 0.0], [3.0, 0.0]]}]}),  # per token: pooled
+            ]
+        )
         model = await open_remote(engine.base_url, max_concurrent=1)  # one at a time: answers in order
         try:
             vectors = await model.embed(EmbeddingRequest(texts=["a", "b"]))
@@ -258,7 +285,10 @@ async def test_embeddings_are_pooled_and_normalised() -> None:
             await model.close()
     assert vectors == [[0.0, 1.0], [1.0, 0.0]]
     assert [(path, body["input"]) for path, _, body in engine.requests] == [
-        ("/v1/embeddings", ["a"]), ("/v1/embeddings", ["b"]), ("/v1/embeddings", ["c"])]
+        ("/v1/embeddings", ["a"]),
+        ("/v1/embeddings", ["b"]),
+        ("/v1/embeddings", ["c"]),
+    ]
 
 
 # -------------------------------------------------------------------- health
@@ -338,8 +368,18 @@ async def test_models_commands_list_and_bench_a_remote_entry(tmp_path: Path) -> 
         outputs = []
         for command in (["list"], ["bench", "remote:model"]):
             proc = await asyncio.create_subprocess_exec(
-                *CLI, "models", *command, "--registry", registry, "--data-dir", str(tmp_path),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT)
+                *CLI,
+                "models",
+                *command,
+                "--registry",
+                registry,
+                "--data-dir",
+                str(tmp_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=cli_env(),
+                cwd=ROOT,
+            )
             out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
             assert proc.returncode == 0, err.decode()
             outputs.append(out.decode())

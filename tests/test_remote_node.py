@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 
 from models.registry import DEFAULT_MODEL
-from node.client import Client, Task, TaskFailedError
-from node.node_table import KnownNode
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.node_table import KnownNode
 from tests.cluster import dialable, node_settings, running_node
 from tests.remote_engines import ENGINE_MODEL, LlamaCppServer
 from workflows import Simple
@@ -65,9 +65,16 @@ async def setup(engine: LlamaCppServer, tmp_path_factory: pytest.TempPathFactory
     settings = node_settings(
         tmp_path_factory.mktemp("node"),
         models=[DEFAULT_MODEL, REMOTE],
-        registry={REMOTE: {"backend": "openai", "base_url": engine.base_url, "model": ENGINE_MODEL,
-                           "max_concurrent": REMOTE_SLOTS, "structured_output": "json_object",
-                           "retry_seconds": 2.0}},
+        registry={
+            REMOTE: {
+                "backend": "openai",
+                "base_url": engine.base_url,
+                "model": ENGINE_MODEL,
+                "max_concurrent": REMOTE_SLOTS,
+                "structured_output": "json_object",
+                "retry_seconds": 2.0,
+            }
+        },
         startup_benchmark=True,
         remote_health_interval=0.5,
         heartbeat_interval=1.0,

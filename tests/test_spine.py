@@ -4,15 +4,15 @@ TCP on 127.0.0.1, the real SmolLM2 model."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
 import structlog
 
-from node.client import Client, Task, TaskFailedError, TaskTimeoutError
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError, TaskTimeoutError
 from tests.cluster import dialable, node_settings, running_node
 from workflows import Simple
 
@@ -96,4 +96,3 @@ async def test_invalid_workflow_is_refused_with_the_field(cluster: Cluster) -> N
         await cluster.client.execute(Task(workflow=workflow, models=["smollm2:135m"], nodes=[first]), timeout=30)
     assert "invalid workflow" in caught.value.reason
     assert "operator" in caught.value.reason
-

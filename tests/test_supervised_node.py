@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from node.inbound import TASK_TOPIC
-from node.server import NodeServer
+from node.daemon.server import NodeServer
+from node.wire.topics import TASK_TOPIC
 from tests.cluster import node_settings, running_node
 from tests.live_hostile import live_publisher
 
@@ -90,7 +90,9 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             crashed = time.monotonic()
             assert node.monitor is not None
             report = node.monitor.health()
-            assert not report.ok and "intake (restarting: RuntimeError: injected intake failure)" in (report.reason or "")
+            assert not report.ok and "intake (restarting: RuntimeError: injected intake failure)" in (
+                report.reason or ""
+            )
             await _wait_for(lambda: node.supervisor.alive(), 10, "the restart")
             restarted = time.monotonic()
             # No watchdog ping while the loop was down (one sent just before the crash may arrive late).

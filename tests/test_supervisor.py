@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from node.supervisor import Supervisor, thread_alive
+from node.daemon.supervisor import Supervisor, thread_alive
 
 
 class Fatal:

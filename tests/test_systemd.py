@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from node.systemd import SystemdNotifier
+from node.ops.systemd import SystemdNotifier
 
 
 def receive_all(sock: socket.socket, count: int) -> list[bytes]:

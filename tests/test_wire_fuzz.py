@@ -12,15 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from node.envelope import (
+from node.wire.envelope import (
     EnvelopeError,
     SignedMessage,
     open_envelope,
     payload_digest,
     seal,
 )
-from node.identity import Identity
-from node.messages import MessageError, decode_heartbeat, decode_result, decode_task
+from node.wire.identity import Identity
+from node.wire.messages import MessageError, decode_heartbeat, decode_result, decode_task
 
 NOW = 1_733_160_000_123_456_789
 TOPICS = ["task", "results", "heartbeat"]
@@ -45,16 +45,12 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
-    ),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
     max_leaves=25,
 )
 small_json_values = st.recursive(
     json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
 

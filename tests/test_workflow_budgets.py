@@ -14,7 +14,7 @@ import pytest
 from config.settings import load_settings
 from models.requests import ModelError
 from models.runtime import LlamaModel, RuntimeOptions
-from node.workflow_setup import engine_options
+from node.daemon.workflow_setup import engine_options
 from tests.hostile_workflows import (
     GRAMMAR_BOMBS,
     LOOPS,
@@ -159,7 +159,9 @@ def test_reasonable_schemas_pass_the_caps() -> None:
     assert pattern_expansion("((a{100}){100}){100}") == 1_000_000
 
 
-@pytest.mark.parametrize("text", ['{"config": {"max_steps": 1, "max_time": Infinity}}', '{"a": NaN}', '{"a": -Infinity}'])
+@pytest.mark.parametrize(
+    "text", ['{"config": {"max_steps": 1, "max_time": Infinity}}', '{"a": NaN}', '{"a": -Infinity}']
+)
 def test_non_json_numbers_are_refused(text: str) -> None:
     with pytest.raises(WorkflowValidationError, match="not JSON|not valid JSON"):
         parse_workflow(text)
@@ -217,6 +219,8 @@ def test_external_memory_must_be_plain_json(value: Any, expect: str) -> None:
 
 
 async def test_many_small_tools_cannot_make_a_grammar_bomb(model: LlamaModel) -> None:
-    with pytest.raises(InvalidToolError, match="the tools together make a call schema that is [0-9]+ characters of JSON") as caught:
+    with pytest.raises(
+        InvalidToolError, match="the tools together make a call schema that is [0-9]+ characters of JSON"
+    ) as caught:
         await run_workflow(parse_workflow(many_tools_bomb()), model)
     assert public_error_text(caught.value).startswith("Invalid prompt: task 'g' failed: the tools together")

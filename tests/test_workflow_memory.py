@@ -41,8 +41,18 @@ def _memory(model: LlamaModel) -> Memory:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("42", 42), ("4.5", 4.5), ('{"a": [1, 2]}', {"a": [1, 2]}), ("[1]", [1]), ("true", True),
-     ("hello", "hello"), ("null", "null"), ("", ""), ({"k": "v"}, {"k": "v"}), (7, 7)],
+    [
+        ("42", 42),
+        ("4.5", 4.5),
+        ('{"a": [1, 2]}', {"a": [1, 2]}),
+        ("[1]", [1]),
+        ("true", True),
+        ("hello", "hello"),
+        ("null", "null"),
+        ("", ""),
+        ({"k": "v"}, {"k": "v"}),
+        (7, 7),
+    ],
 )
 def test_entry_coercion_keeps_json_looking_strings_as_json(raw: Any, expected: Any) -> None:
     assert coerce_entry(raw) == expected
@@ -67,7 +77,9 @@ INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("value", "expected"), INPUTS, ids=[f"{v['type']}-{v.get('key', '')}-{v.get('index', '')}" for v, _ in INPUTS])
+@pytest.mark.parametrize(
+    ("value", "expected"), INPUTS, ids=[f"{v['type']}-{v.get('key', '')}-{v.get('index', '')}" for v, _ in INPUTS]
+)
 async def test_input_types(model: LlamaModel, value: dict[str, Any], expected: str | None) -> None:
     resolved = await resolve(InputValue.model_validate(value), _memory(model))
     assert (None if resolved is None else render(resolved)) == expected
@@ -92,13 +104,17 @@ async def test_required_input_that_resolves_to_nothing_fails_optional_renders_em
 async def test_file_store_insert_search_and_have_similar(model: LlamaModel) -> None:
     memory = _memory(model)
     volcano = "Volcanoes erupt molten rock called lava from inside the earth."
-    texts = [volcano, "The stock market closed higher on Tuesday after bank earnings.",
-             "A recipe for bread needs flour, water, salt and yeast."]
+    texts = [
+        volcano,
+        "The stock market closed higher on Tuesday after bank earnings.",
+        "A recipe for bread needs flour, water, salt and yeast.",
+    ]
     await write_outputs([TaskOutput(type="insert", key="docs", value="__result")], texts[0], memory)
     for text in texts[1:]:
         await write_outputs([TaskOutput(type="insert", key="docs", value=text)], "ignored", memory)
-    query = InputValue.model_validate({"type": "search", "key": "docs",
-                                       "search_query": {"type": "string", "key": "lava and eruptions"}})
+    query = InputValue.model_validate(
+        {"type": "search", "key": "docs", "search_query": {"type": "string", "key": "lava and eruptions"}}
+    )
     found = await resolve(query, memory)
     assert isinstance(found, list) and len(found) == 3 and found[0] == volcano
     assert await evaluate("HaveSimilar", volcano, "", memory.files) is True
@@ -115,8 +131,11 @@ def test_chunking_is_about_250_characters() -> None:
 
 async def test_write_and_push_outputs_store_result_or_literal(model: LlamaModel) -> None:
     memory = _memory(model)
-    outputs = [TaskOutput(type="write", key="w", value="__result"), TaskOutput(type="push", key="s", value="__result"),
-               TaskOutput(type="write", key="lit", value='{"b": 2}')]
+    outputs = [
+        TaskOutput(type="write", key="w", value="__result"),
+        TaskOutput(type="push", key="s", value="__result"),
+        TaskOutput(type="write", key="lit", value='{"b": 2}'),
+    ]
     await write_outputs(outputs, "17", memory)
     assert memory.read("w") == 17 and memory.get_all("s")[-1] == 17 and memory.read("lit") == {"b": 2}
 
@@ -138,15 +157,25 @@ def test_placeholders_fill_declared_names_only(template: str, expected: str) -> 
 
 
 EXPRESSIONS = [
-    ("Equal", "yes", "yes", True), ("Equal", " yes\n", "yes", True), ("Equal", "no", "yes", False),
-    ("NotEqual", "no", "yes", True), ("NotEqual", "yes", "yes", False),
-    ("Contains", "a yes b", "yes", True), ("Contains", "a b", "yes", False),
-    ("NotContains", "a b", "yes", True), ("NotContains", "yes", "yes", False),
-    ("GreaterThan", "3", "2", True), ("GreaterThan", "2", "2", False),
-    ("LessThan", "1.5", "2", True), ("LessThan", "2", "2", False),
-    ("GreaterThanOrEqual", "2", "2", True), ("GreaterThanOrEqual", "1", "2", False),
-    ("LessThanOrEqual", "2", "2", True), ("LessThanOrEqual", "3", "2", False),
-    ("GreaterThan", "three", "2", False), ("LessThan", "1", "two", False),  # not numbers: false, no crash
+    ("Equal", "yes", "yes", True),
+    ("Equal", " yes\n", "yes", True),
+    ("Equal", "no", "yes", False),
+    ("NotEqual", "no", "yes", True),
+    ("NotEqual", "yes", "yes", False),
+    ("Contains", "a yes b", "yes", True),
+    ("Contains", "a b", "yes", False),
+    ("NotContains", "a b", "yes", True),
+    ("NotContains", "yes", "yes", False),
+    ("GreaterThan", "3", "2", True),
+    ("GreaterThan", "2", "2", False),
+    ("LessThan", "1.5", "2", True),
+    ("LessThan", "2", "2", False),
+    ("GreaterThanOrEqual", "2", "2", True),
+    ("GreaterThanOrEqual", "1", "2", False),
+    ("LessThanOrEqual", "2", "2", True),
+    ("LessThanOrEqual", "3", "2", False),
+    ("GreaterThan", "three", "2", False),
+    ("LessThan", "1", "two", False),  # not numbers: false, no crash
 ]
 
 
@@ -180,8 +209,13 @@ RETURNS = [
     ({"input": {"type": "get_all", "key": "empty"}, "to_json": True}, "[]"),
     ({"input": [{"type": "read", "key": "name"}, {"type": "read", "key": "num"}], "to_json": True}, '["Ada", "42"]'),
     ({"input": [{"type": "read", "key": "name"}, {"type": "size", "key": "s"}]}, "Ada\n3"),
-    ({"input": {"type": "read", "key": "name"}, "post_process": [{"process_type": "to_upper"},
-                                                                  {"process_type": "append", "rhs": "?"}]}, "ADA?"),
+    (
+        {
+            "input": {"type": "read", "key": "name"},
+            "post_process": [{"process_type": "to_upper"}, {"process_type": "append", "rhs": "?"}],
+        },
+        "ADA?",
+    ),
 ]
 
 
@@ -196,25 +230,40 @@ async def test_return_value_naming_nothing_is_an_error(model: LlamaModel) -> Non
 
 
 def _no_model_workflow(steps: list[dict[str, Any]], tasks: list[dict[str, Any]], **config: Any) -> Any:
-    return parse_workflow({
-        "config": {"max_steps": 20, "max_time": 30, **config},
-        "external_memory": {"colours": ["red", "green", "blue"], "count": []},
-        "tasks": tasks + [{"id": "_end", "operator": "end"}],
-        "steps": steps,
-        "return_value": {"input": {"type": "get_all", "key": "count"}, "to_json": True},
-    })
+    return parse_workflow(
+        {
+            "config": {"max_steps": 20, "max_time": 30, **config},
+            "external_memory": {"colours": ["red", "green", "blue"], "count": []},
+            "tasks": tasks + [{"id": "_end", "operator": "end"}],
+            "steps": steps,
+            "return_value": {"input": {"type": "get_all", "key": "count"}, "to_json": True},
+        }
+    )
 
 
-SAMPLE_TASK = {"id": "pick", "messages": [{"role": "user", "content": "Colour"}],
-               "inputs": [{"name": "c", "value": {"type": "string", "key": "colours"}, "required": True}],
-               "operator": "sample", "outputs": [{"type": "push", "key": "count", "value": "__result"}]}
+SAMPLE_TASK = {
+    "id": "pick",
+    "messages": [{"role": "user", "content": "Colour"}],
+    "inputs": [{"name": "c", "value": {"type": "string", "key": "colours"}, "required": True}],
+    "operator": "sample",
+    "outputs": [{"type": "push", "key": "count", "value": "__result"}],
+}
 
 
 async def test_sample_loop_until_condition_holds(model: LlamaModel) -> None:
     workflow = _no_model_workflow(
-        [{"source": "pick", "target": "_end",
-          "condition": {"input": {"type": "size", "key": "count"}, "expected": "4",
-                        "expression": "GreaterThanOrEqual", "target_if_not": "pick"}}],
+        [
+            {
+                "source": "pick",
+                "target": "_end",
+                "condition": {
+                    "input": {"type": "size", "key": "count"},
+                    "expected": "4",
+                    "expression": "GreaterThanOrEqual",
+                    "target_if_not": "pick",
+                },
+            }
+        ],
         [SAMPLE_TASK],
     )
     result = await run_workflow(workflow, model)
@@ -225,9 +274,12 @@ async def test_sample_loop_until_condition_holds(model: LlamaModel) -> None:
 
 
 async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: LlamaModel) -> None:
-    failing = {"id": "bad", "messages": [{"role": "user", "content": "{{x}}"}],
-               "inputs": [{"name": "x", "value": {"type": "pop", "key": "nothing"}, "required": True}],
-               "operator": "generation"}
+    failing = {
+        "id": "bad",
+        "messages": [{"role": "user", "content": "{{x}}"}],
+        "inputs": [{"name": "x", "value": {"type": "pop", "key": "nothing"}, "required": True}],
+        "operator": "generation",
+    }
     recovered = _no_model_workflow(
         [{"source": "bad", "target": "_end", "fallback": "pick"}, {"source": "pick", "target": "_end"}],
         [failing, SAMPLE_TASK],
@@ -242,9 +294,18 @@ async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: Ll
 
 async def test_non_numeric_condition_is_false_and_does_not_crash(model: LlamaModel) -> None:
     workflow = _no_model_workflow(
-        [{"source": "pick", "target": "_end",
-          "condition": {"input": {"type": "peek", "key": "count"}, "expected": "1",
-                        "expression": "GreaterThan", "target_if_not": "__end"}}],
+        [
+            {
+                "source": "pick",
+                "target": "_end",
+                "condition": {
+                    "input": {"type": "peek", "key": "count"},
+                    "expected": "1",
+                    "expression": "GreaterThan",
+                    "target_if_not": "__end",
+                },
+            }
+        ],
         [SAMPLE_TASK],
     )
     assert (await run_workflow(workflow, model)).steps == 1

@@ -46,8 +46,9 @@ async def test_simple_examples_answer(model: LlamaModel, name: str) -> None:
 
 
 async def test_simple_omitted_uses_the_prompt_and_trims(model: LlamaModel) -> None:
-    result = await run_workflow(parse_workflow(_example("simple_omitted.json")), model,
-                                prompt="What is the capital of France?", options=FAST)
+    result = await run_workflow(
+        parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
+    )
     assert "Paris" in result.text and result.text == result.text.strip()
 
 
@@ -78,20 +79,29 @@ async def test_sample_and_fallback_reaches_recover(model: LlamaModel) -> None:
 
 
 def _forever(max_time: float, max_steps: int, max_tokens: int, schema: dict[str, Any] | None = None) -> Any:
-    return parse_workflow({
-        "config": {"max_steps": max_steps, "max_time": max_time, "max_tokens": max_tokens},
-        "tasks": [{"id": "again", "messages": [{"role": "user", "content": "List numbers."}],
-                   "operator": "generation", "schema": json.dumps(schema) if schema else None,
-                   "outputs": [{"type": "push", "key": "out", "value": "__result"}]}],
-        "steps": [{"source": "again", "target": "again"}],
-        "return_value": {"input": {"type": "get_all", "key": "out"}},
-    })
+    return parse_workflow(
+        {
+            "config": {"max_steps": max_steps, "max_time": max_time, "max_tokens": max_tokens},
+            "tasks": [
+                {
+                    "id": "again",
+                    "messages": [{"role": "user", "content": "List numbers."}],
+                    "operator": "generation",
+                    "schema": json.dumps(schema) if schema else None,
+                    "outputs": [{"type": "push", "key": "out", "value": "__result"}],
+                }
+            ],
+            "steps": [{"source": "again", "target": "again"}],
+            "return_value": {"input": {"type": "get_all", "key": "out"}},
+        }
+    )
 
 
 async def _still_usable(model: LlamaModel) -> None:
     started = time.monotonic()
-    result = await run_workflow(parse_workflow(_example("simple_omitted.json")), model,
-                                prompt="What is the capital of France?", options=FAST)
+    result = await run_workflow(
+        parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
+    )
     assert "Paris" in result.text and time.monotonic() - started < 10
 
 
@@ -116,8 +126,9 @@ async def test_max_time_cancels_a_running_generation(model: LlamaModel) -> None:
 
 async def test_operator_caps_apply(model: LlamaModel) -> None:
     with pytest.raises(LimitExceededError, match="max_steps"):
-        await run_workflow(_forever(max_time=60, max_steps=50, max_tokens=2), model,
-                           options=EngineOptions(max_steps_cap=2))
+        await run_workflow(
+            _forever(max_time=60, max_steps=50, max_tokens=2), model, options=EngineOptions(max_steps_cap=2)
+        )
 
 
 async def test_required_prompt_missing_names_the_problem(model: LlamaModel) -> None:

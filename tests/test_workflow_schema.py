@@ -74,14 +74,25 @@ INVALID = [
     ("empty tasks", _set(["tasks"], []), "tasks:"),
     ("bad input type", _set(["return_value", "input", "type"], "teleport"), "return_value.input.type"),
     ("schema not JSON", _set(["tasks", 0, "schema"], "{not json"), "tasks[0].schema"),
-    ("bad expression", _set(["steps", 0, "condition"], {"input": {"type": "read", "key": "x"}, "expected": "1",
-                                                        "expression": "Bigger", "target_if_not": "_end"}),
-     "steps[0].condition.expression"),
+    (
+        "bad expression",
+        _set(
+            ["steps", 0, "condition"],
+            {"input": {"type": "read", "key": "x"}, "expected": "1", "expression": "Bigger", "target_if_not": "_end"},
+        ),
+        "steps[0].condition.expression",
+    ),
     ("bad tool mode", _set(["config", "custom_tools"], [{"name": "t", "mode": "magic"}]), "config.custom_tools[0]"),
-    ("bad post-process", _set(["return_value", "post_process"], [{"process_type": "explode"}]),
-     "return_value.post_process[0].process_type"),
-    ("replace without lhs", _set(["return_value", "post_process"], [{"process_type": "replace"}]),
-     "return_value.post_process[0]"),
+    (
+        "bad post-process",
+        _set(["return_value", "post_process"], [{"process_type": "explode"}]),
+        "return_value.post_process[0].process_type",
+    ),
+    (
+        "replace without lhs",
+        _set(["return_value", "post_process"], [{"process_type": "replace"}]),
+        "return_value.post_process[0]",
+    ),
     ("missing config", lambda raw: raw.pop("config"), "config"),
     ("duplicate task id", lambda raw: raw["tasks"].append(copy.deepcopy(raw["tasks"][0])), "tasks[2].id: duplicate"),
 ]

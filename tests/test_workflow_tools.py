@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from models.runtime import LlamaModel, RuntimeOptions
+from tests.model_file import SMOLLM2 as GGUF
 from workflows import (
     EgressRefusedError,
     SearchProvider,
@@ -34,7 +35,6 @@ from workflows.tools.custom import http_request_tool
 from workflows.tools.registry import configured_builtins
 
 EXAMPLES = Path("/work/shared/protocol/examples")
-from tests.model_file import SMOLLM2 as GGUF
 
 
 @dataclass
@@ -64,8 +64,14 @@ class LocalServer:
         class Handler(BaseHTTPRequestHandler):
             def _serve(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                server.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                                        self.rfile.read(length)))
+                server.seen.append(
+                    Seen(
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        self.rfile.read(length),
+                    )
+                )
                 route = server.routes.get(self.path.split("?")[0], Route(status=404, body=b"not found"))
                 time.sleep(route.delay_s)
                 self.send_response(route.status)
@@ -98,20 +104,31 @@ class LocalServer:
 def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
     """Two servers; A redirects to B and to `localhost`, B answers."""
     b = LocalServer({"/": Route(body=b"from B")})
-    a = LocalServer({
-        "/price": Route(body=b"A-17 costs 42 EUR"),
-        "/big": Route(body=b"x" * 5000),
-        "/slow": Route(delay_s=1.5),
-        "/to-b": Route(status=302, headers={"location": f"http://127.0.0.1:{b.port}/"}),
-        "/to-localhost": Route(status=302, headers={"location": f"http://localhost:{b.port}/"}),
-        "/to-self": Route(status=307, headers={"location": "/price"}),
-        "/page": Route(body=b"<html><head><title>t</title><script>x()</script></head><body><h1>Hello</h1>"
-                            b"<p>Plain text here.</p></body></html>", headers={"content-type": "text/html"}),
-        "/search": Route(body=json.dumps({"results": [{"title": "Lava", "url": "https://e.org/lava",
-                                                        "content": "Molten rock."}]}).encode()),
-        "/serper": Route(body=json.dumps({"organic": [{"title": "Izmir", "link": "https://e.org/izmir",
-                                                       "snippet": "A city."}]}).encode()),
-    })
+    a = LocalServer(
+        {
+            "/price": Route(body=b"A-17 costs 42 EUR"),
+            "/big": Route(body=b"x" * 5000),
+            "/slow": Route(delay_s=1.5),
+            "/to-b": Route(status=302, headers={"location": f"http://127.0.0.1:{b.port}/"}),
+            "/to-localhost": Route(status=302, headers={"location": f"http://localhost:{b.port}/"}),
+            "/to-self": Route(status=307, headers={"location": "/price"}),
+            "/page": Route(
+                body=b"<html><head><title>t</title><script>x()</script></head><body><h1>Hello</h1>"
+                b"<p>Plain text here.</p></body></html>",
+                headers={"content-type": "text/html"},
+            ),
+            "/search": Route(
+                body=json.dumps(
+                    {"results": [{"title": "Lava", "url": "https://e.org/lava", "content": "Molten rock."}]}
+                ).encode()
+            ),
+            "/serper": Route(
+                body=json.dumps(
+                    {"organic": [{"title": "Izmir", "link": "https://e.org/izmir", "snippet": "A city."}]}
+                ).encode()
+            ),
+        }
+    )
     yield a, b
     a.close()
     b.close()
@@ -125,15 +142,27 @@ def model() -> Iterator[LlamaModel]:
 
 
 def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> HttpRequestTool:
-    return HttpRequestTool(mode="http_request", name="t", url=url, method=method, headers=headers or {},
-                           body={"code": "a code"})
+    return HttpRequestTool(
+        mode="http_request", name="t", url=url, method=method, headers=headers or {}, body={"code": "a code"}
+    )
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/x", "http://10.0.0.1/x", "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/x",
-    "http://localhost:9/x", "http://[::ffff:127.0.0.1]:9/", "http://0.0.0.0:9/", "http://224.0.0.1/",
-    "http://192.168.1.1/", "http://[fe80::1]/", "http://[fd00::1]/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://10.0.0.1/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/x",
+        "http://localhost:9/x",
+        "http://[::ffff:127.0.0.1]:9/",
+        "http://0.0.0.0:9/",
+        "http://224.0.0.1/",
+        "http://192.168.1.1/",
+        "http://[fe80::1]/",
+        "http://[fd00::1]/",
+    ],
+)
 async def test_non_public_targets_are_refused_before_connecting(url: str) -> None:
     run = http_request_tool(_tool(url), ToolSettings()).run
     assert run is not None
@@ -220,16 +249,26 @@ async def test_reader_fetches_a_page_as_text(servers: tuple[LocalServer, LocalSe
 
 
 def _search_workflow(query: str) -> Any:
-    return parse_workflow({
-        "config": {"max_steps": 2, "max_time": 10},
-        "tasks": [{"id": "s", "messages": [{"role": "user", "content": query}], "operator": "search",
-                   "outputs": [{"type": "write", "key": "r", "value": "__result"}]}],
-        "steps": [{"source": "s", "target": "_end"}],
-        "return_value": {"input": {"type": "read", "key": "r"}},
-    })
+    return parse_workflow(
+        {
+            "config": {"max_steps": 2, "max_time": 10},
+            "tasks": [
+                {
+                    "id": "s",
+                    "messages": [{"role": "user", "content": query}],
+                    "operator": "search",
+                    "outputs": [{"type": "write", "key": "r", "value": "__result"}],
+                }
+            ],
+            "steps": [{"source": "s", "target": "_end"}],
+            "return_value": {"input": {"type": "read", "key": "r"}},
+        }
+    )
 
 
-async def test_search_operator_with_searxng_and_serper(model: LlamaModel, servers: tuple[LocalServer, LocalServer]) -> None:
+async def test_search_operator_with_searxng_and_serper(
+    model: LlamaModel, servers: tuple[LocalServer, LocalServer]
+) -> None:
     a, _ = servers
     searxng = ToolSettings(search=SearchProvider(kind="searxng", url=a.url("")))
     result = await run_workflow(_search_workflow('{"query": "lava", "n_results": 3}'), model, tools=searxng)
@@ -245,7 +284,9 @@ async def test_search_operator_with_searxng_and_serper(model: LlamaModel, server
         await run_workflow(_search_workflow("lava"), model)
 
 
-async def test_http_tool_example_calls_the_local_server(model: LlamaModel, servers: tuple[LocalServer, LocalServer]) -> None:
+async def test_http_tool_example_calls_the_local_server(
+    model: LlamaModel, servers: tuple[LocalServer, LocalServer]
+) -> None:
     a, _ = servers
     raw = json.loads((EXAMPLES / "http_tool.json").read_text())
     raw["config"]["custom_tools"][0]["url"] = a.url("/price")

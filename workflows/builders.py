@@ -11,7 +11,13 @@ class Simple:
     def workflow(self, prompt: str, max_tokens: int = 250) -> dict[str, Any]:
         """The workflow JSON (as a dict) answering `prompt`."""
         return {
-            "config": {"max_steps": 50, "max_time": 200, "tools": ["ALL"], "custom_tools": None, "max_tokens": max_tokens},
+            "config": {
+                "max_steps": 50,
+                "max_time": 200,
+                "tools": ["ALL"],
+                "custom_tools": None,
+                "max_tokens": max_tokens,
+            },
             "external_memory": {},
             "tasks": [
                 {

@@ -213,7 +213,9 @@ async def fetch(
     policy = EgressPolicy(settings)
     try:
         async with asyncio.timeout(settings.http_timeout_s):
-            return await _exchange(policy, method, httpx.URL(url).copy_merge_params(params or {}), headers or {}, json_body, trusted)
+            return await _exchange(
+                policy, method, httpx.URL(url).copy_merge_params(params or {}), headers or {}, json_body, trusted
+            )
     except TimeoutError:
         raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
     except httpx.InvalidURL:

@@ -84,7 +84,9 @@ async def run_workflow(
         ) from None
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > options.max_result_bytes:
-        raise ResultTooLargeError(f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})")
+        raise ResultTooLargeError(
+            f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})"
+        )
     log.info("workflow_done", steps=progress.steps, completion_tokens=ctx.usage.completion_tokens)
     return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 

@@ -46,7 +46,9 @@ def render(resolved: Resolved) -> str:
 def check_rendered(size: int, limit: int | None) -> None:
     """Raise LimitExceededError once rendered inputs pass `limit` characters."""
     if limit is not None and size > limit:
-        raise LimitExceededError("memory", f"memory limit exceeded: the task's inputs render to more than {limit} characters")
+        raise LimitExceededError(
+            "memory", f"memory limit exceeded: the task's inputs render to more than {limit} characters"
+        )
 
 
 async def resolve_inputs(inputs: list[TaskInput], memory: Memory, limit: int | None = None) -> dict[str, str]:
@@ -60,8 +62,10 @@ async def resolve_inputs(inputs: list[TaskInput], memory: Memory, limit: int | N
     for item in inputs:
         resolved = await resolve(item.value, memory)
         if resolved is None and item.required:
-            source = "the task's prompt (none was given)" if item.value.type == "input" else (
-                f"{item.value.type} {item.value.key!r}"
+            source = (
+                "the task's prompt (none was given)"
+                if item.value.type == "input"
+                else (f"{item.value.type} {item.value.key!r}")
             )
             raise InvalidTaskError(f"required input {item.name!r} ({source}) resolved to nothing")
         rendered[item.name] = render(resolved)

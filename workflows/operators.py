@@ -55,8 +55,9 @@ class RunContext:
         left = self.options.max_task_tokens - self.usage.completion_tokens
         if left <= 0:
             raise LimitExceededError(
-                "max_tokens", f"token budget exceeded: the run generated {self.usage.completion_tokens} tokens "
-                f"(this node allows {self.options.max_task_tokens} per task)"
+                "max_tokens",
+                f"token budget exceeded: the run generated {self.usage.completion_tokens} tokens "
+                f"(this node allows {self.options.max_task_tokens} per task)",
             )
         return min(wanted, cap, left) if cap else min(wanted, left)
 

@@ -22,5 +22,7 @@ def fill(template: str, values: dict[str, str], limit: int | None = None) -> str
     if limit is not None:
         grown = len(template) + sum(len(values[m.group(1) or m.group(2)]) for m in pattern.finditer(template))
         if grown > limit:
-            raise LimitExceededError("memory", f"memory limit exceeded: filled-in messages would exceed {limit} characters")
+            raise LimitExceededError(
+                "memory", f"memory limit exceeded: filled-in messages would exceed {limit} characters"
+            )
     return pattern.sub(lambda m: values[m.group(1) or m.group(2)], template)

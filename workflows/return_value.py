@@ -32,7 +32,7 @@ async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = No
     size = 0
     # Rendered piece by piece against `limit`: many inputs naming one large stack must not multiply it.
     for item in resolved:
-        for piece in (item if spec.to_json and is_list and isinstance(item, list) else [item]):
+        for piece in item if spec.to_json and is_list and isinstance(item, list) else [item]:
             parts.append(render_entry(piece) if spec.to_json and is_list else render(piece))
             size += len(parts[-1])
             if limit is not None and size > limit:

@@ -183,8 +183,8 @@ class _Parser:
                 if not items:
                     raise self.fail(f"expecting an item before {c!r}")
                 self.quantifier(nested)
-                ref, was_empty = items[-1]
-                items[-1] = (ref, was_empty or c in ("*", "?") or (c == "{" and self._last_min == 0))
+                last, was_empty = items[-1]
+                items[-1] = (last, was_empty or c in ("*", "?") or (c == "{" and self._last_min == 0))
                 continue
             else:
                 return items

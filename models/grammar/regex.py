@@ -72,8 +72,9 @@ class _RegexParser:
             self.pos += 1
         expr, cost = self.alternation()
         if cost > MAX_EXPANSION:
-            raise GrammarError(f"regex: expands to about {cost} grammar elements once counts are unrolled "
-                               f"(limit {MAX_EXPANSION})")
+            raise GrammarError(
+                f"regex: expands to about {cost} grammar elements once counts are unrolled (limit {MAX_EXPANSION})"
+            )
         if self.peek() == "$" and self.pos == len(self.pattern) - 1:
             self.pos += 1
         if self.pos != len(self.pattern):

@@ -54,12 +54,13 @@ def _converter_class() -> type:
     """
     from llama_cpp.llama_grammar import SchemaConverter
 
-    class Converter(SchemaConverter):  # type: ignore[misc]
+    class Converter(SchemaConverter):
         def _format_literal(self, literal: str) -> str:
             return gbnf_literal(literal)
 
         def _visit_pattern(self, pattern: str, name: str) -> str:
-            return self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')
+            rule: str = self._add_rule(name, '"\\"" (' + regex_expression(pattern) + ') "\\"" space')  # type: ignore[no-untyped-call]
+            return rule
 
     return Converter
 
@@ -79,4 +80,3 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
         # The converter's message quotes the schema: task data, which error texts never carry (PROTOCOL.md 5).
         raise GrammarError(f"json_schema cannot be turned into a grammar ({type(exc).__name__})") from None
     return check_gbnf(gbnf)
-

@@ -48,8 +48,14 @@ async def benchmark_remote(model: RemoteModel) -> BenchResult:
         prompt_tps=max(first.prompt_tokens, 1) / max(prompt_seconds, 1e-6),
         generation_tps=decoded / max(generation_seconds, 1e-6),
     )
-    log.info("model_benchmarked", model=model.name, remote=True, completion_tokens=full.completion_tokens,
-             prompt_tps=round(result.prompt_tps, 1), generation_tps=round(result.generation_tps, 1))
+    log.info(
+        "model_benchmarked",
+        model=model.name,
+        remote=True,
+        completion_tokens=full.completion_tokens,
+        prompt_tps=round(result.prompt_tps, 1),
+        generation_tps=round(result.generation_tps, 1),
+    )
     return result
 
 

@@ -52,9 +52,7 @@ def resolve_api_key(spec: ModelSpec, environ: dict[str, str] | None = None) -> s
         return None
     value = (os.environ if environ is None else environ).get(spec.api_key_env)
     if not value:
-        raise ModelLoadError(
-            f"model {spec.name}: environment variable {spec.api_key_env} (its api_key_env) is not set"
-        )
+        raise ModelLoadError(f"model {spec.name}: environment variable {spec.api_key_env} (its api_key_env) is not set")
     return value
 
 
@@ -69,8 +67,12 @@ class Endpoint:
         self.host = parts.netloc  # for log lines: scheme + host, never the key
         self.retry_seconds = spec.retry_seconds
         if api_key and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("remote engine key sent over plain http", model=spec.name, engine=self.host,
-                        hint="use https:// unless the network between node and engine is private")
+            log.warning(
+                "remote engine key sent over plain http",
+                model=spec.name,
+                engine=self.host,
+                hint="use https:// unless the network between node and engine is private",
+            )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url + "/",
@@ -103,14 +105,26 @@ class Endpoint:
                 backoff = max(backoff, min(retry_after, MAX_BACKOFF))
             if time.monotonic() + backoff > budget_end:
                 elapsed = time.monotonic() - started
-                log.warning("remote engine unavailable", model=self.model_name, engine=self.host, problem=problem,
-                            attempts=attempt, seconds=round(elapsed, 2))
+                log.warning(
+                    "remote engine unavailable",
+                    model=self.model_name,
+                    engine=self.host,
+                    problem=problem,
+                    attempts=attempt,
+                    seconds=round(elapsed, 2),
+                )
                 raise EngineUnavailableError(
                     f"the engine serving {self.model_name} is unavailable ({problem}; "
                     f"{attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
                 )
-            log.info("remote engine retry", model=self.model_name, engine=self.host, problem=problem,
-                     attempt=attempt, backoff=round(backoff, 2))
+            log.info(
+                "remote engine retry",
+                model=self.model_name,
+                engine=self.host,
+                problem=problem,
+                attempt=attempt,
+                backoff=round(backoff, 2),
+            )
             await asyncio.sleep(backoff)
 
     async def _attempt(self, path: str, payload: dict[str, Any]) -> tuple[dict[str, Any] | str, float | None]:
@@ -125,15 +139,24 @@ class Endpoint:
             return f"HTTP {response.status_code}", _retry_after(response)
         if response.status_code >= 400:
             # The engine's own message may quote the prompt: the log gets it, the error text does not.
-            log.warning("remote engine refused the request", model=self.model_name, engine=self.host,
-                        status=response.status_code, detail=response.text[:300])
-            raise EngineRequestError(f"the engine serving {self.model_name} refused the request (HTTP {response.status_code})")
+            log.warning(
+                "remote engine refused the request",
+                model=self.model_name,
+                engine=self.host,
+                status=response.status_code,
+                detail=response.text[:300],
+            )
+            raise EngineRequestError(
+                f"the engine serving {self.model_name} refused the request (HTTP {response.status_code})"
+            )
         try:
             answer = response.json()
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise EngineRequestError(f"the engine serving {self.model_name} answered something other than a JSON object")
+            raise EngineRequestError(
+                f"the engine serving {self.model_name} answered something other than a JSON object"
+            )
         return answer, None
 
     async def get_json(self, path: str, timeout: float = HEALTH_TIMEOUT) -> Any:
@@ -143,8 +166,9 @@ class Endpoint:
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise EngineUnavailableError(f"the engine serving {self.model_name} did not answer GET {path}: "
-                                         f"{type(exc).__name__}") from None
+            raise EngineUnavailableError(
+                f"the engine serving {self.model_name} did not answer GET {path}: {type(exc).__name__}"
+            ) from None
 
     async def close(self) -> None:
         await self._client.aclose()

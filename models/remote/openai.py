@@ -67,8 +67,15 @@ class RemoteModel:
         limit = spec.max_concurrent or DEFAULT_MAX_CONCURRENT
         model = cls(spec, Endpoint(spec, api_key, max_connections=limit + 2), spec.n_ctx or default_n_ctx)
         up = await model.check_health()
-        log.info("remote model opened", model=spec.name, engine=model._endpoint.host, engine_model=model.engine_model,
-                 max_concurrent=limit, available=up, has_api_key=api_key is not None)
+        log.info(
+            "remote model opened",
+            model=spec.name,
+            engine=model._endpoint.host,
+            engine_model=model.engine_model,
+            max_concurrent=limit,
+            available=up,
+            has_api_key=api_key is not None,
+        )
         return model
 
     # ---------------------------------------------------------------- capacity
@@ -102,17 +109,30 @@ class RemoteModel:
         except EngineUnavailableError as exc:
             self._set_available(False, str(exc))
             return False
-        ids = {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)} if isinstance(listing, dict) else set()
+        ids = (
+            {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)}
+            if isinstance(listing, dict)
+            else set()
+        )
         if ids and self.engine_model not in ids:
-            log.warning("remote engine does not list the model", model=self.name, engine=self._endpoint.host,
-                        engine_model=self.engine_model, listed=sorted(str(i) for i in ids)[:10])
+            log.warning(
+                "remote engine does not list the model",
+                model=self.name,
+                engine=self._endpoint.host,
+                engine_model=self.engine_model,
+                listed=sorted(str(i) for i in ids)[:10],
+            )
         self._set_available(True, "health check answered")
         return True
 
     def _set_available(self, up: bool, reason: str) -> None:
         if up != self.available:
-            log.warning("remote engine " + ("back" if up else "down"), model=self.name,
-                        engine=self._endpoint.host, reason=reason)
+            log.warning(
+                "remote engine " + ("back" if up else "down"),
+                model=self.name,
+                engine=self._endpoint.host,
+                reason=reason,
+            )
         self.available = up
 
     # -------------------------------------------------------------- requests
@@ -226,7 +246,7 @@ def _generation(answer: dict[str, Any], name: str, seconds: float) -> Generation
         raise EngineRequestError(f"the engine serving {name} answered a chat completion in an unknown form") from None
     if not isinstance(text, str):
         raise EngineRequestError(f"the engine serving {name} answered no text (finish_reason {finish!r})")
-    timings = answer.get("timings") if isinstance(answer.get("timings"), dict) else {}  # llama-server
+    timings: dict[str, Any] = answer["timings"] if isinstance(answer.get("timings"), dict) else {}  # llama-server
     return Generation(
         text=text,
         finish_reason="length" if finish == "length" else "stop",

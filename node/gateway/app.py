@@ -121,7 +121,9 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
     async def get_tasks(
         ids: Annotated[list[str], Query(description="Task ids, comma-separated or repeated")],
         key: Annotated[str, Depends(caller)],
-        wait: Annotated[float, Query(ge=0, description="Seconds to wait while any is pending (capped by max_wait)")] = 0,
+        wait: Annotated[
+            float, Query(ge=0, description="Seconds to wait while any is pending (capped by max_wait)")
+        ] = 0,
     ) -> TaskList:
         """Several tasks' states; with `wait`, returns as soon as all have finished."""
         wanted = list(dict.fromkeys(i for item in ids for i in item.split(",") if i))
@@ -132,7 +134,9 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         if pending and wait > 0:
             await service.wait(pending, min(wait, settings.max_wait))
             found = service.get_many(wanted, key)
-        return TaskList(tasks=[_view(found[i]) for i in wanted if i in found], missing=[i for i in wanted if i not in found])
+        return TaskList(
+            tasks=[_view(found[i]) for i in wanted if i in found], missing=[i for i in wanted if i not in found]
+        )
 
     @app.get("/v1/nodes", response_model=NodeList, tags=["network"])
     async def get_nodes(key: Annotated[str, Depends(caller)]) -> NodeList:

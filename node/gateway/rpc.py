@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.client import Client
-from node.envelope import Envelope
 from node.gateway.rpc_store import RpcStore, RpcTask
-from node.inbound import Inbound
-from node.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
+from node.publisher.client import Client
+from node.wire.envelope import Envelope
+from node.wire.inbound import Inbound
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +108,9 @@ def payload_hash(data: dict[str, Any]) -> str:
 
 def _item(envelope: Envelope, **extra: str) -> str:
     """An envelope as the SDK reads it (DRIA_SDK.md sections 2 and 4)."""
-    return json.dumps({**extra, "message": envelope.payload, "signature": envelope.signature,
-                       "recovery_id": envelope.recovery_id})
+    return json.dumps(
+        {**extra, "message": envelope.payload, "signature": envelope.signature, "recovery_id": envelope.recovery_id}
+    )
 
 
 class RpcService:
@@ -140,8 +141,13 @@ class RpcService:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
             return
         if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
-            log.info("result queued", task_id=body.task_id, node=inbound.sender, key_id=task.key_id,
-                     error=body.error is not None)
+            log.info(
+                "result queued",
+                task_id=body.task_id,
+                node=inbound.sender,
+                key_id=task.key_id,
+                error=body.error is not None,
+            )
 
     def alive_peers(self) -> list[str]:
         """The latest heartbeat envelope of every live node."""
@@ -176,8 +182,13 @@ class RpcService:
         body, picked = task_body(data, published_as)
         now = time.time()
         task = RpcTask(
-            network_id=published_as, key_id=key_id, task_id=task_id, payload_hash=digest, picked=picked,
-            created_at=now, expires_at=body.deadline / 1e9 + self.store.retention,
+            network_id=published_as,
+            key_id=key_id,
+            task_id=task_id,
+            payload_hash=digest,
+            picked=picked,
+            created_at=now,
+            expires_at=body.deadline / 1e9 + self.store.retention,
         )
         if not self.store.insert(task):  # the same task posted concurrently
             known = self.store.find(key_id, task_id)

@@ -20,10 +20,10 @@ from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
-from node.client import ClientError
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.rpc import RpcPayloadError, RpcService
 from node.gateway.store import TaskStoreError
+from node.publisher.client import ClientError
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +96,7 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
             raise HTTPException(422, f"value.payload: {exc}") from None
         except (ClientError, TaskStoreError) as exc:
             log.error("sdk task not published", error=str(exc))
-            raise HTTPException(503, "the gateway cannot publish tasks right now",
-                                headers={"Retry-After": str(RETRY_AFTER)}) from None
+            raise HTTPException(
+                503, "the gateway cannot publish tasks right now", headers={"Retry-After": str(RETRY_AFTER)}
+            ) from None
         return {"data": {"taskId": task_id}}

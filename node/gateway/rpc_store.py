@@ -85,8 +85,15 @@ class RpcStore:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO rpc_tasks (network_id, key_id, task_id, payload_hash, picked, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (task.network_id, task.key_id, task.task_id, task.payload_hash, json.dumps(task.picked),
-                 task.created_at, task.expires_at),
+                (
+                    task.network_id,
+                    task.key_id,
+                    task.task_id,
+                    task.payload_hash,
+                    json.dumps(task.picked),
+                    task.created_at,
+                    task.expires_at,
+                ),
             )
         return cursor.rowcount == 1
 
@@ -111,7 +118,9 @@ class RpcStore:
                 "ORDER BY rowid LIMIT ?",
                 (key_id, limit),
             ).fetchall()
-            self._db.executemany("UPDATE rpc_tasks SET served = 1 WHERE network_id = ?", [(r["network_id"],) for r in rows])
+            self._db.executemany(
+                "UPDATE rpc_tasks SET served = 1 WHERE network_id = ?", [(r["network_id"],) for r in rows]
+            )
         return [row["result"] for row in rows]
 
     def purge(self, now: float | None = None) -> int:

@@ -8,14 +8,14 @@ import signal
 import structlog
 
 from node.gateway.app import create_gateway_app
-from node.client import Client
 from node.gateway.rpc import RpcService
 from node.gateway.rpc_store import RpcStore
 from node.gateway.service import GatewayService
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
-from node.http_api import HttpServer
-from node.identity import Identity
+from node.ops.http_api import HttpServer
+from node.publisher.client import Client
+from node.wire.identity import Identity
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +26,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         identity = (
-            Identity.from_hex(settings.secret_key) if settings.secret_key else Identity.load_or_create(settings.identity_path)
+            Identity.from_hex(settings.secret_key)
+            if settings.secret_key
+            else Identity.load_or_create(settings.identity_path)
         )
         client = Client(
             peers=settings.peers,

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from node.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.gateway.schemas import TaskRequest
 from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
-from node.node_table import KnownNode
+from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
+from node.publisher.node_table import KnownNode
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,9 @@ class GatewayService:
         for record, request, timeout in zip(records, requests, timeouts):
             self._finished[record.id] = asyncio.Event()
             self._spawn(self._run(record.id, request, timeout))
-            log.info("task accepted", id=record.id, key_id=key_id, models=request.models, sealed=bool(request.public_key))
+            log.info(
+                "task accepted", id=record.id, key_id=key_id, models=request.models, sealed=bool(request.public_key)
+            )
         return [record.id for record in records]
 
     def get(self, task_id: str, key_id: str) -> TaskRecord | None:
@@ -117,8 +119,11 @@ class GatewayService:
 
     async def _run(self, task_id: str, request: TaskRequest, timeout: float) -> None:
         task = Task(
-            workflow=request.workflow, models=request.models, prompt=request.prompt,
-            nodes=request.nodes, public_key=request.public_key,
+            workflow=request.workflow,
+            models=request.models,
+            prompt=request.prompt,
+            nodes=request.nodes,
+            public_key=request.public_key,
         )
 
         def published(network_id: str, node: str | None) -> None:
@@ -147,7 +152,9 @@ class GatewayService:
             return
         nodes = record.picked or ([record.node] if record.node else None)
         try:
-            result = await self.client.wait(record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None)
+            result = await self.client.wait(
+                record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None
+            )
         except TaskTimeoutError as exc:
             self._finish(record.id, "expired", error=str(exc))
         except TaskFailedError as exc:
@@ -160,7 +167,9 @@ class GatewayService:
     def _finish_with(self, task_id: str, result: TaskResult) -> None:
         stats = result.stats.model_dump(by_alias=True)
         if result.ciphertext is not None:
-            self._finish(task_id, "done", ciphertext=result.ciphertext, node=result.node, model=result.model, stats=stats)
+            self._finish(
+                task_id, "done", ciphertext=result.ciphertext, node=result.node, model=result.model, stats=stats
+            )
         else:
             self._finish(task_id, "done", result=result.text, node=result.node, model=result.model, stats=stats)
 

@@ -31,11 +31,17 @@ class GatewaySettings(LayeredSettings):
 
     # Identity and storage
     data_dir: UserPath = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
-    secret_key: str | None = Field(default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key")
+    secret_key: str | None = Field(
+        default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key"
+    )
 
     # Network
-    peers: MultiaddrList = Field(default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)")
-    listen: MultiaddrList = Field(default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs")
+    peers: MultiaddrList = Field(
+        default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)"
+    )
+    listen: MultiaddrList = Field(
+        default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs"
+    )
     connect_timeout: float = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
     max_retries: int = Field(default=2, ge=0, description="Busy/failed nodes retried on another node, per task")
 

@@ -115,7 +115,9 @@ class TaskStore:
         return [_record(row) for row in rows]
 
     def pending_count(self, key_id: str) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending'", (key_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending'", (key_id,)
+        ).fetchone()
         return int(row[0])
 
     def published(self, task_id: str, network_id: str, node: str | None) -> None:

@@ -23,7 +23,11 @@ violations: list[str] = []
 
 
 def _guard() -> None:
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
 
     def allowed(address: object) -> bool:
         if isinstance(address, tuple) and address:
@@ -61,14 +65,13 @@ import dria.constants as c  # noqa: E402 - after the guard
 BASE_URL = sys.argv[1]
 c.RPC_BASE_URL_COMMUNITY = c.RPC_BASE_URL = BASE_URL  # the one change a user makes
 
-from pydantic import BaseModel  # noqa: E402
-
 from dria import DriaDataset, Model, Prompt  # noqa: E402
 from dria.batches import ParallelSingletonExecutor  # noqa: E402
 from dria.client import Dria  # noqa: E402
 from dria.factory import MagPie, Simple  # noqa: E402
 from dria.models import Task  # noqa: E402
 from dria.utils.schema_parser import SchemaParser  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 SDK_MODEL = Model(MODEL)
 
@@ -108,10 +111,12 @@ async def magpie(dria: Dria) -> None:
     dataset = DriaDataset(name="magpie", description="sdk test", schema=MagPie.OutputSchema)
     executor = ParallelSingletonExecutor(dria, MagPie, dataset, batch_size=2)
     executor.set_models([SDK_MODEL])
-    executor.load_instructions([
-        {"instructor_persona": "A curious student", "responding_persona": "A patient teacher", "num_turns": 1},
-        {"instructor_persona": "A chef", "responding_persona": "A food critic", "num_turns": 1},
-    ])
+    executor.load_instructions(
+        [
+            {"instructor_persona": "A curious student", "responding_persona": "A patient teacher", "num_turns": 1},
+            {"instructor_persona": "A chef", "responding_persona": "A food critic", "num_turns": 1},
+        ]
+    )
     entries, inputs = await executor.execute_workflows()
     # The executor writes into its own dataset, "<name>_MagPie".
     emit(scenario="magpie", entries=dataset.db.get_dataset_entries(executor.dataset_id, data_only=True), inputs=inputs)
@@ -127,8 +132,9 @@ async def invalid(dria: Dria) -> None:
 
 
 async def restart(dria: Dria) -> None:
-    results = await dria.execute(simple_tasks([f"Write one sentence about the number {i}." for i in range(5)]),
-                                 timeout=280)
+    results = await dria.execute(
+        simple_tasks([f"Write one sentence about the number {i}." for i in range(5)]), timeout=280
+    )
     emit(scenario="restart", results=[{"result": r.result, "model": r.model} for r in results])
 
 

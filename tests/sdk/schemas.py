@@ -9,9 +9,8 @@ import json
 from enum import Enum
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, Field, conint, constr
-
 from dria.utils.schema_parser import SchemaParser
+from pydantic import BaseModel, Field, conint, constr
 
 
 class Person(BaseModel):
@@ -44,7 +43,13 @@ class Dialogue(BaseModel):
 
 MODELS = {"Person": Person, "Review": Review, "Dialogue": Dialogue}
 
-print(json.dumps({
-    name: {provider: SchemaParser.parse(model, provider) for provider in ("ollama", "openai", "gemini")}
-    for name, model in MODELS.items()
-}, indent=1, sort_keys=True))
+print(
+    json.dumps(
+        {
+            name: {provider: SchemaParser.parse(model, provider) for provider in ("ollama", "openai", "gemini")}
+            for name, model in MODELS.items()
+        },
+        indent=1,
+        sort_keys=True,
+    )
+)

@@ -24,10 +24,14 @@ async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAUL
     if not query.strip():
         raise ToolError("search: empty query")
     n = max(1, min(n_results, MAX_RESULTS))
-    hits = await (_searxng(settings, provider, query) if provider.kind == "searxng" else _serper(settings, provider, query, n))
+    hits = await (
+        _searxng(settings, provider, query) if provider.kind == "searxng" else _serper(settings, provider, query, n)
+    )
     if not hits:
         return "No results."
-    return "\n\n".join(f"{i}. {title}\n{url}\n{snippet}".rstrip() for i, (title, url, snippet) in enumerate(hits[:n], 1))
+    return "\n\n".join(
+        f"{i}. {title}\n{url}\n{snippet}".rstrip() for i, (title, url, snippet) in enumerate(hits[:n], 1)
+    )
 
 
 async def _searxng(settings: ToolSettings, provider: SearchProvider, query: str) -> list[tuple[str, str, str]]:

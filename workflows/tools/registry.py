@@ -40,5 +40,7 @@ def build_tools(config: WorkflowConfig, settings: ToolSettings, max_length: int)
     for spec in config.custom_tools:
         if spec.name in chosen:
             raise InvalidToolError(f"custom tool {spec.name!r} has the name of another tool")
-        chosen[spec.name] = custom_tool(spec) if isinstance(spec, CustomFunctionTool) else http_request_tool(spec, settings)
+        chosen[spec.name] = (
+            custom_tool(spec) if isinstance(spec, CustomFunctionTool) else http_request_tool(spec, settings)
+        )
     return list(chosen.values())

@@ -1,0 +1,155 @@
+"""The `compute-node` command: start a node, run a task as a publisher, manage models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError, Settings
+from node.cli.gateway import add_gateway_command, run_gateway
+from node.cli.models import add_models_commands, run_models_command
+from node.cli.settings import add_settings_flags, settings_from
+
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 2
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    add_settings_flags(parser, Settings)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    return settings_from(args, Settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compute-node", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="run a compute node until SIGINT/SIGTERM")
+    _add_settings_flags(start)
+
+    run_task = commands.add_parser("run-task", help="publish one task as a publisher and print its result")
+    run_task.add_argument(
+        "--peer", action="append", required=True, help="multiaddr of a node to join through (repeatable)"
+    )
+    run_task.add_argument("--model", action="append", required=True, help="acceptable model (repeatable)")
+    source = run_task.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="run the Simple workflow on this prompt")
+    source.add_argument("--workflow", type=Path, help="workflow JSON file")
+    run_task.add_argument("--input", dest="task_prompt", help="the task's input prompt (memory key __input)")
+    run_task.add_argument("--node", action="append", help="address of a node to pick (repeatable)")
+    run_task.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
+    run_task.add_argument("--max-tokens", type=int, default=250, help="max_tokens of the Simple workflow")
+
+    models = commands.add_parser("models", help="list, pull, remove or benchmark models")
+    add_models_commands(models, _add_settings_flags)
+
+    add_gateway_command(commands)
+
+    identity = commands.add_parser("identity", help="print this node's address and peer id")
+    _add_settings_flags(identity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "start":
+            return _start(args)
+        if args.command == "run-task":
+            return _run_task(args)
+        if args.command == "identity":
+            return _identity(args)
+        if args.command == "gateway":
+            return run_gateway(args)
+        if args.command == "models":
+            from node.ops.log import configure_logging
+
+            settings = _settings_from(args)
+            configure_logging("warning", settings.log_format)
+            return run_models_command(args, settings)
+    except ConfigError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_ERROR
+
+
+def _start(args: argparse.Namespace) -> int:
+    from node.daemon.server import run_node
+    from node.ops.log import configure_logging
+
+    settings = _settings_from(args)
+    configure_logging(settings.log_level, settings.log_format)
+    return run_node(settings)
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from node.wire.identity import Identity
+
+    settings = _settings_from(args)
+    identity = (
+        Identity.from_hex(settings.secret_key)
+        if settings.secret_key
+        else Identity.load_or_create(settings.identity_path)
+    )
+    print(f"address {identity.address}\npeer_id {identity.peer_id}")
+    return 0
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from node.ops.log import configure_logging
+
+    configure_logging("warning", "auto")
+    try:
+        workflow = _load_workflow(args)
+    except (OSError, ValueError) as exc:
+        print(f"compute-node: cannot read workflow: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return uvloop.run(_publish(args, workflow))
+
+
+def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
+    if args.workflow is not None:
+        data = json.loads(args.workflow.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.workflow} does not hold a JSON object")
+        return data
+    from workflows import Simple
+
+    return Simple().workflow(prompt=args.prompt, max_tokens=args.max_tokens)
+
+
+async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
+    from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
+
+    client = Client(peers=args.peer, secret_key=args.key)
+    try:
+        task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
+        result = await client.execute(task, timeout=args.timeout)
+    except (TaskTimeoutError, NoNodeError) as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except TaskFailedError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ClientError, ValueError) as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await asyncio.shield(client.close())
+    print(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

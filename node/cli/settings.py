@@ -1,0 +1,38 @@
+"""Command-line flags generated from a settings class: one flag per setting, validated by the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from pathlib import Path
+from typing import TypeVar
+
+from config.layered import LayeredSettings
+
+S = TypeVar("S", bound=LayeredSettings)
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, settings_cls: type[LayeredSettings], dest_prefix: str = ""
+) -> None:
+    """`--config` plus one flag per setting; `dest_prefix` keeps two settings classes apart in one namespace."""
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    for name, field in settings_cls.model_fields.items():
+        flag, dest, help_text = settings_cls.flag(name), dest_prefix + name, field.description
+        origin = typing.get_origin(field.annotation)
+        args = typing.get_args(field.annotation)
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif origin is list or (args and typing.get_origin(args[0]) is list):
+            parser.add_argument(flag, dest=dest, action="append", default=None, help=f"{help_text} (repeatable)")
+        elif origin is dict:
+            parser.add_argument(flag, dest=dest, type=json.loads, default=None, help=f"{help_text} (JSON)")
+        else:
+            parser.add_argument(flag, dest=dest, default=None, help=help_text)
+
+
+def settings_from(args: argparse.Namespace, settings_cls: type[S], dest_prefix: str = "") -> S:
+    """The settings: defaults < TOML (`--config`) < environment < the flags given. ConfigError if invalid."""
+    overrides = {name: getattr(args, dest_prefix + name, None) for name in settings_cls.model_fields}
+    return settings_cls.load(args.config, **overrides)

@@ -1,0 +1,273 @@
+"""The daemon's handle on one execution process: spawn, talk, watch it end.
+
+`ExecutionProcess.start()` spawns a clean interpreter (`python -m
+node.daemon.execution.process`), hands it one end of a socketpair, sends `configure`
+and waits for `ready`. A reader task then routes answers to the tasks waiting for
+them. When the process ends, for whatever reason, every task still on it gets a
+`RuntimeExitError` naming the signal or exit code, and `on_exit` is called once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from node.daemon.execution.protocol import (
+    MAX_FRAME_BYTES,
+    Cancel,
+    Configure,
+    LoadFailed,
+    Message,
+    Pong,
+    Probe,
+    ProtocolError,
+    Ready,
+    RunTask,
+    TaskDone,
+    TaskFailed,
+    decode_from_child,
+    encode,
+    read_line,
+)
+
+log = structlog.get_logger("node.execution")
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RuntimeExitError(Exception):
+    """The execution process ended while a task was on it.
+
+    `crash` is True when it died by itself (a signal, an abort, its memory limit) and
+    False when the daemon stopped it for another reason (another task that would not
+    stop, shutdown): only crashes count against a task as poison.
+    """
+
+    def __init__(self, reason: str, *, crash: bool, cause: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.crash = crash
+        self.cause = cause  # "SIGSEGV", "exit code 1", "memory", ...
+
+
+class RuntimeStartError(Exception):
+    """The execution process could not load its model (the message names model and cause)."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'SIGSEGV' for a death by signal, 'exit code N' otherwise."""
+    if returncode is None:
+        return "unknown"
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class ExecutionProcess:
+    """One running execution process for `model`."""
+
+    def __init__(self, model: str, settings: dict[str, Any], on_exit: Callable[[ExecutionProcess], None]) -> None:
+        self.model = model
+        self._settings = settings
+        self._on_exit = on_exit
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[TaskDone | TaskFailed]] = {}
+        self._probes: dict[int, asyncio.Future[Pong]] = {}
+        self._probe_ids = itertools.count(1)
+        self._exit: RuntimeExitError | None = None  # set by kill() before the process ends
+        self.exited = asyncio.Event()
+        self.ready: Ready | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> int:
+        """Tasks sent and not answered."""
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self.exited.is_set()
+
+    async def start(self, timeout: float) -> Ready:
+        """Spawn, configure and wait for `ready`; RuntimeStartError names the model and the cause."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        if self._settings.get("exec_address_space_mb"):
+            # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "node.daemon.execution.process",
+                "--fd",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            child.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_FRAME_BYTES)
+        self._send(Configure(model=self.model, settings=self._settings))
+        try:
+            first = await asyncio.wait_for(read_line(reader), timeout)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+            raise RuntimeStartError(f"model {self.model}: the runtime did not load within {timeout:g} s") from None
+        try:
+            message = decode_from_child(first) if first is not None else None
+        except ProtocolError as exc:
+            self._proc.kill()
+            await self._reap(reader)
+            raise RuntimeStartError(f"model {self.model}: {exc}") from None
+        if not isinstance(message, Ready):
+            await self._reap(reader)
+            if isinstance(message, LoadFailed):
+                raise RuntimeStartError(f"model {self.model}: {message.error}")
+            cause = describe_exit(self._proc.returncode)
+            raise RuntimeStartError(f"model {self.model}: the runtime crashed while loading ({cause})")
+        self.ready = message
+        self._reader_task = asyncio.create_task(self._read(reader), name=f"exec-{self.model}")
+        log.info("execution process started", model=self.model, pid=self.pid, parallel=message.parallel)
+        return message
+
+    async def run(self, request: RunTask) -> TaskDone | TaskFailed:
+        """Send a task and wait for its answer; RuntimeExitError if the process ends first."""
+        if self._exit is not None or not self.alive:
+            raise self._exit or RuntimeExitError("model runtime is not running", crash=False, cause="stopped")
+        future: asyncio.Future[TaskDone | TaskFailed] = asyncio.get_running_loop().create_future()
+        self._pending[request.task_id] = future
+        try:
+            self._send(request)
+            return await future
+        except asyncio.CancelledError:
+            self.cancel(request.task_id, "interrupted: node shutting down")
+            raise
+        finally:
+            self._pending.pop(request.task_id, None)
+
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self._pending
+
+    def cancel(self, task_id: str, reason: str) -> None:
+        if self.alive:
+            self._send(Cancel(task_id=task_id, reason=reason))
+
+    async def probe(self, timeout: float) -> Pong:
+        """A health probe: raises TimeoutError if the process's event loop does not answer."""
+        probe_id = next(self._probe_ids)
+        future: asyncio.Future[Pong] = asyncio.get_running_loop().create_future()
+        self._probes[probe_id] = future
+        try:
+            self._send(Probe(probe_id=probe_id))
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._probes.pop(probe_id, None)
+
+    def kill(self, reason: str, *, crash: bool, cause: str) -> None:
+        """SIGKILL the process; its tasks get RuntimeExitError(reason)."""
+        if self._proc is None or self.exited.is_set():
+            return
+        if self._exit is None:
+            self._exit = RuntimeExitError(reason, crash=crash, cause=cause)
+        try:
+            self._proc.kill()
+        except ProcessLookupError:
+            pass
+
+    async def close(self, timeout: float) -> None:
+        """Ask the process to stop (end of stream), kill it if it has not after `timeout` s."""
+        if self._exit is None:
+            self._exit = RuntimeExitError("interrupted: model runtime stopped", crash=False, cause="stopped")
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()
+        if self._proc is None:
+            return
+        try:
+            await asyncio.wait_for(self.exited.wait() if self._reader_task else self._proc.wait(), timeout)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        if self._reader_task is not None:
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the process, from /proc (None once it is gone)."""
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _send(self, message: Message) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode(message))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (line := await read_line(reader)) is not None:
+                self._dispatch(decode_from_child(line))
+        except ProtocolError as exc:
+            log.error("execution process broke the protocol", model=self.model, error=str(exc))
+            self.kill(f"model runtime failed: {exc}", crash=True, cause="protocol")
+        finally:
+            await self._reap(reader)
+            cause = describe_exit(self._proc.returncode if self._proc else None)
+            exit_error = self._exit or RuntimeExitError(f"model runtime crashed ({cause})", crash=True, cause=cause)
+            self._exit = exit_error
+            for future in [*self._pending.values(), *self._probes.values()]:
+                if not future.done():
+                    future.set_exception(exit_error)
+            self.exited.set()
+            self._on_exit(self)
+
+    @property
+    def exit_error(self) -> RuntimeExitError | None:
+        return self._exit
+
+    def _dispatch(self, message: Message) -> None:
+        if isinstance(message, TaskDone | TaskFailed):
+            future = self._pending.get(message.task_id)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, Pong):
+            probe = self._probes.get(message.probe_id)
+            if probe is not None and not probe.done():
+                probe.set_result(message)
+        else:
+            raise ProtocolError(f"unexpected {message.kind} message")
+
+    async def _reap(self, reader: asyncio.StreamReader) -> None:
+        """Wait for the process to end after its stream closed (kill it if it lingers)."""
+        assert self._proc is not None
+        if self._writer is not None:
+            self._writer.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()

@@ -1,0 +1,277 @@
+"""The daemon's supervisor of execution processes: one per model, started, watched, restarted.
+
+At start every configured model gets a process; the node serves the models whose
+process loaded and answered a health probe, and stops with a clear error if none
+did. While serving, a watch loop per model probes the process, checks its RSS
+against the operator's limit, and kills it if either fails. A process that ends
+is counted in /metrics with its signal and restarted with exponential backoff;
+after `exec_crash_limit` crashes within `exec_crash_window` seconds the model
+leaves the heartbeats until a restart succeeds and the process stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from config.settings import Settings
+from node.daemon.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
+from node.daemon.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
+from node.ops.metrics import NodeMetrics
+
+log = structlog.get_logger("node.execution")
+
+MIB = 1024 * 1024
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 30.0  # the child's loop is free unless a workflow blocks it; tasks have their own limits
+RSS_CHECK_INTERVAL_S = 0.5
+MIN_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+
+
+class NoUsableModelError(Exception):
+    """None of the configured models could be loaded."""
+
+
+class ModelUnavailableError(Exception):
+    """The model's execution process is not running (restarting, or never started)."""
+
+
+@dataclass
+class _Slot:
+    """One model's process and its crash history."""
+
+    model: str
+    process: ExecutionProcess | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    crashes: deque[float] = field(default_factory=deque)
+    benched: bool = False  # crashed too often: out of the heartbeats until a restart holds
+    failed_starts: int = 0
+    restarter: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+    prober: asyncio.Task[None] | None = None
+
+
+class ExecutionPool:
+    """All execution processes of the node."""
+
+    def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
+        self._settings = settings
+        # The node's identity key stays in the daemon: a runtime has no use for it.
+        self._settings_json = settings.model_dump(mode="json", exclude={"secret_key"})
+        self._metrics = metrics
+        self._slots: dict[str, _Slot] = {}
+        self.hosted: list[str] = []  # models whose process started; the node's models
+        self.parallel: dict[str, int] = {}
+        self.tps: dict[str, float] = {}
+        self._closing = False
+
+    # ----------------------------------------------------------------- start/stop
+    async def start(self) -> None:
+        """Start one process per configured model; READY means loaded and probed.
+
+        A model whose runtime fails (missing file, too slow, a crash naming its signal)
+        is logged and left out; NoUsableModelError if none is left.
+        """
+        problems = []
+        # One after the other: startup benchmarks running side by side would measure each other.
+        for name in dict.fromkeys(self._settings.models):
+            try:
+                await self._start_first(name)
+            except (RuntimeStartError, RuntimeExitError, OSError) as exc:
+                log.error("model skipped", model=name, error=str(exc))
+                problems.append(str(exc))
+                continue
+            self.hosted.append(name)
+        if not self.hosted:
+            raise NoUsableModelError("no usable model: " + "; ".join(problems))
+
+    async def _start_first(self, name: str) -> None:
+        slot = _Slot(name)
+        ready = await self._spawn(slot)
+        self._slots[name] = slot
+        self.parallel[name] = ready.parallel
+        if ready.generation_tps is not None:
+            self.tps[name] = ready.generation_tps
+            self._metrics.tokens_per_second.labels(model=name).set(ready.generation_tps)
+        slot.watcher = asyncio.create_task(self._watch(slot), name=f"exec-watch-{name}")
+
+    async def _spawn(self, slot: _Slot) -> Ready:
+        process = ExecutionProcess(slot.model, self._settings_json, self._on_exit)
+        ready = await process.start(self._settings.exec_start_timeout)
+        try:
+            await process.probe(PROBE_TIMEOUT_S)
+        except (TimeoutError, RuntimeExitError) as exc:
+            await process.close(1.0)
+            raise RuntimeStartError(
+                f"model {slot.model}: the runtime did not answer its health probe ({exc})"
+            ) from None
+        slot.process = process
+        slot.ready.set()
+        self._metrics.exec_process_up.labels(model=slot.model).set(1)
+        return ready
+
+    async def close(self) -> None:
+        """Stop every process (their running tasks end with an 'interrupted' error)."""
+        self._closing = True
+        for slot in self._slots.values():
+            for task in (slot.restarter, slot.watcher, slot.prober):
+                if task is not None:
+                    task.cancel()
+        await asyncio.gather(*(s.process.close(10.0) for s in self._slots.values() if s.process is not None))
+
+    # ----------------------------------------------------------------- serving
+    def available(self) -> list[str]:
+        """Models to announce in heartbeats: hosted, and not crash-looping."""
+        return [name for name in self.hosted if not self._slots[name].benched]
+
+    def available_tps(self) -> dict[str, float]:
+        """Measured generation speed of the models in the heartbeats."""
+        available = self.available()
+        return {name: tps for name, tps in self.tps.items() if name in available}
+
+    def pids(self) -> dict[str, int | None]:
+        return {name: (s.process.pid if s.process else None) for name, s in self._slots.items()}
+
+    def process(self, model: str) -> ExecutionProcess | None:
+        slot = self._slots.get(model)
+        return slot.process if slot is not None and slot.ready.is_set() else None
+
+    async def run(self, model: str, request: RunTask) -> TaskDone | TaskFailed:
+        """Run on `model`'s process, waiting for it while it restarts (the caller bounds the wait)."""
+        slot = self._slots.get(model)
+        if slot is None:
+            raise ModelUnavailableError(f"model {model} is not served here")
+        while True:
+            await slot.ready.wait()
+            if slot.process is not None and slot.process.alive:
+                return await slot.process.run(request)
+            await asyncio.sleep(0)  # exited after `ready` was set: the exit callback clears it
+
+    def cancel(self, model: str, task_id: str, reason: str) -> bool:
+        """Ask the process to stop a task; False if the task is not on a running process."""
+        process = self.process(model)
+        if process is None or not process.has_task(task_id):
+            return False
+        process.cancel(task_id, reason)
+        return True
+
+    def kill(self, model: str, reason: str) -> None:
+        """Kill a process that would not stop; its other tasks get a transient error."""
+        process = self.process(model)
+        if process is not None:
+            log.error("killing execution process", model=model, pid=process.pid, reason=reason)
+            process.kill(
+                "interrupted: model runtime restarted (another task would not stop)", crash=False, cause="stopped"
+            )
+
+    # ----------------------------------------------------------------- watching
+    def _on_exit(self, process: ExecutionProcess) -> None:
+        slot = self._slots.get(process.model)
+        if slot is None or slot.process is not process or self._closing:
+            return
+        slot.ready.clear()
+        self._metrics.exec_process_up.labels(model=slot.model).set(0)
+        error = process.exit_error
+        assert error is not None
+        now = time.monotonic()
+        if error.crash:
+            self._metrics.exec_crashes.labels(model=slot.model, cause=error.cause).inc()
+            slot.crashes.append(now)
+            while slot.crashes and now - slot.crashes[0] > self._settings.exec_crash_window:
+                slot.crashes.popleft()
+        log.error(
+            "execution process ended",
+            model=slot.model,
+            pid=process.pid,
+            cause=error.cause,
+            reason=error.reason,
+            tasks_lost=process.running,
+            crash=error.crash,
+        )
+        if error.crash and len(slot.crashes) >= self._settings.exec_crash_limit and not slot.benched:
+            slot.benched = True
+            log.error(
+                "model leaves the heartbeats: its runtime crashed too often",
+                model=slot.model,
+                crashes=len(slot.crashes),
+                window_s=self._settings.exec_crash_window,
+            )
+        slot.restarter = asyncio.create_task(self._restart(slot), name=f"exec-restart-{slot.model}")
+
+    async def _restart(self, slot: _Slot) -> None:
+        delay = min(MAX_BACKOFF_S, MIN_BACKOFF_S * 2 ** max(len(slot.crashes) - 1, slot.failed_starts))
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn(slot)
+            except (RuntimeStartError, RuntimeExitError, OSError) as exc:
+                slot.failed_starts += 1
+                delay = min(MAX_BACKOFF_S, delay * 2)
+                log.error("execution process restart failed", model=slot.model, error=str(exc), retry_in_s=delay)
+                continue
+            slot.failed_starts = 0
+            self._metrics.exec_restarts.labels(model=slot.model).inc()
+            log.info("execution process restarted", model=slot.model, pid=slot.process.pid if slot.process else None)
+            if slot.benched:
+                slot.benched = False
+                log.warning("model back in the heartbeats: its runtime restarted", model=slot.model)
+            return
+
+    async def _watch(self, slot: _Slot) -> None:
+        """Kill the process when it outgrows its RSS limit or stops answering probes."""
+        limit = self._settings.exec_max_rss_mb
+        last_probe = time.monotonic()
+        while True:
+            await asyncio.sleep(RSS_CHECK_INTERVAL_S)
+            process = slot.process
+            if process is None or not process.alive or not slot.ready.is_set():
+                last_probe = time.monotonic()
+                continue
+            rss = process.rss_bytes()
+            if rss is not None:
+                self._metrics.exec_rss_bytes.labels(model=slot.model).set(rss)
+                if limit and rss > limit * MIB:
+                    reason = f"model runtime exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
+                    log.error(
+                        "execution process over its memory limit",
+                        model=slot.model,
+                        pid=process.pid,
+                        rss_mib=rss // MIB,
+                        limit_mib=limit,
+                    )
+                    process.kill(reason, crash=True, cause="memory")
+                    continue
+            if time.monotonic() - last_probe >= PROBE_INTERVAL_S and (slot.prober is None or slot.prober.done()):
+                last_probe = time.monotonic()
+                slot.prober = asyncio.create_task(self._probe(slot, process), name=f"exec-probe-{slot.model}")
+
+    async def _probe(self, slot: _Slot, process: ExecutionProcess) -> None:
+        try:
+            await process.probe(PROBE_TIMEOUT_S)
+        except TimeoutError:
+            log.error("execution process does not answer its health probe", model=slot.model, pid=process.pid)
+            process.kill(
+                f"model runtime stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                crash=True,
+                cause="unresponsive",
+            )
+        except RuntimeExitError:
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        """Per-model process state for /status."""
+        return {
+            name: {
+                "pid": s.process.pid if s.process else None,
+                "up": s.ready.is_set(),
+                "benched": s.benched,
+                "crashes_in_window": len(s.crashes),
+            }
+            for name, s in self._slots.items()
+        }

@@ -1,0 +1,244 @@
+"""The execution process: one model's runtime and the workflow engine, behind the IPC boundary.
+
+Started by the daemon as `python -m node.daemon.execution.process --fd N` (a clean
+interpreter, never a fork of the threaded daemon), with one end of a socketpair as
+fd N. It reads `configure`, applies the operator's memory limit, loads and
+benchmarks the model, answers `ready` (or `load_failed` and exits), then runs
+tasks concurrently until the daemon closes the socket. Its logs go to the
+daemon's stderr. Anything that kills it (a signal, an abort in llama.cpp) costs
+only this process: the daemon answers its tasks and starts a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import importlib
+import os
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from config.settings import Settings
+from models.requests import ModelError
+from node.daemon.execution.protocol import (
+    MAX_FRAME_BYTES,
+    Cancel,
+    Configure,
+    LoadFailed,
+    Message,
+    Pong,
+    Probe,
+    Ready,
+    RunTask,
+    TaskDone,
+    TaskFailed,
+    decode_to_child,
+    encode,
+    read_line,
+)
+from node.daemon.model_setup import ServedModel, create_embedder, prepare_model
+from node.daemon.workflow_setup import engine_options, tool_settings
+from node.ops.log import configure_logging
+from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
+from workflows.backend import ModelBackend
+from workflows.errors import public_error_text
+
+log = structlog.get_logger("node.execution")
+
+# Test-only: "module:function" taking and returning the loaded model, to give tests a
+# backend that misbehaves on purpose (spins, allocates, crashes). Unset in production.
+TEST_WRAPPER_ENV = "COMPUTE_NODE_TEST_EXEC_WRAPPER"
+
+
+def die_with_the_daemon() -> None:
+    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1  # noqa: N806 - the Linux constant's name
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the daemon was already gone before prctl
+        raise SystemExit(0)
+
+
+def apply_memory_limit(limit_mb: int | None) -> None:
+    """Cap this process's address space, so a runaway allocation fails here, not on the machine."""
+    if limit_mb:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+class TaskHost:
+    """Runs the daemon's tasks on one model, concurrently, and sends one answer per task."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        embedder: ModelBackend,
+        tools: ToolSettings,
+        options: EngineOptions,
+        send: Callable[[Message], None],
+    ) -> None:
+        self._model = model
+        self._embedder = embedder
+        self._tools = tools
+        self._options = options
+        self._send = send
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def start(self, request: RunTask) -> None:
+        if request.task_id in self._tasks:
+            self._send(TaskFailed(task_id=request.task_id, error="internal error: task already running"))
+            return
+        task = asyncio.create_task(self._run(request), name=f"task-{request.task_id}")
+        self._tasks[request.task_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(request.task_id, None))
+
+    def cancel(self, request: Cancel) -> None:
+        task = self._tasks.get(request.task_id)
+        if task is not None:
+            self._cancel_reasons[request.task_id] = request.reason
+            task.cancel()
+
+    async def stop(self) -> None:
+        for task_id, task in list(self._tasks.items()):
+            self._cancel_reasons[task_id] = "interrupted: model runtime stopping"
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self, request: RunTask) -> None:
+        task_log = log.bind(task_id=request.task_id, model=self._model.name)
+        try:
+            self._send(await self._execute(request))
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(request.task_id, "cancelled")
+            self._send(TaskFailed(task_id=request.task_id, error=reason))
+        except MemoryError:
+            task_log.error("task ran out of memory")
+            self._send(
+                TaskFailed(
+                    task_id=request.task_id, error="out of memory: the task exceeded the model runtime's memory limit"
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
+            if not isinstance(exc, WorkflowError | ModelError):
+                task_log.exception("task crashed")
+            # The public text: `Invalid prompt: ` for deterministic errors, no task data (PROTOCOL.md 5).
+            self._send(TaskFailed(task_id=request.task_id, error=public_error_text(exc)))
+
+    async def _execute(self, request: RunTask) -> TaskDone | TaskFailed:
+        workflow = parse_workflow(request.workflow)  # WorkflowValidationError: answered by _run
+        remaining = (request.deadline_ns - time.time_ns()) / 1e9
+        if remaining <= 0:
+            return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
+        try:
+            async with asyncio.timeout(remaining):
+                result = await run_workflow(
+                    workflow,
+                    self._model,
+                    prompt=request.prompt,
+                    tools=self._tools,
+                    options=self._options,
+                    embedder=self._embedder,
+                )
+        except TimeoutError:
+            return TaskFailed(task_id=request.task_id, error="deadline passed while the task was running")
+        return TaskDone(
+            task_id=request.task_id,
+            text=result.text,
+            steps=result.steps,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+
+
+async def serve(fd: int) -> int:
+    """Configure, load, serve until the daemon closes the socket; the process's exit code."""
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=MAX_FRAME_BYTES)
+
+    def send(message: Message) -> None:
+        if not writer.is_closing():
+            writer.write(encode(message))
+
+    line = await read_line(reader)
+    if line is None:
+        return 0
+    configure = decode_to_child(line)
+    if not isinstance(configure, Configure):
+        raise SystemExit(f"execution process: expected configure first, got {configure.kind}")
+    settings = Settings.model_validate(configure.settings)
+    configure_logging(settings.log_level, settings.log_format)
+    apply_memory_limit(settings.exec_address_space_mb)
+    name = configure.model
+    try:
+        prepared = await prepare_model(name, settings)
+        model = _test_wrapper()(prepared.model)
+        embedder: Any = model
+        if settings.embedding_model and settings.embedding_model != name:
+            embedder = await create_embedder(settings.embedding_model, settings)
+    except ModelError as exc:
+        send(LoadFailed(model=name, error=str(exc)))
+        await writer.drain()
+        return 0
+    host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
+    send(
+        Ready(
+            model=name, parallel=model.parallel, generation_tps=prepared.generation_tps, prompt_tps=prepared.prompt_tps
+        )
+    )
+    log.info("execution process ready", model=name, pid=os.getpid())
+    try:
+        while (line := await read_line(reader)) is not None:
+            message = decode_to_child(line)
+            if isinstance(message, RunTask):
+                host.start(message)
+            elif isinstance(message, Cancel):
+                host.cancel(message)
+            elif isinstance(message, Probe):
+                send(
+                    Pong(
+                        probe_id=message.probe_id,
+                        running=host.running,
+                        slots_free=model.slots_free,
+                        queued=model.queued,
+                    )
+                )
+            await writer.drain()
+    finally:
+        await host.stop()
+        await model.close()
+        if embedder is not model:
+            await embedder.close()
+    return 0
+
+
+def _test_wrapper() -> Callable[[Any], Any]:
+    spec = os.environ.get(TEST_WRAPPER_ENV)
+    if not spec:
+        return lambda model: model
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node.daemon.execution.process")
+    parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
+    args = parser.parse_args(argv)
+    die_with_the_daemon()
+    import uvloop
+
+    return uvloop.run(serve(args.fd))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Heartbeats (PROTOCOL.md section 6): what this node hosts and how much room it has."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from node.p2p.host import P2PError, P2PHost
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.messages import Capacity, HeartbeatBody, encode_body
+from node.wire.topics import HEARTBEAT_TOPIC, PROTOCOL_VERSION
+
+log = structlog.get_logger(__name__)
+
+
+class Heartbeat:
+    """Publishes a heartbeat every `interval` seconds until stopped."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: P2PHost,
+        models: Callable[[], list[str]],
+        capacity: Callable[[], tuple[int, int]],
+        pending: Callable[[], int],
+        tps: Callable[[], dict[str, float]],
+        interval: float,
+    ) -> None:
+        self._identity = identity
+        self._host = host
+        # The models served right now: a crash-looping model or a down remote engine leaves the heartbeats.
+        self._models = models
+        self._capacity = capacity
+        self._pending = pending
+        self._tps = tps
+        self._interval = interval
+
+    def body(self) -> HeartbeatBody:
+        free, total = self._capacity()
+        return HeartbeatBody(
+            address=self._identity.address,
+            peer_id=self._host.peer_id,
+            models=self._models(),
+            capacity=Capacity(free=free, max=total),
+            pending=self._pending(),
+            tps=self._tps(),
+            version=PROTOCOL_VERSION,
+            timestamp=time.time_ns(),
+        )
+
+    async def publish_once(self) -> None:
+        data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))
+        await self._host.publish(HEARTBEAT_TOPIC, data)
+
+    async def run(self, tick: float = 1.0, settle: float = 1.5) -> None:
+        """Publish every interval, and soon after a new peer connects (once its mesh had
+        `settle` seconds to form), so a new publisher learns about this node at once."""
+        loop = asyncio.get_running_loop()
+        last_published = -self._interval
+        first_seen: dict[str, float] = {}
+        announced: set[str] = set()
+        while True:
+            now = loop.time()
+            try:
+                peers = set(await self._host.peers())
+            except P2PError:
+                peers = set()
+            for peer in peers - first_seen.keys():
+                first_seen[peer] = now
+            first_seen = {peer: seen for peer, seen in first_seen.items() if peer in peers}
+            announced &= peers
+            matured = {peer for peer in peers - announced if now - first_seen[peer] >= settle}
+            if matured or now - last_published >= self._interval:
+                try:
+                    await self.publish_once()
+                    last_published = now
+                    announced |= matured
+                except P2PError as exc:
+                    log.warning("heartbeat not published", error=str(exc))
+            await asyncio.sleep(tick)

@@ -1,0 +1,142 @@
+"""Building one configured model inside its execution process: registry -> backend -> benchmark.
+
+`create_model` is the ONE place a registry entry becomes the object that serves it:
+`models.loader.open_model` dispatches on the entry's backend (a local GGUF on the
+batched llama.cpp runtime, or a remote OpenAI-compatible engine). A new kind of
+backend is one more branch there; it must satisfy `workflows.backend.ModelBackend`
+plus `parallel`, `slots_free`, `queued` and `close()`.
+
+A model that cannot be found or loaded, or that is slower than `min_tps`, raises
+ModelError naming the problem; the daemon then starts without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from config.settings import Settings
+from models.cpu import CpuInfo, extra_buffers_enabled
+from models.embedder import Embedder
+from models.loader import measure_speed, open_model
+from models.registry import Registry
+from models.remote.openai import RemoteModel
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError
+from models.runtime import RuntimeOptions
+from models.store import ModelStore
+
+log = structlog.get_logger(__name__)
+
+
+class ServedModel(Protocol):
+    """What an execution process needs from a model: the engine's ModelBackend plus its capacity."""
+
+    name: str
+
+    @property
+    def parallel(self) -> int: ...
+
+    @property
+    def slots_free(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    async def embed(self, request: EmbeddingRequest) -> list[list[float]]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class PreparedModel:
+    """A loaded model with its measured speed (None when the startup benchmark is off)."""
+
+    model: ServedModel
+    generation_tps: float | None = None
+    prompt_tps: float | None = None
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        flash_attn=settings.flash_attn,
+        extra_buffers=extra_buffers_enabled(settings.extra_buffers, CpuInfo.read()),
+    )
+
+
+def model_store(settings: Settings) -> tuple[Registry, ModelStore]:
+    return Registry.builtin().with_overrides(settings.registry), ModelStore(settings.models_dir)
+
+
+async def create_model(name: str, settings: Settings) -> ServedModel:
+    """The factory: the registry entry `name` as a loaded model (a local GGUF or a remote engine's client).
+
+    Raises ModelError saying why not.
+    """
+    registry, store = model_store(settings)
+    return await open_model(name, registry.get(name), store, runtime_options(settings), parallel=settings.parallel)
+
+
+async def prepare_model(name: str, settings: Settings) -> PreparedModel:
+    """Create `name` and run the (cached) startup benchmark; ModelError if it is unusable here."""
+    model = await create_model(name, settings)
+    if not settings.startup_benchmark:
+        return PreparedModel(model)
+    try:
+        result = await measure_speed(model, settings.data_dir / "benchmarks.json")
+    except ModelError as exc:
+        if not isinstance(model, RemoteModel):
+            await model.close()
+            raise
+        # A remote engine down at start: served, advertised and benchmarked once it is back
+        # (the daemon's node/daemon/remote_health.py).
+        log.warning("model not benchmarked", model=name, error=str(exc))
+        return PreparedModel(model)
+    except BaseException:
+        await model.close()
+        raise
+    log.info(
+        "model benchmarked",
+        model=name,
+        prompt_tps=round(result.prompt_tps, 1),
+        generation_tps=round(result.generation_tps, 1),
+    )
+    if settings.min_tps and result.generation_tps < settings.min_tps:
+        await model.close()
+        raise ModelError(f"{result.generation_tps:.1f} tokens/s is below min_tps {settings.min_tps:g}")
+    return PreparedModel(model, round(result.generation_tps, 1), round(result.prompt_tps, 1))
+
+
+class EmbeddingOnlyModel:
+    """The `embedding_model` when it is not the task's model: an embedding context, no generation."""
+
+    def __init__(self, name: str, embedder: Embedder) -> None:
+        self.name = name
+        self._embedder = embedder
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        raise ModelError(f"model {self.name} serves only embeddings here")
+
+    async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
+        return await self._embedder.embed(request.texts)
+
+    async def close(self) -> None:
+        await self._embedder.close()
+
+
+async def create_embedder(name: str, settings: Settings) -> EmbeddingOnlyModel | RemoteModel:
+    """An embedding-only backend for `name` (a local context opens on first use)."""
+    registry, store = model_store(settings)
+    spec = registry.get(name)
+    if spec.is_remote:
+        return await RemoteModel.open(spec, default_n_ctx=settings.n_ctx)
+    path = store.locate(spec)
+    if path is None:
+        raise ModelError(f"embedding model {name} is not downloaded; run: compute-node models pull {name}")
+    return EmbeddingOnlyModel(name, Embedder(name, path, runtime_options(settings)))

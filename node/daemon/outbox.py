@@ -1,0 +1,155 @@
+"""The result outbox: every result is journalled before it is published, so none is lost.
+
+A result is published at once when the node has peers; otherwise (or when the
+publish fails) it stays in the journal and `run()` publishes it when peers
+return, as long as the task's deadline plus a grace period has not passed.
+Results are re-sealed at publish time, so a late envelope is never stale.
+Journal entries older than their deadline plus `retention_s` are pruned hourly.
+
+A result whose envelope would pass the gossip size limit is sent as a `result
+too large` error instead. A result that cannot be sent for any other reason than
+a missing peer is logged and marked dropped in the journal, so that neither this
+loop nor a restart retries it forever; the loop itself never stops on one result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from node.daemon.journal import Journal, JournalEntry, JournalError, TaskState
+from node.p2p.host import P2PError, P2PHost
+from node.wire.envelope import seal, sealed_size
+from node.wire.identity import Identity
+from node.wire.messages import MessageError, ResultBody, decode_result, encode_body
+from node.wire.results import error_body
+from node.wire.topics import MAX_MESSAGE_BYTES, RESULTS_TOPIC
+
+log = structlog.get_logger(__name__)
+
+
+class ResultOutbox:
+    """Journals, stamps, signs and publishes result bodies."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: P2PHost,
+        journal: Journal,
+        *,
+        grace_s: float = 300.0,
+        retry_interval_s: float = 2.0,
+        retention_s: float = 86400.0,
+        prune_interval_s: float = 3600.0,
+    ) -> None:
+        self._identity = identity
+        self._host = host
+        self._journal = journal
+        self._grace_ns = int(grace_s * 1e9)
+        self._retry_interval_s = retry_interval_s
+        self._retention_ns = int(retention_s * 1e9)
+        self._prune_interval_s = prune_interval_s
+        self._lock = asyncio.Lock()
+
+    async def send(self, body: ResultBody) -> bool:
+        """Journal the result and publish it if the node has peers; True if published now."""
+        body = _fitting(body)
+        self._journal.record_finished(body.task_id, encode_body(body))
+        async with self._lock:
+            if not await self._has_peers():
+                log.warning("no peers: result kept until peers return", task_id=body.task_id)
+                return False
+            return await self._publish_if_unpublished(body)
+
+    async def flush(self) -> int:
+        """Publish every journalled result still in time; returns how many went out."""
+        async with self._lock:
+            entries = self._journal.unpublished()
+            if not entries or not await self._has_peers():
+                return 0
+            sent = 0
+            now = time.time_ns()
+            for entry in entries:
+                if entry.deadline_ns + self._grace_ns < now:
+                    continue  # too late to matter; pruned with the old entries
+                try:
+                    body = self._body_of(entry)
+                    if body is not None and await self._publish_if_unpublished(body):
+                        sent += 1
+                except JournalError as exc:
+                    log.error("kept result not published: journal failed", task_id=entry.task_id, error=str(exc))
+            return sent
+
+    async def run(self) -> None:
+        """Retry unpublished results and prune old journal entries, forever (cancel to stop)."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + self._prune_interval_s
+        while True:
+            try:
+                if self._journal.backlog():
+                    sent = await self.flush()
+                    if sent:
+                        log.info("kept results published", count=sent)
+                if loop.time() >= next_prune:
+                    next_prune = loop.time() + self._prune_interval_s
+                    if pruned := self._journal.prune(time.time_ns() - self._retention_ns):
+                        log.info("journal pruned", entries=pruned)
+            except JournalError as exc:
+                log.error("outbox round failed; retried in the next round", error=str(exc))
+            except Exception:  # noqa: BLE001 - the outbox loop outlives any one failure
+                log.exception("outbox round failed; retried in the next round")
+            await asyncio.sleep(self._retry_interval_s)
+
+    async def _publish_if_unpublished(self, body: ResultBody) -> bool:
+        # Callers hold the lock; `send` and `flush` may both hold the same result.
+        entry = self._journal.get(body.task_id)
+        if entry is not None and entry.state == TaskState.PUBLISHED:
+            return False
+        if (fitted := _fitting(body)) is not body:  # kept before this check existed, or grown by a restamp
+            self._journal.replace_result(body.task_id, encode_body(fitted))
+            body = fitted
+        stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
+        sent = body.model_copy(update={"stats": stats})
+        try:
+            await self._host.publish(RESULTS_TOPIC, seal(self._identity, RESULTS_TOPIC, encode_body(sent)))
+        except P2PError as exc:
+            log.warning("result publish failed; kept for retry", task_id=body.task_id, error=str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - EnvelopeError or any other: one result must never stop the outbox
+            log.error("result cannot be published; dropped", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
+            self._journal.mark_dropped(body.task_id)
+            return False
+        self._journal.mark_published(body.task_id)
+        log.info("result published", task_id=body.task_id, ok=body.error is None)
+        return True
+
+    async def _has_peers(self) -> bool:
+        # Peers in the results mesh, not merely connected ones: right after a
+        # (re)connect the mesh is still forming and a publish would go nowhere.
+        try:
+            return (await self._host.mesh_sizes()).get(RESULTS_TOPIC, 0) > 0
+        except P2PError:
+            return False
+
+    def _body_of(self, entry: JournalEntry) -> ResultBody | None:
+        try:
+            return decode_result(entry.result_body or b"")
+        except MessageError as exc:
+            log.error("journalled result unreadable; dropped", task_id=entry.task_id, error=str(exc))
+            self._journal.mark_dropped(entry.task_id)
+            return None
+
+
+def _fitting(body: ResultBody) -> ResultBody:
+    """`body`, or a `result too large` error in its place when its envelope would pass the gossip limit.
+
+    The error names sizes only, never the task's data (error bodies are not encrypted).
+    """
+    size = sealed_size(RESULTS_TOPIC, encode_body(body))
+    if size <= MAX_MESSAGE_BYTES:
+        return body
+    log.warning("result too large; sent as an error", task_id=body.task_id, envelope_bytes=size)
+    reason = f"result too large: its envelope would be {size} bytes, over the {MAX_MESSAGE_BYTES}-byte gossip limit"
+    return error_body(body.task_id, body.model[:256], reason, body.stats)

@@ -1,9 +1,0 @@
-"""Execution processes: one child process per model runs the workflow engine and that
-model's batched llama.cpp runtime, so a native crash or a runaway workflow costs one
-process, never the daemon.
-
-protocol.py: the IPC messages (pydantic, one JSON object per line over a socketpair).
-process.py:  the child's main loop (`python -m node.execution.process --fd N`).
-handle.py:   the daemon's view of one child: spawn, send, receive, kill, exit status.
-pool.py:     the daemon's supervisor of all children: start, watch, restart with backoff.
-"""

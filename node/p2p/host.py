@@ -1,0 +1,426 @@
+"""The asyncio-facing P2P layer: gossipsub publish/subscribe over py-libp2p.
+
+py-libp2p is Trio-only, so `P2PHost` runs `P2PService` (node/p2p/service.py)
+under `trio.run` in a dedicated thread. asyncio -> Trio: `trio_token.run_sync_soon`
+spawns a task in the service's nursery; Trio -> asyncio: `loop.call_soon_threadsafe`
+settles a future or puts a message on a subscription queue. libp2p objects are
+never touched from the asyncio thread, and the Trio side never waits on asyncio.
+Each topic has a budget, in messages and in bytes, of what was handed over and
+not yet taken off its queue; it is charged on the Trio thread BEFORE
+`call_soon_threadsafe`, so a flood cannot pile up callbacks on the event loop.
+A message over budget is dropped, counted (`dropped_messages`) and logged at
+most once per `DROP_LOG_WINDOW_S` per topic.
+
+Own messages: a host's own published messages are NOT delivered to its own
+subscription queues (and its own publishes skip its validators), so the node
+never sees its own results/heartbeats come back.
+
+Duplicates: message ids are content addressed (sha256 of the data) and remembered
+for 2 minutes, so the same data is delivered (and sent) once in that window. A
+peer that (re)subscribes may get recent messages replayed later, so consumers
+must still be idempotent (dedupe by task id).
+
+Usage (all methods from the event loop that called `start`):
+
+    host = P2PHost(secret, ["/ip4/0.0.0.0/tcp/4001"])
+    await host.start()
+    await host.connect("/ip4/1.2.3.4/tcp/4001/p2p/16Uiu2...")
+    tasks = await host.subscribe("task", validator=check_task)  # validator runs on the Trio thread
+    await host.publish("results", payload)
+    message = await tasks.get()                                  # GossipMessage
+    await host.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+from pydantic import ValidationError
+
+from node.p2p.libp2p_logging import route_libp2p_logging
+from node.p2p.service import P2PService, P2PServiceError, ServiceOptions, peer_id_of
+from node.wire.topics import MAX_MESSAGE_BYTES
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+DROP_LOG_WINDOW_S = 10.0
+DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GossipMessage:
+    """A validated gossip message from another peer."""
+
+    topic: str
+    data: bytes
+    source_peer: str  # peer id of the original publisher (pubsub from_id)
+
+
+class P2PError(Exception):
+    """A P2P operation failed (listen, dial, publish...); the message names the problem."""
+
+
+class MessageTooLargeError(P2PError):
+    """The message exceeds the gossip size limit; nothing was sent."""
+
+
+class HandOffBudget:
+    """Messages and bytes of one topic handed from the Trio thread and not yet consumed.
+
+    Charged on the Trio thread before the hand-off, released when a consumer takes
+    the message off its queue (or when it is dropped); thread-safe.
+    """
+
+    def __init__(self, topic: str, max_messages: int, max_bytes: int) -> None:
+        self.topic = topic
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages = 0
+        self.bytes = 0
+        self.dropped = 0
+        self._not_logged = 0
+        self._last_log = -DROP_LOG_WINDOW_S
+        self._lock = threading.Lock()
+
+    def charge(self, size: int) -> bool:
+        """Reserve room for a message of `size` bytes; False (and counted as dropped) if there is none."""
+        with self._lock:
+            if self.messages < self.max_messages and self.bytes + size <= self.max_bytes:
+                self.messages += 1
+                self.bytes += size
+                return True
+            self.dropped += 1
+            self._not_logged += 1
+            now = time.monotonic()
+            if now - self._last_log < DROP_LOG_WINDOW_S:
+                return False
+            self._last_log, not_logged = now, self._not_logged
+            self._not_logged = 0
+            held = (self.messages, self.bytes)
+        log.warning(
+            "p2p.queue_full_dropped",
+            topic=self.topic,
+            dropped=not_logged,
+            dropped_total=self.dropped,
+            queued_messages=held[0],
+            queued_bytes=held[1],
+        )
+        return False
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.messages -= 1
+            self.bytes -= size
+
+
+class _BudgetQueue(asyncio.Queue[GossipMessage]):
+    """A subscription queue that gives a message's room back to its budget when it is taken."""
+
+    def __init__(self, budget: HandOffBudget) -> None:
+        super().__init__(budget.max_messages)
+        self.budget = budget
+
+    def _get(self) -> GossipMessage:
+        message: GossipMessage = super()._get()  # type: ignore[misc]
+        self.budget.release(len(message.data))
+        return message
+
+
+Validator = Callable[[str, bytes], bool]
+"""(topic, data) -> accept. Runs on the Trio thread before relay and must be fast;
+an exception counts as a reject and is logged. libp2p caches the verdict per
+message id (content hash) for 5 minutes: the same data is not re-validated."""
+
+
+def _first_service_error(error: BaseException | None) -> P2PServiceError | None:
+    """The P2PServiceError in `error`, which Trio may have wrapped in exception groups."""
+    if isinstance(error, P2PServiceError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := _first_service_error(inner)) is not None:
+                return found
+    return None
+
+
+class P2PHost:
+    """One libp2p host (TCP + Noise + Yamux, gossipsub 1.1) driven from asyncio."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        listen_addrs: list[str],
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        gossip_heartbeat_s: float = 1.0,
+        queue_size: int = 4096,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        libp2p_log_level: int | str = logging.WARNING,
+    ) -> None:
+        """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
+
+        `queue_size` / `queue_bytes`: per topic, the most messages and bytes received
+        and not yet taken by the consumer; more is dropped.
+        """
+        try:
+            options = ServiceOptions(
+                secret=secret,
+                listen_addrs=listen_addrs,
+                max_message_bytes=max_message_bytes,
+                gossip_heartbeat_s=gossip_heartbeat_s,
+            )
+        except ValidationError as exc:
+            raise P2PError(f"invalid p2p options: {exc}") from exc
+        route_libp2p_logging(libp2p_log_level)
+        self._options = options
+        self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._budgets: dict[str, HandOffBudget] = {}
+        self._service = P2PService(options, on_message=self._on_trio_message)
+        self._peer_id = peer_id_of(secret)
+        self._queues: dict[str, asyncio.Queue[GossipMessage]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._exited: asyncio.Event | None = None
+        self._stopping = False
+
+    # --- properties ------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        """Our libp2p peer id ("16Uiu2...")."""
+        return self._peer_id
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs with /p2p/<peer id> and the real port (empty before start)."""
+        return list(self._service.listen_addrs)
+
+    @property
+    def thread_name(self) -> str:
+        """Name of the Trio thread that runs this host."""
+        return f"p2p-trio-{self._peer_id[-8:]}"
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages received and dropped because their topic's hand-off budget was full."""
+        return sum(budget.dropped for budget in list(self._budgets.values()))
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest gossip message data sent or accepted."""
+        return self._options.max_message_bytes
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the Trio thread and listen; raises P2PError naming the address on failure."""
+        if self._thread is not None:
+            raise P2PError("p2p host already started")
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        self._exited = asyncio.Event()
+        self._thread = threading.Thread(target=self._thread_main, name=self.thread_name, daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
+        except TimeoutError:
+            await self.stop()
+            raise P2PError(
+                f"p2p host did not start listening on {self._options.listen_addrs} within {START_TIMEOUT_S:g} s"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop the host and join its thread. Idempotent; bounded (~STOP_TIMEOUT_S)."""
+        if self._thread is None or self._exited is None:
+            return
+        if not self._stopping:
+            self._stopping = True
+            self._request_stop()  # before ready there is no token yet: _set_ready asks then
+        try:
+            await asyncio.wait_for(self._exited.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("p2p.stop_timeout", timeout_s=STOP_TIMEOUT_S)
+            return
+        self._thread.join(timeout=1.0)  # it has already left trio.run: returns at once
+
+    # --- operations ------------------------------------------------------
+
+    async def connect(self, multiaddr: str, timeout: float = 10.0) -> str:
+        """Dial a /ip4/.../tcp/.../p2p/... address; returns its peer id. Dials run concurrently."""
+        return await self._call(self._service.connect, multiaddr, timeout)
+
+    async def connect_many(self, multiaddrs: list[str], timeout: float = 10.0) -> list[str | P2PError]:
+        """Dial several addresses at once; per address the peer id or the P2PError."""
+        results = await asyncio.gather(*(self.connect(a, timeout) for a in multiaddrs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, P2PError):
+                raise result
+        return results  # type: ignore[return-value]
+
+    async def subscribe(self, topic: str, validator: Validator | None = None) -> asyncio.Queue[GossipMessage]:
+        """Join `topic`; valid messages from other peers arrive on the returned queue.
+
+        The validator gives the verdict before relay (False or an exception: not
+        delivered, not relayed). Messages over `max_message_bytes` are rejected.
+        """
+        if topic in self._queues:
+            raise P2PError(f"already subscribed to topic {topic!r}")
+        budget = HandOffBudget(topic, self._queue_size, self._queue_bytes)
+        queue = _BudgetQueue(budget)
+        self._queues[topic] = queue
+        self._budgets[topic] = budget
+        try:
+            await self._call(self._service.subscribe, topic, validator)
+        except BaseException:
+            self._queues.pop(topic, None)
+            self._budgets.pop(topic, None)
+            raise
+        return queue
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish `data` on `topic`, paced by the outbound queues.
+
+        Raises MessageTooLargeError (nothing sent) above `max_message_bytes`.
+        Data identical to a message seen in the last 2 minutes is not sent again.
+        Awaiting publishes one after another keeps their order.
+        """
+        if len(data) > self._options.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of "
+                f"{self._options.max_message_bytes} bytes"
+            )
+        await self._call(self._service.publish, topic, bytes(data))
+
+    async def peers(self) -> list[str]:
+        """Ids of the connected peers."""
+        return await self._call(self._service.peers)
+
+    async def mesh_sizes(self) -> dict[str, int]:
+        """Topic -> gossipsub mesh peer count."""
+        return await self._call(self._service.mesh_sizes)
+
+    # --- bridge between the threads --------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the service coroutine `fn(*args)` on the Trio thread and await its result."""
+        if self._token is None or self._stopping or self._loop is None:
+            raise P2PError("p2p host is not running")
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def spawn() -> None:  # on the Trio thread
+            try:
+                self._service.spawn(self._run_on_trio, fn, args, future)
+            except (P2PServiceError, RuntimeError) as exc:
+                self._settle(future, None, P2PError(str(exc)))
+
+        try:
+            self._token.run_sync_soon(spawn)
+        except trio.RunFinishedError:
+            raise P2PError("p2p host is not running") from None
+        return await future
+
+    async def _run_on_trio(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        try:
+            result = await fn(*args)
+        except P2PServiceError as exc:
+            self._settle(future, None, P2PError(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any failure goes back to the awaiting caller
+            self._settle(future, None, P2PError(f"p2p {fn.__name__} failed: {exc!r}"))
+        except BaseException:
+            self._settle(future, None, P2PError("p2p host stopped"))
+            raise
+        else:
+            self._settle(future, result, None)
+
+    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        """Complete `future` on the asyncio thread (callable from the Trio thread)."""
+
+        def settle() -> None:
+            if future.done():
+                return  # the awaiting side was cancelled
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self._call_soon(settle)
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is waiting any more
+
+    def _thread_main(self) -> None:
+        error: BaseException | None = None
+        try:
+            trio.run(self._service.run, self._on_trio_ready)
+        except BaseException as exc:  # noqa: BLE001 - reported to the asyncio side below
+            error = exc
+        self._call_soon(self._on_thread_exit, error)
+
+    def _on_trio_ready(self) -> None:  # on the Trio thread
+        self._token = trio.lowlevel.current_trio_token()
+        self._call_soon(self._set_ready)
+
+    def _set_ready(self) -> None:
+        if self._stopping:
+            self._request_stop()  # stop() was called while starting
+        elif self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    def _request_stop(self) -> None:
+        if self._token is None:
+            return
+        try:
+            self._token.run_sync_soon(self._service.request_stop)
+        except trio.RunFinishedError:
+            pass
+
+    def _on_thread_exit(self, error: BaseException | None) -> None:
+        if self._ready is not None and not self._ready.done():
+            service_error = _first_service_error(error)
+            if service_error is not None:
+                message = str(service_error)
+            elif error is None:
+                message = f"p2p host on {self._options.listen_addrs} was stopped while starting"
+            else:
+                message = f"p2p host failed to start on {self._options.listen_addrs}: {error!r}"
+            self._ready.set_exception(P2PError(message))
+        elif error is not None:
+            if self._stopping:
+                log.warning("p2p.stopped_with_error", error=repr(error))
+            else:
+                log.error("p2p.crashed", error=repr(error))
+        self._stopping = True
+        if self._exited is not None:
+            self._exited.set()
+
+    def _on_trio_message(self, topic: str, data: bytes, source_peer: str) -> None:  # on the Trio thread
+        budget = self._budgets.get(topic)
+        if budget is None or not budget.charge(len(data)):
+            return
+        self._call_soon(self._deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
+
+    def _deliver(self, message: GossipMessage) -> None:
+        queue = self._queues.get(message.topic)
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(message)
+        except asyncio.QueueFull:  # the budget admits no more than the queue holds; kept as a guard
+            queue.budget.release(len(message.data))

@@ -1,0 +1,343 @@
+"""The Trio side of the P2P layer: one libp2p host with gossipsub.
+
+py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
+`trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
+on that Trio thread; nothing here knows about asyncio. The measured behaviour
+this code works around is in shared/notes/LIBP2P.md.
+
+Delivery rule: messages this host publishes itself are NOT handed to its own
+`on_message` sink (libp2p would deliver them locally; we filter them out), and
+our own publishes skip the topic validator (they are size-checked before
+publishing instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import multiaddr
+import structlog
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, ISubscriptionAPI
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from pydantic import BaseModel, ConfigDict, Field
+
+from node.wire.topics import MAX_MESSAGE_BYTES
+
+log = structlog.get_logger(__name__)
+
+MAX_INBOUND_RPC_BYTES = 1 << 20
+PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs) holds more
+PACING_POLL_S = 0.002
+PACING_MAX_WAIT_S = 2.0  # a frozen peer never drains: give up waiting and publish anyway
+HOUSEKEEPING_INTERVAL_S = 30.0
+STOP_GRACE_S = 3.0  # after a stop request, teardown is cancelled outright after this long
+
+MessageSink = Callable[[str, bytes, str], None]
+"""(topic, data, source peer id) -> None; called on the Trio thread, must not block."""
+TopicValidator = Callable[[str, bytes], bool]
+"""(topic, data) -> accept; called on the Trio thread before relay."""
+
+
+class P2PServiceError(Exception):
+    """A P2P operation failed; the message names the address, topic or limit involved."""
+
+
+class ServiceOptions(BaseModel):
+    """Configuration of one libp2p host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    secret: bytes = Field(min_length=32, max_length=32, description="secp256k1 secret of the node")
+    listen_addrs: list[str] = Field(min_length=1)
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=0, le=MAX_INBOUND_RPC_BYTES - 4096)
+    gossip_heartbeat_s: float = Field(default=1.0, gt=0)
+
+
+def content_message_id(msg: rpc_pb2.Message) -> bytes:
+    """Gossip message id: sha256 of the data, so the same envelope relayed twice is one message."""
+    return hashlib.sha256(msg.data).digest()
+
+
+def peer_id_of(secret: bytes) -> str:
+    """The libp2p peer id ("16Uiu2...") of a 32-byte secp256k1 secret."""
+    return ID.from_pubkey(create_new_key_pair(secret).public_key).to_base58()
+
+
+def _is_nursery_closed(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
+
+
+def _probe_port_free(addr: str, maddr: multiaddr.Multiaddr) -> None:
+    """Fail when a fixed TCP port is taken.
+
+    libp2p binds with SO_REUSEPORT, so a second host on a busy port would
+    silently share it; a plain bind (SO_REUSEADDR only) still fails then.
+    """
+    protocols = {p.name for p in maddr.protocols()}
+    if "tcp" not in protocols or int(maddr.value_for_protocol("tcp")) == 0:
+        return
+    family, ip_proto = (socket.AF_INET6, "ip6") if "ip6" in protocols else (socket.AF_INET, "ip4")
+    if ip_proto not in protocols:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((maddr.value_for_protocol(ip_proto), int(maddr.value_for_protocol("tcp"))))
+        except OSError as exc:
+            raise P2PServiceError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
+
+
+class P2PService:
+    """A libp2p host + gossipsub router, driven from inside one `trio.run`."""
+
+    def __init__(self, options: ServiceOptions, on_message: MessageSink) -> None:
+        self._options = options
+        self._on_message = on_message
+        self._key_pair = create_new_key_pair(options.secret)
+        self._my_id = ID.from_pubkey(self._key_pair.public_key)
+        self._my_id_bytes = self._my_id.to_bytes()
+        self.peer_id: str = self._my_id.to_base58()
+        self.listen_addrs: list[str] = []
+        self.pacing_timeouts = 0
+        self._host: IHost | None = None
+        self._pubsub: Pubsub | None = None
+        self._gossipsub: GossipSub | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop_event: trio.Event | None = None
+        self._outer_scope: trio.CancelScope | None = None
+        self._publish_lock: trio.Lock | None = None
+        self._stuck_peers: set[ID] = set()
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[], None]) -> None:
+        """Listen, start gossipsub, call `on_ready()`, then serve until `request_stop()`."""
+        self._stop_event = trio.Event()
+        self._publish_lock = trio.Lock()
+        with trio.CancelScope() as self._outer_scope:
+            try:
+                await self._serve(on_ready)
+            except BaseExceptionGroup as group:
+                if not self._stopping:
+                    raise
+                _, rest = group.split(_is_nursery_closed)
+                if rest is not None:
+                    raise rest from None
+            except RuntimeError as exc:
+                if not (self._stopping and _is_nursery_closed(exc)):
+                    raise
+        self._nursery = None
+
+    def request_stop(self) -> None:
+        """Begin shutdown (sync; call on the Trio thread). Teardown is bounded by STOP_GRACE_S."""
+        self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._outer_scope is not None:
+            self._outer_scope.deadline = min(self._outer_scope.deadline, trio.current_time() + STOP_GRACE_S)
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a task in the service's nursery (sync; call on the Trio thread)."""
+        if self._nursery is None or self._stopping:
+            raise P2PServiceError("p2p host is not running")
+        self._nursery.start_soon(fn, *args)
+
+    async def _serve(self, on_ready: Callable[[], None]) -> None:
+        maddrs = []
+        for addr in self._options.listen_addrs:
+            try:
+                maddr = multiaddr.Multiaddr(addr)
+            except Exception as exc:
+                raise P2PServiceError(f"invalid listen multiaddr {addr!r}: {exc}") from exc
+            _probe_port_free(addr, maddr)
+            maddrs.append(maddr)
+        noise_key = create_x25519_key_pair().private_key
+        host = new_host(
+            key_pair=self._key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key)},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=maddrs,
+        )
+        gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=5,
+            degree_high=12,
+            heartbeat_interval=self._options.gossip_heartbeat_s,  # type: ignore[arg-type]  # float works
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        pubsub = Pubsub(
+            host,
+            gossipsub,
+            strict_signing=True,
+            msg_id_constructor=content_message_id,
+            max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
+        )
+        self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
+        async with host.run(maddrs), background_trio_service(pubsub), background_trio_service(gossipsub):
+            await pubsub.wait_until_ready()
+            listeners = host.get_network().listeners
+            missing = [addr for addr, m in zip(self._options.listen_addrs, maddrs) if str(m) not in listeners]
+            if missing:
+                raise P2PServiceError(f"cannot listen on {', '.join(missing)}")
+            self.listen_addrs = [str(a) for a in host.get_addrs()]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._housekeeping)
+                log.info("p2p.listening", peer_id=self.peer_id, addrs=self.listen_addrs)
+                on_ready()
+                await self._stop_event.wait()  # type: ignore[union-attr]
+                await self._flush_outbound(STOP_GRACE_S / 3)
+                # Close connections explicitly: cancelling the services alone leaves the
+                # sockets open, and peers would keep us in their mesh as if still alive.
+                with trio.move_on_after(STOP_GRACE_S / 2):
+                    await host.close()
+                nursery.cancel_scope.cancel()
+
+    async def _flush_outbound(self, timeout: float) -> None:
+        """Let messages published just before stop() reach the wire (bounded)."""
+        assert self._pubsub is not None
+        with trio.move_on_after(timeout):
+            while any(len(queue) for queue in self._pubsub.peer_queues.values()):
+                await trio.sleep(PACING_POLL_S)
+            await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
+
+    async def _housekeeping(self) -> None:
+        # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound.
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+            assert self._gossipsub is not None
+            self._gossipsub.recent_message_deliveries.clear()
+
+    # --- operations (call through spawn) ----------------------------------
+
+    async def connect(self, addr: str, timeout: float) -> str:
+        """Dial a /ip4/../tcp/../p2p/<id> address; returns the remote peer id."""
+        assert self._host is not None
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
+        if info.peer_id == self._my_id:
+            raise P2PServiceError(f"refusing to dial our own address {addr}")
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self._host.connect(info)
+            except Exception as exc:
+                raise P2PServiceError(f"dialing {addr} failed: {exc}") from exc
+        if scope.cancelled_caught:
+            raise P2PServiceError(f"dialing {addr} timed out after {timeout:g} s")
+        return info.peer_id.to_base58()
+
+    async def subscribe(self, topic: str, validator: TopicValidator | None) -> None:
+        """Register the validator, join the topic and drain it into the message sink."""
+        assert self._pubsub is not None and self._nursery is not None
+        if topic in self._pubsub.topic_ids:
+            raise P2PServiceError(f"already subscribed to topic {topic!r}")
+        self._pubsub.set_topic_validator(topic, self._wrap_validator(topic, validator), False)
+        subscription = await self._pubsub.subscribe(topic)
+        self._nursery.start_soon(self._drain, topic, subscription)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish once outbound queues have room (paced); the same data twice is sent once."""
+        assert self._pubsub is not None and self._publish_lock is not None
+        if len(data) > self._options.max_message_bytes:
+            raise P2PServiceError(
+                f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of "
+                f"{self._options.max_message_bytes} bytes"
+            )
+        async with self._publish_lock:
+            await self._wait_for_outbound_room()
+            await self._pubsub.publish(topic, data)
+
+    async def peers(self) -> list[str]:
+        """Ids of the connected peers."""
+        assert self._host is not None
+        return [peer.to_base58() for peer in self._host.get_connected_peers()]
+
+    async def mesh_sizes(self) -> dict[str, int]:
+        """Topic -> number of peers in our gossipsub mesh for it."""
+        assert self._gossipsub is not None
+        return {topic: len(peers) for topic, peers in self._gossipsub.mesh.items()}
+
+    # --- internals -------------------------------------------------------
+
+    def _wrap_validator(self, topic: str, validator: TopicValidator | None) -> Callable[[ID, rpc_pb2.Message], bool]:
+        limit = self._options.max_message_bytes
+
+        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            if forwarder == self._my_id and msg.from_id == self._my_id_bytes:
+                return True  # our own publish: size-checked already, and not delivered locally
+            if len(msg.data) > limit:
+                log.debug("p2p.reject_oversize", topic=topic, size=len(msg.data), limit=limit)
+                return False
+            if validator is None:
+                return True
+            try:
+                return bool(validator(topic, msg.data))
+            except Exception:
+                # A raising sync validator would crash the libp2p host: count it as a reject.
+                log.warning("p2p.validator_error", topic=topic, exc_info=True)
+                return False
+
+        return check
+
+    async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
+        # libp2p buffers only 32 messages per subscription: empty it promptly.
+        peer_names: dict[bytes, str] = {}
+        async for msg in subscription:  # type: ignore[attr-defined]
+            if msg.from_id == self._my_id_bytes:
+                continue
+            source = peer_names.get(msg.from_id)
+            if source is None:
+                if len(peer_names) > 4096:
+                    peer_names.clear()
+                source = peer_names[msg.from_id] = ID(msg.from_id).to_base58()
+            try:
+                self._on_message(topic, msg.data, source)
+            except Exception:
+                log.exception("p2p.sink_error", topic=topic)
+
+    async def _wait_for_outbound_room(self) -> None:
+        # publish() has no back-pressure and a full per-peer queue drops silently.
+        deadline = trio.current_time() + PACING_MAX_WAIT_S
+        while busy := self._busy_peers():
+            if trio.current_time() >= deadline:
+                # Stop waiting for these peers until their queues drain (e.g. a frozen peer).
+                self._stuck_peers |= busy
+                self.pacing_timeouts += 1
+                log.warning(
+                    "p2p.pacing_timeout",
+                    waited_s=PACING_MAX_WAIT_S,
+                    peers=[peer.to_base58() for peer in busy],
+                    count=self.pacing_timeouts,
+                )
+                return
+            await trio.sleep(PACING_POLL_S)
+
+    def _busy_peers(self) -> set[ID]:
+        """Peers whose outbound queue is too full to publish into, less those given up on."""
+        assert self._pubsub is not None
+        busy = {peer for peer, queue in self._pubsub.peer_queues.items() if len(queue) > PACING_QUEUE_DEPTH}
+        self._stuck_peers &= busy  # a peer that drained is waited for again
+        return busy - self._stuck_peers

@@ -1,0 +1,348 @@
+"""The publisher side: join the network, publish signed tasks, collect verified results.
+
+async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
+    simple = Simple()
+    res = await client.execute(Task(workflow=simple.workflow(prompt="Hey there!"), models=["smollm2:135m"]), timeout=45)
+    print(simple.parse_result(res))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+
+from node.p2p.host import GossipMessage, P2PError, P2PHost
+from node.publisher.node_table import KnownNode, NodeTable
+from node.wire.ecies import EciesError, decrypt
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import GossipGate, Inbound, InboundError, decode
+from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+
+log = structlog.get_logger(__name__)
+
+OnSubmit = Callable[[str, "str | None"], None]  # (task id published, node picked or None)
+OnMessage = Callable[[Inbound], None]  # every verified result or heartbeat, as it arrived
+
+
+class ClientError(Exception):
+    """The client could not get a task done."""
+
+
+class TaskTimeoutError(ClientError, TimeoutError):
+    """No result arrived before the timeout."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id}: no result within {timeout:g} s")
+        self.task_id = task_id
+
+
+class NoNodeError(ClientError, TimeoutError):
+    """No live node hosting an acceptable model was seen before the timeout; nothing was published."""
+
+    def __init__(self, timeout: float, models: list[str], known: int) -> None:
+        super().__init__(f"no live node hosting any of {models} seen within {timeout:g} s ({known} live nodes known)")
+
+
+class TaskFailedError(ClientError):
+    """The executing node returned an error result."""
+
+    def __init__(self, task_id: str, reason: str, node: str) -> None:
+        super().__init__(f"task {task_id} failed on node {node}: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+        self.node = node
+
+    @property
+    def retryable(self) -> bool:
+        """A node-side failure (busy, interrupted, crashed, model failed), not a workflow error."""
+        return self.reason.startswith(("busy:", "interrupted:", "internal error", "model error"))
+
+
+class Task(BaseModel):
+    """What a publisher asks for: a workflow and the models it accepts."""
+
+    workflow: dict[str, Any]
+    models: list[str] = Field(min_length=1)
+    prompt: str | None = None
+    nodes: list[str] | None = None  # addresses to pick; None: any node that matches
+    # Encrypt the result to this key instead of the client's (a gateway serving a caller):
+    # the client then returns the node's ciphertext untouched.
+    public_key: str | None = None
+
+
+class TaskResult(BaseModel):
+    """A verified, decrypted result."""
+
+    task_id: str
+    text: str = ""
+    ciphertext: str | None = None  # hex ECIES, for a task encrypted to another key (`Task.public_key`)
+    node: str  # address that signed the result
+    model: str
+    stats: Stats
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Client:
+    """A publisher peer. Starts on first use; close it (or use `async with`)."""
+
+    def __init__(
+        self,
+        peers: list[str],
+        secret_key: str | bytes | None = None,
+        listen: list[str] | None = None,
+        connect_timeout: float = 15.0,
+        max_retries: int = 2,
+        node_table: NodeTable | None = None,
+        on_message: OnMessage | None = None,
+    ) -> None:
+        if isinstance(secret_key, bytes):
+            self.identity = Identity(secret_key)
+        elif isinstance(secret_key, str):
+            self.identity = Identity.from_hex(secret_key)
+        else:
+            self.identity = Identity.generate()
+        self._peers = list(peers)
+        self._listen = listen or ["/ip4/127.0.0.1/tcp/0"]
+        self._connect_timeout = connect_timeout
+        self._host: P2PHost | None = None
+        self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
+        self._loops: list[asyncio.Task[None]] = []
+        self._start_lock = asyncio.Lock()
+        self._max_retries = max_retries
+        self.nodes = node_table or NodeTable()
+        self.on_message = on_message  # called for every verified result and heartbeat
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Join the network: listen, subscribe, dial the peers, wait for a task mesh."""
+        async with self._start_lock:
+            if self._host is not None:
+                return
+            host = P2PHost(self.identity.secret, self._listen)
+            await host.start()
+            self._host = host
+            gate = GossipGate()
+            queues = {t: await host.subscribe(t, gate.validate) for t in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+            self._loops = [
+                asyncio.create_task(self._consume_results(queues[RESULTS_TOPIC])),
+                asyncio.create_task(self._drain(queues[TASK_TOPIC])),
+                asyncio.create_task(self._consume_heartbeats(queues[HEARTBEAT_TOPIC])),
+            ]
+            results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
+            failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
+            if self._peers and len(failures) == len(self._peers):
+                raise ClientError("could not connect to any peer: " + "; ".join(failures))
+            await self._wait_for_mesh(host)
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        if self._host is not None:
+            await self._host.stop()
+            self._host = None
+
+    async def execute(self, task: Task, timeout: float = 60.0, on_submit: OnSubmit | None = None) -> TaskResult:
+        """Run the task and return its verified result within `timeout` seconds.
+
+        With `task.nodes` set, those nodes are picked. Otherwise one live node that
+        hosts an acceptable model is chosen from heartbeats; a `busy` answer or a
+        node failure is retried on another node (new task id, at most `max_retries`
+        times); a workflow error is not. Raises TaskTimeoutError (NoNodeError when
+        no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for every
+        task published (each retry has a new id).
+        """
+        if task.nodes:
+            task_id = await self.submit(task, timeout)
+            if on_submit is not None:
+                on_submit(task_id, None)
+            return await self.wait(task_id, timeout, nodes=task.nodes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        tried: set[str] = set()
+        last_failure: TaskFailedError | None = None
+        for _ in range(self._max_retries + 1):
+            node = await self._choose(task.models, tried, deadline, timeout, last_failure)
+            tried.add(node.address)
+            self.nodes.reserve(node.address)
+            picked = task.model_copy(update={"nodes": [node.address]})
+            remaining = max(deadline - loop.time(), 0.001)
+            task_id = await self.submit(picked, remaining)
+            if on_submit is not None:
+                on_submit(task_id, node.address)
+            try:
+                return await self.wait(task_id, remaining, nodes=picked.nodes)
+            except TaskFailedError as exc:
+                if not exc.retryable:
+                    raise
+                last_failure = exc
+                log.info("retrying on another node", task_id=task_id, node=node.address, reason=exc.reason)
+        assert last_failure is not None
+        raise last_failure
+
+    async def _choose(
+        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
+    ) -> KnownNode:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        while True:
+            node = self.nodes.choose(models, exclude=tried)
+            if node is not None:
+                return node
+            if last_failure is not None and not any(
+                n.serves(models) and n.address not in tried for n in self.nodes.live()
+            ):
+                raise last_failure  # every node that could take it was tried
+            if loop.time() >= deadline:
+                raise NoNodeError(timeout, models, len(self.nodes.live()))
+            await asyncio.sleep(0.1)
+
+    async def submit(self, task: Task, timeout: float = 60.0) -> str:
+        """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`."""
+        await self.start()
+        assert self._host is not None
+        task_id = secrets.token_urlsafe(16)
+        body = TaskBody(
+            task_id=task_id,
+            deadline=time.time_ns() + int(timeout * 1e9),
+            input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
+            picked_nodes=task.nodes,
+            public_key=task.public_key or self.identity.public_key_compressed.hex(),
+        )
+        if task.public_key:
+            self._sealed.add(task_id)
+        self._expect(task_id, task.nodes)
+        try:
+            await self.publish_task(body)
+        except ClientError:
+            self._pending.pop(task_id, None)
+            raise
+        log.debug("task published", task_id=task_id, models=task.models)
+        return task_id
+
+    async def publish_task(self, body: TaskBody) -> None:
+        """Sign and publish a task body as it is (its result is not awaited: see `on_message`)."""
+        await self.start()
+        assert self._host is not None
+        try:
+            await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
+        except P2PError as exc:
+            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+
+    async def wait(
+        self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
+    ) -> TaskResult:
+        """Wait for the result of a task published by this key (also one from an earlier session).
+
+        `sealed`: the task was encrypted to another key (`Task.public_key`): return its ciphertext.
+        """
+        if sealed:
+            self._sealed.add(task_id)
+        future = self._expect(task_id, nodes)  # before joining: a result may arrive as soon as the mesh forms
+        try:
+            async with asyncio.timeout(timeout):
+                await self.start()
+                return await future
+        except TimeoutError:
+            raise TaskTimeoutError(task_id, timeout) from None
+        finally:
+            self._pending.pop(task_id, None)
+            self._sealed.discard(task_id)
+
+    def _expect(self, task_id: str, nodes: list[str] | None) -> asyncio.Future[TaskResult]:
+        if task_id not in self._pending:
+            future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+            picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
+            self._pending[task_id] = (future, picked)
+        return self._pending[task_id][0]
+
+    async def _wait_for_mesh(self, host: P2PHost) -> None:
+        if not self._peers:
+            return
+        deadline = time.monotonic() + self._connect_timeout
+        while time.monotonic() < deadline:
+            if (await host.mesh_sizes()).get(TASK_TOPIC, 0) > 0:
+                return
+            await asyncio.sleep(0.1)
+        raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
+
+    async def _consume_results(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                inbound = decode(RESULTS_TOPIC, message.data)
+            except InboundError:
+                continue
+            body = inbound.body
+            assert isinstance(body, ResultBody)
+            self._notify(inbound)
+            pending = self._pending.get(body.task_id)
+            if pending is None:
+                continue
+            future, picked = pending
+            if future.done():
+                continue
+            if picked is not None and inbound.sender not in picked:
+                log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
+                continue
+            if body.error is not None:
+                future.set_exception(TaskFailedError(body.task_id, body.error, inbound.sender))
+                continue
+            try:
+                future.set_result(self._open(body, inbound.sender))
+            except TaskFailedError as exc:
+                future.set_exception(exc)
+
+    def _open(self, body: ResultBody, node: str) -> TaskResult:
+        assert body.ciphertext is not None
+        if body.task_id in self._sealed:
+            return TaskResult(
+                task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats
+            )
+        try:
+            text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
+        except (EciesError, ValueError) as exc:
+            raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
+        return TaskResult(task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats)
+
+    async def _consume_heartbeats(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                inbound = decode(HEARTBEAT_TOPIC, message.data)
+            except InboundError:
+                continue
+            assert isinstance(inbound.body, HeartbeatBody)
+            self.nodes.update(inbound.sender, inbound.body)
+            self._notify(inbound)
+
+    def _notify(self, inbound: Inbound) -> None:
+        if self.on_message is None:
+            return
+        try:
+            self.on_message(inbound)
+        except Exception:  # the consumer loop must survive a failing observer
+            log.exception("message observer failed", topic=inbound.signed.topic)
+
+    @staticmethod
+    async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            await queue.get()

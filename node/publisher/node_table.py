@@ -1,0 +1,149 @@
+"""The publisher's view of the network: nodes known from their heartbeats.
+
+Liveness is judged by the signed body `timestamp` (PROTOCOL.md section 6), not
+by when a heartbeat arrived: anyone can re-send an old signed heartbeat with a
+fresh envelope. A body older than `ttl` (two heartbeat intervals by default),
+older than the newest one seen from that node, or stamped further ahead than
+`max_skew`, is ignored. Every number is clamped (capacity 0..1024, tps 0..1e6,
+finite) before it weighs a choice. `choose` picks one live node that hosts an
+acceptable model, at random weighted by free capacity and speed, so load spreads
+and a fast, idle node is preferred without starving the others. The table is
+capped in entries and in bytes: anyone can make keys.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
+
+MAX_CAPACITY = 1024
+MAX_TPS = 1e6
+DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
+ENTRY_OVERHEAD_BYTES = 256  # what an entry costs beyond its strings, as the byte cap counts it
+
+
+def clamp_capacity(value: int) -> int:
+    return min(max(value, 0), MAX_CAPACITY)
+
+
+def clamp_tps(value: float) -> float:
+    return min(max(value, 0.0), MAX_TPS) if math.isfinite(value) else 0.0
+
+
+@dataclass(frozen=True)
+class KnownNode:
+    """What a node said in its last heartbeat, clamped."""
+
+    address: str
+    peer_id: str
+    models: list[str]
+    free: int
+    max: int
+    tps: dict[str, float]
+    last_seen: float  # the heartbeat body's timestamp, Unix seconds
+
+    def serves(self, wanted: list[str]) -> bool:
+        return bool(self.models) and any(
+            entry in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) or entry in self.models for entry in wanted
+        )
+
+    def weight(self, wanted: list[str]) -> float:
+        speeds = [tps for model, tps in self.tps.items() if model in wanted] or list(self.tps.values()) or [1.0]
+        return max(self.free, 0) * max(max(speeds), 1.0)
+
+    @property
+    def size(self) -> int:
+        """Bytes this entry is counted as, for the table's byte cap."""
+        strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
+        return ENTRY_OVERHEAD_BYTES + strings
+
+
+class NodeTable:
+    """Nodes by address, refreshed by heartbeats."""
+
+    def __init__(
+        self,
+        ttl: float = 2 * DEFAULT_HEARTBEAT_INTERVAL_S,
+        rng: random.Random | None = None,
+        max_nodes: int = 10_000,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_skew: float = 60.0,
+    ) -> None:
+        self._nodes: dict[str, KnownNode] = {}
+        self._ttl = ttl
+        self._rng = rng or random.Random()
+        self._max_nodes = max_nodes
+        self._max_bytes = max_bytes
+        self._max_skew = max_skew
+        self.bytes_used = 0
+
+    def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
+        """Record a heartbeat signed by `sender`; False (and nothing changes) if it is ignored:
+        not the signer's own, stale, older than the one held, or from the future."""
+        if heartbeat.address != sender:
+            return False
+        now = time.time() if now is None else now
+        stamped = heartbeat.timestamp / 1e9
+        if now - stamped > self._ttl or stamped - now > self._max_skew:
+            return False
+        known = self._nodes.get(sender)
+        if known is not None and stamped <= known.last_seen:
+            return False  # a replay, or one overtaken by a newer heartbeat
+        node = KnownNode(
+            address=sender,
+            peer_id=heartbeat.peer_id,
+            models=list(heartbeat.models),
+            free=clamp_capacity(heartbeat.capacity.free),
+            max=clamp_capacity(heartbeat.capacity.max),
+            tps={model: clamp_tps(tps) for model, tps in heartbeat.tps.items()},
+            last_seen=stamped,
+        )
+        self._forget(sender)
+        self._make_room(node.size, now)
+        self._nodes[sender] = node
+        self.bytes_used += node.size
+        return True
+
+    def _forget(self, address: str) -> None:
+        node = self._nodes.pop(address, None)
+        if node is not None:
+            self.bytes_used -= node.size
+
+    def _make_room(self, size: int, now: float) -> None:
+        def full() -> bool:
+            return len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes
+
+        if not full():
+            return
+        for address in [a for a, n in self._nodes.items() if now - n.last_seen > self._ttl]:
+            self._forget(address)  # the silent first
+        while self._nodes and full():
+            self._forget(min(self._nodes.values(), key=lambda n: n.last_seen).address)
+
+    def reserve(self, address: str) -> None:
+        """Count a task just sent to `address` against its free capacity until its next heartbeat."""
+        node = self._nodes.get(address)
+        if node is not None:
+            self._nodes[address] = replace(node, free=node.free - 1)
+
+    def live(self, now: float | None = None) -> list[KnownNode]:
+        now = time.time() if now is None else now
+        return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
+
+    def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
+        """A live node serving one of `wanted`, weighted by free capacity x speed; None if there is none.
+
+        Nodes reporting no free capacity are chosen only when every candidate is full.
+        """
+        candidates = [n for n in self.live(now) if n.address not in exclude and n.serves(wanted)]
+        if not candidates:
+            return None
+        weights = [n.weight(wanted) for n in candidates]
+        if not any(weights):
+            return self._rng.choice(candidates)
+        return self._rng.choices(candidates, weights=weights, k=1)[0]

@@ -1,0 +1,138 @@
+"""Inbound gossip messages: the envelope check and the body check for each topic.
+
+`GossipGate.validate` is the gossip validator (PROTOCOL.md section 7): it runs
+on the libp2p thread before a message is relayed, never raises, and logs the
+reason of every rejection. `decode` gives the consumers a typed message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from node.wire.envelope import EnvelopeError, SignedMessage, open_envelope
+from node.wire.identity import peer_id_of_key
+from node.wire.messages import (
+    HeartbeatBody,
+    MessageError,
+    ResultBody,
+    TaskBody,
+    decode_heartbeat,
+    decode_result,
+    decode_task,
+)
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+
+Body = TaskBody | ResultBody | HeartbeatBody
+_DECODERS: dict[str, Callable[[bytes], Body]] = {
+    TASK_TOPIC: decode_task,
+    RESULTS_TOPIC: decode_result,
+    HEARTBEAT_TOPIC: decode_heartbeat,
+}
+
+log = structlog.get_logger(__name__)
+
+
+class InboundError(Exception):
+    """A gossip message is not valid for its topic; `reason` is a short stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A verified message: who signed it and its typed body."""
+
+    signed: SignedMessage
+    body: Body
+
+    @property
+    def sender(self) -> str:
+        return self.signed.sender
+
+
+def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
+    """Verify the envelope and decode the body for `topic`; InboundError otherwise."""
+    if topic not in _DECODERS:
+        raise InboundError("unknown_topic", f"unknown topic {topic!r}")
+    try:
+        signed = open_envelope(data, topic, now_ns)
+    except EnvelopeError as exc:
+        raise InboundError(exc.reason, str(exc)) from None
+    try:
+        body = _DECODERS[topic](signed.body)
+    except MessageError as exc:
+        raise InboundError("bad_body", str(exc)) from None
+    if isinstance(body, HeartbeatBody):
+        _check_heartbeat_signer(signed, body)
+    return Inbound(signed, body)
+
+
+def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
+    """A heartbeat speaks for its signer only (PROTOCOL.md section 7)."""
+    if body.address != signed.sender:
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
+        )
+    if body.peer_id != peer_id_of_key(signed.sender_key):
+        raise InboundError(
+            "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
+        )
+
+
+class LogWindow:
+    """At most one log line per key per `window_s`; counts the lines held back meanwhile."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._last_logged: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def admit(self, key: object) -> int | None:
+        """None: do not log now. Otherwise log, saying how many were not logged since."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -self._window_s) < self._window_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last_logged[key] = now
+        return self._suppressed.pop(key, 0)
+
+
+class GossipGate:
+    """The validator handed to the P2P layer; counts rejections by reason.
+
+    Each rejection reason is logged at most once per `log_window_s` (with how
+    many were not logged since), so a peer spamming invalid messages cannot
+    flood the logs; the `on_reject` callback (metrics) still sees every one.
+    """
+
+    def __init__(self, on_reject: Callable[[str, str], None] | None = None, log_window_s: float = 10.0) -> None:
+        self._on_reject = on_reject
+        self._window = LogWindow(log_window_s)
+
+    def validate(self, topic: str, data: bytes) -> bool:
+        try:
+            decode(topic, data, time.time_ns())
+        except InboundError as exc:
+            self._reject(topic, exc.reason, str(exc), len(data))
+            return False
+        except Exception:  # noqa: BLE001 - a validator must never raise into libp2p
+            log.exception("validator failed", topic=topic, size=len(data))
+            self._reject(topic, "internal", "validator failed", len(data))
+            return False
+        return True
+
+    def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:
+        if self._on_reject is not None:
+            self._on_reject(topic, reason)
+        not_logged = self._window.admit((topic, reason))
+        if not_logged is None:
+            return
+        log.info(
+            "message rejected", topic=topic, reason=reason, detail=detail[:300], size=size, not_logged_since=not_logged
+        )

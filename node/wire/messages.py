@@ -1,0 +1,256 @@
+"""Bodies of the three gossip topics (PROTOCOL.md sections 4, 5, 6).
+
+Python attributes are snake_case; wire names are their camelCase aliases
+(`alias_generator=to_camel`). Models are strict (no str -> int coercion) and
+ignore unknown fields, so newer publishers can add fields. `decode_*` raise
+MessageError only; its message names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from node.wire.bloom import BloomFilter, BloomFilterError
+from node.wire.identity import IdentityError, parse_public_key
+from node.wire.wire_time import INT64_MAX, format_rfc3339_ns, ns_from_wire
+
+MAX_FILTER_HEX_CHARS = 128 * 1024  # 64 KiB of filter bytes
+MAX_MODELS = 64
+
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
+Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Nanoseconds = Int64
+# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns (section 4).
+Deadline = Annotated[int, BeforeValidator(ns_from_wire), Field(ge=0, le=INT64_MAX)]
+# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form (section 5).
+StatTime = Annotated[
+    int,
+    BeforeValidator(ns_from_wire),
+    Field(ge=0, le=INT64_MAX),
+    PlainSerializer(format_rfc3339_ns, return_type=str, when_used="json"),
+]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class MessageError(Exception):
+    """A message body is not valid for its topic; str(e) names the field at fault."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True, allow_inf_nan=False)
+
+
+def _normalize_address(address: str) -> str:
+    return address.lower().removeprefix("0x")
+
+
+class TaskFilter(_Wire):
+    """Bloom filter over the raw 20-byte addresses of the nodes that may take the task."""
+
+    hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
+    hashes: int = Field(ge=1, le=64)
+    _bloom: BloomFilter = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _parse_bloom(self) -> TaskFilter:
+        try:
+            self._bloom = BloomFilter.from_hex(self.hex, self.hashes)
+        except BloomFilterError as e:
+            raise ValueError(str(e)) from e
+        return self
+
+    @classmethod
+    def from_bloom(cls, bloom: BloomFilter) -> TaskFilter:
+        """The wire form of a filter a publisher built."""
+        return cls(hex=bloom.hex, hashes=bloom.hashes)
+
+    def contains(self, address_bytes: bytes) -> bool:
+        """Whether the filter (may) contain this raw 20-byte address."""
+        return self._bloom.contains(address_bytes)
+
+
+def _first_non_finite(value: Any) -> str | None:
+    """Path of the first NaN or infinite number inside parsed JSON, or None.
+
+    The JSON parser takes `NaN`, `Infinity` and `1e999` (none of them JSON numbers)
+    into free-form parts such as a workflow; they are refused here.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "value"
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), inner) for key, inner in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{index}" if path else str(index), inner) for index, inner in enumerate(item))
+    return None
+
+
+class TaskInput(_Wire):
+    """What to run: a raw workflow (validated later by the engine) and acceptable models."""
+
+    workflow: dict[str, Any]
+    model: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS)
+    prompt: str | None = None
+
+    @field_validator("workflow")
+    @classmethod
+    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if (path := _first_non_finite(value)) is not None:
+            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        return value
+
+
+class TaskBody(_Wire):
+    """Topic `task`: a publisher's request."""
+
+    task_id: TaskId
+    deadline: Deadline
+    input: TaskInput
+    filter: TaskFilter | None = None
+    picked_nodes: list[Address] | None = None
+    public_key: str
+
+    @field_validator("picked_nodes")
+    @classmethod
+    def _lowercase_addresses(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_normalize_address(a) for a in value]
+
+    @field_validator("public_key")
+    @classmethod
+    def _valid_public_key(cls, value: str) -> str:
+        try:
+            parse_public_key(value)
+        except IdentityError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+    def is_picked(self, address: str) -> bool:
+        """Selection of section 4: pickedNodes (if present) and the bloom filter (if present)."""
+        if self.picked_nodes is not None and _normalize_address(address) not in self.picked_nodes:
+            return False
+        if self.filter is not None:
+            return self.filter.contains(bytes.fromhex(_normalize_address(address)))
+        return True
+
+
+class Stats(_Wire):
+    """Timings of a task, Unix nanoseconds in Python and RFC-3339 strings in JSON;
+    extra fields (token counts) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    received_at: StatTime
+    published_at: StatTime
+    execution_started_at: StatTime
+    execution_ended_at: StatTime
+
+    @model_validator(mode="after")
+    def _finite_extras(self) -> Stats:
+        extras = self.model_extra or {}
+        if (path := _first_non_finite(extras)) is not None:
+            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        for name, value in extras.items():
+            if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                raise ValueError(f"{name} does not fit in int64")
+        return self
+
+
+class ResultBody(_Wire):
+    """Topic `results`: exactly one of `ciphertext` (hex ECIES) or `error`."""
+
+    task_id: TaskId
+    ciphertext: str | None = Field(default=None, pattern=r"^([0-9a-fA-F]{2})+$")
+    error: str | None = None
+    model: str
+    stats: Stats
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> ResultBody:
+        if (self.ciphertext is None) == (self.error is None):
+            raise ValueError("exactly one of ciphertext and error must be present")
+        return self
+
+
+class Capacity(_Wire):
+    """Task slots: free now, and the most the node runs at once."""
+
+    free: Int64
+    max: Int64
+
+
+class HeartbeatBody(_Wire):
+    """Topic `heartbeat`: what a node hosts and how busy it is."""
+
+    address: Address
+    peer_id: str = Field(min_length=1, max_length=128)
+    models: list[ModelName] = Field(max_length=MAX_MODELS)
+    capacity: Capacity
+    pending: Int64 = Field(alias="pendingTasks")
+    # Dria's form, `[tasks taken and unfinished, 0]`; filled in from `pending` when absent.
+    pending_tasks: tuple[Int64, Int64] | None = Field(default=None, alias="pending_tasks")
+    tps: dict[ModelName, Annotated[float, Field(ge=0)]] = Field(max_length=MAX_MODELS)
+    version: str = Field(max_length=64)
+    timestamp: Nanoseconds
+
+    @field_validator("address")
+    @classmethod
+    def _lowercase_address(cls, value: str) -> str:
+        return _normalize_address(value)
+
+    @model_validator(mode="after")
+    def _dria_pending(self) -> HeartbeatBody:
+        if self.pending_tasks is None:
+            self.pending_tasks = (self.pending, 0)
+        return self
+
+
+def _decode(kind: str, model: type[M], body: bytes) -> M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        path = ".".join(str(part) for part in first["loc"])
+        where = f"{path}: " if path else ""
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise MessageError(f"{kind} body: {where}{first['msg']}{more}") from e
+
+
+def decode_task(body: bytes) -> TaskBody:
+    """Parse and validate a `task` body."""
+    return _decode("task", TaskBody, body)
+
+
+def decode_result(body: bytes) -> ResultBody:
+    """Parse and validate a `results` body."""
+    return _decode("result", ResultBody, body)
+
+
+def decode_heartbeat(body: bytes) -> HeartbeatBody:
+    """Parse and validate a `heartbeat` body."""
+    return _decode("heartbeat", HeartbeatBody, body)
+
+
+def encode_body(model: BaseModel) -> bytes:
+    """Compact UTF-8 JSON with camelCase names, leaving out optional fields that are None."""
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8")
