@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from node.gateway.store import TaskStoreError, _Transaction
+from node.gateway.store import _Transaction, open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rpc_tasks (
@@ -57,15 +57,7 @@ class RpcStore:
     def __init__(self, path: Path, retention: float) -> None:
         self.path = path
         self.retention = retention
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise TaskStoreError(f"cannot open the task database {path}: {exc}") from exc
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()

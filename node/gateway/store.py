@@ -49,6 +49,20 @@ class TaskStoreError(Exception):
     """The task database cannot be opened or written."""
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """The gateway's SQLite file (WAL, autocommit) with `schema` applied; TaskStoreError if it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(schema)
+    except (OSError, sqlite3.Error) as exc:
+        raise TaskStoreError(f"cannot open the task database {path}: {exc}") from exc
+    return db
+
+
 class TaskRecord(BaseModel):
     """One gateway task as stored."""
 
@@ -77,15 +91,7 @@ class TaskStore:
     def __init__(self, path: Path, retention: float) -> None:
         self.path = path
         self.retention = retention
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise TaskStoreError(f"cannot open the task database {path}: {exc}") from exc
+        self._db = open_database(path, _SCHEMA)
         self.expire_overdue()
 
     def close(self) -> None:
