@@ -12,6 +12,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd
     supervisor.py       Supervisor: restarts background loops with backoff; a dead one is fatal
+    failures.py         RecentFailures: failures in a sliding window and their backoff (supervisor, execution pool)
     model_setup.py      builds one configured model (registry -> backend -> benchmark)
     workflow_setup.py   maps settings onto the workflow engine's tool and model options
     remote_health.py    health of the remote engines this node fronts

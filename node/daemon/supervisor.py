@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
+
+from node.daemon.failures import RecentFailures
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,7 @@ class LoopState:
     state: Literal["running", "restarting", "failed"] = "running"
     last_error: str | None = None
     restarts: int = 0
-    failures: deque[float] = field(default_factory=deque)
+    failures: RecentFailures = field(default_factory=RecentFailures)
 
 
 class Supervisor:
@@ -108,16 +109,13 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - every failure is handled below
                 reason = f"{type(exc).__name__}: {exc}"[:300]
             state.last_error = reason
-            now = time.monotonic()
-            state.failures.append(now)
-            while state.failures and now - state.failures[0] > self.window_s:
-                state.failures.popleft()
-            if not state.restart or len(state.failures) >= self.max_failures:
+            failures = state.failures.record(time.monotonic(), self.window_s)
+            if not state.restart or failures >= self.max_failures:
                 state.state = "failed"
-                log.error("loop failed", loop=state.name, error=reason, failures=len(state.failures))
+                log.error("loop failed", loop=state.name, error=reason, failures=failures)
                 self._escalate(state.name, reason)
                 return
-            backoff = min(self.max_backoff_s, self.base_backoff_s * 2 ** (len(state.failures) - 1))
+            backoff = state.failures.backoff(self.base_backoff_s, self.max_backoff_s)
             state.state = "restarting"
             log.error("loop crashed, restarting", loop=state.name, error=reason, backoff_s=backoff)
             await asyncio.sleep(backoff)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ import structlog
 from config.settings import Settings
 from node.daemon.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
 from node.daemon.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
+from node.daemon.failures import RecentFailures
 from node.ops.metrics import NodeMetrics
 
 log = structlog.get_logger("node.execution")
@@ -49,7 +49,7 @@ class _Slot:
     model: str
     process: ExecutionProcess | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    crashes: deque[float] = field(default_factory=deque)
+    crashes: RecentFailures = field(default_factory=RecentFailures)
     benched: bool = False  # crashed too often: out of the heartbeats until a restart holds
     failed_starts: int = 0
     restarter: asyncio.Task[None] | None = None
@@ -179,12 +179,9 @@ class ExecutionPool:
         self._metrics.exec_process_up.labels(model=slot.model).set(0)
         error = process.exit_error
         assert error is not None
-        now = time.monotonic()
         if error.crash:
             self._metrics.exec_crashes.labels(model=slot.model, cause=error.cause).inc()
-            slot.crashes.append(now)
-            while slot.crashes and now - slot.crashes[0] > self._settings.exec_crash_window:
-                slot.crashes.popleft()
+            slot.crashes.record(time.monotonic(), self._settings.exec_crash_window)
         log.error(
             "execution process ended",
             model=slot.model,
@@ -205,7 +202,7 @@ class ExecutionPool:
         slot.restarter = asyncio.create_task(self._restart(slot), name=f"exec-restart-{slot.model}")
 
     async def _restart(self, slot: _Slot) -> None:
-        delay = min(MAX_BACKOFF_S, MIN_BACKOFF_S * 2 ** max(len(slot.crashes) - 1, slot.failed_starts))
+        delay = slot.crashes.backoff(MIN_BACKOFF_S, MAX_BACKOFF_S, at_least=slot.failed_starts + 1)
         while not self._closing:
             await asyncio.sleep(delay)
             try:
