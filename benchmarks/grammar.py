@@ -21,8 +21,8 @@ from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, alternate, paired_ratio, summarize
 from benchmarks.workloads import model_path
 from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
-from models.runtime import RuntimeOptions
 
 GOAL = 1.5  # masking the whole vocabulary at every step (grammar first in the chain) cost ~1.7x here
 PARALLEL = 4

@@ -14,8 +14,8 @@ from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, alternate, paired_ratio, summarize
 from benchmarks.workloads import TOPICS, model_path
 from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
-from models.runtime import RuntimeOptions
 
 GOAL = 5.0
 STEP_TOKENS = 32

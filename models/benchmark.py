@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from models.requests import ChatMessage, GenerationRequest
 
 if TYPE_CHECKING:  # the remote benchmark shares this cache without loading llama.cpp
-    from models.runtime import LlamaModel
+    from models.batching import BatchedLlamaModel
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ class BenchResult(BaseModel):
     measured_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-async def benchmark(model: LlamaModel) -> BenchResult:
+async def benchmark(model: BatchedLlamaModel) -> BenchResult:
     """Measure prompt and generation speed (~128 prompt tokens, 48 generated).
 
     A seeded request makes the runtime evaluate the whole prompt (no prefix
@@ -92,7 +92,7 @@ class BenchmarkCache:
         self.path = Path(path)
 
     @staticmethod
-    def key(model: LlamaModel) -> str:
+    def key(model: BatchedLlamaModel) -> str:
         """What the measured speed depends on, hashed."""
         stat = model.path.stat()
         options = model.options
@@ -118,7 +118,7 @@ class BenchmarkCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def get(self, model: LlamaModel) -> BenchResult | None:
+    def get(self, model: BatchedLlamaModel) -> BenchResult | None:
         """The cached result for this model and setup, if any."""
         entry = self._read().get(self.key(model))
         if entry is None:
@@ -128,7 +128,7 @@ class BenchmarkCache:
         except ValidationError:
             return None
 
-    def put(self, model: LlamaModel, result: BenchResult) -> None:
+    def put(self, model: BatchedLlamaModel, result: BenchResult) -> None:
         """Store a result (atomically replacing the file)."""
         data = self._read()
         data[self.key(model)] = {"model": model.name, **result.model_dump(mode="json")}
@@ -142,7 +142,7 @@ class BenchmarkCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    async def measure(self, model: LlamaModel) -> BenchResult:
+    async def measure(self, model: BatchedLlamaModel) -> BenchResult:
         """The cached result, or a fresh benchmark stored for next time."""
         cached = self.get(model)
         if cached is not None:

@@ -1,10 +1,9 @@
 """Render chat messages into a prompt with the model's own chat template.
 
-`Llama.create_chat_completion` does this internally but accepts no
-`stopping_criteria`, which our cancellation needs; so the runtime renders the
-prompt here (the same Jinja2 formatter llama-cpp-python builds from the GGUF's
-`tokenizer.chat_template`) and calls `create_completion` itself. A GGUF without
-a chat template falls back to ChatML.
+The batched runtime decodes prompts in its own loop, so it renders them here
+with the same Jinja2 formatter `Llama.create_chat_completion` builds from the
+GGUF's `tokenizer.chat_template`. A GGUF without a chat template falls back to
+ChatML.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ _TEMPLATE_KEY = "tokenizer.chat_template"
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """A rendered prompt: its text, the template's stop strings and end token ids."""
+    """A rendered prompt: its text and the template's stop strings."""
 
     text: str
     stop: list[str]
-    end_token_ids: frozenset[int]
     # The template already wrote the BOS token itself (do not add another).
     has_bos: bool
 
@@ -41,15 +39,13 @@ class ChatTemplate:
     """The chat template of one model file."""
 
     def __init__(self, llama: llama_cpp.Llama) -> None:
-        eos_id = llama.token_eos()
-        self._end_ids = frozenset({eos_id} if eos_id >= 0 else set())
         template = llama.metadata.get(_TEMPLATE_KEY)
         self.source = "gguf" if template else "chatml-fallback"
         self._formatter: llama_chat_format.ChatFormatter
         if template:
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
-                eos_token=_token_text(llama, eos_id),
+                eos_token=_token_text(llama, llama.token_eos()),
                 bos_token=_token_text(llama, llama.token_bos()),
             )
         else:
@@ -63,6 +59,5 @@ class ChatTemplate:
         return ChatPrompt(
             text=result.prompt,
             stop=[s for s in stop if s],
-            end_token_ids=self._end_ids,
             has_bos=result.added_special,
         )

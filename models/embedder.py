@@ -1,8 +1,8 @@
 """Sentence embeddings from a model file, in a separate llama.cpp context of its own.
 
-The batched runtime's generation context is owned by its scheduler thread, so
-embeddings use their own context (created on first use, mean pooling, L2
-normalised, as `LlamaModel.embed` does) on their own worker thread.
+The batched runtime's generation context is owned by its decode loop's thread,
+so embeddings use their own context (created on first use, mean pooling, L2
+normalised) on their own worker thread.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import llama_cpp
 
+from models.llama_open import construct_llama
+from models.options import RuntimeOptions
 from models.requests import ModelError, ModelLoadError
-from models.runtime import RuntimeOptions, construct_llama
 
 
 class Embedder:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from models.batching import BatchedLlamaModel
 from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.options import RuntimeOptions
 from models.registry import ModelSpec
 from models.remote.benchmark import RemoteBenchmarkCache, benchmark_remote
 from models.remote.openai import RemoteModel
 from models.requests import ModelError
-from models.runtime import RuntimeOptions
 from models.store import ModelStore
 
 ServedModel = BatchedLlamaModel | RemoteModel
@@ -49,7 +49,7 @@ async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = Fals
         return result
     cache = BenchmarkCache(cache_file)
     if not fresh:
-        return await cache.measure(model)  # type: ignore[arg-type]
-    result = await benchmark(model)  # type: ignore[arg-type]
-    cache.put(model, result)  # type: ignore[arg-type]
+        return await cache.measure(model)
+    result = await benchmark(model)
+    cache.put(model, result)
     return result

@@ -3,8 +3,6 @@
 Callers (the workflow engine, the node) submit a request and await its result.
 Cancelling the awaiting asyncio task cancels the request: an in-flight
 generation stops within tens of milliseconds and the model stays usable.
-A scheduler that batches many requests into one llama.cpp decode can replace
-the one-request-at-a-time worker behind this interface without changing it.
 """
 
 from __future__ import annotations
@@ -76,8 +74,12 @@ class ContextOverflowError(ModelError):
 class UnsupportedRequestError(ModelError):
     """The request asks for something this backend cannot do; it fails the same on every try.
 
-    The message starts with `Invalid prompt: ` (PROTOCOL.md section 5).
+    The message starts with `Invalid prompt: `, the prefix that tells a publisher not to retry.
     """
+
+
+class ModelClosedError(ModelError):
+    """The model was closed before or while the request ran."""
 
 
 class DeadlineExceededError(ModelError):

@@ -1,8 +1,8 @@
 """Per-sequence sampling for the batched runtime: one llama.cpp sampler chain per request.
 
-The chain mirrors what `llama_cpp.Llama.create_completion` builds for the
-arguments `LlamaModel` passes (repeat_penalty 1.0, default top-k/top-p/min-p),
-so a request samples the same way on either runtime:
+The chain mirrors what `llama_cpp.Llama.create_completion` builds with
+repeat_penalty 1.0 and its default top-k/top-p/min-p, so a request samples as
+it would through llama-cpp-python's high-level API:
   [end-token mask (ignore_eos)] -> greedy                          (temperature 0)
   [end-token mask (ignore_eos)] -> top_k 40 -> typical 1.0 ->
       top_p 0.95 -> min_p 0.05 -> temp -> dist(seed)                (temperature > 0)

@@ -22,9 +22,9 @@ import structlog
 
 from models.batching import BatchedLlamaModel
 from models.cpu import CpuInfo, ExtraBuffers, extra_buffers_enabled
+from models.options import RuntimeOptions
 from models.registry import DEFAULT_MODEL, Registry
 from models.requests import ChatMessage, GenerationRequest, ModelError
-from models.runtime import RuntimeOptions
 from models.store import ModelStore
 
 

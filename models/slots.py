@@ -1,10 +1,11 @@
-"""The batched runtime's bookkeeping: queued requests, sequence slots and the jobs running in them.
+"""The batched runtime's bookkeeping: queued requests, sequence slots and the requests running in them.
 
 A `Slot` is one llama.cpp sequence id. It remembers which tokens its KV cache
 holds (`cached`) after its request ends, so a later request starting with the
 same tokens (the same system prompt, the next step of the same workflow)
-evaluates only what follows that prefix. A `Job` is one request running in a
-slot: its prompt tokens still to evaluate, its sampler and its output so far.
+evaluates only what follows that prefix. An `ActiveRequest` is one request
+running in a slot: its prompt tokens still to evaluate, its sampler and its
+output so far.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SlotRequest:
     max_tokens: int
     reuse_prefix: bool
     deadline: float | None
-    # Called exactly once, on the scheduler thread, with the result or the error.
+    # Called exactly once, on the decode loop's thread, with the result or the error.
     deliver: Callable[[Outcome], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -56,8 +57,8 @@ class SlotRequest:
 
 
 @dataclass
-class Job:
-    """One request running in a slot (scheduler thread only)."""
+class ActiveRequest:
+    """One request running in a slot (decode loop thread only)."""
 
     request: SlotRequest
     sampler: SequenceSampler
@@ -77,12 +78,12 @@ class Job:
 
 @dataclass
 class Slot:
-    """One sequence id of the shared context (scheduler thread only)."""
+    """One sequence id of the shared context (decode loop thread only)."""
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
-    job: Job | None = None
+    active: ActiveRequest | None = None
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -21,8 +21,8 @@ import pytest
 
 from models.batching import BatchedLlamaModel
 from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, normalize_schema, regex_to_gbnf
+from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
-from models.runtime import LlamaModel, RuntimeOptions
 from tests.model_file import SMOLLM2
 from workflows import WorkflowValidationError, parse_workflow
 
@@ -324,20 +324,6 @@ def test_batched_runtime_decodes_under_every_sdk_form_at_once(batched: BatchedLl
         person = json.loads(text)
         assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
     assert isinstance(json.loads(by_gemini), dict)
-
-
-def test_solo_runtime_decodes_under_an_sdk_regex() -> None:
-    regex = sdk_regex("Person")
-
-    async def run() -> str:
-        model = await LlamaModel.load("smollm2", SMOLLM2, OPTIONS)
-        try:
-            return (await model.generate(_person_request(regex=regex))).text
-        finally:
-            await model.close()
-
-    text = asyncio.run(run())
-    assert re.fullmatch(regex, text), text
 
 
 def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_temperature(

@@ -1,5 +1,5 @@
 """The batched runtime with the real SmolLM2 GGUF: no cross-talk, agreement with
-solo runs, JSON in a batch, cancellation, context overflow, prefix reuse,
+solo runs (one slot), JSON in a batch, cancellation, context overflow, prefix reuse,
 deadlines, stop strings, embeddings and closing."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from models.requests import (
     ChatMessage,
     ContextOverflowError,
@@ -22,7 +23,6 @@ from models.requests import (
     ModelError,
     ModelLoadError,
 )
-from models.runtime import LlamaModel, RuntimeOptions
 from models.slots import BatchedGeneration
 from tests.model_file import SMOLLM2
 
@@ -46,8 +46,9 @@ def model() -> Iterator[BatchedLlamaModel]:
 
 
 @pytest.fixture(scope="module")
-def solo() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2", smollm2_path(), OPTIONS))
+def solo() -> Iterator[BatchedLlamaModel]:
+    """The single-sequence baseline: one slot, so every request runs alone."""
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", smollm2_path(), OPTIONS, parallel=1))
     yield loaded
     asyncio.run(loaded.close())
 
@@ -76,7 +77,7 @@ async def test_no_cross_talk_with_more_requests_than_slots(model: BatchedLlamaMo
     assert model.slots_free == PARALLEL and model.queued == 0
 
 
-async def test_batched_outputs_agree_with_solo_runs(model: BatchedLlamaModel, solo: LlamaModel) -> None:
+async def test_batched_outputs_agree_with_solo_runs(model: BatchedLlamaModel, solo: BatchedLlamaModel) -> None:
     prompts = [
         "Name three colours.",
         "What is the capital of France?",
@@ -87,7 +88,7 @@ async def test_batched_outputs_agree_with_solo_runs(model: BatchedLlamaModel, so
         GenerationRequest(messages=[ChatMessage(role="user", content=p)], max_tokens=32, ignore_eos=True)
         for p in prompts
     ]
-    # A seeded sampled request goes through the same sampler chain as in LlamaModel.
+    # A seeded sampled request must draw the same in a batch as alone.
     requests.append(
         GenerationRequest(
             messages=[ChatMessage(role="user", content="Tell me a short joke.")],
@@ -106,7 +107,7 @@ async def test_batched_outputs_agree_with_solo_runs(model: BatchedLlamaModel, so
         agreed.append(next((i for i, (x, y) in enumerate(zip(bt, at)) if x != y), min(len(bt), len(at))))
         total += max(len(bt), len(at))
         assert b.completion_tokens == a.completion_tokens == 32
-    print(f"token agreement, batched vs solo LlamaModel: {agreed} of {total}")
+    print(f"token agreement, batched vs one slot: {agreed} of {total}")
     # llama.cpp numerics may shift a little with the batch shape (and with a reused prompt
     # prefix); a systematic difference is a bug. Greedy sequences must agree almost entirely;
     # the sampled one (temperature 0.8) must start the same: one flipped draw later changes
@@ -181,7 +182,7 @@ async def test_next_step_reuses_the_cached_prompt_prefix(model: BatchedLlamaMode
     assert step2.reused_prompt_tokens >= step1.prompt_tokens - 1
     assert step2.evaluated_prompt_tokens < step2.prompt_tokens / 4
     assert model.prompt_tokens_evaluated - before == step2.evaluated_prompt_tokens
-    # A seeded request evaluates its whole prompt (as LlamaModel does) and answers the same.
+    # A seeded request evaluates its whole prompt (no prefix reuse) and answers the same.
     fresh = await model.generate(GenerationRequest(messages=second, max_tokens=12, seed=1))
     assert isinstance(fresh, BatchedGeneration) and fresh.reused_prompt_tokens == 0
     reused, whole = model.tokenize(step2.text), model.tokenize(fresh.text)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from models.batching import BatchedLlamaModel
 from models.benchmark import BenchmarkCache, BenchResult, benchmark
-from models.runtime import LlamaModel, RuntimeOptions
+from models.options import RuntimeOptions
 from tests.model_file import SMOLLM2
 
 
@@ -20,13 +21,15 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1)))
+def model() -> Iterator[BatchedLlamaModel]:
+    loaded = asyncio.run(
+        BatchedLlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1), parallel=1)
+    )
     yield loaded
     asyncio.run(loaded.close())
 
 
-async def test_benchmark_is_short_and_positive(model: LlamaModel) -> None:
+async def test_benchmark_is_short_and_positive(model: BatchedLlamaModel) -> None:
     started = time.monotonic()
     result = await benchmark(model)
     elapsed = time.monotonic() - started
@@ -37,7 +40,7 @@ async def test_benchmark_is_short_and_positive(model: LlamaModel) -> None:
     )
 
 
-async def test_cache_measures_once_and_survives_a_restart(model: LlamaModel, tmp_path: Path) -> None:
+async def test_cache_measures_once_and_survives_a_restart(model: BatchedLlamaModel, tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     first = await BenchmarkCache(path).measure(model)
     started = time.monotonic()
@@ -48,8 +51,10 @@ async def test_cache_measures_once_and_survives_a_restart(model: LlamaModel, tmp
     assert next(iter(stored.values()))["model"] == "smollm2:135m"
 
 
-async def test_cache_key_changes_with_the_setup(model: LlamaModel, tmp_path: Path) -> None:
-    other = await LlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=2))
+async def test_cache_key_changes_with_the_setup(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    other = await BatchedLlamaModel.load(
+        "smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=2), parallel=1
+    )
     try:
         assert BenchmarkCache.key(other) != BenchmarkCache.key(model)
         cache = BenchmarkCache(tmp_path / "bench.json")
@@ -60,7 +65,7 @@ async def test_cache_key_changes_with_the_setup(model: LlamaModel, tmp_path: Pat
         await other.close()
 
 
-def test_unreadable_cache_counts_as_empty(model: LlamaModel, tmp_path: Path) -> None:
+def test_unreadable_cache_counts_as_empty(model: BatchedLlamaModel, tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     path.write_text("{not json")
     cache = BenchmarkCache(path)

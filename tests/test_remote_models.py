@@ -16,6 +16,7 @@ import structlog
 
 from models.benchmark import BenchResult
 from models.loader import open_model
+from models.options import RuntimeOptions
 from models.registry import Registry, RegistryError
 from models.remote.benchmark import RemoteBenchmarkCache
 from models.remote.endpoint import EngineRequestError, EngineUnavailableError
@@ -28,7 +29,6 @@ from models.requests import (
     ModelLoadError,
     UnsupportedRequestError,
 )
-from models.runtime import RuntimeOptions
 from models.store import ModelStore
 from node.daemon.remote_health import RemoteHealth
 from node.ops.metrics import NodeMetrics

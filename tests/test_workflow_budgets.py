@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from config.settings import load_settings
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from models.requests import ModelError
-from models.runtime import LlamaModel, RuntimeOptions
 from node.daemon.workflow_setup import engine_options
 from tests.hostile_workflows import (
     GRAMMAR_BOMBS,
@@ -42,8 +43,8 @@ from workflows.schema_limits import MAX_PATTERN_EXPANSION, pattern_expansion
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
+def model() -> Iterator[BatchedLlamaModel]:
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1), parallel=1))
     yield loaded
     asyncio.run(loaded.close())
 
@@ -74,7 +75,7 @@ async def _max_loop_gap(work: Any) -> tuple[float, BaseException | None]:
 
 @pytest.mark.timeout(30)  # without a yield per step, max_time never fires and the run never ends
 @pytest.mark.parametrize("build", [end_loop, memory_only_loop], ids=["end", "memory_only"])
-async def test_steps_that_never_await_still_yield_and_max_time_holds(model: LlamaModel, build: Any) -> None:
+async def test_steps_that_never_await_still_yield_and_max_time_holds(model: BatchedLlamaModel, build: Any) -> None:
     workflow = parse_workflow(build(max_time=2.0))
     started = time.monotonic()
     gap, error = await _max_loop_gap(run_workflow(workflow, model, options=EngineOptions(max_steps_cap=10**12)))
@@ -85,7 +86,7 @@ async def test_steps_that_never_await_still_yield_and_max_time_holds(model: Llam
 
 
 @pytest.mark.parametrize("case", [*LOOPS, *MEMORY_BOMBS, *OVERSIZE], ids=lambda c: c.name)
-async def test_hostile_workflows_end_within_their_budget(model: LlamaModel, case: HostileWorkflow) -> None:
+async def test_hostile_workflows_end_within_their_budget(model: BatchedLlamaModel, case: HostileWorkflow) -> None:
     started = time.monotonic()
     gap, error = await _max_loop_gap(run_workflow(parse_workflow(case.workflow), model))
     assert error is not None and case.expect in str(error), error
@@ -94,7 +95,7 @@ async def test_hostile_workflows_end_within_their_budget(model: LlamaModel, case
     assert gap < 1.0, f"the event loop was starved for {gap:.3f} s"
 
 
-async def test_default_step_cap_and_operator_tightening(model: LlamaModel) -> None:
+async def test_default_step_cap_and_operator_tightening(model: BatchedLlamaModel) -> None:
     with pytest.raises(LimitExceededError, match="max_steps exceeded: 1000 task executions"):
         await run_workflow(parse_workflow(end_loop()), model)
     options = engine_options(load_settings(max_steps_cap=7))
@@ -103,14 +104,14 @@ async def test_default_step_cap_and_operator_tightening(model: LlamaModel) -> No
         await run_workflow(parse_workflow(end_loop()), model, options=options)
 
 
-async def test_the_file_store_is_inside_the_memory_budget(model: LlamaModel) -> None:
+async def test_the_file_store_is_inside_the_memory_budget(model: BatchedLlamaModel) -> None:
     options = EngineOptions(max_memory_bytes=300_000)
     with pytest.raises(LimitExceededError, match="memory limit exceeded: an insert into the file store") as caught:
         await run_workflow(parse_workflow(insert_bomb()), model, options=options)
     assert caught.value.limit == "memory"
 
 
-async def test_token_budget_per_task(model: LlamaModel) -> None:
+async def test_token_budget_per_task(model: BatchedLlamaModel) -> None:
     options = EngineOptions(max_task_tokens=20, max_tokens_cap=8)
     with pytest.raises(LimitExceededError, match="token budget exceeded") as caught:
         await run_workflow(parse_workflow(generation_loop(max_time=120)), model, options=options)
@@ -190,7 +191,7 @@ def test_public_error_texts() -> None:
     assert len(public_error_text(InvalidTaskError("x" * 10_000))) <= 520
 
 
-async def test_error_texts_carry_no_model_output_or_memory_values(model: LlamaModel) -> None:
+async def test_error_texts_carry_no_model_output_or_memory_values(model: BatchedLlamaModel) -> None:
     secret = "TOP-SECRET-PROMPT-TEXT"
     workflow = parse_workflow({
         "config": {"max_steps": 2, "max_time": 5},
@@ -218,7 +219,7 @@ def test_external_memory_must_be_plain_json(value: Any, expect: str) -> None:
         parse_workflow(workflow)
 
 
-async def test_many_small_tools_cannot_make_a_grammar_bomb(model: LlamaModel) -> None:
+async def test_many_small_tools_cannot_make_a_grammar_bomb(model: BatchedLlamaModel) -> None:
     with pytest.raises(
         InvalidToolError, match="the tools together make a call schema that is [0-9]+ characters of JSON"
     ) as caught:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from models.runtime import LlamaModel, RuntimeOptions
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from tests.model_file import SMOLLM2 as GGUF
 from workflows import TaskError, WorkflowError, parse_workflow, run_workflow
 from workflows.conditions import evaluate
@@ -24,14 +25,14 @@ from workflows.schema import InputValue, PostProcess, ReturnValue, TaskInput, Ta
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
+def model() -> Iterator[BatchedLlamaModel]:
     # The runtime binds to no event loop, so one model serves every test's loop.
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1), parallel=1))
     yield loaded
     asyncio.run(loaded.close())
 
 
-def _memory(model: LlamaModel) -> Memory:
+def _memory(model: BatchedLlamaModel) -> Memory:
     return Memory.create(
         model,
         {"name": "Ada", "num": "42", "obj": '{"a": 1}', "s": ["x", "y", "z"], "colours": ["red"]},
@@ -80,12 +81,12 @@ INPUTS = [
 @pytest.mark.parametrize(
     ("value", "expected"), INPUTS, ids=[f"{v['type']}-{v.get('key', '')}-{v.get('index', '')}" for v, _ in INPUTS]
 )
-async def test_input_types(model: LlamaModel, value: dict[str, Any], expected: str | None) -> None:
+async def test_input_types(model: BatchedLlamaModel, value: dict[str, Any], expected: str | None) -> None:
     resolved = await resolve(InputValue.model_validate(value), _memory(model))
     assert (None if resolved is None else render(resolved)) == expected
 
 
-async def test_pop_removes_and_peek_does_not(model: LlamaModel) -> None:
+async def test_pop_removes_and_peek_does_not(model: BatchedLlamaModel) -> None:
     memory = _memory(model)
     await resolve(InputValue(type="peek", key="s"), memory)
     assert memory.size("s") == 3
@@ -93,7 +94,7 @@ async def test_pop_removes_and_peek_does_not(model: LlamaModel) -> None:
     assert memory.get_all("s") == ["x", "y"]
 
 
-async def test_required_input_that_resolves_to_nothing_fails_optional_renders_empty(model: LlamaModel) -> None:
+async def test_required_input_that_resolves_to_nothing_fails_optional_renders_empty(model: BatchedLlamaModel) -> None:
     memory = _memory(model)
     missing = InputValue(type="read", key="missing")
     assert await resolve_inputs([TaskInput(name="m", value=missing, required=False)], memory) == {"m": ""}
@@ -101,7 +102,7 @@ async def test_required_input_that_resolves_to_nothing_fails_optional_renders_em
         await resolve_inputs([TaskInput(name="m", value=missing, required=True)], memory)
 
 
-async def test_file_store_insert_search_and_have_similar(model: LlamaModel) -> None:
+async def test_file_store_insert_search_and_have_similar(model: BatchedLlamaModel) -> None:
     memory = _memory(model)
     volcano = "Volcanoes erupt molten rock called lava from inside the earth."
     texts = [
@@ -129,7 +130,7 @@ def test_chunking_is_about_250_characters() -> None:
     assert chunk_text("x" * 600) == ["x" * 250, "x" * 250, "x" * 100]
 
 
-async def test_write_and_push_outputs_store_result_or_literal(model: LlamaModel) -> None:
+async def test_write_and_push_outputs_store_result_or_literal(model: BatchedLlamaModel) -> None:
     memory = _memory(model)
     outputs = [
         TaskOutput(type="write", key="w", value="__result"),
@@ -180,7 +181,7 @@ EXPRESSIONS = [
 
 
 @pytest.mark.parametrize(("expression", "value", "expected", "holds"), EXPRESSIONS)
-async def test_expressions(model: LlamaModel, expression: Any, value: str, expected: str, holds: bool) -> None:
+async def test_expressions(model: BatchedLlamaModel, expression: Any, value: str, expected: str, holds: bool) -> None:
     assert await evaluate(expression, value, expected, _memory(model).files) is holds
 
 
@@ -220,11 +221,11 @@ RETURNS = [
 
 
 @pytest.mark.parametrize(("spec", "expected"), RETURNS)
-async def test_return_values(model: LlamaModel, spec: dict[str, Any], expected: str) -> None:
+async def test_return_values(model: BatchedLlamaModel, spec: dict[str, Any], expected: str) -> None:
     assert await build_result(ReturnValue.model_validate(spec), _memory(model)) == expected
 
 
-async def test_return_value_naming_nothing_is_an_error(model: LlamaModel) -> None:
+async def test_return_value_naming_nothing_is_an_error(model: BatchedLlamaModel) -> None:
     with pytest.raises(WorkflowError, match="return_value.input: read 'missing' holds nothing"):
         await build_result(ReturnValue.model_validate({"input": {"type": "read", "key": "missing"}}), _memory(model))
 
@@ -250,7 +251,7 @@ SAMPLE_TASK = {
 }
 
 
-async def test_sample_loop_until_condition_holds(model: LlamaModel) -> None:
+async def test_sample_loop_until_condition_holds(model: BatchedLlamaModel) -> None:
     workflow = _no_model_workflow(
         [
             {
@@ -273,7 +274,7 @@ async def test_sample_loop_until_condition_holds(model: LlamaModel) -> None:
     assert result.completion_tokens == 0
 
 
-async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: LlamaModel) -> None:
+async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: BatchedLlamaModel) -> None:
     failing = {
         "id": "bad",
         "messages": [{"role": "user", "content": "{{x}}"}],
@@ -292,7 +293,7 @@ async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: Ll
         await run_workflow(unrecovered, model)
 
 
-async def test_non_numeric_condition_is_false_and_does_not_crash(model: LlamaModel) -> None:
+async def test_non_numeric_condition_is_false_and_does_not_crash(model: BatchedLlamaModel) -> None:
     workflow = _no_model_workflow(
         [
             {

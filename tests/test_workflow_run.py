@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from models.runtime import LlamaModel, RuntimeOptions
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from tests.model_file import SMOLLM2 as GGUF
 from tests.protocol_files import EXAMPLES
 from workflows import (
@@ -27,9 +28,9 @@ FAST = EngineOptions(max_tokens_cap=64)
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
+def model() -> Iterator[BatchedLlamaModel]:
     # The runtime binds to no event loop, so one model serves every test's loop.
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1), parallel=1))
     yield loaded
     asyncio.run(loaded.close())
 
@@ -39,39 +40,39 @@ def _example(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["simple.json", "simple_omitted.json"])
-async def test_simple_examples_answer(model: LlamaModel, name: str) -> None:
+async def test_simple_examples_answer(model: BatchedLlamaModel, name: str) -> None:
     result = await run_workflow(parse_workflow(_example(name)), model, prompt="What colour is the sky?", options=FAST)
     assert result.text.strip() and result.steps == 1
     assert 0 < result.completion_tokens <= 64 and result.prompt_tokens > 0
 
 
-async def test_simple_omitted_uses_the_prompt_and_trims(model: LlamaModel) -> None:
+async def test_simple_omitted_uses_the_prompt_and_trims(model: BatchedLlamaModel) -> None:
     result = await run_workflow(
         parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
     )
     assert "Paris" in result.text and result.text == result.text.strip()
 
 
-async def test_simple_builder_round_trip(model: LlamaModel) -> None:
+async def test_simple_builder_round_trip(model: BatchedLlamaModel) -> None:
     builder = Simple()
     result = await run_workflow(parse_workflow(builder.workflow("Name a colour.", max_tokens=16)), model)
     assert builder.parse_result(result.text) and result.completion_tokens <= 16
 
 
-async def test_structured_example_returns_json_with_required_keys(model: LlamaModel) -> None:
+async def test_structured_example_returns_json_with_required_keys(model: BatchedLlamaModel) -> None:
     result = await run_workflow(parse_workflow(_example("structured.json")), model)
     facts = json.loads(result.text)
     assert isinstance(facts["country"], str) and isinstance(facts["description"], str)
 
 
-async def test_loop_questions_returns_at_least_three_strings(model: LlamaModel) -> None:
+async def test_loop_questions_returns_at_least_three_strings(model: BatchedLlamaModel) -> None:
     result = await run_workflow(parse_workflow(_example("loop_questions.json")), model, options=FAST)
     questions = json.loads(result.text)
     assert isinstance(questions, list) and len(questions) >= 3 and all(isinstance(q, str) for q in questions)
     assert questions[0] == "What is lava?" and result.steps == len(questions) - 1
 
 
-async def test_sample_and_fallback_reaches_recover(model: LlamaModel) -> None:
+async def test_sample_and_fallback_reaches_recover(model: BatchedLlamaModel) -> None:
     result = await run_workflow(parse_workflow(_example("sample_and_fallback.json")), model, options=FAST)
     picked, fruit = json.loads(result.text)
     assert picked in ("Colour: red", "Colour: green", "Colour: blue") and fruit.strip()
@@ -97,7 +98,7 @@ def _forever(max_time: float, max_steps: int, max_tokens: int, schema: dict[str,
     )
 
 
-async def _still_usable(model: LlamaModel) -> None:
+async def _still_usable(model: BatchedLlamaModel) -> None:
     started = time.monotonic()
     result = await run_workflow(
         parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
@@ -105,14 +106,14 @@ async def _still_usable(model: LlamaModel) -> None:
     assert "Paris" in result.text and time.monotonic() - started < 10
 
 
-async def test_endless_loop_fails_with_max_steps(model: LlamaModel) -> None:
+async def test_endless_loop_fails_with_max_steps(model: BatchedLlamaModel) -> None:
     with pytest.raises(LimitExceededError, match="max_steps") as excinfo:
         await run_workflow(_forever(max_time=60, max_steps=3, max_tokens=2), model)
     assert excinfo.value.limit == "max_steps" and "3 task executions" in str(excinfo.value)
     await _still_usable(model)
 
 
-async def test_max_time_cancels_a_running_generation(model: LlamaModel) -> None:
+async def test_max_time_cancels_a_running_generation(model: BatchedLlamaModel) -> None:
     # The grammar forces 400 numbers: far more than one second of decoding.
     long_output = {"type": "array", "items": {"type": "integer"}, "minItems": 400, "maxItems": 400}
     started = time.monotonic()
@@ -124,13 +125,13 @@ async def test_max_time_cancels_a_running_generation(model: LlamaModel) -> None:
     await _still_usable(model)
 
 
-async def test_operator_caps_apply(model: LlamaModel) -> None:
+async def test_operator_caps_apply(model: BatchedLlamaModel) -> None:
     with pytest.raises(LimitExceededError, match="max_steps"):
         await run_workflow(
             _forever(max_time=60, max_steps=50, max_tokens=2), model, options=EngineOptions(max_steps_cap=2)
         )
 
 
-async def test_required_prompt_missing_names_the_problem(model: LlamaModel) -> None:
+async def test_required_prompt_missing_names_the_problem(model: BatchedLlamaModel) -> None:
     with pytest.raises(WorkflowError, match=r"required input 'question' \(the task's prompt \(none was given\)\)"):
         await run_workflow(parse_workflow(_example("simple_omitted.json")), model)

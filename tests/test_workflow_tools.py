@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from models.runtime import LlamaModel, RuntimeOptions
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from tests.model_file import SMOLLM2 as GGUF
 from workflows import (
     EgressRefusedError,
@@ -135,8 +136,8 @@ def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
+def model() -> Iterator[BatchedLlamaModel]:
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1), parallel=1))
     yield loaded
     asyncio.run(loaded.close())
 
@@ -267,7 +268,7 @@ def _search_workflow(query: str) -> Any:
 
 
 async def test_search_operator_with_searxng_and_serper(
-    model: LlamaModel, servers: tuple[LocalServer, LocalServer]
+    model: BatchedLlamaModel, servers: tuple[LocalServer, LocalServer]
 ) -> None:
     a, _ = servers
     searxng = ToolSettings(search=SearchProvider(kind="searxng", url=a.url("")))
@@ -285,7 +286,7 @@ async def test_search_operator_with_searxng_and_serper(
 
 
 async def test_http_tool_example_calls_the_local_server(
-    model: LlamaModel, servers: tuple[LocalServer, LocalServer]
+    model: BatchedLlamaModel, servers: tuple[LocalServer, LocalServer]
 ) -> None:
     a, _ = servers
     raw = json.loads((EXAMPLES / "http_tool.json").read_text())
@@ -300,7 +301,7 @@ async def test_http_tool_example_calls_the_local_server(
         await run_workflow(parse_workflow(raw), model)
 
 
-async def test_tool_call_raw_example_names_get_weather_with_a_city(model: LlamaModel) -> None:
+async def test_tool_call_raw_example_names_get_weather_with_a_city(model: BatchedLlamaModel) -> None:
     raw = json.loads((EXAMPLES / "tool_call_raw.json").read_text())
     raw["config"]["max_tokens"] = 48
     call = json.loads((await run_workflow(parse_workflow(raw), model)).text)

@@ -77,6 +77,6 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
     except RecursionError:
         raise GrammarError("json_schema nests too deeply") from None
     except Exception as exc:  # the converter raises assorted errors (KeyError, AssertionError, ...) on bad schemas
-        # The converter's message quotes the schema: task data, which error texts never carry (PROTOCOL.md 5).
+        # The converter's message quotes the schema: task data, which error texts never carry.
         raise GrammarError(f"json_schema cannot be turned into a grammar ({type(exc).__name__})") from None
     return check_gbnf(gbnf)

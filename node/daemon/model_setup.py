@@ -21,10 +21,10 @@ from config.settings import Settings
 from models.cpu import CpuInfo, extra_buffers_enabled
 from models.embedder import Embedder
 from models.loader import measure_speed, open_model
+from models.options import RuntimeOptions
 from models.registry import Registry
 from models.remote.openai import RemoteModel
 from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError
-from models.runtime import RuntimeOptions
 from models.store import ModelStore
 
 log = structlog.get_logger(__name__)

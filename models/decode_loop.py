@@ -1,10 +1,10 @@
 """The decode loop of the batched runtime: one llama.cpp context, N sequence slots, one thread.
 
-Every llama.cpp call on the context happens on the scheduler's own thread:
+Every llama.cpp call on the context happens on the loop's own thread:
 loading, decoding, sampling, freeing. Other threads only `submit` requests and
 set their `cancelled` event. Each step:
   1. admit queued requests into free slots (reusing a cached prompt prefix),
-  2. drop jobs that were cancelled or ran past their deadline,
+  2. drop requests that were cancelled or ran past their deadline,
   3. build ONE batch: a token for every generating sequence, then prompt chunks
      of prefilling sequences up to n_batch tokens,
   4. decode it, and sample every sequence that produced logits with its own
@@ -23,12 +23,12 @@ from pathlib import Path
 import llama_cpp
 import structlog
 
-from models.requests import DeadlineExceededError, ModelError, ModelLoadError
-from models.runtime import RuntimeOptions
+from models.options import RuntimeOptions
+from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError
 from models.sampling import SequenceSampler, StopText, token_piece
 from models.slots import (
+    ActiveRequest,
     BatchedGeneration,
-    Job,
     Outcome,
     Slot,
     SlotRequest,
@@ -39,11 +39,7 @@ from models.slots import (
 log = structlog.get_logger(__name__)
 
 
-class SchedulerClosedError(ModelError):
-    """The model was closed before or while the request ran."""
-
-
-class Scheduler:
+class DecodeLoop:
     """Owns the llama.cpp model + context and runs the batched decode loop on its thread."""
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions, parallel: int) -> None:
@@ -55,7 +51,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._slots = [Slot(seq_id=i) for i in range(parallel)]
-        self._busy = 0  # slots with a job; read from other threads
+        self._busy = 0  # slots running a request; read from other threads
         self._prompt_tokens_evaluated = 0
         self.loaded: Future[int] = Future()  # the per-slot context size, once loaded
         self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
@@ -69,7 +65,7 @@ class Scheduler:
         """Queue a request; its `deliver` is called once with the outcome."""
         with self._wake:
             if self._closed:
-                raise SchedulerClosedError(f"model {self.name} is closed")
+                raise ModelClosedError(f"model {self.name} is closed")
             self._queue.append(request)
             self._wake.notify()
 
@@ -99,7 +95,7 @@ class Scheduler:
         """Prompt tokens decoded since load (all requests together)."""
         return self._prompt_tokens_evaluated
 
-    # ------------------------------------------------------ scheduler thread
+    # ---------------------------------------------------- decode loop thread
     def _run(self) -> None:
         try:
             self._open()
@@ -115,7 +111,7 @@ class Scheduler:
                     log.exception("batch_step_failed", model=self.name)
                     self._fail_all(ModelError(f"generation on model {self.name} failed: {exc}"), queued=False)
         finally:
-            self._fail_all(SchedulerClosedError(f"model {self.name} was closed during the request"), queued=True)
+            self._fail_all(ModelClosedError(f"model {self.name} was closed during the request"), queued=True)
             self._free()
 
     def _open(self) -> None:
@@ -158,13 +154,8 @@ class Scheduler:
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
 
-    def end_of_generation(self, token: int) -> bool:
-        """True for end-of-generation tokens (call only once loaded)."""
+    def _end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-
-    @property
-    def n_vocab(self) -> int:
-        return self._n_vocab
 
     def _wait_for_work(self) -> bool:
         with self._wake:
@@ -175,13 +166,13 @@ class Scheduler:
     def _step(self) -> None:
         self._admit()
         self._reap()
-        jobs = [s for s in self._slots if s.job is not None]
-        if jobs:
-            self._decode_step(jobs)
+        occupied = [s for s in self._slots if s.active is not None]
+        if occupied:
+            self._decode_step(occupied)
 
     def _admit(self) -> None:
         while True:
-            free = [s for s in self._slots if s.job is None]
+            free = [s for s in self._slots if s.active is None]
             with self._wake:
                 if not free or not self._queue:
                     return
@@ -207,7 +198,7 @@ class Scheduler:
             keep = 0
         del slot.cached[keep:]
         sampler = SequenceSampler(self._vocab, self._n_vocab, request.sampling)
-        slot.job = Job(
+        slot.active = ActiveRequest(
             request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
         )
         self._busy += 1
@@ -220,24 +211,24 @@ class Scheduler:
             if not request.cancelled.is_set() and request.deadline_passed():
                 request.deliver(DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
         for slot in self._slots:
-            job = slot.job
-            if job is None:
+            active = slot.active
+            if active is None:
                 continue
-            if job.request.cancelled.is_set():
+            if active.request.cancelled.is_set():
                 self._finish(slot, None)
-            elif job.request.deadline_passed():
+            elif active.request.deadline_passed():
                 self._finish(slot, DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
 
     def _finish(self, slot: Slot, outcome: Outcome | None) -> None:
-        """End the slot's job; the slot keeps its cache for prefix reuse."""
-        job = slot.job
-        assert job is not None
-        slot.job = None
+        """End the request running in the slot; the slot keeps its cache for prefix reuse."""
+        active = slot.active
+        assert active is not None
+        slot.active = None
         slot.last_used = time.monotonic()
         self._busy -= 1
-        job.sampler.close()
+        active.sampler.close()
         if outcome is not None:
-            job.request.deliver(outcome)
+            active.request.deliver(outcome)
 
     def _decode_step(self, slots: list[Slot]) -> None:
         batch = self._batch
@@ -260,19 +251,19 @@ class Scheduler:
                 outputs.append((slot, n - 1))
             fed.append((slot, tokens))
 
-        generating = [s for s in slots if s.job is not None and s.job.next_token is not None]
+        generating = [s for s in slots if s.active is not None and s.active.next_token is not None]
         for slot in generating:
-            assert slot.job is not None and slot.job.next_token is not None
-            add(slot, [slot.job.next_token], True)
-        prefilling = [s for s in slots if s.job is not None and s.job.prefilling]
+            assert slot.active is not None and slot.active.next_token is not None
+            add(slot, [slot.active.next_token], True)
+        prefilling = [s for s in slots if s.active is not None and s.active.prefilling]
         for slot in prefilling:
             room = self._n_batch - n
             if room <= 0:
                 break
-            job = slot.job
-            assert job is not None
-            chunk = job.pending[:room]
-            add(slot, chunk, len(chunk) == len(job.pending))
+            active = slot.active
+            assert active is not None
+            chunk = active.pending[:room]
+            add(slot, chunk, len(chunk) == len(active.pending))
         batch.n_tokens = n
         started = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, batch)
@@ -281,15 +272,15 @@ class Scheduler:
             self._decode_failed(rc, [s for s, _ in fed])
             return
         for slot, tokens in fed:
-            job = slot.job
-            assert job is not None
+            active = slot.active
+            assert active is not None
             slot.cached.extend(tokens)
-            if job.next_token is not None:
-                job.next_token = None
-                job.generation_seconds += elapsed
+            if active.next_token is not None:
+                active.next_token = None
+                active.generation_seconds += elapsed
             else:
-                del job.pending[: len(tokens)]
-                job.prompt_seconds += elapsed
+                del active.pending[: len(tokens)]
+                active.prompt_seconds += elapsed
                 self._prompt_tokens_evaluated += len(tokens)
         for slot, index in outputs:
             self._take_token(slot, index)
@@ -302,41 +293,41 @@ class Scheduler:
             self._finish(slot, ModelError(f"generation on model {self.name} failed: {why}"))
 
     def _take_token(self, slot: Slot, index: int) -> None:
-        job = slot.job
-        assert job is not None
+        active = slot.active
+        assert active is not None
         try:
-            token = job.sampler.sample(self._ctx, index)
+            token = active.sampler.sample(self._ctx, index)
         except ModelError as exc:  # a grammar with no way on: this request fails, the others go on
             self._finish(slot, exc)
             return
-        if self.end_of_generation(token):
+        if self._end_of_generation(token):
             self._complete(slot, "stop")
             return
-        job.generated.append(token)
-        if job.text.add(token_piece(self._vocab, token, self._piece)):
+        active.generated.append(token)
+        if active.text.add(token_piece(self._vocab, token, self._piece)):
             self._complete(slot, "stop")
-        elif len(job.generated) >= job.request.max_tokens:
+        elif len(active.generated) >= active.request.max_tokens:
             self._complete(slot, "length")
         else:
-            job.next_token = token
+            active.next_token = token
 
     def _complete(self, slot: Slot, finish_reason: str) -> None:
-        job = slot.job
-        assert job is not None
+        active = slot.active
+        assert active is not None
         result = BatchedGeneration(
-            text=job.text.text,
+            text=active.text.text,
             finish_reason=finish_reason,  # type: ignore[arg-type]
-            prompt_tokens=len(job.request.tokens),
-            completion_tokens=len(job.generated),
-            prompt_seconds=job.prompt_seconds,
-            generation_seconds=job.generation_seconds,
-            reused_prompt_tokens=job.reused,
+            prompt_tokens=len(active.request.tokens),
+            completion_tokens=len(active.generated),
+            prompt_seconds=active.prompt_seconds,
+            generation_seconds=active.generation_seconds,
+            reused_prompt_tokens=active.reused,
         )
         self._finish(slot, result)
 
     def _fail_all(self, error: ModelError, *, queued: bool) -> None:
         for slot in self._slots:
-            if slot.job is not None:
+            if slot.active is not None:
                 if hasattr(self, "_memory"):
                     llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
                 slot.cached.clear()
