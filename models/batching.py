@@ -153,10 +153,6 @@ class BatchedLlamaModel:
         """Number of tokens in `text` (no BOS). Safe to call from any thread."""
         return len(self.tokenize(text))
 
-    def count_chat_tokens(self, messages: list[ChatMessage]) -> int:
-        """Number of prompt tokens these messages take with the chat template."""
-        return len(self._prompt_tokens(messages)[0])
-
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str]]:
         prompt = self._template.render(messages)
         with self._vocab_lock:

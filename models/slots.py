@@ -29,11 +29,6 @@ class BatchedGeneration(Generation):
     # Prompt tokens whose KV was reused from the slot's cache (not evaluated).
     reused_prompt_tokens: int = 0
 
-    @property
-    def evaluated_prompt_tokens(self) -> int:
-        """Prompt tokens actually evaluated for this request."""
-        return self.prompt_tokens - self.reused_prompt_tokens
-
 
 Outcome = BatchedGeneration | BaseException
 

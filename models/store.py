@@ -180,11 +180,6 @@ class ModelStore:
                 f"expected {spec.sha256}; the file was removed"
             )
 
-    def verify(self, spec: ModelSpec) -> bool:
-        """True when the file is present and matches the registry's sha256 (or none is known)."""
-        path = self.locate(spec)
-        return path is not None and (spec.sha256 is None or sha256_of(path) == spec.sha256)
-
     def remove(self, spec: ModelSpec) -> bool:
         """Delete the downloaded file of `spec` from `models_dir`; False if there was none.
 

@@ -65,12 +65,12 @@ class Endpoint:
         self.base_url = spec.base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.host = parts.netloc  # for log lines: scheme + host, never the key
+        self._log_fields = {"model": spec.name, "engine": self.host}
         self.retry_seconds = spec.retry_seconds
         if api_key and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "remote engine key sent over plain http",
-                model=spec.name,
-                engine=self.host,
+                **self._log_fields,
                 hint="use https:// unless the network between node and engine is private",
             )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -107,8 +107,7 @@ class Endpoint:
                 elapsed = time.monotonic() - started
                 log.warning(
                     "remote engine unavailable",
-                    model=self.model_name,
-                    engine=self.host,
+                    **self._log_fields,
                     problem=problem,
                     attempts=attempt,
                     seconds=round(elapsed, 2),
@@ -118,12 +117,7 @@ class Endpoint:
                     f"{attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
                 )
             log.info(
-                "remote engine retry",
-                model=self.model_name,
-                engine=self.host,
-                problem=problem,
-                attempt=attempt,
-                backoff=round(backoff, 2),
+                "remote engine retry", **self._log_fields, problem=problem, attempt=attempt, backoff=round(backoff, 2)
             )
             await asyncio.sleep(backoff)
 
@@ -141,8 +135,7 @@ class Endpoint:
             # The engine's own message may quote the prompt: the log gets it, the error text does not.
             log.warning(
                 "remote engine refused the request",
-                model=self.model_name,
-                engine=self.host,
+                **self._log_fields,
                 status=response.status_code,
                 detail=response.text[:300],
             )
