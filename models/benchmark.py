@@ -13,9 +13,9 @@ import hashlib
 import json
 import os
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, Field, ValidationError
@@ -85,14 +85,90 @@ def build_fingerprint() -> str:
     return f"llama-cpp-python {llama_cpp.__version__} | {text.strip()}"
 
 
-class BenchmarkCache:
-    """Benchmark results in a JSON file, keyed by model file + llama.cpp build + options."""
+class _Benchmarked(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+M = TypeVar("M", bound=_Benchmarked)
+
+
+class ResultCache(Generic[M]):
+    """Benchmark results in a JSON file, keyed by what the measured speed depends on.
+
+    A subclass says what the key is (`key`) and how to measure (`_benchmark`);
+    a result older than `max_age` (when set) counts as missing.
+    """
+
+    max_age: timedelta | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    @staticmethod
-    def key(model: BatchedLlamaModel) -> str:
+    def key(self, model: M) -> str:
+        """What the measured speed depends on, hashed."""
+        raise NotImplementedError
+
+    async def _benchmark(self, model: M) -> BenchResult:
+        raise NotImplementedError
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("benchmark_cache_unreadable", path=str(self.path), error=str(exc))
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, model: M) -> BenchResult | None:
+        """The cached result for this model and setup, if any (and fresh enough)."""
+        entry = self._read().get(self.key(model))
+        if entry is None:
+            return None
+        try:
+            result = BenchResult.model_validate(entry)
+        except ValidationError:
+            return None
+        if self.max_age is not None and datetime.now(UTC) - result.measured_at > self.max_age:
+            return None
+        return result
+
+    def put(self, model: M, result: BenchResult) -> None:
+        """Store a result (atomically replacing the file)."""
+        data = self._read()
+        data[self.key(model)] = {"model": model.name, **result.model_dump(mode="json")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def measure(self, model: M, fresh: bool = False) -> BenchResult:
+        """The cached result, or a new benchmark stored for next time (`fresh`: always a new one)."""
+        cached = None if fresh else self.get(model)
+        if cached is not None:
+            log.info(
+                "model_benchmark_cached",
+                model=model.name,
+                prompt_tps=round(cached.prompt_tps, 1),
+                generation_tps=round(cached.generation_tps, 1),
+            )
+            return cached
+        result = await self._benchmark(model)
+        self.put(model, result)
+        return result
+
+
+class BenchmarkCache(ResultCache["BatchedLlamaModel"]):
+    """Local results, keyed by model file + llama.cpp build + options."""
+
+    def key(self, model: BatchedLlamaModel) -> str:
         """What the measured speed depends on, hashed."""
         stat = model.path.stat()
         options = model.options
@@ -108,51 +184,5 @@ class BenchmarkCache:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def _read(self) -> dict[str, dict[str, object]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("benchmark_cache_unreadable", path=str(self.path), error=str(exc))
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def get(self, model: BatchedLlamaModel) -> BenchResult | None:
-        """The cached result for this model and setup, if any."""
-        entry = self._read().get(self.key(model))
-        if entry is None:
-            return None
-        try:
-            return BenchResult.model_validate(entry)
-        except ValidationError:
-            return None
-
-    def put(self, model: BatchedLlamaModel, result: BenchResult) -> None:
-        """Store a result (atomically replacing the file)."""
-        data = self._read()
-        data[self.key(model)] = {"model": model.name, **result.model_dump(mode="json")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    async def measure(self, model: BatchedLlamaModel) -> BenchResult:
-        """The cached result, or a fresh benchmark stored for next time."""
-        cached = self.get(model)
-        if cached is not None:
-            log.info(
-                "model_benchmark_cached",
-                model=model.name,
-                prompt_tps=round(cached.prompt_tps, 1),
-                generation_tps=round(cached.generation_tps, 1),
-            )
-            return cached
-        result = await benchmark(model)
-        self.put(model, result)
-        return result
+    async def _benchmark(self, model: BatchedLlamaModel) -> BenchResult:
+        return await benchmark(model)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.benchmark import BenchmarkCache, BenchResult
 from models.options import RuntimeOptions
 from models.registry import ModelSpec
-from models.remote.benchmark import RemoteBenchmarkCache, benchmark_remote
+from models.remote.benchmark import RemoteBenchmarkCache
 from models.remote.openai import RemoteModel
 from models.requests import ModelError
 from models.store import ModelStore
@@ -41,15 +41,5 @@ async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = Fals
     `fresh`: measure even when the cache has a result, and store the new one.
     """
     if isinstance(model, RemoteModel):
-        remote_cache = RemoteBenchmarkCache(cache_file)
-        if not fresh:
-            return await remote_cache.measure(model)
-        result = await benchmark_remote(model)
-        remote_cache.put(model, result)  # type: ignore[arg-type]
-        return result
-    cache = BenchmarkCache(cache_file)
-    if not fresh:
-        return await cache.measure(model)
-    result = await benchmark(model)
-    cache.put(model, result)
-    return result
+        return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh)
+    return await BenchmarkCache(cache_file).measure(model, fresh=fresh)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -37,26 +36,19 @@ class Grammar:
     gbnf: str
 
     @classmethod
-    def from_json_schema(cls, schema: dict[str, Any]) -> Grammar:
-        """Convert a JSON schema (Gemini's upper-case form too) to GBNF; GrammarError names the problem."""
-        return cls(gbnf=json_schema_to_gbnf(schema))
-
-    @classmethod
-    def from_regex(cls, pattern: str) -> Grammar:
-        """Convert a regex (matched as a whole) to GBNF; GrammarError names the problem."""
-        return cls(gbnf=regex_to_gbnf(pattern))
-
-    @classmethod
     def for_request(cls, request: GenerationRequest) -> Grammar | None:
-        """The grammar constraining `request` (its json_schema or regex), if any."""
+        """The grammar constraining `request`, if any; GrammarError names a problem in it.
+
+        The regex (matched as a whole) takes precedence over the JSON schema (Gemini's upper-case form too).
+        """
         if request.json_schema is None and request.regex is None:
             return None
         if request.ignore_eos:
             raise ModelError("ignore_eos cannot be combined with json_schema or regex")
         if request.regex is not None:
-            return cls.from_regex(request.regex)
+            return cls(gbnf=regex_to_gbnf(request.regex))
         assert request.json_schema is not None
-        return cls.from_json_schema(request.json_schema)
+        return cls(gbnf=json_schema_to_gbnf(request.json_schema))
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ async def test_cache_key_changes_with_the_setup(model: BatchedLlamaModel, tmp_pa
         "smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=2), parallel=1
     )
     try:
-        assert BenchmarkCache.key(other) != BenchmarkCache.key(model)
         cache = BenchmarkCache(tmp_path / "bench.json")
+        assert cache.key(other) != cache.key(model)
         cache.put(model, BenchResult(prompt_tps=1.0, generation_tps=2.0))
         assert cache.get(model) is not None
         assert cache.get(other) is None

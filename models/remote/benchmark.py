@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
-from models.benchmark import _GENERATED_TOKENS, _PROMPT, BenchmarkCache, BenchResult
+from models.benchmark import _GENERATED_TOKENS, _PROMPT, BenchResult, ResultCache
 from models.remote.openai import RemoteModel
 from models.requests import ChatMessage, GenerationRequest
 
@@ -59,27 +59,16 @@ async def benchmark_remote(model: RemoteModel) -> BenchResult:
     return result
 
 
-class RemoteBenchmarkCache(BenchmarkCache):
+class RemoteBenchmarkCache(ResultCache[RemoteModel]):
     """Remote results in the benchmark cache file, keyed by engine URL + model, valid for MAX_AGE."""
 
-    @staticmethod
-    def key(model: RemoteModel) -> str:  # type: ignore[override]
+    max_age = MAX_AGE
+
+    def key(self, model: RemoteModel) -> str:
+        """The engine and the model it serves, hashed."""
         spec = model.spec
         parts = {"backend": spec.backend, "base_url": spec.base_url, "model": model.engine_model}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def get(self, model: RemoteModel) -> BenchResult | None:  # type: ignore[override]
-        cached = super().get(model)  # type: ignore[arg-type]
-        if cached is None or datetime.now(UTC) - cached.measured_at > MAX_AGE:
-            return None
-        return cached
-
-    async def measure(self, model: RemoteModel) -> BenchResult:  # type: ignore[override]
-        """The cached result if fresh, or a new measurement stored for next time."""
-        cached = self.get(model)
-        if cached is not None:
-            log.info("model_benchmark_cached", model=model.name, generation_tps=round(cached.generation_tps, 1))
-            return cached
-        result = await benchmark_remote(model)
-        self.put(model, result)  # type: ignore[arg-type]
-        return result
+    async def _benchmark(self, model: RemoteModel) -> BenchResult:
+        return await benchmark_remote(model)
