@@ -27,12 +27,12 @@ class Embedder:
         self._options = options
         self._llama: llama_cpp.Llama | None = None
         # One worker thread: the embedding context is only ever used from it.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-embed-{name}")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-embed-{name}")
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised vectors, one per text."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed_sync, texts)
+        return await loop.run_in_executor(self._thread, self._embed_sync, texts)
 
     def _open(self) -> llama_cpp.Llama:
         opts = self._options
@@ -66,8 +66,8 @@ class Embedder:
     async def close(self) -> None:
         """Free the embedding context and end its thread."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_sync)
-        self._executor.shutdown(wait=False)
+        await loop.run_in_executor(self._thread, self._close_sync)
+        self._thread.shutdown(wait=False)
 
     def _close_sync(self) -> None:
         if self._llama is not None:
