@@ -61,12 +61,12 @@ def test_from_hex_accepts_0x_and_rejects_garbage() -> None:
 
 
 def test_peer_id_is_libp2p_id_of_same_key() -> None:
+    from libp2p.crypto.secp256k1 import create_new_key_pair
     from libp2p.peer.id import ID
 
     identity = Identity.from_hex(IDENTITY["secret_hex"])
     assert identity.peer_id.startswith("16Uiu2")
-    pair = identity.libp2p_key_pair()
-    assert pair.private_key.to_bytes() == identity.secret
+    pair = create_new_key_pair(identity.secret)
     assert pair.public_key.to_bytes() == identity.public_key_compressed
     assert ID.from_pubkey(pair.public_key).to_base58() == identity.peer_id
     assert identity.peer_id == "16Uiu2HAkv2YwW8JTC1mvuXZoh2S3zMfPWnXbqQWwjQ9o6z6B1zbZ"

@@ -75,11 +75,6 @@ def content_message_id(msg: rpc_pb2.Message) -> bytes:
     return hashlib.sha256(msg.data).digest()
 
 
-def peer_id_of(secret: bytes) -> str:
-    """The libp2p peer id ("16Uiu2...") of a 32-byte secp256k1 secret."""
-    return ID.from_pubkey(create_new_key_pair(secret).public_key).to_base58()
-
-
 def _is_nursery_closed(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from node.wire.envelope import EnvelopeError, SignedMessage, open_envelope
-from node.wire.identity import peer_id_of_key
+from node.wire.identity import peer_id_of_public_key
 from node.wire.messages import (
     HeartbeatBody,
     MessageError,
@@ -79,7 +79,7 @@ def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
         raise InboundError(
             "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
         )
-    if body.peer_id != peer_id_of_key(signed.sender_key):
+    if body.peer_id != peer_id_of_public_key(signed.sender_key):
         raise InboundError(
             "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
         )
