@@ -160,7 +160,7 @@ class RpcService:
         if now - self._purged_at > PURGE_INTERVAL:  # polled every few seconds: old rows go here
             self._purged_at = now
             self.store.purge()
-        return self.store.drain(key_id, MAX_RESULTS_PER_POLL)
+        return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL)
 
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).
