@@ -163,9 +163,6 @@ class PeerProcess:
         """The processes the peer started (a node's execution processes, one per model)."""
         return child_pids(self.pid)
 
-    def peak_rss_bytes(self) -> int:
-        return _status_kib(self.pid, "VmHWM") * 1024
-
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the node process and its live execution processes."""
         total = 0.0

@@ -262,14 +262,6 @@ class P2PHost:
         """Dial a /ip4/.../tcp/.../p2p/... address; returns its peer id. Dials run concurrently."""
         return await self._call(self._service.connect, multiaddr, timeout)
 
-    async def connect_many(self, multiaddrs: list[str], timeout: float = 10.0) -> list[str | P2PError]:
-        """Dial several addresses at once; per address the peer id or the P2PError."""
-        results = await asyncio.gather(*(self.connect(a, timeout) for a in multiaddrs), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, P2PError):
-                raise result
-        return results  # type: ignore[return-value]
-
     async def subscribe(self, topic: str, validator: Validator | None = None) -> asyncio.Queue[GossipMessage]:
         """Join `topic`; valid messages from other peers arrive on the returned queue.
 

@@ -58,11 +58,6 @@ def address_of(public_key: bytes) -> str:
     return keccak.new(digest_bits=256, data=uncompressed[1:]).digest()[-20:].hex()
 
 
-def recover_address(digest: bytes, signature: bytes, recovery_id: int) -> str:
-    """Address of the key that made `signature` (r||s) with `recovery_id` over `digest`."""
-    return address_of(recover_public_key(digest, signature, recovery_id))
-
-
 def recover_public_key(digest: bytes, signature: bytes, recovery_id: int) -> bytes:
     """The compressed public key that made `signature` (r||s) with `recovery_id` over `digest`.
 

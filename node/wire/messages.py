@@ -17,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -68,24 +67,14 @@ class TaskFilter(_Wire):
 
     hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
     hashes: int = Field(ge=1, le=64)
-    _bloom: BloomFilter = PrivateAttr()
 
     @model_validator(mode="after")
-    def _parse_bloom(self) -> TaskFilter:
+    def _valid_bloom(self) -> TaskFilter:
         try:
-            self._bloom = BloomFilter.from_hex(self.hex, self.hashes)
+            BloomFilter.from_hex(self.hex, self.hashes)
         except BloomFilterError as e:
             raise ValueError(str(e)) from e
         return self
-
-    @classmethod
-    def from_bloom(cls, bloom: BloomFilter) -> TaskFilter:
-        """The wire form of a filter a publisher built."""
-        return cls(hex=bloom.hex, hashes=bloom.hashes)
-
-    def contains(self, address_bytes: bytes) -> bool:
-        """Whether the filter (may) contain this raw 20-byte address."""
-        return self._bloom.contains(address_bytes)
 
 
 def _first_non_finite(value: Any) -> str | None:
@@ -144,14 +133,6 @@ class TaskBody(_Wire):
         except IdentityError as e:
             raise ValueError(str(e)) from None
         return value
-
-    def is_picked(self, address: str) -> bool:
-        """Selection of section 4: pickedNodes (if present) and the bloom filter (if present)."""
-        if self.picked_nodes is not None and _normalize_address(address) not in self.picked_nodes:
-            return False
-        if self.filter is not None:
-            return self.filter.contains(bytes.fromhex(_normalize_address(address)))
-        return True
 
 
 class Stats(_Wire):
