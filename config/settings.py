@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
 
-__all__ = ["ConfigError", "Settings", "StrList", "load_settings"]
+__all__ = ["ConfigError", "Settings", "StrList"]
 
 ENV_PREFIX = "COMPUTE_NODE_"
 DEFAULT_MODEL = "smollm2:135m"
@@ -172,8 +172,3 @@ class Settings(LayeredSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """The node's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
-    return Settings.load(config_file, **overrides)

@@ -31,7 +31,7 @@ from models.registry import DEFAULT_MODEL
 from node.daemon.server import NodeServer
 from node.gateway.auth import key_id
 from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings, load_gateway_settings
+from node.gateway.settings import GatewaySettings
 from node.wire.envelope import payload_digest, seal
 from node.wire.identity import Identity, address_of, recover_public_key
 from node.wire.inbound import decode
@@ -79,7 +79,7 @@ class Net:
 
 
 def gateway_settings(data_dir: Path, peers: list[str], port: int = 0) -> GatewaySettings:
-    return load_gateway_settings(data_dir=data_dir, peers=peers, port=port, api_keys=[TOKEN, OTHER_TOKEN])
+    return GatewaySettings.load(data_dir=data_dir, peers=peers, port=port, api_keys=[TOKEN, OTHER_TOKEN])
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
