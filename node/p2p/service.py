@@ -2,8 +2,8 @@
 
 py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
 `trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
-on that Trio thread; nothing here knows about asyncio. The measured behaviour
-this code works around is in shared/notes/LIBP2P.md.
+on that Trio thread; nothing here knows about asyncio. Each workaround for a
+measured py-libp2p behaviour is commented where it is made.
 
 Delivery rule: messages this host publishes itself are NOT handed to its own
 `on_message` sink (libp2p would deliver them locally; we filter them out), and

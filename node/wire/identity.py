@@ -1,6 +1,6 @@
 """The node's secp256k1 identity: one key for wallet address, peer id and signatures.
 
-PROTOCOL.md section 1. The address is Ethereum style (last 20 bytes of
+The address is Ethereum style (last 20 bytes of
 keccak256 of the uncompressed public key without its 0x04 prefix); the peer id
 is the libp2p id of the same key.
 """

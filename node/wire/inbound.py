@@ -1,6 +1,6 @@
 """Inbound gossip messages: the envelope check and the body check for each topic.
 
-`GossipGate.validate` is the gossip validator (PROTOCOL.md section 7): it runs
+`GossipGate.validate` is the gossip validator: it runs
 on the libp2p thread before a message is relayed, never raises, and logs the
 reason of every rejection. `decode` gives the consumers a typed message.
 """
@@ -74,7 +74,7 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
 
 
 def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
-    """A heartbeat speaks for its signer only (PROTOCOL.md section 7)."""
+    """A heartbeat speaks for its signer only: its address and peer id are the signing key's."""
     if body.address != signed.sender:
         raise InboundError(
             "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"

@@ -1,4 +1,4 @@
-"""Bodies of the three gossip topics (PROTOCOL.md sections 4, 5, 6).
+"""Bodies of the three gossip topics: a task, a result, a heartbeat.
 
 Python attributes are snake_case; wire names are their camelCase aliases
 (`alias_generator=to_camel`). Models are strict (no str -> int coercion) and
@@ -36,9 +36,9 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
 Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Nanoseconds = Int64
-# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns (section 4).
+# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns.
 Deadline = Annotated[int, BeforeValidator(ns_from_wire), Field(ge=0, le=INT64_MAX)]
-# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form (section 5).
+# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form.
 StatTime = Annotated[
     int,
     BeforeValidator(ns_from_wire),

@@ -1,4 +1,4 @@
-"""Result bodies (PROTOCOL.md section 5): success (encrypted to the publisher) or error."""
+"""Result bodies: success (the text encrypted to the publisher) or error."""
 
 from __future__ import annotations
 
