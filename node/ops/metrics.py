@@ -33,6 +33,7 @@ class NodeMetrics:
         self.tasks_received = Counter(
             "tasks_received", "Task messages received from the network", namespace=NAMESPACE, registry=r
         )
+        # The metric keeps its first name (dashboards use it): tasks this node accepted to run.
         self.tasks_taken = Counter("tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r)
         self.tasks_completed = Counter(
             "tasks_completed", "Tasks that produced a result", namespace=NAMESPACE, registry=r
@@ -49,7 +50,7 @@ class NodeMetrics:
         )
         self.tasks_ignored = Counter(
             "tasks_ignored",
-            "Valid tasks not taken (duplicate, no model, no capacity...), by reason",
+            "Valid tasks not accepted (duplicate, no model, no capacity...), by reason",
             ["reason"],
             namespace=NAMESPACE,
             registry=r,
@@ -63,7 +64,7 @@ class NodeMetrics:
         )
         self.task_queue_wait_seconds = Histogram(
             "task_queue_wait_seconds",
-            "Time a taken task waited for an executor slot",
+            "Time an accepted task waited for an admission slot",
             namespace=NAMESPACE,
             registry=r,
             buckets=QUEUE_WAIT_BUCKETS,
@@ -86,7 +87,7 @@ class NodeMetrics:
             "journal_backlog", "Finished results not yet published", namespace=NAMESPACE, registry=r
         )
         self.capacity_free = Gauge(
-            "capacity_free", "Executor slots free for new tasks", namespace=NAMESPACE, registry=r
+            "capacity_free", "Admission slots free for new tasks", namespace=NAMESPACE, registry=r
         )
         self.tasks_running = Gauge("tasks_running", "Tasks executing now", namespace=NAMESPACE, registry=r)
         self.remote_engine_up = Gauge(
@@ -138,7 +139,7 @@ class NodeMetrics:
         self.tasks_rejected.labels(reason=reason).inc()
 
     def ignore(self, reason: str) -> None:
-        """Count a valid task that was not taken, under ``reason``."""
+        """Count a valid task that was not accepted, under ``reason``."""
         self.tasks_ignored.labels(reason=reason).inc()
 
     def render(self) -> tuple[bytes, str]:

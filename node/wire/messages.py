@@ -63,7 +63,7 @@ def _normalize_address(address: str) -> str:
 
 
 class TaskFilter(_Wire):
-    """Bloom filter over the raw 20-byte addresses of the nodes that may take the task."""
+    """Bloom filter over the raw 20-byte addresses of the nodes that may accept the task."""
 
     hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
     hashes: int = Field(ge=1, le=64)
@@ -188,7 +188,7 @@ class HeartbeatBody(_Wire):
     models: list[ModelName] = Field(max_length=MAX_MODELS)
     capacity: Capacity
     pending: Int64 = Field(alias="pendingTasks")
-    # Dria's form, `[tasks taken and unfinished, 0]`; filled in from `pending` when absent.
+    # Dria's form, `[tasks accepted and unfinished, 0]`; filled in from `pending` when absent.
     pending_tasks: tuple[Int64, Int64] | None = Field(default=None, alias="pending_tasks")
     tps: dict[ModelName, Annotated[float, Field(ge=0)]] = Field(max_length=MAX_MODELS)
     version: str = Field(max_length=64)
