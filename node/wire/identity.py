@@ -1,8 +1,7 @@
 """The node's secp256k1 identity: one key for wallet address, peer id and signatures.
 
-The address is Ethereum style (last 20 bytes of
-keccak256 of the uncompressed public key without its 0x04 prefix); the peer id
-is the libp2p id of the same key.
+The address is Ethereum style (last 20 bytes of keccak256 of the uncompressed
+public key without its 0x04 prefix); the peer id is the libp2p id of the same key.
 """
 
 from __future__ import annotations
