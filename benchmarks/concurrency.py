@@ -33,7 +33,7 @@ LEVELS = [1, 2, 4, 8]
 SLOTS = 8
 CTX_PER_SLOT = 1024
 SEQUENTIAL_TASKS = 4
-# The node's default context; a batching model class takes it per slot, LlamaModel for its one sequence.
+# The node's default context; the batched model class takes it per slot.
 NODE_N_CTX = 2048
 
 

@@ -25,10 +25,7 @@ from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_MODEL_CLASSES = {
-    "models.runtime": "LlamaModel (models.runtime)",
-    "models.batching": "BatchedLlamaModel (models.batching)",
-}
+_MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
 
 
 def node_process(
