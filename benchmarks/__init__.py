@@ -5,4 +5,13 @@ overhead     no-model task latency vs a bare gossipsub round trip
 concurrency  1/2/4/8 simultaneous tasks vs sequential and vs llama-server
 throughput   tiny tasks/s and CPU per gossip message vs the bare echo
 footprint    startup time and RSS vs the plain script
+prefix       a second step that extends the first one's prompt: prefix reuse on the runtime
+remote       a node fronting llama-server (an OpenAI-compatible engine) vs that engine alone
+ipc          what the daemon <-> execution-process boundary costs per task
+grammar      what a schema (constrained decoding) costs per generated token
+
+Shared parts: options.py (BenchOptions, the publisher helper), workloads.py (prompts,
+workflows), peers.py (a node and peers in their own processes), echo_peer.py,
+raw_worker.py and llama_server.py (the baselines), stats.py, machine.py, report.py
+(the RESULTS.md table).
 """

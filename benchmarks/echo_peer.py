@@ -55,11 +55,11 @@ async def _serve() -> None:
             message = await pings.get()
             await host.publish(PONG, _PREFIX + message.data)
 
-    async def drain() -> None:
+    async def discard() -> None:
         while True:
             await pongs.get()
 
-    tasks = [asyncio.create_task(answer()), asyncio.create_task(drain())]
+    tasks = [asyncio.create_task(answer()), asyncio.create_task(discard())]
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -79,7 +79,7 @@ class EchoClient:
         await self._host.start()
         pongs = await self._host.subscribe(PONG)
         pings = await self._host.subscribe(PING)
-        self._tasks = [asyncio.create_task(self._collect(pongs)), asyncio.create_task(self._drain(pings))]
+        self._tasks = [asyncio.create_task(self._collect(pongs)), asyncio.create_task(self._discard(pings))]
         await self._host.connect(self._peer)
         deadline = time.monotonic() + 15
         while (await self._host.mesh_sizes()).get(PING, 0) == 0:
@@ -119,7 +119,7 @@ class EchoClient:
                 future.set_result(None)
 
     @staticmethod
-    async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:
+    async def _discard(queue: asyncio.Queue[GossipMessage]) -> None:
         while True:
             await queue.get()
 

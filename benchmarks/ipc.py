@@ -19,7 +19,7 @@ from benchmarks.options import BenchOptions
 from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import MODEL_NAME, sample_workflow
-from config.settings import load_settings
+from config.settings import Settings
 from node.daemon.execution.pool import ExecutionPool
 from node.daemon.execution.protocol import RunTask, TaskDone
 from node.daemon.model_setup import create_model
@@ -37,7 +37,7 @@ async def run(options: BenchOptions) -> Section:
     inline: list[float] = []
     probes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-ipc-") as data_dir:
-        settings = load_settings(
+        settings = Settings.load(
             data_dir=Path(data_dir),
             models=[MODEL_NAME],
             n_threads=options.threads,

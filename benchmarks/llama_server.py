@@ -130,7 +130,7 @@ def _cmake_build(source: Path, build: Path, timeout: float) -> None:
 
 
 def _run(cmd: list[str], step: str, timeout: float) -> None:
-    # SOURCE_DATE_EPOCH turns every SIMD option off in ggml's CMake (see LLAMA.md).
+    # SOURCE_DATE_EPOCH turns every SIMD option off in ggml's CMake.
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1.0), env=env, check=False)

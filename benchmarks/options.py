@@ -19,7 +19,7 @@ class BenchOptions(BaseModel):
     quick: bool = False
     # Model threads, on the node and on every baseline alike. One core is left to the
     # publisher and the node's own threads: a llama.cpp thread pool that shares its
-    # cores with them spins at barriers and collapses (notes/LLAMA.md).
+    # cores with them spins at barriers and collapses.
     threads: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0)) - 1), ge=1)
     # Extra `node.cli start` flags (e.g. a future `--parallel 8`).
     node_args: list[str] = Field(default_factory=list)

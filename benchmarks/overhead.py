@@ -3,7 +3,7 @@ call (one `sample` step), next to a bare gossipsub publish -> receive -> reply r
 trip between the same kind of two hosts (benchmarks.echo_peer).
 
 Both are sequential (one message in flight) and run in alternating blocks.
-The difference is what the node adds: signing, validation, intake, the executor,
+The difference is what the node adds: signing, validation, intake, admission,
 the workflow engine, ECIES encryption and the client's verification.
 """
 
@@ -71,7 +71,7 @@ async def run(options: BenchOptions) -> Section:
             ),
             (
                 f"the node adds {node_summary.median - bare.median:.1f} ms at p50 and {(node_summary.p95 or 0) - (bare.p95 or 0):.1f} ms at p95 "
-                "over the bare P2P round trip (signing, validation, intake, executor, workflow, ECIES, verification)."
+                "over the bare P2P round trip (signing, validation, intake, admission, workflow, ECIES, verification)."
             ),
             (
                 "bare round trip: two node.p2p.P2PHost peers (py-libp2p TCP+Noise+Yamux+gossipsub, same asyncio<->Trio "

@@ -25,9 +25,7 @@ from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_MODEL_CLASSES = {
-    "models.batching": "BatchedLlamaModel (models.batching)",
-}
+_MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
 
 
 def node_process(
@@ -161,9 +159,6 @@ class PeerProcess:
     def child_pids(self) -> list[int]:
         """The processes the peer started (a node's execution processes, one per model)."""
         return child_pids(self.pid)
-
-    def peak_rss_bytes(self) -> int:
-        return _status_kib(self.pid, "VmHWM") * 1024
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the node process and its live execution processes."""

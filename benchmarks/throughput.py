@@ -1,4 +1,4 @@
-"""4. Network throughput: how many tiny tasks per second one node takes and answers when
+"""4. Network throughput: how many tiny tasks per second one node accepts and answers when
 the publisher keeps K tasks in flight, and the CPU seconds per gossip message.
 
 K grows until the node's capacity is the limit (tasks/s stops rising). Each window

@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
 
-__all__ = ["ConfigError", "Settings", "StrList", "load_settings"]
+__all__ = ["ConfigError", "Settings", "StrList"]
 
 ENV_PREFIX = "COMPUTE_NODE_"
 DEFAULT_MODEL = "smollm2:135m"
@@ -37,7 +37,7 @@ class Settings(LayeredSettings):
     bootstrap: MultiaddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
     heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
     redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
-    publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are taken")
+    publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are accepted")
     reject_log_window: float = Field(
         default=10.0, ge=0, description="Seconds between log lines for one rejection reason (0: log every one)"
     )
@@ -109,7 +109,7 @@ class Settings(LayeredSettings):
         default=32 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds for one publisher"
     )
     deadline_horizon: float = Field(
-        default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to take it"
+        default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to accept it"
     )
     exec_start_timeout: float = Field(
         default=600.0, gt=0, description="Seconds a model's execution process gets to load, benchmark and answer"
@@ -172,8 +172,3 @@ class Settings(LayeredSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """The node's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
-    return Settings.load(config_file, **overrides)

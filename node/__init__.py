@@ -6,5 +6,5 @@ ops/        metrics, the health/status HTTP endpoint, systemd, logging (imports 
 daemon/     the node process: lifecycle, intake, admission, runner, journal, outbox; execution/ per model
 publisher/  Client: publish tasks and collect results; the table of known nodes
 gateway/    an HTTP API over a publisher Client
-cli/        `compute-node`: start, publish, gateway, models, identity
+cli/        `compute-node`: start, run-task, gateway, models, identity
 """

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings, load_settings
+from config.settings import Settings
 from node.daemon.server import NodeServer
 
 
@@ -25,7 +25,7 @@ def node_settings(data_dir: Path, **overrides: Any) -> Settings:
         "startup_benchmark": False,
     }
     values.update(overrides)
-    return load_settings(**values)
+    return Settings.load(**values)
 
 
 @asynccontextmanager

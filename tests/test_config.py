@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import ConfigError, load_settings
+from config.settings import ConfigError, Settings
 from node.cli.main import _settings_from, build_parser
 
 
@@ -18,7 +18,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_need_no_configuration() -> None:
-    settings = load_settings()
+    settings = Settings.load()
     assert settings.listen == ["/ip4/0.0.0.0/tcp/4001"]
     assert settings.models == ["smollm2:135m"]
     assert settings.data_dir == Path("~/.compute-node").expanduser()
@@ -30,7 +30,7 @@ def test_precedence_toml_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.M
     config.write_text('max_queue = 5\nmax_concurrent = 2\nn_ctx = 1024\nmodels = ["a", "b"]\n')
     monkeypatch.setenv("COMPUTE_NODE_MAX_CONCURRENT", "3")
     monkeypatch.setenv("COMPUTE_NODE_N_CTX", "4096")
-    settings = load_settings(config, n_ctx="512")
+    settings = Settings.load(config, n_ctx="512")
     assert settings.max_queue == 5  # TOML over default
     assert settings.max_concurrent == 3  # environment over TOML
     assert settings.n_ctx == 512  # CLI over environment
@@ -40,7 +40,7 @@ def test_precedence_toml_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.M
 def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMPUTE_NODE_BOOTSTRAP", "/ip4/127.0.0.1/tcp/1/p2p/x, /ip4/127.0.0.1/tcp/2/p2p/y")
     monkeypatch.setenv("COMPUTE_NODE_MODELS", '["m1", "m2"]')
-    settings = load_settings()
+    settings = Settings.load()
     assert settings.bootstrap == ["/ip4/127.0.0.1/tcp/1/p2p/x", "/ip4/127.0.0.1/tcp/2/p2p/y"]
     assert settings.models == ["m1", "m2"]
 
@@ -57,26 +57,26 @@ def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_invalid_value_names_the_setting(overrides: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid setting '{named}'"):
-        load_settings(**overrides)
+        Settings.load(**overrides)
 
 
 def test_invalid_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMPUTE_NODE_MAX_QUEUE", "many")
     with pytest.raises(ConfigError, match="COMPUTE_NODE_MAX_QUEUE"):
-        load_settings()
+        Settings.load()
 
 
 def test_bad_config_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
-        load_settings(tmp_path / "missing.toml")
+        Settings.load(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("max_queue = = 1")
     with pytest.raises(ConfigError, match="broken.toml"):
-        load_settings(broken)
+        Settings.load(broken)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("max_queeu = 1")
     with pytest.raises(ConfigError, match="max_queeu"):
-        load_settings(unknown)
+        Settings.load(unknown)
 
 
 def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
@@ -108,6 +108,6 @@ def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
 
 def test_example_config_loads() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "example.toml"
-    settings = load_settings(example)
+    settings = Settings.load(example)
     assert settings.data_dir == Path("/var/lib/compute-node")
     assert settings.listen == ["/ip4/0.0.0.0/tcp/4001"] and settings.max_queue == 8

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import load_settings
+from config.settings import Settings
 from models.cpu import NO_AMX_CFLAGS, CpuInfo, amx_instructions, extra_buffers_enabled, ggml_cpu_libraries
 from node.daemon.model_setup import runtime_options
 
@@ -64,11 +64,11 @@ def test_missing_or_empty_cpuinfo_is_an_unknown_cpu(tmp_path: Path) -> None:
 def test_the_node_setting_reaches_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     amx = CpuInfo.parse((SAMPLES / "intel-xeon-amx.txt").read_text())
     monkeypatch.setattr(CpuInfo, "read", classmethod(lambda cls, path=None: amx))
-    assert runtime_options(load_settings()).extra_buffers is False
-    assert runtime_options(load_settings(extra_buffers="on")).extra_buffers is True
+    assert runtime_options(Settings.load()).extra_buffers is False
+    assert runtime_options(Settings.load(extra_buffers="on")).extra_buffers is True
     monkeypatch.setenv("COMPUTE_NODE_EXTRA_BUFFERS", "sometimes")
     with pytest.raises(Exception, match="extra_buffers"):
-        load_settings()
+        Settings.load()
 
 
 def test_install_script_builds_with_the_same_no_amx_flags() -> None:

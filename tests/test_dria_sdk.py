@@ -31,9 +31,9 @@ from models.registry import DEFAULT_MODEL
 from node.daemon.server import NodeServer
 from node.gateway.auth import key_id
 from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings, load_gateway_settings
+from node.gateway.settings import GatewaySettings
 from node.wire.envelope import payload_digest, seal
-from node.wire.identity import Identity, recover_address
+from node.wire.identity import Identity, address_of, recover_public_key
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody, Stats, encode_body
 from node.wire.topics import RESULTS_TOPIC
@@ -79,7 +79,7 @@ class Net:
 
 
 def gateway_settings(data_dir: Path, peers: list[str], port: int = 0) -> GatewaySettings:
-    return load_gateway_settings(data_dir=data_dir, peers=peers, port=port, api_keys=[TOKEN, OTHER_TOKEN])
+    return GatewaySettings.load(data_dir=data_dir, peers=peers, port=port, api_keys=[TOKEN, OTHER_TOKEN])
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -219,7 +219,9 @@ async def test_gets_answer_200_or_401_and_list_live_nodes_with_their_own_signatu
         body = json.loads(base64.b64decode(item["message"]))
         assert body["models"] == [SDK_NAME, OPENAI_NAME, GEMINI_NAME] and isinstance(body["pending_tasks"], list)
         # The node's own signature, untouched: it recovers to the node's address.
-        signer = recover_address(payload_digest(item["message"]), bytes.fromhex(item["signature"]), item["recovery_id"])
+        signer = address_of(
+            recover_public_key(payload_digest(item["message"]), bytes.fromhex(item["signature"]), item["recovery_id"])
+        )
         assert signer == net.node.identity.address
 
 

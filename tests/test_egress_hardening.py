@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from config.settings import ConfigError, load_settings
+from config.settings import ConfigError, Settings
 from node.daemon.workflow_setup import tool_settings
 from tests.test_workflow_tools import LocalServer, Route
 from workflows import EgressRefusedError, ToolError, ToolSettings
@@ -99,10 +99,10 @@ def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
 
 def test_settings_refuse_an_http_secret_key() -> None:
     with pytest.raises(ConfigError, match="https"):
-        load_settings(tool_secrets={"http://api.x.com": {"Authorization": "x"}})
-    assert load_settings(tool_secrets={"https://api.x.com:8443": {"A": "b"}}).tool_secrets
+        Settings.load(tool_secrets={"http://api.x.com": {"Authorization": "x"}})
+    assert Settings.load(tool_secrets={"https://api.x.com:8443": {"A": "b"}}).tool_secrets
     with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'.*'a/b'"):
-        tool_settings(load_settings(tool_secrets={"a/b": {"Authorization": "x"}}))
+        tool_settings(Settings.load(tool_secrets={"a/b": {"Authorization": "x"}}))
 
 
 def _gzip(data: bytes) -> bytes:

@@ -20,7 +20,7 @@ from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
 from node.gateway.auth import LOCAL_KEY_ID, ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings, load_gateway_settings
+from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord, TaskStore
 from node.ops.http_api import HttpServer
 from node.wire.ecies import decrypt
@@ -62,7 +62,7 @@ def simple_task(prompt: str = "Hey there!", max_tokens: int = 16, **extra: Any) 
 def gateway_settings(data_dir: Path, peers: list[str], **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {"data_dir": data_dir, "peers": peers, "port": 0, "api_keys": [KEY, OTHER_KEY]}
     values.update(overrides)
-    return load_gateway_settings(**values)
+    return GatewaySettings.load(**values)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -358,7 +358,7 @@ async def test_cli_flags_build_the_settings(tmp_path: Path, capsys: pytest.Captu
     assert run_gateway(args) == 1  # public host, no keys: refused before anything starts
     assert "api_keys" in capsys.readouterr().err
     args = parser.parse_args(["gateway", "--peer", peer, "--api-key", KEY, "--rate-limit", "30", "--port", "0"])
-    settings = load_gateway_settings(None, **{n: getattr(args, f"gateway_{n}") for n in GatewaySettings.model_fields})
+    settings = GatewaySettings.load(None, **{n: getattr(args, f"gateway_{n}") for n in GatewaySettings.model_fields})
     assert settings.peers == [peer] and settings.api_keys == [KEY] and settings.rate_limit == 30
 
 

@@ -108,9 +108,9 @@ def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp
     assert store.add_result("t1--k1", "first")
     assert not store.add_result("t1--k1", "second")  # only the first result of a network task
     assert not store.add_result("unknown--k1", "x")
-    assert store.drain("k2", 10) == []
-    assert store.drain("k1", 10) == ["first"]
-    assert store.drain("k1", 10) == []
+    assert store.pop_results("k2", 10) == []
+    assert store.pop_results("k1", 10) == ["first"]
+    assert store.pop_results("k1", 10) == []
     store.close()
     reopened = RpcStore(tmp_path / "g.sqlite3", retention=60)  # a restart: state kept
     found = reopened.get("t1--k1")

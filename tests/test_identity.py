@@ -18,7 +18,7 @@ from node.wire.identity import (
     IdentityError,
     SignatureError,
     address_of,
-    recover_address,
+    recover_public_key,
 )
 from tests.protocol_files import VECTORS
 
@@ -61,12 +61,12 @@ def test_from_hex_accepts_0x_and_rejects_garbage() -> None:
 
 
 def test_peer_id_is_libp2p_id_of_same_key() -> None:
+    from libp2p.crypto.secp256k1 import create_new_key_pair
     from libp2p.peer.id import ID
 
     identity = Identity.from_hex(IDENTITY["secret_hex"])
     assert identity.peer_id.startswith("16Uiu2")
-    pair = identity.libp2p_key_pair()
-    assert pair.private_key.to_bytes() == identity.secret
+    pair = create_new_key_pair(identity.secret)
     assert pair.public_key.to_bytes() == identity.public_key_compressed
     assert ID.from_pubkey(pair.public_key).to_base58() == identity.peer_id
     assert identity.peer_id == "16Uiu2HAkv2YwW8JTC1mvuXZoh2S3zMfPWnXbqQWwjQ9o6z6B1zbZ"
@@ -82,25 +82,25 @@ def test_sign_and_recover() -> None:
     identity = Identity.generate()
     signature, recovery_id = identity.sign(DIGEST)
     assert len(signature) == 64 and recovery_id in (0, 1)
-    assert recover_address(DIGEST, signature, recovery_id) == identity.address
+    assert address_of(recover_public_key(DIGEST, signature, recovery_id)) == identity.address
 
 
 def test_signature_by_another_key_recovers_another_address() -> None:
     me, other = Identity.generate(), Identity.generate()
     signature, recovery_id = other.sign(DIGEST)
-    assert recover_address(DIGEST, signature, recovery_id) == other.address != me.address
+    assert address_of(recover_public_key(DIGEST, signature, recovery_id)) == other.address != me.address
 
 
 def test_recover_rejects_malformed_signatures() -> None:
     signature, recovery_id = Identity.generate().sign(DIGEST)
     with pytest.raises(SignatureError, match="recovery id"):
-        recover_address(DIGEST, signature, 2)
+        recover_public_key(DIGEST, signature, 2)
     with pytest.raises(SignatureError, match="64 bytes"):
-        recover_address(DIGEST, signature[:63], recovery_id)
+        recover_public_key(DIGEST, signature[:63], recovery_id)
     with pytest.raises(SignatureError, match="32 bytes"):
-        recover_address(DIGEST[:31], signature, recovery_id)
+        recover_public_key(DIGEST[:31], signature, recovery_id)
     with pytest.raises(SignatureError, match="does not recover"):
-        recover_address(DIGEST, bytes(64), 0)
+        recover_public_key(DIGEST, bytes(64), 0)
     with pytest.raises(SignatureError):
         Identity.generate().sign(b"short")
 

@@ -17,7 +17,6 @@ from node.wire.messages import (
     ResultBody,
     Stats,
     TaskBody,
-    TaskFilter,
     TaskInput,
     decode_heartbeat,
     decode_result,
@@ -89,17 +88,9 @@ def test_task_built_in_python_omits_none_optionals() -> None:
         "input": {"workflow": {"a": None}, "model": ["*"]},
         "publicKey": PUBLISHER.public_key_uncompressed.hex(),
     }
-    assert task.is_picked(NODE.address) and task.is_picked(PUBLISHER.address)
 
 
-def test_selection_by_picked_nodes_and_filter() -> None:
-    task = decode_task(json.dumps(task_json()).encode())
-    assert task.is_picked(NODE.address)
-    assert task.is_picked("0x" + NODE.address.upper())
-    assert not task.is_picked(PUBLISHER.address)
-    only_filter = decode_task(json.dumps(task_json(pickedNodes=None)).encode())
-    assert only_filter.is_picked(NODE.address)
-    assert not only_filter.is_picked(PUBLISHER.address)
+def test_picked_nodes_are_normalized() -> None:
     picked_upper = decode_task(json.dumps(task_json(pickedNodes=["0x" + NODE.address.upper()])).encode())
     assert picked_upper.picked_nodes == [NODE.address]
 
@@ -203,14 +194,6 @@ def test_not_json_is_a_message_error() -> None:
     for body in (b"", b"{", b"\xff", b"[]", b"null"):
         with pytest.raises(MessageError):
             decode_task(body)
-
-
-def test_task_filter_model() -> None:
-    bloom = BloomFilter.build([NODE.address_bytes])
-    model = TaskFilter.from_bloom(bloom)
-    assert (model.hex, model.hashes) == (bloom.hex, bloom.hashes)
-    assert model.contains(NODE.address_bytes)
-    assert not model.contains(PUBLISHER.address_bytes)
 
 
 def result_json(**changes: Any) -> dict[str, Any]:

@@ -343,11 +343,11 @@ async def test_the_benchmark_is_cached_per_engine(tmp_path: Path) -> None:
 def test_the_vllm_deploy_files_agree_with_each_other_and_with_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    from config.settings import load_settings
+    from config.settings import Settings
 
     deploy = Path(__file__).resolve().parent.parent / "deploy" / "vllm"
     monkeypatch.delenv("VLLM_KEY", raising=False)
-    settings = load_settings(deploy / "node.toml")
+    settings = Settings.load(deploy / "node.toml")
     registry = Registry.builtin().with_overrides(settings.registry)
     spec = registry.get(settings.models[0])
     compose = yaml.safe_load((deploy / "compose.yaml").read_text())

@@ -43,13 +43,13 @@ class FakeSystemd:
 
     def listen(self) -> None:
         """Timestamp datagrams as they arrive (from the running event loop)."""
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.drain)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.read_all)
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.sock.close()
 
-    def drain(self) -> list[tuple[float, bytes]]:
+    def read_all(self) -> list[tuple[float, bytes]]:
         while self.sock.fileno() >= 0:
             try:
                 self.received.append((time.monotonic(), self.sock.recv(4096)))
@@ -58,7 +58,7 @@ class FakeSystemd:
         return self.received
 
     def pings(self, after: float = 0.0, before: float = float("inf")) -> int:
-        return sum(1 for t, m in self.drain() if m == b"WATCHDOG=1" and after < t < before)
+        return sum(1 for t, m in self.read_all() if m == b"WATCHDOG=1" and after < t < before)
 
 
 async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
@@ -128,7 +128,7 @@ async def test_the_libp2p_thread_dying_ends_the_node_non_zero_and_stops_the_watc
         if not serving.done():
             server.request_exit()
             await asyncio.wait_for(serving, 60)
-        systemd.drain()
+        systemd.read_all()
         systemd.close()
     assert server.exit_code == 1
     assert server.supervisor.fatal is not None and server.supervisor.fatal.startswith("p2p-thread")

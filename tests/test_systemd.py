@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Iterator
@@ -82,15 +81,3 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     other = env | {"WATCHDOG_PID": str(os.getpid() + 1)}
     assert SystemdNotifier.from_env(other).watchdog_interval() is None
     assert SystemdNotifier.from_env({"WATCHDOG_USEC": "junk"}).watchdog_interval() is None
-
-
-async def test_watchdog_loop_pings_until_cancelled(listener: tuple[socket.socket, str]) -> None:
-    sock, path = listener
-    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})
-    task = asyncio.create_task(notifier.watchdog_loop())
-    await asyncio.sleep(0.1)  # interval 0.02 s: several pings
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    notifier.close()
-    assert receive_all(sock, 3) == [b"WATCHDOG=1"] * 3

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from config.settings import load_settings
+from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
 from models.requests import ModelError
@@ -98,7 +98,7 @@ async def test_hostile_workflows_end_within_their_budget(model: BatchedLlamaMode
 async def test_default_step_cap_and_operator_tightening(model: BatchedLlamaModel) -> None:
     with pytest.raises(LimitExceededError, match="max_steps exceeded: 1000 task executions"):
         await run_workflow(parse_workflow(end_loop()), model)
-    options = engine_options(load_settings(max_steps_cap=7))
+    options = engine_options(Settings.load(max_steps_cap=7))
     assert options.max_steps_cap == 7
     with pytest.raises(LimitExceededError, match="max_steps exceeded: 7 task executions"):
         await run_workflow(parse_workflow(end_loop()), model, options=options)

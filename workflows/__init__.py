@@ -1,10 +1,28 @@
 """The workflow engine: validates and runs workflow programs on a model backend.
 
 It knows nothing of the network; models are reached only through `ModelBackend`.
+
+schema.py         Workflow: the pydantic models of the workflow format, `parse_workflow`
+schema_limits.py  caps on the JSON schemas a workflow hands to constrained decoding
+engine.py         `run_workflow`: walks the graph (steps, conditions, fallbacks, loops, limits)
+operators.py      `run_task`: one task's operator (generation, function calling, search, ...)
+conditions.py     the edge-condition expressions
+inputs.py         resolving inputs against memory, writing a task's outputs
+placeholders.py   filling `{{name}}` / `{name}` placeholders
+memory.py         a run's memory: cache, stacks, vector file store
+return_value.py   the run's result string from the return value specification
+tool_calls.py     asking a model for a tool call and parsing it
+tools/            the tools a workflow may offer the model (built-in and custom)
+egress.py         safe outbound HTTP for tools
+backend.py        ModelBackend: the interface through which the engine calls models
+options.py        EngineOptions, ToolSettings: the operator's configuration of the engine
+errors.py         the engine's error types and their public text
+builders.py       publisher-side builders of common workflows (`Simple`)
 """
 
 from workflows.backend import ModelBackend
 from workflows.builders import Simple
+from workflows.engine import WorkflowResult, run_workflow
 from workflows.errors import (
     EgressRefusedError,
     LimitExceededError,
@@ -15,7 +33,6 @@ from workflows.errors import (
     WorkflowValidationError,
     public_error_text,
 )
-from workflows.executor import WorkflowResult, run_workflow
 from workflows.options import EngineOptions, SearchProvider, ToolSettings
 from workflows.schema import Workflow, parse_workflow
 

@@ -1,7 +1,7 @@
 """The engine's error types and the one function that turns an error into public text.
 
 `str(error)` is the human reason; `public_error_text` is what a node may send
-back (PROTOCOL.md section 5): errors that fail the same way on any node
+back in an error result: errors that fail the same way on any node
 (`deterministic`) start with `Invalid prompt: `, the others never contain that
 phrase, and no text carries task data (prompt text, memory values, model
 output, tool URLs): messages name causes and workflow structure only.

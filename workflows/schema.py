@@ -1,4 +1,4 @@
-"""Pydantic models of the workflow format (see protocol/WORKFLOWS.md).
+"""Pydantic models of the workflow format: config, tasks, steps, edges, return value.
 
 Null-dumped and omitted optional fields mean the same thing: every model drops
 `null` values before validation so defaults apply.

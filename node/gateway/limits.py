@@ -1,7 +1,7 @@
 """The request body size limit, as ASGI middleware: `413` before the app sees a too-large body.
 
 The body is read up to the limit (a chunked one too), then handed to the app as
-one message. A too-large body is read on (and dropped) up to `DRAIN_BYTES`
+one message. A too-large body is read on (and dropped) up to `DISCARD_BYTES`
 before the 413 is sent: closing a socket with unread data makes the kernel reset
 the connection, and the client would lose the 413. A body declared larger than
 that is refused without reading it.
@@ -13,7 +13,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DRAIN_BYTES = 16 * 1024 * 1024
+DISCARD_BYTES = 16 * 1024 * 1024
 
 
 class BodyLimitMiddleware:
@@ -29,8 +29,8 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            if declared <= DRAIN_BYTES:
-                await _drain(receive)
+            if declared <= DISCARD_BYTES:
+                await _discard_body(receive)
             await self._refuse(send, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
             return
         chunks: list[bytes] = []
@@ -43,7 +43,7 @@ class BodyLimitMiddleware:
             size += len(chunk)
             if size > self.max_bytes:
                 if message.get("more_body", False):
-                    await _drain(receive, size)
+                    await _discard_body(receive, size)
                 await self._refuse(send, f"request body exceeds the limit of {self.max_bytes} bytes")
                 return
             chunks.append(chunk)
@@ -73,9 +73,9 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def _drain(receive: Receive, size: int = 0) -> None:
-    """Read and drop the rest of a request body, up to DRAIN_BYTES in all."""
-    while size <= DRAIN_BYTES:
+async def _discard_body(receive: Receive, size: int = 0) -> None:
+    """Read and drop the rest of a request body, up to DISCARD_BYTES in all."""
+    while size <= DISCARD_BYTES:
         message = await receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             return

@@ -1,6 +1,6 @@
 """The Dria-SDK ("RPC") side of the gateway: tasks posted as the SDK posts them, raw node envelopes back.
 
-DRIA_SDK.md is the contract. A posted task is published under
+A posted task is published under
 `<taskId>--<suffix>` with the SDK's own public key and picked node, signed by
 the gateway (tasks may be signed by any publisher); its `privateKey` is dropped
 before anything else happens to the payload. Results and heartbeats are never
@@ -52,7 +52,7 @@ class _PostedInput(BaseModel):
 
 
 class _PostedTask(BaseModel):
-    """The fields of the SDK's task payload the gateway uses (see DRIA_SDK.md section 3)."""
+    """The fields of the SDK's task payload the gateway uses; the rest is passed over."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -107,7 +107,7 @@ def payload_hash(data: dict[str, Any]) -> str:
 
 
 def _item(envelope: Envelope, **extra: str) -> str:
-    """An envelope as the SDK reads it (DRIA_SDK.md sections 2 and 4)."""
+    """An envelope as the SDK reads it: base64 `message` (the payload), hex `signature`, `recovery_id`."""
     return json.dumps(
         {**extra, "message": envelope.payload, "signature": envelope.signature, "recovery_id": envelope.recovery_id}
     )
@@ -160,7 +160,7 @@ class RpcService:
         if now - self._purged_at > PURGE_INTERVAL:  # polled every few seconds: old rows go here
             self._purged_at = now
             self.store.purge()
-        return self.store.drain(key_id, MAX_RESULTS_PER_POLL)
+        return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL)
 
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).

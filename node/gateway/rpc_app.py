@@ -1,4 +1,4 @@
-"""The HTTP routes Dria's Python SDK calls (DRIA_SDK.md section 1), authenticated by `x-api-key`.
+"""The HTTP routes Dria's Python SDK calls, authenticated by `x-api-key`.
 
     GET  /health               200 (401 for an unknown key)
     GET  /rpc/get_alive_peers  200 {"data": {"results": [heartbeat items]}}

@@ -3,7 +3,7 @@
 One row per network task id (`<taskId>--<suffix>`): which key posted it, a hash
 of the posted payload (so a repeated POST publishes nothing), the node it
 picked, and, once the first result signed by that node arrives, the raw result
-envelope. `GET /rpc/results` drains a key's queue: each result is served once.
+envelope. `GET /rpc/results` pops from a key's queue: each result is served once.
 Rows are deleted `retention` seconds after their deadline. The task's private
 key is never part of a row.
 """
@@ -102,7 +102,7 @@ class RpcStore:
             )
         return cursor.rowcount == 1
 
-    def drain(self, key_id: str, limit: int) -> list[str]:
+    def pop_results(self, key_id: str, limit: int) -> list[str]:
         """Up to `limit` queued results of this key, marked served (they are not served again)."""
         with self._transaction():
             rows = self._db.execute(

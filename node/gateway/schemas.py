@@ -24,7 +24,9 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: dict[str, Any] = Field(description="The workflow program (WORKFLOWS.md); validated before publishing")
+    workflow: dict[str, Any] = Field(
+        description="The workflow program (the engine's JSON format); validated before publishing"
+    )
     models: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS, description="Acceptable models")
     prompt: str | None = Field(default=None, description="The task's input (memory key __input)")
     timeout: float | None = Field(default=None, gt=0, description="Seconds until the task expires (default: gateway's)")

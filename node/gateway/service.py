@@ -1,6 +1,6 @@
 """The publisher side of the gateway: submit tasks, follow them to a result, record it.
 
-Each accepted task is one asyncio job running `Client.execute` (node choice by
+Each submitted task is followed by one asyncio task running `Client.execute` (node choice by
 heartbeat; a busy or failed node retried on another one with a new network task
 id; a workflow error not retried), recording each network task id it publishes
 and the outcome in the store. The gateway id stays the same across retries. Long polling waits on
@@ -41,7 +41,7 @@ class GatewayService:
         self.client = client
         self.store = store
         self._finished: dict[str, asyncio.Event] = {}
-        self._jobs: set[asyncio.Task[None]] = set()
+        self._followers: set[asyncio.Task[None]] = set()
         self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -54,11 +54,11 @@ class GatewayService:
 
     async def close(self) -> None:
         """Stop following tasks (they stay pending in the store) and leave the network."""
-        tasks = [*self._jobs, *([self._purger] if self._purger else [])]
+        tasks = [*self._followers, *([self._purger] if self._purger else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._jobs.clear()
+        self._followers.clear()
         await self.client.close()
 
     def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], max_pending: int) -> list[str]:
@@ -132,14 +132,10 @@ class GatewayService:
 
         try:
             result = await self.client.execute(task, timeout, on_submit=published)
-        except TaskTimeoutError as exc:
-            self._finish(task_id, "expired", error=str(exc))
-        except TaskFailedError as exc:
-            self._finish(task_id, "error", error=exc.reason, node=exc.node)
-        except ClientError as exc:  # NoNodeError among them
-            self._finish(task_id, "error", error=str(exc))
-        except Exception as exc:  # the job's boundary: a bug must not leave the task pending forever
-            log.exception("task job failed", id=task_id)
+        except ClientError as exc:
+            self._finish_failed(task_id, exc)
+        except Exception as exc:  # the follower's boundary: a bug must not leave the task pending forever
+            log.exception("task follower failed", id=task_id)
             self._finish(task_id, "error", error=f"gateway error: {exc!r}")
         else:
             self._finish_with(task_id, result)
@@ -155,14 +151,18 @@ class GatewayService:
             result = await self.client.wait(
                 record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None
             )
-        except TaskTimeoutError as exc:
-            self._finish(record.id, "expired", error=str(exc))
-        except TaskFailedError as exc:
-            self._finish(record.id, "error", error=exc.reason, node=exc.node)
         except ClientError as exc:
-            self._finish(record.id, "error", error=str(exc))
+            self._finish_failed(record.id, exc)
         else:
             self._finish_with(record.id, result)
+
+    def _finish_failed(self, task_id: str, exc: ClientError) -> None:
+        if isinstance(exc, TaskTimeoutError):
+            self._finish(task_id, "expired", error=str(exc))
+        elif isinstance(exc, TaskFailedError):
+            self._finish(task_id, "error", error=exc.reason, node=exc.node)
+        else:  # NoNodeError among them
+            self._finish(task_id, "error", error=str(exc))
 
     def _finish_with(self, task_id: str, result: TaskResult) -> None:
         stats = result.stats.model_dump(by_alias=True)
@@ -181,14 +181,14 @@ class GatewayService:
         log.info("task finished", id=task_id, status=status, node=fields.get("node"), error=fields.get("error"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        job = asyncio.create_task(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._job_done)
+        follower = asyncio.create_task(coro)
+        self._followers.add(follower)
+        follower.add_done_callback(self._follower_done)
 
-    def _job_done(self, job: asyncio.Task[None]) -> None:
-        self._jobs.discard(job)
-        if not job.cancelled() and job.exception() is not None:
-            log.error("task job crashed", error=repr(job.exception()))  # e.g. the store could not be written
+    def _follower_done(self, follower: asyncio.Task[None]) -> None:
+        self._followers.discard(follower)
+        if not follower.cancelled() and follower.exception() is not None:
+            log.error("task follower crashed", error=repr(follower.exception()))  # e.g. the store could not be written
 
     async def _purge_loop(self) -> None:
         while True:

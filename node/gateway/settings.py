@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
 
-__all__ = ["ConfigError", "GatewaySettings", "is_loopback", "load_gateway_settings"]
+__all__ = ["ConfigError", "GatewaySettings", "is_loopback"]
 
 ENV_PREFIX = "COMPUTE_NODE_GATEWAY_"
 
@@ -97,8 +97,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def load_gateway_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
-    """The gateway's settings; `overrides` are CLI flags. ConfigError names an invalid setting."""
-    return GatewaySettings.load(config_file, **overrides)

@@ -8,7 +8,6 @@ without systemd the notifier is disabled, and a failed send is only logged.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Mapping
@@ -83,19 +82,6 @@ class SystemdNotifier:
             self._sock.sendto(message.encode(), self._address)
         except OSError as exc:
             log.warning("systemd notify failed", message=message, error=str(exc))
-
-    async def watchdog_loop(self) -> None:
-        """Ping the watchdog every ``watchdog_interval()`` until cancelled.
-
-        Run it as a task on the event loop: if the loop stalls, pings stop and
-        systemd restarts the node, which is the point.
-        """
-        interval = self.watchdog_interval()
-        if interval is None or not self.enabled:
-            return
-        while True:
-            self.watchdog()
-            await asyncio.sleep(interval)
 
     def close(self) -> None:
         """Close the socket; later notifications are dropped."""

@@ -17,7 +17,7 @@ from node.p2p.host import P2PError, P2PHost
 log = structlog.get_logger(__name__)
 
 
-def peer_id_of(multiaddr: str) -> str | None:
+def peer_id_of_multiaddr(multiaddr: str) -> str | None:
     """The /p2p/<id> component of a multiaddr, if any."""
     parts = multiaddr.rstrip("/").split("/")
     for i, part in enumerate(parts[:-1]):
@@ -64,7 +64,7 @@ class Connector:
             due = [
                 addr
                 for addr in self._bootstrap
-                if peer_id_of(addr) not in connected and loop.time() >= self._next_try[addr]
+                if peer_id_of_multiaddr(addr) not in connected and loop.time() >= self._next_try[addr]
             ]
             if due:
                 await asyncio.gather(*(self._dial(addr) for addr in due))

@@ -46,7 +46,7 @@ import trio
 from pydantic import ValidationError
 
 from node.p2p.libp2p_logging import route_libp2p_logging
-from node.p2p.service import P2PService, P2PServiceError, ServiceOptions, peer_id_of
+from node.p2p.service import P2PService, P2PServiceError, ServiceOptions
 from node.wire.topics import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
@@ -187,7 +187,7 @@ class P2PHost:
         self._queue_bytes = queue_bytes
         self._budgets: dict[str, HandOffBudget] = {}
         self._service = P2PService(options, on_message=self._on_trio_message)
-        self._peer_id = peer_id_of(secret)
+        self._peer_id = self._service.peer_id
         self._queues: dict[str, asyncio.Queue[GossipMessage]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -261,14 +261,6 @@ class P2PHost:
     async def connect(self, multiaddr: str, timeout: float = 10.0) -> str:
         """Dial a /ip4/.../tcp/.../p2p/... address; returns its peer id. Dials run concurrently."""
         return await self._call(self._service.connect, multiaddr, timeout)
-
-    async def connect_many(self, multiaddrs: list[str], timeout: float = 10.0) -> list[str | P2PError]:
-        """Dial several addresses at once; per address the peer id or the P2PError."""
-        results = await asyncio.gather(*(self.connect(a, timeout) for a in multiaddrs), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, P2PError):
-                raise result
-        return results  # type: ignore[return-value]
 
     async def subscribe(self, topic: str, validator: Validator | None = None) -> asyncio.Queue[GossipMessage]:
         """Join `topic`; valid messages from other peers arrive on the returned queue.

@@ -2,8 +2,8 @@
 
 py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
 `trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
-on that Trio thread; nothing here knows about asyncio. The measured behaviour
-this code works around is in shared/notes/LIBP2P.md.
+on that Trio thread; nothing here knows about asyncio. Each workaround for a
+measured py-libp2p behaviour is commented where it is made.
 
 Delivery rule: messages this host publishes itself are NOT handed to its own
 `on_message` sink (libp2p would deliver them locally; we filter them out), and
@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 MAX_INBOUND_RPC_BYTES = 1 << 20
 PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs) holds more
 PACING_POLL_S = 0.002
-PACING_MAX_WAIT_S = 2.0  # a frozen peer never drains: give up waiting and publish anyway
+PACING_MAX_WAIT_S = 2.0  # a frozen peer's queue never empties: give up waiting and publish anyway
 HOUSEKEEPING_INTERVAL_S = 30.0
 STOP_GRACE_S = 3.0  # after a stop request, teardown is cancelled outright after this long
 
@@ -73,11 +73,6 @@ class ServiceOptions(BaseModel):
 def content_message_id(msg: rpc_pb2.Message) -> bytes:
     """Gossip message id: sha256 of the data, so the same envelope relayed twice is one message."""
     return hashlib.sha256(msg.data).digest()
-
-
-def peer_id_of(secret: bytes) -> str:
-    """The libp2p peer id ("16Uiu2...") of a 32-byte secp256k1 secret."""
-    return ID.from_pubkey(create_new_key_pair(secret).public_key).to_base58()
 
 
 def _is_nursery_closed(exc: BaseException) -> bool:
@@ -250,13 +245,13 @@ class P2PService:
         return info.peer_id.to_base58()
 
     async def subscribe(self, topic: str, validator: TopicValidator | None) -> None:
-        """Register the validator, join the topic and drain it into the message sink."""
+        """Register the validator, join the topic and forward its messages to the message sink."""
         assert self._pubsub is not None and self._nursery is not None
         if topic in self._pubsub.topic_ids:
             raise P2PServiceError(f"already subscribed to topic {topic!r}")
         self._pubsub.set_topic_validator(topic, self._wrap_validator(topic, validator), False)
         subscription = await self._pubsub.subscribe(topic)
-        self._nursery.start_soon(self._drain, topic, subscription)
+        self._nursery.start_soon(self._forward, topic, subscription)
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Publish once outbound queues have room (paced); the same data twice is sent once."""
@@ -302,7 +297,7 @@ class P2PService:
 
         return check
 
-    async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
+    async def _forward(self, topic: str, subscription: ISubscriptionAPI) -> None:
         # libp2p buffers only 32 messages per subscription: empty it promptly.
         peer_names: dict[bytes, str] = {}
         async for msg in subscription:  # type: ignore[attr-defined]
@@ -323,7 +318,7 @@ class P2PService:
         deadline = trio.current_time() + PACING_MAX_WAIT_S
         while busy := self._busy_peers():
             if trio.current_time() >= deadline:
-                # Stop waiting for these peers until their queues drain (e.g. a frozen peer).
+                # Stop waiting for these peers until their queues empty (e.g. a frozen peer).
                 self._stuck_peers |= busy
                 self.pacing_timeouts += 1
                 log.warning(
@@ -339,5 +334,5 @@ class P2PService:
         """Peers whose outbound queue is too full to publish into, less those given up on."""
         assert self._pubsub is not None
         busy = {peer for peer, queue in self._pubsub.peer_queues.items() if len(queue) > PACING_QUEUE_DEPTH}
-        self._stuck_peers &= busy  # a peer that drained is waited for again
+        self._stuck_peers &= busy  # a peer whose queue emptied is waited for again
         return busy - self._stuck_peers

@@ -210,7 +210,7 @@ class Client:
             if last_failure is not None and not any(
                 n.serves(models) and n.address not in tried for n in self.nodes.live()
             ):
-                raise last_failure  # every node that could take it was tried
+                raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))
             await asyncio.sleep(0.1)

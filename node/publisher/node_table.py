@@ -1,6 +1,6 @@
 """The publisher's view of the network: nodes known from their heartbeats.
 
-Liveness is judged by the signed body `timestamp` (PROTOCOL.md section 6), not
+Liveness is judged by the signed body `timestamp`, not
 by when a heartbeat arrived: anyone can re-send an old signed heartbeat with a
 fresh envelope. A body older than `ttl` (two heartbeat intervals by default),
 older than the newest one seen from that node, or stamped further ahead than

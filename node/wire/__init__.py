@@ -1,10 +1,10 @@
-"""The wire protocol (PROTOCOL.md): what goes over gossip, checked and signed. Imports no other node package.
+"""The wire protocol: what goes over gossip, checked and signed. Imports no other node package.
 
 topics.py     topic names, model wildcards, protocol name and version, the gossip size limit
 identity.py   Identity: the secp256k1 key, Ethereum-style address, signatures, libp2p peer id
 ecies.py      result encryption to the publisher's key
-envelope.py   the signed envelope around every message: seal, open_envelope (section 3)
-messages.py   the bodies: TaskBody, ResultBody, HeartbeatBody (pydantic; sections 4-6)
+envelope.py   the signed envelope around every message: seal, open_envelope
+messages.py   the bodies: TaskBody, ResultBody, HeartbeatBody (pydantic)
 wire_time.py  nanosecond and RFC-3339 times on the wire
 bloom.py      the task's node filter (a bloom filter of addresses)
 results.py    success (encrypted) and error result bodies

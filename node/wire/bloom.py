@@ -1,4 +1,4 @@
-"""The task bloom filter that selects nodes by address (PROTOCOL.md section 4).
+"""The task bloom filter that selects nodes by their raw 20-byte address.
 
 m = 8 * len(bytes) bits, k = hashes; h1 = xxh3_64(item, seed 0) mod m,
 h2 = xxh3_64(item, seed 32) mod m; the item's bits are (h1 + i*h2) mod m for

@@ -1,4 +1,4 @@
-"""ECIES encryption of results to the publisher's key (PROTOCOL.md section 5).
+"""ECIES encryption of results to the publisher's key (the task's `publicKey`).
 
 A thin wrapper on `eciespy` with its default configuration, which is the wire
 format: 65-byte uncompressed ephemeral secp256k1 key || 16-byte nonce ||

@@ -1,7 +1,9 @@
-"""The signed envelope around every gossip message (PROTOCOL.md section 3).
+"""The signed envelope around every gossip message.
 
-`seal` wraps a body for a topic and signs it; `open_envelope` runs every check
-of section 3 and returns the body with the sender's recovered address.
+`seal` wraps a body for a topic and signs it; `open_envelope` checks the size,
+the canonical base64 payload, the protocol name and major.minor version, the
+topic, the age and the clock skew, then recovers the signer (low-s signatures
+only) and returns the body with the signer's address.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def _decode_payload(payload: str) -> bytes:
 def open_envelope(data: bytes, topic: str, now_ns: int | None = None) -> SignedMessage:
     """Check an envelope that arrived on `topic` and return its body and sender.
 
-    Raises EnvelopeError (and nothing else) when any check of section 3 fails.
+    Raises EnvelopeError (and nothing else) when any check fails.
     Cheap checks run first; signature recovery last.
     """
     if len(data) > MAX_MESSAGE_BYTES:

@@ -1,8 +1,7 @@
 """The node's secp256k1 identity: one key for wallet address, peer id and signatures.
 
-PROTOCOL.md section 1. The address is Ethereum style (last 20 bytes of
-keccak256 of the uncompressed public key without its 0x04 prefix); the peer id
-is the libp2p id of the same key.
+The address is Ethereum style (last 20 bytes of keccak256 of the uncompressed
+public key without its 0x04 prefix); the peer id is the libp2p id of the same key.
 """
 
 from __future__ import annotations
@@ -11,14 +10,10 @@ import functools
 import os
 import pathlib
 import tempfile
-from typing import TYPE_CHECKING
 
 import coincurve
 import structlog
 from Crypto.Hash import keccak
-
-if TYPE_CHECKING:  # libp2p is slow to import; it is loaded only when needed
-    from libp2p.crypto.keys import KeyPair
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +57,6 @@ def address_of(public_key: bytes) -> str:
     return keccak.new(digest_bits=256, data=uncompressed[1:]).digest()[-20:].hex()
 
 
-def recover_address(digest: bytes, signature: bytes, recovery_id: int) -> str:
-    """Address of the key that made `signature` (r||s) with `recovery_id` over `digest`."""
-    return address_of(recover_public_key(digest, signature, recovery_id))
-
-
 def recover_public_key(digest: bytes, signature: bytes, recovery_id: int) -> bytes:
     """The compressed public key that made `signature` (r||s) with `recovery_id` over `digest`.
 
@@ -92,8 +82,9 @@ def recover_public_key(digest: bytes, signature: bytes, recovery_id: int) -> byt
 
 
 @functools.lru_cache(maxsize=4096)
-def peer_id_of_key(public_key: bytes) -> str:
+def peer_id_of_public_key(public_key: bytes) -> str:
     """The libp2p peer id (`16Uiu2...`) of a 33/64/65-byte secp256k1 public key."""
+    # libp2p is slow to import; it is loaded only when a peer id is needed.
     from libp2p.crypto.secp256k1 import Secp256k1PublicKey
     from libp2p.peer.id import ID
 
@@ -116,7 +107,6 @@ class Identity:
         self.public_key_uncompressed: bytes = self._key.public_key.format(compressed=False)
         self.address: str = address_of(self.public_key_uncompressed)
         self.address_bytes: bytes = bytes.fromhex(self.address)
-        self._peer_id: str | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"Identity(address={self.address})"
@@ -211,17 +201,7 @@ class Identity:
     @property
     def peer_id(self) -> str:
         """The libp2p peer id (`16Uiu2...`) of this key."""
-        if self._peer_id is None:
-            from libp2p.peer.id import ID
-
-            self._peer_id = ID.from_pubkey(self.libp2p_key_pair().public_key).to_base58()
-        return self._peer_id
-
-    def libp2p_key_pair(self) -> KeyPair:
-        """This key as a libp2p secp256k1 KeyPair (for `new_host(key_pair=...)`)."""
-        from libp2p.crypto.secp256k1 import create_new_key_pair
-
-        return create_new_key_pair(self.secret)
+        return peer_id_of_public_key(self.public_key_compressed)
 
     def sign(self, digest: bytes) -> tuple[bytes, int]:
         """Recoverable ECDSA over a 32-byte digest (not hashed again): (r||s, recovery id)."""

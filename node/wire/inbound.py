@@ -1,6 +1,6 @@
 """Inbound gossip messages: the envelope check and the body check for each topic.
 
-`GossipGate.validate` is the gossip validator (PROTOCOL.md section 7): it runs
+`GossipGate.validate` is the gossip validator: it runs
 on the libp2p thread before a message is relayed, never raises, and logs the
 reason of every rejection. `decode` gives the consumers a typed message.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from node.wire.envelope import EnvelopeError, SignedMessage, open_envelope
-from node.wire.identity import peer_id_of_key
+from node.wire.identity import peer_id_of_public_key
 from node.wire.messages import (
     HeartbeatBody,
     MessageError,
@@ -74,12 +74,12 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
 
 
 def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
-    """A heartbeat speaks for its signer only (PROTOCOL.md section 7)."""
+    """A heartbeat speaks for its signer only: its address and peer id are the signing key's."""
     if body.address != signed.sender:
         raise InboundError(
             "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
         )
-    if body.peer_id != peer_id_of_key(signed.sender_key):
+    if body.peer_id != peer_id_of_public_key(signed.sender_key):
         raise InboundError(
             "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
         )

@@ -1,4 +1,4 @@
-"""Bodies of the three gossip topics (PROTOCOL.md sections 4, 5, 6).
+"""Bodies of the three gossip topics: a task, a result, a heartbeat.
 
 Python attributes are snake_case; wire names are their camelCase aliases
 (`alias_generator=to_camel`). Models are strict (no str -> int coercion) and
@@ -17,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -37,9 +36,9 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
 Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Nanoseconds = Int64
-# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns (section 4).
+# A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns.
 Deadline = Annotated[int, BeforeValidator(ns_from_wire), Field(ge=0, le=INT64_MAX)]
-# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form (section 5).
+# A result stat: written as RFC-3339 UTC with 9 digits and `Z`, read in either form.
 StatTime = Annotated[
     int,
     BeforeValidator(ns_from_wire),
@@ -64,28 +63,18 @@ def _normalize_address(address: str) -> str:
 
 
 class TaskFilter(_Wire):
-    """Bloom filter over the raw 20-byte addresses of the nodes that may take the task."""
+    """Bloom filter over the raw 20-byte addresses of the nodes that may accept the task."""
 
     hex: str = Field(max_length=MAX_FILTER_HEX_CHARS)
     hashes: int = Field(ge=1, le=64)
-    _bloom: BloomFilter = PrivateAttr()
 
     @model_validator(mode="after")
-    def _parse_bloom(self) -> TaskFilter:
+    def _valid_bloom(self) -> TaskFilter:
         try:
-            self._bloom = BloomFilter.from_hex(self.hex, self.hashes)
+            BloomFilter.from_hex(self.hex, self.hashes)
         except BloomFilterError as e:
             raise ValueError(str(e)) from e
         return self
-
-    @classmethod
-    def from_bloom(cls, bloom: BloomFilter) -> TaskFilter:
-        """The wire form of a filter a publisher built."""
-        return cls(hex=bloom.hex, hashes=bloom.hashes)
-
-    def contains(self, address_bytes: bytes) -> bool:
-        """Whether the filter (may) contain this raw 20-byte address."""
-        return self._bloom.contains(address_bytes)
 
 
 def _first_non_finite(value: Any) -> str | None:
@@ -145,14 +134,6 @@ class TaskBody(_Wire):
             raise ValueError(str(e)) from None
         return value
 
-    def is_picked(self, address: str) -> bool:
-        """Selection of section 4: pickedNodes (if present) and the bloom filter (if present)."""
-        if self.picked_nodes is not None and _normalize_address(address) not in self.picked_nodes:
-            return False
-        if self.filter is not None:
-            return self.filter.contains(bytes.fromhex(_normalize_address(address)))
-        return True
-
 
 class Stats(_Wire):
     """Timings of a task, Unix nanoseconds in Python and RFC-3339 strings in JSON;
@@ -207,7 +188,7 @@ class HeartbeatBody(_Wire):
     models: list[ModelName] = Field(max_length=MAX_MODELS)
     capacity: Capacity
     pending: Int64 = Field(alias="pendingTasks")
-    # Dria's form, `[tasks taken and unfinished, 0]`; filled in from `pending` when absent.
+    # Dria's form, `[tasks accepted and unfinished, 0]`; filled in from `pending` when absent.
     pending_tasks: tuple[Int64, Int64] | None = Field(default=None, alias="pending_tasks")
     tps: dict[ModelName, Annotated[float, Field(ge=0)]] = Field(max_length=MAX_MODELS)
     version: str = Field(max_length=64)

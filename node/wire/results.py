@@ -1,4 +1,4 @@
-"""Result bodies (PROTOCOL.md section 5): success (encrypted to the publisher) or error."""
+"""Result bodies: success (the text encrypted to the publisher) or error."""
 
 from __future__ import annotations
 
@@ -13,5 +13,5 @@ def success_body(task_id: str, model: str, plaintext: str, public_key: str, stat
 
 
 def error_body(task_id: str, model: str, reason: str, stats: Stats) -> ResultBody:
-    """An error result: the task was taken but could not be completed."""
+    """An error result: the task was accepted but could not be completed."""
     return ResultBody(task_id=task_id, error=reason, model=model, stats=stats)

@@ -1,4 +1,4 @@
-"""Protocol constants (PROTOCOL.md sections 3, 4, 7): topic names, model wildcards, version, size limit.
+"""Protocol constants: topic names, model wildcards, version, size limit.
 
 Every module that names a topic, checks the version or bounds a gossip message
 imports it from here.

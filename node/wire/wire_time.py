@@ -1,4 +1,4 @@
-"""Times on the wire: Unix nanoseconds (int64) or RFC-3339 strings (PROTOCOL.md sections 4, 5).
+"""Times on the wire: Unix nanoseconds (int64) or RFC-3339 strings.
 
 Task deadlines and result stats may come in either form; the node keeps
 nanoseconds internally and writes stats as RFC-3339 UTC with 9 fractional

@@ -1,4 +1,4 @@
-"""What the engine knows about a tool: a name, a description, a parameter schema, a runner."""
+"""What the engine knows about a tool: a name, a description, a parameter schema, the function that runs it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-Runner = Callable[[dict[str, Any]], Awaitable[str]]
+ToolFunction = Callable[[dict[str, Any]], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -16,4 +16,4 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
-    run: Runner | None = None
+    run: ToolFunction | None = None
