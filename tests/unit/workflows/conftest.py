@@ -1,0 +1,19 @@
+"""Fixtures shared by the workflow engine's tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from models.runtime import LlamaModel, RuntimeOptions
+from tests.support.model_file import SMOLLM2 as GGUF
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    # The runtime binds to no event loop, so one model serves every test's loop.
+    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
+    yield loaded
+    asyncio.run(loaded.close())
