@@ -6,14 +6,13 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from config.settings import load_settings
 from models.requests import ModelError
-from models.runtime import LlamaModel, RuntimeOptions
+from models.runtime import LlamaModel
 from node.daemon.workflow_setup import engine_options
 from tests.support.hostile_workflows import (
     GRAMMAR_BOMBS,
@@ -27,7 +26,6 @@ from tests.support.hostile_workflows import (
     many_tools_bomb,
     memory_only_loop,
 )
-from tests.support.model_file import SMOLLM2 as GGUF
 from workflows import EngineOptions, LimitExceededError, WorkflowValidationError, parse_workflow, run_workflow
 from workflows.errors import (
     INVALID_PROMPT,
@@ -39,13 +37,6 @@ from workflows.errors import (
     public_error_text,
 )
 from workflows.schema_limits import MAX_PATTERN_EXPANSION, pattern_expansion
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
-    yield loaded
-    asyncio.run(loaded.close())
 
 
 async def _max_loop_gap(work: Any) -> tuple[float, BaseException | None]:

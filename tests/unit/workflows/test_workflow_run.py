@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from models.runtime import LlamaModel, RuntimeOptions
-from tests.support.model_file import SMOLLM2 as GGUF
+from models.runtime import LlamaModel
 from tests.support.protocol_files import EXAMPLES
 from workflows import (
     EngineOptions,
@@ -24,14 +21,6 @@ from workflows import (
 
 # Keeps every generation short so the suite stays fast on 2 cores.
 FAST = EngineOptions(max_tokens_cap=64)
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    # The runtime binds to no event loop, so one model serves every test's loop.
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
-    yield loaded
-    asyncio.run(loaded.close())
 
 
 def _example(name: str) -> dict[str, Any]:

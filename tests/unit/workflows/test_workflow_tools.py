@@ -6,7 +6,6 @@ must be refused before any connection is attempted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from models.runtime import LlamaModel, RuntimeOptions
-from tests.support.model_file import SMOLLM2 as GGUF
+from models.runtime import LlamaModel
 from workflows import (
     EgressRefusedError,
     SearchProvider,
@@ -132,13 +130,6 @@ def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
     yield a, b
     a.close()
     b.close()
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = asyncio.run(LlamaModel.load("smollm2", GGUF, RuntimeOptions(n_ctx=1024, n_threads=1)))
-    yield loaded
-    asyncio.run(loaded.close())
 
 
 def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> HttpRequestTool:
