@@ -15,13 +15,10 @@ import pytest
 import pytest_asyncio
 
 from config.settings import ConfigError
-from node.cli.gateway import add_gateway_command, run_gateway
 from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
-from node.gateway.auth import LOCAL_KEY_ID, ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings, load_gateway_settings
-from node.gateway.store import TaskRecord, TaskStore
 from node.ops.http_api import HttpServer
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
@@ -317,62 +314,3 @@ async def test_a_restarted_gateway_collects_a_result_published_after_the_restart
         await second.stop()
     assert body["status"] == "done", body
     assert body["result"].strip() and body["node"] in net.addresses
-
-
-async def test_store_expires_overdue_tasks_and_deletes_old_ones(tmp_path: Path) -> None:
-    path = tmp_path / "tasks.sqlite3"
-    now = time.time()
-    store = TaskStore(path, retention=100)
-    common: dict[str, Any] = {
-        "key_id": "k",
-        "status": "pending",
-        "models": [MODEL],
-        "created_at": now - 50,
-        "updated_at": now - 50,
-    }
-    store.insert(
-        [
-            TaskRecord(id="overdue", deadline=now - 1, expires_at=now + 99, **common),
-            TaskRecord(id="running", deadline=now + 60, expires_at=now + 160, **common),
-        ]
-    )
-    store.close()
-
-    reopened = TaskStore(path, retention=100)
-    overdue, running = reopened.get("overdue"), reopened.get("running")
-    assert overdue is not None and overdue.status == "expired" and overdue.error
-    assert running is not None and running.status == "pending"
-    assert reopened.pending_count("k") == 1
-    assert reopened.purge(now=now + 150) == 1  # the expired one, 100 s after it expired
-    assert reopened.get("overdue") is None and reopened.get("running") is not None
-    reopened.close()
-
-
-async def test_cli_flags_build_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="compute-node")
-    add_gateway_command(parser.add_subparsers(dest="command"))
-    peer = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmExample"
-    args = parser.parse_args(["gateway", "--peer", peer, "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
-    assert run_gateway(args) == 1  # public host, no keys: refused before anything starts
-    assert "api_keys" in capsys.readouterr().err
-    args = parser.parse_args(["gateway", "--peer", peer, "--api-key", KEY, "--rate-limit", "30", "--port", "0"])
-    settings = load_gateway_settings(None, **{n: getattr(args, f"gateway_{n}") for n in GatewaySettings.model_fields})
-    assert settings.peers == [peer] and settings.api_keys == [KEY] and settings.rate_limit == 30
-
-
-async def test_rate_limiter_refills_and_keys_are_compared_exactly() -> None:
-    now = [0.0]
-    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
-    assert [limiter.take("k"), limiter.take("k")] == [0.0, 0.0]
-    assert limiter.take("k") == pytest.approx(1.0)
-    assert limiter.take("other") == 0.0  # buckets are per key
-    now[0] += 1.0
-    assert limiter.take("k") == 0.0
-    keys = ApiKeys([KEY])
-    assert keys.identify(KEY) == key_id(KEY) != KEY
-    for token in (None, "", KEY[:-1], KEY + "x"):
-        with pytest.raises(AuthError):
-            keys.identify(token)
-    assert ApiKeys([]).identify(None) == LOCAL_KEY_ID
