@@ -19,13 +19,9 @@ import pytest
 import structlog
 
 from config.settings import Settings
-from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
-from node.daemon.execution.handle import describe_exit
 from node.daemon.execution.pool import NoUsableModelError
 from node.daemon.execution.process import TEST_WRAPPER_ENV
-from node.daemon.execution.protocol import Probe, RunTask, TaskDone, decode_from_child, decode_to_child, encode
 from node.daemon.journal import TaskState
-from node.daemon.model_setup import create_embedder
 from node.daemon.server import NodeServer
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
@@ -36,36 +32,6 @@ from workflows import Simple
 
 MODEL = "smollm2:135m"
 STORY = "Write a long story about a dragon who learns to bake bread, with many details."
-
-
-# ---------------------------------------------------------------- unit: the IPC messages
-def test_messages_round_trip_as_json_lines() -> None:
-    run = RunTask(task_id="t1", workflow={"a": [1, "x\ny"]}, prompt="p", deadline_ns=5)
-    line = encode(run)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1  # newlines inside strings are escaped
-    assert decode_to_child(line) == run
-    done = TaskDone(task_id="t1", text="hi", steps=1, prompt_tokens=3, completion_tokens=2)
-    assert decode_from_child(encode(done)) == done
-    with pytest.raises(Exception, match="bad message"):
-        decode_from_child(encode(Probe(probe_id=1)))  # a daemon-side message is not a child's answer
-
-
-def test_exit_descriptions_name_the_signal() -> None:
-    assert describe_exit(-signal.SIGSEGV) == "SIGSEGV"
-    assert describe_exit(-signal.SIGKILL) == "SIGKILL"
-    assert describe_exit(3) == "exit code 3"
-
-
-@pytest.mark.asyncio
-async def test_embedding_model_other_than_the_task_model_serves_only_embeddings(tmp_path: Path) -> None:
-    model = await create_embedder(MODEL, node_settings(tmp_path))
-    try:
-        vectors = await model.embed(EmbeddingRequest(texts=["a cat", "a dog"]))
-        assert len(vectors) == 2 and len(vectors[0]) == 576
-        with pytest.raises(ModelError, match="only embeddings"):
-            await model.generate(GenerationRequest(messages=[ChatMessage(role="user", content="hi")]))
-    finally:
-        await model.close()
 
 
 # ---------------------------------------------------------------- real nodes
