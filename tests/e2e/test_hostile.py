@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
 from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
-from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.cluster import node_settings, running_node
 from tests.support.hostile_corpus import (
     Actors,
     Built,
@@ -38,6 +37,7 @@ from tests.support.hostile_corpus import (
     load_cases,
     valid_task_body,
 )
+from tests.support.live_hostile import connected_peer, rss_bytes
 
 CASES = load_cases()
 # A case may carry `known_bug` (then its offline test is a strict xfail and the network
@@ -49,12 +49,6 @@ LOG_WAIT_S = 5.0
 RESULTS_WAIT_S = 60.0
 MAX_RSS_GROWTH_BYTES = 200 * 1024 * 1024
 CRASH_EVENTS = {"validator failed", "task crashed", "p2p.validator_error", "p2p.sink_error", "p2p.crashed"}
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (the node runs in it)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- against a node
@@ -170,22 +164,6 @@ class Run:
 VALID_CASE = Case.model_validate(
     {"name": "valid_simple_task", "category": "valid", "recipe": {}, "expect": {"verdict": "result"}}
 )
-
-
-async def connected_peer(node: NodeServer, identity: Identity) -> tuple[P2PHost, asyncio.Queue[GossipMessage]]:
-    peer = P2PHost(identity.secret, ["/ip4/127.0.0.1/tcp/0"])
-    await peer.start()
-    results = await peer.subscribe(RESULTS_TOPIC)
-    await peer.subscribe(TASK_TOPIC)
-    await peer.connect(dialable(node))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        sizes = await peer.mesh_sizes()
-        if sizes.get(TASK_TOPIC, 0) and sizes.get(RESULTS_TOPIC, 0):
-            return peer, results
-        await asyncio.sleep(0.1)
-    await peer.stop()
-    raise AssertionError("the raw peer never joined the node's task and results mesh")
 
 
 @dataclass

@@ -33,8 +33,8 @@ from tests.support.hostile_workflows import (
     memory_only_loop,
     schema_task,
 )
+from tests.support.http_server import LocalServer, Route
 from tests.support.live_hostile import LiveRun, live_publisher, rss_bytes
-from tests.unit.workflows.test_workflow_tools import LocalServer, Route
 
 pytestmark = pytest.mark.slow
 

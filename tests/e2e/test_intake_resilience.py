@@ -22,9 +22,9 @@ from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
 from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
-from tests.e2e.test_hostile import connected_peer
 from tests.support.cluster import node_settings, running_node
 from tests.support.hostile_corpus import Actors, Built, Recipe, build_recipe, valid_task_body
+from tests.support.live_hostile import connected_peer
 
 pytestmark = pytest.mark.slow
 

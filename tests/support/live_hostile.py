@@ -34,6 +34,23 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+async def connected_peer(node: NodeServer, identity: Identity) -> tuple[P2PHost, asyncio.Queue[GossipMessage]]:
+    """A raw peer of `identity`, in the node's task and results mesh, with its results queue."""
+    peer = P2PHost(identity.secret, ["/ip4/127.0.0.1/tcp/0"])
+    await peer.start()
+    results = await peer.subscribe(RESULTS_TOPIC)
+    await peer.subscribe(TASK_TOPIC)
+    await peer.connect(dialable(node))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        sizes = await peer.mesh_sizes()
+        if sizes.get(TASK_TOPIC, 0) and sizes.get(RESULTS_TOPIC, 0):
+            return peer, results
+        await asyncio.sleep(0.1)
+    await peer.stop()
+    raise AssertionError("the raw peer never joined the node's task and results mesh")
+
+
 @dataclass
 class Outcome:
     """A task's result: the error text, or the decrypted result text."""

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from config.settings import ConfigError, load_settings
 from node.daemon.workflow_setup import tool_settings
-from tests.unit.workflows.test_workflow_tools import LocalServer, Route
+from tests.support.http_server import LocalServer, Route
 from workflows import EgressRefusedError, ToolError, ToolSettings
 from workflows.egress import EgressPolicy, fetch, is_public
 
