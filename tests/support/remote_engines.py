@@ -5,6 +5,8 @@
 - `FaultEngine`: a loopback OpenAI-style server whose answers a test scripts
   (429/5xx, slow answers, redirects), recording every request it got and every
   client that hung up on it.
+- `remote_entry`, `spec_of`, `open_remote`: a registry entry for an engine, and the
+  `RemoteModel` the node opens from it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from models.loader import open_model
+from models.registry import Registry
+from models.remote.openai import RemoteModel
+from models.runtime import RuntimeOptions
+from models.store import ModelStore
 from tests.support.model_file import SMOLLM2
 
 ENGINE_MODEL = "smol-engine"  # the id the engine serves the test model under
@@ -165,3 +172,19 @@ class FaultEngine:
             status_code=step.status,
             headers=step.headers,
         )
+
+
+def remote_entry(base_url: str, **fields: object) -> dict[str, object]:
+    return {"backend": "openai", "base_url": base_url, "model": ENGINE_MODEL, "retry_seconds": 3.0, **fields}
+
+
+def spec_of(base_url: str, name: str = "remote:model", **fields: object):
+    return Registry.builtin().with_overrides({name: remote_entry(base_url, **fields)}).get(name)
+
+
+async def open_remote(base_url: str, **fields: object) -> RemoteModel:
+    model = await open_model(
+        "remote:model", spec_of(base_url, **fields), ModelStore(Path("/nonexistent")), RuntimeOptions(n_ctx=1024)
+    )
+    assert isinstance(model, RemoteModel)
+    return model

@@ -1,7 +1,7 @@
 """Remote models (registry backend "openai"): registry entries, API keys, retries, cancellation, health.
 
 The engine is `FaultEngine`, a real HTTP server on 127.0.0.1 whose answers each
-test scripts; real engines are exercised in test_remote_engines.py.
+test scripts; real engines are exercised in tests/e2e/test_remote_engines.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import pytest
 import structlog
 
 from models.benchmark import BenchResult
-from models.loader import open_model
 from models.registry import Registry, RegistryError
 from models.remote.benchmark import RemoteBenchmarkCache
 from models.remote.endpoint import EngineRequestError, EngineUnavailableError
-from models.remote.openai import RemoteModel
 from models.requests import (
     ChatMessage,
     DeadlineExceededError,
@@ -28,29 +26,17 @@ from models.requests import (
     ModelLoadError,
     UnsupportedRequestError,
 )
-from models.runtime import RuntimeOptions
 from models.store import ModelStore
-from node.daemon.remote_health import RemoteHealth
-from node.ops.metrics import NodeMetrics
-from tests.support.remote_engines import ENGINE_MODEL, FaultEngine, Scripted, chat_answer
+from tests.support.remote_engines import (
+    ENGINE_MODEL,
+    FaultEngine,
+    Scripted,
+    chat_answer,
+    open_remote,
+    spec_of,
+)
 
 HELLO = [ChatMessage(role="user", content="Say hello.")]
-
-
-def remote_entry(base_url: str, **fields: object) -> dict[str, object]:
-    return {"backend": "openai", "base_url": base_url, "model": ENGINE_MODEL, "retry_seconds": 3.0, **fields}
-
-
-def spec_of(base_url: str, name: str = "remote:model", **fields: object):
-    return Registry.builtin().with_overrides({name: remote_entry(base_url, **fields)}).get(name)
-
-
-async def open_remote(base_url: str, **fields: object) -> RemoteModel:
-    model = await open_model(
-        "remote:model", spec_of(base_url, **fields), ModelStore(Path("/nonexistent")), RuntimeOptions(n_ctx=1024)
-    )
-    assert isinstance(model, RemoteModel)
-    return model
 
 
 # ------------------------------------------------------------------ registry
@@ -292,28 +278,6 @@ async def test_embeddings_are_pooled_and_normalised() -> None:
 
 
 # -------------------------------------------------------------------- health
-async def test_a_down_engine_leaves_the_heartbeat_until_it_is_back() -> None:
-    async with FaultEngine() as engine:
-        model = await open_remote(engine.base_url)
-        metrics = NodeMetrics()
-        health = RemoteHealth({"remote:model": model}, metrics, {}, interval=60, bench_file=None)
-        try:
-            names = ["smollm2:135m", "remote:model"]
-            assert health.advertised(names) == names
-            engine.models_up = False
-            await health.check_all()
-            assert health.advertised(names) == ["smollm2:135m"]
-            text = metrics.render()[0].decode()
-            assert 'compute_node_remote_engine_up{model="remote:model"} 0.0' in text
-            assert 'compute_node_remote_engine_down_total{model="remote:model"} 1.0' in text
-            engine.models_up = True
-            await health.check_all()
-            assert health.advertised(names) == names
-            assert 'compute_node_remote_engine_up{model="remote:model"} 1.0' in metrics.render()[0].decode()
-        finally:
-            await model.close()
-
-
 async def test_an_engine_down_at_start_is_opened_unavailable() -> None:
     async with FaultEngine() as engine:
         base_url = engine.base_url
@@ -336,55 +300,4 @@ async def test_the_benchmark_is_cached_per_engine(tmp_path: Path) -> None:
             await model.close()
     assert asked == 3 and len(engine.requests) == asked  # the second came from the cache
     assert first == second and isinstance(first, BenchResult) and first.generation_tps > 0
-    assert json.loads((tmp_path / "benchmarks.json").read_text())
-
-
-# ------------------------------------------------------------- deploy files
-def test_the_vllm_deploy_files_agree_with_each_other_and_with_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    import yaml
-
-    from config.settings import load_settings
-
-    deploy = Path(__file__).resolve().parents[3] / "deploy" / "vllm"
-    monkeypatch.delenv("VLLM_KEY", raising=False)
-    settings = load_settings(deploy / "node.toml")
-    registry = Registry.builtin().with_overrides(settings.registry)
-    spec = registry.get(settings.models[0])
-    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
-    vllm = compose["services"]["vllm"]["command"]
-    flags = dict(arg.removeprefix("--").split("=", 1) for arg in vllm)
-    assert spec.is_remote and spec.base_url == "http://vllm:8000/v1"
-    assert spec.model == flags["served-model-name"]
-    assert spec.max_concurrent == int(flags["max-num-seqs"]) and spec.n_ctx == int(flags["max-model-len"])
-    assert spec.api_key_env in compose["services"]["node"]["environment"]
-
-
-@pytest.mark.slow
-async def test_models_commands_list_and_bench_a_remote_entry(tmp_path: Path) -> None:
-    from tests.support.nodeproc import CLI, ROOT, cli_env
-
-    async with FaultEngine() as engine:
-        registry = json.dumps({"remote:model": remote_entry(engine.base_url)})
-        outputs = []
-        for command in (["list"], ["bench", "remote:model"]):
-            proc = await asyncio.create_subprocess_exec(
-                *CLI,
-                "models",
-                *command,
-                "--registry",
-                registry,
-                "--data-dir",
-                str(tmp_path),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=cli_env(),
-                cwd=ROOT,
-            )
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-            assert proc.returncode == 0, err.decode()
-            outputs.append(out.decode())
-    listing, bench = outputs
-    assert "remote:model" in listing
-    assert "remote:model: loading... measuring... prompt" in bench and "generation" in bench
-    assert len(engine.requests) == 3  # warm-up, prompt-only, full
     assert json.loads((tmp_path / "benchmarks.json").read_text())
