@@ -12,6 +12,7 @@ from benchmarks.report import Row, Section, render_results, render_table
 from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
 
 
+@pytest.mark.slow
 async def test_bare_round_trip_is_measured_and_lands_in_the_table() -> None:
     with echo_process() as echo:
         assert echo.startup_seconds > 0
