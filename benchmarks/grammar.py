@@ -1,6 +1,6 @@
 """9. Constrained decoding: what a schema costs per generated token on the batched runtime.
 
-The schemas are the ones Dria's SDK sends for a pydantic model (tests/data/sdk_schemas.json):
+The schemas are the ones Dria's SDK sends for a pydantic model (tests/support/data/sdk_schemas.json):
 the outlines regex (Ollama/OpenRouter names) and the strict JSON schema (OpenAI names).
 Each round runs the same 4 requests at once with the constraint and without it
 (alternately, on one loaded model); the ratio is constrained / unconstrained time per
@@ -27,7 +27,7 @@ from models.requests import ChatMessage, GenerationRequest
 GOAL = 1.5  # masking the whole vocabulary at every step (grammar first in the chain) cost ~1.7x here
 PARALLEL = 4
 MAX_TOKENS = 80
-SCHEMAS = Path(__file__).parent.parent / "tests" / "data" / "sdk_schemas.json"
+SCHEMAS = Path(__file__).parent.parent / "tests" / "support" / "data" / "sdk_schemas.json"
 
 
 def _request(**constraint: Any) -> GenerationRequest:

@@ -3,7 +3,7 @@
 A thin wrapper on `eciespy` with its default configuration, which is the wire
 format: 65-byte uncompressed ephemeral secp256k1 key || 16-byte nonce ||
 16-byte tag || AES-256-GCM ciphertext; key = HKDF-SHA256(ephemeral public key ||
-uncompressed shared point). `tests/test_identity.py` pins these defaults.
+uncompressed shared point). `tests/unit/wire/test_ecies.py` pins these defaults.
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""The command line as a user runs it: `compute-node start` and `compute-node run-task`
+as real subprocesses against each other, stopped with real signals."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.nodeproc import CLI, ROOT, NodeProcess, cli_env
+from tests.support.protocol_files import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    process = NodeProcess(tmp_path / "node")
+    yield process
+    if process.proc.poll() is None:
+        process.stop(signal.SIGKILL)
+
+
+def run_task(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "run-task", *args], capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=timeout
+    )
+
+
+def test_start_then_run_task_prints_the_result_and_sigterm_exits_0(node: NodeProcess, tmp_path: Path) -> None:
+    done = run_task("--peer", node.addr, "--model", "smollm2:135m", "--prompt", "Hey there!", "--max-tokens", "24")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert node.stop(signal.SIGTERM) == 0
+    # The identity was created once with mode 0600 and is reused on the next start.
+    key = tmp_path / "node" / "identity.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    again = NodeProcess(tmp_path / "node")
+    try:
+        assert again.addr.split("/p2p/")[1] == node.addr.split("/p2p/")[1]
+    finally:
+        assert again.stop(signal.SIGINT) == 0
+
+
+def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
+    workflow = EXAMPLES / "simple_omitted.json"
+    done = run_task(
+        "--peer", node.addr, "--model", "*", "--workflow", str(workflow), "--input", "What is the capital of France?"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_run_task_timeout_and_error_are_one_line_and_non_zero(node: NodeProcess) -> None:
+    timed_out = run_task("--peer", node.addr, "--model", "gemma3:270m", "--prompt", "Hi", "--timeout", "3")
+    assert timed_out.returncode == 2
+    assert re.fullmatch(
+        r"compute-node: no live node hosting any of \['gemma3:270m'\] seen within 3 s .*\n", timed_out.stderr
+    )
+    bad = run_task("--peer", node.addr, "--model", "*", "--workflow", "/nonexistent.json")
+    assert bad.returncode == 1
+    assert "cannot read workflow" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "start", "--data-dir", str(tmp_path), "--max-queue", "-3"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "invalid setting 'max_queue'" in done.stderr
+
+
+def test_unknown_model_fails_at_start_with_known_names(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "start", "--data-dir", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--model", "nope:1b"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "nope:1b" in done.stderr and "smollm2:135m" in done.stderr

@@ -1,0 +1,279 @@
+"""Execution processes: a native crash or a runaway workflow costs one process, never the node.
+
+Real nodes (in this test process) with real execution processes running the real
+SmolLM2 model, a real client over TCP on 127.0.0.1, and real signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from config.settings import Settings
+from node.daemon.execution.pool import NoUsableModelError
+from node.daemon.execution.process import TEST_WRAPPER_ENV
+from node.daemon.journal import TaskState
+from node.daemon.server import NodeServer
+from node.publisher.client import Client, Task, TaskFailedError, TaskResult
+from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
+from tests.support.model_file import SMOLLM2
+from tests.support.nodeproc import NodeProcess
+from workflows import Simple
+
+MODEL = "smollm2:135m"
+STORY = "Write a long story about a dragon who learns to bake bread, with many details."
+
+
+# ---------------------------------------------------------------- real nodes
+class Harness:
+    def __init__(self, server: NodeServer, client: Client) -> None:
+        self.server = server
+        self.client = client
+        self.address = server.identity.address
+
+    async def submit(self, prompt: str, timeout: float, max_tokens: int = 300, max_time: float | None = None) -> str:
+        workflow = Simple().workflow(prompt=prompt, max_tokens=max_tokens)
+        if max_time is not None:
+            workflow["config"]["max_time"] = max_time
+        return await self.client.submit(Task(workflow=workflow, models=[MODEL], nodes=[self.address]), timeout)
+
+    async def wait(self, task_id: str, timeout: float = 60) -> TaskResult:
+        return await self.client.wait(task_id, timeout, nodes=[self.address])
+
+    async def failure(self, task_id: str, timeout: float = 60) -> str:
+        with pytest.raises(TaskFailedError) as failed:
+            await self.wait(task_id, timeout)
+        return failed.value.reason
+
+    def process(self) -> Any:
+        assert self.server.pool is not None
+        return self.server.pool.process(MODEL)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+
+    async def running(self, count: int, not_pid: int | None = None) -> int:
+        """Wait until the model's process (not `not_pid`) holds `count` tasks; its pid."""
+
+        def ready() -> bool:
+            process = self.process()
+            return process is not None and process.pid != not_pid and process.running >= count
+
+        await self.until(ready)
+        return self.process().pid
+
+    def crashes(self, cause: str) -> float:
+        value = self.server.metrics.registry.get_sample_value(
+            "compute_node_exec_crashes_total", {"model": MODEL, "cause": cause}
+        )
+        return value or 0.0
+
+    def assert_journal_all_ended(self, task_ids: list[str]) -> None:
+        journal = self.server.journal
+        assert journal is not None
+        assert journal.interrupted() == []
+        for task_id in task_ids:
+            entry = journal.get(task_id)
+            assert entry is not None and entry.state in (TaskState.FINISHED, TaskState.PUBLISHED), task_id
+
+
+@asynccontextmanager
+async def _harness(settings: Settings) -> AsyncIterator[Harness]:
+    async with running_node(settings) as server:
+        async with Client(peers=[dialable(server)]) as client:
+            yield Harness(server, client)
+
+
+@pytest.fixture
+def wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:misbehave")
+    monkeypatch.setenv("GGML_NO_BACKTRACE", "1")
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    settings = node_settings(tmp_path, exec_crash_limit=2, heartbeat_interval=1.0)
+    with structlog.testing.capture_logs() as logs:
+        async with _harness(settings) as h:
+            long_id = await h.submit(STORY, timeout=120)  # time left to run again after one crash
+            short_id = await h.submit(STORY, timeout=8)  # too little left: answered with the crash
+            pid = await h.running(2)
+            os.kill(pid, sig)
+            assert await h.failure(short_id) == f"model runtime crashed ({sig.name})"
+
+            # The long task runs once more on the restarted process; crashing it again makes it poison.
+            pid2 = await h.running(1, not_pid=pid)
+            os.kill(pid2, sig)
+            await h.until(lambda: h.server.pool.available() == [])  # two crashes in the window: out of heartbeats
+            assert h.server._heartbeat.body().models == []
+            reason = await h.failure(long_id)
+            assert reason.startswith("Invalid prompt: ") and sig.name in reason
+
+            await h.until(lambda: h.server.pool.available() == [MODEL])  # back once a restart holds
+            result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+            assert result.text.strip()
+            assert h.crashes(sig.name) == 2
+            assert h.server.pool.process(MODEL).pid not in (pid, pid2)
+            status = h.server._status()["execution"][MODEL]  # what /status shows
+            assert status["up"] and status["pid"] == h.process().pid and status["crashes_in_window"] == 2
+            h.assert_journal_all_ended([long_id, short_id])
+    events = [entry["event"] for entry in logs]
+    assert "model leaves the heartbeats: its runtime crashed too often" in events
+    assert "model back in the heartbeats: its runtime restarted" in events
+    ended = [entry for entry in logs if entry["event"] == "execution process ended"]
+    assert [entry["cause"] for entry in ended] == [sig.name, sig.name]
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_interrupted_task_runs_once_more_and_succeeds(tmp_path: Path) -> None:
+    async with _harness(node_settings(tmp_path)) as h:
+        task_id = await h.submit(STORY, timeout=120, max_tokens=64)
+        os.kill(await h.running(1), signal.SIGKILL)
+        result = await h.wait(task_id)
+        assert result.text.strip()
+        h.assert_journal_all_ended([task_id])
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_interval(
+    tmp_path: Path, wrapped: None
+) -> None:
+    settings = node_settings(tmp_path, heartbeat_interval=1.0, exec_cancel_grace=2.0)
+    async with _harness(settings) as h:
+        heartbeat = h.server._heartbeat
+        assert heartbeat is not None
+        sent: list[float] = []
+        publish = heartbeat.publish_once
+
+        async def recording_publish() -> None:
+            sent.append(time.monotonic())
+            await publish()
+
+        heartbeat.publish_once = recording_publish  # type: ignore[method-assign]
+        spin_id = await h.submit(f"{SPIN} forever", timeout=60, max_time=2)
+        pid = await h.running(1)
+        reason = await h.failure(spin_id)
+        assert reason.startswith("max_time exceeded")
+        assert not _alive(pid)  # it ignored the cancel: killed
+        assert len(sent) >= 4
+        gaps = [b - a for a, b in zip(sent, sent[1:])]
+        assert max(gaps) < 4.0, gaps  # the spin lasts ~6 s (max_time + margin + grace)
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+        h.assert_journal_all_ended([spin_id])
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: None) -> None:
+    async with _harness(node_settings(tmp_path, exec_max_rss_mb=700)) as h:
+        bomb_id = await h.submit(f"{BOMB} now", timeout=120)
+        pid = await h.running(1)
+        reason = await h.failure(bomb_id)  # killed at the limit, ran once more, killed again: poison
+        assert reason.startswith("Invalid prompt: ") and "memory" in reason
+        assert h.crashes("memory") == 2
+        assert not _alive(pid)
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_lives_on(
+    tmp_path: Path, wrapped: None
+) -> None:
+    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536)) as h:
+        pid = h.process().pid
+        bomb_id = await h.submit(f"{BOMB} now", timeout=120)
+        assert (await h.failure(bomb_id)).startswith("out of memory")
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+        assert h.process().pid == pid  # the limit failed the allocation; nothing had to be killed
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_grammar_that_crashes_llama_cpp_costs_one_restart(tmp_path: Path, wrapped: None) -> None:
+    async with _harness(node_settings(tmp_path)) as h:
+        crash_id = await h.submit(f"{GRAMMAR_CRASH} please", timeout=8)
+        pid = h.process().pid
+        assert await h.failure(crash_id) == "model runtime crashed (SIGABRT)"
+        assert h.crashes("SIGABRT") == 1
+        await h.until(lambda: h.process() is not None and h.process().pid != pid)
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+        h.assert_journal_all_ended([crash_id])
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:crash_at_start")
+    registry = {"crashy": {"path": str(SMOLLM2)}}
+    with structlog.testing.capture_logs() as logs:
+        async with running_node(node_settings(tmp_path / "a", models=[MODEL, "crashy"], registry=registry)) as server:
+            assert server.pool is not None and server.pool.hosted == [MODEL]  # started without the crashing model
+            assert server._heartbeat is not None and server._heartbeat.body().models == [MODEL]
+    skipped = [entry for entry in logs if entry["event"] == "model skipped"]
+    assert [entry["error"] for entry in skipped] == ["model crashy: the runtime crashed while loading (SIGSEGV)"]
+
+    server = NodeServer(node_settings(tmp_path / "b", models=["crashy"], registry=registry))
+    try:
+        with pytest.raises(NoUsableModelError, match=r"model crashy: the runtime crashed while loading \(SIGSEGV\)"):
+            await server.startup()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.slow
+def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path)
+    try:
+        children = _children(node.proc.pid)
+        assert len(children) == 1  # one model, one execution process
+        # llama.cpp lives in the execution process only; the daemon never loads it.
+        assert "libllama" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
+        assert "libllama" in Path(f"/proc/{children[0]}/maps").read_text()
+        node.proc.kill()
+        node.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(children[0]):
+            assert time.monotonic() < deadline, "execution process outlived its daemon"
+            time.sleep(0.05)
+    finally:
+        if node.proc.poll() is None:
+            node.stop()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

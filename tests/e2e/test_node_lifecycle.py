@@ -1,0 +1,95 @@
+"""The node's lifecycle: graceful drain on SIGTERM, crash recovery from the journal after SIGKILL.
+
+Real `compute-node start` subprocesses and real signals; loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from node.publisher.client import Client, Task, TaskFailedError
+from node.wire.identity import Identity
+from tests.support.nodeproc import NodeProcess, free_port
+from workflows import Simple
+
+pytestmark = pytest.mark.slow
+
+
+def long_workflow(items: int = 300) -> dict:
+    """A generation the schema forces to be long (hundreds of tokens), so it runs for seconds."""
+    workflow = Simple().workflow(prompt="List booleans.", max_tokens=8 * items)
+    schema = {"type": "array", "items": {"type": "boolean"}, "minItems": items, "maxItems": items}
+    workflow["tasks"][0]["schema"] = json.dumps(schema)
+    return workflow
+
+
+def items_in(text: str) -> int:
+    """How many booleans the result holds (a JSON list renders as entries joined by " \\n")."""
+    return len([word for word in text.split() if word in ("true", "false")])
+
+
+def node_address(node: NodeProcess) -> str:
+    return node.wait_for_log("node started")["address"]
+
+
+@pytest.mark.parametrize(("drain_timeout", "expect_result"), [("60", True), ("0.5", False)])
+async def test_sigterm_drains_the_running_task_then_exits_0(
+    tmp_path: Path, drain_timeout: str, expect_result: bool
+) -> None:
+    node = NodeProcess(tmp_path / "node", "--drain-timeout", drain_timeout)
+    try:
+        address = node_address(node)
+        async with Client(peers=[node.addr]) as client:
+            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=90)
+            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            node.proc.send_signal(signal.SIGTERM)
+            if expect_result:
+                result = await client.wait(task_id, timeout=90, nodes=[address])
+                assert items_in(result.text) == 300
+            else:
+                with pytest.raises(TaskFailedError, match="interrupted: node shutting down"):
+                    await client.wait(task_id, timeout=30, nodes=[address])
+            assert await asyncio.to_thread(node.proc.wait, 60) == 0
+    finally:
+        node.stop(signal.SIGKILL)
+
+
+async def test_kill_9_mid_task_then_restart_answers_interrupted(tmp_path: Path) -> None:
+    port, key = free_port(), Identity.generate().secret
+    node = NodeProcess(tmp_path / "node", port=port)
+    try:
+        address = node_address(node)
+        async with Client(peers=[node.addr], secret_key=key) as client:
+            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=120)
+            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            node.stop(signal.SIGKILL)
+        node = NodeProcess(tmp_path / "node", port=port)
+        async with Client(peers=[node.addr], secret_key=key) as client:
+            with pytest.raises(TaskFailedError, match="interrupted: node restarted"):
+                await client.wait(task_id, timeout=30, nodes=[address])
+    finally:
+        node.stop(signal.SIGKILL)
+
+
+async def test_result_finished_without_peers_survives_kill_9_and_is_published_after_restart(tmp_path: Path) -> None:
+    port, key = free_port(), Identity.generate().secret
+    node = NodeProcess(tmp_path / "node", port=port)
+    try:
+        address = node_address(node)
+        async with Client(peers=[node.addr], secret_key=key) as client:
+            task_id = await client.submit(Task(workflow=long_workflow(150), models=["*"], nodes=[address]), timeout=120)
+            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+        # The publisher left: the node finishes with no peers and keeps the result in its journal.
+        await asyncio.to_thread(node.wait_for_log, "no peers: result kept until peers return", 60, task_id=task_id)
+        node.stop(signal.SIGKILL)
+        node = NodeProcess(tmp_path / "node", port=port)
+        async with Client(peers=[node.addr], secret_key=key) as client:
+            result = await client.wait(task_id, timeout=30, nodes=[address])
+        assert items_in(result.text) == 150
+        await asyncio.to_thread(node.wait_for_log, "result published", 10, task_id=task_id)
+    finally:
+        node.stop(signal.SIGKILL)

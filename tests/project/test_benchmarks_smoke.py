@@ -1,0 +1,72 @@
+"""Smoke test of benchmarks/: the cheapest real measurement (bare gossipsub round trips
+between two processes on 127.0.0.1) goes through the same summary and table code
+as `python -m benchmarks`. Nothing timed is asserted beyond being measured (> 0)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.__main__ import BENCHMARKS, build_parser
+from benchmarks.echo_peer import EchoClient, echo_process
+from benchmarks.report import Row, Section, render_results, render_table
+from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
+
+
+@pytest.mark.slow
+async def test_bare_round_trip_is_measured_and_lands_in_the_table() -> None:
+    with echo_process() as echo:
+        assert echo.startup_seconds > 0
+        async with EchoClient(echo.multiaddr) as pinger:
+            cpu_before = echo.cpu_seconds()
+            samples = [await pinger.round_trip(timeout=10) * 1000 for _ in range(5)]
+            cpu = echo.cpu_seconds() - cpu_before
+        assert echo.rss_bytes() > 0
+    summary = summarize(samples, "ms", what="smoke", percentiles=True)
+    assert summary.n == 5 and summary.median > 0 and summary.p95 is not None
+    assert cpu >= 0
+
+    sections = [
+        Section(
+            name="overhead",
+            title="2. Node overhead",
+            rows=[Row(metric="bare round trip", baseline=summary, baseline_name="echo")],
+        ),
+        Section(name="generation", title="1. Generation", error="BenchmarkError: node did not become READY"),
+    ]
+    table = render_table(sections)
+    assert summary.text() in table
+    assert "**FAILED**" in table and "did not become READY" in table
+    results = render_results(sections, {"cpu": "test"}, "python -m benchmarks --quick", 1.0)
+    assert "## Machine" in results and "- cpu: test" in results
+
+
+def test_summaries_refuse_numbers_that_were_not_measured() -> None:
+    with pytest.raises(BenchmarkError, match="no samples"):
+        summarize([], "tok/s", what="generation")
+    with pytest.raises(BenchmarkError, match="not positive"):
+        summarize([12.0, 0.0], "tok/s", what="generation")
+    with pytest.raises(BenchmarkError, match="rounds"):
+        paired_ratio([1.0, 2.0], [1.0], what="generation")
+
+
+def test_percentile_and_paired_ratio() -> None:
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert percentile([3.0], 50) == 3.0
+    ratio = paired_ratio([90.0, 100.0, 110.0], [100.0, 100.0, 100.0], what="r")
+    assert ratio.median == pytest.approx(1.0) and ratio.low == pytest.approx(0.9)
+
+
+def test_command_line_names_every_benchmark() -> None:
+    args = build_parser().parse_args(["--only", "overhead", "--quick"])
+    assert args.only == ["overhead"] and args.quick
+    assert set(BENCHMARKS) == {
+        "generation",
+        "overhead",
+        "concurrency",
+        "throughput",
+        "footprint",
+        "prefix",
+        "remote",
+        "ipc",
+        "grammar",
+    }

@@ -1,0 +1,345 @@
+"""Constrained decoding for the schema forms Dria's SDK sends: regex -> GBNF, Gemini schemas,
+the Python-side GBNF parse, and real constrained generation with SmolLM2 on both runtimes.
+
+The SDK's schema strings (tests/support/data/sdk_schemas.json) were made by the SDK's own
+SchemaParser (tests/support/sdk/schemas.py); test_dria_sdk.py checks the file still matches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+
+from models.batching import BatchedLlamaModel
+from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, normalize_schema, regex_to_gbnf
+from models.options import RuntimeOptions
+from models.requests import ChatMessage, GenerationRequest
+from tests.support.model_file import SMOLLM2
+from workflows import WorkflowValidationError, parse_workflow
+
+SDK_SCHEMAS: dict[str, dict[str, str]] = json.loads(
+    (Path(__file__).resolve().parents[2] / "support" / "data" / "sdk_schemas.json").read_text(encoding="utf-8")
+)
+OPTIONS = RuntimeOptions(n_ctx=1024, n_threads=1)
+
+
+def sdk_regex(model: str) -> str:
+    return base64.b64decode(SDK_SCHEMAS[model]["ollama"]).decode("utf-8")
+
+
+def grammar_matches(gbnf: str, text: str, vocab: Any) -> bool:
+    """Whether llama.cpp's own grammar engine accepts `text` as a complete match, token by token."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, check_gbnf(gbnf).encode(), b"root")
+    assert sampler
+    try:
+        data = text.encode("utf-8")
+        tokens = (llama_cpp.llama_token * (len(data) + 8))()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), tokens, len(tokens), False, True)
+        assert n >= 0
+        for token in [*tokens[:n], llama_cpp.llama_vocab_eos(vocab)]:
+            # The grammar sets a refused candidate's logit to -inf; offer it this one token only.
+            candidate = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+            array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            if candidate[0].logit == float("-inf"):
+                return False
+            llama_cpp.llama_sampler_accept(sampler, token)
+        return True
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Iterator[Any]:
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
+    assert model
+    yield llama_cpp.llama_model_get_vocab(model)
+    llama_cpp.llama_model_free(model)
+
+
+# --- regex -> GBNF on the regexes the SDK really sends ---------------------------------
+
+
+@pytest.mark.parametrize("model", sorted(SDK_SCHEMAS))
+def test_every_sdk_regex_converts_to_a_grammar_that_parses(model: str) -> None:
+    gbnf = regex_to_gbnf(sdk_regex(model))
+    assert gbnf.startswith("root ::= ")
+    assert check_gbnf(gbnf) == gbnf
+    llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)  # and llama.cpp agrees
+
+
+@pytest.mark.parametrize(
+    ("model", "text", "expected"),
+    [
+        ("Person", '{"name": "Ada", "age": 36}', True),
+        ("Person", '{"name":"Ada","age":-3}', True),
+        ("Person", '{"name": "A\\"da", "age": 0}', True),
+        ("Person", '{"name": "Ada", "age": 036}', False),
+        ("Person", '{"name": "Ada"}', False),
+        ("Person", '{"age": 36, "name": "Ada"}', False),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": ["x", "y"], "color": "red", '
+            '"kind": "a", "code": "AB.12", "stars": 3, "friends": [{"name": "B", "age": 2}]}',
+            True,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "blue", '
+            '"kind": "b\\"c", "nick": null, "code": "AB.12", "stars": 3, "friends": []}',
+            True,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "green", '
+            '"kind": "a", "code": "AB.12", "stars": 3, "friends": []}',
+            False,
+        ),
+        (
+            "Review",
+            '{"title": "Good", "score": 4.5, "recommended": true, "tags": [], "color": "red", '
+            '"kind": "a", "code": "AB12", "stars": 3, "friends": []}',
+            False,
+        ),
+        ("Dialogue", '{"instruction": "Hi", "responses": ["a", "b", "c"]}', True),
+        ("Dialogue", '{"instruction": "Hi", "responses": ["a", "b", "c", "d"]}', False),
+    ],
+)
+def test_the_grammar_accepts_exactly_what_the_sdk_regex_matches(
+    model: str, text: str, expected: bool, vocab: Any
+) -> None:
+    regex = sdk_regex(model)
+    assert (re.fullmatch(regex, text) is not None) == expected  # the case itself is right
+    assert grammar_matches(regex_to_gbnf(regex), text, vocab) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        (r"^[A-Z]{2}\.\d+$", "AB.12", True),
+        (r"^[A-Z]{2}\.\d+$", "AB-12", False),
+        (r"a{,3}b{2,}", "aaabb", True),
+        (r"a{,3}b{2,}", "aaaabb", False),
+        (r"(?:ab|)x", "x", True),
+        (r"(?P<n>ab)+x", "ababx", True),
+        (r'"q\"[^"\\]*"', '"q"zz"', True),
+        (r"\D\W\S.", "1!bc", False),
+        (r"\D\W\S.", "a!bc", True),
+        (r"[\u00e9-\u00ea\-]+", "é-ê", True),
+        (r"x.y", "x\ny", False),
+        (r"a*?b", "aab", True),
+    ],
+)
+def test_regex_features_match_as_python_re_does(pattern: str, text: str, expected: bool, vocab: Any) -> None:
+    assert (re.fullmatch(pattern, text) is not None) == expected
+    assert grammar_matches(regex_to_gbnf(pattern), text, vocab) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(?=a)b", "lookaround"),
+        ("(?i)a", "inline flags"),
+        ("a**", "multiple repeat"),
+        ("a++", "multiple repeat"),
+        (r"(a)\1", "backreferences"),
+        ("(a", "missing ')'"),
+        ("a)", "unbalanced"),
+        ("[z-a]", "bad character range"),
+        (r"\bword", "word boundaries"),
+        ("a{3,1}", "max < min"),
+        ("a{99999}", "repetition bound"),
+        ("*a", "nothing to repeat"),
+        ("a^b", "anchor"),
+        (r"[\D]", "negated shorthand"),
+        (r"\q", "unknown escape"),
+        ("[abc", "unexpected end"),
+        ("(" * 5000, "nests too deeply"),
+        ("((a{100}){100}){100}", "expands to more than"),
+    ],
+)
+def test_unsupported_or_broken_regexes_are_refused_with_the_reason(pattern: str, reason: str) -> None:
+    with pytest.raises(GrammarError, match=re.escape(reason)):
+        regex_to_gbnf(pattern)
+
+
+# --- the GBNF check in front of llama.cpp --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gbnf", "reason"),
+    [
+        ('root ::= "a', "unexpected end of input"),
+        ("root ::= x", "undefined rule 'x'"),
+        ('x ::= "a"', "no 'root' rule"),
+        ('root ::= "\\q"', "unknown escape"),
+        ('root ::= "\\.\\d"+', "unknown escape"),  # what llama-cpp-python's own pattern converter writes
+        ('root ::= root "a"', "left recursion"),
+        ('root ::= x\nx ::= "b"? root', "left recursion"),
+        ('root ::= * "a"', "expecting an item"),
+        ('root ::= "a"{,3}', "expecting an integer"),
+        ('root ::= "a"{3', "expecting ',' or '}'"),
+        ('root ::= ("a"', "expecting ')'"),
+        ("root ::= [a-", "unexpected end of input"),
+        ('root "a"', "expecting ::="),
+        ('root ::= "a"\nroot ::= "b"', "defined twice"),
+        ('root ::= "\\x4"', "hex digits"),
+    ],
+)
+def test_grammars_llama_cpp_would_choke_on_are_refused_in_python(gbnf: str, reason: str) -> None:
+    with pytest.raises(GrammarError, match=re.escape(reason)):
+        check_gbnf(gbnf)
+
+
+def test_valid_grammars_pass_the_check_unchanged() -> None:
+    for gbnf in (
+        'root ::= "a" | "b" ( "c" )* # comment\n',
+        'root ::= item ("," space item){0,3}\nitem ::= [^\\x22\\\\]{1,8}\nspace ::= " "?\n',
+        'root ::= ("x"\n  | "y")\n',
+        'root ::= [\\u00e9-\\U0001F600] . "\\t\\n\\"\\[\\]"',
+        'root ::= ""',
+        llama_cpp.llama_grammar.JSON_GBNF,
+    ):
+        assert check_gbnf(gbnf) == gbnf
+        llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+# --- JSON schemas: OpenAI and Gemini forms -------------------------------------------
+
+
+def test_gemini_schemas_are_lower_cased_into_json_schema() -> None:
+    gemini = json.loads(SDK_SCHEMAS["Review"]["gemini"])
+    normalized = normalize_schema(gemini)
+    assert normalized["type"] == "object"
+    assert normalized["properties"]["tags"] == {"type": "array", "items": {"type": "string"}}
+    assert normalized["properties"]["kind"] == {"type": "string"}  # a bare "STRING" property
+    nested = normalize_schema({"type": "ARRAY", "items": {"type": {"type": "ARRAY", "items": {"type": "INTEGER"}}}})
+    assert nested == {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+    assert normalize_schema({"type": "object", "properties": {"STRING": {"type": "string"}}})["properties"] == {
+        "STRING": {"type": "string"}
+    }
+
+
+@pytest.mark.parametrize("model", sorted(SDK_SCHEMAS))
+@pytest.mark.parametrize("form", ["openai", "gemini"])
+def test_sdk_json_schemas_convert_to_grammars_that_parse(model: str, form: str) -> None:
+    gbnf = json_schema_to_gbnf(json.loads(SDK_SCHEMAS[model][form]))
+    llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def test_schema_patterns_use_our_regex_converter(vocab: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": r'^[A-Z]{2}\.\d+"?$'}},
+        "required": ["code"],
+    }
+    gbnf = json_schema_to_gbnf(schema)
+    assert grammar_matches(gbnf, '{"code": "AB.12"}', vocab)
+    assert not grammar_matches(gbnf, '{"code": "AB-12"}', vocab)
+
+
+def test_bad_json_schemas_are_grammar_errors() -> None:
+    with pytest.raises(GrammarError, match="regex"):
+        json_schema_to_gbnf({"type": "string", "pattern": "(?=x)"})
+    with pytest.raises(GrammarError, match="json_schema cannot be turned into a grammar"):
+        json_schema_to_gbnf({"$ref": "#/definitions/missing"})
+
+
+# --- through the workflow: every form accepted, a bad one is a validation error ------
+
+
+def _workflow(schema: str) -> dict[str, Any]:
+    return {
+        "config": {"max_steps": 5, "max_time": 30},
+        "tasks": [
+            {
+                "id": "a",
+                "operator": "generation",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "outputs": [{"type": "write", "key": "r"}],
+                "schema": schema,
+            }
+        ],
+        "steps": [{"source": "a", "target": "_end"}],
+        "return_value": {"input": {"type": "read", "key": "r"}},
+    }
+
+
+@pytest.mark.parametrize("form", ["ollama", "openai", "gemini"])
+def test_workflows_accept_every_sdk_schema_form(form: str) -> None:
+    parse_workflow(_workflow(SDK_SCHEMAS["Person"][form]))
+
+
+def test_a_schema_that_cannot_become_a_grammar_fails_validation() -> None:
+    bad_regex = base64.b64encode(rb"(?<=a)b").decode()
+    with pytest.raises(WorkflowValidationError, match="unsupported schema: regex: lookaround"):
+        parse_workflow(_workflow(bad_regex))
+    with pytest.raises(WorkflowValidationError, match="unsupported schema"):
+        parse_workflow(_workflow(json.dumps({"type": "string", "pattern": "a{5,1}"})))
+
+
+# --- real constrained generation -----------------------------------------------------
+
+
+def _person_request(**constraint: Any) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[ChatMessage(role="user", content="Describe a person named Ada aged 36 as JSON.")],
+        max_tokens=60,
+        **constraint,
+    )
+
+
+@pytest.fixture(scope="module")
+def batched() -> Iterator[BatchedLlamaModel]:
+    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", SMOLLM2, OPTIONS, parallel=3))
+    yield loaded
+    asyncio.run(loaded.close())
+
+
+def test_batched_runtime_decodes_under_every_sdk_form_at_once(batched: BatchedLlamaModel) -> None:
+    regex = sdk_regex("Person")
+
+    async def run() -> list[str]:
+        results = await asyncio.gather(
+            batched.generate(_person_request(regex=regex)),
+            batched.generate(_person_request(json_schema=json.loads(SDK_SCHEMAS["Person"]["openai"]))),
+            batched.generate(_person_request(json_schema=json.loads(SDK_SCHEMAS["Person"]["gemini"]))),
+        )
+        return [r.text for r in results]
+
+    by_regex, by_openai, by_gemini = asyncio.run(run())
+    assert re.fullmatch(regex, by_regex), by_regex
+    for text in (by_regex, by_openai):
+        person = json.loads(text)
+        assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
+    assert isinstance(json.loads(by_gemini), dict)
+
+
+def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_temperature(
+    batched: BatchedLlamaModel,
+) -> None:
+    # The unconstrained pick is refused at almost every step: the full-vocabulary fallback decides.
+    pattern = r"ZQX-[0-9]{3}(;ZQX-[0-9]{3}){0,2}"
+
+    async def run() -> list[str]:
+        results = await asyncio.gather(
+            *[
+                batched.generate(_person_request(regex=pattern).model_copy(update={"temperature": t, "seed": 7}))
+                for t in (0.0, 0.8, 1.5)
+            ]
+        )
+        return [r.text for r in results]
+
+    for text in asyncio.run(run()):
+        assert re.fullmatch(pattern, text), text

@@ -1,0 +1,74 @@
+"""The startup benchmark on the real SmolLM2 model, and its cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.options import RuntimeOptions
+from tests.support.model_file import SMOLLM2
+
+
+def smollm2_path() -> Path:
+    return SMOLLM2
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[BatchedLlamaModel]:
+    loaded = asyncio.run(
+        BatchedLlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1), parallel=1)
+    )
+    yield loaded
+    asyncio.run(loaded.close())
+
+
+async def test_benchmark_is_short_and_positive(model: BatchedLlamaModel) -> None:
+    started = time.monotonic()
+    result = await benchmark(model)
+    elapsed = time.monotonic() - started
+    assert result.prompt_tps > 0 and result.generation_tps > 0
+    assert elapsed < 10  # ~1 s on an idle 2-core machine; slack for a busy CI runner
+    print(
+        f"SmolLM2 1 thread: prompt {result.prompt_tps:.0f} tok/s, generation {result.generation_tps:.0f} tok/s, {elapsed:.2f} s"
+    )
+
+
+async def test_cache_measures_once_and_survives_a_restart(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    first = await BenchmarkCache(path).measure(model)
+    started = time.monotonic()
+    again = await BenchmarkCache(path).measure(model)  # a new instance: as after a restart
+    assert again == first
+    assert time.monotonic() - started < 0.1
+    stored = json.loads(path.read_text())
+    assert next(iter(stored.values()))["model"] == "smollm2:135m"
+
+
+async def test_cache_key_changes_with_the_setup(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    other = await BatchedLlamaModel.load(
+        "smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=2), parallel=1
+    )
+    try:
+        cache = BenchmarkCache(tmp_path / "bench.json")
+        assert cache.key(other) != cache.key(model)
+        cache.put(model, BenchResult(prompt_tps=1.0, generation_tps=2.0))
+        assert cache.get(model) is not None
+        assert cache.get(other) is None
+    finally:
+        await other.close()
+
+
+def test_unreadable_cache_counts_as_empty(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    path.write_text("{not json")
+    cache = BenchmarkCache(path)
+    assert cache.get(model) is None
+    cache.put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
+    assert cache.get(model) == BenchmarkCache(path).get(model)

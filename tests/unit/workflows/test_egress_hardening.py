@@ -1,0 +1,157 @@
+"""Egress hardening: IPv6 forms embedding IPv4, secrets only over https to their host
+and port, and response caps on the bytes as received (compression bombs).
+
+Every server here is a real HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import os
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from config.settings import ConfigError, Settings
+from node.daemon.workflow_setup import tool_settings
+from tests.support.http_server import LocalServer, Route
+from workflows import EgressRefusedError, ToolError, ToolSettings
+from workflows.egress import EgressPolicy, fetch, is_public
+
+LIMIT = 100_000
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:c0a8:101::",  # 6to4 of 192.168.1.1
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "::ffff:10.1.2.3",
+        "::127.0.0.1",  # IPv4-compatible
+        "::a9fe:a9fe",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "fec0::1",  # site-local
+        "fec0:1234::abcd",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+    ],
+)
+def test_non_public_ipv6_forms_are_refused(address: str) -> None:
+    assert not is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "address", ["2002:808:808::", "64:ff9b::808:808", "::ffff:8.8.8.8", "2606:4700::1111", "1.1.1.1"]
+)
+def test_public_forms_are_public(address: str) -> None:
+    assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("host", ["[2002:7f00:1::]", "[64:ff9b::7f00:1]", "[::ffff:127.0.0.1]", "[fec0::1]"])
+async def test_fetch_refuses_embedded_loopback_before_connecting(host: str) -> None:
+    with pytest.raises(EgressRefusedError, match="not public") as caught:
+        await fetch(ToolSettings(), "GET", f"http://{host}:9/secret-path-of-the-model")
+    assert "secret-path" not in str(caught.value) and host.strip("[]") not in str(caught.value)
+
+
+def _headers(settings: ToolSettings, url: str) -> dict[str, str]:
+    return EgressPolicy(settings).secret_headers(httpx.URL(url))
+
+
+def test_secrets_only_over_https_to_the_configured_host_and_port() -> None:
+    auth = {"Authorization": "Bearer K"}
+    by_name = ToolSettings(secrets={"api.x.com": auth})
+    assert _headers(by_name, "https://api.x.com/v1") == auth
+    assert _headers(by_name, "https://API.X.COM:443/v1") == auth
+    assert _headers(by_name, "http://api.x.com/v1") == {}  # plain http: never
+    assert _headers(by_name, "https://api.x.com:8443/v1") == {}  # another port
+    assert _headers(by_name, "https://evil.api.x.com/") == {}
+    assert _headers(by_name, "https://api.x.com.evil.org/") == {}
+
+    with_port = ToolSettings(secrets={"api.x.com:8443": auth})
+    assert _headers(with_port, "https://api.x.com:8443/") == auth
+    assert _headers(with_port, "https://api.x.com/") == {}
+    assert _headers(with_port, "http://api.x.com:8443/") == {}
+
+    by_url = ToolSettings(secrets={"https://api.x.com/": auth, "https://10.0.0.0/8": {"X-Net": "1"}})
+    assert _headers(by_url, "https://api.x.com/q") == auth
+    assert _headers(by_url, "https://10.2.3.4/q") == {"X-Net": "1"}
+    assert _headers(by_url, "http://10.2.3.4/q") == {}
+
+
+@pytest.mark.parametrize("key", ["http://api.x.com", "ftp://api.x.com", "https://api.x.com/path", ""])
+def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
+    with pytest.raises(ValidationError):
+        ToolSettings(secrets={key: {"Authorization": "x"}})
+
+
+def test_settings_refuse_an_http_secret_key() -> None:
+    with pytest.raises(ConfigError, match="https"):
+        Settings.load(tool_secrets={"http://api.x.com": {"Authorization": "x"}})
+    assert Settings.load(tool_secrets={"https://api.x.com:8443": {"A": "b"}}).tool_secrets
+    with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'.*'a/b'"):
+        tool_settings(Settings.load(tool_secrets={"a/b": {"Authorization": "x"}}))
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=9)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    zeros = b"\0" * (50 * LIMIT)  # 5 MB that compresses to a few KB
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    raw_deflate = deflater.compress(zeros) + deflater.flush()
+    local = LocalServer(
+        {
+            "/gzip-bomb": Route(body=_gzip(zeros), headers={"content-encoding": "gzip"}),
+            "/double-gzip-bomb": Route(body=_gzip(_gzip(zeros)), headers={"content-encoding": "gzip, gzip"}),
+            "/deflate-bomb": Route(body=zlib.compress(zeros, 9), headers={"content-encoding": "deflate"}),
+            "/raw-deflate-bomb": Route(body=raw_deflate, headers={"content-encoding": "deflate"}),
+            "/big-compressed": Route(body=_gzip(os.urandom(2 * LIMIT)), headers={"content-encoding": "gzip"}),
+            "/small-gzip": Route(body=_gzip(b"hello " * 100), headers={"content-encoding": "gzip"}),
+            "/brotli": Route(body=b"\x0b\x02\x80hello\x03", headers={"content-encoding": "br"}),
+            "/bad-gzip": Route(body=b"\x1f\x8bnot gzip at all", headers={"content-encoding": "gzip"}),
+        }
+    )
+    yield local
+    local.close()
+
+
+@pytest.mark.parametrize("path", ["/gzip-bomb", "/double-gzip-bomb", "/deflate-bomb", "/raw-deflate-bomb"])
+async def test_compression_bombs_stop_at_the_cap(server: LocalServer, path: str) -> None:
+    settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
+    with pytest.raises(ToolError, match=f"larger than {LIMIT} bytes once decompressed") as caught:
+        await fetch(settings, "GET", server.url(path))
+    assert "127.0.0.1" not in str(caught.value) and path not in str(caught.value)
+    # Compression is asked for only in forms the node decodes itself.
+    assert server.seen[-1].headers["accept-encoding"] == "gzip, deflate"
+
+
+async def test_the_cap_counts_bytes_as_received(server: LocalServer) -> None:
+    settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
+    with pytest.raises(ToolError, match=f"larger than {LIMIT} bytes$"):
+        await fetch(settings, "GET", server.url("/big-compressed"))
+
+
+async def test_compressed_responses_within_the_cap_are_decoded(server: LocalServer) -> None:
+    settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
+    response = await fetch(settings, "GET", server.url("/small-gzip"), headers={"Accept-Encoding": "br"})
+    assert response.text == "hello " * 100
+    assert server.seen[-1].headers["accept-encoding"] == "gzip, deflate"  # the workflow cannot ask for br
+    with pytest.raises(ToolError, match="unsupported content encoding"):
+        await fetch(settings, "GET", server.url("/brotli"))
+    with pytest.raises(ToolError, match="not valid compressed data"):
+        await fetch(settings, "GET", server.url("/bad-gzip"))

@@ -1,0 +1,125 @@
+"""The protocol's example workflows and the run limits, on the real SmolLM2 runtime."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from tests.support.protocol_files import EXAMPLES
+from workflows import (
+    EngineOptions,
+    LimitExceededError,
+    Simple,
+    WorkflowError,
+    parse_workflow,
+    run_workflow,
+)
+
+# Keeps every generation short so the suite stays fast on 2 cores.
+FAST = EngineOptions(max_tokens_cap=64)
+
+
+def _example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["simple.json", "simple_omitted.json"])
+async def test_simple_examples_answer(model: BatchedLlamaModel, name: str) -> None:
+    result = await run_workflow(parse_workflow(_example(name)), model, prompt="What colour is the sky?", options=FAST)
+    assert result.text.strip() and result.steps == 1
+    assert 0 < result.completion_tokens <= 64 and result.prompt_tokens > 0
+
+
+async def test_simple_omitted_uses_the_prompt_and_trims(model: BatchedLlamaModel) -> None:
+    result = await run_workflow(
+        parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
+    )
+    assert "Paris" in result.text and result.text == result.text.strip()
+
+
+async def test_simple_builder_round_trip(model: BatchedLlamaModel) -> None:
+    builder = Simple()
+    result = await run_workflow(parse_workflow(builder.workflow("Name a colour.", max_tokens=16)), model)
+    assert builder.parse_result(result.text) and result.completion_tokens <= 16
+
+
+async def test_structured_example_returns_json_with_required_keys(model: BatchedLlamaModel) -> None:
+    result = await run_workflow(parse_workflow(_example("structured.json")), model)
+    facts = json.loads(result.text)
+    assert isinstance(facts["country"], str) and isinstance(facts["description"], str)
+
+
+async def test_loop_questions_returns_at_least_three_strings(model: BatchedLlamaModel) -> None:
+    result = await run_workflow(parse_workflow(_example("loop_questions.json")), model, options=FAST)
+    questions = json.loads(result.text)
+    assert isinstance(questions, list) and len(questions) >= 3 and all(isinstance(q, str) for q in questions)
+    assert questions[0] == "What is lava?" and result.steps == len(questions) - 1
+
+
+async def test_sample_and_fallback_reaches_recover(model: BatchedLlamaModel) -> None:
+    result = await run_workflow(parse_workflow(_example("sample_and_fallback.json")), model, options=FAST)
+    picked, fruit = json.loads(result.text)
+    assert picked in ("Colour: red", "Colour: green", "Colour: blue") and fruit.strip()
+    assert result.steps == 3 and result.completion_tokens > 0  # pick, needs_missing (failed), recover
+
+
+def _forever(max_time: float, max_steps: int, max_tokens: int, schema: dict[str, Any] | None = None) -> Any:
+    return parse_workflow(
+        {
+            "config": {"max_steps": max_steps, "max_time": max_time, "max_tokens": max_tokens},
+            "tasks": [
+                {
+                    "id": "again",
+                    "messages": [{"role": "user", "content": "List numbers."}],
+                    "operator": "generation",
+                    "schema": json.dumps(schema) if schema else None,
+                    "outputs": [{"type": "push", "key": "out", "value": "__result"}],
+                }
+            ],
+            "steps": [{"source": "again", "target": "again"}],
+            "return_value": {"input": {"type": "get_all", "key": "out"}},
+        }
+    )
+
+
+async def _still_usable(model: BatchedLlamaModel) -> None:
+    started = time.monotonic()
+    result = await run_workflow(
+        parse_workflow(_example("simple_omitted.json")), model, prompt="What is the capital of France?", options=FAST
+    )
+    assert "Paris" in result.text and time.monotonic() - started < 10
+
+
+async def test_endless_loop_fails_with_max_steps(model: BatchedLlamaModel) -> None:
+    with pytest.raises(LimitExceededError, match="max_steps") as excinfo:
+        await run_workflow(_forever(max_time=60, max_steps=3, max_tokens=2), model)
+    assert excinfo.value.limit == "max_steps" and "3 task executions" in str(excinfo.value)
+    await _still_usable(model)
+
+
+async def test_max_time_cancels_a_running_generation(model: BatchedLlamaModel) -> None:
+    # The grammar forces 400 numbers: far more than one second of decoding.
+    long_output = {"type": "array", "items": {"type": "integer"}, "minItems": 400, "maxItems": 400}
+    started = time.monotonic()
+    with pytest.raises(LimitExceededError, match="max_time") as excinfo:
+        await run_workflow(_forever(max_time=1, max_steps=5, max_tokens=1500, schema=long_output), model)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.limit == "max_time" and "'again'" in str(excinfo.value)
+    assert 1.0 <= elapsed < 2.0, elapsed
+    await _still_usable(model)
+
+
+async def test_operator_caps_apply(model: BatchedLlamaModel) -> None:
+    with pytest.raises(LimitExceededError, match="max_steps"):
+        await run_workflow(
+            _forever(max_time=60, max_steps=50, max_tokens=2), model, options=EngineOptions(max_steps_cap=2)
+        )
+
+
+async def test_required_prompt_missing_names_the_problem(model: BatchedLlamaModel) -> None:
+    with pytest.raises(WorkflowError, match=r"required input 'question' \(the task's prompt \(none was given\)\)"):
+        await run_workflow(parse_workflow(_example("simple_omitted.json")), model)

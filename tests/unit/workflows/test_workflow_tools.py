@@ -1,0 +1,235 @@
+"""Tools and egress safety against real HTTP servers on loopback.
+
+Nothing here connects anywhere but 127.0.0.1: private and link-local targets
+must be refused before any connection is attempted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from tests.support.http_server import LocalServer, Route
+from tests.support.protocol_files import EXAMPLES
+from workflows import (
+    EgressRefusedError,
+    SearchProvider,
+    ToolError,
+    ToolSettings,
+    parse_workflow,
+    run_workflow,
+)
+from workflows.egress import AllowEntry, fetch, is_public
+from workflows.schema import HttpRequestTool, WorkflowConfig
+from workflows.tools import build_tools
+from workflows.tools.custom import http_request_tool
+from workflows.tools.registry import configured_builtins
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
+    """Two servers; A redirects to B and to `localhost`, B answers."""
+    b = LocalServer({"/": Route(body=b"from B")})
+    a = LocalServer(
+        {
+            "/price": Route(body=b"A-17 costs 42 EUR"),
+            "/big": Route(body=b"x" * 5000),
+            "/slow": Route(delay_s=1.5),
+            "/to-b": Route(status=302, headers={"location": f"http://127.0.0.1:{b.port}/"}),
+            "/to-localhost": Route(status=302, headers={"location": f"http://localhost:{b.port}/"}),
+            "/to-self": Route(status=307, headers={"location": "/price"}),
+            "/page": Route(
+                body=b"<html><head><title>t</title><script>x()</script></head><body><h1>Hello</h1>"
+                b"<p>Plain text here.</p></body></html>",
+                headers={"content-type": "text/html"},
+            ),
+            "/search": Route(
+                body=json.dumps(
+                    {"results": [{"title": "Lava", "url": "https://e.org/lava", "content": "Molten rock."}]}
+                ).encode()
+            ),
+            "/serper": Route(
+                body=json.dumps(
+                    {"organic": [{"title": "Izmir", "link": "https://e.org/izmir", "snippet": "A city."}]}
+                ).encode()
+            ),
+        }
+    )
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> HttpRequestTool:
+    return HttpRequestTool(
+        mode="http_request", name="t", url=url, method=method, headers=headers or {}, body={"code": "a code"}
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://10.0.0.1/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/x",
+        "http://localhost:9/x",
+        "http://[::ffff:127.0.0.1]:9/",
+        "http://0.0.0.0:9/",
+        "http://224.0.0.1/",
+        "http://192.168.1.1/",
+        "http://[fe80::1]/",
+        "http://[fd00::1]/",
+    ],
+)
+async def test_non_public_targets_are_refused_before_connecting(url: str) -> None:
+    run = http_request_tool(_tool(url), ToolSettings()).run
+    assert run is not None
+    started = time.monotonic()
+    with pytest.raises(EgressRefusedError, match="not public"):
+        await run({"code": "x"})
+    assert time.monotonic() - started < 1.0
+
+
+def test_address_classification_and_allow_entries() -> None:
+    import ipaddress
+
+    assert is_public(ipaddress.ip_address("93.184.216.34")) and is_public(ipaddress.ip_address("2606:4700::1111"))
+    assert not is_public(ipaddress.ip_address("100.64.0.1")) and not is_public(ipaddress.ip_address("::"))
+    assert AllowEntry.parse("127.0.0.1:8080") == AllowEntry(None, ipaddress.ip_network("127.0.0.1/32"), 8080)
+    assert AllowEntry.parse("[::1]:81").port == 81 and AllowEntry.parse("::1").port is None
+    assert AllowEntry.parse("Api.Example.com").name == "api.example.com"
+    assert AllowEntry.parse("10.0.0.0/8").permits("x", 80, ipaddress.ip_address("10.2.3.4"))
+
+
+async def test_allowed_loopback_server_is_reached(servers: tuple[LocalServer, LocalServer]) -> None:
+    a, _ = servers
+    settings = ToolSettings(egress_allow=[f"127.0.0.1:{a.port}"])
+    response = await fetch(settings, "GET", a.url("/to-self"))
+    assert response.text == "A-17 costs 42 EUR" and [s.path for s in a.seen] == ["/to-self", "/price"]
+
+
+@pytest.mark.parametrize("path", ["/to-b", "/to-localhost"])
+async def test_redirect_to_a_non_allowed_target_is_refused(servers: tuple[LocalServer, LocalServer], path: str) -> None:
+    a, b = servers
+    settings = ToolSettings(egress_allow=[f"127.0.0.1:{a.port}"])
+    with pytest.raises(EgressRefusedError, match="not public"):
+        await fetch(settings, "GET", a.url(path))
+    assert b.seen == [] and [s.path for s in a.seen] == [path]
+
+
+async def test_operator_secret_never_goes_over_plain_http(servers: tuple[LocalServer, LocalServer]) -> None:
+    a, b = servers
+    settings = ToolSettings(egress_allow=["127.0.0.1"], secrets={f"127.0.0.1:{a.port}": {"Authorization": "Bearer A"}})
+    for url in (b.url("/"), a.url("/to-b")):
+        tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings)
+        assert tool.run is not None
+        assert await tool.run({"code": "A-17"}) == "from B"
+    # The key names A's host and port, but the request is http://: secrets go only over https.
+    assert "authorization" not in a.seen[0].headers
+    assert [s.headers.get("authorization") for s in b.seen] == [None, None]
+    # The workflow's own headers went to the host it named, not across the redirect.
+    assert b.seen[0].headers.get("x-from-workflow") == "1" and "x-from-workflow" not in b.seen[1].headers
+    assert b.seen[0].path == "/?code=A-17"
+
+
+async def test_responses_are_capped_in_bytes_and_time(servers: tuple[LocalServer, LocalServer]) -> None:
+    a, _ = servers
+    settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=1000, http_timeout_s=0.3)
+    with pytest.raises(ToolError, match="larger than 1000 bytes"):
+        await fetch(settings, "GET", a.url("/big"))
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="timed out after 0.3 s"):
+        await fetch(settings, "GET", a.url("/slow"))
+    assert time.monotonic() - started < 1.0
+
+
+def _config(tools: list[str], custom: list[dict[str, Any]] | None = None) -> WorkflowConfig:
+    return WorkflowConfig.model_validate({"max_steps": 1, "max_time": 1, "tools": tools, "custom_tools": custom})
+
+
+def test_tool_names_all_unknown_and_unconfigured() -> None:
+    nothing = ToolSettings()
+    assert build_tools(_config(["ALL"]), nothing, 100) == []
+    with pytest.raises(ToolError, match="unknown tool 'weather'"):
+        build_tools(_config(["weather"]), nothing, 100)
+    with pytest.raises(ToolError, match="'search' is not available"):
+        build_tools(_config(["search"]), nothing, 100)
+    configured = ToolSettings(search=SearchProvider(kind="searxng", url="http://127.0.0.1:1"), reader_enabled=True)
+    assert [t.name for t in build_tools(_config(["ALL"]), configured, 100)] == ["search", "reader"]
+    assert [t.name for t in build_tools(_config(["jina"]), configured, 100)] == ["reader"]
+
+
+async def test_reader_fetches_a_page_as_text(servers: tuple[LocalServer, LocalServer]) -> None:
+    a, _ = servers
+    reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+    assert reader.run is not None
+    assert await reader.run({"url": a.url("/page")}) == "Hello\nPlain text here."
+
+
+def _search_workflow(query: str) -> Any:
+    return parse_workflow(
+        {
+            "config": {"max_steps": 2, "max_time": 10},
+            "tasks": [
+                {
+                    "id": "s",
+                    "messages": [{"role": "user", "content": query}],
+                    "operator": "search",
+                    "outputs": [{"type": "write", "key": "r", "value": "__result"}],
+                }
+            ],
+            "steps": [{"source": "s", "target": "_end"}],
+            "return_value": {"input": {"type": "read", "key": "r"}},
+        }
+    )
+
+
+async def test_search_operator_with_searxng_and_serper(
+    model: BatchedLlamaModel, servers: tuple[LocalServer, LocalServer]
+) -> None:
+    a, _ = servers
+    searxng = ToolSettings(search=SearchProvider(kind="searxng", url=a.url("")))
+    result = await run_workflow(_search_workflow('{"query": "lava", "n_results": 3}'), model, tools=searxng)
+    assert result.text == "1. Lava\nhttps://e.org/lava\nMolten rock."
+    assert a.seen[-1].path == "/search?q=lava&format=json"
+
+    serper = ToolSettings(search=SearchProvider(kind="serper", url=a.url("/serper"), api_key="k-123"))
+    result = await run_workflow(_search_workflow("izmir"), model, tools=serper)
+    assert result.text.startswith("1. Izmir") and a.seen[-1].headers["x-api-key"] == "k-123"
+    assert json.loads(a.seen[-1].body) == {"q": "izmir", "num": 5}
+
+    with pytest.raises(ToolError, match="no search provider configured"):
+        await run_workflow(_search_workflow("lava"), model)
+
+
+async def test_http_tool_example_calls_the_local_server(
+    model: BatchedLlamaModel, servers: tuple[LocalServer, LocalServer]
+) -> None:
+    a, _ = servers
+    raw = json.loads((EXAMPLES / "http_tool.json").read_text())
+    raw["config"]["custom_tools"][0]["url"] = a.url("/price")
+    raw["config"]["max_tokens"] = 40
+    settings = ToolSettings(egress_allow=[f"127.0.0.1:{a.port}"])
+    result = await run_workflow(parse_workflow(raw), model, tools=settings)
+    assert result.text == "A-17 costs 42 EUR"
+    assert a.seen[0].method == "POST" and set(json.loads(a.seen[0].body)) == {"code"}
+
+    with pytest.raises(ToolError, match="not public"):  # same workflow, loopback not allowed
+        await run_workflow(parse_workflow(raw), model)
+
+
+async def test_tool_call_raw_example_names_get_weather_with_a_city(model: BatchedLlamaModel) -> None:
+    raw = json.loads((EXAMPLES / "tool_call_raw.json").read_text())
+    raw["config"]["max_tokens"] = 48
+    call = json.loads((await run_workflow(parse_workflow(raw), model)).text)
+    assert call["name"] == "get_weather" and isinstance(call["arguments"]["city"], str)
+
+    raw["tasks"][0]["operator"] = "function_calling"  # a `custom` tool cannot be executed
+    with pytest.raises(ToolError, match="cannot be executed"):
+        await run_workflow(parse_workflow(raw), model)
