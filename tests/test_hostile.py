@@ -1,6 +1,6 @@
 """The hostile-input corpus (tests/hostile/) against the node's checks and a running node.
 
-Offline, every case gets its verdict from `decode` + `Intake.decide` alone. Then
+Offline, every case gets its verdict from `decode` + `Acceptance.decide` alone. Then
 a raw libp2p peer publishes the whole corpus at a real node, interleaved with
 valid Simple tasks: every hostile message gets its verdict and logged reason,
 every valid task is answered, the node keeps running and its memory stays bounded.
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import structlog
 
-from node.daemon.intake import Ignore, Intake, Take
+from node.daemon.acceptance import Accept, Acceptance, Ignore
 from node.daemon.server import NodeServer
 from node.p2p.host import GossipMessage, MessageTooLargeError, P2PHost
 from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
@@ -124,13 +124,13 @@ def test_offline_verdict(case: Case) -> None:
             assert 0 <= node.free <= MAX_CAPACITY and all(0 <= tps <= MAX_TPS for tps in node.tps.values())
         table.choose(["*"], now=now / 1e9)
         return
-    decision = Intake(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
+    decision = Acceptance(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
     if expect.verdict == "ignore":
         assert isinstance(decision, Ignore) and decision.reason == expect.reason, decision
         return
-    assert isinstance(decision, Take), decision
+    assert isinstance(decision, Accept), decision
     assert isinstance(inbound.body, TaskBody)
-    try:  # a taken task's workflow is checked by the engine: only WorkflowError may escape
+    try:  # an accepted task's workflow is checked by the engine: only WorkflowError may escape
         parse_workflow(inbound.body.input.workflow)
     except WorkflowError as exc:
         assert expect.verdict == "error_result", f"the workflow is invalid ({exc}) but a result is expected"
@@ -182,7 +182,7 @@ class Run:
             if entry is None or entry["reason"] != expect.reason or entry["topic"] != case.topic:
                 self.failures.append(f"{case.name}: expected reject {expect.reason}, logged {entry}")
         elif expect.verdict == "ignore":
-            entry = await self.wait_for_log(since, {"event": "task not taken", "task_id": built.task_id})
+            entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": built.task_id})
             if entry is None or entry["reason"] != expect.reason:
                 self.failures.append(f"{case.name}: expected ignore {expect.reason}, logged {entry}")
         else:
@@ -206,7 +206,7 @@ class Run:
         envelope["timestamp"] = time.time_ns()
         since = len(self.logs)
         await self.peer.publish(TASK_TOPIC, json.dumps(envelope).encode("utf-8"))
-        entry = await self.wait_for_log(since, {"event": "task not taken", "task_id": original.task_id})
+        entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": original.task_id})
         if entry is None or entry["reason"] != "duplicate":
             self.failures.append(f"replayed task {original.task_id}: expected ignore duplicate, logged {entry}")
 
@@ -304,7 +304,7 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
-            assert node.identity is not None and node.monitor is not None
+            assert node.identity is not None and node.parts is not None
             peer, results = await connected_peer(node, publisher)
             run = Run(node, peer, Actors(publisher, Identity.generate(), node.identity.address), logs, results)
             try:
@@ -314,12 +314,12 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
                     again = cases if round_ == 0 else [case for case in cases if case.recipe is not None]
                     await publish_round(run, again, valid_every)
                     rss.append(rss_bytes())
-                await node.monitor.sample()
-                health = node.monitor.health()  # background loops alive, model loaded, peers connected
+                await node.parts.monitor.sample()
+                health = node.parts.monitor.health()  # background loops alive, model loaded, peers connected
             finally:
                 await peer.stop()
     crashes = [entry for entry in logs if entry["event"] in CRASH_EVENTS or entry.get("reason") == "internal"]
-    taken = {entry["task_id"] for entry in logs if entry["event"] == "task taken"}
+    taken = {entry["task_id"] for entry in logs if entry["event"] == "task accepted"}
     if taken != run.to_take:
         run.failures.append(
             f"taken but not expected: {taken - run.to_take}; expected but not taken: {run.to_take - taken}"
