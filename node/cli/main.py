@@ -95,11 +95,7 @@ def _identity(args: argparse.Namespace) -> int:
     from node.wire.identity import Identity
 
     settings = _settings_from(args)
-    identity = (
-        Identity.from_hex(settings.secret_key)
-        if settings.secret_key
-        else Identity.load_or_create(settings.identity_path)
-    )
+    identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
     print(f"address {identity.address}\npeer_id {identity.peer_id}")
     return 0
 

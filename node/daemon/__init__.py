@@ -1,10 +1,12 @@
-"""The daemon: the node process that takes tasks from gossip and publishes their results.
+"""The daemon: the node process that accepts tasks from gossip and publishes their results.
 Imports wire, p2p and ops (and workflows, models, config); never publisher, gateway or cli.
 
-    server.py           NodeServer: the lifecycle (startup, serve, shutdown) and the gossip consumers
-    intake.py           Intake: does this node take a task? (pure decisions, section 4)
-    admission.py        Executor: per-model capacity and queue; admits a task or refuses it (busy)
-    runner.py           TaskRunner: runs one admitted task on its model's execution process -> result
+    server.py           NodeServer: the lifecycle (startup steps, serve, shutdown); wires and sequences only
+    build.py            build_parts -> NodeParts: the parts made from the settings and wired together
+    intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or refuse as busy)
+    acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
+    admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or refuses it (busy)
+    runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
     execution/          one child process per model: the workflow engine and the llama.cpp runtime
     outbox.py           ResultOutbox: publishes results, keeps them in the journal until sent
     journal.py          Journal: SQLite record of every task's state (survives a crash)

@@ -1,4 +1,4 @@
-"""Execution scheduling: per-model capacity, a bounded queue, and drain on shutdown.
+"""Admission: per-model capacity, a bounded queue, and the drain at shutdown.
 
 Each hosted model runs at most its `concurrency` of tasks at once (by default
 its batched runtime's sequence slots) with at most `max_queue` more waiting; a
@@ -24,8 +24,8 @@ class BusyError(Exception):
 
 
 @dataclass
-class Job:
-    """A task this node took, on its way through the executor."""
+class AcceptedTask:
+    """A task this node accepted, from admission to its result."""
 
     task: TaskBody
     publisher: str
@@ -37,21 +37,21 @@ class Job:
     crashes: int = 0  # times its execution process crashed under it (twice: poison)
 
 
-RunJob = Callable[[Job], Awaitable[None]]
-AbandonJob = Callable[[Job, str], Awaitable[None]]
+RunAccepted = Callable[[AcceptedTask], Awaitable[None]]
+AbandonAccepted = Callable[[AcceptedTask, str], Awaitable[None]]
 
 
-class Executor:
-    """Admits jobs per model and runs them as asyncio tasks."""
+class Admission:
+    """Admits accepted tasks per model and runs each as an asyncio task."""
 
-    def __init__(self, run: RunJob, abandon: AbandonJob, concurrency: dict[str, int], max_queue: int) -> None:
+    def __init__(self, run: RunAccepted, abandon: AbandonAccepted, concurrency: dict[str, int], max_queue: int) -> None:
         self._run = run
         self._abandon = abandon
         self._concurrency = dict(concurrency)
         self._max_queue = max_queue
         self._slots = {model: asyncio.Semaphore(limit) for model, limit in concurrency.items()}
         self._admitted = {model: 0 for model in concurrency}
-        self._running: dict[asyncio.Task[None], Job] = {}
+        self._running: dict[asyncio.Task[None], AcceptedTask] = {}
         self.accepting = True
 
     def capacity(self) -> tuple[int, int]:
@@ -66,45 +66,45 @@ class Executor:
 
     @property
     def pending(self) -> int:
-        """Jobs admitted and not finished (running or queued)."""
+        """Tasks admitted and not finished (running or queued)."""
         return sum(self._admitted.values())
 
-    def admits(self, model: str) -> bool:
-        """Whether `submit` would admit a job for `model` now (asks, admits nothing)."""
+    def would_admit(self, model: str) -> bool:
+        """Whether `admit` would admit a task for `model` now (asks, admits nothing)."""
         return (
             self.accepting
             and model in self._slots
             and self._admitted[model] < self._concurrency[model] + self._max_queue
         )
 
-    def submit(self, job: Job) -> None:
-        """Admit the job or raise BusyError saying why."""
+    def admit(self, accepted: AcceptedTask) -> None:
+        """Admit the task or raise BusyError saying why."""
         if not self.accepting:
             raise BusyError("busy: node is shutting down")
-        running = self._concurrency[job.model]
-        if self._admitted[job.model] >= running + self._max_queue:
-            raise BusyError(f"busy: model {job.model} has {running} running and {self._max_queue} queued tasks")
-        self._admitted[job.model] += 1
-        task = asyncio.create_task(self._execute(job), name=f"task-{job.task.task_id}")
-        self._running[task] = job
+        running = self._concurrency[accepted.model]
+        if self._admitted[accepted.model] >= running + self._max_queue:
+            raise BusyError(f"busy: model {accepted.model} has {running} running and {self._max_queue} queued tasks")
+        self._admitted[accepted.model] += 1
+        task = asyncio.create_task(self._execute(accepted), name=f"task-{accepted.task.task_id}")
+        self._running[task] = accepted
         task.add_done_callback(self._running.pop)
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, accepted: AcceptedTask) -> None:
         try:
-            async with self._slots[job.model]:
-                job.started = True
-                await self._run(job)
+            async with self._slots[accepted.model]:
+                accepted.started = True
+                await self._run(accepted)
         except asyncio.CancelledError:
-            if not job.started:
-                await self._abandon(job, "interrupted: node shutting down before the task started")
+            if not accepted.started:
+                await self._abandon(accepted, "interrupted: node shutting down before the task started")
             raise
         finally:
-            self._admitted[job.model] -= 1
+            self._admitted[accepted.model] -= 1
 
     async def drain(self, timeout: float) -> int:
-        """Stop admitting; wait up to `timeout` s for admitted jobs, then cancel the rest.
+        """Stop admitting; wait up to `timeout` s for admitted tasks, then cancel the rest.
 
-        Cancelled jobs publish their own error results. Returns how many were cancelled.
+        Cancelled tasks publish their own error results. Returns how many were cancelled.
         """
         self.accepting = False
         if not self._running:

@@ -1,4 +1,5 @@
-"""Heartbeats (PROTOCOL.md section 6): what this node hosts and how much room it has."""
+"""Heartbeats: every `interval` seconds a signed message saying what this node hosts
+and how much room it has (free and max task places, pending tasks, speed)."""
 
 from __future__ import annotations
 

@@ -1,140 +1,110 @@
-"""Task intake: does this node take a valid task? (PROTOCOL.md section 4).
+"""Task intake: where a task from gossip enters the node.
 
-Pure decisions, no I/O: the publisher allow-list, `pickedNodes`, the bloom
-`filter`, the deadline (passed, or further ahead than the node's horizon),
-replays, and model matching. A task that is not for
-this node is ignored with a reason (logged at debug by the caller).
+For each task that decodes: the acceptance rules decide (`acceptance.py`); an
+accepted task is recorded in the journal, then admitted to run, or refused as
+busy (an error result "busy: ..."). A task that cannot be journalled (full
+disk, quota) is not accepted. One failing task never stops the intake.
 """
 
 from __future__ import annotations
 
-import heapq
-import random
-from dataclasses import dataclass
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
 
-from node.wire.bloom import BloomFilter, BloomFilterError
-from node.wire.messages import TaskBody
-from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
+import structlog
 
-DEFAULT_HORIZON_S = 3600.0
+from node.daemon.acceptance import Acceptance, Ignore
+from node.daemon.admission import AcceptedTask, Admission, BusyError
+from node.daemon.journal import Journal, JournalError, JournalQuotaError
+from node.daemon.runner import TaskRunner
+from node.ops.metrics import NodeMetrics
+from node.p2p.host import GossipMessage
+from node.wire.inbound import Inbound, LogWindow, consume
+from node.wire.messages import TaskBody, encode_body
+from node.wire.topics import TASK_TOPIC
 
-
-@dataclass(frozen=True)
-class Take:
-    """Take the task and run it on `model`."""
-
-    model: str
-
-
-@dataclass(frozen=True)
-class Ignore:
-    """Leave the task to other nodes; `reason` is a stable code (a metric label), `detail` says more."""
-
-    reason: str
-    detail: str = ""
+log = structlog.get_logger(__name__)
 
 
-def match_model(requested: list[str], hosted: list[str], rng: random.Random) -> str | None:
-    """Pick one hosted model at random among all requested entries that resolve."""
-    candidates: list[str] = []
-    for entry in requested:
-        if entry in (ANY_LOCAL_MODEL, ANY_MODEL):
-            candidates.extend(hosted)
-        elif entry == FIRST_MODEL:
-            candidates.extend(hosted[:1])
-        elif entry in hosted:
-            candidates.append(entry)
-    unique = list(dict.fromkeys(candidates))
-    return rng.choice(unique) if unique else None
-
-
-class SeenTasks:
-    """Task ids remembered at least until their deadline, so a replay is never run twice.
-
-    Bounded: past `max_entries` the entry with the earliest deadline is forgotten first.
-    """
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._deadlines: dict[str, int] = {}
-        self._by_deadline: list[tuple[int, str]] = []
-        self._max_entries = max_entries
-
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self._deadlines
-
-    def __len__(self) -> int:
-        return len(self._deadlines)
-
-    def add(self, task_id: str, deadline_ns: int, now_ns: int) -> bool:
-        """Remember a task id; False if it was already known."""
-        self.prune(now_ns)
-        if task_id in self._deadlines:
-            return False
-        while len(self._deadlines) >= self._max_entries:
-            _, oldest = heapq.heappop(self._by_deadline)
-            self._deadlines.pop(oldest, None)
-        self._deadlines[task_id] = deadline_ns
-        heapq.heappush(self._by_deadline, (deadline_ns, task_id))
-        return True
-
-    def discard(self, task_id: str) -> None:
-        """Forget a task id (it was not taken after all); its heap entry goes at its deadline."""
-        self._deadlines.pop(task_id, None)
-
-    def prune(self, now_ns: int) -> None:
-        while self._by_deadline and self._by_deadline[0][0] < now_ns:
-            deadline, task_id = heapq.heappop(self._by_deadline)
-            if self._deadlines.get(task_id) == deadline:
-                del self._deadlines[task_id]
-
-
-class Intake:
-    """Decides, for each valid task, whether this node takes it."""
+class TaskIntake:
+    """Decide -> journal -> admit (or refuse as busy), for every task the node receives."""
 
     def __init__(
         self,
-        address: str,
-        hosted_models: list[str],
-        publishers: list[str] | None = None,
-        rng: random.Random | None = None,
-        seen: SeenTasks | None = None,
-        horizon_s: float = DEFAULT_HORIZON_S,
+        acceptance: Acceptance,
+        admission: Admission,
+        journal: Journal,
+        runner: TaskRunner,
+        metrics: NodeMetrics,
+        journal_log_window_s: float,
     ) -> None:
-        self._address = address.lower()
-        self._address_bytes = bytes.fromhex(self._address)
-        self._hosted = list(hosted_models)
-        self._publishers = {p.lower() for p in publishers} if publishers else None
-        self._rng = rng or random.Random()
-        self.seen = seen or SeenTasks()
-        self._horizon_ns = int(horizon_s * 1e9)
+        self.acceptance = acceptance
+        self._admission = admission
+        self._journal = journal
+        self._runner = runner
+        self._metrics = metrics
+        self._journal_log = LogWindow(journal_log_window_s)  # a full disk fails every task: log it once a window
+        self._refusals: set[asyncio.Task[None]] = set()  # busy error results on their way to the outbox
 
-    def decide(self, sender: str, task: TaskBody, now_ns: int) -> Take | Ignore:
-        """Take (and remember) the task, or say why not."""
-        if self._publishers is not None and sender.lower() not in self._publishers:
-            return Ignore("publisher_not_allowed", f"publisher {sender} is not in the allow-list")
-        if task.picked_nodes is not None and self._address not in {
-            n.lower().removeprefix("0x") for n in task.picked_nodes
-        }:
-            return Ignore("not_picked")
-        if task.filter is not None:
-            try:
-                bloom = BloomFilter.from_hex(task.filter.hex, task.filter.hashes)
-            except BloomFilterError as exc:
-                return Ignore("malformed_filter", str(exc))
-            if not bloom.contains(self._address_bytes):
-                return Ignore("not_in_filter")
-        if task.deadline <= now_ns:
-            return Ignore("deadline_passed")
-        if task.deadline - now_ns > self._horizon_ns:
-            return Ignore(
-                "deadline_too_far",
-                f"deadline is {(task.deadline - now_ns) / 1e9:.0f} s ahead, beyond this node's {self._horizon_ns / 1e9:g} s",
+    async def run(self, queue: asyncio.Queue[GossipMessage]) -> None:
+        """Receive every task from the topic's queue, until cancelled."""
+        await consume(queue, TASK_TOPIC, self.receive, self._on_error)
+
+    async def close(self) -> None:
+        """Cancel the busy refusals still being answered (their results stay in the journal)."""
+        for refusal in self._refusals:
+            refusal.cancel()
+        await asyncio.gather(*self._refusals, return_exceptions=True)
+
+    def receive(self, inbound: Inbound) -> None:
+        """One task, verified and decoded: accept it (journal, admit) or say why not."""
+        now = time.time_ns()
+        task = inbound.body
+        assert isinstance(task, TaskBody)
+        self._metrics.tasks_received.inc()
+        task_log = log.bind(task_id=task.task_id)
+        task_log.debug("task received", publisher=inbound.sender)
+        decision = self.acceptance.decide(inbound.sender, task, now)
+        if isinstance(decision, Ignore):
+            self._metrics.ignore(decision.reason)
+            task_log.debug("task not accepted", reason=decision.reason, detail=decision.detail)
+            return
+        # Only a task that will run is journalled with its body; a refused one (busy) keeps
+        # just its row, so that its error result still goes through the outbox.
+        runs = self._admission.would_admit(decision.model)
+        try:
+            journalled = self._journal.record_accepted(
+                task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
             )
-        if task.task_id in self.seen:
-            return Ignore("duplicate")
-        model = match_model(task.input.model, self._hosted, self._rng)
-        if model is None:
-            return Ignore("no_model", f"no hosted model matches {task.input.model}")
-        if not self.seen.add(task.task_id, task.deadline, now_ns):
-            return Ignore("duplicate")
-        return Take(model)
+        except JournalError as exc:
+            self.acceptance.seen.discard(task.task_id)
+            reason = "journal_full" if isinstance(exc, JournalQuotaError) else "journal_error"
+            self._metrics.ignore(reason)
+            if (not_logged := self._journal_log.admit(reason)) is not None:
+                task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
+            return
+        if not journalled:
+            self._metrics.ignore("duplicate")
+            task_log.debug("task not accepted", reason="duplicate", detail="already in the journal")
+            return
+        self._metrics.tasks_accepted.inc()
+        accepted = AcceptedTask(
+            task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log
+        )
+        task_log.info("task accepted", model=decision.model, publisher=inbound.sender)
+        try:
+            self._admission.admit(accepted)
+        except BusyError as exc:
+            task_log.warning("task refused", reason=str(exc))
+            self._spawn(self._runner.abandon(accepted, str(exc)))
+
+    def _on_error(self, exc: Exception) -> None:
+        self._metrics.ignore("internal_error")
+        log.exception("task intake failed; the next task goes through as usual")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        refusal = asyncio.create_task(coro)
+        self._refusals.add(refusal)
+        refusal.add_done_callback(self._refusals.discard)

@@ -251,7 +251,7 @@ class Journal:
         """Store the encoded result/error body (unsealed) and move to FINISHED.
 
         The result counts against the quota of the task's publisher but is never refused
-        for it: the task was taken, so its result is owed.
+        for it: the task was accepted, so its result is owed.
         """
         self._transition(task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body)
         with self._guard("read", task_id):

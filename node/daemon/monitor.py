@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from node.daemon.admission import Executor
+from node.daemon.admission import Admission
 from node.daemon.journal import Journal
 from node.ops.http_api import HealthReport
 from node.ops.metrics import NodeMetrics
@@ -35,7 +35,7 @@ class NodeMonitor:
         self,
         identity: Identity,
         host: P2PHost,
-        executor: Executor,
+        admission: Admission,
         journal: Journal,
         metrics: NodeMetrics,
         notifier: SystemdNotifier,
@@ -47,7 +47,7 @@ class NodeMonitor:
     ) -> None:
         self._identity = identity
         self._host = host
-        self._executor = executor
+        self._admission = admission
         self._journal = journal
         self._metrics = metrics
         self._notifier = notifier
@@ -75,13 +75,13 @@ class NodeMonitor:
             self._mesh = await self._host.mesh_sizes()
         except P2PError:
             self._peers, self._mesh = [], {}
-        free, _ = self._executor.capacity()
+        free, _ = self._admission.capacity()
         self._metrics.peers.set(len(self._peers))
         for topic, size in self._mesh.items():
             self._metrics.mesh_peers.labels(topic=topic).set(size)
         self._metrics.capacity_free.set(free)
         self._metrics.journal_backlog.set(self._journal.backlog())
-        self._metrics.tasks_running.set(self._executor.pending)
+        self._metrics.tasks_running.set(self._admission.pending)
 
     async def run(self) -> None:
         """Sample, log and ping the watchdog until cancelled."""
@@ -121,7 +121,7 @@ class NodeMonitor:
         return HealthReport(ok=True)
 
     def status(self) -> dict[str, Any]:
-        free, total = self._executor.capacity()
+        free, total = self._admission.capacity()
         return {
             "address": self._identity.address,
             "peer_id": self._host.peer_id,
@@ -129,7 +129,7 @@ class NodeMonitor:
             "version": PROTOCOL_VERSION,
             "models": list(self._models()),
             "capacity": {"free": free, "max": total},
-            "pending_tasks": self._executor.pending,
+            "pending_tasks": self._admission.pending,
             "peers": len(self._peers),
             "mesh": dict(self._mesh),
             "last_heartbeat_seen": self._last_heartbeat_seen,

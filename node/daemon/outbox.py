@@ -24,7 +24,7 @@ from node.p2p.host import P2PError, P2PHost
 from node.wire.envelope import seal, sealed_size
 from node.wire.identity import Identity
 from node.wire.messages import MessageError, ResultBody, decode_result, encode_body
-from node.wire.results import error_body
+from node.wire.results import as_error
 from node.wire.topics import MAX_MESSAGE_BYTES, RESULTS_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -152,4 +152,4 @@ def _fitting(body: ResultBody) -> ResultBody:
         return body
     log.warning("result too large; sent as an error", task_id=body.task_id, envelope_bytes=size)
     reason = f"result too large: its envelope would be {size} bytes, over the {MAX_MESSAGE_BYTES}-byte gossip limit"
-    return error_body(body.task_id, body.model[:256], reason, body.stats)
+    return as_error(body, reason)

@@ -3,7 +3,7 @@
 Tasks that were accepted or running when the node died either run again (when
 the operator allows it and the deadline leaves enough time) or get an error
 result `interrupted: node restarted`. Finished but unpublished results are the
-outbox's job: it publishes them once the node has peers.
+outbox's work: it publishes them once the node has peers.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import time
 
 import structlog
 
-from node.daemon.admission import BusyError, Executor, Job
+from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.daemon.journal import Journal, JournalEntry
 from node.daemon.outbox import ResultOutbox
-from node.wire.messages import MessageError, Stats, decode_task
-from node.wire.results import error_body
+from node.wire.messages import MessageError, decode_task
+from node.wire.results import result_body
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +26,7 @@ INTERRUPTED = "interrupted: node restarted"
 async def recover_interrupted(
     journal: Journal,
     outbox: ResultOutbox,
-    executor: Executor,
+    admission: Admission,
     *,
     rerun: bool,
     min_time_left_s: float,
@@ -36,22 +36,24 @@ async def recover_interrupted(
     now = time.time_ns()
     for entry in journal.interrupted():
         task_log = log.bind(task_id=entry.task_id)
-        if rerun and entry.deadline_ns - now > min_time_left_s * 1e9 and _resubmit(entry, executor, task_log):
+        if rerun and entry.deadline_ns - now > min_time_left_s * 1e9 and _readmit(entry, admission, task_log):
             rerun_count += 1
             continue
-        stats = Stats(
-            received_at=entry.received_at_ns,
-            execution_started_at=entry.updated_at_ns,
-            execution_ended_at=now,
-            published_at=now,
-        )
         task_log.warning("interrupted task answered with an error", state=str(entry.state))
-        await outbox.send(error_body(entry.task_id, entry.model, INTERRUPTED, stats))
+        body = result_body(
+            entry.task_id,
+            entry.model,
+            INTERRUPTED,
+            received_at_ns=entry.received_at_ns,
+            started_at_ns=entry.updated_at_ns,
+            ended_at_ns=now,
+        )
+        await outbox.send(body)
         errored += 1
     return rerun_count, errored
 
 
-def _resubmit(entry: JournalEntry, executor: Executor, task_log: structlog.typing.FilteringBoundLogger) -> bool:
+def _readmit(entry: JournalEntry, admission: Admission, task_log: structlog.typing.FilteringBoundLogger) -> bool:
     if not entry.task_message:  # refused (busy) when it came: journalled without its body
         return False
     try:
@@ -59,11 +61,11 @@ def _resubmit(entry: JournalEntry, executor: Executor, task_log: structlog.typin
     except MessageError as exc:
         task_log.error("journalled task unreadable", error=str(exc))
         return False
-    if not executor.hosts(entry.model):
+    if not admission.hosts(entry.model):
         return False
     try:
-        executor.submit(
-            Job(
+        admission.admit(
+            AcceptedTask(
                 task=task,
                 publisher=entry.publisher,
                 model=entry.model,

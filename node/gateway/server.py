@@ -25,11 +25,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        identity = (
-            Identity.from_hex(settings.secret_key)
-            if settings.secret_key
-            else Identity.load_or_create(settings.identity_path)
-        )
+        identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
         client = Client(
             peers=settings.peers,
             secret_key=identity.secret,

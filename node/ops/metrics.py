@@ -33,8 +33,8 @@ class NodeMetrics:
         self.tasks_received = Counter(
             "tasks_received", "Task messages received from the network", namespace=NAMESPACE, registry=r
         )
-        # The metric keeps its first name (dashboards use it): tasks this node accepted to run.
-        self.tasks_taken = Counter("tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r)
+        # Exported as compute_node_tasks_taken_total, the name dashboards use: keep it.
+        self.tasks_accepted = Counter("tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r)
         self.tasks_completed = Counter(
             "tasks_completed", "Tasks that produced a result", namespace=NAMESPACE, registry=r
         )

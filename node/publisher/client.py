@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from node.p2p.host import GossipMessage, P2PError, P2PHost
+from node.p2p.host import P2PError, P2PHost
 from node.publisher.node_table import KnownNode, NodeTable
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, Inbound, InboundError, decode
+from node.wire.inbound import GossipGate, Inbound, consume, discard
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
@@ -141,9 +141,9 @@ class Client:
             gate = GossipGate()
             queues = {t: await host.subscribe(t, gate.validate) for t in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
             self._loops = [
-                asyncio.create_task(self._consume_results(queues[RESULTS_TOPIC])),
-                asyncio.create_task(self._drain(queues[TASK_TOPIC])),
-                asyncio.create_task(self._consume_heartbeats(queues[HEARTBEAT_TOPIC])),
+                asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
+                asyncio.create_task(discard(queues[TASK_TOPIC])),
+                asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),
             ]
             results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
             failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
@@ -284,32 +284,26 @@ class Client:
             await asyncio.sleep(0.1)
         raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
 
-    async def _consume_results(self, queue: asyncio.Queue[GossipMessage]) -> None:
-        while True:
-            message = await queue.get()
-            try:
-                inbound = decode(RESULTS_TOPIC, message.data)
-            except InboundError:
-                continue
-            body = inbound.body
-            assert isinstance(body, ResultBody)
-            self._notify(inbound)
-            pending = self._pending.get(body.task_id)
-            if pending is None:
-                continue
-            future, picked = pending
-            if future.done():
-                continue
-            if picked is not None and inbound.sender not in picked:
-                log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
-                continue
-            if body.error is not None:
-                future.set_exception(TaskFailedError(body.task_id, body.error, inbound.sender))
-                continue
-            try:
-                future.set_result(self._open(body, inbound.sender))
-            except TaskFailedError as exc:
-                future.set_exception(exc)
+    def _on_result(self, inbound: Inbound) -> None:
+        body = inbound.body
+        assert isinstance(body, ResultBody)
+        self._notify(inbound)
+        pending = self._pending.get(body.task_id)
+        if pending is None:
+            return
+        future, picked = pending
+        if future.done():
+            return
+        if picked is not None and inbound.sender not in picked:
+            log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
+            return
+        if body.error is not None:
+            future.set_exception(TaskFailedError(body.task_id, body.error, inbound.sender))
+            return
+        try:
+            future.set_result(self._open(body, inbound.sender))
+        except TaskFailedError as exc:
+            future.set_exception(exc)
 
     def _open(self, body: ResultBody, node: str) -> TaskResult:
         assert body.ciphertext is not None
@@ -323,16 +317,10 @@ class Client:
             raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
         return TaskResult(task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats)
 
-    async def _consume_heartbeats(self, queue: asyncio.Queue[GossipMessage]) -> None:
-        while True:
-            message = await queue.get()
-            try:
-                inbound = decode(HEARTBEAT_TOPIC, message.data)
-            except InboundError:
-                continue
-            assert isinstance(inbound.body, HeartbeatBody)
-            self.nodes.update(inbound.sender, inbound.body)
-            self._notify(inbound)
+    def _on_heartbeat(self, inbound: Inbound) -> None:
+        assert isinstance(inbound.body, HeartbeatBody)
+        self.nodes.update(inbound.sender, inbound.body)
+        self._notify(inbound)
 
     def _notify(self, inbound: Inbound) -> None:
         if self.on_message is None:
@@ -341,8 +329,3 @@ class Client:
             self.on_message(inbound)
         except Exception:  # the consumer loop must survive a failing observer
             log.exception("message observer failed", topic=inbound.signed.topic)
-
-    @staticmethod
-    async def _drain(queue: asyncio.Queue[GossipMessage]) -> None:
-        while True:
-            await queue.get()

@@ -167,6 +167,11 @@ class Identity:
         log.info("created node key", path=str(path), address=identity.address)
         return identity
 
+    @classmethod
+    def from_secret_or_file(cls, secret_key: str | None, path: pathlib.Path) -> Identity:
+        """The configured key: `secret_key` (hex) when set, else the key file at `path` (created once)."""
+        return cls.from_hex(secret_key) if secret_key else cls.load_or_create(path)
+
     def save(self, path: pathlib.Path) -> None:
         """Write the secret as hex to `path` atomically, mode 0600 (replacing any file)."""
         self._write(pathlib.Path(path), replace=True)

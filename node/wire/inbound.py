@@ -2,14 +2,18 @@
 
 `GossipGate.validate` is the gossip validator: it runs
 on the libp2p thread before a message is relayed, never raises, and logs the
-reason of every rejection. `decode` gives the consumers a typed message.
+reason of every rejection. `decode` gives the consumers a typed message;
+`consume` is their loop (take from the queue, decode, hand over), `discard`
+empties a topic's queue nobody reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -34,6 +38,16 @@ _DECODERS: dict[str, Callable[[bytes], Body]] = {
 }
 
 log = structlog.get_logger(__name__)
+
+
+class Received(Protocol):
+    """A message as the P2P layer queues it (node.p2p.host.GossipMessage): its raw bytes."""
+
+    @property
+    def data(self) -> bytes: ...
+
+
+MessageT = TypeVar("MessageT", bound=Received)
 
 
 class InboundError(Exception):
@@ -136,3 +150,45 @@ class GossipGate:
         log.info(
             "message rejected", topic=topic, reason=reason, detail=detail[:300], size=size, not_logged_since=not_logged
         )
+
+
+async def consume(
+    queue: asyncio.Queue[MessageT],
+    topic: str,
+    handle: Callable[[Inbound], None],
+    on_error: Callable[[Exception], None] | None = None,
+) -> None:
+    """Decode every message of `topic` from `queue` and hand it to `handle`, until cancelled.
+
+    A message that does not decode is skipped (the gossip validator already rejected
+    and logged it). A handler that raises never ends the loop: `on_error` is called
+    inside the except block (so it may log the traceback), else the failure is logged.
+    """
+    while True:
+        message = await queue.get()
+        try:
+            # Decoded a second time: the validator runs on the libp2p thread and gives
+            # back only accept/reject. ~55 us, against ~1.5 ms of P2P work per message.
+            inbound = decode(topic, message.data, time.time_ns())
+        except InboundError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the loop
+            _failed(topic, exc, on_error)
+            continue
+        try:
+            handle(inbound)
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the loop
+            _failed(topic, exc, on_error)
+
+
+def _failed(topic: str, exc: Exception, on_error: Callable[[Exception], None] | None) -> None:
+    if on_error is not None:
+        on_error(exc)
+    else:
+        log.exception("inbound message handler failed; the loop goes on", topic=topic)
+
+
+async def discard(queue: asyncio.Queue[MessageT]) -> None:
+    """Empty a subscription's queue nobody reads (subscribed only to relay the topic), until cancelled."""
+    while True:
+        await queue.get()

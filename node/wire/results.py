@@ -1,17 +1,57 @@
-"""Result bodies: success (the text encrypted to the publisher) or error."""
+"""Result bodies: a success (the text encrypted to the publisher) or an error, with the task's timings.
+
+`result_body` is the one place a result and its `Stats` are assembled; `as_error`
+puts an error in place of a result that cannot be sent as it is.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from node.wire.ecies import encrypt
 from node.wire.messages import ResultBody, Stats
 
 
-def success_body(task_id: str, model: str, plaintext: str, public_key: str, stats: Stats) -> ResultBody:
-    """A success result: the text encrypted to the publisher's key."""
-    ciphertext = encrypt(public_key, plaintext.encode("utf-8")).hex()
+@dataclass(frozen=True)
+class Output:
+    """What a finished workflow produced: its text (encrypted to `public_key` in the result) and token counts."""
+
+    text: str
+    public_key: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def result_body(
+    task_id: str,
+    model: str,
+    outcome: Output | str,
+    *,
+    received_at_ns: int,
+    started_at_ns: int,
+    ended_at_ns: int,
+) -> ResultBody:
+    """The result of a task: `outcome` is its output, or the error text when it could not be completed.
+
+    `published_at` starts as `ended_at_ns`; the outbox stamps it again when it publishes.
+    """
+    timings = {
+        "received_at": received_at_ns,
+        "execution_started_at": started_at_ns,
+        "execution_ended_at": ended_at_ns,
+        "published_at": ended_at_ns,
+    }
+    if isinstance(outcome, str):
+        return ResultBody(task_id=task_id, error=outcome, model=model, stats=Stats.model_validate(timings))
+    tokens = {"promptTokens": outcome.prompt_tokens, "completionTokens": outcome.completion_tokens}
+    stats = Stats.model_validate({**timings, **tokens})  # token counts travel as extra fields
+    ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8")).hex()
     return ResultBody(task_id=task_id, ciphertext=ciphertext, model=model, stats=stats)
 
 
-def error_body(task_id: str, model: str, reason: str, stats: Stats) -> ResultBody:
-    """An error result: the task was accepted but could not be completed."""
-    return ResultBody(task_id=task_id, error=reason, model=model, stats=stats)
+def as_error(body: ResultBody, reason: str) -> ResultBody:
+    """An error result for the same task, model and timings as `body`, in its place.
+
+    The model name is cut to 256 characters: the error must fit where the result did not.
+    """
+    return ResultBody(task_id=body.task_id, error=reason, model=body.model[:256], stats=body.stats)

@@ -34,6 +34,6 @@ async def test_third_simultaneous_task_is_busy_while_the_first_two_complete(tmp_
         assert busy[0].reason.startswith("busy: model smollm2:135m has 1 running and 1 queued tasks")
         assert busy[0].task_id == ids[2]
         # The refusal is immediate, not after the others finished.
-        refusal_ms = (node.executor.capacity(), time.monotonic() - started)
+        refusal_ms = (node.parts.admission.capacity(), time.monotonic() - started)
         assert refusal_ms[1] < 60
-        assert node.executor.capacity() == (2, 2)
+        assert node.parts.admission.capacity() == (2, 2)

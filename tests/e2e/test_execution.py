@@ -122,7 +122,7 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             pid2 = await h.running(1, not_pid=pid)
             os.kill(pid2, sig)
             await h.until(lambda: h.server.pool.available() == [])  # two crashes in the window: out of heartbeats
-            assert h.server._heartbeat.body().models == []
+            assert h.server.parts.heartbeat.body().models == []
             reason = await h.failure(long_id)
             assert reason.startswith("Invalid prompt: ") and sig.name in reason
 
@@ -159,7 +159,7 @@ async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_inter
 ) -> None:
     settings = node_settings(tmp_path, heartbeat_interval=1.0, exec_cancel_grace=2.0)
     async with _harness(settings) as h:
-        heartbeat = h.server._heartbeat
+        heartbeat = h.server.parts.heartbeat
         assert heartbeat is not None
         sent: list[float] = []
         publish = heartbeat.publish_once
@@ -234,7 +234,7 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
     with structlog.testing.capture_logs() as logs:
         async with running_node(node_settings(tmp_path / "a", models=[MODEL, "crashy"], registry=registry)) as server:
             assert server.pool is not None and server.pool.hosted == [MODEL]  # started without the crashing model
-            assert server._heartbeat is not None and server._heartbeat.body().models == [MODEL]
+            assert server.parts is not None and server.parts.heartbeat.body().models == [MODEL]
     skipped = [entry for entry in logs if entry["event"] == "model skipped"]
     assert [entry["error"] for entry in skipped] == ["model crashy: the runtime crashed while loading (SIGSEGV)"]
 

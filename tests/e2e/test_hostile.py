@@ -64,7 +64,7 @@ class Run:
     logs: list[MutableMapping[str, Any]]
     results: asyncio.Queue[GossipMessage]
     awaiting: dict[str, Case] = field(default_factory=dict)  # task id -> case answered by a result
-    to_take: set[str] = field(default_factory=set)  # the task ids the node must take, and no other
+    to_accept: set[str] = field(default_factory=set)  # the task ids the node must accept, and no other
     valid_sent: int = 0
     valid_completed: int = 0
     failures: list[str] = field(default_factory=list)
@@ -97,13 +97,13 @@ class Run:
             if entry is None or entry["reason"] != expect.reason or entry["topic"] != case.topic:
                 self.failures.append(f"{case.name}: expected reject {expect.reason}, logged {entry}")
         elif expect.verdict == "ignore":
-            entry = await self.wait_for_log(since, {"event": "task not taken", "task_id": built.task_id})
+            entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": built.task_id})
             if entry is None or entry["reason"] != expect.reason:
                 self.failures.append(f"{case.name}: expected ignore {expect.reason}, logged {entry}")
         else:
             assert built.task_id is not None, case.name
             self.awaiting[built.task_id] = case
-            self.to_take.add(built.task_id)
+            self.to_accept.add(built.task_id)
 
     async def publish_valid_task(self, index: int) -> Built:
         body = valid_task_body(prompt=f"Say OK number {index}.")
@@ -111,7 +111,7 @@ class Run:
         await self.peer.publish(TASK_TOPIC, built.data)
         assert built.task_id is not None
         self.awaiting[built.task_id] = VALID_CASE
-        self.to_take.add(built.task_id)
+        self.to_accept.add(built.task_id)
         self.valid_sent += 1
         return built
 
@@ -121,7 +121,7 @@ class Run:
         envelope["timestamp"] = time.time_ns()
         since = len(self.logs)
         await self.peer.publish(TASK_TOPIC, json.dumps(envelope).encode("utf-8"))
-        entry = await self.wait_for_log(since, {"event": "task not taken", "task_id": original.task_id})
+        entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": original.task_id})
         if entry is None or entry["reason"] != "duplicate":
             self.failures.append(f"replayed task {original.task_id}: expected ignore duplicate, logged {entry}")
 
@@ -203,7 +203,7 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
-            assert node.identity is not None and node.monitor is not None
+            assert node.identity is not None and node.parts is not None
             peer, results = await connected_peer(node, publisher)
             run = Run(node, peer, Actors(publisher, Identity.generate(), node.identity.address), logs, results)
             try:
@@ -213,15 +213,15 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
                     again = cases if round_ == 0 else [case for case in cases if case.recipe is not None]
                     await publish_round(run, again, valid_every)
                     rss.append(rss_bytes())
-                await node.monitor.sample()
-                health = node.monitor.health()  # background loops alive, model loaded, peers connected
+                await node.parts.monitor.sample()
+                health = node.parts.monitor.health()  # background loops alive, model loaded, peers connected
             finally:
                 await peer.stop()
     crashes = [entry for entry in logs if entry["event"] in CRASH_EVENTS or entry.get("reason") == "internal"]
-    taken = {entry["task_id"] for entry in logs if entry["event"] == "task taken"}
-    if taken != run.to_take:
+    accepted = {entry["task_id"] for entry in logs if entry["event"] == "task accepted"}
+    if accepted != run.to_accept:
         run.failures.append(
-            f"taken but not expected: {taken - run.to_take}; expected but not taken: {run.to_take - taken}"
+            f"accepted but not expected: {accepted - run.to_accept}; expected but not accepted: {run.to_accept - accepted}"
         )
     return Outcome(run.failures, crashes, run.valid_sent, run.valid_completed, health.reason, rss)
 

@@ -114,7 +114,7 @@ async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_dis
                 for i in range(12):
                     await publish(peer, actors, echo_task(f"{i:02d}" + "x" * 30_000))
                     await asyncio.sleep(0.05)
-                entry = await logged(logs, since, event="task not taken", reason="journal_error")
+                entry = await logged(logs, since, event="task not accepted", reason="journal_error")
                 assert "database or disk is full" in entry["detail"] and str(node.journal.path) in entry["detail"]
                 assert "x" * 100 not in entry["detail"]  # names the cause, not the task's data
                 assert loops_alive(node)
@@ -130,7 +130,9 @@ async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_dis
                 assert loops_alive(node)
             finally:
                 await peer.stop()
-    crashes = [e for e in logs if e["event"] in ("task intake failed; the next task is taken as usual", "task crashed")]
+    crashes = [
+        e for e in logs if e["event"] in ("task intake failed; the next task goes through as usual", "task crashed")
+    ]
     assert crashes == []
 
 
@@ -156,12 +158,12 @@ async def test_a_replayed_task_is_not_taken_again_after_a_restart(tmp_path: Path
                     envelope["timestamp"] = time.time_ns()  # not signed: anyone can re-stamp it
                     since = len(logs)
                     await peer.publish(TASK_TOPIC, json.dumps(envelope).encode())
-                    entry = await logged(logs, since, event="task not taken", task_id=original.task_id)
+                    entry = await logged(logs, since, event="task not accepted", task_id=original.task_id)
                     assert entry["reason"] == reason
             finally:
                 await peer.stop()
-    assert [e for e in logs if e["event"] == "task taken" and e.get("task_id") == original.task_id] != []
-    assert len([e for e in logs if e["event"] == "task taken" and e.get("task_id") == original.task_id]) == 1
+    assert [e for e in logs if e["event"] == "task accepted" and e.get("task_id") == original.task_id] != []
+    assert len([e for e in logs if e["event"] == "task accepted" and e.get("task_id") == original.task_id]) == 1
 
 
 async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journal(tmp_path: Path) -> None:
@@ -187,7 +189,7 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                     )
                 deadline = time.monotonic() + WAIT_S
                 while time.monotonic() < deadline:
-                    ignored = [e for e in logs[since:] if e["event"] == "task not taken"]
+                    ignored = [e for e in logs[since:] if e["event"] == "task not accepted"]
                     if len(ignored) >= 200:
                         break
                     await asyncio.sleep(0.05)
@@ -239,7 +241,9 @@ async def test_an_unexpected_intake_failure_is_logged_and_the_loop_goes_on(
             assert node.identity is not None
             peer, results = await connected_peer(node, publisher)
             actors = Actors(publisher, Identity.generate(), node.identity.address)
-            decide = node._intake.decide
+            assert node.parts is not None
+            acceptance = node.parts.intake.acceptance
+            decide = acceptance.decide
             calls = []
 
             def broken_once(*args: Any) -> Any:
@@ -248,11 +252,11 @@ async def test_an_unexpected_intake_failure_is_logged_and_the_loop_goes_on(
                     raise RuntimeError("a bug in intake")
                 return decide(*args)
 
-            monkeypatch.setattr(node._intake, "decide", broken_once)
+            monkeypatch.setattr(acceptance, "decide", broken_once)
             try:
                 since = len(logs)
                 await publish(peer, actors, echo_task("first"))
-                await logged(logs, since, event="task intake failed; the next task is taken as usual")
+                await logged(logs, since, event="task intake failed; the next task goes through as usual")
                 built = await publish(peer, actors, echo_task("second"))
                 assert (await result_for(results, built.task_id)).ciphertext is not None
                 assert loops_alive(node)

@@ -88,8 +88,8 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             lost = asyncio.create_task(run.run_valid_task())
             await _wait_for(lambda: any(e["event"] == "loop crashed, restarting" for e in logs), 20, "the crash")
             crashed = time.monotonic()
-            assert node.monitor is not None
-            report = node.monitor.health()
+            assert node.parts is not None
+            report = node.parts.monitor.health()
             assert not report.ok and "intake (restarting: RuntimeError: injected intake failure)" in (
                 report.reason or ""
             )
@@ -103,7 +103,7 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             outcome = await run.run_valid_task()
             assert outcome.error is None and (outcome.text or "").strip()
             assert node.supervisor.states()["intake"].restarts == 1
-            assert node.monitor.health().reason is None or "intake" not in node.monitor.health().reason  # type: ignore[operator]
+            assert node.parts.monitor.health().reason is None or "intake" not in node.parts.monitor.health().reason  # type: ignore[operator]
             assert node.supervisor.fatal is None and node.exit_code == 0
     systemd.close()
 

@@ -27,12 +27,12 @@ included, by n nested JSON arrays (deeper than Python's json module can write).
 
 Verdicts:
 - `reject`: the gossip validator refuses it; `reason` is the logged code.
-- `ignore`: valid but not taken; `reason` is a substring of the logged reason.
-- `error_result`: taken; the error result contains `reason`.
-- `result`: taken and answered with a (non-empty) encrypted text.
+- `ignore`: valid but not accepted; `reason` is a substring of the logged reason.
+- `error_result`: accepted; the error result contains `reason`.
+- `result`: accepted and answered with a (non-empty) encrypted text.
 - `unsendable`: the sender's P2P layer refuses it (`MessageTooLargeError`).
 - `accept`: a valid message of another topic (a heartbeat with extreme but
-  in-range values): relayed, nothing taken, nothing breaks.
+  in-range values): relayed, nothing accepted, nothing breaks.
 
 Signatures: `valid`, or broken as `zero`, `flip_recovery`, `tamper_payload`,
 `r_overflow`, `s_zero`, `high_s` (the malleable twin (r, n - s) of a valid one).

@@ -135,9 +135,6 @@ class ExecutionPool:
         available = self.available()
         return {name: tps for name, tps in self.tps.items() if name in available}
 
-    def pids(self) -> dict[str, int | None]:
-        return {name: (s.process.pid if s.process else None) for name, s in self._slots.items()}
-
     def process(self, model: str) -> ExecutionProcess | None:
         slot = self._slots.get(model)
         return slot.process if slot is not None and slot.ready.is_set() else None

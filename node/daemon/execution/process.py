@@ -133,7 +133,8 @@ class TaskHost:
         except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
             if not isinstance(exc, WorkflowError | ModelError):
                 task_log.exception("task crashed")
-            # The public text: `Invalid prompt: ` for deterministic errors, no task data (PROTOCOL.md 5).
+            # The public text: `Invalid prompt: ` for deterministic errors; never the task's data
+            # (error results are not encrypted).
             self._send(TaskFailed(task_id=request.task_id, error=public_error_text(exc)))
 
     async def _execute(self, request: RunTask) -> TaskDone | TaskFailed:

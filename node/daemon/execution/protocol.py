@@ -56,7 +56,7 @@ class Probe(Message):
 
 
 class Ready(Message):
-    """The model loaded (and, if asked, was benchmarked); the child takes tasks."""
+    """The model loaded (and, if asked, was benchmarked); the child runs tasks."""
 
     kind: Literal["ready"] = "ready"
     model: str

@@ -1,23 +1,23 @@
-"""Executor admission: capacity per model, busy refusal, drain on shutdown."""
+"""Admission: capacity per model, busy refusal, drain on shutdown."""
 
 import asyncio
 import time
 
 import pytest
 
-from node.daemon.admission import BusyError, Executor, Job
+from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskInput
 
 
-def job(task_id: str, model: str = "m") -> Job:
+def job(task_id: str, model: str = "m") -> AcceptedTask:
     body = TaskBody(
         task_id=task_id,
         deadline=time.time_ns() + 60 * 10**9,
         input=TaskInput(workflow={}, model=[model]),
         public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
     )
-    return Job(task=body, publisher="00" * 20, model=model, received_at_ns=time.time_ns())
+    return AcceptedTask(task=body, publisher="00" * 20, model=model, received_at_ns=time.time_ns())
 
 
 class Recorder:
@@ -29,7 +29,7 @@ class Recorder:
         self.finished: list[str] = []
         self.abandoned: list[tuple[str, str]] = []
 
-    async def run(self, j: Job) -> None:
+    async def run(self, j: AcceptedTask) -> None:
         self.started.append(j.task.task_id)
         try:
             await self.release.wait()
@@ -38,50 +38,50 @@ class Recorder:
             self.abandoned.append((j.task.task_id, "cancelled while running"))
             raise
 
-    async def abandon(self, j: Job, reason: str) -> None:
+    async def abandon(self, j: AcceptedTask, reason: str) -> None:
         self.abandoned.append((j.task.task_id, reason))
 
 
 async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, {"m": 1}, max_queue=1)
-    executor.submit(job("a"))
-    executor.submit(job("b"))
+    admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=1)
+    admission.admit(job("a"))
+    admission.admit(job("b"))
     with pytest.raises(BusyError, match="busy: model m"):
-        executor.submit(job("c"))
+        admission.admit(job("c"))
     await asyncio.sleep(0.01)
     assert rec.started == ["a"]
-    assert executor.capacity() == (0, 2)
+    assert admission.capacity() == (0, 2)
     rec.release.set()
-    await executor.drain(timeout=5)
+    await admission.drain(timeout=5)
     assert rec.finished == ["a", "b"]
-    assert executor.pending == 0
+    assert admission.pending == 0
 
 
 async def test_capacity_is_per_model() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, {"m": 1, "n": 1}, max_queue=0)
-    executor.submit(job("a", "m"))
-    executor.submit(job("b", "n"))
+    admission = Admission(rec.run, rec.abandon, {"m": 1, "n": 1}, max_queue=0)
+    admission.admit(job("a", "m"))
+    admission.admit(job("b", "n"))
     with pytest.raises(BusyError):
-        executor.submit(job("c", "m"))
-    assert executor.capacity() == (0, 2)
+        admission.admit(job("c", "m"))
+    assert admission.capacity() == (0, 2)
     rec.release.set()
-    await executor.drain(timeout=5)
+    await admission.drain(timeout=5)
 
 
 async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
     rec = Recorder()
-    executor = Executor(rec.run, rec.abandon, {"m": 1}, max_queue=2)
-    executor.submit(job("running"))
-    executor.submit(job("queued"))
+    admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=2)
+    admission.admit(job("running"))
+    admission.admit(job("queued"))
     await asyncio.sleep(0.01)
     started = time.monotonic()
-    cancelled = await executor.drain(timeout=0.2)
+    cancelled = await admission.drain(timeout=0.2)
     assert time.monotonic() - started < 2
     assert cancelled == 2
     assert ("running", "cancelled while running") in rec.abandoned
     assert any(task_id == "queued" and "before the task started" in reason for task_id, reason in rec.abandoned)
     with pytest.raises(BusyError, match="shutting down"):
-        executor.submit(job("late"))
-    assert executor.capacity()[0] == 0
+        admission.admit(job("late"))
+    assert admission.capacity()[0] == 0

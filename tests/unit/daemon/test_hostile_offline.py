@@ -1,5 +1,5 @@
 """The hostile-input corpus (tests/support/hostile/) against the node's checks, offline:
-every case gets its verdict from `decode` + `Intake.decide` alone (a running node: tests/e2e/test_hostile.py)."""
+every case gets its verdict from `decode` + `Acceptance.decide` alone (a running node: tests/e2e/test_hostile.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from node.daemon.intake import Ignore, Intake, Take
+from node.daemon.acceptance import Accept, Acceptance, Ignore
 from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
 from node.wire.identity import Identity
 from node.wire.inbound import InboundError, decode
@@ -79,11 +79,11 @@ def test_offline_verdict(case: Case) -> None:
             assert 0 <= node.free <= MAX_CAPACITY and all(0 <= tps <= MAX_TPS for tps in node.tps.values())
         table.choose(["*"], now=now / 1e9)
         return
-    decision = Intake(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
+    decision = Acceptance(node.address, [DEFAULT_MODEL], [publisher.address]).decide(inbound.sender, inbound.body, now)  # type: ignore[arg-type]
     if expect.verdict == "ignore":
         assert isinstance(decision, Ignore) and decision.reason == expect.reason, decision
         return
-    assert isinstance(decision, Take), decision
+    assert isinstance(decision, Accept), decision
     assert isinstance(inbound.body, TaskBody)
     try:  # a taken task's workflow is checked by the engine: only WorkflowError may escape
         parse_workflow(inbound.body.input.workflow)

@@ -1,11 +1,11 @@
-"""Intake decisions: model matching, pickedNodes, bloom filter, deadline, replays, allow-list."""
+"""Acceptance decisions: model matching, pickedNodes, bloom filter, deadline, replays, allow-list."""
 
 import random
 import time
 
 import pytest
 
-from node.daemon.intake import Ignore, Intake, SeenTasks, Take, match_model
+from node.daemon.acceptance import Accept, Acceptance, Ignore, SeenTasks, match_model
 from node.wire.bloom import BloomFilter
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskFilter, TaskInput
@@ -45,49 +45,49 @@ def test_match_model(requested: list[str], expected: set) -> None:
 
 
 def test_takes_a_matching_task_once() -> None:
-    intake = Intake(NODE.address, HOSTED)
+    intake = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     body = task()
-    assert intake.decide(PUBLISHER.address, body, now) == Take("smollm2:135m")
+    assert intake.decide(PUBLISHER.address, body, now) == Accept("smollm2:135m")
     assert intake.decide(PUBLISHER.address, body, now) == Ignore("duplicate")
 
 
 def test_picked_nodes() -> None:
-    intake = Intake(NODE.address, HOSTED)
+    intake = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
-    assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Take)
+    assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Accept)
     assert isinstance(
-        intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Take
+        intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Accept
     )
     assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not_picked")
 
 
 def test_bloom_filter_selects_by_raw_address() -> None:
-    intake = Intake(NODE.address, HOSTED)
+    intake = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     ours = BloomFilter.build([NODE.address_bytes])
     theirs = BloomFilter.build([OTHER.address_bytes])
     assert isinstance(
-        intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Take
+        intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Accept
     )
     decision = intake.decide(PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now)
     assert decision == Ignore("not_in_filter")
 
 
 def test_past_deadline_and_no_model() -> None:
-    intake = Intake(NODE.address, HOSTED)
+    intake = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     assert intake.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline_passed")
     decision = intake.decide(PUBLISHER.address, task("b", models=["gemma3:270m"]), now)
     assert decision.reason == "no_model" and "gemma3:270m" in decision.detail
-    # A task not taken is not remembered: it could still be taken after a config change.
+    # A task not accepted is not remembered: it could still be accepted after a config change.
     assert "b" not in intake.seen
 
 
 def test_publisher_allow_list() -> None:
-    intake = Intake(NODE.address, HOSTED, publishers=[PUBLISHER.address])
+    intake = Acceptance(NODE.address, HOSTED, publishers=[PUBLISHER.address])
     now = time.time_ns()
-    assert isinstance(intake.decide(PUBLISHER.address, task("a"), now), Take)
+    assert isinstance(intake.decide(PUBLISHER.address, task("a"), now), Accept)
     decision = intake.decide(OTHER.address, task("b"), now)
     assert decision.reason == "publisher_not_allowed" and OTHER.address in decision.detail
 
@@ -105,23 +105,23 @@ def test_seen_tasks_kept_until_deadline_and_bounded() -> None:
 
 
 def test_deadline_beyond_the_horizon_is_not_taken() -> None:
-    intake = Intake(NODE.address, HOSTED, horizon_s=600)
+    intake = Acceptance(NODE.address, HOSTED, horizon_s=600)
     now = time.time_ns()
     decision = intake.decide(PUBLISHER.address, task("far", deadline_in_s=601), now)
     assert decision.reason == "deadline_too_far" and "600 s" in decision.detail
     assert "far" not in intake.seen
-    assert isinstance(intake.decide(PUBLISHER.address, task("near", deadline_in_s=599), now), Take)
-    default = Intake(NODE.address, HOSTED)  # one hour by default
+    assert isinstance(intake.decide(PUBLISHER.address, task("near", deadline_in_s=599), now), Accept)
+    default = Acceptance(NODE.address, HOSTED)  # one hour by default
     assert default.decide(PUBLISHER.address, task("x", deadline_in_s=3601), now).reason == "deadline_too_far"
-    assert isinstance(default.decide(PUBLISHER.address, task("y", deadline_in_s=3599), now), Take)
+    assert isinstance(default.decide(PUBLISHER.address, task("y", deadline_in_s=3599), now), Accept)
 
 
 def test_a_discarded_task_id_can_be_taken_again() -> None:
-    intake = Intake(NODE.address, HOSTED)
+    intake = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     first = task("t")
-    assert isinstance(intake.decide(PUBLISHER.address, first, now), Take)
-    intake.seen.discard("t")  # it could not be journalled: not taken after all
-    assert isinstance(intake.decide(PUBLISHER.address, first, now), Take)
+    assert isinstance(intake.decide(PUBLISHER.address, first, now), Accept)
+    intake.seen.discard("t")  # it could not be journalled: not accepted after all
+    assert isinstance(intake.decide(PUBLISHER.address, first, now), Accept)
     intake.seen.prune(first.deadline + 1)
     assert "t" not in intake.seen and len(intake.seen) == 0

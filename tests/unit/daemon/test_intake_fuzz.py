@@ -1,7 +1,7 @@
 """Property tests of the node's intake path: whatever arrives, nothing but the typed errors escape.
 
 - `node.wire.inbound.decode` raises only InboundError (random envelopes, signed near-valid bodies);
-- `Intake.decide` never raises on a body that decodes, and answers Take or Ignore;
+- `Acceptance.decide` never raises on a body that decodes, and answers Accept or Ignore;
 - `workflows.parse_workflow` raises only WorkflowError subclasses (random JSON, mutated workflows).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from node.daemon.intake import Ignore, Intake, Take
+from node.daemon.acceptance import Accept, Acceptance, Ignore
 from node.wire.envelope import payload_digest
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound, InboundError, decode
@@ -110,11 +110,11 @@ def decode_or_reject(topic: str, data: bytes) -> Inbound | None:
 
 def decide_never_raises(inbound: Inbound, offset_ns: int, allow_list: bool, seed: int) -> None:
     assert isinstance(inbound.body, TaskBody)
-    intake = Intake(NODE.address, HOSTED, [SIGNER.address] if allow_list else None, rng=random.Random(seed))
+    intake = Acceptance(NODE.address, HOSTED, [SIGNER.address] if allow_list else None, rng=random.Random(seed))
     decision = intake.decide(inbound.sender, inbound.body, NOW + offset_ns)
-    assert isinstance(decision, (Take, Ignore))
+    assert isinstance(decision, (Accept, Ignore))
     event(f"decision: {decision.reason if isinstance(decision, Ignore) else 'take'}")
-    if isinstance(decision, Take):
+    if isinstance(decision, Accept):
         assert decision.model in HOSTED
     else:
         assert decision.reason

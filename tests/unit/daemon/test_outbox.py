@@ -15,8 +15,8 @@ from node.daemon.outbox import ResultOutbox
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import decode
-from node.wire.messages import ResultBody, Stats, encode_body
-from node.wire.results import error_body, success_body
+from node.wire.messages import ResultBody, encode_body
+from node.wire.results import Output, result_body
 from node.wire.topics import RESULTS_TOPIC
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -24,12 +24,7 @@ LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 def body(task_id: str):  # type: ignore[no-untyped-def]
     now = time.time_ns()
-    return error_body(
-        task_id,
-        "m",
-        "a reason",
-        Stats(received_at=now, execution_started_at=now, execution_ended_at=now, published_at=now),
-    )
+    return result_body(task_id, "m", "a reason", received_at_ns=now, started_at_ns=now, ended_at_ns=now)
 
 
 async def test_kept_without_peers_then_published_once_when_a_peer_joins(tmp_path: Path) -> None:
@@ -91,8 +86,8 @@ async def connected(tmp_path: Path) -> tuple[Identity, Identity, P2PHost, P2PHos
 
 def success(task_id: str, publisher: Identity, plaintext: str):  # type: ignore[no-untyped-def]
     now = time.time_ns()
-    stats = Stats(received_at=now, execution_started_at=now, execution_ended_at=now, published_at=now)
-    return success_body(task_id, "m", plaintext, publisher.public_key_compressed.hex(), stats)
+    output = Output(plaintext, publisher.public_key_compressed.hex(), prompt_tokens=1, completion_tokens=1)
+    return result_body(task_id, "m", output, received_at_ns=now, started_at_ns=now, ended_at_ns=now)
 
 
 async def test_oversize_result_becomes_a_result_too_large_error(tmp_path: Path) -> None:

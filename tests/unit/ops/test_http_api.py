@@ -65,7 +65,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_metrics_scrape_reflects_updates(client: httpx.AsyncClient, metrics: NodeMetrics) -> None:
     metrics.tasks_received.inc(3)
-    metrics.tasks_taken.inc()
+    metrics.tasks_accepted.inc()
     metrics.tasks_completed.inc()
     metrics.tasks_failed.inc()
     metrics.reject("expired")
@@ -187,3 +187,42 @@ def test_serves_under_uvloop(metrics: NodeMetrics, state: FakeDaemonState) -> No
             await srv.stop()
 
     assert uvloop.run(scenario()) == 200
+
+
+# Dashboards and alerts use these names: a rename in node/ops/metrics.py must not change them
+# (the attribute `tasks_accepted` is exported as compute_node_tasks_taken_total).
+EXPORTED_METRICS = {
+    ("compute_node_tasks_received_total", "counter"),
+    ("compute_node_tasks_taken_total", "counter"),
+    ("compute_node_tasks_completed_total", "counter"),
+    ("compute_node_tasks_failed_total", "counter"),
+    ("compute_node_tasks_rejected_total", "counter"),
+    ("compute_node_tasks_ignored_total", "counter"),
+    ("compute_node_task_latency_seconds", "histogram"),
+    ("compute_node_task_queue_wait_seconds", "histogram"),
+    ("compute_node_tokens_generated_total", "counter"),
+    ("compute_node_tokens_per_second", "gauge"),
+    ("compute_node_peers", "gauge"),
+    ("compute_node_mesh_peers", "gauge"),
+    ("compute_node_journal_backlog", "gauge"),
+    ("compute_node_capacity_free", "gauge"),
+    ("compute_node_tasks_running", "gauge"),
+    ("compute_node_remote_engine_up", "gauge"),
+    ("compute_node_remote_engine_down_total", "counter"),
+    ("compute_node_exec_crashes_total", "counter"),
+    ("compute_node_exec_restarts_total", "counter"),
+    ("compute_node_exec_process_up", "gauge"),
+    ("compute_node_exec_rss_bytes", "gauge"),
+}
+
+
+def test_exported_metric_names_are_stable(metrics: NodeMetrics) -> None:
+    text = metrics.render()[0].decode()
+    exported = {
+        (name, kind)
+        for line in text.splitlines()
+        if line.startswith("# TYPE ")
+        for name, kind in [line.split()[2:4]]
+        if not name.endswith("_created")  # prometheus_client's creation timestamps, switchable by env
+    }
+    assert exported == EXPORTED_METRICS

@@ -1,14 +1,16 @@
-"""The gossip gate: verdicts, and rejection logs that a spamming peer cannot flood."""
+"""The gossip gate: verdicts, and rejection logs that a spamming peer cannot flood; the consume loop."""
 
+import asyncio
 import base64
 import json
+from dataclasses import dataclass
 
 import pytest
 import structlog
 
 from node.wire.envelope import payload_digest, seal
 from node.wire.identity import CURVE_ORDER, Identity
-from node.wire.inbound import GossipGate, InboundError, decode
+from node.wire.inbound import GossipGate, Inbound, InboundError, consume, decode
 
 
 def test_rejections_are_counted_each_time_but_logged_once_per_window() -> None:
@@ -80,3 +82,53 @@ def test_high_s_twin_of_a_valid_signature_is_rejected() -> None:
         decode("task", json.dumps(twin).encode())
     assert caught.value.reason == "bad_signature"
     assert base64.b64decode(envelope["payload"]) == b'{"taskId":"t"}'
+
+
+@dataclass(frozen=True)
+class Queued:
+    data: bytes
+
+
+async def test_consume_skips_what_does_not_decode_and_outlives_a_failing_handler() -> None:
+    identity = Identity.generate()
+    valid = seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id))
+    queue: asyncio.Queue[Queued] = asyncio.Queue()
+    for data in (b"not json", valid, valid, valid):
+        queue.put_nowait(Queued(data))
+    handled: list[Inbound] = []
+    errors: list[Exception] = []
+
+    def handle(inbound: Inbound) -> None:
+        handled.append(inbound)
+        if len(handled) == 2:
+            raise RuntimeError("a bug in the handler")
+
+    loop = asyncio.create_task(consume(queue, "heartbeat", handle, errors.append))
+    try:
+        async with asyncio.timeout(5):
+            while len(handled) < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+    assert [inbound.sender for inbound in handled] == [identity.address] * 3  # the invalid one never reached it
+    assert [str(e) for e in errors] == ["a bug in the handler"]
+
+
+async def test_consume_logs_a_handler_failure_when_no_error_callback_is_given() -> None:
+    identity = Identity.generate()
+    queue: asyncio.Queue[Queued] = asyncio.Queue()
+    queue.put_nowait(Queued(seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id))))
+
+    def handle(inbound: Inbound) -> None:
+        raise RuntimeError("a bug in the handler")
+
+    with structlog.testing.capture_logs() as logs:
+        loop = asyncio.create_task(consume(queue, "heartbeat", handle))
+        async with asyncio.timeout(5):
+            while not logs:
+                await asyncio.sleep(0.01)
+        assert not loop.done()  # still waiting for the next message
+        loop.cancel()
+    assert [(e["event"], e["topic"]) for e in logs] == [
+        ("inbound message handler failed; the loop goes on", "heartbeat")
+    ]

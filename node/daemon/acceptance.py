@@ -1,0 +1,140 @@
+"""Acceptance rules: does this node accept a valid task?
+
+Pure decisions, no I/O: the publisher allow-list, `pickedNodes`, the bloom
+`filter`, the deadline (passed, or further ahead than the node's horizon),
+replays, and model matching. A task that is not for this node is ignored with
+a reason (a metric label; `TaskIntake` logs it at debug).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+
+from node.wire.bloom import BloomFilter, BloomFilterError
+from node.wire.messages import TaskBody
+from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
+
+DEFAULT_HORIZON_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Accept the task and run it on `model`."""
+
+    model: str
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Leave the task to other nodes; `reason` is a stable code (a metric label), `detail` says more."""
+
+    reason: str
+    detail: str = ""
+
+
+def match_model(requested: list[str], hosted: list[str], rng: random.Random) -> str | None:
+    """Pick one hosted model at random among all requested entries that resolve."""
+    candidates: list[str] = []
+    for entry in requested:
+        if entry in (ANY_LOCAL_MODEL, ANY_MODEL):
+            candidates.extend(hosted)
+        elif entry == FIRST_MODEL:
+            candidates.extend(hosted[:1])
+        elif entry in hosted:
+            candidates.append(entry)
+    unique = list(dict.fromkeys(candidates))
+    return rng.choice(unique) if unique else None
+
+
+class SeenTasks:
+    """Task ids remembered at least until their deadline, so a replay is never run twice.
+
+    Bounded: past `max_entries` the entry with the earliest deadline is forgotten first.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._deadlines: dict[str, int] = {}
+        self._by_deadline: list[tuple[int, str]] = []
+        self._max_entries = max_entries
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._deadlines
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    def add(self, task_id: str, deadline_ns: int, now_ns: int) -> bool:
+        """Remember a task id; False if it was already known."""
+        self.prune(now_ns)
+        if task_id in self._deadlines:
+            return False
+        while len(self._deadlines) >= self._max_entries:
+            _, oldest = heapq.heappop(self._by_deadline)
+            self._deadlines.pop(oldest, None)
+        self._deadlines[task_id] = deadline_ns
+        heapq.heappush(self._by_deadline, (deadline_ns, task_id))
+        return True
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task id (it was not accepted after all); its heap entry goes at its deadline."""
+        self._deadlines.pop(task_id, None)
+
+    def prune(self, now_ns: int) -> None:
+        while self._by_deadline and self._by_deadline[0][0] < now_ns:
+            deadline, task_id = heapq.heappop(self._by_deadline)
+            if self._deadlines.get(task_id) == deadline:
+                del self._deadlines[task_id]
+
+
+class Acceptance:
+    """Decides, for each valid task, whether this node accepts it."""
+
+    def __init__(
+        self,
+        address: str,
+        hosted_models: list[str],
+        publishers: list[str] | None = None,
+        rng: random.Random | None = None,
+        seen: SeenTasks | None = None,
+        horizon_s: float = DEFAULT_HORIZON_S,
+    ) -> None:
+        self._address = address.lower()
+        self._address_bytes = bytes.fromhex(self._address)
+        self._hosted = list(hosted_models)
+        self._publishers = {p.lower() for p in publishers} if publishers else None
+        self._rng = rng or random.Random()
+        self.seen = seen or SeenTasks()
+        self._horizon_ns = int(horizon_s * 1e9)
+
+    def decide(self, sender: str, task: TaskBody, now_ns: int) -> Accept | Ignore:
+        """Accept (and remember) the task, or say why not."""
+        if self._publishers is not None and sender.lower() not in self._publishers:
+            return Ignore("publisher_not_allowed", f"publisher {sender} is not in the allow-list")
+        if task.picked_nodes is not None and self._address not in {
+            n.lower().removeprefix("0x") for n in task.picked_nodes
+        }:
+            return Ignore("not_picked")
+        if task.filter is not None:
+            try:
+                bloom = BloomFilter.from_hex(task.filter.hex, task.filter.hashes)
+            except BloomFilterError as exc:
+                return Ignore("malformed_filter", str(exc))
+            if not bloom.contains(self._address_bytes):
+                return Ignore("not_in_filter")
+        if task.deadline <= now_ns:
+            return Ignore("deadline_passed")
+        if task.deadline - now_ns > self._horizon_ns:
+            return Ignore(
+                "deadline_too_far",
+                f"deadline is {(task.deadline - now_ns) / 1e9:.0f} s ahead, beyond this node's {self._horizon_ns / 1e9:g} s",
+            )
+        if task.task_id in self.seen:
+            return Ignore("duplicate")
+        model = match_model(task.input.model, self._hosted, self._rng)
+        if model is None:
+            return Ignore("no_model", f"no hosted model matches {task.input.model}")
+        if not self.seen.add(task.task_id, task.deadline, now_ns):
+            return Ignore("duplicate")
+        return Accept(model)

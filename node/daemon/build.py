@@ -1,0 +1,113 @@
+"""The daemon's parts, built from the settings and wired to each other.
+
+`NodeServer.startup` opens the resources one at a time (identity, journal,
+execution processes, remote engines' health, P2P host: each is closed at
+shutdown even when a later step fails), then `build_parts` makes the parts
+that work with them. Nothing here starts a loop or touches the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config.settings import ConfigError, Settings
+from node.daemon.acceptance import Acceptance
+from node.daemon.admission import Admission
+from node.daemon.execution.pool import ExecutionPool
+from node.daemon.heartbeat import Heartbeat
+from node.daemon.intake import TaskIntake
+from node.daemon.journal import Journal
+from node.daemon.monitor import NodeMonitor
+from node.daemon.outbox import ResultOutbox
+from node.daemon.remote_health import RemoteHealth, remote_models
+from node.daemon.runner import TaskRunner
+from node.daemon.workflow_setup import engine_options
+from node.ops.metrics import NodeMetrics
+from node.ops.systemd import SystemdNotifier
+from node.p2p.connector import Connector
+from node.p2p.host import P2PHost
+from node.wire.identity import Identity
+from node.wire.inbound import GossipGate
+
+
+@dataclass(frozen=True)
+class NodeParts:
+    """The working parts of a running node (the resources they use are the NodeServer's)."""
+
+    outbox: ResultOutbox
+    runner: TaskRunner
+    admission: Admission
+    intake: TaskIntake
+    monitor: NodeMonitor
+    heartbeat: Heartbeat
+    connector: Connector
+    gate: GossipGate
+
+
+def open_identity(settings: Settings) -> Identity:
+    """The node's key; makes the data directory (key, journal: the operator's only) first."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
+
+
+def open_journal(settings: Settings) -> Journal:
+    """The journal, without the entries past their retention."""
+    journal = Journal.open(settings.journal_path, settings.journal_max_bytes, settings.journal_publisher_max_bytes)
+    journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
+    return journal
+
+
+def check_embedding_model(settings: Settings) -> None:
+    """The embedding model, when set, must be one of the hosted models."""
+    if settings.embedding_model and settings.embedding_model not in settings.models:
+        raise ConfigError(
+            f"invalid setting 'embedding_model': {settings.embedding_model} is not a hosted model ({settings.models})"
+        )
+
+
+def build_parts(
+    settings: Settings,
+    metrics: NodeMetrics,
+    notifier: SystemdNotifier,
+    identity: Identity,
+    journal: Journal,
+    pool: ExecutionPool,
+    remote: RemoteHealth,
+    host: P2PHost,
+    on_reject: Callable[[str, str], None],
+) -> NodeParts:
+    """Make the parts and wire them to each other and to the open resources."""
+    names = list(pool.hosted)
+    remote_names = remote_models(settings, names)
+    outbox = ResultOutbox(
+        identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
+    )
+    runner = TaskRunner(pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace)
+    # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
+    concurrency = {
+        name: pool.parallel[name] if name in remote_names else settings.max_concurrent or pool.parallel[name]
+        for name in names
+    }
+    admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue)
+    acceptance = Acceptance(identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon)
+    now = time.time_ns()
+    for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
+        acceptance.seen.add(task_id, deadline, now)
+    intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)
+    monitor = NodeMonitor(
+        identity, host, admission, journal, metrics, notifier, pool.available, startup_grace_s=settings.startup_grace
+    )
+    heartbeat = Heartbeat(
+        identity,
+        host,
+        lambda: remote.advertised(pool.available()),
+        capacity=admission.capacity,
+        pending=lambda: admission.pending,
+        tps=lambda: remote.advertised_tps(pool.available_tps()),
+        interval=settings.heartbeat_interval,
+    )
+    connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
+    gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window)
+    return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate)
