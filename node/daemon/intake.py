@@ -82,7 +82,7 @@ class TaskIntake:
             self.acceptance.seen.discard(task.task_id)
             reason = "journal_full" if isinstance(exc, JournalQuotaError) else "journal_error"
             self._metrics.ignore(reason)
-            if (not_logged := self._journal_log.admit(reason)) is not None:
+            if (not_logged := self._journal_log.may_log(reason)) is not None:
                 task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
             return
         if not journalled:

@@ -27,6 +27,7 @@ from node.daemon.execution.pool import ExecutionPool
 from node.daemon.journal import Journal
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
+from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.http_api import HttpServer, create_app
 from node.ops.metrics import NodeMetrics
@@ -37,9 +38,6 @@ from node.wire.inbound import GossipGate, consume, discard
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
-
-# A task interrupted by a crash runs again at start-up only with at least this much of its deadline left.
-RECOVERY_MIN_TIME_LEFT_S = 10.0
 
 
 class NodeServer:
@@ -98,7 +96,7 @@ class NodeServer:
             parts.outbox,
             parts.admission,
             rerun=settings.rerun_interrupted,
-            min_time_left_s=RECOVERY_MIN_TIME_LEFT_S,
+            min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
         )
         self._start_loops(parts, host, remote, queues)
         await self._start_http(parts)

@@ -107,7 +107,7 @@ class LogWindow:
         self._last_logged: dict[object, float] = {}
         self._suppressed: dict[object, int] = {}
 
-    def admit(self, key: object) -> int | None:
+    def may_log(self, key: object) -> int | None:
         """None: do not log now. Otherwise log, saying how many were not logged since."""
         now = time.monotonic()
         if now - self._last_logged.get(key, -self._window_s) < self._window_s:
@@ -144,7 +144,7 @@ class GossipGate:
     def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:
         if self._on_reject is not None:
             self._on_reject(topic, reason)
-        not_logged = self._window.admit((topic, reason))
+        not_logged = self._window.may_log((topic, reason))
         if not_logged is None:
             return
         log.info(
