@@ -7,7 +7,7 @@ Map of the package (knows nothing of workflows or the network):
 - `store.py`       `ModelStore`: locate, pull (download), remove and list model files
 - `loader.py`      `open_model`: a registry entry -> a served model (local or remote); `measure_speed`
 - `options.py`     `RuntimeOptions`: how llama.cpp runs a local model
-- `batching.py`    `BatchedLlamaModel`: a loaded GGUF serving generate/embed/count_tokens, many requests at once
+- `batching.py`    `BatchedLlamaModel`: a loaded GGUF serving generate/embed/tokenize, many requests at once
 - `decode_loop.py` `DecodeLoop`: the batched runtime's thread that decodes and samples every running request
 - `slots.py`       the decode loop's bookkeeping: `SlotRequest`, `Slot`, `ActiveRequest`, `BatchedGeneration`
 - `sampling.py`    per-request llama.cpp sampler chains, grammars, stop strings

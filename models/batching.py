@@ -1,7 +1,7 @@
 """A loaded model that serves many requests at once by continuous batching.
 
 `BatchedLlamaModel` is the node's runtime for a local GGUF model: load /
-generate / embed / count_tokens / close. Behind it a `DecodeLoop` thread owns
+generate / embed / tokenize / close. Behind it a `DecodeLoop` thread owns
 one llama.cpp context with `parallel` sequence slots and decodes every running
 request in one batch per step; see models/decode_loop.py.
 
@@ -148,10 +148,6 @@ class BatchedLlamaModel:
         """The tokens of `text` (no BOS, special tokens as plain text). Safe from any thread."""
         with self._vocab_lock:
             return self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens in `text` (no BOS). Safe to call from any thread."""
-        return len(self.tokenize(text))
 
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str]]:
         prompt = self._template.render(messages)

@@ -47,11 +47,6 @@ class SystemdNotifier:
                 log.warning("invalid WATCHDOG_USEC ignored", value=raw_usec)
         return cls(address, watchdog_usec if watchdog_usec and watchdog_usec > 0 else None)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a notify socket is configured."""
-        return self._sock is not None
-
     def watchdog_interval(self) -> float | None:
         """Seconds between ``watchdog()`` pings: half of ``WatchdogSec``, or None."""
         if self._watchdog_usec is None:
