@@ -136,7 +136,7 @@ async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_dis
     assert crashes == []
 
 
-async def test_a_replayed_task_is_not_taken_again_after_a_restart(tmp_path: Path) -> None:
+async def test_a_replayed_task_is_not_accepted_again_after_a_restart(tmp_path: Path) -> None:
     publisher = Identity.generate()
     settings = node_settings(tmp_path / "node", n_ctx=512)
     with structlog.testing.capture_logs() as logs:

@@ -10,7 +10,7 @@ from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskInput
 
 
-def job(task_id: str, model: str = "m") -> AcceptedTask:
+def accepted(task_id: str, model: str = "m") -> AcceptedTask:
     body = TaskBody(
         task_id=task_id,
         deadline=time.time_ns() + 60 * 10**9,
@@ -21,7 +21,7 @@ def job(task_id: str, model: str = "m") -> AcceptedTask:
 
 
 class Recorder:
-    """Runs jobs until released, recording what happened to each."""
+    """Runs accepted tasks until released, recording what happened to each."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -45,10 +45,10 @@ class Recorder:
 async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
     rec = Recorder()
     admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=1)
-    admission.admit(job("a"))
-    admission.admit(job("b"))
+    admission.admit(accepted("a"))
+    admission.admit(accepted("b"))
     with pytest.raises(BusyError, match="busy: model m"):
-        admission.admit(job("c"))
+        admission.admit(accepted("c"))
     await asyncio.sleep(0.01)
     assert rec.started == ["a"]
     assert admission.capacity() == (0, 2)
@@ -61,10 +61,10 @@ async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
 async def test_capacity_is_per_model() -> None:
     rec = Recorder()
     admission = Admission(rec.run, rec.abandon, {"m": 1, "n": 1}, max_queue=0)
-    admission.admit(job("a", "m"))
-    admission.admit(job("b", "n"))
+    admission.admit(accepted("a", "m"))
+    admission.admit(accepted("b", "n"))
     with pytest.raises(BusyError):
-        admission.admit(job("c", "m"))
+        admission.admit(accepted("c", "m"))
     assert admission.capacity() == (0, 2)
     rec.release.set()
     await admission.drain(timeout=5)
@@ -73,8 +73,8 @@ async def test_capacity_is_per_model() -> None:
 async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
     rec = Recorder()
     admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=2)
-    admission.admit(job("running"))
-    admission.admit(job("queued"))
+    admission.admit(accepted("running"))
+    admission.admit(accepted("queued"))
     await asyncio.sleep(0.01)
     started = time.monotonic()
     cancelled = await admission.drain(timeout=0.2)
@@ -83,5 +83,5 @@ async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
     assert ("running", "cancelled while running") in rec.abandoned
     assert any(task_id == "queued" and "before the task started" in reason for task_id, reason in rec.abandoned)
     with pytest.raises(BusyError, match="shutting down"):
-        admission.admit(job("late"))
+        admission.admit(accepted("late"))
     assert admission.capacity()[0] == 0

@@ -44,51 +44,54 @@ def test_match_model(requested: list[str], expected: set) -> None:
     assert seen == expected
 
 
-def test_takes_a_matching_task_once() -> None:
-    intake = Acceptance(NODE.address, HOSTED)
+def test_accepts_a_matching_task_once() -> None:
+    acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     body = task()
-    assert intake.decide(PUBLISHER.address, body, now) == Accept("smollm2:135m")
-    assert intake.decide(PUBLISHER.address, body, now) == Ignore("duplicate")
+    assert acceptance.decide(PUBLISHER.address, body, now) == Accept("smollm2:135m")
+    assert acceptance.decide(PUBLISHER.address, body, now) == Ignore("duplicate")
 
 
 def test_picked_nodes() -> None:
-    intake = Acceptance(NODE.address, HOSTED)
+    acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
-    assert isinstance(intake.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Accept)
+    assert isinstance(acceptance.decide(PUBLISHER.address, task("a", picked_nodes=[NODE.address]), now), Accept)
     assert isinstance(
-        intake.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Accept
+        acceptance.decide(PUBLISHER.address, task("b", picked_nodes=["0x" + NODE.address.upper()]), now), Accept
     )
-    assert intake.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not_picked")
+    assert acceptance.decide(PUBLISHER.address, task("c", picked_nodes=[OTHER.address]), now) == Ignore("not_picked")
 
 
 def test_bloom_filter_selects_by_raw_address() -> None:
-    intake = Acceptance(NODE.address, HOSTED)
+    acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     ours = BloomFilter.build([NODE.address_bytes])
     theirs = BloomFilter.build([OTHER.address_bytes])
     assert isinstance(
-        intake.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now), Accept
+        acceptance.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now),
+        Accept,
     )
-    decision = intake.decide(PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now)
+    decision = acceptance.decide(
+        PUBLISHER.address, task("b", filter=TaskFilter(hex=theirs.hex, hashes=theirs.hashes)), now
+    )
     assert decision == Ignore("not_in_filter")
 
 
 def test_past_deadline_and_no_model() -> None:
-    intake = Acceptance(NODE.address, HOSTED)
+    acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
-    assert intake.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline_passed")
-    decision = intake.decide(PUBLISHER.address, task("b", models=["gemma3:270m"]), now)
+    assert acceptance.decide(PUBLISHER.address, task("a", deadline_in_s=-1), now) == Ignore("deadline_passed")
+    decision = acceptance.decide(PUBLISHER.address, task("b", models=["gemma3:270m"]), now)
     assert decision.reason == "no_model" and "gemma3:270m" in decision.detail
     # A task not accepted is not remembered: it could still be accepted after a config change.
-    assert "b" not in intake.seen
+    assert "b" not in acceptance.seen
 
 
 def test_publisher_allow_list() -> None:
-    intake = Acceptance(NODE.address, HOSTED, publishers=[PUBLISHER.address])
+    acceptance = Acceptance(NODE.address, HOSTED, publishers=[PUBLISHER.address])
     now = time.time_ns()
-    assert isinstance(intake.decide(PUBLISHER.address, task("a"), now), Accept)
-    decision = intake.decide(OTHER.address, task("b"), now)
+    assert isinstance(acceptance.decide(PUBLISHER.address, task("a"), now), Accept)
+    decision = acceptance.decide(OTHER.address, task("b"), now)
     assert decision.reason == "publisher_not_allowed" and OTHER.address in decision.detail
 
 
@@ -104,24 +107,24 @@ def test_seen_tasks_kept_until_deadline_and_bounded() -> None:
     assert len(seen) == 3 and "b" not in seen  # earliest deadline forgotten first
 
 
-def test_deadline_beyond_the_horizon_is_not_taken() -> None:
-    intake = Acceptance(NODE.address, HOSTED, horizon_s=600)
+def test_deadline_beyond_the_horizon_is_not_accepted() -> None:
+    acceptance = Acceptance(NODE.address, HOSTED, horizon_s=600)
     now = time.time_ns()
-    decision = intake.decide(PUBLISHER.address, task("far", deadline_in_s=601), now)
+    decision = acceptance.decide(PUBLISHER.address, task("far", deadline_in_s=601), now)
     assert decision.reason == "deadline_too_far" and "600 s" in decision.detail
-    assert "far" not in intake.seen
-    assert isinstance(intake.decide(PUBLISHER.address, task("near", deadline_in_s=599), now), Accept)
+    assert "far" not in acceptance.seen
+    assert isinstance(acceptance.decide(PUBLISHER.address, task("near", deadline_in_s=599), now), Accept)
     default = Acceptance(NODE.address, HOSTED)  # one hour by default
     assert default.decide(PUBLISHER.address, task("x", deadline_in_s=3601), now).reason == "deadline_too_far"
     assert isinstance(default.decide(PUBLISHER.address, task("y", deadline_in_s=3599), now), Accept)
 
 
-def test_a_discarded_task_id_can_be_taken_again() -> None:
-    intake = Acceptance(NODE.address, HOSTED)
+def test_a_discarded_task_id_can_be_accepted_again() -> None:
+    acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
     first = task("t")
-    assert isinstance(intake.decide(PUBLISHER.address, first, now), Accept)
-    intake.seen.discard("t")  # it could not be journalled: not accepted after all
-    assert isinstance(intake.decide(PUBLISHER.address, first, now), Accept)
-    intake.seen.prune(first.deadline + 1)
-    assert "t" not in intake.seen and len(intake.seen) == 0
+    assert isinstance(acceptance.decide(PUBLISHER.address, first, now), Accept)
+    acceptance.seen.discard("t")  # it could not be journalled: not accepted after all
+    assert isinstance(acceptance.decide(PUBLISHER.address, first, now), Accept)
+    acceptance.seen.prune(first.deadline + 1)
+    assert "t" not in acceptance.seen and len(acceptance.seen) == 0
