@@ -20,7 +20,7 @@ import time
 import structlog
 
 from node.daemon.journal import Journal, JournalEntry, JournalError, TaskState
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.host import NoMeshPeersError, P2PError, P2PHost
 from node.wire.envelope import seal, sealed_size
 from node.wire.identity import Identity
 from node.wire.messages import MessageError, ResultBody, decode_result, encode_body
@@ -58,9 +58,6 @@ class ResultOutbox:
         body = _fitting(body)
         self._journal.record_finished(body.task_id, encode_body(body))
         async with self._lock:
-            if not await self._has_peers():
-                log.warning("no peers: result kept until peers return", task_id=body.task_id)
-                return False
             return await self._publish_if_unpublished(body)
 
     async def flush(self) -> int:
@@ -113,7 +110,12 @@ class ResultOutbox:
         stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
         sent = body.model_copy(update={"stats": stats})
         try:
-            await self._host.publish(RESULTS_TOPIC, seal(self._identity, RESULTS_TOPIC, encode_body(sent)))
+            # The mesh check rides on the publish call: a separate one costs a thread crossing per result.
+            sealed = seal(self._identity, RESULTS_TOPIC, encode_body(sent))
+            await self._host.publish(RESULTS_TOPIC, sealed, require_mesh=True)
+        except NoMeshPeersError:
+            log.warning("no peers: result kept until peers return", task_id=body.task_id)
+            return False
         except P2PError as exc:
             log.warning("result publish failed; kept for retry", task_id=body.task_id, error=str(exc))
             return False

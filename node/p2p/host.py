@@ -46,7 +46,7 @@ import trio
 from pydantic import ValidationError
 
 from node.p2p.libp2p_logging import route_libp2p_logging
-from node.p2p.service import P2PService, P2PServiceError, ServiceOptions
+from node.p2p.service import NoMeshPeersServiceError, P2PService, P2PServiceError, ServiceOptions
 from node.wire.topics import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
@@ -72,6 +72,10 @@ class P2PError(Exception):
 
 class MessageTooLargeError(P2PError):
     """The message exceeds the gossip size limit; nothing was sent."""
+
+
+class NoMeshPeersError(P2PError):
+    """`publish(..., require_mesh=True)` found no peer in the topic's mesh; nothing was sent."""
 
 
 class HandOffBudget:
@@ -282,10 +286,12 @@ class P2PHost:
             raise
         return queue
 
-    async def publish(self, topic: str, data: bytes) -> None:
+    async def publish(self, topic: str, data: bytes, *, require_mesh: bool = False) -> None:
         """Publish `data` on `topic`, paced by the outbound queues.
 
-        Raises MessageTooLargeError (nothing sent) above `max_message_bytes`.
+        Raises MessageTooLargeError (nothing sent) above `max_message_bytes`, and with
+        `require_mesh` NoMeshPeersError (nothing sent) when no peer is in the topic's mesh:
+        checked on the Trio thread in the same call, so it costs no extra thread crossing.
         Data identical to a message seen in the last 2 minutes is not sent again.
         Awaiting publishes one after another keeps their order.
         """
@@ -294,7 +300,7 @@ class P2PHost:
                 f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of "
                 f"{self._options.max_message_bytes} bytes"
             )
-        await self._call(self._service.publish, topic, bytes(data))
+        await self._call(self._service.publish, topic, bytes(data), require_mesh)
 
     async def peers(self) -> list[str]:
         """Ids of the connected peers."""
@@ -327,6 +333,8 @@ class P2PHost:
     async def _run_on_trio(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
         try:
             result = await fn(*args)
+        except NoMeshPeersServiceError as exc:
+            self._settle(future, None, NoMeshPeersError(str(exc)))
         except P2PServiceError as exc:
             self._settle(future, None, P2PError(str(exc)))
         except Exception as exc:  # noqa: BLE001 - any failure goes back to the awaiting caller

@@ -59,6 +59,10 @@ class P2PServiceError(Exception):
     """A P2P operation failed; the message names the address, topic or limit involved."""
 
 
+class NoMeshPeersServiceError(P2PServiceError):
+    """A publish that needs mesh peers found none for its topic; nothing was sent."""
+
+
 class ServiceOptions(BaseModel):
     """Configuration of one libp2p host."""
 
@@ -253,9 +257,16 @@ class P2PService:
         subscription = await self._pubsub.subscribe(topic)
         self._nursery.start_soon(self._forward, topic, subscription)
 
-    async def publish(self, topic: str, data: bytes) -> None:
-        """Publish once outbound queues have room (paced); the same data twice is sent once."""
-        assert self._pubsub is not None and self._publish_lock is not None
+    async def publish(self, topic: str, data: bytes, require_mesh: bool = False) -> None:
+        """Publish once outbound queues have room (paced); the same data twice is sent once.
+
+        `require_mesh`: raise NoMeshPeersServiceError, sending nothing, when no peer is in the
+        topic's mesh (right after a (re)connect the mesh is still forming and a publish
+        would go nowhere).
+        """
+        assert self._pubsub is not None and self._publish_lock is not None and self._gossipsub is not None
+        if require_mesh and not self._gossipsub.mesh.get(topic):
+            raise NoMeshPeersServiceError(f"no peer in the {topic!r} mesh")
         if len(data) > self._options.max_message_bytes:
             raise P2PServiceError(
                 f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of "

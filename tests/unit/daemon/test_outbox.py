@@ -146,10 +146,10 @@ async def test_a_result_that_fails_to_publish_is_dropped_once_and_the_loop_goes_
         journal.record_finished("garbled", b"not a result body")
         real_publish = host.publish
 
-        async def publish(topic: str, data: bytes) -> None:
+        async def publish(topic: str, data: bytes, *, require_mesh: bool = False) -> None:
             if b"bad" in base64.b64decode(json.loads(data)["payload"]):
                 raise RuntimeError("a bug in one result's path")
-            await real_publish(topic, data)
+            await real_publish(topic, data, require_mesh=require_mesh)
 
         monkeypatch.setattr(host, "publish", publish)
         outbox = ResultOutbox(node, host, journal, retry_interval_s=0.05)

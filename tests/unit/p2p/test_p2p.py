@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import structlog
 
-from node.p2p.host import GossipMessage, MessageTooLargeError, P2PError, P2PHost
+from node.p2p.host import GossipMessage, MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
 from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -101,6 +101,28 @@ async def test_two_hosts_exchange_both_ways(make_host: HostFactory) -> None:
     assert await receive(qa) == GossipMessage(TOPIC, b"from b", b.peer_id)
     # Own messages are not delivered locally (a's own would have queued before b's).
     assert qa.empty() and qb.empty()
+
+
+async def test_publish_that_requires_a_mesh_sends_nothing_without_one(make_host: HostFactory) -> None:
+    alone = await make_host()
+    await alone.subscribe(TOPIC)
+    with pytest.raises(NoMeshPeersError, match=TOPIC):
+        await alone.publish(TOPIC, b"into the void", require_mesh=True)
+    await alone.publish(TOPIC, b"no check asked")  # without the flag it publishes (to nobody)
+    a, b, _, qb = await pair(make_host)
+    await a.publish(TOPIC, b"meshed", require_mesh=True)
+    assert (await receive(qb)).data == b"meshed"
+    await b.stop()
+    await wait_for_mesh_to_empty(a, TOPIC)
+    with pytest.raises(NoMeshPeersError):
+        await a.publish(TOPIC, b"after the peer left", require_mesh=True)
+
+
+async def wait_for_mesh_to_empty(host: P2PHost, topic: str) -> None:
+    async def empty() -> bool:
+        return (await host.mesh_sizes()).get(topic, 0) == 0
+
+    await wait_until(empty, f"{host.peer_id}'s {topic!r} mesh to empty")
 
 
 async def test_stopped_host_leaves_its_peers_mesh(make_host: HostFactory) -> None:
