@@ -62,8 +62,11 @@ class TaskFailedError(ClientError):
 
     @property
     def retryable(self) -> bool:
-        """A node-side failure (busy, interrupted, crashed, model failed), not a workflow error."""
-        return self.reason.startswith(("busy:", "interrupted:", "internal error", "model error"))
+        """A node-side failure (busy, interrupted, crashed, model failed), not a workflow error.
+
+        A task that crashed a runtime twice is answered `Invalid prompt: ...`: not retried.
+        """
+        return self.reason.startswith(("busy:", "interrupted:", "internal error", "model error", "model runtime"))
 
 
 class Task(BaseModel):
