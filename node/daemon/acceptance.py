@@ -2,7 +2,8 @@
 
 Pure decisions, no I/O: the publisher allow-list, `pickedNodes`, the bloom
 `filter`, the deadline (passed, or further ahead than the node's horizon),
-replays, and model matching. A task that is not for this node is ignored with
+replays, and model matching (only models serving now: not crash-looping, engine
+up). A task that is not for this node is ignored with
 a reason (a metric label; `TaskIntake` logs it at debug).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.wire.bloom import BloomFilter, BloomFilterError
@@ -34,8 +36,8 @@ class Ignore:
     detail: str = ""
 
 
-def match_model(requested: list[str], hosted: list[str], rng: random.Random) -> str | None:
-    """Pick one hosted model at random among all requested entries that resolve."""
+def requested_models(requested: list[str], hosted: list[str]) -> list[str]:
+    """The hosted models the requested entries resolve to (`*`/`llamacpp`: all, `!`: the first configured)."""
     candidates: list[str] = []
     for entry in requested:
         if entry in (ANY_LOCAL_MODEL, ANY_MODEL):
@@ -44,8 +46,7 @@ def match_model(requested: list[str], hosted: list[str], rng: random.Random) -> 
             candidates.extend(hosted[:1])
         elif entry in hosted:
             candidates.append(entry)
-    unique = list(dict.fromkeys(candidates))
-    return rng.choice(unique) if unique else None
+    return list(dict.fromkeys(candidates))
 
 
 class SeenTasks:
@@ -99,6 +100,7 @@ class Acceptance:
         rng: random.Random | None = None,
         seen: SeenTasks | None = None,
         horizon_s: float = DEFAULT_HORIZON_S,
+        serving: Callable[[], list[str]] | None = None,
     ) -> None:
         self._address = address.lower()
         self._address_bytes = bytes.fromhex(self._address)
@@ -107,6 +109,9 @@ class Acceptance:
         self._rng = rng or random.Random()
         self.seen = seen or SeenTasks()
         self._horizon_ns = int(horizon_s * 1e9)
+        # The hosted models serving now (what heartbeats advertise): a crash-looping
+        # model or a down remote engine takes no task, so another node can.
+        self._serving = serving
 
     def decide(self, sender: str, task: TaskBody, now_ns: int) -> Accept | Ignore:
         """Accept (and remember) the task, or say why not."""
@@ -132,9 +137,14 @@ class Acceptance:
             )
         if task.task_id in self.seen:
             return Ignore("duplicate")
-        model = match_model(task.input.model, self._hosted, self._rng)
-        if model is None:
+        candidates = requested_models(task.input.model, self._hosted)
+        if not candidates:
             return Ignore("no_model", f"no hosted model matches {task.input.model}")
+        if self._serving is not None:
+            serving = self._serving()
+            if not (candidates := [name for name in candidates if name in serving]):
+                return Ignore("model_unavailable", f"the hosted models matching {task.input.model} are not serving now")
+        model = self._rng.choice(candidates)
         if not self.seen.add(task.task_id, task.deadline, now_ns):
             return Ignore("duplicate")
         return Accept(model)

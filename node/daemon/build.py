@@ -91,7 +91,14 @@ def build_parts(
         for name in names
     }
     admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue)
-    acceptance = Acceptance(identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon)
+
+    def serving() -> list[str]:
+        """The models to take tasks for and to advertise: hosted, not crash-looping, engine up."""
+        return remote.advertised(pool.available())
+
+    acceptance = Acceptance(
+        identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon, serving=serving
+    )
     now = time.time_ns()
     for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
         acceptance.seen.add(task_id, deadline, now)
@@ -102,7 +109,7 @@ def build_parts(
     heartbeat = Heartbeat(
         identity,
         host,
-        lambda: remote.advertised(pool.available()),
+        serving,
         capacity=admission.capacity,
         pending=lambda: admission.pending,
         tps=lambda: remote.advertised_tps(pool.available_tps()),

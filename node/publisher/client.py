@@ -24,7 +24,7 @@ from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume, discard
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+from node.wire.topics import DETERMINISTIC_ERROR_PREFIX, HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +62,8 @@ class TaskFailedError(ClientError):
 
     @property
     def retryable(self) -> bool:
-        """A node-side failure (busy, interrupted, crashed, model failed), not a workflow error.
-
-        A task that crashed a runtime twice is answered `Invalid prompt: ...`: not retried.
-        """
-        return self.reason.startswith(("busy:", "interrupted:", "internal error", "model error", "model runtime"))
+        """Anything but a deterministic error (`Invalid prompt: ...`): another node may succeed."""
+        return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
 
 
 class Task(BaseModel):
@@ -167,9 +164,9 @@ class Client:
         """Run the task and return its verified result within `timeout` seconds.
 
         With `task.nodes` set, those nodes are picked. Otherwise one live node that
-        hosts an acceptable model is chosen from heartbeats; a `busy` answer or a
-        node failure is retried on another node (new task id, at most `max_retries`
-        times); a workflow error is not. Raises TaskTimeoutError (NoNodeError when
+        hosts an acceptable model is chosen from heartbeats; an error result is
+        retried on another node (new task id, at most `max_retries` times) unless it
+        is deterministic (`Invalid prompt: ...`: it would fail the same way anywhere). Raises TaskTimeoutError (NoNodeError when
         no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for every
         task published (each retry has a new id).
         """

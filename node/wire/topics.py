@@ -1,4 +1,4 @@
-"""Protocol constants: topic names, model wildcards, version, size limit.
+"""Protocol constants: topic names, model wildcards, version, size limit, the deterministic-error prefix.
 
 Every module that names a topic, checks the version or bounds a gossip message
 imports it from here.
@@ -17,3 +17,7 @@ TOPICS = (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
 ANY_LOCAL_MODEL = "llamacpp"  # provider name: every locally hosted GGUF model
 ANY_MODEL = "*"
 FIRST_MODEL = "!"
+
+# An error result starting with this fails the same way on any node: publishers do not retry it.
+# Every other error is transient (busy, interrupted, a model or engine failure, a deadline).
+DETERMINISTIC_ERROR_PREFIX = "Invalid prompt: "

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from models.registry import DEFAULT_MODEL
 from node.daemon.server import NodeServer
-from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.client import Client, Task, TaskFailedError, TaskTimeoutError
 from node.publisher.node_table import KnownNode
 from tests.support.cluster import dialable, node_settings, running_node
 from tests.support.remote_engines import ENGINE_MODEL, LlamaCppServer
@@ -98,13 +98,29 @@ async def test_both_models_answer_through_the_network_and_are_advertised(setup: 
 
 async def test_the_node_rides_out_the_engine_stopping_and_restarting(setup: Setup) -> None:
     await setup.heartbeat(lambda n: REMOTE in n.models)
-    setup.engine.stop()
+    # A task accepted while the engine was up, and the engine dies under it: a transient error.
+    long = Task(
+        workflow=Simple().workflow(prompt="Count from 1 to 500.", max_tokens=400),
+        models=[REMOTE],
+        nodes=[setup.address],
+    )
+    running = asyncio.create_task(setup.client.execute(long, timeout=60))
+    async with asyncio.timeout(30):
+        while setup.node.parts is None or setup.node.parts.admission.pending == 0:
+            await asyncio.sleep(0.01)
+    setup.engine.stop(crash=True)
     with pytest.raises(TaskFailedError) as info:
-        await setup.run(REMOTE)
-    # Transient (PROTOCOL.md section 5): the reason names the engine's state and not "Invalid prompt".
+        await running
+    # Transient: the reason names the engine's state, not "Invalid prompt", and a publisher retries it elsewhere.
     assert "is unavailable" in info.value.reason and "Invalid prompt" not in info.value.reason
+    assert info.value.retryable
     known = await setup.heartbeat(lambda n: REMOTE not in n.models)
     assert DEFAULT_MODEL in known.models
+    # While the engine is down the node accepts no task for its model: another node can take it.
+    with pytest.raises(TaskTimeoutError):
+        await setup.client.execute(Task(workflow=long.workflow, models=[REMOTE], nodes=[setup.address]), timeout=3)
+    metrics = setup.node.metrics.render()[0].decode()
+    assert 'compute_node_tasks_ignored_total{reason="model_unavailable"} 1.0' in metrics
     assert await setup.run(DEFAULT_MODEL)  # the local model is not affected
 
     setup.engine.start()

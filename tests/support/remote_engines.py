@@ -89,9 +89,13 @@ class LlamaCppServer:
         self.stop()
         raise RuntimeError(f"llama_cpp.server did not come up in {timeout:g} s")
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """Stop the engine: gracefully (in-flight requests finish), or `crash` (SIGKILL: they break)."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            if crash:
+                self._proc.kill()
+            else:
+                self._proc.terminate()
             try:
                 self._proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from node.daemon.acceptance import Accept, Acceptance, Ignore, SeenTasks, match_model
+from node.daemon.acceptance import Accept, Acceptance, Ignore, SeenTasks
 from node.wire.bloom import BloomFilter
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskFilter, TaskInput
@@ -38,10 +38,11 @@ def task(task_id: str = "t1", models: list[str] | None = None, deadline_in_s: fl
         (["SMOLLM2:135M"], {None}),  # names are exact
     ],
 )
-def test_match_model(requested: list[str], expected: set) -> None:
-    rng = random.Random(7)
-    seen = {match_model(requested, HOSTED, rng) for _ in range(50)}
-    assert seen == expected
+def test_model_matching(requested: list[str], expected: set) -> None:
+    acceptance = Acceptance(NODE.address, HOSTED, rng=random.Random(7))
+    now = time.time_ns()
+    decisions = [acceptance.decide(PUBLISHER.address, task(f"t{i}", models=requested), now) for i in range(50)]
+    assert {d.model if isinstance(d, Accept) else None for d in decisions} == expected
 
 
 def test_accepts_a_matching_task_once() -> None:
@@ -85,6 +86,22 @@ def test_past_deadline_and_no_model() -> None:
     assert decision.reason == "no_model" and "gemma3:270m" in decision.detail
     # A task not accepted is not remembered: it could still be accepted after a config change.
     assert "b" not in acceptance.seen
+
+
+def test_only_models_serving_now_take_tasks() -> None:
+    serving = list(HOSTED)
+    acceptance = Acceptance(NODE.address, HOSTED, serving=lambda: serving)
+    now = time.time_ns()
+    assert acceptance.decide(PUBLISHER.address, task("a", models=["!"]), now) == Accept(HOSTED[0])
+    serving.remove(HOSTED[0])  # crash-looping, or its remote engine is down: out of the heartbeats too
+    decision = acceptance.decide(PUBLISHER.address, task("b", models=[HOSTED[0]]), now)
+    assert decision.reason == "model_unavailable" and HOSTED[0] in decision.detail
+    assert "b" not in acceptance.seen  # another node may take it; so may this one once the model is back
+    assert acceptance.decide(PUBLISHER.address, task("c", models=["!"]), now).reason == "model_unavailable"
+    assert acceptance.decide(PUBLISHER.address, task("d", models=["*"]), now) == Accept(HOSTED[1])
+    assert acceptance.decide(PUBLISHER.address, task("e", models=["gemma3:270m"]), now).reason == "no_model"
+    serving.append(HOSTED[0])
+    assert acceptance.decide(PUBLISHER.address, task("b", models=[HOSTED[0]]), now) == Accept(HOSTED[0])
 
 
 def test_publisher_allow_list() -> None:

@@ -1,33 +1,40 @@
-"""Which error results a publisher retries on another node."""
+"""Which error results a publisher retries on another node: all but the deterministic ones."""
 
 from __future__ import annotations
 
 import pytest
 
 from node.publisher.client import TaskFailedError
+from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+from workflows.errors import INVALID_PROMPT
 
-NODE_SIDE = [
+TRANSIENT = [
     "busy: model m has 4 running and 8 queued tasks",
     "interrupted: node shutting down",
     "internal error: KeyError",
-    "model error: context overflow",
     "model runtime crashed (SIGSEGV)",
     "model runtime stopped answering (5 s without a health probe answer)",
     "model runtime exceeded its memory limit (900 MiB RSS > 800 MiB)",
-]
-TASK_SIDE = [
-    "Invalid prompt: the task crashed the model runtime twice (SIGSEGV)",
-    "Invalid prompt: unknown operator 'x'",
+    "task '0' failed: model 'remote:smol' failed: the engine serving remote:smol is unavailable (connection failed)",
     "max_time exceeded: the workflow ran longer than 2 s",
-    "result too large",
+    "deadline passed while the task was running",
+]
+DETERMINISTIC = [
+    "Invalid prompt: the task crashed the model runtime twice (SIGSEGV)",
+    "Invalid prompt: invalid workflow: tasks.0.operator: unknown operator 'x'",
+    "Invalid prompt: task '0': required input 'q' resolves to nothing",
 ]
 
 
-@pytest.mark.parametrize("reason", NODE_SIDE)
-def test_node_side_failures_are_retried(reason: str) -> None:
+@pytest.mark.parametrize("reason", TRANSIENT)
+def test_transient_failures_are_retried(reason: str) -> None:
     assert TaskFailedError("t", reason, "0xnode").retryable
 
 
-@pytest.mark.parametrize("reason", TASK_SIDE)
-def test_task_side_failures_are_not(reason: str) -> None:
+@pytest.mark.parametrize("reason", DETERMINISTIC)
+def test_deterministic_failures_are_not(reason: str) -> None:
     assert not TaskFailedError("t", reason, "0xnode").retryable
+
+
+def test_the_engine_marks_deterministic_errors_with_the_protocol_prefix() -> None:
+    assert INVALID_PROMPT == DETERMINISTIC_ERROR_PREFIX
