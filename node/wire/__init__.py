@@ -1,12 +1,12 @@
 """The wire protocol: what goes over gossip, checked and signed. Imports no other node package.
 
-topics.py     topic names, model wildcards, protocol name and version, the gossip size limit
+topics.py     topic names, model wildcards, protocol name and version, the gossip size limit, the deterministic-error prefix
 identity.py   Identity: the secp256k1 key, Ethereum-style address, signatures, libp2p peer id
 ecies.py      result encryption to the publisher's key
 envelope.py   the signed envelope around every message: seal, open_envelope
 messages.py   the bodies: TaskBody, ResultBody, HeartbeatBody (pydantic)
 wire_time.py  nanosecond and RFC-3339 times on the wire
 bloom.py      the task's node filter (a bloom filter of addresses)
-results.py    success (encrypted) and error result bodies
-inbound.py    envelope + body checks per topic: GossipGate (the gossip validator), decode
+results.py    result_body: the one place a result (encrypted text or error) and its stats are built
+inbound.py    envelope + body checks per topic: GossipGate (the gossip validator), decode, the consume loop
 """
