@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
 from models.registry import DEFAULT_MODEL, Registry
 from models.store import ModelStore
 
@@ -17,3 +22,16 @@ def _locate() -> Path:
 
 
 SMOLLM2 = _locate()
+
+
+@contextmanager
+def loaded_smollm2(options: RuntimeOptions, parallel: int) -> Iterator[BatchedLlamaModel]:
+    """SmolLM2 on the node's runtime, for a module-scoped fixture; closed afterwards.
+
+    Loaded on an event loop of its own: the runtime binds to no loop, so every test's loop can use it.
+    """
+    model = asyncio.run(BatchedLlamaModel.load("smollm2", SMOLLM2, options, parallel=parallel))
+    try:
+        yield model
+    finally:
+        asyncio.run(model.close())

@@ -23,7 +23,7 @@ from models.batching import BatchedLlamaModel
 from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, normalize_schema, regex_to_gbnf
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
-from tests.support.model_file import SMOLLM2
+from tests.support.model_file import SMOLLM2, loaded_smollm2
 from workflows import WorkflowValidationError, parse_workflow
 
 SDK_SCHEMAS: dict[str, dict[str, str]] = json.loads(
@@ -302,9 +302,8 @@ def _person_request(**constraint: Any) -> GenerationRequest:
 
 @pytest.fixture(scope="module")
 def batched() -> Iterator[BatchedLlamaModel]:
-    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", SMOLLM2, OPTIONS, parallel=3))
-    yield loaded
-    asyncio.run(loaded.close())
+    with loaded_smollm2(OPTIONS, parallel=3) as model:
+        yield model
 
 
 def test_batched_runtime_decodes_under_every_sdk_form_at_once(batched: BatchedLlamaModel) -> None:

@@ -24,7 +24,7 @@ from models.requests import (
     ModelLoadError,
 )
 from models.slots import BatchedGeneration
-from tests.support.model_file import SMOLLM2
+from tests.support.model_file import SMOLLM2, loaded_smollm2
 
 # One thread: no OpenMP spin collapse when the 2-core CI machine is busy.
 OPTIONS = RuntimeOptions(n_ctx=512, n_threads=1)
@@ -39,18 +39,15 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
-    # Loaded on one event loop, used from each test's own loop: nothing is bound to a loop.
-    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", smollm2_path(), OPTIONS, parallel=PARALLEL))
-    yield loaded
-    asyncio.run(loaded.close())
+    with loaded_smollm2(OPTIONS, parallel=PARALLEL) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
 def solo() -> Iterator[BatchedLlamaModel]:
     """The single-sequence baseline: one slot, so every request runs alone."""
-    loaded = asyncio.run(BatchedLlamaModel.load("smollm2", smollm2_path(), OPTIONS, parallel=1))
-    yield loaded
-    asyncio.run(loaded.close())
+    with loaded_smollm2(OPTIONS, parallel=1) as model:
+        yield model
 
 
 def _say(word: str, **fields: object) -> GenerationRequest:

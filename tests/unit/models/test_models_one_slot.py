@@ -24,7 +24,7 @@ from models.requests import (
     ModelError,
     ModelLoadError,
 )
-from tests.support.model_file import SMOLLM2
+from tests.support.model_file import SMOLLM2, loaded_smollm2
 
 # One thread: as fast as two for this tiny model, and no OpenMP spin collapse
 # when the (2-core) machine is busy with other work.
@@ -37,11 +37,8 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
-    # Loaded in one event loop, used from each test's own loop: the runtime must
-    # not bind to a loop.
-    loaded = asyncio.run(BatchedLlamaModel.load("smollm2:135m", smollm2_path(), OPTIONS, parallel=1))
-    yield loaded
-    asyncio.run(loaded.close())
+    with loaded_smollm2(OPTIONS, parallel=1) as model:
+        yield model
 
 
 def ask(text: str, **fields: object) -> GenerationRequest:
