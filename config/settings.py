@@ -99,14 +99,25 @@ class Settings(LayeredSettings):
     # Operations
     rerun_interrupted: bool = Field(default=False, description="Re-run tasks a crash interrupted, if time allows")
     result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
-    journal_retention: float = Field(
-        default=86400.0, gt=0, description="Seconds journal entries are kept past their deadline"
-    )
     journal_max_bytes: int = Field(
-        default=256 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds; past it tasks are refused"
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of finished results the journal keeps while they wait for peers; past it the oldest "
+        "waiting result is dropped (tasks are never refused for room)",
     )
-    journal_publisher_max_bytes: int = Field(
-        default=32 * 1024 * 1024, gt=0, description="Bytes of task bodies the journal holds for one publisher"
+    journal_max_records: int = Field(
+        default=100_000,
+        ge=1000,
+        description="Tasks remembered until their deadline to ignore a re-delivery (id and deadline, no body); "
+        "past it the earliest deadlines are forgotten first",
+    )
+    journal_retention: float | None = Field(
+        default=None, gt=0, description="Deprecated, ignored: an entry goes at its deadline plus result_grace"
+    )
+    journal_publisher_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Deprecated, ignored: keys are free, so a quota per publisher bounds nothing",
     )
     deadline_horizon: float = Field(
         default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to accept it"

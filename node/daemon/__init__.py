@@ -9,7 +9,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
     execution/          one child process per model: the workflow engine and the llama.cpp runtime
     outbox.py           ResultOutbox: publishes results, keeps them in the journal until sent
-    journal.py          Journal: SQLite record of every task's state (survives a crash)
+    journal.py          Journal: SQLite record of every task's state (survives a crash; bounded by what is owed)
     recovery.py         start-up recovery of what a crash left in the journal
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from config.settings import ConfigError, Settings
-from node.daemon.acceptance import Acceptance
+from node.daemon.acceptance import Acceptance, SeenTasks
 from node.daemon.admission import Admission
 from node.daemon.execution.pool import ExecutionPool
 from node.daemon.heartbeat import Heartbeat
@@ -30,6 +32,11 @@ from node.p2p.connector import Connector
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate
+
+log = structlog.get_logger(__name__)
+
+# Settings of the journal's former byte quotas, kept so that old config files still load.
+DEPRECATED_JOURNAL_SETTINGS = frozenset({"journal_retention", "journal_publisher_max_bytes"})
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,11 @@ def open_identity(settings: Settings) -> Identity:
 
 
 def open_journal(settings: Settings) -> Journal:
-    """The journal, without the entries past their retention."""
-    journal = Journal.open(settings.journal_path, settings.journal_max_bytes, settings.journal_publisher_max_bytes)
-    journal.prune(time.time_ns() - int(settings.journal_retention * 1e9))
+    """The journal, without the entries past their deadline plus the result grace."""
+    for name in DEPRECATED_JOURNAL_SETTINGS & settings.model_fields_set:
+        log.warning("setting deprecated and ignored", setting=name, why=Settings.model_fields[name].description)
+    journal = Journal.open(settings.journal_path, settings.journal_max_bytes, settings.journal_max_records)
+    journal.prune(time.time_ns() - int(settings.result_grace * 1e9))
     return journal
 
 
@@ -81,9 +90,7 @@ def build_parts(
     """Make the parts and wire them to each other and to the open resources."""
     names = list(pool.hosted)
     remote_names = remote_models(settings, names)
-    outbox = ResultOutbox(
-        identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
-    )
+    outbox = ResultOutbox(identity, host, journal, grace_s=settings.result_grace)
     runner = TaskRunner(pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace)
     # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
     concurrency = {
@@ -97,7 +104,12 @@ def build_parts(
         return remote.advertised(pool.available())
 
     acceptance = Acceptance(
-        identity.address, names, settings.publishers or None, horizon_s=settings.deadline_horizon, serving=serving
+        identity.address,
+        names,
+        settings.publishers or None,
+        seen=SeenTasks(settings.journal_max_records),
+        horizon_s=settings.deadline_horizon,
+        serving=serving,
     )
     now = time.time_ns()
     for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate

@@ -3,7 +3,9 @@
 For each task that decodes: the acceptance rules decide (`acceptance.py`); an
 accepted task is recorded in the journal, then admitted to run, or refused as
 busy (an error result "busy: ..."). A task that cannot be journalled (full
-disk, quota) is not accepted. One failing task never stops the intake.
+disk, a locked file) is not accepted; the journal itself never runs out of
+room (see its docstring), so no number of publishers' keys makes it refuse
+one. One failing task never stops the intake.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import structlog
 
 from node.daemon.acceptance import Acceptance, Ignore
 from node.daemon.admission import AcceptedTask, Admission, BusyError
-from node.daemon.journal import Journal, JournalError, JournalQuotaError
+from node.daemon.journal import Journal, JournalError
 from node.daemon.runner import TaskRunner
 from node.ops.metrics import NodeMetrics
 from node.p2p.host import GossipMessage
@@ -80,7 +82,7 @@ class TaskIntake:
             )
         except JournalError as exc:
             self.acceptance.seen.discard(task.task_id)
-            reason = "journal_full" if isinstance(exc, JournalQuotaError) else "journal_error"
+            reason = "journal_error"
             self._metrics.ignore(reason)
             if (not_logged := self._journal_log.may_log(reason)) is not None:
                 task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)

@@ -9,10 +9,20 @@ A task moves ACCEPTED -> RUNNING -> FINISHED -> PUBLISHED. After a restart the
 daemon re-publishes ``unpublished()`` results and deals with ``interrupted()``
 tasks; ``seen()`` dedupes tasks that gossip delivers again.
 
-Bounded: full task bodies are kept only for tasks the node runs (a refused task
-is journalled without its body, so that its error result is still published),
-within a byte quota in total and per publisher. Every SQLite failure (disk full,
-a locked file, a number SQLite cannot store) surfaces as a JournalError.
+Bounded by what the node owes, never by how many keys send tasks (keys are free):
+
+- live rows (ACCEPTED, RUNNING) hold the signed task only for a task admission
+  let run, so at most its capacity plus queue per model; a task refused as busy
+  is journalled without its body, so that its error result is still published;
+- waiting rows (FINISHED) hold the result only: the task body goes when the task
+  finishes. Past ``max_waiting_bytes`` of waiting results (the node had no peers
+  to publish to) the oldest waiting result is dropped: logged, never retried;
+- records (PUBLISHED, DROPPED) hold no body at all: the task id, its deadline and
+  a few fixed-size fields, to dedupe a re-delivered task until its deadline. Past
+  ``max_records`` the records with the earliest deadlines are forgotten first.
+
+So no task is ever refused for room in the journal; only SQLite failures (disk
+full, a locked file, a number SQLite cannot store) refuse it, as a JournalError.
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ SCHEMA_VERSION = 1
 # Calls run on the event loop: wait this long, not sqlite3's default 5 s, for a lock
 # another process holds, then fail the call with a JournalError.
 BUSY_TIMEOUT_S = 0.2
-ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the quota
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_PUBLISHER_BYTES = 32 * 1024 * 1024
+ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the caps
+DEFAULT_MAX_WAITING_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_RECORDS = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,6 +76,10 @@ class TaskState(StrEnum):
     DROPPED = "dropped"  # the result could not be published at all; never retried
 
 
+_LIVE = (TaskState.ACCEPTED, TaskState.RUNNING)
+_RECORDS = (TaskState.PUBLISHED, TaskState.DROPPED)
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """One journaled task, as stored."""
@@ -81,12 +95,24 @@ class JournalEntry:
     updated_at_ns: int
 
 
+@dataclass(frozen=True)
+class JournalUsage:
+    """What the journal holds, by kind of row; bytes are bodies and results plus ROW_OVERHEAD_BYTES a row."""
+
+    live_rows: int
+    live_bytes: int
+    waiting_rows: int
+    waiting_bytes: int
+    records: int
+    record_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        return self.live_bytes + self.waiting_bytes + self.record_bytes
+
+
 class JournalError(Exception):
     """The journal cannot be opened or written, or a task cannot make the asked transition."""
-
-
-class JournalQuotaError(JournalError):
-    """Journalling the task would pass the journal's byte quota (in total or for its publisher)."""
 
 
 class Journal:
@@ -96,28 +122,30 @@ class Journal:
         self,
         conn: sqlite3.Connection,
         path: Path,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_publisher_bytes: int = DEFAULT_MAX_PUBLISHER_BYTES,
+        max_waiting_bytes: int = DEFAULT_MAX_WAITING_BYTES,
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         self._conn = conn
         self.path = path
-        self.max_bytes = max_bytes
-        self.max_publisher_bytes = max_publisher_bytes
-        self._bytes_by_publisher: dict[str, int] = {}
-        self.bytes_used = 0
-        self._count_bytes()
+        self.max_waiting_bytes = max_waiting_bytes
+        self.max_records = max_records
+        self.waiting_bytes = 0
+        self.records = 0
+        self._compact()
+        self._count()
 
     @classmethod
     def open(
         cls,
         path: Path,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_publisher_bytes: int = DEFAULT_MAX_PUBLISHER_BYTES,
+        max_waiting_bytes: int = DEFAULT_MAX_WAITING_BYTES,
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> Journal:
         """Open (or create) the journal at ``path``, creating its parent directory.
 
-        ``max_bytes`` / ``max_publisher_bytes``: quota of task bodies (plus a fixed
-        overhead per row) in total and per publisher; past it a task is refused.
+        ``max_waiting_bytes``: results waiting to be published (plus a fixed overhead
+        per row) past which the oldest is dropped; ``max_records``: dedupe records
+        (published or dropped tasks, no bodies) past which the earliest deadlines go.
         """
         path = Path(path)
         try:
@@ -149,7 +177,7 @@ class Journal:
             raise
         log.debug("journal opened", path=str(path))
         try:
-            return cls(conn, path, max_bytes, max_publisher_bytes)
+            return cls(conn, path, max_waiting_bytes, max_records)
         except JournalError:
             conn.close()
             raise
@@ -163,19 +191,41 @@ class Journal:
             what = f"{action} task {task_id}" if task_id else action
             raise JournalError(f"journal {self.path}: cannot {what}: {type(exc).__name__}: {exc}") from exc
 
-    def _count_bytes(self) -> None:
-        with self._guard("count its bytes"):
-            rows = self._conn.execute(
-                "SELECT publisher, SUM(LENGTH(task_message)) + SUM(COALESCE(LENGTH(result_body), 0)) + COUNT(*) * ? "
-                "FROM tasks GROUP BY publisher",
-                (ROW_OVERHEAD_BYTES,),
-            ).fetchall()
-        self._bytes_by_publisher = {publisher: int(used) for publisher, used in rows}
-        self.bytes_used = sum(self._bytes_by_publisher.values())
+    def _compact(self) -> None:
+        """Drop what earlier versions kept: bodies of finished tasks and results of published ones."""
+        marks = ", ".join("?" for _ in _RECORDS)
+        with self._guard("compact"):
+            self._conn.execute(
+                f"UPDATE tasks SET task_message = x'', result_body = NULL "
+                f"WHERE state IN ({marks}) AND (LENGTH(task_message) > 0 OR result_body IS NOT NULL)",
+                tuple(s.value for s in _RECORDS),
+            )
+            self._conn.execute(
+                "UPDATE tasks SET task_message = x'' WHERE state = ? AND LENGTH(task_message) > 0",
+                (TaskState.FINISHED.value,),
+            )
 
-    def publisher_bytes(self, publisher: str) -> int:
-        """Bytes this publisher's tasks take in the journal (as the quota counts them)."""
-        return self._bytes_by_publisher.get(publisher, 0)
+    def _count(self) -> None:
+        usage = self.usage()
+        self.waiting_bytes = usage.waiting_bytes
+        self.records = usage.records
+
+    def usage(self) -> JournalUsage:
+        """Rows and bytes by kind (one query over the table: for tests, status and start-up)."""
+        with self._guard("count its rows"):
+            rows = self._conn.execute(
+                "SELECT state, COUNT(*), SUM(LENGTH(task_message) + COALESCE(LENGTH(result_body), 0)) "
+                "FROM tasks GROUP BY state"
+            ).fetchall()
+        count = {TaskState(state): (int(n), int(size or 0) + int(n) * ROW_OVERHEAD_BYTES) for state, n, size in rows}
+
+        def total(states: tuple[TaskState, ...]) -> tuple[int, int]:
+            return sum(count.get(s, (0, 0))[0] for s in states), sum(count.get(s, (0, 0))[1] for s in states)
+
+        live = total(_LIVE)
+        waiting = total((TaskState.FINISHED,))
+        records = total(_RECORDS)
+        return JournalUsage(live[0], live[1], waiting[0], waiting[1], records[0], records[1])
 
     def record_accepted(
         self,
@@ -188,21 +238,10 @@ class Journal:
     ) -> bool:
         """Journal a newly accepted task; False if ``task_id`` was already there.
 
-        ``task_message`` is empty for a task the node refuses (busy): only its id
-        and its error result are kept. JournalQuotaError past the quota, JournalError
-        when SQLite fails; either way nothing was written.
+        ``task_message`` is the signed task for a task admission lets run, empty for
+        one it refuses (busy): only its id and its error result are kept. JournalError
+        when SQLite fails; then nothing was written.
         """
-        cost = len(task_message) + ROW_OVERHEAD_BYTES
-        if self.bytes_used + cost > self.max_bytes:
-            raise JournalQuotaError(
-                f"journal {self.path} is full: {self.bytes_used} of {self.max_bytes} bytes used, "
-                f"task {task_id} needs {cost}"
-            )
-        if self.publisher_bytes(publisher) + cost > self.max_publisher_bytes:
-            raise JournalQuotaError(
-                f"publisher {publisher} has {self.publisher_bytes(publisher)} of its "
-                f"{self.max_publisher_bytes} journal bytes in use, task {task_id} needs {cost}"
-            )
         with self._guard("journal", task_id):
             cur = self._conn.execute(
                 f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
@@ -217,11 +256,7 @@ class Journal:
                     time.time_ns(),
                 ),
             )
-        if cur.rowcount != 1:
-            return False
-        self.bytes_used += cost
-        self._bytes_by_publisher[publisher] = self.publisher_bytes(publisher) + cost
-        return True
+        return cur.rowcount == 1
 
     def known_ids(self, now_ns: int) -> list[tuple[str, int]]:
         """(task id, deadline) of every entry whose deadline has not passed (to dedupe after a restart)."""
@@ -245,33 +280,33 @@ class Journal:
 
     def mark_running(self, task_id: str) -> None:
         """ACCEPTED (or RUNNING again, after a restart) -> RUNNING."""
-        self._transition(task_id, TaskState.RUNNING, (TaskState.ACCEPTED, TaskState.RUNNING))
+        self._transition(task_id, TaskState.RUNNING, _LIVE)
 
     def record_finished(self, task_id: str, result_body: bytes) -> None:
-        """Store the encoded result/error body (unsealed) and move to FINISHED.
+        """Store the encoded result/error body (unsealed), drop the task body, move to FINISHED.
 
-        The result counts against the quota of the task's publisher but is never refused
-        for it: the task was accepted, so its result is owed.
+        The result is never refused for room: the task was accepted, so its result is
+        owed. Past ``max_waiting_bytes`` of waiting results the oldest others are dropped.
         """
-        self._transition(task_id, TaskState.FINISHED, (TaskState.ACCEPTED, TaskState.RUNNING), result_body)
-        with self._guard("read", task_id):
-            row = self._conn.execute("SELECT publisher FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        if row is not None:
-            self.bytes_used += len(result_body)
-            self._bytes_by_publisher[row[0]] = self.publisher_bytes(row[0]) + len(result_body)
+        self._transition(task_id, TaskState.FINISHED, _LIVE, result_body, drop_task=True)
+        self.waiting_bytes += len(result_body) + ROW_OVERHEAD_BYTES
+        if self.waiting_bytes > self.max_waiting_bytes:
+            self._drop_oldest_waiting(keep=task_id)
 
     def mark_published(self, task_id: str) -> None:
-        """FINISHED -> PUBLISHED (a no-op if already PUBLISHED)."""
-        self._transition(task_id, TaskState.PUBLISHED, (TaskState.FINISHED, TaskState.PUBLISHED))
+        """FINISHED -> PUBLISHED (a no-op if already PUBLISHED); only the dedupe record stays."""
+        self._to_record(task_id, TaskState.PUBLISHED, (TaskState.FINISHED, TaskState.PUBLISHED))
 
     def replace_result(self, task_id: str, result_body: bytes) -> None:
         """Swap the stored result of a FINISHED task (for one that cannot be sent as it is)."""
+        old = self.get(task_id)
         self._transition(task_id, TaskState.FINISHED, (TaskState.FINISHED,), result_body)
-        self._count_bytes()
+        if old is not None:
+            self.waiting_bytes += len(result_body) - len(old.result_body or b"")
 
     def mark_dropped(self, task_id: str) -> None:
         """FINISHED -> DROPPED: the result cannot be published; never retried, even after a restart."""
-        self._transition(task_id, TaskState.DROPPED, (TaskState.FINISHED, TaskState.DROPPED))
+        self._to_record(task_id, TaskState.DROPPED, (TaskState.FINISHED, TaskState.DROPPED))
 
     def unpublished(self) -> list[JournalEntry]:
         """FINISHED entries whose result is not yet published, oldest first."""
@@ -279,7 +314,7 @@ class Journal:
 
     def interrupted(self) -> list[JournalEntry]:
         """ACCEPTED or RUNNING entries, oldest first (left there by a crash)."""
-        return self._select_states((TaskState.ACCEPTED, TaskState.RUNNING))
+        return self._select_states(_LIVE)
 
     def backlog(self) -> int:
         """How many FINISHED results are waiting to be published."""
@@ -292,14 +327,14 @@ class Journal:
     def prune(self, before_ns: int) -> int:
         """Delete entries whose deadline is older than ``before_ns``; return how many.
 
-        PUBLISHED entries are kept until their deadline passes so that ``seen()``
-        still dedupes a re-delivered task; after it, intake rejects the task as
-        expired anyway. Stale unfinished entries past their deadline go too.
+        Records are kept until their deadline passes so that ``seen()`` still dedupes
+        a re-delivered task; after it, intake rejects the task as expired anyway. The
+        outbox passes its result grace: a result later than that is of no use.
         """
         with self._guard("prune"):
             cur = self._conn.execute("DELETE FROM tasks WHERE deadline_ns < ?", (before_ns,))
         if cur.rowcount:
-            self._count_bytes()
+            self._count()
         return cur.rowcount
 
     def close(self) -> None:
@@ -310,27 +345,78 @@ class Journal:
             log.warning("journal checkpoint failed", path=str(self.path), error=str(exc))
         self._conn.close()
 
+    def _to_record(self, task_id: str, to: TaskState, allowed_from: tuple[TaskState, ...]) -> None:
+        """Move a FINISHED task to a body-less record, counting it; forget the oldest records past the cap."""
+        before = self.get(task_id)
+        self._transition(task_id, to, allowed_from, drop_task=True, drop_result=True)
+        if before is not None and before.state == TaskState.FINISHED:
+            self.waiting_bytes -= len(before.result_body or b"") + ROW_OVERHEAD_BYTES
+            self.records += 1
+        if self.records > self.max_records:
+            self._forget_oldest_records()
+
+    def _drop_oldest_waiting(self, keep: str) -> None:
+        """Drop waiting results, oldest first (never ``keep``), until they fit ``max_waiting_bytes``."""
+        with self._guard("list waiting results"):
+            rows = self._conn.execute(
+                "SELECT task_id, COALESCE(LENGTH(result_body), 0) FROM tasks WHERE state = ? AND task_id != ? "
+                "ORDER BY received_at_ns, rowid",
+                (TaskState.FINISHED.value, keep),
+            ).fetchall()
+        over = self.waiting_bytes - self.max_waiting_bytes
+        dropped = []
+        for task_id, size in rows:
+            if over <= 0:
+                break
+            dropped.append(task_id)
+            over -= size + ROW_OVERHEAD_BYTES
+        for task_id in dropped:
+            self.mark_dropped(task_id)
+        if dropped:
+            log.warning(
+                "waiting results dropped: more than the journal keeps for a node without peers",
+                count=len(dropped),
+                oldest=dropped[0],
+                max_waiting_bytes=self.max_waiting_bytes,
+            )
+
+    def _forget_oldest_records(self) -> None:
+        # A hundredth of the cap at once, so that a full table is trimmed once per many tasks, not on each.
+        excess = self.records - self.max_records + max(1, self.max_records // 100)
+        marks = ", ".join("?" for _ in _RECORDS)
+        with self._guard("forget old records"):
+            cur = self._conn.execute(
+                f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE state IN ({marks}) "
+                f"ORDER BY deadline_ns LIMIT ?)",
+                (*(s.value for s in _RECORDS), excess),
+            )
+        self.records -= cur.rowcount
+
     def _transition(
         self,
         task_id: str,
         to: TaskState,
         allowed_from: tuple[TaskState, ...],
         result_body: bytes | None = None,
+        *,
+        drop_task: bool = False,
+        drop_result: bool = False,
     ) -> None:
         marks = ", ".join("?" for _ in allowed_from)
-        now = time.time_ns()
+        assignments = ["state = ?", "updated_at_ns = ?"]
+        values: list[object] = [to.value, time.time_ns()]
+        if result_body is not None:
+            assignments.append("result_body = ?")
+            values.append(result_body)
+        if drop_task:
+            assignments.append("task_message = x''")
+        if drop_result:
+            assignments.append("result_body = NULL")
         with self._guard(f"move to {to.value}", task_id):
-            if result_body is None:
-                cur = self._conn.execute(
-                    f"UPDATE tasks SET state = ?, updated_at_ns = ? WHERE task_id = ? AND state IN ({marks})",
-                    (to.value, now, task_id, *(s.value for s in allowed_from)),
-                )
-            else:
-                cur = self._conn.execute(
-                    f"UPDATE tasks SET state = ?, result_body = ?, updated_at_ns = ? "
-                    f"WHERE task_id = ? AND state IN ({marks})",
-                    (to.value, result_body, now, task_id, *(s.value for s in allowed_from)),
-                )
+            cur = self._conn.execute(
+                f"UPDATE tasks SET {', '.join(assignments)} WHERE task_id = ? AND state IN ({marks})",
+                (*values, task_id, *(s.value for s in allowed_from)),
+            )
             if cur.rowcount == 1:
                 return
             row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()

@@ -4,7 +4,8 @@ A result is published at once when the node has peers; otherwise (or when the
 publish fails) it stays in the journal and `run()` publishes it when peers
 return, as long as the task's deadline plus a grace period has not passed.
 Results are re-sealed at publish time, so a late envelope is never stale.
-Journal entries older than their deadline plus `retention_s` are pruned hourly.
+Journal entries whose deadline plus that grace has passed are pruned hourly
+(the journal bounds itself in between; see its docstring).
 
 A result whose envelope would pass the gossip size limit is sent as a `result
 too large` error instead. A result that cannot be sent for any other reason than
@@ -41,7 +42,6 @@ class ResultOutbox:
         *,
         grace_s: float = 300.0,
         retry_interval_s: float = 2.0,
-        retention_s: float = 86400.0,
         prune_interval_s: float = 3600.0,
     ) -> None:
         self._identity = identity
@@ -49,7 +49,6 @@ class ResultOutbox:
         self._journal = journal
         self._grace_ns = int(grace_s * 1e9)
         self._retry_interval_s = retry_interval_s
-        self._retention_ns = int(retention_s * 1e9)
         self._prune_interval_s = prune_interval_s
         self._lock = asyncio.Lock()
 
@@ -91,7 +90,7 @@ class ResultOutbox:
                         log.info("kept results published", count=sent)
                 if loop.time() >= next_prune:
                     next_prune = loop.time() + self._prune_interval_s
-                    if pruned := self._journal.prune(time.time_ns() - self._retention_ns):
+                    if pruned := self._journal.prune(time.time_ns() - self._grace_ns):
                         log.info("journal pruned", entries=pruned)
             except JournalError as exc:
                 log.error("outbox round failed; retried in the next round", error=str(exc))
@@ -102,7 +101,7 @@ class ResultOutbox:
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:
         # Callers hold the lock; `send` and `flush` may both hold the same result.
         entry = self._journal.get(body.task_id)
-        if entry is not None and entry.state == TaskState.PUBLISHED:
+        if entry is None or entry.state != TaskState.FINISHED:  # published, or dropped for room meanwhile
             return False
         if (fitted := _fitting(body)) is not body:  # kept before this check existed, or grown by a restamp
             self._journal.replace_result(body.task_id, encode_body(fitted))

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
-from node.daemon.journal import Journal, JournalEntry, JournalError, JournalQuotaError, TaskState
+from config.settings import Settings
+from node.daemon.build import open_journal
+from node.daemon.journal import ROW_OVERHEAD_BYTES, Journal, JournalEntry, JournalError, TaskState
 
 HOUR_NS = 3600 * 10**9
 
@@ -65,14 +68,17 @@ def test_lifecycle_accepted_to_published(journal: Journal) -> None:
     assert isinstance(entry, JournalEntry)
     assert entry.state is TaskState.FINISHED
     assert entry.result_body == b"result body"
-    assert entry.task_message == b"\x00signed task t1"
+    assert entry.task_message == b""  # finished: the task body is no longer needed
     assert entry.publisher == "pub-t1" and entry.model == "smollm2-135m"
     assert entry.received_at_ns == 100 and entry.updated_at_ns > 0
 
     journal.mark_published("t1")
     journal.mark_published("t1")  # idempotent
     assert journal.backlog() == 0 and journal.unpublished() == []
-    assert journal.get("t1").state is TaskState.PUBLISHED
+    record = journal.get("t1")
+    assert record.state is TaskState.PUBLISHED
+    assert record.task_message == b"" and record.result_body is None  # only the dedupe record stays
+    assert journal.seen("t1") and not accept(journal, "t1")
 
 
 def test_duplicate_accept_returns_false_and_keeps_first(journal: Journal) -> None:
@@ -194,34 +200,94 @@ def test_numbers_sqlite_cannot_store_are_a_journal_error(journal: Journal) -> No
     assert accept(journal, "next")  # the journal still works
 
 
-def test_quota_in_total_and_per_publisher(journal_path: Path) -> None:
-    j = Journal.open(journal_path, max_bytes=12_000, max_publisher_bytes=4_000)
+def test_published_and_dropped_tasks_keep_no_body(journal_path: Path) -> None:
+    """Only live tasks keep their signed task; a finished one keeps its result until published."""
+    j = Journal.open(journal_path)
     try:
         deadline = time.time_ns() + HOUR_NS
-        assert j.record_accepted("a1", "alice", deadline, "m", b"x" * 3000, 1)
-        with pytest.raises(JournalQuotaError, match="publisher alice has 3256 of its 4000 journal bytes"):
-            j.record_accepted("a2", "alice", deadline, "m", b"x" * 1000, 1)
-        assert j.record_accepted("a3", "alice", deadline, "m", b"", 1)  # a refused task's row is small
-        assert j.record_accepted("b1", "bob", deadline, "m", b"x" * 3000, 1)
-        assert j.record_accepted("c1", "carol", deadline, "m", b"x" * 3000, 1)
-        with pytest.raises(JournalQuotaError, match="is full: 10024 of 12000 bytes used"):
-            j.record_accepted("d1", "dave", deadline, "m", b"x" * 3000, 1)
-        assert not j.seen("a2") and not j.seen("d1")
-        assert j.bytes_used == 10024 and j.publisher_bytes("alice") == 3512
+        for tid in ("run", "fin", "pub", "drop"):
+            assert j.record_accepted(tid, "p", deadline, "m", b"x" * 3000, 1)
+        assert j.record_accepted("busy", "p", deadline, "m", b"", 1)  # refused: its row only
+        for tid in ("fin", "pub", "drop", "busy"):
+            j.record_finished(tid, b"r" * 100)
+        j.mark_published("pub")
+        j.mark_published("busy")
+        j.mark_dropped("drop")
+        usage = j.usage()
+        assert (usage.live_rows, usage.live_bytes) == (1, 3000 + ROW_OVERHEAD_BYTES)
+        assert (usage.waiting_rows, usage.waiting_bytes) == (1, 100 + ROW_OVERHEAD_BYTES)
+        assert (usage.records, usage.record_bytes) == (3, 3 * ROW_OVERHEAD_BYTES)
+        assert j.waiting_bytes == usage.waiting_bytes and j.records == 3
     finally:
         j.close()
-    reopened = Journal.open(journal_path, max_bytes=12_000, max_publisher_bytes=4_000)
-    try:  # the count survives a restart, results count too (never refused: they are owed), pruning gives room back
-        assert reopened.bytes_used == 10024
-        reopened.record_finished("a3", b"r" * 2000)
-        assert reopened.bytes_used == 12024 and reopened.publisher_bytes("alice") == 5512
-        reopened.replace_result("a3", b"r" * 10)
-        assert reopened.bytes_used == 10034
-        assert reopened.prune(time.time_ns() + 2 * HOUR_NS) == 4
-        assert reopened.bytes_used == 0
-        assert reopened.record_accepted("d1", "dave", time.time_ns() + HOUR_NS, "m", b"x" * 3000, 1)
+    reopened = Journal.open(journal_path)
+    try:  # the counts survive a restart
+        assert reopened.waiting_bytes == 100 + ROW_OVERHEAD_BYTES and reopened.records == 3
     finally:
         reopened.close()
+
+
+def test_an_older_journal_loses_published_bodies_when_opened(journal_path: Path) -> None:
+    """A journal written before bodies were dropped at publication is compacted on open."""
+    j = Journal.open(journal_path)
+    j.record_accepted("old", "p", time.time_ns() + HOUR_NS, "m", b"x" * 5000, 1)
+    j.record_finished("old", b"r" * 10)
+    j._conn.execute("UPDATE tasks SET state = 'published', task_message = ?, result_body = ?", (b"x" * 5000, b"r"))
+    j.close()
+    reopened = Journal.open(journal_path)
+    try:
+        entry = reopened.get("old")
+        assert entry.state is TaskState.PUBLISHED and entry.task_message == b"" and entry.result_body is None
+        assert reopened.usage().bytes == ROW_OVERHEAD_BYTES
+    finally:
+        reopened.close()
+
+
+def test_waiting_results_past_the_cap_drop_the_oldest(journal_path: Path) -> None:
+    """No peers to publish to: results wait, and past the cap the oldest go (never the newest)."""
+    cap = 10 * (1000 + ROW_OVERHEAD_BYTES)
+    j = Journal.open(journal_path, max_waiting_bytes=cap)
+    try:
+        deadline = time.time_ns() + HOUR_NS
+        for i in range(25):
+            j.record_accepted(f"t{i:02}", "p", deadline, "m", b"", received_at_ns=i)
+            j.record_finished(f"t{i:02}", b"r" * 1000)
+            assert j.waiting_bytes <= cap
+        waiting = [e.task_id for e in j.unpublished()]
+        assert waiting == [f"t{i:02}" for i in range(15, 25)]
+        assert j.get("t00").state is TaskState.DROPPED and j.get("t00").result_body is None
+        assert j.usage().waiting_bytes == j.waiting_bytes == cap
+        j.replace_result("t24", b"r" * 10)
+        assert j.waiting_bytes == j.usage().waiting_bytes
+        # A result alone larger than the cap is still kept: it is owed, and the next one drops it.
+        j.record_accepted("big", "p", deadline, "m", b"", received_at_ns=100)
+        j.record_finished("big", b"r" * (cap + 1))
+        assert j.unpublished()[-1].task_id == "big" and len(j.unpublished()) == 1
+    finally:
+        j.close()
+
+
+def test_records_past_the_cap_forget_the_earliest_deadlines(journal_path: Path) -> None:
+    j = Journal.open(journal_path, max_records=1000)
+    try:
+        now = time.time_ns()
+        for i in range(1500):
+            tid = f"t{i}"
+            j.record_accepted(tid, "p", now + HOUR_NS + i, "m", b"", 1)
+            j.record_finished(tid, b"r")
+            j.mark_published(tid)
+            assert j.records <= 1000
+        assert j.usage().records == j.records
+        assert j.seen("t1499") and not j.seen("t0")
+        # Never a live or waiting task: only records are forgotten.
+        j.record_accepted("live", "p", now, "m", b"x", 1)
+        for i in range(1500, 1600):
+            j.record_accepted(f"t{i}", "p", now + HOUR_NS + i, "m", b"", 1)
+            j.record_finished(f"t{i}", b"r")
+            j.mark_published(f"t{i}")
+        assert j.seen("live")
+    finally:
+        j.close()
 
 
 def test_known_ids_lists_tasks_until_their_deadline(journal: Journal) -> None:
@@ -259,7 +325,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_a_full_disk_is_a_clear_journal_error_and_the_journal_recovers(small_disk: Path | None, tmp_path: Path) -> None:
     """On a real full filesystem when the test may mount one; otherwise SQLite's page limit, which
     fails the same way (SQLITE_FULL)."""
-    j = Journal.open((small_disk or tmp_path) / "journal.sqlite3", max_bytes=10**9, max_publisher_bytes=10**9)
+    j = Journal.open((small_disk or tmp_path) / "journal.sqlite3")
     filler = (small_disk or tmp_path) / "filler"
     if small_disk is None:
         j._conn.execute("PRAGMA max_page_count = 64")
@@ -299,3 +365,18 @@ def test_a_database_locked_by_another_process_is_a_quick_journal_error(journal: 
         assert accept(journal, "blocked")
     finally:
         other.close()
+
+
+def test_the_deprecated_quota_settings_still_load_and_are_ignored(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, journal_retention=60.0, journal_publisher_max_bytes=1000)
+    with structlog.testing.capture_logs() as logs:
+        j = open_journal(settings)
+    try:
+        warned = {e["setting"] for e in logs if e["event"] == "setting deprecated and ignored"}
+        assert warned == {"journal_retention", "journal_publisher_max_bytes"}
+        deadline = time.time_ns() + HOUR_NS
+        for i in range(3):  # a 1000-byte quota per publisher would refuse the second one
+            assert j.record_accepted(f"t{i}", "p", deadline, "m", b"x" * 900, 1)
+        assert j.max_waiting_bytes == settings.journal_max_bytes and j.max_records == settings.journal_max_records
+    finally:
+        j.close()

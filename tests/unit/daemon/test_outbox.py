@@ -36,7 +36,7 @@ async def test_kept_without_peers_then_published_once_when_a_peer_joins(tmp_path
     try:
         await host.subscribe(RESULTS_TOPIC)
         received = await listener.subscribe(RESULTS_TOPIC)
-        outbox = ResultOutbox(node, host, journal, retry_interval_s=0.1, retention_s=0, prune_interval_s=0.2)
+        outbox = ResultOutbox(node, host, journal, grace_s=0, retry_interval_s=0.1, prune_interval_s=0.2)
         deadline = time.time_ns() + 60 * 10**9
         journal.record_accepted("t1", publisher.address, deadline, "m", b"{}", time.time_ns())
         assert await outbox.send(body("t1")) is False  # nobody to send to: kept
