@@ -6,6 +6,7 @@ store.py     TaskStore: task state in SQLite (survives restarts until it expires
 service.py   GatewayService: submits tasks, chooses nodes, records results, long polling
 auth.py      API keys and per-key rate limits
 limits.py    request body size limit (ASGI middleware)
+host_check.py  Host header check without API keys: loopback names only (DNS rebinding)
 app.py       the FastAPI routes
 rpc.py       RpcService: the API of Dria's Python SDK (tasks posted as it posts them, raw envelopes back)
 rpc_store.py RpcStore: its tasks and per-key result queues in the same SQLite file

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
+from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
 from node.gateway.rpc import RpcService
 from node.gateway.rpc_app import add_rpc_routes
@@ -59,18 +60,22 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         responses=_ERRORS,  # type: ignore[arg-type]
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
+        app.add_middleware(LoopbackHostMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
 
-    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+    async def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    ) -> str:
         """The calling key's id, after authentication and rate limiting."""
         try:
             ident = keys.identify(credentials.credentials if credentials else None)
         except AuthError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-        wait = limiter.take(ident)
+        wait = limiter.take(keys.limit_key(ident, request.client.host if request.client else None))
         if wait > 0:
             raise HTTPException(
                 429,
@@ -82,7 +87,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
         timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
         try:
-            return service.submit(key, requests, timeouts, settings.max_pending)
+            return service.submit(key, requests, timeouts, settings.max_pending, settings.max_pending_total)
         except TooManyPendingError as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(PENDING_RETRY_AFTER)}) from None
         except TaskStoreError as exc:

@@ -3,7 +3,8 @@
 A key is known by its id (a short SHA-256 of the key) in the task database and
 in logs; the key itself is only compared, in constant time. With no keys
 configured every caller is the one local key `local` (the gateway then only
-listens on loopback, see GatewaySettings).
+listens on loopback, see GatewaySettings), and rate limits count per client
+address instead: a token costs nothing to change. The bucket table is bounded.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 LOCAL_KEY_ID = "local"
+MAX_BUCKETS = 10_000
 
 
 class AuthError(Exception):
@@ -51,6 +54,10 @@ class ApiKeys:
             raise AuthError("unknown API key")
         return found
 
+    def limit_key(self, ident: str, client_host: str | None) -> str:
+        """What a caller's rate limit counts by: its key, or without keys its address."""
+        return ident if self._keys else f"address {client_host or 'unknown'}"
+
 
 @dataclass
 class _Bucket:
@@ -59,18 +66,38 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute."""
+    """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute.
 
-    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    At most `max_buckets` are kept: past it the least recently used goes (it is
+    the one most likely refilled to a full bucket, the same as no bucket).
+    """
+
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
+    ) -> None:
         self._rate = per_minute / 60.0
         self._burst = float(burst)
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._max_buckets = max_buckets
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str) -> float:
         """Spend one request of `key`: 0.0 if allowed, else the seconds until it would be."""
         now = self._clock()
-        bucket = self._buckets.setdefault(key, _Bucket(tokens=self._burst, updated=now))
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=self._burst, updated=now)
+            while len(self._buckets) > self._max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:

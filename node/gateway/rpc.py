@@ -17,12 +17,14 @@ import json
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.rpc_store import RpcStore, RpcTask
+from node.gateway.service import check_pending
 from node.publisher.client import Client
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
@@ -42,6 +44,15 @@ _DROPPED = ("privateKey", "nodePeerIds", "datasetId")
 
 class RpcPayloadError(Exception):
     """A posted task cannot be published; the message names the field, never its value."""
+
+
+@dataclass(frozen=True)
+class RpcLimits:
+    """What one posted task may ask of the gateway: pending caps and how far ahead its deadline may lie."""
+
+    max_pending: int = 100  # per key (per token without api_keys)
+    max_pending_total: int = 1000
+    deadline_horizon: float = 3600.0
 
 
 class _PostedInput(BaseModel):
@@ -116,9 +127,10 @@ def _item(envelope: Envelope, **extra: str) -> str:
 class RpcService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(self, client: Client, store: RpcStore) -> None:
+    def __init__(self, client: Client, store: RpcStore, limits: RpcLimits | None = None) -> None:
         self.client = client
         self.store = store
+        self.limits = limits or RpcLimits()
         self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
         self._purged_at = 0.0
 
@@ -165,8 +177,8 @@ class RpcService:
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).
 
-        RpcPayloadError when it cannot be published; ClientError when publishing failed
-        (then a repeated POST tries again).
+        RpcPayloadError when it cannot be published; TooManyPendingError past a pending
+        cap; ClientError when publishing failed (then a repeated POST tries again).
         """
         data = decode_payload(payload)
         task_id = data.get("taskId")
@@ -181,6 +193,20 @@ class RpcService:
         published_as = network_id(task_id)
         body, picked = task_body(data, published_as)
         now = time.time()
+        deadline = body.deadline / 1e9
+        if deadline <= now:
+            raise RpcPayloadError("deadline: already passed")
+        if deadline > now + self.limits.deadline_horizon:
+            raise RpcPayloadError(
+                f"deadline: more than {self.limits.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
+            )
+        check_pending(
+            self.store.pending_count(key_id, now),
+            self.store.pending_count(None, now),
+            1,
+            self.limits.max_pending,
+            self.limits.max_pending_total,
+        )
         task = RpcTask(
             network_id=published_as,
             key_id=key_id,
@@ -188,7 +214,8 @@ class RpcService:
             payload_hash=digest,
             picked=picked,
             created_at=now,
-            expires_at=body.deadline / 1e9 + self.store.retention,
+            expires_at=deadline + self.store.retention,
+            deadline=deadline,
         )
         if not self.store.insert(task):  # the same task posted concurrently
             known = self.store.find(key_id, task_id)

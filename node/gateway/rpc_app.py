@@ -8,7 +8,8 @@
 The SDK's poll loop dies for good on any GET answer but 200 with `data.results`
 or 401, so these GETs answer nothing else: a rate-limited or failing GET gets
 an empty list. With no API keys configured every token is accepted and each
-token has its own result queue.
+token has its own result queue (rate limits then count per client address).
+`POST /rpc/task` past the pending caps answers 429, like a rate-limited POST.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
@@ -16,12 +17,13 @@ import math
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Security
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.rpc import RpcPayloadError, RpcService
+from node.gateway.service import TooManyPendingError
 from node.gateway.store import TaskStoreError
 from node.publisher.client import ClientError
 
@@ -57,15 +59,19 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
         except AuthError as exc:
             raise HTTPException(401, str(exc)) from None
 
+    def limit_key(request: Request, key: str) -> str:
+        """Rate limits count by key, or without keys by client address (a new token is free)."""
+        return keys.limit_key(key, request.client.host if request.client else None)
+
     @app.get("/health", tags=["dria-sdk"])
     async def health(key: Annotated[str, Depends(sdk_key)]) -> dict[str, str]:
         """200 for a known key (the SDK's health check)."""
         return {"status": "ok"}
 
     @app.get("/rpc/get_alive_peers", tags=["dria-sdk"])
-    async def alive_peers(key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+    async def alive_peers(request: Request, key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
         """The latest signed heartbeat of each live node, as the node sent it."""
-        if limiter.take(key) > 0:
+        if limiter.take(limit_key(request, key)) > 0:
             return _results([])
         try:
             return _results(rpc.alive_peers())
@@ -74,9 +80,9 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
             return _results([])
 
     @app.get("/rpc/results", tags=["dria-sdk"])
-    async def results(key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+    async def results(request: Request, key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
         """This key's result envelopes not served before, each signed by the node its task picked."""
-        if limiter.take(key) > 0:
+        if limiter.take(limit_key(request, key)) > 0:
             return _results([])
         try:
             return _results(rpc.results(key))
@@ -85,15 +91,17 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
             return _results([])
 
     @app.post("/rpc/task", tags=["dria-sdk"])
-    async def post_task(posted: PostedTask, key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
+    async def post_task(request: Request, posted: PostedTask, key: Annotated[str, Depends(sdk_key)]) -> dict[str, Any]:
         """Publish the task to the node it picked; the same payload again is published once."""
-        wait = limiter.take(key)
+        wait = limiter.take(limit_key(request, key))
         if wait > 0:
             raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))})
         try:
             task_id = await rpc.post(key, posted.value.payload)
         except RpcPayloadError as exc:
             raise HTTPException(422, f"value.payload: {exc}") from None
+        except TooManyPendingError as exc:  # the SDK counts any answer but 401 as posted, as for 429 above
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}) from None
         except (ClientError, TaskStoreError) as exc:
             log.error("sdk task not published", error=str(exc))
             raise HTTPException(

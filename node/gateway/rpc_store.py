@@ -4,8 +4,10 @@ One row per network task id (`<taskId>--<suffix>`): which key posted it, a hash
 of the posted payload (so a repeated POST publishes nothing), the node it
 picked, and, once the first result signed by that node arrives, the raw result
 envelope. `GET /rpc/results` pops from a key's queue: each result is served once.
-Rows are deleted `retention` seconds after their deadline. The task's private
-key is never part of a row.
+A task without a result before its deadline is pending: it counts against the
+pending caps. Rows are deleted `retention` seconds after their deadline (which
+the service caps at its deadline horizon), or after their result came. The
+task's private key is never part of a row.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ CREATE TABLE IF NOT EXISTS rpc_tasks (
     served        INTEGER NOT NULL DEFAULT 0,
     created_at    REAL NOT NULL,
     expires_at    REAL NOT NULL,
+    deadline      REAL NOT NULL DEFAULT 0,
     UNIQUE (key_id, task_id)
 );
 CREATE INDEX IF NOT EXISTS rpc_tasks_queue ON rpc_tasks (key_id, served, result);
 CREATE INDEX IF NOT EXISTS rpc_tasks_by_expiry ON rpc_tasks (expires_at);
 """
+# Added after the first release: a database from then lacks the column (its rows count as not pending).
+_DEADLINE_COLUMN = "ALTER TABLE rpc_tasks ADD COLUMN deadline REAL NOT NULL DEFAULT 0"
+_PENDING_INDEX = "CREATE INDEX IF NOT EXISTS rpc_tasks_pending ON rpc_tasks (result, deadline)"
 
 
 class RpcTask(BaseModel):
@@ -49,6 +55,7 @@ class RpcTask(BaseModel):
     served: bool = False
     created_at: float
     expires_at: float
+    deadline: float = 0.0  # Unix seconds; pending until then while it has no result
 
 
 class RpcStore:
@@ -58,6 +65,11 @@ class RpcStore:
         self.path = path
         self.retention = retention
         self._db = open_database(path, _SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(rpc_tasks)")}
+        with self._transaction():
+            if "deadline" not in columns:
+                self._db.execute(_DEADLINE_COLUMN)
+            self._db.execute(_PENDING_INDEX)
 
     def close(self) -> None:
         self._db.close()
@@ -75,8 +87,9 @@ class RpcStore:
         """Add a task; False (and nothing changed) if this key already posted that task id."""
         with self._transaction():
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO rpc_tasks (network_id, key_id, task_id, payload_hash, picked, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO rpc_tasks "
+                "(network_id, key_id, task_id, payload_hash, picked, created_at, expires_at, deadline) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task.network_id,
                     task.key_id,
@@ -85,9 +98,23 @@ class RpcStore:
                     json.dumps(task.picked),
                     task.created_at,
                     task.expires_at,
+                    task.deadline,
                 ),
             )
         return cursor.rowcount == 1
+
+    def pending_count(self, key_id: str | None = None, now: float | None = None) -> int:
+        """Tasks of `key_id` (or of every key) without a result whose deadline has not passed."""
+        now = time.time() if now is None else now
+        if key_id is None:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM rpc_tasks WHERE result IS NULL AND deadline > ?", (now,)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM rpc_tasks WHERE key_id = ? AND result IS NULL AND deadline > ?", (key_id, now)
+            ).fetchone()
+        return int(row[0])
 
     def delete(self, network_id: str) -> None:
         with self._transaction():

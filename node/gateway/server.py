@@ -8,7 +8,7 @@ import signal
 import structlog
 
 from node.gateway.app import create_gateway_app
-from node.gateway.rpc import RpcService
+from node.gateway.rpc import RpcLimits, RpcService
 from node.gateway.rpc_store import RpcStore
 from node.gateway.service import GatewayService
 from node.gateway.settings import GatewaySettings
@@ -34,7 +34,10 @@ class Gateway:
             max_retries=settings.max_retries,
         )
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
-        self.rpc = RpcService(client, RpcStore(settings.database_path, settings.retention))
+        # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
+        rpc_store = RpcStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
+        limits = RpcLimits(settings.max_pending, settings.max_pending_total, settings.deadline_horizon)
+        self.rpc = RpcService(client, rpc_store, limits)
         client.on_message = self.rpc.observe
         self.http = HttpServer(create_gateway_app(self.service, settings, self.rpc))
 

@@ -28,10 +28,18 @@ PURGE_INTERVAL = 60.0
 
 
 class TooManyPendingError(Exception):
-    """A key already has as many unfinished tasks as it may."""
+    """A key, or the gateway as a whole, already has as many unfinished tasks as it may."""
 
-    def __init__(self, pending: int, adding: int, limit: int) -> None:
-        super().__init__(f"{pending} tasks of this key are unfinished; {adding} more would exceed the limit of {limit}")
+    def __init__(self, pending: int, adding: int, limit: int, whose: str = "this key") -> None:
+        super().__init__(f"{pending} tasks of {whose} are unfinished; {adding} more would exceed the limit of {limit}")
+
+
+def check_pending(pending: int, total: int, adding: int, max_pending: int, max_total: int | None) -> None:
+    """TooManyPendingError if `adding` more tasks would pass the caller's or the gateway's cap."""
+    if pending + adding > max_pending:
+        raise TooManyPendingError(pending, adding, max_pending)
+    if max_total is not None and total + adding > max_total:
+        raise TooManyPendingError(total, adding, max_total, "the whole gateway")
 
 
 class GatewayService:
@@ -61,14 +69,26 @@ class GatewayService:
         self._followers.clear()
         await self.client.close()
 
-    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], max_pending: int) -> list[str]:
+    def submit(
+        self,
+        key_id: str,
+        requests: list[TaskRequest],
+        timeouts: list[float],
+        max_pending: int,
+        max_pending_total: int | None = None,
+    ) -> list[str]:
         """Accept tasks (all or none) for `key_id` and start publishing them; their gateway ids.
 
-        Raises TooManyPendingError when the key would have more than `max_pending` unfinished tasks.
+        Raises TooManyPendingError when the key would have more than `max_pending` unfinished
+        tasks, or the gateway more than `max_pending_total`.
         """
-        pending = self.store.pending_count(key_id)
-        if pending + len(requests) > max_pending:
-            raise TooManyPendingError(pending, len(requests), max_pending)
+        check_pending(
+            self.store.pending_count(key_id),
+            self.store.pending_count() if max_pending_total is not None else 0,
+            len(requests),
+            max_pending,
+            max_pending_total,
+        )
         now = time.time()
         records = [
             TaskRecord(

@@ -51,13 +51,25 @@ class GatewaySettings(LayeredSettings):
     api_keys: StrList = Field(default=[], description="Bearer API keys; none: local-only, no auth")
     rate_limit: float = Field(default=600.0, gt=0, description="Requests per minute per key")
     rate_burst: int = Field(default=60, ge=1, description="Requests a key may make at once before rate limiting")
-    max_pending: int = Field(default=100, ge=1, description="Unfinished tasks per key")
+    max_pending: int = Field(
+        default=100, ge=1, description="Unfinished tasks per key (without api_keys: per Dria SDK token)"
+    )
+    max_pending_total: int = Field(
+        default=1000, ge=1, description="Unfinished tasks over all keys and tokens; past it new tasks get 429"
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
     max_batch: int = Field(default=100, ge=1, description="Most tasks per batch request (and ids per list request)")
     default_timeout: float = Field(default=60.0, gt=0, description="Task timeout (s) when a request gives none")
     max_timeout: float = Field(default=600.0, gt=0, description="Largest task timeout (s) a request may ask for")
     max_wait: float = Field(default=60.0, ge=0, description="Longest long poll (?wait=) in seconds")
-    retention: float = Field(default=86400.0, gt=0, description="Seconds a finished task is kept")
+    deadline_horizon: float = Field(
+        default=3600.0, gt=0, description="Seconds ahead a Dria SDK task's deadline may lie (nodes' default too)"
+    )
+    retention: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds a finished task is kept (Dria SDK tasks: at most deadline_horizon past deadline or result)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
 

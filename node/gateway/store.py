@@ -120,10 +120,14 @@ class TaskStore:
         rows = self._db.execute("SELECT * FROM tasks WHERE status = 'pending'").fetchall()
         return [_record(row) for row in rows]
 
-    def pending_count(self, key_id: str) -> int:
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending'", (key_id,)
-        ).fetchone()
+    def pending_count(self, key_id: str | None = None) -> int:
+        """Unfinished tasks of `key_id`, or of every key."""
+        if key_id is None:
+            row = self._db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'pending'").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending'", (key_id,)
+            ).fetchone()
         return int(row[0])
 
     def published(self, task_id: str, network_id: str, node: str | None) -> None:

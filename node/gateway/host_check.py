@@ -1,0 +1,43 @@
+"""The `Host` header check of a gateway without API keys (ASGI middleware): DNS rebinding stops here.
+
+Without keys the gateway listens on loopback only and trusts every caller. A web
+page can still reach it by rebinding its own name to 127.0.0.1: the browser then
+sends the attacker's name as `Host`. So such a gateway answers only requests
+whose `Host` is a loopback name (`127.0.0.1`, `localhost`, `[::1]`, any port);
+others get 421 and a message naming the header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+LOOPBACK_HOST = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+
+
+class LoopbackHostMiddleware:
+    """Answer 421 to HTTP requests whose `Host` header is not a loopback name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hosts = [value for name, value in scope.get("headers", []) if name == b"host"]
+        host = hosts[0].decode("latin-1") if len(hosts) == 1 else None
+        if host is not None and LOOPBACK_HOST.match(host):
+            await self.app(scope, receive, send)
+            return
+        shown = "missing" if not hosts else "repeated" if len(hosts) > 1 else repr(host[:100] if host else host)
+        detail = (
+            f"Host header {shown}: this gateway has no api_keys and answers only 127.0.0.1, localhost "
+            "or [::1] (set api_keys to serve other names)"
+        )
+        payload = json.dumps({"detail": detail}).encode("utf-8")
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 421, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
