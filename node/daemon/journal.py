@@ -37,6 +37,8 @@ from pathlib import Path
 
 import structlog
 
+from node.wire.inbound import LogWindow
+
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
@@ -46,6 +48,7 @@ BUSY_TIMEOUT_S = 0.2
 ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the caps
 DEFAULT_MAX_WAITING_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 100_000
+DROP_LOG_WINDOW_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -131,6 +134,7 @@ class Journal:
         self.max_records = max_records
         self.waiting_bytes = 0
         self.records = 0
+        self._drop_log = LogWindow(DROP_LOG_WINDOW_S)  # a node without peers drops one result per new one
         self._compact()
         self._count()
 
@@ -372,12 +376,13 @@ class Journal:
             over -= size + ROW_OVERHEAD_BYTES
         for task_id in dropped:
             self.mark_dropped(task_id)
-        if dropped:
+        if dropped and (not_logged := self._drop_log.may_log("dropped")) is not None:
             log.warning(
                 "waiting results dropped: more than the journal keeps for a node without peers",
                 count=len(dropped),
                 oldest=dropped[0],
                 max_waiting_bytes=self.max_waiting_bytes,
+                not_logged_since=not_logged,
             )
 
     def _forget_oldest_records(self) -> None:
