@@ -49,6 +49,7 @@ ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, co
 DEFAULT_MAX_WAITING_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 100_000
 DROP_LOG_WINDOW_S = 10.0
+_DROP_BATCH = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -303,10 +304,10 @@ class Journal:
 
     def replace_result(self, task_id: str, result_body: bytes) -> None:
         """Swap the stored result of a FINISHED task (for one that cannot be sent as it is)."""
-        old = self.get(task_id)
+        before = self._state_and_result_bytes(task_id)
         self._transition(task_id, TaskState.FINISHED, (TaskState.FINISHED,), result_body)
-        if old is not None:
-            self.waiting_bytes += len(result_body) - len(old.result_body or b"")
+        if before is not None:
+            self.waiting_bytes += len(result_body) - before[1]
 
     def mark_dropped(self, task_id: str) -> None:
         """FINISHED -> DROPPED: the result cannot be published; never retried, even after a restart."""
@@ -351,29 +352,39 @@ class Journal:
 
     def _to_record(self, task_id: str, to: TaskState, allowed_from: tuple[TaskState, ...]) -> None:
         """Move a FINISHED task to a body-less record, counting it; forget the oldest records past the cap."""
-        before = self.get(task_id)
+        before = self._state_and_result_bytes(task_id)
         self._transition(task_id, to, allowed_from, drop_task=True, drop_result=True)
-        if before is not None and before.state == TaskState.FINISHED:
-            self.waiting_bytes -= len(before.result_body or b"") + ROW_OVERHEAD_BYTES
+        if before is not None and before[0] == TaskState.FINISHED:
+            self.waiting_bytes -= before[1] + ROW_OVERHEAD_BYTES
             self.records += 1
         if self.records > self.max_records:
             self._forget_oldest_records()
 
+    def _state_and_result_bytes(self, task_id: str) -> tuple[TaskState, int] | None:
+        with self._guard("read", task_id):
+            row = self._conn.execute(
+                "SELECT state, COALESCE(LENGTH(result_body), 0) FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return None if row is None else (TaskState(row[0]), int(row[1]))
+
     def _drop_oldest_waiting(self, keep: str) -> None:
         """Drop waiting results, oldest first (never ``keep``), until they fit ``max_waiting_bytes``."""
-        with self._guard("list waiting results"):
-            rows = self._conn.execute(
-                "SELECT task_id, COALESCE(LENGTH(result_body), 0) FROM tasks WHERE state = ? AND task_id != ? "
-                "ORDER BY received_at_ns, rowid",
-                (TaskState.FINISHED.value, keep),
-            ).fetchall()
         over = self.waiting_bytes - self.max_waiting_bytes
-        dropped = []
-        for task_id, size in rows:
-            if over <= 0:
+        dropped: list[str] = []
+        while over > 0:  # a few oldest at a time (the state index keeps them in order): never the whole table
+            with self._guard("list waiting results"):
+                rows = self._conn.execute(
+                    "SELECT task_id, COALESCE(LENGTH(result_body), 0) FROM tasks WHERE state = ? AND task_id != ? "
+                    "ORDER BY received_at_ns, rowid LIMIT ? OFFSET ?",
+                    (TaskState.FINISHED.value, keep, _DROP_BATCH, len(dropped)),
+                ).fetchall()
+            if not rows:
                 break
-            dropped.append(task_id)
-            over -= size + ROW_OVERHEAD_BYTES
+            for task_id, size in rows:
+                if over <= 0:
+                    break
+                dropped.append(task_id)
+                over -= size + ROW_OVERHEAD_BYTES
         for task_id in dropped:
             self.mark_dropped(task_id)
         if dropped and (not_logged := self._drop_log.may_log("dropped")) is not None:
