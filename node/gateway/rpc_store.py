@@ -5,9 +5,9 @@ of the posted payload (so a repeated POST publishes nothing), the node it
 picked, and, once the first result signed by that node arrives, the raw result
 envelope. `GET /rpc/results` pops from a key's queue: each result is served once.
 A task without a result before its deadline is pending: it counts against the
-pending caps. Rows are deleted `retention` seconds after their deadline (which
-the service caps at its deadline horizon), or after their result came. The
-task's private key is never part of a row.
+pending caps. Rows are deleted `retention` seconds after their deadline or
+their result (the gateway passes at most its deadline horizon, and takes no
+deadline further ahead than that). The task's private key is never part of a row.
 """
 
 from __future__ import annotations

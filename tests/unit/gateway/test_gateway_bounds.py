@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import httpx
 import pytest_asyncio
 
 from node.gateway.auth import RateLimiter
+from node.gateway.rpc_store import RpcStore
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.p2p.host import P2PHost
@@ -136,3 +138,23 @@ async def test_rpc_rows_cannot_outlive_the_deadline_horizon(gateway: Gateway) ->
     assert gateway.rpc.store.add_result(row.network_id, "result")
     served = gateway.rpc.store.get(row.network_id)
     assert served is not None and served.expires_at <= time.time() + 300 + horizon + 5
+
+
+def test_a_database_from_before_the_deadline_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE rpc_tasks (network_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, task_id TEXT NOT NULL, "
+        "payload_hash TEXT NOT NULL, picked TEXT NOT NULL, result TEXT, served INTEGER NOT NULL DEFAULT 0, "
+        "created_at REAL NOT NULL, expires_at REAL NOT NULL, UNIQUE (key_id, task_id))"
+    )
+    old.execute("INSERT INTO rpc_tasks VALUES ('t--1', 'k', 't', 'h', '[]', NULL, 0, 1.0, 4e9)")
+    old.commit()
+    old.close()
+    store = RpcStore(path, retention=60)
+    try:
+        row = store.get("t--1")
+        assert row is not None and row.deadline == 0.0  # an old row is not counted as pending
+        assert store.pending_count() == 0 and store.pending_count("k") == 0
+    finally:
+        store.close()
