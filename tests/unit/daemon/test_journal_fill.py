@@ -14,12 +14,14 @@ Byte math, default settings (one model, parallel 4 -> max_concurrent 4, max_queu
   so 12 x (196,608 + 256) ~= 2.3 MiB; a task refused as busy keeps a 256-byte row only;
 - waiting rows (finished, not published) hold the result only: at most `journal_max_bytes`
   (64 MiB) plus the newest result; past it the oldest waiting result is dropped;
-- records (published or dropped) hold no body, ~0.4 KB each on disk with a 128-character id,
-  at most `journal_max_records` (100,000): ~40 MB.
+- records (published or dropped) hold no body, ~0.44 KB each on disk with a 128-character id
+  (~0.24 KB with a 40-character one), at most `journal_max_records` (100,000): ~44 MB.
 
-Nothing in the journal grows with the number of keys, and no row kind refuses a task: the
-honest task from key 10,001 is admitted as soon as the flood's tasks have left the queue.
-The old journal kept every body until deadline + 24 h and refused tasks past 256 MiB.
+Worst case ~2.3 MiB + 64.2 MiB + 44 MB ~= 113 MB, whatever the number of keys, and no row
+kind refuses a task: the honest task from key 10,001 is admitted as soon as the flood's tasks
+have left the queue. Here the flood is 100 tasks of 180 KB and 9,900 of 8 KB (~97 MB of
+bodies); every one waits as a ~580-byte error result, ~5.8 MB in all, far below its cap. The
+old journal kept every body until deadline + 24 h and refused all tasks past 256 MiB.
 """
 
 from __future__ import annotations
