@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -264,6 +266,40 @@ def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_pa
     finally:
         if node.proc.poll() is None:
             node.stop()
+
+
+# Run as PID 1 of a fresh PID namespace, as a container runs the daemon: spawn an execution
+# process the way handle.py does and ask it to configure a model that does not exist.
+_AS_PID_1 = """
+import os, socket, subprocess, sys
+from node.daemon.execution.protocol import Configure, decode_from_child, encode
+parent, child = socket.socketpair()
+proc = subprocess.Popen(
+    [sys.executable, "-m", "node.daemon.execution.process", "--fd", str(child.fileno()),
+     "--parent-pid", str(os.getpid())],
+    pass_fds=(child.fileno(),), start_new_session=True,
+)
+child.close()
+parent.sendall(encode(Configure(model="no-such-model", settings={"data_dir": sys.argv[1]})))
+answer = parent.makefile("rb").readline()
+print(os.getpid(), decode_from_child(answer).kind if answer else "nothing", proc.wait(30))
+"""
+
+
+@pytest.mark.slow
+def test_an_execution_process_under_a_pid_1_daemon_does_not_take_itself_for_an_orphan(tmp_path: Path) -> None:
+    """Its parent's pid is 1 (a container): it serves all the same, and ends at the socket's end."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no PID namespaces here (unshare needs CAP_SYS_ADMIN)")
+    run = subprocess.run(
+        [*unshare, sys.executable, "-c", _AS_PID_1, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert run.stdout.split() == ["1", "load_failed", "0"], run.stderr[-2000:]
 
 
 def _children(pid: int) -> list[int]:

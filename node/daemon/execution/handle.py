@@ -121,7 +121,13 @@ class ExecutionProcess:
                 "node.daemon.execution.process",
                 "--fd",
                 str(child.fileno()),
+                "--parent-pid",
+                str(os.getpid()),
                 pass_fds=(child.fileno(),),
+                # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT
+                # to the foreground group) and a group SIGTERM reach the daemon only, which
+                # drains its tasks and then ends this process itself.
+                start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env=env,

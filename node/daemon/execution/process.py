@@ -57,13 +57,28 @@ log = structlog.get_logger("node.execution")
 TEST_WRAPPER_ENV = "COMPUTE_NODE_TEST_EXEC_WRAPPER"
 
 
-def die_with_the_daemon() -> None:
-    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop."""
+def die_with_the_daemon(daemon_pid: int) -> None:
+    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop.
+
+    Orphaned means "re-parented away from `daemon_pid`", not "parent is 1": in a
+    container the daemon itself is PID 1.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_PDEATHSIG = 1  # noqa: N806 - the Linux constant's name
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the daemon was already gone before prctl
+    if os.getppid() != daemon_pid:  # the daemon was already gone before prctl
         raise SystemExit(0)
+
+
+def leave_shutdown_signals_to_the_daemon() -> None:
+    """Ignore SIGINT and SIGTERM: the daemon alone ends this process, after its drain.
+
+    The process already runs in its own session; this also covers a signal sent to
+    every process of the service (systemd's KillMode=control-group, `kill -- -PGID`
+    of an old group).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def apply_memory_limit(limit_mb: int | None) -> None:
@@ -234,8 +249,10 @@ def _test_wrapper() -> Callable[[Any], Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.daemon.execution.process")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
+    parser.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid (orphan detection)")
     args = parser.parse_args(argv)
-    die_with_the_daemon()
+    leave_shutdown_signals_to_the_daemon()
+    die_with_the_daemon(args.parent_pid)
     import uvloop
 
     return uvloop.run(serve(args.fd))
