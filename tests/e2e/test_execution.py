@@ -200,10 +200,31 @@ async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: N
 
 @pytest.mark.slow
 @pytest.mark.asyncio
+async def test_memory_bomb_on_default_settings_is_killed_by_the_derived_limit(tmp_path: Path, wrapped: None) -> None:
+    settings = node_settings(tmp_path)
+    assert settings.exec_max_rss_mb is None and settings.exec_address_space_mb is None  # "auto"
+    async with _harness(settings) as h:
+        limit = h.process().ready.max_rss_mb
+        # SmolLM2's file twice and its KV cache (n_ctx 1024 x 5 contexts), a quarter more, + 512 MiB.
+        assert 700 < limit < 1200, limit
+        pid = h.process().pid
+        bomb_id = await h.submit(f"{BOMB} now", timeout=120)
+        reason = await h.failure(bomb_id)  # killed at the limit, ran once more, killed again: poison
+        assert reason.startswith("Invalid prompt: ") and "memory" in reason
+        assert h.crashes("memory") == 2
+        assert not _alive(pid)
+        await h.until(lambda: h.process() is not None and h.process().pid != pid)  # the model restarted
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_lives_on(
     tmp_path: Path, wrapped: None
 ) -> None:
-    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536)) as h:
+    # The RSS guard off: this is the address-space limit's test alone.
+    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536, exec_max_rss_mb=0)) as h:
         pid = h.process().pid
         bomb_id = await h.submit(f"{BOMB} now", timeout=120)
         assert (await h.failure(bomb_id)).startswith("out of memory")

@@ -111,7 +111,7 @@ class ExecutionProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        if self._settings.get("exec_address_space_mb"):
+        if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
