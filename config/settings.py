@@ -129,7 +129,8 @@ class Settings(LayeredSettings):
         default=None,
         ge=0,
         description="Resident memory (MiB) past which an execution process is killed and restarted (auto: "
-        "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1)) + 512, + 1024 with GPU offload; 0: off)",
+        "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1), or for a remote engine its answers in flight "
+        "at 4 x 16 MiB each) + 512, + 1024 with GPU offload; 0: off)",
     )
     exec_crash_limit: int = Field(
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"

@@ -2,7 +2,8 @@
 
 What a model may hold is known once it is loaded: its file (mapped for generation
 and again by the embedding context), and its KV cache, `n_ctx` tokens per slot
-plus one embedding context, at the size the GGUF header gives per token. The RSS
+plus one embedding context, at the size the GGUF header gives per token (for a
+remote engine: its answers in flight, each up to the byte cap). The RSS
 limit is that with a margin (a quarter more, plus 512 MiB for the interpreter,
 compute buffers and the tasks' own memory; plus 1 GiB of driver memory with GPU
 offload). The address-space limit (CPU only: GPU drivers map huge ranges) is the
@@ -24,6 +25,7 @@ import structlog
 from config.settings import Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
+from models.remote.endpoint import MAX_RESPONSE_BYTES
 from node.daemon.model_setup import model_store, runtime_options
 
 log = structlog.get_logger("node.execution")
@@ -33,6 +35,7 @@ MARGIN_FRACTION = 0.25
 MARGIN_MB = 512
 GPU_DRIVER_MB = 1024
 THREAD_ADDRESS_SPACE_MB = 64  # a thread's stack reservation and its share of malloc arenas
+REMOTE_ANSWER_COST = 4  # bytes held per byte of a remote engine's answer while it is read and parsed
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,16 @@ def model_bytes(path: Path, kv_tokens: int, mappings: int) -> int:
 
 
 def footprint_bytes(settings: Settings, model: str, parallel: int) -> int:
-    """Bytes the local GGUF files of this process may keep resident (0 for a remote model alone)."""
+    """Bytes the model of this process may keep resident: a local GGUF's file and KV cache, or a
+    remote engine's answers in flight; and a separate local embedding model's."""
     registry, store = model_store(settings)
     total = 0
     spec = registry.get(model)
     path = None if spec.is_remote else store.locate(spec)
-    if path is not None:
+    if spec.is_remote:
+        # Each request in flight may hold an answer up to the byte cap, and its parse (~4x).
+        total += parallel * REMOTE_ANSWER_COST * MAX_RESPONSE_BYTES
+    elif path is not None:
         # `parallel` slots of n_ctx, and the embedding context (one more n_ctx, another mapping).
         embeds_here = settings.embedding_model in (None, model)
         total += model_bytes(path, settings.n_ctx * (parallel + embeds_here), 1 + embeds_here)

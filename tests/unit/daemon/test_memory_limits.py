@@ -9,6 +9,7 @@ import pytest
 from config.settings import ConfigError, Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
+from models.remote.endpoint import MAX_RESPONSE_BYTES
 from node.daemon.execution.memory_limits import MIB, derive_address_space_mb, memory_limits
 from tests.support.model_file import SMOLLM2
 
@@ -70,3 +71,9 @@ def test_address_space_leaves_room_over_the_rss_limit() -> None:
 def test_a_limit_too_small_to_load_anything_is_refused(tmp_path: Path, field: str, value: int) -> None:
     with pytest.raises(ConfigError, match="0 \\(off\\) or at least"):
         Settings.load(data_dir=tmp_path, **{field: value})
+
+
+def test_a_remote_models_limit_covers_its_answers_in_flight(tmp_path: Path) -> None:
+    registry = {"remote:m": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    limits = memory_limits(_settings(tmp_path, registry=registry), "remote:m", parallel=8)
+    assert limits.max_rss_mb == int(8 * 4 * MAX_RESPONSE_BYTES * 1.25) // MIB + 512
