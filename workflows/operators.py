@@ -70,6 +70,11 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         return ""
     if task.operator == "sample":
         return await _sample(task, ctx)
+    if task.operator in ("generation", "function_calling", "function_calling_raw") and not any(
+        m.content.strip() for m in task.messages
+    ):
+        # Blank as written: no input can fill it on any node (a blank after filling depends on memory).
+        raise InvalidTaskError("the task has no non-empty message to send to the model")
     limit = ctx.options.max_memory_bytes
     values = await resolve_inputs(task.inputs, ctx.memory, limit)
     messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]

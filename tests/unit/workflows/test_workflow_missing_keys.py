@@ -67,6 +67,28 @@ async def test_reading_what_nothing_fills_is_invalid_prompt(model: BatchedLlamaM
     assert text.startswith(INVALID_PROMPT) and "filled by no step and no external_memory" in text
 
 
+@pytest.mark.parametrize("messages", [[], [{"role": "user", "content": " \n"}]], ids=["none", "blank"])
+async def test_a_generation_with_no_message_as_written_is_invalid_prompt(
+    model: BatchedLlamaModel, messages: list[dict[str, str]]
+) -> None:
+    workflow = _workflow({"type": "string", "key": "unused"}, operator="generation")
+    workflow["tasks"][0]["messages"] = messages
+    text = await _failure(model, workflow)
+    assert text == "Invalid prompt: task 'a' failed: the task has no non-empty message to send to the model"
+
+
+async def test_a_message_left_blank_by_memory_is_not_invalid_prompt(model: BatchedLlamaModel) -> None:
+    workflow = _workflow(
+        {"type": "string", "key": "unused"},
+        operator="generation",
+        inputs=[{"name": "q", "value": {"type": "read", "key": "k"}, "required": False}],
+        outputs=[{"type": "write", "key": "k", "value": "v"}],
+    )
+    workflow["tasks"][0]["messages"] = [{"role": "user", "content": "{q}"}]
+    text = await _failure(model, workflow)
+    assert text == "task 'a' failed: the task has no non-empty message to send to the model"
+
+
 async def test_a_key_a_skipped_step_would_write_is_not_invalid_prompt(model: BatchedLlamaModel) -> None:
     workflow = _workflow({"type": "read", "key": "k"}, outputs=[{"type": "write", "key": "k", "value": "v"}])
     text = await _failure(model, workflow)
