@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
@@ -26,7 +26,9 @@ class Settings(LayeredSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     singular_flags: ClassVar[dict[str, str]] = {"models": "model", "publishers": "publisher"}
-    auto_defaults: ClassVar[frozenset[str]] = frozenset({"n_threads", "n_gpu_layers", "parallel", "max_concurrent"})
+    auto_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"n_threads", "n_gpu_layers", "parallel", "max_concurrent", "exec_address_space_mb", "exec_max_rss_mb"}
+    )
 
     # Identity and storage
     data_dir: UserPath = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
@@ -130,11 +132,16 @@ class Settings(LayeredSettings):
     )
     exec_address_space_mb: int | None = Field(
         default=None,
-        ge=256,
-        description="Address-space limit (RLIMIT_AS, MiB) of each execution process; CPU only (unset: none)",
+        ge=0,
+        description="Address-space limit (RLIMIT_AS, MiB) of each execution process, CPU only "
+        "(auto: its address space once loaded + its RSS limit + room for threads; none with GPU offload; 0: off)",
     )
     exec_max_rss_mb: int | None = Field(
-        default=None, ge=64, description="Resident memory (MiB) past which an execution process is killed (unset: none)"
+        default=None,
+        ge=0,
+        description="Resident memory (MiB) past which an execution process is killed and restarted (auto: "
+        "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1), or for a remote engine its answers in flight "
+        "at 4 x 16 MiB each) + 512, + 1024 with GPU offload; 0: off)",
     )
     exec_crash_limit: int = Field(
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
@@ -160,6 +167,14 @@ class Settings(LayeredSettings):
                 raise ValueError(f"{addr!r} is not a 40-hex-character address")
             out.append(hex_part)
         return out
+
+    @field_validator("exec_address_space_mb", "exec_max_rss_mb")
+    @classmethod
+    def _off_or_workable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        floor = 256 if info.field_name == "exec_address_space_mb" else 64
+        if value is not None and 0 < value < floor:
+            raise ValueError(f"must be 0 (off) or at least {floor} MiB (no runtime loads in less)")
+        return value
 
     @field_validator("tool_secrets")
     @classmethod

@@ -1,13 +1,15 @@
-"""Cheap checks on a model file before llama.cpp sees it.
+"""Cheap checks on a model file before llama.cpp sees it, and what its header says it will cost.
 
 llama.cpp's own errors for a bad file are terse ("failed to load model"), so the
 obvious cases (missing, not a GGUF, larger than the memory left) are caught here
-with messages that name the file and the problem.
+with messages that name the file and the problem. `kv_bytes_per_token` reads the
+attention shape from the GGUF metadata (as llama.cpp reports it) for memory budgets.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from models.requests import ModelLoadError
@@ -15,6 +17,7 @@ from models.requests import ModelLoadError
 GGUF_MAGIC = b"GGUF"
 # Headroom over the file size for the KV cache, compute buffers and the process.
 _MEMORY_HEADROOM_BYTES = 256 * 1024 * 1024
+KV_ELEMENT_BYTES = 2  # llama.cpp's default K and V cache type is f16
 
 
 def is_gguf(path: Path) -> bool:
@@ -59,3 +62,26 @@ def check_model_file(path: Path, *, in_host_memory: bool = True) -> None:
             f"model file {path} is too large: {size / 2**30:.1f} GiB "
             f"but only {available / 2**30:.1f} GiB of memory is available"
         )
+
+
+def kv_bytes_per_token(metadata: Mapping[str, str]) -> int | None:
+    """Bytes of K and V cache one token takes in every layer (f16), from the GGUF metadata.
+
+    `<arch>.attention.key_length`/`value_length` default to embedding_length / head_count,
+    head_count_kv to head_count (no grouped-query attention). None when the header
+    lacks the shape (an architecture llama.cpp describes differently).
+    """
+    arch = metadata.get("general.architecture", "")
+
+    def number(key: str) -> int | None:
+        value = metadata.get(f"{arch}.{key}", "")
+        return int(value) if value.isdigit() else None
+
+    layers, width, heads = number("block_count"), number("embedding_length"), number("attention.head_count")
+    if layers is None or width is None:
+        return None
+    head_dim = width // heads if heads else width
+    kv_heads = number("attention.head_count_kv") or heads or 1
+    key_length = number("attention.key_length") or head_dim
+    value_length = number("attention.value_length") or head_dim
+    return layers * kv_heads * (key_length + value_length) * KV_ELEMENT_BYTES

@@ -13,6 +13,7 @@ from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
 from workflows.errors import LimitExceededError, ModelFailedError, ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve, write_outputs
+from workflows.key_sources import KeySources
 from workflows.memory import Memory
 from workflows.operators import RunContext, run_task
 from workflows.options import EngineOptions, ToolSettings
@@ -69,13 +70,14 @@ async def run_workflow(
         tools=tools or ToolSettings(),
         options=options,
         rng=random.Random(options.seed),
+        sources=KeySources.of(workflow, prompt),
     )
     progress = _Progress()
     timer = asyncio.timeout(max_time)
     try:
         async with timer:
             await _walk(workflow, ctx, max_steps, progress)
-            text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes)
+            text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes, ctx.sources)
     except TimeoutError:
         if not timer.expired():
             raise

@@ -18,10 +18,11 @@ from workflows.errors import (
     UnsupportedSchemaError,
 )
 from workflows.inputs import check_rendered, render, resolve, resolve_inputs
+from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
-from workflows.schema import RegexSchema, Task, WorkflowConfig
+from workflows.schema import InputValue, RegexSchema, Task, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
 from workflows.tools import build_tools, web_search
@@ -45,6 +46,7 @@ class RunContext:
     tools: ToolSettings
     options: EngineOptions
     rng: random.Random
+    sources: KeySources | None = None  # what the task can fill: tells deterministic misses apart
     usage: Usage = field(default_factory=Usage)
 
     @property
@@ -68,6 +70,11 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         return ""
     if task.operator == "sample":
         return await _sample(task, ctx)
+    if task.operator in ("generation", "function_calling", "function_calling_raw") and not any(
+        m.content.strip() for m in task.messages
+    ):
+        # Blank as written: no input can fill it on any node (a blank after filling depends on memory).
+        raise InvalidTaskError("the task has no non-empty message to send to the model")
     limit = ctx.options.max_memory_bytes
     values = await resolve_inputs(task.inputs, ctx.memory, limit)
     messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]
@@ -163,7 +170,17 @@ async def _sample(task: Task, ctx: RunContext) -> str:
         check_rendered(size, ctx.options.max_memory_bytes)
         pool = resolved if isinstance(resolved, list) else ctx.memory.get_all(render(resolved))
         if not pool:
+            if resolved is None and _never_filled(ctx.sources, item.value):
+                raise InvalidTaskError(
+                    f"sample input {item.name!r}: {item.value.type} {item.value.key!r} is filled by no step "
+                    "and no external_memory"
+                )
             raise TaskError(f"sample input {item.name!r}: the stack it names is empty or missing")
         samples.append(render_entry(ctx.rng.choice(pool)))
     prompt = fill(task.messages[-1].content, values, ctx.options.max_memory_bytes) if task.messages else ""
     return "".join([prompt, *(f": {s}" for s in samples)])
+
+
+def _never_filled(sources: KeySources | None, value: InputValue) -> bool:
+    """`value` can never hold anything, and the stack its empty rendering names ("") is never filled either."""
+    return sources is not None and sources.never_filled(value) and "" not in sources.stacks

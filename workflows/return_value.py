@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 
-from workflows.errors import ResultTooLargeError, WorkflowError
+from workflows.errors import InvalidTaskError, ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve
+from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
 from workflows.schema import PostProcess, ReturnValue
 
 
-async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = None) -> str:
+async def build_result(
+    spec: ReturnValue, memory: Memory, limit: int | None = None, sources: KeySources | None = None
+) -> str:
     """The result text: resolved input(s), optionally as a JSON array, post-processed.
 
     With `limit`, a post-processing step that would grow the text past `limit`
-    characters raises ResultTooLargeError before it runs.
+    characters raises ResultTooLargeError before it runs. An input that names
+    nothing raises InvalidTaskError (deterministic) when `sources` says nothing
+    in the task can ever fill it, a plain WorkflowError otherwise.
     """
     values = spec.input if isinstance(spec.input, list) else [spec.input]
     resolved = []
@@ -24,6 +29,10 @@ async def build_result(spec: ReturnValue, memory: Memory, limit: int | None = No
             item = []  # an empty stack is an empty list, not a missing value
         if item is None:
             where = f"return_value.input[{i}]" if isinstance(spec.input, list) else "return_value.input"
+            if sources is not None and sources.never_filled(value):
+                raise InvalidTaskError(
+                    f"{where}: {value.type} {value.key!r} is filled by no step and no external_memory"
+                )
             raise WorkflowError(f"{where}: {value.type} {value.key!r} holds nothing at the end of the run")
         resolved.append(item)
 

@@ -11,11 +11,18 @@ retried with exponential backoff (honouring `Retry-After`) for at most
 `retry_seconds`; then the call fails with EngineUnavailableError, a transient
 error. Other 4xx answers fail at once with EngineRequestError. Cancelling the
 awaiting task closes the HTTP request (httpx drops the connection).
+
+Whatever the engine sends is bounded: an answer is read as a stream and dropped
+at `max_response_bytes` (decoded; EngineResponseTooLargeError), and one exchange,
+connect to last byte, gets `request_timeout` seconds of wall clock in all (the
+health check HEALTH_TIMEOUT): an engine trickling bytes cannot hold a request
+or the health loop longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -34,6 +41,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 8.0
 HEALTH_TIMEOUT = 5.0
+# A chat answer of the largest max_tokens is tens of KiB, a hosted service's /models a few MiB.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+ERROR_DETAIL_BYTES = 300
 
 
 class EngineUnavailableError(ModelError):
@@ -42,6 +52,14 @@ class EngineUnavailableError(ModelError):
 
 class EngineRequestError(ModelError):
     """The engine refused the request (a 4xx other than 429) or answered something unreadable."""
+
+
+class EngineResponseTooLargeError(EngineRequestError):
+    """The engine's answer passed `max_response_bytes`; reading stopped there."""
+
+
+class _TooLarge(Exception):
+    """Internal: the body passed the cap (turned into a named error by the caller)."""
 
 
 def resolve_api_key(spec: ModelSpec, environ: dict[str, str] | None = None) -> str | None:
@@ -59,7 +77,13 @@ def resolve_api_key(spec: ModelSpec, environ: dict[str, str] | None = None) -> s
 class Endpoint:
     """The HTTP side of one remote model: pooled keep-alive connections to `base_url`."""
 
-    def __init__(self, spec: ModelSpec, api_key: str | None, max_connections: int) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        api_key: str | None,
+        max_connections: int,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         assert spec.base_url is not None
         self.model_name = spec.name
         self.base_url = spec.base_url.rstrip("/")
@@ -67,6 +91,8 @@ class Endpoint:
         self.host = parts.netloc  # for log lines: scheme + host, never the key
         self._log_fields = {"model": spec.name, "engine": self.host}
         self.retry_seconds = spec.retry_seconds
+        self.request_timeout = spec.request_timeout
+        self.max_response_bytes = max_response_bytes
         if api_key and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "remote engine key sent over plain http",
@@ -97,7 +123,7 @@ class Endpoint:
         attempt = 0
         while True:
             attempt += 1
-            problem, retry_after = await self._attempt(path, payload)
+            problem, retry_after = await self._attempt(path, payload, deadline)
             if isinstance(problem, dict):
                 return problem
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
@@ -121,29 +147,37 @@ class Endpoint:
             )
             await asyncio.sleep(backoff)
 
-    async def _attempt(self, path: str, payload: dict[str, Any]) -> tuple[dict[str, Any] | str, float | None]:
+    async def _attempt(
+        self, path: str, payload: dict[str, Any], deadline: float | None
+    ) -> tuple[dict[str, Any] | str, float | None]:
         """The JSON answer, or (a transient problem's description, Retry-After seconds)."""
+        seconds = self.request_timeout
+        if deadline is not None:
+            seconds = max(0.0, min(seconds, deadline - time.monotonic()))
         try:
-            response = await self._client.post(path, json=payload)
+            async with asyncio.timeout(seconds):
+                status, body, retry_after = await self._exchange("POST", path, json=payload)
+        except TimeoutError:
+            return f"no complete answer within {seconds:g} s", None
         except httpx.TimeoutException:
             return f"no answer within {self._client.timeout.read:g} s", None
         except httpx.TransportError as exc:
             return f"connection failed: {type(exc).__name__}", None
-        if response.status_code in RETRY_STATUSES:
-            return f"HTTP {response.status_code}", _retry_after(response)
-        if response.status_code >= 400:
+        except _TooLarge:
+            raise self._too_large(f"POST {path}") from None
+        if status in RETRY_STATUSES:
+            return f"HTTP {status}", retry_after
+        if status >= 400:
             # The engine's own message may quote the prompt: the log gets it, the error text does not.
             log.warning(
                 "remote engine refused the request",
                 **self._log_fields,
-                status=response.status_code,
-                detail=response.text[:300],
+                status=status,
+                detail=body.decode("utf-8", "replace"),
             )
-            raise EngineRequestError(
-                f"the engine serving {self.model_name} refused the request (HTTP {response.status_code})"
-            )
+            raise EngineRequestError(f"the engine serving {self.model_name} refused the request (HTTP {status})")
         try:
-            answer = response.json()
+            answer = json.loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
@@ -153,15 +187,54 @@ class Endpoint:
         return answer, None
 
     async def get_json(self, path: str, timeout: float = HEALTH_TIMEOUT) -> Any:
-        """GET `path` once (no retries); raises EngineUnavailableError on any failure."""
+        """GET `path` once (no retries), all of it within `timeout` s and `max_response_bytes`;
+        raises EngineUnavailableError on any failure (EngineResponseTooLargeError past the cap)."""
         try:
-            response = await self._client.get(path, timeout=timeout)
-            response.raise_for_status()
-            return response.json()
+            async with asyncio.timeout(timeout):
+                status, body, _ = await self._exchange("GET", path, timeout=timeout)
+            if status >= 400:
+                raise EngineUnavailableError(
+                    f"the engine serving {self.model_name} did not answer GET {path}: HTTP {status}"
+                )
+            return json.loads(body)
+        except _TooLarge:
+            raise self._too_large(f"GET {path}") from None
+        except TimeoutError:
+            raise EngineUnavailableError(
+                f"the engine serving {self.model_name} did not answer GET {path} within {timeout:g} s"
+            ) from None
         except (httpx.HTTPError, ValueError) as exc:
             raise EngineUnavailableError(
                 f"the engine serving {self.model_name} did not answer GET {path}: {type(exc).__name__}"
             ) from None
+
+    async def _exchange(self, method: str, path: str, **request: Any) -> tuple[int, bytes, float | None]:
+        """(status, body, Retry-After) with the body read as a stream: raises _TooLarge past the cap.
+
+        An error answer's body is read only as far as a log line needs.
+        """
+        async with self._client.stream(method, path, **request) as response:
+            limit = self.max_response_bytes if response.status_code < 400 else ERROR_DETAIL_BYTES
+            declared = response.headers.get("content-length", "")
+            if response.status_code < 400 and declared.isdigit() and int(declared) > limit:
+                raise _TooLarge
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # decoded: a compressed bomb counts as what it inflates to
+                body += chunk
+                if len(body) > limit:
+                    if response.status_code < 400:
+                        raise _TooLarge
+                    del body[limit:]
+                    break
+            return response.status_code, bytes(body), _retry_after(response)
+
+    def _too_large(self, request: str) -> EngineResponseTooLargeError:
+        log.warning(
+            "remote engine answer too large", **self._log_fields, request=request, limit=self.max_response_bytes
+        )
+        return EngineResponseTooLargeError(
+            f"the engine serving {self.model_name} answered {request} with more than {self.max_response_bytes} bytes"
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -106,7 +106,7 @@ class RemoteModel:
         """Ask the engine for its model list; update and return `available`."""
         try:
             listing = await self._endpoint.get_json("models")
-        except EngineUnavailableError as exc:
+        except (EngineUnavailableError, EngineRequestError) as exc:  # down, or an answer past the byte cap
             self._set_available(False, str(exc))
             return False
         ids = (

@@ -319,8 +319,10 @@ class Client:
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)
-        self.nodes.update(inbound.sender, inbound.body)
-        self._notify(inbound)
+        # Observers (the gateway's /rpc/get_alive_peers) see what the table holds: a replayed,
+        # stale or overtaken heartbeat, validly signed but rejected here, goes no further.
+        if self.nodes.update(inbound.sender, inbound.body):
+            self._notify(inbound)
 
     def _notify(self, inbound: Inbound) -> None:
         if self.on_message is None:

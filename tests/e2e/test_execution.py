@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -198,10 +200,31 @@ async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: N
 
 @pytest.mark.slow
 @pytest.mark.asyncio
+async def test_memory_bomb_on_default_settings_is_killed_by_the_derived_limit(tmp_path: Path, wrapped: None) -> None:
+    settings = node_settings(tmp_path)
+    assert settings.exec_max_rss_mb is None and settings.exec_address_space_mb is None  # "auto"
+    async with _harness(settings) as h:
+        limit = h.process().ready.max_rss_mb
+        # SmolLM2's file twice and its KV cache (n_ctx 1024 x 5 contexts), a quarter more, + 512 MiB.
+        assert 700 < limit < 1200, limit
+        pid = h.process().pid
+        bomb_id = await h.submit(f"{BOMB} now", timeout=120)
+        reason = await h.failure(bomb_id)  # killed at the limit, ran once more, killed again: poison
+        assert reason.startswith("Invalid prompt: ") and "memory" in reason
+        assert h.crashes("memory") == 2
+        assert not _alive(pid)
+        await h.until(lambda: h.process() is not None and h.process().pid != pid)  # the model restarted
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_lives_on(
     tmp_path: Path, wrapped: None
 ) -> None:
-    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536)) as h:
+    # The RSS guard off: this is the address-space limit's test alone.
+    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536, exec_max_rss_mb=0)) as h:
         pid = h.process().pid
         bomb_id = await h.submit(f"{BOMB} now", timeout=120)
         assert (await h.failure(bomb_id)).startswith("out of memory")
@@ -264,6 +287,40 @@ def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_pa
     finally:
         if node.proc.poll() is None:
             node.stop()
+
+
+# Run as PID 1 of a fresh PID namespace, as a container runs the daemon: spawn an execution
+# process the way handle.py does and ask it to configure a model that does not exist.
+_AS_PID_1 = """
+import os, socket, subprocess, sys
+from node.daemon.execution.protocol import Configure, decode_from_child, encode
+parent, child = socket.socketpair()
+proc = subprocess.Popen(
+    [sys.executable, "-m", "node.daemon.execution.process", "--fd", str(child.fileno()),
+     "--parent-pid", str(os.getpid())],
+    pass_fds=(child.fileno(),), start_new_session=True,
+)
+child.close()
+parent.sendall(encode(Configure(model="no-such-model", settings={"data_dir": sys.argv[1]})))
+answer = parent.makefile("rb").readline()
+print(os.getpid(), decode_from_child(answer).kind if answer else "nothing", proc.wait(30))
+"""
+
+
+@pytest.mark.slow
+def test_an_execution_process_under_a_pid_1_daemon_does_not_take_itself_for_an_orphan(tmp_path: Path) -> None:
+    """Its parent's pid is 1 (a container): it serves all the same, and ends at the socket's end."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no PID namespaces here (unshare needs CAP_SYS_ADMIN)")
+    run = subprocess.run(
+        [*unshare, sys.executable, "-c", _AS_PID_1, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert run.stdout.split() == ["1", "load_failed", "0"], run.stderr[-2000:]
 
 
 def _children(pid: int) -> list[int]:

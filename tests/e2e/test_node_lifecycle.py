@@ -1,4 +1,5 @@
-"""The node's lifecycle: graceful drain on SIGTERM, crash recovery from the journal after SIGKILL.
+"""The node's lifecycle: graceful drain on SIGTERM or SIGINT (to the daemon or its whole
+process group), crash recovery from the journal after SIGKILL.
 
 Real `compute-node start` subprocesses and real signals; loopback only."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -54,6 +56,50 @@ async def test_sigterm_drains_the_running_task_then_exits_0(
                 with pytest.raises(TaskFailedError, match="interrupted: node shutting down"):
                     await client.wait(task_id, timeout=30, nodes=[address])
             assert await asyncio.to_thread(node.proc.wait, 60) == 0
+    finally:
+        node.stop(signal.SIGKILL)
+
+
+def _execution_pids(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def _signal_node(node: NodeProcess, sig: signal.Signals, target: str) -> None:
+    """`group`: the node's process group, as Ctrl-C in a terminal does (SIGINT) or `kill -- -PGID`;
+    `every`: each process of the node, as systemd's KillMode=control-group does."""
+    if target == "group":
+        os.killpg(node.proc.pid, sig)
+        return
+    pids = [node.proc.pid, *_execution_pids(node.proc.pid)]
+    assert len(pids) == 2  # the daemon and its one execution process
+    for pid in pids:
+        os.kill(pid, sig)
+
+
+@pytest.mark.parametrize(
+    ("sig", "target"),
+    [(signal.SIGINT, "group"), (signal.SIGTERM, "group"), (signal.SIGTERM, "every")],
+    ids=["SIGINT-group", "SIGTERM-group", "SIGTERM-every-process"],
+)
+async def test_signal_to_the_whole_node_drains_like_a_signal_to_the_daemon(
+    tmp_path: Path, sig: signal.Signals, target: str
+) -> None:
+    node = NodeProcess(tmp_path / "node", "--drain-timeout", "120", own_group=True)
+    try:
+        address = node_address(node)
+        async with Client(peers=[node.addr]) as client:
+            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=90)
+            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            _signal_node(node, sig, target)
+            result = await client.wait(task_id, timeout=150, nodes=[address])
+            assert items_in(result.text) == 300  # finished, not interrupted, not rerun after a crash
+            assert await asyncio.to_thread(node.proc.wait, 60) == 0
+        await asyncio.to_thread(node.wait_for_log, "stopped", 10)
+        assert node.wait_for_log("signal received")["signal"] == sig.name
+        ended = [entry for entry in node.logs if entry.get("event") == "execution process ended"]
+        assert ended == []  # the daemon ended its runtime itself, after the drain
+        assert not [entry for entry in node.logs if "crashed" in json.dumps(entry)]
+        assert [entry["event"] for entry in node.logs if entry.get("task_id") == task_id].count("task started") == 1
     finally:
         node.stop(signal.SIGKILL)
 

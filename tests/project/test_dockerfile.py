@@ -208,6 +208,8 @@ def test_systemd_unit_matches_daemon(pyproject: dict[str, Any]) -> None:
     unit = unit_file()
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["Restart"] == ["on-failure"] and unit["KillSignal"] == ["SIGTERM"]
+    # SIGTERM to the daemon alone: it drains, then ends its execution processes itself.
+    assert unit["KillMode"] == ["mixed"]
     assert float(unit["TimeoutStopSec"][0]) > settings_field_default("drain_timeout")
     assert int(unit["WatchdogSec"][0]) > 0
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):

@@ -19,10 +19,18 @@ class Seen:
 
 @dataclass
 class Route:
+    """One scripted answer. `trickle_s`: send the body one byte at a time, this many seconds
+    apart; `content_length`: False sends none (the body ends when the connection closes)."""
+
     status: int = 200
     body: bytes = b"ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    trickle_s: float = 0.0
+    content_length: bool = True
+
+
+CHUNK = 64 * 1024
 
 
 class LocalServer:
@@ -31,6 +39,8 @@ class LocalServer:
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes
         self.seen: list[Seen] = []
+        self.sent_bytes = 0  # body bytes written, over all answers
+        self.hung_up = 0  # answers the client closed before the end of the body
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,9 +59,19 @@ class LocalServer:
                 self.send_response(route.status)
                 for key, value in route.headers.items():
                     self.send_header(key, value.replace("{port}", str(server.port)))
-                self.send_header("content-length", str(len(route.body)))
+                if route.content_length:
+                    self.send_header("content-length", str(len(route.body)))
                 self.end_headers()
-                self.wfile.write(route.body)
+                step = 1 if route.trickle_s else CHUNK
+                try:
+                    for start in range(0, len(route.body), step):
+                        self.wfile.write(route.body[start : start + step])
+                        server.sent_bytes += min(step, len(route.body) - start)
+                        if route.trickle_s:
+                            self.wfile.flush()
+                            time.sleep(route.trickle_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    server.hung_up += 1  # the client stopped reading and closed
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -41,7 +41,16 @@ def free_port() -> int:
 class NodeProcess:
     """`compute-node start` on 127.0.0.1; collects its JSON log lines from stderr."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        own_group: bool = False,
+    ) -> None:
+        """`own_group`: the node leads a new process group (and session), as under a
+        terminal or a service manager, so a test can signal the whole group."""
         self.proc = subprocess.Popen(
             [*CLI, "start", "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--data-dir", str(data_dir), *extra],
             stdout=subprocess.PIPE,
@@ -49,6 +58,7 @@ class NodeProcess:
             text=True,
             env=env or cli_env(),
             cwd=ROOT,
+            start_new_session=own_group,
         )
         self.logs: list[dict] = []
         self._stderr_tail: list[str] = []

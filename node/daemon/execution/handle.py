@@ -111,7 +111,7 @@ class ExecutionProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        if self._settings.get("exec_address_space_mb"):
+        if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
@@ -121,7 +121,13 @@ class ExecutionProcess:
                 "node.daemon.execution.process",
                 "--fd",
                 str(child.fileno()),
+                "--parent-pid",
+                str(os.getpid()),
                 pass_fds=(child.fileno(),),
+                # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT
+                # to the foreground group) and a group SIGTERM reach the daemon only, which
+                # drains its tasks and then ends this process itself.
+                start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env=env,

@@ -3,7 +3,8 @@
 At start every configured model gets a process; the node serves the models whose
 process loaded and answered a health probe, and stops with a clear error if none
 did. While serving, a watch loop per model probes the process, checks its RSS
-against the operator's limit, and kills it if either fails. A process that ends
+against its limit (the operator's, or derived from the model: its `ready`), and
+kills it if either fails. A process that ends
 is counted in /metrics with its signal and restarted with exponential backoff;
 after `exec_crash_limit` crashes within `exec_crash_window` seconds the model
 leaves the heartbeats until a restart succeeds and the process stays up.
@@ -219,7 +220,6 @@ class ExecutionPool:
 
     async def _watch(self, slot: _Slot) -> None:
         """Kill the process when it outgrows its RSS limit or stops answering probes."""
-        limit = self._settings.exec_max_rss_mb
         last_probe = time.monotonic()
         while True:
             await asyncio.sleep(RSS_CHECK_INTERVAL_S)
@@ -228,6 +228,7 @@ class ExecutionPool:
                 last_probe = time.monotonic()
                 continue
             rss = process.rss_bytes()
+            limit = process.ready.max_rss_mb if process.ready is not None else None  # the operator's or derived
             if rss is not None:
                 self._metrics.exec_rss_bytes.labels(model=slot.model).set(rss)
                 if limit and rss > limit * MIB:

@@ -3,7 +3,8 @@
 Started by the daemon as `python -m node.daemon.execution.process --fd N` (a clean
 interpreter, never a fork of the threaded daemon), with one end of a socketpair as
 fd N. It reads `configure`, applies the operator's memory limit, loads and
-benchmarks the model, answers `ready` (or `load_failed` and exits), then runs
+benchmarks the model, derives the limits left unset (memory_limits.py), answers
+`ready` with its RSS limit (or `load_failed` and exits), then runs
 tasks concurrently until the daemon closes the socket. Its logs go to the
 daemon's stderr. Anything that kills it (a signal, an abort in llama.cpp) costs
 only this process: the daemon answers its tasks and starts a new one.
@@ -27,6 +28,7 @@ import structlog
 
 from config.settings import Settings
 from models.requests import ModelError
+from node.daemon.execution.memory_limits import memory_limits
 from node.daemon.execution.protocol import (
     MAX_FRAME_BYTES,
     Cancel,
@@ -57,13 +59,28 @@ log = structlog.get_logger("node.execution")
 TEST_WRAPPER_ENV = "COMPUTE_NODE_TEST_EXEC_WRAPPER"
 
 
-def die_with_the_daemon() -> None:
-    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop."""
+def die_with_the_daemon(daemon_pid: int) -> None:
+    """SIGKILL this process when the daemon dies, even if a runaway task holds its event loop.
+
+    Orphaned means "re-parented away from `daemon_pid`", not "parent is 1": in a
+    container the daemon itself is PID 1.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_PDEATHSIG = 1  # noqa: N806 - the Linux constant's name
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the daemon was already gone before prctl
+    if os.getppid() != daemon_pid:  # the daemon was already gone before prctl
         raise SystemExit(0)
+
+
+def leave_shutdown_signals_to_the_daemon() -> None:
+    """Ignore SIGINT and SIGTERM: the daemon alone ends this process, after its drain.
+
+    The process already runs in its own session; this also covers a signal sent to
+    every process of the service (systemd's KillMode=control-group, `kill -- -PGID`
+    of an old group).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def apply_memory_limit(limit_mb: int | None) -> None:
@@ -179,7 +196,7 @@ async def serve(fd: int) -> int:
         raise SystemExit(f"execution process: expected configure first, got {configure.kind}")
     settings = Settings.model_validate(configure.settings)
     configure_logging(settings.log_level, settings.log_format)
-    apply_memory_limit(settings.exec_address_space_mb)
+    apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
     name = configure.model
     try:
         prepared = await prepare_model(name, settings)
@@ -187,14 +204,21 @@ async def serve(fd: int) -> int:
         embedder: Any = model
         if settings.embedding_model and settings.embedding_model != name:
             embedder = await create_embedder(settings.embedding_model, settings)
-    except ModelError as exc:
+        limits = memory_limits(settings, name, model.parallel)
+    except (ModelError, OSError) as exc:
         send(LoadFailed(model=name, error=str(exc)))
         await writer.drain()
         return 0
+    if settings.exec_address_space_mb is None:
+        apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
     host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
     send(
         Ready(
-            model=name, parallel=model.parallel, generation_tps=prepared.generation_tps, prompt_tps=prepared.prompt_tps
+            model=name,
+            parallel=model.parallel,
+            generation_tps=prepared.generation_tps,
+            prompt_tps=prepared.prompt_tps,
+            max_rss_mb=limits.max_rss_mb,
         )
     )
     log.info("execution process ready", model=name, pid=os.getpid())
@@ -234,8 +258,10 @@ def _test_wrapper() -> Callable[[Any], Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.daemon.execution.process")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
+    parser.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid (orphan detection)")
     args = parser.parse_args(argv)
-    die_with_the_daemon()
+    leave_shutdown_signals_to_the_daemon()
+    die_with_the_daemon(args.parent_pid)
     import uvloop
 
     return uvloop.run(serve(args.fd))

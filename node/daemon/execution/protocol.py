@@ -63,6 +63,7 @@ class Ready(Message):
     parallel: int = Field(ge=1)
     generation_tps: float | None = None
     prompt_tps: float | None = None
+    max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
 
 
 class LoadFailed(Message):

@@ -14,7 +14,8 @@ from node.wire.topics import TASK_TOPIC
 
 
 async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
-    """Signed heartbeats with extreme values, replays and stale bodies, sent at a real Client."""
+    """Signed heartbeats with extreme values, replays and stale bodies, sent at a real Client;
+    its observer (the gateway's /rpc/get_alive_peers) sees only the ones the node table took."""
     from node.publisher.client import Client
     from node.wire.envelope import seal
 
@@ -24,6 +25,8 @@ async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
     await peer.subscribe(TASK_TOPIC)
     await peer.subscribe("heartbeat")
     client = Client(peers=[peer.listen_addrs[0]], node_table=NodeTable(ttl=3))
+    observed: list[int] = []  # timestamps of the heartbeats the observer was shown
+    client.on_message = lambda inbound: observed.append(inbound.body.timestamp)
     try:
         await client.start()
         for _ in range(100):
@@ -60,19 +63,24 @@ async def test_publisher_survives_extreme_and_replayed_heartbeats() -> None:
         [node] = await known()
         assert (node.free, node.tps["m"]) == (MAX_CAPACITY, MAX_TPS)
         assert client.nodes.choose(["m"]) is not None  # weighing did not raise
+        assert observed == [first]
         # An older body (validly signed, freshly enveloped) does not replace the newer one.
         await send(heartbeat(first - 10**9, 0, 1.0))
         await asyncio.sleep(0.5)
         assert client.nodes.live()[0].free == MAX_CAPACITY
+        assert observed == [first]
         # The same signed body re-sent after the TTL keeps nothing alive.
         await asyncio.sleep(3.2)
         envelope = json.loads(seal(fake_node, "heartbeat", heartbeat(first, 5, 1.0)))
         await peer.publish("heartbeat", json.dumps(envelope).encode())
         await asyncio.sleep(0.5)
         assert client.nodes.live() == []
+        assert observed == [first]  # the re-wrapped old body reached no observer
         # A fresh one brings it back.
-        await send(heartbeat(time.time_ns(), 3, 10.0))
+        fresh = time.time_ns()
+        await send(heartbeat(fresh, 3, 10.0))
         [node] = await known()
+        assert observed == [first, fresh]
         assert node.free == 3 and not any(loop.done() for loop in client._loops)
     finally:
         await client.close()
