@@ -6,4 +6,5 @@ protocol.py: the IPC messages (pydantic, one JSON object per line over a socketp
 process.py:  the child's main loop (`python -m node.daemon.execution.process --fd N`).
 handle.py:   the daemon's view of one child: spawn, send, receive, kill, exit status.
 pool.py:     the daemon's supervisor of all children: start, watch, restart with backoff.
+stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 """
