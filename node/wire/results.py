@@ -50,7 +50,7 @@ def result_body(
         "completionTokens": clamp_count(outcome.completion_tokens),
     }
     stats = Stats.model_validate({**timings, **tokens})  # token counts travel as extra fields
-    # A lone surrogate (from an engine's JSON escape) is not UTF-8: it becomes U+FFFD, not a lost result.
+    # A lone surrogate (from an engine's JSON escape) is not UTF-8: it becomes "?", not a lost result.
     ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8", errors="replace")).hex()
     return ResultBody(task_id=task_id, ciphertext=ciphertext, model=model, stats=stats)
 

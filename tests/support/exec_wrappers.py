@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ import llama_cpp
 
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import EmbeddingRequest, Generation, GenerationRequest
+from node.daemon.execution.protocol import MAX_FRAME_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
 BOMB = "#bomb"  # allocates (and touches) memory without bound
@@ -108,6 +110,27 @@ def _block_in_native_code(loop: Any, sampling: set[str], decoding: set[str]) -> 
 
 def misbehave(model: Any) -> Misbehaving:
     return Misbehaving(model)
+
+
+# A file holding a count: while it is above 0, each start decrements it and breaks the protocol.
+BAD_STARTS_ENV = "COMPUTE_NODE_TEST_BAD_STARTS"
+
+
+def oversized_first_line(model: Any) -> Any:
+    """Before `ready`, send the daemon a line past the protocol's frame limit (while BAD_STARTS_ENV says so)."""
+    counter = os.environ.get(BAD_STARTS_ENV)
+    if counter and os.path.exists(counter) and (left := int(open(counter).read() or 0)) > 0:
+        with open(counter, "w") as out:
+            out.write(str(left - 1))
+        fd = int(sys.argv[sys.argv.index("--fd") + 1])
+        os.set_blocking(fd, True)
+        chunk = b"x" * (1024 * 1024)
+        try:
+            for _ in range(MAX_FRAME_BYTES // len(chunk) + 1):
+                os.write(fd, chunk)
+        except OSError:  # the daemon gave up on this process and closed its end
+            pass
+    return model
 
 
 def crash_at_start(model: Any) -> Any:
