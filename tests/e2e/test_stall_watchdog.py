@@ -24,7 +24,7 @@ from node.daemon.execution.process import TEST_WRAPPER_ENV
 from node.daemon.server import NodeServer
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.exec_wrappers import STALL, STALL_DECODE
+from tests.support.exec_wrappers import SPIN, STALL, STALL_DECODE
 from workflows import Simple
 
 MODEL = "smollm2:135m"
@@ -39,8 +39,10 @@ class Node:
         self.pool = server.pool
         self.parts = server.parts
 
-    async def submit(self, prompt: str, timeout: float, max_tokens: int = 16) -> str:
+    async def submit(self, prompt: str, timeout: float, max_tokens: int = 16, max_time: float | None = None) -> str:
         workflow = Simple().workflow(prompt=prompt, max_tokens=max_tokens)
+        if max_time is not None:
+            workflow["config"]["max_time"] = max_time
         return await self.client.submit(Task(workflow=workflow, models=[MODEL], nodes=[self.address]), timeout)
 
     async def wait(self, task_id: str, timeout: float = 90) -> TaskResult:
@@ -151,3 +153,25 @@ async def test_task_stalling_a_batch_decode_twice_gets_invalid_prompt_and_the_in
     assert [(s["call"], s["suspects"], s["sole_suspect"]) for s in stalls] == [("decode", [stall_id], False)] * 2
     reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
     assert sorted(reruns) == sorted([honest_id, stall_id])
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_task_past_max_time_that_does_not_stop_is_killed_and_its_co_runner_runs_again(
+    tmp_path: Path, wrapped: None
+) -> None:
+    settings = node_settings(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        async with _node(settings) as node:
+            first_pid = node.pid()
+            submitted_at = time.monotonic()
+            spin_id = await node.submit(f"{SPIN} forever", timeout=120, max_time=2)  # holds the child's event loop
+            honest_id = await node.submit("Say hello.", timeout=90)
+            killed_at = await node.until(lambda: node.pid() != first_pid)
+            assert (await node.failure(spin_id)).startswith("max_time exceeded")
+            answer = await node.wait(honest_id)
+            assert answer.text.strip()
+    # max_time + the daemon's margin + exec_cancel_grace, then the kill (generous: a loaded machine)
+    assert killed_at - submitted_at < 2 + 2 + settings.exec_cancel_grace + 10
+    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
+    assert reruns == [honest_id]
