@@ -107,6 +107,7 @@ async def test_task_stalling_its_sampler_gets_invalid_prompt_and_its_co_runner_i
             honest_id = await node.submit("Say hello.", timeout=60)
             sent_at = time.monotonic()
             killed_at = await node.until(lambda: node.pid() != first_pid)
+            restarted_at = await node.until(lambda: node.pid() not in (None, first_pid))
             reason = await node.failure(stall_id)
             answer = await node.wait(honest_id)
             answered_at = time.monotonic()
@@ -118,12 +119,13 @@ async def test_task_stalling_its_sampler_gets_invalid_prompt_and_its_co_runner_i
             assert node.pool.available() == [MODEL]
     [stall] = _stall_logs(logs)
     assert stall["suspects"] == [stall_id] and stall["sole_suspect"] and stall["call"] == "sample"
-    assert bound < stall["stalled_s"] < bound + 5  # probed every second while tasks run
+    assert bound <= stall["stalled_s"] < bound + 5  # past the bound (rounded to 0.1 s), probed every second
     reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
     assert reruns == [honest_id]  # the co-runner ran again; the suspect did not
     print(  # for the record: -s shows how long each part took
         f"\nstall task sent at 0 s: out of heartbeats {stalled_at - submitted_at:.1f} s, process killed"
-        f" {killed_at - submitted_at:.1f} s; honest task sent at {sent_at - submitted_at:.1f} s,"
+        f" {killed_at - submitted_at:.1f} s ({stall['stalled_s']} s into the stalled call),"
+        f" restarted {restarted_at - killed_at:.1f} s later; honest task sent at {sent_at - submitted_at:.1f} s,"
         f" answered {answered_at - sent_at:.1f} s after it was sent"
     )
 
