@@ -60,7 +60,6 @@ class _Slot:
     watcher: asyncio.Task[None] | None = None
     prober: asyncio.Task[None] | None = None
     stall: StallWatch | None = None  # the running process's progress watchdog
-    stall_call: str | None = None  # the native call of the last stall, for /metrics
 
 
 class ExecutionPool:
@@ -205,8 +204,6 @@ class ExecutionPool:
         self._metrics.exec_process_up.labels(model=slot.model).set(0)
         error = process.exit_error
         assert error is not None
-        if error.cause == "stalled":
-            self._metrics.exec_stalls.labels(model=slot.model, call=slot.stall_call or "none").inc()
         if error.crash:
             self._metrics.exec_crashes.labels(model=slot.model, cause=error.cause).inc()
             slot.crashes.record(time.monotonic(), self._settings.exec_crash_window)
@@ -296,6 +293,7 @@ class ExecutionPool:
                 crash=True,
                 cause="unresponsive",
             )
+            return
         except RuntimeExitError:
             return
         if slot.stall is None or slot.process is not process:
@@ -303,7 +301,7 @@ class ExecutionPool:
         stall = slot.stall.observe(pong.progress, time.monotonic())
         if stall is None:
             return
-        slot.stall_call = stall.call
+        self._metrics.exec_stalls.labels(model=slot.model, call=stall.call or "none").inc()
         log.error(
             "execution process stalled; killing it",
             model=slot.model,
