@@ -121,7 +121,7 @@ class Settings(LayeredSettings):
         default=5.0,
         gt=0,
         description="Seconds a model's decode loop may sit in one sampling call before its execution process is "
-        "killed (a batch decode gets 4x its benchmarked time on top)",
+        "killed (a batch decode gets 4x its expected time on top)",
     )
     exec_address_space_mb: int | None = Field(
         default=None,

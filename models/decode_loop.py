@@ -273,7 +273,7 @@ class DecodeLoop:
             add(slot, chunk, len(chunk) == len(active.pending))
         batch.n_tokens = n
         started = time.perf_counter()
-        with self._progress.native_call("decode", [s.active.request.owner for s, _ in fed if s.active]):
+        with self._progress.native_call("decode", [s.active.request.owner for s, _ in fed if s.active], n):
             rc = llama_cpp.llama_decode(self._ctx, batch)
         elapsed = time.perf_counter() - started
         if rc != 0:

@@ -127,7 +127,8 @@ class ExecutionPool:
                 f"model {slot.model}: the runtime did not answer its health probe ({exc})"
             ) from None
         slot.process = process
-        slot.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds)
+        learned = slot.stall.seconds_per_token if slot.stall is not None else 0.0
+        slot.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
         slot.ready.set()
         self._metrics.exec_process_up.labels(model=slot.model).set(1)
         return ready
@@ -308,7 +309,7 @@ class ExecutionPool:
             pid=process.pid,
             call=stall.call,
             stalled_s=round(stall.seconds, 1),
-            bound_s=slot.stall.bound(stall.call),
+            bound_s=round(slot.stall.bound(stall.call, stall.tokens), 1),
             suspects=sorted(stall.task_ids),
             sole_suspect=stall.sole,
         )

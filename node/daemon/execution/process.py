@@ -241,6 +241,8 @@ def _pong(probe: Probe, host: TaskHost, model: ServedModel) -> Pong:
             call=snapshot.call,
             task_ids=list(snapshot.owners),
             call_seconds=snapshot.call_seconds,
+            call_tokens=snapshot.call_tokens,
+            seconds_per_token=snapshot.seconds_per_token,
         )
     return Pong(
         probe_id=probe.probe_id,

@@ -102,6 +102,8 @@ class Progress(Message):
     call: Literal["start", "decode", "sample"] | None = None  # the native call running now
     task_ids: list[str] = Field(default_factory=list)  # the tasks inside that call
     call_seconds: float = Field(default=0.0, ge=0)
+    call_tokens: int = Field(default=0, ge=0)  # tokens in that call (a decode's batch)
+    seconds_per_token: float = Field(default=0.0, ge=0)  # the slowest recent decode, per token (0: none yet)
 
 
 class Pong(Message):

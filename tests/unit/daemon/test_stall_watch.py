@@ -7,15 +7,30 @@ import asyncio
 import pytest
 
 from node.daemon.execution.protocol import Progress
-from node.daemon.execution.stall import STEP_MULTIPLE, StallWatch
+from node.daemon.execution.stall import STEP_MULTIPLE, UNMEASURED_STEP_S, StallWatch
 from node.daemon.rerun_gate import RerunGate
 
 
-def test_bounds_sampling_gets_the_floor_a_decode_gets_benchmarked_steps_on_top() -> None:
+def test_bounds_sampling_gets_the_floor_a_decode_gets_its_expected_time_on_top() -> None:
     watch = StallWatch(floor_s=5.0, step_s=0.5)
     assert watch.bound("sample") == watch.bound("start") == 5.0
-    assert watch.bound("decode") == watch.bound(None) == 5.0 + STEP_MULTIPLE * 0.5
-    assert StallWatch(floor_s=5.0, step_s=None).bound("decode") == 5.0  # no benchmark: the floor
+    assert watch.bound("decode", 8) == watch.bound(None) == 5.0 + STEP_MULTIPLE * 0.5  # the benchmark's step
+    # Decodes measured slower than the benchmark: a big batch expects its tokens at that speed.
+    watch.observe(Progress(calls_done=1, busy=1, seconds_per_token=0.01), now=0.0)
+    assert watch.bound("decode", 512) == 5.0 + STEP_MULTIPLE * 5.12
+    assert watch.bound("decode", 8) == 5.0 + STEP_MULTIPLE * 0.5
+    # Nothing measured at all (no benchmark, no decode yet): a generous guess.
+    assert StallWatch(floor_s=5.0, step_s=None).bound("decode", 512) == 5.0 + STEP_MULTIPLE * UNMEASURED_STEP_S
+
+
+def test_a_restarted_process_starts_from_what_the_last_one_measured() -> None:
+    old = StallWatch(floor_s=5.0, step_s=None)
+    old.observe(Progress(calls_done=4, busy=1, seconds_per_token=0.02), now=0.0)
+    new = StallWatch(floor_s=5.0, step_s=None, seconds_per_token=old.seconds_per_token)
+    new.observe(Progress(calls_done=0, busy=1), now=1.0)  # nothing measured yet: keeps the inherited speed
+    assert new.bound("decode", 100) == 5.0 + STEP_MULTIPLE * 2.0
+    new.observe(Progress(calls_done=3, busy=1, seconds_per_token=0.001), now=2.0)  # its own measure wins
+    assert new.bound("decode", 100) == 5.0 + STEP_MULTIPLE * 0.1
 
 
 def test_a_sampling_call_past_the_floor_is_its_task_alone() -> None:
@@ -30,7 +45,7 @@ def test_a_sampling_call_past_the_floor_is_its_task_alone() -> None:
 
 def test_a_decode_call_suspects_every_task_in_the_batch_none_alone() -> None:
     watch = StallWatch(floor_s=5.0, step_s=1.0)
-    progress = Progress(calls_done=3, busy=3, call="decode", task_ids=["a", "b"], call_seconds=8.5)
+    progress = Progress(calls_done=3, busy=3, call="decode", task_ids=["a", "b"], call_seconds=8.5, call_tokens=9)
     assert watch.observe(progress, now=0.0) is None  # 8.5 s < 5 + 4 x 1 s
     stall = watch.observe(progress.model_copy(update={"call_seconds": 9.5}), now=1.0)
     assert stall is not None and stall.task_ids == {"a", "b"} and not stall.sole
@@ -39,11 +54,11 @@ def test_a_decode_call_suspects_every_task_in_the_batch_none_alone() -> None:
 
 
 def test_no_finished_call_with_sequences_running_is_a_stall_with_no_suspect() -> None:
-    watch = StallWatch(floor_s=5.0, step_s=None)
+    watch = StallWatch(floor_s=1.0, step_s=2.0)  # bound: 1 + 4 x 2 = 9 s
     assert watch.observe(Progress(calls_done=7, busy=1), now=0.0) is None
     assert watch.observe(Progress(calls_done=8, busy=1), now=4.0) is None  # progress: the clock restarts
-    assert watch.observe(Progress(calls_done=8, busy=1), now=8.9) is None
-    stall = watch.observe(Progress(calls_done=8, busy=1), now=9.1)
+    assert watch.observe(Progress(calls_done=8, busy=1), now=12.9) is None
+    stall = watch.observe(Progress(calls_done=8, busy=1), now=13.1)
     assert stall is not None and stall.call is None and stall.task_ids == frozenset() and not stall.sole
 
 
