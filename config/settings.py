@@ -130,6 +130,12 @@ class Settings(LayeredSettings):
     exec_cancel_grace: float = Field(
         default=5.0, gt=0, description="Seconds a task gets to stop after cancel before its execution process is killed"
     )
+    exec_stall_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a model's decode loop may sit in one sampling call before its execution process is "
+        "killed (a batch decode gets 4x its expected time on top)",
+    )
     exec_address_space_mb: int | None = Field(
         default=None,
         ge=0,

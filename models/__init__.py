@@ -10,6 +10,7 @@ Map of the package (knows nothing of workflows or the network):
 - `batching.py`    `BatchedLlamaModel`: a loaded GGUF serving generate/embed/tokenize, many requests at once
 - `decode_loop.py` `DecodeLoop`: the batched runtime's thread that decodes and samples every running request
 - `slots.py`       the decode loop's bookkeeping: `SlotRequest`, `Slot`, `ActiveRequest`, `BatchedGeneration`
+- `progress.py`    `DecodeProgress`: which native call the decode loop is in, for whom, since when (the watchdog's view)
 - `sampling.py`    per-request llama.cpp sampler chains, grammars, stop strings
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)

@@ -35,6 +35,7 @@ from models.gguf_file import check_model_file
 from models.llama_log import install_llama_log_router
 from models.llama_open import open_vocab
 from models.options import RuntimeOptions
+from models.progress import ProgressSnapshot, request_owner
 from models.requests import (
     ChatMessage,
     ContextOverflowError,
@@ -138,6 +139,10 @@ class BatchedLlamaModel:
         """Requests waiting for a free slot."""
         return self._decode_loop.queued
 
+    def progress(self) -> ProgressSnapshot | None:
+        """The decode loop's progress now: what a watchdog needs to see a native call that never returns."""
+        return self._decode_loop.progress()
+
     @property
     def prompt_tokens_evaluated(self) -> int:
         """Prompt tokens decoded since load, all requests together (prefix reuse lowers it)."""
@@ -193,6 +198,7 @@ class BatchedLlamaModel:
             reuse_prefix=request.seed is None,
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
+            owner=request_owner.get(),
         )
         self._decode_loop.submit(slot_request)
         try:

@@ -24,6 +24,7 @@ import llama_cpp
 import structlog
 
 from models.options import RuntimeOptions
+from models.progress import DecodeProgress, ProgressSnapshot
 from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError
 from models.sampling import SequenceSampler, StopText, token_piece
 from models.slots import (
@@ -53,6 +54,7 @@ class DecodeLoop:
         self._slots = [Slot(seq_id=i) for i in range(parallel)]
         self._busy = 0  # slots running a request; read from other threads
         self._prompt_tokens_evaluated = 0
+        self._progress = DecodeProgress()
         self.loaded: Future[int] = Future()  # the per-slot context size, once loaded
         self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
 
@@ -89,6 +91,10 @@ class DecodeLoop:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def progress(self) -> ProgressSnapshot:
+        """Calls finished so far and the native call running now (for the execution process's watchdog)."""
+        return self._progress.snapshot(self._busy)
 
     @property
     def prompt_tokens_evaluated(self) -> int:
@@ -184,7 +190,8 @@ class DecodeLoop:
                 continue
             slot = choose_slot(free, request.tokens, request.reuse_prefix)
             try:
-                self._start(slot, request)
+                with self._progress.native_call("start", [request.owner]):
+                    self._start(slot, request)
             except ModelError as exc:
                 request.deliver(exc)
 
@@ -266,7 +273,8 @@ class DecodeLoop:
             add(slot, chunk, len(chunk) == len(active.pending))
         batch.n_tokens = n
         started = time.perf_counter()
-        rc = llama_cpp.llama_decode(self._ctx, batch)
+        with self._progress.native_call("decode", [s.active.request.owner for s, _ in fed if s.active], n):
+            rc = llama_cpp.llama_decode(self._ctx, batch)
         elapsed = time.perf_counter() - started
         if rc != 0:
             self._decode_failed(rc, [s for s, _ in fed])
@@ -283,7 +291,8 @@ class DecodeLoop:
                 active.prompt_seconds += elapsed
                 self._prompt_tokens_evaluated += len(tokens)
         for slot, index in outputs:
-            self._take_token(slot, index)
+            with self._progress.native_call("sample", [slot.active.request.owner if slot.active else None]):
+                self._take_token(slot, index)
 
     def _decode_failed(self, rc: int, slots: list[Slot]) -> None:
         why = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"

@@ -46,6 +46,7 @@ class SlotRequest:
     # Called exactly once, on the decode loop's thread, with the result or the error.
     deliver: Callable[[Outcome], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    owner: str | None = None  # who asked (a task id), for the watchdog's blame; see models/progress.py
 
     def deadline_passed(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

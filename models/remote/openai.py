@@ -101,6 +101,10 @@ class RemoteModel:
     def queued(self) -> int:
         return self._waiting
 
+    def progress(self) -> None:
+        """No native calls here: the engine's own process does the work (its time limits are HTTP's)."""
+        return None
+
     # ------------------------------------------------------------------ health
     async def check_health(self) -> bool:
         """Ask the engine for its model list; update and return `available`."""

@@ -7,6 +7,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
     admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or refuses it (busy)
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
+    rerun_gate.py       RerunGate: a stall suspect's rerun runs alone on its model
     execution/          one child process per model: the workflow engine and the llama.cpp runtime
     outbox.py           ResultOutbox: publishes results, keeps them in the journal until sent
     journal.py          Journal: SQLite record of every task's state (survives a crash; bounded by what is owed)

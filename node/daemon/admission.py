@@ -10,7 +10,7 @@ it, is the free slots plus the queue room.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ class AcceptedTask:
     started: bool = False
     reruns: int = 0  # times it ran again after its execution process died (at most once)
     crashes: int = 0  # times its execution process crashed under it (twice: poison)
+    stalls: int = 0  # times it was inside a native call that stalled its model (see execution/stall.py)
 
 
 RunAccepted = Callable[[AcceptedTask], Awaitable[None]]
@@ -54,12 +55,13 @@ class Admission:
         self._running: dict[asyncio.Task[None], AcceptedTask] = {}
         self.accepting = True
 
-    def capacity(self) -> tuple[int, int]:
-        """(free, max) task places over all models; 0 free while draining."""
-        total = sum(self._concurrency.values()) + self._max_queue * len(self._slots)
+    def capacity(self, models: Collection[str] | None = None) -> tuple[int, int]:
+        """(free, max) task places over all models, or over `models` only; 0 free while draining."""
+        names = list(self._slots) if models is None else [m for m in self._slots if m in models]
+        total = sum(self._concurrency[m] for m in names) + self._max_queue * len(names)
         if not self.accepting:
             return 0, total
-        return total - sum(self._admitted.values()), total
+        return total - sum(self._admitted[m] for m in names), total
 
     def hosts(self, model: str) -> bool:
         return model in self._slots

@@ -100,8 +100,12 @@ def build_parts(
     admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue)
 
     def serving() -> list[str]:
-        """The models to take tasks for and to advertise: hosted, not crash-looping, engine up."""
+        """The models to take tasks for: hosted, not crash-looping, engine up."""
         return remote.advertised(pool.available())
+
+    def advertised() -> list[str]:
+        """The models to advertise: serving, and their process up and not stalling (a restart queues tasks)."""
+        return remote.advertised(pool.advertised())
 
     acceptance = Acceptance(
         identity.address,
@@ -116,13 +120,13 @@ def build_parts(
         acceptance.seen.add(task_id, deadline, now)
     intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)
     monitor = NodeMonitor(
-        identity, host, admission, journal, metrics, notifier, pool.available, startup_grace_s=settings.startup_grace
+        identity, host, admission, journal, metrics, notifier, advertised, startup_grace_s=settings.startup_grace
     )
     heartbeat = Heartbeat(
         identity,
         host,
-        serving,
-        capacity=admission.capacity,
+        advertised,
+        capacity=lambda: admission.capacity(advertised()),
         pending=lambda: admission.pending,
         tps=lambda: remote.advertised_tps(pool.available_tps()),
         interval=settings.heartbeat_interval,

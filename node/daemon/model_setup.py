@@ -4,7 +4,7 @@
 `models.loader.open_model` dispatches on the entry's backend (a local GGUF on the
 batched llama.cpp runtime, or a remote OpenAI-compatible engine). A new kind of
 backend is one more branch there; it must satisfy `workflows.backend.ModelBackend`
-plus `parallel`, `slots_free`, `queued` and `close()`.
+plus `parallel`, `slots_free`, `queued`, `progress()` and `close()`.
 
 A model that cannot be found or loaded, or that is slower than `min_tps`, raises
 ModelError naming the problem; the daemon then starts without it.
@@ -22,6 +22,7 @@ from models.cpu import CpuInfo, extra_buffers_enabled
 from models.embedder import Embedder
 from models.loader import measure_speed, open_model
 from models.options import RuntimeOptions
+from models.progress import ProgressSnapshot
 from models.registry import Registry
 from models.remote.openai import RemoteModel
 from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError
@@ -43,6 +44,10 @@ class ServedModel(Protocol):
 
     @property
     def queued(self) -> int: ...
+
+    def progress(self) -> ProgressSnapshot | None:
+        """The local runtime's decode progress (None for a backend without native calls here)."""
+        ...
 
     async def generate(self, request: GenerationRequest) -> Generation: ...
 

@@ -114,7 +114,7 @@ class NodeMonitor:
         if failed := self._failed_loops():
             return HealthReport(ok=False, reason=f"background loop not running: {'; '.join(failed)}")
         if not self._models():
-            return HealthReport(ok=False, reason="no model is loaded")
+            return HealthReport(ok=False, reason="no model is serving (not loaded, restarting or stalled)")
         in_grace = time.monotonic() - self._started < self._startup_grace_s
         if not self._peers and not in_grace:
             return HealthReport(ok=False, reason="no peers")

@@ -7,7 +7,12 @@ failure, the execution process dying under it, or the node shutting down.
 Time limits are the daemon's: past the task's max_time or deadline it sends
 cancel, and a process that does not answer within `cancel_grace` is killed (its
 other tasks may run once more). A task whose process died runs once more if its
-deadline leaves time; one that crashes the runtime twice is poison.
+deadline leaves time; one that crashes the runtime twice is poison. When the stall
+watchdog killed the process (execution/stall.py), only the tasks inside the stalled
+native call are suspects: a sole suspect (the call was its own sampling) or a
+suspect for the second time gets `Invalid prompt: `; every other task is innocent
+and runs once more. A suspect runs once more alone on its model (rerun_gate.py), so
+an innocent task is never in a stalled batch with it twice.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from node.daemon.execution.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.execution.protocol import RunTask, TaskDone, TaskFailed
 from node.daemon.journal import Journal, JournalError
 from node.daemon.outbox import ResultOutbox
+from node.daemon.rerun_gate import RerunGate
 from node.ops.metrics import NodeMetrics
-from node.wire.results import Output, result_body
+from node.wire.results import Output, clamp_count, result_body
 from workflows import EngineOptions, WorkflowResult
 from workflows.errors import INVALID_PROMPT
 
 # A task the crash interrupted runs again only with at least this much of its deadline left.
 RERUN_MIN_TIME_LEFT_S = 10.0
+# The error result that replaces a result whose body could not be built.
+RESULT_NOT_BUILT = "internal error: the result could not be built"
 # Past max_time the engine in the process stops the task itself; the daemon cancels after this margin.
 MAX_TIME_MARGIN_S = 2.0
 
@@ -51,6 +59,7 @@ class TaskRunner:
         self._metrics = metrics
         self._options = options
         self._cancel_grace_s = cancel_grace_s
+        self._gates: dict[str, RerunGate] = {}
 
     async def run(self, accepted: AcceptedTask) -> None:
         """Run the task to a result (success or error) handed to the outbox."""
@@ -93,6 +102,16 @@ class TaskRunner:
 
     def _after_runtime_exit(self, accepted: AcceptedTask, exit_error: RuntimeExitError) -> str | None:
         """None if the task runs once more, else its error text."""
+        if accepted.task.task_id in exit_error.suspects:
+            accepted.stalls += 1
+            if exit_error.sole_suspect or accepted.stalls >= 2:
+                accepted.log.error(
+                    "task stalled the model runtime: poison",
+                    sole_suspect=exit_error.sole_suspect,
+                    stalls=accepted.stalls,
+                    reason=exit_error.reason,
+                )
+                return f"{INVALID_PROMPT}the task stalled the model runtime (no progress in its native calls)"
         if exit_error.crash:
             accepted.crashes += 1
         if accepted.crashes >= 2:
@@ -139,7 +158,7 @@ class TaskRunner:
         self, accepted: AcceptedTask, request: RunTask, limit: float, reason: str
     ) -> TaskDone | TaskFailed:
         """The process's answer within `limit` s; past it cancel, and kill a process that ignores the cancel."""
-        run = asyncio.ensure_future(self._pool.run(accepted.model, request))
+        run = asyncio.ensure_future(self._gated_run(accepted, request))
         try:
             done, _ = await asyncio.wait({run}, timeout=limit)
             if done:
@@ -165,27 +184,46 @@ class TaskRunner:
             run.cancel()
             raise
 
+    async def _gated_run(self, accepted: AcceptedTask, request: RunTask) -> TaskDone | TaskFailed:
+        """Run on the model's process: beside other tasks, or alone for a stall suspect's rerun."""
+        gate = self._gates.setdefault(accepted.model, RerunGate())
+        async with gate.alone() if accepted.stalls else gate.shared():
+            return await self._pool.run(accepted.model, request)
+
     async def _finish(
         self, accepted: AcceptedTask, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None
     ) -> None:
+        """Hand the task's result (or error) to the outbox; a result that cannot be built becomes an error result."""
         ended = time.time_ns()
         task = accepted.task
-        outcome: Output | str
+        outcome: Output | str = error or "unknown error"
         if result is not None:
             outcome = Output(result.text, task.public_key, result.prompt_tokens, result.completion_tokens)
+        try:
+            body = result_body(
+                task.task_id,
+                accepted.model,
+                outcome,
+                received_at_ns=accepted.received_at_ns,
+                started_at_ns=started_ns,
+                ended_at_ns=ended,
+            )
+        except Exception as exc:  # noqa: BLE001 - the publisher still gets an answer
+            accepted.log.exception("result could not be built; an error result goes in its place")
+            result, error = None, f"{RESULT_NOT_BUILT} ({type(exc).__name__})"
+            body = result_body(
+                task.task_id,
+                accepted.model,
+                error,
+                received_at_ns=accepted.received_at_ns,
+                started_at_ns=started_ns,
+                ended_at_ns=ended,
+            )
+        if result is not None:
             self._metrics.tasks_completed.inc()
-            self._metrics.tokens_generated.labels(model=accepted.model).inc(result.completion_tokens)
+            self._metrics.tokens_generated.labels(model=accepted.model).inc(clamp_count(result.completion_tokens))
         else:
-            outcome = error or "unknown error"
             self._metrics.tasks_failed.inc()
-        body = result_body(
-            task.task_id,
-            accepted.model,
-            outcome,
-            received_at_ns=accepted.received_at_ns,
-            started_at_ns=started_ns,
-            ended_at_ns=ended,
-        )
         self._metrics.task_latency_seconds.observe(max(0, ended - accepted.received_at_ns) / 1e9)
         accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
         try:

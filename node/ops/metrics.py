@@ -119,6 +119,20 @@ class NodeMetrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.exec_stalls = Counter(
+            "exec_stalls",
+            "Execution processes killed because their decode loop made no progress, by model and native call",
+            ["model", "call"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.exec_start_failures = Counter(
+            "exec_start_failures",
+            "Execution processes that failed to start (each is retried with backoff), by model",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.exec_process_up = Gauge(
             "exec_process_up",
             "1 while the model's execution process serves, by model",

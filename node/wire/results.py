@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from node.wire.ecies import encrypt
 from node.wire.messages import ResultBody, Stats
+from node.wire.wire_time import INT64_MAX
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,20 @@ def result_body(
     }
     if isinstance(outcome, str):
         return ResultBody(task_id=task_id, error=outcome, model=model, stats=Stats.model_validate(timings))
-    tokens = {"promptTokens": outcome.prompt_tokens, "completionTokens": outcome.completion_tokens}
+    # A remote engine may report any count: the wire's int64 fields must still hold it.
+    tokens = {
+        "promptTokens": clamp_count(outcome.prompt_tokens),
+        "completionTokens": clamp_count(outcome.completion_tokens),
+    }
     stats = Stats.model_validate({**timings, **tokens})  # token counts travel as extra fields
-    ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8")).hex()
+    # A lone surrogate (from an engine's JSON escape) is not UTF-8: it becomes "?", not a lost result.
+    ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8", errors="replace")).hex()
     return ResultBody(task_id=task_id, ciphertext=ciphertext, model=model, stats=stats)
+
+
+def clamp_count(value: int) -> int:
+    """A token count as the wire's stats can carry it: within 0..int64."""
+    return min(max(int(value), 0), INT64_MAX)
 
 
 def as_error(body: ResultBody, reason: str) -> ResultBody:

@@ -6,18 +6,27 @@ this wrapper around the real model: a prompt holding a marker misbehaves on purp
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 import llama_cpp
 
+from models.progress import ProgressSnapshot, request_owner
 from models.requests import EmbeddingRequest, Generation, GenerationRequest
+from node.daemon.execution.protocol import MAX_FRAME_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
 BOMB = "#bomb"  # allocates (and touches) memory without bound
 GRAMMAR_CRASH = "#grammar-crash"  # a grammar sampler handed a token it cannot hold: llama.cpp aborts
+# The decode loop's thread blocks in native code (libc sleep(), the GIL released, as llama.cpp's
+# grammar engine would) when it samples this task's first token...
+STALL = "#stall"
+# ...or when it decodes a batch holding this task's tokens.
+STALL_DECODE = "#stall-decode"
 
 
 class Misbehaving:
@@ -26,6 +35,11 @@ class Misbehaving:
     def __init__(self, model: Any) -> None:
         self._model = model
         self.name = model.name
+        self._stall_sampling: set[str] = set()  # task ids whose sampling blocks
+        self._stall_decoding: set[str] = set()  # task ids whose batches block
+        loop = getattr(model, "_decode_loop", None)
+        if loop is not None:
+            _block_in_native_code(loop, self._stall_sampling, self._stall_decoding)
 
     @property
     def parallel(self) -> int:
@@ -39,6 +53,9 @@ class Misbehaving:
     def queued(self) -> int:
         return self._model.queued
 
+    def progress(self) -> ProgressSnapshot | None:
+        return self._model.progress()
+
     async def generate(self, request: GenerationRequest) -> Generation:
         text = request.messages[-1].content or ""
         if SPIN in text:
@@ -51,6 +68,10 @@ class Misbehaving:
                 time.sleep(0.02)
         if GRAMMAR_CRASH in text:
             _crash_in_grammar(self._model)
+        if STALL_DECODE in text:
+            self._stall_decoding.add(request_owner.get() or "")
+        elif STALL in text:
+            self._stall_sampling.add(request_owner.get() or "")
         return await self._model.generate(request)
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
@@ -66,8 +87,50 @@ def _crash_in_grammar(model: Any) -> None:
     llama_cpp.llama_sampler_accept(sampler, 2**30)  # std::out_of_range in llama_grammar_accept_impl: abort
 
 
+def _block_in_native_code(loop: Any, sampling: set[str], decoding: set[str]) -> None:
+    """Make the decode loop's thread sleep in libc for the marked tasks' native calls."""
+    libc = ctypes.CDLL(None)
+    take_token = loop._take_token
+
+    def stalling_take_token(slot: Any, index: int) -> None:
+        if slot.active is not None and slot.active.request.owner in sampling:
+            libc.sleep(3600)
+        take_token(slot, index)
+
+    decode = llama_cpp.llama_decode
+
+    def stalling_decode(ctx: Any, batch: Any) -> int:
+        if decoding.intersection(loop._progress.snapshot(0).owners):
+            libc.sleep(3600)
+        return decode(ctx, batch)
+
+    loop._take_token = stalling_take_token
+    llama_cpp.llama_decode = stalling_decode  # this child process only; the decode loop calls it by module attribute
+
+
 def misbehave(model: Any) -> Misbehaving:
     return Misbehaving(model)
+
+
+# A file holding a count: while it is above 0, each start decrements it and breaks the protocol.
+BAD_STARTS_ENV = "COMPUTE_NODE_TEST_BAD_STARTS"
+
+
+def oversized_first_line(model: Any) -> Any:
+    """Before `ready`, send the daemon a line past the protocol's frame limit (while BAD_STARTS_ENV says so)."""
+    counter = os.environ.get(BAD_STARTS_ENV)
+    if counter and os.path.exists(counter) and (left := int(open(counter).read() or 0)) > 0:
+        with open(counter, "w") as out:
+            out.write(str(left - 1))
+        fd = int(sys.argv[sys.argv.index("--fd") + 1])
+        os.set_blocking(fd, True)
+        chunk = b"x" * (1024 * 1024)
+        try:
+            for _ in range(MAX_FRAME_BYTES // len(chunk) + 1):
+                os.write(fd, chunk)
+        except OSError:  # the daemon gave up on this process and closed its end
+            pass
+    return model
 
 
 def crash_at_start(model: Any) -> Any:

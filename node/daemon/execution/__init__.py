@@ -7,4 +7,5 @@ process.py:  the child's main loop (`python -m node.daemon.execution.process --f
 memory_limits.py: the child's RSS and address-space limits, derived from its model when unset.
 handle.py:   the daemon's view of one child: spawn, send, receive, kill, exit status.
 pool.py:     the daemon's supervisor of all children: start, watch, restart with backoff.
+stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 """

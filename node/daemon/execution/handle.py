@@ -50,14 +50,26 @@ class RuntimeExitError(Exception):
 
     `crash` is True when it died by itself (a signal, an abort, its memory limit) and
     False when the daemon stopped it for another reason (another task that would not
-    stop, shutdown): only crashes count against a task as poison.
+    stop, a stalled decode loop, shutdown): only crashes count against a task as poison.
+    `suspects` are the tasks inside the native call that stalled (cause "stalled"), and
+    `sole_suspect` says that call was one task's own work (see stall.py).
     """
 
-    def __init__(self, reason: str, *, crash: bool, cause: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        crash: bool,
+        cause: str,
+        suspects: frozenset[str] = frozenset(),
+        sole_suspect: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.crash = crash
-        self.cause = cause  # "SIGSEGV", "exit code 1", "memory", ...
+        self.cause = cause  # "SIGSEGV", "exit code 1", "memory", "stalled", ...
+        self.suspects = suspects
+        self.sole_suspect = sole_suspect
 
 
 class RuntimeStartError(Exception):
@@ -192,12 +204,22 @@ class ExecutionProcess:
         finally:
             self._probes.pop(probe_id, None)
 
-    def kill(self, reason: str, *, crash: bool, cause: str) -> None:
+    def kill(
+        self,
+        reason: str,
+        *,
+        crash: bool,
+        cause: str,
+        suspects: frozenset[str] = frozenset(),
+        sole_suspect: bool = False,
+    ) -> None:
         """SIGKILL the process; its tasks get RuntimeExitError(reason)."""
         if self._proc is None or self.exited.is_set():
             return
         if self._exit is None:
-            self._exit = RuntimeExitError(reason, crash=crash, cause=cause)
+            self._exit = RuntimeExitError(
+                reason, crash=crash, cause=cause, suspects=suspects, sole_suspect=sole_suspect
+            )
         try:
             self._proc.kill()
         except ProcessLookupError:

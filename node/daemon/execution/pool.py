@@ -2,12 +2,15 @@
 
 At start every configured model gets a process; the node serves the models whose
 process loaded and answered a health probe, and stops with a clear error if none
-did. While serving, a watch loop per model probes the process, checks its RSS
-against its limit (the operator's, or derived from the model: its `ready`), and
-kills it if either fails. A process that ends
-is counted in /metrics with its signal and restarted with exponential backoff;
-after `exec_crash_limit` crashes within `exec_crash_window` seconds the model
-leaves the heartbeats until a restart succeeds and the process stays up.
+did. While serving, a watch loop per model probes the process (every second while
+tasks run), checks its RSS against its limit (the operator's, or derived from the
+model: its `ready`) and its decode progress against the stall watchdog (stall.py),
+and kills it if any fails. A process that
+ends is counted in /metrics with its signal and restarted with exponential
+backoff; so is a start that fails in any way. After `exec_crash_limit` crashes
+within `exec_crash_window` seconds the model leaves the heartbeats until a
+restart succeeds and the process stays up; a model restarting or stalling is left
+out of them (`advertised`) until it serves again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import structlog
 from config.settings import Settings
 from node.daemon.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
 from node.daemon.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
+from node.daemon.execution.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.daemon.failures import RecentFailures
 from node.ops.metrics import NodeMetrics
 
@@ -56,6 +60,7 @@ class _Slot:
     restarter: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     prober: asyncio.Task[None] | None = None
+    stall: StallWatch | None = None  # the running process's progress watchdog
 
 
 class ExecutionPool:
@@ -84,7 +89,8 @@ class ExecutionPool:
         for name in dict.fromkeys(self._settings.models):
             try:
                 await self._start_first(name)
-            except (RuntimeStartError, RuntimeExitError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure leaves this model out, never the node
+                self._metrics.exec_start_failures.labels(model=name).inc()
                 log.error("model skipped", model=name, error=str(exc))
                 problems.append(str(exc))
                 continue
@@ -103,8 +109,17 @@ class ExecutionPool:
         slot.watcher = asyncio.create_task(self._watch(slot), name=f"exec-watch-{name}")
 
     async def _spawn(self, slot: _Slot) -> Ready:
+        """Start a process for the slot; RuntimeStartError whatever went wrong (the process is gone then)."""
         process = ExecutionProcess(slot.model, self._settings_json, self._on_exit)
-        ready = await process.start(self._settings.exec_start_timeout)
+        try:
+            ready = await process.start(self._settings.exec_start_timeout)
+        except RuntimeStartError:
+            raise
+        except Exception as exc:  # a broken first line, a socket error...: the same as any failed start
+            await process.close(1.0)
+            raise RuntimeStartError(
+                f"model {slot.model}: the runtime failed to start ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             await process.probe(PROBE_TIMEOUT_S)
         except (TimeoutError, RuntimeExitError) as exc:
@@ -113,6 +128,8 @@ class ExecutionPool:
                 f"model {slot.model}: the runtime did not answer its health probe ({exc})"
             ) from None
         slot.process = process
+        learned = slot.stall.seconds_per_token if slot.stall is not None else 0.0
+        slot.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
         slot.ready.set()
         self._metrics.exec_process_up.labels(model=slot.model).set(1)
         return ready
@@ -128,13 +145,25 @@ class ExecutionPool:
 
     # ----------------------------------------------------------------- serving
     def available(self) -> list[str]:
-        """Models to announce in heartbeats: hosted, and not crash-looping."""
+        """Models to take tasks for: hosted, and not crash-looping (a restarting one queues them)."""
         return [name for name in self.hosted if not self._slots[name].benched]
+
+    def advertised(self) -> list[str]:
+        """Models to announce in heartbeats: available, with a process up and not stalling."""
+        now = time.monotonic()
+        return [name for name in self.available() if self._serving_now(self._slots[name], now)]
+
+    @staticmethod
+    def _serving_now(slot: _Slot, now: float) -> bool:
+        process = slot.process
+        if not slot.ready.is_set() or process is None or not process.alive:
+            return False
+        return slot.stall is None or not slot.stall.lagging(now)
 
     def available_tps(self) -> dict[str, float]:
         """Measured generation speed of the models in the heartbeats."""
-        available = self.available()
-        return {name: tps for name, tps in self.tps.items() if name in available}
+        advertised = self.advertised()
+        return {name: tps for name, tps in self.tps.items() if name in advertised}
 
     def process(self, model: str) -> ExecutionProcess | None:
         slot = self._slots.get(model)
@@ -205,10 +234,18 @@ class ExecutionPool:
             await asyncio.sleep(delay)
             try:
                 await self._spawn(slot)
-            except (RuntimeStartError, RuntimeExitError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the model gets another start later
                 slot.failed_starts += 1
+                self._metrics.exec_start_failures.labels(model=slot.model).inc()
                 delay = min(MAX_BACKOFF_S, delay * 2)
-                log.error("execution process restart failed", model=slot.model, error=str(exc), retry_in_s=delay)
+                log.error(
+                    "execution process restart failed",
+                    model=slot.model,
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    failed_starts=slot.failed_starts,
+                    retry_in_s=delay,
+                )
                 continue
             slot.failed_starts = 0
             self._metrics.exec_restarts.labels(model=slot.model).inc()
@@ -242,13 +279,15 @@ class ExecutionPool:
                     )
                     process.kill(reason, crash=True, cause="memory")
                     continue
-            if time.monotonic() - last_probe >= PROBE_INTERVAL_S and (slot.prober is None or slot.prober.done()):
+            busy = process.running > 0 or (slot.stall is not None and slot.stall.busy)
+            interval = STALL_PROBE_INTERVAL_S if busy else PROBE_INTERVAL_S
+            if time.monotonic() - last_probe >= interval and (slot.prober is None or slot.prober.done()):
                 last_probe = time.monotonic()
                 slot.prober = asyncio.create_task(self._probe(slot, process), name=f"exec-probe-{slot.model}")
 
     async def _probe(self, slot: _Slot, process: ExecutionProcess) -> None:
         try:
-            await process.probe(PROBE_TIMEOUT_S)
+            pong = await process.probe(PROBE_TIMEOUT_S)
         except TimeoutError:
             log.error("execution process does not answer its health probe", model=slot.model, pid=process.pid)
             process.kill(
@@ -256,8 +295,32 @@ class ExecutionPool:
                 crash=True,
                 cause="unresponsive",
             )
+            return
         except RuntimeExitError:
-            pass
+            return
+        if slot.stall is None or slot.process is not process:
+            return
+        stall = slot.stall.observe(pong.progress, time.monotonic())
+        if stall is None:
+            return
+        self._metrics.exec_stalls.labels(model=slot.model, call=stall.call or "none").inc()
+        log.error(
+            "execution process stalled; killing it",
+            model=slot.model,
+            pid=process.pid,
+            call=stall.call,
+            stalled_s=round(stall.seconds, 1),
+            bound_s=round(slot.stall.bound(stall.call, stall.tokens), 1),
+            suspects=sorted(stall.task_ids),
+            sole_suspect=stall.sole,
+        )
+        process.kill(
+            f"interrupted: model runtime restarted ({stall.describe()})",
+            crash=False,
+            cause="stalled",
+            suspects=stall.task_ids,
+            sole_suspect=stall.sole,
+        )
 
     def stats(self) -> dict[str, Any]:
         """Per-model process state for /status."""
@@ -266,6 +329,7 @@ class ExecutionPool:
                 "pid": s.process.pid if s.process else None,
                 "up": s.ready.is_set(),
                 "benched": s.benched,
+                "advertised": s.model in self.advertised(),
                 "crashes_in_window": len(s.crashes),
             }
             for name, s in self._slots.items()

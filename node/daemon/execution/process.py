@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from models.progress import request_owner
 from models.requests import ModelError
 from node.daemon.execution.memory_limits import memory_limits
 from node.daemon.execution.protocol import (
@@ -37,6 +38,7 @@ from node.daemon.execution.protocol import (
     Message,
     Pong,
     Probe,
+    Progress,
     Ready,
     RunTask,
     TaskDone,
@@ -45,7 +47,7 @@ from node.daemon.execution.protocol import (
     encode,
     read_line,
 )
-from node.daemon.model_setup import ServedModel, create_embedder, prepare_model
+from node.daemon.model_setup import PreparedModel, ServedModel, create_embedder, prepare_model, runtime_options
 from node.daemon.workflow_setup import engine_options, tool_settings
 from node.ops.log import configure_logging
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
@@ -135,6 +137,7 @@ class TaskHost:
 
     async def _run(self, request: RunTask) -> None:
         task_log = log.bind(task_id=request.task_id, model=self._model.name)
+        request_owner.set(request.task_id)  # this asyncio task's context: the decode loop learns whose request it runs
         try:
             self._send(await self._execute(request))
         except asyncio.CancelledError:
@@ -219,6 +222,7 @@ async def serve(fd: int) -> int:
             generation_tps=prepared.generation_tps,
             prompt_tps=prepared.prompt_tps,
             max_rss_mb=limits.max_rss_mb,
+            step_seconds=expected_step_seconds(prepared, runtime_options(settings).n_batch),
         )
     )
     log.info("execution process ready", model=name, pid=os.getpid())
@@ -230,14 +234,7 @@ async def serve(fd: int) -> int:
             elif isinstance(message, Cancel):
                 host.cancel(message)
             elif isinstance(message, Probe):
-                send(
-                    Pong(
-                        probe_id=message.probe_id,
-                        running=host.running,
-                        slots_free=model.slots_free,
-                        queued=model.queued,
-                    )
-                )
+                send(_pong(message, host, model))
             await writer.drain()
     finally:
         await host.stop()
@@ -245,6 +242,36 @@ async def serve(fd: int) -> int:
         if embedder is not model:
             await embedder.close()
     return 0
+
+
+def expected_step_seconds(prepared: PreparedModel, n_batch: int) -> float | None:
+    """Seconds of one full batch step at the measured speed: a prompt chunk of n_batch tokens
+    plus one generated token per slot (None when the benchmark did not run)."""
+    if not prepared.generation_tps or not prepared.prompt_tps:
+        return None
+    return n_batch / prepared.prompt_tps + prepared.model.parallel / prepared.generation_tps
+
+
+def _pong(probe: Probe, host: TaskHost, model: ServedModel) -> Pong:
+    snapshot = model.progress()
+    progress = None
+    if snapshot is not None:
+        progress = Progress(
+            calls_done=snapshot.calls_done,
+            busy=snapshot.busy,
+            call=snapshot.call,
+            task_ids=list(snapshot.owners),
+            call_seconds=snapshot.call_seconds,
+            call_tokens=snapshot.call_tokens,
+            seconds_per_token=snapshot.seconds_per_token,
+        )
+    return Pong(
+        probe_id=probe.probe_id,
+        running=host.running,
+        slots_free=model.slots_free,
+        queued=model.queued,
+        progress=progress,
+    )
 
 
 def _test_wrapper() -> Callable[[Any], Any]:

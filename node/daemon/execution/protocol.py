@@ -4,7 +4,8 @@ Every message is a pydantic model, sent as one line of JSON (JSON never holds a 
 newline) over a Unix socketpair; `asyncio.StreamReader.readline` does the framing.
 Daemon -> child: configure (once, first), run, cancel, probe.
 Child -> daemon: ready or load_failed (once, answering configure), done or failed
-(one per run), pong (one per probe).
+(one per run), pong (one per probe, with the decode loop's progress: the daemon's
+stall watchdog reads it, see stall.py).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Ready(Message):
     generation_tps: float | None = None
     prompt_tps: float | None = None
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
+    # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
+    # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
+    step_seconds: float | None = Field(default=None, ge=0)
 
 
 class LoadFailed(Message):
@@ -91,12 +95,25 @@ class TaskFailed(Message):
     error: str
 
 
+class Progress(Message):
+    """The local runtime's decode progress when the probe was answered (models/progress.py)."""
+
+    calls_done: int = Field(ge=0)  # native calls finished since load: grows while the runtime progresses
+    busy: int = Field(ge=0)  # sequences running in slots
+    call: Literal["start", "decode", "sample"] | None = None  # the native call running now
+    task_ids: list[str] = Field(default_factory=list)  # the tasks inside that call
+    call_seconds: float = Field(default=0.0, ge=0)
+    call_tokens: int = Field(default=0, ge=0)  # tokens in that call (a decode's batch)
+    seconds_per_token: float = Field(default=0.0, ge=0)  # the slowest recent decode, per token (0: none yet)
+
+
 class Pong(Message):
     kind: Literal["pong"] = "pong"
     probe_id: int
     running: int
     slots_free: int
     queued: int
+    progress: Progress | None = None  # None for a backend without native calls here (a remote engine)
 
 
 ToChild = Annotated[Configure | RunTask | Cancel | Probe, Field(discriminator="kind")]

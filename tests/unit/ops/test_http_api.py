@@ -211,6 +211,8 @@ EXPORTED_METRICS = {
     ("compute_node_remote_engine_down_total", "counter"),
     ("compute_node_exec_crashes_total", "counter"),
     ("compute_node_exec_restarts_total", "counter"),
+    ("compute_node_exec_stalls_total", "counter"),
+    ("compute_node_exec_start_failures_total", "counter"),
     ("compute_node_exec_process_up", "gauge"),
     ("compute_node_exec_rss_bytes", "gauge"),
 }
