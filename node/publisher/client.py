@@ -137,7 +137,7 @@ class Client:
         """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
         `answer_timeout`: seconds to dial a node and get its answer before trying another.
         `attempt_timeout`: seconds to wait for one node's result before also trying another
-        (None: the whole timeout); results of earlier attempts are still taken."""
+        (None: half of each task's timeout; math.inf: never); results of earlier attempts are still taken."""
         if delivery not in ("direct", "gossip"):
             raise ValueError(f"delivery must be 'direct' or 'gossip', not {delivery!r}")
         if isinstance(secret_key, bytes):
@@ -254,6 +254,8 @@ class Client:
                             log.info(
                                 "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
                             )
+                            # Not a retry (nothing ran); once every node declined, this is the error.
+                            last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
                             continue
                         attempts[attempt.task_id] = attempt
                         live.append(attempt)
@@ -265,9 +267,10 @@ class Client:
                         raise last_failure
                     raise TaskTimeoutError(next(reversed(attempts), "-"), timeout)
                 give_up_at = deadline
-                if not need_new and self._attempt_timeout is not None:
-                    give_up_at = min(deadline, sent_at + self._attempt_timeout)
-                elif need_new and retries <= self._max_retries:
+                if not need_new:
+                    attempt_timeout = timeout / 2 if self._attempt_timeout is None else self._attempt_timeout
+                    give_up_at = min(deadline, sent_at + attempt_timeout)
+                elif retries <= self._max_retries:
                     give_up_at = min(deadline, loop.time() + NODE_POLL_S)  # a node may free up meanwhile
                 attempt, outcome = await _next_outcome(live, give_up_at - loop.time())
                 if attempt is None:
