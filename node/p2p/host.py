@@ -339,8 +339,22 @@ class P2PHost:
         P2PError when it cannot be dialled or does not speak the protocol; StreamTimeoutError when
         `timeout` passes first.
         """
-        stream_id: int = await self._call(self._service.open_stream, list(addrs), bytes(first_frame), timeout, raw)
-        return self._claim(stream_id, addrs[0].rsplit("/p2p/", 1)[-1])
+        peer_id = addrs[0].rsplit("/p2p/", 1)[-1] if addrs else ""
+        opening = asyncio.ensure_future(
+            self._call(self._service.open_stream, list(addrs), bytes(first_frame), timeout, raw)
+        )
+        try:
+            stream_id: int = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(lambda done: self._drop_orphan(done, peer_id))  # nobody will read it
+            raise
+        return self._claim(stream_id, peer_id)
+
+    def _drop_orphan(self, opening: asyncio.Future[int], peer_id: str) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        stream = self._claim(opening.result(), peer_id)
+        asyncio.ensure_future(stream.close(graceful=False))
 
     @property
     def open_streams(self) -> int:
