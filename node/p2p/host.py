@@ -358,8 +358,13 @@ class P2PHost:
 
     @property
     def open_streams(self) -> int:
-        """Direct-delivery streams this side holds open."""
+        """Direct-delivery streams handed to (or waiting for) asyncio users and not yet ended."""
         return len(self._streams)
+
+    @property
+    def held_streams(self) -> int:
+        """Direct-delivery streams the Trio side holds, those refused or not yet read included (a snapshot)."""
+        return self._service.streams.open_count
 
     async def peers(self) -> list[str]:
         """Ids of the connected peers."""

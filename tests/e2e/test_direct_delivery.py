@@ -194,9 +194,7 @@ async def test_hostile_streams_are_refused_and_the_node_keeps_serving(net: Net) 
         for stream in (silent[0], silent[-1]):
             frame = await stream.receive(20)
             assert frame is not None and decode_answer(frame).reason == "first_frame_timeout"
-        await wait_for(
-            lambda: node.host is not None and node.host._service.streams.open_count == 0, 20, "streams freed"
-        )
+        await wait_for(lambda: node.host is not None and node.host.held_streams == 0, 20, "streams freed")
     finally:
         await attacker.stop()
     net.prefer.first = node.identity.address
@@ -242,9 +240,7 @@ async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path
             )
             await wait_for(lambda: leaves.parts is not None and leaves.parts.admission.pending == 1, what="busy")
             shutdown = asyncio.ensure_future(leaves.shutdown())  # drains for up to 5 s
-            await wait_for(
-                lambda: any(n.leaving for n in client.nodes._nodes.values()), timeout=5, what="leaving heartbeat"
-            )
+            await wait_for(lambda: any(n.leaving for n in client.nodes.live()), timeout=5, what="leaving heartbeat")
             assert not shutdown.done()  # seen while the node is still draining, not when it is gone
             assert {client.nodes.choose(["*"]).address for _ in range(30)} == {stays.identity.address}  # type: ignore[union-attr]
             result = await client.execute(small_task(), timeout=60)
