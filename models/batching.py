@@ -223,12 +223,15 @@ class BatchedLlamaModel:
             raise ModelError("ignore_eos cannot be combined with json_schema or regex")
         grammar = grammar_for(request.json_schema, request.regex)
         assert grammar is not None
+        return Constraint(self.constraint_tokenizer(), grammar)
+
+    def constraint_tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's view of this model's vocabulary, built on first use (a fraction of a second, blocking)."""
         end_tokens = self._end_of_generation_ids()
         with self._vocab_lock:
-            if self._tokenizer is None:  # ~1 s once; its vocabulary lives as long as the model
+            if self._tokenizer is None:  # its vocabulary lives as long as the model
                 self._tokenizer = vocab_tokenizer(self._vocab._model.vocab, end_tokens)
-            tokenizer = self._tokenizer
-        return Constraint(tokenizer, grammar)
+            return self._tokenizer
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         """Mean-pooled, L2-normalised sentence embeddings, one per text."""

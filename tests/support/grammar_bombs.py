@@ -60,15 +60,16 @@ WORKFLOW_BOMBS = [
     GrammarBomb("regex_100_deep", regex="(" * 100 + "x" + ")" * 100),
     GrammarBomb("pattern_1000_open_parens", json_schema={"type": "string", "pattern": "(" * 1000}),
     GrammarBomb("pattern_1000_deep", json_schema={"type": "string", "pattern": "(" * 500 + "x" + ")" * 500}),
-    GrammarBomb("schema_nested_objects", json_schema=_nested_object(23)),
-    GrammarBomb("schema_nested_arrays", json_schema=_nested_array(23)),
+    GrammarBomb("schema_nested_objects", json_schema=_nested_object(11)),  # 23 levels of JSON: the cap is 24
+    GrammarBomb("schema_nested_arrays", json_schema=_nested_array(22)),
+    GrammarBomb("schema_nested_arrays_too_deep", json_schema=_nested_array(30)),
     GrammarBomb("schema_enum_1000", json_schema={"enum": [f"value {i}" for i in range(1000)]}),
     GrammarBomb(
-        "schema_any_of_300",
+        "schema_any_of_150",
         json_schema={
             "anyOf": [
                 {"type": "object", "properties": {f"k{i}": {"type": "string"}}, "required": [f"k{i}"]}
-                for i in range(300)
+                for i in range(150)
             ]
         },
     ),
