@@ -9,6 +9,7 @@ prefix       a second step that extends the first one's prompt: prefix reuse on 
 remote       a node fronting llama-server (an OpenAI-compatible engine) vs that engine alone
 ipc          what the daemon <-> execution-process boundary costs per task
 grammar      what a schema (constrained decoding) costs per generated token
+verification honest log-probability spread, catch rates of dishonest nodes, re-scoring cost
 
 Shared parts: options.py (BenchOptions, the publisher helper), workloads.py (prompts,
 workflows), peers.py (a node and peers in their own processes), echo_peer.py,

@@ -28,6 +28,7 @@ from benchmarks import (
     prefix,
     remote,
     throughput,
+    verification,
 )
 from benchmarks.machine import describe
 from benchmarks.options import BenchOptions
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "remote": Benchmark("7. Remote engine", remote.run, 150),
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
+    "verification": Benchmark("10. Verification", verification.run, 900),
 }
 
 

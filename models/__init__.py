@@ -11,6 +11,8 @@ Map of the package (knows nothing of workflows or the network):
 - `decode_loop.py` `DecodeLoop`: the batched runtime's thread that decodes and samples every running request
 - `slots.py`       the decode loop's bookkeeping: `SlotRequest`, `Slot`, `ActiveRequest`, `BatchedGeneration`
 - `progress.py`    `DecodeProgress`: which native call the decode loop is in, for whom, since when (the watchdog's view)
+- `tracing.py`     `GenerationTrace`: a generation's exact tokens and log-probabilities, for verifiers
+- `scoring.py`     `TokenScorer`: re-scores a trace's tokens with a model file in one prompt-evaluation pass
 - `sampling.py`    per-request llama.cpp sampler chains, the constraint's token masks, stop strings
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)

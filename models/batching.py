@@ -50,7 +50,8 @@ from models.requests import (
     ModelLoadError,
 )
 from models.sampling import SamplingSettings
-from models.slots import Outcome, SlotRequest
+from models.slots import BatchedGeneration, Outcome, SlotRequest
+from models.tracing import generation_traces
 
 log = structlog.get_logger(__name__)
 
@@ -187,6 +188,7 @@ class BatchedLlamaModel:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
+        traces = generation_traces.get()
 
         def deliver(outcome: Outcome) -> None:  # runs on the decode loop's thread
             try:
@@ -204,10 +206,14 @@ class BatchedLlamaModel:
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
             owner=request_owner.get(),
+            trace=traces is not None,
         )
         self._decode_loop.submit(slot_request)
         try:
-            return await future
+            generation = await future
+            if traces is not None and isinstance(generation, BatchedGeneration) and generation.trace is not None:
+                traces.append(generation.trace)
+            return generation
         except asyncio.CancelledError:
             slot_request.cancelled.set()
             self._decode_loop.wake()

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import structlog
 
 from models.options import RuntimeOptions
@@ -36,6 +37,7 @@ from models.slots import (
     choose_slot,
     common_prefix,
 )
+from models.tracing import GenerationTrace, token_logprob
 
 log = structlog.get_logger(__name__)
 
@@ -309,6 +311,10 @@ class DecodeLoop:
         except ModelError as exc:  # a grammar with no way on: this request fails, the others go on
             self._finish(slot, exc)
             return
+        if active.request.trace:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+            active.chosen.append(token)
+            active.logprobs.append(token_logprob(logits, token))
         if self._end_of_generation(token):
             self._complete(slot, "stop")
             return
@@ -331,8 +337,24 @@ class DecodeLoop:
             prompt_seconds=active.prompt_seconds,
             generation_seconds=active.generation_seconds,
             reused_prompt_tokens=active.reused,
+            trace=self._trace(active),
         )
         self._finish(slot, result)
+
+    @staticmethod
+    def _trace(active: ActiveRequest) -> GenerationTrace | None:
+        request = active.request
+        if not request.trace:
+            return None
+        return GenerationTrace(
+            prompt_tokens=list(request.tokens),
+            tokens=list(active.chosen),
+            logprobs=list(active.logprobs),
+            temperature=request.sampling.temperature,
+            seed=request.sampling.seed,
+            constrained=request.sampling.constraint is not None,
+            ignore_eos=bool(request.sampling.banned_tokens),
+        )
 
     def _fail_all(self, error: ModelError, *, queued: bool) -> None:
         for slot in self._slots:

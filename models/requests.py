@@ -39,7 +39,7 @@ class GenerationRequest(BaseModel):
 
 
 class Generation(BaseModel):
-    """The result of a generation request."""
+    """The result of a generation request (`trace` only when the caller asked for traces)."""
 
     text: str
     finish_reason: Literal["stop", "length"]

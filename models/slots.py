@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from models.requests import Generation
 from models.sampling import SamplingSettings, SequenceSampler, StopText
+from models.tracing import GenerationTrace
 
 # A slot whose cache covers at least this share of a new prompt is reused even
 # if it is not the least recently used one (llama-server's default threshold).
@@ -28,6 +29,8 @@ class BatchedGeneration(Generation):
 
     # Prompt tokens whose KV was reused from the slot's cache (not evaluated).
     reused_prompt_tokens: int = 0
+    # The generation's exact tokens and their log-probabilities, when the request asked for them.
+    trace: GenerationTrace | None = None
 
 
 Outcome = BatchedGeneration | BaseException
@@ -47,6 +50,7 @@ class SlotRequest:
     deliver: Callable[[Outcome], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     owner: str | None = None  # who asked (a task id), for the watchdog's blame; see models/progress.py
+    trace: bool = False  # record the chosen tokens' log-probabilities (models/tracing.py)
 
     def deadline_passed(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -62,6 +66,9 @@ class ActiveRequest:
     reused: int
     text: StopText
     generated: list[int] = field(default_factory=list)
+    # With request.trace: every chosen token (the end-of-generation one too) and its log-probability.
+    chosen: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
     # The last sampled token, to be fed in the next decode step.
     next_token: int | None = None
     prompt_seconds: float = 0.0

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="direct",
         help="direct: a stream to the chosen node (protocol 0.4, the default); gossip: the task topic (0.3)",
     )
+    run_task.add_argument(
+        "--verify",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of results (0..1) to verify against the model file here (docs/VERIFICATION.md); default 0",
+    )
 
     models = commands.add_parser("models", help="list, pull, remove or benchmark models")
     add_models_commands(models, _add_settings_flags)
@@ -132,9 +139,13 @@ def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
+    from node.cli.scorers import LocalScorers
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
+    from node.publisher.verification import ResultVerifier
 
-    client = Client(peers=args.peer, secret_key=args.key, delivery=args.delivery)
+    scorers = LocalScorers(Settings()) if args.verify > 0 else None
+    verifier = None if scorers is None else ResultVerifier(args.verify, scorers)
+    client = Client(peers=args.peer, secret_key=args.key, delivery=args.delivery, verifier=verifier)
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)
@@ -149,6 +160,8 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
         return EXIT_ERROR
     finally:
         await asyncio.shield(client.close())
+        if scorers is not None:
+            scorers.close()
     print(result.text)
     return 0
 

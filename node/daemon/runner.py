@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
@@ -29,6 +30,7 @@ from node.daemon.journal import Journal, JournalError
 from node.daemon.outbox import ResultOutbox
 from node.daemon.rerun_gate import RerunGate
 from node.ops.metrics import NodeMetrics
+from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofStep
 from node.wire.results import Output, clamp_count, result_body
 from workflows import EngineOptions, WorkflowResult
 from workflows.errors import INVALID_PROMPT
@@ -147,12 +149,15 @@ class TaskRunner:
             workflow=accepted.task.input.workflow,
             prompt=accepted.task.input.prompt,
             deadline_ns=accepted.task.deadline,
+            proof=bool(accepted.task.proof),
         )
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
         accepted.log.info("workflow finished", steps=outcome.steps, completion_tokens=outcome.completion_tokens)
-        return WorkflowResult(outcome.text, outcome.steps, outcome.prompt_tokens, outcome.completion_tokens)
+        return _RunResult(
+            outcome.text, outcome.steps, outcome.prompt_tokens, outcome.completion_tokens, proof_of(outcome)
+        )
 
     async def _run_within(
         self, accepted: AcceptedTask, request: RunTask, limit: float, reason: str
@@ -198,7 +203,8 @@ class TaskRunner:
         task = accepted.task
         outcome: Output | str = error or "unknown error"
         if result is not None:
-            outcome = Output(result.text, task.public_key, result.prompt_tokens, result.completion_tokens)
+            proof = result.proof if isinstance(result, _RunResult) else None
+            outcome = Output(result.text, task.public_key, result.prompt_tokens, result.completion_tokens, proof)
         try:
             body = result_body(
                 task.task_id,
@@ -230,6 +236,21 @@ class TaskRunner:
             await self._outbox.send(body)
         except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries
             accepted.log.exception("result not sent")
+
+
+@dataclass
+class _RunResult(WorkflowResult):
+    """A workflow's result and, when the task asked for one, the proof of its generations."""
+
+    proof: Proof | None = None
+
+
+def proof_of(done: TaskDone) -> Proof | None:
+    """The proof built from the execution process's traces (None when the task asked for none)."""
+    if done.traces is None:
+        return None
+    kept = done.traces[-MAX_PROOF_STEPS:]
+    return Proof(steps=[ProofStep.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
 
 
 class _TaskFailure(Exception):

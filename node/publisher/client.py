@@ -29,11 +29,13 @@ from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, next_outcome
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume, discard
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.wire.proof import ProofError, open_proof
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX, HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -77,6 +79,14 @@ class TaskFailedError(ClientError):
         return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
 
 
+class VerificationFailedTaskError(TaskFailedError):
+    """The node's result failed verification against its proof: not retried, the node is marked."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class Task(BaseModel):
     """What a publisher asks for: a workflow and the models it accepts."""
 
@@ -102,6 +112,8 @@ class TaskResult(BaseModel):
     node: str  # address that signed the result
     model: str
     stats: Stats
+    proof: str | None = None  # hex ECIES of the node's proof, when the task asked for one
+    verified: bool | None = None  # True: passed verification; None: not checked
 
     def __str__(self) -> str:
         return self.text
@@ -122,11 +134,14 @@ class Client:
         delivery: Delivery = "direct",
         answer_timeout: float = 5.0,
         attempt_timeout: float | None = None,
+        verifier: ResultVerifier | None = None,
     ) -> None:
         """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
         `answer_timeout`: seconds to dial a node and get its answer before trying another.
         `attempt_timeout`: seconds to wait for one node's result before also trying another
-        (None: half of each task's timeout; math.inf: never); results of earlier attempts are still taken."""
+        (None: half of each task's timeout; math.inf: never); results of earlier attempts are still taken.
+        `verifier`: asks a share of tasks for a proof and checks it (docs/VERIFICATION.md); a result
+        that fails is a VerificationFailedError for the caller and a mark on its node."""
         if delivery not in ("direct", "gossip"):
             raise ValueError(f"delivery must be 'direct' or 'gossip', not {delivery!r}")
         if isinstance(secret_key, bytes):
@@ -150,6 +165,7 @@ class Client:
         self._deliveries: set[DirectDelivery] = set()
         self.nodes = node_table or NodeTable()
         self.on_message = on_message  # called for every verified result and heartbeat
+        self.verifier = verifier
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -211,11 +227,12 @@ class Client:
         text as it generates, from nodes that stream it (direct delivery only); the result
         is checked to extend what was streamed.
         """
+        proof = self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
         if task.nodes:
-            task_id = await self.submit(task, timeout)
+            task_id = await self.submit(task, timeout, proof=proof)
             if on_submit is not None:
                 on_submit(task_id, None)
-            return await self.wait(task_id, timeout, nodes=task.nodes)
+            return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[str] = set()
@@ -238,7 +255,7 @@ class Client:
                         tried.add(node.address)
                         self.nodes.reserve(node.address)
                         try:
-                            attempt = await self._send(task, node, max(deadline - loop.time(), 0.001), on_delta)
+                            attempt = await self._send(task, node, max(deadline - loop.time(), 0.001), on_delta, proof)
                         except DeclinedError as exc:
                             log.info(
                                 "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
@@ -284,7 +301,7 @@ class Client:
                     retries, need_new = retries + 1, True
                     continue
                 try:
-                    return self._checked(attempt)
+                    return await self._verified(self._checked(attempt), proof)
                 except TaskFailedError as exc:
                     if not exc.retryable:
                         raise
@@ -307,7 +324,34 @@ class Client:
             raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
         return result
 
-    async def _send(self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None) -> Attempt:
+    async def _verified(self, result: TaskResult, proof: bool) -> TaskResult:
+        """The result, checked against its proof when the task asked for one; a failure is the task's error."""
+        if not proof or self.verifier is None:
+            return result
+        try:
+            opened = None if result.proof is None else open_proof(self.identity.secret, result.proof)
+            verdict = await self.verifier.verify(result.model, opened, result.text)
+        except (ProofError, VerificationFailedError) as exc:
+            self._record_verification(result.node, False)
+            reason = exc.reason if isinstance(exc, VerificationFailedError) else f"verification failed: {exc}"
+            log.warning("result failed verification", task_id=result.task_id, node=result.node, reason=reason)
+            raise VerificationFailedTaskError(result.task_id, reason, result.node) from None
+        if verdict is None:
+            log.info("result not verified: no scorer for its model here", task_id=result.task_id, model=result.model)
+            return result
+        self._record_verification(result.node, True)
+        log.debug("result verified", task_id=result.task_id, positions=verdict.positions, bias=verdict.mean_bias)
+        return result.model_copy(update={"verified": True})
+
+    def _record_verification(self, node: str, passed: bool) -> None:
+        """The one place a verification outcome reaches the node table (measured reputation, when it has it)."""
+        record = getattr(self.nodes, "record_verification", None)
+        if record is not None:
+            record(node, passed)
+
+    async def _send(
+        self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False
+    ) -> Attempt:
         """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
 
         DeclinedError: the node answered but did not take it (or did not answer in time).
@@ -316,7 +360,10 @@ class Client:
         assert self._host is not None
         direct = self.delivery == "direct" and bool(node.addrs)
         body = self._task_body(
-            task.model_copy(update={"nodes": [node.address]}), remaining, stream=direct and on_delta is not None
+            task.model_copy(update={"nodes": [node.address]}),
+            remaining,
+            stream=direct and on_delta is not None,
+            proof=proof,
         )
         future = self._expect(body.task_id, [node.address])
         if task.public_key:
@@ -346,7 +393,7 @@ class Client:
         log.debug("task published", task_id=body.task_id, node=node.address)
         return Attempt(body.task_id, node.address, future)
 
-    def _task_body(self, task: Task, timeout: float, stream: bool = False) -> TaskBody:
+    def _task_body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
         """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
         return TaskBody(
             task_id=secrets.token_urlsafe(16),
@@ -355,6 +402,7 @@ class Client:
             picked_nodes=task.nodes,
             public_key=task.public_key or self.identity.public_key_compressed.hex(),
             stream=True if stream else None,
+            proof=True if proof else None,
         )
 
     async def _choose(
@@ -374,11 +422,13 @@ class Client:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))
             await asyncio.sleep(0.1)
 
-    async def submit(self, task: Task, timeout: float = 60.0) -> str:
-        """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`."""
+    async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:
+        """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`.
+
+        `proof`: ask the node for a proof of its work (returned in `TaskResult.proof`)."""
         await self.start()
         assert self._host is not None
-        body = self._task_body(task, timeout)
+        body = self._task_body(task, timeout, proof=proof)
         task_id = body.task_id
         if task.public_key:
             self._sealed.add(task_id)
@@ -468,7 +518,9 @@ class Client:
             text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
         except (EciesError, ValueError) as exc:
             raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
-        return TaskResult(task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats)
+        return TaskResult(
+            task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
+        )
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)

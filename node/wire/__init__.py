@@ -7,6 +7,7 @@ envelope.py   the signed envelope around every message: seal, open_envelope
 messages.py   the bodies: TaskBody, ResultBody, HeartbeatBody (pydantic)
 wire_time.py  nanosecond and RFC-3339 times on the wire
 bloom.py      the task's node filter (a bloom filter of addresses)
+proof.py      Proof: a task's generation steps (tokens, log-probabilities) sealed for its publisher to verify
 results.py    result_body: the one place a result (encrypted text or error) and its stats are built
 inbound.py    envelope + body checks per topic: GossipGate (the gossip validator), decode, the consume loop
 direct.py     protocol 0.4 stream frames besides envelopes: StreamAnswer (accepted/busy/ignored/rejected), Progress

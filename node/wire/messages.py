@@ -123,6 +123,8 @@ class TaskBody(_Wire):
     public_key: str
     # Protocol 0.4, direct delivery only: the publisher wants progress frames while the final step generates.
     stream: bool | None = None
+    # The publisher wants a proof of the work next to the result (node/wire/proof.py).
+    proof: bool | None = None
 
     @field_validator("picked_nodes")
     @classmethod
@@ -169,11 +171,15 @@ class ResultBody(_Wire):
     error: str | None = None
     model: str
     stats: Stats
+    # Hex ECIES of the proof a task asked for (node/wire/proof.py); never with `error`.
+    proof: str | None = Field(default=None, pattern=r"^([0-9a-fA-F]{2})+$")
 
     @model_validator(mode="after")
     def _one_outcome(self) -> ResultBody:
         if (self.ciphertext is None) == (self.error is None):
             raise ValueError("exactly one of ciphertext and error must be present")
+        if self.proof is not None and self.error is not None:
+            raise ValueError("an error result carries no proof")
         return self
 
 

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 from node.wire.ecies import encrypt
 from node.wire.messages import ResultBody, Stats
+from node.wire.proof import Proof, seal_proof
+from node.wire.topics import MAX_FRAME_BYTES
 from node.wire.wire_time import INT64_MAX
+
+# Room in a result frame for everything but the two ciphertexts (envelope, signature, stats, names).
+_FRAME_OVERHEAD = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class Output:
     public_key: str
     prompt_tokens: int
     completion_tokens: int
+    proof: Proof | None = None  # the task asked for one
 
 
 def result_body(
@@ -52,7 +58,12 @@ def result_body(
     stats = Stats.model_validate({**timings, **tokens})  # token counts travel as extra fields
     # A lone surrogate (from an engine's JSON escape) is not UTF-8: it becomes "?", not a lost result.
     ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8", errors="replace")).hex()
-    return ResultBody(task_id=task_id, ciphertext=ciphertext, model=model, stats=stats)
+    proof = None
+    if outcome.proof is not None:
+        # The envelope carries the body as JSON text: the proof gets what the result text leaves.
+        budget = MAX_FRAME_BYTES - _FRAME_OVERHEAD - len(ciphertext)
+        proof = seal_proof(outcome.proof, outcome.public_key, budget)
+    return ResultBody(task_id=task_id, ciphertext=ciphertext, model=model, stats=stats, proof=proof)
 
 
 def clamp_count(value: int) -> int:

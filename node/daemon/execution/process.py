@@ -29,6 +29,7 @@ import structlog
 from config.settings import Settings
 from models.progress import request_owner
 from models.requests import ModelError
+from models.tracing import GenerationTrace, generation_traces
 from node.daemon.execution.memory_limits import memory_limits
 from node.daemon.execution.protocol import (
     MAX_FRAME_BYTES,
@@ -162,6 +163,8 @@ class TaskHost:
         remaining = (request.deadline_ns - time.time_ns()) / 1e9
         if remaining <= 0:
             return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
+        traces: list[GenerationTrace] | None = [] if request.proof else None
+        generation_traces.set(traces)  # this task's context: the runtime records its generations
         try:
             async with asyncio.timeout(remaining):
                 result = await run_workflow(
@@ -180,6 +183,7 @@ class TaskHost:
             steps=result.steps,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            traces=None if traces is None else [t.model_dump() for t in traces],
         )
 
 

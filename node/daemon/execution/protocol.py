@@ -39,6 +39,7 @@ class RunTask(Message):
     workflow: dict[str, Any]
     prompt: str | None = None
     deadline_ns: int
+    proof: bool = False  # record every generation's trace (models/tracing.py) and return them in `done`
 
 
 class Cancel(Message):
@@ -85,6 +86,8 @@ class TaskDone(Message):
     steps: int
     prompt_tokens: int
     completion_tokens: int
+    # With RunTask.proof: one GenerationTrace (as a dict) per generation step, in order.
+    traces: list[dict[str, Any]] | None = None
 
 
 class TaskFailed(Message):

@@ -1,0 +1,105 @@
+"""Generation traces and teacher-forced re-scoring on the real runtime (SmolLM2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
+from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError
+from models.scoring import TokenScorer
+from models.tracing import GenerationTrace, generation_traces
+from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.swapped_model import requantized_smollm2
+
+# Honest generation and re-scoring differ by batch shape only: measured in benchmarks/verification.py.
+HONEST_SPREAD = 1.0
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[BatchedLlamaModel]:
+    with loaded_smollm2(RuntimeOptions(n_ctx=512, n_threads=1), parallel=2) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Iterator[TokenScorer]:
+    opened = TokenScorer(SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1))
+    yield opened
+    opened.close()
+
+
+def _request(text: str, temperature: float = 0.7, seed: int = 7, max_tokens: int = 24) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[ChatMessage(role="user", content=text)], temperature=temperature, seed=seed, max_tokens=max_tokens
+    )
+
+
+async def _traced(model: BatchedLlamaModel, request: GenerationRequest) -> tuple[str, list[GenerationTrace]]:
+    traces: list[GenerationTrace] = []
+    generation_traces.set(traces)
+    generation = await model.generate(request)
+    return generation.text, traces
+
+
+async def test_a_traced_generation_records_its_exact_tokens_and_their_logprobs(
+    model: BatchedLlamaModel, scorer: TokenScorer
+) -> None:
+    request = _request("Name three colours.", temperature=0.0)
+    text, traces = await _traced(model, request)
+    assert len(traces) == 1
+    trace = traces[0]
+    user_turn = model.tokenize("Name three colours.")
+    assert any(trace.prompt_tokens[i : i + len(user_turn)] == user_turn for i in range(len(trace.prompt_tokens)))
+    assert len(trace.tokens) == len(trace.logprobs) > 0
+    assert all(lp <= 0.0 for lp in trace.logprobs)
+    assert trace.temperature == 0.0 and not trace.constrained
+    scores = await asyncio.to_thread(scorer.score, trace.prompt_tokens, trace.tokens)
+    assert text and scores.text.startswith(text)
+    assert all(rank == 0 for rank in scores.ranks)  # greedy: the model's best token every time
+
+
+async def test_without_a_trace_list_nothing_is_recorded(model: BatchedLlamaModel) -> None:
+    generation_traces.set(None)
+    generation = await model.generate(_request("Say hi.", max_tokens=4))
+    assert getattr(generation, "trace", None) is None
+
+
+async def test_honest_tokens_rescore_to_their_claimed_logprobs(model: BatchedLlamaModel, scorer: TokenScorer) -> None:
+    for seed in (1, 2):
+        _, traces = await _traced(model, _request("Write a line about the sea.", seed=seed))
+        trace = traces[0]
+        scores = await asyncio.to_thread(scorer.score, trace.prompt_tokens, trace.tokens)
+        deviations = [abs(a - b) for a, b in zip(trace.logprobs, scores.logprobs, strict=True)]
+        assert max(deviations) < HONEST_SPREAD
+        assert len(scores.ranks) == len(trace.tokens)
+        assert all(rank < 40 for rank in scores.ranks)  # sampled from top-k 40
+
+
+async def test_another_models_tokens_score_lower_than_it_claims(tmp_path: Path, scorer: TokenScorer) -> None:
+    swapped = await BatchedLlamaModel.load("swapped", requantized_smollm2(tmp_path), RuntimeOptions(n_threads=1), 1)
+    try:
+        claimed: list[float] = []
+        actual: list[float] = []
+        for seed in (3, 4, 5):
+            _, traces = await _traced(swapped, _request("Describe a small town.", seed=seed, max_tokens=32))
+            scores = await asyncio.to_thread(scorer.score, traces[0].prompt_tokens, traces[0].tokens)
+            claimed += traces[0].logprobs
+            actual += scores.logprobs
+    finally:
+        await swapped.close()
+    bias = sum(c - a for c, a in zip(claimed, actual, strict=True)) / len(claimed)
+    assert bias > 0.05  # its own tokens are likelier under itself than under the real model
+
+
+def test_scoring_refuses_tokens_it_cannot_take(scorer: TokenScorer) -> None:
+    with pytest.raises(ModelError, match="outside the model's vocabulary"):
+        scorer.score([1, 2, 3], [10**9])
+    with pytest.raises(ModelError, match="no tokens"):
+        scorer.score([], [5])
+    with pytest.raises(ContextOverflowError):
+        scorer.score([1] * 400, [5] * 200)

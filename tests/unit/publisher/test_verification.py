@@ -1,0 +1,105 @@
+"""ProofChecker against a real scorer (SmolLM2): honest work passes, each kind of lie is named."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
+from models.requests import ChatMessage, GenerationRequest
+from models.scoring import TokenScorer
+from models.tracing import GenerationTrace, generation_traces
+from node.publisher.verification import ProofChecker, ResultVerifier, VerificationError, VerificationFailedError
+from node.wire.proof import Proof, ProofStep
+from tests.support.dishonest import FIXED_TEXT
+from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.swapped_model import requantized_smollm2
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[BatchedLlamaModel]:
+    with loaded_smollm2(RuntimeOptions(n_ctx=512, n_threads=1), parallel=2) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Iterator[TokenScorer]:
+    opened = TokenScorer(SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1))
+    yield opened
+    opened.close()
+
+
+async def _run(model: BatchedLlamaModel, prompt: str, temperature: float, seed: int) -> tuple[str, GenerationTrace]:
+    traces: list[GenerationTrace] = []
+    generation_traces.set(traces)
+    request = GenerationRequest(
+        messages=[ChatMessage(role="user", content=prompt)], temperature=temperature, seed=seed, max_tokens=40
+    )
+    generation = await model.generate(request)
+    return generation.text, traces[0]
+
+
+def _proof(trace: GenerationTrace, **changes: object) -> Proof:
+    return Proof(steps=[ProofStep.model_validate({**trace.model_dump(), **changes})])
+
+
+def _check(proof: Proof | None, text: str, scorer: TokenScorer) -> str | None:
+    try:
+        ProofChecker().check(proof, text, scorer)
+    except VerificationError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize(("temperature", "seed"), [(0.0, 1), (0.7, 2), (0.7, 3)])
+async def test_honest_work_passes(model: BatchedLlamaModel, scorer: TokenScorer, temperature: float, seed: int) -> None:
+    text, trace = await _run(model, "Tell me about bread.", temperature, seed)
+    assert await asyncio.to_thread(_check, _proof(trace), text, scorer) is None
+
+
+async def test_each_lie_is_named(model: BatchedLlamaModel, scorer: TokenScorer) -> None:
+    text, trace = await _run(model, "Tell me about the moon.", 0.7, 4)
+    assert min(trace.logprobs) < -1.5  # so that "the model was sure of every token" is a lie past tolerance
+    fabricated = [0.0] * len(trace.logprobs)
+    assert "claimed log-probability" in (_check(_proof(trace, logprobs=fabricated), text, scorer) or "")
+    assert "no proof" in (_check(None, text, scorer) or "")
+    assert "no generation step" in (_check(Proof(steps=[]), text, scorer) or "")
+    assert "not the text" in (_check(_proof(trace), FIXED_TEXT, scorer) or "")
+    # A fixed answer with the real model's own numbers for its tokens: the sampler would not have picked them.
+    fixed = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
+    numbers = scorer.score(trace.prompt_tokens, fixed).logprobs
+    greedy = _check(_proof(trace, tokens=fixed, logprobs=numbers, temperature=0.0), FIXED_TEXT, scorer)
+    assert "best token" in (greedy or "")
+    sampled = _check(_proof(trace, tokens=fixed, logprobs=numbers), FIXED_TEXT, scorer)
+    assert "top-k/min-p window" in (sampled or "")
+
+
+async def test_a_swapped_models_own_numbers_are_caught(tmp_path: Path, scorer: TokenScorer) -> None:
+    swapped = await BatchedLlamaModel.load("swapped", requantized_smollm2(tmp_path), RuntimeOptions(n_threads=1), 1)
+    try:
+        caught = 0
+        for seed in range(5):
+            text, trace = await _run(swapped, "Describe a busy market.", 0.7, 100 + seed)
+            caught += _check(_proof(trace), text, scorer) is not None
+    finally:
+        await swapped.close()
+    assert caught == 5
+
+
+async def test_the_verifier_checks_a_share_and_skips_models_it_lacks(scorer: TokenScorer) -> None:
+    import random
+
+    never = ResultVerifier(0.0, lambda _: scorer, rng=random.Random(1))
+    always = ResultVerifier(1.0, lambda name: scorer if name == "smollm2:135m" else None, rng=random.Random(1))
+    assert not any(never.wants_proof() for _ in range(50)) and all(always.wants_proof() for _ in range(50))
+    half = ResultVerifier(0.5, lambda _: scorer, rng=random.Random(1))
+    assert 10 < sum(half.wants_proof() for _ in range(100)) < 90
+    assert await always.verify("other-model", None, "x") is None
+    with pytest.raises(VerificationFailedError, match="verification failed: the result carries no proof"):
+        await always.verify("smollm2:135m", None, "x")
+    with pytest.raises(ValueError, match="within 0..1"):
+        ResultVerifier(1.5, lambda _: None)
