@@ -191,7 +191,7 @@ class BatchedLlamaModel:
 
         slot_request = SlotRequest(
             tokens=tokens,
-            sampling=await asyncio.to_thread(self._sampling, request),
+            sampling=await self._sampling(request),
             stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
             # As create_completion does: generation stops where the context ends.
             max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
@@ -207,12 +207,16 @@ class BatchedLlamaModel:
             self._decode_loop.wake()
             raise
 
-    def _sampling(self, request: GenerationRequest) -> SamplingSettings:
-        """The request's sampling; its constraint compiled here, off the decode thread. GrammarError names a problem."""
+    async def _sampling(self, request: GenerationRequest) -> SamplingSettings:
+        """The request's sampling; a constraint is compiled in a worker thread (never on the decode thread).
+
+        GrammarError names a problem in the constraint.
+        """
+        constrained = request.json_schema is not None or request.regex is not None
         return SamplingSettings(
             temperature=request.temperature,
             seed=request.seed,
-            constraint=self._constraint(request),
+            constraint=await asyncio.to_thread(self._constraint, request) if constrained else None,
             banned_tokens=self._end_of_generation_ids() if request.ignore_eos else (),
         )
 
