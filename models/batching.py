@@ -111,6 +111,8 @@ class BatchedLlamaModel:
             raise
         model = cls(name, path, options, decode_loop, vocab, n_ctx_seq)
         await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
+        # Every token's bytes for llguidance (~0.3 s): now, not under the vocab lock while tasks tokenize.
+        await asyncio.to_thread(model.constraint_tokenizer)
         log.info(
             "model_loaded",
             model=name,
@@ -230,7 +232,7 @@ class BatchedLlamaModel:
         return Constraint(self.constraint_tokenizer(), grammar)
 
     def constraint_tokenizer(self) -> llguidance.LLTokenizer:
-        """llguidance's view of this model's vocabulary, built on first use (a fraction of a second, blocking)."""
+        """llguidance's view of this model's vocabulary (built at load; a fraction of a second)."""
         end_tokens = self._end_of_generation_ids()
         with self._vocab_lock:
             if self._tokenizer is None:  # its vocabulary lives as long as the model
