@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,64 +97,72 @@ def _caught(checker: ProofChecker, proof: Proof, text: str, scorer: TokenScorer)
     return False
 
 
-async def measure(options: BenchOptions) -> dict[str, object]:
-    """Every number of the section, raw (also used by `python -m benchmarks.verification`)."""
-    n = options.pick(full=24, quick=8)
-    requests = _prompts(n)
-    real = model_path()
-    swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
+def _progress(message: str) -> None:
+    print(f"verification: {message}", file=sys.stderr, flush=True)
+
+
+async def _honest(
+    real: Path, threads: int, parallel: int, requests: list[GenerationRequest], raw: dict[str, Any]
+) -> None:
+    label = f"{threads}t/{parallel}p"
+    results = await _generate(real, threads, parallel, requests)
+    scorer = TokenScorer(real, RuntimeOptions(n_threads=threads))
     checker = ProofChecker()
-    deviations: dict[str, list[float]] = {}
-    biases: dict[str, list[float]] = {}
-    flagged: list[str] = []
-    costs: list[float] = []
-    honest_total = 0
-    for threads, parallel in CONFIGS:
-        label = f"{threads}t/{parallel}p"
-        results = await _generate(real, threads, parallel, requests)
-        scorer = TokenScorer(real, RuntimeOptions(n_threads=threads))
-        try:
-            for trace, text, seconds in results:
-                started = time.perf_counter()
-                scores = scorer.score(trace.prompt_tokens, trace.tokens)
-                costs.append((time.perf_counter() - started) / seconds)
-                d = np.array(trace.logprobs) - np.array(scores.logprobs)
-                deviations.setdefault(label, []).extend(np.abs(d).tolist())
-                biases.setdefault(label, []).append(float(d.mean()) if d.size else 0.0)
-                honest_total += 1
-                try:
-                    checker.check(_proof(trace), text, scorer)
-                except VerificationError as exc:
-                    flagged.append(f"{label}: {exc}")
-        finally:
-            scorer.close()
-    scorer = TokenScorer(real, RuntimeOptions(n_threads=options.threads))
     try:
-        swapped_results = await _generate(swapped, options.threads, 4, requests)
-        swapped_caught = sum(_caught(checker, _proof(t), text, scorer) for t, text, _ in swapped_results)
-        # The stronger swap: another model's tokens, with the real model's numbers for them.
-        relabelled_caught = 0
-        for trace, text, _ in swapped_results:
-            honest_numbers = scorer.score(trace.prompt_tokens, trace.tokens).logprobs
-            relabelled_caught += _caught(checker, _proof(trace, honest_numbers), text, scorer)
-        fixed_caught = 0
-        fixed_tokens = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
-        for trace, _, _ in swapped_results:
-            fake = trace.model_copy(update={"tokens": fixed_tokens})
-            numbers = scorer.score(trace.prompt_tokens, fixed_tokens).logprobs
-            fixed_caught += _caught(checker, _proof(fake, numbers), FIXED_TEXT, scorer)
+        for trace, text, seconds in results:
+            started = time.perf_counter()
+            scores = scorer.score(trace.prompt_tokens, trace.tokens)
+            raw["costs"].append((time.perf_counter() - started) / seconds)
+            d = np.array(trace.logprobs) - np.array(scores.logprobs)
+            raw["deviations"].setdefault(label, []).extend(np.abs(d).tolist())
+            raw["biases"].setdefault(label, []).append(float(d.mean()) if d.size else 0.0)
+            raw["honest_total"] += 1
+            try:
+                checker.check(_proof(trace), text, scorer)
+            except VerificationError as exc:
+                raw["flagged"].append(f"{label}: {exc}")
     finally:
         scorer.close()
-    return {
-        "deviations": deviations,
-        "biases": biases,
-        "flagged": flagged,
-        "honest_total": honest_total,
-        "swapped": (swapped_caught, len(swapped_results)),
-        "relabelled": (relabelled_caught, len(swapped_results)),
-        "fixed": (fixed_caught, len(swapped_results)),
-        "costs": costs,
-    }
+    _progress(f"{label}: {_quantiles(raw['deviations'][label])}; flagged so far {len(raw['flagged'])}")
+
+
+async def _dishonest(real: Path, threads: int, requests: list[GenerationRequest], raw: dict[str, Any]) -> None:
+    swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
+    checker = ProofChecker()
+    scorer = TokenScorer(real, RuntimeOptions(n_threads=threads))
+    try:
+        results = await _generate(swapped, threads, 4, requests)
+        n = len(results)
+        caught = sum(_caught(checker, _proof(t), text, scorer) for t, text, _ in results)
+        raw["swapped"] = (caught, n)
+        # The stronger swap: another model's tokens, with the real model's numbers for them.
+        relabelled = 0
+        for trace, text, _ in results:
+            honest_numbers = scorer.score(trace.prompt_tokens, trace.tokens).logprobs
+            relabelled += _caught(checker, _proof(trace, honest_numbers), text, scorer)
+        raw["relabelled"] = (relabelled, n)
+        fixed = 0
+        fixed_tokens = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
+        for trace, _, _ in results:
+            fake = trace.model_copy(update={"tokens": fixed_tokens})
+            numbers = scorer.score(trace.prompt_tokens, fixed_tokens).logprobs
+            fixed += _caught(checker, _proof(fake, numbers), FIXED_TEXT, scorer)
+        raw["fixed"] = (fixed, n)
+    finally:
+        scorer.close()
+    _progress(f"swapped {raw['swapped']}, relabelled {raw['relabelled']}, fixed {raw['fixed']} (caught, of)")
+
+
+async def measure(options: BenchOptions, configs: list[tuple[int, int]] = CONFIGS) -> dict[str, Any]:
+    """Every number of the section, raw (also used by `python -m benchmarks.verification`)."""
+    requests = _prompts(options.pick(full=24, quick=8))
+    real = model_path()
+    raw: dict[str, Any] = {"deviations": {}, "biases": {}, "flagged": [], "honest_total": 0, "costs": []}
+    for number, (threads, parallel) in enumerate(configs):
+        await _honest(real, threads, parallel, requests, raw)
+        if number == 0:
+            await _dishonest(real, threads, requests, raw)
+    return raw
 
 
 def _quantiles(values: list[float]) -> str:
@@ -165,23 +175,23 @@ def _quantiles(values: list[float]) -> str:
 
 async def run(options: BenchOptions) -> Section:
     raw = await measure(options)
-    deviations: dict[str, list[float]] = raw["deviations"]  # type: ignore[assignment]
-    biases: dict[str, list[float]] = raw["biases"]  # type: ignore[assignment]
-    costs: list[float] = raw["costs"]  # type: ignore[assignment]
+    deviations: dict[str, list[float]] = raw["deviations"]
+    biases: dict[str, list[float]] = raw["biases"]
+    costs: list[float] = raw["costs"]
     notes = [f"honest |claimed - re-scored| per position, {k}: {_quantiles(v)}" for k, v in deviations.items()]
     notes += [
         f"honest mean bias per result, {k}: min {min(v):.4f}, median {statistics.median(v):.4f}, max {max(v):.4f}"
         for k, v in biases.items()
     ]
-    flagged: list[str] = raw["flagged"]  # type: ignore[assignment]
-    total: int = raw["honest_total"]  # type: ignore[assignment]
+    flagged: list[str] = raw["flagged"]
+    total: int = raw["honest_total"]
     notes.append(f"honest flagged: {len(flagged)} of {total}" + (f" ({flagged[0]})" if flagged else ""))
     for key, what in [
         ("swapped", "swapped model (own log-probabilities)"),
         ("relabelled", "swapped model (real model's log-probabilities)"),
         ("fixed", "fixed string (real model's log-probabilities)"),
     ]:
-        caught, n = raw[key]  # type: ignore[misc]
+        caught, n = raw[key]
         notes.append(f"{what}: caught {caught} of {n}")
     if not costs:
         raise BenchmarkError("no result was scored")
@@ -190,8 +200,6 @@ async def run(options: BenchOptions) -> Section:
 
 
 if __name__ == "__main__":
-    import sys
-
     section = asyncio.run(run(BenchOptions(quick="--quick" in sys.argv, threads=1)))
     print("\n".join(section.notes))
     for row in section.rows:
