@@ -144,9 +144,9 @@ async def _dishonest(real: Path, threads: int, requests: list[GenerationRequest]
         fixed = 0
         fixed_tokens = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
         for trace, _, _ in results:
-            fake = trace.model_copy(update={"tokens": fixed_tokens})
             numbers = scorer.score(trace.prompt_tokens, fixed_tokens).logprobs
-            fixed += _caught(checker, _proof(fake, numbers), FIXED_TEXT, scorer)
+            fake = trace.model_copy(update={"tokens": fixed_tokens, "logprobs": numbers})
+            fixed += _caught(checker, _proof(fake), FIXED_TEXT, scorer)
         raw["fixed"] = (fixed, n)
     finally:
         scorer.close()
