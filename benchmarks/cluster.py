@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--in-flight", type=int, default=4, help="tasks in flight per publisher")
     parser.add_argument("--sweep-tasks", type=int, default=400, help="tasks per scaling batch")
-    parser.add_argument("--tasks", type=int, default=2000, help="tasks in each fault batch")
+    parser.add_argument(
+        "--tasks", type=int, default=2000, help="tasks in the kill batch (stop, drain: max(sweep, 300))"
+    )
     parser.add_argument("--faults", default="stop,drain,kill", help="faults at the largest N ('' for none)")
     parser.add_argument(
         "--delivery",
@@ -49,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["gossip", "direct", "both"],
         help="publisher delivery mode; 'direct' and 'both' need a Client with delivery= (protocol 0.4)",
     )
-    parser.add_argument("--heartbeat", type=float, default=2.0, help="node heartbeat interval (s)")
-    parser.add_argument("--attempt-timeout", type=float, default=8.0, help="seconds before a task is retried")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="node heartbeat interval (s)")
+    parser.add_argument("--attempt-timeout", type=float, default=10.0, help="seconds before a task is retried")
     parser.add_argument("--model-run", action="store_true", help="also real generations on 3 nodes at 1 thread")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser
@@ -66,7 +68,7 @@ def deliveries(choice: str) -> list[str]:
     return wanted
 
 
-async def run(args: argparse.Namespace) -> list[BatchResult]:
+async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult]:
     config = NodeConfig(heartbeat_interval=args.heartbeat)
     modes = deliveries(args.delivery)
     sizes = [int(n) for n in str(args.nodes).split(",") if n]
@@ -83,13 +85,18 @@ async def run(args: argparse.Namespace) -> list[BatchResult]:
             attempt_timeout=args.attempt_timeout,
             fault=fault,  # type: ignore[arg-type]
             workload=workload,
-            idle_s=max(3 * args.heartbeat, 4.0),
+            idle_s=max(2 * args.heartbeat, 4.0),
             heartbeat_interval=args.heartbeat,
         )
 
     async def batch(cluster: Cluster, s: BatchSpec) -> None:
         print(f"  batch {s.label} ({s.delivery}, {s.tasks} tasks) ...", file=sys.stderr, flush=True)
-        result = await run_batch(cluster, s, args.out / "logs" / f"{s.label}-{s.delivery}")
+        try:
+            result = await run_batch(cluster, s, args.out / "logs" / f"{s.label}-{s.delivery}")
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on, the exit status is 1
+            failures.append(f"{s.label} ({s.delivery}): {type(exc).__name__}: {exc}")
+            print(f"    FAILED: {failures[-1]}", file=sys.stderr, flush=True)
+            return
         print(
             f"    {result.completed}/{s.tasks} done, {result.lost} lost, {result.duplicates} dup, "
             f"{result.tasks_per_s:.1f} tasks/s in {result.seconds:.0f} s",
@@ -103,6 +110,7 @@ async def run(args: argparse.Namespace) -> list[BatchResult]:
         started = time.perf_counter()
         with Cluster(n, args.observers, config) as cluster:
             print(f"  started in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            started = time.perf_counter()
             for delivery in modes if args.sweep_tasks else []:
                 await batch(cluster, spec(f"scale-N{n}", delivery, args.sweep_tasks))
             if n == max(sizes):
@@ -110,7 +118,10 @@ async def run(args: argparse.Namespace) -> list[BatchResult]:
                     for fault in faults:
                         if fault == "kill" and delivery != modes[-1]:
                             continue  # a kill leaves the cluster a third smaller: last
-                        await batch(cluster, spec(f"{fault}-N{n}", delivery, args.tasks, fault))
+                        tasks = args.tasks if fault == "kill" else max(args.sweep_tasks, 300)
+                        await batch(cluster, spec(f"{fault}-N{n}", delivery, tasks, fault))
+            started = time.perf_counter()
+        print(f"  stopped in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     if args.model_run:
         print("cluster of 3 nodes for real generations ...", file=sys.stderr, flush=True)
         with Cluster(3, args.observers, config) as cluster:
@@ -119,7 +130,7 @@ async def run(args: argparse.Namespace) -> list[BatchResult]:
     return batches
 
 
-def write(batches: list[BatchResult], out: Path, command: str, seconds: float) -> Path:
+def write(batches: list[BatchResult], failures: list[str], out: Path, command: str, seconds: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cluster.json").write_text(json.dumps([b.model_dump(mode="json") for b in batches], indent=1))
     plots = plot(batches, out)
@@ -134,6 +145,7 @@ def write(batches: list[BatchResult], out: Path, command: str, seconds: float) -
         render_table(batches),
         "",
         render_notes(batches),
+        *[f"- **FAILED** {failure}" for failure in failures],
         "",
         render_model(model, batches) if model is not None else "(no observer measurements: no cost model)",
         "",
@@ -148,15 +160,17 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.nodes, args.publishers, args.sweep_tasks, args.tasks, args.faults = "3", 2, 0, 200, "kill"
-        args.observers, args.in_flight, args.attempt_timeout = 1, 4, 5.0
+        args.observers, args.in_flight, args.attempt_timeout, args.heartbeat = 1, 4, 6.0, 3.0
         if args.delivery == "both":  # one batch: the Client's own default
             args.delivery = "direct" if supports_delivery() else "gossip"
     from node.ops.log import configure_logging
 
     configure_logging("warning", "console")
     started = time.perf_counter()
-    batches = asyncio.run(run(args))
-    path = write(batches, args.out, "python -m benchmarks cluster " + " ".join(argv), time.perf_counter() - started)
+    failures: list[str] = []
+    batches = asyncio.run(run(args, failures))
+    command = "python -m benchmarks cluster " + " ".join(argv)
+    path = write(batches, failures, args.out, command, time.perf_counter() - started)
     print(path.read_text())
     print(f"wrote {path}", file=sys.stderr)
-    return 1 if any(b.lost or b.duplicates for b in batches) else 0
+    return 1 if failures or any(b.lost or b.duplicates for b in batches) else 0

@@ -39,6 +39,7 @@ class CostModel(BaseModel):
     bytes_per_heartbeat: float
     bytes_per_message: float  # bytes read per gossip message (mesh copies included)
     heartbeat_interval: float
+    cpu_per_own_task: dict[str, float] = {}  # delivery -> CPU s a serving node spends per task it runs
 
     def messages_per_task(self, delivery: str) -> int:
         return 2 if delivery == "gossip" else 0
@@ -95,7 +96,10 @@ def fit(batches: list[BatchResult]) -> CostModel | None:
     per_msg = statistics.median([excess(b, "cpu") / (2 * b.tasks_per_s) for b in gossip]) if gossip else 0.0
     per_direct = statistics.median([excess(b, "cpu") / b.tasks_per_s for b in direct]) if direct else 0.0
     bytes_msg = statistics.median([excess(b, "bytes") / (2 * b.tasks_per_s) for b in gossip]) if gossip else 0.0
+    own = {d: _own_task_cost(b_list, per_msg if d == "gossip" else per_direct, d) for d, b_list in
+           (("gossip", gossip), ("direct", direct)) if b_list}  # fmt: skip
     return CostModel(
+        cpu_per_own_task=own,
         base_cpu=base_cpu,
         cpu_per_heartbeat=per_hb,
         cpu_per_message=per_msg,
@@ -105,6 +109,18 @@ def fit(batches: list[BatchResult]) -> CostModel | None:
         bytes_per_message=bytes_msg,
         heartbeat_interval=h,
     )
+
+
+def _own_task_cost(batches: list[BatchResult], per_message: float, delivery: str) -> float:
+    """Median over serving nodes of (busy - idle - what it pays for others' traffic) / its own tasks."""
+    costs = []
+    for b in batches:
+        others = b.tasks_per_s * (2 * per_message if delivery == "gossip" else per_message)
+        for c in b.costs:
+            rate = c.tasks / b.seconds
+            if c.role == "serving" and rate > 0:
+                costs.append(max(c.cpu_per_s - c.idle_cpu_per_s - others, 0.0) / rate)
+    return statistics.median(costs) if costs else 0.0
 
 
 def measured(batch: BatchResult) -> tuple[float, float]:
@@ -139,6 +155,10 @@ def render_model(model: CostModel, batches: list[BatchResult]) -> str:
         f"- per heartbeat received: {model.cpu_per_heartbeat * 1000:.2f} ms CPU, {model.bytes_per_heartbeat:.0f} B",
         f"- per gossip task/result message: {model.cpu_per_message * 1000:.2f} ms CPU, {model.bytes_per_message:.0f} B",
         f"- per directly delivered task (elsewhere): {model.cpu_per_direct_task * 1000:.3f} ms CPU",
+        *[
+            f"- per task a serving node runs itself ({d}): {cost * 1000:.2f} ms CPU"
+            for d, cost in model.cpu_per_own_task.items()
+        ],
         "",
         "| batch | delivery | members | G tasks/s | CPU model | CPU measured | ratio | KB/s model | KB/s measured | ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -37,7 +37,7 @@ _SENT = re.compile(r"\bbytes_sent:(\d+)")
 class NodeConfig(BaseModel):
     """How every node of the cluster is started."""
 
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = 5.0
     threads: int = 1
     n_ctx: int = 512
     parallel: int = 1
@@ -156,13 +156,13 @@ class Cluster:
         self.stop()
 
     def start(self) -> None:
-        """The bootstrap node first, then the others four at a time (each waits for READY)."""
+        """The bootstrap node first, then the others eight at a time (each waits for READY)."""
         self.bootstrap = ClusterNode("bootstrap", 0, self._process(IDLE_MODEL, []))
         self.bootstrap.process.start()
         ready: list[str] = [self.bootstrap.process.multiaddr]
-        for first in range(0, len(self._plan), 4):
+        for first in range(0, len(self._plan), 8):
             batch = []
-            for role, index in self._plan[first : first + 4]:
+            for role, index in self._plan[first : first + 8]:
                 earlier = self._rng.sample(ready[1:], min(2, len(ready) - 1))
                 model = MODEL_NAME if role == "serving" else IDLE_MODEL
                 batch.append(ClusterNode(role, index, self._process(model, [ready[0], *earlier])))

@@ -154,7 +154,10 @@ class Publisher:
 
     async def run(self) -> PublisherReport:
         await self.client.start()
+        patience = time.monotonic() + 60.0  # then go with the nodes heard so far (a loaded machine)
         while len([n for n in self.client.nodes.live() if n.serves([MODEL_NAME])]) < self.plan.expect_nodes:
+            if time.monotonic() > patience and self.client.nodes.live():
+                break
             await asyncio.sleep(0.2)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -76,7 +76,8 @@ def plot(batches: list[BatchResult], out: Path) -> list[Path]:
         ax.set_title(title)
         ax.set_xlabel("serving nodes N")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "cluster-scaling.png"
     fig.savefig(path, dpi=100)

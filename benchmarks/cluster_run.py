@@ -42,7 +42,7 @@ class BatchSpec(BaseModel):
     fault_at: float = 0.4  # share of the batch completed when the fault starts
     workload: str = "sample"
     idle_s: float = 6.0
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = 5.0
 
 
 class NodeCost(BaseModel):
@@ -130,7 +130,7 @@ class _Publishers:
                     cwd=ROOT,
                 )  # fmt: skip
             )
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(180):
             for proc in self.procs:
                 await self._expect(proc, "ready")
 
@@ -319,7 +319,12 @@ def _fault_notes(result: BatchResult, reports: list[PublisherReport], fault: _Fa
         address = fault.victims[0].address
         leaving = [r.leaving[address] for r in reports if address in r.leaving]
         if leaving:
-            late = [s for s in picks if s.at > min(leaving) + 1.0]
+            late = [
+                s
+                for r in reports
+                for s in r.submissions
+                if s.node == address and r.leaving.get(address, float("inf")) + 1.0 < s.at
+            ]
             result.drain_late_picks = len(late)
             result.fault_notes.append(
                 f"SIGTERM drain of {names}: `leaving` heartbeat reached {len(leaving)}/{len(reports)} publishers "
