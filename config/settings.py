@@ -35,6 +35,15 @@ class Settings(LayeredSettings):
     # Network
     listen: MultiaddrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
     bootstrap: MultiaddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
+    direct: bool = Field(default=True, description="Take tasks on direct-delivery streams and advertise addrs (0.4)")
+    announce: MultiaddrList = Field(
+        default=[], description="Addresses heartbeats advertise for direct delivery (default: listen, 0.0.0.0 expanded)"
+    )
+    direct_streams_max: int = Field(default=256, ge=1, description="Direct-delivery streams open at once")
+    direct_streams_per_peer: int = Field(default=16, ge=1, description="Direct-delivery streams open per publisher")
+    direct_first_frame_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a new direct-delivery stream has to send its task"
+    )
     heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
     redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
     publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are accepted")

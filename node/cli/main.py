@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_task.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)")
     run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
     run_task.add_argument("--max-tokens", type=int, default=250, help="max_tokens of the Simple workflow")
+    run_task.add_argument(
+        "--delivery",
+        choices=["direct", "gossip"],
+        default="direct",
+        help="direct: a stream to the chosen node (protocol 0.4, the default); gossip: the task topic (0.3)",
+    )
 
     models = commands.add_parser("models", help="list, pull, remove or benchmark models")
     add_models_commands(models, _add_settings_flags)
@@ -128,7 +134,7 @@ def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
 async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
 
-    client = Client(peers=args.peer, secret_key=args.key)
+    client = Client(peers=args.peer, secret_key=args.key, delivery=args.delivery)
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)

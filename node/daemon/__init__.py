@@ -1,14 +1,16 @@
-"""The daemon: the node process that accepts tasks from gossip and publishes their results.
+"""The daemon: the node process that accepts tasks (gossip or direct streams) and sends their results.
 Imports wire, p2p and ops (and workflows, models, config); never publisher, gateway or cli.
 
     server.py           NodeServer: the lifecycle (startup steps, serve, shutdown); wires and sequences only
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
     intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or refuse as busy)
+    direct.py           DirectIntake: a task on a direct-delivery stream: check, intake, answer at once
+    routes.py           DirectRoutes: streams of accepted direct tasks, waiting for their results
     acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
     admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or refuses it (busy)
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
     execution/          one child process per model: the workflow engine and the llama.cpp runtime
-    outbox.py           ResultOutbox: publishes results, keeps them in the journal until sent
+    outbox.py           ResultOutbox: sends results (on their stream, else gossip), keeps them in the journal until sent
     journal.py          Journal: SQLite record of every task's state (survives a crash)
     recovery.py         start-up recovery of what a crash left in the journal
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)

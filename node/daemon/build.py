@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from config.settings import ConfigError, Settings
 from node.daemon.acceptance import Acceptance
 from node.daemon.admission import Admission
+from node.daemon.direct import DirectIntake
 from node.daemon.execution.pool import ExecutionPool
 from node.daemon.heartbeat import Heartbeat
 from node.daemon.intake import TaskIntake
@@ -22,12 +23,15 @@ from node.daemon.journal import Journal
 from node.daemon.monitor import NodeMonitor
 from node.daemon.outbox import ResultOutbox
 from node.daemon.remote_health import RemoteHealth, remote_models
+from node.daemon.routes import DirectRoutes
 from node.daemon.runner import TaskRunner
 from node.daemon.workflow_setup import engine_options
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
+from node.p2p.announce import advertised_addrs
 from node.p2p.connector import Connector
 from node.p2p.host import P2PHost
+from node.p2p.streams import StreamLimits
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate
 
@@ -44,6 +48,7 @@ class NodeParts:
     heartbeat: Heartbeat
     connector: Connector
     gate: GossipGate
+    direct: DirectIntake
 
 
 def open_identity(settings: Settings) -> Identity:
@@ -67,6 +72,16 @@ def check_embedding_model(settings: Settings) -> None:
         )
 
 
+def stream_limits(settings: Settings) -> StreamLimits:
+    """Bounds of the node's direct-delivery streams; one lives at most as long as a task may."""
+    return StreamLimits(
+        max_streams=settings.direct_streams_max,
+        max_streams_per_peer=settings.direct_streams_per_peer,
+        first_frame_timeout_s=settings.direct_first_frame_timeout,
+        max_lifetime_s=settings.deadline_horizon + settings.result_grace + 60.0,
+    )
+
+
 def build_parts(
     settings: Settings,
     metrics: NodeMetrics,
@@ -81,8 +96,9 @@ def build_parts(
     """Make the parts and wire them to each other and to the open resources."""
     names = list(pool.hosted)
     remote_names = remote_models(settings, names)
+    routes = DirectRoutes()
     outbox = ResultOutbox(
-        identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention
+        identity, host, journal, grace_s=settings.result_grace, retention_s=settings.journal_retention, routes=routes
     )
     runner = TaskRunner(pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace)
     # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
@@ -106,6 +122,7 @@ def build_parts(
     monitor = NodeMonitor(
         identity, host, admission, journal, metrics, notifier, pool.available, startup_grace_s=settings.startup_grace
     )
+    addrs = advertised_addrs(host.listen_addrs, host.peer_id, settings.announce) if settings.direct else []
     heartbeat = Heartbeat(
         identity,
         host,
@@ -114,7 +131,9 @@ def build_parts(
         pending=lambda: admission.pending,
         tps=lambda: remote.advertised_tps(pool.available_tps()),
         interval=settings.heartbeat_interval,
+        addrs=lambda: addrs,
     )
     connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
     gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window)
-    return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate)
+    direct = DirectIntake(intake, routes, on_reject)
+    return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate, direct)

@@ -1,5 +1,7 @@
 """Heartbeats: every `interval` seconds a signed message saying what this node hosts
-and how much room it has (free and max task places, pending tasks, speed)."""
+and how much room it has (free and max task places, pending tasks, speed), and where
+publishers can dial it for direct delivery (`addrs`). Once the node begins to drain,
+`announce_leaving` publishes at once, and every heartbeat after says `leaving`."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Heartbeat:
         pending: Callable[[], int],
         tps: Callable[[], dict[str, float]],
         interval: float,
+        addrs: Callable[[], list[str]] = list,
     ) -> None:
         self._identity = identity
         self._host = host
@@ -39,9 +42,13 @@ class Heartbeat:
         self._pending = pending
         self._tps = tps
         self._interval = interval
+        self._addrs = addrs
+        self.leaving = False
 
     def body(self) -> HeartbeatBody:
         free, total = self._capacity()
+        if self.leaving:
+            free = 0
         return HeartbeatBody(
             address=self._identity.address,
             peer_id=self._host.peer_id,
@@ -51,7 +58,14 @@ class Heartbeat:
             tps=self._tps(),
             version=PROTOCOL_VERSION,
             timestamp=time.time_ns(),
+            addrs=self._addrs() or None,
+            leaving=True if self.leaving else None,
         )
+
+    async def announce_leaving(self) -> None:
+        """The node is draining: say so now (capacity.free is 0 by then), and in every heartbeat after."""
+        self.leaving = True
+        await self.publish_once()
 
     async def publish_once(self) -> None:
         data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))

@@ -1,9 +1,12 @@
-"""Task intake: where a task from gossip enters the node.
+"""Task intake: where a task enters the node, from gossip or from a direct-delivery stream.
 
 For each task that decodes: the acceptance rules decide (`acceptance.py`); an
 accepted task is recorded in the journal, then admitted to run, or refused as
 busy (an error result "busy: ..."). A task that cannot be journalled (full
 disk, quota) is not accepted. One failing task never stops the intake.
+A task that came on a stream (`take(..., direct=True)`) and finds no capacity is
+answered `busy` on its stream instead: it is not journalled and its id is
+forgotten, so that it may come back; it is never run twice either way.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,11 +25,23 @@ from node.daemon.journal import Journal, JournalError, JournalQuotaError
 from node.daemon.runner import TaskRunner
 from node.ops.metrics import NodeMetrics
 from node.p2p.host import GossipMessage
+from node.wire.direct import AnswerStatus
 from node.wire.inbound import Inbound, LogWindow, consume
 from node.wire.messages import TaskBody, encode_body
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the intake did with one task: the status a stream answer carries, and a short reason code."""
+
+    status: AnswerStatus
+    reason: str = ""
+
+
+ACCEPTED = Taken(AnswerStatus.ACCEPTED)
 
 
 class TaskIntake:
@@ -59,7 +75,14 @@ class TaskIntake:
         await asyncio.gather(*self._refusals, return_exceptions=True)
 
     def receive(self, inbound: Inbound) -> None:
-        """One task, verified and decoded: accept it (journal, admit) or say why not."""
+        """One task from gossip, verified and decoded: accept it (journal, admit) or say why not."""
+        self.take(inbound)
+
+    def take(self, inbound: Inbound, direct: bool = False) -> Taken:
+        """One task, verified and decoded: accept it (journal, admit) or say why not.
+
+        `direct`: it came on a stream, whose answer says busy (no error result is sent).
+        """
         now = time.time_ns()
         task = inbound.body
         assert isinstance(task, TaskBody)
@@ -70,10 +93,15 @@ class TaskIntake:
         if isinstance(decision, Ignore):
             self._metrics.ignore(decision.reason)
             task_log.debug("task not accepted", reason=decision.reason, detail=decision.detail)
-            return
+            return Taken(AnswerStatus.IGNORED, decision.reason)
         # Only a task that will run is journalled with its body; a refused one (busy) keeps
         # just its row, so that its error result still goes through the outbox.
         runs = self._admission.would_admit(decision.model)
+        if direct and not runs:
+            self.acceptance.seen.discard(task.task_id)
+            reason = "draining" if not self._admission.accepting else "no_capacity"
+            task_log.info("task refused", reason=reason, direct=True)
+            return Taken(AnswerStatus.BUSY, reason)
         try:
             journalled = self._journal.record_accepted(
                 task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
@@ -84,21 +112,23 @@ class TaskIntake:
             self._metrics.ignore(reason)
             if (not_logged := self._journal_log.may_log(reason)) is not None:
                 task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
-            return
+            return Taken(AnswerStatus.IGNORED, reason)
         if not journalled:
             self._metrics.ignore("duplicate")
             task_log.debug("task not accepted", reason="duplicate", detail="already in the journal")
-            return
+            return Taken(AnswerStatus.IGNORED, "duplicate")
         self._metrics.tasks_accepted.inc()
         accepted = AcceptedTask(
             task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log
         )
-        task_log.info("task accepted", model=decision.model, publisher=inbound.sender)
+        task_log.info("task accepted", model=decision.model, publisher=inbound.sender, direct=direct)
         try:
             self._admission.admit(accepted)
         except BusyError as exc:
             task_log.warning("task refused", reason=str(exc))
             self._spawn(self._runner.abandon(accepted, str(exc)))
+            return Taken(AnswerStatus.BUSY, "no_capacity")
+        return ACCEPTED
 
     def _on_error(self, exc: Exception) -> None:
         self._metrics.ignore("internal_error")

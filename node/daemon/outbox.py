@@ -6,6 +6,10 @@ return, as long as the task's deadline plus a grace period has not passed.
 Results are re-sealed at publish time, so a late envelope is never stale.
 Journal entries older than their deadline plus `retention_s` are pruned hourly.
 
+A task that came on a direct-delivery stream gets its result envelope on that stream
+(`DirectRoutes`, node/daemon/routes.py), the same envelope gossip would carry; when
+the stream is gone the result is published on `results` as any other.
+
 A result whose envelope would pass the gossip size limit is sent as a `result
 too large` error instead. A result that cannot be sent for any other reason than
 a missing peer is logged and marked dropped in the journal, so that neither this
@@ -20,6 +24,7 @@ import time
 import structlog
 
 from node.daemon.journal import Journal, JournalEntry, JournalError, TaskState
+from node.daemon.routes import DirectRoutes
 from node.p2p.host import NoMeshPeersError, P2PError, P2PHost
 from node.wire.envelope import seal, sealed_size
 from node.wire.identity import Identity
@@ -43,6 +48,7 @@ class ResultOutbox:
         retry_interval_s: float = 2.0,
         retention_s: float = 86400.0,
         prune_interval_s: float = 3600.0,
+        routes: DirectRoutes | None = None,
     ) -> None:
         self._identity = identity
         self._host = host
@@ -52,13 +58,33 @@ class ResultOutbox:
         self._retention_ns = int(retention_s * 1e9)
         self._prune_interval_s = prune_interval_s
         self._lock = asyncio.Lock()
+        self.routes = routes if routes is not None else DirectRoutes()
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now."""
         body = _fitting(body)
         self._journal.record_finished(body.task_id, encode_body(body))
+        if body.task_id in self.routes and await self._send_direct(body):
+            return True
         async with self._lock:
             return await self._publish_if_unpublished(body)
+
+    async def _send_direct(self, body: ResultBody) -> bool:
+        """Write the result on its task's stream (outside the lock: a slow stream holds no other result)."""
+        try:
+            sealed = seal(self._identity, RESULTS_TOPIC, encode_body(_stamped(body)))
+        except Exception as exc:  # noqa: BLE001 - gossip's path reports it
+            log.warning("result not sealed for its stream", task_id=body.task_id, error=str(exc))
+            self.routes.drop(body.task_id)
+            return False
+        if not await self.routes.deliver(body.task_id, sealed):
+            return False
+        try:
+            self._journal.mark_published(body.task_id)
+        except JournalError as exc:
+            log.error("result delivered but not marked in the journal", task_id=body.task_id, error=str(exc))
+        log.info("result delivered on its stream", task_id=body.task_id, ok=body.error is None)
+        return True
 
     async def flush(self) -> int:
         """Publish every journalled result still in time; returns how many went out."""
@@ -107,8 +133,7 @@ class ResultOutbox:
         if (fitted := _fitting(body)) is not body:  # kept before this check existed, or grown by a restamp
             self._journal.replace_result(body.task_id, encode_body(fitted))
             body = fitted
-        stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
-        sent = body.model_copy(update={"stats": stats})
+        sent = _stamped(body)
         try:
             # The mesh check rides on the publish call: a separate one costs a thread crossing per result.
             sealed = seal(self._identity, RESULTS_TOPIC, encode_body(sent))
@@ -142,6 +167,12 @@ class ResultOutbox:
             log.error("journalled result unreadable; dropped", task_id=entry.task_id, error=str(exc))
             self._journal.mark_dropped(entry.task_id)
             return None
+
+
+def _stamped(body: ResultBody) -> ResultBody:
+    """`body` with `publishedAt` now (never before its execution ended)."""
+    stats = body.stats.model_copy(update={"published_at": max(time.time_ns(), body.stats.execution_ended_at)})
+    return body.model_copy(update={"stats": stats})
 
 
 def _fitting(body: ResultBody) -> ResultBody:

@@ -6,7 +6,7 @@ startup:  identity and journal -> execution processes (one per model: load,
           dials -> journal recovery -> background loops (intake, heartbeat, re-dial,
           outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM
-shutdown: STOPPING=1, stop admitting (heartbeat capacity 0), drain: let running tasks
+shutdown: STOPPING=1, stop admitting (a `leaving` heartbeat, capacity 0), drain: let running tasks
           finish up to `drain_timeout`, error the rest, flush results, stop the
           network and the execution processes, close the journal. A second signal skips the wait.
 """
@@ -22,7 +22,14 @@ import structlog
 
 from config.settings import Settings
 from node.daemon.admission import Admission
-from node.daemon.build import NodeParts, build_parts, check_embedding_model, open_identity, open_journal
+from node.daemon.build import (
+    NodeParts,
+    build_parts,
+    check_embedding_model,
+    open_identity,
+    open_journal,
+    stream_limits,
+)
 from node.daemon.execution.pool import ExecutionPool
 from node.daemon.journal import Journal
 from node.daemon.recovery import recover_interrupted
@@ -32,6 +39,7 @@ from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.http_api import HttpServer, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
+from node.p2p.frame_stream import FrameStream
 from node.p2p.host import GossipMessage, P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, consume, discard
@@ -117,9 +125,21 @@ class NodeServer:
         return remote
 
     async def _start_p2p_host(self, identity: Identity) -> P2PHost:
-        self.host = host = P2PHost(identity.secret, self.settings.listen)
+        self.host = host = P2PHost(
+            identity.secret,
+            self.settings.listen,
+            stream_limits=stream_limits(self.settings),
+            on_inbound_stream=self._on_stream if self.settings.direct else None,
+        )
         await host.start()
         return host
+
+    def _on_stream(self, stream: FrameStream, first: bytes) -> None:
+        """A direct-delivery stream: the parts answer it (before they are built, it is reset)."""
+        if self.parts is None:
+            asyncio.ensure_future(stream.close(graceful=False))
+            return
+        self.parts.direct.on_stream(stream, first)
 
     @staticmethod
     async def _subscribe(host: P2PHost, gate: GossipGate) -> dict[str, asyncio.Queue[GossipMessage]]:
@@ -188,6 +208,7 @@ class NodeServer:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if parts is not None:
             await parts.intake.close()
+            await parts.direct.close()
         if self.http is not None:
             await self.http.stop()
         if self.host is not None:
@@ -212,9 +233,9 @@ class NodeServer:
 
     @staticmethod
     async def _announce_draining(parts: NodeParts) -> None:
-        """Publishers see capacity 0 at once instead of at the next heartbeat."""
+        """Publishers see the `leaving` heartbeat (capacity 0) at once instead of at the next heartbeat."""
         try:
-            await asyncio.wait_for(parts.heartbeat.publish_once(), timeout=2)
+            await asyncio.wait_for(parts.heartbeat.announce_leaving(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - best effort while stopping
             log.warning("draining heartbeat not published", error=str(exc))
 

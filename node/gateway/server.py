@@ -32,6 +32,7 @@ class Gateway:
             listen=settings.listen,
             connect_timeout=settings.connect_timeout,
             max_retries=settings.max_retries,
+            delivery=settings.delivery,
         )
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
         self.rpc = RpcService(client, RpcStore(settings.database_path, settings.retention))

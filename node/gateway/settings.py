@@ -44,6 +44,9 @@ class GatewaySettings(LayeredSettings):
     )
     connect_timeout: float = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
     max_retries: int = Field(default=2, ge=0, description="Busy/failed nodes retried on another node, per task")
+    delivery: Literal["direct", "gossip"] = Field(
+        default="direct", description="direct: tasks on a stream to the chosen node (protocol 0.4); gossip: 0.3"
+    )
 
     # HTTP API
     host: str = Field(default="127.0.0.1", description="HTTP listen host (non-loopback needs api_keys)")

@@ -45,8 +45,10 @@ import structlog
 import trio
 from pydantic import ValidationError
 
+from node.p2p.frame_stream import FrameStream
 from node.p2p.libp2p_logging import route_libp2p_logging
 from node.p2p.service import NoMeshPeersServiceError, P2PService, P2PServiceError, ServiceOptions
+from node.p2p.streams import StreamLimits
 from node.wire.topics import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
@@ -140,6 +142,9 @@ class _BudgetQueue(asyncio.Queue[GossipMessage]):
         return message
 
 
+InboundStreamHandler = Callable[[FrameStream, bytes], None]
+"""(stream, its first frame) -> None, on the event loop: a peer opened a direct-delivery stream."""
+
 Validator = Callable[[str, bytes], bool]
 """(topic, data) -> accept. Runs on the Trio thread before relay and must be fast;
 an exception counts as a reject and is logged. libp2p caches the verdict per
@@ -170,11 +175,14 @@ class P2PHost:
         queue_size: int = 4096,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         libp2p_log_level: int | str = logging.WARNING,
+        stream_limits: StreamLimits | None = None,
+        on_inbound_stream: InboundStreamHandler | None = None,
     ) -> None:
         """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
 
         `queue_size` / `queue_bytes`: per topic, the most messages and bytes received
-        and not yet taken by the consumer; more is dropped.
+        and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
+        direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
         """
         try:
             options = ServiceOptions(
@@ -182,6 +190,8 @@ class P2PHost:
                 listen_addrs=listen_addrs,
                 max_message_bytes=max_message_bytes,
                 gossip_heartbeat_s=gossip_heartbeat_s,
+                stream_limits=stream_limits or StreamLimits(),
+                serve_streams=on_inbound_stream is not None,
             )
         except ValidationError as exc:
             raise P2PError(f"invalid p2p options: {exc}") from exc
@@ -190,7 +200,15 @@ class P2PHost:
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._budgets: dict[str, HandOffBudget] = {}
-        self._service = P2PService(options, on_message=self._on_trio_message)
+        self._on_inbound_stream = on_inbound_stream
+        self._streams: dict[int, FrameStream] = {}
+        self._claimed: set[int] = set()
+        self._service = P2PService(
+            options,
+            on_message=self._on_trio_message,
+            on_inbound_stream=self._on_trio_inbound_stream,
+            on_stream_frame=self._on_trio_stream_frame,
+        )
         self._peer_id = self._service.peer_id
         self._queues: dict[str, asyncio.Queue[GossipMessage]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -301,6 +319,22 @@ class P2PHost:
                 f"{self._options.max_message_bytes} bytes"
             )
         await self._call(self._service.publish, topic, bytes(data), require_mesh)
+
+    async def open_stream(
+        self, addrs: list[str], first_frame: bytes, timeout: float = 5.0, *, raw: bool = False
+    ) -> FrameStream:
+        """Dial the peer of `addrs` and open a direct-delivery stream with `first_frame` written.
+
+        `raw`: write the bytes as they are, unframed (a peer probing another's framing: tests).
+        P2PError when it cannot be dialled, does not speak the protocol, or `timeout` passes.
+        """
+        stream_id: int = await self._call(self._service.open_stream, list(addrs), bytes(first_frame), timeout, raw)
+        return self._claim(stream_id, addrs[0].rsplit("/p2p/", 1)[-1])
+
+    @property
+    def open_streams(self) -> int:
+        """Direct-delivery streams this side holds open."""
+        return len(self._streams)
 
     async def peers(self) -> list[str]:
         """Ids of the connected peers."""
@@ -415,6 +449,52 @@ class P2PHost:
         if budget is None or not budget.charge(len(data)):
             return
         self._call_soon(self._deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
+
+    def _stream(self, stream_id: int, peer_id: str) -> FrameStream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = FrameStream(
+                stream_id,
+                peer_id,
+                send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
+                close=lambda sid, graceful: self._call(self._service.stream_close, sid, graceful),
+            )
+        return stream
+
+    def _claim(self, stream_id: int, peer_id: str) -> FrameStream:
+        """The stream, now owned by its user; frames (and its end) may have arrived before this."""
+        stream = self._stream(stream_id, peer_id)
+        stream.peer_id = peer_id
+        if stream.ended:
+            self._streams.pop(stream_id, None)
+        else:
+            self._claimed.add(stream_id)
+        return stream
+
+    def _on_trio_inbound_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:  # on the Trio thread
+        self._call_soon(self._accept_stream, stream_id, peer_id, first)
+
+    def _accept_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:
+        stream = self._claim(stream_id, peer_id)
+        if self._on_inbound_stream is None:
+            asyncio.ensure_future(stream.close(graceful=False))
+            return
+        try:
+            self._on_inbound_stream(stream, first)
+        except Exception:  # noqa: BLE001 - one stream must never reach the event loop's handler
+            log.exception("p2p.inbound_stream_handler_failed", peer=peer_id)
+            asyncio.ensure_future(stream.close(graceful=False))
+
+    def _on_trio_stream_frame(self, stream_id: int, frame: bytes | None) -> None:  # on the Trio thread
+        self._call_soon(self._deliver_frame, stream_id, frame)
+
+    def _deliver_frame(self, stream_id: int, frame: bytes | None) -> None:
+        # A stream's frames, even its end, may arrive before open_stream's caller resumes: kept until claimed.
+        stream = self._stream(stream_id, "")
+        stream.deliver(frame)
+        if frame is None and stream_id in self._claimed:
+            self._claimed.discard(stream_id)
+            self._streams.pop(stream_id, None)
 
     def _deliver(self, message: GossipMessage) -> None:
         queue = self._queues.get(message.topic)

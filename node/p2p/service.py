@@ -27,7 +27,7 @@ from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -38,7 +38,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.wire.topics import MAX_MESSAGE_BYTES
+from node.p2p.frames import FrameError, encode_frame
+from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
+from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +74,8 @@ class ServiceOptions(BaseModel):
     listen_addrs: list[str] = Field(min_length=1)
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=0, le=MAX_INBOUND_RPC_BYTES - 4096)
     gossip_heartbeat_s: float = Field(default=1.0, gt=0)
+    stream_limits: StreamLimits = StreamLimits()
+    serve_streams: bool = False  # take direct-delivery streams (a node); publishers only open them
 
 
 def content_message_id(msg: rpc_pb2.Message) -> bytes:
@@ -106,9 +110,20 @@ def _probe_port_free(addr: str, maddr: multiaddr.Multiaddr) -> None:
 class P2PService:
     """A libp2p host + gossipsub router, driven from inside one `trio.run`."""
 
-    def __init__(self, options: ServiceOptions, on_message: MessageSink) -> None:
+    def __init__(
+        self,
+        options: ServiceOptions,
+        on_message: MessageSink,
+        on_inbound_stream: InboundSink | None = None,
+        on_stream_frame: FrameSink | None = None,
+    ) -> None:
         self._options = options
         self._on_message = on_message
+        self.streams = StreamTable(
+            options.stream_limits,
+            on_inbound_stream or (lambda *_: None),
+            on_stream_frame or (lambda *_: None),
+        )
         self._key_pair = create_new_key_pair(options.secret)
         self._my_id = ID.from_pubkey(self._key_pair.public_key)
         self._my_id_bytes = self._my_id.to_bytes()
@@ -193,6 +208,8 @@ class P2PService:
             max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
         )
         self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
+        if self._options.serve_streams:
+            host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
         async with host.run(maddrs), background_trio_service(pubsub), background_trio_service(gossipsub):
             await pubsub.wait_until_ready()
             listeners = host.get_network().listeners
@@ -275,6 +292,51 @@ class P2PService:
         async with self._publish_lock:
             await self._wait_for_outbound_room()
             await self._pubsub.publish(topic, data)
+
+    async def open_stream(self, addrs: list[str], first_frame: bytes, timeout: float, raw: bool = False) -> int:
+        """Dial one peer at any of `addrs` (all /p2p/<the same id>), open a direct-delivery stream,
+        write `first_frame` (`raw`: the bytes as they are, unframed); returns the stream id.
+        Its frames go to the frame sink."""
+        assert self._host is not None and self._nursery is not None
+        try:
+            infos = [info_from_p2p_addr(multiaddr.Multiaddr(addr)) for addr in addrs]
+            frame = first_frame if raw else encode_frame(first_frame, self._options.stream_limits.max_frame_bytes)
+        except (FrameError, Exception) as exc:
+            raise P2PServiceError(f"cannot open a stream to {addrs[:1]}: {exc}") from exc
+        peer = infos[0].peer_id if infos else None
+        if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
+            raise P2PServiceError("a stream needs addresses of one other peer")
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self._host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
+                stream = await self._host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
+            except Exception as exc:
+                raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {exc}") from exc
+            try:
+                if frame:
+                    await stream.write(frame)
+                stream_id = self.streams.register_outbound(stream, peer.to_base58())
+            except BaseException as exc:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await stream.reset()
+                if isinstance(exc, Exception):
+                    raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
+                raise
+        if scope.cancelled_caught:
+            raise P2PServiceError(f"opening a stream to {peer.to_base58()} timed out after {timeout:g} s")
+        self._nursery.start_soon(self.streams.serve, stream_id)
+        return stream_id
+
+    async def stream_send(self, stream_id: int, data: bytes) -> None:
+        """Write one frame on an open stream."""
+        try:
+            await self.streams.send(stream_id, data)
+        except (StreamGoneError, FrameError) as exc:
+            raise P2PServiceError(str(exc)) from None
+
+    async def stream_close(self, stream_id: int, graceful: bool) -> None:
+        """End a stream after its last frame (graceful) or reset it."""
+        self.streams.close(stream_id, graceful)
 
     async def peers(self) -> list[str]:
         """Ids of the connected peers."""

@@ -1,5 +1,6 @@
 """The publisher side: submit tasks to the network and collect their results. Imports only wire and p2p.
 
-client.py      Client: joins the network, publishes signed tasks, decrypts results, waits for them
-node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed), for choosing nodes
+client.py      Client: joins the network, sends signed tasks (direct or gossip), decrypts results, waits for them
+node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
+direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
 """

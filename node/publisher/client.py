@@ -1,4 +1,11 @@
-"""The publisher side: join the network, publish signed tasks, collect verified results.
+"""The publisher side: join the network, send signed tasks, collect verified results.
+
+Delivery (`Client(delivery=...)`): "direct" (the default, protocol 0.4) sends each task
+on a stream to the node chosen from heartbeats and learns at once whether it took it
+(busy, ignored, a broken stream or silence: the next node is tried at once); a node
+without `addrs`, or one that cannot be dialled, gets the task on gossip. "gossip" is
+protocol 0.3: every task on the `task` topic. Either way a result is accepted once,
+from the stream or from gossip, after the same checks.
 
 async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
     simple = Simple()
@@ -12,12 +19,15 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, Field
 
 from node.p2p.host import P2PError, P2PHost
+from node.p2p.streams import StreamLimits
+from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.node_table import KnownNode, NodeTable
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
@@ -30,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 OnSubmit = Callable[[str, "str | None"], None]  # (task id published, node picked or None)
 OnMessage = Callable[[Inbound], None]  # every verified result or heartbeat, as it arrived
+Delivery = Literal["direct", "gossip"]
 
 
 class ClientError(Exception):
@@ -78,6 +89,21 @@ class Task(BaseModel):
     public_key: str | None = None
 
 
+@dataclass
+class _Attempt:
+    """One task id sent to one node, waiting for its result (a retry is a new attempt)."""
+
+    task_id: str
+    node: str
+    result: asyncio.Future[TaskResult]
+    direct: DirectDelivery | None = None
+    lost_seen: bool = False  # its stream's loss was acted on (a retry sent)
+
+
+PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
+NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free node to retry on
+
+
 class TaskResult(BaseModel):
     """A verified, decrypted result."""
 
@@ -104,7 +130,16 @@ class Client:
         max_retries: int = 2,
         node_table: NodeTable | None = None,
         on_message: OnMessage | None = None,
+        delivery: Delivery = "direct",
+        answer_timeout: float = 5.0,
+        attempt_timeout: float | None = None,
     ) -> None:
+        """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
+        `answer_timeout`: seconds to dial a node and get its answer before trying another.
+        `attempt_timeout`: seconds to wait for one node's result before also trying another
+        (None: the whole timeout); results of earlier attempts are still taken."""
+        if delivery not in ("direct", "gossip"):
+            raise ValueError(f"delivery must be 'direct' or 'gossip', not {delivery!r}")
         if isinstance(secret_key, bytes):
             self.identity = Identity(secret_key)
         elif isinstance(secret_key, str):
@@ -120,6 +155,10 @@ class Client:
         self._loops: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
         self._max_retries = max_retries
+        self.delivery: Delivery = delivery
+        self._answer_timeout = answer_timeout
+        self._attempt_timeout = attempt_timeout
+        self._deliveries: set[DirectDelivery] = set()
         self.nodes = node_table or NodeTable()
         self.on_message = on_message  # called for every verified result and heartbeat
 
@@ -135,7 +174,8 @@ class Client:
         async with self._start_lock:
             if self._host is not None:
                 return
-            host = P2PHost(self.identity.secret, self._listen)
+            # Its own streams are bounded by the nodes it dials (each refuses what it cannot take).
+            host = P2PHost(self.identity.secret, self._listen, stream_limits=PUBLISHER_STREAM_LIMITS)
             await host.start()
             self._host = host
             gate = GossipGate()
@@ -152,6 +192,8 @@ class Client:
             await self._wait_for_mesh(host)
 
     async def close(self) -> None:
+        await asyncio.gather(*(delivery.close() for delivery in list(self._deliveries)), return_exceptions=True)
+        self._deliveries.clear()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -160,15 +202,25 @@ class Client:
             await self._host.stop()
             self._host = None
 
-    async def execute(self, task: Task, timeout: float = 60.0, on_submit: OnSubmit | None = None) -> TaskResult:
+    async def execute(
+        self,
+        task: Task,
+        timeout: float = 60.0,
+        on_submit: OnSubmit | None = None,
+        on_delta: OnDelta | None = None,
+    ) -> TaskResult:
         """Run the task and return its verified result within `timeout` seconds.
 
-        With `task.nodes` set, those nodes are picked. Otherwise one live node that
-        hosts an acceptable model is chosen from heartbeats; an error result is
-        retried on another node (new task id, at most `max_retries` times) unless it
-        is deterministic (`Invalid prompt: ...`: it would fail the same way anywhere). Raises TaskTimeoutError (NoNodeError when
-        no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for every
-        task published (each retry has a new id).
+        With `task.nodes` set, the task goes on gossip to those nodes. Otherwise one live
+        node that hosts an acceptable model is chosen from heartbeats and sent the task
+        (see the module doc for direct delivery). A node that declines is replaced at
+        once; an error result, a lost stream or a node silent for `attempt_timeout` is
+        retried on another node (new task id, at most `max_retries` times), unless the
+        error is deterministic (`Invalid prompt: ...`). Raises TaskTimeoutError (NoNodeError
+        when no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for
+        every task a node took (or that went on gossip). `on_delta(text)`: the final step's
+        text as it generates, from nodes that stream it (direct delivery only); the result
+        is checked to extend what was streamed.
         """
         if task.nodes:
             task_id = await self.submit(task, timeout)
@@ -178,25 +230,140 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[str] = set()
+        attempts: dict[str, _Attempt] = {}
+        retries = 0
+        need_new = True
+        sent_at = loop.time()
         last_failure: TaskFailedError | None = None
-        for _ in range(self._max_retries + 1):
-            node = await self._choose(task.models, tried, deadline, timeout, last_failure)
-            tried.add(node.address)
-            self.nodes.reserve(node.address)
-            picked = task.model_copy(update={"nodes": [node.address]})
-            remaining = max(deadline - loop.time(), 0.001)
-            task_id = await self.submit(picked, remaining)
-            if on_submit is not None:
-                on_submit(task_id, node.address)
+        try:
+            while True:
+                live = [a for a in attempts.values() if not a.result.done()]
+                if need_new and retries <= self._max_retries:
+                    # With an attempt still running, only a node free now is worth another try.
+                    node = (
+                        self.nodes.choose(task.models, exclude=tried)
+                        if live
+                        else await self._choose(task.models, tried, deadline, timeout, last_failure)
+                    )
+                    if node is not None:
+                        tried.add(node.address)
+                        self.nodes.reserve(node.address)
+                        try:
+                            attempt = await self._send(task, node, max(deadline - loop.time(), 0.001), on_delta)
+                        except DeclinedError as exc:
+                            log.info(
+                                "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
+                            )
+                            continue
+                        attempts[attempt.task_id] = attempt
+                        live.append(attempt)
+                        need_new, sent_at = False, loop.time()
+                        if on_submit is not None:
+                            on_submit(attempt.task_id, node.address)
+                if not live:
+                    if last_failure is not None:
+                        raise last_failure
+                    raise TaskTimeoutError(next(reversed(attempts), "-"), timeout)
+                give_up_at = deadline
+                if not need_new and self._attempt_timeout is not None:
+                    give_up_at = min(deadline, sent_at + self._attempt_timeout)
+                elif need_new and retries <= self._max_retries:
+                    give_up_at = min(deadline, loop.time() + NODE_POLL_S)  # a node may free up meanwhile
+                attempt, outcome = await _next_outcome(live, give_up_at - loop.time())
+                if attempt is None:
+                    if loop.time() >= deadline:
+                        raise TaskTimeoutError(next(reversed(attempts)), timeout)
+                    if not need_new:
+                        log.info(
+                            "retrying on another node",
+                            task_id=live[-1].task_id,
+                            node=live[-1].node,
+                            reason="no result yet",
+                        )
+                        retries, need_new = retries + 1, True
+                    continue
+                if outcome == "lost":
+                    log.info(
+                        "retrying on another node",
+                        task_id=attempt.task_id,
+                        node=attempt.node,
+                        reason="stream closed without a result",
+                    )
+                    retries, need_new = retries + 1, True
+                    continue
+                try:
+                    return self._checked(attempt)
+                except TaskFailedError as exc:
+                    if not exc.retryable:
+                        raise
+                    last_failure = exc
+                    log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
+                    retries, need_new = retries + 1, True
+        finally:
+            for attempt in attempts.values():
+                self._pending.pop(attempt.task_id, None)
+                self._sealed.discard(attempt.task_id)
+                if attempt.direct is not None:
+                    self._deliveries.discard(attempt.direct)
+                    await attempt.direct.close()
+
+    def _checked(self, attempt: _Attempt) -> TaskResult:
+        """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
+        result = attempt.result.result()
+        streamed = attempt.direct.progress_text if attempt.direct is not None else ""
+        if streamed and result.ciphertext is None and not result.text.startswith(streamed):
+            raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
+        return result
+
+    async def _send(self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None) -> _Attempt:
+        """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
+
+        DeclinedError: the node answered but did not take it (or did not answer in time).
+        """
+        await self.start()
+        assert self._host is not None
+        direct = self.delivery == "direct" and bool(node.addrs)
+        body = self._task_body(
+            task.model_copy(update={"nodes": [node.address]}), remaining, stream=direct and on_delta is not None
+        )
+        future = self._expect(body.task_id, [node.address])
+        if task.public_key:
+            self._sealed.add(body.task_id)
+        envelope = seal(self.identity, TASK_TOPIC, encode_body(body))
+        if direct:
             try:
-                return await self.wait(task_id, remaining, nodes=picked.nodes)
-            except TaskFailedError as exc:
-                if not exc.retryable:
-                    raise
-                last_failure = exc
-                log.info("retrying on another node", task_id=task_id, node=node.address, reason=exc.reason)
-        assert last_failure is not None
-        raise last_failure
+                delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
+            except UndialableError as exc:
+                log.info(
+                    "node not dialable; sending on gossip", task_id=body.task_id, node=node.address, error=str(exc)
+                )
+            except DeclinedError:
+                self._pending.pop(body.task_id, None)
+                self._sealed.discard(body.task_id)
+                raise
+            else:
+                delivery.follow(self._on_result, on_delta)
+                self._deliveries.add(delivery)
+                log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
+                return _Attempt(body.task_id, node.address, future, delivery)
+        try:
+            await self._host.publish(TASK_TOPIC, envelope)
+        except P2PError as exc:
+            self._pending.pop(body.task_id, None)
+            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+        log.debug("task published", task_id=body.task_id, node=node.address)
+        return _Attempt(body.task_id, node.address, future)
+
+    def _task_body(self, task: Task, timeout: float, stream: bool = False) -> TaskBody:
+        """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
+        return TaskBody(
+            task_id=secrets.token_urlsafe(16),
+            deadline=time.time_ns() + int(timeout * 1e9),
+            input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
+            picked_nodes=task.nodes,
+            public_key=task.public_key or self.identity.public_key_compressed.hex(),
+            stream=True if stream else None,
+        )
 
     async def _choose(
         self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
@@ -219,14 +386,8 @@ class Client:
         """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`."""
         await self.start()
         assert self._host is not None
-        task_id = secrets.token_urlsafe(16)
-        body = TaskBody(
-            task_id=task_id,
-            deadline=time.time_ns() + int(timeout * 1e9),
-            input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
-            picked_nodes=task.nodes,
-            public_key=task.public_key or self.identity.public_key_compressed.hex(),
-        )
+        body = self._task_body(task, timeout)
+        task_id = body.task_id
         if task.public_key:
             self._sealed.add(task_id)
         self._expect(task_id, task.nodes)
@@ -329,3 +490,31 @@ class Client:
             self.on_message(inbound)
         except Exception:  # the consumer loop must survive a failing observer
             log.exception("message observer failed", topic=inbound.signed.topic)
+
+
+async def _next_outcome(live: list[_Attempt], timeout: float) -> tuple[_Attempt | None, str]:
+    """The first attempt with news within `timeout` s: ("result", its future is done) or
+    ("lost", its stream ended without a result; it still waits for gossip). (None, "") on timeout."""
+    for attempt in live:
+        if attempt.result.done():
+            return attempt, "result"
+    watchers: dict[asyncio.Future[Any], tuple[_Attempt, str]] = {a.result: (a, "result") for a in live}
+    for attempt in live:
+        if attempt.direct is not None and not attempt.lost_seen:
+            watchers[asyncio.ensure_future(attempt.direct.lost.wait())] = (attempt, "lost")
+    try:
+        done, _ = await asyncio.wait(watchers, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, (_, kind) in watchers.items():
+            if kind == "lost":
+                future.cancel()
+    results = [watchers[f] for f in done if watchers[f][1] == "result"]
+    if results:
+        return results[0]
+    for future in done:
+        attempt, kind = watchers[future]
+        if attempt.result.done():  # a result on the stream is handed over before its end is signalled
+            return attempt, "result"
+        attempt.lost_seen = True
+        return attempt, kind
+    return None, ""

@@ -8,7 +8,9 @@ older than the newest one seen from that node, or stamped further ahead than
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
-capped in entries and in bytes: anyone can make keys.
+capped in entries and in bytes: anyone can make keys. A node's `addrs` (protocol 0.4)
+say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
+chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class KnownNode:
     max: int
     tps: dict[str, float]
     last_seen: float  # the heartbeat body's timestamp, Unix seconds
+    addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
+    leaving: bool = False  # it is draining: never chosen
 
     def serves(self, wanted: list[str]) -> bool:
         return bool(self.models) and any(
@@ -60,6 +64,7 @@ class KnownNode:
     def size(self) -> int:
         """Bytes this entry is counted as, for the table's byte cap."""
         strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
+        strings += sum(map(len, self.addrs))
         return ENTRY_OVERHEAD_BYTES + strings
 
 
@@ -102,6 +107,8 @@ class NodeTable:
             max=clamp_capacity(heartbeat.capacity.max),
             tps={model: clamp_tps(tps) for model, tps in heartbeat.tps.items()},
             last_seen=stamped,
+            addrs=tuple(heartbeat.addrs or ()),
+            leaving=bool(heartbeat.leaving),
         )
         self._forget(sender)
         self._make_room(node.size, now)
@@ -138,9 +145,9 @@ class NodeTable:
     def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
         """A live node serving one of `wanted`, weighted by free capacity x speed; None if there is none.
 
-        Nodes reporting no free capacity are chosen only when every candidate is full.
+        Nodes reporting no free capacity are chosen only when every candidate is full; a leaving node never.
         """
-        candidates = [n for n in self.live(now) if n.address not in exclude and n.serves(wanted)]
+        candidates = [n for n in self.live(now) if n.address not in exclude and not n.leaving and n.serves(wanted)]
         if not candidates:
             return None
         weights = [n.weight(wanted) for n in candidates]

@@ -88,7 +88,7 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
 
 
 def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
-    """A heartbeat speaks for its signer only: its address and peer id are the signing key's."""
+    """A heartbeat speaks for its signer only: its address, peer id and addrs are the signing key's."""
     if body.address != signed.sender:
         raise InboundError(
             "identity_mismatch", f"heartbeat body address {body.address} is not its signer {signed.sender}"
@@ -97,6 +97,11 @@ def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:
         raise InboundError(
             "identity_mismatch", f"heartbeat body peerId {body.peer_id[:64]!r} is not its signer's peer id"
         )
+    # A node advertises only its own addresses: one naming another peer would steer publishers' dials.
+    suffix = f"/p2p/{body.peer_id}"
+    for addr in body.addrs or []:
+        if not addr.endswith(suffix):
+            raise InboundError("bad_addrs", f"heartbeat addr {addr[:64]!r} does not end with /p2p/<its peerId>")
 
 
 class LogWindow:

@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from node.wire.bloom import BloomFilter, BloomFilterError
 from node.wire.identity import IdentityError, parse_public_key
+from node.wire.topics import MAX_ADDR_CHARS, MAX_HEARTBEAT_ADDRS
 from node.wire.wire_time import INT64_MAX, format_rfc3339_ns, ns_from_wire
 
 MAX_FILTER_HEX_CHARS = 128 * 1024  # 64 KiB of filter bytes
@@ -34,6 +35,7 @@ MAX_MODELS = 64
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Address = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{40}$")]
+Multiaddr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ADDR_CHARS)]
 Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Nanoseconds = Int64
 # A task deadline: Unix ns or an RFC-3339 string with an offset, kept as ns.
@@ -119,6 +121,8 @@ class TaskBody(_Wire):
     filter: TaskFilter | None = None
     picked_nodes: list[Address] | None = None
     public_key: str
+    # Protocol 0.4, direct delivery only: the publisher wants progress frames while the final step generates.
+    stream: bool | None = None
 
     @field_validator("picked_nodes")
     @classmethod
@@ -181,7 +185,12 @@ class Capacity(_Wire):
 
 
 class HeartbeatBody(_Wire):
-    """Topic `heartbeat`: what a node hosts and how busy it is."""
+    """Topic `heartbeat`: what a node hosts and how busy it is.
+
+    Protocol 0.4 adds `addrs` (where the node takes direct-delivery streams; each must end
+    in `/p2p/<its peerId>`, checked with the signer in node/wire/inbound.py) and `leaving`
+    (the node is draining: choose it no more). Both are optional.
+    """
 
     address: Address
     peer_id: str = Field(min_length=1, max_length=128)
@@ -193,6 +202,8 @@ class HeartbeatBody(_Wire):
     tps: dict[ModelName, Annotated[float, Field(ge=0)]] = Field(max_length=MAX_MODELS)
     version: str = Field(max_length=64)
     timestamp: Nanoseconds
+    addrs: list[Multiaddr] | None = Field(default=None, max_length=MAX_HEARTBEAT_ADDRS)
+    leaving: bool | None = None
 
     @field_validator("address")
     @classmethod

@@ -1,4 +1,5 @@
-"""Protocol constants: topic names, model wildcards, version, size limit, the deterministic-error prefix.
+"""Protocol constants: topic names, model wildcards, version, size limits, the deterministic-error prefix,
+the direct-delivery stream protocol.
 
 Every module that names a topic, checks the version or bounds a gossip message
 imports it from here.
@@ -21,3 +22,9 @@ FIRST_MODEL = "!"
 # An error result starting with this fails the same way on any node: publishers do not retry it.
 # Every other error is transient (busy, interrupted, a model or engine failure, a deadline).
 DETERMINISTIC_ERROR_PREFIX = "Invalid prompt: "
+
+# Direct delivery (protocol 0.4, PROTOCOL.md section 8): a stream per task, frames of varint length + JSON.
+DIRECT_PROTOCOL = "/compute/task/0.4.0"
+MAX_FRAME_BYTES = 256 * 1024  # one frame's JSON, bytes
+MAX_HEARTBEAT_ADDRS = 8
+MAX_ADDR_CHARS = 256

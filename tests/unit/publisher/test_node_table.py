@@ -153,3 +153,17 @@ def test_table_stays_bounded_under_a_flood_of_new_keys() -> None:
     assert len(table.live(now=10)) == 100
     newest = f"{999:040x}"
     assert newest in {node.address for node in table.live(now=10)}
+
+
+def test_addrs_are_kept_and_a_leaving_node_is_never_chosen() -> None:
+    table = NodeTable()
+    addrs = ["/ip4/127.0.0.1/tcp/1/p2p/16Uiu2x"]
+    assert table.update(A, heartbeat(A, ["m"], at=100).model_copy(update={"addrs": addrs}), now=100)
+    assert table.update(B, heartbeat(B, ["m"], free=4, at=100), now=100)
+    assert {n.address: n.addrs for n in table.live(now=100)} == {A: tuple(addrs), B: ()}
+    assert table.update(B, heartbeat(B, ["m"], free=0, at=101).model_copy(update={"leaving": True}), now=101)
+    assert {table.choose(["m"], now=101).address for _ in range(50)} == {A}  # type: ignore[union-attr]
+    assert table.choose(["m"], exclude={A}, now=101) is None
+    # A restart under the same key (a newer heartbeat without `leaving`) makes it choosable again.
+    assert table.update(B, heartbeat(B, ["m"], free=4, at=102), now=102)
+    assert table.choose(["m"], exclude={A}, now=102).address == B  # type: ignore[union-attr]

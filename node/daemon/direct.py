@@ -1,0 +1,95 @@
+"""Direct delivery on the node (protocol 0.4): tasks that arrive on a stream.
+
+`DirectIntake.on_stream` gets a stream's first frame from the P2P layer, checks it as
+the gossip validator would (`decode`: envelope and body), hands it to the same
+`TaskIntake.take` (so a task id runs at most once, whichever way it arrives) and
+answers at once: accepted, busy, ignored or rejected. An accepted task's stream waits
+in `DirectRoutes` for its result; the outbox writes the result envelope there and
+closes it, or publishes it on gossip when the stream is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from node.daemon.intake import TaskIntake
+from node.daemon.routes import DirectRoutes
+from node.p2p.frame_stream import FrameStream
+from node.p2p.host import P2PError
+from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
+from node.wire.inbound import InboundError, decode
+from node.wire.messages import TaskBody
+from node.wire.topics import TASK_TOPIC
+
+log = structlog.get_logger(__name__)
+
+
+class DirectIntake:
+    """Answers each task that arrives on a stream, and routes its result back."""
+
+    def __init__(
+        self, intake: TaskIntake, routes: DirectRoutes, on_reject: Callable[[str, str], None] | None = None
+    ) -> None:
+        self._intake = intake
+        self._routes = routes
+        self._on_reject = on_reject
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def on_stream(self, stream: FrameStream, first: bytes) -> None:
+        """The P2P layer's inbound-stream callback (on the event loop): answer in a task of its own."""
+        task = asyncio.create_task(self._serve(stream, first))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def close(self) -> None:
+        for task in self._answering:
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
+
+    async def _serve(self, stream: FrameStream, first: bytes) -> None:
+        try:
+            inbound = decode(TASK_TOPIC, first, time.time_ns())
+        except InboundError as exc:
+            if self._on_reject is not None:
+                self._on_reject(TASK_TOPIC, exc.reason)
+            log.info("direct task rejected", peer=stream.peer_id, reason=exc.reason, detail=str(exc)[:300])
+            await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason))
+            await stream.close()
+            return
+        task = inbound.body
+        assert isinstance(task, TaskBody)
+        try:
+            taken = self._intake.take(inbound, direct=True)
+        except Exception:  # noqa: BLE001 - one task must never cost the stream handler
+            log.exception("direct task intake failed", task_id=task.task_id)
+            await self._answer(
+                stream, StreamAnswer(task_id=task.task_id, status=AnswerStatus.IGNORED, reason="internal")
+            )
+            await stream.close()
+            return
+        answer = StreamAnswer(task_id=task.task_id, status=taken.status, reason=taken.reason)
+        if taken.status is not AnswerStatus.ACCEPTED:
+            await self._answer(stream, answer)
+            await stream.close()
+            return
+        # Routed before the answer is written (nothing ran yet: take() only scheduled the task),
+        # so the result cannot miss its stream; the outbox waits for `answered` before writing.
+        route = self._routes.add(task.task_id, stream)
+        if await self._answer(stream, answer):
+            route.answered.set()
+        else:
+            self._routes.drop(task.task_id)
+            await stream.close(graceful=False)
+
+    @staticmethod
+    async def _answer(stream: FrameStream, answer: StreamAnswer) -> bool:
+        try:
+            await stream.send(encode_frame_body(answer))
+            return True
+        except P2PError as exc:
+            log.info("direct answer not delivered", task_id=answer.task_id, error=str(exc))
+            return False

@@ -1,0 +1,68 @@
+"""The asyncio face of one direct-delivery stream (its Trio side is node/p2p/streams.py).
+
+A `FrameStream` is handed out by `P2PHost.open_stream` (we dialled) or to the host's
+inbound-stream callback (a peer dialled us, with its first frame). Frames the peer
+writes arrive on a bounded queue; `receive` returns None once the stream will
+deliver no more (closed, reset, broken, or over its queue bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+MAX_QUEUED_FRAMES = 4096
+
+SendFrame = Callable[[int, bytes], Awaitable[None]]
+CloseStream = Callable[[int, bool], Awaitable[None]]
+
+
+class FrameStream:
+    """One stream: `receive` frames, `send` frames, `close` (never raises)."""
+
+    def __init__(self, stream_id: int, peer_id: str, send: SendFrame, close: CloseStream) -> None:
+        self.id = stream_id
+        self.peer_id = peer_id
+        self._send = send
+        self._close = close
+        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._ended = False
+        self.closed = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the peer's side has ended (frames may still wait on the queue)."""
+        return self._ended
+
+    def deliver(self, frame: bytes | None) -> None:
+        """A frame from the peer, or None at the end (on the event loop; called by the host)."""
+        if self._ended:
+            return
+        if frame is None or self._frames.qsize() >= MAX_QUEUED_FRAMES:
+            self._ended = True
+            self._frames.put_nowait(None)
+            if frame is not None:  # a peer flooding frames nobody reads: cut it off
+                asyncio.ensure_future(self.close(graceful=False))
+            return
+        self._frames.put_nowait(frame)
+
+    async def receive(self, timeout: float | None = None) -> bytes | None:
+        """The next frame; None when the stream ended. TimeoutError after `timeout` s."""
+        if self._ended and self._frames.empty():
+            return None
+        async with asyncio.timeout(timeout):
+            return await self._frames.get()
+
+    async def send(self, data: bytes) -> None:
+        """Write one frame (P2PError when the stream is gone or the write timed out)."""
+        await self._send(self.id, data)
+
+    async def close(self, graceful: bool = True) -> None:
+        """End the stream: FIN after what was written (graceful) or reset. Idempotent; never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._close(self.id, graceful)
+        except Exception:  # noqa: BLE001 - the host may be stopping: the stream goes with it
+            pass

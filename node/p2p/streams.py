@@ -1,0 +1,266 @@
+"""The Trio side of direct-delivery streams (`/compute/task/0.4.0`): bounded, framed, never held forever.
+
+Inbound (a publisher dialled us): `StreamTable.handle_inbound` is the libp2p stream
+handler. It refuses a stream past the total or per-peer limit, reads the first frame
+within `first_frame_timeout_s` (a bad length, an oversize frame, or silence get a
+refusal frame and the stream is closed), hands that frame to the asyncio side, and then
+holds the stream for writes only: any further byte from the publisher resets it.
+Outbound (we dialled a node): `register_outbound` + `serve` read every frame and hand
+each over. Every stream lives at most `max_lifetime_s`; each write has `write_timeout_s`
+(a peer that never reads cannot hold a writer). Nothing here parses JSON except the
+refusal frames it writes itself (the shape of node/wire/direct.py's StreamAnswer).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamError
+from pydantic import BaseModel, ConfigDict, Field
+
+from node.p2p.frames import FrameError, FrameReader, encode_frame
+from node.wire.topics import MAX_FRAME_BYTES
+
+log = structlog.get_logger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024
+CLOSE_TIMEOUT_S = 2.0
+
+InboundSink = Callable[[int, str, bytes], None]
+"""(stream id, remote peer id, first frame) -> None; on the Trio thread, must not block."""
+FrameSink = Callable[[int, "bytes | None"], None]
+"""(stream id, frame, or None once the stream will deliver no more) -> None; on the Trio thread."""
+
+
+class StreamLimits(BaseModel):
+    """Bounds of the direct-delivery streams of one host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, gt=0, le=MAX_FRAME_BYTES)
+    max_streams: int = Field(default=256, ge=1, description="open streams at once, inbound and outbound")
+    max_streams_per_peer: int = Field(default=16, ge=1)
+    first_frame_timeout_s: float = Field(default=10.0, gt=0)
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    max_lifetime_s: float = Field(default=3900.0, gt=0, description="a stream is reset after this long")
+
+
+class StreamGoneError(Exception):
+    """The stream is closed, reset or unknown; nothing was written."""
+
+
+@dataclass
+class _OpenStream:
+    id: int
+    stream: INetStream
+    peer: str
+    inbound: bool
+    done: trio.Event = field(default_factory=trio.Event)
+    graceful: bool = False  # closed by us after the last frame (FIN), not reset
+    write_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+def refusal_frame(status: str, reason: str) -> bytes:
+    """An answer frame for a stream refused before its task could be read."""
+    return json.dumps({"taskId": "", "status": status, "reason": reason}).encode()
+
+
+class StreamTable:
+    """The open streams of one host, their limits and their Trio tasks."""
+
+    def __init__(self, limits: StreamLimits, on_inbound: InboundSink, on_frame: FrameSink) -> None:
+        self.limits = limits
+        self._on_inbound = on_inbound
+        self._on_frame = on_frame
+        self._streams: dict[int, _OpenStream] = {}
+        self._per_peer: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self.refused = 0  # streams refused or closed for breaking a limit or the protocol
+
+    @property
+    def open_count(self) -> int:
+        return len(self._streams)
+
+    # --- inbound -----------------------------------------------------------
+
+    async def handle_inbound(self, stream: INetStream) -> None:
+        """The libp2p handler of the protocol: one task frame in, then writes only."""
+        peer = stream.muxed_conn.peer_id.to_base58()
+        if (limit := self._over_limit(peer)) is not None:
+            await self._refuse(_OpenStream(0, stream, peer, inbound=True), "busy", limit)
+            return
+        entry = self._register(stream, peer, inbound=True)
+        try:
+            with trio.move_on_after(self.limits.max_lifetime_s):
+                first = await self._first_frame(entry)
+                if first is None:
+                    return
+                self._on_inbound(entry.id, peer, first)
+                await self._hold_for_writes(entry)
+        finally:
+            await self._release(entry)
+
+    async def _first_frame(self, entry: _OpenStream) -> bytes | None:
+        reader = FrameReader(self.limits.max_frame_bytes)
+        with trio.move_on_after(self.limits.first_frame_timeout_s):
+            try:
+                while True:
+                    chunk = await entry.stream.read(READ_CHUNK_BYTES)
+                    if not chunk:
+                        return None
+                    frames = reader.feed(chunk)
+                    if len(frames) > 1 or (frames and reader.pending):
+                        await self._refuse(entry, "rejected", "one_frame_only")
+                        return None
+                    if frames:
+                        return frames[0]
+            except FrameError as exc:
+                await self._refuse(entry, "rejected", exc.reason)
+                return None
+            except StreamError:
+                return None
+        await self._refuse(entry, "rejected", "first_frame_timeout")
+        return None
+
+    async def _hold_for_writes(self, entry: _OpenStream) -> None:
+        """Wait until we close the stream; a publisher that sends more is cut off."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch_reads() -> None:
+                try:
+                    while await entry.stream.read(READ_CHUNK_BYTES):
+                        self.refused += 1
+                        log.info("p2p.stream_protocol_violation", peer=entry.peer, detail="data after the task frame")
+                        break
+                    else:
+                        return  # EOF: the publisher half-closed; it may still read
+                except StreamError:
+                    pass  # reset by the publisher: writes will fail and the result goes to gossip
+                entry.done.set()
+
+            nursery.start_soon(watch_reads)
+            await entry.done.wait()
+            nursery.cancel_scope.cancel()
+
+    # --- outbound ----------------------------------------------------------
+
+    def register_outbound(self, stream: INetStream, peer: str) -> int:
+        """Track a stream we opened (after its first frame was written); `serve` it next."""
+        if (limit := self._over_limit(peer)) is not None:
+            raise StreamGoneError(f"stream to {peer} not opened: {limit}")
+        return self._register(stream, peer, inbound=False).id
+
+    async def serve(self, stream_id: int) -> None:
+        """Hand every frame of an outbound stream over until it ends, we close it or its lifetime passes."""
+        entry = self._streams.get(stream_id)
+        if entry is None:
+            return
+        reader = FrameReader(self.limits.max_frame_bytes)
+        try:
+            with trio.move_on_after(self.limits.max_lifetime_s):
+                async with trio.open_nursery() as nursery:
+
+                    async def read_all() -> None:
+                        try:
+                            while chunk := await entry.stream.read(READ_CHUNK_BYTES):
+                                for frame in reader.feed(chunk):
+                                    self._on_frame(entry.id, frame)
+                        except FrameError as exc:
+                            log.info("p2p.stream_bad_frame", peer=entry.peer, reason=exc.reason)
+                        except StreamError:
+                            pass
+                        entry.done.set()
+
+                    nursery.start_soon(read_all)
+                    await entry.done.wait()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self._release(entry)
+
+    # --- both --------------------------------------------------------------
+
+    async def send(self, stream_id: int, data: bytes) -> None:
+        """Write one frame; StreamGoneError (and the stream is reset) when it cannot be written in time."""
+        entry = self._streams.get(stream_id)
+        if entry is None or entry.done.is_set():
+            raise StreamGoneError(f"stream {stream_id} is closed")
+        frame = encode_frame(data, self.limits.max_frame_bytes)
+        async with entry.write_lock:
+            with trio.move_on_after(self.limits.write_timeout_s) as scope:
+                try:
+                    await entry.stream.write(frame)
+                    return
+                except StreamError as exc:
+                    entry.done.set()
+                    raise StreamGoneError(f"stream {stream_id} to {entry.peer} broke: {exc!r}") from None
+        if scope.cancelled_caught:
+            entry.done.set()
+            raise StreamGoneError(f"stream {stream_id} to {entry.peer}: write timed out")
+
+    def close(self, stream_id: int, graceful: bool = True) -> None:
+        """End a stream: after its last frame (FIN) or at once (reset). Unknown ids are ignored."""
+        entry = self._streams.get(stream_id)
+        if entry is not None:
+            entry.graceful = graceful and not entry.done.is_set()
+            entry.done.set()
+
+    # --- internals ---------------------------------------------------------
+
+    def _over_limit(self, peer: str) -> str | None:
+        if len(self._streams) >= self.limits.max_streams:
+            return "too_many_streams"
+        if self._per_peer.get(peer, 0) >= self.limits.max_streams_per_peer:
+            return "too_many_streams_from_peer"
+        return None
+
+    def _register(self, stream: INetStream, peer: str, inbound: bool) -> _OpenStream:
+        entry = _OpenStream(next(self._ids), stream, peer, inbound)
+        self._streams[entry.id] = entry
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        return entry
+
+    async def _release(self, entry: _OpenStream) -> None:
+        if self._streams.pop(entry.id, None) is None:
+            return
+        left = self._per_peer.get(entry.peer, 1) - 1
+        if left > 0:
+            self._per_peer[entry.peer] = left
+        else:
+            self._per_peer.pop(entry.peer, None)
+        entry.done.set()
+        try:
+            self._on_frame(entry.id, None)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    # Inbound: FIN after the result. Outbound: we are done reading, so FIN too.
+                    if entry.graceful or not entry.inbound:
+                        await entry.stream.close()
+                    else:
+                        await entry.stream.reset()
+                except Exception:  # noqa: BLE001 - the connection may be gone already
+                    pass
+
+    async def _refuse(self, entry: _OpenStream, status: str, reason: str) -> None:
+        """Answer with a refusal frame and close (best effort, bounded); reset if that fails."""
+        self.refused += 1
+        log.info("p2p.stream_refused", peer=entry.peer, status=status, reason=reason)
+        with trio.move_on_after(1.0):
+            try:
+                await entry.stream.write(encode_frame(refusal_frame(status, reason)))
+                await entry.stream.close()
+                entry.graceful = True  # closed already: a reset now could drop the refusal in flight
+                return
+            except Exception:  # noqa: BLE001 - the peer may be gone
+                pass
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await entry.stream.reset()
+            except Exception:  # noqa: BLE001
+                pass
