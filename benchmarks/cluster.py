@@ -116,8 +116,8 @@ async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult
             if n == max(sizes):
                 for delivery in modes:
                     for fault in faults:
-                        if fault == "kill" and delivery != modes[-1]:
-                            continue  # a kill leaves the cluster a third smaller: last
+                        if fault in ("drain", "kill") and delivery != modes[-1]:
+                            continue  # they leave the cluster smaller: once, in the last mode
                         tasks = args.tasks if fault == "kill" else max(args.sweep_tasks, 300)
                         await batch(cluster, spec(f"{fault}-N{n}", delivery, tasks, fault))
             started = time.perf_counter()

@@ -60,7 +60,7 @@ class CostModel(BaseModel):
 
 def _members(batch: BatchResult) -> int:
     """Every node that heartbeats: serving nodes alive at the start, observers, the bootstrap node."""
-    return len(batch.costs)
+    return batch.members or len(batch.costs)
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:

@@ -75,6 +75,7 @@ class PublisherReport(BaseModel):
     wire_duplicates: int  # results for one task id seen more than once
     abandoned_results: int  # results of attempts already given up on
     leaving: dict[str, float]  # node address -> when its `leaving` heartbeat arrived
+    last_heartbeat: dict[str, float]  # node address -> when its latest heartbeat arrived
     cpu_seconds: float
     result_bytes: list[int]
     heartbeat_bytes: list[int]
@@ -93,6 +94,7 @@ class Publisher:
         self.attempt_of: dict[str, int] = {}  # task id -> caller task
         self.completions: dict[int, int] = {}
         self.leaving: dict[str, float] = {}
+        self.last_heartbeat: dict[str, float] = {}
         self.result_bytes: list[int] = []
         self.heartbeat_bytes: list[int] = []
         kwargs: dict[str, Any] = {}
@@ -116,6 +118,7 @@ class Publisher:
             self.result_bytes.append(size)
         elif isinstance(body, HeartbeatBody):
             self.heartbeat_bytes.append(size)
+            self.last_heartbeat[inbound.sender] = time.time()
             if getattr(body, "leaving", False) and inbound.sender not in self.leaving:
                 self.leaving[inbound.sender] = time.time()
 
@@ -185,6 +188,7 @@ class Publisher:
             wire_duplicates=sum(n - 1 for n in self.results_seen.values() if n > 1),
             abandoned_results=max(abandoned, 0),
             leaving=self.leaving,
+            last_heartbeat=self.last_heartbeat,
             cpu_seconds=time.process_time() - cpu0,
             result_bytes=self.result_bytes[:200],
             heartbeat_bytes=self.heartbeat_bytes[:200],

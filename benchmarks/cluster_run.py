@@ -58,7 +58,8 @@ class NodeCost(BaseModel):
 class BatchResult(BaseModel):
     spec: BatchSpec
     delivery_used: str
-    serving: int
+    serving: int  # serving nodes alive when the batch started
+    members: int = 0  # nodes alive when the batch started (they all heartbeat)
     seconds: float
     completed: int
     lost: int
@@ -75,6 +76,7 @@ class BatchResult(BaseModel):
     costs: list[NodeCost]
     fault_notes: list[str] = []
     drain_late_picks: int | None = None
+    rejoined: bool | None = None
     result_bytes: float = 0.0
     heartbeat_bytes: float = 0.0
 
@@ -176,6 +178,7 @@ async def run_batch(cluster: Cluster, spec: BatchSpec, workdir: Path, seed: int 
     pubs = _Publishers(cluster, spec, workdir)
     try:
         await pubs.start()
+        present = [n for n in cluster.nodes if n.alive]
         idle0, t0 = cluster.usage(), time.perf_counter()
         await asyncio.sleep(spec.idle_s)
         idle1, t1 = cluster.usage(), time.perf_counter()
@@ -197,7 +200,8 @@ async def run_batch(cluster: Cluster, spec: BatchSpec, workdir: Path, seed: int 
     finally:
         pubs.kill()
     reports = [PublisherReport.model_validate_json(out.read_text()) for out in pubs.outs]
-    return _result(cluster, spec, reports, idle, _rates(start_usage, end_usage, ended - started), started, ended, fault)
+    busy = _rates(start_usage, end_usage, ended - started)
+    return _result(present, spec, reports, idle, busy, started, ended, fault)
 
 
 class _FaultRunner:
@@ -247,7 +251,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _result(
-    cluster: Cluster,
+    present: list[ClusterNode],
     spec: BatchSpec,
     reports: list[PublisherReport],
     idle: dict[str, tuple[float, float]],
@@ -264,24 +268,26 @@ def _result(
     per_node: dict[str, int] = {}
     for o in done:
         per_node[o.node] = per_node.get(o.node, 0) + 1
-    names = {n.address: n.name for n in cluster.nodes}
-    balance = {n.name: per_node.get(n.address, 0) for n in cluster.serving if n.address not in victims}
+    balance = {n.name: per_node.get(n.address, 0) for n in present if n.role == "serving" and n.address not in victims}
+    addresses = {n.name: n.address for n in present}
     costs = [
         NodeCost(
             name=name,
             role=name.split("-")[0],
-            tasks=per_node.get(next((a for a, nm in names.items() if nm == name), ""), 0),
+            tasks=per_node.get(addresses.get(name, ""), 0),
             cpu_per_s=busy[name][0],
             idle_cpu_per_s=idle[name][0],
             bytes_per_s=busy[name][1],
             idle_bytes_per_s=idle[name][1],
         )
         for name in busy
+        if name in addresses or name.startswith("bootstrap")
     ]
     result = BatchResult(
         spec=spec,
         delivery_used=reports[0].delivery,
-        serving=len(cluster.serving),
+        serving=len([n for n in present if n.role == "serving"]),
+        members=len(costs),
         seconds=ended - started,
         completed=len(done),
         lost=len(outcomes) - len(done) + (spec.tasks - len(outcomes)),
@@ -341,8 +347,11 @@ def _fault_notes(result: BatchResult, reports: list[PublisherReport], fault: _Fa
         address = fault.victims[0].address
         during = [s for s in picks if fault.at <= s.at <= fault.resumed_at]
         after = [o for r in reports for o in r.outcomes if o.ok and o.node == address and o.ended > fault.resumed_at]
+        heard = [r for r in reports if r.last_heartbeat.get(address, 0.0) > fault.resumed_at]
+        result.rejoined = len(heard) == len(reports)
         result.fault_notes.append(
             f"SIGSTOP of {names} for {fault.resumed_at - fault.at:.1f} s: {len(during)} tasks sent to it while "
             f"frozen; {result.retried} tasks retried; {result.duplicates} duplicates reached a caller; "
-            f"{len(after)} tasks completed on it after SIGCONT ({'rejoined' if after else 'no task after resume'})"
+            f"{len(heard)}/{len(reports)} publishers heard its heartbeat after SIGCONT "
+            f"({'rejoined' if result.rejoined else 'NOT rejoined'}), {len(after)} tasks completed on it after"
         )

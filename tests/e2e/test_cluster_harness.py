@@ -3,7 +3,8 @@
 processes, 200 one-step `sample` tasks, and kill -9 of one serving node mid-batch.
 
 Every task must complete (through retries), none may reach its caller twice, and the
-table, the JSON and the plots must be written. Speeds are reported, never asserted.
+table, the JSON and the plots must be written. Speeds are reported, never asserted; so
+is a result envelope that arrives twice (stream and gossip), which the Client accepts once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def test_quick_cluster_run_loses_nothing_and_writes_its_report(tmp_path: Path) -
     kill = batches[0]
     assert kill["completed"] == kill["spec"]["tasks"] == 200
     assert kill["lost"] == 0 and kill["duplicates"] == 0
-    assert kill["wire_duplicates"] == 0
     # the killed node is gone from the balance; the two survivors both served
     assert len(kill["balance"]) == 2 and min(kill["balance"].values()) > 0
     observer = next(c for c in kill["costs"] if c["role"] == "observer")
