@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.cluster_model import fit, plot_model, render_model
+from benchmarks.cluster_model import fit, plot_model, render_limits, render_model
 from benchmarks.cluster_nodes import Cluster, NodeConfig
 from benchmarks.cluster_publisher import supports_delivery
 from benchmarks.cluster_report import plot, render_notes, render_table
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attempt-timeout", type=float, default=10.0, help="seconds before a task is retried")
     parser.add_argument("--model-run", action="store_true", help="also real generations on 3 nodes at 1 thread")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--render", action="store_true", help="only rewrite the table and plots from --out's JSON")
     return parser
 
 
@@ -149,6 +150,8 @@ def write(batches: list[BatchResult], failures: list[str], out: Path, command: s
         "",
         render_model(model, batches) if model is not None else "(no observer measurements: no cost model)",
         "",
+        render_limits(model) if model is not None else "",
+        "",
         *[f"![{p.stem}]({p.name})" for p in plots],
     ]
     path = out / "cluster.md"
@@ -158,6 +161,12 @@ def write(batches: list[BatchResult], failures: list[str], out: Path, command: s
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.render:
+        saved = json.loads((args.out / "cluster.json").read_text())
+        batches = [BatchResult.model_validate(b) for b in saved]
+        path = write(batches, [], args.out, "(re-rendered) python -m benchmarks cluster " + " ".join(argv), 0.0)
+        print(path.read_text())
+        return 0
     if args.quick:
         args.nodes, args.publishers, args.sweep_tasks, args.tasks, args.faults = "3", 2, 0, 200, "kill"
         args.observers, args.in_flight, args.attempt_timeout, args.heartbeat = 1, 4, 6.0, 3.0

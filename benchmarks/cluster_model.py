@@ -196,7 +196,7 @@ def plot_model(model: CostModel, batches: list[BatchResult], out: Path) -> Path:
         for delivery, colour in (("gossip", "C0"), ("direct", "C1")):
             right.plot(
                 rates,
-                [model.cpu(n, g, delivery, interval=30.0) for g in rates],
+                [model.cpu(n, g, delivery, 30.0) + g / n * model.cpu_per_own_task.get(delivery, 0.0) for g in rates],
                 style,
                 color=colour,
                 label=f"{delivery}, N={n}",
@@ -205,7 +205,7 @@ def plot_model(model: CostModel, batches: list[BatchResult], out: Path) -> Path:
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("network task rate G (tasks/s), heartbeats every 30 s")
-    right.set_ylabel("CPU of a node not picked (cores)")
+    right.set_ylabel("CPU of a node, its own share G/N included (cores)")
     right.legend(fontsize=7)
     right.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -213,3 +213,30 @@ def plot_model(model: CostModel, batches: list[BatchResult], out: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def render_limits(model: CostModel, interval: float = 30.0) -> str:
+    """Where a node reaches one core or 100 Mbit/s, by the fitted model, heartbeats every `interval` s."""
+    h = interval
+    per_hb, per_msg = model.cpu_per_heartbeat, model.cpu_per_message
+    lines = [f"Heartbeats every {h:g} s; one core = 1 CPU s/s, 100 Mbit/s = {LINK_BYTES_PER_S / 1e6:.1f} MB/s.", ""]
+    if per_hb > 0:
+        lines.append(f"- heartbeats alone fill one core at N = {(1 - model.base_cpu) * h / per_hb:,.0f} nodes")
+    if model.bytes_per_heartbeat > 0:
+        lines.append(
+            f"- heartbeats alone fill 100 Mbit/s at N = {LINK_BYTES_PER_S * h / model.bytes_per_heartbeat:,.0f}"
+        )
+    for n in (100, 1000, 10000):
+        left = 1 - model.base_cpu - per_hb * n / h
+        if per_msg > 0 and left > 0:
+            lines.append(f"- gossip, N = {n:,}: one core at G = {left / (2 * per_msg):,.0f} tasks/s in the network")
+        link = LINK_BYTES_PER_S - model.base_bytes - model.bytes_per_heartbeat * n / h
+        if model.bytes_per_message > 0 and link > 0:
+            lines.append(f"- gossip, N = {n:,}: 100 Mbit/s at G = {link / (2 * model.bytes_per_message):,.0f} tasks/s")
+    for delivery, own in model.cpu_per_own_task.items():
+        if own > 0:
+            lines.append(
+                f"- {delivery}: a node's own tasks fill one core at {1 / own:,.0f} tasks/s per node "
+                f"(G = N x that with direct delivery, less the gossip share with gossip)"
+            )
+    return "\n".join(lines)
