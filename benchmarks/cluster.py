@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-flight", type=int, default=4, help="tasks in flight per publisher")
     parser.add_argument("--sweep-tasks", type=int, default=400, help="tasks per scaling batch")
     parser.add_argument(
-        "--tasks", type=int, default=2000, help="tasks in the kill batch (stop, drain: max(sweep, 300))"
+        "--tasks", type=int, default=2000, help="tasks in the kill batch (stop, drain: max(sweep, 150))"
     )
     parser.add_argument("--faults", default="stop,drain,kill", help="faults at the largest N ('' for none)")
     parser.add_argument(
@@ -105,6 +105,8 @@ async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult
             flush=True,
         )
         batches.append(result)
+        args.out.mkdir(parents=True, exist_ok=True)  # saved as it goes: --render works on a cut-short run
+        (args.out / "cluster.json").write_text(json.dumps([b.model_dump(mode="json") for b in batches], indent=1))
 
     for n in sizes:
         print(f"cluster of {n} serving nodes + {args.observers} observers ...", file=sys.stderr, flush=True)
@@ -119,7 +121,7 @@ async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult
                     for fault in faults:
                         if fault in ("drain", "kill") and delivery != modes[-1]:
                             continue  # they leave the cluster smaller: once, in the last mode
-                        tasks = args.tasks if fault == "kill" else max(args.sweep_tasks, 300)
+                        tasks = args.tasks if fault == "kill" else max(args.sweep_tasks, 150)
                         await batch(cluster, spec(f"{fault}-N{n}", delivery, tasks, fault))
             started = time.perf_counter()
         print(f"  stopped in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
