@@ -9,8 +9,9 @@ messages per task that reach it (2 with gossip delivery: the task and its result
 0 with direct delivery) and c_msg CPU seconds per gossip message. Bytes read
 follow the same form (b_base, b_hb per heartbeat, b_msg per message). base and
 c_hb come from the idle windows (a least-squares line over the cluster sizes), c_msg
-from gossip batches (their median), so each batch is predicted from constants,
-not from itself; the fit reports predicted/measured for every batch.
+from gossip batches (their median; batches that lost tasks are left out of the
+per-task fits), so each batch is predicted from constants, not from itself; the fit
+reports predicted/measured for every batch.
 """
 
 from __future__ import annotations
@@ -91,8 +92,11 @@ def fit(batches: list[BatchResult]) -> CostModel | None:
         idle = statistics.fmean(getattr(c, f"idle_{what}_per_s") for c in nodes)
         return max(busy - idle, 0.0)
 
-    gossip = [b for b in sample if b.delivery_used == "gossip" and b.tasks_per_s > 0]
-    direct = [b for b in sample if b.delivery_used != "gossip" and b.tasks_per_s > 0]
+    # Per-task costs from batches that ran at a steady rate: in one that lost tasks the rate is
+    # mostly waiting, and a small rate divides the noise of the idle baseline into huge numbers.
+    steady = [b for b in sample if b.tasks_per_s > 0 and b.lost == 0] or [b for b in sample if b.tasks_per_s > 0]
+    gossip = [b for b in steady if b.delivery_used == "gossip"]
+    direct = [b for b in steady if b.delivery_used != "gossip"]
     per_msg = statistics.median([excess(b, "cpu") / (2 * b.tasks_per_s) for b in gossip]) if gossip else 0.0
     per_direct = statistics.median([excess(b, "cpu") / b.tasks_per_s for b in direct]) if direct else 0.0
     bytes_msg = statistics.median([excess(b, "bytes") / (2 * b.tasks_per_s) for b in gossip]) if gossip else 0.0
