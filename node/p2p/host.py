@@ -47,7 +47,13 @@ from pydantic import ValidationError
 
 from node.p2p.frame_stream import FrameStream
 from node.p2p.libp2p_logging import route_libp2p_logging
-from node.p2p.service import NoMeshPeersServiceError, P2PService, P2PServiceError, ServiceOptions
+from node.p2p.service import (
+    NoMeshPeersServiceError,
+    P2PService,
+    P2PServiceError,
+    ServiceOptions,
+    StreamTimeoutServiceError,
+)
 from node.p2p.streams import StreamLimits
 from node.wire.topics import MAX_MESSAGE_BYTES
 
@@ -74,6 +80,10 @@ class P2PError(Exception):
 
 class MessageTooLargeError(P2PError):
     """The message exceeds the gossip size limit; nothing was sent."""
+
+
+class StreamTimeoutError(P2PError):
+    """`open_stream` did not finish in time (the peer answered the dial but not the stream: frozen, overloaded)."""
 
 
 class NoMeshPeersError(P2PError):
@@ -326,15 +336,35 @@ class P2PHost:
         """Dial the peer of `addrs` and open a direct-delivery stream with `first_frame` written.
 
         `raw`: write the bytes as they are, unframed (a peer probing another's framing: tests).
-        P2PError when it cannot be dialled, does not speak the protocol, or `timeout` passes.
+        P2PError when it cannot be dialled or does not speak the protocol; StreamTimeoutError when
+        `timeout` passes first.
         """
-        stream_id: int = await self._call(self._service.open_stream, list(addrs), bytes(first_frame), timeout, raw)
-        return self._claim(stream_id, addrs[0].rsplit("/p2p/", 1)[-1])
+        peer_id = addrs[0].rsplit("/p2p/", 1)[-1] if addrs else ""
+        opening = asyncio.ensure_future(
+            self._call(self._service.open_stream, list(addrs), bytes(first_frame), timeout, raw)
+        )
+        try:
+            stream_id: int = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(lambda done: self._drop_orphan(done, peer_id))  # nobody will read it
+            raise
+        return self._claim(stream_id, peer_id)
+
+    def _drop_orphan(self, opening: asyncio.Future[int], peer_id: str) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        stream = self._claim(opening.result(), peer_id)
+        asyncio.ensure_future(stream.close(graceful=False))
 
     @property
     def open_streams(self) -> int:
-        """Direct-delivery streams this side holds open."""
+        """Direct-delivery streams handed to (or waiting for) asyncio users and not yet ended."""
         return len(self._streams)
+
+    @property
+    def held_streams(self) -> int:
+        """Direct-delivery streams the Trio side holds, those refused or not yet read included (a snapshot)."""
+        return self._service.streams.open_count
 
     async def peers(self) -> list[str]:
         """Ids of the connected peers."""
@@ -369,6 +399,8 @@ class P2PHost:
             result = await fn(*args)
         except NoMeshPeersServiceError as exc:
             self._settle(future, None, NoMeshPeersError(str(exc)))
+        except StreamTimeoutServiceError as exc:
+            self._settle(future, None, StreamTimeoutError(str(exc)))
         except P2PServiceError as exc:
             self._settle(future, None, P2PError(str(exc)))
         except Exception as exc:  # noqa: BLE001 - any failure goes back to the awaiting caller

@@ -65,6 +65,10 @@ class NoMeshPeersServiceError(P2PServiceError):
     """A publish that needs mesh peers found none for its topic; nothing was sent."""
 
 
+class StreamTimeoutServiceError(P2PServiceError):
+    """Opening a stream (dial, negotiation, first write) did not finish in time: the peer may be frozen."""
+
+
 class ServiceOptions(BaseModel):
     """Configuration of one libp2p host."""
 
@@ -306,9 +310,11 @@ class P2PService:
         peer = infos[0].peer_id if infos else None
         if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
             raise P2PServiceError("a stream needs addresses of one other peer")
+        connected = False
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
+                connected = True
                 stream = await self._host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
             except Exception as exc:
                 raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {exc}") from exc
@@ -322,8 +328,10 @@ class P2PService:
                 if isinstance(exc, Exception):
                     raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
                 raise
-        if scope.cancelled_caught:
-            raise P2PServiceError(f"opening a stream to {peer.to_base58()} timed out after {timeout:g} s")
+        if scope.cancelled_caught and not connected:
+            raise P2PServiceError(f"dialing {peer.to_base58()} timed out after {timeout:g} s")
+        if scope.cancelled_caught:  # connected, but the peer does not serve the stream: frozen or overloaded
+            raise StreamTimeoutServiceError(f"opening a stream to {peer.to_base58()} timed out after {timeout:g} s")
         self._nursery.start_soon(self.streams.serve, stream_id)
         return stream_id
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 from libp2p.abc import INetStream
-from libp2p.network.stream.exceptions import StreamError
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.p2p.frames import FrameError, FrameReader, encode_frame
@@ -134,12 +134,12 @@ class StreamTable:
 
             async def watch_reads() -> None:
                 try:
-                    while await entry.stream.read(READ_CHUNK_BYTES):
-                        self.refused += 1
-                        log.info("p2p.stream_protocol_violation", peer=entry.peer, detail="data after the task frame")
-                        break
-                    else:
+                    if not await entry.stream.read(READ_CHUNK_BYTES):
                         return  # EOF: the publisher half-closed; it may still read
+                    self.refused += 1
+                    log.info("p2p.stream_protocol_violation", peer=entry.peer, detail="data after the task frame")
+                except StreamEOF:
+                    return  # as above
                 except StreamError:
                     pass  # reset by the publisher: writes will fail and the result goes to gossip
                 entry.done.set()
@@ -171,6 +171,9 @@ class StreamTable:
                             while chunk := await entry.stream.read(READ_CHUNK_BYTES):
                                 for frame in reader.feed(chunk):
                                     self._on_frame(entry.id, frame)
+                            entry.graceful = True
+                        except StreamEOF:
+                            entry.graceful = True  # the node finished: our FIN completes the close
                         except FrameError as exc:
                             log.info("p2p.stream_bad_frame", peer=entry.peer, reason=exc.reason)
                         except StreamError:
@@ -239,8 +242,8 @@ class StreamTable:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:
-                    # Inbound: FIN after the result. Outbound: we are done reading, so FIN too.
-                    if entry.graceful or not entry.inbound:
+                    # FIN after the last frame (or the peer's FIN); a reset otherwise.
+                    if entry.graceful:
                         await entry.stream.close()
                     else:
                         await entry.stream.reset()

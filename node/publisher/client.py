@@ -19,7 +19,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
@@ -27,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from node.p2p.host import P2PError, P2PHost
 from node.p2p.streams import StreamLimits
+from node.publisher.attempts import Attempt, next_outcome
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.node_table import KnownNode, NodeTable
 from node.wire.ecies import EciesError, decrypt
@@ -89,17 +89,6 @@ class Task(BaseModel):
     public_key: str | None = None
 
 
-@dataclass
-class _Attempt:
-    """One task id sent to one node, waiting for its result (a retry is a new attempt)."""
-
-    task_id: str
-    node: str
-    result: asyncio.Future[TaskResult]
-    direct: DirectDelivery | None = None
-    lost_seen: bool = False  # its stream's loss was acted on (a retry sent)
-
-
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free node to retry on
 
@@ -137,7 +126,7 @@ class Client:
         """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
         `answer_timeout`: seconds to dial a node and get its answer before trying another.
         `attempt_timeout`: seconds to wait for one node's result before also trying another
-        (None: the whole timeout); results of earlier attempts are still taken."""
+        (None: half of each task's timeout; math.inf: never); results of earlier attempts are still taken."""
         if delivery not in ("direct", "gossip"):
             raise ValueError(f"delivery must be 'direct' or 'gossip', not {delivery!r}")
         if isinstance(secret_key, bytes):
@@ -230,7 +219,7 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[str] = set()
-        attempts: dict[str, _Attempt] = {}
+        attempts: dict[str, Attempt] = {}
         retries = 0
         need_new = True
         sent_at = loop.time()
@@ -254,6 +243,8 @@ class Client:
                             log.info(
                                 "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
                             )
+                            # Not a retry (nothing ran); once every node declined, this is the error.
+                            last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
                             continue
                         attempts[attempt.task_id] = attempt
                         live.append(attempt)
@@ -265,11 +256,12 @@ class Client:
                         raise last_failure
                     raise TaskTimeoutError(next(reversed(attempts), "-"), timeout)
                 give_up_at = deadline
-                if not need_new and self._attempt_timeout is not None:
-                    give_up_at = min(deadline, sent_at + self._attempt_timeout)
-                elif need_new and retries <= self._max_retries:
+                if not need_new:
+                    attempt_timeout = timeout / 2 if self._attempt_timeout is None else self._attempt_timeout
+                    give_up_at = min(deadline, sent_at + attempt_timeout)
+                elif retries <= self._max_retries:
                     give_up_at = min(deadline, loop.time() + NODE_POLL_S)  # a node may free up meanwhile
-                attempt, outcome = await _next_outcome(live, give_up_at - loop.time())
+                attempt, outcome = await next_outcome(live, give_up_at - loop.time())
                 if attempt is None:
                     if loop.time() >= deadline:
                         raise TaskTimeoutError(next(reversed(attempts)), timeout)
@@ -307,7 +299,7 @@ class Client:
                     self._deliveries.discard(attempt.direct)
                     await attempt.direct.close()
 
-    def _checked(self, attempt: _Attempt) -> TaskResult:
+    def _checked(self, attempt: Attempt) -> TaskResult:
         """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
         result = attempt.result.result()
         streamed = attempt.direct.progress_text if attempt.direct is not None else ""
@@ -315,7 +307,7 @@ class Client:
             raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
         return result
 
-    async def _send(self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None) -> _Attempt:
+    async def _send(self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None) -> Attempt:
         """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
 
         DeclinedError: the node answered but did not take it (or did not answer in time).
@@ -345,14 +337,14 @@ class Client:
                 delivery.follow(self._on_result, on_delta)
                 self._deliveries.add(delivery)
                 log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
-                return _Attempt(body.task_id, node.address, future, delivery)
+                return Attempt(body.task_id, node.address, future, delivery)
         try:
             await self._host.publish(TASK_TOPIC, envelope)
         except P2PError as exc:
             self._pending.pop(body.task_id, None)
             raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
         log.debug("task published", task_id=body.task_id, node=node.address)
-        return _Attempt(body.task_id, node.address, future)
+        return Attempt(body.task_id, node.address, future)
 
     def _task_body(self, task: Task, timeout: float, stream: bool = False) -> TaskBody:
         """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
@@ -490,31 +482,3 @@ class Client:
             self.on_message(inbound)
         except Exception:  # the consumer loop must survive a failing observer
             log.exception("message observer failed", topic=inbound.signed.topic)
-
-
-async def _next_outcome(live: list[_Attempt], timeout: float) -> tuple[_Attempt | None, str]:
-    """The first attempt with news within `timeout` s: ("result", its future is done) or
-    ("lost", its stream ended without a result; it still waits for gossip). (None, "") on timeout."""
-    for attempt in live:
-        if attempt.result.done():
-            return attempt, "result"
-    watchers: dict[asyncio.Future[Any], tuple[_Attempt, str]] = {a.result: (a, "result") for a in live}
-    for attempt in live:
-        if attempt.direct is not None and not attempt.lost_seen:
-            watchers[asyncio.ensure_future(attempt.direct.lost.wait())] = (attempt, "lost")
-    try:
-        done, _ = await asyncio.wait(watchers, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, (_, kind) in watchers.items():
-            if kind == "lost":
-                future.cancel()
-    results = [watchers[f] for f in done if watchers[f][1] == "result"]
-    if results:
-        return results[0]
-    for future in done:
-        attempt, kind = watchers[future]
-        if attempt.result.done():  # a result on the stream is handed over before its end is signalled
-            return attempt, "result"
-        attempt.lost_seen = True
-        return attempt, kind
-    return None, ""

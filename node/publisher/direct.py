@@ -17,7 +17,7 @@ from collections.abc import Callable
 import structlog
 
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.host import P2PError, P2PHost, StreamTimeoutError
 from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError
@@ -96,10 +96,12 @@ async def deliver(
     """Send the sealed task to the node at `addrs`; return once it accepted.
 
     UndialableError: no stream could be opened (use gossip). DeclinedError: any answer
-    but accepted, a bad or missing answer within `answer_timeout`.
+    but accepted, a bad or missing answer within `answer_timeout` (opening included).
     """
     try:
         stream = await host.open_stream(addrs, envelope, timeout=answer_timeout)
+    except StreamTimeoutError:  # slow, not unreachable: another node rather than gossip to this one
+        raise DeclinedError(task_id, f"no answer within {answer_timeout:g} s") from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:

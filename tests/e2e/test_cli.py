@@ -46,6 +46,16 @@ def test_start_then_run_task_prints_the_result_and_sigterm_exits_0(node: NodePro
         assert again.stop(signal.SIGINT) == 0
 
 
+def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: NodeProcess) -> None:
+    for delivery in ("direct", "gossip"):
+        args = ("--peer", node.addr, "--model", "smollm2:135m", "--prompt", "Hi", "--max-tokens", "8")
+        done = run_task(*args, "--delivery", delivery)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()
+    node.wait_for_log("task accepted", direct=False)
+    assert [e["direct"] for e in node.logs if e.get("event") == "task accepted"] == [True, False]
+
+
 def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
     workflow = EXAMPLES / "simple_omitted.json"
     done = run_task(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -31,6 +33,7 @@ from node.wire.inbound import decode
 from node.wire.messages import TaskBody, TaskInput, encode_body
 from node.wire.topics import MAX_FRAME_BYTES, RESULTS_TOPIC, TASK_TOPIC
 from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.nodeproc import NodeProcess, cli_env
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -191,9 +194,7 @@ async def test_hostile_streams_are_refused_and_the_node_keeps_serving(net: Net) 
         for stream in (silent[0], silent[-1]):
             frame = await stream.receive(20)
             assert frame is not None and decode_answer(frame).reason == "first_frame_timeout"
-        await wait_for(
-            lambda: node.host is not None and node.host._service.streams.open_count == 0, 20, "streams freed"
-        )
+        await wait_for(lambda: node.host is not None and node.host.held_streams == 0, 20, "streams freed")
     finally:
         await attacker.stop()
     net.prefer.first = node.identity.address
@@ -239,9 +240,7 @@ async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path
             )
             await wait_for(lambda: leaves.parts is not None and leaves.parts.admission.pending == 1, what="busy")
             shutdown = asyncio.ensure_future(leaves.shutdown())  # drains for up to 5 s
-            await wait_for(
-                lambda: any(n.leaving for n in client.nodes._nodes.values()), timeout=5, what="leaving heartbeat"
-            )
+            await wait_for(lambda: any(n.leaving for n in client.nodes.live()), timeout=5, what="leaving heartbeat")
             assert not shutdown.done()  # seen while the node is still draining, not when it is gone
             assert {client.nodes.choose(["*"]).address for _ in range(30)} == {stays.identity.address}  # type: ignore[union-attr]
             result = await client.execute(small_task(), timeout=60)
@@ -249,3 +248,67 @@ async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path
             assert running
         finally:
             await asyncio.wait_for(shutdown if shutdown is not None else leaves.shutdown(), 60)
+
+
+async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tmp_path) -> None:
+    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with AsyncExitStack() as stack:
+            spare = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
+            )
+            prefer = Prefer()
+            client = await stack.enter_async_context(
+                Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=math.inf)
+            )
+            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.identity.address)
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.ensure_future(
+                    client.execute(
+                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 120
+                    )
+                )
+                await asyncio.to_thread(doomed.wait_for_log, "task started", 60)
+                doomed.stop(signal.SIGKILL)
+                result = await running
+        assert result.node == spare.identity.address and result.text.strip()
+        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        # At once, not after a timeout (attempt_timeout is off): the stream broke, after the node's
+        # answer or (killed just then) before it reached us.
+        assert len(retries) == 1 and retries[0][0] == prefer.first
+        assert retries[0][1] in ("stream closed without a result", "stream closed without an answer")
+    finally:
+        doomed.stop(signal.SIGKILL)
+
+
+async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_timeout(tmp_path) -> None:
+    frozen = NodeProcess(tmp_path / "frozen", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with AsyncExitStack() as stack:
+            spare = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "spare", bootstrap=[frozen.addr]))
+            )
+            prefer = Prefer()
+            client = await stack.enter_async_context(
+                Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=5)
+            )
+            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.identity.address)
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.ensure_future(
+                    client.execute(
+                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 90
+                    )
+                )
+                await asyncio.to_thread(frozen.wait_for_log, "task started", 60)
+                frozen.proc.send_signal(signal.SIGSTOP)  # TCP stays up: only silence tells
+                result = await running
+        assert result.node == spare.identity.address and result.text.strip()
+        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        # The spare may be slow enough to get its own "no result yet" (nowhere left to go, it is waited for).
+        assert retries[0] == (prefer.first, "no result yet")
+        assert all(reason == "no result yet" for _, reason in retries)
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        frozen.stop(signal.SIGKILL)

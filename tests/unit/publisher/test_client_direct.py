@@ -1,0 +1,116 @@
+"""The Client's side of direct delivery against a real libp2p peer speaking protocol 0.4 as a node would:
+progress frames reach `on_delta`, and a signed result that contradicts them is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from node.p2p.frame_stream import FrameStream
+from node.p2p.host import P2PHost
+from node.publisher.client import Client, Task, TaskFailedError
+from node.wire.direct import AnswerStatus, Progress, StreamAnswer, encode_frame_body
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import TaskBody, encode_body
+from node.wire.results import Output, result_body
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+
+
+class StreamingPeer:
+    """A peer that takes tasks on streams, writes `deltas` as progress frames, then a result of `text`."""
+
+    def __init__(self, deltas: list[str], text: str) -> None:
+        self.identity = Identity.generate()
+        self.deltas, self.text = deltas, text
+        self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
+        self.streamed: list[bool] = []
+        self._serving: set[asyncio.Task[None]] = set()
+
+    def _on_stream(self, stream: FrameStream, first: bytes) -> None:
+        task = asyncio.create_task(self._serve(stream, first))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, stream: FrameStream, first: bytes) -> None:
+        body = decode(TASK_TOPIC, first).body
+        assert isinstance(body, TaskBody)
+        self.streamed.append(bool(body.stream))
+        await stream.send(encode_frame_body(StreamAnswer(task_id=body.task_id, status=AnswerStatus.ACCEPTED)))
+        for delta in self.deltas:
+            await stream.send(encode_frame_body(Progress(task_id=body.task_id, delta=delta)))
+        now = time.time_ns()
+        result = result_body(
+            body.task_id,
+            "m",
+            Output(self.text, body.public_key, 1, 1),
+            received_at_ns=now,
+            started_at_ns=now,
+            ended_at_ns=now,
+        )
+        await stream.send(seal(self.identity, RESULTS_TOPIC, encode_body(result)))
+        await stream.close()
+
+    def heartbeat(self) -> bytes:
+        body = {
+            "address": self.identity.address,
+            "peerId": self.identity.peer_id,
+            "models": ["m"],
+            "capacity": {"free": 1, "max": 1},
+            "pendingTasks": 0,
+            "tps": {},
+            "version": "0.3.0",
+            "timestamp": time.time_ns(),
+            "addrs": self.host.listen_addrs,
+        }
+        return seal(self.identity, HEARTBEAT_TOPIC, json.dumps(body).encode())
+
+
+@asynccontextmanager
+async def client_of(peer: StreamingPeer) -> AsyncIterator[Client]:
+    await peer.host.start()
+    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
+        await peer.host.subscribe(topic)
+    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0)
+    try:
+        await client.start()
+        for _ in range(100):
+            if client.nodes.live():
+                break
+            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
+                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
+            await asyncio.sleep(0.2)
+        assert client.nodes.live(), "the client never saw the peer's heartbeat"
+        yield client
+    finally:
+        await client.close()
+        await peer.host.stop()
+
+
+async def test_progress_frames_reach_on_delta_and_the_result_extends_them() -> None:
+    peer = StreamingPeer(["Hel", "lo"], "Hello world")
+    async with client_of(peer) as client:
+        deltas: list[str] = []
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=deltas.append)
+    assert deltas == ["Hel", "lo"] and result.text == "Hello world" and result.node == peer.identity.address
+    assert peer.streamed == [True]  # `"stream": true` is sent only to a caller that takes deltas
+
+
+async def test_a_result_that_contradicts_the_streamed_text_is_refused() -> None:
+    peer = StreamingPeer(["Goodbye"], "Hello world")
+    async with client_of(peer) as client:
+        with pytest.raises(TaskFailedError, match="does not match the text its node streamed"):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=lambda _: None)
+
+
+async def test_without_on_delta_the_task_does_not_ask_for_a_stream() -> None:
+    peer = StreamingPeer([], "plain")
+    async with client_of(peer) as client:
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+    assert result.text == "plain" and peer.streamed == [False]
