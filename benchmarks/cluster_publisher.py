@@ -55,7 +55,8 @@ class Outcome(BaseModel):
     started: float
     ended: float
     ok: bool
-    attempts: int
+    attempts: int  # calls of Client.execute (the harness's own retries)
+    sends: int = 0  # tasks sent over all attempts (the Client's retries included)
     node: str = ""
     error: str = ""
 
@@ -92,6 +93,7 @@ class Publisher:
         self.submissions: list[Submission] = []
         self.results_seen: dict[str, int] = {}
         self.attempt_of: dict[str, int] = {}  # task id -> caller task
+        self.sends: dict[int, int] = {}  # caller task -> tasks sent for it
         self.completions: dict[int, int] = {}
         self.leaving: dict[str, float] = {}
         self.last_heartbeat: dict[str, float] = {}
@@ -131,6 +133,7 @@ class Publisher:
 
     def _submitted(self, key: int, task_id: str, node: str | None) -> None:
         self.attempt_of[task_id] = key
+        self.sends[key] = self.sends.get(key, 0) + 1
         self.submissions.append(Submission(at=time.time(), task_id=task_id, node=node))
 
     async def one(self, key: int) -> Outcome:
@@ -153,7 +156,10 @@ class Publisher:
             else:
                 self.completions[key] = self.completions.get(key, 0) + 1
                 return Outcome(key=key, started=started, ended=time.time(), ok=True, attempts=attempt, node=result.node)
-        return Outcome(key=key, started=started, ended=time.time(), ok=False, attempts=attempt, error=error[:300])
+        sends = self.sends.get(key, 0)
+        return Outcome(
+            key=key, started=started, ended=time.time(), ok=False, attempts=attempt, sends=sends, error=error[:300]
+        )
 
     async def run(self) -> PublisherReport:
         await self.client.start()

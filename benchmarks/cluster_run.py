@@ -263,7 +263,7 @@ def _result(
     outcomes: list[Outcome] = [o for r in reports for o in r.outcomes]
     done = [o for o in outcomes if o.ok]
     latencies = [(o.ended - o.started) * 1000 for o in done]
-    retried = [(o.ended - o.started) * 1000 for o in done if o.attempts > 1]
+    retried = [(o.ended - o.started) * 1000 for o in done if o.attempts > 1 or o.sends > 1]
     victims = {n.address for n in fault.victims}
     per_node: dict[str, int] = {}
     for o in done:
