@@ -10,6 +10,8 @@ is a result envelope that arrives twice (stream and gossip), which the Client ac
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +25,22 @@ pytestmark = pytest.mark.slow
 
 def test_quick_cluster_run_loses_nothing_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "cluster"
-    proc = subprocess.run(
+    # Its own process group: if it hangs, its node and publisher processes go with it.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "cluster", "--quick", "--out", str(out)],
         cwd=ROOT,
         env=cli_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=280,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=280)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:] + stdout[-2000:]
     batches = json.loads((out / "cluster.json").read_text())
     assert [b["spec"]["label"] for b in batches] == ["kill-N3"]
     kill = batches[0]
