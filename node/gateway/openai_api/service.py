@@ -119,6 +119,6 @@ class OpenAIService:
             )
             return result
 
-    def start(self, key: str, prepared: Prepared, on_delta: Callable[[str], None]) -> asyncio.Task[TaskResult]:
+    def start(self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None) -> asyncio.Task[TaskResult]:
         """`run` in its own task (for streaming: the deltas arrive while it runs)."""
         return asyncio.create_task(self.run(key, prepared, on_delta), name="openai-chat")

@@ -39,6 +39,19 @@ def finish_reason(tools: bool, completion_tokens: int, max_tokens: int | None) -
     return "length" if max_tokens is not None and completion_tokens >= max_tokens else "stop"
 
 
+class StreamMismatchError(Exception):
+    """The text streamed to the caller is not the beginning of the node's signed result."""
+
+
+def rest_of(streamed: str, signed: str) -> str:
+    """What of the signed result the caller has not seen yet; StreamMismatchError if what it saw is not its start."""
+    if not signed.startswith(streamed):
+        raise StreamMismatchError(
+            f"{len(streamed)} characters were streamed that the signed result does not start with"
+        )
+    return signed[len(streamed) :]
+
+
 def _event(chunk: ChatCompletionChunk | ErrorResponse) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
@@ -55,9 +68,8 @@ class ChatStream:
         self.sent = ""
         self._deltas: asyncio.Queue[str] = asyncio.Queue()
         self._first: str | None = None  # the delta taken off the queue while waiting to answer
-        # Tool calls are sent whole, once the call is complete and signed.
-        on_delta = (lambda _text: None) if prepared.tools else self._deltas.put_nowait
-        self._run = service.start(key, prepared, on_delta)
+        # Tool calls are sent whole, once the call is complete and signed: no progress frames asked for.
+        self._run = service.start(key, prepared, None if prepared.tools else self._deltas.put_nowait)
 
     async def response(self) -> StreamingResponse | JSONResponse:
         """Wait for the first delta or the outcome; an error before any text is a plain error response."""
@@ -125,11 +137,15 @@ class ChatStream:
                 return [_event(exc.body)]
             calls = [ChunkToolCall(id=c.id, function=c.function) for c in message.tool_calls or []]
             events.append(_event(self._chunk(Delta(role="assistant", tool_calls=calls))))
-        elif not result.text.startswith(self.sent):
-            message = "the streamed text does not match the signed result of the node; discard it"
-            return [_event(ErrorResponse(error=ErrorDetail(message=message, type="api_error", code="stream_mismatch")))]
-        elif (rest := result.text[len(self.sent) :]) or not self.sent:
-            events.append(self._content(rest))
+        else:
+            try:
+                rest = rest_of(self.sent, result.text)
+            except StreamMismatchError as exc:
+                message = f"the streamed text is not the node's signed result; discard it ({exc})"
+                error = ErrorDetail(message=message, type="api_error", code="stream_mismatch")
+                return [_event(ErrorResponse(error=error))]
+            if rest or not self.sent:
+                events.append(self._content(rest))
         final = self._chunk(Delta(), reason, result.node)
         if self.include_usage:
             final.usage = usage

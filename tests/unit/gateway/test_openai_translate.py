@@ -10,6 +10,7 @@ import pytest
 
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest
+from node.gateway.openai_api.stream import StreamMismatchError, rest_of
 from node.gateway.openai_api.translate import assistant_message, engine_messages, workflow_for
 from node.publisher.client import NoNodeError, TaskFailedError, TaskTimeoutError
 from workflows import parse_workflow
@@ -131,3 +132,11 @@ def test_network_failures_map_to_openai_status_codes(error: Exception, status: i
     mapped = from_client_error(error)  # type: ignore[arg-type]
     assert (mapped.status, mapped.code) == (status, code)
     assert set(mapped.body.model_dump()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_stream_ends_with_the_rest_of_the_signed_result_or_fails() -> None:
+    assert rest_of("Hello, wo", "Hello, world!") == "rld!"
+    assert rest_of("", "Hi") == "Hi"
+    assert rest_of("Hi", "Hi") == ""
+    with pytest.raises(StreamMismatchError):
+        rest_of("Hello, ma", "Hello, world!")  # a node (or a retry) streamed text the signed result lacks
