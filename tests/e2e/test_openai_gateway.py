@@ -25,6 +25,7 @@ from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.ops.http_api import HttpServer
 from tests.support.cluster import dialable, node_settings, running_node
+from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -300,6 +301,20 @@ async def test_rate_limit_is_429(net: Net) -> None:
             await client.models.list()
     assert error_of(caught.value)["type"] == "rate_limit_exceeded"
     assert caught.value.response.headers["Retry-After"]
+
+
+async def test_unfinished_tasks_of_the_key_count_against_its_pending_limit(net: Net) -> None:
+    async with other_gateway(net, max_pending=1) as client:
+        long_task = {"workflow": Simple().workflow(prompt="Write a long story.", max_tokens=300), "models": [MODEL]}
+        async with httpx.AsyncClient(base_url=str(client.base_url).removesuffix("/v1/"), timeout=90) as http:
+            posted = await http.post("/v1/tasks", json=long_task, headers={"Authorization": f"Bearer {KEY}"})
+            assert posted.status_code == 202, posted.text
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=4)
+            await http.get(
+                f"/v1/tasks/{posted.json()['id']}", params={"wait": 60}, headers={"Authorization": f"Bearer {KEY}"}
+            )
+    assert "exceed the limit of 1" in error_of(caught.value)["message"]
 
 
 async def test_timeout_is_504(net: Net) -> None:
