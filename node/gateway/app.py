@@ -7,8 +7,9 @@
     GET  /v1/nodes             the nodes seen by heartbeat
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
     GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/rpc_app.py)
+    POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings: OpenAI's API (node/gateway/openai_api/)
 
-Every error is `{"detail": "..."}`; a 422 names the field at fault.
+Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI routes: OpenAI's error shape).
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the route signatures,
@@ -25,6 +26,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
 from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
+from node.gateway.openai_api.routes import add_openai_routes
+from node.gateway.openai_api.service import OpenAIService
 from node.gateway.rpc import RpcService
 from node.gateway.rpc_app import add_rpc_routes
 from node.gateway.schemas import (
@@ -165,6 +168,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         """Liveness, without authentication."""
         return Health(nodes=len(service.nodes()))
 
+    add_openai_routes(app, OpenAIService(service, settings), caller)
     if rpc is not None:
         add_rpc_routes(app, rpc, keys, limiter)
     return app
