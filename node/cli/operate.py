@@ -20,8 +20,26 @@ def add_operate_commands(commands: argparse._SubParsersAction, add_settings_flag
     ledger = commands.add_parser("ledger", help="totals of the tasks this node ran, by day, model, publisher, outcome")
     ledger.add_argument("--days", type=float, default=None, help="only the last DAYS days (default: all kept)")
     ledger.add_argument("--json", action="store_true", help="print JSON")
-    for parser in (pause, resume, ledger):
+    doctor = commands.add_parser("doctor", help="check this machine and config; a fix for each problem found")
+    doctor.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["runtime", "data", "ports", "models", "memory", "network", "addresses", "remote"],
+        help="leave out a check (repeatable)",
+    )
+    doctor.add_argument("--hear", type=float, default=10.0, help="seconds to hear peers' heartbeats (clock skew; default 10)")
+    for parser in (pause, resume, ledger, doctor):
         add_settings_flags(parser)
+
+
+def run_doctor_command(settings: Settings, skip: list[str], listen_s: float) -> int:
+    """Print each check with OK/WARN/FAIL (and a fix); 1 when any failed."""
+    from node.cli.doctor.report import print_report
+    from node.cli.doctor.run import Readings, run_doctor
+
+    checks = run_doctor(settings, Readings(listen_s=listen_s, skip=set(skip)))
+    return print_report(checks, sys.stdout)
 
 
 def run_pause(settings: Settings, pause: bool) -> int:
