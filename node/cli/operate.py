@@ -28,7 +28,9 @@ def add_operate_commands(commands: argparse._SubParsersAction, add_settings_flag
         choices=["runtime", "data", "ports", "models", "memory", "network", "addresses", "remote"],
         help="leave out a check (repeatable)",
     )
-    doctor.add_argument("--hear", type=float, default=10.0, help="seconds to hear peers' heartbeats (clock skew; default 10)")
+    doctor.add_argument(
+        "--hear", type=float, default=10.0, help="seconds to hear peers' heartbeats (clock skew; default 10)"
+    )
     for parser in (pause, resume, ledger, doctor):
         add_settings_flags(parser)
 
