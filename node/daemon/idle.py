@@ -73,8 +73,14 @@ class IdleWatch:
         self._nvidia_smi = shutil.which("nvidia-smi")
 
     async def run(self) -> None:
+        """Measure and pause or resume, for as long as the node runs; /proc unreadable: no pause from it."""
         while True:
-            busy = await self.measure()
+            try:
+                busy = await self.measure()
+            except (OSError, ValueError, IndexError) as exc:
+                log.error("machine load not measured: idle_only cannot pause the node", error=str(exc))
+                busy = None
+                await asyncio.sleep(self._interval)
             self._pause.set_machine_busy(busy)
 
     async def measure(self) -> str | None:

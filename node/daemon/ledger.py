@@ -156,23 +156,33 @@ class Ledger:
         return [self._minutes[m] for m in sorted(self._minutes) if m >= start]
 
     async def run(self, interval: float = 2.0) -> None:
-        """Write pending rows every `interval` s (in a worker thread) and prune."""
+        """Write pending rows every `interval` s (in a worker thread) and prune.
+
+        A ledger that cannot be written (full disk, locked file) loses those rows
+        (counted in `dropped`, logged) and never stops the node."""
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(self.flush)
+            try:
+                await asyncio.to_thread(self.flush)
+            except sqlite3.Error as exc:
+                log.error("ledger rows not written", error=str(exc), dropped=self.dropped)
 
     def flush(self) -> int:
-        """Write the pending rows and prune; how many were written."""
+        """Write the pending rows and prune; how many were written (sqlite3.Error: they are dropped)."""
         rows = []
         while self._pending:
             rows.append(self._pending.popleft())
         if rows:
-            with self._lock, self._conn:
-                self._conn.executemany(
-                    "INSERT INTO tasks (task_id, publisher, model, received_ns, started_ns, ended_ns,"
-                    " prompt_tokens, completion_tokens, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [_row(e) for e in rows],
-                )
+            try:
+                with self._lock, self._conn:
+                    self._conn.executemany(
+                        "INSERT INTO tasks (task_id, publisher, model, received_ns, started_ns, ended_ns,"
+                        " prompt_tokens, completion_tokens, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        [_row(e) for e in rows],
+                    )
+            except sqlite3.Error:
+                self.dropped += len(rows)
+                raise
             self.prune(time.time_ns())
         return len(rows)
 

@@ -92,3 +92,26 @@ def test_rows_older_than_the_kept_days_go(tmp_path: Path) -> None:
 def test_no_ledger_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger at"):
         totals(tmp_path / "missing.sqlite3")
+
+
+async def test_a_ledger_that_cannot_be_written_drops_rows_and_keeps_running(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=30, max_rows=1000)
+    with sqlite3.connect(path) as other:  # the file changed under the node: every write fails
+        other.execute("DROP TABLE tasks")
+    ledger.record(entry("a"))
+    writer = asyncio.create_task(ledger.run(interval=0.05))
+    for _ in range(100):
+        if ledger.dropped:
+            break
+        await asyncio.sleep(0.05)
+    assert ledger.dropped == 1
+    assert not writer.done()  # the loop goes on
+    writer.cancel()
+    ledger.record(entry("b"))
+    with pytest.raises(sqlite3.OperationalError):
+        ledger.flush()
+    assert ledger.dropped == 2
