@@ -48,6 +48,7 @@ from models.requests import (
     ModelClosedError,
     ModelError,
     ModelLoadError,
+    TextSink,
 )
 from models.sampling import SamplingSettings
 from models.slots import Outcome, SlotRequest
@@ -175,8 +176,13 @@ class BatchedLlamaModel:
         return self._eog_ids
 
     # -------------------------------------------------------------- generating
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Run one chat completion alongside the others. Cancelling the awaiting task stops it."""
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Run one chat completion alongside the others. Cancelling the awaiting task stops it.
+
+        `on_text` (called on the caller's event loop) gets the text as it settles, in
+        pieces that concatenate to the generation's text, all before it returns
+        (stop strings never appear; see models/text_deltas.py).
+        """
         if self._closed:
             raise ModelClosedError(f"model {self.name} is closed")
         started = time.monotonic()
@@ -194,6 +200,13 @@ class BatchedLlamaModel:
             except RuntimeError:  # the caller's loop is closed; nobody waits any more
                 pass
 
+        def forward_text(delta: str) -> None:  # runs on the decode loop's thread, before `deliver`
+            assert on_text is not None
+            try:
+                loop.call_soon_threadsafe(on_text, delta)
+            except RuntimeError:
+                pass
+
         slot_request = SlotRequest(
             tokens=tokens,
             sampling=await asyncio.to_thread(self._sampling, request),
@@ -204,6 +217,7 @@ class BatchedLlamaModel:
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
             owner=request_owner.get(),
+            on_text=None if on_text is None else forward_text,
         )
         self._decode_loop.submit(slot_request)
         try:
