@@ -9,6 +9,12 @@ prefix       a second step that extends the first one's prompt: prefix reuse on 
 remote       a node fronting llama-server (an OpenAI-compatible engine) vs that engine alone
 ipc          what the daemon <-> execution-process boundary costs per task
 grammar      what a schema (constrained decoding) costs per generated token
+cluster      `python -m benchmarks cluster`: N nodes and P publishers on loopback, faults, cost model
+
+The cluster harness: cluster.py (command line, scenarios), cluster_nodes.py (the node
+processes and their /proc readings), cluster_publisher.py (a publisher process),
+cluster_run.py (one batch, its faults and measurements), cluster_report.py (table,
+plots), cluster_model.py (the per-node cost model of docs/SCALING.md, fitted).
 
 Shared parts: options.py (BenchOptions, the publisher helper), workloads.py (prompts,
 workflows), peers.py (a node and peers in their own processes), echo_peer.py,
