@@ -48,6 +48,7 @@ from models.requests import (
     ModelClosedError,
     ModelError,
     ModelLoadError,
+    TextSink,
 )
 from models.sampling import SamplingSettings
 from models.slots import Outcome, SlotRequest
@@ -112,6 +113,8 @@ class BatchedLlamaModel:
             raise
         model = cls(name, path, options, decode_loop, vocab, n_ctx_seq)
         await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
+        # Every token's bytes for llguidance (~0.3 s): now, not under the vocab lock while tasks tokenize.
+        await asyncio.to_thread(model.constraint_tokenizer)
         log.info(
             "model_loaded",
             model=name,
@@ -175,8 +178,13 @@ class BatchedLlamaModel:
         return self._eog_ids
 
     # -------------------------------------------------------------- generating
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Run one chat completion alongside the others. Cancelling the awaiting task stops it."""
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Run one chat completion alongside the others. Cancelling the awaiting task stops it.
+
+        `on_text` (called on the caller's event loop) gets the text as it settles, in
+        pieces that concatenate to the generation's text, all before it returns
+        (stop strings never appear; see models/text_deltas.py).
+        """
         if self._closed:
             raise ModelClosedError(f"model {self.name} is closed")
         started = time.monotonic()
@@ -194,9 +202,16 @@ class BatchedLlamaModel:
             except RuntimeError:  # the caller's loop is closed; nobody waits any more
                 pass
 
+        def forward_text(delta: str) -> None:  # runs on the decode loop's thread, before `deliver`
+            assert on_text is not None
+            try:
+                loop.call_soon_threadsafe(on_text, delta)
+            except RuntimeError:
+                pass
+
         slot_request = SlotRequest(
             tokens=tokens,
-            sampling=await asyncio.to_thread(self._sampling, request),
+            sampling=await self._sampling(request),
             stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
             # As create_completion does: generation stops where the context ends.
             max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
@@ -204,6 +219,7 @@ class BatchedLlamaModel:
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
             owner=request_owner.get(),
+            on_text=None if on_text is None else forward_text,
         )
         self._decode_loop.submit(slot_request)
         try:
@@ -213,12 +229,16 @@ class BatchedLlamaModel:
             self._decode_loop.wake()
             raise
 
-    def _sampling(self, request: GenerationRequest) -> SamplingSettings:
-        """The request's sampling; its constraint compiled here, off the decode thread. GrammarError names a problem."""
+    async def _sampling(self, request: GenerationRequest) -> SamplingSettings:
+        """The request's sampling; a constraint is compiled in a worker thread (never on the decode thread).
+
+        GrammarError names a problem in the constraint.
+        """
+        constrained = request.json_schema is not None or request.regex is not None
         return SamplingSettings(
             temperature=request.temperature,
             seed=request.seed,
-            constraint=self._constraint(request),
+            constraint=await asyncio.to_thread(self._constraint, request) if constrained else None,
             banned_tokens=self._end_of_generation_ids() if request.ignore_eos else (),
         )
 
@@ -232,7 +252,7 @@ class BatchedLlamaModel:
         return Constraint(self.constraint_tokenizer(), grammar)
 
     def constraint_tokenizer(self) -> llguidance.LLTokenizer:
-        """llguidance's view of this model's vocabulary, built on first use (a fraction of a second, blocking)."""
+        """llguidance's view of this model's vocabulary (built at load; a fraction of a second)."""
         end_tokens = self._end_of_generation_ids()
         with self._vocab_lock:
             if self._tokenizer is None:  # its vocabulary lives as long as the model

@@ -36,6 +36,7 @@ from models.slots import (
     choose_slot,
     common_prefix,
 )
+from models.text_deltas import TextDeltas
 
 log = structlog.get_logger(__name__)
 
@@ -205,8 +206,14 @@ class DecodeLoop:
             keep = 0
         del slot.cached[keep:]
         sampler = SequenceSampler(self._n_vocab, request.sampling)
+        text = StopText(request.stops)
         slot.active = ActiveRequest(
-            request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
+            request=request,
+            sampler=sampler,
+            pending=tokens[keep:],
+            reused=keep,
+            text=text,
+            deltas=None if request.on_text is None else TextDeltas(text, request.on_text),
         )
         self._busy += 1
 
@@ -319,10 +326,14 @@ class DecodeLoop:
             self._complete(slot, "length")
         else:
             active.next_token = token
+            if active.deltas is not None:
+                active.deltas.update()
 
     def _complete(self, slot: Slot, finish_reason: str) -> None:
         active = slot.active
         assert active is not None
+        if active.deltas is not None:  # the rest of the text goes out before the result
+            active.deltas.finish()
         result = BatchedGeneration(
             text=active.text.text,
             finish_reason=finish_reason,  # type: ignore[arg-type]

@@ -7,9 +7,13 @@ generation stops within tens of milliseconds and the model stays usable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+TextSink = Callable[[str], None]
+"""Receives a generation's text piece by piece, in order, as it settles (see models/text_deltas.py)."""
 
 
 class ChatMessage(BaseModel):

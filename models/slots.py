@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.requests import Generation
+from models.requests import Generation, TextSink
 from models.sampling import SamplingSettings, SequenceSampler, StopText
+from models.text_deltas import TextDeltas
 
 # A slot whose cache covers at least this share of a new prompt is reused even
 # if it is not the least recently used one (llama-server's default threshold).
@@ -47,6 +48,8 @@ class SlotRequest:
     deliver: Callable[[Outcome], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     owner: str | None = None  # who asked (a task id), for the watchdog's blame; see models/progress.py
+    # Called on the decode loop's thread with each settled piece of the output (models/text_deltas.py).
+    on_text: TextSink | None = None
 
     def deadline_passed(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -62,6 +65,7 @@ class ActiveRequest:
     reused: int
     text: StopText
     generated: list[int] = field(default_factory=list)
+    deltas: TextDeltas | None = None  # when the request streams its text
     # The last sampled token, to be fed in the next decode step.
     next_token: int | None = None
     prompt_seconds: float = 0.0

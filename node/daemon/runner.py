@@ -13,12 +13,18 @@ native call are suspects: a sole suspect (the call was its own sampling) or a
 suspect for the second time gets `Invalid prompt: `; every other task is innocent
 and runs once more. A suspect runs once more alone on its model (rerun_gate.py), so
 an innocent task is never in a stalled batch with it twice.
+
+A task with `"stream": true` that arrived on a stream runs streaming: the text deltas
+of its final step go to its route (node/daemon/routes.py) as progress frames. A rerun
+after its process died does not stream again (what was streamed cannot be taken back;
+the publisher checks the result against it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
@@ -150,7 +156,10 @@ class TaskRunner:
             workflow=accepted.task.input.workflow,
             prompt=accepted.task.input.prompt,
             deadline_ns=accepted.task.deadline,
+            stream=self._streams(accepted),
         )
+        if request.stream:
+            accepted.log.info("task streams its progress")
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
@@ -187,11 +196,18 @@ class TaskRunner:
             run.cancel()
             raise
 
+    def _streams(self, accepted: AcceptedTask) -> bool:
+        """Whether the run sends progress: asked for, on a stream, and the first run."""
+        task_id = accepted.task.task_id
+        return accepted.task.stream is True and task_id in self._outbox.routes and accepted.reruns == 0
+
     async def _gated_run(self, accepted: AcceptedTask, request: RunTask) -> TaskDone | TaskFailed:
         """Run on the model's process: beside other tasks, or alone for a stall suspect's rerun."""
         gate = self._gates.setdefault(accepted.model, RerunGate())
+        routes = self._outbox.routes
+        on_delta = partial(routes.progress, request.task_id) if request.stream else None
         async with gate.alone() if accepted.stalls else gate.shared():
-            return await self._pool.run(accepted.model, request)
+            return await self._pool.run(accepted.model, request, on_delta)
 
     async def _finish(
         self, accepted: AcceptedTask, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None

@@ -29,6 +29,7 @@ import structlog
 from config.settings import Settings
 from models.progress import request_owner
 from models.requests import ModelError
+from node.daemon.execution.delta_coalescer import DeltaCoalescer
 from node.daemon.execution.memory_limits import memory_limits
 from node.daemon.execution.protocol import (
     MAX_FRAME_BYTES,
@@ -41,6 +42,7 @@ from node.daemon.execution.protocol import (
     Progress,
     Ready,
     RunTask,
+    TaskDelta,
     TaskDone,
     TaskFailed,
     decode_to_child,
@@ -162,6 +164,9 @@ class TaskHost:
         remaining = (request.deadline_ns - time.time_ns()) / 1e9
         if remaining <= 0:
             return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
+        deltas = None
+        if request.stream:
+            deltas = DeltaCoalescer(lambda text: self._send(TaskDelta(task_id=request.task_id, text=text)))
         try:
             async with asyncio.timeout(remaining):
                 result = await run_workflow(
@@ -171,9 +176,13 @@ class TaskHost:
                     tools=self._tools,
                     options=self._options,
                     embedder=self._embedder,
+                    on_text=None if deltas is None else deltas.add,
                 )
         except TimeoutError:
             return TaskFailed(task_id=request.task_id, error="deadline passed while the task was running")
+        finally:
+            if deltas is not None:
+                deltas.close()  # the last delta goes before the answer
         return TaskDone(
             task_id=request.task_id,
             text=result.text,
