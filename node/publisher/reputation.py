@@ -46,7 +46,9 @@ class ReputationSettings(BaseModel):
     prior_seconds: float = Field(default=5.0, gt=0, description="How many seconds of service the prior speed weighs")
     claim_tolerance: float = Field(default=2.0, ge=1, description="Claimed tps may exceed measured tps this much")
     min_penalty: float = Field(default=0.02, gt=0, le=1, description="Floor of the claim penalty factor")
-    min_exec_seconds: float = Field(default=0.5, gt=0, description="Execution seconds measured before a claim is judged")
+    min_exec_seconds: float = Field(
+        default=0.5, gt=0, description="Execution seconds measured before a claim is judged"
+    )
     verify_ban_seconds: float = Field(default=7 * 86400.0, ge=0, description="A failed verification bans this long")
     max_rows: int = Field(default=10_000, ge=1, description="Nodes remembered at most")
 
@@ -261,7 +263,9 @@ class Reputation:
         if record is None:
             return NodeRecord(address=address, updated_at=now)
         factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)
-        return record.model_copy(update={name: getattr(record, name) * factor for name in DECAYED} | {"updated_at": now})
+        return record.model_copy(
+            update={name: getattr(record, name) * factor for name in DECAYED} | {"updated_at": now}
+        )
 
     def _touch(self, address: str, now: float | None) -> NodeRecord:
         """The node's row, decayed to now, held (making room for it when it is new)."""
