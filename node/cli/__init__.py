@@ -4,6 +4,7 @@ main.py      the parser and `main`: start, run-task, identity, and the subcomman
 settings.py  command-line flags generated from a settings class (one flag per setting)
 models.py    `compute-node models ...`: list, pull, remove and benchmark models
 gateway.py   `compute-node gateway`
+nodes.py     `compute-node nodes`: the reputation table a publisher measured (from its data dir)
 """
 
 from node.cli.main import main
