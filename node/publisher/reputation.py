@@ -44,7 +44,9 @@ class ReputationSettings(BaseModel):
     busy_weight: float = Field(default=0.5, ge=0, description="A decline counts as this much of a failure")
     prior_tps: float = Field(default=10.0, gt=0, description="Speed assumed of an unmeasured node (tokens/s)")
     prior_seconds: float = Field(default=5.0, gt=0, description="How many seconds of service the prior speed weighs")
-    claim_tolerance: float = Field(default=2.0, ge=1, description="Claimed tps may exceed measured tps this much")
+    claim_tolerance: float = Field(
+        default=10.0, ge=1, description="Claimed tps may exceed measured tps this much (stats include prompt time)"
+    )
     min_penalty: float = Field(default=0.02, gt=0, le=1, description="Floor of the claim penalty factor")
     min_exec_seconds: float = Field(
         default=0.5, gt=0, description="Execution seconds measured before a claim is judged"

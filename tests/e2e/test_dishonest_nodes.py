@@ -44,7 +44,10 @@ async def wait_for_claims(client: Client, liar: str, count: int, timeout: float 
 async def test_an_inflating_node_gets_no_more_than_its_measured_share(tmp_path) -> None:
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running_node(node_settings(tmp_path / "a")))
-        await stack.enter_async_context(running_node(node_settings(tmp_path / "b", bootstrap=[dialable(first)])))
+        # This honest node claims what its startup benchmark measured.
+        await stack.enter_async_context(
+            running_node(node_settings(tmp_path / "b", bootstrap=[dialable(first)], startup_benchmark=True))
+        )
         liar = await stack.enter_async_context(
             inflating_node(node_settings(tmp_path / "liar", bootstrap=[dialable(first)]))
         )
@@ -69,6 +72,8 @@ async def test_an_inflating_node_gets_no_more_than_its_measured_share(tmp_path) 
         unpenalised = view.score / view.penalty
         measured_share = unpenalised / (unpenalised + sum(v.score for v in honest))
         share = after[address] / 24
+        print("\n".join(v.model_dump_json() for v in measuring.reputation.views()))
+        assert all(v.penalty > 0.3 for v in honest), honest  # an honest (benchmarked) claim is not taken for a lie
         print(
             f"inflating node share: before {before[address] / 8:.2f}, after {share:.2f} (measured {measured_share:.2f})"
         )
