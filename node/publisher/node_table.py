@@ -164,6 +164,7 @@ class NodeTable:
         Nodes weighing nothing (no free capacity) are chosen only when every candidate does; a
         leaving or banned node never.
         """
+        now = time.time() if now is None else now
         reputation = self.reputation
         candidates = [
             n
@@ -171,14 +172,14 @@ class NodeTable:
             if n.address not in exclude
             and not n.leaving
             and n.serves(wanted)
-            and (reputation is None or not reputation.banned(n.address))
+            and (reputation is None or not reputation.banned(n.address, now))
         ]
         if not candidates:
             return None
         if reputation is None:
             weights = [n.weight(wanted) for n in candidates]
         else:
-            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted)) for n in candidates]
+            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in candidates]
         if not any(weights):
             return self._rng.choice(candidates)
         return self._rng.choices(candidates, weights=weights, k=1)[0]

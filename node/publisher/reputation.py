@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -74,6 +75,22 @@ class NodeRecord(BaseModel):
     updated_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """A record's decayed sums at one moment (cheap to make: node choice makes one per candidate)."""
+
+    answered: float = 0.0
+    errors: float = 0.0
+    timeouts: float = 0.0
+    busy: float = 0.0
+    tokens: float = 0.0
+    result_seconds: float = 0.0
+    exec_seconds: float = 0.0
+
+
+NOTHING_MEASURED = Sums()
+
+
 class ReputationView(BaseModel):
     """One node's reputation as shown to people (CLI, gateway)."""
 
@@ -107,6 +124,8 @@ class Reputation:
             if path is not None:
                 Path(path).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = sqlite3.connect(":memory:" if path is None else str(Path(path).expanduser()), timeout=5)
+            self._db.execute("PRAGMA journal_mode=WAL")  # a commit per measurement must stay cheap
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
             self._db.commit()
             for (text,) in self._db.execute("SELECT record FROM reputation ORDER BY updated_at DESC"):
@@ -195,33 +214,36 @@ class Reputation:
     def weight(self, address: str, claimed_free: int, claimed_tps: float, now: float | None = None) -> float:
         """The choice weight of a live node that claims `claimed_free` places and `claimed_tps`; 0 when banned."""
         now = time.time() if now is None else now
-        record = self._decayed(address, now)
+        record = self._rows.get(address)
+        if record is None:
+            return self._score(NOTHING_MEASURED, claimed_tps) * min(max(claimed_free, 0), 1)
         if record.banned_until > now:
             return 0.0
         capacity = min(max(claimed_free, 0), record.peak + 1)
-        return self._score(record, claimed_tps) * capacity
+        return self._score(self._sums(record, now), claimed_tps) * capacity
 
     def view(self, address: str, now: float | None = None) -> ReputationView:
         """What is known of `address` (the prior when nothing is)."""
         now = time.time() if now is None else now
-        record = self._decayed(address, now)
+        record = self._rows.get(address) or NodeRecord(address=address, updated_at=now)
+        sums = self._sums(record, now)
         return ReputationView(
             address=address,
-            answered=round(record.answered, 3),
-            errors=round(record.errors, 3),
-            timeouts=round(record.timeouts, 3),
-            busy=round(record.busy, 3),
-            mean_result_s=record.result_seconds / record.answered if record.answered > 0 else None,
-            measured_tps=self._measured_tps(record),
-            service_tps=self._speed(record, record.claimed_tps),
+            answered=round(sums.answered, 3),
+            errors=round(sums.errors, 3),
+            timeouts=round(sums.timeouts, 3),
+            busy=round(sums.busy, 3),
+            mean_result_s=sums.result_seconds / sums.answered if sums.answered > 0 else None,
+            measured_tps=self._measured_tps(sums),
+            service_tps=self._speed(sums, record.claimed_tps),
             claimed_tps=record.claimed_tps,
-            success=self._success(record),
-            penalty=self._penalty(record, record.claimed_tps),
+            success=self._success(sums),
+            penalty=self._penalty(sums, record.claimed_tps),
             peak=record.peak,
             verify_passed=record.verify_passed,
             verify_failed=record.verify_failed,
             banned_until=record.banned_until if record.banned_until > now else None,
-            score=0.0 if record.banned_until > now else self._score(record, record.claimed_tps),
+            score=0.0 if record.banned_until > now else self._score(sums, record.claimed_tps),
         )
 
     def views(self, now: float | None = None) -> list[ReputationView]:
@@ -231,27 +253,27 @@ class Reputation:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _score(self, record: NodeRecord, claimed_tps: float) -> float:
+    def _score(self, record: Sums, claimed_tps: float) -> float:
         return self._success(record) * self._speed(record, claimed_tps) * self._penalty(record, claimed_tps)
 
-    def _success(self, record: NodeRecord) -> float:
+    def _success(self, record: Sums) -> float:
         s = self.settings
         failures = record.errors + record.timeouts + s.busy_weight * record.busy
         return (record.answered + s.prior_successes) / (
             record.answered + failures + s.prior_successes + s.prior_failures
         )
 
-    def _speed(self, record: NodeRecord, claimed_tps: float) -> float:
+    def _speed(self, record: Sums, claimed_tps: float) -> float:
         s = self.settings
         prior = min(s.prior_tps, claimed_tps) if claimed_tps > 0 else s.prior_tps
         return (record.tokens + prior * s.prior_seconds) / (record.result_seconds + s.prior_seconds)
 
-    def _measured_tps(self, record: NodeRecord) -> float | None:
+    def _measured_tps(self, record: Sums) -> float | None:
         if record.exec_seconds < self.settings.min_exec_seconds:
             return None
         return record.tokens / record.exec_seconds
 
-    def _penalty(self, record: NodeRecord, claimed_tps: float) -> float:
+    def _penalty(self, record: Sums, claimed_tps: float) -> float:
         measured = self._measured_tps(record)
         if measured is None or claimed_tps <= 0:
             return 1.0
@@ -259,6 +281,19 @@ class Reputation:
         return min(1.0, max(s.min_penalty, s.claim_tolerance * measured / claimed_tps))
 
     # -- rows --------------------------------------------------------------------------------------
+
+    def _sums(self, record: NodeRecord, now: float) -> Sums:
+        factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)
+        r = record
+        return Sums(
+            r.answered * factor,
+            r.errors * factor,
+            r.timeouts * factor,
+            r.busy * factor,
+            r.tokens * factor,
+            r.result_seconds * factor,
+            r.exec_seconds * factor,
+        )
 
     def _decayed(self, address: str, now: float) -> NodeRecord:
         record = self._rows.get(address)
