@@ -6,6 +6,7 @@ models.py    `compute-node models ...`: list, pull, remove and benchmark models
 gateway.py   `compute-node gateway`
 operate.py   `compute-node pause`, `resume`, `ledger` and `doctor`
 doctor/      the doctor's checks (machine, config, network), each with a fix
+nodes.py     `compute-node nodes`: the reputation table a publisher measured (from its data dir)
 """
 
 from node.cli.main import main
