@@ -12,8 +12,8 @@ from typing import Any
 from config.settings import ConfigError, Settings
 from node.cli.gateway import add_gateway_command, run_gateway
 from node.cli.models import add_models_commands, run_models_command
-from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
 from node.cli.nodes import PUBLISHER_DATA_DIR, add_nodes_command, reputation_path, run_nodes
+from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
 from node.cli.settings import add_settings_flags, settings_from
 
 EXIT_ERROR = 1
