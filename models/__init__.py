@@ -11,7 +11,7 @@ Map of the package (knows nothing of workflows or the network):
 - `decode_loop.py` `DecodeLoop`: the batched runtime's thread that decodes and samples every running request
 - `slots.py`       the decode loop's bookkeeping: `SlotRequest`, `Slot`, `ActiveRequest`, `BatchedGeneration`
 - `progress.py`    `DecodeProgress`: which native call the decode loop is in, for whom, since when (the watchdog's view)
-- `sampling.py`    per-request llama.cpp sampler chains, grammars, stop strings
+- `sampling.py`    per-request llama.cpp sampler chains, the constraint's token masks, stop strings
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)
 - `chat_prompt.py` renders chat messages with the model's own chat template
@@ -20,6 +20,6 @@ Map of the package (knows nothing of workflows or the network):
 - `cpu.py`         the CPU's features and whether llama.cpp's extra buffer types are safe on it
 - `benchmark.py`   the startup speed benchmark and its on-disk cache
 - `selfcheck.py`   `python -m models.selfcheck`: one generation in a child process after install
-- `grammar/`       JSON schema and regex -> GBNF, checked before llama.cpp sees it
+- `grammar/`       JSON schema and regex -> llguidance grammars under fuel limits; per-request matchers
 - `remote/`        `RemoteModel`: a client of an OpenAI-compatible engine, its endpoint and benchmark
 """

@@ -26,12 +26,15 @@ import time
 from pathlib import Path
 
 import llama_cpp
+import llguidance
 import structlog
 
 from models.chat_prompt import ChatTemplate
 from models.decode_loop import DecodeLoop
 from models.embedder import Embedder
 from models.gguf_file import check_model_file
+from models.grammar import grammar_for
+from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.llama_log import install_llama_log_router
 from models.llama_open import open_vocab
 from models.options import RuntimeOptions
@@ -43,9 +46,10 @@ from models.requests import (
     Generation,
     GenerationRequest,
     ModelClosedError,
+    ModelError,
     ModelLoadError,
 )
-from models.sampling import Grammar, SamplingSettings
+from models.sampling import SamplingSettings
 from models.slots import Outcome, SlotRequest
 
 log = structlog.get_logger(__name__)
@@ -75,6 +79,7 @@ class BatchedLlamaModel:
         self._template = ChatTemplate(vocab)
         self._n_ctx = n_ctx_seq
         self._eog_ids: tuple[int, ...] | None = None
+        self._tokenizer: llguidance.LLTokenizer | None = None  # built on the first constrained request
         self._embedder = Embedder(name, path, options)
         self._closed = False
 
@@ -191,7 +196,7 @@ class BatchedLlamaModel:
 
         slot_request = SlotRequest(
             tokens=tokens,
-            sampling=self._sampling(request),
+            sampling=await asyncio.to_thread(self._sampling, request),
             stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
             # As create_completion does: generation stops where the context ends.
             max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
@@ -209,13 +214,30 @@ class BatchedLlamaModel:
             raise
 
     def _sampling(self, request: GenerationRequest) -> SamplingSettings:
-        grammar = Grammar.for_request(request)
+        """The request's sampling; its constraint compiled here, off the decode thread. GrammarError names a problem."""
         return SamplingSettings(
             temperature=request.temperature,
             seed=request.seed,
-            grammar=grammar,
+            constraint=self._constraint(request),
             banned_tokens=self._end_of_generation_ids() if request.ignore_eos else (),
         )
+
+    def _constraint(self, request: GenerationRequest) -> Constraint | None:
+        if request.json_schema is None and request.regex is None:
+            return None
+        if request.ignore_eos:
+            raise ModelError("ignore_eos cannot be combined with json_schema or regex")
+        grammar = grammar_for(request.json_schema, request.regex)
+        assert grammar is not None
+        return Constraint(self.constraint_tokenizer(), grammar)
+
+    def constraint_tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's view of this model's vocabulary, built on first use (a fraction of a second, blocking)."""
+        end_tokens = self._end_of_generation_ids()
+        with self._vocab_lock:
+            if self._tokenizer is None:  # its vocabulary lives as long as the model
+                self._tokenizer = vocab_tokenizer(self._vocab._model.vocab, end_tokens)
+            return self._tokenizer
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         """Mean-pooled, L2-normalised sentence embeddings, one per text."""

@@ -204,7 +204,7 @@ class DecodeLoop:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             keep = 0
         del slot.cached[keep:]
-        sampler = SequenceSampler(self._vocab, self._n_vocab, request.sampling)
+        sampler = SequenceSampler(self._n_vocab, request.sampling)
         slot.active = ActiveRequest(
             request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
         )

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.grammar import GrammarError, json_schema_to_gbnf, regex_to_gbnf
+from models.grammar import GrammarError, json_schema_grammar, regex_grammar
 from workflows.errors import WorkflowValidationError
 from workflows.schema_limits import check_schema
 
@@ -124,8 +124,8 @@ class Task(_Model):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
         if isinstance(raw, dict):
             check_schema(raw)  # grammar bombs stop here, before the model runtime sees them
-        try:  # a constraint llama.cpp cannot take fails here, the same way on every node
-            regex_to_gbnf(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_to_gbnf(raw)
+        try:  # a constraint the grammar engine refuses fails here, the same way on every node
+            regex_grammar(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_grammar(raw)
         except GrammarError as exc:
             raise ValueError(f"unsupported schema: {exc}") from None
         return raw

@@ -1,6 +1,6 @@
 """Size and depth caps (and local-only `$ref`) on the JSON schemas a workflow hands to constrained decoding.
 
-A schema becomes a llama.cpp grammar; a small schema can expand into a huge
+A schema becomes a grammar; a small schema can expand into a huge
 one (`maxLength: 10**9`, `minItems` in the millions, a regex `pattern` of
 nested counted repetitions). These caps run at workflow validation, before
 anything reaches the model runtime, and fail with a ValueError naming the cap.
@@ -18,6 +18,7 @@ MAX_SCHEMA_NODES = 2000
 MAX_BOUND = 4096  # largest minItems/maxItems/minLength/... a schema may name
 MAX_PATTERN_CHARS = 1024
 MAX_PATTERN_EXPANSION = 20_000  # characters a `pattern` may expand to once counts are unrolled
+MAX_PATTERN_NESTING = 100  # groups inside groups in a `pattern`
 
 _COUNT = re.compile(r"\{\s*(\d+)\s*(,)?\s*(\d*)\s*\}", re.ASCII)
 MAX_NUMBER = 2**63
@@ -89,12 +90,14 @@ def pattern_expansion(pattern: str) -> int:
     Malformed patterns are measured as well as they parse; the converter
     rejects them later.
     """
-    total, _ = _sequence(pattern, 0)
+    total, _ = _sequence(pattern, 0, 0)
     return total
 
 
-def _sequence(pattern: str, i: int) -> tuple[int, int]:
+def _sequence(pattern: str, i: int, depth: int) -> tuple[int, int]:
     """Expansion of alternatives from `i` up to a closing `)` (or the end); returns (size, next index)."""
+    if depth > MAX_PATTERN_NESTING:
+        raise SchemaTooLargeError(f"has a pattern whose groups nest more than {MAX_PATTERN_NESTING} deep")
     total = 0
     current = 0
     last = 0  # size of the last atom, which a quantifier applies to
@@ -107,7 +110,7 @@ def _sequence(pattern: str, i: int) -> tuple[int, int]:
             i += 1
             continue
         if char == "(":
-            last, i = _sequence(pattern, i + 1)
+            last, i = _sequence(pattern, i + 1, depth + 1)
             last = max(last, 1)
         elif char == "[":
             i = _class_end(pattern, i)

@@ -1,7 +1,23 @@
-"""Constrained decoding: JSON schemas and regexes turned into GBNF that llama.cpp is known to parse."""
+"""Constrained decoding: JSON schemas and regexes turned into llguidance grammars under this node's limits.
 
-from models.grammar.gbnf import GrammarError, check_gbnf
-from models.grammar.regex import regex_to_gbnf
-from models.grammar.schema import json_schema_to_gbnf, normalize_schema
+- `errors.py`   `GrammarError`: a constraint refused (deterministic: `Invalid prompt: ` for a task)
+- `regex.py`    Python `re` syntax (the SDK's) -> the Rust regex syntax llguidance reads
+- `schema.py`   Gemini's upper-case schema form -> plain JSON schema
+- `compile.py`  regex / JSON schema -> a validated llguidance grammar; the fuel and size limits
+- `matcher.py`  `Constraint`: one request's grammar state on a model's vocabulary (the token masks)
+"""
 
-__all__ = ["GrammarError", "check_gbnf", "json_schema_to_gbnf", "normalize_schema", "regex_to_gbnf"]
+from models.grammar.compile import grammar_for, grammar_limits, json_schema_grammar, regex_grammar
+from models.grammar.errors import GrammarError
+from models.grammar.regex import translate_regex
+from models.grammar.schema import normalize_schema
+
+__all__ = [
+    "GrammarError",
+    "grammar_for",
+    "grammar_limits",
+    "json_schema_grammar",
+    "normalize_schema",
+    "regex_grammar",
+    "translate_regex",
+]

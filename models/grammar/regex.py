@@ -1,4 +1,9 @@
-"""Regular expression -> GBNF, for decoding constrained to a regex (Dria's SDK sends outlines-core regexes).
+"""Python regular expression -> the regex syntax llguidance reads, for decoding constrained to a regex.
+
+Dria's SDK sends outlines-core regexes written for Python's `re`; llguidance reads
+Rust `regex` syntax, which differs in places (`\\d` is Unicode there, `{,n}` does
+not parse). This parser reads the Python form and writes an unambiguous Rust form
+(every non-alphanumeric character as `\\x{..}`), so a pattern means what `re` says.
 
 Supported: literals and escapes (`\\.`, `\\xHH`, `\\uHHHH`, `\\n`...), `.`, classes
 (`[^"\\\\\\x00-\\x1F]`, `\\d \\w \\s` and their negations outside classes), groups
@@ -6,52 +11,41 @@ Supported: literals and escapes (`\\.`, `\\xHH`, `\\uHHHH`, `\\n`...), `.`, clas
 {m,} {m,n} {,n}` (lazy forms match the same strings). The pattern is matched as
 a whole (`^` and `$` at its ends are accepted and ignored). Anything else —
 lookaround, backreferences, inline flags, word boundaries — is a GrammarError
-naming it; a pattern never reaches llama.cpp unconverted.
+naming it; a pattern never reaches llguidance unconverted.
 """
 
 from __future__ import annotations
 
 import re
 
-from models.grammar.gbnf import MAX_REPEAT, GrammarError, check_gbnf
+from models.grammar.errors import GrammarError
 
 MAX_PATTERN_CHARS = 100_000
-MAX_EXPANSION = 100_000  # grammar elements a pattern may expand to once counted repetitions are unrolled
+MAX_REPEAT = 10_000  # the largest {m,n} bound accepted
+MAX_EXPANSION = 100_000  # elements a pattern may expand to once counted repetitions are unrolled
+MAX_NESTING = 100  # groups inside groups (Rust's regex parser stops at 250)
 _SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \t\n\r\f\v"}
 _CONTROL_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "0": "\0"}
 _REJECTED_ESCAPES = {"b": "word boundaries", "B": "word boundaries", "A": "anchors", "Z": "anchors", "z": "anchors"}
 
 
 def _code(c: str) -> str:
-    n = ord(c)
-    if n < 0x100:
-        return f"\\x{n:02X}"
-    if n < 0x10000:
-        return f"\\u{n:04X}"
-    return f"\\U{n:08X}"
+    return f"\\x{{{ord(c):X}}}"
 
 
-def gbnf_literal(text: str) -> str:
-    """A GBNF string literal matching `text` exactly."""
-    out = []
-    for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif " " <= c <= "~":
-            out.append(c)
-        else:
-            out.append(_code(c))
-    return '"' + "".join(out) + '"'
+def _literal(text: str) -> str:
+    """Rust regex matching `text` exactly."""
+    return "".join(c if c.isascii() and c.isalnum() else _code(c) for c in text)
 
 
-def _class_char(c: str) -> str:
-    return c if c.isascii() and c.isalnum() else _code(c)
+_class_char = _literal
 
 
 class _RegexParser:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self.pos = 0
+        self.depth = 0
 
     def fail(self, message: str) -> GrammarError:
         return GrammarError(f"regex: {message} at position {self.pos}")
@@ -80,10 +74,10 @@ class _RegexParser:
         if self.pos != len(self.pattern):
             c = self.peek()
             raise self.fail("unbalanced ')'" if c == ")" else f"unsupported {c!r}")
-        return expr or '""'
+        return expr
 
     def alternation(self) -> tuple[str, int]:
-        """The GBNF of alternatives, and how many elements llama.cpp expands it into."""
+        """The regex of alternatives, and how many elements it expands into once counts are unrolled."""
         branches = [self.sequence()]
         while self.peek() == "|":
             self.pos += 1
@@ -91,7 +85,7 @@ class _RegexParser:
         cost = sum(c for _, c in branches)
         if len(branches) == 1:
             return branches[0][0], cost
-        return "(" + " | ".join(b or '""' for b, _ in branches) + ")", cost
+        return "(?:" + "|".join(b for b, _ in branches) + ")", cost
 
     def sequence(self) -> tuple[str, int]:
         parts: list[str] = []
@@ -109,15 +103,15 @@ class _RegexParser:
                 text += char
                 continue
             if text:
-                parts.append(gbnf_literal(text))
+                parts.append(_literal(text))
                 text = ""
             parts.append(item + quantifier)
         if text:
-            parts.append(gbnf_literal(text))
-        return " ".join(parts), cost
+            parts.append(_literal(text))
+        return "".join(parts), cost
 
     def quantifier(self) -> tuple[str, int]:
-        """The GBNF quantifier, and how many copies of its item llama.cpp makes."""
+        """The quantifier, and how many copies of its item it makes once unrolled."""
         c = self.peek()
         if c in ("*", "+", "?"):
             self.pos += 1
@@ -158,14 +152,14 @@ class _RegexParser:
         return f"{{{low},}}" if high is None else f"{{{low},{high}}}"
 
     def atom(self) -> tuple[str, str | None, int]:
-        """One GBNF element, the literal character it stands for (None if not a single char), its expanded size."""
+        """One regex element, the literal character it stands for (None if not a single char), its expanded size."""
         c = self.take()
         if c == "(":
             return self.group()
         if c == "[":
             return self.char_class(), None, 1
         if c == ".":
-            return "[^\\x0A]", None, 1
+            return "[^\\x{A}]", None, 1
         if c == "\\":
             return (*self.escape(), 1)
         if c in "*+?":
@@ -174,9 +168,12 @@ class _RegexParser:
             raise self.fail(f"anchor {c!r} inside the pattern is not supported")
         if c == ")":
             raise self.fail("unbalanced ')'")
-        return gbnf_literal(c), c, 1
+        return _literal(c), c, 1
 
     def group(self) -> tuple[str, None, int]:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(f"groups nest more than {MAX_NESTING} deep")
         if self.peek() == "?":
             if self.peek(1) == ":":
                 self.pos += 2
@@ -191,7 +188,8 @@ class _RegexParser:
         if self.peek() != ")":
             raise self.fail("missing ')'")
         self.pos += 1
-        return "(" + (inner or '""') + ")", None, max(cost, 1)
+        self.depth -= 1
+        return "(?:" + inner + ")", None, max(cost, 1)
 
     def escape(self) -> tuple[str, str | None]:
         c = self.take()
@@ -200,7 +198,7 @@ class _RegexParser:
         if c.lower() in _SHORTHANDS:
             return "[^" + "".join(_class_char(x) if x not in "-" else x for x in _SHORTHANDS[c.lower()]) + "]", None
         char = self._escaped_char(c)
-        return gbnf_literal(char), char
+        return _literal(char), char
 
     def _escaped_char(self, c: str) -> str:
         """The character an escape (after the backslash) stands for."""
@@ -253,16 +251,8 @@ class _RegexParser:
         return "[" + ("^" if negated else "") + "".join(items) + "]"
 
 
-def regex_expression(pattern: str) -> str:
-    """A GBNF expression (no rule name) matching exactly the strings `pattern` matches as a whole."""
+def translate_regex(pattern: str) -> str:
+    """`pattern` (Python `re` syntax, matched as a whole) in the Rust regex syntax llguidance reads."""
     if len(pattern) > MAX_PATTERN_CHARS:
         raise GrammarError(f"regex is {len(pattern)} characters, over the limit of {MAX_PATTERN_CHARS}")
-    try:
-        return _RegexParser(pattern).parse()
-    except RecursionError:
-        raise GrammarError("regex nests too deeply") from None
-
-
-def regex_to_gbnf(pattern: str) -> str:
-    """A checked GBNF grammar whose `root` matches exactly the strings `pattern` matches as a whole."""
-    return check_gbnf(f"root ::= {regex_expression(pattern)}\n")
+    return _RegexParser(pattern).parse()

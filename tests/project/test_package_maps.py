@@ -22,6 +22,7 @@ MAPPED = [
     "node/cli",
     "workflows",
     "models",
+    "models/grammar",
     "config",
 ]
 # A bare file or folder name; one inside a longer path (`node/gateway/settings.py`) is another package's.

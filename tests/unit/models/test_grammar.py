@@ -1,5 +1,5 @@
-"""Constrained decoding for the schema forms Dria's SDK sends: regex -> GBNF, Gemini schemas,
-the Python-side GBNF parse, and real constrained generation with SmolLM2 on both runtimes.
+"""Constrained decoding for the schema forms Dria's SDK sends: Python regexes translated for
+llguidance, Gemini schemas, and real constrained generation with SmolLM2 on the batched runtime.
 
 The SDK's schema strings (tests/support/data/sdk_schemas.json) were made by the SDK's own
 SchemaParser (tests/support/sdk/schemas.py); test_dria_sdk.py checks the file still matches it.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import json
 import re
 from collections.abc import Iterator
@@ -17,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import llguidance
 import pytest
 
 from models.batching import BatchedLlamaModel
-from models.grammar import GrammarError, check_gbnf, json_schema_to_gbnf, normalize_schema, regex_to_gbnf
+from models.grammar import GrammarError, json_schema_grammar, normalize_schema, regex_grammar, translate_regex
+from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
 from tests.support.model_file import SMOLLM2, loaded_smollm2
@@ -36,47 +37,33 @@ def sdk_regex(model: str) -> str:
     return base64.b64decode(SDK_SCHEMAS[model]["ollama"]).decode("utf-8")
 
 
-def grammar_matches(gbnf: str, text: str, vocab: Any) -> bool:
-    """Whether llama.cpp's own grammar engine accepts `text` as a complete match, token by token."""
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, check_gbnf(gbnf).encode(), b"root")
-    assert sampler
-    try:
-        data = text.encode("utf-8")
-        tokens = (llama_cpp.llama_token * (len(data) + 8))()
-        n = llama_cpp.llama_tokenize(vocab, data, len(data), tokens, len(tokens), False, True)
-        assert n >= 0
-        for token in [*tokens[:n], llama_cpp.llama_vocab_eos(vocab)]:
-            # The grammar sets a refused candidate's logit to -inf; offer it this one token only.
-            candidate = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
-            array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
-            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-            if candidate[0].logit == float("-inf"):
-                return False
-            llama_cpp.llama_sampler_accept(sampler, token)
-        return True
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
+def grammar_matches(grammar: str, text: str, tokenizer: llguidance.LLTokenizer) -> bool:
+    """Whether the grammar accepts `text` as a complete match, token by token, then an end token."""
+    constraint = Constraint(tokenizer, grammar)
+    for token in [*tokenizer.tokenize_str(text), tokenizer.eos_token]:
+        if not constraint.allows(token):
+            return False
+        constraint.consume(token)
+    return True
 
 
 @pytest.fixture(scope="module")
-def vocab() -> Iterator[Any]:
+def tokenizer() -> Iterator[llguidance.LLTokenizer]:
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
     assert model
-    yield llama_cpp.llama_model_get_vocab(model)
+    yield vocab_tokenizer(llama_cpp.llama_model_get_vocab(model), [0, 2])
     llama_cpp.llama_model_free(model)
 
 
-# --- regex -> GBNF on the regexes the SDK really sends ---------------------------------
+# --- regexes the SDK really sends ------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", sorted(SDK_SCHEMAS))
-def test_every_sdk_regex_converts_to_a_grammar_that_parses(model: str) -> None:
-    gbnf = regex_to_gbnf(sdk_regex(model))
-    assert gbnf.startswith("root ::= ")
-    assert check_gbnf(gbnf) == gbnf
-    llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)  # and llama.cpp agrees
+def test_every_sdk_regex_becomes_a_valid_grammar(model: str, tokenizer: llguidance.LLTokenizer) -> None:
+    grammar = regex_grammar(sdk_regex(model))
+    assert llguidance.LLMatcher.validate_grammar(grammar, tokenizer) == ""
 
 
 @pytest.mark.parametrize(
@@ -117,11 +104,11 @@ def test_every_sdk_regex_converts_to_a_grammar_that_parses(model: str) -> None:
     ],
 )
 def test_the_grammar_accepts_exactly_what_the_sdk_regex_matches(
-    model: str, text: str, expected: bool, vocab: Any
+    model: str, text: str, expected: bool, tokenizer: llguidance.LLTokenizer
 ) -> None:
     regex = sdk_regex(model)
     assert (re.fullmatch(regex, text) is not None) == expected  # the case itself is right
-    assert grammar_matches(regex_to_gbnf(regex), text, vocab) == expected
+    assert grammar_matches(regex_grammar(regex), text, tokenizer) == expected
 
 
 @pytest.mark.parametrize(
@@ -141,9 +128,17 @@ def test_the_grammar_accepts_exactly_what_the_sdk_regex_matches(
         (r"a*?b", "aab", True),
     ],
 )
-def test_regex_features_match_as_python_re_does(pattern: str, text: str, expected: bool, vocab: Any) -> None:
+def test_regex_features_match_as_python_re_does(
+    pattern: str, text: str, expected: bool, tokenizer: llguidance.LLTokenizer
+) -> None:
     assert (re.fullmatch(pattern, text) is not None) == expected
-    assert grammar_matches(regex_to_gbnf(pattern), text, vocab) == expected
+    assert grammar_matches(regex_grammar(pattern), text, tokenizer) == expected
+
+
+def test_translated_regexes_spell_every_symbol_as_a_code_point() -> None:
+    # Rust's regex syntax differs from Python's (`\\d` is Unicode there, `{,3}` does not parse).
+    assert translate_regex(r"^\d{,3}\.(a|b)$") == r"[0-9]{0,3}\x{2E}(?:(?:a|b))"
+    assert translate_regex(r"[^\"\\]x.") == r"[^\x{22}\x{5C}]x[^\x{A}]"
 
 
 @pytest.mark.parametrize(
@@ -165,54 +160,14 @@ def test_regex_features_match_as_python_re_does(pattern: str, text: str, expecte
         (r"[\D]", "negated shorthand"),
         (r"\q", "unknown escape"),
         ("[abc", "unexpected end"),
-        ("(" * 5000, "nests too deeply"),
+        ("(" * 5000, "groups nest more than 100 deep"),
+        ("(" * 1000 + ")" * 1000, "groups nest more than 100 deep"),
         ("((a{100}){100}){100}", "expands to more than"),
     ],
 )
 def test_unsupported_or_broken_regexes_are_refused_with_the_reason(pattern: str, reason: str) -> None:
     with pytest.raises(GrammarError, match=re.escape(reason)):
-        regex_to_gbnf(pattern)
-
-
-# --- the GBNF check in front of llama.cpp --------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("gbnf", "reason"),
-    [
-        ('root ::= "a', "unexpected end of input"),
-        ("root ::= x", "undefined rule 'x'"),
-        ('x ::= "a"', "no 'root' rule"),
-        ('root ::= "\\q"', "unknown escape"),
-        ('root ::= "\\.\\d"+', "unknown escape"),  # what llama-cpp-python's own pattern converter writes
-        ('root ::= root "a"', "left recursion"),
-        ('root ::= x\nx ::= "b"? root', "left recursion"),
-        ('root ::= * "a"', "expecting an item"),
-        ('root ::= "a"{,3}', "expecting an integer"),
-        ('root ::= "a"{3', "expecting ',' or '}'"),
-        ('root ::= ("a"', "expecting ')'"),
-        ("root ::= [a-", "unexpected end of input"),
-        ('root "a"', "expecting ::="),
-        ('root ::= "a"\nroot ::= "b"', "defined twice"),
-        ('root ::= "\\x4"', "hex digits"),
-    ],
-)
-def test_grammars_llama_cpp_would_choke_on_are_refused_in_python(gbnf: str, reason: str) -> None:
-    with pytest.raises(GrammarError, match=re.escape(reason)):
-        check_gbnf(gbnf)
-
-
-def test_valid_grammars_pass_the_check_unchanged() -> None:
-    for gbnf in (
-        'root ::= "a" | "b" ( "c" )* # comment\n',
-        'root ::= item ("," space item){0,3}\nitem ::= [^\\x22\\\\]{1,8}\nspace ::= " "?\n',
-        'root ::= ("x"\n  | "y")\n',
-        'root ::= [\\u00e9-\\U0001F600] . "\\t\\n\\"\\[\\]"',
-        'root ::= ""',
-        llama_cpp.llama_grammar.JSON_GBNF,
-    ):
-        assert check_gbnf(gbnf) == gbnf
-        llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+        regex_grammar(pattern)
 
 
 # --- JSON schemas: OpenAI and Gemini forms -------------------------------------------
@@ -233,27 +188,31 @@ def test_gemini_schemas_are_lower_cased_into_json_schema() -> None:
 
 @pytest.mark.parametrize("model", sorted(SDK_SCHEMAS))
 @pytest.mark.parametrize("form", ["openai", "gemini"])
-def test_sdk_json_schemas_convert_to_grammars_that_parse(model: str, form: str) -> None:
-    gbnf = json_schema_to_gbnf(json.loads(SDK_SCHEMAS[model][form]))
-    llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+def test_sdk_json_schemas_become_valid_grammars(model: str, form: str, tokenizer: llguidance.LLTokenizer) -> None:
+    grammar = json_schema_grammar(json.loads(SDK_SCHEMAS[model][form]))
+    assert llguidance.LLMatcher.validate_grammar(grammar, tokenizer) == ""
 
 
-def test_schema_patterns_use_our_regex_converter(vocab: Any) -> None:
+def test_schema_patterns_use_our_regex_translation(tokenizer: llguidance.LLTokenizer) -> None:
     schema = {
         "type": "object",
         "properties": {"code": {"type": "string", "pattern": r'^[A-Z]{2}\.\d+"?$'}},
         "required": ["code"],
     }
-    gbnf = json_schema_to_gbnf(schema)
-    assert grammar_matches(gbnf, '{"code": "AB.12"}', vocab)
-    assert not grammar_matches(gbnf, '{"code": "AB-12"}', vocab)
+    grammar = json_schema_grammar(schema)
+    assert grammar_matches(grammar, '{"code": "AB.12"}', tokenizer)
+    assert not grammar_matches(grammar, '{"code": "AB-12"}', tokenizer)
 
 
 def test_bad_json_schemas_are_grammar_errors() -> None:
     with pytest.raises(GrammarError, match="regex"):
-        json_schema_to_gbnf({"type": "string", "pattern": "(?=x)"})
+        json_schema_grammar({"type": "string", "pattern": "(?=x)"})
     with pytest.raises(GrammarError, match="json_schema cannot be turned into a grammar"):
-        json_schema_to_gbnf({"$ref": "#/definitions/missing"})
+        json_schema_grammar({"$ref": "#/definitions/missing"})
+    with pytest.raises(GrammarError, match="json_schema cannot be turned into a grammar"):
+        json_schema_grammar({"type": "teleport"})
+    with pytest.raises(GrammarError, match="groups nest more than 100 deep"):
+        json_schema_grammar({"type": "string", "pattern": "(" * 1000})
 
 
 # --- through the workflow: every form accepted, a bad one is a validation error ------

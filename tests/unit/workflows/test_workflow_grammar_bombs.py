@@ -1,0 +1,54 @@
+"""The grammar-bomb family (tests/support/grammar_bombs.py) as tasks: refused at validation, or run on
+SmolLM2 to a result or to an `Invalid prompt: ` error (the same on every node), never an internal error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from models.batching import BatchedLlamaModel
+from tests.support.grammar_bombs import WORKFLOW_BOMBS, GrammarBomb
+from workflows import EngineOptions, WorkflowValidationError, parse_workflow, run_workflow
+from workflows.errors import public_error_text
+
+
+def _task(bomb: GrammarBomb) -> dict[str, Any]:
+    return {
+        "config": {"max_steps": 1, "max_time": 60, "max_tokens": 8},
+        "tasks": [
+            {
+                "id": "g",
+                "operator": "generation",
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "schema": bomb.schema_field(),
+                "outputs": [{"type": "write", "key": "r"}],
+            }
+        ],
+        "steps": [{"source": "g", "target": "_end"}],
+        "return_value": {"input": {"type": "read", "key": "r"}},
+    }
+
+
+@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS, ids=lambda b: b.name)
+async def test_a_bomb_task_ends_in_a_result_or_invalid_prompt(bomb: GrammarBomb, model: BatchedLlamaModel) -> None:
+    try:
+        workflow = parse_workflow(_task(bomb))
+    except WorkflowValidationError as exc:
+        assert public_error_text(exc).startswith("Invalid prompt: invalid workflow: tasks[0].schema: ")
+        return
+    try:
+        result = await run_workflow(workflow, model, options=EngineOptions(max_tokens_cap=8))
+    except Exception as exc:  # noqa: BLE001 - the text the publisher gets is the check
+        text = public_error_text(exc)
+        # max_tokens cut the JSON short: an honest failure of the task, not of the node.
+        assert text.startswith("Invalid prompt: ") or "not complete JSON" in text, text
+        return
+    assert result.text is not None
+
+
+def test_the_open_paren_pattern_is_refused_by_name_not_by_recursion() -> None:
+    bomb = GrammarBomb("parens", json_schema={"type": "string", "pattern": "(" * 1000})
+    with pytest.raises(WorkflowValidationError, match="nest more than 100 deep") as caught:
+        parse_workflow(_task(bomb))
+    assert public_error_text(caught.value).startswith("Invalid prompt: ")
