@@ -9,9 +9,10 @@ prefix       a second step that extends the first one's prompt: prefix reuse on 
 remote       a node fronting llama-server (an OpenAI-compatible engine) vs that engine alone
 ipc          what the daemon <-> execution-process boundary costs per task
 grammar      what a schema (constrained decoding) costs per generated token
+kv_cache     KV cache types f16/q8_0/q4_0 and flash attention: memory, speed, logprob drift
 
 Shared parts: options.py (BenchOptions, the publisher helper), workloads.py (prompts,
 workflows), peers.py (a node and peers in their own processes), echo_peer.py,
-raw_worker.py and llama_server.py (the baselines), stats.py, machine.py, report.py
+raw_worker.py, kv_worker.py (one KV-cache configuration in its own process) and llama_server.py (the baselines), stats.py, machine.py, report.py
 (the RESULTS.md table).
 """
