@@ -25,6 +25,7 @@ from benchmarks import (
     generation,
     grammar,
     ipc,
+    kv_cache,
     llama_server,
     overhead,
     prefix,
@@ -60,6 +61,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "remote": Benchmark("7. Remote engine", remote.run, 150),
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
+    "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
 }
 
 

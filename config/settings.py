@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
@@ -61,7 +61,12 @@ class Settings(LayeredSettings):
     n_gpu_layers: int | None = Field(
         default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
     )
-    flash_attn: bool = Field(default=True, description="Use flash attention (as llama-server does on CPU)")
+    flash_attn: Literal["on", "off", "auto"] = Field(
+        default="on", description="Flash attention (as llama-server does on CPU; a quantized KV cache needs it)"
+    )
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+        default="f16", description="Type of the KV cache (K and V); see benchmark 10 for memory, speed and quality"
+    )
     extra_buffers: Literal["auto", "on", "off"] = Field(
         default="auto", description="llama.cpp extra buffer types (AMX, weight repacking); auto: off on AMX CPUs"
     )
@@ -204,6 +209,22 @@ class Settings(LayeredSettings):
                 raise ValueError(f"{addr!r} is not a 40-hex-character address")
             out.append(hex_part)
         return out
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _flash_attn_boolean(cls, value: object) -> object:
+        """Older configs say `flash_attn = true`: booleans (and their spellings) mean on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "false", "0", "no"}:
+            return "on" if value.lower() in {"true", "1", "yes"} else "off"
+        return value
+
+    @model_validator(mode="after")
+    def _quantized_kv_cache_needs_flash_attention(self) -> Settings:
+        if self.kv_cache_type != "f16" and self.flash_attn == "off":
+            raise ValueError(f"kv_cache_type {self.kv_cache_type} needs flash_attn on or auto (llama.cpp)")
+        return self
 
     @field_validator("exec_address_space_mb", "exec_max_rss_mb")
     @classmethod

@@ -189,9 +189,11 @@ class BatchedLlamaModel:
             raise ModelClosedError(f"model {self.name} is closed")
         started = time.monotonic()
         tokens, template_stop = await asyncio.to_thread(self._prompt_tokens, request.messages)
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) + request.max_tokens > self.n_ctx:  # refused whole, never cut short or failed halfway
             raise ContextOverflowError(
-                f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context of model {self.name}"
+                f"the prompt's {len(tokens)} tokens plus max_tokens {request.max_tokens} need "
+                f"{len(tokens) + request.max_tokens} tokens, more than the {self.n_ctx}-token context "
+                f"of one slot of model {self.name}"
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
@@ -213,8 +215,7 @@ class BatchedLlamaModel:
             tokens=tokens,
             sampling=await self._sampling(request),
             stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
-            # As create_completion does: generation stops where the context ends.
-            max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
+            max_tokens=request.max_tokens,
             reuse_prefix=request.seed is None,
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,

@@ -135,9 +135,8 @@ class DecodeLoop:
         params.n_ubatch = min(opts.n_batch, 512)
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = opts.threads()
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = opts.flash_attn_type()
+        params.type_k = params.type_v = opts.kv_ggml_type()
         params.kv_unified = False  # each sequence gets its own n_ctx cells
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:

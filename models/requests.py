@@ -72,7 +72,7 @@ class ModelLoadError(ModelError):
 
 
 class ContextOverflowError(ModelError):
-    """The prompt does not fit the model's context window."""
+    """The prompt plus max_tokens do not fit one slot's context window (the same on every try)."""
 
 
 class UnsupportedRequestError(ModelError):

@@ -7,9 +7,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.requests import ChatMessage, GenerationRequest, ModelError, TextSink
+from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.errors import (
+    ContextTooSmallError,
     InvalidTaskError,
     InvalidToolError,
     LimitExceededError,
@@ -114,6 +115,8 @@ async def generate(
     except ModelError as e:
         if _is_grammar_error(e):  # the same schema fails on every node
             raise UnsupportedSchemaError(f"the task's schema is not supported: {e}") from e
+        if isinstance(e, ContextOverflowError):  # refused before it ran: no retry makes it fit
+            raise ContextTooSmallError(f"the task does not fit the model's context: {e}") from e
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens

@@ -71,6 +71,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
+        kv_cache_type=settings.kv_cache_type,
         extra_buffers=extra_buffers_enabled(settings.extra_buffers, CpuInfo.read()),
     )
 

@@ -98,9 +98,16 @@ class NodeServer:
         self.identity = identity = open_identity(settings)
         self.journal = journal = open_journal(settings)
         self.ledger = ledger = open_ledger(settings)
-        pool = await self._start_execution_processes()
+        # The execution processes (model load, cached benchmark) and the P2P host start together:
+        # neither needs the other, and the host's start no longer waits behind the model load.
+        try:
+            async with asyncio.TaskGroup() as starting:
+                pool_started = starting.create_task(self._start_execution_processes())
+                host_started = starting.create_task(self._start_p2p_host(identity))
+        except BaseExceptionGroup as failed:  # the first failure, as the steps in order raised it
+            raise failed.exceptions[0]  # noqa: B904 - the group adds nothing but nesting
+        pool, host = pool_started.result(), host_started.result()
         remote = await self._open_remote_health(pool)
-        host = await self._start_p2p_host(identity)
         self.parts = parts = build_parts(
             settings,
             self.metrics,

@@ -72,7 +72,7 @@ def small_task(prompt: str = "Say hi.") -> Task:
 
 
 def long_workflow() -> dict[str, Any]:
-    workflow = Simple().workflow("List booleans.", max_tokens=2400)
+    workflow = Simple().workflow("List booleans.", max_tokens=900)
     workflow["tasks"][0]["schema"] = json.dumps(
         {"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300}
     )
