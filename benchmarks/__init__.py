@@ -9,10 +9,17 @@ prefix       a second step that extends the first one's prompt: prefix reuse on 
 remote       a node fronting llama-server (an OpenAI-compatible engine) vs that engine alone
 ipc          what the daemon <-> execution-process boundary costs per task
 grammar      what a schema (constrained decoding) costs per generated token
+cluster      `python -m benchmarks cluster`: N nodes and P publishers on loopback, faults, cost model
+kv_cache     KV cache types f16/q8_0/q4_0 and flash attention: memory, speed, logprob drift
 verification honest log-probability spread, catch rates of dishonest nodes, re-scoring cost
+
+The cluster harness: cluster.py (command line, scenarios), cluster_nodes.py (the node
+processes and their /proc readings), cluster_publisher.py (a publisher process),
+cluster_run.py (one batch, its faults and measurements), cluster_report.py (table,
+plots), cluster_model.py (the per-node cost model of docs/SCALING.md, fitted).
 
 Shared parts: options.py (BenchOptions, the publisher helper), workloads.py (prompts,
 workflows), peers.py (a node and peers in their own processes), echo_peer.py,
-raw_worker.py and llama_server.py (the baselines), stats.py, machine.py, report.py
+raw_worker.py, kv_worker.py (one KV-cache configuration in its own process) and llama_server.py (the baselines), stats.py, machine.py, report.py
 (the RESULTS.md table).
 """

@@ -1,5 +1,7 @@
 """`python -m benchmarks [--quick] [--only NAME ...]`: measure the node against its baselines.
 
+`python -m benchmarks cluster ...` measures a network of nodes instead (benchmarks/cluster.py).
+
 Prints one Markdown table and writes benchmarks/RESULTS.md (machine description
 included). A benchmark that fails is a FAILED row and makes the exit status 1;
 no number is ever printed that was not measured.
@@ -23,6 +25,7 @@ from benchmarks import (
     generation,
     grammar,
     ipc,
+    kv_cache,
     llama_server,
     overhead,
     prefix,
@@ -59,7 +62,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "remote": Benchmark("7. Remote engine", remote.run, 150),
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
-    "verification": Benchmark("10. Verification", verification.run, 900),
+    "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
+    "verification": Benchmark("11. Verification", verification.run, 900),
 }
 
 
@@ -130,6 +134,11 @@ def setup_llama_server(skip: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:  # a network of nodes, its own command line
+        from benchmarks import cluster
+
+        return cluster.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging("warning", "console")
     values = {"quick": args.quick, "node_args": args.node_arg}
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         print(f"not writing {RESULTS_PATH.name}: it keeps whole runs only (no --only)", file=sys.stderr)
     elif not args.no_write:
-        command = shlex.join(["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(["python", "-m", "benchmarks", *argv])
         path = write_results(render_results(sections, machine, command, total))
         print(f"wrote {path}", file=sys.stderr)
     return 1 if any(s.error for s in sections) else 0

@@ -3,6 +3,8 @@ next to the plain llama_cpp script loading the same model (benchmarks.raw_worker
 The node's RSS is its daemon plus its execution processes (one per model), also
 reported separately.
 
+The script holds the same KV cache as the node: one context of n_ctx x the node's
+slots (`parallel`, 4 on CPU unless --node-arg --parallel says otherwise) tokens.
 READY for the node is its `listening on` line (models loaded, P2P listening); for
 the script, its first output line after `Llama(...)` returned. The running RSS is
 the highest VmRSS sampled every 20 ms while one Simple task of 128 tokens runs.
@@ -19,9 +21,22 @@ from benchmarks.raw_worker import RawWorker
 from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import model_path, simple_workflow, story_prompt
+from models.batching import DEFAULT_PARALLEL_CPU
 
 IDLE_SETTLE_S = 1.5
 MIB = 1024 * 1024
+N_CTX = 2048
+
+
+def node_slots(node_args: list[str]) -> int:
+    """The node's sequence slots per model: its `--parallel` flag, else the CPU default."""
+    for flag, value in zip(node_args, node_args[1:]):
+        if flag == "--parallel":
+            return int(value)
+    for arg in node_args:
+        if arg.startswith("--parallel="):
+            return int(arg.split("=", 1)[1])
+    return DEFAULT_PARALLEL_CPU
 
 
 async def _peak_rss_while(pid: int, work: Awaitable[object]) -> int:
@@ -52,6 +67,7 @@ async def _peak_tree_rss_while(pid: int, work: Awaitable[object]) -> tuple[int, 
 async def run(options: BenchOptions) -> Section:
     rounds = options.pick(full=3, quick=1)
     path = model_path()
+    slots = node_slots(options.node_args)
     samples: dict[str, dict[str, list[float]]] = {
         side: {"startup": [], "idle": [], "busy": []} for side in ("node", "raw")
     }
@@ -74,7 +90,7 @@ async def run(options: BenchOptions) -> Section:
                 parts["busy_exec"].append(children / MIB)
 
     async def raw_round(i: int) -> None:
-        with RawWorker(path, options.threads, 2048) as raw:
+        with RawWorker(path, options.threads, N_CTX * slots) as raw:  # the node's KV size: slots x n_ctx
             samples["raw"]["startup"].append(raw.startup_seconds)
             await asyncio.sleep(IDLE_SETTLE_S)
             samples["raw"]["idle"].append(rss_bytes(raw.pid) / MIB)
@@ -94,7 +110,7 @@ async def run(options: BenchOptions) -> Section:
                 metric=metric,
                 node=summarize(samples["node"][key], unit, what=what),
                 baseline=summarize(samples["raw"][key], unit, what=what),
-                baseline_name="plain llama_cpp script",
+                baseline_name=f"plain llama_cpp script, one {N_CTX * slots}-token context",
                 ratio=paired_ratio(samples["node"][key], samples["raw"][key], what=what),
             )
         )
@@ -112,7 +128,8 @@ async def run(options: BenchOptions) -> Section:
         notes=[
             (
                 f"{rounds} fresh start(s) per side, alternately; node with the default log level (info, JSON to a file), "
-                f"n_ctx 2048, {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
+                f"n_ctx {N_CTX} x {slots} slots; the plain script one context of {N_CTX * slots} tokens (the same KV "
+                f"cache); {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
                 f"{IDLE_SETTLE_S:g} s after READY with a publisher connected. The node's RSS is its daemon plus "
                 "its execution process (one model); peaks are sampled together every 20 ms."
             ),

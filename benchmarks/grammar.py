@@ -68,7 +68,7 @@ async def run(options: BenchOptions) -> Section:
         "outlines regex (Ollama names)": {"regex": base64.b64decode(schemas["ollama"]).decode("utf-8")},
         "JSON schema (OpenAI names)": {"json_schema": json.loads(schemas["openai"])},
     }
-    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn=True)
+    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn="on")
     model = await BatchedLlamaModel.load("smollm2:135m", model_path(), runtime, parallel=PARALLEL)
     rows: list[Row] = []
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
@@ -61,7 +61,12 @@ class Settings(LayeredSettings):
     n_gpu_layers: int | None = Field(
         default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
     )
-    flash_attn: bool = Field(default=True, description="Use flash attention (as llama-server does on CPU)")
+    flash_attn: Literal["on", "off", "auto"] = Field(
+        default="on", description="Flash attention (as llama-server does on CPU; a quantized KV cache needs it)"
+    )
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+        default="f16", description="Type of the KV cache (K and V); see benchmark 10 for memory, speed and quality"
+    )
     extra_buffers: Literal["auto", "on", "off"] = Field(
         default="auto", description="llama.cpp extra buffer types (AMX, weight repacking); auto: off on AMX CPUs"
     )
@@ -162,6 +167,28 @@ class Settings(LayeredSettings):
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
     )
     exec_crash_window: float = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
+    ledger_days: float = Field(default=30.0, gt=0, description="Days the ledger keeps a finished task's row")
+    ledger_max_rows: int = Field(
+        default=200_000, ge=1000, description="Rows the ledger keeps at most (the oldest go first), whoever sent them"
+    )
+    idle_only: bool = Field(
+        default=False, description="Pause by itself while other processes keep the machine busy; resume when they stop"
+    )
+    idle_cpu_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="idle_only: pause while other processes use more than this share of all CPUs",
+    )
+    idle_gpu_threshold: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="idle_only: pause while other processes keep a GPU busier than this (where nvidia-smi exists)",
+    )
+    idle_check_interval: float = Field(
+        default=5.0, gt=0, description="idle_only: seconds over which the machine's load is measured"
+    )
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
     startup_grace: float = Field(
         default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start"
@@ -182,6 +209,22 @@ class Settings(LayeredSettings):
                 raise ValueError(f"{addr!r} is not a 40-hex-character address")
             out.append(hex_part)
         return out
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _flash_attn_boolean(cls, value: object) -> object:
+        """Older configs say `flash_attn = true`: booleans (and their spellings) mean on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "false", "0", "no"}:
+            return "on" if value.lower() in {"true", "1", "yes"} else "off"
+        return value
+
+    @model_validator(mode="after")
+    def _quantized_kv_cache_needs_flash_attention(self) -> Settings:
+        if self.kv_cache_type != "f16" and self.flash_attn == "off":
+            raise ValueError(f"kv_cache_type {self.kv_cache_type} needs flash_attn on or auto (llama.cpp)")
+        return self
 
     @field_validator("exec_address_space_mb", "exec_max_rss_mb")
     @classmethod
@@ -213,3 +256,7 @@ class Settings(LayeredSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"

@@ -14,6 +14,7 @@ Map of the package (knows nothing of workflows or the network):
 - `tracing.py`     `GenerationTrace`: a generation's exact tokens and log-probabilities, for verifiers
 - `scoring.py`     `TokenScorer`: re-scores a trace's tokens with a model file in one prompt-evaluation pass
 - `sampling.py`    per-request llama.cpp sampler chains, the constraint's token masks, stop strings
+- `text_deltas.py` `TextDeltas`: a streaming request's settled text in pieces (stop strings held back)
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)
 - `chat_prompt.py` renders chat messages with the model's own chat template

@@ -48,6 +48,7 @@ from models.requests import (
     ModelClosedError,
     ModelError,
     ModelLoadError,
+    TextSink,
 )
 from models.sampling import SamplingSettings
 from models.slots import BatchedGeneration, Outcome, SlotRequest
@@ -178,15 +179,22 @@ class BatchedLlamaModel:
         return self._eog_ids
 
     # -------------------------------------------------------------- generating
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Run one chat completion alongside the others. Cancelling the awaiting task stops it."""
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Run one chat completion alongside the others. Cancelling the awaiting task stops it.
+
+        `on_text` (called on the caller's event loop) gets the text as it settles, in
+        pieces that concatenate to the generation's text, all before it returns
+        (stop strings never appear; see models/text_deltas.py).
+        """
         if self._closed:
             raise ModelClosedError(f"model {self.name} is closed")
         started = time.monotonic()
         tokens, template_stop = await asyncio.to_thread(self._prompt_tokens, request.messages)
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) + request.max_tokens > self.n_ctx:  # refused whole, never cut short or failed halfway
             raise ContextOverflowError(
-                f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context of model {self.name}"
+                f"the prompt's {len(tokens)} tokens plus max_tokens {request.max_tokens} need "
+                f"{len(tokens) + request.max_tokens} tokens, more than the {self.n_ctx}-token context "
+                f"of one slot of model {self.name}"
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
@@ -198,17 +206,24 @@ class BatchedLlamaModel:
             except RuntimeError:  # the caller's loop is closed; nobody waits any more
                 pass
 
+        def forward_text(delta: str) -> None:  # runs on the decode loop's thread, before `deliver`
+            assert on_text is not None
+            try:
+                loop.call_soon_threadsafe(on_text, delta)
+            except RuntimeError:
+                pass
+
         slot_request = SlotRequest(
             tokens=tokens,
             sampling=await self._sampling(request),
             stops=list(request.stop) + ([] if request.ignore_eos else template_stop),
-            # As create_completion does: generation stops where the context ends.
-            max_tokens=min(request.max_tokens, self.n_ctx - len(tokens)),
+            max_tokens=request.max_tokens,
             reuse_prefix=request.seed is None,
             deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
             deliver=deliver,
             owner=request_owner.get(),
             trace=traces is not None,
+            on_text=None if on_text is None else forward_text,
         )
         self._decode_loop.submit(slot_request)
         try:

@@ -181,6 +181,7 @@ class BenchmarkCache(ResultCache["BatchedLlamaModel"]):
             "gpu_layers": options.gpu_layers(),
             "n_batch": options.n_batch,
             "flash_attn": options.flash_attn,
+            "kv_cache_type": options.kv_cache_type,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -37,6 +37,7 @@ from models.slots import (
     choose_slot,
     common_prefix,
 )
+from models.text_deltas import TextDeltas
 from models.tracing import GenerationTrace, token_logprob
 
 log = structlog.get_logger(__name__)
@@ -136,9 +137,8 @@ class DecodeLoop:
         params.n_ubatch = min(opts.n_batch, 512)
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = opts.threads()
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = opts.flash_attn_type()
+        params.type_k = params.type_v = opts.kv_ggml_type()
         params.kv_unified = False  # each sequence gets its own n_ctx cells
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -207,8 +207,14 @@ class DecodeLoop:
             keep = 0
         del slot.cached[keep:]
         sampler = SequenceSampler(self._n_vocab, request.sampling)
+        text = StopText(request.stops)
         slot.active = ActiveRequest(
-            request=request, sampler=sampler, pending=tokens[keep:], reused=keep, text=StopText(request.stops)
+            request=request,
+            sampler=sampler,
+            pending=tokens[keep:],
+            reused=keep,
+            text=text,
+            deltas=None if request.on_text is None else TextDeltas(text, request.on_text),
         )
         self._busy += 1
 
@@ -325,10 +331,14 @@ class DecodeLoop:
             self._complete(slot, "length")
         else:
             active.next_token = token
+            if active.deltas is not None:
+                active.deltas.update()
 
     def _complete(self, slot: Slot, finish_reason: str) -> None:
         active = slot.active
         assert active is not None
+        if active.deltas is not None:  # the rest of the text goes out before the result
+            active.deltas.finish()
         result = BatchedGeneration(
             text=active.text.text,
             finish_reason=finish_reason,  # type: ignore[arg-type]

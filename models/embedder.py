@@ -45,7 +45,9 @@ class Embedder:
                 n_threads=opts.threads(),
                 n_threads_batch=opts.threads(),
                 n_gpu_layers=opts.gpu_layers(),
-                flash_attn=opts.flash_attn,
+                flash_attn=opts.flash_attn != "off",
+                type_k=opts.kv_ggml_type(),
+                type_v=opts.kv_ggml_type(),
                 embedding=True,
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
             )

@@ -17,7 +17,8 @@ from models.requests import ModelLoadError
 GGUF_MAGIC = b"GGUF"
 # Headroom over the file size for the KV cache, compute buffers and the process.
 _MEMORY_HEADROOM_BYTES = 256 * 1024 * 1024
-KV_ELEMENT_BYTES = 2  # llama.cpp's default K and V cache type is f16
+# Bytes per K/V cache element of each cache type (q8_0: 34-byte blocks of 32 values, q4_0: 18-byte blocks).
+KV_ELEMENT_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def is_gguf(path: Path) -> bool:
@@ -64,8 +65,8 @@ def check_model_file(path: Path, *, in_host_memory: bool = True) -> None:
         )
 
 
-def kv_bytes_per_token(metadata: Mapping[str, str]) -> int | None:
-    """Bytes of K and V cache one token takes in every layer (f16), from the GGUF metadata.
+def kv_bytes_per_token(metadata: Mapping[str, str], cache_type: str = "f16") -> int | None:
+    """Bytes of K and V cache one token takes in every layer (of `cache_type`), from the GGUF metadata.
 
     `<arch>.attention.key_length`/`value_length` default to embedding_length / head_count,
     head_count_kv to head_count (no grouped-query attention). None when the header
@@ -84,4 +85,4 @@ def kv_bytes_per_token(metadata: Mapping[str, str]) -> int | None:
     kv_heads = number("attention.head_count_kv") or heads or 1
     key_length = number("attention.key_length") or head_dim
     value_length = number("attention.value_length") or head_dim
-    return layers * kv_heads * (key_length + value_length) * KV_ELEMENT_BYTES
+    return int(layers * kv_heads * (key_length + value_length) * KV_ELEMENT_BYTES[cache_type])

@@ -1,11 +1,34 @@
-"""`RuntimeOptions`: how llama.cpp runs a local model (context, threads, GPU layers, batch)."""
+"""`RuntimeOptions`: how llama.cpp runs a local model (context, threads, GPU layers, batch, KV cache)."""
 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import llama_cpp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FlashAttention = Literal["on", "off", "auto"]
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
+
+# llama.cpp's ggml type of each KV cache type (bytes per element: models.gguf_file.KV_ELEMENT_BYTES).
+_GGML_TYPES: dict[str, int] = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
+_FLASH_ATTN_TYPES: dict[str, int] = {
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+}
+
+
+def flash_attention(value: object) -> object:
+    """A boolean (older configs: `flash_attn = true`) as `on`/`off`; anything else unchanged."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 class RuntimeOptions(BaseModel):
@@ -18,10 +41,20 @@ class RuntimeOptions(BaseModel):
     n_threads: int | None = Field(default=None, ge=1)
     # None: all layers on the GPU when llama.cpp was built with one, else 0.
     n_gpu_layers: int | None = None
-    flash_attn: bool = False
+    flash_attn: FlashAttention = "off"
+    # The type of the K and V caches; a quantized V cache needs flash attention in llama.cpp.
+    kv_cache_type: KvCacheType = "f16"
     n_batch: int = Field(default=512, ge=1)
     # llama.cpp's extra buffer types (AMX, CPU weight repacking); see models/cpu.py.
     extra_buffers: bool = True
+
+    _bool_flash_attn = field_validator("flash_attn", mode="before")(flash_attention)
+
+    @model_validator(mode="after")
+    def _quantized_cache_needs_flash_attention(self) -> RuntimeOptions:
+        if self.kv_cache_type != "f16" and self.flash_attn == "off":
+            raise ValueError(f"kv_cache_type {self.kv_cache_type} needs flash_attn on or auto (llama.cpp)")
+        return self
 
     def threads(self) -> int:
         """The thread count to use."""
@@ -32,3 +65,11 @@ class RuntimeOptions(BaseModel):
         if self.n_gpu_layers is not None:
             return self.n_gpu_layers
         return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+    def flash_attn_type(self) -> int:
+        """llama.cpp's `flash_attn_type` for this setting."""
+        return _FLASH_ATTN_TYPES[self.flash_attn]
+
+    def kv_ggml_type(self) -> int:
+        """llama.cpp's `type_k`/`type_v` for this setting."""
+        return _GGML_TYPES[self.kv_cache_type]

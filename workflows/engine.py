@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from models.requests import ModelError
+from models.requests import ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
 from workflows.errors import LimitExceededError, ModelFailedError, ResultTooLargeError, WorkflowError
@@ -19,6 +19,7 @@ from workflows.operators import RunContext, run_task
 from workflows.options import EngineOptions, ToolSettings
 from workflows.return_value import build_result
 from workflows.schema import Edge, Workflow
+from workflows.streamed_step import streamed_step
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,7 @@ async def run_workflow(
     tools: ToolSettings | None = None,
     options: EngineOptions | None = None,
     embedder: ModelBackend | None = None,
+    on_text: TextSink | None = None,
 ) -> WorkflowResult:
     """Run a validated workflow on `model`; raises a WorkflowError subclass on failure.
 
@@ -58,7 +60,9 @@ async def run_workflow(
     provides the file store's embeddings. `max_time` is enforced while a task
     runs: an in-flight generation is cancelled. Every step yields to the event
     loop, memory writes are checked against `options.max_memory_bytes`, and a
-    result over `options.max_result_bytes` raises ResultTooLargeError.
+    result over `options.max_result_bytes` raises ResultTooLargeError. `on_text` gets the
+    text of the step whose generation is the result as it generates, when the workflow
+    has such a step (workflows/streamed_step.py); nothing otherwise.
     """
     options = options or EngineOptions()
     max_steps = int(_capped(workflow.config.max_steps, options.max_steps_cap))
@@ -71,6 +75,8 @@ async def run_workflow(
         options=options,
         rng=random.Random(options.seed),
         sources=KeySources.of(workflow, prompt),
+        streamed=None if on_text is None else streamed_step(workflow),
+        on_text=on_text,
     )
     progress = _Progress()
     timer = asyncio.timeout(max_time)

@@ -56,6 +56,10 @@ class InvalidTaskError(TaskError):
     deterministic = True
 
 
+class ContextTooSmallError(InvalidTaskError):
+    """A generation's prompt plus max_tokens do not fit one slot of the model's context (refused before it ran)."""
+
+
 class UnsupportedSchemaError(InvalidTaskError):
     """A task's JSON schema cannot be turned into a grammar."""
 

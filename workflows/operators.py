@@ -7,9 +7,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.requests import ChatMessage, GenerationRequest, ModelError
+from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.errors import (
+    ContextTooSmallError,
     InvalidTaskError,
     InvalidToolError,
     LimitExceededError,
@@ -47,6 +48,8 @@ class RunContext:
     options: EngineOptions
     rng: random.Random
     sources: KeySources | None = None  # what the task can fill: tells deterministic misses apart
+    streamed: str | None = None  # the task whose generation streams to `on_text` (workflows/streamed_step.py)
+    on_text: TextSink | None = None
     usage: Usage = field(default_factory=Usage)
 
     @property
@@ -80,7 +83,8 @@ async def run_task(task: Task, ctx: RunContext) -> str:
     messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]
     match task.operator:
         case "generation":
-            return await generate(ctx, messages, task.json_schema)
+            on_text = ctx.on_text if task.id == ctx.streamed else None
+            return await generate(ctx, messages, task.json_schema, on_text)
         case "function_calling" | "function_calling_raw":
             return await _function_call(ctx, messages, execute=task.operator == "function_calling")
         case "search":
@@ -88,7 +92,12 @@ async def run_task(task: Task, ctx: RunContext) -> str:
     raise AssertionError(f"unhandled operator {task.operator}")
 
 
-async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[str, Any] | RegexSchema | None) -> str:
+async def generate(
+    ctx: RunContext,
+    messages: list[ChatMessage],
+    schema: dict[str, Any] | RegexSchema | None,
+    on_text: TextSink | None = None,
+) -> str:
     """One model call; with a schema (a JSON schema, or a regex of JSON), the answer must parse as JSON."""
     messages = [m for m in messages if m.content.strip()]
     if not messages:
@@ -102,10 +111,12 @@ async def generate(ctx: RunContext, messages: list[ChatMessage], schema: dict[st
         regex=schema.pattern if isinstance(schema, RegexSchema) else None,
     )
     try:
-        generation = await ctx.model.generate(request)
+        generation = await ctx.model.generate(request, on_text)
     except ModelError as e:
         if _is_grammar_error(e):  # the same schema fails on every node
             raise UnsupportedSchemaError(f"the task's schema is not supported: {e}") from e
+        if isinstance(e, ContextOverflowError):  # refused before it ran: no retry makes it fit
+            raise ContextTooSmallError(f"the task does not fit the model's context: {e}") from e
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens

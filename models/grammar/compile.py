@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import llguidance
-
 if TYPE_CHECKING:
+    import llguidance
     from llguidance._lib import JsonCompileOptions
 
 from models.grammar.errors import GrammarError
@@ -42,6 +41,8 @@ _JSON_OPTIONS: JsonCompileOptions = {
 
 def grammar_limits() -> llguidance.LLParserLimits:
     """The limits every constraint is validated and run under."""
+    import llguidance  # here, not at module level: the daemon imports this module and loads llguidance only on use
+
     return llguidance.LLParserLimits(
         max_items_in_row=MAX_ITEMS_IN_ROW,
         initial_lexer_fuel=INITIAL_LEXER_FUEL,
@@ -55,6 +56,8 @@ def grammar_limits() -> llguidance.LLParserLimits:
 
 def regex_grammar(pattern: str) -> str:
     """A validated llguidance grammar matching exactly the strings `pattern` (Python `re`) matches as a whole."""
+    import llguidance
+
     try:
         return _validated(llguidance.LLMatcher.grammar_from_regex(translate_regex(pattern)), "regex")
     except GrammarError:
@@ -65,6 +68,8 @@ def regex_grammar(pattern: str) -> str:
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     """A validated llguidance grammar for JSON following `schema` (OpenAI form, or Gemini's upper-case form)."""
+    import llguidance
+
     try:
         prepared = _prepared(normalize_schema(schema))
         text = json.dumps(prepared, allow_nan=False)
@@ -112,6 +117,8 @@ def _prepared(schema: Any) -> Any:
 
 
 def _validated(grammar: str, what: str) -> str:
+    import llguidance
+
     error = llguidance.LLMatcher.validate_grammar(grammar, None, limits=grammar_limits())
     if error:
         raise GrammarError(f"{what} cannot be turned into a grammar: {_reason(error)}")

@@ -33,6 +33,7 @@ from models.requests import (
     Generation,
     GenerationRequest,
     ModelError,
+    TextSink,
     UnsupportedRequestError,
 )
 
@@ -140,8 +141,11 @@ class RemoteModel:
         self.available = up
 
     # -------------------------------------------------------------- requests
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Run one chat completion on the engine. Cancelling the awaiting task closes the HTTP request."""
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Run one chat completion on the engine. Cancelling the awaiting task closes the HTTP request.
+
+        Not streamed: `on_text` is never called (the engine's answer arrives whole).
+        """
         payload = self._chat_payload(request)
         started = time.monotonic()
         deadline = None if request.deadline_seconds is None else started + request.deadline_seconds

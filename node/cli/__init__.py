@@ -4,6 +4,9 @@ main.py      the parser and `main`: start, run-task, identity, and the subcomman
 settings.py  command-line flags generated from a settings class (one flag per setting)
 models.py    `compute-node models ...`: list, pull, remove and benchmark models
 gateway.py   `compute-node gateway`
+operate.py   `compute-node pause`, `resume`, `ledger` and `doctor`
+doctor/      the doctor's checks (machine, config, network), each with a fix
+nodes.py     `compute-node nodes`: the reputation table a publisher measured (from its data dir)
 scorers.py   LocalScorers: model files on this machine opened for `run-task --verify`
 """
 

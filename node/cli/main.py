@@ -1,4 +1,4 @@
-"""The `compute-node` command: start a node, run a task as a publisher, manage models."""
+"""The `compute-node` command: start a node, run a task as a publisher, list measured nodes, manage models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 from config.settings import ConfigError, Settings
 from node.cli.gateway import add_gateway_command, run_gateway
 from node.cli.models import add_models_commands, run_models_command
+from node.cli.nodes import PUBLISHER_DATA_DIR, add_nodes_command, reputation_path, run_nodes
+from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
 from node.cli.settings import add_settings_flags, settings_from
 
 EXIT_ERROR = 1
@@ -59,11 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="share of results (0..1) to verify against the model file here (docs/VERIFICATION.md); default 0",
     )
+    run_task.add_argument(
+        "--data-dir",
+        type=Path,
+        default=PUBLISHER_DATA_DIR,
+        help=f"where the measured reputation of nodes is kept (default {PUBLISHER_DATA_DIR})",
+    )
 
     models = commands.add_parser("models", help="list, pull, remove or benchmark models")
     add_models_commands(models, _add_settings_flags)
 
     add_gateway_command(commands)
+    add_operate_commands(commands, _add_settings_flags)
+    add_nodes_command(commands)
 
     identity = commands.add_parser("identity", help="print this node's address and peer id")
     _add_settings_flags(identity)
@@ -81,6 +91,17 @@ def main(argv: list[str] | None = None) -> int:
             return _identity(args)
         if args.command == "gateway":
             return run_gateway(args)
+        if args.command in ("pause", "resume"):
+            return run_pause(_settings_from(args), pause=args.command == "pause")
+        if args.command == "doctor":
+            from node.ops.log import configure_logging
+
+            configure_logging("error", "console")
+            return run_doctor_command(_settings_from(args), args.skip, args.hear)
+        if args.command == "ledger":
+            return run_ledger(_settings_from(args), args.days, args.json)
+        if args.command == "nodes":
+            return run_nodes(args)
         if args.command == "models":
             from node.ops.log import configure_logging
 
@@ -145,7 +166,13 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
 
     scorers = LocalScorers(Settings()) if args.verify > 0 else None
     verifier = None if scorers is None else ResultVerifier(args.verify, scorers)
-    client = Client(peers=args.peer, secret_key=args.key, delivery=args.delivery, verifier=verifier)
+    client = Client(
+        peers=args.peer,
+        secret_key=args.key,
+        delivery=args.delivery,
+        reputation_path=reputation_path(args.data_dir),
+        verifier=verifier,
+    )
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)

@@ -25,7 +25,7 @@ from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot
 from models.registry import Registry
 from models.remote.openai import RemoteModel
-from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError, TextSink
 from models.store import ModelStore
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ class ServedModel(Protocol):
         """The local runtime's decode progress (None for a backend without native calls here)."""
         ...
 
-    async def generate(self, request: GenerationRequest) -> Generation: ...
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation: ...
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]: ...
 
@@ -71,6 +71,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
+        kv_cache_type=settings.kv_cache_type,
         extra_buffers=extra_buffers_enabled(settings.extra_buffers, CpuInfo.read()),
     )
 
@@ -125,7 +126,7 @@ class EmbeddingOnlyModel:
         self.name = name
         self._embedder = embedder
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
         raise ModelError(f"model {self.name} serves only embeddings here")
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:

@@ -13,6 +13,11 @@ native call are suspects: a sole suspect (the call was its own sampling) or a
 suspect for the second time gets `Invalid prompt: `; every other task is innocent
 and runs once more. A suspect runs once more alone on its model (rerun_gate.py), so
 an innocent task is never in a stalled batch with it twice.
+
+A task with `"stream": true` that arrived on a stream runs streaming: the text deltas
+of its final step go to its route (node/daemon/routes.py) as progress frames. A rerun
+after its process died does not stream again (what was streamed cannot be taken back;
+the publisher checks the result against it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
@@ -27,6 +33,7 @@ from node.daemon.execution.handle import RuntimeExitError
 from node.daemon.execution.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.execution.protocol import RunTask, TaskDone, TaskFailed
 from node.daemon.journal import Journal, JournalError
+from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
 from node.daemon.rerun_gate import RerunGate
 from node.ops.metrics import NodeMetrics
@@ -54,8 +61,10 @@ class TaskRunner:
         metrics: NodeMetrics,
         options: EngineOptions,
         cancel_grace_s: float,
+        ledger: Ledger | None = None,
     ) -> None:
         self._pool = pool
+        self._ledger = ledger
         self._outbox = outbox
         self._journal = journal
         self._metrics = metrics
@@ -150,7 +159,10 @@ class TaskRunner:
             prompt=accepted.task.input.prompt,
             deadline_ns=accepted.task.deadline,
             proof=bool(accepted.task.proof),
+            stream=self._streams(accepted),
         )
+        if request.stream:
+            accepted.log.info("task streams its progress")
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
@@ -189,11 +201,18 @@ class TaskRunner:
             run.cancel()
             raise
 
+    def _streams(self, accepted: AcceptedTask) -> bool:
+        """Whether the run sends progress: asked for, on a stream, and the first run."""
+        task_id = accepted.task.task_id
+        return accepted.task.stream is True and task_id in self._outbox.routes and accepted.reruns == 0
+
     async def _gated_run(self, accepted: AcceptedTask, request: RunTask) -> TaskDone | TaskFailed:
         """Run on the model's process: beside other tasks, or alone for a stall suspect's rerun."""
         gate = self._gates.setdefault(accepted.model, RerunGate())
+        routes = self._outbox.routes
+        on_delta = partial(routes.progress, request.task_id) if request.stream else None
         async with gate.alone() if accepted.stalls else gate.shared():
-            return await self._pool.run(accepted.model, request)
+            return await self._pool.run(accepted.model, request, on_delta)
 
     async def _finish(
         self, accepted: AcceptedTask, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None
@@ -232,6 +251,21 @@ class TaskRunner:
             self._metrics.tasks_failed.inc()
         self._metrics.task_latency_seconds.observe(max(0, ended - accepted.received_at_ns) / 1e9)
         accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
+        if self._ledger is not None:
+            self._ledger.record(
+                LedgerEntry(
+                    task_id=task.task_id,
+                    publisher=accepted.publisher,
+                    model=accepted.model,
+                    received_at=accepted.received_at_ns / 1e9,
+                    started_at=started_ns / 1e9,
+                    ended_at=ended / 1e9,
+                    prompt_tokens=clamp_count(result.prompt_tokens) if result else 0,
+                    completion_tokens=clamp_count(result.completion_tokens) if result else 0,
+                    outcome=outcome_of(None if result is not None else error or "unknown error"),
+                    error=None if result is not None else error,
+                )
+            )
         try:
             await self._outbox.send(body)
         except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries

@@ -11,5 +11,6 @@ app.py       the FastAPI routes
 rpc.py       RpcService: the API of Dria's Python SDK (tasks posted as it posts them, raw envelopes back)
 rpc_store.py RpcStore: its tasks and per-key result queues in the same SQLite file
 rpc_app.py   its routes: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task
+openai_api/  the OpenAI-compatible routes: /v1/chat/completions, /v1/models, /v1/embeddings
 server.py    Gateway: service + HTTP server, started and stopped together
 """

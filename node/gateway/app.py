@@ -4,11 +4,13 @@
     POST /v1/tasks:batch       {"tasks": [...]}  -> 202 {"tasks": [{"id", "status"}...]}
     GET  /v1/tasks/{id}?wait=  one task's state (long polls up to `wait` s while pending)
     GET  /v1/tasks?ids=a,b&wait=  several at once
-    GET  /v1/nodes             the nodes seen by heartbeat
+    GET  /v1/nodes             the nodes seen by heartbeat, with what the gateway measured of each
+    GET  /v1/reputation        every node measured (reputation table), live or not
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
     GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/rpc_app.py)
+    POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings: OpenAI's API (node/gateway/openai_api/)
 
-Every error is `{"detail": "..."}`; a 422 names the field at fault.
+Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI routes: OpenAI's error shape).
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the route signatures,
@@ -25,6 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
 from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
+from node.gateway.openai_api.routes import add_openai_routes
+from node.gateway.openai_api.service import OpenAIService
 from node.gateway.rpc import RpcService
 from node.gateway.rpc_app import add_rpc_routes
 from node.gateway.schemas import (
@@ -36,6 +40,7 @@ from node.gateway.schemas import (
     Health,
     NodeList,
     NodeView,
+    ReputationList,
     TaskList,
     TaskRequest,
     TaskView,
@@ -155,16 +160,23 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
                     capacity=Capacity(free=max(node.free, 0), max=node.max),
                     tps=node.tps,
                     last_heartbeat=node.last_seen,
+                    reputation=service.client.reputation.view(node.address),
                 )
                 for node in service.nodes()
             ]
         )
+
+    @app.get("/v1/reputation", response_model=ReputationList, tags=["network"])
+    async def get_reputation(key: Annotated[str, Depends(caller)]) -> ReputationList:
+        """What the gateway measured of every node it remembers (see `compute-node nodes`)."""
+        return ReputationList(nodes=service.client.reputation.views())
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
     async def health() -> Health:
         """Liveness, without authentication."""
         return Health(nodes=len(service.nodes()))
 
+    add_openai_routes(app, OpenAIService(service, settings), caller)
     if rpc is not None:
         add_rpc_routes(app, rpc, keys, limiter)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from node.publisher.reputation import ReputationView
 from node.wire.messages import MAX_MODELS, Address, ModelName, TaskBody
 
 TaskStatus = Literal["pending", "done", "error", "expired"]
@@ -95,10 +96,17 @@ class NodeView(BaseModel):
     capacity: Capacity
     tps: dict[str, float]
     last_heartbeat: float = Field(description="Unix seconds of its last heartbeat")
+    reputation: ReputationView = Field(description="What this gateway measured of it (the prior when nothing yet)")
 
 
 class NodeList(BaseModel):
     nodes: list[NodeView]
+
+
+class ReputationList(BaseModel):
+    """Every node the gateway remembers measuring, live or not, best score first."""
+
+    nodes: list[ReputationView]
 
 
 class ErrorBody(BaseModel):

@@ -15,6 +15,7 @@ from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
 from node.publisher.client import Client
+from node.publisher.reputation import ReputationSettings
 from node.wire.identity import Identity
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,10 @@ class Gateway:
             connect_timeout=settings.connect_timeout,
             max_retries=settings.max_retries,
             delivery=settings.delivery,
+            reputation_path=settings.reputation_path,
+            reputation_settings=ReputationSettings(
+                half_life_s=settings.reputation_half_life, verify_ban_seconds=settings.verify_ban_seconds
+            ),
         )
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.

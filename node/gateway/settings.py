@@ -30,7 +30,9 @@ class GatewaySettings(LayeredSettings):
     label: ClassVar[str] = "gateway settings"
 
     # Identity and storage
-    data_dir: UserPath = Field(default=Path("~/.compute-node/gateway"), description="Key and task database live here")
+    data_dir: UserPath = Field(
+        default=Path("~/.compute-node/gateway"), description="Key, task database and node reputation live here"
+    )
     secret_key: str | None = Field(
         default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key"
     )
@@ -73,6 +75,12 @@ class GatewaySettings(LayeredSettings):
         gt=0,
         description="Seconds a finished task is kept (Dria SDK tasks: at most deadline_horizon past deadline or result)",
     )
+    reputation_half_life: float = Field(
+        default=3600.0, gt=0, description="Seconds for a measurement of a node's service to count half"
+    )
+    verify_ban_seconds: float = Field(
+        default=7 * 86400.0, ge=0, description="Seconds a node whose result failed verification is not chosen"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
 
@@ -102,6 +110,11 @@ class GatewaySettings(LayeredSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "gateway.sqlite3"
+
+    @property
+    def reputation_path(self) -> Path:
+        """The measured service of nodes (`compute-node nodes --data-dir <data_dir>` prints it)."""
+        return self.data_dir / "reputation.sqlite3"
 
 
 def is_loopback(host: str) -> bool:

@@ -1,24 +1,29 @@
-"""The node's local HTTP endpoint: ``/metrics``, ``/healthz`` and ``/status``.
+"""The node's local HTTP endpoint: ``/metrics``, ``/healthz``, ``/status``, ``POST /pause`` and ``/resume``.
 
-``create_app`` builds the FastAPI app from three callables the daemon provides;
-``HttpServer`` runs it with uvicorn as a task inside the daemon's own asyncio
-loop. The handlers are ``async def`` so they run on the loop thread and may read
-daemon state without locks. uvicorn installs no signal handlers here (the
-daemon owns SIGTERM/SIGINT) and logs only warnings.
+``create_app`` builds the ASGI app from callables the daemon provides: a few
+routes, so a plain ASGI callable rather than FastAPI, which the daemon (the
+process that faces the network) does not import (~30 MiB, ~1 s). ``HttpServer``
+runs any ASGI app (this one, or the gateway's FastAPI app) with uvicorn as a task
+inside the caller's own asyncio loop. The handlers run on the loop thread and may
+read daemon state without locks. uvicorn installs no signal handlers here (the
+daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
+the node: they answer only clients on a loopback address (403 otherwise), whatever
+host the endpoint listens on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from node.ops.metrics import NodeMetrics
@@ -28,6 +33,17 @@ log = structlog.get_logger(__name__)
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 STATUS_PATH = "/status"
+PAUSE_PATH = "/pause"
+RESUME_PATH = "/resume"
+PATHS = (METRICS_PATH, HEALTH_PATH, STATUS_PATH)  # every GET route the app serves
+
+
+@dataclass(frozen=True)
+class PauseControls:
+    """What POST /pause and /resume call; each returns the new pause state."""
+
+    pause: Callable[[], dict[str, Any]]
+    resume: Callable[[], dict[str, Any]]
 
 
 class HealthReport(BaseModel):
@@ -48,35 +64,87 @@ class HttpServerError(Exception):
     """The HTTP endpoint could not start (e.g. its port is taken)."""
 
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 def create_app(
     metrics: NodeMetrics,
     health: Callable[[], HealthReport],
     status: Callable[[], dict[str, Any]],
-) -> FastAPI:
-    """The FastAPI app serving metrics, health and status of one node."""
-    app = FastAPI(title="compute-node", docs_url=None, redoc_url=None, openapi_url=None)
+    controls: PauseControls | None = None,
+) -> AsgiApp:
+    """The ASGI app serving metrics, health and status of one node (and pause/resume, loopback only)."""
 
-    @app.get(METRICS_PATH)
-    async def get_metrics() -> Response:
+    def get_metrics() -> tuple[int, bytes, str]:
         body, content_type = metrics.render()
-        return Response(content=body, media_type=content_type)
+        return 200, body, content_type
 
-    @app.get(HEALTH_PATH, response_model=HealthBody)
-    async def get_health() -> JSONResponse:
+    def get_health() -> tuple[int, bytes, str]:
         try:
             report = health()
         except Exception as exc:  # a broken probe is itself a health problem
             report = HealthReport(ok=False, reason=f"health check raised {exc!r}")
         if report.ok:
-            return JSONResponse(HealthBody(status="ok").model_dump(exclude_none=True))
+            return 200, HealthBody(status="ok").model_dump_json(exclude_none=True).encode(), _JSON
         body = HealthBody(status="unhealthy", reason=report.reason or "unhealthy")
-        return JSONResponse(body.model_dump(), status_code=503)
+        return 503, body.model_dump_json().encode(), _JSON
 
-    @app.get(STATUS_PATH)
-    async def get_status() -> JSONResponse:
-        return JSONResponse(status())
+    def get_status() -> tuple[int, bytes, str]:
+        return 200, json.dumps(status(), separators=(",", ":")).encode(), _JSON
+
+    routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        METRICS_PATH: get_metrics,
+        HEALTH_PATH: get_health,
+        STATUS_PATH: get_status,
+    }
+
+    actions: dict[str, Callable[[], dict[str, Any]]] = (
+        {PAUSE_PATH: controls.pause, RESUME_PATH: controls.resume} if controls is not None else {}
+    )
+
+    def post(path: str, client: tuple[str, int] | None) -> tuple[int, bytes, str]:
+        host = client[0] if client else ""
+        if not _is_loopback(host):
+            error = {"error": f"{path} answers only loopback clients, not {host or 'unknown'}"}
+            return 403, json.dumps(error).encode(), _JSON
+        return 200, json.dumps(actions[path]()).encode(), _JSON
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off; websockets are not served
+        path, method = scope["path"], scope["method"]
+        route = routes.get(path)
+        if path in actions and method == "POST":
+            code, body, content_type = post(path, scope.get("client"))
+        elif route is None and path not in actions:
+            code, body, content_type = 404, b'{"detail":"Not Found"}', _JSON
+        elif route is None or method not in ("GET", "HEAD"):
+            code, body, content_type = 405, b'{"detail":"Method Not Allowed"}', _JSON
+        else:
+            code, body, content_type = route()
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     return app
+
+
+_JSON = "application/json"
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a client address is loopback (IPv4-mapped IPv6 loopback counts)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class _SignalFreeServer(uvicorn.Server):
@@ -90,7 +158,7 @@ class _SignalFreeServer(uvicorn.Server):
 class HttpServer:
     """Runs an ASGI app with uvicorn as a task on the current event loop."""
 
-    def __init__(self, app: FastAPI, *, shutdown_timeout: int = 5) -> None:
+    def __init__(self, app: AsgiApp, *, shutdown_timeout: int = 5) -> None:
         self._app = app
         self._shutdown_timeout = shutdown_timeout
         self._server: _SignalFreeServer | None = None

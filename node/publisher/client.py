@@ -7,6 +7,9 @@ without `addrs`, or one that cannot be dialled, gets the task on gossip. "gossip
 protocol 0.3: every task on the `task` topic. Either way a result is accepted once,
 from the stream or from gossip, after the same checks.
 
+Node choice is by measured service (`Client.reputation`, reputation.py): every answer,
+error, timeout and decline of a chosen node is recorded, in SQLite at `reputation_path`.
+
 async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
     simple = Simple()
     res = await client.execute(Task(workflow=simple.workflow(prompt="Hey there!"), models=["smollm2:135m"]), timeout=45)
@@ -19,6 +22,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -29,6 +33,7 @@ from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, next_outcome
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.reputation import Reputation, ReputationSettings
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
@@ -135,11 +140,15 @@ class Client:
         answer_timeout: float = 5.0,
         attempt_timeout: float | None = None,
         verifier: ResultVerifier | None = None,
+        reputation_path: Path | str | None = None,
+        reputation_settings: ReputationSettings | None = None,
     ) -> None:
         """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
         `answer_timeout`: seconds to dial a node and get its answer before trying another.
         `attempt_timeout`: seconds to wait for one node's result before also trying another
         (None: half of each task's timeout; math.inf: never); results of earlier attempts are still taken.
+        `reputation_path`: the SQLite file of measured node service (None: kept in memory). A
+        `node_table` passed in chooses as it was made (without a reputation: by heartbeat claims).
         `verifier`: asks a share of tasks for a proof and checks it (docs/VERIFICATION.md); a result
         that fails is a VerificationFailedError for the caller and a mark on its node."""
         if delivery not in ("direct", "gossip"):
@@ -163,7 +172,8 @@ class Client:
         self._answer_timeout = answer_timeout
         self._attempt_timeout = attempt_timeout
         self._deliveries: set[DirectDelivery] = set()
-        self.nodes = node_table or NodeTable()
+        self.reputation = Reputation(reputation_path, reputation_settings)
+        self.nodes = node_table or NodeTable(reputation=self.reputation)
         self.on_message = on_message  # called for every verified result and heartbeat
         self.verifier = verifier
 
@@ -241,6 +251,8 @@ class Client:
         need_new = True
         sent_at = loop.time()
         last_failure: TaskFailedError | None = None
+        sent: dict[str, float] = {}  # task id -> when its node took it
+        judged: set[str] = set()  # task ids already recorded as a failure of their node
         try:
             while True:
                 live = [a for a in attempts.values() if not a.result.done()]
@@ -260,10 +272,13 @@ class Client:
                             log.info(
                                 "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
                             )
+                            self.reputation.record_busy(node.address)
                             # Not a retry (nothing ran); once every node declined, this is the error.
                             last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
                             continue
                         attempts[attempt.task_id] = attempt
+                        sent[attempt.task_id] = loop.time()
+                        self.reputation.started(node.address)
                         live.append(attempt)
                         need_new, sent_at = False, loop.time()
                         if on_submit is not None:
@@ -280,6 +295,9 @@ class Client:
                     give_up_at = min(deadline, loop.time() + NODE_POLL_S)  # a node may free up meanwhile
                 attempt, outcome = await next_outcome(live, give_up_at - loop.time())
                 if attempt is None:
+                    if live and live[-1].task_id not in judged:
+                        judged.add(live[-1].task_id)
+                        self.reputation.record_timeout(live[-1].node)
                     if loop.time() >= deadline:
                         raise TaskTimeoutError(next(reversed(attempts)), timeout)
                     if not need_new:
@@ -298,23 +316,41 @@ class Client:
                         node=attempt.node,
                         reason="stream closed without a result",
                     )
+                    judged.add(attempt.task_id)
+                    self.reputation.record_error(attempt.node)
                     retries, need_new = retries + 1, True
                     continue
                 try:
-                    return await self._verified(self._checked(attempt), proof)
+                    result = await self._verified(self._checked(attempt), proof)
                 except TaskFailedError as exc:
                     if not exc.retryable:
-                        raise
+                        raise  # the same on every node (a failed proof is marked in _verified)
+                    self.reputation.record_error(attempt.node)
                     last_failure = exc
                     log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
                     retries, need_new = retries + 1, True
+                    continue
+                self._record_result(result, loop.time() - sent[attempt.task_id])
+                return result
         finally:
             for attempt in attempts.values():
+                self.reputation.finished(attempt.node)
                 self._pending.pop(attempt.task_id, None)
                 self._sealed.discard(attempt.task_id)
                 if attempt.direct is not None:
                     self._deliveries.discard(attempt.direct)
                     await attempt.direct.close()
+
+    def _record_result(self, result: TaskResult, seconds: float) -> None:
+        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
+        extras = result.stats.model_extra or {}
+        claimed = extras.get("completionTokens")
+        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
+        tokens = min(claimed, size) if isinstance(claimed, int) else 0
+        exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
+        known = self.nodes.get(result.node)
+        claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
+        self.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
 
     def _checked(self, attempt: Attempt) -> TaskResult:
         """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
@@ -344,10 +380,8 @@ class Client:
         return result.model_copy(update={"verified": True})
 
     def _record_verification(self, node: str, passed: bool) -> None:
-        """The one place a verification outcome reaches the node table (measured reputation, when it has it)."""
-        record = getattr(self.nodes, "record_verification", None)
-        if record is not None:
-            record(node, passed)
+        """The one place a verification outcome reaches the node's measured reputation (a failure bans it)."""
+        self.reputation.record_verification(node, passed)
 
     async def _send(
         self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False

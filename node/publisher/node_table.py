@@ -11,6 +11,8 @@ and a fast, idle node is preferred without starving the others. The table is
 capped in entries and in bytes: anyone can make keys. A node's `addrs` (protocol 0.4)
 say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
+With a `Reputation` (the Client's default), weights come from what this publisher measured
+instead of what heartbeats claim (see reputation.py), and a banned node is never chosen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 
+from node.publisher.reputation import Reputation
 from node.wire.messages import HeartbeatBody
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
@@ -56,9 +59,14 @@ class KnownNode:
             entry in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) or entry in self.models for entry in wanted
         )
 
+    def claimed_tps(self, wanted: list[str]) -> float:
+        """Its claimed speed for the wanted models (any of its models when none is named), 0 when unknown."""
+        speeds = [tps for model, tps in self.tps.items() if model in wanted] or list(self.tps.values())
+        return max(speeds, default=0.0)
+
     def weight(self, wanted: list[str]) -> float:
-        speeds = [tps for model, tps in self.tps.items() if model in wanted] or list(self.tps.values()) or [1.0]
-        return max(self.free, 0) * max(max(speeds), 1.0)
+        """The weight its own claims give it: free capacity x speed."""
+        return max(self.free, 0) * max(self.claimed_tps(wanted), 1.0)
 
     @property
     def size(self) -> int:
@@ -78,7 +86,9 @@ class NodeTable:
         max_nodes: int = 10_000,
         max_bytes: int = 16 * 1024 * 1024,
         max_skew: float = 60.0,
+        reputation: Reputation | None = None,
     ) -> None:
+        """`reputation`: weigh choices by measured service (None: by the heartbeats' claims)."""
         self._nodes: dict[str, KnownNode] = {}
         self._ttl = ttl
         self._rng = rng or random.Random()
@@ -86,6 +96,7 @@ class NodeTable:
         self._max_bytes = max_bytes
         self._max_skew = max_skew
         self.bytes_used = 0
+        self.reputation = reputation
 
     def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
         """Record a heartbeat signed by `sender`; False (and nothing changes) if it is ignored:
@@ -138,19 +149,37 @@ class NodeTable:
         if node is not None:
             self._nodes[address] = replace(node, free=node.free - 1)
 
+    def get(self, address: str) -> KnownNode | None:
+        """The node's last heartbeat (clamped), live or not; None if unknown."""
+        return self._nodes.get(address)
+
     def live(self, now: float | None = None) -> list[KnownNode]:
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
 
     def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
-        """A live node serving one of `wanted`, weighted by free capacity x speed; None if there is none.
+        """A live node serving one of `wanted`, weighted by free capacity x speed (measured, with a
+        reputation); None if there is none.
 
-        Nodes reporting no free capacity are chosen only when every candidate is full; a leaving node never.
+        Nodes weighing nothing (no free capacity) are chosen only when every candidate does; a
+        leaving or banned node never.
         """
-        candidates = [n for n in self.live(now) if n.address not in exclude and not n.leaving and n.serves(wanted)]
+        now = time.time() if now is None else now
+        reputation = self.reputation
+        candidates = [
+            n
+            for n in self.live(now)
+            if n.address not in exclude
+            and not n.leaving
+            and n.serves(wanted)
+            and (reputation is None or not reputation.banned(n.address, now))
+        ]
         if not candidates:
             return None
-        weights = [n.weight(wanted) for n in candidates]
+        if reputation is None:
+            weights = [n.weight(wanted) for n in candidates]
+        else:
+            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in candidates]
         if not any(weights):
             return self._rng.choice(candidates)
         return self._rng.choices(candidates, weights=weights, k=1)[0]

@@ -3,6 +3,7 @@ as real subprocesses against each other, stopped with real signals."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -46,14 +47,22 @@ def test_start_then_run_task_prints_the_result_and_sigterm_exits_0(node: NodePro
         assert again.stop(signal.SIGINT) == 0
 
 
-def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: NodeProcess) -> None:
+def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: NodeProcess, tmp_path: Path) -> None:
+    publisher = tmp_path / "publisher"
     for delivery in ("direct", "gossip"):
         args = ("--peer", node.addr, "--model", "smollm2:135m", "--prompt", "Hi", "--max-tokens", "8")
-        done = run_task(*args, "--delivery", delivery)
+        done = run_task(*args, "--delivery", delivery, "--data-dir", str(publisher))
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip()
     node.wait_for_log("task accepted", direct=False)
     assert [e["direct"] for e in node.logs if e.get("event") == "task accepted"] == [True, False]
+    # Both runs measured the node, in one table that outlives them: `compute-node nodes` prints it.
+    listed = subprocess.run(
+        [*CLI, "nodes", "--data-dir", str(publisher), "--json"], capture_output=True, text=True, env=cli_env(), cwd=ROOT
+    )
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)["nodes"]
+    assert row["answered"] > 1.99 and row["errors"] == 0 and row["mean_result_s"] > 0
 
 
 def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:

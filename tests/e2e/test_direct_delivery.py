@@ -72,7 +72,7 @@ def small_task(prompt: str = "Say hi.") -> Task:
 
 
 def long_workflow() -> dict[str, Any]:
-    workflow = Simple().workflow("List booleans.", max_tokens=2400)
+    workflow = Simple().workflow("List booleans.", max_tokens=900)
     workflow["tasks"][0]["schema"] = json.dumps(
         {"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300}
     )
@@ -280,3 +280,35 @@ async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tm
         assert retries[0][1] in ("stream closed without a result", "stream closed without an answer")
     finally:
         doomed.stop(signal.SIGKILL)
+
+
+async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_timeout(tmp_path) -> None:
+    frozen = NodeProcess(tmp_path / "frozen", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with AsyncExitStack() as stack:
+            spare = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "spare", bootstrap=[frozen.addr]))
+            )
+            prefer = Prefer()
+            client = await stack.enter_async_context(
+                Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=5)
+            )
+            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.identity.address)
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.ensure_future(
+                    client.execute(
+                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 90
+                    )
+                )
+                await asyncio.to_thread(frozen.wait_for_log, "task started", 60)
+                frozen.proc.send_signal(signal.SIGSTOP)  # TCP stays up: only silence tells
+                result = await running
+        assert result.node == spare.identity.address and result.text.strip()
+        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        # The spare may be slow enough to get its own "no result yet" (nowhere left to go, it is waited for).
+        assert retries[0] == (prefer.first, "no result yet")
+        assert all(reason == "no result yet" for _, reason in retries)
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        frozen.stop(signal.SIGKILL)

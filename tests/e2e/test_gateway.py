@@ -151,6 +151,8 @@ async def test_nodes_are_listed_with_models_and_capacity(net: Net) -> None:
         assert node["capacity"]["max"] >= 1
         assert node["peer_id"]
         assert time.time() - node["last_heartbeat"] < 30
+        assert node["reputation"]["address"] == node["address"]  # what the gateway measured of it
+        assert 0 < node["reputation"]["success"] <= 1 and node["reputation"]["banned_until"] is None
 
 
 async def test_auth_failures(net: Net) -> None:

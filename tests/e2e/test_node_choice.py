@@ -93,7 +93,7 @@ async def test_busy_node_is_retried_on_another_node_but_a_workflow_error_is_not(
         client = await stack.enter_async_context(Client(peers=[dialable(busy)], node_table=NodeTable(rng=Heaviest())))
         await wait_for_nodes(client, 2)
         assert client.nodes.choose(["*"]).address == busy.identity.address  # benchmarked tps: the heavier one
-        workflow = Simple().workflow("List booleans.", max_tokens=2400)
+        workflow = Simple().workflow("List booleans.", max_tokens=900)
         workflow["tasks"][0]["schema"] = json.dumps(
             {"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300}
         )

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 def long_workflow(items: int = 300) -> dict:
     """A generation the schema forces to be long (hundreds of tokens), so it runs for seconds."""
-    workflow = Simple().workflow(prompt="List booleans.", max_tokens=8 * items)
+    # Within the test nodes' 1024-token context (a prompt + max_tokens over it is refused).
+    workflow = Simple().workflow(prompt="List booleans.", max_tokens=min(8 * items, 980))
     schema = {"type": "array", "items": {"type": "boolean"}, "minItems": items, "maxItems": items}
     workflow["tasks"][0]["schema"] = json.dumps(schema)
     return workflow

@@ -1,7 +1,7 @@
 """Verifiable results end to end: real nodes, honest or dishonest, and a Client that verifies every result.
 
 Each node is a real node process part (in this test process) whose execution process runs
-SmolLM2 through a test wrapper of tests/support/dishonest.py: a fixed answer, a swapped
+SmolLM2 through a test wrapper of tests/support/dishonest_runtimes.py: a fixed answer, a swapped
 model (SmolLM2 requantized to Q4_0, served as `smollm2:135m`), or a generation that never
 ends. The Client re-scores each proof with its own copy of the model file.
 """
@@ -19,7 +19,7 @@ from node.daemon.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.verification import ResultVerifier
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.dishonest import FIXED_TEXT, SWAPPED_MODEL_ENV
+from tests.support.dishonest_runtimes import FIXED_TEXT, SWAPPED_MODEL_ENV
 from tests.support.model_file import SMOLLM2
 from tests.support.swapped_model import requantized_smollm2
 from workflows import Simple
@@ -57,7 +57,7 @@ async def test_an_honest_nodes_result_is_verified(tmp_path: Path, scorer: TokenS
 async def test_a_fixed_string_node_fails_verification(
     tmp_path: Path, scorer: TokenScorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest:fixed_string")
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest_runtimes:fixed_string")
     result = await _run_one(tmp_path, scorer, timeout=120)
     assert isinstance(result, VerificationFailedTaskError), result
     assert "no generation step" in result.reason
@@ -68,7 +68,7 @@ async def test_a_fixed_string_node_fails_verification(
 async def test_a_swapped_model_node_fails_verification(
     tmp_path: Path, scorer: TokenScorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest:swapped_model")
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest_runtimes:swapped_model")
     monkeypatch.setenv(SWAPPED_MODEL_ENV, str(requantized_smollm2(tmp_path)))
     result = await _run_one(tmp_path, scorer, timeout=120)
     assert isinstance(result, VerificationFailedTaskError), result
@@ -79,6 +79,6 @@ async def test_a_swapped_model_node_fails_verification(
 async def test_a_stalling_node_ends_in_a_timeout_not_a_verified_result(
     tmp_path: Path, scorer: TokenScorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest:stalling")
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest_runtimes:stalling")
     result = await _run_one(tmp_path, scorer, timeout=15)
     assert isinstance(result, TaskTimeoutError), result

@@ -69,5 +69,6 @@ def test_command_line_names_every_benchmark() -> None:
         "remote",
         "ipc",
         "grammar",
+        "kv_cache",
         "verification",
     }

@@ -16,7 +16,7 @@ from typing import Any
 import llama_cpp
 
 from models.progress import ProgressSnapshot, request_owner
-from models.requests import EmbeddingRequest, Generation, GenerationRequest
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
 from node.daemon.execution.protocol import MAX_FRAME_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
@@ -56,7 +56,7 @@ class Misbehaving:
     def progress(self) -> ProgressSnapshot | None:
         return self._model.progress()
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
         text = request.messages[-1].content or ""
         if SPIN in text:
             while True:
@@ -72,7 +72,7 @@ class Misbehaving:
             self._stall_decoding.add(request_owner.get() or "")
         elif STALL in text:
             self._stall_sampling.add(request_owner.get() or "")
-        return await self._model.generate(request)
+        return await self._model.generate(request, on_text)
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         return await self._model.embed(request)

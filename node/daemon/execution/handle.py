@@ -33,6 +33,7 @@ from node.daemon.execution.protocol import (
     ProtocolError,
     Ready,
     RunTask,
+    TaskDelta,
     TaskDone,
     TaskFailed,
     decode_from_child,
@@ -99,6 +100,7 @@ class ExecutionProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[TaskDone | TaskFailed]] = {}
+        self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
         self._exit: RuntimeExitError | None = None  # set by kill() before the process ends
@@ -171,12 +173,17 @@ class ExecutionProcess:
         log.info("execution process started", model=self.model, pid=self.pid, parallel=message.parallel)
         return message
 
-    async def run(self, request: RunTask) -> TaskDone | TaskFailed:
-        """Send a task and wait for its answer; RuntimeExitError if the process ends first."""
+    async def run(self, request: RunTask, on_delta: Callable[[str], None] | None = None) -> TaskDone | TaskFailed:
+        """Send a task and wait for its answer; RuntimeExitError if the process ends first.
+
+        `on_delta` gets the `delta` messages of a streaming request (`request.stream`), in order.
+        """
         if self._exit is not None or not self.alive:
             raise self._exit or RuntimeExitError("model runtime is not running", crash=False, cause="stopped")
         future: asyncio.Future[TaskDone | TaskFailed] = asyncio.get_running_loop().create_future()
         self._pending[request.task_id] = future
+        if on_delta is not None:
+            self._delta_sinks[request.task_id] = on_delta
         try:
             self._send(request)
             return await future
@@ -185,6 +192,7 @@ class ExecutionProcess:
             raise
         finally:
             self._pending.pop(request.task_id, None)
+            self._delta_sinks.pop(request.task_id, None)
 
     def has_task(self, task_id: str) -> bool:
         return task_id in self._pending
@@ -278,7 +286,14 @@ class ExecutionProcess:
         return self._exit
 
     def _dispatch(self, message: Message) -> None:
-        if isinstance(message, TaskDone | TaskFailed):
+        if isinstance(message, TaskDelta):
+            sink = self._delta_sinks.get(message.task_id)
+            if sink is not None:
+                try:
+                    sink(message.text)
+                except Exception:  # noqa: BLE001 - progress is best effort; the answer still comes
+                    log.exception("task delta not routed", task_id=message.task_id)
+        elif isinstance(message, TaskDone | TaskFailed):
             future = self._pending.get(message.task_id)
             if future is not None and not future.done():
                 future.set_result(message)

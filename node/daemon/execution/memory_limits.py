@@ -2,7 +2,7 @@
 
 What a model may hold is known once it is loaded: its file (mapped for generation
 and again by the embedding context), and its KV cache, `n_ctx` tokens per slot
-plus one embedding context, at the size the GGUF header gives per token (for a
+plus one embedding context, at the size the GGUF header gives per token and `kv_cache_type` (for a
 remote engine: its answers in flight, each up to the byte cap). The RSS
 limit is that with a margin (a quarter more, plus 512 MiB for the interpreter,
 compute buffers and the tasks' own memory; plus 1 GiB of driver memory with GPU
@@ -46,13 +46,13 @@ class MemoryLimits:
     address_space_mb: int | None
 
 
-def model_bytes(path: Path, kv_tokens: int, mappings: int) -> int:
-    """The file (`mappings` times) and a KV cache of `kv_tokens` tokens; the file size stands in
-    for a KV shape the header does not give."""
+def model_bytes(path: Path, kv_tokens: int, mappings: int, cache_type: str = "f16") -> int:
+    """The file (`mappings` times) and a KV cache of `kv_tokens` tokens of `cache_type`; the file
+    size stands in for a KV shape the header does not give."""
     size = path.stat().st_size
     vocab = open_vocab(path)
     try:
-        per_token = kv_bytes_per_token(vocab.metadata)
+        per_token = kv_bytes_per_token(vocab.metadata, cache_type)
     finally:
         vocab.close()
     return size * mappings + (per_token * kv_tokens if per_token is not None else size)
@@ -71,12 +71,12 @@ def footprint_bytes(settings: Settings, model: str, parallel: int) -> int:
     elif path is not None:
         # `parallel` slots of n_ctx, and the embedding context (one more n_ctx, another mapping).
         embeds_here = settings.embedding_model in (None, model)
-        total += model_bytes(path, settings.n_ctx * (parallel + embeds_here), 1 + embeds_here)
+        total += model_bytes(path, settings.n_ctx * (parallel + embeds_here), 1 + embeds_here, settings.kv_cache_type)
     if settings.embedding_model not in (None, model):
         embedding = registry.get(settings.embedding_model)
         embedding_path = None if embedding.is_remote else store.locate(embedding)
         if embedding_path is not None:
-            total += model_bytes(embedding_path, settings.n_ctx, 1)
+            total += model_bytes(embedding_path, settings.n_ctx, 1, settings.kv_cache_type)
     return total
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,15 +170,18 @@ class ExecutionPool:
         slot = self._slots.get(model)
         return slot.process if slot is not None and slot.ready.is_set() else None
 
-    async def run(self, model: str, request: RunTask) -> TaskDone | TaskFailed:
-        """Run on `model`'s process, waiting for it while it restarts (the caller bounds the wait)."""
+    async def run(
+        self, model: str, request: RunTask, on_delta: Callable[[str], None] | None = None
+    ) -> TaskDone | TaskFailed:
+        """Run on `model`'s process, waiting for it while it restarts (the caller bounds the wait);
+        `on_delta` gets a streaming request's text deltas."""
         slot = self._slots.get(model)
         if slot is None:
             raise ModelUnavailableError(f"model {model} is not served here")
         while True:
             await slot.ready.wait()
             if slot.process is not None and slot.process.alive:
-                return await slot.process.run(request)
+                return await slot.process.run(request, on_delta)
             await asyncio.sleep(0)  # exited after `ready` was set: the exit callback clears it
 
     def cancel(self, model: str, task_id: str, reason: str) -> bool:

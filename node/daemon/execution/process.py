@@ -30,6 +30,7 @@ from config.settings import Settings
 from models.progress import request_owner
 from models.requests import ModelError
 from models.tracing import GenerationTrace, generation_traces
+from node.daemon.execution.delta_coalescer import DeltaCoalescer
 from node.daemon.execution.memory_limits import memory_limits
 from node.daemon.execution.protocol import (
     MAX_FRAME_BYTES,
@@ -42,6 +43,7 @@ from node.daemon.execution.protocol import (
     Progress,
     Ready,
     RunTask,
+    TaskDelta,
     TaskDone,
     TaskFailed,
     decode_to_child,
@@ -165,6 +167,9 @@ class TaskHost:
             return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
         traces: list[GenerationTrace] | None = [] if request.proof else None
         generation_traces.set(traces)  # this task's context: the runtime records its generations
+        deltas = None
+        if request.stream:
+            deltas = DeltaCoalescer(lambda text: self._send(TaskDelta(task_id=request.task_id, text=text)))
         try:
             async with asyncio.timeout(remaining):
                 result = await run_workflow(
@@ -174,9 +179,13 @@ class TaskHost:
                     tools=self._tools,
                     options=self._options,
                     embedder=self._embedder,
+                    on_text=None if deltas is None else deltas.add,
                 )
         except TimeoutError:
             return TaskFailed(task_id=request.task_id, error="deadline passed while the task was running")
+        finally:
+            if deltas is not None:
+                deltas.close()  # the last delta goes before the answer
         return TaskDone(
             task_id=request.task_id,
             text=result.text,

@@ -3,7 +3,8 @@
 Every message is a pydantic model, sent as one line of JSON (JSON never holds a raw
 newline) over a Unix socketpair; `asyncio.StreamReader.readline` does the framing.
 Daemon -> child: configure (once, first), run, cancel, probe.
-Child -> daemon: ready or load_failed (once, answering configure), done or failed
+Child -> daemon: ready or load_failed (once, answering configure), delta (text of a
+streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
 stall watchdog reads it, see stall.py).
 """
@@ -40,6 +41,8 @@ class RunTask(Message):
     prompt: str | None = None
     deadline_ns: int
     proof: bool = False  # record every generation's trace (models/tracing.py) and return them in `done`
+    # Send `delta` messages with the text of the step whose generation is the result.
+    stream: bool = False
 
 
 class Cancel(Message):
@@ -77,6 +80,14 @@ class LoadFailed(Message):
     kind: Literal["load_failed"] = "load_failed"
     model: str
     error: str
+
+
+class TaskDelta(Message):
+    """More of a streaming run's result text (coalesced; the deltas concatenate to a prefix of it)."""
+
+    kind: Literal["delta"] = "delta"
+    task_id: str
+    text: str
 
 
 class TaskDone(Message):
@@ -120,7 +131,7 @@ class Pong(Message):
 
 
 ToChild = Annotated[Configure | RunTask | Cancel | Probe, Field(discriminator="kind")]
-FromChild = Annotated[Ready | LoadFailed | TaskDone | TaskFailed | Pong, Field(discriminator="kind")]
+FromChild = Annotated[Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong, Field(discriminator="kind")]
 _TO_CHILD: TypeAdapter[ToChild] = TypeAdapter(ToChild)
 _FROM_CHILD: TypeAdapter[FromChild] = TypeAdapter(FromChild)
 

@@ -23,6 +23,9 @@ def test_kv_bytes_per_token_from_smollm2s_header() -> None:
     try:
         # 30 layers x 3 KV heads x (64 + 64) dims x 2 bytes (f16)
         assert kv_bytes_per_token(vocab.metadata) == 30 * 3 * 128 * 2
+        # q8_0: blocks of 32 values in 34 bytes; q4_0: in 18 bytes
+        assert kv_bytes_per_token(vocab.metadata, "q8_0") == 30 * 3 * 128 * 34 // 32
+        assert kv_bytes_per_token(vocab.metadata, "q4_0") == 30 * 3 * 128 * 18 // 32
     finally:
         vocab.close()
 

@@ -194,7 +194,7 @@ async def test_stop_strings_deadline_and_max_tokens(model: BatchedLlamaModel) ->
     )
     slow = GenerationRequest(
         messages=[ChatMessage(role="user", content="Tell a long story.")],
-        max_tokens=500,
+        max_tokens=450,
         ignore_eos=True,
         deadline_seconds=0.3,
     )

@@ -106,7 +106,7 @@ async def test_json_schema_output_always_parses(model: BatchedLlamaModel, prompt
 
 
 async def test_cancelling_stops_generation_and_model_keeps_serving(model: BatchedLlamaModel) -> None:
-    task = asyncio.create_task(model.generate(ask("Tell a very long story.", max_tokens=2000, ignore_eos=True)))
+    task = asyncio.create_task(model.generate(ask("Tell a very long story.", max_tokens=900, ignore_eos=True)))
     await asyncio.sleep(0.3)
     assert not task.done()
     started = time.monotonic()
@@ -124,14 +124,14 @@ async def test_cancelling_stops_generation_and_model_keeps_serving(model: Batche
 async def test_timeout_from_asyncio_cancels_like_a_cancel(model: BatchedLlamaModel) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
-            await model.generate(ask("Tell a very long story.", max_tokens=2000, ignore_eos=True))
+            await model.generate(ask("Tell a very long story.", max_tokens=900, ignore_eos=True))
     assert (await model.generate(ask("Say hi.", max_tokens=4))).completion_tokens >= 1
 
 
 async def test_deadline_stops_a_request(model: BatchedLlamaModel) -> None:
     started = time.monotonic()
     with pytest.raises(DeadlineExceededError):
-        await model.generate(ask("Tell a long story.", max_tokens=2000, ignore_eos=True, deadline_seconds=0.3))
+        await model.generate(ask("Tell a long story.", max_tokens=900, ignore_eos=True, deadline_seconds=0.3))
     assert time.monotonic() - started < 1.5
 
 
@@ -139,6 +139,18 @@ async def test_context_overflow_fails_only_that_request(model: BatchedLlamaModel
     with pytest.raises(ContextOverflowError, match="1024-token context"):
         await model.generate(ask("word " * 1500, max_tokens=8))
     assert (await model.generate(ask("Say hi.", max_tokens=4))).text
+
+
+async def test_prompt_plus_max_tokens_fits_exactly_or_is_refused_before_it_runs(model: BatchedLlamaModel) -> None:
+    prompt = "word " * 980  # leaves room for a few generated tokens only
+    room = model.n_ctx - (await model.generate(ask(prompt, max_tokens=1))).prompt_tokens
+    evaluated = model.prompt_tokens_evaluated
+    with pytest.raises(ContextOverflowError) as refused:
+        await model.generate(ask(prompt, max_tokens=room + 1, ignore_eos=True))
+    assert f"plus max_tokens {room + 1} need {model.n_ctx + 1} tokens" in str(refused.value)
+    assert model.prompt_tokens_evaluated == evaluated  # refused before any decoding
+    whole = await model.generate(ask(prompt, max_tokens=room, ignore_eos=True))
+    assert whole.completion_tokens == room and whole.finish_reason == "length"  # not cut short
 
 
 async def test_invalid_json_schema_fails_only_that_request(model: BatchedLlamaModel) -> None:

@@ -99,6 +99,9 @@ async def test_progress_frames_reach_on_delta_and_the_result_extends_them() -> N
         deltas: list[str] = []
         result = await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=deltas.append)
     assert deltas == ["Hel", "lo"] and result.text == "Hello world" and result.node == peer.identity.address
+    measured = client.reputation.view(peer.identity.address)  # what the client saw of the node
+    assert (measured.answered, measured.errors, measured.peak) == (pytest.approx(1), 0, 1)
+    assert measured.mean_result_s is not None and measured.mean_result_s > 0
     assert peer.streamed == [True]  # `"stream": true` is sent only to a caller that takes deltas
 
 
@@ -107,6 +110,8 @@ async def test_a_result_that_contradicts_the_streamed_text_is_refused() -> None:
     async with client_of(peer) as client:
         with pytest.raises(TaskFailedError, match="does not match the text its node streamed"):
             await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=lambda _: None)
+    measured = client.reputation.view(peer.identity.address)
+    assert (measured.answered, measured.errors) == (0, pytest.approx(1))  # a mark on the node
 
 
 async def test_without_on_delta_the_task_does_not_ask_for_a_stream() -> None:

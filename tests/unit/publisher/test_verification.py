@@ -15,7 +15,7 @@ from models.scoring import TokenScorer
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, ResultVerifier, VerificationError, VerificationFailedError
 from node.wire.proof import Proof, ProofStep
-from tests.support.dishonest import FIXED_TEXT
+from tests.support.dishonest_runtimes import FIXED_TEXT
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 from tests.support.swapped_model import requantized_smollm2
 

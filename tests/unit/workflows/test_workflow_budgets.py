@@ -26,7 +26,14 @@ from tests.support.hostile_workflows import (
     many_tools_bomb,
     memory_only_loop,
 )
-from workflows import EngineOptions, LimitExceededError, WorkflowValidationError, parse_workflow, run_workflow
+from workflows import (
+    EngineOptions,
+    LimitExceededError,
+    Simple,
+    WorkflowValidationError,
+    parse_workflow,
+    run_workflow,
+)
 from workflows.errors import (
     INVALID_PROMPT,
     InvalidTaskError,
@@ -215,3 +222,16 @@ async def test_many_small_tools_cannot_make_a_grammar_bomb(model: BatchedLlamaMo
     ) as caught:
         await run_workflow(parse_workflow(many_tools_bomb()), model)
     assert public_error_text(caught.value).startswith("Invalid prompt: task 'g' failed: the tools together")
+
+
+async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(model: BatchedLlamaModel) -> None:
+    workflow = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx))
+    evaluated = model.prompt_tokens_evaluated
+    with pytest.raises(InvalidTaskError) as caught:
+        await run_workflow(workflow, model, options=EngineOptions(max_tokens_cap=None))
+    text = public_error_text(caught.value)
+    assert text.startswith(INVALID_PROMPT) and "does not fit the model's context: the prompt's " in text, text
+    assert f"plus max_tokens {model.n_ctx} need" in text and f"the {model.n_ctx}-token context" in text, text
+    assert model.prompt_tokens_evaluated == evaluated  # refused before it ran
+    fits = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx // 2))
+    assert (await run_workflow(fits, model, options=EngineOptions(max_tokens_cap=None))).text

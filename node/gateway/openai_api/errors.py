@@ -1,0 +1,68 @@
+"""Errors of the OpenAI routes: one exception type, OpenAI's status codes and error body.
+
+400 invalid_request_error  a request the network cannot run (incl. a node's `Invalid prompt: ...`)
+401 authentication_error   no or unknown API key
+404 invalid_request_error  model_not_found: no live node serves the model (or embeddings at all)
+429 rate_limit_exceeded    the key's rate or pending limit, or every node busy
+502 api_error              a node failed the task
+504 timeout                no result before the timeout
+"""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from node.gateway.openai_api.schemas import ErrorDetail, ErrorResponse
+from node.publisher.client import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
+from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout",
+}
+_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
+BUSY_REASON = "busy"  # how a node that declined for lack of capacity says so (DeclinedError reason prefix)
+
+
+class OpenAIError(Exception):
+    """A request that ends in an OpenAI error body with `status`."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, retry_after: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else _CODES.get(status)
+        self.retry_after = retry_after
+
+    @property
+    def body(self) -> ErrorResponse:
+        kind = _TYPES.get(self.status, "api_error")
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=kind, param=self.param, code=self.code))
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers)
+
+
+def from_client_error(exc: ClientError) -> OpenAIError:
+    """The OpenAI error for a task the network did not complete."""
+    if isinstance(exc, NoNodeError):
+        return OpenAIError(429, f"every node serving the model is busy: {exc}", code="nodes_busy", retry_after=5)
+    if isinstance(exc, TaskTimeoutError):
+        return OpenAIError(504, str(exc))
+    if isinstance(exc, TaskFailedError):
+        if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
+            return OpenAIError(400, exc.reason, code="invalid_prompt")
+        if exc.reason.startswith(BUSY_REASON):
+            return OpenAIError(429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy")
+        return OpenAIError(502, f"node {exc.node} failed the task: {exc.reason}", code="node_error")
+    return OpenAIError(502, str(exc), code="node_error")

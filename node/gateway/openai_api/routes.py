@@ -1,0 +1,119 @@
+"""The OpenAI routes on the gateway app, authenticated like `/v1/tasks` (Authorization: Bearer).
+
+    POST /v1/chat/completions  OpenAI's chat completion (or, with `stream`, its server-sent chunks)
+    GET  /v1/models            the models live nodes advertise, with node counts
+    POST /v1/embeddings        404: no node serves an embedding model
+
+Every error of these paths, the key check's and the body validation's included, is OpenAI's
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+# No `from __future__ import annotations`: FastAPI evaluates the route signatures.
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from node.gateway.openai_api.errors import OpenAIError
+from node.gateway.openai_api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    EmbeddingRequest,
+    ErrorResponse,
+    ModelList,
+)
+from node.gateway.openai_api.service import OpenAIService, usage_of
+from node.gateway.openai_api.stream import ChatStream, finish_reason
+from node.gateway.openai_api.translate import assistant_message
+
+PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[..., Awaitable[str]]) -> None:
+    """Add the OpenAI routes; `caller` is the app's key check and rate limit (a FastAPI dependency)."""
+    _route_errors(app)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+        tags=["openai"],
+    )
+    async def chat_completions(
+        request: ChatCompletionRequest, key: Annotated[str, Depends(caller)]
+    ) -> ChatCompletion | Response:
+        """A chat completion, run as a one-step workflow task by a node of the network."""
+        prepared = service.prepare(request)
+        if request.stream:
+            include_usage = request.stream_options is not None and request.stream_options.include_usage
+            return await ChatStream(service, key, prepared, request.model, include_usage).response()
+        result = await service.run(key, prepared)
+        usage = usage_of(result)
+        return ChatCompletion(
+            id=f"chatcmpl-{secrets.token_urlsafe(16)}",
+            created=int(time.time()),
+            model=result.model,
+            choices=[
+                Choice(
+                    message=assistant_message(result.text, prepared.tools),
+                    finish_reason=finish_reason(prepared.tools, usage.completion_tokens, prepared.max_tokens),
+                )
+            ],
+            usage=usage,
+            system_fingerprint=result.node,
+        )
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS, tags=["openai"])
+    async def models(key: Annotated[str, Depends(caller)]) -> ModelList:
+        """The models live nodes advertise (`nodes`: how many serve each)."""
+        return service.models()
+
+    @app.post("/v1/embeddings", responses=_ERRORS, tags=["openai"])
+    async def embeddings(request: EmbeddingRequest, key: Annotated[str, Depends(caller)]) -> Response:
+        """Not served: nodes run chat models only (their embedder is internal to workflows)."""
+        raise OpenAIError(
+            404,
+            f"embeddings are not served: no node of this network offers an embedding model ({request.model!r})",
+            "model",
+        )
+
+
+def _route_errors(app: FastAPI) -> None:
+    """OpenAI's error shape on the OpenAI paths; the app's own handlers elsewhere."""
+    http_handler: Handler = app.exception_handlers.get(HTTPException) or http_exception_handler
+    validation_handler: Handler | None = app.exception_handlers.get(RequestValidationError)
+
+    async def on_openai_error(request: Request, exc: OpenAIError) -> Response:
+        return exc.response()
+
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        if request.url.path not in PATHS:
+            return await http_handler(request, exc)
+        error = OpenAIError(exc.status_code, str(exc.detail))
+        response = error.response()
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path not in PATHS:
+            if validation_handler is None:
+                return JSONResponse({"detail": exc.errors()}, status_code=422)
+            return await validation_handler(request, exc)
+        first = exc.errors()[0]
+        loc = [part for part in first["loc"] if part not in ("body", "query", "path")]
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return OpenAIError(400, f"{param}: {message}" if param else message, param).response()
+
+    app.add_exception_handler(OpenAIError, on_openai_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]

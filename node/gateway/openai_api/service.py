@@ -1,0 +1,124 @@
+"""OpenAIService: runs chat completions on the network through the gateway's publisher Client.
+
+Each request is one `Client.execute` (the node chosen from heartbeats, retried on busy or
+failure), counted against the same pending caps as `/v1/tasks` while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from node.gateway.openai_api.errors import OpenAIError, from_client_error
+from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
+from node.gateway.openai_api.translate import uses_tools, workflow_for
+from node.gateway.service import GatewayService, TooManyPendingError, check_pending
+from node.gateway.settings import GatewaySettings
+from node.publisher.client import ClientError, Task, TaskResult
+
+log = structlog.get_logger(__name__)
+
+PENDING_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request translated and checked, ready to run."""
+
+    task: Task
+    tools: bool
+    timeout: float
+    max_tokens: int | None
+
+
+def usage_of(result: TaskResult) -> Usage:
+    """Token counts from the result's stats (extra fields `promptTokens`, `completionTokens`)."""
+    extra = result.stats.model_extra or {}
+    prompt, completion = int(extra.get("promptTokens", 0) or 0), int(extra.get("completionTokens", 0) or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class OpenAIService:
+    """The network behind the OpenAI routes."""
+
+    def __init__(self, gateway: GatewayService, settings: GatewaySettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self._running: Counter[str] = Counter()  # key id -> chat completions in flight
+
+    def models(self) -> ModelList:
+        """The models live nodes advertise, with how many nodes serve each."""
+        counts: Counter[str] = Counter()
+        newest: dict[str, float] = {}
+        for node in self.gateway.nodes():
+            for model in dict.fromkeys(node.models):
+                counts[model] += 1
+                newest[model] = max(newest.get(model, 0.0), node.last_seen)
+        return ModelList(
+            data=[ModelCard(id=m, created=int(newest[m]), nodes=counts[m]) for m in sorted(counts)],
+        )
+
+    def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model."""
+        timeout = self.settings.default_timeout
+        workflow = workflow_for(request, timeout)
+        if not any(node.serves([request.model]) for node in self.gateway.nodes()):
+            raise OpenAIError(
+                404, f"the model {request.model!r} is not served by any live node (see GET /v1/models)", "model"
+            )
+        return Prepared(
+            task=Task(workflow=workflow, models=[request.model]),
+            tools=uses_tools(workflow),
+            timeout=timeout,
+            max_tokens=request.max_completion_tokens or request.max_tokens,
+        )
+
+    @contextmanager
+    def _slot(self, key: str) -> Iterator[None]:
+        store = self.gateway.store
+        try:
+            check_pending(
+                store.pending_count(key) + self._running[key],
+                store.pending_count() + self._running.total() if self.settings.max_pending_total is not None else 0,
+                1,
+                self.settings.max_pending,
+                self.settings.max_pending_total,
+            )
+        except TooManyPendingError as exc:
+            raise OpenAIError(429, str(exc), retry_after=PENDING_RETRY_AFTER) from None
+        self._running[key] += 1
+        try:
+            yield
+        finally:
+            self._running[key] -= 1
+            if self._running[key] <= 0:
+                del self._running[key]
+
+    async def run(self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None = None) -> TaskResult:
+        """Execute the task on the network; OpenAIError when it does not complete."""
+        with self._slot(key):
+            started = time.monotonic()
+            try:
+                result = await self.gateway.client.execute(prepared.task, prepared.timeout, on_delta=on_delta)
+            except ClientError as exc:
+                error = from_client_error(exc)
+                log.info("chat completion failed", key_id=key, status=error.status, error=error.message)
+                raise error from None
+            log.info(
+                "chat completion done",
+                key_id=key,
+                task_id=result.task_id,
+                node=result.node,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            return result
+
+    def start(self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None) -> asyncio.Task[TaskResult]:
+        """`run` in its own task (for streaming: the deltas arrive while it runs)."""
+        return asyncio.create_task(self.run(key, prepared, on_delta), name="openai-chat")

@@ -1,0 +1,178 @@
+"""A chat completion request as a one-step workflow, and the step's result as OpenAI's message.
+
+The engine's messages have the roles system, user and assistant. A `developer` message
+is a system message; an assistant's tool calls are written as the JSON call the engine's
+models produce (`{"name", "arguments"}`); a `tool` message becomes a user message that
+names the call it answers. `tools` make the step `function_calling_raw` (the model's call
+is returned, never executed); `response_format` becomes the step's `schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from typing import Any
+
+from node.gateway.openai_api.errors import OpenAIError
+from node.gateway.openai_api.schemas import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCall,
+    NamedToolChoice,
+    ToolCall,
+)
+from workflows import WorkflowValidationError, parse_workflow
+
+STEP_ID = "chat"
+RESULT_KEY = "answer"
+
+
+def _text(message: ChatMessage, index: int) -> str:
+    """A message's content as text; only text parts can be run."""
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    texts: list[str] = []
+    for part in message.content:
+        if part.type != "text" or part.text is None:
+            raise OpenAIError(400, f"content parts of type {part.type!r} are not supported", f"messages[{index}]")
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def _call_json(call: ToolCall, index: int) -> str:
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        raise OpenAIError(400, "tool call arguments are not JSON", f"messages[{index}].tool_calls") from None
+    return json.dumps({"name": call.function.name, "arguments": arguments}, separators=(",", ":"))
+
+
+def engine_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The conversation in the engine's roles (see the module doc)."""
+    calls: dict[str, str] = {}  # tool call id -> function name
+    result: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        text = _text(message, index)
+        if message.role in ("system", "developer"):
+            result.append({"role": "system", "content": text})
+        elif message.role == "user":
+            result.append({"role": "user", "content": text})
+        elif message.role == "assistant":
+            parts = [text] if text else []
+            for call in message.tool_calls or []:
+                calls[call.id] = call.function.name
+                parts.append(_call_json(call, index))
+            result.append({"role": "assistant", "content": "\n".join(parts)})
+        else:  # tool
+            if not message.tool_call_id:
+                raise OpenAIError(400, "a tool message needs tool_call_id", f"messages[{index}].tool_call_id")
+            name = calls.get(message.tool_call_id, message.name or "the tool")
+            result.append({"role": "user", "content": f"Result of {name} (call {message.tool_call_id}):\n{text}"})
+    return result
+
+
+def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+    if request.n not in (None, 1):
+        raise OpenAIError(400, "only n=1 is supported", "n")
+    if request.stop:
+        raise OpenAIError(400, "stop sequences are not supported by the network's workflow engine", "stop")
+    if request.logprobs:
+        raise OpenAIError(400, "logprobs are not supported", "logprobs")
+
+
+def _tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The custom tools of a `function_calling_raw` step, or None for a plain generation."""
+    if not request.tools or request.tool_choice == "none":
+        return None
+    if request.response_format is not None and request.response_format.type != "text":
+        raise OpenAIError(400, "tools and a JSON response_format cannot be combined", "response_format")
+    tools = request.tools
+    if isinstance(request.tool_choice, NamedToolChoice):
+        wanted = request.tool_choice.function.name
+        tools = [t for t in tools if t.function.name == wanted]
+        if not tools:
+            raise OpenAIError(400, f"tool_choice names {wanted!r}, which is not in tools", "tool_choice")
+    return [
+        {
+            "name": t.function.name,
+            "description": t.function.description,
+            "mode": "custom",
+            "parameters": t.function.parameters or {"type": "object", "properties": {}},
+        }
+        for t in tools
+    ]
+
+
+def _schema(request: ChatCompletionRequest) -> str | None:
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json.dumps({"type": "object"})
+    if fmt.json_schema is None:
+        raise OpenAIError(400, "response_format of type json_schema needs json_schema", "response_format")
+    return json.dumps(fmt.json_schema.schema_)
+
+
+def workflow_for(request: ChatCompletionRequest, timeout: float) -> dict[str, Any]:
+    """The one-step workflow that answers `request`, validated as nodes validate it (400 if not)."""
+    _refuse_unsupported(request)
+    tools = _tools(request)
+    step: dict[str, Any] = {
+        "id": STEP_ID,
+        "name": "Chat",
+        "description": "chat completion",
+        "messages": engine_messages(request.messages),
+        "operator": "function_calling_raw" if tools else "generation",
+        "outputs": [{"type": "write", "key": RESULT_KEY, "value": "__result"}],
+    }
+    if (schema := _schema(request)) is not None:
+        step["schema"] = schema
+    config: dict[str, Any] = {"max_steps": 2, "max_time": max(math.ceil(timeout), 1), "tools": []}
+    if tools:
+        config["custom_tools"] = tools
+    if (max_tokens := request.max_completion_tokens or request.max_tokens) is not None:
+        config["max_tokens"] = max_tokens
+    workflow = {
+        "config": config,
+        "tasks": [step, {"id": "_end", "name": "End", "description": "", "messages": [], "operator": "end"}],
+        "steps": [{"source": STEP_ID, "target": "_end"}],
+        "return_value": {"input": {"type": "read", "key": RESULT_KEY}},
+    }
+    try:
+        parse_workflow(workflow)
+    except WorkflowValidationError as exc:
+        raise OpenAIError(400, f"the request cannot run on the network: {exc}", _param_of(str(exc))) from None
+    return workflow
+
+
+def _param_of(message: str) -> str | None:
+    if "schema" in message:
+        return "response_format"
+    if "custom_tools" in message:
+        return "tools"
+    return None
+
+
+def uses_tools(workflow: dict[str, Any]) -> bool:
+    return bool(workflow["tasks"][0]["operator"] == "function_calling_raw")
+
+
+def assistant_message(text: str, tools: bool) -> AssistantMessage:
+    """The answer as OpenAI's message: the text, or with tools the call the model made."""
+    if not tools:
+        return AssistantMessage(content=text)
+    try:
+        call = json.loads(text)
+        name, arguments = call["name"], call["arguments"]
+    except (ValueError, KeyError, TypeError):
+        raise OpenAIError(502, "the node's tool call is not a JSON object with name and arguments") from None
+    arguments_json = json.dumps(arguments, separators=(",", ":"))
+    tool_call = ToolCall(
+        id=f"call_{secrets.token_urlsafe(12)}", function=FunctionCall(name=str(name), arguments=arguments_json)
+    )
+    return AssistantMessage(content=None, tool_calls=[tool_call])

@@ -1,0 +1,349 @@
+"""What this publisher measured of each node, by address, and the choice weight that follows from it.
+
+Heartbeats are claims; this table holds what the nodes did for us: answered, error, timeout and
+busy (declined) counts, time to result, tokens per second, verification passes and failures. A
+node's weight (`weight`) is
+
+    success x speed x capacity x penalty
+
+- success: Beta posterior mean, (answered + a) / (answered + failures + a + b), where failures =
+  errors + timeouts + busy_weight x busy. A node never seen starts at a / (a + b) (0.5), so it is tried.
+- speed: tokens of its results per second of time to result on our clock, shrunk toward a
+  conservative prior (prior_tps for prior_seconds; lower if the node itself claims less), never the claim.
+- capacity: its claimed `free`, capped at one more than the most tasks of ours it was seen serving at once.
+- penalty: when its claimed tps exceeds claim_tolerance x the tps its own stats show
+  (completion tokens / execution time), tolerance x measured / claimed, floored at min_penalty.
+
+Counts and sums decay with `half_life_s`. A failed verification bans the node for `verify_ban_seconds`
+(`record_verification`). Rows live in SQLite (`path`; in memory when None), at most `max_rows`:
+the stalest unbanned rows go first. A storage error is logged and the table keeps working in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel, Field
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS reputation (address TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL)"
+DECAYED = ("answered", "errors", "timeouts", "busy", "tokens", "result_seconds", "exec_seconds")
+
+
+class ReputationSettings(BaseModel):
+    """How measurements turn into weights."""
+
+    half_life_s: float = Field(default=3600.0, gt=0, description="Seconds for a measurement to count half")
+    prior_successes: float = Field(default=1.0, gt=0, description="Beta prior a: pseudo-answers of an unseen node")
+    prior_failures: float = Field(default=1.0, gt=0, description="Beta prior b: pseudo-failures of an unseen node")
+    busy_weight: float = Field(default=0.5, ge=0, description="A decline counts as this much of a failure")
+    prior_tps: float = Field(default=10.0, gt=0, description="Speed assumed of an unmeasured node (tokens/s)")
+    prior_seconds: float = Field(default=5.0, gt=0, description="How many seconds of service the prior speed weighs")
+    claim_tolerance: float = Field(
+        default=10.0, ge=1, description="Claimed tps may exceed measured tps this much (stats include prompt time)"
+    )
+    min_penalty: float = Field(default=0.02, gt=0, le=1, description="Floor of the claim penalty factor")
+    min_exec_seconds: float = Field(
+        default=0.5, gt=0, description="Execution seconds measured before a claim is judged"
+    )
+    verify_ban_seconds: float = Field(default=7 * 86400.0, ge=0, description="A failed verification bans this long")
+    max_rows: int = Field(default=10_000, ge=1, description="Nodes remembered at most")
+
+
+class NodeRecord(BaseModel):
+    """The decayed measurements of one node (sums as of `updated_at`)."""
+
+    address: str
+    answered: float = 0.0
+    errors: float = 0.0
+    timeouts: float = 0.0
+    busy: float = 0.0
+    tokens: float = 0.0  # completion tokens of its results (at most their size in bytes)
+    result_seconds: float = 0.0  # time to result on our clock, summed over answered tasks
+    exec_seconds: float = 0.0  # execution time its stats report, summed (at most the time to result)
+    claimed_tps: float = 0.0  # the last claim seen for a result's model
+    peak: int = 0  # the most of our tasks it answered while that many were in flight at once
+    verify_passed: int = 0
+    verify_failed: int = 0
+    banned_until: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """A record's decayed sums at one moment (cheap to make: node choice makes one per candidate)."""
+
+    answered: float = 0.0
+    errors: float = 0.0
+    timeouts: float = 0.0
+    busy: float = 0.0
+    tokens: float = 0.0
+    result_seconds: float = 0.0
+    exec_seconds: float = 0.0
+
+
+NOTHING_MEASURED = Sums()
+
+
+class ReputationView(BaseModel):
+    """One node's reputation as shown to people (CLI, gateway)."""
+
+    address: str
+    answered: float
+    errors: float
+    timeouts: float
+    busy: float
+    mean_result_s: float | None = Field(description="Mean time to result (s)")
+    measured_tps: float | None = Field(description="Completion tokens per second of execution, from its stats")
+    service_tps: float = Field(description="Speed estimate used for choice (prior included)")
+    claimed_tps: float
+    success: float = Field(description="Beta posterior mean of answering")
+    penalty: float = Field(description="Factor for claiming more than measured (1: none)")
+    peak: int
+    verify_passed: int
+    verify_failed: int
+    banned_until: float | None
+    score: float = Field(description="success x speed x penalty (the weight before capacity; 0 while banned)")
+
+
+class Reputation:
+    """Measured service per node, kept in SQLite at `path` (in memory when None)."""
+
+    def __init__(self, path: Path | str | None = None, settings: ReputationSettings | None = None) -> None:
+        self.settings = settings or ReputationSettings()
+        self._rows: dict[str, NodeRecord] = {}
+        self._inflight: dict[str, int] = {}
+        self._db: sqlite3.Connection | None = None
+        try:
+            if path is not None:
+                Path(path).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(":memory:" if path is None else str(Path(path).expanduser()), timeout=5)
+            self._db.execute("PRAGMA journal_mode=WAL")  # a commit per measurement must stay cheap
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA)
+            self._db.commit()
+            for (text,) in self._db.execute("SELECT record FROM reputation ORDER BY updated_at DESC"):
+                record = NodeRecord.model_validate_json(text)
+                if len(self._rows) < self.settings.max_rows:
+                    self._rows[record.address] = record
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            log.warning("reputation store unavailable; keeping it in memory", path=str(path), error=str(exc))
+            self._db = None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- measurements ------------------------------------------------------------------------------
+
+    def started(self, address: str) -> None:
+        """One of our tasks is now in flight at `address`."""
+        self._inflight[address] = self._inflight.get(address, 0) + 1
+
+    def finished(self, address: str) -> None:
+        """One of our tasks at `address` is no longer in flight (answered or given up)."""
+        left = self._inflight.get(address, 0) - 1
+        if left > 0:
+            self._inflight[address] = left
+        else:
+            self._inflight.pop(address, None)
+
+    def record_result(
+        self,
+        address: str,
+        result_seconds: float,
+        tokens: int,
+        exec_seconds: float,
+        claimed_tps: float,
+        now: float | None = None,
+    ) -> None:
+        """A result arrived `result_seconds` after sending; its stats say `tokens` in `exec_seconds`."""
+        record = self._touch(address, now)
+        result_seconds = max(result_seconds, 0.0)
+        record.answered += 1
+        record.tokens += max(tokens, 0)
+        record.result_seconds += result_seconds
+        record.exec_seconds += min(max(exec_seconds, 0.0), result_seconds)  # it cannot have worked longer
+        if math.isfinite(claimed_tps) and claimed_tps >= 0:
+            record.claimed_tps = claimed_tps
+        record.peak = max(record.peak, self._inflight.get(address, 1))
+        self._save(record)
+
+    def record_error(self, address: str, now: float | None = None) -> None:
+        """It returned a (retryable) error, or its stream ended without a result."""
+        record = self._touch(address, now)
+        record.errors += 1
+        self._save(record)
+
+    def record_timeout(self, address: str, now: float | None = None) -> None:
+        """It took a task and gave no result in time."""
+        record = self._touch(address, now)
+        record.timeouts += 1
+        self._save(record)
+
+    def record_busy(self, address: str, now: float | None = None) -> None:
+        """It declined a task (busy, ignored, or no answer), though its heartbeat made it a candidate."""
+        record = self._touch(address, now)
+        record.busy += 1
+        self._save(record)
+
+    def record_verification(self, node_address: str, passed: bool, now: float | None = None) -> None:
+        """A verifier checked one of its results; a failure bans it for `verify_ban_seconds`."""
+        now = time.time() if now is None else now
+        record = self._touch(node_address, now)
+        if passed:
+            record.verify_passed += 1
+        else:
+            record.verify_failed += 1
+            record.banned_until = max(record.banned_until, now + self.settings.verify_ban_seconds)
+        self._save(record)
+
+    # -- judgement ---------------------------------------------------------------------------------
+
+    def banned(self, address: str, now: float | None = None) -> bool:
+        record = self._rows.get(address)
+        return record is not None and record.banned_until > (time.time() if now is None else now)
+
+    def weight(self, address: str, claimed_free: int, claimed_tps: float, now: float | None = None) -> float:
+        """The choice weight of a live node that claims `claimed_free` places and `claimed_tps`; 0 when banned."""
+        now = time.time() if now is None else now
+        record = self._rows.get(address)
+        if record is None:
+            return self._score(NOTHING_MEASURED, claimed_tps) * min(max(claimed_free, 0), 1)
+        if record.banned_until > now:
+            return 0.0
+        capacity = min(max(claimed_free, 0), record.peak + 1)
+        return self._score(self._sums(record, now), claimed_tps) * capacity
+
+    def view(self, address: str, now: float | None = None) -> ReputationView:
+        """What is known of `address` (the prior when nothing is)."""
+        now = time.time() if now is None else now
+        record = self._rows.get(address) or NodeRecord(address=address, updated_at=now)
+        sums = self._sums(record, now)
+        return ReputationView(
+            address=address,
+            answered=round(sums.answered, 3),
+            errors=round(sums.errors, 3),
+            timeouts=round(sums.timeouts, 3),
+            busy=round(sums.busy, 3),
+            mean_result_s=sums.result_seconds / sums.answered if sums.answered > 0 else None,
+            measured_tps=self._measured_tps(sums),
+            service_tps=self._speed(sums, record.claimed_tps),
+            claimed_tps=record.claimed_tps,
+            success=self._success(sums),
+            penalty=self._penalty(sums, record.claimed_tps),
+            peak=record.peak,
+            verify_passed=record.verify_passed,
+            verify_failed=record.verify_failed,
+            banned_until=record.banned_until if record.banned_until > now else None,
+            score=0.0 if record.banned_until > now else self._score(sums, record.claimed_tps),
+        )
+
+    def views(self, now: float | None = None) -> list[ReputationView]:
+        """Every remembered node, best score first."""
+        return sorted((self.view(a, now) for a in self._rows), key=lambda v: (-v.score, v.address))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _score(self, record: Sums, claimed_tps: float) -> float:
+        return self._success(record) * self._speed(record, claimed_tps) * self._penalty(record, claimed_tps)
+
+    def _success(self, record: Sums) -> float:
+        s = self.settings
+        failures = record.errors + record.timeouts + s.busy_weight * record.busy
+        return (record.answered + s.prior_successes) / (
+            record.answered + failures + s.prior_successes + s.prior_failures
+        )
+
+    def _speed(self, record: Sums, claimed_tps: float) -> float:
+        s = self.settings
+        prior = min(s.prior_tps, claimed_tps) if claimed_tps > 0 else s.prior_tps
+        return (record.tokens + prior * s.prior_seconds) / (record.result_seconds + s.prior_seconds)
+
+    def _measured_tps(self, record: Sums) -> float | None:
+        if record.exec_seconds < self.settings.min_exec_seconds:
+            return None
+        return record.tokens / record.exec_seconds
+
+    def _penalty(self, record: Sums, claimed_tps: float) -> float:
+        measured = self._measured_tps(record)
+        if measured is None or claimed_tps <= 0:
+            return 1.0
+        s = self.settings
+        return min(1.0, max(s.min_penalty, s.claim_tolerance * measured / claimed_tps))
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def _sums(self, record: NodeRecord, now: float) -> Sums:
+        factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)
+        r = record
+        return Sums(
+            r.answered * factor,
+            r.errors * factor,
+            r.timeouts * factor,
+            r.busy * factor,
+            r.tokens * factor,
+            r.result_seconds * factor,
+            r.exec_seconds * factor,
+        )
+
+    def _decayed(self, address: str, now: float) -> NodeRecord:
+        record = self._rows.get(address)
+        if record is None:
+            return NodeRecord(address=address, updated_at=now)
+        factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)
+        return record.model_copy(
+            update={name: getattr(record, name) * factor for name in DECAYED} | {"updated_at": now}
+        )
+
+    def _touch(self, address: str, now: float | None) -> NodeRecord:
+        """The node's row, decayed to now, held (making room for it when it is new)."""
+        now = time.time() if now is None else now
+        if address not in self._rows:
+            self._make_room(now)
+        record = self._decayed(address, now)
+        self._rows[address] = record
+        return record
+
+    def _make_room(self, now: float) -> None:
+        while len(self._rows) >= self.settings.max_rows:
+            # The stalest row that is not a ban goes first (evicting a ban would lift it).
+            unbanned = [r for r in self._rows.values() if r.banned_until <= now] or list(self._rows.values())
+            victim = min(unbanned, key=lambda r: r.updated_at).address
+            del self._rows[victim]
+            self._write("DELETE FROM reputation WHERE address = ?", (victim,))
+
+    def _save(self, record: NodeRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO reputation (address, record, updated_at) VALUES (?, ?, ?)",
+            (record.address, record.model_dump_json(), record.updated_at),
+        )
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute(sql, params)
+            self._db.commit()
+        except sqlite3.Error as exc:
+            log.warning("reputation not saved", error=str(exc))
+
+
+def read_views(path: Path | str) -> list[ReputationView]:
+    """The reputation table stored at `path`, for `compute-node nodes` (empty when there is none)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return []
+    table = Reputation(path)
+    try:
+        return table.views()
+    finally:
+        table.close()

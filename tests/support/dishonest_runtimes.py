@@ -1,0 +1,95 @@
+"""Dishonest model runtimes for verification tests (COMPUTE_NODE_TEST_EXEC_WRAPPER=tests.support.dishonest_runtimes:NAME).
+
+Each wraps the real loaded model of a real node's execution process, so the node, its
+heartbeats and its result envelopes are all genuine; only the work is not:
+  - `fixed_string`: answers every generation at once with the same text, no model run;
+  - `swapped_model`: generates with another GGUF (SWAPPED_MODEL_ENV, e.g. SmolLM2 requantized)
+    under the claimed model's name, its traces (its own log-probabilities) included;
+  - `stalling`: takes every generation and never finishes it (the task ends at its deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from models.batching import BatchedLlamaModel
+from models.options import RuntimeOptions
+from models.progress import ProgressSnapshot
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
+
+FIXED_TEXT = "Thank you for your question. The answer is simple and clear."
+SWAPPED_MODEL_ENV = "COMPUTE_NODE_TEST_SWAPPED_MODEL"
+
+
+class _Wrapped:
+    """The real model's bookkeeping (slots, progress, embeddings); generation is the subclass's."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.name = model.name
+
+    @property
+    def parallel(self) -> int:
+        return int(self._model.parallel)
+
+    @property
+    def slots_free(self) -> int:
+        return int(self._model.slots_free)
+
+    @property
+    def queued(self) -> int:
+        return int(self._model.queued)
+
+    def progress(self) -> ProgressSnapshot | None:
+        return self._model.progress()  # type: ignore[no-any-return]
+
+    async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
+        return await self._model.embed(request)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._model.close()
+
+
+class FixedString(_Wrapped):
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        return Generation(text=FIXED_TEXT, finish_reason="stop", prompt_tokens=1, completion_tokens=12)
+
+
+class SwappedModel(_Wrapped):
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._swapped: BatchedLlamaModel | None = None
+        self._lock = asyncio.Lock()
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        async with self._lock:
+            if self._swapped is None:
+                path = Path(os.environ[SWAPPED_MODEL_ENV])
+                self._swapped = await BatchedLlamaModel.load(self.name, path, RuntimeOptions(n_threads=1), parallel=1)
+        return await self._swapped.generate(request, on_text)
+
+    async def close(self) -> None:
+        if self._swapped is not None:
+            await self._swapped.close()
+        await super().close()
+
+
+class Stalling(_Wrapped):
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        await asyncio.Event().wait()  # never set: cancelled at the task's deadline
+        raise AssertionError("unreachable")
+
+
+def fixed_string(model: Any) -> FixedString:
+    return FixedString(model)
+
+
+def swapped_model(model: Any) -> SwappedModel:
+    return SwappedModel(model)
+
+
+def stalling(model: Any) -> Stalling:
+    return Stalling(model)

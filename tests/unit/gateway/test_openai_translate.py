@@ -1,0 +1,142 @@
+"""The OpenAI adapter's translation: chat requests as one-step workflows the engine accepts,
+answers as OpenAI messages, and the network's failures as OpenAI's status codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from node.gateway.openai_api.errors import OpenAIError, from_client_error
+from node.gateway.openai_api.schemas import ChatCompletionRequest
+from node.gateway.openai_api.stream import StreamMismatchError, rest_of
+from node.gateway.openai_api.translate import assistant_message, engine_messages, workflow_for
+from node.publisher.client import NoNodeError, TaskFailedError, TaskTimeoutError
+from workflows import parse_workflow
+
+TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def request(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
+
+
+def step_of(workflow: dict[str, Any]) -> dict[str, Any]:
+    parse_workflow(workflow)  # what a node will accept
+    return dict(workflow["tasks"][0])
+
+
+def test_a_plain_request_is_one_generation_step_with_its_token_budget() -> None:
+    step = step_of(workflow_for(request(max_tokens=7), 30))
+    assert step["operator"] == "generation"
+    assert step["messages"] == [{"role": "user", "content": "hi"}]
+    assert "schema" not in step
+    assert workflow_for(request(max_completion_tokens=9), 30)["config"]["max_tokens"] == 9
+
+
+def test_braces_in_messages_stay_literal() -> None:
+    # No inputs are declared, so `{name}` in a user's text is never a placeholder.
+    step = step_of(workflow_for(request(messages=[{"role": "user", "content": "{{__input}} {x}"}]), 30))
+    assert step["messages"][0]["content"] == "{{__input}} {x}"
+    assert step.get("inputs") is None
+
+
+def test_roles_the_engine_lacks_are_translated() -> None:
+    messages = request(
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"X"}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ]
+    ).messages
+    assert engine_messages(messages) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": '{"name":"get_weather","arguments":{"city":"X"}}'},
+        {"role": "user", "content": "Result of get_weather (call c1):\nsunny"},
+    ]
+
+
+def test_response_formats_become_the_steps_schema() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    assert json.loads(step_of(workflow_for(request(response_format=fmt), 30))["schema"]) == schema
+    plain = step_of(workflow_for(request(response_format={"type": "json_object"}), 30))
+    assert json.loads(plain["schema"]) == {"type": "object"}
+
+
+def test_tools_make_a_raw_function_call_step_unless_none() -> None:
+    workflow = workflow_for(request(tools=[TOOL]), 30)
+    assert step_of(workflow)["operator"] == "function_calling_raw"
+    assert [t["name"] for t in workflow["config"]["custom_tools"]] == ["get_weather"]
+    assert step_of(workflow_for(request(tools=[TOOL], tool_choice="none"), 30))["operator"] == "generation"
+    with pytest.raises(OpenAIError) as caught:
+        workflow_for(request(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "other"}}), 30)
+    assert caught.value.status == 400 and caught.value.param == "tool_choice"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"stop": ["\n"]}, "stop"),
+        ({"logprobs": True}, "logprobs"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0]"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}, None),
+    ],
+)
+def test_what_the_network_cannot_run_is_a_400_naming_the_field(fields: dict[str, Any], param: str | None) -> None:
+    with pytest.raises(OpenAIError) as caught:
+        workflow_for(request(**fields), 30)
+    assert caught.value.status == 400
+    if param is not None:
+        assert caught.value.param == param
+    assert caught.value.body.error.type == "invalid_request_error"
+
+
+def test_a_tool_call_result_becomes_tool_calls() -> None:
+    message = assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', tools=True)
+    assert message.content is None
+    [call] = message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Izmir"}
+    with pytest.raises(OpenAIError) as caught:
+        assistant_message("not a call", tools=True)
+    assert caught.value.status == 502
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (TaskFailedError("t", "Invalid prompt: no message", "0xab"), 400, "invalid_prompt"),
+        (TaskFailedError("t", "busy: model m has 1 running and 8 queued tasks", "0xab"), 429, "nodes_busy"),
+        (NoNodeError(5, ["m"], 2), 429, "nodes_busy"),
+        (TaskTimeoutError("t", 5), 504, "timeout"),
+        (TaskFailedError("t", "model error: out of memory", "0xab"), 502, "node_error"),
+    ],
+)
+def test_network_failures_map_to_openai_status_codes(error: Exception, status: int, code: str) -> None:
+    mapped = from_client_error(error)  # type: ignore[arg-type]
+    assert (mapped.status, mapped.code) == (status, code)
+    assert set(mapped.body.model_dump()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_stream_ends_with_the_rest_of_the_signed_result_or_fails() -> None:
+    assert rest_of("Hello, wo", "Hello, world!") == "rld!"
+    assert rest_of("", "Hi") == "Hi"
+    assert rest_of("Hi", "Hi") == ""
+    with pytest.raises(StreamMismatchError):
+        rest_of("Hello, ma", "Hello, world!")  # a node (or a retry) streamed text the signed result lacks
