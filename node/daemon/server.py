@@ -177,7 +177,7 @@ class NodeServer:
         log.info(
             "http endpoint",
             url=f"http://{settings.http_host}:{self.http.port}",
-            paths=["/metrics", "/healthz", "/status"],
+            paths=["/", "/metrics", "/healthz", "/status"],
         )
 
     def _announce_ready(self, identity: Identity, host: P2PHost, models: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The node's local HTTP endpoint: ``/metrics``, ``/healthz`` and ``/status``.
+"""The node's local HTTP endpoint: the status page at ``/``, ``/metrics``, ``/healthz`` and ``/status``.
 
 ``create_app`` builds the FastAPI app from three callables the daemon provides;
 ``HttpServer`` runs it with uvicorn as a task inside the daemon's own asyncio
@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from importlib import resources
 from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from node.ops.metrics import NodeMetrics
@@ -28,6 +29,17 @@ log = structlog.get_logger(__name__)
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 STATUS_PATH = "/status"
+PAGE_PATH = "/"
+# The page loads nothing from elsewhere and runs only its own inline script, which may read /status only.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def status_page() -> str:
+    """The self-contained status page (HTML with inline CSS and JS) shipped as package data."""
+    return resources.files("node.ops").joinpath("status_page.html").read_text(encoding="utf-8")
 
 
 class HealthReport(BaseModel):
@@ -55,6 +67,11 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving metrics, health and status of one node."""
     app = FastAPI(title="compute-node", docs_url=None, redoc_url=None, openapi_url=None)
+    page = status_page()
+
+    @app.get(PAGE_PATH)
+    async def get_page() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
 
     @app.get(METRICS_PATH)
     async def get_metrics() -> Response:
