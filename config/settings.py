@@ -162,11 +162,33 @@ class Settings(LayeredSettings):
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
     )
     exec_crash_window: float = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
+    ledger_days: float = Field(default=30.0, gt=0, description="Days the ledger keeps a finished task's row")
+    ledger_max_rows: int = Field(
+        default=200_000, ge=1000, description="Rows the ledger keeps at most (the oldest go first), whoever sent them"
+    )
+    idle_only: bool = Field(
+        default=False, description="Pause by itself while other processes keep the machine busy; resume when they stop"
+    )
+    idle_cpu_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="idle_only: pause while other processes use more than this share of all CPUs",
+    )
+    idle_gpu_threshold: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="idle_only: pause while other processes keep a GPU busier than this (where nvidia-smi exists)",
+    )
+    idle_check_interval: float = Field(
+        default=5.0, gt=0, description="idle_only: seconds over which the machine's load is measured"
+    )
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
     startup_grace: float = Field(
         default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start"
     )
-    http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
+    http_enabled: bool = Field(default=True, description="Serve the status page (/), /metrics, /healthz and /status")
     http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")
     http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
@@ -213,3 +235,7 @@ class Settings(LayeredSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"

@@ -12,6 +12,7 @@ from typing import Any
 from config.settings import ConfigError, Settings
 from node.cli.gateway import add_gateway_command, run_gateway
 from node.cli.models import add_models_commands, run_models_command
+from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
 from node.cli.settings import add_settings_flags, settings_from
 
 EXIT_ERROR = 1
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_commands(models, _add_settings_flags)
 
     add_gateway_command(commands)
+    add_operate_commands(commands, _add_settings_flags)
 
     identity = commands.add_parser("identity", help="print this node's address and peer id")
     _add_settings_flags(identity)
@@ -74,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             return _identity(args)
         if args.command == "gateway":
             return run_gateway(args)
+        if args.command in ("pause", "resume"):
+            return run_pause(_settings_from(args), pause=args.command == "pause")
+        if args.command == "doctor":
+            from node.ops.log import configure_logging
+
+            configure_logging("error", "console")
+            return run_doctor_command(_settings_from(args), args.skip, args.hear)
+        if args.command == "ledger":
+            return run_ledger(_settings_from(args), args.days, args.json)
         if args.command == "models":
             from node.ops.log import configure_logging
 

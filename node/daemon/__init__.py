@@ -21,4 +21,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     model_setup.py      builds one configured model (registry -> backend -> benchmark)
     workflow_setup.py   maps settings onto the workflow engine's tool and model options
     remote_health.py    health of the remote engines this node fronts
+    pause.py            PauseState: the operator's pause (kept in the data dir) and idle_only's
+    idle.py             IdleWatch: idle_only: pauses while other processes keep the CPUs (or a GPU) busy
+    ledger.py           Ledger: SQLite record of every finished task, bounded by days and rows
 """

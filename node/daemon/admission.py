@@ -4,7 +4,7 @@ Each hosted model runs at most its `concurrency` of tasks at once (by default
 its batched runtime's sequence slots) with at most `max_queue` more waiting; a
 task beyond that is refused at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
-it, is the free slots plus the queue room.
+it, is the free slots plus the queue room; none while paused or draining.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from node.wire.messages import TaskBody
 
 
 class BusyError(Exception):
-    """No slot and no queue room for this model, or the node is draining."""
+    """No slot and no queue room for this model, or the node is paused or draining."""
 
 
 @dataclass
@@ -45,7 +45,14 @@ AbandonAccepted = Callable[[AcceptedTask, str], Awaitable[None]]
 class Admission:
     """Admits accepted tasks per model and runs each as an asyncio task."""
 
-    def __init__(self, run: RunAccepted, abandon: AbandonAccepted, concurrency: dict[str, int], max_queue: int) -> None:
+    def __init__(
+        self,
+        run: RunAccepted,
+        abandon: AbandonAccepted,
+        concurrency: dict[str, int],
+        max_queue: int,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._run = run
         self._abandon = abandon
         self._concurrency = dict(concurrency)
@@ -54,12 +61,18 @@ class Admission:
         self._admitted = {model: 0 for model in concurrency}
         self._running: dict[asyncio.Task[None], AcceptedTask] = {}
         self.accepting = True
+        self._paused = paused
+
+    @property
+    def paused(self) -> bool:
+        """The operator (or idle_only) paused the node: it takes nothing new, finishes what it has."""
+        return self._paused()
 
     def capacity(self, models: Collection[str] | None = None) -> tuple[int, int]:
-        """(free, max) task places over all models, or over `models` only; 0 free while draining."""
+        """(free, max) task places over all models, or over `models` only; 0 free while paused or draining."""
         names = list(self._slots) if models is None else [m for m in self._slots if m in models]
         total = sum(self._concurrency[m] for m in names) + self._max_queue * len(names)
-        if not self.accepting:
+        if not self.accepting or self.paused:
             return 0, total
         return total - sum(self._admitted[m] for m in names), total
 
@@ -75,6 +88,7 @@ class Admission:
         """Whether `admit` would admit a task for `model` now (asks, admits nothing)."""
         return (
             self.accepting
+            and not self.paused
             and model in self._slots
             and self._admitted[model] < self._concurrency[model] + self._max_queue
         )
@@ -83,6 +97,8 @@ class Admission:
         """Admit the task or raise BusyError saying why."""
         if not self.accepting:
             raise BusyError("busy: node is shutting down")
+        if self.paused:
+            raise BusyError("busy: node is paused")
         running = self._concurrency[accepted.model]
         if self._admitted[accepted.model] >= running + self._max_queue:
             raise BusyError(f"busy: model {accepted.model} has {running} running and {self._max_queue} queued tasks")

@@ -22,8 +22,10 @@ from node.daemon.execution.pool import ExecutionPool
 from node.daemon.heartbeat import Heartbeat
 from node.daemon.intake import TaskIntake
 from node.daemon.journal import Journal
+from node.daemon.ledger import Ledger
 from node.daemon.monitor import NodeMonitor
 from node.daemon.outbox import ResultOutbox
+from node.daemon.pause import PauseState
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.routes import DirectRoutes
 from node.daemon.runner import TaskRunner
@@ -74,6 +76,11 @@ def open_journal(settings: Settings) -> Journal:
     return journal
 
 
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger of finished tasks, pruned to its kept days and rows."""
+    return Ledger.open(settings.ledger_path, settings.ledger_days, settings.ledger_max_rows)
+
+
 def check_embedding_model(settings: Settings) -> None:
     """The embedding model, when set, must be one of the hosted models."""
     if settings.embedding_model and settings.embedding_model not in settings.models:
@@ -102,6 +109,8 @@ def build_parts(
     remote: RemoteHealth,
     host: P2PHost,
     on_reject: Callable[[str, str], None],
+    pause: PauseState,
+    ledger: Ledger | None = None,
 ) -> NodeParts:
     """Make the parts and wire them to each other and to the open resources."""
     names = list(pool.hosted)
@@ -110,14 +119,21 @@ def build_parts(
     outbox = ResultOutbox(identity, host, journal, grace_s=settings.result_grace, routes=routes)
     activity = NodeActivity()
     runner = TaskRunner(
-        pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace, activity=activity
+        pool,
+        outbox,
+        journal,
+        metrics,
+        engine_options(settings),
+        settings.exec_cancel_grace,
+        ledger=ledger,
+        activity=activity,
     )
     # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
     concurrency = {
         name: pool.parallel[name] if name in remote_names else settings.max_concurrent or pool.parallel[name]
         for name in names
     }
-    admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue)
+    admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue, paused=lambda: pause.paused)
 
     def serving() -> list[str]:
         """The models to take tasks for: hosted, not crash-looping, engine up."""

@@ -101,7 +101,7 @@ class TaskIntake:
         runs = self._admission.would_admit(decision.model)
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
-            reason = "draining" if not self._admission.accepting else "no_capacity"
+            reason = _busy_reason(self._admission)
             task_log.info("task refused", reason=reason, direct=True)
             return Taken(AnswerStatus.BUSY, reason)
         try:
@@ -129,7 +129,7 @@ class TaskIntake:
         except BusyError as exc:
             task_log.warning("task refused", reason=str(exc))
             self._spawn(self._runner.abandon(accepted, str(exc)))
-            return Taken(AnswerStatus.BUSY, "no_capacity")
+            return Taken(AnswerStatus.BUSY, _busy_reason(self._admission))
         return ACCEPTED
 
     def _on_error(self, exc: Exception) -> None:
@@ -140,3 +140,10 @@ class TaskIntake:
         refusal = asyncio.create_task(coro)
         self._refusals.add(refusal)
         refusal.add_done_callback(self._refusals.discard)
+
+
+def _busy_reason(admission: Admission) -> str:
+    """The reason code of a `busy` answer: draining, paused or no_capacity."""
+    if not admission.accepting:
+        return "draining"
+    return "paused" if admission.paused else "no_capacity"

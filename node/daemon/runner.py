@@ -26,6 +26,7 @@ from node.daemon.execution.handle import RuntimeExitError
 from node.daemon.execution.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.execution.protocol import RunTask, TaskDone, TaskFailed
 from node.daemon.journal import Journal, JournalError
+from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
 from node.daemon.rerun_gate import RerunGate
 from node.ops.activity import NodeActivity
@@ -53,9 +54,11 @@ class TaskRunner:
         metrics: NodeMetrics,
         options: EngineOptions,
         cancel_grace_s: float,
+        ledger: Ledger | None = None,
         activity: NodeActivity | None = None,
     ) -> None:
         self._pool = pool
+        self._ledger = ledger
         self._activity = activity or NodeActivity()
         self._outbox = outbox
         self._journal = journal
@@ -238,6 +241,21 @@ class TaskRunner:
             ended_at_ns=ended,
         )
         accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
+        if self._ledger is not None:
+            self._ledger.record(
+                LedgerEntry(
+                    task_id=task.task_id,
+                    publisher=accepted.publisher,
+                    model=accepted.model,
+                    received_at=accepted.received_at_ns / 1e9,
+                    started_at=started_ns / 1e9,
+                    ended_at=ended / 1e9,
+                    prompt_tokens=clamp_count(result.prompt_tokens) if result else 0,
+                    completion_tokens=clamp_count(result.completion_tokens) if result else 0,
+                    outcome=outcome_of(None if result is not None else error or "unknown error"),
+                    error=None if result is not None else error,
+                )
+            )
         try:
             await self._outbox.send(body)
         except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries

@@ -28,15 +28,19 @@ from node.daemon.build import (
     check_embedding_model,
     open_identity,
     open_journal,
+    open_ledger,
     stream_limits,
 )
 from node.daemon.execution.pool import ExecutionPool
+from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
+from node.daemon.ledger import Ledger
+from node.daemon.pause import PauseState
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.supervisor import Supervisor, thread_alive
-from node.ops.http_api import HttpServer, create_app
+from node.ops.http_api import HttpServer, PauseControls, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
@@ -59,6 +63,8 @@ class NodeServer:
         # Resources, opened in this order by `startup` and closed by `shutdown` (None: not opened).
         self.identity: Identity | None = None
         self.journal: Journal | None = None
+        self.ledger: Ledger | None = None
+        self.pause = PauseState(settings.data_dir)
         self.pool: ExecutionPool | None = None
         self.remote_health: RemoteHealth | None = None
         self.host: P2PHost | None = None
@@ -91,11 +97,22 @@ class NodeServer:
         settings = self.settings
         self.identity = identity = open_identity(settings)
         self.journal = journal = open_journal(settings)
+        self.ledger = ledger = open_ledger(settings)
         pool = await self._start_execution_processes()
         remote = await self._open_remote_health(pool)
         host = await self._start_p2p_host(identity)
         self.parts = parts = build_parts(
-            settings, self.metrics, self.notifier, identity, journal, pool, remote, host, self._on_reject
+            settings,
+            self.metrics,
+            self.notifier,
+            identity,
+            journal,
+            pool,
+            remote,
+            host,
+            self._on_reject,
+            self.pause,
+            ledger,
         )
         queues = await self._subscribe(host, parts.gate)
         await parts.connector.dial_all()
@@ -164,20 +181,34 @@ class NodeServer:
             loops.start("connector", parts.connector.run),
             loops.start("outbox", parts.outbox.run),
             loops.start("remote-health", remote.run),
+            *self._operator_loops(),
             loops.watch_thread("p2p-thread", lambda: thread_alive(host.thread_name)),
         ]
         monitor.watch_loops(loops.failed)
+
+    def _operator_loops(self) -> list[asyncio.Task[None]]:
+        """The ledger's writer, and with idle_only the watch on the machine's load."""
+        loops = []
+        if self.ledger is not None:
+            loops.append(self.supervisor.start("ledger", self.ledger.run))
+        if self.settings.idle_only:
+            watch = IdleWatch(self.pause, self.settings)
+            loops.append(self.supervisor.start("idle-watch", watch.run))
+        return loops
 
     async def _start_http(self, parts: NodeParts) -> None:
         settings = self.settings
         if not settings.http_enabled:
             return
-        self.http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status))
+        controls = PauseControls(
+            pause=lambda: self.pause.pause().model_dump(), resume=lambda: self.pause.resume().model_dump()
+        )
+        self.http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls))
         await self.http.start(settings.http_host, settings.http_port)
         log.info(
             "http endpoint",
             url=f"http://{settings.http_host}:{self.http.port}",
-            paths=["/", "/metrics", "/healthz", "/status"],
+            paths=["/", "/metrics", "/healthz", "/status", "/pause", "/resume"],
         )
 
     def _announce_ready(self, identity: Identity, host: P2PHost, models: list[str]) -> None:
@@ -192,7 +223,22 @@ class NodeServer:
 
     def _status(self) -> dict[str, Any]:
         assert self.parts is not None and self.pool is not None
-        return {**self.parts.monitor.status(), "execution": self.pool.stats()}
+        return {
+            **self.parts.monitor.status(),
+            "execution": self.pool.stats(),
+            "paused": self.pause.view().model_dump(),
+            "ledger": self._ledger_status(),
+        }
+
+    def _ledger_status(self) -> dict[str, Any]:
+        ledger = self.ledger
+        if ledger is None:
+            return {"recent": [], "per_minute": [], "dropped": 0}
+        return {
+            "recent": [entry.model_dump() for entry in ledger.recent()],
+            "per_minute": [count.model_dump() for count in ledger.per_minute()],
+            "dropped": ledger.dropped,
+        }
 
     async def shutdown(self) -> None:
         log.info("shutting down")
@@ -219,6 +265,8 @@ class NodeServer:
             await self.remote_health.close()
         if self.journal is not None:
             self.journal.close()
+        if self.ledger is not None:
+            self.ledger.close()
         log.info("stopped")
 
     async def _drain(self, admission: Admission) -> None:

@@ -1,24 +1,29 @@
-"""The node's local HTTP endpoint: the status page at ``/``, ``/metrics``, ``/healthz`` and ``/status``.
+"""The node's local HTTP endpoint: the status page at ``/``, ``/metrics``, ``/healthz``, ``/status``,
+``POST /pause`` and ``/resume``.
 
 ``create_app`` builds the FastAPI app from three callables the daemon provides;
 ``HttpServer`` runs it with uvicorn as a task inside the daemon's own asyncio
 loop. The handlers are ``async def`` so they run on the loop thread and may read
 daemon state without locks. uvicorn installs no signal handlers here (the
-daemon owns SIGTERM/SIGINT) and logs only warnings.
+daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
+the node: they answer only clients on a loopback address (403 otherwise), whatever
+host the endpoint listens on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import structlog
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
@@ -29,12 +34,22 @@ log = structlog.get_logger(__name__)
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 STATUS_PATH = "/status"
+PAUSE_PATH = "/pause"
+RESUME_PATH = "/resume"
 PAGE_PATH = "/"
 # The page loads nothing from elsewhere and runs only its own inline script, which may read /status only.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+@dataclass(frozen=True)
+class PauseControls:
+    """What POST /pause and /resume call; each returns the new pause state."""
+
+    pause: Callable[[], dict[str, Any]]
+    resume: Callable[[], dict[str, Any]]
 
 
 def status_page() -> str:
@@ -64,8 +79,9 @@ def create_app(
     metrics: NodeMetrics,
     health: Callable[[], HealthReport],
     status: Callable[[], dict[str, Any]],
+    controls: PauseControls | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving metrics, health and status of one node."""
+    """The FastAPI app serving metrics, health and status of one node (and pause/resume, loopback only)."""
     app = FastAPI(title="compute-node", docs_url=None, redoc_url=None, openapi_url=None)
     page = status_page()
 
@@ -93,7 +109,32 @@ def create_app(
     async def get_status() -> JSONResponse:
         return JSONResponse(status())
 
+    if controls is not None:
+
+        @app.post(PAUSE_PATH)
+        async def post_pause(request: Request) -> JSONResponse:
+            return _loopback_only(request) or JSONResponse(controls.pause())
+
+        @app.post(RESUME_PATH)
+        async def post_resume(request: Request) -> JSONResponse:
+            return _loopback_only(request) or JSONResponse(controls.resume())
+
     return app
+
+
+def _loopback_only(request: Request) -> JSONResponse | None:
+    """A 403 for a client not on a loopback address, else None."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        loopback = address.is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return JSONResponse({"error": f"{request.url.path} answers only loopback clients, not {host or 'unknown'}"}, 403)
 
 
 class _SignalFreeServer(uvicorn.Server):

@@ -62,6 +62,7 @@ async def test_the_page_shows_what_status_says_after_a_task(tmp_path: Path) -> N
     assert dom.by_id["id-peer"].text == status["peer_id"]
     assert dom.by_id["cap-max"].text == str(status["capacity"]["max"])
     assert dom.by_id["state"].text == "serving"
+    assert status["paused"]["paused"] is False and dom.by_id["cap-paused"].text == "no"
     models = dom.by_id["models"].text
     assert "smollm2:135m" in models and f"pid {status['execution']['smollm2:135m']['pid']}" in models
     tasks = dom.by_id["tasks"].text

@@ -1,0 +1,96 @@
+"""`compute-node pause`, `resume` and `ledger`: an operator's commands for a node on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from config.settings import Settings
+
+EXIT_ERROR = 1
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+def add_operate_commands(commands: argparse._SubParsersAction, add_settings_flags: Callable) -> None:  # type: ignore[type-arg]
+    pause = commands.add_parser("pause", help="stop taking new tasks (running ones finish); kept across restarts")
+    resume = commands.add_parser("resume", help="take tasks again after `pause`")
+    ledger = commands.add_parser("ledger", help="totals of the tasks this node ran, by day, model, publisher, outcome")
+    ledger.add_argument("--days", type=float, default=None, help="only the last DAYS days (default: all kept)")
+    ledger.add_argument("--json", action="store_true", help="print JSON")
+    doctor = commands.add_parser("doctor", help="check this machine and config; a fix for each problem found")
+    doctor.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["runtime", "data", "ports", "models", "memory", "network", "addresses", "remote"],
+        help="leave out a check (repeatable)",
+    )
+    doctor.add_argument(
+        "--hear", type=float, default=10.0, help="seconds to hear peers' heartbeats (clock skew; default 10)"
+    )
+    for parser in (pause, resume, ledger, doctor):
+        add_settings_flags(parser)
+
+
+def run_doctor_command(settings: Settings, skip: list[str], listen_s: float) -> int:
+    """Print each check with OK/WARN/FAIL (and a fix); 1 when any failed."""
+    from node.cli.doctor.report import print_report
+    from node.cli.doctor.run import Readings, run_doctor
+
+    checks = run_doctor(settings, Readings(listen_s=listen_s, skip=set(skip)))
+    return print_report(checks, sys.stdout)
+
+
+def run_pause(settings: Settings, pause: bool) -> int:
+    """Ask the running node over its loopback HTTP port; with no node answering, change the kept state."""
+    import httpx
+
+    from node.daemon.pause import PAUSE_FILE, PauseState
+
+    url = f"http://{_local_host(settings.http_host)}:{settings.http_port}/{'pause' if pause else 'resume'}"
+    try:
+        answer = httpx.post(url, timeout=10)
+    except httpx.TransportError as exc:
+        state = PauseState(settings.data_dir)
+        view = state.pause() if pause else state.resume()
+        where = settings.data_dir / PAUSE_FILE
+        print(f"no node answered on {url} ({type(exc).__name__}): the kept state is changed in {where}")
+        print(f"paused: {str(view.paused).lower()} (a node started from {settings.data_dir} starts so)")
+        return 0
+    if answer.status_code != 200:
+        print(f"compute-node: {url} answered {answer.status_code}: {answer.text[:300]}", file=sys.stderr)
+        return EXIT_ERROR
+    view = answer.json()
+    print(f"paused: {str(view['paused']).lower()}" + (f" ({view['reason']})" if view.get("reason") else ""))
+    return 0
+
+
+def _local_host(host: str) -> str:
+    if host in WILDCARD_HOSTS:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def run_ledger(settings: Settings, days: float | None, as_json: bool) -> int:
+    from node.daemon.ledger import GROUPINGS, LedgerError, totals
+
+    since = 0 if days is None else time.time_ns() - int(days * 86400 * 1e9)
+    try:
+        report = totals(settings.ledger_path, since)
+    except LedgerError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if as_json:
+        print(json.dumps({k: [t.model_dump() for t in rows] for k, rows in report.items()}, indent=2))
+        return 0
+    for grouping in GROUPINGS:
+        print(f"{('BY ' + grouping.upper()):44} {'TASKS':>8} {'OK':>8} {'PROMPT TOK':>12} {'GEN TOK':>12}")
+        for row in report[grouping]:
+            print(f"{row.key:44} {row.tasks:>8} {row.ok:>8} {row.prompt_tokens:>12} {row.completion_tokens:>12}")
+        if not report[grouping]:
+            print("(no tasks)")
+        print()
+    return 0

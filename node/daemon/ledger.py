@@ -1,0 +1,244 @@
+"""The ledger: a local record of every task this node accepted, kept in bounded space.
+
+One row per finished task (publisher, model, times, token counts, outcome) in
+`<data_dir>/ledger.sqlite3`. `record` is called on the event loop when a task
+finishes and only appends to memory; `run` writes the rows in a worker thread every
+few seconds and prunes rows older than `keep_days` and beyond `max_rows` (keys are
+free, so the bound is on rows, whoever sent them). `totals` reads it back for
+`compute-node ledger`; `recent` and `per_minute` feed /status without touching disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from pydantic import BaseModel
+
+from workflows.errors import INVALID_PROMPT
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["ok", "error", "invalid_prompt", "busy", "interrupted"]
+ERROR_CHARS = 200  # error texts are clipped: a row's size is bounded whatever a task did
+PENDING_MAX = 10_000  # rows waiting for the writer; past it the oldest are dropped (and counted)
+RECENT_MAX = 50
+MINUTES_KEPT = 60
+GROUPINGS = ("day", "model", "publisher", "outcome")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    model TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    started_ns INTEGER NOT NULL,
+    ended_ns INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ns);
+"""
+_GROUP_SQL = {
+    "day": "date(ended_ns / 1000000000, 'unixepoch')",
+    "model": "model",
+    "publisher": "publisher",
+    "outcome": "outcome",
+}
+
+
+class LedgerError(Exception):
+    """The ledger file could not be opened or read."""
+
+
+class LedgerEntry(BaseModel):
+    """One finished task, as the ledger keeps it (times in unix seconds)."""
+
+    task_id: str
+    publisher: str
+    model: str
+    received_at: float
+    started_at: float
+    ended_at: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outcome: Outcome
+    error: str | None = None
+
+
+class Totals(BaseModel):
+    """Tasks and tokens of one group (a day, model, publisher or outcome)."""
+
+    key: str
+    tasks: int
+    ok: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class MinuteCount(BaseModel):
+    """Tasks finished and tokens generated in one minute (`minute`: its start, unix seconds)."""
+
+    minute: int
+    tasks: int
+    completion_tokens: int
+
+
+def outcome_of(error: str | None) -> Outcome:
+    """The outcome class of a task's error text (None: it succeeded)."""
+    if error is None:
+        return "ok"
+    if error.startswith(INVALID_PROMPT):
+        return "invalid_prompt"
+    if error.startswith("busy"):
+        return "busy"
+    if error.startswith("interrupted"):
+        return "interrupted"
+    return "error"
+
+
+class Ledger:
+    """Rows of finished tasks: appended in memory on the loop, written to SQLite in a thread."""
+
+    def __init__(self, conn: sqlite3.Connection, keep_days: float, max_rows: int) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._keep_ns = int(keep_days * 86400 * 1e9)
+        self._max_rows = max_rows
+        self._pending: deque[LedgerEntry] = deque()
+        self._recent: deque[LedgerEntry] = deque(maxlen=RECENT_MAX)
+        self._minutes: dict[int, MinuteCount] = {}
+        self.dropped = 0
+
+    @classmethod
+    def open(cls, path: Path, keep_days: float, max_rows: int) -> Ledger:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=1.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
+        ledger = cls(conn, keep_days, max_rows)
+        ledger.prune(time.time_ns())
+        return ledger
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Note a finished task (memory only: cheap on the event loop)."""
+        if len(self._pending) >= PENDING_MAX:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(entry)
+        self._recent.append(entry)
+        minute = int(entry.ended_at // 60 * 60)
+        count = self._minutes.setdefault(minute, MinuteCount(minute=minute, tasks=0, completion_tokens=0))
+        count.tasks += 1
+        count.completion_tokens += entry.completion_tokens
+        while len(self._minutes) > MINUTES_KEPT:
+            del self._minutes[min(self._minutes)]
+
+    def recent(self) -> list[LedgerEntry]:
+        """The latest finished tasks, newest first."""
+        return list(reversed(self._recent))
+
+    def per_minute(self, now: float | None = None) -> list[MinuteCount]:
+        """Tasks and tokens per minute over the last hour, oldest first."""
+        start = (now if now is not None else time.time()) - MINUTES_KEPT * 60
+        return [self._minutes[m] for m in sorted(self._minutes) if m >= start]
+
+    async def run(self, interval: float = 2.0) -> None:
+        """Write pending rows every `interval` s (in a worker thread) and prune.
+
+        A ledger that cannot be written (full disk, locked file) loses those rows
+        (counted in `dropped`, logged) and never stops the node."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.flush)
+            except sqlite3.Error as exc:
+                log.error("ledger rows not written", error=str(exc), dropped=self.dropped)
+
+    def flush(self) -> int:
+        """Write the pending rows and prune; how many were written (sqlite3.Error: they are dropped)."""
+        rows = []
+        while self._pending:
+            rows.append(self._pending.popleft())
+        if rows:
+            try:
+                with self._lock, self._conn:
+                    self._conn.executemany(
+                        "INSERT INTO tasks (task_id, publisher, model, received_ns, started_ns, ended_ns,"
+                        " prompt_tokens, completion_tokens, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        [_row(e) for e in rows],
+                    )
+            except sqlite3.Error:
+                self.dropped += len(rows)
+                raise
+            self.prune(time.time_ns())
+        return len(rows)
+
+    def prune(self, now_ns: int) -> None:
+        """Drop rows older than the kept days, then the oldest beyond the row cap."""
+        with self._lock, self._conn:
+            self._conn.execute("DELETE FROM tasks WHERE ended_ns < ?", (now_ns - self._keep_ns,))
+            self._conn.execute("DELETE FROM tasks WHERE id <= (SELECT max(id) FROM tasks) - ?", (self._max_rows,))
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except sqlite3.Error as exc:
+            log.error("ledger rows not written at close", error=str(exc))
+        with self._lock:
+            self._conn.close()
+
+
+def _row(entry: LedgerEntry) -> tuple[object, ...]:
+    return (
+        entry.task_id,
+        entry.publisher,
+        entry.model,
+        int(entry.received_at * 1e9),
+        int(entry.started_at * 1e9),
+        int(entry.ended_at * 1e9),
+        entry.prompt_tokens,
+        entry.completion_tokens,
+        entry.outcome,
+        entry.error[:ERROR_CHARS] if entry.error else None,
+    )
+
+
+def totals(path: Path, since_ns: int = 0) -> dict[str, list[Totals]]:
+    """Tasks and tokens since `since_ns`, by day, model, publisher and outcome (read only)."""
+    if not path.exists():
+        raise LedgerError(f"no ledger at {path}: this node has not finished a task yet (or runs elsewhere)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
+    try:
+        out = {}
+        for grouping in GROUPINGS:
+            key = _GROUP_SQL[grouping]
+            rows = conn.execute(
+                f"SELECT {key} AS k, count(*), sum(outcome = 'ok'), sum(prompt_tokens), sum(completion_tokens)"  # noqa: S608 - fixed names
+                " FROM tasks WHERE ended_ns >= ? GROUP BY k ORDER BY k",
+                (since_ns,),
+            ).fetchall()
+            out[grouping] = [
+                Totals(key=str(k), tasks=n, ok=ok or 0, prompt_tokens=p or 0, completion_tokens=c or 0)
+                for k, n, ok, p, c in rows
+            ]
+        return out
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot read the ledger {path}: {exc}") from exc
+    finally:
+        conn.close()

@@ -1,0 +1,123 @@
+"""`compute-node doctor`'s checks, in-process, each on a real broken setup (and a healthy one)."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+from config.settings import Settings
+from models.registry import DEFAULT_MODEL, Registry
+from node.cli.doctor.local import (
+    data_dir_check,
+    identity_check,
+    mem_available_bytes,
+    memory_check,
+    model_file_checks,
+    port_checks,
+)
+from node.cli.doctor.network import bootstrap_and_clock_checks, public_address_check, remote_engine_checks
+from node.cli.doctor.report import Status, print_report
+from node.cli.doctor.run import Readings, run_doctor
+from node.wire.identity import Identity
+from tests.support.remote_engines import FaultEngine, remote_entry
+
+LOCAL_ONLY = {"runtime", "network", "remote"}
+
+
+def settings_for(tmp_path: Path, **fields: object) -> Settings:
+    defaults: dict[str, object] = {"http_port": 0, "listen": ["/ip4/127.0.0.1/tcp/0"]}
+    return Settings(data_dir=tmp_path / "data", **{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def test_a_healthy_setup_passes_and_exits_0(tmp_path: Path) -> None:
+    checks = run_doctor(settings_for(tmp_path), Readings(skip=LOCAL_ONLY))
+    assert {c.name for c in checks} >= {"data dir", "identity key", "listen port", f"model {DEFAULT_MODEL}", "memory"}
+    out = io.StringIO()
+    assert print_report(checks, out) == 0, out.getvalue()
+    assert "0 problem(s)" in out.getvalue()
+
+
+def test_a_key_others_can_read_fails_with_chmod(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.data_dir.mkdir()
+    Identity.from_secret_or_file(None, settings.identity_path)
+    assert identity_check(settings).status is Status.OK
+    settings.identity_path.chmod(0o644)
+    check = identity_check(settings)
+    assert check.status is Status.FAIL and "0644" in check.detail and check.fix == f"chmod 600 {settings.identity_path}"
+    out = io.StringIO()
+    assert print_report(run_doctor(settings, Readings(skip=LOCAL_ONLY)), out) == 1
+    assert "FAIL  identity key" in out.getvalue()
+
+
+def test_a_data_dir_without_room_fails(tmp_path: Path) -> None:
+    check = data_dir_check(settings_for(tmp_path), min_free=1 << 60)
+    assert check.status is Status.FAIL and "GiB free" in check.detail
+
+
+def test_a_taken_port_fails_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(tmp_path, listen=[f"/ip4/127.0.0.1/tcp/{port}"], http_port=port)
+        checks = port_checks(settings, running=None)
+        assert [c.status for c in checks] == [Status.FAIL, Status.FAIL]
+        assert f"127.0.0.1:{port} is in use by another process" in checks[0].detail
+        # The same ports held by a node running from this config are fine.
+        held = port_checks(settings, running={"listen": [f"/ip4/127.0.0.1/tcp/{port}/p2p/x"]})
+        assert [c.status for c in held] == [Status.OK, Status.OK]
+
+
+def test_a_missing_model_file_fails_with_pull(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, models=["ghost"], registry={"ghost": {"path": str(tmp_path / "ghost.gguf")}})
+    [check] = model_file_checks(settings)
+    assert check.status is Status.FAIL and check.fix == "compute-node models pull ghost"
+
+
+def test_a_damaged_model_file_fails_its_sha256(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(b"GGUF" + b"\0" * 4096)
+    real_sha = Registry.builtin().get(DEFAULT_MODEL).sha256
+    settings = settings_for(tmp_path, models=["m"], registry={"m": {"path": str(damaged), "sha256": real_sha}})
+    [check] = model_file_checks(settings)
+    assert check.status is Status.FAIL and "damaged" in check.detail and "models rm m" in (check.fix or "")
+
+
+def test_models_that_do_not_fit_in_memory_fail(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    assert memory_check(settings, mem_available_bytes, node_running=False).status is Status.OK
+    small = memory_check(settings, lambda: 64 * 1024 * 1024, node_running=False)
+    assert small.status is Status.FAIL and "0.06 GiB available" in small.detail
+
+
+def test_no_public_address_is_a_nat_note_not_a_failure(tmp_path: Path) -> None:
+    check = public_address_check(settings_for(tmp_path, listen=["/ip4/127.0.0.1/tcp/4001"]))
+    assert check.status is Status.WARN and "NAT" in check.detail and "forward TCP port 4001" in (check.fix or "")
+    public = public_address_check(settings_for(tmp_path, announce=["/ip4/8.8.8.8/tcp/4001"]))
+    assert public.status is Status.OK
+
+
+async def test_an_unreachable_bootstrap_peer_fails(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: a dial is refused
+        peer = Identity.generate()
+        from node.p2p.host import P2PHost
+
+        peer_id = P2PHost(peer.secret, ["/ip4/127.0.0.1/tcp/0"]).peer_id
+        settings = settings_for(tmp_path, bootstrap=[f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"])
+        checks = await bootstrap_and_clock_checks(settings, listen_s=1)
+    assert checks[0].status is Status.FAIL and f"tcp/{port}" in checks[0].detail
+    assert checks[1].name == "clock" and checks[1].status is Status.WARN
+
+
+async def test_a_remote_engine_down_fails_and_up_passes(tmp_path: Path) -> None:
+    async with FaultEngine() as engine:
+        settings = settings_for(tmp_path, models=["far"], registry={"far": remote_entry(engine.base_url)})
+        [up] = await remote_engine_checks(settings)
+        assert up.status is Status.OK
+        engine.models_up = False
+        [down] = await remote_engine_checks(settings)
+    assert down.status is Status.FAIL and engine.base_url in down.detail

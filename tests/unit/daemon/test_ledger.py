@@ -1,0 +1,117 @@
+"""The ledger: rows of finished tasks in SQLite, bounded by days and rows, totals read back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from node.daemon.ledger import ERROR_CHARS, Ledger, LedgerEntry, LedgerError, outcome_of, totals
+from workflows.errors import INVALID_PROMPT
+
+
+def entry(
+    task_id: str,
+    *,
+    model: str = "m",
+    publisher: str = "aa" * 20,
+    ended: float | None = None,
+    error: str | None = None,
+    tokens: int = 5,
+) -> LedgerEntry:
+    end = time.time() if ended is None else ended
+    return LedgerEntry(
+        task_id=task_id,
+        publisher=publisher,
+        model=model,
+        received_at=end - 2,
+        started_at=end - 1,
+        ended_at=end,
+        prompt_tokens=0 if error else 3,
+        completion_tokens=0 if error else tokens,
+        outcome=outcome_of(error),
+        error=error,
+    )
+
+
+def test_outcomes_follow_the_error_text() -> None:
+    assert outcome_of(None) == "ok"
+    assert outcome_of(f"{INVALID_PROMPT}bad") == "invalid_prompt"
+    assert outcome_of("busy: node is paused") == "busy"
+    assert outcome_of("interrupted: node shutting down") == "interrupted"
+    assert outcome_of("deadline passed while the task was running") == "error"
+
+
+def test_totals_by_day_model_publisher_and_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=30, max_rows=1000)
+    ledger.record(entry("a", model="m1", tokens=7))
+    ledger.record(entry("b", model="m1", publisher="bb" * 20, tokens=4))
+    ledger.record(entry("c", model="m2", error="busy: node is paused"))
+    assert totals(path)["model"] == []  # nothing written before the flush
+    assert ledger.flush() == 3
+    report = totals(path)
+    by_model = {t.key: t for t in report["model"]}
+    assert (by_model["m1"].tasks, by_model["m1"].ok, by_model["m1"].completion_tokens) == (2, 2, 11)
+    assert (by_model["m2"].tasks, by_model["m2"].ok) == (1, 0)
+    assert {t.key: t.tasks for t in report["outcome"]} == {"ok": 2, "busy": 1}
+    assert {t.key: t.tasks for t in report["publisher"]} == {"aa" * 20: 2, "bb" * 20: 1}
+    assert [t.key for t in report["day"]] == [time.strftime("%Y-%m-%d", time.gmtime())]
+    assert [e.task_id for e in ledger.recent()] == ["c", "b", "a"]
+    assert sum(m.tasks for m in ledger.per_minute()) == 3
+    ledger.close()
+
+
+def test_rows_are_capped_whoever_sends_them_and_errors_clipped(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=30, max_rows=1000)
+    for i in range(1500):  # each from a fresh publisher key: keys are free
+        ledger.record(entry(f"t{i}", publisher=f"{i:040x}", error="x" * 10_000))
+    ledger.flush()
+    ledger.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        count, longest, first = conn.execute("SELECT count(*), max(length(error)), min(task_id) FROM tasks").fetchone()
+    assert count == 1000 and longest == ERROR_CHARS
+    assert first == "t1000"  # the oldest went first (t500.. sort after t1000 as text)
+
+
+def test_rows_older_than_the_kept_days_go(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=1, max_rows=1000)
+    ledger.record(entry("old", ended=time.time() - 2 * 86400))
+    ledger.record(entry("new"))
+    ledger.flush()
+    assert {t.key for t in totals(path)["outcome"]} == {"ok"}
+    assert sum(t.tasks for t in totals(path)["outcome"]) == 1
+    ledger.close()
+
+
+def test_no_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger at"):
+        totals(tmp_path / "missing.sqlite3")
+
+
+async def test_a_ledger_that_cannot_be_written_drops_rows_and_keeps_running(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=30, max_rows=1000)
+    with sqlite3.connect(path) as other:  # the file changed under the node: every write fails
+        other.execute("DROP TABLE tasks")
+    ledger.record(entry("a"))
+    writer = asyncio.create_task(ledger.run(interval=0.05))
+    for _ in range(100):
+        if ledger.dropped:
+            break
+        await asyncio.sleep(0.05)
+    assert ledger.dropped == 1
+    assert not writer.done()  # the loop goes on
+    writer.cancel()
+    ledger.record(entry("b"))
+    with pytest.raises(sqlite3.OperationalError):
+        ledger.flush()
+    assert ledger.dropped == 2
