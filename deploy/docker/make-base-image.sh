@@ -24,24 +24,33 @@ docker info >/dev/null 2>&1 || fail "no dockerd answers: start it (apt-get insta
 ROOTFS=$(mktemp -d)
 trap 'rm -rf "$ROOTFS"' EXIT
 
+ROOT_TAG="${TAG%%:*}-rootfs:${TAG#*:}"
 echo "==> debootstrap $SUITE from $MIRROR"
-debootstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates \
-    "$SUITE" "$ROOTFS" "$MIRROR"
-# What a container never uses: package lists, caches, docs, man pages, locales.
+debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR"
+# What a container never uses: package lists, caches, docs, man pages.
 chroot "$ROOTFS" apt-get clean
 rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin \
     "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/*
-find "$ROOTFS"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'C.*' -exec rm -rf {} +
 # No daemons start inside an image build.
 printf '#!/bin/sh\nexit 101\n' >"$ROOTFS"/usr/sbin/policy-rc.d
 chmod 0755 "$ROOTFS"/usr/sbin/policy-rc.d
 
-echo "==> docker import $TAG"
+echo "==> docker import $ROOT_TAG"
 tar --numeric-owner -C "$ROOTFS" -c . | docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
-    --change 'CMD ["python3.11"]' \
-    - "$TAG"
+    - "$ROOT_TAG"
+
+# Python from Debian with apt (it orders the packages' configuration, which
+# debootstrap --include does not do for python3.11-venv).
+echo "==> $TAG (Python 3.11)"
+docker build --network host -t "$TAG" - <<DOCKERFILE
+FROM $ROOT_TAG
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \\
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
+CMD ["python3.11"]
+DOCKERFILE
 
 echo "==> $TAG-dev (with the Python headers)"
 docker build --network host -t "$TAG-dev" - <<DOCKERFILE
