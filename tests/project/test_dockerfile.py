@@ -229,3 +229,22 @@ def test_systemd_unit_matches_daemon(pyproject: dict[str, Any]) -> None:
     prefix = "COMPUTE_NODE_"
     node_env = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
     Settings(**node_env)  # each value is a valid setting
+
+
+def test_builds_offline_and_behind_a_tls_proxy(stages: list[list[Instruction]]) -> None:
+    """No `# syntax=` frontend to fetch; every pip step can trust the host's CA bundle (secret `ca_bundle`)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a `# syntax=` line fetches a frontend image"
+    pip_runs = [v for v in all_values(stages, "RUN") if re.search(r"\bpip (install|wheel)\b", v)]
+    assert len(pip_runs) >= 4
+    for run in pip_runs:
+        assert "--mount=type=secret,id=ca_bundle" in run and "PIP_CERT=/run/secrets/ca_bundle" in run, run
+
+
+def test_base_images_can_come_from_make_base_image(stages: list[list[Instruction]]) -> None:
+    """make-base-image.sh's two tags fit the Dockerfile's PYTHON_IMAGE and PYTHON_BUILD_IMAGE build args."""
+    script = (ROOT / "deploy" / "docker" / "make-base-image.sh").read_text()
+    for arg in ("PYTHON_IMAGE", "PYTHON_BUILD_IMAGE"):
+        assert f"--build-arg {arg}=" in script
+        assert any(s[0]["value"].startswith(f"${{{arg}}} ") for s in stages), f"no stage is built FROM ${{{arg}}}"
+    assert "python3.11-dev" in script and "docker import" in script and "debootstrap" in script
