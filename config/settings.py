@@ -106,6 +106,11 @@ class Settings(LayeredSettings):
         ge=1024,
         description="Largest tool response, counted as received (before decompression) and after",
     )
+    tool_arg_max_length: int = Field(
+        default=200,
+        ge=1,
+        description="Longest string the model may write in a tool call's arguments (small models loop in a free string)",
+    )
     tool_secrets: dict[str, dict[str, str]] = Field(
         default={},
         description="Headers sent only over https to the named host and port (443 unless given), "

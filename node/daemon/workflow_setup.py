@@ -41,4 +41,5 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_task_tokens=settings.max_task_tokens,
         max_memory_bytes=settings.max_memory_bytes,
         max_result_bytes=settings.max_result_bytes,
+        tool_arg_max_length=settings.tool_arg_max_length,
     )

@@ -26,6 +26,7 @@ from libp2p.abc import IHost, ISubscriptionAPI
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
@@ -260,6 +261,7 @@ class P2PService:
             raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
         if info.peer_id == self._my_id:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
+        self._allow_dial(info.peer_id)
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(info)
@@ -268,6 +270,18 @@ class P2PService:
         if scope.cancelled_caught:
             raise P2PServiceError(f"dialing {addr} timed out after {timeout:g} s")
         return info.peer_id.to_base58()
+
+    def _allow_dial(self, peer: ID) -> None:
+        """Lift libp2p's 60 s bar on a peer whose addresses all failed (its negative cache).
+
+        Without this a node restarted on its address cannot be dialled again for a minute.
+        Our callers pace their own retries (the connector's backoff up to redial_max_backoff,
+        a publisher's choice of node): a dial they ask for is made.
+        """
+        assert self._host is not None
+        swarm = self._host.get_network()
+        if isinstance(swarm, Swarm):
+            swarm.unblock_peer(peer)
 
     async def subscribe(self, topic: str, validator: TopicValidator | None) -> None:
         """Register the validator, join the topic and forward its messages to the message sink."""
@@ -311,6 +325,7 @@ class P2PService:
         if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
             raise P2PServiceError("a stream needs addresses of one other peer")
         connected = False
+        self._allow_dial(peer)
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))

@@ -2,7 +2,8 @@
 
 Delivery (`Client(delivery=...)`): "direct" (the default, protocol 0.4) sends each task
 on a stream to the node chosen from heartbeats and learns at once whether it took it
-(busy, ignored, a broken stream or silence: the next node is tried at once); a node
+(busy, ignored or a broken stream: the next node is tried at once; an answer late
+past `answer_timeout` is still awaited, as the node may have taken the task); a node
 without `addrs`, or one that cannot be dialled, gets the task on gossip. "gossip" is
 protocol 0.3: every task on the `task` topic. Either way a result is accepted once,
 from the stream or from gossip, after the same checks.
@@ -309,6 +310,15 @@ class Client:
                         )
                         retries, need_new = retries + 1, True
                     continue
+                declined = attempt.direct.declined if attempt.direct is not None else None
+                if outcome == "lost" and declined is not None:  # a late answer but accepted: nothing ran there
+                    log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
+                    del attempts[attempt.task_id]
+                    await self._end_attempt(attempt)
+                    self.reputation.record_busy(attempt.node)
+                    last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
+                    need_new = True  # not a retry, as when it declines at once
+                    continue
                 if outcome == "lost":
                     log.info(
                         "retrying on another node",
@@ -334,12 +344,16 @@ class Client:
                 return result
         finally:
             for attempt in attempts.values():
-                self.reputation.finished(attempt.node)
-                self._pending.pop(attempt.task_id, None)
-                self._sealed.discard(attempt.task_id)
-                if attempt.direct is not None:
-                    self._deliveries.discard(attempt.direct)
-                    await attempt.direct.close()
+                await self._end_attempt(attempt)
+
+    async def _end_attempt(self, attempt: Attempt) -> None:
+        """Stop waiting for the attempt's result and close its stream."""
+        self.reputation.finished(attempt.node)
+        self._pending.pop(attempt.task_id, None)
+        self._sealed.discard(attempt.task_id)
+        if attempt.direct is not None:
+            self._deliveries.discard(attempt.direct)
+            await attempt.direct.close()
 
     def _record_result(self, result: TaskResult, seconds: float) -> None:
         """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""

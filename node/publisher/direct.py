@@ -2,10 +2,16 @@
 
 `deliver` dials the node at its heartbeat `addrs`, writes the sealed task and reads the
 node's answer within `answer_timeout`. Anything but `accepted` raises `DeclinedError`
-at once (busy, ignored, rejected, a broken stream, silence), so the caller tries
-another node without waiting. An accepted delivery then reads the stream in the
-background: progress frames go to `on_delta` (and are kept, to check the result
-against), the result envelope goes to `on_result` (the same verification as a gossip
+at once (busy, ignored, rejected, a broken stream), so the caller tries another node
+without waiting. Silence is different: the node has the task and, slow under a burst,
+may still take it; giving up on it then would run the task twice (once there, once on
+the next node). So an answer late past `answer_timeout` is still awaited on the open
+stream, bounded by the caller's attempt timeout: accepted goes on as usual, any other
+answer (or the stream's end) sets `lost` with `declined` saying why. A stream not
+opened within `answer_timeout` may also have carried the task: it goes on gossip
+(UndialableError), which reaches the node either way and runs once. An accepted
+delivery then reads the stream in the background: progress frames go to `on_delta`
+(and are kept, to check the result against), the result envelope goes to `on_result` (the same verification as a gossip
 result), and a stream that ends without a result sets `lost`.
 """
 
@@ -44,9 +50,11 @@ class UndialableError(Exception):
 class DirectDelivery:
     """One task on one stream: its progress text so far and whether the stream was lost."""
 
-    def __init__(self, task_id: str, stream: FrameStream) -> None:
+    def __init__(self, task_id: str, stream: FrameStream, answered: bool = True) -> None:
         self.task_id = task_id
         self.stream = stream
+        self.answered = answered  # False: the node's answer had not come within answer_timeout
+        self.declined: str | None = None  # a late answer that was not `accepted`: why
         self.deltas: list[str] = []
         self.lost: asyncio.Event = asyncio.Event()  # the stream ended (or broke) before a result came
         self._reader: asyncio.Task[None] | None = None
@@ -67,6 +75,8 @@ class DirectDelivery:
 
     async def _read(self, on_result: Callable[[Inbound], None], on_delta: OnDelta | None) -> None:
         try:
+            if not self.answered and not await self._late_answer():
+                return
             while (frame := await self.stream.receive()) is not None:
                 kind = frame_kind(frame)
                 if kind == "progress":
@@ -89,37 +99,55 @@ class DirectDelivery:
             self.lost.set()  # after a result too: the caller has it by then
             await self.stream.close()
 
+    async def _late_answer(self) -> bool:
+        """Read the answer that came late; True when the node accepted the task."""
+        frame = await self.stream.receive()
+        if frame is None:
+            self.declined = "stream closed without an answer"
+            return False
+        self.declined = _declined_by(frame, self.task_id)
+        self.answered = self.declined is None
+        return self.answered
+
+
+def _declined_by(frame: bytes, task_id: str) -> str | None:
+    """Why the answer frame does not accept `task_id` (None: accepted)."""
+    try:
+        answer = decode_answer(frame)
+    except MessageError as exc:
+        return f"bad answer: {exc}"
+    if answer.status is not AnswerStatus.ACCEPTED:
+        return f"{answer.status.value}: {answer.reason}"
+    if answer.task_id != task_id:
+        return "answer for another task"
+    return None
+
 
 async def deliver(
     host: P2PHost, addrs: list[str], task_id: str, envelope: bytes, answer_timeout: float
 ) -> DirectDelivery:
     """Send the sealed task to the node at `addrs`; return once it accepted.
 
-    UndialableError: no stream could be opened (use gossip). DeclinedError: any answer
-    but accepted, a bad or missing answer within `answer_timeout` (opening included).
+    UndialableError: no stream could be opened, or not within `answer_timeout` (use gossip).
+    DeclinedError: any answer but accepted, or a bad answer. No answer
+    within `answer_timeout` on an open stream returns an unanswered delivery (see the module doc).
     """
     try:
         stream = await host.open_stream(addrs, envelope, timeout=answer_timeout)
-    except StreamTimeoutError:  # slow, not unreachable: another node rather than gossip to this one
-        raise DeclinedError(task_id, f"no answer within {answer_timeout:g} s") from None
+    except StreamTimeoutError as exc:
+        # Slow under a burst, the node may have read the task all the same: the same task on gossip
+        # reaches it either way, and its journal runs a task id once (the copy is a duplicate).
+        raise UndialableError(f"the stream did not open in time ({exc}); the node may have the task") from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:
         frame = await stream.receive(timeout=answer_timeout)
     except TimeoutError:
-        await stream.close(graceful=False)
-        raise DeclinedError(task_id, f"no answer within {answer_timeout:g} s") from None
+        log.info("no answer yet; still waiting on the stream", task_id=task_id, after_s=answer_timeout)
+        return DirectDelivery(task_id, stream, answered=False)
     if frame is None:
         raise DeclinedError(task_id, "stream closed without an answer")
-    try:
-        answer = decode_answer(frame)
-    except MessageError as exc:
-        await stream.close(graceful=False)
-        raise DeclinedError(task_id, f"bad answer: {exc}") from None
-    if answer.status is not AnswerStatus.ACCEPTED:
-        await stream.close()
-        raise DeclinedError(task_id, f"{answer.status.value}: {answer.reason}")
-    if answer.task_id != task_id:
-        await stream.close(graceful=False)
-        raise DeclinedError(task_id, "answer for another task")
+    if (declined := _declined_by(frame, task_id)) is not None:
+        await stream.close(graceful=not declined.startswith(("bad answer", "answer for another")))
+        raise DeclinedError(task_id, declined)
     return DirectDelivery(task_id, stream)

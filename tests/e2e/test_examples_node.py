@@ -47,7 +47,9 @@ def price_url() -> Iterator[str]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def node(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NodeServer]:
-    settings = node_settings(tmp_path_factory.mktemp("node"), tool_allow=["127.0.0.1"])
+    # A short tool-argument bound, as in tests/unit/workflows/test_workflow_tools.py: under llguidance SmolLM2
+    # may fill the free `code` string with digits until max_tokens, leaving the call unfinished.
+    settings = node_settings(tmp_path_factory.mktemp("node"), tool_allow=["127.0.0.1"], tool_arg_max_length=12)
     async with running_node(settings) as server:
         yield server
 

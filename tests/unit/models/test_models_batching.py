@@ -136,11 +136,18 @@ async def test_cancelling_one_sequence_frees_its_slot_and_spares_the_others(mode
     long = GenerationRequest(
         messages=[ChatMessage(role="user", content="Tell a long story.")], max_tokens=400, ignore_eos=True
     )
-    victim = asyncio.create_task(model.generate(long))
-    others = [asyncio.create_task(model.generate(_say(w, max_tokens=60, ignore_eos=True))) for w in WORDS[:3]]
-    await _wait_until(lambda: model.slots_free == 0, timeout=10)
-    await asyncio.sleep(0.1)  # let the victim generate a little
-    assert not any(task.done() for task in others)
+    # Text streamed so far, per request: a request has text once its prompt is evaluated and it generates.
+    streamed: list[list[str]] = [[] for _ in range(4)]
+    victim = asyncio.create_task(model.generate(long, on_text=streamed[0].append))
+    others = [
+        asyncio.create_task(model.generate(_say(w, max_tokens=60, ignore_eos=True), on_text=streamed[i + 1].append))
+        for i, w in enumerate(WORDS[:3])
+    ]
+    # Cancellation is seen between decode steps. A step that still evaluates a prompt (a few dozen
+    # tokens) lasts seconds on a loaded 2-core machine; once all four only generate, a step is one
+    # token each. So the bound below is about a generating batch: wait until all four stream text.
+    await _wait_until(lambda: all(streamed), timeout=30)
+    assert model.slots_free == 0 and not any(task.done() for task in others)
     victim.cancel()
     freed_in = await _wait_until(lambda: model.slots_free >= 1, timeout=2)
     assert not all(task.done() for task in others), "the others should still be running"

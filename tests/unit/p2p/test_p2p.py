@@ -27,8 +27,8 @@ async def make_host() -> AsyncIterator[HostFactory]:
     """Start hosts on loopback; all are stopped at teardown."""
     hosts: list[P2PHost] = []
 
-    async def make(**kwargs: object) -> P2PHost:
-        host = P2PHost(secrets.token_bytes(32), [LOOPBACK], **kwargs)  # type: ignore[arg-type]
+    async def make(secret: bytes | None = None, **kwargs: object) -> P2PHost:
+        host = P2PHost(secret or secrets.token_bytes(32), [LOOPBACK], **kwargs)  # type: ignore[arg-type]
         await host.start()
         hosts.append(host)
         return host
@@ -300,6 +300,24 @@ async def test_dial_failures_raise_p2p_error(make_host: HostFactory) -> None:
         await a.connect(f"/ip4/127.0.0.1/tcp/{port}/p2p/{b.peer_id}", timeout=3.0)
     assert time.monotonic() - started < 5.0
     assert await a.peers() == []
+
+
+async def test_a_peer_back_on_its_address_can_be_dialled_again_at_once(make_host: HostFactory) -> None:
+    """A failed dial must not bar the next one: the caller (the connector's backoff) decides when to retry,
+    not libp2p's 60 s negative cache of peers whose addresses all failed."""
+    secret = secrets.token_bytes(32)
+    a, b = await make_host(), await make_host(secret=secret)
+    address = b.listen_addrs[0]
+    await b.stop()
+    with pytest.raises(P2PError):
+        await a.connect(address, timeout=3.0)
+    port = address.split("/")[4]
+    back = P2PHost(secret, [f"/ip4/127.0.0.1/tcp/{port}"])
+    await back.start()
+    try:
+        assert await a.connect(address, timeout=5.0) == back.peer_id
+    finally:
+        await back.stop()
 
 
 async def test_subscribing_twice_is_an_error(make_host: HostFactory) -> None:

@@ -24,11 +24,16 @@ from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 
 class StreamingPeer:
-    """A peer that takes tasks on streams, writes `deltas` as progress frames, then a result of `text`."""
+    """A peer that takes tasks on streams, writes `deltas` as progress frames, then a result of `text`.
 
-    def __init__(self, deltas: list[str], text: str) -> None:
+    `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there)."""
+
+    def __init__(
+        self, deltas: list[str], text: str, answer_after: float = 0.0, status: AnswerStatus = AnswerStatus.ACCEPTED
+    ) -> None:
         self.identity = Identity.generate()
         self.deltas, self.text = deltas, text
+        self.answer_after, self.status = answer_after, status
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
         self._serving: set[asyncio.Task[None]] = set()
@@ -42,7 +47,12 @@ class StreamingPeer:
         body = decode(TASK_TOPIC, first).body
         assert isinstance(body, TaskBody)
         self.streamed.append(bool(body.stream))
-        await stream.send(encode_frame_body(StreamAnswer(task_id=body.task_id, status=AnswerStatus.ACCEPTED)))
+        await asyncio.sleep(self.answer_after)
+        reason = "" if self.status is AnswerStatus.ACCEPTED else "no_capacity"
+        await stream.send(encode_frame_body(StreamAnswer(task_id=body.task_id, status=self.status, reason=reason)))
+        if self.status is not AnswerStatus.ACCEPTED:
+            await stream.close()
+            return
         for delta in self.deltas:
             await stream.send(encode_frame_body(Progress(task_id=body.task_id, delta=delta)))
         now = time.time_ns()
@@ -73,11 +83,11 @@ class StreamingPeer:
 
 
 @asynccontextmanager
-async def client_of(peer: StreamingPeer) -> AsyncIterator[Client]:
+async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0) -> AsyncIterator[Client]:
     await peer.host.start()
     for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
         await peer.host.subscribe(topic)
-    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0)
+    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0, answer_timeout=answer_timeout)
     try:
         await client.start()
         for _ in range(100):
@@ -119,3 +129,23 @@ async def test_without_on_delta_the_task_does_not_ask_for_a_stream() -> None:
     async with client_of(peer) as client:
         result = await client.execute(Task(workflow={}, models=["m"]), timeout=20)
     assert result.text == "plain" and peer.streamed == [False]
+
+
+async def test_an_answer_later_than_answer_timeout_is_still_taken_and_the_task_runs_once() -> None:
+    # A node slow under a burst has the task and may take it: giving up on it would run the task twice.
+    peer = StreamingPeer([], "late but there", answer_after=1.5)
+    async with client_of(peer, answer_timeout=0.5) as client:
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+    assert result.text == "late but there" and len(peer.streamed) == 1
+    assert client.reputation.view(peer.identity.address).answered == pytest.approx(1)
+
+
+async def test_a_late_busy_answer_is_a_decline_at_once_not_a_wait_for_the_attempt_timeout() -> None:
+    peer = StreamingPeer([], "never", answer_after=1.5, status=AnswerStatus.BUSY)
+    async with client_of(peer, answer_timeout=0.5) as client:
+        started = time.monotonic()
+        with pytest.raises(TaskFailedError, match="busy: no_capacity"):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=60)
+        took = time.monotonic() - started
+    assert len(peer.streamed) == 1
+    assert took < 30, f"the decline was acted on only after {took:.1f} s (the attempt timeout is 30 s)"
