@@ -84,7 +84,11 @@ def _engine_cases(server: LocalServer) -> list[HostileWorkflow]:
     ]
     return [
         *LOOPS,
-        HostileWorkflow("generation_loop", generation_loop(max_time=3), "max_time exceeded"),
+        HostileWorkflow("generation_loop", generation_loop(max_time=3, max_tokens=64), "max_time exceeded"),
+        # max_tokens past any context: refused before it runs, the same on every node of this context size.
+        HostileWorkflow(
+            "generation_max_tokens_enormous", generation_loop(max_time=3), "does not fit the model's context"
+        ),
         *MEMORY_BOMBS,
         HostileWorkflow("insert_bomb", insert_bomb(max_time=10), "exceeded"),
         *OVERSIZE,
