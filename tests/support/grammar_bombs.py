@@ -90,3 +90,26 @@ RUNTIME_BOMBS = [
     GrammarBomb("schema_nested_objects_5000", json_schema=_nested_object(5000)),
     GrammarBomb("regex_expansion", regex="((x?){300}){300}"),
 ]
+
+# Variants outside the issue's list, within the workflow caps: other keywords and regex features.
+VARIANT_BOMBS = [
+    GrammarBomb(
+        "schema_recursive_ref",
+        json_schema={
+            "$defs": {"n": {"type": "object", "properties": {"c": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}},
+            "$ref": "#/$defs/n",
+        },
+    ),
+    GrammarBomb("regex_backreference", regex="(a+)\\1{50}"),
+    GrammarBomb("regex_lookahead", regex="(?=a{1000})a*"),
+    GrammarBomb("regex_200_alternatives_of_optionals", regex="(" + "|".join("x?" * 50 for _ in range(200)) + ")y"),
+    GrammarBomb("schema_pattern_properties", json_schema={"type": "object", "patternProperties": {"^(x?){200}$": {}}}),
+    GrammarBomb("schema_one_of_1000_consts", json_schema={"oneOf": [{"const": f"v{i}"} for i in range(1000)]}),
+    GrammarBomb("schema_string_min_length_huge", json_schema={"type": "string", "minLength": 100000}),
+    GrammarBomb(
+        "schema_array_min_items_huge", json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 10**6}
+    ),
+    GrammarBomb(
+        "schema_integer_range_multiple_of", json_schema={"type": "integer", "minimum": -(10**15), "multipleOf": 7}
+    ),
+]

@@ -22,7 +22,7 @@ from models.grammar import GrammarError, grammar_for
 from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, Generation, GenerationRequest
-from tests.support.grammar_bombs import RUNTIME_BOMBS, WORKFLOW_BOMBS, GrammarBomb
+from tests.support.grammar_bombs import RUNTIME_BOMBS, VARIANT_BOMBS, WORKFLOW_BOMBS, GrammarBomb
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 
 STEPS = 24
@@ -57,7 +57,7 @@ def _drive(constraint: Constraint) -> list[float]:
     return times
 
 
-@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + RUNTIME_BOMBS, ids=lambda b: b.name)
+@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + RUNTIME_BOMBS + VARIANT_BOMBS, ids=lambda b: b.name)
 def test_every_bomb_is_refused_or_masked_within_its_fuel(bomb: GrammarBomb, tokenizer: llguidance.LLTokenizer) -> None:
     times: list[float] = []
     try:
@@ -92,7 +92,7 @@ def _request(bomb: GrammarBomb | None) -> GenerationRequest:
     )
 
 
-@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + RUNTIME_BOMBS, ids=lambda b: b.name)
+@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + RUNTIME_BOMBS + VARIANT_BOMBS, ids=lambda b: b.name)
 def test_a_bomb_costs_its_own_request_only(bomb: GrammarBomb, batched: BatchedLlamaModel) -> None:
     async def run() -> tuple[Generation | BaseException, Generation]:
         bombed = asyncio.ensure_future(batched.generate(_request(bomb)))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from models.batching import BatchedLlamaModel
-from tests.support.grammar_bombs import WORKFLOW_BOMBS, GrammarBomb
+from tests.support.grammar_bombs import VARIANT_BOMBS, WORKFLOW_BOMBS, GrammarBomb
 from workflows import EngineOptions, WorkflowValidationError, parse_workflow, run_workflow
 from workflows.errors import public_error_text
 
@@ -30,7 +30,7 @@ def _task(bomb: GrammarBomb) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS, ids=lambda b: b.name)
+@pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + VARIANT_BOMBS, ids=lambda b: b.name)
 async def test_a_bomb_task_ends_in_a_result_or_invalid_prompt(bomb: GrammarBomb, model: BatchedLlamaModel) -> None:
     try:
         workflow = parse_workflow(_task(bomb))
