@@ -11,34 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.cluster import node_settings, running_node
-from tests.support.grammar_bombs import WORKFLOW_BOMBS, GrammarBomb
+from tests.support.grammar_bombs import WORKFLOW_BOMBS
 from tests.support.live_hostile import live_publisher
 
 pytestmark = pytest.mark.slow
 
 HONEST_WITHIN_S = 10.0
-
-
-def _task(bomb: GrammarBomb) -> dict[str, Any]:
-    return {
-        "config": {"max_steps": 1, "max_time": 60, "max_tokens": 24},
-        "tasks": [
-            {
-                "id": "g",
-                "operator": "generation",
-                "messages": [{"role": "user", "content": "Say hi."}],
-                "schema": bomb.schema_field(),
-                "outputs": [{"type": "write", "key": "r"}],
-            }
-        ],
-        "steps": [{"source": "g", "target": "_end"}],
-        "return_value": {"input": {"type": "read", "key": "r"}},
-    }
 
 
 async def test_a_default_node_answers_honest_tasks_beside_every_grammar_bomb(tmp_path: Path) -> None:
@@ -49,7 +31,7 @@ async def test_a_default_node_answers_honest_tasks_beside_every_grammar_bomb(tmp
         first = await run.run_valid_task()  # the model is loaded and warm
         assert first.error is None, first
         for bomb in WORKFLOW_BOMBS:
-            bombed = asyncio.ensure_future(run.run_task(_task(bomb)))
+            bombed = asyncio.ensure_future(run.run_task(bomb.workflow(max_tokens=24)))
             await asyncio.sleep(0.2)  # the bomb is in the decode loop first
             sent = time.monotonic()
             honest = await run.run_valid_task()

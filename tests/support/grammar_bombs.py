@@ -30,6 +30,23 @@ class GrammarBomb:
             return base64.b64encode(self.regex.encode()).decode()
         return json.dumps(self.json_schema)
 
+    def workflow(self, max_tokens: int) -> dict[str, Any]:
+        """A one-step workflow that generates under this constraint."""
+        return {
+            "config": {"max_steps": 1, "max_time": 60, "max_tokens": max_tokens},
+            "tasks": [
+                {
+                    "id": "g",
+                    "operator": "generation",
+                    "messages": [{"role": "user", "content": "Say hi."}],
+                    "schema": self.schema_field(),
+                    "outputs": [{"type": "write", "key": "r"}],
+                }
+            ],
+            "steps": [{"source": "g", "target": "_end"}],
+            "return_value": {"input": {"type": "read", "key": "r"}},
+        }
+
 
 def _nested_object(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}

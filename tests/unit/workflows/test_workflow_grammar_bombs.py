@@ -3,8 +3,6 @@ SmolLM2 to a result or to an `Invalid prompt: ` error (the same on every node), 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from models.batching import BatchedLlamaModel
@@ -13,27 +11,10 @@ from workflows import EngineOptions, WorkflowValidationError, parse_workflow, ru
 from workflows.errors import public_error_text
 
 
-def _task(bomb: GrammarBomb) -> dict[str, Any]:
-    return {
-        "config": {"max_steps": 1, "max_time": 60, "max_tokens": 8},
-        "tasks": [
-            {
-                "id": "g",
-                "operator": "generation",
-                "messages": [{"role": "user", "content": "Say hi."}],
-                "schema": bomb.schema_field(),
-                "outputs": [{"type": "write", "key": "r"}],
-            }
-        ],
-        "steps": [{"source": "g", "target": "_end"}],
-        "return_value": {"input": {"type": "read", "key": "r"}},
-    }
-
-
 @pytest.mark.parametrize("bomb", WORKFLOW_BOMBS + VARIANT_BOMBS, ids=lambda b: b.name)
 async def test_a_bomb_task_ends_in_a_result_or_invalid_prompt(bomb: GrammarBomb, model: BatchedLlamaModel) -> None:
     try:
-        workflow = parse_workflow(_task(bomb))
+        workflow = parse_workflow(bomb.workflow(max_tokens=8))
     except WorkflowValidationError as exc:
         assert public_error_text(exc).startswith("Invalid prompt: invalid workflow: tasks[0].schema: ")
         return
@@ -50,5 +31,5 @@ async def test_a_bomb_task_ends_in_a_result_or_invalid_prompt(bomb: GrammarBomb,
 def test_the_open_paren_pattern_is_refused_by_name_not_by_recursion() -> None:
     bomb = GrammarBomb("parens", json_schema={"type": "string", "pattern": "(" * 1000})
     with pytest.raises(WorkflowValidationError, match="nest more than 100 deep") as caught:
-        parse_workflow(_task(bomb))
+        parse_workflow(bomb.workflow(max_tokens=8))
     assert public_error_text(caught.value).startswith("Invalid prompt: ")
