@@ -11,12 +11,18 @@ import structlog
 from models.requests import ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
-from workflows.errors import LimitExceededError, ModelFailedError, ResultTooLargeError, WorkflowError
+from workflows.errors import (
+    LimitExceededError,
+    ModelFailedError,
+    ResultTooLargeError,
+    WorkflowError,
+    max_time_exceeded,
+)
 from workflows.inputs import render, resolve, write_outputs
 from workflows.key_sources import KeySources
 from workflows.memory import Memory
 from workflows.operators import RunContext, run_task
-from workflows.options import EngineOptions, ToolSettings
+from workflows.options import EngineOptions, ToolSettings, capped
 from workflows.return_value import build_result
 from workflows.schema import Edge, Workflow
 from workflows.streamed_step import streamed_step
@@ -40,10 +46,6 @@ class _Progress:
     current: str = ""
 
 
-def _capped(wanted: float, cap: float | None) -> float:
-    return min(wanted, cap) if cap is not None else wanted
-
-
 async def run_workflow(
     workflow: Workflow,
     model: ModelBackend,
@@ -65,8 +67,8 @@ async def run_workflow(
     has such a step (workflows/streamed_step.py); nothing otherwise.
     """
     options = options or EngineOptions()
-    max_steps = int(_capped(workflow.config.max_steps, options.max_steps_cap))
-    max_time = _capped(workflow.config.max_time, options.max_time_cap)
+    max_steps = int(capped(workflow.config.max_steps, options.max_steps_cap))
+    max_time = capped(workflow.config.max_time, options.max_time_cap)
     ctx = RunContext(
         config=workflow.config,
         model=model,
@@ -87,9 +89,7 @@ async def run_workflow(
     except TimeoutError:
         if not timer.expired():
             raise
-        raise LimitExceededError(
-            "max_time", f"max_time exceeded: the workflow ran longer than {max_time:g} s (in task {progress.current!r})"
-        ) from None
+        raise LimitExceededError("max_time", f"{max_time_exceeded(max_time)} (in task {progress.current!r})") from None
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > options.max_result_bytes:
         raise ResultTooLargeError(

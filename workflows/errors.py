@@ -21,6 +21,11 @@ _PHRASE = re.compile(r"invalid\s+prompt", re.IGNORECASE)
 Limit = Literal["max_steps", "max_time", "max_tokens", "memory"]
 
 
+def max_time_exceeded(seconds: float) -> str:
+    """The error text of a run stopped at its (capped) max_time; the engine and the daemon both say it."""
+    return f"max_time exceeded: the workflow ran longer than {seconds:g} s"
+
+
 class WorkflowError(Exception):
     """Base of every error the workflow engine raises."""
 

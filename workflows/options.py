@@ -50,6 +50,11 @@ DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024
 DEFAULT_RESULT_BYTES = 64 * 1024
 
 
+def capped(wanted: float, cap: float | None) -> float:
+    """A workflow's budget (`max_time`, `max_steps`) under the operator's cap (None: no cap)."""
+    return min(wanted, cap) if cap is not None else wanted
+
+
 class EngineOptions(BaseModel):
     """Model defaults and the budgets the operator allows a workflow to use."""
 

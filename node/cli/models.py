@@ -27,7 +27,7 @@ def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> 
 
 
 def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
-    from node.daemon.model_setup import model_store
+    from node.execution.model_setup import model_store
 
     registry, store = model_store(settings)
     try:
@@ -58,7 +58,7 @@ def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _bench(names: list[str], settings: Settings) -> int:
     from models.loader import measure_speed
-    from node.daemon.model_setup import create_model
+    from node.execution.model_setup import create_model
 
     for index, name in enumerate(names, 1):
         print(f"[{index}/{len(names)}] {name}: loading...", end="", flush=True)

@@ -1,5 +1,6 @@
 """The daemon: the node process that accepts tasks (gossip or direct streams) and sends their results.
-Imports wire, p2p and ops (and workflows, models, config); never publisher, gateway or cli.
+Imports wire, p2p and ops (and workflows, models, config); never publisher, gateway or cli; of the
+execution process (node/execution/) only its protocol, and nothing that loads llama.cpp.
 
     server.py           NodeServer: the lifecycle (startup steps, serve, shutdown); wires and sequences only
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
@@ -10,7 +11,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or refuses it (busy)
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
     rerun_gate.py       RerunGate: a stall suspect's rerun runs alone on its model
-    execution/          one child process per model: the workflow engine and the llama.cpp runtime
+    processes/          the execution processes (node/execution/), one per model: spawn, route, watch, restart
     outbox.py           ResultOutbox: sends results (on their stream, else gossip), keeps them in the journal until sent
     journal.py          Journal: SQLite record of every task's state (survives a crash; bounded by what is owed)
     recovery.py         start-up recovery of what a crash left in the journal
@@ -18,8 +19,6 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd
     supervisor.py       Supervisor: restarts background loops with backoff; a dead one is fatal
     failures.py         RecentFailures: failures in a sliding window and their backoff (supervisor, execution pool)
-    model_setup.py      builds one configured model (registry -> backend -> benchmark)
-    workflow_setup.py   maps settings onto the workflow engine's tool and model options
     remote_health.py    health of the remote engines this node fronts
     pause.py            PauseState: the operator's pause (kept in the data dir) and idle_only's
     idle.py             IdleWatch: idle_only: pauses while other processes keep the CPUs (or a GPU) busy

@@ -35,7 +35,7 @@ class AcceptedTask:
     started: bool = False
     reruns: int = 0  # times it ran again after its execution process died (at most once)
     crashes: int = 0  # times its execution process crashed under it (twice: poison)
-    stalls: int = 0  # times it was inside a native call that stalled its model (see execution/stall.py)
+    stalls: int = 0  # times it was inside a native call that stalled its model (see processes/stall.py)
 
 
 RunAccepted = Callable[[AcceptedTask], Awaitable[None]]

@@ -18,7 +18,6 @@ from config.settings import ConfigError, Settings
 from node.daemon.acceptance import Acceptance, SeenTasks
 from node.daemon.admission import Admission
 from node.daemon.direct import DirectIntake
-from node.daemon.execution.pool import ExecutionPool
 from node.daemon.heartbeat import Heartbeat
 from node.daemon.intake import TaskIntake
 from node.daemon.journal import Journal
@@ -26,10 +25,10 @@ from node.daemon.ledger import Ledger
 from node.daemon.monitor import NodeMonitor
 from node.daemon.outbox import ResultOutbox
 from node.daemon.pause import PauseState
+from node.daemon.processes.pool import ExecutionPool
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.routes import DirectRoutes
 from node.daemon.runner import TaskRunner
-from node.daemon.workflow_setup import engine_options
 from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
@@ -123,7 +122,7 @@ def build_parts(
         outbox,
         journal,
         metrics,
-        engine_options(settings),
+        settings.max_time_cap,
         settings.exec_cancel_grace,
         ledger=ledger,
         activity=activity,

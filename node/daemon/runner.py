@@ -8,7 +8,7 @@ Time limits are the daemon's: past the task's max_time or deadline it sends
 cancel, and a process that does not answer within `cancel_grace` is killed (its
 other tasks may run once more). A task whose process died runs once more if its
 deadline leaves time; one that crashes the runtime twice is poison. When the stall
-watchdog killed the process (execution/stall.py), only the tasks inside the stalled
+watchdog killed the process (processes/stall.py), only the tasks inside the stalled
 native call are suspects: a sole suspect (the call was its own sampling) or a
 suspect for the second time gets `Invalid prompt: `; every other task is innocent
 and runs once more. A suspect runs once more alone on its model (rerun_gate.py), so
@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
-from node.daemon.execution.handle import RuntimeExitError
-from node.daemon.execution.pool import ExecutionPool, ModelUnavailableError
-from node.daemon.execution.protocol import RunTask, TaskDone, TaskFailed
 from node.daemon.journal import Journal, JournalError
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
+from node.daemon.processes.handle import RuntimeExitError
+from node.daemon.processes.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.rerun_gate import RerunGate
+from node.execution.protocol import DEADLINE_BEFORE_START, DEADLINE_WHILE_RUNNING, RunTask, TaskDone, TaskFailed
 from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
 from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofStep
 from node.wire.results import Output, clamp_count, result_body
-from workflows import EngineOptions, WorkflowResult
-from workflows.errors import INVALID_PROMPT
+from workflows.errors import INVALID_PROMPT, max_time_exceeded
+from workflows.options import capped
 
 # A task the crash interrupted runs again only with at least this much of its deadline left.
 RERUN_MIN_TIME_LEFT_S = 10.0
@@ -60,7 +59,7 @@ class TaskRunner:
         outbox: ResultOutbox,
         journal: Journal,
         metrics: NodeMetrics,
-        options: EngineOptions,
+        max_time_cap: float | None,
         cancel_grace_s: float,
         ledger: Ledger | None = None,
         activity: NodeActivity | None = None,
@@ -71,7 +70,7 @@ class TaskRunner:
         self._outbox = outbox
         self._journal = journal
         self._metrics = metrics
-        self._options = options
+        self._max_time_cap = max_time_cap
         self._cancel_grace_s = cancel_grace_s
         self._gates: dict[str, RerunGate] = {}
 
@@ -83,7 +82,7 @@ class TaskRunner:
         accepted.log.info("task started", model=accepted.model)
         while True:
             try:
-                result = await self._execute(accepted)
+                output = await self._execute(accepted)
             except asyncio.CancelledError:
                 await self._finish(accepted, started, error="interrupted: node shutting down")
                 raise
@@ -99,7 +98,7 @@ class TaskRunner:
                 accepted.log.exception("task crashed")
                 await self._finish(accepted, started, error=f"internal error: {type(exc).__name__}")
             else:
-                await self._finish(accepted, started, result=result)
+                await self._finish(accepted, started, output=output)
             return
 
     def _mark_running(self, accepted: AcceptedTask) -> None:
@@ -140,22 +139,19 @@ class TaskRunner:
             return None
         return exit_error.reason
 
-    async def _execute(self, accepted: AcceptedTask) -> WorkflowResult:
+    async def _execute(self, accepted: AcceptedTask) -> Output:
         remaining = (accepted.task.deadline - time.time_ns()) / 1e9
         if remaining <= 0:
-            raise _TaskFailure("deadline passed before the task started")
+            raise _TaskFailure(DEADLINE_BEFORE_START)
         # The workflow is validated (and its error answered) in the execution process; here
         # only its max_time matters, to stop a process that does not stop by itself.
         max_time = _max_time(accepted.task.input.workflow)
-        if max_time is not None and self._options.max_time_cap is not None:
-            max_time = min(max_time, self._options.max_time_cap)
+        if max_time is not None:
+            max_time = capped(max_time, self._max_time_cap)
         if max_time is not None and max_time + MAX_TIME_MARGIN_S < remaining:
-            limit, reason = (
-                max_time + MAX_TIME_MARGIN_S,
-                f"max_time exceeded: the workflow ran longer than {max_time:g} s",
-            )
+            limit, reason = max_time + MAX_TIME_MARGIN_S, max_time_exceeded(max_time)
         else:
-            limit, reason = remaining, "deadline passed while the task was running"
+            limit, reason = remaining, DEADLINE_WHILE_RUNNING
         request = RunTask(
             task_id=accepted.task.task_id,
             workflow=accepted.task.input.workflow,
@@ -170,8 +166,12 @@ class TaskRunner:
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
         accepted.log.info("workflow finished", steps=outcome.steps, completion_tokens=outcome.completion_tokens)
-        return _RunResult(
-            outcome.text, outcome.steps, outcome.prompt_tokens, outcome.completion_tokens, proof_of(outcome)
+        return Output(
+            outcome.text,
+            accepted.task.public_key,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            proof_of(outcome),
         )
 
     async def _run_within(
@@ -218,15 +218,12 @@ class TaskRunner:
             return await self._pool.run(accepted.model, request, on_delta)
 
     async def _finish(
-        self, accepted: AcceptedTask, started_ns: int, *, result: WorkflowResult | None = None, error: str | None = None
+        self, accepted: AcceptedTask, started_ns: int, *, output: Output | None = None, error: str | None = None
     ) -> None:
         """Hand the task's result (or error) to the outbox; a result that cannot be built becomes an error result."""
         ended = time.time_ns()
         task = accepted.task
-        outcome: Output | str = error or "unknown error"
-        if result is not None:
-            proof = result.proof if isinstance(result, _RunResult) else None
-            outcome = Output(result.text, task.public_key, result.prompt_tokens, result.completion_tokens, proof)
+        outcome: Output | str = output if output is not None else error or "unknown error"
         try:
             body = result_body(
                 task.task_id,
@@ -238,7 +235,7 @@ class TaskRunner:
             )
         except Exception as exc:  # noqa: BLE001 - the publisher still gets an answer
             accepted.log.exception("result could not be built; an error result goes in its place")
-            result, error = None, f"{RESULT_NOT_BUILT} ({type(exc).__name__})"
+            output, error = None, f"{RESULT_NOT_BUILT} ({type(exc).__name__})"
             body = result_body(
                 task.task_id,
                 accepted.model,
@@ -247,9 +244,9 @@ class TaskRunner:
                 started_at_ns=started_ns,
                 ended_at_ns=ended,
             )
-        if result is not None:
+        if output is not None:
             self._metrics.tasks_completed.inc()
-            self._metrics.tokens_generated.labels(model=accepted.model).inc(clamp_count(result.completion_tokens))
+            self._metrics.tokens_generated.labels(model=accepted.model).inc(clamp_count(output.completion_tokens))
         else:
             self._metrics.tasks_failed.inc()
         self._metrics.task_latency_seconds.observe(max(0, ended - accepted.received_at_ns) / 1e9)
@@ -257,8 +254,8 @@ class TaskRunner:
             task_id=task.task_id,
             publisher=accepted.publisher,
             model=accepted.model,
-            error=None if result is not None else error,
-            completion_tokens=clamp_count(result.completion_tokens) if result is not None else 0,
+            error=None if output is not None else error,
+            completion_tokens=clamp_count(output.completion_tokens) if output is not None else 0,
             received_at_ns=accepted.received_at_ns,
             ended_at_ns=ended,
         )
@@ -272,23 +269,16 @@ class TaskRunner:
                     received_at=accepted.received_at_ns / 1e9,
                     started_at=started_ns / 1e9,
                     ended_at=ended / 1e9,
-                    prompt_tokens=clamp_count(result.prompt_tokens) if result else 0,
-                    completion_tokens=clamp_count(result.completion_tokens) if result else 0,
-                    outcome=outcome_of(None if result is not None else error or "unknown error"),
-                    error=None if result is not None else error,
+                    prompt_tokens=clamp_count(output.prompt_tokens) if output else 0,
+                    completion_tokens=clamp_count(output.completion_tokens) if output else 0,
+                    outcome=outcome_of(None if output is not None else error or "unknown error"),
+                    error=None if output is not None else error,
                 )
             )
         try:
             await self._outbox.send(body)
         except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries
             accepted.log.exception("result not sent")
-
-
-@dataclass
-class _RunResult(WorkflowResult):
-    """A workflow's result and, when the task asked for one, the proof of its generations."""
-
-    proof: Proof | None = None
 
 
 def proof_of(done: TaskDone) -> Proof | None:

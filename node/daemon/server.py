@@ -1,7 +1,7 @@
 """The daemon's lifecycle: startup, serve until a signal, graceful shutdown.
 
 startup:  identity and journal -> execution processes (one per model: load,
-          benchmark, health probe; see node/daemon/execution/) -> remote engines'
+          benchmark, health probe; see node/daemon/processes/) -> remote engines'
           health -> P2P host -> the parts, wired (build.py) -> subscribe -> bootstrap
           dials -> journal recovery -> background loops (intake, heartbeat, re-dial,
           outbox, monitor) -> HTTP endpoint -> READY=1
@@ -31,11 +31,11 @@ from node.daemon.build import (
     open_ledger,
     stream_limits,
 )
-from node.daemon.execution.pool import ExecutionPool
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
+from node.daemon.processes.pool import ExecutionPool
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from node.daemon.execution.pool import ExecutionPool
-from node.daemon.execution.process import TEST_WRAPPER_ENV
+from node.daemon.processes.pool import ExecutionPool
+from node.execution.process import TEST_WRAPPER_ENV
 from node.ops.metrics import NodeMetrics
 from tests.support.cluster import node_settings
 from tests.support.exec_wrappers import BAD_STARTS_ENV

@@ -21,10 +21,10 @@ import pytest
 import structlog
 
 from config.settings import Settings
-from node.daemon.execution.pool import NoUsableModelError
-from node.daemon.execution.process import TEST_WRAPPER_ENV
 from node.daemon.journal import TaskState
+from node.daemon.processes.pool import NoUsableModelError
 from node.daemon.server import NodeServer
+from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
 from tests.support.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
@@ -293,10 +293,10 @@ def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_pa
 # process the way handle.py does and ask it to configure a model that does not exist.
 _AS_PID_1 = """
 import os, socket, subprocess, sys
-from node.daemon.execution.protocol import Configure, decode_from_child, encode
+from node.execution.protocol import Configure, decode_from_child, encode
 parent, child = socket.socketpair()
 proc = subprocess.Popen(
-    [sys.executable, "-m", "node.daemon.execution.process", "--fd", str(child.fileno()),
+    [sys.executable, "-m", "node.execution.process", "--fd", str(child.fileno()),
      "--parent-pid", str(os.getpid())],
     pass_fds=(child.fileno(),), start_new_session=True,
 )

@@ -20,8 +20,8 @@ import pytest
 import structlog
 
 from config.settings import Settings
-from node.daemon.execution.process import TEST_WRAPPER_ENV
 from node.daemon.server import NodeServer
+from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
 from tests.support.exec_wrappers import SPIN, STALL, STALL_DECODE

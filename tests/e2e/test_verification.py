@@ -15,7 +15,7 @@ import pytest
 
 from models.options import RuntimeOptions
 from models.scoring import TokenScorer
-from node.daemon.execution.process import TEST_WRAPPER_ENV
+from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.verification import ResultVerifier
 from tests.support.cluster import dialable, node_settings, running_node

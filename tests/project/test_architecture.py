@@ -13,7 +13,18 @@ ALLOWED: dict[str, set[str]] = {
     "node.ops": {"node.ops"},
     "node.p2p": {"node.p2p", "node.wire.topics"},
     "node.publisher": {"node.publisher", "node.wire", "node.p2p", "node.ops"},
-    "node.daemon": {"node.daemon", "node.wire", "node.p2p", "node.ops", "workflows", "models", "config"},
+    # The daemon speaks to the execution process through its protocol only (test_process_boundary.py).
+    "node.daemon": {
+        "node.daemon",
+        "node.execution.protocol",
+        "node.wire",
+        "node.p2p",
+        "node.ops",
+        "workflows",
+        "models",
+        "config",
+    },
+    "node.execution": {"node.execution", "node.ops", "workflows", "models", "config"},
     "node.gateway": {"node.gateway", "node.publisher", "node.wire", "node.p2p", "node.ops", "workflows", "config"},
     "node.cli": {"node", "workflows", "models", "config"},
     "workflows": {"workflows", "models"},
@@ -59,5 +70,5 @@ def test_every_first_party_import_points_down() -> None:
 def test_node_is_subpackages_only() -> None:
     assert sorted(p.name for p in (ROOT / "node").glob("*.py")) == ["__init__.py"]
     assert {p.name for p in (ROOT / "node").iterdir() if (p / "__init__.py").exists()} == {
-        "wire", "p2p", "ops", "daemon", "publisher", "gateway", "cli"
+        "wire", "p2p", "ops", "daemon", "execution", "publisher", "gateway", "cli"
     }  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 
 from config.settings import Settings
 from models.cpu import NO_AMX_CFLAGS, CpuInfo, amx_instructions, extra_buffers_enabled, ggml_cpu_libraries
-from node.daemon.model_setup import runtime_options
+from node.execution.model_setup import runtime_options
 
 SAMPLES = Path(__file__).resolve().parents[1] / "support" / "data" / "cpuinfo"
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import llama_cpp
 
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
-from node.daemon.execution.protocol import MAX_FRAME_BYTES
+from node.execution.protocol import MAX_FRAME_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
 BOMB = "#bomb"  # allocates (and touches) memory without bound

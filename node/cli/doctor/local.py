@@ -128,7 +128,7 @@ def model_file_checks(settings: Settings) -> list[Check]:
     """Every configured local model's file is present and matches its sha256 when one is known."""
     from models.registry import RegistryError
     from models.store import sha256_of
-    from node.daemon.model_setup import model_store
+    from node.execution.model_setup import model_store
 
     registry, store = model_store(settings)
     names = list(dict.fromkeys([*settings.models, *([settings.embedding_model] if settings.embedding_model else [])]))
@@ -173,7 +173,7 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 def memory_check(settings: Settings, mem_available: Callable[[], int], node_running: bool) -> Check:
     """The configured models and their KV caches fit in the memory available now."""
     from models.registry import RegistryError
-    from node.daemon.execution.memory_limits import footprint_bytes
+    from node.execution.memory_limits import footprint_bytes
 
     parallel = settings.parallel or CPU_DEFAULT_PARALLEL
     need = 0

@@ -36,12 +36,11 @@ import structlog
 from config.settings import Settings
 from node.daemon.acceptance import Acceptance, SeenTasks
 from node.daemon.admission import Admission
-from node.daemon.execution.pool import ExecutionPool
 from node.daemon.intake import TaskIntake
 from node.daemon.journal import ROW_OVERHEAD_BYTES, Journal, JournalUsage
 from node.daemon.outbox import ResultOutbox
+from node.daemon.processes.pool import ExecutionPool
 from node.daemon.runner import TaskRunner
-from node.daemon.workflow_setup import engine_options
 from node.ops.metrics import NodeMetrics
 from node.p2p.host import P2PHost
 from node.wire.envelope import seal
@@ -101,7 +100,7 @@ async def test_ten_thousand_keys_cannot_fill_the_journal_and_an_honest_task_is_a
     metrics = NodeMetrics()
     outbox = ResultOutbox(node, host, journal, grace_s=settings.result_grace)
     pool = ExecutionPool(settings, metrics)  # not started: every task fails at once
-    runner = TaskRunner(pool, outbox, journal, metrics, engine_options(settings), settings.exec_cancel_grace)
+    runner = TaskRunner(pool, outbox, journal, metrics, settings.max_time_cap, settings.exec_cancel_grace)
     admission = Admission(runner.run, runner.abandon, {MODEL: CONCURRENCY}, MAX_QUEUE)
     acceptance = Acceptance(node.address, [MODEL], seen=SeenTasks(settings.journal_max_records))
     intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)

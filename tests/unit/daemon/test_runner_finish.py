@@ -16,17 +16,18 @@ import pytest_asyncio
 
 from config.settings import Settings
 from node.daemon.admission import AcceptedTask
-from node.daemon.execution.pool import ExecutionPool
 from node.daemon.journal import Journal, TaskState
 from node.daemon.outbox import ResultOutbox
+from node.daemon.processes.pool import ExecutionPool
 from node.daemon.runner import RESULT_NOT_BUILT, TaskRunner
 from node.ops.metrics import NodeMetrics
 from node.p2p.host import P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskInput
+from node.wire.results import Output
 from node.wire.wire_time import INT64_MAX
-from workflows import EngineOptions, WorkflowResult
+from workflows.options import DEFAULT_MAX_TIME_S
 
 PUBLISHER = Identity.from_hex("33" * 32)
 
@@ -41,7 +42,7 @@ async def runner(tmp_path: Path) -> AsyncIterator[tuple[TaskRunner, Journal]]:
         outbox = ResultOutbox(node, host, journal)
         metrics = NodeMetrics()
         pool = ExecutionPool(Settings.load(data_dir=tmp_path), metrics)
-        yield TaskRunner(pool, outbox, journal, metrics, EngineOptions(), cancel_grace_s=1.0), journal
+        yield TaskRunner(pool, outbox, journal, metrics, DEFAULT_MAX_TIME_S, cancel_grace_s=1.0), journal
     finally:
         await host.stop()
         journal.close()
@@ -70,8 +71,8 @@ async def test_token_counts_past_int64_or_below_zero_are_clamped_and_the_result_
 ) -> None:
     task_runner, journal = runner
     accepted = _accepted(journal, "huge")
-    result = WorkflowResult("hello \ud800 world", steps=1, prompt_tokens=2**80, completion_tokens=-3)
-    await task_runner._finish(accepted, time.time_ns(), result=result)
+    output = Output("hello \ud800 world", accepted.task.public_key, prompt_tokens=2**80, completion_tokens=-3)
+    await task_runner._finish(accepted, time.time_ns(), output=output)
     body = _kept(journal, "huge")
     assert "error" not in body
     stats = body["stats"]
@@ -88,7 +89,7 @@ async def test_a_result_that_cannot_be_built_is_replaced_by_an_error_result(
     task_runner, journal = runner
     off_curve = "02" + "ff" * 32  # x past the field prime: no point, nothing can be encrypted to it
     accepted = _accepted(journal, "broken", public_key=off_curve)
-    await task_runner._finish(accepted, time.time_ns(), result=WorkflowResult("text", 1, 2, 3))
+    await task_runner._finish(accepted, time.time_ns(), output=Output("text", off_curve, 2, 3))
     body = _kept(journal, "broken")
     assert "ciphertext" not in body
     assert body["error"] == f"{RESULT_NOT_BUILT} (EciesError)"

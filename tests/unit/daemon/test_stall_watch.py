@@ -1,4 +1,4 @@
-"""The stall watchdog's verdicts (execution/stall.py) and the gate suspects rerun through (rerun_gate.py)."""
+"""The stall watchdog's verdicts (processes/stall.py) and the gate suspects rerun through (rerun_gate.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from node.daemon.execution.protocol import Progress
-from node.daemon.execution.stall import STEP_MULTIPLE, UNMEASURED_STEP_S, StallWatch
+from node.daemon.processes.stall import STEP_MULTIPLE, UNMEASURED_STEP_S, StallWatch
 from node.daemon.rerun_gate import RerunGate
+from node.execution.protocol import Progress
 
 
 def test_bounds_sampling_gets_the_floor_a_decode_gets_its_expected_time_on_top() -> None:

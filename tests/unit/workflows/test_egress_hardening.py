@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings
-from node.daemon.workflow_setup import tool_settings
+from node.execution.workflow_setup import tool_settings
 from tests.support.http_server import LocalServer, Route
 from workflows import EgressRefusedError, ToolError, ToolSettings
 from workflows.egress import EgressPolicy, fetch, is_public

@@ -13,7 +13,7 @@ import pytest
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.requests import ModelError
-from node.daemon.workflow_setup import engine_options
+from node.execution.workflow_setup import engine_options
 from tests.support.hostile_workflows import (
     GRAMMAR_BOMBS,
     LOOPS,

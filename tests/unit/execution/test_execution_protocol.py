@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from node.daemon.execution.handle import describe_exit
-from node.daemon.execution.protocol import (
+from node.daemon.processes.handle import describe_exit
+from node.execution.protocol import (
     Pong,
     Probe,
     ProtocolError,

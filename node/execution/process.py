@@ -1,6 +1,6 @@
 """The execution process: one model's runtime and the workflow engine, behind the IPC boundary.
 
-Started by the daemon as `python -m node.daemon.execution.process --fd N` (a clean
+Started by the daemon as `python -m node.execution.process --fd N` (a clean
 interpreter, never a fork of the threaded daemon), with one end of a socketpair as
 fd N. It reads `configure`, applies the operator's memory limit, loads and
 benchmarks the model, derives the limits left unset (memory_limits.py), answers
@@ -30,9 +30,12 @@ from config.settings import Settings
 from models.progress import request_owner
 from models.requests import ModelError
 from models.tracing import GenerationTrace, generation_traces
-from node.daemon.execution.delta_coalescer import DeltaCoalescer
-from node.daemon.execution.memory_limits import memory_limits
-from node.daemon.execution.protocol import (
+from node.execution.delta_coalescer import DeltaCoalescer
+from node.execution.memory_limits import memory_limits
+from node.execution.model_setup import PreparedModel, ServedModel, create_embedder, prepare_model, runtime_options
+from node.execution.protocol import (
+    DEADLINE_BEFORE_START,
+    DEADLINE_WHILE_RUNNING,
     MAX_FRAME_BYTES,
     Cancel,
     Configure,
@@ -50,8 +53,7 @@ from node.daemon.execution.protocol import (
     encode,
     read_line,
 )
-from node.daemon.model_setup import PreparedModel, ServedModel, create_embedder, prepare_model, runtime_options
-from node.daemon.workflow_setup import engine_options, tool_settings
+from node.execution.workflow_setup import engine_options, tool_settings
 from node.ops.log import configure_logging
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
 from workflows.backend import ModelBackend
@@ -164,7 +166,7 @@ class TaskHost:
         workflow = parse_workflow(request.workflow)  # WorkflowValidationError: answered by _run
         remaining = (request.deadline_ns - time.time_ns()) / 1e9
         if remaining <= 0:
-            return TaskFailed(task_id=request.task_id, error="deadline passed before the task started")
+            return TaskFailed(task_id=request.task_id, error=DEADLINE_BEFORE_START)
         traces: list[GenerationTrace] | None = [] if request.proof else None
         generation_traces.set(traces)  # this task's context: the runtime records its generations
         deltas = None
@@ -182,7 +184,7 @@ class TaskHost:
                     on_text=None if deltas is None else deltas.add,
                 )
         except TimeoutError:
-            return TaskFailed(task_id=request.task_id, error="deadline passed while the task was running")
+            return TaskFailed(task_id=request.task_id, error=DEADLINE_WHILE_RUNNING)
         finally:
             if deltas is not None:
                 deltas.close()  # the last delta goes before the answer
@@ -296,7 +298,7 @@ def _test_wrapper() -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.daemon.execution.process")
+    parser = argparse.ArgumentParser(prog="python -m node.execution.process")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
     parser.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid (orphan detection)")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from node.daemon.execution.delta_coalescer import DeltaCoalescer
+from node.execution.delta_coalescer import DeltaCoalescer
 
 
 async def test_pieces_gather_until_enough_characters_then_go_as_one_delta() -> None:

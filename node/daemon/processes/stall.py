@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from node.daemon.execution.protocol import Progress
+from node.execution.protocol import Progress
 
 # How many expected batch steps a decode call may take beyond the floor before it is a stall.
 STEP_MULTIPLE = 4.0

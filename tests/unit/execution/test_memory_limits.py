@@ -10,7 +10,7 @@ from config.settings import ConfigError, Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
 from models.remote.endpoint import MAX_RESPONSE_BYTES
-from node.daemon.execution.memory_limits import MIB, derive_address_space_mb, memory_limits
+from node.execution.memory_limits import MIB, derive_address_space_mb, memory_limits
 from tests.support.model_file import SMOLLM2
 
 

@@ -24,10 +24,10 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from node.daemon.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
-from node.daemon.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
-from node.daemon.execution.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.daemon.failures import RecentFailures
+from node.daemon.processes.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
+from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
+from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
 
 log = structlog.get_logger("node.execution")

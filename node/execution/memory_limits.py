@@ -26,7 +26,7 @@ from config.settings import Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
 from models.remote.endpoint import MAX_RESPONSE_BYTES
-from node.daemon.model_setup import model_store, runtime_options
+from node.execution.model_setup import model_store, runtime_options
 
 log = structlog.get_logger("node.execution")
 

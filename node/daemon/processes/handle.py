@@ -1,7 +1,7 @@
 """The daemon's handle on one execution process: spawn, talk, watch it end.
 
 `ExecutionProcess.start()` spawns a clean interpreter (`python -m
-node.daemon.execution.process`), hands it one end of a socketpair, sends `configure`
+node.execution.process`), hands it one end of a socketpair, sends `configure`
 and waits for `ready`. A reader task then routes answers to the tasks waiting for
 them. When the process ends, for whatever reason, every task still on it gets a
 `RuntimeExitError` naming the signal or exit code, and `on_exit` is called once.
@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from node.daemon.execution.protocol import (
+from node.execution.protocol import (
     MAX_FRAME_BYTES,
     Cancel,
     Configure,
@@ -132,7 +132,7 @@ class ExecutionProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "node.daemon.execution.process",
+                "node.execution.process",
                 "--fd",
                 str(child.fileno()),
                 "--parent-pid",

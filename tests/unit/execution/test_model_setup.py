@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
-from node.daemon.model_setup import create_embedder
+from node.execution.model_setup import create_embedder
 from tests.support.cluster import node_settings
 
 MODEL = "smollm2:135m"

@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 # A workflow or a result is at most a few MB; a line past this is a broken peer.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
+# A task's deadline, as the execution process and the daemon's runner both report it.
+DEADLINE_BEFORE_START = "deadline passed before the task started"
+DEADLINE_WHILE_RUNNING = "deadline passed while the task was running"
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

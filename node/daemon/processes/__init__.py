@@ -1,0 +1,7 @@
+"""The daemon's side of the execution processes (node/execution/): one child process per model,
+spawned, fed and watched from here; the daemon never loads a model itself.
+
+handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
+pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
+stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
+"""

@@ -1,0 +1,14 @@
+"""The execution process: one per model, started by the daemon, running the workflow engine and
+that model's batched llama.cpp runtime, so a native crash or a runaway workflow costs one process,
+never the daemon. Nothing here runs in the daemon except protocol.py, the messages both sides speak
+(tests/project/test_architecture.py holds the boundary).
+
+    protocol.py         the IPC messages (pydantic, one JSON object per line over a socketpair) and
+                        the deadline texts both sides report
+    process.py          the entry point and main loop (`python -m node.execution.process --fd N`):
+                        configure, load, ready, then TaskHost runs tasks until the daemon closes the socket
+    model_setup.py      builds the configured model (registry -> backend -> benchmark)
+    workflow_setup.py   maps settings onto the workflow engine's tool and model options
+    memory_limits.py    the process's RSS and address-space limits, derived from its model when unset
+    delta_coalescer.py  a streaming task's text deltas, gathered into fewer messages before they cross
+"""
