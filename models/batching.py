@@ -152,11 +152,6 @@ class BatchedLlamaModel:
         """The decode loop's progress now: what a watchdog needs to see a native call that never returns."""
         return self._decode_loop.progress()
 
-    @property
-    def prompt_tokens_evaluated(self) -> int:
-        """Prompt tokens decoded since load, all requests together (prefix reuse lowers it)."""
-        return self._decode_loop.prompt_tokens_evaluated
-
     # -------------------------------------------------------------- tokenizing
     def tokenize(self, text: str) -> list[int]:
         """The tokens of `text` (no BOS, special tokens as plain text). Safe from any thread."""

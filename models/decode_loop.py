@@ -56,7 +56,6 @@ class DecodeLoop:
         self._closed = False
         self._slots = [Slot(seq_id=i) for i in range(parallel)]
         self._busy = 0  # slots running a request; read from other threads
-        self._prompt_tokens_evaluated = 0
         self._progress = DecodeProgress()
         self.loaded: Future[int] = Future()  # the per-slot context size, once loaded
         self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
@@ -98,11 +97,6 @@ class DecodeLoop:
     def progress(self) -> ProgressSnapshot:
         """Calls finished so far and the native call running now (for the execution process's watchdog)."""
         return self._progress.snapshot(self._busy)
-
-    @property
-    def prompt_tokens_evaluated(self) -> int:
-        """Prompt tokens decoded since load (all requests together)."""
-        return self._prompt_tokens_evaluated
 
     # ---------------------------------------------------- decode loop thread
     def _run(self) -> None:
@@ -297,7 +291,6 @@ class DecodeLoop:
             else:
                 del active.pending[: len(tokens)]
                 active.prompt_seconds += elapsed
-                self._prompt_tokens_evaluated += len(tokens)
         for slot, index in outputs:
             with self._progress.native_call("sample", [slot.active.request.owner if slot.active else None]):
                 self._take_token(slot, index)

@@ -1,8 +1,8 @@
 """A model served by an OpenAI-compatible engine (vLLM, llama-server, llama_cpp.server, Ollama, hosted APIs).
 
-`RemoteModel` satisfies `workflows.backend.ModelBackend` and has the capacity
-properties the node reads from `BatchedLlamaModel` (parallel, slots_free,
-queued, n_ctx, close), so the engine and the node use either. Requests are
+`RemoteModel` satisfies `workflows.backend.ModelBackend` and has what the
+execution process reads from `BatchedLlamaModel` (parallel, n_ctx, progress,
+close), so the engine and the execution process use either. Requests are
 non-streaming chat completions (`/chat/completions`) and `/embeddings`.
 
 Structured output: a JSON schema goes out as `response_format`, in the form the

@@ -4,7 +4,7 @@
 `models.loader.open_model` dispatches on the entry's backend (a local GGUF on the
 batched llama.cpp runtime, or a remote OpenAI-compatible engine). A new kind of
 backend is one more branch there; it must satisfy `workflows.backend.ModelBackend`
-plus `parallel`, `slots_free`, `queued`, `progress()` and `close()`.
+plus `parallel`, `progress()` and `close()`.
 
 A model that cannot be found or loaded, or that is slower than `min_tps`, raises
 ModelError naming the problem; the daemon then starts without it.
@@ -38,12 +38,6 @@ class ServedModel(Protocol):
 
     @property
     def parallel(self) -> int: ...
-
-    @property
-    def slots_free(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
 
     def progress(self) -> ProgressSnapshot | None:
         """The local runtime's decode progress (None for a backend without native calls here)."""

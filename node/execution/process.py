@@ -116,10 +116,6 @@ class TaskHost:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     def start(self, request: RunTask) -> None:
         if request.task_id in self._tasks:
             self._send(TaskFailed(task_id=request.task_id, error="internal error: task already running"))
@@ -235,7 +231,6 @@ async def serve(fd: int) -> int:
             model=name,
             parallel=model.parallel,
             generation_tps=prepared.generation_tps,
-            prompt_tps=prepared.prompt_tps,
             max_rss_mb=limits.max_rss_mb,
             step_seconds=expected_step_seconds(prepared, runtime_options(settings).n_batch),
         )
@@ -249,7 +244,7 @@ async def serve(fd: int) -> int:
             elif isinstance(message, Cancel):
                 host.cancel(message)
             elif isinstance(message, Probe):
-                send(_pong(message, host, model))
+                send(_pong(message, model))
             await writer.drain()
     finally:
         await host.stop()
@@ -267,7 +262,7 @@ def expected_step_seconds(prepared: PreparedModel, n_batch: int) -> float | None
     return n_batch / prepared.prompt_tps + prepared.model.parallel / prepared.generation_tps
 
 
-def _pong(probe: Probe, host: TaskHost, model: ServedModel) -> Pong:
+def _pong(probe: Probe, model: ServedModel) -> Pong:
     snapshot = model.progress()
     progress = None
     if snapshot is not None:
@@ -280,13 +275,7 @@ def _pong(probe: Probe, host: TaskHost, model: ServedModel) -> Pong:
             call_tokens=snapshot.call_tokens,
             seconds_per_token=snapshot.seconds_per_token,
         )
-    return Pong(
-        probe_id=probe.probe_id,
-        running=host.running,
-        slots_free=model.slots_free,
-        queued=model.queued,
-        progress=progress,
-    )
+    return Pong(probe_id=probe.probe_id, progress=progress)
 
 
 def _test_wrapper() -> Callable[[Any], Any]:

@@ -71,7 +71,6 @@ class Ready(Message):
     model: str
     parallel: int = Field(ge=1)
     generation_tps: float | None = None
-    prompt_tps: float | None = None
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
     # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
     # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
@@ -126,11 +125,10 @@ class Progress(Message):
 
 
 class Pong(Message):
+    """The answer to a probe: the event loop is free, and how far the decode loop got."""
+
     kind: Literal["pong"] = "pong"
     probe_id: int
-    running: int
-    slots_free: int
-    queued: int
     progress: Progress | None = None  # None for a backend without native calls here (a remote engine)
 
 

@@ -46,6 +46,12 @@ from workflows.errors import (
 from workflows.schema_limits import MAX_PATTERN_EXPANSION, pattern_expansion
 
 
+def _calls_done(model: BatchedLlamaModel) -> int:
+    progress = model.progress()
+    assert progress is not None
+    return progress.calls_done
+
+
 async def _max_loop_gap(work: Any) -> tuple[float, BaseException | None]:
     """Run `work` while a ticker measures the longest time the event loop did not answer."""
     gaps: list[float] = []
@@ -226,12 +232,12 @@ async def test_many_small_tools_cannot_make_a_grammar_bomb(model: BatchedLlamaMo
 
 async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(model: BatchedLlamaModel) -> None:
     workflow = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx))
-    evaluated = model.prompt_tokens_evaluated
+    calls_done = _calls_done(model)
     with pytest.raises(InvalidTaskError) as caught:
         await run_workflow(workflow, model, options=EngineOptions(max_tokens_cap=None))
     text = public_error_text(caught.value)
     assert text.startswith(INVALID_PROMPT) and "does not fit the model's context: the prompt's " in text, text
     assert f"plus max_tokens {model.n_ctx} need" in text and f"the {model.n_ctx}-token context" in text, text
-    assert model.prompt_tokens_evaluated == evaluated  # refused before it ran
+    assert _calls_done(model) == calls_done  # refused before it ran: not one native call
     fits = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx // 2))
     assert (await run_workflow(fits, model, options=EngineOptions(max_tokens_cap=None))).text
