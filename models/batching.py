@@ -139,6 +139,12 @@ class BatchedLlamaModel:
         return self._decode_loop.parallel
 
     @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF header's metadata (architecture, shapes), as read when the model was loaded."""
+        metadata: dict[str, str] = self._vocab.metadata
+        return metadata
+
+    @property
     def slots_free(self) -> int:
         """Slots not running a request right now."""
         return self._decode_loop.slots_free

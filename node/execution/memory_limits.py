@@ -17,6 +17,7 @@ execution process imports it, the daemon never does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,21 +47,27 @@ class MemoryLimits:
     address_space_mb: int | None
 
 
-def model_bytes(path: Path, kv_tokens: int, mappings: int, cache_type: str = "f16") -> int:
+def model_bytes(
+    path: Path, kv_tokens: int, mappings: int, cache_type: str = "f16", metadata: Mapping[str, str] | None = None
+) -> int:
     """The file (`mappings` times) and a KV cache of `kv_tokens` tokens of `cache_type`; the file
-    size stands in for a KV shape the header does not give."""
+    size stands in for a KV shape the header does not give. `metadata`: the header, when the file
+    is loaded already (else it is read here)."""
     size = path.stat().st_size
-    vocab = open_vocab(path)
-    try:
-        per_token = kv_bytes_per_token(vocab.metadata, cache_type)
-    finally:
-        vocab.close()
+    if metadata is None:
+        vocab = open_vocab(path)
+        try:
+            metadata = dict(vocab.metadata)
+        finally:
+            vocab.close()
+    per_token = kv_bytes_per_token(metadata, cache_type)
     return size * mappings + (per_token * kv_tokens if per_token is not None else size)
 
 
-def footprint_bytes(settings: Settings, model: str, parallel: int) -> int:
+def footprint_bytes(settings: Settings, model: str, parallel: int, metadata: Mapping[str, str] | None = None) -> int:
     """Bytes the model of this process may keep resident: a local GGUF's file and KV cache, or a
-    remote engine's answers in flight; and a separate local embedding model's."""
+    remote engine's answers in flight; and a separate local embedding model's. `metadata`: the
+    model's GGUF header when it is loaded already."""
     registry, store = model_store(settings)
     total = 0
     spec = registry.get(model)
@@ -71,7 +78,8 @@ def footprint_bytes(settings: Settings, model: str, parallel: int) -> int:
     elif path is not None:
         # `parallel` slots of n_ctx, and the embedding context (one more n_ctx, another mapping).
         embeds_here = settings.embedding_model in (None, model)
-        total += model_bytes(path, settings.n_ctx * (parallel + embeds_here), 1 + embeds_here, settings.kv_cache_type)
+        kv_tokens = settings.n_ctx * (parallel + embeds_here)
+        total += model_bytes(path, kv_tokens, 1 + embeds_here, settings.kv_cache_type, metadata)
     if settings.embedding_model not in (None, model):
         embedding = registry.get(settings.embedding_model)
         embedding_path = None if embedding.is_remote else store.locate(embedding)
@@ -99,14 +107,17 @@ def address_space_bytes() -> int:
     raise OSError("no VmSize in /proc/self/status")
 
 
-def memory_limits(settings: Settings, model: str, parallel: int) -> MemoryLimits:
-    """The limits for this loaded model: the operator's where set (0: off), derived where unset."""
+def memory_limits(
+    settings: Settings, model: str, parallel: int, metadata: Mapping[str, str] | None = None
+) -> MemoryLimits:
+    """The limits for this loaded model: the operator's where set (0: off), derived where unset.
+    `metadata`: its GGUF header as the load read it, so the file is not opened again."""
     options = runtime_options(settings)
     gpu = options.gpu_layers() != 0
     rss, space = settings.exec_max_rss_mb, settings.exec_address_space_mb
     footprint = derived_rss = None
     if rss is None or (space is None and not gpu):
-        footprint = footprint_bytes(settings, model, parallel)
+        footprint = footprint_bytes(settings, model, parallel, metadata)
         derived_rss = derive_max_rss_mb(footprint, gpu)
     if rss is None:
         rss = derived_rss

@@ -12,12 +12,14 @@ ModelError naming the problem; the daemon then starts without it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from config.settings import Settings
+from models.batching import BatchedLlamaModel
 from models.cpu import CpuInfo, extra_buffers_enabled
 from models.embedder import Embedder
 from models.loader import measure_speed, open_model
@@ -57,6 +59,11 @@ class PreparedModel:
     model: ServedModel
     generation_tps: float | None = None
     prompt_tps: float | None = None
+
+    @property
+    def gguf_metadata(self) -> Mapping[str, str] | None:
+        """The loaded GGUF's header metadata, read once at load (None for a remote engine)."""
+        return self.model.metadata if isinstance(self.model, BatchedLlamaModel) else None
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:

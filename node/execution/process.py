@@ -218,7 +218,7 @@ async def serve(fd: int) -> int:
         embedder: Any = model
         if settings.embedding_model and settings.embedding_model != name:
             embedder = await create_embedder(settings.embedding_model, settings)
-        limits = memory_limits(settings, name, model.parallel)
+        limits = memory_limits(settings, name, model.parallel, prepared.gguf_metadata)
     except (ModelError, OSError) as exc:
         send(LoadFailed(model=name, error=str(exc)))
         await writer.drain()

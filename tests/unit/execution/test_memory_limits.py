@@ -10,7 +10,7 @@ from config.settings import ConfigError, Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
 from models.remote.endpoint import MAX_RESPONSE_BYTES
-from node.execution.memory_limits import MIB, derive_address_space_mb, memory_limits
+from node.execution.memory_limits import MIB, derive_address_space_mb, footprint_bytes, memory_limits
 from tests.support.model_file import SMOLLM2
 
 
@@ -52,6 +52,22 @@ def test_unset_limits_are_derived_from_the_model(tmp_path: Path) -> None:
     footprint = 2 * SMOLLM2.stat().st_size + 30 * 3 * 128 * 2 * 2048 * (4 + 1)
     assert limits.max_rss_mb == int(footprint * 1.25) // MIB + 512
     assert limits.address_space_mb is not None and limits.address_space_mb > limits.max_rss_mb + 512
+
+
+def test_a_loaded_models_header_is_used_and_the_file_not_read_again(tmp_path: Path) -> None:
+    vocab = open_vocab(SMOLLM2)
+    try:
+        header = dict(vocab.metadata)
+    finally:
+        vocab.close()
+    settings = _settings(tmp_path)
+    read = memory_limits(settings, "smollm2:135m", parallel=4)
+    assert memory_limits(settings, "smollm2:135m", 4, header).max_rss_mb == read.max_rss_mb
+    # A header unlike the file's (one layer, not 30) is what counts: the file's was not opened.
+    one_layer = {**header, f"{header['general.architecture']}.block_count": "1"}
+    assert (
+        footprint_bytes(settings, "smollm2:135m", 4, one_layer) == 2 * SMOLLM2.stat().st_size + 3 * 128 * 2 * 2048 * 5
+    )
 
 
 def test_the_operators_limits_win_and_zero_turns_a_guard_off(tmp_path: Path) -> None:

@@ -65,6 +65,12 @@ async def _wait_until(condition: object, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def test_the_loaded_models_gguf_header_is_kept(model: BatchedLlamaModel) -> None:
+    # The execution process sizes its memory limits from it, without opening the file again.
+    assert model.metadata["general.architecture"] == "llama"
+    assert model.metadata["llama.block_count"] == "30"
+
+
 async def test_no_cross_talk_with_more_requests_than_slots(model: BatchedLlamaModel) -> None:
     results = await asyncio.gather(*(model.generate(_say(w)) for w in WORDS))
     for word, result in zip(WORDS, results):
