@@ -31,6 +31,7 @@ CLI_LOCAL_MODEL = ("node.cli.scorers",)  # opens model files in the CLI's own pr
 # What loads llama.cpp or runs a model: the native library, the batched runtime, the execution process.
 FORBIDDEN = ("llama_cpp", "models.batching", "models.decode_loop", "models.llama_open", "node.execution")
 ALLOWED_ACROSS = ("node.execution.protocol",)
+PACKAGE_MAP_ONLY = "node.execution"  # its __init__ is a docstring: `from node.execution import protocol` is fine
 
 
 def _module_name(path: Path) -> str:
@@ -43,7 +44,7 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def _forbidden(name: str) -> bool:
-    return _within(name, FORBIDDEN) and not _within(name, ALLOWED_ACROSS)
+    return _within(name, FORBIDDEN) and not _within(name, ALLOWED_ACROSS) and name != PACKAGE_MAP_ONLY
 
 
 def _named(node: ast.Import | ast.ImportFrom) -> Iterator[str]:
@@ -135,6 +136,7 @@ def test_the_check_catches_an_import_of_llama_cpp_in_the_daemon(tmp_path: Path) 
             ("node.daemon.runner", "import llama_cpp\n"),
             ("node.daemon.intake", "def later() -> None:\n    from node.execution import model_setup\n"),
             ("node.daemon.build", "from node.execution.process import TaskHost\n"),
+            ("node.daemon.build", "from node.execution import memory_limits\n"),
             ("node.cli.main", "from models.decode_loop import DecodeLoop\n"),
             ("node.cli.main", "from node.cli.scorers import LocalScorers\n"),  # at module level: loads llama.cpp
             # Through another module: the daemon imports one that, at import time, imports llama.cpp.
@@ -147,5 +149,5 @@ def test_the_check_catches_an_import_of_llama_cpp_in_the_daemon(tmp_path: Path) 
         assert violations, f"{added!r} in {module} went unseen"
     # An import that stays on its side is not a violation.
     changed = tmp_path / "allowed-node.daemon.runner.py"
-    changed.write_text(files["node.daemon.runner"].read_text() + "from node.execution.protocol import Probe\n")
+    changed.write_text(files["node.daemon.runner"].read_text() + "from node.execution import protocol\n")
     assert boundary_violations({**files, "node.daemon.runner": changed}) == []

@@ -41,7 +41,7 @@ from node.execution.protocol import (
     read_line,
 )
 
-log = structlog.get_logger("node.execution")
+log = structlog.get_logger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,7 @@ from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
 
-log = structlog.get_logger("node.execution")
+log = structlog.get_logger(__name__)
 
 MIB = 1024 * 1024
 PROBE_INTERVAL_S = 5.0
