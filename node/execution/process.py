@@ -3,7 +3,8 @@
 Started by the daemon as `python -m node.execution.process --fd N` (a clean
 interpreter, never a fork of the threaded daemon), with one end of a socketpair as
 fd N. It reads `configure`, applies the operator's memory limit, loads and
-benchmarks the model, derives the limits left unset (memory_limits.py), answers
+benchmarks the model, derives the limits left unset (memory_limits.py, from the GGUF
+header the load read), answers
 `ready` with its RSS limit (or `load_failed` and exits), then runs
 tasks concurrently until the daemon closes the socket. Its logs go to the
 daemon's stderr. Anything that kills it (a signal, an abort in llama.cpp) costs
