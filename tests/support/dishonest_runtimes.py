@@ -35,14 +35,6 @@ class _Wrapped:
     def parallel(self) -> int:
         return int(self._model.parallel)
 
-    @property
-    def slots_free(self) -> int:
-        return int(self._model.slots_free)
-
-    @property
-    def queued(self) -> int:
-        return int(self._model.queued)
-
     def progress(self) -> ProgressSnapshot | None:
         return self._model.progress()  # type: ignore[no-any-return]
 

@@ -45,14 +45,6 @@ class Misbehaving:
     def parallel(self) -> int:
         return self._model.parallel
 
-    @property
-    def slots_free(self) -> int:
-        return self._model.slots_free
-
-    @property
-    def queued(self) -> int:
-        return self._model.queued
-
     def progress(self) -> ProgressSnapshot | None:
         return self._model.progress()
 
