@@ -7,7 +7,7 @@
     GET  /v1/nodes             the nodes seen by heartbeat, with what the gateway measured of each
     GET  /v1/reputation        every node measured (reputation table), live or not
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
-    GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/rpc_app.py)
+    GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/dria_sdk/)
     POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings: OpenAI's API (node/gateway/openai_api/)
 
 Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI routes: OpenAI's error shape).
@@ -25,12 +25,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
+from node.gateway.database import DatabaseError
+from node.gateway.dria_sdk.routes import add_sdk_routes
+from node.gateway.dria_sdk.service import SdkService
 from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
 from node.gateway.openai_api.routes import add_openai_routes
 from node.gateway.openai_api.service import OpenAIService
-from node.gateway.rpc import RpcService
-from node.gateway.rpc_app import add_rpc_routes
 from node.gateway.schemas import (
     Accepted,
     BatchAccepted,
@@ -45,19 +46,18 @@ from node.gateway.schemas import (
     TaskRequest,
     TaskView,
 )
-from node.gateway.service import GatewayService, TooManyPendingError
+from node.gateway.service import RETRY_AFTER, GatewayService, TooManyPendingError
 from node.gateway.settings import GatewaySettings
-from node.gateway.store import TaskRecord, TaskStoreError
+from node.gateway.store import TaskRecord
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
 
-PENDING_RETRY_AFTER = 5  # seconds suggested to a key at its limit of unfinished tasks
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
 
 
-def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: RpcService | None = None) -> FastAPI:
-    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `rpc`, Dria's SDK routes too."""
+def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None) -> FastAPI:
+    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `sdk`, Dria's SDK routes too."""
     app = FastAPI(
         title="compute-node gateway",
         version="1",
@@ -94,8 +94,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         try:
             return service.submit(key, requests, timeouts, settings.max_pending, settings.max_pending_total)
         except TooManyPendingError as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(PENDING_RETRY_AFTER)}) from None
-        except TaskStoreError as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}) from None
+        except DatabaseError as exc:
             log.error("task not accepted", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
 
@@ -177,8 +177,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         return Health(nodes=len(service.nodes()))
 
     add_openai_routes(app, OpenAIService(service, settings), caller)
-    if rpc is not None:
-        add_rpc_routes(app, rpc, keys, limiter)
+    if sdk is not None:
+        add_sdk_routes(app, sdk, keys, limiter)
     return app
 
 

@@ -18,13 +18,13 @@ from typing import Any
 import structlog
 
 from node.gateway.schemas import TaskRequest
-from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
+from node.gateway.store import TaskRecord, TaskStore
 from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.publisher.node_table import KnownNode
 
 log = structlog.get_logger(__name__)
 
-PURGE_INTERVAL = 60.0
+RETRY_AFTER = 5  # seconds suggested by every 429 and 503 of the gateway: pending caps, busy nodes, no store
 
 
 class TooManyPendingError(Exception):
@@ -50,7 +50,6 @@ class GatewayService:
         self.store = store
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
-        self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the network and resume waiting for tasks left pending by an earlier run."""
@@ -58,11 +57,10 @@ class GatewayService:
         for record in self.store.pending():
             self._finished[record.id] = asyncio.Event()
             self._spawn(self._resume(record))
-        self._purger = asyncio.create_task(self._purge_loop(), name="gateway-purge")
 
     async def close(self) -> None:
         """Stop following tasks (they stay pending in the store) and leave the network."""
-        tasks = [*self._followers, *([self._purger] if self._purger else [])]
+        tasks = list(self._followers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -209,14 +207,3 @@ class GatewayService:
         self._followers.discard(follower)
         if not follower.cancelled() and follower.exception() is not None:
             log.error("task follower crashed", error=repr(follower.exception()))  # e.g. the store could not be written
-
-    async def _purge_loop(self) -> None:
-        while True:
-            try:
-                deleted = self.store.purge()
-            except TaskStoreError as exc:
-                log.warning("could not delete expired tasks", error=str(exc))
-            else:
-                if deleted:
-                    log.info("expired tasks deleted", count=deleted)
-            await asyncio.sleep(PURGE_INTERVAL)

@@ -19,6 +19,7 @@ MAPPED = [
     "node/daemon/execution",
     "node/publisher",
     "node/gateway",
+    "node/gateway/dria_sdk",
     "node/gateway/openai_api",
     "node/cli",
     "workflows",

@@ -18,13 +18,11 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import GatewayService, TooManyPendingError, check_pending
+from node.gateway.service import RETRY_AFTER, GatewayService, TooManyPendingError, check_pending
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
 log = structlog.get_logger(__name__)
-
-PENDING_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ class OpenAIService:
                 self.settings.max_pending_total,
             )
         except TooManyPendingError as exc:
-            raise OpenAIError(429, str(exc), retry_after=PENDING_RETRY_AFTER) from None
+            raise OpenAIError(429, str(exc), retry_after=RETRY_AFTER) from None
         self._running[key] += 1
         try:
             yield

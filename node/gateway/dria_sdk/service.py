@@ -1,4 +1,4 @@
-"""The Dria-SDK ("RPC") side of the gateway: tasks posted as the SDK posts them, raw node envelopes back.
+"""SdkService: tasks posted as Dria's SDK posts them, raw node envelopes back.
 
 A posted task is published under
 `<taskId>--<suffix>` with the SDK's own public key and picked node, signed by
@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.gateway.rpc_store import RpcStore, RpcTask
+from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import check_pending
 from node.publisher.client import Client
 from node.wire.envelope import Envelope
@@ -34,7 +34,6 @@ log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
-PURGE_INTERVAL = 60.0
 MAX_HEARTBEATS = 10_000
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
@@ -42,12 +41,12 @@ _MAX_SDK_TASK_ID = 100
 _DROPPED = ("privateKey", "nodePeerIds", "datasetId")
 
 
-class RpcPayloadError(Exception):
+class SdkPayloadError(Exception):
     """A posted task cannot be published; the message names the field, never its value."""
 
 
 @dataclass(frozen=True)
-class RpcLimits:
+class SdkLimits:
     """What one posted task may ask of the gateway: pending caps and how far ahead its deadline may lie."""
 
     max_pending: int = 100  # per key (per token without api_keys)
@@ -82,13 +81,13 @@ def network_id(task_id: str) -> str:
 def decode_payload(payload: str) -> dict[str, Any]:
     """The posted task as a dict without its private key and the other fields nodes never see."""
     if len(payload) > MAX_PAYLOAD_CHARS:
-        raise RpcPayloadError(f"value.payload: longer than {MAX_PAYLOAD_CHARS} characters")
+        raise SdkPayloadError(f"value.payload: longer than {MAX_PAYLOAD_CHARS} characters")
     try:
         data = json.loads(base64.b64decode(payload, validate=True))
     except (binascii.Error, ValueError, RecursionError):
-        raise RpcPayloadError("value.payload: not base64 of a JSON object") from None
+        raise SdkPayloadError("value.payload: not base64 of a JSON object") from None
     if not isinstance(data, dict):
-        raise RpcPayloadError("value.payload: not base64 of a JSON object")
+        raise SdkPayloadError("value.payload: not base64 of a JSON object")
     for name in _DROPPED:
         data.pop(name, None)
     return data
@@ -108,7 +107,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
     except ValidationError as exc:
         first = exc.errors()[0]  # loc and msg only: the input may be a secret
         where = ".".join(str(part) for part in first["loc"])
-        raise RpcPayloadError(f"{where}: {first['msg']}") from None
+        raise SdkPayloadError(f"{where}: {first['msg']}") from None
     assert body.picked_nodes is not None
     return body, list(body.picked_nodes)
 
@@ -124,15 +123,14 @@ def _item(envelope: Envelope, **extra: str) -> str:
     )
 
 
-class RpcService:
+class SdkService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(self, client: Client, store: RpcStore, limits: RpcLimits | None = None) -> None:
+    def __init__(self, client: Client, store: SdkStore, limits: SdkLimits | None = None) -> None:
         self.client = client
         self.store = store
-        self.limits = limits or RpcLimits()
+        self.limits = limits or SdkLimits()
         self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
-        self._purged_at = 0.0
 
     def observe(self, inbound: Inbound) -> None:
         """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
@@ -168,36 +166,32 @@ class RpcService:
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""
-        now = time.monotonic()
-        if now - self._purged_at > PURGE_INTERVAL:  # polled every few seconds: old rows go here
-            self._purged_at = now
-            self.store.purge()
         return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL)
 
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).
 
-        RpcPayloadError when it cannot be published; TooManyPendingError past a pending
+        SdkPayloadError when it cannot be published; TooManyPendingError past a pending
         cap; ClientError when publishing failed (then a repeated POST tries again).
         """
         data = decode_payload(payload)
         task_id = data.get("taskId")
         if not isinstance(task_id, str) or not _SDK_TASK_ID.match(task_id) or len(task_id) > _MAX_SDK_TASK_ID:
-            raise RpcPayloadError(f"taskId: must be 1 to {_MAX_SDK_TASK_ID} of [A-Za-z0-9_-] without '--'")
+            raise SdkPayloadError(f"taskId: must be 1 to {_MAX_SDK_TASK_ID} of [A-Za-z0-9_-] without '--'")
         digest = payload_hash(data)
         known = self.store.find(key_id, task_id)
         if known is not None:
             if known.payload_hash != digest:
-                raise RpcPayloadError("taskId: already posted with another payload")
+                raise SdkPayloadError("taskId: already posted with another payload")
             return known.network_id
         published_as = network_id(task_id)
         body, picked = task_body(data, published_as)
         now = time.time()
         deadline = body.deadline / 1e9
         if deadline <= now:
-            raise RpcPayloadError("deadline: already passed")
+            raise SdkPayloadError("deadline: already passed")
         if deadline > now + self.limits.deadline_horizon:
-            raise RpcPayloadError(
+            raise SdkPayloadError(
                 f"deadline: more than {self.limits.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
         check_pending(
@@ -207,7 +201,7 @@ class RpcService:
             self.limits.max_pending,
             self.limits.max_pending_total,
         )
-        task = RpcTask(
+        task = SdkTask(
             network_id=published_as,
             key_id=key_id,
             task_id=task_id,
