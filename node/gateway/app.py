@@ -16,13 +16,15 @@ Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI r
 # No `from __future__ import annotations`: FastAPI must evaluate the route signatures,
 # whose Annotated metadata refers to local names (`caller`, `bearer`).
 import math
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
 from node.gateway.database import DatabaseError
@@ -68,6 +70,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
         app.add_middleware(LoopbackHostMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(TooManyPendingError, _too_many_pending)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
@@ -93,8 +96,6 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
         try:
             return service.submit(key, requests, timeouts, settings.max_pending, settings.max_pending_total)
-        except TooManyPendingError as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}) from None
         except DatabaseError as exc:
             log.error("task not accepted", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
@@ -198,6 +199,14 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> fl
 
 def _view(record: TaskRecord) -> TaskView:
     return TaskView.model_validate(record.model_dump(include=set(TaskView.model_fields)))
+
+
+async def _too_many_pending(request: Request, exc: TooManyPendingError) -> Response:
+    """429 with Retry-After on every API (`/v1`, `/rpc`, OpenAI's), shaped by the HTTP error handler of its path."""
+    http_handler: Callable[[Request, StarletteHTTPException], Awaitable[Response]]
+    http_handler = request.app.exception_handlers[StarletteHTTPException]  # async: FastAPI's or the OpenAI routes'
+
+    return await http_handler(request, HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

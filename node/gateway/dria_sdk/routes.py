@@ -9,7 +9,8 @@ The SDK's poll loop dies for good on any GET answer but 200 with `data.results`
 or 401, so these GETs answer nothing else: a rate-limited or failing GET gets
 an empty list. With no API keys configured every token is accepted and each
 token has its own result queue (rate limits then count per client address).
-`POST /rpc/task` past the pending caps answers 429, like a rate-limited POST.
+`POST /rpc/task` past the pending caps answers 429, like a rate-limited POST (the app's
+TooManyPendingError handler; the SDK counts any answer but 401 as posted).
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
 from node.gateway.database import DatabaseError
 from node.gateway.dria_sdk.service import SdkPayloadError, SdkService
-from node.gateway.service import RETRY_AFTER, TooManyPendingError
+from node.gateway.service import RETRY_AFTER
 from node.publisher.client import ClientError
 
 log = structlog.get_logger(__name__)
@@ -98,8 +99,6 @@ def add_sdk_routes(app: FastAPI, sdk: SdkService, keys: ApiKeys, limiter: RateLi
             task_id = await sdk.post(key, posted.value.payload)
         except SdkPayloadError as exc:
             raise HTTPException(422, f"value.payload: {exc}") from None
-        except TooManyPendingError as exc:  # the SDK counts any answer but 401 as posted, as for 429 above
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}) from None
         except (ClientError, DatabaseError) as exc:
             log.error("sdk task not published", error=str(exc))
             raise HTTPException(

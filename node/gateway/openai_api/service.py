@@ -18,7 +18,7 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import RETRY_AFTER, GatewayService, TooManyPendingError, check_pending
+from node.gateway.service import GatewayService, check_pending
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
@@ -79,17 +79,15 @@ class OpenAIService:
 
     @contextmanager
     def _slot(self, key: str) -> Iterator[None]:
+        """Count a completion in flight; TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
         store = self.gateway.store
-        try:
-            check_pending(
-                store.pending_count(key) + self._running[key],
-                store.pending_count() + self._running.total() if self.settings.max_pending_total is not None else 0,
-                1,
-                self.settings.max_pending,
-                self.settings.max_pending_total,
-            )
-        except TooManyPendingError as exc:
-            raise OpenAIError(429, str(exc), retry_after=RETRY_AFTER) from None
+        check_pending(
+            store.pending_count(key) + self._running[key],
+            store.pending_count() + self._running.total() if self.settings.max_pending_total is not None else 0,
+            1,
+            self.settings.max_pending,
+            self.settings.max_pending_total,
+        )
         self._running[key] += 1
         try:
             yield

@@ -1,6 +1,6 @@
 """A real gateway over HTTP on 127.0.0.1 (no API keys: the loopback mode), joined to one libp2p peer
 that takes its tasks and never answers: the Host check, rate limits by client address, the pending
-caps of `POST /rpc/task` and the deadline horizon of its rows."""
+caps of `POST /rpc/task` (and `/v1/tasks`, answered alike) and the deadline horizon of its rows."""
 
 from __future__ import annotations
 
@@ -118,6 +118,19 @@ async def test_rpc_task_pending_caps_per_token_and_in_total(gateway: Gateway) ->
         rotated = await post("token-c", "c0")  # ...but not past the gateway's total
         assert rotated.status_code == 429 and "the whole gateway" in rotated.json()["detail"]
         assert gateway.sdk.store.pending_count() == 3
+
+
+async def test_v1_and_rpc_answer_a_pending_cap_alike(gateway: Gateway) -> None:
+    """One TooManyPendingError handler: 429, the cap in `detail`, Retry-After, on `/v1/tasks` as on `/rpc/task`."""
+    task = {"workflow": Simple().workflow(prompt="Hi", max_tokens=8), "models": ["llama3.2:1b"]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        v1 = await http.post("/v1/tasks:batch", json={"tasks": [task] * 3})
+        rpc = [await http.post("/rpc/task", json=sdk_payload(f"p{i}"), headers={"x-api-key": "t"}) for i in range(3)]
+    assert [r.status_code for r in rpc] == [200, 200, 429]
+    for answer in (v1, rpc[2]):
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "5"
+        assert "exceed the limit of 2" in answer.json()["detail"]
+    assert gateway.service.store.pending_count() == 0  # the batch was refused whole
 
 
 async def test_rpc_rows_cannot_outlive_the_deadline_horizon(gateway: Gateway) -> None:
