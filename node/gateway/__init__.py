@@ -7,6 +7,7 @@ store.py     TaskStore: task state of /v1/tasks (survives restarts until it expi
 service.py   GatewayService: submits tasks, chooses nodes, records results, long polling; the pending caps
 auth.py      API keys and per-key rate limits
 limits.py    request body size limit (ASGI middleware)
+validation.py  the field at fault in a request that failed validation, named alike on every API
 host_check.py  Host header check without API keys: loopback names only (DNS rebinding)
 app.py       the FastAPI routes
 dria_sdk/    the routes of Dria's Python SDK: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task

@@ -51,6 +51,7 @@ from node.gateway.schemas import (
 from node.gateway.service import RETRY_AFTER, GatewayService, TooManyPendingError
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
+from node.gateway.validation import first_error
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
@@ -211,11 +212,6 @@ async def _too_many_pending(request: Request, exc: TooManyPendingError) -> Respo
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one line naming the field, as for an invalid workflow."""
-    first = exc.errors()[0]
-    loc = list(first["loc"])
-    if len(loc) > 1 and loc[0] in ("body", "query", "path"):
-        loc = loc[1:]
-    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    message = str(first["msg"]).removeprefix("Value error, ")
+    path, message = first_error(exc)
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return JSONResponse({"detail": f"{path}: {message}{more}"}, status_code=422)
+    return JSONResponse({"detail": f"{path or exc.errors()[0]['loc'][0]}: {message}{more}"}, status_code=422)
