@@ -96,7 +96,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
         timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
         try:
-            return service.submit(key, requests, timeouts, settings.max_pending, settings.max_pending_total)
+            return service.submit(key, requests, timeouts)
         except DatabaseError as exc:
             log.error("task not accepted", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None

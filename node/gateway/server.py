@@ -9,9 +9,9 @@ import structlog
 
 from node.gateway.app import create_gateway_app
 from node.gateway.database import purge_loop
-from node.gateway.dria_sdk.service import SdkLimits, SdkService
+from node.gateway.dria_sdk.service import SdkService
 from node.gateway.dria_sdk.store import SdkStore
-from node.gateway.service import GatewayService
+from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
@@ -40,11 +40,11 @@ class Gateway:
                 half_life_s=settings.reputation_half_life, verify_ban_seconds=settings.verify_ban_seconds
             ),
         )
-        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
+        caps = PendingCaps.of(settings)
+        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention), caps)
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
         sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
-        limits = SdkLimits(settings.max_pending, settings.max_pending_total, settings.deadline_horizon)
-        self.sdk = SdkService(client, sdk_store, limits)
+        self.sdk = SdkService(client, sdk_store, caps, settings.deadline_horizon)
         client.on_message = self.sdk.observe
         self.http = HttpServer(create_gateway_app(self.service, settings, self.sdk))
         self._purger: asyncio.Task[None] | None = None

@@ -13,11 +13,13 @@ import asyncio
 import secrets
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from node.gateway.schemas import TaskRequest
+from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord, TaskStore
 from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.publisher.node_table import KnownNode
@@ -34,20 +36,36 @@ class TooManyPendingError(Exception):
         super().__init__(f"{pending} tasks of {whose} are unfinished; {adding} more would exceed the limit of {limit}")
 
 
-def check_pending(pending: int, total: int, adding: int, max_pending: int, max_total: int | None) -> None:
-    """TooManyPendingError if `adding` more tasks would pass the caller's or the gateway's cap."""
-    if pending + adding > max_pending:
-        raise TooManyPendingError(pending, adding, max_pending)
-    if max_total is not None and total + adding > max_total:
-        raise TooManyPendingError(total, adding, max_total, "the whole gateway")
+@dataclass(frozen=True)
+class PendingCaps:
+    """The most unfinished tasks one key, and the whole gateway, may have: one pair for every API.
+
+    Each API counts its own tasks against them: `/v1/tasks` its rows, OpenAI's routes those
+    rows and the completions in flight, Dria's SDK its rows. The app answers the error 429.
+    """
+
+    per_key: int = 100
+    total: int = 1000
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> PendingCaps:
+        return cls(settings.max_pending, settings.max_pending_total)
+
+    def check(self, pending: int, total: int, adding: int = 1) -> None:
+        """TooManyPendingError if `adding` more tasks would pass the key's (`pending`) or the gateway's cap."""
+        if pending + adding > self.per_key:
+            raise TooManyPendingError(pending, adding, self.per_key)
+        if total + adding > self.total:
+            raise TooManyPendingError(total, adding, self.total, "the whole gateway")
 
 
 class GatewayService:
     """Publishes tasks through a `Client` and keeps their state in a `TaskStore`."""
 
-    def __init__(self, client: Client, store: TaskStore) -> None:
+    def __init__(self, client: Client, store: TaskStore, caps: PendingCaps | None = None) -> None:
         self.client = client
         self.store = store
+        self.caps = caps or PendingCaps()
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
 
@@ -67,26 +85,12 @@ class GatewayService:
         self._followers.clear()
         await self.client.close()
 
-    def submit(
-        self,
-        key_id: str,
-        requests: list[TaskRequest],
-        timeouts: list[float],
-        max_pending: int,
-        max_pending_total: int | None = None,
-    ) -> list[str]:
+    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float]) -> list[str]:
         """Accept tasks (all or none) for `key_id` and start publishing them; their gateway ids.
 
-        Raises TooManyPendingError when the key would have more than `max_pending` unfinished
-        tasks, or the gateway more than `max_pending_total`.
+        Raises TooManyPendingError when the key or the gateway would pass its cap (`caps`).
         """
-        check_pending(
-            self.store.pending_count(key_id),
-            self.store.pending_count() if max_pending_total is not None else 0,
-            len(requests),
-            max_pending,
-            max_pending_total,
-        )
+        self.caps.check(self.store.pending_count(key_id), self.store.pending_count(), len(requests))
         now = time.time()
         records = [
             TaskRecord(

@@ -17,14 +17,13 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
-from node.gateway.service import check_pending
+from node.gateway.service import PendingCaps
 from node.publisher.client import Client
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
@@ -43,15 +42,6 @@ _DROPPED = ("privateKey", "nodePeerIds", "datasetId")
 
 class SdkPayloadError(Exception):
     """A posted task cannot be published; the message names the field, never its value."""
-
-
-@dataclass(frozen=True)
-class SdkLimits:
-    """What one posted task may ask of the gateway: pending caps and how far ahead its deadline may lie."""
-
-    max_pending: int = 100  # per key (per token without api_keys)
-    max_pending_total: int = 1000
-    deadline_horizon: float = 3600.0
 
 
 class _PostedInput(BaseModel):
@@ -126,10 +116,13 @@ def _item(envelope: Envelope, **extra: str) -> str:
 class SdkService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(self, client: Client, store: SdkStore, limits: SdkLimits | None = None) -> None:
+    def __init__(
+        self, client: Client, store: SdkStore, caps: PendingCaps | None = None, deadline_horizon: float = 3600.0
+    ) -> None:
         self.client = client
         self.store = store
-        self.limits = limits or SdkLimits()
+        self.caps = caps or PendingCaps()  # per key: per token without api_keys
+        self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
         self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
 
     def observe(self, inbound: Inbound) -> None:
@@ -190,17 +183,11 @@ class SdkService:
         deadline = body.deadline / 1e9
         if deadline <= now:
             raise SdkPayloadError("deadline: already passed")
-        if deadline > now + self.limits.deadline_horizon:
+        if deadline > now + self.deadline_horizon:
             raise SdkPayloadError(
-                f"deadline: more than {self.limits.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
+                f"deadline: more than {self.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
-        check_pending(
-            self.store.pending_count(key_id, now),
-            self.store.pending_count(None, now),
-            1,
-            self.limits.max_pending,
-            self.limits.max_pending_total,
-        )
+        self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
         task = SdkTask(
             network_id=published_as,
             key_id=key_id,

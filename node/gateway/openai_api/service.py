@@ -18,7 +18,7 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import GatewayService, check_pending
+from node.gateway.service import GatewayService
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
@@ -81,12 +81,8 @@ class OpenAIService:
     def _slot(self, key: str) -> Iterator[None]:
         """Count a completion in flight; TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
         store = self.gateway.store
-        check_pending(
-            store.pending_count(key) + self._running[key],
-            store.pending_count() + self._running.total() if self.settings.max_pending_total is not None else 0,
-            1,
-            self.settings.max_pending,
-            self.settings.max_pending_total,
+        self.gateway.caps.check(
+            store.pending_count(key) + self._running[key], store.pending_count() + self._running.total()
         )
         self._running[key] += 1
         try:
