@@ -48,7 +48,7 @@ from node.gateway.schemas import (
     TaskRequest,
     TaskView,
 )
-from node.gateway.service import RETRY_AFTER, GatewayService, TooManyPendingError
+from node.gateway.service import RETRY_AFTER, GatewayService, PendingCaps, TooManyPendingError
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
@@ -74,6 +74,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     app.add_exception_handler(TooManyPendingError, _too_many_pending)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    caps = PendingCaps.of(settings)
     bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
 
     async def caller(
@@ -96,7 +97,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
         timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
         try:
-            return service.submit(key, requests, timeouts)
+            return service.submit(key, requests, timeouts, caps)
         except DatabaseError as exc:
             log.error("task not accepted", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
@@ -178,7 +179,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         """Liveness, without authentication."""
         return Health(nodes=len(service.nodes()))
 
-    add_openai_routes(app, OpenAIService(service, settings), caller)
+    add_openai_routes(app, OpenAIService(service, settings, caps), caller)
     if sdk is not None:
         add_sdk_routes(app, sdk, keys, limiter)
     return app

@@ -40,11 +40,10 @@ class Gateway:
                 half_life_s=settings.reputation_half_life, verify_ban_seconds=settings.verify_ban_seconds
             ),
         )
-        caps = PendingCaps.of(settings)
-        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention), caps)
+        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
         sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
-        self.sdk = SdkService(client, sdk_store, caps, settings.deadline_horizon)
+        self.sdk = SdkService(client, sdk_store, PendingCaps.of(settings), settings.deadline_horizon)
         client.on_message = self.sdk.observe
         self.http = HttpServer(create_gateway_app(self.service, settings, self.sdk))
         self._purger: asyncio.Task[None] | None = None

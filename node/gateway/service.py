@@ -62,10 +62,9 @@ class PendingCaps:
 class GatewayService:
     """Publishes tasks through a `Client` and keeps their state in a `TaskStore`."""
 
-    def __init__(self, client: Client, store: TaskStore, caps: PendingCaps | None = None) -> None:
+    def __init__(self, client: Client, store: TaskStore) -> None:
         self.client = client
         self.store = store
-        self.caps = caps or PendingCaps()
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
 
@@ -85,12 +84,12 @@ class GatewayService:
         self._followers.clear()
         await self.client.close()
 
-    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float]) -> list[str]:
+    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], caps: PendingCaps) -> list[str]:
         """Accept tasks (all or none) for `key_id` and start publishing them; their gateway ids.
 
-        Raises TooManyPendingError when the key or the gateway would pass its cap (`caps`).
+        Raises TooManyPendingError when the key or the gateway would pass its cap (the app's `caps`).
         """
-        self.caps.check(self.store.pending_count(key_id), self.store.pending_count(), len(requests))
+        caps.check(self.store.pending_count(key_id), self.store.pending_count(), len(requests))
         now = time.time()
         records = [
             TaskRecord(

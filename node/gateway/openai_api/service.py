@@ -18,7 +18,7 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import GatewayService
+from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
@@ -45,9 +45,10 @@ def usage_of(result: TaskResult) -> Usage:
 class OpenAIService:
     """The network behind the OpenAI routes."""
 
-    def __init__(self, gateway: GatewayService, settings: GatewaySettings) -> None:
+    def __init__(self, gateway: GatewayService, settings: GatewaySettings, caps: PendingCaps) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.caps = caps
         self._running: Counter[str] = Counter()  # key id -> chat completions in flight
 
     def models(self) -> ModelList:
@@ -81,9 +82,7 @@ class OpenAIService:
     def _slot(self, key: str) -> Iterator[None]:
         """Count a completion in flight; TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
         store = self.gateway.store
-        self.gateway.caps.check(
-            store.pending_count(key) + self._running[key], store.pending_count() + self._running.total()
-        )
+        self.caps.check(store.pending_count(key) + self._running[key], store.pending_count() + self._running.total())
         self._running[key] += 1
         try:
             yield
