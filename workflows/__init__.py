@@ -15,9 +15,9 @@ return_value.py   the run's result string from the return value specification
 streamed_step.py  which step's generation is the result's text (the one that may stream progress)
 tool_calls.py     asking a model for a tool call and parsing it
 tools/            the tools a workflow may offer the model (built-in and custom)
-egress.py         safe outbound HTTP for tools
+egress.py         safe outbound HTTP for tools (applies the allow-list and secrets options.py parsed)
 backend.py        ModelBackend: the interface through which the engine calls models
-options.py        EngineOptions, ToolSettings: the operator's configuration of the engine
+options.py        EngineOptions, ToolSettings: the operator's configuration of the engine (allow-list parsed once)
 errors.py         the engine's error types and their public text
 builders.py       publisher-side builders of common workflows (`Simple`)
 """

@@ -27,50 +27,16 @@ import httpx
 import structlog
 
 from workflows.errors import EgressRefusedError, ToolError
-from workflows.options import ToolSettings
+from workflows.options import IPAddress, ToolSettings
 
 log = structlog.get_logger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _REDIRECTS = {301, 302, 303, 307, 308}
 # Headers a workflow may not set: they belong to the connection, not the request.
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 # Encodings we decode ourselves under the byte cap (httpx would decode uncapped).
 _ACCEPT_ENCODING = "gzip, deflate"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
-
-
-@dataclass(frozen=True)
-class AllowEntry:
-    """One allow-list entry: a host name or a network, optionally one port."""
-
-    name: str | None
-    network: IPNetwork | None
-    port: int | None
-
-    @classmethod
-    def parse(cls, text: str) -> AllowEntry:
-        text = text.strip().lower()
-        port: int | None = None
-        if "/" not in text:
-            host, sep, tail = text.rpartition(":")
-            # "host:port" / "[v6]:port" carry a port; a bare IPv6 address does not.
-            if sep and tail.isdigit() and (host.endswith("]") or ":" not in host):
-                text, port = host, int(tail)
-        text = text.strip("[]")
-        try:
-            return cls(name=None, network=ipaddress.ip_network(text, strict=False), port=port)
-        except ValueError:
-            return cls(name=text, network=None, port=port)
-
-    def permits(self, host: str, port: int, address: IPAddress) -> bool:
-        if self.port is not None and self.port != port:
-            return False
-        if self.name is not None:
-            return self.name == host
-        assert self.network is not None
-        return address.version == self.network.version and address in self.network
 
 
 _TEREDO = ipaddress.ip_network("2001::/32")
@@ -135,7 +101,6 @@ class EgressPolicy:
 
     def __init__(self, settings: ToolSettings) -> None:
         self.settings = settings
-        self.allow = [AllowEntry.parse(e) for e in settings.egress_allow]
 
     async def check(self, url: httpx.URL, *, trusted: bool = False) -> IPAddress:
         """The address to connect to for `url`; raises EgressRefusedError if not allowed."""
@@ -145,7 +110,9 @@ class EgressPolicy:
         addresses = await _resolve(host, port)
         if not trusted:
             for address in addresses:
-                if not is_public(address) and not any(e.permits(host, port, address) for e in self.allow):
+                if not is_public(address) and not any(
+                    e.permits(host, port, address) for e in self.settings.allow_entries
+                ):
                     log.info("egress_refused", host=host, port=port, address=str(address))
                     raise EgressRefusedError(
                         "tool request refused: the address is not public (loopback, private, link-local, "
@@ -160,8 +127,7 @@ class EgressPolicy:
         host, port = url.host.lower(), _default_port(url)
         literal = _ip_literal(host)
         headers: dict[str, str] = {}
-        for key, values in self.settings.secrets.items():
-            entry = secret_target(key)
+        for entry, values in self.settings.secret_entries:
             if (entry.port or 443) != port:
                 continue
             by_name = entry.name == host
@@ -169,26 +135,6 @@ class EgressPolicy:
             if by_name or by_address:
                 headers.update({k: v.get_secret_value() for k, v in values.items()})
         return headers
-
-
-def secret_target(key: str) -> AllowEntry:
-    """Where a `tool_secrets` key lets its headers go: `host`, `host:port` or `https://host[:port]`."""
-    scheme, sep, rest = key.strip().partition("://")
-    if sep:
-        if scheme.lower() != "https":
-            raise ValueError(f"{key!r}: secrets go only over https")
-        key = rest.rstrip("/")
-    if not key or ("/" in key and not _is_network(key)):
-        raise ValueError(f"{key!r}: write 'host', 'host:port' or 'https://host[:port]'")
-    return AllowEntry.parse(key)
-
-
-def _is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def _ip_literal(host: str) -> IPAddress | None:

@@ -1,10 +1,71 @@
-"""Operator-side configuration of the engine: tools, egress policy, model defaults."""
+"""Operator-side configuration of the engine: tools, egress policy, model defaults.
+
+The egress allow-list and the secrets' targets are parsed here, once, when the settings are
+made (`ToolSettings.allow_entries`, `secret_entries`); `egress.py` only applies them.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """One allow-list entry: a host name or a network, optionally one port."""
+
+    name: str | None
+    network: IPNetwork | None
+    port: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowEntry:
+        text = text.strip().lower()
+        port: int | None = None
+        if "/" not in text:
+            host, sep, tail = text.rpartition(":")
+            # "host:port" / "[v6]:port" carry a port; a bare IPv6 address does not.
+            if sep and tail.isdigit() and (host.endswith("]") or ":" not in host):
+                text, port = host, int(tail)
+        text = text.strip("[]")
+        try:
+            return cls(name=None, network=ipaddress.ip_network(text, strict=False), port=port)
+        except ValueError:
+            return cls(name=text, network=None, port=port)
+
+    def permits(self, host: str, port: int, address: IPAddress) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.name is not None:
+            return self.name == host
+        assert self.network is not None
+        return address.version == self.network.version and address in self.network
+
+
+def secret_target(key: str) -> AllowEntry:
+    """Where a `tool_secrets` key lets its headers go: `host`, `host:port` or `https://host[:port]`."""
+    scheme, sep, rest = key.strip().partition("://")
+    if sep:
+        if scheme.lower() != "https":
+            raise ValueError(f"{key!r}: secrets go only over https")
+        key = rest.rstrip("/")
+    if not key or ("/" in key and not _is_network(key)):
+        raise ValueError(f"{key!r}: write 'host', 'host:port' or 'https://host[:port]'")
+    return AllowEntry.parse(key)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 class SearchProvider(BaseModel):
@@ -31,14 +92,29 @@ class ToolSettings(BaseModel):
     max_response_bytes: int = Field(default=1_000_000, gt=0)
     max_redirects: int = Field(default=5, ge=0)
 
+    _allow_entries: tuple[AllowEntry, ...] = PrivateAttr(default=())
+    _secret_entries: tuple[tuple[AllowEntry, dict[str, SecretStr]], ...] = PrivateAttr(default=())
+
     @field_validator("secrets")
     @classmethod
     def _https_targets(cls, value: dict[str, dict[str, SecretStr]]) -> dict[str, dict[str, SecretStr]]:
-        from workflows.egress import secret_target  # egress imports this module
-
         for key in value:
             secret_target(key)
         return value
+
+    def model_post_init(self, context: object) -> None:
+        self._allow_entries = tuple(AllowEntry.parse(entry) for entry in self.egress_allow)
+        self._secret_entries = tuple((secret_target(key), headers) for key, headers in self.secrets.items())
+
+    @property
+    def allow_entries(self) -> tuple[AllowEntry, ...]:
+        """`egress_allow`, parsed."""
+        return self._allow_entries
+
+    @property
+    def secret_entries(self) -> tuple[tuple[AllowEntry, dict[str, SecretStr]], ...]:
+        """`secrets`: where each key's headers may go, and the headers."""
+        return self._secret_entries
 
 
 # Budgets a workflow cannot raise; an operator may tighten (or loosen) them.

@@ -33,8 +33,8 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Run the gateway the parsed `args` describe; the process exit code."""
     import uvloop
 
+    from node.gateway.database import DatabaseError
     from node.gateway.server import serve
-    from node.gateway.store import TaskStoreError
     from node.ops.http_api import HttpServerError
     from node.ops.log import configure_logging
     from node.publisher.client import ClientError
@@ -48,7 +48,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         uvloop.run(serve(settings))
-    except (ClientError, TaskStoreError, HttpServerError, IdentityError) as exc:
+    except (ClientError, DatabaseError, HttpServerError, IdentityError) as exc:
         print(f"compute-node gateway: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

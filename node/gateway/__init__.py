@@ -2,15 +2,15 @@
 
 settings.py  GatewaySettings (COMPUTE_NODE_GATEWAY_*, TOML via --config)
 schemas.py   the JSON shapes of the HTTP API (pydantic)
-store.py     TaskStore: task state in SQLite (survives restarts until it expires)
-service.py   GatewayService: submits tasks, chooses nodes, records results, long polling
+database.py  the gateway's SQLite file: opening it, transactions, Table, one purge loop for every table
+store.py     TaskStore: task state of /v1/tasks (survives restarts until it expires)
+service.py   GatewayService: submits tasks, chooses nodes, records results, long polling; the pending caps
 auth.py      API keys and per-key rate limits
 limits.py    request body size limit (ASGI middleware)
+validation.py  the field at fault in a request that failed validation, named alike on every API
 host_check.py  Host header check without API keys: loopback names only (DNS rebinding)
 app.py       the FastAPI routes
-rpc.py       RpcService: the API of Dria's Python SDK (tasks posted as it posts them, raw envelopes back)
-rpc_store.py RpcStore: its tasks and per-key result queues in the same SQLite file
-rpc_app.py   its routes: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task
+dria_sdk/    the routes of Dria's Python SDK: GET /health, /rpc/get_alive_peers, /rpc/results, POST /rpc/task
 openai_api/  the OpenAI-compatible routes: /v1/chat/completions, /v1/models, /v1/embeddings
-server.py    Gateway: service + HTTP server, started and stopped together
+server.py    Gateway: service, SDK service, HTTP server and purge loop, started and stopped together
 """

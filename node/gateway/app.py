@@ -7,7 +7,7 @@
     GET  /v1/nodes             the nodes seen by heartbeat, with what the gateway measured of each
     GET  /v1/reputation        every node measured (reputation table), live or not
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
-    GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/rpc_app.py)
+    GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/dria_sdk/)
     POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings: OpenAI's API (node/gateway/openai_api/)
 
 Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI routes: OpenAI's error shape).
@@ -16,21 +16,24 @@ Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI r
 # No `from __future__ import annotations`: FastAPI must evaluate the route signatures,
 # whose Annotated metadata refers to local names (`caller`, `bearer`).
 import math
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter
+from node.gateway.database import DatabaseError
+from node.gateway.dria_sdk.routes import add_sdk_routes
+from node.gateway.dria_sdk.service import SdkService
 from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
 from node.gateway.openai_api.routes import add_openai_routes
 from node.gateway.openai_api.service import OpenAIService
-from node.gateway.rpc import RpcService
-from node.gateway.rpc_app import add_rpc_routes
 from node.gateway.schemas import (
     Accepted,
     BatchAccepted,
@@ -45,19 +48,19 @@ from node.gateway.schemas import (
     TaskRequest,
     TaskView,
 )
-from node.gateway.service import GatewayService, TooManyPendingError
+from node.gateway.service import RETRY_AFTER, GatewayService, PendingCaps, TooManyPendingError
 from node.gateway.settings import GatewaySettings
-from node.gateway.store import TaskRecord, TaskStoreError
+from node.gateway.store import TaskRecord
+from node.gateway.validation import first_error
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
 
-PENDING_RETRY_AFTER = 5  # seconds suggested to a key at its limit of unfinished tasks
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
 
 
-def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: RpcService | None = None) -> FastAPI:
-    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `rpc`, Dria's SDK routes too."""
+def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None) -> FastAPI:
+    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `sdk`, Dria's SDK routes too."""
     app = FastAPI(
         title="compute-node gateway",
         version="1",
@@ -68,8 +71,10 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
     if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
         app.add_middleware(LoopbackHostMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(TooManyPendingError, _too_many_pending)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    caps = PendingCaps.of(settings)
     bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
 
     async def caller(
@@ -92,10 +97,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
         timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
         try:
-            return service.submit(key, requests, timeouts, settings.max_pending, settings.max_pending_total)
-        except TooManyPendingError as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(PENDING_RETRY_AFTER)}) from None
-        except TaskStoreError as exc:
+            return service.submit(key, requests, timeouts, caps)
+        except DatabaseError as exc:
             log.error("task not accepted", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
 
@@ -176,9 +179,9 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         """Liveness, without authentication."""
         return Health(nodes=len(service.nodes()))
 
-    add_openai_routes(app, OpenAIService(service, settings), caller)
-    if rpc is not None:
-        add_rpc_routes(app, rpc, keys, limiter)
+    add_openai_routes(app, OpenAIService(service, settings, caps), caller)
+    if sdk is not None:
+        add_sdk_routes(app, sdk, keys, limiter)
     return app
 
 
@@ -200,13 +203,16 @@ def _view(record: TaskRecord) -> TaskView:
     return TaskView.model_validate(record.model_dump(include=set(TaskView.model_fields)))
 
 
+async def _too_many_pending(request: Request, exc: TooManyPendingError) -> Response:
+    """429 with Retry-After on every API (`/v1`, `/rpc`, OpenAI's), shaped by the HTTP error handler of its path."""
+    http_handler: Callable[[Request, StarletteHTTPException], Awaitable[Response]]
+    http_handler = request.app.exception_handlers[StarletteHTTPException]  # async: FastAPI's or the OpenAI routes'
+
+    return await http_handler(request, HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}))
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one line naming the field, as for an invalid workflow."""
-    first = exc.errors()[0]
-    loc = list(first["loc"])
-    if len(loc) > 1 and loc[0] in ("body", "query", "path"):
-        loc = loc[1:]
-    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    message = str(first["msg"]).removeprefix("Value error, ")
+    path, message = first_error(exc)
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return JSONResponse({"detail": f"{path}: {message}{more}"}, status_code=422)
+    return JSONResponse({"detail": f"{path or exc.errors()[0]['loc'][0]}: {message}{more}"}, status_code=422)

@@ -1,4 +1,4 @@
-"""A running gateway: the publisher service and its HTTP API, started and stopped together."""
+"""A running gateway: the publisher service, its HTTP API and the purge of its database, started and stopped together."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import signal
 import structlog
 
 from node.gateway.app import create_gateway_app
-from node.gateway.rpc import RpcLimits, RpcService
-from node.gateway.rpc_store import RpcStore
-from node.gateway.service import GatewayService
+from node.gateway.database import purge_loop
+from node.gateway.dria_sdk.service import SdkService
+from node.gateway.dria_sdk.store import SdkStore
+from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
@@ -41,11 +42,11 @@ class Gateway:
         )
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
-        rpc_store = RpcStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
-        limits = RpcLimits(settings.max_pending, settings.max_pending_total, settings.deadline_horizon)
-        self.rpc = RpcService(client, rpc_store, limits)
-        client.on_message = self.rpc.observe
-        self.http = HttpServer(create_gateway_app(self.service, settings, self.rpc))
+        sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
+        self.sdk = SdkService(client, sdk_store, PendingCaps.of(settings), settings.deadline_horizon)
+        client.on_message = self.sdk.observe
+        self.http = HttpServer(create_gateway_app(self.service, settings, self.sdk))
+        self._purger: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -71,17 +72,21 @@ class Gateway:
             await self.service.close()
             self._close_stores()
             raise
+        self._purger = asyncio.create_task(purge_loop([self.service.store, self.sdk.store]), name="gateway-purge")
         log.info("gateway listening", url=self.url, address=self.address, auth=bool(self.settings.api_keys))
 
     async def stop(self) -> None:
         """Stop the HTTP API (in-flight requests finish), then the publisher; pending tasks stay stored."""
         await self.http.stop()
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
         await self.service.close()
         self._close_stores()
 
     def _close_stores(self) -> None:
         self.service.store.close()
-        self.rpc.store.close()
+        self.sdk.store.close()
 
 
 async def serve(settings: GatewaySettings) -> None:

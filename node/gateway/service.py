@@ -13,18 +13,20 @@ import asyncio
 import secrets
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from node.gateway.schemas import TaskRequest
-from node.gateway.store import TaskRecord, TaskStore, TaskStoreError
+from node.gateway.settings import GatewaySettings
+from node.gateway.store import TaskRecord, TaskStore
 from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.publisher.node_table import KnownNode
 
 log = structlog.get_logger(__name__)
 
-PURGE_INTERVAL = 60.0
+RETRY_AFTER = 5  # seconds suggested by every 429 and 503 of the gateway: pending caps, busy nodes, no store
 
 
 class TooManyPendingError(Exception):
@@ -34,12 +36,27 @@ class TooManyPendingError(Exception):
         super().__init__(f"{pending} tasks of {whose} are unfinished; {adding} more would exceed the limit of {limit}")
 
 
-def check_pending(pending: int, total: int, adding: int, max_pending: int, max_total: int | None) -> None:
-    """TooManyPendingError if `adding` more tasks would pass the caller's or the gateway's cap."""
-    if pending + adding > max_pending:
-        raise TooManyPendingError(pending, adding, max_pending)
-    if max_total is not None and total + adding > max_total:
-        raise TooManyPendingError(total, adding, max_total, "the whole gateway")
+@dataclass(frozen=True)
+class PendingCaps:
+    """The most unfinished tasks one key, and the whole gateway, may have: one pair for every API.
+
+    Each API counts its own tasks against them: `/v1/tasks` its rows, OpenAI's routes those
+    rows and the completions in flight, Dria's SDK its rows. The app answers the error 429.
+    """
+
+    per_key: int = 100
+    total: int = 1000
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> PendingCaps:
+        return cls(settings.max_pending, settings.max_pending_total)
+
+    def check(self, pending: int, total: int, adding: int = 1) -> None:
+        """TooManyPendingError if `adding` more tasks would pass the key's (`pending`) or the gateway's cap."""
+        if pending + adding > self.per_key:
+            raise TooManyPendingError(pending, adding, self.per_key)
+        if total + adding > self.total:
+            raise TooManyPendingError(total, adding, self.total, "the whole gateway")
 
 
 class GatewayService:
@@ -50,7 +67,6 @@ class GatewayService:
         self.store = store
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
-        self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the network and resume waiting for tasks left pending by an earlier run."""
@@ -58,37 +74,22 @@ class GatewayService:
         for record in self.store.pending():
             self._finished[record.id] = asyncio.Event()
             self._spawn(self._resume(record))
-        self._purger = asyncio.create_task(self._purge_loop(), name="gateway-purge")
 
     async def close(self) -> None:
         """Stop following tasks (they stay pending in the store) and leave the network."""
-        tasks = [*self._followers, *([self._purger] if self._purger else [])]
+        tasks = list(self._followers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._followers.clear()
         await self.client.close()
 
-    def submit(
-        self,
-        key_id: str,
-        requests: list[TaskRequest],
-        timeouts: list[float],
-        max_pending: int,
-        max_pending_total: int | None = None,
-    ) -> list[str]:
+    def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], caps: PendingCaps) -> list[str]:
         """Accept tasks (all or none) for `key_id` and start publishing them; their gateway ids.
 
-        Raises TooManyPendingError when the key would have more than `max_pending` unfinished
-        tasks, or the gateway more than `max_pending_total`.
+        Raises TooManyPendingError when the key or the gateway would pass its cap (the app's `caps`).
         """
-        check_pending(
-            self.store.pending_count(key_id),
-            self.store.pending_count() if max_pending_total is not None else 0,
-            len(requests),
-            max_pending,
-            max_pending_total,
-        )
+        caps.check(self.store.pending_count(key_id), self.store.pending_count(), len(requests))
         now = time.time()
         records = [
             TaskRecord(
@@ -209,14 +210,3 @@ class GatewayService:
         self._followers.discard(follower)
         if not follower.cancelled() and follower.exception() is not None:
             log.error("task follower crashed", error=repr(follower.exception()))  # e.g. the store could not be written
-
-    async def _purge_loop(self) -> None:
-        while True:
-            try:
-                deleted = self.store.purge()
-            except TaskStoreError as exc:
-                log.warning("could not delete expired tasks", error=str(exc))
-            else:
-                if deleted:
-                    log.info("expired tasks deleted", count=deleted)
-            await asyncio.sleep(PURGE_INTERVAL)

@@ -1,10 +1,10 @@
-"""Task state of the gateway in SQLite (WAL): results survive a restart until they expire.
+"""Task state of `/v1/tasks` in the gateway's database: results survive a restart until they expire.
 
 One row per gateway task. A finished task (done, error, expired) is deleted
 `retention` seconds after it finished; a pending one `retention` seconds after
 its deadline. Opening the store marks pending tasks whose deadline has passed
-as `expired` (their result can no longer arrive). Calls are short and
-synchronous; the gateway makes them from its event loop.
+as `expired` (their result can no longer arrive). The file, its transactions and
+the purge of expired rows are `database.py`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from node.gateway.database import Table
 from node.gateway.schemas import TaskStatus
 
 _SCHEMA = """
@@ -45,24 +46,6 @@ CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires_at);
 _JSON_COLUMNS = ("models", "picked", "stats")
 
 
-class TaskStoreError(Exception):
-    """The task database cannot be opened or written."""
-
-
-def open_database(path: Path, schema: str) -> sqlite3.Connection:
-    """The gateway's SQLite file (WAL, autocommit) with `schema` applied; TaskStoreError if it cannot be."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(schema)
-    except (OSError, sqlite3.Error) as exc:
-        raise TaskStoreError(f"cannot open the task database {path}: {exc}") from exc
-    return db
-
-
 class TaskRecord(BaseModel):
     """One gateway task as stored."""
 
@@ -85,24 +68,22 @@ class TaskRecord(BaseModel):
     expires_at: float  # deleted after this
 
 
-class TaskStore:
-    """The `tasks` table of one SQLite file."""
+class TaskStore(Table):
+    """The `tasks` table of the gateway's database."""
+
+    name = "tasks"
+    schema = _SCHEMA
 
     def __init__(self, path: Path, retention: float) -> None:
-        self.path = path
-        self.retention = retention
-        self._db = open_database(path, _SCHEMA)
+        super().__init__(path, retention)
         self.expire_overdue()
-
-    def close(self) -> None:
-        self._db.close()
 
     def insert(self, records: list[TaskRecord]) -> None:
         """Add new tasks, all or none."""
         columns = list(TaskRecord.model_fields)
         sql = f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         rows = [[_to_column(name, getattr(record, name)) for name in columns] for record in records]
-        with self._transaction():
+        with self.transaction():
             self._db.executemany(sql, rows)
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -142,7 +123,7 @@ class TaskStore:
     def expire_overdue(self, now: float | None = None) -> int:
         """Mark pending tasks past their deadline as expired; how many there were."""
         now = time.time() if now is None else now
-        with self._transaction():
+        with self.transaction():
             cursor = self._db.execute(
                 "UPDATE tasks SET status = 'expired', error = ?, updated_at = ?, expires_at = ? "
                 "WHERE status = 'pending' AND deadline < ?",
@@ -150,41 +131,12 @@ class TaskStore:
             )
         return cursor.rowcount
 
-    def purge(self, now: float | None = None) -> int:
-        """Delete tasks kept longer than the retention; how many were deleted."""
-        now = time.time() if now is None else now
-        with self._transaction():
-            cursor = self._db.execute("DELETE FROM tasks WHERE expires_at < ?", (now,))
-        return cursor.rowcount
-
     def _update(self, task_id: str, now: float | None = None, **fields: Any) -> None:
         fields["updated_at"] = time.time() if now is None else now
         assignments = ", ".join(f"{name} = ?" for name in fields)
         values = [_to_column(name, value) for name, value in fields.items()]
-        with self._transaction():
+        with self.transaction():
             self._db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", [*values, task_id])
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); sqlite errors become TaskStoreError."""
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db = db
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if kind is None:
-            self._db.execute("COMMIT")
-            return
-        self._db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise TaskStoreError(f"cannot write the task database {self._path}: {exc}") from exc
 
 
 def _to_column(name: str, value: Any) -> Any:

@@ -274,7 +274,7 @@ async def test_a_result_signed_by_a_node_that_was_not_picked_is_never_served(net
             stats=Stats(received_at=now, published_at=now, execution_started_at=now, execution_ended_at=now),
         )
         inbound = decode(RESULTS_TOPIC, seal(stranger, RESULTS_TOPIC, encode_body(forged)))
-        net.gateway.rpc.observe(inbound)
+        net.gateway.sdk.observe(inbound)
         assert (await http.get("/rpc/results")).json()["data"]["results"] == []
 
 

@@ -20,6 +20,7 @@ MAPPED = [
     "node/execution",
     "node/publisher",
     "node/gateway",
+    "node/gateway/dria_sdk",
     "node/gateway/openai_api",
     "node/cli",
     "workflows",

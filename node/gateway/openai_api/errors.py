@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from node.gateway.openai_api.schemas import ErrorDetail, ErrorResponse
+from node.gateway.service import RETRY_AFTER
 from node.publisher.client import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
 
@@ -56,7 +57,9 @@ class OpenAIError(Exception):
 def from_client_error(exc: ClientError) -> OpenAIError:
     """The OpenAI error for a task the network did not complete."""
     if isinstance(exc, NoNodeError):
-        return OpenAIError(429, f"every node serving the model is busy: {exc}", code="nodes_busy", retry_after=5)
+        return OpenAIError(
+            429, f"every node serving the model is busy: {exc}", code="nodes_busy", retry_after=RETRY_AFTER
+        )
     if isinstance(exc, TaskTimeoutError):
         return OpenAIError(504, str(exc))
     if isinstance(exc, TaskFailedError):

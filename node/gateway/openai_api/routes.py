@@ -32,6 +32,7 @@ from node.gateway.openai_api.schemas import (
 from node.gateway.openai_api.service import OpenAIService, usage_of
 from node.gateway.openai_api.stream import ChatStream, finish_reason
 from node.gateway.openai_api.translate import assistant_message
+from node.gateway.validation import first_error
 
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
@@ -108,11 +109,8 @@ def _route_errors(app: FastAPI) -> None:
             if validation_handler is None:
                 return JSONResponse({"detail": exc.errors()}, status_code=422)
             return await validation_handler(request, exc)
-        first = exc.errors()[0]
-        loc = [part for part in first["loc"] if part not in ("body", "query", "path")]
-        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
-        message = str(first["msg"]).removeprefix("Value error, ")
-        return OpenAIError(400, f"{param}: {message}" if param else message, param).response()
+        param, message = first_error(exc)
+        return OpenAIError(400, f"{param}: {message}" if param else message, param or None).response()
 
     app.add_exception_handler(OpenAIError, on_openai_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http)  # type: ignore[arg-type]

@@ -18,13 +18,11 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import GatewayService, TooManyPendingError, check_pending
+from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
 log = structlog.get_logger(__name__)
-
-PENDING_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
@@ -47,9 +45,10 @@ def usage_of(result: TaskResult) -> Usage:
 class OpenAIService:
     """The network behind the OpenAI routes."""
 
-    def __init__(self, gateway: GatewayService, settings: GatewaySettings) -> None:
+    def __init__(self, gateway: GatewayService, settings: GatewaySettings, caps: PendingCaps) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.caps = caps
         self._running: Counter[str] = Counter()  # key id -> chat completions in flight
 
     def models(self) -> ModelList:
@@ -81,17 +80,9 @@ class OpenAIService:
 
     @contextmanager
     def _slot(self, key: str) -> Iterator[None]:
+        """Count a completion in flight; TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
         store = self.gateway.store
-        try:
-            check_pending(
-                store.pending_count(key) + self._running[key],
-                store.pending_count() + self._running.total() if self.settings.max_pending_total is not None else 0,
-                1,
-                self.settings.max_pending,
-                self.settings.max_pending_total,
-            )
-        except TooManyPendingError as exc:
-            raise OpenAIError(429, str(exc), retry_after=PENDING_RETRY_AFTER) from None
+        self.caps.check(store.pending_count(key) + self._running[key], store.pending_count() + self._running.total())
         self._running[key] += 1
         try:
             yield

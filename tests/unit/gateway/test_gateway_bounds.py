@@ -1,6 +1,6 @@
 """A real gateway over HTTP on 127.0.0.1 (no API keys: the loopback mode), joined to one libp2p peer
 that takes its tasks and never answers: the Host check, rate limits by client address, the pending
-caps of `POST /rpc/task` and the deadline horizon of its rows."""
+caps of `POST /rpc/task` (and `/v1/tasks`, answered alike) and the deadline horizon of its rows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import pytest_asyncio
 
 from node.gateway.auth import RateLimiter
-from node.gateway.rpc_store import RpcStore
+from node.gateway.dria_sdk.store import SdkStore
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.p2p.host import P2PHost
@@ -77,7 +77,7 @@ async def test_a_rebound_host_name_gets_421_and_loopback_names_are_served(gatewa
             assert "Host header" in answer.json()["detail"] and "api_keys" in answer.json()["detail"]
         posted = await http.post("/rpc/task", json=sdk_payload("rebound"), headers={"Host": "attacker.example"})
         assert posted.status_code == 421
-    assert gateway.rpc.store.pending_count() == 0  # nothing was published for the rebound page
+    assert gateway.sdk.store.pending_count() == 0  # nothing was published for the rebound page
 
 
 async def test_without_keys_rate_limits_count_by_address_not_by_token(gateway: Gateway) -> None:
@@ -117,7 +117,20 @@ async def test_rpc_task_pending_caps_per_token_and_in_total(gateway: Gateway) ->
         assert (await post("token-b", "b0")).status_code == 200  # another token: its own cap...
         rotated = await post("token-c", "c0")  # ...but not past the gateway's total
         assert rotated.status_code == 429 and "the whole gateway" in rotated.json()["detail"]
-        assert gateway.rpc.store.pending_count() == 3
+        assert gateway.sdk.store.pending_count() == 3
+
+
+async def test_v1_and_rpc_answer_a_pending_cap_alike(gateway: Gateway) -> None:
+    """One TooManyPendingError handler: 429, the cap in `detail`, Retry-After, on `/v1/tasks` as on `/rpc/task`."""
+    task = {"workflow": Simple().workflow(prompt="Hi", max_tokens=8), "models": ["llama3.2:1b"]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        v1 = await http.post("/v1/tasks:batch", json={"tasks": [task] * 3})
+        rpc = [await http.post("/rpc/task", json=sdk_payload(f"p{i}"), headers={"x-api-key": "t"}) for i in range(3)]
+    assert [r.status_code for r in rpc] == [200, 200, 429]
+    for answer in (v1, rpc[2]):
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "5"
+        assert "exceed the limit of 2" in answer.json()["detail"]
+    assert gateway.service.store.pending_count() == 0  # the batch was refused whole
 
 
 async def test_rpc_rows_cannot_outlive_the_deadline_horizon(gateway: Gateway) -> None:
@@ -131,12 +144,12 @@ async def test_rpc_rows_cannot_outlive_the_deadline_horizon(gateway: Gateway) ->
             assert answer.status_code == 422 and why in answer.json()["detail"], answer.text
         ok = await http.post("/rpc/task", json=sdk_payload("near"), headers={"x-api-key": "t"})
         assert ok.status_code == 200
-    row = gateway.rpc.store.get(ok.json()["data"]["taskId"])
+    row = gateway.sdk.store.get(ok.json()["data"]["taskId"])
     assert row is not None
     horizon = gateway.settings.deadline_horizon
     assert row.expires_at <= time.time() + 300 + horizon + 5  # the SDK's deadline plus at most the horizon
-    assert gateway.rpc.store.add_result(row.network_id, "result")
-    served = gateway.rpc.store.get(row.network_id)
+    assert gateway.sdk.store.add_result(row.network_id, "result")
+    served = gateway.sdk.store.get(row.network_id)
     assert served is not None and served.expires_at <= time.time() + 300 + horizon + 5
 
 
@@ -151,7 +164,7 @@ def test_a_database_from_before_the_deadline_column_is_migrated(tmp_path: Path) 
     old.execute("INSERT INTO rpc_tasks VALUES ('t--1', 'k', 't', 'h', '[]', NULL, 0, 1.0, 4e9)")
     old.commit()
     old.close()
-    store = RpcStore(path, retention=60)
+    store = SdkStore(path, retention=60)
     try:
         row = store.get("t--1")
         assert row is not None and row.deadline == 0.0  # an old row is not counted as pending

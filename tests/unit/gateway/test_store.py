@@ -1,11 +1,15 @@
-"""The gateway's task store on a real SQLite file: overdue tasks expire on reopening, old ones are purged."""
+"""The gateway's database on a real SQLite file: overdue tasks expire on reopening, old ones are purged,
+and one purge loop empties both APIs' tables of expired rows."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+from node.gateway.database import purge_loop
+from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.store import TaskRecord, TaskStore
 
 MODEL = "smollm2:135m"
@@ -38,3 +42,34 @@ async def test_store_expires_overdue_tasks_and_deletes_old_ones(tmp_path: Path) 
     assert reopened.purge(now=now + 150) == 1  # the expired one, 100 s after it expired
     assert reopened.get("overdue") is None and reopened.get("running") is not None
     reopened.close()
+
+
+async def test_one_purge_loop_deletes_expired_rows_of_both_tables(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    now = time.time()
+    tasks, sdk = TaskStore(path, retention=100), SdkStore(path, retention=100)
+    common: dict[str, Any] = {"key_id": "k", "status": "done", "models": [MODEL], "created_at": now, "updated_at": now}
+    tasks.insert(
+        [
+            TaskRecord(id="old", deadline=now - 200, expires_at=now - 1, **common),
+            TaskRecord(id="kept", deadline=now + 60, expires_at=now + 160, **common),
+        ]
+    )
+    for name, expires_at in (("old", now - 1), ("kept", now + 160)):
+        sdk.insert(
+            SdkTask(
+                network_id=f"{name}--1", key_id="k", task_id=name, payload_hash="h", picked=[], created_at=now,
+                expires_at=expires_at,
+            )
+        )  # fmt: skip
+    purging = asyncio.create_task(purge_loop([tasks, sdk], interval=3600))
+    try:
+        async with asyncio.timeout(30):
+            while tasks.get("old") is not None or sdk.get("old--1") is not None:
+                await asyncio.sleep(0.01)
+    finally:
+        purging.cancel()
+        await asyncio.gather(purging, return_exceptions=True)
+    assert tasks.get("kept") is not None and sdk.get("kept--1") is not None
+    tasks.close()
+    sdk.close()

@@ -25,7 +25,8 @@ from workflows import (
     parse_workflow,
     run_workflow,
 )
-from workflows.egress import AllowEntry, fetch, is_public
+from workflows.egress import fetch, is_public
+from workflows.options import AllowEntry
 from workflows.schema import HttpRequestTool, WorkflowConfig
 from workflows.tools import build_tools
 from workflows.tools.custom import http_request_tool

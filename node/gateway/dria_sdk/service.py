@@ -1,4 +1,4 @@
-"""The Dria-SDK ("RPC") side of the gateway: tasks posted as the SDK posts them, raw node envelopes back.
+"""SdkService: tasks posted as Dria's SDK posts them, raw node envelopes back.
 
 A posted task is published under
 `<taskId>--<suffix>` with the SDK's own public key and picked node, signed by
@@ -17,14 +17,13 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from node.gateway.rpc_store import RpcStore, RpcTask
-from node.gateway.service import check_pending
+from node.gateway.dria_sdk.store import SdkStore, SdkTask
+from node.gateway.service import PendingCaps
 from node.publisher.client import Client
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
@@ -34,7 +33,6 @@ log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
-PURGE_INTERVAL = 60.0
 MAX_HEARTBEATS = 10_000
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
@@ -42,17 +40,8 @@ _MAX_SDK_TASK_ID = 100
 _DROPPED = ("privateKey", "nodePeerIds", "datasetId")
 
 
-class RpcPayloadError(Exception):
+class SdkPayloadError(Exception):
     """A posted task cannot be published; the message names the field, never its value."""
-
-
-@dataclass(frozen=True)
-class RpcLimits:
-    """What one posted task may ask of the gateway: pending caps and how far ahead its deadline may lie."""
-
-    max_pending: int = 100  # per key (per token without api_keys)
-    max_pending_total: int = 1000
-    deadline_horizon: float = 3600.0
 
 
 class _PostedInput(BaseModel):
@@ -82,13 +71,13 @@ def network_id(task_id: str) -> str:
 def decode_payload(payload: str) -> dict[str, Any]:
     """The posted task as a dict without its private key and the other fields nodes never see."""
     if len(payload) > MAX_PAYLOAD_CHARS:
-        raise RpcPayloadError(f"value.payload: longer than {MAX_PAYLOAD_CHARS} characters")
+        raise SdkPayloadError(f"value.payload: longer than {MAX_PAYLOAD_CHARS} characters")
     try:
         data = json.loads(base64.b64decode(payload, validate=True))
     except (binascii.Error, ValueError, RecursionError):
-        raise RpcPayloadError("value.payload: not base64 of a JSON object") from None
+        raise SdkPayloadError("value.payload: not base64 of a JSON object") from None
     if not isinstance(data, dict):
-        raise RpcPayloadError("value.payload: not base64 of a JSON object")
+        raise SdkPayloadError("value.payload: not base64 of a JSON object")
     for name in _DROPPED:
         data.pop(name, None)
     return data
@@ -108,7 +97,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
     except ValidationError as exc:
         first = exc.errors()[0]  # loc and msg only: the input may be a secret
         where = ".".join(str(part) for part in first["loc"])
-        raise RpcPayloadError(f"{where}: {first['msg']}") from None
+        raise SdkPayloadError(f"{where}: {first['msg']}") from None
     assert body.picked_nodes is not None
     return body, list(body.picked_nodes)
 
@@ -124,15 +113,17 @@ def _item(envelope: Envelope, **extra: str) -> str:
     )
 
 
-class RpcService:
+class SdkService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(self, client: Client, store: RpcStore, limits: RpcLimits | None = None) -> None:
+    def __init__(
+        self, client: Client, store: SdkStore, caps: PendingCaps | None = None, deadline_horizon: float = 3600.0
+    ) -> None:
         self.client = client
         self.store = store
-        self.limits = limits or RpcLimits()
+        self.caps = caps or PendingCaps()  # per key: per token without api_keys
+        self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
         self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
-        self._purged_at = 0.0
 
     def observe(self, inbound: Inbound) -> None:
         """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
@@ -168,46 +159,36 @@ class RpcService:
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""
-        now = time.monotonic()
-        if now - self._purged_at > PURGE_INTERVAL:  # polled every few seconds: old rows go here
-            self._purged_at = now
-            self.store.purge()
         return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL)
 
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).
 
-        RpcPayloadError when it cannot be published; TooManyPendingError past a pending
+        SdkPayloadError when it cannot be published; TooManyPendingError past a pending
         cap; ClientError when publishing failed (then a repeated POST tries again).
         """
         data = decode_payload(payload)
         task_id = data.get("taskId")
         if not isinstance(task_id, str) or not _SDK_TASK_ID.match(task_id) or len(task_id) > _MAX_SDK_TASK_ID:
-            raise RpcPayloadError(f"taskId: must be 1 to {_MAX_SDK_TASK_ID} of [A-Za-z0-9_-] without '--'")
+            raise SdkPayloadError(f"taskId: must be 1 to {_MAX_SDK_TASK_ID} of [A-Za-z0-9_-] without '--'")
         digest = payload_hash(data)
         known = self.store.find(key_id, task_id)
         if known is not None:
             if known.payload_hash != digest:
-                raise RpcPayloadError("taskId: already posted with another payload")
+                raise SdkPayloadError("taskId: already posted with another payload")
             return known.network_id
         published_as = network_id(task_id)
         body, picked = task_body(data, published_as)
         now = time.time()
         deadline = body.deadline / 1e9
         if deadline <= now:
-            raise RpcPayloadError("deadline: already passed")
-        if deadline > now + self.limits.deadline_horizon:
-            raise RpcPayloadError(
-                f"deadline: more than {self.limits.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
+            raise SdkPayloadError("deadline: already passed")
+        if deadline > now + self.deadline_horizon:
+            raise SdkPayloadError(
+                f"deadline: more than {self.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
-        check_pending(
-            self.store.pending_count(key_id, now),
-            self.store.pending_count(None, now),
-            1,
-            self.limits.max_pending,
-            self.limits.max_pending_total,
-        )
-        task = RpcTask(
+        self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
+        task = SdkTask(
             network_id=published_as,
             key_id=key_id,
             task_id=task_id,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from node.gateway.rpc import RpcPayloadError, decode_payload, network_id, payload_hash, task_body
-from node.gateway.rpc_store import RpcStore, RpcTask
+from node.gateway.dria_sdk.service import SdkPayloadError, decode_payload, network_id, payload_hash, task_body
+from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.wire.identity import Identity
 from node.wire.wire_time import parse_rfc3339_ns
 
@@ -66,7 +66,7 @@ def test_the_task_body_carries_the_sdk_key_picked_node_and_deadline_in_ns() -> N
     ],
 )
 def test_payloads_that_are_not_a_task_are_refused(payload: str, reason: str) -> None:
-    with pytest.raises(RpcPayloadError, match=reason):
+    with pytest.raises(SdkPayloadError, match=reason):
         decode_payload(payload)
 
 
@@ -81,14 +81,14 @@ def test_payloads_that_are_not_a_task_are_refused(payload: str, reason: str) -> 
 )
 def test_invalid_fields_are_named_and_no_value_is_echoed(changes: dict[str, Any], field: str) -> None:
     data = decode_payload(b64(posted(**changes)))
-    with pytest.raises(RpcPayloadError) as caught:
+    with pytest.raises(SdkPayloadError) as caught:
         task_body(data, "x--y")
     assert field in str(caught.value)
     assert SECRET not in str(caught.value) and "tomorrow" not in str(caught.value)
 
 
-def task(key: str = "k1", task_id: str = "t1") -> RpcTask:
-    return RpcTask(
+def task(key: str = "k1", task_id: str = "t1") -> SdkTask:
+    return SdkTask(
         network_id=f"{task_id}--{key}",
         key_id=key,
         task_id=task_id,
@@ -100,7 +100,7 @@ def task(key: str = "k1", task_id: str = "t1") -> RpcTask:
 
 
 def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp_path: Path) -> None:
-    store = RpcStore(tmp_path / "g.sqlite3", retention=60)
+    store = SdkStore(tmp_path / "g.sqlite3", retention=60)
     assert store.insert(task())
     assert not store.insert(task())  # the same key and task id again
     assert store.insert(task(key="k2"))  # another key may use the same id
@@ -112,7 +112,7 @@ def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp
     assert store.pop_results("k1", 10) == ["first"]
     assert store.pop_results("k1", 10) == []
     store.close()
-    reopened = RpcStore(tmp_path / "g.sqlite3", retention=60)  # a restart: state kept
+    reopened = SdkStore(tmp_path / "g.sqlite3", retention=60)  # a restart: state kept
     found = reopened.get("t1--k1")
     assert found is not None and found.served and found.result == "first"
     assert reopened.purge(now=5e9) == 2

@@ -9,7 +9,8 @@ The SDK's poll loop dies for good on any GET answer but 200 with `data.results`
 or 401, so these GETs answer nothing else: a rate-limited or failing GET gets
 an empty list. With no API keys configured every token is accepted and each
 token has its own result queue (rate limits then count per client address).
-`POST /rpc/task` past the pending caps answers 429, like a rate-limited POST.
+`POST /rpc/task` past the pending caps answers 429, like a rate-limited POST (the app's
+TooManyPendingError handler; the SDK counts any answer but 401 as posted).
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
@@ -22,14 +23,12 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
 from node.gateway.auth import ApiKeys, AuthError, RateLimiter, key_id
-from node.gateway.rpc import RpcPayloadError, RpcService
-from node.gateway.service import TooManyPendingError
-from node.gateway.store import TaskStoreError
+from node.gateway.database import DatabaseError
+from node.gateway.dria_sdk.service import SdkPayloadError, SdkService
+from node.gateway.service import RETRY_AFTER
 from node.publisher.client import ClientError
 
 log = structlog.get_logger(__name__)
-
-RETRY_AFTER = 5
 
 
 class PostedValue(BaseModel):
@@ -46,7 +45,7 @@ def _results(items: list[str]) -> dict[str, Any]:
     return {"data": {"results": items}}
 
 
-def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLimiter) -> None:
+def add_sdk_routes(app: FastAPI, sdk: SdkService, keys: ApiKeys, limiter: RateLimiter) -> None:
     """Add the SDK's routes to the gateway app."""
     header = APIKeyHeader(name="x-api-key", auto_error=False, description="An API key (any token without api_keys)")
 
@@ -74,7 +73,7 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
         if limiter.take(limit_key(request, key)) > 0:
             return _results([])
         try:
-            return _results(rpc.alive_peers())
+            return _results(sdk.alive_peers())
         except Exception:  # any other answer would stop the SDK's poll loop for good
             log.exception("listing peers failed")
             return _results([])
@@ -85,7 +84,7 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
         if limiter.take(limit_key(request, key)) > 0:
             return _results([])
         try:
-            return _results(rpc.results(key))
+            return _results(sdk.results(key))
         except Exception:
             log.exception("reading results failed", key_id=key)
             return _results([])
@@ -97,12 +96,10 @@ def add_rpc_routes(app: FastAPI, rpc: RpcService, keys: ApiKeys, limiter: RateLi
         if wait > 0:
             raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))})
         try:
-            task_id = await rpc.post(key, posted.value.payload)
-        except RpcPayloadError as exc:
+            task_id = await sdk.post(key, posted.value.payload)
+        except SdkPayloadError as exc:
             raise HTTPException(422, f"value.payload: {exc}") from None
-        except TooManyPendingError as exc:  # the SDK counts any answer but 401 as posted, as for 429 above
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER)}) from None
-        except (ClientError, TaskStoreError) as exc:
+        except (ClientError, DatabaseError) as exc:
             log.error("sdk task not published", error=str(exc))
             raise HTTPException(
                 503, "the gateway cannot publish tasks right now", headers={"Retry-After": str(RETRY_AFTER)}

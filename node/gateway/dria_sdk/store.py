@@ -1,4 +1,4 @@
-"""State of the Dria-SDK ("RPC") API in the gateway's SQLite file: tasks published and results queued.
+"""State of the Dria SDK's API in the gateway's database: tasks published and results queued.
 
 One row per network task id (`<taskId>--<suffix>`): which key posted it, a hash
 of the posted payload (so a repeated POST publishes nothing), the node it
@@ -7,7 +7,8 @@ envelope. `GET /rpc/results` pops from a key's queue: each result is served once
 A task without a result before its deadline is pending: it counts against the
 pending caps. Rows are deleted `retention` seconds after their deadline or
 their result (the gateway passes at most its deadline horizon, and takes no
-deadline further ahead than that). The task's private key is never part of a row.
+deadline further ahead than that; `database.py`'s purge loop deletes them). The task's
+private key is never part of a row. The table keeps its first name, `rpc_tasks`, in files already written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from node.gateway.store import _Transaction, open_database
+from node.gateway.database import Table
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rpc_tasks (
@@ -43,7 +44,7 @@ _DEADLINE_COLUMN = "ALTER TABLE rpc_tasks ADD COLUMN deadline REAL NOT NULL DEFA
 _PENDING_INDEX = "CREATE INDEX IF NOT EXISTS rpc_tasks_pending ON rpc_tasks (result, deadline)"
 
 
-class RpcTask(BaseModel):
+class SdkTask(BaseModel):
     """One task posted through `POST /rpc/task`."""
 
     network_id: str
@@ -58,34 +59,32 @@ class RpcTask(BaseModel):
     deadline: float = 0.0  # Unix seconds; pending until then while it has no result
 
 
-class RpcStore:
+class SdkStore(Table):
     """The `rpc_tasks` table of the gateway's database."""
 
+    name = "rpc_tasks"
+    schema = _SCHEMA
+
     def __init__(self, path: Path, retention: float) -> None:
-        self.path = path
-        self.retention = retention
-        self._db = open_database(path, _SCHEMA)
+        super().__init__(path, retention)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(rpc_tasks)")}
-        with self._transaction():
+        with self.transaction():
             if "deadline" not in columns:
                 self._db.execute(_DEADLINE_COLUMN)
             self._db.execute(_PENDING_INDEX)
 
-    def close(self) -> None:
-        self._db.close()
-
-    def find(self, key_id: str, task_id: str) -> RpcTask | None:
+    def find(self, key_id: str, task_id: str) -> SdkTask | None:
         """The task this key already posted under the SDK's `task_id`, if any."""
         row = self._db.execute("SELECT * FROM rpc_tasks WHERE key_id = ? AND task_id = ?", (key_id, task_id)).fetchone()
         return None if row is None else _task(row)
 
-    def get(self, network_id: str) -> RpcTask | None:
+    def get(self, network_id: str) -> SdkTask | None:
         row = self._db.execute("SELECT * FROM rpc_tasks WHERE network_id = ?", (network_id,)).fetchone()
         return None if row is None else _task(row)
 
-    def insert(self, task: RpcTask) -> bool:
+    def insert(self, task: SdkTask) -> bool:
         """Add a task; False (and nothing changed) if this key already posted that task id."""
-        with self._transaction():
+        with self.transaction():
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO rpc_tasks "
                 "(network_id, key_id, task_id, payload_hash, picked, created_at, expires_at, deadline) "
@@ -117,12 +116,12 @@ class RpcStore:
         return int(row[0])
 
     def delete(self, network_id: str) -> None:
-        with self._transaction():
+        with self.transaction():
             self._db.execute("DELETE FROM rpc_tasks WHERE network_id = ?", (network_id,))
 
     def add_result(self, network_id: str, item: str) -> bool:
         """Queue the first result of a task; False if it already has one (or is unknown)."""
-        with self._transaction():
+        with self.transaction():
             cursor = self._db.execute(
                 "UPDATE rpc_tasks SET result = ?, expires_at = MAX(expires_at, ?) WHERE network_id = ? AND result IS NULL",
                 (item, time.time() + self.retention, network_id),
@@ -131,7 +130,7 @@ class RpcStore:
 
     def pop_results(self, key_id: str, limit: int) -> list[str]:
         """Up to `limit` queued results of this key, marked served (they are not served again)."""
-        with self._transaction():
+        with self.transaction():
             rows = self._db.execute(
                 "SELECT network_id, result FROM rpc_tasks WHERE key_id = ? AND served = 0 AND result IS NOT NULL "
                 "ORDER BY rowid LIMIT ?",
@@ -142,19 +141,9 @@ class RpcStore:
             )
         return [row["result"] for row in rows]
 
-    def purge(self, now: float | None = None) -> int:
-        """Delete tasks kept longer than the retention; how many were deleted."""
-        now = time.time() if now is None else now
-        with self._transaction():
-            cursor = self._db.execute("DELETE FROM rpc_tasks WHERE expires_at < ?", (now,))
-        return cursor.rowcount
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
-
-
-def _task(row: sqlite3.Row) -> RpcTask:
+def _task(row: sqlite3.Row) -> SdkTask:
     data = dict(row)
     data["picked"] = json.loads(data["picked"])
     data["served"] = bool(data["served"])
-    return RpcTask.model_validate(data)
+    return SdkTask.model_validate(data)

@@ -1,0 +1,6 @@
+"""The gateway as the endpoint of Dria's Python SDK (`Dria(rpc_url=...)`): its `/rpc` API, kept apart from `/v1`.
+
+service.py  SdkService: tasks posted as the SDK posts them, published once; heartbeat and result envelopes kept raw
+store.py    SdkStore: those tasks and each key's result queue, a table of the gateway's database
+routes.py   the routes: GET /health, GET /rpc/get_alive_peers, GET /rpc/results, POST /rpc/task
+"""
