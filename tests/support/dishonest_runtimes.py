@@ -18,7 +18,7 @@ from typing import Any
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot
-from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, ScoreRequest, TextSink, TokenScores
 
 FIXED_TEXT = "Thank you for your question. The answer is simple and clear."
 SWAPPED_MODEL_ENV = "COMPUTE_NODE_TEST_SWAPPED_MODEL"
@@ -45,6 +45,9 @@ class _Wrapped:
 
     def progress(self) -> ProgressSnapshot | None:
         return self._model.progress()  # type: ignore[no-any-return]
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        return await self._model.score(request)  # type: ignore[no-any-return]
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         return await self._model.embed(request)  # type: ignore[no-any-return]
