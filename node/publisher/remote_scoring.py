@@ -6,8 +6,9 @@ with the `score` operator (workflows/score_operator.py); the numbers come back a
 result and `ProofChecker` compares them exactly as it compares local ones.
 
 The answer of a remote scorer is trusted only as far as two rules go: its lists must have
-one entry per token sent, and a failed check is confirmed by a second scorer (a lying scorer
-could otherwise get an honest node banned). A scorer that errs, times out or answers
+one entry per token sent, and a failed check is confirmed by a second scorer where one exists
+(a lying scorer could otherwise get an honest node banned); when they disagree the result stays
+unverified. A scorer that errs, times out or answers
 malformed leaves the result unverified, except when it refuses the tokens the same way any
 node would (ids outside the model's vocabulary): that is the proof's fault.
 """

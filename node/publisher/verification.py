@@ -230,7 +230,8 @@ class ResultVerifier:
         runner: ScoreTaskRunner,
         expected: PromptExpectation | None,
     ) -> Verdict | None:
-        """Check on a remote scorer; a failure counts only when a second, different scorer confirms it."""
+        """Check on a remote scorer; a failure is confirmed by a second, different scorer when there is one
+        (a scorer that lies cannot get an honest node banned where another scorer exists)."""
         exclude = {node}
         failure: VerificationError | None = None
         for _ in range(2):
@@ -239,6 +240,9 @@ class ResultVerifier:
             except TokensRefusedError as exc:
                 raise VerificationFailedError(f"the proof's tokens cannot be scored: {exc}") from None
             except ScorerUnavailableError as exc:
+                if failure is not None:  # no second scorer to ask: the first one's finding stands
+                    log.info("remote failure unconfirmed: no second scorer", node=node, model=model, reason=str(exc))
+                    raise VerificationFailedError(str(failure)) from None
                 log.info("result not verified: no remote scorer answered", node=node, model=model, reason=str(exc))
                 return None
             try:
