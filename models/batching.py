@@ -24,6 +24,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import llguidance
@@ -48,7 +49,10 @@ from models.requests import (
     ModelClosedError,
     ModelError,
     ModelLoadError,
+    ScoreRequest,
     TextSink,
+    TokenOutOfVocabularyError,
+    TokenScores,
 )
 from models.sampling import SamplingSettings
 from models.slots import BatchedGeneration, Outcome, SlotRequest
@@ -237,6 +241,58 @@ class BatchedLlamaModel:
             self._decode_loop.wake()
             raise
 
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Teacher forcing: each of `request.tokens` scored as the continuation of `request.prompt_tokens`.
+
+        One prompt-evaluation pass in a slot beside the running generations (models/decode_loop.py),
+        never a cached prefix; cancelling the awaiting task stops it at the next step.
+        """
+        if self._closed:
+            raise ModelClosedError(f"model {self.name} is closed")
+        started = time.monotonic()
+        sequence = request.prompt_tokens + request.tokens
+        if len(sequence) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(sequence)} tokens to score do not fit the {self.n_ctx}-token context "
+                f"of one slot of model {self.name}"
+            )
+        n_vocab = self._vocab.n_vocab()
+        if any(not 0 <= t < n_vocab for t in sequence):
+            raise TokenOutOfVocabularyError(f"a token id to score is outside the vocabulary of model {self.name}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def deliver(outcome: Outcome) -> None:  # runs on the decode loop's thread
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:
+                pass
+
+        slot_request = SlotRequest(
+            tokens=sequence,
+            sampling=SamplingSettings(temperature=0.0, seed=None, constraint=None),
+            stops=[],
+            max_tokens=1,
+            reuse_prefix=False,
+            deadline=None if request.deadline_seconds is None else started + request.deadline_seconds,
+            deliver=deliver,
+            owner=request_owner.get(),
+            score_from=len(request.prompt_tokens) - 1,
+        )
+        self._decode_loop.submit(slot_request)
+        try:
+            outcome = await future
+        except asyncio.CancelledError:
+            slot_request.cancelled.set()
+            self._decode_loop.wake()
+            raise
+        if not isinstance(outcome, TokenScores):
+            raise ModelError(f"scoring on model {self.name} returned no scores")
+        with self._vocab_lock:
+            text = self._vocab.detokenize(request.tokens).decode("utf-8", errors="replace")
+            prompt_text = self._vocab.detokenize(request.prompt_tokens).decode("utf-8", errors="replace")
+        return outcome.model_copy(update={"text": text, "prompt_text": prompt_text})
+
     async def _sampling(self, request: GenerationRequest) -> SamplingSettings:
         """The request's sampling; a constraint is compiled in a worker thread (never on the decode thread).
 
@@ -285,7 +341,7 @@ class BatchedLlamaModel:
         log.info("model_closed", model=self.name)
 
 
-def _settle(future: asyncio.Future[Generation], outcome: Outcome) -> None:
+def _settle(future: asyncio.Future[Any], outcome: Outcome) -> None:
     if future.done():  # the awaiting task was cancelled
         return
     if isinstance(outcome, BaseException):

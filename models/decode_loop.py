@@ -9,6 +9,11 @@ set their `cancelled` event. Each step:
      of prefilling sequences up to n_batch tokens,
   4. decode it, and sample every sequence that produced logits with its own
      sampler; finished sequences deliver their result and free their slot.
+
+A scoring request (`SlotRequest.score_from`, teacher forcing for verification) is
+prefilled like a prompt, but the positions from `score_from` on give logits, at most
+`SCORE_ROWS` per step (the logits buffer is rows x vocabulary floats); each row scores
+the token after it, nothing is sampled, and its outcome is `TokenScores`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import structlog
 
 from models.options import RuntimeOptions
 from models.progress import DecodeProgress, ProgressSnapshot
-from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError
+from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError, TokenScores
 from models.sampling import SequenceSampler, StopText, token_piece
 from models.slots import (
     ActiveRequest,
@@ -38,9 +43,11 @@ from models.slots import (
     common_prefix,
 )
 from models.text_deltas import TextDeltas
-from models.tracing import GenerationTrace, token_logprob
+from models.tracing import GenerationTrace, score_row, token_logprob
 
 log = structlog.get_logger(__name__)
+
+SCORE_ROWS = 128  # logit rows one scoring request gets per decode step
 
 
 class DecodeLoop:
@@ -205,7 +212,7 @@ class DecodeLoop:
         slot.active = ActiveRequest(
             request=request,
             sampler=sampler,
-            pending=tokens[keep:],
+            pending=tokens[keep:] if request.score_from is None else tokens[keep:-1],  # the last predicts nothing
             reused=keep,
             text=text,
             deltas=None if request.on_text is None else TextDeltas(text, request.on_text),
@@ -242,10 +249,11 @@ class DecodeLoop:
     def _decode_step(self, slots: list[Slot]) -> None:
         batch = self._batch
         n = 0
-        outputs: list[tuple[Slot, int]] = []
+        outputs: list[tuple[Slot, int, int]] = []  # (slot, batch index, position)
         fed: list[tuple[Slot, list[int]]] = []
 
-        def add(slot: Slot, tokens: list[int], want_logits: bool) -> None:
+        def add(slot: Slot, tokens: list[int], first_output: int) -> None:
+            """Feed `tokens`; those from index `first_output` on give logits."""
             nonlocal n
             pos0 = len(slot.cached)
             for i, token in enumerate(tokens):
@@ -253,17 +261,16 @@ class DecodeLoop:
                 batch.pos[n] = pos0 + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = 0
+                batch.logits[n] = i >= first_output
+                if i >= first_output:
+                    outputs.append((slot, n, pos0 + i))
                 n += 1
-            if want_logits:
-                batch.logits[n - 1] = 1
-                outputs.append((slot, n - 1))
             fed.append((slot, tokens))
 
         generating = [s for s in slots if s.active is not None and s.active.next_token is not None]
         for slot in generating:
             assert slot.active is not None and slot.active.next_token is not None
-            add(slot, [slot.active.next_token], True)
+            add(slot, [slot.active.next_token], 0)
         prefilling = [s for s in slots if s.active is not None and s.active.prefilling]
         for slot in prefilling:
             room = self._n_batch - n
@@ -271,8 +278,14 @@ class DecodeLoop:
                 break
             active = slot.active
             assert active is not None
-            chunk = active.pending[:room]
-            add(slot, chunk, len(chunk) == len(active.pending))
+            score_from = active.request.score_from
+            if score_from is None:
+                chunk = active.pending[:room]
+                add(slot, chunk, len(chunk) - 1 if len(chunk) == len(active.pending) else len(chunk))
+            else:
+                first = max(score_from - len(slot.cached), 0)
+                chunk = active.pending[: min(room, first + SCORE_ROWS)]
+                add(slot, chunk, first)
         batch.n_tokens = n
         started = time.perf_counter()
         with self._progress.native_call("decode", [s.active.request.owner for s, _ in fed if s.active], n):
@@ -291,9 +304,16 @@ class DecodeLoop:
             else:
                 del active.pending[: len(tokens)]
                 active.prompt_seconds += elapsed
-        for slot, index in outputs:
+        for slot, index, pos in outputs:
             with self._progress.native_call("sample", [slot.active.request.owner if slot.active else None]):
-                self._take_token(slot, index)
+                if slot.active is not None and slot.active.request.score_from is not None:
+                    self._take_score(slot, index, pos)
+                else:
+                    self._take_token(slot, index)
+        for slot, _ in fed:
+            active = slot.active
+            if active is not None and active.request.score_from is not None and not active.pending:
+                self._finish(slot, self._scores(active))
 
     def _decode_failed(self, rc: int, slots: list[Slot]) -> None:
         why = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
@@ -326,6 +346,26 @@ class DecodeLoop:
             active.next_token = token
             if active.deltas is not None:
                 active.deltas.update()
+
+    def _take_score(self, slot: Slot, index: int, pos: int) -> None:
+        """Row `index` (at `pos`) of a scoring request: score the request's token at pos + 1."""
+        active = slot.active
+        assert active is not None
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        logprob, best, rank = score_row(logits, active.request.tokens[pos + 1])
+        active.logprobs.append(logprob)
+        active.best_logprobs.append(best)
+        active.ranks.append(rank)
+
+    @staticmethod
+    def _scores(active: ActiveRequest) -> TokenScores:
+        return TokenScores(
+            logprobs=list(active.logprobs),
+            best_logprobs=list(active.best_logprobs),
+            ranks=list(active.ranks),
+            text="",  # the caller detokenizes
+            prompt_seconds=active.prompt_seconds,
+        )
 
     def _complete(self, slot: Slot, finish_reason: str) -> None:
         active = slot.active

@@ -53,6 +53,25 @@ class Generation(BaseModel):
     generation_seconds: float = 0.0
 
 
+class ScoreRequest(BaseModel):
+    """Teacher forcing: `tokens` as the continuation of `prompt_tokens`, exact token ids (no template)."""
+
+    prompt_tokens: list[int] = Field(min_length=1)
+    tokens: list[int] = Field(min_length=1)
+    deadline_seconds: float | None = Field(default=None, gt=0)
+
+
+class TokenScores(BaseModel):
+    """Each scored token under the model: its log-probability, the best token's, its rank (0 = top)."""
+
+    logprobs: list[float]
+    best_logprobs: list[float]
+    ranks: list[int]
+    text: str  # the scored tokens as text (special tokens render as nothing)
+    prompt_text: str = ""  # the prompt tokens as text: what the scored step was asked
+    prompt_seconds: float = 0.0
+
+
 class EmbeddingRequest(BaseModel):
     """Sentence embeddings (mean pooled) for each text."""
 
@@ -65,6 +84,10 @@ class ModelError(Exception):
 
 class UnknownModelError(ModelError):
     """The model name is not in the registry."""
+
+
+class TokenOutOfVocabularyError(ModelError):
+    """A token id to score is not in the model's vocabulary (the same on every node with that model)."""
 
 
 class ModelLoadError(ModelError):

@@ -102,6 +102,11 @@ class TokenScorer:
         text = self._llm.detokenize(sequence[n_prompt:]).decode("utf-8", errors="replace")
         return ScoredTokens(logprobs=logprobs, best_logprobs=best, ranks=ranks, text=text)
 
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        """Prompt token ids as text (special tokens render as nothing): what a scored step was asked."""
+        with self._lock:
+            return self._llm.detokenize(prompt_tokens).decode("utf-8", errors="replace")
+
     def close(self) -> None:
         """Free the model and its context."""
         self._llm.close()

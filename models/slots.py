@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.requests import Generation, TextSink
+from models.requests import Generation, TextSink, TokenScores
 from models.sampling import SamplingSettings, SequenceSampler, StopText
 from models.text_deltas import TextDeltas
 from models.tracing import GenerationTrace
@@ -34,7 +34,7 @@ class BatchedGeneration(Generation):
     trace: GenerationTrace | None = None
 
 
-Outcome = BatchedGeneration | BaseException
+Outcome = BatchedGeneration | TokenScores | BaseException
 
 
 @dataclass
@@ -54,6 +54,9 @@ class SlotRequest:
     trace: bool = False  # record the chosen tokens' log-probabilities (models/tracing.py)
     # Called on the decode loop's thread with each settled piece of the output (models/text_deltas.py).
     on_text: TextSink | None = None
+    # A scoring request (teacher forcing, models/decode_loop.py): nothing is sampled; every position
+    # from this one on gives logits, scoring the token after it. Its outcome is TokenScores.
+    score_from: int | None = None
 
     def deadline_passed(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -72,6 +75,9 @@ class ActiveRequest:
     # With request.trace: every chosen token (the end-of-generation one too) and its log-probability.
     chosen: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    # A scoring request's rows so far: the best token's log-probability and the scored token's rank.
+    best_logprobs: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
     deltas: TextDeltas | None = None  # when the request streams its text
     # The last sampled token, to be fed in the next decode step.
     next_token: int | None = None

@@ -40,3 +40,14 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     row = logits.astype(np.float64, copy=False)
     top = float(row.max())
     return float(row[token] - top - np.log(np.exp(row - top).sum()))
+
+
+def score_row(logits: np.ndarray, token: int) -> tuple[float, float, int]:
+    """For one row of logits: `token`'s log-softmax, the best token's, and `token`'s rank (0 = top).
+
+    The same float64 arithmetic as `token_logprob`, with the normaliser computed once.
+    """
+    row = logits.astype(np.float64, copy=False)
+    top = float(row.max())
+    norm = top + float(np.log(np.exp(row - top).sum()))
+    return float(row[token]) - norm, top - norm, int((logits > logits[token]).sum())

@@ -6,6 +6,7 @@ schema.py         Workflow: the pydantic models of the workflow format, `parse_w
 schema_limits.py  caps on the JSON schemas a workflow hands to constrained decoding
 engine.py         `run_workflow`: walks the graph (steps, conditions, fallbacks, loops, limits)
 operators.py      `run_task`: one task's operator (generation, function calling, search, ...)
+score_operator.py the `score` operator: log-probabilities of given token ids (verifying another node)
 conditions.py     the edge-condition expressions
 inputs.py         resolving inputs against memory, writing a task's outputs
 placeholders.py   filling `{{name}}` / `{name}` placeholders

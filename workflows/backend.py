@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, ScoreRequest, TextSink, TokenScores
 
 
 class ModelBackend(Protocol):
-    """A loaded model the engine can generate with and embed with."""
+    """A loaded model the engine can generate, score and embed with."""
 
     name: str
 
@@ -22,6 +22,13 @@ class ModelBackend(Protocol):
         `on_text`, when given, may receive the answer's text as it generates: pieces in
         order, all before this returns, concatenating to a prefix of the result's text
         (a backend that cannot stream never calls it).
+        """
+        ...
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Teacher forcing: each of `request.tokens` scored after `request.prompt_tokens` (the `score` operator).
+
+        Raises TokenOutOfVocabularyError, ContextOverflowError, or ModelError when this backend cannot score.
         """
         ...
 

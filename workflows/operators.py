@@ -1,4 +1,4 @@
-"""The task operators: generation, function_calling(_raw), search, sample, end."""
+"""The task operators: generation, function_calling(_raw), search, score, sample, end."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         return ""
     if task.operator == "sample":
         return await _sample(task, ctx)
-    if task.operator in ("generation", "function_calling", "function_calling_raw") and not any(
+    if task.operator in ("generation", "function_calling", "function_calling_raw", "score") and not any(
         m.content.strip() for m in task.messages
     ):
         # Blank as written: no input can fill it on any node (a blank after filling depends on memory).
@@ -89,6 +89,10 @@ async def run_task(task: Task, ctx: RunContext) -> str:
             return await _function_call(ctx, messages, execute=task.operator == "function_calling")
         case "search":
             return await _search(ctx, messages)
+        case "score":
+            from workflows.score_operator import score  # it needs RunContext from here
+
+            return await score(ctx, messages[-1].content)
     raise AssertionError(f"unhandled operator {task.operator}")
 
 

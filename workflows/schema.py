@@ -20,7 +20,8 @@ from workflows.schema_limits import check_schema
 
 InputType = Literal["input", "read", "pop", "peek", "get_all", "size", "string", "search"]
 OutputType = Literal["write", "push", "insert"]
-Operator = Literal["generation", "function_calling", "function_calling_raw", "search", "sample", "end"]
+# `score` is this engine's addition (workflows/score_operator.py): engines that do not know it refuse it.
+Operator = Literal["generation", "function_calling", "function_calling_raw", "search", "score", "sample", "end"]
 Expression = Literal[
     "Equal",
     "NotEqual",

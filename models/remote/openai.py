@@ -33,7 +33,9 @@ from models.requests import (
     Generation,
     GenerationRequest,
     ModelError,
+    ScoreRequest,
     TextSink,
+    TokenScores,
     UnsupportedRequestError,
 )
 
@@ -189,6 +191,10 @@ class RemoteModel:
                     "json_schema": {"name": "output", "schema": request.json_schema, "strict": False},
                 }
         return payload
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Not served: an OpenAI-compatible engine does not score given token ids (this node's limit, not the task's)."""
+        raise ModelError(f"model {self.name} runs on a remote engine, which cannot score tokens")
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         """L2-normalised sentence embeddings from the engine's `/embeddings`, one per text.

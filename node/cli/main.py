@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SHARE",
-        help="share of results (0..1) to verify against the model file here (docs/VERIFICATION.md); default 0",
+        help="share of results (0..1) to verify: against the model file here, else by a score task on another "
+        "node serving the model (docs/VERIFICATION.md); default 0",
     )
     run_task.add_argument(
         "--data-dir",

@@ -27,7 +27,15 @@ from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot
 from models.registry import Registry
 from models.remote.openai import RemoteModel
-from models.requests import EmbeddingRequest, Generation, GenerationRequest, ModelError, TextSink
+from models.requests import (
+    EmbeddingRequest,
+    Generation,
+    GenerationRequest,
+    ModelError,
+    ScoreRequest,
+    TextSink,
+    TokenScores,
+)
 from models.store import ModelStore
 
 log = structlog.get_logger(__name__)
@@ -46,6 +54,8 @@ class ServedModel(Protocol):
         ...
 
     async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation: ...
+
+    async def score(self, request: ScoreRequest) -> TokenScores: ...
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]: ...
 
@@ -128,6 +138,9 @@ class EmbeddingOnlyModel:
         self._embedder = embedder
 
     async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        raise ModelError(f"model {self.name} serves only embeddings here")
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
         raise ModelError(f"model {self.name} serves only embeddings here")
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:

@@ -6,4 +6,6 @@ reputation.py  Reputation: what this publisher measured of each node (SQLite), t
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
 attempts.py    Attempt: one task id sent to one node; next_outcome waits for the first news of any
 verification.py  ProofChecker, ResultVerifier: re-score a share of results' proofs and fail the ones that lie
+remote_scoring.py  verifying without the model file: proof steps scored by a `score` task on another node
+prompt_match.py  PromptExpectation: a proven step's prompt must hold the publisher's own messages
 """

@@ -34,6 +34,7 @@ from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, next_outcome
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
@@ -103,6 +104,10 @@ class Task(BaseModel):
     # Encrypt the result to this key instead of the client's (a gateway serving a caller):
     # the client then returns the node's ciphertext untouched.
     public_key: str | None = None
+    # Publisher-side only (never sent): nodes not to choose, and False to never ask for a proof
+    # (remote scoring's own score tasks, node/publisher/remote_scoring.py).
+    exclude: list[str] = Field(default_factory=list)
+    verify: bool = True
 
 
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
@@ -238,15 +243,16 @@ class Client:
         text as it generates, from nodes that stream it (direct delivery only); the result
         is checked to extend what was streamed.
         """
-        proof = self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
+        proof = task.verify and self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
+        expected = PromptExpectation.of(task.workflow, task.prompt) if proof else None
         if task.nodes:
             task_id = await self.submit(task, timeout, proof=proof)
             if on_submit is not None:
                 on_submit(task_id, None)
-            return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof)
+            return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof, expected)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        tried: set[str] = set()
+        tried: set[str] = set(task.exclude)
         attempts: dict[str, Attempt] = {}
         retries = 0
         need_new = True
@@ -331,7 +337,7 @@ class Client:
                     retries, need_new = retries + 1, True
                     continue
                 try:
-                    result = await self._verified(self._checked(attempt), proof)
+                    result = await self._verified(self._checked(attempt), proof, expected)
                 except TaskFailedError as exc:
                     if not exc.retryable:
                         raise  # the same on every node (a failed proof is marked in _verified)
@@ -374,24 +380,39 @@ class Client:
             raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
         return result
 
-    async def _verified(self, result: TaskResult, proof: bool) -> TaskResult:
+    async def _verified(self, result: TaskResult, proof: bool, expected: PromptExpectation | None) -> TaskResult:
         """The result, checked against its proof when the task asked for one; a failure is the task's error."""
         if not proof or self.verifier is None:
             return result
         try:
             opened = None if result.proof is None else open_proof(self.identity.secret, result.proof)
-            verdict = await self.verifier.verify(result.model, opened, result.text)
+            verdict = await self.verifier.verify(
+                result.model, opened, result.text, node=result.node, runner=self, expected=expected
+            )
         except (ProofError, VerificationFailedError) as exc:
             self._record_verification(result.node, False)
             reason = exc.reason if isinstance(exc, VerificationFailedError) else f"verification failed: {exc}"
             log.warning("result failed verification", task_id=result.task_id, node=result.node, reason=reason)
             raise VerificationFailedTaskError(result.task_id, reason, result.node) from None
         if verdict is None:
-            log.info("result not verified: no scorer for its model here", task_id=result.task_id, model=result.model)
+            log.info("result not verified: no scorer for its model", task_id=result.task_id, model=result.model)
             return result
         self._record_verification(result.node, True)
         log.debug("result verified", task_id=result.task_id, positions=verdict.positions, bias=verdict.mean_bias)
         return result.model_copy(update={"verified": True})
+
+    def others_serve(self, model: str, exclude: set[str]) -> bool:
+        """Whether a live node outside `exclude` serves `model` (remote scoring's ScoreTaskRunner)."""
+        return any(n.serves([model]) and n.address not in exclude for n in self.nodes.live())
+
+    async def run_score_task(
+        self, workflow: dict[str, Any], model: str, exclude: set[str], timeout: float
+    ) -> tuple[str, str]:
+        """Run a score workflow on a node outside `exclude`, without a proof: (result text, node)."""
+        result = await self.execute(
+            Task(workflow=workflow, models=[model], exclude=sorted(exclude), verify=False), timeout=timeout
+        )
+        return result.text, result.node
 
     def _record_verification(self, node: str, passed: bool) -> None:
         """The one place a verification outcome reaches the node's measured reputation (a failure bans it)."""

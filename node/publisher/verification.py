@@ -12,8 +12,12 @@ publisher package does not import models, the caller hands one in). A result fai
   - an unconstrained token could not have been sampled under the claimed settings: at
     temperature 0 a token that is not the model's best, above 0 one outside top-k 40 or the
     min-p 0.05 window (a fixed or foreign text the model would not produce);
-  - the result text is not the text of one of its steps (work done, but another answer sent).
+  - the result text is not the text of one of its steps (work done, but another answer sent);
+  - a step's prompt does not hold the publisher's own messages (node/publisher/prompt_match.py).
 The tolerances come from the measured spread of honest nodes (benchmarks/verification.py).
+
+The scorer is local when the publisher has the model file, else remote: a `score` task on
+another node that serves the model (node/publisher/remote_scoring.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
+from node.publisher.prompt_match import PromptExpectation
+from node.publisher.remote_scoring import (
+    REMOTE_TIMEOUT_S,
+    ScorerUnavailableError,
+    ScoreTaskRunner,
+    TokensRefusedError,
+    fetch_scores,
+    remote_part,
+)
 from node.wire.proof import Proof
+
+log = structlog.get_logger(__name__)
 
 # Measured (benchmarks/verification.py, README "Verification"): honest |claimed - re-scored|
 # per position across 1/2 threads and 1/4 parallel sequences, with margin.
@@ -52,6 +69,10 @@ class Scorer(Protocol):
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> Scores: ...
 
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        """The prompt token ids as text (checked against the publisher's messages)."""
+        ...
+
 
 ScorerFor = Callable[[str], Scorer | None]  # the scorer for a model name, or None if this publisher lacks it
 
@@ -76,8 +97,13 @@ class ProofChecker:
     position_tolerance: float = POSITION_TOLERANCE
     mean_tolerance: float = MEAN_TOLERANCE
 
-    def check(self, proof: Proof | None, result_text: str, scorer: Scorer) -> Verdict:
-        """The verdict for a result and its proof; VerificationError when it fails."""
+    def check(
+        self, proof: Proof | None, result_text: str, scorer: Scorer, expected: PromptExpectation | None = None
+    ) -> Verdict:
+        """The verdict for a result and its proof; VerificationError when it fails.
+
+        `expected`: what every step's prompt must hold (the publisher's messages); None skips that rule.
+        """
         if proof is None:
             raise VerificationError("the result carries no proof")
         if not proof.steps:
@@ -90,6 +116,8 @@ class ProofChecker:
             except Exception as exc:  # noqa: BLE001 - tokens the model cannot take are the node's fault
                 raise VerificationError(f"step {number}: tokens cannot be scored: {exc}") from None
             texts.append(scores.text)
+            if expected is not None and not expected.holds(scorer.prompt_text(step.prompt_tokens)):
+                raise VerificationError(f"step {number} was run on a prompt that does not hold the task's messages")
             for i, (claimed, actual) in enumerate(zip(step.logprobs, scores.logprobs, strict=True)):
                 deviation = claimed - actual
                 if abs(deviation) > self.position_tolerance:
@@ -136,28 +164,109 @@ class VerificationFailedError(Exception):
 
 
 class ResultVerifier:
-    """Which results the Client verifies (a share, at random) and how (a scorer per model name)."""
+    """Which results the Client verifies (a share, at random) and how (a scorer per model name, else remotely)."""
 
     def __init__(
-        self, share: float, scorer_for: ScorerFor, checker: ProofChecker | None = None, rng: random.Random | None = None
+        self,
+        share: float,
+        scorer_for: ScorerFor,
+        checker: ProofChecker | None = None,
+        rng: random.Random | None = None,
+        remote: bool = True,
+        remote_timeout: float = REMOTE_TIMEOUT_S,
     ) -> None:
+        """`remote`: without a local scorer, score on another node that serves the model (a `score` task)."""
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"verify share must be within 0..1, not {share}")
         self.share = share
         self._scorer_for = scorer_for
         self.checker = checker or ProofChecker()
         self._rng = rng or random.Random()
+        self.remote = remote
+        self.remote_timeout = remote_timeout
 
     def wants_proof(self) -> bool:
         """Whether the next task asks for a proof (and so gets verified)."""
         return self.share > 0.0 and self._rng.random() < self.share
 
-    async def verify(self, model: str, proof: Proof | None, text: str) -> Verdict | None:
-        """The verdict (None: no scorer for `model` here, so unverified); VerificationFailedError when it fails."""
+    async def verify(
+        self,
+        model: str,
+        proof: Proof | None,
+        text: str,
+        *,
+        node: str = "",
+        runner: ScoreTaskRunner | None = None,
+        expected: PromptExpectation | None = None,
+    ) -> Verdict | None:
+        """The verdict (None: no scorer here nor elsewhere, so unverified); VerificationFailedError when it fails.
+
+        `node` produced the result: a remote scorer is never that node. `runner` (the Client) runs
+        score tasks; without it, only a local scorer verifies.
+        """
         scorer = self._scorer_for(model)
+        if scorer is None and self.remote and runner is not None:
+            if proof is None or not proof.steps:
+                return await self._checked(proof, text, _NoScorer(), expected)  # fails before scoring anything
+            return await self._remotely(model, remote_part(proof), text, node, runner, expected)
         if scorer is None:
             return None
+        return await self._checked(proof, text, scorer, expected)
+
+    async def _checked(
+        self, proof: Proof | None, text: str, scorer: Scorer, expected: PromptExpectation | None
+    ) -> Verdict:
         try:
-            return await asyncio.to_thread(self.checker.check, proof, text, scorer)
+            return await asyncio.to_thread(self.checker.check, proof, text, scorer, expected)
         except VerificationError as exc:
             raise VerificationFailedError(str(exc)) from None
+
+    async def _remotely(
+        self,
+        model: str,
+        proof: Proof,
+        text: str,
+        node: str,
+        runner: ScoreTaskRunner,
+        expected: PromptExpectation | None,
+    ) -> Verdict | None:
+        """Check on a remote scorer; a failure is confirmed by a second, different scorer when there is one
+        (a scorer that lies cannot get an honest node banned where another scorer exists)."""
+        exclude = {node}
+        failure: VerificationError | None = None
+        for _ in range(2):
+            try:
+                scorer, scorers = await fetch_scores(runner, model, proof, exclude, self.remote_timeout)
+            except TokensRefusedError as exc:
+                raise VerificationFailedError(f"the proof's tokens cannot be scored: {exc}") from None
+            except ScorerUnavailableError as exc:
+                if failure is not None:  # no second scorer to ask: the first one's finding stands
+                    log.info("remote failure unconfirmed: no second scorer", node=node, model=model, reason=str(exc))
+                    raise VerificationFailedError(str(failure)) from None
+                log.info("result not verified: no remote scorer answered", node=node, model=model, reason=str(exc))
+                return None
+            try:
+                verdict = self.checker.check(proof, text, scorer, expected)
+            except VerificationError as exc:
+                if failure is not None:
+                    raise VerificationFailedError(str(failure)) from None
+                failure = exc
+                exclude |= scorers
+                continue
+            if failure is not None:
+                log.warning(
+                    "remote scorers disagree: result left unverified", node=node, model=model, first=str(failure)
+                )
+                return None
+            return verdict
+        return None
+
+
+class _NoScorer:
+    """Stands in where a proof has no step: the checker fails it before scoring anything."""
+
+    def score(self, prompt_tokens: list[int], tokens: list[int]) -> Scores:
+        raise AssertionError("a proof without steps is never scored")
+
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        raise AssertionError("a proof without steps is never scored")

@@ -16,7 +16,7 @@ from typing import Any
 import llama_cpp
 
 from models.progress import ProgressSnapshot, request_owner
-from models.requests import EmbeddingRequest, Generation, GenerationRequest, TextSink
+from models.requests import EmbeddingRequest, Generation, GenerationRequest, ScoreRequest, TextSink, TokenScores
 from node.execution.protocol import MAX_FRAME_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
@@ -65,6 +65,9 @@ class Misbehaving:
         elif STALL in text:
             self._stall_sampling.add(request_owner.get() or "")
         return await self._model.generate(request, on_text)
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        return await self._model.score(request)  # type: ignore[no-any-return]
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
         return await self._model.embed(request)

@@ -186,13 +186,11 @@ async def test_next_step_reuses_the_cached_prompt_prefix(model: BatchedLlamaMode
         ChatMessage(role="assistant", content=step1.text),
         ChatMessage(role="user", content="Name another one."),
     ]
-    before = model.prompt_tokens_evaluated
     step2 = await model.generate(GenerationRequest(messages=second, max_tokens=12))
     assert isinstance(step2, BatchedGeneration)
     assert step2.reused_prompt_tokens >= step1.prompt_tokens - 1
     evaluated = step2.prompt_tokens - step2.reused_prompt_tokens
     assert evaluated < step2.prompt_tokens / 4
-    assert model.prompt_tokens_evaluated - before == evaluated
     # A seeded request evaluates its whole prompt (no prefix reuse) and answers the same.
     fresh = await model.generate(GenerationRequest(messages=second, max_tokens=12, seed=1))
     assert isinstance(fresh, BatchedGeneration) and fresh.reused_prompt_tokens == 0

@@ -144,11 +144,14 @@ async def test_context_overflow_fails_only_that_request(model: BatchedLlamaModel
 async def test_prompt_plus_max_tokens_fits_exactly_or_is_refused_before_it_runs(model: BatchedLlamaModel) -> None:
     prompt = "word " * 980  # leaves room for a few generated tokens only
     room = model.n_ctx - (await model.generate(ask(prompt, max_tokens=1))).prompt_tokens
-    evaluated = model.prompt_tokens_evaluated
+    progress = model.progress()
+    assert progress is not None
+    calls = progress.calls_done
     with pytest.raises(ContextOverflowError) as refused:
         await model.generate(ask(prompt, max_tokens=room + 1, ignore_eos=True))
     assert f"plus max_tokens {room + 1} need {model.n_ctx + 1} tokens" in str(refused.value)
-    assert model.prompt_tokens_evaluated == evaluated  # refused before any decoding
+    after = model.progress()
+    assert after is not None and after.calls_done == calls  # refused before any native call
     whole = await model.generate(ask(prompt, max_tokens=room, ignore_eos=True))
     assert whole.completion_tokens == room and whole.finish_reason == "length"  # not cut short
 
