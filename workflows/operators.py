@@ -25,6 +25,7 @@ from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
 from workflows.schema import InputValue, RegexSchema, Task, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
+from workflows.score_operator import score
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
 from workflows.tools import build_tools, web_search
 
@@ -90,9 +91,10 @@ async def run_task(task: Task, ctx: RunContext) -> str:
         case "search":
             return await _search(ctx, messages)
         case "score":
-            from workflows.score_operator import score  # it needs RunContext from here
-
-            return await score(ctx, messages[-1].content)
+            text, prompt_tokens, scored_tokens = await score(ctx.model, ctx.max_tokens, messages[-1].content)
+            ctx.usage.prompt_tokens += prompt_tokens
+            ctx.usage.completion_tokens += scored_tokens
+            return text
     raise AssertionError(f"unhandled operator {task.operator}")
 
 

@@ -16,15 +16,12 @@ one prompt-evaluation pass (no sampling), cancelled by `max_time` like a generat
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.requests import ContextOverflowError, ModelError, ScoreRequest, TokenOutOfVocabularyError
+from workflows.backend import ModelBackend
 from workflows.errors import ContextTooSmallError, InvalidTaskError, LimitExceededError, ModelFailedError
-
-if TYPE_CHECKING:  # operators.py dispatches here
-    from workflows.operators import RunContext
 
 DIGITS = 4  # log-probabilities are sent rounded to 1e-4, as proofs carry them
 
@@ -51,10 +48,13 @@ def parse_spec(content: str) -> ScoreSpec:
         ) from None
 
 
-async def score(ctx: RunContext, content: str) -> str:
-    """Score the message's tokens with the step's model; the result JSON (module doc)."""
+async def score(model: ModelBackend, allowed: int, content: str) -> tuple[str, int, int]:
+    """Score the message's tokens with the step's model, at most `allowed` of them.
+
+    Returns the result JSON (module doc) and the prompt and scored token counts, which
+    the caller adds to the run's usage like a generation's.
+    """
     spec = parse_spec(content)
-    allowed = ctx.max_tokens
     if len(spec.tokens) > allowed:
         raise LimitExceededError(
             "max_tokens", f"{len(spec.tokens)} tokens to score, more than the {allowed} a generation may produce here"
@@ -62,16 +62,14 @@ async def score(ctx: RunContext, content: str) -> str:
     if any(t < 0 for t in spec.prompt_tokens + spec.tokens):
         raise InvalidTaskError("a token id to score is negative")
     try:
-        scores = await ctx.model.score(ScoreRequest(prompt_tokens=spec.prompt_tokens, tokens=spec.tokens))
+        scores = await model.score(ScoreRequest(prompt_tokens=spec.prompt_tokens, tokens=spec.tokens))
     except TokenOutOfVocabularyError as e:  # the same model file refuses it on every node
         raise InvalidTaskError(f"a token id to score is outside the model's vocabulary: {e}") from e
     except ContextOverflowError as e:
         raise ContextTooSmallError(f"the tokens to score do not fit the model's context: {e}") from e
     except ModelError as e:
-        raise ModelFailedError(f"model {ctx.model.name!r} failed to score: {e}") from e
-    ctx.usage.prompt_tokens += len(spec.prompt_tokens)
-    ctx.usage.completion_tokens += len(spec.tokens)
-    return json.dumps(
+        raise ModelFailedError(f"model {model.name!r} failed to score: {e}") from e
+    text = json.dumps(
         {
             "logprobs": [round(v, DIGITS) for v in scores.logprobs],
             "bestLogprobs": [round(v, DIGITS) for v in scores.best_logprobs],
@@ -82,3 +80,4 @@ async def score(ctx: RunContext, content: str) -> str:
         ensure_ascii=False,
         separators=(",", ":"),
     )
+    return text, len(spec.prompt_tokens), len(spec.tokens)
