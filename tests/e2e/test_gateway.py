@@ -42,7 +42,7 @@ class Net:
 
     @property
     def addresses(self) -> set[str]:
-        return {node.identity.address for node in self.nodes}
+        return {node.running.identity.address for node in self.nodes}
 
     @property
     def peers(self) -> list[str]:

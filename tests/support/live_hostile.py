@@ -124,7 +124,6 @@ class LiveRun:
 @asynccontextmanager
 async def live_publisher(node: NodeServer) -> AsyncIterator[LiveRun]:
     """A publisher peer in the node's task, results and heartbeat meshes."""
-    assert node.identity is not None
     publisher = Identity.generate()
     peer = P2PHost(publisher.secret, ["/ip4/127.0.0.1/tcp/0"])
     await peer.start()
@@ -141,7 +140,7 @@ async def live_publisher(node: NodeServer) -> AsyncIterator[LiveRun]:
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the publisher never joined the node's meshes")
-        run = LiveRun(node, peer, Actors(publisher, Identity.generate(), node.identity.address),
+        run = LiveRun(node, peer, Actors(publisher, Identity.generate(), node.running.identity.address),
                       node.settings.heartbeat_interval)  # fmt: skip
         run.tasks = [asyncio.create_task(run._results(results)), asyncio.create_task(run._heartbeats(heartbeats))]
         try:
