@@ -271,12 +271,6 @@ class Journal:
             ).fetchall()
         return [(task_id, int(deadline)) for task_id, deadline in rows]
 
-    def seen(self, task_id: str) -> bool:
-        """Whether ``task_id`` is in the journal (in any state)."""
-        with self._guard("look up", task_id):
-            row = self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return row is not None
-
     def get(self, task_id: str) -> JournalEntry | None:
         """The entry for ``task_id``, or None."""
         with self._guard("read", task_id):
