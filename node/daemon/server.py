@@ -48,7 +48,8 @@ from node.ops.http_api import HttpServer, PauseControls, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, consume, discard
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC

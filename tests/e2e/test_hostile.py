@@ -20,7 +20,8 @@ import pytest
 import structlog
 
 from node.daemon.server import NodeServer
-from node.p2p.host import GossipMessage, MessageTooLargeError, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import MessageTooLargeError, P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.inbound import decode

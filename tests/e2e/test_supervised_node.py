@@ -72,7 +72,7 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             node.supervisor.base_backoff_s = 2.0
             # One bad message cannot stop the intake (it catches per message), so the loop
             # itself is made to fail: its queue raises once.
-            queue = node.running.host._queues[TASK_TOPIC]
+            queue = node.running.host._gossip.queues[TASK_TOPIC]
             get = queue.get
             calls = 0
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.daemon.server import NodeServer
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.inbound import decode
