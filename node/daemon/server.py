@@ -115,6 +115,24 @@ class NodeServer:
 
     async def startup(self) -> None:
         """Each step in order; what a step opened is closed by `shutdown` even when a later one fails."""
+        self._running = running = await self._open()
+        parts = running.parts
+        queues = await self._subscribe(running.host, parts.gate)
+        await parts.connector.dial_all()
+        await recover_interrupted(
+            running.journal,
+            parts.outbox,
+            parts.admission,
+            rerun=self.settings.rerun_interrupted,
+            min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
+        )
+        self._start_loops(running, queues)
+        running.http = await self._start_http(parts)
+        self._announce_ready(running)
+        self.supervisor.start("monitor", parts.monitor.run)  # watchdog pings after READY
+
+    async def _open(self) -> RunningNode:
+        """Open the resources, each onto the exit stack as it opens, and build the parts that use them."""
         settings, opened = self.settings, self._opened
         identity = open_identity(settings)
         journal = open_journal(settings)
@@ -131,14 +149,7 @@ class NodeServer:
             on_inbound_stream=self._on_stream if settings.direct else None,
         )
         opened.push_async_callback(host.stop)  # stopped before the execution processes close
-        # The execution processes (model load, cached benchmark) and the P2P host start together:
-        # neither needs the other, and the host's start does not wait behind the model load.
-        try:
-            async with asyncio.TaskGroup() as starting:
-                starting.create_task(pool.start())
-                starting.create_task(host.start())
-        except BaseExceptionGroup as failed:  # the first failure, as the steps in order raised it
-            raise failed.exceptions[0]  # noqa: B904 - the group adds nothing but nesting
+        await self._start_together(pool, host)
         remote = await self._open_remote_health(pool)
         parts = build_parts(
             settings,
@@ -155,21 +166,18 @@ class NodeServer:
         )
         opened.push_async_callback(parts.direct.close)
         opened.push_async_callback(parts.intake.close)
-        self._running = running = RunningNode(identity, journal, ledger, pool, remote, host, parts)
-        queues = await self._subscribe(host, parts.gate)
-        await parts.connector.dial_all()
-        await recover_interrupted(
-            journal,
-            parts.outbox,
-            parts.admission,
-            rerun=settings.rerun_interrupted,
-            min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
-        )
-        opened.push_async_callback(self.supervisor.stop)
-        self._start_loops(running, queues)
-        running.http = await self._start_http(parts)
-        self._announce_ready(identity, host, pool.hosted)
-        self.supervisor.start("monitor", parts.monitor.run)  # watchdog pings after READY
+        opened.push_async_callback(self.supervisor.stop)  # the loops, started once the node is up
+        return RunningNode(identity, journal, ledger, pool, remote, host, parts)
+
+    @staticmethod
+    async def _start_together(pool: ExecutionPool, host: P2PHost) -> None:
+        """The execution processes (model load, cached benchmark) and the P2P host: neither needs the other."""
+        try:
+            async with asyncio.TaskGroup() as starting:
+                starting.create_task(pool.start())
+                starting.create_task(host.start())
+        except BaseExceptionGroup as failed:  # the first failure, as the steps in order raised it
+            raise failed.exceptions[0]  # noqa: B904 - the group adds nothing but nesting
 
     async def _open_remote_health(self, pool: ExecutionPool) -> RemoteHealth:
         """Remote engines (registry backend "openai"): checked periodically; a down one leaves the heartbeat."""
@@ -227,7 +235,8 @@ class NodeServer:
         )
         return http
 
-    def _announce_ready(self, identity: Identity, host: P2PHost, models: list[str]) -> None:
+    def _announce_ready(self, running: RunningNode) -> None:
+        identity, host, models = running.identity, running.host, running.pool.hosted
         listen = host.listen_addrs
         log.info("node started", address=identity.address, peer_id=host.peer_id, listen=listen, models=models)
         for addr in listen:
