@@ -84,7 +84,6 @@ class Harness:
 
     def assert_journal_all_ended(self, task_ids: list[str]) -> None:
         journal = self.server.running.journal
-        assert journal is not None
         assert journal.interrupted() == []
         for task_id in task_ids:
             entry = journal.get(task_id)
@@ -122,9 +121,8 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             # The long task runs once more on the restarted process; crashing it again makes it poison.
             pid2 = await h.running(1, not_pid=pid)
             os.kill(pid2, sig)
-            await h.until(
-                lambda: h.server.running.pool.available() == []
-            )  # two crashes in the window: out of heartbeats
+            # Two crashes in the window: out of heartbeats.
+            await h.until(lambda: h.server.running.pool.available() == [])
             assert h.server.running.parts.heartbeat.body().models == []
             reason = await h.failure(long_id)
             assert reason.startswith("Invalid prompt: ") and sig.name in reason
