@@ -23,7 +23,8 @@ import uvloop
 
 from benchmarks.peers import PeerProcess
 from benchmarks.stats import BenchmarkError
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 
 PING = "bench-ping"

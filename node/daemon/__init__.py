@@ -2,7 +2,7 @@
 Imports wire, p2p and ops (and workflows, models, config); never publisher, gateway or cli; of the
 execution process (node/execution/) only its protocol, and nothing that loads llama.cpp.
 
-    server.py           NodeServer: the lifecycle (startup steps, serve, shutdown); wires and sequences only
+    server.py           NodeServer: the lifecycle (startup, serve, shutdown); RunningNode: what startup opened
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
     intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or refuse as busy)
     direct.py           DirectIntake: a task on a direct-delivery stream: check, intake, answer at once
@@ -14,6 +14,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     processes/          the execution processes (node/execution/), one per model: spawn, route, watch, restart
     outbox.py           ResultOutbox: sends results (on their stream, else gossip), keeps them in the journal until sent
     journal.py          Journal: SQLite record of every task's state (survives a crash; bounded by what is owed)
+    journal_file.py     the journal's SQLite file: schema, opening (WAL, version), rows as JournalEntry
     recovery.py         start-up recovery of what a crash left in the journal
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd
@@ -22,5 +23,5 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     remote_health.py    health of the remote engines this node fronts
     pause.py            PauseState: the operator's pause (kept in the data dir) and idle_only's
     idle.py             IdleWatch: idle_only: pauses while other processes keep the CPUs (or a GPU) busy
-    ledger.py           Ledger: SQLite record of every finished task, bounded by days and rows
+    ledger.py           Ledger: SQLite record of every finished task, bounded by days and rows (`compute-node ledger`)
 """

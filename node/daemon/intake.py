@@ -26,7 +26,7 @@ from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.daemon.journal import Journal, JournalError
 from node.daemon.runner import TaskRunner
 from node.ops.metrics import NodeMetrics
-from node.p2p.host import GossipMessage
+from node.p2p.handoff import GossipMessage
 from node.wire.direct import AnswerStatus
 from node.wire.inbound import Inbound, LogWindow, consume
 from node.wire.messages import TaskBody, encode_body

@@ -7,7 +7,7 @@ lose the last few transactions, which at worst re-runs or re-publishes a task.
 
 A task moves ACCEPTED -> RUNNING -> FINISHED -> PUBLISHED. After a restart the
 daemon re-publishes ``unpublished()`` results and deals with ``interrupted()``
-tasks; ``seen()`` dedupes tasks that gossip delivers again.
+tasks; ``known_ids()`` lets intake dedupe tasks that gossip delivers again.
 
 Bounded by what the node owes, never by how many keys send tasks (keys are free):
 
@@ -29,94 +29,33 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import structlog
 
+from node.daemon.journal_file import (
+    COLUMNS,
+    LIVE,
+    RECORDS,
+    JournalEntry,
+    JournalError,
+    JournalUsage,
+    TaskState,
+    compact,
+    entry_of,
+    open_journal_file,
+    sqlite_errors,
+)
 from node.wire.inbound import LogWindow
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
-# Calls run on the event loop: wait this long, not sqlite3's default 5 s, for a lock
-# another process holds, then fail the call with a JournalError.
-BUSY_TIMEOUT_S = 0.2
 ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, counted against the caps
 DEFAULT_MAX_WAITING_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 100_000
 DROP_LOG_WINDOW_S = 10.0
 _DROP_BATCH = 16
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id        TEXT PRIMARY KEY,
-    publisher      TEXT NOT NULL,
-    deadline_ns    INTEGER NOT NULL,
-    model          TEXT NOT NULL,
-    state          TEXT NOT NULL,
-    task_message   BLOB NOT NULL,
-    result_body    BLOB,
-    received_at_ns INTEGER NOT NULL,
-    updated_at_ns  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at_ns);
-CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (deadline_ns);
-"""
-
-_COLUMNS = "task_id, publisher, deadline_ns, model, state, task_message, result_body, received_at_ns, updated_at_ns"
-
-
-class TaskState(StrEnum):
-    """Where a task is in its life on this node."""
-
-    ACCEPTED = "accepted"
-    RUNNING = "running"
-    FINISHED = "finished"
-    PUBLISHED = "published"
-    DROPPED = "dropped"  # the result could not be published at all; never retried
-
-
-_LIVE = (TaskState.ACCEPTED, TaskState.RUNNING)
-_RECORDS = (TaskState.PUBLISHED, TaskState.DROPPED)
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    """One journaled task, as stored."""
-
-    task_id: str
-    publisher: str
-    deadline_ns: int
-    model: str
-    state: TaskState
-    task_message: bytes
-    result_body: bytes | None
-    received_at_ns: int
-    updated_at_ns: int
-
-
-@dataclass(frozen=True)
-class JournalUsage:
-    """What the journal holds, by kind of row; bytes are bodies and results plus ROW_OVERHEAD_BYTES a row."""
-
-    live_rows: int
-    live_bytes: int
-    waiting_rows: int
-    waiting_bytes: int
-    records: int
-    record_bytes: int
-
-    @property
-    def bytes(self) -> int:
-        return self.live_bytes + self.waiting_bytes + self.record_bytes
-
-
-class JournalError(Exception):
-    """The journal cannot be opened or written, or a task cannot make the asked transition."""
 
 
 class Journal:
@@ -136,7 +75,7 @@ class Journal:
         self.waiting_bytes = 0
         self.records = 0
         self._drop_log = LogWindow(DROP_LOG_WINDOW_S)  # a node without peers drops one result per new one
-        self._compact()
+        compact(conn, path)
         self._count()
 
     @classmethod
@@ -152,63 +91,15 @@ class Journal:
         per row) past which the oldest is dropped; ``max_records``: dedupe records
         (published or dropped tasks, no bodies) past which the earliest deadlines go.
         """
-        path = Path(path)
+        conn = open_journal_file(Path(path))
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Tasks hold publishers' workflows: readable by the operator only. SQLite
-            # gives its -wal and -shm files the database file's permissions.
-            path.touch(mode=0o600, exist_ok=True)
-            # isolation_level=None: autocommit; every statement is its own transaction.
-            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise JournalError(f"cannot open journal {path}: WAL mode refused (got {mode!r})")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise JournalError(
-                    f"cannot open journal {path}: schema version {version}, this node knows {SCHEMA_VERSION}"
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        except JournalError:
-            conn.close()
-            raise
-        log.debug("journal opened", path=str(path))
-        try:
-            return cls(conn, path, max_waiting_bytes, max_records)
+            return cls(conn, Path(path), max_waiting_bytes, max_records)
         except JournalError:
             conn.close()
             raise
 
-    @contextmanager
-    def _guard(self, action: str, task_id: str | None = None) -> Iterator[None]:
-        """Turn whatever SQLite raises (full disk, locked file, integer overflow) into JournalError."""
-        try:
-            yield
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
-            what = f"{action} task {task_id}" if task_id else action
-            raise JournalError(f"journal {self.path}: cannot {what}: {type(exc).__name__}: {exc}") from exc
-
-    def _compact(self) -> None:
-        """Drop what earlier versions kept: bodies of finished tasks and results of published ones."""
-        marks = ", ".join("?" for _ in _RECORDS)
-        with self._guard("compact"):
-            self._conn.execute(
-                f"UPDATE tasks SET task_message = x'', result_body = NULL "
-                f"WHERE state IN ({marks}) AND (LENGTH(task_message) > 0 OR result_body IS NOT NULL)",
-                tuple(s.value for s in _RECORDS),
-            )
-            self._conn.execute(
-                "UPDATE tasks SET task_message = x'' WHERE state = ? AND LENGTH(task_message) > 0",
-                (TaskState.FINISHED.value,),
-            )
+    def _guard(self, action: str, task_id: str | None = None) -> AbstractContextManager[None]:
+        return sqlite_errors(self.path, action, task_id)
 
     def _count(self) -> None:
         usage = self.usage()
@@ -227,9 +118,9 @@ class Journal:
         def total(states: tuple[TaskState, ...]) -> tuple[int, int]:
             return sum(count.get(s, (0, 0))[0] for s in states), sum(count.get(s, (0, 0))[1] for s in states)
 
-        live = total(_LIVE)
+        live = total(LIVE)
         waiting = total((TaskState.FINISHED,))
-        records = total(_RECORDS)
+        records = total(RECORDS)
         return JournalUsage(live[0], live[1], waiting[0], waiting[1], records[0], records[1])
 
     def record_accepted(
@@ -249,7 +140,7 @@ class Journal:
         """
         with self._guard("journal", task_id):
             cur = self._conn.execute(
-                f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                f"INSERT OR IGNORE INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                 (
                     task_id,
                     publisher,
@@ -271,21 +162,15 @@ class Journal:
             ).fetchall()
         return [(task_id, int(deadline)) for task_id, deadline in rows]
 
-    def seen(self, task_id: str) -> bool:
-        """Whether ``task_id`` is in the journal (in any state)."""
-        with self._guard("look up", task_id):
-            row = self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return row is not None
-
     def get(self, task_id: str) -> JournalEntry | None:
         """The entry for ``task_id``, or None."""
         with self._guard("read", task_id):
-            row = self._conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return None if row is None else _entry(row)
+            row = self._conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else entry_of(row)
 
     def mark_running(self, task_id: str) -> None:
         """ACCEPTED (or RUNNING again, after a restart) -> RUNNING."""
-        self._transition(task_id, TaskState.RUNNING, _LIVE)
+        self._transition(task_id, TaskState.RUNNING, LIVE)
 
     def record_finished(self, task_id: str, result_body: bytes) -> None:
         """Store the encoded result/error body (unsealed), drop the task body, move to FINISHED.
@@ -293,7 +178,7 @@ class Journal:
         The result is never refused for room: the task was accepted, so its result is
         owed. Past ``max_waiting_bytes`` of waiting results the oldest others are dropped.
         """
-        self._transition(task_id, TaskState.FINISHED, _LIVE, result_body, drop_task=True)
+        self._transition(task_id, TaskState.FINISHED, LIVE, result_body, drop_task=True)
         self.waiting_bytes += len(result_body) + ROW_OVERHEAD_BYTES
         if self.waiting_bytes > self.max_waiting_bytes:
             self._drop_oldest_waiting(keep=task_id)
@@ -319,7 +204,7 @@ class Journal:
 
     def interrupted(self) -> list[JournalEntry]:
         """ACCEPTED or RUNNING entries, oldest first (left there by a crash)."""
-        return self._select_states(_LIVE)
+        return self._select_states(LIVE)
 
     def backlog(self) -> int:
         """How many FINISHED results are waiting to be published."""
@@ -332,7 +217,7 @@ class Journal:
     def prune(self, before_ns: int) -> int:
         """Delete entries whose deadline is older than ``before_ns``; return how many.
 
-        Records are kept until their deadline passes so that ``seen()`` still dedupes
+        Records are kept until their deadline passes so that intake still dedupes
         a re-delivered task; after it, intake rejects the task as expired anyway. The
         outbox passes its result grace: a result later than that is of no use.
         """
@@ -399,12 +284,12 @@ class Journal:
     def _forget_oldest_records(self) -> None:
         # A hundredth of the cap at once, so that a full table is trimmed once per many tasks, not on each.
         excess = self.records - self.max_records + max(1, self.max_records // 100)
-        marks = ", ".join("?" for _ in _RECORDS)
+        marks = ", ".join("?" for _ in RECORDS)
         with self._guard("forget old records"):
             cur = self._conn.execute(
                 f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE state IN ({marks}) "
                 f"ORDER BY deadline_ns LIMIT ?)",
-                (*(s.value for s in _RECORDS), excess),
+                (*(s.value for s in RECORDS), excess),
             )
         self.records -= cur.rowcount
 
@@ -444,21 +329,7 @@ class Journal:
         marks = ", ".join("?" for _ in states)
         with self._guard("list tasks"):
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ({marks}) ORDER BY received_at_ns, rowid",
+                f"SELECT {COLUMNS} FROM tasks WHERE state IN ({marks}) ORDER BY received_at_ns, rowid",
                 tuple(s.value for s in states),
             ).fetchall()
-        return [_entry(row) for row in rows]
-
-
-def _entry(row: tuple) -> JournalEntry:
-    return JournalEntry(
-        task_id=row[0],
-        publisher=row[1],
-        deadline_ns=row[2],
-        model=row[3],
-        state=TaskState(row[4]),
-        task_message=bytes(row[5]),
-        result_body=None if row[6] is None else bytes(row[6]),
-        received_at_ns=row[7],
-        updated_at_ns=row[8],
-    )
+        return [entry_of(row) for row in rows]

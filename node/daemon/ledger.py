@@ -5,7 +5,7 @@ One row per finished task (publisher, model, times, token counts, outcome) in
 finishes and only appends to memory; `run` writes the rows in a worker thread every
 few seconds and prunes rows older than `keep_days` and beyond `max_rows` (keys are
 free, so the bound is on rows, whoever sent them). `totals` reads it back for
-`compute-node ledger`; `recent` and `per_minute` feed /status without touching disk.
+`compute-node ledger`. (/status shows the last hour from node/ops/activity.py, not from here.)
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ log = structlog.get_logger(__name__)
 Outcome = Literal["ok", "error", "invalid_prompt", "busy", "interrupted"]
 ERROR_CHARS = 200  # error texts are clipped: a row's size is bounded whatever a task did
 PENDING_MAX = 10_000  # rows waiting for the writer; past it the oldest are dropped (and counted)
-RECENT_MAX = 50
-MINUTES_KEPT = 60
 GROUPINGS = ("day", "model", "publisher", "outcome")
 
 _SCHEMA = """
@@ -85,14 +83,6 @@ class Totals(BaseModel):
     completion_tokens: int
 
 
-class MinuteCount(BaseModel):
-    """Tasks finished and tokens generated in one minute (`minute`: its start, unix seconds)."""
-
-    minute: int
-    tasks: int
-    completion_tokens: int
-
-
 def outcome_of(error: str | None) -> Outcome:
     """The outcome class of a task's error text (None: it succeeded)."""
     if error is None:
@@ -115,8 +105,6 @@ class Ledger:
         self._keep_ns = int(keep_days * 86400 * 1e9)
         self._max_rows = max_rows
         self._pending: deque[LedgerEntry] = deque()
-        self._recent: deque[LedgerEntry] = deque(maxlen=RECENT_MAX)
-        self._minutes: dict[int, MinuteCount] = {}
         self.dropped = 0
 
     @classmethod
@@ -138,22 +126,6 @@ class Ledger:
             self._pending.popleft()
             self.dropped += 1
         self._pending.append(entry)
-        self._recent.append(entry)
-        minute = int(entry.ended_at // 60 * 60)
-        count = self._minutes.setdefault(minute, MinuteCount(minute=minute, tasks=0, completion_tokens=0))
-        count.tasks += 1
-        count.completion_tokens += entry.completion_tokens
-        while len(self._minutes) > MINUTES_KEPT:
-            del self._minutes[min(self._minutes)]
-
-    def recent(self) -> list[LedgerEntry]:
-        """The latest finished tasks, newest first."""
-        return list(reversed(self._recent))
-
-    def per_minute(self, now: float | None = None) -> list[MinuteCount]:
-        """Tasks and tokens per minute over the last hour, oldest first."""
-        start = (now if now is not None else time.time()) - MINUTES_KEPT * 60
-        return [self._minutes[m] for m in sorted(self._minutes) if m >= start]
 
     async def run(self, interval: float = 2.0) -> None:
         """Write pending rows every `interval` s (in a worker thread) and prune.

@@ -61,6 +61,7 @@ class NodeMonitor:
         self._started = time.monotonic()
         self._peers: list[str] = []
         self._mesh: dict[str, int] = {}
+        self._dropped_counted = 0  # the host's dropped gossip messages already in the metric
         self._last_heartbeat_seen: float | None = None
         self._failed_loops: Callable[[], list[str]] = list
 
@@ -82,6 +83,9 @@ class NodeMonitor:
         self._metrics.peers.set(len(self._peers))
         for topic, size in self._mesh.items():
             self._metrics.mesh_peers.labels(topic=topic).set(size)
+        dropped = self._host.dropped_messages
+        self._metrics.gossip_dropped.inc(dropped - self._dropped_counted)
+        self._dropped_counted = dropped
         self._metrics.capacity_free.set(free)
         self._metrics.journal_backlog.set(self._journal.backlog())
         self._metrics.tasks_running.set(self._admission.pending)

@@ -7,8 +7,10 @@ startup:  identity and journal -> execution processes (one per model: load,
           outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM
 shutdown: STOPPING=1, stop admitting (a `leaving` heartbeat, capacity 0), drain: let running tasks
-          finish up to `drain_timeout`, error the rest, flush results, stop the
-          network and the execution processes, close the journal. A second signal skips the wait.
+          finish up to `drain_timeout`, error the rest, flush results; then what startup opened
+          is closed in reverse order (one AsyncExitStack): the HTTP endpoint, the loops, the
+          intake, remote engines' health, the network, the execution processes, the ledger and
+          the journal. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -44,12 +48,31 @@ from node.ops.http_api import HttpServer, PauseControls, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, consume, discard
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+
+class NodeNotRunningError(Exception):
+    """The node's parts were asked for before `startup` built them."""
+
+
+@dataclass
+class RunningNode:
+    """What `startup` opened and built; each is closed by `shutdown` through the exit stack."""
+
+    identity: Identity
+    journal: Journal
+    ledger: Ledger
+    pool: ExecutionPool
+    remote_health: RemoteHealth
+    host: P2PHost
+    parts: NodeParts
+    http: HttpServer | None = None  # started last, with `http_enabled`
 
 
 class NodeServer:
@@ -60,21 +83,19 @@ class NodeServer:
         self.metrics = NodeMetrics()
         self.notifier = SystemdNotifier.from_env()
         self.supervisor = Supervisor(self._on_fatal_loop)
-        # Resources, opened in this order by `startup` and closed by `shutdown` (None: not opened).
-        self.identity: Identity | None = None
-        self.journal: Journal | None = None
-        self.ledger: Ledger | None = None
         self.pause = PauseState(settings.data_dir)
-        self.pool: ExecutionPool | None = None
-        self.remote_health: RemoteHealth | None = None
-        self.host: P2PHost | None = None
-        self.http: HttpServer | None = None
-        self.parts: NodeParts | None = None  # built once the resources above are open
-        self.listen_addrs: list[str] = []
         self.exit_code = 0
-        self._loops: list[asyncio.Task[None]] = []
+        self._running: RunningNode | None = None
+        self._opened = AsyncExitStack()  # what startup opened, closed in reverse order by shutdown
         self._exit = asyncio.Event()
         self._force_exit = False
+
+    @property
+    def running(self) -> RunningNode:
+        """The node's open resources and parts, once `startup` built them."""
+        if self._running is None:
+            raise NodeNotRunningError("the node has not started (or failed to start)")
+        return self._running
 
     async def serve(self) -> None:
         """Start, run until asked to stop, shut down."""
@@ -94,21 +115,43 @@ class NodeServer:
 
     async def startup(self) -> None:
         """Each step in order; what a step opened is closed by `shutdown` even when a later one fails."""
-        settings = self.settings
-        self.identity = identity = open_identity(settings)
-        self.journal = journal = open_journal(settings)
-        self.ledger = ledger = open_ledger(settings)
-        # The execution processes (model load, cached benchmark) and the P2P host start together:
-        # neither needs the other, and the host's start no longer waits behind the model load.
-        try:
-            async with asyncio.TaskGroup() as starting:
-                pool_started = starting.create_task(self._start_execution_processes())
-                host_started = starting.create_task(self._start_p2p_host(identity))
-        except BaseExceptionGroup as failed:  # the first failure, as the steps in order raised it
-            raise failed.exceptions[0]  # noqa: B904 - the group adds nothing but nesting
-        pool, host = pool_started.result(), host_started.result()
+        self._running = running = await self._open()
+        parts = running.parts
+        queues = await self._subscribe(running.host, parts.gate)
+        await parts.connector.dial_all()
+        await recover_interrupted(
+            running.journal,
+            parts.outbox,
+            parts.admission,
+            rerun=self.settings.rerun_interrupted,
+            min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
+        )
+        self._start_loops(running, queues)
+        running.http = await self._start_http(parts)
+        self._announce_ready(running)
+        self.supervisor.start("monitor", parts.monitor.run)  # watchdog pings after READY
+
+    async def _open(self) -> RunningNode:
+        """Open the resources, each onto the exit stack as it opens, and build the parts that use them."""
+        settings, opened = self.settings, self._opened
+        identity = open_identity(settings)
+        journal = open_journal(settings)
+        opened.callback(journal.close)
+        ledger = open_ledger(settings)
+        opened.callback(ledger.close)
+        check_embedding_model(settings)
+        pool = ExecutionPool(settings, self.metrics)
+        opened.push_async_callback(pool.close)
+        host = P2PHost(
+            identity.secret,
+            settings.listen,
+            stream_limits=stream_limits(settings),
+            on_inbound_stream=self._on_stream if settings.direct else None,
+        )
+        opened.push_async_callback(host.stop)  # stopped before the execution processes close
+        await self._start_together(pool, host)
         remote = await self._open_remote_health(pool)
-        self.parts = parts = build_parts(
+        parts = build_parts(
             settings,
             self.metrics,
             self.notifier,
@@ -121,49 +164,34 @@ class NodeServer:
             self.pause,
             ledger,
         )
-        queues = await self._subscribe(host, parts.gate)
-        await parts.connector.dial_all()
-        await recover_interrupted(
-            journal,
-            parts.outbox,
-            parts.admission,
-            rerun=settings.rerun_interrupted,
-            min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
-        )
-        self._start_loops(parts, host, remote, queues)
-        await self._start_http(parts)
-        self._announce_ready(identity, host, pool.hosted)
-        self._loops.append(self.supervisor.start("monitor", parts.monitor.run))  # watchdog pings after READY
+        opened.push_async_callback(parts.direct.close)
+        opened.push_async_callback(parts.intake.close)
+        opened.push_async_callback(self.supervisor.stop)  # the loops, started once the node is up
+        return RunningNode(identity, journal, ledger, pool, remote, host, parts)
 
-    async def _start_execution_processes(self) -> ExecutionPool:
-        """One execution process per model, each READY once probed."""
-        check_embedding_model(self.settings)
-        self.pool = pool = ExecutionPool(self.settings, self.metrics)
-        await pool.start()
-        return pool
+    @staticmethod
+    async def _start_together(pool: ExecutionPool, host: P2PHost) -> None:
+        """The execution processes (model load, cached benchmark) and the P2P host: neither needs the other."""
+        try:
+            async with asyncio.TaskGroup() as starting:
+                starting.create_task(pool.start())
+                starting.create_task(host.start())
+        except BaseExceptionGroup as failed:  # the first failure, as the steps in order raised it
+            raise failed.exceptions[0]  # noqa: B904 - the group adds nothing but nesting
 
     async def _open_remote_health(self, pool: ExecutionPool) -> RemoteHealth:
         """Remote engines (registry backend "openai"): checked periodically; a down one leaves the heartbeat."""
         names = remote_models(self.settings, list(pool.hosted))
-        self.remote_health = remote = await RemoteHealth.open(self.settings, names, self.metrics, pool.tps)
+        remote = await RemoteHealth.open(self.settings, names, self.metrics, pool.tps)
+        self._opened.push_async_callback(remote.close)
         return remote
-
-    async def _start_p2p_host(self, identity: Identity) -> P2PHost:
-        self.host = host = P2PHost(
-            identity.secret,
-            self.settings.listen,
-            stream_limits=stream_limits(self.settings),
-            on_inbound_stream=self._on_stream if self.settings.direct else None,
-        )
-        await host.start()
-        return host
 
     def _on_stream(self, stream: FrameStream, first: bytes) -> None:
         """A direct-delivery stream: the parts answer it (before they are built, it is reset)."""
-        if self.parts is None:
+        if self._running is None:
             asyncio.ensure_future(stream.close(graceful=False))
             return
-        self.parts.direct.on_stream(stream, first)
+        self._running.parts.direct.on_stream(stream, first)
 
     @staticmethod
     async def _subscribe(host: P2PHost, gate: GossipGate) -> dict[str, asyncio.Queue[GossipMessage]]:
@@ -171,109 +199,71 @@ class NodeServer:
             topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
         }
 
-    def _start_loops(
-        self, parts: NodeParts, host: P2PHost, remote: RemoteHealth, queues: dict[str, asyncio.Queue[GossipMessage]]
-    ) -> None:
+    def _start_loops(self, running: RunningNode, queues: dict[str, asyncio.Queue[GossipMessage]]) -> None:
         """The background loops, each restarted with backoff by the supervisor."""
-        loops = self.supervisor
+        loops, parts, host = self.supervisor, running.parts, running.host
         monitor = parts.monitor
-        self._loops = [
-            loops.start("intake", lambda: parts.intake.run(queues[TASK_TOPIC])),
-            loops.start("results", lambda: discard(queues[RESULTS_TOPIC])),  # subscribed only to relay results
-            loops.start(
-                "heartbeats",
-                lambda: consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, lambda _: monitor.heartbeat_seen()),
-            ),
-            loops.start("heartbeat", parts.heartbeat.run),
-            loops.start("connector", parts.connector.run),
-            loops.start("outbox", parts.outbox.run),
-            loops.start("remote-health", remote.run),
-            *self._operator_loops(),
-            loops.watch_thread("p2p-thread", lambda: thread_alive(host.thread_name)),
-        ]
+        loops.start("intake", lambda: parts.intake.run(queues[TASK_TOPIC]))
+        loops.start("results", lambda: discard(queues[RESULTS_TOPIC]))  # subscribed only to relay results
+        loops.start(
+            "heartbeats", lambda: consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, lambda _: monitor.heartbeat_seen())
+        )
+        loops.start("heartbeat", parts.heartbeat.run)
+        loops.start("connector", parts.connector.run)
+        loops.start("outbox", parts.outbox.run)
+        loops.start("remote-health", running.remote_health.run)
+        loops.start("ledger", running.ledger.run)
+        if self.settings.idle_only:
+            loops.start("idle-watch", IdleWatch(self.pause, self.settings).run)
+        loops.watch_thread("p2p-thread", lambda: thread_alive(host.thread_name))
         monitor.watch_loops(loops.failed)
 
-    def _operator_loops(self) -> list[asyncio.Task[None]]:
-        """The ledger's writer, and with idle_only the watch on the machine's load."""
-        loops = []
-        if self.ledger is not None:
-            loops.append(self.supervisor.start("ledger", self.ledger.run))
-        if self.settings.idle_only:
-            watch = IdleWatch(self.pause, self.settings)
-            loops.append(self.supervisor.start("idle-watch", watch.run))
-        return loops
-
-    async def _start_http(self, parts: NodeParts) -> None:
+    async def _start_http(self, parts: NodeParts) -> HttpServer | None:
         settings = self.settings
         if not settings.http_enabled:
-            return
+            return None
         controls = PauseControls(
             pause=lambda: self.pause.pause().model_dump(), resume=lambda: self.pause.resume().model_dump()
         )
-        self.http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls))
-        await self.http.start(settings.http_host, settings.http_port)
+        http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls))
+        self._opened.push_async_callback(http.stop)
+        await http.start(settings.http_host, settings.http_port)
         log.info(
             "http endpoint",
-            url=f"http://{settings.http_host}:{self.http.port}",
+            url=f"http://{settings.http_host}:{http.port}",
             paths=["/", "/metrics", "/healthz", "/status", "/pause", "/resume"],
         )
+        return http
 
-    def _announce_ready(self, identity: Identity, host: P2PHost, models: list[str]) -> None:
-        self.listen_addrs = host.listen_addrs
-        log.info(
-            "node started", address=identity.address, peer_id=host.peer_id, listen=self.listen_addrs, models=models
-        )
-        for addr in self.listen_addrs:
+    def _announce_ready(self, running: RunningNode) -> None:
+        identity, host, models = running.identity, running.host, running.pool.hosted
+        listen = host.listen_addrs
+        log.info("node started", address=identity.address, peer_id=host.peer_id, listen=listen, models=models)
+        for addr in listen:
             print(f"listening on {addr}", flush=True)
         self.notifier.ready()
         self.notifier.status(f"serving {', '.join(models)} as {identity.address}")
 
     def _status(self) -> dict[str, Any]:
-        assert self.parts is not None and self.pool is not None
+        running = self.running
         return {
-            **self.parts.monitor.status(),
-            "execution": self.pool.stats(),
+            **running.parts.monitor.status(),
+            "execution": running.pool.stats(),
             "paused": self.pause.view().model_dump(),
-            "ledger": self._ledger_status(),
-        }
-
-    def _ledger_status(self) -> dict[str, Any]:
-        ledger = self.ledger
-        if ledger is None:
-            return {"recent": [], "per_minute": [], "dropped": 0}
-        return {
-            "recent": [entry.model_dump() for entry in ledger.recent()],
-            "per_minute": [count.model_dump() for count in ledger.per_minute()],
-            "dropped": ledger.dropped,
+            "ledger": {"dropped": running.ledger.dropped},  # rows lost (full disk); the last hour is `activity`
         }
 
     async def shutdown(self) -> None:
+        """Stop taking tasks and finish (or error) the running ones, then close what startup opened."""
         log.info("shutting down")
         self.notifier.stopping()
-        parts = self.parts
-        if parts is not None:
+        if self._running is not None:
+            parts = self._running.parts
             parts.admission.accepting = False
             await self._announce_draining(parts)
             await self._drain(parts.admission)
             await self._flush_results(parts)
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        if parts is not None:
-            await parts.intake.close()
-            await parts.direct.close()
-        if self.http is not None:
-            await self.http.stop()
-        if self.host is not None:
-            await self.host.stop()
-        if self.pool is not None:
-            await self.pool.close()
-        if self.remote_health is not None:
-            await self.remote_health.close()
-        if self.journal is not None:
-            self.journal.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        await self._opened.aclose()
         log.info("stopped")
 
     async def _drain(self, admission: Admission) -> None:

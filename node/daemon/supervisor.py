@@ -44,7 +44,6 @@ class LoopState:
     restart: bool
     state: Literal["running", "restarting", "failed"] = "running"
     last_error: str | None = None
-    restarts: int = 0
     failures: RecentFailures = field(default_factory=RecentFailures)
 
 
@@ -66,13 +65,16 @@ class Supervisor:
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
         self._loops: dict[str, LoopState] = {}
+        self._tasks: list[asyncio.Task[None]] = []
         self._fatal: str | None = None
 
     def start(self, name: str, factory: LoopFactory, *, restart: bool = True) -> asyncio.Task[None]:
         """Run `factory()` as the loop `name`; restart it on failure if `restart`."""
         state = LoopState(name, restart)
         self._loops[name] = state
-        return asyncio.create_task(self._supervise(state, factory), name=name)
+        task = asyncio.create_task(self._supervise(state, factory), name=name)
+        self._tasks.append(task)
+        return task
 
     def watch_thread(self, name: str, alive: Callable[[], bool], interval_s: float = 0.5) -> asyncio.Task[None]:
         """A loop that fails (fatally) once `alive()` turns false."""
@@ -88,16 +90,17 @@ class Supervisor:
         """Loops not running now, as 'name (state: error)'."""
         return [f"{s.name} ({s.state}: {s.last_error})" for s in self._loops.values() if s.state != "running"]
 
-    def alive(self) -> bool:
-        return not self.failed()
-
     @property
     def fatal(self) -> str | None:
         """Why the node must exit, once a fatal failure happened."""
         return self._fatal
 
-    def states(self) -> dict[str, LoopState]:
-        return dict(self._loops)
+    async def stop(self) -> None:
+        """Cancel every loop started so far and wait for them to end."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _supervise(self, state: LoopState, factory: LoopFactory) -> None:
         while True:
@@ -120,7 +123,6 @@ class Supervisor:
             log.error("loop crashed, restarting", loop=state.name, error=reason, backoff_s=backoff)
             await asyncio.sleep(backoff)
             state.state = "running"
-            state.restarts += 1
 
     def _escalate(self, name: str, reason: str) -> None:
         if self._fatal is not None:

@@ -83,6 +83,9 @@ class NodeMetrics:
         self.mesh_peers = Gauge(
             "mesh_peers", "Gossipsub mesh peers, by topic", ["topic"], namespace=NAMESPACE, registry=r
         )
+        self.gossip_dropped = Counter(
+            "gossip_dropped", "Gossip messages dropped: their topic's queue was full", namespace=NAMESPACE, registry=r
+        )
         self.journal_backlog = Gauge(
             "journal_backlog", "Finished results not yet published", namespace=NAMESPACE, registry=r
         )

@@ -1,11 +1,13 @@
 """The P2P layer: py-libp2p (Trio-only) in a thread of its own, used from asyncio. Imports only node.wire.topics.
 
 host.py            P2PHost: the asyncio face (start, dial, subscribe, publish, open_stream), runs the service's thread
+errors.py          P2PError and its kinds, as the asyncio side raises them
+handoff.py         GossipQueues: gossip messages handed from the Trio thread to subscription queues, within a budget
 service.py         P2PService: the Trio side (libp2p host, TCP + Noise + Yamux, gossipsub, the stream protocol)
 libp2p_logging.py  routes py-libp2p's stdlib loggers into the application's logging
 connector.py       Connector: dials bootstrap peers, re-dials with backoff and jitter
 frames.py          the direct-delivery frame codec: varint length + bytes (FrameReader, encode_frame)
 streams.py         StreamTable: the Trio side of direct-delivery streams and their limits (StreamLimits)
-frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close)
+frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 """

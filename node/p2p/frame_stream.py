@@ -66,3 +66,44 @@ class FrameStream:
             await self._close(self.id, graceful)
         except Exception:  # noqa: BLE001 - the host may be stopping: the stream goes with it
             pass
+
+
+class FrameStreams:
+    """The streams handed to asyncio users, by id, until they end.
+
+    A stream's frames, even its end, may arrive before `open_stream`'s caller resumes:
+    a stream is made on its first frame and kept until claimed.
+    """
+
+    def __init__(self, send: SendFrame, close: CloseStream) -> None:
+        self._send = send
+        self._close = close
+        self._streams: dict[int, FrameStream] = {}
+        self._claimed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def claim(self, stream_id: int, peer_id: str) -> FrameStream:
+        """The stream, now owned by its user; frames (and its end) may have arrived before this."""
+        stream = self._stream(stream_id, peer_id)
+        stream.peer_id = peer_id
+        if stream.ended:
+            self._streams.pop(stream_id, None)
+        else:
+            self._claimed.add(stream_id)
+        return stream
+
+    def deliver(self, stream_id: int, frame: bytes | None) -> None:
+        """A frame from the peer (None: the stream ended)."""
+        stream = self._stream(stream_id, "")
+        stream.deliver(frame)
+        if frame is None and stream_id in self._claimed:
+            self._claimed.discard(stream_id)
+            self._streams.pop(stream_id, None)
+
+    def _stream(self, stream_id: int, peer_id: str) -> FrameStream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = FrameStream(stream_id, peer_id, self._send, self._close)
+        return stream

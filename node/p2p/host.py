@@ -5,11 +5,8 @@ under `trio.run` in a dedicated thread. asyncio -> Trio: `trio_token.run_sync_so
 spawns a task in the service's nursery; Trio -> asyncio: `loop.call_soon_threadsafe`
 settles a future or puts a message on a subscription queue. libp2p objects are
 never touched from the asyncio thread, and the Trio side never waits on asyncio.
-Each topic has a budget, in messages and in bytes, of what was handed over and
-not yet taken off its queue; it is charged on the Trio thread BEFORE
-`call_soon_threadsafe`, so a flood cannot pile up callbacks on the event loop.
-A message over budget is dropped, counted (`dropped_messages`) and logged at
-most once per `DROP_LOG_WINDOW_S` per topic.
+Gossip messages reach their subscription queues within a budget per topic
+(handoff.py); direct-delivery streams are FrameStreams (frame_stream.py).
 
 Own messages: a host's own published messages are NOT delivered to its own
 subscription queues (and its own publishes skip its validators), so the node
@@ -36,16 +33,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import trio
 from pydantic import ValidationError
 
-from node.p2p.frame_stream import FrameStream
+from node.p2p.errors import (
+    MessageTooLargeError,
+    NoMeshPeersError,
+    P2PError,
+    StreamTimeoutError,
+    first_service_error,
+)
+from node.p2p.frame_stream import FrameStream, FrameStreams
+from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues
 from node.p2p.libp2p_logging import route_libp2p_logging
 from node.p2p.service import (
     NoMeshPeersServiceError,
@@ -61,95 +64,6 @@ log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-DROP_LOG_WINDOW_S = 10.0
-DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GossipMessage:
-    """A validated gossip message from another peer."""
-
-    topic: str
-    data: bytes
-    source_peer: str  # peer id of the original publisher (pubsub from_id)
-
-
-class P2PError(Exception):
-    """A P2P operation failed (listen, dial, publish...); the message names the problem."""
-
-
-class MessageTooLargeError(P2PError):
-    """The message exceeds the gossip size limit; nothing was sent."""
-
-
-class StreamTimeoutError(P2PError):
-    """`open_stream` did not finish in time (the peer answered the dial but not the stream: frozen, overloaded)."""
-
-
-class NoMeshPeersError(P2PError):
-    """`publish(..., require_mesh=True)` found no peer in the topic's mesh; nothing was sent."""
-
-
-class HandOffBudget:
-    """Messages and bytes of one topic handed from the Trio thread and not yet consumed.
-
-    Charged on the Trio thread before the hand-off, released when a consumer takes
-    the message off its queue (or when it is dropped); thread-safe.
-    """
-
-    def __init__(self, topic: str, max_messages: int, max_bytes: int) -> None:
-        self.topic = topic
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.messages = 0
-        self.bytes = 0
-        self.dropped = 0
-        self._not_logged = 0
-        self._last_log = -DROP_LOG_WINDOW_S
-        self._lock = threading.Lock()
-
-    def charge(self, size: int) -> bool:
-        """Reserve room for a message of `size` bytes; False (and counted as dropped) if there is none."""
-        with self._lock:
-            if self.messages < self.max_messages and self.bytes + size <= self.max_bytes:
-                self.messages += 1
-                self.bytes += size
-                return True
-            self.dropped += 1
-            self._not_logged += 1
-            now = time.monotonic()
-            if now - self._last_log < DROP_LOG_WINDOW_S:
-                return False
-            self._last_log, not_logged = now, self._not_logged
-            self._not_logged = 0
-            held = (self.messages, self.bytes)
-        log.warning(
-            "p2p.queue_full_dropped",
-            topic=self.topic,
-            dropped=not_logged,
-            dropped_total=self.dropped,
-            queued_messages=held[0],
-            queued_bytes=held[1],
-        )
-        return False
-
-    def release(self, size: int) -> None:
-        with self._lock:
-            self.messages -= 1
-            self.bytes -= size
-
-
-class _BudgetQueue(asyncio.Queue[GossipMessage]):
-    """A subscription queue that gives a message's room back to its budget when it is taken."""
-
-    def __init__(self, budget: HandOffBudget) -> None:
-        super().__init__(budget.max_messages)
-        self.budget = budget
-
-    def _get(self) -> GossipMessage:
-        message: GossipMessage = super()._get()  # type: ignore[misc]
-        self.budget.release(len(message.data))
-        return message
 
 
 InboundStreamHandler = Callable[[FrameStream, bytes], None]
@@ -159,17 +73,6 @@ Validator = Callable[[str, bytes], bool]
 """(topic, data) -> accept. Runs on the Trio thread before relay and must be fast;
 an exception counts as a reject and is logged. libp2p caches the verdict per
 message id (content hash) for 5 minutes: the same data is not re-validated."""
-
-
-def _first_service_error(error: BaseException | None) -> P2PServiceError | None:
-    """The P2PServiceError in `error`, which Trio may have wrapped in exception groups."""
-    if isinstance(error, P2PServiceError):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            if (found := _first_service_error(inner)) is not None:
-                return found
-    return None
 
 
 class P2PHost:
@@ -207,12 +110,12 @@ class P2PHost:
             raise P2PError(f"invalid p2p options: {exc}") from exc
         route_libp2p_logging(libp2p_log_level)
         self._options = options
-        self._queue_size = queue_size
-        self._queue_bytes = queue_bytes
-        self._budgets: dict[str, HandOffBudget] = {}
+        self._gossip = GossipQueues(queue_size, queue_bytes)
         self._on_inbound_stream = on_inbound_stream
-        self._streams: dict[int, FrameStream] = {}
-        self._claimed: set[int] = set()
+        self._streams = FrameStreams(
+            send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
+            close=lambda sid, graceful: self._call(self._service.stream_close, sid, graceful),
+        )
         self._service = P2PService(
             options,
             on_message=self._on_trio_message,
@@ -220,7 +123,6 @@ class P2PHost:
             on_stream_frame=self._on_trio_stream_frame,
         )
         self._peer_id = self._service.peer_id
-        self._queues: dict[str, asyncio.Queue[GossipMessage]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -248,7 +150,7 @@ class P2PHost:
     @property
     def dropped_messages(self) -> int:
         """Messages received and dropped because their topic's hand-off budget was full."""
-        return sum(budget.dropped for budget in list(self._budgets.values()))
+        return self._gossip.dropped
 
     @property
     def max_message_bytes(self) -> int:
@@ -300,17 +202,13 @@ class P2PHost:
         The validator gives the verdict before relay (False or an exception: not
         delivered, not relayed). Messages over `max_message_bytes` are rejected.
         """
-        if topic in self._queues:
+        if topic in self._gossip:
             raise P2PError(f"already subscribed to topic {topic!r}")
-        budget = HandOffBudget(topic, self._queue_size, self._queue_bytes)
-        queue = _BudgetQueue(budget)
-        self._queues[topic] = queue
-        self._budgets[topic] = budget
+        queue = self._gossip.open(topic)
         try:
             await self._call(self._service.subscribe, topic, validator)
         except BaseException:
-            self._queues.pop(topic, None)
-            self._budgets.pop(topic, None)
+            self._gossip.remove(topic)
             raise
         return queue
 
@@ -348,12 +246,12 @@ class P2PHost:
         except asyncio.CancelledError:
             opening.add_done_callback(lambda done: self._drop_orphan(done, peer_id))  # nobody will read it
             raise
-        return self._claim(stream_id, peer_id)
+        return self._streams.claim(stream_id, peer_id)
 
     def _drop_orphan(self, opening: asyncio.Future[int], peer_id: str) -> None:
         if opening.cancelled() or opening.exception() is not None:
             return
-        stream = self._claim(opening.result(), peer_id)
+        stream = self._streams.claim(opening.result(), peer_id)
         asyncio.ensure_future(stream.close(graceful=False))
 
     @property
@@ -459,7 +357,7 @@ class P2PHost:
 
     def _on_thread_exit(self, error: BaseException | None) -> None:
         if self._ready is not None and not self._ready.done():
-            service_error = _first_service_error(error)
+            service_error = first_service_error(error)
             if service_error is not None:
                 message = str(service_error)
             elif error is None:
@@ -477,37 +375,14 @@ class P2PHost:
             self._exited.set()
 
     def _on_trio_message(self, topic: str, data: bytes, source_peer: str) -> None:  # on the Trio thread
-        budget = self._budgets.get(topic)
-        if budget is None or not budget.charge(len(data)):
-            return
-        self._call_soon(self._deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
-
-    def _stream(self, stream_id: int, peer_id: str) -> FrameStream:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            stream = self._streams[stream_id] = FrameStream(
-                stream_id,
-                peer_id,
-                send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
-                close=lambda sid, graceful: self._call(self._service.stream_close, sid, graceful),
-            )
-        return stream
-
-    def _claim(self, stream_id: int, peer_id: str) -> FrameStream:
-        """The stream, now owned by its user; frames (and its end) may have arrived before this."""
-        stream = self._stream(stream_id, peer_id)
-        stream.peer_id = peer_id
-        if stream.ended:
-            self._streams.pop(stream_id, None)
-        else:
-            self._claimed.add(stream_id)
-        return stream
+        if self._gossip.charge(topic, len(data)):
+            self._call_soon(self._gossip.deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
 
     def _on_trio_inbound_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:  # on the Trio thread
         self._call_soon(self._accept_stream, stream_id, peer_id, first)
 
     def _accept_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:
-        stream = self._claim(stream_id, peer_id)
+        stream = self._streams.claim(stream_id, peer_id)
         if self._on_inbound_stream is None:
             asyncio.ensure_future(stream.close(graceful=False))
             return
@@ -518,21 +393,4 @@ class P2PHost:
             asyncio.ensure_future(stream.close(graceful=False))
 
     def _on_trio_stream_frame(self, stream_id: int, frame: bytes | None) -> None:  # on the Trio thread
-        self._call_soon(self._deliver_frame, stream_id, frame)
-
-    def _deliver_frame(self, stream_id: int, frame: bytes | None) -> None:
-        # A stream's frames, even its end, may arrive before open_stream's caller resumes: kept until claimed.
-        stream = self._stream(stream_id, "")
-        stream.deliver(frame)
-        if frame is None and stream_id in self._claimed:
-            self._claimed.discard(stream_id)
-            self._streams.pop(stream_id, None)
-
-    def _deliver(self, message: GossipMessage) -> None:
-        queue = self._queues.get(message.topic)
-        if queue is None:
-            return
-        try:
-            queue.put_nowait(message)
-        except asyncio.QueueFull:  # the budget admits no more than the queue holds; kept as a guard
-            queue.budget.release(len(message.data))
+        self._call_soon(self._streams.deliver, stream_id, frame)

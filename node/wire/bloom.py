@@ -7,7 +7,6 @@ i = 0..k-1; bit b lives at bytes[b >> 3] >> (b & 7) & 1.
 
 from __future__ import annotations
 
-import math
 import re
 
 import xxhash
@@ -53,20 +52,6 @@ class BloomFilter:
             raise BloomFilterError("bloom filter hex contains non-hex characters")
         return cls(bytes.fromhex(hex_str), hashes)
 
-    @classmethod
-    def build(cls, items: list[bytes], false_positive_rate: float = 0.01) -> BloomFilter:
-        """A filter sized for `items` at about `false_positive_rate`, with them added."""
-        if not 0.0 < false_positive_rate < 1.0:
-            raise BloomFilterError(f"false positive rate must be in (0, 1), got {false_positive_rate}")
-        n = max(len(items), 1)
-        optimal_bits = -n * math.log(false_positive_rate) / (math.log(2) ** 2)
-        size = max(1, math.ceil(optimal_bits / 8))
-        hashes = round(size * 8 / n * math.log(2))
-        bloom = cls(bytes(size), min(MAX_HASHES, max(MIN_HASHES, hashes)))
-        for item in items:
-            bloom.add(item)
-        return bloom
-
     @property
     def hex(self) -> str:
         """The wire form of the bits."""
@@ -81,8 +66,3 @@ class BloomFilter:
     def contains(self, item: bytes) -> bool:
         """True if `item` may be in the filter (false positives possible, no false negatives)."""
         return all(self._bits[b >> 3] >> (b & 7) & 1 for b in self._positions(item))
-
-    def add(self, item: bytes) -> None:
-        """Set the bits of `item`."""
-        for b in self._positions(item):
-            self._bits[b >> 3] |= 1 << (b & 7)

@@ -22,7 +22,7 @@ async def test_third_simultaneous_task_is_busy_while_the_first_two_complete(tmp_
         workflow["tasks"][0]["schema"] = json.dumps(
             {"type": "array", "items": {"type": "boolean"}, "minItems": 100, "maxItems": 100}
         )
-        picked = [node.identity.address]
+        picked = [node.running.identity.address]
         ids = [await client.submit(Task(workflow=workflow, models=["*"], nodes=picked), timeout=60) for _ in range(3)]
         started = time.monotonic()
         outcomes = await asyncio.gather(
@@ -34,6 +34,6 @@ async def test_third_simultaneous_task_is_busy_while_the_first_two_complete(tmp_
         assert busy[0].reason.startswith("busy: model smollm2:135m has 1 running and 1 queued tasks")
         assert busy[0].task_id == ids[2]
         # The refusal is immediate, not after the others finished.
-        refusal_ms = (node.parts.admission.capacity(), time.monotonic() - started)
+        refusal_ms = (node.running.parts.admission.capacity(), time.monotonic() - started)
         assert refusal_ms[1] < 60
-        assert node.parts.admission.capacity() == (2, 2)
+        assert node.running.parts.admission.capacity() == (2, 2)

@@ -58,8 +58,7 @@ async def _lost(server: NodeServer, peer_id: str) -> bool:
 
 
 async def _has_peer(server: NodeServer, peer_id: str) -> bool:
-    assert server.host is not None
-    return peer_id in await server.host.peers()
+    return peer_id in await server.running.host.peers()
 
 
 async def test_a_replayed_task_id_runs_once(tmp_path) -> None:
@@ -72,7 +71,7 @@ async def test_a_replayed_task_id_runs_once(tmp_path) -> None:
             task_id="replayed-task-1",
             deadline=time.time_ns() + 60 * 10**9,
             input=TaskInput(workflow=Simple().workflow("Hi", max_tokens=4), model=["*"]),
-            picked_nodes=[node.identity.address],
+            picked_nodes=[node.running.identity.address],
             public_key=publisher.public_key_compressed.hex(),
         )
         raw = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])  # relays; the envelope is the publisher's
@@ -82,7 +81,7 @@ async def test_a_replayed_task_id_runs_once(tmp_path) -> None:
             await raw.subscribe("task")
             await eventually(lambda: _meshed(raw), "the raw peer to join the task mesh")
             with structlog.testing.capture_logs() as logs:
-                result = client.wait(body.task_id, timeout=60, nodes=[node.identity.address])
+                result = client.wait(body.task_id, timeout=60, nodes=[node.running.identity.address])
                 waiting = asyncio.create_task(result)
                 for _ in range(3):  # the same task, sealed again each time (new envelope, same id)
                     await raw.publish("task", seal(publisher, "task", encode_body(body)))

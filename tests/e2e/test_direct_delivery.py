@@ -99,13 +99,13 @@ def events_of(logs: list[dict[str, Any]], task_id: str) -> list[str]:
 
 async def test_a_task_goes_on_a_stream_and_its_result_comes_back_on_it(net: Net) -> None:
     known = {node.address: node.addrs for node in net.client.nodes.live()}
-    assert known == {n.identity.address: (dialable(n),) for n in (net.a, net.b)}  # heartbeat addrs
-    net.prefer.first = net.b.identity.address
+    assert known == {n.running.identity.address: (dialable(n),) for n in (net.a, net.b)}  # heartbeat addrs
+    net.prefer.first = net.b.running.identity.address
     with structlog.testing.capture_logs() as logs:
         result = await net.client.execute(small_task(), timeout=60)
         # The node logs the delivery once its write returned, which may be after the client has the result.
         await wait_for(lambda: "result delivered on its stream" in events_of(logs, result.task_id), 10)
-    assert result.text.strip() and result.node == net.b.identity.address and result.model == MODEL
+    assert result.text.strip() and result.node == net.b.running.identity.address and result.model == MODEL
     events = events_of(logs, result.task_id)
     assert "task sent on a stream" in events and "result delivered on its stream" in events
     assert "task published" not in events and "result published" not in events  # no gossip either way
@@ -114,9 +114,9 @@ async def test_a_task_goes_on_a_stream_and_its_result_comes_back_on_it(net: Net)
 
 
 async def test_a_busy_node_answers_at_once_and_the_task_goes_to_another(net: Net) -> None:
-    busy, spare = net.a.identity.address, net.b.identity.address
+    busy, spare = net.a.running.identity.address, net.b.running.identity.address
     long_id = await net.client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[busy]), timeout=90)
-    await wait_for(lambda: net.a.parts is not None and net.a.parts.admission.pending == 1, what="A busy")
+    await wait_for(lambda: net.a.running.parts.admission.pending == 1, what="A busy")
     net.prefer.first = busy
     with structlog.testing.capture_logs() as logs:
         result = await net.client.execute(small_task("Hello."), timeout=60)
@@ -136,11 +136,11 @@ async def test_the_same_task_by_stream_and_by_gossip_runs_once(net: Net) -> None
         task_id=secrets.token_urlsafe(12),
         deadline=time.time_ns() + 60 * 10**9,
         input=TaskInput(workflow=Simple().workflow("Say yes.", max_tokens=8), model=[MODEL]),
-        picked_nodes=[node.identity.address],
+        picked_nodes=[node.running.identity.address],
         public_key=client.identity.public_key_compressed.hex(),
     )
     envelope = seal(client.identity, TASK_TOPIC, encode_body(body))
-    waiting = asyncio.ensure_future(client.wait(body.task_id, 60, nodes=[node.identity.address]))
+    waiting = asyncio.ensure_future(client.wait(body.task_id, 60, nodes=[node.running.identity.address]))
     with structlog.testing.capture_logs() as logs:
         await client._host.publish(TASK_TOPIC, envelope)
         stream = await client._host.open_stream([dialable(node)], envelope)
@@ -194,12 +194,12 @@ async def test_hostile_streams_are_refused_and_the_node_keeps_serving(net: Net) 
         for stream in (silent[0], silent[-1]):
             frame = await stream.receive(20)
             assert frame is not None and decode_answer(frame).reason == "first_frame_timeout"
-        await wait_for(lambda: node.host is not None and node.host.held_streams == 0, 20, "streams freed")
+        await wait_for(lambda: node.running.host.held_streams == 0, 20, "streams freed")
     finally:
         await attacker.stop()
-    net.prefer.first = node.identity.address
+    net.prefer.first = node.running.identity.address
     result = await net.client.execute(small_task("Still there?"), timeout=60)
-    assert result.node == node.identity.address and result.text.strip()
+    assert result.node == node.running.identity.address and result.text.strip()
 
 
 async def test_nodes_without_addrs_or_not_dialable_get_the_task_on_gossip(tmp_path) -> None:
@@ -214,13 +214,15 @@ async def test_nodes_without_addrs_or_not_dialable_get_the_task_on_gossip(tmp_pa
         client = await stack.enter_async_context(Client(peers=[dialable(plain)], node_table=NodeTable(rng=prefer)))
         await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
         addrs = {n.address: n.addrs for n in client.nodes.live()}
-        assert addrs[plain.identity.address] == ()
-        assert addrs[unreachable.identity.address] == (f"/ip4/127.0.0.1/tcp/9/p2p/{unreachable.host.peer_id}",)  # type: ignore[union-attr]
+        assert addrs[plain.running.identity.address] == ()
+        assert addrs[unreachable.running.identity.address] == (
+            f"/ip4/127.0.0.1/tcp/9/p2p/{unreachable.running.host.peer_id}",
+        )
         for node in (plain, unreachable):
-            prefer.first = node.identity.address
+            prefer.first = node.running.identity.address
             with structlog.testing.capture_logs() as logs:
                 result = await client.execute(small_task(), timeout=60)
-            assert result.node == node.identity.address
+            assert result.node == node.running.identity.address
             events = events_of(logs, result.task_id)
             assert "task published" in events and "task sent on a stream" not in events
             assert ("node not dialable; sending on gossip" in events) == (node is unreachable)
@@ -236,15 +238,15 @@ async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path
             client = await stack.enter_async_context(Client(peers=[dialable(stays)]))
             await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
             running = await client.submit(
-                Task(workflow=long_workflow(), models=["*"], nodes=[leaves.identity.address]), timeout=60
+                Task(workflow=long_workflow(), models=["*"], nodes=[leaves.running.identity.address]), timeout=60
             )
-            await wait_for(lambda: leaves.parts is not None and leaves.parts.admission.pending == 1, what="busy")
+            await wait_for(lambda: leaves.running.parts.admission.pending == 1, what="busy")
             shutdown = asyncio.ensure_future(leaves.shutdown())  # drains for up to 5 s
             await wait_for(lambda: any(n.leaving for n in client.nodes.live()), timeout=5, what="leaving heartbeat")
             assert not shutdown.done()  # seen while the node is still draining, not when it is gone
-            assert {client.nodes.choose(["*"]).address for _ in range(30)} == {stays.identity.address}  # type: ignore[union-attr]
+            assert {client.nodes.choose(["*"]).address for _ in range(30)} == {stays.running.identity.address}
             result = await client.execute(small_task(), timeout=60)
-            assert result.node == stays.identity.address
+            assert result.node == stays.running.identity.address
             assert running
         finally:
             await asyncio.wait_for(shutdown if shutdown is not None else leaves.shutdown(), 60)
@@ -262,7 +264,7 @@ async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tm
                 Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=math.inf)
             )
             await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
-            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.identity.address)
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
             with structlog.testing.capture_logs() as logs:
                 running = asyncio.ensure_future(
                     client.execute(
@@ -272,7 +274,7 @@ async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tm
                 await asyncio.to_thread(doomed.wait_for_log, "task started", 60)
                 doomed.stop(signal.SIGKILL)
                 result = await running
-        assert result.node == spare.identity.address and result.text.strip()
+        assert result.node == spare.running.identity.address and result.text.strip()
         retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
         # At once, not after a timeout (attempt_timeout is off): the stream broke, after the node's
         # answer or (killed just then) before it reached us.
@@ -294,7 +296,7 @@ async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_
                 Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=5)
             )
             await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
-            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.identity.address)
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
             with structlog.testing.capture_logs() as logs:
                 running = asyncio.ensure_future(
                     client.execute(
@@ -304,7 +306,7 @@ async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_
                 await asyncio.to_thread(frozen.wait_for_log, "task started", 60)
                 frozen.proc.send_signal(signal.SIGSTOP)  # TCP stays up: only silence tells
                 result = await running
-        assert result.node == spare.identity.address and result.text.strip()
+        assert result.node == spare.running.identity.address and result.text.strip()
         retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
         # The spare may be slow enough to get its own "no result yet" (nowhere left to go, it is waited for).
         assert retries[0] == (prefer.first, "no result yet")

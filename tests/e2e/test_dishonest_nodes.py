@@ -51,7 +51,7 @@ async def test_an_inflating_node_gets_no_more_than_its_measured_share(tmp_path) 
         liar = await stack.enter_async_context(
             inflating_node(node_settings(tmp_path / "liar", bootstrap=[dialable(first)]))
         )
-        address = liar.identity.address
+        address = liar.running.identity.address
 
         # Before: choice by heartbeat claims alone (a node table without a reputation).
         believing = await stack.enter_async_context(Client(peers=[dialable(first)], node_table=NodeTable()))

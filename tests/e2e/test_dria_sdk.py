@@ -215,20 +215,20 @@ async def test_gets_answer_200_or_401_and_list_live_nodes_with_their_own_signatu
             peers = response.json()["data"]["results"]
             await asyncio.sleep(0.2)
         [item] = [json.loads(p) for p in peers]
-        assert item["peer_id"] == net.node.identity.peer_id
+        assert item["peer_id"] == net.node.running.identity.peer_id
         body = json.loads(base64.b64decode(item["message"]))
         assert body["models"] == [SDK_NAME, OPENAI_NAME, GEMINI_NAME] and isinstance(body["pending_tasks"], list)
         # The node's own signature, untouched: it recovers to the node's address.
         signer = address_of(
             recover_public_key(payload_digest(item["message"]), bytes.fromhex(item["signature"]), item["recovery_id"])
         )
-        assert signer == net.node.identity.address
+        assert signer == net.node.running.identity.address
 
 
 async def test_posts_are_published_once_without_the_private_key_and_results_served_once(net: Net) -> None:
     headers = {"x-api-key": OTHER_TOKEN}
     task_id = secrets.token_hex(16)
-    payload = sdk_payload(task_id, net.node.identity.address)
+    payload = sdk_payload(task_id, net.node.running.identity.address)
     async with httpx.AsyncClient(base_url=net.gateway.url, headers=headers, timeout=30) as http:
         first = await http.post("/rpc/task", json=encoded(payload))
         again = await http.post("/rpc/task", json=encoded(payload))
@@ -251,7 +251,9 @@ async def test_posts_are_published_once_without_the_private_key_and_results_serv
         other = await http.get("/rpc/results", headers={"x-api-key": TOKEN})
         assert all(json.loads(i)["message"] != result["message"] for i in other.json()["data"]["results"])
 
-        refused = await http.post("/rpc/task", json=encoded(sdk_payload("has--dashes", net.node.identity.address)))
+        refused = await http.post(
+            "/rpc/task", json=encoded(sdk_payload("has--dashes", net.node.running.identity.address))
+        )
         assert refused.status_code == 422 and "taskId" in refused.json()["detail"]
         assert (
             await http.post("/rpc/task", json=encoded(payload), headers={"x-api-key": "nope-nope-nope-nope"})
@@ -292,7 +294,7 @@ async def test_simple_tasks_return_results_from_the_aliased_model(sdk_run: Net) 
         assert result["model"] == SDK_NAME and isinstance(result["result"], str) and result["result"].strip()
     rows = sdk_run.phase_rows("simple")
     assert len(rows) == 3 and all(
-        r["served"] and r["picked"] == json.dumps([sdk_run.node.identity.address]) for r in rows
+        r["served"] and r["picked"] == json.dumps([sdk_run.node.running.identity.address]) for r in rows
     )
 
 

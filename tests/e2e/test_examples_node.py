@@ -61,7 +61,7 @@ async def client(node: NodeServer) -> AsyncIterator[Client]:
 
 
 async def run(client: Client, node: NodeServer, workflow: dict, prompt: str | None = None) -> TaskResult:
-    task = Task(workflow=workflow, models=["smollm2:135m"], prompt=prompt, nodes=[node.identity.address])
+    task = Task(workflow=workflow, models=["smollm2:135m"], prompt=prompt, nodes=[node.running.identity.address])
     return await client.execute(task, timeout=120)
 
 

@@ -41,7 +41,7 @@ class Harness:
     def __init__(self, server: NodeServer, client: Client) -> None:
         self.server = server
         self.client = client
-        self.address = server.identity.address
+        self.address = server.running.identity.address
 
     async def submit(self, prompt: str, timeout: float, max_tokens: int = 300, max_time: float | None = None) -> str:
         workflow = Simple().workflow(prompt=prompt, max_tokens=max_tokens)
@@ -58,8 +58,7 @@ class Harness:
         return failed.value.reason
 
     def process(self) -> Any:
-        assert self.server.pool is not None
-        return self.server.pool.process(MODEL)
+        return self.server.running.pool.process(MODEL)
 
     async def until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -84,8 +83,7 @@ class Harness:
         return value or 0.0
 
     def assert_journal_all_ended(self, task_ids: list[str]) -> None:
-        journal = self.server.journal
-        assert journal is not None
+        journal = self.server.running.journal
         assert journal.interrupted() == []
         for task_id in task_ids:
             entry = journal.get(task_id)
@@ -123,16 +121,17 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             # The long task runs once more on the restarted process; crashing it again makes it poison.
             pid2 = await h.running(1, not_pid=pid)
             os.kill(pid2, sig)
-            await h.until(lambda: h.server.pool.available() == [])  # two crashes in the window: out of heartbeats
-            assert h.server.parts.heartbeat.body().models == []
+            # Two crashes in the window: out of heartbeats.
+            await h.until(lambda: h.server.running.pool.available() == [])
+            assert h.server.running.parts.heartbeat.body().models == []
             reason = await h.failure(long_id)
             assert reason.startswith("Invalid prompt: ") and sig.name in reason
 
-            await h.until(lambda: h.server.pool.available() == [MODEL])  # back once a restart holds
+            await h.until(lambda: h.server.running.pool.available() == [MODEL])  # back once a restart holds
             result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
             assert result.text.strip()
             assert h.crashes(sig.name) == 2
-            assert h.server.pool.process(MODEL).pid not in (pid, pid2)
+            assert h.server.running.pool.process(MODEL).pid not in (pid, pid2)
             status = h.server._status()["execution"][MODEL]  # what /status shows
             assert status["up"] and status["pid"] == h.process().pid and status["crashes_in_window"] == 2
             h.assert_journal_all_ended([long_id, short_id])
@@ -161,7 +160,7 @@ async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_inter
 ) -> None:
     settings = node_settings(tmp_path, heartbeat_interval=1.0, exec_cancel_grace=2.0)
     async with _harness(settings) as h:
-        heartbeat = h.server.parts.heartbeat
+        heartbeat = h.server.running.parts.heartbeat
         assert heartbeat is not None
         sent: list[float] = []
         publish = heartbeat.publish_once
@@ -256,8 +255,8 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
     registry = {"crashy": {"path": str(SMOLLM2)}}
     with structlog.testing.capture_logs() as logs:
         async with running_node(node_settings(tmp_path / "a", models=[MODEL, "crashy"], registry=registry)) as server:
-            assert server.pool is not None and server.pool.hosted == [MODEL]  # started without the crashing model
-            assert server.parts is not None and server.parts.heartbeat.body().models == [MODEL]
+            assert server.running.pool.hosted == [MODEL]  # started without the crashing model
+            assert server.running.parts.heartbeat.body().models == [MODEL]
     skipped = [entry for entry in logs if entry["event"] == "model skipped"]
     assert [entry["error"] for entry in skipped] == ["model crashy: the runtime crashed while loading (SIGSEGV)"]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,13 @@ import pytest
 import pytest_asyncio
 
 from config.settings import ConfigError
-from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.ops.http_api import HttpServer
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
-from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.gateway_net import GatewayNet, gateway_net
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -33,23 +33,9 @@ TIGHT_KEY = "tight-key-0123456789abcdef"
 MODEL = "smollm2:135m"
 
 
-class Net:
-    def __init__(self, nodes: list[NodeServer], gateway: Gateway, http: httpx.AsyncClient, tmp: Path) -> None:
-        self.nodes = nodes
-        self.gateway = gateway
-        self.http = http
-        self.tmp = tmp
-
-    @property
-    def addresses(self) -> set[str]:
-        return {node.identity.address for node in self.nodes}
-
-    @property
-    def peers(self) -> list[str]:
-        return [dialable(node) for node in self.nodes]
-
-    def tasks_received(self) -> float:
-        return sum(n.metrics.registry.get_sample_value("compute_node_tasks_received_total") or 0 for n in self.nodes)
+@dataclass
+class Net(GatewayNet):
+    http: httpx.AsyncClient
 
 
 def simple_task(prompt: str = "Hey there!", max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
@@ -64,22 +50,11 @@ def gateway_settings(data_dir: Path, peers: list[str], **overrides: Any) -> Gate
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(
-            running_node(node_settings(tmp_path_factory.mktemp("n1"), max_queue=16))
-        )
-        second = await stack.enter_async_context(
-            running_node(node_settings(tmp_path_factory.mktemp("n2"), max_queue=16, bootstrap=[dialable(first)]))
-        )
-        gateway = Gateway(gateway_settings(tmp_path_factory.mktemp("gw"), [dialable(first), dialable(second)]))
-        await gateway.start()
-        stack.push_async_callback(gateway.stop)
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        )
-        net = Net([first, second], gateway, http, tmp_path_factory.mktemp("scratch"))
-        await wait_for_nodes(http, 2)
-        yield net
+    async with gateway_net(tmp_path_factory, gateway_settings, max_queue=16) as base:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(base_url=base.gateway.url, headers=headers, timeout=60) as http:
+            await wait_for_nodes(http, 2)
+            yield Net(base.nodes, base.gateway, base.tmp, http)
 
 
 async def wait_for_nodes(http: httpx.AsyncClient, count: int) -> list[dict[str, Any]]:

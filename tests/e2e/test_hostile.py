@@ -20,7 +20,8 @@ import pytest
 import structlog
 
 from node.daemon.server import NodeServer
-from node.p2p.host import GossipMessage, MessageTooLargeError, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import MessageTooLargeError, P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.inbound import decode
@@ -144,7 +145,7 @@ class Run:
         self.awaiting.clear()
 
     def check_result(self, case: Case, body: ResultBody, sender: str) -> int:
-        if sender != self.node.identity.address:  # type: ignore[union-attr]
+        if sender != self.node.running.identity.address:
             self.failures.append(f"{case.name}: result signed by {sender}")
         if case.expect.verdict == "error_result":
             if body.error is None or case.expect.reason not in body.error:
@@ -203,9 +204,8 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
     )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
-            assert node.identity is not None and node.parts is not None
             peer, results = await connected_peer(node, publisher)
-            run = Run(node, peer, Actors(publisher, Identity.generate(), node.identity.address), logs, results)
+            run = Run(node, peer, Actors(publisher, Identity.generate(), node.running.identity.address), logs, results)
             try:
                 rss = [rss_bytes()]
                 for round_ in range(rounds):
@@ -213,8 +213,8 @@ async def run_corpus(tmp_path: Path, cases: list[Case], valid_every: int, rounds
                     again = cases if round_ == 0 else [case for case in cases if case.recipe is not None]
                     await publish_round(run, again, valid_every)
                     rss.append(rss_bytes())
-                await node.parts.monitor.sample()
-                health = node.parts.monitor.health()  # background loops alive, model loaded, peers connected
+                await node.running.parts.monitor.sample()
+                health = node.running.parts.monitor.health()  # background loops alive, model loaded, peers connected
             finally:
                 await peer.stop()
     crashes = [entry for entry in logs if entry["event"] in CRASH_EVENTS or entry.get("reason") == "internal"]

@@ -120,9 +120,8 @@ async def test_default_node_survives_hostile_workflows(tmp_path: Path, loopback:
             rss = [rss_bytes()]
             for case in cases:
                 await _case(run, case, failures, rss)
-            assert node.parts is not None
-            await node.parts.monitor.sample()
-            health = node.parts.monitor.health()
+            await node.running.parts.monitor.sample()
+            health = node.running.parts.monitor.health()
     assert not failures, "\n".join(failures)
     assert loopback.seen == [], "an SSRF request reached the loopback server"
     assert [entry for entry in logs if entry["event"] in CRASH_EVENTS] == []

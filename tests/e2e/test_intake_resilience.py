@@ -16,7 +16,8 @@ import structlog
 
 from node.daemon.journal import ROW_OVERHEAD_BYTES
 from node.daemon.server import NodeServer
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.inbound import decode
@@ -100,27 +101,28 @@ async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_dis
     publisher = Identity.generate()
     with structlog.testing.capture_logs() as logs:
         async with running_node(node_settings(data_dir, n_ctx=512)) as node:
-            assert node.identity is not None and node.journal is not None
             filler = data_dir.parent / "filler"
             if small_disk is None:  # no mount allowed: SQLite's page limit fails the same way (SQLITE_FULL)
-                node.journal._conn.execute("PRAGMA max_page_count = 40")
+                node.running.journal._conn.execute("PRAGMA max_page_count = 40")
             else:
                 free = subprocess.run(["df", "-B1", "--output=avail", str(small_disk)], capture_output=True, text=True)
                 filler.write_bytes(b"\0" * max(int(free.stdout.split()[-1]) - 120 * 1024, 0))
             peer, results = await connected_peer(node, publisher)
-            actors = Actors(publisher, Identity.generate(), node.identity.address)
+            actors = Actors(publisher, Identity.generate(), node.running.identity.address)
             try:
                 since = len(logs)
                 for i in range(12):
                     await publish(peer, actors, echo_task(f"{i:02d}" + "x" * 30_000))
                     await asyncio.sleep(0.05)
                 entry = await logged(logs, since, event="task not accepted", reason="journal_error")
-                assert "database or disk is full" in entry["detail"] and str(node.journal.path) in entry["detail"]
+                assert (
+                    "database or disk is full" in entry["detail"] and str(node.running.journal.path) in entry["detail"]
+                )
                 assert "x" * 100 not in entry["detail"]  # names the cause, not the task's data
                 assert loops_alive(node)
                 # Room again: the very same intake loop takes and answers the next task.
                 if small_disk is None:
-                    node.journal._conn.execute("PRAGMA max_page_count = 1000000")
+                    node.running.journal._conn.execute("PRAGMA max_page_count = 1000000")
                 else:
                     filler.unlink()
                 built = await publish(peer, actors, echo_task("after the disk had room again"))
@@ -141,9 +143,8 @@ async def test_a_replayed_task_is_not_accepted_again_after_a_restart(tmp_path: P
     settings = node_settings(tmp_path / "node", n_ctx=512)
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
-            assert node.identity is not None
             peer, results = await connected_peer(node, publisher)
-            actors = Actors(publisher, Identity.generate(), node.identity.address)
+            actors = Actors(publisher, Identity.generate(), node.running.identity.address)
             try:
                 original = await publish(peer, actors, echo_task("once", deadline=time.time_ns() + 8 * 10**9))
                 assert (await result_for(results, original.task_id)).ciphertext is not None
@@ -171,11 +172,10 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
     settings = node_settings(tmp_path / "node", n_ctx=512, max_concurrent=1, max_queue=1)
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as node:
-            assert node.identity is not None and node.journal is not None
             peer, results = await connected_peer(node, publisher)
-            actors = Actors(publisher, Identity.generate(), node.identity.address)
+            actors = Actors(publisher, Identity.generate(), node.running.identity.address)
             try:
-                used = node.journal.usage().bytes
+                used = node.running.journal.usage().bytes
                 unwanted = [
                     {"deadline": "$FAR_DEADLINE"},
                     {"input.model": ["a-model-this-node-does-not-host"]},
@@ -200,7 +200,7 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                     "not_picked",
                     "deadline_passed",
                 }
-                assert node.journal.usage().bytes == used  # nothing journalled for tasks not taken
+                assert node.running.journal.usage().bytes == used  # nothing journalled for tasks not taken
 
                 # Valid tasks beyond the capacity (1 running + 1 queued): refused as busy, with an
                 # error result, and journalled without their bodies.
@@ -219,9 +219,9 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                 assert busy and done, [b.error for b in answers.values()]
                 await asyncio.sleep(0.5)  # the last result is marked published after it went out
                 # Published: only each task's dedupe record is left, never its body or result.
-                entries = [node.journal.get(b.task_id) for b in answers.values()]
+                entries = [node.running.journal.get(b.task_id) for b in answers.values()]
                 assert all(e.task_message == b"" and e.result_body is None for e in entries)
-                assert node.journal.usage().bytes - used == len(entries) * ROW_OVERHEAD_BYTES
+                assert node.running.journal.usage().bytes - used == len(entries) * ROW_OVERHEAD_BYTES
                 assert loops_alive(node)
             finally:
                 await peer.stop()
@@ -233,11 +233,9 @@ async def test_an_unexpected_intake_failure_is_logged_and_the_loop_goes_on(
     publisher = Identity.generate()
     with structlog.testing.capture_logs() as logs:
         async with running_node(node_settings(tmp_path / "node", n_ctx=512)) as node:
-            assert node.identity is not None
             peer, results = await connected_peer(node, publisher)
-            actors = Actors(publisher, Identity.generate(), node.identity.address)
-            assert node.parts is not None
-            acceptance = node.parts.intake.acceptance
+            actors = Actors(publisher, Identity.generate(), node.running.identity.address)
+            acceptance = node.running.parts.intake.acceptance
             decide = acceptance.decide
             calls = []
 

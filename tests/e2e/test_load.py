@@ -37,7 +37,7 @@ async def wait_for_meshes(nodes: list[NodeServer], minimum: list[int]) -> None:
     """Until node i has at least minimum[i] mesh peers on the task and results topics."""
     deadline = time.monotonic() + MESH_TIMEOUT_S
     while True:
-        sizes = [await node.host.mesh_sizes() for node in nodes]  # type: ignore[union-attr]
+        sizes = [await node.running.host.mesh_sizes() for node in nodes]
         if all(min(s.get(TASK_TOPIC, 0), s.get(RESULTS_TOPIC, 0)) >= want for s, want in zip(sizes, minimum)):
             return
         if time.monotonic() > deadline:
@@ -72,7 +72,7 @@ async def test_100_tasks_on_5_nodes_each_run_exactly_once(tmp_path: Path) -> Non
                 await client.start()
                 stack.push_async_callback(client.close)
             await wait_for_meshes(nodes, [NODES, 1, 1, 1, 2])  # the hub: 4 nodes + publisher A
-            addresses = {node.identity.address for node in nodes}  # type: ignore[union-attr]
+            addresses = {node.running.identity.address for node in nodes}
             await wait_for_heartbeats(publishers, addresses)
             ready = time.monotonic()
             simple = Simple()

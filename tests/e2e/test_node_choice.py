@@ -52,7 +52,7 @@ async def test_client_picks_one_node_per_task_from_heartbeats(tmp_path) -> None:
             )
         started = [entry["task_id"] for entry in logs if entry["event"] == "task started"]
         assert sorted(started) == sorted(r.task_id for r in results)  # each task ran exactly once
-        assert {r.node for r in results} == {first.identity.address, second.identity.address}
+        assert {r.node for r in results} == {first.running.identity.address, second.running.identity.address}
 
 
 async def test_no_node_for_the_model_fails_after_the_timeout_with_a_clear_error(tmp_path) -> None:
@@ -92,21 +92,23 @@ async def test_busy_node_is_retried_on_another_node_but_a_workflow_error_is_not(
         )
         client = await stack.enter_async_context(Client(peers=[dialable(busy)], node_table=NodeTable(rng=Heaviest())))
         await wait_for_nodes(client, 2)
-        assert client.nodes.choose(["*"]).address == busy.identity.address  # benchmarked tps: the heavier one
+        assert client.nodes.choose(["*"]).address == busy.running.identity.address  # benchmarked tps: the heavier one
         workflow = Simple().workflow("List booleans.", max_tokens=900)
         workflow["tasks"][0]["schema"] = json.dumps(
             {"type": "array", "items": {"type": "boolean"}, "minItems": 300, "maxItems": 300}
         )
-        long_id = await client.submit(Task(workflow=workflow, models=["*"], nodes=[busy.identity.address]), timeout=60)
+        long_id = await client.submit(
+            Task(workflow=workflow, models=["*"], nodes=[busy.running.identity.address]), timeout=60
+        )
         await asyncio.sleep(0.5)  # the long task is running on A
         with structlog.testing.capture_logs() as logs:
             result = await client.execute(
                 Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60
             )
-        assert result.node == spare.identity.address
+        assert result.node == spare.running.identity.address
         retries = [entry for entry in logs if entry["event"] == "retrying on another node"]
         assert [(entry["node"], entry["reason"].split(":")[0]) for entry in retries] == [
-            (busy.identity.address, "busy")
+            (busy.running.identity.address, "busy")
         ]
         assert retries[0]["task_id"] != result.task_id  # the retry is a new task
 
@@ -116,8 +118,8 @@ async def test_busy_node_is_retried_on_another_node_but_a_workflow_error_is_not(
         with structlog.testing.capture_logs() as logs:
             with pytest.raises(TaskFailedError) as caught:
                 await client.execute(Task(workflow=bad, models=["*"]), timeout=30)
-        assert not caught.value.retryable and caught.value.node == spare.identity.address
+        assert not caught.value.retryable and caught.value.node == spare.running.identity.address
         # A (still busy) may be tried first; B's workflow error is final: no retry after it.
         retries = [entry for entry in logs if entry["event"] == "retrying on another node"]
-        assert all(entry["node"] == busy.identity.address for entry in retries)
-        await client.wait(long_id, timeout=60, nodes=[busy.identity.address])
+        assert all(entry["node"] == busy.running.identity.address for entry in retries)
+        await client.wait(long_id, timeout=60, nodes=[busy.running.identity.address])

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 async def test_metrics_health_and_status_over_http(tmp_path: Path) -> None:
     settings = node_settings(tmp_path / "node", http_enabled=True, http_port=0, startup_grace=0.5)
     async with running_node(settings) as server:
-        assert server.http is not None and server.parts is not None
-        base = f"http://127.0.0.1:{server.http.port}"
+        assert server.running.http is not None
+        base = f"http://127.0.0.1:{server.running.http.port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            await server.parts.monitor.sample()
+            await server.running.parts.monitor.sample()
             await asyncio.sleep(0.6)  # past the startup grace, still no peers
             lonely = await http.get("/healthz")
             assert lonely.status_code == 503 and lonely.json()["reason"] == "no peers"
@@ -46,11 +46,11 @@ async def test_metrics_health_and_status_over_http(tmp_path: Path) -> None:
                     await asyncio.sleep(0.5)
                 finally:
                     await raw.stop()
-                await server.parts.monitor.sample()
+                await server.running.parts.monitor.sample()
                 assert (await http.get("/healthz")).status_code == 200
                 status = (await http.get("/status")).json()
                 metrics = (await http.get("/metrics")).text
-        assert status["address"] == server.identity.address
+        assert status["address"] == server.running.identity.address
         assert status["models"] == ["smollm2:135m"] and status["capacity"]["max"] == 4 + 8  # slots + queue
         assert status["peers"] >= 1
         assert "compute_node_tasks_taken_total 1.0" in metrics

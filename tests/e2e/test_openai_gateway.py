@@ -7,7 +7,8 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,11 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from node.daemon.routes import DirectRoutes
-from node.daemon.server import NodeServer
 from node.gateway.app import create_gateway_app
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.ops.http_api import HttpServer
-from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.gateway_net import GatewayNet, gateway_net
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -42,20 +42,9 @@ WEATHER_TOOL: Any = {
 }
 
 
-class Net:
-    def __init__(self, nodes: list[NodeServer], gateway: Gateway, client: AsyncOpenAI, tmp: Path) -> None:
-        self.nodes = nodes
-        self.gateway = gateway
-        self.client = client
-        self.tmp = tmp
-
-    @property
-    def addresses(self) -> set[str]:
-        return {node.identity.address for node in self.nodes}
-
-    @property
-    def peers(self) -> list[str]:
-        return [dialable(node) for node in self.nodes]
+@dataclass
+class Net(GatewayNet):
+    client: AsyncOpenAI
 
 
 def gateway_settings(data_dir: Path, peers: list[str], **overrides: Any) -> GatewaySettings:
@@ -72,26 +61,12 @@ def gateway_settings(data_dir: Path, peers: list[str], **overrides: Any) -> Gate
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(
-            running_node(node_settings(tmp_path_factory.mktemp("n1"), max_queue=32, direct_streams_per_peer=64))
-        )
-        second = await stack.enter_async_context(
-            running_node(
-                node_settings(
-                    tmp_path_factory.mktemp("n2"), max_queue=32, direct_streams_per_peer=64, bootstrap=[dialable(first)]
-                )
-            )
-        )
-        gateway = Gateway(gateway_settings(tmp_path_factory.mktemp("gw"), [dialable(first), dialable(second)]))
-        await gateway.start()
-        stack.push_async_callback(gateway.stop)
-        client = AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0, timeout=180)
-        stack.push_async_callback(client.close)
-        deadline = time.monotonic() + 30
-        while len(gateway.service.nodes()) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        yield Net([first, second], gateway, client, tmp_path_factory.mktemp("scratch"))
+    async with gateway_net(tmp_path_factory, gateway_settings, max_queue=32, direct_streams_per_peer=64) as base:
+        client = AsyncOpenAI(base_url=f"{base.gateway.url}/v1", api_key=KEY, max_retries=0, timeout=180)
+        try:
+            yield Net(base.nodes, base.gateway, base.tmp, client)
+        finally:
+            await client.close()
 
 
 @asynccontextmanager

@@ -69,9 +69,9 @@ async def test_paused_node_takes_nothing_stays_paused_across_restart_and_the_led
         status = status_of(port)
         assert status["paused"]["paused"] and status["paused"]["operator"]
         assert status["capacity"]["free"] == 0
-        [recent] = status["ledger"]["recent"]
-        assert recent["outcome"] == "ok" and recent["model"] == MODEL and recent["completion_tokens"] > 0
-        assert sum(m["tasks"] for m in status["ledger"]["per_minute"]) == 1
+        [recent] = status["activity"]["recent_tasks"]
+        assert recent["ok"] and recent["model"] == MODEL and recent["completion_tokens"] > 0
+        assert sum(m["tasks"] for m in status["activity"]["minutes"]) == 1
         assert await stream_answer(node.addr) == ("busy", "paused")
         assert node.stop() == 0
 

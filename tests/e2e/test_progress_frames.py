@@ -89,7 +89,9 @@ async def test_a_task_without_on_delta_or_on_gossip_streams_nothing(net: Net) ->
         direct = await net.client.execute(story(16), timeout=120)
         deltas: list[str] = []
         gossip = await net.client.execute(
-            story(16).model_copy(update={"nodes": [net.node.identity.address]}), timeout=120, on_delta=deltas.append
+            story(16).model_copy(update={"nodes": [net.node.running.identity.address]}),
+            timeout=120,
+            on_delta=deltas.append,
         )
         # A gossip task that asks for streaming anyway (the field is meant for streams only).
         client = net.client
@@ -98,11 +100,11 @@ async def test_a_task_without_on_delta_or_on_gossip_streams_nothing(net: Net) ->
             task_id=secrets.token_urlsafe(12),
             deadline=time.time_ns() + 120 * 10**9,
             input=TaskInput(workflow=Simple().workflow(STORY, max_tokens=16), model=[MODEL]),
-            picked_nodes=[net.node.identity.address],
+            picked_nodes=[net.node.running.identity.address],
             public_key=client.identity.public_key_compressed.hex(),
             stream=True,
         )
-        waiting = asyncio.ensure_future(client.wait(body.task_id, 120, nodes=[net.node.identity.address]))
+        waiting = asyncio.ensure_future(client.wait(body.task_id, 120, nodes=[net.node.running.identity.address]))
         await client._host.publish(TASK_TOPIC, seal(client.identity, TASK_TOPIC, encode_body(body)))
         asked = await waiting
     assert deltas == [] and direct.text and gossip.text and asked.text
@@ -118,11 +120,11 @@ async def test_a_publisher_that_goes_away_mid_stream_does_not_stall_the_node(net
         task_id=secrets.token_urlsafe(12),
         deadline=time.time_ns() + 120 * 10**9,
         input=TaskInput(workflow=Simple().workflow(STORY, max_tokens=100), model=[MODEL]),
-        picked_nodes=[node.identity.address],
+        picked_nodes=[node.running.identity.address],
         public_key=client.identity.public_key_compressed.hex(),
         stream=True,
     )
-    waiting = asyncio.ensure_future(client.wait(body.task_id, 120, nodes=[node.identity.address]))
+    waiting = asyncio.ensure_future(client.wait(body.task_id, 120, nodes=[node.running.identity.address]))
     with structlog.testing.capture_logs() as logs:
         stream = await client._host.open_stream([dialable(node)], seal(client.identity, TASK_TOPIC, encode_body(body)))
         assert decode_answer(await stream.receive(10) or b"").status == "accepted"

@@ -34,7 +34,7 @@ class Setup:
 
     @property
     def address(self) -> str:
-        return self.node.identity.address
+        return self.node.running.identity.address
 
     async def heartbeat(self, until: object = None, timeout: float = 30.0) -> KnownNode:
         """The node's latest heartbeat as the client saw it, once `until(known)` holds."""
@@ -91,7 +91,7 @@ async def test_both_models_answer_through_the_network_and_are_advertised(setup: 
     assert await setup.run(DEFAULT_MODEL)
     assert await setup.run(REMOTE)
     known = await setup.heartbeat(lambda n: {DEFAULT_MODEL, REMOTE} <= set(n.models))
-    local_slots = setup.node.pool.parallel[DEFAULT_MODEL]
+    local_slots = setup.node.running.pool.parallel[DEFAULT_MODEL]
     assert known.max == local_slots + REMOTE_SLOTS + 2 * setup.node.settings.max_queue
     assert known.tps[DEFAULT_MODEL] > 0 and known.tps[REMOTE] > 0
 
@@ -106,7 +106,7 @@ async def test_the_node_rides_out_the_engine_stopping_and_restarting(setup: Setu
     )
     running = asyncio.create_task(setup.client.execute(long, timeout=60))
     async with asyncio.timeout(30):
-        while setup.node.parts is None or setup.node.parts.admission.pending == 0:
+        while setup.node.running.parts.admission.pending == 0:
             await asyncio.sleep(0.01)
     setup.engine.stop(crash=True)
     with pytest.raises(TaskFailedError) as info:

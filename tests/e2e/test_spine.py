@@ -26,7 +26,7 @@ class Cluster:
 
     @property
     def addresses(self) -> set[str]:
-        return {node.identity.address for node in self.nodes}
+        return {node.running.identity.address for node in self.nodes}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -54,7 +54,7 @@ async def test_simple_task_returns_text_signed_by_a_node_and_encrypted_to_us(clu
 
 
 async def test_picked_node_executes_and_signs(cluster: Cluster) -> None:
-    second = cluster.nodes[1].identity.address
+    second = cluster.nodes[1].running.identity.address
     task = Task(workflow=Simple().workflow(prompt="Say hello.", max_tokens=16), models=["*"], nodes=[second])
     res = await cluster.client.execute(task, timeout=60)
     assert res.node == second
@@ -83,7 +83,7 @@ async def test_failing_workflow_returns_an_error_result_with_the_reason(cluster:
     workflow["tasks"][0]["inputs"] = [
         {"name": "question", "value": {"type": "read", "key": "nowhere"}, "required": True}
     ]
-    first = cluster.nodes[0].identity.address
+    first = cluster.nodes[0].running.identity.address
     with pytest.raises(TaskFailedError) as caught:
         await cluster.client.execute(Task(workflow=workflow, models=["smollm2:135m"], nodes=[first]), timeout=60)
     assert caught.value.node == first
@@ -93,7 +93,7 @@ async def test_failing_workflow_returns_an_error_result_with_the_reason(cluster:
 async def test_invalid_workflow_is_refused_with_the_field(cluster: Cluster) -> None:
     workflow = Simple().workflow(prompt="unused")
     workflow["tasks"][0]["operator"] = "teleport"
-    first = cluster.nodes[0].identity.address
+    first = cluster.nodes[0].running.identity.address
     with pytest.raises(TaskFailedError) as caught:
         await cluster.client.execute(Task(workflow=workflow, models=["smollm2:135m"], nodes=[first]), timeout=30)
     assert "invalid workflow" in caught.value.reason

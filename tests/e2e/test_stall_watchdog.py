@@ -34,10 +34,9 @@ class Node:
     def __init__(self, server: NodeServer, client: Client) -> None:
         self.server = server
         self.client = client
-        self.address = server.identity.address
-        assert server.pool is not None and server.parts is not None
-        self.pool = server.pool
-        self.parts = server.parts
+        self.address = server.running.identity.address
+        self.pool = server.running.pool
+        self.parts = server.running.parts
 
     async def submit(self, prompt: str, timeout: float, max_tokens: int = 16, max_time: float | None = None) -> str:
         workflow = Simple().workflow(prompt=prompt, max_tokens=max_tokens)

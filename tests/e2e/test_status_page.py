@@ -28,13 +28,13 @@ SCREENSHOT_ENV = "STATUS_PAGE_SCREENSHOT"
 async def test_the_page_shows_what_status_says_after_a_task(tmp_path: Path) -> None:
     settings = node_settings(tmp_path / "node", http_enabled=True, http_port=0)
     async with running_node(settings) as server:
-        assert server.http is not None and server.parts is not None
-        base = f"http://127.0.0.1:{server.http.port}"
+        assert server.running.http is not None
+        base = f"http://127.0.0.1:{server.running.http.port}"
         async with Client(peers=[dialable(server)]) as client:
             result = await client.execute(
                 Task(workflow=Simple().workflow("Say hi", max_tokens=8), models=["*"]), timeout=90
             )
-            await server.parts.monitor.sample()
+            await server.running.parts.monitor.sample()
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
                 page = await http.get("/")
                 status = (await http.get("/status")).json()
@@ -58,7 +58,7 @@ async def test_the_page_shows_what_status_says_after_a_task(tmp_path: Path) -> N
     assert chart.attrs["data-minutes"] == "60"
     assert chart.attrs["data-tasks"] == "1" and chart.attrs["data-tokens"] == str(tokens)
     assert chart.tags.count("rect") == 1 and "polyline" in chart.tags  # one minute with work; the tokens line
-    assert dom.by_id["id-address"].text == status["address"] == server.identity.address
+    assert dom.by_id["id-address"].text == status["address"] == server.running.identity.address
     assert dom.by_id["id-peer"].text == status["peer_id"]
     assert dom.by_id["cap-max"].text == str(status["capacity"]["max"])
     assert dom.by_id["state"].text == "serving"

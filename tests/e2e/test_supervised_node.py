@@ -72,8 +72,7 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             node.supervisor.base_backoff_s = 2.0
             # One bad message cannot stop the intake (it catches per message), so the loop
             # itself is made to fail: its queue raises once.
-            assert node.host is not None
-            queue = node.host._queues[TASK_TOPIC]
+            queue = node.running.host._gossip.queues[TASK_TOPIC]
             get = queue.get
             calls = 0
 
@@ -88,12 +87,11 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             lost = asyncio.create_task(run.run_valid_task())
             await _wait_for(lambda: any(e["event"] == "loop crashed, restarting" for e in logs), 20, "the crash")
             crashed = time.monotonic()
-            assert node.parts is not None
-            report = node.parts.monitor.health()
+            report = node.running.parts.monitor.health()
             assert not report.ok and "intake (restarting: RuntimeError: injected intake failure)" in (
                 report.reason or ""
             )
-            await _wait_for(lambda: node.supervisor.alive(), 10, "the restart")
+            await _wait_for(lambda: node.supervisor.failed() == [], 10, "the restart")
             restarted = time.monotonic()
             # No watchdog ping while the loop was down (one sent just before the crash may arrive late).
             assert systemd.pings(after=crashed + 0.2, before=restarted - 0.05) == 0
@@ -102,8 +100,11 @@ async def test_a_crashed_intake_loop_restarts_and_the_node_keeps_serving(
             lost.cancel()
             outcome = await run.run_valid_task()
             assert outcome.error is None and (outcome.text or "").strip()
-            assert node.supervisor.states()["intake"].restarts == 1
-            assert node.parts.monitor.health().reason is None or "intake" not in node.parts.monitor.health().reason  # type: ignore[operator]
+            assert [e.get("loop") for e in logs if e["event"] == "loop crashed, restarting"] == ["intake"]
+            assert (
+                node.running.parts.monitor.health().reason is None
+                or "intake" not in node.running.parts.monitor.health().reason
+            )  # type: ignore[operator]
             assert node.supervisor.fatal is None and node.exit_code == 0
     systemd.close()
 
@@ -120,9 +121,8 @@ async def test_the_libp2p_thread_dying_ends_the_node_non_zero_and_stops_the_watc
         while systemd.pings() < 3:
             assert time.monotonic() < deadline and not serving.done(), "no watchdog pings from the node"
             await asyncio.sleep(0.05)
-        assert server.host is not None
         killed_at = time.monotonic()
-        server.host._token.run_sync_soon(server.host._service.request_stop)  # type: ignore[union-attr]  # the thread ends
+        server.running.host._token.run_sync_soon(server.running.host._service.request_stop)  # the thread ends
         await asyncio.wait_for(serving, 60)
     finally:
         if not serving.done():

@@ -39,7 +39,7 @@ async def _run_one(tmp_path: Path, scorer: TokenScorer, timeout: float) -> objec
         verifier = ResultVerifier(1.0, lambda name: scorer if name == MODEL else None)
         async with Client(peers=[dialable(server)], verifier=verifier) as client:
             workflow = Simple().workflow(prompt="Describe a harbour at dawn.", max_tokens=32)
-            task = Task(workflow=workflow, models=[MODEL], nodes=[server.identity.address])
+            task = Task(workflow=workflow, models=[MODEL], nodes=[server.running.identity.address])
             try:
                 return await client.execute(task, timeout=timeout)
             except (VerificationFailedTaskError, TaskTimeoutError) as exc:

@@ -41,4 +41,4 @@ async def running_node(settings: Settings) -> AsyncIterator[NodeServer]:
 
 def dialable(server: NodeServer) -> str:
     """The node's loopback multiaddr with /p2p/."""
-    return next(addr for addr in server.listen_addrs if "/ip4/127.0.0.1/" in addr)
+    return next(addr for addr in server.running.host.listen_addrs if "/ip4/127.0.0.1/" in addr)

@@ -19,8 +19,7 @@ async def inflating_node(
     """A real node whose every heartbeat claims `free` places and `tps` tokens/s for each model
     (the most a publisher's clamps let through); it serves tasks as an honest node would."""
     async with running_node(settings) as server:
-        assert server.parts is not None
-        heartbeat = server.parts.heartbeat
+        heartbeat = server.running.parts.heartbeat
         honest_body = heartbeat.body
 
         def inflated() -> HeartbeatBody:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.daemon.server import NodeServer
-from node.p2p.host import GossipMessage, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
 from node.wire.ecies import decrypt
 from node.wire.identity import Identity
 from node.wire.inbound import decode
@@ -124,7 +125,6 @@ class LiveRun:
 @asynccontextmanager
 async def live_publisher(node: NodeServer) -> AsyncIterator[LiveRun]:
     """A publisher peer in the node's task, results and heartbeat meshes."""
-    assert node.identity is not None
     publisher = Identity.generate()
     peer = P2PHost(publisher.secret, ["/ip4/127.0.0.1/tcp/0"])
     await peer.start()
@@ -141,7 +141,7 @@ async def live_publisher(node: NodeServer) -> AsyncIterator[LiveRun]:
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the publisher never joined the node's meshes")
-        run = LiveRun(node, peer, Actors(publisher, Identity.generate(), node.identity.address),
+        run = LiveRun(node, peer, Actors(publisher, Identity.generate(), node.running.identity.address),
                       node.settings.heartbeat_interval)  # fmt: skip
         run.tasks = [asyncio.create_task(run._results(results)), asyncio.create_task(run._heartbeats(heartbeats))]
         try:

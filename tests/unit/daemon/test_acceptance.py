@@ -6,9 +6,9 @@ import time
 import pytest
 
 from node.daemon.acceptance import Accept, Acceptance, Ignore, SeenTasks
-from node.wire.bloom import BloomFilter
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskFilter, TaskInput
+from tests.support.bloom_filters import bloom_of
 
 NODE = Identity.from_hex("11" * 32)
 OTHER = Identity.from_hex("22" * 32)
@@ -66,8 +66,8 @@ def test_picked_nodes() -> None:
 def test_bloom_filter_selects_by_raw_address() -> None:
     acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
-    ours = BloomFilter.build([NODE.address_bytes])
-    theirs = BloomFilter.build([OTHER.address_bytes])
+    ours = bloom_of([NODE.address_bytes])
+    theirs = bloom_of([OTHER.address_bytes])
     assert isinstance(
         acceptance.decide(PUBLISHER.address, task("a", filter=TaskFilter(hex=ours.hex, hashes=ours.hashes)), now),
         Accept,

@@ -54,7 +54,7 @@ def test_open_uses_wal_and_normal_sync(journal: Journal, journal_path: Path) -> 
 
 def test_lifecycle_accepted_to_published(journal: Journal) -> None:
     assert accept(journal, "t1", received_at_ns=100)
-    assert journal.seen("t1") and not journal.seen("t2")
+    assert journal.get("t1") is not None and journal.get("t2") is None
     assert [e.task_id for e in journal.interrupted()] == ["t1"]
 
     journal.mark_running("t1")
@@ -78,7 +78,7 @@ def test_lifecycle_accepted_to_published(journal: Journal) -> None:
     record = journal.get("t1")
     assert record.state is TaskState.PUBLISHED
     assert record.task_message == b"" and record.result_body is None  # only the dedupe record stays
-    assert journal.seen("t1") and not accept(journal, "t1")
+    assert journal.get("t1") is not None and not accept(journal, "t1")
 
 
 def test_duplicate_accept_returns_false_and_keeps_first(journal: Journal) -> None:
@@ -114,7 +114,7 @@ def test_state_survives_a_killed_process(journal_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     journal = Journal.open(journal_path)
     try:
-        assert journal.seen("a") and not accept(journal, "a")
+        assert journal.get("a") is not None and not accept(journal, "a")
         assert [e.task_id for e in journal.interrupted()] == ["a"]
         assert [(e.task_id, e.result_body) for e in journal.unpublished()] == [
             ("b", b"done-b"),
@@ -148,9 +148,9 @@ def test_prune_removes_only_entries_past_their_deadline(journal: Journal) -> Non
     accept(journal, "live", deadline_ns=now + HOUR_NS)
 
     assert journal.prune(now) == 2
-    assert not journal.seen("old-published") and not journal.seen("old-stuck")
+    assert journal.get("old-published") is None and journal.get("old-stuck") is None
     # A published task still inside its deadline keeps deduping re-deliveries.
-    assert journal.seen("live-published") and journal.seen("live")
+    assert journal.get("live-published") is not None and journal.get("live") is not None
     assert journal.prune(now) == 0
 
 
@@ -176,7 +176,7 @@ def test_calls_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
     for i in range(n):
         tid = f"perf-{i}"
         accept(journal, tid)
-        journal.seen(tid)
+        journal.get(tid)
         journal.mark_running(tid)
         journal.record_finished(tid, b"r" * 512)
         journal.mark_published(tid)
@@ -196,7 +196,7 @@ def test_journal_files_are_private_to_the_operator(tmp_path: Path) -> None:
 def test_numbers_sqlite_cannot_store_are_a_journal_error(journal: Journal) -> None:
     with pytest.raises(JournalError, match="cannot journal task huge: OverflowError"):
         accept(journal, "huge", deadline_ns=2**63)
-    assert not journal.seen("huge")
+    assert journal.get("huge") is None
     assert accept(journal, "next")  # the journal still works
 
 
@@ -278,14 +278,14 @@ def test_records_past_the_cap_forget_the_earliest_deadlines(journal_path: Path) 
             j.mark_published(tid)
             assert j.records <= 1000
         assert j.usage().records == j.records
-        assert j.seen("t1499") and not j.seen("t0")
+        assert j.get("t1499") is not None and j.get("t0") is None
         # Never a live or waiting task: only records are forgotten.
         j.record_accepted("live", "p", now, "m", b"x", 1)
         for i in range(1500, 1600):
             j.record_accepted(f"t{i}", "p", now + HOUR_NS + i, "m", b"", 1)
             j.record_finished(f"t{i}", b"r")
             j.mark_published(f"t{i}")
-        assert j.seen("live")
+        assert j.get("live") is not None
     finally:
         j.close()
 
@@ -348,7 +348,7 @@ def test_a_full_disk_is_a_clear_journal_error_and_the_journal_recovers(small_dis
         else:
             filler.unlink()
         assert j.record_accepted("after", "p", time.time_ns() + HOUR_NS, "m", b"x" * 20_000, 1)
-        assert j.seen("after")
+        assert j.get("after") is not None
     finally:
         j.close()
 

@@ -58,8 +58,6 @@ def test_totals_by_day_model_publisher_and_outcome(tmp_path: Path) -> None:
     assert {t.key: t.tasks for t in report["outcome"]} == {"ok": 2, "busy": 1}
     assert {t.key: t.tasks for t in report["publisher"]} == {"aa" * 20: 2, "bb" * 20: 1}
     assert [t.key for t in report["day"]] == [time.strftime("%Y-%m-%d", time.gmtime())]
-    assert [e.task_id for e in ledger.recent()] == ["c", "b", "a"]
-    assert sum(m.tasks for m in ledger.per_minute()) == 3
     ledger.close()
 
 

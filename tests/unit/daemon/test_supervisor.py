@@ -35,7 +35,7 @@ async def test_a_loop_that_raises_is_restarted_with_backoff() -> None:
     await asyncio.sleep(0.01)
     assert supervisor.failed() == ["flaky (restarting: RuntimeError: boom 1)"]
     await asyncio.wait_for(ticks.wait(), 5)
-    assert supervisor.alive() and fatal.calls == [] and supervisor.states()["flaky"].restarts == 2
+    assert supervisor.failed() == [] and fatal.calls == [] and len(runs) == 3
     # The second wait doubled the first.
     assert runs[2] - runs[1] >= 1.8 * (runs[1] - runs[0]) > 0
     task.cancel()
@@ -75,9 +75,25 @@ async def test_a_dead_thread_is_fatal() -> None:
     thread.start()
     watcher = supervisor.watch_thread("p2p-thread", lambda: thread_alive("watched-thread"), interval_s=0.02)
     await asyncio.sleep(0.1)
-    assert supervisor.alive() and fatal.calls == []
+    assert supervisor.failed() == [] and fatal.calls == []
     stop.set()
     thread.join()
     await asyncio.wait_for(watcher, 5)
     assert fatal.calls == [("p2p-thread", "ThreadDiedError: thread p2p-thread is no longer running")]
-    assert not supervisor.alive()
+    assert supervisor.failed() == ["p2p-thread (failed: ThreadDiedError: thread p2p-thread is no longer running)"]
+
+
+async def test_stop_cancels_every_loop_started_and_waits_for_them() -> None:
+    supervisor = Supervisor(Fatal())
+    ended: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+
+    tasks = [supervisor.start(name, lambda name=name: forever(name)) for name in ("a", "b")]  # type: ignore[misc]
+    await asyncio.sleep(0.01)
+    await supervisor.stop()
+    assert sorted(ended) == ["a", "b"] and all(task.cancelled() for task in tasks)

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import structlog
 
-from node.p2p.host import GossipMessage, MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
 from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"

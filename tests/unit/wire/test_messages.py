@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from node.wire import ecies
-from node.wire.bloom import BloomFilter
 from node.wire.identity import Identity
 from node.wire.messages import (
     Capacity,
@@ -23,6 +22,7 @@ from node.wire.messages import (
     decode_task,
     encode_body,
 )
+from tests.support.bloom_filters import bloom_of
 from tests.support.protocol_files import EXAMPLES
 
 PUBLISHER = Identity.from_hex("11" * 32)
@@ -45,7 +45,7 @@ def task_json(**changes: Any) -> dict[str, Any]:
             "model": ["gemma3:270m", "llamacpp", "*"],
             "prompt": None,
         },
-        "filter": {"hex": BloomFilter.build([NODE.address_bytes]).hex, "hashes": 7},
+        "filter": {"hex": bloom_of([NODE.address_bytes]).hex, "hashes": 7},
         "pickedNodes": [NODE.address],
         "publicKey": PUBLISHER.public_key_compressed.hex(),
     }

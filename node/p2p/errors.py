@@ -1,0 +1,32 @@
+"""The P2P layer's errors, as the asyncio side raises them (the Trio side's are service.py's)."""
+
+from __future__ import annotations
+
+from node.p2p.service import P2PServiceError
+
+
+class P2PError(Exception):
+    """A P2P operation failed (listen, dial, publish...); the message names the problem."""
+
+
+class MessageTooLargeError(P2PError):
+    """The message exceeds the gossip size limit; nothing was sent."""
+
+
+class StreamTimeoutError(P2PError):
+    """`open_stream` did not finish in time (the peer answered the dial but not the stream: frozen, overloaded)."""
+
+
+class NoMeshPeersError(P2PError):
+    """`publish(..., require_mesh=True)` found no peer in the topic's mesh; nothing was sent."""
+
+
+def first_service_error(error: BaseException | None) -> P2PServiceError | None:
+    """The P2PServiceError in `error`, which Trio may have wrapped in exception groups."""
+    if isinstance(error, P2PServiceError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := first_service_error(inner)) is not None:
+                return found
+    return None

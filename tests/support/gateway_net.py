@@ -1,0 +1,65 @@
+"""Two real nodes and a gateway on 127.0.0.1: the network the gateway's e2e tests drive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.daemon.server import NodeServer
+from node.gateway.server import Gateway
+from node.gateway.settings import GatewaySettings
+from tests.support.cluster import dialable, node_settings, running_node
+
+GatewaySettingsFor = Callable[[Path, list[str]], GatewaySettings]
+"""(data dir, the nodes' dialable addresses) -> the gateway's settings."""
+
+
+@dataclass
+class GatewayNet:
+    """The running nodes, the gateway in front of them and a scratch directory."""
+
+    nodes: list[NodeServer]
+    gateway: Gateway
+    tmp: Path
+
+    @property
+    def addresses(self) -> set[str]:
+        """The nodes' addresses."""
+        return {node.running.identity.address for node in self.nodes}
+
+    @property
+    def peers(self) -> list[str]:
+        """The nodes' dialable multiaddrs."""
+        return [dialable(node) for node in self.nodes]
+
+    def tasks_received(self) -> float:
+        """Tasks the nodes received, all together (their metric)."""
+        return sum(n.metrics.registry.get_sample_value("compute_node_tasks_received_total") or 0 for n in self.nodes)
+
+
+@asynccontextmanager
+async def gateway_net(
+    tmp_path_factory: pytest.TempPathFactory, gateway_settings: GatewaySettingsFor, **node_overrides: Any
+) -> AsyncIterator[GatewayNet]:
+    """Two nodes (the second bootstraps from the first) and a gateway that has seen both heartbeats."""
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(
+            running_node(node_settings(tmp_path_factory.mktemp("n1"), **node_overrides))
+        )
+        second = await stack.enter_async_context(
+            running_node(node_settings(tmp_path_factory.mktemp("n2"), bootstrap=[dialable(first)], **node_overrides))
+        )
+        gateway = Gateway(gateway_settings(tmp_path_factory.mktemp("gw"), [dialable(first), dialable(second)]))
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+        deadline = time.monotonic() + 30
+        while len(gateway.service.nodes()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        yield GatewayNet([first, second], gateway, tmp_path_factory.mktemp("scratch"))
