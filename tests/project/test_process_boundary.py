@@ -92,14 +92,16 @@ def _loaded_by(name: str, files: dict[str, Path]) -> list[str]:
 def import_time_closure(start: str, files: dict[str, Path]) -> dict[str, str]:
     """Every name importing `start` imports, each with the module that imports it."""
     seen: dict[str, str] = {}
+    visited = {start}
     pending = [start]
     while pending:
         module = pending.pop()
         for name in imports(files[module], module_level_only=True):
-            if name in seen:
-                continue
-            seen[name] = module
-            pending += [loaded for loaded in _loaded_by(name, files) if loaded not in seen and loaded != module]
+            seen.setdefault(name, module)
+            for loaded in _loaded_by(name, files):
+                if loaded not in visited:
+                    visited.add(loaded)
+                    pending.append(loaded)
     return seen
 
 
