@@ -117,7 +117,7 @@ class DecodeLoop:
                 try:
                     self._step()
                 except Exception as exc:
-                    log.exception("batch_step_failed", model=self.name)
+                    log.exception("batch step failed", model=self.name)
                     self._fail_all(ModelError(f"generation on model {self.name} failed: {exc}"), queued=False)
         finally:
             self._fail_all(ModelClosedError(f"model {self.name} was closed during the request"), queued=True)

@@ -95,7 +95,6 @@ async def run_workflow(
         raise ResultTooLargeError(
             f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})"
         )
-    log.info("workflow_done", steps=progress.steps, completion_tokens=ctx.usage.completion_tokens)
     return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 
 
@@ -122,12 +121,12 @@ async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _
                 if isinstance(e, ModelError):
                     raise ModelFailedError(f"task {task.id!r} failed: model error: {e}") from e
                 raise type(e)(f"task {task.id!r} failed: {e}") from e
-            log.info("task_failed_fallback", task=task.id, fallback=edge.fallback, error=str(e))
+            log.info("step failed; taking its fallback", task=task.id, fallback=edge.fallback, error=str(e))
             node = edge.fallback
             continue
         node = await _next_node(edge, ctx)
     if workflow.task(node) is not None and node not in ("_end", "__end"):
-        log.debug("workflow_stops_at_node_without_edge", node=node)
+        log.debug("workflow stops at a node without an edge", node=node)
 
 
 def _edge_from(workflow: Workflow, node: str) -> Edge | None:

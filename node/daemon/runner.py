@@ -169,7 +169,6 @@ class TaskRunner:
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
-        accepted.log.info("workflow finished", steps=outcome.steps, completion_tokens=outcome.completion_tokens)
         return _RunResult(
             outcome.text, outcome.steps, outcome.prompt_tokens, outcome.completion_tokens, proof_of(outcome)
         )
@@ -262,7 +261,14 @@ class TaskRunner:
             received_at_ns=accepted.received_at_ns,
             ended_at_ns=ended,
         )
-        accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
+        accepted.log.info(
+            "task finished",
+            ok=error is None,
+            error=error,
+            steps=result.steps if result is not None else None,
+            completion_tokens=result.completion_tokens if result is not None else None,
+            elapsed_ms=(ended - started_ns) // 1_000_000,
+        )
         if self._ledger is not None:
             self._ledger.record(
                 LedgerEntry(

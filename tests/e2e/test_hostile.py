@@ -48,7 +48,13 @@ ROUNDS = 3  # the corpus is published this many times: memory must level off
 LOG_WAIT_S = 5.0
 RESULTS_WAIT_S = 60.0
 MAX_RSS_GROWTH_BYTES = 200 * 1024 * 1024
-CRASH_EVENTS = {"validator failed", "task crashed", "p2p.validator_error", "p2p.sink_error", "p2p.crashed"}
+CRASH_EVENTS = {
+    "validator failed",
+    "task crashed",
+    "gossip validator raised",
+    "message sink failed",
+    "p2p host crashed",
+}
 
 
 # --------------------------------------------------------------------------- against a node
