@@ -111,7 +111,7 @@ class TaskRunner:
             accepted.log.error("task not marked running in the journal", error=str(exc))
 
     async def abandon(self, accepted: AcceptedTask, reason: str) -> None:
-        """Send an error for a task that never started (cancelled while queued, or refused as busy)."""
+        """Send an error for a task that never started (cancelled while queued, or busy)."""
         await self._finish(accepted, time.time_ns(), error=reason)
 
     def _after_runtime_exit(self, accepted: AcceptedTask, exit_error: RuntimeExitError) -> str | None:

@@ -252,7 +252,7 @@ class NodeServer:
         self.notifier.stopping()
         parts = self.parts
         if parts is not None:
-            parts.admission.accepting = False
+            parts.admission.draining = True
             await self._announce_draining(parts)
             await self._drain(parts.admission)
             await self._flush_results(parts)
