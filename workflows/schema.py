@@ -123,7 +123,7 @@ class Task(_Model):
         elif not isinstance(raw, dict):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
         if isinstance(raw, dict):
-            check_schema(raw)  # grammar bombs stop here, before the model runtime sees them
+            check_schema(raw)  # grammar bombs stop here, before the batched runtime sees them
         try:  # a constraint the grammar engine refuses fails here, the same way on every node
             regex_grammar(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_grammar(raw)
         except GrammarError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from node.daemon.execution.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
+from node.daemon.execution.handle import ExecutionProcess, ExecutionProcessExitError, ExecutionProcessStartError
 from node.daemon.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.daemon.execution.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.daemon.failures import RecentFailures
@@ -69,7 +69,7 @@ class ExecutionPool:
 
     def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
         self._settings = settings
-        # The node's identity key stays in the daemon: a runtime has no use for it.
+        # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = settings.model_dump(mode="json", exclude={"secret_key"})
         self._metrics = metrics
         self._entries: dict[str, _ModelEntry] = {}
@@ -110,23 +110,23 @@ class ExecutionPool:
         entry.watcher = asyncio.create_task(self._watch(entry), name=f"exec-watch-{name}")
 
     async def _spawn(self, entry: _ModelEntry) -> Ready:
-        """Start a process for the model; RuntimeStartError whatever went wrong (the process is gone then)."""
+        """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
         process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
         try:
             ready = await process.start(self._settings.exec_start_timeout)
-        except RuntimeStartError:
+        except ExecutionProcessStartError:
             raise
         except Exception as exc:  # a broken first line, a socket error...: the same as any failed start
             await process.close(1.0)
-            raise RuntimeStartError(
-                f"model {entry.model}: the runtime failed to start ({type(exc).__name__}: {exc})"
+            raise ExecutionProcessStartError(
+                f"model {entry.model}: the execution process failed to start ({type(exc).__name__}: {exc})"
             ) from exc
         try:
             await process.probe(PROBE_TIMEOUT_S)
-        except (TimeoutError, RuntimeExitError) as exc:
+        except (TimeoutError, ExecutionProcessExitError) as exc:
             await process.close(1.0)
-            raise RuntimeStartError(
-                f"model {entry.model}: the runtime did not answer its health probe ({exc})"
+            raise ExecutionProcessStartError(
+                f"model {entry.model}: the execution process did not answer its health probe ({exc})"
             ) from None
         entry.process = process
         learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
@@ -198,7 +198,7 @@ class ExecutionPool:
         if process is not None:
             log.error("killing execution process", model=model, pid=process.pid, reason=reason)
             process.kill(
-                "interrupted: model runtime restarted (another task would not stop)", crash=False, cause="stopped"
+                "interrupted: execution process restarted (another task would not stop)", crash=False, cause="stopped"
             )
 
     # ----------------------------------------------------------------- watching
@@ -225,7 +225,7 @@ class ExecutionPool:
         if error.crash and len(entry.crashes) >= self._settings.exec_crash_limit and not entry.benched:
             entry.benched = True
             log.error(
-                "model leaves the heartbeats: its runtime crashed too often",
+                "model leaves the heartbeats: its execution process crashed too often",
                 model=entry.model,
                 crashes=len(entry.crashes),
                 window_s=self._settings.exec_crash_window,
@@ -256,7 +256,7 @@ class ExecutionPool:
             log.info("execution process restarted", model=entry.model, pid=entry.process.pid if entry.process else None)
             if entry.benched:
                 entry.benched = False
-                log.warning("model back in the heartbeats: its runtime restarted", model=entry.model)
+                log.warning("model back in the heartbeats: its execution process restarted", model=entry.model)
             return
 
     async def _watch(self, entry: _ModelEntry) -> None:
@@ -273,7 +273,7 @@ class ExecutionPool:
             if rss is not None:
                 self._metrics.exec_rss_bytes.labels(model=entry.model).set(rss)
                 if limit and rss > limit * MIB:
-                    reason = f"model runtime exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
+                    reason = f"execution process exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
                     log.error(
                         "execution process over its memory limit",
                         model=entry.model,
@@ -295,12 +295,12 @@ class ExecutionPool:
         except TimeoutError:
             log.error("execution process does not answer its health probe", model=entry.model, pid=process.pid)
             process.kill(
-                f"model runtime stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
                 crash=True,
                 cause="unresponsive",
             )
             return
-        except RuntimeExitError:
+        except ExecutionProcessExitError:
             return
         if entry.stall is None or entry.process is not process:
             return
@@ -319,7 +319,7 @@ class ExecutionPool:
             sole_suspect=stall.sole,
         )
         process.kill(
-            f"interrupted: model runtime restarted ({stall.describe()})",
+            f"interrupted: execution process restarted ({stall.describe()})",
             crash=False,
             cause="stalled",
             suspects=stall.task_ids,
