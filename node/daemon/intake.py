@@ -36,14 +36,14 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Taken:
+class IntakeAnswer:
     """What the intake did with one task: the status a stream answer carries, and a short reason code."""
 
     status: AnswerStatus
     reason: str = ""
 
 
-ACCEPTED = Taken(AnswerStatus.ACCEPTED)
+ACCEPTED = IntakeAnswer(AnswerStatus.ACCEPTED)
 
 
 class TaskIntake:
@@ -80,7 +80,7 @@ class TaskIntake:
         """One task from gossip, verified and decoded: accept it (journal, admit) or say why not."""
         self.take(inbound)
 
-    def take(self, inbound: Inbound, direct: bool = False) -> Taken:
+    def take(self, inbound: Inbound, direct: bool = False) -> IntakeAnswer:
         """One task, verified and decoded: accept it (journal, admit) or say why not.
 
         `direct`: it came on a stream, whose answer says busy (no error result is sent).
@@ -95,7 +95,7 @@ class TaskIntake:
         if isinstance(decision, Ignore):
             self._metrics.ignore(decision.reason)
             task_log.debug("task not accepted", reason=decision.reason, detail=decision.detail)
-            return Taken(AnswerStatus.IGNORED, decision.reason)
+            return IntakeAnswer(AnswerStatus.IGNORED, decision.reason)
         # Only a task that will run is journalled with its body; a busy one keeps
         # just its row, so that its error result still goes through the outbox.
         runs = self._admission.would_admit(decision.model)
@@ -103,7 +103,7 @@ class TaskIntake:
             self.acceptance.seen.discard(task.task_id)
             reason = _busy_reason(self._admission)
             task_log.info("task busy", reason=reason, direct=True)
-            return Taken(AnswerStatus.BUSY, reason)
+            return IntakeAnswer(AnswerStatus.BUSY, reason)
         try:
             journalled = self._journal.record_accepted(
                 task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
@@ -114,11 +114,11 @@ class TaskIntake:
             self._metrics.ignore(reason)
             if (not_logged := self._journal_log.may_log(reason)) is not None:
                 task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
-            return Taken(AnswerStatus.IGNORED, reason)
+            return IntakeAnswer(AnswerStatus.IGNORED, reason)
         if not journalled:
             self._metrics.ignore("duplicate")
             task_log.debug("task not accepted", reason="duplicate", detail="already in the journal")
-            return Taken(AnswerStatus.IGNORED, "duplicate")
+            return IntakeAnswer(AnswerStatus.IGNORED, "duplicate")
         self._metrics.tasks_accepted.inc()
         accepted = AcceptedTask(
             task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log
@@ -129,7 +129,7 @@ class TaskIntake:
         except BusyError as exc:
             task_log.warning("task busy", reason=str(exc))
             self._spawn(self._runner.abandon(accepted, str(exc)))
-            return Taken(AnswerStatus.BUSY, _busy_reason(self._admission))
+            return IntakeAnswer(AnswerStatus.BUSY, _busy_reason(self._admission))
         return ACCEPTED
 
     def _on_error(self, exc: Exception) -> None:
