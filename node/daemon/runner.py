@@ -88,7 +88,7 @@ class TaskRunner:
                 await self._finish(accepted, started, error="interrupted: node shutting down")
                 raise
             except ExecutionProcessExitError as exit_error:
-                error = self._after_runtime_exit(accepted, exit_error)
+                error = self._after_process_exit(accepted, exit_error)
                 if error is None:
                     self._mark_running(accepted)
                     continue
@@ -114,7 +114,7 @@ class TaskRunner:
         """Send an error for a task that never started (cancelled while queued, or busy)."""
         await self._finish(accepted, time.time_ns(), error=reason)
 
-    def _after_runtime_exit(self, accepted: AcceptedTask, exit_error: ExecutionProcessExitError) -> str | None:
+    def _after_process_exit(self, accepted: AcceptedTask, exit_error: ExecutionProcessExitError) -> str | None:
         """None if the task runs once more, else its error text."""
         if accepted.task.task_id in exit_error.suspects:
             accepted.stalls += 1

@@ -82,7 +82,7 @@ class ExecutionPool:
     async def start(self) -> None:
         """Start one process per configured model; READY means loaded and probed.
 
-        A model whose runtime fails (missing file, too slow, a crash naming its signal)
+        A model whose execution process fails to start (missing file, too slow, a crash naming its signal)
         is logged and left out; NoUsableModelError if none is left.
         """
         problems = []
