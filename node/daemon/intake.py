@@ -94,7 +94,7 @@ class TaskIntake:
         decision = self.acceptance.decide(inbound.sender, task, now)
         if isinstance(decision, Ignore):
             self._metrics.ignore(decision.reason)
-            task_log.debug("task not accepted", reason=decision.reason, detail=decision.detail)
+            task_log.debug("task ignored", reason=decision.reason, detail=decision.detail)
             return IntakeAnswer(AnswerStatus.IGNORED, decision.reason)
         # Only a task that will run is journalled with its body; a busy one keeps
         # just its row, so that its error result still goes through the outbox.
@@ -113,11 +113,11 @@ class TaskIntake:
             reason = "journal_error"
             self._metrics.ignore(reason)
             if (not_logged := self._journal_log.may_log(reason)) is not None:
-                task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
+                task_log.error("task ignored", reason=reason, detail=str(exc), not_logged_since=not_logged)
             return IntakeAnswer(AnswerStatus.IGNORED, reason)
         if not journalled:
             self._metrics.ignore("duplicate")
-            task_log.debug("task not accepted", reason="duplicate", detail="already in the journal")
+            task_log.debug("task ignored", reason="duplicate", detail="already in the journal")
             return IntakeAnswer(AnswerStatus.IGNORED, "duplicate")
         self._metrics.tasks_accepted.inc()
         accepted = AcceptedTask(

@@ -96,7 +96,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, rpc: 
         except TooManyPendingError as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(PENDING_RETRY_AFTER)}) from None
         except TaskStoreError as exc:
-            log.error("task not accepted", error=str(exc))
+            log.error("task not stored", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
 
     @app.post("/v1/tasks", status_code=202, response_model=Accepted, tags=["tasks"])
