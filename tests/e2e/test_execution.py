@@ -249,7 +249,7 @@ async def test_grammar_that_crashes_llama_cpp_costs_one_restart(tmp_path: Path, 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
+async def test_an_execution_process_that_crashes_at_start_names_the_model_and_the_signal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:crash_at_start")

@@ -166,7 +166,7 @@ async def test_a_replayed_task_is_not_accepted_again_after_a_restart(tmp_path: P
     assert len([e for e in logs if e["event"] == "task accepted" and e.get("task_id") == original.task_id]) == 1
 
 
-async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journal(tmp_path: Path) -> None:
+async def test_floods_of_ignored_and_busy_tasks_leave_no_bodies_in_the_journal(tmp_path: Path) -> None:
     publisher = Identity.generate()
     settings = node_settings(tmp_path / "node", n_ctx=512, max_concurrent=1, max_queue=1)
     with structlog.testing.capture_logs() as logs:
