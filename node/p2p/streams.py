@@ -253,7 +253,7 @@ class StreamTable:
     async def _refuse(self, entry: _OpenStream, status: str, reason: str) -> None:
         """Answer with a refusal frame and close (best effort, bounded); reset if that fails."""
         self.refused += 1
-        log.info("stream refused", peer=entry.peer, status=status, reason=reason)
+        log.info("stream answered before its task was read", peer=entry.peer, status=status, reason=reason)
         with trio.move_on_after(1.0):
             try:
                 await entry.stream.write(encode_frame(refusal_frame(status, reason)))
