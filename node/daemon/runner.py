@@ -38,7 +38,7 @@ from node.daemon.outbox import ResultOutbox
 from node.daemon.rerun_gate import RerunGate
 from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
-from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofStep
+from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from node.wire.results import Output, clamp_count, result_body
 from workflows import EngineOptions, WorkflowResult
 from workflows.errors import INVALID_PROMPT
@@ -304,7 +304,7 @@ def proof_of(done: TaskDone) -> Proof | None:
     if done.traces is None:
         return None
     kept = done.traces[-MAX_PROOF_STEPS:]
-    return Proof(steps=[ProofStep.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
+    return Proof(steps=[ProofGeneration.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
 
 
 class _TaskFailure(Exception):
