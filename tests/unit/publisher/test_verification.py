@@ -67,7 +67,7 @@ async def test_each_lie_is_named(model: BatchedLlamaModel, scorer: TokenScorer) 
     fabricated = [0.0] * len(trace.logprobs)
     assert "claimed log-probability" in (_check(_proof(trace, logprobs=fabricated), text, scorer) or "")
     assert "no proof" in (_check(None, text, scorer) or "")
-    assert "no generation step" in (_check(Proof(steps=[]), text, scorer) or "")
+    assert "no generation to check" in (_check(Proof(steps=[]), text, scorer) or "")
     assert "not the text" in (_check(_proof(trace), FIXED_TEXT, scorer) or "")
     # A fixed answer with the real model's own numbers for its tokens: the sampler would not have picked them.
     fixed = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
