@@ -3,7 +3,7 @@ start`) or the bare P2P echo peer, both READY when they print `listening on <mul
 
 For the node, READY comes after its models are loaded and its P2P host listens.
 Memory and CPU time come from /proc/<pid>; which model class serves requests
-comes from the node's own `model_loaded` log line (its logger name).
+comes from the node's own `model loaded` log line (its logger name).
 """
 
 from __future__ import annotations
@@ -172,13 +172,13 @@ class PeerProcess:
         return total
 
     def model_class(self) -> str:
-        """Which model class the node loaded, from its `model_loaded` log line."""
+        """Which model class the node loaded, from its `model loaded` log line."""
         for line in self._log_lines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("event") == "model_loaded":
+            if entry.get("event") == "model loaded":
                 logger = str(entry.get("logger", ""))
                 name = _MODEL_CLASSES.get(logger, f"model class of logger {logger!r}")
                 return f"{name}, parallel {entry['parallel']}" if "parallel" in entry else name

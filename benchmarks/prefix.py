@@ -1,6 +1,6 @@
 """6. Prefix reuse: a workflow's second step whose prompt extends the first one's.
 
-Measured on the node's model runtime (prompt evaluation time is not visible from
+Measured on the batched llama.cpp runtime (prompt evaluation time is not visible from
 outside the node). Each round runs step 1, then step 2 on the same model, so
 step 2 can start from the KV cache step 1 left in its slot; the baseline is the
 same step 2 on a freshly loaded model, which has to evaluate the whole prompt.

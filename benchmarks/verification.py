@@ -35,7 +35,7 @@ from models.requests import ChatMessage, GenerationRequest
 from models.scoring import TokenScorer
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, VerificationError
-from node.wire.proof import Proof, ProofStep
+from node.wire.proof import Proof, ProofGeneration
 from tests.support.swapped_model import requantized_smollm2
 
 CONFIGS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (threads, parallel)
@@ -83,7 +83,7 @@ async def _generate(path: Path, threads: int, parallel: int, requests: list[Gene
 
 
 def _proof(trace: GenerationTrace, logprobs: list[float] | None = None) -> Proof:
-    step = ProofStep.model_validate(trace.model_dump())
+    step = ProofGeneration.model_validate(trace.model_dump())
     if logprobs is not None:
         step = step.model_copy(update={"logprobs": logprobs})
     return Proof(steps=[step])

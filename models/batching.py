@@ -121,7 +121,7 @@ class BatchedLlamaModel:
         # Every token's bytes for llguidance (~0.3 s): now, not under the vocab lock while tasks tokenize.
         await asyncio.to_thread(model.constraint_tokenizer)
         log.info(
-            "model_loaded",
+            "model loaded",
             model=name,
             path=str(path),
             parallel=parallel,
@@ -338,7 +338,7 @@ class BatchedLlamaModel:
         await self._embedder.close()
         with self._vocab_lock:
             self._vocab.close()
-        log.info("model_closed", model=self.name)
+        log.info("model closed", model=self.name)
 
 
 def _settle(future: asyncio.Future[Any], outcome: Outcome) -> None:

@@ -67,7 +67,7 @@ async def benchmark(model: BatchedLlamaModel) -> BenchResult:
         generation_tps=decoded / max(result.generation_seconds, 1e-6),
     )
     log.info(
-        "model_benchmarked",
+        "model benchmarked",
         model=model.name,
         prompt_tokens=result.prompt_tokens,
         prompt_tps=round(bench.prompt_tps, 1),
@@ -118,7 +118,7 @@ class ResultCache(Generic[M]):
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("benchmark_cache_unreadable", path=str(self.path), error=str(exc))
+            log.warning("benchmark cache unreadable", path=str(self.path), error=str(exc))
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -154,7 +154,7 @@ class ResultCache(Generic[M]):
         cached = None if fresh else self.get(model)
         if cached is not None:
             log.info(
-                "model_benchmark_cached",
+                "model benchmark cached",
                 model=model.name,
                 prompt_tps=round(cached.prompt_tps, 1),
                 generation_tps=round(cached.generation_tps, 1),

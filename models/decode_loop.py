@@ -3,7 +3,7 @@
 Every llama.cpp call on the context happens on the loop's own thread:
 loading, decoding, sampling, freeing. Other threads only `submit` requests and
 set their `cancelled` event. Each step:
-  1. admit queued requests into free slots (reusing a cached prompt prefix),
+  1. seat queued requests in free slots (reusing a cached prompt prefix),
   2. drop requests that were cancelled or ran past their deadline,
   3. build ONE batch: a token for every generating sequence, then prompt chunks
      of prefilling sequences up to n_batch tokens,
@@ -118,7 +118,7 @@ class DecodeLoop:
                 try:
                     self._step()
                 except Exception as exc:
-                    log.exception("batch_step_failed", model=self.name)
+                    log.exception("batch step failed", model=self.name)
                     self._fail_all(ModelError(f"generation on model {self.name} failed: {exc}"), queued=False)
         finally:
             self._fail_all(ModelClosedError(f"model {self.name} was closed during the request"), queued=True)
@@ -173,13 +173,13 @@ class DecodeLoop:
             return not self._closed
 
     def _step(self) -> None:
-        self._admit()
+        self._seat_queued()
         self._reap()
         occupied = [s for s in self._slots if s.active is not None]
         if occupied:
             self._decode_step(occupied)
 
-    def _admit(self) -> None:
+    def _seat_queued(self) -> None:
         while True:
             free = [s for s in self._slots if s.active is None]
             with self._wake:

@@ -1,4 +1,4 @@
-"""The request interface of the model runtime.
+"""The request interface of the batched llama.cpp runtime.
 
 Callers (the workflow engine, the node) submit a request and await its result.
 Cancelling the awaiting asyncio task cancels the request: an in-flight

@@ -131,7 +131,7 @@ class ModelStore:
         assert spec.file is not None
         self.models_dir.mkdir(parents=True, exist_ok=True)
         where = f"{spec.repo}/{spec.file}@{spec.revision} from {self.endpoint or 'the Hugging Face hub'}"
-        log.info("model_download_started", model=spec.name, source=where, to=str(self.models_dir))
+        log.info("model download started", model=spec.name, source=where, to=str(self.models_dir))
         self._check_reachable(spec, where)
         try:
             path = Path(
@@ -147,7 +147,7 @@ class ModelStore:
         except Exception as exc:  # the hub raises many types: HTTP, network, offline, disk
             raise DownloadError(f"could not download model {spec.name} ({where}): {type(exc).__name__}: {exc}") from exc
         self._verify(spec, path)
-        log.info("model_download_finished", model=spec.name, path=str(path), size=path.stat().st_size)
+        log.info("model download finished", model=spec.name, path=str(path), size=path.stat().st_size)
         return path
 
     def _check_reachable(self, spec: ModelSpec, where: str) -> None:
@@ -198,7 +198,7 @@ class ModelStore:
         metadata.unlink(missing_ok=True)
         if target.is_file():
             target.unlink()
-            log.info("model_removed", model=spec.name, path=str(target))
+            log.info("model removed", model=spec.name, path=str(target))
             return True
         return False
 

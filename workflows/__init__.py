@@ -5,10 +5,10 @@ It knows nothing of the network; models are reached only through `ModelBackend`.
 schema.py         Workflow: the pydantic models of the workflow format, `parse_workflow`
 schema_limits.py  caps on the JSON schemas a workflow hands to constrained decoding
 engine.py         `run_workflow`: walks the graph (steps, conditions, fallbacks, loops, limits)
-operators.py      `run_task`: one task's operator (generation, function calling, search, ...)
+operators.py      `run_step`: one step's operator (generation, function calling, search, ...)
 score_operator.py the `score` operator: log-probabilities of given token ids (verifying another node)
 conditions.py     the edge-condition expressions
-inputs.py         resolving inputs against memory, writing a task's outputs
+inputs.py         resolving inputs against memory, writing a step's outputs
 placeholders.py   filling `{{name}}` / `{name}` placeholders
 memory.py         a run's memory: cache, stacks, vector file store
 key_sources.py    which memory keys a workflow can ever fill (a miss on the others is deterministic)
@@ -30,7 +30,7 @@ from workflows.errors import (
     EgressRefusedError,
     LimitExceededError,
     ResultTooLargeError,
-    TaskError,
+    StepError,
     ToolError,
     WorkflowError,
     WorkflowValidationError,
@@ -47,7 +47,7 @@ __all__ = [
     "ResultTooLargeError",
     "SearchProvider",
     "Simple",
-    "TaskError",
+    "StepError",
     "ToolError",
     "ToolSettings",
     "Workflow",

@@ -40,6 +40,6 @@ async def evaluate(expression: Expression, value: str, expected: str, files: Fil
     try:
         a, b = float(value), float(expected)
     except ValueError:
-        log.warning("condition_not_numeric", expression=expression, value=value[:80], expected=expected[:80])
+        log.warning("condition value not numeric", expression=expression, value=value[:80], expected=expected[:80])
         return False
     return _NUMERIC[expression](a, b)

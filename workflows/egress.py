@@ -113,7 +113,7 @@ class EgressPolicy:
                 if not is_public(address) and not any(
                     e.permits(host, port, address) for e in self.settings.allow_entries
                 ):
-                    log.info("egress_refused", host=host, port=port, address=str(address))
+                    log.info("egress refused", host=host, port=port, address=str(address))
                     raise EgressRefusedError(
                         "tool request refused: the address is not public (loopback, private, link-local, "
                         "site-local, multicast or reserved) and not in the operator's allow-list"
@@ -167,7 +167,7 @@ async def fetch(
     except httpx.InvalidURL:
         raise ToolError("tool request: invalid URL") from None
     except httpx.HTTPError as e:
-        log.info("egress_failed", error=str(e))  # local log only: the text may hold the URL
+        log.info("egress failed", error=str(e))  # local log only: the text may hold the URL
         raise ToolError(f"tool request failed: {type(e).__name__}") from None
 
 
@@ -199,7 +199,7 @@ async def _exchange(
             finally:
                 await response.aclose()
             next_url = url.join(location)
-            log.debug("egress_redirect", frm=str(url), to=str(next_url), status=response.status_code)
+            log.debug("egress redirected", frm=str(url), to=str(next_url), status=response.status_code)
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                 method, json_body = "GET", None
             if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):

@@ -21,7 +21,7 @@ from workflows.errors import (
 from workflows.inputs import render, resolve, write_outputs
 from workflows.key_sources import KeySources
 from workflows.memory import Memory
-from workflows.operators import RunContext, run_task
+from workflows.operators import RunContext, run_step
 from workflows.options import EngineOptions, ToolSettings, capped
 from workflows.return_value import build_result
 from workflows.schema import Edge, Workflow
@@ -95,17 +95,16 @@ async def run_workflow(
         raise ResultTooLargeError(
             f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})"
         )
-    log.info("workflow_done", steps=progress.steps, completion_tokens=ctx.usage.completion_tokens)
     return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 
 
 async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _Progress) -> None:
-    node = workflow.steps[0].source
+    node = workflow.edges[0].source
     while (edge := _edge_from(workflow, node)) is not None:
         # Steps that never await (end, sample, memory-only) must not starve the loop.
         await asyncio.sleep(0)
-        task = workflow.task(node)
-        assert task is not None  # edge sources are validated to be tasks
+        step = workflow.step(node)
+        assert step is not None  # edge sources are validated to be steps
         if progress.steps >= max_steps:
             raise LimitExceededError(
                 "max_steps", f"max_steps exceeded: {max_steps} task executions done, task {node!r} would run next"
@@ -113,25 +112,25 @@ async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _
         progress.steps += 1
         progress.current = node
         try:
-            result = await run_task(task, ctx)
-            await write_outputs(task.outputs, result, ctx.memory)
+            result = await run_step(step, ctx)
+            await write_outputs(step.outputs, result, ctx.memory)
         except LimitExceededError:
             raise
         except (WorkflowError, ModelError) as e:
             if edge.fallback is None:
                 if isinstance(e, ModelError):
-                    raise ModelFailedError(f"task {task.id!r} failed: model error: {e}") from e
-                raise type(e)(f"task {task.id!r} failed: {e}") from e
-            log.info("task_failed_fallback", task=task.id, fallback=edge.fallback, error=str(e))
+                    raise ModelFailedError(f"task {step.id!r} failed: model error: {e}") from e
+                raise type(e)(f"task {step.id!r} failed: {e}") from e
+            log.info("step failed; taking its fallback", step=step.id, fallback=edge.fallback, error=str(e))
             node = edge.fallback
             continue
         node = await _next_node(edge, ctx)
-    if workflow.task(node) is not None and node not in ("_end", "__end"):
-        log.debug("workflow_stops_at_node_without_edge", node=node)
+    if workflow.step(node) is not None and node not in ("_end", "__end"):
+        log.debug("workflow stops at a node without an edge", node=node)
 
 
 def _edge_from(workflow: Workflow, node: str) -> Edge | None:
-    return next((edge for edge in workflow.steps if edge.source == node), None)
+    return next((edge for edge in workflow.edges if edge.source == node), None)
 
 
 async def _next_node(edge: Edge, ctx: RunContext) -> str:

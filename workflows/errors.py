@@ -51,26 +51,26 @@ class ResultTooLargeError(WorkflowError):
     """The result is larger than this node sends back."""
 
 
-class TaskError(WorkflowError):
-    """One task failed (a bad model answer, an empty stack, ...)."""
+class StepError(WorkflowError):
+    """One step failed (a bad model answer, an empty stack, ...)."""
 
 
-class InvalidTaskError(TaskError):
-    """A task cannot run as written (a missing required input, no message to send)."""
+class InvalidStepError(StepError):
+    """A step cannot run as written (a missing required input, no message to send)."""
 
     deterministic = True
 
 
-class ContextTooSmallError(InvalidTaskError):
+class ContextTooSmallError(InvalidStepError):
     """A generation's prompt plus max_tokens do not fit one slot of the model's context (refused before it ran)."""
 
 
-class UnsupportedSchemaError(InvalidTaskError):
-    """A task's JSON schema cannot be turned into a grammar."""
+class UnsupportedSchemaError(InvalidStepError):
+    """A step's JSON schema cannot be turned into a grammar."""
 
 
-class ModelFailedError(TaskError):
-    """The model failed while running a task (transient: another node may succeed)."""
+class ModelFailedError(StepError):
+    """The model failed while running a step (transient: another node may succeed)."""
 
 
 class ToolError(WorkflowError):

@@ -1,10 +1,10 @@
-"""Resolving an InputValue against memory, and writing a task's outputs."""
+"""Resolving an InputValue against memory, and writing a step's outputs."""
 
 from __future__ import annotations
 
-from workflows.errors import InvalidTaskError, LimitExceededError
+from workflows.errors import InvalidStepError, LimitExceededError
 from workflows.memory import Entry, Memory, render_entry
-from workflows.schema import RESULT_VALUE, InputValue, TaskInput, TaskOutput
+from workflows.schema import RESULT_VALUE, InputValue, StepInput, StepOutput
 
 # What an input resolves to: an entry, a list of entries, or None for "nothing".
 Resolved = Entry | list[Entry] | None
@@ -51,7 +51,7 @@ def check_rendered(size: int, limit: int | None) -> None:
         )
 
 
-async def resolve_inputs(inputs: list[TaskInput], memory: Memory, limit: int | None = None) -> dict[str, str]:
+async def resolve_inputs(inputs: list[StepInput], memory: Memory, limit: int | None = None) -> dict[str, str]:
     """Render every declared input; a required one that resolves to nothing fails.
 
     With `limit`, inputs rendering to more than `limit` characters together
@@ -67,15 +67,15 @@ async def resolve_inputs(inputs: list[TaskInput], memory: Memory, limit: int | N
                 if item.value.type == "input"
                 else (f"{item.value.type} {item.value.key!r}")
             )
-            raise InvalidTaskError(f"required input {item.name!r} ({source}) resolved to nothing")
+            raise InvalidStepError(f"required input {item.name!r} ({source}) resolved to nothing")
         rendered[item.name] = render(resolved)
         size += len(rendered[item.name])
         check_rendered(size, limit)
     return rendered
 
 
-async def write_outputs(outputs: list[TaskOutput], result: str, memory: Memory) -> None:
-    """Store the task's result (or literal values) where its outputs say."""
+async def write_outputs(outputs: list[StepOutput], result: str, memory: Memory) -> None:
+    """Store the step's result (or literal values) where its outputs say."""
     for out in outputs:
         value = result if out.value == RESULT_VALUE else out.value
         match out.type:

@@ -31,8 +31,8 @@ class KeySources:
         if prompt is not None:
             cache.add(INPUT_KEY)
         files = False
-        for task in workflow.tasks:
-            for out in task.outputs:
+        for step in workflow.steps:
+            for out in step.outputs:
                 if out.type == "write":
                     cache.add(out.key)
                 elif out.type == "push":

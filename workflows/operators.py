@@ -1,4 +1,4 @@
-"""The task operators: generation, function_calling(_raw), search, score, sample, end."""
+"""The step operators: generation, function_calling(_raw), search, score, sample, end."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from models.requests import ChatMessage, ContextOverflowError, GenerationRequest
 from workflows.backend import ModelBackend
 from workflows.errors import (
     ContextTooSmallError,
-    InvalidTaskError,
+    InvalidStepError,
     InvalidToolError,
     LimitExceededError,
     ModelFailedError,
-    TaskError,
+    StepError,
     UnsupportedSchemaError,
 )
 from workflows.inputs import check_rendered, render, resolve, resolve_inputs
@@ -23,7 +23,7 @@ from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
 from workflows.placeholders import fill
-from workflows.schema import InputValue, RegexSchema, Task, WorkflowConfig
+from workflows.schema import InputValue, RegexSchema, Step, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.score_operator import score
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
@@ -40,7 +40,7 @@ class Usage:
 
 @dataclass
 class RunContext:
-    """Everything a task needs while a workflow runs."""
+    """Everything a step needs while a workflow runs."""
 
     config: WorkflowConfig
     model: ModelBackend
@@ -49,7 +49,7 @@ class RunContext:
     options: EngineOptions
     rng: random.Random
     sources: KeySources | None = None  # what the task can fill: tells deterministic misses apart
-    streamed: str | None = None  # the task whose generation streams to `on_text` (workflows/streamed_step.py)
+    streamed: str | None = None  # the step whose generation streams to `on_text` (workflows/streamed_step.py)
     on_text: TextSink | None = None
     usage: Usage = field(default_factory=Usage)
 
@@ -68,26 +68,26 @@ class RunContext:
         return min(wanted, cap, left) if cap else min(wanted, left)
 
 
-async def run_task(task: Task, ctx: RunContext) -> str:
-    """Run one task's operator and return its result text."""
-    if task.operator == "end":
+async def run_step(step: Step, ctx: RunContext) -> str:
+    """Run one step's operator and return its result text."""
+    if step.operator == "end":
         return ""
-    if task.operator == "sample":
-        return await _sample(task, ctx)
-    if task.operator in ("generation", "function_calling", "function_calling_raw", "score") and not any(
-        m.content.strip() for m in task.messages
+    if step.operator == "sample":
+        return await _sample(step, ctx)
+    if step.operator in ("generation", "function_calling", "function_calling_raw", "score") and not any(
+        m.content.strip() for m in step.messages
     ):
         # Blank as written: no input can fill it on any node (a blank after filling depends on memory).
-        raise InvalidTaskError("the task has no non-empty message to send to the model")
+        raise InvalidStepError("the task has no non-empty message to send to the model")
     limit = ctx.options.max_memory_bytes
-    values = await resolve_inputs(task.inputs, ctx.memory, limit)
-    messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in task.messages]
-    match task.operator:
+    values = await resolve_inputs(step.inputs, ctx.memory, limit)
+    messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in step.messages]
+    match step.operator:
         case "generation":
-            on_text = ctx.on_text if task.id == ctx.streamed else None
-            return await generate(ctx, messages, task.json_schema, on_text)
+            on_text = ctx.on_text if step.id == ctx.streamed else None
+            return await generate(ctx, messages, step.json_schema, on_text)
         case "function_calling" | "function_calling_raw":
-            return await _function_call(ctx, messages, execute=task.operator == "function_calling")
+            return await _function_call(ctx, messages, execute=step.operator == "function_calling")
         case "search":
             return await _search(ctx, messages)
         case "score":
@@ -95,7 +95,7 @@ async def run_task(task: Task, ctx: RunContext) -> str:
             ctx.usage.prompt_tokens += prompt_tokens
             ctx.usage.completion_tokens += scored_tokens
             return text
-    raise AssertionError(f"unhandled operator {task.operator}")
+    raise AssertionError(f"unhandled operator {step.operator}")
 
 
 async def generate(
@@ -107,7 +107,7 @@ async def generate(
     """One model call; with a schema (a JSON schema, or a regex of JSON), the answer must parse as JSON."""
     messages = [m for m in messages if m.content.strip()]
     if not messages:
-        raise TaskError("the task has no non-empty message to send to the model")
+        raise StepError("the task has no non-empty message to send to the model")
     request = GenerationRequest(
         messages=messages,
         max_tokens=ctx.max_tokens,
@@ -131,7 +131,7 @@ async def generate(
             json.loads(generation.text)
         except ValueError:
             hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
-            raise TaskError(f"the model's answer is not complete JSON for the schema{hint}") from None
+            raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
     return generation.text
 
 
@@ -163,24 +163,24 @@ async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execut
 
 async def _search(ctx: RunContext, messages: list[ChatMessage]) -> str:
     if not messages:
-        raise InvalidTaskError("the search operator needs a message holding the query")
+        raise InvalidStepError("the search operator needs a message holding the query")
     content = messages[-1].content
     try:
         spec = json.loads(content)
     except ValueError:
         spec = {"query": content}  # lenient: a plain-text message is the query itself
     if not isinstance(spec, dict) or not isinstance(spec.get("query"), str):
-        raise TaskError('the search operator\'s last message must be a JSON object {"query": str, ...}')
+        raise StepError('the search operator\'s last message must be a JSON object {"query": str, ...}')
     n = spec.get("n_results", DEFAULT_SEARCH_RESULTS)
     return await web_search(ctx.tools, spec["query"], n if isinstance(n, int) else DEFAULT_SEARCH_RESULTS)
 
 
-async def _sample(task: Task, ctx: RunContext) -> str:
+async def _sample(step: Step, ctx: RunContext) -> str:
     """For each input pick one random entry of the stack it names (or the list it is)."""
     values: dict[str, str] = {}
     samples: list[str] = []
     size = 0
-    for item in task.inputs:
+    for item in step.inputs:
         resolved = await resolve(item.value, ctx.memory)
         values[item.name] = render(resolved)
         size += len(values[item.name])
@@ -188,13 +188,13 @@ async def _sample(task: Task, ctx: RunContext) -> str:
         pool = resolved if isinstance(resolved, list) else ctx.memory.get_all(render(resolved))
         if not pool:
             if resolved is None and _never_filled(ctx.sources, item.value):
-                raise InvalidTaskError(
+                raise InvalidStepError(
                     f"sample input {item.name!r}: {item.value.type} {item.value.key!r} is filled by no step "
                     "and no external_memory"
                 )
-            raise TaskError(f"sample input {item.name!r}: the stack it names is empty or missing")
+            raise StepError(f"sample input {item.name!r}: the stack it names is empty or missing")
         samples.append(render_entry(ctx.rng.choice(pool)))
-    prompt = fill(task.messages[-1].content, values, ctx.options.max_memory_bytes) if task.messages else ""
+    prompt = fill(step.messages[-1].content, values, ctx.options.max_memory_bytes) if step.messages else ""
     return "".join([prompt, *(f": {s}" for s in samples)])
 
 

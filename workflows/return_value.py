@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from workflows.errors import InvalidTaskError, ResultTooLargeError, WorkflowError
+from workflows.errors import InvalidStepError, ResultTooLargeError, WorkflowError
 from workflows.inputs import render, resolve
 from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
@@ -18,7 +18,7 @@ async def build_result(
 
     With `limit`, a post-processing step that would grow the text past `limit`
     characters raises ResultTooLargeError before it runs. An input that names
-    nothing raises InvalidTaskError (deterministic) when `sources` says nothing
+    nothing raises InvalidStepError (deterministic) when `sources` says nothing
     in the task can ever fill it, a plain WorkflowError otherwise.
     """
     values = spec.input if isinstance(spec.input, list) else [spec.input]
@@ -30,7 +30,7 @@ async def build_result(
         if item is None:
             where = f"return_value.input[{i}]" if isinstance(spec.input, list) else "return_value.input"
             if sources is not None and sources.never_filled(value):
-                raise InvalidTaskError(
+                raise InvalidStepError(
                     f"{where}: {value.type} {value.key!r} is filled by no step and no external_memory"
                 )
             raise WorkflowError(f"{where}: {value.type} {value.key!r} holds nothing at the end of the run")

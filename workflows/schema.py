@@ -1,4 +1,4 @@
-"""Pydantic models of the workflow format: config, tasks, steps, edges, return value.
+"""Pydantic models of the workflow format: config, steps (JSON `tasks`), edges (JSON `steps`), return value.
 
 Null-dumped and omitted optional fields mean the same thing: every model drops
 `null` values before validation so defaults apply.
@@ -66,16 +66,16 @@ class InputValue(_Model):
         return self
 
 
-class TaskInput(_Model):
-    """A named input of a task, rendered into its messages as a placeholder."""
+class StepInput(_Model):
+    """A named input of a step, rendered into its messages as a placeholder."""
 
     name: str
     value: InputValue
     required: bool = True
 
 
-class TaskOutput(_Model):
-    """Where a task's result (or a literal) goes after the task succeeds."""
+class StepOutput(_Model):
+    """Where a step's result (or a literal) goes after the step succeeds."""
 
     type: OutputType
     key: str
@@ -94,16 +94,16 @@ class RegexSchema:
     pattern: str
 
 
-class Task(_Model):
+class Step(_Model):
     """One node of the graph: an operator applied to filled-in messages."""
 
     id: str = Field(min_length=1)
     name: str = ""
     description: str = ""
     messages: list[Message] = Field(default_factory=list)
-    inputs: list[TaskInput] = Field(default_factory=list)
+    inputs: list[StepInput] = Field(default_factory=list)
     operator: Operator
-    outputs: list[TaskOutput] = Field(default_factory=list)
+    outputs: list[StepOutput] = Field(default_factory=list)
     json_schema: dict[str, Any] | RegexSchema | None = Field(default=None, alias="schema")
 
     @model_validator(mode="before")
@@ -124,7 +124,7 @@ class Task(_Model):
         elif not isinstance(raw, dict):
             raise ValueError("must be a JSON schema given as a string")  # noqa: TRY004 (pydantic wants ValueError)
         if isinstance(raw, dict):
-            check_schema(raw)  # grammar bombs stop here, before the model runtime sees them
+            check_schema(raw)  # grammar bombs stop here, before the batched runtime sees them
         try:  # a constraint the grammar engine refuses fails here, the same way on every node
             regex_grammar(raw.pattern) if isinstance(raw, RegexSchema) else json_schema_grammar(raw)
         except GrammarError as exc:
@@ -232,14 +232,15 @@ class ReturnValue(_Model):
 class Workflow(_Model):
     """A whole workflow; unknown top-level keys are ignored."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # The JSON names stay the format's (WORKFLOWS.md): `tasks` holds the steps, `steps` the edges.
+    model_config = ConfigDict(extra="ignore", populate_by_name=False)
 
     name: str = ""
     description: str = ""
     config: WorkflowConfig
     external_memory: dict[str, Any] = Field(default_factory=dict)
-    tasks: list[Task] = Field(min_length=1)
-    steps: list[Edge] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1, alias="tasks")
+    edges: list[Edge] = Field(min_length=1, alias="steps")
     return_value: ReturnValue
 
     @field_validator("external_memory")
@@ -256,17 +257,17 @@ class Workflow(_Model):
     @model_validator(mode="after")
     def _graph(self) -> Workflow:
         ids: set[str] = set()
-        for i, task in enumerate(self.tasks):
-            if task.id in ids:
-                raise _GraphError(f"tasks[{i}].id: duplicate task id {task.id!r}")
-            ids.add(task.id)
+        for i, step in enumerate(self.steps):
+            if step.id in ids:
+                raise _GraphError(f"tasks[{i}].id: duplicate task id {step.id!r}")
+            ids.add(step.id)
         known = ids | END_NODES
 
         def check(ref: str, path: str, allow_end: bool = True) -> None:
             if ref not in (known if allow_end else ids):
                 raise _GraphError(f"{path}: no task with id {ref!r}")
 
-        for i, edge in enumerate(self.steps):
+        for i, edge in enumerate(self.edges):
             check(edge.source, f"steps[{i}].source", allow_end=False)
             check(edge.target, f"steps[{i}].target")
             if edge.fallback is not None:
@@ -275,9 +276,9 @@ class Workflow(_Model):
                 check(edge.condition.target_if_not, f"steps[{i}].condition.target_if_not")
         return self
 
-    def task(self, task_id: str) -> Task | None:
-        """The task with this id, if declared."""
-        return next((t for t in self.tasks if t.id == task_id), None)
+    def step(self, step_id: str) -> Step | None:
+        """The step with this id, if declared."""
+        return next((s for s in self.steps if s.id == step_id), None)
 
 
 class _GraphError(ValueError):

@@ -3,7 +3,7 @@
 A schema becomes a grammar; a small schema can expand into a huge
 one (`maxLength: 10**9`, `minItems` in the millions, a regex `pattern` of
 nested counted repetitions). These caps run at workflow validation, before
-anything reaches the model runtime, and fail with a ValueError naming the cap.
+anything reaches the batched runtime, and fail with a ValueError naming the cap.
 """
 
 from __future__ import annotations

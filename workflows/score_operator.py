@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.requests import ContextOverflowError, ModelError, ScoreRequest, TokenOutOfVocabularyError
 from workflows.backend import ModelBackend
-from workflows.errors import ContextTooSmallError, InvalidTaskError, LimitExceededError, ModelFailedError
+from workflows.errors import ContextTooSmallError, InvalidStepError, LimitExceededError, ModelFailedError
 
 DIGITS = 4  # log-probabilities are sent rounded to 1e-4, as proofs carry them
 
@@ -36,13 +36,13 @@ class ScoreSpec(BaseModel):
 
 
 def parse_spec(content: str) -> ScoreSpec:
-    """The score request a message holds; InvalidTaskError naming what is wrong."""
+    """The score request a message holds; InvalidStepError naming what is wrong."""
     try:
         return ScoreSpec.model_validate_json(content)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise InvalidTaskError(
+        raise InvalidStepError(
             f'the score operator\'s last message must be JSON {{"promptTokens": [int], "tokens": [int]}} '
             f"({where}: {first['msg']})"
         ) from None
@@ -60,11 +60,11 @@ async def score(model: ModelBackend, allowed: int, content: str) -> tuple[str, i
             "max_tokens", f"{len(spec.tokens)} tokens to score, more than the {allowed} a generation may produce here"
         )
     if any(t < 0 for t in spec.prompt_tokens + spec.tokens):
-        raise InvalidTaskError("a token id to score is negative")
+        raise InvalidStepError("a token id to score is negative")
     try:
         scores = await model.score(ScoreRequest(prompt_tokens=spec.prompt_tokens, tokens=spec.tokens))
     except TokenOutOfVocabularyError as e:  # the same model file refuses it on every node
-        raise InvalidTaskError(f"a token id to score is outside the model's vocabulary: {e}") from e
+        raise InvalidStepError(f"a token id to score is outside the model's vocabulary: {e}") from e
     except ContextOverflowError as e:
         raise ContextTooSmallError(f"the tokens to score do not fit the model's context: {e}") from e
     except ModelError as e:

@@ -1,7 +1,7 @@
 """Which step of a workflow may stream its generation as the task's progress text.
 
 Progress text must be a prefix of the result, so only a generation whose text IS the
-result streams: the one `generation` task without a schema whose `write` output is the
+result streams: the one `generation` step without a schema whose `write` output is the
 only write to the cache key that `return_value` reads (a single `read`, no post-processing), and that can
 run at most once (no edge, fallback or condition leads from it back to itself). Any
 other shape streams nothing; the publisher still gets the result.
@@ -18,29 +18,29 @@ from workflows.schema import RESULT_VALUE, Workflow
 
 
 def streamed_step(workflow: Workflow) -> str | None:
-    """The id of the task whose generation is the result's text, or None when there is none."""
+    """The id of the step whose generation is the result's text, or None when there is none."""
     spec = workflow.return_value
     if isinstance(spec.input, list) or spec.input.type != "read" or spec.post_process:
         return None
     key = spec.input.key
-    writers = [(task, out) for task in workflow.tasks for out in task.outputs if out.type == "write" and out.key == key]
+    writers = [(step, out) for step in workflow.steps for out in step.outputs if out.type == "write" and out.key == key]
     if len(writers) != 1:
         return None
-    task, out = writers[0]
+    step, out = writers[0]
     if (
-        task.operator != "generation"
-        or task.json_schema is not None
+        step.operator != "generation"
+        or step.json_schema is not None
         or out.value != RESULT_VALUE
-        or _reaches_itself(workflow, task.id)
+        or _reaches_itself(workflow, step.id)
     ):
         return None
-    return task.id
+    return step.id
 
 
 def _reaches_itself(workflow: Workflow, start: str) -> bool:
     """Whether a path of edges (targets, conditions' other targets, fallbacks) leads from `start` back to it."""
     following: dict[str, set[str]] = {}
-    for edge in workflow.steps:
+    for edge in workflow.edges:
         nexts = following.setdefault(edge.source, set())
         nexts.add(edge.target)
         if edge.condition is not None:

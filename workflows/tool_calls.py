@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from models.requests import ChatMessage
-from workflows.errors import TaskError
+from workflows.errors import StepError
 from workflows.tools.base import Tool
 
 MAX_ITEMS = 10
@@ -61,7 +61,7 @@ def call_schema(tools: list[Tool], max_length: int) -> dict[str, Any]:
 
 
 def with_tool_prompt(messages: list[ChatMessage], tools: list[Tool]) -> list[ChatMessage]:
-    """The task's messages with a system message describing the tools first."""
+    """The step's messages with a system message describing the tools first."""
     listing = "\n".join(
         f"- {tool.name}: {tool.description} Parameters: {json.dumps(tool.parameters, separators=(',', ':'))}"
         for tool in tools
@@ -77,12 +77,12 @@ def with_tool_prompt(messages: list[ChatMessage], tools: list[Tool]) -> list[Cha
 
 
 def parse_call(text: str, tools: list[Tool]) -> dict[str, Any]:
-    """The call the model made; a TaskError if it is not one of `tools`."""
+    """The call the model made; a StepError if it is not one of `tools`."""
     try:
         call = json.loads(text)
     except ValueError:
-        raise TaskError(f"the model did not produce a complete tool call ({len(text)} characters of output)") from None
+        raise StepError(f"the model did not produce a complete tool call ({len(text)} characters of output)") from None
     names = {tool.name for tool in tools}
     if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments"), dict):
-        raise TaskError(f"the model's tool call is not a call to one of {sorted(names)}")
+        raise StepError(f"the model's tool call is not a call to one of {sorted(names)}")
     return {"name": call["name"], "arguments": call["arguments"]}

@@ -49,7 +49,7 @@ async def benchmark_remote(model: RemoteModel) -> BenchResult:
         generation_tps=decoded / max(generation_seconds, 1e-6),
     )
     log.info(
-        "model_benchmarked",
+        "model benchmarked",
         model=model.name,
         remote=True,
         completion_tokens=full.completion_tokens,

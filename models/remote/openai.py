@@ -135,7 +135,7 @@ class RemoteModel:
     def _set_available(self, up: bool, reason: str) -> None:
         if up != self.available:
             log.warning(
-                "remote engine " + ("back" if up else "down"),
+                "remote engine back" if up else "remote engine down",
                 model=self.name,
                 engine=self._endpoint.host,
                 reason=reason,
@@ -241,7 +241,7 @@ class RemoteModel:
             return
         self._closed = True
         await self._endpoint.close()
-        log.info("model_closed", model=self.name)
+        log.info("model closed", model=self.name)
 
 
 def _loop_time(deadline: float | None) -> float | None:

@@ -4,11 +4,11 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
 
     server.py           NodeServer: the lifecycle (startup, serve, shutdown); RunningNode: what startup opened
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
-    intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or refuse as busy)
+    intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or answer busy)
     direct.py           DirectIntake: a task on a direct-delivery stream: check, intake, answer at once
     routes.py           DirectRoutes: streams of accepted direct tasks, waiting for their results
     acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
-    admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or refuses it (busy)
+    admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or answers busy
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
     rerun_gate.py       RerunGate: a stall suspect's rerun runs alone on its model
     processes/          the execution processes (node/execution/), one per model: spawn, route, watch, restart

@@ -2,9 +2,9 @@
 
 Each hosted model runs at most its `concurrency` of tasks at once (by default
 its batched runtime's sequence slots) with at most `max_queue` more waiting; a
-task beyond that is refused at once (`BusyError`, which the caller turns into a
+task beyond that is busy at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
-it, is the free slots plus the queue room; none while paused or draining.
+it, is the free running places plus the queue room; none while paused or draining.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from node.wire.messages import TaskBody
 
 
 class BusyError(Exception):
-    """No slot and no queue room for this model, or the node is paused or draining."""
+    """No room to run or queue a task for this model, or the node is paused or draining."""
 
 
 @dataclass
@@ -57,10 +57,10 @@ class Admission:
         self._abandon = abandon
         self._concurrency = dict(concurrency)
         self._max_queue = max_queue
-        self._slots = {model: asyncio.Semaphore(limit) for model, limit in concurrency.items()}
+        self._run_permits = {model: asyncio.Semaphore(limit) for model, limit in concurrency.items()}
         self._admitted = {model: 0 for model in concurrency}
         self._running: dict[asyncio.Task[None], AcceptedTask] = {}
-        self.accepting = True
+        self.draining = False  # set by `drain` (and by shutdown before it): admits nothing more
         self._paused = paused
 
     @property
@@ -70,14 +70,14 @@ class Admission:
 
     def capacity(self, models: Collection[str] | None = None) -> tuple[int, int]:
         """(free, max) task places over all models, or over `models` only; 0 free while paused or draining."""
-        names = list(self._slots) if models is None else [m for m in self._slots if m in models]
+        names = list(self._run_permits) if models is None else [m for m in self._run_permits if m in models]
         total = sum(self._concurrency[m] for m in names) + self._max_queue * len(names)
-        if not self.accepting or self.paused:
+        if self.draining or self.paused:
             return 0, total
         return total - sum(self._admitted[m] for m in names), total
 
     def hosts(self, model: str) -> bool:
-        return model in self._slots
+        return model in self._run_permits
 
     @property
     def pending(self) -> int:
@@ -87,15 +87,15 @@ class Admission:
     def would_admit(self, model: str) -> bool:
         """Whether `admit` would admit a task for `model` now (asks, admits nothing)."""
         return (
-            self.accepting
+            not self.draining
             and not self.paused
-            and model in self._slots
+            and model in self._run_permits
             and self._admitted[model] < self._concurrency[model] + self._max_queue
         )
 
     def admit(self, accepted: AcceptedTask) -> None:
         """Admit the task or raise BusyError saying why."""
-        if not self.accepting:
+        if self.draining:
             raise BusyError("busy: node is shutting down")
         if self.paused:
             raise BusyError("busy: node is paused")
@@ -109,7 +109,7 @@ class Admission:
 
     async def _execute(self, accepted: AcceptedTask) -> None:
         try:
-            async with self._slots[accepted.model]:
+            async with self._run_permits[accepted.model]:
                 accepted.started = True
                 await self._run(accepted)
         except asyncio.CancelledError:
@@ -124,7 +124,7 @@ class Admission:
 
         Cancelled tasks publish their own error results. Returns how many were cancelled.
         """
-        self.accepting = False
+        self.draining = True
         if not self._running:
             return 0
         _, still_running = await asyncio.wait(set(self._running), timeout=timeout)

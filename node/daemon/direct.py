@@ -63,7 +63,7 @@ class DirectIntake:
         task = inbound.body
         assert isinstance(task, TaskBody)
         try:
-            taken = self._intake.take(inbound, direct=True)
+            outcome = self._intake.take(inbound, direct=True)
         except Exception:  # noqa: BLE001 - one task must never cost the stream handler
             log.exception("direct task intake failed", task_id=task.task_id)
             await self._answer(
@@ -71,8 +71,8 @@ class DirectIntake:
             )
             await stream.close()
             return
-        answer = StreamAnswer(task_id=task.task_id, status=taken.status, reason=taken.reason)
-        if taken.status is not AnswerStatus.ACCEPTED:
+        answer = StreamAnswer(task_id=task.task_id, status=outcome.status, reason=outcome.reason)
+        if answer.status is not AnswerStatus.ACCEPTED:
             await self._answer(stream, answer)
             await stream.close()
             return

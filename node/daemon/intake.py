@@ -1,11 +1,11 @@
 """Task intake: where a task enters the node, from gossip or from a direct-delivery stream.
 
 For each task that decodes: the acceptance rules decide (`acceptance.py`); an
-accepted task is recorded in the journal, then admitted to run, or refused as
+accepted task is recorded in the journal, then admitted to run, or answered
 busy (an error result "busy: ..."). A task that cannot be journalled (full
 disk, a locked file) is not accepted; the journal itself never runs out of
-room (see its docstring), so no number of publishers' keys makes it refuse
-one. One failing task never stops the intake.
+room (see its docstring), so no number of publishers' keys makes it turn
+one away. One failing task never stops the intake.
 A task that came on a stream (`take(..., direct=True)`) and finds no capacity is
 answered `busy` on its stream instead: it is not journalled and its id is
 forgotten, so that it may come back; it is never run twice either way.
@@ -36,18 +36,18 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Taken:
+class IntakeAnswer:
     """What the intake did with one task: the status a stream answer carries, and a short reason code."""
 
     status: AnswerStatus
     reason: str = ""
 
 
-ACCEPTED = Taken(AnswerStatus.ACCEPTED)
+ACCEPTED = IntakeAnswer(AnswerStatus.ACCEPTED)
 
 
 class TaskIntake:
-    """Decide -> journal -> admit (or refuse as busy), for every task the node receives."""
+    """Decide -> journal -> admit (or answer busy), for every task the node receives."""
 
     def __init__(
         self,
@@ -64,23 +64,23 @@ class TaskIntake:
         self._runner = runner
         self._metrics = metrics
         self._journal_log = LogWindow(journal_log_window_s)  # a full disk fails every task: log it once a window
-        self._refusals: set[asyncio.Task[None]] = set()  # busy error results on their way to the outbox
+        self._busy_answers: set[asyncio.Task[None]] = set()  # busy error results on their way to the outbox
 
     async def run(self, queue: asyncio.Queue[GossipMessage]) -> None:
         """Receive every task from the topic's queue, until cancelled."""
         await consume(queue, TASK_TOPIC, self.receive, self._on_error)
 
     async def close(self) -> None:
-        """Cancel the busy refusals still being answered (their results stay in the journal)."""
-        for refusal in self._refusals:
-            refusal.cancel()
-        await asyncio.gather(*self._refusals, return_exceptions=True)
+        """Cancel the busy error results still being sent (their results stay in the journal)."""
+        for answer in self._busy_answers:
+            answer.cancel()
+        await asyncio.gather(*self._busy_answers, return_exceptions=True)
 
     def receive(self, inbound: Inbound) -> None:
         """One task from gossip, verified and decoded: accept it (journal, admit) or say why not."""
         self.take(inbound)
 
-    def take(self, inbound: Inbound, direct: bool = False) -> Taken:
+    def take(self, inbound: Inbound, direct: bool = False) -> IntakeAnswer:
         """One task, verified and decoded: accept it (journal, admit) or say why not.
 
         `direct`: it came on a stream, whose answer says busy (no error result is sent).
@@ -94,16 +94,16 @@ class TaskIntake:
         decision = self.acceptance.decide(inbound.sender, task, now)
         if isinstance(decision, Ignore):
             self._metrics.ignore(decision.reason)
-            task_log.debug("task not accepted", reason=decision.reason, detail=decision.detail)
-            return Taken(AnswerStatus.IGNORED, decision.reason)
-        # Only a task that will run is journalled with its body; a refused one (busy) keeps
+            task_log.debug("task ignored", reason=decision.reason, detail=decision.detail)
+            return IntakeAnswer(AnswerStatus.IGNORED, decision.reason)
+        # Only a task that will run is journalled with its body; a busy one keeps
         # just its row, so that its error result still goes through the outbox.
         runs = self._admission.would_admit(decision.model)
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
             reason = _busy_reason(self._admission)
-            task_log.info("task refused", reason=reason, direct=True)
-            return Taken(AnswerStatus.BUSY, reason)
+            task_log.info("task busy", reason=reason, direct=True)
+            return IntakeAnswer(AnswerStatus.BUSY, reason)
         try:
             journalled = self._journal.record_accepted(
                 task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
@@ -113,12 +113,12 @@ class TaskIntake:
             reason = "journal_error"
             self._metrics.ignore(reason)
             if (not_logged := self._journal_log.may_log(reason)) is not None:
-                task_log.error("task not accepted", reason=reason, detail=str(exc), not_logged_since=not_logged)
-            return Taken(AnswerStatus.IGNORED, reason)
+                task_log.error("task ignored", reason=reason, detail=str(exc), not_logged_since=not_logged)
+            return IntakeAnswer(AnswerStatus.IGNORED, reason)
         if not journalled:
             self._metrics.ignore("duplicate")
-            task_log.debug("task not accepted", reason="duplicate", detail="already in the journal")
-            return Taken(AnswerStatus.IGNORED, "duplicate")
+            task_log.debug("task ignored", reason="duplicate", detail="already in the journal")
+            return IntakeAnswer(AnswerStatus.IGNORED, "duplicate")
         self._metrics.tasks_accepted.inc()
         accepted = AcceptedTask(
             task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log
@@ -127,9 +127,9 @@ class TaskIntake:
         try:
             self._admission.admit(accepted)
         except BusyError as exc:
-            task_log.warning("task refused", reason=str(exc))
+            task_log.warning("task busy", reason=str(exc))
             self._spawn(self._runner.abandon(accepted, str(exc)))
-            return Taken(AnswerStatus.BUSY, _busy_reason(self._admission))
+            return IntakeAnswer(AnswerStatus.BUSY, _busy_reason(self._admission))
         return ACCEPTED
 
     def _on_error(self, exc: Exception) -> None:
@@ -137,13 +137,13 @@ class TaskIntake:
         log.exception("task intake failed; the next task goes through as usual")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        refusal = asyncio.create_task(coro)
-        self._refusals.add(refusal)
-        refusal.add_done_callback(self._refusals.discard)
+        answer = asyncio.create_task(coro)
+        self._busy_answers.add(answer)
+        answer.add_done_callback(self._busy_answers.discard)
 
 
 def _busy_reason(admission: Admission) -> str:
     """The reason code of a `busy` answer: draining, paused or no_capacity."""
-    if not admission.accepting:
+    if admission.draining:
         return "draining"
     return "paused" if admission.paused else "no_capacity"

@@ -54,7 +54,7 @@ async def recover_interrupted(
 
 
 def _readmit(entry: JournalEntry, admission: Admission, task_log: structlog.typing.FilteringBoundLogger) -> bool:
-    if not entry.task_message:  # refused (busy) when it came: journalled without its body
+    if not entry.task_message:  # busy when it came: journalled without its body
         return False
     try:
         task = decode_task(entry.task_message)

@@ -7,7 +7,7 @@ failure, the execution process dying under it, or the node shutting down.
 Time limits are the daemon's: past the task's max_time or deadline it sends
 cancel, and a process that does not answer within `cancel_grace` is killed (its
 other tasks may run once more). A task whose process died runs once more if its
-deadline leaves time; one that crashes the runtime twice is poison. When the stall
+deadline leaves time; one that crashes its execution process twice is poison. When the stall
 watchdog killed the process (processes/stall.py), only the tasks inside the stalled
 native call are suspects: a sole suspect (the call was its own sampling) or a
 suspect for the second time gets `Invalid prompt: `; every other task is innocent
@@ -31,13 +31,13 @@ from node.daemon.admission import AcceptedTask
 from node.daemon.journal import Journal, JournalError
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
-from node.daemon.processes.handle import RuntimeExitError
+from node.daemon.processes.handle import ExecutionProcessExitError
 from node.daemon.processes.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.rerun_gate import RerunGate
 from node.execution.protocol import DEADLINE_BEFORE_START, DEADLINE_WHILE_RUNNING, RunTask, TaskDone, TaskFailed
 from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
-from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofStep
+from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from node.wire.results import Output, clamp_count, result_body
 from workflows.errors import INVALID_PROMPT, max_time_exceeded
 from workflows.options import capped
@@ -86,8 +86,8 @@ class TaskRunner:
             except asyncio.CancelledError:
                 await self._finish(accepted, started, error="interrupted: node shutting down")
                 raise
-            except RuntimeExitError as exit_error:
-                error = self._after_runtime_exit(accepted, exit_error)
+            except ExecutionProcessExitError as exit_error:
+                error = self._after_process_exit(accepted, exit_error)
                 if error is None:
                     self._mark_running(accepted)
                     continue
@@ -110,31 +110,33 @@ class TaskRunner:
             accepted.log.error("task not marked running in the journal", error=str(exc))
 
     async def abandon(self, accepted: AcceptedTask, reason: str) -> None:
-        """Send an error for a task that never started (cancelled while queued, or refused as busy)."""
+        """Send an error for a task that never started (cancelled while queued, or busy)."""
         await self._finish(accepted, time.time_ns(), error=reason)
 
-    def _after_runtime_exit(self, accepted: AcceptedTask, exit_error: RuntimeExitError) -> str | None:
+    def _after_process_exit(self, accepted: AcceptedTask, exit_error: ExecutionProcessExitError) -> str | None:
         """None if the task runs once more, else its error text."""
         if accepted.task.task_id in exit_error.suspects:
             accepted.stalls += 1
             if exit_error.sole_suspect or accepted.stalls >= 2:
                 accepted.log.error(
-                    "task stalled the model runtime: poison",
+                    "task stalled its execution process: poison",
                     sole_suspect=exit_error.sole_suspect,
                     stalls=accepted.stalls,
                     reason=exit_error.reason,
                 )
-                return f"{INVALID_PROMPT}the task stalled the model runtime (no progress in its native calls)"
+                return f"{INVALID_PROMPT}the task stalled its execution process (no progress in its native calls)"
         if exit_error.crash:
             accepted.crashes += 1
         if accepted.crashes >= 2:
-            accepted.log.error("task crashed the model runtime twice: poison", cause=exit_error.cause)
-            return f"{INVALID_PROMPT}the task crashed the model runtime twice ({exit_error.cause})"
+            accepted.log.error("task crashed its execution process twice: poison", cause=exit_error.cause)
+            return f"{INVALID_PROMPT}the task crashed its execution process twice ({exit_error.cause})"
         time_left = (accepted.task.deadline - time.time_ns()) / 1e9
         if accepted.reruns == 0 and time_left > RERUN_MIN_TIME_LEFT_S:
             accepted.reruns += 1
             accepted.log.warning(
-                "task runs again after its model runtime ended", cause=exit_error.cause, time_left_s=round(time_left, 1)
+                "task runs again after its execution process ended",
+                cause=exit_error.cause,
+                time_left_s=round(time_left, 1),
             )
             return None
         return exit_error.reason
@@ -165,7 +167,6 @@ class TaskRunner:
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
             raise _TaskFailure(outcome.error)
-        accepted.log.info("workflow finished", steps=outcome.steps, completion_tokens=outcome.completion_tokens)
         return Output(
             outcome.text,
             accepted.task.public_key,
@@ -185,7 +186,7 @@ class TaskRunner:
                 return _outcome(run)
             if not self._pool.cancel(accepted.model, request.task_id, reason):
                 run.cancel()  # still waiting for a process to come up
-                raise _TaskFailure(f"{reason} (waiting for the model runtime to restart)")
+                raise _TaskFailure(f"{reason} (waiting for the execution process to restart)")
             done, _ = await asyncio.wait({run}, timeout=self._cancel_grace_s)
             if done:
                 return _outcome(run)
@@ -259,7 +260,13 @@ class TaskRunner:
             received_at_ns=accepted.received_at_ns,
             ended_at_ns=ended,
         )
-        accepted.log.info("task finished", ok=error is None, error=error, elapsed_ms=(ended - started_ns) // 1_000_000)
+        accepted.log.info(
+            "task finished",
+            ok=error is None,
+            error=error,
+            completion_tokens=output.completion_tokens if output is not None else None,
+            elapsed_ms=(ended - started_ns) // 1_000_000,
+        )
         if self._ledger is not None:
             self._ledger.record(
                 LedgerEntry(
@@ -286,7 +293,7 @@ def proof_of(done: TaskDone) -> Proof | None:
     if done.traces is None:
         return None
     kept = done.traces[-MAX_PROOF_STEPS:]
-    return Proof(steps=[ProofStep.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
+    return Proof(steps=[ProofGeneration.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
 
 
 class _TaskFailure(Exception):

@@ -259,7 +259,7 @@ class NodeServer:
         self.notifier.stopping()
         if self._running is not None:
             parts = self._running.parts
-            parts.admission.accepting = False
+            parts.admission.draining = True
             await self._announce_draining(parts)
             await self._drain(parts.admission)
             await self._flush_results(parts)

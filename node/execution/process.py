@@ -133,7 +133,7 @@ class TaskHost:
 
     async def stop(self) -> None:
         for task_id, task in list(self._tasks.items()):
-            self._cancel_reasons[task_id] = "interrupted: model runtime stopping"
+            self._cancel_reasons[task_id] = "interrupted: execution process stopping"
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
@@ -149,7 +149,8 @@ class TaskHost:
             task_log.error("task ran out of memory")
             self._send(
                 TaskFailed(
-                    task_id=request.task_id, error="out of memory: the task exceeded the model runtime's memory limit"
+                    task_id=request.task_id,
+                    error="out of memory: the task exceeded its execution process's memory limit",
                 )
             )
         except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher

@@ -99,7 +99,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         try:
             return service.submit(key, requests, timeouts, caps)
         except DatabaseError as exc:
-            log.error("task not accepted", error=str(exc))
+            log.error("task not stored", error=str(exc))
             raise HTTPException(503, "the gateway cannot store tasks right now") from None
 
     @app.post("/v1/tasks", status_code=202, response_model=Accepted, tags=["tasks"])

@@ -1,12 +1,14 @@
 """Prometheus metrics of one node, on a registry of its own (no global state).
 
 The daemon updates the public attributes directly (``metrics.tasks_received.inc()``,
-``metrics.tasks_rejected.labels(reason="expired").inc()``) or through the few
+``metrics.tasks_rejected.labels(reason="bad_signature").inc()``) or through the few
 helpers below; ``render()`` produces the text that ``GET /metrics`` serves.
 All names carry the ``compute_node_`` prefix; counters get ``_total``.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,134 +31,94 @@ class NodeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.tasks_received = Counter(
-            "tasks_received", "Task messages received from the network", namespace=NAMESPACE, registry=r
-        )
+        counter = partial(Counter, namespace=NAMESPACE, registry=self.registry)
+        gauge = partial(Gauge, namespace=NAMESPACE, registry=self.registry)
+        histogram = partial(Histogram, namespace=NAMESPACE, registry=self.registry)
+        self.tasks_received = counter("tasks_received", "Task messages received from the network")
         # Exported as compute_node_tasks_taken_total, the name dashboards use: keep it.
-        self.tasks_accepted = Counter("tasks_taken", "Tasks accepted for execution", namespace=NAMESPACE, registry=r)
-        self.tasks_completed = Counter(
-            "tasks_completed", "Tasks that produced a result", namespace=NAMESPACE, registry=r
-        )
-        self.tasks_failed = Counter(
-            "tasks_failed", "Tasks that ended with an error result", namespace=NAMESPACE, registry=r
-        )
-        self.tasks_rejected = Counter(
+        self.tasks_accepted = counter("tasks_taken", "Tasks accepted for execution")
+        self.tasks_completed = counter("tasks_completed", "Tasks that produced a result")
+        self.tasks_failed = counter("tasks_failed", "Tasks that ended with an error result")
+        self.tasks_rejected = counter(
             "tasks_rejected",
-            "Tasks refused (invalid, expired, bad signature...), by reason",
+            "Task messages that failed validation (malformed, stale, bad signature...), by reason",
             ["reason"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.tasks_ignored = Counter(
+        self.tasks_ignored = counter(
             "tasks_ignored",
-            "Valid tasks not accepted (duplicate, no model, no capacity...), by reason",
+            "Valid tasks ignored: not for this node (not picked, no model, duplicate...), by reason",
             ["reason"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.task_latency_seconds = Histogram(
+        self.task_latency_seconds = histogram(
             "task_latency_seconds",
             "Time from receiving a task to publishing its result",
-            namespace=NAMESPACE,
-            registry=r,
             buckets=LATENCY_BUCKETS,
         )
-        self.task_queue_wait_seconds = Histogram(
+        self.task_queue_wait_seconds = histogram(
             "task_queue_wait_seconds",
-            "Time an accepted task waited for an admission slot",
-            namespace=NAMESPACE,
-            registry=r,
+            "Time an accepted task waited for its model's capacity",
             buckets=QUEUE_WAIT_BUCKETS,
         )
-        self.tokens_generated = Counter(
-            "tokens_generated", "Tokens generated, by model", ["model"], namespace=NAMESPACE, registry=r
-        )
-        self.tokens_per_second = Gauge(
+        self.tokens_generated = counter("tokens_generated", "Tokens generated, by model", ["model"])
+        self.tokens_per_second = gauge(
             "tokens_per_second",
             "Generation speed of the last completion, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.peers = Gauge("peers", "Connected libp2p peers", namespace=NAMESPACE, registry=r)
-        self.mesh_peers = Gauge(
-            "mesh_peers", "Gossipsub mesh peers, by topic", ["topic"], namespace=NAMESPACE, registry=r
-        )
-        self.gossip_dropped = Counter(
-            "gossip_dropped", "Gossip messages dropped: their topic's queue was full", namespace=NAMESPACE, registry=r
-        )
-        self.journal_backlog = Gauge(
-            "journal_backlog", "Finished results not yet published", namespace=NAMESPACE, registry=r
-        )
-        self.capacity_free = Gauge(
-            "capacity_free", "Admission slots free for new tasks", namespace=NAMESPACE, registry=r
-        )
-        self.tasks_running = Gauge("tasks_running", "Tasks executing now", namespace=NAMESPACE, registry=r)
-        self.remote_engine_up = Gauge(
+        self.peers = gauge("peers", "Connected libp2p peers")
+        self.mesh_peers = gauge("mesh_peers", "Gossipsub mesh peers, by topic", ["topic"])
+        self.gossip_dropped = counter("gossip_dropped", "Gossip messages dropped: their topic's queue was full")
+        self.journal_backlog = gauge("journal_backlog", "Finished results not yet published")
+        self.capacity_free = gauge("capacity_free", "Tasks that could start now without waiting (free capacity)")
+        self.tasks_running = gauge("tasks_running", "Tasks executing now")
+        self.remote_engine_up = gauge(
             "remote_engine_up",
             "1 while the remote engine of a model answers its health check, else 0, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.remote_engine_down = Counter(
+        self.remote_engine_down = counter(
             "remote_engine_down",
             "Times a remote engine went from up to down, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
 
-        self.exec_crashes = Counter(
+        self.exec_crashes = counter(
             "exec_crashes",
             "Execution processes that died (signal, abort, memory limit, unresponsive), by model and cause",
             ["model", "cause"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.exec_restarts = Counter(
+        self.exec_restarts = counter(
             "exec_restarts",
             "Execution processes restarted after they ended, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.exec_stalls = Counter(
+        self.exec_stalls = counter(
             "exec_stalls",
             "Execution processes killed because their decode loop made no progress, by model and native call",
             ["model", "call"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.exec_start_failures = Counter(
+        self.exec_start_failures = counter(
             "exec_start_failures",
             "Execution processes that failed to start (each is retried with backoff), by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.exec_process_up = Gauge(
+        self.exec_process_up = gauge(
             "exec_process_up",
             "1 while the model's execution process serves, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
-        self.exec_rss_bytes = Gauge(
+        self.exec_rss_bytes = gauge(
             "exec_rss_bytes",
             "Resident memory of the model's execution process, by model",
             ["model"],
-            namespace=NAMESPACE,
-            registry=r,
         )
 
     def reject(self, reason: str) -> None:
-        """Count a refused task under ``reason``."""
+        """Count a task message that failed validation under ``reason``."""
         self.tasks_rejected.labels(reason=reason).inc()
 
     def ignore(self, reason: str) -> None:
-        """Count a valid task that was not accepted, under ``reason``."""
+        """Count a valid task that is not for this node (ignored), under ``reason``."""
         self.tasks_ignored.labels(reason=reason).inc()
 
     def render(self) -> tuple[bytes, str]:

@@ -186,7 +186,7 @@ class P2PHost:
         try:
             await asyncio.wait_for(self._exited.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
-            log.error("p2p.stop_timeout", timeout_s=STOP_TIMEOUT_S)
+            log.error("p2p host did not stop in time", timeout_s=STOP_TIMEOUT_S)
             return
         self._thread.join(timeout=1.0)  # it has already left trio.run: returns at once
 
@@ -367,9 +367,9 @@ class P2PHost:
             self._ready.set_exception(P2PError(message))
         elif error is not None:
             if self._stopping:
-                log.warning("p2p.stopped_with_error", error=repr(error))
+                log.warning("p2p host stopped with an error", error=repr(error))
             else:
-                log.error("p2p.crashed", error=repr(error))
+                log.error("p2p host crashed", error=repr(error))
         self._stopping = True
         if self._exited is not None:
             self._exited.set()
@@ -389,7 +389,7 @@ class P2PHost:
         try:
             self._on_inbound_stream(stream, first)
         except Exception:  # noqa: BLE001 - one stream must never reach the event loop's handler
-            log.exception("p2p.inbound_stream_handler_failed", peer=peer_id)
+            log.exception("inbound stream handler failed", peer=peer_id)
             asyncio.ensure_future(stream.close(graceful=False))
 
     def _on_trio_stream_frame(self, stream_id: int, frame: bytes | None) -> None:  # on the Trio thread

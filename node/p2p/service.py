@@ -225,7 +225,7 @@ class P2PService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._housekeeping)
-                log.info("p2p.listening", peer_id=self.peer_id, addrs=self.listen_addrs)
+                log.info("p2p host listening", peer_id=self.peer_id, addrs=self.listen_addrs)
                 on_ready()
                 await self._stop_event.wait()  # type: ignore[union-attr]
                 await self._flush_outbound(STOP_GRACE_S / 3)
@@ -380,7 +380,7 @@ class P2PService:
             if forwarder == self._my_id and msg.from_id == self._my_id_bytes:
                 return True  # our own publish: size-checked already, and not delivered locally
             if len(msg.data) > limit:
-                log.debug("p2p.reject_oversize", topic=topic, size=len(msg.data), limit=limit)
+                log.debug("message rejected: oversize", topic=topic, size=len(msg.data), limit=limit)
                 return False
             if validator is None:
                 return True
@@ -388,7 +388,7 @@ class P2PService:
                 return bool(validator(topic, msg.data))
             except Exception:
                 # A raising sync validator would crash the libp2p host: count it as a reject.
-                log.warning("p2p.validator_error", topic=topic, exc_info=True)
+                log.warning("gossip validator raised", topic=topic, exc_info=True)
                 return False
 
         return check
@@ -407,7 +407,7 @@ class P2PService:
             try:
                 self._on_message(topic, msg.data, source)
             except Exception:
-                log.exception("p2p.sink_error", topic=topic)
+                log.exception("message sink failed", topic=topic)
 
     async def _wait_for_outbound_room(self) -> None:
         # publish() has no back-pressure and a full per-peer queue drops silently.
@@ -418,7 +418,7 @@ class P2PService:
                 self._stuck_peers |= busy
                 self.pacing_timeouts += 1
                 log.warning(
-                    "p2p.pacing_timeout",
+                    "pacing timed out",
                     waited_s=PACING_MAX_WAIT_S,
                     peers=[peer.to_base58() for peer in busy],
                     count=self.pacing_timeouts,

@@ -137,7 +137,7 @@ class StreamTable:
                     if not await entry.stream.read(READ_CHUNK_BYTES):
                         return  # EOF: the publisher half-closed; it may still read
                     self.refused += 1
-                    log.info("p2p.stream_protocol_violation", peer=entry.peer, detail="data after the task frame")
+                    log.info("stream broke the protocol", peer=entry.peer, detail="data after the task frame")
                 except StreamEOF:
                     return  # as above
                 except StreamError:
@@ -175,7 +175,7 @@ class StreamTable:
                         except StreamEOF:
                             entry.graceful = True  # the node finished: our FIN completes the close
                         except FrameError as exc:
-                            log.info("p2p.stream_bad_frame", peer=entry.peer, reason=exc.reason)
+                            log.info("stream sent a bad frame", peer=entry.peer, reason=exc.reason)
                         except StreamError:
                             pass
                         entry.done.set()
@@ -253,7 +253,7 @@ class StreamTable:
     async def _refuse(self, entry: _OpenStream, status: str, reason: str) -> None:
         """Answer with a refusal frame and close (best effort, bounded); reset if that fails."""
         self.refused += 1
-        log.info("p2p.stream_refused", peer=entry.peer, status=status, reason=reason)
+        log.info("stream answered before its task was read", peer=entry.peer, status=status, reason=reason)
         with trio.move_on_after(1.0):
             try:
                 await entry.stream.write(encode_frame(refusal_frame(status, reason)))

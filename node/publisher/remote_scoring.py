@@ -23,7 +23,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from node.wire.proof import Proof, ProofStep
+from node.wire.proof import Proof, ProofGeneration
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ class TokensRefusedError(Exception):
     """A scorer refused the proof's tokens the way every node would: the proof is at fault."""
 
 
-def score_workflow(step: ProofStep, timeout: float) -> dict[str, Any]:
+def score_workflow(step: ProofGeneration, timeout: float) -> dict[str, Any]:
     """The one-task workflow that scores `step`'s tokens (the shared workflow format + the `score` operator)."""
     spec = json.dumps({"promptTokens": step.prompt_tokens, "tokens": step.tokens}, separators=(",", ":"))
     return {
@@ -135,7 +135,7 @@ async def fetch_scores(
 
 
 async def _score_step(
-    runner: ScoreTaskRunner, model: str, step: ProofStep, exclude: set[str], timeout: float
+    runner: ScoreTaskRunner, model: str, step: ProofGeneration, exclude: set[str], timeout: float
 ) -> tuple[RemoteScores, str]:
     if not step.tokens:  # nothing to score; the checker sees no positions
         return RemoteScores(logprobs=[], best_logprobs=[], ranks=[], text="", prompt_text=""), ""

@@ -4,7 +4,7 @@
 prompt + chosen tokens in one pass and reports each chosen token's log-probability, the
 best token's and its rank (models.scoring.TokenScorer in the publisher's process; the
 publisher package does not import models, the caller hands one in). A result fails when:
-  - it has no proof, or a proof without a step (nothing to check);
+  - it has no proof, or a proof without a generation (nothing to check);
   - any claimed log-probability is further than `position_tolerance` from the re-scored one
     (a lie about the model's numbers, or another model's numbers);
   - the claimed log-probabilities are on average higher than the re-scored ones by more than
@@ -12,8 +12,8 @@ publisher package does not import models, the caller hands one in). A result fai
   - an unconstrained token could not have been sampled under the claimed settings: at
     temperature 0 a token that is not the model's best, above 0 one outside top-k 40 or the
     min-p 0.05 window (a fixed or foreign text the model would not produce);
-  - the result text is not the text of one of its steps (work done, but another answer sent);
-  - a step's prompt does not hold the publisher's own messages (node/publisher/prompt_match.py).
+  - the result text is not the text of one of its generations (work done, but another answer sent);
+  - a generation's prompt does not hold the publisher's own messages (node/publisher/prompt_match.py).
 The tolerances come from the measured spread of honest nodes (benchmarks/verification.py).
 
 The scorer is local when the publisher has the model file, else remote: a `score` task on
@@ -51,7 +51,7 @@ MEAN_TOLERANCE = 0.05
 # The sampler chain's candidate window (models/sampling.py): top-k 40, min-p 0.05.
 TOP_K = 40
 MIN_P_GAP = -math.log(0.05)
-# How much of the result text and a step's text must agree.
+# How much of the result text and a generation's text must agree.
 TEXT_PREFIX_CHARS = 64
 
 
@@ -107,26 +107,30 @@ class ProofChecker:
         if proof is None:
             raise VerificationError("the result carries no proof")
         if not proof.steps:
-            raise VerificationError("the proof has no generation step to check")
+            raise VerificationError("the proof has no generation to check")
         deviations: list[float] = []
         texts: list[str] = []
-        for number, step in enumerate(proof.steps):
+        for number, generation in enumerate(proof.steps):
             try:
-                scores = scorer.score(step.prompt_tokens, step.tokens)
+                scores = scorer.score(generation.prompt_tokens, generation.tokens)
             except Exception as exc:  # noqa: BLE001 - tokens the model cannot take are the node's fault
-                raise VerificationError(f"step {number}: tokens cannot be scored: {exc}") from None
+                raise VerificationError(f"generation {number}: tokens cannot be scored: {exc}") from None
             texts.append(scores.text)
-            if expected is not None and not expected.holds(scorer.prompt_text(step.prompt_tokens)):
-                raise VerificationError(f"step {number} was run on a prompt that does not hold the task's messages")
-            for i, (claimed, actual) in enumerate(zip(step.logprobs, scores.logprobs, strict=True)):
+            if expected is not None and not expected.holds(scorer.prompt_text(generation.prompt_tokens)):
+                raise VerificationError(
+                    f"generation {number} was run on a prompt that does not hold the task's messages"
+                )
+            for i, (claimed, actual) in enumerate(zip(generation.logprobs, scores.logprobs, strict=True)):
                 deviation = claimed - actual
                 if abs(deviation) > self.position_tolerance:
                     raise VerificationError(
-                        f"step {number} token {i}: claimed log-probability {claimed:.3f}, the model gives {actual:.3f}"
+                        f"generation {number} token {i}: claimed log-probability {claimed:.3f}, the model gives {actual:.3f}"
                     )
                 deviations.append(deviation)
-                if not step.constrained:
-                    self._sampleable(number, i, step.temperature, actual, scores.best_logprobs[i], scores.ranks[i])
+                if not generation.constrained:
+                    self._sampleable(
+                        number, i, generation.temperature, actual, scores.best_logprobs[i], scores.ranks[i]
+                    )
         mean = sum(deviations) / len(deviations) if deviations else 0.0
         if mean > self.mean_tolerance:
             raise VerificationError(
@@ -134,25 +138,27 @@ class ProofChecker:
                 f"(over {len(deviations)} tokens): another model's tokens"
             )
         if not any(_same_text(result_text, text) for text in texts):
-            raise VerificationError("the result text is not the text of any proven generation step")
+            raise VerificationError("the result text is not the text of any proven generation")
         worst = max((abs(d) for d in deviations), default=0.0)
         return Verdict(positions=len(deviations), max_deviation=worst, mean_bias=mean)
 
-    def _sampleable(self, step: int, i: int, temperature: float, logprob: float, best: float, rank: int) -> None:
+    def _sampleable(self, generation: int, i: int, temperature: float, logprob: float, best: float, rank: int) -> None:
         gap = best - logprob
         if temperature == 0.0:
             if rank > 0 and gap > self.position_tolerance:
-                raise VerificationError(f"step {step} token {i}: not the model's best token at temperature 0")
+                raise VerificationError(
+                    f"generation {generation} token {i}: not the model's best token at temperature 0"
+                )
         elif rank >= TOP_K or gap > MIN_P_GAP + self.position_tolerance:
-            raise VerificationError(f"step {step} token {i}: outside the sampler's top-k/min-p window")
+            raise VerificationError(f"generation {generation} token {i}: outside the sampler's top-k/min-p window")
 
 
-def _same_text(result: str, step_text: str) -> bool:
-    """The result and a step's output agree on their start (stop strings and templates cut the ends)."""
-    a, b = result.strip()[:TEXT_PREFIX_CHARS], step_text.strip()[:TEXT_PREFIX_CHARS]
+def _same_text(result: str, generated: str) -> bool:
+    """The result and a generation's output agree on their start (stop strings and templates cut the ends)."""
+    a, b = result.strip()[:TEXT_PREFIX_CHARS], generated.strip()[:TEXT_PREFIX_CHARS]
     if not a or not b:
         return a == b
-    return b.startswith(a) or a.startswith(b) or a in step_text or b in result
+    return b.startswith(a) or a.startswith(b) or a in generated or b in result
 
 
 class VerificationFailedError(Exception):

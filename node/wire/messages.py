@@ -184,7 +184,7 @@ class ResultBody(_Wire):
 
 
 class Capacity(_Wire):
-    """Task slots: free now, and the most the node runs at once."""
+    """Task places: free now, and the most the node runs at once."""
 
     free: Int64
     max: Int64

@@ -1,11 +1,11 @@
 """Proofs: what a node returns, encrypted next to its result, so a publisher can re-score its work.
 
 A task that asks for one (`TaskBody.proof`) gets, in `ResultBody.proof`, the hex ECIES of
-zlib-compressed JSON of a `Proof`: for every generation step of the workflow, the exact
+zlib-compressed JSON of a `Proof`: for every generation of the workflow's steps, the exact
 prompt token ids it ran on, the token ids it chose, each one's log-probability under the
 model and the sampling settings. docs/VERIFICATION.md has the design and threat model.
 
-`seal_proof` keeps the proof within a byte budget: steps are dropped oldest first (and
+`seal_proof` keeps the proof within a byte budget: generations are dropped oldest first (and
 counted in `omitted`) until it fits.
 """
 
@@ -34,7 +34,7 @@ class _ProofWire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, allow_inf_nan=False, extra="forbid")
 
 
-class ProofStep(_ProofWire):
+class ProofGeneration(_ProofWire):
     """One generation: its prompt tokens, chosen tokens and their log-probabilities, its sampling."""
 
     prompt_tokens: list[int] = Field(min_length=1, max_length=MAX_PROOF_TOKENS)
@@ -46,7 +46,7 @@ class ProofStep(_ProofWire):
     ignore_eos: bool = False
 
     @model_validator(mode="after")
-    def _aligned(self) -> ProofStep:
+    def _aligned(self) -> ProofGeneration:
         if len(self.tokens) != len(self.logprobs):
             raise ValueError("tokens and logprobs differ in length")
         if any(lp > 0.0 for lp in self.logprobs):
@@ -55,10 +55,10 @@ class ProofStep(_ProofWire):
 
 
 class Proof(_ProofWire):
-    """Every generation step of a task, in order (`omitted`: earlier steps left out to fit the message limit)."""
+    """Every generation of a task, in order, under the wire field `steps` (`omitted`: earlier ones left out to fit)."""
 
     version: int = PROOF_VERSION
-    steps: list[ProofStep] = Field(max_length=MAX_PROOF_STEPS)
+    steps: list[ProofGeneration] = Field(max_length=MAX_PROOF_STEPS)
     omitted: int = Field(default=0, ge=0)
 
 

@@ -91,7 +91,7 @@ async def test_a_replayed_task_id_runs_once(tmp_path) -> None:
         finally:
             await raw.stop()
     started = [e for e in logs if e["event"] == "task started" and e.get("task_id") == body.task_id]
-    duplicates = [e for e in logs if e["event"] == "task not accepted" and e.get("reason") == "duplicate"]
+    duplicates = [e for e in logs if e["event"] == "task ignored" and e.get("reason") == "duplicate"]
     assert len(started) == 1
     assert len(duplicates) == 2
 

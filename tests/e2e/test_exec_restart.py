@@ -56,5 +56,7 @@ async def test_a_start_that_breaks_the_protocol_is_retried_with_backoff_until_on
             await pool.close()
     failed = [entry for entry in logs if entry["event"] == "execution process restart failed"]
     assert [entry["failed_starts"] for entry in failed] == [1, 2]
-    assert all(entry["error_type"] == "RuntimeStartError" and "frame longer" in entry["error"] for entry in failed)
+    assert all(
+        entry["error_type"] == "ExecutionProcessStartError" and "frame longer" in entry["error"] for entry in failed
+    )
     assert [entry["retry_in_s"] for entry in failed] == [1.0, 2.0]  # backoff doubles

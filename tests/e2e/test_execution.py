@@ -116,7 +116,7 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             short_id = await h.submit(STORY, timeout=8)  # too little left: answered with the crash
             pid = await h.running(2)
             os.kill(pid, sig)
-            assert await h.failure(short_id) == f"model runtime crashed ({sig.name})"
+            assert await h.failure(short_id) == f"execution process crashed ({sig.name})"
 
             # The long task runs once more on the restarted process; crashing it again makes it poison.
             pid2 = await h.running(1, not_pid=pid)
@@ -136,8 +136,8 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
             assert status["up"] and status["pid"] == h.process().pid and status["crashes_in_window"] == 2
             h.assert_journal_all_ended([long_id, short_id])
     events = [entry["event"] for entry in logs]
-    assert "model leaves the heartbeats: its runtime crashed too often" in events
-    assert "model back in the heartbeats: its runtime restarted" in events
+    assert "model leaves the heartbeats: its execution process crashed too often" in events
+    assert "model back in the heartbeats: its execution process restarted" in events
     ended = [entry for entry in logs if entry["event"] == "execution process ended"]
     assert [entry["cause"] for entry in ended] == [sig.name, sig.name]
 
@@ -238,7 +238,7 @@ async def test_grammar_that_crashes_llama_cpp_costs_one_restart(tmp_path: Path, 
     async with _harness(node_settings(tmp_path)) as h:
         crash_id = await h.submit(f"{GRAMMAR_CRASH} please", timeout=8)
         pid = h.process().pid
-        assert await h.failure(crash_id) == "model runtime crashed (SIGABRT)"
+        assert await h.failure(crash_id) == "execution process crashed (SIGABRT)"
         assert h.crashes("SIGABRT") == 1
         await h.until(lambda: h.process() is not None and h.process().pid != pid)
         result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
@@ -248,7 +248,7 @@ async def test_grammar_that_crashes_llama_cpp_costs_one_restart(tmp_path: Path, 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
+async def test_an_execution_process_that_crashes_at_start_names_the_model_and_the_signal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:crash_at_start")
@@ -258,11 +258,15 @@ async def test_runtime_that_crashes_at_start_names_the_model_and_the_signal(
             assert server.running.pool.hosted == [MODEL]  # started without the crashing model
             assert server.running.parts.heartbeat.body().models == [MODEL]
     skipped = [entry for entry in logs if entry["event"] == "model skipped"]
-    assert [entry["error"] for entry in skipped] == ["model crashy: the runtime crashed while loading (SIGSEGV)"]
+    assert [entry["error"] for entry in skipped] == [
+        "model crashy: the execution process crashed while loading (SIGSEGV)"
+    ]
 
     server = NodeServer(node_settings(tmp_path / "b", models=["crashy"], registry=registry))
     try:
-        with pytest.raises(NoUsableModelError, match=r"model crashy: the runtime crashed while loading \(SIGSEGV\)"):
+        with pytest.raises(
+            NoUsableModelError, match=r"model crashy: the execution process crashed while loading \(SIGSEGV\)"
+        ):
             await server.startup()
     finally:
         await server.shutdown()

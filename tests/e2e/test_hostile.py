@@ -49,7 +49,13 @@ ROUNDS = 3  # the corpus is published this many times: memory must level off
 LOG_WAIT_S = 5.0
 RESULTS_WAIT_S = 60.0
 MAX_RSS_GROWTH_BYTES = 200 * 1024 * 1024
-CRASH_EVENTS = {"validator failed", "task crashed", "p2p.validator_error", "p2p.sink_error", "p2p.crashed"}
+CRASH_EVENTS = {
+    "validator failed",
+    "task crashed",
+    "gossip validator raised",
+    "message sink failed",
+    "p2p host crashed",
+}
 
 
 # --------------------------------------------------------------------------- against a node
@@ -98,7 +104,7 @@ class Run:
             if entry is None or entry["reason"] != expect.reason or entry["topic"] != case.topic:
                 self.failures.append(f"{case.name}: expected reject {expect.reason}, logged {entry}")
         elif expect.verdict == "ignore":
-            entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": built.task_id})
+            entry = await self.wait_for_log(since, {"event": "task ignored", "task_id": built.task_id})
             if entry is None or entry["reason"] != expect.reason:
                 self.failures.append(f"{case.name}: expected ignore {expect.reason}, logged {entry}")
         else:
@@ -122,7 +128,7 @@ class Run:
         envelope["timestamp"] = time.time_ns()
         since = len(self.logs)
         await self.peer.publish(TASK_TOPIC, json.dumps(envelope).encode("utf-8"))
-        entry = await self.wait_for_log(since, {"event": "task not accepted", "task_id": original.task_id})
+        entry = await self.wait_for_log(since, {"event": "task ignored", "task_id": original.task_id})
         if entry is None or entry["reason"] != "duplicate":
             self.failures.append(f"replayed task {original.task_id}: expected ignore duplicate, logged {entry}")
 

@@ -45,7 +45,7 @@ WARM_UP_EMBEDDINGS = {
     "steps": [{"source": "i", "target": "_end"}],
     "return_value": {"input": {"type": "string", "key": "ok"}},
 }
-CRASH_EVENTS = {"task crashed", "loop crashed, restarting", "loop failed", "p2p.crashed"}
+CRASH_EVENTS = {"task crashed", "loop crashed, restarting", "loop failed", "p2p host crashed"}
 
 
 @pytest.fixture

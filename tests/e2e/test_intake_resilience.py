@@ -114,7 +114,7 @@ async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_dis
                 for i in range(12):
                     await publish(peer, actors, echo_task(f"{i:02d}" + "x" * 30_000))
                     await asyncio.sleep(0.05)
-                entry = await logged(logs, since, event="task not accepted", reason="journal_error")
+                entry = await logged(logs, since, event="task ignored", reason="journal_error")
                 assert (
                     "database or disk is full" in entry["detail"] and str(node.running.journal.path) in entry["detail"]
                 )
@@ -159,7 +159,7 @@ async def test_a_replayed_task_is_not_accepted_again_after_a_restart(tmp_path: P
                     envelope["timestamp"] = time.time_ns()  # not signed: anyone can re-stamp it
                     since = len(logs)
                     await peer.publish(TASK_TOPIC, json.dumps(envelope).encode())
-                    entry = await logged(logs, since, event="task not accepted", task_id=original.task_id)
+                    entry = await logged(logs, since, event="task ignored", task_id=original.task_id)
                     assert entry["reason"] == reason
             finally:
                 await peer.stop()
@@ -167,7 +167,7 @@ async def test_a_replayed_task_is_not_accepted_again_after_a_restart(tmp_path: P
     assert len([e for e in logs if e["event"] == "task accepted" and e.get("task_id") == original.task_id]) == 1
 
 
-async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journal(tmp_path: Path) -> None:
+async def test_floods_of_ignored_and_busy_tasks_leave_no_bodies_in_the_journal(tmp_path: Path) -> None:
     publisher = Identity.generate()
     settings = node_settings(tmp_path / "node", n_ctx=512, max_concurrent=1, max_queue=1)
     with structlog.testing.capture_logs() as logs:
@@ -189,7 +189,7 @@ async def test_floods_of_unwanted_and_refused_tasks_leave_no_bodies_in_the_journ
                     )
                 deadline = time.monotonic() + WAIT_S
                 while time.monotonic() < deadline:
-                    ignored = [e for e in logs[since:] if e["event"] == "task not accepted"]
+                    ignored = [e for e in logs[since:] if e["event"] == "task ignored"]
                     if len(ignored) >= 200:
                         break
                     await asyncio.sleep(0.05)

@@ -69,9 +69,7 @@ async def test_task_for_a_model_no_node_hosts_times_out_naming_the_task(cluster:
             await cluster.client.execute(task, timeout=3)
     assert caught.value.task_id in str(caught.value)
     not_taken = [
-        entry
-        for entry in logs
-        if entry["event"] == "task not accepted" and entry.get("task_id") == caught.value.task_id
+        entry for entry in logs if entry["event"] == "task ignored" and entry.get("task_id") == caught.value.task_id
     ]
     assert len(not_taken) == 2, logs  # each node logged it
     assert all(entry["reason"] == "no_model" and "gemma3:270m" in entry["detail"] for entry in not_taken)

@@ -111,7 +111,7 @@ async def test_task_stalling_its_sampler_gets_invalid_prompt_and_its_co_runner_i
             answer = await node.wait(honest_id)
             answered_at = time.monotonic()
             assert answer.text.strip()
-            assert reason == "Invalid prompt: the task stalled the model runtime (no progress in its native calls)"
+            assert reason == "Invalid prompt: the task stalled its execution process (no progress in its native calls)"
             await node.until(lambda: not node.stalled())  # back in the heartbeats once restarted
             assert node.metric("compute_node_exec_stalls_total", {"model": MODEL, "call": "sample"}) == 1
             assert node.metric("compute_node_exec_crashes_total", {"model": MODEL, "cause": "stalled"}) == 0
@@ -119,7 +119,7 @@ async def test_task_stalling_its_sampler_gets_invalid_prompt_and_its_co_runner_i
     [stall] = _stall_logs(logs)
     assert stall["suspects"] == [stall_id] and stall["sole_suspect"] and stall["call"] == "sample"
     assert bound <= stall["stalled_s"] < bound + 5  # past the bound (rounded to 0.1 s), probed every second
-    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
+    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its execution process ended"]
     assert reruns == [honest_id]  # the co-runner ran again; the suspect did not
     print(  # for the record: -s shows how long each part took
         f"\nstall task sent at 0 s: out of heartbeats {stalled_at - submitted_at:.1f} s, process killed"
@@ -147,7 +147,7 @@ async def test_task_stalling_a_batch_decode_twice_gets_invalid_prompt_and_the_in
             answer = await node.wait(honest_id)
             assert answer.text.strip()
             reason = await node.failure(stall_id)
-            assert reason == "Invalid prompt: the task stalled the model runtime (no progress in its native calls)"
+            assert reason == "Invalid prompt: the task stalled its execution process (no progress in its native calls)"
             assert node.metric("compute_node_exec_stalls_total", {"model": MODEL, "call": "decode"}) == 2
             await node.until(lambda: not node.stalled())
             result = await node.wait(await node.submit("Say hi.", timeout=60))
@@ -155,7 +155,7 @@ async def test_task_stalling_a_batch_decode_twice_gets_invalid_prompt_and_the_in
     stalls = _stall_logs(logs)
     assert [(s["call"], s["suspects"], s["sole_suspect"]) for s in stalls] == [("decode", [stall_id], False)] * 2
     print(f"\ndecode stalls (seconds, bound): {[(s['stalled_s'], s['bound_s']) for s in stalls]}")
-    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
+    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its execution process ended"]
     assert sorted(reruns) == sorted([honest_id, stall_id])
 
 
@@ -177,5 +177,5 @@ async def test_task_past_max_time_that_does_not_stop_is_killed_and_its_co_runner
             assert answer.text.strip()
     # max_time + the daemon's margin + exec_cancel_grace, then the kill (generous: a loaded machine)
     assert killed_at - submitted_at < 2 + 2 + settings.exec_cancel_grace + 10
-    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its model runtime ended"]
+    reruns = [e["task_id"] for e in logs if e["event"] == "task runs again after its execution process ended"]
     assert reruns == [honest_id]

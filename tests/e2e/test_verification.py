@@ -60,7 +60,7 @@ async def test_a_fixed_string_node_fails_verification(
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.dishonest_runtimes:fixed_string")
     result = await _run_one(tmp_path, scorer, timeout=120)
     assert isinstance(result, VerificationFailedTaskError), result
-    assert "no generation step" in result.reason
+    assert "no generation to check" in result.reason
     assert FIXED_TEXT not in str(result)  # the error names the rule, not the answer
 
 

@@ -1,4 +1,4 @@
-"""Dishonest model runtimes for verification tests (COMPUTE_NODE_TEST_EXEC_WRAPPER=tests.support.dishonest_runtimes:NAME).
+"""Dishonest loaded models for verification tests (COMPUTE_NODE_TEST_EXEC_WRAPPER=tests.support.dishonest_runtimes:NAME).
 
 Each wraps the real loaded model of a real node's execution process, so the node, its
 heartbeats and its result envelopes are all genuine; only the work is not:

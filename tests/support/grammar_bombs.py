@@ -99,7 +99,7 @@ WORKFLOW_BOMBS = [
     ),
 ]
 
-# Past the workflow caps, so only a caller of the model runtime itself can send them.
+# Past the workflow caps, so only a caller of the batched runtime itself can send them.
 RUNTIME_BOMBS = [
     GrammarBomb("regex_5000_open_parens", regex="(" * 5000),
     GrammarBomb("schema_enum_20000", json_schema={"enum": [f"value number {i}" for i in range(20000)]}),

@@ -4,7 +4,7 @@
 node.execution.process`), hands it one end of a socketpair, sends `configure`
 and waits for `ready`. A reader task then routes answers to the tasks waiting for
 them. When the process ends, for whatever reason, every task still on it gets a
-`RuntimeExitError` naming the signal or exit code, and `on_exit` is called once.
+`ExecutionProcessExitError` naming the signal or exit code, and `on_exit` is called once.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class RuntimeExitError(Exception):
+class ExecutionProcessExitError(Exception):
     """The execution process ended while a task was on it.
 
     `crash` is True when it died by itself (a signal, an abort, its memory limit) and
@@ -73,7 +73,7 @@ class RuntimeExitError(Exception):
         self.sole_suspect = sole_suspect
 
 
-class RuntimeStartError(Exception):
+class ExecutionProcessStartError(Exception):
     """The execution process could not load its model (the message names model and cause)."""
 
 
@@ -103,7 +103,7 @@ class ExecutionProcess:
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
-        self._exit: RuntimeExitError | None = None  # set by kill() before the process ends
+        self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
 
@@ -121,7 +121,7 @@ class ExecutionProcess:
         return self._proc is not None and not self.exited.is_set()
 
     async def start(self, timeout: float) -> Ready:
-        """Spawn, configure and wait for `ready`; RuntimeStartError names the model and the cause."""
+        """Spawn, configure and wait for `ready`; ExecutionProcessStartError names the model and the cause."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -155,31 +155,37 @@ class ExecutionProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
-            raise RuntimeStartError(f"model {self.model}: the runtime did not load within {timeout:g} s") from None
+            raise ExecutionProcessStartError(
+                f"model {self.model}: the execution process did not load within {timeout:g} s"
+            ) from None
         try:
             message = decode_from_child(first) if first is not None else None
         except ProtocolError as exc:
             self._proc.kill()
             await self._reap(reader)
-            raise RuntimeStartError(f"model {self.model}: {exc}") from None
+            raise ExecutionProcessStartError(f"model {self.model}: {exc}") from None
         if not isinstance(message, Ready):
             await self._reap(reader)
             if isinstance(message, LoadFailed):
-                raise RuntimeStartError(f"model {self.model}: {message.error}")
+                raise ExecutionProcessStartError(f"model {self.model}: {message.error}")
             cause = describe_exit(self._proc.returncode)
-            raise RuntimeStartError(f"model {self.model}: the runtime crashed while loading ({cause})")
+            raise ExecutionProcessStartError(
+                f"model {self.model}: the execution process crashed while loading ({cause})"
+            )
         self.ready = message
         self._reader_task = asyncio.create_task(self._read(reader), name=f"exec-{self.model}")
         log.info("execution process started", model=self.model, pid=self.pid, parallel=message.parallel)
         return message
 
     async def run(self, request: RunTask, on_delta: Callable[[str], None] | None = None) -> TaskDone | TaskFailed:
-        """Send a task and wait for its answer; RuntimeExitError if the process ends first.
+        """Send a task and wait for its answer; ExecutionProcessExitError if the process ends first.
 
         `on_delta` gets the `delta` messages of a streaming request (`request.stream`), in order.
         """
         if self._exit is not None or not self.alive:
-            raise self._exit or RuntimeExitError("model runtime is not running", crash=False, cause="stopped")
+            raise self._exit or ExecutionProcessExitError(
+                "execution process is not running", crash=False, cause="stopped"
+            )
         future: asyncio.Future[TaskDone | TaskFailed] = asyncio.get_running_loop().create_future()
         self._pending[request.task_id] = future
         if on_delta is not None:
@@ -221,11 +227,11 @@ class ExecutionProcess:
         suspects: frozenset[str] = frozenset(),
         sole_suspect: bool = False,
     ) -> None:
-        """SIGKILL the process; its tasks get RuntimeExitError(reason)."""
+        """SIGKILL the process; its tasks get ExecutionProcessExitError(reason)."""
         if self._proc is None or self.exited.is_set():
             return
         if self._exit is None:
-            self._exit = RuntimeExitError(
+            self._exit = ExecutionProcessExitError(
                 reason, crash=crash, cause=cause, suspects=suspects, sole_suspect=sole_suspect
             )
         try:
@@ -236,7 +242,9 @@ class ExecutionProcess:
     async def close(self, timeout: float) -> None:
         """Ask the process to stop (end of stream), kill it if it has not after `timeout` s."""
         if self._exit is None:
-            self._exit = RuntimeExitError("interrupted: model runtime stopped", crash=False, cause="stopped")
+            self._exit = ExecutionProcessExitError(
+                "interrupted: execution process stopped", crash=False, cause="stopped"
+            )
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()
         if self._proc is None:
@@ -269,11 +277,13 @@ class ExecutionProcess:
                 self._dispatch(decode_from_child(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
-            self.kill(f"model runtime failed: {exc}", crash=True, cause="protocol")
+            self.kill(f"execution process failed: {exc}", crash=True, cause="protocol")
         finally:
             await self._reap(reader)
             cause = describe_exit(self._proc.returncode if self._proc else None)
-            exit_error = self._exit or RuntimeExitError(f"model runtime crashed ({cause})", crash=True, cause=cause)
+            exit_error = self._exit or ExecutionProcessExitError(
+                f"execution process crashed ({cause})", crash=True, cause=cause
+            )
             self._exit = exit_error
             for future in [*self._pending.values(), *self._probes.values()]:
                 if not future.done():
@@ -282,7 +292,7 @@ class ExecutionProcess:
             self._on_exit(self)
 
     @property
-    def exit_error(self) -> RuntimeExitError | None:
+    def exit_error(self) -> ExecutionProcessExitError | None:
         return self._exit
 
     def _dispatch(self, message: Message) -> None:

@@ -25,7 +25,7 @@ import structlog
 
 from config.settings import Settings
 from node.daemon.failures import RecentFailures
-from node.daemon.processes.handle import ExecutionProcess, RuntimeExitError, RuntimeStartError
+from node.daemon.processes.handle import ExecutionProcess, ExecutionProcessExitError, ExecutionProcessStartError
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
@@ -49,7 +49,7 @@ class ModelUnavailableError(Exception):
 
 
 @dataclass
-class _Slot:
+class _ModelEntry:
     """One model's process and its crash history."""
 
     model: str
@@ -69,10 +69,10 @@ class ExecutionPool:
 
     def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
         self._settings = settings
-        # The node's identity key stays in the daemon: a runtime has no use for it.
+        # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = settings.model_dump(mode="json", exclude={"secret_key"})
         self._metrics = metrics
-        self._slots: dict[str, _Slot] = {}
+        self._entries: dict[str, _ModelEntry] = {}
         self.hosted: list[str] = []  # models whose process started; the node's models
         self.parallel: dict[str, int] = {}
         self.tps: dict[str, float] = {}
@@ -82,7 +82,7 @@ class ExecutionPool:
     async def start(self) -> None:
         """Start one process per configured model; READY means loaded and probed.
 
-        A model whose runtime fails (missing file, too slow, a crash naming its signal)
+        A model whose execution process fails to start (missing file, too slow, a crash naming its signal)
         is logged and left out; NoUsableModelError if none is left.
         """
         problems = []
@@ -100,66 +100,66 @@ class ExecutionPool:
             raise NoUsableModelError("no usable model: " + "; ".join(problems))
 
     async def _start_first(self, name: str) -> None:
-        slot = _Slot(name)
-        ready = await self._spawn(slot)
-        self._slots[name] = slot
+        entry = _ModelEntry(name)
+        ready = await self._spawn(entry)
+        self._entries[name] = entry
         self.parallel[name] = ready.parallel
         if ready.generation_tps is not None:
             self.tps[name] = ready.generation_tps
             self._metrics.tokens_per_second.labels(model=name).set(ready.generation_tps)
-        slot.watcher = asyncio.create_task(self._watch(slot), name=f"exec-watch-{name}")
+        entry.watcher = asyncio.create_task(self._watch(entry), name=f"exec-watch-{name}")
 
-    async def _spawn(self, slot: _Slot) -> Ready:
-        """Start a process for the slot; RuntimeStartError whatever went wrong (the process is gone then)."""
-        process = ExecutionProcess(slot.model, self._settings_json, self._on_exit)
+    async def _spawn(self, entry: _ModelEntry) -> Ready:
+        """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
+        process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
         try:
             ready = await process.start(self._settings.exec_start_timeout)
-        except RuntimeStartError:
+        except ExecutionProcessStartError:
             raise
         except Exception as exc:  # a broken first line, a socket error...: the same as any failed start
             await process.close(1.0)
-            raise RuntimeStartError(
-                f"model {slot.model}: the runtime failed to start ({type(exc).__name__}: {exc})"
+            raise ExecutionProcessStartError(
+                f"model {entry.model}: the execution process failed to start ({type(exc).__name__}: {exc})"
             ) from exc
         try:
             await process.probe(PROBE_TIMEOUT_S)
-        except (TimeoutError, RuntimeExitError) as exc:
+        except (TimeoutError, ExecutionProcessExitError) as exc:
             await process.close(1.0)
-            raise RuntimeStartError(
-                f"model {slot.model}: the runtime did not answer its health probe ({exc})"
+            raise ExecutionProcessStartError(
+                f"model {entry.model}: the execution process did not answer its health probe ({exc})"
             ) from None
-        slot.process = process
-        learned = slot.stall.seconds_per_token if slot.stall is not None else 0.0
-        slot.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
-        slot.ready.set()
-        self._metrics.exec_process_up.labels(model=slot.model).set(1)
+        entry.process = process
+        learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
+        entry.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
+        entry.ready.set()
+        self._metrics.exec_process_up.labels(model=entry.model).set(1)
         return ready
 
     async def close(self) -> None:
         """Stop every process (their running tasks end with an 'interrupted' error)."""
         self._closing = True
-        for slot in self._slots.values():
-            for task in (slot.restarter, slot.watcher, slot.prober):
+        for entry in self._entries.values():
+            for task in (entry.restarter, entry.watcher, entry.prober):
                 if task is not None:
                     task.cancel()
-        await asyncio.gather(*(s.process.close(10.0) for s in self._slots.values() if s.process is not None))
+        await asyncio.gather(*(s.process.close(10.0) for s in self._entries.values() if s.process is not None))
 
     # ----------------------------------------------------------------- serving
     def available(self) -> list[str]:
         """Models to take tasks for: hosted, and not crash-looping (a restarting one queues them)."""
-        return [name for name in self.hosted if not self._slots[name].benched]
+        return [name for name in self.hosted if not self._entries[name].benched]
 
     def advertised(self) -> list[str]:
         """Models to announce in heartbeats: available, with a process up and not stalling."""
         now = time.monotonic()
-        return [name for name in self.available() if self._serving_now(self._slots[name], now)]
+        return [name for name in self.available() if self._serving_now(self._entries[name], now)]
 
     @staticmethod
-    def _serving_now(slot: _Slot, now: float) -> bool:
-        process = slot.process
-        if not slot.ready.is_set() or process is None or not process.alive:
+    def _serving_now(entry: _ModelEntry, now: float) -> bool:
+        process = entry.process
+        if not entry.ready.is_set() or process is None or not process.alive:
             return False
-        return slot.stall is None or not slot.stall.lagging(now)
+        return entry.stall is None or not entry.stall.lagging(now)
 
     def available_tps(self) -> dict[str, float]:
         """Measured generation speed of the models in the heartbeats."""
@@ -167,21 +167,21 @@ class ExecutionPool:
         return {name: tps for name, tps in self.tps.items() if name in advertised}
 
     def process(self, model: str) -> ExecutionProcess | None:
-        slot = self._slots.get(model)
-        return slot.process if slot is not None and slot.ready.is_set() else None
+        entry = self._entries.get(model)
+        return entry.process if entry is not None and entry.ready.is_set() else None
 
     async def run(
         self, model: str, request: RunTask, on_delta: Callable[[str], None] | None = None
     ) -> TaskDone | TaskFailed:
         """Run on `model`'s process, waiting for it while it restarts (the caller bounds the wait);
         `on_delta` gets a streaming request's text deltas."""
-        slot = self._slots.get(model)
-        if slot is None:
+        entry = self._entries.get(model)
+        if entry is None:
             raise ModelUnavailableError(f"model {model} is not served here")
         while True:
-            await slot.ready.wait()
-            if slot.process is not None and slot.process.alive:
-                return await slot.process.run(request, on_delta)
+            await entry.ready.wait()
+            if entry.process is not None and entry.process.alive:
+                return await entry.process.run(request, on_delta)
             await asyncio.sleep(0)  # exited after `ready` was set: the exit callback clears it
 
     def cancel(self, model: str, task_id: str, reason: str) -> bool:
@@ -198,128 +198,128 @@ class ExecutionPool:
         if process is not None:
             log.error("killing execution process", model=model, pid=process.pid, reason=reason)
             process.kill(
-                "interrupted: model runtime restarted (another task would not stop)", crash=False, cause="stopped"
+                "interrupted: execution process restarted (another task would not stop)", crash=False, cause="stopped"
             )
 
     # ----------------------------------------------------------------- watching
     def _on_exit(self, process: ExecutionProcess) -> None:
-        slot = self._slots.get(process.model)
-        if slot is None or slot.process is not process or self._closing:
+        entry = self._entries.get(process.model)
+        if entry is None or entry.process is not process or self._closing:
             return
-        slot.ready.clear()
-        self._metrics.exec_process_up.labels(model=slot.model).set(0)
+        entry.ready.clear()
+        self._metrics.exec_process_up.labels(model=entry.model).set(0)
         error = process.exit_error
         assert error is not None
         if error.crash:
-            self._metrics.exec_crashes.labels(model=slot.model, cause=error.cause).inc()
-            slot.crashes.record(time.monotonic(), self._settings.exec_crash_window)
+            self._metrics.exec_crashes.labels(model=entry.model, cause=error.cause).inc()
+            entry.crashes.record(time.monotonic(), self._settings.exec_crash_window)
         log.error(
             "execution process ended",
-            model=slot.model,
+            model=entry.model,
             pid=process.pid,
             cause=error.cause,
             reason=error.reason,
             tasks_lost=process.running,
             crash=error.crash,
         )
-        if error.crash and len(slot.crashes) >= self._settings.exec_crash_limit and not slot.benched:
-            slot.benched = True
+        if error.crash and len(entry.crashes) >= self._settings.exec_crash_limit and not entry.benched:
+            entry.benched = True
             log.error(
-                "model leaves the heartbeats: its runtime crashed too often",
-                model=slot.model,
-                crashes=len(slot.crashes),
+                "model leaves the heartbeats: its execution process crashed too often",
+                model=entry.model,
+                crashes=len(entry.crashes),
                 window_s=self._settings.exec_crash_window,
             )
-        slot.restarter = asyncio.create_task(self._restart(slot), name=f"exec-restart-{slot.model}")
+        entry.restarter = asyncio.create_task(self._restart(entry), name=f"exec-restart-{entry.model}")
 
-    async def _restart(self, slot: _Slot) -> None:
-        delay = slot.crashes.backoff(MIN_BACKOFF_S, MAX_BACKOFF_S, at_least=slot.failed_starts + 1)
+    async def _restart(self, entry: _ModelEntry) -> None:
+        delay = entry.crashes.backoff(MIN_BACKOFF_S, MAX_BACKOFF_S, at_least=entry.failed_starts + 1)
         while not self._closing:
             await asyncio.sleep(delay)
             try:
-                await self._spawn(slot)
+                await self._spawn(entry)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the model gets another start later
-                slot.failed_starts += 1
-                self._metrics.exec_start_failures.labels(model=slot.model).inc()
+                entry.failed_starts += 1
+                self._metrics.exec_start_failures.labels(model=entry.model).inc()
                 delay = min(MAX_BACKOFF_S, delay * 2)
                 log.error(
                     "execution process restart failed",
-                    model=slot.model,
+                    model=entry.model,
                     error=str(exc),
                     error_type=type(exc).__name__,
-                    failed_starts=slot.failed_starts,
+                    failed_starts=entry.failed_starts,
                     retry_in_s=delay,
                 )
                 continue
-            slot.failed_starts = 0
-            self._metrics.exec_restarts.labels(model=slot.model).inc()
-            log.info("execution process restarted", model=slot.model, pid=slot.process.pid if slot.process else None)
-            if slot.benched:
-                slot.benched = False
-                log.warning("model back in the heartbeats: its runtime restarted", model=slot.model)
+            entry.failed_starts = 0
+            self._metrics.exec_restarts.labels(model=entry.model).inc()
+            log.info("execution process restarted", model=entry.model, pid=entry.process.pid if entry.process else None)
+            if entry.benched:
+                entry.benched = False
+                log.warning("model back in the heartbeats: its execution process restarted", model=entry.model)
             return
 
-    async def _watch(self, slot: _Slot) -> None:
+    async def _watch(self, entry: _ModelEntry) -> None:
         """Kill the process when it outgrows its RSS limit or stops answering probes."""
         last_probe = time.monotonic()
         while True:
             await asyncio.sleep(RSS_CHECK_INTERVAL_S)
-            process = slot.process
-            if process is None or not process.alive or not slot.ready.is_set():
+            process = entry.process
+            if process is None or not process.alive or not entry.ready.is_set():
                 last_probe = time.monotonic()
                 continue
             rss = process.rss_bytes()
             limit = process.ready.max_rss_mb if process.ready is not None else None  # the operator's or derived
             if rss is not None:
-                self._metrics.exec_rss_bytes.labels(model=slot.model).set(rss)
+                self._metrics.exec_rss_bytes.labels(model=entry.model).set(rss)
                 if limit and rss > limit * MIB:
-                    reason = f"model runtime exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
+                    reason = f"execution process exceeded its memory limit ({rss // MIB} MiB RSS > {limit} MiB)"
                     log.error(
                         "execution process over its memory limit",
-                        model=slot.model,
+                        model=entry.model,
                         pid=process.pid,
                         rss_mib=rss // MIB,
                         limit_mib=limit,
                     )
                     process.kill(reason, crash=True, cause="memory")
                     continue
-            busy = process.running > 0 or (slot.stall is not None and slot.stall.busy)
+            busy = process.running > 0 or (entry.stall is not None and entry.stall.busy)
             interval = STALL_PROBE_INTERVAL_S if busy else PROBE_INTERVAL_S
-            if time.monotonic() - last_probe >= interval and (slot.prober is None or slot.prober.done()):
+            if time.monotonic() - last_probe >= interval and (entry.prober is None or entry.prober.done()):
                 last_probe = time.monotonic()
-                slot.prober = asyncio.create_task(self._probe(slot, process), name=f"exec-probe-{slot.model}")
+                entry.prober = asyncio.create_task(self._probe(entry, process), name=f"exec-probe-{entry.model}")
 
-    async def _probe(self, slot: _Slot, process: ExecutionProcess) -> None:
+    async def _probe(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
         try:
             pong = await process.probe(PROBE_TIMEOUT_S)
         except TimeoutError:
-            log.error("execution process does not answer its health probe", model=slot.model, pid=process.pid)
+            log.error("execution process does not answer its health probe", model=entry.model, pid=process.pid)
             process.kill(
-                f"model runtime stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
                 crash=True,
                 cause="unresponsive",
             )
             return
-        except RuntimeExitError:
+        except ExecutionProcessExitError:
             return
-        if slot.stall is None or slot.process is not process:
+        if entry.stall is None or entry.process is not process:
             return
-        stall = slot.stall.observe(pong.progress, time.monotonic())
+        stall = entry.stall.observe(pong.progress, time.monotonic())
         if stall is None:
             return
-        self._metrics.exec_stalls.labels(model=slot.model, call=stall.call or "none").inc()
+        self._metrics.exec_stalls.labels(model=entry.model, call=stall.call or "none").inc()
         log.error(
             "execution process stalled; killing it",
-            model=slot.model,
+            model=entry.model,
             pid=process.pid,
             call=stall.call,
             stalled_s=round(stall.seconds, 1),
-            bound_s=round(slot.stall.bound(stall.call, stall.tokens), 1),
+            bound_s=round(entry.stall.bound(stall.call, stall.tokens), 1),
             suspects=sorted(stall.task_ids),
             sole_suspect=stall.sole,
         )
         process.kill(
-            f"interrupted: model runtime restarted ({stall.describe()})",
+            f"interrupted: execution process restarted ({stall.describe()})",
             crash=False,
             cause="stalled",
             suspects=stall.task_ids,
@@ -336,5 +336,5 @@ class ExecutionPool:
                 "advertised": s.model in self.advertised(),
                 "crashes_in_window": len(s.crashes),
             }
-            for name, s in self._slots.items()
+            for name, s in self._entries.items()
         }

@@ -1,4 +1,4 @@
-"""Admission: capacity per model, busy refusal, drain on shutdown."""
+"""Admission: capacity per model, busy answers, drain on shutdown."""
 
 import asyncio
 import time
@@ -42,7 +42,7 @@ class Recorder:
         self.abandoned.append((j.task.task_id, reason))
 
 
-async def test_third_task_is_busy_with_one_slot_and_one_queue_place() -> None:
+async def test_third_task_is_busy_with_one_run_permit_and_one_queue_place() -> None:
     rec = Recorder()
     admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=1)
     admission.admit(accepted("a"))
@@ -70,7 +70,7 @@ async def test_capacity_is_per_model() -> None:
     await admission.drain(timeout=5)
 
 
-async def test_drain_cancels_after_timeout_and_refuses_new_work() -> None:
+async def test_drain_cancels_after_timeout_and_answers_new_work_busy() -> None:
     rec = Recorder()
     admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=2)
     admission.admit(accepted("running"))

@@ -113,7 +113,7 @@ def decide_never_raises(inbound: Inbound, offset_ns: int, allow_list: bool, seed
     intake = Acceptance(NODE.address, HOSTED, [SIGNER.address] if allow_list else None, rng=random.Random(seed))
     decision = intake.decide(inbound.sender, inbound.body, NOW + offset_ns)
     assert isinstance(decision, (Accept, Ignore))
-    event(f"decision: {decision.reason if isinstance(decision, Ignore) else 'take'}")
+    event(f"decision: {decision.reason if isinstance(decision, Ignore) else 'accept'}")
     if isinstance(decision, Accept):
         assert decision.model in HOSTED
     else:

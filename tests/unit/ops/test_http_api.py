@@ -143,7 +143,7 @@ async def test_status_returns_the_daemon_dict(client: httpx.AsyncClient, state: 
     assert (await client.get("/status")).json() == {"peer_id": "x", "running": 2}
 
 
-async def test_taken_port_gives_a_clear_error(metrics: NodeMetrics, state: FakeDaemonState) -> None:
+async def test_a_port_in_use_gives_a_clear_error(metrics: NodeMetrics, state: FakeDaemonState) -> None:
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind((HOST, 0))
     holder.listen()

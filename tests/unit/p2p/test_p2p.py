@@ -269,7 +269,7 @@ async def test_hand_off_is_bounded_in_bytes_before_it_reaches_the_event_loop(mak
 
         await wait_until(all_accounted, "20 messages delivered or dropped")
     assert qb.qsize() == 5 and b.dropped_messages == 15
-    drops = [e for e in logs if e["event"] == "p2p.queue_full_dropped"]
+    drops = [e for e in logs if e["event"] == "message dropped: queue full"]
     assert len(drops) == 1 and drops[0]["topic"] == TOPIC  # logged once per window, not per message
     # Taking messages off the queue gives their room back.
     assert [(await qb.get()).data[:2] for _ in range(5)] == [b"00", b"01", b"02", b"03", b"04"]

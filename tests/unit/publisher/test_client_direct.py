@@ -131,7 +131,7 @@ async def test_without_on_delta_the_task_does_not_ask_for_a_stream() -> None:
     assert result.text == "plain" and peer.streamed == [False]
 
 
-async def test_an_answer_later_than_answer_timeout_is_still_taken_and_the_task_runs_once() -> None:
+async def test_an_answer_later_than_answer_timeout_is_still_used_and_the_task_runs_once() -> None:
     # A node slow under a burst has the task and may take it: giving up on it would run the task twice.
     peer = StreamingPeer([], "late but there", answer_after=1.5)
     async with client_of(peer, answer_timeout=0.5) as client:

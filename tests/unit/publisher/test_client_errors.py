@@ -12,15 +12,15 @@ TRANSIENT = [
     "busy: model m has 4 running and 8 queued tasks",
     "interrupted: node shutting down",
     "internal error: KeyError",
-    "model runtime crashed (SIGSEGV)",
-    "model runtime stopped answering (5 s without a health probe answer)",
-    "model runtime exceeded its memory limit (900 MiB RSS > 800 MiB)",
+    "execution process crashed (SIGSEGV)",
+    "execution process stopped answering (5 s without a health probe answer)",
+    "execution process exceeded its memory limit (900 MiB RSS > 800 MiB)",
     "task '0' failed: model 'remote:smol' failed: the engine serving remote:smol is unavailable (connection failed)",
     "max_time exceeded: the workflow ran longer than 2 s",
     "deadline passed while the task was running",
 ]
 DETERMINISTIC = [
-    "Invalid prompt: the task crashed the model runtime twice (SIGSEGV)",
+    "Invalid prompt: the task crashed its execution process twice (SIGSEGV)",
     "Invalid prompt: invalid workflow: tasks.0.operator: unknown operator 'x'",
     "Invalid prompt: task '0': required input 'q' resolves to nothing",
 ]

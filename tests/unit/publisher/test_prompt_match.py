@@ -14,7 +14,7 @@ from models.scoring import TokenScorer
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.verification import ProofChecker, VerificationError
-from node.wire.proof import Proof, ProofStep
+from node.wire.proof import Proof, ProofGeneration
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 from workflows import Simple
 
@@ -90,7 +90,7 @@ async def test_honest_work_on_another_prompt_fails_the_check(model: BatchedLlama
     request = GenerationRequest(messages=[ChatMessage(role="user", content="Tell me about bread.")], max_tokens=24)
     text = (await model.generate(request)).text
     generation_traces.set(None)
-    proof = Proof(steps=[ProofStep.model_validate(traces[0].model_dump())])
+    proof = Proof(steps=[ProofGeneration.model_validate(traces[0].model_dump())])
     asked = PromptExpectation.of(Simple().workflow(prompt="Tell me about bread."), None)
     other = PromptExpectation.of(Simple().workflow(prompt="Tell me about cheese."), None)
     assert ProofChecker().check(proof, text, scorer, asked).positions == len(traces[0].tokens)

@@ -19,7 +19,7 @@ from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ResultVerifier, VerificationFailedError
-from node.wire.proof import Proof, ProofStep
+from node.wire.proof import Proof, ProofGeneration
 from tests.support.model_file import loaded_smollm2
 from workflows import parse_workflow, run_workflow
 
@@ -80,7 +80,7 @@ def honest(model: BatchedLlamaModel) -> tuple[str, GenerationTrace]:
 
 
 def _proof(trace: GenerationTrace, **changes: Any) -> Proof:
-    return Proof(steps=[ProofStep.model_validate({**trace.model_dump(), **changes})])
+    return Proof(steps=[ProofGeneration.model_validate({**trace.model_dump(), **changes})])
 
 
 async def _verify(runner: EngineRunner, proof: Proof, text: str) -> object:

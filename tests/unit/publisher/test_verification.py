@@ -14,7 +14,7 @@ from models.requests import ChatMessage, GenerationRequest
 from models.scoring import TokenScorer
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, ResultVerifier, VerificationError, VerificationFailedError
-from node.wire.proof import Proof, ProofStep
+from node.wire.proof import Proof, ProofGeneration
 from tests.support.dishonest_runtimes import FIXED_TEXT
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 from tests.support.swapped_model import requantized_smollm2
@@ -44,7 +44,7 @@ async def _run(model: BatchedLlamaModel, prompt: str, temperature: float, seed: 
 
 
 def _proof(trace: GenerationTrace, **changes: object) -> Proof:
-    return Proof(steps=[ProofStep.model_validate({**trace.model_dump(), **changes})])
+    return Proof(steps=[ProofGeneration.model_validate({**trace.model_dump(), **changes})])
 
 
 def _check(proof: Proof | None, text: str, scorer: TokenScorer) -> str | None:
@@ -67,7 +67,7 @@ async def test_each_lie_is_named(model: BatchedLlamaModel, scorer: TokenScorer) 
     fabricated = [0.0] * len(trace.logprobs)
     assert "claimed log-probability" in (_check(_proof(trace, logprobs=fabricated), text, scorer) or "")
     assert "no proof" in (_check(None, text, scorer) or "")
-    assert "no generation step" in (_check(Proof(steps=[]), text, scorer) or "")
+    assert "no generation to check" in (_check(Proof(steps=[]), text, scorer) or "")
     assert "not the text" in (_check(_proof(trace), FIXED_TEXT, scorer) or "")
     # A fixed answer with the real model's own numbers for its tokens: the sampler would not have picked them.
     fixed = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)

@@ -10,14 +10,14 @@ import pytest
 from node.wire.ecies import encrypt
 from node.wire.identity import Identity
 from node.wire.messages import ResultBody, TaskBody, encode_body
-from node.wire.proof import MAX_PROOF_BYTES, Proof, ProofError, ProofStep, open_proof, seal_proof
+from node.wire.proof import MAX_PROOF_BYTES, Proof, ProofError, ProofGeneration, open_proof, seal_proof
 from node.wire.results import Output, result_body
 
 STATS = {"received_at": 1, "execution_started_at": 2, "execution_ended_at": 3, "published_at": 4}
 
 
-def _step(n: int, offset: int = 0) -> ProofStep:
-    return ProofStep(
+def _step(n: int, offset: int = 0) -> ProofGeneration:
+    return ProofGeneration(
         prompt_tokens=[1, 2, 3],
         tokens=[offset + i for i in range(n)],
         logprobs=[-0.123456789] * n,

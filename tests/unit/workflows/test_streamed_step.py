@@ -39,7 +39,7 @@ def two_steps(**changes: Any) -> dict[str, Any]:
 def test_the_generation_that_writes_the_returned_key_streams() -> None:
     assert streamed_step(parse_workflow(two_steps())) == "answer"
     simple = parse_workflow(Simple().workflow("Hi.", max_tokens=8))
-    assert streamed_step(simple) == simple.tasks[0].id
+    assert streamed_step(simple) == simple.steps[0].id
 
 
 def test_a_result_that_is_not_one_generation_as_it_is_streams_nothing() -> None:

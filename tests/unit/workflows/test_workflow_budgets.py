@@ -36,7 +36,7 @@ from workflows import (
 )
 from workflows.errors import (
     INVALID_PROMPT,
-    InvalidTaskError,
+    InvalidStepError,
     InvalidToolError,
     ModelFailedError,
     ResultTooLargeError,
@@ -179,7 +179,7 @@ def test_infinite_max_time_is_refused_in_a_parsed_body() -> None:
 
 
 def test_public_error_texts() -> None:
-    assert public_error_text(InvalidTaskError("required input 'x' resolved to nothing")) == (
+    assert public_error_text(InvalidStepError("required input 'x' resolved to nothing")) == (
         "Invalid prompt: required input 'x' resolved to nothing"
     )
     assert public_error_text(InvalidToolError("unknown tool 'z'")).startswith("Invalid prompt: unknown tool")
@@ -191,7 +191,7 @@ def test_public_error_texts() -> None:
                       ResultTooLargeError("result too large: 1 bytes"), ModelError("decode failed")):  # fmt: skip
         assert "Invalid prompt" not in public_error_text(transient)
     assert public_error_text(KeyError("secret-key-name")) == "internal error: KeyError"
-    assert len(public_error_text(InvalidTaskError("x" * 10_000))) <= 520
+    assert len(public_error_text(InvalidStepError("x" * 10_000))) <= 520
 
 
 async def test_error_texts_carry_no_model_output_or_memory_values(model: BatchedLlamaModel) -> None:
@@ -233,7 +233,7 @@ async def test_many_small_tools_cannot_make_a_grammar_bomb(model: BatchedLlamaMo
 async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(model: BatchedLlamaModel) -> None:
     workflow = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx))
     calls_done = _calls_done(model)
-    with pytest.raises(InvalidTaskError) as caught:
+    with pytest.raises(InvalidStepError) as caught:
         await run_workflow(workflow, model, options=EngineOptions(max_tokens_cap=None))
     text = public_error_text(caught.value)
     assert text.startswith(INVALID_PROMPT) and "does not fit the model's context: the prompt's " in text, text

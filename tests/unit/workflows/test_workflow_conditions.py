@@ -9,7 +9,7 @@ import pytest
 
 from models.batching import BatchedLlamaModel
 from tests.support.workflow_memory import sample_memory
-from workflows import TaskError, parse_workflow, run_workflow
+from workflows import StepError, parse_workflow, run_workflow
 from workflows.conditions import evaluate
 
 EXPRESSIONS = [
@@ -99,7 +99,7 @@ async def test_failed_task_goes_to_fallback_and_without_fallback_fails(model: Ba
     assert result.steps == 2 and len(json.loads(result.text)) == 1
 
     unrecovered = _no_model_workflow([{"source": "bad", "target": "_end"}], [failing])
-    with pytest.raises(TaskError, match="task 'bad' failed: required input 'x'"):
+    with pytest.raises(StepError, match="task 'bad' failed: required input 'x'"):
         await run_workflow(unrecovered, model)
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from models.batching import BatchedLlamaModel
 from tests.support.workflow_memory import sample_memory
-from workflows import TaskError
+from workflows import StepError
 from workflows.conditions import evaluate
 from workflows.inputs import render, resolve, resolve_inputs, write_outputs
 from workflows.memory import chunk_text, coerce_entry
-from workflows.schema import InputValue, TaskInput, TaskOutput
+from workflows.schema import InputValue, StepInput, StepOutput
 
 
 @pytest.mark.parametrize(
@@ -75,9 +75,9 @@ async def test_pop_removes_and_peek_does_not(model: BatchedLlamaModel) -> None:
 async def test_required_input_that_resolves_to_nothing_fails_optional_renders_empty(model: BatchedLlamaModel) -> None:
     memory = sample_memory(model)
     missing = InputValue(type="read", key="missing")
-    assert await resolve_inputs([TaskInput(name="m", value=missing, required=False)], memory) == {"m": ""}
-    with pytest.raises(TaskError, match="required input 'm'"):
-        await resolve_inputs([TaskInput(name="m", value=missing, required=True)], memory)
+    assert await resolve_inputs([StepInput(name="m", value=missing, required=False)], memory) == {"m": ""}
+    with pytest.raises(StepError, match="required input 'm'"):
+        await resolve_inputs([StepInput(name="m", value=missing, required=True)], memory)
 
 
 async def test_file_store_insert_search_and_have_similar(model: BatchedLlamaModel) -> None:
@@ -88,9 +88,9 @@ async def test_file_store_insert_search_and_have_similar(model: BatchedLlamaMode
         "The stock market closed higher on Tuesday after bank earnings.",
         "A recipe for bread needs flour, water, salt and yeast.",
     ]
-    await write_outputs([TaskOutput(type="insert", key="docs", value="__result")], texts[0], memory)
+    await write_outputs([StepOutput(type="insert", key="docs", value="__result")], texts[0], memory)
     for text in texts[1:]:
-        await write_outputs([TaskOutput(type="insert", key="docs", value=text)], "ignored", memory)
+        await write_outputs([StepOutput(type="insert", key="docs", value=text)], "ignored", memory)
     query = InputValue.model_validate(
         {"type": "search", "key": "docs", "search_query": {"type": "string", "key": "lava and eruptions"}}
     )
@@ -111,9 +111,9 @@ def test_chunking_is_about_250_characters() -> None:
 async def test_write_and_push_outputs_store_result_or_literal(model: BatchedLlamaModel) -> None:
     memory = sample_memory(model)
     outputs = [
-        TaskOutput(type="write", key="w", value="__result"),
-        TaskOutput(type="push", key="s", value="__result"),
-        TaskOutput(type="write", key="lit", value='{"b": 2}'),
+        StepOutput(type="write", key="w", value="__result"),
+        StepOutput(type="push", key="s", value="__result"),
+        StepOutput(type="write", key="lit", value='{"b": 2}'),
     ]
     await write_outputs(outputs, "17", memory)
     assert memory.read("w") == 17 and memory.get_all("s")[-1] == 17 and memory.read("lit") == {"b": 2}

@@ -22,7 +22,7 @@ def _simple() -> dict[str, Any]:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.name)
 def test_every_example_parses(path: Path) -> None:
     workflow = parse_workflow(path.read_text())
-    assert workflow.tasks and workflow.steps
+    assert workflow.steps and workflow.edges
 
 
 def test_null_dumped_and_omitted_optionals_mean_the_same() -> None:
@@ -43,16 +43,16 @@ def test_legacy_prompt_becomes_one_user_message_and_unknown_keys_are_ignored() -
     del task["messages"]
     task["prompt"] = "Say hi"
     workflow = parse_workflow(raw)
-    assert [(m.role, m.content) for m in workflow.tasks[0].messages] == [("user", "Say hi")]
+    assert [(m.role, m.content) for m in workflow.steps[0].messages] == [("user", "Say hi")]
 
 
 def test_schema_string_and_base64_schema_are_decoded() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     raw = _simple()
     raw["tasks"][0]["schema"] = json.dumps(schema)
-    assert parse_workflow(raw).tasks[0].json_schema == schema
+    assert parse_workflow(raw).steps[0].json_schema == schema
     raw["tasks"][0]["schema"] = base64.b64encode(json.dumps(schema).encode()).decode()
-    assert parse_workflow(raw).tasks[0].json_schema == schema
+    assert parse_workflow(raw).steps[0].json_schema == schema
 
 
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -116,11 +116,11 @@ def test_end_nodes_need_not_be_declared() -> None:
     raw = _simple()
     raw["tasks"] = raw["tasks"][:1]
     raw["steps"][0]["target"] = "__end"
-    assert parse_workflow(raw).steps[0].target == "__end"
+    assert parse_workflow(raw).edges[0].target == "__end"
 
 
 def test_simple_builder_produces_the_simple_example_shape() -> None:
     built = Simple().workflow("Write a haiku about Cappadocia.", max_tokens=1000)
     assert built == _simple()
-    assert parse_workflow(built).tasks[0].messages[0].content == "Write a haiku about Cappadocia."
+    assert parse_workflow(built).steps[0].messages[0].content == "Write a haiku about Cappadocia."
     assert Simple().parse_result("  An answer.\n") == "An answer."

@@ -10,13 +10,13 @@ from models.batching import BatchedLlamaModel
 from models.requests import ChatMessage, GenerationRequest, ScoreRequest
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.remote_scoring import OUT_OF_VOCABULARY, RemoteScores, score_workflow
-from node.wire.proof import ProofStep
+from node.wire.proof import ProofGeneration
 from workflows import EngineOptions, LimitExceededError, WorkflowError, parse_workflow, run_workflow
 from workflows.errors import INVALID_PROMPT, public_error_text
 
 
-def _step(prompt_tokens: list[int], tokens: list[int]) -> ProofStep:
-    return ProofStep(prompt_tokens=prompt_tokens, tokens=tokens, logprobs=[0.0] * len(tokens), temperature=0.0)
+def _step(prompt_tokens: list[int], tokens: list[int]) -> ProofGeneration:
+    return ProofGeneration(prompt_tokens=prompt_tokens, tokens=tokens, logprobs=[0.0] * len(tokens), temperature=0.0)
 
 
 async def _trace(model: BatchedLlamaModel) -> GenerationTrace:
