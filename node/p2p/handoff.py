@@ -65,7 +65,7 @@ class HandOffBudget:
             self._not_logged = 0
             held = (self.messages, self.bytes)
         log.warning(
-            "p2p.queue_full_dropped",
+            "message dropped: queue full",
             topic=self.topic,
             dropped=not_logged,
             dropped_total=self.dropped,

@@ -145,4 +145,4 @@ async def test_no_other_node_leaves_it_unverified_but_ids_no_model_has_fail_it(
     assert isinstance(result, VerificationFailedError) and "vocabulary" in result.reason
     empty = Proof(steps=[])
     result = await _verify(EngineRunner(model, {"producer": None, "a": None}), empty, text)
-    assert isinstance(result, VerificationFailedError) and "no generation step" in result.reason
+    assert isinstance(result, VerificationFailedError) and "no generation to check" in result.reason
