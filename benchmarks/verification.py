@@ -279,6 +279,21 @@ def _spread(values: list[float]) -> str:
     return f"min {b.min():.4f}, p1 {np.quantile(b, 0.01):.4f}, median {np.median(b):.4f}, p99 {np.quantile(b, 0.99):.4f}, max {b.max():.4f}"
 
 
+RULES = {  # words of each rule's message in node/publisher/verification.py
+    "position tolerance": "claimed log-probability",
+    "mean bias": "nats above the model's",
+    "not the best token at temperature 0": "not the model's best token",
+    "outside top-k/min-p": "outside the sampler's",
+    "text": "result text",
+}
+
+
+def _rules(failures: list[str]) -> str:
+    """How many failures each rule of the checker named (the first rule broken)."""
+    counts = {rule: sum(words in f for f in failures) for rule, words in RULES.items()}
+    return ", ".join(f"{rule} {n}" for rule, n in counts.items() if n) or "none"
+
+
 def _notes(cells: list[Cell]) -> list[str]:
     checker = ProofChecker()
     notes = [
@@ -297,6 +312,8 @@ def _notes(cells: list[Cell]) -> list[str]:
         notes.append(f"{cell.label} honest |claimed - re-scored| per position: {_quantiles(k['honest'].deviations)}")
         for name in ("honest", "swapped"):
             notes.append(f"{cell.label} {name} mean bias per result: {_spread(k[name].biases)}")
+        for name in ("swapped", "fixed"):
+            notes.append(f"{cell.label} {name} caught by: {_rules(k[name].failed)}")
         if k["honest"].failed:
             notes.append(f"{cell.label} honest flagged, first: {k['honest'].failed[0]}")
         missed = k["swapped"].checked - len(k["swapped"].failed)
