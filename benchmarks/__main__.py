@@ -63,7 +63,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
     "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
-    "verification": Benchmark("11. Verification", verification.run, 900),
+    "verification": Benchmark("11. Verification", verification.run, 4800),
 }
 
 

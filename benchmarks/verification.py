@@ -1,25 +1,34 @@
-"""10. Verification: honest spread, catch rates and cost of re-scoring results (docs/VERIFICATION.md).
+"""11. Verification: honest spread, catch rates and cost of re-scoring results (docs/VERIFICATION.md).
 
-For every runtime configuration (1 and 2 threads, 1 and 4 parallel sequences) the test
-model answers a set of prompts (temperature 0 and 0.7, seeded) with traces on; a scorer
-re-scores each trace in one pass. Measured:
-  - honest spread: per-position |claimed - re-scored| and each result's mean bias
-    (the tolerances of node/publisher/verification.py come from here), and the share
-    of honest results the checker flags (goal: at most 1%);
-  - a swapped model (SmolLM2 requantized to Q4_0, served under the test model's name,
-    reporting its own log-probabilities): share caught (goal: at least 99%);
-  - a fixed string (the same answer to every prompt, with the log-probabilities the real
-    model gives it: the strongest form of that lie): share caught (goal: at least 99%);
-  - cost: re-scoring time / the generation's own time (prompt + decode; goal: at most 0.2).
+Catch rates, per cell (1 and 2 threads x 1 and 4 parallel sequences), over the same
+`n` distinct prompts (short answers, temperatures 0 and 0.7, seeded), every result checked
+by node.publisher.verification.ProofChecker against a TokenScorer of the real model:
+  - honest: the real model's results with their traces. Per-position |claimed - re-scored|
+    and per-result mean bias are kept (the distributions the tolerances come from) and the
+    share flagged (goal: at most 1%);
+  - swapped: SmolLM2 requantized to Q4_0 served as the real model, reporting its own
+    log-probabilities (goal: caught in at least 99%);
+  - fixed: the same answer to every prompt, with the log-probabilities the real model
+    gives it (the strongest form of that lie; goal: caught in at least 99%);
+  - relabelled: the swapped model's tokens with the real model's numbers (the known gap).
+Cost, 1 thread, 1 and 4 parallel, answers of 32, 128 and 256 tokens (ignore_eos): the
+scorer's time for one result / the time its generation took (prompt + decode, the
+runtime's own counters), measured one after the other in the same run, once with a
+fresh KV (every token evaluated) and once with the prompt's KV kept from a check of the
+same prompt (the scorer's prefix reuse). Goal: at most 0.2.
+The distributions are drawn in benchmarks/verification.png.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import statistics
+import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,141 +37,233 @@ import numpy as np
 from benchmarks.options import BenchOptions
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, summarize
-from benchmarks.workloads import model_path
+from benchmarks.workloads import model_path, story_prompt
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
-from models.requests import ChatMessage, GenerationRequest
-from models.scoring import TokenScorer
+from models.requests import ChatMessage, Generation, GenerationRequest
+from models.scoring import ScoredTokens, TokenScorer
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, VerificationError
 from node.wire.proof import Proof, ProofGeneration
 from tests.support.swapped_model import requantized_smollm2
 
-CONFIGS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (threads, parallel)
+CELLS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (threads, parallel)
+COST_LENGTHS = [32, 128, 256]
 FIXED_TEXT = "I am sorry, but I cannot help with that request right now. Please try again later."
 TOPICS = [
     "rivers", "the moon", "bread", "a lighthouse", "winter", "trains", "bees", "a library",
     "the sea", "mountains", "coffee", "a clock", "rain", "a garden", "the desert", "music",
 ]  # fmt: skip
-MAX_TOKENS = 96
+KINDS = [
+    "Write a short poem about", "Explain in two sentences what is special about", "Describe",
+    "Give three facts about", "Tell a one-line joke about", "Write a haiku about", "Why do people like",
+]  # fmt: skip
+CHECK_TOKENS = 24  # catch-rate answers stay short so that n results per cell fit the run
+PLOT_PATH = Path(__file__).with_name("verification.png")
 
 
-def _prompts(n: int) -> list[GenerationRequest]:
+def catch_prompts(n: int) -> list[GenerationRequest]:
+    """`n` distinct prompts (n <= 112), a quarter at temperature 0, the rest at 0.7 with their own seed."""
     requests = []
     for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        kind = ["Write a short poem about", "Explain in two sentences what is special about", "Describe"][i % 3]
-        temperature = 0.0 if i % 4 == 0 else 0.7
+        topic, kind = TOPICS[i % len(TOPICS)], KINDS[(i // len(TOPICS)) % len(KINDS)]
         requests.append(
             GenerationRequest(
                 messages=[ChatMessage(role="user", content=f"{kind} {topic}.")],
-                max_tokens=MAX_TOKENS,
-                temperature=temperature,
+                max_tokens=CHECK_TOKENS,
+                temperature=0.0 if i % 4 == 0 else 0.7,
                 seed=1000 + i,
             )
         )
     return requests
 
 
-async def _traced(model: BatchedLlamaModel, request: GenerationRequest) -> tuple[GenerationTrace, str, float]:
+@dataclass
+class Kind:
+    """One kind of result in one cell: how many were checked, how many failed, and their numbers."""
+
+    checked: int = 0
+    failed: list[str] = field(default_factory=list)
+    deviations: list[float] = field(default_factory=list)  # |claimed - re-scored| per position
+    biases: list[float] = field(default_factory=list)  # mean(claimed - re-scored) per result
+
+
+@dataclass
+class Cell:
+    threads: int
+    parallel: int
+    kinds: dict[str, Kind] = field(
+        default_factory=lambda: {k: Kind() for k in ("honest", "swapped", "fixed", "relabelled")}
+    )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        """A cell written by `--dump`."""
+        kinds = {name: Kind(**kind) for name, kind in data["kinds"].items()}
+        return cls(data["threads"], data["parallel"], kinds)
+
+    @property
+    def label(self) -> str:
+        return f"{self.threads}t/{self.parallel}p"
+
+
+async def _traced(model: BatchedLlamaModel, request: GenerationRequest) -> tuple[GenerationTrace, Generation]:
     traces: list[GenerationTrace] = []
     generation_traces.set(traces)  # this coroutine's own context
     generation = await model.generate(request)
-    return traces[0], generation.text, generation.prompt_seconds + generation.generation_seconds
+    return traces[0], generation
 
 
-async def _generate(path: Path, threads: int, parallel: int, requests: list[GenerationRequest]) -> list:
-    model = await BatchedLlamaModel.load("bench", path, RuntimeOptions(n_threads=threads), parallel=parallel)
-    try:
-        out = []
-        for start in range(0, len(requests), parallel):  # `parallel` sequences share every batch
-            out += await asyncio.gather(*(_traced(model, r) for r in requests[start : start + parallel]))
-        return out
-    finally:
-        await model.close()
-
-
-def _proof(trace: GenerationTrace, logprobs: list[float] | None = None) -> Proof:
+def _proof(trace: GenerationTrace, tokens: list[int] | None = None, logprobs: list[float] | None = None) -> Proof:
     step = ProofGeneration.model_validate(trace.model_dump())
+    update: dict[str, Any] = {}
+    if tokens is not None:
+        update["tokens"] = tokens
     if logprobs is not None:
-        step = step.model_copy(update={"logprobs": logprobs})
-    return Proof(steps=[step])
+        update["logprobs"] = logprobs
+    return Proof(steps=[step.model_copy(update=update)])
 
 
-def _caught(checker: ProofChecker, proof: Proof, text: str, scorer: TokenScorer) -> bool:
+class _Remembered:
+    """The scorer, remembering its last answer: a check re-scores what was just scored for the distributions."""
+
+    def __init__(self, scorer: TokenScorer) -> None:
+        self.scorer = scorer
+        self._last: tuple[list[int], list[int], ScoredTokens] | None = None
+
+    def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
+        if self._last is not None and self._last[0] == prompt_tokens and self._last[1] == tokens:
+            return self._last[2]
+        scores = self.scorer.score(prompt_tokens, tokens)
+        self._last = (prompt_tokens, tokens, scores)
+        return scores
+
+
+def _check(kind: Kind, proof: Proof, text: str, scorer: _Remembered, checker: ProofChecker) -> None:
+    step = proof.steps[0]
+    scores = scorer.score(step.prompt_tokens, step.tokens)
+    d = np.array(step.logprobs) - np.array(scores.logprobs)
+    kind.deviations.extend(np.abs(d).tolist())
+    kind.biases.append(float(d.mean()) if d.size else 0.0)
+    kind.checked += 1
     try:
         checker.check(proof, text, scorer)
-    except VerificationError:
-        return True
-    return False
+    except VerificationError as exc:
+        kind.failed.append(str(exc))
 
 
 def _progress(message: str) -> None:
     print(f"verification: {message}", file=sys.stderr, flush=True)
 
 
-async def _honest(
-    real: Path, threads: int, parallel: int, requests: list[GenerationRequest], raw: dict[str, Any]
+async def _cell(
+    cell: Cell,
+    paths: tuple[Path, Path],
+    requests: list[GenerationRequest],
+    opened: TokenScorer,
+    deadline: float | None = None,
+    on_group: Callable[[Cell], None] | None = None,
 ) -> None:
-    label = f"{threads}t/{parallel}p"
-    results = await _generate(real, threads, parallel, requests)
-    scorer = TokenScorer(real, RuntimeOptions(n_threads=threads))
+    """Honest and swapped results for `requests`, `parallel` at a time, each checked (until `deadline`, a monotonic time)."""
     checker = ProofChecker()
+    scorer = _Remembered(opened)
+    fixed_tokens = opened._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
+    options = RuntimeOptions(n_threads=cell.threads)
+    real, cheat = [await BatchedLlamaModel.load("bench", p, options, parallel=cell.parallel) for p in paths]
+    k = cell.kinds
     try:
-        for trace, text, seconds in results:
-            started = time.perf_counter()
-            scores = scorer.score(trace.prompt_tokens, trace.tokens)
-            raw["costs"].append((time.perf_counter() - started) / seconds)
-            d = np.array(trace.logprobs) - np.array(scores.logprobs)
-            raw["deviations"].setdefault(label, []).extend(np.abs(d).tolist())
-            raw["biases"].setdefault(label, []).append(float(d.mean()) if d.size else 0.0)
-            raw["honest_total"] += 1
-            try:
-                checker.check(_proof(trace), text, scorer)
-            except VerificationError as exc:
-                raw["flagged"].append(f"{label}: {exc}")
+        for start in range(0, len(requests), cell.parallel):  # `parallel` sequences share every batch
+            group = requests[start : start + cell.parallel]
+            honest = await asyncio.gather(*(_traced(real, r) for r in group))
+            swapped = await asyncio.gather(*(_traced(cheat, r) for r in group))
+            for (trace, generation), (cheat_trace, cheat_generation) in zip(honest, swapped, strict=True):
+                # One prompt's checks one after another: the scorer keeps the prompt's KV between them.
+                _check(k["honest"], _proof(trace), generation.text, scorer, checker)
+                _check(k["swapped"], _proof(cheat_trace), cheat_generation.text, scorer, checker)
+                real_numbers = scorer.score(cheat_trace.prompt_tokens, cheat_trace.tokens).logprobs
+                relabelled = _proof(cheat_trace, logprobs=real_numbers)
+                _check(k["relabelled"], relabelled, cheat_generation.text, scorer, checker)
+                fixed_numbers = scorer.score(trace.prompt_tokens, fixed_tokens).logprobs
+                _check(k["fixed"], _proof(trace, fixed_tokens, fixed_numbers), FIXED_TEXT, scorer, checker)
+            if on_group is not None:
+                on_group(cell)
+            if deadline is not None and time.monotonic() > deadline:
+                break
     finally:
-        scorer.close()
-    _progress(f"{label}: {_quantiles(raw['deviations'][label])}; flagged so far {len(raw['flagged'])}")
+        await real.close()
+        await cheat.close()
+    _progress(
+        f"{cell.label}: honest flagged {len(k['honest'].failed)}/{k['honest'].checked}, "
+        + ", ".join(
+            f"{name} caught {len(k[name].failed)}/{k[name].checked}" for name in ("swapped", "fixed", "relabelled")
+        )
+        + f"; honest |d| {_quantiles(k['honest'].deviations)}; "
+        + "; ".join(f"{name} bias {_spread(k[name].biases)}" for name in ("honest", "swapped"))
+    )
 
 
-async def _dishonest(real: Path, threads: int, requests: list[GenerationRequest], raw: dict[str, Any]) -> None:
-    swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
-    checker = ProofChecker()
-    scorer = TokenScorer(real, RuntimeOptions(n_threads=threads))
+async def _costs(real: Path, parallel: int, reps: int, scorer: TokenScorer, out: dict[str, list[float]]) -> None:
+    """Verify / generate for each answer length, at 1 thread and `parallel` sequences sharing the batches."""
+    model = await BatchedLlamaModel.load("bench", real, RuntimeOptions(n_threads=1), parallel=parallel)
     try:
-        results = await _generate(swapped, threads, 4, requests)
-        n = len(results)
-        caught = sum(_caught(checker, _proof(t), text, scorer) for t, text, _ in results)
-        raw["swapped"] = (caught, n)
-        # The stronger swap: another model's tokens, with the real model's numbers for them.
-        relabelled = 0
-        for trace, text, _ in results:
-            honest_numbers = scorer.score(trace.prompt_tokens, trace.tokens).logprobs
-            relabelled += _caught(checker, _proof(trace, honest_numbers), text, scorer)
-        raw["relabelled"] = (relabelled, n)
-        fixed = 0
-        fixed_tokens = scorer._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
-        for trace, _, _ in results:
-            numbers = scorer.score(trace.prompt_tokens, fixed_tokens).logprobs
-            fake = trace.model_copy(update={"tokens": fixed_tokens, "logprobs": numbers})
-            fixed += _caught(checker, _proof(fake), FIXED_TEXT, scorer)
-        raw["fixed"] = (fixed, n)
+        for rep in range(reps):
+            for length in COST_LENGTHS:
+                requests = [
+                    GenerationRequest(
+                        messages=[ChatMessage(role="user", content=story_prompt(rep * parallel + j))],
+                        max_tokens=length,
+                        temperature=0.7,
+                        seed=rep * 100 + j,
+                        ignore_eos=True,
+                    )
+                    for j in range(parallel)
+                ]
+                results = await asyncio.gather(*(_traced(model, r) for r in requests))
+                for trace, generation in results:
+                    took = generation.prompt_seconds + generation.generation_seconds
+                    scorer.clear()
+                    started = time.perf_counter()
+                    scorer.score(trace.prompt_tokens, trace.tokens)
+                    fresh = time.perf_counter() - started
+                    started = time.perf_counter()  # again: the prompt's KV is kept from the first check
+                    scorer.score(trace.prompt_tokens, trace.tokens)
+                    cached = time.perf_counter() - started
+                    out.setdefault(f"{length} tokens, 1t/{parallel}p, fresh KV", []).append(fresh / took)
+                    out.setdefault(f"{length} tokens, 1t/{parallel}p, prompt KV kept", []).append(cached / took)
+                    out.setdefault(f"{length} tokens, 1t/{parallel}p, prompt tokens", []).append(
+                        len(trace.prompt_tokens)
+                    )
     finally:
-        scorer.close()
-    _progress(f"swapped {raw['swapped']}, relabelled {raw['relabelled']}, fixed {raw['fixed']} (caught, of)")
+        await model.close()
+    _progress(f"cost 1t/{parallel}p measured")
 
 
-async def measure(options: BenchOptions, configs: list[tuple[int, int]] = CONFIGS) -> dict[str, Any]:
+async def measure(
+    options: BenchOptions,
+    cells: list[tuple[int, int]] = CELLS,
+    cost: bool = True,
+    deadline: float | None = None,
+    on_group: Callable[[Cell], None] | None = None,
+) -> dict[str, Any]:
     """Every number of the section, raw (also used by `python -m benchmarks.verification`)."""
-    requests = _prompts(options.pick(full=24, quick=8))
+    n = options.pick(full=100, quick=8)
+    requests = catch_prompts(n)
     real = model_path()
-    raw: dict[str, Any] = {"deviations": {}, "biases": {}, "flagged": [], "honest_total": 0, "costs": []}
-    for number, (threads, parallel) in enumerate(configs):
-        await _honest(real, threads, parallel, requests, raw)
-        if number == 0:
-            await _dishonest(real, threads, requests, raw)
-    return raw
+    swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
+    scorers = {t: TokenScorer(real, RuntimeOptions(n_threads=t)) for t in sorted({1} | {t for t, _ in cells})}
+    costs: dict[str, list[float]] = {}
+    done: list[Cell] = []
+    try:
+        for parallel, reps in ((1, options.pick(full=3, quick=1)), (4, 1)) if cost else ():
+            await _costs(real, parallel, reps, scorers[1], costs)
+        for threads, parallel in cells:
+            cell = Cell(threads, parallel)
+            await _cell(cell, (real, swapped), requests, scorers[threads], deadline, on_group)
+            done.append(cell)
+    finally:
+        for scorer in scorers.values():
+            scorer.close()
+    return {"n": n, "cells": done, "costs": costs}
 
 
 def _quantiles(values: list[float]) -> str:
@@ -173,34 +274,109 @@ def _quantiles(values: list[float]) -> str:
     )
 
 
-async def run(options: BenchOptions) -> Section:
-    raw = await measure(options)
-    deviations: dict[str, list[float]] = raw["deviations"]
-    biases: dict[str, list[float]] = raw["biases"]
-    costs: list[float] = raw["costs"]
-    notes = [f"honest |claimed - re-scored| per position, {k}: {_quantiles(v)}" for k, v in deviations.items()]
-    notes += [
-        f"honest mean bias per result, {k}: min {min(v):.4f}, median {statistics.median(v):.4f}, max {max(v):.4f}"
-        for k, v in biases.items()
+def _spread(values: list[float]) -> str:
+    b = np.array(values)
+    return f"min {b.min():.4f}, p1 {np.quantile(b, 0.01):.4f}, median {np.median(b):.4f}, p99 {np.quantile(b, 0.99):.4f}, max {b.max():.4f}"
+
+
+RULES = {  # words of each rule's message in node/publisher/verification.py
+    "position tolerance": "claimed log-probability",
+    "mean bias": "nats above the model's",
+    "not the best token at temperature 0": "not the model's best token",
+    "outside top-k/min-p": "outside the sampler's",
+    "text": "result text",
+}
+
+
+def _rules(failures: list[str]) -> str:
+    """How many failures each rule of the checker named (the first rule broken)."""
+    counts = {rule: sum(words in f for f in failures) for rule, words in RULES.items()}
+    return ", ".join(f"{rule} {n}" for rule, n in counts.items() if n) or "none"
+
+
+def _notes(cells: list[Cell]) -> list[str]:
+    checker = ProofChecker()
+    notes = [
+        f"up to {max(c.kinds['honest'].checked for c in cells)} distinct prompts per cell, answers of at most {CHECK_TOKENS} tokens; tolerances: "
+        f"{checker.position_tolerance} nats per position, {checker.mean_tolerance} nats mean bias."
     ]
-    flagged: list[str] = raw["flagged"]
-    total: int = raw["honest_total"]
-    notes.append(f"honest flagged: {len(flagged)} of {total}" + (f" ({flagged[0]})" if flagged else ""))
-    for key, what in [
-        ("swapped", "swapped model (own log-probabilities)"),
-        ("relabelled", "swapped model (real model's log-probabilities)"),
-        ("fixed", "fixed string (real model's log-probabilities)"),
-    ]:
-        caught, n = raw[key]
-        notes.append(f"{what}: caught {caught} of {n}")
-    if not costs:
-        raise BenchmarkError("no result was scored")
-    rows = [Row(metric="re-scoring time / generation time", ratio=summarize(costs, "x", what="cost", percentiles=True))]
-    return Section(name="verification", title="10. Verification", rows=rows, notes=notes)
+    for cell in cells:
+        k = cell.kinds
+        notes.append(
+            f"{cell.label}: honest flagged {len(k['honest'].failed)} of {k['honest'].checked}; "
+            + "; ".join(
+                f"{name} caught {len(k[name].failed)} of {k[name].checked}"
+                for name in ("swapped", "fixed", "relabelled")
+            )
+        )
+        notes.append(f"{cell.label} honest |claimed - re-scored| per position: {_quantiles(k['honest'].deviations)}")
+        for name in ("honest", "swapped"):
+            notes.append(f"{cell.label} {name} mean bias per result: {_spread(k[name].biases)}")
+        for name in ("swapped", "fixed"):
+            notes.append(f"{cell.label} {name} caught by: {_rules(k[name].failed)}")
+        if k["honest"].failed:
+            notes.append(f"{cell.label} honest flagged, first: {k['honest'].failed[0]}")
+        missed = k["swapped"].checked - len(k["swapped"].failed)
+        if missed:
+            notes.append(f"{cell.label}: {missed} swapped results passed")
+    return notes
+
+
+async def run(options: BenchOptions, cells: list[tuple[int, int]] = CELLS, cost: bool = True) -> Section:
+    raw = await measure(options, cells, cost)
+    measured: list[Cell] = raw["cells"]
+    costs: dict[str, list[float]] = raw["costs"]
+    if not costs and not measured:
+        raise BenchmarkError("nothing was scored")
+    rows = [
+        Row(metric=f"verify / generate, {key}", ratio=summarize(values, "x", what=key))
+        for key, values in costs.items()
+        if not key.endswith("prompt tokens")
+    ]
+    notes = [f"cost {k}: {min(v):.0f}-{max(v):.0f}" for k, v in costs.items() if k.endswith("prompt tokens")][:1]
+    if measured:
+        from benchmarks.verification_plot import draw  # matplotlib only when cells were measured
+
+        notes += _notes(measured)
+        notes.append(f"distributions drawn in {draw(measured, ProofChecker(), PLOT_PATH).name}")
+    return Section(name="verification", title="11. Verification", rows=rows, notes=notes)
+
+
+def _main() -> None:
+    """`python -m benchmarks.verification [--quick] [--cells 1x1,2x4] [--no-cost | --cost-only]`: parts of the section."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.verification")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cells", default=",".join(f"{t}x{p}" for t, p in CELLS), help="THREADSxPARALLEL,...")
+    parser.add_argument("--no-cost", action="store_true", help="catch rates only")
+    parser.add_argument("--cost-only", action="store_true", help="cost only")
+    parser.add_argument("--dump", type=Path, help="write the cells' raw numbers to this JSON file")
+    parser.add_argument("--minutes", type=float, help="with --dump: stop each cell after this many minutes")
+    parser.add_argument("--combine", type=Path, nargs="+", help="no run: notes and plot of cells dumped by --dump")
+    args = parser.parse_args()
+    if args.combine:
+        combined = [Cell.from_dict(c) for f in args.combine for c in json.loads(f.read_text())["cells"]]
+        print("\n".join(_notes(combined)))
+        from benchmarks.verification_plot import draw
+
+        print(f"distributions drawn in {draw(combined, ProofChecker(), PLOT_PATH)}")
+        return
+    cells = [] if args.cost_only else [(int(t), int(p)) for t, p in (c.split("x") for c in args.cells.split(","))]
+    options = BenchOptions(quick=args.quick, threads=1)
+    if args.dump:
+        dump: Path = args.dump
+        deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+
+        def save(cell: Cell) -> None:
+            dump.write_text(json.dumps({"cells": [asdict(cell)]}))
+
+        raw = asyncio.run(measure(options, cells, False, deadline, save))
+        print("\n".join(_notes(raw["cells"])))
+        return
+    section = asyncio.run(run(options, cells, cost=not args.no_cost))
+    print("\n".join(section.notes))
+    for row in section.rows:
+        print(f"{row.metric}: {row.ratio.text() if row.ratio else ''}")
 
 
 if __name__ == "__main__":
-    section = asyncio.run(run(BenchOptions(quick="--quick" in sys.argv, threads=1)))
-    print("\n".join(section.notes))
-    for row in section.rows:
-        print(row.metric, row.ratio)
+    _main()

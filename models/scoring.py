@@ -3,8 +3,16 @@
 `TokenScorer` evaluates the exact tokens a node says it ran and chose, and returns,
 for each chosen token, its log-probability under this model file and how it ranked
 among all tokens: what a verifier compares with the node's claim (docs/VERIFICATION.md).
-Only the positions that predict a chosen token produce logits, so memory stays at one
-batch of rows whatever the length.
+
+Where the time goes (benchmarks/verification.py): the evaluation itself. Around it:
+  - only the positions that predict a chosen token produce logits (not the prompt's);
+  - the physical batch is the logical one (n_ubatch = n_batch), so a sequence up to
+    n_batch tokens is one llama_decode;
+  - the context stays loaded between checks and keeps its KV: a check whose tokens start
+    like the previous check's (the same system prompt, a workflow's next step whose prompt
+    holds the previous answer) evaluates only what differs;
+  - the log-softmax, best token and rank are computed for all positions of a batch at
+    once (numpy, float64 like models.tracing.token_logprob, in blocks of rows).
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from pydantic import BaseModel
 from models.llama_open import construct_llama
 from models.options import RuntimeOptions
 from models.requests import ContextOverflowError, ModelError, ModelLoadError
-from models.tracing import token_logprob
+from models.slots import common_prefix
+
+# Rows of logits converted to float64 at once (64 x 49k vocabulary = 25 MB).
+ROWS_PER_BLOCK = 64
 
 
 class ScoredTokens(BaseModel):
@@ -29,6 +40,27 @@ class ScoredTokens(BaseModel):
     best_logprobs: list[float]
     ranks: list[int]
     text: str  # the chosen tokens as text (special tokens render as nothing)
+    reused: int = 0  # leading tokens whose KV the previous check left (not evaluated again)
+
+
+def rank_rows(logits: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of `logits` (rows x vocabulary): log-softmax at `chosen`, the best log-probability, and the rank.
+
+    The same float64 arithmetic as models.tracing.token_logprob, one row at a time there.
+    """
+    logprobs = np.empty(len(chosen))
+    best = np.empty(len(chosen))
+    ranks = np.empty(len(chosen), dtype=np.int64)
+    for start in range(0, len(chosen), ROWS_PER_BLOCK):
+        rows = logits[start : start + ROWS_PER_BLOCK].astype(np.float64)
+        ids = chosen[start : start + ROWS_PER_BLOCK]
+        top = rows.max(axis=1)
+        log_total = np.log(np.exp(rows - top[:, None]).sum(axis=1))
+        picked = rows[np.arange(len(ids)), ids]
+        logprobs[start : start + len(ids)] = picked - top - log_total
+        best[start : start + len(ids)] = -log_total
+        ranks[start : start + len(ids)] = (rows > picked[:, None]).sum(axis=1)
+    return logprobs, best, ranks
 
 
 class TokenScorer:
@@ -42,6 +74,7 @@ class TokenScorer:
                 opts.extra_buffers,
                 n_ctx=opts.n_ctx,
                 n_batch=opts.n_batch,
+                n_ubatch=opts.n_batch,
                 n_threads=opts.threads(),
                 n_threads_batch=opts.threads(),
                 n_gpu_layers=opts.gpu_layers(),
@@ -50,8 +83,9 @@ class TokenScorer:
             raise ModelLoadError(f"llama.cpp could not open {path} for scoring: {exc}") from exc
         self._lock = threading.Lock()
         self._n_ctx = self._llm.n_ctx()
-        self._n_batch = min(opts.n_batch, self._n_ctx)
+        self._n_batch = llama_cpp.llama_n_batch(self._llm._ctx.ctx)  # llama.cpp caps it at n_ctx
         self._n_vocab = self._llm.n_vocab()
+        self._cached: list[int] = []  # the tokens whose KV the context holds (sequence 0, positions 0..)
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
         """Score `tokens` as the continuation of `prompt_tokens` (blocking; milliseconds per hundred tokens)."""
@@ -63,44 +97,65 @@ class TokenScorer:
         if any(not 0 <= t < self._n_vocab for t in sequence):
             raise ModelError("a token id is outside the model's vocabulary")
         with self._lock:
-            return self._score(sequence, len(prompt_tokens))
+            try:
+                return self._score(sequence, len(prompt_tokens))
+            except BaseException:
+                self._clear()
+                raise
+
+    def clear(self) -> None:
+        """Drop the KV kept from earlier checks (the next check evaluates every token)."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._llm._ctx.ctx), True)
+        self._cached = []
 
     def _score(self, sequence: list[int], n_prompt: int) -> ScoredTokens:
         ctx = self._llm._ctx.ctx
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        first_output = n_prompt - 1  # position p's logits predict sequence[p + 1]
+        # Keep the KV of the common prefix, but evaluate from the first position that must give logits.
+        keep = min(common_prefix(self._cached, sequence), first_output)
+        if not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, keep, -1):
+            self._clear()
+            keep = 0
+        self._cached = self._cached[:keep]
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
-        logprobs: list[float] = []
-        best: list[float] = []
-        ranks: list[int] = []
         try:
-            # Position p's logits predict sequence[p + 1]: only p >= n_prompt - 1 matter.
-            last = len(sequence) - 1
-            for start in range(0, last, self._n_batch):
+            last = len(sequence) - 1  # the last token predicts nothing: it is never evaluated
+            for start in range(keep, last, self._n_batch):
                 end = min(start + self._n_batch, last)
-                outputs: list[int] = []
                 for i, pos in enumerate(range(start, end)):
                     batch.token[i] = sequence[pos]
                     batch.pos[i] = pos
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
-                    batch.logits[i] = pos >= n_prompt - 1
-                    if pos >= n_prompt - 1:
-                        outputs.append(i)
+                    batch.logits[i] = pos >= first_output
                 batch.n_tokens = end - start
                 rc = llama_cpp.llama_decode(ctx, batch)
                 if rc != 0:
                     raise ModelError(f"scoring failed: llama_decode returned {rc}")
-                for i in outputs:
-                    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(self._n_vocab,))
-                    chosen = sequence[start + i + 1]
-                    logprobs.append(token_logprob(row, chosen))
-                    top = int(row.argmax())
-                    best.append(token_logprob(row, top))
-                    ranks.append(int((row > row[chosen]).sum()))
+                self._cached.extend(sequence[start:end])
+                outputs = end - max(start, first_output)
+                if outputs > 0:
+                    # Outputs are contiguous, in batch order (llama.h, llama_get_logits).
+                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(outputs, self._n_vocab))
+                    chosen = np.array(sequence[end - outputs + 1 : end + 1], dtype=np.int64)
+                    parts.append(rank_rows(logits, chosen))
         finally:
             llama_cpp.llama_batch_free(batch)
         text = self._llm.detokenize(sequence[n_prompt:]).decode("utf-8", errors="replace")
-        return ScoredTokens(logprobs=logprobs, best_logprobs=best, ranks=ranks, text=text)
+        if not parts:
+            return ScoredTokens(logprobs=[], best_logprobs=[], ranks=[], text=text, reused=keep)
+        return ScoredTokens(
+            logprobs=np.concatenate([p[0] for p in parts]).tolist(),
+            best_logprobs=np.concatenate([p[1] for p in parts]).tolist(),
+            ranks=np.concatenate([p[2] for p in parts]).tolist(),
+            text=text,
+            reused=keep,
+        )
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
         """Prompt token ids as text (special tokens render as nothing): what a scored step was asked."""

@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError
-from models.scoring import TokenScorer
-from models.tracing import GenerationTrace, generation_traces
+from models.scoring import TokenScorer, rank_rows
+from models.tracing import GenerationTrace, generation_traces, token_logprob
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 from tests.support.swapped_model import requantized_smollm2
 
@@ -103,3 +104,35 @@ def test_scoring_refuses_tokens_it_cannot_take(scorer: TokenScorer) -> None:
         scorer.score([], [5])
     with pytest.raises(ContextOverflowError):
         scorer.score([1] * 400, [5] * 200)
+
+
+def test_ranking_a_block_of_rows_gives_each_rows_own_numbers() -> None:
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((150, 4096)) * 4).astype(np.float32)  # more rows than one block
+    chosen = rng.integers(0, 4096, 150)
+    logprobs, best, ranks = rank_rows(logits, chosen)
+    for i in range(150):
+        row = logits[i]
+        assert logprobs[i] == pytest.approx(token_logprob(row, int(chosen[i])), abs=1e-12)
+        assert best[i] == pytest.approx(token_logprob(row, int(row.argmax())), abs=1e-12)
+        assert ranks[i] == int((row > row[chosen[i]]).sum())
+
+
+async def test_a_check_reuses_the_previous_checks_prompt_and_scores_alike(
+    model: BatchedLlamaModel, scorer: TokenScorer
+) -> None:
+    _, first = await _traced(model, _request("Write a line about the moon.", seed=11))
+    _, second = await _traced(model, _request("Write a line about the moon.", seed=12))
+    a, b = first[0], second[0]
+    assert a.prompt_tokens == b.prompt_tokens and a.tokens != b.tokens
+    scorer.clear()
+    fresh = await asyncio.to_thread(scorer.score, b.prompt_tokens, b.tokens)
+    assert fresh.reused == 0
+    await asyncio.to_thread(scorer.score, a.prompt_tokens, a.tokens)
+    reused = await asyncio.to_thread(scorer.score, b.prompt_tokens, b.tokens)
+    # Everything but the prompt's last token (its logits predict the first chosen token) came from the KV.
+    assert reused.reused == len(b.prompt_tokens) - 1
+    assert reused.ranks == fresh.ranks
+    assert max(abs(x - y) for x, y in zip(reused.logprobs, fresh.logprobs, strict=True)) < 0.01
+    again = await asyncio.to_thread(scorer.score, [7, 8, 9], [10, 11])  # shares nothing: all evaluated
+    assert again.reused == 0 and len(again.logprobs) == 2
