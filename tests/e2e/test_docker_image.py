@@ -12,6 +12,7 @@ Run with `-s` to see them.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from models.cpu import amx_instructions
 from tests.support.docker_engine import (
     BASE_TAG,
     CA_BUNDLE,
     ROOT,
     Docker,
     DockerUnavailableError,
+    avx512_instructions,
+    copy_out_llama_libraries,
     find_client,
     portable_llama_wheels,
     readme_command,
@@ -106,11 +110,22 @@ def event_times(events: list[dict[str, object]], name: str, **fields: object) ->
     ]
 
 
-def test_image_builds_runs_healthy_answers_and_drains_on_docker_stop(docker: Docker) -> None:
+def check_portable(docker: Docker, tag: str, tmp_path: Path) -> None:
+    """The image's llama.cpp runs on any x86-64 with AVX2: no AVX-512 (no -march=native) and no AMX code."""
+    if shutil.which("objdump") is None:
+        return
+    libraries = copy_out_llama_libraries(docker, tag, tmp_path)
+    assert any(lib.name.startswith("libggml-cpu") for lib in libraries), libraries
+    for lib in libraries:
+        assert avx512_instructions(lib) == 0, f"{lib.name} holds AVX-512 code: a native build (GGML_NATIVE=OFF?)"
+        assert amx_instructions(lib) == 0, f"{lib.name} holds AMX code"
+
+
+def test_image_builds_runs_healthy_answers_and_drains_on_docker_stop(docker: Docker, tmp_path: Path) -> None:
     started = time.monotonic()
     tag = f"compute-node:test-{uuid.uuid4().hex[:8]}"
     name = f"compute-node-test-{uuid.uuid4().hex[:8]}"
-    added_wheels = stage_wheels(portable_llama_wheels())
+    staged_wheels = stage_wheels(portable_llama_wheels())
     try:
         base_s = make_base_image(docker)
         build_s = build_image(docker, tag)
@@ -118,6 +133,7 @@ def test_image_builds_runs_healthy_answers_and_drains_on_docker_stop(docker: Doc
         size_mb = docker.image_size(tag) / 1e6
         base_mb = docker.image_size(BASE_TAG) / 1e6
         assert size_mb < 918, f"the image is {size_mb:.0f} MB, no smaller than the first attempt's 918 MB"
+        check_portable(docker, tag, tmp_path)
 
         p2p_port, http_port = free_port(), free_port()
         docker.run(*run_command(tag, name, p2p_port, http_port))
@@ -158,7 +174,7 @@ def test_image_builds_runs_healthy_answers_and_drains_on_docker_stop(docker: Doc
             docker.run("volume", "rm", name, check=False)
     finally:
         docker.run("rmi", tag, check=False)
-        for wheel in added_wheels:
+        for wheel in staged_wheels:
             wheel.unlink()
 
     print(

@@ -128,11 +128,31 @@ def portable_llama_wheels() -> list[Path]:
 
 
 def stage_wheels(wheels: list[Path]) -> list[Path]:
-    """Copies the wheels into deploy/docker/wheels/ (git-ignored); returns the files it added."""
-    added = []
+    """Copies the wheels into deploy/docker/wheels/ (git-ignored), over a different file of the same name.
+
+    Returns the files it wrote.
+    """
+    written = []
     for wheel in wheels:
         target = WHEELS_DIR / wheel.name
-        if not target.exists():
+        if not target.exists() or target.read_bytes() != wheel.read_bytes():
             shutil.copy2(wheel, target)
-            added.append(target)
-    return added
+            written.append(target)
+    return written
+
+
+def avx512_instructions(binary: Path) -> int:
+    """How many instructions of `binary` use AVX-512 registers (zmm, opmasks): 0 in a portable AVX2 build."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(binary)], capture_output=True, text=True)
+    return len(re.findall(r"%zmm\d|\{%k[1-7]\}", out.stdout))
+
+
+def copy_out_llama_libraries(docker: Docker, tag: str, target: Path) -> list[Path]:
+    """The image's llama.cpp libraries (the files, not their symlinks), copied to `target`."""
+    container = docker.run("create", tag).stdout.strip()
+    try:
+        lib_dir = "/opt/venv/lib/python3.11/site-packages/llama_cpp/lib"
+        docker.run("cp", f"{container}:{lib_dir}", str(target))
+    finally:
+        docker.run("rm", container, check=False)
+    return sorted(p for p in (target / "lib").iterdir() if p.is_file() and not p.is_symlink())
