@@ -78,7 +78,7 @@ async def logged(logs: list[MutableMapping[str, Any]], since: int, **match: Any)
 
 
 def loops_alive(node: NodeServer) -> bool:
-    return all(not loop.done() for loop in node._loops)
+    return node.supervisor.failed() == [] and node.supervisor.fatal is None
 
 
 @pytest.fixture
