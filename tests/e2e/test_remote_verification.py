@@ -49,7 +49,7 @@ async def _client_seeing(servers: list[NodeServer], stack: AsyncExitStack) -> Cl
     """A Client without any model file, once it has every node's heartbeat."""
     verifier = ResultVerifier(1.0, lambda name: None)
     client = await stack.enter_async_context(Client(peers=[dialable(s) for s in servers], verifier=verifier))
-    addresses = {s.identity.address for s in servers}
+    addresses = {s.running.identity.address for s in servers}
     for _ in range(300):
         if addresses <= {n.address for n in client.nodes.live()}:
             return client
@@ -59,7 +59,7 @@ async def _client_seeing(servers: list[NodeServer], stack: AsyncExitStack) -> Cl
 
 async def _run_on(client: Client, producer: NodeServer) -> object:
     task = Task(
-        workflow=Simple().workflow(prompt=PROMPT, max_tokens=32), models=[MODEL], nodes=[producer.identity.address]
+        workflow=Simple().workflow(prompt=PROMPT, max_tokens=32), models=[MODEL], nodes=[producer.running.identity.address]
     )
     try:
         return await client.execute(task, timeout=180)
@@ -74,9 +74,9 @@ async def test_an_honest_result_is_verified_by_another_node(tmp_path: Path, monk
         result = await _run_on(client, producer)
         assert not isinstance(result, Exception), result
         assert result.verified is True  # type: ignore[attr-defined]
-        assert client.reputation.view(scorer.identity.address).answered > 0.5  # the score task ran there (counts decay)
-        assert client.reputation.view(producer.identity.address).answered == 0  # never scored its own work
-        assert client.reputation.view(producer.identity.address).verify_passed == 1
+        assert client.reputation.view(scorer.running.identity.address).answered > 0.5  # the score task ran there (counts decay)
+        assert client.reputation.view(producer.running.identity.address).answered == 0  # never scored its own work
+        assert client.reputation.view(producer.running.identity.address).verify_passed == 1
 
 
 @pytest.mark.slow
@@ -90,9 +90,9 @@ async def test_a_swapped_model_is_caught_by_remote_scorers(tmp_path: Path, monke
         result = await _run_on(client, producer)
         assert isinstance(result, VerificationFailedTaskError), result
         assert "log-probabilit" in result.reason or "best token" in result.reason
-        assert client.reputation.banned(producer.identity.address)
+        assert client.reputation.banned(producer.running.identity.address)
         # The failure was confirmed: both other nodes scored it.
-        assert all(client.reputation.view(s.identity.address).answered > 0.5 for s in scorers)
+        assert all(client.reputation.view(s.running.identity.address).answered > 0.5 for s in scorers)
 
 
 @pytest.mark.slow
@@ -118,4 +118,4 @@ async def test_a_lying_scorer_cannot_get_an_honest_node_banned(tmp_path: Path, m
         # The honest scorer passes it (verified) or contradicts the liar (left unverified): never a failure.
         assert not isinstance(result, Exception), result
         assert result.verified in (True, None)  # type: ignore[attr-defined]
-        assert not client.reputation.banned(producer.identity.address)
+        assert not client.reputation.banned(producer.running.identity.address)
