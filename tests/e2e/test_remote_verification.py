@@ -59,7 +59,9 @@ async def _client_seeing(servers: list[NodeServer], stack: AsyncExitStack) -> Cl
 
 async def _run_on(client: Client, producer: NodeServer) -> object:
     task = Task(
-        workflow=Simple().workflow(prompt=PROMPT, max_tokens=32), models=[MODEL], nodes=[producer.running.identity.address]
+        workflow=Simple().workflow(prompt=PROMPT, max_tokens=32),
+        models=[MODEL],
+        nodes=[producer.running.identity.address],
     )
     try:
         return await client.execute(task, timeout=180)
@@ -74,7 +76,9 @@ async def test_an_honest_result_is_verified_by_another_node(tmp_path: Path, monk
         result = await _run_on(client, producer)
         assert not isinstance(result, Exception), result
         assert result.verified is True  # type: ignore[attr-defined]
-        assert client.reputation.view(scorer.running.identity.address).answered > 0.5  # the score task ran there (counts decay)
+        assert (
+            client.reputation.view(scorer.running.identity.address).answered > 0.5
+        )  # the score task ran there (counts decay)
         assert client.reputation.view(producer.running.identity.address).answered == 0  # never scored its own work
         assert client.reputation.view(producer.running.identity.address).verify_passed == 1
 

@@ -141,17 +141,27 @@ async def test_context_overflow_fails_only_that_request(model: BatchedLlamaModel
     assert (await model.generate(ask("Say hi.", max_tokens=4))).text
 
 
+async def _settled_calls(model: BatchedLlamaModel) -> int:
+    """The decode loop's native calls so far, once the previous request's last calls are done."""
+    last = -1
+    for _ in range(100):
+        progress = model.progress()
+        assert progress is not None
+        if progress.calls_done == last and progress.busy == 0:
+            return last
+        last = progress.calls_done
+        await asyncio.sleep(0.2)
+    raise AssertionError("the decode loop never settled")
+
+
 async def test_prompt_plus_max_tokens_fits_exactly_or_is_refused_before_it_runs(model: BatchedLlamaModel) -> None:
     prompt = "word " * 980  # leaves room for a few generated tokens only
     room = model.n_ctx - (await model.generate(ask(prompt, max_tokens=1))).prompt_tokens
-    progress = model.progress()
-    assert progress is not None
-    calls = progress.calls_done
+    calls = await _settled_calls(model)
     with pytest.raises(ContextOverflowError) as refused:
         await model.generate(ask(prompt, max_tokens=room + 1, ignore_eos=True))
     assert f"plus max_tokens {room + 1} need {model.n_ctx + 1} tokens" in str(refused.value)
-    after = model.progress()
-    assert after is not None and after.calls_done == calls  # refused before any native call
+    assert await _settled_calls(model) == calls  # refused before any native call
     whole = await model.generate(ask(prompt, max_tokens=room, ignore_eos=True))
     assert whole.completion_tokens == room and whole.finish_reason == "length"  # not cut short
 
