@@ -1,10 +1,14 @@
 """The publisher's view of the network: nodes known from their heartbeats.
 
-Liveness is judged by the signed body `timestamp`, not
-by when a heartbeat arrived: anyone can re-send an old signed heartbeat with a
-fresh envelope. A body older than `ttl` (two heartbeat intervals by default),
-older than the newest one seen from that node, or stamped further ahead than
-`max_skew`, is ignored. Every number is clamped (capacity 0..1024, tps 0..1e6,
+A heartbeat counts once: its signed body `timestamp` must be newer than the newest
+one held from that node (anyone can re-send an old signed heartbeat with a fresh
+envelope), no older than `max_age` and no further ahead than `max_skew`. A node
+is live while its newest heartbeat arrived within `ttl` (two heartbeat intervals
+by default) and was signed within `max_age`. Liveness counts from the arrival, not
+from the signing, so that gossip slower than `ttl` (a starved network: heartbeats
+seen 10-40 s after signing with 5 s intervals) does not make every node look dead;
+`max_age` bounds how long a replayed or delayed heartbeat can keep a dead node
+listed, and a direct delivery to one fails at the dial. Every number is clamped (capacity 0..1024, tps 0..1e6,
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
@@ -51,6 +55,7 @@ class KnownNode:
     max: int
     tps: dict[str, float]
     last_seen: float  # the heartbeat body's timestamp, Unix seconds
+    heard_at: float = 0.0  # when that heartbeat arrived here, Unix seconds (0: as signed)
     addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
     leaving: bool = False  # it is draining: never chosen
 
@@ -87,14 +92,17 @@ class NodeTable:
         max_bytes: int = 16 * 1024 * 1024,
         max_skew: float = 60.0,
         reputation: Reputation | None = None,
+        max_age: float | None = None,
     ) -> None:
-        """`reputation`: weigh choices by measured service (None: by the heartbeats' claims)."""
+        """`reputation`: weigh choices by measured service (None: by the heartbeats' claims).
+        `max_age`: the oldest signed heartbeat taken (None: five times `ttl`, ten heartbeat intervals)."""
         self._nodes: dict[str, KnownNode] = {}
         self._ttl = ttl
         self._rng = rng or random.Random()
         self._max_nodes = max_nodes
         self._max_bytes = max_bytes
         self._max_skew = max_skew
+        self._max_age = 5 * ttl if max_age is None else max(max_age, ttl)
         self.bytes_used = 0
         self.reputation = reputation
 
@@ -105,7 +113,7 @@ class NodeTable:
             return False
         now = time.time() if now is None else now
         stamped = heartbeat.timestamp / 1e9
-        if now - stamped > self._ttl or stamped - now > self._max_skew:
+        if now - stamped > self._max_age or stamped - now > self._max_skew:
             return False
         known = self._nodes.get(sender)
         if known is not None and stamped <= known.last_seen:
@@ -118,6 +126,7 @@ class NodeTable:
             max=clamp_capacity(heartbeat.capacity.max),
             tps={model: clamp_tps(tps) for model, tps in heartbeat.tps.items()},
             last_seen=stamped,
+            heard_at=now,
             addrs=tuple(heartbeat.addrs or ()),
             leaving=bool(heartbeat.leaving),
         )
@@ -138,7 +147,7 @@ class NodeTable:
 
         if not full():
             return
-        for address in [a for a, n in self._nodes.items() if now - n.last_seen > self._ttl]:
+        for address in [a for a, n in self._nodes.items() if not self._is_live(n, now)]:
             self._forget(address)  # the silent first
         while self._nodes and full():
             self._forget(min(self._nodes.values(), key=lambda n: n.last_seen).address)
@@ -154,8 +163,13 @@ class NodeTable:
         return self._nodes.get(address)
 
     def live(self, now: float | None = None) -> list[KnownNode]:
+        """Nodes whose newest heartbeat arrived within `ttl` and was signed within `max_age`."""
         now = time.time() if now is None else now
-        return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
+        return [node for node in self._nodes.values() if self._is_live(node, now)]
+
+    def _is_live(self, node: KnownNode, now: float) -> bool:
+        heard = max(node.heard_at, node.last_seen)
+        return now - heard <= self._ttl and now - node.last_seen <= self._max_age
 
     def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
         """A live node serving one of `wanted`, weighted by free capacity x speed (measured, with a

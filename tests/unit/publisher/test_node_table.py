@@ -59,6 +59,29 @@ def test_liveness_is_judged_by_the_signed_body_timestamp() -> None:
     assert table.live(now=1061) == []
 
 
+def test_a_late_heartbeat_counts_from_its_arrival_up_to_max_age() -> None:
+    """Gossip slower than the ttl (a starved network) must not make every node look dead: a heartbeat
+    counts for ttl from when it arrived, as long as it was signed within max_age."""
+    table = NodeTable(ttl=10, max_age=50)
+    assert table.update(A, heartbeat(A, ["m"], at=100), now=125)  # 25 s in transit, more than the ttl
+    assert [n.address for n in table.live(now=135)] == [A]
+    assert table.live(now=136) == []
+    assert table.update(A, heartbeat(A, ["m"], at=105), now=133)  # the next one, as late, keeps it listed
+    assert [n.address for n in table.live(now=143)] == [A]
+    assert not table.update(B, heartbeat(B, ["m"], at=100), now=151)  # older than max_age on arrival
+    # A heartbeat held back (or replayed to a publisher that never saw a newer one) lists a node
+    # at most max_age after it was signed, whenever it arrives.
+    assert table.update(C, heartbeat(C, ["m"], at=100), now=148)
+    assert C in {n.address for n in table.live(now=150)}
+    assert C not in {n.address for n in table.live(now=151)}
+
+
+def test_default_max_age_is_five_ttls() -> None:
+    table = NodeTable(ttl=60)
+    assert table.update(A, heartbeat(A, ["m"], at=0), now=300)
+    assert not table.update(B, heartbeat(B, ["m"], at=0), now=301)
+
+
 def test_a_heartbeat_older_than_the_newest_seen_is_ignored() -> None:
     table = NodeTable(ttl=60)
     assert table.update(A, heartbeat(A, ["m"], free=3, at=100), now=100)
