@@ -6,7 +6,8 @@ from a slow node is still taken (once: the Client accepts one result per call).
 waits for the first news of any live attempt (`next_outcome`), and retries on an error
 result, a lost stream or a node silent for the attempt timeout, up to `max_retries` times.
 The Client hands it what it needs as callables (`AttemptHooks`): choosing, sending,
-accepting a result (checks and verification), ending an attempt, recording a result.
+verifying a result, ending an attempt. A result must extend the text its node streamed,
+and each one is recorded in the node's measured reputation.
 """
 
 from __future__ import annotations
@@ -81,9 +82,8 @@ class AttemptHooks:
     choose: Callable[[list[str], set[str], float, float, TaskFailedError | None], Awaitable[KnownNode]]
     # (task, node, seconds left, on_delta) -> the attempt; DeclinedError when the node did not take it
     send: Callable[[Task, KnownNode, float, OnDelta | None], Awaitable[Attempt]]
-    accept: Callable[[Attempt], Awaitable[TaskResult]]  # its result, checked; TaskFailedError as it came
+    verify: Callable[[TaskResult], Awaitable[TaskResult]]  # checked against its proof; TaskFailedError if it fails
     end: Callable[[Attempt], Awaitable[None]]  # stop waiting for it and close its stream
-    record_result: Callable[[TaskResult, float], None]  # (result, seconds from send to result)
 
 
 @dataclass
@@ -203,7 +203,7 @@ class AttemptLoop:
             self.retries, self.need_new = self.retries + 1, True
             return None
         try:
-            result = await self.hooks.accept(attempt)
+            result = await self.hooks.verify(checked(attempt))
         except TaskFailedError as exc:
             if not exc.retryable:
                 raise  # the same on every node (a failed proof is marked where it is checked)
@@ -212,5 +212,25 @@ class AttemptLoop:
             log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
             self.retries, self.need_new = self.retries + 1, True
             return None
-        self.hooks.record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
+        self._record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
         return result
+
+    def _record_result(self, result: TaskResult, seconds: float) -> None:
+        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
+        extras = result.stats.model_extra or {}
+        claimed = extras.get("completionTokens")
+        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
+        tokens = min(claimed, size) if isinstance(claimed, int) else 0
+        exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
+        known = self.hooks.nodes.get(result.node)
+        claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
+        self.hooks.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
+
+
+def checked(attempt: Attempt) -> TaskResult:
+    """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
+    result: TaskResult = attempt.result.result()
+    streamed = attempt.direct.progress_text if attempt.direct is not None else ""
+    if streamed and result.ciphertext is None and not result.text.startswith(streamed):
+        raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
+    return result

@@ -215,9 +215,8 @@ class Client:
             reputation=self.reputation,
             choose=self._choose,
             send=lambda task, node, remaining, on_delta: self._send(task, node, remaining, on_delta, proof),
-            accept=lambda attempt: self._verified(self._checked(attempt), proof),
+            verify=lambda result: self._verified(result, proof),
             end=self._end_attempt,
-            record_result=self._record_result,
         )
         return await AttemptLoop(
             hooks, task, timeout, self._max_retries, self._attempt_timeout, on_submit=on_submit, on_delta=on_delta
@@ -231,25 +230,6 @@ class Client:
         if attempt.direct is not None:
             self._deliveries.discard(attempt.direct)
             await attempt.direct.close()
-
-    def _record_result(self, result: TaskResult, seconds: float) -> None:
-        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
-        extras = result.stats.model_extra or {}
-        claimed = extras.get("completionTokens")
-        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
-        tokens = min(claimed, size) if isinstance(claimed, int) else 0
-        exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
-        known = self.nodes.get(result.node)
-        claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
-        self.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
-
-    def _checked(self, attempt: Attempt) -> TaskResult:
-        """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
-        result = attempt.result.result()
-        streamed = attempt.direct.progress_text if attempt.direct is not None else ""
-        if streamed and result.ciphertext is None and not result.text.startswith(streamed):
-            raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
-        return result
 
     async def _verified(self, result: TaskResult, proof: bool) -> TaskResult:
         """The result, checked against its proof when the task asked for one; a failure is the task's error."""
