@@ -46,7 +46,6 @@ from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
 from node.p2p.host import GossipMessage, P2PHost
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, consume, discard
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -121,7 +120,7 @@ class NodeServer:
             self.pause,
             ledger,
         )
-        queues = await self._subscribe(host, parts.gate)
+        queues = await self._subscribe(host, parts)
         await parts.connector.dial_all()
         await recover_interrupted(
             journal,
@@ -166,10 +165,20 @@ class NodeServer:
         self.parts.direct.on_stream(stream, first)
 
     @staticmethod
-    async def _subscribe(host: P2PHost, gate: GossipGate) -> dict[str, asyncio.Queue[GossipMessage]]:
-        return {
-            topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
-        }
+    async def _subscribe(host: P2PHost, parts: NodeParts) -> dict[str, asyncio.Queue[GossipMessage]]:
+        """Tasks are read; results and heartbeats only validated and relayed (never handed to the loop:
+        a thread crossing per message of the whole network's traffic is a share of every node's CPU)."""
+        gate, monitor = parts.gate, parts.monitor
+
+        def heartbeat(topic: str, data: bytes) -> bool:
+            valid = gate.validate(topic, data)
+            if valid:
+                monitor.heartbeat_seen()  # a float set on the Trio thread: the monitor reads it
+            return valid
+
+        await host.relay(RESULTS_TOPIC, gate.validate)
+        await host.relay(HEARTBEAT_TOPIC, heartbeat)
+        return {TASK_TOPIC: await host.subscribe(TASK_TOPIC, gate.validate)}
 
     def _start_loops(
         self, parts: NodeParts, host: P2PHost, remote: RemoteHealth, queues: dict[str, asyncio.Queue[GossipMessage]]
@@ -179,11 +188,6 @@ class NodeServer:
         monitor = parts.monitor
         self._loops = [
             loops.start("intake", lambda: parts.intake.run(queues[TASK_TOPIC])),
-            loops.start("results", lambda: discard(queues[RESULTS_TOPIC])),  # subscribed only to relay results
-            loops.start(
-                "heartbeats",
-                lambda: consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, lambda _: monitor.heartbeat_seen()),
-            ),
             loops.start("heartbeat", parts.heartbeat.run),
             loops.start("connector", parts.connector.run),
             loops.start("outbox", parts.outbox.run),

@@ -314,6 +314,23 @@ class P2PHost:
             raise
         return queue
 
+    async def relay(self, topic: str, validator: Validator | None = None) -> None:
+        """Join `topic` only to validate and relay it: its messages never cross to the event loop.
+
+        For a topic this peer does not read (a node relays results and other nodes' heartbeats):
+        each message handed over would cost a thread crossing and a wake-up of the event loop,
+        a share of every node's CPU that grows with the network's traffic. The validator still
+        runs (on the Trio thread) and may note what it needs.
+        """
+        if topic in self._queues:
+            raise P2PError(f"already subscribed to topic {topic!r}")
+        self._queues[topic] = asyncio.Queue(1)  # marks the topic taken; no budget: nothing is handed over
+        try:
+            await self._call(self._service.subscribe, topic, validator)
+        except BaseException:
+            self._queues.pop(topic, None)
+            raise
+
     async def publish(self, topic: str, data: bytes, *, require_mesh: bool = False) -> None:
         """Publish `data` on `topic`, paced by the outbound queues.
 

@@ -40,7 +40,7 @@ from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, Inbound, consume, discard
+from node.wire.inbound import GossipGate, Inbound, consume
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
 from node.wire.proof import ProofError, open_proof
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
@@ -161,10 +161,10 @@ class Client:
             await host.start()
             self._host = host
             gate = GossipGate()
-            queues = {t: await host.subscribe(t, gate.validate) for t in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+            await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
+            queues = {t: await host.subscribe(t, gate.validate) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
             self._loops = [
                 asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
-                asyncio.create_task(discard(queues[TASK_TOPIC])),
                 asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),
             ]
             results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)

@@ -151,6 +151,42 @@ async def test_message_is_relayed_along_a_line(make_host: HostFactory) -> None:
     assert await receive(qc) == GossipMessage(TOPIC, b"via b", a.peer_id)
 
 
+async def test_a_relayed_topic_is_validated_and_relayed_but_never_handed_to_the_event_loop(
+    make_host: HostFactory,
+) -> None:
+    """A node relays results and heartbeats it does not read: its validator still judges each
+    message (a rejected one goes no further), and nothing crosses to its event loop."""
+    judged: list[bytes] = []
+
+    def no_bad(topic: str, data: bytes) -> bool:
+        judged.append(data)
+        return not data.startswith(b"bad")
+
+    a, b, c = await make_host(), await make_host(), await make_host()
+    await a.subscribe(TOPIC)
+    await b.relay(TOPIC, no_bad)
+    qc = await c.subscribe(TOPIC)
+    await link(a, b)
+    await link(b, c)
+    await wait_for_mesh(b, TOPIC, 2)
+    await wait_for_mesh(c, TOPIC, 1)
+    await a.publish(TOPIC, b"bad message")
+    await a.publish(TOPIC, b"good message")
+    assert (await receive(qc)).data == b"good message"
+    assert judged == [b"bad message", b"good message"]
+    assert qc.empty()
+    crossings: list[tuple[object, ...]] = []
+    real_call_soon = b._call_soon
+    b._call_soon = lambda callback, *args: (crossings.append(args), real_call_soon(callback, *args))[1]  # type: ignore[method-assign]
+    for i in range(20):
+        await a.publish(TOPIC, b"more %d" % i)
+    for _ in range(20):
+        await receive(qc)
+    assert crossings == [], "a relayed topic's messages crossed to the event loop"
+    with pytest.raises(P2PError, match="already subscribed"):
+        await b.subscribe(TOPIC)
+
+
 async def test_rejecting_validator_stops_delivery_and_relay(make_host: HostFactory) -> None:
     def no_bad(topic: str, data: bytes) -> bool:
         return topic == TOPIC and not data.startswith(b"bad")
