@@ -16,7 +16,8 @@ subscription queues (and its own publishes skip its validators), so the node
 never sees its own results/heartbeats come back.
 
 Duplicates: message ids are content addressed (sha256 of the data) and remembered
-for 2 minutes, so the same data is delivered (and sent) once in that window. A
+for 12 minutes (`SEEN_WINDOW_S`: longer than an envelope is accepted), so the same data is
+delivered (and sent) once in that window. A
 peer that (re)subscribes may get recent messages replayed later, so consumers
 must still be idempotent (dedupe by task id).
 
@@ -337,7 +338,7 @@ class P2PHost:
         Raises MessageTooLargeError (nothing sent) above `max_message_bytes`, and with
         `require_mesh` NoMeshPeersError (nothing sent) when no peer is in the topic's mesh:
         checked on the Trio thread in the same call, so it costs no extra thread crossing.
-        Data identical to a message seen in the last 2 minutes is not sent again.
+        Data identical to a message seen in the last `SEEN_WINDOW_S` (12 min) is not sent again.
         Awaiting publishes one after another keeps their order.
         """
         if len(data) > self._options.max_message_bytes:

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
-from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
+from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES, SEEN_WINDOW_S
 
 log = structlog.get_logger(__name__)
 
@@ -211,6 +211,7 @@ class P2PService:
             strict_signing=True,
             msg_id_constructor=content_message_id,
             max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
+            seen_ttl=SEEN_WINDOW_S,
         )
         self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
         if self._options.serve_streams:

@@ -14,6 +14,8 @@ import structlog
 
 from node.p2p.host import GossipMessage, MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
 from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
+from node.wire.envelope import MAX_AGE_NS, MAX_SKEW_NS
+from node.wire.topics import SEEN_WINDOW_S
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 TOPIC = "task"
@@ -414,3 +416,12 @@ async def test_stop_during_start_is_bounded() -> None:
     with pytest.raises(P2PError, match="stopped while starting"):
         await asyncio.wait_for(starting, WAIT_S)
     assert host.thread_name not in {thread.name for thread in threading.enumerate()}
+
+
+async def test_a_message_is_remembered_as_seen_for_as_long_as_its_envelope_is_accepted(make_host: HostFactory) -> None:
+    """A copy delayed longer than the seen window (a starved peer's socket buffers) would pass as new
+    and be flooded again: under load that feedback took heartbeat delays from seconds to minutes."""
+    host = await make_host()
+    seen = host._service._pubsub.seen_messages  # type: ignore[union-attr]
+    assert seen.ttl == SEEN_WINDOW_S
+    assert SEEN_WINDOW_S * 1_000_000_000 > MAX_AGE_NS + MAX_SKEW_NS
