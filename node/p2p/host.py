@@ -188,12 +188,15 @@ class P2PHost:
         libp2p_log_level: int | str = logging.WARNING,
         stream_limits: StreamLimits | None = None,
         on_inbound_stream: InboundStreamHandler | None = None,
+        gossip_with_stream_peers: bool = True,
     ) -> None:
         """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
 
         `queue_size` / `queue_bytes`: per topic, the most messages and bytes received
         and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
         direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
+        `gossip_with_stream_peers` False (a publisher): a peer dialled by `open_stream` alone is no
+        gossip peer (see node/p2p/service.py, `_StreamPeerAwarePubsub`).
         """
         try:
             options = ServiceOptions(
@@ -203,6 +206,7 @@ class P2PHost:
                 gossip_heartbeat_s=gossip_heartbeat_s,
                 stream_limits=stream_limits or StreamLimits(),
                 serve_streams=on_inbound_stream is not None,
+                gossip_with_stream_peers=gossip_with_stream_peers,
             )
         except ValidationError as exc:
             raise P2PError(f"invalid p2p options: {exc}") from exc

@@ -157,7 +157,13 @@ class Client:
             if self._host is not None:
                 return
             # Its own streams are bounded by the nodes it dials (each refuses what it cannot take).
-            host = P2PHost(self.identity.secret, self._listen, stream_limits=PUBLISHER_STREAM_LIMITS)
+            # The nodes it dials to send tasks stay out of its gossip: it gossips with `peers` only.
+            host = P2PHost(
+                self.identity.secret,
+                self._listen,
+                stream_limits=PUBLISHER_STREAM_LIMITS,
+                gossip_with_stream_peers=False,
+            )
             await host.start()
             self._host = host
             gate = GossipGate()

@@ -425,3 +425,25 @@ async def test_a_message_is_remembered_as_seen_for_as_long_as_its_envelope_is_ac
     seen = host._service._pubsub.seen_messages  # type: ignore[union-attr]
     assert seen.ttl == SEEN_WINDOW_S
     assert SEEN_WINDOW_S * 1_000_000_000 > MAX_AGE_NS + MAX_SKEW_NS
+
+
+async def test_a_peer_dialled_only_for_streams_is_no_gossip_peer_of_a_publisher(make_host: HostFactory) -> None:
+    """A publisher dials every node it sends a task to; as a gossip peer of each it would sit in every
+    node's mesh and relay the whole network's traffic. With gossip_with_stream_peers off it does not:
+    the stream works, gossip goes through the peers it `connect`ed to."""
+    inbound: asyncio.Queue[object] = asyncio.Queue()
+    node = await make_host(on_inbound_stream=lambda stream, first: inbound.put_nowait(first))
+    relay = await make_host()
+    publisher = await make_host(gossip_with_stream_peers=False)
+    for host in (node, relay, publisher):
+        await host.subscribe(TOPIC)
+    await link(node, relay)
+    await publisher.connect(relay.listen_addrs[0])
+    await wait_for_mesh(publisher, TOPIC, 1)
+    stream = await publisher.open_stream(node.listen_addrs, b"a task")
+    assert await asyncio.wait_for(inbound.get(), WAIT_S) == b"a task"
+    await asyncio.sleep(3.5)  # gossipsub heartbeats (1 s) that would graft it
+    assert node.peer_id in await publisher.peers()  # connected for the stream...
+    assert (await publisher.mesh_sizes()).get(TOPIC) == 1  # ...but it gossips only with the relay
+    assert (await node.mesh_sizes()).get(TOPIC) == 1
+    await stream.close()
