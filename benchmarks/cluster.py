@@ -4,8 +4,8 @@ measured under load and under faults.
 For each N in --nodes it starts a cluster (a bootstrap node, N serving nodes, idle
 observers: benchmarks/cluster_nodes.py) and runs a batch of tiny one-step `sample`
 tasks from P publisher processes per delivery mode. At the largest N it then runs
-the faults (--faults): SIGSTOP/SIGCONT of a node, SIGTERM drain of a node, kill -9
-of a third of the nodes, each mid-batch. --model-run adds a batch of real
+the faults (--faults): SIGSTOP/SIGCONT of a node, kill -9 of a third of the nodes,
+SIGTERM drain of a node, each mid-batch. --model-run adds a batch of real
 generations (the test model, 1 thread) on 3 nodes. It writes cluster.md (the
 table), cluster.json (every measurement), PNG plots and the cost model's fit
 (benchmarks/cluster_model.py) into --out. Exit status 1 if a task was lost or
@@ -28,7 +28,8 @@ from benchmarks.cluster_report import plot, render_notes, render_table
 from benchmarks.cluster_run import BatchResult, BatchSpec, run_batch
 
 DEFAULT_OUT = Path(__file__).with_name(".work") / "cluster"
-FAULT_ORDER = ["stop", "drain", "kill"]  # the frozen node rejoins; the drained one leaves; then the kill
+# The frozen node rejoins; the kill batch then runs on all N nodes; the drain last, on the survivors.
+FAULT_ORDER = ["stop", "kill", "drain"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tasks", type=int, default=2000, help="tasks in the kill batch (stop, drain: max(sweep, 150))"
     )
-    parser.add_argument("--faults", default="stop,drain,kill", help="faults at the largest N ('' for none)")
+    parser.add_argument("--faults", default="stop,kill,drain", help="faults at the largest N ('' for none)")
     parser.add_argument(
         "--delivery",
         default="both",

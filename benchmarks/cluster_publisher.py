@@ -67,6 +67,23 @@ class Submission(BaseModel):
     node: str | None
 
 
+class HeartbeatLag(NodeTable):
+    """The Client's node table, noting how old each heartbeat was when it reached the table
+    (arrival - its signed timestamp), accepted or not: the freshness the publisher could judge."""
+
+    def __init__(self, ttl: float) -> None:
+        super().__init__(ttl=ttl)
+        self.lags: list[float] = []
+        self.refused = 0
+
+    def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        self.lags.append(now - heartbeat.timestamp / 1e9)
+        accepted = super().update(sender, heartbeat, now)
+        self.refused += not accepted
+        return accepted
+
+
 class PublisherReport(BaseModel):
     index: int
     delivery: str  # what the Client actually used
@@ -80,6 +97,8 @@ class PublisherReport(BaseModel):
     cpu_seconds: float
     result_bytes: list[int]
     heartbeat_bytes: list[int]
+    heartbeat_lags: list[float] = []  # seconds from a heartbeat's signing to its arrival, every one seen
+    heartbeats_refused: int = 0  # heartbeats the node table ignored (stale, replayed, overtaken)
 
 
 def supports_delivery() -> bool:
@@ -104,10 +123,11 @@ class Publisher:
         if plan.delivery is not None and supports_delivery():
             kwargs["delivery"] = plan.delivery
             self.delivery = plan.delivery
+        self.table = HeartbeatLag(ttl=2 * plan.heartbeat_interval)
         self.client = Client(
             peers=plan.peers,
             connect_timeout=60.0,
-            node_table=NodeTable(ttl=2 * plan.heartbeat_interval),
+            node_table=self.table,
             on_message=self._observe,
             **kwargs,
         )
@@ -198,6 +218,8 @@ class Publisher:
             cpu_seconds=time.process_time() - cpu0,
             result_bytes=self.result_bytes[:200],
             heartbeat_bytes=self.heartbeat_bytes[:200],
+            heartbeat_lags=[round(lag, 3) for lag in self.table.lags],
+            heartbeats_refused=self.table.refused,
         )
         await self.client.close()
         return report

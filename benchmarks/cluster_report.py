@@ -52,7 +52,8 @@ def render_notes(batches: list[BatchResult]) -> str:
     notes += [
         f"- {b.spec.label}: {b.wire_duplicates} results seen twice on the wire, {b.abandoned_results} results of "
         f"abandoned attempts arrived (work done twice, delivered once); result envelope {b.result_bytes:.0f} B, "
-        f"heartbeat envelope {b.heartbeat_bytes:.0f} B"
+        f"heartbeat envelope {b.heartbeat_bytes:.0f} B; heartbeat age at the publishers p50 "
+        f"{b.heartbeat_lag_p50_s:.2f} s, p99 {b.heartbeat_lag_p99_s:.2f} s, {b.heartbeats_refused:.0%} ignored"
         for b in batches
     ]
     return "\n".join(notes)

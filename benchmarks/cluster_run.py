@@ -79,6 +79,9 @@ class BatchResult(BaseModel):
     rejoined: bool | None = None
     result_bytes: float = 0.0
     heartbeat_bytes: float = 0.0
+    heartbeat_lag_p50_s: float = 0.0  # signing to arrival at a publisher's node table
+    heartbeat_lag_p99_s: float = 0.0
+    heartbeats_refused: float = 0.0  # share of heartbeats the publishers' tables ignored (stale or overtaken)
 
     @property
     def balance_ratio(self) -> float:
@@ -265,6 +268,7 @@ def _result(
     latencies = [(o.ended - o.started) * 1000 for o in done]
     retried = [(o.ended - o.started) * 1000 for o in done if o.attempts > 1 or o.sends > 1]
     victims = {n.address for n in fault.victims}
+    lags = [lag for r in reports for lag in r.heartbeat_lags]
     per_node: dict[str, int] = {}
     for o in done:
         per_node[o.node] = per_node.get(o.node, 0) + 1
@@ -304,6 +308,9 @@ def _result(
         costs=costs,
         result_bytes=statistics.fmean([b for r in reports for b in r.result_bytes] or [0]),
         heartbeat_bytes=statistics.fmean([b for r in reports for b in r.heartbeat_bytes] or [0]),
+        heartbeat_lag_p50_s=_percentile(lags, 50),
+        heartbeat_lag_p99_s=_percentile(lags, 99),
+        heartbeats_refused=sum(r.heartbeats_refused for r in reports) / max(len(lags), 1),
     )
     _fault_notes(result, reports, fault)
     return result

@@ -9,7 +9,9 @@ Journal entries whose deadline plus that grace has passed are pruned hourly
 
 A task that came on a direct-delivery stream gets its result envelope on that stream
 (`DirectRoutes`, node/daemon/routes.py), the same envelope gossip would carry; when
-the stream is gone the result is published on `results` as any other.
+the stream is gone the result is published on `results` as any other. Never both:
+while a result is being written to its stream (which can take seconds on a loaded
+node), the retry loop leaves its journal entry alone.
 
 A result whose envelope would pass the gossip size limit is sent as a `result
 too large` error instead. A result that cannot be sent for any other reason than
@@ -58,13 +60,19 @@ class ResultOutbox:
         self._prune_interval_s = prune_interval_s
         self._lock = asyncio.Lock()
         self.routes = routes if routes is not None else DirectRoutes()
+        self._on_stream: set[str] = set()  # task ids whose result is being written to their stream
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now."""
         body = _fitting(body)
         self._journal.record_finished(body.task_id, encode_body(body))
-        if body.task_id in self.routes and await self._send_direct(body):
-            return True
+        if body.task_id in self.routes:
+            self._on_stream.add(body.task_id)
+            try:
+                if await self._send_direct(body):
+                    return True
+            finally:
+                self._on_stream.discard(body.task_id)
         async with self._lock:
             return await self._publish_if_unpublished(body)
 
@@ -96,6 +104,8 @@ class ResultOutbox:
             for entry in entries:
                 if entry.deadline_ns + self._grace_ns < now:
                     continue  # too late to matter; pruned with the old entries
+                if entry.task_id in self._on_stream:
+                    continue  # on its way on the stream; `send` publishes it if that fails
                 try:
                     body = self._body_of(entry)
                     if body is not None and await self._publish_if_unpublished(body):

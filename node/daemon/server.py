@@ -51,7 +51,6 @@ from node.p2p.frame_stream import FrameStream
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, consume, discard
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -117,7 +116,7 @@ class NodeServer:
         """Each step in order; what a step opened is closed by `shutdown` even when a later one fails."""
         self._running = running = await self._open()
         parts = running.parts
-        queues = await self._subscribe(running.host, parts.gate)
+        queues = await self._subscribe(running.host, parts)
         await parts.connector.dial_all()
         await recover_interrupted(
             running.journal,
@@ -194,20 +193,26 @@ class NodeServer:
         self._running.parts.direct.on_stream(stream, first)
 
     @staticmethod
-    async def _subscribe(host: P2PHost, gate: GossipGate) -> dict[str, asyncio.Queue[GossipMessage]]:
-        return {
-            topic: await host.subscribe(topic, gate.validate) for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
-        }
+    async def _subscribe(host: P2PHost, parts: NodeParts) -> dict[str, asyncio.Queue[GossipMessage]]:
+        """Tasks are read; results and heartbeats only validated and relayed (never handed to the loop:
+        a thread crossing per message of the whole network's traffic is a share of every node's CPU)."""
+        gate, monitor = parts.gate, parts.monitor
+
+        def heartbeat(topic: str, data: bytes) -> bool:
+            valid = gate.validate(topic, data)
+            if valid:
+                monitor.heartbeat_seen()  # a float set on the Trio thread: the monitor reads it
+            return valid
+
+        await host.relay(RESULTS_TOPIC, gate.validate)
+        await host.relay(HEARTBEAT_TOPIC, heartbeat)
+        return {TASK_TOPIC: await host.subscribe(TASK_TOPIC, gate.validate)}
 
     def _start_loops(self, running: RunningNode, queues: dict[str, asyncio.Queue[GossipMessage]]) -> None:
         """The background loops, each restarted with backoff by the supervisor."""
         loops, parts, host = self.supervisor, running.parts, running.host
         monitor = parts.monitor
         loops.start("intake", lambda: parts.intake.run(queues[TASK_TOPIC]))
-        loops.start("results", lambda: discard(queues[RESULTS_TOPIC]))  # subscribed only to relay results
-        loops.start(
-            "heartbeats", lambda: consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, lambda _: monitor.heartbeat_seen())
-        )
         loops.start("heartbeat", parts.heartbeat.run)
         loops.start("connector", parts.connector.run)
         loops.start("outbox", parts.outbox.run)

@@ -13,7 +13,8 @@ subscription queues (and its own publishes skip its validators), so the node
 never sees its own results/heartbeats come back.
 
 Duplicates: message ids are content addressed (sha256 of the data) and remembered
-for 2 minutes, so the same data is delivered (and sent) once in that window. A
+for 12 minutes (`SEEN_WINDOW_S`: longer than an envelope is accepted), so the same data is
+delivered (and sent) once in that window. A
 peer that (re)subscribes may get recent messages replayed later, so consumers
 must still be idempotent (dedupe by task id).
 
@@ -90,12 +91,15 @@ class P2PHost:
         libp2p_log_level: int | str = logging.WARNING,
         stream_limits: StreamLimits | None = None,
         on_inbound_stream: InboundStreamHandler | None = None,
+        gossip_with_stream_peers: bool = True,
     ) -> None:
         """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
 
         `queue_size` / `queue_bytes`: per topic, the most messages and bytes received
         and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
         direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
+        `gossip_with_stream_peers` False (a publisher): a peer dialled by `open_stream` alone is no
+        gossip peer (see node/p2p/service.py, `_StreamPeerAwarePubsub`).
         """
         try:
             options = ServiceOptions(
@@ -105,6 +109,7 @@ class P2PHost:
                 gossip_heartbeat_s=gossip_heartbeat_s,
                 stream_limits=stream_limits or StreamLimits(),
                 serve_streams=on_inbound_stream is not None,
+                gossip_with_stream_peers=gossip_with_stream_peers,
             )
         except ValidationError as exc:
             raise P2PError(f"invalid p2p options: {exc}") from exc
@@ -212,13 +217,30 @@ class P2PHost:
             raise
         return queue
 
+    async def relay(self, topic: str, validator: Validator | None = None) -> None:
+        """Join `topic` only to validate and relay it: its messages never cross to the event loop.
+
+        For a topic this peer does not read (a node relays results and other nodes' heartbeats):
+        each message handed over would cost a thread crossing and a wake-up of the event loop,
+        a share of every node's CPU that grows with the network's traffic. The validator still
+        runs (on the Trio thread) and may note what it needs.
+        """
+        if topic in self._queues:
+            raise P2PError(f"already subscribed to topic {topic!r}")
+        self._queues[topic] = asyncio.Queue(1)  # marks the topic taken; no budget: nothing is handed over
+        try:
+            await self._call(self._service.subscribe, topic, validator)
+        except BaseException:
+            self._queues.pop(topic, None)
+            raise
+
     async def publish(self, topic: str, data: bytes, *, require_mesh: bool = False) -> None:
         """Publish `data` on `topic`, paced by the outbound queues.
 
         Raises MessageTooLargeError (nothing sent) above `max_message_bytes`, and with
         `require_mesh` NoMeshPeersError (nothing sent) when no peer is in the topic's mesh:
         checked on the Trio thread in the same call, so it costs no extra thread crossing.
-        Data identical to a message seen in the last 2 minutes is not sent again.
+        Data identical to a message seen in the last `SEEN_WINDOW_S` (12 min) is not sent again.
         Awaiting publishes one after another keeps their order.
         """
         if len(data) > self._options.max_message_bytes:

@@ -22,7 +22,7 @@ import multiaddr
 import structlog
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, ISubscriptionAPI
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
-from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
+from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES, SEEN_WINDOW_S
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,35 @@ class ServiceOptions(BaseModel):
     gossip_heartbeat_s: float = Field(default=1.0, gt=0)
     stream_limits: StreamLimits = StreamLimits()
     serve_streams: bool = False  # take direct-delivery streams (a node); publishers only open them
+    # False (a publisher): a peer dialled only to open direct-delivery streams does not become a
+    # gossip peer; gossip stays with the peers `connect` dialled and those that dialled us.
+    gossip_with_stream_peers: bool = True
+
+
+class _StreamPeerAwarePubsub(Pubsub):
+    """Pubsub that leaves out peers dialled only for direct-delivery streams (`stream_only`).
+
+    A publisher dials every node it sends a task to; as a gossip peer of each, it would be in
+    every node's mesh and receive each heartbeat and result from up to 12 of them, its CPU spent
+    on relaying instead of its tasks (at 16 nodes on two cores its heartbeats went minutes stale).
+    Such a peer gets no pubsub stream from us, and its own is reset: it never learns our
+    subscriptions, so it sends us nothing.
+    """
+
+    def __init__(self, *args: Any, stream_only: set[ID], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_only = stream_only
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        if peer_id in self.stream_only:
+            return
+        await super()._handle_new_peer(peer_id)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        if stream.muxed_conn.peer_id in self.stream_only:
+            await stream.reset()
+            return
+        await super().stream_handler(stream)
 
 
 def content_message_id(msg: rpc_pb2.Message) -> bytes:
@@ -143,6 +172,7 @@ class P2PService:
         self._outer_scope: trio.CancelScope | None = None
         self._publish_lock: trio.Lock | None = None
         self._stuck_peers: set[ID] = set()
+        self._stream_only: set[ID] = set()  # peers dialled only for streams (gossip_with_stream_peers off)
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------
@@ -205,12 +235,14 @@ class P2PService:
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,
         )
-        pubsub = Pubsub(
+        pubsub = _StreamPeerAwarePubsub(
             host,
             gossipsub,
+            stream_only=self._stream_only,
             strict_signing=True,
             msg_id_constructor=content_message_id,
             max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
+            seen_ttl=SEEN_WINDOW_S,
         )
         self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
         if self._options.serve_streams:
@@ -261,6 +293,7 @@ class P2PService:
             raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
         if info.peer_id == self._my_id:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
+        self._stream_only.discard(info.peer_id)  # dialled to gossip with
         self._allow_dial(info.peer_id)
         with trio.move_on_after(timeout) as scope:
             try:
@@ -325,6 +358,8 @@ class P2PService:
         if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
             raise P2PServiceError("a stream needs addresses of one other peer")
         connected = False
+        if not self._options.gossip_with_stream_peers and not self._host.get_network().get_connections(peer):
+            self._stream_only.add(peer)  # before the dial: pubsub hears of the connection as it opens
         self._allow_dial(peer)
         with trio.move_on_after(timeout) as scope:
             try:

@@ -4,7 +4,8 @@ client.py      Client: joins the network, sends signed tasks (direct or gossip),
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
-attempts.py    Attempt: one task id sent to one node; next_outcome waits for the first news of any
+attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry); Attempt
+errors.py      ClientError and its kinds (timeout, no node, task failed), re-exported by client.py
 verification.py  ProofChecker, ResultVerifier: re-score a share of results' proofs and fail the ones that lie
 remote_scoring.py  verifying without the model file: proof steps scored by a `score` task on another node
 prompt_match.py  PromptExpectation: a proven step's prompt must hold the publisher's own messages

@@ -1,16 +1,36 @@
-"""The attempts of one `Client.execute`: each task id sent to one node, and waiting for the first news of any.
+"""The attempts of one `Client.execute`: each task id sent to one node, and what to do with the first news of any.
 
 A retry is a new attempt with a new task id; earlier attempts stay live, so a late result
 from a slow node is still taken (once: the Client accepts one result per call).
+`AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once),
+waits for the first news of any live attempt (`next_outcome`), and retries on an error
+result, a lost stream or a node silent for the attempt timeout, up to `max_retries` times.
+The Client hands it what it needs as callables (`AttemptHooks`): choosing, sending,
+verifying a result, ending an attempt. A result must extend the text its node streamed,
+and each one is recorded in the node's measured reputation.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from node.publisher.direct import DirectDelivery
+import structlog
+
+from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta
+from node.publisher.errors import TaskFailedError, TaskTimeoutError
+from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.reputation import Reputation
+
+if TYPE_CHECKING:
+    from node.publisher.client import Task, TaskResult
+
+log = structlog.get_logger(__name__)
+
+NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free node to retry on
+OnSubmit = Callable[[str, "str | None"], None]  # (task id sent, node picked or None)
 
 
 @dataclass
@@ -50,3 +70,167 @@ async def next_outcome(live: list[Attempt], timeout: float) -> tuple[Attempt | N
         attempt.lost_seen = True
         return attempt, kind
     return None, ""
+
+
+@dataclass
+class AttemptHooks:
+    """What an AttemptLoop asks of its Client."""
+
+    nodes: NodeTable
+    reputation: Reputation
+    # (models, tried, deadline, timeout, last failure) -> a node, waiting for one (NoNodeError at the deadline)
+    choose: Callable[[list[str], set[str], float, float, TaskFailedError | None], Awaitable[KnownNode]]
+    # (task, node, seconds left, on_delta) -> the attempt; DeclinedError when the node did not take it
+    send: Callable[[Task, KnownNode, float, OnDelta | None], Awaitable[Attempt]]
+    verify: Callable[[TaskResult], Awaitable[TaskResult]]  # checked against its proof; TaskFailedError if it fails
+    end: Callable[[Attempt], Awaitable[None]]  # stop waiting for it and close its stream
+
+
+@dataclass
+class AttemptLoop:
+    """One `Client.execute` call without `task.nodes`: attempts on chosen nodes until one result."""
+
+    hooks: AttemptHooks
+    task: Task
+    timeout: float
+    max_retries: int
+    attempt_timeout: float | None  # None: half of `timeout`
+    on_submit: OnSubmit | None = None
+    on_delta: OnDelta | None = None
+    tried: set[str] = field(default_factory=set)
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    sent: dict[str, float] = field(default_factory=dict)  # task id -> when its node took it
+    judged: set[str] = field(default_factory=set)  # task ids already recorded as a failure of their node
+    retries: int = 0
+    need_new: bool = True
+    sent_at: float = 0.0
+    deadline: float = 0.0
+    last_failure: TaskFailedError | None = None
+
+    async def run(self) -> TaskResult:
+        """The first accepted result; TaskTimeoutError, NoNodeError or the last TaskFailedError."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.timeout
+        self.sent_at = loop.time()
+        try:
+            while True:
+                live = [a for a in self.attempts.values() if not a.result.done()]
+                if self.need_new and self.retries <= self.max_retries and not await self._send_new(live):
+                    continue  # declined: the next node at once
+                if not live:
+                    if self.last_failure is not None:
+                        raise self.last_failure
+                    raise TaskTimeoutError(next(reversed(self.attempts), "-"), self.timeout)
+                attempt, outcome = await next_outcome(live, self._give_up_at() - loop.time())
+                if attempt is None:
+                    self._silent(live)
+                    continue
+                result = await self._settle(attempt, outcome)
+                if result is not None:
+                    return result
+        finally:
+            for attempt in self.attempts.values():
+                await self.hooks.end(attempt)
+
+    async def _send_new(self, live: list[Attempt]) -> bool:
+        """Send the task to one more node (appended to `live`); False when the chosen node declined it."""
+        hooks, loop = self.hooks, asyncio.get_running_loop()
+        # With an attempt still running, only a node free now is worth another try.
+        node = (
+            hooks.nodes.choose(self.task.models, exclude=self.tried)
+            if live
+            else await hooks.choose(self.task.models, self.tried, self.deadline, self.timeout, self.last_failure)
+        )
+        if node is None:
+            return True
+        self.tried.add(node.address)
+        hooks.nodes.reserve(node.address)
+        try:
+            attempt = await hooks.send(self.task, node, max(self.deadline - loop.time(), 0.001), self.on_delta)
+        except DeclinedError as exc:
+            log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
+            hooks.reputation.record_busy(node.address)
+            # Not a retry (nothing ran); once every node declined, this is the error.
+            self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
+            return False
+        self.attempts[attempt.task_id] = attempt
+        self.sent[attempt.task_id] = loop.time()
+        hooks.reputation.started(node.address)
+        live.append(attempt)
+        self.need_new, self.sent_at = False, loop.time()
+        if self.on_submit is not None:
+            self.on_submit(attempt.task_id, node.address)
+        return True
+
+    def _give_up_at(self) -> float:
+        """When to stop waiting for news: the attempt timeout, or a short poll for a node that frees up."""
+        if not self.need_new:
+            attempt_timeout = self.timeout / 2 if self.attempt_timeout is None else self.attempt_timeout
+            return min(self.deadline, self.sent_at + attempt_timeout)
+        if self.retries <= self.max_retries:
+            return min(self.deadline, asyncio.get_running_loop().time() + NODE_POLL_S)
+        return self.deadline
+
+    def _silent(self, live: list[Attempt]) -> None:
+        """No news in time: the newest attempt's node is marked slow, and a retry is due (or the deadline passed)."""
+        newest = live[-1] if live else None
+        if newest is not None and newest.task_id not in self.judged:
+            self.judged.add(newest.task_id)
+            self.hooks.reputation.record_timeout(newest.node)
+        if asyncio.get_running_loop().time() >= self.deadline:
+            raise TaskTimeoutError(next(reversed(self.attempts)), self.timeout)
+        if not self.need_new and newest is not None:
+            log.info("retrying on another node", task_id=newest.task_id, node=newest.node, reason="no result yet")
+            self.retries, self.need_new = self.retries + 1, True
+
+    async def _settle(self, attempt: Attempt, outcome: str) -> TaskResult | None:
+        """Act on one attempt's news: its accepted result, or None after arranging what comes next."""
+        reputation = self.hooks.reputation
+        declined = attempt.direct.declined if attempt.direct is not None else None
+        if outcome == "lost" and declined is not None:  # a late answer but not accepted: nothing ran there
+            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
+            del self.attempts[attempt.task_id]
+            await self.hooks.end(attempt)
+            reputation.record_busy(attempt.node)
+            self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
+            self.need_new = True  # not a retry, as when it declines at once
+            return None
+        if outcome == "lost":
+            reason = "stream closed without a result"
+            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=reason)
+            self.judged.add(attempt.task_id)
+            reputation.record_error(attempt.node)
+            self.retries, self.need_new = self.retries + 1, True
+            return None
+        try:
+            result = await self.hooks.verify(checked(attempt))
+        except TaskFailedError as exc:
+            if not exc.retryable:
+                raise  # the same on every node (a failed proof is marked where it is checked)
+            reputation.record_error(attempt.node)
+            self.last_failure = exc
+            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
+            self.retries, self.need_new = self.retries + 1, True
+            return None
+        self._record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
+        return result
+
+    def _record_result(self, result: TaskResult, seconds: float) -> None:
+        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
+        extras = result.stats.model_extra or {}
+        claimed = extras.get("completionTokens")
+        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
+        tokens = min(claimed, size) if isinstance(claimed, int) else 0
+        exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
+        known = self.hooks.nodes.get(result.node)
+        claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
+        self.hooks.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
+
+
+def checked(attempt: Attempt) -> TaskResult:
+    """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
+    result: TaskResult = attempt.result.result()
+    streamed = attempt.direct.progress_text if attempt.direct is not None else ""
+    if streamed and result.ciphertext is None and not result.text.startswith(streamed):
+        raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
+    return result

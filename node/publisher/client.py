@@ -31,8 +31,9 @@ from pydantic import BaseModel, Field
 
 from node.p2p.host import P2PError, P2PHost
 from node.p2p.streams import StreamLimits
-from node.publisher.attempts import Attempt, next_outcome
+from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
+from node.publisher.errors import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
@@ -40,50 +41,16 @@ from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, Inbound, consume, discard
+from node.wire.inbound import GossipGate, Inbound, consume
 from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
 from node.wire.proof import ProofError, open_proof
-from node.wire.topics import DETERMINISTIC_ERROR_PREFIX, HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
-OnSubmit = Callable[[str, "str | None"], None]  # (task id published, node picked or None)
 OnMessage = Callable[[Inbound], None]  # every verified result or heartbeat, as it arrived
 Delivery = Literal["direct", "gossip"]
-
-
-class ClientError(Exception):
-    """The client could not get a task done."""
-
-
-class TaskTimeoutError(ClientError, TimeoutError):
-    """No result arrived before the timeout."""
-
-    def __init__(self, task_id: str, timeout: float) -> None:
-        super().__init__(f"task {task_id}: no result within {timeout:g} s")
-        self.task_id = task_id
-
-
-class NoNodeError(ClientError, TimeoutError):
-    """No live node hosting an acceptable model was seen before the timeout; nothing was published."""
-
-    def __init__(self, timeout: float, models: list[str], known: int) -> None:
-        super().__init__(f"no live node hosting any of {models} seen within {timeout:g} s ({known} live nodes known)")
-
-
-class TaskFailedError(ClientError):
-    """The executing node returned an error result."""
-
-    def __init__(self, task_id: str, reason: str, node: str) -> None:
-        super().__init__(f"task {task_id} failed on node {node}: {reason}")
-        self.task_id = task_id
-        self.reason = reason
-        self.node = node
-
-    @property
-    def retryable(self) -> bool:
-        """Anything but a deterministic error (`Invalid prompt: ...`): another node may succeed."""
-        return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
+__all__ = ["Client", "ClientError", "NoNodeError", "Task", "TaskFailedError", "TaskResult", "TaskTimeoutError"]
 
 
 class VerificationFailedTaskError(TaskFailedError):
@@ -111,7 +78,6 @@ class Task(BaseModel):
 
 
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
-NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free node to retry on
 
 
 class TaskResult(BaseModel):
@@ -196,14 +162,20 @@ class Client:
             if self._host is not None:
                 return
             # Its own streams are bounded by the nodes it dials (each refuses what it cannot take).
-            host = P2PHost(self.identity.secret, self._listen, stream_limits=PUBLISHER_STREAM_LIMITS)
+            # The nodes it dials to send tasks stay out of its gossip: it gossips with `peers` only.
+            host = P2PHost(
+                self.identity.secret,
+                self._listen,
+                stream_limits=PUBLISHER_STREAM_LIMITS,
+                gossip_with_stream_peers=False,
+            )
             await host.start()
             self._host = host
             gate = GossipGate()
-            queues = {t: await host.subscribe(t, gate.validate) for t in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+            await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
+            queues = {t: await host.subscribe(t, gate.validate) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
             self._loops = [
                 asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
-                asyncio.create_task(discard(queues[TASK_TOPIC])),
                 asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),
             ]
             results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
@@ -250,107 +222,24 @@ class Client:
             if on_submit is not None:
                 on_submit(task_id, None)
             return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof, expected)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        tried: set[str] = set(task.exclude)
-        attempts: dict[str, Attempt] = {}
-        retries = 0
-        need_new = True
-        sent_at = loop.time()
-        last_failure: TaskFailedError | None = None
-        sent: dict[str, float] = {}  # task id -> when its node took it
-        judged: set[str] = set()  # task ids already recorded as a failure of their node
-        try:
-            while True:
-                live = [a for a in attempts.values() if not a.result.done()]
-                if need_new and retries <= self._max_retries:
-                    # With an attempt still running, only a node free now is worth another try.
-                    node = (
-                        self.nodes.choose(task.models, exclude=tried)
-                        if live
-                        else await self._choose(task.models, tried, deadline, timeout, last_failure)
-                    )
-                    if node is not None:
-                        tried.add(node.address)
-                        self.nodes.reserve(node.address)
-                        try:
-                            attempt = await self._send(task, node, max(deadline - loop.time(), 0.001), on_delta, proof)
-                        except DeclinedError as exc:
-                            log.info(
-                                "retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason
-                            )
-                            self.reputation.record_busy(node.address)
-                            # Not a retry (nothing ran); once every node declined, this is the error.
-                            last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
-                            continue
-                        attempts[attempt.task_id] = attempt
-                        sent[attempt.task_id] = loop.time()
-                        self.reputation.started(node.address)
-                        live.append(attempt)
-                        need_new, sent_at = False, loop.time()
-                        if on_submit is not None:
-                            on_submit(attempt.task_id, node.address)
-                if not live:
-                    if last_failure is not None:
-                        raise last_failure
-                    raise TaskTimeoutError(next(reversed(attempts), "-"), timeout)
-                give_up_at = deadline
-                if not need_new:
-                    attempt_timeout = timeout / 2 if self._attempt_timeout is None else self._attempt_timeout
-                    give_up_at = min(deadline, sent_at + attempt_timeout)
-                elif retries <= self._max_retries:
-                    give_up_at = min(deadline, loop.time() + NODE_POLL_S)  # a node may free up meanwhile
-                attempt, outcome = await next_outcome(live, give_up_at - loop.time())
-                if attempt is None:
-                    if live and live[-1].task_id not in judged:
-                        judged.add(live[-1].task_id)
-                        self.reputation.record_timeout(live[-1].node)
-                    if loop.time() >= deadline:
-                        raise TaskTimeoutError(next(reversed(attempts)), timeout)
-                    if not need_new:
-                        log.info(
-                            "retrying on another node",
-                            task_id=live[-1].task_id,
-                            node=live[-1].node,
-                            reason="no result yet",
-                        )
-                        retries, need_new = retries + 1, True
-                    continue
-                declined = attempt.direct.declined if attempt.direct is not None else None
-                if outcome == "lost" and declined is not None:  # a late answer but accepted: nothing ran there
-                    log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
-                    del attempts[attempt.task_id]
-                    await self._end_attempt(attempt)
-                    self.reputation.record_busy(attempt.node)
-                    last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
-                    need_new = True  # not a retry, as when it declines at once
-                    continue
-                if outcome == "lost":
-                    log.info(
-                        "retrying on another node",
-                        task_id=attempt.task_id,
-                        node=attempt.node,
-                        reason="stream closed without a result",
-                    )
-                    judged.add(attempt.task_id)
-                    self.reputation.record_error(attempt.node)
-                    retries, need_new = retries + 1, True
-                    continue
-                try:
-                    result = await self._verified(self._checked(attempt), proof, expected)
-                except TaskFailedError as exc:
-                    if not exc.retryable:
-                        raise  # the same on every node (a failed proof is marked in _verified)
-                    self.reputation.record_error(attempt.node)
-                    last_failure = exc
-                    log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
-                    retries, need_new = retries + 1, True
-                    continue
-                self._record_result(result, loop.time() - sent[attempt.task_id])
-                return result
-        finally:
-            for attempt in attempts.values():
-                await self._end_attempt(attempt)
+        hooks = AttemptHooks(
+            nodes=self.nodes,
+            reputation=self.reputation,
+            choose=self._choose,
+            send=lambda task, node, remaining, on_delta: self._send(task, node, remaining, on_delta, proof),
+            verify=lambda result: self._verified(result, proof, expected),
+            end=self._end_attempt,
+        )
+        return await AttemptLoop(
+            hooks,
+            task,
+            timeout,
+            self._max_retries,
+            self._attempt_timeout,
+            on_submit=on_submit,
+            on_delta=on_delta,
+            tried=set(task.exclude),
+        ).run()
 
     async def _end_attempt(self, attempt: Attempt) -> None:
         """Stop waiting for the attempt's result and close its stream."""
@@ -360,25 +249,6 @@ class Client:
         if attempt.direct is not None:
             self._deliveries.discard(attempt.direct)
             await attempt.direct.close()
-
-    def _record_result(self, result: TaskResult, seconds: float) -> None:
-        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
-        extras = result.stats.model_extra or {}
-        claimed = extras.get("completionTokens")
-        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
-        tokens = min(claimed, size) if isinstance(claimed, int) else 0
-        exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
-        known = self.nodes.get(result.node)
-        claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
-        self.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
-
-    def _checked(self, attempt: Attempt) -> TaskResult:
-        """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
-        result = attempt.result.result()
-        streamed = attempt.direct.progress_text if attempt.direct is not None else ""
-        if streamed and result.ciphertext is None and not result.text.startswith(streamed):
-            raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
-        return result
 
     async def _verified(self, result: TaskResult, proof: bool, expected: PromptExpectation | None) -> TaskResult:
         """The result, checked against its proof when the task asked for one; a failure is the task's error."""

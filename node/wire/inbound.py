@@ -3,8 +3,8 @@
 `GossipGate.validate` is the gossip validator: it runs
 on the libp2p thread before a message is relayed, never raises, and logs the
 reason of every rejection. `decode` gives the consumers a typed message;
-`consume` is their loop (take from the queue, decode, hand over), `discard`
-empties a topic's queue nobody reads.
+`consume` is their loop (take from the queue, decode, hand over). A topic a
+peer only relays is joined with `P2PHost.relay`: nothing of it reaches a queue.
 """
 
 from __future__ import annotations
@@ -191,9 +191,3 @@ def _failed(topic: str, exc: Exception, on_error: Callable[[Exception], None] | 
         on_error(exc)
     else:
         log.exception("inbound message handler failed; the loop goes on", topic=topic)
-
-
-async def discard(queue: asyncio.Queue[MessageT]) -> None:
-    """Empty a subscription's queue nobody reads (subscribed only to relay the topic), until cancelled."""
-    while True:
-        await queue.get()

@@ -8,6 +8,11 @@ imports it from here.
 PROTOCOL_NAME = "dria"
 PROTOCOL_VERSION = "0.3.0"
 MAX_MESSAGE_BYTES = 256 * 1024  # one gossip message (a sealed envelope), bytes
+# How long a relaying peer remembers a gossip message it has seen, seconds: longer than any
+# envelope is accepted (envelope.py: 10 min old, 1 min ahead). A copy delayed past a shorter
+# window (a starved peer's socket buffers) would pass as new and be flooded again, more
+# traffic that delays the next copies further.
+SEEN_WINDOW_S = 12 * 60
 
 TASK_TOPIC = "task"
 RESULTS_TOPIC = "results"

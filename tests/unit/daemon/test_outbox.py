@@ -12,6 +12,7 @@ import pytest
 
 from node.daemon.journal import Journal, TaskState
 from node.daemon.outbox import ResultOutbox
+from node.p2p.frame_stream import FrameStream
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.inbound import decode
@@ -168,6 +169,49 @@ async def test_a_result_that_fails_to_publish_is_dropped_once_and_the_loop_goes_
         assert await ResultOutbox(node, host, journal).flush() == 0
         runner.cancel()
     finally:
+        await listener.stop()
+        await host.stop()
+        journal.close()
+
+
+async def test_a_result_on_its_way_to_its_stream_is_not_also_published_on_gossip(tmp_path: Path) -> None:
+    """The retry loop runs while the result waits to be written to its stream (here: the answer
+    frame is slow to go out, as on a loaded node); it must leave that result alone, or the
+    publisher gets it twice (stream and gossip) and every node of the network pays for the copy."""
+    node, publisher = Identity.generate(), Identity.generate()
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    inbound_streams: asyncio.Queue[FrameStream] = asyncio.Queue()
+    host = P2PHost(node.secret, LOOPBACK, on_inbound_stream=lambda stream, first: inbound_streams.put_nowait(stream))
+    listener = P2PHost(publisher.secret, LOOPBACK)
+    await host.start()
+    await listener.start()
+    runner: asyncio.Task[None] | None = None
+    try:
+        await host.subscribe(RESULTS_TOPIC)
+        received = await listener.subscribe(RESULTS_TOPIC)
+        await listener.connect(host.listen_addrs[0])
+        for _ in range(100):
+            if (await host.mesh_sizes()).get(RESULTS_TOPIC):
+                break
+            await asyncio.sleep(0.1)
+        publisher_side = await listener.open_stream(host.listen_addrs, b"task")
+        node_side = await asyncio.wait_for(inbound_streams.get(), 10)
+        outbox = ResultOutbox(node, host, journal, retry_interval_s=0.05)
+        route = outbox.routes.add("t1", node_side)
+        journal.record_accepted("t1", publisher.address, time.time_ns() + 60 * 10**9, "m", b"{}", time.time_ns())
+        runner = asyncio.create_task(outbox.run())
+        sending = asyncio.create_task(outbox.send(body("t1")))
+        await asyncio.sleep(1.0)  # twenty rounds of the retry loop while the answer is held up
+        route.answered.set()
+        assert await asyncio.wait_for(sending, 10) is True
+        frame = await publisher_side.receive(10)
+        assert frame is not None and decode(RESULTS_TOPIC, frame).body.task_id == "t1"
+        assert journal.get("t1").state == TaskState.PUBLISHED
+        await asyncio.sleep(0.5)
+        assert received.empty(), "the result went on gossip as well as on its stream"
+    finally:
+        if runner is not None:
+            runner.cancel()
         await listener.stop()
         await host.stop()
         journal.close()

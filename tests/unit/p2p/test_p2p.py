@@ -15,6 +15,8 @@ import structlog
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
 from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
+from node.wire.envelope import MAX_AGE_NS, MAX_SKEW_NS
+from node.wire.topics import SEEN_WINDOW_S
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 TOPIC = "task"
@@ -150,6 +152,42 @@ async def test_message_is_relayed_along_a_line(make_host: HostFactory) -> None:
     assert a.peer_id not in await c.peers()
     await a.publish(TOPIC, b"via b")
     assert await receive(qc) == GossipMessage(TOPIC, b"via b", a.peer_id)
+
+
+async def test_a_relayed_topic_is_validated_and_relayed_but_never_handed_to_the_event_loop(
+    make_host: HostFactory,
+) -> None:
+    """A node relays results and heartbeats it does not read: its validator still judges each
+    message (a rejected one goes no further), and nothing crosses to its event loop."""
+    judged: list[bytes] = []
+
+    def no_bad(topic: str, data: bytes) -> bool:
+        judged.append(data)
+        return not data.startswith(b"bad")
+
+    a, b, c = await make_host(), await make_host(), await make_host()
+    await a.subscribe(TOPIC)
+    await b.relay(TOPIC, no_bad)
+    qc = await c.subscribe(TOPIC)
+    await link(a, b)
+    await link(b, c)
+    await wait_for_mesh(b, TOPIC, 2)
+    await wait_for_mesh(c, TOPIC, 1)
+    await a.publish(TOPIC, b"bad message")
+    await a.publish(TOPIC, b"good message")
+    assert (await receive(qc)).data == b"good message"
+    assert judged == [b"bad message", b"good message"]
+    assert qc.empty()
+    crossings: list[tuple[object, ...]] = []
+    real_call_soon = b._call_soon
+    b._call_soon = lambda callback, *args: (crossings.append(args), real_call_soon(callback, *args))[1]  # type: ignore[method-assign]
+    for i in range(20):
+        await a.publish(TOPIC, b"more %d" % i)
+    for _ in range(20):
+        await receive(qc)
+    assert crossings == [], "a relayed topic's messages crossed to the event loop"
+    with pytest.raises(P2PError, match="already subscribed"):
+        await b.subscribe(TOPIC)
 
 
 async def test_rejecting_validator_stops_delivery_and_relay(make_host: HostFactory) -> None:
@@ -379,3 +417,34 @@ async def test_stop_during_start_is_bounded() -> None:
     with pytest.raises(P2PError, match="stopped while starting"):
         await asyncio.wait_for(starting, WAIT_S)
     assert host.thread_name not in {thread.name for thread in threading.enumerate()}
+
+
+async def test_a_message_is_remembered_as_seen_for_as_long_as_its_envelope_is_accepted(make_host: HostFactory) -> None:
+    """A copy delayed longer than the seen window (a starved peer's socket buffers) would pass as new
+    and be flooded again: under load that feedback took heartbeat delays from seconds to minutes."""
+    host = await make_host()
+    seen = host._service._pubsub.seen_messages  # type: ignore[union-attr]
+    assert seen.ttl == SEEN_WINDOW_S
+    assert SEEN_WINDOW_S * 1_000_000_000 > MAX_AGE_NS + MAX_SKEW_NS
+
+
+async def test_a_peer_dialled_only_for_streams_is_no_gossip_peer_of_a_publisher(make_host: HostFactory) -> None:
+    """A publisher dials every node it sends a task to; as a gossip peer of each it would sit in every
+    node's mesh and relay the whole network's traffic. With gossip_with_stream_peers off it does not:
+    the stream works, gossip goes through the peers it `connect`ed to."""
+    inbound: asyncio.Queue[object] = asyncio.Queue()
+    node = await make_host(on_inbound_stream=lambda stream, first: inbound.put_nowait(first))
+    relay = await make_host()
+    publisher = await make_host(gossip_with_stream_peers=False)
+    for host in (node, relay, publisher):
+        await host.subscribe(TOPIC)
+    await link(node, relay)
+    await publisher.connect(relay.listen_addrs[0])
+    await wait_for_mesh(publisher, TOPIC, 1)
+    stream = await publisher.open_stream(node.listen_addrs, b"a task")
+    assert await asyncio.wait_for(inbound.get(), WAIT_S) == b"a task"
+    await asyncio.sleep(3.5)  # gossipsub heartbeats (1 s) that would graft it
+    assert node.peer_id in await publisher.peers()  # connected for the stream...
+    assert (await publisher.mesh_sizes()).get(TOPIC) == 1  # ...but it gossips only with the relay
+    assert (await node.mesh_sizes()).get(TOPIC) == 1
+    await stream.close()

@@ -1,0 +1,39 @@
+"""What `Client.execute` raises: the publisher could not get a task done (re-exported by client.py)."""
+
+from __future__ import annotations
+
+from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+
+
+class ClientError(Exception):
+    """The client could not get a task done."""
+
+
+class TaskTimeoutError(ClientError, TimeoutError):
+    """No result arrived before the timeout."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id}: no result within {timeout:g} s")
+        self.task_id = task_id
+
+
+class NoNodeError(ClientError, TimeoutError):
+    """No live node hosting an acceptable model was seen before the timeout; nothing was published."""
+
+    def __init__(self, timeout: float, models: list[str], known: int) -> None:
+        super().__init__(f"no live node hosting any of {models} seen within {timeout:g} s ({known} live nodes known)")
+
+
+class TaskFailedError(ClientError):
+    """The executing node returned an error result."""
+
+    def __init__(self, task_id: str, reason: str, node: str) -> None:
+        super().__init__(f"task {task_id} failed on node {node}: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+        self.node = node
+
+    @property
+    def retryable(self) -> bool:
+        """Anything but a deterministic error (`Invalid prompt: ...`): another node may succeed."""
+        return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
