@@ -116,6 +116,7 @@ class P2PHost:
         route_libp2p_logging(libp2p_log_level)
         self._options = options
         self._gossip = GossipQueues(queue_size, queue_bytes)
+        self._relayed: set[str] = set()  # topics joined only to validate and relay (`relay`)
         self._on_inbound_stream = on_inbound_stream
         self._streams = FrameStreams(
             send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
@@ -207,7 +208,7 @@ class P2PHost:
         The validator gives the verdict before relay (False or an exception: not
         delivered, not relayed). Messages over `max_message_bytes` are rejected.
         """
-        if topic in self._gossip:
+        if topic in self._gossip or topic in self._relayed:
             raise P2PError(f"already subscribed to topic {topic!r}")
         queue = self._gossip.open(topic)
         try:
@@ -225,13 +226,13 @@ class P2PHost:
         a share of every node's CPU that grows with the network's traffic. The validator still
         runs (on the Trio thread) and may note what it needs.
         """
-        if topic in self._queues:
+        if topic in self._gossip or topic in self._relayed:
             raise P2PError(f"already subscribed to topic {topic!r}")
-        self._queues[topic] = asyncio.Queue(1)  # marks the topic taken; no budget: nothing is handed over
+        self._relayed.add(topic)  # no queue: `_on_trio_message` hands nothing of it over
         try:
             await self._call(self._service.subscribe, topic, validator)
         except BaseException:
-            self._queues.pop(topic, None)
+            self._relayed.discard(topic)
             raise
 
     async def publish(self, topic: str, data: bytes, *, require_mesh: bool = False) -> None:
