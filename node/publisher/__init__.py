@@ -1,5 +1,6 @@
 """The publisher side: submit tasks to the network and collect their results. Imports only wire and p2p.
 
+tasks.py       Task (what a publisher asks for) and TaskResult (a verified, decrypted result)
 client.py      Client: joins the network, sends signed tasks (direct or gossip), decrypts results, waits for them
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -23,9 +23,7 @@ from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta
 from node.publisher.errors import TaskFailedError, TaskTimeoutError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
-
-if TYPE_CHECKING:
-    from node.publisher.client import Task, TaskResult
+from node.publisher.tasks import Task, TaskResult
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, Field
 
 from node.p2p.host import P2PError, P2PHost
 from node.p2p.streams import StreamLimits
@@ -37,12 +36,13 @@ from node.publisher.errors import ClientError, NoNodeError, TaskFailedError, Tas
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
+from node.publisher.tasks import Task, TaskResult
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.ecies import EciesError, decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume
-from node.wire.messages import HeartbeatBody, ResultBody, Stats, TaskBody, TaskInput, encode_body
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput, encode_body
 from node.wire.proof import ProofError, open_proof
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
@@ -61,39 +61,7 @@ class VerificationFailedTaskError(TaskFailedError):
         return False
 
 
-class Task(BaseModel):
-    """What a publisher asks for: a workflow and the models it accepts."""
-
-    workflow: dict[str, Any]
-    models: list[str] = Field(min_length=1)
-    prompt: str | None = None
-    nodes: list[str] | None = None  # addresses to pick; None: any node that matches
-    # Encrypt the result to this key instead of the client's (a gateway serving a caller):
-    # the client then returns the node's ciphertext untouched.
-    public_key: str | None = None
-    # Publisher-side only (never sent): nodes not to choose, and False to never ask for a proof
-    # (remote scoring's own score tasks, node/publisher/remote_scoring.py).
-    exclude: list[str] = Field(default_factory=list)
-    verify: bool = True
-
-
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
-
-
-class TaskResult(BaseModel):
-    """A verified, decrypted result."""
-
-    task_id: str
-    text: str = ""
-    ciphertext: str | None = None  # hex ECIES, for a task encrypted to another key (`Task.public_key`)
-    node: str  # address that signed the result
-    model: str
-    stats: Stats
-    proof: str | None = None  # hex ECIES of the node's proof, when the task asked for one
-    verified: bool | None = None  # True: passed verification; None: not checked
-
-    def __str__(self) -> str:
-        return self.text
 
 
 class Client:

@@ -1,0 +1,41 @@
+"""What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from node.wire.messages import Stats
+
+
+class Task(BaseModel):
+    """What a publisher asks for: a workflow and the models it accepts."""
+
+    workflow: dict[str, Any]
+    models: list[str] = Field(min_length=1)
+    prompt: str | None = None
+    nodes: list[str] | None = None  # addresses to pick; None: any node that matches
+    # Encrypt the result to this key instead of the client's (a gateway serving a caller):
+    # the client then returns the node's ciphertext untouched.
+    public_key: str | None = None
+    # Publisher-side only (never sent): nodes not to choose, and False to never ask for a proof
+    # (remote scoring's own score tasks, node/publisher/remote_scoring.py).
+    exclude: list[str] = Field(default_factory=list)
+    verify: bool = True
+
+
+class TaskResult(BaseModel):
+    """A verified, decrypted result."""
+
+    task_id: str
+    text: str = ""
+    ciphertext: str | None = None  # hex ECIES, for a task encrypted to another key (`Task.public_key`)
+    node: str  # address that signed the result
+    model: str
+    stats: Stats
+    proof: str | None = None  # hex ECIES of the node's proof, when the task asked for one
+    verified: bool | None = None  # True: passed verification; None: not checked
+
+    def __str__(self) -> str:
+        return self.text
