@@ -1,5 +1,8 @@
 """`python -m benchmarks [--quick] [--only NAME ...]`: measure the node against its baselines.
 
+A plain run measures every benchmark but the opt-in ones (verification: over an hour;
+`--only verification` or `python -m benchmarks.verification` runs it).
+
 `python -m benchmarks cluster ...` measures a network of nodes instead (benchmarks/cluster.py).
 
 Prints one Markdown table and writes benchmarks/RESULTS.md (machine description
@@ -50,12 +53,13 @@ class Benchmark(NamedTuple):
     title: str
     run: Callable[[BenchOptions], Awaitable[Section]]
     budget_s: float  # a run past this fails (full; --quick gets half)
+    opt_in: bool = False  # left out of a plain run; `--only NAME` runs it
 
 
 BENCHMARKS: dict[str, Benchmark] = {
     "generation": Benchmark("1. Generation", generation.run, 120),
     "overhead": Benchmark("2. Node overhead", overhead.run, 60),
-    "concurrency": Benchmark("3. Concurrency", concurrency.run, 210),
+    "concurrency": Benchmark("3. Concurrency", concurrency.run, 1200),  # 1..16 tasks, 2 rounds: ~9 min at 2 threads
     "throughput": Benchmark("4. Network throughput", throughput.run, 90),
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 120),  # a full run takes ~56 s here
@@ -63,16 +67,28 @@ BENCHMARKS: dict[str, Benchmark] = {
     "ipc": Benchmark("8. Execution-process IPC", ipc.run, 60),
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
     "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
-    "verification": Benchmark("11. Verification", verification.run, 4800),
+    "verification": Benchmark("11. Verification", verification.run, 4800, opt_in=True),
 }
+
+
+def default_names() -> list[str]:
+    """The benchmarks a plain run measures, in order."""
+    return [name for name, bench in BENCHMARKS.items() if not bench.opt_in]
+
+
+def opt_in_names() -> list[str]:
+    return [name for name, bench in BENCHMARKS.items() if bench.opt_in]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", action="append", choices=list(BENCHMARKS), help="run only this benchmark (repeatable)"
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        help=f"run only this benchmark (repeatable); opt-in ones run only so: {', '.join(opt_in_names())}",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and levels (a few minutes)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         values["threads"] = args.threads
     options = BenchOptions(**values)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or default_names()
     if "concurrency" in names or "remote" in names:
         options.llama_server_problem = setup_llama_server(skip=args.no_llama_server)
     machine = describe()

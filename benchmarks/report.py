@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 from benchmarks.stats import Summary
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+# RESULTS.md from this line on (tables of opt-in benchmarks, profiles written by hand) survives a rewrite.
+KEPT_MARKER = "<!-- kept: from here on this file is kept when `python -m benchmarks` rewrites it -->"
 
 
 class Row(BaseModel):
@@ -78,6 +80,11 @@ def render_results(sections: list[Section], machine: dict[str, str], command: st
 
 
 def write_results(text: str, path: Path = RESULTS_PATH) -> Path:
+    """Write `text` to `path`, followed by the old file's part from KEPT_MARKER on (if it has one)."""
+    old = path.read_text() if path.exists() else ""
+    kept = old.find(KEPT_MARKER)
+    if kept >= 0:
+        text = text.rstrip("\n") + "\n\n" + old[kept:]
     path.write_text(text)
     return path
 

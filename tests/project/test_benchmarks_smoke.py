@@ -4,11 +4,13 @@ as `python -m benchmarks`. Nothing timed is asserted beyond being measured (> 0)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from benchmarks.__main__ import BENCHMARKS, build_parser
+from benchmarks.__main__ import BENCHMARKS, build_parser, default_names, opt_in_names
 from benchmarks.echo_peer import EchoClient, echo_process
-from benchmarks.report import Row, Section, render_results, render_table
+from benchmarks.report import KEPT_MARKER, Row, Section, render_results, render_table, write_results
 from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
 
 
@@ -72,3 +74,23 @@ def test_command_line_names_every_benchmark() -> None:
         "kv_cache",
         "verification",
     }
+
+
+def test_a_plain_run_leaves_out_opt_in_benchmarks_that_only_runs() -> None:
+    assert "verification" not in default_names() and "verification" in opt_in_names()
+    assert default_names()[0] == "generation" and "concurrency" in default_names()
+    assert build_parser().parse_args(["--only", "verification"]).only == ["verification"]
+
+
+def test_rewriting_results_keeps_the_part_after_the_marker(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"# Benchmark results\n\nold table\n\n{KEPT_MARKER}\n\n## Verification\n\nby hand\n")
+    write_results("# Benchmark results\n\nnew table\n", path)
+    text = path.read_text()
+    assert "new table" in text and "old table" not in text
+    assert text.endswith(f"{KEPT_MARKER}\n\n## Verification\n\nby hand\n")
+    write_results("# Benchmark results\n\nnewer table\n", path)
+    assert path.read_text().count(KEPT_MARKER) == 1 and "by hand" in path.read_text()
+    fresh = tmp_path / "fresh.md"
+    write_results("# only this\n", fresh)
+    assert fresh.read_text() == "# only this\n"
