@@ -155,14 +155,15 @@ async def test_cancelling_one_sequence_frees_its_slot_and_spares_the_others(mode
     await _wait_until(lambda: all(streamed), timeout=30)
     assert model.slots_free == 0 and not any(task.done() for task in others)
     victim.cancel()
-    freed_in = await _wait_until(lambda: model.slots_free >= 1, timeout=2)
-    assert not all(task.done() for task in others), "the others should still be running"
+    # Freed at the next step, not when the victim's 400 tokens would end: the others (60 tokens
+    # each) are still generating then. A relative bound, not a wall-clock one (the machine is shared).
+    await _wait_until(lambda: model.slots_free >= 1, timeout=30)
+    assert not all(task.done() for task in others), "the slot was freed only after the others ended"
     with pytest.raises(asyncio.CancelledError):
         await victim
     results = await asyncio.gather(*others)
     for word, result in zip(WORDS[:3], results):
         assert result.completion_tokens == 60 and word in result.text.lower(), (word, result.text)
-    assert freed_in < 0.5, f"slot freed only after {freed_in:.3f}s"
     again = await model.generate(_say("river"))
     assert "river" in again.text.lower()
 
