@@ -12,7 +12,8 @@ grammar      what a schema (constrained decoding) costs per generated token
 cluster      `python -m benchmarks cluster`: N nodes and P publishers on loopback, faults, cost model
 kv_cache     KV cache types f16/q8_0/q4_0 and flash attention: memory, speed, logprob drift
 verification honest log-probability spread, catch rates of dishonest nodes, re-scoring cost
-             (verification_plot.py draws its distributions in verification.png)
+             (verification_plot.py draws its distributions in verification.png; verification_replay.py
+             measures whether replaying the seeded sampler would close the relabelled-token gap)
 
 The cluster harness: cluster.py (command line, scenarios), cluster_nodes.py (the node
 processes and their /proc readings), cluster_publisher.py (a publisher process),

@@ -58,18 +58,23 @@ KINDS = [
     "Write a short poem about", "Explain in two sentences what is special about", "Describe",
     "Give three facts about", "Tell a one-line joke about", "Write a haiku about", "Why do people like",
 ]  # fmt: skip
+STYLES = [
+    "", " Keep it simple.", " Use plain words.", " Be brief.", " Write for a child.", " Sound cheerful.",
+    " Be precise.", " Start with a question.", " Avoid rhyme.", " Use the present tense.",
+]  # fmt: skip
 CHECK_TOKENS = 24  # catch-rate answers stay short so that n results per cell fit the run
 PLOT_PATH = Path(__file__).with_name("verification.png")
 
 
 def catch_prompts(n: int) -> list[GenerationRequest]:
-    """`n` distinct prompts (n <= 112), a quarter at temperature 0, the rest at 0.7 with their own seed."""
+    """`n` distinct prompts (n <= 1120), a quarter at temperature 0, the rest at 0.7 with their own seed."""
     requests = []
     for i in range(n):
         topic, kind = TOPICS[i % len(TOPICS)], KINDS[(i // len(TOPICS)) % len(KINDS)]
+        style = STYLES[(i // (len(TOPICS) * len(KINDS))) % len(STYLES)]
         requests.append(
             GenerationRequest(
-                messages=[ChatMessage(role="user", content=f"{kind} {topic}.")],
+                messages=[ChatMessage(role="user", content=f"{kind} {topic}.{style}")],
                 max_tokens=CHECK_TOKENS,
                 temperature=0.0 if i % 4 == 0 else 0.7,
                 seed=1000 + i,
@@ -244,9 +249,10 @@ async def measure(
     cost: bool = True,
     deadline: float | None = None,
     on_group: Callable[[Cell], None] | None = None,
+    n: int | None = None,
 ) -> dict[str, Any]:
     """Every number of the section, raw (also used by `python -m benchmarks.verification`)."""
-    n = options.pick(full=100, quick=8)
+    n = n or options.pick(full=100, quick=8)
     requests = catch_prompts(n)
     real = model_path()
     swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
@@ -351,6 +357,7 @@ def _main() -> None:
     parser.add_argument("--cost-only", action="store_true", help="cost only")
     parser.add_argument("--dump", type=Path, help="write the cells' raw numbers to this JSON file")
     parser.add_argument("--minutes", type=float, help="with --dump: stop each cell after this many minutes")
+    parser.add_argument("--n", type=int, help="with --dump: prompts per cell (default 100, at most 1120)")
     parser.add_argument("--combine", type=Path, nargs="+", help="no run: notes and plot of cells dumped by --dump")
     args = parser.parse_args()
     if args.combine:
@@ -366,10 +373,12 @@ def _main() -> None:
         dump: Path = args.dump
         deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
 
-        def save(cell: Cell) -> None:
-            dump.write_text(json.dumps({"cells": [asdict(cell)]}))
+        def save(cell: Cell) -> None:  # after every group, replaced whole: a run stopped early leaves its last dump
+            partial = dump.with_name(dump.name + ".part")
+            partial.write_text(json.dumps({"cells": [asdict(cell)]}))
+            partial.replace(dump)
 
-        raw = asyncio.run(measure(options, cells, False, deadline, save))
+        raw = asyncio.run(measure(options, cells, False, deadline, save, args.n))
         print("\n".join(_notes(raw["cells"])))
         return
     section = asyncio.run(run(options, cells, cost=not args.no_cost))

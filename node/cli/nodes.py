@@ -45,7 +45,7 @@ def format_table(views: list[ReputationView], now: float | None = None) -> str:
     """One line per node, best score first."""
     now = time.time() if now is None else now
     header = (
-        f"{'address':<40}  {'answered':>8} {'errors':>6} {'timeouts':>8} {'busy':>6} {'result_s':>8}"
+        f"{'address':<40}  {'answered':>8} {'errors':>6} {'timeouts':>8} {'busy':>6} {'scored':>6} {'result_s':>8}"
         f" {'tps':>8} {'claimed':>9} {'success':>7} {'penalty':>7} {'verified':>8} {'score':>8}  banned"
     )
     lines = [header]
@@ -54,7 +54,7 @@ def format_table(views: list[ReputationView], now: float | None = None) -> str:
         tps = f"{v.measured_tps:.1f}" if v.measured_tps is not None else "-"
         banned = f"{(v.banned_until - now) / 3600:.1f} h more" if v.banned_until is not None else "-"
         lines.append(
-            f"{v.address:<40}  {v.answered:>8.1f} {v.errors:>6.1f} {v.timeouts:>8.1f} {v.busy:>6.1f} {mean:>8}"
+            f"{v.address:<40}  {v.answered:>8.1f} {v.errors:>6.1f} {v.timeouts:>8.1f} {v.busy:>6.1f} {v.scored:>6.1f} {mean:>8}"
             f" {tps:>8} {v.claimed_tps:>9.4g} {v.success:>7.2f} {v.penalty:>7.3f}"
             f" {f'{v.verify_passed}/{v.verify_passed + v.verify_failed}':>8} {v.score:>8.2f}  {banned}"
         )

@@ -214,7 +214,10 @@ class AttemptLoop:
         return result
 
     def _record_result(self, result: TaskResult, seconds: float) -> None:
-        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim."""
+        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim.
+
+        A score task's tokens are recorded apart: they do not measure the node's generating speed.
+        """
         extras = result.stats.model_extra or {}
         claimed = extras.get("completionTokens")
         size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
@@ -222,7 +225,9 @@ class AttemptLoop:
         exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
         known = self.hooks.nodes.get(result.node)
         claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0
-        self.hooks.reputation.record_result(result.node, seconds, tokens, exec_seconds, claimed_tps)
+        self.hooks.reputation.record_result(
+            result.node, seconds, tokens, exec_seconds, claimed_tps, scoring=self.task.scores_tokens
+        )
 
 
 def checked(attempt: Attempt) -> TaskResult:

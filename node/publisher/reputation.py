@@ -6,10 +6,13 @@ node's weight (`weight`) is
 
     success x speed x capacity x penalty
 
-- success: Beta posterior mean, (answered + a) / (answered + failures + a + b), where failures =
-  errors + timeouts + busy_weight x busy. A node never seen starts at a / (a + b) (0.5), so it is tried.
+- success: Beta posterior mean, (answered + a) / (answered + failures + a + b), where answered counts
+  score tasks too and failures = errors + timeouts + busy_weight x busy. A node never seen starts at
+  a / (a + b) (0.5), so it is tried.
 - speed: tokens of its results per second of time to result on our clock, shrunk toward a
   conservative prior (prior_tps for prior_seconds; lower if the node itself claims less), never the claim.
+  Results of score tasks (teacher forcing for verification, many times faster per token than
+  generating) count for success but are kept apart (`scored`, `scoring_tps`): they never raise the speed.
 - capacity: its claimed `free`, capped at one more than the most tasks of ours it was seen serving at once.
 - penalty: when its claimed tps exceeds claim_tolerance x the tps its own stats show
   (completion tokens / execution time), tolerance x measured / claimed, floored at min_penalty.
@@ -33,7 +36,10 @@ from pydantic import BaseModel, Field
 log = structlog.get_logger(__name__)
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS reputation (address TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL)"
-DECAYED = ("answered", "errors", "timeouts", "busy", "tokens", "result_seconds", "exec_seconds")
+DECAYED = (
+    "answered", "errors", "timeouts", "busy", "tokens", "result_seconds", "exec_seconds",
+    "scored", "scored_tokens", "score_seconds",
+)  # fmt: skip
 
 
 class ReputationSettings(BaseModel):
@@ -67,6 +73,9 @@ class NodeRecord(BaseModel):
     tokens: float = 0.0  # completion tokens of its results (at most their size in bytes)
     result_seconds: float = 0.0  # time to result on our clock, summed over answered tasks
     exec_seconds: float = 0.0  # execution time its stats report, summed (at most the time to result)
+    scored: float = 0.0  # answered score tasks, kept out of the speed sums above
+    scored_tokens: float = 0.0
+    score_seconds: float = 0.0  # their time to result on our clock
     claimed_tps: float = 0.0  # the last claim seen for a result's model
     peak: int = 0  # the most of our tasks it answered while that many were in flight at once
     verify_passed: int = 0
@@ -86,6 +95,9 @@ class Sums:
     tokens: float = 0.0
     result_seconds: float = 0.0
     exec_seconds: float = 0.0
+    scored: float = 0.0
+    scored_tokens: float = 0.0
+    score_seconds: float = 0.0
 
 
 NOTHING_MEASURED = Sums()
@@ -99,8 +111,10 @@ class ReputationView(BaseModel):
     errors: float
     timeouts: float
     busy: float
-    mean_result_s: float | None = Field(description="Mean time to result (s)")
+    mean_result_s: float | None = Field(description="Mean time to result (s) of generating tasks")
     measured_tps: float | None = Field(description="Completion tokens per second of execution, from its stats")
+    scored: float = Field(default=0.0, description="Answered score tasks (counted for success, not speed)")
+    scoring_tps: float | None = Field(default=None, description="Tokens scored per second of time to result")
     service_tps: float = Field(description="Speed estimate used for choice (prior included)")
     claimed_tps: float
     success: float = Field(description="Beta posterior mean of answering")
@@ -163,14 +177,24 @@ class Reputation:
         exec_seconds: float,
         claimed_tps: float,
         now: float | None = None,
+        scoring: bool = False,
     ) -> None:
-        """A result arrived `result_seconds` after sending; its stats say `tokens` in `exec_seconds`."""
+        """A result arrived `result_seconds` after sending; its stats say `tokens` in `exec_seconds`.
+
+        `scoring`: the task scored given tokens (a `score` task) rather than generating them; its
+        tokens are counted apart and never in the speed or the claim penalty.
+        """
         record = self._touch(address, now)
         result_seconds = max(result_seconds, 0.0)
-        record.answered += 1
-        record.tokens += max(tokens, 0)
-        record.result_seconds += result_seconds
-        record.exec_seconds += min(max(exec_seconds, 0.0), result_seconds)  # it cannot have worked longer
+        if scoring:
+            record.scored += 1
+            record.scored_tokens += max(tokens, 0)
+            record.score_seconds += result_seconds
+        else:
+            record.answered += 1
+            record.tokens += max(tokens, 0)
+            record.result_seconds += result_seconds
+            record.exec_seconds += min(max(exec_seconds, 0.0), result_seconds)  # it cannot have worked longer
         if math.isfinite(claimed_tps) and claimed_tps >= 0:
             record.claimed_tps = claimed_tps
         record.peak = max(record.peak, self._inflight.get(address, 1))
@@ -235,6 +259,8 @@ class Reputation:
             busy=round(sums.busy, 3),
             mean_result_s=sums.result_seconds / sums.answered if sums.answered > 0 else None,
             measured_tps=self._measured_tps(sums),
+            scored=round(sums.scored, 3),
+            scoring_tps=sums.scored_tokens / sums.score_seconds if sums.score_seconds > 0 else None,
             service_tps=self._speed(sums, record.claimed_tps),
             claimed_tps=record.claimed_tps,
             success=self._success(sums),
@@ -259,9 +285,8 @@ class Reputation:
     def _success(self, record: Sums) -> float:
         s = self.settings
         failures = record.errors + record.timeouts + s.busy_weight * record.busy
-        return (record.answered + s.prior_successes) / (
-            record.answered + failures + s.prior_successes + s.prior_failures
-        )
+        answered = record.answered + record.scored
+        return (answered + s.prior_successes) / (answered + failures + s.prior_successes + s.prior_failures)
 
     def _speed(self, record: Sums, claimed_tps: float) -> float:
         s = self.settings
@@ -293,6 +318,9 @@ class Reputation:
             r.tokens * factor,
             r.result_seconds * factor,
             r.exec_seconds * factor,
+            r.scored * factor,
+            r.scored_tokens * factor,
+            r.score_seconds * factor,
         )
 
     def _decayed(self, address: str, now: float) -> NodeRecord:

@@ -24,6 +24,16 @@ class Task(BaseModel):
     exclude: list[str] = Field(default_factory=list)
     verify: bool = True
 
+    @property
+    def scores_tokens(self) -> bool:
+        """Whether a step of its workflow scores given tokens (`score` operator) rather than generating them.
+
+        Scoring is teacher forcing, many times faster per token than generating: such a result
+        never measures a node's speed (reputation.py).
+        """
+        steps = self.workflow.get("tasks")
+        return isinstance(steps, list) and any(isinstance(t, dict) and t.get("operator") == "score" for t in steps)
+
 
 class TaskResult(BaseModel):
     """A verified, decrypted result."""

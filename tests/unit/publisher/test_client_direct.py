@@ -14,11 +14,13 @@ import pytest
 from node.p2p.frame_stream import FrameStream
 from node.p2p.host import P2PHost
 from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.remote_scoring import score_workflow
 from node.wire.direct import AnswerStatus, Progress, StreamAnswer, encode_frame_body
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import TaskBody, encode_body
+from node.wire.proof import ProofGeneration
 from node.wire.results import Output, result_body
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
@@ -26,13 +28,19 @@ from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 class StreamingPeer:
     """A peer that takes tasks on streams, writes `deltas` as progress frames, then a result of `text`.
 
-    `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there)."""
+    `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there);
+    `tokens`: the completion tokens its result's stats report."""
 
     def __init__(
-        self, deltas: list[str], text: str, answer_after: float = 0.0, status: AnswerStatus = AnswerStatus.ACCEPTED
+        self,
+        deltas: list[str],
+        text: str,
+        answer_after: float = 0.0,
+        status: AnswerStatus = AnswerStatus.ACCEPTED,
+        tokens: int = 1,
     ) -> None:
         self.identity = Identity.generate()
-        self.deltas, self.text = deltas, text
+        self.deltas, self.text, self.tokens = deltas, text, tokens
         self.answer_after, self.status = answer_after, status
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
@@ -59,7 +67,7 @@ class StreamingPeer:
         result = result_body(
             body.task_id,
             "m",
-            Output(self.text, body.public_key, 1, 1),
+            Output(self.text, body.public_key, 1, self.tokens),
             received_at_ns=now,
             started_at_ns=now,
             ended_at_ns=now,
@@ -149,3 +157,23 @@ async def test_a_late_busy_answer_is_a_decline_at_once_not_a_wait_for_the_attemp
         took = time.monotonic() - started
     assert len(peer.streamed) == 1
     assert took < 30, f"the decline was acted on only after {took:.1f} s (the attempt timeout is 30 s)"
+
+
+async def test_a_score_tasks_tokens_count_for_success_but_never_for_speed() -> None:
+    # Scoring is teacher forcing, far faster per token than generating: a scorer's 400 tokens in a
+    # moment must not make it look like a fast generator (nor feed the claim penalty).
+    peer = StreamingPeer([], "x" * 1000, tokens=400)
+    step = ProofGeneration(prompt_tokens=[1, 2, 3], tokens=list(range(10, 410)), logprobs=[-1.0] * 400, temperature=0)
+    async with client_of(peer) as client:
+        text, node = await client.run_score_task(score_workflow(step, 20), "m", set(), 20)
+        assert node == peer.identity.address and text == "x" * 1000
+        scorer = client.reputation.view(node)
+        assert (scorer.answered, scorer.scored) == (0, pytest.approx(1))
+        assert scorer.scoring_tps is not None and scorer.scoring_tps > 400  # answered at once: well above 400 tok/s
+        assert scorer.mean_result_s is None and scorer.measured_tps is None
+        assert scorer.service_tps == pytest.approx(10.0)  # still the prior: nothing generated yet
+        assert scorer.success == pytest.approx(2 / 3)  # (1 + 1) / (1 + 2): the answer counts
+        await client.execute(Task(workflow={}, models=["m"]), timeout=20)  # the same answer to a generating task
+        generator = client.reputation.view(node)
+    assert (generator.answered, generator.scored) == (pytest.approx(1), pytest.approx(1))
+    assert generator.service_tps > 10.0  # its 400 generated tokens do count

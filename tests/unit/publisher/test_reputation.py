@@ -5,8 +5,11 @@ import sqlite3
 import pytest
 
 from node.publisher.node_table import NodeTable
+from node.publisher.remote_scoring import score_workflow
 from node.publisher.reputation import Reputation, ReputationSettings, read_views
+from node.publisher.tasks import Task
 from node.wire.messages import Capacity, HeartbeatBody
+from node.wire.proof import ProofGeneration
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 T0 = 1_000_000.0
@@ -149,3 +152,36 @@ def test_an_unusable_store_leaves_a_working_table_in_memory(tmp_path) -> None:
     table = Reputation(path)
     table.record_error(A, now=T0)
     assert table.view(A, now=T0).errors == 1
+
+
+def test_score_tasks_are_kept_apart_from_the_speed_and_the_claim_penalty() -> None:
+    table = Reputation()
+    serve(table, A, 5, tps=20, claim=150)  # a generator at 20 tok/s, claiming within the tolerance
+    serve(table, B, 5, tps=20, claim=150)
+    for _ in range(20):  # B also scores: 400 tokens in 0.2 s each (2000 tok/s of teacher forcing)
+        table.record_result(B, 0.2, 400, 0.2, 150, now=T0, scoring=True)
+    generator, scorer = table.view(A, now=T0), table.view(B, now=T0)
+    assert scorer.scored == pytest.approx(20) and scorer.answered == pytest.approx(5)
+    assert scorer.scoring_tps == pytest.approx(2000) and generator.scoring_tps is None
+    assert (scorer.service_tps, scorer.measured_tps, scorer.penalty, scorer.mean_result_s) == (
+        generator.service_tps,
+        generator.measured_tps,
+        generator.penalty,
+        generator.mean_result_s,
+    )
+    assert scorer.success == pytest.approx(26 / 27) and generator.success == pytest.approx(6 / 7)
+    # Scoring fast never backs a claim: 3000 tok/s claimed, 2 measured generating (with the scored
+    # tokens counted it would be 573, within the tolerance).
+    table.record_result(C, 0.2, 400, 0.2, 3000, now=T0, scoring=True)
+    table.record_result(C, 0.5, 1, 0.5, 3000, now=T0)
+    assert table.view(C, now=T0).measured_tps == pytest.approx(2.0)
+    assert table.view(C, now=T0).penalty == pytest.approx(0.02)
+
+
+def test_a_workflow_with_a_score_step_is_a_scoring_task() -> None:
+    step = ProofGeneration(prompt_tokens=[1, 2], tokens=[3], logprobs=[-0.5], temperature=0)
+    assert Task(workflow=score_workflow(step, 30), models=["m"]).scores_tokens
+    generating = {"tasks": [{"id": "g", "operator": "generation"}, {"id": "_end", "operator": "end"}]}
+    assert not Task(workflow=generating, models=["m"]).scores_tokens
+    assert not Task(workflow={}, models=["m"]).scores_tokens
+    assert not Task(workflow={"tasks": "score"}, models=["m"]).scores_tokens  # malformed: the node refuses it
