@@ -35,7 +35,6 @@ from models.embedder import Embedder
 from models.gguf_file import check_model_file
 from models.grammar import grammar_for
 from models.llama_log import install_llama_log_router
-from models.llama_open import open_vocab
 from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import (
@@ -54,6 +53,7 @@ from models.requests import (
 )
 from models.sampling import SamplingSettings
 from models.slots import BatchedGeneration, Outcome, SlotRequest
+from models.vocab import ModelVocab
 
 if TYPE_CHECKING:  # llguidance is loaded with the first constrained request, not with the model
     import llguidance
@@ -76,7 +76,7 @@ class BatchedLlamaModel:
         path: Path,
         options: RuntimeOptions,
         decode_loop: DecodeLoop,
-        vocab: llama_cpp.Llama,
+        vocab: ModelVocab,
         n_ctx_seq: int,
     ) -> None:
         self.name = name
@@ -116,7 +116,7 @@ class BatchedLlamaModel:
         decode_loop.start()
         try:
             n_ctx_seq = await asyncio.wrap_future(decode_loop.loaded)
-            vocab = await asyncio.to_thread(open_vocab, path)
+            vocab = ModelVocab(name, decode_loop.llama_model)  # the loaded model's vocabulary: no second open
         except BaseException:  # failed or cancelled: do not leave the thread and its context behind
             await asyncio.to_thread(decode_loop.close)
             raise
@@ -179,7 +179,7 @@ class BatchedLlamaModel:
     def _end_of_generation_ids(self) -> tuple[int, ...]:
         if self._eog_ids is None:
             with self._vocab_lock:
-                vocab_p = self._vocab._model.vocab
+                vocab_p = self._vocab.vocab
                 self._eog_ids = tuple(
                     t for t in range(self._vocab.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab_p, t)
                 )
@@ -333,7 +333,7 @@ class BatchedLlamaModel:
             if self._tokenizer is None:  # its vocabulary lives as long as the model
                 if self._closed:
                     raise ModelClosedError(f"model {self.name} is closed")
-                self._tokenizer = vocab_tokenizer(self._vocab._model.vocab, end_tokens)
+                self._tokenizer = vocab_tokenizer(self._vocab.vocab, end_tokens)
             return self._tokenizer
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
@@ -347,10 +347,10 @@ class BatchedLlamaModel:
         if self._closed:
             return
         self._closed = True
+        with self._tokenizer_lock, self._vocab_lock:  # nothing reads the vocabulary once the loop frees it
+            self._vocab.close()
         await asyncio.to_thread(self._decode_loop.close)
         await self._embedder.close()
-        with self._tokenizer_lock, self._vocab_lock:  # no tokenizer build still reading the vocabulary
-            self._vocab.close()
         log.info("model closed", model=self.name)
 
 
