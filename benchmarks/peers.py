@@ -24,6 +24,7 @@ from benchmarks.stats import BenchmarkError
 from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
+BENCHMARK_CACHE_FILE = "benchmarks.json"  # in the data dir (node/execution/model_setup.py)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
 
@@ -35,12 +36,19 @@ def node_process(
     max_concurrent: int = 1,
     max_queue: int = 8,
     extra_args: list[str] | None = None,
+    benchmark_cache: bytes | None = None,
 ) -> PeerProcess:
-    """A compute node with a fresh identity and data dir, default log level (info, JSON)."""
+    """A compute node with a fresh identity and data dir, default log level (info, JSON).
+
+    `benchmark_cache`: a `benchmarks.json` for the data dir (a restart's cached startup
+    tokens/s benchmark); without it the node measures its model before READY.
+    """
     identity = Identity.generate()
     workdir = tempfile.TemporaryDirectory(prefix="bench-node-")
     data_dir = Path(workdir.name)
     identity.save(data_dir / "identity.key")
+    if benchmark_cache is not None:
+        (data_dir / BENCHMARK_CACHE_FILE).write_bytes(benchmark_cache)
     args = [
         sys.executable,
         "-m",
@@ -170,6 +178,13 @@ class PeerProcess:
                 continue  # a child that just ended
             total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
         return total
+
+    def benchmark_cache(self) -> bytes | None:
+        """The node's cached startup benchmark (`benchmarks.json` in its data dir), if it wrote one."""
+        try:
+            return (Path(self._workdir.name) / BENCHMARK_CACHE_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def model_class(self) -> str:
         """Which model class the node loaded, from its `model loaded` log line."""

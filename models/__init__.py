@@ -17,6 +17,7 @@ Map of the package (knows nothing of workflows or the network):
 - `text_deltas.py` `TextDeltas`: a streaming request's settled text in pieces (stop strings held back)
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)
+- `vocab.py`       `ModelVocab`: tokenizing and the header on the decode loop's loaded model, from other threads
 - `chat_prompt.py` renders chat messages with the model's own chat template
 - `gguf_file.py`   cheap checks on a model file before llama.cpp opens it
 - `llama_log.py`   routes llama.cpp's log lines into structlog

@@ -24,10 +24,9 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
-import llguidance
 import structlog
 
 from models.chat_prompt import ChatTemplate
@@ -35,9 +34,7 @@ from models.decode_loop import DecodeLoop
 from models.embedder import Embedder
 from models.gguf_file import check_model_file
 from models.grammar import grammar_for
-from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.llama_log import install_llama_log_router
-from models.llama_open import open_vocab
 from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import (
@@ -56,6 +53,12 @@ from models.requests import (
 )
 from models.sampling import SamplingSettings
 from models.slots import BatchedGeneration, Outcome, SlotRequest
+from models.vocab import ModelVocab
+
+if TYPE_CHECKING:  # llguidance is loaded with the first constrained request, not with the model
+    import llguidance
+
+    from models.grammar.matcher import Constraint
 from models.tracing import generation_traces
 
 log = structlog.get_logger(__name__)
@@ -73,7 +76,7 @@ class BatchedLlamaModel:
         path: Path,
         options: RuntimeOptions,
         decode_loop: DecodeLoop,
-        vocab: llama_cpp.Llama,
+        vocab: ModelVocab,
         n_ctx_seq: int,
     ) -> None:
         self.name = name
@@ -86,6 +89,7 @@ class BatchedLlamaModel:
         self._n_ctx = n_ctx_seq
         self._eog_ids: tuple[int, ...] | None = None
         self._tokenizer: llguidance.LLTokenizer | None = None  # built on the first constrained request
+        self._tokenizer_lock = threading.Lock()
         self._embedder = Embedder(name, path, options)
         self._closed = False
 
@@ -112,14 +116,12 @@ class BatchedLlamaModel:
         decode_loop.start()
         try:
             n_ctx_seq = await asyncio.wrap_future(decode_loop.loaded)
-            vocab = await asyncio.to_thread(open_vocab, path)
+            vocab = ModelVocab(name, decode_loop.llama_model)  # the loaded model's vocabulary: no second open
         except BaseException:  # failed or cancelled: do not leave the thread and its context behind
             await asyncio.to_thread(decode_loop.close)
             raise
         model = cls(name, path, options, decode_loop, vocab, n_ctx_seq)
         await asyncio.to_thread(model._end_of_generation_ids)  # ~50k vocab lookups, off the loop
-        # Every token's bytes for llguidance (~0.3 s): now, not under the vocab lock while tasks tokenize.
-        await asyncio.to_thread(model.constraint_tokenizer)
         log.info(
             "model loaded",
             model=name,
@@ -177,7 +179,7 @@ class BatchedLlamaModel:
     def _end_of_generation_ids(self) -> tuple[int, ...]:
         if self._eog_ids is None:
             with self._vocab_lock:
-                vocab_p = self._vocab._model.vocab
+                vocab_p = self._vocab.vocab
                 self._eog_ids = tuple(
                     t for t in range(self._vocab.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab_p, t)
                 )
@@ -313,14 +315,25 @@ class BatchedLlamaModel:
             raise ModelError("ignore_eos cannot be combined with json_schema or regex")
         grammar = grammar_for(request.json_schema, request.regex)
         assert grammar is not None
+        from models.grammar.matcher import Constraint
+
         return Constraint(self.constraint_tokenizer(), grammar)
 
     def constraint_tokenizer(self) -> llguidance.LLTokenizer:
-        """llguidance's view of this model's vocabulary (built at load; a fraction of a second)."""
+        """llguidance's view of this model's vocabulary, built on the first constrained request.
+
+        Every token's bytes (~0.3 s, ~20 MiB on a 49k vocabulary) are read under a lock of its own,
+        not the vocab lock, so the other tasks' tokenizing goes on meanwhile (both only read the
+        vocabulary); a model that never gets a constrained request never holds it.
+        """
+        from models.grammar.matcher import vocab_tokenizer
+
         end_tokens = self._end_of_generation_ids()
-        with self._vocab_lock:
+        with self._tokenizer_lock:
             if self._tokenizer is None:  # its vocabulary lives as long as the model
-                self._tokenizer = vocab_tokenizer(self._vocab._model.vocab, end_tokens)
+                if self._closed:
+                    raise ModelClosedError(f"model {self.name} is closed")
+                self._tokenizer = vocab_tokenizer(self._vocab.vocab, end_tokens)
             return self._tokenizer
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
@@ -334,10 +347,10 @@ class BatchedLlamaModel:
         if self._closed:
             return
         self._closed = True
+        with self._tokenizer_lock, self._vocab_lock:  # nothing reads the vocabulary once the loop frees it
+            self._vocab.close()
         await asyncio.to_thread(self._decode_loop.close)
         await self._embedder.close()
-        with self._vocab_lock:
-            self._vocab.close()
         log.info("model closed", model=self.name)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp
 from llama_cpp import llama_chat_format
 
 from models.requests import ChatMessage
+from models.vocab import ModelVocab
 
 _TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -29,7 +29,7 @@ class ChatPrompt:
     has_bos: bool
 
 
-def _token_text(llama: llama_cpp.Llama, token_id: int) -> str:
+def _token_text(llama: ModelVocab, token_id: int) -> str:
     if token_id < 0:
         return ""
     return llama.detokenize([token_id], special=True).decode("utf-8", errors="replace")
@@ -38,7 +38,7 @@ def _token_text(llama: llama_cpp.Llama, token_id: int) -> str:
 class ChatTemplate:
     """The chat template of one model file."""
 
-    def __init__(self, llama: llama_cpp.Llama) -> None:
+    def __init__(self, llama: ModelVocab) -> None:
         template = llama.metadata.get(_TEMPLATE_KEY)
         self.source = "gguf" if template else "chatml-fallback"
         self._formatter: llama_chat_format.ChatFormatter

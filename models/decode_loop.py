@@ -94,6 +94,12 @@ class DecodeLoop:
             self._thread.join()
 
     @property
+    def llama_model(self) -> llama_cpp.llama_model_p:
+        """The loaded llama.cpp model (once `loaded` resolved); freed when the loop ends."""
+        model: llama_cpp.llama_model_p = self._model
+        return model
+
+    @property
     def slots_free(self) -> int:
         return self.parallel - self._busy
 

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
 from models.grammar import GrammarError
-from models.grammar.matcher import Constraint
 from models.requests import ModelError
+
+if TYPE_CHECKING:  # llguidance (its matcher) is loaded with the first constrained request
+    from models.grammar.matcher import Constraint
 
 __all__ = ["GrammarError", "SamplingSettings", "SequenceSampler", "StopText", "token_piece"]
 

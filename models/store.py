@@ -5,19 +5,19 @@ Downloads go through `huggingface_hub.hf_hub_download` into `<models_dir>/<file>
 progress bar, retries, resuming an interrupted transfer (with HTTP Range) within
 one pull, and writes to a temporary file that is renamed only when complete, so
 a failed pull never leaves a partial file under the final name. A sha256 from
-the registry is checked after the download.
+the registry is checked after the download. The hub library (~130 modules, ~6 MiB)
+is imported only to download or to look in its cache: an execution process whose
+file is in models_dir or a package never loads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.utils import build_hf_headers, get_session, silent_tqdm  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from models.registry import ModelSpec, Registry
@@ -99,21 +99,27 @@ class ModelStore:
                 return candidate
         return None
 
-    def _candidates(self, spec: ModelSpec) -> list[Path]:
+    def _candidates(self, spec: ModelSpec) -> Iterator[Path]:
+        """Where the file may be, in order; the hub's cache is looked up only when asked for."""
         if spec.is_remote:
-            return []
+            return
         if spec.path is not None:
-            return [spec.path.expanduser()]
+            yield spec.path.expanduser()
+            return
         assert spec.file is not None
         if spec.package is not None:
             found = package_file(spec.package, spec.file)
-            return [found] if found else []
-        candidates = [self.models_dir / spec.file, self.models_dir / spec.file_name]
+            if found is not None:
+                yield found
+            return
+        yield self.models_dir / spec.file
+        yield self.models_dir / spec.file_name
         assert spec.repo is not None
+        from huggingface_hub import try_to_load_from_cache
+
         cached = try_to_load_from_cache(spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision)
         if isinstance(cached, str):
-            candidates.append(Path(cached))
-        return candidates
+            yield Path(cached)
 
     def pull(self, spec: ModelSpec, progress: bool = True) -> Path:
         """Make sure the file of `spec` is here, downloading it if needed; return its path.
@@ -133,6 +139,9 @@ class ModelStore:
         where = f"{spec.repo}/{spec.file}@{spec.revision} from {self.endpoint or 'the Hugging Face hub'}"
         log.info("model download started", model=spec.name, source=where, to=str(self.models_dir))
         self._check_reachable(spec, where)
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import silent_tqdm  # type: ignore[attr-defined]
+
         try:
             path = Path(
                 hf_hub_download(
@@ -158,6 +167,10 @@ class ModelStore:
         turns that into an immediate error naming the endpoint and the cause.
         Any HTTP answer (even 401/404) counts as reachable: the download reports those.
         """
+        from huggingface_hub import constants as hub_constants
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session  # type: ignore[attr-defined]
+
         if hub_constants.HF_HUB_OFFLINE:
             raise DownloadError(f"could not download model {spec.name} ({where}): HF_HUB_OFFLINE is set")
         assert spec.repo is not None and spec.file is not None

@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from node.daemon.server import run_node
+    from node.daemon.launch import launch_node
     from node.ops.log import configure_logging
 
     settings = _settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
-    return run_node(settings)
+    return launch_node(settings)
 
 
 def _identity(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
+from node.daemon.processes.early import EarlyProcess
 from node.daemon.processes.pool import ExecutionPool
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
@@ -77,8 +78,9 @@ class RunningNode:
 class NodeServer:
     """One compute node. `await serve()` runs it until a signal (or `request_exit()`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, early: EarlyProcess | None = None) -> None:
         self.settings = settings
+        self._early = early  # the first model's execution process, spawned before this module was imported
         self.metrics = NodeMetrics()
         self.notifier = SystemdNotifier.from_env()
         self.supervisor = Supervisor(self._on_fatal_loop)
@@ -139,7 +141,7 @@ class NodeServer:
         ledger = open_ledger(settings)
         opened.callback(ledger.close)
         check_embedding_model(settings)
-        pool = ExecutionPool(settings, self.metrics)
+        pool = ExecutionPool(settings, self.metrics, self._early)
         opened.push_async_callback(pool.close)
         host = P2PHost(
             identity.secret,
@@ -319,13 +321,12 @@ class NodeServer:
         self.request_exit()
 
 
-def run_node(settings: Settings) -> int:
-    """Run a node until stopped; returns the process exit code."""
-    import uvloop
-
-    server = NodeServer(settings)
+async def serve_node(settings: Settings, early: EarlyProcess | None = None) -> int:
+    """Run a node until stopped; returns the process exit code. (`compute-node start` runs it
+    through launch.py, which spawns the first execution process before importing this module.)"""
+    server = NodeServer(settings, early)
     try:
-        uvloop.run(server.serve())
+        await server.serve()
     except Exception as exc:  # noqa: BLE001 - startup failures end the process with one clear line
         log.error("node failed", error=str(exc), error_type=type(exc).__name__)
         print(f"compute-node: {exc}", file=sys.stderr)

@@ -30,3 +30,25 @@ def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert "libp2p" in loaded and "uvicorn" in loaded  # the check sees the daemon's real imports
     assert sorted(loaded.intersection(KEPT_OUT)) == []
+
+
+# What the execution process imports before its first task, and what it loads only on use: the model
+# download (a file in models_dir or a package is found without it) and llguidance (the first
+# constrained request).
+EXEC_KEPT_OUT = ("huggingface_hub", "llguidance", "fastapi", "starlette", "libp2p", "trio")
+
+_EXEC_CHILD = """
+import json, sys
+import node.execution.process
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def test_the_execution_process_imports_only_what_serving_a_model_needs() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXEC_CHILD], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=True
+    )
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "llama_cpp" in loaded and "workflows" in loaded  # the check sees the process's real imports
+    assert sorted(loaded.intersection(EXEC_KEPT_OUT)) == []

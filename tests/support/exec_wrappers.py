@@ -77,7 +77,7 @@ class Misbehaving:
 
 
 def _crash_in_grammar(model: Any) -> None:
-    vocab = model._vocab._model.vocab
+    vocab = model._vocab.vocab
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, b'root ::= "yes" | "no"', b"root")
     llama_cpp.llama_sampler_accept(sampler, 2**30)  # std::out_of_range in llama_grammar_accept_impl: abort
 

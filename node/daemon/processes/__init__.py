@@ -3,5 +3,6 @@ spawned, fed and watched from here; the daemon never loads a model itself.
 
 handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
+early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 """

@@ -2,7 +2,8 @@
 
 `ExecutionProcess.start()` spawns a clean interpreter (`python -m
 node.execution.process`), hands it one end of a socketpair, sends `configure`
-and waits for `ready`. A reader task then routes answers to the tasks waiting for
+and waits for `ready`; `spawn()` alone starts the interpreter early (its imports
+beside the daemon's, see early.py) and `start()` then configures it. A reader task then routes answers to the tasks waiting for
 them. When the process ends, for whatever reason, every task still on it gets a
 `ExecutionProcessExitError` naming the signal or exit code, and `on_exit` is called once.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from config.settings import Settings
 from node.execution.protocol import (
     MAX_FRAME_BYTES,
     Cancel,
@@ -77,6 +79,11 @@ class ExecutionProcessStartError(Exception):
     """The execution process could not load its model (the message names model and cause)."""
 
 
+def child_settings(settings: Settings) -> dict[str, Any]:
+    """The settings an execution process gets in `configure`: all but the node's identity key."""
+    return settings.model_dump(mode="json", exclude={"secret_key"})
+
+
 def describe_exit(returncode: int | None) -> str:
     """'SIGSEGV' for a death by signal, 'exit code N' otherwise."""
     if returncode is None:
@@ -95,8 +102,9 @@ class ExecutionProcess:
     def __init__(self, model: str, settings: dict[str, Any], on_exit: Callable[[ExecutionProcess], None]) -> None:
         self.model = model
         self._settings = settings
-        self._on_exit = on_exit
+        self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[TaskDone | TaskFailed]] = {}
@@ -120,8 +128,14 @@ class ExecutionProcess:
     def alive(self) -> bool:
         return self._proc is not None and not self.exited.is_set()
 
-    async def start(self, timeout: float) -> Ready:
-        """Spawn, configure and wait for `ready`; ExecutionProcessStartError names the model and the cause."""
+    @property
+    def spawned(self) -> bool:
+        """The process was spawned (its interpreter starts and imports until `start` configures it)."""
+        return self._proc is not None
+
+    async def spawn(self) -> None:
+        """Spawn the process: its interpreter starts and imports what loading a model needs, then
+        waits for `configure` (`start`)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -148,7 +162,15 @@ class ExecutionProcess:
             )
         finally:
             child.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_FRAME_BYTES)
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_FRAME_BYTES)
+
+    async def start(self, timeout: float) -> Ready:
+        """Spawn (unless `spawn` did), configure and wait for `ready`; ExecutionProcessStartError names
+        the model and the cause."""
+        if not self.spawned:
+            await self.spawn()
+        assert self._proc is not None and self._reader is not None
+        reader = self._reader
         self._send(Configure(model=self.model, settings=self._settings))
         try:
             first = await asyncio.wait_for(read_line(reader), timeout)
@@ -289,7 +311,7 @@ class ExecutionProcess:
                 if not future.done():
                     future.set_exception(exit_error)
             self.exited.set()
-            self._on_exit(self)
+            self.on_exit(self)
 
     @property
     def exit_error(self) -> ExecutionProcessExitError | None:

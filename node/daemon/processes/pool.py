@@ -25,7 +25,13 @@ import structlog
 
 from config.settings import Settings
 from node.daemon.failures import RecentFailures
-from node.daemon.processes.handle import ExecutionProcess, ExecutionProcessExitError, ExecutionProcessStartError
+from node.daemon.processes.early import EarlyProcess
+from node.daemon.processes.handle import (
+    ExecutionProcess,
+    ExecutionProcessExitError,
+    ExecutionProcessStartError,
+    child_settings,
+)
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
@@ -67,10 +73,11 @@ class _ModelEntry:
 class ExecutionPool:
     """All execution processes of the node."""
 
-    def __init__(self, settings: Settings, metrics: NodeMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: NodeMetrics, early: EarlyProcess | None = None) -> None:
         self._settings = settings
         # The node's identity key stays in the daemon: an execution process has no use for it.
-        self._settings_json = settings.model_dump(mode="json", exclude={"secret_key"})
+        self._settings_json = child_settings(settings)
+        self._early = early  # the first model's process, spawned before the daemon's imports
         self._metrics = metrics
         self._entries: dict[str, _ModelEntry] = {}
         self.hosted: list[str] = []  # models whose process started; the node's models
@@ -111,7 +118,10 @@ class ExecutionPool:
 
     async def _spawn(self, entry: _ModelEntry) -> Ready:
         """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
-        process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
+        process = self._early.take(entry.model) if self._early is not None else None
+        if process is None:
+            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
+        process.on_exit = self._on_exit
         try:
             ready = await process.start(self._settings.exec_start_timeout)
         except ExecutionProcessStartError:

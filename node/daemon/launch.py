@@ -1,0 +1,30 @@
+"""`compute-node start`: the first execution process starts before the daemon's own imports.
+
+The daemon's imports (libp2p's ~1,000 modules are most of them) and the execution
+process's (llama.cpp, numpy, the workflow engine) each take about a second of CPU;
+importing this module costs a few milliseconds, so the launcher spawns the child
+first and imports the server (and with it libp2p) while the child imports. The pool
+then configures the child (model load, startup benchmark) as its first process.
+"""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from node.daemon.processes.early import EarlyProcess
+
+
+def launch_node(settings: Settings) -> int:
+    """Run a node until stopped; returns the process exit code."""
+    import uvloop
+
+    return uvloop.run(_launch(settings))
+
+
+async def _launch(settings: Settings) -> int:
+    early = await EarlyProcess.spawn(settings)
+    try:
+        from node.daemon.server import serve_node  # the daemon's imports, beside the child's
+
+        return await serve_node(settings, early)
+    finally:
+        await early.close()  # a no-op once the pool took it
