@@ -19,7 +19,7 @@ from node.publisher.client import Client, Task
 from node.publisher.gossip_peers import GossipPeerSettings
 from node.wire.identity import Identity
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
-from tests.unit.publisher.test_client_direct import StreamingPeer
+from tests.support.streaming_peer import StreamingPeer
 
 TOPICS = (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC)
 FAST = {"check_interval": 0.2, "initial_backoff": 0.5, "max_backoff": 2.0, "dial_timeout": 3.0}
