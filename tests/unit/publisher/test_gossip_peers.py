@@ -116,7 +116,9 @@ async def test_when_its_only_gossip_peer_dies_it_redials_a_node_it_heard_of() ->
             await relay.host.stop()
             since = time.time()
             await until(lambda: heard_since(client, node, since), what="a heartbeat after the relay died")
-            assert client.gossip_keeper.dialled == [node.host.peer_id]
+            keeper = client.gossip_keeper
+            await until(lambda: bool(keeper.dialled), what="the dial to return")  # its heartbeat may come first
+            assert keeper.dialled == [node.host.peer_id]
             result = await client.execute(Task(workflow={}, models=["m"]), timeout=20)
             assert result.text == "from node 0"
 
@@ -137,5 +139,8 @@ async def test_a_quiet_view_promotes_a_node_it_only_sent_tasks_to() -> None:
             muted = time.time()
             await asyncio.sleep(0.5)  # heartbeats already on their way may still land
             await until(lambda: heard_since(client, node, muted + 0.5), what="a heartbeat once the view went quiet")
-            assert client.gossip_keeper is not None and client.gossip_keeper.dialled == [node.host.peer_id]
+            keeper = client.gossip_keeper
+            assert keeper is not None
+            await until(lambda: bool(keeper.dialled), what="the dial to return")  # its heartbeat may come first
+            assert keeper.dialled == [node.host.peer_id]
             assert set(await host.gossip_peers()) == {relay.host.peer_id, node.host.peer_id}
