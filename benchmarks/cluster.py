@@ -5,7 +5,8 @@ For each N in --nodes it starts a cluster (a bootstrap node, N serving nodes, id
 observers: benchmarks/cluster_nodes.py) and runs a batch of tiny one-step `sample`
 tasks from P publisher processes per delivery mode. At the largest N it then runs
 the faults (--faults): SIGSTOP/SIGCONT of a node, kill -9 of a third of the nodes,
-SIGTERM drain of a node, each mid-batch. --model-run adds a batch of real
+SIGTERM drain of a node, each mid-batch; --batches picks some of them (for example the kill
+batch alone: --nodes 16 --batches kill). --model-run adds a batch of real
 generations (the test model, 1 thread) on 3 nodes. It writes cluster.md (the
 table), cluster.json (every measurement), PNG plots and the cost model's fit
 (benchmarks/cluster_model.py) into --out. Exit status 1 if a task was lost or
@@ -30,6 +31,7 @@ from benchmarks.cluster_run import BatchResult, BatchSpec, run_batch
 DEFAULT_OUT = Path(__file__).with_name(".work") / "cluster"
 # The frozen node rejoins; the kill batch then runs on all N nodes; the drain last, on the survivors.
 FAULT_ORDER = ["stop", "kill", "drain"]
+BATCH_KINDS = ["scale", *FAULT_ORDER]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks", type=int, default=2000, help="tasks in the kill batch (stop, drain: max(sweep, 150))"
     )
     parser.add_argument("--faults", default="stop,kill,drain", help="faults at the largest N ('' for none)")
+    parser.add_argument(
+        "--batches",
+        default=",".join(BATCH_KINDS),
+        help="which batches to run, of " + ",".join(BATCH_KINDS) + " ('scale': the sweep over --nodes; "
+        "e.g. --nodes 16 --batches kill for the kill batch alone)",
+    )
     parser.add_argument(
         "--delivery",
         default="both",
@@ -74,7 +82,12 @@ async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult
     config = NodeConfig(heartbeat_interval=args.heartbeat)
     modes = deliveries(args.delivery)
     sizes = [int(n) for n in str(args.nodes).split(",") if n]
-    faults = [f for f in FAULT_ORDER if f in str(args.faults).split(",")]
+    chosen = set(str(args.batches).split(","))
+    unknown = chosen - set(BATCH_KINDS) - {""}
+    if unknown:
+        raise SystemExit(f"unknown batches {sorted(unknown)}: choose from {', '.join(BATCH_KINDS)}")
+    faults = [f for f in FAULT_ORDER if f in str(args.faults).split(",") and f in chosen]
+    sweep = args.sweep_tasks if "scale" in chosen else 0
     batches: list[BatchResult] = []
 
     def spec(label: str, delivery: str, tasks: int, fault: str = "none", workload: str = "sample") -> BatchSpec:
@@ -110,12 +123,14 @@ async def run(args: argparse.Namespace, failures: list[str]) -> list[BatchResult
         (args.out / "cluster.json").write_text(json.dumps([b.model_dump(mode="json") for b in batches], indent=1))
 
     for n in sizes:
+        if not sweep and n != max(sizes):
+            continue  # nothing to run at this size: the faults run at the largest
         print(f"cluster of {n} serving nodes + {args.observers} observers ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         with Cluster(n, args.observers, config) as cluster:
             print(f"  started in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            for delivery in modes if args.sweep_tasks else []:
+            for delivery in modes if sweep else []:
                 await batch(cluster, spec(f"scale-N{n}", delivery, args.sweep_tasks))
             if n == max(sizes):
                 for delivery in modes:

@@ -4,7 +4,8 @@ A node that no task picks (an observer) spends, in cores:
 
     cpu = base + c_hb * M / h + G * m * c_msg
 
-M nodes heartbeating every h seconds, G tasks/s in the whole network, m gossip
+M nodes heartbeating every h seconds (averaged over the batch: nodes killed, drained or frozen
+mid-batch count for the time they heartbeat), G tasks/s in the whole network, m gossip
 messages per task that reach it (2 with gossip delivery: the task and its result;
 0 with direct delivery) and c_msg CPU seconds per gossip message. Bytes read
 follow the same form (b_base, b_hb per heartbeat, b_msg per message). base and
@@ -45,7 +46,7 @@ class CostModel(BaseModel):
     def messages_per_task(self, delivery: str) -> int:
         return 2 if delivery == "gossip" else 0
 
-    def cpu(self, nodes: int, rate: float, delivery: str, interval: float | None = None) -> float:
+    def cpu(self, nodes: float, rate: float, delivery: str, interval: float | None = None) -> float:
         """Cores a node not picked spends with `nodes` heartbeating and `rate` tasks/s in the network."""
         h = interval or self.heartbeat_interval
         per_task = self.messages_per_task(delivery) * self.cpu_per_message
@@ -53,15 +54,20 @@ class CostModel(BaseModel):
             per_task = self.cpu_per_direct_task
         return self.base_cpu + self.cpu_per_heartbeat * nodes / h + rate * per_task
 
-    def bandwidth(self, nodes: int, rate: float, delivery: str, interval: float | None = None) -> float:
+    def bandwidth(self, nodes: float, rate: float, delivery: str, interval: float | None = None) -> float:
         h = interval or self.heartbeat_interval
         per_task = self.messages_per_task(delivery) * self.bytes_per_message
         return self.base_bytes + self.bytes_per_heartbeat * nodes / h + rate * per_task
 
 
-def _members(batch: BatchResult) -> int:
-    """Every node that heartbeats: serving nodes alive at the start, observers, the bootstrap node."""
+def _members_idle(batch: BatchResult) -> int:
+    """Every node that heartbeats in the idle window: serving nodes alive at the start, observers, the bootstrap."""
     return batch.members or len(batch.costs)
+
+
+def _members(batch: BatchResult) -> float:
+    """Nodes heartbeating during the batch, averaged over its time (a fault removes some for a while)."""
+    return batch.members_mean or _members_idle(batch)
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -80,21 +86,29 @@ def fit(batches: list[BatchResult]) -> CostModel | None:
     if not sample:
         return None
     h = sample[0].spec.heartbeat_interval
-    xs = [_members(b) / h for b in sample for _ in b.non_target()]
+    xs = [_members_idle(b) / h for b in sample for _ in b.non_target()]
     idle_cpu = [c.idle_cpu_per_s for b in sample for c in b.non_target()]
     idle_bytes = [c.idle_bytes_per_s for b in sample for c in b.non_target()]
     base_cpu, per_hb = _line(xs, idle_cpu)
     base_bytes, bytes_hb = _line(xs, idle_bytes)
 
     def excess(b: BatchResult, what: str) -> float:
+        """Above the idle baseline, the baseline less the heartbeats of members gone in a fault."""
         nodes = b.non_target()
         busy = statistics.fmean(getattr(c, f"{what}_per_s") for c in nodes)
         idle = statistics.fmean(getattr(c, f"idle_{what}_per_s") for c in nodes)
-        return max(busy - idle, 0.0)
+        gone = (_members_idle(b) - _members(b)) / h * (per_hb if what == "cpu" else bytes_hb)
+        return max(busy - idle + gone, 0.0)
 
-    # Per-task costs from batches that ran at a steady rate: in one that lost tasks the rate is
-    # mostly waiting, and a small rate divides the noise of the idle baseline into huge numbers.
-    steady = [b for b in sample if b.tasks_per_s > 0 and b.lost == 0] or [b for b in sample if b.tasks_per_s > 0]
+    # Per-task costs from batches that ran at a steady rate and membership: in one that lost tasks
+    # the rate is mostly waiting, and a small rate divides the noise of the idle baseline into huge
+    # numbers; a kill or drain changes the network mid-batch (the quick mode has only a kill batch).
+    running = [b for b in sample if b.tasks_per_s > 0]
+    steady = (
+        [b for b in running if b.lost == 0 and b.spec.fault in ("none", "stop")]
+        or [b for b in running if b.lost == 0]
+        or running
+    )
     gossip = [b for b in steady if b.delivery_used == "gossip"]
     direct = [b for b in steady if b.delivery_used != "gossip"]
     per_msg = statistics.median([excess(b, "cpu") / (2 * b.tasks_per_s) for b in gossip]) if gossip else 0.0
@@ -169,7 +183,7 @@ def render_model(model: CostModel, batches: list[BatchResult]) -> str:
     ]
     for b, p_cpu, m_cpu, p_bytes, m_bytes in predictions(model, batches):
         lines.append(
-            f"| {b.spec.label} | {b.delivery_used} | {_members(b)} | {b.tasks_per_s:.1f} | {p_cpu:.1%} | {m_cpu:.1%} "
+            f"| {b.spec.label} | {b.delivery_used} | {_members(b):.1f} | {b.tasks_per_s:.1f} | {p_cpu:.1%} | {m_cpu:.1%} "
             f"| {p_cpu / m_cpu if m_cpu else 0:.2f} | {p_bytes / 1024:.1f} | {m_bytes / 1024:.1f} "
             f"| {p_bytes / m_bytes if m_bytes else 0:.2f} |"
         )

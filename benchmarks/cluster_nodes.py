@@ -17,6 +17,7 @@ import random
 import re
 import signal
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from benchmarks.workloads import MODEL_NAME
 IDLE_MODEL = "idle-model"
 _REGISTRY = json.dumps({IDLE_MODEL: {"alias": MODEL_NAME}})
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_GROUP = 4  # nodes started at once (8 at a time missed READY on a loaded 2-core machine)
+READY_TIMEOUT_S = 300.0
 _PID = re.compile(r"pid=(\d+),")
 _RECEIVED = re.compile(r"\bbytes_received:(\d+)")
 _SENT = re.compile(r"\bbytes_sent:(\d+)")
@@ -48,45 +51,96 @@ class NodeConfig(BaseModel):
 
 
 class Usage(BaseModel):
-    """Cumulative CPU seconds (process and its execution processes) and TCP bytes received/sent
-    on the sockets it has open now (from `ss`: loopback traffic is on no interface's counters)."""
+    """Cumulative CPU seconds (process and its execution processes) and TCP payload bytes
+    received/sent on its sockets, closed ones included (see SocketLedger)."""
 
     cpu: float = 0.0
     received: int = 0
     sent: int = 0
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(
-            cpu=self.cpu - other.cpu,
-            # a closed connection takes its counters with it: never below zero
-            received=max(self.received - other.received, 0),
-            sent=max(self.sent - other.sent, 0),
-        )
+        return Usage(cpu=self.cpu - other.cpu, received=self.received - other.received, sent=self.sent - other.sent)
 
 
-def socket_bytes() -> dict[int, tuple[int, int]]:
-    """pid -> (bytes received, bytes sent) over its open TCP sockets, from `ss -tinpH`."""
+def socket_bytes() -> dict[tuple[int, str], tuple[int, int]]:
+    """(pid, socket) -> (bytes received, bytes sent) of every open TCP socket, from `ss -tinpH`.
+
+    The counters are the kernel's tcp_info bytes_received / bytes_sent: TCP payload (libp2p's
+    Noise and yamux framing included, TCP/IP headers not). A socket is named by its addresses
+    and file descriptor, so one closed and another opened on the same ports are told apart
+    as long as both are seen.
+    """
     out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=30).stdout
-    totals: dict[int, tuple[int, int]] = {}
-    pid: int | None = None
+    sockets: dict[tuple[int, str], tuple[int, int]] = {}
+    key: tuple[int, str] | None = None
     for line in out.splitlines():
         if not line.startswith((" ", "\t")):
             match = _PID.search(line)
-            pid = int(match.group(1)) if match else None
+            fields = line.split()
+            key = (int(match.group(1)), " ".join(fields[3:5]) + line[match.end() :]) if match else None
             continue
-        if pid is not None:
+        if key is not None:
             received = sum(int(v) for v in _RECEIVED.findall(line))
             sent = sum(int(v) for v in _SENT.findall(line))
-            r, s = totals.get(pid, (0, 0))
-            totals[pid] = (r + received, s + sent)
-    return totals
+            old_r, old_s = sockets.get(key, (0, 0))
+            sockets[key] = (old_r + received, old_s + sent)
+    return sockets
+
+
+class SocketLedger:
+    """Per-process TCP bytes that survive closed connections: `ss` read every `interval` s, and
+    each socket's growth since the last reading added to its process's total.
+
+    `ss` sees open sockets only; reading often and keeping the sum is what counts a connection
+    that closed (a killed peer, a publisher that left) up to its last reading: at most
+    `interval` s of its traffic is missed. A socket first seen after the first reading opened
+    since, so all its bytes count.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._last: dict[tuple[int, str], tuple[int, int]] = {}
+        self._totals: dict[int, tuple[int, int]] = {}
+        self._first = True
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="socket-ledger", daemon=True)
+
+    def start(self) -> None:
+        self.poll()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except (OSError, subprocess.SubprocessError):
+                continue  # the next reading catches up (only a closing socket's last bytes are lost)
+
+    def poll(self) -> dict[int, tuple[int, int]]:
+        """Read `ss` now; pid -> (bytes received, bytes sent) so far."""
+        with self._lock:
+            now = socket_bytes()
+            for key, (received, sent) in now.items():
+                last_r, last_s = self._last.get(key, (received, sent) if self._first else (0, 0))
+                total_r, total_s = self._totals.get(key[0], (0, 0))
+                self._totals[key[0]] = (total_r + max(received - last_r, 0), total_s + max(sent - last_s, 0))
+            self._last = now
+            self._first = False
+            return dict(self._totals)
 
 
 class ClusterNode:
     """One node process with its role ('bootstrap', 'serving' or 'observer')."""
 
-    def __init__(self, role: str, index: int, process: PeerProcess) -> None:
+    def __init__(self, role: str, index: int, process: PeerProcess, ledger: SocketLedger) -> None:
         self.role = role
+        self.ledger = ledger
         self.index = index
         self.process = process
         self.alive = True
@@ -101,7 +155,7 @@ class ClusterNode:
         return self.process.address
 
     def usage(self, sockets: dict[int, tuple[int, int]]) -> Usage:
-        """Usage so far; the last reading for a dead node (its CPU is counted until it died)."""
+        """Usage so far from the ledger's totals; the last reading for a dead node."""
         if not self.alive:
             return self._last
         try:
@@ -117,9 +171,10 @@ class ClusterNode:
         return total
 
     def signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL:
+            self.usage(self.ledger.poll())  # its last reading: a dead process has no sockets to read
         os.kill(self.process.pid, sig)
         if sig == signal.SIGKILL:
-            self.usage(socket_bytes())
             self.alive = False
 
 
@@ -143,6 +198,7 @@ class Cluster:
         self._rng = random.Random(seed)
         self.bootstrap: ClusterNode | None = None
         self.nodes: list[ClusterNode] = []
+        self.ledger = SocketLedger()
 
     def __enter__(self) -> Cluster:
         try:
@@ -156,16 +212,17 @@ class Cluster:
         self.stop()
 
     def start(self) -> None:
-        """The bootstrap node first, then the others eight at a time (each waits for READY)."""
-        self.bootstrap = ClusterNode("bootstrap", 0, self._process(IDLE_MODEL, []))
+        """The bootstrap node first, then the others START_GROUP at a time (each waits for READY)."""
+        self.ledger.start()
+        self.bootstrap = ClusterNode("bootstrap", 0, self._process(IDLE_MODEL, []), self.ledger)
         self.bootstrap.process.start()
         ready: list[str] = [self.bootstrap.process.multiaddr]
-        for first in range(0, len(self._plan), 8):
+        for first in range(0, len(self._plan), START_GROUP):
             batch = []
-            for role, index in self._plan[first : first + 8]:
+            for role, index in self._plan[first : first + START_GROUP]:
                 earlier = self._rng.sample(ready[1:], min(2, len(ready) - 1))
                 model = MODEL_NAME if role == "serving" else IDLE_MODEL
-                batch.append(ClusterNode(role, index, self._process(model, [ready[0], *earlier])))
+                batch.append(ClusterNode(role, index, self._process(model, [ready[0], *earlier]), self.ledger))
             with ThreadPoolExecutor(len(batch)) as pool:
                 list(pool.map(lambda n: n.process.start(), batch))
             self.nodes += batch
@@ -180,13 +237,15 @@ class Cluster:
         ]  # fmt: skip
         for peer in bootstrap:
             args += ["--bootstrap", peer]
-        return node_process(
+        process = node_process(
             c.threads,
             n_ctx=c.n_ctx,
             max_concurrent=c.max_concurrent,
             max_queue=c.max_queue,
             extra_args=args + c.extra_args,
         )
+        process.ready_timeout = READY_TIMEOUT_S  # a node started among 20 others on two cores is slow
+        return process
 
     def stop(self) -> None:
         """SIGCONT (a frozen node cannot exit), then stop every process, in parallel."""
@@ -199,6 +258,7 @@ class Cluster:
                     pass
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda n: n.process.stop(), everyone))
+        self.ledger.stop()
 
     @property
     def serving(self) -> list[ClusterNode]:
@@ -217,7 +277,7 @@ class Cluster:
 
     def usage(self) -> dict[str, Usage]:
         """Usage of every node by name, the bootstrap node included."""
-        sockets = socket_bytes()
+        sockets = self.ledger.poll()
         return {n.name: n.usage(sockets) for n in [self.bootstrap, *self.nodes] if n is not None}
 
     def by_address(self) -> dict[str, ClusterNode]:

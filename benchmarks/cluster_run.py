@@ -60,6 +60,7 @@ class BatchResult(BaseModel):
     delivery_used: str
     serving: int  # serving nodes alive when the batch started
     members: int = 0  # nodes alive when the batch started (they all heartbeat)
+    members_mean: float = 0.0  # nodes heartbeating, averaged over the batch (a fault removes some for a while)
     seconds: float
     completed: int
     lost: int
@@ -187,7 +188,7 @@ async def run_batch(cluster: Cluster, spec: BatchSpec, workdir: Path, seed: int 
         idle1, t1 = cluster.usage(), time.perf_counter()
         idle = _rates(idle0, idle1, t1 - t0)
         followers = [asyncio.create_task(pubs.follow(i)) for i in range(spec.publishers)]
-        start_usage, started = cluster.usage(), time.perf_counter()
+        start_usage, started, wall0 = cluster.usage(), time.perf_counter(), time.time()
         pubs.go()
         fault = _FaultRunner(cluster, spec, random.Random(seed))
         while not all(f.done() for f in followers):
@@ -198,13 +199,27 @@ async def run_batch(cluster: Cluster, spec: BatchSpec, workdir: Path, seed: int 
         await fault.finish()
         for f in followers:
             f.result()
-        ended = time.perf_counter()
+        ended, wall1 = time.perf_counter(), time.time()
         end_usage = cluster.usage()
     finally:
         pubs.kill()
     reports = [PublisherReport.model_validate_json(out.read_text()) for out in pubs.outs]
     busy = _rates(start_usage, end_usage, ended - started)
-    return _result(present, spec, reports, idle, busy, started, ended, fault)
+    result = _result(present, spec, reports, idle, busy, started, ended, fault)
+    result.members_mean = _members_mean(result.members, fault, wall0, wall1)
+    return result
+
+
+def _members_mean(members: int, fault: _FaultRunner, wall0: float, wall1: float) -> float:
+    """Nodes heartbeating, averaged over the batch: a killed or drained node counts until the fault,
+    a frozen one except while it was stopped."""
+    if not fault.victims:
+        return float(members)
+    if fault.spec.fault == "stop":
+        away = max(min(fault.resumed_at or wall1, wall1) - fault.at, 0.0)
+    else:
+        away = max(wall1 - fault.at, 0.0)
+    return members - len(fault.victims) * min(away / max(wall1 - wall0, 1e-9), 1.0)
 
 
 class _FaultRunner:

@@ -91,6 +91,7 @@ class PeerProcess:
         self.multiaddr = ""
         self.startup_seconds = 0.0
         self._ready_at = 0.0
+        self.ready_timeout = READY_TIMEOUT_S  # seconds to READY before start() gives up
 
     @property
     def address(self) -> str:
@@ -123,13 +124,13 @@ class PeerProcess:
                 self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=_repo_root()
             )
         threading.Thread(target=self._read_stdout, name="bench-node-stdout", daemon=True).start()
-        deadline = started + READY_TIMEOUT_S
+        deadline = started + self.ready_timeout
         while not self._ready.wait(0.01):
             if self._proc.poll() is not None or time.perf_counter() > deadline:
                 code, tail = self._proc.poll(), self.log_tail()
                 self.stop()
                 why = (
-                    f"not READY within {READY_TIMEOUT_S:g} s"
+                    f"not READY within {self.ready_timeout:g} s"
                     if code is None
                     else f"exited with code {code} before READY"
                 )

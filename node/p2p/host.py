@@ -291,6 +291,10 @@ class P2PHost:
         """Ids of the connected peers."""
         return await self._call(self._service.peers)
 
+    async def gossip_peers(self) -> list[str]:
+        """Ids of the connected peers this host gossips with (not those dialled only for streams)."""
+        return await self._call(self._service.gossip_peers)
+
     async def mesh_sizes(self) -> dict[str, int]:
         """Topic -> gossipsub mesh peer count."""
         return await self._call(self._service.mesh_sizes)

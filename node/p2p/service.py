@@ -50,6 +50,7 @@ PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs
 PACING_POLL_S = 0.002
 PACING_MAX_WAIT_S = 2.0  # a frozen peer's queue never empties: give up waiting and publish anyway
 HOUSEKEEPING_INTERVAL_S = 30.0
+STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer looks for its promotion
 STOP_GRACE_S = 3.0  # after a stop request, teardown is cancelled outright after this long
 
 MessageSink = Callable[[str, bytes, str], None]
@@ -92,8 +93,10 @@ class _StreamPeerAwarePubsub(Pubsub):
     A publisher dials every node it sends a task to; as a gossip peer of each, it would be in
     every node's mesh and receive each heartbeat and result from up to 12 of them, its CPU spent
     on relaying instead of its tasks (at 16 nodes on two cores its heartbeats went minutes stale).
-    Such a peer gets no pubsub stream from us, and its own is reset: it never learns our
-    subscriptions, so it sends us nothing.
+    Such a peer gets no pubsub stream from us, and its own is held unread: it never learns our
+    subscriptions, so it sends us nothing. Not reset: a peer whose stream was reset gives up on
+    pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
+    publisher whose gossip peers died); once connected to, its stream is read from its start.
     """
 
     def __init__(self, *args: Any, stream_only: set[ID], **kwargs: Any) -> None:
@@ -106,9 +109,11 @@ class _StreamPeerAwarePubsub(Pubsub):
         await super()._handle_new_peer(peer_id)
 
     async def stream_handler(self, stream: INetStream) -> None:
-        if stream.muxed_conn.peer_id in self.stream_only:
-            await stream.reset()
-            return
+        peer = stream.muxed_conn.peer_id
+        while peer in self.stream_only:
+            if getattr(stream.muxed_conn, "is_closed", False):
+                return
+            await trio.sleep(STREAM_ONLY_POLL_S)
         await super().stream_handler(stream)
 
 
@@ -293,11 +298,15 @@ class P2PService:
             raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
         if info.peer_id == self._my_id:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
+        promoted = info.peer_id in self._stream_only
         self._stream_only.discard(info.peer_id)  # dialled to gossip with
         self._allow_dial(info.peer_id)
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(info)
+                if promoted and self._pubsub is not None:
+                    # Already connected for streams: no new connection tells pubsub of it.
+                    await self._pubsub.ensure_peer_stream(info.peer_id, timeout)
             except Exception as exc:
                 raise P2PServiceError(f"dialing {addr} failed: {exc}") from exc
         if scope.cancelled_caught:
@@ -400,6 +409,11 @@ class P2PService:
         """Ids of the connected peers."""
         assert self._host is not None
         return [peer.to_base58() for peer in self._host.get_connected_peers()]
+
+    async def gossip_peers(self) -> list[str]:
+        """Ids of the connected peers we gossip with (those dialled only for streams left out)."""
+        assert self._pubsub is not None
+        return [peer.to_base58() for peer in self._pubsub.peers]
 
     async def mesh_sizes(self) -> dict[str, int]:
         """Topic -> number of peers in our gossipsub mesh for it."""

@@ -2,6 +2,7 @@
 
 tasks.py       Task (what a publisher asks for) and TaskResult (a verified, decrypted result)
 client.py      Client: joins the network, sends signed tasks (direct or gossip), decrypts results, waits for them
+gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)

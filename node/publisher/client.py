@@ -33,6 +33,7 @@ from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.errors import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
+from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
@@ -82,6 +83,7 @@ class Client:
         verifier: ResultVerifier | None = None,
         reputation_path: Path | str | None = None,
         reputation_settings: ReputationSettings | None = None,
+        gossip_peers: GossipPeerSettings | None = None,
     ) -> None:
         """`delivery`: "direct" (protocol 0.4, gossip for nodes without addrs) or "gossip" (0.3).
         `answer_timeout`: seconds to dial a node and get its answer before trying another.
@@ -90,7 +92,9 @@ class Client:
         `reputation_path`: the SQLite file of measured node service (None: kept in memory). A
         `node_table` passed in chooses as it was made (without a reputation: by heartbeat claims).
         `verifier`: asks a share of tasks for a proof and checks it (docs/VERIFICATION.md); a result
-        that fails is a VerificationFailedError for the caller and a mark on its node."""
+        that fails is a VerificationFailedError for the caller and a mark on its node.
+        `gossip_peers`: how many gossip peers it keeps and how it redials them when they die or
+        its heartbeats stop (gossip_peers.py); `peers` are the first it dials."""
         if delivery not in ("direct", "gossip"):
             raise ValueError(f"delivery must be 'direct' or 'gossip', not {delivery!r}")
         if isinstance(secret_key, bytes):
@@ -116,6 +120,8 @@ class Client:
         self.nodes = node_table or NodeTable(reputation=self.reputation)
         self.on_message = on_message  # called for every verified result and heartbeat
         self.verifier = verifier
+        self._gossip_settings = gossip_peers
+        self.gossip_keeper: GossipPeerKeeper | None = None
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -150,6 +156,8 @@ class Client:
             failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
             if self._peers and len(failures) == len(self._peers):
                 raise ClientError("could not connect to any peer: " + "; ".join(failures))
+            self.gossip_keeper = GossipPeerKeeper(host, self._peers, self.nodes, self._gossip_settings)
+            self._loops.append(asyncio.create_task(self.gossip_keeper.run()))
             await self._wait_for_mesh(host)
 
     async def close(self) -> None:
@@ -159,6 +167,7 @@ class Client:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        self.gossip_keeper = None
         if self._host is not None:
             await self._host.stop()
             self._host = None
@@ -327,6 +336,8 @@ class Client:
                 raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))
+            if self.gossip_keeper is not None:
+                self.gossip_keeper.nudge()  # its view may have gone quiet: redial gossip peers now
             await asyncio.sleep(0.1)
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:
@@ -434,6 +445,8 @@ class Client:
         # Observers (the gateway's /rpc/get_alive_peers) see what the table holds: a replayed,
         # stale or overtaken heartbeat, validly signed but rejected here, goes no further.
         if self.nodes.update(inbound.sender, inbound.body):
+            if self.gossip_keeper is not None:
+                self.gossip_keeper.heard()
             self._notify(inbound)
 
     def _notify(self, inbound: Inbound) -> None:

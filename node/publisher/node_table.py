@@ -153,6 +153,15 @@ class NodeTable:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
         return self._nodes.get(address)
 
+    @property
+    def ttl(self) -> float:
+        """Seconds a heartbeat body counts as live after its signed timestamp (two intervals)."""
+        return self._ttl
+
+    def known(self) -> list[KnownNode]:
+        """Every node held, live or not (its last heartbeat)."""
+        return list(self._nodes.values())
+
     def live(self, now: float | None = None) -> list[KnownNode]:
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]

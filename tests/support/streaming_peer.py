@@ -1,0 +1,83 @@
+"""A peer that speaks protocol 0.4 as a node would: it takes tasks on streams, answers, writes
+progress frames and a signed result, and signs heartbeats that name its addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from node.p2p.frame_stream import FrameStream
+from node.p2p.host import P2PHost
+from node.wire.direct import AnswerStatus, Progress, StreamAnswer, encode_frame_body
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import TaskBody, encode_body
+from node.wire.results import Output, result_body
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+
+
+class StreamingPeer:
+    """A peer that takes tasks on streams, writes `deltas` as progress frames, then a result of `text`.
+
+    `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there);
+    `tokens`: the completion tokens its result's stats report."""
+
+    def __init__(
+        self,
+        deltas: list[str],
+        text: str,
+        answer_after: float = 0.0,
+        status: AnswerStatus = AnswerStatus.ACCEPTED,
+        tokens: int = 1,
+    ) -> None:
+        self.identity = Identity.generate()
+        self.deltas, self.text, self.tokens = deltas, text, tokens
+        self.answer_after, self.status = answer_after, status
+        self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
+        self.streamed: list[bool] = []
+        self._serving: set[asyncio.Task[None]] = set()
+
+    def _on_stream(self, stream: FrameStream, first: bytes) -> None:
+        task = asyncio.create_task(self._serve(stream, first))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, stream: FrameStream, first: bytes) -> None:
+        body = decode(TASK_TOPIC, first).body
+        assert isinstance(body, TaskBody)
+        self.streamed.append(bool(body.stream))
+        await asyncio.sleep(self.answer_after)
+        reason = "" if self.status is AnswerStatus.ACCEPTED else "no_capacity"
+        await stream.send(encode_frame_body(StreamAnswer(task_id=body.task_id, status=self.status, reason=reason)))
+        if self.status is not AnswerStatus.ACCEPTED:
+            await stream.close()
+            return
+        for delta in self.deltas:
+            await stream.send(encode_frame_body(Progress(task_id=body.task_id, delta=delta)))
+        now = time.time_ns()
+        result = result_body(
+            body.task_id,
+            "m",
+            Output(self.text, body.public_key, 1, self.tokens),
+            received_at_ns=now,
+            started_at_ns=now,
+            ended_at_ns=now,
+        )
+        await stream.send(seal(self.identity, RESULTS_TOPIC, encode_body(result)))
+        await stream.close()
+
+    def heartbeat(self) -> bytes:
+        body = {
+            "address": self.identity.address,
+            "peerId": self.identity.peer_id,
+            "models": ["m"],
+            "capacity": {"free": 1, "max": 1},
+            "pendingTasks": 0,
+            "tps": {},
+            "version": "0.3.0",
+            "timestamp": time.time_ns(),
+            "addrs": self.host.listen_addrs,
+        }
+        return seal(self.identity, HEARTBEAT_TOPIC, json.dumps(body).encode())
