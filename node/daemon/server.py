@@ -208,7 +208,8 @@ class NodeServer:
 
         await host.relay(RESULTS_TOPIC, gate.validate)
         await host.relay(HEARTBEAT_TOPIC, heartbeat)
-        return {TASK_TOPIC: await host.subscribe(TASK_TOPIC, gate.validate)}
+        # `check`: a task reaches the intake decoded by the validator (its signature is recovered once).
+        return {TASK_TOPIC: await host.subscribe(TASK_TOPIC, gate.check)}
 
     def _start_loops(self, running: RunningNode, queues: dict[str, asyncio.Queue[GossipMessage]]) -> None:
         """The background loops, each restarted with backoff by the supervisor."""

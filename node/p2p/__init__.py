@@ -1,9 +1,10 @@
 """The P2P layer: py-libp2p (Trio-only) in a thread of its own, used from asyncio. Imports only node.wire.topics.
 
 host.py            P2PHost: the asyncio face (start, dial, subscribe, publish, open_stream), runs the service's thread
-errors.py          P2PError and its kinds, as the asyncio side raises them
+errors.py          P2PError and its kinds, as the asyncio side raises them; P2PServiceError and its, on the Trio side
 handoff.py         GossipQueues: gossip messages handed from the Trio thread to subscription queues, within a budget
-service.py         P2PService: the Trio side (libp2p host, TCP + Noise + Yamux, gossipsub, the stream protocol)
+service.py         P2PService: the Trio side (libp2p host, TCP + Noise + Yamux; dials, opens direct-delivery streams)
+gossip.py          Gossip: gossipsub on the host (topics, validators, hand-off to the message sink, paced publishing)
 libp2p_logging.py  routes py-libp2p's stdlib loggers into the application's logging
 connector.py       Connector: dials bootstrap peers, re-dials with backoff and jitter
 frames.py          the direct-delivery frame codec: varint length + bytes (FrameReader, encode_frame)

@@ -1,8 +1,18 @@
-"""The P2P layer's errors, as the asyncio side raises them (the Trio side's are service.py's)."""
+"""The P2P layer's errors: the Trio side's (`P2PServiceError` and its kinds) and those the asyncio side raises."""
 
 from __future__ import annotations
 
-from node.p2p.service import P2PServiceError
+
+class P2PServiceError(Exception):
+    """A P2P operation failed on the Trio side; the message names the address, topic or limit involved."""
+
+
+class NoMeshPeersServiceError(P2PServiceError):
+    """A publish that needs mesh peers found none for its topic; nothing was sent."""
+
+
+class StreamTimeoutServiceError(P2PServiceError):
+    """Opening a stream (dial, negotiation, first write) did not finish in time: the peer may be frozen."""
 
 
 class P2PError(Exception):

@@ -29,6 +29,9 @@ class GossipMessage:
     topic: str
     data: bytes
     source_peer: str  # peer id of the original publisher (pubsub from_id)
+    # What the topic's validator returned for these bytes when it was more than True (e.g. the
+    # decoded message), so the consumer need not check them again; None: check them.
+    validated: object = None
 
 
 class HandOffBudget:

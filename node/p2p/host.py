@@ -70,10 +70,11 @@ STOP_TIMEOUT_S = 5.0
 InboundStreamHandler = Callable[[FrameStream, bytes], None]
 """(stream, its first frame) -> None, on the event loop: a peer opened a direct-delivery stream."""
 
-Validator = Callable[[str, bytes], bool]
-"""(topic, data) -> accept. Runs on the Trio thread before relay and must be fast;
-an exception counts as a reject and is logged. libp2p caches the verdict per
-message id (content hash) for 5 minutes: the same data is not re-validated."""
+Validator = Callable[[str, bytes], object]
+"""(topic, data) -> verdict: falsy rejects. Runs on the Trio thread before relay and must
+be fast; an exception counts as a reject and is logged. A verdict other than True (e.g. the
+decoded message) arrives with the message as `GossipMessage.validated`, so the consumer does
+not decode it again. The same data is not re-validated within the seen window."""
 
 
 class P2PHost:
@@ -99,7 +100,7 @@ class P2PHost:
         and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
         direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
         `gossip_with_stream_peers` False (a publisher): a peer dialled by `open_stream` alone is no
-        gossip peer (see node/p2p/service.py, `_StreamPeerAwarePubsub`).
+        gossip peer (see node/p2p/gossip.py, `StreamPeerAwarePubsub`).
         """
         try:
             options = ServiceOptions(
@@ -401,9 +402,10 @@ class P2PHost:
         if self._exited is not None:
             self._exited.set()
 
-    def _on_trio_message(self, topic: str, data: bytes, source_peer: str) -> None:  # on the Trio thread
+    def _on_trio_message(self, topic: str, data: bytes, source_peer: str, validated: object) -> None:  # on Trio
         if self._gossip.charge(topic, len(data)):
-            self._call_soon(self._gossip.deliver, GossipMessage(topic=topic, data=data, source_peer=source_peer))
+            message = GossipMessage(topic=topic, data=data, source_peer=source_peer, validated=validated)
+            self._call_soon(self._gossip.deliver, message)
 
     def _on_trio_inbound_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:  # on the Trio thread
         self._call_soon(self._accept_stream, stream_id, peer_id, first)

@@ -1,19 +1,15 @@
-"""The Trio side of the P2P layer: one libp2p host with gossipsub.
+"""The Trio side of the P2P layer: one libp2p host (TCP + Noise + Yamux), its gossip and its streams.
 
 py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
 `trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
 on that Trio thread; nothing here knows about asyncio. Each workaround for a
-measured py-libp2p behaviour is commented where it is made.
-
-Delivery rule: messages this host publishes itself are NOT handed to its own
-`on_message` sink (libp2p would deliver them locally; we filter them out), and
-our own publishes skip the topic validator (they are size-checked before
-publishing instead).
+measured py-libp2p behaviour is commented where it is made. Gossip (gossipsub, topics,
+paced publishing) is gossip.py's `Gossip`; the direct-delivery streams are streams.py's
+`StreamTable`, opened (dialled) here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,16 +18,13 @@ import multiaddr
 import structlog
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream, ISubscriptionAPI
+from libp2p.abc import IHost
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -39,36 +32,23 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
+from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
-from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES, SEEN_WINDOW_S
+from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
+
+__all__ = [
+    "NoMeshPeersServiceError",
+    "P2PService",
+    "P2PServiceError",
+    "ServiceOptions",
+    "StreamTimeoutServiceError",
+]
 
 log = structlog.get_logger(__name__)
 
-MAX_INBOUND_RPC_BYTES = 1 << 20
-PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs) holds more
-PACING_POLL_S = 0.002
-PACING_MAX_WAIT_S = 2.0  # a frozen peer's queue never empties: give up waiting and publish anyway
-HOUSEKEEPING_INTERVAL_S = 30.0
-STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer looks for its promotion
 STOP_GRACE_S = 3.0  # after a stop request, teardown is cancelled outright after this long
-
-MessageSink = Callable[[str, bytes, str], None]
-"""(topic, data, source peer id) -> None; called on the Trio thread, must not block."""
-TopicValidator = Callable[[str, bytes], bool]
-"""(topic, data) -> accept; called on the Trio thread before relay."""
-
-
-class P2PServiceError(Exception):
-    """A P2P operation failed; the message names the address, topic or limit involved."""
-
-
-class NoMeshPeersServiceError(P2PServiceError):
-    """A publish that needs mesh peers found none for its topic; nothing was sent."""
-
-
-class StreamTimeoutServiceError(P2PServiceError):
-    """Opening a stream (dial, negotiation, first write) did not finish in time: the peer may be frozen."""
 
 
 class ServiceOptions(BaseModel):
@@ -85,41 +65,6 @@ class ServiceOptions(BaseModel):
     # False (a publisher): a peer dialled only to open direct-delivery streams does not become a
     # gossip peer; gossip stays with the peers `connect` dialled and those that dialled us.
     gossip_with_stream_peers: bool = True
-
-
-class _StreamPeerAwarePubsub(Pubsub):
-    """Pubsub that leaves out peers dialled only for direct-delivery streams (`stream_only`).
-
-    A publisher dials every node it sends a task to; as a gossip peer of each, it would be in
-    every node's mesh and receive each heartbeat and result from up to 12 of them, its CPU spent
-    on relaying instead of its tasks (at 16 nodes on two cores its heartbeats went minutes stale).
-    Such a peer gets no pubsub stream from us, and its own is held unread: it never learns our
-    subscriptions, so it sends us nothing. Not reset: a peer whose stream was reset gives up on
-    pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
-    publisher whose gossip peers died); once connected to, its stream is read from its start.
-    """
-
-    def __init__(self, *args: Any, stream_only: set[ID], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stream_only = stream_only
-
-    async def _handle_new_peer(self, peer_id: ID) -> None:
-        if peer_id in self.stream_only:
-            return
-        await super()._handle_new_peer(peer_id)
-
-    async def stream_handler(self, stream: INetStream) -> None:
-        peer = stream.muxed_conn.peer_id
-        while peer in self.stream_only:
-            if getattr(stream.muxed_conn, "is_closed", False):
-                return
-            await trio.sleep(STREAM_ONLY_POLL_S)
-        await super().stream_handler(stream)
-
-
-def content_message_id(msg: rpc_pb2.Message) -> bytes:
-    """Gossip message id: sha256 of the data, so the same envelope relayed twice is one message."""
-    return hashlib.sha256(msg.data).digest()
 
 
 def _is_nursery_closed(exc: BaseException) -> bool:
@@ -165,18 +110,13 @@ class P2PService:
         )
         self._key_pair = create_new_key_pair(options.secret)
         self._my_id = ID.from_pubkey(self._key_pair.public_key)
-        self._my_id_bytes = self._my_id.to_bytes()
         self.peer_id: str = self._my_id.to_base58()
         self.listen_addrs: list[str] = []
-        self.pacing_timeouts = 0
         self._host: IHost | None = None
-        self._pubsub: Pubsub | None = None
-        self._gossipsub: GossipSub | None = None
+        self.gossip: Gossip | None = None
         self._nursery: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._outer_scope: trio.CancelScope | None = None
-        self._publish_lock: trio.Lock | None = None
-        self._stuck_peers: set[ID] = set()
         self._stream_only: set[ID] = set()  # peers dialled only for streams (gossip_with_stream_peers off)
         self._stopping = False
 
@@ -185,7 +125,6 @@ class P2PService:
     async def run(self, on_ready: Callable[[], None]) -> None:
         """Listen, start gossipsub, call `on_ready()`, then serve until `request_stop()`."""
         self._stop_event = trio.Event()
-        self._publish_lock = trio.Lock()
         with trio.CancelScope() as self._outer_scope:
             try:
                 await self._serve(on_ready)
@@ -230,30 +169,19 @@ class P2PService:
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=maddrs,
         )
-        gossipsub = GossipSub(
-            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
-            degree=6,
-            degree_low=5,
-            degree_high=12,
-            heartbeat_interval=self._options.gossip_heartbeat_s,  # type: ignore[arg-type]  # float works
-            adaptive_gossip_enabled=False,
-            spam_protection_enabled=False,
-            eclipse_protection_enabled=False,
-        )
-        pubsub = _StreamPeerAwarePubsub(
+        gossip = Gossip(
             host,
-            gossipsub,
+            self._my_id,
+            max_message_bytes=self._options.max_message_bytes,
+            heartbeat_s=self._options.gossip_heartbeat_s,
             stream_only=self._stream_only,
-            strict_signing=True,
-            msg_id_constructor=content_message_id,
-            max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
-            seen_ttl=SEEN_WINDOW_S,
+            on_message=self._on_message,
         )
-        self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
+        self._host, self.gossip = host, gossip
         if self._options.serve_streams:
             host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
-        async with host.run(maddrs), background_trio_service(pubsub), background_trio_service(gossipsub):
-            await pubsub.wait_until_ready()
+        async with host.run(maddrs), background_trio_service(gossip.pubsub), background_trio_service(gossip.router):
+            await gossip.pubsub.wait_until_ready()
             listeners = host.get_network().listeners
             missing = [addr for addr, m in zip(self._options.listen_addrs, maddrs) if str(m) not in listeners]
             if missing:
@@ -261,31 +189,16 @@ class P2PService:
             self.listen_addrs = [str(a) for a in host.get_addrs()]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._housekeeping)
+                nursery.start_soon(gossip.housekeeping)
                 log.info("p2p host listening", peer_id=self.peer_id, addrs=self.listen_addrs)
                 on_ready()
                 await self._stop_event.wait()  # type: ignore[union-attr]
-                await self._flush_outbound(STOP_GRACE_S / 3)
+                await gossip.flush_outbound(STOP_GRACE_S / 3)
                 # Close connections explicitly: cancelling the services alone leaves the
                 # sockets open, and peers would keep us in their mesh as if still alive.
                 with trio.move_on_after(STOP_GRACE_S / 2):
                     await host.close()
                 nursery.cancel_scope.cancel()
-
-    async def _flush_outbound(self, timeout: float) -> None:
-        """Let messages published just before stop() reach the wire (bounded)."""
-        assert self._pubsub is not None
-        with trio.move_on_after(timeout):
-            while any(len(queue) for queue in self._pubsub.peer_queues.values()):
-                await trio.sleep(PACING_POLL_S)
-            await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
-
-    async def _housekeeping(self) -> None:
-        # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound.
-        while True:
-            await trio.sleep(HOUSEKEEPING_INTERVAL_S)
-            assert self._gossipsub is not None
-            self._gossipsub.recent_message_deliveries.clear()
 
     # --- operations (call through spawn) ----------------------------------
 
@@ -304,9 +217,9 @@ class P2PService:
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(info)
-                if promoted and self._pubsub is not None:
+                if promoted and self.gossip is not None:
                     # Already connected for streams: no new connection tells pubsub of it.
-                    await self._pubsub.ensure_peer_stream(info.peer_id, timeout)
+                    await self.gossip.pubsub.ensure_peer_stream(info.peer_id, timeout)
             except Exception as exc:
                 raise P2PServiceError(f"dialing {addr} failed: {exc}") from exc
         if scope.cancelled_caught:
@@ -327,31 +240,13 @@ class P2PService:
 
     async def subscribe(self, topic: str, validator: TopicValidator | None) -> None:
         """Register the validator, join the topic and forward its messages to the message sink."""
-        assert self._pubsub is not None and self._nursery is not None
-        if topic in self._pubsub.topic_ids:
-            raise P2PServiceError(f"already subscribed to topic {topic!r}")
-        self._pubsub.set_topic_validator(topic, self._wrap_validator(topic, validator), False)
-        subscription = await self._pubsub.subscribe(topic)
-        self._nursery.start_soon(self._forward, topic, subscription)
+        assert self.gossip is not None and self._nursery is not None
+        await self.gossip.subscribe(topic, validator, self._nursery)
 
     async def publish(self, topic: str, data: bytes, require_mesh: bool = False) -> None:
-        """Publish once outbound queues have room (paced); the same data twice is sent once.
-
-        `require_mesh`: raise NoMeshPeersServiceError, sending nothing, when no peer is in the
-        topic's mesh (right after a (re)connect the mesh is still forming and a publish
-        would go nowhere).
-        """
-        assert self._pubsub is not None and self._publish_lock is not None and self._gossipsub is not None
-        if require_mesh and not self._gossipsub.mesh.get(topic):
-            raise NoMeshPeersServiceError(f"no peer in the {topic!r} mesh")
-        if len(data) > self._options.max_message_bytes:
-            raise P2PServiceError(
-                f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of "
-                f"{self._options.max_message_bytes} bytes"
-            )
-        async with self._publish_lock:
-            await self._wait_for_outbound_room()
-            await self._pubsub.publish(topic, data)
+        """Publish once outbound queues have room (see `Gossip.publish`)."""
+        assert self.gossip is not None
+        await self.gossip.publish(topic, data, require_mesh)
 
     async def open_stream(self, addrs: list[str], first_frame: bytes, timeout: float, raw: bool = False) -> int:
         """Dial one peer at any of `addrs` (all /p2p/<the same id>), open a direct-delivery stream,
@@ -412,72 +307,10 @@ class P2PService:
 
     async def gossip_peers(self) -> list[str]:
         """Ids of the connected peers we gossip with (those dialled only for streams left out)."""
-        assert self._pubsub is not None
-        return [peer.to_base58() for peer in self._pubsub.peers]
+        assert self.gossip is not None
+        return [peer.to_base58() for peer in self.gossip.pubsub.peers]
 
     async def mesh_sizes(self) -> dict[str, int]:
         """Topic -> number of peers in our gossipsub mesh for it."""
-        assert self._gossipsub is not None
-        return {topic: len(peers) for topic, peers in self._gossipsub.mesh.items()}
-
-    # --- internals -------------------------------------------------------
-
-    def _wrap_validator(self, topic: str, validator: TopicValidator | None) -> Callable[[ID, rpc_pb2.Message], bool]:
-        limit = self._options.max_message_bytes
-
-        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
-            if forwarder == self._my_id and msg.from_id == self._my_id_bytes:
-                return True  # our own publish: size-checked already, and not delivered locally
-            if len(msg.data) > limit:
-                log.debug("message rejected: oversize", topic=topic, size=len(msg.data), limit=limit)
-                return False
-            if validator is None:
-                return True
-            try:
-                return bool(validator(topic, msg.data))
-            except Exception:
-                # A raising sync validator would crash the libp2p host: count it as a reject.
-                log.warning("gossip validator raised", topic=topic, exc_info=True)
-                return False
-
-        return check
-
-    async def _forward(self, topic: str, subscription: ISubscriptionAPI) -> None:
-        # libp2p buffers only 32 messages per subscription: empty it promptly.
-        peer_names: dict[bytes, str] = {}
-        async for msg in subscription:  # type: ignore[attr-defined]
-            if msg.from_id == self._my_id_bytes:
-                continue
-            source = peer_names.get(msg.from_id)
-            if source is None:
-                if len(peer_names) > 4096:
-                    peer_names.clear()
-                source = peer_names[msg.from_id] = ID(msg.from_id).to_base58()
-            try:
-                self._on_message(topic, msg.data, source)
-            except Exception:
-                log.exception("message sink failed", topic=topic)
-
-    async def _wait_for_outbound_room(self) -> None:
-        # publish() has no back-pressure and a full per-peer queue drops silently.
-        deadline = trio.current_time() + PACING_MAX_WAIT_S
-        while busy := self._busy_peers():
-            if trio.current_time() >= deadline:
-                # Stop waiting for these peers until their queues empty (e.g. a frozen peer).
-                self._stuck_peers |= busy
-                self.pacing_timeouts += 1
-                log.warning(
-                    "pacing timed out",
-                    waited_s=PACING_MAX_WAIT_S,
-                    peers=[peer.to_base58() for peer in busy],
-                    count=self.pacing_timeouts,
-                )
-                return
-            await trio.sleep(PACING_POLL_S)
-
-    def _busy_peers(self) -> set[ID]:
-        """Peers whose outbound queue is too full to publish into, less those given up on."""
-        assert self._pubsub is not None
-        busy = {peer for peer, queue in self._pubsub.peer_queues.items() if len(queue) > PACING_QUEUE_DEPTH}
-        self._stuck_peers &= busy  # a peer whose queue emptied is waited for again
-        return busy - self._stuck_peers
+        assert self.gossip is not None
+        return self.gossip.mesh_sizes()

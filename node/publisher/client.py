@@ -147,7 +147,8 @@ class Client:
             self._host = host
             gate = GossipGate()
             await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
-            queues = {t: await host.subscribe(t, gate.validate) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+            # `check`: the message arrives decoded by the validator (its signature is recovered once).
+            queues = {t: await host.subscribe(t, gate.check) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
             self._loops = [
                 asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
                 asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import structlog
 
+from node.p2p.gossip import HeldVerdicts
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import MessageTooLargeError, NoMeshPeersError, P2PError, P2PHost
 from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
@@ -207,6 +208,48 @@ async def test_rejecting_validator_stops_delivery_and_relay(make_host: HostFacto
     assert (await receive(qb)).data == b"good message"
     assert (await receive(qc)).data == b"good message"
     assert qb.empty() and qc.empty()
+
+
+async def test_a_validators_verdict_travels_with_its_message_and_a_falsy_one_rejects(make_host: HostFactory) -> None:
+    """What the validator returns beyond True reaches the consumer with those bytes (no second check)."""
+
+    def verdict(topic: str, data: bytes) -> object:
+        if data.startswith(b"plain"):
+            return True
+        if data.startswith(b"empty"):
+            return ""  # falsy: a reject, as False is
+        return {"checked": data.decode()}
+
+    a, b = await make_host(), await make_host()
+    await a.subscribe(TOPIC)
+    qb = await b.subscribe(TOPIC, validator=verdict)
+    await link(a, b)
+    await wait_for_mesh(b, TOPIC, 1)
+    for data in (b"decoded 1", b"empty one", b"plain one", b"decoded 2"):
+        await a.publish(TOPIC, data)
+    got = [await receive(qb) for _ in range(3)]
+    assert [(m.data, m.validated) for m in got] == [
+        (b"decoded 1", {"checked": "decoded 1"}),
+        (b"plain one", None),
+        (b"decoded 2", {"checked": "decoded 2"}),
+    ]
+    assert qb.empty()
+    assert len(b._service.gossip._verdicts) == 0  # type: ignore[union-attr]  # each one went with its message
+
+
+def test_held_verdicts_are_keyed_by_content_and_bounded() -> None:
+    held = HeldVerdicts(max_count=3, max_bytes=10)
+    held.hold("t", b"aa", "A")
+    assert held.take("u", b"aa") is None  # another topic: not its verdict
+    assert held.take("t", bytes(bytearray(b"aa"))) == "A"  # equal bytes, not the same object: found
+    assert held.take("t", b"aa") is None  # taken once
+    for i in range(5):
+        held.hold("t", bytes([i]), i)
+    assert len(held) == 3 and held.take("t", b"\x00") is None and held.take("t", b"\x04") == 4
+    held.hold("t", b"x" * 8, "big")
+    held.hold("t", b"y" * 8, "bigger")  # 16 bytes over the 10-byte bound: the oldest go
+    assert held.take("t", b"x" * 8) is None and held.take("t", b"y" * 8) == "bigger"
+    assert len(held) == 0
 
 
 async def test_raising_validator_rejects_and_host_keeps_working(make_host: HostFactory) -> None:
@@ -423,7 +466,7 @@ async def test_a_message_is_remembered_as_seen_for_as_long_as_its_envelope_is_ac
     """A copy delayed longer than the seen window (a starved peer's socket buffers) would pass as new
     and be flooded again: under load that feedback took heartbeat delays from seconds to minutes."""
     host = await make_host()
-    seen = host._service._pubsub.seen_messages  # type: ignore[union-attr]
+    seen = host._service.gossip.pubsub.seen_messages  # type: ignore[union-attr]
     assert seen.ttl == SEEN_WINDOW_S
     assert SEEN_WINDOW_S * 1_000_000_000 > MAX_AGE_NS + MAX_SKEW_NS
 

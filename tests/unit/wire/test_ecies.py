@@ -36,6 +36,17 @@ def test_ecies_round_trip_all_key_forms() -> None:
         assert eciespy.decrypt(receiver.secret, ciphertext) == plaintext  # library interop
 
 
+def test_ecies_opens_what_eciespy_seals() -> None:
+    """The other direction of interop: a box from eciespy (any publisher or node on the library) opens here."""
+    receiver = Identity.generate()
+    for plaintext in (b"", b"x", "résultat: 42".encode() * 100):
+        box = eciespy.encrypt(receiver.public_key_compressed, plaintext)
+        assert ecies.decrypt(receiver.secret, box) == plaintext
+    box = eciespy.encrypt(receiver.public_key_compressed, b"moved")
+    with pytest.raises(ecies.EciesError, match="tag"):
+        ecies.decrypt(receiver.secret, box[:97] + bytes([box[97] ^ 1]) + box[98:])
+
+
 def test_ecies_wire_layout_by_hand() -> None:
     """Rebuild the key from the layout in PROTOCOL.md section 5 and open the GCM box."""
     from coincurve import PublicKey

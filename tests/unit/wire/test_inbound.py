@@ -87,6 +87,7 @@ def test_high_s_twin_of_a_valid_signature_is_rejected() -> None:
 @dataclass(frozen=True)
 class Queued:
     data: bytes
+    validated: object = None
 
 
 async def test_consume_skips_what_does_not_decode_and_outlives_a_failing_handler() -> None:
@@ -112,6 +113,38 @@ async def test_consume_skips_what_does_not_decode_and_outlives_a_failing_handler
         loop.cancel()
     assert [inbound.sender for inbound in handled] == [identity.address] * 3  # the invalid one never reached it
     assert [str(e) for e in errors] == ["a bug in the handler"]
+
+
+def test_check_returns_what_validate_accepts_decoded() -> None:
+    identity = Identity.generate()
+    valid = seal(identity, "heartbeat", heartbeat_body(identity.address, identity.peer_id))
+    gate = GossipGate()
+    checked = gate.check("heartbeat", valid)
+    assert isinstance(checked, Inbound) and checked.sender == identity.address
+    assert gate.validate("heartbeat", valid) is True
+    assert gate.check("heartbeat", b"not json") is None and gate.validate("heartbeat", b"not json") is False
+
+
+async def test_consume_takes_the_validators_decoding_and_decodes_what_came_without_one() -> None:
+    """A message that carries an Inbound from `GossipGate.check` is not decoded again (its bytes were)."""
+    first, second = Identity.generate(), Identity.generate()
+    sealed_first = seal(first, "heartbeat", heartbeat_body(first.address, first.peer_id))
+    sealed_second = seal(second, "heartbeat", heartbeat_body(second.address, second.peer_id))
+    checked = GossipGate().check("heartbeat", sealed_first)
+    assert checked is not None
+    queue: asyncio.Queue[Queued] = asyncio.Queue()
+    queue.put_nowait(Queued(sealed_first, validated=checked))
+    queue.put_nowait(Queued(sealed_second, validated=True))  # not an Inbound: decoded here
+    handled: list[Inbound] = []
+    loop = asyncio.create_task(consume(queue, "heartbeat", handled.append))
+    try:
+        async with asyncio.timeout(5):
+            while len(handled) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+    assert handled[0] is checked
+    assert handled[1].sender == second.address
 
 
 async def test_consume_logs_a_handler_failure_when_no_error_callback_is_given() -> None:

@@ -1,0 +1,268 @@
+"""The gossip side of the Trio service: gossipsub over a libp2p host, its topics and paced publishing.
+
+Everything here runs on the Trio thread (see service.py). Delivery rule: messages this
+host publishes itself are NOT handed to its own message sink (libp2p would deliver them
+locally; they are filtered out), and its own publishes skip the topic validator (they are
+size-checked before publishing instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+
+from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError
+from node.wire.topics import SEEN_WINDOW_S
+
+log = structlog.get_logger(__name__)
+
+MAX_INBOUND_RPC_BYTES = 1 << 20
+PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs) holds more
+PACING_POLL_S = 0.002
+PACING_MAX_WAIT_S = 2.0  # a frozen peer's queue never empties: give up waiting and publish anyway
+HOUSEKEEPING_INTERVAL_S = 30.0
+STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer looks for its promotion
+# Verdicts held between a message's validation and its hand-off (a subscription buffers 32 messages):
+# past either bound the oldest is forgotten, and its consumer checks the message again itself.
+VERDICTS_HELD = 256
+VERDICT_BYTES_HELD = 8 * 1024 * 1024
+
+MessageSink = Callable[[str, bytes, str, object], None]
+"""(topic, data, source peer id, verdict) -> None; called on the Trio thread, must not block.
+`verdict` is what the topic's validator returned when it was more than True (else None)."""
+TopicValidator = Callable[[str, bytes], object]
+"""(topic, data) -> verdict, called on the Trio thread before relay: falsy rejects. A verdict other
+than True (e.g. the decoded message) goes to the message sink with the message, so a consumer does
+not check the same bytes a second time."""
+
+
+class HeldVerdicts:
+    """Validator verdicts waiting for their message's hand-off, keyed by (topic, the exact bytes).
+
+    Keyed by content, never by object identity or sender and sequence number: a verdict can
+    only ever travel with the bytes it was given for. At most `max_count` verdicts and
+    `max_bytes` of keys are held; the oldest go first (their consumers check them again).
+    """
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._held: OrderedDict[tuple[str, bytes], object] = OrderedDict()
+        self._bytes = 0
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, topic: str, data: bytes, verdict: object) -> None:
+        """Keep `verdict` for `data` on `topic` until `take`."""
+        key = (topic, data)
+        if key not in self._held:
+            self._bytes += len(data)
+        self._held[key] = verdict
+        while len(self._held) > self._max_count or self._bytes > self._max_bytes:
+            (_, old), _ = self._held.popitem(last=False)
+            self._bytes -= len(old)
+
+    def take(self, topic: str, data: bytes) -> object:
+        """The verdict held for `data` on `topic` (forgotten now), or None."""
+        key = (topic, data)
+        if key not in self._held:
+            return None
+        self._bytes -= len(data)
+        return self._held.pop(key)
+
+
+class StreamPeerAwarePubsub(Pubsub):
+    """Pubsub that leaves out peers dialled only for direct-delivery streams (`stream_only`).
+
+    A publisher dials every node it sends a task to; as a gossip peer of each, it would be in
+    every node's mesh and receive each heartbeat and result from up to 12 of them, its CPU spent
+    on relaying instead of its tasks (at 16 nodes on two cores its heartbeats went minutes stale).
+    Such a peer gets no pubsub stream from us, and its own is held unread: it never learns our
+    subscriptions, so it sends us nothing. Not reset: a peer whose stream was reset gives up on
+    pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
+    publisher whose gossip peers died); once connected to, its stream is read from its start.
+    """
+
+    def __init__(self, *args: Any, stream_only: set[ID], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_only = stream_only
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        if peer_id in self.stream_only:
+            return
+        await super()._handle_new_peer(peer_id)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        while peer in self.stream_only:
+            if getattr(stream.muxed_conn, "is_closed", False):
+                return
+            await trio.sleep(STREAM_ONLY_POLL_S)
+        await super().stream_handler(stream)
+
+
+def content_message_id(msg: rpc_pb2.Message) -> bytes:
+    """Gossip message id: sha256 of the data, so the same envelope relayed twice is one message."""
+    return hashlib.sha256(msg.data).digest()
+
+
+class Gossip:
+    """Gossipsub on `host`: subscribe with a validator, publish paced by the outbound queues."""
+
+    def __init__(
+        self,
+        host: IHost,
+        my_id: ID,
+        *,
+        max_message_bytes: int,
+        heartbeat_s: float,
+        stream_only: set[ID],
+        on_message: MessageSink,
+    ) -> None:
+        self.router = GossipSub(
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=5,
+            degree_high=12,
+            heartbeat_interval=heartbeat_s,  # type: ignore[arg-type]  # float works
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub = StreamPeerAwarePubsub(
+            host,
+            self.router,
+            stream_only=stream_only,
+            strict_signing=True,
+            msg_id_constructor=content_message_id,
+            max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,
+            seen_ttl=SEEN_WINDOW_S,
+        )
+        self._my_id = my_id
+        self._my_id_bytes = my_id.to_bytes()
+        self._max_message_bytes = max_message_bytes
+        self._on_message = on_message
+        self._publish_lock = trio.Lock()
+        self._stuck_peers: set[ID] = set()
+        self.pacing_timeouts = 0
+        self._verdicts = HeldVerdicts(VERDICTS_HELD, VERDICT_BYTES_HELD)
+
+    async def subscribe(self, topic: str, validator: TopicValidator | None, nursery: trio.Nursery) -> None:
+        """Register the validator, join the topic and forward its messages to the message sink."""
+        if topic in self.pubsub.topic_ids:
+            raise P2PServiceError(f"already subscribed to topic {topic!r}")
+        self.pubsub.set_topic_validator(topic, self._wrap_validator(topic, validator), False)
+        subscription = await self.pubsub.subscribe(topic)
+        nursery.start_soon(self._forward, topic, subscription)
+
+    async def publish(self, topic: str, data: bytes, require_mesh: bool = False) -> None:
+        """Publish once outbound queues have room (paced); the same data twice is sent once.
+
+        `require_mesh`: raise NoMeshPeersServiceError, sending nothing, when no peer is in the
+        topic's mesh (right after a (re)connect the mesh is still forming and a publish
+        would go nowhere).
+        """
+        if require_mesh and not self.router.mesh.get(topic):
+            raise NoMeshPeersServiceError(f"no peer in the {topic!r} mesh")
+        if len(data) > self._max_message_bytes:
+            raise P2PServiceError(
+                f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of {self._max_message_bytes} bytes"
+            )
+        async with self._publish_lock:
+            await self._wait_for_outbound_room()
+            await self.pubsub.publish(topic, data)
+
+    def mesh_sizes(self) -> dict[str, int]:
+        """Topic -> number of peers in our gossipsub mesh for it."""
+        return {topic: len(peers) for topic, peers in self.router.mesh.items()}
+
+    async def flush_outbound(self, timeout: float) -> None:
+        """Let messages published just before stop() reach the wire (bounded)."""
+        with trio.move_on_after(timeout):
+            while any(len(queue) for queue in self.pubsub.peer_queues.values()):
+                await trio.sleep(PACING_POLL_S)
+            await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
+
+    async def housekeeping(self) -> None:
+        """Forever: clear what gossipsub keeps and never needs here."""
+        # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound.
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+            self.router.recent_message_deliveries.clear()
+
+    def _wrap_validator(self, topic: str, validator: TopicValidator | None) -> Callable[[ID, rpc_pb2.Message], bool]:
+        limit = self._max_message_bytes
+
+        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            if forwarder == self._my_id and msg.from_id == self._my_id_bytes:
+                return True  # our own publish: size-checked already, and not delivered locally
+            if len(msg.data) > limit:
+                log.debug("message rejected: oversize", topic=topic, size=len(msg.data), limit=limit)
+                return False
+            if validator is None:
+                return True
+            data = msg.data
+            try:
+                verdict = validator(topic, data)
+            except Exception:
+                # A raising sync validator would crash the libp2p host: count it as a reject.
+                log.warning("gossip validator raised", topic=topic, exc_info=True)
+                return False
+            if not verdict:
+                return False
+            if verdict is not True:
+                self._verdicts.hold(topic, data, verdict)
+            return True
+
+        return check
+
+    async def _forward(self, topic: str, subscription: ISubscriptionAPI) -> None:
+        # libp2p buffers only 32 messages per subscription: empty it promptly.
+        peer_names: dict[bytes, str] = {}
+        async for msg in subscription:  # type: ignore[attr-defined]
+            if msg.from_id == self._my_id_bytes:
+                continue
+            source = peer_names.get(msg.from_id)
+            if source is None:
+                if len(peer_names) > 4096:
+                    peer_names.clear()
+                source = peer_names[msg.from_id] = ID(msg.from_id).to_base58()
+            data = msg.data
+            try:
+                self._on_message(topic, data, source, self._verdicts.take(topic, data))
+            except Exception:
+                log.exception("message sink failed", topic=topic)
+
+    async def _wait_for_outbound_room(self) -> None:
+        # publish() has no back-pressure and a full per-peer queue drops silently.
+        deadline = trio.current_time() + PACING_MAX_WAIT_S
+        while busy := self._busy_peers():
+            if trio.current_time() >= deadline:
+                # Stop waiting for these peers until their queues empty (e.g. a frozen peer).
+                self._stuck_peers |= busy
+                self.pacing_timeouts += 1
+                log.warning(
+                    "pacing timed out",
+                    waited_s=PACING_MAX_WAIT_S,
+                    peers=[peer.to_base58() for peer in busy],
+                    count=self.pacing_timeouts,
+                )
+                return
+            await trio.sleep(PACING_POLL_S)
+
+    def _busy_peers(self) -> set[ID]:
+        """Peers whose outbound queue is too full to publish into, less those given up on."""
+        busy = {peer for peer, queue in self.pubsub.peer_queues.items() if len(queue) > PACING_QUEUE_DEPTH}
+        self._stuck_peers &= busy  # a peer whose queue emptied is waited for again
+        return busy - self._stuck_peers
