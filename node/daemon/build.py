@@ -36,8 +36,10 @@ from node.p2p.announce import advertised_addrs
 from node.p2p.connector import Connector
 from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
+from node.wire.decoded import DecodedMessages
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate
+from node.wire.inbound import GossipGate, Inbound
+from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -153,7 +155,8 @@ def build_parts(
     now = time.time_ns()
     for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
         acceptance.seen.add(task_id, deadline, now)
-    intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)
+    task_decodes: DecodedMessages[Inbound] = DecodedMessages()
+    intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window, task_decodes)
     monitor = NodeMonitor(
         identity,
         host,
@@ -177,6 +180,6 @@ def build_parts(
         addrs=lambda: addrs,
     )
     connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
-    gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window)
+    gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window, keep={TASK_TOPIC: task_decodes})
     direct = DirectIntake(intake, routes, on_reject)
     return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate, direct)

@@ -27,6 +27,7 @@ from node.daemon.journal import Journal, JournalError
 from node.daemon.runner import TaskRunner
 from node.ops.metrics import NodeMetrics
 from node.p2p.handoff import GossipMessage
+from node.wire.decoded import DecodedMessages
 from node.wire.direct import AnswerStatus
 from node.wire.inbound import Inbound, LogWindow, consume
 from node.wire.messages import TaskBody, encode_body
@@ -57,6 +58,7 @@ class TaskIntake:
         runner: TaskRunner,
         metrics: NodeMetrics,
         journal_log_window_s: float,
+        decoded: DecodedMessages[Inbound] | None = None,
     ) -> None:
         self.acceptance = acceptance
         self._admission = admission
@@ -65,10 +67,11 @@ class TaskIntake:
         self._metrics = metrics
         self._journal_log = LogWindow(journal_log_window_s)  # a full disk fails every task: log it once a window
         self._busy_answers: set[asyncio.Task[None]] = set()  # busy error results on their way to the outbox
+        self.decoded = decoded  # the gossip validator's decodes of task messages (GossipGate's `keep`)
 
     async def run(self, queue: asyncio.Queue[GossipMessage]) -> None:
         """Receive every task from the topic's queue, until cancelled."""
-        await consume(queue, TASK_TOPIC, self.receive, self._on_error)
+        await consume(queue, TASK_TOPIC, self.receive, self._on_error, self.decoded)
 
     async def close(self) -> None:
         """Cancel the busy error results still being sent (their results stay in the journal)."""

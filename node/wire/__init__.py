@@ -10,5 +10,6 @@ bloom.py      the task's node filter (a bloom filter of addresses)
 proof.py      Proof: a task's generation steps (tokens, log-probabilities) sealed for its publisher to verify
 results.py    result_body: the one place a result (encrypted text or error) and its stats are built
 inbound.py    envelope + body checks per topic: GossipGate (the gossip validator), decode, the consume loop
+decoded.py    DecodedMessages: the validator's decodes kept for the consume loop (each message checked once)
 direct.py     protocol 0.4 stream frames besides envelopes: StreamAnswer (accepted/busy/ignored/rejected), Progress
 """

@@ -72,3 +72,12 @@ def test_ecies_wrong_key_and_garbage_fail() -> None:
         ecies.encrypt("zz", b"x")
     with pytest.raises(ecies.EciesError):
         ecies.encrypt(b"\x02" + b"\xff" * 32, b"x")  # x not on the curve
+
+
+def test_eciespy_ciphertexts_open_here() -> None:
+    """The other direction of interop: what eciespy itself encrypts (any length) this module decrypts."""
+    receiver = Identity.generate()
+    for plaintext in (b"", b"x", "résultat".encode() * 500):
+        ciphertext = eciespy.encrypt(receiver.public_key_uncompressed, plaintext)
+        assert ecies.decrypt(receiver.secret, ciphertext) == plaintext
+        assert eciespy.decrypt(receiver.secret, ecies.encrypt(receiver.public_key_compressed, plaintext)) == plaintext
