@@ -19,11 +19,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from ecies.config import Config
 
 from node.wire.identity import IdentityError, parse_public_key
 
-WIRE_CONFIG = Config()  # eciespy defaults; a private copy so no one can mutate ECIES_CONFIG under us
+CURVE = "secp256k1"  # with the sizes below: what eciespy's default configuration writes and reads
 EPHEMERAL_KEY_BYTES = 65
 NONCE_BYTES = 16
 TAG_BYTES = 16

@@ -16,7 +16,7 @@ def test_eciespy_defaults_match_protocol() -> None:
     assert ECIES_CONFIG.is_hkdf_key_compressed is False
     assert ECIES_CONFIG.symmetric_algorithm == "aes-256-gcm"
     assert ECIES_CONFIG.symmetric_nonce_length == 16
-    assert ecies.WIRE_CONFIG == ECIES_CONFIG
+    assert (ecies.CURVE, ecies.NONCE_BYTES, ecies.EPHEMERAL_KEY_BYTES) == (ECIES_CONFIG.elliptic_curve, 16, 65)
 
 
 def test_ecies_round_trip_all_key_forms() -> None:
