@@ -187,6 +187,14 @@ class PeerProcess:
         except FileNotFoundError:
             return None
 
+    def cpu_split(self) -> tuple[float, float, float]:
+        """User + system CPU seconds so far: (the main thread, which runs the event loop; the process's
+        other threads, the P2P host's Trio thread first; its live execution processes)."""
+        main = _cpu_of(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
+        process = _cpu_of(Path(f"/proc/{self.pid}/stat"))
+        children = sum(_cpu_of(Path(f"/proc/{pid}/stat")) for pid in self.child_pids())
+        return main, process - main, children
+
     def model_class(self) -> str:
         """Which model class the node loaded, from its `model loaded` log line."""
         for line in self._log_lines():
@@ -247,3 +255,12 @@ def _status_kib(pid: int, key: str) -> int:
 
 def _repo_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
+
+
+def _cpu_of(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (0 for a process or thread that just ended)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK

@@ -12,6 +12,7 @@ so its number is the P2P layer's cost; the node's adds everything else.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
@@ -38,6 +39,8 @@ class Window(BaseModel):
     seconds: float
     peer_cpu: float
     publisher_cpu: float
+    # The peer's CPU seconds by where they ran: main thread (event loop), other threads, execution processes.
+    peer_split: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def rate(self) -> float:
@@ -61,9 +64,12 @@ async def _window(in_flight: int, seconds: float, peer: PeerProcess, one: Callab
                 refused += 1
 
     cpu0, own0, started = peer.cpu_seconds(), time.process_time(), time.perf_counter()
+    split0 = peer.cpu_split()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - started
+    split1 = peer.cpu_split()
     return Window(
+        peer_split=(split1[0] - split0[0], split1[1] - split0[1], split1[2] - split0[2]),
         done=done,
         refused=refused,
         seconds=elapsed,
@@ -149,6 +155,9 @@ def _section(
     best = max(levels, key=lambda k: summarize([w.rate for w in node_windows[k]], "", what=what).median)
     refused = sum(w.refused for w in all_node)
     publisher_share = max(w.publisher_cpu / w.seconds for w in all_node)
+    loop_ms, threads_ms, exec_ms = (
+        statistics.median(w.peer_split[i] / w.done * 1000 for w in all_node) for i in range(3)
+    )
     return Section(
         name="throughput",
         title="4. Network throughput",
@@ -159,6 +168,11 @@ def _section(
                 f"workflow; node with max_concurrent {NODE_MAX_CONCURRENT}, max_queue {NODE_MAX_QUEUE}."
             ),
             f"highest node rate at K={best}; {refused} tasks refused as busy over all windows.",
+            (
+                f"node CPU per task (two gossip messages), median over windows: event loop thread {loop_ms:.2f} ms "
+                f"(intake, journal, runner, ECIES, signing, logs), other threads {threads_ms:.2f} ms (the P2P "
+                f"host's Trio thread: gossip, the validator's decode), execution process {exec_ms:.2f} ms."
+            ),
             (
                 f"the publisher (this process: client, signing, decryption) used up to {publisher_share:.0%} of one "
                 "core; on a 2-core machine publisher and node share the CPU, so the rate is a lower bound for the node."

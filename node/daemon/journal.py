@@ -168,6 +168,12 @@ class Journal:
             row = self._conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else entry_of(row)
 
+    def state(self, task_id: str) -> TaskState | None:
+        """Where ``task_id`` is (None: not in the journal); reads no body."""
+        with self._guard("read", task_id):
+            row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else TaskState(row[0])
+
     def mark_running(self, task_id: str) -> None:
         """ACCEPTED (or RUNNING again, after a restart) -> RUNNING."""
         self._transition(task_id, TaskState.RUNNING, LIVE)

@@ -64,8 +64,8 @@ class ResultOutbox:
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now."""
-        body = _fitting(body)
-        self._journal.record_finished(body.task_id, encode_body(body))
+        body, encoded = _fitting(body)
+        self._journal.record_finished(body.task_id, encoded)
         if body.task_id in self.routes:
             self._on_stream.add(body.task_id)
             try:
@@ -74,7 +74,7 @@ class ResultOutbox:
             finally:
                 self._on_stream.discard(body.task_id)
         async with self._lock:
-            return await self._publish_if_unpublished(body)
+            return await self._publish_if_unpublished(body, fitted=True)
 
     async def _send_direct(self, body: ResultBody) -> bool:
         """Write the result on its task's stream (outside the lock: a slow stream holds no other result)."""
@@ -134,14 +134,14 @@ class ResultOutbox:
                 log.exception("outbox round failed; retried in the next round")
             await asyncio.sleep(self._retry_interval_s)
 
-    async def _publish_if_unpublished(self, body: ResultBody) -> bool:
+    async def _publish_if_unpublished(self, body: ResultBody, fitted: bool = False) -> bool:
+        """`fitted`: `send` has just checked the size (a kept result from `flush` is checked here)."""
         # Callers hold the lock; `send` and `flush` may both hold the same result.
-        entry = self._journal.get(body.task_id)
-        if entry is None or entry.state != TaskState.FINISHED:  # published, or dropped for room meanwhile
+        if self._journal.state(body.task_id) != TaskState.FINISHED:  # published, or dropped for room meanwhile
             return False
-        if (fitted := _fitting(body)) is not body:  # kept before this check existed, or grown by a restamp
-            self._journal.replace_result(body.task_id, encode_body(fitted))
-            body = fitted
+        if not fitted and (fitting := _fitting(body))[0] is not body:  # kept before this check, or grown by a restamp
+            self._journal.replace_result(body.task_id, fitting[1])
+            body = fitting[0]
         sent = _stamped(body)
         try:
             # The mesh check rides on the publish call: a separate one costs a thread crossing per result.
@@ -184,14 +184,17 @@ def _stamped(body: ResultBody) -> ResultBody:
     return body.model_copy(update={"stats": stats})
 
 
-def _fitting(body: ResultBody) -> ResultBody:
-    """`body`, or a `result too large` error in its place when its envelope would pass the gossip limit.
+def _fitting(body: ResultBody) -> tuple[ResultBody, bytes]:
+    """`body`, or a `result too large` error in its place when its envelope would pass the gossip limit,
+    with its encoding.
 
     The error names sizes only, never the task's data (error bodies are not encrypted).
     """
-    size = sealed_size(RESULTS_TOPIC, encode_body(body))
+    encoded = encode_body(body)
+    size = sealed_size(RESULTS_TOPIC, encoded)
     if size <= MAX_MESSAGE_BYTES:
-        return body
+        return body, encoded
     log.warning("result too large; sent as an error", task_id=body.task_id, envelope_bytes=size)
     reason = f"result too large: its envelope would be {size} bytes, over the {MAX_MESSAGE_BYTES}-byte gossip limit"
-    return as_error(body, reason)
+    error = as_error(body, reason)
+    return error, encode_body(error)

@@ -3,17 +3,41 @@
 JSON lines when stderr is not a terminal (production, systemd, Docker), a
 readable console otherwise. Task log lines carry `task_id` through
 `structlog.contextvars` or an explicitly bound logger.
+
+Our own events go from structlog straight to stderr (a level-filtering bound
+logger, one write per line): a task logs a few lines at info, and the stdlib
+route (a LogRecord made, copied and formatted per line) cost ~20 us a line
+against ~6 us. Stdlib loggers still go through a handler whose formatter runs
+the same processors, so both kinds of line look alike.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+class NamedWriteLogger(structlog.WriteLogger):
+    """A structlog WriteLogger that knows its name (the module's), for the `logger` field."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class NamedWriteLoggerFactory:
+    """Makes a `NamedWriteLogger` on `file` for `structlog.get_logger(name)`."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> NamedWriteLogger:
+        return NamedWriteLogger(self._file, str(args[0]) if args else "")
 
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
@@ -28,21 +52,18 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    exc_info: structlog.types.Processor = structlog.processors.format_exc_info if use_json else _identity
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, exc_info, renderer],
+        logger_factory=NamedWriteLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info if use_json else _identity,
-                renderer,
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, renderer],
         )
     )
     root = logging.getLogger()

@@ -51,8 +51,10 @@ def parse_public_key(public_key: bytes | str) -> coincurve.PublicKey:
         raise IdentityError(f"not a valid secp256k1 public key: {e}") from e
 
 
+@functools.lru_cache(maxsize=4096)
 def address_of(public_key: bytes) -> str:
-    """The 40-hex-character address of a 33/64/65-byte public key."""
+    """The 40-hex-character address of a 33/64/65-byte public key (cached: every message of a
+    signer recovers the same key)."""
     uncompressed = parse_public_key(public_key).format(compressed=False)
     return keccak.new(digest_bits=256, data=uncompressed[1:]).digest()[-20:].hex()
 

@@ -85,6 +85,8 @@ def _first_non_finite(value: Any) -> str | None:
     The JSON parser takes `NaN`, `Infinity` and `1e999` (none of them JSON numbers)
     into free-form parts such as a workflow; they are refused here.
     """
+    if not _has_non_finite(value):  # the common case, without building a path per item
+        return None
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, item = stack.pop()
@@ -95,6 +97,21 @@ def _first_non_finite(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend((f"{path}.{index}" if path else str(index), inner) for index, inner in enumerate(item))
     return None
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether parsed JSON holds a NaN or infinite number anywhere (what `_first_non_finite` then names)."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class TaskInput(_Wire):

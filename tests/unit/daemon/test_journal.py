@@ -59,6 +59,7 @@ def test_lifecycle_accepted_to_published(journal: Journal) -> None:
 
     journal.mark_running("t1")
     assert journal.get("t1").state is TaskState.RUNNING
+    assert journal.state("t1") is TaskState.RUNNING and journal.state("t2") is None
     assert [e.state for e in journal.interrupted()] == [TaskState.RUNNING]
 
     journal.record_finished("t1", b"result body")

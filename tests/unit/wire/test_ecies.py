@@ -16,7 +16,7 @@ def test_eciespy_defaults_match_protocol() -> None:
     assert ECIES_CONFIG.is_hkdf_key_compressed is False
     assert ECIES_CONFIG.symmetric_algorithm == "aes-256-gcm"
     assert ECIES_CONFIG.symmetric_nonce_length == 16
-    assert ecies.WIRE_CONFIG == ECIES_CONFIG
+    assert (ecies.CURVE, ecies.NONCE_BYTES, ecies.EPHEMERAL_KEY_BYTES) == (ECIES_CONFIG.elliptic_curve, 16, 65)
 
 
 def test_ecies_round_trip_all_key_forms() -> None:
@@ -83,3 +83,12 @@ def test_ecies_wrong_key_and_garbage_fail() -> None:
         ecies.encrypt("zz", b"x")
     with pytest.raises(ecies.EciesError):
         ecies.encrypt(b"\x02" + b"\xff" * 32, b"x")  # x not on the curve
+
+
+def test_eciespy_ciphertexts_open_here() -> None:
+    """The other direction of interop: what eciespy itself encrypts (any length) this module decrypts."""
+    receiver = Identity.generate()
+    for plaintext in (b"", b"x", "résultat".encode() * 500):
+        ciphertext = eciespy.encrypt(receiver.public_key_uncompressed, plaintext)
+        assert ecies.decrypt(receiver.secret, ciphertext) == plaintext
+        assert eciespy.decrypt(receiver.secret, ecies.encrypt(receiver.public_key_compressed, plaintext)) == plaintext

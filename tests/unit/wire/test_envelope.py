@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from node.wire.envelope import Envelope, EnvelopeError, open_envelope, payload_digest, seal
+from node.wire.envelope import Envelope, EnvelopeError, open_envelope, payload_digest, seal, sealed_size
 from node.wire.identity import Identity
 from node.wire.messages import decode_task
 from node.wire.topics import MAX_MESSAGE_BYTES, PROTOCOL_NAME, PROTOCOL_VERSION
@@ -196,3 +196,11 @@ def test_too_large() -> None:
 def test_envelope_model_is_strict() -> None:
     with pytest.raises(ValueError):
         Envelope.model_validate({**json.loads(sealed()), "timestamp": "1"})
+
+
+def test_sealed_size_is_the_size_seal_makes() -> None:
+    identity = Identity.generate()
+    for topic in ("task", "results", "heartbeat"):
+        for size in (0, 1, 2, 3, 4, 100, 1001, 70_000):
+            body = b'\x00"' * (size // 2) + b"x" * (size % 2)  # bytes JSON would escape: base64 never does
+            assert sealed_size(topic, body) == len(seal(identity, topic, body))

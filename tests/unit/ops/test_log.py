@@ -1,0 +1,38 @@
+"""configure_logging: our structlog events and stdlib loggers' records as the same JSON lines, filtered by level."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import logging, structlog
+from node.ops.log import configure_logging
+configure_logging("info", "json")
+log = structlog.get_logger("node.daemon.intake").bind(task_id="t1")
+log.debug("task received")
+log.info("task accepted", model="m", direct=False)
+logging.getLogger("libp2p.pubsub").warning("stdlib %s", "record")
+logging.getLogger("libp2p.pubsub").info("below the library level")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("task crashed")
+"""
+
+
+def test_json_lines_from_structlog_and_stdlib_alike() -> None:
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, cwd=root, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["event"] for line in lines] == ["task accepted", "stdlib record", "task crashed"]
+    accepted, stdlib, crashed = lines
+    assert accepted["task_id"] == "t1" and accepted["model"] == "m" and accepted["direct"] is False
+    assert (accepted["level"], accepted["logger"]) == ("info", "node.daemon.intake")
+    assert (stdlib["level"], stdlib["logger"]) == ("warning", "libp2p.pubsub")
+    assert all(line["timestamp"].endswith("Z") for line in lines)
+    assert crashed["level"] == "error" and "ZeroDivisionError" in crashed["exception"]
