@@ -77,9 +77,9 @@ async def test_an_honest_result_is_verified_by_another_node(tmp_path: Path, monk
         assert not isinstance(result, Exception), result
         assert result.verified is True  # type: ignore[attr-defined]
         assert (
-            client.reputation.view(scorer.running.identity.address).answered > 0.5
-        )  # the score task ran there (counts decay)
-        assert client.reputation.view(producer.running.identity.address).answered == 0  # never scored its own work
+            client.reputation.view(scorer.running.identity.address).scored > 0.5
+        )  # the score task ran there (counts decay; kept apart from answered generations)
+        assert client.reputation.view(producer.running.identity.address).scored == 0  # never scored its own work
         assert client.reputation.view(producer.running.identity.address).verify_passed == 1
 
 
@@ -96,7 +96,7 @@ async def test_a_swapped_model_is_caught_by_remote_scorers(tmp_path: Path, monke
         assert "log-probabilit" in result.reason or "best token" in result.reason
         assert client.reputation.banned(producer.running.identity.address)
         # The failure was confirmed: both other nodes scored it.
-        assert all(client.reputation.view(s.running.identity.address).answered > 0.5 for s in scorers)
+        assert all(client.reputation.view(s.running.identity.address).scored > 0.5 for s in scorers)
 
 
 @pytest.mark.slow
