@@ -337,8 +337,6 @@ class Client:
                 raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))
-            if self.gossip_keeper is not None:
-                self.gossip_keeper.nudge()  # its view may have gone quiet: redial gossip peers now
             await asyncio.sleep(0.1)
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:

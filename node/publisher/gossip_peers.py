@@ -4,7 +4,7 @@ A publisher gossips only with the peers it dials to gossip with (`Client(peers=.
 it dials to send tasks on streams stay out of its gossip (node/p2p/service.py). When those
 peers die, or stop passing it heartbeats (a mesh may prune it), it hears of no node and
 every task fails with "no live node" although the network is up. Every `check_interval` s
-(at once when nudged) the keeper:
+the keeper:
 
 - dials more gossip peers while it has fewer than `min_peers`;
 - when no heartbeat was accepted for `quiet_after` s, or no node is live, dials one more
@@ -20,7 +20,6 @@ dial: liveness stays the node table's, judged by signed heartbeat timestamps (PR
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
 import structlog
@@ -32,7 +31,7 @@ from node.publisher.node_table import NodeTable
 
 log = structlog.get_logger(__name__)
 
-MIN_CHECK_GAP_S = 0.25  # nudges come from every waiting task: one check per this at most
+MIN_CHECK_GAP_S = 0.25  # between two checks at least
 MAX_BACKOFF_ENTRIES = 4096
 
 
@@ -73,7 +72,6 @@ class GossipPeerKeeper:
         self._last_heard = asyncio.get_running_loop().time()
         self._quiet_backoff = self.settings.initial_backoff
         self._next_quiet_dial = 0.0
-        self._wake = asyncio.Event()
         self.dialled: list[str] = []  # peer ids it connected to gossip with, in order (what it did)
 
     @property
@@ -86,16 +84,10 @@ class GossipPeerKeeper:
         self._quiet_backoff = self.settings.initial_backoff
         self._next_quiet_dial = 0.0
 
-    def nudge(self) -> None:
-        """Check now (a task found no live node)."""
-        self._wake.set()
-
     async def run(self) -> None:
         """Check forever (cancel to stop); a failing check is logged and the next one runs."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.check_interval)
-            self._wake.clear()
+            await asyncio.sleep(self.settings.check_interval)
             try:
                 await self.check()
             except P2PError as exc:
