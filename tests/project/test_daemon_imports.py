@@ -15,19 +15,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KEPT_OUT = ("fastapi", "starlette", "huggingface_hub", "llguidance", "llama_cpp", "numpy")
 
-_CHILD = """
-import json, sys
-import node.cli.main, node.daemon.server, node.daemon.build, node.daemon.supervisor
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
-"""
+
+def top_level_modules_after(imports: str) -> set[str]:
+    """The top-level packages a clean interpreter holds after `import <imports>`."""
+    child = f"import json, sys\nimport {imports}\nprint(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}})))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=True
+    )
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=True
-    )
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = top_level_modules_after("node.cli.main, node.daemon.server, node.daemon.build, node.daemon.supervisor")
     assert "libp2p" in loaded and "uvicorn" in loaded  # the check sees the daemon's real imports
     assert sorted(loaded.intersection(KEPT_OUT)) == []
 
@@ -37,18 +37,8 @@ def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
 # constrained request).
 EXEC_KEPT_OUT = ("huggingface_hub", "llguidance", "fastapi", "starlette", "libp2p", "trio")
 
-_EXEC_CHILD = """
-import json, sys
-import node.execution.process
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
-"""
-
 
 def test_the_execution_process_imports_only_what_serving_a_model_needs() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", _EXEC_CHILD], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=True
-    )
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = top_level_modules_after("node.execution.process")
     assert "llama_cpp" in loaded and "workflows" in loaded  # the check sees the process's real imports
     assert sorted(loaded.intersection(EXEC_KEPT_OUT)) == []
