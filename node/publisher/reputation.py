@@ -9,8 +9,10 @@ node's weight (`weight`) is
 - success: Beta posterior mean, (answered + a) / (answered + failures + a + b), where answered counts
   score tasks too and failures = errors + timeouts + busy_weight x busy. A node never seen starts at
   a / (a + b) (0.5), so it is tried.
-- speed: tokens of its results per second of time to result on our clock, shrunk toward a
-  conservative prior (prior_tps for prior_seconds; lower if the node itself claims less), never the claim.
+- speed: tokens of its results per second of time to result on our clock, shrunk toward a prior
+  for prior_seconds: the median speed of the nodes measured so far (prior_tps before any is; lower if
+  the node itself claims less), never the claim. An unseen node is so assumed typical, not slow, and
+  is tried often enough to be measured.
   Results of score tasks (teacher forcing for verification, many times faster per token than
   generating) count for success but are kept apart (`scored`, `scoring_tps`): they never raise the speed.
 - capacity: its claimed `free`, capped at one more than the most tasks of ours it was seen serving at once.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,9 @@ class ReputationSettings(BaseModel):
     prior_successes: float = Field(default=1.0, gt=0, description="Beta prior a: pseudo-answers of an unseen node")
     prior_failures: float = Field(default=1.0, gt=0, description="Beta prior b: pseudo-failures of an unseen node")
     busy_weight: float = Field(default=0.5, ge=0, description="A decline counts as this much of a failure")
-    prior_tps: float = Field(default=10.0, gt=0, description="Speed assumed of an unmeasured node (tokens/s)")
+    prior_tps: float = Field(
+        default=10.0, gt=0, description="Speed assumed of an unmeasured node before any node is measured (tokens/s)"
+    )
     prior_seconds: float = Field(default=5.0, gt=0, description="How many seconds of service the prior speed weighs")
     claim_tolerance: float = Field(
         default=10.0, ge=1, description="Claimed tps may exceed measured tps this much (stats include prompt time)"
@@ -133,6 +138,7 @@ class Reputation:
         self.settings = settings or ReputationSettings()
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
+        self._typical: float | None = None  # the median measured speed; None when rows changed since
         self._db: sqlite3.Connection | None = None
         try:
             if path is not None:
@@ -290,8 +296,24 @@ class Reputation:
 
     def _speed(self, record: Sums, claimed_tps: float) -> float:
         s = self.settings
-        prior = min(s.prior_tps, claimed_tps) if claimed_tps > 0 else s.prior_tps
+        typical = self._typical_tps()
+        prior = min(typical, claimed_tps) if claimed_tps > 0 else typical
         return (record.tokens + prior * s.prior_seconds) / (record.result_seconds + s.prior_seconds)
+
+    def _typical_tps(self) -> float:
+        """The median speed (tokens per second of time to result) of the nodes that answered and never
+        failed a verification (a cheat's speed says nothing of honest service).
+
+        Decay scales a row's tokens and seconds alike, so the ratio, and this cache, hold until a row changes.
+        """
+        if self._typical is None:
+            speeds = [
+                r.tokens / r.result_seconds
+                for r in self._rows.values()
+                if r.answered > 0 and r.result_seconds > 0 and r.verify_failed == 0
+            ]
+            self._typical = statistics.median(speeds) if speeds else self.settings.prior_tps
+        return self._typical
 
     def _measured_tps(self, record: Sums) -> float | None:
         if record.exec_seconds < self.settings.min_exec_seconds:
@@ -347,9 +369,11 @@ class Reputation:
             unbanned = [r for r in self._rows.values() if r.banned_until <= now] or list(self._rows.values())
             victim = min(unbanned, key=lambda r: r.updated_at).address
             del self._rows[victim]
+            self._typical = None
             self._write("DELETE FROM reputation WHERE address = ?", (victim,))
 
     def _save(self, record: NodeRecord) -> None:
+        self._typical = None
         self._write(
             "INSERT OR REPLACE INTO reputation (address, record, updated_at) VALUES (?, ?, ?)",
             (record.address, record.model_dump_json(), record.updated_at),

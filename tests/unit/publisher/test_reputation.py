@@ -39,9 +39,26 @@ def test_service_raises_the_weight_and_failures_lower_it() -> None:
     for _ in range(10):
         table.record_timeout(B, now=T0)
     fast, dead = table.view(A, now=T0), table.view(B, now=T0)
-    assert fast.success == pytest.approx(11 / 12) and fast.service_tps == pytest.approx((200 + 50) / (4 + 5))
+    # A's 50 tok/s is also the median of the nodes measured, so its prior is 50 too.
+    assert fast.success == pytest.approx(11 / 12) and fast.service_tps == pytest.approx((200 + 50 * 5) / (4 + 5))
     assert dead.success == pytest.approx(1 / 12)
     assert table.weight(A, 4, 50, now=T0) > 10 * table.weight(B, 4, 50, now=T0)
+
+
+def test_an_unseen_node_is_assumed_as_fast_as_the_median_measured_node() -> None:
+    table = Reputation()
+    serve(table, A, 10, tps=40)
+    serve(table, B, 10, tps=100)
+    serve(table, C, 10, tps=60)
+    # The prior follows the measured median (60), not the 10 tok/s assumed before anything was measured,
+    # so a new node is tried at a real share of a fast network's tasks; a claim below it still caps it.
+    assert table.view("new", now=T0).service_tps == pytest.approx(60)
+    assert table.weight("new", claimed_free=4, claimed_tps=1e6, now=T0) == pytest.approx(0.5 * 60 * 1)
+    assert table.weight("new", claimed_free=4, claimed_tps=20, now=T0) == pytest.approx(0.5 * 20 * 1)
+    serve(table, "new", 10, tps=200)  # a change of rows moves the median: (60 + 100) / 2
+    assert table.view("other", now=T0).service_tps == pytest.approx(80)
+    table.record_verification(A, passed=False, now=T0)  # a caught node's speed no longer counts: 60, 100, 200
+    assert table.view("other", now=T0).service_tps == pytest.approx(100)
 
 
 def test_busy_counts_as_half_a_failure() -> None:
