@@ -91,7 +91,7 @@ def model_store(settings: Settings) -> tuple[Registry, ModelStore]:
     return Registry.builtin().with_overrides(settings.registry), ModelStore(settings.models_dir)
 
 
-async def create_model(name: str, settings: Settings) -> ServedModel:
+async def create_model(name: str, settings: Settings) -> BatchedLlamaModel | RemoteModel:
     """The factory: the registry entry `name` as a loaded model (a local GGUF or a remote engine's client).
 
     Raises ModelError saying why not.

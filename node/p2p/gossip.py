@@ -241,7 +241,7 @@ class Gossip:
     async def _forward(self, topic: str, subscription: ISubscriptionAPI) -> None:
         # libp2p buffers only 32 messages per subscription: empty it promptly.
         peer_names: dict[bytes, str] = {}
-        async for msg in subscription:  # type: ignore[attr-defined]
+        async for msg in subscription:
             if msg.from_id == self._my_id_bytes:
                 continue
             source = peer_names.get(msg.from_id)

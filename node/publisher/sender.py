@@ -14,7 +14,8 @@ from typing import Literal
 
 import structlog
 
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt
 from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
 from node.publisher.errors import ClientError
