@@ -368,12 +368,14 @@ def _fault_notes(result: BatchResult, reports: list[PublisherReport], fault: _Fa
     else:
         address = fault.victims[0].address
         during = [s for s in picks if fault.at <= s.at <= fault.resumed_at]
-        after = [o for r in reports for o in r.outcomes if o.ok and o.node == address and o.ended > fault.resumed_at]
+        done_after = [
+            o for r in reports for o in r.outcomes if o.ok and o.node == address and o.ended > fault.resumed_at
+        ]
         heard = [r for r in reports if r.last_heartbeat.get(address, 0.0) > fault.resumed_at]
         result.rejoined = len(heard) == len(reports)
         result.fault_notes.append(
             f"SIGSTOP of {names} for {fault.resumed_at - fault.at:.1f} s: {len(during)} tasks sent to it while "
             f"frozen; {result.retried} tasks retried; {result.duplicates} duplicates reached a caller; "
             f"{len(heard)}/{len(reports)} publishers heard its heartbeat after SIGCONT "
-            f"({'rejoined' if result.rejoined else 'NOT rejoined'}), {len(after)} tasks completed on it after"
+            f"({'rejoined' if result.rejoined else 'NOT rejoined'}), {len(done_after)} tasks completed on it after"
         )

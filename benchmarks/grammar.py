@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,13 @@ def _request(**constraint: Any) -> GenerationRequest:
     )
 
 
+def _each_round(
+    per_token: Callable[[dict[str, Any]], Awaitable[float]], constraint: dict[str, Any]
+) -> Callable[[int], Awaitable[float]]:
+    """One round of `alternate`: `per_token` with this constraint (the round's index unused)."""
+    return lambda _round: per_token(constraint)
+
+
 async def run(options: BenchOptions) -> Section:
     rounds = options.pick(full=6, quick=3)
     schemas = json.loads(SCHEMAS.read_text(encoding="utf-8"))["Review"]
@@ -83,7 +91,7 @@ async def run(options: BenchOptions) -> Section:
             return (time.process_time() - started) / tokens * 1000
 
         for name, constraint in forms.items():
-            constrained, free = await alternate(rounds, lambda _i, c=constraint: per_token(c), lambda _i: per_token({}))
+            constrained, free = await alternate(rounds, _each_round(per_token, constraint), _each_round(per_token, {}))
             what = f"grammar {name}"
             rows.append(
                 Row(

@@ -143,6 +143,9 @@ class _Remembered:
         self._last = (prompt_tokens, tokens, scores)
         return scores
 
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        return self.scorer.prompt_text(prompt_tokens)
+
 
 def _check(kind: Kind, proof: Proof, text: str, scorer: _Remembered, checker: ProofChecker) -> None:
     step = proof.steps[0]

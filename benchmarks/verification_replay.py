@@ -28,6 +28,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import llama_cpp
 import numpy as np
@@ -135,7 +136,15 @@ def draw_gaps(rows: np.ndarray, tokens: list[int], seed: int, temperature: float
     return gaps
 
 
-async def measure(n: int, minutes: float, dump: Path | None, one_by_one: bool = False) -> dict[str, list[object]]:
+class Gaps(TypedDict):
+    """Per result, its positions' gaps (honest and relabelled), and whether the checker caught the relabelled one."""
+
+    honest: list[list[float]]
+    relabelled: list[list[float]]
+    caught: list[bool]
+
+
+async def measure(n: int, minutes: float, dump: Path | None, one_by_one: bool = False) -> Gaps:
     real = model_path()
     swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="replay-bench-")))
     options = RuntimeOptions(n_threads=1)
@@ -143,7 +152,7 @@ async def measure(n: int, minutes: float, dump: Path | None, one_by_one: bool = 
     honest_model = await BatchedLlamaModel.load("bench", real, options, parallel=1)
     cheat_model = await BatchedLlamaModel.load("bench", swapped, options, parallel=1)
     checker = ProofChecker()
-    out: dict[str, list[object]] = {"honest": [], "relabelled": [], "caught": []}
+    out: Gaps = {"honest": [], "relabelled": [], "caught": []}
     deadline = time.monotonic() + 60 * minutes
     try:
         for request in [r for r in catch_prompts(4 * n) if r.temperature > 0][:n]:
@@ -171,12 +180,12 @@ async def measure(n: int, minutes: float, dump: Path | None, one_by_one: bool = 
     return out
 
 
-def summary(out: dict[str, list[object]]) -> list[str]:
+def summary(out: Gaps) -> list[str]:
     """What the gaps say: the honest tail, and what replay would add to the checker on relabelled results."""
-    honest = np.array([max(g) for g in out["honest"]])  # type: ignore[arg-type]
-    relabelled = np.array([max(g) for g in out["relabelled"]])  # type: ignore[arg-type]
+    honest = np.array([max(g) for g in out["honest"]])
+    relabelled = np.array([max(g) for g in out["relabelled"]])
     caught = np.array(out["caught"], dtype=bool)
-    positions = np.concatenate([np.array(g) for g in out["honest"]])  # type: ignore[arg-type]
+    positions = np.concatenate([np.array(g) for g in out["honest"]])
     lines = [
         f"n = {len(honest)} results each (temperature 0.7, 24 tokens at most), {positions.size} honest positions",
         f"honest positions with a gap: {(positions > 0).sum()}; per-result max gap p50 {np.median(honest):.3f}, "
@@ -199,7 +208,7 @@ def _main() -> None:
     parser.add_argument("--one-by-one", action="store_true", help="re-score a token per decode (generation's shape)")
     parser.add_argument("--combine", type=Path, help="no run: the summary of a dump")
     args = parser.parse_args()
-    out = (
+    out: Gaps = (
         json.loads(args.combine.read_text())
         if args.combine
         else asyncio.run(measure(args.n, args.minutes, args.dump, args.one_by_one))

@@ -95,7 +95,9 @@ class LayeredSettings(BaseSettings):
             if not config_file.is_file():
                 raise ConfigError(f"config file not found: {config_file}")
             toml_file = config_file
-        with_file = type(f"File{cls.__name__}", (cls,), {"model_config": {**cls.model_config, "toml_file": toml_file}})
+        with_file: type[S] = type(
+            f"File{cls.__name__}", (cls,), {"model_config": {**cls.model_config, "toml_file": toml_file}}
+        )
         try:
             return with_file(**overrides)
         except ValidationError as exc:

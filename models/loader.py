@@ -7,17 +7,21 @@ from the cache) the startup benchmark of either kind.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.batching import BatchedLlamaModel
 from models.benchmark import BenchmarkCache, BenchResult
 from models.options import RuntimeOptions
 from models.registry import ModelSpec
-from models.remote.benchmark import RemoteBenchmarkCache
-from models.remote.openai import RemoteModel
 from models.requests import ModelError
 from models.store import ModelStore
 
-ServedModel = BatchedLlamaModel | RemoteModel
+if TYPE_CHECKING:  # a remote model's client (httpx) is imported only when a model is remote
+    from typing import TypeAlias
+
+    from models.remote.openai import RemoteModel
+
+    ServedModel: TypeAlias = BatchedLlamaModel | RemoteModel
 
 
 async def open_model(
@@ -28,6 +32,8 @@ async def open_model(
     Raises ModelError (ModelLoadError ...) naming the model when it cannot serve.
     """
     if spec.is_remote:
+        from models.remote.openai import RemoteModel
+
         return await RemoteModel.open(spec, default_n_ctx=options.n_ctx)
     path = store.locate(spec)
     if path is None:
@@ -40,6 +46,8 @@ async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = Fals
 
     `fresh`: measure even when the cache has a result, and store the new one.
     """
-    if isinstance(model, RemoteModel):
-        return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh)
-    return await BenchmarkCache(cache_file).measure(model, fresh=fresh)
+    if isinstance(model, BatchedLlamaModel):
+        return await BenchmarkCache(cache_file).measure(model, fresh=fresh)
+    from models.remote.benchmark import RemoteBenchmarkCache
+
+    return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh)

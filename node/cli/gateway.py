@@ -19,7 +19,7 @@ EXIT_ERROR = 1
 DEST_PREFIX = "gateway_"
 
 
-def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_gateway_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add `gateway` to the `compute-node` subcommands; returns its parser."""
     parser = subparsers.add_parser(
         "gateway",

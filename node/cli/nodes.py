@@ -18,7 +18,7 @@ def reputation_path(data_dir: Path) -> Path:
     return data_dir.expanduser() / REPUTATION_FILE
 
 
-def add_nodes_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_nodes_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add `nodes` to the `compute-node` subcommands; returns its parser."""
     parser = subparsers.add_parser("nodes", help="print the nodes this publisher measured (its reputation table)")
     parser.add_argument(

@@ -14,7 +14,10 @@ EXIT_ERROR = 1
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
-def add_operate_commands(commands: argparse._SubParsersAction, add_settings_flags: Callable) -> None:  # type: ignore[type-arg]
+def add_operate_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_settings_flags: Callable[[argparse.ArgumentParser], None],
+) -> None:
     pause = commands.add_parser("pause", help="stop taking new tasks (running ones finish); kept across restarts")
     resume = commands.add_parser("resume", help="take tasks again after `pause`")
     ledger = commands.add_parser("ledger", help="totals of the tasks this node ran, by day, model, publisher, outcome")

@@ -18,8 +18,8 @@ import structlog
 
 from node.daemon.intake import TaskIntake
 from node.daemon.routes import DirectRoutes
+from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import P2PError
 from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
 from node.wire.inbound import InboundError, decode
 from node.wire.messages import TaskBody

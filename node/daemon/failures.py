@@ -28,4 +28,4 @@ class RecentFailures:
 
     def backoff(self, base_s: float, max_s: float, at_least: int = 1) -> float:
         """`base_s` doubled per recent failure past the first (or per `at_least`), capped at `max_s`."""
-        return min(max_s, base_s * 2 ** (max(len(self._times), at_least) - 1))
+        return min(max_s, base_s * 2.0 ** (max(len(self._times), at_least) - 1))

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import structlog
 
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.messages import Capacity, HeartbeatBody, encode_body
@@ -54,7 +55,7 @@ class Heartbeat:
             peer_id=self._host.peer_id,
             models=self._models(),
             capacity=Capacity(free=free, max=total),
-            pending=self._pending(),
+            pendingTasks=self._pending(),
             tps=self._tps(),
             version=PROTOCOL_VERSION,
             timestamp=time.time_ns(),

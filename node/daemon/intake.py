@@ -23,7 +23,8 @@ import structlog
 
 from node.daemon.acceptance import Acceptance, Ignore
 from node.daemon.admission import AcceptedTask, Admission, BusyError
-from node.daemon.journal import Journal, JournalError
+from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalError
 from node.daemon.runner import TaskRunner
 from node.ops.metrics import NodeMetrics
 from node.p2p.handoff import GossipMessage

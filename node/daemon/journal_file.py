@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -148,7 +149,7 @@ def compact(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def entry_of(row: tuple) -> JournalEntry:
+def entry_of(row: tuple[Any, ...]) -> JournalEntry:
     return JournalEntry(
         task_id=row[0],
         publisher=row[1],

@@ -22,7 +22,8 @@ from node.ops.activity import NodeActivity
 from node.ops.http_api import HealthReport
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
 from node.wire.identity import Identity
 from node.wire.topics import PROTOCOL_VERSION
 

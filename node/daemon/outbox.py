@@ -26,9 +26,11 @@ import time
 
 import structlog
 
-from node.daemon.journal import Journal, JournalEntry, JournalError, TaskState
+from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalEntry, JournalError, TaskState
 from node.daemon.routes import DirectRoutes
-from node.p2p.host import NoMeshPeersError, P2PError, P2PHost
+from node.p2p.errors import NoMeshPeersError, P2PError
+from node.p2p.host import P2PHost
 from node.wire.envelope import seal, sealed_size
 from node.wire.identity import Identity
 from node.wire.messages import MessageError, ResultBody, decode_result, encode_body

@@ -13,7 +13,8 @@ import time
 import structlog
 
 from node.daemon.admission import AcceptedTask, Admission, BusyError
-from node.daemon.journal import Journal, JournalEntry
+from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalEntry
 from node.daemon.outbox import ResultOutbox
 from node.wire.messages import MessageError, decode_task
 from node.wire.results import result_body

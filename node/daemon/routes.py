@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import P2PError
 from node.wire.direct import Progress, encode_frame_body
 
 log = structlog.get_logger(__name__)

@@ -28,7 +28,8 @@ from functools import partial
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
-from node.daemon.journal import Journal, JournalError
+from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalError
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
 from node.daemon.processes.handle import ExecutionProcessExitError

@@ -26,7 +26,6 @@ import structlog
 from config.settings import Settings
 from models.gguf_file import kv_bytes_per_token
 from models.llama_open import open_vocab
-from models.remote.endpoint import MAX_RESPONSE_BYTES
 from node.execution.model_setup import model_store, runtime_options
 
 log = structlog.get_logger("node.execution")
@@ -73,6 +72,8 @@ def footprint_bytes(settings: Settings, model: str, parallel: int, metadata: Map
     spec = registry.get(model)
     path = None if spec.is_remote else store.locate(spec)
     if spec.is_remote:
+        from models.remote.endpoint import MAX_RESPONSE_BYTES  # its HTTP client only where a model is remote
+
         # Each request in flight may hold an answer up to the byte cap, and its parse (~4x).
         total += parallel * REMOTE_ANSWER_COST * MAX_RESPONSE_BYTES
     elif path is not None:

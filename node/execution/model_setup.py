@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -26,7 +26,6 @@ from models.loader import measure_speed, open_model
 from models.options import RuntimeOptions
 from models.progress import ProgressSnapshot
 from models.registry import Registry
-from models.remote.openai import RemoteModel
 from models.requests import (
     EmbeddingRequest,
     Generation,
@@ -37,6 +36,9 @@ from models.requests import (
     TokenScores,
 )
 from models.store import ModelStore
+
+if TYPE_CHECKING:  # a remote engine's client (httpx) is imported only where a model is remote
+    from models.remote.openai import RemoteModel
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +93,7 @@ def model_store(settings: Settings) -> tuple[Registry, ModelStore]:
     return Registry.builtin().with_overrides(settings.registry), ModelStore(settings.models_dir)
 
 
-async def create_model(name: str, settings: Settings) -> ServedModel:
+async def create_model(name: str, settings: Settings) -> BatchedLlamaModel | RemoteModel:
     """The factory: the registry entry `name` as a loaded model (a local GGUF or a remote engine's client).
 
     Raises ModelError saying why not.
@@ -108,7 +110,7 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
     try:
         result = await measure_speed(model, settings.data_dir / "benchmarks.json")
     except ModelError as exc:
-        if not isinstance(model, RemoteModel):
+        if isinstance(model, BatchedLlamaModel):
             await model.close()
             raise
         # A remote engine down at start: served, advertised and benchmarked once it is back
@@ -155,6 +157,8 @@ async def create_embedder(name: str, settings: Settings) -> EmbeddingOnlyModel |
     registry, store = model_store(settings)
     spec = registry.get(name)
     if spec.is_remote:
+        from models.remote.openai import RemoteModel
+
         return await RemoteModel.open(spec, default_n_ctx=settings.n_ctx)
     path = store.locate(spec)
     if path is None:

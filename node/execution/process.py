@@ -285,7 +285,8 @@ def _test_wrapper() -> Callable[[Any], Any]:
     if not spec:
         return lambda model: model
     module, _, function = spec.partition(":")
-    return getattr(importlib.import_module(module), function)
+    wrapper: Callable[[Any], Any] = getattr(importlib.import_module(module), function)
+    return wrapper
 
 
 def main(argv: list[str] | None = None) -> int:

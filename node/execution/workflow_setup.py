@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from config.settings import ConfigError, Settings
 from workflows import EngineOptions, ToolSettings
@@ -14,7 +14,8 @@ _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 def tool_settings(settings: Settings) -> ToolSettings:
     search = None
     if settings.search_provider is not None:
-        search = SearchProvider(kind=settings.search_provider, api_key=settings.search_api_key)
+        key = settings.search_api_key
+        search = SearchProvider(kind=settings.search_provider, api_key=None if key is None else SecretStr(key))
         if settings.search_url:
             search = search.model_copy(update={"url": settings.search_url})
     try:
@@ -22,7 +23,10 @@ def tool_settings(settings: Settings) -> ToolSettings:
             search=search,
             reader_enabled=True,
             egress_allow=settings.tool_allow,
-            secrets=settings.tool_secrets,
+            secrets={
+                target: {name: SecretStr(value) for name, value in headers.items()}
+                for target, headers in settings.tool_secrets.items()
+            },
             http_timeout_s=settings.tool_timeout,
             max_response_bytes=settings.tool_max_bytes,
         )

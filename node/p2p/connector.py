@@ -12,7 +12,8 @@ import random
 
 import structlog
 
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
 
 log = structlog.get_logger(__name__)
 

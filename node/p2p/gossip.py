@@ -22,6 +22,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError
+from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.wire.topics import SEEN_WINDOW_S
 
 log = structlog.get_logger(__name__)
@@ -92,11 +93,19 @@ class StreamPeerAwarePubsub(Pubsub):
     subscriptions, so it sends us nothing. Not reset: a peer whose stream was reset gives up on
     pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
     publisher whose gossip peers died); once connected to, its stream is read from its start.
+    A peer leaves `stream_only` once its last connection is gone (stream_only.py).
     """
 
-    def __init__(self, *args: Any, stream_only: set[ID], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, stream_only: StreamOnlyPeers, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_only = stream_only
+
+    def _handle_dead_peer(self, peer_id: ID) -> None:
+        # Called when the peer's last connection closed, and also when one pubsub stream failed:
+        # only a peer left without a connection is forgotten.
+        if not has_open_connection(self.host, peer_id):
+            self.stream_only.discard(peer_id)
+        super()._handle_dead_peer(peer_id)
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         if peer_id in self.stream_only:
@@ -127,7 +136,7 @@ class Gossip:
         *,
         max_message_bytes: int,
         heartbeat_s: float,
-        stream_only: set[ID],
+        stream_only: StreamOnlyPeers,
         on_message: MessageSink,
     ) -> None:
         self.router = GossipSub(
@@ -157,6 +166,7 @@ class Gossip:
         self._stuck_peers: set[ID] = set()
         self.pacing_timeouts = 0
         self._verdicts = HeldVerdicts(VERDICTS_HELD, VERDICT_BYTES_HELD)
+        self._stream_only = stream_only
 
     async def subscribe(self, topic: str, validator: TopicValidator | None, nursery: trio.Nursery) -> None:
         """Register the validator, join the topic and forward its messages to the message sink."""
@@ -195,11 +205,12 @@ class Gossip:
             await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
 
     async def housekeeping(self) -> None:
-        """Forever: clear what gossipsub keeps and never needs here."""
+        """Forever: clear what gossipsub keeps and never needs here, and stream-only peers long gone."""
         # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound.
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL_S)
             self.router.recent_message_deliveries.clear()
+            self._stream_only.prune(lambda peer: has_open_connection(self.pubsub.host, peer))
 
     def _wrap_validator(self, topic: str, validator: TopicValidator | None) -> Callable[[ID, rpc_pb2.Message], bool]:
         limit = self._max_message_bytes
@@ -230,7 +241,7 @@ class Gossip:
     async def _forward(self, topic: str, subscription: ISubscriptionAPI) -> None:
         # libp2p buffers only 32 messages per subscription: empty it promptly.
         peer_names: dict[bytes, str] = {}
-        async for msg in subscription:  # type: ignore[attr-defined]
+        async for msg in subscription:
             if msg.from_id == self._my_id_bytes:
                 continue
             source = peer_names.get(msg.from_id)

@@ -91,7 +91,7 @@ class BudgetQueue(asyncio.Queue[GossipMessage]):
         self.budget = budget
 
     def _get(self) -> GossipMessage:
-        message: GossipMessage = super()._get()  # type: ignore[misc]
+        message: GossipMessage = super()._get()
         self.budget.release(len(message.data))
         return message
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import structlog
 import trio
@@ -62,6 +62,7 @@ from node.p2p.streams import StreamLimits
 from node.wire.topics import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -302,11 +303,11 @@ class P2PHost:
 
     # --- bridge between the threads --------------------------------------
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run the service coroutine `fn(*args)` on the Trio thread and await its result."""
         if self._token is None or self._stopping or self._loop is None:
             raise P2PError("p2p host is not running")
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: asyncio.Future[T] = self._loop.create_future()
 
         def spawn() -> None:  # on the Trio thread
             try:

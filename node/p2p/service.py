@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
+from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
 from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
 
@@ -117,7 +118,7 @@ class P2PService:
         self._nursery: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._outer_scope: trio.CancelScope | None = None
-        self._stream_only: set[ID] = set()  # peers dialled only for streams (gossip_with_stream_peers off)
+        self.stream_only = StreamOnlyPeers()  # peers dialled only for streams (gossip_with_stream_peers off)
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------
@@ -174,7 +175,7 @@ class P2PService:
             self._my_id,
             max_message_bytes=self._options.max_message_bytes,
             heartbeat_s=self._options.gossip_heartbeat_s,
-            stream_only=self._stream_only,
+            stream_only=self.stream_only,
             on_message=self._on_message,
         )
         self._host, self.gossip = host, gossip
@@ -211,8 +212,8 @@ class P2PService:
             raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
         if info.peer_id == self._my_id:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
-        promoted = info.peer_id in self._stream_only
-        self._stream_only.discard(info.peer_id)  # dialled to gossip with
+        promoted = info.peer_id in self.stream_only
+        self.stream_only.discard(info.peer_id)  # dialled to gossip with
         self._allow_dial(info.peer_id)
         with trio.move_on_after(timeout) as scope:
             try:
@@ -262,15 +263,18 @@ class P2PService:
         if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
             raise P2PServiceError("a stream needs addresses of one other peer")
         connected = False
-        if not self._options.gossip_with_stream_peers and not self._host.get_network().get_connections(peer):
-            self._stream_only.add(peer)  # before the dial: pubsub hears of the connection as it opens
+        host = self._host
+        if not self._options.gossip_with_stream_peers and not host.get_network().get_connections(peer):
+            # Before the dial: pubsub hears of the connection as it opens.
+            self.stream_only.add(peer, lambda p: has_open_connection(host, p))
         self._allow_dial(peer)
         with trio.move_on_after(timeout) as scope:
             try:
-                await self._host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
+                await host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
                 connected = True
-                stream = await self._host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
+                stream = await host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
             except Exception as exc:
+                self._forget_undialled(peer)
                 raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {exc}") from exc
             try:
                 if frame:
@@ -283,11 +287,18 @@ class P2PService:
                     raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
                 raise
         if scope.cancelled_caught and not connected:
+            self._forget_undialled(peer)
             raise P2PServiceError(f"dialing {peer.to_base58()} timed out after {timeout:g} s")
         if scope.cancelled_caught:  # connected, but the peer does not serve the stream: frozen or overloaded
             raise StreamTimeoutServiceError(f"opening a stream to {peer.to_base58()} timed out after {timeout:g} s")
         self._nursery.start_soon(self.streams.serve, stream_id)
         return stream_id
+
+    def _forget_undialled(self, peer: ID) -> None:
+        """A dial for a stream failed: without any connection, the peer is no stream-only peer."""
+        assert self._host is not None
+        if not has_open_connection(self._host, peer):
+            self.stream_only.discard(peer)
 
     async def stream_send(self, stream_id: int, data: bytes) -> None:
         """Write one frame on an open stream."""

@@ -20,47 +20,51 @@ async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
-from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
-from node.publisher.errors import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
+from node.publisher.direct import OnDelta
+from node.publisher.errors import (
+    ClientError,
+    NoNodeError,
+    TaskFailedError,
+    TaskTimeoutError,
+    VerificationFailedTaskError,
+)
 from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
+from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
+from node.publisher.sender import Delivery, TaskSender
 from node.publisher.tasks import Task, TaskResult
 from node.publisher.verification import ResultVerifier, VerificationFailedError
-from node.wire.ecies import EciesError, decrypt
-from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume
-from node.wire.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput, encode_body
+from node.wire.messages import HeartbeatBody, ResultBody, TaskBody
 from node.wire.proof import ProofError, open_proof
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
 
 OnMessage = Callable[[Inbound], None]  # every verified result or heartbeat, as it arrived
-Delivery = Literal["direct", "gossip"]
-__all__ = ["Client", "ClientError", "NoNodeError", "Task", "TaskFailedError", "TaskResult", "TaskTimeoutError"]
-
-
-class VerificationFailedTaskError(TaskFailedError):
-    """The node's result failed verification against its proof: not retried, the node is marked."""
-
-    @property
-    def retryable(self) -> bool:
-        return False
-
+__all__ = [
+    "Client",
+    "ClientError",
+    "NoNodeError",
+    "Task",
+    "TaskFailedError",
+    "TaskResult",
+    "TaskTimeoutError",
+    "VerificationFailedTaskError",
+]
 
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
@@ -107,15 +111,14 @@ class Client:
         self._listen = listen or ["/ip4/127.0.0.1/tcp/0"]
         self._connect_timeout = connect_timeout
         self._host: P2PHost | None = None
-        self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
-        self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
+        self._inbox = ResultInbox(self.identity.secret)
         self._loops: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
         self._max_retries = max_retries
         self.delivery: Delivery = delivery
         self._answer_timeout = answer_timeout
         self._attempt_timeout = attempt_timeout
-        self._deliveries: set[DirectDelivery] = set()
+        self._sender: TaskSender | None = None
         self.reputation = Reputation(reputation_path, reputation_settings)
         self.nodes = node_table or NodeTable(reputation=self.reputation)
         self.on_message = on_message  # called for every verified result and heartbeat
@@ -145,6 +148,9 @@ class Client:
             )
             await host.start()
             self._host = host
+            self._sender = TaskSender(
+                host, self.identity, self._inbox, self._on_result, self.delivery, self._answer_timeout
+            )
             gate = GossipGate()
             await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
             # `check`: the message arrives decoded by the validator (its signature is recovered once).
@@ -162,8 +168,9 @@ class Client:
             await self._wait_for_mesh(host)
 
     async def close(self) -> None:
-        await asyncio.gather(*(delivery.close() for delivery in list(self._deliveries)), return_exceptions=True)
-        self._deliveries.clear()
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -222,10 +229,10 @@ class Client:
     async def _end_attempt(self, attempt: Attempt) -> None:
         """Stop waiting for the attempt's result and close its stream."""
         self.reputation.finished(attempt.node)
-        self._pending.pop(attempt.task_id, None)
-        self._sealed.discard(attempt.task_id)
-        if attempt.direct is not None:
-            self._deliveries.discard(attempt.direct)
+        self._inbox.forget(attempt.task_id)
+        if self._sender is not None:
+            await self._sender.end(attempt)
+        elif attempt.direct is not None:
             await attempt.direct.close()
 
     async def _verified(self, result: TaskResult, proof: bool, expected: PromptExpectation | None) -> TaskResult:
@@ -269,58 +276,14 @@ class Client:
     async def _send(
         self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False
     ) -> Attempt:
-        """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
+        """Send the task to `node` (sender.py); DeclinedError: it did not take it."""
+        return await (await self._started()).send(task, node, remaining, on_delta, proof)
 
-        DeclinedError: the node answered but did not take it (or did not answer in time).
-        """
+    async def _started(self) -> TaskSender:
+        """The sender of the started client (starting it first)."""
         await self.start()
-        assert self._host is not None
-        direct = self.delivery == "direct" and bool(node.addrs)
-        body = self._task_body(
-            task.model_copy(update={"nodes": [node.address]}),
-            remaining,
-            stream=direct and on_delta is not None,
-            proof=proof,
-        )
-        future = self._expect(body.task_id, [node.address])
-        if task.public_key:
-            self._sealed.add(body.task_id)
-        envelope = seal(self.identity, TASK_TOPIC, encode_body(body))
-        if direct:
-            try:
-                delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
-            except UndialableError as exc:
-                log.info(
-                    "node not dialable; sending on gossip", task_id=body.task_id, node=node.address, error=str(exc)
-                )
-            except DeclinedError:
-                self._pending.pop(body.task_id, None)
-                self._sealed.discard(body.task_id)
-                raise
-            else:
-                delivery.follow(self._on_result, on_delta)
-                self._deliveries.add(delivery)
-                log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
-                return Attempt(body.task_id, node.address, future, delivery)
-        try:
-            await self._host.publish(TASK_TOPIC, envelope)
-        except P2PError as exc:
-            self._pending.pop(body.task_id, None)
-            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
-        log.debug("task published", task_id=body.task_id, node=node.address)
-        return Attempt(body.task_id, node.address, future)
-
-    def _task_body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
-        """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
-        return TaskBody(
-            task_id=secrets.token_urlsafe(16),
-            deadline=time.time_ns() + int(timeout * 1e9),
-            input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
-            picked_nodes=task.nodes,
-            public_key=task.public_key or self.identity.public_key_compressed.hex(),
-            stream=True if stream else None,
-            proof=True if proof else None,
-        )
+        assert self._sender is not None
+        return self._sender
 
     async def _choose(
         self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
@@ -343,29 +306,21 @@ class Client:
         """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`.
 
         `proof`: ask the node for a proof of its work (returned in `TaskResult.proof`)."""
-        await self.start()
-        assert self._host is not None
-        body = self._task_body(task, timeout, proof=proof)
+        sender = await self._started()
+        body = sender.body(task, timeout, proof=proof)
         task_id = body.task_id
-        if task.public_key:
-            self._sealed.add(task_id)
-        self._expect(task_id, task.nodes)
+        self._inbox.expect(task_id, task.nodes, sealed=bool(task.public_key))
         try:
             await self.publish_task(body)
         except ClientError:
-            self._pending.pop(task_id, None)
+            self._inbox.forget(task_id)
             raise
         log.debug("task published", task_id=task_id, models=task.models)
         return task_id
 
     async def publish_task(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is (its result is not awaited: see `on_message`)."""
-        await self.start()
-        assert self._host is not None
-        try:
-            await self._host.publish(TASK_TOPIC, seal(self.identity, TASK_TOPIC, encode_body(body)))
-        except P2PError as exc:
-            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+        await (await self._started()).publish(body)
 
     async def wait(
         self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
@@ -374,9 +329,9 @@ class Client:
 
         `sealed`: the task was encrypted to another key (`Task.public_key`): return its ciphertext.
         """
-        if sealed:
-            self._sealed.add(task_id)
-        future = self._expect(task_id, nodes)  # before joining: a result may arrive as soon as the mesh forms
+        future = self._inbox.expect(
+            task_id, nodes, sealed=sealed
+        )  # before joining: a result may arrive as soon as the mesh forms
         try:
             async with asyncio.timeout(timeout):
                 await self.start()
@@ -384,15 +339,7 @@ class Client:
         except TimeoutError:
             raise TaskTimeoutError(task_id, timeout) from None
         finally:
-            self._pending.pop(task_id, None)
-            self._sealed.discard(task_id)
-
-    def _expect(self, task_id: str, nodes: list[str] | None) -> asyncio.Future[TaskResult]:
-        if task_id not in self._pending:
-            future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-            picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
-            self._pending[task_id] = (future, picked)
-        return self._pending[task_id][0]
+            self._inbox.forget(task_id)
 
     async def _wait_for_mesh(self, host: P2PHost) -> None:
         if not self._peers:
@@ -405,39 +352,9 @@ class Client:
         raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
 
     def _on_result(self, inbound: Inbound) -> None:
-        body = inbound.body
-        assert isinstance(body, ResultBody)
+        assert isinstance(inbound.body, ResultBody)
         self._notify(inbound)
-        pending = self._pending.get(body.task_id)
-        if pending is None:
-            return
-        future, picked = pending
-        if future.done():
-            return
-        if picked is not None and inbound.sender not in picked:
-            log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
-            return
-        if body.error is not None:
-            future.set_exception(TaskFailedError(body.task_id, body.error, inbound.sender))
-            return
-        try:
-            future.set_result(self._open(body, inbound.sender))
-        except TaskFailedError as exc:
-            future.set_exception(exc)
-
-    def _open(self, body: ResultBody, node: str) -> TaskResult:
-        assert body.ciphertext is not None
-        if body.task_id in self._sealed:
-            return TaskResult(
-                task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats
-            )
-        try:
-            text = decrypt(self.identity.secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
-        except (EciesError, ValueError) as exc:
-            raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
-        return TaskResult(
-            task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
-        )
+        self._inbox.accept(inbound.body, inbound.sender)
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 import structlog
 
+from node.p2p.errors import P2PError, StreamTimeoutError
 from node.p2p.frame_stream import FrameStream
-from node.p2p.host import P2PError, P2PHost, StreamTimeoutError
+from node.p2p.host import P2PHost
 from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError

@@ -37,3 +37,11 @@ class TaskFailedError(ClientError):
     def retryable(self) -> bool:
         """Anything but a deterministic error (`Invalid prompt: ...`): another node may succeed."""
         return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
+
+
+class VerificationFailedTaskError(TaskFailedError):
+    """The node's result failed verification against its proof: not retried, the node is marked."""
+
+    @property
+    def retryable(self) -> bool:
+        return False

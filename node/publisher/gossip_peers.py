@@ -26,7 +26,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.p2p.connector import peer_id_of_multiaddr
-from node.p2p.host import P2PError, P2PHost
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
 from node.publisher.node_table import NodeTable
 
 log = structlog.get_logger(__name__)

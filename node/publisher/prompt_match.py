@@ -50,7 +50,9 @@ def _task_pieces(task: Any, prompt: str | None) -> tuple[str, ...] | None:
         return None
     messages = task.get("messages") or ([{"content": task["prompt"]}] if isinstance(task.get("prompt"), str) else [])
     inputs = [i for i in task.get("inputs") or [] if isinstance(i, dict) and isinstance(i.get("name"), str)]
-    filled = {i["name"]: prompt for i in inputs if _reads_input(i) and prompt is not None and not _is_json(prompt)}
+    filled: dict[str, str | None] = {
+        i["name"]: prompt for i in inputs if _reads_input(i) and prompt is not None and not _is_json(prompt)
+    }
     names = [i["name"] for i in inputs]
     pieces: list[str] = []
     for message in messages:

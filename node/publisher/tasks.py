@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from node.wire.messages import Stats
+from node.wire.messages import Stats, TaskBody, TaskInput
 
 
 class Task(BaseModel):
@@ -49,3 +51,17 @@ class TaskResult(BaseModel):
 
     def __str__(self) -> str:
         return self.text
+
+
+def task_body(task: Task, timeout: float, public_key: str, stream: bool = False, proof: bool = False) -> TaskBody:
+    """The wire body of `task`: a new task id, deadline now + timeout, the result encrypted to
+    `task.public_key` or else to `public_key` (the publisher's, hex); `stream`, `proof` asked for when True."""
+    return TaskBody(
+        task_id=secrets.token_urlsafe(16),
+        deadline=time.time_ns() + int(timeout * 1e9),
+        input=TaskInput(workflow=task.workflow, model=task.models, prompt=task.prompt),
+        picked_nodes=task.nodes,
+        public_key=task.public_key or public_key,
+        stream=True if stream else None,
+        proof=True if proof else None,
+    )

@@ -307,7 +307,8 @@ class ExecutionProcess:
                 f"execution process crashed ({cause})", crash=True, cause=cause
             )
             self._exit = exit_error
-            for future in [*self._pending.values(), *self._probes.values()]:
+            futures: list[asyncio.Future[Any]] = [*self._pending.values(), *self._probes.values()]
+            for future in futures:
                 if not future.done():
                     future.set_exception(exit_error)
             self.exited.set()
@@ -334,7 +335,7 @@ class ExecutionProcess:
             if probe is not None and not probe.done():
                 probe.set_result(message)
         else:
-            raise ProtocolError(f"unexpected {message.kind} message")
+            raise ProtocolError(f"unexpected {type(message).__name__} message")
 
     async def _reap(self, reader: asyncio.StreamReader) -> None:
         """Wait for the process to end after its stream closed (kill it if it lingers)."""

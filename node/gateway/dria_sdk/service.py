@@ -27,7 +27,7 @@ from node.gateway.service import PendingCaps
 from node.publisher.client import Client
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
-from node.wire.messages import HeartbeatBody, ResultBody, TaskBody, TaskInput
+from node.wire.messages import Deadline, HeartbeatBody, ResultBody, TaskBody, TaskInput
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ class _PostedTask(BaseModel):
     task_id: str = Field(alias="taskId", min_length=1, max_length=_MAX_SDK_TASK_ID)
     input: _PostedInput
     picked_nodes: list[str] = Field(alias="pickedNodes", min_length=1)
-    deadline: str | int
+    deadline: Deadline  # RFC-3339 from the SDK, or Unix ns: kept as ns
     public_key: str = Field(alias="publicKey")
 
 
@@ -89,7 +89,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
         posted = _PostedTask.model_validate(data)
         body = TaskBody(
             task_id=published_as,
-            deadline=posted.deadline,  # RFC-3339 from the SDK; the body holds nanoseconds
+            deadline=posted.deadline,
             input=TaskInput(workflow=posted.input.workflow, model=posted.input.model),
             picked_nodes=posted.picked_nodes,
             public_key=posted.public_key,

@@ -9,6 +9,7 @@ Every error of these paths, the key check's and the body validation's included, 
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
+import inspect
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from node.gateway.validation import first_error
 
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
-Handler = Callable[[Request, Any], Awaitable[Response]]
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]  # Starlette takes both kinds
 
 
 def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[..., Awaitable[str]]) -> None:
@@ -88,6 +89,12 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
         )
 
 
+async def _handled(handler: Handler, request: Request, exc: Exception) -> Response:
+    """What an exception handler of the app answers, whether it is a coroutine function or not."""
+    response = handler(request, exc)
+    return await response if inspect.isawaitable(response) else response
+
+
 def _route_errors(app: FastAPI) -> None:
     """OpenAI's error shape on the OpenAI paths; the app's own handlers elsewhere."""
     http_handler: Handler = app.exception_handlers.get(HTTPException) or http_exception_handler
@@ -98,7 +105,7 @@ def _route_errors(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
         if request.url.path not in PATHS:
-            return await http_handler(request, exc)
+            return await _handled(http_handler, request, exc)
         error = OpenAIError(exc.status_code, str(exc.detail))
         response = error.response()
         response.headers.update(exc.headers or {})
@@ -108,7 +115,7 @@ def _route_errors(app: FastAPI) -> None:
         if request.url.path not in PATHS:
             if validation_handler is None:
                 return JSONResponse({"detail": exc.errors()}, status_code=422)
-            return await validation_handler(request, exc)
+            return await _handled(validation_handler, request, exc)
         param, message = first_error(exc)
         return OpenAIError(400, f"{param}: {message}" if param else message, param or None).response()
 

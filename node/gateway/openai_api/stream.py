@@ -141,8 +141,8 @@ class ChatStream:
             try:
                 rest = rest_of(self.sent, result.text)
             except StreamMismatchError as exc:
-                message = f"the streamed text is not the node's signed result; discard it ({exc})"
-                error = ErrorDetail(message=message, type="api_error", code="stream_mismatch")
+                mismatch = f"the streamed text is not the node's signed result; discard it ({exc})"
+                error = ErrorDetail(message=mismatch, type="api_error", code="stream_mismatch")
                 return [_event(ErrorResponse(error=error))]
             if rest or not self.sent:
                 events.append(self._content(rest))

@@ -1,0 +1,81 @@
+"""ResultInbox: the tasks a publisher awaits and the one place their results are accepted.
+
+A result is accepted once per task id, from a stream or from gossip alike: it must come from
+a picked node (when the task picked some), and its text must decrypt with the publisher's
+key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
+handed back untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from node.publisher.errors import TaskFailedError
+from node.publisher.tasks import TaskResult
+from node.wire.ecies import EciesError, decrypt
+from node.wire.messages import ResultBody
+
+log = structlog.get_logger(__name__)
+
+
+class ResultInbox:
+    """The awaited tasks (a future each, with the nodes it picked) and the sealed ones."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
+
+    def expect(self, task_id: str, nodes: list[str] | None, sealed: bool = False) -> asyncio.Future[TaskResult]:
+        """The future of the task's result (the same one if it is already awaited).
+
+        `nodes`: only a result signed by one of them is accepted (None: any node's).
+        `sealed`: the result is encrypted to another key: its ciphertext is the result.
+        """
+        if sealed:
+            self._sealed.add(task_id)
+        if task_id not in self._pending:
+            future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+            picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
+            self._pending[task_id] = (future, picked)
+        return self._pending[task_id][0]
+
+    def forget(self, task_id: str) -> None:
+        """Stop awaiting the task: a later result for it is ignored."""
+        self._pending.pop(task_id, None)
+        self._sealed.discard(task_id)
+
+    def accept(self, body: ResultBody, sender: str) -> None:
+        """Settle the task's future with this result (or its error), if it is awaited from `sender`."""
+        pending = self._pending.get(body.task_id)
+        if pending is None:
+            return
+        future, picked = pending
+        if future.done():
+            return
+        if picked is not None and sender not in picked:
+            log.warning("result from a node that was not picked", task_id=body.task_id, node=sender)
+            return
+        if body.error is not None:
+            future.set_exception(TaskFailedError(body.task_id, body.error, sender))
+            return
+        try:
+            future.set_result(self._open(body, sender))
+        except TaskFailedError as exc:
+            future.set_exception(exc)
+
+    def _open(self, body: ResultBody, node: str) -> TaskResult:
+        assert body.ciphertext is not None
+        if body.task_id in self._sealed:
+            return TaskResult(
+                task_id=body.task_id, ciphertext=body.ciphertext, node=node, model=body.model, stats=body.stats
+            )
+        try:
+            text = decrypt(self._secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
+        except (EciesError, ValueError) as exc:
+            raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
+        return TaskResult(
+            task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
+        )

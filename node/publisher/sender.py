@@ -1,0 +1,118 @@
+"""TaskSender: a started publisher's way out, one signed task to one node (on a stream or on gossip).
+
+Direct delivery (protocol 0.4) sends the task on a stream to the chosen node and learns at once
+whether it took it; a node without `addrs`, or one that cannot be dialled, gets it on gossip
+(protocol 0.3, the only way with `delivery="gossip"`). Each task sent is awaited in the
+`ResultInbox` before it leaves, so a result that arrives at once is not missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Literal
+
+import structlog
+
+from node.p2p.errors import P2PError
+from node.p2p.host import P2PHost
+from node.publisher.attempts import Attempt
+from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
+from node.publisher.errors import ClientError
+from node.publisher.inbox import ResultInbox
+from node.publisher.node_table import KnownNode
+from node.publisher.tasks import Task, task_body
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import Inbound
+from node.wire.messages import TaskBody, encode_body
+from node.wire.topics import TASK_TOPIC
+
+log = structlog.get_logger(__name__)
+
+Delivery = Literal["direct", "gossip"]
+OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
+
+
+class TaskSender:
+    """Sends tasks signed by `identity` from a started `host`; holds the streams of those sent direct."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        identity: Identity,
+        inbox: ResultInbox,
+        on_result: OnResult,
+        delivery: Delivery,
+        answer_timeout: float,
+    ) -> None:
+        """`answer_timeout`: seconds to dial a node and get its answer before it counts as declined."""
+        self._host = host
+        self._identity = identity
+        self._inbox = inbox
+        self._on_result = on_result
+        self._delivery = delivery
+        self._answer_timeout = answer_timeout
+        self._deliveries: set[DirectDelivery] = set()
+
+    def body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
+        """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
+        return task_body(task, timeout, self._identity.public_key_compressed.hex(), stream=stream, proof=proof)
+
+    async def send(
+        self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False
+    ) -> Attempt:
+        """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
+
+        DeclinedError: the node answered but did not take it (or did not answer in time).
+        ClientError: it could not be published.
+        """
+        direct = self._delivery == "direct" and bool(node.addrs)
+        body = self.body(
+            task.model_copy(update={"nodes": [node.address]}),
+            remaining,
+            stream=direct and on_delta is not None,
+            proof=proof,
+        )
+        future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key))
+        envelope = seal(self._identity, TASK_TOPIC, encode_body(body))
+        if direct:
+            try:
+                delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
+            except UndialableError as exc:
+                log.info(
+                    "node not dialable; sending on gossip", task_id=body.task_id, node=node.address, error=str(exc)
+                )
+            except DeclinedError:
+                self._inbox.forget(body.task_id)
+                raise
+            else:
+                delivery.follow(self._on_result, on_delta)
+                self._deliveries.add(delivery)
+                log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
+                return Attempt(body.task_id, node.address, future, delivery)
+        try:
+            await self._host.publish(TASK_TOPIC, envelope)
+        except P2PError as exc:
+            self._inbox.forget(body.task_id)
+            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+        log.debug("task published", task_id=body.task_id, node=node.address)
+        return Attempt(body.task_id, node.address, future)
+
+    async def publish(self, body: TaskBody) -> None:
+        """Sign and publish a task body as it is on gossip (ClientError if it cannot be)."""
+        try:
+            await self._host.publish(TASK_TOPIC, seal(self._identity, TASK_TOPIC, encode_body(body)))
+        except P2PError as exc:
+            raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+
+    async def end(self, attempt: Attempt) -> None:
+        """Close the attempt's stream, if it was sent on one."""
+        if attempt.direct is not None:
+            self._deliveries.discard(attempt.direct)
+            await attempt.direct.close()
+
+    async def close(self) -> None:
+        """Close every stream still open."""
+        deliveries, self._deliveries = list(self._deliveries), set()
+        await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
