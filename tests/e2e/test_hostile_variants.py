@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -27,6 +28,7 @@ from node.p2p.frames import encode_frame, encode_varint
 from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
 from node.wire.direct import decode_answer, frame_kind
+from node.wire.ecies import decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import decode
@@ -44,6 +46,7 @@ STREAMS_PER_PEER = 8
 MAX_RSS_GROWTH_BYTES = 150 * 1024 * 1024
 ANSWER_WAIT_S = 15.0
 RESULT_WAIT_S = 60.0
+RECIPIENT = Identity.generate()
 CRASH_EVENTS = {"validator failed", "task crashed", "direct task intake failed", "inbound stream handler failed"}
 ATTACKER_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
@@ -218,17 +221,17 @@ async def test_half_closed_after_the_task_the_result_still_comes_on_the_stream(s
     await honest_task_is_served(scene)
 
 
-@pytest.mark.parametrize("how", ["reset", "more_frames", "garbage_bytes"])
+@pytest.mark.parametrize("how", ["reset", "reset_streaming", "more_frames", "garbage_bytes"])
 async def test_a_stream_broken_after_accepted_sends_its_result_on_gossip(scene: Scene, how: str) -> None:
     publisher = Identity.generate()
     host, results = await connected_peer(scene.node, publisher)  # in the results mesh: the result comes there
     try:
-        envelope = task_envelope(publisher, max_tokens=48)
+        envelope = task_envelope(publisher, max_tokens=48, **({"stream": True} if how == "reset_streaming" else {}))
         task_id = task_id_of(envelope)
         since = len(scene.logs)
         stream = await host.open_stream(scene.addr, envelope)
         assert await answer(stream) == ("accepted", "")
-        if how == "reset":
+        if how.startswith("reset"):
             await stream.close(graceful=False)
         elif how == "more_frames":
             await stream.send(envelope)  # the same task again, on the same stream (then it is reset)
@@ -301,6 +304,11 @@ ODD_BODIES: dict[str, tuple[Callable[[str], str], tuple[str, str]]] = {
         lambda s: s.replace('"deadline": ', '"deadline": 18446744073709551616, "d": ', 1),
         ("rejected", "bad_body"),
     ),
+    # Signed by one key, the result encrypted to another's: the signer is the publisher, the key only a recipient.
+    "public_key_of_another_key": (
+        lambda s: re.sub(r'"publicKey": "[0-9a-f]+"', f'"publicKey": "{RECIPIENT.public_key_compressed.hex()}"', s),
+        ("accepted", ""),
+    ),
     # Duplicate keys: the last one counts, the same for every reader of these bytes.
     "duplicate_task_id_key": (
         lambda s: s.replace('{"taskId": ', '{"taskId": "first", "taskId": ', 1),
@@ -326,7 +334,12 @@ async def test_odd_json_in_a_task_gets_a_clear_answer(scene: Scene, name: str) -
         stream = await host.open_stream(scene.addr, seal(publisher, TASK_TOPIC, text.encode()))
         assert await answer(stream) == expected
         if expected[0] == "accepted":
-            assert (await stream.receive(RESULT_WAIT_S)) is not None
+            frame = await stream.receive(RESULT_WAIT_S)
+            assert frame is not None
+            result = decode(RESULTS_TOPIC, frame).body
+            assert isinstance(result, ResultBody) and result.ciphertext is not None
+            reader = RECIPIENT if name == "public_key_of_another_key" else publisher
+            assert decrypt(reader.secret, bytes.fromhex(result.ciphertext)).strip()
         await stream.close()
     finally:
         await host.stop()
