@@ -93,6 +93,10 @@ class StreamTable:
     def open_count(self) -> int:
         return len(self._streams)
 
+    def streams_of(self, peer: str) -> int:
+        """Open streams of one peer (inbound and outbound)."""
+        return self._per_peer.get(peer, 0)
+
     # --- inbound -----------------------------------------------------------
 
     async def handle_inbound(self, stream: INetStream) -> None:

@@ -4,6 +4,7 @@ odd, a Sybil flood of valid tasks from many keys, and a peer sending heartbeats 
 After each attack an honest publisher's task is still accepted and answered, and the node's streams,
 routes and memory are back within bounds. (The simpler stream attacks, oversize and bad lengths, a
 silent stream, the per-peer limit, are in test_direct_delivery.py; the gossip corpus in test_hostile.py.)
+Last, more idle connections from fresh peer ids than py-libp2p holds: the node trims them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import pytest_asyncio
 import structlog
 
 from node.daemon.server import NodeServer
+from node.p2p.connection_trim import ConnectionBudget
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_frame, encode_varint
-from node.p2p.host import P2PHost
+from node.p2p.host import P2PError, P2PHost
 from node.p2p.streams import StreamLimits
 from node.wire.direct import decode_answer, frame_kind
 from node.wire.ecies import decrypt
@@ -35,6 +37,7 @@ from node.wire.inbound import decode
 from node.wire.messages import ResultBody
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.connection_flood import connection_flood
 from tests.support.live_hostile import connected_peer, rss_bytes
 from workflows import Simple
 
@@ -47,6 +50,8 @@ MAX_RSS_GROWTH_BYTES = 150 * 1024 * 1024
 ANSWER_WAIT_S = 15.0
 RESULT_WAIT_S = 60.0
 RECIPIENT = Identity.generate()
+LIBP2P_MAX_CONNECTIONS = 300
+FLOOD_PEERS = 320  # past py-libp2p's 300 live connections and its 250 inbound slots
 CRASH_EVENTS = {"validator failed", "task crashed", "direct task intake failed", "inbound stream handler failed"}
 ATTACKER_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
@@ -258,8 +263,8 @@ async def test_a_streaming_task_whose_reader_never_reads_costs_the_node_nothing(
         since = len(scene.logs)
         stream = await host.open_stream(scene.addr, envelope)
         assert await answer(stream) == ("accepted", "")
-        frozen_until = time.monotonic() + 20.0
-        token.run_sync_soon(time.sleep, 20.0)  # no read, no window update, no FIN for 20 s
+        frozen_until = time.monotonic() + 8.0
+        token.run_sync_soon(time.sleep, 8.0)  # no read, no window update, no FIN for 8 s
         await honest_task_is_served(scene)  # meanwhile, the node serves others
         task_id = task_id_of(envelope)
         finished = ("result delivered on its stream", "result published")
@@ -449,4 +454,40 @@ async def test_heartbeats_and_results_sent_to_the_node_are_refused_or_relayed_ne
     finally:
         await peer.stop()
     assert not any(e.get("task_id") == "forged" for e in scene.logs[since:])
+    await honest_task_is_served(scene)
+
+
+async def test_idle_connections_from_many_peer_ids_are_trimmed_and_new_peers_still_connect(scene: Scene) -> None:
+    """More peer ids than py-libp2p's caps (300 live, 250 inbound slots in all) connect and idle:
+    the node trims the oldest idle ones, and an honest publisher still connects and is served."""
+    host = scene.node.running.host
+    async with connection_flood(dialable(scene.node), FLOOD_PEERS) as flood:
+        await wait_for(lambda: flood.settled, "the flood's dials", 90)
+        assert flood.connected >= 250, flood  # the flood really filled the node's connection slots
+        fresh = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"], stream_limits=ATTACKER_LIMITS)
+        await fresh.start()
+        try:
+            # A trim comes within the grace period (10 s) and a check interval: dial until then.
+            stream: FrameStream | None = None
+            deadline = time.monotonic() + 40
+            while stream is None and time.monotonic() < deadline:
+                try:
+                    stream = await fresh.open_stream(scene.addr, task_envelope(Identity.generate()), timeout=10)
+                except P2PError:
+                    await asyncio.sleep(1.0)
+            assert stream is not None, "no new peer could connect while the flood's connections idled"
+            assert await answer(stream) == ("accepted", "")
+            assert (await stream.receive(RESULT_WAIT_S)) is not None
+            await stream.close()
+        finally:
+            await fresh.stop()
+        # Trimmed down to the budget once the flood's connections are past their grace (its hosts may
+        # redial later, py-libp2p's auto-connector: those are trimmed again after theirs).
+        counts = [len(await host.peers())]
+        deadline = time.monotonic() + 30
+        while counts[-1] > ConnectionBudget().high_water and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            counts.append(len(await host.peers()))
+        assert counts[-1] <= ConnectionBudget().high_water, counts
+        assert max(counts) <= LIBP2P_MAX_CONNECTIONS
     await honest_task_is_served(scene)
