@@ -11,5 +11,6 @@ connector.py       Connector: dials bootstrap peers, re-dials with backoff and j
 frames.py          the direct-delivery frame codec: varint length + bytes (FrameReader, encode_frame)
 streams.py         StreamTable: the Trio side of direct-delivery streams and their limits (StreamLimits)
 frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id
+connection_trim.py ConnectionTrimmer: closes idle inbound connections past a budget (ConnectionBudget), oldest first
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 """

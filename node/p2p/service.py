@@ -10,6 +10,7 @@ paced publishing) is gossip.py's `Gossip`; the direct-delivery streams are strea
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
@@ -66,6 +68,7 @@ class ServiceOptions(BaseModel):
     # False (a publisher): a peer dialled only to open direct-delivery streams does not become a
     # gossip peer; gossip stays with the peers `connect` dialled and those that dialled us.
     gossip_with_stream_peers: bool = True
+    connection_budget: ConnectionBudget = ConnectionBudget()
 
 
 def _is_nursery_closed(exc: BaseException) -> bool:
@@ -191,6 +194,14 @@ class P2PService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(gossip.housekeeping)
+                if isinstance(network := host.get_network(), Swarm):
+                    # py-libp2p's inbound cap (250 slots) releases a slot only when the swarm stops, not
+                    # when its connection closes: after 250 inbound connections in all, however short,
+                    # no peer could connect again. The live count stays bounded by its max_connections
+                    # check and by the trimmer.
+                    network._inbound_limiter = trio.CapacityLimiter(math.inf)
+                    trimmer = ConnectionTrimmer(network, self._options.connection_budget, self._keeps_connection)
+                    nursery.start_soon(trimmer.run)
                 log.info("p2p host listening", peer_id=self.peer_id, addrs=self.listen_addrs)
                 on_ready()
                 await self._stop_event.wait()  # type: ignore[union-attr]
@@ -200,6 +211,12 @@ class P2PService:
                 with trio.move_on_after(STOP_GRACE_S / 2):
                     await host.close()
                 nursery.cancel_scope.cancel()
+
+    def _keeps_connection(self, peer: ID) -> bool:
+        """Whether a peer is of use now: in one of our gossip meshes, or with a direct-delivery stream open."""
+        if self.streams.streams_of(peer.to_base58()):
+            return True
+        return self.gossip is not None and any(peer in peers for peers in self.gossip.router.mesh.values())
 
     # --- operations (call through spawn) ----------------------------------
 

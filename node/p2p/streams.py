@@ -1,7 +1,10 @@
 """The Trio side of direct-delivery streams (`/compute/task/0.4.0`): bounded, framed, never held forever.
 
 Inbound (a publisher dialled us): `StreamTable.handle_inbound` is the libp2p stream
-handler. It refuses a stream past the total or per-peer limit, reads the first frame
+handler. It refuses a stream past the per-peer limit; past the total limit it makes room
+by cutting off the oldest stream still silent (one that has not sent its task yet: many
+peer ids opening streams that say nothing cost nothing and must not lock honest
+publishers out), and refuses only when every stream has sent its task. It reads the first frame
 within `first_frame_timeout_s` (a bad length, an oversize frame, or silence get a
 refusal frame and the stream is closed), hands that frame to the asyncio side, and then
 holds the stream for writes only: any further byte from the publisher resets it.
@@ -64,6 +67,9 @@ class _OpenStream:
     done: trio.Event = field(default_factory=trio.Event)
     graceful: bool = False  # closed by us after the last frame (FIN), not reset
     write_lock: trio.Lock = field(default_factory=trio.Lock)
+    silent: trio.CancelScope | None = None  # while an inbound stream has not sent its task yet
+    evicted: bool = False  # cut off while silent, to make room for a newer stream
+    handed_over: bool = False  # inbound: its task frame went to the asyncio side
 
 
 def refusal_frame(status: str, reason: str) -> bytes:
@@ -87,12 +93,16 @@ class StreamTable:
     def open_count(self) -> int:
         return len(self._streams)
 
+    def streams_of(self, peer: str) -> int:
+        """Open streams of one peer (inbound and outbound)."""
+        return self._per_peer.get(peer, 0)
+
     # --- inbound -----------------------------------------------------------
 
     async def handle_inbound(self, stream: INetStream) -> None:
         """The libp2p handler of the protocol: one task frame in, then writes only."""
         peer = stream.muxed_conn.peer_id.to_base58()
-        if (limit := self._over_limit(peer)) is not None:
+        if (limit := self._over_limit(peer)) is not None and not (limit == "too_many_streams" and self._evict_silent()):
             await self._refuse(_OpenStream(0, stream, peer, inbound=True), "busy", limit)
             return
         entry = self._register(stream, peer, inbound=True)
@@ -102,13 +112,14 @@ class StreamTable:
                 if first is None:
                     return
                 self._on_inbound(entry.id, peer, first)
+                entry.handed_over = True
                 await self._hold_for_writes(entry)
         finally:
             await self._release(entry)
 
     async def _first_frame(self, entry: _OpenStream) -> bytes | None:
         reader = FrameReader(self.limits.max_frame_bytes)
-        with trio.move_on_after(self.limits.first_frame_timeout_s):
+        with trio.move_on_after(self.limits.first_frame_timeout_s) as entry.silent:
             try:
                 while True:
                     chunk = await entry.stream.read(READ_CHUNK_BYTES)
@@ -125,8 +136,27 @@ class StreamTable:
                 return None
             except StreamError:
                 return None
-        await self._refuse(entry, "rejected", "first_frame_timeout")
+            finally:
+                entry.silent = None
+        if entry.evicted:
+            await self._refuse(entry, "busy", "too_many_streams")
+        else:
+            await self._refuse(entry, "rejected", "first_frame_timeout")
         return None
+
+    def _evict_silent(self) -> bool:
+        """Cut off the oldest inbound stream that has not sent its task yet; False if there is none.
+
+        It is forgotten at once (its place is free for the stream that asked) and answered busy.
+        """
+        oldest = next((e for e in self._streams.values() if e.silent is not None and not e.evicted), None)
+        if oldest is None or oldest.silent is None:
+            return False
+        oldest.evicted = True
+        oldest.silent.cancel()
+        self._forget(oldest)
+        log.info("silent stream cut off for a newer one", peer=oldest.peer, open_streams=len(self._streams))
+        return True
 
     async def _hold_for_writes(self, entry: _OpenStream) -> None:
         """Wait until we close the stream; a publisher that sends more is cut off."""
@@ -216,10 +246,11 @@ class StreamTable:
     # --- internals ---------------------------------------------------------
 
     def _over_limit(self, peer: str) -> str | None:
-        if len(self._streams) >= self.limits.max_streams:
-            return "too_many_streams"
+        # The peer's own limit first: a peer at it is refused even where a silent stream could be cut.
         if self._per_peer.get(peer, 0) >= self.limits.max_streams_per_peer:
             return "too_many_streams_from_peer"
+        if len(self._streams) >= self.limits.max_streams:
+            return "too_many_streams"
         return None
 
     def _register(self, stream: INetStream, peer: str, inbound: bool) -> _OpenStream:
@@ -228,17 +259,26 @@ class StreamTable:
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         return entry
 
-    async def _release(self, entry: _OpenStream) -> None:
+    def _forget(self, entry: _OpenStream) -> bool:
+        """Take the stream out of the table and its peer's count; False if it was not in it."""
         if self._streams.pop(entry.id, None) is None:
-            return
+            return False
         left = self._per_peer.get(entry.peer, 1) - 1
         if left > 0:
             self._per_peer[entry.peer] = left
         else:
             self._per_peer.pop(entry.peer, None)
+        return True
+
+    async def _release(self, entry: _OpenStream) -> None:
+        if not self._forget(entry):
+            return  # evicted: its refusal closed it
         entry.done.set()
         try:
-            self._on_frame(entry.id, None)
+            # Only a stream the asyncio side knows (outbound, or inbound with its task handed over) is
+            # told it ended: telling one it never saw would make it keep a record of it forever.
+            if entry.handed_over or not entry.inbound:
+                self._on_frame(entry.id, None)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:

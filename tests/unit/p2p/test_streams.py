@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,8 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from node.p2p.frame_stream import FrameStream
+from node.p2p.frames import encode_varint
 from node.p2p.host import P2PError, P2PHost
 from node.p2p.streams import StreamLimits
+from node.wire.topics import MAX_FRAME_BYTES
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -103,3 +106,57 @@ async def test_an_open_cancelled_midway_leaves_no_stream_behind(hosts) -> None:
         await asyncio.sleep(0)
         opening.cancel()
     await until(lambda: publisher.open_streams == 0 and node.open_streams == 0)
+
+
+async def test_streams_refused_before_their_task_leave_nothing_on_the_event_loop(hosts) -> None:
+    async def never(stream: FrameStream, first: bytes) -> None:
+        raise AssertionError("no stream here sends a task")
+
+    node = await hosts(never, stream_limits=StreamLimits(first_frame_timeout_s=0.5))
+    publisher = await hosts()
+    refused = [
+        await publisher.open_stream(node.listen_addrs, data, raw=True)
+        for data in (b"", b"\x05ab", b"\xff" * 11, encode_varint(MAX_FRAME_BYTES + 1))
+    ]
+    for stream in refused:
+        assert await stream.receive(5) is not None  # the refusal frame
+    await until(lambda: node.held_streams == 0)
+    assert node.open_streams == 0  # the asyncio side never saw these: it keeps no record of them
+
+
+async def test_a_full_table_cuts_off_its_oldest_silent_stream_for_a_new_one(hosts) -> None:
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def answer(stream: FrameStream, first: bytes) -> None:
+        await got.put(first)
+        await stream.send(b"ok")  # and held open, as for a running task
+
+    node = await hosts(answer, stream_limits=StreamLimits(max_streams=4, max_streams_per_peer=2))
+    attackers = [await hosts(), await hosts()]
+    silent = [await a.open_stream(node.listen_addrs, b"", raw=True) for a in attackers for _ in range(2)]
+    await until(lambda: node.held_streams == 4)
+    honest = await hosts()
+    tasks = []
+    for i in range(2):  # each new task evicts the oldest silent stream, which is told why
+        tasks.append(stream := await honest.open_stream(node.listen_addrs, b"task %d" % i))
+        assert await stream.receive(5) == b"ok"
+        assert await got.get() == b"task %d" % i
+        assert json.loads(await silent[i].receive(5) or b"") == {
+            "taskId": "",
+            "status": "busy",
+            "reason": "too_many_streams",
+        }
+    # A peer over its own limit is still refused, whatever the table holds.
+    extra = await attackers[1].open_stream(node.listen_addrs, b"", raw=True)
+    assert json.loads(await extra.receive(5) or b"")["reason"] == "too_many_streams_from_peer"
+    # Full of streams that sent their tasks and two silent ones: the silent go first, then none is cut.
+    for attacker in attackers:
+        await attacker.stop()
+    await until(lambda: node.held_streams == 2)
+    other = await hosts()  # `honest` is at its own limit of 2
+    tasks.append(await other.open_stream(node.listen_addrs, b"task 2"))
+    tasks.append(await other.open_stream(node.listen_addrs, b"task 3"))
+    assert [await task.receive(5) for task in tasks[2:]] == [b"ok", b"ok"]
+    late = await (await hosts()).open_stream(node.listen_addrs, b"task 4")
+    assert json.loads(await late.receive(5) or b"")["reason"] == "too_many_streams"
+    assert [task.ended for task in tasks] == [False] * 4  # no running task's stream was cut
