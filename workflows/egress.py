@@ -22,12 +22,15 @@ import ipaddress
 import socket
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import IPAddress, ToolSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -156,6 +159,9 @@ async def fetch(
 ) -> HttpResponse:
     """One HTTP exchange under the egress policy. `trusted` skips the address
     check for the first hop only (an endpoint the operator configured)."""
+    # httpx loads with a workflow's first HTTP tool call: most execution processes never make one.
+    import httpx
+
     policy = EgressPolicy(settings)
     try:
         async with asyncio.timeout(settings.http_timeout_s):
@@ -174,6 +180,8 @@ async def fetch(
 async def _exchange(
     policy: EgressPolicy, method: str, url: httpx.URL, headers: dict[str, str], json_body: object, trusted: bool
 ) -> HttpResponse:
+    import httpx  # loaded by fetch() already: a lookup
+
     settings = policy.settings
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=settings.http_timeout_s) as client:
         for hop in range(settings.max_redirects + 1):

@@ -33,9 +33,9 @@ def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
 
 
 # What the execution process imports before its first task, and what it loads only on use: the model
-# download (a file in models_dir or a package is found without it) and llguidance (the first
-# constrained request).
-EXEC_KEPT_OUT = ("huggingface_hub", "llguidance", "fastapi", "starlette", "libp2p", "trio")
+# download (a file in models_dir or a package is found without it), llguidance (the first
+# constrained request) and httpx (a remote engine's endpoint or a workflow's first HTTP tool call).
+EXEC_KEPT_OUT = ("huggingface_hub", "llguidance", "fastapi", "starlette", "libp2p", "trio", "httpx")
 
 
 def test_the_execution_process_imports_only_what_serving_a_model_needs() -> None:
