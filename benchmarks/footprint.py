@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable
 
 from benchmarks.options import BenchOptions, Publisher
-from benchmarks.peers import node_process, rss_bytes, tree_rss_bytes
+from benchmarks.peers import node_process, pss_bytes, rss_bytes, tree_pss_bytes, tree_rss_bytes
 from benchmarks.raw_worker import RawWorker
 from benchmarks.report import Row, Section
 from benchmarks.stats import alternate, paired_ratio, summarize
@@ -101,9 +101,11 @@ async def run(options: BenchOptions) -> Section:
     path = model_path()
     slots = node_slots(options.node_args)
     samples: dict[str, dict[str, list[float]]] = {
-        side: {"startup": [], "idle": [], "busy": [], "uncached": []} for side in ("node", "raw")
+        side: {"startup": [], "idle": [], "busy": [], "uncached": [], "idle_pss": []} for side in ("node", "raw")
     }
-    parts: dict[str, list[float]] = {"idle_daemon": [], "idle_exec": [], "busy_daemon": [], "busy_exec": []}
+    parts: dict[str, list[float]] = {
+        key: [] for key in ("idle_daemon", "idle_exec", "busy_daemon", "busy_exec", "pss_daemon", "pss_exec")
+    }
     cache: list[bytes | None] = []  # the first start's benchmarks.json, for every later start
 
     async def first_start(_: int) -> None:  # uncached: measures its model's tokens/s before READY
@@ -124,6 +126,10 @@ async def run(options: BenchOptions) -> Section:
                 samples["node"]["idle"].append((own + children) / MIB)
                 parts["idle_daemon"].append(own / MIB)
                 parts["idle_exec"].append(children / MIB)
+                own, children = tree_pss_bytes(node.pid)
+                samples["node"]["idle_pss"].append((own + children) / MIB)
+                parts["pss_daemon"].append(own / MIB)
+                parts["pss_exec"].append(children / MIB)
                 total, own, children = await _peak_tree_rss_while(
                     node.pid, publisher.run(simple_workflow(story_prompt(i)))
                 )
@@ -136,6 +142,7 @@ async def run(options: BenchOptions) -> Section:
             samples["raw"]["startup"].append(raw.startup_seconds)
             await asyncio.sleep(IDLE_SETTLE_S)
             samples["raw"]["idle"].append(rss_bytes(raw.pid) / MIB)
+            samples["raw"]["idle_pss"].append(pss_bytes(raw.pid) / MIB)
             peak = await _peak_rss_while(raw.pid, asyncio.to_thread(raw.complete, story_prompt(i), 128))
             samples["raw"]["busy"].append(peak / MIB)
 
@@ -148,6 +155,7 @@ async def run(options: BenchOptions) -> Section:
         ("uncached", "startup: spawn -> READY, first start (measures tokens/s before READY)", "s"),
         ("idle", "RSS idle (daemon + execution processes)", "MiB"),
         ("busy", "RSS running a 128-token task (peak, daemon + execution processes)", "MiB"),
+        ("idle_pss", "PSS idle, extra information (shared pages counted once; the goal is RSS)", "MiB"),
     ):
         rows.append(
             Row(
@@ -163,6 +171,8 @@ async def run(options: BenchOptions) -> Section:
         ("idle_exec", "RSS idle: execution process"),
         ("busy_daemon", "RSS running a task (peak): daemon alone"),
         ("busy_exec", "RSS running a task (peak): execution process"),
+        ("pss_daemon", "PSS idle: daemon alone"),
+        ("pss_exec", "PSS idle: execution process"),
     ):
         rows.append(Row(metric=metric, node=summarize(parts[key], "MiB", what=what)))
     return Section(
@@ -178,7 +188,11 @@ async def run(options: BenchOptions) -> Section:
                 f"n_ctx {N_CTX} x {slots} slots; the plain script one context of {N_CTX * slots} tokens (the same KV "
                 f"cache); {options.threads} thread(s); RSS from /proc/<pid>/status VmRSS, idle measured "
                 f"{IDLE_SETTLE_S:g} s after READY with a publisher connected. The node's RSS is its daemon plus "
-                "its execution process (one model); peaks are sampled together every 20 ms."
+                "its execution process (one model); peaks are sampled together every 20 ms. PSS (Pss in "
+                "/proc/<pid>/smaps_rollup, read once at idle) counts a page shared by n processes as 1/n in each: "
+                "the daemon and its execution process map the same interpreter, libcrypto, pydantic-core and "
+                "other libraries, which RSS counts in both; PSS is reported beside RSS as information, the "
+                "done-when is RSS."
             ),
             STARTUP_PROFILE,
             MEMORY_PROFILE,
