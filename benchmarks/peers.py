@@ -246,6 +246,27 @@ def tree_rss_bytes(pid: int) -> tuple[int, int]:
     return own, children
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of a process now (/proc/<pid>/smaps_rollup): a page it shares with n
+    processes counts 1/n, so the PSS of processes sharing pages adds up to what they hold together."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise BenchmarkError(f"/proc/{pid}/smaps_rollup has no Pss")
+
+
+def tree_pss_bytes(pid: int) -> tuple[int, int]:
+    """(PSS of `pid`, summed PSS of its children) now."""
+    own = pss_bytes(pid)
+    children = 0
+    for child in child_pids(pid):
+        try:
+            children += pss_bytes(child)
+        except (OSError, BenchmarkError):
+            continue
+    return own, children
+
+
 def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{key}:"):

@@ -26,14 +26,16 @@ import json
 import os
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 
 from models.registry import ModelSpec
 from models.requests import ModelError, ModelLoadError
+
+if TYPE_CHECKING:
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +102,9 @@ class Endpoint:
                 hint="use https:// unless the network between node and engine is private",
             )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # httpx loads with the first endpoint: an execution process serving a local model never needs it.
+        import httpx
+
         self._client = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers=headers,
@@ -151,6 +156,8 @@ class Endpoint:
         self, path: str, payload: dict[str, Any], deadline: float | None
     ) -> tuple[dict[str, Any] | str, float | None]:
         """The JSON answer, or (a transient problem's description, Retry-After seconds)."""
+        import httpx  # loaded by __init__ already: a lookup
+
         seconds = self.request_timeout
         if deadline is not None:
             seconds = max(0.0, min(seconds, deadline - time.monotonic()))
@@ -189,6 +196,8 @@ class Endpoint:
     async def get_json(self, path: str, timeout: float = HEALTH_TIMEOUT) -> Any:
         """GET `path` once (no retries), all of it within `timeout` s and `max_response_bytes`;
         raises EngineUnavailableError on any failure (EngineResponseTooLargeError past the cap)."""
+        import httpx  # loaded by __init__ already: a lookup
+
         try:
             async with asyncio.timeout(timeout):
                 status, body, _ = await self._exchange("GET", path, timeout=timeout)

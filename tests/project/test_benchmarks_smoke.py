@@ -4,12 +4,17 @@ as `python -m benchmarks`. Nothing timed is asserted beyond being measured (> 0)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.__main__ import BENCHMARKS, build_parser, default_names, opt_in_names
 from benchmarks.echo_peer import EchoClient, echo_process
+from benchmarks.peers import pss_bytes, rss_bytes, tree_pss_bytes
 from benchmarks.report import KEPT_MARKER, Row, Section, render_results, render_table, write_results
 from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
 
@@ -40,6 +45,22 @@ async def test_bare_round_trip_is_measured_and_lands_in_the_table() -> None:
     assert "**FAILED**" in table and "did not become READY" in table
     results = render_results(sections, {"cpu": "test"}, "python -m benchmarks --quick", 1.0)
     assert "## Machine" in results and "- cpu: test" in results
+
+
+def test_pss_counts_the_pages_a_child_shares_with_its_parent_in_part() -> None:
+    # A child interpreter maps the same python binary and libc as this one: RSS counts those pages
+    # whole in each process, PSS splits them, so the child's PSS is below its RSS.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        while rss_bytes(child.pid) < 4 * 1024 * 1024:  # wait until its interpreter has started
+            time.sleep(0.01)
+        assert 0 < pss_bytes(child.pid) < rss_bytes(child.pid)
+        own, children = tree_pss_bytes(os.getpid())
+        assert own > 0 and children >= pss_bytes(child.pid) // 2
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
 
 
 def test_summaries_refuse_numbers_that_were_not_measured() -> None:
