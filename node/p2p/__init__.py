@@ -11,4 +11,5 @@ frames.py          the direct-delivery frame codec: varint length + bytes (Frame
 streams.py         StreamTable: the Trio side of direct-delivery streams and their limits (StreamLimits)
 frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
+steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent
 """
