@@ -6,13 +6,16 @@ runs for a fixed time; node windows alternate with windows of the bare gossipsub
 echo at the same K. CPU per message is the process's user+system CPU over the
 window divided by the gossip messages it handled (each task or ping is one
 received and one published message). The echo peer is nothing but the P2P layer,
-so its number is the P2P layer's cost; the node's adds everything else.
+so its number is the P2P layer's cost; the node's adds everything else. The P2P (Trio)
+threads are also compared alone, per round trip: the node's against the echo peer's, and this
+process's (the publisher's) against the echo client's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -41,6 +44,8 @@ class Window(BaseModel):
     publisher_cpu: float
     # The peer's CPU seconds by where they ran: main thread (event loop), other threads, execution processes.
     peer_split: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # CPU seconds of this process's own P2P host thread (the publisher's or the echo client's Trio thread).
+    publisher_p2p_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -50,8 +55,37 @@ class Window(BaseModel):
         return self.peer_cpu / (2 * self.done) if self.done else 0.0
 
 
-async def _window(in_flight: int, seconds: float, peer: PeerProcess, one: Callable[[], Awaitable[bool]]) -> Window:
-    """Keep `in_flight` calls of `one` running for `seconds`; count successes (True) and refusals."""
+def p2p_threads() -> dict[str, int]:
+    """This process's P2P host threads (node.p2p.host.P2PHost runs Trio in `p2p-trio-<peer id>`): name -> ident."""
+    return {t.name: t.ident for t in threading.enumerate() if t.name.startswith("p2p-trio-") and t.ident is not None}
+
+
+def thread_cpu_seconds(ident: int | None) -> float:
+    """CPU seconds so far of the thread `ident` of this process (0.0 for None or a thread that ended)."""
+    if ident is None:
+        return 0.0
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, ProcessLookupError):
+        return 0.0
+
+
+def _new_p2p_thread(before: dict[str, int]) -> int | None:
+    """The P2P host thread started since `before` was taken (None if not exactly one)."""
+    new = [ident for name, ident in p2p_threads().items() if name not in before]
+    return new[0] if len(new) == 1 else None
+
+
+async def _window(
+    in_flight: int,
+    seconds: float,
+    peer: PeerProcess,
+    one: Callable[[], Awaitable[bool]],
+    own_p2p_thread: int | None = None,
+) -> Window:
+    """Keep `in_flight` calls of `one` running for `seconds`; count successes (True) and refusals.
+
+    `own_p2p_thread`: the ident of this process's P2P host thread that `one` goes through."""
     done = refused = 0
     deadline = time.perf_counter() + seconds
 
@@ -64,11 +98,12 @@ async def _window(in_flight: int, seconds: float, peer: PeerProcess, one: Callab
                 refused += 1
 
     cpu0, own0, started = peer.cpu_seconds(), time.process_time(), time.perf_counter()
-    split0 = peer.cpu_split()
+    split0, p2p0 = peer.cpu_split(), thread_cpu_seconds(own_p2p_thread)
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - started
-    split1 = peer.cpu_split()
+    split1, p2p1 = peer.cpu_split(), thread_cpu_seconds(own_p2p_thread)
     return Window(
+        publisher_p2p_cpu=p2p1 - p2p0,
         peer_split=(split1[0] - split0[0], split1[1] - split0[1], split1[2] - split0[2]),
         done=done,
         refused=refused,
@@ -91,27 +126,32 @@ async def run(options: BenchOptions) -> Section:
         ) as node,
         echo_process() as echo,
     ):
-        async with Publisher(node) as publisher, EchoClient(echo.multiaddr) as pinger:
+        before = p2p_threads()
+        async with Publisher(node) as publisher:
+            publisher_thread = _new_p2p_thread(before)
+            before = p2p_threads()
+            async with EchoClient(echo.multiaddr) as pinger:
+                client_thread = _new_p2p_thread(before)
 
-            async def one_task() -> bool:
-                try:
-                    await publisher.run(workflow, timeout=60)
-                except TaskFailedError as exc:
-                    if "busy" in exc.reason:
-                        return False
-                    raise
-                return True
+                async def one_task() -> bool:
+                    try:
+                        await publisher.run(workflow, timeout=60)
+                    except TaskFailedError as exc:
+                        if "busy" in exc.reason:
+                            return False
+                        raise
+                    return True
 
-            async def one_ping() -> bool:
-                await pinger.round_trip(timeout=60)
-                return True
+                async def one_ping() -> bool:
+                    await pinger.round_trip(timeout=60)
+                    return True
 
-            await _window(2, 0.5, node, one_task)  # warm-up
-            await _window(2, 0.5, echo, one_ping)
-            for _ in range(rounds):
-                for k in levels:
-                    node_windows[k].append(await _window(k, seconds, node, one_task))
-                    echo_windows[k].append(await _window(k, seconds, echo, one_ping))
+                await _window(2, 0.5, node, one_task)  # warm-up
+                await _window(2, 0.5, echo, one_ping)
+                for _ in range(rounds):
+                    for k in levels:
+                        node_windows[k].append(await _window(k, seconds, node, one_task, publisher_thread))
+                        echo_windows[k].append(await _window(k, seconds, echo, one_ping, client_thread))
     return _section(options, levels, rounds, seconds, node_windows, echo_windows)
 
 
@@ -173,9 +213,35 @@ def _section(
                 f"(intake, journal, runner, ECIES, signing, logs), other threads {threads_ms:.2f} ms (the P2P "
                 f"host's Trio thread: gossip, the validator's decode), execution process {exec_ms:.2f} ms."
             ),
+            p2p_thread_note(all_node, all_echo),
             (
                 f"the publisher (this process: client, signing, decryption) used up to {publisher_share:.0%} of one "
                 "core; on a 2-core machine publisher and node share the CPU, so the rate is a lower bound for the node."
             ),
         ],
     )
+
+
+def p2p_thread_note(node_windows: list[Window], echo_windows: list[Window]) -> str:
+    """The P2P (Trio) threads per round trip, node against echo peer and publisher against echo client.
+
+    Windows are paired in the order they ran (node and echo alternate). A peer's P2P thread is its
+    "other threads" (the echo peer has no other busy thread; the node's Trio thread is most of them).
+    """
+    what = "throughput"
+    node_p2p = [w.peer_split[1] / w.done * 1000 for w in node_windows]
+    echo_p2p = [w.peer_split[1] / w.done * 1000 for w in echo_windows]
+    ratio = paired_ratio(node_p2p, echo_p2p, what=what)
+    text = (
+        f"P2P (Trio) thread CPU per round trip, median over windows: node {statistics.median(node_p2p):.2f} ms, "
+        f"echo peer {statistics.median(echo_p2p):.2f} ms (paired ratio {ratio.text()})"
+    )
+    publisher_p2p = [w.publisher_p2p_cpu / w.done * 1000 for w in node_windows]
+    client_p2p = [w.publisher_p2p_cpu / w.done * 1000 for w in echo_windows]
+    if all(publisher_p2p) and all(client_p2p):
+        ratio = paired_ratio(publisher_p2p, client_p2p, what=what)
+        text += (
+            f"; publisher {statistics.median(publisher_p2p):.2f} ms, echo client "
+            f"{statistics.median(client_p2p):.2f} ms (paired ratio {ratio.text()})"
+        )
+    return text + "."

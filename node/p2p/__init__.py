@@ -13,4 +13,5 @@ streams.py         StreamTable: the Trio side of direct-delivery streams and the
 frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id
 connection_trim.py ConnectionTrimmer: closes idle inbound connections past a budget (ConnectionBudget), oldest first
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
+steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent
 """

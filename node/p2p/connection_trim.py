@@ -89,7 +89,7 @@ class ConnectionTrimmer:
             (
                 PeerConnection(
                     name,
-                    inbound=all(conn.direction == Direction.INBOUND for conn in connections[peer]),
+                    inbound=all(_direction(conn) == Direction.INBOUND for conn in connections[peer]),
                     first_seen=self._first_seen[peer],
                     protected=self._protected(peer),
                 )
@@ -108,3 +108,9 @@ class ConnectionTrimmer:
             self.trimmed += len(chosen)
             log.info("idle connections trimmed", peers=len(chosen), connected=len(connections) - len(chosen))
         return len(chosen)
+
+
+def _direction(conn: object) -> Direction:
+    """A swarm connection's direction (the INetConn interface does not declare it; SwarmConn has it)."""
+    direction = getattr(conn, "direction", Direction.UNKNOWN)
+    return direction if isinstance(direction, Direction) else Direction.UNKNOWN

@@ -23,6 +23,7 @@ from libp2p.abc import IHost
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -37,6 +38,7 @@ from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
+from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
 from node.wire.topics import DIRECT_PROTOCOL, MAX_MESSAGE_BYTES
@@ -191,6 +193,8 @@ class P2PService:
             if missing:
                 raise P2PServiceError(f"cannot listen on {', '.join(missing)}")
             self.listen_addrs = [str(a) for a in host.get_addrs()]
+            if isinstance(host, BasicHost):
+                keep_addrs_steady(host)  # listening now; py-libp2p asks for them on every pubsub RPC it sends
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(gossip.housekeeping)

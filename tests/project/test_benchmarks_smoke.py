@@ -17,6 +17,9 @@ from benchmarks.echo_peer import EchoClient, echo_process
 from benchmarks.peers import pss_bytes, rss_bytes, tree_pss_bytes
 from benchmarks.report import KEPT_MARKER, Row, Section, render_results, render_table, write_results
 from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
+from benchmarks.throughput import Window, p2p_thread_note, p2p_threads, thread_cpu_seconds
+from node.p2p.host import P2PHost
+from node.wire.identity import Identity
 
 
 @pytest.mark.slow
@@ -115,3 +118,38 @@ def test_rewriting_results_keeps_the_part_after_the_marker(tmp_path: Path) -> No
     fresh = tmp_path / "fresh.md"
     write_results("# only this\n", fresh)
     assert fresh.read_text() == "# only this\n"
+
+
+def test_p2p_thread_note_pairs_node_and_echo_windows() -> None:
+    def window(done: int, p2p_s: float, own_p2p_s: float) -> Window:
+        return Window(
+            done=done,
+            refused=0,
+            seconds=1.0,
+            peer_cpu=1.0,
+            publisher_cpu=1.0,
+            peer_split=(0.1, p2p_s, 0.0),
+            publisher_p2p_cpu=own_p2p_s,
+        )
+
+    node = [window(100, 0.3, 0.4), window(200, 0.8, 0.6)]  # 3.00 and 4.00 ms; publisher 4.00 and 3.00
+    echo = [window(100, 0.2, 0.2), window(400, 0.8, 1.2)]  # 2.00 and 2.00 ms; client 2.00 and 3.00
+    note = p2p_thread_note(node, echo)
+    assert "node 3.50 ms, echo peer 2.00 ms (paired ratio 1.75 (1.50-2.00) x)" in note
+    assert "publisher 3.50 ms, echo client 2.50 ms (paired ratio 1.50 (1.00-2.00) x)" in note
+
+
+@pytest.mark.slow
+async def test_the_p2p_host_thread_of_this_process_is_found_and_its_cpu_counted() -> None:
+    before = p2p_threads()
+    host = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])
+    await host.start()
+    try:
+        ident = p2p_threads().get(host.thread_name)
+        assert ident is not None and host.thread_name not in before
+        cpu = thread_cpu_seconds(ident)
+        await host.subscribe("bench-cpu")  # work on the Trio thread
+        assert thread_cpu_seconds(ident) >= cpu > 0
+    finally:
+        await host.stop()
+    assert thread_cpu_seconds(None) == 0.0

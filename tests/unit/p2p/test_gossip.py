@@ -8,6 +8,7 @@ import pytest
 
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import NoMeshPeersError
+from node.p2p.steady_addrs import SteadyAddrs
 from node.wire.envelope import MAX_AGE_NS, MAX_SKEW_NS
 from node.wire.topics import SEEN_WINDOW_S
 from tests.support.p2p_hosts import (
@@ -126,3 +127,18 @@ async def test_a_peer_dialled_only_for_streams_is_no_gossip_peer_of_a_publisher(
     assert (await publisher.mesh_sizes()).get(TOPIC) == 1  # ...but it gossips only with the relay
     assert (await node.mesh_sizes()).get(TOPIC) == 1
     await stream.close()
+
+
+async def test_signed_peer_records_still_travel_with_rpcs_while_the_addresses_are_kept_steady(
+    make_host: HostFactory,
+) -> None:
+    a, b, _, qb = await pair(make_host)
+    a_host = a._service._host  # type: ignore[attr-defined]
+    assert isinstance(a_host.get_addrs, SteadyAddrs)
+    assert [str(addr) for addr in a_host.get_addrs()] == a.listen_addrs
+    await a.publish(TOPIC, b"with a record")
+    assert (await receive(qb)).data == b"with a record"
+    # b checked the record a sent (its signature and signer) and keeps a's certified addresses.
+    envelope = b._service._host.get_peerstore().get_peer_record(a_host.get_id())  # type: ignore[attr-defined]
+    assert envelope is not None
+    assert [str(addr) for addr in envelope.record().addrs] == a.listen_addrs
