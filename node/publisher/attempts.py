@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta
+from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta
 from node.publisher.errors import TaskFailedError, TaskTimeoutError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
@@ -148,6 +148,8 @@ class AttemptLoop:
         except DeclinedError as exc:
             log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             hooks.reputation.record_busy(node.address)
+            if isinstance(exc, NotDialableError) and hooks.nodes.choose(self.task.models, exclude=self.tried) is None:
+                self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.
             self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
             return False

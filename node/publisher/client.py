@@ -4,7 +4,8 @@ Delivery (`Client(delivery=...)`): "direct" (the default, protocol 0.4) sends ea
 on a stream to the node chosen from heartbeats and learns at once whether it took it
 (busy, ignored or a broken stream: the next node is tried at once; an answer late
 past `answer_timeout` is still awaited, as the node may have taken the task); a node
-without `addrs`, or one that cannot be dialled, gets the task on gossip. "gossip" is
+without `addrs` gets the task on gossip; one that cannot be dialled is replaced at once (a
+killed node looks live until its heartbeat ages out) and gets its tasks on gossip for a minute. "gossip" is
 protocol 0.3: every task on the `task` topic. Either way a result is accepted once,
 from the stream or from gossip, after the same checks.
 

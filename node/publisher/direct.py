@@ -9,7 +9,8 @@ the next node). So an answer late past `answer_timeout` is still awaited on the 
 stream, bounded by the caller's attempt timeout: accepted goes on as usual, any other
 answer (or the stream's end) sets `lost` with `declined` saying why. A stream not
 opened within `answer_timeout` may also have carried the task: it goes on gossip
-(UndialableError), which reaches the node either way and runs once. An accepted
+(UndialableError, `may_have_task`), which reaches the node either way and runs once. A node
+that could not be dialled at all never saw it: the caller gives the task to another node. An accepted
 delivery then reads the stream in the background: progress frames go to `on_delta`
 (and are kept, to check the result against), the result envelope goes to `on_result` (the same verification as a gossip
 result), and a stream that ends without a result sets `lost`.
@@ -45,7 +46,18 @@ class DeclinedError(Exception):
 
 
 class UndialableError(Exception):
-    """The node could not be dialled or does not speak the protocol: use gossip for it."""
+    """No stream to the node: it could not be dialled or does not speak the protocol
+    (`may_have_task` False: it never saw the task), or its stream did not open in time
+    (`may_have_task` True: it may have read the task all the same)."""
+
+    def __init__(self, message: str, may_have_task: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_task = may_have_task
+
+
+class NotDialableError(DeclinedError):
+    """A node could not be dialled for this task: another node gets it at once, and this one,
+    if chosen again soon, gets its tasks on gossip (see TaskSender)."""
 
 
 class DirectDelivery:
@@ -138,7 +150,9 @@ async def deliver(
     except StreamTimeoutError as exc:
         # Slow under a burst, the node may have read the task all the same: the same task on gossip
         # reaches it either way, and its journal runs a task id once (the copy is a duplicate).
-        raise UndialableError(f"the stream did not open in time ({exc}); the node may have the task") from None
+        raise UndialableError(
+            f"the stream did not open in time ({exc}); the node may have the task", may_have_task=True
+        ) from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:

@@ -9,6 +9,7 @@ whether it took it; a node without `addrs`, or one that cannot be dialled, gets 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -17,7 +18,7 @@ import structlog
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt
-from node.publisher.direct import DeclinedError, DirectDelivery, OnDelta, UndialableError, deliver
+from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta, UndialableError, deliver
 from node.publisher.errors import ClientError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode
@@ -29,6 +30,9 @@ from node.wire.messages import TaskBody, encode_body
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+UNDIALABLE_FOR_S = 60.0  # a node that could not be dialled gets its tasks on gossip this long
+MAX_UNDIALABLE = 4096
 
 Delivery = Literal["direct", "gossip"]
 OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
@@ -54,20 +58,39 @@ class TaskSender:
         self._delivery = delivery
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
+        self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
 
     def body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
         """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
         return task_body(task, timeout, self._identity.public_key_compressed.hex(), stream=stream, proof=proof)
 
+    def undialable(self, address: str) -> bool:
+        """Whether a dial of `address` failed less than UNDIALABLE_FOR_S ago."""
+        until = self._undialable.get(address)
+        return until is not None and until > time.monotonic()
+
+    def _mark_undialable(self, address: str) -> None:
+        now = time.monotonic()
+        if len(self._undialable) >= MAX_UNDIALABLE:
+            self._undialable = {a: t for a, t in self._undialable.items() if t > now}
+            while len(self._undialable) >= MAX_UNDIALABLE:  # all current: the oldest mark goes
+                del self._undialable[min(self._undialable, key=self._undialable.__getitem__)]
+        self._undialable[address] = now + UNDIALABLE_FOR_S
+
     async def send(
         self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False
     ) -> Attempt:
-        """Send the task to `node`: on a stream when it offers one (else, or when it cannot be dialled, on gossip).
+        """Send the task to `node`: on a stream when it offers one, else on gossip.
+
+        A node whose dial fails may be dead (a killed node's heartbeat stays live for up to its
+        ttl) or behind a NAT it did not tell of: this task goes to another node at once
+        (NotDialableError), and for UNDIALABLE_FOR_S the node gets its tasks on gossip, which
+        reaches it either way.
 
         DeclinedError: the node answered but did not take it (or did not answer in time).
         ClientError: it could not be published.
         """
-        direct = self._delivery == "direct" and bool(node.addrs)
+        direct = self._delivery == "direct" and bool(node.addrs) and not self.undialable(node.address)
         body = self.body(
             task.model_copy(update={"nodes": [node.address]}),
             remaining,
@@ -80,9 +103,19 @@ class TaskSender:
             try:
                 delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
             except UndialableError as exc:
-                log.info(
-                    "node not dialable; sending on gossip", task_id=body.task_id, node=node.address, error=str(exc)
-                )
+                if not exc.may_have_task:
+                    self._inbox.forget(body.task_id)
+                    self._mark_undialable(node.address)
+                    log.info(
+                        "node not dialable; its tasks go on gossip",
+                        task_id=body.task_id,
+                        node=node.address,
+                        error=str(exc),
+                    )
+                    raise NotDialableError(body.task_id, f"not dialable: {exc}") from None
+                # Its stream did not open in time, but it may have read the task: the same task id
+                # on gossip reaches it either way and runs once.
+                log.info("stream not open in time; sending on gossip", task_id=body.task_id, node=node.address)
             except DeclinedError:
                 self._inbox.forget(body.task_id)
                 raise

@@ -202,7 +202,7 @@ async def test_hostile_streams_are_refused_and_the_node_keeps_serving(net: Net) 
     assert result.node == node.running.identity.address and result.text.strip()
 
 
-async def test_nodes_without_addrs_or_not_dialable_get_the_task_on_gossip(tmp_path) -> None:
+async def test_nodes_without_addrs_get_tasks_on_gossip_and_an_undialable_one_is_replaced_at_once(tmp_path) -> None:
     async with AsyncExitStack() as stack:
         plain = await stack.enter_async_context(running_node(node_settings(tmp_path / "plain", direct=False)))
         unreachable = await stack.enter_async_context(
@@ -218,14 +218,25 @@ async def test_nodes_without_addrs_or_not_dialable_get_the_task_on_gossip(tmp_pa
         assert addrs[unreachable.running.identity.address] == (
             f"/ip4/127.0.0.1/tcp/9/p2p/{unreachable.running.host.peer_id}",
         )
-        for node in (plain, unreachable):
-            prefer.first = node.running.identity.address
+        far = unreachable.running.identity.address
+        # (preferred node, node expected to answer, whether a dial of `far` is refused on the way)
+        for preferred, answers, refused in (
+            (plain, plain, False),
+            # The first dial of the unreachable node fails: the task goes to the other node at once
+            # (a killed node looks the same until its heartbeat ages out), not to a 10 s timeout...
+            (unreachable, plain, True),
+            # ...and for a minute the unreachable node gets its tasks on gossip, without a dial.
+            (unreachable, unreachable, False),
+        ):
+            prefer.first = preferred.running.identity.address
             with structlog.testing.capture_logs() as logs:
                 result = await client.execute(small_task(), timeout=60)
-            assert result.node == node.running.identity.address
+            assert result.node == answers.running.identity.address
             events = events_of(logs, result.task_id)
             assert "task published" in events and "task sent on a stream" not in events
-            assert ("node not dialable; sending on gossip" in events) == (node is unreachable)
+            dial_failures = [e.get("node") for e in logs if e["event"] == "node not dialable; its tasks go on gossip"]
+            assert dial_failures == ([far] if refused else [])
+        assert client._sender is not None and client._sender.undialable(far)
 
 
 async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path) -> None:
