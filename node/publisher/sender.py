@@ -1,8 +1,8 @@
 """TaskSender: a started publisher's way out, one signed task to one node (on a stream or on gossip).
 
 Direct delivery (protocol 0.4) sends the task on a stream to the chosen node and learns at once
-whether it took it; a node without `addrs`, or one that cannot be dialled, gets it on gossip
-(protocol 0.3, the only way with `delivery="gossip"`). Each task sent is awaited in the
+whether it took it; a node without `addrs`, or one whose dial was refused in the last minute,
+gets it on gossip (protocol 0.3, the only way with `delivery="gossip"`). Each task sent is awaited in the
 `ResultInbox` before it leaves, so a result that arrives at once is not missed.
 """
 
