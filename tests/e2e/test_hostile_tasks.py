@@ -1,11 +1,7 @@
-"""Hostile variants at one live node with default settings (no publisher allow-list): direct-delivery
-streams that misbehave after (or instead of) their task, many peer ids at once, tasks whose JSON is
-odd, a Sybil flood of valid tasks from many keys, and a peer sending heartbeats and results to the node.
-After each attack an honest publisher's task is still accepted and answered, and the node's streams,
-routes and memory are back within bounds. (The simpler stream attacks, oversize and bad lengths, a
-silent stream, the per-peer limit, are in test_direct_delivery.py; the gossip corpus in test_hostile.py.)
-Last, more idle connections from fresh peer ids than py-libp2p holds: the node trims them.
-"""
+"""Hostile tasks and peers at one live node with default settings (no publisher allow-list): odd JSON, a
+workflow of thousands of tiny steps, a Sybil flood of valid tasks from many keys, heartbeats and results
+sent to the node, and more idle connections from fresh peer ids than py-libp2p holds. After each an
+honest publisher's task is still served. (The gossip corpus is in test_hostile.py.)"""
 
 from __future__ import annotations
 
@@ -14,269 +10,50 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import structlog
 
-from node.daemon.server import NodeServer
 from node.p2p.connection_trim import ConnectionBudget
 from node.p2p.frame_stream import FrameStream
-from node.p2p.frames import encode_frame, encode_varint
+from node.p2p.frames import encode_frame
 from node.p2p.host import P2PError, P2PHost
-from node.p2p.streams import StreamLimits
-from node.wire.direct import decode_answer, frame_kind
 from node.wire.ecies import decrypt
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
-from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.cluster import dialable
 from tests.support.connection_flood import connection_flood
-from tests.support.live_hostile import connected_peer, rss_bytes
+from tests.support.hostile_scene import (
+    ATTACKER_LIMITS,
+    FLOOD_PEERS,
+    LIBP2P_MAX_CONNECTIONS,
+    MODEL,
+    RECIPIENT,
+    RESULT_WAIT_S,
+    Scene,
+    answer,
+    attacker,
+    honest_task_is_served,
+    hostile_scene,
+    logged,
+    task_envelope,
+    wait_for,
+)
+from tests.support.live_hostile import connected_peer
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-MODEL = "smollm2:135m"
-STREAMS_MAX = 24  # the node's total stream limit here (default 256): three attacker ids fill it
-STREAMS_PER_PEER = 8
-MAX_RSS_GROWTH_BYTES = 150 * 1024 * 1024
-ANSWER_WAIT_S = 15.0
-RESULT_WAIT_S = 60.0
-RECIPIENT = Identity.generate()
-LIBP2P_MAX_CONNECTIONS = 300
-FLOOD_PEERS = 320  # past py-libp2p's 300 live connections and its 250 inbound slots
-CRASH_EVENTS = {"validator failed", "task crashed", "direct task intake failed", "inbound stream handler failed"}
-ATTACKER_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
-
-
-@dataclass
-class Scene:
-    node: NodeServer
-    honest: P2PHost
-    identity: Identity
-    logs: list[MutableMapping[str, Any]]
-    rss_start: int
-
-    @property
-    def addr(self) -> list[str]:
-        return [dialable(self.node)]
-
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    settings = node_settings(
-        tmp_path_factory.mktemp("node"),
-        n_ctx=512,
-        max_concurrent=1,
-        max_queue=4,
-        direct_streams_max=STREAMS_MAX,
-        direct_streams_per_peer=STREAMS_PER_PEER,
-        reject_log_window=0,
-    )
-    with structlog.testing.capture_logs() as logs:
-        async with AsyncExitStack() as stack:
-            node = await stack.enter_async_context(running_node(settings))
-            identity = Identity.generate()
-            honest = P2PHost(identity.secret, ["/ip4/127.0.0.1/tcp/0"], stream_limits=ATTACKER_LIMITS)
-            await honest.start()
-            stack.push_async_callback(honest.stop)
-            yield Scene(node, honest, identity, logs, rss_bytes())
-    crashes = [e for e in logs if e.get("log_level") in ("error", "critical") or e["event"] in CRASH_EVENTS]
-    assert crashes == [], crashes[:5]
-
-
-def task_envelope(identity: Identity, *, prompt: str = "Say OK.", max_tokens: int = 8, **fields: Any) -> bytes:
-    body: dict[str, Any] = {
-        "taskId": secrets.token_urlsafe(12),
-        "deadline": time.time_ns() + 90 * 10**9,
-        "input": {"workflow": Simple().workflow(prompt, max_tokens=max_tokens), "model": [MODEL]},
-        "publicKey": identity.public_key_compressed.hex(),
-    }
-    body.update(fields)
-    return seal(identity, TASK_TOPIC, json.dumps(body).encode())
-
-
-def task_id_of(envelope: bytes) -> str:
-    body = decode(TASK_TOPIC, envelope).body
-    return str(body.task_id)  # type: ignore[union-attr]
-
-
-async def answer(stream: FrameStream) -> tuple[str, str]:
-    frame = await stream.receive(ANSWER_WAIT_S)
-    assert frame is not None, "the stream ended without an answer"
-    got = decode_answer(frame)
-    return got.status.value, got.reason
-
-
-async def attacker(scene: Scene) -> P2PHost:
-    host = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"], stream_limits=ATTACKER_LIMITS)
-    await host.start()
-    return host
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        await asyncio.sleep(0.1)
-
-
-async def logged(scene: Scene, since: int, what: str, timeout: float = RESULT_WAIT_S, **match: Any) -> None:
-    def seen() -> bool:
-        return any(all(e.get(k) == v for k, v in match.items()) for e in scene.logs[since:])
-
-    await wait_for(seen, what, timeout)
-
-
-async def honest_task_is_served(scene: Scene) -> None:
-    """An honest publisher's task on a stream: accepted at once, its result on the same stream; then
-    nothing of the attack is left: streams, routes and answering tasks back to none."""
-    envelope = task_envelope(scene.identity)
-    stream = await scene.honest.open_stream(scene.addr, envelope)
-    try:
-        assert await answer(stream) == ("accepted", "")
-        frame = await stream.receive(RESULT_WAIT_S)
-        assert frame is not None and frame_kind(frame) == "envelope"
-        result = decode(RESULTS_TOPIC, frame).body
-        assert isinstance(result, ResultBody) and result.ciphertext is not None
-        assert result.task_id == task_id_of(envelope)
-    finally:
-        await stream.close()
-    running = scene.node.running
-    await wait_for(lambda: running.host.held_streams == 0 and running.host.open_streams == 0, "streams freed")
-    assert len(running.parts.direct._routes) == 0
-    assert rss_bytes() - scene.rss_start < MAX_RSS_GROWTH_BYTES
-
-
-async def test_silent_streams_from_many_peer_ids_do_not_lock_out_an_honest_publisher(scene: Scene) -> None:
-    # Each id stays within its per-peer limit; together they fill the node's total.
-    ids = [await attacker(scene) for _ in range(STREAMS_MAX // STREAMS_PER_PEER)]
-    try:
-        silent = [
-            await host.open_stream(scene.addr, b"" if i % 2 else encode_varint(1000) + b"{", raw=True)
-            for host in ids
-            for i in range(STREAMS_PER_PEER)
-        ]
-        await wait_for(lambda: scene.node.running.host.held_streams == STREAMS_MAX, "the table full")
-        # An honest task still gets in: the oldest silent stream makes room, and is told why.
-        envelope = task_envelope(scene.identity)
-        stream = await scene.honest.open_stream(scene.addr, envelope)
-        assert await answer(stream) == ("accepted", "")
-        assert await answer(silent[0]) == ("busy", "too_many_streams")
-        assert (await stream.receive(RESULT_WAIT_S)) is not None
-        await stream.close()
-    finally:
-        for host in ids:
-            await host.stop()
-    await honest_task_is_served(scene)
-
-
-async def test_a_first_frame_dribbled_a_byte_at_a_time_is_cut_off_at_the_first_frame_timeout(scene: Scene) -> None:
-    host = await attacker(scene)
-    try:
-        stream = await host.open_stream(scene.addr, encode_varint(5000) + b"{", raw=True)
-        started = time.monotonic()
-        status: tuple[str, str] | None = None
-        for _ in range(60):  # one byte (an empty frame) every 0.5 s: the timeout is for the whole frame
-            try:
-                await stream.send(b"")
-            except Exception:  # noqa: BLE001 - the node cut us off
-                break
-            try:
-                status = await answer_soon(stream, 0.5)
-            except TimeoutError:
-                continue
-            break
-        if status is None:
-            status = await answer(stream)
-        assert status == ("rejected", "first_frame_timeout")
-        assert time.monotonic() - started < scene.node.settings.direct_first_frame_timeout + 10
-    finally:
-        await host.stop()
-    await honest_task_is_served(scene)
-
-
-async def answer_soon(stream: FrameStream, timeout: float) -> tuple[str, str]:
-    frame = await stream.receive(timeout)
-    assert frame is not None
-    got = decode_answer(frame)
-    return got.status.value, got.reason
-
-
-async def test_half_closed_after_the_task_the_result_still_comes_on_the_stream(scene: Scene) -> None:
-    host = await attacker(scene)
-    try:
-        envelope = task_envelope(Identity.generate())
-        since = len(scene.logs)
-        stream = await host.open_stream(scene.addr, envelope)
-        assert await answer(stream) == ("accepted", "")
-        await stream.close(graceful=True)  # our FIN: we write no more
-        await logged(
-            scene, since, "result delivered", event="result delivered on its stream", task_id=task_id_of(envelope)
-        )
-    finally:
-        await host.stop()
-    await honest_task_is_served(scene)
-
-
-@pytest.mark.parametrize("how", ["reset", "reset_streaming", "more_frames", "garbage_bytes"])
-async def test_a_stream_broken_after_accepted_sends_its_result_on_gossip(scene: Scene, how: str) -> None:
-    publisher = Identity.generate()
-    host, results = await connected_peer(scene.node, publisher)  # in the results mesh: the result comes there
-    try:
-        envelope = task_envelope(publisher, max_tokens=48, **({"stream": True} if how == "reset_streaming" else {}))
-        task_id = task_id_of(envelope)
-        since = len(scene.logs)
-        stream = await host.open_stream(scene.addr, envelope)
-        assert await answer(stream) == ("accepted", "")
-        if how.startswith("reset"):
-            await stream.close(graceful=False)
-        elif how == "more_frames":
-            await stream.send(envelope)  # the same task again, on the same stream (then it is reset)
-        else:
-            await stream.send(b"\xff\xff\xff garbage")
-        while (
-            body := decode(RESULTS_TOPIC, (await asyncio.wait_for(results.get(), RESULT_WAIT_S)).data).body
-        ).task_id != task_id:
-            pass
-        assert isinstance(body, ResultBody) and body.ciphertext is not None
-        accepted = [e for e in scene.logs[since:] if e["event"] == "task accepted" and e.get("task_id") == task_id]
-        assert len(accepted) == 1
-    finally:
-        await host.stop()
-    await honest_task_is_served(scene)
-
-
-async def test_a_streaming_task_whose_reader_never_reads_costs_the_node_nothing(scene: Scene) -> None:
-    host = await attacker(scene)
-    token = host._token  # the attacker's Trio thread: blocked below, it reads nothing at all
-    assert token is not None
-    try:
-        envelope = task_envelope(Identity.generate(), prompt="Tell a long story.", max_tokens=200, stream=True)
-        since = len(scene.logs)
-        stream = await host.open_stream(scene.addr, envelope)
-        assert await answer(stream) == ("accepted", "")
-        frozen_until = time.monotonic() + 8.0
-        token.run_sync_soon(time.sleep, 8.0)  # no read, no window update, no FIN for 8 s
-        await honest_task_is_served(scene)  # meanwhile, the node serves others
-        task_id = task_id_of(envelope)
-        finished = ("result delivered on its stream", "result published")
-        await wait_for(
-            lambda: any(e["event"] in finished and e.get("task_id") == task_id for e in scene.logs[since:]),
-            "the ignored stream's task finished",
-            RESULT_WAIT_S,
-        )
-        await asyncio.sleep(max(frozen_until - time.monotonic(), 0) + 0.5)  # the attacker's thread wakes up
-    finally:
-        await host.stop()
-    await honest_task_is_served(scene)
+    async with hostile_scene(tmp_path_factory.mktemp("node")) as shared:
+        yield shared
 
 
 # Odd JSON: each is answered on its stream, never crashes the node. (The task ids here are fresh.)
