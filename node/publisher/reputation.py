@@ -38,6 +38,8 @@ from pydantic import BaseModel, Field
 
 log = structlog.get_logger(__name__)
 
+TYPICAL_EXACT_ROWS = 256  # up to this many nodes the median follows every change at once
+
 SCHEMA = "CREATE TABLE IF NOT EXISTS reputation (address TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL)"
 DECAYED = (
     "answered", "errors", "timeouts", "busy", "tokens", "result_seconds", "exec_seconds",
@@ -138,7 +140,9 @@ class Reputation:
         self.settings = settings or ReputationSettings()
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
-        self._typical: float | None = None  # the median measured speed; None when rows changed since
+        self._typical: float | None = None  # the median measured speed (None: not computed yet)
+        self._typical_at = 0.0  # monotonic time it was computed
+        self._typical_dirty = False  # rows changed since
         self._db: sqlite3.Connection | None = None
         try:
             if path is not None:
@@ -306,13 +310,17 @@ class Reputation:
 
         Decay scales a row's tokens and seconds alike, so the ratio, and this cache, hold until a row changes.
         """
-        if self._typical is None:
+        stale = self._typical is None or self._typical_dirty
+        if stale and (len(self._rows) <= TYPICAL_EXACT_ROWS or time.monotonic() - self._typical_at >= 1.0):
+            # A big table (a sort per result would cost milliseconds) refreshes it at most once a second.
+            self._typical_at, self._typical_dirty = time.monotonic(), False
             speeds = [
                 r.tokens / r.result_seconds
                 for r in self._rows.values()
                 if r.answered > 0 and r.result_seconds > 0 and r.verify_failed == 0
             ]
             self._typical = statistics.median(speeds) if speeds else self.settings.prior_tps
+        assert self._typical is not None
         return self._typical
 
     def _measured_tps(self, record: Sums) -> float | None:
@@ -369,11 +377,11 @@ class Reputation:
             unbanned = [r for r in self._rows.values() if r.banned_until <= now] or list(self._rows.values())
             victim = min(unbanned, key=lambda r: r.updated_at).address
             del self._rows[victim]
-            self._typical = None
+            self._typical_dirty = True
             self._write("DELETE FROM reputation WHERE address = ?", (victim,))
 
     def _save(self, record: NodeRecord) -> None:
-        self._typical = None
+        self._typical_dirty = True
         self._write(
             "INSERT OR REPLACE INTO reputation (address, record, updated_at) VALUES (?, ?, ?)",
             (record.address, record.model_dump_json(), record.updated_at),
