@@ -30,14 +30,14 @@ BURST = 64
 TICK_S = 0.001
 
 
-def largest_frame(identity: Identity) -> bytes:
-    """A valid task envelope as near the message limit as a prompt of newlines makes it (slow JSON)."""
+def largest_frame(identity: Identity, model: str = MODEL_NAME) -> bytes:
+    """A valid task envelope for `model` as near the message limit as a prompt of newlines makes it (slow JSON)."""
 
     def sealed(chars: int) -> bytes:
         body = {
             "taskId": secrets.token_urlsafe(12),
             "deadline": time.time_ns() + 600 * 10**9,
-            "input": {"workflow": simple_workflow("\n" * chars, max_tokens=8), "model": [MODEL_NAME]},
+            "input": {"workflow": simple_workflow("\n" * chars, max_tokens=8), "model": [model]},
             "publicKey": identity.public_key_compressed.hex(),
         }
         return seal(identity, TASK_TOPIC, json.dumps(body).encode())
