@@ -11,6 +11,7 @@ ipc          what the daemon <-> execution-process boundary costs per task
 grammar      what a schema (constrained decoding) costs per generated token
 cluster      `python -m benchmarks cluster`: N nodes and P publishers on loopback, faults, cost model
 kv_cache     KV cache types f16/q8_0/q4_0 and flash attention: memory, speed, logprob drift
+direct_decode the event loop's lag while a burst of 256 KiB direct first frames is checked, off it vs on it
 verification honest log-probability spread, catch rates of dishonest nodes, re-scoring cost
              (verification_plot.py draws its distributions in verification.png; verification_replay.py
              measures whether replaying the seeded sampler would close the relabelled-token gap)

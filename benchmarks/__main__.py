@@ -24,6 +24,7 @@ import uvloop
 
 from benchmarks import (
     concurrency,
+    direct_decode,
     footprint,
     generation,
     grammar,
@@ -68,6 +69,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "grammar": Benchmark("9. Constrained decoding", grammar.run, 180),
     "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
     "verification": Benchmark("11. Verification", verification.run, 4800, opt_in=True),
+    "direct_decode": Benchmark("12. Direct frame checks", direct_decode.run, 60),
 }
 
 

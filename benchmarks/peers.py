@@ -71,6 +71,11 @@ def node_process(
         "30",
         "--log-format",
         "json",
+        # every peer of a benchmark dials from 127.0.0.1: one host to the per-IP connection limits
+        "--inbound-connections-per-ip",
+        "100000",
+        "--inbound-connections-per-ip-per-minute",
+        "100000",
         *(extra_args or []),
     ]
     return PeerProcess(args, workdir, identity)

@@ -43,6 +43,14 @@ class Settings(LayeredSettings):
     )
     direct_streams_max: int = Field(default=256, ge=1, description="Direct-delivery streams open at once")
     direct_streams_per_peer: int = Field(default=16, ge=1, description="Direct-delivery streams open per publisher")
+    inbound_connections_per_ip: int = Field(
+        default=8,
+        ge=1,
+        description="Inbound connections open at once from one IP (IPv6: one /56); more are closed before their handshake",
+    )
+    inbound_connections_per_ip_per_minute: int = Field(
+        default=30, ge=1, description="New inbound connections one IP (IPv6: one /56) may open per minute"
+    )
     direct_first_frame_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a new direct-delivery stream has to send its task"
     )

@@ -7,6 +7,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
     intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or answer busy)
     direct.py           DirectIntake: a task on a direct-delivery stream: check, intake, answer at once
+    frame_checks.py     FrameChecks: a direct first frame's checks (decode, signature) in a worker thread, in order
     routes.py           DirectRoutes: streams of accepted direct tasks, waiting for their results
     acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
     admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or answers busy

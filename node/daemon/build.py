@@ -35,6 +35,7 @@ from node.ops.systemd import SystemdNotifier
 from node.p2p.announce import advertised_addrs
 from node.p2p.connector import Connector
 from node.p2p.host import P2PHost
+from node.p2p.inbound_gate import InboundLimits
 from node.p2p.streams import StreamLimits
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate
@@ -95,6 +96,14 @@ def stream_limits(settings: Settings) -> StreamLimits:
         max_streams_per_peer=settings.direct_streams_per_peer,
         first_frame_timeout_s=settings.direct_first_frame_timeout,
         max_lifetime_s=settings.deadline_horizon + settings.result_grace + 60.0,
+    )
+
+
+def inbound_limits(settings: Settings) -> InboundLimits:
+    """How many inbound connections one remote host may hold and open per minute."""
+    return InboundLimits(
+        max_per_host=settings.inbound_connections_per_ip,
+        new_per_host_per_minute=settings.inbound_connections_per_ip_per_minute,
     )
 
 

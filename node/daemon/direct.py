@@ -6,6 +6,9 @@ the gossip validator would (`decode`: envelope and body), hands it to the same
 answers at once: accepted, busy, ignored or rejected. An accepted task's stream waits
 in `DirectRoutes` for its result; the outbox writes the result envelope there and
 closes it, or publishes it on gossip when the stream is gone.
+
+The first frame's checks run off the event loop, in `FrameChecks`' worker thread
+(node/daemon/frame_checks.py).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Callable
 
 import structlog
 
+from node.daemon.frame_checks import FrameChecks
 from node.daemon.intake import TaskIntake
 from node.daemon.routes import DirectRoutes
 from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
 from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
-from node.wire.inbound import InboundError, decode
+from node.wire.inbound import InboundError
 from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
 
@@ -38,10 +42,11 @@ class DirectIntake:
         self._routes = routes
         self._on_reject = on_reject
         self._answering: set[asyncio.Task[None]] = set()
+        self._checks = FrameChecks()
 
     def on_stream(self, stream: FrameStream, first: bytes) -> None:
         """The P2P layer's inbound-stream callback (on the event loop): answer in a task of its own."""
-        task = asyncio.create_task(self._serve(stream, first))
+        task = asyncio.create_task(self._serve(stream, first, time.time_ns()))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
@@ -49,10 +54,11 @@ class DirectIntake:
         for task in self._answering:
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
+        self._checks.close()
 
-    async def _serve(self, stream: FrameStream, first: bytes) -> None:
+    async def _serve(self, stream: FrameStream, first: bytes, arrived_ns: int) -> None:
         try:
-            inbound = decode(TASK_TOPIC, first, time.time_ns())
+            inbound = await self._checks.task(first, arrived_ns)
         except InboundError as exc:
             if self._on_reject is not None:
                 self._on_reject(TASK_TOPIC, exc.reason)

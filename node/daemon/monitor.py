@@ -63,6 +63,7 @@ class NodeMonitor:
         self._peers: list[str] = []
         self._mesh: dict[str, int] = {}
         self._dropped_counted = 0  # the host's dropped gossip messages already in the metric
+        self._refused_counted: dict[str, int] = {}  # the host's refused connections already in the metric, by reason
         self._last_heartbeat_seen: float | None = None
         self._failed_loops: Callable[[], list[str]] = list
 
@@ -87,6 +88,9 @@ class NodeMonitor:
         dropped = self._host.dropped_messages
         self._metrics.gossip_dropped.inc(dropped - self._dropped_counted)
         self._dropped_counted = dropped
+        for reason, refused in self._host.refused_connections.items():
+            self._metrics.connections_refused.labels(reason=reason).inc(refused - self._refused_counted.get(reason, 0))
+            self._refused_counted[reason] = refused
         self._metrics.capacity_free.set(free)
         self._metrics.journal_backlog.set(self._journal.backlog())
         self._metrics.tasks_running.set(self._admission.pending)

@@ -30,6 +30,7 @@ from node.daemon.build import (
     NodeParts,
     build_parts,
     check_embedding_model,
+    inbound_limits,
     open_identity,
     open_journal,
     open_ledger,
@@ -147,6 +148,7 @@ class NodeServer:
             identity.secret,
             settings.listen,
             stream_limits=stream_limits(settings),
+            inbound_limits=inbound_limits(settings),
             on_inbound_stream=self._on_stream if settings.direct else None,
         )
         opened.push_async_callback(host.stop)  # stopped before the execution processes close

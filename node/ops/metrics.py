@@ -68,6 +68,12 @@ class NodeMetrics:
         self.peers = gauge("peers", "Connected libp2p peers")
         self.mesh_peers = gauge("mesh_peers", "Gossipsub mesh peers, by topic", ["topic"])
         self.gossip_dropped = counter("gossip_dropped", "Gossip messages dropped: their topic's queue was full")
+        self.connections_refused = counter(
+            "connections_refused",
+            "Inbound connections closed before their handshake: their IP had too many open or opened too many"
+            " in the last minute, by reason (open, rate)",
+            ["reason"],
+        )
         self.journal_backlog = gauge("journal_backlog", "Finished results not yet published")
         self.capacity_free = gauge("capacity_free", "Tasks that could start now without waiting (free capacity)")
         self.tasks_running = gauge("tasks_running", "Tasks executing now")

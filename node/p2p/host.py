@@ -50,6 +50,7 @@ from node.p2p.errors import (
 )
 from node.p2p.frame_stream import FrameStream, FrameStreams
 from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues
+from node.p2p.inbound_gate import InboundLimits
 from node.p2p.libp2p_logging import route_libp2p_logging
 from node.p2p.service import (
     NoMeshPeersServiceError,
@@ -94,6 +95,7 @@ class P2PHost:
         stream_limits: StreamLimits | None = None,
         on_inbound_stream: InboundStreamHandler | None = None,
         gossip_with_stream_peers: bool = True,
+        inbound_limits: InboundLimits | None = None,
     ) -> None:
         """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
 
@@ -101,7 +103,8 @@ class P2PHost:
         and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
         direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
         `gossip_with_stream_peers` False (a publisher): a peer dialled by `open_stream` alone is no
-        gossip peer (see node/p2p/gossip.py, `StreamPeerAwarePubsub`).
+        gossip peer (see node/p2p/gossip.py, `StreamPeerAwarePubsub`). `inbound_limits`: the most
+        inbound connections one remote host may have open and open per minute (node/p2p/inbound_gate.py).
         """
         try:
             options = ServiceOptions(
@@ -112,6 +115,7 @@ class P2PHost:
                 stream_limits=stream_limits or StreamLimits(),
                 serve_streams=on_inbound_stream is not None,
                 gossip_with_stream_peers=gossip_with_stream_peers,
+                inbound_limits=inbound_limits,
             )
         except ValidationError as exc:
             raise P2PError(f"invalid p2p options: {exc}") from exc
@@ -159,6 +163,17 @@ class P2PHost:
     def dropped_messages(self) -> int:
         """Messages received and dropped because their topic's hand-off budget was full."""
         return self._gossip.dropped
+
+    @property
+    def refused_connections(self) -> dict[str, int]:
+        """Inbound connections refused by their host's limits so far, by reason ("open", "rate")."""
+        gate = self._service.inbound_gate
+        return {} if gate is None else dict(gate.refused)
+
+    def inbound_from(self, ip: str) -> int:
+        """Inbound connections open now from the host of `ip` (its IPv6 /56), as the per-IP limits count them."""
+        gate = self._service.inbound_gate
+        return 0 if gate is None else gate.open_from(ip)
 
     @property
     def max_message_bytes(self) -> int:

@@ -38,6 +38,7 @@ from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
+from node.p2p.inbound_gate import InboundGate, InboundLimits, install_gate
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
@@ -71,6 +72,7 @@ class ServiceOptions(BaseModel):
     # gossip peer; gossip stays with the peers `connect` dialled and those that dialled us.
     gossip_with_stream_peers: bool = True
     connection_budget: ConnectionBudget = ConnectionBudget()
+    inbound_limits: InboundLimits | None = None  # per remote host (a node); None: no per-host limit
 
 
 def _is_nursery_closed(exc: BaseException) -> bool:
@@ -124,6 +126,7 @@ class P2PService:
         self._stop_event: trio.Event | None = None
         self._outer_scope: trio.CancelScope | None = None
         self.stream_only = StreamOnlyPeers()  # peers dialled only for streams (gossip_with_stream_peers off)
+        self.inbound_gate = InboundGate(options.inbound_limits) if options.inbound_limits is not None else None
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------
@@ -184,6 +187,8 @@ class P2PService:
             on_message=self._on_message,
         )
         self._host, self.gossip = host, gossip
+        if self.inbound_gate is not None and isinstance(network := host.get_network(), Swarm):
+            install_gate(network, self.inbound_gate)  # before listening: no connection passes ungated
         if self._options.serve_streams:
             host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
         async with host.run(maddrs), background_trio_service(gossip.pubsub), background_trio_service(gossip.router):

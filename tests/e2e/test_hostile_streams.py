@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from benchmarks.direct_decode import largest_frame
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_varint
 from node.wire.direct import decode_answer
 from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
-from node.wire.topics import RESULTS_TOPIC
+from node.wire.topics import MAX_MESSAGE_BYTES, RESULTS_TOPIC
 from tests.support.hostile_scene import (
     RESULT_WAIT_S,
     STREAMS_MAX,
@@ -62,6 +63,26 @@ async def test_silent_streams_from_many_peer_ids_do_not_lock_out_an_honest_publi
         assert await answer(silent[0]) == ("busy", "too_many_streams")
         assert (await stream.receive(RESULT_WAIT_S)) is not None
         await stream.close()
+    finally:
+        for host in ids:
+            await host.stop()
+    await honest_task_is_served(scene)
+
+
+async def test_the_largest_first_frames_from_many_peer_ids_are_each_answered_and_the_node_keeps_serving(
+    scene: Scene,
+) -> None:
+    # Frames at the 256 KiB limit, valid but for a model the node does not host: each is checked whole
+    # (off the event loop), answered `ignored`, and costs the node nothing after its answer.
+    frame = largest_frame(Identity.generate(), model="nope:1b")
+    assert len(frame) > MAX_MESSAGE_BYTES - 1024
+    ids = [await attacker(scene) for _ in range(STREAMS_MAX // STREAMS_PER_PEER)]
+    try:
+        streams = [await host.open_stream(scene.addr, frame) for host in ids for _ in range(STREAMS_PER_PEER)]
+        answers = await asyncio.gather(*(answer(stream) for stream in streams))
+        assert {status for status, _ in answers} == {"ignored"}, answers[:3]
+        for stream in streams:
+            await stream.close()
     finally:
         for host in ids:
             await host.stop()

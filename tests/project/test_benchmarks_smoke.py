@@ -97,6 +97,7 @@ def test_command_line_names_every_benchmark() -> None:
         "grammar",
         "kv_cache",
         "verification",
+        "direct_decode",
     }
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from config.settings import Settings
 from node.daemon.server import NodeServer
 
+LOOPBACK_PEERS = 100_000
+
 
 def node_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test node: loopback, free port, one thread, small context, no HTTP."""
@@ -23,6 +25,9 @@ def node_settings(data_dir: Path, **overrides: Any) -> Settings:
         "heartbeat_interval": 2.0,
         "drain_timeout": 5.0,
         "startup_benchmark": False,
+        # Every test peer dials from 127.0.0.1: one host to the per-IP limits, which tests of them set lower.
+        "inbound_connections_per_ip": LOOPBACK_PEERS,
+        "inbound_connections_per_ip_per_minute": LOOPBACK_PEERS,
     }
     values.update(overrides)
     return Settings.load(**values)

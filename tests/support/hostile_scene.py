@@ -57,8 +57,9 @@ class Scene:
 
 
 @asynccontextmanager
-async def hostile_scene(data_dir: Path) -> AsyncIterator[Scene]:
-    """A node in `data_dir` and an honest publisher's host; at the end, no crash may have been logged."""
+async def hostile_scene(data_dir: Path, **overrides: Any) -> AsyncIterator[Scene]:
+    """A node in `data_dir` (`overrides`: settings) and an honest publisher's host; at the end, no crash
+    may have been logged."""
     settings = node_settings(
         data_dir,
         n_ctx=512,
@@ -67,6 +68,7 @@ async def hostile_scene(data_dir: Path) -> AsyncIterator[Scene]:
         direct_streams_max=STREAMS_MAX,
         direct_streams_per_peer=STREAMS_PER_PEER,
         reject_log_window=0,
+        **overrides,
     )
     with structlog.testing.capture_logs() as logs:
         async with AsyncExitStack() as stack:

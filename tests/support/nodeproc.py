@@ -27,6 +27,9 @@ def cli_env(**extra: str) -> dict[str, str]:
         COMPUTE_NODE_HTTP_ENABLED="false",
         COMPUTE_NODE_STARTUP_BENCHMARK="false",
         COMPUTE_NODE_LOG_FORMAT="json",
+        # Every test peer dials from 127.0.0.1, one host to the per-IP connection limits.
+        COMPUTE_NODE_INBOUND_CONNECTIONS_PER_IP="100000",
+        COMPUTE_NODE_INBOUND_CONNECTIONS_PER_IP_PER_MINUTE="100000",
     )
     env.update(extra)
     return env
