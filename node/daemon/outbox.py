@@ -154,9 +154,10 @@ class ResultOutbox:
 
         `stamped`: the encoding of `body` as `send` stamped it with nothing awaited since (None: stamp it now).
         """
-        # Callers hold the lock; `send` and `flush` may both hold the same result.
-        if self._journal.state(body.task_id) != TaskState.FINISHED:  # published, or dropped for room meanwhile
-            return False
+        # Callers hold the lock; `send` and `flush` may both hold the same result. With `stamped`, nothing was
+        # awaited since `send` journalled it FINISHED (nor was the lock): no `flush` can have published it since.
+        if stamped is None and self._journal.state(body.task_id) != TaskState.FINISHED:
+            return False  # published, or dropped for room meanwhile
         if not fitted and (fitting := _fitting(body))[0] is not body:  # kept before this check, or grown by a restamp
             self._journal.replace_result(body.task_id, fitting[1])
             body = fitting[0]
