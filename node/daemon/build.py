@@ -129,7 +129,6 @@ def build_parts(
     runner = TaskRunner(
         pool,
         outbox,
-        journal,
         metrics,
         settings.max_time_cap,
         settings.exec_cancel_grace,

@@ -30,7 +30,7 @@ from node.ops.metrics import NodeMetrics
 from node.p2p.handoff import GossipMessage
 from node.wire.direct import AnswerStatus
 from node.wire.inbound import Inbound, LogWindow, consume
-from node.wire.messages import TaskBody, encode_body
+from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -98,7 +98,8 @@ class TaskIntake:
             task_log.debug("task ignored", reason=decision.reason, detail=decision.detail)
             return IntakeAnswer(AnswerStatus.IGNORED, decision.reason)
         # Only a task that will run is journalled with its body; a busy one keeps
-        # just its row, so that its error result still goes through the outbox.
+        # just its row, so that its error result still goes through the outbox. The body is
+        # kept as it was signed (decoded and checked already, and again on recovery), not re-encoded.
         runs = self._admission.would_admit(decision.model)
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
@@ -107,7 +108,7 @@ class TaskIntake:
             return IntakeAnswer(AnswerStatus.BUSY, reason)
         try:
             journalled = self._journal.record_accepted(
-                task.task_id, inbound.sender, task.deadline, decision.model, encode_body(task) if runs else b"", now
+                task.task_id, inbound.sender, task.deadline, decision.model, inbound.signed.body if runs else b"", now
             )
         except JournalError as exc:
             self.acceptance.seen.discard(task.task_id)

@@ -5,9 +5,12 @@ a commit is a write to the WAL without fsync, so a call takes microseconds and
 runs on the event loop thread. A process crash loses nothing; a power loss may
 lose the last few transactions, which at worst re-runs or re-publishes a task.
 
-A task moves ACCEPTED -> RUNNING -> FINISHED -> PUBLISHED. After a restart the
+A task moves ACCEPTED -> FINISHED -> PUBLISHED. After a restart the
 daemon re-publishes ``unpublished()`` results and deals with ``interrupted()``
 tasks; ``known_ids()`` lets intake dedupe tasks that gossip delivers again.
+Whether an interrupted task had started does not change what recovery does, so
+its start is not a write of its own (one commit less per task on the event loop);
+RUNNING is the state earlier versions wrote then, read as ACCEPTED is.
 
 Bounded by what the node owes, never by how many keys send tasks (keys are free):
 
@@ -173,10 +176,6 @@ class Journal:
         with self._guard("read", task_id):
             row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else TaskState(row[0])
-
-    def mark_running(self, task_id: str) -> None:
-        """ACCEPTED (or RUNNING again, after a restart) -> RUNNING."""
-        self._transition(task_id, TaskState.RUNNING, LIVE)
 
     def record_finished(self, task_id: str, result_body: bytes) -> None:
         """Store the encoded result/error body (unsealed), drop the task body, move to FINISHED.

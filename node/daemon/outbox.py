@@ -65,23 +65,34 @@ class ResultOutbox:
         self._on_stream: set[str] = set()  # task ids whose result is being written to their stream
 
     async def send(self, body: ResultBody) -> bool:
-        """Journal the result and publish it if the node has peers; True if published now."""
-        body, encoded = _fitting(body)
+        """Journal the result and publish it if the node has peers; True if published now.
+
+        The body is stamped and encoded once: the journal keeps the bytes that are sealed, unless
+        something was awaited in between (its stream, the lock), which stamps it again.
+        """
+        body, encoded = _fitting(_stamped(body))
         self._journal.record_finished(body.task_id, encoded)
+        fresh: bytes | None = encoded
         if body.task_id in self.routes:
             self._on_stream.add(body.task_id)
             try:
-                if await self._send_direct(body):
+                if await self._send_direct(body, encoded):
                     return True
             finally:
                 self._on_stream.discard(body.task_id)
+            fresh = None  # the stream took its time: stamped again below
+        if self._lock.locked():
+            fresh = None  # the lock is awaited (an unheld one is taken without a wait)
         async with self._lock:
-            return await self._publish_if_unpublished(body, fitted=True)
+            return await self._publish_if_unpublished(body, fitted=True, stamped=fresh)
 
-    async def _send_direct(self, body: ResultBody) -> bool:
-        """Write the result on its task's stream (outside the lock: a slow stream holds no other result)."""
+    async def _send_direct(self, body: ResultBody, stamped: bytes) -> bool:
+        """Write the result on its task's stream (outside the lock: a slow stream holds no other result).
+
+        `stamped`: the body's encoding, stamped just before.
+        """
         try:
-            sealed = seal(self._identity, RESULTS_TOPIC, encode_body(_stamped(body)))
+            sealed = seal(self._identity, RESULTS_TOPIC, stamped)
         except Exception as exc:  # noqa: BLE001 - gossip's path reports it
             log.warning("result not sealed for its stream", task_id=body.task_id, error=str(exc))
             self.routes.drop(body.task_id)
@@ -136,18 +147,24 @@ class ResultOutbox:
                 log.exception("outbox round failed; retried in the next round")
             await asyncio.sleep(self._retry_interval_s)
 
-    async def _publish_if_unpublished(self, body: ResultBody, fitted: bool = False) -> bool:
-        """`fitted`: `send` has just checked the size (a kept result from `flush` is checked here)."""
-        # Callers hold the lock; `send` and `flush` may both hold the same result.
-        if self._journal.state(body.task_id) != TaskState.FINISHED:  # published, or dropped for room meanwhile
-            return False
+    async def _publish_if_unpublished(
+        self, body: ResultBody, fitted: bool = False, stamped: bytes | None = None
+    ) -> bool:
+        """`fitted`: `send` has just checked the size (a kept result from `flush` is checked here).
+
+        `stamped`: the encoding of `body` as `send` stamped it with nothing awaited since (None: stamp it now).
+        """
+        # Callers hold the lock; `send` and `flush` may both hold the same result. With `stamped`, nothing was
+        # awaited since `send` journalled it FINISHED (nor was the lock): no `flush` can have published it since.
+        if stamped is None and self._journal.state(body.task_id) != TaskState.FINISHED:
+            return False  # published, or dropped for room meanwhile
         if not fitted and (fitting := _fitting(body))[0] is not body:  # kept before this check, or grown by a restamp
             self._journal.replace_result(body.task_id, fitting[1])
             body = fitting[0]
-        sent = _stamped(body)
         try:
             # The mesh check rides on the publish call: a separate one costs a thread crossing per result.
-            sealed = seal(self._identity, RESULTS_TOPIC, encode_body(sent))
+            data = stamped if stamped is not None else encode_body(_stamped(body))
+            sealed = seal(self._identity, RESULTS_TOPIC, data)
             await self._host.publish(RESULTS_TOPIC, sealed, require_mesh=True)
         except NoMeshPeersError:
             log.warning("no peers: result kept until peers return", task_id=body.task_id)

@@ -28,8 +28,6 @@ from functools import partial
 from typing import Any
 
 from node.daemon.admission import AcceptedTask
-from node.daemon.journal import Journal
-from node.daemon.journal_file import JournalError
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
 from node.daemon.processes.handle import ExecutionProcessExitError
@@ -58,7 +56,6 @@ class TaskRunner:
         self,
         pool: ExecutionPool,
         outbox: ResultOutbox,
-        journal: Journal,
         metrics: NodeMetrics,
         max_time_cap: float | None,
         cancel_grace_s: float,
@@ -69,7 +66,6 @@ class TaskRunner:
         self._ledger = ledger
         self._activity = activity or NodeActivity()
         self._outbox = outbox
-        self._journal = journal
         self._metrics = metrics
         self._max_time_cap = max_time_cap
         self._cancel_grace_s = cancel_grace_s
@@ -78,7 +74,6 @@ class TaskRunner:
     async def run(self, accepted: AcceptedTask) -> None:
         """Run the task to a result (success or error) handed to the outbox."""
         started = time.time_ns()
-        self._mark_running(accepted)
         self._metrics.task_queue_wait_seconds.observe(max(0, started - accepted.received_at_ns) / 1e9)
         accepted.log.info("task started", model=accepted.model)
         while True:
@@ -90,7 +85,6 @@ class TaskRunner:
             except ExecutionProcessExitError as exit_error:
                 error = self._after_process_exit(accepted, exit_error)
                 if error is None:
-                    self._mark_running(accepted)
                     continue
                 await self._finish(accepted, started, error=error)
             except _TaskFailure as failure:
@@ -101,14 +95,6 @@ class TaskRunner:
             else:
                 await self._finish(accepted, started, output=output)
             return
-
-    def _mark_running(self, accepted: AcceptedTask) -> None:
-        # A journal that cannot be written (full disk) must not cost the task its result:
-        # it runs and is answered; only a crash of the daemon meanwhile would forget it.
-        try:
-            self._journal.mark_running(accepted.task.task_id)
-        except JournalError as exc:
-            accepted.log.error("task not marked running in the journal", error=str(exc))
 
     async def abandon(self, accepted: AcceptedTask, reason: str) -> None:
         """Send an error for a task that never started (cancelled while queued, or busy)."""

@@ -100,7 +100,7 @@ async def test_ten_thousand_keys_cannot_fill_the_journal_and_an_honest_task_is_a
     metrics = NodeMetrics()
     outbox = ResultOutbox(node, host, journal, grace_s=settings.result_grace)
     pool = ExecutionPool(settings, metrics)  # not started: every task fails at once
-    runner = TaskRunner(pool, outbox, journal, metrics, settings.max_time_cap, settings.exec_cancel_grace)
+    runner = TaskRunner(pool, outbox, metrics, settings.max_time_cap, settings.exec_cancel_grace)
     admission = Admission(runner.run, runner.abandon, {MODEL: CONCURRENCY}, MAX_QUEUE)
     acceptance = Acceptance(node.address, [MODEL], seen=SeenTasks(settings.journal_max_records))
     intake = TaskIntake(acceptance, admission, journal, runner, metrics, settings.reject_log_window)

@@ -215,3 +215,44 @@ async def test_a_result_on_its_way_to_its_stream_is_not_also_published_on_gossip
         await listener.stop()
         await host.stop()
         journal.close()
+
+
+async def test_a_result_is_stamped_when_sent_and_again_after_waiting_for_the_lock(tmp_path: Path) -> None:
+    """`send` stamps and encodes a result once; one that waited (here for the lock) is stamped after the wait,
+    and is not published when the lock's holder published it meanwhile."""
+    node, publisher, host, listener, received, journal = await connected(tmp_path)
+    try:
+        outbox = ResultOutbox(node, host, journal)
+        deadline = time.time_ns() + 60 * 10**9
+        journal.record_accepted("now", publisher.address, deadline, "m", b"{}", time.time_ns())
+        before = time.time_ns()
+        assert await outbox.send(success("now", publisher, "at once")) is True
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert isinstance(inbound.body, ResultBody) and inbound.body.task_id == "now"
+        assert before <= inbound.body.stats.published_at <= time.time_ns()
+
+        journal.record_accepted("waited", publisher.address, deadline, "m", b"{}", time.time_ns())
+        async with outbox._lock:  # a flush holds it meanwhile
+            sending = asyncio.create_task(outbox.send(success("waited", publisher, "after a wait")))
+            await asyncio.sleep(0.3)
+            assert not sending.done() and received.empty()
+            released = time.time_ns()
+        assert await sending is True
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert isinstance(inbound.body, ResultBody) and inbound.body.task_id == "waited"
+        assert inbound.body.stats.published_at >= released
+        assert journal.get("waited").state == TaskState.PUBLISHED
+
+        # While it waits, the holder of the lock (a flush) publishes it: it is not published twice.
+        journal.record_accepted("raced", publisher.address, deadline, "m", b"{}", time.time_ns())
+        async with outbox._lock:
+            sending = asyncio.create_task(outbox.send(success("raced", publisher, "once")))
+            await asyncio.sleep(0.1)
+            journal.mark_published("raced")
+        assert await sending is False
+        await asyncio.sleep(0.3)
+        assert received.empty()
+    finally:
+        await listener.stop()
+        await host.stop()
+        journal.close()

@@ -42,7 +42,7 @@ async def runner(tmp_path: Path) -> AsyncIterator[tuple[TaskRunner, Journal]]:
         outbox = ResultOutbox(node, host, journal)
         metrics = NodeMetrics()
         pool = ExecutionPool(Settings.load(data_dir=tmp_path), metrics)
-        yield TaskRunner(pool, outbox, journal, metrics, DEFAULT_MAX_TIME_S, cancel_grace_s=1.0), journal
+        yield TaskRunner(pool, outbox, metrics, DEFAULT_MAX_TIME_S, cancel_grace_s=1.0), journal
     finally:
         await host.stop()
         journal.close()
