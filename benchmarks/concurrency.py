@@ -117,7 +117,7 @@ def _server_pid(binary: Path) -> int:
     """The llama-server this process started (the benchmark's child running `binary`)."""
     for child in psutil.Process().children():
         try:
-            if Path(child.exe()) == binary:
+            if Path(child.exe()).resolve() == binary.resolve():
                 return child.pid
         except psutil.Error:
             continue
@@ -261,8 +261,9 @@ def _section(
         ),
         "'vs sequential' divides by the median sequential rate; 'vs llama-server' is the median of per-round ratios.",
         "CPU per generated token: user + system CPU of the serving processes over the batch (the node's daemon and "
-        "execution process; the llama-server process), not the clients'; it counts work, not waiting, so it varies "
-        "less than tok/s when other processes share the cores (busy OpenMP threads spinning at barriers still count).",
+        "execution process; the llama-server process), not the clients'. Time spent waiting for the cores is not in "
+        "it, but OpenMP threads spin at barriers when another process takes a core, so under load it grows too "
+        "(compare paired rounds; see benchmarks/PROFILE-generation.md).",
         f"llama-server {llama_server.binary_path()}: "
         + (f"built from the vendored llama.cpp sources in {built:.0f} s (cached)" if built else "not built")
         + f", --parallel {SLOTS} -c {SLOTS * CTX_PER_SLOT} -t {options.threads}, ignore_eos, cache_prompt on "
