@@ -98,12 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--node-arg", action="append", default=[], help="extra flag for `node.cli start` (repeatable)")
     parser.add_argument(
+        "--levels",
+        type=_levels,
+        help="the concurrencies the concurrency benchmark measures, e.g. 1,4,8,12 (default 1..16)",
+    )
+    parser.add_argument(
         "--no-llama-server", action="store_true", help="skip the llama-server baseline (no build); the table says so"
     )
     parser.add_argument(
         "--no-write", action="store_true", help=f"do not overwrite {RESULTS_PATH.name} (a run with --only never does)"
     )
     return parser
+
+
+def _levels(text: str) -> list[int]:
+    """`1,4,8,12` -> [1, 4, 8, 12] (each at least 1)."""
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--levels wants numbers separated by commas, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"--levels wants concurrencies of at least 1, got {text!r}")
+    return levels
 
 
 async def run_all(names: list[str], options: BenchOptions) -> list[Section]:
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return cluster.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging("warning", "console")
-    values = {"quick": args.quick, "node_args": args.node_arg}
+    values = {"quick": args.quick, "node_args": args.node_arg, "levels": args.levels}
     if args.threads is not None:
         values["threads"] = args.threads
     options = BenchOptions(**values)

@@ -18,8 +18,11 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from contextlib import ExitStack
+from pathlib import Path
+from typing import NamedTuple
 
 import httpx
+import psutil
 
 from benchmarks import llama_server
 from benchmarks.options import BenchOptions, Publisher
@@ -44,12 +47,35 @@ SEQUENTIAL_TASKS = 4
 NODE_N_CTX = 2048
 
 
-async def _node_batch(publisher: Publisher, counter: TokenCounter, prompts: list[str]) -> float:
-    """Aggregate tok/s of these prompts published all at once."""
+class Batch(NamedTuple):
+    """One batch of simultaneous requests on one side."""
+
+    tokens_per_second: float  # aggregate: tokens of all answers / wall time
+    cpu_ms_per_token: float  # CPU of the serving processes (user + system) per generated token
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process and its children."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue  # a child that just ended
+        total += times.user + times.system
+    return total
+
+
+async def _node_batch(publisher: Publisher, counter: TokenCounter, prompts: list[str]) -> Batch:
+    """Aggregate tok/s of these prompts published all at once, and the node's CPU per token."""
+    cpu = _cpu_seconds(publisher.node.pid)
     started = time.perf_counter()
     results = await asyncio.gather(*(publisher.run(simple_workflow(p), timeout=300) for p in prompts))
     elapsed = time.perf_counter() - started
-    return sum(counter.count(r.text) for r, _ in results) / elapsed
+    cpu = _cpu_seconds(publisher.node.pid) - cpu
+    tokens = sum(counter.count(r.text) for r, _ in results)
+    return Batch(tokens / elapsed, 1000 * cpu / tokens)
 
 
 async def _node_sequential(publisher: Publisher, counter: TokenCounter, prompts: list[str]) -> float:
@@ -61,7 +87,7 @@ async def _node_sequential(publisher: Publisher, counter: TokenCounter, prompts:
     return tokens / elapsed
 
 
-async def _server_batch(http: httpx.AsyncClient, prompts: list[str]) -> float:
+async def _server_batch(http: httpx.AsyncClient, prompts: list[str], pid: int | None = None) -> Batch:
     async def one(prompt: str) -> int:
         reply = await http.post(
             "/v1/chat/completions",
@@ -79,20 +105,34 @@ async def _server_batch(http: httpx.AsyncClient, prompts: list[str]) -> float:
             raise BenchmarkError(f"llama-server generated {tokens} tokens, not {GENERATED_TOKENS}, with ignore_eos")
         return tokens
 
+    cpu = 0.0 if pid is None else _cpu_seconds(pid)
     started = time.perf_counter()
     counts = await asyncio.gather(*(one(p) for p in prompts))
-    return sum(counts) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    cpu = 0.0 if pid is None else _cpu_seconds(pid) - cpu
+    return Batch(sum(counts) / elapsed, 1000 * cpu / sum(counts))
+
+
+def _server_pid(binary: Path) -> int:
+    """The llama-server this process started (the benchmark's child running `binary`)."""
+    for child in psutil.Process().children():
+        try:
+            if Path(child.exe()).resolve() == binary.resolve():
+                return child.pid
+        except psutil.Error:
+            continue
+    raise BenchmarkError(f"no child process runs {binary}")
 
 
 async def run(options: BenchOptions) -> Section:
     rounds = options.pick(full=2, quick=1)
-    levels = QUICK_LEVELS if options.quick else LEVELS
+    levels = options.levels or (QUICK_LEVELS if options.quick else LEVELS)
     path = model_path()
     counter = TokenCounter(path)
     server_problem = options.llama_server_problem
     sequential: list[float] = []
-    node: dict[int, list[float]] = {n: [] for n in levels}
-    server: dict[int, list[float]] = {n: [] for n in levels}
+    node: dict[int, list[Batch]] = {n: [] for n in levels}
+    server: dict[int, list[Batch]] = {n: [] for n in levels}
     try:
         with ExitStack() as stack:
             peer = stack.enter_context(
@@ -104,9 +144,10 @@ async def run(options: BenchOptions) -> Section:
                     extra_args=["--parallel", str(SLOTS), *options.node_args],  # a --node-arg comes last and wins
                 )
             )
-            url = None
+            url, server_pid = None, None
             if server_problem is None:
                 url = stack.enter_context(llama_server.running_server(path, SLOTS, options.threads, CTX_PER_SLOT))
+                server_pid = _server_pid(llama_server.binary_path())
             async with Publisher(peer) as publisher, httpx.AsyncClient(base_url=url or "", timeout=300) as http:
                 await publisher.run(simple_workflow("Say hello.", 8))  # warm-up
                 if url:
@@ -118,10 +159,10 @@ async def run(options: BenchOptions) -> Section:
                     for n in levels:
                         prompts = [story_prompt(topic + j) for j in range(n)]
                         topic += 1
-                        sides: list[tuple[list[float], Awaitable[float]]] = []
+                        sides: list[tuple[list[Batch], Awaitable[Batch]]] = []
                         sides.append((node[n], _node_batch(publisher, counter, prompts)))
                         if url:
-                            sides.append((server[n], _server_batch(http, prompts)))
+                            sides.append((server[n], _server_batch(http, prompts, server_pid)))
                         if (index + n) % 2:  # who goes first alternates, so load drift hits both sides alike
                             sides.reverse()
                         for samples, measurement in sides:
@@ -150,8 +191,8 @@ def _section(
     levels: list[int],
     model_class: str,
     sequential: list[float],
-    node: dict[int, list[float]],
-    server: dict[int, list[float]],
+    node: dict[int, list[Batch]],
+    server: dict[int, list[Batch]],
     server_problem: str | None,
 ) -> Section:
     what = "concurrency"
@@ -159,7 +200,8 @@ def _section(
     rows = [Row(metric=f"sequential: {SEQUENTIAL_TASKS} tasks one after another", node=seq)]
     worst: tuple[float, int] | None = None
     for n in levels:
-        mine = summarize(node[n], "tok/s", what=what)
+        rates = [b.tokens_per_second for b in node[n]]
+        mine = summarize(rates, "tok/s", what=what)
         if n in SEQUENTIAL_LEVELS:
             rows.append(
                 Row(
@@ -171,15 +213,27 @@ def _section(
                 )
             )
         if server_problem is None:
-            ratio = paired_ratio(node[n], server[n], what=what)
+            server_rates = [b.tokens_per_second for b in server[n]]
+            ratio = paired_ratio(rates, server_rates, what=what)
             worst = min(worst or (ratio.median, n), (ratio.median, n))
             rows.append(
                 Row(
                     metric=f"{n} simultaneous, aggregate",
                     node=mine,
-                    baseline=summarize(server[n], "tok/s", what=what),
+                    baseline=summarize(server_rates, "tok/s", what=what),
                     baseline_name=f"llama-server --parallel {SLOTS}",
                     ratio=ratio,
+                )
+            )
+            node_cpu = [b.cpu_ms_per_token for b in node[n]]
+            server_cpu = [b.cpu_ms_per_token for b in server[n]]
+            rows.append(
+                Row(
+                    metric=f"{n} simultaneous, CPU ms per generated token (lower is better)",
+                    node=summarize(node_cpu, "ms", what=what),
+                    baseline=summarize(server_cpu, "ms", what=what),
+                    baseline_name=f"llama-server --parallel {SLOTS}",
+                    ratio=paired_ratio(node_cpu, server_cpu, what=what),
                 )
             )
         else:
@@ -206,6 +260,10 @@ def _section(
             f"{sorted(SEQUENTIAL_LEVELS & set(levels))} only."
         ),
         "'vs sequential' divides by the median sequential rate; 'vs llama-server' is the median of per-round ratios.",
+        "CPU per generated token: user + system CPU of the serving processes over the batch (the node's daemon and "
+        "execution process; the llama-server process), not the clients'. Time spent waiting for the cores is not in "
+        "it, but OpenMP threads spin at barriers when another process takes a core, so under load it grows too "
+        "(compare paired rounds; see benchmarks/PROFILE-generation.md).",
         f"llama-server {llama_server.binary_path()}: "
         + (f"built from the vendored llama.cpp sources in {built:.0f} s (cached)" if built else "not built")
         + f", --parallel {SLOTS} -c {SLOTS * CTX_PER_SLOT} -t {options.threads}, ignore_eos, cache_prompt on "

@@ -23,6 +23,8 @@ class BenchOptions(BaseModel):
     threads: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0)) - 1), ge=1)
     # Extra `node.cli start` flags (e.g. a future `--parallel 8`).
     node_args: list[str] = Field(default_factory=list)
+    # The concurrencies the concurrency benchmark measures (None: every one from 1 to 16; --quick: 1, 2, 4, 8, 16).
+    levels: list[int] | None = None
     # Why the llama-server baseline is missing (None: built and usable); set by the setup step.
     llama_server_problem: str | None = None
 

@@ -15,6 +15,7 @@ Map of the package (knows nothing of workflows or the network):
 - `scoring.py`     `TokenScorer`: re-scores a trace's tokens with a model file in one prompt-evaluation pass
 - `sampling.py`    per-request llama.cpp sampler chains, the constraint's token masks, stop strings
 - `text_deltas.py` `TextDeltas`: a streaming request's settled text in pieces (stop strings held back)
+- `token_pieces.py` `TokenPieces`: each generated token's bytes and end-of-generation flag, asked of llama.cpp once
 - `embedder.py`    sentence embeddings in a llama.cpp context of their own
 - `llama_open.py`  opening a model file as a `llama_cpp.Llama` (tokenizer, embedding context)
 - `vocab.py`       `ModelVocab`: tokenizing and the header on the decode loop's loaded model, from other threads

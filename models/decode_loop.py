@@ -18,7 +18,6 @@ the token after it, nothing is sampled, and its outcome is `TokenScores`.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from collections import deque
@@ -32,7 +31,7 @@ import structlog
 from models.options import RuntimeOptions
 from models.progress import DecodeProgress, ProgressSnapshot
 from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError, TokenScores
-from models.sampling import SequenceSampler, StopText, token_piece
+from models.sampling import SequenceSampler, StopText
 from models.slots import (
     ActiveRequest,
     BatchedGeneration,
@@ -43,6 +42,7 @@ from models.slots import (
     common_prefix,
 )
 from models.text_deltas import TextDeltas
+from models.token_pieces import TokenPieces
 from models.tracing import GenerationTrace, score_row, token_logprob
 
 log = structlog.get_logger(__name__)
@@ -160,7 +160,7 @@ class DecodeLoop:
         self._n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._n_batch = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at n_ctx
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
-        self._piece = ctypes.create_string_buffer(64)
+        self._pieces = TokenPieces(self._vocab)
 
     def _free(self) -> None:
         if not hasattr(self, "_ctx"):
@@ -168,9 +168,6 @@ class DecodeLoop:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
-
-    def _end_of_generation(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     def _wait_for_work(self) -> bool:
         with self._wake:
@@ -186,6 +183,8 @@ class DecodeLoop:
             self._decode_step(occupied)
 
     def _seat_queued(self) -> None:
+        if not self._queue:  # the usual step: nothing waits (a deque's truth is read atomically)
+            return
         while True:
             free = [s for s in self._slots if s.active is None]
             with self._wake:
@@ -226,9 +225,11 @@ class DecodeLoop:
         self._busy += 1
 
     def _reap(self) -> None:
-        with self._wake:  # cancelled or expired requests must not wait for a slot (nor count as queued)
-            waiting = list(self._queue)
-            self._queue = deque(r for r in waiting if not r.cancelled.is_set() and not r.deadline_passed())
+        waiting: list[SlotRequest] = []
+        if self._queue:  # cancelled or expired requests must not wait for a slot (nor count as queued)
+            with self._wake:
+                waiting = list(self._queue)
+                self._queue = deque(r for r in waiting if not r.cancelled.is_set() and not r.deadline_passed())
         for request in waiting:
             if not request.cancelled.is_set() and request.deadline_passed():
                 request.deliver(DeadlineExceededError(f"request on model {self.name} ran past its deadline"))
@@ -340,11 +341,11 @@ class DecodeLoop:
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
             active.chosen.append(token)
             active.logprobs.append(token_logprob(logits, token))
-        if self._end_of_generation(token):
+        if self._pieces.ends_generation(token):
             self._complete(slot, "stop")
             return
         active.generated.append(token)
-        if active.text.add(token_piece(self._vocab, token, self._piece)):
+        if active.text.add(self._pieces.piece(token)):
             self._complete(slot, "stop")
         elif len(active.generated) >= active.request.max_tokens:
             self._complete(slot, "length")

@@ -107,6 +107,14 @@ def test_a_plain_run_leaves_out_opt_in_benchmarks_that_only_runs() -> None:
     assert build_parser().parse_args(["--only", "verification"]).only == ["verification"]
 
 
+def test_levels_name_the_concurrencies_to_measure_and_refuse_anything_else() -> None:
+    assert build_parser().parse_args(["--only", "concurrency", "--levels", "1,4,8,12"]).levels == [1, 4, 8, 12]
+    assert build_parser().parse_args([]).levels is None
+    for bad in ("", "1,x", "0,4", "4,-1"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--levels", bad])
+
+
 def test_rewriting_results_keeps_the_part_after_the_marker(tmp_path: Path) -> None:
     path = tmp_path / "RESULTS.md"
     path.write_text(f"# Benchmark results\n\nold table\n\n{KEPT_MARKER}\n\n## Verification\n\nby hand\n")
