@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -27,11 +28,27 @@ async def _generate_as(model: BatchedLlamaModel, owner: str, text: str) -> None:
     await model.generate(GenerationRequest(messages=messages, max_tokens=12, ignore_eos=True))
 
 
-async def test_calls_are_counted_and_each_names_the_tasks_inside_it(model: BatchedLlamaModel) -> None:
+async def test_calls_are_counted_and_each_names_the_tasks_inside_it(
+    model: BatchedLlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = model.progress()
     assert before is not None and before.busy == 0 and before.call is None
-    seen: list[ProgressSnapshot] = []
+    seen: list[ProgressSnapshot] = []  # what another thread saw while calls ran
+    # What the snapshot said inside every call: a sample lasts ~0.1 ms, so polling alone may miss it.
+    inside: list[ProgressSnapshot] = []
     stop = threading.Event()
+    progress = model._decode_loop._progress
+    native_call = progress.native_call
+
+    @contextmanager
+    def recorded_call(*args: object, **kwargs: object) -> Iterator[None]:
+        with native_call(*args, **kwargs):  # type: ignore[arg-type]
+            snapshot = model.progress()
+            assert snapshot is not None
+            inside.append(snapshot)
+            yield
+
+    monkeypatch.setattr(progress, "native_call", recorded_call)
 
     def sample() -> None:  # another thread, as the execution process's probe answers are
         while not stop.is_set():
@@ -58,8 +75,10 @@ async def test_calls_are_counted_and_each_names_the_tasks_inside_it(model: Batch
     # Per request: one start, one sample per token, plus the decodes they share.
     assert after.calls_done - before.calls_done >= 2 * (1 + 12)
     assert after.seconds_per_token > 0
-    assert {snapshot.call for snapshot in seen} >= {"decode", "sample"}
-    for snapshot in seen:
+    assert {snapshot.call for snapshot in inside} == {"start", "decode", "sample"}
+    assert sum(snapshot.call == "sample" for snapshot in inside) >= 2 * 12
+    assert "decode" in {snapshot.call for snapshot in seen}  # the probe's view from another thread
+    for snapshot in inside + seen:
         assert set(snapshot.owners) <= {"task-a", "task-b"} and snapshot.owners
         if snapshot.call == "sample":
             assert len(snapshot.owners) == 1  # one sequence's own sampler
