@@ -13,7 +13,8 @@ cluster      `python -m benchmarks cluster`: N nodes and P publishers on loopbac
 kv_cache     KV cache types f16/q8_0/q4_0 and flash attention: memory, speed, logprob drift
 direct_decode the event loop's lag while a burst of 256 KiB direct first frames is checked, off it vs on it
 verification honest log-probability spread, catch rates of dishonest nodes, re-scoring cost
-             (verification_plot.py draws its distributions in verification.png; verification_replay.py
+             (verification_cells.py: a cell's records and notes; verification_plot.py draws its
+             distributions in verification.png; verification_replay.py
              measures whether replaying the seeded sampler would close the relabelled-token gap)
 
 The cluster harness: cluster.py (command line, scenarios), cluster_nodes.py (the node

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,15 @@ import numpy as np
 from benchmarks.options import BenchOptions
 from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, summarize
+from benchmarks.verification_cells import CHECK_TOKENS, PREFIX_LENGTHS, Cell, Kind, cell_notes, quantiles, spread
 from benchmarks.workloads import model_path, story_prompt
 from models.batching import BatchedLlamaModel
+from models.benchmark import build_fingerprint
+from models.cpu import CpuInfo
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, Generation, GenerationRequest
 from models.scoring import ScoredTokens, TokenScorer
+from models.scoring_copy import ScoringPrecision, bf16_pays, choose_precision, scoring_copy
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, VerificationError
 from node.wire.proof import Proof, ProofGeneration
@@ -62,7 +66,6 @@ STYLES = [
     "", " Keep it simple.", " Use plain words.", " Be brief.", " Write for a child.", " Sound cheerful.",
     " Be precise.", " Start with a question.", " Avoid rhyme.", " Use the present tense.",
 ]  # fmt: skip
-CHECK_TOKENS = 24  # catch-rate answers stay short so that n results per cell fit the run
 PLOT_PATH = Path(__file__).with_name("verification.png")
 
 
@@ -81,35 +84,6 @@ def catch_prompts(n: int) -> list[GenerationRequest]:
             )
         )
     return requests
-
-
-@dataclass
-class Kind:
-    """One kind of result in one cell: how many were checked, how many failed, and their numbers."""
-
-    checked: int = 0
-    failed: list[str] = field(default_factory=list)
-    deviations: list[float] = field(default_factory=list)  # |claimed - re-scored| per position
-    biases: list[float] = field(default_factory=list)  # mean(claimed - re-scored) per result
-
-
-@dataclass
-class Cell:
-    threads: int
-    parallel: int
-    kinds: dict[str, Kind] = field(
-        default_factory=lambda: {k: Kind() for k in ("honest", "swapped", "fixed", "relabelled")}
-    )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Cell:
-        """A cell written by `--dump`."""
-        kinds = {name: Kind(**kind) for name, kind in data["kinds"].items()}
-        return cls(data["threads"], data["parallel"], kinds)
-
-    @property
-    def label(self) -> str:
-        return f"{self.threads}t/{self.parallel}p"
 
 
 async def _traced(model: BatchedLlamaModel, request: GenerationRequest) -> tuple[GenerationTrace, Generation]:
@@ -132,13 +106,20 @@ def _proof(trace: GenerationTrace, tokens: list[int] | None = None, logprobs: li
 class _Remembered:
     """The scorer, remembering its last answer: a check re-scores what was just scored for the distributions."""
 
-    def __init__(self, scorer: TokenScorer) -> None:
+    def __init__(self, scorer: TokenScorer, last: tuple[list[int], list[int], ScoredTokens] | None = None) -> None:
         self.scorer = scorer
-        self._last: tuple[list[int], list[int], ScoredTokens] | None = None
+        self._last = last  # (prompt tokens, tokens, their scores)
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
-        if self._last is not None and self._last[0] == prompt_tokens and self._last[1] == tokens:
-            return self._last[2]
+        if self._last is not None and self._last[0] == prompt_tokens and self._last[1][: len(tokens)] == tokens:
+            last = self._last[2]
+            if len(tokens) == len(self._last[1]):
+                return last
+            k = len(tokens)  # a prefix of the last: a causal model scores it the same
+            text = self.scorer.prompt_text(tokens)
+            return ScoredTokens(
+                logprobs=last.logprobs[:k], best_logprobs=last.best_logprobs[:k], ranks=last.ranks[:k], text=text
+            )
         scores = self.scorer.score(prompt_tokens, tokens)
         self._last = (prompt_tokens, tokens, scores)
         return scores
@@ -153,11 +134,31 @@ def _check(kind: Kind, proof: Proof, text: str, scorer: _Remembered, checker: Pr
     d = np.array(step.logprobs) - np.array(scores.logprobs)
     kind.deviations.extend(np.abs(d).tolist())
     kind.biases.append(float(d.mean()) if d.size else 0.0)
+    kind.positions.append(int(d.size))
+    if d.size:
+        kind.prefix_peaks.append(float((np.cumsum(d) / np.sqrt(np.arange(1, d.size + 1))).max()))
     kind.checked += 1
     try:
         checker.check(proof, text, scorer)
     except VerificationError as exc:
         kind.failed.append(str(exc))
+    flat = replace(checker, mean_spread=0.0)
+    for i, k in enumerate(PREFIX_LENGTHS):
+        if len(step.tokens) < k:
+            continue
+        prefix = Proof(steps=[step.model_copy(update={"tokens": step.tokens[:k], "logprobs": step.logprobs[:k]})])
+        prefix_text = scorer.prompt_text(step.tokens[:k])
+        kind.prefix_checked[i] += 1
+        kind.prefix_failed[i] += _fails(checker, prefix, prefix_text, scorer)
+        kind.prefix_failed_flat[i] += _fails(flat, prefix, prefix_text, scorer)
+
+
+def _fails(checker: ProofChecker, proof: Proof, text: str, scorer: _Remembered) -> bool:
+    try:
+        checker.check(proof, text, scorer)
+    except VerificationError:
+        return True
+    return False
 
 
 def _progress(message: str) -> None:
@@ -205,13 +206,16 @@ async def _cell(
         + ", ".join(
             f"{name} caught {len(k[name].failed)}/{k[name].checked}" for name in ("swapped", "fixed", "relabelled")
         )
-        + f"; honest |d| {_quantiles(k['honest'].deviations)}; "
-        + "; ".join(f"{name} bias {_spread(k[name].biases)}" for name in ("honest", "swapped"))
+        + f"; honest |d| {quantiles(k['honest'].deviations)}; "
+        + "; ".join(f"{name} bias {spread(k[name].biases)}" for name in ("honest", "swapped"))
     )
 
 
-async def _costs(real: Path, parallel: int, reps: int, scorer: TokenScorer, out: dict[str, list[float]]) -> None:
-    """Verify / generate for each answer length, at 1 thread and `parallel` sequences sharing the batches."""
+async def _costs(
+    real: Path, parallel: int, reps: int, scorers: dict[str, TokenScorer], out: dict[str, list[float]]
+) -> None:
+    """Verify / generate for each answer length, at 1 thread and `parallel` sequences sharing the batches,
+    with each scorer (the model file, its bf16 copy)."""
     model = await BatchedLlamaModel.load("bench", real, RuntimeOptions(n_threads=1), parallel=parallel)
     try:
         for rep in range(reps):
@@ -229,15 +233,20 @@ async def _costs(real: Path, parallel: int, reps: int, scorer: TokenScorer, out:
                 results = await asyncio.gather(*(_traced(model, r) for r in requests))
                 for trace, generation in results:
                     took = generation.prompt_seconds + generation.generation_seconds
-                    scorer.clear()
-                    started = time.perf_counter()
-                    scorer.score(trace.prompt_tokens, trace.tokens)
-                    fresh = time.perf_counter() - started
-                    started = time.perf_counter()  # again: the prompt's KV is kept from the first check
-                    scorer.score(trace.prompt_tokens, trace.tokens)
-                    cached = time.perf_counter() - started
-                    out.setdefault(f"{length} tokens, 1t/{parallel}p, fresh KV", []).append(fresh / took)
-                    out.setdefault(f"{length} tokens, 1t/{parallel}p, prompt KV kept", []).append(cached / took)
+                    for label, scorer in scorers.items():
+                        scorer.clear()
+                        started = time.perf_counter()
+                        scorer.score(trace.prompt_tokens, trace.tokens)
+                        fresh = time.perf_counter() - started
+                        started = time.perf_counter()  # again: the prompt's KV is kept from the first check
+                        scores = scorer.score(trace.prompt_tokens, trace.tokens)
+                        cached = time.perf_counter() - started
+                        key = f"{length} tokens, 1t/{parallel}p, {label}"
+                        out.setdefault(f"{key}, fresh KV", []).append(fresh / took)
+                        out.setdefault(f"{key}, prompt KV kept", []).append(cached / took)
+                        remembered = _Remembered(scorer, (trace.prompt_tokens, trace.tokens, scores))
+                        flagged = _fails(ProofChecker(), _proof(trace), generation.text, remembered)
+                        out.setdefault(f"{key}, honest flagged", []).append(float(flagged))
                     out.setdefault(f"{length} tokens, 1t/{parallel}p, prompt tokens", []).append(
                         len(trace.prompt_tokens)
                     )
@@ -253,82 +262,42 @@ async def measure(
     deadline: float | None = None,
     on_group: Callable[[Cell], None] | None = None,
     n: int | None = None,
+    precision: ScoringPrecision = "auto",
 ) -> dict[str, Any]:
-    """Every number of the section, raw (also used by `python -m benchmarks.verification`)."""
+    """Every number of the section, raw (also used by `python -m benchmarks.verification`).
+
+    `precision`: the weights the catch-rate checks re-score with, as `verify_precision` sets them for
+    `run-task --verify` (auto: the bf16 copy where it pays); the cost is measured with both.
+    """
     n = n or options.pick(full=100, quick=8)
     requests = catch_prompts(n)
     real = model_path()
-    swapped = requantized_smollm2(Path(tempfile.mkdtemp(prefix="verify-bench-")))
-    scorers = {t: TokenScorer(real, RuntimeOptions(n_threads=t)) for t in sorted({1} | {t for t, _ in cells})}
+    scratch = Path(tempfile.mkdtemp(prefix="verify-bench-"))
+    swapped = requantized_smollm2(scratch)
+    copy = (
+        scoring_copy(real, scratch) if bf16_pays(CpuInfo.read(), build_fingerprint()) or precision == "bf16" else None
+    )
+    chosen = choose_precision(precision, real, CpuInfo.read(), build_fingerprint())
+    checking = copy if chosen == "bf16" and copy is not None else real
+    _progress(f"catch rates re-scored with {checking.name}")
+    threads = sorted({t for t, _ in cells})
+    scorers = {t: TokenScorer(checking, RuntimeOptions(n_threads=t)) for t in threads}
+    cost_scorers = {"model file": TokenScorer(real, RuntimeOptions(n_threads=1))}
+    if copy is not None:
+        cost_scorers["bf16 copy"] = TokenScorer(copy, RuntimeOptions(n_threads=1))
     costs: dict[str, list[float]] = {}
     done: list[Cell] = []
     try:
         for parallel, reps in ((1, options.pick(full=3, quick=1)), (4, 1)) if cost else ():
-            await _costs(real, parallel, reps, scorers[1], costs)
-        for threads, parallel in cells:
-            cell = Cell(threads, parallel)
-            await _cell(cell, (real, swapped), requests, scorers[threads], deadline, on_group)
+            await _costs(real, parallel, reps, cost_scorers, costs)
+        for t, parallel in cells:
+            cell = Cell(t, parallel, scorer=checking.name)
+            await _cell(cell, (real, swapped), requests, scorers[t], deadline, on_group)
             done.append(cell)
     finally:
-        for scorer in scorers.values():
+        for scorer in [*scorers.values(), *cost_scorers.values()]:
             scorer.close()
     return {"n": n, "cells": done, "costs": costs}
-
-
-def _quantiles(values: list[float]) -> str:
-    a = np.array(values)
-    return (
-        f"p50 {np.quantile(a, 0.5):.4f}, p99 {np.quantile(a, 0.99):.4f}, p99.9 {np.quantile(a, 0.999):.4f}, "
-        f"max {a.max():.4f} (n={a.size})"
-    )
-
-
-def _spread(values: list[float]) -> str:
-    b = np.array(values)
-    return f"min {b.min():.4f}, p1 {np.quantile(b, 0.01):.4f}, median {np.median(b):.4f}, p99 {np.quantile(b, 0.99):.4f}, max {b.max():.4f}"
-
-
-RULES = {  # words of each rule's message in node/publisher/verification.py
-    "position tolerance": "claimed log-probability",
-    "mean bias": "nats above the model's",
-    "not the best token at temperature 0": "not the model's best token",
-    "outside top-k/min-p": "outside the sampler's",
-    "text": "result text",
-}
-
-
-def _rules(failures: list[str]) -> str:
-    """How many failures each rule of the checker named (the first rule broken)."""
-    counts = {rule: sum(words in f for f in failures) for rule, words in RULES.items()}
-    return ", ".join(f"{rule} {n}" for rule, n in counts.items() if n) or "none"
-
-
-def _notes(cells: list[Cell]) -> list[str]:
-    checker = ProofChecker()
-    notes = [
-        f"up to {max(c.kinds['honest'].checked for c in cells)} distinct prompts per cell, answers of at most {CHECK_TOKENS} tokens; tolerances: "
-        f"{checker.position_tolerance} nats per position, {checker.mean_tolerance} nats mean bias."
-    ]
-    for cell in cells:
-        k = cell.kinds
-        notes.append(
-            f"{cell.label}: honest flagged {len(k['honest'].failed)} of {k['honest'].checked}; "
-            + "; ".join(
-                f"{name} caught {len(k[name].failed)} of {k[name].checked}"
-                for name in ("swapped", "fixed", "relabelled")
-            )
-        )
-        notes.append(f"{cell.label} honest |claimed - re-scored| per position: {_quantiles(k['honest'].deviations)}")
-        for name in ("honest", "swapped"):
-            notes.append(f"{cell.label} {name} mean bias per result: {_spread(k[name].biases)}")
-        for name in ("swapped", "fixed"):
-            notes.append(f"{cell.label} {name} caught by: {_rules(k[name].failed)}")
-        if k["honest"].failed:
-            notes.append(f"{cell.label} honest flagged, first: {k['honest'].failed[0]}")
-        missed = k["swapped"].checked - len(k["swapped"].failed)
-        if missed:
-            notes.append(f"{cell.label}: {missed} swapped results passed")
-    return notes
 
 
 async def run(options: BenchOptions, cells: list[tuple[int, int]] = CELLS, cost: bool = True) -> Section:
@@ -340,13 +309,14 @@ async def run(options: BenchOptions, cells: list[tuple[int, int]] = CELLS, cost:
     rows = [
         Row(metric=f"verify / generate, {key}", ratio=summarize(values, "x", what=key))
         for key, values in costs.items()
-        if not key.endswith("prompt tokens")
+        if not key.endswith(("prompt tokens", "honest flagged"))
     ]
     notes = [f"cost {k}: {min(v):.0f}-{max(v):.0f}" for k, v in costs.items() if k.endswith("prompt tokens")][:1]
+    notes += [f"cost {k}: {sum(v):.0f} of {len(v)}" for k, v in costs.items() if k.endswith("honest flagged")]
     if measured:
         from benchmarks.verification_plot import draw  # matplotlib only when cells were measured
 
-        notes += _notes(measured)
+        notes += cell_notes(measured)
         notes.append(f"distributions drawn in {draw(measured, ProofChecker(), PLOT_PATH).name}")
     return Section(name="verification", title="11. Verification", rows=rows, notes=notes)
 
@@ -362,10 +332,16 @@ def _main() -> None:
     parser.add_argument("--minutes", type=float, help="with --dump: stop each cell after this many minutes")
     parser.add_argument("--n", type=int, help="with --dump: prompts per cell (default 100, at most 1120)")
     parser.add_argument("--combine", type=Path, nargs="+", help="no run: notes and plot of cells dumped by --dump")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "model", "bf16"],
+        default="auto",
+        help="weights the catch-rate checks re-score with",
+    )
     args = parser.parse_args()
     if args.combine:
         combined = [Cell.from_dict(c) for f in args.combine for c in json.loads(f.read_text())["cells"]]
-        print("\n".join(_notes(combined)))
+        print("\n".join(cell_notes(combined)))
         from benchmarks.verification_plot import draw
 
         print(f"distributions drawn in {draw(combined, ProofChecker(), PLOT_PATH)}")
@@ -381,8 +357,8 @@ def _main() -> None:
             partial.write_text(json.dumps({"cells": [asdict(cell)]}))
             partial.replace(dump)
 
-        raw = asyncio.run(measure(options, cells, False, deadline, save, args.n))
-        print("\n".join(_notes(raw["cells"])))
+        raw = asyncio.run(measure(options, cells, False, deadline, save, args.n, args.precision))
+        print("\n".join(cell_notes(raw["cells"])))
         return
     section = asyncio.run(run(options, cells, cost=not args.no_cost))
     print("\n".join(section.notes))

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=PUBLISHER_DATA_DIR,
-        help=f"where the measured reputation of nodes is kept (default {PUBLISHER_DATA_DIR})",
+        help=f"where the measured reputation of nodes and the scoring copies of --verify are kept "
+        f"(default {PUBLISHER_DATA_DIR})",
     )
 
     models = commands.add_parser("models", help="list, pull, remove or benchmark models")
@@ -165,7 +166,7 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
     from node.publisher.verification import ResultVerifier
 
-    scorers = LocalScorers(Settings()) if args.verify > 0 else None
+    scorers = LocalScorers(Settings(), args.data_dir.expanduser() / "scoring") if args.verify > 0 else None
     verifier = None if scorers is None else ResultVerifier(args.verify, scorers)
     client = Client(
         peers=args.peer,

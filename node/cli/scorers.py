@@ -1,25 +1,40 @@
-"""The publisher's local scorers: model files on this machine opened for verifying results (`--verify`)."""
+"""The publisher's local scorers: model files on this machine opened for verifying results (`--verify`).
+
+Each is opened as the file itself or as its bf16 scoring copy (models/scoring_copy.py), as the
+`verify_precision` setting says; copies are cached in the directory given (run-task: its
+`--data-dir`/scoring).
+"""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import structlog
+
 from config.settings import Settings
+from models.benchmark import build_fingerprint
+from models.cpu import CpuInfo
 from models.options import RuntimeOptions
 from models.registry import Registry
 from models.requests import ModelError
 from models.scoring import TokenScorer
+from models.scoring_copy import choose_precision, scoring_copy
 from models.store import ModelStore
+
+log = structlog.get_logger(__name__)
 
 
 class LocalScorers:
     """Model name -> a TokenScorer of its file here, opened on first use (None: not on this machine)."""
 
-    def __init__(self, settings: Settings, n_ctx: int = 4096) -> None:
+    def __init__(self, settings: Settings, copies: Path, n_ctx: int = 4096) -> None:
+        """`copies`: the directory of the bf16 scoring copies (made once per model file)."""
         self._registry = Registry.builtin().with_overrides(settings.registry)
         self._store = ModelStore(settings.models_dir)
         self._options = RuntimeOptions(n_ctx=n_ctx, n_threads=settings.n_threads)
+        self._precision = settings.verify_precision
+        self._copies = copies
         self._scorers: dict[str, TokenScorer | None] = {}
         self._lock = threading.Lock()
 
@@ -28,7 +43,11 @@ class LocalScorers:
             spec = self._registry.get(name)
         except ModelError:
             return None
-        return self._store.locate(spec)
+        path = self._store.locate(spec)
+        if path is None or choose_precision(self._precision, path, CpuInfo.read(), build_fingerprint()) == "model":
+            return path
+        log.info("opening a bf16 scoring copy", model=name, path=str(path))
+        return scoring_copy(path, self._copies)
 
     def __call__(self, name: str) -> TokenScorer | None:
         with self._lock:

@@ -8,7 +8,9 @@ publisher package does not import models, the caller hands one in). A result fai
   - any claimed log-probability is further than `position_tolerance` from the re-scored one
     (a lie about the model's numbers, or another model's numbers);
   - the claimed log-probabilities are on average higher than the re-scored ones by more than
-    `mean_tolerance` (tokens a different model found likelier than this one does);
+    the mean tolerance for that many positions (tokens a different model found likelier than
+    this one does): `mean_tolerance`, or `mean_spread / sqrt(positions)` where that is wider
+    (a mean over few positions spreads more);
   - an unconstrained token could not have been sampled under the claimed settings: at
     temperature 0 a token that is not the model's best, above 0 one outside top-k 40 or the
     min-p 0.05 window (a fixed or foreign text the model would not produce);
@@ -48,6 +50,10 @@ log = structlog.get_logger(__name__)
 # per position across 1/2 threads and 1/4 parallel sequences, with margin.
 POSITION_TOLERANCE = 1.0
 MEAN_TOLERANCE = 0.05
+# A mean over k positions spreads as ~1/sqrt(k), so the mean tolerance is max(MEAN_TOLERANCE,
+# MEAN_SPREAD / sqrt(k)). Measured: over every prefix of 1,139 honest results (1/2 threads, 1/4
+# sequences, the bf16 scoring copy), (mean bias of the first k) x sqrt(k) reached 0.39 at most.
+MEAN_SPREAD = 0.5
 # The sampler chain's candidate window (models/sampling.py): top-k 40, min-p 0.05.
 TOP_K = 40
 MIN_P_GAP = -math.log(0.05)
@@ -96,6 +102,11 @@ class ProofChecker:
 
     position_tolerance: float = POSITION_TOLERANCE
     mean_tolerance: float = MEAN_TOLERANCE
+    mean_spread: float = MEAN_SPREAD
+
+    def mean_tolerance_for(self, positions: int) -> float:
+        """How far above the model's the claimed log-probabilities may be on average over `positions` tokens."""
+        return max(self.mean_tolerance, self.mean_spread / math.sqrt(max(positions, 1)))
 
     def check(
         self, proof: Proof | None, result_text: str, scorer: Scorer, expected: PromptExpectation | None = None
@@ -132,10 +143,11 @@ class ProofChecker:
                         number, i, generation.temperature, actual, scores.best_logprobs[i], scores.ranks[i]
                     )
         mean = sum(deviations) / len(deviations) if deviations else 0.0
-        if mean > self.mean_tolerance:
+        tolerance = self.mean_tolerance_for(len(deviations))
+        if mean > tolerance:
             raise VerificationError(
                 f"claimed log-probabilities are {mean:.3f} nats above the model's on average "
-                f"(over {len(deviations)} tokens): another model's tokens"
+                f"(over {len(deviations)} tokens, tolerance {tolerance:.3f}): another model's tokens"
             )
         if not any(_same_text(result_text, text) for text in texts):
             raise VerificationError("the result text is not the text of any proven generation")

@@ -65,6 +65,27 @@ def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: No
     assert row["answered"] > 1.99 and row["errors"] == 0 and row["mean_result_s"] > 0
 
 
+def test_run_task_verifies_the_result_against_a_bf16_scoring_copy(node: NodeProcess, tmp_path: Path) -> None:
+    publisher = tmp_path / "publisher"
+    args = ("--peer", node.addr, "--model", "smollm2:135m", "--prompt", "Name a river.", "--max-tokens", "16")
+    done = subprocess.run(
+        [*CLI, "run-task", *args, "--verify", "1", "--data-dir", str(publisher)],
+        capture_output=True,
+        text=True,
+        env=cli_env(COMPUTE_NODE_VERIFY_PRECISION="bf16"),
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr  # a failed check exits 1 (VerificationFailedTaskError)
+    assert done.stdout.strip()
+    assert [p.name for p in (publisher / "scoring").glob("*.bf16.gguf")]  # re-scored with the copy made here
+    listed = subprocess.run(
+        [*CLI, "nodes", "--data-dir", str(publisher), "--json"], capture_output=True, text=True, env=cli_env(), cwd=ROOT
+    )
+    (row,) = json.loads(listed.stdout)["nodes"]
+    assert row["verify_passed"] > 0.99 and row["verify_failed"] == 0
+
+
 def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
     workflow = EXAMPLES / "simple_omitted.json"
     done = run_task(

@@ -78,6 +78,26 @@ async def test_each_lie_is_named(model: BatchedLlamaModel, scorer: TokenScorer) 
     assert "top-k/min-p window" in (sampled or "")
 
 
+async def test_the_mean_bias_tolerance_widens_for_few_positions(model: BatchedLlamaModel, scorer: TokenScorer) -> None:
+    text, trace = await _run(model, "Tell me about rivers.", 0.7, 5)
+    checker = ProofChecker()
+    n = len(trace.logprobs)
+    assert n >= 16
+    assert checker.mean_tolerance_for(1) == checker.mean_spread > checker.mean_tolerance_for(4)
+    assert checker.mean_tolerance_for(n) > checker.mean_tolerance_for(10_000) == checker.mean_tolerance  # the floor
+    # Every claim a little too high, each well within the position tolerance: over n positions, another model.
+    shift = 2 * checker.mean_tolerance_for(n)
+    assert shift < checker.position_tolerance / 2
+    inflated = [min(p + shift, 0.0) for p in trace.logprobs]  # a log-probability above 0 is refused as a shape
+    assert sum(inflated) - sum(trace.logprobs) > 1.2 * checker.mean_tolerance_for(n) * n
+    assert "nats above the model's on average" in (_check(_proof(trace, logprobs=inflated), text, scorer) or "")
+    # The same shift over the first 3 positions only is within what three honest positions spread.
+    first = {"tokens": trace.tokens[:3], "logprobs": inflated[:3]}
+    assert sum(inflated[:3]) - sum(trace.logprobs[:3]) > 3 * checker.mean_tolerance  # the flat floor would flag it
+    assert shift < checker.mean_tolerance_for(3)
+    assert await asyncio.to_thread(_check, _proof(trace, **first), text, scorer) is None
+
+
 async def test_a_swapped_models_own_numbers_are_caught(tmp_path: Path, scorer: TokenScorer) -> None:
     swapped = await BatchedLlamaModel.load("swapped", requantized_smollm2(tmp_path), RuntimeOptions(n_threads=1), 1)
     try:

@@ -1,0 +1,24 @@
+"""The publisher's local scorers open a model's bf16 scoring copy when `verify_precision` asks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.settings import Settings
+from node.cli.scorers import LocalScorers
+
+
+def test_the_publishers_scorers_open_the_copy_when_the_setting_asks(tmp_path: Path) -> None:
+    scorers = LocalScorers(Settings(verify_precision="bf16"), tmp_path / "scoring", n_ctx=512)
+    try:
+        assert scorers("smollm2:135m") is not None
+        assert [p.name for p in (tmp_path / "scoring").glob("*.bf16.gguf")]
+        assert scorers("no-such-model:1b") is None
+    finally:
+        scorers.close()
+    plain = LocalScorers(Settings(verify_precision="model"), tmp_path / "plain" / "scoring", n_ctx=512)
+    try:
+        assert plain("smollm2:135m") is not None
+        assert not (tmp_path / "plain" / "scoring").exists()
+    finally:
+        plain.close()
