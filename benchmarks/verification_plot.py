@@ -41,10 +41,14 @@ def draw(cells: list[Cell], checker: ProofChecker, path: Path) -> Path:
         scaled = [b * np.sqrt(n) for b, n in zip(swapped.biases, swapped.positions, strict=False)]
         right.hist(scaled, bins=edges, histtype="step", linestyle="--", color="black", label=f"swapped {cell.label}")
     right.axvline(checker.mean_spread, color="red", label="mean_spread (tolerance x sqrt(k) below the floor)")
-    right.set_xlabel("honest: max over k of (mean bias of the first k positions) x sqrt(k); swapped: its whole mean")
+    right.set_xlabel("honest: max over k of mean(first k) x sqrt(k); swapped: mean x sqrt(positions)")
     right.set_ylabel("results")
     right.legend(fontsize=7)
-    fig.suptitle("Verification: honest vs swapped-model results (SmolLM2-135M Q4_1 vs its Q4_0 requantization)")
+    scorer = cells[0].scorer if cells else ""
+    fig.suptitle(
+        "Verification: honest vs swapped-model results (SmolLM2-135M Q4_1 vs its Q4_0 requantization)"
+        + (f"; re-scored with {'its bf16 copy' if 'bf16' in scorer else 'the model file'}" if scorer else "")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
