@@ -3,10 +3,10 @@
 Re-scoring a result (models/scoring.py) evaluates prompt + generated tokens in one batched pass.
 A Q4_1 file's batched kernels are only ~2x faster per token than decoding on CPU, so at one
 sequence re-scoring cost 0.6-0.8 of the generation. The same weights in bf16 run llama.cpp's
-bf16 matrix kernels: measured on a 2-core AMD EPYC with AVX512_BF16 (SmolLM2-135M, 256
-generated tokens, 1 thread) 0.21-0.31 of the generation against 0.63-0.78, with the honest
-spread of |claimed - re-scored| per position about as before (p99 0.21 against 0.19 nats; the
-tolerances are measured with it: benchmarks/verification.py).
+bf16 matrix kernels: measured on a 2-core AMD EPYC with AVX512_BF16 (SmolLM2-135M, answers of
+32-256 tokens, 1 thread, quiet) 0.20-0.23 of the generation against 0.54-0.66, with the honest
+spread of |claimed - re-scored| per position a little wider (p99 0.24 against 0.19 nats; the
+tolerances are measured with it: benchmarks/verification.py, docs/VERIFICATION.md).
 
 The copy is made by llama.cpp's own quantizer (`llama_model_quantize`, Q4_1 -> bf16 is a
 widening: every weight is kept to bf16's precision), once per source file, and cached beside

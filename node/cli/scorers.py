@@ -17,7 +17,7 @@ from models.benchmark import build_fingerprint
 from models.cpu import CpuInfo
 from models.options import RuntimeOptions
 from models.registry import Registry
-from models.requests import ModelError
+from models.requests import ModelError, ModelLoadError
 from models.scoring import TokenScorer
 from models.scoring_copy import choose_precision, scoring_copy
 from models.store import ModelStore
@@ -47,7 +47,11 @@ class LocalScorers:
         if path is None or choose_precision(self._precision, path, CpuInfo.read(), build_fingerprint()) == "model":
             return path
         log.info("opening a bf16 scoring copy", model=name, path=str(path))
-        return scoring_copy(path, self._copies)
+        try:
+            return scoring_copy(path, self._copies)
+        except (ModelLoadError, OSError) as exc:  # a full disk, say: verify with the file itself, slower
+            log.warning("no bf16 scoring copy; re-scoring with the model file", model=name, error=str(exc))
+            return path
 
     def __call__(self, name: str) -> TokenScorer | None:
         with self._lock:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import node.cli.scorers as scorers_module
 from config.settings import Settings
 from node.cli.scorers import LocalScorers
 
@@ -22,3 +25,17 @@ def test_the_publishers_scorers_open_the_copy_when_the_setting_asks(tmp_path: Pa
         assert not (tmp_path / "plain" / "scoring").exists()
     finally:
         plain.close()
+
+
+def test_a_copy_that_cannot_be_made_falls_back_to_the_model_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_copy(path: Path, directory: Path) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scorers_module, "scoring_copy", no_copy)
+    scorers = LocalScorers(Settings(verify_precision="bf16"), tmp_path / "scoring", n_ctx=512)
+    try:
+        assert scorers("smollm2:135m") is not None  # verifying still works, on the model file
+    finally:
+        scorers.close()
