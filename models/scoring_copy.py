@@ -10,7 +10,8 @@ tolerances are measured with it: benchmarks/verification.py, docs/VERIFICATION.m
 
 The copy is made by llama.cpp's own quantizer (`llama_model_quantize`, Q4_1 -> bf16 is a
 widening: every weight is kept to bf16's precision), once per source file, and cached beside
-the other copies in a directory the caller owns. `auto` takes it only where it pays: the CPU and
+the other copies in a directory the caller owns; a file that changed (size or mtime) gets a new
+copy, and its old one is deleted. `auto` takes it only where it pays: the CPU and
 the llama.cpp build both have AVX512_BF16 (without native bf16 dot products bf16 is slow), and
 the copy stays small (4x the file at most: a file of at most `AUTO_MAX_FILE_BYTES`).
 """
@@ -50,11 +51,14 @@ def scoring_copy(path: Path, directory: Path) -> Path:
     import llama_cpp
 
     stat = path.stat()
-    identity = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = directory / f"{path.stem}.{identity}.bf16.gguf"
+    source = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    version = hashlib.sha256(f"{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+    target = directory / f"{path.stem}.{source}.{version}.bf16.gguf"
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"{path.stem}.{source}.*.bf16.gguf"):  # copies of the file before it changed
+        stale.unlink(missing_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16

@@ -4,6 +4,8 @@ and that it re-scores the model's own generations within the verifier's position
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,13 @@ async def test_the_copy_is_made_once_and_rescores_within_the_tolerance(tmp_path:
     deviations = [abs(a - b) for a, b in zip(trace.logprobs, scores.logprobs, strict=True)]
     assert len(deviations) == len(trace.tokens) > 0
     assert max(deviations) < POSITION_TOLERANCE / 2
+
+
+def test_a_changed_model_file_gets_a_new_copy_and_the_old_one_goes(tmp_path: Path) -> None:
+    source = tmp_path / "model.gguf"
+    source.write_bytes(SMOLLM2.read_bytes())
+    first = scoring_copy(source, tmp_path / "copies")
+    os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))  # replaced by a newer download, say
+    second = scoring_copy(source, tmp_path / "copies")
+    assert second != first and second.is_file() and not first.exists()
+    assert [p.name for p in (tmp_path / "copies").iterdir()] == [second.name]
