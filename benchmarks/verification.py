@@ -39,6 +39,7 @@ from benchmarks.report import Row, Section
 from benchmarks.stats import BenchmarkError, summarize
 from benchmarks.verification_cells import CHECK_TOKENS, PREFIX_LENGTHS, Cell, Kind, cell_notes, quantiles, spread
 from benchmarks.workloads import model_path, story_prompt
+from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.benchmark import build_fingerprint
 from models.cpu import CpuInfo
@@ -67,6 +68,13 @@ STYLES = [
     " Be precise.", " Start with a question.", " Avoid rhyme.", " Use the present tense.",
 ]  # fmt: skip
 PLOT_PATH = Path(__file__).with_name("verification.png")
+# Generation and re-scoring with the node's flash-attention default, as a node and `run-task --verify` run them.
+FLASH_ATTN = Settings.model_fields["flash_attn"].default
+
+
+def runtime(threads: int) -> RuntimeOptions:
+    """llama.cpp options of the benchmark's generators and scorers at `threads` threads."""
+    return RuntimeOptions(n_threads=threads, flash_attn=FLASH_ATTN)
 
 
 def catch_prompts(n: int) -> list[GenerationRequest]:
@@ -177,7 +185,7 @@ async def _cell(
     checker = ProofChecker()
     scorer = _Remembered(opened)
     fixed_tokens = opened._llm.tokenize(FIXED_TEXT.encode(), add_bos=False, special=False)
-    options = RuntimeOptions(n_threads=cell.threads)
+    options = runtime(cell.threads)
     real, cheat = [await BatchedLlamaModel.load("bench", p, options, parallel=cell.parallel) for p in paths]
     k = cell.kinds
     try:
@@ -216,7 +224,7 @@ async def _costs(
 ) -> None:
     """Verify / generate for each answer length, at 1 thread and `parallel` sequences sharing the batches,
     with each scorer (the model file, its bf16 copy)."""
-    model = await BatchedLlamaModel.load("bench", real, RuntimeOptions(n_threads=1), parallel=parallel)
+    model = await BatchedLlamaModel.load("bench", real, runtime(1), parallel=parallel)
     try:
         for rep in range(reps):
             for length in COST_LENGTHS:
@@ -281,10 +289,10 @@ async def measure(
     checking = copy if chosen == "bf16" and copy is not None else real
     _progress(f"catch rates re-scored with {checking.name}")
     threads = sorted({t for t, _ in cells})
-    scorers = {t: TokenScorer(checking, RuntimeOptions(n_threads=t)) for t in threads}
-    cost_scorers = {"model file": TokenScorer(real, RuntimeOptions(n_threads=1))}
+    scorers = {t: TokenScorer(checking, runtime(t)) for t in threads}
+    cost_scorers = {"model file": TokenScorer(real, runtime(1))}
     if copy is not None:
-        cost_scorers["bf16 copy"] = TokenScorer(copy, RuntimeOptions(n_threads=1))
+        cost_scorers["bf16 copy"] = TokenScorer(copy, runtime(1))
     costs: dict[str, list[float]] = {}
     done: list[Cell] = []
     try:

@@ -14,7 +14,7 @@ import structlog
 
 from config.settings import Settings
 from models.benchmark import build_fingerprint
-from models.cpu import CpuInfo
+from models.cpu import CpuInfo, extra_buffers_enabled
 from models.options import RuntimeOptions
 from models.registry import Registry
 from models.requests import ModelError, ModelLoadError
@@ -32,7 +32,12 @@ class LocalScorers:
         """`copies`: the directory of the bf16 scoring copies (made once per model file)."""
         self._registry = Registry.builtin().with_overrides(settings.registry)
         self._store = ModelStore(settings.models_dir)
-        self._options = RuntimeOptions(n_ctx=n_ctx, n_threads=settings.n_threads)
+        self._options = RuntimeOptions(
+            n_ctx=n_ctx,
+            n_threads=settings.n_threads,
+            flash_attn=settings.flash_attn,
+            extra_buffers=extra_buffers_enabled(settings.extra_buffers, CpuInfo.read()),
+        )
         self._precision = settings.verify_precision
         self._copies = copies
         self._scorers: dict[str, TokenScorer | None] = {}
