@@ -70,7 +70,9 @@ class Settings(LayeredSettings):
         default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
     )
     flash_attn: Literal["on", "off", "auto"] = Field(
-        default="on", description="Flash attention (as llama-server does on CPU; a quantized KV cache needs it)"
+        default="auto",
+        description="Flash attention; auto: on with a GPU or a quantized KV cache (which needs it), off on a CPU "
+        "with an f16 cache (decoding at long contexts measured up to 2x faster without it)",
     )
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
         default="f16", description="Type of the KV cache (K and V); see benchmark 10 for memory, speed and quality"

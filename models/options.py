@@ -17,11 +17,6 @@ _GGML_TYPES: dict[str, int] = {
     "q8_0": llama_cpp.GGML_TYPE_Q8_0,
     "q4_0": llama_cpp.GGML_TYPE_Q4_0,
 }
-_FLASH_ATTN_TYPES: dict[str, int] = {
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-}
 
 
 def flash_attention(value: object) -> object:
@@ -66,9 +61,21 @@ class RuntimeOptions(BaseModel):
             return self.n_gpu_layers
         return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
+    def flash_attn_on(self) -> bool:
+        """Whether generation runs with flash attention: `auto` is on where a GPU runs layers or the KV
+        cache is quantized (llama.cpp needs it there), and off on a CPU with an f16 cache. On a CPU,
+        one-token decode steps with flash attention slowed as the context grew on an Intel Xeon
+        (Sapphire Rapids class: 1.6x slower at 256 tokens, 2.1x at 1,800) and were even on an AMD
+        EPYC, while batched prompt evaluation gained 4-17% (benchmark 10, benchmarks/RESULTS.md)."""
+        if self.flash_attn != "auto":
+            return self.flash_attn == "on"
+        return self.kv_cache_type != "f16" or self.gpu_layers() != 0
+
     def flash_attn_type(self) -> int:
-        """llama.cpp's `flash_attn_type` for this setting."""
-        return _FLASH_ATTN_TYPES[self.flash_attn]
+        """llama.cpp's `flash_attn_type` for this setting (`auto` resolved by `flash_attn_on`)."""
+        if self.flash_attn_on():
+            return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+        return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
 
     def kv_ggml_type(self) -> int:
         """llama.cpp's `type_k`/`type_v` for this setting."""

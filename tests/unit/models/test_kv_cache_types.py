@@ -37,3 +37,14 @@ def test_a_quantized_cache_needs_flash_attention() -> None:
     with pytest.raises(ConfigError, match="kv_cache_type q4_0 needs flash_attn on or auto"):
         Settings.load(None, kv_cache_type="q4_0", flash_attn="false")
     assert Settings.load(None, flash_attn="true").flash_attn == "on"  # older boolean configs still load
+
+
+def test_auto_flash_attention_is_off_only_on_a_cpu_with_an_f16_cache() -> None:
+    assert Settings().flash_attn == "auto"
+    cpu_f16 = RuntimeOptions(flash_attn="auto", n_gpu_layers=0)
+    assert not cpu_f16.flash_attn_on()  # CPU decode steps at long contexts: up to 2x faster without it
+    assert RuntimeOptions(flash_attn="auto", n_gpu_layers=0, kv_cache_type="q8_0").flash_attn_on()  # needs it
+    assert RuntimeOptions(flash_attn="auto", n_gpu_layers=-1).flash_attn_on()  # layers on a GPU
+    assert RuntimeOptions(flash_attn="on", n_gpu_layers=0).flash_attn_on()  # a setting that says so wins
+    assert not RuntimeOptions(flash_attn="off", n_gpu_layers=-1).flash_attn_on()
+    assert cpu_f16.flash_attn_type() != RuntimeOptions(flash_attn="on").flash_attn_type()

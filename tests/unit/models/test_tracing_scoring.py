@@ -141,7 +141,7 @@ async def test_a_check_reuses_the_previous_checks_prompt_and_scores_alike(
 async def test_flash_attention_in_the_scorer_moves_logprobs_less_than_the_honest_spread(
     model: BatchedLlamaModel, scorer: TokenScorer
 ) -> None:
-    # A scorer follows the `flash_attn` setting (~13% less time per check at 1 thread); its sums
+    # A scorer uses flash attention unless the setting says off (~13% less time per check); its sums
     # run in another order, which must stay far inside what an honest result may differ by.
     _, traces = await _traced(model, _request("Describe a quiet harbour at dawn.", max_tokens=32))
     trace = traces[0]
