@@ -66,7 +66,7 @@ class RuntimeOptions(BaseModel):
         cache is quantized (llama.cpp needs it there), and off on a CPU with an f16 cache. On a CPU,
         one-token decode steps with flash attention slowed as the context grew on an Intel Xeon
         (Sapphire Rapids class: 1.6x slower at 256 tokens, 2.1x at 1,800) and were even on an AMD
-        EPYC, while batched prompt evaluation gained 4-17% (benchmark 10, benchmarks/RESULTS.md)."""
+        EPYC, while batched prompt evaluation gained 4-17% (README: benchmark 10)."""
         if self.flash_attn != "auto":
             return self.flash_attn == "on"
         return self.kv_cache_type != "f16" or self.gpu_layers() != 0
