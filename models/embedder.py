@@ -45,7 +45,7 @@ class Embedder:
                 n_threads=opts.threads(),
                 n_threads_batch=opts.threads(),
                 n_gpu_layers=opts.gpu_layers(),
-                flash_attn=opts.flash_attn != "off",
+                flash_attn=opts.flash_attn_for_batches(),
                 type_k=opts.kv_ggml_type(),
                 type_v=opts.kv_ggml_type(),
                 embedding=True,

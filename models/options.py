@@ -71,6 +71,12 @@ class RuntimeOptions(BaseModel):
             return self.flash_attn == "on"
         return self.kv_cache_type != "f16" or self.gpu_layers() != 0
 
+    def flash_attn_for_batches(self) -> bool:
+        """Whether a context that only evaluates whole batches (re-scoring, embeddings) uses flash
+        attention: unless the setting is `off`, since `auto` is about one-token decode steps and a
+        batched pass is faster with it (a 300-token check: -13% at 1 thread)."""
+        return self.flash_attn != "off"
+
     def flash_attn_type(self) -> int:
         """llama.cpp's `flash_attn_type` for this setting (`auto` resolved by `flash_attn_on`)."""
         if self.flash_attn_on():

@@ -86,9 +86,7 @@ class TokenScorer:
                 n_threads=opts.threads(),
                 n_threads_batch=opts.threads(),
                 n_gpu_layers=opts.gpu_layers(),
-                # A check is one batched pass, where flash attention is faster (a 300-token check: -13% at 1
-                # thread); only an explicit "off" turns it off (`auto` is about one-token decode steps).
-                flash_attn=opts.flash_attn != "off",
+                flash_attn=opts.flash_attn_for_batches(),  # a check is one batched pass
             )
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not open {path} for scoring: {exc}") from exc

@@ -48,3 +48,5 @@ def test_auto_flash_attention_is_off_only_on_a_cpu_with_an_f16_cache() -> None:
     assert RuntimeOptions(flash_attn="on", n_gpu_layers=0).flash_attn_on()  # a setting that says so wins
     assert not RuntimeOptions(flash_attn="off", n_gpu_layers=-1).flash_attn_on()
     assert cpu_f16.flash_attn_type() != RuntimeOptions(flash_attn="on").flash_attn_type()
+    assert cpu_f16.flash_attn_for_batches()  # re-scoring and embeddings: batched passes keep it
+    assert not RuntimeOptions(flash_attn="off").flash_attn_for_batches()
