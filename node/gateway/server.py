@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 
 import structlog
 
@@ -12,9 +13,10 @@ from node.gateway.database import purge_loop
 from node.gateway.dria_sdk.service import SdkService
 from node.gateway.dria_sdk.store import SdkStore
 from node.gateway.service import GatewayService, PendingCaps
-from node.gateway.settings import GatewaySettings
+from node.gateway.settings import GatewaySettings, is_loopback
 from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
+from node.ops.systemd import SocketActivationError, inherited_listener
 from node.publisher.client import Client
 from node.publisher.reputation import ReputationSettings
 from node.wire.identity import Identity
@@ -25,8 +27,11 @@ log = structlog.get_logger(__name__)
 class Gateway:
     """`compute-node gateway` in one object: `await start()`, `.url`, `await stop()`."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, listener: socket.socket | None = None) -> None:
+        """`listener`: a listening socket to serve HTTP on instead of settings.host:port (systemd's, or one
+        a caller keeps across restarts so that no connection is refused in between)."""
         self.settings = settings
+        self._listener = listener
         identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
         client = Client(
             peers=settings.peers,
@@ -62,10 +67,11 @@ class Gateway:
     async def start(self) -> None:
         """Listen for HTTP (HttpServerError if the port is taken), then join the network.
 
-        Listening first keeps a restart's gap short: the SDK's poll loop gives up after a few refused connections.
+        Listening first keeps a restart's gap short: the SDK's poll loop gives up for good after
+        about 2 s of refused connections. Only a listener kept across the restart closes the gap.
         """
         try:
-            await self.http.start(self.settings.host, self.settings.port)
+            await self.http.start(self.settings.host, self.settings.port, self._listener)
             await self.service.start()
         except BaseException:
             await self.http.stop()
@@ -90,13 +96,24 @@ class Gateway:
 
 
 async def serve(settings: GatewaySettings) -> None:
-    """Run a gateway until SIGINT or SIGTERM."""
-    gateway = Gateway(settings)
-    await gateway.start()
+    """Run a gateway until SIGINT or SIGTERM (one during startup stops it once started); on the
+    socket systemd passed, if it passed one."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    listener = inherited_listener()
+    if listener is not None:
+        host, port = listener.getsockname()[:2]
+        if not settings.api_keys and not is_loopback(host):  # what the settings check of `host` says
+            listener.close()
+            raise SocketActivationError(
+                f"the socket systemd passed listens on {host}, not a loopback address, and no api_keys are set; "
+                f"set api_keys ({GatewaySettings.env_var('api_keys')}) to serve a public address"
+            )
+        log.info("http socket from systemd", host=host, port=port, ignored=f"{settings.host}:{settings.port}")
+    gateway = Gateway(settings, listener)
+    await gateway.start()
     try:
         await stop.wait()
     finally:

@@ -187,11 +187,19 @@ class HttpServer:
         self.host: str | None = None
         self.port: int | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind ``host:port`` (0 = any free port, see ``.port``) and serve; returns once listening."""
+    async def start(self, host: str, port: int, listener: socket.socket | None = None) -> None:
+        """Bind ``host:port`` (0 = any free port, see ``.port``) and serve; returns once listening.
+
+        `listener`: serve on this listening socket instead (host and port are its own). It stays
+        open after `stop()`, so a server started on it next takes the connections that waited.
+        """
         if self._task is not None:
             raise HttpServerError("HTTP server already started")
-        sock = _bind(host, port)
+        if listener is not None:
+            sock = listener.dup()  # uvicorn closes what it serves on; the listener itself keeps listening
+            host, port = sock.getsockname()[:2]
+        else:
+            sock = _bind(host, port)
         self.host, self.port = host, sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,

@@ -1,9 +1,14 @@
-"""systemd readiness and watchdog notifications (the sd_notify protocol).
+"""systemd readiness and watchdog notifications (the sd_notify protocol), and socket activation.
 
 Under ``Type=notify`` systemd passes ``$NOTIFY_SOCKET`` (a filesystem path or an
 abstract ``@name``) and, with ``WatchdogSec=``, ``$WATCHDOG_USEC``. Each
 notification is one datagram of ``KEY=VALUE`` lines. Sending never raises:
 without systemd the notifier is disabled, and a failed send is only logged.
+
+With a ``.socket`` unit systemd opens the listening socket itself and passes it as
+fd 3 (``$LISTEN_FDS``, ``$LISTEN_PID``, the sd_listen_fds protocol). The socket
+outlives the service: while it restarts, new connections wait in the socket's
+backlog instead of being refused (`inherited_listener`).
 """
 
 from __future__ import annotations
@@ -83,6 +88,48 @@ class SystemdNotifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+SD_LISTEN_FDS_START = 3
+
+
+class SocketActivationError(Exception):
+    """systemd passed sockets this process cannot serve on (named in the message)."""
+
+
+def inherited_listener(environ: Mapping[str, str] | None = None) -> socket.socket | None:
+    """The listening TCP socket systemd passed to this process, or None when it passed none.
+
+    Takes the first passed socket (fd 3) and removes ``$LISTEN_FDS`` / ``$LISTEN_PID``
+    from ``os.environ`` so that child processes do not take it too. Raises
+    SocketActivationError when fd 3 is no listening TCP socket.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return None  # none, or meant for another process (a parent that exec'd us keeps its pid)
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        raise SocketActivationError(f"LISTEN_FDS={env.get('LISTEN_FDS')!r} is not a number") from None
+    if environ is None:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+    if count < 1:
+        return None
+    if count > 1:
+        log.warning("systemd passed more than one socket; serving on the first", count=count)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        raise SocketActivationError(f"fd {SD_LISTEN_FDS_START} from systemd is no socket: {exc}") from None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) or not listening:
+        sock.detach()  # not ours to close
+        raise SocketActivationError(
+            f"fd {SD_LISTEN_FDS_START} from systemd is no listening TCP socket (ListenStream=host:port)"
+        )
+    sock.set_inheritable(False)
+    return sock
 
 
 def _socket_address(address: str) -> str | bytes:
