@@ -40,6 +40,8 @@ def _multiaddrs(value: list[str]) -> list[str]:
     for addr in value:
         if not addr.startswith("/"):
             raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
+        if "/tcp/" not in addr:  # QUIC, WebSocket over UDP etc. are not part of the protocol
+            raise ValueError(f"{addr!r} is no TCP multiaddr (expected /ip4/HOST/tcp/PORT...): the network speaks TCP")
     return value
 
 

@@ -15,4 +15,9 @@ connection_trim.py ConnectionTrimmer: closes idle inbound connections past a bud
 inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent
+lean_libp2p.py     stand-ins for the parts of py-libp2p the node never runs (QUIC, mDNS, AutoTLS): ~15 MiB less
 """
+
+from node.p2p.lean_libp2p import install
+
+install()  # before any module of this package imports libp2p

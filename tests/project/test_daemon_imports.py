@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KEPT_OUT = ("fastapi", "starlette", "huggingface_hub", "llguidance", "llama_cpp", "numpy")
+# What py-libp2p would import for QUIC, mDNS and AutoTLS, which the node never runs (node/p2p/lean_libp2p.py).
+LIBP2P_LEFT_OUT = ("aioquic", "zeroconf", "requests", "httpx")
 
 
 def top_level_modules_after(imports: str) -> set[str]:
@@ -30,6 +32,7 @@ def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
     loaded = top_level_modules_after("node.cli.main, node.daemon.server, node.daemon.build, node.daemon.supervisor")
     assert "libp2p" in loaded and "uvicorn" in loaded  # the check sees the daemon's real imports
     assert sorted(loaded.intersection(KEPT_OUT)) == []
+    assert sorted(loaded.intersection(LIBP2P_LEFT_OUT)) == []
 
 
 # What the execution process imports before its first task, and what it loads only on use: the model

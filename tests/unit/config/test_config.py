@@ -50,6 +50,8 @@ def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> No
     [
         ({"max_queue": "-1"}, "max_queue"),
         ({"listen": ["tcp/4001"]}, "listen"),
+        ({"listen": ["/ip4/0.0.0.0/udp/4001/quic-v1"]}, "listen"),  # the network speaks TCP only
+        ({"bootstrap": ["/ip4/127.0.0.1/udp/4001/quic-v1/p2p/16Uiu2HAm"]}, "bootstrap"),
         ({"publishers": ["not-an-address"]}, "publishers"),
         ({"log_level": "loud"}, "log_level"),
         ({"n_ctx": "lots"}, "n_ctx"),
