@@ -168,12 +168,39 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+FIRST_REQUEST_WAIT_S = 2.0  # at most, for connections accepted just before a stop to send their request
+
+
 class _SignalFreeServer(uvicorn.Server):
-    """uvicorn.Server that leaves the process's signal handlers alone."""
+    """uvicorn.Server that leaves the process's signal handlers alone and drops no request it accepted."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting; let connections that have not sent their first request yet send it (for at
+        most FIRST_REQUEST_WAIT_S); then shut down as uvicorn does (requests in progress finish, idle
+        connections close).
+
+        uvicorn alone closes at once a connection whose request it has not read: a client that
+        connected a moment before the stop would see its request dropped unanswered, where the next
+        server on the same socket (socket activation) would have answered it.
+        """
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_REQUEST_WAIT_S
+        while any(map(_awaits_first_request, self.server_state.connections)) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await super().shutdown(sockets)
+
+
+def _awaits_first_request(connection: object) -> bool:
+    """Whether uvicorn's h11 connection has received no request yet (h11 learns the client's HTTP
+    version from its first request). Other protocol classes: False, uvicorn's own behaviour."""
+    parser = getattr(connection, "conn", None)
+    return parser is not None and getattr(parser, "their_http_version", b"") is None
 
 
 class HttpServer:

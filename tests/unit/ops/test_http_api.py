@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.ops.http_api import HealthReport, HttpServer, HttpServerError, create_app
+from node.ops.http_api import FIRST_REQUEST_WAIT_S, HealthReport, HttpServer, HttpServerError, create_app
 from node.ops.metrics import NodeMetrics
 
 HOST = "127.0.0.1"
@@ -171,6 +172,41 @@ async def test_stop_releases_port_and_leaves_signal_handlers(metrics: NodeMetric
     again = HttpServer(create_app(metrics, state.get_health, state.get_status))
     await again.start(HOST, port)
     await again.stop()
+
+
+async def test_a_connection_accepted_before_stop_gets_its_answer(metrics: NodeMetrics, state: FakeDaemonState) -> None:
+    # A client connected, then stop() began before its request arrived: the request is still answered
+    # (plain uvicorn closes such a connection unanswered), and stop() returns once it is.
+    srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+    await srv.start(HOST, 0)
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(HOST, srv.port)
+    await asyncio.sleep(0.2)  # accepted by now
+    started = loop.time()
+    stopping = asyncio.create_task(srv.stop())
+    await asyncio.sleep(0.5)
+    assert not stopping.done()  # waiting for the request
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    await stopping
+    assert loop.time() - started < FIRST_REQUEST_WAIT_S
+
+
+async def test_a_connection_that_never_sends_delays_stop_by_a_bounded_time(
+    metrics: NodeMetrics, state: FakeDaemonState
+) -> None:
+    srv = HttpServer(create_app(metrics, state.get_health, state.get_status))
+    await srv.start(HOST, 0)
+    loop = asyncio.get_running_loop()
+    _, writer = await asyncio.open_connection(HOST, srv.port)
+    await asyncio.sleep(0.2)
+    started = loop.time()
+    await asyncio.wait_for(srv.stop(), FIRST_REQUEST_WAIT_S + 5)
+    assert FIRST_REQUEST_WAIT_S - 0.1 < loop.time() - started
+    writer.close()
 
 
 def test_serves_under_uvloop(metrics: NodeMetrics, state: FakeDaemonState) -> None:
