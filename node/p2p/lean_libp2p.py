@@ -88,7 +88,8 @@ def _stand_in(name: str, feature: str) -> types.ModuleType:
 
 
 def install() -> bool:
-    """Put the stand-ins in place; False (and nothing changed) when libp2p is already imported."""
+    """Put the stand-ins in place, unless libp2p is already imported (then nothing changes); whether
+    they are in place."""
     if "libp2p" in sys.modules:
         return any(isinstance(f, _StandInLoader) for f in sys.meta_path)
     if not any(isinstance(f, _StandInLoader) for f in sys.meta_path):
