@@ -17,8 +17,8 @@ Measured on import of the daemon (`node.daemon.server`): 98.8 -> 83.8 MiB RSS, 1
 1,291 modules. Any name imported from a stand-in is a class (an exception class, so that
 `except` clauses naming QUIC's errors still work, never matching); using it (calling
 it, instantiating it) raises UnavailableFeatureError naming the feature, so nothing
-fails quietly. tests/unit/p2p/test_lean_libp2p.py checks that the heavy packages stay out and
-that a host still starts, dials and gossips.
+fails quietly. tests/project/test_daemon_imports.py checks that the heavy packages stay out,
+tests/unit/p2p/test_lean_libp2p.py the refusals and that a host still dials and gossips.
 """
 
 from __future__ import annotations
