@@ -13,7 +13,7 @@ from node.gateway.database import purge_loop
 from node.gateway.dria_sdk.service import SdkService
 from node.gateway.dria_sdk.store import SdkStore
 from node.gateway.service import GatewayService, PendingCaps
-from node.gateway.settings import GatewaySettings, is_loopback
+from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
 from node.ops.systemd import SocketActivationError, inherited_listener
@@ -105,12 +105,9 @@ async def serve(settings: GatewaySettings) -> None:
     listener = inherited_listener()
     if listener is not None:
         host, port = listener.getsockname()[:2]
-        if not settings.api_keys and not is_loopback(host):  # what the settings check of `host` says
+        if problem := settings.public_without_keys(host):  # the rule `host` is checked by
             listener.close()
-            raise SocketActivationError(
-                f"the socket systemd passed listens on {host}, not a loopback address, and no api_keys are set; "
-                f"set api_keys ({GatewaySettings.env_var('api_keys')}) to serve a public address"
-            )
+            raise SocketActivationError(f"the socket systemd passed: {problem}")
         log.info("http socket from systemd", host=host, port=port, ignored=f"{settings.host}:{settings.port}")
     gateway = Gateway(settings, listener)
     await gateway.start()

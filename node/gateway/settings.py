@@ -94,14 +94,20 @@ class GatewaySettings(LayeredSettings):
 
     @model_validator(mode="after")
     def _public_needs_keys(self) -> GatewaySettings:
-        if not self.api_keys and not is_loopback(self.host):
-            raise ValueError(
-                f"host {self.host!r} is not a loopback address and no api_keys are set; set api_keys "
-                f"({GatewaySettings.env_var('api_keys')} / {GatewaySettings.flag('api_keys')}) to listen on a public address"
-            )
+        if problem := self.public_without_keys(self.host):
+            raise ValueError(f"host {problem}")
         if self.default_timeout > self.max_timeout:
             raise ValueError(f"default_timeout {self.default_timeout:g} exceeds max_timeout {self.max_timeout:g}")
         return self
+
+    def public_without_keys(self, host: str) -> str | None:
+        """Why serving HTTP on `host` is refused (a public address without api_keys), or None."""
+        if self.api_keys or is_loopback(host):
+            return None
+        return (
+            f"{host!r} is not a loopback address and no api_keys are set; set api_keys "
+            f"({GatewaySettings.env_var('api_keys')} / {GatewaySettings.flag('api_keys')}) to listen on a public address"
+        )
 
     @property
     def identity_path(self) -> Path:

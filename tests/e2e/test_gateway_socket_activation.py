@@ -109,4 +109,4 @@ def test_a_public_socket_without_api_keys_is_refused_before_anything_starts(tmp_
         proc = activated_gateway(listener, tmp_path / "gw", "/ip4/127.0.0.1/tcp/9/p2p/" + "16Uiu2HAm" + "x" * 44, log)
         assert proc.wait(60) == 1
     error = log.read_text()
-    assert "the socket systemd passed listens on 0.0.0.0, not a loopback address, and no api_keys are set" in error
+    assert "the socket systemd passed: '0.0.0.0' is not a loopback address and no api_keys are set" in error
