@@ -188,8 +188,22 @@ class Journal:
         if self.waiting_bytes > self.max_waiting_bytes:
             self._drop_oldest_waiting(keep=task_id)
 
-    def mark_published(self, task_id: str) -> None:
-        """FINISHED -> PUBLISHED (a no-op if already PUBLISHED); only the dedupe record stays."""
+    def mark_published(self, task_id: str, result_bytes: int | None = None) -> None:
+        """FINISHED -> PUBLISHED (a no-op if already PUBLISHED); only the dedupe record stays.
+
+        `result_bytes`: the size of the result the caller journalled with `record_finished` and has
+        not changed since, which spares reading it back (one statement instead of two).
+        """
+        if result_bytes is not None:
+            with self._guard("move to published", task_id):
+                cur = self._conn.execute(
+                    "UPDATE tasks SET state = ?, updated_at_ns = ?, task_message = x'', result_body = NULL "
+                    "WHERE task_id = ? AND state = ? AND LENGTH(result_body) = ?",
+                    (TaskState.PUBLISHED.value, time.time_ns(), task_id, TaskState.FINISHED.value, result_bytes),
+                )
+            if cur.rowcount == 1:
+                self._count_record(result_bytes)
+                return
         self._to_record(task_id, TaskState.PUBLISHED, (TaskState.FINISHED, TaskState.PUBLISHED))
 
     def replace_result(self, task_id: str, result_body: bytes) -> None:
@@ -245,8 +259,12 @@ class Journal:
         before = self._state_and_result_bytes(task_id)
         self._transition(task_id, to, allowed_from, drop_task=True, drop_result=True)
         if before is not None and before[0] == TaskState.FINISHED:
-            self.waiting_bytes -= before[1] + ROW_OVERHEAD_BYTES
-            self.records += 1
+            self._count_record(before[1])
+
+    def _count_record(self, result_bytes: int) -> None:
+        """A FINISHED row holding `result_bytes` became a record: count it, and forget the oldest past the cap."""
+        self.waiting_bytes -= result_bytes + ROW_OVERHEAD_BYTES
+        self.records += 1
         if self.records > self.max_records:
             self._forget_oldest_records()
 

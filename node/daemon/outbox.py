@@ -9,9 +9,11 @@ Journal entries whose deadline plus that grace has passed are pruned hourly
 
 A task that came on a direct-delivery stream gets its result envelope on that stream
 (`DirectRoutes`, node/daemon/routes.py), the same envelope gossip would carry; when
-the stream is gone the result is published on `results` as any other. Never both:
-while a result is being written to its stream (which can take seconds on a loaded
-node), the retry loop leaves its journal entry alone.
+the stream is gone the result is published on `results` as any other. Never both,
+and never twice: while `send` holds a result (on its stream, which can take seconds
+on a loaded node, or on gossip), the retry loop leaves its journal entry alone. Sends
+never wait for each other or for a flush: results of concurrent tasks go out side by
+side, each stamped and encoded once.
 
 A result whose envelope would pass the gossip size limit is sent as a `result
 too large` error instead. A result that cannot be sent for any other reason than
@@ -60,34 +62,32 @@ class ResultOutbox:
         self._grace_ns = int(grace_s * 1e9)
         self._retry_interval_s = retry_interval_s
         self._prune_interval_s = prune_interval_s
-        self._lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()  # one flush at a time; sends never take it
         self.routes = routes if routes is not None else DirectRoutes()
-        self._on_stream: set[str] = set()  # task ids whose result is being written to their stream
+        self._in_hand: set[str] = set()  # task ids whose result `send` is delivering now: flush leaves them alone
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now.
 
-        The body is stamped and encoded once: the journal keeps the bytes that are sealed, unless
-        something was awaited in between (its stream, the lock), which stamps it again.
+        The body is stamped and encoded once: the journal keeps the bytes that are published,
+        unless its stream took them and failed, which stamps it again for gossip.
         """
         body, encoded = _fitting(_stamped(body))
         self._journal.record_finished(body.task_id, encoded)
-        fresh: bytes | None = encoded
-        if body.task_id in self.routes:
-            self._on_stream.add(body.task_id)
-            try:
+        self._in_hand.add(body.task_id)  # nothing awaited since the journal write: no flush has seen it
+        try:
+            if body.task_id in self.routes:
                 if await self._send_direct(body, encoded):
                     return True
-            finally:
-                self._on_stream.discard(body.task_id)
-            fresh = None  # the stream took its time: stamped again below
-        if self._lock.locked():
-            fresh = None  # the lock is awaited (an unheld one is taken without a wait)
-        async with self._lock:
-            return await self._publish_if_unpublished(body, fitted=True, stamped=fresh)
+                if self._journal.state(body.task_id) != TaskState.FINISHED:
+                    return False  # dropped for room while its stream took its time
+                return await self._publish(body, encode_body(_stamped(body)))  # stamped again: time has passed
+            return await self._publish(body, encoded, journalled=True)
+        finally:
+            self._in_hand.discard(body.task_id)
 
     async def _send_direct(self, body: ResultBody, stamped: bytes) -> bool:
-        """Write the result on its task's stream (outside the lock: a slow stream holds no other result).
+        """Write the result on its task's stream (a slow stream holds up no other result).
 
         `stamped`: the body's encoding, stamped just before.
         """
@@ -107,8 +107,8 @@ class ResultOutbox:
         return True
 
     async def flush(self) -> int:
-        """Publish every journalled result still in time; returns how many went out."""
-        async with self._lock:
+        """Publish every journalled result still in time that no `send` holds; returns how many went out."""
+        async with self._flush_lock:
             entries = self._journal.unpublished()
             if not entries or not await self._has_peers():
                 return 0
@@ -117,8 +117,8 @@ class ResultOutbox:
             for entry in entries:
                 if entry.deadline_ns + self._grace_ns < now:
                     continue  # too late to matter; pruned with the old entries
-                if entry.task_id in self._on_stream:
-                    continue  # on its way on the stream; `send` publishes it if that fails
+                if entry.task_id in self._in_hand:
+                    continue  # `send` is delivering it (stream or gossip) and keeps it if that fails
                 try:
                     body = self._body_of(entry)
                     if body is not None and await self._publish_if_unpublished(body):
@@ -147,23 +147,22 @@ class ResultOutbox:
                 log.exception("outbox round failed; retried in the next round")
             await asyncio.sleep(self._retry_interval_s)
 
-    async def _publish_if_unpublished(
-        self, body: ResultBody, fitted: bool = False, stamped: bytes | None = None
-    ) -> bool:
-        """`fitted`: `send` has just checked the size (a kept result from `flush` is checked here).
-
-        `stamped`: the encoding of `body` as `send` stamped it with nothing awaited since (None: stamp it now).
-        """
-        # Callers hold the lock; `send` and `flush` may both hold the same result. With `stamped`, nothing was
-        # awaited since `send` journalled it FINISHED (nor was the lock): no `flush` can have published it since.
-        if stamped is None and self._journal.state(body.task_id) != TaskState.FINISHED:
-            return False  # published, or dropped for room meanwhile
-        if not fitted and (fitting := _fitting(body))[0] is not body:  # kept before this check, or grown by a restamp
+    async def _publish_if_unpublished(self, body: ResultBody) -> bool:
+        """Publish a kept result (from `flush`), checked for size and stamped now, unless it went out meanwhile."""
+        if self._journal.state(body.task_id) != TaskState.FINISHED:
+            return False  # published, or dropped for room, since `flush` listed it
+        if (fitting := _fitting(body))[0] is not body:  # kept before this check existed
             self._journal.replace_result(body.task_id, fitting[1])
             body = fitting[0]
+        return await self._publish(body, encode_body(_stamped(body)))
+
+    async def _publish(self, body: ResultBody, data: bytes, journalled: bool = False) -> bool:
+        """Seal `data` (the stamped encoding of `body`), publish it on gossip and mark it published.
+
+        `journalled`: `data` are the very bytes journalled with the result (its size is known).
+        """
         try:
             # The mesh check rides on the publish call: a separate one costs a thread crossing per result.
-            data = stamped if stamped is not None else encode_body(_stamped(body))
             sealed = seal(self._identity, RESULTS_TOPIC, data)
             await self._host.publish(RESULTS_TOPIC, sealed, require_mesh=True)
         except NoMeshPeersError:
@@ -176,7 +175,7 @@ class ResultOutbox:
             log.error("result cannot be published; dropped", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
             self._journal.mark_dropped(body.task_id)
             return False
-        self._journal.mark_published(body.task_id)
+        self._journal.mark_published(body.task_id, result_bytes=len(data) if journalled else None)
         log.info("result published", task_id=body.task_id, ok=body.error is None)
         return True
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import coincurve
+from coincurve.utils import get_valid_secret
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,9 +50,10 @@ def encrypt(public_key: bytes | str, plaintext: bytes) -> bytes:
     """Encrypt `plaintext` to a secp256k1 public key given as bytes or hex (33/64/65 bytes)."""
     receiver = _public_key(public_key)
     try:
-        ephemeral_key = coincurve.PrivateKey()
-        ephemeral = ephemeral_key.public_key.format(compressed=False)
-        shared = receiver.multiply(ephemeral_key.secret).format(compressed=False)
+        # Not coincurve.PrivateKey(): it also derives an x-only key, a second point multiplication unused here.
+        ephemeral_secret = get_valid_secret()
+        ephemeral = coincurve.PublicKey.from_valid_secret(ephemeral_secret).format(compressed=False)
+        shared = receiver.multiply(ephemeral_secret).format(compressed=False)
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(_symmetric_key(ephemeral, shared)).encrypt(nonce, bytes(plaintext), None)
     except (ValueError, TypeError) as e:

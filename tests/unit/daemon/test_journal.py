@@ -273,6 +273,37 @@ def test_waiting_results_past_the_cap_drop_the_oldest(journal_path: Path) -> Non
         j.close()
 
 
+def test_publishing_a_result_of_known_size_counts_as_reading_it_back_does(journal_path: Path) -> None:
+    """`mark_published(result_bytes=...)` (the outbox's size, spared a read) keeps the counts a reopen computes;
+    a size that is not the stored one, or a row that is not FINISHED, takes the reading path."""
+    j = Journal.open(journal_path, max_records=3)
+    try:
+        deadline = time.time_ns() + HOUR_NS
+        for tid in ("a", "b", "c", "d", "e", "wrong"):
+            assert j.record_accepted(tid, "p", deadline, "m", b"x" * 50, 1)
+            j.record_finished(tid, b"r" * 100)
+        j.mark_published("a", result_bytes=100)
+        j.mark_published("a", result_bytes=100)  # again: a no-op, counted once
+        j.mark_published("wrong", result_bytes=99)  # not the stored size: read back, still counted right
+        assert j.get("a").state == j.get("wrong").state == TaskState.PUBLISHED
+        assert j.get("a").result_body is None and j.get("a").task_message == b""
+        usage = j.usage()
+        assert (j.records, j.waiting_bytes) == (usage.records, usage.waiting_bytes) == (2, 4 * (100 + ROW_OVERHEAD_BYTES))
+        j.mark_dropped("e")
+        with pytest.raises(JournalError, match="cannot go from dropped to published"):
+            j.mark_published("e", result_bytes=100)
+        for tid in ("b", "c", "d"):  # past max_records: the oldest records are forgotten on this path too
+            j.mark_published(tid, result_bytes=100)
+        assert j.records == j.usage().records <= 3
+    finally:
+        j.close()
+    reopened = Journal.open(journal_path)
+    try:
+        assert reopened.waiting_bytes == 0 and reopened.records == reopened.usage().records
+    finally:
+        reopened.close()
+
+
 def test_records_past_the_cap_forget_the_earliest_deadlines(journal_path: Path) -> None:
     j = Journal.open(journal_path, max_records=1000)
     try:
