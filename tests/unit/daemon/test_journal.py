@@ -288,7 +288,9 @@ def test_publishing_a_result_of_known_size_counts_as_reading_it_back_does(journa
         assert j.get("a").state == j.get("wrong").state == TaskState.PUBLISHED
         assert j.get("a").result_body is None and j.get("a").task_message == b""
         usage = j.usage()
-        assert (j.records, j.waiting_bytes) == (usage.records, usage.waiting_bytes) == (2, 4 * (100 + ROW_OVERHEAD_BYTES))
+        assert (
+            (j.records, j.waiting_bytes) == (usage.records, usage.waiting_bytes) == (2, 4 * (100 + ROW_OVERHEAD_BYTES))
+        )
         j.mark_dropped("e")
         with pytest.raises(JournalError, match="cannot go from dropped to published"):
             j.mark_published("e", result_bytes=100)
