@@ -175,7 +175,10 @@ class ResultOutbox:
             log.error("result cannot be published; dropped", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
             self._journal.mark_dropped(body.task_id)
             return False
-        self._journal.mark_published(body.task_id, result_bytes=len(data) if journalled else None)
+        try:
+            self._journal.mark_published(body.task_id, result_bytes=len(data) if journalled else None)
+        except JournalError as exc:  # dropped for room while it was on its way, or SQLite failed: it went out
+            log.error("result published but not marked in the journal", task_id=body.task_id, error=str(exc))
         log.info("result published", task_id=body.task_id, ok=body.error is None)
         return True
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 
 from node.daemon.journal import Journal, TaskState
 from node.daemon.outbox import ResultOutbox
@@ -249,6 +251,20 @@ async def test_a_result_is_stamped_when_sent_and_waits_for_no_flush_nor_other_re
         assert sorted(got) == sorted(ids) and journal.backlog() == 0
         await asyncio.sleep(0.3)
         assert received.empty(), "a result went out twice"
+
+        # Dropped for room while on its way (a node long without peers): it went out; the send says so.
+        journal.record_accepted("late", publisher.address, deadline, "m", b"{}", time.time_ns())
+        with structlog.testing.capture_logs() as logs:
+            sending_late = asyncio.create_task(outbox.send(success("late", publisher, "dropped meanwhile")))
+            await asyncio.sleep(0)
+            journal.mark_dropped("late")
+            assert await sending_late is True
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+            "result published but not marked in the journal"
+        ]
+        assert journal.get("late").state == TaskState.DROPPED
+        inbound = decode(RESULTS_TOPIC, (await asyncio.wait_for(received.get(), timeout=10)).data)
+        assert isinstance(inbound.body, ResultBody) and inbound.body.task_id == "late"
     finally:
         await listener.stop()
         await host.stop()
