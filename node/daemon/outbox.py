@@ -79,9 +79,7 @@ class ResultOutbox:
             if body.task_id in self.routes:
                 if await self._send_direct(body, encoded):
                     return True
-                if self._journal.state(body.task_id) != TaskState.FINISHED:
-                    return False  # dropped for room while its stream took its time
-                return await self._publish(body, encode_body(_stamped(body)))  # stamped again: time has passed
+                return await self._publish_if_unpublished(body)  # as a kept one: time has passed on the stream
             return await self._publish(body, encoded, journalled=True)
         finally:
             self._in_hand.discard(body.task_id)
@@ -148,9 +146,10 @@ class ResultOutbox:
             await asyncio.sleep(self._retry_interval_s)
 
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:
-        """Publish a kept result (from `flush`), checked for size and stamped now, unless it went out meanwhile."""
+        """Publish a kept result (from `flush`, or one its stream failed), checked for size and stamped now,
+        unless it went out or was dropped meanwhile."""
         if self._journal.state(body.task_id) != TaskState.FINISHED:
-            return False  # published, or dropped for room, since `flush` listed it
+            return False  # published, or dropped for room, since it was journalled
         if (fitting := _fitting(body))[0] is not body:  # kept before this check existed
             self._journal.replace_result(body.task_id, fitting[1])
             body = fitting[0]
