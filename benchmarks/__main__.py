@@ -1,7 +1,8 @@
 """`python -m benchmarks [--quick] [--only NAME ...]`: measure the node against its baselines.
 
 A plain run measures every benchmark but the opt-in ones (verification: over an hour;
-`--only verification` or `python -m benchmarks.verification` runs it).
+`--only verification` or `python -m benchmarks.verification` runs it; soak: 18.5 minutes,
+`--only soak`).
 
 `python -m benchmarks cluster ...` measures a network of nodes instead (benchmarks/cluster.py).
 
@@ -34,6 +35,7 @@ from benchmarks import (
     overhead,
     prefix,
     remote,
+    soak,
     throughput,
     verification,
 )
@@ -70,6 +72,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "kv_cache": Benchmark("10. KV cache types", kv_cache.run, 900),
     "verification": Benchmark("11. Verification", verification.run, 4800, opt_in=True),
     "direct_decode": Benchmark("12. Direct frame checks", direct_decode.run, 60),
+    "soak": Benchmark("13. Soak", soak.run, 1500, opt_in=True),  # 18.5 min: past the 12-min gossip seen window
 }
 
 

@@ -15,8 +15,10 @@ import pytest
 from benchmarks.__main__ import BENCHMARKS, build_parser, default_names, opt_in_names
 from benchmarks.echo_peer import EchoClient, echo_process
 from benchmarks.peers import pss_bytes, rss_bytes, tree_pss_bytes
+from benchmarks.options import BenchOptions
 from benchmarks.report import KEPT_MARKER, Row, Section, render_results, render_table, write_results
 from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
+from benchmarks.soak import SETTLE_S, Sample, Tally, soak_section
 from benchmarks.throughput import Window, p2p_thread_note, p2p_threads, thread_cpu_seconds
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
@@ -98,11 +100,13 @@ def test_command_line_names_every_benchmark() -> None:
         "kv_cache",
         "verification",
         "direct_decode",
+        "soak",
     }
 
 
 def test_a_plain_run_leaves_out_opt_in_benchmarks_that_only_runs() -> None:
     assert "verification" not in default_names() and "verification" in opt_in_names()
+    assert "soak" not in default_names() and "soak" in opt_in_names()
     assert default_names()[0] == "generation" and "concurrency" in default_names()
     assert build_parser().parse_args(["--only", "verification"]).only == ["verification"]
 
@@ -162,3 +166,21 @@ async def test_the_p2p_host_thread_of_this_process_is_found_and_its_cpu_counted(
     finally:
         await host.stop()
     assert thread_cpu_seconds(None) == 0.0
+
+
+def test_soak_compares_the_samples_after_the_windows_filled_and_names_what_went_wrong() -> None:
+    # RSS rising until SETTLE_S, then flat on the daemon and 1% higher in the later half on the process.
+    samples = [
+        Sample(at, 100.0 + min(at, SETTLE_S) / 10, 300.0 if at < SETTLE_S + 60 else 303.0, int(at) * 300)
+        for at in range(10, SETTLE_S + 130, 10)
+    ]
+    tally = Tally(sent=10, answered=8, errors={"busy: no capacity": 1}, unanswered=1)
+    section = soak_section(BenchOptions(), samples[0], samples, tally, SETTLE_S + 120, SETTLE_S)
+    daemon, execution = section.rows[1], section.rows[2]
+    assert daemon.ratio is not None and daemon.ratio.median == 1.0
+    assert execution.ratio is not None and execution.ratio.median == 1.01
+    notes = " ".join(section.notes)
+    assert "1 x 'busy: no capacity'" in notes and "unanswered: 1" in notes
+    assert "bytes a task" in notes and "--quick" not in notes
+    with pytest.raises(BenchmarkError, match="too few"):
+        soak_section(BenchOptions(), samples[0], samples[:3], tally, 60, 30)
