@@ -22,6 +22,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError
+from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.wire.topics import SEEN_WINDOW_S
 
@@ -94,11 +95,15 @@ class StreamPeerAwarePubsub(Pubsub):
     pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
     publisher whose gossip peers died); once connected to, its stream is read from its start.
     A peer leaves `stream_only` once its last connection is gone (stream_only.py).
+    Its seen-message cache is `WindowedSeenCache` (seen_cache.py), not py-libp2p's.
     """
 
     def __init__(self, *args: Any, stream_only: StreamOnlyPeers, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_only = stream_only
+        ttl = self.seen_messages.ttl
+        self.seen_messages.stop()  # its sweeping thread: see seen_cache.py
+        self.seen_messages = WindowedSeenCache(ttl)  # type: ignore[assignment]  # has/add, as py-libp2p uses it
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         # Called when the peer's last connection closed, and also when one pubsub stream failed:

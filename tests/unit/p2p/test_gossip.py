@@ -8,6 +8,7 @@ import pytest
 
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import NoMeshPeersError
+from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.steady_addrs import SteadyAddrs
 from node.wire.envelope import MAX_AGE_NS, MAX_SKEW_NS
 from node.wire.topics import SEEN_WINDOW_S
@@ -103,6 +104,7 @@ async def test_a_message_is_remembered_as_seen_for_as_long_as_its_envelope_is_ac
     and be flooded again: under load that feedback took heartbeat delays from seconds to minutes."""
     host = await make_host()
     seen = host._service.gossip.pubsub.seen_messages  # type: ignore[union-attr]
+    assert isinstance(seen, WindowedSeenCache)  # no sweeping thread walking every id under the GIL
     assert seen.ttl == SEEN_WINDOW_S
     assert SEEN_WINDOW_S * 1_000_000_000 > MAX_AGE_NS + MAX_SKEW_NS
 
