@@ -14,11 +14,11 @@ import pytest
 
 from benchmarks.__main__ import BENCHMARKS, build_parser, default_names, opt_in_names
 from benchmarks.echo_peer import EchoClient, echo_process
-from benchmarks.peers import pss_bytes, rss_bytes, tree_pss_bytes
 from benchmarks.options import BenchOptions
+from benchmarks.peers import pss_bytes, rss_bytes, tree_pss_bytes
 from benchmarks.report import KEPT_MARKER, Row, Section, render_results, render_table, write_results
-from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
 from benchmarks.soak import SETTLE_S, Sample, Tally, soak_section
+from benchmarks.stats import BenchmarkError, paired_ratio, percentile, summarize
 from benchmarks.throughput import Window, p2p_thread_note, p2p_threads, thread_cpu_seconds
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
