@@ -69,21 +69,30 @@ class NewKeyPublisher:
         self._node = node
         self._peer = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])
         self._waiting: dict[str, asyncio.Future[ResultBody]] = {}
+        self._reader: asyncio.Task[None] | None = None
         self.tally = Tally()
 
-    async def start(self) -> asyncio.Task[None]:
+    async def __aenter__(self) -> NewKeyPublisher:
         await self._peer.start()
-        results = await self._peer.subscribe(RESULTS_TOPIC)
-        await self._peer.subscribe(TASK_TOPIC)
-        await self._peer.connect(self._node.multiaddr)
-        deadline = time.monotonic() + MESH_WAIT_S
-        while not (await self._peer.mesh_sizes()).get(TASK_TOPIC, 0):
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"the publisher never joined the node's '{TASK_TOPIC}' mesh")
-            await asyncio.sleep(0.1)
-        return asyncio.create_task(self._read_results(results))
+        try:
+            results = await self._peer.subscribe(RESULTS_TOPIC)
+            await self._peer.subscribe(TASK_TOPIC)
+            await self._peer.connect(self._node.multiaddr)
+            deadline = time.monotonic() + MESH_WAIT_S
+            while not (await self._peer.mesh_sizes()).get(TASK_TOPIC, 0):
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(f"the publisher never joined the node's '{TASK_TOPIC}' mesh")
+                await asyncio.sleep(0.1)
+        except BaseException:
+            await self._peer.stop()
+            raise
+        self._reader = asyncio.create_task(self._read_results(results))
+        return self
 
-    async def stop(self) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         await self._peer.stop()
 
     async def run_one(self) -> None:
@@ -127,28 +136,25 @@ async def run(options: BenchOptions) -> Section:
     settle = SETTLE_S if seconds > SETTLE_S else seconds / 3
     samples: list[Sample] = []
     with node_process(options.threads, max_concurrent=4, max_queue=64, extra_args=options.node_args) as node:
-        publisher = NewKeyPublisher(node)
-        reader = await publisher.start()
-        idle = _sample(node, time.monotonic(), 0)
-        started = time.monotonic()
+        async with NewKeyPublisher(node) as publisher:
+            idle = _sample(node, time.monotonic(), 0)
+            started = time.monotonic()
 
-        async def keep_sending() -> None:
-            while time.monotonic() - started < seconds:
-                await publisher.run_one()
+            async def keep_sending() -> None:
+                while time.monotonic() - started < seconds:
+                    await publisher.run_one()
 
-        async def keep_sampling() -> None:
-            while True:
-                await asyncio.sleep(SAMPLE_S)
-                samples.append(_sample(node, started, publisher.tally.answered))
+            async def keep_sampling() -> None:
+                while True:
+                    await asyncio.sleep(SAMPLE_S)
+                    samples.append(_sample(node, started, publisher.tally.answered))
 
-        sampler = asyncio.create_task(keep_sampling())
-        try:
-            await asyncio.gather(*(keep_sending() for _ in range(IN_FLIGHT)))
-        finally:
-            sampler.cancel()
-            reader.cancel()
-            await asyncio.gather(sampler, reader, return_exceptions=True)
-            await publisher.stop()
+            sampler = asyncio.create_task(keep_sampling())
+            try:
+                await asyncio.gather(*(keep_sending() for _ in range(IN_FLIGHT)))
+            finally:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
     return soak_section(options, idle, samples, publisher.tally, seconds, settle)
 
 
