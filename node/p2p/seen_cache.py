@@ -10,8 +10,11 @@ only: no thread, and no walk over the ids still in the window.
 An id is kept by its first KEY_BYTES (15) bytes. Ids are sha256 digests of the message
 (`gossip.content_message_id`); two different messages share a 15-byte prefix with probability
 2^-120, and making a message whose id starts like another's is a 120-bit second preimage. Per id
-this holds ~100 bytes (the key, the dict entry, one list slot) against py-libp2p's ~145, and a
-lookup is one dict lookup (tests/unit/p2p/test_seen_cache.py).
+this holds ~100 bytes of RSS (the key, the dict entry, one list slot) against py-libp2p's ~174,
+and a lookup is one dict lookup (benchmarks/PROFILE-per-task.md, "a long run").
+
+The window is a duration, so it is kept on the monotonic clock: a wall clock set back or forward
+(NTP, an operator) neither keeps ids for the size of the jump nor forgets them all at once.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class WindowedSeenCache:
     Called on the Trio thread only (py-libp2p's pubsub and gossipsub), so it takes no lock.
     """
 
-    def __init__(self, ttl: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ttl: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
         # Each id maps to the bucket it was last seen in; a bucket lists the ids seen in it, each once.
