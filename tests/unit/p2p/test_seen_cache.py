@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import tracemalloc
 
 from libp2p.tools.timed_cache.last_seen_cache import LastSeenCache
@@ -126,3 +127,8 @@ def test_ids_seen_again_and_again_are_listed_once_per_bucket() -> None:
     clock.now += TTL  # the first bucket goes: the ids moved on to the second stay
     cache.add(digest(10_000))
     assert cache.length() == 101
+
+
+def test_the_window_is_a_duration_on_the_monotonic_clock() -> None:
+    # On the wall clock, setting it back an hour would keep every id an hour longer, and forward forget them all.
+    assert WindowedSeenCache(TTL)._clock is time.monotonic
