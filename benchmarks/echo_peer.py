@@ -82,11 +82,8 @@ class EchoClient:
         pings = await self._host.subscribe(PING)
         self._tasks = [asyncio.create_task(self._collect(pongs)), asyncio.create_task(self._discard(pings))]
         await self._host.connect(self._peer)
-        deadline = time.monotonic() + 15
-        while (await self._host.mesh_sizes()).get(PING, 0) == 0:
-            if time.monotonic() > deadline:
-                raise BenchmarkError("the echo peer did not join the ping mesh within 15 s")
-            await asyncio.sleep(0.05)
+        if not await self._host.wait_for_mesh(PING, 15):
+            raise BenchmarkError("the echo peer did not join the ping mesh within 15 s")
         return self
 
     async def __aexit__(self, *exc: object) -> None:

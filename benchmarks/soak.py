@@ -78,11 +78,8 @@ class NewKeyPublisher:
             results = await self._peer.subscribe(RESULTS_TOPIC)
             await self._peer.subscribe(TASK_TOPIC)
             await self._peer.connect(self._node.multiaddr)
-            deadline = time.monotonic() + MESH_WAIT_S
-            while not (await self._peer.mesh_sizes()).get(TASK_TOPIC, 0):
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(f"the publisher never joined the node's '{TASK_TOPIC}' mesh")
-                await asyncio.sleep(0.1)
+            if not await self._peer.wait_for_mesh(TASK_TOPIC, MESH_WAIT_S):
+                raise BenchmarkError(f"the publisher never joined the node's '{TASK_TOPIC}' mesh")
         except BaseException:
             await self._peer.stop()
             raise

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -67,6 +68,7 @@ T = TypeVar("T")
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+MESH_POLL_S = 0.02  # how often wait_for_mesh asks the Trio thread (a call costs ~0.1 ms)
 
 
 InboundStreamHandler = Callable[[FrameStream, bytes], None]
@@ -315,6 +317,15 @@ class P2PHost:
     async def mesh_sizes(self) -> dict[str, int]:
         """Topic -> gossipsub mesh peer count."""
         return await self._call(self._service.mesh_sizes)
+
+    async def wait_for_mesh(self, topic: str, timeout: float, *, peers: int = 1) -> bool:
+        """Wait until `topic`'s mesh holds at least `peers` peers; False if it did not within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while (await self.mesh_sizes()).get(topic, 0) < peers:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(MESH_POLL_S)
+        return True
 
     # --- bridge between the threads --------------------------------------
 

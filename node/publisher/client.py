@@ -21,7 +21,6 @@ async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,12 +344,8 @@ class Client:
     async def _wait_for_mesh(self, host: P2PHost) -> None:
         if not self._peers:
             return
-        deadline = time.monotonic() + self._connect_timeout
-        while time.monotonic() < deadline:
-            if (await host.mesh_sizes()).get(TASK_TOPIC, 0) > 0:
-                return
-            await asyncio.sleep(0.1)
-        raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
+        if not await host.wait_for_mesh(TASK_TOPIC, self._connect_timeout):
+            raise ClientError(f"no peer joined the '{TASK_TOPIC}' topic within {self._connect_timeout:g} s")
 
     def _on_result(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, ResultBody)

@@ -26,10 +26,10 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: f
 
 
 async def wait_for_mesh(host: P2PHost, topic: str, peers: int) -> None:
-    async def meshed() -> bool:
-        return (await host.mesh_sizes()).get(topic, 0) >= peers
-
-    await wait_until(meshed, f"{host.peer_id} to mesh {peers} peer(s) on {topic!r}")
+    if not await host.wait_for_mesh(topic, WAIT_S, peers=peers):
+        raise AssertionError(
+            f"timed out after {WAIT_S} s waiting for {host.peer_id} to mesh {peers} peer(s) on {topic!r}"
+        )
 
 
 async def wait_for_mesh_to_empty(host: P2PHost, topic: str) -> None:

@@ -51,6 +51,16 @@ async def test_publish_that_requires_a_mesh_sends_nothing_without_one(make_host:
         await a.publish(TOPIC, b"after the peer left", require_mesh=True)
 
 
+async def test_wait_for_mesh_says_whether_the_mesh_formed_in_time(make_host: HostFactory) -> None:
+    alone = await make_host()
+    await alone.subscribe(TOPIC)
+    assert await alone.wait_for_mesh(TOPIC, 0.1) is False
+    a, b, _, _ = await pair(make_host)
+    assert await a.wait_for_mesh(TOPIC, 0.1) is True
+    assert await a.wait_for_mesh(TOPIC, 0.1, peers=2) is False  # one peer only
+    assert await a.wait_for_mesh("no-such-topic", 0.1) is False
+
+
 async def test_stopped_host_leaves_its_peers_mesh(make_host: HostFactory) -> None:
     # Regression: stop() used to end the Trio thread with its sockets still open,
     # so peers kept a stopped host in their mesh and published into the void.
