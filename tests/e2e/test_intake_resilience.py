@@ -26,6 +26,7 @@ from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
 from tests.support.cluster import node_settings, running_node
 from tests.support.hostile_corpus import Actors, Built, Recipe, build_recipe, valid_task_body
 from tests.support.live_hostile import connected_peer
+from tests.support.small_disk import small_disk as mounted_small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +84,8 @@ def loops_alive(node: NodeServer) -> bool:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path | None]:
-    """A 1 MiB tmpfs when this process may mount one (root), else None."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
+    with mounted_small_disk(tmp_path) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_a_full_journal_disk_gives_clear_errors_and_no_dead_loop(small_disk: Path | None, tmp_path: Path) -> None:

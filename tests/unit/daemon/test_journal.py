@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import structlog
 from config.settings import Settings
 from node.daemon.build import open_journal
 from node.daemon.journal import ROW_OVERHEAD_BYTES, Journal, JournalEntry, JournalError, TaskState
+from tests.support.small_disk import small_disk as mounted_small_disk
 
 HOUR_NS = 3600 * 10**9
 
@@ -347,18 +349,9 @@ def test_dropped_results_are_not_retried(journal: Journal) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 1 MiB filesystem (tmpfs) if this process may mount one, else None."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
+def small_disk(tmp_path: Path) -> Iterator[Path | None]:
+    with mounted_small_disk(tmp_path) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_is_a_clear_journal_error_and_the_journal_recovers(small_disk: Path | None, tmp_path: Path) -> None:
