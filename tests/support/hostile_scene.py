@@ -39,7 +39,13 @@ RESULT_WAIT_S = 60.0
 RECIPIENT = Identity.generate()
 LIBP2P_MAX_CONNECTIONS = 300
 FLOOD_PEERS = 320  # past py-libp2p's 300 live connections and its 250 inbound slots
-CRASH_EVENTS = {"validator failed", "task crashed", "direct task intake failed", "inbound stream handler failed"}
+CRASH_EVENTS = {
+    "validator failed",
+    "task crashed",
+    "direct task checks failed",
+    "direct task intake failed",
+    "inbound stream handler failed",
+}
 ATTACKER_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
 
