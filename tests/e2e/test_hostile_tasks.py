@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from node.daemon.acceptance import COMPACT_SLACK
 from node.p2p.connection_trim import ConnectionBudget
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_frame
@@ -42,12 +43,15 @@ from tests.support.hostile_scene import (
     hostile_scene,
     logged,
     task_envelope,
+    task_id_of,
     wait_for,
 )
 from tests.support.live_hostile import connected_peer
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+REPLAYS = 200  # past the seen tasks' slack (COMPACT_SLACK)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -242,6 +246,26 @@ async def test_a_sybil_flood_of_valid_tasks_is_bounded_by_capacity_and_answered_
             assert (await stream.receive(RESULT_WAIT_S)) is not None
     finally:
         await host.stop()
+    await honest_task_is_served(scene)
+
+
+async def test_a_busy_task_replayed_on_stream_after_stream_leaves_no_state_per_replay(scene: Scene) -> None:
+    """A task answered busy is forgotten (it may come back). One signed task replayed while the node is busy
+    (paused here) is answered busy each time, and the node keeps no entry per replay until its deadline."""
+    seen = scene.node.running.parts.intake.acceptance.seen
+    envelope = task_envelope(Identity.generate())
+    scene.node.pause.pause()
+    host = await attacker(scene)
+    try:
+        for _ in range(REPLAYS):
+            stream = await host.open_stream(scene.addr, envelope)
+            assert await answer(stream) == ("busy", "paused")
+            await stream.close()
+    finally:
+        scene.node.pause.resume()
+        await host.stop()
+    assert task_id_of(envelope) not in seen
+    assert len(seen._by_deadline) <= 2 * len(seen) + COMPACT_SLACK
     await honest_task_is_served(scene)
 
 
