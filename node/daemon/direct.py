@@ -38,7 +38,11 @@ class DirectIntake:
     """Answers each task that arrives on a stream, and routes its result back."""
 
     def __init__(
-        self, intake: TaskIntake, routes: DirectRoutes, on_reject: Callable[[str, str], None] | None = None
+        self,
+        intake: TaskIntake,
+        routes: DirectRoutes,
+        on_reject: Callable[[str, str], None] | None = None,
+        log_window_s: float = FAILURE_LOG_WINDOW_S,
     ) -> None:
         self._intake = intake
         self._routes = routes
@@ -46,6 +50,7 @@ class DirectIntake:
         self._answering: set[asyncio.Task[None]] = set()
         self._checks = FrameChecks()
         self._failures = LogWindow(FAILURE_LOG_WINDOW_S)  # a frame that makes a check fail may come again and again
+        self._rejections = LogWindow(log_window_s)  # streams are cheap: one line per reason a window, as gossip's
 
     def on_stream(self, stream: FrameStream, first: bytes) -> None:
         """The P2P layer's inbound-stream callback (on the event loop): answer in a task of its own."""
@@ -65,7 +70,14 @@ class DirectIntake:
         except InboundError as exc:
             if self._on_reject is not None:
                 self._on_reject(TASK_TOPIC, exc.reason)
-            log.info("direct task rejected", peer=stream.peer_id, reason=exc.reason, detail=str(exc)[:300])
+            if (not_logged := self._rejections.may_log(exc.reason)) is not None:
+                log.info(
+                    "direct task rejected",
+                    peer=stream.peer_id,
+                    reason=exc.reason,
+                    detail=str(exc)[:300],
+                    not_logged_since=not_logged,
+                )
             await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason))
             await stream.close()
             return

@@ -66,16 +66,15 @@ class Scene:
 async def hostile_scene(data_dir: Path, **overrides: Any) -> AsyncIterator[Scene]:
     """A node in `data_dir` (`overrides`: settings) and an honest publisher's host; at the end, no crash
     may have been logged."""
-    settings = node_settings(
-        data_dir,
-        n_ctx=512,
-        max_concurrent=1,
-        max_queue=4,
-        direct_streams_max=STREAMS_MAX,
-        direct_streams_per_peer=STREAMS_PER_PEER,
-        reject_log_window=0,
-        **overrides,
-    )
+    fields: dict[str, Any] = {
+        "n_ctx": 512,
+        "max_concurrent": 1,
+        "max_queue": 4,
+        "direct_streams_max": STREAMS_MAX,
+        "direct_streams_per_peer": STREAMS_PER_PEER,
+        "reject_log_window": 0,
+    }
+    settings = node_settings(data_dir, **(fields | overrides))
     with structlog.testing.capture_logs() as logs:
         async with AsyncExitStack() as stack:
             node = await stack.enter_async_context(running_node(settings))
