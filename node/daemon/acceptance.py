@@ -19,6 +19,7 @@ from node.wire.messages import TaskBody
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 DEFAULT_HORIZON_S = 3600.0
+COMPACT_SLACK = 64  # heap entries of forgotten ids SeenTasks holds beyond twice its live ones
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ def requested_models(requested: list[str], hosted: list[str]) -> list[str]:
 class SeenTasks:
     """Task ids remembered at least until their deadline, so a replay is never run twice.
 
-    Bounded: past `max_entries` the entry with the earliest deadline is forgotten first.
+    Bounded: past `max_entries` the entry with the earliest deadline is forgotten first. A forgotten id
+    (`discard`: a task answered busy, which may come back) leaves its heap entry behind until the
+    heap holds more than twice the live ids (plus `COMPACT_SLACK`); then the heap is rebuilt, so the
+    same task replayed while the node is busy costs no entry per replay.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
@@ -72,15 +76,19 @@ class SeenTasks:
         if task_id in self._deadlines:
             return False
         while len(self._deadlines) >= self._max_entries:
-            _, oldest = heapq.heappop(self._by_deadline)
-            self._deadlines.pop(oldest, None)
+            deadline, oldest = heapq.heappop(self._by_deadline)
+            if self._deadlines.get(oldest) == deadline:  # else a forgotten id's entry (it may be back since)
+                del self._deadlines[oldest]
         self._deadlines[task_id] = deadline_ns
         heapq.heappush(self._by_deadline, (deadline_ns, task_id))
         return True
 
     def discard(self, task_id: str) -> None:
-        """Forget a task id (it was not accepted after all); its heap entry goes at its deadline."""
+        """Forget a task id (it was not accepted after all); its heap entry goes at its deadline, or sooner."""
         self._deadlines.pop(task_id, None)
+        if len(self._by_deadline) > 2 * len(self._deadlines) + COMPACT_SLACK:
+            self._by_deadline = [(deadline, kept) for kept, deadline in self._deadlines.items()]
+            heapq.heapify(self._by_deadline)
 
     def prune(self, now_ns: int) -> None:
         while self._by_deadline and self._by_deadline[0][0] < now_ns:

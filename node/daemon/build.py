@@ -96,6 +96,7 @@ def stream_limits(settings: Settings) -> StreamLimits:
         max_streams_per_peer=settings.direct_streams_per_peer,
         first_frame_timeout_s=settings.direct_first_frame_timeout,
         max_lifetime_s=settings.deadline_horizon + settings.result_grace + 60.0,
+        log_window_s=settings.reject_log_window,
     )
 
 
@@ -186,5 +187,5 @@ def build_parts(
     )
     connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
     gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window)
-    direct = DirectIntake(intake, routes, on_reject)
+    direct = DirectIntake(intake, routes, on_reject, log_window_s=settings.reject_log_window)
     return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate, direct)

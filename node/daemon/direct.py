@@ -25,24 +25,32 @@ from node.daemon.routes import DirectRoutes
 from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
 from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
-from node.wire.inbound import InboundError
+from node.wire.inbound import InboundError, LogWindow
 from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+FAILURE_LOG_WINDOW_S = 10.0
 
 
 class DirectIntake:
     """Answers each task that arrives on a stream, and routes its result back."""
 
     def __init__(
-        self, intake: TaskIntake, routes: DirectRoutes, on_reject: Callable[[str, str], None] | None = None
+        self,
+        intake: TaskIntake,
+        routes: DirectRoutes,
+        on_reject: Callable[[str, str], None] | None = None,
+        log_window_s: float = FAILURE_LOG_WINDOW_S,
     ) -> None:
         self._intake = intake
         self._routes = routes
         self._on_reject = on_reject
         self._answering: set[asyncio.Task[None]] = set()
         self._checks = FrameChecks()
+        self._failures = LogWindow(FAILURE_LOG_WINDOW_S)  # a frame that makes a check fail may come again and again
+        self._rejections = LogWindow(log_window_s)  # streams are cheap: one line per reason a window, as gossip's
 
     def on_stream(self, stream: FrameStream, first: bytes) -> None:
         """The P2P layer's inbound-stream callback (on the event loop): answer in a task of its own."""
@@ -62,8 +70,23 @@ class DirectIntake:
         except InboundError as exc:
             if self._on_reject is not None:
                 self._on_reject(TASK_TOPIC, exc.reason)
-            log.info("direct task rejected", peer=stream.peer_id, reason=exc.reason, detail=str(exc)[:300])
+            if (not_logged := self._rejections.may_log(exc.reason)) is not None:
+                log.info(
+                    "direct task rejected",
+                    peer=stream.peer_id,
+                    reason=exc.reason,
+                    detail=str(exc)[:300],
+                    not_logged_since=not_logged,
+                )
             await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason))
+            await stream.close()
+            return
+        except Exception:  # noqa: BLE001 - a check that fails otherwise still answers and frees its stream
+            if self._on_reject is not None:
+                self._on_reject(TASK_TOPIC, "internal")
+            if (not_logged := self._failures.may_log("checks")) is not None:
+                log.exception("direct task checks failed", peer=stream.peer_id, not_logged_since=not_logged)
+            await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason="internal"))
             await stream.close()
             return
         task = inbound.body

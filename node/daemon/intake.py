@@ -57,14 +57,15 @@ class TaskIntake:
         journal: Journal,
         runner: TaskRunner,
         metrics: NodeMetrics,
-        journal_log_window_s: float,
+        log_window_s: float,
     ) -> None:
         self.acceptance = acceptance
         self._admission = admission
         self._journal = journal
         self._runner = runner
         self._metrics = metrics
-        self._journal_log = LogWindow(journal_log_window_s)  # a full disk fails every task: log it once a window
+        self._journal_log = LogWindow(log_window_s)  # a full disk fails every task: log it once a window
+        self._busy_log = LogWindow(log_window_s)  # a busy stream costs its peer nothing: once a window too
         self._busy_answers: set[asyncio.Task[None]] = set()  # busy error results on their way to the outbox
 
     async def run(self, queue: asyncio.Queue[GossipMessage]) -> None:
@@ -104,7 +105,8 @@ class TaskIntake:
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
             reason = _busy_reason(self._admission)
-            task_log.info("task busy", reason=reason, direct=True)
+            if (not_logged := self._busy_log.may_log(reason)) is not None:
+                task_log.info("task busy", reason=reason, direct=True, not_logged_since=not_logged)
             return IntakeAnswer(AnswerStatus.BUSY, reason)
         try:
             journalled = self._journal.record_accepted(

@@ -8,7 +8,9 @@ inside the caller's own asyncio loop. The handlers run on the loop thread and ma
 read daemon state without locks. uvicorn installs no signal handlers here (the
 daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
 the node: they answer only clients on a loopback address (403 otherwise), whatever
-host the endpoint listens on.
+host the endpoint listens on, and no request a browser makes for a web page (one that
+carries `Origin` or `Sec-Fetch-Site`): a page of any site could otherwise pause the
+node through its operator's browser.
 """
 
 from __future__ import annotations
@@ -125,10 +127,13 @@ def create_app(
         {PAUSE_PATH: controls.pause, RESUME_PATH: controls.resume} if controls is not None else {}
     )
 
-    def post(path: str, client: tuple[str, int] | None) -> tuple[int, bytes, str]:
+    def post(path: str, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes, str]:
         host = client[0] if client else ""
         if not _is_loopback(host):
             error = {"error": f"{path} answers only loopback clients, not {host or 'unknown'}"}
+            return 403, json.dumps(error).encode(), _JSON
+        if _from_web_page(headers):
+            error = {"error": f"{path} answers no request a browser makes for a web page (Origin, Sec-Fetch-Site)"}
             return 403, json.dumps(error).encode(), _JSON
         return 200, json.dumps(actions[path]()).encode(), _JSON
 
@@ -138,7 +143,7 @@ def create_app(
         path, method = scope["path"], scope["method"]
         route = routes.get(path)
         if path in actions and method == "POST":
-            code, body, content_type = post(path, scope.get("client"))
+            code, body, content_type = post(path, scope.get("client"), scope.get("headers", []))
         elif route is None and path not in actions:
             code, body, content_type = 404, b'{"detail":"Not Found"}', _JSON
         elif route is None or method not in ("GET", "HEAD"):
@@ -155,6 +160,17 @@ def create_app(
 
 
 _JSON = "application/json"
+
+
+def _from_web_page(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a browser sends this request for a page: a page of any site may post to a loopback port
+    through the operator's browser (a form, fetch in no-cors mode, a DNS-rebound name), and the client is
+    then loopback. Browsers send `Origin` with every POST, and `Sec-Fetch-Site` other than `none` for a
+    request a page made; the CLI (httpx) sends neither."""
+    for name, value in headers:
+        if name.lower() == b"origin" or (name.lower() == b"sec-fetch-site" and value.strip().lower() != b"none"):
+            return True
+    return False
 
 
 def _is_loopback(host: str) -> bool:

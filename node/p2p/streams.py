@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class StreamLimits(BaseModel):
     first_frame_timeout_s: float = Field(default=10.0, gt=0)
     write_timeout_s: float = Field(default=10.0, gt=0)
     max_lifetime_s: float = Field(default=3900.0, gt=0, description="a stream is reset after this long")
+    log_window_s: float = Field(default=10.0, ge=0, description="seconds between log lines for one refusal reason")
 
 
 class StreamGoneError(Exception):
@@ -88,6 +90,8 @@ class StreamTable:
         self._per_peer: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.refused = 0  # streams refused or closed for breaking a limit or the protocol
+        self._logged_at: dict[tuple[str, str], float] = {}  # (event, reason): one line a window (a few keys)
+        self._not_logged: dict[tuple[str, str], int] = {}
 
     @property
     def open_count(self) -> int:
@@ -155,7 +159,13 @@ class StreamTable:
         oldest.evicted = True
         oldest.silent.cancel()
         self._forget(oldest)
-        log.info("silent stream cut off for a newer one", peer=oldest.peer, open_streams=len(self._streams))
+        if (not_logged := self._may_log("evicted", "too_many_streams")) is not None:
+            log.info(
+                "silent stream cut off for a newer one",
+                peer=oldest.peer,
+                open_streams=len(self._streams),
+                not_logged_since=not_logged,
+            )
         return True
 
     async def _hold_for_writes(self, entry: _OpenStream) -> None:
@@ -167,7 +177,13 @@ class StreamTable:
                     if not await entry.stream.read(READ_CHUNK_BYTES):
                         return  # EOF: the publisher half-closed; it may still read
                     self.refused += 1
-                    log.info("stream broke the protocol", peer=entry.peer, detail="data after the task frame")
+                    if (not_logged := self._may_log("broke", "data_after_task")) is not None:
+                        log.info(
+                            "stream broke the protocol",
+                            peer=entry.peer,
+                            detail="data after the task frame",
+                            not_logged_since=not_logged,
+                        )
                 except StreamEOF:
                     return  # as above
                 except StreamError:
@@ -245,6 +261,17 @@ class StreamTable:
 
     # --- internals ---------------------------------------------------------
 
+    def _may_log(self, event: str, reason: str) -> int | None:
+        """None: do not log `event` for `reason` now (once per `log_window_s`: a peer opens streams for
+        free); otherwise how many were not logged since."""
+        key = (event, reason)
+        now = trio.current_time()
+        if now - self._logged_at.get(key, -math.inf) < self.limits.log_window_s:
+            self._not_logged[key] = self._not_logged.get(key, 0) + 1
+            return None
+        self._logged_at[key] = now
+        return self._not_logged.pop(key, 0)
+
     def _over_limit(self, peer: str) -> str | None:
         # The peer's own limit first: a peer at it is refused even where a silent stream could be cut.
         if self._per_peer.get(peer, 0) >= self.limits.max_streams_per_peer:
@@ -293,7 +320,14 @@ class StreamTable:
     async def _refuse(self, entry: _OpenStream, status: str, reason: str) -> None:
         """Answer with a refusal frame and close (best effort, bounded); reset if that fails."""
         self.refused += 1
-        log.info("stream answered before its task was read", peer=entry.peer, status=status, reason=reason)
+        if (not_logged := self._may_log("refused", reason)) is not None:
+            log.info(
+                "stream answered before its task was read",
+                peer=entry.peer,
+                status=status,
+                reason=reason,
+                not_logged_since=not_logged,
+            )
         with trio.move_on_after(1.0):
             try:
                 await entry.stream.write(encode_frame(refusal_frame(status, reason)))

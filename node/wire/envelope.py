@@ -38,7 +38,8 @@ EnvelopeReason = Literal[
     "future",
 ]
 
-_MAJOR_MINOR = re.compile(r"(\d+)\.(\d+)(?:\.|$)")
+# ASCII digits only (`\d` is any script's, which int() reads), a few of them: int() refuses past 4,300.
+_MAJOR_MINOR = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})(?:\.|$)")
 
 
 class EnvelopeError(Exception):

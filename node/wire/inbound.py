@@ -153,7 +153,9 @@ class GossipGate:
             self._reject(topic, exc.reason, str(exc), len(data))
             return None
         except Exception:  # noqa: BLE001 - a validator must never raise into libp2p
-            log.exception("validator failed", topic=topic, size=len(data))
+            # The same bytes may come again and again: the traceback once a window, like any rejection.
+            if (not_logged := self._window.may_log((topic, "validator failed"))) is not None:
+                log.exception("validator failed", topic=topic, size=len(data), not_logged_since=not_logged)
             self._reject(topic, "internal", "validator failed", len(data))
             return None
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from benchmarks.direct_decode import largest_frame
 from node.p2p.frame_stream import FrameStream
-from node.p2p.frames import encode_varint
+from node.p2p.frames import encode_frame, encode_varint
 from node.wire.direct import decode_answer
 from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
-from node.wire.topics import MAX_MESSAGE_BYTES, RESULTS_TOPIC
+from node.wire.topics import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, RESULTS_TOPIC
 from tests.support.hostile_scene import (
     RESULT_WAIT_S,
     STREAMS_MAX,
@@ -188,3 +189,37 @@ async def test_a_streaming_task_whose_reader_never_reads_costs_the_node_nothing(
     finally:
         await host.stop()
     await honest_task_is_served(scene)
+
+
+# Streams a peer can open as fast as it likes, each refused or answered without a task run: every one was
+# an info line (a gossip rejection is logged once a window per reason), so one peer could fill the disk.
+FLOOD_FRAMES = {
+    "not_an_envelope": (encode_frame(b"{}"), "direct task rejected"),
+    "oversize_length": (encode_varint(MAX_FRAME_BYTES + 1), "stream answered before its task was read"),
+    "two_frames": (encode_frame(b"{}") * 2, "stream answered before its task was read"),
+}
+FLOOD_STREAMS = 40
+
+
+async def test_a_flood_of_refused_streams_is_logged_once_a_window_per_reason(tmp_path: Path) -> None:
+    async with hostile_scene(tmp_path / "node", reject_log_window=60.0) as scene:
+        host = await attacker(scene)
+        since = len(scene.logs)
+        try:
+            for data, _ in FLOOD_FRAMES.values():
+                for _ in range(FLOOD_STREAMS):
+                    stream = await host.open_stream(scene.addr, data, raw=True)
+                    assert (await answer(stream))[0] == "rejected"
+                    await stream.close()
+            scene.node.pause.pause()  # busy: valid tasks for this node, answered busy
+            for _ in range(FLOOD_STREAMS):
+                stream = await host.open_stream(scene.addr, task_envelope(Identity.generate()))
+                assert await answer(stream) == ("busy", "paused")
+                await stream.close()
+        finally:
+            scene.node.pause.resume()
+            await host.stop()
+        events = [e["event"] for e in scene.logs[since:]]
+        for event in {event for _, event in FLOOD_FRAMES.values()} | {"task busy"}:
+            assert events.count(event) <= len(FLOOD_FRAMES), (event, events.count(event))
+        await honest_task_is_served(scene)

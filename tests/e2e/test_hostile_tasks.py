@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from node.daemon.acceptance import COMPACT_SLACK
 from node.p2p.connection_trim import ConnectionBudget
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_frame
@@ -42,12 +43,15 @@ from tests.support.hostile_scene import (
     hostile_scene,
     logged,
     task_envelope,
+    task_id_of,
     wait_for,
 )
 from tests.support.live_hostile import connected_peer
 from workflows import Simple
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+REPLAYS = 200  # past the seen tasks' slack (COMPACT_SLACK)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -128,6 +132,59 @@ async def test_odd_json_in_a_task_gets_a_clear_answer(scene: Scene, name: str) -
     await honest_task_is_served(scene)
 
 
+# Envelope versions of odd digits: past Python's 4,300-digit int-from-text limit, or of another script.
+ODD_VERSIONS = {
+    "major_5000_digits": "0" * 5000 + ".3.0",
+    "minor_5000_digits": "0." + "0" * 4999 + "3.0",
+    "arabic_indic_digits": "\u0660.\u0663.0",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_VERSIONS))
+async def test_odd_digits_in_the_envelope_version_are_rejected_on_a_stream_and_on_gossip(
+    scene: Scene, name: str
+) -> None:
+    publisher = Identity.generate()
+    envelope = json.loads(task_envelope(publisher))
+    envelope["version"] = ODD_VERSIONS[name]
+    data = json.dumps(envelope).encode()
+    peer, _ = await connected_peer(scene.node, publisher)
+    since = len(scene.logs)
+    try:
+        stream = await peer.open_stream(scene.addr, data)
+        assert await answer(stream) == ("rejected", "version_mismatch")
+        await stream.close()
+        await peer.publish(TASK_TOPIC, data)
+        await logged(scene, since, "the gossip copy rejected", 15, event="message rejected", reason="version_mismatch")
+    finally:
+        await peer.stop()
+    await honest_task_is_served(scene)
+
+
+async def test_a_frame_whose_checks_fail_unexpectedly_is_answered_and_its_stream_freed(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a check raises (a bug the frame's bytes trigger), the stream is answered and closed at once,
+    not held for its lifetime (an hour) against the node's stream limits."""
+    direct = scene.node.running.parts.direct
+
+    async def broken(frame: bytes, arrived_ns: int) -> Any:
+        raise RuntimeError("a bug in a check")
+
+    monkeypatch.setattr(direct._checks, "task", broken)
+    host = await attacker(scene)
+    try:
+        streams = [await host.open_stream(scene.addr, task_envelope(Identity.generate())) for _ in range(3)]
+        assert [await answer(stream) for stream in streams] == [("rejected", "internal")] * 3
+    finally:
+        await host.stop()
+        monkeypatch.undo()
+    failed = [e for e in scene.logs if e["event"] == "direct task checks failed"]
+    assert len(failed) == 1  # one traceback a window, however many frames
+    scene.logs.remove(failed[0])  # meant here: the scene's end checks that nothing crashed
+    await honest_task_is_served(scene)
+
+
 async def test_a_workflow_of_thousands_of_tiny_steps_is_bounded_by_max_steps(scene: Scene) -> None:
     steps: list[dict[str, Any]] = []
     edges: list[dict[str, str]] = []
@@ -189,6 +246,26 @@ async def test_a_sybil_flood_of_valid_tasks_is_bounded_by_capacity_and_answered_
             assert (await stream.receive(RESULT_WAIT_S)) is not None
     finally:
         await host.stop()
+    await honest_task_is_served(scene)
+
+
+async def test_a_busy_task_replayed_on_stream_after_stream_leaves_no_state_per_replay(scene: Scene) -> None:
+    """A task answered busy is forgotten (it may come back). One signed task replayed while the node is busy
+    (paused here) is answered busy each time, and the node keeps no entry per replay until its deadline."""
+    seen = scene.node.running.parts.intake.acceptance.seen
+    envelope = task_envelope(Identity.generate())
+    scene.node.pause.pause()
+    host = await attacker(scene)
+    try:
+        for _ in range(REPLAYS):
+            stream = await host.open_stream(scene.addr, envelope)
+            assert await answer(stream) == ("busy", "paused")
+            await stream.close()
+    finally:
+        scene.node.pause.resume()
+        await host.stop()
+    assert task_id_of(envelope) not in seen
+    assert len(seen._by_deadline) <= 2 * len(seen) + COMPACT_SLACK
     await honest_task_is_served(scene)
 
 

@@ -39,7 +39,13 @@ RESULT_WAIT_S = 60.0
 RECIPIENT = Identity.generate()
 LIBP2P_MAX_CONNECTIONS = 300
 FLOOD_PEERS = 320  # past py-libp2p's 300 live connections and its 250 inbound slots
-CRASH_EVENTS = {"validator failed", "task crashed", "direct task intake failed", "inbound stream handler failed"}
+CRASH_EVENTS = {
+    "validator failed",
+    "task crashed",
+    "direct task checks failed",
+    "direct task intake failed",
+    "inbound stream handler failed",
+}
 ATTACKER_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
 
@@ -60,16 +66,15 @@ class Scene:
 async def hostile_scene(data_dir: Path, **overrides: Any) -> AsyncIterator[Scene]:
     """A node in `data_dir` (`overrides`: settings) and an honest publisher's host; at the end, no crash
     may have been logged."""
-    settings = node_settings(
-        data_dir,
-        n_ctx=512,
-        max_concurrent=1,
-        max_queue=4,
-        direct_streams_max=STREAMS_MAX,
-        direct_streams_per_peer=STREAMS_PER_PEER,
-        reject_log_window=0,
-        **overrides,
-    )
+    fields: dict[str, Any] = {
+        "n_ctx": 512,
+        "max_concurrent": 1,
+        "max_queue": 4,
+        "direct_streams_max": STREAMS_MAX,
+        "direct_streams_per_peer": STREAMS_PER_PEER,
+        "reject_log_window": 0,
+    }
+    settings = node_settings(data_dir, **(fields | overrides))
     with structlog.testing.capture_logs() as logs:
         async with AsyncExitStack() as stack:
             node = await stack.enter_async_context(running_node(settings))

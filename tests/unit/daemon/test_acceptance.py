@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from node.daemon.acceptance import Accept, Acceptance, Ignore, SeenTasks
+from node.daemon.acceptance import COMPACT_SLACK, Accept, Acceptance, Ignore, SeenTasks
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskFilter, TaskInput
 from tests.support.bloom_filters import bloom_of
@@ -122,6 +122,28 @@ def test_seen_tasks_kept_until_deadline_and_bounded() -> None:
     for name, deadline in [("c", 300), ("d", 400), ("e", 500)]:
         seen.add(name, deadline_ns=deadline, now_ns=150)
     assert len(seen) == 3 and "b" not in seen  # earliest deadline forgotten first
+
+
+def test_a_task_id_forgotten_again_and_again_holds_a_bounded_heap() -> None:
+    """A task answered busy on a stream is forgotten (it may come back): replayed while the node is busy,
+    the same signed task is added and forgotten each time, and must not leave an entry per replay
+    until its deadline (an hour ahead: millions)."""
+    seen = SeenTasks()
+    for _ in range(10_000):
+        assert seen.add("again", deadline_ns=10**18, now_ns=0)
+        seen.discard("again")
+    seen.add("kept", deadline_ns=10**18, now_ns=0)
+    assert len(seen) == 1 and len(seen._by_deadline) <= 2 * len(seen) + COMPACT_SLACK
+
+
+def test_an_id_forgotten_and_taken_again_is_not_evicted_by_its_old_deadline() -> None:
+    seen = SeenTasks(max_entries=2)
+    seen.add("a", deadline_ns=100, now_ns=0)
+    seen.discard("a")
+    seen.add("a", deadline_ns=300, now_ns=0)  # back, and accepted this time
+    seen.add("b", deadline_ns=200, now_ns=0)
+    seen.add("c", deadline_ns=400, now_ns=0)  # full: the earliest live deadline goes, b's
+    assert "a" in seen and "b" not in seen and "c" in seen
 
 
 def test_deadline_beyond_the_horizon_is_not_accepted() -> None:

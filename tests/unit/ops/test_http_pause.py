@@ -66,3 +66,32 @@ async def test_mapped_loopback_is_loopback() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
         assert (await client.post("/pause")).status_code == 200
     assert flag.paused
+
+
+# What a browser on the operator's machine sends when a page of any site posts to the node's loopback
+# port (a form, or fetch in no-cors mode; a DNS-rebound name makes the page's own origin the node's):
+# the client is loopback, yet the request is the page's, never the operator's.
+BROWSER_HEADERS = {
+    "cross_site_form": {"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+    "opaque_origin": {"Origin": "null"},
+    "dns_rebound_same_origin": {"Origin": "http://rebound.example:9090", "Sec-Fetch-Site": "same-origin"},
+    "fetch_metadata_only": {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROWSER_HEADERS))
+async def test_a_web_page_cannot_pause_or_resume_through_the_operators_browser(name: str) -> None:
+    flag = PauseFlag()
+    server = HttpServer(app_for(flag))
+    await server.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
+            refused = await client.post("/pause", headers=BROWSER_HEADERS[name])
+            assert refused.status_code == 403 and "browser" in refused.json()["error"]
+            assert not flag.paused
+            flag.paused = True
+            assert (await client.post("/resume", headers=BROWSER_HEADERS[name])).status_code == 403
+            assert flag.paused
+            assert (await client.post("/resume")).status_code == 200  # as `compute-node resume` asks
+    finally:
+        await server.stop()

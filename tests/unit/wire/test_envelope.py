@@ -135,6 +135,17 @@ def test_wrong_major_minor_version(version: str) -> None:
     assert reason_of(sealed(version=version)) == "version_mismatch"
 
 
+# Digits past Python's int-from-text limit (4,300), or digits of another script that int() reads as 0 and 3:
+# each is a version this node does not speak, refused with its reason (never a ValueError out of the check).
+@pytest.mark.parametrize(
+    "version",
+    ["0" * 5000 + ".3.0", "0." + "0" * 4999 + "3.0", "0" * 64 + ".3.0", "\u0660.\u0663.0", "\uff10.\uff13.0"],
+    ids=["major_5000_digits", "minor_5000_digits", "major_64_digits", "arabic_indic_digits", "fullwidth_digits"],
+)
+def test_versions_of_odd_digits_are_a_mismatch(version: str) -> None:
+    assert reason_of(sealed(version=version)) in ("version_mismatch", "bad_field")
+
+
 @pytest.mark.parametrize("version", ["0.3.1", "0.3.17", "0.3.0-rc1", "0.3"])
 def test_same_major_minor_other_patch_accepted(version: str) -> None:
     assert open_envelope(sealed(version=version), "task", now_ns=NOW).sender == IDENTITY.address

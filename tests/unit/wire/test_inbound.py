@@ -33,6 +33,21 @@ def test_suppressed_count_is_reported_when_the_window_reopens() -> None:
     assert [e["not_logged_since"] for e in logs if e["event"] == "message rejected"] == [0, 0]
 
 
+def test_a_failing_check_is_rejected_and_its_traceback_logged_once_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug a message's bytes trigger fires again for every copy a peer sends: one traceback a window."""
+
+    def broken(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
+        raise RuntimeError("a bug in a check")
+
+    monkeypatch.setattr("node.wire.inbound.decode", broken)
+    counted: list[tuple[str, str]] = []
+    gate = GossipGate(on_reject=lambda topic, reason: counted.append((topic, reason)), log_window_s=60)
+    with structlog.testing.capture_logs() as logs:
+        verdicts = [gate.validate("task", b"{}") for _ in range(100)]
+    assert not any(verdicts) and counted == [("task", "internal")] * 100
+    assert [e["event"] for e in logs].count("validator failed") == 1
+
+
 def heartbeat_body(address: str, peer_id: str) -> bytes:
     return (
         b'{"address":"' + address.encode() + b'","peerId":"' + peer_id.encode() + b'","models":["m"],'

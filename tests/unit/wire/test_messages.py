@@ -138,6 +138,8 @@ def test_public_key_forms_accepted() -> None:
         ({"deadline": "2025-04-03T10:05:00.1234567890Z"}, "deadline"),  # 10 fractional digits
         ({"deadline": "1969-12-31T23:59:59Z"}, "deadline"),
         ({"deadline": "2262-04-12T00:00:00Z"}, "deadline"),  # past int64 nanoseconds
+        ({"deadline": "2025-04-03T10:05:00.\u0661\u0662Z"}, "deadline"),  # digits of another script
+        ({"deadline": "2025-04-03T10:05:00+\u0660\u0661:00"}, "deadline"),
         ({"input": {"workflow": {}, "model": []}}, "input.model"),
         ({"input": {"workflow": {}, "model": [""]}}, "input.model.0"),
         ({"input": {"workflow": {}, "model": ["m"] * 65}}, "input.model"),
