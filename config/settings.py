@@ -78,7 +78,9 @@ class Settings(LayeredSettings):
         default="f16", description="Type of the KV cache (K and V); see benchmark 10 for memory, speed and quality"
     )
     extra_buffers: Literal["auto", "on", "off"] = Field(
-        default="auto", description="llama.cpp extra buffer types (AMX, weight repacking); auto: off on AMX CPUs"
+        default="auto",
+        description="llama.cpp extra buffer types (AMX, weight repacking); auto: on, except on an AMX CPU whose "
+        "llama.cpp library holds an unpatched AMX kernel (models/cpu.py)",
     )
     verify_precision: Literal["auto", "model", "bf16"] = Field(
         default="auto",

@@ -1,20 +1,26 @@
 """What this CPU can do, read from /proc/cpuinfo, and the llama.cpp choices that follow.
 
-llama.cpp's AMX kernels (`ggml_backend_amx_mul_mat`) segfault at the first decode on
-some virtualised Intel Xeons with AMX (llama.cpp issue 20824). Two defences, both
-checkable on any CPU:
+llama.cpp's AMX kernels (`ggml_backend_amx_mul_mat`) segfaulted at the first batched
+decode on Intel Xeons with AMX (llama.cpp issue 20824). The cause is the compiler, not
+the CPU: `ggml_tile_config_init` builds the tile configuration on the stack and GCC 12
+drops the stores of its row and column counts (it does not see `ldtilecfg` read them),
+so the configuration loaded is stack garbage. `install.sh` builds llama.cpp from the
+sdist with deploy/llama-cpp/amx-tile-config.patch, which makes it a constant in the
+library's read-only data. Where that is checkable on any CPU:
 
-- `install.sh` builds llama.cpp with `-mno-amx-tile -mno-amx-int8 -mno-amx-bf16`, so
-  the built `libggml-cpu` holds no AMX kernel at all (`amx_instructions` finds none);
-- `extra_buffers = "auto"` turns llama.cpp's extra buffer types (AMX, and the CPU
-  weight repacking that shares the switch) off where the CPU has AMX, for a library
-  built elsewhere. Repacking stays on everywhere else: measured on AMD EPYC (2
-  threads), SmolLM2 as Q4_0 generates 167 tok/s with it vs 131 without (prompt 799
-  vs 547); the default model (Q4_1, not repacked) runs the same either way.
+- `amx_tile_configs` reads the machine code of a library and gives, for each `ldtilecfg`,
+  whether it loads a constant (rip-relative: the patched build) or a stack object;
+- `extra_buffers = "auto"` enables llama.cpp's extra buffer types (AMX, and the CPU
+  weight repacking that shares the switch) unless the CPU has AMX and the loaded library
+  holds an unpatched AMX kernel (`amx_kernels_safe`). Measured on a 2-core Xeon (Sapphire
+  Rapids class, 2 threads, SmolLM2 Q4_1): prompt 249 -> 657 tok/s, decode 83 -> 163 tok/s
+  with the patched AMX kernels. Repacking alone: on AMD EPYC, SmolLM2 as Q4_0 generates
+  167 tok/s with it vs 131 without (prompt 799 vs 547); Q4_1 is not repacked.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -27,14 +33,17 @@ __all__ = [
     "NO_AMX_CFLAGS",
     "CpuInfo",
     "ExtraBuffers",
+    "TileConfigLoad",
     "amx_instructions",
+    "amx_kernels_safe",
+    "amx_tile_configs",
     "extra_buffers_enabled",
     "ggml_cpu_libraries",
 ]
 
 ExtraBuffers = Literal["auto", "on", "off"]
 AMX_FLAGS = frozenset({"amx_tile", "amx_int8", "amx_bf16"})
-# Compiler flags that keep AMX code out of a native build; install.sh sets the same.
+# Compiler flags that keep AMX code out of a build (the Docker image's portable build sets them).
 NO_AMX_CFLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -77,19 +86,57 @@ class CpuInfo(BaseModel):
         return bool(self.flags & AMX_FLAGS)
 
 
-def extra_buffers_enabled(setting: ExtraBuffers, cpu: CpuInfo) -> bool:
-    """Whether llama.cpp may use extra buffer types: auto means off on AMX CPUs."""
+def extra_buffers_enabled(setting: ExtraBuffers, cpu: CpuInfo, libraries: list[Path] | None = None) -> bool:
+    """Whether llama.cpp may use extra buffer types: auto means on, except on an AMX CPU whose
+    llama.cpp library (`libraries`, default the installed one) holds an unpatched AMX kernel."""
     if setting == "auto":
-        return not cpu.has_amx
+        return not cpu.has_amx or amx_kernels_safe(ggml_cpu_libraries() if libraries is None else libraries)
     return setting == "on"
 
 
 def ggml_cpu_libraries() -> list[Path]:
-    """The ggml CPU backend libraries shipped inside the installed llama_cpp package."""
+    """The ggml CPU backend libraries llama_cpp loads: its package's, or LLAMA_CPP_LIB_PATH's."""
     import llama_cpp
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    lib_dir = Path(override) if override else Path(llama_cpp.__file__).parent / "lib"
     return sorted(lib_dir.glob("libggml-cpu*.so*")) or sorted(lib_dir.glob("libggml*.so*"))
+
+
+TileConfigLoad = Literal["constant", "stack"]
+
+# `ldtilecfg m512` as assemblers encode it: a three-byte VEX prefix (C4), a byte whose low five
+# bits name the 0F38 opcode map (its top three are register-extension bits), W0 vvvv=1111 L0
+# pp=00 (78), the opcode (49), then the ModRM byte of the memory operand (reg field 0).
+_LDTILECFG = re.compile(rb"\xc4[\x02\x22\x42\x62\x82\xa2\xc2\xe2]\x78\x49(.)", re.DOTALL)
+_RIP_RELATIVE = 0x05  # ModRM mod=00 rm=101: [rip + disp32], an object in the library's own data
+
+
+def amx_tile_configs(machine_code: bytes) -> list[TileConfigLoad]:
+    """For each `ldtilecfg` in `machine_code` (a library's bytes): "constant" where it loads an
+    object of the library's data (the patched build), "stack" where it loads one built at run
+    time (the unpatched build, which GCC 12 miscompiles)."""
+    loads: list[TileConfigLoad] = []
+    for match in _LDTILECFG.finditer(machine_code):
+        modrm = match.group(1)[0]
+        if modrm & 0x38 or modrm >> 6 == 3:
+            continue  # reg field not 0, or a register operand: not an ldtilecfg
+        loads.append("constant" if modrm == _RIP_RELATIVE else "stack")
+    return loads
+
+
+def amx_kernels_safe(libraries: list[Path]) -> bool:
+    """Whether llama.cpp's AMX kernels in `libraries` can run: none there, or every tile
+    configuration a constant (deploy/llama-cpp/amx-tile-config.patch). A library that cannot be
+    read counts as unsafe."""
+    for library in libraries:
+        try:
+            machine_code = library.read_bytes()
+        except OSError:
+            return False
+        if "stack" in amx_tile_configs(machine_code):
+            return False
+    return True
 
 
 # AMX tile instructions as objdump prints them: a library without them cannot take

@@ -52,8 +52,15 @@ async def test_scoring_reproduces_a_greedy_generations_logprobs_and_ranks(model:
     scores = await model.score(ScoreRequest(prompt_tokens=trace.prompt_tokens, tokens=trace.tokens))
     assert len(scores.logprobs) == len(scores.best_logprobs) == len(scores.ranks) == len(trace.tokens)
     assert max(abs(a - b) for a, b in zip(trace.logprobs, scores.logprobs, strict=True)) < HONEST_SPREAD
-    assert all(rank == 0 for rank in scores.ranks)  # greedy: the model's best token every time
-    assert all(abs(b - lp) < 1e-9 for b, lp in zip(scores.best_logprobs, scores.logprobs, strict=True))
+    # Greedy: the model's best token every time, but where two tokens all but tie: a one-token decode and
+    # a batch of rows round differently (most of all in the AMX kernels, which quantize them differently).
+    ties = [b - lp for b, lp, rank in zip(scores.best_logprobs, scores.logprobs, scores.ranks, strict=True) if rank]
+    assert len(ties) <= 2 and all(0 <= gap < HONEST_SPREAD for gap in ties), ties
+    assert all(
+        abs(b - lp) < 1e-9
+        for b, lp, rank in zip(scores.best_logprobs, scores.logprobs, scores.ranks, strict=True)
+        if not rank
+    )
     assert scores.text.strip()
 
 

@@ -61,7 +61,10 @@ async def test_a_traced_generation_records_its_exact_tokens_and_their_logprobs(
     assert trace.temperature == 0.0 and not trace.constrained
     scores = await asyncio.to_thread(scorer.score, trace.prompt_tokens, trace.tokens)
     assert text and scores.text.startswith(text)
-    assert all(rank == 0 for rank in scores.ranks)  # greedy: the model's best token every time
+    # Greedy: the model's best token every time, but where two tokens all but tie (a decode step and a
+    # batch round differently, the AMX kernels most): the rule the verifier applies at temperature 0.
+    ties = [b - lp for b, lp, rank in zip(scores.best_logprobs, scores.logprobs, scores.ranks, strict=True) if rank]
+    assert len(ties) <= 2 and all(0 <= gap < HONEST_SPREAD for gap in ties), ties
 
 
 async def test_without_a_trace_list_nothing_is_recorded(model: BatchedLlamaModel) -> None:
