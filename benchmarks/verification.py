@@ -42,11 +42,12 @@ from benchmarks.workloads import model_path, story_prompt
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.benchmark import build_fingerprint
-from models.cpu import CpuInfo
+from models.cpu import CpuInfo, extra_buffers_enabled
+from models.llama_open import file_type
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, Generation, GenerationRequest
 from models.scoring import ScoredTokens, TokenScorer
-from models.scoring_copy import ScoringPrecision, bf16_pays, choose_precision, scoring_copy
+from models.scoring_copy import ScoringPrecision, amx_scores, bf16_pays, choose_precision, scoring_copy
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import ProofChecker, VerificationError
 from node.wire.proof import Proof, ProofGeneration
@@ -74,7 +75,9 @@ FLASH_ATTN = Settings.model_fields["flash_attn"].default
 
 def runtime(threads: int) -> RuntimeOptions:
     """llama.cpp options of the benchmark's generators and scorers at `threads` threads."""
-    return RuntimeOptions(n_threads=threads, flash_attn=FLASH_ATTN)
+    return RuntimeOptions(
+        n_threads=threads, flash_attn=FLASH_ATTN, extra_buffers=extra_buffers_enabled("auto", CpuInfo.read())
+    )
 
 
 def catch_prompts(n: int) -> list[GenerationRequest]:
@@ -285,7 +288,8 @@ async def measure(
     copy = (
         scoring_copy(real, scratch) if bf16_pays(CpuInfo.read(), build_fingerprint()) or precision == "bf16" else None
     )
-    chosen = choose_precision(precision, real, CpuInfo.read(), build_fingerprint())
+    amx = amx_scores(CpuInfo.read(), build_fingerprint(), runtime(1).extra_buffers, file_type(real))
+    chosen = choose_precision(precision, real, CpuInfo.read(), build_fingerprint(), amx=amx)
     checking = copy if chosen == "bf16" and copy is not None else real
     _progress(f"catch rates re-scored with {checking.name}")
     threads = sorted({t for t, _ in cells})

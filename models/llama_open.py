@@ -49,3 +49,15 @@ def open_vocab(path: Path) -> llama_cpp.Llama:
         return construct_llama(path, vocab_only=True, n_ctx=64)
     except Exception as exc:
         raise ModelLoadError(f"llama.cpp could not read the vocabulary of {path}: {exc}") from exc
+
+
+def file_type(path: Path) -> int | None:
+    """The file's `general.file_type` (llama.cpp's `llama_ftype`: 3 is Q4_1), None where it has none or is unreadable."""
+    try:
+        value = open_vocab(path).metadata.get("general.file_type")
+    except ModelLoadError:
+        return None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

@@ -12,8 +12,13 @@ The copy is made by llama.cpp's own quantizer (`llama_model_quantize`, Q4_1 -> b
 widening: every weight is kept to bf16's precision), once per source file, and cached beside
 the other copies in a directory the caller owns; a file that changed (size or mtime) gets a new
 copy, and its old one is deleted. `auto` takes it only where it pays: the CPU and
-the llama.cpp build both have AVX512_BF16 (without native bf16 dot products bf16 is slow), and
-the copy stays small (4x the file at most: a file of at most `AUTO_MAX_FILE_BYTES`).
+the llama.cpp build both have AVX512_BF16 (without native bf16 dot products bf16 is slow),
+the copy stays small (4x the file at most: a file of at most `AUTO_MAX_FILE_BYTES`), and the
+file's own batched kernels are not the AMX ones. Those multiply the file's quantized weights
+on the CPU's tile unit (llama.cpp's AMX kernels cover `AMX_FILE_TYPES`; models/cpu.py says when
+they run) and re-score far faster than bf16: measured on a 2-core Xeon (Sapphire Rapids class,
+SmolLM2 Q4_1, 1 thread, 1 sequence) 0.30 / 0.20 / 0.20 of a 32 / 128 / 256-token generation
+with the file, 0.81 / 0.52 / 0.46 with the copy (which AMX does not multiply).
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ ScoringPrecision = Literal["auto", "model", "bf16"]  # config.settings.Settings.
 AUTO_MAX_FILE_BYTES = 1 << 30  # the copy is ~16 bits per weight: up to ~4 GiB for a 1 GiB Q4 file
 BUILD_FEATURE = "AVX512_BF16 = 1"  # in llama.cpp's system info when its CPU backend has the bf16 kernels
 CPU_FLAG = "avx512_bf16"
+AMX_BUILD_FEATURE = "AMX_INT8 = 1"  # in the system info of a build with llama.cpp's AMX kernels
+AMX_CPU_FLAG = "amx_int8"
+# llama_ftype of the files whose weights the AMX kernels multiply (ggml-cpu/amx/common.h:
+# Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS): Q4_0, Q4_1, Q8_0, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_XS.
+AMX_FILE_TYPES = frozenset({2, 3, 7, 14, 15, 16, 17, 18, 30})
 
 
 def bf16_pays(cpu: CpuInfo, system_info: str) -> bool:
@@ -37,11 +47,22 @@ def bf16_pays(cpu: CpuInfo, system_info: str) -> bool:
     return CPU_FLAG in cpu.flags and BUILD_FEATURE in system_info
 
 
-def choose_precision(setting: ScoringPrecision, path: Path, cpu: CpuInfo, system_info: str) -> Literal["model", "bf16"]:
-    """What `setting` means for the model file at `path` on this machine."""
+def amx_scores(cpu: CpuInfo, system_info: str, extra_buffers: bool, file_type: int | None) -> bool:
+    """Whether llama.cpp's AMX kernels multiply this file's weights here: the CPU and the build have
+    them, extra buffers are on (models/cpu.py: only with the patched kernel) and the file's type is one
+    they multiply (`file_type`: the GGUF's general.file_type)."""
+    return (
+        extra_buffers and AMX_CPU_FLAG in cpu.flags and AMX_BUILD_FEATURE in system_info and file_type in AMX_FILE_TYPES
+    )
+
+
+def choose_precision(
+    setting: ScoringPrecision, path: Path, cpu: CpuInfo, system_info: str, *, amx: bool = False
+) -> Literal["model", "bf16"]:
+    """What `setting` means for the model file at `path` on this machine (`amx`: `amx_scores` for it)."""
     if setting != "auto":
         return setting
-    if not bf16_pays(cpu, system_info):
+    if amx or not bf16_pays(cpu, system_info):
         return "model"
     return "bf16" if path.stat().st_size <= AUTO_MAX_FILE_BYTES else "model"
 

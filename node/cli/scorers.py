@@ -15,11 +15,12 @@ import structlog
 from config.settings import Settings
 from models.benchmark import build_fingerprint
 from models.cpu import CpuInfo, extra_buffers_enabled
+from models.llama_open import file_type
 from models.options import RuntimeOptions
 from models.registry import Registry
 from models.requests import ModelError, ModelLoadError
 from models.scoring import TokenScorer
-from models.scoring_copy import choose_precision, scoring_copy
+from models.scoring_copy import amx_scores, choose_precision, scoring_copy
 from models.store import ModelStore
 
 log = structlog.get_logger(__name__)
@@ -49,7 +50,11 @@ class LocalScorers:
         except ModelError:
             return None
         path = self._store.locate(spec)
-        if path is None or choose_precision(self._precision, path, CpuInfo.read(), build_fingerprint()) == "model":
+        if path is None:
+            return None
+        cpu, system_info = CpuInfo.read(), build_fingerprint()
+        amx = self._precision == "auto" and amx_scores(cpu, system_info, self._options.extra_buffers, file_type(path))
+        if choose_precision(self._precision, path, cpu, system_info, amx=amx) == "model":
             return path
         log.info("opening a bf16 scoring copy", model=name, path=str(path))
         try:

@@ -12,10 +12,11 @@ import pytest
 
 from models.batching import BatchedLlamaModel
 from models.cpu import CpuInfo
+from models.llama_open import file_type
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest, ModelLoadError
 from models.scoring import TokenScorer
-from models.scoring_copy import AUTO_MAX_FILE_BYTES, bf16_pays, choose_precision, scoring_copy
+from models.scoring_copy import AUTO_MAX_FILE_BYTES, amx_scores, bf16_pays, choose_precision, scoring_copy
 from models.tracing import GenerationTrace, generation_traces
 from node.publisher.verification import POSITION_TOLERANCE
 from tests.support.model_file import SMOLLM2
@@ -23,6 +24,8 @@ from tests.support.model_file import SMOLLM2
 SAMPLES = Path(__file__).resolve().parents[2] / "support" / "data" / "cpuinfo"
 BUILD_BF16 = "CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | REPACK = 1 |"
 BUILD_PLAIN = "CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 1 | LLAMAFILE = 1 | REPACK = 1 |"
+BUILD_AMX = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
+Q4_1, F16, Q5_1 = 3, 1, 9  # llama_ftype
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,35 @@ def test_auto_takes_the_copy_only_for_a_small_file_on_a_bf16_machine(tmp_path: P
     assert choose_precision("auto", small, epyc, BUILD_PLAIN) == "model"
     assert choose_precision("model", small, epyc, BUILD_BF16) == "model"
     assert choose_precision("bf16", large, epyc, BUILD_PLAIN) == "bf16"  # asked for: taken
+
+
+@pytest.mark.parametrize(
+    ("sample", "build", "extra_buffers", "ftype", "amx"),
+    [
+        ("intel-xeon-amx.txt", BUILD_AMX, True, Q4_1, True),
+        ("intel-xeon-amx.txt", BUILD_AMX, False, Q4_1, False),  # extra buffers off: no AMX kernel runs
+        ("intel-xeon-amx.txt", BUILD_BF16, True, Q4_1, False),  # a build without the AMX kernels
+        ("intel-xeon-amx.txt", BUILD_AMX, True, F16, False),  # weights the AMX kernels do not multiply
+        ("intel-xeon-amx.txt", BUILD_AMX, True, Q5_1, False),
+        ("intel-xeon-amx.txt", BUILD_AMX, True, None, False),  # a file with no type
+        ("amd-epyc.txt", BUILD_AMX, True, Q4_1, False),  # a library built elsewhere, on a CPU without AMX
+    ],
+)
+def test_amx_scores_where_cpu_build_setting_and_file_all_allow_it(
+    sample: str, build: str, extra_buffers: bool, ftype: int | None, amx: bool
+) -> None:
+    assert amx_scores(CpuInfo.parse((SAMPLES / sample).read_text()), build, extra_buffers, ftype) is amx
+
+
+def test_auto_keeps_the_model_file_where_amx_multiplies_it(tmp_path: Path) -> None:
+    xeon = CpuInfo.parse((SAMPLES / "intel-xeon-amx.txt").read_text())
+    small = tmp_path / "small.gguf"
+    small.write_bytes(b"GGUF")
+    assert choose_precision("auto", small, xeon, BUILD_AMX, amx=True) == "model"
+    assert choose_precision("auto", small, xeon, BUILD_AMX, amx=False) == "bf16"
+    assert choose_precision("bf16", small, xeon, BUILD_AMX, amx=True) == "bf16"  # asked for: taken
+    assert file_type(SMOLLM2) == Q4_1  # the default model's type, read from its header
+    assert file_type(tmp_path / "missing.gguf") is None
 
 
 def test_a_file_that_is_no_model_gets_a_named_error(tmp_path: Path) -> None:
