@@ -52,6 +52,7 @@ from node.gateway.service import RETRY_AFTER, GatewayService, PendingCaps, TooMa
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
+from node.publisher.errors import TaskTooLargeError
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
@@ -95,7 +96,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         return ident
 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
-        timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
+        timeouts = [_checked(request, settings, field.format(i), service) for i, request in enumerate(requests)]
         try:
             return service.submit(key, requests, timeouts, caps)
         except DatabaseError as exc:
@@ -185,8 +186,9 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     return app
 
 
-def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> float:
-    """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do) and the bounds."""
+def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str, service: GatewayService) -> float:
+    """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do), the bounds,
+    and its size sealed (413: no node could be sent it)."""
     try:
         parse_workflow(request.workflow)
     except WorkflowValidationError as exc:
@@ -196,6 +198,10 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> fl
     timeout = settings.default_timeout if request.timeout is None else request.timeout
     if timeout > settings.max_timeout:
         raise HTTPException(422, f"{prefix}timeout: must be at most {settings.max_timeout:g} seconds")
+    try:
+        service.check_size(request, timeout)
+    except TaskTooLargeError as exc:
+        raise HTTPException(413, f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
     return timeout
 
 

@@ -37,6 +37,7 @@ from node.publisher.errors import (
     NoNodeError,
     TaskFailedError,
     TaskTimeoutError,
+    TaskTooLargeError,
     VerificationFailedTaskError,
 )
 from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
@@ -45,7 +46,7 @@ from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
 from node.publisher.sender import Delivery, TaskSender
-from node.publisher.tasks import Task, TaskResult
+from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume
@@ -64,6 +65,7 @@ __all__ = [
     "TaskFailedError",
     "TaskResult",
     "TaskTimeoutError",
+    "TaskTooLargeError",
     "VerificationFailedTaskError",
 ]
 
@@ -196,11 +198,12 @@ class Client:
         once; an error result, a lost stream or a node silent for `attempt_timeout` is
         retried on another node (new task id, at most `max_retries` times), unless the
         error is deterministic (`Invalid prompt: ...`). Raises TaskTimeoutError (NoNodeError
-        when no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for
+        when no node was found), TaskFailedError, or TaskTooLargeError (before any node is chosen). `on_submit(task_id, node)` is called for
         every task a node took (or that went on gossip). `on_delta(text)`: the final step's
         text as it generates, from nodes that stream it (direct delivery only); the result
         is checked to extend what was streamed.
         """
+        self.check_size(task, timeout)
         proof = task.verify and self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
         expected = PromptExpectation.of(task.workflow, task.prompt) if proof else None
         if task.nodes:
@@ -226,6 +229,12 @@ class Client:
             on_delta=on_delta,
             tried=set(task.exclude),
         ).run()
+
+    def check_size(self, task: Task, timeout: float) -> None:
+        """TaskTooLargeError when no envelope could carry `task`, with all a send may add (a picked node,
+        `stream`, `proof`): checked before a node is chosen, so no node is reserved, sent it or marked."""
+        worst = task if task.nodes else task.model_copy(update={"nodes": [self.identity.address]})
+        check_size(task_body(worst, timeout, self.identity.public_key_compressed.hex(), stream=True, proof=True))
 
     async def _end_attempt(self, attempt: Attempt) -> None:
         """Stop waiting for the attempt's result and close its stream."""

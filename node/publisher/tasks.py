@@ -1,4 +1,7 @@
-"""What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`."""
+"""What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`.
+
+`check_size` refuses a task body no envelope can carry (TaskTooLargeError), before any node is chosen or sent it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from node.wire.messages import Stats, TaskBody, TaskInput
+from node.publisher.errors import TaskTooLargeError
+from node.wire.envelope import sealed_size
+from node.wire.messages import Stats, TaskBody, TaskInput, encode_body
+from node.wire.topics import MAX_MESSAGE_BYTES, TASK_TOPIC
 
 
 class Task(BaseModel):
@@ -65,3 +71,10 @@ def task_body(task: Task, timeout: float, public_key: str, stream: bool = False,
         stream=True if stream else None,
         proof=True if proof else None,
     )
+
+
+def check_size(body: TaskBody) -> None:
+    """TaskTooLargeError when `body`, sealed, would pass the network's message (and frame) limit."""
+    size = sealed_size(TASK_TOPIC, encode_body(body))
+    if size > MAX_MESSAGE_BYTES:
+        raise TaskTooLargeError(size, MAX_MESSAGE_BYTES)

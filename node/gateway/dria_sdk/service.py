@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import PendingCaps
-from node.publisher.client import Client
+from node.publisher.client import Client, TaskTooLargeError
+from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
 from node.wire.messages import Deadline, HeartbeatBody, ResultBody, TaskBody, TaskInput
@@ -188,6 +189,10 @@ class SdkService:
                 f"deadline: more than {self.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
         self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
+        try:
+            check_size(body)
+        except TaskTooLargeError as exc:
+            raise SdkPayloadError(str(exc)) from None
         task = SdkTask(
             network_id=published_as,
             key_id=key_id,

@@ -1,0 +1,29 @@
+"""The Client against what a caller or a dishonest node may hand it, over a real libp2p peer speaking
+protocol 0.4 as a node would: a task no envelope can carry. Each is refused or read as nothing, without a
+crash and without marking an honest node."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.publisher.client import Task, TaskTooLargeError
+from node.wire.topics import MAX_MESSAGE_BYTES
+from tests.support.streaming_peer import StreamingPeer, client_of
+from workflows import Simple
+
+
+async def test_a_task_too_large_to_seal_is_refused_before_a_node_is_chosen() -> None:
+    peer = StreamingPeer([], "ok")
+    big = Task(workflow=Simple().workflow(prompt="x" * MAX_MESSAGE_BYTES), models=["m"])
+    async with client_of(peer) as client:
+        free = client.nodes.live()[0].free
+        with pytest.raises(TaskTooLargeError, match="over the network's limit of 262144 bytes"):
+            await client.execute(big, timeout=10)
+        with pytest.raises(TaskTooLargeError):
+            await client.submit(big, timeout=10)
+        with pytest.raises(TaskTooLargeError):  # picked nodes make the body larger too
+            await client.execute(Task(workflow={}, models=["m"], nodes=[peer.identity.address] * 10_000), timeout=10)
+        assert client.nodes.live()[0].free == free  # no place reserved on the node
+        assert len(client.reputation) == 0  # nor a decline recorded against it
+        assert (await client.execute(Task(workflow={}, models=["m"]), timeout=20)).text == "ok"
+    assert len(peer.streamed) == 1
