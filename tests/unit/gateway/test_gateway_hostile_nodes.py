@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
@@ -86,3 +87,28 @@ async def test_a_task_too_large_for_the_network_is_refused_before_any_node_sees_
         assert peer.streamed == []  # none reached the node
         answer = await http.post("/v1/chat/completions", json={"model": "m", "messages": ASK})
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("stats", "usage"),
+    [
+        ({"promptTokens": "many", "completionTokens": [1]}, (0, 0)),
+        ({"promptTokens": -3, "completionTokens": -7}, (0, 0)),
+        ({"promptTokens": True, "completionTokens": 2.5}, (0, 0)),
+        ({"promptTokens": 2**62, "completionTokens": 2**62}, (2**31 - 1, 2)),  # completion: at most the text's bytes
+    ],
+)
+async def test_a_nodes_token_counts_are_counts_or_nothing(
+    tmp_path: Path, stats: dict[str, Any], usage: tuple[int, int]
+) -> None:
+    async with gateway_over(StreamingPeer(["o"], "ok", stats=stats), tmp_path) as http:
+        answer = await http.post("/v1/chat/completions", json={"model": "m", "messages": ASK})
+        assert answer.status_code == 200, answer.text
+        got = answer.json()["usage"]
+        assert (got["prompt_tokens"], got["completion_tokens"]) == usage
+        assert got["total_tokens"] == sum(usage)
+        chat = {"model": "m", "messages": ASK, "stream": True, "stream_options": {"include_usage": True}}
+        async with http.stream("POST", "/v1/chat/completions", json=chat) as streamed:
+            events = [line async for line in streamed.aiter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]", events
+        assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == usage[1]

@@ -1,12 +1,15 @@
 """The Client against what a caller or a dishonest node may hand it, over a real libp2p peer speaking
-protocol 0.4 as a node would: a task no envelope can carry. Each is refused or read as nothing, without a
-crash and without marking an honest node."""
+protocol 0.4 as a node would: a task no envelope can carry, token counts that are not counts. Each is
+refused or read as nothing, without a crash and without marking an honest node."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from node.publisher.client import Task, TaskTooLargeError
+from node.wire.messages import Stats
 from node.wire.topics import MAX_MESSAGE_BYTES
 from tests.support.streaming_peer import StreamingPeer, client_of
 from workflows import Simple
@@ -27,3 +30,22 @@ async def test_a_task_too_large_to_seal_is_refused_before_a_node_is_chosen() -> 
         assert len(client.reputation) == 0  # nor a decline recorded against it
         assert (await client.execute(Task(workflow={}, models=["m"]), timeout=20)).text == "ok"
     assert len(peer.streamed) == 1
+
+
+@pytest.mark.parametrize(
+    ("claimed", "counts"),
+    [
+        ({"promptTokens": "many", "completionTokens": [1]}, (0, 0)),
+        ({"promptTokens": -3, "completionTokens": -7}, (0, 0)),
+        ({"promptTokens": True, "completionTokens": 2.5}, (0, 0)),
+        ({"promptTokens": 2**62, "completionTokens": 2**62}, (2**31 - 1, 2)),  # completion: the text's bytes
+    ],
+)
+async def test_token_counts_a_node_claims_are_counts_or_nothing(
+    claimed: dict[str, Any], counts: tuple[int, int]
+) -> None:
+    async with client_of(StreamingPeer([], "ok", stats=claimed)) as client:
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+        assert (result.prompt_tokens, result.completion_tokens) == counts
+        assert client.reputation.view(result.node).answered == pytest.approx(1)
+    assert isinstance(result.stats, Stats)
