@@ -24,6 +24,8 @@ from tests.support.streaming_peer import StreamingPeer
 from workflows import Simple
 
 ASK = [{"role": "user", "content": "Hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+DEEP = "[" * 5000 + "]" * 5000  # JSON nested deeper than Python's recursion limit
 
 
 @asynccontextmanager
@@ -112,3 +114,31 @@ async def test_a_nodes_token_counts_are_counts_or_nothing(
             events = [line async for line in streamed.aiter_lines() if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]", events
         assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == usage[1]
+
+
+async def test_a_callers_tool_call_nested_past_the_recursion_limit_is_a_400(tmp_path: Path) -> None:
+    async with gateway_over(StreamingPeer([], "ok"), tmp_path) as http:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": DEEP}}
+        chat = {"model": "m", "messages": [{"role": "assistant", "tool_calls": [call]}, *ASK]}
+        answer = await http.post("/v1/chat/completions", json=chat)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "messages[0].tool_calls"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        DEEP,  # nested past the recursion limit
+        json.dumps({"name": "f" * 1000, "arguments": {}}),
+        json.dumps({"name": "", "arguments": {}}),
+    ],
+)
+async def test_a_nodes_malformed_tool_call_is_a_502_naming_it(tmp_path: Path, call: str) -> None:
+    async with gateway_over(StreamingPeer([], call), tmp_path) as http:
+        chat = {"model": "m", "messages": ASK, "tools": [TOOL]}
+        answer = await http.post("/v1/chat/completions", json=chat)
+        assert answer.status_code == 502 and "tool call" in answer.json()["error"]["message"], answer.text
+        async with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as streamed:
+            events = [line async for line in streamed.aiter_lines() if line.startswith("data: ")]
+        errors = [json.loads(e.removeprefix("data: ")).get("error") for e in events if e != "data: [DONE]"]
+        assert "tool call" in errors[-1]["message"], events
