@@ -1,6 +1,7 @@
 """The Client against what a caller or a dishonest node may hand it, over a real libp2p peer speaking
-protocol 0.4 as a node would: a task no envelope can carry, token counts that are not counts. Each is
-refused or read as nothing, without a crash and without marking an honest node."""
+protocol 0.4 as a node would: a task no envelope can carry, progress frames longer than any result, token
+counts that are not counts. Each is refused or read as nothing, without a crash and without marking an
+honest node."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from node.publisher.client import Task, TaskTooLargeError
+from node.publisher.client import ClientError, Task, TaskTooLargeError
+from node.publisher.direct import MAX_PROGRESS_CHARS
 from node.wire.messages import Stats
 from node.wire.topics import MAX_MESSAGE_BYTES
 from tests.support.streaming_peer import StreamingPeer, client_of
@@ -30,6 +32,17 @@ async def test_a_task_too_large_to_seal_is_refused_before_a_node_is_chosen() -> 
         assert len(client.reputation) == 0  # nor a decline recorded against it
         assert (await client.execute(Task(workflow={}, models=["m"]), timeout=20)).text == "ok"
     assert len(peer.streamed) == 1
+
+
+async def test_progress_longer_than_any_result_breaks_the_stream_and_marks_its_node() -> None:
+    peer = StreamingPeer(["z" * 200_000] * 20, "ok")  # 4 MB of progress, then a result of 2 characters
+    seen: list[str] = []
+    async with client_of(peer) as client:
+        with pytest.raises(ClientError):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=3, on_delta=seen.append)
+        measured = client.reputation.view(peer.identity.address)
+    assert sum(map(len, seen)) <= MAX_PROGRESS_CHARS  # what reached the caller, and what was held
+    assert measured.errors == pytest.approx(1, abs=0.01) and measured.answered == 0
 
 
 @pytest.mark.parametrize(
