@@ -8,7 +8,8 @@ older than the newest one seen from that node, or stamped further ahead than
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
-capped in entries and in bytes: anyone can make keys. A node's `addrs` (protocol 0.4)
+capped in entries and in bytes (anyone can make keys): past a cap, the nodes heard
+least recently go first. A node's `addrs` (protocol 0.4)
 say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
@@ -121,8 +122,8 @@ class NodeTable:
             addrs=tuple(heartbeat.addrs or ()),
             leaving=bool(heartbeat.leaving),
         )
-        self._forget(sender)
-        self._make_room(node.size, now)
+        self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
+        self._make_room(node.size)
         self._nodes[sender] = node
         self.bytes_used += node.size
         return True
@@ -132,16 +133,14 @@ class NodeTable:
         if node is not None:
             self.bytes_used -= node.size
 
-    def _make_room(self, size: int, now: float) -> None:
-        def full() -> bool:
-            return len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes
+    def _make_room(self, size: int) -> None:
+        """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
 
-        if not full():
-            return
-        for address in [a for a, n in self._nodes.items() if now - n.last_seen > self._ttl]:
-            self._forget(address)  # the silent first
-        while self._nodes and full():
-            self._forget(min(self._nodes.values(), key=lambda n: n.last_seen).address)
+        By arrival, not by signed timestamp: a flood of keys stamped ahead of time buys no place over
+        nodes that keep heartbeating, and each eviction is O(1), not a scan of the table per heartbeat.
+        """
+        while self._nodes and (len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes):
+            self._forget(next(iter(self._nodes)))
 
     def reserve(self, address: str) -> None:
         """Count a task just sent to `address` against its free capacity until its next heartbeat."""

@@ -130,10 +130,12 @@ class SdkService:
         """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
         body = inbound.body
         if isinstance(body, HeartbeatBody):
+            # In the order nodes were last heard; anyone can make keys: past the cap, the least recently heard
+            # goes (as from the node table), one per heartbeat, never a scan of them all.
+            self._heartbeats.pop(inbound.sender, None)
             self._heartbeats[inbound.sender] = _item(inbound.signed.envelope, peer_id=body.peer_id)
-            if len(self._heartbeats) > MAX_HEARTBEATS:  # anyone can make keys: keep the live nodes only
-                live = {node.address for node in self.client.nodes.live()}
-                self._heartbeats = {a: i for a, i in self._heartbeats.items() if a in live}
+            if len(self._heartbeats) > MAX_HEARTBEATS:
+                del self._heartbeats[next(iter(self._heartbeats))]
         elif isinstance(body, ResultBody):
             self._result(inbound, body)
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from node.gateway.dria_sdk import service
 from node.gateway.dria_sdk.service import SdkPayloadError, decode_payload, network_id, payload_hash, task_body
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
+from node.publisher.client import Client
+from node.wire.envelope import seal
 from node.wire.identity import Identity
+from node.wire.inbound import Inbound, decode
+from node.wire.topics import HEARTBEAT_TOPIC
 from node.wire.wire_time import parse_rfc3339_ns
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
@@ -117,3 +123,38 @@ def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp
     assert found is not None and found.served and found.result == "first"
     assert reopened.purge(now=5e9) == 2
     reopened.close()
+
+
+def heard(client: Client, identity: Identity) -> Inbound:
+    """A heartbeat signed by `identity`, as the client's node table accepts it (before the SDK service sees it)."""
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": ["llama3.2:1b"],
+        "capacity": {"free": 1, "max": 1},
+        "pendingTasks": 0,
+        "tps": {},
+        "version": "0.3.0",
+        "timestamp": time.time_ns(),
+    }
+    inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+    assert client.nodes.update(inbound.sender, inbound.body)  # type: ignore[arg-type]
+    return inbound
+
+
+def test_heartbeats_kept_for_the_sdk_are_capped_and_the_least_recently_heard_go_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap holds by itself (not only through the node table's), one eviction per heartbeat.
+    monkeypatch.setattr(service, "MAX_HEARTBEATS", 5)
+    client = Client(peers=[])
+    sdk = service.SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    honest, flood = Identity.generate(), [Identity.generate() for _ in range(20)]
+    for i, identity in enumerate(flood):
+        if i % 3 == 0:
+            sdk.observe(heard(client, honest))
+        sdk.observe(heard(client, identity))
+        assert len(sdk.alive_peers()) <= 5
+    listed = {json.loads(item)["peer_id"] for item in sdk.alive_peers()}
+    assert listed == {honest.peer_id} | {identity.peer_id for identity in flood[-4:]}
+    sdk.store.close()

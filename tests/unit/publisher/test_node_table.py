@@ -155,6 +155,19 @@ def test_table_stays_bounded_under_a_flood_of_new_keys() -> None:
     assert newest in {node.address for node in table.live(now=10)}
 
 
+def test_a_flood_stamped_ahead_of_time_does_not_push_out_a_node_that_keeps_heartbeating() -> None:
+    # Keys stamped 59 s ahead (within the skew allowed) used to outrank the honest heartbeats.
+    table = NodeTable(max_nodes=100)
+    for i in range(1000):
+        if i % 50 == 0:
+            table.update(A, heartbeat(A, ["m"], at=i), now=i)
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, ["m"], at=i + 59), now=i)
+        assert table.get(A) is not None, f"pushed out after {i + 1} keys"
+    assert len(table.known()) == 100
+    assert table.get(f"{899:040x}") is None and table.get(f"{999:040x}") is not None  # the least recently heard went
+
+
 def test_addrs_are_kept_and_a_leaving_node_is_never_chosen() -> None:
     table = NodeTable()
     addrs = ["/ip4/127.0.0.1/tcp/1/p2p/16Uiu2x"]
