@@ -168,7 +168,7 @@ class GatewayService:
         nodes = record.picked or ([record.node] if record.node else None)
         try:
             result = await self.client.wait(
-                record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None
+                record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None, models=record.models
             )
         except ClientError as exc:
             self._finish_failed(record.id, exc)

@@ -210,7 +210,8 @@ class Client:
             task_id = await self.submit(task, timeout, proof=proof)
             if on_submit is not None:
                 on_submit(task_id, None)
-            return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof, expected)
+            result = await self.wait(task_id, timeout, nodes=task.nodes, models=task.models)
+            return await self._verified(result, proof, expected)
         hooks = AttemptHooks(
             nodes=self.nodes,
             reputation=self.reputation,
@@ -319,7 +320,7 @@ class Client:
         sender = await self._started()
         body = sender.body(task, timeout, proof=proof)
         task_id = body.task_id
-        self._inbox.expect(task_id, task.nodes, sealed=bool(task.public_key))
+        self._inbox.expect(task_id, task.nodes, sealed=bool(task.public_key), models=task.models)
         try:
             await self.publish_task(body)
         except ClientError:
@@ -333,15 +334,20 @@ class Client:
         await (await self._started()).publish(body)
 
     async def wait(
-        self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
+        self,
+        task_id: str,
+        timeout: float,
+        nodes: list[str] | None = None,
+        sealed: bool = False,
+        models: list[str] | None = None,
     ) -> TaskResult:
         """Wait for the result of a task published by this key (also one from an earlier session).
 
         `sealed`: the task was encrypted to another key (`Task.public_key`): return its ciphertext.
+        `models`: the task's model entries: a result naming another model is its node's failure.
         """
-        future = self._inbox.expect(
-            task_id, nodes, sealed=sealed
-        )  # before joining: a result may arrive as soon as the mesh forms
+        # Before joining: a result may arrive as soon as the mesh forms.
+        future = self._inbox.expect(task_id, nodes, sealed=sealed, models=models)
         try:
             async with asyncio.timeout(timeout):
                 await self.start()

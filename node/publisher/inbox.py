@@ -1,7 +1,9 @@
 """ResultInbox: the tasks a publisher awaits and the one place their results are accepted.
 
 A result is accepted once per task id, from a stream or from gossip alike: it must come from
-a picked node (when the task picked some), and its text must decrypt with the publisher's
+a picked node (when the task picked some), name a model the task accepts (a node runs one its
+entries resolve to; verification and speed are judged by that name, so a node must not choose
+it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
 handed back untouched.
 """
@@ -16,6 +18,7 @@ from node.publisher.errors import TaskFailedError
 from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
 from node.wire.messages import ResultBody
+from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 log = structlog.get_logger(__name__)
 
@@ -26,16 +29,22 @@ class ResultInbox:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._models: dict[str, list[str]] = {}  # task id -> the models it accepts (absent: any)
         self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
 
-    def expect(self, task_id: str, nodes: list[str] | None, sealed: bool = False) -> asyncio.Future[TaskResult]:
+    def expect(
+        self, task_id: str, nodes: list[str] | None, sealed: bool = False, models: list[str] | None = None
+    ) -> asyncio.Future[TaskResult]:
         """The future of the task's result (the same one if it is already awaited).
 
         `nodes`: only a result signed by one of them is accepted (None: any node's).
         `sealed`: the result is encrypted to another key: its ciphertext is the result.
+        `models`: the task's model entries; a result naming a model none resolves to fails (None: any).
         """
         if sealed:
             self._sealed.add(task_id)
+        if models is not None and not any(m in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) for m in models):
+            self._models[task_id] = list(models)
         if task_id not in self._pending:
             future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
             picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
@@ -45,6 +54,7 @@ class ResultInbox:
     def forget(self, task_id: str) -> None:
         """Stop awaiting the task: a later result for it is ignored."""
         self._pending.pop(task_id, None)
+        self._models.pop(task_id, None)
         self._sealed.discard(task_id)
 
     def accept(self, body: ResultBody, sender: str) -> None:
@@ -60,6 +70,11 @@ class ResultInbox:
             return
         if body.error is not None:
             future.set_exception(TaskFailedError(body.task_id, body.error, sender))
+            return
+        wanted = self._models.get(body.task_id)
+        if wanted is not None and body.model not in wanted:  # e.g. one no scorer has: it would go unverified
+            reason = f"result names the model {body.model[:64]!r}, which the task did not ask for"
+            future.set_exception(TaskFailedError(body.task_id, reason, sender))
             return
         try:
             future.set_result(self._open(body, sender))

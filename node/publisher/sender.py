@@ -98,7 +98,7 @@ class TaskSender:
             proof=proof,
         )
         envelope = self._sealed(body)
-        future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key))
+        future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
         if direct:
             try:
                 delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)

@@ -28,7 +28,7 @@ class StreamingPeer:
 
     `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there);
     `tokens`: the completion tokens its result's stats report; `stats`: fields put in its stats as they are
-    (a dishonest node's token counts)."""
+    (a dishonest node's token counts); `claims`: the model its results name (its heartbeat's is `m`)."""
 
     def __init__(
         self,
@@ -38,10 +38,11 @@ class StreamingPeer:
         status: AnswerStatus = AnswerStatus.ACCEPTED,
         tokens: int = 1,
         stats: dict[str, Any] | None = None,
+        claims: str = "m",
     ) -> None:
         self.identity = Identity.generate()
         self.deltas, self.text, self.tokens = deltas, text, tokens
-        self.stats = stats or {}
+        self.stats, self.claims = stats or {}, claims
         self.answer_after, self.status = answer_after, status
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
@@ -67,7 +68,7 @@ class StreamingPeer:
         now = time.time_ns()
         result = result_body(
             body.task_id,
-            "m",
+            self.claims,
             Output(self.text, body.public_key, 1, self.tokens),
             received_at_ns=now,
             started_at_ns=now,
@@ -95,12 +96,13 @@ class StreamingPeer:
 
 
 @asynccontextmanager
-async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0) -> AsyncIterator[Client]:
-    """A started Client (no retries) whose node table holds the started peer's heartbeat."""
+async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0, **settings: Any) -> AsyncIterator[Client]:
+    """A started Client (no retries; `settings`: more of its arguments) whose node table holds the started
+    peer's heartbeat."""
     await peer.host.start()
     for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
         await peer.host.subscribe(topic)
-    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0, answer_timeout=answer_timeout)
+    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0, answer_timeout=answer_timeout, **settings)
     try:
         await client.start()
         for _ in range(100):

@@ -1,6 +1,6 @@
 """The Client against what a caller or a dishonest node may hand it, over a real libp2p peer speaking
 protocol 0.4 as a node would: a task no envelope can carry, progress frames longer than any result, token
-counts that are not counts. Each is refused or read as nothing, without a crash and without marking an
+counts that are not counts, a result naming a model the task did not ask for. Each is refused or read as nothing, without a crash and without marking an
 honest node."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from node.publisher.client import ClientError, Task, TaskTooLargeError
+from node.publisher.client import ClientError, Task, TaskFailedError, TaskTooLargeError, VerificationFailedTaskError
 from node.publisher.direct import MAX_PROGRESS_CHARS
+from node.publisher.verification import ResultVerifier, Scorer
 from node.wire.messages import Stats
 from node.wire.topics import MAX_MESSAGE_BYTES
 from tests.support.streaming_peer import StreamingPeer, client_of
@@ -62,3 +63,22 @@ async def test_token_counts_a_node_claims_are_counts_or_nothing(
         assert (result.prompt_tokens, result.completion_tokens) == counts
         assert client.reputation.view(result.node).answered == pytest.approx(1)
     assert isinstance(result.stats, Stats)
+
+
+async def test_a_result_naming_a_model_the_task_did_not_ask_for_is_refused_not_left_unverified() -> None:
+    # Verification finds its scorer by the model the result names: naming one without a scorer
+    # (here: any but "m") left a result unverified, and its node unbanned, instead of checked.
+    def scorer_for(model: str) -> Scorer | None:
+        return None if model != "m" else never_scores
+
+    never_scores: Any = object()  # a result without a proof fails before anything is scored
+    verifier = ResultVerifier(1.0, scorer_for, remote=False)
+    async with client_of(StreamingPeer([], "ok", claims="other"), verifier=verifier) as client:
+        with pytest.raises(TaskFailedError, match="names the model 'other', which the task did not ask for"):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+        node = client.nodes.live()[0].address
+        assert client.reputation.view(node).errors == pytest.approx(1, abs=0.01)
+        assert (await client.execute(Task(workflow={}, models=["*"]), timeout=20)).model == "other"  # any
+    async with client_of(StreamingPeer([], "ok"), verifier=verifier) as client:  # the name asked for: checked
+        with pytest.raises(VerificationFailedTaskError, match="carries no proof"):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=20)
