@@ -57,7 +57,7 @@ from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
 
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 408, 413, 422, 429)}
 
 
 def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None) -> FastAPI:
@@ -68,7 +68,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         description="Publish LLM workflow tasks to the compute-node network over HTTP.",
         responses=_ERRORS,  # type: ignore[arg-type]
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout)
     if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
         app.add_middleware(LoopbackHostMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
