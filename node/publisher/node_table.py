@@ -8,8 +8,9 @@ older than the newest one seen from that node, or stamped further ahead than
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
-capped in entries and in bytes (anyone can make keys): past a cap, the nodes heard
-least recently go first. A node's `addrs` (protocol 0.4)
+capped in entries and in bytes (anyone can make keys; 460 heartbeats of the largest
+size fill the bytes): past a cap, the nodes heard least recently go first, except live
+nodes whose service this publisher measured. A node's `addrs` (protocol 0.4)
 say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
@@ -31,6 +32,7 @@ MAX_CAPACITY = 1024
 MAX_TPS = 1e6
 DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 ENTRY_OVERHEAD_BYTES = 256  # what an entry costs beyond its strings, as the byte cap counts it
+MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
 
 
 def clamp_capacity(value: int) -> int:
@@ -123,7 +125,7 @@ class NodeTable:
             leaving=bool(heartbeat.leaving),
         )
         self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
-        self._make_room(node.size)
+        self._make_room(node.size, now)
         self._nodes[sender] = node
         self.bytes_used += node.size
         return True
@@ -133,14 +135,28 @@ class NodeTable:
         if node is not None:
             self.bytes_used -= node.size
 
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, size: int, now: float) -> None:
         """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
 
         By arrival, not by signed timestamp: a flood of keys stamped ahead of time buys no place over
         nodes that keep heartbeating, and each eviction is O(1), not a scan of the table per heartbeat.
+        A live node that served us gets a second chance (to the end of the order): keys anyone can make
+        cannot push out what this publisher measured to work.
         """
+        spared = 0
         while self._nodes and (len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes):
-            self._forget(next(iter(self._nodes)))
+            address, node = next(iter(self._nodes.items()))
+            if spared < min(len(self._nodes), MAX_SPARED) and self._served_us(node, now):
+                del self._nodes[address]
+                self._nodes[address] = node
+                spared += 1
+                continue
+            self._forget(address)
+
+    def _served_us(self, node: KnownNode, now: float) -> bool:
+        """Live, and measured answering our tasks without failing a verification."""
+        reputation = self.reputation
+        return reputation is not None and now - node.last_seen <= self._ttl and reputation.served(node.address, now)
 
     def reserve(self, address: str) -> None:
         """Count a task just sent to `address` against its free capacity until its next heartbeat."""
