@@ -376,7 +376,7 @@ class Client:
         assert isinstance(inbound.body, HeartbeatBody)
         # Observers (the gateway's /rpc/get_alive_peers) see what the table holds: a replayed,
         # stale or overtaken heartbeat, validly signed but rejected here, goes no further.
-        if self.nodes.update(inbound.sender, inbound.body):
+        if self.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope):
             if self.gossip_keeper is not None:
                 self.gossip_keeper.heard()
             self._notify(inbound)

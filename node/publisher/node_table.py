@@ -8,9 +8,10 @@ older than the newest one seen from that node, or stamped further ahead than
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
-capped in entries and in bytes (anyone can make keys; 460 heartbeats of the largest
-size fill the bytes): past a cap, the nodes heard least recently go first, except live
-nodes whose service this publisher measured. A node's `addrs` (protocol 0.4)
+capped in entries and in bytes, each node's signed heartbeat envelope counted too (kept
+for Dria's SDK; anyone can make keys, and 200 heartbeats of the largest size fill the
+bytes): past a cap, the nodes heard least recently go first, except live nodes whose
+service this publisher measured. A node's `addrs` (protocol 0.4)
 say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from node.publisher.reputation import Reputation
+from node.wire.envelope import Envelope
 from node.wire.messages import HeartbeatBody
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
@@ -56,6 +58,7 @@ class KnownNode:
     last_seen: float  # the heartbeat body's timestamp, Unix seconds
     addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
     leaving: bool = False  # it is draining: never chosen
+    envelope: Envelope | None = None  # its last heartbeat as signed (served as is to Dria's SDK)
 
     def serves(self, wanted: list[str]) -> bool:
         return bool(self.models) and any(
@@ -76,6 +79,8 @@ class KnownNode:
         """Bytes this entry is counted as, for the table's byte cap."""
         strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
+        if self.envelope is not None:
+            strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
         return ENTRY_OVERHEAD_BYTES + strings
 
 
@@ -101,9 +106,11 @@ class NodeTable:
         self.bytes_used = 0
         self.reputation = reputation
 
-    def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
-        """Record a heartbeat signed by `sender`; False (and nothing changes) if it is ignored:
-        not the signer's own, stale, older than the one held, or from the future."""
+    def update(
+        self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
+    ) -> bool:
+        """Record a heartbeat signed by `sender` (`envelope`: as it came, kept with it); False (and nothing
+        changes) if it is ignored: not the signer's own, stale, older than the one held, or from the future."""
         if heartbeat.address != sender:
             return False
         now = time.time() if now is None else now
@@ -123,6 +130,7 @@ class NodeTable:
             last_seen=stamped,
             addrs=tuple(heartbeat.addrs or ()),
             leaving=bool(heartbeat.leaving),
+            envelope=envelope,
         )
         self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
         self._make_room(node.size, now)

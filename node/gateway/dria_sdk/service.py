@@ -28,13 +28,12 @@ from node.publisher.client import Client, TaskTooLargeError
 from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
-from node.wire.messages import Deadline, HeartbeatBody, ResultBody, TaskBody, TaskInput
+from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
 
 log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
-MAX_HEARTBEATS = 10_000
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
 _MAX_SDK_TASK_ID = 100
@@ -124,20 +123,11 @@ class SdkService:
         self.store = store
         self.caps = caps or PendingCaps()  # per key: per token without api_keys
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
-        self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
 
     def observe(self, inbound: Inbound) -> None:
-        """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
-        body = inbound.body
-        if isinstance(body, HeartbeatBody):
-            # In the order nodes were last heard; anyone can make keys: past the cap, the least recently heard
-            # goes (as from the node table), one per heartbeat, never a scan of them all.
-            self._heartbeats.pop(inbound.sender, None)
-            self._heartbeats[inbound.sender] = _item(inbound.signed.envelope, peer_id=body.peer_id)
-            if len(self._heartbeats) > MAX_HEARTBEATS:
-                del self._heartbeats[next(iter(self._heartbeats))]
-        elif isinstance(body, ResultBody):
-            self._result(inbound, body)
+        """The client's `on_message`: queue result envelopes of posted tasks (heartbeats: the node table keeps them)."""
+        if isinstance(inbound.body, ResultBody):
+            self._result(inbound, inbound.body)
 
     def _result(self, inbound: Inbound, body: ResultBody) -> None:
         task = self.store.get(body.task_id)
@@ -156,9 +146,10 @@ class SdkService:
             )
 
     def alive_peers(self) -> list[str]:
-        """The latest heartbeat envelope of every live node."""
-        live = {node.address for node in self.client.nodes.live()}
-        return [item for address, item in sorted(self._heartbeats.items()) if address in live]
+        """The latest heartbeat envelope of every live node, as the node table holds it (within its caps:
+        anyone can make keys, and a heartbeat may be 256 KiB)."""
+        live = sorted(self.client.nodes.live(), key=lambda node: node.address)
+        return [_item(node.envelope, peer_id=node.peer_id) for node in live if node.envelope is not None]
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""

@@ -170,7 +170,7 @@ def test_a_flood_stamped_ahead_of_time_does_not_push_out_a_node_that_keeps_heart
 
 
 def test_a_flood_of_new_keys_does_not_push_out_live_nodes_that_served_us() -> None:
-    # Heartbeats of the largest size fill the default 16 MiB in about 460 keys: a dozen new keys a
+    # Heartbeats of the largest size fill the default 16 MiB in about 200 keys: a few new keys a
     # second would keep out every node that heartbeats each 30 s, unless what it did for us counts.
     reputation = Reputation()
     table = NodeTable(max_nodes=100, reputation=reputation)
