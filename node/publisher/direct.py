@@ -73,7 +73,7 @@ class DirectDelivery:
         self.answered = answered  # False: the node's answer had not come within answer_timeout
         self.declined: str | None = None  # a late answer that was not `accepted`: why
         self.deltas: list[str] = []
-        self.progress_chars = 0  # in `deltas`, at most MAX_PROGRESS_CHARS
+        self.progress_chars = 0  # in `deltas` (an empty one counted as one), at most MAX_PROGRESS_CHARS
         self.lost: asyncio.Event = asyncio.Event()  # the stream ended (or broke) before a result came
         self._reader: asyncio.Task[None] | None = None
 
@@ -101,12 +101,14 @@ class DirectDelivery:
                     progress = decode_progress(frame)
                     if progress.task_id != self.task_id:
                         raise MessageError("progress frame for another task")
-                    self.progress_chars += len(progress.delta)
+                    # An empty delta costs as one character: no honest stream has more frames than characters.
+                    self.progress_chars += max(len(progress.delta), 1)
                     if self.progress_chars > MAX_PROGRESS_CHARS:
                         raise MessageError(f"progress frames longer than any result ({MAX_PROGRESS_CHARS} characters)")
-                    self.deltas.append(progress.delta)
-                    if on_delta is not None:
-                        on_delta(progress.delta)
+                    if progress.delta:
+                        self.deltas.append(progress.delta)
+                        if on_delta is not None:
+                            on_delta(progress.delta)
                 elif kind == "envelope":
                     on_result(decode(RESULTS_TOPIC, frame))
                     return

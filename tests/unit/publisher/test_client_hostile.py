@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from node.publisher import direct
 from node.publisher.client import ClientError, Task, TaskFailedError, TaskTooLargeError, VerificationFailedTaskError
 from node.publisher.direct import MAX_PROGRESS_CHARS
 from node.publisher.verification import ResultVerifier, Scorer
@@ -43,6 +44,18 @@ async def test_progress_longer_than_any_result_breaks_the_stream_and_marks_its_n
             await client.execute(Task(workflow={}, models=["m"]), timeout=3, on_delta=seen.append)
         measured = client.reputation.view(peer.identity.address)
     assert sum(map(len, seen)) <= MAX_PROGRESS_CHARS  # what reached the caller, and what was held
+    assert measured.errors == pytest.approx(1, abs=0.01) and measured.answered == 0
+
+
+async def test_empty_progress_frames_count_against_the_same_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct, "MAX_PROGRESS_CHARS", 100)  # the bound is 128 Ki characters: as many frames
+    peer = StreamingPeer([""] * 300, "ok")  # frames without text, each a round of work for the publisher
+    seen: list[str] = []
+    async with client_of(peer) as client:
+        with pytest.raises(ClientError):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=3, on_delta=seen.append)
+        measured = client.reputation.view(peer.identity.address)
+    assert seen == []  # nothing to pass on
     assert measured.errors == pytest.approx(1, abs=0.01) and measured.answered == 0
 
 
