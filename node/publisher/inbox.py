@@ -5,7 +5,7 @@ a picked node (when the task picked some), name a model the task accepts (a node
 entries resolve to; verification and speed are judged by that name, so a node must not choose
 it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
-handed back untouched.
+handed back untouched. An error result's text is cut to MAX_ERROR_CHARS.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from node.wire.messages import ResultBody
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 log = structlog.get_logger(__name__)
+
+# An error result names its cause in a few words and is not encrypted (PROTOCOL.md section 5): past this
+# many characters the rest is cut, before it reaches a caller, a store or a log line.
+MAX_ERROR_CHARS = 1000
 
 
 class ResultInbox:
@@ -69,7 +73,7 @@ class ResultInbox:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=sender)
             return
         if body.error is not None:
-            future.set_exception(TaskFailedError(body.task_id, body.error, sender))
+            future.set_exception(TaskFailedError(body.task_id, _cut(body.error), sender))
             return
         wanted = self._models.get(body.task_id)
         if wanted is not None and body.model not in wanted:  # e.g. one no scorer has: it would go unverified
@@ -94,3 +98,10 @@ class ResultInbox:
         return TaskResult(
             task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
         )
+
+
+def _cut(error: str) -> str:
+    """A node's error text, at most MAX_ERROR_CHARS of it (its start: `busy`, `Invalid prompt: ` stay)."""
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    return f"{error[:MAX_ERROR_CHARS]}... (and {len(error) - MAX_ERROR_CHARS} more characters)"

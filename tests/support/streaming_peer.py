@@ -28,7 +28,8 @@ class StreamingPeer:
 
     `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there);
     `tokens`: the completion tokens its result's stats report; `stats`: fields put in its stats as they are
-    (a dishonest node's token counts); `claims`: the model its results name (its heartbeat's is `m`)."""
+    (a dishonest node's token counts); `claims`: the model its results name (its heartbeat's is `m`);
+    `error`: an error result in place of `text`."""
 
     def __init__(
         self,
@@ -39,10 +40,11 @@ class StreamingPeer:
         tokens: int = 1,
         stats: dict[str, Any] | None = None,
         claims: str = "m",
+        error: str | None = None,
     ) -> None:
         self.identity = Identity.generate()
         self.deltas, self.text, self.tokens = deltas, text, tokens
-        self.stats, self.claims = stats or {}, claims
+        self.stats, self.claims, self.error = stats or {}, claims, error
         self.answer_after, self.status = answer_after, status
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
@@ -69,7 +71,7 @@ class StreamingPeer:
         result = result_body(
             body.task_id,
             self.claims,
-            Output(self.text, body.public_key, 1, self.tokens),
+            Output(self.text, body.public_key, 1, self.tokens) if self.error is None else self.error,
             received_at_ns=now,
             started_at_ns=now,
             ended_at_ns=now,

@@ -59,6 +59,17 @@ async def test_empty_progress_frames_count_against_the_same_bound(monkeypatch: p
     assert measured.errors == pytest.approx(1, abs=0.01) and measured.answered == 0
 
 
+async def test_a_nodes_error_text_reaches_the_caller_and_the_logs_cut_short() -> None:
+    # Error results are not encrypted and name their cause in a few words (PROTOCOL.md section 5);
+    # a node could send 150 kB, shown to the gateway's caller, stored with the task and logged per retry.
+    async with client_of(StreamingPeer([], "", error="busy: " + "x" * 150_000)) as client:
+        with pytest.raises(TaskFailedError) as caught:
+            await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+    reason = caught.value.reason
+    assert reason.startswith("busy: xxx") and reason.endswith("(and 149006 more characters)")
+    assert len(reason) < 1100 and len(str(caught.value)) < 1300
+
+
 @pytest.mark.parametrize(
     ("claimed", "counts"),
     [
