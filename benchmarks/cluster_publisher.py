@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from benchmarks.workloads import MODEL_NAME, sample_workflow, simple_workflow
 from node.publisher.client import Client, ClientError, Task, TaskFailedError
 from node.publisher.node_table import NodeTable
-from node.wire.envelope import sealed_size
+from node.wire.envelope import Envelope, sealed_size
 from node.wire.inbound import Inbound
 from node.wire.messages import HeartbeatBody, ResultBody
 
@@ -76,10 +76,12 @@ class HeartbeatLag(NodeTable):
         self.lags: list[float] = []
         self.refused = 0
 
-    def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
+    def update(
+        self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
+    ) -> bool:
         now = time.time() if now is None else now
         self.lags.append(now - heartbeat.timestamp / 1e9)
-        accepted = super().update(sender, heartbeat, now)
+        accepted = super().update(sender, heartbeat, now, envelope)
         self.refused += not accepted
         return accepted
 

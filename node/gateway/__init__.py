@@ -6,7 +6,7 @@ database.py  the gateway's SQLite file: opening it, transactions, Table, one pur
 store.py     TaskStore: task state of /v1/tasks (survives restarts until it expires)
 service.py   GatewayService: submits tasks, chooses nodes, records results, long polling; the pending caps
 auth.py      API keys and per-key rate limits
-limits.py    request body size limit (ASGI middleware)
+limits.py    request body size limit and time limits on a request's arrival (slowloris): ASGI middleware, h11 protocol
 validation.py  the field at fault in a request that failed validation, named alike on every API
 host_check.py  Host header check without API keys: loopback names only (DNS rebinding)
 app.py       the FastAPI routes

@@ -52,11 +52,12 @@ from node.gateway.service import RETRY_AFTER, GatewayService, PendingCaps, TooMa
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
+from node.publisher.errors import TaskTooLargeError
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
 
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 408, 413, 422, 429)}
 
 
 def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None) -> FastAPI:
@@ -67,7 +68,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         description="Publish LLM workflow tasks to the compute-node network over HTTP.",
         responses=_ERRORS,  # type: ignore[arg-type]
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout)
     if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
         app.add_middleware(LoopbackHostMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
         return ident
 
     def accept(key: str, requests: list[TaskRequest], field: str) -> list[str]:
-        timeouts = [_checked(request, settings, field.format(i)) for i, request in enumerate(requests)]
+        timeouts = [_checked(request, settings, field.format(i), service) for i, request in enumerate(requests)]
         try:
             return service.submit(key, requests, timeouts, caps)
         except DatabaseError as exc:
@@ -185,8 +186,9 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     return app
 
 
-def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> float:
-    """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do) and the bounds."""
+def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str, service: GatewayService) -> float:
+    """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do), the bounds,
+    and its size sealed (413: no node could be sent it)."""
     try:
         parse_workflow(request.workflow)
     except WorkflowValidationError as exc:
@@ -196,6 +198,10 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str) -> fl
     timeout = settings.default_timeout if request.timeout is None else request.timeout
     if timeout > settings.max_timeout:
         raise HTTPException(422, f"{prefix}timeout: must be at most {settings.max_timeout:g} seconds")
+    try:
+        service.check_size(request, timeout)
+    except TaskTooLargeError as exc:
+        raise HTTPException(413, f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
     return timeout
 
 

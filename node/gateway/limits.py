@@ -1,27 +1,37 @@
-"""The request body size limit, as ASGI middleware: `413` before the app sees a too-large body.
+"""Limits on what a client sends: the request body's size and how long a request may take to arrive.
 
-The body is read up to the limit (a chunked one too), then handed to the app as
-one message. A too-large body is read on (and dropped) up to `DISCARD_BYTES`
-before the 413 is sent: closing a socket with unread data makes the kernel reset
-the connection, and the client would lose the 413. A body declared larger than
-that is refused without reading it.
+`BodyLimitMiddleware` (ASGI): `413` before the app sees a too-large body, `408` for a body
+not received within `timeout_s`. The body is read up to the limit (a chunked one too), then
+handed to the app as one message. A too-large body is read on (and dropped) up to
+`DISCARD_BYTES` before the 413 is sent: closing a socket with unread data makes the kernel
+reset the connection, and the client would lose the 413. A body declared larger than that is
+refused without reading it.
+
+`head_timeout_protocol`: uvicorn's h11 protocol, closing a connection whose request head has
+not arrived within a time limit of its opening (or of its previous response). uvicorn itself
+waits for a head, and for a body, forever: a client holding connections open by sending
+nothing, or a byte now and then (slowloris), would hold the gateway's sockets for good.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 DISCARD_BYTES = 16 * 1024 * 1024
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies larger than `max_bytes` with 413."""
+    """Refuse request bodies larger than `max_bytes` with 413, and bodies not received within `timeout_s` with 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,26 +40,17 @@ class BodyLimitMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             if declared <= DISCARD_BYTES:
-                await _discard_body(receive)
-            await self._refuse(send, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+                await _discard_body(receive, timeout_s=self.timeout_s)
+            await _refuse(send, 413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                if message.get("more_body", False):
-                    await _discard_body(receive, size)
-                await self._refuse(send, f"request body exceeds the limit of {self.max_bytes} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read(receive, send)
+        except TimeoutError:
+            await _refuse(send, 408, f"request body not received within {self.timeout_s:g} s")
+            return
+        if body is None:
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -61,25 +62,80 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _refuse(send: Send, detail: str) -> None:
-        payload = json.dumps({"detail": detail}).encode("utf-8")
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    async def _read(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body; None when the client went away or it was too large (then answered 413)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await _discard_body(receive, size)
+                await _refuse(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
-async def _discard_body(receive: Receive, size: int = 0) -> None:
-    """Read and drop the rest of a request body, up to DISCARD_BYTES in all."""
-    while size <= DISCARD_BYTES:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-        size += len(message.get("body", b""))
+def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol closing connections whose request head has not come within `timeout_s`."""
+
+    class HeadTimeoutProtocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_head()  # the next request's (uvicorn's keep-alive timeout ends only a silent wait)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _await_head(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(timeout_s, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no request began in time: nothing to answer
+
+    return HeadTimeoutProtocol
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode("utf-8")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _discard_body(receive: Receive, size: int = 0, timeout_s: float | None = None) -> None:
+    """Read and drop the rest of a request body, up to DISCARD_BYTES in all (for at most `timeout_s`)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while size <= DISCARD_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                size += len(message.get("body", b""))
+    except TimeoutError:
+        return  # refused all the same; the rest of the body is the client's to lose
 
 
 def _content_length(scope: Scope) -> int | None:

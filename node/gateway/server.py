@@ -12,6 +12,7 @@ from node.gateway.app import create_gateway_app
 from node.gateway.database import purge_loop
 from node.gateway.dria_sdk.service import SdkService
 from node.gateway.dria_sdk.store import SdkStore
+from node.gateway.limits import head_timeout_protocol
 from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
@@ -50,7 +51,10 @@ class Gateway:
         sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
         self.sdk = SdkService(client, sdk_store, PendingCaps.of(settings), settings.deadline_horizon)
         client.on_message = self.sdk.observe
-        self.http = HttpServer(create_gateway_app(self.service, settings, self.sdk))
+        self.http = HttpServer(
+            create_gateway_app(self.service, settings, self.sdk),
+            protocol=head_timeout_protocol(settings.request_timeout),
+        )
         self._purger: asyncio.Task[None] | None = None
 
     @property

@@ -138,14 +138,12 @@ class GatewayService:
     def nodes(self) -> list[KnownNode]:
         return sorted(self.client.nodes.live(), key=lambda node: node.address)
 
+    def check_size(self, request: TaskRequest, timeout: float) -> None:
+        """TaskTooLargeError when no envelope of the network could carry the request's task."""
+        self.client.check_size(_task_of(request), timeout)
+
     async def _run(self, task_id: str, request: TaskRequest, timeout: float) -> None:
-        task = Task(
-            workflow=request.workflow,
-            models=request.models,
-            prompt=request.prompt,
-            nodes=request.nodes,
-            public_key=request.public_key,
-        )
+        task = _task_of(request)
 
         def published(network_id: str, node: str | None) -> None:
             self.store.published(task_id, network_id, node)
@@ -170,7 +168,7 @@ class GatewayService:
         nodes = record.picked or ([record.node] if record.node else None)
         try:
             result = await self.client.wait(
-                record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None
+                record.network_id, remaining, nodes=nodes, sealed=record.public_key is not None, models=record.models
             )
         except ClientError as exc:
             self._finish_failed(record.id, exc)
@@ -210,3 +208,13 @@ class GatewayService:
         self._followers.discard(follower)
         if not follower.cancelled() and follower.exception() is not None:
             log.error("task follower crashed", error=repr(follower.exception()))  # e.g. the store could not be written
+
+
+def _task_of(request: TaskRequest) -> Task:
+    return Task(
+        workflow=request.workflow,
+        models=request.models,
+        prompt=request.prompt,
+        nodes=request.nodes,
+        public_key=request.public_key,
+    )

@@ -63,6 +63,11 @@ class GatewaySettings(LayeredSettings):
         default=1000, ge=1, description="Unfinished tasks over all keys and tokens; past it new tasks get 429"
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client has to send a request's head, and again its body (past it: closed, or 408)",
+    )
     max_batch: int = Field(default=100, ge=1, description="Most tasks per batch request (and ids per list request)")
     default_timeout: float = Field(default=60.0, gt=0, description="Task timeout (s) when a request gives none")
     max_timeout: float = Field(default=600.0, gt=0, description="Largest task timeout (s) a request may ask for")

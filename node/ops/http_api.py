@@ -222,9 +222,13 @@ def _awaits_first_request(connection: object) -> bool:
 class HttpServer:
     """Runs an ASGI app with uvicorn as a task on the current event loop."""
 
-    def __init__(self, app: AsgiApp, *, shutdown_timeout: int = 5) -> None:
+    def __init__(
+        self, app: AsgiApp, *, shutdown_timeout: int = 5, protocol: type[asyncio.Protocol] | None = None
+    ) -> None:
+        """`protocol`: uvicorn's HTTP protocol class to serve with (None: uvicorn's choice)."""
         self._app = app
         self._shutdown_timeout = shutdown_timeout
+        self._protocol = protocol
         self._server: _SignalFreeServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.host: str | None = None
@@ -252,6 +256,7 @@ class HttpServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=self._shutdown_timeout,
+            http=self._protocol or "auto",
         )
         self._server = _SignalFreeServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")

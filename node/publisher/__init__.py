@@ -1,15 +1,15 @@
 """The publisher side: submit tasks to the network and collect their results. Imports only wire and p2p.
 
-tasks.py       Task (what a publisher asks for), its wire body (task_body) and TaskResult (a verified, decrypted result)
+tasks.py       Task (what a publisher asks for), its wire body (task_body, check_size) and TaskResult (a verified, decrypted result)
 client.py      Client: joins the network, runs tasks (execute, submit, wait), verifies results; its lifecycle
 sender.py      TaskSender: one signed task to one node, on a stream (direct) or on gossip
-inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (picked node, decrypts it)
+inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (picked node, a model asked for, decrypts it)
 gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
 attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry); Attempt
-errors.py      ClientError and its kinds (timeout, no node, task failed, verification failed), re-exported by client.py
+errors.py      ClientError and its kinds (too large, timeout, no node, task failed, verification failed), re-exported by client.py
 verification.py  ProofChecker, ResultVerifier: re-score a share of results' proofs and fail the ones that lie
 remote_scoring.py  verifying without the model file: proof steps scored by a `score` task on another node
 prompt_match.py  PromptExpectation: a proven step's prompt must hold the publisher's own messages

@@ -220,10 +220,7 @@ class AttemptLoop:
 
         A score task's tokens are recorded apart: they do not measure the node's generating speed.
         """
-        extras = result.stats.model_extra or {}
-        claimed = extras.get("completionTokens")
-        size = len(result.text.encode()) if result.ciphertext is None else len(result.ciphertext) // 2
-        tokens = min(claimed, size) if isinstance(claimed, int) else 0
+        tokens = result.completion_tokens
         exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
         known = self.hooks.nodes.get(result.node)
         claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0

@@ -36,6 +36,7 @@ from node.publisher.errors import (
     NoNodeError,
     TaskFailedError,
     TaskTimeoutError,
+    TaskTooLargeError,
     VerificationFailedTaskError,
 )
 from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
@@ -44,7 +45,7 @@ from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation, ReputationSettings
 from node.publisher.sender import Delivery, TaskSender
-from node.publisher.tasks import Task, TaskResult
+from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.identity import Identity
 from node.wire.inbound import GossipGate, Inbound, consume
@@ -63,6 +64,7 @@ __all__ = [
     "TaskFailedError",
     "TaskResult",
     "TaskTimeoutError",
+    "TaskTooLargeError",
     "VerificationFailedTaskError",
 ]
 
@@ -195,18 +197,20 @@ class Client:
         once; an error result, a lost stream or a node silent for `attempt_timeout` is
         retried on another node (new task id, at most `max_retries` times), unless the
         error is deterministic (`Invalid prompt: ...`). Raises TaskTimeoutError (NoNodeError
-        when no node was found) or TaskFailedError. `on_submit(task_id, node)` is called for
+        when no node was found), TaskFailedError, or TaskTooLargeError (before any node is chosen). `on_submit(task_id, node)` is called for
         every task a node took (or that went on gossip). `on_delta(text)`: the final step's
         text as it generates, from nodes that stream it (direct delivery only); the result
         is checked to extend what was streamed.
         """
+        self.check_size(task, timeout)
         proof = task.verify and self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
         expected = PromptExpectation.of(task.workflow, task.prompt) if proof else None
         if task.nodes:
             task_id = await self.submit(task, timeout, proof=proof)
             if on_submit is not None:
                 on_submit(task_id, None)
-            return await self._verified(await self.wait(task_id, timeout, nodes=task.nodes), proof, expected)
+            result = await self.wait(task_id, timeout, nodes=task.nodes, models=task.models)
+            return await self._verified(result, proof, expected)
         hooks = AttemptHooks(
             nodes=self.nodes,
             reputation=self.reputation,
@@ -225,6 +229,12 @@ class Client:
             on_delta=on_delta,
             tried=set(task.exclude),
         ).run()
+
+    def check_size(self, task: Task, timeout: float) -> None:
+        """TaskTooLargeError when no envelope could carry `task`, with all a send may add (a picked node,
+        `stream`, `proof`): checked before a node is chosen, so no node is reserved, sent it or marked."""
+        worst = task if task.nodes else task.model_copy(update={"nodes": [self.identity.address]})
+        check_size(task_body(worst, timeout, self.identity.public_key_compressed.hex(), stream=True, proof=True))
 
     async def _end_attempt(self, attempt: Attempt) -> None:
         """Stop waiting for the attempt's result and close its stream."""
@@ -309,7 +319,7 @@ class Client:
         sender = await self._started()
         body = sender.body(task, timeout, proof=proof)
         task_id = body.task_id
-        self._inbox.expect(task_id, task.nodes, sealed=bool(task.public_key))
+        self._inbox.expect(task_id, task.nodes, sealed=bool(task.public_key), models=task.models)
         try:
             await self.publish_task(body)
         except ClientError:
@@ -323,15 +333,20 @@ class Client:
         await (await self._started()).publish(body)
 
     async def wait(
-        self, task_id: str, timeout: float, nodes: list[str] | None = None, sealed: bool = False
+        self,
+        task_id: str,
+        timeout: float,
+        nodes: list[str] | None = None,
+        sealed: bool = False,
+        models: list[str] | None = None,
     ) -> TaskResult:
         """Wait for the result of a task published by this key (also one from an earlier session).
 
         `sealed`: the task was encrypted to another key (`Task.public_key`): return its ciphertext.
+        `models`: the task's model entries: a result naming another model is its node's failure.
         """
-        future = self._inbox.expect(
-            task_id, nodes, sealed=sealed
-        )  # before joining: a result may arrive as soon as the mesh forms
+        # Before joining: a result may arrive as soon as the mesh forms.
+        future = self._inbox.expect(task_id, nodes, sealed=sealed, models=models)
         try:
             async with asyncio.timeout(timeout):
                 await self.start()
@@ -356,7 +371,7 @@ class Client:
         assert isinstance(inbound.body, HeartbeatBody)
         # Observers (the gateway's /rpc/get_alive_peers) see what the table holds: a replayed,
         # stale or overtaken heartbeat, validly signed but rejected here, goes no further.
-        if self.nodes.update(inbound.sender, inbound.body):
+        if self.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope):
             if self.gossip_keeper is not None:
                 self.gossip_keeper.heard()
             self._notify(inbound)

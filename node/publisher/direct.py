@@ -12,7 +12,8 @@ opened within `answer_timeout` may also have carried the task: it goes on gossip
 (UndialableError, `may_have_task`), which reaches the node either way and runs once. A node
 that could not be dialled at all never saw it: the caller gives the task to another node. An accepted
 delivery then reads the stream in the background: progress frames go to `on_delta`
-(and are kept, to check the result against), the result envelope goes to `on_result` (the same verification as a gossip
+(and are kept, to check the result against; more text than any result can carry breaks the stream),
+the result envelope goes to `on_result` (the same verification as a gossip
 result), and a stream that ends without a result sets `lost`.
 """
 
@@ -29,11 +30,14 @@ from node.p2p.host import P2PHost
 from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError
-from node.wire.topics import RESULTS_TOPIC
+from node.wire.topics import MAX_FRAME_BYTES, RESULTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
 OnDelta = Callable[[str], None]  # a piece of the final step's text, in order
+# The result must extend the progress text, and its text travels hex-encrypted in one frame: no more
+# than half a frame of UTF-8 bytes, so no more characters. Progress beyond it breaks the protocol.
+MAX_PROGRESS_CHARS = MAX_FRAME_BYTES // 2
 
 
 class DeclinedError(Exception):
@@ -69,6 +73,7 @@ class DirectDelivery:
         self.answered = answered  # False: the node's answer had not come within answer_timeout
         self.declined: str | None = None  # a late answer that was not `accepted`: why
         self.deltas: list[str] = []
+        self.progress_chars = 0  # in `deltas` (an empty one counted as one), at most MAX_PROGRESS_CHARS
         self.lost: asyncio.Event = asyncio.Event()  # the stream ended (or broke) before a result came
         self._reader: asyncio.Task[None] | None = None
 
@@ -96,9 +101,14 @@ class DirectDelivery:
                     progress = decode_progress(frame)
                     if progress.task_id != self.task_id:
                         raise MessageError("progress frame for another task")
-                    self.deltas.append(progress.delta)
-                    if on_delta is not None:
-                        on_delta(progress.delta)
+                    # An empty delta costs as one character: no honest stream has more frames than characters.
+                    self.progress_chars += max(len(progress.delta), 1)
+                    if self.progress_chars > MAX_PROGRESS_CHARS:
+                        raise MessageError(f"progress frames longer than any result ({MAX_PROGRESS_CHARS} characters)")
+                    if progress.delta:
+                        self.deltas.append(progress.delta)
+                        if on_delta is not None:
+                            on_delta(progress.delta)
                 elif kind == "envelope":
                     on_result(decode(RESULTS_TOPIC, frame))
                     return

@@ -9,6 +9,18 @@ class ClientError(Exception):
     """The client could not get a task done."""
 
 
+class TaskTooLargeError(ClientError):
+    """The task, sealed, would pass the network's message limit: no node could be sent it (nothing was)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the task would be {size} bytes sealed, over the network's limit of {limit} bytes"
+            " (shorten its workflow, prompt or node list)"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class TaskTimeoutError(ClientError, TimeoutError):
     """No result arrived before the timeout."""
 

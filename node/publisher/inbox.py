@@ -1,9 +1,11 @@
 """ResultInbox: the tasks a publisher awaits and the one place their results are accepted.
 
 A result is accepted once per task id, from a stream or from gossip alike: it must come from
-a picked node (when the task picked some), and its text must decrypt with the publisher's
+a picked node (when the task picked some), name a model the task accepts (a node runs one its
+entries resolve to; verification and speed are judged by that name, so a node must not choose
+it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
-handed back untouched.
+handed back untouched. An error result's text is cut to MAX_ERROR_CHARS.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from node.publisher.errors import TaskFailedError
 from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
 from node.wire.messages import ResultBody
+from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 log = structlog.get_logger(__name__)
+
+# An error result names its cause in a few words and is not encrypted (PROTOCOL.md section 5): past this
+# many characters the rest is cut, before it reaches a caller, a store or a log line.
+MAX_ERROR_CHARS = 1000
 
 
 class ResultInbox:
@@ -26,16 +33,22 @@ class ResultInbox:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
+        self._models: dict[str, list[str]] = {}  # task id -> the models it accepts (absent: any)
         self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
 
-    def expect(self, task_id: str, nodes: list[str] | None, sealed: bool = False) -> asyncio.Future[TaskResult]:
+    def expect(
+        self, task_id: str, nodes: list[str] | None, sealed: bool = False, models: list[str] | None = None
+    ) -> asyncio.Future[TaskResult]:
         """The future of the task's result (the same one if it is already awaited).
 
         `nodes`: only a result signed by one of them is accepted (None: any node's).
         `sealed`: the result is encrypted to another key: its ciphertext is the result.
+        `models`: the task's model entries; a result naming a model none resolves to fails (None: any).
         """
         if sealed:
             self._sealed.add(task_id)
+        if models is not None and not any(m in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) for m in models):
+            self._models[task_id] = list(models)
         if task_id not in self._pending:
             future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
             picked = {n.lower().removeprefix("0x") for n in nodes} if nodes else None
@@ -45,6 +58,7 @@ class ResultInbox:
     def forget(self, task_id: str) -> None:
         """Stop awaiting the task: a later result for it is ignored."""
         self._pending.pop(task_id, None)
+        self._models.pop(task_id, None)
         self._sealed.discard(task_id)
 
     def accept(self, body: ResultBody, sender: str) -> None:
@@ -59,7 +73,12 @@ class ResultInbox:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=sender)
             return
         if body.error is not None:
-            future.set_exception(TaskFailedError(body.task_id, body.error, sender))
+            future.set_exception(TaskFailedError(body.task_id, _cut(body.error), sender))
+            return
+        wanted = self._models.get(body.task_id)
+        if wanted is not None and body.model not in wanted:  # e.g. one no scorer has: it would go unverified
+            reason = f"result names the model {body.model[:64]!r}, which the task did not ask for"
+            future.set_exception(TaskFailedError(body.task_id, reason, sender))
             return
         try:
             future.set_result(self._open(body, sender))
@@ -79,3 +98,10 @@ class ResultInbox:
         return TaskResult(
             task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
         )
+
+
+def _cut(error: str) -> str:
+    """A node's error text, at most MAX_ERROR_CHARS of it (its start: `busy`, `Invalid prompt: ` stay)."""
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    return f"{error[:MAX_ERROR_CHARS]}... (and {len(error) - MAX_ERROR_CHARS} more characters)"

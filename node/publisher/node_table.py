@@ -8,7 +8,10 @@ older than the newest one seen from that node, or stamped further ahead than
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
 and a fast, idle node is preferred without starving the others. The table is
-capped in entries and in bytes: anyone can make keys. A node's `addrs` (protocol 0.4)
+capped in entries and in bytes, each node's signed heartbeat envelope counted too (kept
+for Dria's SDK; anyone can make keys, and 200 heartbeats of the largest size fill the
+bytes): past a cap, the nodes heard least recently go first, except live nodes whose
+service this publisher measured. A node's `addrs` (protocol 0.4)
 say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from node.publisher.reputation import Reputation
+from node.wire.envelope import Envelope
 from node.wire.messages import HeartbeatBody
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
@@ -30,6 +34,7 @@ MAX_CAPACITY = 1024
 MAX_TPS = 1e6
 DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 ENTRY_OVERHEAD_BYTES = 256  # what an entry costs beyond its strings, as the byte cap counts it
+MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
 
 
 def clamp_capacity(value: int) -> int:
@@ -53,6 +58,7 @@ class KnownNode:
     last_seen: float  # the heartbeat body's timestamp, Unix seconds
     addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
     leaving: bool = False  # it is draining: never chosen
+    envelope: Envelope | None = None  # its last heartbeat as signed (served as is to Dria's SDK)
 
     def serves(self, wanted: list[str]) -> bool:
         return bool(self.models) and any(
@@ -73,6 +79,8 @@ class KnownNode:
         """Bytes this entry is counted as, for the table's byte cap."""
         strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
+        if self.envelope is not None:
+            strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
         return ENTRY_OVERHEAD_BYTES + strings
 
 
@@ -98,9 +106,11 @@ class NodeTable:
         self.bytes_used = 0
         self.reputation = reputation
 
-    def update(self, sender: str, heartbeat: HeartbeatBody, now: float | None = None) -> bool:
-        """Record a heartbeat signed by `sender`; False (and nothing changes) if it is ignored:
-        not the signer's own, stale, older than the one held, or from the future."""
+    def update(
+        self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
+    ) -> bool:
+        """Record a heartbeat signed by `sender` (`envelope`: as it came, kept with it); False (and nothing
+        changes) if it is ignored: not the signer's own, stale, older than the one held, or from the future."""
         if heartbeat.address != sender:
             return False
         now = time.time() if now is None else now
@@ -120,8 +130,9 @@ class NodeTable:
             last_seen=stamped,
             addrs=tuple(heartbeat.addrs or ()),
             leaving=bool(heartbeat.leaving),
+            envelope=envelope,
         )
-        self._forget(sender)
+        self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
         self._make_room(node.size, now)
         self._nodes[sender] = node
         self.bytes_used += node.size
@@ -133,15 +144,27 @@ class NodeTable:
             self.bytes_used -= node.size
 
     def _make_room(self, size: int, now: float) -> None:
-        def full() -> bool:
-            return len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes
+        """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
 
-        if not full():
-            return
-        for address in [a for a, n in self._nodes.items() if now - n.last_seen > self._ttl]:
-            self._forget(address)  # the silent first
-        while self._nodes and full():
-            self._forget(min(self._nodes.values(), key=lambda n: n.last_seen).address)
+        By arrival, not by signed timestamp: a flood of keys stamped ahead of time buys no place over
+        nodes that keep heartbeating, and each eviction is O(1), not a scan of the table per heartbeat.
+        A live node that served us gets a second chance (to the end of the order): keys anyone can make
+        cannot push out what this publisher measured to work.
+        """
+        spared = 0
+        while self._nodes and (len(self._nodes) >= self._max_nodes or self.bytes_used + size > self._max_bytes):
+            address, node = next(iter(self._nodes.items()))
+            if spared < min(len(self._nodes), MAX_SPARED) and self._served_us(node, now):
+                del self._nodes[address]
+                self._nodes[address] = node
+                spared += 1
+                continue
+            self._forget(address)
+
+    def _served_us(self, node: KnownNode, now: float) -> bool:
+        """Live, and measured answering our tasks without failing a verification."""
+        reputation = self.reputation
+        return reputation is not None and now - node.last_seen <= self._ttl and reputation.served(node.address, now)
 
     def reserve(self, address: str) -> None:
         """Count a task just sent to `address` against its free capacity until its next heartbeat."""

@@ -71,7 +71,7 @@ def _is_json(text: str) -> bool:
     # The engine keeps an entry that parses as JSON as JSON and renders it compactly: not verbatim.
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: the engine cannot parse it either
         return False
     return True
 

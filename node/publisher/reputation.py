@@ -241,6 +241,15 @@ class Reputation:
 
     # -- judgement ---------------------------------------------------------------------------------
 
+    def served(self, address: str, now: float | None = None) -> bool:
+        """Whether it answered tasks of ours (score tasks too) and is not banned."""
+        record = self._rows.get(address)
+        return (
+            record is not None
+            and record.answered + record.scored > 0
+            and record.banned_until <= (time.time() if now is None else now)
+        )
+
     def banned(self, address: str, now: float | None = None) -> bool:
         record = self._rows.get(address)
         return record is not None and record.banned_until > (time.time() if now is None else now)

@@ -22,7 +22,7 @@ from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableErro
 from node.publisher.errors import ClientError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode
-from node.publisher.tasks import Task, task_body
+from node.publisher.tasks import Task, check_size, task_body
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound
@@ -88,7 +88,7 @@ class TaskSender:
         reaches it either way.
 
         DeclinedError: the node answered but did not take it (or did not answer in time).
-        ClientError: it could not be published.
+        ClientError: it could not be published (TaskTooLargeError: no envelope can carry it).
         """
         direct = self._delivery == "direct" and bool(node.addrs) and not self.undialable(node.address)
         body = self.body(
@@ -97,8 +97,8 @@ class TaskSender:
             stream=direct and on_delta is not None,
             proof=proof,
         )
-        future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key))
-        envelope = seal(self._identity, TASK_TOPIC, encode_body(body))
+        envelope = self._sealed(body)
+        future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
         if direct:
             try:
                 delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
@@ -133,11 +133,17 @@ class TaskSender:
         return Attempt(body.task_id, node.address, future)
 
     async def publish(self, body: TaskBody) -> None:
-        """Sign and publish a task body as it is on gossip (ClientError if it cannot be)."""
+        """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
+        when it is too large)."""
         try:
-            await self._host.publish(TASK_TOPIC, seal(self._identity, TASK_TOPIC, encode_body(body)))
+            await self._host.publish(TASK_TOPIC, self._sealed(body))
         except P2PError as exc:
             raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
+
+    def _sealed(self, body: TaskBody) -> bytes:
+        """The task's envelope, signed; TaskTooLargeError when no envelope can carry it."""
+        check_size(body)
+        return seal(self._identity, TASK_TOPIC, encode_body(body))
 
     async def end(self, attempt: Attempt) -> None:
         """Close the attempt's stream, if it was sent on one."""

@@ -1,4 +1,8 @@
-"""What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`."""
+"""What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`.
+
+`check_size` refuses a task body no envelope can carry (TaskTooLargeError), before any node is chosen or sent it.
+A result's token counts are what its node claims: `TaskResult` reads them as counts or not at all.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from node.wire.messages import Stats, TaskBody, TaskInput
+from node.publisher.errors import TaskTooLargeError
+from node.wire.envelope import sealed_size
+from node.wire.messages import Stats, TaskBody, TaskInput, encode_body
+from node.wire.topics import MAX_MESSAGE_BYTES, TASK_TOPIC
+
+MAX_TOKEN_COUNT = 2**31 - 1  # the most tokens a result's stats may claim for a prompt (beyond any context)
 
 
 class Task(BaseModel):
@@ -52,6 +61,24 @@ class TaskResult(BaseModel):
     def __str__(self) -> str:
         return self.text
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt tokens its node's stats claim (`promptTokens`), as a count (see `_count`)."""
+        return _count((self.stats.model_extra or {}).get("promptTokens"), MAX_TOKEN_COUNT)
+
+    @property
+    def completion_tokens(self) -> int:
+        """The completion tokens its node's stats claim (`completionTokens`), at most the result's bytes."""
+        size = len(self.text.encode()) if self.ciphertext is None else len(self.ciphertext) // 2
+        return _count((self.stats.model_extra or {}).get("completionTokens"), size)
+
+
+def _count(claimed: object, most: int) -> int:
+    """A node's claimed count within 0..`most`; 0 for anything but an integer (a string, a list, a bool, a float)."""
+    if not isinstance(claimed, int) or isinstance(claimed, bool):
+        return 0
+    return min(max(claimed, 0), most)
+
 
 def task_body(task: Task, timeout: float, public_key: str, stream: bool = False, proof: bool = False) -> TaskBody:
     """The wire body of `task`: a new task id, deadline now + timeout, the result encrypted to
@@ -65,3 +92,10 @@ def task_body(task: Task, timeout: float, public_key: str, stream: bool = False,
         stream=True if stream else None,
         proof=True if proof else None,
     )
+
+
+def check_size(body: TaskBody) -> None:
+    """TaskTooLargeError when `body`, sealed, would pass the network's message (and frame) limit."""
+    size = sealed_size(TASK_TOPIC, encode_body(body))
+    if size > MAX_MESSAGE_BYTES:
+        raise TaskTooLargeError(size, MAX_MESSAGE_BYTES)

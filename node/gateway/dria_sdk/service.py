@@ -24,16 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import PendingCaps
-from node.publisher.client import Client
+from node.publisher.client import Client, TaskTooLargeError
+from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
-from node.wire.messages import Deadline, HeartbeatBody, ResultBody, TaskBody, TaskInput
+from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
 
 log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
-MAX_HEARTBEATS = 10_000
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
 _MAX_SDK_TASK_ID = 100
@@ -123,18 +123,11 @@ class SdkService:
         self.store = store
         self.caps = caps or PendingCaps()  # per key: per token without api_keys
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
-        self._heartbeats: dict[str, str] = {}  # address -> latest heartbeat item
 
     def observe(self, inbound: Inbound) -> None:
-        """The client's `on_message`: keep heartbeat envelopes, queue result envelopes of posted tasks."""
-        body = inbound.body
-        if isinstance(body, HeartbeatBody):
-            self._heartbeats[inbound.sender] = _item(inbound.signed.envelope, peer_id=body.peer_id)
-            if len(self._heartbeats) > MAX_HEARTBEATS:  # anyone can make keys: keep the live nodes only
-                live = {node.address for node in self.client.nodes.live()}
-                self._heartbeats = {a: i for a, i in self._heartbeats.items() if a in live}
-        elif isinstance(body, ResultBody):
-            self._result(inbound, body)
+        """The client's `on_message`: queue result envelopes of posted tasks (heartbeats: the node table keeps them)."""
+        if isinstance(inbound.body, ResultBody):
+            self._result(inbound, inbound.body)
 
     def _result(self, inbound: Inbound, body: ResultBody) -> None:
         task = self.store.get(body.task_id)
@@ -153,9 +146,10 @@ class SdkService:
             )
 
     def alive_peers(self) -> list[str]:
-        """The latest heartbeat envelope of every live node."""
-        live = {node.address for node in self.client.nodes.live()}
-        return [item for address, item in sorted(self._heartbeats.items()) if address in live]
+        """The latest heartbeat envelope of every live node, as the node table holds it (within its caps:
+        anyone can make keys, and a heartbeat may be 256 KiB)."""
+        live = sorted(self.client.nodes.live(), key=lambda node: node.address)
+        return [_item(node.envelope, peer_id=node.peer_id) for node in live if node.envelope is not None]
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""
@@ -188,6 +182,10 @@ class SdkService:
                 f"deadline: more than {self.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
         self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
+        try:
+            check_size(body)
+        except TaskTooLargeError as exc:
+            raise SdkPayloadError(str(exc)) from None
         task = SdkTask(
             network_id=published_as,
             key_id=key_id,

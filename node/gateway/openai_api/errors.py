@@ -3,6 +3,7 @@
 400 invalid_request_error  a request the network cannot run (incl. a node's `Invalid prompt: ...`)
 401 authentication_error   no or unknown API key
 404 invalid_request_error  model_not_found: no live node serves the model (or embeddings at all)
+413 invalid_request_error  request_too_large: the task it makes is larger than the network carries
 429 rate_limit_exceeded    the key's rate or pending limit, or every node busy
 502 api_error              a node failed the task
 504 timeout                no result before the timeout
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from node.gateway.openai_api.schemas import ErrorDetail, ErrorResponse
 from node.gateway.service import RETRY_AFTER
-from node.publisher.client import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError
+from node.publisher.client import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError, TaskTooLargeError
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
 
 _TYPES = {
@@ -60,6 +61,8 @@ def from_client_error(exc: ClientError) -> OpenAIError:
         return OpenAIError(
             429, f"every node serving the model is busy: {exc}", code="nodes_busy", retry_after=RETRY_AFTER
         )
+    if isinstance(exc, TaskTooLargeError):
+        return OpenAIError(413, str(exc), "messages", code="request_too_large")
     if isinstance(exc, TaskTimeoutError):
         return OpenAIError(504, str(exc))
     if isinstance(exc, TaskFailedError):

@@ -36,9 +36,9 @@ class Prepared:
 
 
 def usage_of(result: TaskResult) -> Usage:
-    """Token counts from the result's stats (extra fields `promptTokens`, `completionTokens`)."""
-    extra = result.stats.model_extra or {}
-    prompt, completion = int(extra.get("promptTokens", 0) or 0), int(extra.get("completionTokens", 0) or 0)
+    """Token counts from the result's stats (extra fields `promptTokens`, `completionTokens`): what a node
+    claims, read as counts (TaskResult's), 0 when they are not."""
+    prompt, completion = result.prompt_tokens, result.completion_tokens
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 

@@ -46,7 +46,7 @@ def _text(message: ChatMessage, index: int) -> str:
 def _call_json(call: ToolCall, index: int) -> str:
     try:
         arguments = json.loads(call.function.arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: not JSON it can read either
         raise OpenAIError(400, "tool call arguments are not JSON", f"messages[{index}].tool_calls") from None
     return json.dumps({"name": call.function.name, "arguments": arguments}, separators=(",", ":"))
 
@@ -169,10 +169,11 @@ def assistant_message(text: str, tools: bool) -> AssistantMessage:
     try:
         call = json.loads(text)
         name, arguments = call["name"], call["arguments"]
-    except (ValueError, KeyError, TypeError):
-        raise OpenAIError(502, "the node's tool call is not a JSON object with name and arguments") from None
-    arguments_json = json.dumps(arguments, separators=(",", ":"))
-    tool_call = ToolCall(
-        id=f"call_{secrets.token_urlsafe(12)}", function=FunctionCall(name=str(name), arguments=arguments_json)
+        function = FunctionCall(name=str(name), arguments=json.dumps(arguments, separators=(",", ":")))
+    except (ValueError, KeyError, TypeError, RecursionError):  # pydantic's ValidationError is a ValueError
+        raise OpenAIError(
+            502, "the node's tool call is not a JSON object with a name (1 to 256 characters) and arguments"
+        ) from None
+    return AssistantMessage(
+        content=None, tool_calls=[ToolCall(id=f"call_{secrets.token_urlsafe(12)}", function=function)]
     )
-    return AssistantMessage(content=None, tool_calls=[tool_call])

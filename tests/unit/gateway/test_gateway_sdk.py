@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node.gateway.dria_sdk.service import SdkPayloadError, decode_payload, network_id, payload_hash, task_body
+from node.gateway.dria_sdk.service import (
+    SdkPayloadError,
+    SdkService,
+    decode_payload,
+    network_id,
+    payload_hash,
+    task_body,
+)
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
+from node.publisher.client import Client
+from node.publisher.node_table import NodeTable
+from node.wire.envelope import seal
 from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import HEARTBEAT_TOPIC
 from node.wire.wire_time import parse_rfc3339_ns
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
@@ -117,3 +132,45 @@ def test_the_store_publishes_once_queues_the_first_result_and_serves_it_once(tmp
     assert found is not None and found.served and found.result == "first"
     assert reopened.purge(now=5e9) == 2
     reopened.close()
+
+
+def heard(sdk: SdkService, identity: Identity, models: int = 1) -> None:
+    """A heartbeat signed by `identity` (with `models` names of 256 characters), as the SDK service's
+    Client takes it: into its node table, then to its observer."""
+    names = [f"{i:03d}".ljust(256, "x") for i in range(models)]
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": names,
+        "capacity": {"free": 1, "max": 1},
+        "pendingTasks": 0,
+        "tps": dict.fromkeys(names, 1.0),
+        "version": "0.3.0",
+        "timestamp": time.time_ns(),
+    }
+    inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+    assert isinstance(inbound.body, HeartbeatBody)
+    if sdk.client.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope):
+        sdk.observe(inbound)
+
+
+def test_the_heartbeats_served_to_the_sdk_are_the_node_tables_within_its_byte_cap(tmp_path: Path) -> None:
+    # The SDK's heartbeat items were kept apart, up to 10,000 of them: 445 MB for as many keys
+    # each signing a heartbeat of the largest size, where the node table held 16 MiB.
+    client = Client(peers=[], node_table=NodeTable(max_bytes=400_000))
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    honest, flood = Identity.generate(), [Identity.generate() for _ in range(60)]
+    tracemalloc.start()
+    for i, identity in enumerate(flood):
+        if i % 5 == 0:
+            heard(sdk, honest)
+        heard(sdk, identity, models=64)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 1_000_000  # the table's 400 kB, not the 60 heartbeats of 65 kB each
+    items = sdk.alive_peers()
+    assert sum(map(len, items)) <= client.nodes.bytes_used <= 400_000
+    listed = [json.loads(item)["peer_id"] for item in items]
+    assert sorted(listed) == sorted(node.peer_id for node in client.nodes.live())
+    assert honest.peer_id in listed and flood[-1].peer_id in listed and flood[0].peer_id not in listed
+    sdk.store.close()

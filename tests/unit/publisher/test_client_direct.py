@@ -3,40 +3,15 @@ progress frames reach `on_delta`, and a signed result that contradicts them is r
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.client import Task, TaskFailedError
 from node.publisher.remote_scoring import score_workflow
 from node.wire.direct import AnswerStatus
 from node.wire.proof import ProofGeneration
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
-from tests.support.streaming_peer import StreamingPeer
-
-
-@asynccontextmanager
-async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0) -> AsyncIterator[Client]:
-    await peer.host.start()
-    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
-        await peer.host.subscribe(topic)
-    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0, answer_timeout=answer_timeout)
-    try:
-        await client.start()
-        for _ in range(100):
-            if client.nodes.live():
-                break
-            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
-            await asyncio.sleep(0.2)
-        assert client.nodes.live(), "the client never saw the peer's heartbeat"
-        yield client
-    finally:
-        await client.close()
-        await peer.host.stop()
+from tests.support.streaming_peer import StreamingPeer, client_of
 
 
 async def test_progress_frames_reach_on_delta_and_the_result_extends_them() -> None:

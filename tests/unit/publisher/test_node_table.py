@@ -6,6 +6,7 @@ import random
 import pytest
 
 from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.publisher.reputation import Reputation
 from node.wire.messages import Capacity, HeartbeatBody, decode_heartbeat
 
 
@@ -153,6 +154,41 @@ def test_table_stays_bounded_under_a_flood_of_new_keys() -> None:
     assert len(table.live(now=10)) == 100
     newest = f"{999:040x}"
     assert newest in {node.address for node in table.live(now=10)}
+
+
+def test_a_flood_stamped_ahead_of_time_does_not_push_out_a_node_that_keeps_heartbeating() -> None:
+    # Keys stamped 59 s ahead (within the skew allowed) used to outrank the honest heartbeats.
+    table = NodeTable(max_nodes=100)
+    for i in range(1000):
+        if i % 50 == 0:
+            table.update(A, heartbeat(A, ["m"], at=i), now=i)
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, ["m"], at=i + 59), now=i)
+        assert table.get(A) is not None, f"pushed out after {i + 1} keys"
+    assert len(table.known()) == 100
+    assert table.get(f"{899:040x}") is None and table.get(f"{999:040x}") is not None  # the least recently heard went
+
+
+def test_a_flood_of_new_keys_does_not_push_out_live_nodes_that_served_us() -> None:
+    # Heartbeats of the largest size fill the default 16 MiB in about 200 keys: a few new keys a
+    # second would keep out every node that heartbeats each 30 s, unless what it did for us counts.
+    reputation = Reputation()
+    table = NodeTable(max_nodes=100, reputation=reputation)
+    table.update(A, heartbeat(A, ["m"], at=0), now=0)
+    table.update(B, heartbeat(B, ["m"], at=0), now=0)
+    reputation.record_result(A, 1.0, 10, 1.0, 10.0, now=0)  # A answered a task of ours; B never did
+    table.update(C, heartbeat(C, ["m"], at=0), now=0)
+    reputation.record_result(C, 1.0, 10, 1.0, 10.0, now=0)
+    reputation.record_verification(C, passed=False, now=0)  # but C's result failed verification: banned
+    for i in range(1000):
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, ["m"], at=1 + i * 0.01), now=1 + i * 0.01)
+    assert table.get(A) is not None and table.get(B) is None and table.get(C) is None
+    assert len(table.known()) == 100 and table.get(f"{999:040x}") is not None
+    for i in range(1000, 1200):  # once silent past the ttl, it goes like any other
+        address = f"{i:040x}"
+        table.update(address, heartbeat(address, ["m"], at=61 + i * 0.01), now=61 + i * 0.01)
+    assert table.get(A) is None
 
 
 def test_addrs_are_kept_and_a_leaving_node_is_never_chosen() -> None:

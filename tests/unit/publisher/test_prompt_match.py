@@ -49,6 +49,13 @@ def test_placeholders_of_memory_split_the_text_and_the_task_prompt_fills_input()
     assert not expected.holds("answer why is the sky blue briefly.")  # the first piece is missing
 
 
+def test_a_task_prompt_nested_past_the_json_parsers_depth_is_text() -> None:
+    deep = "[" * 5000 + "]" * 5000  # the engine cannot parse it as JSON either: it fills the input verbatim
+    expected = PromptExpectation.of(_workflow("Echo {question}", [_input("question", "input")]), deep)
+    assert expected is not None
+    assert expected.holds(f"Echo {deep}") and not expected.holds("Echo []")
+
+
 def test_braces_that_are_not_declared_inputs_are_literal_text() -> None:
     expected = PromptExpectation.of(_workflow('Reply with {"ok": true} and {name}.'), None)
     assert expected is not None

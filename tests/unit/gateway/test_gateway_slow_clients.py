@@ -1,0 +1,83 @@
+"""A real gateway over HTTP on 127.0.0.1 against clients that connect and then send their request slowly
+or never (slowloris): each connection is closed, or answered 408, once `request_timeout` has passed;
+connections that send their request in time are served, long polls included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest_asyncio
+
+from node.gateway.server import Gateway
+from node.gateway.settings import GatewaySettings
+from node.p2p.host import P2PHost
+from node.wire.identity import Identity
+from node.wire.topics import TASK_TOPIC
+from workflows import Simple
+
+TIMEOUT = 1.0
+HEAD = b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+@pytest_asyncio.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway joined to one libp2p peer that never answers (its tasks stay pending)."""
+    peer = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])
+    await peer.start()
+    await peer.subscribe(TASK_TOPIC)
+    settings = GatewaySettings.load(
+        data_dir=tmp_path, peers=[str(peer.listen_addrs[0])], port=0, request_timeout=TIMEOUT
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+        await peer.stop()
+
+
+async def answer_of(gateway: Gateway, sent: bytes) -> bytes:
+    """What the gateway sends back on a connection that sent `sent` and then nothing, until it closes it
+    (b"" for a close without an answer); fails if it is still open after three times the timeout."""
+    assert gateway.http.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http.port)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        async with asyncio.timeout(3 * TIMEOUT):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_request_not_sent_in_time_is_closed_or_answered_408(gateway: Gateway) -> None:
+    started = time.monotonic()
+    closed, half_head, half_body, unended = await asyncio.gather(
+        answer_of(gateway, b""),
+        answer_of(gateway, HEAD),  # the head never ends
+        answer_of(gateway, HEAD + b"Content-Length: 100\r\n\r\n{"),
+        answer_of(gateway, HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"),  # no last chunk
+    )
+    assert closed == b"" and half_head == b""
+    for answer in (half_body, unended):
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"request body not received within 1 s" in answer
+    assert time.monotonic() - started < 3 * TIMEOUT
+
+
+async def test_requests_sent_in_time_are_served_however_long_they_take(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        for _ in range(3):  # one kept-alive connection, quiet for longer than the timeout in between
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.sleep(1.5 * TIMEOUT)
+        task = {"workflow": Simple().workflow(prompt="Hi"), "models": ["m"], "timeout": 30}
+        task_id = (await http.post("/v1/tasks", json=task)).json()["id"]
+        started = time.monotonic()
+        answer = await http.get(f"/v1/tasks/{task_id}", params={"wait": 3 * TIMEOUT})  # a long poll
+        assert answer.status_code == 200 and answer.json()["status"] == "pending"
+        assert time.monotonic() - started >= 3 * TIMEOUT
