@@ -49,7 +49,7 @@ def frame_kind(data: bytes) -> FrameKind:
     """Which frame this is (by its fields); MessageError when it is none of them."""
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise MessageError(f"stream frame: not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise MessageError("stream frame: not a JSON object")

@@ -68,7 +68,18 @@ def test_answer_and_progress_frames_round_trip_and_are_told_apart() -> None:
     assert frame_kind(seal(Identity.generate(), "results", b"{}")) == "envelope"
 
 
-@pytest.mark.parametrize("data", [b"not json", b"[1]", b'{"x":1}', b"\xff\xfe", b'{"taskId":"t","status":"maybe"}'])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1]",
+        b'{"x":1}',
+        b"\xff\xfe",
+        b'{"taskId":"t","status":"maybe"}',
+        b"[" * 100_000 + b"]" * 100_000,  # nested past the JSON parser's depth (RecursionError)
+        b'{"status":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
 def test_frames_that_are_none_of_the_kinds_are_errors(data: bytes) -> None:
     with pytest.raises(MessageError):
         if frame_kind(data) == "answer":
