@@ -27,7 +27,6 @@ from node.wire.proof import Proof, ProofGeneration
 
 log = structlog.get_logger(__name__)
 
-MAX_REMOTE_STEPS = 8  # the last steps of a proof scored remotely (one score task each); earlier ones count as omitted
 REMOTE_TIMEOUT_S = 120.0
 # What the score operator says, deterministically, of ids the model does not have (the proof's fault).
 OUT_OF_VOCABULARY = "outside the model's vocabulary"
@@ -100,14 +99,6 @@ class PrefetchedScorer:
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
         return self._prompts[tuple(prompt_tokens)]
-
-
-def remote_part(proof: Proof) -> Proof:
-    """The part of `proof` scored remotely: its last MAX_REMOTE_STEPS steps."""
-    if len(proof.steps) <= MAX_REMOTE_STEPS:
-        return proof
-    dropped = len(proof.steps) - MAX_REMOTE_STEPS
-    return proof.model_copy(update={"steps": proof.steps[dropped:], "omitted": proof.omitted + dropped})
 
 
 async def fetch_scores(

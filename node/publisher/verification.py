@@ -40,7 +40,6 @@ from node.publisher.remote_scoring import (
     ScoreTaskRunner,
     TokensRefusedError,
     fetch_scores,
-    remote_part,
 )
 from node.wire.proof import Proof
 
@@ -59,6 +58,8 @@ TOP_K = 40
 MIN_P_GAP = -math.log(0.05)
 # How much of the result text and a generation's text must agree.
 TEXT_PREFIX_CHARS = 64
+# The last steps of a proof checked, here (a local scorer) or remotely (one score task each).
+MAX_CHECKED_STEPS = 8
 
 
 class Scores(Protocol):
@@ -181,6 +182,16 @@ class VerificationFailedError(Exception):
         self.reason = f"verification failed: {reason}"
 
 
+def checked_part(proof: Proof) -> Proof:
+    """The part of `proof` that is checked, here or remotely: its last MAX_CHECKED_STEPS steps (the last one
+    made the result). Earlier ones count as omitted: a proof of 256 full-context steps costs a node nothing
+    to make up, and would cost the verifier minutes to re-score."""
+    if len(proof.steps) <= MAX_CHECKED_STEPS:
+        return proof
+    dropped = len(proof.steps) - MAX_CHECKED_STEPS
+    return proof.model_copy(update={"steps": proof.steps[dropped:], "omitted": proof.omitted + dropped})
+
+
 class ResultVerifier:
     """Which results the Client verifies (a share, at random) and how (a scorer per model name, else remotely)."""
 
@@ -223,10 +234,12 @@ class ResultVerifier:
         score tasks; without it, only a local scorer verifies.
         """
         scorer = self._scorer_for(model)
+        if proof is not None:
+            proof = checked_part(proof)
         if scorer is None and self.remote and runner is not None:
             if proof is None or not proof.steps:
                 return await self._checked(proof, text, _NoScorer(), expected)  # fails before scoring anything
-            return await self._remotely(model, remote_part(proof), text, node, runner, expected)
+            return await self._remotely(model, proof, text, node, runner, expected)
         if scorer is None:
             return None
         return await self._checked(proof, text, scorer, expected)

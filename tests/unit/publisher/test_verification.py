@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,15 @@ from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
 from models.scoring import TokenScorer
 from models.tracing import GenerationTrace, generation_traces
-from node.publisher.verification import ProofChecker, ResultVerifier, VerificationError, VerificationFailedError
-from node.wire.proof import Proof, ProofGeneration
+from node.publisher.verification import (
+    MAX_CHECKED_STEPS,
+    ProofChecker,
+    ResultVerifier,
+    VerificationError,
+    VerificationFailedError,
+    checked_part,
+)
+from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from tests.support.dishonest_runtimes import FIXED_TEXT
 from tests.support.model_file import SMOLLM2, loaded_smollm2
 from tests.support.swapped_model import requantized_smollm2
@@ -123,3 +131,41 @@ async def test_the_verifier_checks_a_share_and_skips_models_it_lacks(scorer: Tok
         await always.verify("smollm2:135m", None, "x")
     with pytest.raises(ValueError, match="within 0..1"):
         ResultVerifier(1.5, lambda _: None)
+
+
+class _CountingScorer:
+    """Gives every token back the log-probability claimed for it (so a proof passes) and counts the tokens scored."""
+
+    def __init__(self, claimed: list[float]) -> None:
+        self.claimed = claimed
+        self.tokens_scored = 0
+
+    def score(self, prompt_tokens: list[int], tokens: list[int]) -> _Scores:
+        self.tokens_scored += len(prompt_tokens) + len(tokens)
+        return _Scores(self.claimed[: len(tokens)], self.claimed[: len(tokens)], [0] * len(tokens), "the answer")
+
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        return ""
+
+
+@dataclass
+class _Scores:
+    logprobs: list[float]
+    best_logprobs: list[float]
+    ranks: list[int]
+    text: str
+
+
+async def test_only_a_proofs_last_steps_are_rescored_here_as_remotely() -> None:
+    # A made-up proof of 256 steps of 4,000 prompt tokens (a few KB compressed) would cost minutes.
+    claimed = [-0.5] * 16
+    step = ProofGeneration(prompt_tokens=[7] * 4000, tokens=[1] * 16, logprobs=claimed, temperature=0.0)
+    counting = _CountingScorer(claimed)
+    verifier = ResultVerifier(1.0, lambda model: counting)
+    verdict = await verifier.verify("m", Proof(steps=[step] * MAX_PROOF_STEPS), "the answer")
+    assert verdict is not None and verdict.positions == MAX_CHECKED_STEPS * 16
+    assert counting.tokens_scored == MAX_CHECKED_STEPS * (4000 + 16)
+    short = Proof(steps=[step] * 3)
+    assert checked_part(short) is short
+    cut = checked_part(Proof(steps=[step] * 20, omitted=2))
+    assert len(cut.steps) == MAX_CHECKED_STEPS and cut.omitted == 2 + 20 - MAX_CHECKED_STEPS
