@@ -76,7 +76,7 @@ async def run(options: BenchOptions) -> Section:
         "outlines regex (Ollama names)": {"regex": base64.b64decode(schemas["ollama"]).decode("utf-8")},
         "JSON schema (OpenAI names)": {"json_schema": json.loads(schemas["openai"])},
     }
-    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn="on")
+    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn="auto")  # the node's default
     model = await BatchedLlamaModel.load("smollm2:135m", model_path(), runtime, parallel=PARALLEL)
     rows: list[Row] = []
     try:

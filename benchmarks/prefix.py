@@ -38,7 +38,7 @@ def _steps(topic: str) -> tuple[list[ChatMessage], list[ChatMessage]]:
 
 async def run(options: BenchOptions) -> Section:
     rounds = options.pick(full=5, quick=2)
-    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn="on")
+    runtime = RuntimeOptions(n_ctx=2048, n_threads=options.threads, flash_attn="auto")  # the node's default
     path = model_path()
     warm: list[float] = []
     cold: list[float] = []
