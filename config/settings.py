@@ -85,7 +85,8 @@ class Settings(LayeredSettings):
     verify_precision: Literal["auto", "model", "bf16"] = Field(
         default="auto",
         description="Weights that re-score results here (run-task --verify): the model file, or a bf16 copy of it "
-        "(~3x faster re-scoring); auto: bf16 where CPU and llama.cpp build have AVX512_BF16 and the file is <= 1 GiB",
+        "(~3x faster re-scoring); auto: bf16 where CPU and llama.cpp build have AVX512_BF16 and the file is <= 1 GiB, "
+        "unless llama.cpp's AMX kernels multiply the file there",
     )
     parallel: int | None = Field(
         default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)"

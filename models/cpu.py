@@ -13,8 +13,8 @@ library's read-only data. Where that is checkable on any CPU:
 - `extra_buffers = "auto"` enables llama.cpp's extra buffer types (AMX, and the CPU
   weight repacking that shares the switch) unless the CPU has AMX and the loaded library
   holds an unpatched AMX kernel (`amx_kernels_safe`). Measured on a 2-core Xeon (Sapphire
-  Rapids class, 2 threads, SmolLM2 Q4_1): prompt 249 -> 657 tok/s, decode 83 -> 163 tok/s
-  with the patched AMX kernels. Repacking alone: on AMD EPYC, SmolLM2 as Q4_0 generates
+  Rapids class, 2 threads, SmolLM2 Q4_1, the same library): prompt 237 -> 848 tok/s, decode
+  90 -> 179 tok/s with the patched AMX kernels. Repacking alone: on AMD EPYC, SmolLM2 as Q4_0 generates
   167 tok/s with it vs 131 without (prompt 799 vs 547); Q4_1 is not repacked.
 """
 
