@@ -233,9 +233,12 @@ async def test_a_sybil_flood_of_valid_tasks_is_bounded_by_capacity_and_answered_
     4 waiting); every further task is answered busy at once and journalled nowhere."""
     admission = scene.node.running.parts.admission
     host = await attacker(scene)
+    # Long answers: no admitted task may end (and free its place) while the 16 streams open, or more than
+    # 5 are admitted in all. A short one lasted ~0.1 s with llama.cpp's AMX kernels.
+    long_task = {"prompt": "Write a long story about the sea, chapter by chapter.", "max_tokens": 256}
     try:
         streams = [
-            await host.open_stream(scene.addr, task_envelope(Identity.generate(), max_tokens=32)) for _ in range(16)
+            await host.open_stream(scene.addr, task_envelope(Identity.generate(), **long_task)) for _ in range(16)
         ]
         answers = [await answer(stream) for stream in streams]
         accepted = [s for s, a in zip(streams, answers, strict=True) if a == ("accepted", "")]
