@@ -1,10 +1,10 @@
 """The asyncio-facing P2P layer: gossipsub publish/subscribe over py-libp2p.
 
 py-libp2p is Trio-only, so `P2PHost` runs `P2PService` (node/p2p/service.py)
-under `trio.run` in a dedicated thread. asyncio -> Trio: `trio_token.run_sync_soon`
-spawns a task in the service's nursery; Trio -> asyncio: `loop.call_soon_threadsafe`
-settles a future or puts a message on a subscription queue. libp2p objects are
-never touched from the asyncio thread, and the Trio side never waits on asyncio.
+under `trio.run` in a dedicated thread (`TrioThread`, node/p2p/trio_thread.py: asyncio
+-> Trio spawns a task in the service's nursery; Trio -> asyncio settles a future or puts a
+message on a subscription queue). libp2p objects are never touched from the asyncio thread,
+and the Trio side never waits on asyncio.
 Gossip messages reach their subscription queues within a budget per topic
 (handoff.py); direct-delivery streams are FrameStreams (frame_stream.py).
 
@@ -33,41 +33,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
-import trio
 from pydantic import ValidationError
 
-from node.p2p.errors import (
-    MessageTooLargeError,
-    NoMeshPeersError,
-    P2PError,
-    StreamTimeoutError,
-    first_service_error,
-)
+from node.p2p.errors import MessageTooLargeError, P2PError
 from node.p2p.frame_stream import FrameStream, FrameStreams
 from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues
 from node.p2p.inbound_gate import InboundLimits
 from node.p2p.libp2p_logging import route_libp2p_logging
-from node.p2p.service import (
-    NoMeshPeersServiceError,
-    P2PService,
-    P2PServiceError,
-    ServiceOptions,
-    StreamTimeoutServiceError,
-)
+from node.p2p.service import P2PService, ServiceOptions
 from node.p2p.streams import StreamLimits
+from node.p2p.trio_thread import TrioThread
 from node.wire.topics import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
 MESH_POLL_S = 0.02  # how often wait_for_mesh asks the Trio thread (a call costs ~0.1 ms)
 
 
@@ -137,12 +122,9 @@ class P2PHost:
             on_stream_frame=self._on_trio_stream_frame,
         )
         self._peer_id = self._service.peer_id
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._exited: asyncio.Event | None = None
-        self._stopping = False
+        self._trio = TrioThread(self._service, self.thread_name, str(options.listen_addrs))
+        self._call = self._trio.call
+        self._call_soon = self._trio.call_soon
 
     # --- properties ------------------------------------------------------
 
@@ -186,34 +168,11 @@ class P2PHost:
 
     async def start(self) -> None:
         """Start the Trio thread and listen; raises P2PError naming the address on failure."""
-        if self._thread is not None:
-            raise P2PError("p2p host already started")
-        self._loop = asyncio.get_running_loop()
-        self._ready = self._loop.create_future()
-        self._exited = asyncio.Event()
-        self._thread = threading.Thread(target=self._thread_main, name=self.thread_name, daemon=True)
-        self._thread.start()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
-        except TimeoutError:
-            await self.stop()
-            raise P2PError(
-                f"p2p host did not start listening on {self._options.listen_addrs} within {START_TIMEOUT_S:g} s"
-            ) from None
+        await self._trio.start()
 
     async def stop(self) -> None:
-        """Stop the host and join its thread. Idempotent; bounded (~STOP_TIMEOUT_S)."""
-        if self._thread is None or self._exited is None:
-            return
-        if not self._stopping:
-            self._stopping = True
-            self._request_stop()  # before ready there is no token yet: _set_ready asks then
-        try:
-            await asyncio.wait_for(self._exited.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            log.error("p2p host did not stop in time", timeout_s=STOP_TIMEOUT_S)
-            return
-        self._thread.join(timeout=1.0)  # it has already left trio.run: returns at once
+        """Stop the host and join its thread. Idempotent; bounded (trio_thread.STOP_TIMEOUT_S)."""
+        await self._trio.stop()
 
     # --- operations ------------------------------------------------------
 
@@ -327,107 +286,7 @@ class P2PHost:
             await asyncio.sleep(MESH_POLL_S)
         return True
 
-    # --- bridge between the threads --------------------------------------
-
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run the service coroutine `fn(*args)` on the Trio thread and await its result."""
-        if self._token is None or self._stopping or self._loop is None:
-            raise P2PError("p2p host is not running")
-        future: asyncio.Future[T] = self._loop.create_future()
-
-        def spawn() -> None:  # on the Trio thread
-            try:
-                self._service.spawn(self._run_on_trio, fn, args, future)
-            except (P2PServiceError, RuntimeError) as exc:
-                self._settle(future, None, P2PError(str(exc)))
-
-        try:
-            self._token.run_sync_soon(spawn)
-        except trio.RunFinishedError:
-            raise P2PError("p2p host is not running") from None
-        return await future
-
-    async def _run_on_trio(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
-        try:
-            result = await fn(*args)
-        except NoMeshPeersServiceError as exc:
-            self._settle(future, None, NoMeshPeersError(str(exc)))
-        except StreamTimeoutServiceError as exc:
-            self._settle(future, None, StreamTimeoutError(str(exc)))
-        except P2PServiceError as exc:
-            self._settle(future, None, P2PError(str(exc)))
-        except Exception as exc:  # noqa: BLE001 - any failure goes back to the awaiting caller
-            self._settle(future, None, P2PError(f"p2p {fn.__name__} failed: {exc!r}"))
-        except BaseException:
-            self._settle(future, None, P2PError("p2p host stopped"))
-            raise
-        else:
-            self._settle(future, result, None)
-
-    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-        """Complete `future` on the asyncio thread (callable from the Trio thread)."""
-
-        def settle() -> None:
-            if future.done():
-                return  # the awaiting side was cancelled
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        self._call_soon(settle)
-
-    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody is waiting any more
-
-    def _thread_main(self) -> None:
-        error: BaseException | None = None
-        try:
-            trio.run(self._service.run, self._on_trio_ready)
-        except BaseException as exc:  # noqa: BLE001 - reported to the asyncio side below
-            error = exc
-        self._call_soon(self._on_thread_exit, error)
-
-    def _on_trio_ready(self) -> None:  # on the Trio thread
-        self._token = trio.lowlevel.current_trio_token()
-        self._call_soon(self._set_ready)
-
-    def _set_ready(self) -> None:
-        if self._stopping:
-            self._request_stop()  # stop() was called while starting
-        elif self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)
-
-    def _request_stop(self) -> None:
-        if self._token is None:
-            return
-        try:
-            self._token.run_sync_soon(self._service.request_stop)
-        except trio.RunFinishedError:
-            pass
-
-    def _on_thread_exit(self, error: BaseException | None) -> None:
-        if self._ready is not None and not self._ready.done():
-            service_error = first_service_error(error)
-            if service_error is not None:
-                message = str(service_error)
-            elif error is None:
-                message = f"p2p host on {self._options.listen_addrs} was stopped while starting"
-            else:
-                message = f"p2p host failed to start on {self._options.listen_addrs}: {error!r}"
-            self._ready.set_exception(P2PError(message))
-        elif error is not None:
-            if self._stopping:
-                log.warning("p2p host stopped with an error", error=repr(error))
-            else:
-                log.error("p2p host crashed", error=repr(error))
-        self._stopping = True
-        if self._exited is not None:
-            self._exited.set()
+    # --- hand-overs from the Trio thread -------------------------------
 
     def _on_trio_message(self, topic: str, data: bytes, source_peer: str, validated: object) -> None:  # on Trio
         if self._gossip.charge(topic, len(data)):

@@ -168,7 +168,7 @@ async def test_a_stream_broken_after_accepted_sends_its_result_on_gossip(scene: 
 
 async def test_a_streaming_task_whose_reader_never_reads_costs_the_node_nothing(scene: Scene) -> None:
     host = await attacker(scene)
-    token = host._token  # the attacker's Trio thread: blocked below, it reads nothing at all
+    token = host._trio.token  # the attacker's Trio thread: blocked below, it reads nothing at all
     assert token is not None
     try:
         envelope = task_envelope(Identity.generate(), prompt="Tell a long story.", max_tokens=200, stream=True)

@@ -122,7 +122,7 @@ async def test_the_libp2p_thread_dying_ends_the_node_non_zero_and_stops_the_watc
             assert time.monotonic() < deadline and not serving.done(), "no watchdog pings from the node"
             await asyncio.sleep(0.05)
         killed_at = time.monotonic()
-        server.running.host._token.run_sync_soon(server.running.host._service.request_stop)  # the thread ends
+        server.running.host._trio.token.run_sync_soon(server.running.host._service.request_stop)  # the thread ends
         await asyncio.wait_for(serving, 60)
     finally:
         if not serving.done():

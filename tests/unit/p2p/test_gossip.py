@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from node.p2p.errors import NoMeshPeersError
 from node.p2p.handoff import GossipMessage
-from node.p2p.host import NoMeshPeersError
 from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.steady_addrs import SteadyAddrs
 from node.wire.envelope import MAX_AGE_NS, MAX_SKEW_NS
