@@ -1,4 +1,5 @@
-"""Two real nodes and a gateway on 127.0.0.1: the network the gateway's e2e tests drive."""
+"""Real nodes and a gateway on 127.0.0.1: the network the gateway's e2e tests drive, and a gateway over one
+silent peer for its unit tests."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 from node.daemon.server import NodeServer
 from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
+from node.p2p.host import P2PHost
+from node.wire.identity import Identity
+from node.wire.topics import TASK_TOPIC
 from tests.support.cluster import dialable, node_settings, running_node
 
 GatewaySettingsFor = Callable[[Path, list[str]], GatewaySettings]
@@ -63,3 +67,25 @@ async def gateway_net(
         while len(gateway.service.nodes()) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         yield GatewayNet([first, second], gateway, tmp_path_factory.mktemp("scratch"))
+
+
+@asynccontextmanager
+async def gateway_over_silent_peer(
+    data_dir: Path, peer: Identity | None = None, **settings: Any
+) -> AsyncIterator[Gateway]:
+    """A gateway (its `settings` over the defaults) joined to one libp2p peer, of `peer`'s key, that reads
+    the task topic and never answers: the gateway's tasks stay pending."""
+    host = P2PHost((peer or Identity.generate()).secret, ["/ip4/127.0.0.1/tcp/0"])
+    await host.start()
+    try:
+        await host.subscribe(TASK_TOPIC)
+        gateway = Gateway(
+            GatewaySettings.load(data_dir=data_dir, peers=[str(host.listen_addrs[0])], port=0, **settings)
+        )
+        await gateway.start()
+        try:
+            yield gateway
+        finally:
+            await gateway.stop()
+    finally:
+        await host.stop()

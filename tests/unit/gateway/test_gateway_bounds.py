@@ -19,10 +19,8 @@ import pytest_asyncio
 from node.gateway.auth import RateLimiter
 from node.gateway.dria_sdk.store import SdkStore
 from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings
-from node.p2p.host import P2PHost
 from node.wire.identity import Identity
-from node.wire.topics import TASK_TOPIC
+from tests.support.gateway_net import gateway_over_silent_peer
 from workflows import Simple
 
 NODE = Identity.generate()
@@ -30,25 +28,9 @@ NODE = Identity.generate()
 
 @pytest_asyncio.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    peer = P2PHost(NODE.secret, ["/ip4/127.0.0.1/tcp/0"])
-    await peer.start()
-    await peer.subscribe(TASK_TOPIC)
-    settings = GatewaySettings.load(
-        data_dir=tmp_path,
-        peers=[str(peer.listen_addrs[0])],
-        port=0,
-        max_pending=2,
-        max_pending_total=3,
-        rate_limit=6,
-        rate_burst=30,
-    )
-    gw = Gateway(settings)
-    await gw.start()
-    try:
+    limits = {"max_pending": 2, "max_pending_total": 3, "rate_limit": 6, "rate_burst": 30}
+    async with gateway_over_silent_peer(tmp_path, NODE, **limits) as gw:
         yield gw
-    finally:
-        await gw.stop()
-        await peer.stop()
 
 
 def sdk_payload(task_id: str, deadline: datetime | str | None = None) -> dict[str, Any]:

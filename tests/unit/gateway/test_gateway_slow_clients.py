@@ -13,10 +13,7 @@ import httpx
 import pytest_asyncio
 
 from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings
-from node.p2p.host import P2PHost
-from node.wire.identity import Identity
-from node.wire.topics import TASK_TOPIC
+from tests.support.gateway_net import gateway_over_silent_peer
 from workflows import Simple
 
 TIMEOUT = 1.0
@@ -26,19 +23,8 @@ HEAD = b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application
 @pytest_asyncio.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway joined to one libp2p peer that never answers (its tasks stay pending)."""
-    peer = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])
-    await peer.start()
-    await peer.subscribe(TASK_TOPIC)
-    settings = GatewaySettings.load(
-        data_dir=tmp_path, peers=[str(peer.listen_addrs[0])], port=0, request_timeout=TIMEOUT
-    )
-    gw = Gateway(settings)
-    await gw.start()
-    try:
+    async with gateway_over_silent_peer(tmp_path, request_timeout=TIMEOUT) as gw:
         yield gw
-    finally:
-        await gw.stop()
-        await peer.stop()
 
 
 async def answer_of(gateway: Gateway, sent: bytes) -> bytes:
