@@ -3,9 +3,9 @@ decrypted result) against the same prompt through a plain `llama_cpp.Llama` scri
 
 Same model, chat template, greedy sampling, threads, context and max_tokens on
 both sides; a fresh topic per round, so neither side answers from a cached
-prompt. Tokens are counted the same way on both sides: the answer text
-re-tokenized with the model's tokenizer, since the node's result carries no token
-counts (the node's own count is used if its stats ever carry `completionTokens`).
+prompt. Tokens: the node's own count (`completionTokens` in its result stats; an
+answer without one is re-tokenized) and the raw script's answer re-tokenized with the
+model's tokenizer; an answer under MIN_TOKENS on either side fails the run.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ async def run(options: BenchOptions) -> Section:
 
                 async def via_node(i: int) -> None:
                     result, seconds = await publisher.run(simple_workflow(story_prompt(i)))
-                    extra = result.stats.model_extra or {}
-                    tokens = extra.get("completionTokens") or counter.count(result.text)
+                    tokens = result.completion_tokens or counter.count(result.text)
                     _check_length(tokens, "node")
                     node_texts[i] = result.text
                     node_tps.append(tokens / seconds)
