@@ -7,6 +7,10 @@ class P2PServiceError(Exception):
     """A P2P operation failed on the Trio side; the message names the address, topic or limit involved."""
 
 
+class HostileRpcServiceError(P2PServiceError):
+    """A peer's pubsub RPC could not be handled (not protobuf, say): its stream is dropped, the host goes on."""
+
+
 class NoMeshPeersServiceError(P2PServiceError):
     """A publish that needs mesh peers found none for its topic; nothing was sent."""
 

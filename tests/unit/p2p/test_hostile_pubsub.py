@@ -1,0 +1,179 @@
+"""Hostile pubsub RPCs at a host with default settings: real libp2p peers (tests/support/raw_pubsub.py)
+write raw rpc_pb2 RPCs on their pubsub streams. Whatever they send, the host keeps running, holds
+state per peer within node/p2p/pubsub_limits.py's bounds, and an honest peer's message still arrives."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import structlog.testing
+from libp2p.pubsub.pb import rpc_pb2
+
+from node.p2p.gossip import Gossip
+from node.p2p.host import P2PHost
+from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, MAX_TOPIC_CHARS, BoundedGossipSub, drop_expired_backoff
+from tests.support.p2p_hosts import TOPIC, HostFactory, pair, receive, wait_until
+from tests.support.raw_pubsub import RawPeers, raw_pubsub_peers, subscriptions
+
+Control = rpc_pb2.ControlMessage
+
+
+async def on_trio(host: P2PHost, fn: Callable[[Gossip], Any]) -> Any:
+    """`fn(the host's Gossip)`, run on its Trio thread."""
+
+    async def call() -> Any:
+        assert host._service.gossip is not None
+        return fn(host._service.gossip)
+
+    return await host._trio.call(call)
+
+
+def tasks_spawned(gossip: Gossip) -> int:
+    """Tasks py-libp2p's service manager started for pubsub so far."""
+    return int(gossip.pubsub.manager._total_task_count)  # type: ignore[attr-defined]
+
+
+async def scene(make_host: HostFactory) -> tuple[P2PHost, P2PHost, Any, str]:
+    """A host subscribed to TOPIC (validator: data starting with b"ok") meshed with an honest peer."""
+    node, honest, node_queue, _ = await pair(make_host)
+    return node, honest, node_queue, node.listen_addrs[0]
+
+
+async def honest_message_arrives(honest: P2PHost, node_queue: Any) -> None:
+    data = b"ok " + secrets.token_hex(8).encode()
+    await honest.publish(TOPIC, data)
+    while (await receive(node_queue)).data != data:
+        pass
+
+
+async def subscribed(peers: RawPeers, node: P2PHost, index: int = 0, subscribe: bool = True) -> None:
+    """Peer `index` announces (or withdraws) its subscription to TOPIC; wait until the host knows."""
+    await peers.send(index, subscriptions([TOPIC], subscribe))
+
+    async def known() -> bool:
+        held = await on_trio(node, lambda g: peers[index].peer_id in g.pubsub.peer_topics.get(TOPIC, set()))
+        return bool(held) == subscribe
+
+    await wait_until(known, "the raw peer's subscription")
+
+
+async def joined(peers: RawPeers, node: P2PHost, index: int = 0) -> None:
+    await subscribed(peers, node, index)
+
+
+async def settled(node: P2PHost, peers: RawPeers, index: int = 0) -> None:
+    """Everything peer `index` (joined) sent so far was read: its RPCs after it were."""
+    await subscribed(peers, node, index, subscribe=False)
+    await subscribed(peers, node, index)
+
+
+async def test_an_rpc_that_is_not_protobuf_ends_its_stream_not_the_host(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        with structlog.testing.capture_logs() as logs:
+            await peers.send(0, b"\xff\xff\xff\x0f not protobuf")
+
+            async def dropped() -> bool:
+                return any(e["event"] == "pubsub stream dropped" for e in logs)
+
+            await wait_until(dropped, "the raw peer's pubsub stream to be dropped")
+        await honest_message_arrives(honest, node_queue)
+
+
+async def test_a_message_whose_key_does_not_parse_is_dropped(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        # A sha256 peer id holds no key, so py-libp2p parses msg.key, which raised out of its task.
+        unkeyed = rpc_pb2.Message(
+            data=b"ok", topicIDs=[TOPIC], from_id=b"\x12\x20" + secrets.token_bytes(32), seqno=b"1", signature=b"s"
+        )
+        unkeyed.key = b"not a key"
+        await peers.send(0, rpc_pb2.RPC(publish=[unkeyed]))
+        await settled(node, peers)
+        await honest_message_arrives(honest, node_queue)
+
+
+async def test_the_messages_of_one_rpc_spawn_no_task_each(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        before = await on_trio(node, tasks_spawned)
+        bad = [peers.signed_message(0, TOPIC, b"no" + secrets.token_bytes(8)) for _ in range(2000)]
+        for msg in bad[::2]:
+            msg.signature = secrets.token_bytes(64)
+        await peers.send(0, rpc_pb2.RPC(publish=bad))
+        await settled(node, peers)
+        spawned = await on_trio(node, tasks_spawned) - before
+        assert spawned < 10, spawned  # py-libp2p spawned one per message, each spawn a walk over all live tasks
+        await honest_message_arrives(honest, node_queue)
+
+
+async def test_an_iwant_naming_a_message_many_times_gets_it_once(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        await honest.publish(TOPIC, b"ok" + secrets.token_bytes(100_000))
+        await wait_until(lambda: _true(peers[0].message_ids), "the message relayed to the raw peer")
+        wanted = peers[0].message_ids[-1]
+        before = peers[0].received_bytes
+        iwant = rpc_pb2.ControlIWant(messageIDs=[wanted] * 500)
+        await peers.send(0, rpc_pb2.RPC(control=Control(iwant=[iwant])))
+        await settled(node, peers)
+        await wait_until(lambda: _true(peers[0].received_bytes - before > 100_000), "the IWANT answered")
+        await honest_message_arrives(honest, node_queue)
+        assert peers[0].received_bytes - before < 2 * 101_000  # py-libp2p sent 32 MB (500 copies, queue-capped)
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+async def test_control_for_topics_not_joined_leaves_no_state_and_no_answer(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    made_up = [f"made-up-{i}" for i in range(2000)]
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        ids = [secrets.token_bytes(32) for _ in range(100)]
+        control = Control(
+            prune=[rpc_pb2.ControlPrune(topicID=t, backoff=2**63) for t in made_up],
+            graft=[rpc_pb2.ControlGraft(topicID=t) for t in made_up],
+            ihave=[rpc_pb2.ControlIHave(topicID=t, messageIDs=ids) for t in made_up[:50]],
+        )
+        await peers.send(0, rpc_pb2.RPC(control=control))
+        await settled(node, peers)
+        back_off = await on_trio(node, lambda g: set(g.router.back_off) | set(g.router.graft_flood_tracking))
+        assert back_off.isdisjoint(made_up)
+        await honest_message_arrives(honest, node_queue)
+        answered = [c for c in peers[0].control if c.prune or c.iwant]
+        assert answered == []  # py-libp2p answered a PRUNE per GRAFT and an IWANT per IHAVE
+
+
+async def test_subscriptions_are_bounded_per_peer_whatever_the_count_and_names(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    sybils = 4
+    async with raw_pubsub_peers(addr, sybils) as peers:
+        for index in range(sybils):
+            await joined(peers, node, index)
+            await peers.send(index, subscriptions(["L" * 100_000 + str(i) for i in range(8)]))
+            await peers.send(index, subscriptions([f"t{index}-{i}" for i in range(3000)]))
+            await settled(node, peers, index)
+
+        def held(gossip: Gossip) -> tuple[int, int]:
+            topics = gossip.pubsub.peer_topics
+            return sum(len(p) for t, p in topics.items() if t != TOPIC), max(len(t) for t in topics)
+
+        entries, longest = await on_trio(node, held)
+        assert entries <= sybils * MAX_PEER_SUBSCRIPTIONS, entries
+        assert longest <= MAX_TOPIC_CHARS
+        await honest_message_arrives(honest, node_queue)
+
+
+def test_expired_backoff_is_forgotten() -> None:
+    router = BoundedGossipSub(protocols=[], degree=6, degree_low=5, degree_high=12)
+    router.back_off = {"task": {"gone": 0, "kept": 2**40}, "results": {"gone": 0}}  # type: ignore[dict-item]
+    assert drop_expired_backoff(router) == 2
+    assert router.back_off == {"task": {"kept": 2**40}}
