@@ -62,9 +62,7 @@ class Benchmark(NamedTuple):
 BENCHMARKS: dict[str, Benchmark] = {
     "generation": Benchmark("1. Generation", generation.run, 120),
     "overhead": Benchmark("2. Node overhead", overhead.run, 60),
-    "concurrency": Benchmark(
-        "3. Concurrency", concurrency.run, 1200
-    ),  # 1..16 tasks, 3 rounds: ~7 min at 2 threads with AMX
+    "concurrency": Benchmark("3. Concurrency", concurrency.run, 1200),  # 1..16 tasks, 3 rounds: ~7 min
     "throughput": Benchmark("4. Network throughput", throughput.run, 90),
     "footprint": Benchmark("5. Footprint", footprint.run, 60),
     "prefix": Benchmark("6. Prefix reuse", prefix.run, 120),  # a full run takes ~56 s here
