@@ -25,6 +25,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 
+from node.publisher.node_index import ModelIndex
 from node.publisher.reputation import Reputation
 from node.wire.envelope import Envelope
 from node.wire.messages import HeartbeatBody
@@ -34,6 +35,9 @@ MAX_CAPACITY = 1024
 MAX_TPS = 1e6
 DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 ENTRY_OVERHEAD_BYTES = 256  # what an entry costs beyond its strings, as the byte cap counts it
+MODEL_INDEX_BYTES = 128  # what each model it names costs in the ModelIndex, as the byte cap counts it
+SAMPLE = 64  # nodes not measured serving that one choice weighs at most (drawn at random)
+MAX_MEASURED = 256  # nodes measured serving that one choice weighs at most (drawn at random beyond)
 MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
 
 
@@ -77,7 +81,8 @@ class KnownNode:
     @property
     def size(self) -> int:
         """Bytes this entry is counted as, for the table's byte cap."""
-        strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
+        strings = len(self.peer_id) + sum(len(m) + MODEL_INDEX_BYTES for m in self.models)
+        strings += sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
         if self.envelope is not None:
             strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
@@ -105,6 +110,7 @@ class NodeTable:
         self._max_skew = max_skew
         self.bytes_used = 0
         self.reputation = reputation
+        self._index = ModelIndex()  # who claims which model: choices draw from it (node_index.py)
 
     def update(
         self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
@@ -136,12 +142,15 @@ class NodeTable:
         self._make_room(node.size, now)
         self._nodes[sender] = node
         self.bytes_used += node.size
+        if not node.leaving:
+            self._index.add(sender, node.models)
         return True
 
     def _forget(self, address: str) -> None:
         node = self._nodes.pop(address, None)
         if node is not None:
             self.bytes_used -= node.size
+            self._index.discard(address, node.models)
 
     def _make_room(self, size: int, now: float) -> None:
         """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
@@ -189,29 +198,60 @@ class NodeTable:
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
 
-    def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
+    def count(self, model: str) -> int:
+        """How many nodes held claim `model` by name, live or not (an upper bound on those live), in O(1)."""
+        return self._index.count(model)
+
+    def choose(
+        self,
+        wanted: list[str],
+        exclude: set[str] | frozenset[str] = frozenset(),
+        now: float | None = None,
+        explore: bool = True,
+    ) -> KnownNode | None:
         """A live node serving one of `wanted`, weighted by free capacity x speed (measured, with a
         reputation); None if there is none.
 
         Nodes weighing nothing (no free capacity) are chosen only when every candidate does; a
-        leaving or banned node never.
+        leaving or banned node never. The work is bounded whatever the table holds: the nodes measured
+        serving (at most MAX_MEASURED) and a random sample of at most SAMPLE others. With a reputation,
+        the others together weigh at most `explore_share` of the choice while a measured node has room
+        (anyone can make keys: their number buys no share), and none with `explore=False` then.
         """
         now = time.time() if now is None else now
         reputation = self.reputation
-        candidates = [
-            n
-            for n in self.live(now)
-            if n.address not in exclude
-            and not n.leaving
-            and n.serves(wanted)
-            and (reputation is None or not reputation.banned(n.address, now))
-        ]
-        if not candidates:
-            return None
+
+        def usable(address: str) -> bool | None:
+            node = self._nodes.get(address)
+            if node is None or node.leaving or now - node.last_seen > self._ttl:
+                if node is not None:
+                    self._index.discard(address, node.models)  # back with its next heartbeat
+                return None
+            return address not in exclude and (reputation is None or not reputation.banned(address, now))
+
         if reputation is None:
+            sampled, _ = self._index.sample(wanted, SAMPLE, self._rng, usable)
+            candidates = [self._nodes[a] for a in sampled]
             weights = [n.weight(wanted) for n in candidates]
         else:
-            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in candidates]
+            measured = [
+                self._nodes[a]
+                for a in reputation.serving(MAX_MEASURED, self._rng)
+                if a in self._nodes and usable(a) and self._nodes[a].serves(wanted)
+            ]
+            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in measured]
+            sampled, stands_for = self._index.sample(wanted, SAMPLE, self._rng, usable)
+            known = {n.address for n in measured}
+            others = [self._nodes[a] for a in sampled if a not in known]
+            guessed = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) * stands_for for n in others]
+            if any(weights):
+                share = reputation.settings.explore_share if explore else 0.0
+                cap = share / (1 - share) * sum(weights)
+                scale = min(1.0, cap / sum(guessed)) if sum(guessed) > 0 else 0.0
+                guessed = [w * scale for w in guessed]
+            candidates, weights = measured + others, weights + guessed
+        if not candidates:
+            return None
         if not any(weights):
             return self._rng.choice(candidates)
         return self._rng.choices(candidates, weights=weights, k=1)[0]

@@ -21,12 +21,13 @@ node's weight (`weight`) is
 
 Counts and sums decay with `half_life_s`. A failed verification bans the node for `verify_ban_seconds`
 (`record_verification`). Rows live in SQLite (`path`; in memory when None), at most `max_rows`:
-the stalest unbanned rows go first. A storage error is logged and the table keeps working in memory.
+the stalest unbanned rows go first, those of nodes that never answered us before the others. A storage error is logged and the table keeps working in memory.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 import statistics
 import time
@@ -67,6 +68,12 @@ class ReputationSettings(BaseModel):
     )
     verify_ban_seconds: float = Field(default=7 * 86400.0, ge=0, description="A failed verification bans this long")
     max_rows: int = Field(default=10_000, ge=1, description="Nodes remembered at most")
+    explore_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of node choice that nodes not yet measured serving may hold together, while one that was has room",
+    )
 
 
 class NodeRecord(BaseModel):
@@ -140,6 +147,7 @@ class Reputation:
         self.settings = settings or ReputationSettings()
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
+        self._serving: dict[str, None] = {}  # addresses of rows that answered tasks of ours (`served`, bans aside)
         self._typical: float | None = None  # the median measured speed (None: not computed yet)
         self._typical_at = 0.0  # monotonic time it was computed
         self._typical_dirty = False  # rows changed since
@@ -156,6 +164,7 @@ class Reputation:
                 record = NodeRecord.model_validate_json(text)
                 if len(self._rows) < self.settings.max_rows:
                     self._rows[record.address] = record
+                    self._note_serving(record)
         except (sqlite3.Error, OSError, ValueError) as exc:
             log.warning("reputation store unavailable; keeping it in memory", path=str(path), error=str(exc))
             self._db = None
@@ -249,6 +258,12 @@ class Reputation:
             and record.answered + record.scored > 0
             and record.banned_until <= (time.time() if now is None else now)
         )
+
+    def serving(self, k: int, rng: random.Random) -> list[str]:
+        """The nodes that answered tasks of ours (banned ones too), at most `k` of them at random."""
+        if len(self._serving) <= k:
+            return list(self._serving)
+        return rng.sample(list(self._serving), k)
 
     def banned(self, address: str, now: float | None = None) -> bool:
         record = self._rows.get(address)
@@ -382,15 +397,24 @@ class Reputation:
 
     def _make_room(self, now: float) -> None:
         while len(self._rows) >= self.settings.max_rows:
-            # The stalest row that is not a ban goes first (evicting a ban would lift it).
-            unbanned = [r for r in self._rows.values() if r.banned_until <= now] or list(self._rows.values())
-            victim = min(unbanned, key=lambda r: r.updated_at).address
+            # The stalest row that is not a ban goes first (evicting a ban would lift it), and of those
+            # one of a node that never answered us: anyone can make keys, each failing once for a row.
+            rows = self._rows.values()
+            unbanned = [r for r in rows if r.banned_until <= now] or list(rows)
+            never = [r for r in unbanned if r.address not in self._serving] or unbanned
+            victim = min(never, key=lambda r: r.updated_at).address
             del self._rows[victim]
+            self._serving.pop(victim, None)
             self._typical_dirty = True
             self._write("DELETE FROM reputation WHERE address = ?", (victim,))
 
+    def _note_serving(self, record: NodeRecord) -> None:
+        if record.answered + record.scored > 0:
+            self._serving[record.address] = None
+
     def _save(self, record: NodeRecord) -> None:
         self._typical_dirty = True
+        self._note_serving(record)
         self._write(
             "INSERT OR REPLACE INTO reputation (address, record, updated_at) VALUES (?, ?, ?)",
             (record.address, record.model_dump_json(), record.updated_at),
