@@ -237,8 +237,9 @@ class Client:
         check_size(task_body(worst, timeout, self.identity.public_key_compressed.hex(), stream=True, proof=True))
 
     async def _end_attempt(self, attempt: Attempt) -> None:
-        """Stop waiting for the attempt's result and close its stream."""
+        """Stop waiting for the attempt's result and close its stream; its place at the node is free again."""
         self.reputation.finished(attempt.node)
+        self.nodes.release(attempt.node)
         self._inbox.forget(attempt.task_id)
         if self._sender is not None:
             await self._sender.end(attempt)
@@ -296,12 +297,18 @@ class Client:
         return self._sender
 
     async def _choose(
-        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
+        self,
+        models: list[str],
+        tried: set[str],
+        deadline: float,
+        timeout: float,
+        last_failure: TaskFailedError | None,
+        explore: bool = True,
     ) -> KnownNode:
         await self.start()
         loop = asyncio.get_running_loop()
         while True:
-            node = self.nodes.choose(models, exclude=tried)
+            node = self.nodes.choose(models, exclude=tried, explore=explore)
             if node is not None:
                 return node
             if last_failure is not None and not any(

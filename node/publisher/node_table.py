@@ -63,6 +63,7 @@ class KnownNode:
     addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
     leaving: bool = False  # it is draining: never chosen
     envelope: Envelope | None = None  # its last heartbeat as signed (served as is to Dria's SDK)
+    reserved: int = 0  # our tasks sent since this heartbeat and not yet ended (counted off `free`)
 
     def serves(self, wanted: list[str]) -> bool:
         return bool(self.models) and any(
@@ -176,10 +177,16 @@ class NodeTable:
         return reputation is not None and now - node.last_seen <= self._ttl and reputation.served(node.address, now)
 
     def reserve(self, address: str) -> None:
-        """Count a task just sent to `address` against its free capacity until its next heartbeat."""
+        """Count a task just sent to `address` against its free capacity until it ends or the node's next heartbeat."""
         node = self._nodes.get(address)
         if node is not None:
-            self._nodes[address] = replace(node, free=node.free - 1)
+            self._nodes[address] = replace(node, free=node.free - 1, reserved=node.reserved + 1)
+
+    def release(self, address: str) -> None:
+        """A task counted by `reserve` ended: its place is free again (unless a heartbeat came since)."""
+        node = self._nodes.get(address)
+        if node is not None and node.reserved > 0:
+            self._nodes[address] = replace(node, free=node.free + 1, reserved=node.reserved - 1)
 
     def get(self, address: str) -> KnownNode | None:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
