@@ -164,7 +164,7 @@ class AttemptLoop:
         except DeclinedError as exc:
             log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             hooks.reputation.record_busy(node.address)
-            if isinstance(exc, NotDialableError) and hooks.nodes.choose(self.task.models, exclude=self.tried) is None:
+            if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.
             self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)

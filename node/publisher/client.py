@@ -269,7 +269,7 @@ class Client:
 
     def others_serve(self, model: str, exclude: set[str]) -> bool:
         """Whether a live node outside `exclude` serves `model` (remote scoring's ScoreTaskRunner)."""
-        return any(n.serves([model]) and n.address not in exclude for n in self.nodes.live())
+        return self.nodes.serving([model], exclude=exclude)
 
     async def run_score_task(
         self, workflow: dict[str, Any], model: str, exclude: set[str], timeout: float
@@ -311,9 +311,7 @@ class Client:
             node = self.nodes.choose(models, exclude=tried, explore=explore)
             if node is not None:
                 return node
-            if last_failure is not None and not any(
-                n.serves(models) and n.address not in tried for n in self.nodes.live()
-            ):
+            if last_failure is not None and not self.nodes.serving(models, exclude=tried):
                 raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))

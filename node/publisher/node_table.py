@@ -201,9 +201,47 @@ class NodeTable:
         """Every node held, live or not (its last heartbeat)."""
         return list(self._nodes.values())
 
+    def live_count(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for node in self._nodes.values() if now - node.last_seen <= self._ttl)
+
+    def listing(self, limit: int, now: float | None = None) -> list[KnownNode]:
+        """At most `limit` live nodes to show: those measured serving first (at most MAX_MEASURED), then the
+        most recently heard; bounded work whatever the table holds (anyone can make keys)."""
+        now = time.time() if now is None else now
+        chosen: dict[str, KnownNode] = {}
+        measured = self.reputation.serving(MAX_MEASURED, self._rng) if self.reputation is not None else []
+        for address in [*measured, *reversed(self._nodes)]:
+            if len(chosen) >= limit:
+                break
+            node = self._nodes.get(address)
+            if node is not None and now - node.last_seen <= self._ttl:
+                chosen[address] = node
+        return list(chosen.values())
+
     def live(self, now: float | None = None) -> list[KnownNode]:
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
+
+    def _usable(self, address: str, exclude: set[str] | frozenset[str], now: float) -> bool | None:
+        """Whether a choice may take `address`; None when its node is silent or leaving (it then leaves
+        the index until its next heartbeat)."""
+        node = self._nodes.get(address)
+        if node is None or node.leaving or now - node.last_seen > self._ttl:
+            if node is not None:
+                self._index.discard(address, node.models)
+            return None
+        reputation = self.reputation
+        return address not in exclude and (reputation is None or not reputation.banned(address, now))
+
+    def serving(
+        self, wanted: list[str], exclude: set[str] | frozenset[str] = frozenset(), now: float | None = None
+    ) -> bool:
+        """Whether a live node outside `exclude`, not leaving nor banned, serves one of `wanted` (bounded
+        work, as a choice: see `choose`)."""
+        now = time.time() if now is None else now
+        found, _ = self._index.sample(wanted, SAMPLE, self._rng, lambda a: self._usable(a, exclude, now))
+        return bool(found)
 
     def count(self, model: str) -> int:
         """How many nodes held claim `model` by name, live or not (an upper bound on those live), in O(1)."""
@@ -229,12 +267,7 @@ class NodeTable:
         reputation = self.reputation
 
         def usable(address: str) -> bool | None:
-            node = self._nodes.get(address)
-            if node is None or node.leaving or now - node.last_seen > self._ttl:
-                if node is not None:
-                    self._index.discard(address, node.models)  # back with its next heartbeat
-                return None
-            return address not in exclude and (reputation is None or not reputation.banned(address, now))
+            return self._usable(address, exclude, now)
 
         if reputation is None:
             sampled, _ = self._index.sample(wanted, SAMPLE, self._rng, usable)
