@@ -260,7 +260,8 @@ class NodeTable:
         Nodes weighing nothing (no free capacity) are chosen only when every candidate does; a
         leaving or banned node never. The work is bounded whatever the table holds: the nodes measured
         serving (at most MAX_MEASURED) and a random sample of at most SAMPLE others. With a reputation,
-        the others together weigh at most `explore_share` of the choice while a measured node has room
+        the others together weigh at most `Reputation.explore_share` of the choice (10%, down to 1% while
+        such nodes fail the tasks they are tried with) while a measured node has room
         (anyone can make keys: their number buys no share), and none with `explore=False` then.
         """
         now = time.time() if now is None else now
@@ -285,7 +286,7 @@ class NodeTable:
             others = [self._nodes[a] for a in sampled if a not in known]
             guessed = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) * stands_for for n in others]
             if any(weights):
-                share = reputation.settings.explore_share if explore else 0.0
+                share = reputation.explore_share(now) if explore else 0.0
                 cap = share / (1 - share) * sum(weights)
                 scale = min(1.0, cap / sum(guessed)) if sum(guessed) > 0 else 0.0
                 guessed = [w * scale for w in guessed]

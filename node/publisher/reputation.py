@@ -74,6 +74,12 @@ class ReputationSettings(BaseModel):
         lt=1,
         description="Share of node choice that nodes not yet measured serving may hold together, while one that was has room",
     )
+    min_explore_share: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description="The least that share falls to while such nodes fail the tasks they are tried with",
+    )
 
 
 class NodeRecord(BaseModel):
@@ -148,6 +154,7 @@ class Reputation:
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
         self._serving: dict[str, None] = {}  # addresses of rows that answered tasks of ours (`served`, bans aside)
+        self._tried_new = NodeRecord(address="")  # decayed outcomes of nodes not yet serving: answered, errors
         self._typical: float | None = None  # the median measured speed (None: not computed yet)
         self._typical_at = 0.0  # monotonic time it was computed
         self._typical_dirty = False  # rows changed since
@@ -203,6 +210,7 @@ class Reputation:
         `scoring`: the task scored given tokens (a `score` task) rather than generating them; its
         tokens are counted apart and never in the speed or the claim penalty.
         """
+        self._note_tried(address, 1.0, 0.0, now)
         record = self._touch(address, now)
         result_seconds = max(result_seconds, 0.0)
         if scoring:
@@ -221,18 +229,21 @@ class Reputation:
 
     def record_error(self, address: str, now: float | None = None) -> None:
         """It returned a (retryable) error, or its stream ended without a result."""
+        self._note_tried(address, 0.0, 1.0, now)
         record = self._touch(address, now)
         record.errors += 1
         self._save(record)
 
     def record_timeout(self, address: str, now: float | None = None) -> None:
         """It took a task and gave no result in time."""
+        self._note_tried(address, 0.0, 1.0, now)
         record = self._touch(address, now)
         record.timeouts += 1
         self._save(record)
 
     def record_busy(self, address: str, now: float | None = None) -> None:
         """It declined a task (busy, ignored, or no answer), though its heartbeat made it a candidate."""
+        self._note_tried(address, 0.0, self.settings.busy_weight, now)
         record = self._touch(address, now)
         record.busy += 1
         self._save(record)
@@ -264,6 +275,24 @@ class Reputation:
         if len(self._serving) <= k:
             return list(self._serving)
         return rng.sample(list(self._serving), k)
+
+    def explore_share(self, now: float | None = None) -> float:
+        """The share of a choice nodes not yet measured serving may hold (NodeTable.choose): `explore_share`,
+        times the decayed rate at which such nodes answered when tried (the prior: one answer), at least
+        `min_explore_share`. Anyone can make keys that never answer; only answering raises it again."""
+        s = self.settings
+        tried = self._decayed("", time.time() if now is None else now, self._tried_new)
+        rate = (tried.answered + 1) / (tried.answered + tried.errors + 1)
+        return max(s.min_explore_share, s.explore_share * rate)
+
+    def _note_tried(self, address: str, answered: float, failed: float, now: float | None) -> None:
+        """An outcome of a task sent to `address`, counted apart while it has not yet answered one of ours."""
+        if address in self._serving:
+            return
+        tried = self._decayed("", time.time() if now is None else now, self._tried_new)
+        tried.answered += answered
+        tried.errors += failed
+        self._tried_new = tried
 
     def banned(self, address: str, now: float | None = None) -> bool:
         record = self._rows.get(address)
@@ -377,8 +406,8 @@ class Reputation:
             r.score_seconds * factor,
         )
 
-    def _decayed(self, address: str, now: float) -> NodeRecord:
-        record = self._rows.get(address)
+    def _decayed(self, address: str, now: float, record: NodeRecord | None = None) -> NodeRecord:
+        record = record or self._rows.get(address)
         if record is None:
             return NodeRecord(address=address, updated_at=now)
         factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)

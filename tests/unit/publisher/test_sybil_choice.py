@@ -102,6 +102,27 @@ def test_a_node_measured_serving_keeps_its_choices_among_ten_thousand_fresh_keys
     assert table.choose(["m"], exclude={honest}, now=NOW + 1, explore=False) is not None  # then any other
 
 
+def test_keys_that_fail_when_tried_shrink_the_share_all_such_keys_get(fakes: list[Inbound]) -> None:
+    reputation = Reputation()
+    table = table_of(fakes, reputation)
+    honest = honest_node(table, reputation)
+    for inbound in fakes[:30]:  # each tried once: it took the task and never answered
+        reputation.record_timeout(inbound.sender, now=NOW)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(0.01)
+    picks = [table.choose(["m"], now=NOW + 1) for _ in range(500)]
+    share = sum(p is not None and p.address == honest for p in picks) / len(picks)
+    assert share >= 0.96, f"the measured node got {share:.1%} of the choices"
+    # What a node measured serving does counts no more; new nodes that answer raise it again.
+    for _ in range(30):
+        reputation.record_timeout(honest, now=NOW + 1)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(0.01)
+    for inbound in fakes[-10:]:
+        reputation.record_result(inbound.sender, 2.0, 60, 1.5, 0.0, now=NOW + 1)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(
+        0.1 * (11 + 1) / (11 + 30 + 1), rel=1e-3
+    )  # the honest one's first answer counted too
+
+
 def test_a_live_node_is_found_among_ten_thousand_silent_ones(fakes: list[Inbound]) -> None:
     reputation = Reputation()
     table = table_of(fakes, reputation, at=NOW)  # silent past the ttl by NOW + 100
