@@ -16,6 +16,10 @@ say where to dial it for direct delivery; once its `leaving` heartbeat arrives i
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
 instead of what heartbeats claim (see reputation.py), and a banned node is never chosen.
+Anyone can make keys that heartbeat and claim every model: a choice weighs the nodes measured
+serving and a random sample of the others from the `ModelIndex` (node_index.py), never the whole
+table, and those others hold a bounded share of it together (`choose`); listings for people
+(`listing`) and the question whether any node serves a model (`serving`) are bounded alike.
 """
 
 from __future__ import annotations
