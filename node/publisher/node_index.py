@@ -78,9 +78,6 @@ class ModelIndex:
         members = self._by_model.get(model)
         return len(members) if members is not None else 0
 
-    def models(self) -> list[str]:
-        return list(self._by_model)
-
     def pools(self, wanted: list[str]) -> list[AddressSet]:
         """The sets whose members serve one of `wanted` (every address for a wildcard)."""
         if any(entry in WILDCARDS for entry in wanted):
