@@ -154,7 +154,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
 
     @app.get("/v1/nodes", response_model=NodeList, tags=["network"])
     async def get_nodes(key: Annotated[str, Depends(caller)]) -> NodeList:
-        """The live nodes the gateway knows from their heartbeats."""
+        """The live nodes the gateway knows from their heartbeats (at most 1,000: measured ones first)."""
         return NodeList(
             nodes=[
                 NodeView(
@@ -167,7 +167,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
                     reputation=service.client.reputation.view(node.address),
                 )
                 for node in service.nodes()
-            ]
+            ],
+            total=service.client.nodes.live_count(),
         )
 
     @app.get("/v1/reputation", response_model=ReputationList, tags=["network"])
@@ -178,7 +179,7 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     @app.get("/healthz", response_model=Health, tags=["operations"])
     async def health() -> Health:
         """Liveness, without authentication."""
-        return Health(nodes=len(service.nodes()))
+        return Health(nodes=service.client.nodes.live_count())
 
     add_openai_routes(app, OpenAIService(service, settings, caps), caller)
     if sdk is not None:

@@ -100,7 +100,11 @@ class NodeView(BaseModel):
 
 
 class NodeList(BaseModel):
+    """Live nodes, at most MAX_LISTED_NODES: those this gateway measured serving first, then the most
+    recently heard (anyone can make keys); `total` counts them all."""
+
     nodes: list[NodeView]
+    total: int = Field(default=0, description="Live nodes seen by heartbeat, listed or not")
 
 
 class ReputationList(BaseModel):

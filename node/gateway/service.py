@@ -27,6 +27,8 @@ from node.publisher.node_table import KnownNode
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER = 5  # seconds suggested by every 429 and 503 of the gateway: pending caps, busy nodes, no store
+MAX_LISTED_NODES = 1000  # nodes (and SDK peers) one listing shows at most: anyone can make keys that heartbeat
+MAX_LISTED_MODELS = 1000  # models /v1/models shows at most (each heartbeat may name 64)
 
 
 class TooManyPendingError(Exception):
@@ -136,7 +138,9 @@ class GatewayService:
                 waiter.cancel()
 
     def nodes(self) -> list[KnownNode]:
-        return sorted(self.client.nodes.live(), key=lambda node: node.address)
+        """Live nodes to list, by address: at most MAX_LISTED_NODES, those measured serving first
+        (`NodeTable.listing`: the work is bounded however many keys heartbeat)."""
+        return sorted(self.client.nodes.listing(MAX_LISTED_NODES), key=lambda node: node.address)
 
     def check_size(self, request: TaskRequest, timeout: float) -> None:
         """TaskTooLargeError when no envelope of the network could carry the request's task."""

@@ -6,6 +6,7 @@ sender.py      TaskSender: one signed task to one node, on a stream (direct) or 
 inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (picked node, a model asked for, decrypts it)
 gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
+node_index.py  ModelIndex: which nodes claim which model, so a choice draws a bounded sample instead of scanning
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
 attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry); Attempt

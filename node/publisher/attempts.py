@@ -5,6 +5,8 @@ from a slow node is still taken (once: the Client accepts one result per call).
 `AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once),
 waits for the first news of any live attempt (`next_outcome`), and retries on an error
 result, a lost stream or a node silent for the attempt timeout, up to `max_retries` times.
+After MAX_UNMEASURED_ATTEMPTS nodes not measured serving, it keeps to nodes that were while one
+has room, and it stops at the deadline however many nodes decline.
 The Client hands it what it needs as callables (`AttemptHooks`): choosing, sending,
 verifying a result, ending an attempt. A result must extend the text its node streamed,
 and each one is recorded in the node's measured reputation.
@@ -28,6 +30,9 @@ from node.publisher.tasks import Task, TaskResult
 log = structlog.get_logger(__name__)
 
 NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free node to retry on
+# Nodes not measured serving that one call may try (declines count) before it keeps to measured ones while
+# any has room: anyone can make keys that claim free places and never answer.
+MAX_UNMEASURED_ATTEMPTS = 1
 OnSubmit = Callable[[str, "str | None"], None]  # (task id sent, node picked or None)
 
 
@@ -76,8 +81,9 @@ class AttemptHooks:
 
     nodes: NodeTable
     reputation: Reputation
-    # (models, tried, deadline, timeout, last failure) -> a node, waiting for one (NoNodeError at the deadline)
-    choose: Callable[[list[str], set[str], float, float, TaskFailedError | None], Awaitable[KnownNode]]
+    # (models, tried, deadline, timeout, last failure, explore) -> a node, waiting for one (NoNodeError at the
+    # deadline); `explore` False: none not measured serving while one that was has room (NodeTable.choose)
+    choose: Callable[[list[str], set[str], float, float, TaskFailedError | None, bool], Awaitable[KnownNode]]
     # (task, node, seconds left, on_delta) -> the attempt; DeclinedError when the node did not take it
     send: Callable[[Task, KnownNode, float, OnDelta | None], Awaitable[Attempt]]
     verify: Callable[[TaskResult], Awaitable[TaskResult]]  # checked against its proof; TaskFailedError if it fails
@@ -100,6 +106,7 @@ class AttemptLoop:
     sent: dict[str, float] = field(default_factory=dict)  # task id -> when its node took it
     judged: set[str] = field(default_factory=set)  # task ids already recorded as a failure of their node
     retries: int = 0
+    explored: int = 0  # nodes not measured serving tried so far
     need_new: bool = True
     sent_at: float = 0.0
     deadline: float = 0.0
@@ -114,6 +121,10 @@ class AttemptLoop:
             while True:
                 live = [a for a in self.attempts.values() if not a.result.done()]
                 if self.need_new and self.retries <= self.max_retries and not await self._send_new(live):
+                    if loop.time() >= self.deadline:  # keys that decline can be made without end
+                        if not live and self.last_failure is not None:
+                            raise self.last_failure
+                        self.need_new = False  # the attempts still live time out below
                     continue  # declined: the next node at once
                 if not live:
                     if self.last_failure is not None:
@@ -134,13 +145,18 @@ class AttemptLoop:
         """Send the task to one more node (appended to `live`); False when the chosen node declined it."""
         hooks, loop = self.hooks, asyncio.get_running_loop()
         # With an attempt still running, only a node free now is worth another try.
+        explore = self.explored < MAX_UNMEASURED_ATTEMPTS
         node = (
-            hooks.nodes.choose(self.task.models, exclude=self.tried)
+            hooks.nodes.choose(self.task.models, exclude=self.tried, explore=explore)
             if live
-            else await hooks.choose(self.task.models, self.tried, self.deadline, self.timeout, self.last_failure)
+            else await hooks.choose(
+                self.task.models, self.tried, self.deadline, self.timeout, self.last_failure, explore
+            )
         )
         if node is None:
             return True
+        if not hooks.reputation.served(node.address):
+            self.explored += 1
         self.tried.add(node.address)
         hooks.nodes.reserve(node.address)
         try:
@@ -148,7 +164,7 @@ class AttemptLoop:
         except DeclinedError as exc:
             log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             hooks.reputation.record_busy(node.address)
-            if isinstance(exc, NotDialableError) and hooks.nodes.choose(self.task.models, exclude=self.tried) is None:
+            if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.
             self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)

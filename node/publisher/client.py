@@ -237,8 +237,9 @@ class Client:
         check_size(task_body(worst, timeout, self.identity.public_key_compressed.hex(), stream=True, proof=True))
 
     async def _end_attempt(self, attempt: Attempt) -> None:
-        """Stop waiting for the attempt's result and close its stream."""
+        """Stop waiting for the attempt's result and close its stream; its place at the node is free again."""
         self.reputation.finished(attempt.node)
+        self.nodes.release(attempt.node)
         self._inbox.forget(attempt.task_id)
         if self._sender is not None:
             await self._sender.end(attempt)
@@ -268,7 +269,7 @@ class Client:
 
     def others_serve(self, model: str, exclude: set[str]) -> bool:
         """Whether a live node outside `exclude` serves `model` (remote scoring's ScoreTaskRunner)."""
-        return any(n.serves([model]) and n.address not in exclude for n in self.nodes.live())
+        return self.nodes.serving([model], exclude=exclude)
 
     async def run_score_task(
         self, workflow: dict[str, Any], model: str, exclude: set[str], timeout: float
@@ -296,17 +297,21 @@ class Client:
         return self._sender
 
     async def _choose(
-        self, models: list[str], tried: set[str], deadline: float, timeout: float, last_failure: TaskFailedError | None
+        self,
+        models: list[str],
+        tried: set[str],
+        deadline: float,
+        timeout: float,
+        last_failure: TaskFailedError | None,
+        explore: bool = True,
     ) -> KnownNode:
         await self.start()
         loop = asyncio.get_running_loop()
         while True:
-            node = self.nodes.choose(models, exclude=tried)
+            node = self.nodes.choose(models, exclude=tried, explore=explore)
             if node is not None:
                 return node
-            if last_failure is not None and not any(
-                n.serves(models) and n.address not in tried for n in self.nodes.live()
-            ):
+            if last_failure is not None and not self.nodes.serving(models, exclude=tried):
                 raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:
                 raise NoNodeError(timeout, models, len(self.nodes.live()))

@@ -16,6 +16,10 @@ say where to dial it for direct delivery; once its `leaving` heartbeat arrives i
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
 instead of what heartbeats claim (see reputation.py), and a banned node is never chosen.
+Anyone can make keys that heartbeat and claim every model: a choice weighs the nodes measured
+serving and a random sample of the others from the `ModelIndex` (node_index.py), never the whole
+table, and those others hold a bounded share of it together (`choose`); listings for people
+(`listing`) and the question whether any node serves a model (`serving`) are bounded alike.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 
+from node.publisher.node_index import ModelIndex
 from node.publisher.reputation import Reputation
 from node.wire.envelope import Envelope
 from node.wire.messages import HeartbeatBody
@@ -34,6 +39,9 @@ MAX_CAPACITY = 1024
 MAX_TPS = 1e6
 DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 ENTRY_OVERHEAD_BYTES = 256  # what an entry costs beyond its strings, as the byte cap counts it
+MODEL_INDEX_BYTES = 128  # what each model it names costs in the ModelIndex, as the byte cap counts it
+SAMPLE = 64  # nodes not measured serving that one choice weighs at most (drawn at random)
+MAX_MEASURED = 256  # nodes measured serving that one choice weighs at most (drawn at random beyond)
 MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
 
 
@@ -59,6 +67,7 @@ class KnownNode:
     addrs: tuple[str, ...] = ()  # where it takes direct-delivery streams; empty: gossip only
     leaving: bool = False  # it is draining: never chosen
     envelope: Envelope | None = None  # its last heartbeat as signed (served as is to Dria's SDK)
+    reserved: int = 0  # our tasks sent since this heartbeat and not yet ended (counted off `free`)
 
     def serves(self, wanted: list[str]) -> bool:
         return bool(self.models) and any(
@@ -77,7 +86,8 @@ class KnownNode:
     @property
     def size(self) -> int:
         """Bytes this entry is counted as, for the table's byte cap."""
-        strings = len(self.peer_id) + sum(map(len, self.models)) + sum(len(m) + 16 for m in self.tps)
+        strings = len(self.peer_id) + sum(len(m) + MODEL_INDEX_BYTES for m in self.models)
+        strings += sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
         if self.envelope is not None:
             strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
@@ -105,6 +115,7 @@ class NodeTable:
         self._max_skew = max_skew
         self.bytes_used = 0
         self.reputation = reputation
+        self._index = ModelIndex()  # who claims which model: choices draw from it (node_index.py)
 
     def update(
         self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
@@ -136,12 +147,15 @@ class NodeTable:
         self._make_room(node.size, now)
         self._nodes[sender] = node
         self.bytes_used += node.size
+        if not node.leaving:
+            self._index.add(sender, node.models)
         return True
 
     def _forget(self, address: str) -> None:
         node = self._nodes.pop(address, None)
         if node is not None:
             self.bytes_used -= node.size
+            self._index.discard(address, node.models)
 
     def _make_room(self, size: int, now: float) -> None:
         """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
@@ -167,10 +181,16 @@ class NodeTable:
         return reputation is not None and now - node.last_seen <= self._ttl and reputation.served(node.address, now)
 
     def reserve(self, address: str) -> None:
-        """Count a task just sent to `address` against its free capacity until its next heartbeat."""
+        """Count a task just sent to `address` against its free capacity until it ends or the node's next heartbeat."""
         node = self._nodes.get(address)
         if node is not None:
-            self._nodes[address] = replace(node, free=node.free - 1)
+            self._nodes[address] = replace(node, free=node.free - 1, reserved=node.reserved + 1)
+
+    def release(self, address: str) -> None:
+        """A task counted by `reserve` ended: its place is free again (unless a heartbeat came since)."""
+        node = self._nodes.get(address)
+        if node is not None and node.reserved > 0:
+            self._nodes[address] = replace(node, free=node.free + 1, reserved=node.reserved - 1)
 
     def get(self, address: str) -> KnownNode | None:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
@@ -185,33 +205,98 @@ class NodeTable:
         """Every node held, live or not (its last heartbeat)."""
         return list(self._nodes.values())
 
+    def live_count(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for node in self._nodes.values() if now - node.last_seen <= self._ttl)
+
+    def listing(self, limit: int, now: float | None = None) -> list[KnownNode]:
+        """At most `limit` live nodes to show: those measured serving first (at most MAX_MEASURED), then the
+        most recently heard; bounded work whatever the table holds (anyone can make keys)."""
+        now = time.time() if now is None else now
+        chosen: dict[str, KnownNode] = {}
+        measured = self.reputation.serving(MAX_MEASURED, self._rng) if self.reputation is not None else []
+        for address in [*measured, *reversed(self._nodes)]:
+            if len(chosen) >= limit:
+                break
+            node = self._nodes.get(address)
+            if node is not None and now - node.last_seen <= self._ttl:
+                chosen[address] = node
+        return list(chosen.values())
+
     def live(self, now: float | None = None) -> list[KnownNode]:
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
 
-    def choose(self, wanted: list[str], exclude: set[str] = frozenset(), now: float | None = None) -> KnownNode | None:  # type: ignore[assignment]
+    def _usable(self, address: str, exclude: set[str] | frozenset[str], now: float) -> bool | None:
+        """Whether a choice may take `address`; None when its node is silent or leaving (it then leaves
+        the index until its next heartbeat)."""
+        node = self._nodes.get(address)
+        if node is None or node.leaving or now - node.last_seen > self._ttl:
+            if node is not None:
+                self._index.discard(address, node.models)
+            return None
+        reputation = self.reputation
+        return address not in exclude and (reputation is None or not reputation.banned(address, now))
+
+    def serving(
+        self, wanted: list[str], exclude: set[str] | frozenset[str] = frozenset(), now: float | None = None
+    ) -> bool:
+        """Whether a live node outside `exclude`, not leaving nor banned, serves one of `wanted` (bounded
+        work, as a choice: see `choose`)."""
+        now = time.time() if now is None else now
+        found, _ = self._index.sample(wanted, SAMPLE, self._rng, lambda a: self._usable(a, exclude, now))
+        return bool(found)
+
+    def count(self, model: str) -> int:
+        """How many nodes held claim `model` by name, live or not (an upper bound on those live), in O(1)."""
+        return self._index.count(model)
+
+    def choose(
+        self,
+        wanted: list[str],
+        exclude: set[str] | frozenset[str] = frozenset(),
+        now: float | None = None,
+        explore: bool = True,
+    ) -> KnownNode | None:
         """A live node serving one of `wanted`, weighted by free capacity x speed (measured, with a
         reputation); None if there is none.
 
         Nodes weighing nothing (no free capacity) are chosen only when every candidate does; a
-        leaving or banned node never.
+        leaving or banned node never. The work is bounded whatever the table holds: the nodes measured
+        serving (at most MAX_MEASURED) and a random sample of at most SAMPLE others. With a reputation,
+        the others together weigh at most `Reputation.explore_share` of the choice (10%, down to 1% while
+        such nodes fail the tasks they are tried with) while a measured node has room
+        (anyone can make keys: their number buys no share), and none with `explore=False` then.
         """
         now = time.time() if now is None else now
         reputation = self.reputation
-        candidates = [
-            n
-            for n in self.live(now)
-            if n.address not in exclude
-            and not n.leaving
-            and n.serves(wanted)
-            and (reputation is None or not reputation.banned(n.address, now))
-        ]
-        if not candidates:
-            return None
+
+        def usable(address: str) -> bool | None:
+            return self._usable(address, exclude, now)
+
         if reputation is None:
+            sampled, _ = self._index.sample(wanted, SAMPLE, self._rng, usable)
+            candidates = [self._nodes[a] for a in sampled]
             weights = [n.weight(wanted) for n in candidates]
         else:
-            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in candidates]
+            measured = [
+                self._nodes[a]
+                for a in reputation.serving(MAX_MEASURED, self._rng)
+                if a in self._nodes and usable(a) and self._nodes[a].serves(wanted)
+            ]
+            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in measured]
+            sampled, stands_for = self._index.sample(wanted, SAMPLE, self._rng, usable)
+            known = {n.address for n in measured}
+            others = [self._nodes[a] for a in sampled if a not in known]
+            guessed = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) * stands_for for n in others]
+            if any(weights):
+                share = reputation.explore_share(now) if explore else 0.0
+                cap = share / (1 - share) * sum(weights)
+                scale = min(1.0, cap / sum(guessed)) if sum(guessed) > 0 else 0.0
+                guessed = [w * scale for w in guessed]
+            candidates, weights = measured + others, weights + guessed
+        if not candidates:
+            return None
         if not any(weights):
             return self._rng.choice(candidates)
         return self._rng.choices(candidates, weights=weights, k=1)[0]

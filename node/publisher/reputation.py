@@ -21,12 +21,13 @@ node's weight (`weight`) is
 
 Counts and sums decay with `half_life_s`. A failed verification bans the node for `verify_ban_seconds`
 (`record_verification`). Rows live in SQLite (`path`; in memory when None), at most `max_rows`:
-the stalest unbanned rows go first. A storage error is logged and the table keeps working in memory.
+the stalest unbanned rows go first, those of nodes that never answered us before the others. A storage error is logged and the table keeps working in memory.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 import statistics
 import time
@@ -67,6 +68,18 @@ class ReputationSettings(BaseModel):
     )
     verify_ban_seconds: float = Field(default=7 * 86400.0, ge=0, description="A failed verification bans this long")
     max_rows: int = Field(default=10_000, ge=1, description="Nodes remembered at most")
+    explore_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of node choice that nodes not yet measured serving may hold together, while one that was has room",
+    )
+    min_explore_share: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description="The least that share falls to while such nodes fail the tasks they are tried with",
+    )
 
 
 class NodeRecord(BaseModel):
@@ -140,6 +153,8 @@ class Reputation:
         self.settings = settings or ReputationSettings()
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
+        self._serving: dict[str, None] = {}  # addresses of rows that answered tasks of ours (`served`, bans aside)
+        self._tried_new = NodeRecord(address="")  # decayed outcomes of nodes not yet serving: answered, errors
         self._typical: float | None = None  # the median measured speed (None: not computed yet)
         self._typical_at = 0.0  # monotonic time it was computed
         self._typical_dirty = False  # rows changed since
@@ -156,6 +171,7 @@ class Reputation:
                 record = NodeRecord.model_validate_json(text)
                 if len(self._rows) < self.settings.max_rows:
                     self._rows[record.address] = record
+                    self._note_serving(record)
         except (sqlite3.Error, OSError, ValueError) as exc:
             log.warning("reputation store unavailable; keeping it in memory", path=str(path), error=str(exc))
             self._db = None
@@ -194,6 +210,7 @@ class Reputation:
         `scoring`: the task scored given tokens (a `score` task) rather than generating them; its
         tokens are counted apart and never in the speed or the claim penalty.
         """
+        self._note_tried(address, 1.0, 0.0, now)
         record = self._touch(address, now)
         result_seconds = max(result_seconds, 0.0)
         if scoring:
@@ -212,18 +229,21 @@ class Reputation:
 
     def record_error(self, address: str, now: float | None = None) -> None:
         """It returned a (retryable) error, or its stream ended without a result."""
+        self._note_tried(address, 0.0, 1.0, now)
         record = self._touch(address, now)
         record.errors += 1
         self._save(record)
 
     def record_timeout(self, address: str, now: float | None = None) -> None:
         """It took a task and gave no result in time."""
+        self._note_tried(address, 0.0, 1.0, now)
         record = self._touch(address, now)
         record.timeouts += 1
         self._save(record)
 
     def record_busy(self, address: str, now: float | None = None) -> None:
         """It declined a task (busy, ignored, or no answer), though its heartbeat made it a candidate."""
+        self._note_tried(address, 0.0, self.settings.busy_weight, now)
         record = self._touch(address, now)
         record.busy += 1
         self._save(record)
@@ -249,6 +269,30 @@ class Reputation:
             and record.answered + record.scored > 0
             and record.banned_until <= (time.time() if now is None else now)
         )
+
+    def serving(self, k: int, rng: random.Random) -> list[str]:
+        """The nodes that answered tasks of ours (banned ones too), at most `k` of them at random."""
+        if len(self._serving) <= k:
+            return list(self._serving)
+        return rng.sample(list(self._serving), k)
+
+    def explore_share(self, now: float | None = None) -> float:
+        """The share of a choice nodes not yet measured serving may hold (NodeTable.choose): `explore_share`,
+        times the decayed rate at which such nodes answered when tried (the prior: one answer), at least
+        `min_explore_share`. Anyone can make keys that never answer; only answering raises it again."""
+        s = self.settings
+        tried = self._decayed("", time.time() if now is None else now, self._tried_new)
+        rate = (tried.answered + 1) / (tried.answered + tried.errors + 1)
+        return max(s.min_explore_share, s.explore_share * rate)
+
+    def _note_tried(self, address: str, answered: float, failed: float, now: float | None) -> None:
+        """An outcome of a task sent to `address`, counted apart while it has not yet answered one of ours."""
+        if address in self._serving:
+            return
+        tried = self._decayed("", time.time() if now is None else now, self._tried_new)
+        tried.answered += answered
+        tried.errors += failed
+        self._tried_new = tried
 
     def banned(self, address: str, now: float | None = None) -> bool:
         record = self._rows.get(address)
@@ -362,8 +406,8 @@ class Reputation:
             r.score_seconds * factor,
         )
 
-    def _decayed(self, address: str, now: float) -> NodeRecord:
-        record = self._rows.get(address)
+    def _decayed(self, address: str, now: float, record: NodeRecord | None = None) -> NodeRecord:
+        record = record or self._rows.get(address)
         if record is None:
             return NodeRecord(address=address, updated_at=now)
         factor = 0.5 ** (max(now - record.updated_at, 0.0) / self.settings.half_life_s)
@@ -382,15 +426,24 @@ class Reputation:
 
     def _make_room(self, now: float) -> None:
         while len(self._rows) >= self.settings.max_rows:
-            # The stalest row that is not a ban goes first (evicting a ban would lift it).
-            unbanned = [r for r in self._rows.values() if r.banned_until <= now] or list(self._rows.values())
-            victim = min(unbanned, key=lambda r: r.updated_at).address
+            # The stalest row that is not a ban goes first (evicting a ban would lift it), and of those
+            # one of a node that never answered us: anyone can make keys, each failing once for a row.
+            rows = self._rows.values()
+            unbanned = [r for r in rows if r.banned_until <= now] or list(rows)
+            never = [r for r in unbanned if r.address not in self._serving] or unbanned
+            victim = min(never, key=lambda r: r.updated_at).address
             del self._rows[victim]
+            self._serving.pop(victim, None)
             self._typical_dirty = True
             self._write("DELETE FROM reputation WHERE address = ?", (victim,))
 
+    def _note_serving(self, record: NodeRecord) -> None:
+        if record.answered + record.scored > 0:
+            self._serving[record.address] = None
+
     def _save(self, record: NodeRecord) -> None:
         self._typical_dirty = True
+        self._note_serving(record)
         self._write(
             "INSERT OR REPLACE INTO reputation (address, record, updated_at) VALUES (?, ?, ?)",
             (record.address, record.model_dump_json(), record.updated_at),

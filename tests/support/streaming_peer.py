@@ -99,12 +99,13 @@ class StreamingPeer:
 
 @asynccontextmanager
 async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0, **settings: Any) -> AsyncIterator[Client]:
-    """A started Client (no retries; `settings`: more of its arguments) whose node table holds the started
-    peer's heartbeat."""
+    """A started Client (no retries unless `settings` say; `settings`: more of its arguments) whose node
+    table holds the started peer's heartbeat."""
     await peer.host.start()
     for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
         await peer.host.subscribe(topic)
-    client = Client(peers=[peer.host.listen_addrs[0]], max_retries=0, answer_timeout=answer_timeout, **settings)
+    settings = {"max_retries": 0} | settings
+    client = Client(peers=[peer.host.listen_addrs[0]], answer_timeout=answer_timeout, **settings)
     try:
         await client.start()
         for _ in range(100):

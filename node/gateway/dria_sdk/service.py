@@ -23,7 +23,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
-from node.gateway.service import PendingCaps
+from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.publisher.client import Client, TaskTooLargeError
 from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
@@ -146,9 +146,9 @@ class SdkService:
             )
 
     def alive_peers(self) -> list[str]:
-        """The latest heartbeat envelope of every live node, as the node table holds it (within its caps:
-        anyone can make keys, and a heartbeat may be 256 KiB)."""
-        live = sorted(self.client.nodes.live(), key=lambda node: node.address)
+        """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES,
+        those this gateway measured serving first (anyone can make keys, and a heartbeat may be 256 KiB)."""
+        live = sorted(self.client.nodes.listing(MAX_LISTED_NODES), key=lambda node: node.address)
         return [_item(node.envelope, peer_id=node.peer_id) for node in live if node.envelope is not None]
 
     def results(self, key_id: str) -> list[str]:

@@ -18,7 +18,7 @@ import structlog
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
 from node.gateway.openai_api.translate import uses_tools, workflow_for
-from node.gateway.service import GatewayService, PendingCaps
+from node.gateway.service import MAX_LISTED_MODELS, GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
 
@@ -52,22 +52,29 @@ class OpenAIService:
         self._running: Counter[str] = Counter()  # key id -> chat completions in flight
 
     def models(self) -> ModelList:
-        """The models live nodes advertise, with how many nodes serve each."""
+        """The models live nodes advertise, with how many listed nodes serve each: at most MAX_LISTED_MODELS,
+        those of nodes measured serving first, then the most served (anyone can make keys naming models)."""
         counts: Counter[str] = Counter()
         newest: dict[str, float] = {}
+        measured: set[str] = set()
+        reputation = self.gateway.client.reputation
         for node in self.gateway.nodes():
+            served = reputation.served(node.address)
             for model in dict.fromkeys(node.models):
                 counts[model] += 1
                 newest[model] = max(newest.get(model, 0.0), node.last_seen)
+                if served:
+                    measured.add(model)
+        listed = sorted(counts, key=lambda m: (m not in measured, -counts[m], m))[:MAX_LISTED_MODELS]
         return ModelList(
-            data=[ModelCard(id=m, created=int(newest[m]), nodes=counts[m]) for m in sorted(counts)],
+            data=[ModelCard(id=m, created=int(newest[m]), nodes=counts[m]) for m in sorted(listed)],
         )
 
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model."""
         timeout = self.settings.default_timeout
         workflow = workflow_for(request, timeout)
-        if not any(node.serves([request.model]) for node in self.gateway.nodes()):
+        if not self.gateway.client.nodes.serving([request.model]):
             raise OpenAIError(
                 404, f"the model {request.model!r} is not served by any live node (see GET /v1/models)", "model"
             )

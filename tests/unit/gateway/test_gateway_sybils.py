@@ -1,0 +1,70 @@
+"""The gateway's listings of the node table under a Sybil flood: 2,000 real signed heartbeats from new keys,
+each claiming 64 models. What one request builds is bounded (nodes, peers, models), and the node this
+gateway measured serving is always listed."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node.gateway.server import Gateway
+from node.gateway.service import MAX_LISTED_MODELS, MAX_LISTED_NODES
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import HEARTBEAT_TOPIC
+from tests.support.gateway_net import gateway_over_silent_peer
+
+FAKES = 2_000
+HONEST = Identity(random.Random("honest").randbytes(32))
+
+
+def hear(gateway: Gateway, identity: Identity, models: list[str]) -> None:
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": models,
+        "capacity": {"free": 1024, "max": 1024},
+        "pendingTasks": 0,
+        "tps": {},
+        "version": "0.3.0",
+        "timestamp": time.time_ns(),
+    }
+    inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+    assert isinstance(inbound.body, HeartbeatBody)
+    nodes = gateway.service.client.nodes
+    assert nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope)
+
+
+@pytest.fixture
+async def flooded(tmp_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    async with gateway_over_silent_peer(tmp_path) as gateway:
+        hear(gateway, HONEST, ["honest-model"])
+        gateway.service.client.reputation.record_result(HONEST.address, 1.0, 30, 0.8, 40.0)
+        for i in range(FAKES):  # the table's 16 MiB hold ~1,800 of them: the oldest go (not the measured one)
+            hear(gateway, Identity(random.Random(i).randbytes(32)), [f"junk-{i}-{k}" for k in range(64)])
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+            yield gateway, http
+
+
+async def test_nodes_peers_and_models_listed_are_bounded_and_keep_the_measured_node(
+    flooded: tuple[Gateway, httpx.AsyncClient],
+) -> None:
+    gateway, http = flooded
+    live = len(gateway.service.client.nodes.live())
+    assert live > MAX_LISTED_NODES
+    nodes = (await http.get("/v1/nodes")).json()
+    assert len(nodes["nodes"]) == MAX_LISTED_NODES and nodes["total"] == live
+    assert HONEST.address in {n["address"] for n in nodes["nodes"]}
+    peers = (await http.get("/rpc/get_alive_peers")).json()["data"]["results"]
+    assert len(peers) == MAX_LISTED_NODES
+    models = [card["id"] for card in (await http.get("/v1/models")).json()["data"]]
+    assert len(models) == MAX_LISTED_MODELS and "honest-model" in models
+    assert (await http.get("/healthz")).json()["nodes"] == live

@@ -1,0 +1,75 @@
+"""A publisher Client whose node table is full of Sybil keys (real signed heartbeats) beside one honest
+peer speaking protocol 0.4 over real libp2p: a task still reaches the honest node after at most one fake,
+and keys that decline without end do not keep a task past its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import pytest
+
+from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.reputation import ReputationSettings
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import HEARTBEAT_TOPIC
+from tests.support.streaming_peer import StreamingPeer, client_of
+
+FAKES = 2_000
+
+
+def flood(client: Client, dialable: bool) -> None:
+    """FAKES signed heartbeats, each from a new key, claiming every model, the most free places and speed;
+    with `dialable`, an address that refuses connections (a decline at once), else none (tasks on gossip)."""
+    now_ns = time.time_ns()
+    for i in range(FAKES):
+        identity = Identity(random.Random(i).randbytes(32))
+        body = {
+            "address": identity.address,
+            "peerId": identity.peer_id,
+            "models": ["m", "*"],
+            "capacity": {"free": 1024, "max": 1024},
+            "pendingTasks": 0,
+            "tps": {"m": 1e6},
+            "version": "0.3.0",
+            "timestamp": now_ns,
+        }
+        if dialable:
+            body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
+        inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+        assert isinstance(inbound.body, HeartbeatBody)
+        assert client.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope)
+
+
+async def test_a_task_reaches_the_measured_node_after_at_most_one_fake_that_never_answers() -> None:
+    peer = StreamingPeer([], "ok")
+    # Fakes get nearly every choice a call may explore with: the bound per call is what is tested.
+    settings = ReputationSettings(explore_share=0.99)
+    async with client_of(peer, max_retries=2, attempt_timeout=1.0, reputation_settings=settings) as client:
+        assert (await client.execute(Task(workflow={}, models=["m"]), timeout=10)).node == peer.identity.address
+        flood(client, dialable=False)
+        sent: list[str | None] = []
+        for _ in range(4):
+            sent.clear()
+            result = await client.execute(
+                Task(workflow={}, models=["m"]), timeout=10, on_submit=lambda _, node: sent.append(node)
+            )
+            assert result.node == peer.identity.address
+            assert len(sent) <= 2 and sent[-1] == peer.identity.address, sent
+
+
+async def test_keys_that_decline_without_end_do_not_keep_a_task_past_its_timeout() -> None:
+    peer = StreamingPeer([], "ok")
+    async with client_of(peer, max_retries=2) as client:
+        flood(client, dialable=True)
+        peer_address = peer.identity.address
+        started = time.monotonic()
+        with pytest.raises(TaskFailedError):
+            async with asyncio.timeout(60):  # without the bound: one dial after another, for each key
+                await client.execute(Task(workflow={}, models=["m"], exclude=[peer_address]), timeout=2)
+        assert time.monotonic() - started < 10

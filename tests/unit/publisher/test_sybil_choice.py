@@ -1,0 +1,154 @@
+"""Node choice against a table full of Sybil keys: 10,000 signed heartbeats from fresh keys that claim the
+task's model (every model), the most free places and the highest speed the table allows. The work of one
+choice stays bounded, their number buys them no share of the choices once a node was measured serving, and
+a node measured serving is never pushed out of the reputation by their rows."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from node.publisher.node_table import NodeTable
+from node.publisher.reputation import Reputation, ReputationSettings
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import Inbound, decode
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import HEARTBEAT_TOPIC
+
+FAKES = 10_000
+NOW = 1_800_000_000.0
+
+
+def signed_heartbeat(identity: Identity, models: list[str], at: float = NOW) -> Inbound:
+    """A heartbeat as the publisher's gossip validator passes it on: sealed by `identity`, then checked."""
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": models,
+        "capacity": {"free": 1024, "max": 1024},
+        "pendingTasks": 0,
+        "tps": {m: 1e6 for m in models},
+        "version": "0.3.0",
+        "timestamp": int(at * 1e9),
+        "addrs": [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"],
+    }
+    data = seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=int(at * 1e9))
+    return decode(HEARTBEAT_TOPIC, data, now_ns=int(at * 1e9))
+
+
+@pytest.fixture(scope="module")
+def fakes() -> list[Inbound]:
+    return [signed_heartbeat(Identity(random.Random(i).randbytes(32)), ["m", "*", "other"]) for i in range(FAKES)]
+
+
+def heard(table: NodeTable, inbound: Inbound, at: float = NOW) -> bool:
+    """The table takes the heartbeat as the Client does (with its envelope)."""
+    assert isinstance(inbound.body, HeartbeatBody)
+    return table.update(inbound.sender, inbound.body, now=at, envelope=inbound.signed.envelope)
+
+
+class CountingReputation(Reputation):
+    """Counts the nodes it weighs."""
+
+    def __init__(self, settings: ReputationSettings | None = None) -> None:
+        super().__init__(settings=settings)
+        self.weighed = 0
+
+    def weight(self, address: str, claimed_free: int, claimed_tps: float, now: float | None = None) -> float:
+        self.weighed += 1
+        return super().weight(address, claimed_free, claimed_tps, now)
+
+
+def table_of(fakes: list[Inbound], reputation: Reputation, at: float = NOW) -> NodeTable:
+    table = NodeTable(reputation=reputation, rng=random.Random(1), max_bytes=1 << 30)
+    for inbound in fakes:
+        assert heard(table, inbound, at)
+    return table
+
+
+def honest_node(table: NodeTable, reputation: Reputation, tasks: int = 3) -> str:
+    """A node that heartbeats honestly and answered `tasks` tasks of ours."""
+    identity = Identity(random.Random("honest").randbytes(32))
+    inbound = signed_heartbeat(identity, ["m"])
+    assert heard(table, inbound)
+    for _ in range(tasks):
+        reputation.record_result(identity.address, 2.0, 60, 1.5, 1e6, now=NOW)
+    return identity.address
+
+
+def test_one_choice_weighs_a_bounded_number_of_nodes_whatever_the_table_holds(fakes: list[Inbound]) -> None:
+    reputation = CountingReputation()
+    table = table_of(fakes, reputation)
+    for wanted in (["m"], ["*"], ["m", "other"]):
+        reputation.weighed = 0
+        assert table.choose(wanted, now=NOW + 1) is not None
+        assert reputation.weighed <= 2 * 64, f"{wanted}: weighed {reputation.weighed} of {FAKES} nodes"
+
+
+def test_a_node_measured_serving_keeps_its_choices_among_ten_thousand_fresh_keys(fakes: list[Inbound]) -> None:
+    reputation = Reputation()
+    table = table_of(fakes, reputation)
+    honest = honest_node(table, reputation)
+    picks = [table.choose(["m"], now=NOW + 1) for _ in range(500)]
+    share = sum(p is not None and p.address == honest for p in picks) / len(picks)
+    assert share >= 0.8, f"the measured node got {share:.1%} of the choices"
+    # Not measured ones still get tried (a new honest node must be able to earn a measurement) ...
+    assert share < 1.0
+    # ... but not once the call's exploration is spent, while the measured node has room.
+    assert {table.choose(["m"], now=NOW + 1, explore=False).address for _ in range(50)} == {honest}  # type: ignore[union-attr]
+    assert table.choose(["m"], exclude={honest}, now=NOW + 1, explore=False) is not None  # then any other
+
+
+def test_keys_that_fail_when_tried_shrink_the_share_all_such_keys_get(fakes: list[Inbound]) -> None:
+    reputation = Reputation()
+    table = table_of(fakes, reputation)
+    honest = honest_node(table, reputation)
+    for inbound in fakes[:30]:  # each tried once: it took the task and never answered
+        reputation.record_timeout(inbound.sender, now=NOW)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(0.01)
+    picks = [table.choose(["m"], now=NOW + 1) for _ in range(500)]
+    share = sum(p is not None and p.address == honest for p in picks) / len(picks)
+    assert share >= 0.96, f"the measured node got {share:.1%} of the choices"
+    # What a node measured serving does counts no more; new nodes that answer raise it again.
+    for _ in range(30):
+        reputation.record_timeout(honest, now=NOW + 1)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(0.01)
+    for inbound in fakes[-10:]:
+        reputation.record_result(inbound.sender, 2.0, 60, 1.5, 0.0, now=NOW + 1)
+    assert reputation.explore_share(now=NOW + 1) == pytest.approx(
+        0.1 * (11 + 1) / (11 + 30 + 1), rel=1e-3
+    )  # the honest one's first answer counted too
+
+
+def test_a_live_node_is_found_among_ten_thousand_silent_ones(fakes: list[Inbound]) -> None:
+    reputation = Reputation()
+    table = table_of(fakes, reputation, at=NOW)  # silent past the ttl by NOW + 100
+    late = signed_heartbeat(Identity(random.Random("late").randbytes(32)), ["m"], at=NOW + 100)
+    assert heard(table, late, NOW + 100)
+    assert table.choose(["m"], now=NOW + 100).address == late.sender  # type: ignore[union-attr]
+    assert table.choose(["*"], now=NOW + 100).address == late.sender  # type: ignore[union-attr]
+    # The silent ones left the index as the draws found them; a heartbeat brings one back.
+    back = fakes[0]
+    fresh = signed_heartbeat(Identity(random.Random(0).randbytes(32)), ["m"], at=NOW + 101)
+    assert back.sender == fresh.sender and heard(table, fresh, NOW + 101)
+    assert {table.choose(["m"], now=NOW + 101).address for _ in range(40)} == {late.sender, back.sender}  # type: ignore[union-attr]
+
+
+def test_rows_of_keys_that_never_answered_go_before_a_node_that_did() -> None:
+    reputation = Reputation(settings=ReputationSettings(max_rows=100))
+    honest = "a" * 40
+    reputation.record_result(honest, 1.0, 10, 1.0, 10.0, now=NOW)
+    for i in range(1000):  # each key declined one task, later than the honest node's last answer
+        reputation.record_busy(f"{i:040x}", now=NOW + 1 + i)
+    assert reputation.served(honest, now=NOW + 2000) and len(reputation) == 100
+
+
+def test_the_model_index_follows_the_table_through_evictions(fakes: list[Inbound]) -> None:
+    table = NodeTable(reputation=Reputation(), max_nodes=50)
+    for inbound in fakes[:100]:
+        heard(table, inbound)
+    assert table.count("m") == 50 and table.count("other") == 50 and table.count("none") == 0
+    assert {n.address for n in table.known()} == {table.choose(["m"], now=NOW).address for _ in range(2000)}  # type: ignore[union-attr]
