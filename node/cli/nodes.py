@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from node.publisher.reputation import ReputationView, read_views
+from node.publisher.reputation import read_views
+from node.publisher.reputation_records import ReputationView
 
 PUBLISHER_DATA_DIR = Path("~/.compute-node/publisher")
 REPUTATION_FILE = "reputation.sqlite3"

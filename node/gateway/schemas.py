@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from node.publisher.reputation import ReputationView
+from node.publisher.reputation_records import ReputationView
 from node.wire.messages import MAX_MODELS, Address, ModelName, TaskBody
 
 TaskStatus = Literal["pending", "done", "error", "expired"]

@@ -19,7 +19,7 @@ from node.gateway.store import TaskStore
 from node.ops.http_api import HttpServer
 from node.ops.systemd import SocketActivationError, inherited_listener
 from node.publisher.client import Client
-from node.publisher.reputation import ReputationSettings
+from node.publisher.reputation_records import ReputationSettings
 from node.wire.identity import Identity
 
 log = structlog.get_logger(__name__)

@@ -8,6 +8,7 @@ gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they 
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
 node_index.py  ModelIndex: which nodes claim which model, so a choice draws a bounded sample instead of scanning
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
+reputation_records.py  ReputationSettings, NodeRecord (one node's stored sums), Sums, ReputationView (shown to people)
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
 attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry); Attempt
 errors.py      ClientError and its kinds (too large, timeout, no node, task failed, verification failed), re-exported by client.py

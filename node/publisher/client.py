@@ -43,7 +43,8 @@ from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
-from node.publisher.reputation import Reputation, ReputationSettings
+from node.publisher.reputation import Reputation
+from node.publisher.reputation_records import ReputationSettings
 from node.publisher.sender import Delivery, TaskSender
 from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError

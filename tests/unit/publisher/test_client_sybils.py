@@ -12,7 +12,7 @@ import time
 import pytest
 
 from node.publisher.client import Client, Task, TaskFailedError
-from node.publisher.reputation import ReputationSettings
+from node.publisher.reputation_records import ReputationSettings
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import decode

@@ -6,7 +6,8 @@ import pytest
 
 from node.publisher.node_table import NodeTable
 from node.publisher.remote_scoring import score_workflow
-from node.publisher.reputation import Reputation, ReputationSettings, read_views
+from node.publisher.reputation import Reputation, read_views
+from node.publisher.reputation_records import ReputationSettings
 from node.publisher.tasks import Task
 from node.wire.messages import Capacity, HeartbeatBody
 from node.wire.proof import ProofGeneration

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from node.publisher.node_table import NodeTable
-from node.publisher.reputation import Reputation, ReputationSettings
+from node.publisher.reputation import Reputation
+from node.publisher.reputation_records import ReputationSettings
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound, decode
