@@ -11,8 +11,11 @@ the keeper:
   (up to `max_peers`), at most once per quiet backoff, which doubles while the view stays quiet
   and resets when a heartbeat is accepted.
 
-Candidates, in order: the bootstrap peers, live nodes from heartbeats' `addrs` (shuffled, so
-publishers spread over them), then nodes no longer live, newest heartbeat first. A peer whose
+Candidates, in order: the bootstrap peers, live nodes from heartbeats' `addrs` that this
+publisher measured serving, the other live nodes (each group shuffled, so publishers spread over
+them), then nodes no longer live, newest heartbeat first. Measured nodes go before the others
+because anyone can make keys that heartbeat: gossip peers chosen from a table full of them would
+be theirs, free to drop the honest nodes' heartbeats (an eclipse). A peer whose
 dial failed waits a backoff that doubles per failure (jittered). This only chooses whom to
 dial: liveness stays the node table's, judged by signed heartbeat timestamps (PROTOCOL.md 6).
 """
@@ -128,10 +131,14 @@ class GossipPeerKeeper:
                 found.setdefault(peer, []).append(addr)
         live = {n.address for n in self._nodes.live()}
         named = [n for n in self._nodes.known() if n.addrs and not n.leaving]
-        fresh = [n for n in named if n.address in live]
-        self._rng.shuffle(fresh)
+        reputation = self._nodes.reputation
+        served = {n.address for n in named if reputation is not None and reputation.served(n.address)}
+        measured = [n for n in named if n.address in live and n.address in served]
+        others = [n for n in named if n.address in live and n.address not in served]
+        self._rng.shuffle(measured)
+        self._rng.shuffle(others)
         stale = sorted((n for n in named if n.address not in live), key=lambda n: n.last_seen, reverse=True)
-        for node in fresh + stale:
+        for node in measured + others + stale:
             found.setdefault(node.peer_id, list(node.addrs))
         return [
             (peer, addrs)

@@ -1,15 +1,20 @@
 """Node choice against a table full of Sybil keys: 10,000 signed heartbeats from fresh keys that claim the
 task's model (every model), the most free places and the highest speed the table allows. The work of one
 choice stays bounded, their number buys them no share of the choices once a node was measured serving, and
-a node measured serving is never pushed out of the reputation by their rows."""
+a node measured serving is never pushed out of the reputation by their rows, nor out of the gossip peers
+the publisher dials."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 
 import pytest
 
+from node.p2p.host import P2PHost
+from node.publisher.gossip_peers import GossipPeerKeeper
 from node.publisher.node_table import NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.reputation_records import ReputationSettings
@@ -153,3 +158,21 @@ def test_the_model_index_follows_the_table_through_evictions(fakes: list[Inbound
         heard(table, inbound)
     assert table.count("m") == 50 and table.count("other") == 50 and table.count("none") == 0
     assert {n.address for n in table.known()} == {table.choose(["m"], now=NOW).address for _ in range(2000)}  # type: ignore[union-attr]
+
+
+async def test_gossip_peers_are_dialled_among_nodes_measured_serving_before_fresh_keys(fakes: list[Inbound]) -> None:
+    # Gossip peers drawn from a table full of keys anyone can make would be theirs, free to drop the
+    # honest nodes' heartbeats (an eclipse): the keeper dials the nodes this publisher measured first.
+    now = time.time()
+    reputation = Reputation()
+    table = NodeTable(reputation=reputation, rng=random.Random(1))
+    for index in range(200):
+        assert heard(table, signed_heartbeat(Identity(random.Random(index).randbytes(32)), ["m"], at=now), now)
+    honest = [Identity(random.Random(f"honest {i}").randbytes(32)) for i in range(3)]
+    for identity in honest:
+        assert heard(table, signed_heartbeat(identity, ["m"], at=now), now)
+        reputation.record_result(identity.address, 2.0, 60, 1.5, 1e6)
+    keeper = GossipPeerKeeper(P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"]), [], table)
+    candidates = [peer for peer, _ in keeper._candidates(set(), asyncio.get_running_loop().time())]
+    assert len(candidates) == 203
+    assert set(candidates[:3]) == {identity.peer_id for identity in honest}
