@@ -5,7 +5,7 @@
     GET  /v1/tasks/{id}?wait=  one task's state (long polls up to `wait` s while pending)
     GET  /v1/tasks?ids=a,b&wait=  several at once
     GET  /v1/nodes             the nodes seen by heartbeat, with what the gateway measured of each
-    GET  /v1/reputation        every node measured (reputation table), live or not
+    GET  /v1/reputation        the nodes measured (reputation table), live or not, at most 1,000
     GET  /healthz              no auth; GET /openapi.json and /docs: the schema
     GET /health, GET /rpc/*, POST /rpc/task: Dria's Python SDK (node/gateway/dria_sdk/)
     POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings: OpenAI's API (node/gateway/openai_api/)
@@ -48,7 +48,7 @@ from node.gateway.schemas import (
     TaskRequest,
     TaskView,
 )
-from node.gateway.service import RETRY_AFTER, GatewayService, PendingCaps, TooManyPendingError
+from node.gateway.service import MAX_LISTED_NODES, RETRY_AFTER, GatewayService, PendingCaps, TooManyPendingError
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
@@ -173,8 +173,10 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
 
     @app.get("/v1/reputation", response_model=ReputationList, tags=["network"])
     async def get_reputation(key: Annotated[str, Depends(caller)]) -> ReputationList:
-        """What the gateway measured of every node it remembers (see `compute-node nodes`)."""
-        return ReputationList(nodes=service.client.reputation.views())
+        """What the gateway measured of the nodes it remembers (at most 1,000: those that answered first;
+        `compute-node nodes` reads them all)."""
+        reputation = service.client.reputation
+        return ReputationList(nodes=reputation.views(limit=MAX_LISTED_NODES), total=len(reputation))
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
     async def health() -> Health:

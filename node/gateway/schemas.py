@@ -108,9 +108,11 @@ class NodeList(BaseModel):
 
 
 class ReputationList(BaseModel):
-    """Every node the gateway remembers measuring, live or not, best score first."""
+    """Nodes the gateway remembers measuring, live or not, best score first: at most MAX_LISTED_NODES,
+    those that answered it first (anyone can make keys); `total` counts them all."""
 
     nodes: list[ReputationView]
+    total: int = Field(default=0, description="Nodes remembered, listed or not")
 
 
 class ErrorBody(BaseModel):

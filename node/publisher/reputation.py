@@ -242,9 +242,15 @@ class Reputation:
             score=0.0 if record.banned_until > now else self._score(sums, record.claimed_tps),
         )
 
-    def views(self, now: float | None = None) -> list[ReputationView]:
-        """Every remembered node, best score first."""
-        return sorted((self.view(a, now) for a in self._rows), key=lambda v: (-v.score, v.address))
+    def views(self, now: float | None = None, limit: int | None = None) -> list[ReputationView]:
+        """Remembered nodes, best score first; with `limit`, at most that many, chosen in bounded work
+        (anyone can make keys, and each key tried once leaves a row): the nodes that answered us, the
+        most recently updated first, then the others the same way."""
+        addresses: list[str] | dict[str, NodeRecord] = self._rows
+        if limit is not None and len(self._rows) > limit:
+            by_recency = sorted(self._rows.values(), key=lambda r: (r.address not in self._serving, -r.updated_at))
+            addresses = [r.address for r in by_recency[:limit]]
+        return sorted((self.view(a, now) for a in addresses), key=lambda v: (-v.score, v.address))
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -1,5 +1,5 @@
-"""The gateway's listings of the node table under a Sybil flood: 2,000 real signed heartbeats from new keys,
-each claiming 64 models. What one request builds is bounded (nodes, peers, models), and the node this
+"""The gateway's listings under a Sybil flood: 2,000 real signed heartbeats from new keys, each claiming
+64 models. What one request builds is bounded (nodes, peers, models, reputation rows), and the node this
 gateway measured serving is always listed."""
 
 from __future__ import annotations
@@ -68,3 +68,16 @@ async def test_nodes_peers_and_models_listed_are_bounded_and_keep_the_measured_n
     models = [card["id"] for card in (await http.get("/v1/models")).json()["data"]]
     assert len(models) == MAX_LISTED_MODELS and "honest-model" in models
     assert (await http.get("/healthz")).json()["nodes"] == live
+
+
+async def test_the_reputation_listing_is_bounded_and_keeps_the_node_that_answered(
+    flooded: tuple[Gateway, httpx.AsyncClient],
+) -> None:
+    gateway, http = flooded
+    reputation = gateway.service.client.reputation
+    for i in range(FAKES):  # each key was tried once and declined: a row each, later than the honest answer
+        reputation.record_busy(Identity(random.Random(i).randbytes(32)).address)
+    listed = (await http.get("/v1/reputation")).json()
+    assert listed["total"] == FAKES + 1 == len(reputation)
+    assert len(listed["nodes"]) == MAX_LISTED_NODES
+    assert listed["nodes"][0]["address"] == HONEST.address  # the best score, and listed first of all
