@@ -33,6 +33,7 @@ import random
 import sqlite3
 import statistics
 import time
+from itertools import islice
 from pathlib import Path
 
 import structlog
@@ -49,6 +50,7 @@ from node.publisher.reputation_records import (
 log = structlog.get_logger(__name__)
 
 TYPICAL_EXACT_ROWS = 256  # up to this many nodes the median follows every change at once
+MAX_BANS_PASSED = 64  # banned rows an eviction passes over before it scans every row
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS reputation (address TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL)"
 
@@ -61,6 +63,7 @@ class Reputation:
         self._rows: dict[str, NodeRecord] = {}
         self._inflight: dict[str, int] = {}
         self._serving: dict[str, None] = {}  # addresses of rows that answered tasks of ours (`served`, bans aside)
+        self._never: dict[str, None] = {}  # the other rows' addresses, least recently updated first (evicted first)
         self._tried_new = NodeRecord(address="")  # decayed outcomes of nodes not yet serving: answered, errors
         self._typical: float | None = None  # the median measured speed (None: not computed yet)
         self._typical_at = 0.0  # monotonic time it was computed
@@ -79,6 +82,9 @@ class Reputation:
                 if len(self._rows) < self.settings.max_rows:
                     self._rows[record.address] = record
                     self._note_serving(record)
+            for record in sorted(self._rows.values(), key=lambda r: r.updated_at):
+                if record.address not in self._serving:
+                    self._never[record.address] = None
         except (sqlite3.Error, OSError, ValueError) as exc:
             log.warning("reputation store unavailable; keeping it in memory", path=str(path), error=str(exc))
             self._db = None
@@ -335,24 +341,32 @@ class Reputation:
             self._make_room(now)
         record = self._decayed(address, now)
         self._rows[address] = record
+        if address not in self._serving:
+            self._never.pop(address, None)
+            self._never[address] = None  # to the end: the most recently updated
         return record
 
     def _make_room(self, now: float) -> None:
         while len(self._rows) >= self.settings.max_rows:
             # The stalest row that is not a ban goes first (evicting a ban would lift it), and of those
             # one of a node that never answered us: anyone can make keys, each failing once for a row.
-            rows = self._rows.values()
-            unbanned = [r for r in rows if r.banned_until <= now] or list(rows)
-            never = [r for r in unbanned if r.address not in self._serving] or unbanned
-            victim = min(never, key=lambda r: r.updated_at).address
+            # Those rows are kept in the order they were updated, so this is O(1) but for bans passed over.
+            victim = next((a for a in islice(self._never, MAX_BANS_PASSED) if self._rows[a].banned_until <= now), None)
+            if victim is None:  # every row answered us (or is banned): the stalest of all, by a scan
+                rows = self._rows.values()
+                unbanned = [r for r in rows if r.banned_until <= now] or list(rows)
+                never = [r for r in unbanned if r.address not in self._serving] or unbanned
+                victim = min(never, key=lambda r: r.updated_at).address
             del self._rows[victim]
             self._serving.pop(victim, None)
+            self._never.pop(victim, None)
             self._typical_dirty = True
             self._write("DELETE FROM reputation WHERE address = ?", (victim,))
 
     def _note_serving(self, record: NodeRecord) -> None:
         if record.answered + record.scored > 0:
             self._serving[record.address] = None
+            self._never.pop(record.address, None)
 
     def _save(self, record: NodeRecord) -> None:
         self._typical_dirty = True

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,27 @@ async def test_gossip_peers_are_dialled_among_nodes_measured_serving_before_fres
     candidates = [peer for peer, _ in keeper._candidates(set(), asyncio.get_running_loop().time())]
     assert len(candidates) == 203
     assert set(candidates[:3]) == {identity.peer_id for identity in honest}
+
+
+def test_rows_of_keys_that_never_answered_go_stalest_first_bans_kept_and_the_order_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "reputation.sqlite"
+    reputation = Reputation(path, ReputationSettings(max_rows=100))
+    honest = "a" * 40
+    reputation.record_result(honest, 1.0, 10, 1.0, 10.0, now=NOW)
+    banned = "b" * 40
+    reputation.record_verification(banned, passed=False, now=NOW)
+    for i in range(1000):
+        reputation.record_busy(f"{i:040x}", now=NOW + 1 + i)
+        if i == 990:  # an older key declines again: it counts as updated now
+            reputation.record_busy(f"{895:040x}", now=NOW + 1 + i)
+    reputation.close()
+    for table in (reputation, Reputation(path, ReputationSettings(max_rows=100))):
+        kept = {view.address for view in table.views(now=NOW + 2000)}
+        assert {honest, banned} <= kept
+        assert kept - {honest, banned} == {f"{i:040x}" for i in (895, *range(903, 1000))}
+    again = Reputation(path, ReputationSettings(max_rows=100))
+    again.record_busy("c" * 40, now=NOW + 3000)  # the stalest row that never answered goes
+    assert f"{903:040x}" not in {view.address for view in again.views(now=NOW + 3000)}
+    assert f"{895:040x}" in {view.address for view in again.views(now=NOW + 3000)}
