@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,10 @@ from node.gateway.dria_sdk.service import (
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.publisher.client import Client
 from node.publisher.node_table import NodeTable
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import decode
 from node.wire.messages import HeartbeatBody
-from node.wire.topics import HEARTBEAT_TOPIC
 from node.wire.wire_time import parse_rfc3339_ns
+from tests.support.heartbeats import signed_heartbeat
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
 SECRET = "0x" + "ab" * 32
@@ -138,17 +135,7 @@ def heard(sdk: SdkService, identity: Identity, models: int = 1) -> None:
     """A heartbeat signed by `identity` (with `models` names of 256 characters), as the SDK service's
     Client takes it: into its node table, then to its observer."""
     names = [f"{i:03d}".ljust(256, "x") for i in range(models)]
-    body = {
-        "address": identity.address,
-        "peerId": identity.peer_id,
-        "models": names,
-        "capacity": {"free": 1, "max": 1},
-        "pendingTasks": 0,
-        "tps": dict.fromkeys(names, 1.0),
-        "version": "0.3.0",
-        "timestamp": time.time_ns(),
-    }
-    inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+    inbound = signed_heartbeat(identity, names, free=1, tps=1.0)
     assert isinstance(inbound.body, HeartbeatBody)
     if sdk.client.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope):
         sdk.observe(inbound)

@@ -4,9 +4,7 @@ gateway measured serving is always listed."""
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,29 +13,17 @@ import pytest
 
 from node.gateway.server import Gateway
 from node.gateway.service import MAX_LISTED_MODELS, MAX_LISTED_NODES
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import decode
 from node.wire.messages import HeartbeatBody
-from node.wire.topics import HEARTBEAT_TOPIC
 from tests.support.gateway_net import gateway_over_silent_peer
+from tests.support.heartbeats import signed_heartbeat
 
 FAKES = 2_000
 HONEST = Identity(random.Random("honest").randbytes(32))
 
 
 def hear(gateway: Gateway, identity: Identity, models: list[str]) -> None:
-    body = {
-        "address": identity.address,
-        "peerId": identity.peer_id,
-        "models": models,
-        "capacity": {"free": 1024, "max": 1024},
-        "pendingTasks": 0,
-        "tps": {},
-        "version": "0.3.0",
-        "timestamp": time.time_ns(),
-    }
-    inbound = decode(HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+    inbound = signed_heartbeat(identity, models)
     assert isinstance(inbound.body, HeartbeatBody)
     nodes = gateway.service.client.nodes
     assert nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope)

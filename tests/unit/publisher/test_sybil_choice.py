@@ -7,7 +7,6 @@ the publisher dials."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from pathlib import Path
@@ -19,36 +18,23 @@ from node.publisher.gossip_peers import GossipPeerKeeper
 from node.publisher.node_table import NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.reputation_records import ReputationSettings
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import Inbound, decode
+from node.wire.inbound import Inbound
 from node.wire.messages import HeartbeatBody
-from node.wire.topics import HEARTBEAT_TOPIC
+from tests.support.heartbeats import signed_heartbeat
 
 FAKES = 10_000
 NOW = 1_800_000_000.0
 
 
-def signed_heartbeat(identity: Identity, models: list[str], at: float = NOW) -> Inbound:
-    """A heartbeat as the publisher's gossip validator passes it on: sealed by `identity`, then checked."""
-    body = {
-        "address": identity.address,
-        "peerId": identity.peer_id,
-        "models": models,
-        "capacity": {"free": 1024, "max": 1024},
-        "pendingTasks": 0,
-        "tps": {m: 1e6 for m in models},
-        "version": "0.3.0",
-        "timestamp": int(at * 1e9),
-        "addrs": [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"],
-    }
-    data = seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=int(at * 1e9))
-    return decode(HEARTBEAT_TOPIC, data, now_ns=int(at * 1e9))
+def heartbeat(identity: Identity, models: list[str], at: float = NOW) -> Inbound:
+    """A Sybil's heartbeat: the most free places and the highest speed the table allows, dialable."""
+    return signed_heartbeat(identity, models, tps=1e6, at=at, dialable=True)
 
 
 @pytest.fixture(scope="module")
 def fakes() -> list[Inbound]:
-    return [signed_heartbeat(Identity(random.Random(i).randbytes(32)), ["m", "*", "other"]) for i in range(FAKES)]
+    return [heartbeat(Identity(random.Random(i).randbytes(32)), ["m", "*", "other"]) for i in range(FAKES)]
 
 
 def heard(table: NodeTable, inbound: Inbound, at: float = NOW) -> bool:
@@ -79,7 +65,7 @@ def table_of(fakes: list[Inbound], reputation: Reputation, at: float = NOW) -> N
 def honest_node(table: NodeTable, reputation: Reputation, tasks: int = 3) -> str:
     """A node that heartbeats honestly and answered `tasks` tasks of ours."""
     identity = Identity(random.Random("honest").randbytes(32))
-    inbound = signed_heartbeat(identity, ["m"])
+    inbound = heartbeat(identity, ["m"])
     assert heard(table, inbound)
     for _ in range(tasks):
         reputation.record_result(identity.address, 2.0, 60, 1.5, 1e6, now=NOW)
@@ -133,13 +119,13 @@ def test_keys_that_fail_when_tried_shrink_the_share_all_such_keys_get(fakes: lis
 def test_a_live_node_is_found_among_ten_thousand_silent_ones(fakes: list[Inbound]) -> None:
     reputation = Reputation()
     table = table_of(fakes, reputation, at=NOW)  # silent past the ttl by NOW + 100
-    late = signed_heartbeat(Identity(random.Random("late").randbytes(32)), ["m"], at=NOW + 100)
+    late = heartbeat(Identity(random.Random("late").randbytes(32)), ["m"], at=NOW + 100)
     assert heard(table, late, NOW + 100)
     assert table.choose(["m"], now=NOW + 100).address == late.sender  # type: ignore[union-attr]
     assert table.choose(["*"], now=NOW + 100).address == late.sender  # type: ignore[union-attr]
     # The silent ones left the index as the draws found them; a heartbeat brings one back.
     back = fakes[0]
-    fresh = signed_heartbeat(Identity(random.Random(0).randbytes(32)), ["m"], at=NOW + 101)
+    fresh = heartbeat(Identity(random.Random(0).randbytes(32)), ["m"], at=NOW + 101)
     assert back.sender == fresh.sender and heard(table, fresh, NOW + 101)
     assert {table.choose(["m"], now=NOW + 101).address for _ in range(40)} == {late.sender, back.sender}  # type: ignore[union-attr]
 
@@ -168,10 +154,10 @@ async def test_gossip_peers_are_dialled_among_nodes_measured_serving_before_fres
     reputation = Reputation()
     table = NodeTable(reputation=reputation, rng=random.Random(1))
     for index in range(200):
-        assert heard(table, signed_heartbeat(Identity(random.Random(index).randbytes(32)), ["m"], at=now), now)
+        assert heard(table, heartbeat(Identity(random.Random(index).randbytes(32)), ["m"], at=now), now)
     honest = [Identity(random.Random(f"honest {i}").randbytes(32)) for i in range(3)]
     for identity in honest:
-        assert heard(table, signed_heartbeat(identity, ["m"], at=now), now)
+        assert heard(table, heartbeat(identity, ["m"], at=now), now)
         reputation.record_result(identity.address, 2.0, 60, 1.5, 1e6)
     keeper = GossipPeerKeeper(P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"]), [], table)
     candidates = [peer for peer, _ in keeper._candidates(set(), asyncio.get_running_loop().time())]

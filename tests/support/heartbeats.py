@@ -1,0 +1,44 @@
+"""Signed heartbeats as a publisher's gossip validator passes them on: sealed by a node identity,
+then decoded and checked (node/wire/inbound.py), for tests that fill node tables without a network."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import Inbound, decode
+from node.wire.messages import HeartbeatBody
+from node.wire.topics import HEARTBEAT_TOPIC
+
+
+def signed_heartbeat(
+    identity: Identity,
+    models: list[str],
+    *,
+    free: int = 1024,
+    tps: float | None = None,
+    at: float | None = None,
+    dialable: bool = False,
+) -> Inbound:
+    """`identity`'s heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
+    claim), stamped `at` (Unix seconds; now when None); `dialable`: with a loopback address."""
+    stamp_ns = time.time_ns() if at is None else int(at * 1e9)
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": models,
+        "capacity": {"free": free, "max": free},
+        "pendingTasks": 0,
+        "tps": {} if tps is None else dict.fromkeys(models, tps),
+        "version": "0.3.0",
+        "timestamp": stamp_ns,
+    }
+    if dialable:
+        body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
+    inbound = decode(
+        HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=stamp_ns), now_ns=stamp_ns
+    )
+    assert isinstance(inbound.body, HeartbeatBody)
+    return inbound
