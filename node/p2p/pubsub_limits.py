@@ -112,18 +112,12 @@ def _trim_control(control: rpc_pb2.ControlMessage, joined: Collection[str]) -> i
         if len(kept) < len(field):
             del field[:]
             field.extend(kept)  # type: ignore[arg-type]  # each field keeps its own entry type
-    budget = MAX_IHAVE_IDS
-    for ihave in control.ihave:
-        ids, budget = _trim_ids(list(ihave.messageIDs), budget)
-        if len(ids) < len(ihave.messageIDs):
-            del ihave.messageIDs[:]
-            ihave.messageIDs.extend(ids)
-    budget = MAX_IWANT_IDS
-    for iwant in control.iwant:
-        ids, budget = _trim_ids(list(iwant.messageIDs), budget)
-        if len(ids) < len(iwant.messageIDs):
-            del iwant.messageIDs[:]
-            iwant.messageIDs.extend(ids)
+    for entries, budget in ((control.ihave, MAX_IHAVE_IDS), (control.iwant, MAX_IWANT_IDS)):
+        for entry in entries:
+            ids, budget = _trim_ids(list(entry.messageIDs), budget)
+            if len(ids) < len(entry.messageIDs):
+                del entry.messageIDs[:]
+                entry.messageIDs.extend(ids)
     for prune in control.prune:
         del prune.peers[:]
         prune.backoff = min(prune.backoff, MAX_BACKOFF_S)
