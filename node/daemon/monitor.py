@@ -64,6 +64,7 @@ class NodeMonitor:
         self._mesh: dict[str, int] = {}
         self._dropped_counted = 0  # the host's dropped gossip messages already in the metric
         self._refused_counted: dict[str, int] = {}  # the host's refused connections already in the metric, by reason
+        self._streams_refused_counted = 0  # the host's refused streams already in the metric
         self._last_heartbeat_seen: float | None = None
         self._failed_loops: Callable[[], list[str]] = list
 
@@ -91,6 +92,9 @@ class NodeMonitor:
         for reason, refused in self._host.refused_connections.items():
             self._metrics.connections_refused.labels(reason=reason).inc(refused - self._refused_counted.get(reason, 0))
             self._refused_counted[reason] = refused
+        streams_refused = self._host.refused_streams
+        self._metrics.streams_refused.inc(streams_refused - self._streams_refused_counted)
+        self._streams_refused_counted = streams_refused
         self._metrics.capacity_free.set(free)
         self._metrics.journal_backlog.set(self._journal.backlog())
         self._metrics.tasks_running.set(self._admission.pending)

@@ -70,9 +70,13 @@ class NodeMetrics:
         self.gossip_dropped = counter("gossip_dropped", "Gossip messages dropped: their topic's queue was full")
         self.connections_refused = counter(
             "connections_refused",
-            "Inbound connections closed before their handshake: their IP had too many open or opened too many"
-            " in the last minute, by reason (open, rate)",
+            "Connections refused or closed for a peer's abuse, by reason: open, rate (inbound, before the handshake:"
+            " their IP had too many open or opened too many in the last minute), receive_window (the peer sent past"
+            " a stream's flow-control window), stream_flood (it went on opening streams past its connection's cap)",
             ["reason"],
+        )
+        self.streams_refused = counter(
+            "streams_refused", "Streams a peer opened past the cap of its connection, reset at once"
         )
         self.journal_backlog = gauge("journal_backlog", "Finished results not yet published")
         self.capacity_free = gauge("capacity_free", "Tasks that could start now without waiting (free capacity)")

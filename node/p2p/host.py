@@ -40,6 +40,7 @@ from typing import TypeVar
 import structlog
 from pydantic import ValidationError
 
+from node.p2p.bounded_yamux import CLOSED_STREAM_FLOOD, CLOSED_WINDOW
 from node.p2p.errors import MessageTooLargeError, P2PError
 from node.p2p.frame_stream import FrameStream, FrameStreams
 from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues
@@ -150,9 +151,19 @@ class P2PHost:
 
     @property
     def refused_connections(self) -> dict[str, int]:
-        """Inbound connections refused by their host's limits so far, by reason ("open", "rate")."""
+        """Connections refused or closed so far, by reason: their host's limits ("open", "rate"; inbound,
+        before the handshake), "receive_window" (a peer sent past a stream's window) and "stream_flood" (a peer
+        went on opening streams past its connection's cap; both node/p2p/bounded_yamux.py)."""
         gate = self._service.inbound_gate
-        return {} if gate is None else dict(gate.refused)
+        refused = {} if gate is None else dict(gate.refused)
+        refused[CLOSED_WINDOW] = self._service.muxer_refusals.window
+        refused[CLOSED_STREAM_FLOOD] = self._service.muxer_refusals.stream_flood
+        return refused
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams peers opened past the cap of their connection (`MuxerLimits`), reset so far."""
+        return self._service.muxer_refusals.streams
 
     def inbound_from(self, ip: str) -> int:
         """Inbound connections open now from the host of `ip` (its IPv6 /56), as the per-IP limits count them."""

@@ -34,6 +34,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals, install_bounded_muxer
 from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
 from node.p2p.frames import FrameError, encode_frame
@@ -73,6 +74,7 @@ class ServiceOptions(BaseModel):
     gossip_with_stream_peers: bool = True
     connection_budget: ConnectionBudget = ConnectionBudget()
     inbound_limits: InboundLimits | None = None  # per remote host (a node); None: no per-host limit
+    muxer_limits: MuxerLimits = MuxerLimits()  # per connection, inbound and dialled alike
 
 
 def _is_nursery_closed(exc: BaseException) -> bool:
@@ -127,6 +129,7 @@ class P2PService:
         self._outer_scope: trio.CancelScope | None = None
         self.stream_only = StreamOnlyPeers()  # peers dialled only for streams (gossip_with_stream_peers off)
         self.inbound_gate = InboundGate(options.inbound_limits) if options.inbound_limits is not None else None
+        self.muxer_refusals = MuxerRefusals()
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------
@@ -187,8 +190,14 @@ class P2PService:
             on_message=self._on_message,
         )
         self._host, self.gossip = host, gossip
-        if self.inbound_gate is not None and isinstance(network := host.get_network(), Swarm):
-            install_gate(network, self.inbound_gate)  # before listening: no connection passes ungated
+        network = host.get_network()
+        if isinstance(network, Swarm):  # before listening or dialling: every connection is bounded and gated
+            muxer_limits = self._options.muxer_limits
+            if self._options.serve_streams:
+                muxer_limits = muxer_limits.with_room_for(self._options.stream_limits.max_streams_per_peer)
+            install_bounded_muxer(network, muxer_limits, self.muxer_refusals)
+            if self.inbound_gate is not None:
+                install_gate(network, self.inbound_gate)
         if self._options.serve_streams:
             host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
         async with host.run(maddrs), background_trio_service(gossip.pubsub), background_trio_service(gossip.router):

@@ -3,7 +3,7 @@
 `raw_pubsub_peers(addr, count)` starts `count` fresh identities in one Trio thread (TCP, Noise,
 Yamux, as a node's peers speak it), dials `addr` from each and opens a `/meshsub/1.1.0` stream
 to the node; `RawPeers.send(i, rpc)` writes one varint-prefixed RPC on peer i's stream as it is,
-unchecked. Each peer serves the node's own pubsub stream and counts what arrives on it
+unchecked; `RawPeers.send_frames(i, frames)` writes raw yamux frames on its connection. Each peer serves the node's own pubsub stream and counts what arrives on it
 (`received_rpcs`, `received_messages`, `received_bytes`), so a test can see what the node
 answered. `signed_message` makes a message signed as py-libp2p signs it, by peer i's key.
 """
@@ -74,6 +74,18 @@ class RawPeers:
         stream = self.peers[index].stream
         assert stream is not None and self.token is not None, f"peer {index} has no pubsub stream"
         await asyncio.to_thread(trio.from_thread.run, stream.write, encode_varint_prefixed(data), trio_token=self.token)
+
+    async def send_frames(self, index: int, frames: Sequence[bytes]) -> None:
+        """Write raw yamux frames (header and body, unchecked) on peer `index`'s connection, one write each."""
+        stream = self.peers[index].stream
+        assert stream is not None and self.token is not None, f"peer {index} has no connection"
+        muxer = stream.muxed_conn
+
+        async def write_all() -> None:
+            for frame in frames:
+                await muxer._write_frame(frame)  # type: ignore[attr-defined]
+
+        await asyncio.to_thread(trio.from_thread.run, write_all, trio_token=self.token)
 
     def signed_message(self, index: int, topic: str, data: bytes, seqno: bytes | None = None) -> rpc_pb2.Message:
         """A message on `topic` from peer `index`, signed as py-libp2p signs (and checks) it."""

@@ -242,6 +242,7 @@ EXPORTED_METRICS = {
     ("compute_node_mesh_peers", "gauge"),
     ("compute_node_gossip_dropped_total", "counter"),
     ("compute_node_connections_refused_total", "counter"),
+    ("compute_node_streams_refused_total", "counter"),
     ("compute_node_journal_backlog", "gauge"),
     ("compute_node_capacity_free", "gauge"),
     ("compute_node_tasks_running", "gauge"),

@@ -11,6 +11,7 @@ import pytest
 import trio
 from libp2p.io.trio import TrioTCPStream
 
+from node.p2p.bounded_yamux import CLOSED_STREAM_FLOOD, CLOSED_WINDOW
 from node.p2p.inbound_gate import REFUSED_OPEN, REFUSED_RATE, InboundGate, InboundLimits, host_key
 from tests.support.p2p_hosts import HostFactory
 
@@ -125,7 +126,7 @@ async def test_a_host_with_limits_closes_the_excess_before_the_handshake_and_oth
     try:
         await asyncio.sleep(0.2)
         assert await _refused_at_once(port, "127.0.0.2")
-        assert node.refused_connections == {REFUSED_OPEN: 1, REFUSED_RATE: 0}
+        assert node.refused_connections == {REFUSED_OPEN: 1, REFUSED_RATE: 0, CLOSED_WINDOW: 0, CLOSED_STREAM_FLOOD: 0}
         peer = await make_host()  # from 127.0.0.1, another host
         assert await peer.connect(node.listen_addrs[0]) == node.peer_id
     finally:
@@ -136,4 +137,4 @@ async def test_a_host_with_limits_closes_the_excess_before_the_handshake_and_oth
 @pytest.mark.asyncio
 async def test_a_host_without_limits_counts_nothing(make_host: HostFactory) -> None:
     node = await make_host()
-    assert node.refused_connections == {}
+    assert node.refused_connections == {CLOSED_WINDOW: 0, CLOSED_STREAM_FLOOD: 0}  # the muxer's, on every host
