@@ -27,6 +27,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
+from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
 from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, BoundedGossipSub, drop_expired_backoff, trim_rpc
 from node.p2p.seen_cache import WindowedSeenCache
@@ -167,8 +168,8 @@ class StreamPeerAwarePubsub(Pubsub):
 
     async def _handle_rpc(self, peer: ID, rpc: rpc_pb2.RPC) -> None:
         """What py-libp2p's read loop does with one RPC, within pubsub_limits.py's bounds."""
-        if not maybe_consume_signed_record(rpc, self.host, peer):
-            return
+        if len(rpc.senderRecord) > MAX_RECORD_BYTES or not maybe_consume_signed_record(rpc, self.host, peer):
+            return  # a record too large to keep (bounded_peerstore.py) is dropped unread, as py-libp2p drops a bad one
         trimmed = trim_rpc(rpc, self.topic_ids)
         if trimmed:
             log.debug("pubsub rpc trimmed", peer=peer.to_base58(), **vars(trimmed))

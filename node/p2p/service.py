@@ -34,6 +34,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.bounded_peerstore import BoundedPeerStore
 from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals, install_bounded_muxer
 from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
@@ -179,6 +180,7 @@ class P2PService:
             key_pair=self._key_pair,
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            peerstore_opt=BoundedPeerStore(),
             listen_addrs=maddrs,
         )
         gossip = Gossip(

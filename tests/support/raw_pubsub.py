@@ -3,7 +3,8 @@
 `raw_pubsub_peers(addr, count)` starts `count` fresh identities in one Trio thread (TCP, Noise,
 Yamux, as a node's peers speak it), dials `addr` from each and opens a `/meshsub/1.1.0` stream
 to the node; `RawPeers.send(i, rpc)` writes one varint-prefixed RPC on peer i's stream as it is,
-unchecked; `RawPeers.send_frames(i, frames)` writes raw yamux frames on its connection. Each peer serves the node's own pubsub stream and counts what arrives on it
+unchecked; `RawPeers.send_frames(i, frames)` writes raw yamux frames on its connection, and
+`RawPeers.write_stream(i, protocol, data)` writes data on a new stream of another protocol. Each peer serves the node's own pubsub stream and counts what arrives on it
 (`received_rpcs`, `received_messages`, `received_bytes`), so a test can see what the node
 answered. `signed_message` makes a message signed as py-libp2p signs it, by peer i's key.
 """
@@ -27,6 +28,8 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
@@ -86,6 +89,20 @@ class RawPeers:
                 await muxer._write_frame(frame)  # type: ignore[attr-defined]
 
         await asyncio.to_thread(trio.from_thread.run, write_all, trio_token=self.token)
+
+    async def write_stream(self, index: int, protocol: str, data: bytes) -> None:
+        """Open a stream to the node on peer `index`'s connection, negotiated to `protocol`; write `data`; close it."""
+        stream = self.peers[index].stream
+        assert stream is not None and self.token is not None, f"peer {index} has no connection"
+        muxer = stream.muxed_conn
+
+        async def write() -> None:
+            opened = await muxer.open_stream()
+            await MultiselectClient().select_one_of([TProtocol(protocol)], MultiselectCommunicator(opened))
+            await opened.write(data)
+            await opened.close()
+
+        await asyncio.to_thread(trio.from_thread.run, write, trio_token=self.token)
 
     def signed_message(self, index: int, topic: str, data: bytes, seqno: bytes | None = None) -> rpc_pb2.Message:
         """A message on `topic` from peer `index`, signed as py-libp2p signs (and checks) it."""
