@@ -24,6 +24,7 @@ from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
+from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -200,6 +201,9 @@ class P2PService:
             install_bounded_muxer(network, muxer_limits, self.muxer_refusals)
             if self.inbound_gate is not None:
                 install_gate(network, self.inbound_gate)
+        # libp2p ping (/ipfs/ping/1.0.0), which nothing here uses, echoes each 32 bytes a peer sends as a frame of its
+        # own: 64 KiB of pings cost the P2P thread ~0.5 s (~260 us a ping), so ~120 KB/s from one peer would fill it.
+        host.remove_stream_handler(PING_PROTOCOL_ID)
         if self._options.serve_streams:
             host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
         async with host.run(maddrs), background_trio_service(gossip.pubsub), background_trio_service(gossip.router):

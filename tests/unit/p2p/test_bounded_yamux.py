@@ -6,14 +6,17 @@ still arrives."""
 from __future__ import annotations
 
 import math
+import secrets
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.stream_muxer.yamux.yamux import (
     DEFAULT_WINDOW_SIZE,
     FLAG_SYN,
@@ -183,4 +186,13 @@ async def test_pings_past_the_budget_are_read_and_not_answered(make_host: HostFa
             return refusals.pings >= 2_000 - PINGS * seconds  # at most the budget answered in each second
 
         await wait_until(all_read, "the pings past the budget read")
+        await honest_message_arrives(honest, node_queue)
+
+
+async def test_libp2p_ping_is_not_served(make_host: HostFactory) -> None:
+    """Each 32 bytes on a ping stream cost ~260 us of the P2P thread to echo; nothing here pings, so none is served."""
+    node, honest, node_queue, _ = await pair(make_host)
+    async with raw_pubsub_peers(node.listen_addrs[0]) as peers:
+        with pytest.raises(MultiselectClientError):
+            await peers.write_stream(0, str(PING_PROTOCOL_ID), secrets.token_bytes(65_536))
         await honest_message_arrives(honest, node_queue)
