@@ -135,7 +135,8 @@ async def _read_node_stream(peer: RawPeer, stream: INetStream) -> None:
         return
 
 
-def _make_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
+def raw_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
+    """A bare py-libp2p host with `key_pair` (TCP on loopback, Noise, Yamux), as a node's peers speak it; not yet running."""
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     listen = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
     host = new_host(
@@ -148,7 +149,7 @@ def _make_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
 
 
 async def _run_peer(addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool]) -> None:
-    host, listen = _make_host(peer.key_pair)
+    host, listen = raw_host(peer.key_pair)
 
     async def serve(stream: INetStream) -> None:
         await _read_node_stream(peer, stream)

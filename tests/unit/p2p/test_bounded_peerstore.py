@@ -1,14 +1,23 @@
 """What peers can make a host's peerstore hold (node/p2p/bounded_peerstore.py), at a host with default
 settings: a thousand peer ids must not evict the host's own keys; a signed record of thousands of
-addresses in a pubsub RPC, and an identify push of thousands of protocol names, keep a peer's budget."""
+addresses in a pubsub RPC, an identify push of thousands of protocol names, and the same in the identify
+answer of a peer the host connected to, keep a peer's budget."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import multiaddr
+import trio
+from libp2p.abc import INetStream
+from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.identity.identify_push.identify_push import ID_PUSH
 from libp2p.peer.id import ID
@@ -19,7 +28,7 @@ from libp2p.utils.varint import encode_varint_prefixed
 from node.p2p.bounded_peerstore import MAX_ADDRS, MAX_PROTOCOLS, BoundedPeerStore
 from node.p2p.host import P2PHost
 from tests.support.p2p_hosts import TOPIC, HostFactory, pair, receive, wait_until
-from tests.support.raw_pubsub import raw_pubsub_peers, subscriptions
+from tests.support.raw_pubsub import raw_host, raw_pubsub_peers, subscriptions
 
 
 def peerstore(node: P2PHost) -> PeerStore:
@@ -102,6 +111,60 @@ async def test_an_identify_push_keeps_the_protocol_and_address_budget(make_host:
         names, addrs = await node._trio.call(protocols)
         assert len(names) <= MAX_PROTOCOLS
         assert len(addrs) <= MAX_ADDRS
+
+
+async def test_an_identify_answer_the_host_asked_for_keeps_the_budget_too(make_host: HostFactory) -> None:
+    node = await make_host()
+    key_pair = create_new_key_pair(secrets.token_bytes(32))
+    peer = ID.from_pubkey(key_pair.public_key)
+    record = create_signed_peer_record(peer, fake_addrs(1_000), key_pair.private_key)
+    answer = Identify(
+        protocols=[f"/made-up/{i:08d}" for i in range(40_000)],
+        listen_addrs=[addr.to_bytes() for addr in fake_addrs(1_000)],
+        signedPeerRecord=record.marshal_envelope(),
+    )
+    async with identify_answering_host(key_pair, encode_varint_prefixed(answer.SerializeToString())) as addr:
+        await node.connect(addr)  # the host identifies every peer it connects to
+
+        async def kept() -> tuple[int, int, bool]:
+            store = peerstore(node)
+            protocols = store.get_protocols(peer) if store.has_peer(peer) else []
+            return len(protocols), len(store.addrs(peer)), store.get_peer_record(peer) is not None
+
+        async def identified() -> bool:
+            return (await node._trio.call(kept))[0] > 0
+
+        await wait_until(identified, "the node's identify of the peer")
+        protocols, addrs, record_kept = await node._trio.call(kept)
+        assert protocols <= MAX_PROTOCOLS
+        assert addrs <= MAX_ADDRS
+        assert not record_kept  # 1,000 addresses: refused
+
+
+@asynccontextmanager
+async def identify_answering_host(key_pair: KeyPair, answer: bytes) -> AsyncIterator[str]:
+    """A libp2p host in a Trio thread of its own that answers every identify request with `answer`; yields its address."""
+    host, listen = raw_host(key_pair)
+    started, stop = threading.Event(), threading.Event()
+
+    async def reply(stream: INetStream) -> None:
+        await stream.write(answer)
+        await stream.close()
+
+    async def run() -> None:
+        host.set_stream_handler(IDENTIFY, reply)
+        async with host.run([listen]):
+            started.set()
+            await trio.to_thread.run_sync(stop.wait)
+
+    thread = threading.Thread(target=trio.run, args=(run,), name="identify-answering", daemon=True)
+    thread.start()
+    try:
+        await asyncio.to_thread(started.wait, 30)
+        yield str(host.get_addrs()[0])
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 30)
 
 
 def test_a_peer_keeps_at_most_its_budget_however_it_is_told() -> None:
