@@ -15,6 +15,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     rerun_gate.py       RerunGate: a stall suspect's rerun runs alone on its model
     processes/          the execution processes (node/execution/), one per model: spawn, route, watch, restart
     outbox.py           ResultOutbox: sends results (on their stream, else gossip), keeps them in the journal until sent
+    unjournalled.py     UnjournalledResults: results a failing journal (full disk) refused, held until it takes them
     journal.py          Journal: SQLite record of every task's state (survives a crash; bounded by what is owed)
     journal_file.py     the journal's SQLite file: schema, opening (WAL, version), rows as JournalEntry
     recovery.py         start-up recovery of what a crash left in the journal

@@ -108,6 +108,13 @@ def inbound_limits(settings: Settings) -> InboundLimits:
     )
 
 
+def free_places(admission: Admission, journal: Journal, models: list[str]) -> tuple[int, int]:
+    """(free, max) task places for the heartbeat: none free while the journal fails, as intake then refuses
+    every task (`journal_error`); publishers choose other nodes until it has worked for a while again."""
+    free, total = admission.capacity(models)
+    return (0, total) if journal.failing() is not None else (free, total)
+
+
 def build_parts(
     settings: Settings,
     metrics: NodeMetrics,
@@ -172,6 +179,7 @@ def build_parts(
         notifier,
         advertised,
         activity=activity,
+        held=lambda: len(outbox.unjournalled),
         startup_grace_s=settings.startup_grace,
     )
     addrs = advertised_addrs(host.listen_addrs, host.peer_id, settings.announce) if settings.direct else []
@@ -179,7 +187,7 @@ def build_parts(
         identity,
         host,
         advertised,
-        capacity=lambda: admission.capacity(advertised()),
+        capacity=lambda: free_places(admission, journal, advertised()),
         pending=lambda: admission.pending,
         tps=lambda: remote.advertised_tps(pool.available_tps()),
         interval=settings.heartbeat_interval,

@@ -26,6 +26,8 @@ Bounded by what the node owes, never by how many keys send tasks (keys are free)
 
 So no task is ever refused for room in the journal; only SQLite failures (disk
 full, a locked file, a number SQLite cannot store) refuse it, as a JournalError.
+Each is counted (`errors`), and `failing()` names the latest for a while after it:
+the node reports itself unhealthy and offers no free places meanwhile.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ ROW_OVERHEAD_BYTES = 256  # what a row costs beyond its task body and result, co
 DEFAULT_MAX_WAITING_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 100_000
 DROP_LOG_WINDOW_S = 10.0
+FAILING_FOR_S = 30.0  # how long after an SQLite error the journal counts as failing
 _DROP_BATCH = 16
 
 
@@ -78,6 +81,8 @@ class Journal:
         self.waiting_bytes = 0
         self.records = 0
         self._drop_log = LogWindow(DROP_LOG_WINDOW_S)  # a node without peers drops one result per new one
+        self.errors = 0  # SQLite failures since the journal opened
+        self._last_error: tuple[float, str] | None = None  # (monotonic time, text) of the latest
         compact(conn, path)
         self._count()
 
@@ -102,7 +107,17 @@ class Journal:
             raise
 
     def _guard(self, action: str, task_id: str | None = None) -> AbstractContextManager[None]:
-        return sqlite_errors(self.path, action, task_id)
+        return sqlite_errors(self.path, action, task_id, self._on_error)
+
+    def _on_error(self, error: str) -> None:
+        self.errors += 1
+        self._last_error = (time.monotonic(), error)
+
+    def failing(self, within_s: float = FAILING_FOR_S) -> str | None:
+        """The latest SQLite error if it came less than `within_s` seconds ago (a full disk, an I/O error)."""
+        if self._last_error is None or time.monotonic() - self._last_error[0] >= within_s:
+            return None
+        return self._last_error[1]
 
     def _count(self) -> None:
         usage = self.usage()
@@ -186,7 +201,10 @@ class Journal:
         self._transition(task_id, TaskState.FINISHED, LIVE, result_body, drop_task=True)
         self.waiting_bytes += len(result_body) + ROW_OVERHEAD_BYTES
         if self.waiting_bytes > self.max_waiting_bytes:
-            self._drop_oldest_waiting(keep=task_id)
+            try:
+                self._drop_oldest_waiting(keep=task_id)
+            except JournalError as exc:  # this result is journalled: the next one over the cap drops again
+                log.error("waiting results not dropped", error=str(exc))
 
     def mark_published(self, task_id: str, result_bytes: int | None = None) -> None:
         """FINISHED -> PUBLISHED (a no-op if already PUBLISHED); only the dedupe record stays.

@@ -6,7 +6,7 @@ What the rows mean and how they are bounded is journal.py's.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,13 +125,19 @@ def open_journal_file(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def sqlite_errors(path: Path, action: str, task_id: str | None = None) -> Iterator[None]:
-    """Turn whatever SQLite raises (full disk, locked file, integer overflow) into JournalError."""
+def sqlite_errors(
+    path: Path, action: str, task_id: str | None = None, on_error: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Turn whatever SQLite raises (full disk, locked file, integer overflow) into JournalError;
+    `on_error` hears of it first, with the error's text."""
     try:
         yield
     except (sqlite3.Error, OverflowError, ValueError) as exc:
         what = f"{action} task {task_id}" if task_id else action
-        raise JournalError(f"journal {path}: cannot {what}: {type(exc).__name__}: {exc}") from exc
+        error = f"journal {path}: cannot {what}: {type(exc).__name__}: {exc}"
+        if on_error is not None:
+            on_error(error)
+        raise JournalError(error) from exc
 
 
 def compact(conn: sqlite3.Connection, path: Path) -> None:

@@ -109,15 +109,21 @@ class Ledger:
 
     @classmethod
     def open(cls, path: Path, keep_days: float, max_rows: int) -> Ledger:
+        conn: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=1.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
         ledger = cls(conn, keep_days, max_rows)
-        ledger.prune(time.time_ns())
+        try:
+            ledger.prune(time.time_ns())
+        except sqlite3.Error as exc:  # a full disk: old rows stay until a later prune; the node serves all the same
+            log.warning("ledger not pruned", path=str(path), error=str(exc))
         return ledger
 
     def record(self, entry: LedgerEntry) -> None:

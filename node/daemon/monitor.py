@@ -18,6 +18,7 @@ import structlog
 
 from node.daemon.admission import Admission
 from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalError
 from node.ops.activity import NodeActivity
 from node.ops.http_api import HealthReport
 from node.ops.metrics import NodeMetrics
@@ -44,6 +45,7 @@ class NodeMonitor:
         models: Callable[[], Collection[str]],  # the models served now
         *,
         activity: NodeActivity | None = None,
+        held: Callable[[], int] = lambda: 0,  # results the outbox holds in memory for a failing journal
         startup_grace_s: float = 60.0,
         sample_interval_s: float = 5.0,
         log_interval_s: float = 30.0,
@@ -65,6 +67,9 @@ class NodeMonitor:
         self._dropped_counted = 0  # the host's dropped gossip messages already in the metric
         self._refused_counted: dict[str, int] = {}  # the host's refused connections already in the metric, by reason
         self._streams_refused_counted = 0  # the host's refused streams already in the metric
+        self._journal_errors_counted = 0  # the journal's SQLite errors already in the metric
+        self._backlog = 0  # the journal's backlog at the last sample that could read it
+        self._held = held
         self._last_heartbeat_seen: float | None = None
         self._failed_loops: Callable[[], list[str]] = list
 
@@ -96,7 +101,14 @@ class NodeMonitor:
         self._metrics.streams_refused.inc(streams_refused - self._streams_refused_counted)
         self._streams_refused_counted = streams_refused
         self._metrics.capacity_free.set(free)
-        self._metrics.journal_backlog.set(self._journal.backlog())
+        self._metrics.journal_errors.inc(self._journal.errors - self._journal_errors_counted)
+        self._journal_errors_counted = self._journal.errors
+        self._metrics.results_unjournalled.set(self._held())
+        try:
+            self._backlog = self._journal.backlog()
+        except JournalError:  # counted in journal_errors; health says so
+            pass
+        self._metrics.journal_backlog.set(self._backlog)
         self._metrics.tasks_running.set(self._admission.pending)
 
     async def run(self) -> None:
@@ -131,6 +143,8 @@ class NodeMonitor:
             return HealthReport(ok=False, reason=f"background loop not running: {'; '.join(failed)}")
         if not self._models():
             return HealthReport(ok=False, reason="no model is serving (not loaded, restarting or stalled)")
+        if (journal_error := self._journal.failing()) is not None:
+            return HealthReport(ok=False, reason=f"tasks cannot be journalled: {journal_error}")
         in_grace = time.monotonic() - self._started < self._startup_grace_s
         if not self._peers and not in_grace:
             return HealthReport(ok=False, reason="no peers")
@@ -138,6 +152,10 @@ class NodeMonitor:
 
     def status(self) -> dict[str, Any]:
         free, total = self._admission.capacity()
+        try:
+            self._backlog = self._journal.backlog()
+        except JournalError:  # the last count read stands
+            pass
         return {
             "address": self._identity.address,
             "peer_id": self._host.peer_id,
@@ -149,7 +167,9 @@ class NodeMonitor:
             "peers": len(self._peers),
             "mesh": dict(self._mesh),
             "last_heartbeat_seen": self._last_heartbeat_seen,
-            "journal_backlog": self._journal.backlog(),
+            "journal_backlog": self._backlog,
+            "journal_errors": self._journal.errors,
+            "results_unjournalled": self._held(),
             "uptime_s": round(time.monotonic() - self._started, 1),
             "peer_ids": list(self._peers),
             "activity": self._activity.snapshot().model_dump(mode="json"),

@@ -15,6 +15,10 @@ on a loaded node, or on gossip), the retry loop leaves its journal entry alone. 
 never wait for each other or for a flush: results of concurrent tasks go out side by
 side, each stamped and encoded once.
 
+When the journal refuses a write (a full disk, an I/O error), the result is not lost:
+it is held in memory (`UnjournalledResults`, node/daemon/unjournalled.py), delivered as
+any other, and journalled by the retry loop once the journal takes writes again.
+
 A result whose envelope would pass the gossip size limit is sent as a `result
 too large` error instead. A result that cannot be sent for any other reason than
 a missing peer is logged and marked dropped in the journal, so that neither this
@@ -31,6 +35,7 @@ import structlog
 from node.daemon.journal import Journal
 from node.daemon.journal_file import JournalEntry, JournalError, TaskState
 from node.daemon.routes import DirectRoutes
+from node.daemon.unjournalled import UnjournalledResults
 from node.p2p.errors import NoMeshPeersError, P2PError
 from node.p2p.host import P2PHost
 from node.wire.envelope import seal, sealed_size
@@ -65,6 +70,7 @@ class ResultOutbox:
         self._flush_lock = asyncio.Lock()  # one flush at a time; sends never take it
         self.routes = routes if routes is not None else DirectRoutes()
         self._in_hand: set[str] = set()  # task ids whose result `send` is delivering now: flush leaves them alone
+        self.unjournalled = UnjournalledResults()
 
     async def send(self, body: ResultBody) -> bool:
         """Journal the result and publish it if the node has peers; True if published now.
@@ -73,16 +79,23 @@ class ResultOutbox:
         unless its stream took them and failed, which stamps it again for gossip.
         """
         body, encoded = _fitting(_stamped(body))
-        self._journal.record_finished(body.task_id, encoded)
+        try:
+            self._journal.record_finished(body.task_id, encoded)
+        except JournalError as exc:
+            log.error(
+                "result not journalled; held in memory until the journal takes it", task_id=body.task_id, error=str(exc)
+            )
+            self.unjournalled.hold_finished(body, encoded)
         self._in_hand.add(body.task_id)  # nothing awaited since the journal write: no flush has seen it
         try:
             if body.task_id in self.routes:
                 if await self._send_direct(body, encoded):
                     return True
                 return await self._publish_if_unpublished(body)  # as a kept one: time has passed on the stream
-            return await self._publish(body, encoded, journalled=True)
+            return await self._publish(body, encoded, journalled=body.task_id not in self.unjournalled)
         finally:
             self._in_hand.discard(body.task_id)
+            self.routes.drop(body.task_id)  # delivered, or gone to gossip: never left waiting
 
     async def _send_direct(self, body: ResultBody, stamped: bytes) -> bool:
         """Write the result on its task's stream (a slow stream holds up no other result).
@@ -97,26 +110,28 @@ class ResultOutbox:
             return False
         if not await self.routes.deliver(body.task_id, sealed):
             return False
-        try:
-            self._journal.mark_published(body.task_id)
-        except JournalError as exc:
-            log.error("result delivered but not marked in the journal", task_id=body.task_id, error=str(exc))
+        self._mark_published(body.task_id)
         log.info("result delivered on its stream", task_id=body.task_id, ok=body.error is None)
         return True
 
     async def flush(self) -> int:
         """Publish every journalled result still in time that no `send` holds; returns how many went out."""
         async with self._flush_lock:
+            self.unjournalled.settle(self._journal)
             entries = self._journal.unpublished()
-            if not entries or not await self._has_peers():
+            held = [body for body in self.unjournalled.to_publish() if body.task_id not in self._in_hand]
+            if not (entries or held) or not await self._has_peers():
                 return 0
             sent = 0
+            for held_body in held:  # not in the journal: published from memory, journalled when it can be
+                if await self._publish(held_body, encode_body(_stamped(held_body))):
+                    sent += 1
             now = time.time_ns()
             for entry in entries:
                 if entry.deadline_ns + self._grace_ns < now:
                     continue  # too late to matter; pruned with the old entries
-                if entry.task_id in self._in_hand:
-                    continue  # `send` is delivering it (stream or gossip) and keeps it if that fails
+                if entry.task_id in self._in_hand or entry.task_id in self.unjournalled:
+                    continue  # `send` is delivering it, or it went out and only its journal mark is owed
                 try:
                     body = self._body_of(entry)
                     if body is not None and await self._publish_if_unpublished(body):
@@ -131,7 +146,7 @@ class ResultOutbox:
         next_prune = loop.time() + self._prune_interval_s
         while True:
             try:
-                if self._journal.backlog():
+                if self.unjournalled or self._journal.backlog():
                     sent = await self.flush()
                     if sent:
                         log.info("kept results published", count=sent)
@@ -148,6 +163,8 @@ class ResultOutbox:
     async def _publish_if_unpublished(self, body: ResultBody) -> bool:
         """Publish a kept result (from `flush`, or one its stream failed), checked for size and stamped now,
         unless it went out or was dropped meanwhile."""
+        if body.task_id in self.unjournalled:
+            return await self._publish(body, encode_body(_stamped(body)))
         if self._journal.state(body.task_id) != TaskState.FINISHED:
             return False  # published, or dropped for room, since it was journalled
         if (fitting := _fitting(body))[0] is not body:  # kept before this check existed
@@ -172,14 +189,23 @@ class ResultOutbox:
             return False
         except Exception as exc:  # noqa: BLE001 - EnvelopeError or any other: one result must never stop the outbox
             log.error("result cannot be published; dropped", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
-            self._journal.mark_dropped(body.task_id)
+            if not self.unjournalled.discard(body.task_id):
+                self._journal.mark_dropped(body.task_id)
             return False
-        try:
-            self._journal.mark_published(body.task_id, result_bytes=len(data) if journalled else None)
-        except JournalError as exc:  # dropped for room while it was on its way, or SQLite failed: it went out
-            log.error("result published but not marked in the journal", task_id=body.task_id, error=str(exc))
+        self._mark_published(body.task_id, result_bytes=len(data) if journalled else None)
         log.info("result published", task_id=body.task_id, ok=body.error is None)
         return True
+
+    def _mark_published(self, task_id: str, result_bytes: int | None = None) -> None:
+        """Note in the journal that a result went out; if it cannot, hold that note so it is never sent twice."""
+        if task_id in self.unjournalled:
+            self.unjournalled.hold_published(task_id)  # journalled, with its publication, once the journal can
+            return
+        try:
+            self._journal.mark_published(task_id, result_bytes=result_bytes)
+        except JournalError as exc:  # dropped for room while it was on its way, or SQLite failed: it went out
+            log.error("result published but not marked in the journal", task_id=task_id, error=str(exc))
+            self.unjournalled.hold_published(task_id)
 
     async def _has_peers(self) -> bool:
         # Peers in the results mesh, not merely connected ones: right after a

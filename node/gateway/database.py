@@ -41,20 +41,34 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
 
 
 class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); sqlite errors become DatabaseError."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); whatever SQLite raises becomes DatabaseError.
+
+    A full disk or an I/O error in WAL mode shows at COMMIT (or at BEGIN), and SQLite may have
+    rolled back already: then there is nothing to roll back, and the error to report is the first one.
+    """
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot write the task database {self._path}: {exc}") from exc
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if kind is None:
-            self._db.execute("COMMIT")
-            return
-        self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as commit_error:
+                exc = commit_error
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as rollback_error:  # the file is unusable; the first error says why
+                log.warning("task database rollback failed", path=str(self._path), error=str(rollback_error))
         if isinstance(exc, sqlite3.Error):
             raise DatabaseError(f"cannot write the task database {self._path}: {exc}") from exc
 
@@ -92,6 +106,8 @@ async def purge_loop(tables: Sequence[Table], interval: float = PURGE_INTERVAL) 
                 deleted = table.purge()
             except DatabaseError as exc:
                 log.warning("could not delete expired tasks", table=table.name, error=str(exc))
+            except Exception:  # noqa: BLE001 - the purge outlives any one failure: expired rows must go eventually
+                log.exception("could not delete expired tasks", table=table.name)
             else:
                 if deleted:
                     log.info("expired tasks deleted", table=table.name, count=deleted)

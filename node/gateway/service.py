@@ -5,6 +5,9 @@ heartbeat; a busy or failed node retried on another one with a new network task
 id; a workflow error not retried), recording each network task id it publishes
 and the outcome in the store. The gateway id stays the same across retries. Long polling waits on
 an in-memory event per unfinished task.
+
+An outcome the store cannot take (a full disk, an I/O error) is not lost: it is served from
+memory and written once the store takes writes again (`UNSAVED_RETRY_S`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from node.gateway.database import DatabaseError
 from node.gateway.schemas import TaskRequest
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord, TaskStore
@@ -29,6 +33,7 @@ log = structlog.get_logger(__name__)
 RETRY_AFTER = 5  # seconds suggested by every 429 and 503 of the gateway: pending caps, busy nodes, no store
 MAX_LISTED_NODES = 1000  # nodes (and SDK peers) one listing shows at most: anyone can make keys that heartbeat
 MAX_LISTED_MODELS = 1000  # models /v1/models shows at most (each heartbeat may name 64)
+UNSAVED_RETRY_S = 5.0  # seconds between two tries to write the outcomes the store could not take
 
 
 class TooManyPendingError(Exception):
@@ -69,6 +74,10 @@ class GatewayService:
         self.store = store
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
+        # Outcomes the store refused (disk full, I/O error), by task id: served from here until written.
+        # At most one per task followed, so bounded by the pending caps.
+        self._unsaved: dict[str, dict[str, Any]] = {}
+        self._saver: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the network and resume waiting for tasks left pending by an earlier run."""
@@ -79,7 +88,7 @@ class GatewayService:
 
     async def close(self) -> None:
         """Stop following tasks (they stay pending in the store) and leave the network."""
-        tasks = list(self._followers)
+        tasks = list(self._followers) + ([self._saver] if self._saver is not None else [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -120,10 +129,10 @@ class GatewayService:
     def get(self, task_id: str, key_id: str) -> TaskRecord | None:
         """The task if it exists and belongs to `key_id`."""
         record = self.store.get(task_id)
-        return record if record is not None and record.key_id == key_id else None
+        return self._with_unsaved(record) if record is not None and record.key_id == key_id else None
 
     def get_many(self, task_ids: list[str], key_id: str) -> dict[str, TaskRecord]:
-        return {i: r for i, r in self.store.get_many(task_ids).items() if r.key_id == key_id}
+        return {i: self._with_unsaved(r) for i, r in self.store.get_many(task_ids).items() if r.key_id == key_id}
 
     async def wait(self, task_ids: list[str], seconds: float) -> None:
         """Return when every one of these tasks has finished, or after `seconds`."""
@@ -150,7 +159,11 @@ class GatewayService:
         task = _task_of(request)
 
         def published(network_id: str, node: str | None) -> None:
-            self.store.published(task_id, network_id, node)
+            try:
+                self.store.published(task_id, network_id, node)
+            except DatabaseError as exc:  # only a restart needs the network id (to resume waiting): keep going
+                log.error("network task id not stored", id=task_id, network_id=network_id, error=str(exc))
+                return
             log.debug("task published", id=task_id, network_id=network_id, node=node or request.nodes)
 
         try:
@@ -197,11 +210,36 @@ class GatewayService:
             self._finish(task_id, "done", result=result.text, node=result.node, model=result.model, stats=stats)
 
     def _finish(self, task_id: str, status: str, **fields: object) -> None:
-        self.store.finish(task_id, status, **fields)  # type: ignore[arg-type]
+        try:
+            self.store.finish(task_id, status, **fields)  # type: ignore[arg-type]
+        except DatabaseError as exc:
+            log.error(
+                "task outcome not stored; served from memory until the store takes it", id=task_id, error=str(exc)
+            )
+            self._unsaved[task_id] = {"status": status, **fields}
+            if self._saver is None or self._saver.done():
+                self._saver = asyncio.create_task(self._save_unsaved(), name="gateway-unsaved-outcomes")
         event = self._finished.pop(task_id, None)
         if event is not None:
             event.set()
         log.info("task finished", id=task_id, status=status, node=fields.get("node"), error=fields.get("error"))
+
+    def _with_unsaved(self, record: TaskRecord) -> TaskRecord:
+        outcome = self._unsaved.get(record.id)
+        return record if outcome is None else record.model_copy(update=outcome)
+
+    async def _save_unsaved(self) -> None:
+        """Write the outcomes the store refused, every UNSAVED_RETRY_S, until none is left."""
+        while self._unsaved:
+            await asyncio.sleep(UNSAVED_RETRY_S)
+            for task_id, outcome in list(self._unsaved.items()):
+                fields = dict(outcome)
+                try:
+                    self.store.finish(task_id, fields.pop("status"), **fields)
+                except DatabaseError:
+                    break  # the store still refuses: the rest wait for the next try
+                del self._unsaved[task_id]
+        log.info("unsaved task outcomes stored")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         follower = asyncio.create_task(coro)

@@ -101,13 +101,17 @@ class TaskStore(Table):
         rows = self._db.execute("SELECT * FROM tasks WHERE status = 'pending'").fetchall()
         return [_record(row) for row in rows]
 
-    def pending_count(self, key_id: str | None = None) -> int:
-        """Unfinished tasks of `key_id`, or of every key."""
+    def pending_count(self, key_id: str | None = None, now: float | None = None) -> int:
+        """Unfinished tasks of `key_id`, or of every key, whose deadline has not passed (a row whose
+        outcome could not be written, on a full disk, stops counting then)."""
+        now = time.time() if now is None else now
         if key_id is None:
-            row = self._db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'pending'").fetchone()
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE status = 'pending' AND deadline > ?", (now,)
+            ).fetchone()
         else:
             row = self._db.execute(
-                "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending'", (key_id,)
+                "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND status = 'pending' AND deadline > ?", (key_id, now)
             ).fetchone()
         return int(row[0])
 

@@ -79,6 +79,12 @@ class NodeMetrics:
             "streams_refused", "Streams a peer opened past the cap of its connection, reset at once"
         )
         self.journal_backlog = gauge("journal_backlog", "Finished results not yet published")
+        self.journal_errors = counter(
+            "journal_errors", "Journal reads and writes SQLite refused (a full disk, an I/O error)"
+        )
+        self.results_unjournalled = gauge(
+            "results_unjournalled", "Results held in memory because the journal refused to write them"
+        )
         self.capacity_free = gauge("capacity_free", "Tasks that could start now without waiting (free capacity)")
         self.tasks_running = gauge("tasks_running", "Tasks executing now")
         self.remote_engine_up = gauge(

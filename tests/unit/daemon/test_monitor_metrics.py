@@ -1,4 +1,4 @@
-"""The monitor's samples: gossip a full queue dropped reaches /metrics, counted once."""
+"""The monitor's samples: gossip a full queue dropped reaches /metrics, counted once; a failing journal."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import secrets
 import time
 from pathlib import Path
 
+import pytest
+
 from node.daemon.admission import Admission
+from node.daemon.build import free_places
 from node.daemon.journal import Journal
+from node.daemon.journal_file import JournalError
 from node.daemon.monitor import NodeMonitor
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
@@ -64,3 +68,34 @@ async def test_dropped_gossip_is_counted_in_the_metric_once(tmp_path: Path) -> N
     finally:
         journal.close()
         await asyncio.gather(sender.stop(), node.stop())
+
+
+async def test_a_journal_that_sqlite_refuses_makes_the_node_unhealthy_counted_and_full(tmp_path: Path) -> None:
+    """A full disk refuses every task at intake (`journal_error`): the node says so in /healthz and the
+    metrics, and its heartbeat offers no free places, so publishers go elsewhere until it works again."""
+    node = P2PHost(secrets.token_bytes(32), [LOOPBACK])
+    await node.start()
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    try:
+        metrics = NodeMetrics()
+        admission = Admission(_never, _never, {"m": 2}, max_queue=0)
+        monitor = NodeMonitor(
+            Identity.generate(), node, admission, journal, metrics, SystemdNotifier.from_env({}), lambda: ["m"]
+        )
+        assert free_places(admission, journal, ["m"]) == (2, 2)
+        assert journal.failing() is None
+
+        journal._conn.execute(f"PRAGMA max_page_count = {journal._conn.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(JournalError):
+            journal.record_accepted("t1", "p", time.time_ns() + 10**10, "m", b"x" * 50_000, time.time_ns())
+        await monitor.sample()
+
+        health = monitor.health()
+        assert not health.ok and "database or disk is full" in (health.reason or "")
+        assert metrics.registry.get_sample_value("compute_node_journal_errors_total") == 1
+        assert monitor.status()["journal_errors"] == 1
+        assert free_places(admission, journal, ["m"]) == (0, 2)
+        assert journal.failing(within_s=0) is None  # it passes: once writes work again, the node offers places
+    finally:
+        journal.close()
+        await node.stop()

@@ -244,6 +244,8 @@ EXPORTED_METRICS = {
     ("compute_node_connections_refused_total", "counter"),
     ("compute_node_streams_refused_total", "counter"),
     ("compute_node_journal_backlog", "gauge"),
+    ("compute_node_journal_errors_total", "counter"),
+    ("compute_node_results_unjournalled", "gauge"),
     ("compute_node_capacity_free", "gauge"),
     ("compute_node_tasks_running", "gauge"),
     ("compute_node_remote_engine_up", "gauge"),
