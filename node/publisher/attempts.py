@@ -7,6 +7,18 @@ waits for the first news of any live attempt (`next_outcome`), and retries on an
 result, a lost stream or a node silent for the attempt timeout, up to `max_retries` times.
 After MAX_UNMEASURED_ATTEMPTS nodes not measured serving, it keeps to nodes that were while one
 has room, and it stops at the deadline however many nodes decline.
+
+A streamed call (`on_delta`) hears one node: the first attempt whose text reaches `on_delta` is its
+speaker, and the deltas of every other attempt are dropped. Each progress frame of the attempt timed
+(the speaker, else the newest) counts as news, so a node streaming a long answer is not timed out.
+Once text has gone out it cannot be taken back: the speaker's failure or silence ends the call (a
+result from another node would not extend the text the caller has), and no retry is sent.
+
+A deterministic error (`Invalid prompt: ...`) would be the same on every node, but any node can
+claim one. While retries remain and another node serves the task's models now, one more node
+is asked (a second opinion): if it returns a result, that result is the call's and the first node
+is marked with an error; anything else (its own error, a decline, silence) ends the call with
+the first node's error.
 The Client hands it what it needs as callables (`AttemptHooks`): choosing, sending,
 verifying a result, ending an attempt. A result must extend the text its node streamed,
 and each one is recorded in the node's measured reputation.
@@ -22,7 +34,7 @@ from typing import Any
 import structlog
 
 from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta
-from node.publisher.errors import TaskFailedError, TaskTimeoutError
+from node.publisher.errors import TaskFailedError, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.tasks import Task, TaskResult
@@ -107,6 +119,9 @@ class AttemptLoop:
     judged: set[str] = field(default_factory=set)  # task ids already recorded as a failure of their node
     retries: int = 0
     explored: int = 0  # nodes not measured serving tried so far
+    voices: dict[str, object] = field(default_factory=dict)  # task id -> the token its deltas carry
+    speaker: object | None = None  # the token of the attempt whose text went to `on_delta`
+    doubted: TaskFailedError | None = None  # a node's deterministic error, while a second node is asked
     need_new: bool = True
     sent_at: float = 0.0
     deadline: float = 0.0
@@ -130,8 +145,10 @@ class AttemptLoop:
                     if self.last_failure is not None:
                         raise self.last_failure
                     raise TaskTimeoutError(next(reversed(self.attempts), "-"), self.timeout)
-                attempt, outcome = await next_outcome(live, self._give_up_at() - loop.time())
+                attempt, outcome = await next_outcome(live, self._give_up_at(live) - loop.time())
                 if attempt is None:
+                    if self._give_up_at(live) > loop.time():
+                        continue  # it streamed meanwhile: still working
                     self._silent(live)
                     continue
                 result = await self._settle(attempt, outcome)
@@ -148,28 +165,35 @@ class AttemptLoop:
         explore = self.explored < MAX_UNMEASURED_ATTEMPTS
         node = (
             hooks.nodes.choose(self.task.models, exclude=self.tried, explore=explore)
-            if live
+            if live or self.doubted is not None  # a second opinion is asked of a node free now, or of none
             else await hooks.choose(
                 self.task.models, self.tried, self.deadline, self.timeout, self.last_failure, explore
             )
         )
         if node is None:
+            if self.doubted is not None and not live:
+                raise self.doubted
             return True
         if not hooks.reputation.served(node.address):
             self.explored += 1
         self.tried.add(node.address)
         hooks.nodes.reserve(node.address)
+        voice = object()
+        on_delta = None if self.on_delta is None else self._forward(voice, self.on_delta)
         try:
-            attempt = await hooks.send(self.task, node, max(self.deadline - loop.time(), 0.001), self.on_delta)
+            attempt = await hooks.send(self.task, node, max(self.deadline - loop.time(), 0.001), on_delta)
         except DeclinedError as exc:
-            log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             hooks.reputation.record_busy(node.address)
+            if self.doubted is not None:
+                raise self.doubted from None
+            log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.
             self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
             return False
         self.attempts[attempt.task_id] = attempt
+        self.voices[attempt.task_id] = voice
         self.sent[attempt.task_id] = loop.time()
         hooks.reputation.started(node.address)
         live.append(attempt)
@@ -178,23 +202,53 @@ class AttemptLoop:
             self.on_submit(attempt.task_id, node.address)
         return True
 
-    def _give_up_at(self) -> float:
-        """When to stop waiting for news: the attempt timeout, or a short poll for a node that frees up."""
+    def _forward(self, voice: object, on_delta: OnDelta) -> OnDelta:
+        """`on_delta` for one attempt: its deltas reach the caller if it is the first to stream, or was."""
+
+        def forward(delta: str) -> None:
+            if self.speaker is None:
+                self.speaker, self.need_new = voice, False  # no other node's answer can follow this text
+            if self.speaker is voice:
+                on_delta(delta)
+
+        return forward
+
+    def _speaks(self, attempt: Attempt) -> bool:
+        return self.speaker is not None and self.voices.get(attempt.task_id) is self.speaker
+
+    def _timed(self, live: list[Attempt]) -> Attempt | None:
+        """The attempt whose silence counts: the speaker's while it is live, else the newest."""
+        return next((a for a in live if self._speaks(a)), live[-1] if live else None)
+
+    def _give_up_at(self, live: list[Attempt]) -> float:
+        """When to stop waiting for news: the attempt timeout since the timed attempt was sent or last streamed,
+        or a short poll for a node that frees up."""
         if not self.need_new:
             attempt_timeout = self.timeout / 2 if self.attempt_timeout is None else self.attempt_timeout
-            return min(self.deadline, self.sent_at + attempt_timeout)
+            timed = self._timed(live)
+            news = self.sent_at
+            if timed is not None and timed.direct is not None and timed.direct.last_progress is not None:
+                news = max(news, timed.direct.last_progress)
+            return min(self.deadline, news + attempt_timeout)
         if self.retries <= self.max_retries:
             return min(self.deadline, asyncio.get_running_loop().time() + NODE_POLL_S)
         return self.deadline
 
     def _silent(self, live: list[Attempt]) -> None:
-        """No news in time: the newest attempt's node is marked slow, and a retry is due (or the deadline passed)."""
-        newest = live[-1] if live else None
+        """No news in time: the timed attempt's node is marked slow, and a retry is due (or the deadline passed,
+        or the silent node is the speaker: its text went out, so no other node's answer can follow it)."""
+        newest = self._timed(live)
         if newest is not None and newest.task_id not in self.judged:
             self.judged.add(newest.task_id)
             self.hooks.reputation.record_timeout(newest.node)
         if asyncio.get_running_loop().time() >= self.deadline:
             raise TaskTimeoutError(next(reversed(self.attempts)), self.timeout)
+        if newest is not None and self._speaks(newest):
+            raise TaskFailedError(
+                newest.task_id, "its node went silent after streaming part of the answer", newest.node
+            )
+        if self.doubted is not None:
+            raise self.doubted
         if not self.need_new and newest is not None:
             log.info("retrying on another node", task_id=newest.task_id, node=newest.node, reason="no result yet")
             self.retries, self.need_new = self.retries + 1, True
@@ -203,6 +257,12 @@ class AttemptLoop:
         """Act on one attempt's news: its accepted result, or None after arranging what comes next."""
         reputation = self.hooks.reputation
         declined = attempt.direct.declined if attempt.direct is not None else None
+        if outcome != "result" and self.doubted is not None:
+            if declined is not None:
+                reputation.record_busy(attempt.node)
+            else:
+                reputation.record_error(attempt.node)
+            raise self.doubted
         if outcome == "lost" and declined is not None:  # a late answer but not accepted: nothing ran there
             log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
             del self.attempts[attempt.task_id]
@@ -213,23 +273,59 @@ class AttemptLoop:
             return None
         if outcome == "lost":
             reason = "stream closed without a result"
-            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=reason)
             self.judged.add(attempt.task_id)
             reputation.record_error(attempt.node)
-            self.retries, self.need_new = self.retries + 1, True
+            if self._speaks(attempt):
+                raise TaskFailedError(attempt.task_id, f"{reason} after streaming part of the answer", attempt.node)
+            self._retry_after(attempt, reason)
             return None
         try:
             result = await self.hooks.verify(checked(attempt))
         except TaskFailedError as exc:
+            if self.doubted is not None:
+                raise (self.doubted if exc.retryable else exc) from None
             if not exc.retryable:
-                raise  # the same on every node (a failed proof is marked where it is checked)
+                if not self._second_opinion(attempt, exc):
+                    raise  # a failed proof is marked where it is checked; a deterministic error stands
+                return None
             reputation.record_error(attempt.node)
+            if self._speaks(attempt):
+                raise  # its text went out: no other node's answer can follow it
             self.last_failure = exc
-            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
-            self.retries, self.need_new = self.retries + 1, True
+            self._retry_after(attempt, exc.reason)
             return None
         self._record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
+        if self.doubted is not None:  # its node said the task could not run; another ran it
+            log.warning("a deterministic error was contradicted", node=self.doubted.node, error=self.doubted.reason)
+            reputation.record_error(self.doubted.node)
+        if self.speaker is not None and not self._speaks(attempt):  # the caller has another node's text
+            log.info("result not used: another node's text was streamed", task_id=attempt.task_id, node=attempt.node)
+            del self.attempts[attempt.task_id]
+            await self.hooks.end(attempt)
+            return None
         return result
+
+    def _second_opinion(self, attempt: Attempt, exc: TaskFailedError) -> bool:
+        """Ask one more node after a deterministic error (see the module doc); False when none can be asked."""
+        if (
+            isinstance(exc, VerificationFailedTaskError)
+            or self._speaks(attempt)
+            or self.retries >= self.max_retries
+            or not self.hooks.nodes.serving(self.task.models, exclude=self.tried)
+        ):
+            return False
+        self.doubted = self.last_failure = exc
+        log.info("asking another node", task_id=attempt.task_id, node=attempt.node, reason=exc.reason)
+        self.retries, self.need_new = self.retries + 1, True
+        return True
+
+    def _retry_after(self, attempt: Attempt, reason: str) -> None:
+        """A retry for a failed attempt, unless text went out (another node's answer could not follow it)."""
+        if self.speaker is not None:
+            log.info("not retried: the caller has another node's text", task_id=attempt.task_id, reason=reason)
+            return
+        log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=reason)
+        self.retries, self.need_new = self.retries + 1, True
 
     def _record_result(self, result: TaskResult, seconds: float) -> None:
         """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim.

@@ -75,6 +75,7 @@ class DirectDelivery:
         self.deltas: list[str] = []
         self.progress_chars = 0  # in `deltas` (an empty one counted as one), at most MAX_PROGRESS_CHARS
         self.lost: asyncio.Event = asyncio.Event()  # the stream ended (or broke) before a result came
+        self.last_progress: float | None = None  # the event loop's time of the latest progress frame
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -105,6 +106,7 @@ class DirectDelivery:
                     self.progress_chars += max(len(progress.delta), 1)
                     if self.progress_chars > MAX_PROGRESS_CHARS:
                         raise MessageError(f"progress frames longer than any result ({MAX_PROGRESS_CHARS} characters)")
+                    self.last_progress = asyncio.get_running_loop().time()  # the node is working on it
                     if progress.delta:
                         self.deltas.append(progress.delta)
                         if on_delta is not None:

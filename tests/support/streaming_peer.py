@@ -29,7 +29,8 @@ class StreamingPeer:
     `answer_after`: seconds before it answers; `status`: its answer (anything but accepted ends there);
     `tokens`: the completion tokens its result's stats report; `stats`: fields put in its stats as they are
     (a dishonest node's token counts); `claims`: the model its results name (its heartbeat's is `m`);
-    `error`: an error result in place of `text`."""
+    `error`: an error result in place of `text`; `gap`: seconds between two progress frames; `hang`: after its
+    progress frames it writes nothing more (a node that stalls mid-answer); `task_ids`: the tasks it took."""
 
     def __init__(
         self,
@@ -41,11 +42,15 @@ class StreamingPeer:
         stats: dict[str, Any] | None = None,
         claims: str = "m",
         error: str | None = None,
+        gap: float = 0.0,
+        hang: bool = False,
     ) -> None:
         self.identity = Identity.generate()
         self.deltas, self.text, self.tokens = deltas, text, tokens
         self.stats, self.claims, self.error = stats or {}, claims, error
         self.answer_after, self.status = answer_after, status
+        self.gap, self.hang = gap, hang
+        self.task_ids: list[str] = []
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
         self._serving: set[asyncio.Task[None]] = set()
@@ -58,6 +63,7 @@ class StreamingPeer:
     async def _serve(self, stream: FrameStream, first: bytes) -> None:
         body = decode(TASK_TOPIC, first).body
         assert isinstance(body, TaskBody)
+        self.task_ids.append(body.task_id)
         self.streamed.append(bool(body.stream))
         await asyncio.sleep(self.answer_after)
         reason = "" if self.status is AnswerStatus.ACCEPTED else "no_capacity"
@@ -67,6 +73,9 @@ class StreamingPeer:
             return
         for delta in self.deltas:
             await stream.send(encode_frame_body(Progress(task_id=body.task_id, delta=delta)))
+            await asyncio.sleep(self.gap)
+        if self.hang:
+            await asyncio.sleep(3600)
         now = time.time_ns()
         result = result_body(
             body.task_id,
@@ -101,21 +110,35 @@ class StreamingPeer:
 async def client_of(peer: StreamingPeer, answer_timeout: float = 5.0, **settings: Any) -> AsyncIterator[Client]:
     """A started Client (no retries unless `settings` say; `settings`: more of its arguments) whose node
     table holds the started peer's heartbeat."""
-    await peer.host.start()
-    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
-        await peer.host.subscribe(topic)
+    async with client_of_many([peer], answer_timeout, **settings) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_of_many(
+    peers: list[StreamingPeer], answer_timeout: float = 5.0, **settings: Any
+) -> AsyncIterator[Client]:
+    """`client_of` for several peers, connected to each other; the Client's node table holds all their heartbeats."""
+    for peer in peers:
+        await peer.host.start()
+        for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
+            await peer.host.subscribe(topic)
+    for peer in peers[1:]:
+        await peer.host.connect(peers[0].host.listen_addrs[0])
     settings = {"max_retries": 0} | settings
-    client = Client(peers=[peer.host.listen_addrs[0]], answer_timeout=answer_timeout, **settings)
+    client = Client(peers=[peer.host.listen_addrs[0] for peer in peers], answer_timeout=answer_timeout, **settings)
     try:
         await client.start()
         for _ in range(100):
-            if client.nodes.live():
+            if len(client.nodes.live()) >= len(peers):
                 break
-            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
+            for peer in peers:
+                if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
+                    await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
             await asyncio.sleep(0.2)
-        assert client.nodes.live(), "the client never saw the peer's heartbeat"
+        assert len(client.nodes.live()) >= len(peers), "the client never saw every peer's heartbeat"
         yield client
     finally:
         await client.close()
-        await peer.host.stop()
+        for peer in peers:
+            await peer.host.stop()

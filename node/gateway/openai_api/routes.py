@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -31,13 +32,14 @@ from node.gateway.openai_api.schemas import (
     ModelList,
 )
 from node.gateway.openai_api.service import OpenAIService, usage_of
-from node.gateway.openai_api.stream import ChatStream, finish_reason
+from node.gateway.openai_api.stream import ChatStream, ClientGoneError, finish_reason, unless_gone
 from node.gateway.openai_api.translate import assistant_message
 from node.gateway.validation import first_error
 
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]  # Starlette takes both kinds
+log = structlog.get_logger(__name__)
 
 
 def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[..., Awaitable[str]]) -> None:
@@ -51,14 +53,18 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
         tags=["openai"],
     )
     async def chat_completions(
-        request: ChatCompletionRequest, key: Annotated[str, Depends(caller)]
+        request: ChatCompletionRequest, key: Annotated[str, Depends(caller)], http: Request
     ) -> ChatCompletion | Response:
         """A chat completion, run as a one-step workflow task by a node of the network."""
         prepared = service.prepare(request)
-        if request.stream:
-            include_usage = request.stream_options is not None and request.stream_options.include_usage
-            return await ChatStream(service, key, prepared, request.model, include_usage).response()
-        result = await service.run(key, prepared)
+        try:
+            if request.stream:
+                include_usage = request.stream_options is not None and request.stream_options.include_usage
+                return await ChatStream(service, key, prepared, request.model, include_usage).response(http)
+            result = await unless_gone(http, service.run(key, prepared))
+        except ClientGoneError:
+            log.info("chat completion abandoned: the caller disconnected", key_id=key)
+            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
         usage = usage_of(result)
         return ChatCompletion(
             id=f"chatcmpl-{secrets.token_urlsafe(16)}",

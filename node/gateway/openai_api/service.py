@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import structlog
@@ -85,22 +85,40 @@ class OpenAIService:
             max_tokens=request.max_completion_tokens or request.max_tokens,
         )
 
-    @contextmanager
-    def _slot(self, key: str) -> Iterator[None]:
-        """Count a completion in flight; TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
+    def hold(self, key: str) -> Callable[[], None]:
+        """Count a completion in flight until the returned release is called (once or more);
+        TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
         store = self.gateway.store
         self.caps.check(store.pending_count(key) + self._running[key], store.pending_count() + self._running.total())
         self._running[key] += 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self._running[key] -= 1
             if self._running[key] <= 0:
                 del self._running[key]
 
-    async def run(self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None = None) -> TaskResult:
-        """Execute the task on the network; OpenAIError when it does not complete."""
-        with self._slot(key):
+        return release
+
+    @contextmanager
+    def _slot(self, key: str) -> Iterator[None]:
+        release = self.hold(key)
+        try:
+            yield
+        finally:
+            release()
+
+    async def run(
+        self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None = None, *, held: bool = False
+    ) -> TaskResult:
+        """Execute the task on the network; OpenAIError when it does not complete.
+
+        `held`: the caller holds its place against the pending caps itself (a stream, until its last event)."""
+        with nullcontext() if held else self._slot(key):
             started = time.monotonic()
             try:
                 result = await self.gateway.client.execute(prepared.task, prepared.timeout, on_delta=on_delta)
@@ -118,5 +136,5 @@ class OpenAIService:
             return result
 
     def start(self, key: str, prepared: Prepared, on_delta: Callable[[str], None] | None) -> asyncio.Task[TaskResult]:
-        """`run` in its own task (for streaming: the deltas arrive while it runs)."""
-        return asyncio.create_task(self.run(key, prepared, on_delta), name="openai-chat")
+        """`run` in its own task, for a stream that holds its place itself (the deltas arrive while it runs)."""
+        return asyncio.create_task(self.run(key, prepared, on_delta, held=True), name="openai-chat")

@@ -5,6 +5,11 @@ with the result). The text the caller ends with is the signed result's: what was
 must be its beginning, and the rest follows in the last content event; if the streamed
 text is not a prefix of the signed result, the stream ends with an error event instead.
 An error before anything was streamed is an ordinary HTTP error response.
+
+A stream holds its place against the pending caps until its last event is written (a caller
+that does not read cannot open more than the caps allow), and the deltas that wait for a slow
+reader go out together as one event (what waits is the text, never one event per frame).
+A caller that leaves before the first event ends the task's wait at once.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from node.gateway.openai_api.errors import OpenAIError
@@ -31,6 +39,32 @@ from node.gateway.openai_api.translate import assistant_message
 from node.publisher.client import TaskResult
 
 DONE = "data: [DONE]\n\n"
+COMPACT_DELTAS = 1024  # deltas waiting for a slow reader are joined into one string past this many
+T = TypeVar("T")
+
+
+class ClientGoneError(Exception):
+    """The HTTP caller disconnected before its answer was ready."""
+
+
+async def client_gone(request: Request) -> None:
+    """Return when the caller disconnects (its body was read already: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGoneError (and `work` cancelled) as soon as the caller disconnects."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientGoneError
+    return task.result()
 
 
 def finish_reason(tools: bool, completion_tokens: int, max_tokens: int | None) -> FinishReason:
@@ -66,28 +100,43 @@ class ChatStream:
         self.id = f"chatcmpl-{secrets.token_urlsafe(16)}"
         self.created = int(time.time())
         self.sent = ""
-        self._deltas: asyncio.Queue[str] = asyncio.Queue()
-        self._first: str | None = None  # the delta taken off the queue while waiting to answer
+        self._pending: list[str] = []  # deltas not yet written
+        self._more = asyncio.Event()  # set when `_pending` has text
+        self._release = service.hold(key)  # TooManyPendingError past a cap
+        weakref.finalize(self, self._release)  # a response never started still gives its place back
         # Tool calls are sent whole, once the call is complete and signed: no progress frames asked for.
-        self._run = service.start(key, prepared, None if prepared.tools else self._deltas.put_nowait)
+        self._run = service.start(key, prepared, None if prepared.tools else self._take)
 
-    async def response(self) -> StreamingResponse | JSONResponse:
-        """Wait for the first delta or the outcome; an error before any text is a plain error response."""
-        first = asyncio.ensure_future(self._deltas.get())
+    def _take(self, delta: str) -> None:
+        self._pending.append(delta)
+        if len(self._pending) > COMPACT_DELTAS:
+            self._pending = ["".join(self._pending)]
+        self._more.set()
+
+    def _text(self) -> str:
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._more.clear()
+        return text
+
+    async def response(self, request: Request) -> StreamingResponse | JSONResponse:
+        """Wait for the first delta or the outcome; an error before any text is a plain error response.
+
+        ClientGoneError when the caller disconnects first."""
+        more = asyncio.ensure_future(self._more.wait())
         try:
-            await asyncio.wait([first, self._run], return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            first.cancel()
+            await unless_gone(request, asyncio.wait([more, self._run], return_when=asyncio.FIRST_COMPLETED))
+        except BaseException:
             self._run.cancel()
+            self._release()
             raise
-        if first.done():
-            self._first = first.result()
-        else:
-            first.cancel()
-            if (exc := self._run.exception()) is not None:
-                if isinstance(exc, OpenAIError):
-                    return exc.response()
-                raise exc
+        finally:
+            more.cancel()
+        if not self._more.is_set() and (exc := self._run.exception()) is not None:
+            self._release()
+            if isinstance(exc, OpenAIError):
+                return exc.response()
+            raise exc
         return StreamingResponse(self._events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _chunk(self, delta: Delta, finish: FinishReason | None = None, node: str | None = None) -> ChatCompletionChunk:
@@ -106,15 +155,15 @@ class ChatStream:
 
     async def _events(self) -> AsyncIterator[str]:
         try:
-            if self._first is not None:
-                yield self._content(self._first)
-            while not self._run.done() or not self._deltas.empty():
-                text_task = asyncio.ensure_future(self._deltas.get())
-                await asyncio.wait([text_task, self._run], return_when=asyncio.FIRST_COMPLETED)
-                if text_task.done():
-                    yield self._content(text_task.result())
-                else:
-                    text_task.cancel()
+            while True:
+                if self._more.is_set():
+                    yield self._content(self._text())
+                    continue
+                if self._run.done():
+                    break
+                more = asyncio.ensure_future(self._more.wait())
+                await asyncio.wait([more, self._run], return_when=asyncio.FIRST_COMPLETED)
+                more.cancel()
             try:
                 result = self._run.result()
             except OpenAIError as exc:
@@ -125,6 +174,7 @@ class ChatStream:
             yield DONE
         finally:
             self._run.cancel()
+            self._release()
 
     def _final(self, result: TaskResult) -> list[str]:
         usage = usage_of(result)

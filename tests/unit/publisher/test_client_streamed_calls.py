@@ -1,0 +1,79 @@
+"""A streamed call (`on_delta`) hears one node, against real libp2p peers speaking protocol 0.4 as nodes would:
+a node streaming a long answer is not timed out while it streams, no retry's text is mixed into the one the
+caller has, and a node that stalls after streaming ends the call rather than handing it to another node."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from node.publisher.client import Task, TaskFailedError, TaskTimeoutError
+from tests.support.streaming_peer import StreamingPeer, client_of_many
+
+WORDS = [f"w{i} " for i in range(20)]
+
+
+async def test_a_node_streaming_past_the_attempt_timeout_is_heard_alone_and_not_timed_out() -> None:
+    # 20 deltas 0.15 s apart: 3 s of streaming, past the attempt timeout (half of 4 s).
+    a = StreamingPeer(WORDS, "".join(WORDS) + "end", gap=0.15)
+    b = StreamingPeer([w.upper() for w in WORDS], "".join(WORDS).upper() + "END", gap=0.15)
+    async with client_of_many([a, b], max_retries=2) as client:
+        heard: list[str] = []
+        started = time.monotonic()
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=4, on_delta=heard.append)
+        took = time.monotonic() - started
+    speaker, other = (a, b) if result.node == a.identity.address else (b, a)
+    assert result.text.startswith("".join(heard)) and "".join(heard) == "".join(speaker.deltas)
+    assert other.task_ids == [], "the call was retried on another node while its node streamed"
+    assert client.reputation.view(speaker.identity.address).timeouts == 0
+    assert took >= 2.5
+
+
+async def test_a_node_that_stalls_after_streaming_ends_the_call_without_a_retry() -> None:
+    a = StreamingPeer(["Once upon "], "never", hang=True)
+    b = StreamingPeer(["ONCE UPON "], "never", hang=True)
+    async with client_of_many([a, b], max_retries=2) as client:
+        heard: list[str] = []
+        started = time.monotonic()
+        with pytest.raises(TaskFailedError, match="went silent after streaming") as failed:
+            await client.execute(Task(workflow={}, models=["m"]), timeout=4, on_delta=heard.append)
+        took = time.monotonic() - started
+    stalled, other = (a, b) if failed.value.node == a.identity.address else (b, a)
+    assert heard == stalled.deltas and other.task_ids == []
+    assert client.reputation.view(stalled.identity.address).timeouts > 0
+    assert 1.5 <= took < 4  # the attempt timeout (2 s) after its last frame, not the call's deadline
+
+
+async def test_without_on_delta_a_silent_node_is_still_retried() -> None:
+    a = StreamingPeer([], "never", hang=True)
+    b = StreamingPeer([], "never", hang=True)
+    async with client_of_many([a, b], max_retries=1) as client:
+        with pytest.raises(TaskTimeoutError):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=3)
+    assert len(a.task_ids) == 1 and len(b.task_ids) == 1
+
+
+async def test_a_node_that_claims_a_deterministic_error_is_contradicted_by_a_second_node() -> None:
+    """Any node can answer `Invalid prompt: ...`; one more node is asked, and the liar is marked."""
+    liar = StreamingPeer([], "", error="Invalid prompt: forged")
+    honest = StreamingPeer([], "fine")
+    async with client_of_many([liar, honest], max_retries=2) as client:
+        for _ in range(6):
+            result = await client.execute(Task(workflow={}, models=["m"]), timeout=10)
+            assert result.node == honest.identity.address and result.text == "fine"
+    assert liar.task_ids, "the liar was never chosen: nothing was tested"
+    assert client.reputation.view(liar.identity.address).errors > 0
+
+
+async def test_a_deterministic_error_two_nodes_agree_on_ends_the_call_at_once() -> None:
+    a = StreamingPeer([], "", error="Invalid prompt: the context cannot hold it")
+    b = StreamingPeer([], "", error="Invalid prompt: the context cannot hold it")
+    async with client_of_many([a, b], max_retries=2) as client:
+        started = time.monotonic()
+        with pytest.raises(TaskFailedError, match="Invalid prompt") as failed:
+            await client.execute(Task(workflow={}, models=["m"]), timeout=20)
+        assert not failed.value.retryable and time.monotonic() - started < 5
+    assert len(a.task_ids) + len(b.task_ids) == 2  # one opinion each, then the error stands
+    for peer in (a, b):
+        assert client.reputation.view(peer.identity.address).errors == 0
