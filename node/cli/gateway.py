@@ -35,6 +35,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     from node.gateway.database import DatabaseError
     from node.gateway.server import serve
+    from node.ops.data_lock import DataDirLockedError
     from node.ops.http_api import HttpServerError
     from node.ops.log import configure_logging
     from node.ops.systemd import SocketActivationError
@@ -49,7 +50,14 @@ def run_gateway(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         uvloop.run(serve(settings))
-    except (ClientError, DatabaseError, HttpServerError, IdentityError, SocketActivationError) as exc:
+    except (
+        ClientError,
+        DatabaseError,
+        DataDirLockedError,
+        HttpServerError,
+        IdentityError,
+        SocketActivationError,
+    ) as exc:
         print(f"compute-node gateway: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.supervisor import Supervisor, thread_alive
+from node.ops.data_lock import DataDirLock
 from node.ops.http_api import HttpServer, PauseControls, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
@@ -136,6 +137,7 @@ class NodeServer:
     async def _open(self) -> RunningNode:
         """Open the resources, each onto the exit stack as it opens, and build the parts that use them."""
         settings, opened = self.settings, self._opened
+        opened.enter_context(DataDirLock(settings.data_dir, "node"))  # before anything in it is opened
         identity = open_identity(settings)
         journal = open_journal(settings)
         opened.callback(journal.close)

@@ -16,6 +16,7 @@ from node.gateway.limits import head_timeout_protocol
 from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
+from node.ops.data_lock import DataDirLock
 from node.ops.http_api import HttpServer
 from node.ops.systemd import SocketActivationError, inherited_listener
 from node.publisher.client import Client
@@ -33,6 +34,16 @@ class Gateway:
         a caller keeps across restarts so that no connection is refused in between)."""
         self.settings = settings
         self._listener = listener
+        # One gateway per data directory (its key, task database and reputation): held until `stop`.
+        self._lock = DataDirLock(settings.data_dir, "gateway")
+        self._lock.acquire()
+        try:
+            self._build(settings)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _build(self, settings: GatewaySettings) -> None:
         identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
         client = Client(
             peers=settings.peers,
@@ -81,6 +92,7 @@ class Gateway:
             await self.http.stop()
             await self.service.close()
             self._close_stores()
+            self._lock.release()
             raise
         self._purger = asyncio.create_task(purge_loop([self.service.store, self.sdk.store]), name="gateway-purge")
         log.info("gateway listening", url=self.url, address=self.address, auth=bool(self.settings.api_keys))
@@ -93,6 +105,7 @@ class Gateway:
             await asyncio.gather(self._purger, return_exceptions=True)
         await self.service.close()
         self._close_stores()
+        self._lock.release()
 
     def _close_stores(self) -> None:
         self.service.store.close()

@@ -1,5 +1,5 @@
 """The node's lifecycle: graceful drain on SIGTERM or SIGINT (to the daemon or its whole
-process group), crash recovery from the journal after SIGKILL.
+process group), crash recovery from the journal after SIGKILL, one node per data directory.
 
 Real `compute-node start` subprocesses and real signals; loopback only."""
 
@@ -9,13 +9,14 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from node.publisher.client import Client, Task, TaskFailedError
 from node.wire.identity import Identity
-from tests.support.nodeproc import NodeProcess, free_port
+from tests.support.nodeproc import CLI, ROOT, NodeProcess, cli_env, free_port
 from workflows import Simple
 
 pytestmark = pytest.mark.slow
@@ -138,5 +139,33 @@ async def test_result_finished_without_peers_survives_kill_9_and_is_published_af
             result = await client.wait(task_id, timeout=30, nodes=[address])
         assert items_in(result.text) == 150
         await asyncio.to_thread(node.wait_for_log, "result published", 10, task_id=task_id)
+    finally:
+        node.stop(signal.SIGKILL)
+
+
+async def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps_its_task(tmp_path: Path) -> None:
+    """Without the lock, the second node's recovery answered the first one's running task as interrupted."""
+    node = NodeProcess(tmp_path / "node")
+    try:
+        address = node_address(node)
+        async with Client(peers=[node.addr], secret_key=Identity.generate().secret) as client:
+            task = Task(workflow=long_workflow(), models=["*"], nodes=[address])
+            task_id = await client.submit(task, timeout=120)
+            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            second = await asyncio.to_thread(
+                subprocess.run,
+                [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")],
+                env=cli_env(),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 1, second.stderr[-2000:]
+            assert f"another node is running on the data directory {tmp_path / 'node'} (pid {node.proc.pid})" in (
+                second.stderr
+            )
+            result = await client.wait(task_id, timeout=120, nodes=[address])
+            assert items_in(result.text) == 300
     finally:
         node.stop(signal.SIGKILL)

@@ -1,0 +1,65 @@
+"""DataDirLock: one running node (or gateway) per data directory.
+
+Two daemons on one data directory share its key, its journal and its ledger: the second's
+start-up recovery would answer the first one's running tasks as interrupted, and both would
+publish under one identity. So each takes an exclusive `flock` on `<data_dir>/<name>.lock`
+before it opens anything there, and refuses to start while another holds it, naming that
+process. The kernel drops the lock when its process ends, however it ends (a `kill -9`
+leaves no stale lock), and the file stays. Commands that only read the data directory
+(`compute-node status`, `ledger`, `nodes`) take no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+
+class DataDirLockedError(Exception):
+    """Another process holds this data directory's lock."""
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory, held from `acquire` until `release` (or the process ends)."""
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        self.path = Path(data_dir) / f"{name}.lock"
+        self._name = name
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; DataDirLockedError if another process holds it."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise DataDirLockedError(
+                f"another {self._name} is running on the data directory {self.path.parent} (pid {holder}); "
+                "stop it first, or give this one a data_dir of its own"
+            ) from None
+        except OSError as exc:
+            file.close()
+            raise DataDirLockedError(f"cannot lock the data directory {self.path.parent}: {exc}") from exc
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the lock
+            self._file = None
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

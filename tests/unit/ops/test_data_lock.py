@@ -1,0 +1,42 @@
+"""DataDirLock: one process per data directory, named when another holds it; a killed holder leaves no lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.ops.data_lock import DataDirLock, DataDirLockedError
+
+
+def test_a_second_lock_on_a_data_dir_is_refused_until_the_first_is_released(tmp_path: Path) -> None:
+    first = DataDirLock(tmp_path / "d", "node")
+    first.acquire()
+    with pytest.raises(DataDirLockedError, match=rf"another node is running on .* \(pid {os.getpid()}\)"):
+        DataDirLock(tmp_path / "d", "node").acquire()
+    assert DataDirLock(tmp_path / "d", "gateway").acquire() is None  # another name, another lock
+    first.release()
+    with DataDirLock(tmp_path / "d", "node"):
+        pass
+
+
+def test_a_holder_killed_with_sigkill_leaves_no_lock(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from node.ops.data_lock import DataDirLock; "
+        "lock = DataDirLock(Path(sys.argv[1]), 'node'); lock.acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    root = Path(__file__).resolve().parents[3]
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(DataDirLockedError, match=f"pid {holder.pid}"):
+            DataDirLock(tmp_path, "node").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with DataDirLock(tmp_path, "node"):
+        pass
