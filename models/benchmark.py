@@ -163,7 +163,10 @@ class ResultCache(Generic[M]):
             )
             return cached
         result = await self._benchmark(model)
-        self.put(model, result)
+        try:
+            self.put(model, result)
+        except OSError as exc:  # a full disk or a read-only data dir: measured all the same, measured again next start
+            log.warning("model benchmark not cached", model=model.name, path=str(self.path), error=str(exc))
         return result
 
 

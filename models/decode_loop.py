@@ -28,6 +28,7 @@ import llama_cpp
 import numpy as np
 import structlog
 
+from models.llama_log import take_first_error
 from models.options import RuntimeOptions
 from models.progress import DecodeProgress, ProgressSnapshot
 from models.requests import DeadlineExceededError, ModelClosedError, ModelError, ModelLoadError, TokenScores
@@ -135,9 +136,11 @@ class DecodeLoop:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = opts.gpu_layers()
         model_params.use_extra_bufts = opts.extra_buffers
+        take_first_error()  # an earlier call's error is not this one's
         self._model = llama_cpp.llama_model_load_from_file(str(self._path).encode("utf-8"), model_params)
         if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load model file {self._path}")
+            why = take_first_error()  # e.g. a truncated file: "... data is not within the file bounds ..."
+            raise ModelLoadError(f"llama.cpp could not load model file {self._path}" + (f": {why}" if why else ""))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = opts.n_ctx * self.parallel
         params.n_batch = opts.n_batch

@@ -10,7 +10,9 @@ llama.cpp emits a line in pieces (level CONT continues the previous piece, and
 progress dots arrive without a newline), so text is buffered per thread until a
 newline. Its DEBUG lines (graph dumps, thousands per load) are dropped; its INFO
 level is load-time chatter (dozens of lines per model), so it is logged at
-debug; WARN and ERROR keep their levels.
+debug; WARN and ERROR keep their levels. The last ERROR line of a thread is kept
+until `take_first_error()` reads it, so that a failed call can say why (llama.cpp's
+own functions return only NULL).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ log = structlog.get_logger("llama.cpp")
 
 # enum ggml_log_level (ggml.h of this build): NONE=0, DEBUG=1, INFO=2, WARN=3,
 # ERROR=4, CONT=5. (llama_cpp/_logger.py still documents an older numbering.)
-_DEBUG, _CONT = 1, 5
+_DEBUG, _ERROR, _CONT = 1, 4, 5
 _LEVEL_NAMES = {0: "debug", 2: "debug", 3: "warning", 4: "error"}
 # The runtime's vocab-only tokenizer context (no weights, so no training context)
 # makes llama.cpp warn about it on every load; it means nothing there.
@@ -62,6 +64,8 @@ class LlamaLogRouter:
         while "\n" in state.text:
             line, state.text = state.text.split("\n", 1)
             if line.strip():
+                if state.level == _ERROR and getattr(state, "error", None) is None:
+                    state.error = line.strip()  # the first says why; the ones after say that it failed
                 self._emit(state.level, line.rstrip())
 
     @staticmethod
@@ -72,6 +76,16 @@ class LlamaLogRouter:
             level = _DEBUG_VISIBLE
         method = getattr(log, _LEVEL_NAMES.get(level, "debug"))
         method("llama_cpp", line=line)
+
+
+def take_first_error() -> str | None:
+    """The first ERROR line llama.cpp logged on this thread since the last call, or None."""
+    router = LlamaLogRouter._installed
+    if router is None:
+        return None
+    error: str | None = getattr(router._pending, "error", None)
+    router._pending.error = None
+    return error
 
 
 def install_llama_log_router() -> LlamaLogRouter:

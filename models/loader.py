@@ -37,6 +37,8 @@ async def open_model(
         return await RemoteModel.open(spec, default_n_ctx=options.n_ctx)
     path = store.locate(spec)
     if path is None:
+        if spec.path is not None:  # nothing to pull: the operator named the file
+            raise ModelError(f"model {name}: its file {spec.path} does not exist")
         raise ModelError(f"model {name} is not downloaded; run: compute-node models pull {name}")
     return await BatchedLlamaModel.load(name, path, options, parallel=parallel)
 

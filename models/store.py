@@ -135,7 +135,12 @@ class ModelStore:
                 f"model {spec.name} ({describe_source(spec)}) is not present and cannot be downloaded{hint}"
             )
         assert spec.file is not None
-        self.models_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot download model {spec.name}: the models directory {self.models_dir}: {exc}"
+            ) from exc
         where = f"{spec.repo}/{spec.file}@{spec.revision} from {self.endpoint or 'the Hugging Face hub'}"
         log.info("model download started", model=spec.name, source=where, to=str(self.models_dir))
         self._check_reachable(spec, where)

@@ -280,7 +280,8 @@ def proof_of(done: TaskDone) -> Proof | None:
     if done.traces is None:
         return None
     kept = done.traces[-MAX_PROOF_STEPS:]
-    return Proof(steps=[ProofGeneration.model_validate(trace) for trace in kept], omitted=len(done.traces) - len(kept))
+    steps = [ProofGeneration.model_validate(trace.model_dump()) for trace in kept]
+    return Proof(steps=steps, omitted=len(done.traces) - len(kept))
 
 
 class _TaskFailure(Exception):

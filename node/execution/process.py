@@ -37,6 +37,7 @@ from node.execution.model_setup import PreparedModel, ServedModel, create_embedd
 from node.execution.protocol import (
     DEADLINE_BEFORE_START,
     DEADLINE_WHILE_RUNNING,
+    MAX_ERROR_CHARS,
     MAX_FRAME_BYTES,
     Cancel,
     Configure,
@@ -50,6 +51,7 @@ from node.execution.protocol import (
     TaskDelta,
     TaskDone,
     TaskFailed,
+    Trace,
     decode_to_child,
     encode,
     read_line,
@@ -169,7 +171,9 @@ class TaskHost:
         generation_traces.set(traces)  # this task's context: the runtime records its generations
         deltas = None
         if request.stream:
-            deltas = DeltaCoalescer(lambda text: self._send(TaskDelta(task_id=request.task_id, text=text)))
+            deltas = DeltaCoalescer(
+                lambda text: self._send(TaskDelta(task_id=request.task_id, text=sendable_text(text)))
+            )
         try:
             async with asyncio.timeout(remaining):
                 result = await run_workflow(
@@ -188,12 +192,17 @@ class TaskHost:
                 deltas.close()  # the last delta goes before the answer
         return TaskDone(
             task_id=request.task_id,
-            text=result.text,
+            text=sendable_text(result.text),
             steps=result.steps,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            traces=None if traces is None else [t.model_dump() for t in traces],
+            traces=None if traces is None else [Trace.model_validate(t.model_dump()) for t in traces],
         )
+
+
+def sendable_text(text: str) -> str:
+    """`text` as it can travel: a lone surrogate (a remote engine's JSON may hold one) becomes "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 async def serve(fd: int) -> int:
@@ -222,7 +231,7 @@ async def serve(fd: int) -> int:
             embedder = await create_embedder(settings.embedding_model, settings)
         limits = memory_limits(settings, name, model.parallel, prepared.gguf_metadata)
     except (ModelError, OSError) as exc:
-        send(LoadFailed(model=name, error=str(exc)))
+        send(LoadFailed(model=name, error=str(exc)[:MAX_ERROR_CHARS]))
         await writer.drain()
         return 0
     if settings.exec_address_space_mb is None:

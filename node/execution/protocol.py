@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # A workflow or a result is at most a few MB; a line past this is a broken peer.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# The daemon reads what a child sends as untrusted (a hostile workflow may have taken the child over):
+# every field is bounded, so no line costs the daemon more than its bytes, whatever it holds.
+MAX_TEXT_CHARS = 4 * 1024 * 1024  # a result's text: far past what the 256 KiB result envelope carries
+MAX_ERROR_CHARS = 2000  # an error result's text (the engine's own are cut at 500)
+MAX_TRACES = 4096  # generations of one task with a proof (the proof keeps the last 256)
+MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node serves
+MAX_PARALLEL = 1024  # sequences one execution process runs at once
 
 # A task's deadline, as the execution process and the daemon's runner both report it.
 DEADLINE_BEFORE_START = "deadline passed before the task started"
@@ -25,7 +32,7 @@ DEADLINE_WHILE_RUNNING = "deadline passed while the task was running"
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Configure(Message):
@@ -69,8 +76,8 @@ class Ready(Message):
 
     kind: Literal["ready"] = "ready"
     model: str
-    parallel: int = Field(ge=1)
-    generation_tps: float | None = None
+    parallel: int = Field(ge=1, le=MAX_PARALLEL)
+    generation_tps: float | None = Field(default=None, ge=0)
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
     # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
     # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
@@ -82,7 +89,7 @@ class LoadFailed(Message):
 
     kind: Literal["load_failed"] = "load_failed"
     model: str
-    error: str
+    error: str = Field(max_length=MAX_ERROR_CHARS)
 
 
 class TaskDelta(Message):
@@ -90,18 +97,30 @@ class TaskDelta(Message):
 
     kind: Literal["delta"] = "delta"
     task_id: str
-    text: str
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class Trace(Message):
+    """One generation's trace (models/tracing.py's GenerationTrace, as the wire carries it)."""
+
+    prompt_tokens: list[int] = Field(max_length=MAX_TRACE_TOKENS)
+    tokens: list[int] = Field(max_length=MAX_TRACE_TOKENS)
+    logprobs: list[float] = Field(max_length=MAX_TRACE_TOKENS)
+    temperature: float
+    seed: int | None = None
+    constrained: bool = False
+    ignore_eos: bool = False
 
 
 class TaskDone(Message):
     kind: Literal["done"] = "done"
     task_id: str
-    text: str
-    steps: int
-    prompt_tokens: int
-    completion_tokens: int
-    # With RunTask.proof: one GenerationTrace (as a dict) per generation step, in order.
-    traces: list[dict[str, Any]] | None = None
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    steps: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    # With RunTask.proof: one trace per generation step, in order.
+    traces: list[Trace] | None = Field(default=None, max_length=MAX_TRACES)
 
 
 class TaskFailed(Message):
@@ -109,7 +128,7 @@ class TaskFailed(Message):
 
     kind: Literal["failed"] = "failed"
     task_id: str
-    error: str
+    error: str = Field(max_length=MAX_ERROR_CHARS)
 
 
 class Progress(Message):

@@ -44,6 +44,7 @@ PROBE_TIMEOUT_S = 30.0  # the child's loop is free unless a workflow blocks it; 
 RSS_CHECK_INTERVAL_S = 0.5
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+RESTART_CHECK_S = 1.0  # how often a task waiting for a restart looks whether the restarts keep failing
 
 
 class NoUsableModelError(Exception):
@@ -189,10 +190,19 @@ class ExecutionPool:
         if entry is None:
             raise ModelUnavailableError(f"model {model} is not served here")
         while True:
-            await entry.ready.wait()
+            if not entry.ready.is_set() and self._failing_to_start(entry):
+                raise ModelUnavailableError(f"model {model} is unavailable: its execution process fails to start")
+            try:
+                await asyncio.wait_for(entry.ready.wait(), RESTART_CHECK_S)
+            except TimeoutError:
+                continue
             if entry.process is not None and entry.process.alive:
                 return await entry.process.run(request, on_delta)
             await asyncio.sleep(0)  # exited after `ready` was set: the exit callback clears it
+
+    def _failing_to_start(self, entry: _ModelEntry) -> bool:
+        """Its restarts keep failing (the file was removed or damaged): tasks do not wait for it."""
+        return entry.failed_starts >= self._settings.exec_crash_limit
 
     def cancel(self, model: str, task_id: str, reason: str) -> bool:
         """Ask the process to stop a task; False if the task is not on a running process."""
@@ -260,6 +270,15 @@ class ExecutionPool:
                     failed_starts=entry.failed_starts,
                     retry_in_s=delay,
                 )
+                if self._failing_to_start(entry) and not entry.benched:
+                    entry.benched = (
+                        True  # intake takes no task for it; the restarts go on, and one that holds ends this
+                    )
+                    log.error(
+                        "model leaves the heartbeats: its execution process fails to start",
+                        model=entry.model,
+                        failed_starts=entry.failed_starts,
+                    )
                 continue
             entry.failed_starts = 0
             self._metrics.exec_restarts.labels(model=entry.model).inc()

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from node.daemon.processes.handle import describe_exit
+from node.execution.process import sendable_text
 from node.execution.protocol import (
     Pong,
     Probe,
@@ -49,3 +50,38 @@ def test_exit_descriptions_name_the_signal() -> None:
     assert describe_exit(-signal.SIGSEGV) == "SIGSEGV"
     assert describe_exit(-signal.SIGKILL) == "SIGKILL"
     assert describe_exit(3) == "exit code 3"
+
+
+@pytest.mark.parametrize(
+    ("what", "line"),
+    [
+        (
+            "a million empty traces",
+            b'{"kind":"done","task_id":"t","text":"","steps":1,"prompt_tokens":1,'
+            b'"completion_tokens":1,"traces":[' + b",".join([b"{}"] * 1_000_000) + b"]}",
+        ),
+        (
+            "a trace of unknown fields",
+            b'{"kind":"done","task_id":"t","text":"","steps":1,"prompt_tokens":1,'
+            b'"completion_tokens":1,"traces":[{"x":[' + b",".join([b"{}"] * 100_000) + b"]}]}",
+        ),
+        ("an error of a million characters", b'{"kind":"failed","task_id":"t","error":"' + b"e" * 1_000_000 + b'"}'),
+        ("an infinite speed", b'{"kind":"ready","model":"m","parallel":1,"generation_tps":Infinity}'),
+        ("a million slots", b'{"kind":"ready","model":"m","parallel":1000000}'),
+        (
+            "an infinite decode time",
+            b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,"seconds_per_token":1e999}}',
+        ),
+    ],
+)
+def test_what_a_compromised_child_sends_is_bounded_field_by_field(what: str, line: bytes) -> None:
+    """A hostile workflow may own the child: no line costs the daemon more than its bytes, whatever it holds."""
+    with pytest.raises(ProtocolError):
+        decode_from_child(line)
+
+
+def test_a_result_with_a_lone_surrogate_still_travels() -> None:
+    """A remote engine's JSON may hold a lone surrogate, which UTF-8 cannot carry: it becomes "?", the
+    result is kept (it was lost to `internal error: PydanticSerializationError`)."""
+    done = TaskDone(task_id="t", text=sendable_text("a\ud800b"), steps=1, prompt_tokens=1, completion_tokens=1)
+    assert decode_from_child(encode(done)).text == "a?b"  # type: ignore[union-attr]

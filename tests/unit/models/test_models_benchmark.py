@@ -72,3 +72,13 @@ def test_unreadable_cache_counts_as_empty(model: BatchedLlamaModel, tmp_path: Pa
     assert cache.get(model) is None
     cache.put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
     assert cache.get(model) == BenchmarkCache(path).get(model)
+
+
+async def test_a_cache_that_cannot_be_written_still_gives_the_measurement(
+    model: BatchedLlamaModel, tmp_path: Path
+) -> None:
+    """A full disk or a read-only data dir: the model was measured, so it serves (it failed to load before)."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache's directory should be")
+    result = await BenchmarkCache(blocked / "bench.json").measure(model)
+    assert result.generation_tps > 0 and result.prompt_tps > 0

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import hf_hub_download
 
+from models.loader import open_model
+from models.options import RuntimeOptions
 from models.registry import DEFAULT_MODEL, ModelSpec, Registry, RegistryError
-from models.requests import UnknownModelError
+from models.requests import ModelError, UnknownModelError
 from models.store import ChecksumMismatchError, DownloadError, ModelStore
 
 REPO = "acme/tiny-GGUF"
@@ -284,3 +286,19 @@ def test_locate_finds_a_file_in_the_hub_cache(hub: FakeHub, tmp_path: Path) -> N
     store = ModelStore(tmp_path / "models", cache_dir=cache)
     found = store.locate(spec_for(hub))
     assert found is not None and found.read_bytes() == hub.content
+
+
+def test_a_models_directory_that_cannot_be_made_is_a_download_error_naming_it(hub: FakeHub, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("where the models directory should be")
+    store = ModelStore(blocked / "models", endpoint=hub.url, cache_dir=tmp_path / "cache")
+    with pytest.raises(DownloadError, match=f"the models directory {blocked / 'models'}"):
+        store.pull(spec_for(hub), progress=False)
+
+
+async def test_a_model_whose_named_file_is_missing_says_so_not_to_pull_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelError, match=r"model mine: its file .*missing\.gguf does not exist"):
+        await open_model("mine", ModelSpec(name="mine", path=tmp_path / "missing.gguf"), store, RuntimeOptions())
+    with pytest.raises(ModelError, match="is not downloaded; run: compute-node models pull hub"):
+        await open_model("hub", ModelSpec(name="hub", repo=REPO, file=FILE), store, RuntimeOptions())
