@@ -25,6 +25,9 @@ MAX_ERROR_CHARS = 2000  # an error result's text (the engine's own are cut at 50
 MAX_TRACES = 4096  # generations of one task with a proof (the proof keeps the last 256)
 MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node serves
 MAX_PARALLEL = 1024  # sequences one execution process runs at once
+# What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
+# line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
+MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024
 
 # A task's deadline, as the execution process and the daemon's runner both report it.
 DEADLINE_BEFORE_START = "deadline passed before the task started"
@@ -120,7 +123,7 @@ class TaskDone(Message):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     # With RunTask.proof: one trace per generation step, in order.
-    traces: list[Trace] | None = Field(default=None, max_length=MAX_TRACES)
+    traces: list[Trace] | None = Field(default=None, max_length=MAX_TRACES, fail_fast=True)
 
 
 class TaskFailed(Message):
@@ -179,12 +182,12 @@ def decode_from_child(line: bytes) -> FromChild:
         raise ProtocolError(f"bad message from the execution process: {exc}") from None
 
 
-async def read_line(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame, or None at end of stream (the other side closed or died)."""
+async def read_line(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes | None:
+    """The next frame, or None at end of stream (the other side closed or died); `limit`: the reader's."""
     try:
         line = await reader.readline()
     except (asyncio.LimitOverrunError, ValueError) as exc:
-        raise ProtocolError(f"frame longer than {MAX_FRAME_BYTES} bytes") from exc
+        raise ProtocolError(f"frame longer than {limit} bytes") from exc
     except ConnectionError:
         return None
     if not line or not line.endswith(b"\n"):

@@ -17,7 +17,7 @@ import llama_cpp
 
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import EmbeddingRequest, Generation, GenerationRequest, ScoreRequest, TextSink, TokenScores
-from node.execution.protocol import MAX_FRAME_BYTES
+from node.execution.protocol import MAX_CHILD_LINE_BYTES
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
 BOMB = "#bomb"  # allocates (and touches) memory without bound
@@ -121,7 +121,7 @@ def oversized_first_line(model: Any) -> Any:
         os.set_blocking(fd, True)
         chunk = b"x" * (1024 * 1024)
         try:
-            for _ in range(MAX_FRAME_BYTES // len(chunk) + 1):
+            for _ in range(MAX_CHILD_LINE_BYTES // len(chunk) + 1):
                 os.write(fd, chunk)
         except OSError:  # the daemon gave up on this process and closed its end
             pass

@@ -25,7 +25,7 @@ import structlog
 
 from config.settings import Settings
 from node.execution.protocol import (
-    MAX_FRAME_BYTES,
+    MAX_CHILD_LINE_BYTES,
     Cancel,
     Configure,
     LoadFailed,
@@ -162,7 +162,7 @@ class ExecutionProcess:
             )
         finally:
             child.close()
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_FRAME_BYTES)
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_CHILD_LINE_BYTES)
 
     async def start(self, timeout: float) -> Ready:
         """Spawn (unless `spawn` did), configure and wait for `ready`; ExecutionProcessStartError names
@@ -173,7 +173,7 @@ class ExecutionProcess:
         reader = self._reader
         self._send(Configure(model=self.model, settings=self._settings))
         try:
-            first = await asyncio.wait_for(read_line(reader), timeout)
+            first = await asyncio.wait_for(read_line(reader, MAX_CHILD_LINE_BYTES), timeout)
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
@@ -295,7 +295,7 @@ class ExecutionProcess:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while (line := await read_line(reader)) is not None:
+            while (line := await read_line(reader, MAX_CHILD_LINE_BYTES)) is not None:
                 self._dispatch(decode_from_child(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
