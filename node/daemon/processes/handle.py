@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from node.daemon.failures import RecentFailures
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
     Cancel,
@@ -46,6 +47,10 @@ from node.execution.protocol import (
 log = structlog.get_logger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Answers for tasks or probes a process was not given, past which it counts as broken: an honest one sends a
+# few after a cancel or a probe's timeout, never hundreds a minute.
+MAX_STRAYS = 256
+STRAY_WINDOW_S = 60.0
 
 
 class ExecutionProcessExitError(Exception):
@@ -111,6 +116,7 @@ class ExecutionProcess:
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
+        self._strays = RecentFailures()  # answers for tasks or probes this process does not have
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
@@ -321,21 +327,31 @@ class ExecutionProcess:
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, TaskDelta):
             sink = self._delta_sinks.get(message.task_id)
-            if sink is not None:
-                try:
-                    sink(message.text)
-                except Exception:  # noqa: BLE001 - progress is best effort; the answer still comes
-                    log.exception("task delta not routed", task_id=message.task_id)
+            if sink is None:
+                return self._stray(message)
+            try:
+                sink(message.text)
+            except Exception:  # noqa: BLE001 - progress is best effort; the answer still comes
+                log.exception("task delta not routed", task_id=message.task_id)
         elif isinstance(message, TaskDone | TaskFailed):
             future = self._pending.get(message.task_id)
-            if future is not None and not future.done():
-                future.set_result(message)
+            if future is None or future.done():
+                return self._stray(message)
+            future.set_result(message)
         elif isinstance(message, Pong):
             probe = self._probes.get(message.probe_id)
-            if probe is not None and not probe.done():
-                probe.set_result(message)
+            if probe is None or probe.done():
+                return self._stray(message)
+            probe.set_result(message)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} message")
+        return None
+
+    def _stray(self, message: Message) -> None:
+        """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child
+        that sends what it likes (each line costs the daemon's event loop its parse)."""
+        if self._strays.record(asyncio.get_running_loop().time(), STRAY_WINDOW_S) > MAX_STRAYS:
+            raise ProtocolError(f"more than {MAX_STRAYS} answers in {STRAY_WINDOW_S:g} s for tasks it was not given")
 
     async def _reap(self, reader: asyncio.StreamReader) -> None:
         """Wait for the process to end after its stream closed (kill it if it lingers)."""

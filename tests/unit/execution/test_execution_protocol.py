@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from node.daemon.processes.handle import describe_exit
+from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess, describe_exit
 from node.execution.process import sendable_text
 from node.execution.protocol import (
     Pong,
@@ -14,6 +14,7 @@ from node.execution.protocol import (
     ProtocolError,
     RunTask,
     TaskDone,
+    TaskFailed,
     decode_from_child,
     decode_to_child,
     encode,
@@ -85,3 +86,13 @@ def test_a_result_with_a_lone_surrogate_still_travels() -> None:
     result is kept (it was lost to `internal error: PydanticSerializationError`)."""
     done = TaskDone(task_id="t", text=sendable_text("a\ud800b"), steps=1, prompt_tokens=1, completion_tokens=1)
     assert decode_from_child(encode(done)).text == "a?b"  # type: ignore[union-attr]
+
+
+async def test_a_stream_of_answers_for_tasks_it_was_not_given_ends_the_process_as_broken() -> None:
+    """A few strays follow a cancel; hundreds a minute are a child sending what it likes, each line a parse."""
+    process = ExecutionProcess("m", {}, on_exit=lambda _: None)
+    stray = TaskFailed(task_id="never-sent", error="x" * 100)
+    for _ in range(MAX_STRAYS):
+        process._dispatch(decode_from_child(encode(stray)))
+    with pytest.raises(ProtocolError, match="for tasks it was not given"):
+        process._dispatch(decode_from_child(encode(stray)))
