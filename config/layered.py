@@ -6,7 +6,9 @@ key `max_queue`, the variable `<PREFIX>MAX_QUEUE` and the flag `--max-queue`.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -49,8 +51,17 @@ def _multiaddrs(value: list[str]) -> list[str]:
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
 # A list of libp2p multiaddrs (/ip4/HOST/tcp/PORT[/p2p/ID]).
 MultiaddrList = Annotated[StrList, AfterValidator(_multiaddrs)]
+
+
+def _expand_user(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # no HOME, and a user the password database does not know
+        raise ValueError(f"{path}: {exc} (set HOME, or give a path without ~)") from None
+
+
 # A path where `~` means the user's home.
-UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
+UserPath = Annotated[Path, AfterValidator(_expand_user)]
 
 
 class LayeredSettings(BaseSettings):
@@ -61,6 +72,8 @@ class LayeredSettings(BaseSettings):
     # Settings whose empty default means "worked out at start" rather than "none".
     auto_defaults: ClassVar[frozenset[str]] = frozenset()
     label: ClassVar[str] = "settings"
+    # Variables under the env prefix that are not settings of this class (another command's, the installer's).
+    foreign_env: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def settings_customise_sources(
@@ -104,9 +117,23 @@ class LayeredSettings(BaseSettings):
             return with_file(**overrides)
         except ValidationError as exc:
             raise ConfigError(cls._describe(exc)) from None
-        except (SettingsError, ValueError) as exc:  # unreadable TOML, undecodable env value
+        except (SettingsError, ValueError, OSError) as exc:  # unreadable TOML, undecodable env value
             source = f"config file {toml_file}" if toml_file else cls.label
             raise ConfigError(f"cannot read {source}: {exc}") from None
+
+    @classmethod
+    def unknown_env(cls, environ: dict[str, str] | None = None) -> list[str]:
+        """A line for each variable under the env prefix that names no setting (a typo is otherwise ignored)."""
+        prefix = cls.model_config.get("env_prefix", "")
+        names = [cls.env_var(name) for name in cls.model_fields]
+        lines = []
+        for variable in sorted(os.environ if environ is None else environ):
+            if not variable.startswith(prefix) or variable in names or variable.startswith(cls.foreign_env):
+                continue
+            close = difflib.get_close_matches(variable, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"{variable} is not a setting and is ignored{hint}")
+        return lines
 
     @classmethod
     def _describe(cls, exc: ValidationError) -> str:

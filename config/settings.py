@@ -24,8 +24,16 @@ DEFAULT_MODEL = "smollm2:135m"
 class Settings(LayeredSettings):
     """Everything an operator can set. See config/example.toml for a commented file."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # No infinities: `drain_timeout = inf` would wait forever.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, allow_inf_nan=False)
     singular_flags: ClassVar[dict[str, str]] = {"models": "model", "publishers": "publisher"}
+    # The gateway's settings, the installer's wheel cache and the tests' hooks share the prefix.
+    foreign_env: ClassVar[tuple[str, ...]] = (
+        f"{ENV_PREFIX}GATEWAY_",
+        f"{ENV_PREFIX}WHEEL_CACHE",
+        f"{ENV_PREFIX}TEST_",
+        f"{ENV_PREFIX}SDK_VENV",
+    )
     auto_defaults: ClassVar[frozenset[str]] = frozenset(
         {"n_threads", "n_gpu_layers", "parallel", "max_concurrent", "exec_address_space_mb", "exec_max_rss_mb"}
     )
@@ -64,7 +72,7 @@ class Settings(LayeredSettings):
     # Models and runtime
     models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")
     registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
-    n_ctx: int = Field(default=2048, ge=256, description="Context window per model")
+    n_ctx: int = Field(default=2048, ge=256, le=1 << 20, description="Context window per model")
     n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
     n_gpu_layers: int | None = Field(
         default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
@@ -89,12 +97,12 @@ class Settings(LayeredSettings):
         "unless llama.cpp's AMX kernels multiply the file there",
     )
     parallel: int | None = Field(
-        default=None, ge=1, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)"
+        default=None, ge=1, le=256, description="Sequences decoded together per model (default 4 on CPU, 8 on GPU)"
     )
     max_concurrent: int | None = Field(
-        default=None, ge=1, description="Tasks running at once per model (default: parallel)"
+        default=None, ge=1, le=1024, description="Tasks running at once per model (default: parallel)"
     )
-    max_queue: int = Field(default=8, ge=0, description="Tasks waiting per model before 'busy'")
+    max_queue: int = Field(default=8, ge=0, le=4096, description="Tasks waiting per model before 'busy'")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
     startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")

@@ -128,10 +128,14 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> int:
-    from node.wire.identity import Identity
+    from node.wire.identity import Identity, IdentityError
 
     settings = _settings_from(args)
-    identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
+    try:
+        identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
+    except IdentityError as exc:
+        print(f"compute-node identity: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"address {identity.address}\npeer_id {identity.peer_id}")
     return 0
 

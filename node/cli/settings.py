@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import TypeVar
@@ -35,4 +36,7 @@ def add_settings_flags(
 def settings_from(args: argparse.Namespace, settings_cls: type[S], dest_prefix: str = "") -> S:
     """The settings: defaults < TOML (`--config`) < environment < the flags given. ConfigError if invalid."""
     overrides = {name: getattr(args, dest_prefix + name, None) for name in settings_cls.model_fields}
-    return settings_cls.load(args.config, **overrides)
+    settings = settings_cls.load(args.config, **overrides)
+    for line in settings_cls.unknown_env():
+        print(f"compute-node: warning: {line}", file=sys.stderr)
+    return settings

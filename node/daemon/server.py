@@ -101,10 +101,22 @@ class NodeServer:
         return self._running
 
     async def serve(self) -> None:
-        """Start, run until asked to stop, shut down."""
+        """Start, run until asked to stop, shut down. A stop asked for during startup (a model may take
+        minutes to load) cuts it short: what it opened is closed, and the node never says READY."""
         self._install_signal_handlers()
         try:
-            await self.startup()
+            starting = asyncio.ensure_future(self.startup())
+            stop = asyncio.ensure_future(self._exit.wait())
+            try:
+                await asyncio.wait([starting, stop], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not starting.done():
+                log.info("stop asked for during startup")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            starting.result()
             await self._exit.wait()
         finally:
             await self.shutdown()
@@ -251,8 +263,11 @@ class NodeServer:
         identity, host, models = running.identity, running.host, running.pool.hosted
         listen = host.listen_addrs
         log.info("node started", address=identity.address, peer_id=host.peer_id, listen=listen, models=models)
-        for addr in listen:
-            print(f"listening on {addr}", flush=True)
+        try:
+            for addr in listen:
+                print(f"listening on {addr}", flush=True)
+        except (OSError, ValueError):  # no stdout (a closed pipe, or none at all): the log line says it
+            pass
         self.notifier.ready()
         self.notifier.status(f"serving {', '.join(models)} as {identity.address}")
 
@@ -305,9 +320,9 @@ class NodeServer:
 
     def _on_fatal_loop(self, name: str, reason: str) -> None:
         """A loop that cannot continue: exit non-zero so systemd or Docker restarts the node."""
-        log.error("node exiting: a background loop cannot continue", loop=name, error=reason)
         self.exit_code = 1
-        self.request_exit()
+        self.request_exit()  # first: nothing that fails after it (a log write) can keep the node up
+        log.error("node exiting: a background loop cannot continue", loop=name, error=reason)
 
     def _on_reject(self, topic: str, reason: str) -> None:
         if topic == TASK_TOPIC:
@@ -315,15 +330,16 @@ class NodeServer:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP (a closed terminal, a lost session) stops the node as SIGTERM does: drained, not killed.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 return
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        self.request_exit()  # first: a log write that fails (stderr a closed pipe) must not keep the node up
         log.info("signal received", signal=sig.name)
-        self.request_exit()
 
 
 async def serve_node(settings: Settings, early: EarlyProcess | None = None) -> int:

@@ -25,7 +25,7 @@ ENV_PREFIX = "COMPUTE_NODE_GATEWAY_"
 class GatewaySettings(LayeredSettings):
     """Everything a gateway operator can set."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, allow_inf_nan=False)
     singular_flags: ClassVar[dict[str, str]] = {"peers": "peer", "api_keys": "api-key"}
     label: ClassVar[str] = "gateway settings"
 

@@ -14,6 +14,7 @@ the same processors, so both kinds of line look alike.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Literal, TextIO
 
@@ -23,11 +24,20 @@ LogFormat = Literal["auto", "json", "console"]
 
 
 class NamedWriteLogger(structlog.WriteLogger):
-    """A structlog WriteLogger that knows its name (the module's), for the `logger` field."""
+    """A structlog WriteLogger that knows its name (the module's), for the `logger` field, and that goes on
+    when its file cannot be written (stderr a closed pipe: `compute-node start | tee` after tee ended)."""
 
     def __init__(self, file: TextIO, name: str) -> None:
         super().__init__(file)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):  # a broken pipe, a closed file: the line is lost, the node is not
+            pass
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
 
 
 class NamedWriteLoggerFactory:
@@ -42,7 +52,8 @@ class NamedWriteLoggerFactory:
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Configure structlog and the stdlib root logger once, at process start."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    stream: TextIO = sys.stderr if sys.stderr is not None else open(os.devnull, "w")  # noqa: SIM115 - started with 2>&-
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -50,16 +61,16 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     exc_info: structlog.types.Processor = structlog.processors.format_exc_info if use_json else _identity
     structlog.configure(
         processors=[*shared, exc_info, renderer],
-        logger_factory=NamedWriteLoggerFactory(sys.stderr),
+        logger_factory=NamedWriteLoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

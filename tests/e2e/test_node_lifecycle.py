@@ -1,5 +1,6 @@
 """The node's lifecycle: graceful drain on SIGTERM or SIGINT (to the daemon or its whole
-process group), crash recovery from the journal after SIGKILL, one node per data directory.
+process group), crash recovery from the journal after SIGKILL, one node per data directory, a stop
+during startup, a closed log pipe.
 
 Real `compute-node start` subprocesses and real signals; loopback only."""
 
@@ -10,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,45 @@ async def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps
             assert items_in(result.text) == 300
     finally:
         node.stop(signal.SIGKILL)
+
+
+async def test_a_stop_during_startup_ends_the_node_at_once_and_it_never_says_ready(tmp_path: Path) -> None:
+    """A model that takes a minute to load: SIGTERM waited for it, then started the node, then stopped it
+    (and systemd's stop timeout would have killed it first)."""
+    env = cli_env(COMPUTE_NODE_TEST_EXEC_WRAPPER="tests.support.exec_wrappers:slow_start")
+    command = [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        await asyncio.sleep(5)  # the daemon is up, its execution process loading
+        assert proc.poll() is None
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert time.monotonic() - asked < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "listening on" not in out
+    events = [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]
+    assert "stop asked for during startup" in events and "node started" not in events
+
+
+async def test_a_node_whose_stderr_pipe_closed_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """`compute-node start 2>&1 | tee log`, then tee ends: every log line is a broken pipe, and the one the
+    signal handler wrote before asking to stop kept the node running until SIGKILL."""
+    command = [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line.startswith("listening on"), line
+        proc.stderr.close()  # the reader of its log is gone
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -133,3 +133,9 @@ def crash_at_start(model: Any) -> Any:
     if "crash" in model.name:
         os.kill(os.getpid(), signal.SIGSEGV)
     return model
+
+
+def slow_start(model: Any) -> Any:
+    """A model that takes a minute to get ready, as a large one does: a node's startup that a stop can cut short."""
+    time.sleep(60)
+    return model

@@ -55,6 +55,11 @@ def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> No
         ({"publishers": ["not-an-address"]}, "publishers"),
         ({"log_level": "loud"}, "log_level"),
         ({"n_ctx": "lots"}, "n_ctx"),
+        ({"n_ctx": 10**9}, "n_ctx"),  # failed late, in llama.cpp
+        ({"parallel": 10**6}, "parallel"),
+        ({"max_queue": 10**9}, "max_queue"),  # would lift the journal's bound on live tasks
+        ({"drain_timeout": "inf"}, "drain_timeout"),  # would wait forever
+        ({"heartbeat_interval": "nan"}, "heartbeat_interval"),
     ],
 )
 def test_invalid_value_names_the_setting(overrides: dict, named: str) -> None:
@@ -79,6 +84,35 @@ def test_bad_config_files(tmp_path: Path) -> None:
     unknown.write_text("max_queeu = 1")
     with pytest.raises(ConfigError, match="max_queeu"):
         Settings.load(unknown)
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("max_queue = 1")
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied", str(config))
+
+    # What opening a file the process may not read gives (a chmod does not stop root, who runs the tests).
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        Settings.load(config)
+
+
+def test_a_mistyped_variable_is_named_with_the_setting_it_was_meant_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPUTE_NODE_N_THREAD", "4")
+    monkeypatch.setenv("COMPUTE_NODE_GATEWAY_PORT", "8080")  # the gateway's: not the node's to judge
+    monkeypatch.setenv("COMPUTE_NODE_TEST_EXEC_WRAPPER", "x")
+    assert Settings.unknown_env() == [
+        "COMPUTE_NODE_N_THREAD is not a setting and is ignored; did you mean COMPUTE_NODE_N_THREADS?"
+    ]
+
+
+def test_a_home_that_cannot_be_found_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr("pwd.getpwuid", lambda _: (_ for _ in ()).throw(KeyError("uid not in passwd")))
+    with pytest.raises(ConfigError, match="set HOME"):
+        Settings.load()
 
 
 def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
