@@ -9,7 +9,7 @@ then configures the child (model load, startup benchmark) as its first process.
 
 from __future__ import annotations
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from node.daemon.processes.early import EarlyProcess
 
 
@@ -20,7 +20,24 @@ def launch_node(settings: Settings) -> int:
     return uvloop.run(_launch(settings))
 
 
+def check_models(settings: Settings) -> None:
+    """ConfigError naming any model of `models` the registry (with the operator's entries) does not know:
+    a typo would otherwise cost a process start and leave the node serving the other models only."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        registry = Registry.builtin().with_overrides(settings.registry)
+    except RegistryError as exc:
+        raise ConfigError(f"invalid setting 'registry': {exc}") from None
+    if unknown := [name for name in settings.models if name not in registry]:
+        raise ConfigError(
+            f"invalid setting 'models': unknown model {', '.join(map(repr, unknown))}; "
+            f"known models: {', '.join(registry.names())} (add one with `registry`)"
+        )
+
+
 async def _launch(settings: Settings) -> int:
+    check_models(settings)
     early = await EarlyProcess.spawn(settings)
     try:
         from node.daemon.server import serve_node  # the daemon's imports, beside the child's

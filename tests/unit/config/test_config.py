@@ -147,3 +147,15 @@ def test_example_config_loads() -> None:
     settings = Settings.load(example)
     assert settings.data_dir == Path("/var/lib/compute-node")
     assert settings.listen == ["/ip4/0.0.0.0/tcp/4001"] and settings.max_queue == 8
+
+
+def test_an_unknown_model_stops_the_start_naming_it(tmp_path: Path) -> None:
+    """A typo cost a process start and left the node serving its other models only."""
+    from node.daemon.launch import check_models
+
+    with pytest.raises(
+        ConfigError, match=r"invalid setting 'models': unknown model 'smollm2:135'; known models: .*smollm2:135m"
+    ):
+        check_models(Settings.load(models=["smollm2:135m", "smollm2:135"]))
+    mine = {"mine": {"path": str(tmp_path / "mine.gguf")}, "alias:1b": {"alias": "smollm2:135m"}}
+    check_models(Settings.load(models=["smollm2:135m", "mine", "alias:1b"], registry=mine))
