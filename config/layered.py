@@ -49,8 +49,19 @@ def _multiaddrs(value: list[str]) -> list[str]:
 
 # A list setting; the environment may give it as a JSON array or comma-separated.
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+
+
+def _peer_addrs(value: list[str]) -> list[str]:
+    for addr in value:
+        if "/p2p/" not in addr:  # dialled without it, any key may answer, and a redial never learns whom it wants
+            raise ValueError(f"{addr!r} names no peer (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+    return value
+
+
 # A list of libp2p multiaddrs (/ip4/HOST/tcp/PORT[/p2p/ID]).
 MultiaddrList = Annotated[StrList, AfterValidator(_multiaddrs)]
+# A list of peers' multiaddrs, each with its /p2p/ID.
+PeerAddrList = Annotated[MultiaddrList, AfterValidator(_peer_addrs)]
 
 
 def _expand_user(path: Path) -> Path:

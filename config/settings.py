@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
+from config.layered import ConfigError, LayeredSettings, MultiaddrList, PeerAddrList, StrList, UserPath
 
 __all__ = ["ConfigError", "Settings", "StrList"]
 
@@ -44,7 +44,7 @@ class Settings(LayeredSettings):
 
     # Network
     listen: MultiaddrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
-    bootstrap: MultiaddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
+    bootstrap: PeerAddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
     direct: bool = Field(default=True, description="Take tasks on direct-delivery streams and advertise addrs (0.4)")
     announce: MultiaddrList = Field(
         default=[], description="Addresses heartbeats advertise for direct delivery (default: listen, 0.0.0.0 expanded)"
@@ -229,6 +229,14 @@ class Settings(LayeredSettings):
     http_port: int = Field(default=9090, ge=0, le=65535, description="Metrics/health listen port")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: console on a tty")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_hex(cls, value: str | None) -> str | None:
+        text = None if value is None else value.strip().removeprefix("0x").removeprefix("0X")
+        if text is not None and (len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text)):
+            raise ValueError("must be 64 hex characters (with or without 0x); it is not shown here")
+        return value
 
     @field_validator("publishers")
     @classmethod

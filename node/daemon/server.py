@@ -47,7 +47,7 @@ from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.data_lock import DataDirLock
-from node.ops.http_api import HttpServer, PauseControls, create_app
+from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
@@ -150,6 +150,8 @@ class NodeServer:
         """Open the resources, each onto the exit stack as it opens, and build the parts that use them."""
         settings, opened = self.settings, self._opened
         opened.enter_context(DataDirLock(settings.data_dir, "node"))  # before anything in it is opened
+        if settings.http_enabled:
+            check_can_listen(settings.http_host, settings.http_port)  # bound last: a taken port is found first
         identity = open_identity(settings)
         journal = open_journal(settings)
         opened.callback(journal.close)

@@ -31,8 +31,15 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock; DataDirLockedError if another process holds it."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
+        except NotADirectoryError:
+            raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
+        except FileExistsError:
+            raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
+        except OSError as exc:
+            raise DataDirLockedError(f"cannot use the data directory {self.path.parent}: {exc}") from exc
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -284,6 +284,13 @@ class HttpServer:
         self._task = None
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """HttpServerError now if ``host:port`` cannot be bound (taken, privileged, no such address), so that a
+    node finds out before it loads its models rather than after; port 0 always can."""
+    if port != 0:
+        _bind(host, port).close()
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A bound TCP socket for ``host:port``; HttpServerError naming both if not."""
     try:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 
+from node.daemon.server import NodeServer
+from node.ops.http_api import HttpServerError
 from node.p2p.host import P2PHost
 from node.publisher.client import Client, Task
 from node.wire.identity import Identity
@@ -57,3 +62,19 @@ async def test_metrics_health_and_status_over_http(tmp_path: Path) -> None:
         assert "compute_node_tasks_completed_total 1.0" in metrics
         assert 'compute_node_tasks_rejected_total{reason="not_json"} 1.0' in metrics
         assert "compute_node_task_latency_seconds_count 1.0" in metrics
+
+
+async def test_a_taken_http_port_stops_the_start_before_any_model_loads(tmp_path: Path) -> None:
+    """The HTTP endpoint binds last: a taken port was found after every model had loaded (minutes for a large one)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = NodeServer(node_settings(tmp_path / "node", http_enabled=True, http_port=port))
+        try:
+            with structlog.testing.capture_logs() as logs:
+                with pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
+                    await server.startup()
+        finally:
+            await server.shutdown()
+    assert not [entry for entry in logs if entry["event"] in ("model loaded", "execution process ready")]

@@ -182,7 +182,7 @@ class ExecutionProcess:
             first = await asyncio.wait_for(read_line(reader, MAX_CHILD_LINE_BYTES), timeout)
         except TimeoutError:
             self._proc.kill()
-            await self._proc.wait()
+            await self._reap(reader)  # closes our end of the socket too
             raise ExecutionProcessStartError(
                 f"model {self.model}: the execution process did not load within {timeout:g} s"
             ) from None

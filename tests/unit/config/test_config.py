@@ -60,6 +60,8 @@ def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> No
         ({"max_queue": 10**9}, "max_queue"),  # would lift the journal's bound on live tasks
         ({"drain_timeout": "inf"}, "drain_timeout"),  # would wait forever
         ({"heartbeat_interval": "nan"}, "heartbeat_interval"),
+        ({"bootstrap": ["/ip4/127.0.0.1/tcp/4001"]}, "bootstrap"),  # no /p2p/: re-dialled forever, any key answering
+        ({"secret_key": "xyz"}, "secret_key"),  # was found only at start, after the first process spawned
     ],
 )
 def test_invalid_value_names_the_setting(overrides: dict, named: str) -> None:

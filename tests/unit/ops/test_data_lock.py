@@ -40,3 +40,10 @@ def test_a_holder_killed_with_sigkill_leaves_no_lock(tmp_path: Path) -> None:
         holder.wait()
     with DataDirLock(tmp_path, "node"):
         pass
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    a_file = tmp_path / "data"
+    a_file.write_text("not a directory")
+    with pytest.raises(DataDirLockedError, match=f"the data directory {a_file} is not a directory"):
+        DataDirLock(a_file, "node").acquire()
