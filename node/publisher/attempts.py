@@ -269,7 +269,7 @@ class AttemptLoop:
             await self.hooks.end(attempt)
             reputation.record_busy(attempt.node)
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
-            self.need_new = True  # not a retry, as when it declines at once
+            self.need_new = self.speaker is None  # not a retry, as when it declines at once; none once text went out
             return None
         if outcome == "lost":
             reason = "stream closed without a result"
