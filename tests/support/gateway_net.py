@@ -18,8 +18,9 @@ from node.gateway.server import Gateway
 from node.gateway.settings import GatewaySettings
 from node.p2p.host import P2PHost
 from node.wire.identity import Identity
-from node.wire.topics import TASK_TOPIC
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.streaming_peer import StreamingPeer
 
 GatewaySettingsFor = Callable[[Path, list[str]], GatewaySettings]
 """(data dir, the nodes' dialable addresses) -> the gateway's settings."""
@@ -89,3 +90,26 @@ async def gateway_over_silent_peer(
             await gateway.stop()
     finally:
         await host.stop()
+
+
+@asynccontextmanager
+async def gateway_over_streaming_peer(peer: StreamingPeer, data_dir: Path, **settings: Any) -> AsyncIterator[Gateway]:
+    """A started gateway (no API keys; `settings` over the defaults) joined to a started `StreamingPeer`
+    (tests/support/streaming_peer.py), once it has seen the peer's heartbeat."""
+    await peer.host.start()
+    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
+        await peer.host.subscribe(topic)
+    gateway = Gateway(GatewaySettings.load(data_dir=data_dir, peers=[peer.host.listen_addrs[0]], port=0, **settings))
+    try:
+        await gateway.start()
+        for _ in range(100):
+            if gateway.service.nodes():
+                break
+            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
+                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
+            await asyncio.sleep(0.2)
+        assert gateway.service.nodes(), "the gateway never saw the peer's heartbeat"
+        yield gateway
+    finally:
+        await gateway.stop()
+        await peer.host.stop()

@@ -4,7 +4,6 @@ is a clear 4xx or 502 naming the problem, never a 500 or a broken stream."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -16,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings
 from node.wire.identity import Identity
-from node.wire.topics import HEARTBEAT_TOPIC, MAX_MESSAGE_BYTES, RESULTS_TOPIC, TASK_TOPIC
+from node.wire.topics import MAX_MESSAGE_BYTES
+from tests.support.gateway_net import gateway_over_streaming_peer
 from tests.support.streaming_peer import StreamingPeer
 from workflows import Simple
 
@@ -31,24 +29,9 @@ DEEP = "[" * 5000 + "]" * 5000  # JSON nested deeper than Python's recursion lim
 @asynccontextmanager
 async def gateway_over(peer: StreamingPeer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of a gateway (no API keys) that has seen the peer's heartbeat."""
-    await peer.host.start()
-    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
-        await peer.host.subscribe(topic)
-    gateway = Gateway(GatewaySettings.load(data_dir=tmp_path, peers=[peer.host.listen_addrs[0]], port=0))
-    try:
-        await gateway.start()
-        for _ in range(100):
-            if gateway.service.nodes():
-                break
-            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
-            await asyncio.sleep(0.2)
-        assert gateway.service.nodes(), "the gateway never saw the peer's heartbeat"
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
             yield http
-    finally:
-        await gateway.stop()
-        await peer.host.stop()
 
 
 def sdk_post(node: str, numbers: int) -> dict[str, Any]:

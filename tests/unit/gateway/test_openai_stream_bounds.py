@@ -7,41 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from node.gateway.server import Gateway
-from node.gateway.settings import GatewaySettings
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+from tests.support.gateway_net import gateway_over_streaming_peer
 from tests.support.streaming_peer import StreamingPeer
 
 ASK = [{"role": "user", "content": "Hi"}]
-
-
-@asynccontextmanager
-async def gateway_over(peer: StreamingPeer, tmp_path: Path, **settings: Any) -> AsyncIterator[Gateway]:
-    """A gateway (no API keys; `settings` over the defaults) that has seen the peer's heartbeat."""
-    await peer.host.start()
-    for topic in (TASK_TOPIC, RESULTS_TOPIC, HEARTBEAT_TOPIC):
-        await peer.host.subscribe(topic)
-    gateway = Gateway(GatewaySettings.load(data_dir=tmp_path, peers=[peer.host.listen_addrs[0]], port=0, **settings))
-    try:
-        await gateway.start()
-        for _ in range(100):
-            if gateway.service.nodes():
-                break
-            if (await peer.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-                await peer.host.publish(HEARTBEAT_TOPIC, peer.heartbeat())
-            await asyncio.sleep(0.2)
-        assert gateway.service.nodes(), "the gateway never saw the peer's heartbeat"
-        yield gateway
-    finally:
-        await gateway.stop()
-        await peer.host.stop()
 
 
 async def ask_and_leave(port: int, stream: bool) -> None:
@@ -60,7 +33,7 @@ async def ask_and_leave(port: int, stream: bool) -> None:
 
 async def test_a_caller_that_leaves_before_the_first_delta_gives_its_place_back_at_once(tmp_path: Path) -> None:
     peer = StreamingPeer([], "Hello", hang=True)  # takes the task, then says nothing (until `hang` is False)
-    async with gateway_over(peer, tmp_path, max_pending=1, default_timeout=60) as gateway:
+    async with gateway_over_streaming_peer(peer, tmp_path, max_pending=1, default_timeout=60) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
             for stream in (True, False):
                 await ask_and_leave(gateway.http.port, stream)
@@ -78,7 +51,7 @@ async def test_a_caller_that_leaves_before_the_first_delta_gives_its_place_back_
 async def test_deltas_that_queue_up_for_the_reader_go_out_as_one_event(tmp_path: Path) -> None:
     deltas = [chr(ord("a") + i % 26) for i in range(3000)]
     peer = StreamingPeer(deltas, "".join(deltas) + ".")
-    async with gateway_over(peer, tmp_path) as gateway:
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
             request = {"model": "m", "stream": True, "messages": ASK}
             async with http.stream("POST", "/v1/chat/completions", json=request) as answer:
