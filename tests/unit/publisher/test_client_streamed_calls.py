@@ -59,9 +59,13 @@ async def test_a_node_that_claims_a_deterministic_error_is_contradicted_by_a_sec
     liar = StreamingPeer([], "", error="Invalid prompt: forged")
     honest = StreamingPeer([], "fine")
     async with client_of_many([liar, honest], max_retries=2) as client:
-        for _ in range(6):
+        # Once the honest node is measured serving, a node that is not gets a small share of the choices:
+        # calls go on until the liar has had one (0.9^200 to miss it at a 10% share).
+        for _ in range(200):
             result = await client.execute(Task(workflow={}, models=["m"]), timeout=10)
             assert result.node == honest.identity.address and result.text == "fine"
+            if liar.task_ids:
+                break
     assert liar.task_ids, "the liar was never chosen: nothing was tested"
     assert client.reputation.view(liar.identity.address).errors > 0
 
