@@ -25,6 +25,7 @@ MAX_ERROR_CHARS = 2000  # an error result's text (the engine's own are cut at 50
 MAX_TRACES = 4096  # generations of one task with a proof (the proof keeps the last 256)
 MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node serves
 MAX_PARALLEL = 1024  # sequences one execution process runs at once
+MAX_ID_CHARS = 256  # a task id or model name a child names (the wire's task ids are at most 128)
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
 MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024
@@ -32,6 +33,10 @@ MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024
 # A task's deadline, as the execution process and the daemon's runner both report it.
 DEADLINE_BEFORE_START = "deadline passed before the task started"
 DEADLINE_WHILE_RUNNING = "deadline passed while the task was running"
+
+
+# A task id or model name as a child sends it back.
+ChildId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
 
 class Message(BaseModel):
@@ -78,7 +83,7 @@ class Ready(Message):
     """The model loaded (and, if asked, was benchmarked); the child runs tasks."""
 
     kind: Literal["ready"] = "ready"
-    model: str
+    model: ChildId
     parallel: int = Field(ge=1, le=MAX_PARALLEL)
     generation_tps: float | None = Field(default=None, ge=0)
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
@@ -91,7 +96,7 @@ class LoadFailed(Message):
     """The model cannot serve here (missing file, too slow...); the child exits after this."""
 
     kind: Literal["load_failed"] = "load_failed"
-    model: str
+    model: ChildId
     error: str = Field(max_length=MAX_ERROR_CHARS)
 
 
@@ -99,7 +104,7 @@ class TaskDelta(Message):
     """More of a streaming run's result text (coalesced; the deltas concatenate to a prefix of it)."""
 
     kind: Literal["delta"] = "delta"
-    task_id: str
+    task_id: ChildId
     text: str = Field(max_length=MAX_TEXT_CHARS)
 
 
@@ -117,7 +122,7 @@ class Trace(Message):
 
 class TaskDone(Message):
     kind: Literal["done"] = "done"
-    task_id: str
+    task_id: ChildId
     text: str = Field(max_length=MAX_TEXT_CHARS)
     steps: int = Field(ge=0)
     prompt_tokens: int = Field(ge=0)
@@ -130,7 +135,7 @@ class TaskFailed(Message):
     """The task ended with an error; `error` is the text of its error result."""
 
     kind: Literal["failed"] = "failed"
-    task_id: str
+    task_id: ChildId
     error: str = Field(max_length=MAX_ERROR_CHARS)
 
 
@@ -140,7 +145,7 @@ class Progress(Message):
     calls_done: int = Field(ge=0)  # native calls finished since load: grows while the runtime progresses
     busy: int = Field(ge=0)  # sequences running in slots
     call: Literal["start", "decode", "sample"] | None = None  # the native call running now
-    task_ids: list[str] = Field(default_factory=list)  # the tasks inside that call
+    task_ids: list[ChildId] = Field(default_factory=list, max_length=MAX_PARALLEL)  # the tasks inside that call
     call_seconds: float = Field(default=0.0, ge=0)
     call_tokens: int = Field(default=0, ge=0)  # tokens in that call (a decode's batch)
     seconds_per_token: float = Field(default=0.0, ge=0)  # the slowest recent decode, per token (0: none yet)

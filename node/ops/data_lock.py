@@ -34,9 +34,7 @@ class DataDirLock:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
-        except NotADirectoryError:
-            raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
-        except FileExistsError:
+        except (NotADirectoryError, FileExistsError):  # the path, or one above it, is a file
             raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
         except OSError as exc:
             raise DataDirLockedError(f"cannot use the data directory {self.path.parent}: {exc}") from exc

@@ -69,6 +69,12 @@ def test_exit_descriptions_name_the_signal() -> None:
         ("an error of a million characters", b'{"kind":"failed","task_id":"t","error":"' + b"e" * 1_000_000 + b'"}'),
         ("an infinite speed", b'{"kind":"ready","model":"m","parallel":1,"generation_tps":Infinity}'),
         ("a million slots", b'{"kind":"ready","model":"m","parallel":1000000}'),
+        ("a task id of a million characters", b'{"kind":"failed","task_id":"' + b"t" * 1_000_000 + b'","error":"e"}'),
+        (
+            "a probe answer naming a million tasks",
+            b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,'
+            b'"task_ids":[' + b",".join([b'"t"'] * 1_000_000) + b"]}}",
+        ),
         (
             "an infinite decode time",
             b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,"seconds_per_token":1e999}}',
