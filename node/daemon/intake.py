@@ -9,6 +9,9 @@ one away. One failing task never stops the intake.
 A task that came on a stream (`take(..., direct=True)`) and finds no capacity is
 answered `busy` on its stream instead: it is not journalled and its id is
 forgotten, so that it may come back; it is never run twice either way.
+A busy task from gossip gets its error result only while fewer than `MAX_BUSY_ANSWERS` wait for
+their publish (a slow mesh can hold publishes back, and valid tasks from fresh keys cost their
+sender nothing); past that it is ignored as `busy_backlog`, its id forgotten, as on a stream.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+MAX_BUSY_ANSWERS = 256  # busy error results waiting for their publish, at most
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,12 @@ class TaskIntake:
         # just its row, so that its error result still goes through the outbox. The body is
         # kept as it was signed (decoded and checked already, and again on recovery), not re-encoded.
         runs = self._admission.would_admit(decision.model)
+        if not runs and not direct and len(self._busy_answers) >= MAX_BUSY_ANSWERS:
+            self.acceptance.seen.discard(task.task_id)
+            self._metrics.ignore("busy_backlog")
+            if (not_logged := self._busy_log.may_log("busy_backlog")) is not None:
+                task_log.warning("task ignored", reason="busy_backlog", not_logged_since=not_logged)
+            return IntakeAnswer(AnswerStatus.IGNORED, "busy_backlog")
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
             reason = _busy_reason(self._admission)
@@ -132,7 +143,7 @@ class TaskIntake:
             self._admission.admit(accepted)
         except BusyError as exc:
             task_log.warning("task busy", reason=str(exc))
-            self._spawn(self._runner.abandon(accepted, str(exc)))
+            self._spawn(self._runner.abandon(_without_workflow(accepted), str(exc)))
             return IntakeAnswer(AnswerStatus.BUSY, _busy_reason(self._admission))
         return ACCEPTED
 
@@ -144,6 +155,19 @@ class TaskIntake:
         answer = asyncio.create_task(coro)
         self._busy_answers.add(answer)
         answer.add_done_callback(self._busy_answers.discard)
+
+
+def _without_workflow(accepted: AcceptedTask) -> AcceptedTask:
+    """The task as its error result needs it: a workflow may be megabytes of decoded JSON, and a busy
+    answer can wait seconds for its publish."""
+    task = accepted.task.model_copy(update={"input": accepted.task.input.model_copy(update={"workflow": {}})})
+    return AcceptedTask(
+        task=task,
+        publisher=accepted.publisher,
+        model=accepted.model,
+        received_at_ns=accepted.received_at_ns,
+        log=accepted.log,
+    )
 
 
 def _busy_reason(admission: Admission) -> str:
