@@ -15,6 +15,7 @@ from node.cli.models import add_models_commands, run_models_command
 from node.cli.nodes import PUBLISHER_DATA_DIR, add_nodes_command, reputation_path, run_nodes
 from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
 from node.cli.settings import add_settings_flags, settings_from
+from node.ops.inert_text import inert
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
@@ -183,19 +184,17 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)
     except (TaskTimeoutError, NoNodeError) as exc:
-        print(f"compute-node: {exc}", file=sys.stderr)
+        print(f"compute-node: {inert(str(exc))}", file=sys.stderr)
         return EXIT_TIMEOUT
-    except TaskFailedError as exc:
-        print(f"compute-node: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ClientError, ValueError) as exc:
-        print(f"compute-node: {exc}", file=sys.stderr)
+    except (TaskFailedError, ClientError, ValueError) as exc:  # a failed task's reason is the node's own text
+        print(f"compute-node: {inert(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         await asyncio.shield(client.close())
         if scorers is not None:
             scorers.close()
-    print(result.text)
+    # The node's text: as it is into a pipe or a file (the caller's data), inert on a terminal.
+    print(inert(result.text, keep="\n\t") if sys.stdout.isatty() else result.text)
     return 0
 
 

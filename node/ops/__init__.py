@@ -6,5 +6,6 @@ status_page.html  the status page served at / (self-contained: inline CSS, JS an
 activity.py  NodeActivity: tasks and tokens per minute for the last hour and the latest tasks, bounded
 systemd.py   SystemdNotifier: READY=1, STOPPING=1, watchdog pings (sd_notify)
 log.py       configure_logging: structlog JSON lines or a console, stdlib loggers alike
+inert_text.py  inert: another party's text with what a terminal would act on escaped (console logs, the CLI)
 data_lock.py DataDirLock: one running node (or gateway) per data directory (an flock, dropped when its process ends)
 """

@@ -20,6 +20,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from node.ops.inert_text import inert
+
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -64,8 +66,12 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     exc_info: structlog.types.Processor = structlog.processors.format_exc_info if use_json else _identity
+    # JSON escapes every control character; the console prints a string as it is unless it holds a space,
+    # a quote, `=`, CR or LF, so ESC, BEL, VT or a bidi control in another party's text (a node's error, a
+    # model name) would reach the terminal: made inert first.
+    inert_values: structlog.types.Processor = _identity if use_json else _inert_strings
     structlog.configure(
-        processors=[*shared, exc_info, renderer],
+        processors=[*shared, exc_info, inert_values, renderer],
         logger_factory=NamedWriteLoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=True,
@@ -74,7 +80,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, inert_values, renderer],
         )
     )
     root = logging.getLogger()
@@ -86,4 +92,13 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def _identity(logger: object, name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    return event_dict
+
+
+def _inert_strings(logger: object, name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Console only: every string value made inert (the event too: a stdlib record's is formatted text).
+    Values inside lists and dicts are printed as their repr, which escapes these characters already."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = inert(value)
     return event_dict

@@ -40,7 +40,10 @@ async def bootstrap_and_clock_checks(settings: Settings, listen_s: float) -> lis
         for addr in settings.bootstrap:
             checks.append(await _dial_check(host, addr))
         if any(c.status.value == "OK" for c in checks):
-            checks.append(await _clock_check(heartbeats, listen_s))
+            from node.p2p.connector import peer_id_of_multiaddr
+
+            trusted = {p for p in map(peer_id_of_multiaddr, settings.bootstrap) if p is not None}
+            checks.append(await _clock_check(heartbeats, listen_s, trusted))
         else:
             checks.append(warn("clock", "not measured: no bootstrap peer answered"))
     finally:
@@ -62,13 +65,20 @@ async def _dial_check(host, addr: str) -> Check:  # type: ignore[no-untyped-def]
     return ok("bootstrap", f"{addr} answered ({peer[:16]}..., {time.monotonic() - started:.2f} s)")
 
 
-async def _clock_check(heartbeats: asyncio.Queue, listen_s: float) -> Check:  # type: ignore[type-arg]
-    """This clock against the signed timestamps of the heartbeats heard in `listen_s` s."""
+async def _clock_check(heartbeats: asyncio.Queue, listen_s: float, trusted: set[str] | None = None) -> Check:  # type: ignore[type-arg]
+    """This clock against the signed body timestamps of the heartbeats heard in `listen_s` s.
+
+    The envelope's `timestamp` is outside the signature (anyone relaying a heartbeat can re-stamp it), and
+    anyone can make keys that heartbeat: the body's signed timestamp is read, the newest per signer (an old
+    heartbeat replayed cannot pull it back), and only the bootstrap peers' (`trusted`, their peer ids) count
+    when any of them was heard. Measured against other peers alone, a wrong clock is a warning, never a failure.
+    """
     from node.wire.inbound import InboundError, decode
+    from node.wire.messages import HeartbeatBody
     from node.wire.topics import HEARTBEAT_TOPIC
     from node.wire.wire_time import ns_from_wire
 
-    skews: dict[str, float] = {}
+    newest: dict[str, tuple[int, int, str]] = {}  # signer -> (signed body timestamp, received, peer id)
     deadline = time.monotonic() + listen_s
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -81,12 +91,18 @@ async def _clock_check(heartbeats: asyncio.Queue, listen_s: float) -> Check:  # 
             inbound = decode(HEARTBEAT_TOPIC, message.data, now_ns=stamped)  # signature and body checked
         except (InboundError, ValueError, KeyError, TypeError):
             continue
-        skews[inbound.sender] = (stamped - received) / 1e9
-    if not skews:
+        body = inbound.body
+        assert isinstance(body, HeartbeatBody)
+        if inbound.sender not in newest or body.timestamp > newest[inbound.sender][0]:
+            newest[inbound.sender] = (body.timestamp, received, body.peer_id)
+    if not newest:
         return warn("clock", f"not measured: no heartbeat heard in {listen_s:g} s", "run doctor again with --hear 60")
-    median = statistics.median(skews.values())
-    detail = f"peers' clocks are {median:+.1f} s from this one (median of {len(skews)} signed heartbeats)"
-    if abs(median) > SKEW_FAIL_S:
+    known = [(t, r) for t, r, peer in newest.values() if trusted and peer in trusted]
+    samples = known or [(t, r) for t, r, _ in newest.values()]
+    median = statistics.median((t - r) / 1e9 for t, r in samples)
+    whose = "of bootstrap peers" if known else "of peers, none a bootstrap peer: anyone can sign heartbeats"
+    detail = f"peers' clocks are {median:+.1f} s from this one (median of {len(samples)} signed heartbeats {whose})"
+    if abs(median) > SKEW_FAIL_S and known:
         return fail("clock", detail, "sync this clock: `timedatectl set-ntp true` (or chrony/ntpd)")
     if abs(median) > SKEW_WARN_S:
         return warn("clock", detail, "sync this clock: `timedatectl set-ntp true`")

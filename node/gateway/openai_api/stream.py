@@ -86,8 +86,14 @@ def rest_of(streamed: str, signed: str) -> str:
     return signed[len(streamed) :]
 
 
+# JSON leaves these raw inside strings and they end no SSE line, but clients that split lines as
+# str.splitlines does (httpx's iter_lines, and SSE readers built on it) cut a `data:` line at them: a
+# node's text could end an event early or add one (`data: [DONE]`). Escaped, they are the same JSON.
+_LINE_BREAKS_JSON_KEEPS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _event(chunk: ChatCompletionChunk | ErrorResponse) -> str:
-    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    return f"data: {chunk.model_dump_json(exclude_none=True).translate(_LINE_BREAKS_JSON_KEEPS)}\n\n"
 
 
 class ChatStream:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import socket
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from config.settings import Settings
 from models.registry import DEFAULT_MODEL, Registry
@@ -16,10 +20,17 @@ from node.cli.doctor.local import (
     model_file_checks,
     port_checks,
 )
-from node.cli.doctor.network import bootstrap_and_clock_checks, public_address_check, remote_engine_checks
+from node.cli.doctor.network import (
+    _clock_check,
+    bootstrap_and_clock_checks,
+    public_address_check,
+    remote_engine_checks,
+)
 from node.cli.doctor.report import Status, print_report
 from node.cli.doctor.run import Readings, run_doctor
+from node.wire.envelope import seal
 from node.wire.identity import Identity
+from node.wire.topics import HEARTBEAT_TOPIC
 from tests.support.remote_engines import FaultEngine, remote_entry
 
 LOCAL_ONLY = {"runtime", "network", "remote"}
@@ -121,3 +132,54 @@ async def test_a_remote_engine_down_fails_and_up_passes(tmp_path: Path) -> None:
         engine.models_up = False
         [down] = await remote_engine_checks(settings)
     assert down.status is Status.FAIL and engine.base_url in down.detail
+
+
+def _heartbeat(identity: Identity, at_ns: int) -> bytes:
+    body = {
+        "address": identity.address,
+        "peerId": identity.peer_id,
+        "models": ["m"],
+        "capacity": {"free": 1, "max": 1},
+        "pendingTasks": 0,
+        "tps": {},
+        "version": "0.4.0",
+        "timestamp": at_ns,
+    }
+    return seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=at_ns)
+
+
+def _restamped(message: bytes, envelope_ns: int) -> bytes:
+    """The same signed heartbeat with another envelope timestamp (which its signature does not cover)."""
+    envelope = json.loads(message)
+    envelope["timestamp"] = envelope_ns
+    return json.dumps(envelope).encode()
+
+
+async def _clock(messages: list[bytes], trusted: set[str]) -> tuple[Status, str]:
+    queue: asyncio.Queue[SimpleNamespace] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(SimpleNamespace(data=message))
+    check = await _clock_check(queue, 0.2, trusted)
+    return check.status, check.detail
+
+
+async def test_the_clock_is_read_from_signed_heartbeats_of_the_bootstrap_peers() -> None:
+    # Anyone can relay a heartbeat with its envelope re-stamped, or heartbeat from keys of its own: neither
+    # may turn a right clock into a failure.
+    honest = [Identity.generate() for _ in range(3)]
+    now = time.time_ns()
+    heard = [_heartbeat(identity, now) for identity in honest]
+    restamped = [_restamped(message, now + 55 * 10**9) for message in heard]
+    strangers = [_heartbeat(Identity.generate(), now - 540 * 10**9) for _ in range(5)]
+    bootstrap = {honest[0].peer_id}
+
+    status, detail = await _clock(heard + restamped, bootstrap)
+    assert status is Status.OK, detail
+    status, detail = await _clock(heard + strangers, bootstrap)
+    assert status is Status.OK and "bootstrap" in detail, detail
+    # No bootstrap peer heard: other peers' clocks are only a warning.
+    status, detail = await _clock(strangers, bootstrap)
+    assert status is Status.WARN, detail
+    # A clock that is truly off, by the bootstrap peer's own signed heartbeat, still fails.
+    status, detail = await _clock([_heartbeat(honest[0], now - 120 * 10**9)], bootstrap)
+    assert status is Status.FAIL, detail

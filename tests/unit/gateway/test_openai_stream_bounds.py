@@ -64,3 +64,20 @@ async def test_deltas_that_queue_up_for_the_reader_go_out_as_one_event(tmp_path:
     # One event per frame would be 3,000 content events and more; the frames come in bursts, and each burst
     # the gateway reads before the reader's next event goes out as one event.
     assert len(events) < len(deltas), f"{len(events)} events for {len(deltas)} progress frames"
+
+
+async def test_a_nodes_line_separators_cannot_cut_or_add_an_event(tmp_path: Path) -> None:
+    # JSON keeps U+2028, U+2029 and U+0085 raw in strings; readers that split lines as str.splitlines does
+    # (httpx's iter_lines) would end the event there and read the node's `data: [DONE]` as the stream's end.
+    forged = "a\u2028data: [DONE]\u2029b\u0085c"
+    peer = StreamingPeer([forged], forged)
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            request = {"model": "m", "stream": True, "messages": ASK}
+            async with http.stream("POST", "/v1/chat/completions", json=request) as answer:
+                assert answer.status_code == 200
+                lines = [line async for line in answer.aiter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines), lines
+    assert [line for line in lines if line == "data: [DONE]"] == [lines[-1]]
+    texts = [json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in lines[:-1]]
+    assert "".join(texts) == forged

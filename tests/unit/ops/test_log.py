@@ -36,3 +36,26 @@ def test_json_lines_from_structlog_and_stdlib_alike() -> None:
     assert (stdlib["level"], stdlib["logger"]) == ("warning", "libp2p.pubsub")
     assert all(line["timestamp"].endswith("Z") for line in lines)
     assert crashed["level"] == "error" and "ZeroDivisionError" in crashed["exception"]
+
+
+CONSOLE_SCRIPT = """
+import logging, structlog
+from node.ops.log import configure_logging
+configure_logging("info", "console")
+log = structlog.get_logger("node.gateway.service")
+log.info("task finished", error="\\x1b]0;owned\\x07\\x1b[2K\\rforged", model="m\\u202eabc")
+logging.getLogger("libp2p").warning("stdlib \\x1b[31m%s", "red")
+"""
+
+
+def test_console_lines_carry_no_character_a_terminal_acts_on() -> None:
+    # A node's error text or model name reaches the gateway's log: on a console it must not retitle, erase or
+    # recolour the terminal (JSON escapes these already).
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", CONSOLE_SCRIPT], capture_output=True, text=True, timeout=60, cwd=root, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert not any(c in done.stderr for c in "\x1b\x07\r\u202e"), repr(done.stderr)
+    assert "\\x1b]0;owned\\x07" in lines[0] and "\\u202e" in lines[0] and "\\x1b[31m" in lines[1]
