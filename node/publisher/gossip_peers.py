@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 MIN_CHECK_GAP_S = 0.25  # between two checks at least
 MAX_BACKOFF_ENTRIES = 4096
+MAX_DIALLED = 256  # the latest dials `dialled` keeps: peers that accept and then drop are dialled again and again
 
 
 class GossipPeerSettings(BaseModel):
@@ -76,7 +77,7 @@ class GossipPeerKeeper:
         self._last_heard = asyncio.get_running_loop().time()
         self._quiet_backoff = self.settings.initial_backoff
         self._next_quiet_dial = 0.0
-        self.dialled: list[str] = []  # peer ids it connected to gossip with, in order (what it did)
+        self.dialled: list[str] = []  # the latest MAX_DIALLED peer ids it connected to gossip with, in order
 
     @property
     def quiet_after(self) -> float:
@@ -119,7 +120,7 @@ class GossipPeerKeeper:
         log.info("dialling gossip peers", have=len(gossip), want=want, quiet=quiet, peers=[p for p, _ in candidates])
         results = await asyncio.gather(*(self._dial(peer, addrs) for peer, addrs in candidates))
         joined = [peer for (peer, _), ok in zip(candidates, results) if ok]
-        self.dialled += joined
+        self.dialled = (self.dialled + joined)[-MAX_DIALLED:]
         return joined
 
     def _candidates(self, gossip: set[str], now: float) -> list[tuple[str, list[str]]]:

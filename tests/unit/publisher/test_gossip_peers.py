@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 
 from node.p2p.host import P2PHost
 from node.publisher.client import Client, Task
-from node.publisher.gossip_peers import GossipPeerSettings
+from node.publisher.gossip_peers import MAX_DIALLED, GossipPeerKeeper, GossipPeerSettings
+from node.publisher.node_table import NodeTable
 from node.wire.identity import Identity
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 from tests.support.streaming_peer import StreamingPeer
@@ -144,3 +145,29 @@ async def test_a_quiet_view_promotes_a_node_it_only_sent_tasks_to() -> None:
             await until(lambda: bool(keeper.dialled), what="the dial to return")  # its heartbeat may come first
             assert keeper.dialled == [node.host.peer_id]
             assert set(await host.gossip_peers()) == {relay.host.peer_id, node.host.peer_id}
+
+
+class AcceptsThenDrops:
+    """A host whose every dial succeeds and whose gossip peers are always gone again (a peer that accepts
+    a connection and drops it)."""
+
+    peer_id = "self"
+
+    async def gossip_peers(self) -> list[str]:
+        return []
+
+    async def connect(self, addr: str, timeout: float) -> str:
+        return addr.rsplit("/", 1)[-1]
+
+
+async def test_the_record_of_dials_keeps_the_latest_only() -> None:
+    peer = Identity.generate().peer_id
+    keeper = GossipPeerKeeper(
+        AcceptsThenDrops(),  # type: ignore[arg-type]
+        [f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}"],
+        NodeTable(),
+        GossipPeerSettings(**FAST),
+    )
+    for _ in range(MAX_DIALLED + 50):
+        assert await keeper.check() == [peer]  # dialled again at every check, for as long as the publisher runs
+    assert keeper.dialled == [peer] * MAX_DIALLED
