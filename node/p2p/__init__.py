@@ -6,6 +6,7 @@ errors.py          P2PError and its kinds, as the asyncio side raises them; P2PS
 handoff.py         GossipQueues: gossip messages handed from the Trio thread to subscription queues, within a budget
 service.py         P2PService: the Trio side (libp2p host, TCP + Noise + Yamux; dials, opens direct-delivery streams)
 gossip.py          Gossip: gossipsub on the host (topics, validators, hand-off to the message sink, paced publishing)
+pacing.py          OutboundPacing: a publish waits for room in peers' outbound queues, within a budget of time no peer can stall
 pubsub_limits.py   bounds on one peer's pubsub RPCs (trim_rpc), IWANT answers (BoundedGossipSub), expired backoff
 seen_cache.py      WindowedSeenCache: gossip's seen message ids for the replay window, in time buckets (no sweeping thread)
 stream_only.py     StreamOnlyPeers: the peers a publisher dialled only for streams, kept out of gossip; pruned, bounded

@@ -29,6 +29,7 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
+from node.p2p.pacing import POLL_S, OutboundPacing
 from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, BoundedGossipSub, drop_expired_backoff, trim_rpc
 from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
@@ -37,9 +38,6 @@ from node.wire.topics import SEEN_WINDOW_S
 log = structlog.get_logger(__name__)
 
 MAX_INBOUND_RPC_BYTES = 1 << 20
-PACING_QUEUE_DEPTH = 8  # publish waits while any peer's outbound queue (32 RPCs) holds more
-PACING_POLL_S = 0.002
-PACING_MAX_WAIT_S = 2.0  # a frozen peer's queue never empties: give up waiting and publish anyway
 HOUSEKEEPING_INTERVAL_S = 30.0
 STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer looks for its promotion
 # Verdicts held between a message's validation and its hand-off (a subscription buffers 32 messages):
@@ -237,8 +235,7 @@ class Gossip:
         self._max_message_bytes = max_message_bytes
         self._on_message = on_message
         self._publish_lock = trio.Lock()
-        self._stuck_peers: set[ID] = set()
-        self.pacing_timeouts = 0
+        self.pacing = OutboundPacing(lambda: ((peer, len(queue)) for peer, queue in self.pubsub.peer_queues.items()))
         self._verdicts = HeldVerdicts(VERDICTS_HELD, VERDICT_BYTES_HELD)
         self._stream_only = stream_only
 
@@ -264,7 +261,7 @@ class Gossip:
                 f"message of {len(data)} bytes on topic {topic!r} exceeds the limit of {self._max_message_bytes} bytes"
             )
         async with self._publish_lock:
-            await self._wait_for_outbound_room()
+            await self.pacing.wait()
             await self.pubsub.publish(topic, data)
 
     def mesh_sizes(self) -> dict[str, int]:
@@ -275,7 +272,7 @@ class Gossip:
         """Let messages published just before stop() reach the wire (bounded)."""
         with trio.move_on_after(timeout):
             while any(len(queue) for queue in self.pubsub.peer_queues.values()):
-                await trio.sleep(PACING_POLL_S)
+                await trio.sleep(POLL_S)
             await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
 
     async def housekeeping(self) -> None:
@@ -330,26 +327,3 @@ class Gossip:
                 self._on_message(topic, data, source, self._verdicts.take(topic, data))
             except Exception:
                 log.exception("message sink failed", topic=topic)
-
-    async def _wait_for_outbound_room(self) -> None:
-        # publish() has no back-pressure and a full per-peer queue drops silently.
-        deadline = trio.current_time() + PACING_MAX_WAIT_S
-        while busy := self._busy_peers():
-            if trio.current_time() >= deadline:
-                # Stop waiting for these peers until their queues empty (e.g. a frozen peer).
-                self._stuck_peers |= busy
-                self.pacing_timeouts += 1
-                log.warning(
-                    "pacing timed out",
-                    waited_s=PACING_MAX_WAIT_S,
-                    peers=[peer.to_base58() for peer in busy],
-                    count=self.pacing_timeouts,
-                )
-                return
-            await trio.sleep(PACING_POLL_S)
-
-    def _busy_peers(self) -> set[ID]:
-        """Peers whose outbound queue is too full to publish into, less those given up on."""
-        busy = {peer for peer, queue in self.pubsub.peer_queues.items() if len(queue) > PACING_QUEUE_DEPTH}
-        self._stuck_peers &= busy  # a peer whose queue emptied is waited for again
-        return busy - self._stuck_peers
