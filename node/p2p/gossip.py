@@ -29,6 +29,7 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
+from node.p2p.handoff import held_size
 from node.p2p.pacing import POLL_S, OutboundPacing
 from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, BoundedGossipSub, drop_expired_backoff, trim_rpc
 from node.p2p.seen_cache import WindowedSeenCache
@@ -59,11 +60,12 @@ class HeldVerdicts:
 
     Keyed by content, never by object identity or sender and sequence number: a verdict can
     only ever travel with the bytes it was given for. At most `max_count` verdicts and
-    `max_bytes` of keys are held; the oldest go first (their consumers check them again).
+    `max_bytes` are held, keys and what the verdicts hold (`held_size`); the oldest go first
+    (their consumers check them again).
     """
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
-        self._held: OrderedDict[tuple[str, bytes], object] = OrderedDict()
+        self._held: OrderedDict[tuple[str, bytes], tuple[object, int]] = OrderedDict()
         self._bytes = 0
         self._max_count = max_count
         self._max_bytes = max_bytes
@@ -71,23 +73,32 @@ class HeldVerdicts:
     def __len__(self) -> int:
         return len(self._held)
 
+    @property
+    def held(self) -> int:
+        """Bytes counted for the verdicts held now."""
+        return self._bytes
+
     def hold(self, topic: str, data: bytes, verdict: object) -> None:
         """Keep `verdict` for `data` on `topic` until `take`."""
         key = (topic, data)
-        if key not in self._held:
-            self._bytes += len(data)
-        self._held[key] = verdict
+        size = held_size(data, verdict)
+        if size > self._max_bytes:
+            return  # never held, and nothing else goes for it: its consumer checks the message again
+        if (previous := self._held.get(key)) is not None:
+            self._bytes -= previous[1]
+        self._held[key] = (verdict, size)
+        self._bytes += size
         while len(self._held) > self._max_count or self._bytes > self._max_bytes:
-            (_, old), _ = self._held.popitem(last=False)
-            self._bytes -= len(old)
+            _, (_, dropped) = self._held.popitem(last=False)
+            self._bytes -= dropped
 
     def take(self, topic: str, data: bytes) -> object:
         """The verdict held for `data` on `topic` (forgotten now), or None."""
-        key = (topic, data)
-        if key not in self._held:
+        held = self._held.pop((topic, data), None)
+        if held is None:
             return None
-        self._bytes -= len(data)
-        return self._held.pop(key)
+        self._bytes -= held[1]
+        return held[0]
 
 
 class StreamPeerAwarePubsub(Pubsub):

@@ -1,7 +1,8 @@
 """Gossip messages handed from the Trio thread to asyncio subscription queues, within a budget.
 
 Each topic has a budget, in messages and in bytes, of what was handed over and not yet
-taken off its queue. It is charged on the Trio thread BEFORE `call_soon_threadsafe`, so a
+taken off its queue. A message counts its raw bytes and what its validator's verdict holds
+(`held_size`): a decoded message can take twenty times its bytes. It is charged on the Trio thread BEFORE `call_soon_threadsafe`, so a
 flood cannot pile up callbacks on the event loop. A message over budget is dropped,
 counted (`GossipQueues.dropped`, exported as compute_node_gossip_dropped_total) and
 logged at most once per `DROP_LOG_WINDOW_S` per topic.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -32,6 +33,14 @@ class GossipMessage:
     # What the topic's validator returned for these bytes when it was more than True (e.g. the
     # decoded message), so the consumer need not check them again; None: check them.
     validated: object = None
+    size: int = field(default=0, compare=False)  # what it counts against its topic's budget (`held_size`)
+
+
+def held_size(data: bytes, verdict: object) -> int:
+    """Bytes a message and its verdict hold: the raw bytes, plus `verdict.held_bytes` when the verdict says
+    (node.wire.inbound.Inbound does: a decoded message's estimated memory)."""
+    held = getattr(verdict, "held_bytes", 0)
+    return len(data) + (held if isinstance(held, int) and held > 0 else 0)
 
 
 class HandOffBudget:
@@ -92,7 +101,7 @@ class BudgetQueue(asyncio.Queue[GossipMessage]):
 
     def _get(self) -> GossipMessage:
         message: GossipMessage = super()._get()
-        self.budget.release(len(message.data))
+        self.budget.release(message.size)
         return message
 
 
@@ -128,7 +137,7 @@ class GossipQueues:
         try:
             queue.put_nowait(message)
         except asyncio.QueueFull:  # the budget admits no more than the queue holds; kept as a guard
-            queue.budget.release(len(message.data))
+            queue.budget.release(message.size)
 
     @property
     def dropped(self) -> int:

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from node.p2p.bounded_yamux import CLOSED_STREAM_FLOOD, CLOSED_WINDOW
 from node.p2p.errors import MessageTooLargeError, P2PError
 from node.p2p.frame_stream import FrameStream, FrameStreams
-from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues
+from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues, held_size
 from node.p2p.inbound_gate import InboundLimits
 from node.p2p.libp2p_logging import route_libp2p_logging
 from node.p2p.service import P2PService, ServiceOptions
@@ -64,7 +64,8 @@ Validator = Callable[[str, bytes], object]
 """(topic, data) -> verdict: falsy rejects. Runs on the Trio thread before relay and must
 be fast; an exception counts as a reject and is logged. A verdict other than True (e.g. the
 decoded message) arrives with the message as `GossipMessage.validated`, so the consumer does
-not decode it again. The same data is not re-validated within the seen window."""
+not decode it again; its `held_bytes`, when it has one, counts against the topic's budget
+(node/p2p/handoff.py). The same data is not re-validated within the seen window."""
 
 
 class P2PHost:
@@ -300,8 +301,9 @@ class P2PHost:
     # --- hand-overs from the Trio thread -------------------------------
 
     def _on_trio_message(self, topic: str, data: bytes, source_peer: str, validated: object) -> None:  # on Trio
-        if self._gossip.charge(topic, len(data)):
-            message = GossipMessage(topic=topic, data=data, source_peer=source_peer, validated=validated)
+        size = held_size(data, validated)
+        if self._gossip.charge(topic, size):
+            message = GossipMessage(topic=topic, data=data, source_peer=source_peer, validated=validated, size=size)
             self._call_soon(self._gossip.deliver, message)
 
     def _on_trio_inbound_stream(self, stream_id: int, peer_id: str, first: bytes) -> None:  # on the Trio thread

@@ -29,6 +29,7 @@ from node.wire.messages import (
     decode_heartbeat,
     decode_result,
     decode_task,
+    held_bytes,
 )
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
@@ -71,6 +72,7 @@ class Inbound:
 
     signed: SignedMessage
     body: Body
+    held_bytes: int = 0  # about how much memory the decoded body holds (the P2P layer's budgets count it)
 
     @property
     def sender(self) -> str:
@@ -91,7 +93,7 @@ def decode(topic: str, data: bytes, now_ns: int | None = None) -> Inbound:
         raise InboundError("bad_body", str(exc)) from None
     if isinstance(body, HeartbeatBody):
         _check_heartbeat_signer(signed, body)
-    return Inbound(signed, body)
+    return Inbound(signed, body, held_bytes(body, len(signed.body)))
 
 
 def _check_heartbeat_signer(signed: SignedMessage, body: HeartbeatBody) -> None:

@@ -54,3 +54,33 @@ async def test_hand_off_is_bounded_in_bytes_before_it_reaches_the_event_loop(mak
     await a.publish(TOPIC, b"after" + b"y" * 9_995)
     assert (await receive(qb)).data.startswith(b"after")
     assert b.dropped_messages == 15
+
+
+class Decoded:
+    """A verdict that holds more than its message's bytes, as a decoded message does (`held_bytes`)."""
+
+    def __init__(self, held_bytes: int) -> None:
+        self.held_bytes = held_bytes
+
+
+async def test_the_budget_counts_what_a_verdict_holds_not_only_the_bytes(make_host: HostFactory) -> None:
+    # 100-byte messages whose decoded form takes 20 kB: 50,000 bytes of budget hold two, not 500.
+    a = await make_host()
+    b = await make_host(queue_bytes=50_000)
+    await a.subscribe(TOPIC)
+    qb = await b.subscribe(TOPIC, validator=lambda _topic, _data: Decoded(20_000))
+    await link(a, b)
+    await wait_for_mesh(a, TOPIC, 1)
+    for i in range(20):
+        await a.publish(TOPIC, b"%02d" % i + b"x" * 98)
+
+    async def all_accounted() -> bool:
+        return qb.qsize() + b.dropped_messages == 20
+
+    await wait_until(all_accounted, "20 messages delivered or dropped")
+    assert qb.qsize() == 2 and b.dropped_messages == 18
+    first = await qb.get()
+    assert isinstance(first.validated, Decoded) and first.size == 20_100
+    await qb.get()  # both taken: their room is back
+    await a.publish(TOPIC, b"after" + b"y" * 95)
+    assert (await receive(qb)).data.startswith(b"after")

@@ -154,3 +154,18 @@ async def test_receiver_rejects_messages_over_its_limit(make_host: HostFactory) 
     await big_sender.publish(TOPIC, b"small")
     assert (await receive(queue)).data == b"small"
     assert queue.empty()
+
+
+class Decoded:
+    def __init__(self, held_bytes: int) -> None:
+        self.held_bytes = held_bytes
+
+
+def test_held_verdicts_count_what_the_verdicts_hold() -> None:
+    held = HeldVerdicts(max_count=100, max_bytes=10_000)
+    for i in range(5):
+        held.hold("t", bytes([i]), Decoded(4_000))  # 1 byte of key, 4,000 of decoded message: two fit
+    assert len(held) == 2 and held.held == 2 * 4_001
+    assert held.take("t", b"\x04") is not None and held.take("t", b"\x02") is None
+    held.hold("t", b"huge", Decoded(1_000_000))  # alone over the bound: not kept (its consumer decodes again)
+    assert held.take("t", b"huge") is None and held.held == 4_001
