@@ -18,6 +18,7 @@ the URL (it may come from the model or the task).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import ipaddress
 import socket
 import zlib
@@ -171,6 +172,8 @@ async def fetch(
         raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
     except httpx.InvalidURL:
         raise ToolError("tool request: invalid URL") from None
+    except UnicodeError:  # a host label IDNA refuses, a header value that is not Latin-1
+        raise ToolError("tool request: a host name or header value that cannot be encoded") from None
     except httpx.HTTPError as e:
         log.info("egress failed", error=str(e))  # local log only: the text may hold the URL
         raise ToolError(f"tool request failed: {type(e).__name__}") from None
@@ -226,7 +229,57 @@ async def _read_capped(response: httpx.Response, limit: int) -> str:
     encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
     for encoding in reversed(encodings):  # the last one applied is undone first
         body = _decode(body, encoding, limit)
-    return body.decode(response.encoding or "utf-8", errors="replace")
+    return body.decode(_text_codec(response.charset_encoding), errors="replace")
+
+
+# The charsets a response may name: codecs written in C, linear in the body. Any other (punycode is
+# quadratic Python, 288 s for 1 MB; rot13, hex and idna are no text codecs) is read as UTF-8.
+_TEXT_CODECS = frozenset(
+    codecs.lookup(name).name
+    for name in (
+        "utf-8",
+        "utf-8-sig",
+        "utf-16",
+        "utf-16-le",
+        "utf-16-be",
+        "utf-32",
+        "utf-32-le",
+        "utf-32-be",
+        "ascii",
+        "latin-1",
+        "iso8859-2",
+        "iso8859-5",
+        "iso8859-7",
+        "iso8859-9",
+        "iso8859-15",
+        "cp1250",
+        "cp1251",
+        "cp1252",
+        "cp1253",
+        "cp1254",
+        "cp1256",
+        "koi8-r",
+        "shift_jis",
+        "euc_jp",
+        "iso2022_jp",
+        "gbk",
+        "gb2312",
+        "gb18030",
+        "big5",
+        "euc_kr",
+    )
+)
+
+
+def _text_codec(charset: str | None) -> str:
+    """The codec for a response's charset: one of `_TEXT_CODECS`, else UTF-8 (the server's word picks no other)."""
+    if not charset:
+        return "utf-8"
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return "utf-8"
+    return name if name in _TEXT_CODECS else "utf-8"
 
 
 def _decode(body: bytes, encoding: str, limit: int) -> bytes:

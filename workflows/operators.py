@@ -22,7 +22,7 @@ from workflows.inputs import check_rendered, render, resolve, resolve_inputs
 from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
 from workflows.options import EngineOptions, ToolSettings
-from workflows.placeholders import fill
+from workflows.placeholders import fill, fill_all
 from workflows.schema import InputValue, RegexSchema, Step, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.score_operator import score
@@ -81,7 +81,8 @@ async def run_step(step: Step, ctx: RunContext) -> str:
         raise InvalidStepError("the task has no non-empty message to send to the model")
     limit = ctx.options.max_memory_bytes
     values = await resolve_inputs(step.inputs, ctx.memory, limit)
-    messages = [ChatMessage(role=m.role, content=fill(m.content, values, limit)) for m in step.messages]
+    contents = fill_all([m.content for m in step.messages], values, limit)  # one limit for all of them
+    messages = [ChatMessage(role=m.role, content=c) for m, c in zip(step.messages, contents, strict=True)]
     match step.operator:
         case "generation":
             on_text = ctx.on_text if step.id == ctx.streamed else None
@@ -194,6 +195,8 @@ async def _sample(step: Step, ctx: RunContext) -> str:
                 )
             raise StepError(f"sample input {item.name!r}: the stack it names is empty or missing")
         samples.append(render_entry(ctx.rng.choice(pool)))
+        size += len(samples[-1]) + 2  # the answer holds every sample: inputs naming one big stack multiply it
+        check_rendered(size, ctx.options.max_memory_bytes)
     prompt = fill(step.messages[-1].content, values, ctx.options.max_memory_bytes) if step.messages else ""
     return "".join([prompt, *(f": {s}" for s in samples)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from workflows.errors import InvalidStepError, ResultTooLargeError, WorkflowError
@@ -17,7 +18,9 @@ async def build_result(
     """The result text: resolved input(s), optionally as a JSON array, post-processed.
 
     With `limit`, a post-processing step that would grow the text past `limit`
-    characters raises ResultTooLargeError before it runs. An input that names
+    characters raises ResultTooLargeError before it runs (to_upper and to_lower, which
+    can grow it, after). The steps are few (schema.MAX_POST_PROCESS), each may take tens
+    of ms over millions of characters, and other tasks run between them. An input that names
     nothing raises InvalidStepError (deterministic) when `sources` says nothing
     in the task can ever fill it, a plain WorkflowError otherwise.
     """
@@ -49,7 +52,10 @@ async def build_result(
     # A list (get_all, several inputs) with to_json becomes a JSON array of strings.
     text = json.dumps(parts, ensure_ascii=False) if spec.to_json and is_list else "\n".join(parts)
     for step in spec.post_process:
+        await asyncio.sleep(0)  # each step may take tens of ms on millions of characters
         text = post_process(text, step, limit)
+        if limit is not None and len(text) > limit:  # to_upper/to_lower can grow text (ß -> SS, ﬃ -> FFI)
+            raise ResultTooLargeError(f"result too large: post_process made it more than {limit} characters")
     return text
 
 
@@ -64,8 +70,12 @@ def post_process(text: str, step: PostProcess, limit: int | None = None) -> str:
                 raise ResultTooLargeError(f"result too large: post_process replace would pass {limit} characters")
             return text.replace(step.lhs, rhs)
         case "append":
+            if limit is not None and len(text) + len(step.rhs or "") > limit:
+                raise ResultTooLargeError(f"result too large: post_process append would pass {limit} characters")
             return text + (step.rhs or "")
         case "prepend":
+            if limit is not None and len(text) + len(step.lhs or "") > limit:
+                raise ResultTooLargeError(f"result too large: post_process prepend would pass {limit} characters")
             return (step.lhs or "") + text
         case "trim":
             return text.strip()

@@ -35,6 +35,7 @@ Expression = Literal[
 ]
 ProcessType = Literal["replace", "append", "prepend", "trim", "trim_start", "trim_end", "to_lower", "to_upper"]
 END_NODES = frozenset({"_end", "__end"})
+MAX_POST_PROCESS = 16
 RESULT_VALUE = "__result"
 
 
@@ -226,7 +227,8 @@ class PostProcess(_Model):
 class ReturnValue(_Model):
     input: InputValue | list[InputValue]
     to_json: bool = False
-    post_process: list[PostProcess] = Field(default_factory=list)
+    # Each step rewrites the whole result synchronously: a few are all any workflow needs.
+    post_process: list[PostProcess] = Field(default_factory=list, max_length=MAX_POST_PROCESS)
 
 
 class Workflow(_Model):

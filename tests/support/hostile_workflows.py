@@ -162,6 +162,55 @@ def placeholder_bomb() -> dict[str, Any]:
     }
 
 
+def messages_fan_out_bomb() -> dict[str, Any]:
+    """One step of 3,000 messages each naming a 60 kB input once (180 MB of prompt; each message alone is small)."""
+    task = {
+        "id": "g",
+        "operator": "generation",
+        "messages": [{"role": "user", "content": "{a}."}] * 3000,
+        "inputs": [{"name": "a", "value": {"type": "read", "key": "big"}}],
+    }
+    return {
+        "config": {"max_steps": 1, "max_time": 60, "max_tokens": 4},
+        "external_memory": {"big": BLOCK},
+        "tasks": [task],
+        "steps": [{"source": "g", "target": "_end"}],
+        "return_value": {"input": {"type": "string", "key": "done"}},
+    }
+
+
+def sample_fan_out_bomb() -> dict[str, Any]:
+    """3,000 inputs of one sample step, each a 4-character name of a stack whose one entry is 60 kB: each
+    sample copies the entry (180 MB), while the inputs render to 12 kB."""
+    task = {
+        "id": "s",
+        "operator": "sample",
+        "messages": [{"role": "user", "content": "x"}],
+        "inputs": [{"name": f"i{n}", "value": {"type": "string", "key": "pool"}} for n in range(3000)],
+    }
+    return {
+        "config": {"max_steps": 1, "max_time": 60},
+        "external_memory": {"pool": [BLOCK]},
+        "tasks": [task],
+        "steps": [{"source": "s", "target": "_end"}],
+        "return_value": {"input": {"type": "string", "key": "done"}},
+    }
+
+
+def post_process_bomb(steps: int) -> dict[str, Any]:
+    """1.2 M non-ASCII characters (their memory is charged as escaped JSON: 7.2 MB) tripled by a `replace`, then
+    `steps` - 1 alternating to_upper / to_lower steps over the 3.6 M (each tens of ms)."""
+    cases = [{"process_type": "replace", "lhs": "\u03b1", "rhs": "\u03b1" * 3}]
+    cases += [{"process_type": "to_upper" if i % 2 else "to_lower"} for i in range(steps - 1)]
+    return {
+        "config": {"max_steps": 1, "max_time": 1},
+        "external_memory": {"v": "\u03b1" * 1_200_000},
+        "tasks": [{"id": "e", "operator": "end"}],
+        "steps": [{"source": "e", "target": "_end"}],
+        "return_value": {"input": {"type": "read", "key": "v"}, "post_process": cases},
+    }
+
+
 def schema_task(schema: Any, *, encode: str = "json") -> dict[str, Any]:
     text = json.dumps(schema)
     value = base64.b64encode(text.encode()).decode() if encode == "base64" else text
@@ -246,11 +295,14 @@ MEMORY_BOMBS = [
     HostileWorkflow("placeholder_bomb", placeholder_bomb(), "memory limit exceeded"),
     HostileWorkflow("inputs_fan_out_bomb", fan_out_bomb("task"), "memory limit exceeded"),
     HostileWorkflow("return_value_fan_out_bomb", fan_out_bomb("return_value"), "result too large"),
+    HostileWorkflow("messages_fan_out_bomb", messages_fan_out_bomb(), "memory limit exceeded"),
+    HostileWorkflow("sample_fan_out_bomb", sample_fan_out_bomb(), "memory limit exceeded"),
 ]
 
 OVERSIZE = [
     HostileWorkflow("oversize_result", oversize_result(), "result too large"),
     HostileWorkflow("replace_bomb_result", replace_bomb(), "result too large"),
+    HostileWorkflow("post_process_bomb", post_process_bomb(16), "result too large"),
 ]
 
 # Hosts an http_request tool may name that must all be refused on a default node.

@@ -25,6 +25,7 @@ from tests.support.hostile_workflows import (
     insert_bomb,
     many_tools_bomb,
     memory_only_loop,
+    post_process_bomb,
 )
 from workflows import (
     EngineOptions,
@@ -43,6 +44,7 @@ from workflows.errors import (
     ToolError,
     public_error_text,
 )
+from workflows.schema import MAX_POST_PROCESS
 from workflows.schema_limits import MAX_PATTERN_EXPANSION, pattern_expansion
 
 
@@ -241,3 +243,11 @@ async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(m
     assert _calls_done(model) == calls_done  # refused before it ran: not one native call
     fits = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx // 2))
     assert (await run_workflow(fits, model, options=EngineOptions(max_tokens_cap=None))).text
+
+
+def test_a_return_value_takes_a_few_post_process_steps_only() -> None:
+    # Each step rewrites the whole result synchronously: 3,000 of them over millions of characters held the
+    # execution process's event loop for 90 s, past any max_time.
+    parse_workflow(post_process_bomb(MAX_POST_PROCESS))
+    with pytest.raises(WorkflowValidationError, match="post_process"):
+        parse_workflow(post_process_bomb(MAX_POST_PROCESS + 1))
