@@ -1,8 +1,9 @@
-"""Suspects run again alone: the gate that keeps a stall suspect's rerun away from other tasks.
+"""Suspects run again alone: the gate that keeps a suspect's rerun away from other tasks.
 
 A task inside a stalled batch decode shares the suspicion with every task of that
-batch (processes/stall.py). To learn which one stalls, a suspect's rerun runs alone
-on its model: it waits until no other task runs there, and while it runs new tasks
+batch (processes/stall.py), and every task on a process that crashed (its memory
+limit, a signal) shares the crash. To learn which one stalls or crashes it, a
+suspect's rerun runs alone on its model: it waits until no other task runs there, and while it runs new tasks
 wait for it. Tasks run side by side otherwise. A suspect does not hold others back
 while it waits (it may wait until its deadline under steady load); tasks wait for a
 running suspect at most until the stall watchdog kills it.

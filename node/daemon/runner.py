@@ -198,11 +198,13 @@ class TaskRunner:
         return accepted.task.stream is True and task_id in self._outbox.routes and accepted.reruns == 0
 
     async def _gated_run(self, accepted: AcceptedTask, request: RunTask) -> TaskDone | TaskFailed:
-        """Run on the model's process: beside other tasks, or alone for a stall suspect's rerun."""
+        """Run on the model's process: beside other tasks, or alone for a stall or crash suspect's rerun."""
         gate = self._gates.setdefault(accepted.model, RerunGate())
         routes = self._outbox.routes
         on_delta = partial(routes.progress, request.task_id) if request.stream else None
-        async with gate.alone() if accepted.stalls else gate.shared():
+        # A task whose process stalled or crashed under it runs again alone: then a second stall or crash is
+        # its own, never that of a task that ran beside it (which would make an honest task poison).
+        async with gate.alone() if accepted.stalls or accepted.crashes else gate.shared():
             return await self._pool.run(accepted.model, request, on_delta)
 
     async def _finish(

@@ -219,6 +219,24 @@ async def test_memory_bomb_on_default_settings_is_killed_by_the_derived_limit(tm
 
 @pytest.mark.slow
 @pytest.mark.asyncio
+async def test_a_task_that_crashes_its_process_twice_is_poison_and_the_task_beside_it_is_not(
+    tmp_path: Path, wrapped: None
+) -> None:
+    # Both tasks are on the process each time the bomb kills it. Before, every task on it counted both crashes:
+    # the honest one was answered "Invalid prompt: ... crashed its execution process twice" too.
+    async with _harness(node_settings(tmp_path)) as h:
+        honest_id = await h.submit(STORY, timeout=180, max_tokens=800)
+        await h.running(1)
+        bomb_id = await h.submit(f"{BOMB} now", timeout=180)
+        reason = await h.failure(bomb_id, timeout=180)
+        assert reason.startswith("Invalid prompt: ") and "twice (memory)" in reason
+        result = await h.wait(honest_id, timeout=180)
+        assert result.text.strip()
+        assert h.crashes("memory") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_lives_on(
     tmp_path: Path, wrapped: None
 ) -> None:
