@@ -41,4 +41,9 @@ def fill_all(templates: list[str], values: dict[str, str], limit: int | None = N
                 raise LimitExceededError(
                     "memory", f"memory limit exceeded: filled-in messages would exceed {limit} characters"
                 )
-    return [_PLACEHOLDER.sub(lambda m: v if (v := value_of(m)) is not None else m.group(0), t) for t in templates]
+
+    def filled(match: re.Match[str]) -> str:
+        value = value_of(match)
+        return match.group(0) if value is None else value  # braces around no input's name stay as they are
+
+    return [_PLACEHOLDER.sub(filled, template) for template in templates]
