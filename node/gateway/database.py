@@ -19,6 +19,8 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+TRIM_BATCH = 500  # rows deleted per statement (SQLite's bound parameters)
+
 PURGE_INTERVAL = 60.0  # seconds between two purges of every table
 
 
@@ -74,25 +76,60 @@ class Transaction:
 
 
 class Table:
-    """One table of the gateway's file, its own connection; rows are deleted `retention` after they expire."""
+    """One table of the gateway's file, its own connection; rows are deleted `retention` after they expire,
+    and the finished ones that expire first before that while the table holds more than `max_bytes`."""
 
     name: ClassVar[str]  # the table
     schema: ClassVar[str]  # CREATE ... IF NOT EXISTS statements
+    row_bytes: ClassVar[str]  # SQL: about what one row takes on disk
+    finished: ClassVar[str]  # SQL: a row whose outcome is in (one a caller may still be waiting for is not)
+    trim_order: ClassVar[str] = "expires_at"  # SQL: the finished rows deleted first when over `max_bytes`
 
-    def __init__(self, path: Path, retention: float) -> None:
+    def __init__(self, path: Path, retention: float, max_bytes: int | None = None) -> None:
         self.path = path
         self.retention = retention
+        self.max_bytes = max_bytes
         self._db = open_database(path, self.schema)
 
     def close(self) -> None:
         self._db.close()
 
     def purge(self, now: float | None = None) -> int:
-        """Delete the rows kept longer than the retention (past `expires_at`); how many were deleted."""
+        """Delete the rows kept longer than the retention (past `expires_at`), then, while the table holds more
+        than `max_bytes`, the finished rows that would expire first; how many were deleted."""
         now = time.time() if now is None else now
         with self.transaction():
-            cursor = self._db.execute(f"DELETE FROM {self.name} WHERE expires_at < ?", (now,))
-        return cursor.rowcount
+            deleted = self._db.execute(f"DELETE FROM {self.name} WHERE expires_at < ?", (now,)).rowcount
+            if self.max_bytes is not None:
+                deleted += self._trim(self.max_bytes)
+        return deleted
+
+    def stored_bytes(self) -> int:
+        """About what the table's rows take."""
+        return int(self._db.execute(f"SELECT COALESCE(SUM({self.row_bytes}), 0) FROM {self.name}").fetchone()[0])
+
+    def _trim(self, max_bytes: int) -> int:
+        over = self.stored_bytes() - max_bytes
+        if over <= 0:
+            return 0
+        doomed: list[int] = []
+        rows = self._db.execute(
+            f"SELECT rowid, {self.row_bytes} FROM {self.name} WHERE {self.finished} ORDER BY {self.trim_order}"
+        )
+        for rowid, size in rows:
+            if over <= 0:
+                break
+            doomed.append(rowid)
+            over -= size
+        rows.close()
+        for start in range(0, len(doomed), TRIM_BATCH):
+            batch = doomed[start : start + TRIM_BATCH]
+            self._db.execute(f"DELETE FROM {self.name} WHERE rowid IN ({','.join('?' * len(batch))})", batch)
+        if doomed:
+            log.warning(
+                "task database over its size: oldest finished tasks deleted", table=self.name, count=len(doomed)
+            )
+        return len(doomed)
 
     def transaction(self) -> Transaction:
         return Transaction(self._db, self.path)

@@ -57,9 +57,10 @@ class Gateway:
                 half_life_s=settings.reputation_half_life, verify_ban_seconds=settings.verify_ban_seconds
             ),
         )
-        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention))
+        max_bytes = settings.max_stored_mb * 1024 * 1024
+        self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention, max_bytes))
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
-        sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon))
+        sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon), max_bytes)
         self.sdk = SdkService(client, sdk_store, PendingCaps.of(settings), settings.deadline_horizon)
         client.on_message = self.sdk.observe
         self.http = HttpServer(

@@ -80,6 +80,13 @@ class GatewaySettings(LayeredSettings):
         gt=0,
         description="Seconds a finished task is kept (Dria SDK tasks: at most deadline_horizon past deadline or result)",
     )
+    max_stored_mb: int = Field(
+        default=1024,
+        ge=1,
+        le=1 << 30,
+        description="MB of tasks each table of the task database keeps; past it the finished ones that would "
+        "expire first are deleted early",
+    )
     reputation_half_life: float = Field(
         default=3600.0, gt=0, description="Seconds for a measurement of a node's service to count half"
     )

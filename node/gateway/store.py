@@ -73,9 +73,14 @@ class TaskStore(Table):
 
     name = "tasks"
     schema = _SCHEMA
+    row_bytes = (
+        "256 + LENGTH(id) + LENGTH(models) + COALESCE(LENGTH(result), 0) + COALESCE(LENGTH(ciphertext), 0)"
+        " + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(stats), 0) + COALESCE(LENGTH(public_key), 0)"
+    )
+    finished = "status != 'pending'"
 
-    def __init__(self, path: Path, retention: float) -> None:
-        super().__init__(path, retention)
+    def __init__(self, path: Path, retention: float, max_bytes: int | None = None) -> None:
+        super().__init__(path, retention, max_bytes)
         self.expire_overdue()
 
     def insert(self, records: list[TaskRecord]) -> None:

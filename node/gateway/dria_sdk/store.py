@@ -64,9 +64,12 @@ class SdkStore(Table):
 
     name = "rpc_tasks"
     schema = _SCHEMA
+    row_bytes = "256 + LENGTH(network_id) + LENGTH(task_id) + LENGTH(picked) + COALESCE(LENGTH(result), 0)"
+    finished = "result IS NOT NULL"
+    trim_order = "served DESC, expires_at"  # results the SDK fetched already go first
 
-    def __init__(self, path: Path, retention: float) -> None:
-        super().__init__(path, retention)
+    def __init__(self, path: Path, retention: float, max_bytes: int | None = None) -> None:
+        super().__init__(path, retention, max_bytes)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(rpc_tasks)")}
         with self.transaction():
             if "deadline" not in columns:

@@ -73,3 +73,36 @@ async def test_one_purge_loop_deletes_expired_rows_of_both_tables(tmp_path: Path
     assert tasks.get("kept") is not None and sdk.get("kept--1") is not None
     tasks.close()
     sdk.close()
+
+
+def test_a_table_over_its_size_deletes_the_finished_tasks_that_expire_first(tmp_path: Path) -> None:
+    # A key holder posting big-result tasks filled the disk for a whole retention (24 h) before.
+    path = tmp_path / "gateway.sqlite3"
+    now = time.time()
+    tasks = TaskStore(path, retention=86_400, max_bytes=600_000)
+    common: dict[str, Any] = {"key_id": "k", "models": [MODEL], "created_at": now, "updated_at": now, "deadline": now}
+    tasks.insert(
+        [
+            TaskRecord(id=f"done{i}", status="done", result="r" * 100_000, expires_at=now + i, **common)
+            for i in range(10)
+        ]
+        + [TaskRecord(id="waiting", status="pending", expires_at=now + 1, **common)]
+    )
+    assert tasks.stored_bytes() > 1_000_000
+    assert tasks.purge(now=now) == 5
+    assert tasks.stored_bytes() <= 600_000
+    assert [tasks.get(f"done{i}") is None for i in range(10)] == [True] * 5 + [False] * 5  # the oldest went
+    assert tasks.get("waiting") is not None  # a task someone waits for is never cut
+
+    sdk = SdkStore(path, retention=3600, max_bytes=300_000)
+    for i in range(6):
+        task = SdkTask(
+            network_id=f"n{i}", key_id="k", task_id=f"t{i}", payload_hash="h", picked=[], created_at=now,
+            expires_at=now + 100 + i,
+        )  # fmt: skip
+        assert sdk.insert(task) and sdk.add_result(f"n{i}", "x" * 100_000)
+    assert len(sdk.pop_results("k", 1)) == 1  # one served: it goes first, then the unserved that expire first
+    assert sdk.purge(now=now) == 4 and sdk.stored_bytes() <= 300_000
+    assert len(sdk.pop_results("k", 10)) == 2
+    tasks.close()
+    sdk.close()
