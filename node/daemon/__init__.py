@@ -12,7 +12,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     acceptance.py       Acceptance: does this node accept a task? (pure rules: allow-list, picked, deadline...)
     admission.py        Admission: per-model capacity and queue; admits an AcceptedTask or answers busy
     runner.py           TaskRunner: runs one accepted task on its model's execution process -> result
-    rerun_gate.py       RerunGate: a stall suspect's rerun runs alone on its model
+    rerun_gate.py       RerunGate: a stall or crash suspect's rerun runs alone on its model
     processes/          the execution processes (node/execution/), one per model: spawn, route, watch, restart
     outbox.py           ResultOutbox: sends results (on their stream, else gossip), keeps them in the journal until sent
     unjournalled.py     UnjournalledResults: results a failing journal (full disk) refused, held until it takes them
@@ -21,6 +21,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     recovery.py         start-up recovery of what a crash left in the journal
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd
+    clock_watch.py      ClockWatch: every message refused for its time, none accepted: this machine's clock is wrong
     supervisor.py       Supervisor: restarts background loops with backoff; a dead one is fatal
     failures.py         RecentFailures: failures in a sliding window and their backoff (supervisor, execution pool)
     remote_health.py    health of the remote engines this node fronts

@@ -17,6 +17,7 @@ import structlog
 from config.settings import ConfigError, Settings
 from node.daemon.acceptance import Acceptance, SeenTasks
 from node.daemon.admission import Admission
+from node.daemon.clock_watch import ClockWatch
 from node.daemon.direct import DirectIntake
 from node.daemon.heartbeat import Heartbeat
 from node.daemon.intake import TaskIntake
@@ -127,6 +128,7 @@ def build_parts(
     on_reject: Callable[[str, str], None],
     pause: PauseState,
     ledger: Ledger | None = None,
+    clock: ClockWatch | None = None,
 ) -> NodeParts:
     """Make the parts and wire them to each other and to the open resources."""
     names = list(pool.hosted)
@@ -180,6 +182,7 @@ def build_parts(
         advertised,
         activity=activity,
         held=lambda: len(outbox.unjournalled),
+        clock=clock,
         startup_grace_s=settings.startup_grace,
     )
     addrs = advertised_addrs(host.listen_addrs, host.peer_id, settings.announce) if settings.direct else []
@@ -194,6 +197,7 @@ def build_parts(
         addrs=lambda: addrs,
     )
     connector = Connector(host, settings.bootstrap, max_backoff=settings.redial_max_backoff)
-    gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window)
-    direct = DirectIntake(intake, routes, on_reject, log_window_s=settings.reject_log_window)
+    heard = clock.heard if clock is not None else None
+    gate = GossipGate(on_reject=on_reject, log_window_s=settings.reject_log_window, on_valid=heard)
+    direct = DirectIntake(intake, routes, on_reject, log_window_s=settings.reject_log_window, on_valid=heard)
     return NodeParts(outbox, runner, admission, intake, monitor, heartbeat, connector, gate, direct)

@@ -43,10 +43,12 @@ class DirectIntake:
         routes: DirectRoutes,
         on_reject: Callable[[str, str], None] | None = None,
         log_window_s: float = FAILURE_LOG_WINDOW_S,
+        on_valid: Callable[[str], None] | None = None,
     ) -> None:
         self._intake = intake
         self._routes = routes
         self._on_reject = on_reject
+        self._on_valid = on_valid
         self._answering: set[asyncio.Task[None]] = set()
         self._checks = FrameChecks()
         self._failures = LogWindow(FAILURE_LOG_WINDOW_S)  # a frame that makes a check fail may come again and again
@@ -89,6 +91,8 @@ class DirectIntake:
             await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason="internal"))
             await stream.close()
             return
+        if self._on_valid is not None:
+            self._on_valid(TASK_TOPIC)
         task = inbound.body
         assert isinstance(task, TaskBody)
         try:

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from node.daemon.admission import Admission
+from node.daemon.clock_watch import ClockWatch
 from node.daemon.journal import Journal
 from node.daemon.journal_file import JournalError
 from node.ops.activity import NodeActivity
@@ -46,6 +47,7 @@ class NodeMonitor:
         *,
         activity: NodeActivity | None = None,
         held: Callable[[], int] = lambda: 0,  # results the outbox holds in memory for a failing journal
+        clock: ClockWatch | None = None,  # messages refused for their time: is this machine's clock wrong?
         startup_grace_s: float = 60.0,
         sample_interval_s: float = 5.0,
         log_interval_s: float = 30.0,
@@ -70,6 +72,7 @@ class NodeMonitor:
         self._journal_errors_counted = 0  # the journal's SQLite errors already in the metric
         self._backlog = 0  # the journal's backlog at the last sample that could read it
         self._held = held
+        self._clock = clock
         self._last_heartbeat_seen: float | None = None
         self._failed_loops: Callable[[], list[str]] = list
 
@@ -145,6 +148,8 @@ class NodeMonitor:
             return HealthReport(ok=False, reason="no model is serving (not loaded, restarting or stalled)")
         if (journal_error := self._journal.failing()) is not None:
             return HealthReport(ok=False, reason=f"tasks cannot be journalled: {journal_error}")
+        if self._clock is not None and (clock_problem := self._clock.problem()) is not None:
+            return HealthReport(ok=False, reason=clock_problem)
         in_grace = time.monotonic() - self._started < self._startup_grace_s
         if not self._peers and not in_grace:
             return HealthReport(ok=False, reason="no peers")
@@ -170,6 +175,7 @@ class NodeMonitor:
             "journal_backlog": self._backlog,
             "journal_errors": self._journal.errors,
             "results_unjournalled": self._held(),
+            "clock_problem": None if self._clock is None else self._clock.problem(),
             "uptime_s": round(time.monotonic() - self._started, 1),
             "peer_ids": list(self._peers),
             "activity": self._activity.snapshot().model_dump(mode="json"),

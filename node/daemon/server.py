@@ -36,6 +36,7 @@ from node.daemon.build import (
     open_ledger,
     stream_limits,
 )
+from node.daemon.clock_watch import ClockWatch
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
 from node.daemon.ledger import Ledger
@@ -84,6 +85,7 @@ class NodeServer:
         self.settings = settings
         self._early = early  # the first model's execution process, spawned before this module was imported
         self.metrics = NodeMetrics()
+        self.clock = ClockWatch()  # messages refused for their time, against those accepted
         self.notifier = SystemdNotifier.from_env()
         self.supervisor = Supervisor(self._on_fatal_loop)
         self.pause = PauseState(settings.data_dir)
@@ -182,6 +184,7 @@ class NodeServer:
             self._on_reject,
             self.pause,
             ledger,
+            self.clock,
         )
         opened.push_async_callback(parts.direct.close)
         opened.push_async_callback(parts.intake.close)
@@ -327,6 +330,7 @@ class NodeServer:
         log.error("node exiting: a background loop cannot continue", loop=name, error=reason)
 
     def _on_reject(self, topic: str, reason: str) -> None:
+        self.clock.rejected(reason)
         if topic == TASK_TOPIC:
             self.metrics.reject(reason)
 

@@ -136,11 +136,18 @@ class GossipGate:
 
     Each rejection reason is logged at most once per `log_window_s` (with how
     many were not logged since), so a peer spamming invalid messages cannot
-    flood the logs; the `on_reject` callback (metrics) still sees every one.
+    flood the logs; the `on_reject` callback (metrics) still sees every one,
+    and `on_valid` every message that passed.
     """
 
-    def __init__(self, on_reject: Callable[[str, str], None] | None = None, log_window_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        on_reject: Callable[[str, str], None] | None = None,
+        log_window_s: float = 10.0,
+        on_valid: Callable[[str], None] | None = None,
+    ) -> None:
         self._on_reject = on_reject
+        self._on_valid = on_valid
         self._window = LogWindow(log_window_s)
 
     def validate(self, topic: str, data: bytes) -> bool:
@@ -150,7 +157,7 @@ class GossipGate:
     def check(self, topic: str, data: bytes) -> Inbound | None:
         """The decoded message, or None (rejected): as a validator, it reaches `consume` with the message."""
         try:
-            return decode(topic, data, time.time_ns())
+            inbound = decode(topic, data, time.time_ns())
         except InboundError as exc:
             self._reject(topic, exc.reason, str(exc), len(data))
             return None
@@ -160,6 +167,9 @@ class GossipGate:
                 log.exception("validator failed", topic=topic, size=len(data), not_logged_since=not_logged)
             self._reject(topic, "internal", "validator failed", len(data))
             return None
+        if self._on_valid is not None:
+            self._on_valid(topic)
+        return inbound
 
     def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:
         if self._on_reject is not None:
