@@ -64,16 +64,16 @@ class TaskResult(BaseModel):
     @property
     def prompt_tokens(self) -> int:
         """The prompt tokens its node's stats claim (`promptTokens`), as a count (see `_count`)."""
-        return _count((self.stats.model_extra or {}).get("promptTokens"), MAX_TOKEN_COUNT)
+        return claimed_count((self.stats.model_extra or {}).get("promptTokens"), MAX_TOKEN_COUNT)
 
     @property
     def completion_tokens(self) -> int:
         """The completion tokens its node's stats claim (`completionTokens`), at most the result's bytes."""
         size = len(self.text.encode()) if self.ciphertext is None else len(self.ciphertext) // 2
-        return _count((self.stats.model_extra or {}).get("completionTokens"), size)
+        return claimed_count((self.stats.model_extra or {}).get("completionTokens"), size)
 
 
-def _count(claimed: object, most: int) -> int:
+def claimed_count(claimed: object, most: int) -> int:
     """A node's claimed count within 0..`most`; 0 for anything but an integer (a string, a list, a bool, a float)."""
     if not isinstance(claimed, int) or isinstance(claimed, bool):
         return 0

@@ -21,9 +21,11 @@ def signed_heartbeat(
     tps: float | None = None,
     at: float | None = None,
     dialable: bool = False,
+    leaving: bool = False,
 ) -> Inbound:
     """`identity`'s heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
-    claim), stamped `at` (Unix seconds; now when None); `dialable`: with a loopback address."""
+    claim), stamped `at` (Unix seconds; now when None); `dialable`: with a loopback address; `leaving`:
+    the node is draining."""
     stamp_ns = time.time_ns() if at is None else int(at * 1e9)
     body = {
         "address": identity.address,
@@ -37,6 +39,8 @@ def signed_heartbeat(
     }
     if dialable:
         body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
+    if leaving:
+        body["leaving"] = True
     inbound = decode(
         HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=stamp_ns), now_ns=stamp_ns
     )

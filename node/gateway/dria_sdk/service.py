@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.publisher.client import Client, TaskTooLargeError
-from node.publisher.tasks import check_size
+from node.publisher.tasks import check_size, claimed_count
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
 from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
@@ -34,10 +34,16 @@ log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
+MAX_POLL_BYTES = 8 * 1024 * 1024  # one poll's results at most (each may be ~256 KiB): the rest go next poll
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
 _MAX_SDK_TASK_ID = 100
 _DROPPED = ("privateKey", "nodePeerIds", "datasetId")
+# The SDK reads each stat by cutting it at "Z" and calling fromisoformat: an integer (read by our decoder)
+# makes it drop the result, a lowercase "z" (RFC-3339 allows it) makes `execute()` raise KeyError for the
+# whole batch. Only the form honest nodes write is handed on (the envelope cannot be re-signed).
+_SDK_STAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$", re.ASCII)
+_SDK_STATS = ("receivedAt", "executionStartedAt", "executionEndedAt", "publishedAt")
 
 
 class SdkPayloadError(Exception):
@@ -106,6 +112,17 @@ def payload_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def sdk_readable(envelope: Envelope) -> bool:
+    """Whether the SDK parses the result's four stats as it must (see _SDK_STAT)."""
+    try:
+        stats = json.loads(base64.b64decode(envelope.payload)).get("stats")
+    except (binascii.Error, ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(stats, dict) and all(
+        isinstance(stats.get(name), str) and _SDK_STAT.match(stats[name]) for name in _SDK_STATS
+    )
+
+
 def _item(envelope: Envelope, **extra: str) -> str:
     """An envelope as the SDK reads it: base64 `message` (the payload), hex `signature`, `recovery_id`."""
     return json.dumps(
@@ -136,7 +153,12 @@ class SdkService:
         if inbound.sender not in task.picked:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
             return
+        if not sdk_readable(inbound.signed.envelope):
+            log.warning("result the sdk cannot read dropped", task_id=body.task_id, node=inbound.sender)
+            self.client.reputation.record_error(inbound.sender)
+            return
         if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
+            self._measure(inbound.sender, body, time.time() - task.created_at)
             log.info(
                 "result queued",
                 task_id=body.task_id,
@@ -145,15 +167,36 @@ class SdkService:
                 error=body.error is not None,
             )
 
+    def _measure(self, node: str, body: ResultBody, seconds: float) -> None:
+        """What a picked node did for the SDK counts in the gateway's record of its service, as a `/v1` task's
+        answer does: nodes measured serving are listed first (`alive_peers`), ahead of keys anyone can make."""
+        reputation = self.client.reputation
+        if body.error is not None:
+            reputation.record_error(node)
+            return
+        stats = body.stats
+        tokens = claimed_count((stats.model_extra or {}).get("completionTokens"), len(body.ciphertext or "") // 2)
+        known = self.client.nodes.get(node)
+        claimed_tps = known.claimed_tps([body.model]) if known is not None else 0.0
+        exec_seconds = (stats.execution_ended_at - stats.execution_started_at) / 1e9
+        reputation.record_result(node, seconds, tokens, exec_seconds, claimed_tps)
+
     def alive_peers(self) -> list[str]:
         """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES,
         those this gateway measured serving first (anyone can make keys, and a heartbeat may be 256 KiB)."""
+        reputation, now = self.client.reputation, time.time()
         live = sorted(self.client.nodes.listing(MAX_LISTED_NODES), key=lambda node: node.address)
-        return [_item(node.envelope, peer_id=node.peer_id) for node in live if node.envelope is not None]
+        # What the gateway's own choice never takes, the SDK is not offered either: a node draining, or one
+        # banned for failing a verification.
+        return [
+            _item(node.envelope, peer_id=node.peer_id)
+            for node in live
+            if node.envelope is not None and not node.leaving and not reputation.banned(node.address, now)
+        ]
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""
-        return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL)
+        return self.store.pop_results(key_id, MAX_RESULTS_PER_POLL, MAX_POLL_BYTES)
 
     async def post(self, key_id: str, payload: str) -> str:
         """Publish a posted task once; its network id (the same one when the same payload comes again).

@@ -131,14 +131,24 @@ class SdkStore(Table):
             )
         return cursor.rowcount == 1
 
-    def pop_results(self, key_id: str, limit: int) -> list[str]:
-        """Up to `limit` queued results of this key, marked served (they are not served again)."""
+    def pop_results(self, key_id: str, limit: int, max_bytes: int | None = None) -> list[str]:
+        """Up to `limit` queued results of this key, and past the first no more than `max_bytes` of them,
+        marked served (they are not served again; the rest wait for the next poll)."""
         with self.transaction():
             rows = self._db.execute(
                 "SELECT network_id, result FROM rpc_tasks WHERE key_id = ? AND served = 0 AND result IS NOT NULL "
                 "ORDER BY rowid LIMIT ?",
                 (key_id, limit),
             ).fetchall()
+            if max_bytes is not None:
+                taken: list[sqlite3.Row] = []
+                size = 0
+                for row in rows:
+                    size += len(row["result"])
+                    if taken and size > max_bytes:
+                        break
+                    taken.append(row)
+                rows = taken
             self._db.executemany(
                 "UPDATE rpc_tasks SET served = 1 WHERE network_id = ?", [(r["network_id"],) for r in rows]
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,12 @@ from node.gateway.dria_sdk.service import (
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.publisher.client import Client
 from node.publisher.node_table import NodeTable
+from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.messages import HeartbeatBody
+from node.wire.inbound import Inbound, decode
+from node.wire.messages import HeartbeatBody, encode_body
+from node.wire.results import Output, result_body
+from node.wire.topics import RESULTS_TOPIC
 from node.wire.wire_time import parse_rfc3339_ns
 from tests.support.heartbeats import signed_heartbeat
 
@@ -160,4 +166,61 @@ def test_the_heartbeats_served_to_the_sdk_are_the_node_tables_within_its_byte_ca
     listed = [json.loads(item)["peer_id"] for item in items]
     assert sorted(listed) == sorted(node.peer_id for node in client.nodes.live())
     assert honest.peer_id in listed and flood[-1].peer_id in listed and flood[0].peer_id not in listed
+    sdk.store.close()
+
+
+def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False) -> Inbound:
+    """A node's result for a task posted through /rpc, as the gateway's Client hears it."""
+    publisher = Identity.generate()
+    now = time.time_ns()
+    output = Output("an answer", publisher.public_key_compressed.hex(), 5, 2)
+    body = encode_body(result_body(network_task_id, "llama3.2:1b", output, received_at_ns=now - 10**9,
+                                   started_at_ns=now - 10**9, ended_at_ns=now))  # fmt: skip
+    if lowercase_z:  # RFC 3339 allows it, and the node's decoder reads it; the SDK does not
+        body = re.sub(rb'(At":"[^"]*)Z"', rb'\1z"', body)
+    return decode(RESULTS_TOPIC, seal(node, RESULTS_TOPIC, body))
+
+
+def test_results_the_sdk_reads_are_queued_and_measure_their_node(tmp_path: Path) -> None:
+    # A lowercase `z` in a result's times made the SDK's execute() raise KeyError and lose the whole batch.
+    node = Identity.generate()
+    client = Client(peers=[])
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    for name in ("t1", "t2"):
+        assert sdk.store.insert(
+            task(task_id=name).model_copy(update={"picked": [node.address], "created_at": time.time()})
+        )
+    sdk.observe(sdk_result(node, "t1--k1", lowercase_z=True))
+    assert sdk.store.pop_results("k1", 10) == []
+    assert client.reputation.view(node.address).errors == pytest.approx(1, abs=0.01)
+
+    sdk.observe(sdk_result(node, "t2--k1"))
+    assert len(sdk.store.pop_results("k1", 10)) == 1
+    view = client.reputation.view(node.address)
+    assert view.answered == pytest.approx(1, abs=0.01)  # measured serving: listed to the SDK first
+    assert client.reputation.served(node.address)
+    sdk.store.close()
+
+
+def test_a_poll_serves_results_within_a_byte_budget(tmp_path: Path) -> None:
+    store = SdkStore(tmp_path / "g.sqlite3", retention=60)
+    for i in range(5):
+        assert store.insert(task(task_id=f"t{i}")) and store.add_result(f"t{i}--k1", "x" * 1000)
+    assert len(store.pop_results("k1", 10, max_bytes=2500)) == 2  # the rest wait for the next poll
+    assert len(store.pop_results("k1", 10, max_bytes=500)) == 1  # one result is served whatever its size
+    assert len(store.pop_results("k1", 10)) == 2
+    store.close()
+
+
+def test_nodes_leaving_or_banned_are_not_offered_to_the_sdk(tmp_path: Path) -> None:
+    client = Client(peers=[])
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    honest, leaving, banned = Identity.generate(), Identity.generate(), Identity.generate()
+    for identity in (honest, leaving, banned):
+        inbound = signed_heartbeat(identity, ["llama3.2:1b"], free=1, tps=1.0, leaving=identity is leaving)
+        assert isinstance(inbound.body, HeartbeatBody)
+        client.nodes.update(inbound.sender, inbound.body, envelope=inbound.signed.envelope)
+    client.reputation.record_verification(banned.address, passed=False)
+    listed = [json.loads(item)["peer_id"] for item in sdk.alive_peers()]
+    assert listed == [honest.peer_id]
     sdk.store.close()
