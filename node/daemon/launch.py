@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from config.settings import ConfigError, Settings
 from node.daemon.processes.early import EarlyProcess
+from node.ops.open_files import LOW as LOW_OPEN_FILES
+from node.ops.open_files import raise_open_files_limit
 
 
 def launch_node(settings: Settings) -> int:
@@ -38,6 +40,14 @@ def check_models(settings: Settings) -> None:
 
 async def _launch(settings: Settings) -> int:
     check_models(settings)
+    if (open_files := raise_open_files_limit()) < LOW_OPEN_FILES:
+        import structlog
+
+        structlog.get_logger(__name__).warning(
+            "few open files allowed: connections may run the node out of descriptors",
+            limit=open_files,
+            fix=f"raise the hard limit (ulimit -Hn, LimitNOFILE=) to {LOW_OPEN_FILES} or more",
+        )
     early = await EarlyProcess.spawn(settings)
     try:
         from node.daemon.server import serve_node  # the daemon's imports, beside the child's

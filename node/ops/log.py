@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -23,6 +24,7 @@ import structlog
 from node.ops.inert_text import inert
 
 LogFormat = Literal["auto", "json", "console"]
+REPEATED_ERROR_WINDOW_S = 10.0
 
 
 class NamedWriteLogger(structlog.WriteLogger):
@@ -89,6 +91,32 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     # Libraries log at their own levels; keep their noise at warnings unless debugging.
     for noisy in ("libp2p", "multiaddr", "httpx", "httpcore", "uvicorn", "huggingface_hub", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # Out of file descriptors, trio's listener logs each failed accept with a traceback and retries every
+    # 0.1 s: ~10 lines a second (31 MB an hour) for as long as the descriptors stay used up.
+    accepts = logging.getLogger("trio.serve_listeners")
+    if not any(isinstance(f, RepeatedErrorFilter) for f in accepts.filters):
+        accepts.addFilter(RepeatedErrorFilter(REPEATED_ERROR_WINDOW_S))
+
+
+class RepeatedErrorFilter(logging.Filter):
+    """One record a window, without its traceback, saying how many were held back since the last."""
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._last = -window_s
+        self._held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._window_s:
+            self._held_back += 1
+            return False
+        self._last = now
+        record.msg = f"{record.getMessage()} ({self._held_back} more like it not logged since the last)"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        self._held_back = 0
+        return True
 
 
 def _identity(logger: object, name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:

@@ -59,3 +59,27 @@ def test_console_lines_carry_no_character_a_terminal_acts_on() -> None:
     assert len(lines) == 2, lines
     assert not any(c in done.stderr for c in "\x1b\x07\r\u202e"), repr(done.stderr)
     assert "\\x1b]0;owned\\x07" in lines[0] and "\\u202e" in lines[0] and "\\x1b[31m" in lines[1]
+
+
+ACCEPT_SCRIPT = """
+import logging
+from node.ops.log import configure_logging
+configure_logging("info", "json")
+configure_logging("info", "json")  # configured again: still one filter
+listener = logging.getLogger("trio.serve_listeners")
+for _ in range(30):  # what 3 s out of file descriptors logged
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        listener.error("socket.accept() out of system resource", exc_info=True)
+"""
+
+
+def test_a_failed_accept_repeated_every_tenth_of_a_second_is_logged_once_a_window() -> None:
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", ACCEPT_SCRIPT], capture_output=True, text=True, timeout=60, cwd=root, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(lines) == 1, lines
+    assert lines[0]["event"].startswith("socket.accept() out of system resource") and "exception" not in lines[0]
