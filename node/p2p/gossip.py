@@ -31,7 +31,14 @@ from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
 from node.p2p.handoff import held_size
 from node.p2p.pacing import POLL_S, OutboundPacing
-from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, BoundedGossipSub, drop_expired_backoff, trim_rpc
+from node.p2p.pubsub_limits import (
+    MAX_PEER_SUBSCRIPTIONS,
+    BoundedGossipSub,
+    WallClockJumps,
+    drop_expired_backoff,
+    shift_wall_times,
+    trim_rpc,
+)
 from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.wire.topics import SEEN_WINDOW_S
@@ -287,11 +294,16 @@ class Gossip:
             await trio.sleep(0.05)  # the last RPC leaves its queue before its bytes leave the stream
 
     async def housekeeping(self) -> None:
-        """Forever: clear what gossipsub keeps and never needs here, and stream-only peers long gone."""
+        """Forever: clear what gossipsub keeps and never needs here, and stream-only peers long gone; move its
+        wall-clock deadlines when the wall clock jumps."""
         # recent_message_deliveries feeds adaptive gossip only (off here) and grows without bound;
         # a backoff entry is dropped by py-libp2p only when looked up, so a gone peer's stays.
+        wall_clock = WallClockJumps()
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+            if jump := wall_clock.jumped():
+                shift_wall_times(self.router, jump)
+                log.warning("wall clock jumped: gossip's backoffs moved with it", jump_s=round(jump, 1))
             self.router.recent_message_deliveries.clear()
             drop_expired_backoff(self.router)
             self._stream_only.prune(lambda peer: has_open_connection(self.pubsub.host, peer))

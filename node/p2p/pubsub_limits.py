@@ -138,6 +138,37 @@ def drop_expired_backoff(router: GossipSub) -> int:
     return dropped
 
 
+WALL_JUMP_S = 5.0  # a wall clock that moved this much more (or less) than the monotonic one jumped
+
+
+class WallClockJumps:
+    """Notices the wall clock jumping (a VM resumed, NTP stepping it) against the monotonic one."""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def jumped(self) -> float:
+        """Seconds the wall clock jumped since the last call (0.0 if under WALL_JUMP_S)."""
+        offset = time.time() - time.monotonic()
+        jump, self._offset = offset - self._offset, offset
+        return jump if abs(jump) >= WALL_JUMP_S else 0.0
+
+
+def shift_wall_times(router: GossipSub, jump_s: float) -> None:
+    """Move py-libp2p's wall-clock deadlines with a jump of the wall clock: PRUNE backoffs, the GRAFT-flood
+    check's prune times and fanout's last publish. After a jump back of an hour, a peer pruned a minute
+    before stayed in backoff, and its GRAFTs counted as a flood, for an hour more."""
+    shift = int(round(jump_s))
+    for peers in router.back_off.values():
+        for peer in peers:
+            peers[peer] += shift
+    for pruned in router.graft_flood_tracking.values():
+        for topic in pruned:
+            pruned[topic] += jump_s
+    for topic in router.time_since_last_publish:
+        router.time_since_last_publish[topic] += shift
+
+
 class BoundedGossipSub(GossipSub):
     """GossipSub whose IWANT answers hold each message once and at most IWANT_BYTES_PER_S a second a peer."""
 

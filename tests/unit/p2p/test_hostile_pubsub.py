@@ -5,15 +5,25 @@ state per peer within node/p2p/pubsub_limits.py's bounds, and an honest peer's m
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import structlog.testing
+from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
 from node.p2p.gossip import Gossip
 from node.p2p.host import P2PHost
-from node.p2p.pubsub_limits import MAX_PEER_SUBSCRIPTIONS, MAX_TOPIC_CHARS, BoundedGossipSub, drop_expired_backoff
+from node.p2p.pubsub_limits import (
+    MAX_PEER_SUBSCRIPTIONS,
+    MAX_TOPIC_CHARS,
+    BoundedGossipSub,
+    WallClockJumps,
+    drop_expired_backoff,
+    shift_wall_times,
+)
 from tests.support.p2p_hosts import TOPIC, HostFactory, pair, receive, wait_until
 from tests.support.raw_pubsub import RawPeers, raw_pubsub_peers, subscriptions
 
@@ -177,3 +187,23 @@ def test_expired_backoff_is_forgotten() -> None:
     router.back_off = {"task": {"gone": 0, "kept": 2**40}, "results": {"gone": 0}}  # type: ignore[dict-item]
     assert drop_expired_backoff(router) == 2
     assert router.back_off == {"task": {"kept": 2**40}}
+
+
+def test_a_wall_clock_jump_moves_gossips_backoffs_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # py-libp2p keeps PRUNE backoffs and GRAFT-flood prune times in wall-clock seconds: after a jump back of an
+    # hour, a peer pruned a minute before stayed out of the mesh (its GRAFTs a "flood") for an hour more.
+    router = BoundedGossipSub(protocols=[], degree=6, degree_low=5, degree_high=12)
+    peer = ID(b"peer")
+    before = time.time()
+    router._add_back_off(peer, "task", False)  # pruned now: back off for prune_back_off seconds
+    router.graft_flood_tracking[peer]["task"] = before
+    jumps = WallClockJumps()
+    assert jumps.jumped() == 0.0
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() - 3600)  # NTP steps the clock back an hour
+    jump = jumps.jumped()
+    assert jump == pytest.approx(-3600, abs=1)
+    shift_wall_times(router, jump)
+    monkeypatch.setattr(time, "time", lambda: wall() - 3600 + router.prune_back_off + 1)  # the backoff has run
+    assert not router._check_back_off(peer, "task")  # out of backoff, as with no jump
+    assert router._check_graft_flood_protection(peer, "task")  # its GRAFT is no flood
