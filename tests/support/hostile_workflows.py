@@ -163,11 +163,11 @@ def placeholder_bomb() -> dict[str, Any]:
 
 
 def messages_fan_out_bomb() -> dict[str, Any]:
-    """One step of 3,000 messages each naming a 60 kB input once (180 MB of prompt; each message alone is small)."""
+    """One step of 1,000 messages each naming a 60 kB input once (60 MB of prompt; each message alone is small)."""
     task = {
         "id": "g",
         "operator": "generation",
-        "messages": [{"role": "user", "content": "{a}."}] * 3000,
+        "messages": [{"role": "user", "content": "{a}."}] * 1000,
         "inputs": [{"name": "a", "value": {"type": "read", "key": "big"}}],
     }
     return {
@@ -180,13 +180,13 @@ def messages_fan_out_bomb() -> dict[str, Any]:
 
 
 def sample_fan_out_bomb() -> dict[str, Any]:
-    """3,000 inputs of one sample step, each a 4-character name of a stack whose one entry is 60 kB: each
-    sample copies the entry (180 MB), while the inputs render to 12 kB."""
+    """400 inputs of one sample step, each a 4-character name of a stack whose one entry is 60 kB: each
+    sample copies the entry (24 MB), while the inputs render to 1.6 kB."""
     task = {
         "id": "s",
         "operator": "sample",
         "messages": [{"role": "user", "content": "x"}],
-        "inputs": [{"name": f"i{n}", "value": {"type": "string", "key": "pool"}} for n in range(3000)],
+        "inputs": [{"name": f"i{n}", "value": {"type": "string", "key": "pool"}} for n in range(400)],
     }
     return {
         "config": {"max_steps": 1, "max_time": 60},
@@ -198,7 +198,7 @@ def sample_fan_out_bomb() -> dict[str, Any]:
 
 
 def post_process_bomb(steps: int) -> dict[str, Any]:
-    """1.2 M non-ASCII characters (their memory is charged as escaped JSON: 7.2 MB) tripled by a `replace`, then
+    """(In-process only: its memory is no message.) 1.2 M non-ASCII characters (their memory is charged as escaped JSON: 7.2 MB) tripled by a `replace`, then
     `steps` - 1 alternating to_upper / to_lower steps over the 3.6 M (each tens of ms)."""
     cases = [{"process_type": "replace", "lhs": "\u03b1", "rhs": "\u03b1" * 3}]
     cases += [{"process_type": "to_upper" if i % 2 else "to_lower"} for i in range(steps - 1)]
@@ -302,7 +302,6 @@ MEMORY_BOMBS = [
 OVERSIZE = [
     HostileWorkflow("oversize_result", oversize_result(), "result too large"),
     HostileWorkflow("replace_bomb_result", replace_bomb(), "result too large"),
-    HostileWorkflow("post_process_bomb", post_process_bomb(16), "result too large"),
 ]
 
 # Hosts an http_request tool may name that must all be refused on a default node.

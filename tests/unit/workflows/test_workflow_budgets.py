@@ -245,6 +245,14 @@ async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(m
     assert (await run_workflow(fits, model, options=EngineOptions(max_tokens_cap=None))).text
 
 
+async def test_the_most_post_process_steps_over_millions_of_characters_end_within_their_budget(
+    model: BatchedLlamaModel,
+) -> None:
+    gap, error = await _max_loop_gap(run_workflow(parse_workflow(post_process_bomb(MAX_POST_PROCESS)), model))
+    assert error is not None and "result too large" in str(error), error
+    assert gap < 1.0, f"the event loop was starved for {gap:.3f} s"
+
+
 def test_a_return_value_takes_a_few_post_process_steps_only() -> None:
     # Each step rewrites the whole result synchronously: 3,000 of them over millions of characters held the
     # execution process's event loop for 90 s, past any max_time.
