@@ -193,7 +193,10 @@ class ExecutionPool:
             if not entry.ready.is_set() and self._failing_to_start(entry):
                 raise ModelUnavailableError(f"model {model} is unavailable: its execution process fails to start")
             try:
-                await asyncio.wait_for(entry.ready.wait(), RESTART_CHECK_S)
+                # Not wait_for: on Python 3.11 it returns when cancelled just after `ready` was set, and the
+                # cancelled task would then be sent to the process (its runner already answered it).
+                async with asyncio.timeout(RESTART_CHECK_S):
+                    await entry.ready.wait()
             except TimeoutError:
                 continue
             if entry.process is not None and entry.process.alive:
