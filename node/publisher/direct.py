@@ -172,6 +172,9 @@ async def deliver(
     except TimeoutError:
         log.info("no answer yet; still waiting on the stream", task_id=task_id, after_s=answer_timeout)
         return DirectDelivery(task_id, stream, answered=False)
+    except asyncio.CancelledError:
+        await stream.close(graceful=False)  # the caller is gone: nobody reads this stream
+        raise
     if frame is None:
         raise DeclinedError(task_id, "stream closed without an answer")
     if (declined := _declined_by(frame, task_id)) is not None:

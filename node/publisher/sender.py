@@ -22,7 +22,7 @@ from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableErro
 from node.publisher.errors import ClientError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode
-from node.publisher.tasks import Task, check_size, task_body
+from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound
@@ -99,6 +99,21 @@ class TaskSender:
         )
         envelope = self._sealed(body)
         future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
+        try:
+            return await self._send(body, envelope, node, future, on_delta, direct)
+        except asyncio.CancelledError:
+            self._inbox.forget(body.task_id)  # the caller is gone (an HTTP client that disconnected): nobody waits
+            raise
+
+    async def _send(
+        self,
+        body: TaskBody,
+        envelope: bytes,
+        node: KnownNode,
+        future: asyncio.Future[TaskResult],
+        on_delta: OnDelta | None,
+        direct: bool,
+    ) -> Attempt:
         if direct:
             try:
                 delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)

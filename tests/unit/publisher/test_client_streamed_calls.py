@@ -4,14 +4,24 @@ caller has, and a node that stalls after streaming ends the call rather than han
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
 from node.publisher.client import Task, TaskFailedError, TaskTimeoutError
-from tests.support.streaming_peer import StreamingPeer, client_of_many
+from tests.support.streaming_peer import StreamingPeer, client_of, client_of_many
 
 WORDS = [f"w{i} " for i in range(20)]
+WORKFLOW: dict[str, object] = {}
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
 
 
 async def test_a_node_streaming_past_the_attempt_timeout_is_heard_alone_and_not_timed_out() -> None:
@@ -81,3 +91,20 @@ async def test_a_deterministic_error_two_nodes_agree_on_ends_the_call_at_once() 
     assert len(a.task_ids) + len(b.task_ids) == 2  # one opinion each, then the error stands
     for peer in (a, b):
         assert client.reputation.view(peer.identity.address).errors == 0
+
+
+async def test_a_call_cancelled_while_its_node_has_not_answered_leaves_nothing_behind() -> None:
+    # The OpenAI adapter cancels a call whenever its HTTP caller leaves. Cancelled while the node had not yet
+    # answered the stream, each call left its result future in the inbox for good and its stream open.
+    peer = StreamingPeer([], "late", answer_after=30)
+    async with client_of(peer) as client:
+        host = client._host
+        assert host is not None
+        for i in range(5):
+            call = asyncio.ensure_future(client.execute(Task(workflow=WORKFLOW, models=["m"]), timeout=60))
+            await until(lambda n=i + 1: len(peer.task_ids) == n, "the node never got the task")
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert client._inbox._pending == {}
+        await until(lambda: host.open_streams == 0, "the cancelled calls' streams stayed open")
