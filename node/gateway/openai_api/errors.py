@@ -30,6 +30,10 @@ _TYPES = {
 }
 _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
 BUSY_REASON = "busy"  # how a node that declined for lack of capacity says so (DeclinedError reason prefix)
+# What a node's error says when max_tokens cut a JSON answer or a tool call short (workflows/operators.py
+# `generate`), and when the prompt and max_tokens do not fit the model's context (ContextTooSmallError).
+TRUNCATED_JSON = "(max_tokens reached"
+CONTEXT_OVERFLOW = "does not fit the model's context"
 
 
 class OpenAIError(Exception):
@@ -67,8 +71,14 @@ def from_client_error(exc: ClientError) -> OpenAIError:
         return OpenAIError(504, str(exc))
     if isinstance(exc, TaskFailedError):
         if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
+            if CONTEXT_OVERFLOW in exc.reason:
+                return OpenAIError(400, exc.reason, "messages", code="context_length_exceeded")
             return OpenAIError(400, exc.reason, code="invalid_prompt")
+        if TRUNCATED_JSON in exc.reason:  # the same on every node: not a server error for clients to retry
+            return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
         if exc.reason.startswith(BUSY_REASON):
-            return OpenAIError(429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy")
+            return OpenAIError(
+                429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy", retry_after=RETRY_AFTER
+            )
         return OpenAIError(502, f"node {exc.node} failed the task: {exc.reason}", code="node_error")
     return OpenAIError(502, str(exc), code="node_error")

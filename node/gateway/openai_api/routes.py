@@ -29,6 +29,7 @@ from node.gateway.openai_api.schemas import (
     Choice,
     EmbeddingRequest,
     ErrorResponse,
+    ModelCard,
     ModelList,
 )
 from node.gateway.openai_api.service import OpenAIService, usage_of
@@ -36,7 +37,8 @@ from node.gateway.openai_api.stream import ChatStream, ClientGoneError, finish_r
 from node.gateway.openai_api.translate import assistant_message
 from node.gateway.validation import first_error
 
-PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")
+PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
+MODEL_PATH = "/v1/models/"  # GET /v1/models/{model}: OpenAI's models.retrieve
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]  # Starlette takes both kinds
 log = structlog.get_logger(__name__)
@@ -85,6 +87,17 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
         """The models live nodes advertise (`nodes`: how many serve each)."""
         return service.models()
 
+    @app.get("/v1/models/{model:path}", response_model=ModelCard, responses=_ERRORS, tags=["openai"])
+    async def model(model: str, key: Annotated[str, Depends(caller)]) -> ModelCard:
+        """One model of `GET /v1/models`; 404 if no live node serves it."""
+        return service.model(model)
+
+    @app.post("/v1/completions", responses=_ERRORS, tags=["openai"])
+    @app.post("/v1/responses", responses=_ERRORS, tags=["openai"])
+    async def unserved(http: Request, key: Annotated[str, Depends(caller)]) -> Response:
+        """OpenAI APIs the gateway does not serve: a 404 that says which one it does."""
+        raise OpenAIError(404, f"{http.url.path} is not served: use POST /v1/chat/completions", code="unknown_url")
+
     @app.post("/v1/embeddings", responses=_ERRORS, tags=["openai"])
     async def embeddings(request: EmbeddingRequest, key: Annotated[str, Depends(caller)]) -> Response:
         """Not served: nodes run chat models only (their embedder is internal to workflows)."""
@@ -109,8 +122,11 @@ def _route_errors(app: FastAPI) -> None:
     async def on_openai_error(request: Request, exc: OpenAIError) -> Response:
         return exc.response()
 
+    def is_openai(path: str) -> bool:
+        return path in PATHS or path.startswith(MODEL_PATH)
+
     async def on_http(request: Request, exc: HTTPException) -> Response:
-        if request.url.path not in PATHS:
+        if not is_openai(request.url.path):
             return await _handled(http_handler, request, exc)
         error = OpenAIError(exc.status_code, str(exc.detail))
         response = error.response()
@@ -118,10 +134,17 @@ def _route_errors(app: FastAPI) -> None:
         return response
 
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        if request.url.path not in PATHS:
+        if not is_openai(request.url.path):
             if validation_handler is None:
                 return JSONResponse({"detail": exc.errors()}, status_code=422)
             return await _handled(validation_handler, request, exc)
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":  # FastAPI's loc is ("body", <offset>): no field to name
+            return OpenAIError(400, f"the body is not valid JSON (at character {first['loc'][-1]})").response()
+        if first.get("type") == "model_attributes_type" and first.get("loc") == ("body",):
+            return OpenAIError(
+                400, "the body must be a JSON object sent with Content-Type: application/json"
+            ).response()
         param, message = first_error(exc)
         return OpenAIError(400, f"{param}: {message}" if param else message, param or None).response()
 

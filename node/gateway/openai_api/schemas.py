@@ -88,7 +88,7 @@ class ChatCompletionRequest(_Request):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1)
@@ -99,6 +99,13 @@ class ChatCompletionRequest(_Request):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     user: str | None = Field(default=None, max_length=256)
     logprobs: bool | None = None
+    # Read only to be refused (translate.py `_refuse_unsupported`): dropping them would change the answer.
+    top_logprobs: int | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

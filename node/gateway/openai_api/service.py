@@ -17,7 +17,7 @@ import structlog
 
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
-from node.gateway.openai_api.translate import uses_tools, workflow_for
+from node.gateway.openai_api.translate import max_tokens_of, uses_tools, workflow_for
 from node.gateway.service import MAX_LISTED_MODELS, GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
@@ -32,7 +32,7 @@ class Prepared:
     task: Task
     tools: bool
     timeout: float
-    max_tokens: int | None
+    max_tokens: int
 
 
 def usage_of(result: TaskResult) -> Usage:
@@ -70,6 +70,13 @@ class OpenAIService:
             data=[ModelCard(id=m, created=int(newest[m]), nodes=counts[m]) for m in sorted(listed)],
         )
 
+    def model(self, model: str) -> ModelCard:
+        """`model`'s card from `models()`; 404 if no live node serves it."""
+        for card in self.models().data:
+            if card.id == model:
+                return card
+        raise OpenAIError(404, f"the model {model!r} is not served by any live node (see GET /v1/models)", "model")
+
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model."""
         timeout = self.settings.default_timeout
@@ -82,7 +89,7 @@ class OpenAIService:
             task=Task(workflow=workflow, models=[request.model]),
             tools=uses_tools(workflow),
             timeout=timeout,
-            max_tokens=request.max_completion_tokens or request.max_tokens,
+            max_tokens=max_tokens_of(request),
         )
 
     def hold(self, key: str) -> Callable[[], None]:

@@ -67,10 +67,12 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def finish_reason(tools: bool, completion_tokens: int, max_tokens: int | None) -> FinishReason:
+def finish_reason(tools: bool, completion_tokens: int, max_tokens: int) -> FinishReason:
+    """`length` when the node generated all the tokens the task allowed (a node whose max_tokens_cap is lower
+    still cuts short unseen: only a finish reason in the result's stats would tell)."""
     if tools:
         return "tool_calls"
-    return "length" if max_tokens is not None and completion_tokens >= max_tokens else "stop"
+    return "length" if completion_tokens >= max_tokens else "stop"
 
 
 class StreamMismatchError(Exception):
@@ -145,12 +147,15 @@ class ChatStream:
             raise exc
         return StreamingResponse(self._events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def _chunk(self, delta: Delta, finish: FinishReason | None = None, node: str | None = None) -> ChatCompletionChunk:
+    def _chunk(
+        self, delta: Delta | None, finish: FinishReason | None = None, node: str | None = None
+    ) -> ChatCompletionChunk:
+        """A chunk of `delta`; with None, the usage chunk's empty `choices`."""
         return ChatCompletionChunk(
             id=self.id,
             created=self.created,
             model=self.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+            choices=[] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)],
             system_fingerprint=node,
         )
 
@@ -202,8 +207,9 @@ class ChatStream:
                 return [_event(ErrorResponse(error=error))]
             if rest or not self.sent:
                 events.append(self._content(rest))
-        final = self._chunk(Delta(), reason, result.node)
-        if self.include_usage:
-            final.usage = usage
-        events.append(_event(final))
+        events.append(_event(self._chunk(Delta(), reason, result.node)))
+        if self.include_usage:  # OpenAI: one more chunk before [DONE], its `choices` empty
+            last = self._chunk(None, node=result.node)
+            last.usage = usage
+            events.append(_event(last))
         return events

@@ -23,8 +23,11 @@ from node.gateway.openai_api.schemas import (
     NamedToolChoice,
     ToolCall,
 )
-from workflows import WorkflowValidationError, parse_workflow
+from workflows import EngineOptions, WorkflowValidationError, parse_workflow
 
+# What a node generates when a workflow names no max_tokens; always sent, so the gateway knows the bound
+# it compares completion_tokens with (finish_reason "length"), whatever a node's default.
+DEFAULT_MAX_TOKENS: int = EngineOptions.model_fields["max_tokens"].default
 STEP_ID = "chat"
 RESULT_KEY = "answer"
 
@@ -80,8 +83,17 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         raise OpenAIError(400, "only n=1 is supported", "n")
     if request.stop:
         raise OpenAIError(400, "stop sequences are not supported by the network's workflow engine", "stop")
-    if request.logprobs:
-        raise OpenAIError(400, "logprobs are not supported", "logprobs")
+    if request.logprobs or request.top_logprobs:
+        raise OpenAIError(400, "logprobs are not supported", "logprobs" if request.logprobs else "top_logprobs")
+    if request.functions or request.function_call is not None:
+        param = "functions" if request.functions else "function_call"
+        raise OpenAIError(400, "functions and function_call are deprecated and not supported: use tools", param)
+    if request.logit_bias:
+        raise OpenAIError(400, "logit_bias is not supported", "logit_bias")
+    if request.audio is not None or any(m != "text" for m in request.modalities or []):
+        raise OpenAIError(400, "only text output is supported", "modalities")
+    if request.tool_choice not in (None, "none") and not request.tools:
+        raise OpenAIError(400, "tool_choice is only allowed when tools are specified", "tool_choice")
 
 
 def _tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
@@ -118,6 +130,11 @@ def _schema(request: ChatCompletionRequest) -> str | None:
     return json.dumps(fmt.json_schema.schema_)
 
 
+def max_tokens_of(request: ChatCompletionRequest) -> int:
+    """The completion tokens the request allows: its own bound, else the engine's default."""
+    return request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
+
+
 def workflow_for(request: ChatCompletionRequest, timeout: float) -> dict[str, Any]:
     """The one-step workflow that answers `request`, validated as nodes validate it (400 if not)."""
     _refuse_unsupported(request)
@@ -135,8 +152,7 @@ def workflow_for(request: ChatCompletionRequest, timeout: float) -> dict[str, An
     config: dict[str, Any] = {"max_steps": 2, "max_time": max(math.ceil(timeout), 1), "tools": []}
     if tools:
         config["custom_tools"] = tools
-    if (max_tokens := request.max_completion_tokens or request.max_tokens) is not None:
-        config["max_tokens"] = max_tokens
+    config["max_tokens"] = max_tokens_of(request)
     workflow = {
         "config": config,
         "tasks": [step, {"id": "_end", "name": "End", "description": "", "messages": [], "operator": "end"}],

@@ -10,8 +10,15 @@ import pytest
 
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest
-from node.gateway.openai_api.stream import StreamMismatchError, rest_of
-from node.gateway.openai_api.translate import assistant_message, engine_messages, workflow_for
+from node.gateway.openai_api.stream import StreamMismatchError, finish_reason, rest_of
+from node.gateway.openai_api.translate import (
+    DEFAULT_MAX_TOKENS,
+    assistant_message,
+    engine_messages,
+    max_tokens_of,
+    workflow_for,
+)
+from node.gateway.service import RETRY_AFTER
 from node.publisher.client import NoNodeError, TaskFailedError, TaskTimeoutError
 from workflows import parse_workflow
 
@@ -97,6 +104,12 @@ def test_tools_make_a_raw_function_call_step_unless_none() -> None:
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0]"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}, None),
+        # Parameters that change the answer were dropped in silence: a plain text answer to `functions`.
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
     ],
 )
 def test_what_the_network_cannot_run_is_a_400_naming_the_field(fields: dict[str, Any], param: str | None) -> None:
@@ -126,6 +139,17 @@ def test_a_tool_call_result_becomes_tool_calls() -> None:
         (NoNodeError(5, ["m"], 2), 429, "nodes_busy"),
         (TaskTimeoutError("t", 5), 504, "timeout"),
         (TaskFailedError("t", "model error: out of memory", "0xab"), 502, "node_error"),
+        # The same on every node, and the caller's to change: a 502 made OpenAI's client send it three times.
+        (
+            TaskFailedError("t", "step chat: not complete JSON (max_tokens reached; raise it)", "0xab"),
+            400,
+            "max_tokens_too_small",
+        ),  # fmt: skip
+        (
+            TaskFailedError("t", "Invalid prompt: the task does not fit the model's context: 9000 > 2048", "0xab"),
+            400,
+            "context_length_exceeded",
+        ),  # fmt: skip
     ],
 )
 def test_network_failures_map_to_openai_status_codes(error: Exception, status: int, code: str) -> None:
@@ -140,3 +164,16 @@ def test_a_stream_ends_with_the_rest_of_the_signed_result_or_fails() -> None:
     assert rest_of("Hi", "Hi") == ""
     with pytest.raises(StreamMismatchError):
         rest_of("Hello, ma", "Hello, world!")  # a node (or a retry) streamed text the signed result lacks
+
+
+def test_a_request_without_max_tokens_still_bounds_them_so_length_can_be_told() -> None:
+    # A node stops at its default (250) when a workflow names none: that answer said "stop", cut short.
+    bound = workflow_for(request(), 30)["config"]["max_tokens"]
+    assert bound == max_tokens_of(request()) == DEFAULT_MAX_TOKENS
+    assert finish_reason(False, DEFAULT_MAX_TOKENS, max_tokens_of(request())) == "length"
+    assert finish_reason(False, 3, max_tokens_of(request())) == "stop"
+
+
+def test_the_busy_429_says_when_to_retry() -> None:
+    mapped = from_client_error(TaskFailedError("t", "busy: model m has 1 running and 8 queued tasks", "0xab"))
+    assert mapped.response().headers["Retry-After"] == str(RETRY_AFTER)

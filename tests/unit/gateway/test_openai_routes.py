@@ -1,0 +1,34 @@
+"""OpenAI's routes that are not a completion, on a real gateway over HTTP on 127.0.0.1 in front of a scripted
+peer: models.retrieve, the APIs not served, and a body that is not JSON, each in OpenAI's error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.support.gateway_net import gateway_over_streaming_peer
+from tests.support.streaming_peer import StreamingPeer
+
+
+async def test_routes_besides_completions_answer_in_openais_shape(tmp_path: Path) -> None:
+    peer = StreamingPeer([], "Hello")
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            card = await http.get("/v1/models/m")  # the client's models.retrieve("m")
+            assert card.status_code == 200 and card.json()["id"] == "m"
+
+            missing = await http.get("/v1/models/no-such-model")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "model_not_found"
+
+            for path in ("/v1/completions", "/v1/responses"):  # FastAPI's {"detail": "Not Found"} before
+                other = await http.post(path, json={"model": "m", "prompt": "hi"})
+                assert other.status_code == 404, path
+                assert "/v1/chat/completions" in other.json()["error"]["message"]
+
+            broken = await http.post(
+                "/v1/chat/completions", content=b'{"model": "m",', headers={"Content-Type": "application/json"}
+            )
+            assert broken.status_code == 400
+            assert "not valid JSON" in broken.json()["error"]["message"]
