@@ -4,34 +4,23 @@ why; replays of old messages among accepted ones do not make a healthy node unhe
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from node.daemon.clock_watch import MIN_REFUSED
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.topics import HEARTBEAT_TOPIC, PROTOCOL_VERSION
+from node.wire.topics import HEARTBEAT_TOPIC
 from tests.support.cluster import node_settings, running_node
+from tests.support.heartbeats import heartbeat_message
 from tests.support.live_hostile import connected_peer
 
 pytestmark = pytest.mark.slow
 
 
 def heartbeat(identity: Identity, at_ns: int) -> bytes:
-    body = {
-        "address": identity.address,
-        "peerId": identity.peer_id,
-        "models": ["m"],
-        "capacity": {"free": 1, "max": 1},
-        "pendingTasks": 0,
-        "tps": {},
-        "version": PROTOCOL_VERSION,
-        "timestamp": at_ns,
-    }
-    return seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=at_ns)
+    return heartbeat_message(identity, ["m"], free=1, at_ns=at_ns)
 
 
 async def until(condition: object, what: str, timeout: float = 20.0) -> None:

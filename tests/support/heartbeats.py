@@ -13,20 +13,20 @@ from node.wire.messages import HeartbeatBody
 from node.wire.topics import HEARTBEAT_TOPIC
 
 
-def signed_heartbeat(
+def heartbeat_message(
     identity: Identity,
     models: list[str],
     *,
     free: int = 1024,
     tps: float | None = None,
-    at: float | None = None,
+    at_ns: int | None = None,
     dialable: bool = False,
     leaving: bool = False,
-) -> Inbound:
-    """`identity`'s heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
-    claim), stamped `at` (Unix seconds; now when None); `dialable`: with a loopback address; `leaving`:
-    the node is draining."""
-    stamp_ns = time.time_ns() if at is None else int(at * 1e9)
+) -> bytes:
+    """`identity`'s sealed heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
+    claim), stamped (body and envelope) `at_ns` (now when None); `dialable`: with a loopback address;
+    `leaving`: the node is draining."""
+    stamp_ns = time.time_ns() if at_ns is None else at_ns
     body = {
         "address": identity.address,
         "peerId": identity.peer_id,
@@ -41,8 +41,24 @@ def signed_heartbeat(
         body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
     if leaving:
         body["leaving"] = True
-    inbound = decode(
-        HEARTBEAT_TOPIC, seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=stamp_ns), now_ns=stamp_ns
+    return seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=stamp_ns)
+
+
+def signed_heartbeat(
+    identity: Identity,
+    models: list[str],
+    *,
+    free: int = 1024,
+    tps: float | None = None,
+    at: float | None = None,
+    dialable: bool = False,
+    leaving: bool = False,
+) -> Inbound:
+    """`heartbeat_message` (stamped `at`, Unix seconds) as a validator passes it on: decoded and checked."""
+    stamp_ns = time.time_ns() if at is None else int(at * 1e9)
+    message = heartbeat_message(
+        identity, models, free=free, tps=tps, at_ns=stamp_ns, dialable=dialable, leaving=leaving
     )
+    inbound = decode(HEARTBEAT_TOPIC, message, now_ns=stamp_ns)
     assert isinstance(inbound.body, HeartbeatBody)
     return inbound

@@ -28,9 +28,8 @@ from node.cli.doctor.network import (
 )
 from node.cli.doctor.report import Status, print_report
 from node.cli.doctor.run import Readings, run_doctor
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.topics import HEARTBEAT_TOPIC
+from tests.support.heartbeats import heartbeat_message
 from tests.support.remote_engines import FaultEngine, remote_entry
 
 LOCAL_ONLY = {"runtime", "network", "remote"}
@@ -135,17 +134,7 @@ async def test_a_remote_engine_down_fails_and_up_passes(tmp_path: Path) -> None:
 
 
 def _heartbeat(identity: Identity, at_ns: int) -> bytes:
-    body = {
-        "address": identity.address,
-        "peerId": identity.peer_id,
-        "models": ["m"],
-        "capacity": {"free": 1, "max": 1},
-        "pendingTasks": 0,
-        "tps": {},
-        "version": "0.4.0",
-        "timestamp": at_ns,
-    }
-    return seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=at_ns)
+    return heartbeat_message(identity, ["m"], free=1, at_ns=at_ns)
 
 
 def _restamped(message: bytes, envelope_ns: int) -> bytes:
