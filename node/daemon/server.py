@@ -48,7 +48,7 @@ from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.data_lock import DataDirLock
-from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app
+from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app, is_loopback_address
 from node.ops.metrics import NodeMetrics
 from node.ops.systemd import SystemdNotifier
 from node.p2p.frame_stream import FrameStream
@@ -254,7 +254,8 @@ class NodeServer:
         controls = PauseControls(
             pause=lambda: self.pause.pause().model_dump(), resume=lambda: self.pause.resume().model_dump()
         )
-        http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls))
+        loopback = is_loopback_address(settings.http_host)  # a page rebinding its name to it is refused
+        http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls, loopback))
         self._opened.push_async_callback(http.stop)
         await http.start(settings.http_host, settings.http_port)
         log.info(

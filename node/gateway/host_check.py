@@ -10,11 +10,10 @@ others get 421 and a message naming the header.
 from __future__ import annotations
 
 import json
-import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-LOOPBACK_HOST = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+from node.ops.http_api import LOOPBACK_HOST
 
 
 class LoopbackHostMiddleware:

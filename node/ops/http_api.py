@@ -10,7 +10,9 @@ daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
 the node: they answer only clients on a loopback address (403 otherwise), whatever
 host the endpoint listens on, and no request a browser makes for a web page (one that
 carries `Origin` or `Sec-Fetch-Site`): a page of any site could otherwise pause the
-node through its operator's browser.
+node through its operator's browser. Listening on a loopback address, the endpoint also
+answers only requests whose `Host` is a loopback name (421 otherwise): a page whose own
+name was rebound to 127.0.0.1 could otherwise read `/status` and `/metrics`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -91,8 +94,10 @@ def create_app(
     health: Callable[[], HealthReport],
     status: Callable[[], dict[str, Any]],
     controls: PauseControls | None = None,
+    loopback_hosts_only: bool = False,
 ) -> AsgiApp:
-    """The ASGI app serving metrics, health and status of one node (and pause/resume, loopback only)."""
+    """The ASGI app serving metrics, health and status of one node (and pause/resume, loopback only);
+    `loopback_hosts_only`: answer only requests whose `Host` header is a loopback name (DNS rebinding)."""
 
     def get_metrics() -> tuple[int, bytes, str]:
         body, content_type = metrics.render()
@@ -142,7 +147,10 @@ def create_app(
             return  # lifespan is off; websockets are not served
         path, method = scope["path"], scope["method"]
         route = routes.get(path)
-        if path in actions and method == "POST":
+        if loopback_hosts_only and not is_loopback_host(scope.get("headers", [])):
+            error = {"error": "listening on loopback, this endpoint answers only Host 127.0.0.1, localhost or [::1]"}
+            code, body, content_type = 421, json.dumps(error).encode(), _JSON
+        elif path in actions and method == "POST":
             code, body, content_type = post(path, scope.get("client"), scope.get("headers", []))
         elif route is None and path not in actions:
             code, body, content_type = 404, b'{"detail":"Not Found"}', _JSON
@@ -162,6 +170,15 @@ def create_app(
 _JSON = "application/json"
 
 
+LOOPBACK_HOST = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+
+
+def is_loopback_host(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request names one `Host`, a loopback name (any port)."""
+    hosts = [value for name, value in headers if name.lower() == b"host"]
+    return len(hosts) == 1 and LOOPBACK_HOST.match(hosts[0].decode("latin-1")) is not None
+
+
 def _from_web_page(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a browser sends this request for a page: a page of any site may post to a loopback port
     through the operator's browser (a form, fetch in no-cors mode, a DNS-rebound name), and the client is
@@ -171,6 +188,11 @@ def _from_web_page(headers: list[tuple[bytes, bytes]]) -> bool:
         if name.lower() == b"origin" or (name.lower() == b"sec-fetch-site" and value.strip().lower() != b"none"):
             return True
     return False
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether an address to listen on (an IP or `localhost`) is loopback only."""
+    return host.strip("[]").lower() == "localhost" or _is_loopback(host.strip("[]"))
 
 
 def _is_loopback(host: str) -> bool:

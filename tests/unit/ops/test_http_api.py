@@ -12,7 +12,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.ops.http_api import FIRST_REQUEST_WAIT_S, HealthReport, HttpServer, HttpServerError, create_app
+from node.ops.http_api import (
+    FIRST_REQUEST_WAIT_S,
+    HealthReport,
+    HttpServer,
+    HttpServerError,
+    create_app,
+    is_loopback_address,
+)
 from node.ops.metrics import NodeMetrics
 
 HOST = "127.0.0.1"
@@ -269,3 +276,23 @@ def test_exported_metric_names_are_stable(metrics: NodeMetrics) -> None:
         if not name.endswith("_created")  # prometheus_client's creation timestamps, switchable by env
     }
     assert exported == EXPORTED_METRICS
+
+
+async def test_listening_on_loopback_it_answers_only_loopback_host_names(
+    metrics: NodeMetrics, state: FakeDaemonState
+) -> None:
+    # A page whose own name its DNS rebinds to 127.0.0.1 reaches the endpoint through the operator's browser,
+    # with its own name as Host: it read /status and /metrics before.
+    srv = HttpServer(create_app(metrics, state.get_health, state.get_status, loopback_hosts_only=True))
+    await srv.start(HOST, 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{srv.port}", timeout=5) as client:
+            for host in (f"127.0.0.1:{srv.port}", "localhost", "[::1]:9090"):
+                assert (await client.get("/status", headers={"Host": host})).status_code == 200, host
+            for host in ("attacker.example", f"attacker.example:{srv.port}", "127.0.0.1.attacker.example"):
+                refused = await client.get("/status", headers={"Host": host})
+                assert refused.status_code == 421 and "loopback" in refused.json()["error"], host
+    finally:
+        await srv.stop()
+    assert is_loopback_address("127.0.0.1") and is_loopback_address("localhost") and is_loopback_address("::1")
+    assert not is_loopback_address("0.0.0.0") and not is_loopback_address("10.0.0.5")
