@@ -63,10 +63,13 @@ async def test_an_inflating_node_gets_no_more_than_its_measured_share(tmp_path) 
         path = tmp_path / "publisher" / "reputation.sqlite3"
         measuring = await stack.enter_async_context(Client(peers=[dialable(first)], reputation_path=path))
         await wait_for_claims(measuring, address, 3)
-        # An unseen node is tried as if typical, so a few warm-up tasks measure it (bounded: at most 40).
+        # An unseen node is tried as if typical, so a few warm-up tasks measure it (bounded: at most 40), and the
+        # honest nodes too: the share compared below is among measured nodes. (Were the liar measured first and
+        # alone, the others, unmeasured, would get a tenth of the choices until one answered: ~10 tasks.)
+        nodes = [n.address for n in measuring.nodes.live()]
         for round_ in range(10):
             await run_tasks(measuring, 4, f"warm-up {round_}")
-            if measuring.reputation.view(address).measured_tps is not None:
+            if all(measuring.reputation.view(node).measured_tps is not None for node in nodes):
                 break
         after = await run_tasks(measuring, 24, "after")
         view = measuring.reputation.view(address)
