@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -160,14 +160,8 @@ class TaskIntake:
 def _without_workflow(accepted: AcceptedTask) -> AcceptedTask:
     """The task as its error result needs it: a workflow may be megabytes of decoded JSON, and a busy
     answer can wait seconds for its publish."""
-    task = accepted.task.model_copy(update={"input": accepted.task.input.model_copy(update={"workflow": {}})})
-    return AcceptedTask(
-        task=task,
-        publisher=accepted.publisher,
-        model=accepted.model,
-        received_at_ns=accepted.received_at_ns,
-        log=accepted.log,
-    )
+    task = accepted.task
+    return replace(accepted, task=task.model_copy(update={"input": task.input.model_copy(update={"workflow": {}})}))
 
 
 def _busy_reason(admission: Admission) -> str:

@@ -2,8 +2,8 @@
 
 Each topic has a budget, in messages and in bytes, of what was handed over and not yet
 taken off its queue. A message counts its raw bytes and what its validator's verdict holds
-(`held_size`): a decoded message can take twenty times its bytes. It is charged on the Trio thread BEFORE `call_soon_threadsafe`, so a
-flood cannot pile up callbacks on the event loop. A message over budget is dropped,
+(`held_size`): a decoded message can take twenty times its bytes. It is charged on the Trio
+thread BEFORE `call_soon_threadsafe`, so a flood cannot pile up callbacks on the event loop. A message over budget is dropped,
 counted (`GossipQueues.dropped`, exported as compute_node_gossip_dropped_total) and
 logged at most once per `DROP_LOG_WINDOW_S` per topic.
 """

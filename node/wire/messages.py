@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -79,14 +80,33 @@ class TaskFilter(_Wire):
         return self
 
 
-def _first_non_finite(value: Any) -> str | None:
-    """Path of the first NaN or infinite number inside parsed JSON, or None.
+def json_values(value: Any) -> int:
+    """How many values parsed JSON holds, itself and the keys of its objects included."""
+    return _scan(value)[0]
 
-    The JSON parser takes `NaN`, `Infinity` and `1e999` (none of them JSON numbers)
-    into free-form parts such as a workflow; they are refused here.
+
+def _scan(value: Any) -> tuple[int, bool]:
+    """One walk over parsed JSON: how many values it holds (`json_values`), and whether one is NaN or infinite.
+
+    The JSON parser takes `NaN`, `Infinity` and `1e999` (none of them JSON numbers) into free-form
+    parts such as a workflow; they are refused, and the count is what a decoded body holds (`held_bytes`).
     """
-    if not _has_non_finite(value):  # the common case, without building a path per item
-        return None
+    count, non_finite, stack = 0, False, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, float):
+            non_finite = non_finite or not math.isfinite(item)
+        elif isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count, non_finite
+
+
+def _first_non_finite(value: Any) -> str:
+    """Path of the first NaN or infinite number inside parsed JSON that `_scan` found to hold one."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, item = stack.pop()
@@ -96,22 +116,15 @@ def _first_non_finite(value: Any) -> str | None:
             stack.extend((f"{path}.{key}" if path else str(key), inner) for key, inner in item.items())
         elif isinstance(item, list):
             stack.extend((f"{path}.{index}" if path else str(index), inner) for index, inner in enumerate(item))
-    return None
+    return "value"
 
 
-def _has_non_finite(value: Any) -> bool:
-    """Whether parsed JSON holds a NaN or infinite number anywhere (what `_first_non_finite` then names)."""
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+def _finite_json(value: Any, where: str) -> int:
+    """How many values `value` holds; ValueError naming the first NaN or infinite number in it."""
+    values, non_finite = _scan(value)
+    if non_finite:
+        raise ValueError(f"{where}{_first_non_finite(value)} is not a finite number (NaN and Infinity are not JSON)")
+    return values
 
 
 class TaskInput(_Wire):
@@ -120,13 +133,12 @@ class TaskInput(_Wire):
     workflow: dict[str, Any]
     model: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS)
     prompt: str | None = None
+    _json_values: int = PrivateAttr(0)  # values in `workflow`, counted by the same walk as the finite check
 
-    @field_validator("workflow")
-    @classmethod
-    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if (path := _first_non_finite(value)) is not None:
-            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
-        return value
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> TaskInput:
+        self._json_values = _finite_json(self.workflow, "workflow.")
+        return self
 
 
 class TaskBody(_Wire):
@@ -163,6 +175,7 @@ class Stats(_Wire):
     extra fields (token counts) are kept."""
 
     model_config = ConfigDict(extra="allow")
+    _json_values: int = PrivateAttr(0)  # values in the extra fields, counted by the same walk as the finite check
 
     received_at: StatTime
     published_at: StatTime
@@ -172,8 +185,7 @@ class Stats(_Wire):
     @model_validator(mode="after")
     def _finite_extras(self) -> Stats:
         extras = self.model_extra or {}
-        if (path := _first_non_finite(extras)) is not None:
-            raise ValueError(f"{path} is not a finite number (NaN and Infinity are not JSON)")
+        self._json_values = _finite_json(extras, "")
         for name, value in extras.items():
             if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
                 raise ValueError(f"{name} does not fit in int64")
@@ -247,27 +259,13 @@ VALUE_BYTES = 80
 MODEL_BYTES = 8192
 
 
-def json_values(value: Any) -> int:
-    """How many values parsed JSON holds, itself and the keys of its objects included."""
-    count, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            count += len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
 def held_bytes(body: TaskBody | ResultBody | HeartbeatBody, body_bytes: int) -> int:
     """About how much memory `body`, decoded from `body_bytes` bytes, holds: up to twenty times its bytes
     when its free-form parts are many small values, which is what budgets of decoded messages must count."""
     if isinstance(body, TaskBody):
-        values = json_values(body.input.workflow)
+        values = body.input._json_values
     elif isinstance(body, ResultBody):
-        values = json_values(body.stats.model_extra or {})
+        values = body.stats._json_values
     else:
         values = len(body.models) + len(body.tps) + len(body.addrs or ())
     return MODEL_BYTES + body_bytes + VALUE_BYTES * values

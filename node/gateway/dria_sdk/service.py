@@ -112,11 +112,11 @@ def payload_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def sdk_readable(envelope: Envelope) -> bool:
-    """Whether the SDK parses the result's four stats as it must (see _SDK_STAT)."""
+def sdk_readable(body: bytes) -> bool:
+    """Whether the SDK parses the four stats of a result `body` (the signed payload) as it must (`_SDK_STAT`)."""
     try:
-        stats = json.loads(base64.b64decode(envelope.payload)).get("stats")
-    except (binascii.Error, ValueError, AttributeError, RecursionError):
+        stats = json.loads(body).get("stats")
+    except (ValueError, AttributeError, RecursionError):
         return False
     return isinstance(stats, dict) and all(
         isinstance(stats.get(name), str) and _SDK_STAT.match(stats[name]) for name in _SDK_STATS
@@ -153,7 +153,7 @@ class SdkService:
         if inbound.sender not in task.picked:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
             return
-        if not sdk_readable(inbound.signed.envelope):
+        if not sdk_readable(inbound.signed.body):
             log.warning("result the sdk cannot read dropped", task_id=body.task_id, node=inbound.sender)
             self.client.reputation.record_error(inbound.sender)
             return
