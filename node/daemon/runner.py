@@ -302,5 +302,8 @@ def _max_time(workflow: dict[str, Any]) -> float | None:
     config = workflow.get("config")
     value = config.get("max_time") if isinstance(config, dict) else None
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past float's range: the engine refuses it as an invalid workflow
+            return None
     return None
