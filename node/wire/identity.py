@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import re
 import tempfile
 
 import coincurve
@@ -23,6 +24,7 @@ SIGNATURE_BYTES = 64
 KEY_FILE_MODE = 0o600
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 HALF_ORDER = CURVE_ORDER // 2
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 class IdentityError(Exception):
@@ -37,14 +39,16 @@ def parse_public_key(public_key: bytes | str) -> coincurve.PublicKey:
     """A 33 (compressed), 65 (uncompressed) or 64 (raw x||y) byte public key, as bytes or hex
     (optional 0x); IdentityError says what is wrong."""
     if isinstance(public_key, str):
-        try:
-            public_key = bytes.fromhex(public_key.removeprefix("0x").removeprefix("0X"))
-        except ValueError as e:
-            raise IdentityError("public key is not hex") from e
+        digits = public_key.removeprefix("0x").removeprefix("0X")
+        if not _HEX.fullmatch(digits):  # bytes.fromhex would skip whitespace anywhere
+            raise IdentityError("public key is not hex")
+        public_key = bytes.fromhex(digits)
     if len(public_key) == 64:
         public_key = b"\x04" + public_key
     if len(public_key) not in (33, 65):
         raise IdentityError(f"public key must be 33, 64 or 65 bytes, got {len(public_key)}")
+    if len(public_key) == 65 and public_key[0] != 4:  # libsecp256k1 also reads the hybrid 06/07 form
+        raise IdentityError("a 65-byte public key must start with 04")
     try:
         return coincurve.PublicKey(public_key)
     except ValueError as e:

@@ -14,7 +14,7 @@ from typing import Any
 INT64_MAX = 2**63 - 1
 
 # re.ASCII: `\d` is 0-9 only (else any script's digits, which int() and fromisoformat read as 0-9).
-_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,64}))?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -31,7 +31,7 @@ def parse_rfc3339_ns(text: str) -> int:
     except ValueError as exc:
         raise ValueError(f"not a valid RFC-3339 time: {exc}") from None
     micros = (moment - _EPOCH) // _MICROSECOND
-    return micros * 1000 + int((fraction or "").ljust(9, "0"))
+    return micros * 1000 + int((fraction or "")[:9].ljust(9, "0"))  # RFC 3339 allows any digits: ns are kept
 
 
 def format_rfc3339_ns(ns: int) -> str:

@@ -15,6 +15,7 @@ from node.wire.identity import (
     IdentityError,
     SignatureError,
     address_of,
+    parse_public_key,
     recover_public_key,
 )
 from tests.support.protocol_files import VECTORS
@@ -48,6 +49,17 @@ def test_address_of_rejects_bad_keys() -> None:
         address_of(b"\x02" * 20)
     with pytest.raises(IdentityError, match="valid secp256k1"):
         address_of(b"\x05" + b"\x01" * 32)
+
+
+def test_a_public_key_in_hex_is_hex_digits_only_and_65_bytes_means_04() -> None:
+    compressed = IDENTITY["public_key_compressed_hex"]
+    uncompressed = bytes.fromhex(IDENTITY["public_key_uncompressed_hex"])
+    for good in (compressed, "0x" + compressed, "0X" + compressed.upper(), uncompressed.hex()):
+        assert address_of(parse_public_key(good).format()) == IDENTITY["address_hex"]
+    hybrid = bytes([6 + uncompressed[-1] % 2]) + uncompressed[1:]  # SEC1's hybrid form: libsecp256k1 parses it
+    for bad in (compressed[:10] + " " + compressed[10:], compressed + "\n" * 1000, "\t" + compressed, hybrid.hex()):
+        with pytest.raises(IdentityError):
+            parse_public_key(bad)
 
 
 def test_from_hex_accepts_0x_and_rejects_garbage() -> None:

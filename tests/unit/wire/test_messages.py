@@ -22,6 +22,7 @@ from node.wire.messages import (
     decode_task,
     encode_body,
 )
+from node.wire.wire_time import parse_rfc3339_ns
 from tests.support.bloom_filters import bloom_of
 from tests.support.protocol_files import EXAMPLES
 
@@ -135,7 +136,7 @@ def test_public_key_forms_accepted() -> None:
         ({"deadline": "2025-04-03T10:05:00"}, "deadline"),  # no offset
         ({"deadline": "2025-04-03"}, "deadline"),
         ({"deadline": "2025-02-30T10:05:00Z"}, "deadline"),
-        ({"deadline": "2025-04-03T10:05:00.1234567890Z"}, "deadline"),  # 10 fractional digits
+        ({"deadline": "2025-04-03T10:05:00." + "1" * 65 + "Z"}, "deadline"),  # RFC 3339 allows many; 65 is silly
         ({"deadline": "1969-12-31T23:59:59Z"}, "deadline"),
         ({"deadline": "2262-04-12T00:00:00Z"}, "deadline"),  # past int64 nanoseconds
         ({"deadline": "2025-04-03T10:05:00.\u0661\u0662Z"}, "deadline"),  # digits of another script
@@ -269,6 +270,13 @@ def test_stats_are_written_as_rfc3339_and_read_in_both_forms() -> None:
     assert json.loads(encode_body(result))["stats"] == stats
     mixed = {**stats, "publishedAt": 1_743_674_401_503_000_000, "receivedAt": "2025-04-03T12:00:00.101+02:00"}
     assert decode_result(json.dumps(result_json(error="e", stats=mixed)).encode()) == result
+
+
+def test_rfc3339_times_take_any_number_of_fraction_digits_and_keep_nanoseconds() -> None:
+    assert parse_rfc3339_ns("2025-04-03T10:00:00.1234567891234Z") == 1_743_674_400_123_456_789
+    assert parse_rfc3339_ns("2025-04-03T10:00:00.1Z") == 1_743_674_400_100_000_000
+    with pytest.raises(ValueError):
+        parse_rfc3339_ns("2025-04-03T10:00:00." + "1" * 65 + "Z")
 
 
 def test_stats_strings_parse_the_way_dria_sdk_parses_them() -> None:
