@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import islice
 
+from libp2p.crypto.keys import PublicKey
 from libp2p.peer.envelope import Envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore
@@ -41,7 +42,11 @@ class BoundedPeerStore(PeerStore):
         data = self.peer_data_map.get(peer_id)
         kept = data.get_addrs() if data is not None else []
         fresh = [addr for addr in dict.fromkeys(addrs) if addr not in kept]
-        super().add_addrs(peer_id, fresh[: max(MAX_ADDRS - len(kept), 0)], ttl)
+        super().add_addrs(peer_id, fresh[: max(MAX_ADDRS - len(kept), 0)], ttl)  # evicts past max_peers
+
+    def add_pubkey(self, peer_id: ID, pubkey: PublicKey) -> None:
+        super().add_pubkey(peer_id, pubkey)
+        self._enforce_peer_limit()  # py-libp2p's does not: peer ids known by their key alone stayed for good
 
     def add_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
         data = self.peer_data_map.get(peer_id)
@@ -57,7 +62,7 @@ class BoundedPeerStore(PeerStore):
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         if too_large(envelope):
             return False
-        return super().consume_peer_record(envelope, ttl)
+        return super().consume_peer_record(envelope, ttl)  # its addresses go through add_addrs
 
     def _enforce_peer_limit(self) -> None:
         """Past `max_peers`, forget the peers first added, keeping any entry with a private key (our own)."""

@@ -141,6 +141,10 @@ class StreamPeerAwarePubsub(Pubsub):
         # only a peer left without a connection is forgotten.
         if not has_open_connection(self.host, peer_id):
             self.stream_only.discard(peer_id)
+            if peer_id not in self.peers:
+                # Its RPCs were read (scores per topic, IDONTWANTs, the IWANT budget), but py-libp2p clears
+                # a router's state only for peers it registered: one that never took our stream left it for good.
+                self.router.remove_peer(peer_id)
         super()._handle_dead_peer(peer_id)
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
@@ -305,7 +309,7 @@ class Gossip:
                 shift_wall_times(self.router, jump)
                 log.warning("wall clock jumped: gossip's backoffs moved with it", jump_s=round(jump, 1))
             self.router.recent_message_deliveries.clear()
-            drop_expired_backoff(self.router)
+            drop_expired_backoff(self.router, lambda peer: has_open_connection(self.pubsub.host, peer))
             self._stream_only.prune(lambda peer: has_open_connection(self.pubsub.host, peer))
 
     def _wrap_validator(self, topic: str, validator: TopicValidator | None) -> Callable[[ID, rpc_pb2.Message], bool]:

@@ -104,11 +104,13 @@ class RawPeers:
 
         await asyncio.to_thread(trio.from_thread.run, write, trio_token=self.token)
 
-    def signed_message(self, index: int, topic: str, data: bytes, seqno: bytes | None = None) -> rpc_pb2.Message:
-        """A message on `topic` from peer `index`, signed as py-libp2p signs (and checks) it."""
+    def signed_message(
+        self, index: int, topic: str, data: bytes, seqno: bytes | None = None, also: Sequence[str] = ()
+    ) -> rpc_pb2.Message:
+        """A message on `topic` (and the topics `also` names) from peer `index`, signed as py-libp2p signs it."""
         peer = self.peers[index]
         msg = rpc_pb2.Message(
-            data=data, topicIDs=[topic], from_id=peer.peer_id.to_bytes(), seqno=seqno or secrets.token_bytes(8)
+            data=data, topicIDs=[topic, *also], from_id=peer.peer_id.to_bytes(), seqno=seqno or secrets.token_bytes(8)
         )
         msg.signature = peer.key_pair.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
         return msg
@@ -148,13 +150,16 @@ def raw_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
     return host, listen
 
 
-async def _run_peer(addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool]) -> None:
+async def _run_peer(
+    addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool], serve_pubsub: bool
+) -> None:
     host, listen = raw_host(peer.key_pair)
 
     async def serve(stream: INetStream) -> None:
         await _read_node_stream(peer, stream)
 
-    host.set_stream_handler(TProtocol(PROTOCOL_ID_V11), serve)
+    if serve_pubsub:
+        host.set_stream_handler(TProtocol(PROTOCOL_ID_V11), serve)
     async with host.run([listen]):
         try:
             with trio.fail_after(DIAL_TIMEOUT_S):
@@ -168,13 +173,13 @@ async def _run_peer(addr: str, peer: RawPeer, peers: RawPeers, opened: trio.Memo
         await peers.stop.wait()
 
 
-async def _run(addr: str, peers: RawPeers) -> None:
+async def _run(addr: str, peers: RawPeers, serve_pubsub: bool) -> None:
     peers.token = trio.lowlevel.current_trio_token()
     peers.stop = trio.Event()
     send, receive = trio.open_memory_channel[bool](len(peers.peers))
     async with trio.open_nursery() as nursery:
         for peer in peers.peers:
-            nursery.start_soon(_run_peer, addr, peer, peers, send)
+            nursery.start_soon(_run_peer, addr, peer, peers, send, serve_pubsub)
         for _ in peers.peers:
             if not await receive.receive():
                 peers.failed += 1
@@ -187,10 +192,12 @@ def _new_peer() -> RawPeer:
 
 
 @asynccontextmanager
-async def raw_pubsub_peers(addr: str, count: int = 1) -> AsyncIterator[RawPeers]:
-    """`count` hostile peers, each with a pubsub stream open to `addr` (a /p2p/ multiaddr), while the context is open."""
+async def raw_pubsub_peers(addr: str, count: int = 1, serve_pubsub: bool = True) -> AsyncIterator[RawPeers]:
+    """`count` hostile peers, each with a pubsub stream open to `addr` (a /p2p/ multiaddr), while the context is open.
+
+    `serve_pubsub=False`: they refuse the node's own pubsub stream, so it never registers them as peers."""
     peers = RawPeers([_new_peer() for _ in range(count)])
-    thread = threading.Thread(target=trio.run, args=(_run, addr, peers), name="raw-pubsub", daemon=True)
+    thread = threading.Thread(target=trio.run, args=(_run, addr, peers, serve_pubsub), name="raw-pubsub", daemon=True)
     thread.start()
     try:
         await asyncio.to_thread(peers.ready.wait, DIAL_TIMEOUT_S + 10)

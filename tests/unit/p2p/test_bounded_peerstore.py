@@ -177,3 +177,18 @@ def test_a_peer_keeps_at_most_its_budget_however_it_is_told() -> None:
     assert store.get_protocols(peer) == ["/a"] + [f"/p/{i}" for i in range(MAX_PROTOCOLS - 1)]
     store.set_protocols(peer, [f"/q/{i}" for i in range(100)])
     assert store.get_protocols(peer) == [f"/q/{i}" for i in range(MAX_PROTOCOLS)]
+
+
+def test_peers_known_only_by_their_key_are_evicted_past_the_peer_limit_too() -> None:
+    # py-libp2p's eviction runs when addresses or protocols are noted, not keys: peer ids known by their key
+    # alone stayed for good past max_peers.
+    store = BoundedPeerStore()
+    own = create_new_key_pair(secrets.token_bytes(32))
+    own_id = ID.from_pubkey(own.public_key)
+    store.add_key_pair(own_id, own)
+    for i in range(store.max_peers + 200):
+        pair = create_new_key_pair((i + 1).to_bytes(32, "big"))
+        peer = ID.from_pubkey(pair.public_key)
+        store.add_pubkey(peer, pair.public_key)
+    assert len(store.peer_data_map) <= store.max_peers
+    assert store.privkey(own_id) == own.private_key

@@ -17,6 +17,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from node.p2p.gossip import Gossip
 from node.p2p.host import P2PHost
 from node.p2p.pubsub_limits import (
+    MAX_BACKOFF_PEERS,
     MAX_PEER_SUBSCRIPTIONS,
     MAX_TOPIC_CHARS,
     BoundedGossipSub,
@@ -122,6 +123,79 @@ async def test_the_messages_of_one_rpc_spawn_no_task_each(make_host: HostFactory
         await honest_message_arrives(honest, node_queue)
 
 
+async def test_a_message_naming_a_topic_twice_or_one_not_joined_is_dropped(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        # py-libp2p validated a message, and queued it, once per topic named: a task named 4 times was
+        # decoded 7 times. And it keeps scores and fanout times per topic named, joined or not (a message
+        # may name ~1 MiB of topics): 90 MB held after 300 heartbeats from one peer.
+        repeated = peers.signed_message(0, TOPIC, b"ok repeated " + secrets.token_bytes(8), also=[TOPIC])
+        junk = "j" * 10_000
+        not_joined = peers.signed_message(0, TOPIC, b"ok not joined " + secrets.token_bytes(8), also=[junk])
+        once = peers.signed_message(0, TOPIC, b"ok once " + secrets.token_bytes(8))
+        await peers.send(0, rpc_pb2.RPC(publish=[repeated, not_joined, once]))
+        await settled(node, peers)
+        assert (await receive(node_queue)).data == once.data
+        await honest_message_arrives(honest, node_queue)
+        assert node_queue.empty()
+        assert not await on_trio(node, lambda g: junk in g.router.time_since_last_publish)
+        assert not await on_trio(node, lambda g: g.router.equivocation_detection)  # no message kept whole
+        scores = await on_trio(node, lambda g: dict(g.router.scorer.first_message_deliveries[peers[0].peer_id]))
+        assert junk not in scores
+
+
+def router_state_of(gossip: Gossip, peer: ID) -> list[str]:
+    """The router's maps that hold something for `peer`."""
+    router, scorer = gossip.router, gossip.router.scorer
+    assert scorer is not None
+    maps = {
+        "time_in_mesh": scorer.time_in_mesh,
+        "first_message_deliveries": scorer.first_message_deliveries,
+        "mesh_message_deliveries": scorer.mesh_message_deliveries,
+        "invalid_messages": scorer.invalid_messages,
+        "dont_send_message_ids": router.dont_send_message_ids,
+        "iwant_spent": router._iwant_spent,
+    }
+    return [name for name, held in maps.items() if peer in held]
+
+
+async def test_a_peer_that_never_took_our_pubsub_stream_leaves_no_router_state_when_it_goes(
+    make_host: HostFactory,
+) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr, serve_pubsub=False) as peers:
+        peer = peers[0].peer_id
+        # Never registered (it refuses our stream), yet its RPCs are read: py-libp2p clears a router's
+        # state only for peers it registered, so each such peer id left its scores for good.
+        message = peers.signed_message(0, TOPIC, b"ok unregistered " + secrets.token_bytes(8))
+        bad = peers.signed_message(0, TOPIC, b"no " + secrets.token_bytes(8))
+        control = Control(
+            iwant=[rpc_pb2.ControlIWant(messageIDs=[b"00" * 32])],
+            idontwant=[rpc_pb2.ControlIDontWant(messageIDs=[b"\x01" * 32])],
+        )
+        await peers.send(0, rpc_pb2.RPC(publish=[message, bad], control=control))
+        assert (await receive(node_queue)).data == message.data
+
+        async def held() -> bool:
+            return bool(await on_trio(node, lambda g: router_state_of(g, peer)))
+
+        await wait_until(held, "the unregistered peer's state noted")
+        assert not await on_trio(node, lambda g: peer in g.pubsub.peers)
+
+        async def disconnect() -> None:  # the node ends the connection (as its connection trimmer does)
+            assert node._service.gossip is not None
+            await node._service.gossip.pubsub.host.disconnect(peer)
+
+        await node._trio.call(disconnect)
+
+        async def forgotten() -> bool:
+            return not await on_trio(node, lambda g: router_state_of(g, peer))
+
+        await wait_until(forgotten, "the unregistered peer's state forgotten once it left")
+    await honest_message_arrives(honest, node_queue)
+
+
 async def test_an_iwant_naming_a_message_many_times_gets_it_once(make_host: HostFactory) -> None:
     node, honest, node_queue, addr = await scene(make_host)
     async with raw_pubsub_peers(addr) as peers:
@@ -187,6 +261,19 @@ def test_expired_backoff_is_forgotten() -> None:
     router.back_off = {"task": {"gone": 0, "kept": 2**40}, "results": {"gone": 0}}  # type: ignore[dict-item]
     assert drop_expired_backoff(router) == 2
     assert router.back_off == {"task": {"kept": 2**40}}
+
+
+def test_backoffs_of_gone_peers_past_the_cap_end_soonest_first() -> None:
+    # Each PRUNE from a fresh peer id left a backoff for up to an hour after the peer was gone.
+    router = BoundedGossipSub(protocols=[], degree=6, degree_low=5, degree_high=12)
+    later = int(time.time()) + 3000
+    gone = {ID(f"gone-{i}".encode()): later + i for i in range(MAX_BACKOFF_PEERS + 100)}
+    live = {ID(f"live-{i}".encode()): later - 1000 for i in range(10)}
+    router.back_off = {"task": {**gone, **live}}  # type: ignore[dict-item]
+    assert drop_expired_backoff(router, connected=lambda peer: peer in live) == 110
+    kept = router.back_off["task"]
+    assert len(kept) == MAX_BACKOFF_PEERS and set(live) <= set(kept)
+    assert min(until for peer, until in kept.items() if peer in gone) == later + 110  # the soonest went
 
 
 def test_a_wall_clock_jump_moves_gossips_backoffs_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
