@@ -25,6 +25,7 @@ from node.daemon.routes import DirectRoutes
 from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
 from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
+from node.wire.identity import IdentityError, peer_id_of_public_key
 from node.wire.inbound import InboundError, LogWindow
 from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
@@ -111,7 +112,7 @@ class DirectIntake:
             return
         # Routed before the answer is written (nothing ran yet: take() only scheduled the task),
         # so the result cannot miss its stream; the outbox waits for `answered` before writing.
-        route = self._routes.add(task.task_id, stream)
+        route = self._routes.add(task.task_id, stream, forwarded=not _from_signer(stream, inbound.signed.sender_key))
         if await self._answer(stream, answer):
             route.answered.set()
         else:
@@ -126,3 +127,11 @@ class DirectIntake:
         except P2PError as exc:
             log.info("direct answer not delivered", task_id=answer.task_id, error=str(exc))
             return False
+
+
+def _from_signer(stream: FrameStream, sender_key: bytes) -> bool:
+    """Whether the stream's peer is the task's signer (a publisher's peer id is the key it signs with)."""
+    try:
+        return peer_id_of_public_key(sender_key) == stream.peer_id
+    except IdentityError:
+        return False

@@ -89,7 +89,10 @@ class ResultOutbox:
         self._in_hand.add(body.task_id)  # nothing awaited since the journal write: no flush has seen it
         try:
             if body.task_id in self.routes:
+                forwarded = self.routes.forwarded(body.task_id)
                 if await self._send_direct(body, encoded):
+                    if forwarded:  # its publisher may be waiting on gossip (routes.py, DirectRoute.forwarded)
+                        await self._publish(body, encoded)
                     return True
                 return await self._publish_if_unpublished(body)  # as a kept one: time has passed on the stream
             return await self._publish(body, encoded, journalled=body.task_id not in self.unjournalled)

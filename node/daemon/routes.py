@@ -39,6 +39,9 @@ class DirectRoute:
     """The stream an accepted task's progress and result go back on."""
 
     stream: FrameStream
+    # The stream's peer did not sign the task: anyone may send an envelope it saw on gossip, before the
+    # publisher's own copy arrives, so the result goes on gossip too and such a peer cannot keep it.
+    forwarded: bool = False
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     queued: list[str] = field(default_factory=list)
     queued_chars: int = 0
@@ -59,9 +62,14 @@ class DirectRoutes:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._routes
 
-    def add(self, task_id: str, stream: FrameStream) -> DirectRoute:
-        route = self._routes[task_id] = DirectRoute(stream)
+    def add(self, task_id: str, stream: FrameStream, forwarded: bool = False) -> DirectRoute:
+        route = self._routes[task_id] = DirectRoute(stream, forwarded=forwarded)
         return route
+
+    def forwarded(self, task_id: str) -> bool:
+        """Whether the task's stream is not its signer's: its result goes on gossip as well."""
+        route = self._routes.get(task_id)
+        return route is not None and route.forwarded
 
     def drop(self, task_id: str) -> None:
         """Forget a route (its stream is gone): the result goes to gossip."""

@@ -17,11 +17,11 @@ import pytest_asyncio
 from benchmarks.direct_decode import largest_frame
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_frame, encode_varint
-from node.wire.direct import decode_answer
+from node.wire.direct import decode_answer, frame_kind
 from node.wire.identity import Identity
 from node.wire.inbound import decode
 from node.wire.messages import ResultBody
-from node.wire.topics import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, RESULTS_TOPIC
+from node.wire.topics import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, RESULTS_TOPIC, TASK_TOPIC
 from tests.support.hostile_scene import (
     RESULT_WAIT_S,
     STREAMS_MAX,
@@ -134,6 +134,34 @@ async def test_half_closed_after_the_task_the_result_still_comes_on_the_stream(s
             scene, since, "result delivered", event="result delivered on its stream", task_id=task_id_of(envelope)
         )
     finally:
+        await host.stop()
+    await honest_task_is_served(scene)
+
+
+async def test_a_gossip_publishers_envelope_sent_first_on_another_peers_stream_still_answers_the_publisher(
+    scene: Scene,
+) -> None:
+    # Anyone may send a node an envelope it saw on gossip. The result went only to the stream it came on,
+    # and the publisher's own copy, a duplicate by then, was ignored: the publisher never got its result.
+    publisher = Identity.generate()
+    host, results = await connected_peer(scene.node, publisher)
+    other = await attacker(scene)
+    try:
+        envelope = task_envelope(publisher)
+        task_id = task_id_of(envelope)
+        stream = await other.open_stream(scene.addr, envelope)
+        assert await answer(stream) == ("accepted", "")
+        await host.publish(TASK_TOPIC, envelope)  # the publisher's copy, now a duplicate for the node
+        frame = await stream.receive(RESULT_WAIT_S)
+        assert frame is not None and frame_kind(frame) == "envelope"  # the forwarder still gets it
+        await stream.close()
+        while (
+            body := decode(RESULTS_TOPIC, (await asyncio.wait_for(results.get(), RESULT_WAIT_S)).data).body
+        ).task_id != task_id:
+            pass
+        assert isinstance(body, ResultBody) and body.ciphertext is not None
+    finally:
+        await other.stop()
         await host.stop()
     await honest_task_is_served(scene)
 
