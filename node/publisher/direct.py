@@ -67,10 +67,11 @@ class NotDialableError(DeclinedError):
 class DirectDelivery:
     """One task on one stream: its progress text so far and whether the stream was lost."""
 
-    def __init__(self, task_id: str, stream: FrameStream, answered: bool = True) -> None:
+    def __init__(self, task_id: str, stream: FrameStream, answered: bool = True, streamed: bool = True) -> None:
         self.task_id = task_id
         self.stream = stream
         self.answered = answered  # False: the node's answer had not come within answer_timeout
+        self.streamed = streamed  # the task asked for progress frames (`"stream": true`)
         self.declined: str | None = None  # a late answer that was not `accepted`: why
         self.deltas: list[str] = []
         self.progress_chars = 0  # in `deltas` (an empty one counted as one), at most MAX_PROGRESS_CHARS
@@ -106,7 +107,11 @@ class DirectDelivery:
                     self.progress_chars += max(len(progress.delta), 1)
                     if self.progress_chars > MAX_PROGRESS_CHARS:
                         raise MessageError(f"progress frames longer than any result ({MAX_PROGRESS_CHARS} characters)")
-                    self.last_progress = asyncio.get_running_loop().time()  # the node is working on it
+                    if progress.delta and self.streamed:
+                        # Text the task asked for is news that the node works on it; an empty frame (no honest
+                        # node sends one) or one on a task without "stream": true (PROTOCOL.md 8) is not, or a
+                        # node could hold a task to its deadline and never be timed out.
+                        self.last_progress = asyncio.get_running_loop().time()
                     if progress.delta:
                         self.deltas.append(progress.delta)
                         if on_delta is not None:
@@ -149,7 +154,7 @@ def _declined_by(frame: bytes, task_id: str) -> str | None:
 
 
 async def deliver(
-    host: P2PHost, addrs: list[str], task_id: str, envelope: bytes, answer_timeout: float
+    host: P2PHost, addrs: list[str], task_id: str, envelope: bytes, answer_timeout: float, streamed: bool = True
 ) -> DirectDelivery:
     """Send the sealed task to the node at `addrs`; return once it accepted.
 
@@ -171,7 +176,7 @@ async def deliver(
         frame = await stream.receive(timeout=answer_timeout)
     except TimeoutError:
         log.info("no answer yet; still waiting on the stream", task_id=task_id, after_s=answer_timeout)
-        return DirectDelivery(task_id, stream, answered=False)
+        return DirectDelivery(task_id, stream, answered=False, streamed=streamed)
     except asyncio.CancelledError:
         await stream.close(graceful=False)  # the caller is gone: nobody reads this stream
         raise
@@ -180,4 +185,4 @@ async def deliver(
     if (declined := _declined_by(frame, task_id)) is not None:
         await stream.close(graceful=not declined.startswith(("bad answer", "answer for another")))
         raise DeclinedError(task_id, declined)
-    return DirectDelivery(task_id, stream)
+    return DirectDelivery(task_id, stream, streamed=streamed)

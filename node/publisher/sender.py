@@ -116,7 +116,9 @@ class TaskSender:
     ) -> Attempt:
         if direct:
             try:
-                delivery = await deliver(self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout)
+                delivery = await deliver(
+                    self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout, bool(body.stream)
+                )
             except UndialableError as exc:
                 if not exc.may_have_task:
                     self._inbox.forget(body.task_id)

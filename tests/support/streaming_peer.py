@@ -30,7 +30,8 @@ class StreamingPeer:
     `tokens`: the completion tokens its result's stats report; `stats`: fields put in its stats as they are
     (a dishonest node's token counts); `claims`: the model its results name (its heartbeat's is `m`);
     `error`: an error result in place of `text`; `gap`: seconds between two progress frames; `hang`: after its
-    progress frames it writes nothing more (a node that stalls mid-answer); `task_ids`: the tasks it took."""
+    progress frames it writes nothing more (a node that stalls mid-answer); `free`: the free places its heartbeat
+    claims (a node table without reputation tries the freest first); `task_ids`: the tasks it took."""
 
     def __init__(
         self,
@@ -44,12 +45,13 @@ class StreamingPeer:
         error: str | None = None,
         gap: float = 0.0,
         hang: bool = False,
+        free: int = 1,
     ) -> None:
         self.identity = Identity.generate()
         self.deltas, self.text, self.tokens = deltas, text, tokens
         self.stats, self.claims, self.error = stats or {}, claims, error
         self.answer_after, self.status = answer_after, status
-        self.gap, self.hang = gap, hang
+        self.gap, self.hang, self.free = gap, hang, free
         self.task_ids: list[str] = []
         self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"], on_inbound_stream=self._on_stream)
         self.streamed: list[bool] = []
@@ -96,7 +98,7 @@ class StreamingPeer:
             "address": self.identity.address,
             "peerId": self.identity.peer_id,
             "models": ["m"],
-            "capacity": {"free": 1, "max": 1},
+            "capacity": {"free": self.free, "max": max(self.free, 1)},
             "pendingTasks": 0,
             "tps": {},
             "version": "0.3.0",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from node.publisher.client import Task, TaskFailedError, TaskTimeoutError
+from node.publisher.node_table import NodeTable
 from tests.support.streaming_peer import StreamingPeer, client_of, client_of_many
 
 WORDS = [f"w{i} " for i in range(20)]
@@ -53,6 +54,23 @@ async def test_a_node_that_stalls_after_streaming_ends_the_call_without_a_retry(
     assert heard == stalled.deltas and other.task_ids == []
     assert client.reputation.view(stalled.identity.address).timeouts > 0
     assert 1.5 <= took < 4  # the attempt timeout (2 s) after its last frame, not the call's deadline
+
+
+@pytest.mark.parametrize(("delta", "streamed"), [("", False), ("", True), ("x", False)])
+async def test_progress_that_carries_no_text_the_task_asked_for_does_not_keep_a_node_from_being_replaced(
+    delta: str, streamed: bool
+) -> None:
+    # Every progress frame counted as news that the node works on the task: one that dripped empty frames,
+    # or frames on a task that asked for none (PROTOCOL.md 8), held each call to its deadline, never retried.
+    dripper = StreamingPeer([delta] * 40, "never", gap=0.25, hang=True)
+    honest = StreamingPeer([], "ok", free=0)  # the dripper, with a free place, is chosen first
+    async with client_of_many([dripper, honest], max_retries=2, node_table=NodeTable()) as client:
+        started = time.monotonic()
+        on_delta = (lambda _: None) if streamed else None
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=6, on_delta=on_delta)
+        took = time.monotonic() - started
+    assert dripper.task_ids and result.node == honest.identity.address and result.text == "ok"
+    assert took < 5, f"replaced after {took:.1f} s (attempt timeout 3 s)"
 
 
 async def test_without_on_delta_a_silent_node_is_still_retried() -> None:
