@@ -41,6 +41,8 @@ MAX_KEY_BYTES = 1024  # an RSA-4096 public key is ~550 bytes
 MAX_SIGNATURE_BYTES = 1024
 MAX_IHAVE_IDS = 5000  # message ids in one RPC's IHAVEs (go-libp2p's MaxIHaveLength)
 MAX_IWANT_IDS = 5000  # message ids in one RPC's IWANTs
+MAX_IDONTWANT_IDS = 5000  # message ids in one RPC's IDONTWANTs (py-libp2p keeps them until its next heartbeat)
+MAX_MESSAGE_ID_BYTES = 128  # a message id as py-libp2p writes it: the hex of a 32-byte sha256 is 64
 MAX_BACKOFF_S = 3600  # a PRUNE's backoff (go-libp2p's default is 60 s)
 MAX_BACKOFF_PEERS = 4096  # backoffs kept a topic, past which those of gone peers go first
 IWANT_BYTES_PER_S = 1 << 20  # IWANT answers to one peer a second: one full RPC
@@ -89,7 +91,8 @@ def trim_rpc(rpc: rpc_pb2.RPC, joined: Collection[str]) -> Trimmed:
 
     Left out: messages with oversize fields or on no joined topic; subscriptions to topic names
     longer than MAX_TOPIC_CHARS; IHAVE, GRAFT and PRUNE for topics not joined; PX peers; message
-    ids repeated or past MAX_IHAVE_IDS / MAX_IWANT_IDS; a PRUNE's backoff is clamped to MAX_BACKOFF_S.
+    ids repeated, longer than MAX_MESSAGE_ID_BYTES or past MAX_IHAVE_IDS / MAX_IWANT_IDS / MAX_IDONTWANT_IDS;
+    a PRUNE's backoff is clamped to MAX_BACKOFF_S.
     """
     trimmed = Trimmed()
     msgs = list(rpc.publish)
@@ -116,9 +119,13 @@ def _trim_control(control: rpc_pb2.ControlMessage, joined: Collection[str]) -> i
         if len(kept) < len(field):
             del field[:]
             field.extend(kept)  # type: ignore[arg-type]  # each field keeps its own entry type
-    for entries, budget in ((control.ihave, MAX_IHAVE_IDS), (control.iwant, MAX_IWANT_IDS)):
+    for entries, budget in (
+        (control.ihave, MAX_IHAVE_IDS),
+        (control.iwant, MAX_IWANT_IDS),
+        (control.idontwant, MAX_IDONTWANT_IDS),
+    ):
         for entry in entries:
-            ids, budget = _trim_ids(list(entry.messageIDs), budget)
+            ids, budget = _trim_ids([mid for mid in entry.messageIDs if len(mid) <= MAX_MESSAGE_ID_BYTES], budget)
             if len(ids) < len(entry.messageIDs):
                 del entry.messageIDs[:]
                 entry.messageIDs.extend(ids)

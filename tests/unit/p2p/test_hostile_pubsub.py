@@ -18,6 +18,7 @@ from node.p2p.gossip import Gossip
 from node.p2p.host import P2PHost
 from node.p2p.pubsub_limits import (
     MAX_BACKOFF_PEERS,
+    MAX_IDONTWANT_IDS,
     MAX_PEER_SUBSCRIPTIONS,
     MAX_TOPIC_CHARS,
     BoundedGossipSub,
@@ -143,6 +144,20 @@ async def test_a_message_naming_a_topic_twice_or_one_not_joined_is_dropped(make_
         assert not await on_trio(node, lambda g: g.router.equivocation_detection)  # no message kept whole
         scores = await on_trio(node, lambda g: dict(g.router.scorer.first_message_deliveries[peers[0].peer_id]))
         assert junk not in scores
+
+
+async def test_message_ids_past_any_ids_length_or_count_are_not_kept(make_host: HostFactory) -> None:
+    node, honest, node_queue, addr = await scene(make_host)
+    async with raw_pubsub_peers(addr) as peers:
+        await joined(peers, node)
+        # An IDONTWANT's ids were kept whole until the next heartbeat: one RPC could hold a 1 MiB id.
+        long_id, ids = b"x" * 500_000, [secrets.token_hex(32).encode() for _ in range(6000)]
+        control = Control(idontwant=[rpc_pb2.ControlIDontWant(messageIDs=[long_id, *ids])])
+        await peers.send(0, rpc_pb2.RPC(control=control))
+        await settled(node, peers)
+        held = await on_trio(node, lambda g: set(g.router.dont_send_message_ids.get(peers[0].peer_id, ())))
+        assert held and long_id not in held and len(held) <= MAX_IDONTWANT_IDS
+        await honest_message_arrives(honest, node_queue)
 
 
 def router_state_of(gossip: Gossip, peer: ID) -> list[str]:
