@@ -92,7 +92,7 @@ class ResultOutbox:
                 forwarded = self.routes.forwarded(body.task_id)
                 if await self._send_direct(body, encoded):
                     if forwarded:  # its publisher may be waiting on gossip (routes.py, DirectRoute.forwarded)
-                        await self._publish(body, encoded)
+                        await self._copy_to_gossip(body, encoded)
                     return True
                 return await self._publish_if_unpublished(body)  # as a kept one: time has passed on the stream
             return await self._publish(body, encoded, journalled=body.task_id not in self.unjournalled)
@@ -116,6 +116,15 @@ class ResultOutbox:
         self._mark_published(body.task_id)
         log.info("result delivered on its stream", task_id=body.task_id, ok=body.error is None)
         return True
+
+    async def _copy_to_gossip(self, body: ResultBody, stamped: bytes) -> None:
+        """Publish a result already delivered on its stream (best effort: it is not kept for a retry)."""
+        try:
+            await self._host.publish(RESULTS_TOPIC, seal(self._identity, RESULTS_TOPIC, stamped), require_mesh=True)
+        except Exception as exc:  # noqa: BLE001 - delivered already: a copy that fails costs nothing more
+            log.info("result not copied to gossip", task_id=body.task_id, error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("result published", task_id=body.task_id, ok=body.error is None)
 
     async def flush(self) -> int:
         """Publish every journalled result still in time that no `send` holds; returns how many went out."""
