@@ -10,13 +10,17 @@ it, is the free running places plus the queue room; none while paused or drainin
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from node.execution.protocol import DEADLINE_BEFORE_START
 from node.wire.messages import TaskBody
+
+CANCELLED_WAIT_S = 10.0  # at shutdown, what tasks cancelled after the drain get to send their error results
 
 
 class BusyError(Exception):
@@ -108,10 +112,20 @@ class Admission:
         task.add_done_callback(self._running.pop)
 
     async def _execute(self, accepted: AcceptedTask) -> None:
+        permit = self._run_permits[accepted.model]
         try:
-            async with self._run_permits[accepted.model]:
+            try:
+                # A task whose deadline passes while it waits is answered then, and gives its queue place back.
+                async with asyncio.timeout((accepted.task.deadline - time.time_ns()) / 1e9):
+                    await permit.acquire()
+            except TimeoutError:
+                await self._abandon(accepted, DEADLINE_BEFORE_START)
+                return
+            try:
                 accepted.started = True
                 await self._run(accepted)
+            finally:
+                permit.release()
         except asyncio.CancelledError:
             if not accepted.started:
                 await self._abandon(accepted, "interrupted: node shutting down before the task started")
@@ -131,5 +145,5 @@ class Admission:
         for task in still_running:
             task.cancel()
         if still_running:
-            await asyncio.wait(still_running, timeout=10)
+            await asyncio.wait(still_running, timeout=CANCELLED_WAIT_S)
         return len(still_running)

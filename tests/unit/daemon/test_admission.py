@@ -6,14 +6,15 @@ import time
 import pytest
 
 from node.daemon.admission import AcceptedTask, Admission, BusyError
+from node.execution.protocol import DEADLINE_BEFORE_START
 from node.wire.identity import Identity
 from node.wire.messages import TaskBody, TaskInput
 
 
-def accepted(task_id: str, model: str = "m") -> AcceptedTask:
+def accepted(task_id: str, model: str = "m", deadline_s: float = 60.0) -> AcceptedTask:
     body = TaskBody(
         task_id=task_id,
-        deadline=time.time_ns() + 60 * 10**9,
+        deadline=time.time_ns() + int(deadline_s * 10**9),
         input=TaskInput(workflow={}, model=[model]),
         public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
     )
@@ -85,3 +86,18 @@ async def test_drain_cancels_after_timeout_and_answers_new_work_busy() -> None:
     with pytest.raises(BusyError, match="shutting down"):
         admission.admit(accepted("late"))
     assert admission.capacity()[0] == 0
+
+
+async def test_a_task_whose_deadline_passes_in_the_queue_is_answered_then_and_gives_its_place_back() -> None:
+    # It waited for a run place however long the task before it ran, holding a queue place all along.
+    rec = Recorder()
+    admission = Admission(rec.run, rec.abandon, {"m": 1}, max_queue=1)
+    admission.admit(accepted("long"))
+    admission.admit(accepted("short", deadline_s=0.3))
+    await asyncio.sleep(0.6)
+    assert rec.abandoned == [("short", DEADLINE_BEFORE_START)]
+    assert admission.capacity() == (1, 2) and admission.pending == 1
+    admission.admit(accepted("next"))  # the place is free again
+    rec.release.set()
+    await admission.drain(timeout=5)
+    assert rec.started == ["long", "next"] and rec.finished == ["long", "next"]
