@@ -116,7 +116,11 @@ def open_journal_file(path: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         conn.close()
-        raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        hint = ""
+        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            # Else systemd or Docker restarts the node into the same error for ever.
+            hint = "; move the file aside to start with an empty journal (results it held unpublished are lost)"
+        raise JournalError(f"cannot open journal {path}: {exc}{hint}") from exc
     except JournalError:
         conn.close()
         raise
