@@ -10,7 +10,7 @@
 #
 # Run (a drain takes up to 30 s, so give `docker stop` more than that):
 #   docker run -d --name node -v compute-node:/data -p 4001:4001 \
-#     -p 127.0.0.1:9090:9090 --stop-timeout 45 compute-node
+#     -p 127.0.0.1:9090:9090 --stop-timeout 60 compute-node
 # State (identity key, journal, models) lives in the /data volume. No `--init`
 # needed: the daemon runs as PID 1 (it handles SIGTERM itself and waits for its
 # own children; its execution processes know its pid, not "parent 1", as alive).

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from node.daemon.admission import Admission
+from node.daemon.admission import CANCELLED_WAIT_S, Admission
 from node.daemon.build import (
     NodeParts,
     build_parts,
@@ -42,7 +42,7 @@ from node.daemon.journal import Journal
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
-from node.daemon.processes.pool import ExecutionPool
+from node.daemon.processes.pool import CLOSE_TIMEOUT_S, ExecutionPool
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
@@ -58,6 +58,14 @@ from node.wire.identity import Identity
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
+
+ANNOUNCE_LEAVING_S = 2.0  # at shutdown, the `leaving` heartbeat's publish
+FLUSH_AT_STOP_S = 5.0  # at shutdown, publishing the results still waiting (the rest stay journalled)
+
+
+def stop_time_bound_s(drain_timeout: float) -> float:
+    """The longest a graceful stop takes; systemd's TimeoutStopSec and Docker's --stop-timeout must exceed it."""
+    return ANNOUNCE_LEAVING_S + drain_timeout + CANCELLED_WAIT_S + FLUSH_AT_STOP_S + CLOSE_TIMEOUT_S
 
 
 class NodeNotRunningError(Exception):
@@ -313,14 +321,14 @@ class NodeServer:
     async def _announce_draining(parts: NodeParts) -> None:
         """Publishers see the `leaving` heartbeat (capacity 0) at once instead of at the next heartbeat."""
         try:
-            await asyncio.wait_for(parts.heartbeat.announce_leaving(), timeout=2)
+            await asyncio.wait_for(parts.heartbeat.announce_leaving(), timeout=ANNOUNCE_LEAVING_S)
         except Exception as exc:  # noqa: BLE001 - best effort while stopping
             log.warning("draining heartbeat not published", error=str(exc))
 
     @staticmethod
     async def _flush_results(parts: NodeParts) -> None:
         try:
-            await asyncio.wait_for(parts.outbox.flush(), timeout=5)
+            await asyncio.wait_for(parts.outbox.flush(), timeout=FLUSH_AT_STOP_S)
         except Exception as exc:  # noqa: BLE001 - what is left stays in the journal for the next start
             log.warning("results left in the journal", error=str(exc))
 

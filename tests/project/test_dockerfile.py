@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from node.daemon.server import stop_time_bound_s
 from node.ops.http_api import PATHS, HealthReport, HttpServer, create_app
 from node.ops.metrics import NodeMetrics
 
@@ -233,7 +234,10 @@ def test_systemd_unit_matches_daemon(pyproject: dict[str, Any]) -> None:
     assert unit["Restart"] == ["on-failure"] and unit["KillSignal"] == ["SIGTERM"]
     # SIGTERM to the daemon alone: it drains, then ends its execution processes itself.
     assert unit["KillMode"] == ["mixed"]
-    assert float(unit["TimeoutStopSec"][0]) > settings_field_default("drain_timeout")
+    assert float(unit["TimeoutStopSec"][0]) > stop_time_bound_s(settings_field_default("drain_timeout"))
+    for text in (ROOT / "README.md").read_text(), (ROOT / "Dockerfile").read_text():  # `docker run` as documented
+        timeouts = [float(t) for t in re.findall(r"--stop-timeout (\d+)", text)]
+        assert timeouts and min(timeouts) > stop_time_bound_s(settings_field_default("drain_timeout"))
     assert int(unit["WatchdogSec"][0]) > 0
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert unit[key] == ["yes"], key

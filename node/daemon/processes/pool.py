@@ -45,6 +45,7 @@ RSS_CHECK_INTERVAL_S = 0.5
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 RESTART_CHECK_S = 1.0  # how often a task waiting for a restart looks whether the restarts keep failing
+CLOSE_TIMEOUT_S = 10.0  # at shutdown, what a process gets to end by itself before it is killed
 
 
 class NoUsableModelError(Exception):
@@ -153,7 +154,9 @@ class ExecutionPool:
             for task in (entry.restarter, entry.watcher, entry.prober):
                 if task is not None:
                     task.cancel()
-        await asyncio.gather(*(s.process.close(10.0) for s in self._entries.values() if s.process is not None))
+        await asyncio.gather(
+            *(s.process.close(CLOSE_TIMEOUT_S) for s in self._entries.values() if s.process is not None)
+        )
 
     # ----------------------------------------------------------------- serving
     def available(self) -> list[str]:
