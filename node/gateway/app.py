@@ -52,7 +52,7 @@ from node.gateway.service import MAX_LISTED_NODES, RETRY_AFTER, GatewayService, 
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
-from node.publisher.errors import TaskTooLargeError
+from node.publisher.errors import TaskNotEncodableError, TaskTooLargeError
 from workflows import WorkflowValidationError, parse_workflow
 
 log = structlog.get_logger(__name__)
@@ -205,6 +205,8 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str, servi
         service.check_size(request, timeout)
     except TaskTooLargeError as exc:
         raise HTTPException(413, f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
+    except TaskNotEncodableError as exc:
+        raise HTTPException(422, f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
     return timeout
 
 

@@ -35,6 +35,7 @@ from node.publisher.errors import (
     ClientError,
     NoNodeError,
     TaskFailedError,
+    TaskNotEncodableError,
     TaskTimeoutError,
     TaskTooLargeError,
     VerificationFailedTaskError,
@@ -65,6 +66,7 @@ __all__ = [
     "TaskFailedError",
     "TaskResult",
     "TaskTimeoutError",
+    "TaskNotEncodableError",
     "TaskTooLargeError",
     "VerificationFailedTaskError",
 ]

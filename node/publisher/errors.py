@@ -21,6 +21,15 @@ class TaskTooLargeError(ClientError):
         self.limit = limit
 
 
+class TaskNotEncodableError(ClientError):
+    """The task nests deeper than nodes read JSON: none could take it (nothing was sent)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the task cannot be sent: {detail} (a node reads JSON nested less deep: flatten the workflow)"
+        )
+
+
 class TaskTimeoutError(ClientError, TimeoutError):
     """No result arrived before the timeout."""
 

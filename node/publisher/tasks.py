@@ -10,9 +10,10 @@ import secrets
 import time
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel, Field
 
-from node.publisher.errors import TaskTooLargeError
+from node.publisher.errors import TaskNotEncodableError, TaskTooLargeError
 from node.wire.envelope import sealed_size
 from node.wire.messages import Stats, TaskBody, TaskInput, encode_body
 from node.wire.topics import MAX_MESSAGE_BYTES, TASK_TOPIC
@@ -95,7 +96,13 @@ def task_body(task: Task, timeout: float, public_key: str, stream: bool = False,
 
 
 def check_size(body: TaskBody) -> None:
-    """TaskTooLargeError when `body`, sealed, would pass the network's message (and frame) limit."""
-    size = sealed_size(TASK_TOPIC, encode_body(body))
+    """TaskTooLargeError when `body`, sealed, would pass the network's message (and frame) limit;
+    TaskNotEncodableError when it nests deeper than a node's JSON parser reads."""
+    try:
+        encoded = encode_body(body)
+        pydantic_core.from_json(encoded)  # the parser nodes decode tasks with (node/wire/messages.py): its depth limit
+    except ValueError as exc:  # pydantic's serialization depth, or the parser's recursion limit
+        raise TaskNotEncodableError(str(exc)) from None
+    size = sealed_size(TASK_TOPIC, encoded)
     if size > MAX_MESSAGE_BYTES:
         raise TaskTooLargeError(size, MAX_MESSAGE_BYTES)

@@ -15,7 +15,14 @@ from fastapi.responses import JSONResponse
 
 from node.gateway.openai_api.schemas import ErrorDetail, ErrorResponse
 from node.gateway.service import RETRY_AFTER
-from node.publisher.client import ClientError, NoNodeError, TaskFailedError, TaskTimeoutError, TaskTooLargeError
+from node.publisher.client import (
+    ClientError,
+    NoNodeError,
+    TaskFailedError,
+    TaskNotEncodableError,
+    TaskTimeoutError,
+    TaskTooLargeError,
+)
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
 
 _TYPES = {
@@ -67,6 +74,8 @@ def from_client_error(exc: ClientError) -> OpenAIError:
         )
     if isinstance(exc, TaskTooLargeError):
         return OpenAIError(413, str(exc), "messages", code="request_too_large")
+    if isinstance(exc, TaskNotEncodableError):
+        return OpenAIError(400, str(exc), "messages")
     if isinstance(exc, TaskTimeoutError):
         return OpenAIError(504, str(exc))
     if isinstance(exc, TaskFailedError):

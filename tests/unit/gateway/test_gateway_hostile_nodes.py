@@ -74,6 +74,27 @@ async def test_a_task_too_large_for_the_network_is_refused_before_any_node_sees_
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "ok"
 
 
+async def test_a_task_nested_deeper_than_nodes_read_is_refused_as_the_callers_error(tmp_path: Path) -> None:
+    # 300 levels: a 500 and a 70-line traceback (pydantic could not serialize it); 200: sent, and refused
+    # by every node (their JSON parser reads less deep).
+    peer = StreamingPeer([], "ok")
+    async with gateway_over(peer, tmp_path) as http:
+        for depth in (200, 300):
+            nested: object = "x"
+            for _ in range(depth):
+                nested = [nested]
+            workflow = {**Simple().workflow(prompt="Hi"), "external_memory": {"deep": nested}}
+            answer = await http.post("/v1/tasks", json={"workflow": workflow, "models": ["m"]})
+            assert answer.status_code == 422 and "cannot be sent" in answer.json()["detail"], answer.text
+            sdk = sdk_post(peer.identity.address, 1)
+            payload = json.loads(base64.b64decode(sdk["value"]["payload"]))
+            payload["input"]["workflow"]["external_memory"] = {"deep": nested}
+            sdk["value"]["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+            answer = await http.post("/rpc/task", json=sdk)
+            assert answer.status_code == 422 and "cannot be sent" in answer.json()["detail"], answer.text
+        assert peer.streamed == []  # none reached the node
+
+
 @pytest.mark.parametrize(
     ("stats", "usage"),
     [
