@@ -113,7 +113,9 @@ class IdleWatch:
             self._nvidia_smi, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
         )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), NVIDIA_SMI_TIMEOUT_S)
+            # Not wait_for: on Python 3.11 it swallows a cancel (the shutdown's) that lands as the output completes.
+            async with asyncio.timeout(NVIDIA_SMI_TIMEOUT_S):
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()

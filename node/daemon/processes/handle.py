@@ -179,7 +179,9 @@ class ExecutionProcess:
         reader = self._reader
         self._send(Configure(model=self.model, settings=self._settings))
         try:
-            first = await asyncio.wait_for(read_line(reader, MAX_CHILD_LINE_BYTES), timeout)
+            # Not wait_for: on Python 3.11 it swallows a stop asked for during startup that lands as `ready` arrives.
+            async with asyncio.timeout(timeout):
+                first = await read_line(reader, MAX_CHILD_LINE_BYTES)
         except TimeoutError:
             self._proc.kill()
             await self._reap(reader)  # closes our end of the socket too
@@ -242,7 +244,8 @@ class ExecutionProcess:
         self._probes[probe_id] = future
         try:
             self._send(Probe(probe_id=probe_id))
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             self._probes.pop(probe_id, None)
 
