@@ -104,7 +104,9 @@ class Ledger:
         self._lock = threading.Lock()
         self._keep_ns = int(keep_days * 86400 * 1e9)
         self._max_rows = max_rows
-        self._pending: deque[LedgerEntry] = deque()
+        # Appended on the loop, drained by flush() in a worker thread: only each deque call is atomic, so
+        # neither side checks its length before it pops (a bounded deque drops its oldest row by itself).
+        self._pending: deque[LedgerEntry] = deque(maxlen=PENDING_MAX)
         self.dropped = 0
 
     @classmethod
@@ -129,8 +131,7 @@ class Ledger:
     def record(self, entry: LedgerEntry) -> None:
         """Note a finished task (memory only: cheap on the event loop)."""
         if len(self._pending) >= PENDING_MAX:
-            self._pending.popleft()
-            self.dropped += 1
+            self.dropped += 1  # the oldest goes as this one is appended
         self._pending.append(entry)
 
     async def run(self, interval: float = 2.0) -> None:
@@ -148,8 +149,11 @@ class Ledger:
     def flush(self) -> int:
         """Write the pending rows and prune; how many were written (sqlite3.Error: they are dropped)."""
         rows = []
-        while self._pending:
-            rows.append(self._pending.popleft())
+        while True:
+            try:
+                rows.append(self._pending.popleft())
+            except IndexError:  # empty
+                break
         if rows:
             try:
                 with self._lock, self._conn:

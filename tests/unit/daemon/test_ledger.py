@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
 
-from node.daemon.ledger import ERROR_CHARS, Ledger, LedgerEntry, LedgerError, outcome_of, totals
+from node.daemon.ledger import ERROR_CHARS, PENDING_MAX, Ledger, LedgerEntry, LedgerError, outcome_of, totals
 from workflows.errors import INVALID_PROMPT
 
 
@@ -113,3 +115,32 @@ async def test_a_ledger_that_cannot_be_written_drops_rows_and_keeps_running(tmp_
     with pytest.raises(sqlite3.OperationalError):
         ledger.flush()
     assert ledger.dropped == 2
+
+
+class FlushAtLen(deque[LedgerEntry]):
+    """A pending deque whose len() lets the writer thread drain it first, as a switch of the GIL there can."""
+
+    ledger: Ledger | None = None
+
+    def __len__(self) -> int:
+        size = super().__len__()
+        if self.ledger is not None and threading.current_thread() is threading.main_thread():
+            ledger, self.ledger = self.ledger, None
+            writer = threading.Thread(target=ledger.flush)
+            writer.start()
+            writer.join()
+        return size
+
+
+def test_a_row_noted_while_the_writer_thread_drains_the_full_queue_is_kept_and_nothing_raises(tmp_path: Path) -> None:
+    # record() checked the length, then popped: with the writer behind (10,000 rows waiting) and its thread
+    # draining between the two, the pop raised IndexError in TaskRunner._finish, before the result was sent.
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path, keep_days=1, max_rows=10**6)
+    pending = FlushAtLen((entry(f"t{i}") for i in range(PENDING_MAX)), maxlen=PENDING_MAX)
+    ledger._pending = pending
+    pending.ledger = ledger
+    ledger.record(entry("last"))
+    assert ledger.flush() == 1  # the writer took the 10,000; the last one waited for the next flush
+    assert sum(t.tasks for t in totals(path)["model"]) == PENDING_MAX + 1
+    ledger.close()
