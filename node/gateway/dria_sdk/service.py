@@ -10,6 +10,7 @@ itself. The gateway does no node choice and no retry on this path.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
-from node.publisher.client import Client, TaskTooLargeError
+from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
 from node.publisher.tasks import check_size, claimed_count
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
@@ -140,6 +141,14 @@ class SdkService:
         self.store = store
         self.caps = caps or PendingCaps()  # per key: per token without api_keys
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
+        self._publishing: dict[str, asyncio.Future[None]] = {}  # network id -> its publish in flight
+
+    async def _published(self, network_id: str) -> str:
+        """`network_id` once its publish in flight (by an earlier POST of the same task) went out; its error
+        if it failed (its row is gone then: a caller told "posted" would wait for a task never published)."""
+        if (publishing := self._publishing.get(network_id)) is not None:
+            await asyncio.shield(publishing)
+        return network_id
 
     def observe(self, inbound: Inbound) -> None:
         """The client's `on_message`: queue result envelopes of posted tasks (heartbeats: the node table keeps them)."""
@@ -213,7 +222,7 @@ class SdkService:
         if known is not None:
             if known.payload_hash != digest:
                 raise SdkPayloadError("taskId: already posted with another payload")
-            return known.network_id
+            return await self._published(known.network_id)
         published_as = network_id(task_id)
         body, picked = task_body(data, published_as)
         now = time.time()
@@ -227,7 +236,7 @@ class SdkService:
         self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
         try:
             check_size(body)
-        except TaskTooLargeError as exc:
+        except (TaskTooLargeError, TaskNotEncodableError) as exc:
             raise SdkPayloadError(str(exc)) from None
         task = SdkTask(
             network_id=published_as,
@@ -242,11 +251,18 @@ class SdkService:
         if not self.store.insert(task):  # the same task posted concurrently
             known = self.store.find(key_id, task_id)
             assert known is not None
-            return known.network_id
+            return await self._published(known.network_id)
+        publishing = self._publishing[published_as] = asyncio.get_running_loop().create_future()
         try:
             await self.client.publish_task(body)
-        except BaseException:
+        except BaseException as exc:
             self.store.delete(published_as)
+            publishing.set_exception(exc if isinstance(exc, Exception) else ClientError("the publish was interrupted"))
+            publishing.exception()  # retrieved, whether or not a repeated POST waits for it
             raise
+        else:
+            publishing.set_result(None)
+        finally:
+            del self._publishing[published_as]
         log.info("sdk task published", task_id=published_as, key_id=key_id, node=picked, models=body.input.model)
         return published_as

@@ -3,6 +3,7 @@ becomes, and the SQLite queue that serves each result once (end to end: test_dri
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -22,7 +23,7 @@ from node.gateway.dria_sdk.service import (
     task_body,
 )
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
-from node.publisher.client import Client
+from node.publisher.client import Client, ClientError
 from node.publisher.node_table import NodeTable
 from node.wire.envelope import seal
 from node.wire.identity import Identity
@@ -30,7 +31,7 @@ from node.wire.inbound import Inbound, decode
 from node.wire.messages import HeartbeatBody, encode_body
 from node.wire.results import Output, result_body
 from node.wire.topics import RESULTS_TOPIC
-from node.wire.wire_time import parse_rfc3339_ns
+from node.wire.wire_time import format_rfc3339_ns, parse_rfc3339_ns
 from tests.support.heartbeats import signed_heartbeat
 
 NODE = "23924b66fc6be970ec2981f3bca84d84e11da8b1"
@@ -224,3 +225,34 @@ def test_nodes_leaving_or_banned_are_not_offered_to_the_sdk(tmp_path: Path) -> N
     listed = [json.loads(item)["peer_id"] for item in sdk.alive_peers()]
     assert listed == [honest.peer_id]
     sdk.store.close()
+
+
+class FailingPublish:
+    """A Client whose publish waits (a slow mesh) and then fails."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def publish_task(self, body: Any) -> None:
+        await self.release.wait()
+        raise ClientError(f"task {body.task_id}: could not publish: no peers")
+
+
+async def test_a_post_repeated_while_the_first_ones_publish_fails_fails_with_it(tmp_path: Path) -> None:
+    # The repeat found the row and answered "posted"; the failed publish then deleted the row: its caller
+    # held the id of a task never published, and its SDK waited for it to the deadline.
+    client = FailingPublish()
+    store = SdkStore(tmp_path / "g.sqlite3", retention=60)
+    sdk = SdkService(client, store)  # type: ignore[arg-type]
+    payload = b64(posted(taskId="t1", deadline=format_rfc3339_ns(time.time_ns() + 60 * 10**9)))
+    first = asyncio.ensure_future(sdk.post("k1", payload))
+    await asyncio.sleep(0.01)  # its publish is in flight
+    again = asyncio.ensure_future(sdk.post("k1", payload))
+    await asyncio.sleep(0.01)
+    assert not again.done()  # it waits for the publish it repeats
+    client.release.set()
+    for post in (first, again):
+        with pytest.raises(ClientError, match="could not publish"):
+            await post
+    assert store.find("k1", "t1") is None
+    store.close()
