@@ -5,14 +5,18 @@ connections that send their request in time are served, long polls included."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest_asyncio
+from starlette.types import Receive, Scope, Send
 
+from node.gateway.limits import head_timeout_protocol
 from node.gateway.server import Gateway
+from node.ops.http_api import HttpServer
 from tests.support.gateway_net import gateway_over_silent_peer
 from workflows import Simple
 
@@ -67,3 +71,48 @@ async def test_requests_sent_in_time_are_served_however_long_they_take(gateway: 
         answer = await http.get(f"/v1/tasks/{task_id}", params={"wait": 3 * TIMEOUT})  # a long poll
         assert answer.status_code == 200 and answer.json()["status"] == "pending"
         assert time.monotonic() - started >= 3 * TIMEOUT
+
+
+async def test_a_client_that_stops_reading_a_streamed_answer_is_cut_off_after_the_timeout() -> None:
+    # uvicorn waited for a reader that takes nothing for ever: a streamed chat's client that stopped
+    # reading held its place against the pending caps (every other request of its key got 429) for good.
+    disconnected = asyncio.Event()
+    written = 0
+
+    async def endless_stream(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal written
+        if scope["type"] != "http":
+            return
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watching = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        chunk = b"data: " + b"x" * 65_536 + b"\n\n"
+        while not disconnected.is_set() and written < 512 * len(chunk):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            written += len(chunk)
+        await watching
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16_384)  # a network path's buffers, not loopback's
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = HttpServer(endless_stream, protocol=head_timeout_protocol(TIMEOUT))
+    await server.start("127.0.0.1", 0, listener)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        client.connect(listener.getsockname())
+        client.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never reads
+        started = time.monotonic()
+        async with asyncio.timeout(5 * TIMEOUT):
+            await disconnected.wait()
+        assert TIMEOUT <= time.monotonic() - started + 0.1 and written < 512 * 65_544
+    finally:
+        client.close()
+        await server.stop()
+        listener.close()
