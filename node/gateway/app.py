@@ -60,8 +60,11 @@ log = structlog.get_logger(__name__)
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 408, 413, 422, 429)}
 
 
-def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None) -> FastAPI:
-    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `sdk`, Dria's SDK routes too."""
+def create_gateway_app(
+    service: GatewayService, settings: GatewaySettings, sdk: SdkService | None = None, caps: PendingCaps | None = None
+) -> FastAPI:
+    """The FastAPI app of one gateway, with the keys and limits of `settings`; with `sdk`, Dria's SDK routes too
+    (`caps`: the pending caps the SDK counts against; None: made from `settings`)."""
     app = FastAPI(
         title="compute-node gateway",
         version="1",
@@ -75,7 +78,8 @@ def create_gateway_app(service: GatewayService, settings: GatewaySettings, sdk: 
     app.add_exception_handler(TooManyPendingError, _too_many_pending)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-    caps = PendingCaps.of(settings)
+    caps = caps if caps is not None else PendingCaps.of(settings)
+    caps.add_source(service.store.pending_count)
     bearer = HTTPBearer(auto_error=False, description="An API key from the gateway's api_keys")
 
     async def caller(

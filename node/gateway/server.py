@@ -61,10 +61,11 @@ class Gateway:
         self.service = GatewayService(client, TaskStore(settings.database_path, settings.retention, max_bytes))
         # A Dria SDK row lives at most the horizon past its deadline or result: the SDK polls every few seconds.
         sdk_store = SdkStore(settings.database_path, min(settings.retention, settings.deadline_horizon), max_bytes)
-        self.sdk = SdkService(client, sdk_store, PendingCaps.of(settings), settings.deadline_horizon)
+        caps = PendingCaps.of(settings)  # one count over /v1/tasks, OpenAI's routes and the SDK's
+        self.sdk = SdkService(client, sdk_store, caps, settings.deadline_horizon)
         client.on_message = self.sdk.observe
         self.http = HttpServer(
-            create_gateway_app(self.service, settings, self.sdk),
+            create_gateway_app(self.service, settings, self.sdk, caps),
             protocol=head_timeout_protocol(settings.request_timeout),
         )
         self._purger: asyncio.Task[None] | None = None

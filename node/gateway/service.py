@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -43,26 +42,38 @@ class TooManyPendingError(Exception):
         super().__init__(f"{pending} tasks of {whose} are unfinished; {adding} more would exceed the limit of {limit}")
 
 
-@dataclass(frozen=True)
-class PendingCaps:
-    """The most unfinished tasks one key, and the whole gateway, may have: one pair for every API.
+PendingCount = Callable[[str | None], int]
+"""Unfinished tasks of a key (None: of every key) that one API holds."""
 
-    Each API counts its own tasks against them: `/v1/tasks` its rows, OpenAI's routes those
-    rows and the completions in flight, Dria's SDK its rows. The app answers the error 429.
+
+class PendingCaps:
+    """The most unfinished tasks one key, and the whole gateway, may have, over every API at once.
+
+    Each API adds what it holds as a source (`/v1/tasks` its rows, OpenAI's routes their completions
+    in flight, Dria's SDK its rows); a check counts them all. The app answers the error 429.
     """
 
-    per_key: int = 100
-    total: int = 1000
+    def __init__(self, per_key: int = 100, total: int = 1000) -> None:
+        self.per_key = per_key
+        self.total = total
+        self._sources: list[PendingCount] = []
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> PendingCaps:
         return cls(settings.max_pending, settings.max_pending_total)
 
-    def check(self, pending: int, total: int, adding: int = 1) -> None:
-        """TooManyPendingError if `adding` more tasks would pass the key's (`pending`) or the gateway's cap."""
-        if pending + adding > self.per_key:
+    def add_source(self, count: PendingCount) -> None:
+        self._sources.append(count)
+
+    def pending(self, key_id: str | None) -> int:
+        """Unfinished tasks of `key_id` (None: of every key) over every API."""
+        return sum(count(key_id) for count in self._sources)
+
+    def check(self, key_id: str, adding: int = 1) -> None:
+        """TooManyPendingError if `adding` more tasks would pass the key's cap or the gateway's."""
+        if (pending := self.pending(key_id)) + adding > self.per_key:
             raise TooManyPendingError(pending, adding, self.per_key)
-        if total + adding > self.total:
+        if (total := self.pending(None)) + adding > self.total:
             raise TooManyPendingError(total, adding, self.total, "the whole gateway")
 
 
@@ -100,7 +111,7 @@ class GatewayService:
 
         Raises TooManyPendingError when the key or the gateway would pass its cap (the app's `caps`).
         """
-        caps.check(self.store.pending_count(key_id), self.store.pending_count(), len(requests))
+        caps.check(key_id, len(requests))
         now = time.time()
         records = [
             TaskRecord(

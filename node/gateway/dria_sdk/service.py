@@ -134,12 +134,11 @@ def _item(envelope: Envelope, **extra: str) -> str:
 class SdkService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(
-        self, client: Client, store: SdkStore, caps: PendingCaps | None = None, deadline_horizon: float = 3600.0
-    ) -> None:
+    def __init__(self, client: Client, store: SdkStore, caps: PendingCaps, deadline_horizon: float) -> None:
         self.client = client
         self.store = store
-        self.caps = caps or PendingCaps()  # per key: per token without api_keys
+        self.caps = caps  # per key: per token without api_keys
+        caps.add_source(store.pending_count)
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
         self._publishing: dict[str, asyncio.Future[None]] = {}  # network id -> its publish in flight
 
@@ -233,7 +232,7 @@ class SdkService:
             raise SdkPayloadError(
                 f"deadline: more than {self.deadline_horizon:g} s ahead (nodes take no task that far ahead)"
             )
-        self.caps.check(self.store.pending_count(key_id, now), self.store.pending_count(None, now))
+        self.caps.check(key_id)
         try:
             check_size(body)
         except (TaskTooLargeError, TaskNotEncodableError) as exc:

@@ -50,6 +50,7 @@ class OpenAIService:
         self.settings = settings
         self.caps = caps
         self._running: Counter[str] = Counter()  # key id -> chat completions in flight
+        caps.add_source(lambda key: self._running.total() if key is None else self._running[key])
 
     def models(self) -> ModelList:
         """The models live nodes advertise, with how many listed nodes serve each: at most MAX_LISTED_MODELS,
@@ -95,8 +96,7 @@ class OpenAIService:
     def hold(self, key: str) -> Callable[[], None]:
         """Count a completion in flight until the returned release is called (once or more);
         TooManyPendingError past a cap (the app answers it, as for `/v1/tasks`)."""
-        store = self.gateway.store
-        self.caps.check(store.pending_count(key) + self._running[key], store.pending_count() + self._running.total())
+        self.caps.check(key)
         self._running[key] += 1
         released = False
 

@@ -115,6 +115,20 @@ async def test_v1_and_rpc_answer_a_pending_cap_alike(gateway: Gateway) -> None:
     assert gateway.service.store.pending_count() == 0  # the batch was refused whole
 
 
+async def test_the_pending_caps_count_every_apis_tasks_together(gateway: Gateway) -> None:
+    # Each API counted its own rows only: with /rpc at its caps, /v1/tasks (and OpenAI's routes) took as many
+    # again, so a key held about 3x max_pending and the gateway twice max_pending_total.
+    task = {"workflow": Simple().workflow(prompt="Hi", max_tokens=8), "models": ["llama3.2:1b"]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        rpc = [await http.post("/rpc/task", json=sdk_payload(f"x{i}"), headers={"x-api-key": "t"}) for i in range(2)]
+        assert [r.status_code for r in rpc] == [200, 200]
+        one = await http.post("/v1/tasks", json=task)
+        assert one.status_code == 202, one.text
+        more = await http.post("/v1/tasks", json=task)
+        assert more.status_code == 429 and "the whole gateway" in more.json()["detail"], more.text
+    assert gateway.sdk.store.pending_count() + gateway.service.store.pending_count() == 3
+
+
 async def test_rpc_rows_cannot_outlive_the_deadline_horizon(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
         for deadline, why in (

@@ -23,6 +23,7 @@ from node.gateway.dria_sdk.service import (
     task_body,
 )
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
+from node.gateway.service import PendingCaps
 from node.publisher.client import Client, ClientError
 from node.publisher.node_table import NodeTable
 from node.wire.envelope import seal
@@ -152,7 +153,7 @@ def test_the_heartbeats_served_to_the_sdk_are_the_node_tables_within_its_byte_ca
     # The SDK's heartbeat items were kept apart, up to 10,000 of them: 445 MB for as many keys
     # each signing a heartbeat of the largest size, where the node table held 16 MiB.
     client = Client(peers=[], node_table=NodeTable(max_bytes=500_000))
-    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
     honest, flood = Identity.generate(), [Identity.generate() for _ in range(60)]
     tracemalloc.start()
     for i, identity in enumerate(flood):
@@ -186,7 +187,7 @@ def test_results_the_sdk_reads_are_queued_and_measure_their_node(tmp_path: Path)
     # A lowercase `z` in a result's times made the SDK's execute() raise KeyError and lose the whole batch.
     node = Identity.generate()
     client = Client(peers=[])
-    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
     for name in ("t1", "t2"):
         assert sdk.store.insert(
             task(task_id=name).model_copy(update={"picked": [node.address], "created_at": time.time()})
@@ -215,7 +216,7 @@ def test_a_poll_serves_results_within_a_byte_budget(tmp_path: Path) -> None:
 
 def test_nodes_leaving_or_banned_are_not_offered_to_the_sdk(tmp_path: Path) -> None:
     client = Client(peers=[])
-    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60))
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
     honest, leaving, banned = Identity.generate(), Identity.generate(), Identity.generate()
     for identity in (honest, leaving, banned):
         inbound = signed_heartbeat(identity, ["llama3.2:1b"], free=1, tps=1.0, leaving=identity is leaving)
@@ -243,7 +244,7 @@ async def test_a_post_repeated_while_the_first_ones_publish_fails_fails_with_it(
     # held the id of a task never published, and its SDK waited for it to the deadline.
     client = FailingPublish()
     store = SdkStore(tmp_path / "g.sqlite3", retention=60)
-    sdk = SdkService(client, store)  # type: ignore[arg-type]
+    sdk = SdkService(client, store, PendingCaps(), 3600.0)  # type: ignore[arg-type]
     payload = b64(posted(taskId="t1", deadline=format_rfc3339_ns(time.time_ns() + 60 * 10**9)))
     first = asyncio.ensure_future(sdk.post("k1", payload))
     await asyncio.sleep(0.01)  # its publish is in flight
