@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from node.wire.messages import ModelName
+
+# A request's parts are bounded beyond the body's size: 30,000 tiny messages in a 1 MiB body held the event
+# loop ~230 ms each (validation, the workflow built of them), and no task of that many fits a gossip message.
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256  # a message's
+MAX_TOOLS = 128  # as OpenAI allows
 
 
 class _Request(BaseModel):
@@ -41,8 +47,15 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_bounded(cls, content: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        if isinstance(content, list) and len(content) > MAX_CONTENT_PARTS:
+            raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts, not {len(content)}")
+        return content
 
 
 class FunctionDefinition(_Request):
@@ -84,7 +97,7 @@ class ChatCompletionRequest(_Request):
     """`POST /v1/chat/completions`."""
 
     model: ModelName
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -95,7 +108,7 @@ class ChatCompletionRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    tools: list[ToolDefinition] | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     user: str | None = Field(default=None, max_length=256)
     logprobs: bool | None = None

@@ -32,3 +32,28 @@ async def test_routes_besides_completions_answer_in_openais_shape(tmp_path: Path
             )
             assert broken.status_code == 400
             assert "not valid JSON" in broken.json()["error"]["message"]
+
+
+async def test_requests_of_more_parts_than_any_task_holds_are_refused_cheaply(tmp_path: Path) -> None:
+    # 30,000 tiny messages in a 1 MiB body held the gateway's event loop ~230 ms each before their 413.
+    peer = StreamingPeer([], "Hello")
+    many = [{"role": "user", "content": "x"}] * 3000
+    parts = [{"role": "user", "content": [{"type": "text", "text": "x"}] * 300}]
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(200)]
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            for body, field in (
+                (many, "messages"),
+                (parts, "messages"),
+                ([{"role": "user", "content": "hi"}], "tools"),
+            ):
+                request = {"model": "m", "messages": body} | ({"tools": tools} if field == "tools" else {})
+                answer = await http.post("/v1/chat/completions", json=request)
+                assert answer.status_code == 400, answer.text
+                assert answer.json()["error"]["param"].startswith(field), answer.text
+                assert "at most" in answer.json()["error"]["message"], answer.text
+            long = await http.post(
+                "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
+            )
+            assert long.status_code == 200, long.text  # a long text is one part
+    assert peer.task_ids and len(peer.task_ids) == 1
