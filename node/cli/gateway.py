@@ -38,6 +38,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     from node.ops.data_lock import DataDirLockedError
     from node.ops.http_api import HttpServerError
     from node.ops.log import configure_logging
+    from node.ops.open_files import raise_open_files_limit
     from node.ops.systemd import SocketActivationError
     from node.publisher.client import ClientError
     from node.wire.identity import IdentityError
@@ -48,6 +49,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         print(f"compute-node gateway: {exc}", file=sys.stderr)
         return EXIT_ERROR
     configure_logging(settings.log_level, settings.log_format)
+    raise_open_files_limit()  # each client connection is a descriptor: a shell's 1,024 runs out first
     try:
         uvloop.run(serve(settings))
     except (

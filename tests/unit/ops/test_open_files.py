@@ -47,3 +47,38 @@ def test_the_soft_limit_is_raised_to_the_hard_one(soft: int, hard: int, wanted: 
     if current_hard != resource.RLIM_INFINITY and hard > current_hard:
         pytest.skip(f"this process may not raise its hard limit to {hard} (it is {current_hard})")
     assert limits_after(soft, hard, wanted) == expected
+
+
+GATEWAY_SCRIPT = """
+import argparse, resource
+import node.gateway.server
+from node.cli.gateway import add_gateway_command, run_gateway
+
+async def serve(settings):  # what the gateway's limit is once it serves
+    print(*resource.getrlimit(resource.RLIMIT_NOFILE))
+
+node.gateway.server.serve = serve
+parser = argparse.ArgumentParser()
+add_gateway_command(parser.add_subparsers())
+run_gateway(parser.parse_args(["gateway", "--data-dir", __import__("sys").argv[1], "--peer", "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmVbL5FcqBYb7Kgzu1QmeucDPxLuEffwaYkaBVNNngdFJP"]))
+"""
+
+
+def test_the_gateway_raises_its_limit_too(tmp_path: Path) -> None:
+    # Each HTTP client and libp2p peer is a descriptor: the gateway kept a shell's 1,024.
+    _, current_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if current_hard != resource.RLIM_INFINITY and current_hard < 8192:
+        pytest.skip(f"this process may not set a hard limit of 8192 (it is {current_hard})")
+
+    def set_limits() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192))
+
+    done = subprocess.run(
+        [sys.executable, "-c", GATEWAY_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=set_limits,
+        check=True,
+    )
+    assert [int(value) for value in done.stdout.split()] == [8192, 8192], done.stderr[-2000:]
