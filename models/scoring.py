@@ -71,6 +71,10 @@ def rank_rows(logits: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.nd
     return logprobs, best, ranks
 
 
+class ScoringFailedError(ModelError):
+    """llama.cpp failed here (memory, say): the tokens may be fine."""
+
+
 class TokenScorer:
     """One model file opened for scoring. Thread-safe (one score at a time); close it when done."""
 
@@ -145,7 +149,7 @@ class TokenScorer:
                 batch.n_tokens = end - start
                 rc = llama_cpp.llama_decode(ctx, batch)
                 if rc != 0:
-                    raise ModelError(f"scoring failed: llama_decode returned {rc}")
+                    raise ScoringFailedError(f"scoring failed: llama_decode returned {rc}")
                 self._cached.extend(sequence[start:end])
                 outputs = end - max(start, first_output)
                 if outputs > 0:

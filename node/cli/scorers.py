@@ -18,10 +18,11 @@ from models.cpu import CpuInfo, extra_buffers_enabled
 from models.llama_open import file_type
 from models.options import RuntimeOptions
 from models.registry import Registry
-from models.requests import ModelError, ModelLoadError
-from models.scoring import TokenScorer
+from models.requests import ContextOverflowError, ModelError, ModelLoadError
+from models.scoring import ScoredTokens, ScoringFailedError, TokenScorer
 from models.scoring_copy import amx_scores, choose_precision, scoring_copy
 from models.store import ModelStore
+from node.publisher.verification import UncheckableError
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +64,13 @@ class LocalScorers:
             log.warning("no bf16 scoring copy; re-scoring with the model file", model=name, error=str(exc))
             return path
 
-    def __call__(self, name: str) -> TokenScorer | None:
+    def __call__(self, name: str) -> CheckingScorer | None:
         with self._lock:
             if name not in self._scorers:
                 path = self._path(name)
                 self._scorers[name] = None if path is None else TokenScorer(path, self._options)
-            return self._scorers[name]
+            scorer = self._scorers[name]
+            return None if scorer is None else CheckingScorer(scorer)
 
     def close(self) -> None:
         """Free every opened model."""
@@ -77,3 +79,20 @@ class LocalScorers:
                 if scorer is not None:
                     scorer.close()
             self._scorers.clear()
+
+
+class CheckingScorer:
+    """A TokenScorer as the proof checker asks: what it cannot check here (a generation longer than this
+    scoring context, a failure of llama.cpp) is UncheckableError, never the node's fault."""
+
+    def __init__(self, scorer: TokenScorer) -> None:
+        self._scorer = scorer
+
+    def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
+        try:
+            return self._scorer.score(prompt_tokens, tokens)
+        except (ContextOverflowError, ScoringFailedError, MemoryError) as exc:
+            raise UncheckableError(str(exc) or type(exc).__name__) from exc
+
+    def prompt_text(self, prompt_tokens: list[int]) -> str:
+        return self._scorer.prompt_text(prompt_tokens)

@@ -88,6 +88,11 @@ class VerificationError(Exception):
     """A result failed its check; str(e) says which rule it broke."""
 
 
+class UncheckableError(Exception):
+    """A scorer here cannot check these tokens (its context is smaller than the node's, it failed): the result
+    stays unverified and its node is not blamed. Any other error of `Scorer.score` is the proof's fault."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a check found: the worst single deviation, the mean bias, and positions checked."""
@@ -125,6 +130,8 @@ class ProofChecker:
         for number, generation in enumerate(proof.steps):
             try:
                 scores = scorer.score(generation.prompt_tokens, generation.tokens)
+            except UncheckableError:
+                raise
             except Exception as exc:  # noqa: BLE001 - tokens the model cannot take are the node's fault
                 raise VerificationError(f"generation {number}: tokens cannot be scored: {exc}") from None
             texts.append(scores.text)
@@ -246,11 +253,14 @@ class ResultVerifier:
 
     async def _checked(
         self, proof: Proof | None, text: str, scorer: Scorer, expected: PromptExpectation | None
-    ) -> Verdict:
+    ) -> Verdict | None:
         try:
             return await asyncio.to_thread(self.checker.check, proof, text, scorer, expected)
         except VerificationError as exc:
             raise VerificationFailedError(str(exc)) from None
+        except UncheckableError as exc:
+            log.warning("result not verified: the scorer here cannot check it", reason=str(exc))
+            return None
 
     async def _remotely(
         self,
