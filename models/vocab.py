@@ -14,7 +14,7 @@ import ctypes
 
 import llama_cpp
 
-from models.requests import ModelClosedError
+from models.requests import ModelClosedError, ModelError
 
 _PIECE_BYTES = 256
 
@@ -54,7 +54,7 @@ class ModelVocab:
             tokens = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self.vocab, text, len(text), tokens, capacity, add_bos, special)
             if n < 0:
-                raise ValueError(f"llama.cpp could not tokenize a text of {len(text)} bytes")
+                raise ModelError(f"llama.cpp could not tokenize a text of {len(text)} bytes")
         return list(tokens[:n])
 
     def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
@@ -64,7 +64,7 @@ class ModelVocab:
         for token in tokens:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, _PIECE_BYTES, 0, special)
             if n < 0:
-                raise ValueError(f"token {token} is longer than {_PIECE_BYTES} bytes")
+                raise ModelError(f"token {token} is longer than {_PIECE_BYTES} bytes")
             out += self._piece.raw[:n]
         if tokens and tokens[0] == self.token_bos() and out[:1] == b" ":
             del out[:1]  # as llama-cpp-python: no leading space after a BOS token

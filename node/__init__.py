@@ -8,5 +8,5 @@ daemon/     the node process: lifecycle, intake, admission, runner, journal, out
 execution/  the execution process, one per model: the workflow engine and llama.cpp (never in the daemon)
 publisher/  Client: publish tasks and collect results; the table of known nodes
 gateway/    an HTTP API over a publisher Client
-cli/        `compute-node`: start, run-task, gateway, models, identity
+cli/        `compute-node`: start, run-task, gateway, models, identity, pause, resume, ledger, doctor, nodes
 """

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.grammar import GrammarError
 from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.errors import (
@@ -137,9 +138,6 @@ async def generate(
 
 
 def _is_grammar_error(error: ModelError) -> bool:
-    # Imported here: models.sampling loads llama.cpp, which `import workflows` must not.
-    from models.sampling import GrammarError
-
     return isinstance(error, GrammarError)
 
 

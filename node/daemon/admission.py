@@ -19,6 +19,7 @@ import structlog
 
 from node.execution.protocol import DEADLINE_BEFORE_START
 from node.wire.messages import TaskBody
+from node.wire.topics import BUSY_PREFIX, INTERRUPTED_PREFIX
 
 CANCELLED_WAIT_S = 10.0  # at shutdown, what tasks cancelled after the drain get to send their error results
 
@@ -100,12 +101,14 @@ class Admission:
     def admit(self, accepted: AcceptedTask) -> None:
         """Admit the task or raise BusyError saying why."""
         if self.draining:
-            raise BusyError("busy: node is shutting down")
+            raise BusyError(f"{BUSY_PREFIX}node is shutting down")
         if self.paused:
-            raise BusyError("busy: node is paused")
+            raise BusyError(f"{BUSY_PREFIX}node is paused")
         running = self._concurrency[accepted.model]
         if self._admitted[accepted.model] >= running + self._max_queue:
-            raise BusyError(f"busy: model {accepted.model} has {running} running and {self._max_queue} queued tasks")
+            raise BusyError(
+                f"{BUSY_PREFIX}model {accepted.model} has {running} running and {self._max_queue} queued tasks"
+            )
         self._admitted[accepted.model] += 1
         task = asyncio.create_task(self._execute(accepted), name=f"task-{accepted.task.task_id}")
         self._running[task] = accepted
@@ -128,7 +131,7 @@ class Admission:
                 permit.release()
         except asyncio.CancelledError:
             if not accepted.started:
-                await self._abandon(accepted, "interrupted: node shutting down before the task started")
+                await self._abandon(accepted, f"{INTERRUPTED_PREFIX}node shutting down before the task started")
             raise
         finally:
             self._admitted[accepted.model] -= 1

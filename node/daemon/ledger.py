@@ -21,6 +21,7 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel
 
+from node.wire.topics import BUSY_PREFIX, INTERRUPTED_PREFIX
 from workflows.errors import INVALID_PROMPT
 
 log = structlog.get_logger(__name__)
@@ -89,9 +90,9 @@ def outcome_of(error: str | None) -> Outcome:
         return "ok"
     if error.startswith(INVALID_PROMPT):
         return "invalid_prompt"
-    if error.startswith("busy"):
+    if error.startswith(BUSY_PREFIX):
         return "busy"
-    if error.startswith("interrupted"):
+    if error.startswith(INTERRUPTED_PREFIX):
         return "interrupted"
     return "error"
 

@@ -18,10 +18,11 @@ from node.daemon.journal_file import JournalEntry
 from node.daemon.outbox import ResultOutbox
 from node.wire.messages import MessageError, decode_task
 from node.wire.results import result_body
+from node.wire.topics import INTERRUPTED_PREFIX
 
 log = structlog.get_logger(__name__)
 
-INTERRUPTED = "interrupted: node restarted"
+INTERRUPTED = f"{INTERRUPTED_PREFIX}node restarted"
 
 
 async def recover_interrupted(

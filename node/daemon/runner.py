@@ -38,6 +38,7 @@ from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
 from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from node.wire.results import Output, clamp_count, result_body
+from node.wire.topics import INTERRUPTED_PREFIX
 from workflows.errors import INVALID_PROMPT, max_time_exceeded
 from workflows.options import capped
 
@@ -80,7 +81,7 @@ class TaskRunner:
             try:
                 output = await self._execute(accepted)
             except asyncio.CancelledError:
-                await self._finish(accepted, started, error="interrupted: node shutting down")
+                await self._finish(accepted, started, error=f"{INTERRUPTED_PREFIX}node shutting down")
                 raise
             except ExecutionProcessExitError as exit_error:
                 error = self._after_process_exit(accepted, exit_error)

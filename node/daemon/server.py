@@ -1,8 +1,8 @@
 """The daemon's lifecycle: startup, serve until a signal, graceful shutdown.
 
-startup:  identity and journal -> execution processes (one per model: load,
-          benchmark, health probe; see node/daemon/processes/) -> remote engines'
-          health -> P2P host -> the parts, wired (build.py) -> subscribe -> bootstrap
+startup:  identity, journal and ledger -> execution processes (one per model: load,
+          benchmark, health probe; see node/daemon/processes/) and the P2P host, started
+          together -> remote engines' health -> the parts, wired (build.py) -> subscribe -> bootstrap
           dials -> journal recovery -> background loops (intake, heartbeat, re-dial,
           outbox, monitor) -> HTTP endpoint -> READY=1
 serve:    wait for SIGINT/SIGTERM

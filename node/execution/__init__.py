@@ -1,7 +1,7 @@
 """The execution process: one per model, started by the daemon, running the workflow engine and
 that model's batched llama.cpp runtime, so a native crash or a runaway workflow costs one process,
 never the daemon. Nothing here runs in the daemon except protocol.py, the messages both sides speak
-(tests/project/test_architecture.py holds the boundary).
+(tests/project/test_architecture.py and tests/project/test_process_boundary.py hold the boundary).
 
     protocol.py         the IPC messages (pydantic, one JSON object per line over a socketpair) and
                         the deadline texts both sides report

@@ -44,3 +44,11 @@ def first_service_error(error: BaseException | None) -> P2PServiceError | None:
             if (found := first_service_error(inner)) is not None:
                 return found
     return None
+
+
+def is_nursery_closed(exc: BaseException | None) -> bool:
+    """Trio's error for a task spawned into a nursery that closed (py-libp2p's services, while they stop);
+    a group of nothing else counts too."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_nursery_closed(inner) for inner in exc.exceptions)
+    return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)

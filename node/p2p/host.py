@@ -166,11 +166,6 @@ class P2PHost:
         """Streams peers opened past the cap of their connection (`MuxerLimits`), reset so far."""
         return self._service.muxer_refusals.streams
 
-    def inbound_from(self, ip: str) -> int:
-        """Inbound connections open now from the host of `ip` (its IPv6 /56), as the per-IP limits count them."""
-        gate = self._service.inbound_gate
-        return 0 if gate is None else gate.open_from(ip)
-
     @property
     def max_message_bytes(self) -> int:
         """Largest gossip message data sent or accepted."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from node.p2p.errors import is_nursery_closed
+
 LIBP2P_LOGGER = "libp2p"
 # libp2p's service managers log a task that hit "Nursery is closed to new arrivals"
 # during shutdown as an ERROR with a traceback; it is expected, so we demote it.
@@ -18,17 +20,11 @@ SERVICE_LOGGERS = tuple(
 )
 
 
-def _only_nursery_closed(exc: BaseException | None) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_nursery_closed(inner) for inner in exc.exceptions)
-    return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
-
-
 class ShutdownNoiseFilter(logging.Filter):
     """Demote shutdown-time "Nursery is closed" task errors to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.exc_info and _only_nursery_closed(record.exc_info[1]):
+        if record.levelno >= logging.ERROR and record.exc_info and is_nursery_closed(record.exc_info[1]):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.exc_info, record.exc_text = None, None
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

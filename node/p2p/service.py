@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node.p2p.bounded_peerstore import BoundedPeerStore
 from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals, install_bounded_muxer
 from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
-from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError
+from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError, is_nursery_closed
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, install_gate
@@ -77,10 +77,6 @@ class ServiceOptions(BaseModel):
     connection_budget: ConnectionBudget = ConnectionBudget()
     inbound_limits: InboundLimits | None = None  # per remote host (a node); None: no per-host limit
     muxer_limits: MuxerLimits = MuxerLimits()  # per connection, inbound and dialled alike
-
-
-def _is_nursery_closed(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
 
 
 def _probe_port_free(addr: str, maddr: multiaddr.Multiaddr) -> None:
@@ -145,11 +141,11 @@ class P2PService:
             except BaseExceptionGroup as group:
                 if not self._stopping:
                     raise
-                _, rest = group.split(_is_nursery_closed)
+                _, rest = group.split(is_nursery_closed)
                 if rest is not None:
                     raise rest from None
             except RuntimeError as exc:
-                if not (self._stopping and _is_nursery_closed(exc)):
+                if not (self._stopping and is_nursery_closed(exc)):
                     raise
         self._nursery = None
 

@@ -27,6 +27,10 @@ FIRST_MODEL = "!"
 # An error result starting with this fails the same way on any node: publishers do not retry it.
 # Every other error is transient (busy, interrupted, a model or engine failure, a deadline).
 DETERMINISTIC_ERROR_PREFIX = "Invalid prompt: "
+# Transient errors a node's ledger and a publisher tell apart by their start: no capacity now, and a run that
+# was cut off (a shutdown, a restart of the node or of its execution process).
+BUSY_PREFIX = "busy: "
+INTERRUPTED_PREFIX = "interrupted: "
 
 # Direct delivery (protocol 0.4, PROTOCOL.md section 8): a stream per task, frames of varint length + JSON.
 DIRECT_PROTOCOL = "/compute/task/0.4.0"

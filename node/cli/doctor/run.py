@@ -20,7 +20,6 @@ from node.cli.doctor.local import (
 from node.cli.doctor.network import bootstrap_and_clock_checks, public_address_check, remote_engine_checks
 from node.cli.doctor.report import Check
 
-CHECK_NAMES = ("runtime", "data", "ports", "models", "memory", "network", "addresses", "remote")
 STATUS_TIMEOUT_S = 3.0
 
 

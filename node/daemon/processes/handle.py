@@ -43,6 +43,7 @@ from node.execution.protocol import (
     encode,
     read_line,
 )
+from node.wire.topics import INTERRUPTED_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -224,7 +225,7 @@ class ExecutionProcess:
             self._send(request)
             return await future
         except asyncio.CancelledError:
-            self.cancel(request.task_id, "interrupted: node shutting down")
+            self.cancel(request.task_id, f"{INTERRUPTED_PREFIX}node shutting down")
             raise
         finally:
             self._pending.pop(request.task_id, None)
@@ -274,7 +275,7 @@ class ExecutionProcess:
         """Ask the process to stop (end of stream), kill it if it has not after `timeout` s."""
         if self._exit is None:
             self._exit = ExecutionProcessExitError(
-                "interrupted: execution process stopped", crash=False, cause="stopped"
+                f"{INTERRUPTED_PREFIX}execution process stopped", crash=False, cause="stopped"
             )
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()

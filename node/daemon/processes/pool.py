@@ -35,6 +35,7 @@ from node.daemon.processes.handle import (
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
+from node.wire.topics import INTERRUPTED_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -224,7 +225,9 @@ class ExecutionPool:
         if process is not None:
             log.error("killing execution process", model=model, pid=process.pid, reason=reason)
             process.kill(
-                "interrupted: execution process restarted (another task would not stop)", crash=False, cause="stopped"
+                f"{INTERRUPTED_PREFIX}execution process restarted (another task would not stop)",
+                crash=False,
+                cause="stopped",
             )
 
     # ----------------------------------------------------------------- watching
@@ -354,7 +357,7 @@ class ExecutionPool:
             sole_suspect=stall.sole,
         )
         process.kill(
-            f"interrupted: execution process restarted ({stall.describe()})",
+            f"{INTERRUPTED_PREFIX}execution process restarted ({stall.describe()})",
             crash=False,
             cause="stalled",
             suspects=stall.task_ids,

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
+from node.gateway.validation import field_path
 from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
 from node.publisher.tasks import check_size, claimed_count
 from node.wire.envelope import Envelope
@@ -103,7 +104,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
         )
     except ValidationError as exc:
         first = exc.errors()[0]  # loc and msg only: the input may be a secret
-        where = ".".join(str(part) for part in first["loc"])
+        where = field_path(first["loc"])
         raise SdkPayloadError(f"{where}: {first['msg']}") from None
     assert body.picked_nodes is not None
     return body, list(body.picked_nodes)
