@@ -273,17 +273,6 @@ class Settings(LayeredSettings):
             raise ValueError(f"must be 0 (off) or at least {floor} MiB (no runtime loads in less)")
         return value
 
-    @field_validator("tool_secrets")
-    @classmethod
-    def _https_only(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for key in value:
-            scheme, sep, rest = key.partition("://")
-            if sep and (scheme.lower() != "https" or "/" in rest.rstrip("/")):
-                raise ValueError(
-                    f"{key!r}: secrets go only over https; write 'host', 'host:port' or 'https://host[:port]'"
-                )
-        return value
-
     @property
     def identity_path(self) -> Path:
         return self.data_dir / "identity.key"

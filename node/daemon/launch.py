@@ -38,8 +38,23 @@ def check_models(settings: Settings) -> None:
         )
 
 
+def check_tool_secrets(settings: Settings) -> None:
+    """ConfigError naming a `tool_secrets` key that could send its headers other than over https to one host:
+    the engine's own rule (workflows.options.secret_target), checked before any process starts."""
+    if not settings.tool_secrets:
+        return  # the engine's import is spared (before the first execution process starts)
+    from workflows.options import secret_target
+
+    for key in settings.tool_secrets:
+        try:
+            secret_target(key)
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting 'tool_secrets': {exc}") from None
+
+
 async def _launch(settings: Settings) -> int:
     check_models(settings)
+    check_tool_secrets(settings)
     if (open_files := raise_open_files_limit()) < LOW_OPEN_FILES:
         import structlog
 

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings
+from node.daemon.launch import check_tool_secrets
 from node.execution.workflow_setup import tool_settings
 from tests.support.http_server import LocalServer, Route
 from workflows import EgressRefusedError, ToolError, ToolSettings
@@ -98,12 +99,18 @@ def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
         ToolSettings(secrets={key: {"Authorization": "x"}})
 
 
-def test_settings_refuse_an_http_secret_key() -> None:
-    with pytest.raises(ConfigError, match="https"):
-        Settings.load(tool_secrets={"http://api.x.com": {"Authorization": "x"}})
-    assert Settings.load(tool_secrets={"https://api.x.com:8443": {"A": "b"}}).tool_secrets
-    with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'.*'a/b'"):
-        tool_settings(Settings.load(tool_secrets={"a/b": {"Authorization": "x"}}))
+def test_a_node_refuses_a_secret_key_that_could_leak_before_it_starts_anything() -> None:
+    # One rule (workflows.options.secret_target) for the launcher and the engine: the settings' own copy took
+    # 'a/b', which the execution process then refused.
+    for key in ("http://api.x.com", "a/b", "https://api.x.com/path"):
+        settings = Settings.load(tool_secrets={key: {"Authorization": "x"}})
+        with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'"):
+            check_tool_secrets(settings)
+        with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'"):
+            tool_settings(settings)
+    fine = Settings.load(tool_secrets={"https://api.x.com:8443": {"A": "b"}, "api.y.com": {"A": "b"}})
+    check_tool_secrets(fine)
+    assert tool_settings(fine).secrets
 
 
 def _gzip(data: bytes) -> bytes:
