@@ -16,7 +16,10 @@ publisher measured serving, the other live nodes (each group shuffled, so publis
 them), then nodes no longer live, newest heartbeat first. Measured nodes go before the others
 because anyone can make keys that heartbeat: gossip peers chosen from a table full of them would
 be theirs, free to drop the honest nodes' heartbeats (an eclipse). A peer whose
-dial failed waits a backoff that doubles per failure (jittered). This only chooses whom to
+dial failed waits a backoff that doubles per failure (jittered), and so does the address itself,
+whatever peer id names it: a heartbeat's `addrs` end in its signer's peer id, but the host and
+port may be anyone's, and keys are free (50 of them naming one host made a publisher dial it ~9
+times a second). This only chooses whom to
 dial: liveness stays the node table's, judged by signed heartbeat timestamps (PROTOCOL.md 6).
 """
 
@@ -72,8 +75,8 @@ class GossipPeerKeeper:
         self._nodes = nodes
         self.settings = settings or GossipPeerSettings()
         self._rng = rng or random.Random()
-        self._backoff: dict[str, float] = {}  # peer id -> its next failure's delay
-        self._next_try: dict[str, float] = {}  # peer id -> loop time it may be dialled again
+        self._backoff: dict[str, float] = {}  # peer id, or address without it -> its next failure's delay
+        self._next_try: dict[str, float] = {}  # peer id, or address without it -> loop time it may be dialled again
         self._last_heard = asyncio.get_running_loop().time()
         self._quiet_backoff = self.settings.initial_backoff
         self._next_quiet_dial = 0.0
@@ -150,25 +153,37 @@ class GossipPeerKeeper:
     async def _dial(self, peer: str, addrs: list[str]) -> bool:
         errors = []
         for addr in addrs:
+            where = _transport(addr)
+            if self._next_try.get(where, 0.0) > asyncio.get_running_loop().time():
+                errors.append(f"{where}: a dial failed there lately")
+                continue
             try:
                 await self._host.connect(addr, timeout=self.settings.dial_timeout)
             except P2PError as exc:
                 errors.append(str(exc))
+                self._back_off(where)
                 continue
-            self._backoff.pop(peer, None)
-            self._next_try.pop(peer, None)
+            for key in (peer, where):
+                self._backoff.pop(key, None)
+                self._next_try.pop(key, None)
             log.info("gossiping with a new peer", peer=peer, addr=addr)
             return True
         self._back_off(peer)
         log.info("gossip peer dial failed", peer=peer, error="; ".join(errors)[:300])
         return False
 
-    def _back_off(self, peer: str) -> None:
+    def _back_off(self, key: str) -> None:
         now = asyncio.get_running_loop().time()
         if len(self._next_try) > MAX_BACKOFF_ENTRIES:  # anyone can make peer ids: keep only pending waits
             for stale in [p for p, at in self._next_try.items() if at <= now]:
                 self._next_try.pop(stale, None)
                 self._backoff.pop(stale, None)
-        delay = self._backoff.get(peer, self.settings.initial_backoff)
-        self._next_try[peer] = now + delay * self._rng.uniform(0.75, 1.25)
-        self._backoff[peer] = min(delay * 2, self.settings.max_backoff)
+        delay = self._backoff.get(key, self.settings.initial_backoff)
+        self._next_try[key] = now + delay * self._rng.uniform(0.75, 1.25)
+        self._backoff[key] = min(delay * 2, self.settings.max_backoff)
+
+
+def _transport(addr: str) -> str:
+    """`addr` without its /p2p/<peer id>: the host and port a dial goes to."""
+    peer = peer_id_of_multiaddr(addr)
+    return addr if peer is None else addr.rstrip("/").removesuffix(f"/p2p/{peer}").removesuffix(f"/ipfs/{peer}")

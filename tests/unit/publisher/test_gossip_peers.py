@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.client import Client, Task
 from node.publisher.gossip_peers import MAX_DIALLED, GossipPeerKeeper, GossipPeerSettings
@@ -171,3 +172,31 @@ async def test_the_record_of_dials_keeps_the_latest_only() -> None:
     for _ in range(MAX_DIALLED + 50):
         assert await keeper.check() == [peer]  # dialled again at every check, for as long as the publisher runs
     assert keeper.dialled == [peer] * MAX_DIALLED
+
+
+class RefusingHost:
+    """A host whose every dial fails (a listener that is not a libp2p node), counting the dials by address."""
+
+    peer_id = "self"
+
+    def __init__(self) -> None:
+        self.dials: list[str] = []
+
+    async def gossip_peers(self) -> list[str]:
+        return []
+
+    async def connect(self, addr: str, timeout: float) -> str:
+        self.dials.append(addr)
+        raise P2PError(f"could not dial {addr}: handshake failed")
+
+
+async def test_many_peer_ids_naming_one_host_get_it_dialled_once_a_backoff() -> None:
+    # A heartbeat's addrs must end in its signer's peer id, but the host and port may be anyone's: 50 free
+    # keys naming one host made a publisher dial it ~9 times a second, each key backing off on its own.
+    host = RefusingHost()
+    victim = "/ip4/127.0.0.1/tcp/9"
+    sybils = [f"{victim}/p2p/{Identity.generate().peer_id}" for _ in range(50)]
+    keeper = GossipPeerKeeper(host, sybils, NodeTable(), GossipPeerSettings(**FAST))  # type: ignore[arg-type]
+    for _ in range(10):
+        assert await keeper.check() == []
+    assert len(host.dials) == 1, len(host.dials)  # then its backoff; without it, 3 new peer ids a check
