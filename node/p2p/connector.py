@@ -27,6 +27,14 @@ def peer_id_of_multiaddr(multiaddr: str) -> str | None:
     return None
 
 
+def transport_of(multiaddr: str) -> str:
+    """`multiaddr` without its /p2p/<id>: the host and port a dial goes to, whoever answers there."""
+    peer = peer_id_of_multiaddr(multiaddr)
+    if peer is None:
+        return multiaddr
+    return multiaddr.rstrip("/").removesuffix(f"/p2p/{peer}").removesuffix(f"/ipfs/{peer}")
+
+
 class Connector:
     """Dials the bootstrap multiaddrs and keeps them dialled."""
 

@@ -31,7 +31,7 @@ import random
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.p2p.connector import peer_id_of_multiaddr
+from node.p2p.connector import peer_id_of_multiaddr, transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.node_table import NodeTable
@@ -153,7 +153,7 @@ class GossipPeerKeeper:
     async def _dial(self, peer: str, addrs: list[str]) -> bool:
         errors = []
         for addr in addrs:
-            where = _transport(addr)
+            where = transport_of(addr)
             if self._next_try.get(where, 0.0) > asyncio.get_running_loop().time():
                 errors.append(f"{where}: a dial failed there lately")
                 continue
@@ -181,9 +181,3 @@ class GossipPeerKeeper:
         delay = self._backoff.get(key, self.settings.initial_backoff)
         self._next_try[key] = now + delay * self._rng.uniform(0.75, 1.25)
         self._backoff[key] = min(delay * 2, self.settings.max_backoff)
-
-
-def _transport(addr: str) -> str:
-    """`addr` without its /p2p/<peer id>: the host and port a dial goes to."""
-    peer = peer_id_of_multiaddr(addr)
-    return addr if peer is None else addr.rstrip("/").removesuffix(f"/p2p/{peer}").removesuffix(f"/ipfs/{peer}")
