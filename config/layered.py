@@ -95,6 +95,7 @@ class LayeredSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The settings' sources, in order of precedence."""
         # First wins: CLI flags (init) > environment > TOML file > defaults.
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 

@@ -275,16 +275,20 @@ class Settings(LayeredSettings):
 
     @property
     def identity_path(self) -> Path:
+        """The node's secret key file in data_dir."""
         return self.data_dir / "identity.key"
 
     @property
     def models_dir(self) -> Path:
+        """Where downloaded model files are kept."""
         return self.data_dir / "models"
 
     @property
     def journal_path(self) -> Path:
+        """The task journal's SQLite file."""
         return self.data_dir / "journal.sqlite3"
 
     @property
     def ledger_path(self) -> Path:
+        """The ledger's SQLite file (totals of the tasks run)."""
         return self.data_dir / "ledger.sqlite3"

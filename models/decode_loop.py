@@ -102,10 +102,12 @@ class DecodeLoop:
 
     @property
     def slots_free(self) -> int:
+        """Slots not running a request."""
         return self.parallel - self._busy
 
     @property
     def queued(self) -> int:
+        """Requests waiting for a free slot."""
         return len(self._queue)
 
     def progress(self) -> ProgressSnapshot:

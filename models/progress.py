@@ -76,6 +76,7 @@ class DecodeProgress:
                 self._calls_done += 1
 
     def snapshot(self, busy: int) -> ProgressSnapshot:
+        """The decode progress now, with `busy` slots in use."""
         with self._lock:
             running = self._call is not None
             return ProgressSnapshot(

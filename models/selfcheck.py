@@ -77,6 +77,7 @@ def run_child(command: list[str], timeout: float = 600.0) -> subprocess.Complete
 
 
 def main() -> None:
+    """Run the self-check (in a child process unless --in-process); exit 0 when it passed."""
     parser = argparse.ArgumentParser(prog="python -m models.selfcheck", description=__doc__.splitlines()[0])
     parser.add_argument("--extra-buffers", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--threads", type=int, default=None)

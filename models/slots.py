@@ -59,6 +59,7 @@ class SlotRequest:
     score_from: int | None = None
 
     def deadline_passed(self) -> bool:
+        """Whether the request's deadline (if any) has passed."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
@@ -86,6 +87,7 @@ class ActiveRequest:
 
     @property
     def prefilling(self) -> bool:
+        """Whether prompt tokens are still waiting to be decoded."""
         return bool(self.pending)
 
 

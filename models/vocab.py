@@ -35,12 +35,15 @@ class ModelVocab:
             raise ModelClosedError(f"model {self._name} is closed")
 
     def n_vocab(self) -> int:
+        """The vocabulary's size."""
         return self._n_vocab
 
     def token_bos(self) -> int:
+        """The beginning-of-sequence token."""
         return int(llama_cpp.llama_vocab_bos(self.vocab))
 
     def token_eos(self) -> int:
+        """The end-of-sequence token."""
         return int(llama_cpp.llama_vocab_eos(self.vocab))
 
     def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:

@@ -79,6 +79,8 @@ def is_public(address: IPAddress) -> bool:
 
 @dataclass
 class HttpResponse:
+    """A tool's HTTP answer: status, URL and body text."""
+
     status: int
     url: str
     text: str

@@ -66,6 +66,7 @@ class MemoryBudget:
     held: int = 0
 
     def take(self, amount: int, what: str) -> None:
+        """Count `amount` more bytes held; LimitExceededError if it would pass the limit."""
         if self.held + amount > self.limit:
             raise LimitExceededError(
                 "memory", f"memory limit exceeded: {what} would make the run hold more than {self.limit} bytes"
@@ -73,6 +74,7 @@ class MemoryBudget:
         self.held += amount
 
     def give(self, amount: int) -> None:
+        """Count `amount` bytes freed."""
         self.held = max(0, self.held - amount)
 
 
@@ -98,6 +100,7 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
 
 
 def cosine(a: list[float], b: list[float]) -> float:
+    """The cosine similarity of two vectors (0 when one is zero)."""
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return dot / norm if norm else 0.0
@@ -120,6 +123,7 @@ class FileStore:
         return vectors
 
     async def insert(self, text: str) -> None:
+        """Chunk and embed the text and keep the chunks, within the memory budget."""
         pieces = chunk_text(text)
         if pieces:
             dims = len(self.chunks[0][1]) if self.chunks else VECTOR_GUESS
@@ -143,9 +147,11 @@ class FileStore:
         return sorted(((cosine(q, v), text) for text, v in self.chunks), reverse=True)
 
     async def search(self, query: str, k: int = TOP_K) -> list[str]:
+        """The `k` chunks most like `query`."""
         return [text for _, text in (await self.scored(query))[:k]]
 
     async def have_similar(self, text: str, threshold: float = SIMILAR_THRESHOLD) -> bool:
+        """Whether a chunk is at least `threshold` similar to the text."""
         best = await self.scored(text)
         return bool(best) and best[0][0] >= threshold
 
@@ -160,6 +166,7 @@ class Memory:
 
     @property
     def budget(self) -> MemoryBudget:
+        """The run's memory budget."""
         return self.files.budget
 
     @classmethod
@@ -179,6 +186,7 @@ class Memory:
         return memory
 
     def write(self, key: str, value: Any) -> None:
+        """Set `key` to the value, within the budget."""
         entry = coerce_entry(value)
         old = self.cache.get(key)
         freed = entry_bytes(old) + text_bytes(key) if key in self.cache else 0
@@ -186,14 +194,17 @@ class Memory:
         self.cache[key] = entry
 
     def read(self, key: str) -> Entry | None:
+        """The value of `key`; None if unset."""
         return self.cache.get(key)
 
     def push(self, key: str, value: Any) -> None:
+        """Push the value on the stack `key`, within the budget."""
         entry = coerce_entry(value)
         self.budget.take(entry_bytes(entry) + (0 if key in self.stacks else text_bytes(key)), f"a push to {key!r}")
         self.stacks.setdefault(key, []).append(entry)
 
     def pop(self, key: str) -> Entry | None:
+        """Take the top of the stack `key`; None if empty."""
         stack = self.stacks.get(key)
         if not stack:
             return None
@@ -202,11 +213,14 @@ class Memory:
         return entry
 
     def peek(self, key: str, index: int = 0) -> Entry | None:
+        """The entry `index` from the top of the stack `key`; None past its end."""
         stack = self.stacks.get(key, [])
         return stack[-1 - index] if index < len(stack) else None
 
     def get_all(self, key: str) -> list[Entry]:
+        """Every entry of the stack `key`, bottom first."""
         return list(self.stacks.get(key, []))
 
     def size(self, key: str) -> int:
+        """How many entries the stack `key` holds."""
         return len(self.stacks.get(key, []))

@@ -35,6 +35,8 @@ DEFAULT_SEARCH_RESULTS = 5
 
 @dataclass
 class Usage:
+    """Tokens read and written."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -26,6 +26,7 @@ class AllowEntry:
 
     @classmethod
     def parse(cls, text: str) -> AllowEntry:
+        """An entry of the egress allow list: a host name or network, with an optional port."""
         text = text.strip().lower()
         port: int | None = None
         if "/" not in text:
@@ -40,6 +41,7 @@ class AllowEntry:
             return cls(name=text, network=None, port=port)
 
     def permits(self, host: str, port: int, address: IPAddress) -> bool:
+        """Whether the entry allows this host, port and address."""
         if self.port is not None and self.port != port:
             return False
         if self.name is not None:
@@ -103,6 +105,7 @@ class ToolSettings(BaseModel):
         return value
 
     def model_post_init(self, context: object) -> None:
+        """Parse the allow list and the secrets' targets once."""
         self._allow_entries = tuple(AllowEntry.parse(entry) for entry in self.egress_allow)
         self._secret_entries = tuple((secret_target(key), headers) for key, headers in self.secrets.items())
 

@@ -84,6 +84,8 @@ class StepOutput(_Model):
 
 
 class Message(_Model):
+    """A chat message."""
+
     role: Literal["system", "user", "assistant"]
     content: str = ""
 
@@ -189,6 +191,8 @@ CustomTool = Annotated[CustomFunctionTool | HttpRequestTool, Field(discriminator
 
 
 class WorkflowConfig(_Model):
+    """The workflow's limits and tools."""
+
     max_steps: int = Field(ge=1)
     max_time: float = Field(gt=0, allow_inf_nan=False)
     tools: list[str] = Field(default_factory=list)
@@ -197,6 +201,8 @@ class WorkflowConfig(_Model):
 
 
 class Condition(_Model):
+    """A test on an input; when it fails, the run goes to `target_if_not`."""
+
     input: InputValue
     expected: str
     expression: Expression
@@ -204,6 +210,8 @@ class Condition(_Model):
 
 
 class Edge(_Model):
+    """A step from one task to the next; with a condition, taken only when it holds."""
+
     source: str
     target: str
     condition: Condition | None = None
@@ -211,6 +219,8 @@ class Edge(_Model):
 
 
 class PostProcess(_Model):
+    """A change to the result text: replace, append, prepend, trim or change case."""
+
     process_type: ProcessType
     lhs: str | None = None
     rhs: str | None = None
@@ -225,6 +235,8 @@ class PostProcess(_Model):
 
 
 class ReturnValue(_Model):
+    """What the workflow returns, and the changes made to it."""
+
     input: InputValue | list[InputValue]
     to_json: bool = False
     # Each step rewrites the whole result synchronously: a few are all any workflow needs.

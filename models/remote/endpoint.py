@@ -246,6 +246,7 @@ class Endpoint:
         )
 
     async def close(self) -> None:
+        """Close the HTTP client."""
         await self._client.aclose()
 
 

@@ -84,6 +84,7 @@ class RemoteModel:
     # ---------------------------------------------------------------- capacity
     @property
     def backend(self) -> str:
+        """The model's backend, from its spec."""
         return self.spec.backend
 
     @property
@@ -98,10 +99,12 @@ class RemoteModel:
 
     @property
     def slots_free(self) -> int:
+        """Requests that may start now within the concurrency limit."""
         return self._limit - self._running
 
     @property
     def queued(self) -> int:
+        """Requests waiting for the concurrency limit."""
         return self._waiting
 
     def progress(self) -> None:

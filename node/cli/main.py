@@ -30,6 +30,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: every subcommand and its flags."""
     parser = argparse.ArgumentParser(prog="compute-node", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in `argv` (default: sys.argv); its exit status."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "start":

@@ -14,6 +14,7 @@ from models.requests import ModelError
 
 
 def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> None:  # type: ignore[no-untyped-def]
+    """Add the `models` subcommands (list, pull, rm, bench) to the parser."""
     actions = models.add_subparsers(dest="models_command", required=True)
     listing = actions.add_parser("list", help="every known model: file, size, present or not")
     pull = actions.add_parser("pull", help="download a model (resumes; verifies sha256 when known)")
@@ -27,6 +28,7 @@ def add_models_commands(models: argparse.ArgumentParser, add_settings_flags) -> 
 
 
 def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a `models` subcommand; its exit status."""
     from node.execution.model_setup import model_store
 
     registry, store = model_store(settings)

@@ -18,6 +18,7 @@ def add_operate_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     add_settings_flags: Callable[[argparse.ArgumentParser], None],
 ) -> None:
+    """Add the operator's subcommands (pause, resume, ledger, doctor) to the parser."""
     pause = commands.add_parser("pause", help="stop taking new tasks (running ones finish); kept across restarts")
     resume = commands.add_parser("resume", help="take tasks again after `pause`")
     ledger = commands.add_parser("ledger", help="totals of the tasks this node ran, by day, model, publisher, outcome")
@@ -78,6 +79,7 @@ def _local_host(host: str) -> str:
 
 
 def run_ledger(settings: Settings, days: float | None, as_json: bool) -> int:
+    """Print the ledger's totals (as tables or JSON), of the last `days` days or all kept; the exit status."""
     from node.daemon.ledger import GROUPINGS, LedgerError, totals
 
     since = 0 if days is None else time.time_ns() - int(days * 86400 * 1e9)

@@ -65,6 +65,7 @@ class LocalScorers:
             return path
 
     def __call__(self, name: str) -> CheckingScorer | None:
+        """A scorer for the model `name`, or None when its file is not here."""
         with self._lock:
             if name not in self._scorers:
                 path = self._path(name)
@@ -89,10 +90,12 @@ class CheckingScorer:
         self._scorer = scorer
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
+        """Score the tokens; a failure to score raises UncheckableError."""
         try:
             return self._scorer.score(prompt_tokens, tokens)
         except (ContextOverflowError, ScoringFailedError, MemoryError) as exc:
             raise UncheckableError(str(exc) or type(exc).__name__) from exc
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
+        """The prompt tokens as text."""
         return self._scorer.prompt_text(prompt_tokens)

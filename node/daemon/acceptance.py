@@ -91,6 +91,7 @@ class SeenTasks:
             heapq.heapify(self._by_deadline)
 
     def prune(self, now_ns: int) -> None:
+        """Forget the task ids whose deadline is before `now_ns`."""
         while self._by_deadline and self._by_deadline[0][0] < now_ns:
             deadline, task_id = heapq.heappop(self._by_deadline)
             if self._deadlines.get(task_id) == deadline:

@@ -82,6 +82,7 @@ class Admission:
         return total - sum(self._admitted[m] for m in names), total
 
     def hosts(self, model: str) -> bool:
+        """Whether this node serves `model`."""
         return model in self._run_permits
 
     @property

@@ -62,6 +62,7 @@ class DirectIntake:
         task.add_done_callback(self._answering.discard)
 
     async def close(self) -> None:
+        """Cancel the answers in flight and close the checks."""
         for task in self._answering:
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)

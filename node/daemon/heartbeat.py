@@ -47,6 +47,7 @@ class Heartbeat:
         self.leaving = False
 
     def body(self) -> HeartbeatBody:
+        """The heartbeat to publish now (no free capacity while leaving)."""
         free, total = self._capacity()
         if self.leaving:
             free = 0
@@ -69,6 +70,7 @@ class Heartbeat:
         await self.publish_once()
 
     async def publish_once(self) -> None:
+        """Sign and publish one heartbeat."""
         data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))
         await self._host.publish(HEARTBEAT_TOPIC, data)
 

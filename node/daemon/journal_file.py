@@ -83,6 +83,7 @@ class JournalUsage:
 
     @property
     def bytes(self) -> int:
+        """All the bytes the journal holds."""
         return self.live_bytes + self.waiting_bytes + self.record_bytes
 
 
@@ -160,6 +161,7 @@ def compact(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def entry_of(row: tuple[Any, ...]) -> JournalEntry:
+    """The journal entry of a row of the tasks table."""
     return JournalEntry(
         task_id=row[0],
         publisher=row[1],

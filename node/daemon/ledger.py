@@ -112,6 +112,7 @@ class Ledger:
 
     @classmethod
     def open(cls, path: Path, keep_days: float, max_rows: int) -> Ledger:
+        """Open (or create) the ledger at `path` and prune its old rows; LedgerError if it cannot be opened."""
         conn: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +177,7 @@ class Ledger:
             self._conn.execute("DELETE FROM tasks WHERE id <= (SELECT max(id) FROM tasks) - ?", (self._max_rows,))
 
     def close(self) -> None:
+        """Write the rows not yet written and close the database."""
         try:
             self.flush()
         except sqlite3.Error as exc:

@@ -85,6 +85,7 @@ class NodeMonitor:
         self._last_heartbeat_seen = time.time()
 
     async def sample(self) -> None:
+        """Read the peers, mesh, capacity and journal now and update the metrics."""
         try:
             self._peers = await self._host.peers()
             self._mesh = await self._host.mesh_sizes()
@@ -142,6 +143,7 @@ class NodeMonitor:
             await asyncio.sleep(interval)
 
     def health(self) -> HealthReport:
+        """Healthy, or the first reason the node is not."""
         if failed := self._failed_loops():
             return HealthReport(ok=False, reason=f"background loop not running: {'; '.join(failed)}")
         if not self._models():
@@ -156,6 +158,7 @@ class NodeMonitor:
         return HealthReport(ok=True)
 
     def status(self) -> dict[str, Any]:
+        """The node's state for the status page and endpoint."""
         free, total = self._admission.capacity()
         try:
             self._backlog = self._journal.backlog()

@@ -49,6 +49,7 @@ class PauseState:
 
     @property
     def paused(self) -> bool:
+        """Whether the node takes no new tasks (paused by the operator or while busy)."""
         return self._operator is not None or self._busy_since is not None
 
     def pause(self, reason: str = "operator") -> PauseView:
@@ -78,6 +79,7 @@ class PauseState:
         self._busy_reason = reason
 
     def view(self) -> PauseView:
+        """The pause state as shown: by whom, since when, why."""
         operator = self._operator
         since = min(
             (t for t in (operator.since if operator else None, self._busy_since) if t is not None), default=None

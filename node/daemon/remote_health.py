@@ -94,6 +94,7 @@ class RemoteHealth:
         self._metrics.tokens_per_second.labels(model=name).set(self._tps[name])
 
     async def run(self) -> None:
+        """Check every remote endpoint each interval, until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
             try:

@@ -63,6 +63,7 @@ class DirectRoutes:
         return task_id in self._routes
 
     def add(self, task_id: str, stream: FrameStream, forwarded: bool = False) -> DirectRoute:
+        """Hold `stream` for the result of `task_id`."""
         route = self._routes[task_id] = DirectRoute(stream, forwarded=forwarded)
         return route
 

@@ -49,19 +49,29 @@ class ServedModel(Protocol):
     name: str
 
     @property
-    def parallel(self) -> int: ...
+    def parallel(self) -> int:
+        """Requests it runs at once."""
+        ...
 
     def progress(self) -> ProgressSnapshot | None:
         """The local runtime's decode progress (None for a backend without native calls here)."""
         ...
 
-    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation: ...
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Generate text for the request, passing each piece to `on_text`."""
+        ...
 
-    async def score(self, request: ScoreRequest) -> TokenScores: ...
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Score the request's tokens."""
+        ...
 
-    async def embed(self, request: EmbeddingRequest) -> list[list[float]]: ...
+    async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
+        """One embedding for each text."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Free the model."""
+        ...
 
 
 @dataclass
@@ -79,6 +89,7 @@ class PreparedModel:
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
+    """The llama.cpp runtime options of the settings."""
     return RuntimeOptions(
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
@@ -90,6 +101,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 
 
 def model_store(settings: Settings) -> tuple[Registry, ModelStore]:
+    """The model registry (built-in plus the settings' overrides) and the store of model files."""
     return Registry.builtin().with_overrides(settings.registry), ModelStore(settings.models_dir)
 
 
@@ -140,15 +152,19 @@ class EmbeddingOnlyModel:
         self._embedder = embedder
 
     async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        """Refused: this model serves only embeddings."""
         raise ModelError(f"model {self.name} serves only embeddings here")
 
     async def score(self, request: ScoreRequest) -> TokenScores:
+        """Refused: this model serves only embeddings."""
         raise ModelError(f"model {self.name} serves only embeddings here")
 
     async def embed(self, request: EmbeddingRequest) -> list[list[float]]:
+        """One embedding for each text."""
         return await self._embedder.embed(request.texts)
 
     async def close(self) -> None:
+        """Free the embedder."""
         await self._embedder.close()
 
 

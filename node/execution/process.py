@@ -120,6 +120,7 @@ class TaskHost:
         self._cancel_reasons: dict[str, str] = {}
 
     def start(self, request: RunTask) -> None:
+        """Start running the task (failed at once if its id is already running)."""
         if request.task_id in self._tasks:
             self._send(TaskFailed(task_id=request.task_id, error="internal error: task already running"))
             return
@@ -128,12 +129,14 @@ class TaskHost:
         task.add_done_callback(lambda _: self._tasks.pop(request.task_id, None))
 
     def cancel(self, request: Cancel) -> None:
+        """Cancel the task, keeping the reason for its answer."""
         task = self._tasks.get(request.task_id)
         if task is not None:
             self._cancel_reasons[request.task_id] = request.reason
             task.cancel()
 
     async def stop(self) -> None:
+        """Cancel every running task and wait for them."""
         for task_id, task in list(self._tasks.items()):
             self._cancel_reasons[task_id] = "interrupted: execution process stopping"
             task.cancel()
@@ -299,6 +302,7 @@ def _test_wrapper() -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The execution process's entry point: serve the daemon on the socket `--fd`."""
     parser = argparse.ArgumentParser(prog="python -m node.execution.process")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
     parser.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid (orphan detection)")

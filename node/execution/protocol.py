@@ -40,6 +40,8 @@ ChildId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
 
 class Message(BaseModel):
+    """A message between the daemon and an execution process: strict, frozen, finite numbers only."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -121,6 +123,8 @@ class Trace(Message):
 
 
 class TaskDone(Message):
+    """A task finished: its result text and counts."""
+
     kind: Literal["done"] = "done"
     task_id: ChildId
     text: str = Field(max_length=MAX_TEXT_CHARS)
@@ -170,10 +174,12 @@ class ProtocolError(Exception):
 
 
 def encode(message: Message) -> bytes:
+    """The message as one line of JSON."""
     return message.model_dump_json().encode("utf-8") + b"\n"
 
 
 def decode_to_child(line: bytes) -> ToChild:
+    """A line from the daemon as its message; ProtocolError if it is none."""
     try:
         return _TO_CHILD.validate_json(line)
     except ValidationError as exc:
@@ -181,6 +187,7 @@ def decode_to_child(line: bytes) -> ToChild:
 
 
 def decode_from_child(line: bytes) -> FromChild:
+    """A line from the execution process as its message; ProtocolError if it is none."""
     try:
         return _FROM_CHILD.validate_json(line)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 
 def tool_settings(settings: Settings) -> ToolSettings:
+    """The tools' settings (search, egress, secrets, limits) of the settings; ConfigError if one is invalid."""
     search = None
     if settings.search_provider is not None:
         key = settings.search_api_key
@@ -37,6 +38,7 @@ def tool_settings(settings: Settings) -> ToolSettings:
 
 
 def engine_options(settings: Settings) -> EngineOptions:
+    """The workflow engine's options and caps of the settings."""
     return EngineOptions(
         temperature=settings.temperature,
         max_tokens_cap=settings.max_tokens_cap,

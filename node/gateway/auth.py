@@ -37,6 +37,7 @@ class ApiKeys:
 
     @property
     def required(self) -> bool:
+        """Whether requests need an API key (some are configured)."""
         return bool(self._keys)
 
     def identify(self, token: str | None) -> str:

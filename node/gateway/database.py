@@ -92,6 +92,7 @@ class Table:
         self._db = open_database(path, self.schema)
 
     def close(self) -> None:
+        """Close the database."""
         self._db.close()
 
     def purge(self, now: float | None = None) -> int:
@@ -132,6 +133,7 @@ class Table:
         return len(doomed)
 
     def transaction(self) -> Transaction:
+        """A transaction on the database, for `with`."""
         return Transaction(self._db, self.path)
 
 

@@ -23,6 +23,7 @@ class LoopbackHostMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass HTTP requests for a loopback Host on; answer the others 421."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

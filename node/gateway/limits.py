@@ -36,6 +36,7 @@ class BodyLimitMiddleware:
         self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the request body within the size and time limits (413, 408 past them), then pass it on."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -83,6 +83,8 @@ class TaskList(BaseModel):
 
 
 class Capacity(BaseModel):
+    """Free and total task places."""
+
     free: int
     max: int
 
@@ -122,5 +124,7 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
+    """The gateway is up, and how many live nodes it sees."""
+
     status: Literal["ok"] = "ok"
     nodes: int = Field(description="Live nodes seen by heartbeat")

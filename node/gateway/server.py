@@ -77,6 +77,7 @@ class Gateway:
 
     @property
     def url(self) -> str:
+        """The base URL the gateway listens on (once started)."""
         assert self.http.port is not None, "gateway not started"
         host = f"[{self.http.host}]" if ":" in (self.http.host or "") else self.http.host
         return f"http://{host}:{self.http.port}"

@@ -60,9 +60,11 @@ class PendingCaps:
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> PendingCaps:
+        """The caps of the gateway's settings."""
         return cls(settings.max_pending, settings.max_pending_total)
 
     def add_source(self, count: PendingCount) -> None:
+        """Count the unfinished tasks that `count` reports too."""
         self._sources.append(count)
 
     def pending(self, key_id: str | None) -> int:
@@ -143,6 +145,7 @@ class GatewayService:
         return self._with_unsaved(record) if record is not None and record.key_id == key_id else None
 
     def get_many(self, task_ids: list[str], key_id: str) -> dict[str, TaskRecord]:
+        """The tasks of `task_ids` that belong to `key_id`, by id."""
         return {i: self._with_unsaved(r) for i, r in self.store.get_many(task_ids).items() if r.key_id == key_id}
 
     async def wait(self, task_ids: list[str], seconds: float) -> None:

@@ -123,10 +123,12 @@ class GatewaySettings(LayeredSettings):
 
     @property
     def identity_path(self) -> Path:
+        """The gateway's secret key file in data_dir."""
         return self.data_dir / "identity.key"
 
     @property
     def database_path(self) -> Path:
+        """The gateway's SQLite database in data_dir."""
         return self.data_dir / "gateway.sqlite3"
 
     @property

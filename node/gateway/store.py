@@ -92,10 +92,12 @@ class TaskStore(Table):
             self._db.executemany(sql, rows)
 
     def get(self, task_id: str) -> TaskRecord | None:
+        """The task of `task_id`; None if unknown."""
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _record(row)
 
     def get_many(self, task_ids: list[str]) -> dict[str, TaskRecord]:
+        """The known tasks of `task_ids`, by id."""
         if not task_ids:
             return {}
         marks = ", ".join("?" for _ in task_ids)
@@ -103,6 +105,7 @@ class TaskStore(Table):
         return {row["id"]: _record(row) for row in rows}
 
     def pending(self) -> list[TaskRecord]:
+        """Every task not yet finished."""
         rows = self._db.execute("SELECT * FROM tasks WHERE status = 'pending'").fetchall()
         return [_record(row) for row in rows]
 

@@ -30,6 +30,7 @@ class MinuteSample(BaseModel):
 
     @property
     def tokens_per_s(self) -> float:
+        """The minute's tokens per second."""
         return round(self.tokens / 60, 3)
 
 

@@ -58,6 +58,7 @@ class DataDirLock:
         self._file = file
 
     def release(self) -> None:
+        """Release the lock (nothing if not held)."""
         if self._file is not None:
             self._file.close()  # closing the file drops the lock
             self._file = None

@@ -36,6 +36,7 @@ class NamedWriteLogger(structlog.WriteLogger):
         self.name = name
 
     def msg(self, message: str) -> None:
+        """Write the line; a file that cannot be written loses the line, without raising."""
         try:
             super().msg(message)
         except (OSError, ValueError):  # a broken pipe, a closed file: the line is lost, the node is not
@@ -51,6 +52,7 @@ class NamedWriteLoggerFactory:
         self._file = file
 
     def __call__(self, *args: Any) -> NamedWriteLogger:
+        """A logger for the module named first in `args`, writing to the factory's file."""
         return NamedWriteLogger(self._file, str(args[0]) if args else "")
 
 
@@ -108,6 +110,7 @@ class RepeatedErrorFilter(logging.Filter):
         self._held_back = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Let one record through a window, saying how many were held back; drop the rest."""
         now = time.monotonic()
         if now - self._last < self._window_s:
             self._held_back += 1

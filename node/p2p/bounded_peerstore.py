@@ -39,16 +39,19 @@ class BoundedPeerStore(PeerStore):
     """py-libp2p's PeerStore with what one peer can make it hold bounded (see the module docstring)."""
 
     def add_addrs(self, peer_id: ID, addrs: Sequence[Multiaddr], ttl: int = 0) -> None:
+        """Add the peer's new addresses, up to MAX_ADDRS a peer."""
         data = self.peer_data_map.get(peer_id)
         kept = data.get_addrs() if data is not None else []
         fresh = [addr for addr in dict.fromkeys(addrs) if addr not in kept]
         super().add_addrs(peer_id, fresh[: max(MAX_ADDRS - len(kept), 0)], ttl)  # evicts past max_peers
 
     def add_pubkey(self, peer_id: ID, pubkey: PublicKey) -> None:
+        """Add the peer's key, then hold the peer limit."""
         super().add_pubkey(peer_id, pubkey)
         self._enforce_peer_limit()  # py-libp2p's does not: peer ids known by their key alone stayed for good
 
     def add_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
+        """Add the peer's new protocols, up to MAX_PROTOCOLS a peer, then hold the peer limit."""
         data = self.peer_data_map.get(peer_id)
         kept = set(data.get_protocols()) if data is not None else set()
         fresh = [name for name in _names(protocols) if name not in kept]
@@ -56,10 +59,12 @@ class BoundedPeerStore(PeerStore):
         self._enforce_peer_limit()
 
     def set_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
+        """Set the peer's protocols (the first MAX_PROTOCOLS), then hold the peer limit."""
         super().set_protocols(peer_id, _names(protocols)[:MAX_PROTOCOLS])
         self._enforce_peer_limit()
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
+        """Take a signed peer record, unless it is too large; whether it was taken."""
         if too_large(envelope):
             return False
         return super().consume_peer_record(envelope, ttl)  # its addresses go through add_addrs

@@ -153,6 +153,7 @@ class StreamPeerAwarePubsub(Pubsub):
         await super()._handle_new_peer(peer_id)
 
     async def stream_handler(self, stream: INetStream) -> None:
+        """Wait while the peer is stream-only, then handle its pubsub stream."""
         peer = stream.muxed_conn.peer_id
         while peer in self.stream_only:
             if getattr(stream.muxed_conn, "is_closed", False):
@@ -161,6 +162,7 @@ class StreamPeerAwarePubsub(Pubsub):
         await super().stream_handler(stream)
 
     async def continuously_read_stream(self, stream: INetStream) -> None:
+        """Read the peer's RPCs; a bad or oversized one drops the stream, never the host."""
         peer = stream.muxed_conn.peer_id
         try:
             while self.manager.is_running:

@@ -87,6 +87,7 @@ class HandOffBudget:
         return False
 
     def release(self, size: int) -> None:
+        """Give back one message of `size` bytes."""
         with self._lock:
             self.messages -= 1
             self.bytes -= size
@@ -122,6 +123,7 @@ class GossipQueues:
         return queue
 
     def remove(self, topic: str) -> None:
+        """Drop the topic's queue."""
         self.queues.pop(topic, None)
 
     def charge(self, topic: str, size: int) -> bool:

@@ -24,6 +24,7 @@ class ShutdownNoiseFilter(logging.Filter):
     """Demote shutdown-time "Nursery is closed" task errors to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Log a nursery-closed error at shutdown as DEBUG, without its traceback."""
         if record.levelno >= logging.ERROR and record.exc_info and is_nursery_closed(record.exc_info[1]):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.exc_info, record.exc_text = None, None

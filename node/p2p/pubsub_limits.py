@@ -193,6 +193,7 @@ class BoundedGossipSub(GossipSub):
         self._iwant_spent: dict[ID, tuple[float, int]] = {}  # peer -> (second it began, bytes answered)
 
     async def handle_iwant(self, iwant_msg: rpc_pb2.ControlIWant, sender_peer_id: ID) -> None:
+        """Answer an IWANT within the rate limit and IWANT_BYTES_PER_S a peer."""
         if not self._check_iwant_rate_limit(sender_peer_id) or not isinstance(self.pubsub, Pubsub):
             return
         now = time.monotonic()
@@ -217,6 +218,7 @@ class BoundedGossipSub(GossipSub):
             self.send_rpc(sender_peer_id, packet)
 
     def remove_peer(self, peer_id: ID) -> None:
+        """Remove the peer, and its IWANT spending."""
         super().remove_peer(peer_id)
         self._iwant_spent.pop(peer_id, None)
 

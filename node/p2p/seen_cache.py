@@ -62,6 +62,7 @@ class WindowedSeenCache:
         return True
 
     def length(self) -> int:
+        """How many ids are held."""
         return len(self._bucket_of)
 
     def stop(self) -> None:

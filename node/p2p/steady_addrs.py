@@ -37,6 +37,7 @@ class SteadyAddrs:
         self._expires = -float("inf")
 
     def __call__(self) -> list[Multiaddr]:
+        """The addresses, computed again once refresh_s has passed."""
         now = self._clock()
         if now >= self._expires:
             self._addrs = list(self._compute())

@@ -95,6 +95,7 @@ class StreamTable:
 
     @property
     def open_count(self) -> int:
+        """How many streams are open."""
         return len(self._streams)
 
     def streams_of(self, peer: str) -> int:

@@ -173,6 +173,7 @@ class Client:
             await self._wait_for_mesh(host)
 
     async def close(self) -> None:
+        """Stop the sender, the background loops and the host."""
         if self._sender is not None:
             await self._sender.close()
             self._sender = None

@@ -81,6 +81,7 @@ class DirectDelivery:
 
     @property
     def progress_text(self) -> str:
+        """The text streamed so far."""
         return "".join(self.deltas)
 
     def follow(self, on_result: Callable[[Inbound], None], on_delta: OnDelta | None) -> None:
@@ -88,6 +89,7 @@ class DirectDelivery:
         self._reader = asyncio.create_task(self._read(on_result, on_delta))
 
     async def close(self) -> None:
+        """Stop reading and close the stream."""
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

@@ -65,4 +65,5 @@ class VerificationFailedTaskError(TaskFailedError):
 
     @property
     def retryable(self) -> bool:
+        """Never: a node that failed verification is not asked again."""
         return False

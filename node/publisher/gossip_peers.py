@@ -84,6 +84,7 @@ class GossipPeerKeeper:
 
     @property
     def quiet_after(self) -> float:
+        """Seconds without an accepted heartbeat before one more peer is dialled (default: half the nodes' TTL)."""
         return self.settings.quiet_after or self._nodes.ttl / 2
 
     def heard(self) -> None:

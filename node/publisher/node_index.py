@@ -26,11 +26,13 @@ class AddressSet:
         self._at: dict[str, int] = {}
 
     def add(self, address: str) -> None:
+        """Add the address (nothing if held)."""
         if address not in self._at:
             self._at[address] = len(self._items)
             self._items.append(address)
 
     def discard(self, address: str) -> None:
+        """Remove the address (nothing if not held)."""
         index = self._at.pop(address, None)
         if index is None:
             return
@@ -40,6 +42,7 @@ class AddressSet:
             self._at[last] = index
 
     def draw(self, rng: random.Random) -> str:
+        """An address drawn at random."""
         return self._items[rng.randrange(len(self._items))]
 
     def __contains__(self, address: object) -> bool:
@@ -60,11 +63,13 @@ class ModelIndex:
         self._all = AddressSet()
 
     def add(self, address: str, models: Iterable[str]) -> None:
+        """Index the address under each of its models."""
         self._all.add(address)
         for model in models:
             self._by_model.setdefault(model, AddressSet()).add(address)
 
     def discard(self, address: str, models: Iterable[str]) -> None:
+        """Remove the address from under each of its models."""
         self._all.discard(address)
         for model in models:
             members = self._by_model.get(model)

@@ -46,10 +46,12 @@ MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when n
 
 
 def clamp_capacity(value: int) -> int:
+    """The capacity within 0 and MAX_CAPACITY."""
     return min(max(value, 0), MAX_CAPACITY)
 
 
 def clamp_tps(value: float) -> float:
+    """The speed within 0 and MAX_TPS (0 if not finite)."""
     return min(max(value, 0.0), MAX_TPS) if math.isfinite(value) else 0.0
 
 
@@ -70,6 +72,7 @@ class KnownNode:
     reserved: int = 0  # our tasks sent since this heartbeat and not yet ended (counted off `free`)
 
     def serves(self, wanted: list[str]) -> bool:
+        """Whether the node serves any of the wanted models (or a wildcard of them)."""
         return bool(self.models) and any(
             entry in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) or entry in self.models for entry in wanted
         )
@@ -206,6 +209,7 @@ class NodeTable:
         return list(self._nodes.values())
 
     def live_count(self, now: float | None = None) -> int:
+        """How many nodes are live (heard within the TTL)."""
         now = time.time() if now is None else now
         return sum(1 for node in self._nodes.values() if now - node.last_seen <= self._ttl)
 
@@ -224,6 +228,7 @@ class NodeTable:
         return list(chosen.values())
 
     def live(self, now: float | None = None) -> list[KnownNode]:
+        """The nodes heard within the TTL."""
         now = time.time() if now is None else now
         return [node for node in self._nodes.values() if now - node.last_seen <= self._ttl]
 

@@ -95,9 +95,11 @@ class PrefetchedScorer:
         self._prompts = {prompt: s.prompt_text for (prompt, _), s in scores.items()}
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> RemoteScores:
+        """The scores fetched for these tokens."""
         return self._scores[(tuple(prompt_tokens), tuple(tokens))]
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
+        """The prompt's text, as fetched."""
         return self._prompts[tuple(prompt_tokens)]
 
 

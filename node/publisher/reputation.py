@@ -90,6 +90,7 @@ class Reputation:
             self._db = None
 
     def close(self) -> None:
+        """Close the database (nothing if none is open)."""
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -208,6 +209,7 @@ class Reputation:
         self._tried_new = tried
 
     def banned(self, address: str, now: float | None = None) -> bool:
+        """Whether the address is banned now (or at `now`)."""
         record = self._rows.get(address)
         return record is not None and record.banned_until > (time.time() if now is None else now)
 

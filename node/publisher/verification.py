@@ -74,7 +74,9 @@ class Scores(Protocol):
 class Scorer(Protocol):
     """Re-scores tokens with one model file (blocking)."""
 
-    def score(self, prompt_tokens: list[int], tokens: list[int]) -> Scores: ...
+    def score(self, prompt_tokens: list[int], tokens: list[int]) -> Scores:
+        """The scores of `tokens` after `prompt_tokens`."""
+        ...
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
         """The prompt token ids as text (checked against the publisher's messages)."""

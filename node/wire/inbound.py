@@ -47,7 +47,9 @@ class Received(Protocol):
     """A message as the P2P layer queues it (node.p2p.host.GossipMessage): its raw bytes."""
 
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes:
+        """The message's raw bytes."""
+        ...
 
     @property
     def validated(self) -> object:
@@ -76,6 +78,7 @@ class Inbound:
 
     @property
     def sender(self) -> str:
+        """The address that signed the message."""
         return self.signed.sender
 
 

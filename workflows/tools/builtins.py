@@ -61,6 +61,8 @@ async def _json(settings: ToolSettings, method: str, url: str, **kwargs: Any) ->
 
 
 def search_tool(settings: ToolSettings, max_length: int) -> Tool:
+    """The web search tool."""
+
     async def run(arguments: dict[str, Any]) -> str:
         return await web_search(settings, str(arguments.get("query", "")))
 
@@ -100,12 +102,15 @@ class _TextExtractor(html.parser.HTMLParser):
 
 
 def html_to_text(page: str) -> str:
+    """The text of an HTML page."""
     extractor = _TextExtractor()
     extractor.feed(page)
     return "\n".join(extractor.parts)
 
 
 def reader_tool(settings: ToolSettings, name: str) -> Tool:
+    """The tool that fetches a page by URL and returns its text."""
+
     async def run(arguments: dict[str, Any]) -> str:
         url = str(arguments.get("url", ""))
         response = await fetch(settings, "GET", url)

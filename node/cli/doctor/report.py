@@ -9,6 +9,8 @@ from pydantic import BaseModel
 
 
 class Status(StrEnum):
+    """A check's outcome."""
+
     OK = "OK"
     WARN = "WARN"  # worth knowing, not wrong (e.g. no public address behind NAT)
     FAIL = "FAIL"
@@ -24,14 +26,17 @@ class Check(BaseModel):
 
 
 def ok(name: str, detail: str) -> Check:
+    """A check that passed."""
     return Check(name=name, status=Status.OK, detail=detail)
 
 
 def warn(name: str, detail: str, fix: str | None = None) -> Check:
+    """A check with something worth knowing, and a fix if there is one."""
     return Check(name=name, status=Status.WARN, detail=detail, fix=fix)
 
 
 def fail(name: str, detail: str, fix: str) -> Check:
+    """A failed check, with its fix."""
     return Check(name=name, status=Status.FAIL, detail=detail, fix=fix)
 
 

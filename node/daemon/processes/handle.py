@@ -124,6 +124,7 @@ class ExecutionProcess:
 
     @property
     def pid(self) -> int | None:
+        """The process's pid; None before it starts."""
         return None if self._proc is None else self._proc.pid
 
     @property
@@ -133,6 +134,7 @@ class ExecutionProcess:
 
     @property
     def alive(self) -> bool:
+        """Started and not yet exited."""
         return self._proc is not None and not self.exited.is_set()
 
     @property
@@ -232,9 +234,11 @@ class ExecutionProcess:
             self._delta_sinks.pop(request.task_id, None)
 
     def has_task(self, task_id: str) -> bool:
+        """Whether the task is running in this process."""
         return task_id in self._pending
 
     def cancel(self, task_id: str, reason: str) -> None:
+        """Ask the process to cancel the task (nothing if the process has exited)."""
         if self.alive:
             self._send(Cancel(task_id=task_id, reason=reason))
 
@@ -326,6 +330,7 @@ class ExecutionProcess:
 
     @property
     def exit_error(self) -> ExecutionProcessExitError | None:
+        """Why the process exited; None while it runs."""
         return self._exit
 
     def _dispatch(self, message: Message) -> None:

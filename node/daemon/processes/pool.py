@@ -182,6 +182,7 @@ class ExecutionPool:
         return {name: tps for name, tps in self.tps.items() if name in advertised}
 
     def process(self, model: str) -> ExecutionProcess | None:
+        """The ready execution process of `model`; None if it has none."""
         entry = self._entries.get(model)
         return entry.process if entry is not None and entry.ready.is_set() else None
 

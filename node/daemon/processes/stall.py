@@ -52,6 +52,7 @@ class Stall:
     tokens: int = 0  # tokens in the stalled call (a decode's batch)
 
     def describe(self) -> str:
+        """The stall in words, for logs and errors."""
         where = f"in a {self.call} call" if self.call else "outside any native call"
         return f"no progress for {self.seconds:.0f} s {where}"
 

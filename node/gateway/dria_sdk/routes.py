@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 
 class PostedValue(BaseModel):
+    """A task as the SDK posts it."""
+
     payload: str = Field(description="Standard base64 of the task JSON")
 
 

@@ -111,6 +111,7 @@ def task_body(data: dict[str, Any], published_as: str) -> tuple[TaskBody, list[s
 
 
 def payload_hash(data: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the JSON with sorted keys: the same data, the same hash."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
 
 

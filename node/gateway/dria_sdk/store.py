@@ -82,6 +82,7 @@ class SdkStore(Table):
         return None if row is None else _task(row)
 
     def get(self, network_id: str) -> SdkTask | None:
+        """The task of `network_id`; None if unknown."""
         row = self._db.execute("SELECT * FROM rpc_tasks WHERE network_id = ?", (network_id,)).fetchone()
         return None if row is None else _task(row)
 
@@ -119,6 +120,7 @@ class SdkStore(Table):
         return int(row[0])
 
     def delete(self, network_id: str) -> None:
+        """Forget the task of `network_id`."""
         with self.transaction():
             self._db.execute("DELETE FROM rpc_tasks WHERE network_id = ?", (network_id,))
 

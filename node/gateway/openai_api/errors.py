@@ -58,10 +58,12 @@ class OpenAIError(Exception):
 
     @property
     def body(self) -> ErrorResponse:
+        """The error as OpenAI's error body."""
         kind = _TYPES.get(self.status, "api_error")
         return ErrorResponse(error=ErrorDetail(message=self.message, type=kind, param=self.param, code=self.code))
 
     def response(self) -> JSONResponse:
+        """The error as a JSON response, with Retry-After when set."""
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers)
 

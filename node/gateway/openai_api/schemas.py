@@ -31,11 +31,15 @@ class ContentPart(_Request):
 
 
 class FunctionCall(_Request):
+    """A function the model calls, with its arguments."""
+
     name: str = Field(min_length=1, max_length=256)
     arguments: str = Field(description="The arguments as a JSON object in a string")
 
 
 class ToolCall(_Request):
+    """A tool call in an assistant message."""
+
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -59,37 +63,51 @@ class ChatMessage(_Request):
 
 
 class FunctionDefinition(_Request):
+    """A function offered to the model: name, description, JSON Schema of its parameters."""
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str = ""
     parameters: dict[str, Any] | None = None
 
 
 class ToolDefinition(_Request):
+    """A tool offered to the model."""
+
     type: Literal["function"]
     function: FunctionDefinition
 
 
 class NamedFunction(_Request):
+    """A function named by its name."""
+
     name: str
 
 
 class NamedToolChoice(_Request):
+    """A tool choice naming the function to call."""
+
     type: Literal["function"]
     function: NamedFunction
 
 
 class JsonSchemaFormat(_Request):
+    """The JSON Schema a `json_schema` response must follow."""
+
     name: str = "response"
     schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
     strict: bool | None = None
 
 
 class ResponseFormat(_Request):
+    """The format asked of the answer: text, any JSON object, or JSON of a schema."""
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(_Request):
+    """Options of a streamed answer."""
+
     include_usage: bool = False
 
 
@@ -122,12 +140,16 @@ class ChatCompletionRequest(_Request):
 
 
 class Usage(BaseModel):
+    """Tokens read and written."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
 class AssistantMessage(BaseModel):
+    """The assistant's answer: text or tool calls."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
@@ -138,6 +160,8 @@ FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
+    """One answer of a completion."""
+
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
@@ -157,6 +181,8 @@ class ChatCompletion(BaseModel):
 
 
 class ChunkToolCall(BaseModel):
+    """A tool call in a streamed chunk."""
+
     index: int = 0
     id: str
     type: Literal["function"] = "function"
@@ -164,12 +190,16 @@ class ChunkToolCall(BaseModel):
 
 
 class Delta(BaseModel):
+    """What a streamed chunk adds to the answer."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
+    """One answer's part in a streamed chunk."""
+
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
@@ -199,6 +229,8 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The models the gateway offers."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
@@ -211,6 +243,8 @@ class EmbeddingRequest(_Request):
 
 
 class ErrorDetail(BaseModel):
+    """What went wrong, as OpenAI's errors say it."""
+
     message: str
     type: str
     param: str | None = None

@@ -175,6 +175,7 @@ def _param_of(message: str) -> str | None:
 
 
 def uses_tools(workflow: dict[str, Any]) -> bool:
+    """Whether the workflow's task calls tools."""
     return bool(workflow["tasks"][0]["operator"] == "function_calling_raw")
 
 
