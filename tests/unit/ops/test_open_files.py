@@ -18,19 +18,25 @@ print(raise_open_files_limit(int(sys.argv[1])), *resource.getrlimit(resource.RLI
 """
 
 
-def limits_after(soft: int, hard: int, wanted: int) -> list[int]:
+def run_limited(script: str, argument: str, soft: int, hard: int) -> list[int]:
+    """The numbers `script` prints, run in a child whose open-files limits are (soft, hard)."""
+
     def set_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(wanted)],
+        [sys.executable, "-c", script, argument],
         capture_output=True,
         text=True,
         cwd=ROOT,
         preexec_fn=set_limits,
-        check=True,
     )
+    assert done.returncode == 0, done.stderr[-2000:]
     return [int(value) for value in done.stdout.split()]
+
+
+def limits_after(soft: int, hard: int, wanted: int) -> list[int]:
+    return run_limited(SCRIPT, str(wanted), soft, hard)
 
 
 @pytest.mark.parametrize(
@@ -69,16 +75,4 @@ def test_the_gateway_raises_its_limit_too(tmp_path: Path) -> None:
     _, current_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if current_hard != resource.RLIM_INFINITY and current_hard < 8192:
         pytest.skip(f"this process may not set a hard limit of 8192 (it is {current_hard})")
-
-    def set_limits() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192))
-
-    done = subprocess.run(
-        [sys.executable, "-c", GATEWAY_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=set_limits,
-        check=True,
-    )
-    assert [int(value) for value in done.stdout.split()] == [8192, 8192], done.stderr[-2000:]
+    assert run_limited(GATEWAY_SCRIPT, str(tmp_path), 256, 8192) == [8192, 8192]
