@@ -27,7 +27,7 @@ from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.wire.envelope import seal
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound
-from node.wire.messages import TaskBody, encode_body
+from node.wire.messages import TaskBody
 from node.wire.topics import TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -168,8 +168,7 @@ class TaskSender:
 
     def _sealed(self, body: TaskBody) -> bytes:
         """The task's envelope, signed; TaskTooLargeError when no envelope can carry it."""
-        check_size(body)
-        return seal(self._identity, TASK_TOPIC, encode_body(body))
+        return seal(self._identity, TASK_TOPIC, check_size(body))  # the checked bytes, not encoded again
 
     async def end(self, attempt: Attempt) -> None:
         """Close the attempt's stream, if it was sent on one."""

@@ -95,9 +95,9 @@ def task_body(task: Task, timeout: float, public_key: str, stream: bool = False,
     )
 
 
-def check_size(body: TaskBody) -> None:
-    """TaskTooLargeError when `body`, sealed, would pass the network's message (and frame) limit;
-    TaskNotEncodableError when it nests deeper than a node's JSON parser reads."""
+def check_size(body: TaskBody) -> bytes:
+    """`body`'s encoding; TaskTooLargeError when `body`, sealed, would pass the network's message (and frame)
+    limit, TaskNotEncodableError when it nests deeper than a node's JSON parser reads."""
     try:
         encoded = encode_body(body)
         pydantic_core.from_json(encoded)  # the parser nodes decode tasks with (node/wire/messages.py): its depth limit
@@ -106,3 +106,4 @@ def check_size(body: TaskBody) -> None:
     size = sealed_size(TASK_TOPIC, encoded)
     if size > MAX_MESSAGE_BYTES:
         raise TaskTooLargeError(size, MAX_MESSAGE_BYTES)
+    return encoded
