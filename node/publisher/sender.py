@@ -15,7 +15,6 @@ from typing import Literal
 
 import structlog
 
-from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt
@@ -59,15 +58,14 @@ class TaskSender:
         self._delivery = delivery
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
-        self._undialable: dict[str, float] = {}  # node address, or host and port -> when its dial failure expires
+        self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
 
     def body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
         """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
         return task_body(task, timeout, self._identity.public_key_compressed.hex(), stream=stream, proof=proof)
 
     def undialable(self, address: str) -> bool:
-        """Whether a dial of `address` (a node's, or a host and port: `transport_of`) failed less than
-        UNDIALABLE_FOR_S ago."""
+        """Whether a dial of `address` failed less than UNDIALABLE_FOR_S ago."""
         until = self._undialable.get(address)
         return until is not None and until > time.monotonic()
 
@@ -92,9 +90,6 @@ class TaskSender:
         DeclinedError: the node answered but did not take it (or did not answer in time).
         ClientError: it could not be published (TaskTooLargeError: no envelope can carry it).
         """
-        # An address a dial failed at lately is skipped whatever node names it: the host and port of a
-        # heartbeat's addrs may be anyone's, and keys are free.
-        addrs = [addr for addr in node.addrs if not self.undialable(transport_of(addr))]
         direct = self._delivery == "direct" and bool(node.addrs) and not self.undialable(node.address)
         body = self.body(
             task.model_copy(update={"nodes": [node.address]}),
@@ -105,7 +100,7 @@ class TaskSender:
         envelope = self._sealed(body)
         future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
         try:
-            return await self._send(body, envelope, node, addrs, future, on_delta, direct)
+            return await self._send(body, envelope, node, future, on_delta, direct)
         except asyncio.CancelledError:
             self._inbox.forget(body.task_id)  # the caller is gone (an HTTP client that disconnected): nobody waits
             raise
@@ -115,23 +110,19 @@ class TaskSender:
         body: TaskBody,
         envelope: bytes,
         node: KnownNode,
-        addrs: list[str],
         future: asyncio.Future[TaskResult],
         on_delta: OnDelta | None,
         direct: bool,
     ) -> Attempt:
         if direct:
             try:
-                if not addrs:
-                    raise UndialableError("a dial failed lately at every address it names")
                 delivery = await deliver(
-                    self._host, addrs, body.task_id, envelope, self._answer_timeout, bool(body.stream)
+                    self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout, bool(body.stream)
                 )
             except UndialableError as exc:
                 if not exc.may_have_task:
                     self._inbox.forget(body.task_id)
-                    for key in (node.address, *map(transport_of, addrs)):
-                        self._mark_undialable(key)
+                    self._mark_undialable(node.address)
                     log.info(
                         "node not dialable; its tasks go on gossip",
                         task_id=body.task_id,

@@ -5,20 +5,14 @@ honest node."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from node.p2p.errors import P2PError
 from node.publisher import direct
 from node.publisher.client import ClientError, Task, TaskFailedError, TaskTooLargeError, VerificationFailedTaskError
-from node.publisher.direct import MAX_PROGRESS_CHARS, NotDialableError
-from node.publisher.inbox import ResultInbox
-from node.publisher.node_table import KnownNode
-from node.publisher.sender import TaskSender
+from node.publisher.direct import MAX_PROGRESS_CHARS
 from node.publisher.verification import ResultVerifier, Scorer
-from node.wire.identity import Identity
 from node.wire.messages import Stats
 from node.wire.topics import MAX_MESSAGE_BYTES
 from tests.support.streaming_peer import StreamingPeer, client_of
@@ -112,39 +106,3 @@ async def test_a_result_naming_a_model_the_task_did_not_ask_for_is_refused_not_l
     async with client_of(StreamingPeer([], "ok"), verifier=verifier) as client:  # the name asked for: checked
         with pytest.raises(VerificationFailedTaskError, match="carries no proof"):
             await client.execute(Task(workflow={}, models=["m"]), timeout=20)
-
-
-class RefusingStreams:
-    """A host whose every stream fails to open (a listener that is not a libp2p node), counting the dials."""
-
-    def __init__(self) -> None:
-        self.dialled: list[list[str]] = []
-
-    async def open_stream(self, addrs: list[str], first_frame: bytes, timeout: float = 5.0) -> None:
-        self.dialled.append(addrs)
-        raise P2PError("handshake failed")
-
-
-async def test_nodes_naming_one_host_get_it_dialled_once() -> None:
-    # A heartbeat's addrs end in its signer's peer id, but the host and port may be anyone's, and keys are free:
-    # each new key naming one host got it dialled again (one dial a task).
-    host = RefusingStreams()
-    me = Identity.generate()
-    sender = TaskSender(host, me, ResultInbox(me.secret), lambda _: None, "direct", 1.0)  # type: ignore[arg-type]
-    dialled = []
-    for _ in range(5):
-        sybil = Identity.generate()
-        node = KnownNode(
-            address=sybil.address,
-            peer_id=sybil.peer_id,
-            models=["m"],
-            free=1,
-            max=1,
-            tps={},
-            last_seen=time.time(),
-            addrs=(f"/ip4/192.0.2.7/tcp/4001/p2p/{sybil.peer_id}",),
-        )
-        with pytest.raises(NotDialableError):
-            await sender.send(Task(workflow={}, models=["m"]), node, 10.0, None)
-        dialled.append(len(host.dialled))
-    assert dialled == [1, 1, 1, 1, 1]
