@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 
 import structlog
@@ -18,6 +19,9 @@ _NUMERIC: dict[str, Callable[[float, float], bool]] = {
     "GreaterThanOrEqual": operator.ge,
     "LessThanOrEqual": operator.le,
 }
+# A number as JSON and most languages write one, in ASCII. Python's float() also takes
+# "1_000", other scripts' digits ("٣"), "inf" and "nan", which are not numbers here.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 async def evaluate(expression: Expression, value: str, expected: str, files: FileStore) -> bool:
@@ -37,9 +41,7 @@ async def evaluate(expression: Expression, value: str, expected: str, files: Fil
             return expected not in value
         case "HaveSimilar":
             return await files.have_similar(value)
-    try:
-        a, b = float(value), float(expected)
-    except ValueError:
+    if not (_NUMBER.fullmatch(value) and _NUMBER.fullmatch(expected)):
         log.warning("condition value not numeric", expression=expression, value=value[:80], expected=expected[:80])
         return False
-    return _NUMERIC[expression](a, b)
+    return _NUMERIC[expression](float(value), float(expected))

@@ -6,8 +6,13 @@ from workflows.errors import InvalidStepError, LimitExceededError
 from workflows.memory import Entry, Memory, render_entry
 from workflows.schema import RESULT_VALUE, InputValue, StepInput, StepOutput
 
-# What an input resolves to: an entry, a list of entries, or None for "nothing".
-Resolved = Entry | list[Entry] | None
+
+class Entries(list[Entry]):
+    """Several entries (`get_all`, `search`): told apart from one entry that is a JSON array."""
+
+
+# What an input resolves to: an entry (a JSON array is one entry), several entries, or None for "nothing".
+Resolved = Entry | Entries | None
 
 
 async def resolve(value: InputValue, memory: Memory) -> Resolved:
@@ -22,7 +27,7 @@ async def resolve(value: InputValue, memory: Memory) -> Resolved:
         case "peek":
             return memory.peek(value.key, value.index or 0)
         case "get_all":
-            return memory.get_all(value.key) or None
+            return Entries(memory.get_all(value.key)) or None
         case "size":
             return str(memory.size(value.key))
         case "string":
@@ -30,15 +35,15 @@ async def resolve(value: InputValue, memory: Memory) -> Resolved:
         case "search":
             assert value.search_query is not None  # enforced by the schema
             query = render(await resolve(value.search_query, memory))
-            return await memory.files.search(query) or None
+            return Entries(await memory.files.search(query)) or None
     raise AssertionError(f"unhandled input type {value.type}")
 
 
 def render(resolved: Resolved) -> str:
-    """Text of a resolved value: lists joined by " \\n", JSON compact, nothing as ""."""
+    """Text of a resolved value: several entries joined by " \\n", JSON (arrays too) compact, nothing as ""."""
     if resolved is None:
         return ""
-    if isinstance(resolved, list):
+    if isinstance(resolved, Entries):
         return " \n".join(render_entry(e) for e in resolved)
     return render_entry(resolved)
 

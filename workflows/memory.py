@@ -35,7 +35,10 @@ def coerce_entry(value: Any) -> Entry:
             parsed = json.loads(value)
         except (ValueError, RecursionError):
             return value
-        return value if parsed is None else parsed
+        if parsed is None:
+            return value
+        # A JSON string stays JSON: it renders with its quotes, as compact JSON (WORKFLOWS.md, Memory).
+        return json.dumps(parsed, ensure_ascii=False) if isinstance(parsed, str) else parsed
     return value
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from workflows.errors import InvalidStepError, ResultTooLargeError, WorkflowError
-from workflows.inputs import render, resolve
+from workflows.inputs import Entries, render, resolve
 from workflows.key_sources import KeySources
 from workflows.memory import Memory, render_entry
 from workflows.schema import PostProcess, ReturnValue
@@ -29,7 +29,7 @@ async def build_result(
     for i, value in enumerate(values):
         item = await resolve(value, memory)
         if item is None and value.type == "get_all":
-            item = []  # an empty stack is an empty list, not a missing value
+            item = Entries()  # an empty stack is an empty list, not a missing value
         if item is None:
             where = f"return_value.input[{i}]" if isinstance(spec.input, list) else "return_value.input"
             if sources is not None and sources.never_filled(value):
@@ -39,12 +39,12 @@ async def build_result(
             raise WorkflowError(f"{where}: {value.type} {value.key!r} holds nothing at the end of the run")
         resolved.append(item)
 
-    is_list = isinstance(spec.input, list) or isinstance(resolved[0], list)
+    is_list = isinstance(spec.input, list) or isinstance(resolved[0], Entries)
     parts: list[str] = []
     size = 0
     # Rendered piece by piece against `limit`: many inputs naming one large stack must not multiply it.
     for item in resolved:
-        for piece in item if spec.to_json and is_list and isinstance(item, list) else [item]:
+        for piece in item if spec.to_json and is_list and isinstance(item, Entries) else [item]:
             parts.append(render_entry(piece) if spec.to_json and is_list else render(piece))
             size += len(parts[-1])
             if limit is not None and size > limit:

@@ -120,8 +120,8 @@ class Step(_Model):
     @field_validator("json_schema", mode="before")
     @classmethod
     def _parse_schema(cls, raw: Any) -> Any:
-        if raw is None:
-            return raw
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None  # "" (a builder's zero value) means no schema, like null; never an empty regex
         if isinstance(raw, str):
             raw = _decode_schema(raw)
         elif not isinstance(raw, dict):

@@ -32,6 +32,15 @@ EXPRESSIONS = [
     ("LessThanOrEqual", "3", "2", False),
     ("GreaterThan", "three", "2", False),
     ("LessThan", "1", "two", False),  # not numbers: false, no crash
+    ("GreaterThan", "1e3", "999", True),
+    ("LessThan", "-.5", "0", True),
+    # Python's float() reads these; they are not numbers as a workflow writes one
+    ("GreaterThan", "1_000", "999", False),
+    ("GreaterThan", "\u0661\u0660", "9", False),  # Arabic-Indic "10"
+    ("GreaterThan", "\uff19", "1", False),  # fullwidth 9
+    ("GreaterThan", "inf", "1", False),
+    ("LessThan", "1", "Infinity", False),
+    ("LessThan", "nan", "1", False),
 ]
 
 

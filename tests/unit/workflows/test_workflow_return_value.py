@@ -9,6 +9,8 @@ import pytest
 from models.batching import BatchedLlamaModel
 from tests.support.workflow_memory import sample_memory
 from workflows import WorkflowError
+from workflows.inputs import render, resolve
+from workflows.memory import Memory
 from workflows.return_value import build_result, post_process
 from workflows.schema import PostProcess, ReturnValue
 
@@ -57,3 +59,37 @@ async def test_return_value_naming_nothing_is_an_error(model: BatchedLlamaModel)
         await build_result(
             ReturnValue.model_validate({"input": {"type": "read", "key": "missing"}}), sample_memory(model)
         )
+
+
+def _json_memory(model: BatchedLlamaModel) -> Memory:
+    # What a generation with an array or string schema writes, and a stack holding an array.
+    return Memory.create(
+        model,
+        {"questions": '["What is lava?", "Why do volcanoes erupt?"]', "city": '"Paris"', "pairs": [["x", "y"], "z"]},
+        prompt="",
+    )
+
+
+JSON_ENTRIES = [
+    # one entry that is a JSON array is JSON (compact), not a list of lines (WORKFLOWS.md, Memory)
+    ({"input": {"type": "read", "key": "questions"}}, '["What is lava?","Why do volcanoes erupt?"]'),
+    ({"input": {"type": "read", "key": "questions"}, "to_json": True}, '["What is lava?","Why do volcanoes erupt?"]'),
+    ({"input": {"type": "read", "key": "city"}}, '"Paris"'),  # a JSON string keeps its quotes
+    ({"input": {"type": "peek", "key": "pairs", "index": 1}}, '["x","y"]'),
+    ({"input": {"type": "get_all", "key": "pairs"}}, '["x","y"] \nz'),  # several entries: one a line each
+    ({"input": {"type": "get_all", "key": "pairs"}, "to_json": True}, '["[\\"x\\",\\"y\\"]", "z"]'),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), JSON_ENTRIES)
+async def test_a_json_array_or_string_entry_is_returned_as_json(
+    model: BatchedLlamaModel, spec: dict[str, Any], expected: str
+) -> None:
+    assert await build_result(ReturnValue.model_validate(spec), _json_memory(model)) == expected
+
+
+async def test_a_json_array_entry_fills_a_placeholder_as_json(model: BatchedLlamaModel) -> None:
+    from workflows.schema import InputValue
+
+    value = InputValue.model_validate({"type": "read", "key": "questions"})
+    assert render(await resolve(value, _json_memory(model))) == '["What is lava?","Why do volcanoes erupt?"]'

@@ -55,6 +55,14 @@ def test_schema_string_and_base64_schema_are_decoded() -> None:
     assert parse_workflow(raw).steps[0].json_schema == schema
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_a_blank_schema_means_no_schema(blank: str) -> None:
+    # "" is valid base64 of nothing: read as an empty regex it failed every answer, retried on every node
+    raw = _simple()
+    raw["tasks"][0]["schema"] = blank
+    assert parse_workflow(raw).steps[0].json_schema is None
+
+
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
     def apply(raw: dict[str, Any]) -> None:
         node = raw
