@@ -44,6 +44,8 @@ class WorkflowResult:
 class _Progress:
     steps: int = 0
     current: str = ""
+    verbatim_step: str | None = None  # the step whose generation is the result's text (streamed_step)
+    verbatim_text: str | None = None  # that generation's text, as the model wrote it
 
 
 async def run_workflow(
@@ -65,8 +67,13 @@ async def run_workflow(
     result over `options.max_result_bytes` raises ResultTooLargeError. `on_text` gets the
     text of the step whose generation is the result as it generates, when the workflow
     has such a step (workflows/streamed_step.py); nothing otherwise.
+
+    The result of such a workflow is that generation's text as the model wrote it: memory
+    keeps a JSON-looking answer as JSON, and its compact form would change a free-text
+    answer (" [1, 2]" -> "[1,2]", "1e5" -> "100000.0", "3.14159265358979323846" losing digits).
     """
     options = options or EngineOptions()
+    verbatim = streamed_step(workflow)
     max_steps = int(capped(workflow.config.max_steps, options.max_steps_cap))
     max_time = capped(workflow.config.max_time, options.max_time_cap)
     ctx = RunContext(
@@ -77,15 +84,17 @@ async def run_workflow(
         options=options,
         rng=random.Random(options.seed),
         sources=KeySources.of(workflow, prompt),
-        streamed=None if on_text is None else streamed_step(workflow),
+        streamed=None if on_text is None else verbatim,
         on_text=on_text,
     )
-    progress = _Progress()
+    progress = _Progress(verbatim_step=verbatim)
     timer = asyncio.timeout(max_time)
     try:
         async with timer:
             await _walk(workflow, ctx, max_steps, progress)
             text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes, ctx.sources)
+            if progress.verbatim_text is not None:
+                text = progress.verbatim_text
     except TimeoutError:
         if not timer.expired():
             raise
@@ -114,6 +123,8 @@ async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _
         try:
             result = await run_step(step, ctx)
             await write_outputs(step.outputs, result, ctx.memory)
+            if step.id == progress.verbatim_step:
+                progress.verbatim_text = result
         except LimitExceededError:
             raise
         except (WorkflowError, ModelError) as e:

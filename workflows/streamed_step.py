@@ -6,10 +6,11 @@ only write to the cache key that `return_value` reads (a single `read`, no post-
 run at most once (no edge, fallback or condition leads from it back to itself). Any
 other shape streams nothing; the publisher still gets the result.
 
-Memory keeps a JSON-looking string as JSON and renders it compact, so structured output
-(a schema) would come back reformatted: it does not stream. A free-text answer that
-happens to parse as JSON (" 42") may still differ; the publisher checks that the result
-extends the streamed text and treats a mismatch as a failed attempt.
+The engine returns that step's text as the model wrote it, so the result always extends
+what streamed. Memory keeps a JSON-looking string as JSON and renders it compact, so any
+other shape (structured output with a schema among them) returns the compact form and
+does not stream. The publisher still checks that the result extends the streamed text
+and treats a mismatch as a failed attempt.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
+
+import pytest
 
 from models.batching import BatchedLlamaModel
+from models.requests import Generation, GenerationRequest, TextSink
 from workflows import Simple, parse_workflow, run_workflow
 from workflows.streamed_step import streamed_step
 
@@ -92,3 +95,40 @@ async def test_the_engine_streams_only_the_final_step_and_the_result_is_its_text
     assert "".join(pieces) == result.text  # the answer step's text, not the draft's
     unstreamed = await run_workflow(parse_workflow(workflow), model)
     assert unstreamed.text == result.text  # temperature 0: streaming changes nothing
+
+
+class _Answers:
+    """A model stand-in that answers every generation with one text, streamed in two pieces."""
+
+    name = "fixed"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        if on_text is not None:
+            half = len(self.text) // 2
+            on_text(self.text[:half])
+            on_text(self.text[half:])
+        return Generation(text=self.text, finish_reason="stop", prompt_tokens=3, completion_tokens=5)
+
+
+# Free-text answers that parse as JSON: memory keeps them as JSON, whose compact form is not the answer.
+JSON_LOOKING = [" [1, 2, 3]", "1e5", "3.14159265358979323846", '"Hello"', '{"a":   1}', "-0", "[]"]
+
+
+@pytest.mark.parametrize("answer", JSON_LOOKING)
+async def test_the_result_of_a_free_text_answer_is_the_answer_as_written(answer: str) -> None:
+    workflow = parse_workflow(Simple().workflow("Hi.", max_tokens=8))
+    pieces: list[str] = []
+    streamed = await run_workflow(workflow, cast(Any, _Answers(answer)), on_text=pieces.append)
+    assert streamed.text == answer and "".join(pieces) == answer
+    assert (await run_workflow(workflow, cast(Any, _Answers(answer)))).text == answer
+
+
+async def test_a_result_of_another_shape_is_memory_s_compact_json() -> None:
+    post_processed = two_steps(
+        return_value={"input": {"type": "read", "key": "final"}, "post_process": [{"process_type": "trim"}]}
+    )
+    result = await run_workflow(parse_workflow(post_processed), cast(Any, _Answers(" [1, 2, 3]")))
+    assert result.text == "[1,2,3]"  # WORKFLOWS.md: JSON renders as compact JSON
