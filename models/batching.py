@@ -168,12 +168,15 @@ class BatchedLlamaModel:
     def tokenize(self, text: str) -> list[int]:
         """The tokens of `text` (no BOS, special tokens as plain text). Safe from any thread."""
         with self._vocab_lock:
-            return self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            return self._vocab.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
 
     def _prompt_tokens(self, messages: list[ChatMessage]) -> tuple[list[int], list[str]]:
         prompt = self._template.render(messages)
+        # A lone surrogate (a JSON escape decoded by a workflow's memory) is no UTF-8: it reads as "?",
+        # as the execution process sends such text (node/execution/process.py `sendable_text`).
+        data = prompt.text.encode("utf-8", "replace")
         with self._vocab_lock:
-            tokens = self._vocab.tokenize(prompt.text.encode("utf-8"), add_bos=not prompt.has_bos, special=True)
+            tokens = self._vocab.tokenize(data, add_bos=not prompt.has_bos, special=True)
         return tokens, prompt.stop
 
     def _end_of_generation_ids(self) -> tuple[int, ...]:

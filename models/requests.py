@@ -99,9 +99,10 @@ class ContextOverflowError(ModelError):
 
 
 class UnsupportedRequestError(ModelError):
-    """The request asks for something this backend cannot do; it fails the same on every try.
+    """The request asks for something this backend cannot do; it fails the same on every try here.
 
-    The message starts with `Invalid prompt: `, the prefix that tells a publisher not to retry.
+    Another node's backend may do it, so the message carries no `Invalid prompt: ` (the prefix
+    that tells a publisher not to retry anywhere: PROTOCOL.md section 5).
     """
 
 

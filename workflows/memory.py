@@ -35,11 +35,20 @@ def coerce_entry(value: Any) -> Entry:
             parsed = json.loads(value)
         except (ValueError, RecursionError):
             return value
-        if parsed is None:
-            return value
+        if parsed is None or ("\\u" in value and not _is_unicode(parsed)):
+            return value  # a JSON escape of a lone surrogate makes no text a model or a peer can take
         # A JSON string stays JSON: it renders with its quotes, as compact JSON (WORKFLOWS.md, Memory).
         return json.dumps(parsed, ensure_ascii=False) if isinstance(parsed, str) else parsed
     return value
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string in a parsed JSON value encodes as UTF-8 (no lone surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def render_entry(entry: Entry) -> str:

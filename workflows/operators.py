@@ -108,7 +108,7 @@ async def generate(
     schema: dict[str, Any] | RegexSchema | None,
     on_text: TextSink | None = None,
 ) -> str:
-    """One model call; with a schema (a JSON schema, or a regex of JSON), the answer must parse as JSON."""
+    """One model call; with a JSON schema the answer must parse as JSON, with a regex it must end before max_tokens."""
     messages = [m for m in messages if m.content.strip()]
     if not messages:
         raise StepError("the task has no non-empty message to send to the model")
@@ -130,11 +130,14 @@ async def generate(
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
-    if schema is not None:
+    hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
+    if isinstance(schema, RegexSchema):  # any text the regex matches; its matches need not be JSON
+        if generation.finish_reason == "length":
+            raise StepError(f"the model's answer is not a complete match of the schema's regex{hint}")
+    elif schema is not None:
         try:
             json.loads(generation.text)
         except ValueError:
-            hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
             raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
     return generation.text
 

@@ -28,6 +28,7 @@ import structlog
 from models.registry import ModelSpec
 from models.remote.endpoint import Endpoint, EngineRequestError, EngineUnavailableError, resolve_api_key
 from models.requests import (
+    ContextOverflowError,
     DeadlineExceededError,
     EmbeddingRequest,
     Generation,
@@ -164,6 +165,11 @@ class RemoteModel:
     def _chat_payload(self, request: GenerationRequest) -> dict[str, Any]:
         if self._closed:
             raise ModelError(f"model {self.name} is closed")
+        if request.max_tokens >= self._n_ctx:  # no prompt fits beside it: refused whole, as the local runtime does
+            raise ContextOverflowError(
+                f"max_tokens {request.max_tokens} leaves no room for the prompt in the {self._n_ctx}-token "
+                f"context of model {self.name}"
+            )
         payload: dict[str, Any] = {
             "model": self.engine_model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -178,11 +184,11 @@ class RemoteModel:
         if request.ignore_eos:
             payload["ignore_eos"] = True  # vLLM and llama.cpp extension; benchmarks only
         if request.regex is not None and request.json_schema is not None:
-            raise UnsupportedRequestError("Invalid prompt: a request cannot carry both a regex and a JSON schema")
+            raise UnsupportedRequestError("a request cannot carry both a regex and a JSON schema")
         if request.regex is not None:
             if not self.spec.guided_regex:
                 raise UnsupportedRequestError(
-                    f"Invalid prompt: schema form not supported by {self.backend} engine of {self.name} (regex)"
+                    f"schema form not supported by {self.backend} engine of {self.name} (regex)"
                 )
             payload["guided_regex"] = request.regex
         if request.json_schema is not None:

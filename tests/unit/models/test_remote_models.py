@@ -20,6 +20,7 @@ from models.remote.benchmark import RemoteBenchmarkCache
 from models.remote.endpoint import EngineRequestError, EngineUnavailableError
 from models.requests import (
     ChatMessage,
+    ContextOverflowError,
     DeadlineExceededError,
     EmbeddingRequest,
     GenerationRequest,
@@ -134,12 +135,25 @@ async def test_regex_goes_as_guided_regex_only_where_the_entry_says_the_engine_c
         try:
             with pytest.raises(UnsupportedRequestError) as info:
                 await plain.generate(GenerationRequest(messages=HELLO, regex=r"\d+"))
-            assert str(info.value).startswith("Invalid prompt: schema form not supported by openai")
+            # this node's engine: another node's may take it, so not `Invalid prompt: ` (PROTOCOL.md section 5)
+            assert str(info.value).startswith("schema form not supported by openai")
             await guided.generate(GenerationRequest(messages=HELLO, regex=r"\d+"))
         finally:
             await plain.close()
             await guided.close()
     assert len(engine.requests) == 1 and engine.requests[0][2]["guided_regex"] == r"\d+"
+
+
+async def test_max_tokens_that_leave_no_room_for_a_prompt_are_refused_before_the_request() -> None:
+    async with FaultEngine() as engine:
+        model = await open_remote(engine.base_url)  # a 1024-token context
+        try:
+            with pytest.raises(ContextOverflowError, match="1024-token context"):
+                await model.generate(GenerationRequest(messages=HELLO, max_tokens=1024))
+            await model.generate(GenerationRequest(messages=HELLO, max_tokens=1000))
+        finally:
+            await model.close()
+    assert len(engine.requests) == 1  # the refused one never reached the engine
 
 
 async def test_429_and_5xx_are_retried_with_backoff_then_succeed() -> None:

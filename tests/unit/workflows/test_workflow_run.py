@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -123,3 +124,25 @@ async def test_operator_caps_apply(model: BatchedLlamaModel) -> None:
 async def test_required_prompt_missing_names_the_problem(model: BatchedLlamaModel) -> None:
     with pytest.raises(WorkflowError, match=r"required input 'question' \(the task's prompt \(none was given\)\)"):
         await run_workflow(parse_workflow(_example("simple_omitted.json")), model)
+
+
+def _one_generation(content: str, **task: Any) -> dict[str, Any]:
+    workflow = Simple().workflow(content, max_tokens=8)
+    workflow["tasks"][0].update(task)
+    return workflow
+
+
+async def test_a_regex_schema_whose_matches_are_not_json_answers(model: BatchedLlamaModel) -> None:
+    schema = base64.b64encode(b"(yes|no)").decode()  # Dria's SDK form: base64 of a regex
+    workflow = parse_workflow(_one_generation("Is the sky blue? Answer yes or no.", schema=schema))
+    result = await run_workflow(workflow, model, options=FAST)
+    assert result.text in ("yes", "no")  # was: "not complete JSON for the schema" on every node
+
+
+async def test_a_lone_surrogate_escaped_in_memory_reaches_the_model_as_text(model: BatchedLlamaModel) -> None:
+    workflow = _one_generation("Repeat: {{x}}")
+    workflow["tasks"][0]["inputs"] = [{"name": "x", "required": True, "value": {"type": "read", "key": "x"}}]
+    workflow["external_memory"] = {"x": '"\\ud800 and \\udfff"'}  # valid JSON text; decoded, no UTF-8
+    result = await run_workflow(parse_workflow(workflow), model, options=FAST)
+    assert result.text.strip() and result.steps == 1  # was: internal error (UnicodeEncodeError) on every node
+    assert model.tokenize("a\ud800b")  # the runtime reads such text as a replacement character
