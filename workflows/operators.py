@@ -130,7 +130,7 @@ async def generate(
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
-    hint = " (max_tokens reached; raise it or bound the schema)" if generation.finish_reason == "length" else ""
+    hint = _cut_short_hint(request.max_tokens, ctx) if generation.finish_reason == "length" else ""
     if isinstance(schema, RegexSchema):  # any text the regex matches; its matches need not be JSON
         if generation.finish_reason == "length":
             raise StepError(f"the model's answer is not a complete match of the schema's regex{hint}")
@@ -140,6 +140,14 @@ async def generate(
         except ValueError:
             raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
     return generation.text
+
+
+def _cut_short_hint(allowed: int, ctx: RunContext) -> str:
+    """Which limit ended a generation cut short: the task's max_tokens, or this node's lower cap."""
+    asked = ctx.config.max_tokens or ctx.options.max_tokens
+    if allowed < asked:  # the node's cap or the task's token budget, not the ask: raising it cannot help
+        return f" (max_tokens reached: this node allows {allowed} of the {asked} asked; bound the schema)"
+    return f" (max_tokens reached: {allowed}; raise it or bound the schema)"
 
 
 def _is_grammar_error(error: ModelError) -> bool:

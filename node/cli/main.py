@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,30 @@ from node.ops.inert_text import inert
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    """A share within 0..1 (argparse type)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails both
+        raise argparse.ArgumentTypeError(f"must be within 0..1, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    return value
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--workflow", type=Path, help="workflow JSON file")
     run_task.add_argument("--input", dest="task_prompt", help="the task's input prompt (memory key __input)")
     run_task.add_argument("--node", action="append", help="address of a node to pick (repeatable)")
-    run_task.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    run_task.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the result (default 60)")
     run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
-    run_task.add_argument("--max-tokens", type=int, default=250, help="max_tokens of the Simple workflow")
+    run_task.add_argument("--max-tokens", type=_positive_int, default=250, help="max_tokens of the Simple workflow")
     run_task.add_argument(
         "--delivery",
         choices=["direct", "gossip"],
@@ -58,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_task.add_argument(
         "--verify",
-        type=float,
+        type=_share,
         default=0.0,
         metavar="SHARE",
         help="share of results (0..1) to verify: against the model file here, else by a score task on another "
@@ -149,10 +174,21 @@ def _run_task(args: argparse.Namespace) -> int:
     from node.ops.log import configure_logging
 
     configure_logging("warning", "auto")
+    from workflows import WorkflowValidationError, parse_workflow
+
     try:
         workflow = _load_workflow(args)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # its text names the file
         print(f"compute-node: cannot read workflow: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, not an object, or nested past the parser
+        what = "JSON nested too deeply" if isinstance(exc, RecursionError) else exc
+        print(f"compute-node: cannot read workflow {args.workflow}: {what}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        parse_workflow(workflow)  # as nodes (and the gateway) check it: no node is sent what none would run
+    except WorkflowValidationError as exc:
+        print(f"compute-node: invalid workflow: {inert(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     return uvloop.run(_publish(args, workflow))
 
@@ -168,20 +204,37 @@ def _load_workflow(args: argparse.Namespace) -> dict[str, Any]:
     return Simple().workflow(prompt=args.prompt, max_tokens=args.max_tokens)
 
 
+def _first_error(exc: Exception) -> str:
+    """A pydantic ValidationError as one line naming the flag's field; other errors as they are."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    first = exc.errors()[0]
+    flags = {"picked_nodes": "--node", "model": "--model", "models": "--model", "nodes": "--node"}
+    loc = [str(part) for part in first["loc"]]
+    field = flags.get(loc[0], ".".join(loc)) if loc else "task"
+    return f"{field}: {first['msg']} (got {first.get('input')!r})"
+
+
 async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     from node.cli.scorers import LocalScorers
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
     from node.publisher.verification import ResultVerifier
+    from node.wire.identity import IdentityError
 
     scorers = LocalScorers(Settings(), args.data_dir.expanduser() / "scoring") if args.verify > 0 else None
-    verifier = None if scorers is None else ResultVerifier(args.verify, scorers)
-    client = Client(
-        peers=args.peer,
-        secret_key=args.key,
-        delivery=args.delivery,
-        reputation_path=reputation_path(args.data_dir),
-        verifier=verifier,
-    )
+    try:
+        client = Client(
+            peers=args.peer,
+            secret_key=args.key,
+            delivery=args.delivery,
+            reputation_path=reputation_path(args.data_dir),
+            verifier=None if scorers is None else ResultVerifier(args.verify, scorers),
+        )
+    except IdentityError as exc:
+        print(f"compute-node: --key: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)
         result = await client.execute(task, timeout=args.timeout)
@@ -189,7 +242,7 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
         print(f"compute-node: {inert(str(exc))}", file=sys.stderr)
         return EXIT_TIMEOUT
     except (TaskFailedError, ClientError, ValueError) as exc:  # a failed task's reason is the node's own text
-        print(f"compute-node: {inert(str(exc))}", file=sys.stderr)
+        print(f"compute-node: {inert(_first_error(exc))}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         await asyncio.shield(client.close())

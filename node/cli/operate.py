@@ -22,7 +22,7 @@ def add_operate_commands(
     pause = commands.add_parser("pause", help="stop taking new tasks (running ones finish); kept across restarts")
     resume = commands.add_parser("resume", help="take tasks again after `pause`")
     ledger = commands.add_parser("ledger", help="totals of the tasks this node ran, by day, model, publisher, outcome")
-    ledger.add_argument("--days", type=float, default=None, help="only the last DAYS days (default: all kept)")
+    ledger.add_argument("--days", type=_days, default=None, help="only the last DAYS days (default: all kept)")
     ledger.add_argument("--json", action="store_true", help="print JSON")
     doctor = commands.add_parser("doctor", help="check this machine and config; a fix for each problem found")
     doctor.add_argument(
@@ -37,6 +37,14 @@ def add_operate_commands(
     )
     for parser in (pause, resume, ledger, doctor):
         add_settings_flags(parser)
+
+
+def _days(text: str) -> float:
+    """A finite number of days >= 0 (argparse type)."""
+    value = float(text)
+    if not 0 <= value < 1e6:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"must be a number of days >= 0, not {text!r}")
+    return value
 
 
 def run_doctor_command(settings: Settings, skip: list[str], listen_s: float) -> int:

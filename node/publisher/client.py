@@ -21,6 +21,7 @@ async with Client(peers=["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2..."]) as client:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,8 @@ class Client:
         text as it generates, from nodes that stream it (direct delivery only); the result
         is checked to extend what was streamed.
         """
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
         self.check_size(task, timeout)
         proof = task.verify and self.verifier is not None and task.public_key is None and self.verifier.wants_proof()
         expected = PromptExpectation.of(task.workflow, task.prompt) if proof else None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from node.publisher.client import TaskFailedError
+from node.publisher.client import Client, Task, TaskFailedError
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+from workflows import Simple
 from workflows.errors import INVALID_PROMPT
 
 TRANSIENT = [
@@ -38,3 +39,10 @@ def test_deterministic_failures_are_not(reason: str) -> None:
 
 def test_the_engine_marks_deterministic_errors_with_the_protocol_prefix() -> None:
     assert INVALID_PROMPT == DETERMINISTIC_ERROR_PREFIX
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -5.0])
+async def test_a_timeout_that_is_no_positive_finite_time_is_refused_before_anything_is_sent(timeout: float) -> None:
+    client = Client(peers=[])  # never started: the check comes first
+    with pytest.raises(ValueError, match="timeout must be a positive, finite number of seconds"):
+        await client.execute(Task(workflow=Simple().workflow("hi"), models=["m"]), timeout=timeout)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from models.batching import BatchedLlamaModel
+from models.requests import Generation, GenerationRequest, TextSink
 from tests.support.protocol_files import EXAMPLES
 from workflows import (
     EngineOptions,
@@ -146,3 +147,27 @@ async def test_a_lone_surrogate_escaped_in_memory_reaches_the_model_as_text(mode
     result = await run_workflow(parse_workflow(workflow), model, options=FAST)
     assert result.text.strip() and result.steps == 1  # was: internal error (UnicodeEncodeError) on every node
     assert model.tokenize("a\ud800b")  # the runtime reads such text as a replacement character
+
+
+class _CutShort:
+    """A model stand-in whose every answer is JSON cut short by max_tokens; it records what it was allowed."""
+
+    name = "cut"
+
+    def __init__(self) -> None:
+        self.allowed: list[int] = []
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        self.allowed.append(request.max_tokens)
+        return Generation(text='{"a": "', finish_reason="length", prompt_tokens=3, completion_tokens=request.max_tokens)
+
+
+@pytest.mark.parametrize(
+    ("asked", "cap", "advice"), [(3000, 120, "this node allows 120 of the 3000 asked"), (50, 120, "50; raise it")]
+)
+async def test_json_cut_short_names_the_limit_that_cut_it(asked: int, cap: int, advice: str) -> None:
+    workflow = _one_generation("Give JSON.", schema=json.dumps({"type": "object"}))
+    workflow["config"]["max_tokens"] = asked
+    with pytest.raises(WorkflowError, match=r"not complete JSON for the schema \(max_tokens reached: ") as caught:
+        await run_workflow(parse_workflow(workflow), cast(Any, _CutShort()), options=EngineOptions(max_tokens_cap=cap))
+    assert advice in str(caught.value)  # raising max_tokens cannot help when this node's cap cut it

@@ -1,0 +1,79 @@
+"""`run-task` and `ledger` on bad input: one line naming the problem, a non-zero exit, no traceback, nothing sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.cli.main import main
+from node.wire.identity import Identity
+
+# Nothing listens there: a test that dialled it would fail by timing out, not by the line it checks.
+PEER = ["--peer", f"/ip4/127.0.0.1/tcp/9/p2p/{Identity.generate().peer_id}"]
+
+BAD_FLAGS = [
+    (["--verify", "2"], "--verify: must be within 0..1"),
+    (["--verify", "-1"], "--verify: must be within 0..1"),
+    (["--timeout", "inf"], "--timeout: must be a positive number of seconds"),
+    (["--timeout", "nan"], "--timeout: must be a positive number of seconds"),
+    (["--timeout", "-5"], "--timeout: must be a positive number of seconds"),
+    (["--timeout", "0"], "--timeout: must be a positive number of seconds"),
+    (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("flags", "named"), BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_a_flag_out_of_range_is_a_usage_error(flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run-task", *PEER, "--model", "m", "--prompt", "hi", *flags])
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "-1"])
+def test_ledger_days_out_of_range_is_a_usage_error(days: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["ledger", "--days", days])
+    assert exited.value.code == 2 and "--days: must be a number of days" in capsys.readouterr().err
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_bad_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _one_line_error(
+        ["run-task", *PEER, "--model", "m", "--prompt", "hi", "--key", "zz", "--data-dir", str(tmp_path)], capsys
+    )
+    assert err.startswith("compute-node: --key: ")
+
+
+def test_a_bad_node_address_or_model_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run-task", *PEER, "--prompt", "hi", "--timeout", "1", "--data-dir", str(tmp_path)]
+    assert _one_line_error([*base, "--model", "m", "--node", "notanaddress"], capsys).startswith(
+        "compute-node: --node: "
+    )
+    assert _one_line_error([*base, "--model", ""], capsys).startswith("compute-node: --model: ")
+
+
+def test_a_workflow_file_nested_past_the_parser_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    err = _one_line_error(
+        ["run-task", *PEER, "--model", "m", "--workflow", str(deep), "--data-dir", str(tmp_path)], capsys
+    )
+    assert "JSON nested too deeply" in err
+
+
+def test_an_invalid_workflow_is_refused_here_before_any_node_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"config": {"max_steps": 1, "max_time": 1}, "tasks": [{"id": "a", "operator": "dance"}]}))
+    argv = ["run-task", *PEER, "--model", "m", "--workflow", str(bad), "--timeout", "600", "--data-dir", str(tmp_path)]
+    assert _one_line_error(argv, capsys).startswith("compute-node: invalid workflow: ")  # at once, not after 600 s
