@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.grammar import GrammarError
+from models.grammar import GrammarError, answer_check
 from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.errors import (
@@ -108,7 +108,11 @@ async def generate(
     schema: dict[str, Any] | RegexSchema | None,
     on_text: TextSink | None = None,
 ) -> str:
-    """One model call; with a JSON schema the answer must parse as JSON, with a regex it must end before max_tokens."""
+    """One model call.
+
+    With a JSON schema the answer must parse as JSON and satisfy the schema (what decoding
+    left out is checked here); with a regex it must end before max_tokens.
+    """
     messages = [m for m in messages if m.content.strip()]
     if not messages:
         raise StepError("the task has no non-empty message to send to the model")
@@ -136,9 +140,12 @@ async def generate(
             raise StepError(f"the model's answer is not a complete match of the schema's regex{hint}")
     elif schema is not None:
         try:
-            json.loads(generation.text)
+            answer = json.loads(generation.text)
         except ValueError:
             raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
+        check = answer_check(schema)  # keywords decoding does not enforce (uniqueItems, not, ...): checked here
+        if check is not None and (broken := check(answer)) is not None:
+            raise StepError(f"the model's answer breaks the schema's {broken!r}, which decoding cannot enforce")
     return generation.text
 
 

@@ -5,15 +5,19 @@
 - `schema.py`   Gemini's upper-case schema form -> plain JSON schema
 - `compile.py`  regex / JSON schema -> a validated llguidance grammar; the fuel and size limits
 - `matcher.py`  `Constraint`: one request's grammar state on a model's vocabulary (the token masks)
+- `checks.py`   `answer_check`: a JSON-schema validation of the answer, for schemas decoding enforces only in part
 """
 
+from models.grammar.checks import AnswerCheck, answer_check
 from models.grammar.compile import grammar_for, grammar_limits, json_schema_grammar, regex_grammar
 from models.grammar.errors import GrammarError
 from models.grammar.regex import translate_regex
 from models.grammar.schema import normalize_schema
 
 __all__ = [
+    "AnswerCheck",
     "GrammarError",
+    "answer_check",
     "grammar_for",
     "grammar_limits",
     "json_schema_grammar",

@@ -171,3 +171,47 @@ async def test_json_cut_short_names_the_limit_that_cut_it(asked: int, cap: int, 
     with pytest.raises(WorkflowError, match=r"not complete JSON for the schema \(max_tokens reached: ") as caught:
         await run_workflow(parse_workflow(workflow), cast(Any, _CutShort()), options=EngineOptions(max_tokens_cap=cap))
     assert advice in str(caught.value)  # raising max_tokens cannot help when this node's cap cut it
+
+
+class _Says:
+    """A model stand-in that answers every generation with one text."""
+
+    name = "says"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        return Generation(text=self.text, finish_reason="stop", prompt_tokens=3, completion_tokens=4)
+
+
+# Keywords llguidance leaves out of a grammar: the answer is checked against them after decoding.
+UNENFORCED = [
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "[1, 2, 2]", "[1, 2]", "uniqueItems"),
+    ({"type": "array", "items": {"type": "integer"}, "contains": {"const": 5}}, "[1, 2]", "[1, 5]", "contains"),
+    ({"type": "object", "not": {"required": ["b"]}}, '{"b": 1}', '{"a": 1}', "not"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "3", "3.5", "oneOf"),  # compiled as anyOf
+]
+
+
+@pytest.mark.parametrize(("schema", "breaks", "keeps", "keyword"), UNENFORCED, ids=[u[3] for u in UNENFORCED])
+async def test_an_answer_that_breaks_what_decoding_cannot_enforce_fails(
+    schema: dict[str, Any], breaks: str, keeps: str, keyword: str
+) -> None:
+    workflow = parse_workflow(_one_generation("Give JSON.", schema=json.dumps(schema)))
+    with pytest.raises(WorkflowError, match=f"breaks the schema's '{keyword}', which decoding cannot enforce"):
+        await run_workflow(workflow, cast(Any, _Says(breaks)))
+    assert json.loads((await run_workflow(workflow, cast(Any, _Says(keeps)))).text) == json.loads(keeps)
+
+
+async def test_a_hostile_pattern_is_never_run_by_the_answer_check() -> None:
+    # decoding enforces `pattern` in linear time; Python's re would backtrack for ever on this one
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": "^(a+)+$"}},
+        "not": {"required": ["b"]},
+    }
+    workflow = parse_workflow(_one_generation("Give JSON.", schema=json.dumps(schema)))
+    started = time.monotonic()
+    result = await run_workflow(workflow, cast(Any, _Says(json.dumps({"a": "a" * 64 + "!"}))))
+    assert result.text and time.monotonic() - started < 5
