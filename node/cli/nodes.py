@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from node.publisher.reputation import read_views
+from node.publisher.reputation import ReputationUnreadableError, read_views
 from node.publisher.reputation_records import ReputationView
 
 PUBLISHER_DATA_DIR = Path("~/.compute-node/publisher")
@@ -34,7 +35,11 @@ def add_nodes_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 def run_nodes(args: argparse.Namespace) -> int:
     """Print the table; the exit code."""
-    views = read_views(reputation_path(args.data_dir))
+    try:
+        views = read_views(reputation_path(args.data_dir))
+    except ReputationUnreadableError as exc:
+        print(f"compute-node nodes: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"nodes": [view.model_dump() for view in views]}, indent=2))
         return 0

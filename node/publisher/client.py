@@ -80,7 +80,7 @@ class Client:
 
     def __init__(
         self,
-        peers: list[str],
+        peers: list[str] | str,
         secret_key: str | bytes | None = None,
         listen: list[str] | None = None,
         connect_timeout: float = 15.0,
@@ -113,7 +113,8 @@ class Client:
             self.identity = Identity.from_hex(secret_key)
         else:
             self.identity = Identity.generate()
-        self._peers = list(peers)
+        # One multiaddr as a str would be dialled character by character.
+        self._peers = [peers] if isinstance(peers, str) else list(peers)
         self._listen = listen or ["/ip4/127.0.0.1/tcp/0"]
         self._connect_timeout = connect_timeout
         self._host: P2PHost | None = None

@@ -69,6 +69,7 @@ class Reputation:
         self._typical_at = 0.0  # monotonic time it was computed
         self._typical_dirty = False  # rows changed since
         self._db: sqlite3.Connection | None = None
+        self.store_error: str | None = None  # why the file at `path` could not be used (kept in memory then)
         try:
             if path is not None:
                 Path(path).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -87,6 +88,7 @@ class Reputation:
                     self._never[record.address] = None
         except (sqlite3.Error, OSError, ValueError) as exc:
             log.warning("reputation store unavailable; keeping it in memory", path=str(path), error=str(exc))
+            self.store_error = f"{type(exc).__name__}: {exc}"
             self._db = None
 
     def close(self) -> None:
@@ -388,13 +390,22 @@ class Reputation:
             log.warning("reputation not saved", error=str(exc))
 
 
+class ReputationUnreadableError(Exception):
+    """The reputation file exists but cannot be read (corrupt, not SQLite, no permission)."""
+
+
 def read_views(path: Path | str) -> list[ReputationView]:
-    """The reputation table stored at `path`, for `compute-node nodes` (empty when there is none)."""
+    """The reputation table stored at `path`, for `compute-node nodes` (empty when there is none).
+
+    ReputationUnreadableError when the file is there and cannot be read.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         return []
     table = Reputation(path)
     try:
+        if table.store_error is not None:
+            raise ReputationUnreadableError(f"cannot read the reputation table {path}: {table.store_error}")
         return table.views()
     finally:
         table.close()

@@ -34,3 +34,10 @@ def test_nodes_without_a_table_says_so(tmp_path, capsys) -> None:
     assert main(["nodes", "--data-dir", str(tmp_path / "none")]) == 0
     assert "no node measured yet" in capsys.readouterr().out
     assert not (tmp_path / "none").exists()  # looking creates nothing
+
+
+def test_nodes_on_a_file_that_is_no_table_says_so_and_fails(tmp_path, capsys) -> None:
+    (tmp_path / "reputation.sqlite3").write_bytes(b"not a database" * 100)
+    assert main(["nodes", "--data-dir", str(tmp_path)]) == 1  # was 0 and "(no node measured yet)"
+    err = capsys.readouterr().err
+    assert "cannot read the reputation table" in err and "reputation.sqlite3" in err

@@ -46,3 +46,8 @@ async def test_a_timeout_that_is_no_positive_finite_time_is_refused_before_anyth
     client = Client(peers=[])  # never started: the check comes first
     with pytest.raises(ValueError, match="timeout must be a positive, finite number of seconds"):
         await client.execute(Task(workflow=Simple().workflow("hi"), models=["m"]), timeout=timeout)
+
+
+def test_one_peer_given_as_a_string_is_one_peer() -> None:
+    address = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmExample"
+    assert Client(peers=address)._peers == [address]  # was dialled character by character
