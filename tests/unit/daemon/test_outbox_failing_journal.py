@@ -27,7 +27,7 @@ from node.wire.inbound import decode
 from node.wire.messages import ResultBody
 from node.wire.results import Output, result_body
 from node.wire.topics import RESULTS_TOPIC
-from tests.support.p2p_hosts import LOOPBACK, WAIT_S, wait_for_mesh
+from tests.support.p2p_hosts import LOOPBACK, WAIT_S, wait_for_mesh, wait_for_mesh_to_empty
 
 DEADLINE_NS = 60 * 10**9
 BIG = "x" * 40_000  # a result that needs new pages of the journal's file
@@ -135,6 +135,7 @@ async def test_a_result_the_full_disk_refuses_is_published_and_journalled_once_t
 async def test_a_result_kept_for_want_of_peers_on_a_full_disk_goes_out_when_a_peer_comes(scene: Scene) -> None:
     outbox = ResultOutbox(scene.node, scene.host, scene.journal, retry_interval_s=0.05)
     await scene.listener.stop()  # no peer: nothing can go out yet
+    await wait_for_mesh_to_empty(scene.host, RESULTS_TOPIC)  # the node may not have seen it go yet
     accept(scene, "t1")
     disk_full(scene.journal)
     assert await outbox.send(result(scene, "t1")) is False
