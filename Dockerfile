@@ -8,7 +8,8 @@
 #   docker build -t compute-node:cuda --build-arg VARIANT=cuda \
 #     --build-arg CUDA_ARCHITECTURES="80;86;89;90" .
 #
-# Run (a drain takes up to 30 s, so give `docker stop` more than that):
+# Run (a stop takes up to 57 s: the 30 s drain and what follows it, node/daemon/server.py
+# stop_time_bound_s; so give `docker stop` more than that):
 #   docker run -d --name node -v compute-node:/data -p 4001:4001 \
 #     -p 127.0.0.1:9090:9090 --stop-timeout 60 compute-node
 # State (identity key, journal, models) lives in the /data volume. No `--init`
@@ -70,7 +71,8 @@ COPY config /src/config
 # does the builder get a compiler: llama.cpp takes 5-15 min to compile on 2 cores.
 # Trap: with SOURCE_DATE_EPOCH set (reproducible builds set it) llama.cpp turns
 # every SIMD option off and runs 4-26x slower, so unset it for this build.
-# No AMX kernels (they segfault on some Intel Xeons; models/cpu.py), as install.sh.
+# No AMX kernels: a portable image must run on any x86-64 (install.sh's native build
+# keeps them, patched: deploy/llama-cpp/amx-tile-config.patch).
 RUN --mount=type=bind,source=deploy/docker/wheels,target=/prebuilt \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \

@@ -61,6 +61,7 @@ log = structlog.get_logger(__name__)
 
 ANNOUNCE_LEAVING_S = 2.0  # at shutdown, the `leaving` heartbeat's publish
 FLUSH_AT_STOP_S = 5.0  # at shutdown, publishing the results still waiting (the rest stay journalled)
+START_MARGIN_S = 30.0  # at startup, beyond each model's exec_start_timeout: spawning, the probe, the P2P host
 
 
 def stop_time_bound_s(drain_timeout: float) -> float:
@@ -178,6 +179,10 @@ class NodeServer:
             on_inbound_stream=self._on_stream if settings.direct else None,
         )
         opened.push_async_callback(host.stop)  # stopped before the execution processes close
+        # Each model's execution process may take exec_start_timeout to load and benchmark, one after another:
+        # systemd's TimeoutStartSec must not end a start that is still within those bounds.
+        models = len(dict.fromkeys(settings.models))
+        self.notifier.extend_timeout(models * (settings.exec_start_timeout + START_MARGIN_S))
         await self._start_together(pool, host)
         remote = await self._open_remote_health(pool)
         parts = build_parts(

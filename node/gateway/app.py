@@ -105,7 +105,9 @@ def create_gateway_app(
             return service.submit(key, requests, timeouts, caps)
         except DatabaseError as exc:
             log.error("task not stored", error=str(exc))
-            raise HTTPException(503, "the gateway cannot store tasks right now") from None
+            raise HTTPException(
+                503, "the gateway cannot store tasks right now", headers={"Retry-After": str(RETRY_AFTER)}
+            ) from None
 
     @app.post("/v1/tasks", status_code=202, response_model=Accepted, tags=["tasks"])
     async def create_task(request: TaskRequest, key: Annotated[str, Depends(caller)]) -> Accepted:

@@ -62,6 +62,10 @@ class SystemdNotifier:
         """Tell systemd start-up is complete."""
         self.notify("READY=1")
 
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask systemd for `seconds` more of the current state's timeout (TimeoutStartSec while starting)."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1_000_000))}")
+
     def status(self, text: str) -> None:
         """Set the one-line status shown by ``systemctl status``."""
         self.notify("STATUS=" + text.replace("\n", " "))

@@ -1,4 +1,4 @@
-"""systemd sees the node's life: READY, then WATCHDOG pings, then STOPPING on SIGTERM.
+"""systemd sees the node's life: its start extended, READY, then WATCHDOG pings, then STOPPING on SIGTERM.
 
 A real `compute-node start` subprocess and a real unix datagram socket acting as systemd."""
 
@@ -42,7 +42,9 @@ def test_systemd_sees_ready_then_watchdog_then_stopping(tmp_path: Path) -> None:
         systemd.close()
     first = {
         kind: next(i for i, m in enumerate(received) if m.startswith(kind))
-        for kind in ("READY=1", "WATCHDOG=1", "STOPPING=1")
+        for kind in ("EXTEND_TIMEOUT_USEC=", "READY=1", "WATCHDOG=1", "STOPPING=1")
     }
-    assert first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"], received
+    assert first["EXTEND_TIMEOUT_USEC="] < first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"], received
+    # the start may last each model's exec_start_timeout (600 s by default), whatever TimeoutStartSec says
+    assert int(received[first["EXTEND_TIMEOUT_USEC="]].split("=")[1]) >= 600_000_000, received
     assert any(m.startswith("STATUS=") for m in received)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from node.wire.messages import ModelName
 
@@ -123,7 +123,7 @@ class ChatCompletionRequest(_Request):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1)
-    stream: bool = False
+    stream: StrictBool = False  # "yes" or 1 is no boolean: OpenAI refuses them too
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)

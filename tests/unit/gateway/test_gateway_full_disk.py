@@ -143,3 +143,19 @@ async def test_an_outcome_the_store_refuses_is_served_from_memory_and_written_la
         assert store.get(task_id).status == "error" and "no live node" in (store.get(task_id).error or "")
         written = (await http.get(f"/v1/tasks/{task_id}")).json()
         assert (written["status"], written["error"]) == (answer["status"], answer["error"])
+
+
+async def test_a_task_the_store_refuses_is_503_with_retry_after(gateway: Gateway) -> None:
+    store = gateway.service.store
+
+    def deny_inserts(action: int, *_: object) -> int:
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT else sqlite3.SQLITE_OK
+
+    task = {"workflow": Simple().workflow(prompt="Hi", max_tokens=8), "models": ["llama3.2:1b"], "timeout": 1}
+    store._db.set_authorizer(deny_inserts)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        for path, body in (("/v1/tasks", task), ("/v1/tasks:batch", {"tasks": [task]})):
+            answer = await http.post(path, json=body)
+            assert answer.status_code == 503, (path, answer.text)
+            assert int(answer.headers["retry-after"]) > 0, path  # README: come back later, as /rpc says too
+    store._db.set_authorizer(None)

@@ -57,3 +57,15 @@ async def test_requests_of_more_parts_than_any_task_holds_are_refused_cheaply(tm
             )
             assert long.status_code == 200, long.text  # a long text is one part
     assert peer.task_ids and len(peer.task_ids) == 1
+
+
+async def test_a_stream_flag_that_is_no_boolean_is_refused_naming_it(tmp_path: Path) -> None:
+    peer = StreamingPeer([], "Hello")
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            for flag in ("yes", "true", 1):
+                request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": flag}
+                answer = await http.post("/v1/chat/completions", json=request)
+                assert answer.status_code == 400, answer.text  # was taken as a streamed request
+                assert answer.json()["error"]["param"] == "stream", answer.text
+    assert peer.task_ids == []

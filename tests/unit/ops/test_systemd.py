@@ -30,12 +30,14 @@ def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
 def test_messages_arrive_in_order_on_a_path_socket(listener: tuple[socket.socket, str]) -> None:
     sock, path = listener
     notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": path})
+    notifier.extend_timeout(630)
     notifier.ready()
     notifier.status("serving 2 models\nsecond line")
     notifier.watchdog()
     notifier.stopping()
     notifier.close()
-    assert receive_all(sock, 4) == [
+    assert receive_all(sock, 5) == [
+        b"EXTEND_TIMEOUT_USEC=630000000",
         b"READY=1",
         b"STATUS=serving 2 models second line",
         b"WATCHDOG=1",
