@@ -17,7 +17,7 @@ Every error is `{"detail": "..."}`; a 422 names the field at fault (the OpenAI r
 # whose Annotated metadata refers to local names (`caller`, `bearer`).
 import math
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
@@ -54,10 +54,14 @@ from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
 from node.publisher.errors import TaskNotEncodableError, TaskTooLargeError
 from workflows import WorkflowValidationError, parse_workflow
+from workflows.key_sources import KeySources
 
 log = structlog.get_logger(__name__)
 
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 408, 413, 422, 429)}
+_POST_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 503)
+}  # a body that cannot be parsed; no store
 
 
 def create_gateway_app(
@@ -109,20 +113,26 @@ def create_gateway_app(
                 503, "the gateway cannot store tasks right now", headers={"Retry-After": str(RETRY_AFTER)}
             ) from None
 
-    @app.post("/v1/tasks", status_code=202, response_model=Accepted, tags=["tasks"])
+    @app.post("/v1/tasks", status_code=202, response_model=Accepted, responses=_POST_ERRORS, tags=["tasks"])
     async def create_task(request: TaskRequest, key: Annotated[str, Depends(caller)]) -> Accepted:
         """Validate the workflow, choose a node by heartbeat, sign and publish the task."""
         [task_id] = accept(key, [request], "")
         return Accepted(id=task_id)
 
-    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchAccepted, tags=["tasks"])
+    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchAccepted, responses=_POST_ERRORS, tags=["tasks"])
     async def create_tasks(batch: BatchRequest, key: Annotated[str, Depends(caller)]) -> BatchAccepted:
         """Several tasks at once (at most `max_batch`); all are accepted or none."""
         if len(batch.tasks) > settings.max_batch:
             raise HTTPException(422, f"tasks: at most {settings.max_batch} tasks per batch, got {len(batch.tasks)}")
         return BatchAccepted(tasks=[Accepted(id=i) for i in accept(key, batch.tasks, "tasks[{}].")])
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskView, response_model_exclude_none=True, tags=["tasks"])
+    @app.get(
+        "/v1/tasks/{task_id}",
+        response_model=TaskView,
+        response_model_exclude_none=True,
+        responses={404: {"model": ErrorBody}},
+        tags=["tasks"],
+    )
     async def get_task(
         task_id: str,
         key: Annotated[str, Depends(caller)],
@@ -199,11 +209,20 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str, servi
     """The task's timeout, after checking what pydantic cannot: the workflow (as nodes do), the bounds,
     and its size sealed (413: no node could be sent it)."""
     try:
-        parse_workflow(request.workflow)
+        workflow = parse_workflow(request.workflow)
     except WorkflowValidationError as exc:
         message = str(exc)
         path = message if message.startswith("workflow") else f"workflow.{message}"
         raise HTTPException(422, f"{prefix}{path}") from None
+    # A return value no run can fill fails on every node ("Invalid prompt"), after the whole run: refuse it now.
+    sources = KeySources.of(workflow, request.prompt)
+    inputs = workflow.return_value.input
+    for i, value in enumerate(inputs if isinstance(inputs, list) else [inputs]):
+        if value.type != "get_all" and sources.never_filled(value):  # an empty get_all is an empty list
+            where = f"workflow.return_value.input[{i}]" if isinstance(inputs, list) else "workflow.return_value.input"
+            what = "the task has no prompt" if value.type == "input" else "no step and no external_memory fills it"
+            named = value.type if value.type in ("input", "search") else f"{value.type} {value.key!r}"
+            raise HTTPException(422, f"{prefix}{where}: {named} can never hold a value ({what})")
     timeout = settings.default_timeout if request.timeout is None else request.timeout
     if timeout > settings.max_timeout:
         raise HTTPException(422, f"{prefix}timeout: must be at most {settings.max_timeout:g} seconds")
@@ -230,6 +249,13 @@ async def _too_many_pending(request: Request, exc: TooManyPendingError) -> Respo
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one line naming the field, as for an invalid workflow."""
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":  # FastAPI's loc is ("body", <character offset>): no field to name
+        return JSONResponse({"detail": f"body: not valid JSON (at character {first['loc'][-1]})"}, status_code=422)
+    if first.get("type") == "model_attributes_type" and tuple(first.get("loc", ())) == ("body",):
+        return JSONResponse(
+            {"detail": "body: must be a JSON object sent with Content-Type: application/json"}, status_code=422
+        )
     path, message = first_error(exc)
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return JSONResponse({"detail": f"{path or exc.errors()[0]['loc'][0]}: {message}{more}"}, status_code=422)

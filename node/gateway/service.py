@@ -193,8 +193,13 @@ class GatewayService:
     async def _resume(self, record: TaskRecord) -> None:
         """Wait for the result of a task published before a restart (no retry: its workflow is not kept)."""
         remaining = record.deadline - time.time()
-        if record.network_id is None or remaining <= 0:
+        if remaining <= 0:
             self._finish(record.id, "expired", error="no result before the deadline")
+            return
+        if record.network_id is None:  # no node had taken it, and its workflow is not kept: it cannot go on
+            self._finish(
+                record.id, "error", error="the gateway restarted before any node took the task; submit it again"
+            )
             return
         nodes = record.picked or ([record.node] if record.node else None)
         try:
