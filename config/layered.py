@@ -65,14 +65,55 @@ PeerAddrList = Annotated[MultiaddrList, AfterValidator(_peer_addrs)]
 
 
 def _expand_user(path: Path) -> Path:
+    if "\0" in str(path):
+        raise ValueError("contains a NUL character")
     try:
         return path.expanduser()
     except RuntimeError as exc:  # no HOME, and a user the password database does not know
         raise ValueError(f"{path}: {exc} (set HOME, or give a path without ~)") from None
 
 
-# A path where `~` means the user's home.
-UserPath = Annotated[Path, AfterValidator(_expand_user)]
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty (an unset variable?): give a directory, or leave the setting out for its default")
+    return value
+
+
+# A path where `~` means the user's home; an empty string is refused (it would be the working directory).
+UserPath = Annotated[Path, BeforeValidator(_not_blank), AfterValidator(_expand_user)]
+
+
+class _Replaced(PydanticBaseSettingsSource):
+    """A lower layer without the settings a higher layer gives: a dict setting (registry, tool_secrets) given
+    in the environment or a flag replaces the file's, as every other setting does, rather than merging into it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource,
+                 higher: tuple[PydanticBaseSettingsSource, ...]) -> None:
+        super().__init__(settings_cls)
+        self._source, self._higher = source, higher
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        given: set[str] = set()
+        for source in self._higher:
+            given |= set(source())
+        return {key: value for key, value in self._source().items() if key not in given}
+
+
+class _TomlBelow(TomlConfigSettingsSource):
+    """The TOML file without the settings the environment or a flag gives (see _Replaced)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], higher: tuple[PydanticBaseSettingsSource, ...]) -> None:
+        super().__init__(settings_cls)
+        self._higher = higher
+
+    def __call__(self) -> dict[str, Any]:
+        given: set[str] = set()
+        for source in self._higher:
+            given |= set(source())
+        return {key: value for key, value in super().__call__().items() if key not in given}
 
 
 class LayeredSettings(BaseSettings):
@@ -96,8 +137,12 @@ class LayeredSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """The settings' sources, in order of precedence."""
-        # First wins: CLI flags (init) > environment > TOML file > defaults.
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        # First wins: CLI flags (init) > environment > TOML file > defaults; a higher layer replaces a setting whole.
+        return (
+            init_settings,
+            _Replaced(settings_cls, env_settings, (init_settings,)),
+            _TomlBelow(settings_cls, (init_settings, env_settings)),
+        )
 
     @classmethod
     def flag(cls, name: str) -> str:
@@ -136,13 +181,16 @@ class LayeredSettings(BaseSettings):
     @classmethod
     def unknown_env(cls, environ: dict[str, str] | None = None) -> list[str]:
         """A line for each variable under the env prefix that names no setting (a typo is otherwise ignored)."""
-        prefix = cls.model_config.get("env_prefix", "")
-        names = [cls.env_var(name) for name in cls.model_fields]
+        prefix = cls.model_config.get("env_prefix", "").upper()
+        names = [cls.env_var(name).upper() for name in cls.model_fields]
+        foreign = tuple(f.upper() for f in cls.foreign_env)
         lines = []
         for variable in sorted(os.environ if environ is None else environ):
-            if not variable.startswith(prefix) or variable in names or variable.startswith(cls.foreign_env):
+            # Matched as pydantic-settings reads them: case-insensitively (compute_node_n_ctx sets n_ctx).
+            upper = variable.upper()
+            if not upper.startswith(prefix) or upper in names or upper.startswith(foreign):
                 continue
-            close = difflib.get_close_matches(variable, names, n=1)
+            close = difflib.get_close_matches(upper, names, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             lines.append(f"{variable} is not a setting and is ignored{hint}")
         return lines
@@ -156,6 +204,11 @@ class LayeredSettings(BaseSettings):
                 problems.append(f"invalid {cls.label}: {message}")
                 continue
             name = str(error["loc"][0])
+            if name not in cls.model_fields:  # a key of the config file that names no setting
+                close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"unknown setting '{name}' in the config file{hint}")
+                continue
             problems.append(f"invalid setting '{name}' ({cls.env_var(name)} / {cls.flag(name)}): {message}")
         return "; ".join(problems)
 

@@ -260,6 +260,17 @@ class Settings(LayeredSettings):
         return value
 
     @model_validator(mode="after")
+    def _search_provider_complete(self) -> Settings:
+        """searxng has no public default (its queries went to Serper's API); serper needs its key."""
+        if self.search_provider == "searxng" and not self.search_url:
+            raise ValueError("search_provider searxng needs search_url (your SearXNG instance's base URL)")
+        if self.search_provider == "serper" and not self.search_api_key:
+            raise ValueError("search_provider serper needs search_api_key")
+        if self.search_url is not None and not self.search_url.startswith(("http://", "https://")):
+            raise ValueError(f"search_url {self.search_url!r} is not an http(s) URL")
+        return self
+
+    @model_validator(mode="after")
     def _quantized_kv_cache_needs_flash_attention(self) -> Settings:
         if self.kv_cache_type != "f16" and self.flash_attn == "off":
             raise ValueError(f"kv_cache_type {self.kv_cache_type} needs flash_attn on or auto (llama.cpp)")

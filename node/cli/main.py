@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             from node.ops.log import configure_logging
 
             configure_logging("error", "console")
-            return run_doctor_command(_settings_from(args), args.skip, args.hear)
+            settings = _settings_from(args)
+            _check_registry(settings)
+            return run_doctor_command(settings, args.skip, args.hear)
         if args.command == "ledger":
             return run_ledger(_settings_from(args), args.days, args.json)
         if args.command == "nodes":
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             from node.ops.log import configure_logging
 
             settings = _settings_from(args)
+            _check_registry(settings)
             configure_logging("warning", settings.log_format)
             return run_models_command(args, settings)
     except ConfigError as exc:
@@ -144,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_ERROR
+
+
+def _check_registry(settings: Settings) -> None:
+    """ConfigError naming `registry` when an entry is invalid (doctor and models build the registry too)."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        Registry.builtin().with_overrides(settings.registry)
+    except RegistryError as exc:
+        raise ConfigError(f"invalid setting 'registry': {exc}") from None
 
 
 def _start(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ class NodeMetrics:
         self.tokens_generated = counter("tokens_generated", "Tokens generated, by model", ["model"])
         self.tokens_per_second = gauge(
             "tokens_per_second",
-            "Generation speed of the last completion, by model",
+            "Generation speed measured by the startup benchmark (remote engines: their health checks), by model",
             ["model"],
         )
         self.peers = gauge("peers", "Connected libp2p peers")
@@ -85,8 +85,13 @@ class NodeMetrics:
         self.results_unjournalled = gauge(
             "results_unjournalled", "Results held in memory because the journal refused to write them"
         )
-        self.capacity_free = gauge("capacity_free", "Tasks that could start now without waiting (free capacity)")
-        self.tasks_running = gauge("tasks_running", "Tasks executing now")
+        self.capacity_free = gauge(
+            "capacity_free", "Task places free now, queue places included (what heartbeats advertise as free)"
+        )
+        self.tasks_running = gauge("tasks_running", "Tasks admitted and not finished (executing or queued)")
+        self.tasks_busy = counter(
+            "tasks_busy", "Valid tasks answered busy on a direct-delivery stream, by reason", ["reason"]
+        )
         self.remote_engine_up = gauge(
             "remote_engine_up",
             "1 while the remote engine of a model answers its health check, else 0, by model",

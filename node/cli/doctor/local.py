@@ -126,7 +126,7 @@ def _port_check(name: str, host: str, port: int, node_holds: bool, setting: str)
 
 def model_file_checks(settings: Settings) -> list[Check]:
     """Every configured local model's file is present and matches its sha256 when one is known."""
-    from models.registry import RegistryError
+    from models.requests import ModelError
     from models.store import sha256_of
     from node.execution.model_setup import model_store
 
@@ -136,7 +136,7 @@ def model_file_checks(settings: Settings) -> list[Check]:
     for name in names:
         try:
             spec = registry.get(name)
-        except RegistryError as exc:
+        except ModelError as exc:  # an unknown name (UnknownModelError is no RegistryError)
             checks.append(fail(f"model {name}", str(exc), "fix the name in models or add a registry entry"))
             continue
         if spec.is_remote:
@@ -172,7 +172,7 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def memory_check(settings: Settings, mem_available: Callable[[], int], node_running: bool) -> Check:
     """The configured models and their KV caches fit in the memory available now."""
-    from models.registry import RegistryError
+    from models.requests import ModelError
     from node.execution.memory_limits import footprint_bytes
 
     parallel = settings.parallel or CPU_DEFAULT_PARALLEL
@@ -180,7 +180,7 @@ def memory_check(settings: Settings, mem_available: Callable[[], int], node_runn
     for name in settings.models:
         try:
             need += footprint_bytes(settings, name, parallel)
-        except (RegistryError, OSError, ValueError):
+        except (ModelError, OSError, ValueError):
             continue  # the model file checks say what is wrong with it
     available = mem_available()
     detail = f"models with KV caches of n_ctx {settings.n_ctx} x {parallel + 1} need {need / GIB:.2f} GiB"

@@ -172,3 +172,20 @@ async def test_the_clock_is_read_from_signed_heartbeats_of_the_bootstrap_peers()
     # A clock that is truly off, by the bootstrap peer's own signed heartbeat, still fails.
     status, detail = await _clock([_heartbeat(honest[0], now - 120 * 10**9)], bootstrap)
     assert status is Status.FAIL, detail
+
+
+def test_an_unknown_model_name_is_a_failed_check_not_a_traceback(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, models=["smollm2:135"])  # a typo: UnknownModelError is no RegistryError
+    [check] = model_file_checks(settings)
+    assert check.status is Status.FAIL and "smollm2:135" in check.detail
+    assert memory_check(settings, mem_available_bytes, node_running=False).status in (Status.OK, Status.WARN)
+
+
+def test_an_invalid_registry_entry_is_one_line_for_doctor_and_models(tmp_path: Path, capsys) -> None:
+    from node.cli.main import main
+
+    bad = ["--registry", json.dumps({"mine": {"backend": "nonsense"}}), "--data-dir", str(tmp_path)]
+    for command in (["doctor", "--skip", "network"], ["models", "list"]):
+        assert main([*command, *bad]) == 1, command
+        err = capsys.readouterr().err.strip()
+        assert "invalid setting 'registry'" in err and "Traceback" not in err, err

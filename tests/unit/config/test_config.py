@@ -161,3 +161,42 @@ def test_an_unknown_model_stops_the_start_naming_it(tmp_path: Path) -> None:
         check_models(Settings.load(models=["smollm2:135m", "smollm2:135"]))
     mine = {"mine": {"path": str(tmp_path / "mine.gguf")}, "alias:1b": {"alias": "smollm2:135m"}}
     check_models(Settings.load(models=["smollm2:135m", "mine", "alias:1b"], registry=mine))
+
+
+def test_a_dict_setting_given_higher_replaces_the_files_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pydantic-settings merges dicts across sources: a secret in the file could not be revoked from the environment
+    config = tmp_path / "node.toml"
+    config.write_text('[tool_secrets."api.example.com"]\nAuthorization = "Bearer old"\n')
+    assert Settings.load(config).tool_secrets == {"api.example.com": {"Authorization": "Bearer old"}}
+    monkeypatch.setenv("COMPUTE_NODE_TOOL_SECRETS", "{}")
+    assert Settings.load(config).tool_secrets == {}
+    rotated = {"api.example.com": {"Authorization": "Bearer new"}}
+    assert Settings.load(config, tool_secrets=rotated).tool_secrets == rotated
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"search_provider": "searxng"}, "searxng needs search_url"),  # its queries went to Serper's API
+        ({"search_provider": "serper"}, "serper needs search_api_key"),
+        ({"search_provider": "searxng", "search_url": "searx.local"}, r"is not an http\(s\) URL"),
+        ({"data_dir": ""}, "is empty"),  # an unset variable: the working directory held the key and journal
+        ({"data_dir": "/tmp/a\0b"}, "NUL"),
+    ],
+)
+def test_settings_that_would_misdirect_the_node_are_refused(overrides: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.load(**overrides)
+
+
+def test_a_variable_named_in_lower_case_is_read_and_not_called_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPUTE_NODE_n_ctx", "4096")
+    assert Settings.load().n_ctx == 4096
+    assert Settings.unknown_env() == []  # it warned "not a setting and is ignored" while applying it
+
+
+def test_an_unknown_key_of_the_file_says_which_it_may_be(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("n_thread = 4\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'n_thread' in the config file; did you mean 'n_threads'\?"):
+        Settings.load(config)

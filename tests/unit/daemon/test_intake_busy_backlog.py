@@ -81,3 +81,22 @@ async def test_busy_answers_waiting_for_their_publish_are_bounded_and_hold_no_wo
         runner.released.set()
         await intake.close()
         journal.close()
+
+
+async def test_a_task_answered_busy_on_its_stream_is_counted(tmp_path: Path) -> None:
+    # received = taken + ignored + busy: a busy direct task showed in no counter but `received`
+    runner = HeldPublishes()
+    admission = Admission(runner.run, runner.abandon, {MODEL: 1}, 0, paused=lambda: True)
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    metrics = NodeMetrics()
+    intake = TaskIntake(  # type: ignore[arg-type]
+        Acceptance(Identity.generate().address, [MODEL], seen=SeenTasks(100)), admission, journal, runner, metrics, 10.0
+    )
+    try:
+        answer = intake.take(task_from_a_fresh_key("t1"), direct=True)
+        assert (answer.status, answer.reason) == (AnswerStatus.BUSY, "paused")
+        assert metrics.tasks_busy.labels(reason="paused")._value.get() == 1  # noqa: SLF001 - prometheus_client
+    finally:
+        runner.released.set()
+        await intake.close()
+        journal.close()

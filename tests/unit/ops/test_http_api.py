@@ -241,6 +241,7 @@ EXPORTED_METRICS = {
     ("compute_node_tasks_failed_total", "counter"),
     ("compute_node_tasks_rejected_total", "counter"),
     ("compute_node_tasks_ignored_total", "counter"),
+    ("compute_node_tasks_busy_total", "counter"),
     ("compute_node_task_latency_seconds", "histogram"),
     ("compute_node_task_queue_wait_seconds", "histogram"),
     ("compute_node_tokens_generated_total", "counter"),
