@@ -39,11 +39,18 @@ def split_list(value: Any) -> Any:
 
 
 def _multiaddrs(value: list[str]) -> list[str]:
+    from multiaddr import Multiaddr  # py-libp2p's parser: what the host would refuse (or dial for ever) is named now
+
     for addr in value:
         if not addr.startswith("/"):
             raise ValueError(f"{addr!r} is not a multiaddr (expected /ip4/HOST/tcp/PORT...)")
         if "/tcp/" not in addr:  # QUIC, WebSocket over UDP etc. are not part of the protocol
             raise ValueError(f"{addr!r} is no TCP multiaddr (expected /ip4/HOST/tcp/PORT...): the network speaks TCP")
+        try:
+            Multiaddr(addr)
+        except Exception as exc:  # noqa: BLE001 - the library's parse errors have no common base we may rely on
+            reason = str(exc).split(" (string: ", 1)[0].removeprefix(f"Invalid MultiAddr '{addr}': ")
+            raise ValueError(f"{addr!r} is not a valid multiaddr: {reason}") from None
     return value
 
 
@@ -87,8 +94,12 @@ class _Replaced(PydanticBaseSettingsSource):
     """A lower layer without the settings a higher layer gives: a dict setting (registry, tool_secrets) given
     in the environment or a flag replaces the file's, as every other setting does, rather than merging into it."""
 
-    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource,
-                 higher: tuple[PydanticBaseSettingsSource, ...]) -> None:
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        source: PydanticBaseSettingsSource,
+        higher: tuple[PydanticBaseSettingsSource, ...],
+    ) -> None:
         super().__init__(settings_cls)
         self._source, self._higher = source, higher
 

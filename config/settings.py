@@ -73,7 +73,9 @@ class Settings(LayeredSettings):
     models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")
     registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
     n_ctx: int = Field(default=2048, ge=256, le=1 << 20, description="Context window per model")
-    n_threads: int | None = Field(default=None, ge=1, description="Threads per model (default: cores available)")
+    n_threads: int | None = Field(
+        default=None, ge=1, le=4096, description="Threads per model (default: cores available)"
+    )
     n_gpu_layers: int | None = Field(
         default=None, ge=-1, description="Layers offloaded to GPU (default: all if GPU build)"
     )
@@ -184,12 +186,14 @@ class Settings(LayeredSettings):
     exec_address_space_mb: int | None = Field(
         default=None,
         ge=0,
+        le=1 << 30,  # 1 EiB: past any machine, and within what RLIMIT_AS holds in bytes
         description="Address-space limit (RLIMIT_AS, MiB) of each execution process, CPU only "
         "(auto: its address space once loaded + its RSS limit + room for threads; none with GPU offload; 0: off)",
     )
     exec_max_rss_mb: int | None = Field(
         default=None,
         ge=0,
+        le=1 << 30,
         description="Resident memory (MiB) past which an execution process is killed and restarted (auto: "
         "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1), or for a remote engine its answers in flight "
         "at 4 x 16 MiB each) + 512, + 1024 with GPU offload; 0: off)",

@@ -17,7 +17,7 @@ async def test_cli_flags_build_the_settings(tmp_path: Path, capsys: pytest.Captu
 
     parser = argparse.ArgumentParser(prog="compute-node")
     add_gateway_command(parser.add_subparsers(dest="command"))
-    peer = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmExample"
+    peer = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmSoBigzQ1Sv4wPG4aic3zZFbSpPYnbPAEsFFJmuJ8qetK"
     args = parser.parse_args(["gateway", "--peer", peer, "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
     assert run_gateway(args) == 1  # public host, no keys: refused before anything starts
     assert "api_keys" in capsys.readouterr().err

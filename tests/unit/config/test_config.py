@@ -38,10 +38,16 @@ def test_precedence_toml_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_env_lists_accept_commas_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COMPUTE_NODE_BOOTSTRAP", "/ip4/127.0.0.1/tcp/1/p2p/x, /ip4/127.0.0.1/tcp/2/p2p/y")
+    monkeypatch.setenv(
+        "COMPUTE_NODE_BOOTSTRAP",
+        "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmSoBigzQ1Sv4wPG4aic3zZFbSpPYnbPAEsFFJmuJ8qetK, /ip4/127.0.0.1/tcp/2/p2p/16Uiu2HAm7SvMVwCBgMPp2u8oUn6xxCyNB4pEF5AotTbRQ6bWUQPE",
+    )
     monkeypatch.setenv("COMPUTE_NODE_MODELS", '["m1", "m2"]')
     settings = Settings.load()
-    assert settings.bootstrap == ["/ip4/127.0.0.1/tcp/1/p2p/x", "/ip4/127.0.0.1/tcp/2/p2p/y"]
+    assert settings.bootstrap == [
+        "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmSoBigzQ1Sv4wPG4aic3zZFbSpPYnbPAEsFFJmuJ8qetK",
+        "/ip4/127.0.0.1/tcp/2/p2p/16Uiu2HAm7SvMVwCBgMPp2u8oUn6xxCyNB4pEF5AotTbRQ6bWUQPE",
+    ]
     assert settings.models == ["m1", "m2"]
 
 
@@ -126,7 +132,7 @@ def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
             "--listen",
             "/ip4/127.0.0.1/tcp/5001",
             "--bootstrap",
-            "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2x",
+            "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmSoBigzQ1Sv4wPG4aic3zZFbSpPYnbPAEsFFJmuJ8qetK",
             "--data-dir",
             str(tmp_path),
             "--model",
@@ -138,7 +144,7 @@ def test_cli_flags_cover_every_setting(tmp_path: Path) -> None:
     )
     settings = _settings_from(args)
     assert settings.listen == ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/5001"]
-    assert settings.bootstrap == ["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2x"]
+    assert settings.bootstrap == ["/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmSoBigzQ1Sv4wPG4aic3zZFbSpPYnbPAEsFFJmuJ8qetK"]
     assert settings.data_dir == tmp_path
     assert settings.http_enabled is False
     assert settings.max_queue == 2
@@ -200,3 +206,22 @@ def test_an_unknown_key_of_the_file_says_which_it_may_be(tmp_path: Path) -> None
     config.write_text("n_thread = 4\n")
     with pytest.raises(ConfigError, match=r"unknown setting 'n_thread' in the config file; did you mean 'n_threads'\?"):
         Settings.load(config)
+
+
+@pytest.mark.parametrize(
+    ("field", "addr", "named"),
+    [
+        ("announce", "/ip4/x/tcp/y", "base address 'x' is not IPv4"),  # was advertised as it was
+        ("bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/notapeerid", "Invalid CID"),  # was re-dialled for ever
+        ("listen", "/ip4/127.0.0.1/tcp/99999", "not in range"),
+    ],
+)
+def test_a_multiaddr_the_host_cannot_read_is_named(field: str, addr: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid setting '{field}'.*is not a valid multiaddr: .*{named}"):
+        Settings.load(**{field: [addr]})
+
+
+@pytest.mark.parametrize("field", ["n_threads", "exec_address_space_mb", "exec_max_rss_mb"])
+def test_a_number_past_any_machine_is_named_not_an_overflow_in_the_child(field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid setting '{field}'.*less than or equal"):
+        Settings.load(**{field: 10**11})  # was OverflowError in the execution process: "no usable model"
