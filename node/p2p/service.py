@@ -251,7 +251,7 @@ class P2PService:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
         promoted = info.peer_id in self.stream_only
         self.stream_only.discard(info.peer_id)  # dialled to gossip with
-        self._allow_dial(info.peer_id)
+        self._allow_dial(info.peer_id, [info])
         with trio.move_on_after(timeout) as scope:
             try:
                 await self._host.connect(info)
@@ -264,17 +264,24 @@ class P2PService:
             raise P2PServiceError(f"dialing {addr} timed out after {timeout:g} s")
         return info.peer_id.to_base58()
 
-    def _allow_dial(self, peer: ID) -> None:
-        """Lift libp2p's 60 s bar on a peer whose addresses all failed (its negative cache).
+    def _allow_dial(self, peer: ID, infos: list[PeerInfo]) -> None:
+        """Lift libp2p's 60 s bar on a peer whose addresses all failed (its negative cache), and
+        dial the addresses asked for, not ones the peerstore kept from before.
 
         Without this a node restarted on its address cannot be dialled again for a minute.
         Our callers pace their own retries (the connector's backoff up to redial_max_backoff,
         a publisher's choice of node): a dial they ask for is made.
+        py-libp2p dials one address per transport, the first the peerstore holds: a node restarted
+        with its key on another port (a new heartbeat `addrs`) was dialled at its dead old address
+        for as long as the entry lived. Without a connection, the peer's stored addresses are
+        dropped; `host.connect` stores the ones given.
         """
         assert self._host is not None
         swarm = self._host.get_network()
         if isinstance(swarm, Swarm):
             swarm.unblock_peer(peer)
+        if any(info.addrs for info in infos) and not has_open_connection(self._host, peer):
+            self._host.get_peerstore().clear_addrs(peer)
 
     async def subscribe(self, topic: str, validator: TopicValidator | None) -> None:
         """Register the validator, join the topic and forward its messages to the message sink."""
@@ -304,7 +311,7 @@ class P2PService:
         if not self._options.gossip_with_stream_peers and not host.get_network().get_connections(peer):
             # Before the dial: pubsub hears of the connection as it opens.
             self.stream_only.add(peer, lambda p: has_open_connection(host, p))
-        self._allow_dial(peer)
+        self._allow_dial(peer, infos)
         with trio.move_on_after(timeout) as scope:
             try:
                 await host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))

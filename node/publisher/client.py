@@ -155,24 +155,30 @@ class Client:
             )
             await host.start()
             self._host = host
-            self._sender = TaskSender(
-                host, self.identity, self._inbox, self._on_result, self.delivery, self._answer_timeout
-            )
-            gate = GossipGate()
-            await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
-            # `check`: the message arrives decoded by the validator (its signature is recovered once).
-            queues = {t: await host.subscribe(t, gate.check) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
-            self._loops = [
-                asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
-                asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),
-            ]
-            results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
-            failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
-            if self._peers and len(failures) == len(self._peers):
-                raise ClientError("could not connect to any peer: " + "; ".join(failures))
-            self.gossip_keeper = GossipPeerKeeper(host, self._peers, self.nodes, self._gossip_settings)
-            self._loops.append(asyncio.create_task(self.gossip_keeper.run()))
-            await self._wait_for_mesh(host)
+            try:
+                self._sender = TaskSender(
+                    host, self.identity, self._inbox, self._on_result, self.delivery, self._answer_timeout
+                )
+                gate = GossipGate()
+                await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
+                # `check`: the message arrives decoded by the validator (its signature is recovered once).
+                queues = {t: await host.subscribe(t, gate.check) for t in (RESULTS_TOPIC, HEARTBEAT_TOPIC)}
+                self._loops = [
+                    asyncio.create_task(consume(queues[RESULTS_TOPIC], RESULTS_TOPIC, self._on_result)),
+                    asyncio.create_task(consume(queues[HEARTBEAT_TOPIC], HEARTBEAT_TOPIC, self._on_heartbeat)),
+                ]
+                results = await asyncio.gather(*(host.connect(p) for p in self._peers), return_exceptions=True)
+                failures = [f"{p}: {r}" for p, r in zip(self._peers, results) if isinstance(r, BaseException)]
+                if self._peers and len(failures) == len(self._peers):
+                    raise ClientError("could not connect to any peer: " + "; ".join(failures))
+                self.gossip_keeper = GossipPeerKeeper(host, self._peers, self.nodes, self._gossip_settings)
+                self._loops.append(asyncio.create_task(self.gossip_keeper.run()))
+                await self._wait_for_mesh(host)
+            except BaseException:
+                # Half started (no peer answered, no mesh, cancelled): leave nothing behind, so the
+                # next call starts again (dials the peers) instead of waiting on a host that has none.
+                await self.close()
+                raise
 
     async def close(self) -> None:
         """Stop the sender, the background loops and the host."""

@@ -85,6 +85,22 @@ async def test_a_peer_back_on_its_address_can_be_dialled_again_at_once(make_host
         await back.stop()
 
 
+async def test_a_peer_back_with_its_key_on_another_port_is_dialled_there(make_host: HostFactory) -> None:
+    """py-libp2p dials the first address its peerstore holds for a peer: the dead one, while each failed
+    dial kept it. A node restarted on a new port (its heartbeat's new `addrs`) was never reached again."""
+    secret = secrets.token_bytes(32)
+    a, b = await make_host(), await make_host(secret=secret)
+    assert await a.connect(b.listen_addrs[0], timeout=5.0) == b.peer_id
+    await b.stop()
+    moved = P2PHost(secret, [LOOPBACK])  # the same key, a new port
+    await moved.start()
+    try:
+        assert moved.listen_addrs[0] != b.listen_addrs[0]
+        assert await a.connect(moved.listen_addrs[0], timeout=5.0) == moved.peer_id
+    finally:
+        await moved.stop()
+
+
 async def test_subscribing_twice_is_an_error(make_host: HostFactory) -> None:
     host = await make_host()
     await host.subscribe(TOPIC)

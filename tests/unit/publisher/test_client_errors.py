@@ -51,3 +51,35 @@ async def test_a_timeout_that_is_no_positive_finite_time_is_refused_before_anyth
 def test_one_peer_given_as_a_string_is_one_peer() -> None:
     address = "/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2HAmExample"
     assert Client(peers=address)._peers == [address]  # was dialled character by character
+
+
+async def test_a_client_whose_first_start_found_no_peer_dials_again_on_the_next_call() -> None:
+    # It kept its host after the failed start, so every later call skipped the dial and waited out its timeout
+    # ("no live node ... 0 live nodes known") even once the peer was up.
+    import socket
+
+    from node.p2p.host import P2PHost
+    from node.publisher.client import ClientError
+    from node.wire.identity import Identity
+    from node.wire.topics import TASK_TOPIC
+
+    with socket.socket() as probe:  # a port nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    peer = Identity.generate()
+    client = Client(peers=[f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer.peer_id}"])
+    task = Task(workflow=Simple().workflow("hi"), models=["m"])
+    try:
+        with pytest.raises(ClientError, match="could not connect to any peer"):
+            await client.execute(task, timeout=30)
+        host = P2PHost(peer.secret, [f"/ip4/127.0.0.1/tcp/{port}"])  # the peer comes up
+        await host.start()
+        await host.subscribe(TASK_TOPIC)
+        try:
+            await client.start()  # dials again: with its host left behind it returned at once, connected to none
+            assert await client._host.peers() == [peer.peer_id]  # type: ignore[union-attr]
+        finally:
+            await client.close()
+            await host.stop()
+    finally:
+        await client.close()
