@@ -90,41 +90,38 @@ def _not_blank(value: Any) -> Any:
 UserPath = Annotated[Path, BeforeValidator(_not_blank), AfterValidator(_expand_user)]
 
 
-class _Replaced(PydanticBaseSettingsSource):
-    """A lower layer without the settings a higher layer gives: a dict setting (registry, tool_secrets) given
-    in the environment or a flag replaces the file's, as every other setting does, rather than merging into it."""
+def _not_given(values: dict[str, Any], higher: tuple[PydanticBaseSettingsSource, ...]) -> dict[str, Any]:
+    """`values` without the settings a higher layer gives: a dict setting (registry, tool_secrets) given in the
+    environment or a flag replaces the file's, as every other setting does (pydantic-settings merges dicts)."""
+    given = {name for source in higher for name in source()}
+    return {name: value for name, value in values.items() if name not in given}
+
+
+class _EnvBelow(PydanticBaseSettingsSource):
+    """The environment without the settings a flag gives (`_not_given`)."""
 
     def __init__(
-        self,
-        settings_cls: type[BaseSettings],
-        source: PydanticBaseSettingsSource,
-        higher: tuple[PydanticBaseSettingsSource, ...],
+        self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource, flags: PydanticBaseSettingsSource
     ) -> None:
         super().__init__(settings_cls)
-        self._source, self._higher = source, higher
+        self._env, self._flags = env, flags
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        given: set[str] = set()
-        for source in self._higher:
-            given |= set(source())
-        return {key: value for key, value in self._source().items() if key not in given}
+        return _not_given(self._env(), (self._flags,))
 
 
 class _TomlBelow(TomlConfigSettingsSource):
-    """The TOML file without the settings the environment or a flag gives (see _Replaced)."""
+    """The TOML file without the settings the environment or a flag gives (`_not_given`)."""
 
     def __init__(self, settings_cls: type[BaseSettings], higher: tuple[PydanticBaseSettingsSource, ...]) -> None:
         super().__init__(settings_cls)
         self._higher = higher
 
     def __call__(self) -> dict[str, Any]:
-        given: set[str] = set()
-        for source in self._higher:
-            given |= set(source())
-        return {key: value for key, value in super().__call__().items() if key not in given}
+        return _not_given(super().__call__(), self._higher)
 
 
 class LayeredSettings(BaseSettings):
@@ -151,7 +148,7 @@ class LayeredSettings(BaseSettings):
         # First wins: CLI flags (init) > environment > TOML file > defaults; a higher layer replaces a setting whole.
         return (
             init_settings,
-            _Replaced(settings_cls, env_settings, (init_settings,)),
+            _EnvBelow(settings_cls, env_settings, init_settings),
             _TomlBelow(settings_cls, (init_settings, env_settings)),
         )
 
