@@ -37,12 +37,15 @@ class Ignore:
     detail: str = ""
 
 
-def requested_models(requested: list[str], hosted: list[str]) -> list[str]:
-    """The hosted models the requested entries resolve to (`*`/`llamacpp`: all, `!`: the first configured)."""
+def requested_models(requested: list[str], hosted: list[str], local: list[str] | None = None) -> list[str]:
+    """The hosted models the requested entries resolve to (`*`: all, `llamacpp`: the locally hosted GGUF
+    models, `local`, by default all; `!`: the first configured)."""
     candidates: list[str] = []
     for entry in requested:
-        if entry in (ANY_LOCAL_MODEL, ANY_MODEL):
+        if entry == ANY_MODEL:
             candidates.extend(hosted)
+        elif entry == ANY_LOCAL_MODEL:
+            candidates.extend(hosted if local is None else [name for name in hosted if name in local])
         elif entry == FIRST_MODEL:
             candidates.extend(hosted[:1])
         elif entry in hosted:
@@ -110,6 +113,8 @@ class Acceptance:
         seen: SeenTasks | None = None,
         horizon_s: float = DEFAULT_HORIZON_S,
         serving: Callable[[], list[str]] | None = None,
+        local_models: list[str] | None = None,
+        has_room: Callable[[str], bool] | None = None,
     ) -> None:
         self._address = address.lower()
         self._address_bytes = bytes.fromhex(self._address)
@@ -121,6 +126,11 @@ class Acceptance:
         # The hosted models serving now (what heartbeats advertise): a crash-looping
         # model or a down remote engine takes no task, so another node can.
         self._serving = serving
+        # The hosted models served from a GGUF file here (what `llamacpp` names); None: all of them.
+        self._local = list(local_models) if local_models is not None else None
+        # Whether a model has a running or queue place now: the random pick prefers those, so a task
+        # that names several models is not answered busy for one while another has room.
+        self._has_room = has_room
 
     def decide(self, sender: str, task: TaskBody, now_ns: int) -> Accept | Ignore:
         """Accept (and remember) the task, or say why not."""
@@ -146,13 +156,15 @@ class Acceptance:
             )
         if task.task_id in self.seen:
             return Ignore("duplicate")
-        candidates = requested_models(task.input.model, self._hosted)
+        candidates = requested_models(task.input.model, self._hosted, self._local)
         if not candidates:
             return Ignore("no_model", f"no hosted model matches {task.input.model}")
         if self._serving is not None:
             serving = self._serving()
             if not (candidates := [name for name in candidates if name in serving]):
                 return Ignore("model_unavailable", f"the hosted models matching {task.input.model} are not serving now")
+        if self._has_room is not None and len(candidates) > 1:
+            candidates = [name for name in candidates if self._has_room(name)] or candidates
         model = self._rng.choice(candidates)
         if not self.seen.add(task.task_id, task.deadline, now_ns):
             return Ignore("duplicate")

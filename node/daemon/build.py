@@ -167,6 +167,8 @@ def build_parts(
         seen=SeenTasks(settings.journal_max_records),
         horizon_s=settings.deadline_horizon,
         serving=serving,
+        local_models=[name for name in names if name not in remote_names],
+        has_room=admission.would_admit,
     )
     now = time.time_ns()
     for task_id, deadline in journal.known_ids(now):  # a replay after a restart is still a duplicate
@@ -180,6 +182,7 @@ def build_parts(
         metrics,
         notifier,
         advertised,
+        capacity=lambda: free_places(admission, journal, advertised()),
         activity=activity,
         held=lambda: len(outbox.unjournalled),
         clock=clock,

@@ -45,6 +45,7 @@ class NodeMonitor:
         notifier: SystemdNotifier,
         models: Callable[[], Collection[str]],  # the models served now
         *,
+        capacity: Callable[[], tuple[int, int]] | None = None,  # (free, max) as heartbeats advertise it
         activity: NodeActivity | None = None,
         held: Callable[[], int] = lambda: 0,  # results the outbox holds in memory for a failing journal
         clock: ClockWatch | None = None,  # messages refused for their time: is this machine's clock wrong?
@@ -59,6 +60,7 @@ class NodeMonitor:
         self._metrics = metrics
         self._notifier = notifier
         self._models = models
+        self._capacity = capacity or (lambda: self._admission.capacity())
         self._activity = activity or NodeActivity()
         self._startup_grace_s = startup_grace_s
         self._sample_interval_s = sample_interval_s
@@ -91,7 +93,7 @@ class NodeMonitor:
             self._mesh = await self._host.mesh_sizes()
         except P2PError:
             self._peers, self._mesh = [], {}
-        free, _ = self._admission.capacity()
+        free, _ = self._capacity()
         self._metrics.peers.set(len(self._peers))
         for topic, size in self._mesh.items():
             self._metrics.mesh_peers.labels(topic=topic).set(size)
@@ -159,7 +161,7 @@ class NodeMonitor:
 
     def status(self) -> dict[str, Any]:
         """The node's state for the status page and endpoint."""
-        free, total = self._admission.capacity()
+        free, total = self._capacity()
         try:
             self._backlog = self._journal.backlog()
         except JournalError:  # the last count read stands

@@ -200,7 +200,8 @@ class ExecutionProcess:
         if not isinstance(message, Ready):
             await self._reap(reader)
             if isinstance(message, LoadFailed):
-                raise ExecutionProcessStartError(f"model {self.model}: {message.error}")
+                named = message.error.startswith(f"model {self.model}")  # the loader's errors name it already
+                raise ExecutionProcessStartError(message.error if named else f"model {self.model}: {message.error}")
             cause = describe_exit(self._proc.returncode)
             raise ExecutionProcessStartError(
                 f"model {self.model}: the execution process crashed while loading ({cause})"

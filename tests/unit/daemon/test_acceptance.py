@@ -167,3 +167,26 @@ def test_a_discarded_task_id_can_be_accepted_again() -> None:
     assert isinstance(acceptance.decide(PUBLISHER.address, first, now), Accept)
     acceptance.seen.prune(first.deadline + 1)
     assert "t" not in acceptance.seen and len(acceptance.seen) == 0
+
+
+def test_a_task_naming_several_models_goes_to_one_with_room() -> None:
+    # The pick was random before capacity was looked at: with one model full, a `*` task was answered busy
+    # about half the time while the heartbeat advertised the other's free places.
+    full = {"smollm2:135m"}
+    acceptance = Acceptance(NODE.address, HOSTED, rng=random.Random(7), has_room=lambda model: model not in full)
+    now = time.time_ns()
+    picks = {acceptance.decide(PUBLISHER.address, task(f"t{i}", models=["*"]), now).model for i in range(50)}  # type: ignore[union-attr]
+    assert picks == {"qwen2.5:0.5b-instruct-q4_K_M"}
+    full.add("qwen2.5:0.5b-instruct-q4_K_M")  # none has room: the pick is as before (the answer is busy)
+    picks = {acceptance.decide(PUBLISHER.address, task(f"u{i}", models=["*"]), now).model for i in range(50)}  # type: ignore[union-attr]
+    assert picks == set(HOSTED)
+
+
+def test_llamacpp_names_the_local_gguf_models_only() -> None:
+    acceptance = Acceptance(NODE.address, HOSTED, rng=random.Random(7), local_models=["smollm2:135m"])
+    now = time.time_ns()
+    decisions = [acceptance.decide(PUBLISHER.address, task(f"t{i}", models=["llamacpp"]), now) for i in range(50)]
+    assert {d.model for d in decisions if isinstance(d, Accept)} == {"smollm2:135m"}  # not the remote engine's
+    assert {acceptance.decide(PUBLISHER.address, task(f"s{i}", models=["*"]), now).model for i in range(50)} == set(  # type: ignore[union-attr]
+        HOSTED
+    )

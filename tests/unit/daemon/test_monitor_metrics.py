@@ -99,3 +99,33 @@ async def test_a_journal_that_sqlite_refuses_makes_the_node_unhealthy_counted_an
     finally:
         journal.close()
         await node.stop()
+
+
+async def test_status_and_the_capacity_metric_count_what_heartbeats_advertise(tmp_path: Path) -> None:
+    """A model out of service (its file gone, its process down) is in no heartbeat: /status and the metric
+    counted its places anyway (18 free of 18 where the heartbeat said 9 of 9)."""
+    node = P2PHost(secrets.token_bytes(32), [LOOPBACK])
+    await node.start()
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    try:
+        metrics = NodeMetrics()
+        admission = Admission(_never, _never, {"a": 2, "b": 2}, max_queue=1)
+        serving = ["a"]  # b is out of service
+        monitor = NodeMonitor(
+            Identity.generate(),
+            node,
+            admission,
+            journal,
+            metrics,
+            SystemdNotifier.from_env({}),
+            lambda: serving,
+            capacity=lambda: free_places(admission, journal, serving),
+        )
+        await monitor.sample()
+        advertised = free_places(admission, journal, serving)
+        assert advertised == (3, 3)
+        assert (monitor.status()["capacity"]["free"], monitor.status()["capacity"]["max"]) == advertised
+        assert metrics.registry.get_sample_value("compute_node_capacity_free") == advertised[0]
+    finally:
+        journal.close()
+        await node.stop()
