@@ -11,6 +11,7 @@ token to a few milliseconds on a 2-core machine (README: the cost table).
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -138,8 +139,13 @@ def _validated(grammar: str, what: str) -> str:
     return grammar
 
 
+# What llguidance quotes of the schema: literals ("..."), names and pointers ('...'), dumps ((And ...)),
+# and the word after "type:". Error texts are not encrypted and carry no task data (PROTOCOL.md section 5).
+_QUOTED = re.compile(r"\"[^\"]*\"?|'[^']*'?|`[^`]*`?|\(.*?\)|(?<=type: )\S+")
+
+
 def _reason(error: str) -> str:
-    """The gist of a llguidance error: its `error:` line when it has one, cut short (it may quote the input)."""
+    """The gist of a llguidance error: its `error:` line when it has one, without what it quotes of the schema."""
     lines = [line.strip() for line in error.splitlines() if line.strip()]
     picked = next((line for line in lines if line.startswith("error:")), lines[0] if lines else "refused")
-    return picked.removeprefix("error:").strip()[:200]
+    return _QUOTED.sub("...", picked.removeprefix("error:").strip())[:200]

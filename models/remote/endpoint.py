@@ -175,13 +175,9 @@ class Endpoint:
         if status in RETRY_STATUSES:
             return f"HTTP {status}", retry_after
         if status >= 400:
-            # The engine's own message may quote the prompt: the log gets it, the error text does not.
-            log.warning(
-                "remote engine refused the request",
-                **self._log_fields,
-                status=status,
-                detail=body.decode("utf-8", "replace"),
-            )
+            # The engine's own message may quote the prompt: only a debug log gets it, the error text never.
+            log.warning("remote engine refused the request", **self._log_fields, status=status)
+            log.debug("remote engine's refusal", **self._log_fields, detail=body[:4096].decode("utf-8", "replace"))
             raise EngineRequestError(f"the engine serving {self.model_name} refused the request (HTTP {status})")
         try:
             answer = json.loads(body)

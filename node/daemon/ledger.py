@@ -115,7 +115,9 @@ class Ledger:
         """Open (or create) the ledger at `path` and prune its old rows; LedgerError if it cannot be opened."""
         conn: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.touch(mode=0o600, exist_ok=True)  # task ids, publishers, error texts: owner-only, as the journal
+            path.chmod(0o600)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=1.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)

@@ -82,6 +82,12 @@ def die_with_the_daemon(daemon_pid: int) -> None:
         raise SystemExit(0)
 
 
+def no_core_dumps() -> None:
+    """No core file of this process: it would hold tasks' prompts and results and the operator's secrets
+    (tool_secrets, search_api_key, engine keys), kept wherever the host's core_pattern puts it."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def leave_shutdown_signals_to_the_daemon() -> None:
     """Ignore SIGINT and SIGTERM: the daemon alone ends this process, after its drain.
 
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     leave_shutdown_signals_to_the_daemon()
     die_with_the_daemon(args.parent_pid)
+    no_core_dumps()
     import uvloop
 
     return uvloop.run(serve(args.fd))

@@ -31,7 +31,11 @@ class DatabaseError(Exception):
 def open_database(path: Path, schema: str) -> sqlite3.Connection:
     """The SQLite file at `path` (WAL, autocommit) with `schema` applied; DatabaseError if it cannot be."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Its rows hold clients' results in plaintext: owner-only whatever the umask or the directory's mode
+        # (SQLite gives its -wal and -shm files the database file's mode).
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
         db = sqlite3.connect(path, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

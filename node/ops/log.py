@@ -67,7 +67,11 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.processors.JSONRenderer()
+        if use_json
+        # plain_traceback: with `rich` importable structlog's default prints every frame's locals
+        # (a task's workflow and prompt, the settings' secrets).
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
     )
     exc_info: structlog.types.Processor = structlog.processors.format_exc_info if use_json else _identity
     # JSON escapes every control character; the console prints a string as it is unless it holds a space,

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,15 @@ def child_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude={"secret_key"})
 
 
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment an execution process starts with: the daemon's, less the identity key.
+
+    Settings reach the child in `configure` (child_settings, without the key); a key given as
+    COMPUTE_NODE_SECRET_KEY must not reach the process that runs workflows and llama.cpp either.
+    """
+    return {name: value for name, value in environ.items() if name != Settings.env_var("secret_key")}
+
+
 def describe_exit(returncode: int | None) -> str:
     """'SIGSEGV' for a death by signal, 'exit code N' otherwise."""
     if returncode is None:
@@ -146,7 +155,7 @@ class ExecutionProcess:
         """Spawn the process: its interpreter starts and imports what loading a model needs, then
         waits for `configure` (`start`)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
+        env = child_environment(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.

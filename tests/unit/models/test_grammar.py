@@ -301,3 +301,20 @@ def test_a_grammar_the_model_would_never_follow_unaided_still_holds_at_any_tempe
 
     for text in asyncio.run(run()):
         assert re.fullmatch(pattern, text), text
+
+
+MARK = "QZMARKERQZ"
+# Schemas llguidance refuses with an error that quotes them: error results are plaintext (PROTOCOL.md section 5).
+QUOTING = {
+    "ref_bad": {"$ref": f"#/definitions/{MARK}"},
+    "const_mismatch": {"type": "integer", "const": MARK},
+    "allof": {"allOf": [{"type": "string", "const": MARK}, {"type": "string", "const": MARK + "x"}]},
+    "type_bad": {"type": MARK},
+}
+
+
+@pytest.mark.parametrize("schema", QUOTING.values(), ids=list(QUOTING))
+def test_a_refused_schema_is_not_quoted_in_the_error(schema: dict[str, Any]) -> None:
+    with pytest.raises(GrammarError) as refused:
+        json_schema_grammar(schema)
+    assert MARK not in str(refused.value), str(refused.value)
