@@ -84,6 +84,7 @@ class HttpResponse:
     status: int
     url: str
     text: str
+    content_type: str = ""  # the media type, lowercased, without parameters ("" when none was sent)
 
 
 def _default_port(url: httpx.URL) -> int:
@@ -113,13 +114,15 @@ class EgressPolicy:
         if url.scheme not in ("http", "https") or not url.host:
             raise EgressRefusedError("tool request refused: only http(s) URLs with a host are allowed")
         host, port = url.host.lower(), _default_port(url)
+        if not 0 < port < 65536:
+            raise ToolError("tool request: invalid URL (port out of range)")
         addresses = await _resolve(host, port)
         if not trusted:
             for address in addresses:
                 if not is_public(address) and not any(
                     e.permits(host, port, address) for e in self.settings.allow_entries
                 ):
-                    log.info("egress refused", host=host, port=port, address=str(address))
+                    log.debug("egress refused", host=host, port=port, address=str(address))
                     raise EgressRefusedError(
                         "tool request refused: the address is not public (loopback, private, link-local, "
                         "site-local, multicast or reserved) and not in the operator's allow-list"
@@ -177,7 +180,7 @@ async def fetch(
     except UnicodeError:  # a host label IDNA refuses, a header value that is not Latin-1
         raise ToolError("tool request: a host name or header value that cannot be encoded") from None
     except httpx.HTTPError as e:
-        log.info("egress failed", error=str(e))  # local log only: the text may hold the URL
+        log.debug("egress failed", error=str(e))  # debug only: the text may hold the URL or a header value
         raise ToolError(f"tool request failed: {type(e).__name__}") from None
 
 
@@ -207,7 +210,8 @@ async def _exchange(
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECTS or not location:
                     body = await _read_capped(response, settings.max_response_bytes)
-                    return HttpResponse(response.status_code, str(url), body)
+                    media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+                    return HttpResponse(response.status_code, str(url), body, media)
             finally:
                 await response.aclose()
             next_url = url.join(location)
@@ -294,7 +298,7 @@ def _decode(body: bytes, encoding: str, limit: int) -> bytes:
             return _inflate(body, zlib.MAX_WBITS, limit)
         except zlib.error:
             return _inflate(body, -zlib.MAX_WBITS, limit)
-    raise ToolError(f"tool response has an unsupported content encoding ({encoding[:20]})")
+    raise ToolError("tool response has an unsupported content encoding (only gzip and deflate are accepted)")
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:

@@ -143,9 +143,9 @@ async def generate(
             answer = json.loads(generation.text)
         except ValueError:
             raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
-        check = answer_check(schema)  # keywords decoding does not enforce (uniqueItems, not, ...): checked here
+        check = answer_check(schema)  # what decoding did not enforce (uniqueItems, not, a remote engine's answer)
         if check is not None and (broken := check(answer)) is not None:
-            raise StepError(f"the model's answer breaks the schema's {broken!r}, which decoding cannot enforce")
+            raise StepError(f"the model's answer breaks the schema's {broken!r}, which decoding did not enforce")
     return generation.text
 
 

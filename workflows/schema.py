@@ -186,6 +186,20 @@ class HttpRequestTool(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     body: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("url")
+    @classmethod
+    def _fetchable(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # ValueError when out of range
+        except ValueError:
+            raise ValueError("is not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+            raise ValueError("must be an http(s) URL with a host")  # no URL quoted: error texts carry no task data
+        return value
+
 
 CustomTool = Annotated[CustomFunctionTool | HttpRequestTool, Field(discriminator="mode")]
 

@@ -5,7 +5,7 @@
 - `schema.py`   Gemini's upper-case schema form -> plain JSON schema
 - `compile.py`  regex / JSON schema -> a validated llguidance grammar; the fuel and size limits
 - `matcher.py`  `Constraint`: one request's grammar state on a model's vocabulary (the token masks)
-- `checks.py`   `answer_check`: a JSON-schema validation of the answer, for schemas decoding enforces only in part
+- `checks.py`   `answer_check`: the answer validated against its JSON schema (what decoding did not enforce)
 """
 
 from models.grammar.checks import AnswerCheck, answer_check

@@ -1,14 +1,14 @@
-"""What constrained decoding does not enforce of a JSON schema, checked on the answer instead.
+"""A JSON schema checked on the answer: what constrained decoding did not enforce.
 
 llguidance compiles a schema with keywords it does not implement (`uniqueItems`, `not`,
 `if`/`then`/`else`, `contains`, `dependentRequired`, `propertyNames`, `unevaluated*`, ...)
-by leaving them out, and `oneOf` as `anyOf` (`compile.py`: lenient). The answer then
-follows the rest of the schema but may break those keywords. For such a schema, and only
-for it, `answer_check` returns a full JSON-schema validation of the answer (jsonschema),
-so a result is never valid JSON that the schema rejects.
+by leaving them out, and `oneOf` as `anyOf` (`compile.py`: lenient); a remote engine is sent
+the schema with `strict: false` and may enforce none of it. So every answer of a JSON-schema
+step (a tool call's arguments among them) is validated against the schema (jsonschema): a
+result is never valid JSON that the schema rejects.
 
 The check runs no regular expression: `pattern` and `patternProperties` are enforced by
-decoding already (in Rust, in linear time), and Python's `re` on a hostile pattern can
+local decoding (in Rust, in linear time), and Python's `re` on a hostile pattern can
 backtrack for ever. They are taken out of the schema the check reads.
 """
 
@@ -17,27 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from models.grammar.compile import enforces_whole
 from models.grammar.schema import normalize_schema
 
 AnswerCheck = Callable[[Any], "str | None"]
 
 
 def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
-    """None when decoding enforces all of `schema`; else a check of a parsed answer against it.
+    """A check of a parsed answer against `schema`, or None when jsonschema cannot read the schema.
 
     The check returns None for an answer the schema accepts, else the name of the first
     keyword it breaks (never the answer's text: error texts carry no task data).
     """
-    if enforces_whole(schema):
-        return None
     plain = _without_regexes(normalize_schema(schema))
     import jsonschema  # only for the schemas that need it: most never do
 
     try:
         validator_class = jsonschema.validators.validator_for(plain)
         validator = validator_class(plain)
-    except Exception:  # noqa: BLE001 - a schema jsonschema cannot read: decoding already enforced what it could
+    except Exception:  # noqa: BLE001 - a schema jsonschema cannot read: decoding enforced what it could
         return None
 
     def check(answer: Any) -> str | None:

@@ -84,19 +84,6 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
         raise GrammarError(f"json_schema cannot be turned into a grammar ({type(exc).__name__})") from None
 
 
-def enforces_whole(schema: dict[str, Any]) -> bool:
-    """Whether `json_schema_grammar(schema)` leaves none of `schema` out (lenient compiling drops unimplemented keywords)."""
-    import llguidance
-
-    strict: JsonCompileOptions = {**_JSON_OPTIONS, "lenient": False}
-    try:
-        text = json.dumps(_prepared(normalize_schema(schema)), allow_nan=False)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=strict)
-        return not llguidance.LLMatcher.validate_grammar(grammar, None, limits=grammar_limits())
-    except Exception:  # noqa: BLE001 - refused strictly: something was left out
-        return False
-
-
 def grammar_for(json_schema: dict[str, Any] | None, regex: str | None) -> str | None:
     """The grammar of a request's constraint (the regex takes precedence), or None when it has none."""
     if regex is not None:

@@ -15,6 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# How a bomb may fail as an honest task failure, not the node's: max_tokens cut its answer short, or the
+# answer broke a keyword decoding did not enforce (models/grammar/checks.py).
+HONEST_FAILURES = ("(max_tokens reached", "not complete JSON", "which decoding did not enforce")
+
 
 @dataclass(frozen=True)
 class GrammarBomb:

@@ -37,13 +37,27 @@ async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAUL
 async def _searxng(settings: ToolSettings, provider: SearchProvider, query: str) -> list[tuple[str, str, str]]:
     url = provider.url.rstrip("/") + "/search"
     data = await _json(settings, "GET", url, params={"q": query, "format": "json"}, headers={})
-    return [(r.get("title", ""), r.get("url", ""), r.get("content", "")) for r in data.get("results", [])]
+    return _hits(data, "results", "url", "content")
 
 
 async def _serper(settings: ToolSettings, provider: SearchProvider, query: str, n: int) -> list[tuple[str, str, str]]:
     key = provider.api_key.get_secret_value() if provider.api_key else ""
     data = await _json(settings, "POST", provider.url, json_body={"q": query, "num": n}, headers={"X-API-KEY": key})
-    return [(r.get("title", ""), r.get("link", ""), r.get("snippet", "")) for r in data.get("organic", [])]
+    return _hits(data, "organic", "link", "snippet")
+
+
+def _hits(data: dict[str, Any], key: str, url: str, snippet: str) -> list[tuple[str, str, str]]:
+    """(title, url, snippet) of each result object; a provider's odd shape is a ToolError, not a crash."""
+    results = data.get(key)
+    if results is None:
+        return []
+    if not isinstance(results, list):
+        raise ToolError("search provider answered an unexpected JSON shape")
+
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else ""
+
+    return [(text(r.get("title")), text(r.get(url)), text(r.get(snippet))) for r in results if isinstance(r, dict)]
 
 
 async def _json(settings: ToolSettings, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
@@ -101,6 +115,14 @@ class _TextExtractor(html.parser.HTMLParser):
             self.parts.append(data.strip())
 
 
+_HTML = frozenset({"text/html", "application/xhtml+xml"})
+_TEXT_TYPES = frozenset({"application/json", "application/xml", "application/javascript", "application/x-ndjson"})
+
+
+def _is_text(media: str) -> bool:
+    return media.startswith("text/") or media in _TEXT_TYPES or media.endswith(("+json", "+xml"))
+
+
 def html_to_text(page: str) -> str:
     """The text of an HTML page."""
     extractor = _TextExtractor()
@@ -116,8 +138,11 @@ def reader_tool(settings: ToolSettings, name: str) -> Tool:
         response = await fetch(settings, "GET", url)
         if response.status >= 400:
             raise ToolError(f"reader: the page answered HTTP {response.status}")
-        if "<" not in response.text[:1000]:
-            return response.text
+        media = response.content_type
+        if media and media not in _HTML and not _is_text(media):
+            raise ToolError("reader: the page is not text (its content type is neither HTML nor text)")
+        if media not in _HTML and (media or "<" not in response.text[:1000]):
+            return response.text  # text/plain, JSON, XML, CSV: as sent
         # A page of up to tool_max_bytes takes the pure-Python parser a while: not on the event loop.
         return await asyncio.to_thread(html_to_text, response.text)
 

@@ -37,8 +37,12 @@ def build_tools(config: WorkflowConfig, settings: ToolSettings, max_length: int)
             raise ToolError(f"tool {name!r} is not available: this node has not configured it")
         else:
             raise InvalidToolError(f"unknown tool {name!r} (built-ins: {', '.join(KNOWN_BUILTINS)}, ALL)")
+    # Names the workflow asked for, whether or not this node configured them: the same clash on every node.
+    builtin_names = {"reader" if n == "jina" else n for n in config.tools}
+    if "ALL" in config.tools:
+        builtin_names |= set(KNOWN_BUILTINS) - {"jina"}
     for spec in config.custom_tools:
-        if spec.name in chosen:
+        if spec.name in chosen or spec.name in builtin_names:
             raise InvalidToolError(f"custom tool {spec.name!r} has the name of another tool")
         chosen[spec.name] = (
             custom_tool(spec) if isinstance(spec, CustomFunctionTool) else http_request_tool(spec, settings)

@@ -199,7 +199,7 @@ async def test_an_answer_that_breaks_what_decoding_cannot_enforce_fails(
     schema: dict[str, Any], breaks: str, keeps: str, keyword: str
 ) -> None:
     workflow = parse_workflow(_one_generation("Give JSON.", schema=json.dumps(schema)))
-    with pytest.raises(WorkflowError, match=f"breaks the schema's '{keyword}', which decoding cannot enforce"):
+    with pytest.raises(WorkflowError, match=f"breaks the schema's '{keyword}', which decoding did not enforce"):
         await run_workflow(workflow, cast(Any, _Says(breaks)))
     assert json.loads((await run_workflow(workflow, cast(Any, _Says(keeps)))).text) == json.loads(keeps)
 
@@ -215,3 +215,25 @@ async def test_a_hostile_pattern_is_never_run_by_the_answer_check() -> None:
     started = time.monotonic()
     result = await run_workflow(workflow, cast(Any, _Says(json.dumps({"a": "a" * 64 + "!"}))))
     assert result.text and time.monotonic() - started < 5
+
+
+async def test_an_answer_a_remote_engine_did_not_fit_to_its_schema_fails() -> None:
+    # A remote engine gets the schema with strict: false: nothing held its answer to it before.
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    workflow = parse_workflow(_one_generation("Give JSON.", schema=json.dumps(schema)))
+    with pytest.raises(WorkflowError, match="breaks the schema's 'required'"):
+        await run_workflow(workflow, cast(Any, _Says('{"b": 1}')))
+    tool = {
+        "name": "weather",
+        "description": "The weather in a city.",
+        "mode": "custom",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    raw = _one_generation("Weather in Izmir?", operator="function_calling_raw")
+    raw["config"]["custom_tools"] = [tool]
+    with pytest.raises(WorkflowError, match="breaks the schema's"):  # a call without its required argument
+        await run_workflow(parse_workflow(raw), cast(Any, _Says('{"name": "weather", "arguments": {}}')))
+    result = await run_workflow(
+        parse_workflow(raw), cast(Any, _Says('{"name": "weather", "arguments": {"city": "Izmir"}}'))
+    )
+    assert json.loads(result.text) == {"name": "weather", "arguments": {"city": "Izmir"}}

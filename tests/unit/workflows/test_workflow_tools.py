@@ -237,3 +237,66 @@ async def test_tool_call_raw_example_names_get_weather_with_a_city(model: Batche
     raw["tasks"][0]["operator"] = "function_calling"  # a `custom` tool cannot be executed
     with pytest.raises(ToolError, match="cannot be executed"):
         await run_workflow(parse_workflow(raw), model)
+
+
+@pytest.mark.parametrize("body", [b'{"results": null}', b'{"results": "abc"}', b'{"results": [1, 2]}'])
+async def test_a_search_answer_of_another_shape_is_a_tool_error_or_no_result(
+    model: BatchedLlamaModel, body: bytes
+) -> None:
+    # was TypeError/AttributeError: `internal error`, and a step's fallback edge not taken
+    server = LocalServer({"/search": Route(body=body)})
+    try:
+        searxng = ToolSettings(search=SearchProvider(kind="searxng", url=server.url("")))
+        try:
+            result = await run_workflow(_search_workflow("lava"), model, tools=searxng)
+        except ToolError as exc:
+            assert "unexpected JSON shape" in str(exc)
+        else:
+            assert "No results" in result.text or result.text == ""
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:65536/", "http://127.0.0.1:99999/", "https://127.0.0.1:70000/"])
+async def test_a_port_out_of_range_is_a_tool_error(url: str) -> None:
+    with pytest.raises(ToolError):  # was ExceptionGroup: `internal error`
+        await fetch(ToolSettings(egress_allow=["127.0.0.1"]), "GET", url)
+
+
+async def test_the_reader_reads_a_page_by_its_content_type() -> None:
+    server = LocalServer(
+        {
+            "/plain": Route(body=b"if a<b and c>d then swap", headers={"content-type": "text/plain"}),
+            "/json": Route(body=b'{"snippet": "<b>bold</b>"}', headers={"content-type": "application/json"}),
+            "/png": Route(body=b"\x89PNG\r\n\x1a\n\x1b[31m", headers={"content-type": "image/png"}),
+            "/late": Route(
+                body=b"x" * 1200 + b"<script>track()</script><p>Body</p>", headers={"content-type": "text/html"}
+            ),
+        }
+    )
+    try:
+        reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+        assert await reader.run({"url": server.url("/plain")}) == "if a<b and c>d then swap"  # lost "<b and c>"
+        assert await reader.run({"url": server.url("/json")}) == '{"snippet": "<b>bold</b>"}'
+        with pytest.raises(ToolError, match="not text"):  # was the bytes as mojibake, a terminal escape included
+            await reader.run({"url": server.url("/png")})
+        late = await reader.run({"url": server.url("/late")})
+        assert "track()" not in late and "Body" in late  # was returned raw, its script included
+    finally:
+        server.close()
+
+
+def test_a_custom_tool_named_as_a_builtin_the_workflow_asks_for_is_refused_on_every_node() -> None:
+    from workflows.errors import InvalidToolError
+
+    config = WorkflowConfig.model_validate(
+        {
+            "max_steps": 1,
+            "max_time": 1,
+            "tools": ["ALL"],
+            "custom_tools": [{"name": "search", "description": "d", "mode": "custom", "parameters": {}}],
+        }
+    )
+    for settings in (ToolSettings(), ToolSettings(search=SearchProvider(kind="searxng", url="http://s.example"))):
+        with pytest.raises(InvalidToolError, match="has the name of another tool"):  # was only where search is set
+            build_tools(config, settings, 100)
