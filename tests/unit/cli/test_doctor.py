@@ -181,11 +181,19 @@ def test_an_unknown_model_name_is_a_failed_check_not_a_traceback(tmp_path: Path)
     assert memory_check(settings, mem_available_bytes, node_running=False).status in (Status.OK, Status.WARN)
 
 
-def test_an_invalid_registry_entry_is_one_line_for_doctor_and_models(tmp_path: Path, capsys) -> None:
-    from node.cli.main import main
+def test_an_invalid_registry_entry_is_one_line_for_doctor_and_models(tmp_path: Path) -> None:
+    import subprocess
+    import sys
 
     bad = ["--registry", json.dumps({"mine": {"backend": "nonsense"}}), "--data-dir", str(tmp_path)]
     for command in (["doctor", "--skip", "network"], ["models", "list"]):
-        assert main([*command, *bad]) == 1, command
-        err = capsys.readouterr().err.strip()
-        assert "invalid setting 'registry'" in err and "Traceback" not in err, err
+        done = subprocess.run(  # a child: the commands configure logging for the whole process
+            [sys.executable, "-c", "import sys; from node.cli.main import main; sys.exit(main(sys.argv[1:]))"]
+            + [*command, *bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+        assert done.returncode == 1, command
+        assert "invalid setting 'registry'" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from node.cli.main import main
 from node.wire.identity import Identity
 
+ROOT = Path(__file__).resolve().parents[3]
 # Nothing listens there: a test that dialled it would fail by timing out, not by the line it checks.
 PEER = ["--peer", f"/ip4/127.0.0.1/tcp/9/p2p/{Identity.generate().peer_id}"]
 
@@ -39,41 +42,45 @@ def test_ledger_days_out_of_range_is_a_usage_error(days: str, capsys: pytest.Cap
     assert exited.value.code == 2 and "--days: must be a number of days" in capsys.readouterr().err
 
 
-def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
+def _one_line_error(argv: list[str]) -> str:
+    # A child process: the command configures logging for the whole process, which would outlive this test.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from node.cli.main import main; sys.exit(main(sys.argv[1:]))", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1, done.stderr
+    err = done.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     return err
 
 
-def test_a_bad_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_key_is_named(tmp_path: Path) -> None:
     err = _one_line_error(
-        ["run-task", *PEER, "--model", "m", "--prompt", "hi", "--key", "zz", "--data-dir", str(tmp_path)], capsys
+        ["run-task", *PEER, "--model", "m", "--prompt", "hi", "--key", "zz", "--data-dir", str(tmp_path)]
     )
     assert err.startswith("compute-node: --key: ")
 
 
-def test_a_bad_node_address_or_model_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_node_address_or_model_names_the_flag(tmp_path: Path) -> None:
     base = ["run-task", *PEER, "--prompt", "hi", "--timeout", "1", "--data-dir", str(tmp_path)]
-    assert _one_line_error([*base, "--model", "m", "--node", "notanaddress"], capsys).startswith(
-        "compute-node: --node: "
-    )
-    assert _one_line_error([*base, "--model", ""], capsys).startswith("compute-node: --model: ")
+    assert _one_line_error([*base, "--model", "m", "--node", "notanaddress"]).startswith("compute-node: --node: ")
+    assert _one_line_error([*base, "--model", ""]).startswith("compute-node: --model: ")
 
 
-def test_a_workflow_file_nested_past_the_parser_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_workflow_file_nested_past_the_parser_is_named(tmp_path: Path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    err = _one_line_error(
-        ["run-task", *PEER, "--model", "m", "--workflow", str(deep), "--data-dir", str(tmp_path)], capsys
-    )
+    err = _one_line_error(["run-task", *PEER, "--model", "m", "--workflow", str(deep), "--data-dir", str(tmp_path)])
     assert "JSON nested too deeply" in err
 
 
 def test_an_invalid_workflow_is_refused_here_before_any_node_is_asked(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"config": {"max_steps": 1, "max_time": 1}, "tasks": [{"id": "a", "operator": "dance"}]}))
     argv = ["run-task", *PEER, "--model", "m", "--workflow", str(bad), "--timeout", "600", "--data-dir", str(tmp_path)]
-    assert _one_line_error(argv, capsys).startswith("compute-node: invalid workflow: ")  # at once, not after 600 s
+    assert _one_line_error(argv).startswith("compute-node: invalid workflow: ")  # at once, not after 600 s
