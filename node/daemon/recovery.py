@@ -49,6 +49,7 @@ async def recover_interrupted(
             received_at_ns=entry.received_at_ns,
             started_at_ns=entry.updated_at_ns,
             ended_at_ns=now,
+            publisher=entry.publisher,
         )
         await outbox.send(body)
         errored += 1

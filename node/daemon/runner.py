@@ -217,11 +217,11 @@ class TaskRunner:
         outcome: Output | str = output if output is not None else error or "unknown error"
         times = {"received_at_ns": accepted.received_at_ns, "started_at_ns": started_ns, "ended_at_ns": ended}
         try:
-            body = result_body(task.task_id, accepted.model, outcome, **times)
+            body = result_body(task.task_id, accepted.model, outcome, **times, publisher=accepted.publisher)
         except Exception as exc:  # noqa: BLE001 - the publisher still gets an answer
             accepted.log.exception("result could not be built; an error result goes in its place")
             output, error = None, f"{RESULT_NOT_BUILT} ({type(exc).__name__})"
-            body = result_body(task.task_id, accepted.model, error, **times)
+            body = result_body(task.task_id, accepted.model, error, **times, publisher=accepted.publisher)
         if output is not None:
             self._metrics.tasks_completed.inc()
             self._metrics.tokens_generated.labels(model=accepted.model).inc(clamp_count(output.completion_tokens))

@@ -16,6 +16,17 @@ from node.wire.wire_time import INT64_MAX
 
 # Room in a result frame for everything but the two ciphertexts (envelope, signature, stats, names).
 _FRAME_OVERHEAD = 16 * 1024
+# The stat naming the address that signed the task a result answers (an extra field, as PROTOCOL.md section 5
+# allows in `stats`; older nodes omit it). A task id is not owned: a peer that saw one on gossip can send a
+# task of its own under it (with the publisher's public key) to the picked node first; the node runs that
+# one and ignores the publisher's as a duplicate. This names whose task ran, so the publisher can refuse it.
+PUBLISHER_STAT = "publisher"
+
+
+def result_publisher(body: ResultBody) -> str | None:
+    """The address that signed the task `body` answers, when the node said (lowercase hex, no 0x)."""
+    named = (body.stats.model_extra or {}).get(PUBLISHER_STAT)
+    return named.lower().removeprefix("0x") if isinstance(named, str) else None
 
 
 @dataclass(frozen=True)
@@ -37,17 +48,21 @@ def result_body(
     received_at_ns: int,
     started_at_ns: int,
     ended_at_ns: int,
+    publisher: str | None = None,
 ) -> ResultBody:
     """The result of a task: `outcome` is its output, or the error text when it could not be completed.
 
-    `published_at` starts as `ended_at_ns`; the outbox stamps it again when it publishes.
+    `published_at` starts as `ended_at_ns`; the outbox stamps it again when it publishes. `publisher`,
+    the address that signed the task, goes in `stats` (PUBLISHER_STAT).
     """
-    timings = {
+    timings: dict[str, int | str] = {
         "received_at": received_at_ns,
         "execution_started_at": started_at_ns,
         "execution_ended_at": ended_at_ns,
         "published_at": ended_at_ns,
     }
+    if publisher is not None:
+        timings[PUBLISHER_STAT] = publisher.lower().removeprefix("0x")
     if isinstance(outcome, str):
         return ResultBody(task_id=task_id, error=outcome, model=model, stats=Stats.model_validate(timings))
     # A remote engine may report any count: the wire's int64 fields must still hold it.
