@@ -18,7 +18,7 @@ frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (
 connection_trim.py ConnectionTrimmer: closes idle inbound connections past a budget (ConnectionBudget), oldest first
 bounded_peerstore.py BoundedPeerStore: what a peer can make the peerstore hold (addresses, protocols, records); never our keys
 bounded_yamux.py   BoundedYamux: streams a peer may open on one connection, its receive windows, pings answered
-inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake
+inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake; each handler ends with its connection
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent
 lean_libp2p.py     stand-ins for the parts of py-libp2p the node never runs (QUIC, mDNS, AutoTLS): ~15 MiB less

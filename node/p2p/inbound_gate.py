@@ -12,6 +12,9 @@ its handshake, or upgraded and idle (a peer that never opens a stream) alike.
 A host is an IPv4 address, or an IPv6 /56 (`host_key`): what an ISP commonly delegates to
 one customer, the prefix go-libp2p's resource manager limits; a /64 would give the holder of
 a /56 256 times the share. Loopback is a host like any other. Our own dials are not counted.
+
+`end_handlers_with_their_connections`: each inbound connection's handler (py-libp2p keeps it, with
+its socket objects, until the whole node stops) ends when its own connection closes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
+import trio
+from libp2p.abc import IMuxedConn
 from libp2p.io.abc import ReadWriteCloser
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.swarm import Swarm
 from multiaddr import Multiaddr
 from pydantic import BaseModel, ConfigDict, Field
@@ -166,3 +173,48 @@ def install_gate(swarm: Swarm, gate: InboundGate) -> None:
         await handle(conn, listen_addr)
 
     swarm._handle_inbound_connection = gated  # type: ignore[method-assign,assignment]
+
+
+def end_handlers_with_their_connections(swarm: Swarm) -> None:
+    """Let each inbound connection's handler task end when that connection closes, not when the swarm stops.
+
+    py-libp2p 0.8.1's `Swarm._do_handle_inbound_connection` upgrades the connection, then parks in
+    `await self.manager.wait_finished()` (trio's `serve_listeners` closes the socket when the handler
+    returns, so it must wait for something): one Trio task, with its RawConnection, TCP stream and socket
+    objects, for every inbound connection ever accepted, kept until the node stops. This handler waits for
+    its own connection's `event_closed` instead. Pre-multiplexed transports (QUIC, not run here) keep
+    py-libp2p's path.
+    """
+    original = swarm._do_handle_inbound_connection
+
+    async def handle(conn: ReadWriteCloser, maddr: Multiaddr, failure_event: object) -> None:
+        if isinstance(conn, IMuxedConn):
+            await original(conn, maddr, failure_event)  # type: ignore[arg-type]
+            return
+        remote = swarm._build_remote_multiaddr(conn)
+        if remote is not None and not await swarm.connection_gate.is_allowed(remote):
+            await _close_quietly(conn)
+            return
+        raw_conn = RawConnection(conn, False)
+        try:
+            muxed = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except Exception as exc:  # noqa: BLE001 - as py-libp2p: a failed upgrade closes the connection
+            log.debug("inbound connection not upgraded", error=str(exc))
+            await _close_quietly(raw_conn)
+            return
+        peer = getattr(muxed, "peer_id", None)
+        for swarm_conn in list(swarm.connections.get(peer, [])) if peer is not None else []:
+            if isinstance(swarm_conn, SwarmConn) and swarm_conn.muxed_conn is muxed:
+                await swarm_conn.event_closed.wait()
+                return
+        # Not registered (refused by add_conn, or closed already): nothing to keep open.
+
+    swarm._do_handle_inbound_connection = handle  # type: ignore[method-assign,assignment]
+
+
+async def _close_quietly(conn: ReadWriteCloser) -> None:
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001 - the peer may have gone already
+        pass
+    await trio.lowlevel.checkpoint()

@@ -41,7 +41,7 @@ from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError, is_nursery_closed
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
-from node.p2p.inbound_gate import InboundGate, InboundLimits, install_gate
+from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
@@ -195,6 +195,7 @@ class P2PService:
             if self._options.serve_streams:
                 muxer_limits = muxer_limits.with_room_for(self._options.stream_limits.max_streams_per_peer)
             install_bounded_muxer(network, muxer_limits, self.muxer_refusals)
+            end_handlers_with_their_connections(network)
             if self.inbound_gate is not None:
                 install_gate(network, self.inbound_gate)
         # libp2p ping (/ipfs/ping/1.0.0), which nothing here uses, echoes each 32 bytes a peer sends as a frame of its

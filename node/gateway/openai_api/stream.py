@@ -173,8 +173,10 @@ class ChatStream:
                 if self._run.done():
                     break
                 more = asyncio.ensure_future(self._more.wait())
-                await asyncio.wait([more, self._run], return_when=asyncio.FIRST_COMPLETED)
-                more.cancel()
+                try:
+                    await asyncio.wait([more, self._run], return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when the caller went away: the generator is closed in this wait
+                    more.cancel()
             try:
                 result = self._run.result()
             except OpenAIError as exc:
