@@ -14,32 +14,76 @@ backtrack for ever. They are taken out of the schema the check reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import structlog
 
 from models.grammar.schema import normalize_schema
 
+log = structlog.get_logger(__name__)
+
 AnswerCheck = Callable[[Any], "str | None"]
+
+# What one check may cost, in keyword evaluations (an `enum` counts its values, a combinator its branches,
+# `uniqueItems` its items): a few us each here, so at most ~0.1 s of CPU. A workflow's schema and its answer are bounded (32 KiB of
+# schema, max_tokens of answer), but `anyOf` over 500 branches on 2,000 items is a million evaluations
+# (6 s). Past the budget the answer is not checked: decoding enforced what it could.
+CHECK_BUDGET = 20_000
+
+
+# Keywords whose cost grows with their own value: the values an `enum` compares, the branches of a combinator.
+_PER_VALUE = frozenset({"enum", "anyOf", "oneOf", "allOf"})
+
+
+class _OverBudget(Exception):
+    pass
 
 
 def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
     """A check of a parsed answer against `schema`, or None when jsonschema cannot read the schema.
 
-    The check returns None for an answer the schema accepts, else the name of the first
-    keyword it breaks (never the answer's text: error texts carry no task data).
+    The check returns None for an answer the schema accepts (or one it could not check within
+    CHECK_BUDGET), else the name of the first keyword it breaks (never the answer's text: error
+    texts carry no task data).
     """
     plain = _without_regexes(normalize_schema(schema))
-    import jsonschema  # only for the schemas that need it: most never do
+    import jsonschema  # on first use: the daemon never needs it
+
+    left = [CHECK_BUDGET]
+
+    def charge(units: int) -> None:
+        left[0] -= units
+        if left[0] < 0:
+            raise _OverBudget
+
+    def counted(name: str, keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+        def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+            sized = value if name in _PER_VALUE else instance if name == "uniqueItems" else ()
+            charge(1 + (len(sized) if isinstance(sized, list) else 0))
+            errors = keyword(validator, value, instance, schema)
+            if errors is not None:
+                yield from errors
+
+        return evaluate
 
     try:
-        validator_class = jsonschema.validators.validator_for(plain)
-        validator = validator_class(plain)
+        base = jsonschema.validators.validator_for(plain)
+        keywords = {
+            name: counted(name, keyword) for name, keyword in {**base.VALIDATORS, "uniqueItems": _unique_items}.items()
+        }
+        validator = jsonschema.validators.extend(base, keywords)(plain)  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - a schema jsonschema cannot read: decoding enforced what it could
         return None
 
     def check(answer: Any) -> str | None:
+        left[0] = CHECK_BUDGET
         try:
             error = jsonschema.exceptions.best_match(validator.iter_errors(answer))
+        except _OverBudget:
+            log.info("answer not checked against its schema: past the check's budget", budget=CHECK_BUDGET)
+            return None
         except RecursionError:
             return "nesting"
         except Exception as exc:  # noqa: BLE001 - e.g. a pattern jsonschema's `re` cannot compile
@@ -47,6 +91,34 @@ def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
         return None if error is None else str(error.validator)
 
     return check
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """`uniqueItems` in linear time (jsonschema compares unhashable items pairwise: 2 s for 2,000 objects)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[str] = set()
+    for item in instance:
+        key = json.dumps(_canonical(item), sort_keys=True)
+        if key in seen:
+            import jsonschema
+
+            yield jsonschema.exceptions.ValidationError("has non-unique elements")
+            return
+        seen.add(key)
+
+
+def _canonical(value: Any) -> Any:
+    """`value` with JSON Schema's equality made plain: 1.0 is 1, true is not 1."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    return value
 
 
 # Keywords whose value maps names (of properties, definitions) to schemas: the names are data.
