@@ -57,10 +57,11 @@ def check_schema(schema: Any) -> None:
 
 
 def _check_keywords(node: dict[str, Any]) -> None:
-    ref = node.get("$ref")
-    if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
-        # A remote $ref would make the grammar converter fetch a URL (uncontrolled egress).
-        raise SchemaTooLargeError("has a $ref outside the schema; only local references ('#/...') are accepted")
+    for key in ("$ref", "$dynamicRef", "$recursiveRef"):
+        ref = node.get(key)
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+            # A remote reference would have a schema library fetch a URL (egress outside the tools' policy).
+            raise SchemaTooLargeError(f"has a {key} outside the schema; only local references ('#...') are accepted")
     for key in _BOUNDS & node.keys():
         value = node[key]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_BOUND:

@@ -42,14 +42,19 @@ class _OverBudget(Exception):
 
 
 def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
-    """A check of a parsed answer against `schema`, or None when jsonschema cannot read the schema.
+    """A check of a parsed answer against `schema`; None when the schema cannot be checked here (jsonschema
+    cannot read it, or leaving its regexes out would make the check refuse valid answers: `_NEGATING`).
 
-    The check returns None for an answer the schema accepts (or one it could not check within
-    CHECK_BUDGET), else the name of the first keyword it breaks (never the answer's text: error
-    texts carry no task data).
+    The check returns None for an answer the schema accepts, or one it cannot judge (within CHECK_BUDGET,
+    or a schema that fails to evaluate: a `$ref` loop, a reference outside it), else the name of the first
+    keyword it breaks (never the answer's text: error texts carry no task data).
     """
-    plain = _without_regexes(normalize_schema(schema))
+    normalized = normalize_schema(schema)
+    if _has_key(normalized, _REGEX_KEYWORDS) and _has_key(normalized, _NEGATING):
+        return None  # without its regexes, `not {pattern}` is `not {}` and oneOf's branches all match: false refusals
+    plain = _without_regexes(normalized)
     import jsonschema  # on first use: the daemon never needs it
+    import referencing
 
     left = [CHECK_BUDGET]
 
@@ -73,7 +78,9 @@ def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
         keywords = {
             name: counted(name, keyword) for name, keyword in {**base.VALIDATORS, "uniqueItems": _unique_items}.items()
         }
-        validator = jsonschema.validators.extend(base, keywords)(plain)  # type: ignore[no-untyped-call]
+        # An empty registry: no reference is ever retrieved. jsonschema's default GETs, with urllib, no
+        # timeout and outside the egress policy, any URL a `$dynamicRef` (or a `$ref` under a remote `$id`) names.
+        validator = jsonschema.validators.extend(base, keywords)(plain, registry=referencing.Registry())  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - a schema jsonschema cannot read: decoding enforced what it could
         return None
 
@@ -84,10 +91,10 @@ def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
         except _OverBudget:
             log.info("answer not checked against its schema: past the check's budget", budget=CHECK_BUDGET)
             return None
-        except RecursionError:
-            return "nesting"
-        except Exception as exc:  # noqa: BLE001 - e.g. a pattern jsonschema's `re` cannot compile
-            return type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - a `$ref` loop (RecursionError), a reference not in the schema...
+            # ...: the check cannot judge the answer, which is not the answer's fault. Decoding enforced what it could.
+            log.info("answer not checked against its schema: the check cannot read it", error=type(exc).__name__)
+            return None
         return None if error is None else str(error.validator)
 
     return check
@@ -119,6 +126,24 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _canonical(item) for key, item in value.items()}
     return value
+
+
+# Keywords under which leaving a regex keyword out makes the check reject more, not less.
+_NEGATING = ("not", "if", "oneOf", "unevaluatedProperties", "unevaluatedItems", "maxContains")
+
+
+def _has_key(schema: Any, keys: tuple[str, ...]) -> bool:
+    """Whether any object in `schema` has one of `keys` (a property of that name counts too: a safe overestimate)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(key in node for key in keys):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 # Keywords whose value maps names (of properties, definitions) to schemas: the names are data.

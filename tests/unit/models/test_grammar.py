@@ -343,3 +343,53 @@ def test_the_answer_check_is_bounded_on_hostile_schemas() -> None:
     assert unique is not None
     assert unique([{"a": 1}, {"a": 1.0}]) == "uniqueItems"  # JSON Schema: 1.0 equals 1
     assert unique([True, 1, "1"]) is None  # and true is not 1
+
+
+def test_the_answer_check_fetches_no_reference() -> None:
+    """jsonschema's default registry GETs any URL a `$dynamicRef` names (urllib, no timeout, outside the tools'
+    egress policy): a workflow could make every node fetch a cloud metadata address, or hang on a tarpit."""
+    import socket
+    import threading
+
+    from models.grammar import answer_check
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(3)
+    seen: list[bytes] = []
+
+    def listen() -> None:
+        try:
+            connection, _ = server.accept()
+            seen.append(connection.recv(200))
+            connection.close()
+        except OSError:
+            pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        check = answer_check({"type": "integer", "$dynamicRef": f"http://127.0.0.1:{server.getsockname()[1]}/x"})
+        assert check is None or check(1) is None  # unchecked, never a request
+        listener.join(4)
+        assert seen == []
+    finally:
+        server.close()
+
+
+def test_leaving_regexes_out_never_refuses_a_valid_answer() -> None:
+    from models.grammar import answer_check
+
+    negated = [
+        ({"type": "string", "not": {"pattern": "^a"}}, "bcd"),  # `not {}` without its regex: every answer refused
+        ({"oneOf": [{"type": "string", "pattern": "^[0-9]+$"}, {"type": "string", "pattern": "^[a-z]+$"}]}, "abc"),
+        ({"type": "string", "if": {"pattern": "^a"}, "then": {"maxLength": 2}}, "bcdef"),
+    ]
+    for schema, valid in negated:
+        check = answer_check(schema)
+        assert check is None or check(valid) is None, schema
+    looped = answer_check({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})
+    assert looped is None or looped(1) is None  # a `$ref` loop cannot be judged: not the answer's fault
+    plain_not = answer_check({"type": "array", "not": {"maxItems": 1}})  # no regex: the check still holds
+    assert plain_not is not None and plain_not([1]) == "not"

@@ -132,3 +132,11 @@ def test_simple_builder_produces_the_simple_example_shape() -> None:
     assert built == _simple()
     assert parse_workflow(built).steps[0].messages[0].content == "Write a haiku about Cappadocia."
     assert Simple().parse_result("  An answer.\n") == "An answer."
+
+
+@pytest.mark.parametrize("keyword", ["$ref", "$dynamicRef", "$recursiveRef"])
+def test_a_reference_outside_the_schema_is_refused(keyword: str) -> None:
+    raw = _simple()
+    raw["tasks"][0]["schema"] = json.dumps({"type": "integer", keyword: "http://169.254.169.254/latest/meta-data/"})
+    with pytest.raises(WorkflowValidationError, match=f"has a \\{keyword} outside the schema"):
+        parse_workflow(raw)
