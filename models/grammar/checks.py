@@ -14,8 +14,10 @@ backtrack for ever. They are taken out of the schema the check reads.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -56,36 +58,15 @@ def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
     import jsonschema  # on first use: the daemon never needs it
     import referencing
 
-    left = [CHECK_BUDGET]
-
-    def charge(units: int) -> None:
-        left[0] -= units
-        if left[0] < 0:
-            raise _OverBudget
-
-    def counted(name: str, keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
-        def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
-            sized = value if name in _PER_VALUE else instance if name == "uniqueItems" else ()
-            charge(1 + (len(sized) if isinstance(sized, list) else 0))
-            errors = keyword(validator, value, instance, schema)
-            if errors is not None:
-                yield from errors
-
-        return evaluate
-
     try:
-        base = jsonschema.validators.validator_for(plain)
-        keywords = {
-            name: counted(name, keyword) for name, keyword in {**base.VALIDATORS, "uniqueItems": _unique_items}.items()
-        }
         # An empty registry: no reference is ever retrieved. jsonschema's default GETs, with urllib, no
         # timeout and outside the egress policy, any URL a `$dynamicRef` (or a `$ref` under a remote `$id`) names.
-        validator = jsonschema.validators.extend(base, keywords)(plain, registry=referencing.Registry())  # type: ignore[no-untyped-call]
+        validator = _counted(jsonschema.validators.validator_for(plain))(plain, registry=referencing.Registry())
     except Exception:  # noqa: BLE001 - a schema jsonschema cannot read: decoding enforced what it could
         return None
 
     def check(answer: Any) -> str | None:
-        left[0] = CHECK_BUDGET
+        budget = _BUDGET.set([CHECK_BUDGET])
         try:
             error = jsonschema.exceptions.best_match(validator.iter_errors(answer))
         except _OverBudget:
@@ -95,9 +76,42 @@ def answer_check(schema: dict[str, Any]) -> AnswerCheck | None:
             # ...: the check cannot judge the answer, which is not the answer's fault. Decoding enforced what it could.
             log.info("answer not checked against its schema: the check cannot read it", error=type(exc).__name__)
             return None
+        finally:
+            _BUDGET.reset(budget)
         return None if error is None else str(error.validator)
 
     return check
+
+
+# What the check running now has left of CHECK_BUDGET (a list: the keywords charge it in place).
+_BUDGET: ContextVar[list[int]] = ContextVar("answer_check_budget")
+
+
+@functools.cache
+def _counted(base: Any) -> Any:
+    """`base`, a jsonschema validator class, whose every keyword charges the running check's budget.
+
+    Made once per class (jsonschema's `extend` takes ~0.5 ms, ten times a check of a small answer).
+    """
+    import jsonschema
+
+    def counted(name: str, keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+        def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+            sized = value if name in _PER_VALUE else instance if name == "uniqueItems" else ()
+            left = _BUDGET.get()
+            left[0] -= 1 + (len(sized) if isinstance(sized, list) else 0)
+            if left[0] < 0:
+                raise _OverBudget
+            errors = keyword(validator, value, instance, schema)
+            if errors is not None:
+                yield from errors
+
+        return evaluate
+
+    keywords = {
+        name: counted(name, keyword) for name, keyword in {**base.VALIDATORS, "uniqueItems": _unique_items}.items()
+    }
+    return jsonschema.validators.extend(base, keywords)  # type: ignore[no-untyped-call]
 
 
 def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
