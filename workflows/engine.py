@@ -92,9 +92,9 @@ async def run_workflow(
     try:
         async with timer:
             await _walk(workflow, ctx, max_steps, progress)
-            text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes, ctx.sources)
-            if progress.verbatim_text is not None:
-                text = progress.verbatim_text
+            text = progress.verbatim_text
+            if text is None:  # rendering the verbatim step's memory entry too would be work thrown away
+                text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes, ctx.sources)
     except TimeoutError:
         if not timer.expired():
             raise

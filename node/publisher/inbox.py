@@ -2,7 +2,7 @@
 
 A result is accepted once per task id, from a stream or from gossip alike: it must come from
 a picked node (when the task picked some), answer a task this publisher signed (when the node
-names the signer: `result_publisher`), name a model the task accepts (a node runs one its
+names the signer: `answers_another_publisher`), name a model the task accepts (a node runs one its
 entries resolve to; verification and speed are judged by that name, so a node must not choose
 it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
@@ -20,7 +20,7 @@ from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
 from node.wire.identity import Identity
 from node.wire.messages import ResultBody
-from node.wire.results import result_publisher
+from node.wire.results import answers_another_publisher
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ class ResultInbox:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self._address = Identity(secret).address.lower().removeprefix("0x")  # who signs our tasks
+        self._address = Identity(secret).address  # who signs our tasks
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
         self._models: dict[str, list[str]] = {}  # task id -> the models it accepts (absent: any)
         self._sealed: set[str] = set()  # task ids whose result is encrypted to someone else
@@ -76,8 +76,7 @@ class ResultInbox:
         if picked is not None and sender not in picked:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=sender)
             return
-        signer = result_publisher(body)
-        if signer is not None and signer != self._address:
+        if answers_another_publisher(body, self._address):
             # Another key's task run under our task id (a peer saw the id on gossip and sent its own task first):
             # its result is encrypted to our key, but it is not the answer to what we asked.
             log.warning("result of another publisher's task under our task id", task_id=body.task_id, node=sender)

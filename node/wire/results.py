@@ -29,6 +29,12 @@ def result_publisher(body: ResultBody) -> str | None:
     return named.lower().removeprefix("0x") if isinstance(named, str) else None
 
 
+def answers_another_publisher(body: ResultBody, address: str) -> bool:
+    """Whether the node says `body` answers a task some other key than `address` signed (see PUBLISHER_STAT)."""
+    signer = result_publisher(body)
+    return signer is not None and signer != address.lower().removeprefix("0x")
+
+
 @dataclass(frozen=True)
 class Output:
     """What a finished workflow produced: its text (encrypted to `public_key` in the result) and token counts."""

@@ -31,7 +31,7 @@ from node.publisher.tasks import check_size, claimed_count
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
 from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
-from node.wire.results import result_publisher
+from node.wire.results import answers_another_publisher
 
 log = structlog.get_logger(__name__)
 
@@ -164,8 +164,7 @@ class SdkService:
         if inbound.sender not in task.picked:
             log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
             return
-        signer = result_publisher(body)
-        if signer is not None and signer != self.client.identity.address.lower().removeprefix("0x"):
+        if answers_another_publisher(body, self.client.identity.address):
             # Another key's task run under this task id first (its id is seen on gossip): not the SDK's answer.
             log.warning("result of another publisher's task under our task id", task_id=body.task_id)
             return
