@@ -82,12 +82,41 @@ def _expand_user(path: Path) -> Path:
 
 def _not_blank(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
-        raise ValueError("is empty (an unset variable?): give a directory, or leave the setting out for its default")
+        raise ValueError("is empty (an unset variable?): give a path, or leave the setting out for its default")
     return value
 
 
 # A path where `~` means the user's home; an empty string is refused (it would be the working directory).
 UserPath = Annotated[Path, BeforeValidator(_not_blank), AfterValidator(_expand_user)]
+
+
+KEY_FILE_MAX_BYTES = 4096  # a key file holds 64 hex characters; more is no key file (and /dev/zero ends here)
+_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def read_secret_key_file(path: Path) -> str:
+    """The secret key (64 hex characters, optional 0x, surrounding whitespace ignored) a key file holds, as
+    `<data_dir>/identity.key` holds it. ValueError naming the file, never its content, when it cannot be read or
+    holds no key."""
+    try:
+        with open(path, "rb") as file:  # one read: a pipe (`<(pass show key)`) can be read only once
+            data = file.read(KEY_FILE_MAX_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ValueError(
+            f"cannot read key file {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+        ) from None
+    text = data.decode("ascii", errors="replace").strip()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    digits = "0123456789abcdefABCDEF"
+    if len(data) > KEY_FILE_MAX_BYTES or len(text) != 64 or any(c not in digits for c in text):
+        raise ValueError(
+            f"key file {path} holds no secret key (expected 64 hex characters, with or without 0x); "
+            "its content is not shown"
+        )
+    if not 0 < int(text, 16) < _SECP256K1_ORDER:
+        raise ValueError(f"key file {path} holds no valid secp256k1 secret key; its content is not shown")
+    return text
 
 
 def _not_given(values: dict[str, Any], higher: tuple[PydanticBaseSettingsSource, ...]) -> dict[str, Any]:
@@ -134,6 +163,20 @@ class LayeredSettings(BaseSettings):
     label: ClassVar[str] = "settings"
     # Variables under the env prefix that are not settings of this class (another command's, the installer's).
     foreign_env: ClassVar[tuple[str, ...]] = ()
+    # Settings that hold a secret (a flag shows it in `ps`), each with the setting naming a file that holds it, if any.
+    secret_settings: ClassVar[dict[str, str | None]] = {}
+
+    def _secret_key_from_file(self) -> None:
+        """`secret_key` read from `secret_key_file` when that is set (ValueError naming the file otherwise)."""
+        path = getattr(self, "secret_key_file", None)
+        if path is None:
+            return
+        if getattr(self, "secret_key", None):
+            raise ValueError("secret_key and secret_key_file are both set: give one")
+        try:
+            setattr(self, "secret_key", read_secret_key_file(path))  # noqa: B010 - a field of the subclasses only
+        except ValueError as exc:
+            raise ValueError(f"secret_key_file: {exc}") from None
 
     @classmethod
     def settings_customise_sources(

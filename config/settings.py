@@ -34,6 +34,11 @@ class Settings(LayeredSettings):
         f"{ENV_PREFIX}TEST_",
         f"{ENV_PREFIX}SDK_VENV",
     )
+    secret_settings: ClassVar[dict[str, str | None]] = {
+        "secret_key": "secret_key_file",
+        "search_api_key": None,
+        "tool_secrets": None,
+    }
     auto_defaults: ClassVar[frozenset[str]] = frozenset(
         {"n_threads", "n_gpu_layers", "parallel", "max_concurrent", "exec_address_space_mb", "exec_max_rss_mb"}
     )
@@ -41,6 +46,9 @@ class Settings(LayeredSettings):
     # Identity and storage
     data_dir: UserPath = Field(default=Path("~/.compute-node"), description="Key, journal and models live here")
     secret_key: str | None = Field(default=None, description="Node secret key (hex); default: <data_dir>/identity.key")
+    secret_key_file: UserPath | None = Field(
+        default=None, description="File holding the node secret key (hex), read at start (never created)"
+    )
 
     # Network
     listen: MultiaddrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
@@ -272,6 +280,11 @@ class Settings(LayeredSettings):
             raise ValueError("search_provider serper needs search_api_key")
         if self.search_url is not None and not self.search_url.startswith(("http://", "https://")):
             raise ValueError(f"search_url {self.search_url!r} is not an http(s) URL")
+        return self
+
+    @model_validator(mode="after")
+    def _key_file(self) -> Settings:
+        self._secret_key_from_file()
         return self
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ streamed_step.py  which step's generation is the result's text (the one that may
 tool_calls.py     asking a model for a tool call and parsing it
 tools/            the tools a workflow may offer the model (built-in and custom)
 egress.py         safe outbound HTTP for tools (applies the allow-list and secrets options.py parsed)
+meta_charset.py   the charset an HTML page names in a <meta> tag, found as browsers find it (egress.py)
 backend.py        ModelBackend: the interface through which the engine calls models
 options.py        EngineOptions, ToolSettings: the operator's configuration of the engine (allow-list parsed once)
 errors.py         the engine's error types and their public text

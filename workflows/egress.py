@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from workflows.errors import EgressRefusedError, ToolError
+from workflows.meta_charset import meta_charset
 from workflows.options import IPAddress, ToolSettings
 
 if TYPE_CHECKING:  # imported on the first request: a process that runs no tool never loads it
@@ -209,8 +210,8 @@ async def _exchange(
             try:
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECTS or not location:
-                    body = await _read_capped(response, settings.max_response_bytes)
                     media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+                    body = await _read_capped(response, settings.max_response_bytes, media)
                     return HttpResponse(response.status_code, str(url), body, media)
             finally:
                 await response.aclose()
@@ -224,8 +225,8 @@ async def _exchange(
     raise ToolError(f"tool request: too many redirects (more than {settings.max_redirects})")
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> str:
-    """The body, at most `limit` bytes as received and at most `limit` bytes once decoded."""
+async def _read_capped(response: httpx.Response, limit: int, media: str) -> str:
+    """The body, at most `limit` bytes as received and at most `limit` bytes once decoded; `media`: its type."""
     data = bytearray()
     async for piece in response.aiter_raw():  # as received: before any Content-Encoding is undone
         data.extend(piece)
@@ -235,11 +236,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> str:
     encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
     for encoding in reversed(encodings):  # the last one applied is undone first
         body = _decode(body, encoding, limit)
-    return body.decode(_text_codec(response.charset_encoding), errors="replace")
+    codec, start = _body_codec(body, response.charset_encoding, media)
+    return body[start:].decode(codec, errors="replace")
 
 
 # The charsets a response may name: codecs written in C, linear in the body. Any other (punycode is
-# quadratic Python, 288 s for 1 MB; rot13, hex and idna are no text codecs) is read as UTF-8.
+# quadratic Python, 288 s for 1 MB; rot13, hex and idna are no text codecs) is passed over (_body_codec).
 _TEXT_CODECS = frozenset(
     codecs.lookup(name).name
     for name in (
@@ -277,15 +279,37 @@ _TEXT_CODECS = frozenset(
 )
 
 
-def _text_codec(charset: str | None) -> str:
-    """The codec for a response's charset: one of `_TEXT_CODECS`, else UTF-8 (the server's word picks no other)."""
+def _known_codec(charset: str | None) -> str | None:
+    """The codec a charset label names when it is one of `_TEXT_CODECS`, else None."""
     if not charset:
-        return "utf-8"
+        return None
     try:
-        name = codecs.lookup(charset).name
-    except LookupError:
-        return "utf-8"
-    return name if name in _TEXT_CODECS else "utf-8"
+        name = codecs.lookup(charset.strip()).name
+    except (LookupError, ValueError):  # ValueError: a NUL in the label
+        return None
+    return name if name in _TEXT_CODECS else None
+
+
+_UTF32 = frozenset({"utf-32", "utf-32-le", "utf-32-be"})
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF16_LE, "utf-16-le"))
+
+
+def _body_codec(body: bytes, charset: str | None, media: str) -> tuple[str, int]:
+    """The codec a body is read with and where its text starts, as browsers choose (WHATWG Encoding, "decode";
+    HTML, "encoding sniffing"): a byte order mark wins, then the Content-Type charset, then for HTML (or a body
+    sent without a type, which the reader takes for HTML) a `<meta>` charset in its first 1024 bytes, else UTF-8.
+    Only `_TEXT_CODECS` are used; a charset that names another is passed over."""
+    declared = _known_codec(charset)
+    if declared in _UTF32 and body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return declared, 0  # the named UTF-32 codec reads its own mark (FF FE 00 00 would read as UTF-16 below)
+    for bom, codec in _BOMS:
+        if body.startswith(bom):
+            return codec, len(bom)
+    if declared is not None:
+        return declared, 0
+    if media in ("", "text/html"):
+        return meta_charset(body, _known_codec) or "utf-8", 0
+    return "utf-8", 0
 
 
 def _decode(body: bytes, encoding: str, limit: int) -> bytes:

@@ -73,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_task.add_argument("--input", dest="task_prompt", help="the task's input prompt (memory key __input)")
     run_task.add_argument("--node", action="append", help="address of a node to pick (repeatable)")
     run_task.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the result (default 60)")
-    run_task.add_argument("--key", help="publisher secret key (hex); default: a fresh key")
+    key = run_task.add_mutually_exclusive_group()
+    key.add_argument("--key", help="publisher secret key (hex; shows in `ps`: prefer --key-file); default: a fresh key")
+    key.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the publisher secret key (hex); default: a fresh key",
+    )
     run_task.add_argument("--max-tokens", type=_positive_int, default=250, help="max_tokens of the Simple workflow")
     run_task.add_argument(
         "--delivery",
@@ -189,6 +196,19 @@ def _run_task(args: argparse.Namespace) -> int:
     configure_logging("warning", "auto")
     from workflows import WorkflowValidationError, parse_workflow
 
+    if args.key is not None:
+        print(
+            "compute-node: warning: --key shows the key in `ps` to every local user; give it with --key-file PATH",
+            file=sys.stderr,
+        )
+    if args.key_file is not None:
+        from config.layered import read_secret_key_file
+
+        try:
+            args.key = read_secret_key_file(args.key_file.expanduser())
+        except ValueError as exc:  # names the file, never its content
+            print(f"compute-node: --key-file: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         workflow = _load_workflow(args)
     except OSError as exc:  # its text names the file
@@ -245,8 +265,8 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
             reputation_path=reputation_path(args.data_dir),
             verifier=None if scorers is None else ResultVerifier(args.verify, scorers),
         )
-    except IdentityError as exc:
-        print(f"compute-node: --key: {exc}", file=sys.stderr)
+    except IdentityError as exc:  # its text never holds the key
+        print(f"compute-node: {'--key-file' if args.key_file is not None else '--key'}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
         task = Task(workflow=workflow, models=args.model, prompt=args.task_prompt, nodes=args.node)

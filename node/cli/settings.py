@@ -36,7 +36,19 @@ def add_settings_flags(
 def settings_from(args: argparse.Namespace, settings_cls: type[S], dest_prefix: str = "") -> S:
     """The settings: defaults < TOML (`--config`) < environment < the flags given. ConfigError if invalid."""
     overrides = {name: getattr(args, dest_prefix + name, None) for name in settings_cls.model_fields}
+    for name, file_setting in settings_cls.secret_settings.items():
+        if overrides.get(name) is not None:
+            print(f"compute-node: warning: {secret_flag_warning(settings_cls, name, file_setting)}", file=sys.stderr)
     settings = settings_cls.load(args.config, **overrides)
     for line in settings_cls.unknown_env():
         print(f"compute-node: warning: {line}", file=sys.stderr)
     return settings
+
+
+def secret_flag_warning(settings_cls: type[LayeredSettings], name: str, file_setting: str | None) -> str:
+    """One line: the secret flag of setting `name` shows in `ps`, and where else it can be given."""
+    file_flag = f"{settings_cls.flag(file_setting)} FILE, " if file_setting else ""
+    return (
+        f"{settings_cls.flag(name)} shows its value in `ps` to every local user; give it with "
+        f"{file_flag}{settings_cls.env_var(name)} or the config file instead"
+    )

@@ -38,7 +38,7 @@ from node.p2p.connector import Connector
 from node.p2p.host import P2PHost
 from node.p2p.inbound_gate import InboundLimits
 from node.p2p.streams import StreamLimits
-from node.wire.identity import Identity
+from node.wire.identity import Identity, warn_if_shared
 from node.wire.inbound import GossipGate
 
 log = structlog.get_logger(__name__)
@@ -65,6 +65,8 @@ class NodeParts:
 def open_identity(settings: Settings) -> Identity:
     """The node's key; makes the data directory (key, journal: the operator's only) first."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.secret_key_file is not None:  # read into secret_key when the settings loaded
+        warn_if_shared(settings.secret_key_file)
     return Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
 
 

@@ -21,7 +21,7 @@ from node.ops.http_api import HttpServer
 from node.ops.systemd import SocketActivationError, inherited_listener
 from node.publisher.client import Client
 from node.publisher.reputation_records import ReputationSettings
-from node.wire.identity import Identity
+from node.wire.identity import Identity, warn_if_shared
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,8 @@ class Gateway:
             raise
 
     def _build(self, settings: GatewaySettings) -> None:
+        if settings.secret_key_file is not None:  # read into secret_key when the settings loaded
+            warn_if_shared(settings.secret_key_file)
         identity = Identity.from_secret_or_file(settings.secret_key, settings.identity_path)
         client = Client(
             peers=settings.peers,

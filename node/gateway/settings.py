@@ -28,6 +28,7 @@ class GatewaySettings(LayeredSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, allow_inf_nan=False)
     singular_flags: ClassVar[dict[str, str]] = {"peers": "peer", "api_keys": "api-key"}
     label: ClassVar[str] = "gateway settings"
+    secret_settings: ClassVar[dict[str, str | None]] = {"secret_key": "secret_key_file", "api_keys": None}
 
     # Identity and storage
     data_dir: UserPath = Field(
@@ -35,6 +36,9 @@ class GatewaySettings(LayeredSettings):
     )
     secret_key: str | None = Field(
         default=None, description="Publisher secret key (hex); default: <data_dir>/identity.key"
+    )
+    secret_key_file: UserPath | None = Field(
+        default=None, description="File holding the publisher secret key (hex), read at start (never created)"
     )
 
     # Network
@@ -103,6 +107,11 @@ class GatewaySettings(LayeredSettings):
             if len(key) < 16:
                 raise ValueError("an API key must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _key_file(self) -> GatewaySettings:
+        self._secret_key_from_file()
+        return self
 
     @model_validator(mode="after")
     def _public_needs_keys(self) -> GatewaySettings:

@@ -98,6 +98,16 @@ def peer_id_of_public_key(public_key: bytes) -> str:
     return ID.from_pubkey(Secp256k1PublicKey.from_bytes(compressed)).to_base58()
 
 
+def warn_if_shared(path: pathlib.Path) -> None:
+    """Log a warning when the key file at `path` is readable by other users (it should be 0600)."""
+    try:
+        shared = path.stat().st_mode & 0o077
+    except OSError:  # gone, or a pipe already read
+        return
+    if shared:
+        log.warning("key file readable by others", path=str(path))
+
+
 class Identity:
     """A secp256k1 secret key and everything derived from it."""
 
@@ -164,8 +174,7 @@ class Identity:
         path = pathlib.Path(path)
         if path.exists():
             identity = cls.load(path)
-            if path.stat().st_mode & 0o077:
-                log.warning("key file readable by others", path=str(path))
+            warn_if_shared(path)
             return identity
         identity = cls.generate()
         if not identity._write(path, replace=False):  # another process created it first

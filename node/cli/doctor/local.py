@@ -69,6 +69,17 @@ def identity_check(settings: Settings) -> Check:
     """The identity key file: readable, a valid key, and private (0600)."""
     from node.wire.identity import Identity
 
+    if settings.secret_key_file is not None:  # read (and found a valid key) when the settings loaded
+        path = settings.secret_key_file
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:  # gone since (or a pipe already read): what was read was a key
+            mode = 0
+        if mode & 0o077:
+            return fail(
+                "identity key", f"{path} has mode {mode:04o}: other users can read the node's key", f"chmod 600 {path}"
+            )
+        return ok("identity key", f"from secret_key_file {path}")
     if settings.secret_key:
         return ok("identity key", "from the secret_key setting")
     path = settings.identity_path

@@ -286,6 +286,61 @@ async def test_the_reader_reads_a_page_by_its_content_type() -> None:
         server.close()
 
 
+def _html(meta: str, text: str, codec: str, pad: int = 0) -> bytes:
+    return f"<html><head>{' ' * pad}{meta}<title>t</title></head><body><p>{text}</p></body></html>".encode(codec)
+
+
+async def test_the_reader_reads_a_page_in_the_charset_its_meta_tag_names() -> None:
+    # As browsers do (WHATWG encoding sniffing): with no charset in the Content-Type header, a <meta> charset in
+    # the first 1024 bytes picks the codec; a byte order mark wins over both, the header over the meta tag.
+    # Was: read as UTF-8, the page's accented letters and kana replaced by U+FFFD.
+    french, japanese = "Café déjà vu — 5 €", "日本語のページ"
+    html = {"content-type": "text/html"}
+    server = LocalServer(
+        {
+            "/cp1252": Route(body=_html('<meta charset="windows-1252">', french, "cp1252"), headers=html),
+            "/sjis": Route(
+                body=_html('<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS">', japanese, "sjis"),
+                headers=html,
+            ),
+            "/untyped": Route(body=_html("<meta charset=windows-1252>", french, "cp1252")),
+            "/header-wins": Route(
+                body=_html('<meta charset="shift_jis">', french, "cp1252"),
+                headers={"content-type": "text/html; charset=windows-1252"},
+            ),
+            "/bom-wins": Route(
+                body=b"\xef\xbb\xbf" + _html('<meta charset="windows-1252">', french, "utf-8"),
+                headers={"content-type": "text/html; charset=shift_jis"},
+            ),
+            "/past-1024": Route(body=_html('<meta charset="windows-1252">', french, "cp1252", pad=1024), headers=html),
+            "/commented": Route(body=_html('<!-- <meta charset="windows-1252"> -->', "déjà", "utf-8"), headers=html),
+            "/not-a-text-codec": Route(body=_html('<meta charset="punycode">', "déjà", "utf-8"), headers=html),
+            "/plain": Route(
+                body=_html('<meta charset="windows-1252">', "déjà", "utf-8"), headers={"content-type": "text/plain"}
+            ),
+        }
+    )
+    try:
+        reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+        assert reader.run is not None
+        for path, text in [
+            ("/cp1252", french),
+            ("/sjis", japanese),
+            ("/untyped", french),
+            ("/header-wins", french),
+            ("/bom-wins", french),
+            ("/commented", "déjà"),  # a meta tag in a comment names nothing
+            ("/not-a-text-codec", "déjà"),  # only the codecs a header may name
+        ]:
+            assert await reader.run({"url": server.url(path)}) == text, path
+        past = await reader.run({"url": server.url("/past-1024")})  # browsers look no further: read as UTF-8
+        assert "\ufffd" in past and french not in past
+        plain = await reader.run({"url": server.url("/plain")})  # text/plain: a meta tag in it is text
+        assert plain.endswith("<p>déjà</p></body></html>")
+    finally:
+        server.close()
+
+
 def test_a_custom_tool_named_as_a_builtin_the_workflow_asks_for_is_refused_on_every_node() -> None:
     from workflows.errors import InvalidToolError
 
