@@ -42,11 +42,15 @@ class GenerationRequest(BaseModel):
     deadline_seconds: float | None = Field(default=None, gt=0)
 
 
+FinishReason = Literal["stop", "length"]
+"""Why a generation ended: end of sequence (or a stop), or its max_tokens."""
+
+
 class Generation(BaseModel):
     """The result of a generation request (`trace` only when the caller asked for traces)."""
 
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     prompt_seconds: float = 0.0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from models.requests import ModelError, TextSink
+from models.requests import FinishReason, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
 from workflows.errors import (
@@ -32,12 +32,14 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class WorkflowResult:
-    """The result string and what the run cost."""
+    """The result string and what the run cost; `finish_reason`: why the generation that is the result's text
+    ended (workflows/streamed_step.py), None when the result is not one generation's text."""
 
     text: str
     steps: int
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: FinishReason | None = None
 
 
 @dataclass
@@ -46,6 +48,7 @@ class _Progress:
     current: str = ""
     verbatim_step: str | None = None  # the step whose generation is the result's text (streamed_step)
     verbatim_text: str | None = None  # that generation's text, as the model wrote it
+    verbatim_finish: FinishReason | None = None  # why that generation ended
 
 
 async def run_workflow(
@@ -92,7 +95,7 @@ async def run_workflow(
     try:
         async with timer:
             await _walk(workflow, ctx, max_steps, progress)
-            text = progress.verbatim_text
+            text, finish = progress.verbatim_text, progress.verbatim_finish
             if text is None:  # rendering the verbatim step's memory entry too would be work thrown away
                 text = await build_result(workflow.return_value, ctx.memory, options.max_memory_bytes, ctx.sources)
     except TimeoutError:
@@ -104,7 +107,7 @@ async def run_workflow(
         raise ResultTooLargeError(
             f"result too large: {size} bytes (this node sends at most {options.max_result_bytes})"
         )
-    return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+    return WorkflowResult(text, progress.steps, ctx.usage.prompt_tokens, ctx.usage.completion_tokens, finish)
 
 
 async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _Progress) -> None:
@@ -124,7 +127,7 @@ async def _walk(workflow: Workflow, ctx: RunContext, max_steps: int, progress: _
             result = await run_step(step, ctx)
             await write_outputs(step.outputs, result, ctx.memory)
             if step.id == progress.verbatim_step:
-                progress.verbatim_text = result
+                progress.verbatim_text, progress.verbatim_finish = result, ctx.finish_reason
         except LimitExceededError:
             raise
         except (WorkflowError, ModelError) as e:

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.grammar import GrammarError, answer_check
-from models.requests import ChatMessage, ContextOverflowError, GenerationRequest, ModelError, TextSink
+from models.requests import (
+    ChatMessage,
+    ContextOverflowError,
+    FinishReason,
+    GenerationRequest,
+    ModelError,
+    TextSink,
+)
 from workflows.backend import ModelBackend
 from workflows.errors import (
     ContextTooSmallError,
@@ -55,6 +62,7 @@ class RunContext:
     streamed: str | None = None  # the step whose generation streams to `on_text` (workflows/streamed_step.py)
     on_text: TextSink | None = None
     usage: Usage = field(default_factory=Usage)
+    finish_reason: FinishReason | None = None  # the last generation's (the streamed step's, read by the engine)
 
     @property
     def max_tokens(self) -> int:
@@ -134,6 +142,7 @@ async def generate(
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
+    ctx.finish_reason = generation.finish_reason
     hint = _cut_short_hint(request.max_tokens, ctx) if generation.finish_reason == "length" else ""
     if isinstance(schema, RegexSchema):  # any text the regex matches; its matches need not be JSON
         if generation.finish_reason == "length":

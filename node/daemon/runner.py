@@ -161,6 +161,7 @@ class TaskRunner:
             outcome.prompt_tokens,
             outcome.completion_tokens,
             proof_of(outcome),
+            outcome.finish_reason,
         )
 
     async def _run_within(

@@ -205,6 +205,7 @@ class TaskHost:
             steps=result.steps,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
             traces=None if traces is None else [Trace.model_validate(t.model_dump()) for t in traces],
         )
 

@@ -131,6 +131,8 @@ class TaskDone(Message):
     steps: int = Field(ge=0)
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    # Why the generation that is the result's text ended; None when the result is not one generation's text.
+    finish_reason: Literal["stop", "length"] | None = None
     # With RunTask.proof: one trace per generation step, in order.
     traces: list[Trace] | None = Field(default=None, max_length=MAX_TRACES, fail_fast=True)
 

@@ -1,7 +1,8 @@
 """What a publisher sends and gets back: a `Task` (workflow, acceptable models) and its `TaskResult`.
 
 `check_size` refuses a task body no envelope can carry (TaskTooLargeError), before any node is chosen or sent it.
-A result's token counts are what its node claims: `TaskResult` reads them as counts or not at all.
+A result's token counts and finish reason are what its node claims: `TaskResult` reads them as counts (a known
+reason) or not at all.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 from node.publisher.errors import TaskNotEncodableError, TaskTooLargeError
 from node.wire.envelope import sealed_size
 from node.wire.messages import Stats, TaskBody, TaskInput, encode_body
+from node.wire.results import FinishReason, result_finish_reason
 from node.wire.topics import MAX_MESSAGE_BYTES, TASK_TOPIC
 
 MAX_TOKEN_COUNT = 2**31 - 1  # the most tokens a result's stats may claim for a prompt (beyond any context)
@@ -72,6 +74,13 @@ class TaskResult(BaseModel):
         """The completion tokens its node's stats claim (`completionTokens`), at most the result's bytes."""
         size = len(self.text.encode()) if self.ciphertext is None else len(self.ciphertext) // 2
         return claimed_count((self.stats.model_extra or {}).get("completionTokens"), size)
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why the generation that is its text ended, as its node's stats say (`finishReason`): "stop", "length",
+        or None when the node did not say (an older node, a result that is not one generation's text) or said
+        something else."""
+        return result_finish_reason(self.stats)
 
 
 def claimed_count(claimed: object, most: int) -> int:

@@ -7,6 +7,9 @@ puts an error in place of a result that cannot be sent as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 from node.wire.ecies import encrypt
 from node.wire.messages import ResultBody, Stats
@@ -21,6 +24,12 @@ _FRAME_OVERHEAD = 16 * 1024
 # task of its own under it (with the publisher's public key) to the picked node first; the node runs that
 # one and ignores the publisher's as a duplicate. This names whose task ran, so the publisher can refuse it.
 PUBLISHER_STAT = "publisher"
+# The stat saying why the generation that is the result's text ended (an extra field too; older nodes omit it, and
+# so does a node whose result is not one generation's text): "length" when it was cut at the node's max_tokens,
+# which may be lower than the task asked (the node's cap), so a publisher cannot tell it from the token count.
+FINISH_STAT = "finishReason"
+FinishReason = Literal["stop", "length"]
+_FINISH_REASON: TypeAdapter[FinishReason] = TypeAdapter(FinishReason)
 
 
 def result_publisher(body: ResultBody) -> str | None:
@@ -35,15 +44,25 @@ def answers_another_publisher(body: ResultBody, address: str) -> bool:
     return signer is not None and signer != address.lower().removeprefix("0x")
 
 
+def result_finish_reason(stats: Stats) -> FinishReason | None:
+    """Why the result's generation ended, when its node said so in a value this node knows (see FINISH_STAT)."""
+    try:
+        return _FINISH_REASON.validate_python((stats.model_extra or {}).get(FINISH_STAT), strict=True)
+    except ValidationError:
+        return None
+
+
 @dataclass(frozen=True)
 class Output:
-    """What a finished workflow produced: its text (encrypted to `public_key` in the result) and token counts."""
+    """What a finished workflow produced: its text (encrypted to `public_key` in the result), token counts and
+    why its generation ended."""
 
     text: str
     public_key: str
     prompt_tokens: int
     completion_tokens: int
     proof: Proof | None = None  # the task asked for one
+    finish_reason: FinishReason | None = None  # why the generation that is `text` ended (FINISH_STAT)
 
 
 def result_body(
@@ -72,11 +91,13 @@ def result_body(
     if isinstance(outcome, str):
         return ResultBody(task_id=task_id, error=outcome, model=model, stats=Stats.model_validate(timings))
     # A remote engine may report any count: the wire's int64 fields must still hold it.
-    tokens = {
+    extra: dict[str, int | str] = {
         "promptTokens": clamp_count(outcome.prompt_tokens),
         "completionTokens": clamp_count(outcome.completion_tokens),
     }
-    stats = Stats.model_validate({**timings, **tokens})  # token counts travel as extra fields
+    if outcome.finish_reason is not None:
+        extra[FINISH_STAT] = outcome.finish_reason
+    stats = Stats.model_validate({**timings, **extra})  # token counts and the finish reason travel as extra fields
     # A lone surrogate (from an engine's JSON escape) is not UTF-8: it becomes "?", not a lost result.
     ciphertext = encrypt(outcome.public_key, outcome.text.encode("utf-8", errors="replace")).hex()
     proof = None

@@ -75,7 +75,9 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
             choices=[
                 Choice(
                     message=assistant_message(result.text, prepared.tools),
-                    finish_reason=finish_reason(prepared.tools, usage.completion_tokens, prepared.max_tokens),
+                    finish_reason=finish_reason(
+                        prepared.tools, usage.completion_tokens, prepared.max_tokens, result.finish_reason
+                    ),
                 )
             ],
             usage=usage,

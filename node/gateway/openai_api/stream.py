@@ -37,6 +37,7 @@ from node.gateway.openai_api.schemas import (
 from node.gateway.openai_api.service import OpenAIService, Prepared, usage_of
 from node.gateway.openai_api.translate import assistant_message
 from node.publisher.client import TaskResult
+from node.wire.results import FinishReason as ReportedFinish
 
 DONE = "data: [DONE]\n\n"
 COMPACT_DELTAS = 1024  # deltas waiting for a slow reader are joined into one string past this many
@@ -67,11 +68,16 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def finish_reason(tools: bool, completion_tokens: int, max_tokens: int) -> FinishReason:
-    """`length` when the node generated all the tokens the task allowed (a node whose max_tokens_cap is lower
-    still cuts short unseen: only a finish reason in the result's stats would tell)."""
+def finish_reason(
+    tools: bool, completion_tokens: int, max_tokens: int, reported: ReportedFinish | None = None
+) -> FinishReason:
+    """`tool_calls` with tools; else the reason the node `reported` in the result's stats (TaskResult.finish_reason:
+    only it sees a cut at its own max_tokens_cap, lower than the task's); else, from a node that did not say,
+    `length` when it generated all the tokens the task allowed."""
     if tools:
         return "tool_calls"
+    if reported is not None:
+        return reported
     return "length" if completion_tokens >= max_tokens else "stop"
 
 
@@ -191,7 +197,9 @@ class ChatStream:
 
     def _final(self, result: TaskResult) -> list[str]:
         usage = usage_of(result)
-        reason = finish_reason(self.prepared.tools, usage.completion_tokens, self.prepared.max_tokens)
+        reason = finish_reason(
+            self.prepared.tools, usage.completion_tokens, self.prepared.max_tokens, result.finish_reason
+        )
         events: list[str] = []
         if self.prepared.tools:
             try:

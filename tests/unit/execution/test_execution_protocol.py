@@ -32,6 +32,16 @@ def test_messages_round_trip_as_json_lines() -> None:
         decode_from_child(encode(Probe(probe_id=1)))  # a daemon-side message is not a child's answer
 
 
+def test_a_done_message_carries_the_result_generation_s_finish_reason() -> None:
+    done = TaskDone(task_id="t", text="hi", steps=1, prompt_tokens=1, completion_tokens=1, finish_reason="length")
+    assert decode_from_child(encode(done)) == done
+    assert decode_from_child(
+        b'{"kind":"done","task_id":"t","text":"hi","steps":1,"prompt_tokens":1,"completion_tokens":1}\n'
+    ) == done.model_copy(update={"finish_reason": None})
+    with pytest.raises(ProtocolError):
+        decode_from_child(encode(done).replace(b'"length"', b'"banana"'))
+
+
 def test_pongs_carry_decode_progress_and_old_pongs_still_decode() -> None:
     line = (
         b'{"kind":"pong","probe_id":4,'
