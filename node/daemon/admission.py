@@ -5,6 +5,7 @@ its batched runtime's sequence slots) with at most `max_queue` more waiting; a
 task beyond that is busy at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
 it, is the free running places plus the queue room; none while paused or draining.
+Each model has places of its own, so heartbeats report them per model too (`capacity_by_model`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ class Admission:
         if self.draining or self.paused:
             return 0, total
         return total - sum(self._admitted[m] for m in names), total
+
+    def capacity_by_model(self, models: Collection[str] | None = None) -> dict[str, tuple[int, int]]:
+        """(free, max) task places of each model (of `models` only, when given): what `capacity` sums."""
+        names = list(self._run_permits) if models is None else [m for m in self._run_permits if m in models]
+        stopped = self.draining or self.paused
+        places = {m: self._concurrency[m] + self._max_queue for m in names}
+        return {m: (0 if stopped else total - self._admitted[m], total) for m, total in places.items()}
 
     def hosts(self, model: str) -> bool:
         """Whether this node serves `model`."""

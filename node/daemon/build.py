@@ -118,6 +118,14 @@ def free_places(admission: Admission, journal: Journal, models: list[str]) -> tu
     return (0, total) if journal.failing() is not None else (free, total)
 
 
+def free_places_by_model(admission: Admission, journal: Journal, models: list[str]) -> dict[str, tuple[int, int]]:
+    """`free_places` per model (the heartbeat's `modelCapacity`): each model's own running and queue places."""
+    places = admission.capacity_by_model(models)
+    if journal.failing() is not None:
+        return {model: (0, total) for model, (_, total) in places.items()}
+    return places
+
+
 def build_parts(
     settings: Settings,
     metrics: NodeMetrics,
@@ -196,6 +204,7 @@ def build_parts(
         host,
         advertised,
         capacity=lambda: free_places(admission, journal, advertised()),
+        model_capacity=lambda models: free_places_by_model(admission, journal, models),
         pending=lambda: admission.pending,
         tps=lambda: remote.advertised_tps(pool.available_tps()),
         interval=settings.heartbeat_interval,

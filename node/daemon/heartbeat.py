@@ -1,6 +1,8 @@
 """Heartbeats: every `interval` seconds a signed message saying what this node hosts
 and how much room it has (free and max task places, pending tasks, speed), and where
-publishers can dial it for direct delivery (`addrs`). Once the node begins to drain,
+publishers can dial it for direct delivery (`addrs`). Each model has places of its own, so
+`modelCapacity` says them per model (the models advertised, no others), beside the total
+`capacity` that older readers (Dria's SDK) use. Once the node begins to drain,
 `announce_leaving` publishes at once, and every heartbeat after says `leaving`."""
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Heartbeat:
         tps: Callable[[], dict[str, float]],
         interval: float,
         addrs: Callable[[], list[str]] = list,
+        model_capacity: Callable[[list[str]], dict[str, tuple[int, int]]] | None = None,
     ) -> None:
         self._identity = identity
         self._host = host
@@ -44,6 +47,8 @@ class Heartbeat:
         self._tps = tps
         self._interval = interval
         self._addrs = addrs
+        # (free, max) places of each of the models given (those advertised); None: no `modelCapacity`.
+        self._model_capacity = model_capacity
         self.leaving = False
 
     def body(self) -> HeartbeatBody:
@@ -51,10 +56,11 @@ class Heartbeat:
         free, total = self._capacity()
         if self.leaving:
             free = 0
+        models = self._models()
         return HeartbeatBody(
             address=self._identity.address,
             peer_id=self._host.peer_id,
-            models=self._models(),
+            models=models,
             capacity=Capacity(free=free, max=total),
             pendingTasks=self._pending(),
             tps=self._tps(),
@@ -62,7 +68,19 @@ class Heartbeat:
             timestamp=time.time_ns(),
             addrs=self._addrs() or None,
             leaving=True if self.leaving else None,
+            model_capacity=self._per_model(models),
         )
+
+    def _per_model(self, models: list[str]) -> dict[str, Capacity] | None:
+        """`modelCapacity`: an entry for each advertised model (none for any other), no free place while leaving."""
+        if self._model_capacity is None or not models:
+            return None
+        places = self._model_capacity(models)
+        return {
+            model: Capacity(free=0 if self.leaving else places[model][0], max=places[model][1])
+            for model in models
+            if model in places
+        } or None
 
     async def announce_leaving(self) -> None:
         """The node is draining: say so now (capacity.free is 0 by then), and in every heartbeat after."""

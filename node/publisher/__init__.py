@@ -5,7 +5,7 @@ client.py      Client: joins the network, runs tasks (execute, submit, wait), ve
 sender.py      TaskSender: one signed task to one node, on a stream (direct) or on gossip
 inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (picked node, a model asked for, decrypts it)
 gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
-node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity, speed, addrs, leaving), for choosing nodes
+node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity in all and per model, speed, addrs, leaving), for choosing nodes
 node_index.py  ModelIndex: which nodes claim which model, so a choice draws a bounded sample instead of scanning
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 reputation_records.py  ReputationSettings, NodeRecord (one node's stored sums), Sums, ReputationView (shown to people)

@@ -57,6 +57,7 @@ class Attempt:
     result: asyncio.Future[Any]
     direct: DirectDelivery | None = None
     lost_seen: bool = False  # its stream's loss was acted on (a retry sent)
+    models: tuple[str, ...] = ()  # the task's models, as its node's reservation counted them (NodeTable.reserve)
 
 
 async def next_outcome(live: list[Attempt], timeout: float) -> tuple[Attempt | None, str]:
@@ -177,7 +178,7 @@ class AttemptLoop:
         if not hooks.reputation.served(node.address):
             self.explored += 1
         self.tried.add(node.address)
-        hooks.nodes.reserve(node.address)
+        hooks.nodes.reserve(node.address, self.task.models)
         voice = object()
         on_delta = None if self.on_delta is None else self._forward(voice, self.on_delta)
         try:
@@ -192,6 +193,7 @@ class AttemptLoop:
             # Not a retry (nothing ran); once every node declined, this is the error.
             self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
             return False
+        attempt.models = tuple(self.task.models)
         self.attempts[attempt.task_id] = attempt
         self.voices[attempt.task_id] = voice
         self.sent[attempt.task_id] = loop.time()

@@ -253,7 +253,7 @@ class Client:
     async def _end_attempt(self, attempt: Attempt) -> None:
         """Stop waiting for the attempt's result and close its stream; its place at the node is free again."""
         self.reputation.finished(attempt.node)
-        self.nodes.release(attempt.node)
+        self.nodes.release(attempt.node, attempt.models)
         self._inbox.forget(attempt.task_id)
         if self._sender is not None:
             await self._sender.end(attempt)

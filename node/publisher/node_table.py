@@ -7,7 +7,11 @@ older than the newest one seen from that node, or stamped further ahead than
 `max_skew`, is ignored. Every number is clamped (capacity 0..1024, tps 0..1e6,
 finite) before it weighs a choice. `choose` picks one live node that hosts an
 acceptable model, at random weighted by free capacity and speed, so load spreads
-and a fast, idle node is preferred without starving the others. The table is
+and a fast, idle node is preferred without starving the others. Free capacity is the
+node's free places for the task's models when its heartbeat says them per model
+(`modelCapacity`, protocol 0.4: each model has places of its own, so a node whose model A
+is full is not chosen for A-only tasks while its model B has room), never more than its
+total `capacity.free`; entries for models the node does not list are ignored. The table is
 capped in entries and in bytes, each node's signed heartbeat envelope counted too (kept
 for Dria's SDK; anyone can make keys, and 200 heartbeats of the largest size fill the
 bytes): past a cap, the nodes heard least recently go first, except live nodes whose
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from node.publisher.node_index import ModelIndex
 from node.publisher.reputation import Reputation
@@ -70,6 +74,9 @@ class KnownNode:
     leaving: bool = False  # it is draining: never chosen
     envelope: Envelope | None = None  # its last heartbeat as signed (served as is to Dria's SDK)
     reserved: int = 0  # our tasks sent since this heartbeat and not yet ended (counted off `free`)
+    # Free places per model (`modelCapacity`), clamped, for models in `models` only; empty: not said.
+    model_free: dict[str, int] = field(default_factory=dict)
+    model_reserved: dict[str, int] = field(default_factory=dict)  # our tasks counted off `model_free`
 
     def serves(self, wanted: list[str]) -> bool:
         """Whether the node serves any of the wanted models (or a wildcard of them)."""
@@ -82,9 +89,21 @@ class KnownNode:
         speeds = [tps for model, tps in self.tps.items() if model in wanted] or list(self.tps.values())
         return max(speeds, default=0.0)
 
+    def free_for(self, wanted: list[str]) -> int:
+        """Its free places for a task that may run on any of `wanted`: the sum of its per-model free places
+        of the wanted models it serves, at most its total free; the total when its heartbeat says no
+        per-model places for one of them, or `wanted` has a wildcard."""
+        free = max(self.free, 0)
+        if not self.model_free or any(entry in (ANY_MODEL, ANY_LOCAL_MODEL, FIRST_MODEL) for entry in wanted):
+            return free
+        served = [model for model in dict.fromkeys(wanted) if model in self.models]
+        if not served or any(model not in self.model_free for model in served):
+            return free
+        return min(free, sum(max(self.model_free[model], 0) for model in served))
+
     def weight(self, wanted: list[str]) -> float:
-        """The weight its own claims give it: free capacity x speed."""
-        return max(self.free, 0) * max(self.claimed_tps(wanted), 1.0)
+        """The weight its own claims give it: free capacity (for the wanted models) x speed."""
+        return self.free_for(wanted) * max(self.claimed_tps(wanted), 1.0)
 
     @property
     def size(self) -> int:
@@ -92,6 +111,7 @@ class KnownNode:
         strings = len(self.peer_id) + sum(len(m) + MODEL_INDEX_BYTES for m in self.models)
         strings += sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
+        strings += sum(len(m) + 16 for m in self.model_free)
         if self.envelope is not None:
             strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
         return ENTRY_OVERHEAD_BYTES + strings
@@ -134,6 +154,7 @@ class NodeTable:
         known = self._nodes.get(sender)
         if known is not None and stamped <= known.last_seen:
             return False  # a replay, or one overtaken by a newer heartbeat
+        listed = set(heartbeat.models)
         node = KnownNode(
             address=sender,
             peer_id=heartbeat.peer_id,
@@ -145,6 +166,11 @@ class NodeTable:
             addrs=tuple(heartbeat.addrs or ()),
             leaving=bool(heartbeat.leaving),
             envelope=envelope,
+            model_free={
+                model: clamp_capacity(places.free)
+                for model, places in (heartbeat.model_capacity or {}).items()
+                if model in listed
+            },
         )
         self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
         self._make_room(node.size, now)
@@ -183,17 +209,34 @@ class NodeTable:
         reputation = self.reputation
         return reputation is not None and now - node.last_seen <= self._ttl and reputation.served(node.address, now)
 
-    def reserve(self, address: str) -> None:
-        """Count a task just sent to `address` against its free capacity until it ends or the node's next heartbeat."""
+    def reserve(self, address: str, models: list[str] | tuple[str, ...] = ()) -> None:
+        """Count a task for `models` just sent to `address` against its free capacity (and against each of
+        those models' own free places, where its heartbeat says them) until it ends or the node's next
+        heartbeat."""
         node = self._nodes.get(address)
         if node is not None:
-            self._nodes[address] = replace(node, free=node.free - 1, reserved=node.reserved + 1)
+            counted = [m for m in dict.fromkeys(models) if m in node.model_free]
+            self._nodes[address] = replace(
+                node,
+                free=node.free - 1,
+                reserved=node.reserved + 1,
+                model_free={m: n - 1 if m in counted else n for m, n in node.model_free.items()},
+                model_reserved={**node.model_reserved, **{m: node.model_reserved.get(m, 0) + 1 for m in counted}},
+            )
 
-    def release(self, address: str) -> None:
-        """A task counted by `reserve` ended: its place is free again (unless a heartbeat came since)."""
+    def release(self, address: str, models: list[str] | tuple[str, ...] = ()) -> None:
+        """A task counted by `reserve` (with the same `models`) ended: its place is free again (unless a
+        heartbeat came since)."""
         node = self._nodes.get(address)
         if node is not None and node.reserved > 0:
-            self._nodes[address] = replace(node, free=node.free + 1, reserved=node.reserved - 1)
+            counted = [m for m in dict.fromkeys(models) if node.model_reserved.get(m, 0) > 0]
+            self._nodes[address] = replace(
+                node,
+                free=node.free + 1,
+                reserved=node.reserved - 1,
+                model_free={m: n + 1 if m in counted else n for m, n in node.model_free.items()},
+                model_reserved={**node.model_reserved, **{m: node.model_reserved[m] - 1 for m in counted}},
+            )
 
     def get(self, address: str) -> KnownNode | None:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
@@ -289,11 +332,14 @@ class NodeTable:
                 for a in reputation.serving(MAX_MEASURED, self._rng)
                 if a in self._nodes and usable(a) and self._nodes[a].serves(wanted)
             ]
-            weights = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) for n in measured]
+            weights = [reputation.weight(n.address, n.free_for(wanted), n.claimed_tps(wanted), now) for n in measured]
             sampled, stands_for = self._index.sample(wanted, SAMPLE, self._rng, usable)
             known = {n.address for n in measured}
             others = [self._nodes[a] for a in sampled if a not in known]
-            guessed = [reputation.weight(n.address, n.free, n.claimed_tps(wanted), now) * stands_for for n in others]
+            guessed = [
+                reputation.weight(n.address, n.free_for(wanted), n.claimed_tps(wanted), now) * stands_for
+                for n in others
+            ]
             if any(weights):
                 share = reputation.explore_share(now) if explore else 0.0
                 cap = share / (1 - share) * sum(weights)

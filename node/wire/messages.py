@@ -224,7 +224,11 @@ class HeartbeatBody(_Wire):
 
     Protocol 0.4 adds `addrs` (where the node takes direct-delivery streams; each must end
     in `/p2p/<its peerId>`, checked with the signer in node/wire/inbound.py) and `leaving`
-    (the node is draining: choose it no more). Both are optional.
+    (the node is draining: choose it no more), and `modelCapacity` (free and max task places
+    per model: each model has places of its own, so the total `capacity` can show room while one
+    model is full). All are optional. `modelCapacity` is held to the same rules as `capacity`
+    (a malformed entry makes the body invalid); an entry for a model not in `models` is valid
+    here and ignored by publishers, as `tps` entries are.
     """
 
     address: Address
@@ -239,6 +243,7 @@ class HeartbeatBody(_Wire):
     timestamp: Nanoseconds
     addrs: list[Multiaddr] | None = Field(default=None, max_length=MAX_HEARTBEAT_ADDRS)
     leaving: bool | None = None
+    model_capacity: dict[ModelName, Capacity] | None = Field(default=None, max_length=MAX_MODELS)
 
     @field_validator("address")
     @classmethod
@@ -257,6 +262,7 @@ class HeartbeatBody(_Wire):
 # tracemalloc: a small task holds 12.5 KB for its 0.9 KB; 150 KB of `[[]],` hold 4.2 MB).
 VALUE_BYTES = 80
 MODEL_BYTES = 8192
+CAPACITY_VALUES = 5  # a heartbeat's `modelCapacity` entry beyond its text: a name and a Capacity (440 B measured)
 
 
 def held_bytes(body: TaskBody | ResultBody | HeartbeatBody, body_bytes: int) -> int:
@@ -268,6 +274,7 @@ def held_bytes(body: TaskBody | ResultBody | HeartbeatBody, body_bytes: int) -> 
         values = body.stats._json_values
     else:
         values = len(body.models) + len(body.tps) + len(body.addrs or ())
+        values += CAPACITY_VALUES * len(body.model_capacity or ())
     return MODEL_BYTES + body_bytes + VALUE_BYTES * values
 
 

@@ -381,3 +381,43 @@ def test_heartbeat_rejects_nan_and_infinity() -> None:
         body = json.dumps(heartbeat_json(tps={})).encode().replace(b'"tps": {}', b'"tps": {"m": ' + value + b"}")
         with pytest.raises(MessageError):
             decode_heartbeat(body)
+
+
+def test_heartbeat_model_capacity_round_trips_and_its_absence_is_a_0_3_heartbeat() -> None:
+    places = {"gemma3:270m": {"free": 0, "max": 2}, "other": {"free": 3, "max": 3}}
+    raw = heartbeat_json(modelCapacity=places)
+    heartbeat = decode_heartbeat(json.dumps(raw).encode())
+    assert heartbeat.model_capacity == {"gemma3:270m": Capacity(free=0, max=2), "other": Capacity(free=3, max=3)}
+    assert json.loads(encode_body(heartbeat)) == raw  # `other` is not in `models`: valid, publishers ignore it
+    assert decode_heartbeat(json.dumps(heartbeat_json()).encode()).model_capacity is None
+    assert "modelCapacity" not in json.loads(encode_body(decode_heartbeat(json.dumps(heartbeat_json()).encode())))
+
+
+@pytest.mark.parametrize(
+    ("places", "field"),
+    [
+        ({"m": {"free": -1, "max": 4}}, "modelCapacity.m.free"),
+        ({"m": {"free": "1", "max": 4}}, "modelCapacity.m.free"),
+        ({"m": {"free": 1.5, "max": 4}}, "modelCapacity.m.free"),
+        ({"m": {"free": 2**63, "max": 4}}, "modelCapacity.m.free"),
+        ({"m": {"free": 10**400, "max": 4}}, "modelCapacity.m.free"),
+        ({"m": {"free": 1}}, "modelCapacity.m.max"),
+        ({"m": 3}, "modelCapacity.m"),
+        ({"": {"free": 1, "max": 1}}, "modelCapacity."),
+        ({f"m{i}": {"free": 1, "max": 1} for i in range(65)}, "modelCapacity"),
+        ([{"free": 1, "max": 1}], "modelCapacity"),
+        ("lots", "modelCapacity"),
+    ],
+)
+def test_a_malformed_model_capacity_makes_the_heartbeat_invalid(places: Any, field: str) -> None:
+    """Held to `capacity`'s rules: a node that follows the protocol never sends one (section 7: rejected)."""
+    with pytest.raises(MessageError) as info:
+        decode_heartbeat(json.dumps(heartbeat_json(modelCapacity=places)).encode())
+    assert str(info.value).startswith(f"heartbeat body: {field}"), str(info.value)
+
+
+def test_a_model_capacity_of_nan_or_infinity_is_refused() -> None:
+    for value in (b"NaN", b"Infinity", b"1e999"):
+        body = json.dumps(heartbeat_json(modelCapacity={"m": {"free": 1, "max": 1}})).encode()
+        with pytest.raises(MessageError):
+            decode_heartbeat(body.replace(b'"free": 1,', b'"free": ' + value + b","))
