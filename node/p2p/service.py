@@ -42,6 +42,7 @@ from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTime
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
+from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.p2p.streams import FrameSink, InboundSink, StreamGoneError, StreamLimits, StreamTable
@@ -108,9 +109,12 @@ class P2PService:
         on_message: MessageSink,
         on_inbound_stream: InboundSink | None = None,
         on_stream_frame: FrameSink | None = None,
+        on_peer_gone: PeerSink | None = None,
     ) -> None:
+        """`on_peer_gone(peer id)`: called (on the Trio thread) when a peer's last connection closed."""
         self._options = options
         self._on_message = on_message
+        self._on_peer_gone = on_peer_gone
         self.streams = StreamTable(
             options.stream_limits,
             on_inbound_stream or (lambda *_: None),
@@ -198,6 +202,8 @@ class P2PService:
             end_handlers_with_their_connections(network)
             if self.inbound_gate is not None:
                 install_gate(network, self.inbound_gate)
+        if self._on_peer_gone is not None:
+            network.register_notifee(PeerGoneNotifee(host, self._on_peer_gone))
         # libp2p ping (/ipfs/ping/1.0.0), which nothing here uses, echoes each 32 bytes a peer sends as a frame of its
         # own: 64 KiB of pings cost the P2P thread ~0.5 s (~260 us a ping), so ~120 KB/s from one peer would fill it.
         host.remove_stream_handler(PING_PROTOCOL_ID)

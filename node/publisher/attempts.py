@@ -4,7 +4,9 @@ A retry is a new attempt with a new task id; earlier attempts stay live, so a la
 from a slow node is still taken (once: the Client accepts one result per call).
 `AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once),
 waits for the first news of any live attempt (`next_outcome`), and retries on an error
-result, a lost stream or a node silent for the attempt timeout, up to `max_retries` times.
+result, a lost stream, a node silent for the attempt timeout, or (a task sent on gossip) a node whose
+connection to this publisher closed, up to `max_retries` times. Only a node the publisher was connected
+to can be seen to go: one reached through other peers is timed out as before.
 After MAX_UNMEASURED_ATTEMPTS nodes not measured serving, it keeps to nodes that were while one
 has room, and it stops at the deadline however many nodes decline.
 
@@ -45,6 +47,7 @@ NODE_POLL_S = 0.5  # waiting on a running attempt, how often to look for a free 
 # Nodes not measured serving that one call may try (declines count) before it keeps to measured ones while
 # any has room: anyone can make keys that claim free places and never answer.
 MAX_UNMEASURED_ATTEMPTS = 1
+NODE_GONE = "its node disconnected without a result"  # the reason of a retry for a gossip task whose node went
 OnSubmit = Callable[[str, "str | None"], None]  # (task id sent, node picked or None)
 
 
@@ -56,20 +59,30 @@ class Attempt:
     node: str
     result: asyncio.Future[Any]
     direct: DirectDelivery | None = None
-    lost_seen: bool = False  # its stream's loss was acted on (a retry sent)
+    peer_id: str = ""  # its node's libp2p peer id (from its signed heartbeat), for a task sent on gossip
+    lost_seen: bool = False  # its stream's loss (or its node's going) was acted on (a retry sent)
     models: tuple[str, ...] = ()  # the task's models, as its node's reservation counted them (NodeTable.reserve)
+    # Sent on gossip: set when its node, which this publisher was connected to, lost its last connection to it
+    # (TaskSender.peer_gone): the node was killed or cut off, as a direct attempt's stream ends then.
+    node_gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the way to its node is gone without a result: its stream ended, or (on gossip) its connection."""
+        return self.direct.lost if self.direct is not None else self.node_gone
 
 
 async def next_outcome(live: list[Attempt], timeout: float) -> tuple[Attempt | None, str]:
     """The first attempt with news within `timeout` s: ("result", its future is done) or
-    ("lost", its stream ended without a result; it still waits for gossip). (None, "") on timeout."""
+    ("lost", its stream ended, or its gossip node's connection closed, without a result; it still waits for
+    gossip). (None, "") on timeout."""
     for attempt in live:
         if attempt.result.done():
             return attempt, "result"
     watchers: dict[asyncio.Future[Any], tuple[Attempt, str]] = {a.result: (a, "result") for a in live}
     for attempt in live:
-        if attempt.direct is not None and not attempt.lost_seen:
-            watchers[asyncio.ensure_future(attempt.direct.lost.wait())] = (attempt, "lost")
+        if not attempt.lost_seen:
+            watchers[asyncio.ensure_future(attempt.lost.wait())] = (attempt, "lost")
     try:
         done, _ = await asyncio.wait(watchers, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -273,6 +286,9 @@ class AttemptLoop:
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
             self.need_new = self.speaker is None  # not a retry, as when it declines at once; none once text went out
             return None
+        if outcome == "lost" and attempt.direct is None:
+            self._node_gone(attempt)
+            return None
         if outcome == "lost":
             reason = "stream closed without a result"
             self.judged.add(attempt.task_id)
@@ -306,6 +322,16 @@ class AttemptLoop:
             await self.hooks.end(attempt)
             return None
         return result
+
+    def _node_gone(self, attempt: Attempt) -> None:
+        """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream; none
+        when it was already retried for its silence (its node is marked once). It stays live: a result that
+        still comes (the node was only cut off a moment) is taken."""
+        if attempt.task_id in self.judged:
+            return
+        self.judged.add(attempt.task_id)
+        self.hooks.reputation.record_error(attempt.node)
+        self._retry_after(attempt, NODE_GONE)
 
     def _second_opinion(self, attempt: Attempt, exc: TaskFailedError) -> bool:
         """Ask one more node after a deterministic error (see the module doc); False when none can be asked."""

@@ -6,7 +6,9 @@ on a stream to the node chosen from heartbeats and learns at once whether it too
 past `answer_timeout` is still awaited, as the node may have taken the task); a node
 without `addrs` gets the task on gossip; one that cannot be dialled is replaced at once (a
 killed node looks live until its heartbeat ages out) and gets its tasks on gossip for a minute. "gossip" is
-protocol 0.3: every task on the `task` topic. Either way a result is accepted once,
+protocol 0.3: every task on the `task` topic. A task on gossip to a node this publisher is connected
+to is retried at once when that connection closes (the node died), as a lost stream is; a node reached
+only through other peers is retried after the attempt timeout. Either way a result is accepted once,
 from the stream or from gossip, after the same checks.
 
 Node choice is by measured service (`Client.reputation`, reputation.py): every answer,
@@ -152,6 +154,7 @@ class Client:
                 self._listen,
                 stream_limits=PUBLISHER_STREAM_LIMITS,
                 gossip_with_stream_peers=False,
+                on_peer_gone=self._on_peer_gone,
             )
             await host.start()
             self._host = host
@@ -385,6 +388,11 @@ class Client:
         assert isinstance(inbound.body, ResultBody)
         self._notify(inbound)
         self._inbox.accept(inbound.body, inbound.sender)
+
+    def _on_peer_gone(self, peer_id: str) -> None:
+        """A peer's last connection closed: tasks sent on gossip to it are lost (TaskSender.peer_gone)."""
+        if self._sender is not None:
+            self._sender.peer_gone(peer_id)
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)

@@ -3,7 +3,9 @@
 Direct delivery (protocol 0.4) sends the task on a stream to the chosen node and learns at once
 whether it took it; a node without `addrs`, or one whose dial was refused in the last minute,
 gets it on gossip (protocol 0.3, the only way with `delivery="gossip"`). Each task sent is awaited in the
-`ResultInbox` before it leaves, so a result that arrives at once is not missed.
+`ResultInbox` before it leaves, so a result that arrives at once is not missed. A task on gossip has no
+stream to end when its node dies; if this publisher is connected to that node, the close of its last
+connection (`peer_gone`) stands in for one: the attempt is lost and retried at once (attempts.py).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class TaskSender:
         self._delivery = delivery
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
+        self._gossiped: dict[str, dict[str, Attempt]] = {}  # peer id -> task id -> its attempt sent on gossip
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
 
     def body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
@@ -147,7 +150,18 @@ class TaskSender:
             self._inbox.forget(body.task_id)
             raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
         log.debug("task published", task_id=body.task_id, node=node.address)
-        return Attempt(body.task_id, node.address, future)
+        attempt = Attempt(body.task_id, node.address, future, peer_id=node.peer_id)
+        self._gossiped.setdefault(node.peer_id, {})[attempt.task_id] = attempt
+        return attempt
+
+    def peer_gone(self, peer_id: str) -> None:
+        """The peer's last connection to us closed: each live task sent to it on gossip is lost (AttemptLoop
+        retries it at once). Only a peer we were connected to is heard of: a node reached through other
+        peers is not, and waits out its attempt timeout as before."""
+        for attempt in self._gossiped.get(peer_id, {}).values():
+            if not attempt.result.done():
+                log.info("node of a gossip task disconnected", task_id=attempt.task_id, node=attempt.node)
+                attempt.node_gone.set()
 
     async def publish(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
@@ -162,12 +176,19 @@ class TaskSender:
         return seal(self._identity, TASK_TOPIC, check_size(body))  # the checked bytes, not encoded again
 
     async def end(self, attempt: Attempt) -> None:
-        """Close the attempt's stream, if it was sent on one."""
+        """Close the attempt's stream, if it was sent on one; stop watching its node's connection if on gossip."""
         if attempt.direct is not None:
             self._deliveries.discard(attempt.direct)
             await attempt.direct.close()
+            return
+        gossiped = self._gossiped.get(attempt.peer_id)
+        if gossiped is not None:
+            gossiped.pop(attempt.task_id, None)
+            if not gossiped:
+                del self._gossiped[attempt.peer_id]
 
     async def close(self) -> None:
         """Close every stream still open."""
         deliveries, self._deliveries = list(self._deliveries), set()
+        self._gossiped = {}
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)

@@ -295,6 +295,42 @@ async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tm
         doomed.stop(signal.SIGKILL)
 
 
+async def test_a_node_killed_mid_task_on_gossip_is_replaced_at_once_when_the_publisher_was_connected_to_it(
+    tmp_path,
+) -> None:
+    # No stream to break: the close of the publisher's connection to the node tells, not its heartbeat
+    # (live for a minute) nor the attempt timeout (half the task's timeout: 30 s here).
+    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with AsyncExitStack() as stack:
+            spare = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
+            )
+            prefer = Prefer()
+            client = await stack.enter_async_context(
+                Client(peers=[dialable(spare), doomed.addr], node_table=NodeTable(rng=prefer), delivery="gossip")
+            )
+            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
+            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.ensure_future(
+                    client.execute(
+                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 60
+                    )
+                )
+                await asyncio.to_thread(doomed.wait_for_log, "task started", 60)
+                doomed.stop(signal.SIGKILL)
+                killed = time.monotonic()
+                result = await running
+                took = time.monotonic() - killed
+        assert result.node == spare.running.identity.address and result.text.strip()
+        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        assert retries == [(prefer.first, "its node disconnected without a result")]
+        assert took < 20, f"the spare's result came {took:.1f} s after the kill"
+    finally:
+        doomed.stop(signal.SIGKILL)
+
+
 async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_timeout(tmp_path) -> None:
     frozen = NodeProcess(tmp_path / "frozen", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
     try:

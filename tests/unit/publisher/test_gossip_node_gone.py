@@ -1,0 +1,289 @@
+"""A task sent on gossip to a node whose connection to the publisher closed (the node was killed): retried at
+once, as a lost stream is, within the retry budget, counted once, and the first node's result still taken if it
+comes. The AttemptLoop's decision against stand-in hooks (no network), then the TaskSender's bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+import structlog
+
+from node.p2p.handoff import GossipMessage
+from node.p2p.host import P2PHost
+from node.publisher.attempts import NODE_GONE, Attempt, AttemptHooks, AttemptLoop
+from node.publisher.client import Client
+from node.publisher.errors import TaskTimeoutError
+from node.publisher.inbox import ResultInbox
+from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.reputation import Reputation
+from node.publisher.sender import TaskSender
+from node.publisher.tasks import Task, TaskResult
+from node.wire.envelope import seal
+from node.wire.identity import Identity
+from node.wire.inbound import decode
+from node.wire.messages import Stats, TaskBody, encode_body
+from node.wire.results import Output, result_body
+from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
+from tests.support.heartbeats import heartbeat_message, signed_heartbeat
+
+MODEL = "m"
+
+
+class Prefer(random.Random):
+    """Chooses the first node of `order` still a candidate, so a test knows who is tried first."""
+
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def choices(self, population, weights=None, *, cum_weights=None, k=1):  # type: ignore[override]
+        return [next((n for a in self.order for n in population if n.address == a), population[0])]
+
+    def choice(self, seq):  # type: ignore[override]
+        return self.choices(seq)[0]
+
+
+def result_of(attempt: Attempt, text: str) -> TaskResult:
+    stats = Stats(received_at=1, published_at=1, execution_started_at=1, execution_ended_at=2)
+    return TaskResult(task_id=attempt.task_id, text=text, node=attempt.node, model=MODEL, stats=stats)
+
+
+class Net:
+    """Nodes `first` and `second` (chosen in that order); every task sent is an Attempt on gossip."""
+
+    def __init__(self) -> None:
+        self.first, self.second = Identity.generate(), Identity.generate()
+        self.nodes = NodeTable(rng=Prefer([self.first.address, self.second.address]))
+        for identity in (self.first, self.second):
+            inbound = signed_heartbeat(identity, [MODEL])
+            assert self.nodes.update(inbound.sender, inbound.body)  # type: ignore[arg-type]
+        self.reputation = Reputation(None)
+        self.sent: list[Attempt] = []
+        self.ended: list[str] = []
+        self.new_attempt = asyncio.Event()
+
+    async def choose(self, models: list[str], tried: set[str], *_: Any) -> KnownNode:
+        node = self.nodes.choose(models, exclude=tried)
+        assert node is not None
+        return node
+
+    async def send(self, task: Task, node: KnownNode, remaining: float, on_delta: Any) -> Attempt:
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        attempt = Attempt(f"t{len(self.sent)}", node.address, future, peer_id=node.peer_id)
+        self.sent.append(attempt)
+        self.new_attempt.set()
+        return attempt
+
+    async def verify(self, result: TaskResult) -> TaskResult:
+        return result
+
+    async def end(self, attempt: Attempt) -> None:
+        self.ended.append(attempt.task_id)
+
+    def loop(self, timeout: float = 60.0, max_retries: int = 2, attempt_timeout: float | None = None) -> AttemptLoop:
+        hooks = AttemptHooks(self.nodes, self.reputation, self.choose, self.send, self.verify, self.end)
+        task = Task(workflow={}, models=[MODEL])
+        return AttemptLoop(hooks, task, timeout, max_retries, attempt_timeout)
+
+    async def attempts(self, count: int, within: float = 5.0) -> list[Attempt]:
+        """The attempts sent, once there are `count` of them."""
+        async with asyncio.timeout(within):
+            while len(self.sent) < count:
+                self.new_attempt.clear()
+                await self.new_attempt.wait()
+        return self.sent
+
+
+async def test_a_gossip_task_whose_node_went_is_retried_at_once_on_another_node() -> None:
+    net = Net()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.ensure_future(net.loop(timeout=60).run())  # the attempt timeout is 30 s
+        (first,) = await net.attempts(1)
+        first.node_gone.set()
+        started = asyncio.get_running_loop().time()
+        _, second = await net.attempts(2)
+        took = asyncio.get_running_loop().time() - started
+        second.result.set_result(result_of(second, "from the second node"))
+        result = await running
+    assert took < 1.0, f"retried only after {took:.1f} s"
+    assert (first.node, second.node) == (net.first.address, net.second.address)
+    assert result.text == "from the second node"
+    retries = [(e["task_id"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+    assert retries == [(first.task_id, NODE_GONE)]
+    assert net.reputation.view(net.first.address).errors == pytest.approx(1)
+    assert sorted(net.ended) == ["t0", "t1"]
+
+
+async def test_the_first_nodes_result_is_still_taken_if_it_comes_after_the_retry() -> None:
+    # Cut off a moment (a brief reconnect): its result, on gossip, is accepted once, as any other.
+    net = Net()
+    running = asyncio.ensure_future(net.loop(timeout=60).run())
+    (first,) = await net.attempts(1)
+    first.node_gone.set()
+    await net.attempts(2)
+    first.result.set_result(result_of(first, "from the first node after all"))
+    result = await running
+    assert result.text == "from the first node after all" and result.node == net.first.address
+    assert len(net.sent) == 2  # no third try
+
+
+async def test_without_retries_left_the_node_going_sends_nothing_and_its_result_is_still_awaited() -> None:
+    net = Net()
+    running = asyncio.ensure_future(net.loop(timeout=60, max_retries=0).run())
+    (first,) = await net.attempts(1)
+    first.node_gone.set()
+    await asyncio.sleep(0.6)  # past a poll for a node to retry on
+    assert len(net.sent) == 1
+    first.result.set_result(result_of(first, "it came back"))
+    assert (await running).text == "it came back"
+
+
+async def test_a_node_retried_for_its_silence_is_not_retried_again_when_it_goes() -> None:
+    net = Net()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.ensure_future(net.loop(timeout=60, max_retries=1, attempt_timeout=0.3).run())
+        first, second = await net.attempts(2)  # the first was silent for 0.3 s
+        first.node_gone.set()
+        await asyncio.sleep(0.1)
+        assert len(net.sent) == 2  # its retry went already: no other node is asked for it
+        second.result.set_result(result_of(second, "ok"))
+        assert (await running).text == "ok"
+    reasons = [e["reason"] for e in logs if e["event"] == "retrying on another node" and e["task_id"] == "t0"]
+    assert reasons == ["no result yet"]
+    measured = net.reputation.view(net.first.address)
+    assert (measured.timeouts, measured.errors) == (pytest.approx(1), 0)  # marked once, for its silence
+
+
+async def test_a_node_that_goes_twice_counts_once() -> None:
+    net = Net()
+    running = asyncio.ensure_future(net.loop(timeout=2, max_retries=2).run())
+    (first,) = await net.attempts(1)
+    first.node_gone.set()
+    await net.attempts(2)
+    first.node_gone.clear()
+    first.node_gone.set()  # it came back and went again
+    await asyncio.sleep(0.3)
+    assert len(net.sent) == 2
+    with pytest.raises(TaskTimeoutError):
+        await running
+    assert net.reputation.view(net.first.address).errors == pytest.approx(1)
+
+
+# --- TaskSender.peer_gone: which attempts a closed connection loses ---------------------------------------
+
+
+class StubHost:
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, topic: str, data: bytes, **_: Any) -> None:
+        self.published.append(data)
+
+
+def known(identity: Identity) -> KnownNode:
+    return KnownNode(identity.address, identity.peer_id, [MODEL], 1, 1, {}, 0.0)
+
+
+async def test_only_the_live_gossip_tasks_of_the_peer_that_went_are_lost() -> None:
+    me, gone, stays = Identity.generate(), Identity.generate(), Identity.generate()
+    sender = TaskSender(StubHost(), me, ResultInbox(me.secret), lambda _: None, "gossip", 5.0)  # type: ignore[arg-type]
+    task = Task(workflow={}, models=[MODEL])
+    to_gone = [await sender.send(task, known(gone), 30, None) for _ in range(3)]
+    to_stays = await sender.send(task, known(stays), 30, None)
+    await sender.end(to_gone[1])  # ended: no longer watched
+    to_gone[2].result.set_result(result_of(to_gone[2], "done"))  # answered: nothing to lose
+    sender.peer_gone(gone.peer_id)
+    assert [a.node_gone.is_set() for a in to_gone] == [True, False, False]
+    assert not to_stays.node_gone.is_set()
+    sender.peer_gone("16Uiu2-never-connected")  # a peer without tasks: nothing happens
+    for attempt in (*to_gone, to_stays):
+        await sender.end(attempt)
+    assert sender._gossiped == {}  # nothing held for ended attempts
+
+
+# --- a Client on real libp2p hosts: the node's connection closing is what starts the retry ------------------
+
+
+class GossipNode:
+    """A peer that takes tasks picked for it on gossip and, if `answers`, publishes a result on gossip."""
+
+    def __init__(self, answers: bool) -> None:
+        self.identity = Identity.generate()
+        self.answers = answers
+        self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"])
+        self.took = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.host.start()
+        tasks = await self.host.subscribe(TASK_TOPIC)
+        for topic in (RESULTS_TOPIC, HEARTBEAT_TOPIC):
+            await self.host.subscribe(topic)
+        self._reader = asyncio.create_task(self._read(tasks))
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.host.stop()
+
+    async def _read(self, tasks: asyncio.Queue[GossipMessage]) -> None:
+        while True:
+            body = decode(TASK_TOPIC, (await tasks.get()).data).body
+            assert isinstance(body, TaskBody)
+            if self.identity.address not in (body.picked_nodes or []):
+                continue
+            self.took.set()
+            if self.answers:
+                now = time.time_ns()
+                output = Output("from the node that stayed", body.public_key, 1, 1)
+                result = result_body(
+                    body.task_id, MODEL, output, received_at_ns=now, started_at_ns=now, ended_at_ns=now
+                )
+                await self.host.publish(RESULTS_TOPIC, seal(self.identity, RESULTS_TOPIC, encode_body(result)))
+
+    async def heartbeat(self) -> None:
+        if (await self.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
+            await self.host.publish(HEARTBEAT_TOPIC, heartbeat_message(self.identity, [MODEL], free=1))
+
+
+async def test_a_client_retries_a_gossip_task_at_once_when_its_node_disconnects() -> None:
+    goes, stays = GossipNode(answers=False), GossipNode(answers=True)
+    for node in (goes, stays):
+        await node.start()
+    await stays.host.connect(goes.host.listen_addrs[0])
+    table = NodeTable(rng=Prefer([goes.identity.address, stays.identity.address]))
+    client = Client(
+        peers=[goes.host.listen_addrs[0], stays.host.listen_addrs[0]],
+        delivery="gossip",
+        node_table=table,
+        max_retries=1,
+    )
+    try:
+        await client.start()
+        for _ in range(100):
+            if len(client.nodes.live()) == 2:
+                break
+            await goes.heartbeat()
+            await stays.heartbeat()
+            await asyncio.sleep(0.2)
+        assert len(client.nodes.live()) == 2, "the client never saw both heartbeats"
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.ensure_future(client.execute(Task(workflow={}, models=[MODEL]), timeout=60))
+            await asyncio.wait_for(goes.took.wait(), 10)
+            started = time.monotonic()
+            await goes.stop()  # its connections close, as a killed node's do
+            result = await asyncio.wait_for(running, 60)
+            took = time.monotonic() - started
+    finally:
+        await client.close()
+        await stays.stop()
+        await goes.stop()
+    assert result.node == stays.identity.address and result.text == "from the node that stayed"
+    # Not after the attempt timeout (half of 60 s): at once, once the connection closed.
+    assert took < 10, f"the task reached another node {took:.1f} s after its node went"
+    retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+    assert retries == [(goes.identity.address, NODE_GONE)]
