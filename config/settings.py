@@ -250,6 +250,18 @@ class Settings(LayeredSettings):
             raise ValueError("must be 64 hex characters (with or without 0x); it is not shown here")
         return value
 
+    @field_validator("announce")
+    @classmethod
+    def _announce_ips(cls, value: list[str]) -> list[str]:
+        """Publishers dial heartbeat addrs by IP only (a name in anyone's heartbeat would be theirs to resolve)."""
+        for addr in value:
+            if addr.split("/")[1] in ("dns", "dns4", "dns6", "dnsaddr"):
+                raise ValueError(
+                    f"{addr!r} names a host, and publishers do not resolve names from heartbeats: "
+                    "give its /ip4/... or /ip6/... address"
+                )
+        return value
+
     @field_validator("publishers")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:

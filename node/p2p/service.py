@@ -25,6 +25,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
+from libp2p.network.config import RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -199,6 +200,10 @@ class P2PService:
             if self._options.serve_streams:
                 muxer_limits = muxer_limits.with_room_for(self._options.stream_limits.max_streams_per_peer)
             install_bounded_muxer(network, muxer_limits, self.muxer_refusals)
+            # One dial, one connection: py-libp2p retries each failed dial 3 times by default (0.1 + 0.2 + 0.4 s), so
+            # every dial of ours, each already paced (the connector's backoff, the gossip keeper's, a publisher's
+            # undialable marks), was 4 connections to its host:port and 0.7 s before a dead node counted as such.
+            network.retry_config = RetryConfig(max_retries=0)
             end_handlers_with_their_connections(network)
             if self.inbound_gate is not None:
                 install_gate(network, self.inbound_gate)

@@ -200,7 +200,10 @@ class AttemptLoop:
             hooks.reputation.record_busy(node.address)
             if self.doubted is not None:
                 raise self.doubted from None
-            log.info("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
+            # A node not dialable is said once by the sender (a failed dial), or not at all (a host:port that failed
+            # for another key: thousands of keys may name one, so at info that would be a line per key).
+            log_decline = log.debug if isinstance(exc, NotDialableError) else log.info
+            log_decline("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
             if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.

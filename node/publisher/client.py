@@ -160,7 +160,13 @@ class Client:
             self._host = host
             try:
                 self._sender = TaskSender(
-                    host, self.identity, self._inbox, self._on_result, self.delivery, self._answer_timeout
+                    host,
+                    self.identity,
+                    self._inbox,
+                    self._on_result,
+                    self.delivery,
+                    self._answer_timeout,
+                    served=self.reputation.served,
                 )
                 gate = GossipGate()
                 await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read

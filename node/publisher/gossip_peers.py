@@ -19,7 +19,8 @@ be theirs, free to drop the honest nodes' heartbeats (an eclipse). A peer whose
 dial failed waits a backoff that doubles per failure (jittered), and so does the address itself,
 whatever peer id names it: a heartbeat's `addrs` end in its signer's peer id, but the host and
 port may be anyone's, and keys are free (50 of them naming one host made a publisher dial it ~9
-times a second). This only chooses whom to
+times a second); one address is dialled once at a time (the peers of one check were dialled there
+together). This only chooses whom to
 dial: liveness stays the node table's, judged by signed heartbeat timestamps (PROTOCOL.md 6).
 """
 
@@ -77,6 +78,7 @@ class GossipPeerKeeper:
         self._rng = rng or random.Random()
         self._backoff: dict[str, float] = {}  # peer id, or address without it -> its next failure's delay
         self._next_try: dict[str, float] = {}  # peer id, or address without it -> loop time it may be dialled again
+        self._dialling: set[str] = set()  # addresses without peer id being dialled now
         self._last_heard = asyncio.get_running_loop().time()
         self._quiet_backoff = self.settings.initial_backoff
         self._next_quiet_dial = 0.0
@@ -155,15 +157,18 @@ class GossipPeerKeeper:
         errors = []
         for addr in addrs:
             where = transport_of(addr)
-            if self._next_try.get(where, 0.0) > asyncio.get_running_loop().time():
-                errors.append(f"{where}: a dial failed there lately")
+            if self._next_try.get(where, 0.0) > asyncio.get_running_loop().time() or where in self._dialling:
+                errors.append(f"{where}: a dial failed there lately, or one is under way")
                 continue
+            self._dialling.add(where)
             try:
                 await self._host.connect(addr, timeout=self.settings.dial_timeout)
             except P2PError as exc:
                 errors.append(str(exc))
                 self._back_off(where)
                 continue
+            finally:
+                self._dialling.discard(where)
             for key in (peer, where):
                 self._backoff.pop(key, None)
                 self._next_try.pop(key, None)

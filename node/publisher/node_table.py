@@ -16,7 +16,8 @@ capped in entries and in bytes, each node's signed heartbeat envelope counted to
 for Dria's SDK; anyone can make keys, and 200 heartbeats of the largest size fill the
 bytes): past a cap, the nodes heard least recently go first, except live nodes whose
 service this publisher measured. A node's `addrs` (protocol 0.4)
-say where to dial it for direct delivery; once its `leaving` heartbeat arrives it is
+say where to dial it for direct delivery (IP addresses only, none that is unspecified, link-local,
+multicast or reserved: `dialable_addr`); once its `leaving` heartbeat arrives it is
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
 instead of what heartbeats claim (see reputation.py), and a banned node is never chosen.
@@ -28,6 +29,7 @@ table, and those others hold a bounded share of it together (`choose`); listings
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import time
@@ -47,6 +49,26 @@ MODEL_INDEX_BYTES = 128  # what each model it names costs in the ModelIndex, as 
 SAMPLE = 64  # nodes not measured serving that one choice weighs at most (drawn at random)
 MAX_MEASURED = 256  # nodes measured serving that one choice weighs at most (drawn at random beyond)
 MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
+
+
+def dialable_addr(addr: str) -> bool:
+    """Whether a heartbeat's multiaddr is one a publisher may dial: an IP (/ip4 or /ip6) that is not unspecified
+    (0.0.0.0 and :: reach the publisher's own host), link-local (169.254.0.0/16 holds cloud metadata services),
+    multicast or reserved, IPv4-mapped IPv6 judged as its IPv4. Loopback and private addresses stay (tests,
+    LANs). Names (/dns4, /dns6, /dns, /dnsaddr) do not: the transport would resolve them, so anyone's
+    heartbeat could make a publisher query a name of its choosing and dial what it resolves to (any of the
+    above), anew on each dial."""
+    parts = addr.split("/")
+    if len(parts) < 3 or parts[0] or parts[1] not in ("ip4", "ip6"):
+        return False
+    try:
+        ip = ipaddress.ip_address(parts[2])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # ::1 is in IPv6's reserved ::/8, and loopback stays
+    return ip.is_loopback or not (ip.is_unspecified or ip.is_link_local or ip.is_multicast or ip.is_reserved)
 
 
 def clamp_capacity(value: int) -> int:
@@ -163,7 +185,7 @@ class NodeTable:
             max=clamp_capacity(heartbeat.capacity.max),
             tps={model: clamp_tps(tps) for model, tps in heartbeat.tps.items()},
             last_seen=stamped,
-            addrs=tuple(heartbeat.addrs or ()),
+            addrs=tuple(addr for addr in heartbeat.addrs or () if dialable_addr(addr)),
             leaving=bool(heartbeat.leaving),
             envelope=envelope,
             model_free={
@@ -314,7 +336,9 @@ class NodeTable:
         serving (at most MAX_MEASURED) and a random sample of at most SAMPLE others. With a reputation,
         the others together weigh at most `Reputation.explore_share` of the choice (10%, down to 1% while
         such nodes fail the tasks they are tried with) while a measured node has room
-        (anyone can make keys: their number buys no share), and none with `explore=False` then.
+        (anyone can make keys: their number buys no share), and none with `explore=False` then; with
+        `explore=False` and no measured node with room, one of the measured nodes, at random (a heartbeat's
+        free places are up to an interval old, and our own tasks count off them).
         """
         now = time.time() if now is None else now
         reputation = self.reputation
@@ -333,6 +357,11 @@ class NodeTable:
                 if a in self._nodes and usable(a) and self._nodes[a].serves(wanted)
             ]
             weights = [reputation.weight(n.address, n.free_for(wanted), n.claimed_tps(wanted), now) for n in measured]
+            if measured and not explore and not any(weights):
+                # Every node measured serving says it has no free place for these models (its last heartbeat,
+                # or our tasks sent since): one of them, which may have room again by now, not keys anyone
+                # can make that claim free places without end.
+                return self._rng.choice(measured)
             sampled, stands_for = self._index.sample(wanted, SAMPLE, self._rng, usable)
             known = {n.address for n in measured}
             others = [self._nodes[a] for a in sampled if a not in known]

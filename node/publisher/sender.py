@@ -2,7 +2,9 @@
 
 Direct delivery (protocol 0.4) sends the task on a stream to the chosen node and learns at once
 whether it took it; a node without `addrs`, or one whose dial was refused in the last minute,
-gets it on gossip (protocol 0.3, the only way with `delivery="gossip"`). Each task sent is awaited in the
+gets it on gossip (protocol 0.3, the only way with `delivery="gossip"`). A failed dial marks its
+host:ports too: keys are free and may all name one host:port (anyone's), so a node not measured serving
+whose every host:port failed a dial in the last minute is declined without one. Each task sent is awaited in the
 `ResultInbox` before it leaves, so a result that arrives at once is not missed. A task on gossip has no
 stream to end when its node dies; if this publisher is connected to that node, the close of its last
 connection (`peer_gone`) stands in for one: the attempt is lost and retried at once (attempts.py).
@@ -17,6 +19,7 @@ from typing import Literal
 
 import structlog
 
+from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt
@@ -51,8 +54,11 @@ class TaskSender:
         on_result: OnResult,
         delivery: Delivery,
         answer_timeout: float,
+        served: Callable[[str], bool] = lambda address: False,
     ) -> None:
-        """`answer_timeout`: seconds to dial a node and get its answer before it counts as declined."""
+        """`answer_timeout`: seconds to dial a node and get its answer before it counts as declined.
+        `served(address)`: whether this publisher measured the node serving (dialled even where another
+        key's dial of the same host:port failed: keys are free, and may name an honest node's)."""
         self._host = host
         self._identity = identity
         self._inbox = inbox
@@ -62,6 +68,10 @@ class TaskSender:
         self._deliveries: set[DirectDelivery] = set()
         self._gossiped: dict[str, dict[str, Attempt]] = {}  # peer id -> task id -> its attempt sent on gossip
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
+        # host:port (a multiaddr without /p2p/) -> when its dial failure expires: 2,000 keys naming one host:port
+        # made each task dial it until its deadline (44 connections in 5 s).
+        self._failed_transports: dict[str, float] = {}
+        self._served = served
 
     def body(self, task: Task, timeout: float, stream: bool = False, proof: bool = False) -> TaskBody:
         """A new task id with deadline now + timeout, the result encrypted to us (or to `task.public_key`)."""
@@ -72,13 +82,16 @@ class TaskSender:
         until = self._undialable.get(address)
         return until is not None and until > time.monotonic()
 
-    def _mark_undialable(self, address: str) -> None:
+    def _transports_failed(self, node: KnownNode) -> bool:
+        """Whether every host:port `node` names failed a dial (any key's) less than UNDIALABLE_FOR_S ago."""
         now = time.monotonic()
-        if len(self._undialable) >= MAX_UNDIALABLE:
-            self._undialable = {a: t for a, t in self._undialable.items() if t > now}
-            while len(self._undialable) >= MAX_UNDIALABLE:  # all current: the oldest mark goes
-                del self._undialable[min(self._undialable, key=self._undialable.__getitem__)]
-        self._undialable[address] = now + UNDIALABLE_FOR_S
+        return bool(node.addrs) and all(self._failed_transports.get(transport_of(a), 0.0) > now for a in node.addrs)
+
+    def _mark_undialable(self, address: str, addrs: tuple[str, ...] = ()) -> None:
+        now = time.monotonic()
+        _mark(self._undialable, address, now)
+        for addr in addrs:
+            _mark(self._failed_transports, transport_of(addr), now)
 
     async def send(
         self, task: Task, node: KnownNode, remaining: float, on_delta: OnDelta | None, proof: bool = False
@@ -100,6 +113,12 @@ class TaskSender:
             stream=direct and on_delta is not None,
             proof=proof,
         )
+        if direct and not self._served(node.address) and self._transports_failed(node):
+            # Another key's dial of the same host:ports failed: none again there this minute. Declined at once as
+            # a failed dial would be (chosen again, the node gets its tasks on gossip: no loop on it).
+            _mark(self._undialable, node.address, time.monotonic())
+            await asyncio.sleep(0)  # a run of such keys is declined without a dial: the event loop goes on meanwhile
+            raise NotDialableError(body.task_id, "not dialable: its addresses failed a dial in the last minute")
         envelope = self._sealed(body)
         future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
         try:
@@ -125,7 +144,7 @@ class TaskSender:
             except UndialableError as exc:
                 if not exc.may_have_task:
                     self._inbox.forget(body.task_id)
-                    self._mark_undialable(node.address)
+                    self._mark_undialable(node.address, node.addrs)
                     log.info(
                         "node not dialable; its tasks go on gossip",
                         task_id=body.task_id,
@@ -192,3 +211,14 @@ class TaskSender:
         deliveries, self._deliveries = list(self._deliveries), set()
         self._gossiped = {}
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
+
+
+def _mark(marks: dict[str, float], key: str, now: float) -> None:
+    """Mark `key` failed for UNDIALABLE_FOR_S, holding at most MAX_UNDIALABLE marks (the oldest go first)."""
+    if len(marks) >= MAX_UNDIALABLE:
+        current = {k: t for k, t in marks.items() if t > now}
+        marks.clear()
+        marks.update(current)
+        while len(marks) >= MAX_UNDIALABLE:  # all current: the oldest mark goes
+            del marks[min(marks, key=marks.__getitem__)]
+    marks[key] = now + UNDIALABLE_FOR_S

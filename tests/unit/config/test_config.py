@@ -221,6 +221,19 @@ def test_a_multiaddr_the_host_cannot_read_is_named(field: str, addr: str, named:
         Settings.load(**{field: [addr]})
 
 
+@pytest.mark.parametrize(
+    "addr", ["/dns4/node.example/tcp/4001", "/dns6/node.example/tcp/4001", "/dns/node.example/tcp/4001"]
+)
+def test_an_announce_address_given_by_name_is_refused_asking_for_an_ip(addr: str) -> None:
+    # Publishers dial heartbeat addrs by IP only (a name in anyone's heartbeat would be resolved by them, to
+    # whatever its owner likes): a node announcing a name got no direct delivery, with no word why.
+    with pytest.raises(
+        ConfigError, match=r"invalid setting 'announce' \(COMPUTE_NODE_ANNOUNCE / --announce\): .*/ip4/"
+    ):
+        Settings.load(announce=[addr])
+    assert Settings.load(announce=["/ip4/203.0.113.7/tcp/4001", "/ip6/2001:db8::7/tcp/4001"]).announce
+
+
 @pytest.mark.parametrize("field", ["n_threads", "exec_address_space_mb", "exec_max_rss_mb"])
 def test_a_number_past_any_machine_is_named_not_an_overflow_in_the_child(field: str) -> None:
     with pytest.raises(ConfigError, match=rf"invalid setting '{field}'.*less than or equal"):

@@ -168,3 +168,26 @@ async def test_a_closed_inbound_connection_leaves_nothing_behind(make_host: Host
     while raw_connections() - before > 2 and time.monotonic() < deadline:  # the node sees each close shortly
         await asyncio.sleep(0.1)
     assert raw_connections() - before <= 2  # was 20: one kept per connection, closed or not
+
+
+async def test_one_failed_dial_is_one_connection(make_host: HostFactory) -> None:
+    """Each dial of ours is paced by its caller (the connector's backoff, a publisher's undialable marks);
+    py-libp2p's own retries made each one 4 connections to the host:port and 0.7 s before it failed."""
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()  # not libp2p: whatever listens at an address a heartbeat named
+
+    server = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    a = await make_host()
+    stranger = P2PHost(secrets.token_bytes(32), [LOOPBACK]).peer_id
+    try:
+        with pytest.raises(P2PError):
+            await a.open_stream([f"/ip4/127.0.0.1/tcp/{port}/p2p/{stranger}"], b"{}", timeout=5.0)
+        await asyncio.sleep(0.5)  # a retry would come within 0.1 s
+        assert connections == 1
+    finally:
+        server.close()

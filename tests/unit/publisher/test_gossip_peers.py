@@ -179,14 +179,17 @@ class RefusingHost:
 
     peer_id = "self"
 
-    def __init__(self) -> None:
+    def __init__(self, takes: float = 0.0) -> None:
         self.dials: list[str] = []
+        self.takes = takes  # seconds a dial takes to fail
 
     async def gossip_peers(self) -> list[str]:
         return []
 
     async def connect(self, addr: str, timeout: float) -> str:
         self.dials.append(addr)
+        if self.takes:
+            await asyncio.sleep(self.takes)
         raise P2PError(f"could not dial {addr}: handshake failed")
 
 
@@ -200,3 +203,14 @@ async def test_many_peer_ids_naming_one_host_get_it_dialled_once_a_backoff() -> 
     for _ in range(10):
         assert await keeper.check() == []
     assert len(host.dials) == 1, len(host.dials)  # then its backoff; without it, 3 new peer ids a check
+
+
+async def test_the_peer_ids_of_one_check_naming_one_host_get_it_dialled_once() -> None:
+    # A real dial takes a while to fail: the 3 peers one check dials were all dialled there at once, before
+    # the first failure backed the address off.
+    host = RefusingHost(takes=0.05)
+    victim = "/ip4/127.0.0.1/tcp/9"
+    sybils = [f"{victim}/p2p/{Identity.generate().peer_id}" for _ in range(50)]
+    keeper = GossipPeerKeeper(host, sybils, NodeTable(), GossipPeerSettings(**FAST))  # type: ignore[arg-type]
+    assert await keeper.check() == []
+    assert len(host.dials) == 1, len(host.dials)

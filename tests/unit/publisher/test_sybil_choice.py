@@ -95,6 +95,21 @@ def test_a_node_measured_serving_keeps_its_choices_among_ten_thousand_fresh_keys
     assert table.choose(["m"], exclude={honest}, now=NOW + 1, explore=False) is not None  # then any other
 
 
+def test_a_measured_node_with_no_free_place_is_chosen_over_keys_once_exploration_is_spent(
+    fakes: list[Inbound],
+) -> None:
+    """Its heartbeat's `free` is up to an interval old (and a one-place node says 0 right after our own task):
+    keys that claim free places without end must not take every choice of the call then."""
+    reputation = Reputation()
+    table = table_of(fakes, reputation)
+    honest = honest_node(table, reputation)
+    identity = Identity(random.Random("honest").randbytes(32))
+    assert heard(table, signed_heartbeat(identity, ["m"], free=0, tps=1e6, at=NOW + 0.5, dialable=True), NOW + 0.5)
+    assert table.get(honest).free_for(["m"]) == 0  # type: ignore[union-attr]
+    assert {table.choose(["m"], now=NOW + 1, explore=False).address for _ in range(50)} == {honest}  # type: ignore[union-attr]
+    assert table.choose(["m"], exclude={honest}, now=NOW + 1, explore=False) is not None  # then any other
+
+
 def test_keys_that_fail_when_tried_shrink_the_share_all_such_keys_get(fakes: list[Inbound]) -> None:
     reputation = Reputation()
     table = table_of(fakes, reputation)
