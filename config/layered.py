@@ -99,8 +99,11 @@ def read_secret_key_file(path: Path) -> str:
     `<data_dir>/identity.key` holds it. ValueError naming the file, never its content, when it cannot be read or
     holds no key."""
     try:
-        with open(path, "rb") as file:  # one read: a pipe (`<(pass show key)`) can be read only once
-            data = file.read(KEY_FILE_MAX_BYTES + 1)
+        data = _read_at_most(path, KEY_FILE_MAX_BYTES + 1, KEY_FILE_WAIT_S)
+    except TimeoutError:
+        raise ValueError(
+            f"cannot read key file {path}: nothing came within {KEY_FILE_WAIT_S:g} s (a pipe nobody writes?)"
+        ) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ValueError(
             f"cannot read key file {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}"
@@ -117,6 +120,37 @@ def read_secret_key_file(path: Path) -> str:
     if not 0 < int(text, 16) < _SECP256K1_ORDER:
         raise ValueError(f"key file {path} holds no valid secp256k1 secret key; its content is not shown")
     return text
+
+
+KEY_FILE_WAIT_S = 10.0  # a pipe (`<(pass show key)`) gets this long to write the key; a FIFO nobody writes fails
+
+
+def _read_at_most(path: Path, limit: int, wait_s: float) -> bytes:
+    """At most `limit` bytes of the file, read once (a pipe can be read only once); TimeoutError when a pipe or
+    device gives no end within `wait_s` (open() of a FIFO without a writer, or a tty, would block for ever)."""
+    import select
+    import stat
+    import time
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.pread(fd, limit, 0) if limit else b""
+        deadline, data = time.monotonic() + wait_s, bytearray()
+        while len(data) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            try:
+                piece = os.read(fd, limit - len(data))
+            except BlockingIOError:
+                continue
+            if not piece:
+                break  # the writer closed: the end (a FIFO opened before any writer reads as empty: no key)
+            data.extend(piece)
+        return bytes(data)
+    finally:
+        os.close(fd)
 
 
 def _not_given(values: dict[str, Any], higher: tuple[PydanticBaseSettingsSource, ...]) -> dict[str, Any]:

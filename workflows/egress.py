@@ -287,7 +287,13 @@ def _known_codec(charset: str | None) -> str | None:
         name = codecs.lookup(charset.strip()).name
     except (LookupError, ValueError):  # ValueError: a NUL in the label
         return None
+    name = _WHATWG_SUPERSETS.get(name, name)
     return name if name in _TEXT_CODECS else None
+
+
+# WHATWG Encoding maps these labels to a superset, as every browser reads them: a page that says iso-8859-1 (or
+# ascii) and holds windows-1252's quotes and euro sign (0x80-0x9F) shows them, not C1 control characters.
+_WHATWG_SUPERSETS = {"iso8859-1": "cp1252", "ascii": "cp1252", "iso8859-9": "cp1254"}
 
 
 _UTF32 = frozenset({"utf-32", "utf-32-le", "utf-32-be"})

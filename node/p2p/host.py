@@ -263,6 +263,11 @@ class P2PHost:
             raise
         return self._streams.claim(stream_id, peer_id)
 
+    async def reachable(self, peer_id: str, addrs: list[str], timeout: float = 2.0) -> bool:
+        """Whether `peer_id` takes a connection within `timeout` s at `addrs` (none: where the peerstore knew
+        it); already connected: True."""
+        return bool(await self._call(self._service.reachable, peer_id, list(addrs), timeout))
+
     def _drop_orphan(self, opening: asyncio.Future[int], peer_id: str) -> None:
         if opening.cancelled() or opening.exception() is not None:
             return

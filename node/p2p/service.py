@@ -350,6 +350,35 @@ class P2PService:
         self._nursery.start_soon(self.streams.serve, stream_id)
         return stream_id
 
+    async def reachable(self, peer_id: str, addrs: list[str], timeout: float) -> bool:
+        """Whether `peer_id` takes a connection within `timeout` s (True at once when one is open), dialled at
+        `addrs` (each /p2p/<peer_id>) or, with none, where the peerstore last knew it. Dialled as for a stream,
+        so a publisher's probe does not make it a gossip peer."""
+        assert self._host is not None
+        host = self._host
+        try:
+            peer = ID.from_base58(peer_id)
+            infos = [info_from_p2p_addr(multiaddr.Multiaddr(addr)) for addr in addrs]
+            if not infos:
+                infos = [PeerInfo(peer, list(host.get_peerstore().addrs(peer)))]
+        except Exception:  # noqa: BLE001 - a peer or address we cannot dial is no answer
+            return False
+        if any(info.peer_id != peer or not info.addrs for info in infos) or peer == self._my_id:
+            return False
+        if has_open_connection(host, peer):
+            return True
+        if not self._options.gossip_with_stream_peers:
+            self.stream_only.add(peer, lambda p: has_open_connection(host, p))
+        self._allow_dial(peer, infos)
+        with trio.move_on_after(timeout):
+            try:
+                await host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
+                return True
+            except Exception:  # noqa: BLE001 - refused, reset, a failed handshake: not reachable
+                pass
+        self._forget_undialled(peer)
+        return False
+
     def _forget_undialled(self, peer: ID) -> None:
         """A dial for a stream failed: without any connection, the peer is no stream-only peer."""
         assert self._host is not None

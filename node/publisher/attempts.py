@@ -65,6 +65,7 @@ class Attempt:
     # Sent on gossip: set when its node, which this publisher was connected to, lost its last connection to it
     # (TaskSender.peer_gone): the node was killed or cut off, as a direct attempt's stream ends then.
     node_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False  # TaskSender.end ran: nothing watches it any more
 
     @property
     def lost(self) -> asyncio.Event:
@@ -131,6 +132,7 @@ class AttemptLoop:
     attempts: dict[str, Attempt] = field(default_factory=dict)
     sent: dict[str, float] = field(default_factory=dict)  # task id -> when its node took it
     judged: set[str] = field(default_factory=set)  # task ids already recorded as a failure of their node
+    gone: set[str] = field(default_factory=set)  # gossip task ids whose node's connection closed (marked at the end)
     retries: int = 0
     explored: int = 0  # nodes not measured serving tried so far
     voices: dict[str, object] = field(default_factory=dict)  # task id -> the token its deltas carry
@@ -169,8 +171,10 @@ class AttemptLoop:
                 if result is not None:
                     return result
         finally:
-            for attempt in self.attempts.values():
-                await self.hooks.end(attempt)
+            self._mark_gone()
+            ending = [asyncio.ensure_future(self.hooks.end(a)) for a in self.attempts.values()]
+            # Every attempt is ended, even when a second cancellation comes while one end awaits (a stream's close).
+            await asyncio.shield(asyncio.gather(*ending, return_exceptions=True))
 
     async def _send_new(self, live: list[Attempt]) -> bool:
         """Send the task to one more node (appended to `live`); False when the chosen node declined it."""
@@ -329,12 +333,20 @@ class AttemptLoop:
     def _node_gone(self, attempt: Attempt) -> None:
         """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream; none
         when it was already retried for its silence (its node is marked once). It stays live: a result that
-        still comes (the node was only cut off a moment) is taken."""
+        still comes is taken. A closed connection is no proof of death (a busy node trims idle inbound
+        connections, connection_trim.py), so the node is marked only if its result never came (`_mark_gone`)."""
         if attempt.task_id in self.judged:
             return
         self.judged.add(attempt.task_id)
-        self.hooks.reputation.record_error(attempt.node)
+        self.gone.add(attempt.task_id)
         self._retry_after(attempt, NODE_GONE)
+
+    def _mark_gone(self) -> None:
+        """At the end of the call: an error for each node that went (`_node_gone`) without a result."""
+        for task_id in self.gone:
+            attempt = self.attempts.get(task_id)
+            if attempt is not None and not (attempt.result.done() and attempt.result.exception() is None):
+                self.hooks.reputation.record_error(attempt.node)
 
     def _second_opinion(self, attempt: Attempt, exc: TaskFailedError) -> bool:
         """Ask one more node after a deterministic error (see the module doc); False when none can be asked."""

@@ -237,7 +237,10 @@ class NodeTable:
         heartbeat."""
         node = self._nodes.get(address)
         if node is not None:
-            counted = [m for m in dict.fromkeys(models) if m in node.model_free]
+            # A task runs on ONE of its models: counted off that model's places only when it can run on one
+            # model of this node; otherwise off the total alone (free_for never exceeds it).
+            served = [m for m in dict.fromkeys(models) if m in node.models]
+            counted = served if len(served) == 1 and served[0] in node.model_free else []
             self._nodes[address] = replace(
                 node,
                 free=node.free - 1,
@@ -251,7 +254,8 @@ class NodeTable:
         heartbeat came since)."""
         node = self._nodes.get(address)
         if node is not None and node.reserved > 0:
-            counted = [m for m in dict.fromkeys(models) if node.model_reserved.get(m, 0) > 0]
+            served = [m for m in dict.fromkeys(models) if m in node.models]  # as `reserve` counted it
+            counted = served if len(served) == 1 and node.model_reserved.get(served[0], 0) > 0 else []
             self._nodes[address] = replace(
                 node,
                 free=node.free + 1,

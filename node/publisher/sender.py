@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 UNDIALABLE_FOR_S = 60.0  # a node that could not be dialled gets its tasks on gossip this long
 MAX_UNDIALABLE = 4096
+PROBE_TIMEOUT_S = 2.0  # a node whose connection to us closed gets this long to take a new one (`_probe`)
 
 Delivery = Literal["direct", "gossip"]
 OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
@@ -67,6 +68,8 @@ class TaskSender:
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
         self._gossiped: dict[str, dict[str, Attempt]] = {}  # peer id -> task id -> its attempt sent on gossip
+        self._gossip_addrs: dict[str, tuple[str, ...]] = {}  # peer id -> its heartbeat's addrs (for `_probe`)
+        self._probes: set[asyncio.Task[None]] = set()
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
         # host:port (a multiaddr without /p2p/) -> when its dial failure expires: 2,000 keys naming one host:port
         # made each task dial it until its deadline (44 connections in 5 s).
@@ -170,17 +173,46 @@ class TaskSender:
             raise ClientError(f"task {body.task_id}: could not publish: {exc}") from None
         log.debug("task published", task_id=body.task_id, node=node.address)
         attempt = Attempt(body.task_id, node.address, future, peer_id=node.peer_id)
-        self._gossiped.setdefault(node.peer_id, {})[attempt.task_id] = attempt
+        self._watch(attempt, node.addrs)
         return attempt
+
+    def _watch(self, attempt: Attempt, addrs: tuple[str, ...]) -> None:
+        """Watch the connection to the node of a task sent on gossip (`peer_gone`)."""
+        self._gossiped.setdefault(attempt.peer_id, {})[attempt.task_id] = attempt
+        self._gossip_addrs[attempt.peer_id] = addrs
 
     def peer_gone(self, peer_id: str) -> None:
         """The peer's last connection to us closed: each live task sent to it on gossip is lost (AttemptLoop
-        retries it at once). Only a peer we were connected to is heard of: a node reached through other
-        peers is not, and waits out its attempt timeout as before."""
-        for attempt in self._gossiped.get(peer_id, {}).values():
-            if not attempt.result.done():
+        retries it at once) unless the node takes a new connection (`_probe`). Only a peer we were connected
+        to is heard of: a node reached through other peers is not, and waits out its attempt timeout as before."""
+        attempts = [a for a in self._gossiped.pop(peer_id, {}).values() if not a.result.done()]
+        addrs = self._gossip_addrs.pop(peer_id, ())
+        if not attempts:
+            return
+        probe = asyncio.ensure_future(self._probe(attempts, addrs))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, attempts: list[Attempt], addrs: tuple[str, ...]) -> None:
+        """A closed connection is no proof of death: a node past its peer budget closes idle inbound ones
+        (node/p2p/connection_trim.py), and anyone can push it there with idle peer ids. A node that takes a
+        new connection within PROBE_TIMEOUT_S (at its heartbeat's addrs, else where the peerstore knew it) is alive,
+        and its tasks are watched again; one that refuses it (a killed node's port: at once) or does not answer
+        is gone."""
+        try:
+            alive = await self._host.reachable(attempts[0].peer_id, list(addrs), PROBE_TIMEOUT_S)
+        except P2PError:
+            alive = False
+        for attempt in attempts:
+            if attempt.result.done() or attempt.ended:
+                continue
+            if alive:
+                self._watch(attempt, addrs)
+            else:
                 log.info("node of a gossip task disconnected", task_id=attempt.task_id, node=attempt.node)
                 attempt.node_gone.set()
+        if alive:
+            log.debug("node of a gossip task reconnected", node=attempts[0].node)
 
     async def publish(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
@@ -196,6 +228,7 @@ class TaskSender:
 
     async def end(self, attempt: Attempt) -> None:
         """Close the attempt's stream, if it was sent on one; stop watching its node's connection if on gossip."""
+        attempt.ended = True
         if attempt.direct is not None:
             self._deliveries.discard(attempt.direct)
             await attempt.direct.close()
@@ -205,11 +238,14 @@ class TaskSender:
             gossiped.pop(attempt.task_id, None)
             if not gossiped:
                 del self._gossiped[attempt.peer_id]
+                self._gossip_addrs.pop(attempt.peer_id, None)
 
     async def close(self) -> None:
         """Close every stream still open."""
         deliveries, self._deliveries = list(self._deliveries), set()
-        self._gossiped = {}
+        self._gossiped, self._gossip_addrs = {}, {}
+        for probe in self._probes:
+            probe.cancel()
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
 
 

@@ -189,3 +189,20 @@ def test_run_task_warns_of_a_key_flag_and_refuses_both(tmp_path: Path) -> None:
     assert lines[1].startswith("compute-node: --model: ") and HEX not in done.stderr
     both = _cli([*RUN_TASK, "--model", "m", "--key", HEX, "--key-file", str(_key_file(tmp_path, HEX))], tmp_path)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr and HEX not in both.stderr
+
+
+def test_a_pipe_nobody_writes_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key file that is a FIFO without a writer (a vault helper that died) blocked every command that loads
+    the settings, doctor included, for ever; now it waits KEY_FILE_WAIT_S and names the file."""
+    import time
+
+    import config.layered
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(config.layered, "KEY_FILE_WAIT_S", 0.3)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=f"cannot read key file {fifo}") as caught:
+        read_secret_key_file(fifo)
+    assert time.monotonic() - started < 5
+    assert "pipe" in str(caught.value)

@@ -177,11 +177,21 @@ async def test_a_node_that_goes_twice_counts_once() -> None:
 
 
 class StubHost:
-    def __init__(self) -> None:
+    def __init__(self, alive: bool = False) -> None:
         self.published: list[bytes] = []
+        self.alive = alive  # what a probe of a peer whose connection closed finds (TaskSender._probe)
+        self.probed: list[str] = []
 
     async def publish(self, topic: str, data: bytes, **_: Any) -> None:
         self.published.append(data)
+
+    async def reachable(self, peer_id: str, addrs: list[str], timeout: float = 2.0) -> bool:
+        self.probed.append(peer_id)
+        return self.alive
+
+
+async def probes_done(sender: TaskSender) -> None:
+    await asyncio.gather(*sender._probes)
 
 
 def known(identity: Identity) -> KnownNode:
@@ -197,12 +207,56 @@ async def test_only_the_live_gossip_tasks_of_the_peer_that_went_are_lost() -> No
     await sender.end(to_gone[1])  # ended: no longer watched
     to_gone[2].result.set_result(result_of(to_gone[2], "done"))  # answered: nothing to lose
     sender.peer_gone(gone.peer_id)
+    await probes_done(sender)
     assert [a.node_gone.is_set() for a in to_gone] == [True, False, False]
     assert not to_stays.node_gone.is_set()
-    sender.peer_gone("16Uiu2-never-connected")  # a peer without tasks: nothing happens
+    sender.peer_gone("16Uiu2-never-connected")  # a peer without tasks: nothing happens, no probe
+    await probes_done(sender)
+    assert sender._host.probed == [gone.peer_id]  # type: ignore[attr-defined]
     for attempt in (*to_gone, to_stays):
         await sender.end(attempt)
     assert sender._gossiped == {}  # nothing held for ended attempts
+
+
+async def test_every_attempt_is_ended_even_when_a_second_cancel_comes_during_the_ends() -> None:
+    """A second cancellation while the loop awaits one attempt's end (a stream's close) skipped the end of every
+    later attempt: each stayed watched, reserved and expected for the Client's life."""
+    net = Net()
+    ended: list[str] = []
+
+    async def slow_end(attempt: Attempt) -> None:
+        if attempt.task_id == "t0":
+            await asyncio.sleep(0.5)
+        ended.append(attempt.task_id)
+
+    hooks = AttemptHooks(net.nodes, net.reputation, net.choose, net.send, net.verify, slow_end)
+    running = asyncio.ensure_future(AttemptLoop(hooks, Task(workflow={}, models=[MODEL]), 60, 2, 0.2).run())
+    await net.attempts(2)  # t0 silent for 0.2 s: t1 sent
+    running.cancel()  # the caller went away
+    await asyncio.sleep(0.05)
+    running.cancel()  # and another cancel (a shutdown, an outer timeout) while t0's end awaits
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await asyncio.sleep(0.6)
+    assert sorted(ended) == ["t0", "t1"]
+
+
+async def test_a_node_that_takes_a_new_connection_keeps_its_gossip_tasks() -> None:
+    """A closed connection is no proof of death (a node past its peer budget trims idle ones): a node that takes
+    the probe's connection keeps its tasks, and they are watched again (a later close is heard)."""
+    me, node = Identity.generate(), Identity.generate()
+    host = StubHost(alive=True)
+    sender = TaskSender(host, me, ResultInbox(me.secret), lambda _: None, "gossip", 5.0)  # type: ignore[arg-type]
+    attempt = await sender.send(Task(workflow={}, models=[MODEL]), known(node), 30, None)
+    sender.peer_gone(node.peer_id)
+    await probes_done(sender)
+    assert not attempt.node_gone.is_set()
+    host.alive = False  # now it is gone for good
+    sender.peer_gone(node.peer_id)
+    await probes_done(sender)
+    assert attempt.node_gone.is_set()
+    await sender.end(attempt)
+    assert sender._gossiped == {} and sender._gossip_addrs == {}
 
 
 # --- a Client on real libp2p hosts: the node's connection closing is what starts the retry ------------------

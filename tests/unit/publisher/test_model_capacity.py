@@ -135,3 +135,21 @@ def test_hostile_per_model_heartbeats_are_refused_or_harmless() -> None:
     assert table.update(X, decoded, now=0)
     x = table.get(X)
     assert x is not None and x.model_free == {} and x.free_for(["a"]) == 1
+
+
+def test_a_task_for_either_of_two_models_takes_one_place_not_one_of_each() -> None:
+    """A task runs on ONE of its models: a node's per-model places are counted down only for a task that can
+    run on one model of it; one for either leaves each model's own count and takes one off the total."""
+    table = NodeTable(rng=random.Random(1))
+    assert table.update(X, heartbeat(X, ["a", "b"], free=2, per_model={"a": 1, "b": 1}), now=0)
+    table.reserve(X, ["a", "b"])
+    node = table.get(X)
+    assert node is not None and node.free == 1
+    assert node.free_for(["a"]) == 1 and node.free_for(["b"]) == 1
+    table.release(X, ["a", "b"])
+    table.reserve(X, ["a"])  # an a-only task: a is full, b still has its place
+    node = table.get(X)
+    assert node is not None and node.free_for(["a"]) == 0 and node.free_for(["b"]) == 1
+    table.release(X, ["a"])
+    node = table.get(X)
+    assert node is not None and (node.free, node.free_for(["a"]), node.free_for(["b"])) == (2, 1, 1)

@@ -46,3 +46,13 @@ def test_a_bom_wins_over_the_header_and_the_header_over_the_meta_tag() -> None:
     assert _body_codec(page, None, "") == ("cp1252", 0)  # untyped: the reader reads it as HTML
     assert _body_codec(page, None, "text/plain") == ("utf-8", 0)
     assert _body_codec(page, None, "application/json") == ("utf-8", 0)
+
+
+def test_latin1_and_ascii_labels_read_as_windows_1252_as_browsers_do() -> None:
+    """WHATWG maps iso-8859-1 and ascii to windows-1252: a page that says either and holds its quotes and euro
+    sign shows them, not C1 control characters (or replacement characters for ascii)."""
+    body = b"\x93quoted\x94 \x80 5"
+    for label in ("iso-8859-1", "latin1", "ISO_8859-1", "us-ascii", "ascii"):
+        codec = _known_codec(label)
+        assert codec is not None
+        assert body.decode(codec, errors="replace") == "\u201cquoted\u201d \u20ac 5", label
