@@ -6,6 +6,9 @@ task beyond that is busy at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
 it, is the free running places plus the queue room; none while paused or draining.
 Each model has places of its own, so heartbeats report them per model too (`capacity_by_model`).
+From its admission until its result is handed out, a task holds its publisher's address in `kept_peers`:
+the connection trimmer leaves that publisher's connections alone (node/p2p/kept_peers.py). The holds are as
+many as the tasks admitted, so at most each model's running plus queue places.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import structlog
 
 from node.execution.protocol import DEADLINE_BEFORE_START
+from node.p2p.kept_peers import KeptPeers
 from node.wire.messages import TaskBody
 from node.wire.topics import BUSY_PREFIX, INTERRUPTED_PREFIX
 
@@ -58,6 +62,7 @@ class Admission:
         concurrency: dict[str, int],
         max_queue: int,
         paused: Callable[[], bool] = lambda: False,
+        kept_peers: KeptPeers | None = None,
     ) -> None:
         self._run = run
         self._abandon = abandon
@@ -68,6 +73,7 @@ class Admission:
         self._running: dict[asyncio.Task[None], AcceptedTask] = {}
         self.draining = False  # set by `drain` (and by shutdown before it): admits nothing more
         self._paused = paused
+        self._kept_peers = kept_peers
 
     @property
     def paused(self) -> bool:
@@ -122,6 +128,10 @@ class Admission:
         task = asyncio.create_task(self._execute(accepted), name=f"task-{accepted.task.task_id}")
         self._running[task] = accepted
         task.add_done_callback(self._running.pop)
+        if (kept := self._kept_peers) is not None:
+            publisher = accepted.publisher
+            kept.hold(publisher)  # given back when the task ends, however it ends (even cancelled before it started)
+            task.add_done_callback(lambda _: kept.release(publisher))
 
     async def _execute(self, accepted: AcceptedTask) -> None:
         permit = self._run_permits[accepted.model]

@@ -160,7 +160,14 @@ def build_parts(
         name: pool.parallel[name] if name in remote_names else settings.max_concurrent or pool.parallel[name]
         for name in names
     }
-    admission = Admission(runner.run, runner.abandon, concurrency, settings.max_queue, paused=lambda: pause.paused)
+    admission = Admission(
+        runner.run,
+        runner.abandon,
+        concurrency,
+        settings.max_queue,
+        paused=lambda: pause.paused,
+        kept_peers=host.kept_peers,  # a publisher's connection is not trimmed while its task is here
+    )
 
     def serving() -> list[str]:
         """The models to take tasks for: hosted, not crash-looping, engine up."""

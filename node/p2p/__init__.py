@@ -17,6 +17,7 @@ frames.py          the direct-delivery frame codec: varint length + bytes (Frame
 streams.py         StreamTable: the Trio side of direct-delivery streams and their limits (StreamLimits)
 frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id
 connection_trim.py ConnectionTrimmer: closes idle inbound connections past a budget (ConnectionBudget), oldest first
+kept_peers.py      KeptPeers: peers the trimmer leaves alone while held (a publisher whose task runs on the node)
 bounded_peerstore.py BoundedPeerStore: what a peer can make the peerstore hold (addresses, protocols, records); never our keys
 bounded_yamux.py   BoundedYamux: streams a peer may open on one connection, its receive windows, pings answered
 inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake; each handler ends with its connection

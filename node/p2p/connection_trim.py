@@ -6,7 +6,8 @@ them would lock every publisher and node out for as long as they stay connected.
 go-libp2p's connection manager, `ConnectionTrimmer` (a Trio task of the service) closes
 connections past `high_water`, down to `low_water`: inbound ones only, oldest first, never
 one younger than `grace_s` (time for a publisher to open its stream), never a peer in our
-gossip mesh or with a direct-delivery stream open. `choose_trimmed` is the pure choice.
+gossip mesh, with a direct-delivery stream open, or held in the service's `KeptPeers` (a publisher
+whose task is on the node: kept_peers.py). `choose_trimmed` is the pure choice.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class PeerConnection:
     peer: str
     inbound: bool  # every connection to it was opened by the peer
     first_seen: float  # trio.current_time() when the trimmer first saw it
-    protected: bool  # in our gossip mesh, or with a direct-delivery stream open
+    protected: bool  # in our gossip mesh, with a direct-delivery stream open, or held (a publisher whose task is here)
 
 
 def choose_trimmed(peers: Iterable[PeerConnection], now: float, budget: ConnectionBudget) -> list[str]:

@@ -45,6 +45,7 @@ from node.p2p.errors import MessageTooLargeError, P2PError
 from node.p2p.frame_stream import FrameStream, FrameStreams
 from node.p2p.handoff import DEFAULT_QUEUE_BYTES, GossipMessage, GossipQueues, held_size
 from node.p2p.inbound_gate import InboundLimits
+from node.p2p.kept_peers import KeptPeers
 from node.p2p.libp2p_logging import route_libp2p_logging
 from node.p2p.service import P2PService, ServiceOptions
 from node.p2p.streams import StreamLimits
@@ -172,6 +173,17 @@ class P2PHost:
     def refused_streams(self) -> int:
         """Streams peers opened past the cap of their connection (`MuxerLimits`), reset so far."""
         return self._service.muxer_refusals.streams
+
+    @property
+    def kept_peers(self) -> KeptPeers:
+        """Peers whose connections are never trimmed while held (hold and release them from the event loop)."""
+        return self._service.kept_peers
+
+    @property
+    def trimmed_peers(self) -> int:
+        """Peers whose idle inbound connections were closed so far, past the connection budget."""
+        trimmer = self._service.trimmer
+        return 0 if trimmer is None else trimmer.trimmed
 
     @property
     def max_message_bytes(self) -> int:

@@ -43,6 +43,7 @@ from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTime
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
+from node.p2p.kept_peers import KeptPeers
 from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
@@ -133,6 +134,8 @@ class P2PService:
         self.stream_only = StreamOnlyPeers()  # peers dialled only for streams (gossip_with_stream_peers off)
         self.inbound_gate = InboundGate(options.inbound_limits) if options.inbound_limits is not None else None
         self.muxer_refusals = MuxerRefusals()
+        self.kept_peers = KeptPeers()  # held on the event loop (a publisher whose task runs here), read here
+        self.trimmer: ConnectionTrimmer | None = None
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------
@@ -232,8 +235,8 @@ class P2PService:
                     # no peer could connect again. The live count stays bounded by its max_connections
                     # check and by the trimmer.
                     network._inbound_limiter = trio.CapacityLimiter(math.inf)
-                    trimmer = ConnectionTrimmer(network, self._options.connection_budget, self._keeps_connection)
-                    nursery.start_soon(trimmer.run)
+                    self.trimmer = ConnectionTrimmer(network, self._options.connection_budget, self._keeps_connection)
+                    nursery.start_soon(self.trimmer.run)
                 log.info("p2p host listening", peer_id=self.peer_id, addrs=self.listen_addrs)
                 on_ready()
                 await self._stop_event.wait()  # type: ignore[union-attr]
@@ -245,8 +248,9 @@ class P2PService:
                 nursery.cancel_scope.cancel()
 
     def _keeps_connection(self, peer: ID) -> bool:
-        """Whether a peer is of use now: in one of our gossip meshes, or with a direct-delivery stream open."""
-        if self.streams.streams_of(peer.to_base58()):
+        """Whether a peer is of use now: held (`kept_peers`: a publisher whose task is here), with a
+        direct-delivery stream open, or in one of our gossip meshes."""
+        if self.kept_peers.keeps(peer) or self.streams.streams_of(peer.to_base58()):
             return True
         return self.gossip is not None and any(peer in peers for peers in self.gossip.router.mesh.values())
 

@@ -1,9 +1,18 @@
 """Which idle inbound connections the node trims past its budget (the pure choice of node/p2p/connection_trim.py)."""
 
+from types import SimpleNamespace
+
 import pytest
+import trio
+from libp2p.peer.id import ID
+from libp2p.rcmgr import Direction
 from pydantic import ValidationError
 
-from node.p2p.connection_trim import ConnectionBudget, PeerConnection, choose_trimmed
+from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer, PeerConnection, choose_trimmed
+from node.p2p.kept_peers import KeptPeers
+from node.p2p.service import P2PService, ServiceOptions
+from node.wire.identity import Identity
+from tests.support.p2p_hosts import LOOPBACK
 
 BUDGET = ConnectionBudget(high_water=4, low_water=2, grace_s=10.0)
 
@@ -36,3 +45,75 @@ def test_mesh_and_stream_peers_ours_and_new_ones_are_kept_even_if_fewer_are_trim
 def test_a_budget_whose_low_water_is_above_its_high_water_is_refused() -> None:
     with pytest.raises(ValidationError, match="low_water"):
         ConnectionBudget(high_water=2, low_water=3)
+
+
+class FakeSwarm:
+    """Connections of `inbound` peers and of one we dialled (never trimmed); records the peers closed."""
+
+    def __init__(self, inbound: list[ID]) -> None:
+        self.connections = {peer: [SimpleNamespace(direction=Direction.INBOUND)] for peer in inbound}
+        dialled = ID.from_base58(Identity.generate().peer_id)
+        self.connections[dialled] = [SimpleNamespace(direction=Direction.OUTBOUND)]
+        self.closed: list[ID] = []
+
+    def get_connections_map(self) -> dict[ID, list[SimpleNamespace]]:
+        return dict(self.connections)
+
+    async def close_peer(self, peer: ID) -> None:
+        self.closed.append(peer)
+        del self.connections[peer]
+
+
+def test_a_publisher_whose_task_is_here_is_not_trimmed_while_held_and_is_once_released() -> None:
+    """A node holds the publisher of each task it runs (Admission, `kept_peers`): the trimmer leaves its idle
+    inbound connection alone (it may be the publisher's only route into gossip) until its last task ends."""
+    signer = Identity.generate()
+    publisher, idle = ID.from_base58(signer.peer_id), ID.from_base58(Identity.generate().peer_id)
+    service = P2PService(ServiceOptions(secret=b"\x01" * 32, listen_addrs=[LOOPBACK]), on_message=lambda *_: None)
+    swarm = FakeSwarm([publisher, idle])
+    budget = ConnectionBudget(high_water=1, low_water=0, grace_s=0.0)
+    trimmer = ConnectionTrimmer(swarm, budget, service._keeps_connection)  # type: ignore[arg-type]
+    service.kept_peers.hold(signer.address)
+    service.kept_peers.hold(signer.address)  # two of its tasks
+
+    async def rounds() -> list[int]:
+        trimmed = [await trimmer.trim()]
+        service.kept_peers.release(signer.address)
+        trimmed.append(await trimmer.trim())  # one task still here
+        service.kept_peers.release(signer.address)
+        trimmed.append(await trimmer.trim())
+        return trimmed
+
+    assert trio.run(rounds) == [1, 0, 1]
+    assert swarm.closed == [idle, publisher]
+    assert len(service.kept_peers) == 0 and service.kept_peers.current == frozenset()
+
+
+def test_kept_peers_count_holds_and_ignore_a_release_never_held() -> None:
+    kept = KeptPeers()
+    kept.release("a")  # never held: nothing
+    kept.hold("a")
+    kept.hold("b")
+    kept.hold("a")
+    before = kept.current
+    kept.release("a")
+    assert kept.current is before  # "a" is still held once: the set is not rebuilt
+    assert before == frozenset({"a", "b"})
+    kept.release("a")
+    kept.release("a")
+    assert kept.current == frozenset({"b"}) and len(kept) == 1
+
+
+def test_a_peer_is_known_as_a_publisher_by_the_address_of_the_key_its_id_holds() -> None:
+    """The node holds publishers by address (free at intake); the trimmer reads a peer's from its id."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from node.p2p.kept_peers import address_of_peer
+
+    signer = Identity.generate()
+    assert address_of_peer(ID.from_base58(signer.peer_id)) == signer.address
+    assert address_of_peer(ID.from_pubkey(create_new_key_pair().public_key)) is None  # not a secp256k1 key
+    kept = KeptPeers()
+    kept.hold(signer.address)
+    assert kept.keeps(ID.from_base58(signer.peer_id))
+    assert not kept.keeps(ID.from_base58(Identity.generate().peer_id))
