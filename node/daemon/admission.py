@@ -6,7 +6,7 @@ task beyond that is busy at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
 it, is the free running places plus the queue room; none while paused or draining.
 Each model has places of its own, so heartbeats report them per model too (`capacity_by_model`).
-From its admission until its result is handed out, a task holds its publisher's address in `kept_peers`:
+From its admission until its result is handed out, a task holds its publisher's key in `kept_peers`:
 the connection trimmer leaves that publisher's connections alone (node/p2p/kept_peers.py). The holds are as
 many as the tasks admitted, so at most each model's running plus queue places.
 """
@@ -42,6 +42,9 @@ class AcceptedTask:
     model: str
     received_at_ns: int
     log: Any = field(default_factory=lambda: structlog.get_logger("node.task"))
+    # The signer's compressed public key, its libp2p host key too: its connections are kept while the task is
+    # here (`kept_peers`). Empty for a task recovered from the journal (its publisher's connection is a new one).
+    publisher_key: bytes = b""
     started: bool = False
     reruns: int = 0  # times it ran again after its execution process died (at most once)
     crashes: int = 0  # times its execution process crashed under it (twice: poison)
@@ -128,10 +131,9 @@ class Admission:
         task = asyncio.create_task(self._execute(accepted), name=f"task-{accepted.task.task_id}")
         self._running[task] = accepted
         task.add_done_callback(self._running.pop)
-        if (kept := self._kept_peers) is not None:
-            publisher = accepted.publisher
-            kept.hold(publisher)  # given back when the task ends, however it ends (even cancelled before it started)
-            task.add_done_callback(lambda _: kept.release(publisher))
+        if (kept := self._kept_peers) is not None and (key := accepted.publisher_key):
+            kept.hold(key)  # given back when the task ends, however it ends (even cancelled before it started)
+            task.add_done_callback(lambda _: kept.release(key))
 
     async def _execute(self, accepted: AcceptedTask) -> None:
         permit = self._run_permits[accepted.model]

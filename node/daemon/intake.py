@@ -137,7 +137,12 @@ class TaskIntake:
             return IntakeAnswer(AnswerStatus.IGNORED, "duplicate")
         self._metrics.tasks_accepted.inc()
         accepted = AcceptedTask(
-            task=task, publisher=inbound.sender, model=decision.model, received_at_ns=now, log=task_log
+            task=task,
+            publisher=inbound.sender,
+            model=decision.model,
+            received_at_ns=now,
+            log=task_log,
+            publisher_key=inbound.signed.sender_key,
         )
         task_log.info("task accepted", model=decision.model, publisher=inbound.sender, direct=direct)
         try:

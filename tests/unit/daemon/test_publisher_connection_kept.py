@@ -75,7 +75,7 @@ async def test_the_publisher_of_a_running_task_keeps_its_connection_to_a_node_pa
         }
         await publisher.publish(TASK_TOPIC, seal(publisher_key, TASK_TOPIC, json.dumps(body).encode()))
         await asyncio.wait_for(runner.started.wait(), 10)  # it came through the relay
-        assert node.kept_peers.current == {publisher_key.address}
+        assert node.kept_peers.current == {publisher_key.public_key_compressed}
 
         # The publisher dials the node (a stream dial that opened no stream, as in "stream not open in time;
         # sending on gossip"): an idle inbound connection there, outside the node's mesh.

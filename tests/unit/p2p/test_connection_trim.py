@@ -73,14 +73,14 @@ def test_a_publisher_whose_task_is_here_is_not_trimmed_while_held_and_is_once_re
     swarm = FakeSwarm([publisher, idle])
     budget = ConnectionBudget(high_water=1, low_water=0, grace_s=0.0)
     trimmer = ConnectionTrimmer(swarm, budget, service._keeps_connection)  # type: ignore[arg-type]
-    service.kept_peers.hold(signer.address)
-    service.kept_peers.hold(signer.address)  # two of its tasks
+    service.kept_peers.hold(signer.public_key_compressed)
+    service.kept_peers.hold(signer.public_key_compressed)  # two of its tasks
 
     async def rounds() -> list[int]:
         trimmed = [await trimmer.trim()]
-        service.kept_peers.release(signer.address)
+        service.kept_peers.release(signer.public_key_compressed)
         trimmed.append(await trimmer.trim())  # one task still here
-        service.kept_peers.release(signer.address)
+        service.kept_peers.release(signer.public_key_compressed)
         trimmed.append(await trimmer.trim())
         return trimmed
 
@@ -91,29 +91,30 @@ def test_a_publisher_whose_task_is_here_is_not_trimmed_while_held_and_is_once_re
 
 def test_kept_peers_count_holds_and_ignore_a_release_never_held() -> None:
     kept = KeptPeers()
-    kept.release("a")  # never held: nothing
-    kept.hold("a")
-    kept.hold("b")
-    kept.hold("a")
+    kept.release(b"a")  # never held: nothing
+    kept.hold(b"a")
+    kept.hold(b"b")
+    kept.hold(b"a")
     before = kept.current
-    kept.release("a")
+    kept.release(b"a")
     assert kept.current is before  # "a" is still held once: the set is not rebuilt
-    assert before == frozenset({"a", "b"})
-    kept.release("a")
-    kept.release("a")
-    assert kept.current == frozenset({"b"}) and len(kept) == 1
+    assert before == frozenset({b"a", b"b"})
+    kept.release(b"a")
+    kept.release(b"a")
+    assert kept.current == frozenset({b"b"}) and len(kept) == 1
 
 
-def test_a_peer_is_known_as_a_publisher_by_the_address_of_the_key_its_id_holds() -> None:
-    """The node holds publishers by address (free at intake); the trimmer reads a peer's from its id."""
+def test_a_peer_is_known_as_a_publisher_by_the_key_its_id_holds() -> None:
+    """The node holds publishers by their signing key (recovered at intake); the trimmer reads a peer's from its id."""
     from libp2p.crypto.ed25519 import create_new_key_pair
 
-    from node.p2p.kept_peers import address_of_peer
+    from node.p2p.kept_peers import key_of_peer
 
     signer = Identity.generate()
-    assert address_of_peer(ID.from_base58(signer.peer_id)) == signer.address
-    assert address_of_peer(ID.from_pubkey(create_new_key_pair().public_key)) is None  # not a secp256k1 key
+    assert key_of_peer(ID.from_base58(signer.peer_id)) == signer.public_key_compressed
+    other = ID.from_pubkey(create_new_key_pair().public_key)  # an ed25519 peer: never a publisher of ours
     kept = KeptPeers()
-    kept.hold(signer.address)
+    kept.hold(signer.public_key_compressed)
+    assert not kept.keeps(other)
     assert kept.keeps(ID.from_base58(signer.peer_id))
     assert not kept.keeps(ID.from_base58(Identity.generate().peer_id))
