@@ -10,7 +10,7 @@ pacing.py          OutboundPacing: a publish waits for room in peers' outbound q
 pubsub_limits.py   bounds on one peer's pubsub RPCs (trim_rpc), IWANT answers (BoundedGossipSub), expired backoff
 seen_cache.py      WindowedSeenCache: gossip's seen message ids for the replay window, in time buckets (no sweeping thread)
 stream_only.py     StreamOnlyPeers: the peers a publisher dialled only for streams, kept out of gossip; pruned, bounded
-peer_gone.py       PeerGoneNotifee: tells when a peer's last connection closed (a publisher's gossip task to it is lost)
+peer_gone.py       PeerGoneNotifee: tells when a peer's last connection closed (a publisher's gossip task to it is lost), and when one opens
 libp2p_logging.py  routes py-libp2p's stdlib loggers into the application's logging
 connector.py       Connector: dials bootstrap peers, re-dials with backoff and jitter
 frames.py          the direct-delivery frame codec: varint length + bytes (FrameReader, encode_frame)

@@ -64,6 +64,9 @@ InboundStreamHandler = Callable[[FrameStream, bytes], None]
 PeerGoneHandler = Callable[[str], None]
 """(peer id) -> None, on the event loop: the peer's last connection to this host closed."""
 
+PeerBackHandler = Callable[[str], None]
+"""(peer id) -> None, on the event loop: a connection between the peer and this host opened."""
+
 Validator = Callable[[str, bytes], object]
 """(topic, data) -> verdict: falsy rejects. Runs on the Trio thread before relay and must
 be fast; an exception counts as a reject and is logged. A verdict other than True (e.g. the
@@ -90,6 +93,7 @@ class P2PHost:
         gossip_with_stream_peers: bool = True,
         inbound_limits: InboundLimits | None = None,
         on_peer_gone: PeerGoneHandler | None = None,
+        on_peer_back: PeerBackHandler | None = None,
     ) -> None:
         """`secret` is the node's 32-byte secp256k1 secret; it is also the host key.
 
@@ -100,6 +104,7 @@ class P2PHost:
         gossip peer (see node/p2p/gossip.py, `StreamPeerAwarePubsub`). `inbound_limits`: the most
         inbound connections one remote host may have open and open per minute (node/p2p/inbound_gate.py).
         `on_peer_gone(peer id)`: a peer's last connection closed (it died, or it or we hung up; node/p2p/peer_gone.py).
+        `on_peer_back(peer id)`: a connection to a peer opened (heard only with `on_peer_gone`).
         """
         try:
             options = ServiceOptions(
@@ -120,6 +125,7 @@ class P2PHost:
         self._relayed: set[str] = set()  # topics joined only to validate and relay (`relay`)
         self._on_inbound_stream = on_inbound_stream
         self._on_peer_gone = on_peer_gone
+        self._on_peer_back = on_peer_back
         self._streams = FrameStreams(
             send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
             close=lambda sid, graceful: self._call(self._service.stream_close, sid, graceful),
@@ -130,6 +136,7 @@ class P2PHost:
             on_inbound_stream=self._on_trio_inbound_stream,
             on_stream_frame=self._on_trio_stream_frame,
             on_peer_gone=self._on_trio_peer_gone if on_peer_gone is not None else None,
+            on_peer_back=self._on_trio_peer_back if on_peer_back is not None else None,
         )
         self._peer_id = self._service.peer_id
         self._trio = TrioThread(self._service, self.thread_name, str(options.listen_addrs))
@@ -352,3 +359,14 @@ class P2PHost:
             self._on_peer_gone(peer_id)
         except Exception:  # noqa: BLE001 - an observer must not reach the event loop's handler
             log.exception("peer-gone handler failed", peer=peer_id)
+
+    def _on_trio_peer_back(self, peer_id: str) -> None:  # on the Trio thread
+        self._call_soon(self._peer_back, peer_id)
+
+    def _peer_back(self, peer_id: str) -> None:
+        if self._on_peer_back is None:
+            return
+        try:
+            self._on_peer_back(peer_id)
+        except Exception:  # noqa: BLE001 - an observer must not reach the event loop's handler
+            log.exception("peer-back handler failed", peer=peer_id)

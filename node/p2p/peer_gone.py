@@ -6,7 +6,8 @@ is not there to tell: only its connection's close does (a killed peer's was seen
 here), long before its heartbeat ages out. py-libp2p calls a notifee for each
 connection that closes; the sink hears of a peer only when none of its connections is left
 (a peer may hold two: one it dialled, one we dialled). It runs on the Trio thread, inside
-libp2p's notification of the close: the sink must be quick and must not raise.
+libp2p's notification of the close: the sink must be quick and must not raise. The `back` sink, if any,
+hears of each connection that opens, the same way (a peer that went is reachable again).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ PeerSink = Callable[[str], None]
 
 
 class PeerGoneNotifee(INotifee):
-    """Calls `sink(peer id)` when a peer's last connection to `host` closes."""
+    """Calls `sink(peer id)` when a peer's last connection to `host` closes, and `back(peer id)` when one opens."""
 
-    def __init__(self, host: IHost, sink: PeerSink) -> None:
+    def __init__(self, host: IHost, sink: PeerSink, back: PeerSink | None = None) -> None:
         self._host = host
         self._sink = sink
+        self._back = back
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         """A connection closed (removed from the swarm already): the sink hears of its peer if it has no other."""
@@ -52,7 +54,13 @@ class PeerGoneNotifee(INotifee):
         await trio.lowlevel.checkpoint()
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        """Not of interest."""
+        """A connection opened (its peer authenticated): the `back` sink hears of its peer."""
+        peer = getattr(getattr(conn, "muxed_conn", None), "peer_id", None)
+        if self._back is not None and peer is not None:
+            try:
+                self._back(peer.to_base58())
+            except Exception:  # noqa: BLE001 - an observer must not break libp2p's opening of a connection
+                log.exception("peer-back observer failed", peer=peer.to_base58())
         await trio.lowlevel.checkpoint()
 
     async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:

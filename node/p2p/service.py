@@ -112,11 +112,14 @@ class P2PService:
         on_inbound_stream: InboundSink | None = None,
         on_stream_frame: FrameSink | None = None,
         on_peer_gone: PeerSink | None = None,
+        on_peer_back: PeerSink | None = None,
     ) -> None:
-        """`on_peer_gone(peer id)`: called (on the Trio thread) when a peer's last connection closed."""
+        """`on_peer_gone(peer id)`: called (on the Trio thread) when a peer's last connection closed;
+        `on_peer_back(peer id)`: when a connection to a peer opened (it needs `on_peer_gone`)."""
         self._options = options
         self._on_message = on_message
         self._on_peer_gone = on_peer_gone
+        self._on_peer_back = on_peer_back
         self.streams = StreamTable(
             options.stream_limits,
             on_inbound_stream or (lambda *_: None),
@@ -211,7 +214,7 @@ class P2PService:
             if self.inbound_gate is not None:
                 install_gate(network, self.inbound_gate)
         if self._on_peer_gone is not None:
-            network.register_notifee(PeerGoneNotifee(host, self._on_peer_gone))
+            network.register_notifee(PeerGoneNotifee(host, self._on_peer_gone, self._on_peer_back))
         # libp2p ping (/ipfs/ping/1.0.0), which nothing here uses, echoes each 32 bytes a peer sends as a frame of its
         # own: 64 KiB of pings cost the P2P thread ~0.5 s (~260 us a ping), so ~120 KB/s from one peer would fill it.
         host.remove_stream_handler(PING_PROTOCOL_ID)

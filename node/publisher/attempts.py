@@ -208,6 +208,10 @@ class AttemptLoop:
             # for another key: thousands of keys may name one, so at info that would be a line per key).
             log_decline = log.debug if isinstance(exc, NotDialableError) else log.info
             log_decline("retrying on another node", task_id=exc.task_id, node=node.address, reason=exc.reason)
+            if isinstance(exc, NotDialableError) and exc.dialled:
+                # Dead, or behind a NAT: weighed last until its next heartbeat, so the next calls do not wait
+                # out an attempt timeout on gossip to a node killed since its last heartbeat.
+                hooks.nodes.mark_gone(node.peer_id)
             if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.

@@ -9,7 +9,10 @@ killed node looks live until its heartbeat ages out) and gets its tasks on gossi
 protocol 0.3: every task on the `task` topic. A task on gossip to a node this publisher is connected
 to is retried at once when that connection closes (the node died), as a lost stream is; a node reached
 only through other peers is retried after the attempt timeout. Either way a result is accepted once,
-from the stream or from gossip, after the same checks.
+from the stream or from gossip, after the same checks. A node whose dial failed, or whose last connection
+to this publisher closed and which then refused a new one (a probe: a node past its peer budget trims idle
+connections), is weighed last until its next heartbeat or a new connection to it (NodeTable.mark_gone):
+a node killed while idle gets none of the next tasks.
 
 Node choice is by measured service (`Client.reputation`, reputation.py): every answer,
 error, timeout and decline of a chosen node is recorded, in SQLite at `reputation_path`.
@@ -30,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
@@ -49,7 +53,7 @@ from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation
 from node.publisher.reputation_records import ReputationSettings
-from node.publisher.sender import Delivery, TaskSender
+from node.publisher.sender import PROBE_TIMEOUT_S, Delivery, TaskSender
 from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.identity import Identity
@@ -75,6 +79,7 @@ __all__ = [
 ]
 
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
+MAX_GONE_PROBES = 64  # nodes whose connection closed probed at once at most (`_probe_gone`); past it, none marked
 
 
 class Client:
@@ -133,6 +138,7 @@ class Client:
         self.on_message = on_message  # called for every verified result and heartbeat
         self.verifier = verifier
         self._gossip_settings = gossip_peers
+        self._gone_probes: dict[str, asyncio.Future[None]] = {}  # peer id -> its probe (`_probe_gone`)
         self.gossip_keeper: GossipPeerKeeper | None = None
 
     async def __aenter__(self) -> Client:
@@ -155,6 +161,7 @@ class Client:
                 stream_limits=PUBLISHER_STREAM_LIMITS,
                 gossip_with_stream_peers=False,
                 on_peer_gone=self._on_peer_gone,
+                on_peer_back=self._on_peer_back,
             )
             await host.start()
             self._host = host
@@ -194,9 +201,10 @@ class Client:
         if self._sender is not None:
             await self._sender.close()
             self._sender = None
-        for task in self._loops:
+        for task in [*self._loops, *self._gone_probes.values()]:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._gone_probes.values(), return_exceptions=True)
+        self._gone_probes = {}
         self._loops = []
         self.gossip_keeper = None
         if self._host is not None:
@@ -396,9 +404,36 @@ class Client:
         self._inbox.accept(inbound.body, inbound.sender)
 
     def _on_peer_gone(self, peer_id: str) -> None:
-        """A peer's last connection closed: tasks sent on gossip to it are lost (TaskSender.peer_gone)."""
-        if self._sender is not None:
-            self._sender.peer_gone(peer_id)
+        """A peer's last connection closed: tasks sent on gossip to it are lost unless it takes a new one
+        (TaskSender.peer_gone), and a live node under it is probed (`_probe_gone`). Not while the Client closes:
+        it hangs up on every peer then."""
+        if self._sender is None:
+            return
+        self._sender.peer_gone(peer_id)
+        node = self.nodes.of_peer(peer_id)
+        if node is not None and peer_id not in self._gone_probes and len(self._gone_probes) < MAX_GONE_PROBES:
+            self._gone_probes[peer_id] = asyncio.ensure_future(self._probe_gone(node))
+
+    async def _probe_gone(self, node: KnownNode) -> None:
+        """A closed connection is no proof of death (a node past its peer budget trims idle inbound ones, and
+        anyone can push it there): a node that does not take a new one within PROBE_TIMEOUT_S (a killed node's
+        port refuses it at once) is weighed last until it heartbeats again (NodeTable.mark_gone: its heartbeat
+        stays live for up to a minute if it died)."""
+        try:
+            alive = self._host is not None and await self._host.reachable(
+                node.peer_id, list(node.addrs), PROBE_TIMEOUT_S
+            )
+        except P2PError:
+            alive = False
+        finally:
+            self._gone_probes.pop(node.peer_id, None)
+        if not alive and self._sender is not None:
+            log.info("node disconnected and not reachable; weighed last until its next heartbeat", node=node.address)
+            self.nodes.mark_gone(node.peer_id)
+
+    def _on_peer_back(self, peer_id: str) -> None:
+        """A connection with a peer opened: it is reachable (NodeTable.mark_back)."""
+        self.nodes.mark_back(peer_id)
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)

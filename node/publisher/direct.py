@@ -61,7 +61,12 @@ class UndialableError(Exception):
 
 class NotDialableError(DeclinedError):
     """A node could not be dialled for this task: another node gets it at once, and this one,
-    if chosen again soon, gets its tasks on gossip (see TaskSender)."""
+    if chosen again soon, gets its tasks on gossip (see TaskSender). `dialled` False: it was not dialled
+    (another key's dial of its host:ports failed), so nothing was learnt of the node itself."""
+
+    def __init__(self, task_id: str, reason: str, dialled: bool = True) -> None:
+        super().__init__(task_id, reason)
+        self.dialled = dialled
 
 
 class DirectDelivery:

@@ -21,6 +21,10 @@ multicast or reserved: `dialable_addr`); once its `leaving` heartbeat arrives it
 chosen no more (a later heartbeat without `leaving`, from a restart, brings it back).
 With a `Reputation` (the Client's default), weights come from what this publisher measured
 instead of what heartbeats claim (see reputation.py), and a banned node is never chosen.
+A node whose last connection to this publisher closed (and that refused a new one), or whose
+dial failed, since its last heartbeat (`mark_gone`: a killed node's heartbeat stays live for up to
+`ttl`) is weighed last: chosen only when no other node can be, until its next heartbeat or a new
+connection to it.
 Anyone can make keys that heartbeat and claim every model: a choice weighs the nodes measured
 serving and a random sample of the others from the `ModelIndex` (node_index.py), never the whole
 table, and those others hold a bounded share of it together (`choose`); listings for people
@@ -49,6 +53,7 @@ MODEL_INDEX_BYTES = 128  # what each model it names costs in the ModelIndex, as 
 SAMPLE = 64  # nodes not measured serving that one choice weighs at most (drawn at random)
 MAX_MEASURED = 256  # nodes measured serving that one choice weighs at most (drawn at random beyond)
 MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
+MAX_GONE = 4096  # peers marked gone (`mark_gone`) held at most; past it, the oldest mark goes
 
 
 def dialable_addr(addr: str) -> bool:
@@ -161,6 +166,8 @@ class NodeTable:
         self.bytes_used = 0
         self.reputation = reputation
         self._index = ModelIndex()  # who claims which model: choices draw from it (node_index.py)
+        self._gone: dict[str, float] = {}  # peer id -> when it went (`mark_gone`), oldest first
+        self._by_peer: dict[str, str] = {}  # peer id -> the address of the node held under it (`of_peer`)
 
     def update(
         self, sender: str, heartbeat: HeartbeatBody, now: float | None = None, envelope: Envelope | None = None
@@ -200,6 +207,8 @@ class NodeTable:
         self.bytes_used += node.size
         if not node.leaving:
             self._index.add(sender, node.models)
+        self._by_peer[node.peer_id] = sender
+        self._gone.pop(node.peer_id, None)  # heard from since it went: it is back
         return True
 
     def _forget(self, address: str) -> None:
@@ -207,6 +216,8 @@ class NodeTable:
         if node is not None:
             self.bytes_used -= node.size
             self._index.discard(address, node.models)
+            if self._by_peer.get(node.peer_id) == address:
+                del self._by_peer[node.peer_id]
 
     def _make_room(self, size: int, now: float) -> None:
         """Forget the nodes heard least recently (the silent ones first) until one more entry of `size` fits.
@@ -263,6 +274,32 @@ class NodeTable:
                 model_free={m: n + 1 if m in counted else n for m, n in node.model_free.items()},
                 model_reserved={**node.model_reserved, **{m: node.model_reserved[m] - 1 for m in counted}},
             )
+
+    def mark_gone(self, peer_id: str, now: float | None = None) -> None:
+        """The node with libp2p `peer_id` went since its last heartbeat: its last connection to this publisher
+        closed and it refused a new one (Client._probe_gone), or a dial of it failed. It is weighed last (`choose`) until a heartbeat of it is accepted or
+        `mark_back`. Not proof it died (it, or we, may have hung up on a live node): never a ban, and bounded."""
+        now = time.time() if now is None else now
+        self._gone.pop(peer_id, None)
+        while self._gone and now - next(iter(self._gone.values())) > self._ttl:  # its heartbeat is stale anyway
+            del self._gone[next(iter(self._gone))]
+        while len(self._gone) >= MAX_GONE:
+            del self._gone[next(iter(self._gone))]
+        self._gone[peer_id] = now
+
+    def of_peer(self, peer_id: str, now: float | None = None) -> KnownNode | None:
+        """The live node whose heartbeat names libp2p `peer_id` (its signer's own), if any; O(1)."""
+        now = time.time() if now is None else now
+        node = self._nodes.get(self._by_peer.get(peer_id, ""))
+        return node if node is not None and now - node.last_seen <= self._ttl else None
+
+    def mark_back(self, peer_id: str) -> None:
+        """A connection with `peer_id` opened: it is not gone (`mark_gone`)."""
+        self._gone.pop(peer_id, None)
+
+    def gone(self, peer_id: str) -> bool:
+        """Whether the peer is marked gone (`mark_gone`) and not heard from since."""
+        return peer_id in self._gone
 
     def get(self, address: str) -> KnownNode | None:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
@@ -343,12 +380,27 @@ class NodeTable:
         (anyone can make keys: their number buys no share), and none with `explore=False` then; with
         `explore=False` and no measured node with room, one of the measured nodes, at random (a heartbeat's
         free places are up to an interval old, and our own tasks count off them).
+        A node marked gone (`mark_gone`) is weighed last: chosen only when no other is a candidate.
         """
         now = time.time() if now is None else now
+        candidates, weights = self._weigh(wanted, exclude, now, explore, skip_gone=bool(self._gone))
+        if not candidates and self._gone:
+            candidates, weights = self._weigh(wanted, exclude, now, explore, skip_gone=False)
+        if not candidates:
+            return None
+        if not any(weights):
+            return self._rng.choice(candidates)
+        return self._rng.choices(candidates, weights=weights, k=1)[0]
+
+    def _weigh(
+        self, wanted: list[str], exclude: set[str] | frozenset[str], now: float, explore: bool, skip_gone: bool
+    ) -> tuple[list[KnownNode], list[float]]:
+        """A choice's candidates and their weights (see `choose`); `skip_gone`: none marked gone."""
         reputation = self.reputation
 
         def usable(address: str) -> bool | None:
-            return self._usable(address, exclude, now)
+            verdict = self._usable(address, exclude, now)
+            return verdict and not (skip_gone and self._nodes[address].peer_id in self._gone)
 
         if reputation is None:
             sampled, _ = self._index.sample(wanted, SAMPLE, self._rng, usable)
@@ -365,7 +417,7 @@ class NodeTable:
                 # Every node measured serving says it has no free place for these models (its last heartbeat,
                 # or our tasks sent since): one of them, which may have room again by now, not keys anyone
                 # can make that claim free places without end.
-                return self._rng.choice(measured)
+                return measured, weights
             sampled, stands_for = self._index.sample(wanted, SAMPLE, self._rng, usable)
             known = {n.address for n in measured}
             others = [self._nodes[a] for a in sampled if a not in known]
@@ -379,8 +431,4 @@ class NodeTable:
                 scale = min(1.0, cap / sum(guessed)) if sum(guessed) > 0 else 0.0
                 guessed = [w * scale for w in guessed]
             candidates, weights = measured + others, weights + guessed
-        if not candidates:
-            return None
-        if not any(weights):
-            return self._rng.choice(candidates)
-        return self._rng.choices(candidates, weights=weights, k=1)[0]
+        return candidates, weights

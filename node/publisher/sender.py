@@ -121,7 +121,9 @@ class TaskSender:
             # a failed dial would be (chosen again, the node gets its tasks on gossip: no loop on it).
             _mark(self._undialable, node.address, time.monotonic())
             await asyncio.sleep(0)  # a run of such keys is declined without a dial: the event loop goes on meanwhile
-            raise NotDialableError(body.task_id, "not dialable: its addresses failed a dial in the last minute")
+            raise NotDialableError(
+                body.task_id, "not dialable: its addresses failed a dial in the last minute", dialled=False
+            )
         envelope = self._sealed(body)
         future = self._inbox.expect(body.task_id, [node.address], sealed=bool(task.public_key), models=task.models)
         try:

@@ -225,7 +225,8 @@ async def test_nodes_without_addrs_get_tasks_on_gossip_and_an_undialable_one_is_
             # The first dial of the unreachable node fails: the task goes to the other node at once
             # (a killed node looks the same until its heartbeat ages out), not to a 10 s timeout...
             (unreachable, plain, True),
-            # ...and for a minute the unreachable node gets its tasks on gossip, without a dial.
+            # ...and for a minute the unreachable node gets its tasks on gossip, without a dial (once its next
+            # heartbeat came: until then it is weighed last, as it may be dead).
             (unreachable, unreachable, False),
         ):
             prefer.first = preferred.running.identity.address
@@ -236,6 +237,11 @@ async def test_nodes_without_addrs_get_tasks_on_gossip_and_an_undialable_one_is_
             assert "task published" in events and "task sent on a stream" not in events
             dial_failures = [e.get("node") for e in logs if e["event"] == "node not dialable; its tasks go on gossip"]
             assert dial_failures == ([far] if refused else [])
+            if refused:
+                assert client.nodes.gone(unreachable.running.host.peer_id)
+                await wait_for(
+                    lambda: not client.nodes.gone(unreachable.running.host.peer_id), what="its next heartbeat"
+                )
         assert client._sender is not None and client._sender.undialable(far)
 
 
@@ -327,6 +333,51 @@ async def test_a_node_killed_mid_task_on_gossip_is_replaced_at_once_when_the_pub
         retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
         assert retries == [(prefer.first, "its node disconnected without a result")]
         assert took < 20, f"the spare's result came {took:.1f} s after the kill"
+    finally:
+        doomed.stop(signal.SIGKILL)
+
+
+async def test_a_node_killed_before_a_task_is_sent_gets_none_of_the_next_tasks(tmp_path) -> None:
+    # Killed while idle: its heartbeat stays live for a minute, and a task sent to it on gossip would wait out
+    # the attempt timeout (half the task's timeout: 30 s here). On gossip, the publisher connected to it saw
+    # its connection close; on direct delivery, its dial failed once (its next tasks would go on gossip).
+    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with AsyncExitStack() as stack:
+            spare = await stack.enter_async_context(
+                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
+            )
+            on_gossip, on_streams = Prefer(), Prefer()
+            gossip = await stack.enter_async_context(
+                Client(peers=[dialable(spare), doomed.addr], node_table=NodeTable(rng=on_gossip), delivery="gossip")
+            )
+            direct = await stack.enter_async_context(
+                Client(peers=[dialable(spare)], node_table=NodeTable(rng=on_streams))
+            )
+            await wait_for(lambda: len(gossip.nodes.live()) == len(direct.nodes.live()) == 2, what="both nodes seen")
+            on_gossip.first = on_streams.first = doomed_address = next(
+                n.address for n in gossip.nodes.live() if n.address != spare.running.identity.address
+            )
+            assert doomed.peer_id in await gossip._host.peers()  # type: ignore[union-attr]
+            doomed.stop(signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while doomed.peer_id in await gossip._host.peers():  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the connection to the killed node did not close"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # its close reached the Client, which probed it (refused at once)
+            with structlog.testing.capture_logs() as logs:
+                for call, client in enumerate((gossip, gossip, direct, direct)):
+                    started = time.monotonic()
+                    result = await client.execute(small_task(), 60)
+                    took = time.monotonic() - started
+                    assert took < 10, f"call {call} took {took:.1f} s: it waited out an attempt timeout"
+                    assert result.node == spare.running.identity.address
+            for client in (gossip, direct):  # its last heartbeat is live all along
+                assert doomed_address in {n.address for n in client.nodes.live()}
+        # Only the first direct call tried the node, and its dial failed.
+        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        assert [node for node, _ in retries] == [doomed_address]
+        assert retries[0][1].startswith("not dialable")
     finally:
         doomed.stop(signal.SIGKILL)
 
