@@ -409,20 +409,28 @@ class Client:
         it hangs up on every peer then."""
         if self._sender is None:
             return
-        self._sender.peer_gone(peer_id)
+        probe = self._sender.peer_gone(peer_id)  # its own probe, if it has gossip tasks there
         node = self.nodes.of_peer(peer_id)
-        if node is not None and peer_id not in self._gone_probes and len(self._gone_probes) < MAX_GONE_PROBES:
-            self._gone_probes[peer_id] = asyncio.ensure_future(self._probe_gone(node))
+        if (
+            node is not None
+            and peer_id not in self._gone_probes
+            and len(self._gone_probes) < MAX_GONE_PROBES
+            and (probe is not None or self._sender.may_probe(peer_id))  # a dial per peer per PROBE_EVERY_S
+        ):
+            self._gone_probes[peer_id] = asyncio.ensure_future(self._probe_gone(node, probe))
 
-    async def _probe_gone(self, node: KnownNode) -> None:
+    async def _probe_gone(self, node: KnownNode, probe: asyncio.Future[bool] | None = None) -> None:
         """A closed connection is no proof of death (a node past its peer budget trims idle inbound ones, and
         anyone can push it there): a node that does not take a new one within PROBE_TIMEOUT_S (a killed node's
         port refuses it at once) is weighed last until it heartbeats again (NodeTable.mark_gone: its heartbeat
         stays live for up to a minute if it died)."""
         try:
-            alive = self._host is not None and await self._host.reachable(
-                node.peer_id, list(node.addrs), PROBE_TIMEOUT_S
-            )
+            if probe is not None:  # the sender's, of the same close
+                alive = await asyncio.shield(probe)
+            else:
+                alive = self._host is not None and await self._host.reachable(
+                    node.peer_id, list(node.addrs), PROBE_TIMEOUT_S
+                )
         except P2PError:
             alive = False
         finally:

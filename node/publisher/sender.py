@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 UNDIALABLE_FOR_S = 60.0  # a node that could not be dialled gets its tasks on gossip this long
 MAX_UNDIALABLE = 4096
 PROBE_TIMEOUT_S = 2.0  # a node whose connection to us closed gets this long to take a new one (`_probe`)
+# A peer is dialled by a probe at most once per this: a node (any key) that hangs up on each new connection made
+# the publisher dial it again at once, for ever (3 dials a second per key, 64 keys at once).
+PROBE_EVERY_S = 30.0
 
 Delivery = Literal["direct", "gossip"]
 OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
@@ -69,7 +72,8 @@ class TaskSender:
         self._deliveries: set[DirectDelivery] = set()
         self._gossiped: dict[str, dict[str, Attempt]] = {}  # peer id -> task id -> its attempt sent on gossip
         self._gossip_addrs: dict[str, tuple[str, ...]] = {}  # peer id -> its heartbeat's addrs (for `_probe`)
-        self._probes: set[asyncio.Task[None]] = set()
+        self._probes: set[asyncio.Task[bool]] = set()
+        self._probed: dict[str, float] = {}  # peer id -> monotonic time it may be probed again (`may_probe`)
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
         # host:port (a multiaddr without /p2p/) -> when its dial failure expires: 2,000 keys naming one host:port
         # made each task dial it until its deadline (44 connections in 5 s).
@@ -183,19 +187,35 @@ class TaskSender:
         self._gossiped.setdefault(attempt.peer_id, {})[attempt.task_id] = attempt
         self._gossip_addrs[attempt.peer_id] = addrs
 
-    def peer_gone(self, peer_id: str) -> None:
+    def peer_gone(self, peer_id: str) -> asyncio.Future[bool] | None:
         """The peer's last connection to us closed: each live task sent to it on gossip is lost (AttemptLoop
         retries it at once) unless the node takes a new connection (`_probe`). Only a peer we were connected
         to is heard of: a node reached through other peers is not, and waits out its attempt timeout as before."""
         attempts = [a for a in self._gossiped.pop(peer_id, {}).values() if not a.result.done()]
         addrs = self._gossip_addrs.pop(peer_id, ())
         if not attempts:
-            return
+            return None
+        if not self.may_probe(peer_id):
+            # Its connection closed again within PROBE_EVERY_S of a probe (a node before kept_peers trims us each
+            # grace_s; a hostile one hangs up on each connection): no dial, and its tasks wait out their attempt
+            # timeout, as a node reached through other peers does.
+            for attempt in attempts:
+                self._watch(attempt, addrs)
+            return None
         probe = asyncio.ensure_future(self._probe(attempts, addrs))
         self._probes.add(probe)
         probe.add_done_callback(self._probes.discard)
+        return probe  # the Client's `_probe_gone` awaits it rather than dialling the node a second time
 
-    async def _probe(self, attempts: list[Attempt], addrs: tuple[str, ...]) -> None:
+    def may_probe(self, peer_id: str) -> bool:
+        """Whether a probe may dial `peer_id` now; if so, the next one waits PROBE_EVERY_S (bounded marks)."""
+        now = time.monotonic()
+        if self._probed.get(peer_id, 0.0) > now:
+            return False
+        _mark(self._probed, peer_id, now, PROBE_EVERY_S)
+        return True
+
+    async def _probe(self, attempts: list[Attempt], addrs: tuple[str, ...]) -> bool:
         """A closed connection is no proof of death: a node past its peer budget closes idle inbound ones
         (node/p2p/connection_trim.py), and anyone can push it there with idle peer ids. A node that takes a
         new connection within PROBE_TIMEOUT_S (at its heartbeat's addrs, else where the peerstore knew it) is alive,
@@ -215,6 +235,7 @@ class TaskSender:
                 attempt.node_gone.set()
         if alive:
             log.debug("node of a gossip task reconnected", node=attempts[0].node)
+        return alive
 
     async def publish(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
@@ -251,12 +272,13 @@ class TaskSender:
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
 
 
-def _mark(marks: dict[str, float], key: str, now: float) -> None:
-    """Mark `key` failed for UNDIALABLE_FOR_S, holding at most MAX_UNDIALABLE marks (the oldest go first)."""
+def _mark(marks: dict[str, float], key: str, now: float, for_s: float = UNDIALABLE_FOR_S) -> None:
+    """Mark `key` for `for_s` (a failed dial: UNDIALABLE_FOR_S), holding at most MAX_UNDIALABLE marks (the oldest
+    go first)."""
     if len(marks) >= MAX_UNDIALABLE:
         current = {k: t for k, t in marks.items() if t > now}
         marks.clear()
         marks.update(current)
         while len(marks) >= MAX_UNDIALABLE:  # all current: the oldest mark goes
             del marks[min(marks, key=marks.__getitem__)]
-    marks[key] = now + UNDIALABLE_FOR_S
+    marks[key] = now + for_s

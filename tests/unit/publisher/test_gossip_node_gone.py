@@ -252,9 +252,26 @@ async def test_a_node_that_takes_a_new_connection_keeps_its_gossip_tasks() -> No
     await probes_done(sender)
     assert not attempt.node_gone.is_set()
     host.alive = False  # now it is gone for good
+    sender._probed.clear()  # PROBE_EVERY_S later
     sender.peer_gone(node.peer_id)
     await probes_done(sender)
     assert attempt.node_gone.is_set()
+    await sender.end(attempt)
+    assert sender._gossiped == {} and sender._gossip_addrs == {}
+
+
+async def test_a_node_that_hangs_up_on_each_new_connection_is_probed_once_per_interval() -> None:
+    """Anyone can run a node that closes each connection once it opens: each close was a dial of it at once."""
+    me, node = Identity.generate(), Identity.generate()
+    host = StubHost(alive=True)
+    sender = TaskSender(host, me, ResultInbox(me.secret), lambda _: None, "gossip", 5.0)  # type: ignore[arg-type]
+    attempt = await sender.send(Task(workflow={}, models=[MODEL]), known(node), 30, None)
+    for _ in range(50):
+        sender.peer_gone(node.peer_id)
+        await probes_done(sender)
+    assert host.probed == [node.peer_id]
+    assert not attempt.node_gone.is_set()  # still watched: it waits out its attempt timeout
+    assert node.peer_id in sender._gossiped
     await sender.end(attempt)
     assert sender._gossiped == {} and sender._gossip_addrs == {}
 
