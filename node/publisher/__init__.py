@@ -3,6 +3,7 @@
 tasks.py       Task (what a publisher asks for), its wire body (task_body, check_size) and TaskResult (a verified, decrypted result)
 client.py      Client: joins the network, runs tasks (execute, submit, wait), verifies results; its lifecycle
 sender.py      TaskSender: one signed task to one node, on a stream (direct) or on gossip
+peer_watch.py  PeerWatch: a node's connection to us closed: one paced probe, then its gossip tasks lost or watched again, the node weighed last or not
 inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (picked node, a model asked for, decrypts it)
 gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity in all and per model, speed, addrs, leaving), for choosing nodes

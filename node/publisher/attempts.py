@@ -63,7 +63,7 @@ class Attempt:
     lost_seen: bool = False  # its stream's loss (or its node's going) was acted on (a retry sent)
     models: tuple[str, ...] = ()  # the task's models, as its node's reservation counted them (NodeTable.reserve)
     # Sent on gossip: set when its node, which this publisher was connected to, lost its last connection to it
-    # (TaskSender.peer_gone): the node was killed or cut off, as a direct attempt's stream ends then.
+    # (PeerWatch.gone): the node was killed or cut off, as a direct attempt's stream ends then.
     node_gone: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False  # TaskSender.end ran: nothing watches it any more
 

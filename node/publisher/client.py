@@ -33,7 +33,6 @@ from typing import Any
 
 import structlog
 
-from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
@@ -50,10 +49,11 @@ from node.publisher.errors import (
 from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
+from node.publisher.peer_watch import PeerWatch
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.reputation import Reputation
 from node.publisher.reputation_records import ReputationSettings
-from node.publisher.sender import PROBE_TIMEOUT_S, Delivery, TaskSender
+from node.publisher.sender import Delivery, TaskSender
 from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.identity import Identity
@@ -79,7 +79,6 @@ __all__ = [
 ]
 
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
-MAX_GONE_PROBES = 64  # nodes whose connection closed probed at once at most (`_probe_gone`); past it, none marked
 
 
 class Client:
@@ -138,7 +137,6 @@ class Client:
         self.on_message = on_message  # called for every verified result and heartbeat
         self.verifier = verifier
         self._gossip_settings = gossip_peers
-        self._gone_probes: dict[str, asyncio.Future[None]] = {}  # peer id -> its probe (`_probe_gone`)
         self.gossip_keeper: GossipPeerKeeper | None = None
 
     async def __aenter__(self) -> Client:
@@ -174,6 +172,7 @@ class Client:
                     self.delivery,
                     self._answer_timeout,
                     served=self.reputation.served,
+                    watch=PeerWatch(host, self.nodes),
                 )
                 gate = GossipGate()
                 await host.relay(TASK_TOPIC, gate.validate)  # joined to publish into its mesh; never read
@@ -201,10 +200,9 @@ class Client:
         if self._sender is not None:
             await self._sender.close()
             self._sender = None
-        for task in [*self._loops, *self._gone_probes.values()]:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._gone_probes.values(), return_exceptions=True)
-        self._gone_probes = {}
+        await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         self.gossip_keeper = None
         if self._host is not None:
@@ -404,44 +402,14 @@ class Client:
         self._inbox.accept(inbound.body, inbound.sender)
 
     def _on_peer_gone(self, peer_id: str) -> None:
-        """A peer's last connection closed: tasks sent on gossip to it are lost unless it takes a new one
-        (TaskSender.peer_gone), and a live node under it is probed (`_probe_gone`). Not while the Client closes:
-        it hangs up on every peer then."""
-        if self._sender is None:
-            return
-        probe = self._sender.peer_gone(peer_id)  # its own probe, if it has gossip tasks there
-        node = self.nodes.of_peer(peer_id)
-        if (
-            node is not None
-            and peer_id not in self._gone_probes
-            and len(self._gone_probes) < MAX_GONE_PROBES
-            and (probe is not None or self._sender.may_probe(peer_id))  # a dial per peer per PROBE_EVERY_S
-        ):
-            self._gone_probes[peer_id] = asyncio.ensure_future(self._probe_gone(node, probe))
-
-    async def _probe_gone(self, node: KnownNode, probe: asyncio.Future[bool] | None = None) -> None:
-        """A closed connection is no proof of death (a node past its peer budget trims idle inbound ones, and
-        anyone can push it there): a node that does not take a new one within PROBE_TIMEOUT_S (a killed node's
-        port refuses it at once) is weighed last until it heartbeats again (NodeTable.mark_gone: its heartbeat
-        stays live for up to a minute if it died)."""
-        try:
-            if probe is not None:  # the sender's, of the same close
-                alive = await asyncio.shield(probe)
-            else:
-                alive = self._host is not None and await self._host.reachable(
-                    node.peer_id, list(node.addrs), PROBE_TIMEOUT_S
-                )
-        except P2PError:
-            alive = False
-        finally:
-            self._gone_probes.pop(node.peer_id, None)
-        if not alive and self._sender is not None:
-            log.info("node disconnected and not reachable; weighed last until its next heartbeat", node=node.address)
-            self.nodes.mark_gone(node.peer_id)
+        """A peer's last connection closed (PeerWatch probes it). Not while the Client closes: it hangs up on
+        every peer then."""
+        if self._sender is not None:
+            self._sender.watch.gone(peer_id)
 
     def _on_peer_back(self, peer_id: str) -> None:
-        """A connection with a peer opened: it is reachable (NodeTable.mark_back)."""
-        self.nodes.mark_back(peer_id)
+        if self._sender is not None:
+            self._sender.watch.back(peer_id)
 
     def _on_heartbeat(self, inbound: Inbound) -> None:
         assert isinstance(inbound.body, HeartbeatBody)

@@ -277,8 +277,8 @@ class NodeTable:
 
     def mark_gone(self, peer_id: str, now: float | None = None) -> None:
         """The node with libp2p `peer_id` went since its last heartbeat: its last connection to this publisher
-        closed and it refused a new one (Client._probe_gone), or a dial of it failed. It is weighed last (`choose`) until a heartbeat of it is accepted or
-        `mark_back`. Not proof it died (it, or we, may have hung up on a live node): never a ban, and bounded."""
+        closed and it refused a new one (PeerWatch), or a dial of it failed. It is weighed last (`choose`) until a
+        heartbeat of it is accepted or `mark_back`. Not proof it died (it, or we, may have hung up on a live node): never a ban, and bounded."""
         now = time.time() if now is None else now
         self._gone.pop(peer_id, None)
         while self._gone and now - next(iter(self._gone.values())) > self._ttl:  # its heartbeat is stale anyway

@@ -173,7 +173,7 @@ async def test_a_node_that_goes_twice_counts_once() -> None:
     assert net.reputation.view(net.first.address).errors == pytest.approx(1)
 
 
-# --- TaskSender.peer_gone: which attempts a closed connection loses ---------------------------------------
+# --- PeerWatch.gone: which attempts a closed connection loses ---------------------------------------
 
 
 class StubHost:
@@ -191,7 +191,7 @@ class StubHost:
 
 
 async def probes_done(sender: TaskSender) -> None:
-    await asyncio.gather(*sender._probes)
+    await asyncio.gather(*sender.watch._probes.values())
 
 
 def known(identity: Identity) -> KnownNode:
@@ -206,16 +206,16 @@ async def test_only_the_live_gossip_tasks_of_the_peer_that_went_are_lost() -> No
     to_stays = await sender.send(task, known(stays), 30, None)
     await sender.end(to_gone[1])  # ended: no longer watched
     to_gone[2].result.set_result(result_of(to_gone[2], "done"))  # answered: nothing to lose
-    sender.peer_gone(gone.peer_id)
+    sender.watch.gone(gone.peer_id)
     await probes_done(sender)
     assert [a.node_gone.is_set() for a in to_gone] == [True, False, False]
     assert not to_stays.node_gone.is_set()
-    sender.peer_gone("16Uiu2-never-connected")  # a peer without tasks: nothing happens, no probe
+    sender.watch.gone("16Uiu2-never-connected")  # a peer without tasks: nothing happens, no probe
     await probes_done(sender)
     assert sender._host.probed == [gone.peer_id]  # type: ignore[attr-defined]
     for attempt in (*to_gone, to_stays):
         await sender.end(attempt)
-    assert sender._gossiped == {}  # nothing held for ended attempts
+    assert sender.watch._attempts == {}  # nothing held for ended attempts
 
 
 async def test_every_attempt_is_ended_even_when_a_second_cancel_comes_during_the_ends() -> None:
@@ -248,16 +248,16 @@ async def test_a_node_that_takes_a_new_connection_keeps_its_gossip_tasks() -> No
     host = StubHost(alive=True)
     sender = TaskSender(host, me, ResultInbox(me.secret), lambda _: None, "gossip", 5.0)  # type: ignore[arg-type]
     attempt = await sender.send(Task(workflow={}, models=[MODEL]), known(node), 30, None)
-    sender.peer_gone(node.peer_id)
+    sender.watch.gone(node.peer_id)
     await probes_done(sender)
     assert not attempt.node_gone.is_set()
     host.alive = False  # now it is gone for good
-    sender._probed.clear()  # PROBE_EVERY_S later
-    sender.peer_gone(node.peer_id)
+    sender.watch._paced.clear()  # PROBE_EVERY_S later
+    sender.watch.gone(node.peer_id)
     await probes_done(sender)
     assert attempt.node_gone.is_set()
     await sender.end(attempt)
-    assert sender._gossiped == {} and sender._gossip_addrs == {}
+    assert sender.watch._attempts == {} and sender.watch._addrs == {}
 
 
 async def test_a_node_that_hangs_up_on_each_new_connection_is_probed_once_per_interval() -> None:
@@ -267,13 +267,13 @@ async def test_a_node_that_hangs_up_on_each_new_connection_is_probed_once_per_in
     sender = TaskSender(host, me, ResultInbox(me.secret), lambda _: None, "gossip", 5.0)  # type: ignore[arg-type]
     attempt = await sender.send(Task(workflow={}, models=[MODEL]), known(node), 30, None)
     for _ in range(50):
-        sender.peer_gone(node.peer_id)
+        sender.watch.gone(node.peer_id)
         await probes_done(sender)
     assert host.probed == [node.peer_id]
     assert not attempt.node_gone.is_set()  # still watched: it waits out its attempt timeout
-    assert node.peer_id in sender._gossiped
+    assert node.peer_id in sender.watch._attempts
     await sender.end(attempt)
-    assert sender._gossiped == {} and sender._gossip_addrs == {}
+    assert sender.watch._attempts == {} and sender.watch._addrs == {}
 
 
 # --- a Client on real libp2p hosts: the node's connection closing is what starts the retry ------------------
