@@ -52,7 +52,10 @@ class Settings(LayeredSettings):
 
     # Network
     listen: MultiaddrList = Field(default=["/ip4/0.0.0.0/tcp/4001"], min_length=1, description="Listen multiaddrs")
-    bootstrap: PeerAddrList = Field(default=[], description="Peers dialled at start (/ip4/../tcp/../p2p/..)")
+    bootstrap: PeerAddrList = Field(
+        default=[],
+        description="Peers dialled at start (/ip4/../tcp/../p2p/.., or /dns4/<name>/...: names as the system resolves them)",
+    )
     direct: bool = Field(default=True, description="Take tasks on direct-delivery streams and advertise addrs (0.4)")
     announce: MultiaddrList = Field(
         default=[], description="Addresses heartbeats advertise for direct delivery (default: listen, 0.0.0.0 expanded)"

@@ -43,7 +43,9 @@ class GatewaySettings(LayeredSettings):
 
     # Network
     peers: MultiaddrList = Field(
-        default=[], min_length=1, description="Nodes to join the network through (/ip4/../tcp/../p2p/..)"
+        default=[],
+        min_length=1,
+        description="Nodes to join the network through (/ip4/../tcp/../p2p/.., or /dns4/<name>/...)",
     )
     listen: MultiaddrList = Field(
         default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs"

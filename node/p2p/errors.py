@@ -52,3 +52,20 @@ def is_nursery_closed(exc: BaseException | None) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_nursery_closed(inner) for inner in exc.exceptions)
     return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
+
+
+def root_cause(error: BaseException) -> str:
+    """What a py-libp2p dial error was at bottom ("Connection refused", a handshake's complaint), for an operator:
+    its top reads "no addresses established a successful connection (with exceptions)" whatever the reason."""
+    deepest = error
+    for _ in range(32):  # chains are a few links; a cycle must not hang
+        inner: BaseException | None = deepest.__cause__ or deepest.__context__
+        grouped = getattr(deepest, "exceptions", None) or getattr(deepest, "errors", None)  # groups, MultiError
+        if inner is None and isinstance(grouped, list | tuple) and grouped and isinstance(grouped[0], BaseException):
+            inner = grouped[0]
+        if inner is None:
+            break
+        deepest = inner
+    if isinstance(deepest, OSError) and deepest.strerror:
+        return deepest.strerror
+    return str(deepest) or type(deepest).__name__

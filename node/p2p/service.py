@@ -39,11 +39,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from node.p2p.bounded_peerstore import BoundedPeerStore
 from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals, install_bounded_muxer
 from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
-from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError, StreamTimeoutServiceError, is_nursery_closed
+from node.p2p.errors import (
+    NoMeshPeersServiceError,
+    P2PServiceError,
+    StreamTimeoutServiceError,
+    is_nursery_closed,
+    root_cause,
+)
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
 from node.p2p.kept_peers import KeptPeers
+from node.p2p.name_lookup import NameLookupError, looked_up
 from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
@@ -260,7 +267,8 @@ class P2PService:
     # --- operations (call through spawn) ----------------------------------
 
     async def connect(self, addr: str, timeout: float) -> str:
-        """Dial a /ip4/../tcp/../p2p/<id> address; returns the remote peer id."""
+        """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names looked up as node/p2p/name_lookup.py says);
+        returns the remote peer id."""
         assert self._host is not None
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
@@ -270,15 +278,18 @@ class P2PService:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
         promoted = info.peer_id in self.stream_only
         self.stream_only.discard(info.peer_id)  # dialled to gossip with
-        self._allow_dial(info.peer_id, [info])
         with trio.move_on_after(timeout) as scope:
             try:
+                info = PeerInfo(info.peer_id, [a for named in info.addrs for a in await looked_up(named)])
+                self._allow_dial(info.peer_id, [info])
                 await self._host.connect(info)
                 if promoted and self.gossip is not None:
                     # Already connected for streams: no new connection tells pubsub of it.
                     await self.gossip.pubsub.ensure_peer_stream(info.peer_id, timeout)
+            except NameLookupError as exc:
+                raise P2PServiceError(f"dialing {addr} failed: {exc}") from None
             except Exception as exc:
-                raise P2PServiceError(f"dialing {addr} failed: {exc}") from exc
+                raise P2PServiceError(f"dialing {addr} failed: {root_cause(exc)}") from exc
         if scope.cancelled_caught:
             raise P2PServiceError(f"dialing {addr} timed out after {timeout:g} s")
         return info.peer_id.to_base58()
