@@ -349,7 +349,7 @@ class P2PService:
                 stream = await host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
             except Exception as exc:
                 self._forget_undialled(peer)
-                raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {exc}") from exc
+                raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {root_cause(exc)}") from exc
             try:
                 if frame:
                     await stream.write(frame)
