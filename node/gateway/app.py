@@ -53,6 +53,7 @@ from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord
 from node.gateway.validation import first_error
 from node.publisher.errors import TaskNotEncodableError, TaskTooLargeError
+from node.publisher.node_table import KnownNode
 from workflows import WorkflowValidationError, parse_workflow
 from workflows.key_sources import KeySources
 
@@ -178,6 +179,7 @@ def create_gateway_app(
                     peer_id=node.peer_id,
                     models=node.models,
                     capacity=Capacity(free=max(node.free, 0), max=node.max),
+                    model_capacity=_model_places(node),
                     tps=node.tps,
                     last_heartbeat=node.last_seen,
                     reputation=service.client.reputation.view(node.address),
@@ -233,6 +235,16 @@ def _checked(request: TaskRequest, settings: GatewaySettings, prefix: str, servi
     except TaskNotEncodableError as exc:
         raise HTTPException(422, f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
     return timeout
+
+
+def _model_places(node: KnownNode) -> dict[str, Capacity] | None:
+    """A node's places per model as the publisher keeps them (clamped, our tasks counted off); None when its
+    heartbeat said none for the models it lists."""
+    if not node.model_free:
+        return None
+    return {
+        model: Capacity(free=max(free, 0), max=node.model_max.get(model, 0)) for model, free in node.model_free.items()
+    }
 
 
 def _view(record: TaskRecord) -> TaskView:

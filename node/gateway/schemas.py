@@ -96,6 +96,12 @@ class NodeView(BaseModel):
     peer_id: str
     models: list[str]
     capacity: Capacity
+    model_capacity: dict[str, Capacity] | None = Field(
+        default=None,
+        exclude_if=lambda places: places is None,
+        description="Free and total task places per model (its heartbeat's `modelCapacity`, clamped, for the "
+        "models it lists); absent when its heartbeat did not say them",
+    )
     tps: dict[str, float]
     last_heartbeat: float = Field(description="Unix seconds of its last heartbeat")
     reputation: ReputationView = Field(description="What this gateway measured of it (the prior when nothing yet)")

@@ -103,6 +103,7 @@ class KnownNode:
     reserved: int = 0  # our tasks sent since this heartbeat and not yet ended (counted off `free`)
     # Free places per model (`modelCapacity`), clamped, for models in `models` only; empty: not said.
     model_free: dict[str, int] = field(default_factory=dict)
+    model_max: dict[str, int] = field(default_factory=dict)  # and their most places, clamped (same models)
     model_reserved: dict[str, int] = field(default_factory=dict)  # our tasks counted off `model_free`
 
     def serves(self, wanted: list[str]) -> bool:
@@ -138,7 +139,7 @@ class KnownNode:
         strings = len(self.peer_id) + sum(len(m) + MODEL_INDEX_BYTES for m in self.models)
         strings += sum(len(m) + 16 for m in self.tps)
         strings += sum(map(len, self.addrs))
-        strings += sum(len(m) + 16 for m in self.model_free)
+        strings += sum(len(m) + 16 for m in self.model_free) + 16 * len(self.model_max)  # the same names
         if self.envelope is not None:
             strings += len(self.envelope.payload) + ENTRY_OVERHEAD_BYTES  # and its signature, version, topic
         return ENTRY_OVERHEAD_BYTES + strings
@@ -184,6 +185,7 @@ class NodeTable:
         if known is not None and stamped <= known.last_seen:
             return False  # a replay, or one overtaken by a newer heartbeat
         listed = set(heartbeat.models)
+        per_model = {model: places for model, places in (heartbeat.model_capacity or {}).items() if model in listed}
         node = KnownNode(
             address=sender,
             peer_id=heartbeat.peer_id,
@@ -195,11 +197,8 @@ class NodeTable:
             addrs=tuple(addr for addr in heartbeat.addrs or () if dialable_addr(addr)),
             leaving=bool(heartbeat.leaving),
             envelope=envelope,
-            model_free={
-                model: clamp_capacity(places.free)
-                for model, places in (heartbeat.model_capacity or {}).items()
-                if model in listed
-            },
+            model_free={model: clamp_capacity(places.free) for model, places in per_model.items()},
+            model_max={model: clamp_capacity(places.max) for model, places in per_model.items()},
         )
         self._forget(sender)  # and in again at the end: the table is in the order nodes were last heard
         self._make_room(node.size, now)

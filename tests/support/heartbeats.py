@@ -22,10 +22,11 @@ def heartbeat_message(
     at_ns: int | None = None,
     dialable: bool = False,
     leaving: bool = False,
+    model_capacity: dict[str, dict[str, int]] | None = None,
 ) -> bytes:
     """`identity`'s sealed heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
     claim), stamped (body and envelope) `at_ns` (now when None); `dialable`: with a loopback address;
-    `leaving`: the node is draining."""
+    `leaving`: the node is draining; `model_capacity`: its `modelCapacity` as written (None: without one)."""
     stamp_ns = time.time_ns() if at_ns is None else at_ns
     body = {
         "address": identity.address,
@@ -41,6 +42,8 @@ def heartbeat_message(
         body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
     if leaving:
         body["leaving"] = True
+    if model_capacity is not None:
+        body["modelCapacity"] = model_capacity
     return seal(identity, HEARTBEAT_TOPIC, json.dumps(body).encode(), now_ns=stamp_ns)
 
 
@@ -53,11 +56,19 @@ def signed_heartbeat(
     at: float | None = None,
     dialable: bool = False,
     leaving: bool = False,
+    model_capacity: dict[str, dict[str, int]] | None = None,
 ) -> Inbound:
     """`heartbeat_message` (stamped `at`, Unix seconds) as a validator passes it on: decoded and checked."""
     stamp_ns = time.time_ns() if at is None else int(at * 1e9)
     message = heartbeat_message(
-        identity, models, free=free, tps=tps, at_ns=stamp_ns, dialable=dialable, leaving=leaving
+        identity,
+        models,
+        free=free,
+        tps=tps,
+        at_ns=stamp_ns,
+        dialable=dialable,
+        leaving=leaving,
+        model_capacity=model_capacity,
     )
     inbound = decode(HEARTBEAT_TOPIC, message, now_ns=stamp_ns)
     assert isinstance(inbound.body, HeartbeatBody)
