@@ -6,7 +6,8 @@ from a slow node is still taken (once: the Client accepts one result per call).
 waits for the first news of any live attempt (`next_outcome`), and retries on an error
 result, a lost stream, a node silent for the attempt timeout, or (a task sent on gossip) a node whose
 connection to this publisher closed, up to `max_retries` times. Only a node the publisher was connected
-to can be seen to go: one reached through other peers is timed out as before.
+to can be seen to go: one reached through other peers is timed out as before. An attempt is failed once:
+the stream (or connection) of one already timed out that ends later is no second mark and no other retry.
 After MAX_UNMEASURED_ATTEMPTS nodes not measured serving, it keeps to nodes that were while one
 has room, and it stops at the deadline however many nodes decline.
 
@@ -283,6 +284,9 @@ class AttemptLoop:
         """Act on one attempt's news: its accepted result, or None after arranging what comes next."""
         reputation = self.hooks.reputation
         declined = attempt.direct.declined if attempt.direct is not None else None
+        if outcome == "lost" and attempt.task_id in self.judged:
+            await self._ended_late(attempt, declined)
+            return None
         if outcome != "result" and self.doubted is not None:
             if declined is not None:
                 reputation.record_busy(attempt.node)
@@ -334,13 +338,20 @@ class AttemptLoop:
             return None
         return result
 
+    async def _ended_late(self, attempt: Attempt, declined: str | None) -> None:
+        """The stream (or, on gossip, the node's connection) of an attempt already timed out (`_silent`: marked
+        and retried once) ended: no second mark, no other retry, not the end of a second opinion. It stays
+        live (a result that still comes, on gossip, is taken), unless it declined: nothing ran there."""
+        if declined is not None:
+            del self.attempts[attempt.task_id]
+            await self.hooks.end(attempt)
+            self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
+
     def _node_gone(self, attempt: Attempt) -> None:
-        """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream; none
-        when it was already retried for its silence (its node is marked once). It stays live: a result that
-        still comes is taken. A closed connection is no proof of death (a busy node trims idle inbound
-        connections, connection_trim.py), so the node is marked only if its result never came (`_mark_gone`)."""
-        if attempt.task_id in self.judged:
-            return
+        """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream (none
+        after its timeout: `_ended_late`). It stays live: a result that still comes is taken. A closed connection
+        is no proof of death (a busy node trims idle inbound connections, connection_trim.py), so the node is
+        marked only if its result never came (`_mark_gone`)."""
         self.judged.add(attempt.task_id)
         self.gone.add(attempt.task_id)
         self._retry_after(attempt, NODE_GONE)
