@@ -26,10 +26,13 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         process.stop(signal.SIGKILL)
 
 
+def compute_node(*args: str, timeout: float | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """`compute-node *args` run to its end in a test node's environment (`env` over it), its output captured."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=cli_env(**env), cwd=ROOT, timeout=timeout)
+
+
 def run_task(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "run-task", *args], capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=timeout
-    )
+    return compute_node("run-task", *args, timeout=timeout)
 
 
 def test_start_then_run_task_prints_the_result_and_sigterm_exits_0(node: NodeProcess, tmp_path: Path) -> None:
@@ -57,9 +60,7 @@ def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: No
     node.wait_for_log("task accepted", direct=False)
     assert [e["direct"] for e in node.logs if e.get("event") == "task accepted"] == [True, False]
     # Both runs measured the node, in one table that outlives them: `compute-node nodes` prints it.
-    listed = subprocess.run(
-        [*CLI, "nodes", "--data-dir", str(publisher), "--json"], capture_output=True, text=True, env=cli_env(), cwd=ROOT
-    )
+    listed = compute_node("nodes", "--data-dir", str(publisher), "--json")
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)["nodes"]
     assert row["answered"] > 1.99 and row["errors"] == 0 and row["mean_result_s"] > 0
@@ -68,20 +69,20 @@ def test_run_task_sends_on_a_stream_by_default_and_on_gossip_when_asked(node: No
 def test_run_task_verifies_the_result_against_a_bf16_scoring_copy(node: NodeProcess, tmp_path: Path) -> None:
     publisher = tmp_path / "publisher"
     args = ("--peer", node.addr, "--model", "smollm2:135m", "--prompt", "Name a river.", "--max-tokens", "16")
-    done = subprocess.run(
-        [*CLI, "run-task", *args, "--verify", "1", "--data-dir", str(publisher)],
-        capture_output=True,
-        text=True,
-        env=cli_env(COMPUTE_NODE_VERIFY_PRECISION="bf16"),
-        cwd=ROOT,
+    done = compute_node(
+        "run-task",
+        *args,
+        "--verify",
+        "1",
+        "--data-dir",
+        str(publisher),
         timeout=180,
+        COMPUTE_NODE_VERIFY_PRECISION="bf16",
     )
     assert done.returncode == 0, done.stderr  # a failed check exits 1 (VerificationFailedTaskError)
     assert done.stdout.strip()
     assert [p.name for p in (publisher / "scoring").glob("*.bf16.gguf")]  # re-scored with the copy made here
-    listed = subprocess.run(
-        [*CLI, "nodes", "--data-dir", str(publisher), "--json"], capture_output=True, text=True, env=cli_env(), cwd=ROOT
-    )
+    listed = compute_node("nodes", "--data-dir", str(publisher), "--json")
     (row,) = json.loads(listed.stdout)["nodes"]
     assert row["verify_passed"] > 0.99 and row["verify_failed"] == 0
 
@@ -107,26 +108,14 @@ def test_run_task_timeout_and_error_are_one_line_and_non_zero(node: NodeProcess)
 
 
 def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "start", "--data-dir", str(tmp_path), "--max-queue", "-3"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        timeout=60,
-    )
+    done = compute_node("start", "--data-dir", str(tmp_path), "--max-queue", "-3", timeout=60)
     assert done.returncode == 1
     assert "invalid setting 'max_queue'" in done.stderr
 
 
 def test_unknown_model_fails_at_start_with_known_names(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "start", "--data-dir", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--model", "nope:1b"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        timeout=60,
+    done = compute_node(
+        "start", "--data-dir", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--model", "nope:1b", timeout=60
     )
     assert done.returncode == 1
     assert "nope:1b" in done.stderr and "smollm2:135m" in done.stderr

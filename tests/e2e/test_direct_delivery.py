@@ -12,7 +12,8 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
 from node.publisher.client import Client, Task
 from node.publisher.node_table import NodeTable
+from node.publisher.tasks import TaskResult
 from node.wire.direct import decode_answer
 from node.wire.envelope import seal
 from node.wire.identity import Identity
@@ -95,6 +97,47 @@ async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
 
 def events_of(logs: list[dict[str, Any]], task_id: str) -> list[str]:
     return [entry["event"] for entry in logs if entry.get("task_id") == task_id]
+
+
+@asynccontextmanager
+async def a_node_process_and_a_spare(tmp_path: Path, name: str) -> AsyncIterator[tuple[NodeProcess, NodeServer]]:
+    """A node run as `compute-node start` (a heartbeat every 2 s) and a spare node in this process that bootstraps
+    from it; on exit the process is woken (a test may have stopped it) and killed."""
+    process = NodeProcess(tmp_path / name, env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
+    try:
+        async with running_node(node_settings(tmp_path / "spare", bootstrap=[process.addr])) as spare:
+            yield process, spare
+    finally:
+        process.proc.send_signal(signal.SIGCONT)
+        process.stop(signal.SIGKILL)
+
+
+async def client_trying_first_the_other(
+    stack: AsyncExitStack, spare: NodeServer, *peers: str, **options: Any
+) -> tuple[Client, Prefer]:
+    """A Client (peers: the spare and `peers`) that has seen both nodes and tries the one that is not `spare`
+    first (its address is the Prefer's `first`)."""
+    prefer = Prefer()
+    client = await stack.enter_async_context(
+        Client(peers=[dialable(spare), *peers], node_table=NodeTable(rng=prefer), **options)
+    )
+    await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
+    prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
+    return client, prefer
+
+
+async def story_started_on(node: NodeProcess, client: Client, timeout: float) -> asyncio.Future[TaskResult]:
+    """A long generation executed by `client` (running), once `node` has started it."""
+    running = asyncio.ensure_future(
+        client.execute(Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), timeout)
+    )
+    await asyncio.to_thread(node.wait_for_log, "task started", 60)
+    return running
+
+
+def retries_in(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(node, reason) of each retry the Client logged."""
+    return [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
 
 
 async def test_a_task_goes_on_a_stream_and_its_result_comes_back_on_it(net: Net) -> None:
@@ -270,35 +313,18 @@ async def test_a_draining_node_says_it_is_leaving_and_is_chosen_no_more(tmp_path
 
 
 async def test_a_node_killed_mid_task_is_replaced_at_once_not_after_a_timeout(tmp_path) -> None:
-    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
-    try:
-        async with AsyncExitStack() as stack:
-            spare = await stack.enter_async_context(
-                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
-            )
-            prefer = Prefer()
-            client = await stack.enter_async_context(
-                Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=math.inf)
-            )
-            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
-            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
-            with structlog.testing.capture_logs() as logs:
-                running = asyncio.ensure_future(
-                    client.execute(
-                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 120
-                    )
-                )
-                await asyncio.to_thread(doomed.wait_for_log, "task started", 60)
-                doomed.stop(signal.SIGKILL)
-                result = await running
+    async with a_node_process_and_a_spare(tmp_path, "doomed") as (doomed, spare), AsyncExitStack() as stack:
+        client, prefer = await client_trying_first_the_other(stack, spare, attempt_timeout=math.inf)
+        with structlog.testing.capture_logs() as logs:
+            running = await story_started_on(doomed, client, 120)
+            doomed.stop(signal.SIGKILL)
+            result = await running
         assert result.node == spare.running.identity.address and result.text.strip()
-        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        retries = retries_in(logs)
         # At once, not after a timeout (attempt_timeout is off): the stream broke, after the node's
         # answer or (killed just then) before it reached us.
         assert len(retries) == 1 and retries[0][0] == prefer.first
         assert retries[0][1] in ("stream closed without a result", "stream closed without an answer")
-    finally:
-        doomed.stop(signal.SIGKILL)
 
 
 async def test_a_node_killed_mid_task_on_gossip_is_replaced_at_once_when_the_publisher_was_connected_to_it(
@@ -306,109 +332,58 @@ async def test_a_node_killed_mid_task_on_gossip_is_replaced_at_once_when_the_pub
 ) -> None:
     # No stream to break: the close of the publisher's connection to the node tells, not its heartbeat
     # (live for a minute) nor the attempt timeout (half the task's timeout: 30 s here).
-    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
-    try:
-        async with AsyncExitStack() as stack:
-            spare = await stack.enter_async_context(
-                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
-            )
-            prefer = Prefer()
-            client = await stack.enter_async_context(
-                Client(peers=[dialable(spare), doomed.addr], node_table=NodeTable(rng=prefer), delivery="gossip")
-            )
-            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
-            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
-            with structlog.testing.capture_logs() as logs:
-                running = asyncio.ensure_future(
-                    client.execute(
-                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 60
-                    )
-                )
-                await asyncio.to_thread(doomed.wait_for_log, "task started", 60)
-                doomed.stop(signal.SIGKILL)
-                killed = time.monotonic()
-                result = await running
-                took = time.monotonic() - killed
+    async with a_node_process_and_a_spare(tmp_path, "doomed") as (doomed, spare), AsyncExitStack() as stack:
+        client, prefer = await client_trying_first_the_other(stack, spare, doomed.addr, delivery="gossip")
+        with structlog.testing.capture_logs() as logs:
+            running = await story_started_on(doomed, client, 60)
+            doomed.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            result = await running
+            took = time.monotonic() - killed
         assert result.node == spare.running.identity.address and result.text.strip()
-        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
-        assert retries == [(prefer.first, "its node disconnected without a result")]
+        assert retries_in(logs) == [(prefer.first, "its node disconnected without a result")]
         assert took < 20, f"the spare's result came {took:.1f} s after the kill"
-    finally:
-        doomed.stop(signal.SIGKILL)
 
 
 async def test_a_node_killed_before_a_task_is_sent_gets_none_of_the_next_tasks(tmp_path) -> None:
     # Killed while idle: its heartbeat stays live for a minute, and a task sent to it on gossip would wait out
     # the attempt timeout (half the task's timeout: 30 s here). On gossip, the publisher connected to it saw
     # its connection close; on direct delivery, its dial failed once (its next tasks would go on gossip).
-    doomed = NodeProcess(tmp_path / "doomed", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
-    try:
-        async with AsyncExitStack() as stack:
-            spare = await stack.enter_async_context(
-                running_node(node_settings(tmp_path / "spare", bootstrap=[doomed.addr]))
-            )
-            on_gossip, on_streams = Prefer(), Prefer()
-            gossip = await stack.enter_async_context(
-                Client(peers=[dialable(spare), doomed.addr], node_table=NodeTable(rng=on_gossip), delivery="gossip")
-            )
-            direct = await stack.enter_async_context(
-                Client(peers=[dialable(spare)], node_table=NodeTable(rng=on_streams))
-            )
-            await wait_for(lambda: len(gossip.nodes.live()) == len(direct.nodes.live()) == 2, what="both nodes seen")
-            on_gossip.first = on_streams.first = doomed_address = next(
-                n.address for n in gossip.nodes.live() if n.address != spare.running.identity.address
-            )
-            assert doomed.peer_id in await gossip._host.peers()  # type: ignore[union-attr]
-            doomed.stop(signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while doomed.peer_id in await gossip._host.peers():  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "the connection to the killed node did not close"
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)  # its close reached the Client, which probed it (refused at once)
-            with structlog.testing.capture_logs() as logs:
-                for call, client in enumerate((gossip, gossip, direct, direct)):
-                    started = time.monotonic()
-                    result = await client.execute(small_task(), 60)
-                    took = time.monotonic() - started
-                    assert took < 10, f"call {call} took {took:.1f} s: it waited out an attempt timeout"
-                    assert result.node == spare.running.identity.address
-            for client in (gossip, direct):  # its last heartbeat is live all along
-                assert doomed_address in {n.address for n in client.nodes.live()}
+    async with a_node_process_and_a_spare(tmp_path, "doomed") as (doomed, spare), AsyncExitStack() as stack:
+        gossip, on_gossip = await client_trying_first_the_other(stack, spare, doomed.addr, delivery="gossip")
+        direct, on_streams = await client_trying_first_the_other(stack, spare)
+        doomed_address = on_gossip.first
+        assert doomed.peer_id in await gossip._host.peers()  # type: ignore[union-attr]
+        doomed.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while doomed.peer_id in await gossip._host.peers():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the connection to the killed node did not close"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # its close reached the Client, which probed it (refused at once)
+        with structlog.testing.capture_logs() as logs:
+            for call, client in enumerate((gossip, gossip, direct, direct)):
+                started = time.monotonic()
+                result = await client.execute(small_task(), 60)
+                took = time.monotonic() - started
+                assert took < 10, f"call {call} took {took:.1f} s: it waited out an attempt timeout"
+                assert result.node == spare.running.identity.address
+        for client in (gossip, direct):  # its last heartbeat is live all along
+            assert doomed_address in {n.address for n in client.nodes.live()}
         # Only the first direct call tried the node, and its dial failed.
-        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        retries = retries_in(logs)
         assert [node for node, _ in retries] == [doomed_address]
         assert retries[0][1].startswith("not dialable")
-    finally:
-        doomed.stop(signal.SIGKILL)
 
 
 async def test_a_node_frozen_after_accepting_is_retried_elsewhere_after_attempt_timeout(tmp_path) -> None:
-    frozen = NodeProcess(tmp_path / "frozen", env=cli_env(COMPUTE_NODE_HEARTBEAT_INTERVAL="2"))
-    try:
-        async with AsyncExitStack() as stack:
-            spare = await stack.enter_async_context(
-                running_node(node_settings(tmp_path / "spare", bootstrap=[frozen.addr]))
-            )
-            prefer = Prefer()
-            client = await stack.enter_async_context(
-                Client(peers=[dialable(spare)], node_table=NodeTable(rng=prefer), attempt_timeout=5)
-            )
-            await wait_for(lambda: len(client.nodes.live()) == 2, what="both nodes seen")
-            prefer.first = next(n.address for n in client.nodes.live() if n.address != spare.running.identity.address)
-            with structlog.testing.capture_logs() as logs:
-                running = asyncio.ensure_future(
-                    client.execute(
-                        Task(workflow=Simple().workflow("Tell a story.", max_tokens=400), models=[MODEL]), 90
-                    )
-                )
-                await asyncio.to_thread(frozen.wait_for_log, "task started", 60)
-                frozen.proc.send_signal(signal.SIGSTOP)  # TCP stays up: only silence tells
-                result = await running
+    async with a_node_process_and_a_spare(tmp_path, "frozen") as (frozen, spare), AsyncExitStack() as stack:
+        client, prefer = await client_trying_first_the_other(stack, spare, attempt_timeout=5)
+        with structlog.testing.capture_logs() as logs:
+            running = await story_started_on(frozen, client, 90)
+            frozen.proc.send_signal(signal.SIGSTOP)  # TCP stays up: only silence tells
+            result = await running
         assert result.node == spare.running.identity.address and result.text.strip()
-        retries = [(e["node"], e["reason"]) for e in logs if e["event"] == "retrying on another node"]
+        retries = retries_in(logs)
         # The spare may be slow enough to get its own "no result yet" (nowhere left to go, it is waited for).
         assert retries[0] == (prefer.first, "no result yet")
         assert all(reason == "no result yet" for _, reason in retries)
-    finally:
-        frozen.proc.send_signal(signal.SIGCONT)
-        frozen.stop(signal.SIGKILL)

@@ -81,6 +81,18 @@ async def extra_app(net: Net, **overrides: Any) -> AsyncIterator[httpx.AsyncClie
         await server.stop()
 
 
+@asynccontextmanager
+async def started(gateway: Gateway, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with KEY to `gateway` (a second one, not yet started), started; stopped on exit."""
+    await gateway.start()
+    try:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=timeout) as http:
+            yield http
+    finally:
+        await gateway.stop()
+
+
 async def test_simple_task_end_to_end(net: Net) -> None:
     posted = await net.http.post("/v1/tasks", json=simple_task())
     assert posted.status_code == 202, posted.text
@@ -242,52 +254,26 @@ async def test_without_keys_the_gateway_is_local_only(net: Net) -> None:
 async def test_gateway_restart_keeps_finished_results(net: Net, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path / "gw", net.peers)
     first = Gateway(settings)
-    await first.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        ) as http:
-            task_id = (await http.post("/v1/tasks", json=simple_task(max_tokens=8))).json()["id"]
-            before = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 30})).json()
-    finally:
-        await first.stop()
+    async with started(first, timeout=60) as http:
+        task_id = (await http.post("/v1/tasks", json=simple_task(max_tokens=8))).json()["id"]
+        before = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 30})).json()
     assert before["status"] == "done"
 
     second = Gateway(settings)
     assert second.address == first.address  # same key from data_dir
-    await second.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
-        ) as http:
-            after = (await http.get(f"/v1/tasks/{task_id}")).json()
-    finally:
-        await second.stop()
+    async with started(second, timeout=10) as http:
+        after = (await http.get(f"/v1/tasks/{task_id}")).json()
     assert after == before
 
 
 async def test_a_restarted_gateway_collects_a_result_published_after_the_restart(net: Net, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path / "gw", net.peers)
     long_task = simple_task("Write the numbers from 1 to 300, separated by commas.", max_tokens=256, timeout=60)
-    first = Gateway(settings)
-    await first.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
-        ) as http:
-            task_id = (await http.post("/v1/tasks", json=long_task)).json()["id"]
-            await asyncio.sleep(0.3)  # published, still generating
-    finally:
-        await first.stop()
+    async with started(Gateway(settings), timeout=10) as http:
+        task_id = (await http.post("/v1/tasks", json=long_task)).json()["id"]
+        await asyncio.sleep(0.3)  # published, still generating
 
-    second = Gateway(settings)
-    await second.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=second.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        ) as http:
-            body = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 50})).json()
-    finally:
-        await second.stop()
+    async with started(Gateway(settings), timeout=60) as http:
+        body = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 50})).json()
     assert body["status"] == "done", body
     assert body["result"].strip() and body["node"] in net.addresses

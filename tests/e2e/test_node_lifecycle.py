@@ -44,6 +44,13 @@ def node_address(node: NodeProcess) -> str:
     return node.wait_for_log("node started")["address"]
 
 
+async def long_task_started(client: Client, node: NodeProcess, address: str, timeout: float, items: int = 300) -> str:
+    """The id of a long task (`long_workflow(items)`) submitted to the node at `address`, once `node` started it."""
+    task_id = await client.submit(Task(workflow=long_workflow(items), models=["*"], nodes=[address]), timeout=timeout)
+    await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+    return task_id
+
+
 @pytest.mark.parametrize(("drain_timeout", "expect_result"), [("60", True), ("0.5", False)])
 async def test_sigterm_drains_the_running_task_then_exits_0(
     tmp_path: Path, drain_timeout: str, expect_result: bool
@@ -52,8 +59,7 @@ async def test_sigterm_drains_the_running_task_then_exits_0(
     try:
         address = node_address(node)
         async with Client(peers=[node.addr]) as client:
-            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=90)
-            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            task_id = await long_task_started(client, node, address, 90)
             node.proc.send_signal(signal.SIGTERM)
             if expect_result:
                 result = await client.wait(task_id, timeout=90, nodes=[address])
@@ -94,8 +100,7 @@ async def test_signal_to_the_whole_node_drains_like_a_signal_to_the_daemon(
     try:
         address = node_address(node)
         async with Client(peers=[node.addr]) as client:
-            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=90)
-            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            task_id = await long_task_started(client, node, address, 90)
             _signal_node(node, sig, target)
             result = await client.wait(task_id, timeout=150, nodes=[address])
             assert items_in(result.text) == 300  # finished, not interrupted, not rerun after a crash
@@ -116,8 +121,7 @@ async def test_kill_9_mid_task_then_restart_answers_interrupted(tmp_path: Path) 
     try:
         address = node_address(node)
         async with Client(peers=[node.addr], secret_key=key) as client:
-            task_id = await client.submit(Task(workflow=long_workflow(), models=["*"], nodes=[address]), timeout=120)
-            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            task_id = await long_task_started(client, node, address, 120)
             node.stop(signal.SIGKILL)
         node = NodeProcess(tmp_path / "node", port=port)
         async with Client(peers=[node.addr], secret_key=key) as client:
@@ -133,8 +137,7 @@ async def test_result_finished_without_peers_survives_kill_9_and_is_published_af
     try:
         address = node_address(node)
         async with Client(peers=[node.addr], secret_key=key) as client:
-            task_id = await client.submit(Task(workflow=long_workflow(150), models=["*"], nodes=[address]), timeout=120)
-            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            task_id = await long_task_started(client, node, address, 120, items=150)
         # The publisher left: the node finishes with no peers and keeps the result in its journal.
         await asyncio.to_thread(node.wait_for_log, "no peers: result kept until peers return", 60, task_id=task_id)
         node.stop(signal.SIGKILL)
@@ -153,9 +156,7 @@ async def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps
     try:
         address = node_address(node)
         async with Client(peers=[node.addr], secret_key=Identity.generate().secret) as client:
-            task = Task(workflow=long_workflow(), models=["*"], nodes=[address])
-            task_id = await client.submit(task, timeout=120)
-            await asyncio.to_thread(node.wait_for_log, "task started", 30, task_id=task_id)
+            task_id = await long_task_started(client, node, address, 120)
             second = await asyncio.to_thread(
                 subprocess.run,
                 [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")],

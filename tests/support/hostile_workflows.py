@@ -145,12 +145,12 @@ def replace_bomb() -> dict[str, Any]:
     }
 
 
-def placeholder_bomb() -> dict[str, Any]:
-    """A message repeating a 60 kB input 200 times (12 MB of prompt)."""
+def _generation_on_a_block(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """One generation step of `messages`, whose input `a` reads a 60 kB entry of memory."""
     task = {
         "id": "g",
         "operator": "generation",
-        "messages": [{"role": "user", "content": "{a}" * 200}],
+        "messages": messages,
         "inputs": [{"name": "a", "value": {"type": "read", "key": "big"}}],
     }
     return {
@@ -160,23 +160,16 @@ def placeholder_bomb() -> dict[str, Any]:
         "steps": [{"source": "g", "target": "_end"}],
         "return_value": {"input": {"type": "string", "key": "done"}},
     }
+
+
+def placeholder_bomb() -> dict[str, Any]:
+    """A message repeating a 60 kB input 200 times (12 MB of prompt)."""
+    return _generation_on_a_block([{"role": "user", "content": "{a}" * 200}])
 
 
 def messages_fan_out_bomb() -> dict[str, Any]:
     """One step of 1,000 messages each naming a 60 kB input once (60 MB of prompt; each message alone is small)."""
-    task = {
-        "id": "g",
-        "operator": "generation",
-        "messages": [{"role": "user", "content": "{a}."}] * 1000,
-        "inputs": [{"name": "a", "value": {"type": "read", "key": "big"}}],
-    }
-    return {
-        "config": {"max_steps": 1, "max_time": 60, "max_tokens": 4},
-        "external_memory": {"big": BLOCK},
-        "tasks": [task],
-        "steps": [{"source": "g", "target": "_end"}],
-        "return_value": {"input": {"type": "string", "key": "done"}},
-    }
+    return _generation_on_a_block([{"role": "user", "content": "{a}."}] * 1000)
 
 
 def sample_fan_out_bomb() -> dict[str, Any]:

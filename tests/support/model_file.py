@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import llama_cpp
+
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
 from models.registry import DEFAULT_MODEL, Registry
@@ -35,3 +37,16 @@ def loaded_smollm2(options: RuntimeOptions, parallel: int) -> Iterator[BatchedLl
         yield model
     finally:
         asyncio.run(model.close())
+
+
+@contextmanager
+def smollm2_vocab() -> Iterator[llama_cpp.llama_vocab_p]:
+    """SmolLM2's vocabulary alone (no weights), for a module-scoped fixture; freed afterwards."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
+    assert model
+    try:
+        yield llama_cpp.llama_model_get_vocab(model)
+    finally:
+        llama_cpp.llama_model_free(model)

@@ -43,6 +43,14 @@ async def link(a: P2PHost, b: P2PHost) -> None:
     assert await b.connect(a.listen_addrs[0]) == a.peer_id
 
 
+async def line(a: P2PHost, b: P2PHost, c: P2PHost) -> None:
+    """Links a to b and b to c (each subscribed to TOPIC, or relaying it, already), once b meshes both and c meshes b."""
+    await link(a, b)
+    await link(b, c)
+    await wait_for_mesh(b, TOPIC, 2)
+    await wait_for_mesh(c, TOPIC, 1)
+
+
 async def receive(queue: asyncio.Queue[GossipMessage], timeout: float = WAIT_S) -> GossipMessage:
     return await asyncio.wait_for(queue.get(), timeout)
 

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -71,10 +72,12 @@ async def test_kept_without_peers_then_published_once_when_a_peer_joins(tmp_path
         journal.close()
 
 
-async def connected(tmp_path: Path) -> tuple[Identity, Identity, P2PHost, P2PHost, asyncio.Queue, Journal]:  # type: ignore[type-arg]
+async def connected(
+    tmp_path: Path, **host_options: Any
+) -> tuple[Identity, Identity, P2PHost, P2PHost, asyncio.Queue, Journal]:  # type: ignore[type-arg]
     node, publisher = Identity.generate(), Identity.generate()
     journal = Journal.open(tmp_path / "journal.sqlite3")
-    host, listener = P2PHost(node.secret, LOOPBACK), P2PHost(publisher.secret, LOOPBACK)
+    host, listener = P2PHost(node.secret, LOOPBACK, **host_options), P2PHost(publisher.secret, LOOPBACK)
     await host.start()
     await listener.start()
     await host.subscribe(RESULTS_TOPIC)
@@ -180,22 +183,12 @@ async def test_a_result_on_its_way_to_its_stream_is_not_also_published_on_gossip
     """The retry loop runs while the result waits to be written to its stream (here: the answer
     frame is slow to go out, as on a loaded node); it must leave that result alone, or the
     publisher gets it twice (stream and gossip) and every node of the network pays for the copy."""
-    node, publisher = Identity.generate(), Identity.generate()
-    journal = Journal.open(tmp_path / "journal.sqlite3")
     inbound_streams: asyncio.Queue[FrameStream] = asyncio.Queue()
-    host = P2PHost(node.secret, LOOPBACK, on_inbound_stream=lambda stream, first: inbound_streams.put_nowait(stream))
-    listener = P2PHost(publisher.secret, LOOPBACK)
-    await host.start()
-    await listener.start()
+    node, publisher, host, listener, received, journal = await connected(
+        tmp_path, on_inbound_stream=lambda stream, first: inbound_streams.put_nowait(stream)
+    )
     runner: asyncio.Task[None] | None = None
     try:
-        await host.subscribe(RESULTS_TOPIC)
-        received = await listener.subscribe(RESULTS_TOPIC)
-        await listener.connect(host.listen_addrs[0])
-        for _ in range(100):
-            if (await host.mesh_sizes()).get(RESULTS_TOPIC):
-                break
-            await asyncio.sleep(0.1)
         publisher_side = await listener.open_stream(host.listen_addrs, b"task")
         node_side = await asyncio.wait_for(inbound_streams.get(), 10)
         outbox = ResultOutbox(node, host, journal, retry_interval_s=0.05)

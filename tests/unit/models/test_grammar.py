@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import llguidance
 import pytest
 
@@ -24,7 +23,7 @@ from models.grammar import GrammarError, json_schema_grammar, normalize_schema, 
 from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
-from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.model_file import loaded_smollm2, smollm2_vocab
 from workflows import WorkflowValidationError, parse_workflow
 
 SDK_SCHEMAS: dict[str, dict[str, str]] = json.loads(
@@ -49,12 +48,8 @@ def grammar_matches(grammar: str, text: str, tokenizer: llguidance.LLTokenizer) 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Iterator[llguidance.LLTokenizer]:
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
-    assert model
-    yield vocab_tokenizer(llama_cpp.llama_model_get_vocab(model), [0, 2])
-    llama_cpp.llama_model_free(model)
+    with smollm2_vocab() as vocab:
+        yield vocab_tokenizer(vocab, [0, 2])
 
 
 # --- regexes the SDK really sends ------------------------------------------------------

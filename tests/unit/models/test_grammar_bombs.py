@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-import llama_cpp
 import llguidance
 import pytest
 
@@ -23,7 +22,7 @@ from models.grammar.matcher import Constraint, vocab_tokenizer
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, Generation, GenerationRequest
 from tests.support.grammar_bombs import RUNTIME_BOMBS, VARIANT_BOMBS, WORKFLOW_BOMBS, GrammarBomb
-from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.model_file import loaded_smollm2, smollm2_vocab
 
 STEPS = 24
 # The old engine took 1.6 s for ONE token of `(x?){1000}x`; llguidance under the limits takes milliseconds.
@@ -33,12 +32,8 @@ END_TOKENS = [0, 2]
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Iterator[llguidance.LLTokenizer]:
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
-    assert model
-    yield vocab_tokenizer(llama_cpp.llama_model_get_vocab(model), END_TOKENS)
-    llama_cpp.llama_model_free(model)
+    with smollm2_vocab() as vocab:
+        yield vocab_tokenizer(vocab, END_TOKENS)
 
 
 def _drive(constraint: Constraint) -> list[float]:

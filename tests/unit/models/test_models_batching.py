@@ -33,10 +33,6 @@ PARALLEL = 4
 WORDS = ["apple", "river", "candle", "mountain", "window", "banana"]
 
 
-def smollm2_path() -> Path:
-    return SMOLLM2
-
-
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
     with loaded_smollm2(OPTIONS, parallel=PARALLEL) as model:
@@ -227,7 +223,7 @@ async def test_stop_strings_deadline_and_max_tokens(model: BatchedLlamaModel) ->
 
 
 async def test_embeddings_and_closing() -> None:
-    own = await BatchedLlamaModel.load("smollm2", smollm2_path(), OPTIONS, parallel=2)
+    own = await BatchedLlamaModel.load("smollm2", SMOLLM2, OPTIONS, parallel=2)
     try:
         vectors = await own.embed(EmbeddingRequest(texts=["a cat", "a dog"]))
         assert len(vectors) == 2 and len(vectors[0]) == 576
@@ -249,7 +245,7 @@ async def test_embeddings_and_closing() -> None:
 
 async def test_a_truncated_model_file_fails_to_load_with_its_name_and_why(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
-    whole = smollm2_path().read_bytes()
+    whole = SMOLLM2.read_bytes()
     broken.write_bytes(whole[: len(whole) // 2])  # its header and tensor table whole, half its data
     with pytest.raises(ModelLoadError, match=r"broken\.gguf: .*corrupted or incomplete"):
         await BatchedLlamaModel.load("broken", broken, OPTIONS, parallel=2)

@@ -16,14 +16,10 @@ from models.options import RuntimeOptions
 from tests.support.model_file import SMOLLM2
 
 
-def smollm2_path() -> Path:
-    return SMOLLM2
-
-
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
     loaded = asyncio.run(
-        BatchedLlamaModel.load("smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=1), parallel=1)
+        BatchedLlamaModel.load("smollm2:135m", SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1), parallel=1)
     )
     yield loaded
     asyncio.run(loaded.close())
@@ -52,9 +48,7 @@ async def test_cache_measures_once_and_survives_a_restart(model: BatchedLlamaMod
 
 
 async def test_cache_key_changes_with_the_setup(model: BatchedLlamaModel, tmp_path: Path) -> None:
-    other = await BatchedLlamaModel.load(
-        "smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=512, n_threads=2), parallel=1
-    )
+    other = await BatchedLlamaModel.load("smollm2:135m", SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=2), parallel=1)
     try:
         cache = BenchmarkCache(tmp_path / "bench.json")
         assert cache.key(other) != cache.key(model)

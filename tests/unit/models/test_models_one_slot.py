@@ -31,10 +31,6 @@ from tests.support.model_file import SMOLLM2, loaded_smollm2
 OPTIONS = RuntimeOptions(n_ctx=1024, n_threads=1)
 
 
-def smollm2_path() -> Path:
-    return SMOLLM2
-
-
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
     with loaded_smollm2(OPTIONS, parallel=1) as model:
@@ -201,9 +197,7 @@ def test_tokenize(model: BatchedLlamaModel) -> None:
 
 
 async def test_closed_model_refuses_requests() -> None:
-    loaded = await BatchedLlamaModel.load(
-        "smollm2:135m", smollm2_path(), RuntimeOptions(n_ctx=256, n_threads=1), parallel=1
-    )
+    loaded = await BatchedLlamaModel.load("smollm2:135m", SMOLLM2, RuntimeOptions(n_ctx=256, n_threads=1), parallel=1)
     await loaded.close()
     with pytest.raises(ModelError, match="closed"):
         await loaded.generate(ask("Hi", max_tokens=2))
@@ -224,7 +218,7 @@ async def test_random_bytes_are_not_a_gguf(tmp_path: Path) -> None:
 
 async def test_truncated_gguf_fails_to_load(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.gguf"
-    with smollm2_path().open("rb") as source:
+    with SMOLLM2.open("rb") as source:
         truncated.write_bytes(source.read(2 * 1024 * 1024))
     with pytest.raises(ModelLoadError, match="truncated.gguf"):
         await BatchedLlamaModel.load("x", truncated, OPTIONS, parallel=1)

@@ -9,17 +9,13 @@ import llama_cpp
 import pytest
 
 from models.token_pieces import TokenPieces
-from tests.support.model_file import SMOLLM2
+from tests.support.model_file import smollm2_vocab
 
 
 @pytest.fixture(scope="module")
 def vocab() -> Iterator[llama_cpp.llama_vocab_p]:
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
-    assert model
-    yield llama_cpp.llama_model_get_vocab(model)
-    llama_cpp.llama_model_free(model)
+    with smollm2_vocab() as vocab:
+        yield vocab
 
 
 def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:

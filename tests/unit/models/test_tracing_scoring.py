@@ -27,13 +27,6 @@ def model() -> Iterator[BatchedLlamaModel]:
         yield loaded
 
 
-@pytest.fixture(scope="module")
-def scorer() -> Iterator[TokenScorer]:
-    opened = TokenScorer(SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1))
-    yield opened
-    opened.close()
-
-
 def _request(text: str, temperature: float = 0.7, seed: int = 7, max_tokens: int = 24) -> GenerationRequest:
     return GenerationRequest(
         messages=[ChatMessage(role="user", content=text)], temperature=temperature, seed=seed, max_tokens=max_tokens

@@ -16,6 +16,7 @@ from tests.support.p2p_hosts import (
     TOPIC,
     WAIT_S,
     HostFactory,
+    line,
     link,
     pair,
     receive,
@@ -78,10 +79,7 @@ async def test_message_is_relayed_along_a_line(make_host: HostFactory) -> None:
     qc = await c.subscribe(TOPIC)
     await a.subscribe(TOPIC)
     await b.subscribe(TOPIC)
-    await link(a, b)
-    await link(b, c)
-    await wait_for_mesh(b, TOPIC, 2)
-    await wait_for_mesh(c, TOPIC, 1)
+    await line(a, b, c)
     assert a.peer_id not in await c.peers()
     await a.publish(TOPIC, b"via b")
     assert await receive(qc) == GossipMessage(TOPIC, b"via b", a.peer_id)

@@ -9,6 +9,7 @@ from node.p2p.host import MessageTooLargeError, P2PError
 from tests.support.p2p_hosts import (
     TOPIC,
     HostFactory,
+    line,
     link,
     pair,
     receive,
@@ -31,10 +32,7 @@ async def test_a_relayed_topic_is_validated_and_relayed_but_never_handed_to_the_
     await a.subscribe(TOPIC)
     await b.relay(TOPIC, no_bad)
     qc = await c.subscribe(TOPIC)
-    await link(a, b)
-    await link(b, c)
-    await wait_for_mesh(b, TOPIC, 2)
-    await wait_for_mesh(c, TOPIC, 1)
+    await line(a, b, c)
     await a.publish(TOPIC, b"bad message")
     await a.publish(TOPIC, b"good message")
     assert (await receive(qc)).data == b"good message"
@@ -60,10 +58,7 @@ async def test_rejecting_validator_stops_delivery_and_relay(make_host: HostFacto
     await a.subscribe(TOPIC)
     qb = await b.subscribe(TOPIC, validator=no_bad)
     qc = await c.subscribe(TOPIC)
-    await link(a, b)
-    await link(b, c)
-    await wait_for_mesh(b, TOPIC, 2)
-    await wait_for_mesh(c, TOPIC, 1)
+    await line(a, b, c)
     await a.publish(TOPIC, b"bad message")
     await a.publish(TOPIC, b"good message")
     assert (await receive(qb)).data == b"good message"

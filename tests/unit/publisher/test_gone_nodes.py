@@ -14,11 +14,9 @@ from typing import Any
 
 import structlog
 
-from node.p2p.connection_trim import ConnectionBudget
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop
-from node.publisher.client import Client
 from node.publisher.direct import NotDialableError
 from node.publisher.node_table import MAX_GONE, KnownNode, NodeTable
 from node.publisher.reputation import Reputation
@@ -26,10 +24,9 @@ from node.publisher.tasks import Task, TaskResult
 from node.wire.identity import Identity
 from node.wire.inbound import Inbound
 from node.wire.messages import HeartbeatBody, Stats
+from tests.support.gossip_nodes import MODEL, GossipNode, Prefer, client_behind_a_relay, started_client
 from tests.support.heartbeats import signed_heartbeat
-from tests.unit.publisher.test_gossip_node_gone import GossipNode, Prefer
 
-MODEL = "m"
 NOW = 1_800_000_000.0
 
 
@@ -203,21 +200,6 @@ async def wait_until(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def started_client(goes: GossipNode, stays: GossipNode, **kwargs: Any) -> Client:
-    table = NodeTable(rng=Prefer([goes.identity.address, stays.identity.address]))
-    peers = [goes.host.listen_addrs[0], stays.host.listen_addrs[0]]
-    client = Client(peers=peers, delivery="gossip", node_table=table, **kwargs)
-    await client.start()
-    for _ in range(100):
-        if len(client.nodes.live()) == 2:
-            return client
-        await goes.heartbeat()
-        await stays.heartbeat()
-        await asyncio.sleep(0.2)
-    await client.close()
-    raise AssertionError("the client never saw both heartbeats")
-
-
 async def test_a_client_sends_a_new_task_to_another_node_once_a_nodes_connection_closed() -> None:
     goes, stays = GossipNode(answers=False), GossipNode(answers=True)
     for node in (goes, stays):
@@ -284,27 +266,8 @@ async def test_a_node_that_trims_our_idle_connection_is_not_marked_gone() -> Non
     # A node past its peer budget closes idle inbound connections (connection_trim.py), and anyone can push it
     # there: the publisher probes it with a new connection, which it takes, so it is not weighed last.
     relay, busy, other = GossipNode(answers=False), GossipNode(answers=True), GossipNode(answers=True)
-    service = busy.host._service
-    service._options = service._options.model_copy(
-        update={"connection_budget": ConnectionBudget(high_water=1, low_water=0, grace_s=1.0, check_interval_s=0.2)}
-    )
-    for node in (relay, busy, other):
-        await node.start()
-    await busy.host.connect(relay.host.listen_addrs[0])  # outbound at the busy node: never trimmed
-    await other.host.connect(relay.host.listen_addrs[0])
-    client = Client(
-        peers=[relay.host.listen_addrs[0]],
-        delivery="gossip",
-        node_table=NodeTable(rng=Prefer([busy.identity.address, other.identity.address])),
-    )
+    client = await client_behind_a_relay(relay, busy, other)
     try:
-        await client.start()
-        for _ in range(100):
-            if len(client.nodes.live()) == 2:
-                break
-            await busy.heartbeat()
-            await other.heartbeat()
-            await asyncio.sleep(0.2)
         assert len(client.nodes.live()) == 2 and client._host is not None
         with contextlib.suppress(P2PError):  # the fake node serves no streams: the connection stays, idle
             await client._host.open_stream(busy.host.listen_addrs, b"{}", timeout=2.0)

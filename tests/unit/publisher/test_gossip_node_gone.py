@@ -5,46 +5,23 @@ comes. The AttemptLoop's decision against stand-in hooks (no network), then the 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any
 
 import pytest
 import structlog
 
-from node.p2p.handoff import GossipMessage
-from node.p2p.host import P2PHost
 from node.publisher.attempts import NODE_GONE, Attempt, AttemptHooks, AttemptLoop
-from node.publisher.client import Client
 from node.publisher.errors import TaskTimeoutError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.sender import TaskSender
 from node.publisher.tasks import Task, TaskResult
-from node.wire.envelope import seal
 from node.wire.identity import Identity
-from node.wire.inbound import decode
-from node.wire.messages import Stats, TaskBody, encode_body
-from node.wire.results import Output, result_body
-from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
-from tests.support.heartbeats import heartbeat_message, signed_heartbeat
-
-MODEL = "m"
-
-
-class Prefer(random.Random):
-    """Chooses the first node of `order` still a candidate, so a test knows who is tried first."""
-
-    def __init__(self, order: list[str]) -> None:
-        super().__init__()
-        self.order = order
-
-    def choices(self, population, weights=None, *, cum_weights=None, k=1):  # type: ignore[override]
-        return [next((n for a in self.order for n in population if n.address == a), population[0])]
-
-    def choice(self, seq):  # type: ignore[override]
-        return self.choices(seq)[0]
+from node.wire.messages import Stats
+from tests.support.gossip_nodes import MODEL, GossipNode, Prefer, started_client
+from tests.support.heartbeats import signed_heartbeat
 
 
 def result_of(attempt: Attempt, text: str) -> TaskResult:
@@ -279,69 +256,13 @@ async def test_a_node_that_hangs_up_on_each_new_connection_is_probed_once_per_in
 # --- a Client on real libp2p hosts: the node's connection closing is what starts the retry ------------------
 
 
-class GossipNode:
-    """A peer that takes tasks picked for it on gossip and, if `answers`, publishes a result on gossip."""
-
-    def __init__(self, answers: bool) -> None:
-        self.identity = Identity.generate()
-        self.answers = answers
-        self.host = P2PHost(self.identity.secret, ["/ip4/127.0.0.1/tcp/0"])
-        self.took = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.host.start()
-        tasks = await self.host.subscribe(TASK_TOPIC)
-        for topic in (RESULTS_TOPIC, HEARTBEAT_TOPIC):
-            await self.host.subscribe(topic)
-        self._reader = asyncio.create_task(self._read(tasks))
-
-    async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        await self.host.stop()
-
-    async def _read(self, tasks: asyncio.Queue[GossipMessage]) -> None:
-        while True:
-            body = decode(TASK_TOPIC, (await tasks.get()).data).body
-            assert isinstance(body, TaskBody)
-            if self.identity.address not in (body.picked_nodes or []):
-                continue
-            self.took.set()
-            if self.answers:
-                now = time.time_ns()
-                output = Output("from the node that stayed", body.public_key, 1, 1)
-                result = result_body(
-                    body.task_id, MODEL, output, received_at_ns=now, started_at_ns=now, ended_at_ns=now
-                )
-                await self.host.publish(RESULTS_TOPIC, seal(self.identity, RESULTS_TOPIC, encode_body(result)))
-
-    async def heartbeat(self) -> None:
-        if (await self.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-            await self.host.publish(HEARTBEAT_TOPIC, heartbeat_message(self.identity, [MODEL], free=1))
-
-
 async def test_a_client_retries_a_gossip_task_at_once_when_its_node_disconnects() -> None:
     goes, stays = GossipNode(answers=False), GossipNode(answers=True)
     for node in (goes, stays):
         await node.start()
     await stays.host.connect(goes.host.listen_addrs[0])
-    table = NodeTable(rng=Prefer([goes.identity.address, stays.identity.address]))
-    client = Client(
-        peers=[goes.host.listen_addrs[0], stays.host.listen_addrs[0]],
-        delivery="gossip",
-        node_table=table,
-        max_retries=1,
-    )
+    client = await started_client(goes, stays, max_retries=1)
     try:
-        await client.start()
-        for _ in range(100):
-            if len(client.nodes.live()) == 2:
-                break
-            await goes.heartbeat()
-            await stays.heartbeat()
-            await asyncio.sleep(0.2)
-        assert len(client.nodes.live()) == 2, "the client never saw both heartbeats"
         with structlog.testing.capture_logs() as logs:
             running = asyncio.ensure_future(client.execute(Task(workflow={}, models=[MODEL]), timeout=60))
             await asyncio.wait_for(goes.took.wait(), 10)

@@ -15,7 +15,7 @@ from models.tracing import GenerationTrace, generation_traces
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.verification import ProofChecker, VerificationError
 from node.wire.proof import Proof, ProofGeneration
-from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.model_file import loaded_smollm2
 from workflows import Simple
 
 
@@ -82,13 +82,6 @@ def test_workflows_without_a_model_call_expect_nothing() -> None:
 def model() -> Iterator[BatchedLlamaModel]:
     with loaded_smollm2(RuntimeOptions(n_ctx=512, n_threads=1), parallel=1) as loaded:
         yield loaded
-
-
-@pytest.fixture(scope="module")
-def scorer() -> Iterator[TokenScorer]:
-    opened = TokenScorer(SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1))
-    yield opened
-    opened.close()
 
 
 async def test_honest_work_on_another_prompt_fails_the_check(model: BatchedLlamaModel, scorer: TokenScorer) -> None:

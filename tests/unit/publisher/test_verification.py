@@ -24,7 +24,7 @@ from node.publisher.verification import (
 )
 from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from tests.support.dishonest_runtimes import FIXED_TEXT
-from tests.support.model_file import SMOLLM2, loaded_smollm2
+from tests.support.model_file import loaded_smollm2
 from tests.support.swapped_model import requantized_smollm2
 
 
@@ -32,13 +32,6 @@ from tests.support.swapped_model import requantized_smollm2
 def model() -> Iterator[BatchedLlamaModel]:
     with loaded_smollm2(RuntimeOptions(n_ctx=512, n_threads=1), parallel=2) as loaded:
         yield loaded
-
-
-@pytest.fixture(scope="module")
-def scorer() -> Iterator[TokenScorer]:
-    opened = TokenScorer(SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1))
-    yield opened
-    opened.close()
 
 
 async def _run(model: BatchedLlamaModel, prompt: str, temperature: float, seed: int) -> tuple[str, GenerationTrace]:
