@@ -96,6 +96,8 @@ class GatewayService:
         """Join the network and resume waiting for tasks left pending by an earlier run."""
         await self.client.start()
         for record in self.store.pending():
+            if record.id in self._finished:  # submitted by this run while it joined the network: `_run` follows it
+                continue
             self._finished[record.id] = asyncio.Event()
             self._spawn(self._resume(record))
 
@@ -223,10 +225,18 @@ class GatewayService:
         stats = result.stats.model_dump(by_alias=True)
         if result.ciphertext is not None:
             self._finish(
-                task_id, "done", ciphertext=result.ciphertext, node=result.node, model=result.model, stats=stats
+                task_id,
+                "done",
+                ciphertext=result.ciphertext,
+                error=None,
+                node=result.node,
+                model=result.model,
+                stats=stats,
             )
         else:
-            self._finish(task_id, "done", result=result.text, node=result.node, model=result.model, stats=stats)
+            self._finish(
+                task_id, "done", result=result.text, error=None, node=result.node, model=result.model, stats=stats
+            )
 
     def _finish(self, task_id: str, status: str, **fields: object) -> None:
         try:

@@ -83,3 +83,28 @@ async def test_a_task_no_node_took_before_a_restart_ends_saying_so_not_expired(t
             await gateway.stop()
     finally:
         await peer.stop()
+
+
+async def test_a_task_posted_while_the_gateway_joins_is_not_taken_for_one_left_by_a_restart(tmp_path: Path) -> None:
+    """HTTP listens before the gateway has joined the network; a task it takes meanwhile is this run's own, not
+    one an earlier run left pending (those end 'restarted before any node took the task' once it has joined)."""
+    peer = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])  # joins the task topic when told
+    await peer.start()
+    gateway = Gateway(GatewaySettings.load(data_dir=tmp_path, peers=[str(peer.listen_addrs[0])], port=0))
+    starting = asyncio.create_task(gateway.start())
+    try:
+        for _ in range(200):  # the listener is up first; the join waits for a peer on the task topic
+            if gateway.http.port is not None:
+                break
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            task_id = (await http.post("/v1/tasks", json=task(timeout=120))).json()["id"]
+            assert not starting.done()
+            await peer.subscribe(TASK_TOPIC)
+            await asyncio.wait_for(starting, 30)
+            view = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 1})).json()
+        assert view["status"] == "pending" and view.get("error") is None, view  # was: error, '... restarted ...'
+    finally:
+        await asyncio.gather(starting, return_exceptions=True)
+        await gateway.stop()
+        await peer.stop()
