@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -88,6 +88,11 @@ def _not_blank(value: Any) -> Any:
 
 # A path where `~` means the user's home; an empty string is refused (it would be the working directory).
 UserPath = Annotated[Path, BeforeValidator(_not_blank), AfterValidator(_expand_user)]
+
+# Seconds a setting may say at most (~31 years): a deadline or cut-off in ns past it no longer fits SQLite's or the
+# wire's int64, and stopped a node with "Python int too large to convert to SQLite INTEGER", naming no setting.
+SECONDS_MAX = 10**9
+Seconds = Annotated[float, Field(le=SECONDS_MAX)]
 
 
 KEY_FILE_MAX_BYTES = 4096  # a key file holds 64 hex characters; more is no key file (and /dev/zero ends here)

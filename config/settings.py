@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from config.layered import ConfigError, LayeredSettings, MultiaddrList, PeerAddrList, StrList, UserPath
+from config.layered import ConfigError, LayeredSettings, MultiaddrList, PeerAddrList, Seconds, StrList, UserPath
 
 __all__ = ["ConfigError", "Settings", "StrList"]
 
@@ -70,13 +70,13 @@ class Settings(LayeredSettings):
     inbound_connections_per_ip_per_minute: int = Field(
         default=30, ge=1, description="New inbound connections one IP (IPv6: one /56) may open per minute"
     )
-    direct_first_frame_timeout: float = Field(
+    direct_first_frame_timeout: Seconds = Field(
         default=10.0, gt=0, description="Seconds a new direct-delivery stream has to send its task"
     )
-    heartbeat_interval: float = Field(default=30.0, gt=0, description="Seconds between heartbeats")
-    redial_max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
+    heartbeat_interval: Seconds = Field(default=30.0, gt=0, description="Seconds between heartbeats")
+    redial_max_backoff: Seconds = Field(default=60.0, gt=0, description="Longest wait between bootstrap re-dials")
     publishers: StrList = Field(default=[], description="If set, only tasks signed by these addresses are accepted")
-    reject_log_window: float = Field(
+    reject_log_window: Seconds = Field(
         default=10.0, ge=0, description="Seconds between log lines for one rejection reason (0: log every one)"
     )
 
@@ -119,12 +119,12 @@ class Settings(LayeredSettings):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
     startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")
-    remote_health_interval: float = Field(
+    remote_health_interval: Seconds = Field(
         default=15.0, gt=0, description='Seconds between health checks of remote engines (registry backend = "openai")'
     )
     min_tps: float = Field(default=0.0, ge=0.0, description="Drop models slower than this many tokens/s (0: off)")
     max_tokens_cap: int = Field(default=4096, ge=1, description="Largest max_tokens a workflow may ask for")
-    max_time_cap: float = Field(default=3600.0, gt=0, description="Largest max_time (s) a workflow may ask for")
+    max_time_cap: Seconds = Field(default=3600.0, gt=0, description="Largest max_time (s) a workflow may ask for")
     max_steps_cap: int = Field(default=1000, ge=1, description="Largest max_steps a workflow may ask for")
     max_task_tokens: int = Field(default=32768, ge=1, description="Tokens all generations of one task may produce")
     max_memory_bytes: int = Field(
@@ -139,7 +139,7 @@ class Settings(LayeredSettings):
     search_url: str | None = Field(default=None, description="Search provider URL")
     search_api_key: str | None = Field(default=None, description="Search provider API key (sent only to search_url)")
     tool_allow: StrList = Field(default=[], description="Hosts/CIDRs tools may reach despite egress rules")
-    tool_timeout: float = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
+    tool_timeout: Seconds = Field(default=10.0, gt=0, description="Seconds per tool HTTP request")
     tool_max_bytes: int = Field(
         default=1_000_000,
         ge=1024,
@@ -158,7 +158,9 @@ class Settings(LayeredSettings):
 
     # Operations
     rerun_interrupted: bool = Field(default=False, description="Re-run tasks a crash interrupted, if time allows")
-    result_grace: float = Field(default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent")
+    result_grace: Seconds = Field(
+        default=300.0, ge=0, description="Seconds past a deadline a kept result is still sent"
+    )
     journal_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024 * 1024,
@@ -179,16 +181,16 @@ class Settings(LayeredSettings):
         gt=0,
         description="Deprecated, ignored: keys are free, so a quota per publisher bounds nothing",
     )
-    deadline_horizon: float = Field(
+    deadline_horizon: Seconds = Field(
         default=3600.0, gt=0, description="Seconds ahead a task's deadline may lie for this node to accept it"
     )
-    exec_start_timeout: float = Field(
+    exec_start_timeout: Seconds = Field(
         default=600.0, gt=0, description="Seconds a model's execution process gets to load, benchmark and answer"
     )
-    exec_cancel_grace: float = Field(
+    exec_cancel_grace: Seconds = Field(
         default=5.0, gt=0, description="Seconds a task gets to stop after cancel before its execution process is killed"
     )
-    exec_stall_timeout: float = Field(
+    exec_stall_timeout: Seconds = Field(
         default=5.0,
         gt=0,
         description="Seconds a model's decode loop may sit in one sampling call before its execution process is "
@@ -212,10 +214,13 @@ class Settings(LayeredSettings):
     exec_crash_limit: int = Field(
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
     )
-    exec_crash_window: float = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
-    ledger_days: float = Field(default=30.0, gt=0, description="Days the ledger keeps a finished task's row")
+    exec_crash_window: Seconds = Field(default=300.0, gt=0, description="Seconds over which exec_crash_limit counts")
+    ledger_days: float = Field(default=30.0, gt=0, le=10_000, description="Days the ledger keeps a finished task's row")
     ledger_max_rows: int = Field(
-        default=200_000, ge=1000, description="Rows the ledger keeps at most (the oldest go first), whoever sent them"
+        default=200_000,
+        ge=1000,
+        le=2**62,
+        description="Rows the ledger keeps at most (the oldest go first), whoever sent them",
     )
     idle_only: bool = Field(
         default=False, description="Pause by itself while other processes keep the machine busy; resume when they stop"
@@ -232,11 +237,11 @@ class Settings(LayeredSettings):
         le=1,
         description="idle_only: pause while other processes keep a GPU busier than this (where nvidia-smi exists)",
     )
-    idle_check_interval: float = Field(
+    idle_check_interval: Seconds = Field(
         default=5.0, gt=0, description="idle_only: seconds over which the machine's load is measured"
     )
-    drain_timeout: float = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
-    startup_grace: float = Field(
+    drain_timeout: Seconds = Field(default=30.0, ge=0, description="Seconds running tasks get to finish on shutdown")
+    startup_grace: Seconds = Field(
         default=60.0, ge=0, description="Seconds /healthz stays healthy with no peers after start"
     )
     http_enabled: bool = Field(default=True, description="Serve the status page (/), /metrics, /healthz and /status")

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from config.layered import ConfigError, LayeredSettings, MultiaddrList, StrList, UserPath
+from config.layered import ConfigError, LayeredSettings, MultiaddrList, Seconds, StrList, UserPath
 
 __all__ = ["ConfigError", "GatewaySettings", "is_loopback"]
 
@@ -50,7 +50,7 @@ class GatewaySettings(LayeredSettings):
     listen: MultiaddrList = Field(
         default=["/ip4/127.0.0.1/tcp/0"], min_length=1, description="libp2p listen multiaddrs"
     )
-    connect_timeout: float = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
+    connect_timeout: Seconds = Field(default=15.0, gt=0, description="Seconds to join the task mesh at start")
     max_retries: int = Field(default=2, ge=0, description="Busy/failed nodes retried on another node, per task")
     delivery: Literal["direct", "gossip"] = Field(
         default="direct", description="direct: tasks on a stream to the chosen node (protocol 0.4); gossip: 0.3"
@@ -69,19 +69,19 @@ class GatewaySettings(LayeredSettings):
         default=1000, ge=1, description="Unfinished tasks over all keys and tokens; past it new tasks get 429"
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
-    request_timeout: float = Field(
+    request_timeout: Seconds = Field(
         default=30.0,
         gt=0,
         description="Seconds a client has to send a request's head, and again its body (past it: closed, or 408)",
     )
     max_batch: int = Field(default=100, ge=1, description="Most tasks per batch request (and ids per list request)")
-    default_timeout: float = Field(default=60.0, gt=0, description="Task timeout (s) when a request gives none")
-    max_timeout: float = Field(default=600.0, gt=0, description="Largest task timeout (s) a request may ask for")
-    max_wait: float = Field(default=60.0, ge=0, description="Longest long poll (?wait=) in seconds")
-    deadline_horizon: float = Field(
+    default_timeout: Seconds = Field(default=60.0, gt=0, description="Task timeout (s) when a request gives none")
+    max_timeout: Seconds = Field(default=600.0, gt=0, description="Largest task timeout (s) a request may ask for")
+    max_wait: Seconds = Field(default=60.0, ge=0, description="Longest long poll (?wait=) in seconds")
+    deadline_horizon: Seconds = Field(
         default=3600.0, gt=0, description="Seconds ahead a Dria SDK task's deadline may lie (nodes' default too)"
     )
-    retention: float = Field(
+    retention: Seconds = Field(
         default=86400.0,
         gt=0,
         description="Seconds a finished task is kept (Dria SDK tasks: at most deadline_horizon past deadline or result)",
@@ -93,10 +93,10 @@ class GatewaySettings(LayeredSettings):
         description="MB of tasks each table of the task database keeps; past it the finished ones that would "
         "expire first are deleted early",
     )
-    reputation_half_life: float = Field(
+    reputation_half_life: Seconds = Field(
         default=3600.0, gt=0, description="Seconds for a measurement of a node's service to count half"
     )
-    verify_ban_seconds: float = Field(
+    verify_ban_seconds: Seconds = Field(
         default=7 * 86400.0, ge=0, description="Seconds a node whose result failed verification is not chosen"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
