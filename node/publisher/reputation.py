@@ -78,11 +78,18 @@ class Reputation:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
             self._db.commit()
+            skipped = 0
             for (text,) in self._db.execute("SELECT record FROM reputation ORDER BY updated_at DESC"):
-                record = NodeRecord.model_validate_json(text)
+                try:
+                    record = NodeRecord.model_validate_json(text)
+                except ValueError:  # one unreadable row (a hand edit, a torn write) costs that row, not the table
+                    skipped += 1
+                    continue
                 if len(self._rows) < self.settings.max_rows:
                     self._rows[record.address] = record
                     self._note_serving(record)
+            if skipped:
+                log.warning("unreadable reputation rows skipped", path=str(path), rows=skipped)
             for record in sorted(self._rows.values(), key=lambda r: r.updated_at):
                 if record.address not in self._serving:
                     self._never[record.address] = None

@@ -149,6 +149,25 @@ def test_the_table_survives_a_restart_in_its_sqlite_file(tmp_path) -> None:
     assert read_views(tmp_path / "none.sqlite3") == []
 
 
+def test_an_unreadable_row_costs_that_row_not_the_table(tmp_path) -> None:
+    # One row that no longer validates (a hand edit, a torn write) made the whole file unused, at every start:
+    # every measurement and ban forgotten, nothing saved again.
+    path = tmp_path / "reputation.sqlite3"
+    table = Reputation(path)
+    serve(table, A, 3, tps=40, claim=1e6)
+    table.record_verification(B, passed=False)
+    table.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO reputation VALUES (?, ?, ?)", ("zz", "{}", 0))
+    again = Reputation(path)
+    assert again.store_error is None and again.banned(B) and again.view(A, now=T0).answered == pytest.approx(3)
+    serve(again, C, 1, tps=40, claim=1e6)
+    again.close()
+    rows = {a for (a,) in sqlite3.connect(path).execute("SELECT address FROM reputation")}
+    assert {A, B, C} <= rows
+    assert {view.address for view in read_views(path)} == {A, B, C}  # `compute-node nodes` lists them
+
+
 def test_rows_are_bounded_and_the_stalest_unbanned_go_first(tmp_path) -> None:
     path = tmp_path / "reputation.sqlite3"
     table = Reputation(path, ReputationSettings(max_rows=3))
