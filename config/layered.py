@@ -263,7 +263,7 @@ class LayeredSettings(BaseSettings):
         try:
             return with_file(**overrides)
         except ValidationError as exc:
-            raise ConfigError(cls._describe(exc)) from None
+            raise ConfigError(cls._describe(exc, overrides, toml_file)) from None
         except (SettingsError, ValueError, OSError) as exc:  # unreadable TOML, undecodable env value
             source = f"config file {toml_file}" if toml_file else cls.label
             raise ConfigError(f"cannot read {source}: {exc}") from None
@@ -286,7 +286,21 @@ class LayeredSettings(BaseSettings):
         return lines
 
     @classmethod
-    def _describe(cls, exc: ValidationError) -> str:
+    def _where(cls, name: str, overrides: dict[str, Any], toml_file: Path | None) -> str:
+        """Where the value of setting `name` came from, as the precedence picked it (the highest layer that has it)."""
+        variable = cls.env_var(name)
+        if name in overrides:
+            return f"on the command line ({cls.flag(name)})"
+        if any(key.upper() == variable.upper() for key in os.environ):  # pydantic-settings reads names in any case
+            return f"in the environment ({variable})"
+        if toml_file is not None:
+            return f"in the config file {toml_file} (also {variable} / {cls.flag(name)})"
+        return f"({variable} / {cls.flag(name)})"
+
+    @classmethod
+    def _describe(
+        cls, exc: ValidationError, overrides: dict[str, Any] | None = None, toml_file: Path | None = None
+    ) -> str:
         problems = []
         for error in exc.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
@@ -299,7 +313,7 @@ class LayeredSettings(BaseSettings):
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 problems.append(f"unknown setting '{name}' in the config file{hint}")
                 continue
-            problems.append(f"invalid setting '{name}' ({cls.env_var(name)} / {cls.flag(name)}): {message}")
+            problems.append(f"invalid setting '{name}' {cls._where(name, overrides or {}, toml_file)}: {message}")
         return "; ".join(problems)
 
     @classmethod

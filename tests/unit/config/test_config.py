@@ -75,6 +75,18 @@ def test_invalid_value_names_the_setting(overrides: dict, named: str) -> None:
         Settings.load(**overrides)
 
 
+def test_an_invalid_value_says_which_layer_gave_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("max_queue = -1\n")
+    with pytest.raises(ConfigError, match=rf"'max_queue' in the config file {config} \(also COMPUTE_NODE_MAX_QUEUE"):
+        Settings.load(config)
+    monkeypatch.setenv("compute_node_max_queue", "-2")  # the variable's name is read in any case
+    with pytest.raises(ConfigError, match=r"'max_queue' in the environment \(COMPUTE_NODE_MAX_QUEUE\): "):
+        Settings.load(config)
+    with pytest.raises(ConfigError, match=r"'max_queue' on the command line \(--max-queue\): "):
+        Settings.load(config, max_queue="-3")
+
+
 def test_invalid_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMPUTE_NODE_MAX_QUEUE", "many")
     with pytest.raises(ConfigError, match="COMPUTE_NODE_MAX_QUEUE"):
@@ -227,9 +239,7 @@ def test_a_multiaddr_the_host_cannot_read_is_named(field: str, addr: str, named:
 def test_an_announce_address_given_by_name_is_refused_asking_for_an_ip(addr: str) -> None:
     # Publishers dial heartbeat addrs by IP only (a name in anyone's heartbeat would be resolved by them, to
     # whatever its owner likes): a node announcing a name got no direct delivery, with no word why.
-    with pytest.raises(
-        ConfigError, match=r"invalid setting 'announce' \(COMPUTE_NODE_ANNOUNCE / --announce\): .*/ip4/"
-    ):
+    with pytest.raises(ConfigError, match=r"invalid setting 'announce' on the command line \(--announce\): .*/ip4/"):
         Settings.load(announce=[addr])
     assert Settings.load(announce=["/ip4/203.0.113.7/tcp/4001", "/ip6/2001:db8::7/tcp/4001"]).announce
 
