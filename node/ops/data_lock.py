@@ -4,7 +4,8 @@ Two daemons on one data directory share its key, its journal and its ledger: the
 start-up recovery would answer the first one's running tasks as interrupted, and both would
 publish under one identity. So each takes an exclusive `flock` on `<data_dir>/<name>.lock`
 before it opens anything there, and refuses to start while another holds it, naming that
-process. The kernel drops the lock when its process ends, however it ends (a `kill -9`
+process. A node and a gateway never share one: a directory that holds the other kind's lock file
+is refused (both would sign with its `identity.key`, one peer id that cannot dial itself). The kernel drops the lock when its process ends, however it ends (a `kill -9`
 leaves no stale lock), and the file stays. Commands that only read the data directory
 (`compute-node status`, `ledger`, `nodes`) take no lock.
 """
@@ -21,6 +22,9 @@ class DataDirLockedError(Exception):
     """Another process holds this data directory's lock."""
 
 
+KINDS = ("node", "gateway")  # the daemons that lock a data directory, each by its own `<name>.lock`
+
+
 class DataDirLock:
     """An exclusive lock on a data directory, held from `acquire` until `release` (or the process ends)."""
 
@@ -30,7 +34,13 @@ class DataDirLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        """Take the lock; DataDirLockedError if another process holds it."""
+        """Take the lock; DataDirLockedError if another process holds it, or the directory is another kind's."""
+        for other in (kind for kind in KINDS if kind != self._name):
+            if (self.path.parent / f"{other}.lock").exists():
+                raise DataDirLockedError(
+                    f"the data directory {self.path.parent} is a {other}'s (it holds {other}.lock): a {self._name} "
+                    f"there would sign with the {other}'s key; give this {self._name} a data_dir of its own"
+                )
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock

@@ -18,9 +18,19 @@ def test_a_second_lock_on_a_data_dir_is_refused_until_the_first_is_released(tmp_
     first.acquire()
     with pytest.raises(DataDirLockedError, match=rf"another node is running on .* \(pid {os.getpid()}\)"):
         DataDirLock(tmp_path / "d", "node").acquire()
-    assert DataDirLock(tmp_path / "d", "gateway").acquire() is None  # another name, another lock
     first.release()
     with DataDirLock(tmp_path / "d", "node"):
+        pass
+
+
+@pytest.mark.parametrize("first, second", [("node", "gateway"), ("gateway", "node")])
+def test_a_node_and_a_gateway_never_share_a_data_dir(tmp_path: Path, first: str, second: str) -> None:
+    # Both would sign with its identity.key: one peer id, which cannot dial itself ("refusing to dial our own address").
+    with DataDirLock(tmp_path, first):
+        pass  # released: the lock file stays, and says whose directory it is
+    with pytest.raises(DataDirLockedError, match=rf"is a {first}'s \(it holds {first}.lock\).* a data_dir of its own"):
+        DataDirLock(tmp_path, second).acquire()
+    with DataDirLock(tmp_path / second, second):  # the gateway's default is a directory inside the node's
         pass
 
 
