@@ -254,6 +254,8 @@ class LayeredSettings(BaseSettings):
         toml_file = None
         if config_file is not None:
             config_file = Path(config_file).expanduser()
+            if config_file.is_dir():
+                raise ConfigError(f"config file {config_file} is a directory")
             if not config_file.is_file():
                 raise ConfigError(f"config file not found: {config_file}")
             toml_file = config_file
@@ -266,7 +268,7 @@ class LayeredSettings(BaseSettings):
             raise ConfigError(cls._describe(exc, overrides, toml_file)) from None
         except (SettingsError, ValueError, OSError) as exc:  # unreadable TOML, undecodable env value
             source = f"config file {toml_file}" if toml_file else cls.label
-            raise ConfigError(f"cannot read {source}: {exc}") from None
+            raise ConfigError(f"cannot read {source}: {exc}{_byte_order_mark_hint(toml_file)}") from None
 
     @classmethod
     def unknown_env(cls, environ: dict[str, str] | None = None) -> list[str]:
@@ -330,3 +332,17 @@ class LayeredSettings(BaseSettings):
                 shown = str(default)
             rows.append(f"| `{name}` | `{cls.flag(name)}` | `{cls.env_var(name)}` | `{shown}` | {field.description} |")
         return "\n".join(rows)
+
+
+def _byte_order_mark_hint(toml_file: Path | None) -> str:
+    """A hint when the file starts with a UTF-8 byte-order mark, which TOML does not allow (some editors write one)."""
+    if toml_file is None:
+        return ""
+    try:
+        with open(toml_file, "rb") as file:
+            starts = file.read(3)
+    except OSError:
+        return ""
+    if starts != b"\xef\xbb\xbf":
+        return ""
+    return " (the file starts with a UTF-8 byte-order mark, which TOML does not allow: save it without one)"

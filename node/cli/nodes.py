@@ -44,6 +44,8 @@ def run_nodes(args: argparse.Namespace) -> int:
         print(json.dumps({"nodes": [view.model_dump() for view in views]}, indent=2))
         return 0
     print(format_table(views))
+    if not views and not reputation_path(args.data_dir).exists():  # a mistyped --data-dir reads as "nothing yet"
+        print(f"(no reputation table at {reputation_path(args.data_dir)})")
     return 0
 
 

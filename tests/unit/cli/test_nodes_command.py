@@ -32,7 +32,8 @@ def test_nodes_prints_what_the_publisher_measured(tmp_path, capsys) -> None:
 
 def test_nodes_without_a_table_says_so(tmp_path, capsys) -> None:
     assert main(["nodes", "--data-dir", str(tmp_path / "none")]) == 0
-    assert "no node measured yet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no node measured yet" in out and f"no reputation table at {tmp_path / 'none' / 'reputation.sqlite3'}" in out
     assert not (tmp_path / "none").exists()  # looking creates nothing
 
 

@@ -100,6 +100,12 @@ def test_bad_config_files(tmp_path: Path) -> None:
     broken.write_text("max_queue = = 1")
     with pytest.raises(ConfigError, match="broken.toml"):
         Settings.load(broken)
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a directory"):  # was: "not found"
+        Settings.load(tmp_path)
+    marked = tmp_path / "marked.toml"
+    marked.write_bytes(b"\xef\xbb\xbfmax_queue = 1\n")  # as some Windows editors save it
+    with pytest.raises(ConfigError, match="marked.toml.*starts with a UTF-8 byte-order mark"):
+        Settings.load(marked)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("max_queeu = 1")
     with pytest.raises(ConfigError, match="max_queeu"):
