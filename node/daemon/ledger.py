@@ -47,6 +47,19 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ns);
 """
+_COLUMNS = (
+    "id",
+    "task_id",
+    "publisher",
+    "model",
+    "received_ns",
+    "started_ns",
+    "ended_ns",
+    "prompt_tokens",
+    "completion_tokens",
+    "outcome",
+    "error",
+)
 _GROUP_SQL = {
     "day": "date(ended_ns / 1000000000, 'unixepoch')",
     "model": "model",
@@ -120,6 +133,12 @@ class Ledger:
             path.chmod(0o600)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=1.0)
             conn.execute("PRAGMA journal_mode=WAL")
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(tasks)"))
+            if columns and columns != _COLUMNS:  # another program's table, or another layout: every write would fail
+                raise sqlite3.DatabaseError(
+                    f"its tasks table has the columns {', '.join(columns)}, not this version's; move the file aside "
+                    "and the node starts a new one"
+                )
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:

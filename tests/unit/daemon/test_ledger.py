@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -92,6 +93,19 @@ def test_rows_older_than_the_kept_days_go(tmp_path: Path) -> None:
 def test_no_ledger_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger at"):
         totals(tmp_path / "missing.sqlite3")
+
+
+def test_a_ledger_of_another_layout_is_refused_at_open_naming_it(tmp_path: Path) -> None:
+    # Opened as it was, every later write failed: the node ran, and lost each row, without a word at start.
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, task_id TEXT, ended_ns INTEGER)")
+    with pytest.raises(
+        LedgerError, match=rf"cannot open the ledger {path}: its tasks table has the columns id, task_id, ended_ns, not"
+    ):
+        Ledger.open(path, keep_days=30, max_rows=1000)
+    fresh = Ledger.open(tmp_path / "new.sqlite3", keep_days=30, max_rows=1000)  # this version's own layout passes
+    fresh.close()
 
 
 async def test_a_ledger_that_cannot_be_written_drops_rows_and_keeps_running(tmp_path: Path) -> None:
