@@ -4,7 +4,8 @@
 Yamux, as a node's peers speak it), dials `addr` from each and opens a `/meshsub/1.1.0` stream
 to the node; `RawPeers.send(i, rpc)` writes one varint-prefixed RPC on peer i's stream as it is,
 unchecked; `RawPeers.send_frames(i, frames)` writes raw yamux frames on its connection, and
-`RawPeers.write_stream(i, protocol, data)` writes data on a new stream of another protocol. Each peer serves the node's own pubsub stream and counts what arrives on it
+`RawPeers.write_stream(i, protocol, data)` writes data on a new stream of another protocol. `RawPeers.identify_over(i)`: whether
+peer i's own identify of the node (py-libp2p's, in the background) is over, so its streams are settled. Each peer serves the node's own pubsub stream and counts what arrives on it
 (`received_rpcs`, `received_messages`, `received_bytes`), so a test can see what the node
 answered. `signed_message` makes a message signed as py-libp2p signs it, by peer i's key.
 """
@@ -17,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import multiaddr
 import trio
@@ -26,6 +28,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
@@ -51,6 +54,7 @@ class RawPeer:
     key_pair: KeyPair
     peer_id: ID
     stream: INetStream | None = None
+    host: IHost | None = None  # its py-libp2p host (a BasicHost)
     received_rpcs: int = 0
     received_messages: int = 0
     received_bytes: int = 0
@@ -89,6 +93,21 @@ class RawPeers:
                 await muxer._write_frame(frame)  # type: ignore[attr-defined]
 
         await asyncio.to_thread(trio.from_thread.run, write_all, trio_token=self.token)
+
+    async def identify_over(self, index: int) -> bool:
+        """Whether peer `index`'s own identify of the node is over: py-libp2p starts one in the background on each
+        connection (a stream the peer opens, at a moment load decides), so a test that counts the peer's streams
+        waits for it first."""
+        peer = self.peers[index]
+        assert peer.host is not None and peer.stream is not None and self.token is not None, (
+            f"peer {index} not connected"
+        )
+        host, node = cast(BasicHost, peer.host), peer.stream.muxed_conn.peer_id
+        return await asyncio.to_thread(
+            trio.from_thread.run_sync,
+            lambda: node not in host._identify_inflight,  # py-libp2p offers no public view of it
+            trio_token=self.token,
+        )
 
     async def write_stream(self, index: int, protocol: str, data: bytes) -> None:
         """Open a stream to the node on peer `index`'s connection, negotiated to `protocol`; write `data`; close it."""
@@ -154,6 +173,7 @@ async def _run_peer(
     addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool], serve_pubsub: bool
 ) -> None:
     host, listen = raw_host(peer.key_pair)
+    peer.host = host
 
     async def serve(stream: INetStream) -> None:
         await _read_node_stream(peer, stream)

@@ -81,11 +81,13 @@ async def test_streams_past_the_connections_cap_are_reset_then_the_flooding_peer
     node, honest, node_queue, _ = await pair(make_host)
     async with raw_pubsub_peers(node.listen_addrs[0]) as peers:
         peer = peers[0].peer_id
-        held = (await muxer_state(node, peer)).peer_streams  # its pubsub stream
-        await peers.send_frames(0, [syn(FIRST_STREAM + 2 * i) for i in range(CAP - held)])
-        await wait_until(lambda: open_streams_are(node, peer, CAP), "the streams up to the cap")
+        await peers_own_streams_settled(node, peers)  # its pubsub stream, held from here on
+        await peers.send_frames(0, [syn(FIRST_STREAM + 2 * i) for i in range(CAP - 1)])
+        await wait_until(lambda: streams_judged(node, peer, CAP), "the streams up to the cap taken or reset")
+        assert ((await muxer_state(node, peer)).peer_streams, node.refused_streams) == (CAP, 0)
         await peers.send_frames(0, [syn(FIRST_STREAM + 2 * (CAP + i)) for i in range(CAP)])
-        await wait_until(lambda: refused_are(node, CAP), "the streams past the cap reset")
+        await wait_until(lambda: streams_judged(node, peer, 2 * CAP), "the streams past the cap taken or reset")
+        assert node.refused_streams == CAP
         state = await muxer_state(node, peer)
         assert state.connections == 1  # a reset the peer heeds is not a reason to drop it
         assert state.peer_streams == CAP
@@ -102,11 +104,20 @@ async def test_streams_opened_with_the_hosts_own_ids_are_refused_too(make_host: 
         peer = peers[0].peer_id
         own_ids = [syn(FIRST_STREAM + 1 + 2 * i) for i in range(CAP - 1)]  # even: the ids the node opens streams with
         await peers.send_frames(0, own_ids + [syn(0)])
-        await wait_until(lambda: refused_are(node, CAP), "the streams with the node's ids reset")
+
+        async def all_judged() -> bool:
+            return node.refused_streams + len(await streams_with_own_ids(node, peer)) >= CAP
+
+        await wait_until(all_judged, "the streams with the node's ids taken or reset")
+        assert not await streams_with_own_ids(node, peer)
+        assert node.refused_streams == CAP
         state = await muxer_state(node, peer)
         assert state.connections == 1
-        assert not [sid for sid in await stream_ids(node, peer) if sid == 0 or sid >= FIRST_STREAM]
         await honest_message_arrives(honest, node_queue)
+
+
+async def streams_with_own_ids(node: P2PHost, peer: ID) -> list[int]:
+    return [sid for sid in await stream_ids(node, peer) if sid == 0 or sid >= FIRST_STREAM]
 
 
 async def stream_ids(node: P2PHost, peer: ID) -> list[int]:
@@ -118,12 +129,23 @@ async def stream_ids(node: P2PHost, peer: ID) -> list[int]:
     return await node._trio.call(read)
 
 
-async def open_streams_are(node: P2PHost, peer: ID, count: int) -> bool:
-    return (await muxer_state(node, peer)).peer_streams == count
+async def peers_own_streams_settled(node: P2PHost, peers: RawPeers) -> None:
+    """Wait until the raw peer holds only its pubsub stream at the node. py-libp2p's identify of the node opens a
+    stream of the peer's too, in the background: a count taken while it was open, or that it opened into, was off
+    by one, and the test waited for a count never reached (the moment is load's to decide)."""
+    await wait_until(lambda: peers.identify_over(0), "the peer's identify of the node over")
+
+    async def pubsub_stream_only() -> bool:
+        return (await muxer_state(node, peers[0].peer_id)).peer_streams == 1
+
+    await wait_until(pubsub_stream_only, "its identify stream closed")
 
 
-async def refused_are(node: P2PHost, count: int) -> bool:
-    return node.refused_streams == count
+async def streams_judged(node: P2PHost, peer: ID, count: int) -> bool:
+    """Whether the node took or reset at least `count` streams of the peer (its pubsub stream is one): each SYN sent
+    was acted on, however it was, and the caller's asserts say whether rightly. Not a count to reach exactly: a
+    node that took one too many reaches it too, and fails at once, not after a wait."""
+    return (await muxer_state(node, peer)).peer_streams + node.refused_streams >= count
 
 
 @pytest.mark.parametrize(
