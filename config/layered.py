@@ -272,7 +272,8 @@ class LayeredSettings(BaseSettings):
 
     @classmethod
     def unknown_env(cls, environ: dict[str, str] | None = None) -> list[str]:
-        """A line for each variable under the env prefix that names no setting (a typo is otherwise ignored)."""
+        """A line for each variable under the env prefix that names no setting, or outside it but one typo from a
+        setting's (COMPUTE_NODE_GATWAY_PORT for the gateway): a typo is otherwise ignored."""
         prefix = cls.model_config.get("env_prefix", "").upper()
         names = [cls.env_var(name).upper() for name in cls.model_fields]
         foreign = tuple(f.upper() for f in cls.foreign_env)
@@ -280,9 +281,16 @@ class LayeredSettings(BaseSettings):
         for variable in sorted(os.environ if environ is None else environ):
             # Matched as pydantic-settings reads them: case-insensitively (compute_node_n_ctx sets n_ctx).
             upper = variable.upper()
-            if not upper.startswith(prefix) or upper in names or upper.startswith(foreign):
+            if upper in names or upper.startswith(foreign):
                 continue
-            close = difflib.get_close_matches(upper, names, n=1)
+            if upper.startswith(prefix):
+                close = difflib.get_close_matches(upper, names, n=1)
+            elif upper.startswith(prefix[:8]):  # "COMPUTE_": another daemon's variable, or a typo in the prefix
+                close = difflib.get_close_matches(upper, names, n=1, cutoff=0.9)
+                if not close:
+                    continue
+            else:
+                continue
             hint = f"; did you mean {close[0]}?" if close else ""
             lines.append(f"{variable} is not a setting and is ignored{hint}")
         return lines

@@ -6,6 +6,7 @@ import pytest
 
 from config.settings import ConfigError, Settings
 from node.cli.main import _settings_from, build_parser
+from node.gateway.settings import GatewaySettings
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +132,22 @@ def test_a_mistyped_variable_is_named_with_the_setting_it_was_meant_for(monkeypa
     monkeypatch.setenv("COMPUTE_NODE_TEST_EXEC_WRAPPER", "x")
     assert Settings.unknown_env() == [
         "COMPUTE_NODE_N_THREAD is not a setting and is ignored; did you mean COMPUTE_NODE_N_THREADS?"
+    ]
+
+
+def test_a_typo_in_the_gateways_prefix_is_named_and_the_nodes_variables_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    environ = {
+        "COMPUTE_NODE_GATWAY_PORT": "8080",  # was ignored in silence
+        "COMPUTE_NODE_GATEWAY_HOST": "0.0.0.0",
+        "COMPUTE_NODE_DATA_DIR": "/srv/node",  # a node's, in an environment file both share
+        "COMPUTE_NODE_LOG_LEVEL": "debug",
+        "COMPUTE_NODE_HTTP_PORT": "9090",
+        "COMPUTER_NAME": "x",
+    }
+    assert GatewaySettings.unknown_env(environ) == [
+        "COMPUTE_NODE_GATWAY_PORT is not a setting and is ignored; did you mean COMPUTE_NODE_GATEWAY_PORT?"
     ]
 
 
