@@ -42,6 +42,9 @@ FrameSink = Callable[[int, "bytes | None"], None]
 """(stream id, frame, or None once the stream will deliver no more) -> None; on the Trio thread."""
 
 
+TOO_MANY_FROM_PEER = "too_many_streams_from_peer"  # the busy answer's reason past max_streams_per_peer
+
+
 class StreamLimits(BaseModel):
     """Bounds of the direct-delivery streams of one host."""
 
@@ -276,7 +279,7 @@ class StreamTable:
     def _over_limit(self, peer: str) -> str | None:
         # The peer's own limit first: a peer at it is refused even where a silent stream could be cut.
         if self._per_peer.get(peer, 0) >= self.limits.max_streams_per_peer:
-            return "too_many_streams_from_peer"
+            return TOO_MANY_FROM_PEER
         if len(self._streams) >= self.limits.max_streams:
             return "too_many_streams"
         return None

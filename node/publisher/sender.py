@@ -7,12 +7,16 @@ host:ports too: keys are free and may all name one host:port (anyone's), so a no
 whose every host:port failed a dial in the last minute is declined without one. Each task sent is awaited in the
 `ResultInbox` before it leaves, so a result that arrives at once is not missed. A task on gossip has no
 stream to end when its node dies: `PeerWatch` (peer_watch.py) watches its node's connection instead.
+A node takes at most `direct_streams_per_peer` (16 by default) streams from one publisher, and a gateway is one
+publisher for all its clients: past 16 streams open to a node, and after a node's `too_many_streams_from_peer`
+answer, its tasks go on gossip, where only its task places count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,6 +25,7 @@ import structlog
 from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
+from node.p2p.streams import TOO_MANY_FROM_PEER
 from node.publisher.attempts import Attempt
 from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta, UndialableError, deliver
 from node.publisher.errors import ClientError
@@ -38,6 +43,9 @@ log = structlog.get_logger(__name__)
 
 UNDIALABLE_FOR_S = 60.0  # a node that could not be dialled gets its tasks on gossip this long
 MAX_UNDIALABLE = 4096
+# Streams open to one node at most (a node's default direct_streams_per_peer; a node's connection also resets a
+# peer's streams past 32, which would read as a failed dial): more of its tasks go on gossip.
+STREAMS_PER_NODE = 16
 
 Delivery = Literal["direct", "gossip"]
 OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
@@ -68,6 +76,7 @@ class TaskSender:
         self._delivery = delivery
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
+        self._streams_to: Counter[str] = Counter()  # node address -> streams open or opening to it
         self.watch = watch if watch is not None else PeerWatch(host)
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
         # host:port (a multiaddr without /p2p/) -> when its dial failure expires: 2,000 keys naming one host:port
@@ -108,7 +117,12 @@ class TaskSender:
         DeclinedError: the node answered but did not take it (or did not answer in time).
         ClientError: it could not be published (TaskTooLargeError: no envelope can carry it).
         """
-        direct = self._delivery == "direct" and bool(node.addrs) and not self.undialable(node.address)
+        direct = (
+            self._delivery == "direct"
+            and bool(node.addrs)
+            and not self.undialable(node.address)
+            and self._streams_to[node.address] < STREAMS_PER_NODE
+        )
         body = self.body(
             task.model_copy(update={"nodes": [node.address]}),
             remaining,
@@ -140,33 +154,11 @@ class TaskSender:
         on_delta: OnDelta | None,
         direct: bool,
     ) -> Attempt:
-        if direct:
-            try:
-                delivery = await deliver(
-                    self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout, bool(body.stream)
-                )
-            except UndialableError as exc:
-                if not exc.may_have_task:
-                    self._inbox.forget(body.task_id)
-                    self._mark_undialable(node.address, node.addrs)
-                    log.info(
-                        "node not dialable; its tasks go on gossip",
-                        task_id=body.task_id,
-                        node=node.address,
-                        error=str(exc),
-                    )
-                    raise NotDialableError(body.task_id, f"not dialable: {exc}") from None
-                # Its stream did not open in time, but it may have read the task: the same task id
-                # on gossip reaches it either way and runs once.
-                log.info("stream not open in time; sending on gossip", task_id=body.task_id, node=node.address)
-            except DeclinedError:
-                self._inbox.forget(body.task_id)
-                raise
-            else:
-                delivery.follow(self._on_result, on_delta)
-                self._deliveries.add(delivery)
-                log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
-                return Attempt(body.task_id, node.address, future, delivery)
+        if direct and (delivery := await self._deliver(body, envelope, node)) is not None:
+            delivery.follow(self._on_result, on_delta)
+            self._deliveries.add(delivery)
+            log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
+            return Attempt(body.task_id, node.address, future, delivery)
         try:
             await self._host.publish(TASK_TOPIC, envelope)
         except P2PError as exc:
@@ -176,6 +168,42 @@ class TaskSender:
         attempt = Attempt(body.task_id, node.address, future, peer_id=node.peer_id)
         self.watch.watch(attempt, node.addrs)
         return attempt
+
+    async def _deliver(self, body: TaskBody, envelope: bytes, node: KnownNode) -> DirectDelivery | None:
+        """The task on a stream to `node`, once it took it; None when it goes on gossip instead: its stream did not
+        open in time (it may have read the task all the same: the same task id runs once), or the node takes no
+        more streams from this publisher (it read nothing of the task). Counts the node's streams open."""
+        self._streams_to[node.address] += 1
+        try:
+            return await deliver(
+                self._host, list(node.addrs), body.task_id, envelope, self._answer_timeout, bool(body.stream)
+            )
+        except UndialableError as exc:
+            self._stream_ended(node.address)
+            if not exc.may_have_task:
+                self._inbox.forget(body.task_id)
+                self._mark_undialable(node.address, node.addrs)
+                log.info(
+                    "node not dialable; its tasks go on gossip", task_id=body.task_id, node=node.address, error=str(exc)
+                )
+                raise NotDialableError(body.task_id, f"not dialable: {exc}") from None
+            log.info("stream not open in time; sending on gossip", task_id=body.task_id, node=node.address)
+            return None
+        except DeclinedError as exc:
+            self._stream_ended(node.address)
+            if exc.reason != f"busy: {TOO_MANY_FROM_PEER}":
+                self._inbox.forget(body.task_id)
+                raise
+            log.info("node takes no more streams from us; sending on gossip", task_id=body.task_id, node=node.address)
+            return None
+        except BaseException:  # cancelled: the caller is gone
+            self._stream_ended(node.address)
+            raise
+
+    def _stream_ended(self, address: str) -> None:
+        self._streams_to[address] -= 1
+        if self._streams_to[address] <= 0:
+            del self._streams_to[address]
 
     async def publish(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
@@ -193,7 +221,9 @@ class TaskSender:
         """Close the attempt's stream, if it was sent on one; stop watching its node's connection if on gossip."""
         attempt.ended = True
         if attempt.direct is not None:
-            self._deliveries.discard(attempt.direct)
+            if attempt.direct in self._deliveries:
+                self._deliveries.discard(attempt.direct)
+                self._stream_ended(attempt.node)
             await attempt.direct.close()
             return
         self.watch.end(attempt)
@@ -201,6 +231,7 @@ class TaskSender:
     async def close(self) -> None:
         """Close every stream still open."""
         deliveries, self._deliveries = list(self._deliveries), set()
+        self._streams_to.clear()
         await self.watch.close()
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
 
