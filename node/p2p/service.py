@@ -280,9 +280,18 @@ class P2PService:
         self.stream_only.discard(info.peer_id)  # dialled to gossip with
         with trio.move_on_after(timeout) as scope:
             try:
-                info = PeerInfo(info.peer_id, [a for named in info.addrs for a in await looked_up(named)])
-                self._allow_dial(info.peer_id, [info])
-                await self._host.connect(info)
+                found = [a for named in info.addrs for a in await looked_up(named)]
+                # py-libp2p dials one address per transport (the first): a name's addresses are tried in turn,
+                # so /dns/localhost (::1 first) reaches a node listening on IPv4 only.
+                for index, one in enumerate(found):
+                    single = PeerInfo(info.peer_id, [one])
+                    self._allow_dial(info.peer_id, [single])
+                    try:
+                        await self._host.connect(single)
+                        break
+                    except Exception:
+                        if index == len(found) - 1:
+                            raise
                 if promoted and self.gossip is not None:
                     # Already connected for streams: no new connection tells pubsub of it.
                     await self.gossip.pubsub.ensure_peer_stream(info.peer_id, timeout)

@@ -4,6 +4,7 @@ from /etc/hosts dial; a dial that fails says why (node/p2p/errors.py, `root_caus
 from __future__ import annotations
 
 import secrets
+import socket
 
 import multiaddr
 import pytest
@@ -41,6 +42,28 @@ async def test_a_peer_given_as_localhost_is_dialled(make_host: HostFactory) -> N
     """py-libp2p asks DNS servers only, where `localhost` (an /etc/hosts name) is not found."""
     a, b = await make_host(), await make_host()
     named = a.listen_addrs[0].replace("/ip4/127.0.0.1/", "/dns4/localhost/")
+    assert await b.connect(named, timeout=10) == a.peer_id
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],  # a dual-stack host's localhost, IPv6 first
+        [(socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.1")],  # two A records, the first one down
+    ],
+    ids=["localhost-ipv6-first", "first-a-record-down"],
+)
+async def test_each_address_of_a_name_is_tried_in_turn(
+    make_host: HostFactory, monkeypatch: pytest.MonkeyPatch, answers: list[tuple[int, str]]
+) -> None:
+    """py-libp2p dials one address per transport, the first: a node listening on 127.0.0.1 only was not reached."""
+
+    async def resolver(*_: object, **__: object) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+        return [(family, socket.SOCK_STREAM, 6, "", (ip, 0)) for family, ip in answers]
+
+    monkeypatch.setattr(trio.socket, "getaddrinfo", resolver)
+    a, b = await make_host(), await make_host()
+    named = a.listen_addrs[0].replace("/ip4/127.0.0.1/", "/dns/node.example/")
     assert await b.connect(named, timeout=10) == a.peer_id
 
 
