@@ -341,7 +341,12 @@ class AttemptLoop:
     async def _ended_late(self, attempt: Attempt, declined: str | None) -> None:
         """The stream (or, on gossip, the node's connection) of an attempt already timed out (`_silent`: marked
         and retried once) ended: no second mark, no other retry, not the end of a second opinion. It stays
-        live (a result that still comes, on gossip, is taken), unless it declined: nothing ran there."""
+        live (a result that still comes, on gossip, is taken), unless it declined: nothing ran there. A speaker's
+        stream that ends fails the call at once, as any speaker's does (no other node's answer can follow its text)."""
+        if self._speaks(attempt):
+            raise TaskFailedError(
+                attempt.task_id, "stream closed without a result after streaming part of the answer", attempt.node
+            )
         if declined is not None:
             del self.attempts[attempt.task_id]
             await self.hooks.end(attempt)

@@ -12,17 +12,17 @@ import pytest
 import structlog
 
 from node.p2p.frame_stream import FrameStream
-from node.publisher.client import Task
+from node.publisher.client import Task, TaskFailedError
 from node.publisher.node_table import NodeTable
 from node.publisher.reputation_records import ReputationView
-from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
+from node.wire.direct import AnswerStatus, Progress, StreamAnswer, encode_frame_body
 from node.wire.envelope import seal
 from node.wire.inbound import decode
 from node.wire.messages import TaskBody, encode_body
 from node.wire.results import Output, result_body
 from node.wire.topics import RESULTS_TOPIC, TASK_TOPIC
+from tests.support.gossip_nodes import Prefer
 from tests.support.streaming_peer import StreamingPeer, client_of_many
-from tests.unit.publisher.test_gossip_node_gone import Prefer
 
 ATTEMPT_TIMEOUT = 2.0
 CLOSES_AFTER = ATTEMPT_TIMEOUT + 0.5  # the stalling node's stream ends this long after it got the task
@@ -103,3 +103,35 @@ async def test_a_result_that_still_comes_on_gossip_after_the_late_stream_end_is_
     assert text == "stalling: done at last"
     assert spare.task_ids == [] and retries(logs) == ["no result yet"]
     assert (view.timeouts, view.errors, view.answered) == pytest.approx((1, 0, 1), abs=0.01)
+
+
+class LateSpeaker(StallingPeer):
+    """Takes a task, is timed out, then streams text (from then on the call's speaker) and loses its stream."""
+
+    def __init__(self) -> None:
+        super().__init__(AnswerStatus.ACCEPTED)
+
+    async def _serve(self, stream: FrameStream, first: bytes) -> None:
+        body = decode(TASK_TOPIC, first).body
+        assert isinstance(body, TaskBody)
+        self.task_ids.append(body.task_id)
+        await stream.send(encode_frame_body(StreamAnswer(task_id=body.task_id, status=AnswerStatus.ACCEPTED)))
+        await asyncio.sleep(CLOSES_AFTER)
+        await stream.send(encode_frame_body(Progress(task_id=body.task_id, delta="late text")))
+        await asyncio.sleep(0.3)
+        await stream.close()
+
+
+async def test_a_timed_out_speakers_stream_end_fails_the_call_at_once() -> None:
+    # Its text went to the caller, so no other node's answer can follow it: as for any speaker whose stream ends
+    # (before this, the late end was ignored, and the call waited one more attempt timeout for a gone stream).
+    speaker = LateSpeaker()
+    working = StreamingPeer([], "working: done", hang=True)
+    spare = StreamingPeer([], "spare: done")
+    order = [peer.identity.address for peer in (speaker, working, spare)]
+    settings = {"max_retries": 2, "attempt_timeout": ATTEMPT_TIMEOUT, "node_table": NodeTable(rng=Prefer(order))}
+    deltas: list[str] = []
+    async with client_of_many([speaker, working, spare], answer_timeout=0.5, **settings) as client:
+        with pytest.raises(TaskFailedError, match="stream closed without a result after streaming part of the answer"):
+            await client.execute(Task(workflow={}, models=["m"]), timeout=30, on_delta=deltas.append)
+    assert deltas == ["late text"]
