@@ -337,12 +337,13 @@ async def test_a_node_killed_mid_task_on_gossip_is_replaced_at_once_when_the_pub
         with structlog.testing.capture_logs() as logs:
             running = await story_started_on(doomed, client, 60)
             doomed.stop(signal.SIGKILL)
-            killed = time.monotonic()
+            # The retry is timed (0.3 s beside 4 CPU hogs on 2 cores), not the spare's result after it: its 400-token
+            # story takes what the machine's load says (15 s beside the hogs, against a bound of 20 s). 15 s for
+            # the retry is well under the 30 s attempt timeout that it must beat.
+            await wait_for(lambda: bool(retries_in(logs)), 15, "a retry after the kill")
             result = await running
-            took = time.monotonic() - killed
         assert result.node == spare.running.identity.address and result.text.strip()
         assert retries_in(logs) == [(prefer.first, "its node disconnected without a result")]
-        assert took < 20, f"the spare's result came {took:.1f} s after the kill"
 
 
 async def test_a_node_killed_before_a_task_is_sent_gets_none_of_the_next_tasks(tmp_path) -> None:

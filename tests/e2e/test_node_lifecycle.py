@@ -176,6 +176,17 @@ async def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps
         node.stop(signal.SIGKILL)
 
 
+def lines_until(proc: subprocess.Popen[str], event: str) -> list[str]:
+    """The process's stderr lines up to and with its first log line of `event` (all of them, if it ends first)."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    while line := proc.stderr.readline():
+        lines.append(line)
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            break
+    return lines
+
+
 async def test_a_stop_during_startup_ends_the_node_at_once_and_it_never_says_ready(tmp_path: Path) -> None:
     """A model that takes a minute to load: SIGTERM waited for it, then started the node, then stopped it
     (and systemd's stop timeout would have killed it first)."""
@@ -183,11 +194,15 @@ async def test_a_stop_during_startup_ends_the_node_at_once_and_it_never_says_rea
     command = [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        await asyncio.sleep(5)  # the daemon is up, its execution process loading
-        assert proc.poll() is None
+        # Stopped once its P2P host listens: logged after its signal handlers are in place, while the model
+        # loads. (A fixed 5 s sleep raced the daemon's start: 3 s to get there beside 4 CPU hogs on 2 cores,
+        # and a SIGTERM before its handlers ends it at once, exit code -15.)
+        early = await asyncio.wait_for(asyncio.to_thread(lines_until, proc, "p2p host listening"), 30)
+        assert proc.poll() is None, "".join(early)[-2000:]
         asked = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        err = "".join(early) + err
         assert time.monotonic() - asked < 20
     finally:
         if proc.poll() is None:
