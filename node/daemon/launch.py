@@ -9,10 +9,15 @@ then configures the child (model load, startup benchmark) as its first process.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 from config.settings import ConfigError, Settings
 from node.daemon.processes.early import EarlyProcess
 from node.ops.open_files import LOW as LOW_OPEN_FILES
 from node.ops.open_files import raise_open_files_limit
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the node, drained (node/daemon/server.py)
 
 
 def launch_node(settings: Settings) -> int:
@@ -53,6 +58,11 @@ def check_tool_secrets(settings: Settings) -> None:
 
 
 async def _launch(settings: Settings) -> int:
+    # A stop asked for before the server's own handlers exist (its imports take a second or more) is kept for it:
+    # by default SIGTERM would end the process at once (exit -15, the child with it), without its log lines.
+    asked: list[signal.Signals] = []
+    for sig in STOP_SIGNALS:
+        asyncio.get_running_loop().add_signal_handler(sig, asked.append, sig)
     check_models(settings)
     check_tool_secrets(settings)
     if (open_files := raise_open_files_limit()) < LOW_OPEN_FILES:
@@ -67,6 +77,6 @@ async def _launch(settings: Settings) -> int:
     try:
         from node.daemon.server import serve_node  # the daemon's imports, beside the child's
 
-        return await serve_node(settings, early)
+        return await serve_node(settings, early, stops_asked=asked)
     finally:
         await early.close()  # a no-op once the pool took it

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from node.daemon.build import (
 from node.daemon.clock_watch import ClockWatch
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
+from node.daemon.launch import STOP_SIGNALS
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
@@ -111,10 +113,13 @@ class NodeServer:
             raise NodeNotRunningError("the node has not started (or failed to start)")
         return self._running
 
-    async def serve(self) -> None:
+    async def serve(self, stops_asked: Sequence[signal.Signals] = ()) -> None:
         """Start, run until asked to stop, shut down. A stop asked for during startup (a model may take
-        minutes to load) cuts it short: what it opened is closed, and the node never says READY."""
+        minutes to load), or before this was called (`stops_asked`), cuts it short: what it opened is closed,
+        and the node never says READY."""
         self._install_signal_handlers()
+        for sig in stops_asked:
+            self._on_signal(sig)
         try:
             starting = asyncio.ensure_future(self.startup())
             stop = asyncio.ensure_future(self._exit.wait())
@@ -351,7 +356,7 @@ class NodeServer:
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         # SIGHUP (a closed terminal, a lost session) stops the node as SIGTERM does: drained, not killed.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
@@ -362,12 +367,15 @@ class NodeServer:
         log.info("signal received", signal=sig.name)
 
 
-async def serve_node(settings: Settings, early: EarlyProcess | None = None) -> int:
+async def serve_node(
+    settings: Settings, early: EarlyProcess | None = None, stops_asked: Sequence[signal.Signals] = ()
+) -> int:
     """Run a node until stopped; returns the process exit code. (`compute-node start` runs it
-    through launch.py, which spawns the first execution process before importing this module.)"""
+    through launch.py, which spawns the first execution process before importing this module, and
+    passes the stop signals that came meanwhile: `stops_asked`.)"""
     server = NodeServer(settings, early)
     try:
-        await server.serve()
+        await server.serve(stops_asked)
     except Exception as exc:  # noqa: BLE001 - startup failures end the process with one clear line
         log.error("node failed", error=str(exc), error_type=type(exc).__name__)
         print(f"compute-node: {exc}", file=sys.stderr)

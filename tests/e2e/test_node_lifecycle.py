@@ -214,6 +214,40 @@ async def test_a_stop_during_startup_ends_the_node_at_once_and_it_never_says_rea
     assert "stop asked for during startup" in events and "node started" not in events
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return found
+
+
+async def test_a_stop_before_the_daemons_imports_end_is_kept_for_it(tmp_path: Path) -> None:
+    """The launcher spawns the execution process, then imports the daemon (a second or more); a SIGTERM
+    meanwhile ended the process at once with -15 (no handler yet). Now it is kept: a stop during startup."""
+    command = [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "node")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not children_of(proc.pid):  # the execution process: spawned before the daemon's imports
+            assert proc.poll() is None and time.monotonic() < deadline, "no execution process was spawned"
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]  # was -15
+    assert "listening on" not in out
+    events = [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]
+    assert "signal received" in events and "node started" not in events
+
+
 async def test_a_node_whose_stderr_pipe_closed_still_stops_on_sigterm(tmp_path: Path) -> None:
     """`compute-node start 2>&1 | tee log`, then tee ends: every log line is a broken pipe, and the one the
     signal handler wrote before asking to stop kept the node running until SIGKILL."""
