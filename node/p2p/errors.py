@@ -19,6 +19,10 @@ class StreamTimeoutServiceError(P2PServiceError):
     """Opening a stream (dial, negotiation, first write) did not finish in time: the peer may be frozen."""
 
 
+class StreamRefusedServiceError(P2PServiceError):
+    """A stream could not be opened on a live connection: the peer is there, but reset or refused the stream."""
+
+
 class P2PError(Exception):
     """A P2P operation failed (listen, dial, publish...); the message names the problem."""
 
@@ -29,6 +33,11 @@ class MessageTooLargeError(P2PError):
 
 class StreamTimeoutError(P2PError):
     """`open_stream` did not finish in time (the peer answered the dial but not the stream: frozen, overloaded)."""
+
+
+class StreamRefusedError(P2PError):
+    """`open_stream` reached the peer, which reset or refused the stream (past its stream limits, or it does not
+    speak the protocol): unlike a failed dial, no sign that the peer is gone."""
 
 
 class NoMeshPeersError(P2PError):

@@ -42,6 +42,7 @@ from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import (
     NoMeshPeersServiceError,
     P2PServiceError,
+    StreamRefusedServiceError,
     StreamTimeoutServiceError,
     is_nursery_closed,
     root_cause,
@@ -358,7 +359,8 @@ class P2PService:
                 stream = await host.new_stream(peer, [TProtocol(DIRECT_PROTOCOL)])
             except Exception as exc:
                 self._forget_undialled(peer)
-                raise P2PServiceError(f"opening a stream to {peer.to_base58()} failed: {root_cause(exc)}") from exc
+                refused = StreamRefusedServiceError if connected else P2PServiceError  # the peer is there, or not
+                raise refused(f"opening a stream to {peer.to_base58()} failed: {root_cause(exc)}") from exc
             try:
                 if frame:
                     await stream.write(frame)

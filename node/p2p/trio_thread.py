@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from node.p2p.errors import NoMeshPeersError, P2PError, StreamTimeoutError, first_service_error
+from node.p2p.errors import (
+    NoMeshPeersError,
+    P2PError,
+    StreamRefusedError,
+    StreamRefusedServiceError,
+    StreamTimeoutError,
+    first_service_error,
+)
 from node.p2p.service import NoMeshPeersServiceError, P2PService, P2PServiceError, StreamTimeoutServiceError
 
 log = structlog.get_logger(__name__)
@@ -103,6 +110,8 @@ class TrioThread:
             self._settle(future, None, NoMeshPeersError(str(exc)))
         except StreamTimeoutServiceError as exc:
             self._settle(future, None, StreamTimeoutError(str(exc)))
+        except StreamRefusedServiceError as exc:
+            self._settle(future, None, StreamRefusedError(str(exc)))
         except P2PServiceError as exc:
             self._settle(future, None, P2PError(str(exc)))
         except Exception as exc:  # noqa: BLE001 - any failure goes back to the awaiting caller

@@ -24,9 +24,10 @@ from collections.abc import Callable
 
 import structlog
 
-from node.p2p.errors import P2PError, StreamTimeoutError
+from node.p2p.errors import P2PError, StreamRefusedError, StreamTimeoutError
 from node.p2p.frame_stream import FrameStream
 from node.p2p.host import P2PHost
+from node.p2p.streams import TOO_MANY_FROM_PEER
 from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError
@@ -41,12 +42,15 @@ MAX_PROGRESS_CHARS = MAX_FRAME_BYTES // 2
 
 
 class DeclinedError(Exception):
-    """The node did not take the task (or could not be asked); another node may."""
+    """The node did not take the task (or could not be asked); another node may. `on_gossip`: the node read
+    nothing of it and takes no more streams from us now (past its streams per peer, or a stream it reset on a
+    live connection), so it may be sent the task on gossip, where only its task places count."""
 
-    def __init__(self, task_id: str, reason: str) -> None:
+    def __init__(self, task_id: str, reason: str, on_gossip: bool = False) -> None:
         super().__init__(f"task {task_id} declined: {reason}")
         self.task_id = task_id
         self.reason = reason
+        self.on_gossip = on_gossip
 
 
 class UndialableError(Exception):
@@ -177,6 +181,8 @@ async def deliver(
         raise UndialableError(
             f"the stream did not open in time ({exc}); the node may have the task", may_have_task=True
         ) from None
+    except StreamRefusedError as exc:  # before the task's first byte: it read nothing
+        raise DeclinedError(task_id, f"busy: stream refused ({exc})", on_gossip=True) from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:
@@ -191,5 +197,5 @@ async def deliver(
         raise DeclinedError(task_id, "stream closed without an answer")
     if (declined := _declined_by(frame, task_id)) is not None:
         await stream.close(graceful=not declined.startswith(("bad answer", "answer for another")))
-        raise DeclinedError(task_id, declined)
+        raise DeclinedError(task_id, declined, on_gossip=declined == f"busy: {TOO_MANY_FROM_PEER}")
     return DirectDelivery(task_id, stream, streamed=streamed)

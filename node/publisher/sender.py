@@ -8,8 +8,9 @@ whose every host:port failed a dial in the last minute is declined without one. 
 `ResultInbox` before it leaves, so a result that arrives at once is not missed. A task on gossip has no
 stream to end when its node dies: `PeerWatch` (peer_watch.py) watches its node's connection instead.
 A node takes at most `direct_streams_per_peer` (16 by default) streams from one publisher, and a gateway is one
-publisher for all its clients: past 16 streams open to a node, and after a node's `too_many_streams_from_peer`
-answer, its tasks go on gossip, where only its task places count.
+publisher for all its clients: past 16 streams open to a node, after a node's `too_many_streams_from_peer`
+answer, and after a stream the node reset on a live connection (its yamux cap), the task goes on gossip, where
+only the node's task places count; the node is not taken for undialable.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import structlog
 from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
-from node.p2p.streams import TOO_MANY_FROM_PEER
 from node.publisher.attempts import Attempt
 from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta, UndialableError, deliver
 from node.publisher.errors import ClientError
@@ -191,10 +191,15 @@ class TaskSender:
             return None
         except DeclinedError as exc:
             self._stream_ended(node.address)
-            if exc.reason != f"busy: {TOO_MANY_FROM_PEER}":
+            if not exc.on_gossip:
                 self._inbox.forget(body.task_id)
                 raise
-            log.info("node takes no more streams from us; sending on gossip", task_id=body.task_id, node=node.address)
+            log.info(
+                "node takes no more streams from us; sending on gossip",
+                task_id=body.task_id,
+                node=node.address,
+                reason=exc.reason,
+            )
             return None
         except BaseException:  # cancelled: the caller is gone
             self._stream_ended(node.address)
