@@ -26,13 +26,15 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0)
 
 
 async def test_a_node_streaming_past_the_attempt_timeout_is_heard_alone_and_not_timed_out() -> None:
-    # 20 deltas 0.15 s apart: 3 s of streaming, past the attempt timeout (half of 4 s).
+    # 20 deltas 0.15 s apart: 3 s of streaming, past the attempt timeout (2 s). The call's deadline (20 s) is
+    # far past the stream's end: with a deadline of 4 s, a loaded machine's slower frames (3.1 s here) could
+    # reach it, and the call failed for that, not for what the test shows.
     a = StreamingPeer(WORDS, "".join(WORDS) + "end", gap=0.15)
     b = StreamingPeer([w.upper() for w in WORDS], "".join(WORDS).upper() + "END", gap=0.15)
-    async with client_of_many([a, b], max_retries=2) as client:
+    async with client_of_many([a, b], max_retries=2, attempt_timeout=2) as client:
         heard: list[str] = []
         started = time.monotonic()
-        result = await client.execute(Task(workflow={}, models=["m"]), timeout=4, on_delta=heard.append)
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=heard.append)
         took = time.monotonic() - started
     speaker, other = (a, b) if result.node == a.identity.address else (b, a)
     assert result.text.startswith("".join(heard)) and "".join(heard) == "".join(speaker.deltas)
@@ -44,16 +46,18 @@ async def test_a_node_streaming_past_the_attempt_timeout_is_heard_alone_and_not_
 async def test_a_node_that_stalls_after_streaming_ends_the_call_without_a_retry() -> None:
     a = StreamingPeer(["Once upon "], "never", hang=True)
     b = StreamingPeer(["ONCE UPON "], "never", hang=True)
-    async with client_of_many([a, b], max_retries=2) as client:
+    # An attempt timeout of 2 s, well under the call's 10 s deadline: the bound below tells the two apart
+    # with room for a loaded machine (a deadline of 4 s, twice the attempt timeout, left 2x).
+    async with client_of_many([a, b], max_retries=2, attempt_timeout=2) as client:
         heard: list[str] = []
         started = time.monotonic()
         with pytest.raises(TaskFailedError, match="went silent after streaming") as failed:
-            await client.execute(Task(workflow={}, models=["m"]), timeout=4, on_delta=heard.append)
+            await client.execute(Task(workflow={}, models=["m"]), timeout=10, on_delta=heard.append)
         took = time.monotonic() - started
     stalled, other = (a, b) if failed.value.node == a.identity.address else (b, a)
     assert heard == stalled.deltas and other.task_ids == []
     assert client.reputation.view(stalled.identity.address).timeouts > 0
-    assert 1.5 <= took < 4  # the attempt timeout (2 s) after its last frame, not the call's deadline
+    assert 1.5 <= took < 6  # the attempt timeout (2 s) after its last frame, not the call's deadline (10 s)
 
 
 @pytest.mark.parametrize(("delta", "streamed"), [("", False), ("", True), ("x", False)])
@@ -62,15 +66,17 @@ async def test_progress_that_carries_no_text_the_task_asked_for_does_not_keep_a_
 ) -> None:
     # Every progress frame counted as news that the node works on the task: one that dripped empty frames,
     # or frames on a task that asked for none (PROTOCOL.md 8), held each call to its deadline, never retried.
+    # 40 frames 0.25 s apart: 10 s of drip. An attempt timeout of 3 s and a deadline of 20 s: a node whose
+    # drip counted as news would be replaced only after 13 s (its last frame and 3 s), far past the bound.
     dripper = StreamingPeer([delta] * 40, "never", gap=0.25, hang=True)
     honest = StreamingPeer([], "ok", free=0)  # the dripper, with a free place, is chosen first
-    async with client_of_many([dripper, honest], max_retries=2, node_table=NodeTable()) as client:
+    async with client_of_many([dripper, honest], max_retries=2, node_table=NodeTable(), attempt_timeout=3) as client:
         started = time.monotonic()
         on_delta = (lambda _: None) if streamed else None
-        result = await client.execute(Task(workflow={}, models=["m"]), timeout=6, on_delta=on_delta)
+        result = await client.execute(Task(workflow={}, models=["m"]), timeout=20, on_delta=on_delta)
         took = time.monotonic() - started
     assert dripper.task_ids and result.node == honest.identity.address and result.text == "ok"
-    assert took < 5, f"replaced after {took:.1f} s (attempt timeout 3 s)"
+    assert took < 8, f"replaced after {took:.1f} s (attempt timeout 3 s)"
 
 
 async def test_without_on_delta_a_silent_node_is_still_retried() -> None:
