@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 from config.settings import ConfigError, Settings
 from node.daemon.processes.early import EarlyProcess
@@ -18,6 +19,30 @@ from node.ops.open_files import LOW as LOW_OPEN_FILES
 from node.ops.open_files import raise_open_files_limit
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the node, drained (node/daemon/server.py)
+
+
+class EarlyStops:
+    """The stop signals that come before the server's own handlers exist, kept for it: `hand_to(handler)` replays
+    them and sends it any that still come here (the loop binds a signal's callback when it reads the signal, so
+    one read just before the server's handlers were installed runs this one after them)."""
+
+    def __init__(self) -> None:
+        self._asked: list[signal.Signals] = []
+        self._handler: Callable[[signal.Signals], None] | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        """The loop's handler of each stop signal: kept, or sent on once handed over."""
+        if self._handler is not None:
+            self._handler(sig)
+        else:
+            self._asked.append(sig)
+
+    def hand_to(self, handler: Callable[[signal.Signals], None]) -> None:
+        """From now on signals go to `handler`, those kept first."""
+        self._handler = handler
+        asked, self._asked = self._asked, []
+        for sig in asked:
+            handler(sig)
 
 
 def launch_node(settings: Settings) -> int:
@@ -60,9 +85,9 @@ def check_tool_secrets(settings: Settings) -> None:
 async def _launch(settings: Settings) -> int:
     # A stop asked for before the server's own handlers exist (its imports take a second or more) is kept for it:
     # by default SIGTERM would end the process at once (exit -15, the child with it), without its log lines.
-    asked: list[signal.Signals] = []
+    stops = EarlyStops()
     for sig in STOP_SIGNALS:
-        asyncio.get_running_loop().add_signal_handler(sig, asked.append, sig)
+        asyncio.get_running_loop().add_signal_handler(sig, stops, sig)
     check_models(settings)
     check_tool_secrets(settings)
     if (open_files := raise_open_files_limit()) < LOW_OPEN_FILES:
@@ -77,6 +102,6 @@ async def _launch(settings: Settings) -> int:
     try:
         from node.daemon.server import serve_node  # the daemon's imports, beside the child's
 
-        return await serve_node(settings, early, stops_asked=asked)
+        return await serve_node(settings, early, stops)
     finally:
         await early.close()  # a no-op once the pool took it

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,7 @@ from node.daemon.build import (
 from node.daemon.clock_watch import ClockWatch
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
-from node.daemon.launch import STOP_SIGNALS
+from node.daemon.launch import STOP_SIGNALS, EarlyStops
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
@@ -113,13 +112,13 @@ class NodeServer:
             raise NodeNotRunningError("the node has not started (or failed to start)")
         return self._running
 
-    async def serve(self, stops_asked: Sequence[signal.Signals] = ()) -> None:
+    async def serve(self, early_stops: EarlyStops | None = None) -> None:
         """Start, run until asked to stop, shut down. A stop asked for during startup (a model may take
-        minutes to load), or before this was called (`stops_asked`), cuts it short: what it opened is closed,
-        and the node never says READY."""
+        minutes to load), or before this was called (`early_stops`, the launcher's), cuts it short: what it
+        opened is closed, and the node never says READY."""
         self._install_signal_handlers()
-        for sig in stops_asked:
-            self._on_signal(sig)
+        if early_stops is not None:
+            early_stops.hand_to(self._on_signal)
         try:
             starting = asyncio.ensure_future(self.startup())
             stop = asyncio.ensure_future(self._exit.wait())
@@ -368,14 +367,14 @@ class NodeServer:
 
 
 async def serve_node(
-    settings: Settings, early: EarlyProcess | None = None, stops_asked: Sequence[signal.Signals] = ()
+    settings: Settings, early: EarlyProcess | None = None, early_stops: EarlyStops | None = None
 ) -> int:
     """Run a node until stopped; returns the process exit code. (`compute-node start` runs it
     through launch.py, which spawns the first execution process before importing this module, and
-    passes the stop signals that came meanwhile: `stops_asked`.)"""
+    keeps the stop signals that come meanwhile: `early_stops`.)"""
     server = NodeServer(settings, early)
     try:
-        await server.serve(stops_asked)
+        await server.serve(early_stops)
     except Exception as exc:  # noqa: BLE001 - startup failures end the process with one clear line
         log.error("node failed", error=str(exc), error_type=type(exc).__name__)
         print(f"compute-node: {exc}", file=sys.stderr)
