@@ -284,14 +284,20 @@ class P2PService:
                 found = [a for named in info.addrs for a in await looked_up(named)]
                 # py-libp2p dials one address per transport (the first): a name's addresses are tried in turn,
                 # so /dns/localhost (::1 first) reaches a node listening on IPv4 only.
+                # Each gets its share of the time left (the last all of it): one that takes the TCP connection and
+                # then says nothing does not starve the others.
                 for index, one in enumerate(found):
                     single = PeerInfo(info.peer_id, [one])
                     self._allow_dial(info.peer_id, [single])
+                    last = index == len(found) - 1
+                    share = math.inf if last else (scope.deadline - trio.current_time()) / (len(found) - index)
                     try:
-                        await self._host.connect(single)
-                        break
+                        with trio.move_on_after(share) as turn:
+                            await self._host.connect(single)
+                        if not turn.cancelled_caught:
+                            break
                     except Exception:
-                        if index == len(found) - 1:
+                        if last:
                             raise
                 if promoted and self.gossip is not None:
                     # Already connected for streams: no new connection tells pubsub of it.

@@ -67,6 +67,23 @@ async def test_each_address_of_a_name_is_tried_in_turn(
     assert await b.connect(named, timeout=10) == a.peer_id
 
 
+async def test_an_address_that_takes_the_connection_and_says_nothing_leaves_time_for_the_next(
+    make_host: HostFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_host(), await make_host()
+    port = int(a.listen_addrs[0].split("/tcp/")[1].split("/")[0])
+    with socket.socket() as silent:  # a wedged host: the TCP connection is taken, no byte ever comes
+        silent.bind(("127.0.0.2", port))
+        silent.listen(16)
+
+        async def resolver(*_: object, **__: object) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0)) for ip in ("127.0.0.2", "127.0.0.1")]
+
+        monkeypatch.setattr(trio.socket, "getaddrinfo", resolver)
+        named = a.listen_addrs[0].replace("/ip4/127.0.0.1/", "/dns4/node.example/")
+        assert await b.connect(named, timeout=6) == a.peer_id  # was: timed out after 6 s, the second never dialled
+
+
 async def test_a_failed_dial_says_why(make_host: HostFactory) -> None:
     a, b, c = await make_host(), await make_host(), await make_host()
     with pytest.raises(P2PError, match="cannot look up 'no-such-peer.invalid'"):
