@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta
+from node.publisher.direct import STREAMS_FULL, DeclinedError, DirectDelivery, NotDialableError, OnDelta
 from node.publisher.errors import TaskFailedError, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
@@ -296,8 +296,11 @@ class AttemptLoop:
         if outcome == "lost" and declined is not None:  # a late answer but not accepted: nothing ran there
             log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
             del self.attempts[attempt.task_id]
-            await self.hooks.end(attempt)
-            reputation.record_busy(attempt.node)
+            await self.hooks.end(attempt)  # a late STREAMS_FULL: its next task goes on gossip (sender.py)
+            if declined == STREAMS_FULL:
+                self.tried.discard(attempt.node)  # its streams from us are full, not its places: it may run it
+            else:
+                reputation.record_busy(attempt.node)
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
             self.need_new = self.speaker is None  # not a retry, as when it declines at once; none once text went out
             return None

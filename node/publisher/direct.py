@@ -41,6 +41,9 @@ OnDelta = Callable[[str], None]  # a piece of the final step's text, in order
 MAX_PROGRESS_CHARS = MAX_FRAME_BYTES // 2
 
 
+STREAMS_FULL = f"busy: {TOO_MANY_FROM_PEER}"  # a node's answer past its streams per publisher (it read nothing)
+
+
 class DeclinedError(Exception):
     """The node did not take the task (or could not be asked); another node may. `on_gossip`: the node read
     nothing of it and takes no more streams from us now (past its streams per peer, or a stream it reset on a
@@ -197,5 +200,5 @@ async def deliver(
         raise DeclinedError(task_id, "stream closed without an answer")
     if (declined := _declined_by(frame, task_id)) is not None:
         await stream.close(graceful=not declined.startswith(("bad answer", "answer for another")))
-        raise DeclinedError(task_id, declined, on_gossip=declined == f"busy: {TOO_MANY_FROM_PEER}")
+        raise DeclinedError(task_id, declined, on_gossip=declined == STREAMS_FULL)
     return DirectDelivery(task_id, stream, streamed=streamed)

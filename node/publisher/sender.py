@@ -27,7 +27,15 @@ from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempts import Attempt
-from node.publisher.direct import DeclinedError, DirectDelivery, NotDialableError, OnDelta, UndialableError, deliver
+from node.publisher.direct import (
+    STREAMS_FULL,
+    DeclinedError,
+    DirectDelivery,
+    NotDialableError,
+    OnDelta,
+    UndialableError,
+    deliver,
+)
 from node.publisher.errors import ClientError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode
@@ -46,6 +54,7 @@ MAX_UNDIALABLE = 4096
 # Streams open to one node at most (a node's default direct_streams_per_peer; a node's connection also resets a
 # peer's streams past 32, which would read as a failed dial): more of its tasks go on gossip.
 STREAMS_PER_NODE = 16
+FULL_FOR_S = 5.0  # after a node said its streams from us are full, its tasks go on gossip this long (or until one ends)
 
 Delivery = Literal["direct", "gossip"]
 OnResult = Callable[[Inbound], None]  # a result that arrived on a task's stream
@@ -77,6 +86,7 @@ class TaskSender:
         self._answer_timeout = answer_timeout
         self._deliveries: set[DirectDelivery] = set()
         self._streams_to: Counter[str] = Counter()  # node address -> streams open or opening to it
+        self._full_until: dict[str, float] = {}  # node address -> until when its tasks go on gossip (STREAMS_FULL)
         self.watch = watch if watch is not None else PeerWatch(host)
         self._undialable: dict[str, float] = {}  # node address -> monotonic time its dial failure expires
         # host:port (a multiaddr without /p2p/) -> when its dial failure expires: 2,000 keys naming one host:port
@@ -122,6 +132,7 @@ class TaskSender:
             and bool(node.addrs)
             and not self.undialable(node.address)
             and self._streams_to[node.address] < STREAMS_PER_NODE
+            and self._full_until.get(node.address, 0.0) <= time.monotonic()
         )
         body = self.body(
             task.model_copy(update={"nodes": [node.address]}),
@@ -154,11 +165,15 @@ class TaskSender:
         on_delta: OnDelta | None,
         direct: bool,
     ) -> Attempt:
-        if direct and (delivery := await self._deliver(body, envelope, node)) is not None:
-            delivery.follow(self._on_result, on_delta)
-            self._deliveries.add(delivery)
-            log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
-            return Attempt(body.task_id, node.address, future, delivery)
+        if direct:
+            delivery = await self._deliver(body, envelope, node)
+            if isinstance(delivery, DirectDelivery):
+                delivery.follow(self._on_result, on_delta)
+                self._deliveries.add(delivery)
+                log.debug("task sent on a stream", task_id=body.task_id, node=node.address)
+                return Attempt(body.task_id, node.address, future, delivery)
+            if delivery == "refused" and body.stream:  # it read nothing: the same task without `stream`, a field
+                envelope = self._sealed(body.model_copy(update={"stream": None}))  # "sent only on this path" (8)
         try:
             await self._host.publish(TASK_TOPIC, envelope)
         except P2PError as exc:
@@ -169,10 +184,12 @@ class TaskSender:
         self.watch.watch(attempt, node.addrs)
         return attempt
 
-    async def _deliver(self, body: TaskBody, envelope: bytes, node: KnownNode) -> DirectDelivery | None:
-        """The task on a stream to `node`, once it took it; None when it goes on gossip instead: its stream did not
-        open in time (it may have read the task all the same: the same task id runs once), or the node takes no
-        more streams from this publisher (it read nothing of the task). Counts the node's streams open."""
+    async def _deliver(
+        self, body: TaskBody, envelope: bytes, node: KnownNode
+    ) -> DirectDelivery | Literal["late", "refused"]:
+        """The task on a stream to `node`, once it took it; else it goes on gossip: "late", its stream did not open
+        in time (it may have read the task all the same: the same envelope, whose task id runs once), or "refused",
+        the node takes no more streams from this publisher (it read nothing of the task). Counts its streams."""
         self._streams_to[node.address] += 1
         try:
             return await deliver(
@@ -188,19 +205,21 @@ class TaskSender:
                 )
                 raise NotDialableError(body.task_id, f"not dialable: {exc}") from None
             log.info("stream not open in time; sending on gossip", task_id=body.task_id, node=node.address)
-            return None
+            return "late"
         except DeclinedError as exc:
             self._stream_ended(node.address)
             if not exc.on_gossip:
                 self._inbox.forget(body.task_id)
                 raise
+            if exc.reason == STREAMS_FULL:
+                self._full(node.address)
             log.info(
                 "node takes no more streams from us; sending on gossip",
                 task_id=body.task_id,
                 node=node.address,
                 reason=exc.reason,
             )
-            return None
+            return "refused"
         except BaseException:  # cancelled: the caller is gone
             self._stream_ended(node.address)
             raise
@@ -209,6 +228,14 @@ class TaskSender:
         self._streams_to[address] -= 1
         if self._streams_to[address] <= 0:
             del self._streams_to[address]
+        self._full_until.pop(address, None)  # one of ours ended: it may take a stream again
+
+    def _full(self, address: str) -> None:
+        """It said its streams from us are full: its next tasks go on gossip for a while, not a stream's round trip
+        each (at most MAX_UNDIALABLE marks: past them all are dropped, each costing one more round trip)."""
+        if len(self._full_until) >= MAX_UNDIALABLE:
+            self._full_until.clear()
+        self._full_until[address] = time.monotonic() + FULL_FOR_S
 
     async def publish(self, body: TaskBody) -> None:
         """Sign and publish a task body as it is on gossip (ClientError if it cannot be: TaskTooLargeError
@@ -229,6 +256,8 @@ class TaskSender:
             if attempt.direct in self._deliveries:
                 self._deliveries.discard(attempt.direct)
                 self._stream_ended(attempt.node)
+            if attempt.direct.declined == STREAMS_FULL:  # said late, past answer_timeout
+                self._full(attempt.node)
             await attempt.direct.close()
             return
         self.watch.end(attempt)
@@ -237,6 +266,7 @@ class TaskSender:
         """Close every stream still open."""
         deliveries, self._deliveries = list(self._deliveries), set()
         self._streams_to.clear()
+        self._full_until.clear()
         await self.watch.close()
         await asyncio.gather(*(delivery.close() for delivery in deliveries), return_exceptions=True)
 
