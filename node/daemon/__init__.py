@@ -3,6 +3,7 @@ Imports wire, p2p and ops (and workflows, models, config); never publisher, gate
 execution process (node/execution/) only its protocol, and nothing that loads llama.cpp.
 
     launch.py           `compute-node start`: spawns the first execution process, then imports and runs the server
+    stop_signals.py     the signals that stop a node; EarlyStops: those that come before the server's handlers, kept for it
     server.py           NodeServer: the lifecycle (startup, serve, shutdown); RunningNode: what startup opened
     build.py            build_parts -> NodeParts: the parts made from the settings and wired together
     intake.py           TaskIntake: where a task enters: decide -> journal -> admit (or answer busy)

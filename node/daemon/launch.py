@@ -10,39 +10,12 @@ then configures the child (model load, startup benchmark) as its first process.
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Callable
 
 from config.settings import ConfigError, Settings
 from node.daemon.processes.early import EarlyProcess
+from node.daemon.stop_signals import STOP_SIGNALS, EarlyStops
 from node.ops.open_files import LOW as LOW_OPEN_FILES
 from node.ops.open_files import raise_open_files_limit
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the node, drained (node/daemon/server.py)
-
-
-class EarlyStops:
-    """The stop signals that come before the server's own handlers exist, kept for it: `hand_to(handler)` replays
-    them and sends it any that still come here (the loop binds a signal's callback when it reads the signal, so
-    one read just before the server's handlers were installed runs this one after them)."""
-
-    def __init__(self) -> None:
-        self._asked: list[signal.Signals] = []
-        self._handler: Callable[[signal.Signals], None] | None = None
-
-    def __call__(self, sig: signal.Signals) -> None:
-        """The loop's handler of each stop signal: kept, or sent on once handed over."""
-        if self._handler is not None:
-            self._handler(sig)
-        else:
-            self._asked.append(sig)
-
-    def hand_to(self, handler: Callable[[signal.Signals], None]) -> None:
-        """From now on signals go to `handler`, those kept first."""
-        self._handler = handler
-        asked, self._asked = self._asked, []
-        for sig in asked:
-            handler(sig)
 
 
 def launch_node(settings: Settings) -> int:

@@ -39,7 +39,6 @@ from node.daemon.build import (
 from node.daemon.clock_watch import ClockWatch
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
-from node.daemon.launch import STOP_SIGNALS, EarlyStops
 from node.daemon.ledger import Ledger
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
@@ -47,6 +46,7 @@ from node.daemon.processes.pool import CLOSE_TIMEOUT_S, ExecutionPool
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
+from node.daemon.stop_signals import STOP_SIGNALS, EarlyStops
 from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.data_lock import DataDirLock
 from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app, is_loopback_address

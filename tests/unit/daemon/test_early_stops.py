@@ -1,4 +1,4 @@
-"""EarlyStops (node/daemon/launch.py): stop signals that come before the server's handlers are kept for it, and one
+"""EarlyStops (node/daemon/stop_signals.py): stop signals that come before the server's handlers are kept for it, and one
 the event loop read just before the server's handlers were installed (so it still runs the launcher's) reaches the
 server too, not a list nobody reads again."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from node.daemon.launch import EarlyStops
+from node.daemon.stop_signals import EarlyStops
 
 
 def test_signals_before_the_hand_over_are_replayed_and_later_ones_forwarded() -> None:

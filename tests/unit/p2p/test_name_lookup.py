@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from node.p2p.errors import P2PError, root_cause
+from node.p2p.host import P2PHost
 from node.p2p.name_lookup import NameLookupError, looked_up
 from tests.support.p2p_hosts import HostFactory
 
@@ -70,18 +71,26 @@ async def test_each_address_of_a_name_is_tried_in_turn(
 async def test_an_address_that_takes_the_connection_and_says_nothing_leaves_time_for_the_next(
     make_host: HostFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = await make_host(), await make_host()
-    port = int(a.listen_addrs[0].split("/tcp/")[1].split("/")[0])
+    b = await make_host()
     with socket.socket() as silent:  # a wedged host: the TCP connection is taken, no byte ever comes
-        silent.bind(("127.0.0.2", port))
+        silent.bind(("127.0.0.2", 0))  # its port first, free on 127.0.0.2; the node then listens on 127.0.0.1 at it
         silent.listen(16)
+        port = silent.getsockname()[1]
+        a = P2PHost(secrets.token_bytes(32), [f"/ip4/127.0.0.1/tcp/{port}"])
+        try:
+            await a.start()
+        except P2PError:
+            pytest.skip(f"127.0.0.1:{port} is taken by another process")
 
         async def resolver(*_: object, **__: object) -> list[tuple[int, int, int, str, tuple[str, int]]]:
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0)) for ip in ("127.0.0.2", "127.0.0.1")]
 
         monkeypatch.setattr(trio.socket, "getaddrinfo", resolver)
-        named = a.listen_addrs[0].replace("/ip4/127.0.0.1/", "/dns4/node.example/")
-        assert await b.connect(named, timeout=6) == a.peer_id  # was: timed out after 6 s, the second never dialled
+        try:
+            named = a.listen_addrs[0].replace("/ip4/127.0.0.1/", "/dns4/node.example/")
+            assert await b.connect(named, timeout=6) == a.peer_id  # was: timed out after 6 s, the second never dialled
+        finally:
+            await a.stop()
 
 
 async def test_a_failed_dial_says_why(make_host: HostFactory) -> None:
