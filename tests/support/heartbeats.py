@@ -23,10 +23,12 @@ def heartbeat_message(
     dialable: bool = False,
     leaving: bool = False,
     model_capacity: dict[str, dict[str, int]] | None = None,
+    addrs: list[str] | None = None,
 ) -> bytes:
     """`identity`'s sealed heartbeat claiming `models`, `free` places of `free` and `tps` per model (none: no
     claim), stamped (body and envelope) `at_ns` (now when None); `dialable`: with a loopback address;
-    `leaving`: the node is draining; `model_capacity`: its `modelCapacity` as written (None: without one)."""
+    `leaving`: the node is draining; `model_capacity`: its `modelCapacity` as written (None: without one); `addrs`: its
+    addresses as they are (over `dialable`'s)."""
     stamp_ns = time.time_ns() if at_ns is None else at_ns
     body = {
         "address": identity.address,
@@ -40,6 +42,8 @@ def heartbeat_message(
     }
     if dialable:
         body["addrs"] = [f"/ip4/127.0.0.1/tcp/1/p2p/{identity.peer_id}"]
+    if addrs is not None:
+        body["addrs"] = addrs
     if leaving:
         body["leaving"] = True
     if model_capacity is not None:

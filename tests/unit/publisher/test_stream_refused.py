@@ -6,8 +6,6 @@ connected, healthy node). Real libp2p peers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from typing import Any
 
 import pytest
@@ -18,11 +16,11 @@ from node.p2p.host import P2PHost
 from node.p2p.streams import TOO_MANY_FROM_PEER
 from node.publisher.client import Client, Task, TaskTimeoutError
 from node.wire.direct import AnswerStatus, StreamAnswer, encode_frame_body
-from node.wire.envelope import seal
 from node.wire.inbound import decode
 from node.wire.messages import TaskBody
 from node.wire.topics import HEARTBEAT_TOPIC, TASK_TOPIC
 from tests.support.gossip_nodes import MODEL, GossipNode
+from tests.support.heartbeats import heartbeat_message
 from tests.support.streaming_peer import StreamingPeer, client_of
 
 
@@ -70,18 +68,8 @@ class AtItsStreamLimit(GossipNode):
 
     async def heartbeat(self) -> None:
         if (await self.host.mesh_sizes()).get(HEARTBEAT_TOPIC):
-            body = {
-                "address": self.identity.address,
-                "peerId": self.identity.peer_id,
-                "models": [MODEL],
-                "capacity": {"free": 4, "max": 4},
-                "pendingTasks": 0,
-                "tps": {},
-                "version": "0.3.0",
-                "timestamp": time.time_ns(),
-                "addrs": self.host.listen_addrs,
-            }
-            await self.host.publish(HEARTBEAT_TOPIC, seal(self.identity, HEARTBEAT_TOPIC, json.dumps(body).encode()))
+            message = heartbeat_message(self.identity, [MODEL], free=4, addrs=self.host.listen_addrs)
+            await self.host.publish(HEARTBEAT_TOPIC, message)
 
 
 @pytest.mark.parametrize("answer_after", [0.0, 0.7], ids=["on-time", "after-the-answer-timeout"])
