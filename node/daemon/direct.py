@@ -82,7 +82,9 @@ class DirectIntake:
                     detail=str(exc)[:300],
                     not_logged_since=not_logged,
                 )
-            await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason))
+            await self._answer(
+                stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason), last=True
+            )
             await stream.close()
             return
         except Exception:  # noqa: BLE001 - a check that fails otherwise still answers and frees its stream
@@ -90,7 +92,9 @@ class DirectIntake:
                 self._on_reject(TASK_TOPIC, "internal")
             if (not_logged := self._failures.may_log("checks")) is not None:
                 log.exception("direct task checks failed", peer=stream.peer_id, not_logged_since=not_logged)
-            await self._answer(stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason="internal"))
+            await self._answer(
+                stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason="internal"), last=True
+            )
             await stream.close()
             return
         if self._on_valid is not None:
@@ -102,13 +106,13 @@ class DirectIntake:
         except Exception:  # noqa: BLE001 - one task must never cost the stream handler
             log.exception("direct task intake failed", task_id=task.task_id)
             await self._answer(
-                stream, StreamAnswer(task_id=task.task_id, status=AnswerStatus.IGNORED, reason="internal")
+                stream, StreamAnswer(task_id=task.task_id, status=AnswerStatus.IGNORED, reason="internal"), last=True
             )
             await stream.close()
             return
         answer = StreamAnswer(task_id=task.task_id, status=outcome.status, reason=outcome.reason)
         if answer.status is not AnswerStatus.ACCEPTED:
-            await self._answer(stream, answer)
+            await self._answer(stream, answer, last=True)
             await stream.close()
             return
         # Routed before the answer is written (nothing ran yet: take() only scheduled the task),
@@ -121,9 +125,10 @@ class DirectIntake:
             await stream.close(graceful=False)
 
     @staticmethod
-    async def _answer(stream: FrameStream, answer: StreamAnswer) -> bool:
+    async def _answer(stream: FrameStream, answer: StreamAnswer, last: bool = False) -> bool:
+        """Write the answer (`last`: a refusal, the stream closed with it); False if it could not be."""
         try:
-            await stream.send(encode_frame_body(answer))
+            await stream.send(encode_frame_body(answer), last)
             return True
         except P2PError as exc:
             log.info("direct answer not delivered", task_id=answer.task_id, error=str(exc))

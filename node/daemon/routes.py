@@ -103,7 +103,7 @@ class DirectRoutes:
         try:
             await asyncio.wait_for(route.answered.wait(), ANSWER_WAIT_S)
             await self._end_progress(task_id, route)
-            await route.stream.send(envelope)
+            await route.stream.send(envelope, last=True)  # closed with it: the publisher's next stream is welcome
             return True
         except (P2PError, TimeoutError) as exc:
             log.info("result stream gone; publishing on gossip", task_id=task_id, error=str(exc))

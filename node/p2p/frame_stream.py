@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 MAX_QUEUED_FRAMES = 4096
 
-SendFrame = Callable[[int, bytes], Awaitable[None]]
+SendFrame = Callable[[int, bytes, bool], Awaitable[None]]
 CloseStream = Callable[[int, bool], Awaitable[None]]
 
 
@@ -53,9 +53,12 @@ class FrameStream:
         async with asyncio.timeout(timeout):
             return await self._frames.get()
 
-    async def send(self, data: bytes) -> None:
-        """Write one frame (P2PError when the stream is gone or the write timed out)."""
-        await self._send(self.id, data)
+    async def send(self, data: bytes, last: bool = False) -> None:
+        """Write one frame (P2PError when the stream is gone or the write timed out); `last`: and close the stream
+        after it (FIN), in the same call."""
+        await self._send(self.id, data, last)
+        if last:
+            self.closed = True  # the host closed it after the frame: a close now has nothing to do
 
     async def close(self, graceful: bool = True) -> None:
         """End the stream: FIN after what was written (graceful) or reset. Idempotent; never raises."""

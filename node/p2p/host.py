@@ -127,7 +127,7 @@ class P2PHost:
         self._on_peer_gone = on_peer_gone
         self._on_peer_back = on_peer_back
         self._streams = FrameStreams(
-            send=lambda sid, data: self._call(self._service.stream_send, sid, bytes(data)),
+            send=lambda sid, data, last: self._call(self._service.stream_send, sid, bytes(data), last),
             close=lambda sid, graceful: self._call(self._service.stream_close, sid, graceful),
         )
         self._service = P2PService(

@@ -420,10 +420,10 @@ class P2PService:
         if not has_open_connection(self._host, peer):
             self.stream_only.discard(peer)
 
-    async def stream_send(self, stream_id: int, data: bytes) -> None:
-        """Write one frame on an open stream."""
+    async def stream_send(self, stream_id: int, data: bytes, last: bool = False) -> None:
+        """Write one frame on an open stream (`last`: and close it after the frame)."""
         try:
-            await self.streams.send(stream_id, data)
+            await self.streams.send(stream_id, data, last)
         except (StreamGoneError, FrameError) as exc:
             raise P2PServiceError(str(exc)) from None
 

@@ -75,6 +75,7 @@ class _OpenStream:
     silent: trio.CancelScope | None = None  # while an inbound stream has not sent its task yet
     evicted: bool = False  # cut off while silent, to make room for a newer stream
     handed_over: bool = False  # inbound: its task frame went to the asyncio side
+    counted: bool = True  # in its peer's count: until its last frame is written, or it is forgotten
 
 
 def refusal_frame(status: str, reason: str) -> bytes:
@@ -238,8 +239,12 @@ class StreamTable:
 
     # --- both --------------------------------------------------------------
 
-    async def send(self, stream_id: int, data: bytes) -> None:
-        """Write one frame; StreamGoneError (and the stream is reset) when it cannot be written in time."""
+    async def send(self, stream_id: int, data: bytes, last: bool = False) -> None:
+        """Write one frame; StreamGoneError (and the stream is reset) when it cannot be written in time.
+
+        `last`: the stream's last frame; once written the stream is closed (FIN) and no longer counts against its
+        peer, here on the Trio thread: the peer may open its next stream as soon as it reads this frame, before a
+        separate close from a busy event loop would have come."""
         entry = self._streams.get(stream_id)
         if entry is None or entry.done.is_set():
             raise StreamGoneError(f"stream {stream_id} is closed")
@@ -248,6 +253,9 @@ class StreamTable:
             with trio.move_on_after(self.limits.write_timeout_s) as scope:
                 try:
                     await entry.stream.write(frame)
+                    if last:
+                        self._uncount(entry)
+                        self.close(stream_id)
                     return
                 except StreamError as exc:
                     entry.done.set()
@@ -294,12 +302,19 @@ class StreamTable:
         """Take the stream out of the table and its peer's count; False if it was not in it."""
         if self._streams.pop(entry.id, None) is None:
             return False
+        self._uncount(entry)
+        return True
+
+    def _uncount(self, entry: _OpenStream) -> None:
+        """Take the stream out of its peer's count (once)."""
+        if not entry.counted:
+            return
+        entry.counted = False
         left = self._per_peer.get(entry.peer, 1) - 1
         if left > 0:
             self._per_peer[entry.peer] = left
         else:
             self._per_peer.pop(entry.peer, None)
-        return True
 
     async def _release(self, entry: _OpenStream) -> None:
         if not self._forget(entry):

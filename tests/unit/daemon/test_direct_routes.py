@@ -5,6 +5,7 @@ behind or is gone, and never holding the result back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,23 +32,36 @@ class Pair:
 
     async def stream(self) -> tuple[FrameStream, FrameStream]:
         publisher_side = await self.publisher.open_stream(self.node.listen_addrs, b"task")
-        return await asyncio.wait_for(self._inbound.get(), 5), publisher_side
+        return await self.next_inbound(), publisher_side
+
+    async def next_inbound(self) -> FrameStream:
+        """The node's side of the next stream it took."""
+        return await asyncio.wait_for(self._inbound.get(), 5)
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+@contextlib.asynccontextmanager
+async def started_pair(limits: StreamLimits) -> AsyncIterator[Pair]:
+    """A node host taking streams within `limits`, and a publisher host."""
     inbound: asyncio.Queue[FrameStream] = asyncio.Queue()
     node = P2PHost(
         secrets.token_bytes(32),
         [LOOPBACK],
         on_inbound_stream=lambda stream, first: inbound.put_nowait(stream),
-        stream_limits=StreamLimits(write_timeout_s=3),
+        stream_limits=limits,
     )
     publisher = P2PHost(secrets.token_bytes(32), [LOOPBACK])
     await node.start()
     await publisher.start()
-    yield Pair(node, publisher, inbound)
-    await asyncio.gather(node.stop(), publisher.stop())
+    try:
+        yield Pair(node, publisher, inbound)
+    finally:
+        await asyncio.gather(node.stop(), publisher.stop())
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    async with started_pair(StreamLimits(write_timeout_s=3)) as started:
+        yield started
 
 
 async def read_all(stream: FrameStream) -> tuple[list[str], list[bytes]]:
@@ -128,3 +142,29 @@ async def test_a_publisher_gone_mid_stream_costs_the_result_no_more_than_the_flu
     assert time.monotonic() - started < PROGRESS_FLUSH_S + 3 + 1  # flush bound + one write timeout
     assert route.progress_stopped and route.pump is not None and route.pump.done()
     await until(lambda: pair.node.open_streams == 0)
+
+
+async def test_a_result_written_frees_its_place_before_a_busy_event_loop_closes_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publisher opens its next stream as soon as it reads a result; a node whose event loop came to the close
+    later (busy: a gateway soak saw it) still counted the stream and refused the next `too_many_streams_from_peer`."""
+    async with started_pair(StreamLimits(max_streams_per_peer=1)) as two:
+        node_side, publisher_side = await two.stream()
+        close = FrameStream.close
+
+        async def busy_close(stream: FrameStream, graceful: bool = True) -> None:
+            await asyncio.sleep(1.0)  # the node's loop comes to the close a second later
+            await close(stream, graceful)
+
+        monkeypatch.setattr(FrameStream, "close", busy_close)
+        routes = DirectRoutes()
+        routes.add(TASK_ID, node_side).answered.set()
+        delivering = asyncio.ensure_future(routes.deliver(TASK_ID, RESULT))
+        assert await publisher_side.receive(10) == RESULT
+        following = await two.publisher.open_stream(two.node.listen_addrs, b"the next task")
+        with contextlib.suppress(TimeoutError):
+            refusal = await following.receive(0.5)
+            raise AssertionError(f"the next stream was answered {refusal!r}")  # was: busy, too_many_streams_from_peer
+        assert (await two.next_inbound()).peer_id == two.publisher.peer_id
+        assert await delivering
