@@ -35,14 +35,10 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock; DataDirLockedError if another process holds it, or the directory is another kind's."""
-        for other in (kind for kind in KINDS if kind != self._name):
-            if (self.path.parent / f"{other}.lock").exists():
-                raise DataDirLockedError(
-                    f"the data directory {self.path.parent} is a {other}'s (it holds {other}.lock): a {self._name} "
-                    f"there would sign with the {other}'s key; give this {self._name} a data_dir of its own"
-                )
+        self._refuse_other_kinds()
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            made = not self.path.exists()
             file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
         except (NotADirectoryError, FileExistsError):  # the path, or one above it, is a file
             raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
@@ -61,11 +57,29 @@ class DataDirLock:
         except OSError as exc:
             file.close()
             raise DataDirLockedError(f"cannot lock the data directory {self.path.parent}: {exc}") from exc
+        try:
+            # Again, now that ours is there: another kind started at the same instant checked before we made it,
+            # so one of the two sees the other's file (or each sees it, and neither runs on a shared key).
+            self._refuse_other_kinds()
+        except DataDirLockedError:
+            if made:  # the directory stays the other kind's: no file of ours may claim it later
+                self.path.unlink(missing_ok=True)
+            file.close()
+            raise
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
         file.flush()
         self._file = file
+
+    def _refuse_other_kinds(self) -> None:
+        """DataDirLockedError if the directory holds another kind's lock file."""
+        for other in (kind for kind in KINDS if kind != self._name):
+            if (self.path.parent / f"{other}.lock").exists():
+                raise DataDirLockedError(
+                    f"the data directory {self.path.parent} is a {other}'s (it holds {other}.lock): a {self._name} "
+                    f"there would sign with the {other}'s key; give this {self._name} a data_dir of its own"
+                )
 
     def release(self) -> None:
         """Release the lock (nothing if not held)."""

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,29 @@ def test_a_node_and_a_gateway_never_share_a_data_dir(tmp_path: Path, first: str,
     with pytest.raises(DataDirLockedError, match=rf"is a {first}'s \(it holds {first}.lock\).* a data_dir of its own"):
         DataDirLock(tmp_path, second).acquire()
     with DataDirLock(tmp_path / second, second):  # the gateway's default is a directory inside the node's
+        pass
+
+
+@pytest.mark.parametrize("first, second", [("node", "gateway"), ("gateway", "node")])
+def test_a_node_and_a_gateway_started_at_the_same_instant_do_not_both_run(
+    tmp_path: Path, first: str, second: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `second` checked for the other's file before `first` made it, and `first` did before `second` made its own:
+    # both ran, on one key.
+    mkdir = Path.mkdir
+    racing = DataDirLock(tmp_path, first)
+
+    def first_starts_meanwhile(path: Path, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        racing.acquire()
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", first_starts_meanwhile)
+    with pytest.raises(DataDirLockedError, match=rf"is a {first}'s"):
+        DataDirLock(tmp_path, second).acquire()
+    assert not (tmp_path / f"{second}.lock").exists()  # the directory stays the first's, after it stops too
+    racing.release()
+    with DataDirLock(tmp_path, first):
         pass
 
 
