@@ -6,6 +6,9 @@ task beyond that is busy at once (`BusyError`, which the caller turns into a
 "busy: ..." error result, never silence). Free capacity, as heartbeats report
 it, is the free running places plus the queue room; none while paused or draining.
 Each model has places of its own, so heartbeats report them per model too (`capacity_by_model`).
+A task's run place is given back when its execution is over, before its result is written
+(`AcceptedTask.release_run_place`): a publisher that reads its stream slowly holds the task's
+place until the result is out, never its model's compute.
 From its admission until its result is handed out, a task holds its publisher's key in `kept_peers`:
 the connection trimmer leaves that publisher's connections alone (node/p2p/kept_peers.py). The holds are as
 many as the tasks admitted, so at most each model's running plus queue places.
@@ -49,6 +52,9 @@ class AcceptedTask:
     reruns: int = 0  # times it ran again after its execution process died (at most once)
     crashes: int = 0  # times its execution process crashed under it (twice: poison)
     stalls: int = 0  # times it was inside a native call that stalled its model (see processes/stall.py)
+    # Gives the task's run place back once its execution is over (set by Admission, called by the runner before
+    # the result goes out): a result written to a slow stream holds its queue place, not its model.
+    release_run_place: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 RunAccepted = Callable[[AcceptedTask], Awaitable[None]]
@@ -145,11 +151,20 @@ class Admission:
             except TimeoutError:
                 await self._abandon(accepted, DEADLINE_BEFORE_START)
                 return
+            released = False
+
+            def release_run_place() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    permit.release()
+
+            accepted.release_run_place = release_run_place
             try:
                 accepted.started = True
                 await self._run(accepted)
             finally:
-                permit.release()
+                release_run_place()
         except asyncio.CancelledError:
             if not accepted.started:
                 await self._abandon(accepted, f"{INTERRUPTED_PREFIX}node shutting down before the task started")

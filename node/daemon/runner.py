@@ -213,6 +213,7 @@ class TaskRunner:
         self, accepted: AcceptedTask, started_ns: int, *, output: Output | None = None, error: str | None = None
     ) -> None:
         """Hand the task's result (or error) to the outbox; a result that cannot be built becomes an error result."""
+        accepted.release_run_place()  # the model may run the next task while this result is written
         ended = time.time_ns()
         task = accepted.task
         outcome: Output | str = output if output is not None else error or "unknown error"
