@@ -2,10 +2,9 @@
 
 py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
 `trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
-on that Trio thread; nothing here knows about asyncio. Each workaround for a
-measured py-libp2p behaviour is commented where it is made. Gossip (gossipsub, topics,
-paced publishing) is gossip.py's `Gossip`; the direct-delivery streams are streams.py's
-`StreamTable`, opened (dialled) here.
+on that Trio thread; nothing here knows about asyncio. Each workaround for a measured py-libp2p behaviour
+is commented where it is made. Gossip (gossipsub, topics, paced publishing) is gossip.py's `Gossip`;
+the direct-delivery streams are streams.py's `StreamTable`, opened (dialled) here.
 """
 
 from __future__ import annotations
@@ -367,13 +366,17 @@ class P2PService:
                 self._forget_undialled(peer)
                 refused = StreamRefusedServiceError if connected else P2PServiceError  # the peer is there, or not
                 raise refused(f"opening a stream to {peer.to_base58()} failed: {root_cause(exc)}") from exc
+            stream_id = 0  # counted before the task is written: past our own limits the peer reads nothing of it
             try:
+                stream_id = self.streams.register_outbound(stream, peer.to_base58())
                 if frame:
                     await stream.write(frame)
-                stream_id = self.streams.register_outbound(stream, peer.to_base58())
             except BaseException as exc:
+                self.streams.forget_outbound(stream_id)
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await stream.reset()
+                if isinstance(exc, StreamGoneError):  # our limits: the peer read nothing, nor is it undialable
+                    raise StreamRefusedServiceError(str(exc)) from None
                 if isinstance(exc, Exception):
                     raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
                 raise

@@ -202,10 +202,17 @@ class StreamTable:
     # --- outbound ----------------------------------------------------------
 
     def register_outbound(self, stream: INetStream, peer: str) -> int:
-        """Track a stream we opened (after its first frame was written); `serve` it next."""
+        """Track a stream we opened, before its first frame is written (StreamGoneError past a limit: write
+        nothing on it); `serve` it next, or `forget_outbound` it when that write fails."""
         if (limit := self._over_limit(peer)) is not None:
             raise StreamGoneError(f"stream to {peer} not opened: {limit}")
         return self._register(stream, peer, inbound=False).id
+
+    def forget_outbound(self, stream_id: int) -> None:
+        """Drop a registered stream that will not be served (its first frame could not be written)."""
+        entry = self._streams.get(stream_id)
+        if entry is not None:
+            self._forget(entry)
 
     async def serve(self, stream_id: int) -> None:
         """Hand every frame of an outbound stream over until it ends, we close it or its lifetime passes."""
@@ -267,8 +274,8 @@ class StreamTable:
     def close(self, stream_id: int, graceful: bool = True) -> None:
         """End a stream: after its last frame (FIN) or at once (reset). Unknown ids are ignored."""
         entry = self._streams.get(stream_id)
-        if entry is not None:
-            entry.graceful = graceful and not entry.done.is_set()
+        if entry is not None and not entry.done.is_set():  # ended already: its end stays (a last frame's FIN)
+            entry.graceful = graceful
             entry.done.set()
 
     # --- internals ---------------------------------------------------------

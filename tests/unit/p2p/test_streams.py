@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from node.p2p.errors import StreamRefusedError
 from node.p2p.frame_stream import FrameStream
 from node.p2p.frames import encode_varint
 from node.p2p.host import P2PError, P2PHost
@@ -160,3 +161,25 @@ async def test_a_full_table_cuts_off_its_oldest_silent_stream_for_a_new_one(host
     late = await (await hosts()).open_stream(node.listen_addrs, b"task 4")
     assert json.loads(await late.receive(5) or b"")["reason"] == "too_many_streams"
     assert [task.ended for task in tasks] == [False] * 4  # no running task's stream was cut
+
+
+async def test_a_stream_past_our_own_limit_is_refused_before_the_peer_reads_a_byte_of_it(hosts) -> None:
+    # Our own table counted a stream after its task was written, then reset it: the peer may have read the task
+    # (and run it) while we took it for undialable (a plain P2PError: the publisher marks it so for 60 s).
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def hold(stream: FrameStream, first: bytes) -> None:
+        await got.put(first)
+
+    node = await hosts(hold)
+    publisher = await hosts(stream_limits=StreamLimits(max_streams_per_peer=1))
+    first = await publisher.open_stream(node.listen_addrs, b"task 1")
+    assert await asyncio.wait_for(got.get(), 5) == b"task 1"
+    with pytest.raises(StreamRefusedError, match="too_many_streams_from_peer"):
+        await publisher.open_stream(node.listen_addrs, b"task 2")
+    await asyncio.sleep(0.5)
+    assert got.empty() and publisher.open_streams == 1  # the node read nothing of it; nothing of it is kept
+    await first.close()
+    await until(lambda: publisher.open_streams == 0)
+    await publisher.open_stream(node.listen_addrs, b"task 3")  # its place is free again
+    assert await asyncio.wait_for(got.get(), 5) == b"task 3"
