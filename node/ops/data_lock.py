@@ -23,6 +23,7 @@ class DataDirLockedError(Exception):
 
 
 KINDS = ("node", "gateway")  # the daemons that lock a data directory, each by its own `<name>.lock`
+MAX_TRIES = 8  # lock files removed under a starting process (each by a refused one) before it gives up
 
 
 class DataDirLock:
@@ -35,11 +36,19 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock; DataDirLockedError if another process holds it, or the directory is another kind's."""
+        # A process that refuses removes the file it made (below): one that opened that file before it was removed
+        # would lock a file no longer in the directory, so the lock is taken again on the file that is there.
+        for _ in range(MAX_TRIES):
+            if self._try_acquire():
+                return
+        raise DataDirLockedError(f"cannot lock the data directory {self.path.parent}: its lock file keeps changing")
+
+    def _try_acquire(self) -> bool:
+        """True once locked; False if the file locked was removed meanwhile (try again)."""
         self._refuse_other_kinds()
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            made = not self.path.exists()
-            file = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held open for as long as the lock
+            file, made = _open(self.path)
         except (NotADirectoryError, FileExistsError):  # the path, or one above it, is a file
             raise DataDirLockedError(f"the data directory {self.path.parent} is not a directory") from None
         except OSError as exc:
@@ -57,6 +66,9 @@ class DataDirLock:
         except OSError as exc:
             file.close()
             raise DataDirLockedError(f"cannot lock the data directory {self.path.parent}: {exc}") from exc
+        if not _is_at(file, self.path):
+            file.close()
+            return False
         try:
             # Again, now that ours is there: another kind started at the same instant checked before we made it,
             # so one of the two sees the other's file (or each sees it, and neither runs on a shared key).
@@ -71,6 +83,7 @@ class DataDirLock:
         file.write(f"{os.getpid()}\n")
         file.flush()
         self._file = file
+        return True
 
     def _refuse_other_kinds(self) -> None:
         """DataDirLockedError if the directory holds another kind's lock file."""
@@ -93,3 +106,28 @@ class DataDirLock:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def _is_at(file: IO[str], path: Path) -> bool:
+    """Whether the open file is still the one at `path` (not removed, nor replaced, since it was opened)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(file.fileno())
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _open(path: Path) -> tuple[IO[str], bool]:
+    """The lock file, open for reading and writing, and whether this call created it (only a file this process
+    made is removed when it refuses: a file another process made, or opened, is not ours to remove)."""
+    for _ in range(MAX_TRIES):
+        try:
+            return open(path, "x+", encoding="ascii"), True  # noqa: SIM115 - held open for as long as the lock
+        except FileExistsError:
+            pass
+        try:
+            return open(path, "r+", encoding="ascii"), False  # noqa: SIM115
+        except FileNotFoundError:
+            continue  # removed in between by a process that refused: make it
+    return open(path, "a+", encoding="ascii"), False  # noqa: SIM115 - e.g. a dangling symlink: as before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -56,6 +57,29 @@ def test_a_node_and_a_gateway_started_at_the_same_instant_do_not_both_run(
     racing.release()
     with DataDirLock(tmp_path, first):
         pass
+
+
+def test_a_lock_file_removed_under_a_starting_process_is_made_again_and_locked_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process that refuses removes the lock file it made; one that had opened that file just before locked a
+    # file no longer in the directory and ran with no node.lock there: a later gateway started beside it.
+    flock = fcntl.flock
+    removed: list[Path] = []
+
+    def removed_meanwhile(fd: int, operation: int) -> None:
+        if not removed:  # a refused node removes the file this one opened, once
+            removed.append(tmp_path / "node.lock")
+            removed[0].unlink()
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removed_meanwhile)
+    with DataDirLock(tmp_path, "node") as lock:
+        assert removed and (tmp_path / "node.lock").read_text().strip() == str(os.getpid())
+        assert lock._file is not None and os.fstat(lock._file.fileno()).st_ino == (tmp_path / "node.lock").stat().st_ino
+        monkeypatch.setattr(fcntl, "flock", flock)
+        with pytest.raises(DataDirLockedError, match="is a node's"):
+            DataDirLock(tmp_path, "gateway").acquire()
 
 
 def test_a_holder_killed_with_sigkill_leaves_no_lock(tmp_path: Path) -> None:
