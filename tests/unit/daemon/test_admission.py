@@ -7,18 +7,7 @@ import pytest
 
 from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.execution.protocol import DEADLINE_BEFORE_START
-from node.wire.identity import Identity
-from node.wire.messages import TaskBody, TaskInput
-
-
-def accepted(task_id: str, model: str = "m", deadline_s: float = 60.0) -> AcceptedTask:
-    body = TaskBody(
-        task_id=task_id,
-        deadline=time.time_ns() + int(deadline_s * 10**9),
-        input=TaskInput(workflow={}, model=[model]),
-        public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
-    )
-    return AcceptedTask(task=body, publisher="00" * 20, model=model, received_at_ns=time.time_ns())
+from tests.support.accepted_tasks import accepted_task as accepted
 
 
 class Recorder:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from node.daemon.build import free_places, free_places_by_model
 from node.daemon.heartbeat import Heartbeat
 from node.daemon.journal import Journal
 from node.wire.identity import Identity
-from node.wire.messages import TaskBody, TaskInput, decode_heartbeat, encode_body
+from node.wire.messages import decode_heartbeat, encode_body
+from tests.support.accepted_tasks import accepted_task
 
 IDENTITY = Identity.generate()
 
@@ -27,16 +27,6 @@ class _Host:
     """What a heartbeat reads of its host: the peer id."""
 
     peer_id = IDENTITY.peer_id
-
-
-def _accepted(task_id: str, model: str) -> AcceptedTask:
-    body = TaskBody(
-        task_id=task_id,
-        deadline=time.time_ns() + 60 * 10**9,
-        input=TaskInput(workflow={}, model=[model]),
-        public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
-    )
-    return AcceptedTask(task=body, publisher="00" * 20, model=model, received_at_ns=time.time_ns())
 
 
 class _Scene:
@@ -80,8 +70,8 @@ def journal(tmp_path: Path):
 async def test_each_model_says_its_own_free_places_and_the_total_stays(journal: Journal) -> None:
     scene = _Scene(journal)
     assert scene.wire()["modelCapacity"] == {"a": {"free": 2, "max": 2}, "b": {"free": 2, "max": 2}}
-    scene.admission.admit(_accepted("t1", "a"))
-    scene.admission.admit(_accepted("t2", "a"))  # a: one running, one queued: full
+    scene.admission.admit(accepted_task("t1", "a"))
+    scene.admission.admit(accepted_task("t2", "a"))  # a: one running, one queued: full
     body = scene.wire()
     assert body["capacity"] == {"free": 2, "max": 4}  # what Dria's SDK and 0.3 publishers read, unchanged
     assert body["modelCapacity"] == {"a": {"free": 0, "max": 2}, "b": {"free": 2, "max": 2}}

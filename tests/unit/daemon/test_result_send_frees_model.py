@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from node.daemon.admission import AcceptedTask, Admission
+from node.daemon.admission import Admission
 from node.daemon.runner import TaskRunner
 from node.execution.protocol import RunTask, TaskDone
 from node.ops.metrics import NodeMetrics
-from node.wire.identity import Identity
-from node.wire.messages import TaskBody, TaskInput
 from node.wire.results import ResultBody
+from tests.support.accepted_tasks import accepted_task
 from workflows.options import DEFAULT_MAX_TIME_S
 
 MODEL = "m"
@@ -44,22 +43,12 @@ class SlowStreamOutbox:
         await self.read.wait()
 
 
-def accepted(task_id: str) -> AcceptedTask:
-    body = TaskBody(
-        task_id=task_id,
-        deadline=time.time_ns() + 60 * 10**9,
-        input=TaskInput(workflow={}, model=[MODEL]),
-        public_key=Identity.from_hex("33" * 32).public_key_compressed.hex(),
-    )
-    return AcceptedTask(task=body, publisher="00" * 20, model=MODEL, received_at_ns=time.time_ns())
-
-
 async def test_a_result_waiting_for_its_reader_leaves_the_model_to_the_next_task() -> None:
     pool, outbox = InstantPool(), SlowStreamOutbox()
     runner = TaskRunner(pool, outbox, NodeMetrics(), DEFAULT_MAX_TIME_S, cancel_grace_s=1.0)  # type: ignore[arg-type]
     admission = Admission(runner.run, runner.abandon, {MODEL: 1}, max_queue=2)
     for task_id in ("slow-reader", "next", "after"):
-        admission.admit(accepted(task_id))
+        admission.admit(accepted_task(task_id))
     try:
         deadline = time.monotonic() + 5
         while len(outbox.sending) < 3 and time.monotonic() < deadline:
@@ -90,7 +79,7 @@ async def test_a_task_still_runs_within_its_models_places() -> None:
     runner = TaskRunner(HeldPool(), outbox, NodeMetrics(), DEFAULT_MAX_TIME_S, cancel_grace_s=1.0)  # type: ignore[arg-type]
     admission = Admission(runner.run, runner.abandon, {MODEL: 2}, max_queue=4)
     for i in range(6):
-        admission.admit(accepted(f"t{i}"))
+        admission.admit(accepted_task(f"t{i}"))
     await asyncio.sleep(0.2)
     assert running == 2
     release.set()
