@@ -66,7 +66,12 @@ class DataDirLock:
         except OSError as exc:
             file.close()
             raise DataDirLockedError(f"cannot lock the data directory {self.path.parent}: {exc}") from exc
-        if not _is_at(file, self.path):
+        try:
+            moved = not _is_at(file, self.path)
+        except OSError as exc:
+            file.close()
+            raise DataDirLockedError(f"cannot use the data directory {self.path.parent}: {exc}") from exc
+        if moved:
             file.close()
             return False
         try:
@@ -74,7 +79,10 @@ class DataDirLock:
             # so one of the two sees the other's file (or each sees it, and neither runs on a shared key).
             self._refuse_other_kinds()
         except DataDirLockedError:
-            if made:  # the directory stays the other kind's: no file of ours may claim it later
+            file.seek(0)
+            # Ours, or one no process ever ran on (one that runs writes its pid; another that refused made it, and
+            # we hold its lock): the directory stays the other kind's, and no such file may claim it later.
+            if made or not file.read().strip():
                 self.path.unlink(missing_ok=True)
             file.close()
             raise

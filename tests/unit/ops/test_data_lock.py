@@ -59,6 +59,32 @@ def test_a_node_and_a_gateway_started_at_the_same_instant_do_not_both_run(
         pass
 
 
+def test_an_empty_lock_file_another_refused_start_left_is_removed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two nodes and a gateway at once: node A made node.lock and lost its lock to node B, which opened A's file and
+    # then saw the gateway's: each refused, neither removed the file (A held no lock, B had not made it), and the
+    # running gateway was refused its own directory at its next start.
+    (tmp_path / "node.lock").touch()  # A's, empty: no process ever ran on it
+    mkdir = Path.mkdir
+    gateway = DataDirLock(tmp_path, "gateway")
+
+    def gateway_starts_meanwhile(path: Path, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        (tmp_path / "node.lock").rename(tmp_path / "aside")  # so the gateway's checks pass, as they did
+        gateway.acquire()
+        (tmp_path / "aside").rename(tmp_path / "node.lock")
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", gateway_starts_meanwhile)
+    with pytest.raises(DataDirLockedError, match="is a gateway's"):
+        DataDirLock(tmp_path, "node").acquire()
+    assert not (tmp_path / "node.lock").exists()
+    gateway.release()
+    with DataDirLock(tmp_path, "gateway"):  # its own directory still
+        pass
+
+
 def test_a_lock_file_removed_under_a_starting_process_is_made_again_and_locked_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
