@@ -85,7 +85,6 @@ class DirectIntake:
             await self._answer(
                 stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason=exc.reason), last=True
             )
-            await stream.close()
             return
         except Exception:  # noqa: BLE001 - a check that fails otherwise still answers and frees its stream
             if self._on_reject is not None:
@@ -95,7 +94,6 @@ class DirectIntake:
             await self._answer(
                 stream, StreamAnswer(task_id="", status=AnswerStatus.REJECTED, reason="internal"), last=True
             )
-            await stream.close()
             return
         if self._on_valid is not None:
             self._on_valid(TASK_TOPIC)
@@ -108,12 +106,10 @@ class DirectIntake:
             await self._answer(
                 stream, StreamAnswer(task_id=task.task_id, status=AnswerStatus.IGNORED, reason="internal"), last=True
             )
-            await stream.close()
             return
         answer = StreamAnswer(task_id=task.task_id, status=outcome.status, reason=outcome.reason)
         if answer.status is not AnswerStatus.ACCEPTED:
             await self._answer(stream, answer, last=True)
-            await stream.close()
             return
         # Routed before the answer is written (nothing ran yet: take() only scheduled the task),
         # so the result cannot miss its stream; the outbox waits for `answered` before writing.
@@ -126,12 +122,14 @@ class DirectIntake:
 
     @staticmethod
     async def _answer(stream: FrameStream, answer: StreamAnswer, last: bool = False) -> bool:
-        """Write the answer (`last`: a refusal, the stream closed with it); False if it could not be."""
+        """Write the answer (`last`: a refusal, the stream closed with it, or after it failed); False if it could not be."""
         try:
             await stream.send(encode_frame_body(answer), last)
             return True
         except P2PError as exc:
             log.info("direct answer not delivered", task_id=answer.task_id, error=str(exc))
+            if last:
+                await stream.close()
             return False
 
 
