@@ -36,7 +36,7 @@ STARTUP_PROFILE = (
     "eagerly (QUIC/aioquic, the circuit-relay, Kademlia DHT, bitswap, websockets, zeroconf, TLS) although "
     "node/p2p uses TCP, noise, yamux and gossipsub only, and any `import libp2p.x` runs that `__init__` "
     "first. Since 2026-12-04 node/p2p/lean_libp2p.py puts stand-ins in place of its QUIC, mDNS and AutoTLS "
-    "subpackages (and switches dnspython's DNS-over-QUIC off): 1,519 -> 1,291 modules. The execution "
+    "subpackages, since 2026-12-06 its WebSocket one too (and switches dnspython's DNS-over-QUIC off): 1,519 -> 1,291 modules. The execution "
     "process's imports (llama.cpp, numpy, pydantic, the workflow engine; 593 modules) ~0.8 s, its model load "
     "~0.3 s, its uncached tokens/s benchmark (~128 prompt tokens, 48 generated) ~1-2 s quiet. "
     "`compute-node start` now spawns the execution process after 334 modules (~0.3 s, node/daemon/launch.py) "
@@ -77,8 +77,10 @@ MEMORY_PROFILE = (
     "three subpackages the node never runs (QUIC with aioquic, mDNS with zeroconf, AutoTLS with requests and "
     "httpx; node/p2p/lean_libp2p.py, which refuses their use by name) and dnspython's own switch for "
     "DNS-over-QUIC take the daemon from 105.0 to 90.9 MiB idle (a test node, twice each). The rest of libp2p's "
-    "eager imports (circuit relay, Kademlia, bitswap, websockets: ~4 MiB more in a trial) stay: they are "
-    "imported by modules the node runs. `python -OO` would take 6 MiB off the daemon but strips the asserts (46 in "
+    "eager imports (circuit relay, Kademlia, bitswap: ~2 MiB more in a trial) stay: they are imported by "
+    "modules the node runs. 2026-12-06 (an AVX2 EPYC): py-libp2p's WebSocket transport (trio-websocket, "
+    "wsproto) is a stand-in too (/ws, /wss and /tls addresses are refused in the settings, by name): the "
+    "daemon 93.5-93.8 -> 92.3-92.4 MiB idle, the node 450 -> 449 MiB (two footprint runs each, alternating). `python -OO` would take 6 MiB off the daemon but strips the asserts (46 in "
     "node/models/workflows, 30 in libp2p) with the docstrings: not done."
 )
 # MiB by component before/after issue 26's memory slice (same measurements as MEMORY_PROFILE).

@@ -38,6 +38,10 @@ def split_list(value: Any) -> Any:
     return value
 
 
+# Layers over TCP the node has no transport for (node/p2p/lean_libp2p.py leaves py-libp2p's WebSocket out).
+NOT_PLAIN_TCP = frozenset({"ws", "wss", "tls", "sni"})
+
+
 def _multiaddrs(value: list[str]) -> list[str]:
     from multiaddr import Multiaddr  # py-libp2p's parser: what the host would refuse (or dial for ever) is named now
 
@@ -47,10 +51,15 @@ def _multiaddrs(value: list[str]) -> list[str]:
         if "/tcp/" not in addr:  # QUIC, WebSocket over UDP etc. are not part of the protocol
             raise ValueError(f"{addr!r} is no TCP multiaddr (expected /ip4/HOST/tcp/PORT...): the network speaks TCP")
         try:
-            Multiaddr(addr)
+            names = {protocol.name for protocol in Multiaddr(addr).protocols()}
         except Exception as exc:  # noqa: BLE001 - the library's parse errors have no common base we may rely on
             reason = str(exc).split(" (string: ", 1)[0].removeprefix(f"Invalid MultiAddr '{addr}': ")
             raise ValueError(f"{addr!r} is not a valid multiaddr: {reason}") from None
+        if over_tcp := sorted(names & NOT_PLAIN_TCP):
+            raise ValueError(
+                f"{addr!r} runs {'/'.join(over_tcp)} over TCP: the network speaks plain TCP with Noise "
+                "(expected /ip4/HOST/tcp/PORT...; the node has no WebSocket or TLS transport)"
+            )
     return value
 
 

@@ -1,22 +1,26 @@
-"""What this package leaves out of py-libp2p (pinned 0.8.1): QUIC, mDNS, AutoTLS and DNS-over-QUIC.
+"""What this package leaves out of py-libp2p (pinned 0.8.1): QUIC, mDNS, AutoTLS, WebSocket and DNS-over-QUIC.
 
 py-libp2p imports every transport and discovery service when it is first imported,
 whether a host uses them or not. The node speaks TCP + Noise + Yamux + gossipsub only,
 so `install()`, called by node/p2p/__init__.py before anything imports libp2p, puts
-stand-ins in place of three subpackages it never runs:
+stand-ins in place of four subpackages it never runs:
 
 - `libp2p.transport.quic` (aioquic): a QUIC transport, built only for /udp/../quic addresses;
 - `libp2p.discovery.mdns` (zeroconf): local-network discovery, started only with enable_mDNS;
 - `libp2p.security.tls.autotls` (an ACME client: requests, httpx): run only by
   `initiate_autotls_procedure`;
+- `libp2p.transport.websocket` (trio-websocket, wsproto): a WebSocket transport, built only
+  for /ws and /wss addresses;
 
 and switches off dnspython's DNS-over-QUIC (`dns._features.force`, dnspython's own
 switch), which would load aioquic again through multiaddr's DNS resolver.
 
 Measured on import of the daemon (`node.daemon.server`): 98.8 -> 83.8 MiB RSS, 1,519 ->
-1,291 modules. Any name imported from a stand-in is a class (an exception class, so that
-`except` clauses naming QUIC's errors still work, never matching); using it (calling
-it, instantiating it) raises UnavailableFeatureError naming the feature, so nothing
+1,291 modules (QUIC, mDNS, AutoTLS); WebSocket since: 89.3 -> 87.1 MiB, 1,359 -> 1,333 modules
+(another machine). The settings refuse /ws, /wss and /tls addresses (config/layered.py).
+Any name imported from a stand-in is a class (an exception class, so that `except`
+clauses naming QUIC's errors still work, never matching); using it (calling it,
+instantiating it) raises UnavailableFeatureError naming the feature, so nothing
 fails quietly. tests/project/test_daemon_imports.py checks that the heavy packages stay out,
 tests/unit/p2p/test_lean_libp2p.py the refusals and that a host still dials and gossips.
 """
@@ -34,6 +38,7 @@ LEFT_OUT = {
     "libp2p.transport.quic": "py-libp2p's QUIC transport (the node listens and dials on /tcp addresses)",
     "libp2p.discovery.mdns": "py-libp2p's mDNS discovery",
     "libp2p.security.tls.autotls": "py-libp2p's AutoTLS (ACME certificates)",
+    "libp2p.transport.websocket": "py-libp2p's WebSocket transport (the node listens and dials on /tcp addresses)",
 }
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KEPT_OUT = ("fastapi", "starlette", "huggingface_hub", "llguidance", "llama_cpp", "numpy")
-# What py-libp2p would import for QUIC, mDNS and AutoTLS, which the node never runs (node/p2p/lean_libp2p.py).
-LIBP2P_LEFT_OUT = ("aioquic", "zeroconf", "requests", "httpx")
+# What py-libp2p would import for QUIC, mDNS, AutoTLS and WebSocket, which the node never runs
+# (node/p2p/lean_libp2p.py).
+LIBP2P_LEFT_OUT = ("aioquic", "zeroconf", "requests", "httpx", "trio_websocket", "wsproto")
 
 
 def top_level_modules_after(imports: str) -> set[str]:

@@ -257,6 +257,25 @@ def test_a_multiaddr_the_host_cannot_read_is_named(field: str, addr: str, named:
 
 
 @pytest.mark.parametrize(
+    ("field", "addr", "named"),
+    [
+        ("listen", "/ip4/0.0.0.0/tcp/4001/ws", "runs ws over TCP"),
+        ("announce", "/ip4/10.0.0.1/tcp/443/wss", "runs wss over TCP"),
+        (
+            "bootstrap",
+            "/dns4/boot.example/tcp/443/tls/sni/boot.example/ws/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+            "runs sni/tls/ws over TCP",
+        ),
+    ],
+)
+def test_a_websocket_or_tls_address_is_refused_naming_the_layer(field: str, addr: str, named: str) -> None:
+    # The node has no WebSocket or TLS transport (node/p2p/lean_libp2p.py): such a listen address failed at
+    # start, and a peer at such an address could never be dialled.
+    with pytest.raises(ConfigError, match=rf"invalid setting '{field}'.*{named}: the network speaks plain TCP"):
+        Settings.load(**{field: [addr]})
+
+
+@pytest.mark.parametrize(
     "addr", ["/dns4/node.example/tcp/4001", "/dns6/node.example/tcp/4001", "/dns/node.example/tcp/4001"]
 )
 def test_an_announce_address_given_by_name_is_refused_asking_for_an_ip(addr: str) -> None:

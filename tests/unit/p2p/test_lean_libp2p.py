@@ -35,8 +35,9 @@ USE_LEFT_OUT_PARTS = """
 from node.p2p.lean_libp2p import UnavailableFeatureError
 from libp2p.discovery.mdns.mdns import create_mdns_discovery
 from libp2p.transport.quic.transport import QUICTransport
+from libp2p.transport.websocket.transport import WebsocketTransport
 out = []
-for use in (lambda: QUICTransport(), lambda: create_mdns_discovery(None)):
+for use in (lambda: QUICTransport(), lambda: create_mdns_discovery(None), lambda: WebsocketTransport(None)):
     try:
         use()
     except UnavailableFeatureError as exc:
@@ -45,9 +46,10 @@ for use in (lambda: QUICTransport(), lambda: create_mdns_discovery(None)):
 
 
 def test_using_a_left_out_part_raises_an_error_that_names_it() -> None:
-    quic, mdns = in_fresh_process(USE_LEFT_OUT_PARTS)  # type: ignore[misc]
+    quic, mdns, websocket = in_fresh_process(USE_LEFT_OUT_PARTS)  # type: ignore[misc]
     assert "QUICTransport: py-libp2p's QUIC transport" in quic and "is left out" in quic
     assert "create_mdns_discovery: py-libp2p's mDNS discovery is left out" in mdns
+    assert "WebsocketTransport: py-libp2p's WebSocket transport" in websocket and "is left out" in websocket
 
 
 async def test_two_hosts_still_connect_and_gossip_over_tcp(make_host: HostFactory) -> None:
