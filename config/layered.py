@@ -51,11 +51,11 @@ def _multiaddrs(value: list[str]) -> list[str]:
         if "/tcp/" not in addr:  # QUIC, WebSocket over UDP etc. are not part of the protocol
             raise ValueError(f"{addr!r} is no TCP multiaddr (expected /ip4/HOST/tcp/PORT...): the network speaks TCP")
         try:
-            names = {protocol.name for protocol in Multiaddr(addr).protocols()}
+            names = [protocol.name for protocol in Multiaddr(addr).protocols()]
         except Exception as exc:  # noqa: BLE001 - the library's parse errors have no common base we may rely on
             reason = str(exc).split(" (string: ", 1)[0].removeprefix(f"Invalid MultiAddr '{addr}': ")
             raise ValueError(f"{addr!r} is not a valid multiaddr: {reason}") from None
-        if over_tcp := sorted(names & NOT_PLAIN_TCP):
+        if over_tcp := [name for name in names if name in NOT_PLAIN_TCP]:  # in the address's order
             raise ValueError(
                 f"{addr!r} runs {'/'.join(over_tcp)} over TCP: the network speaks plain TCP with Noise "
                 "(expected /ip4/HOST/tcp/PORT...; the node has no WebSocket or TLS transport)"

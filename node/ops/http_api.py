@@ -279,6 +279,7 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=self._shutdown_timeout,
             http=self._protocol or "auto",
+            ws="none",  # nothing here serves WebSockets: uvicorn would load wsproto for them at start
         )
         self._server = _SignalFreeServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")

@@ -36,6 +36,27 @@ def test_the_daemon_imports_none_of_the_heavy_libraries() -> None:
     assert sorted(loaded.intersection(LIBP2P_LEFT_OUT)) == []
 
 
+SERVE_THE_HTTP_ENDPOINT = """node.cli.main, node.daemon.server, asyncio
+from node.ops.http_api import HttpServer
+
+async def app(scope, receive, send):
+    pass
+
+async def serve_and_stop():
+    server = HttpServer(app)
+    await server.start("127.0.0.1", 0)
+    await server.stop()
+
+asyncio.run(serve_and_stop())"""
+
+
+def test_the_http_endpoint_loads_no_websocket_library_when_it_starts() -> None:
+    # It serves no WebSockets; uvicorn loads wsproto (websockets is not installed) unless told not to.
+    loaded = top_level_modules_after(SERVE_THE_HTTP_ENDPOINT)
+    assert "h11" in loaded  # the check sees a server that started
+    assert sorted(loaded.intersection({"wsproto", "websockets", "trio_websocket"})) == []
+
+
 # What the execution process imports before its first task, and what it loads only on use: the model
 # download (a file in models_dir or a package is found without it), llguidance (the first
 # constrained request) and httpx (a remote model's engine, or the first tool request).

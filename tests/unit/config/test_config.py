@@ -264,13 +264,13 @@ def test_a_multiaddr_the_host_cannot_read_is_named(field: str, addr: str, named:
         (
             "bootstrap",
             "/dns4/boot.example/tcp/443/tls/sni/boot.example/ws/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
-            "runs sni/tls/ws over TCP",
+            "runs tls/sni/ws over TCP",
         ),
     ],
 )
 def test_a_websocket_or_tls_address_is_refused_naming_the_layer(field: str, addr: str, named: str) -> None:
-    # The node has no WebSocket or TLS transport (node/p2p/lean_libp2p.py): such a listen address failed at
-    # start, and a peer at such an address could never be dialled.
+    # The node has no WebSocket or TLS transport (node/p2p/lean_libp2p.py). Before, a /ws node reached only
+    # other /ws nodes (a node on plain TCP cannot dial it), and /tls was quietly plain TCP.
     with pytest.raises(ConfigError, match=rf"invalid setting '{field}'.*{named}: the network speaks plain TCP"):
         Settings.load(**{field: [addr]})
 
