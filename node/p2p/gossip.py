@@ -145,7 +145,20 @@ class StreamPeerAwarePubsub(Pubsub):
                 # Its RPCs were read (scores per topic, IDONTWANTs, the IWANT budget), but py-libp2p clears
                 # a router's state only for peers it registered: one that never took our stream left it for good.
                 self.router.remove_peer(peer_id)
+            super()._handle_dead_peer(peer_id)
+            return
+        # Still connected: our stream to it failed (py-libp2p's sending loop calls this when a write fails),
+        # e.g. the old connection of a publisher that restarted with its key and reconnected. py-libp2p
+        # forgets the subscriptions the peer sent, and opens a new stream to it; but they came on the peer's
+        # own stream, which lives on, and the peer sends them only once: forgotten, the peer is never in a
+        # mesh again and every result for it waits for a subscriber until its deadline. They are kept.
+        kept = [topic for topic, peers in self.peer_topics.items() if peer_id in peers]
+        count = self._peer_subscription_count.get(peer_id)
         super()._handle_dead_peer(peer_id)
+        for topic in kept:
+            self.peer_topics.setdefault(topic, set()).add(peer_id)
+        if count is not None:
+            self._peer_subscription_count[peer_id] = count
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         if peer_id in self.stream_only:
@@ -187,6 +200,7 @@ class StreamPeerAwarePubsub(Pubsub):
         except Exception:  # noqa: BLE001 - already gone
             pass
         self._handle_dead_peer(peer)
+        self._forget_all_subscriptions(peer)  # they came on the stream just dropped
 
     async def _handle_rpc(self, peer: ID, rpc: rpc_pb2.RPC) -> None:
         """What py-libp2p's read loop does with one RPC, within pubsub_limits.py's bounds."""
