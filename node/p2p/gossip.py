@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.io.exceptions import IOException, MessageTooLarge
 from libp2p.network.connection.exceptions import RawConnError
-from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11
 from libp2p.pubsub.pb import rpc_pb2
@@ -135,6 +135,7 @@ class StreamPeerAwarePubsub(Pubsub):
         ttl = self.seen_messages.ttl
         self.seen_messages.stop()  # its sweeping thread: see seen_cache.py
         self.seen_messages = WindowedSeenCache(ttl)  # type: ignore[assignment]  # has/add, as py-libp2p uses it
+        self._died_in_retry: set[ID] = set()  # connected peers whose stream failed while a retry registered it
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         # Called when the peer's last connection closed, and also when one pubsub stream failed:
@@ -152,6 +153,8 @@ class StreamPeerAwarePubsub(Pubsub):
         # forgets the subscriptions the peer sent, and opens a new stream to it; but they came on the peer's
         # own stream, which lives on, and the peer sends them only once: forgotten, the peer is never in a
         # mesh again and every result for it waits for a subscriber until its deadline. They are kept.
+        if peer_id in self._peer_stream_retries_pending:  # py-libp2p schedules no second retry: see _handle_new_peer
+            self._died_in_retry.add(peer_id)
         kept = [topic for topic, peers in self.peer_topics.items() if peer_id in peers]
         count = self._peer_subscription_count.get(peer_id)
         super()._handle_dead_peer(peer_id)
@@ -163,7 +166,14 @@ class StreamPeerAwarePubsub(Pubsub):
     async def _handle_new_peer(self, peer_id: ID) -> None:
         if peer_id in self.stream_only:
             return
+        self._died_in_retry.discard(peer_id)
         await super()._handle_new_peer(peer_id)
+        if peer_id in self._died_in_retry and peer_id not in self.peers and has_open_connection(self.host, peer_id):
+            # The new stream failed within its registration (the replay of recent messages writes to it), and
+            # the dead-peer handling scheduled no retry, this one being in flight. Raised, py-libp2p's retry
+            # loop tries again with its backoff (0.5 s doubling to 10 s) while the peer stays connected.
+            self._died_in_retry.discard(peer_id)
+            raise StreamClosed(f"pubsub stream to {peer_id} failed while it was registered")
 
     async def stream_handler(self, stream: INetStream) -> None:
         """Wait while the peer is stream-only, then handle its pubsub stream."""
