@@ -142,6 +142,7 @@ class StreamPeerAwarePubsub(Pubsub):
         # only a peer left without a connection is forgotten.
         if not has_open_connection(self.host, peer_id):
             self.stream_only.discard(peer_id)
+            self._died_in_retry.discard(peer_id)  # its retry gives up: nothing is held for a peer gone
             if peer_id not in self.peers:
                 # Its RPCs were read (scores per topic, IDONTWANTs, the IWANT budget), but py-libp2p clears
                 # a router's state only for peers it registered: one that never took our stream left it for good.
