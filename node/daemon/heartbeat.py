@@ -3,7 +3,8 @@ and how much room it has (free and max task places, pending tasks, speed), and w
 publishers can dial it for direct delivery (`addrs`). Each model has places of its own, so
 `modelCapacity` says them per model (the models advertised, no others), beside the total
 `capacity` that older readers (Dria's SDK) use. Once the node begins to drain,
-`announce_leaving` publishes at once, and every heartbeat after says `leaving`."""
+`announce_leaving` publishes at once, and every heartbeat after says `leaving`. A change of the
+models served or of their speeds is published within seconds, not at the next interval."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from node.wire.messages import Capacity, HeartbeatBody, encode_body
 from node.wire.topics import HEARTBEAT_TOPIC, PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
+
+CHANGED_AFTER_S = 2.0  # the least time between two heartbeats published for a change of models or speeds
 
 
 class Heartbeat:
@@ -92,15 +95,24 @@ class Heartbeat:
         data = seal(self._identity, HEARTBEAT_TOPIC, encode_body(self.body()))
         await self._host.publish(HEARTBEAT_TOPIC, data)
 
-    async def run(self, tick: float = 1.0, settle: float = 1.5) -> None:
-        """Publish every interval, and soon after a new peer connects (once its mesh had
-        `settle` seconds to form), so a new publisher learns about this node at once."""
+    def offer(self) -> tuple[tuple[str, ...], tuple[tuple[str, float], ...]]:
+        """What publishers choose this node by, besides its places: the models served and their speeds."""
+        return tuple(self._models()), tuple(sorted(self._tps().items()))
+
+    async def run(self, tick: float = 1.0, settle: float = 1.5, changed_after: float = CHANGED_AFTER_S) -> None:
+        """Publish every interval, soon after a new peer connects (once its mesh had `settle`
+        seconds to form), so a new publisher learns about this node at once, and soon after the
+        models served or their speeds change (a speed measured after READY, a model leaving or
+        back), at most once every `changed_after` seconds for those."""
         loop = asyncio.get_running_loop()
         last_published = -self._interval
+        published_offer = self.offer()
         first_seen: dict[str, float] = {}
         announced: set[str] = set()
         while True:
             now = loop.time()
+            offer = self.offer()
+            changed = offer != published_offer and now - last_published >= changed_after
             try:
                 peers = set(await self._host.peers())
             except P2PError:
@@ -110,10 +122,10 @@ class Heartbeat:
             first_seen = {peer: seen for peer, seen in first_seen.items() if peer in peers}
             announced &= peers
             matured = {peer for peer in peers - announced if now - first_seen[peer] >= settle}
-            if matured or now - last_published >= self._interval:
+            if matured or changed or now - last_published >= self._interval:
                 try:
                     await self.publish_once()
-                    last_published = now
+                    last_published, published_offer = now, offer
                     announced |= matured
                 except P2PError as exc:
                     log.warning("heartbeat not published", error=str(exc))
