@@ -153,7 +153,7 @@ async def run(options: BenchOptions) -> Section:
     }
     cache: list[bytes | None] = []  # the first start's benchmarks.json, for every later start
 
-    async def first_start(_: int) -> None:  # uncached: measures its model's tokens/s before READY
+    async def first_start(_: int) -> None:  # uncached: measures its model's tokens/s after READY, while idle
         with node_process(options.threads, extra_args=options.node_args) as node:
             samples["node"]["uncached"].append(node.startup_seconds)
             cache.append(node.benchmark_cache())  # None with --node-arg --no-startup-benchmark
@@ -197,7 +197,7 @@ async def run(options: BenchOptions) -> Section:
     rows = []
     for key, metric, unit in (
         ("startup", "startup: spawn -> READY (restart: tokens/s benchmark cached)", "s"),
-        ("uncached", "startup: spawn -> READY, first start (measures tokens/s before READY)", "s"),
+        ("uncached", "startup: spawn -> READY, first start (tokens/s measured after READY)", "s"),
         ("idle", "RSS idle (daemon + execution processes)", "MiB"),
         ("busy", "RSS running a 128-token task (peak, daemon + execution processes)", "MiB"),
         ("idle_pss", "PSS idle, extra information (shared pages counted once; the goal is RSS)", "MiB"),
@@ -227,7 +227,7 @@ async def run(options: BenchOptions) -> Section:
         notes=[
             (
                 "One first start per side (the node's uncached: it measures its model's tokens/s, ~128 prompt "
-                "tokens and 48 generated, before READY), then "
+                "tokens and 48 generated, after READY while idle; the next start waits for that), then "
                 f"{rounds} start(s) per side, alternately, each node with a fresh data dir holding the first start's "
                 "benchmarks.json (a restart); node with the default log level (info, JSON to a file), "
                 f"n_ctx {N_CTX} x {slots} slots; the plain script one context of {N_CTX * slots} tokens (the same KV "

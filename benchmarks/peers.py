@@ -24,6 +24,7 @@ from benchmarks.stats import BenchmarkError
 from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
+BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured (benchmarks.json written)
 BENCHMARK_CACHE_FILE = "benchmarks.json"  # in the data dir (node/execution/model_setup.py)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
@@ -41,7 +42,7 @@ def node_process(
     """A compute node with a fresh identity and data dir, default log level (info, JSON).
 
     `benchmark_cache`: a `benchmarks.json` for the data dir (a restart's cached startup
-    tokens/s benchmark); without it the node measures its model before READY.
+    tokens/s benchmark); without it the node measures its model after READY, and `start` waits for that.
     """
     identity = Identity.generate()
     workdir = tempfile.TemporaryDirectory(prefix="bench-node-")
@@ -141,6 +142,18 @@ class PeerProcess:
                 )
                 raise BenchmarkError(f"{self.args[2]} {why}: {tail}")
         self.startup_seconds = self._ready_at - started
+        if self.identity is not None and "--no-startup-benchmark" not in self.args:
+            self._wait_for_benchmark(deadline=time.perf_counter() + BENCHMARK_TIMEOUT_S)
+
+    def _wait_for_benchmark(self, deadline: float) -> None:
+        """Until the node's first start has measured its model (after READY, in idle time): a measurement
+        still to come would run beside what a benchmark measures next (a baseline's turn included)."""
+        while self.benchmark_cache() is None:
+            if self._proc is None or self._proc.poll() is not None or time.perf_counter() > deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise BenchmarkError(f"the node did not measure its model within {BENCHMARK_TIMEOUT_S:g} s: {tail}")
+            time.sleep(0.02)
 
     def _read_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None

@@ -118,7 +118,13 @@ class Settings(LayeredSettings):
     max_queue: int = Field(default=8, ge=0, le=4096, description="Tasks waiting per model before 'busy'")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="Sampling temperature of generations")
     embedding_model: str | None = Field(default=None, description="Model for embeddings (default: the task's model)")
-    startup_benchmark: bool = Field(default=True, description="Measure tokens/s of each model at start (cached)")
+    startup_benchmark: bool = Field(
+        default=True,
+        description=(
+            "Measure tokens/s of each model at start (cached); a node of one model measures its first start "
+            "after READY, while idle"
+        ),
+    )
     remote_health_interval: Seconds = Field(
         default=15.0, gt=0, description='Seconds between health checks of remote engines (registry backend = "openai")'
     )

@@ -8,6 +8,7 @@ never the daemon. Nothing here runs in the daemon except protocol.py, the messag
     process.py          the entry point and main loop (`python -m node.execution.process --fd N`):
                         configure, load, ready, then TaskHost runs tasks until the daemon closes the socket
     model_setup.py      builds the configured model (registry -> backend -> benchmark)
+    idle_benchmark.py   a first start's benchmark, run after `ready` while no task runs
     workflow_setup.py   maps settings onto the workflow engine's tool and model options
     memory_limits.py    the process's RSS and address-space limits, derived from its model when unset
     delta_coalescer.py  a streaming task's text deltas, gathered into fewer messages before they cross

@@ -8,18 +8,26 @@ plus `parallel`, `progress()` and `close()`.
 
 A model that cannot be found or loaded, or that is slower than `min_tps`, raises
 ModelError naming the problem; the daemon then starts without it.
+
+The startup benchmark runs before `ready` when its result is cached (it is read), when
+`min_tps` is set (a model too slow must not serve first), or when the node serves more
+than one model (their processes start one after the other, so their measurements do not
+overlap). Otherwise a local model's first start is measured after `ready`, in idle time
+(node/execution/idle_benchmark.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
+from models.benchmark import BenchmarkCache
 from models.cpu import CpuInfo, extra_buffers_enabled
 from models.embedder import Embedder
 from models.loader import measure_speed, open_model
@@ -81,6 +89,7 @@ class PreparedModel:
     model: ServedModel
     generation_tps: float | None = None
     prompt_tps: float | None = None
+    benchmark_later: bool = False  # no cached speed: measured after `ready`, in idle time
 
     @property
     def gguf_metadata(self) -> Mapping[str, str] | None:
@@ -119,8 +128,11 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
     model = await create_model(name, settings)
     if not settings.startup_benchmark:
         return PreparedModel(model)
+    if measured_after_ready(settings) and isinstance(model, BatchedLlamaModel):
+        if BenchmarkCache(benchmark_file(settings)).get(model) is None:
+            return PreparedModel(model, benchmark_later=True)
     try:
-        result = await measure_speed(model, settings.data_dir / "benchmarks.json")
+        result = await measure_speed(model, benchmark_file(settings))
     except ModelError as exc:
         if isinstance(model, BatchedLlamaModel):
             await model.close()
@@ -142,6 +154,17 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
         await model.close()
         raise ModelError(f"{result.generation_tps:.1f} tokens/s is below min_tps {settings.min_tps:g}")
     return PreparedModel(model, round(result.generation_tps, 1), round(result.prompt_tps, 1))
+
+
+def benchmark_file(settings: Settings) -> Path:
+    """Where the startup benchmarks' results are cached."""
+    return settings.data_dir / "benchmarks.json"
+
+
+def measured_after_ready(settings: Settings) -> bool:
+    """Whether an uncached startup benchmark runs after `ready`: no `min_tps` to judge the model by first,
+    and one model (no other model's process measuring or serving beside it)."""
+    return not settings.min_tps and len(set(settings.models)) == 1
 
 
 class EmbeddingOnlyModel:

@@ -28,17 +28,28 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from models.batching import BatchedLlamaModel
+from models.benchmark import BenchmarkCache, BenchResult, benchmark
 from models.progress import request_owner
 from models.requests import ModelError
 from models.tracing import GenerationTrace, generation_traces
 from node.execution.delta_coalescer import DeltaCoalescer
+from node.execution.idle_benchmark import IdleBenchmark
 from node.execution.memory_limits import memory_limits
-from node.execution.model_setup import PreparedModel, ServedModel, create_embedder, prepare_model, runtime_options
+from node.execution.model_setup import (
+    ServedModel,
+    benchmark_file,
+    create_embedder,
+    prepare_model,
+    runtime_options,
+)
 from node.execution.protocol import (
     DEADLINE_BEFORE_START,
     DEADLINE_WHILE_RUNNING,
     MAX_ERROR_CHARS,
     MAX_FRAME_BYTES,
+    MAX_TPS,
+    Benchmarked,
     Cancel,
     Configure,
     LoadFailed,
@@ -124,15 +135,26 @@ class TaskHost:
         self._send = send
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        self.idle = asyncio.Event()  # set while no task runs
+        self.idle.set()
+        self.on_task_start: Callable[[], None] | None = None  # an idle-time benchmark's interruption
 
     def start(self, request: RunTask) -> None:
         """Start running the task (failed at once if its id is already running)."""
         if request.task_id in self._tasks:
             self._send(TaskFailed(task_id=request.task_id, error="internal error: task already running"))
             return
+        if self.on_task_start is not None:
+            self.on_task_start()
         task = asyncio.create_task(self._run(request), name=f"task-{request.task_id}")
         self._tasks[request.task_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(request.task_id, None))
+        self.idle.clear()
+        task.add_done_callback(lambda _: self._ended(request.task_id))
+
+    def _ended(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+        if not self._tasks:
+            self.idle.set()
 
     def cancel(self, request: Cancel) -> None:
         """Cancel the task, keeping the reason for its answer."""
@@ -247,16 +269,23 @@ async def serve(fd: int) -> int:
     if settings.exec_address_space_mb is None:
         apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
     host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
+    n_batch = runtime_options(settings).n_batch
     send(
         Ready(
             model=name,
             parallel=model.parallel,
             generation_tps=prepared.generation_tps,
             max_rss_mb=limits.max_rss_mb,
-            step_seconds=expected_step_seconds(prepared, runtime_options(settings).n_batch),
+            step_seconds=expected_step_seconds(model.parallel, prepared.prompt_tps, prepared.generation_tps, n_batch),
+            benchmark_later=prepared.benchmark_later,
         )
     )
     log.info("execution process ready", model=name, pid=os.getpid())
+    benchmarking = None
+    if prepared.benchmark_later and isinstance(prepared.model, BatchedLlamaModel):
+        benchmarking = asyncio.create_task(
+            benchmark_when_idle(host, prepared.model, settings, send), name="idle-benchmark"
+        )
     try:
         while (line := await read_line(reader)) is not None:
             message = decode_to_child(line)
@@ -268,6 +297,9 @@ async def serve(fd: int) -> int:
                 send(_pong(message, model))
             await writer.drain()
     finally:
+        if benchmarking is not None:
+            benchmarking.cancel()
+            await asyncio.gather(benchmarking, return_exceptions=True)
         await host.stop()
         await model.close()
         if embedder is not model:
@@ -275,12 +307,41 @@ async def serve(fd: int) -> int:
     return 0
 
 
-def expected_step_seconds(prepared: PreparedModel, n_batch: int) -> float | None:
+async def benchmark_when_idle(
+    host: TaskHost, model: BatchedLlamaModel, settings: Settings, send: Callable[[Message], None]
+) -> None:
+    """Measure the model's speed in idle time after `ready` and tell the daemon (`benchmarked`)."""
+    cache = BenchmarkCache(benchmark_file(settings))
+
+    def report(result: BenchResult) -> None:
+        prompt_tps, generation_tps = round(result.prompt_tps, 1), round(result.generation_tps, 1)
+        step = expected_step_seconds(model.parallel, prompt_tps, generation_tps, runtime_options(settings).n_batch)
+        send(Benchmarked(model=model.name, generation_tps=min(generation_tps, MAX_TPS), step_seconds=step))
+
+    def keep(result: BenchResult) -> None:
+        try:
+            cache.put(model, result)
+        except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
+            log.warning("model benchmark not cached", model=model.name, path=str(cache.path), error=str(exc))
+
+    idle_benchmark = IdleBenchmark(model.name, lambda: benchmark(model), host.idle, report, keep)
+    host.on_task_start = idle_benchmark.task_started
+    try:
+        await idle_benchmark.run()
+    except ModelError as exc:
+        log.warning("model not benchmarked", model=model.name, error=str(exc))
+    finally:
+        host.on_task_start = None
+
+
+def expected_step_seconds(
+    parallel: int, prompt_tps: float | None, generation_tps: float | None, n_batch: int
+) -> float | None:
     """Seconds of one full batch step at the measured speed: a prompt chunk of n_batch tokens
     plus one generated token per slot (None when the benchmark did not run)."""
-    if not prepared.generation_tps or not prepared.prompt_tps:
+    if not generation_tps or not prompt_tps:
         return None
-    return n_batch / prepared.prompt_tps + prepared.model.parallel / prepared.generation_tps
+    return n_batch / prompt_tps + parallel / generation_tps
 
 
 def _pong(probe: Probe, model: ServedModel) -> Pong:

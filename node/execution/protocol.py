@@ -6,7 +6,8 @@ Daemon -> child: configure (once, first), run, cancel, probe.
 Child -> daemon: ready or load_failed (once, answering configure), delta (text of a
 streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
-stall watchdog reads it, see stall.py).
+stall watchdog reads it, see stall.py), benchmarked (at most once, and only after a
+`ready` that said its speed is measured later).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MAX_TRACES = 4096  # generations of one task with a proof (the proof keeps the l
 MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node serves
 MAX_PARALLEL = 1024  # sequences one execution process runs at once
 MAX_ID_CHARS = 256  # a task id or model name a child names (the wire's task ids are at most 128)
+MAX_TPS = 1e6  # tokens/s a child may report: what publishers clamp a heartbeat's `tps` to
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
 MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024
@@ -87,10 +89,21 @@ class Ready(Message):
     kind: Literal["ready"] = "ready"
     model: ChildId
     parallel: int = Field(ge=1, le=MAX_PARALLEL)
-    generation_tps: float | None = Field(default=None, ge=0)
+    generation_tps: float | None = Field(default=None, ge=0, le=MAX_TPS)
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
     # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
     # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
+    step_seconds: float | None = Field(default=None, ge=0)
+    # No speed cached: the child measures it once it is idle after `ready`, and says so in `benchmarked`.
+    benchmark_later: bool = False
+
+
+class Benchmarked(Message):
+    """The speed a child measured after `ready` (it said `benchmark_later`); sent at most once."""
+
+    kind: Literal["benchmarked"] = "benchmarked"
+    model: ChildId
+    generation_tps: float = Field(gt=0, le=MAX_TPS)
     step_seconds: float | None = Field(default=None, ge=0)
 
 
@@ -166,7 +179,9 @@ class Pong(Message):
 
 
 ToChild = Annotated[Configure | RunTask | Cancel | Probe, Field(discriminator="kind")]
-FromChild = Annotated[Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong, Field(discriminator="kind")]
+FromChild = Annotated[
+    Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong | Benchmarked, Field(discriminator="kind")
+]
 _TO_CHILD: TypeAdapter[ToChild] = TypeAdapter(ToChild)
 _FROM_CHILD: TypeAdapter[FromChild] = TypeAdapter(FromChild)
 

@@ -108,6 +108,11 @@ async def test_busy_node_is_retried_on_another_node_but_a_workflow_error_is_not(
         )
         client = await stack.enter_async_context(Client(peers=[dialable(busy)], node_table=NodeTable(rng=Heaviest())))
         await wait_for_nodes(client, 2)
+        # A first start measures its speed after READY; its heartbeat says it within seconds.
+        deadline = time.monotonic() + 30
+        while not (seen := client.nodes.get(busy.running.identity.address)) or not seen.tps:
+            assert time.monotonic() < deadline, "node A's measured speed never reached the client"
+            await asyncio.sleep(0.1)
         assert client.nodes.choose(["*"]).address == busy.running.identity.address  # benchmarked tps: the heavier one
         workflow = Simple().workflow("List booleans.", max_tokens=900)
         workflow["tasks"][0]["schema"] = json.dumps(

@@ -27,6 +27,7 @@ from config.settings import Settings
 from node.daemon.failures import RecentFailures
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
+    Benchmarked,
     Cancel,
     Configure,
     LoadFailed,
@@ -132,6 +133,8 @@ class ExecutionProcess:
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
+        self.benchmarked: Benchmarked | None = None  # the speed measured after `ready`, once it came
+        self.on_benchmarked: Callable[[ExecutionProcess], None] = lambda process: None
 
     @property
     def pid(self) -> int | None:
@@ -364,9 +367,21 @@ class ExecutionProcess:
             if probe is None or probe.done():
                 return self._stray(message)
             probe.set_result(message)
+        elif isinstance(message, Benchmarked) and self._benchmark_expected(message):
+            self.benchmarked = message
+            self.on_benchmarked(self)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} message")
         return None
+
+    def _benchmark_expected(self, message: Benchmarked) -> bool:
+        """Its one `benchmarked`, for its model, after a `ready` that said the speed comes later."""
+        return (
+            self.ready is not None
+            and self.ready.benchmark_later
+            and self.benchmarked is None
+            and message.model == self.model
+        )
 
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child

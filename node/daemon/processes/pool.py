@@ -125,6 +125,7 @@ class ExecutionPool:
         if process is None:
             process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
         process.on_exit = self._on_exit
+        process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)
         try:
             ready = await process.start(self._settings.exec_start_timeout)
         except ExecutionProcessStartError:
@@ -147,6 +148,16 @@ class ExecutionPool:
         entry.ready.set()
         self._metrics.exec_process_up.labels(model=entry.model).set(1)
         return ready
+
+    def _on_benchmarked(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
+        """A speed measured after `ready` (a first start's): advertised, and the stall bound sized by it."""
+        measured = process.benchmarked
+        if measured is None:
+            return
+        self.tps[entry.model] = measured.generation_tps
+        self._metrics.tokens_per_second.labels(model=entry.model).set(measured.generation_tps)
+        if entry.stall is not None and measured.step_seconds is not None:
+            entry.stall.step_s = measured.step_seconds
 
     async def close(self) -> None:
         """Stop every process (their running tasks end with an 'interrupted' error)."""

@@ -9,9 +9,11 @@ import pytest
 from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess, describe_exit
 from node.execution.process import sendable_text
 from node.execution.protocol import (
+    Benchmarked,
     Pong,
     Probe,
     ProtocolError,
+    Ready,
     RunTask,
     TaskDone,
     TaskFailed,
@@ -85,6 +87,11 @@ def test_exit_descriptions_name_the_signal() -> None:
             b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,'
             b'"task_ids":[' + b",".join([b'"t"'] * 1_000_000) + b"]}}",
         ),
+        ("a speed past what publishers read", b'{"kind":"ready","model":"m","parallel":1,"generation_tps":1e7}'),
+        ("a measured speed of nothing", b'{"kind":"benchmarked","model":"m","generation_tps":0}'),
+        ("an infinite measured speed", b'{"kind":"benchmarked","model":"m","generation_tps":Infinity}'),
+        ("a measured speed past what publishers read", b'{"kind":"benchmarked","model":"m","generation_tps":2e6}'),
+        ("a negative step", b'{"kind":"benchmarked","model":"m","generation_tps":5,"step_seconds":-1}'),
         (
             "an infinite decode time",
             b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,"seconds_per_token":1e999}}',
@@ -112,3 +119,32 @@ async def test_a_stream_of_answers_for_tasks_it_was_not_given_ends_the_process_a
         process._dispatch(decode_from_child(encode(stray)))
     with pytest.raises(ProtocolError, match="for tasks it was not given"):
         process._dispatch(decode_from_child(encode(stray)))
+
+
+def _ready_process(benchmark_later: bool) -> tuple[ExecutionProcess, list[ExecutionProcess]]:
+    seen: list[ExecutionProcess] = []
+    process = ExecutionProcess("m", {}, on_exit=lambda _: None)
+    process.on_benchmarked = seen.append
+    process.ready = Ready(model="m", parallel=1, benchmark_later=benchmark_later)
+    return process, seen
+
+
+def test_a_speed_measured_after_ready_reaches_the_owner_once() -> None:
+    process, seen = _ready_process(benchmark_later=True)
+    process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=42.5, step_seconds=2.0))))
+    assert seen == [process] and process.benchmarked is not None and process.benchmarked.generation_tps == 42.5
+    with pytest.raises(ProtocolError, match="unexpected Benchmarked"):  # a second one: a child saying what it likes
+        process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=1e6))))
+    assert process.benchmarked.generation_tps == 42.5 and len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("benchmark_later", "model"), [(False, "m"), (True, "another-model")], ids=["not announced", "another model"]
+)
+def test_a_measured_speed_the_child_did_not_announce_ends_it_as_broken(benchmark_later: bool, model: str) -> None:
+    """Only a child whose `ready` said its speed comes later may send one, for its own model: a compromised
+    child cannot raise the speed the node advertises after the fact."""
+    process, seen = _ready_process(benchmark_later)
+    with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
+        process._dispatch(decode_from_child(encode(Benchmarked(model=model, generation_tps=1e6))))
+    assert seen == [] and process.benchmarked is None

@@ -1,0 +1,45 @@
+"""A node's first start (no cached speed): READY once its model is loaded, measured while idle after it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from node.publisher.client import Client, Task
+from tests.support.cluster import dialable, node_settings, running_node
+from workflows import Simple
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_first_start_serves_before_its_benchmark_and_advertises_the_speed_soon_after(tmp_path: Path) -> None:
+    # A heartbeat interval far past the test: only a change of what the node offers publishes its speed.
+    settings = node_settings(tmp_path / "a", startup_benchmark=True, heartbeat_interval=600)
+    async with running_node(settings) as node, Client(peers=[dialable(node)]) as client:
+        pool = node.running.pool
+        assert pool.tps == {}  # READY: loaded, not measured yet
+        address = node.running.identity.address
+        result = await client.execute(Task(workflow=Simple().workflow("Hi", max_tokens=8), models=["*"]), timeout=60)
+        assert result.node == address and result.text
+
+        deadline = time.monotonic() + 30
+        while not (known := client.nodes.get(address)) or not known.tps:
+            assert time.monotonic() < deadline, "the measured speed never reached the publisher"
+            await asyncio.sleep(0.1)
+        assert known.tps == pool.tps and pool.tps["smollm2:135m"] > 0
+        assert (settings.data_dir / "benchmarks.json").exists()  # cached: the next start reads it
+
+
+async def test_a_restart_reads_the_cached_speed_before_ready(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "a", startup_benchmark=True)
+    async with running_node(settings) as node:
+        deadline = time.monotonic() + 60
+        while not node.running.pool.tps:
+            assert time.monotonic() < deadline, "the first start never measured its model"
+            await asyncio.sleep(0.1)
+        measured = dict(node.running.pool.tps)
+    async with running_node(settings) as node:
+        assert node.running.pool.tps == measured  # READY with it: nothing measured again
