@@ -330,6 +330,8 @@ async def benchmark_when_idle(
         await idle_benchmark.run()
     except ModelError as exc:
         log.warning("model not benchmarked", model=model.name, error=str(exc))
+    except Exception:  # noqa: BLE001 - the model still serves, unadvertised speed and all
+        log.exception("model not benchmarked", model=model.name)
     finally:
         host.on_task_start = None
 

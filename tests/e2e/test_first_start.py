@@ -30,6 +30,8 @@ async def test_a_first_start_serves_before_its_benchmark_and_advertises_the_spee
             assert time.monotonic() < deadline, "the measured speed never reached the publisher"
             await asyncio.sleep(0.1)
         assert known.tps == pool.tps and pool.tps["smollm2:135m"] > 0
+        stall = pool._entries["smollm2:135m"].stall
+        assert stall is not None and stall.step_s > 0  # the stall bound of a decode is sized by the measurement
         assert (settings.data_dir / "benchmarks.json").exists()  # cached: the next start reads it
 
 

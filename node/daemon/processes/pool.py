@@ -145,6 +145,8 @@ class ExecutionPool:
         entry.process = process
         learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
         entry.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
+        if process.benchmarked is not None:  # measured already, while its health probe was answered
+            self._on_benchmarked(entry, process)
         entry.ready.set()
         self._metrics.exec_process_up.labels(model=entry.model).set(1)
         return ready
@@ -152,7 +154,7 @@ class ExecutionPool:
     def _on_benchmarked(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
         """A speed measured after `ready` (a first start's): advertised, and the stall bound sized by it."""
         measured = process.benchmarked
-        if measured is None:
+        if measured is None or entry.process is not process:  # not (or not yet) the model's serving process
             return
         self.tps[entry.model] = measured.generation_tps
         self._metrics.tokens_per_second.labels(model=entry.model).set(measured.generation_tps)
