@@ -13,12 +13,15 @@ the same processors, so both kinds of line look alike.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
+import pydantic_core
 import structlog
 
 from node.ops.inert_text import inert
@@ -67,7 +70,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=json_line)
         if use_json
         # plain_traceback: with `rich` importable structlog's default prints every frame's locals
         # (a task's workflow and prompt, the settings' secrets).
@@ -124,6 +127,17 @@ class RepeatedErrorFilter(logging.Filter):
         record.args, record.exc_info, record.exc_text = (), None, None
         self._held_back = 0
         return True
+
+
+def json_line(event: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> str:
+    """The event as one line of JSON, ASCII only (as json.dumps writes it): pydantic-core's serializer, ~3.5x
+    faster than json.dumps, and json.dumps for what it refuses (a lone surrogate, bytes that are not UTF-8) or
+    writes as UTF-8 (a bidi control in another party's text must reach a terminal escaped)."""
+    try:
+        data = pydantic_core.to_json(event, fallback=default)
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError):
+        data = b"\x80"  # not ASCII: json.dumps below
+    return data.decode("ascii") if data.isascii() else json.dumps(event, default=default)
 
 
 def _identity(logger: object, name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:

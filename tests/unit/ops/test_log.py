@@ -83,3 +83,29 @@ def test_a_failed_accept_repeated_every_tenth_of_a_second_is_logged_once_a_windo
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert len(lines) == 1, lines
     assert lines[0]["event"].startswith("socket.accept() out of system resource") and "exception" not in lines[0]
+
+
+JSON_SCRIPT = """
+import logging, structlog
+from node.ops.log import configure_logging
+configure_logging("info", "json")
+log = structlog.get_logger("node.gateway.service")
+log.info("task finished", error="\\x1b]0;owned\\x07\\u202eforged", model="caf\\u00e9")
+log.info("odd values", big=2**100, lone="a\\ud800b", raw=b"\\xff", keys={1: "x"})
+logging.getLogger("libp2p").warning("stdlib \\u202e%s", "\\x1b[31m")
+"""
+
+
+def test_json_lines_are_ascii_whatever_the_values_hold() -> None:
+    # Another party's text (a node's error, a model name) in a JSON line reaches whoever tails the log: every
+    # character a terminal acts on, and every non-ASCII one (a bidi control), escaped; values pydantic-core's
+    # serializer refuses (a lone surrogate, bytes that are not UTF-8) still make a line.
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", JSON_SCRIPT], capture_output=True, timeout=60, cwd=root, check=True)
+    assert done.stderr.isascii(), done.stderr
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
+    assert [line["event"] for line in lines] == ["task finished", "odd values", "stdlib \u202e\x1b[31m"]
+    finished, odd, _ = lines
+    assert finished["error"] == "\x1b]0;owned\x07\u202eforged" and finished["model"] == "caf\u00e9"
+    assert odd["big"] == 2**100 and odd["lone"] == "a\ud800b" and odd["keys"] == {"1": "x"}
+    assert odd["raw"] == repr(b"\xff")
