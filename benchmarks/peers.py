@@ -24,7 +24,7 @@ from benchmarks.stats import BenchmarkError
 from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
-BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured (benchmarks.json written)
+BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured and cached (`model measured after ready`)
 BENCHMARK_CACHE_FILE = "benchmarks.json"  # in the data dir (node/execution/model_setup.py)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
@@ -142,18 +142,32 @@ class PeerProcess:
                 )
                 raise BenchmarkError(f"{self.args[2]} {why}: {tail}")
         self.startup_seconds = self._ready_at - started
-        if self.identity is not None and "--no-startup-benchmark" not in self.args:
+        if self._events("execution process ready", benchmark_later=True):
             self._wait_for_benchmark(deadline=time.perf_counter() + BENCHMARK_TIMEOUT_S)
 
     def _wait_for_benchmark(self, deadline: float) -> None:
-        """Until the node's first start has measured its model (after READY, in idle time): a measurement
-        still to come would run beside what a benchmark measures next (a baseline's turn included)."""
-        while self.benchmark_cache() is None:
+        """Until a node that said it measures its model after READY (its first start, in idle time) did: a
+        measurement still to come would run beside what a benchmark measures next (a baseline's turn included)."""
+        while not (self._events("model measured after ready") or self._events("model not benchmarked")):
             if self._proc is None or self._proc.poll() is not None or time.perf_counter() > deadline:
                 tail = self.log_tail()
                 self.stop()
                 raise BenchmarkError(f"the node did not measure its model within {BENCHMARK_TIMEOUT_S:g} s: {tail}")
             time.sleep(0.02)
+
+    def _events(self, event: str, **fields: object) -> list[dict[str, object]]:
+        """The node's JSON log lines of `event` with these field values (the benchmarks run it at info, JSON)."""
+        found = []
+        for line in self._log_lines():
+            if event not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
+                found.append(entry)
+        return found
 
     def _read_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None

@@ -3,16 +3,23 @@
 The startup benchmark (models/benchmark.py: ~128 prompt tokens, 48 generated) takes a
 second or more on a CPU, and its result is cached per model file, build and settings.
 Without a cached result the node need not wait for it to serve: the execution process
-answers `ready` first and measures here, once no task has run for `IDLE_S`. A task that
-starts meanwhile cancels the measurement (sharing the batch with it would skew the
-figure that gets cached and advertised); it starts again after the next idle spell,
-each one twice as long as the last. After `MAX_INTERRUPTIONS` it no longer waits:
-it measures at once and lets tasks run beside it, and the figure is advertised but
-not cached (the next start measures again). So tasks never wait for it, and no
-stream of tasks (any peer may send them, with keys of its own) keeps the node from
-advertising a speed, or makes a skewed one stick. Only a node serving one model measures this way: two
-models' processes measuring at once would slow each other, so those start one after
-the other, measured before `ready` (node/execution/model_setup.py).
+answers `ready` first and measures here, once no task has come for an idle spell
+(`IDLE_S`). A task that starts meanwhile cancels the measurement (sharing the batch
+with it would skew the figure that gets cached and advertised), and the next idle spell
+asked for is twice as long (at most `MAX_IDLE_S`), so a busy model is not interrupted
+over and over.
+
+Tasks may never leave such a spell (any peer may send them, with keys of its own, or
+the node is simply busy): `BESIDE_TASKS_AFTER_S` after `ready` with nothing measured, a
+measurement runs beside the tasks, uncancelled, and its figure is advertised as
+provisional and not cached. The idle spells are still waited for, and the first clean
+measurement replaces it and is cached. So tasks never wait for the benchmark, a node
+always advertises a speed within a bounded time, and a figure skewed by tasks never
+sticks past the next idle spell.
+
+Only a node serving one model (without `min_tps` or `idle_only`) measures this way: two
+models' processes measuring at once would slow each other, so those start one after the
+other, measured before `ready` (node/execution/model_setup.py).
 """
 
 from __future__ import annotations
@@ -27,76 +34,99 @@ from models.benchmark import BenchResult
 
 log = structlog.get_logger(__name__)
 
-IDLE_S = 0.5  # no task for this long before the first measurement starts (twice as long after each interruption)
-MAX_INTERRUPTIONS = 3  # then measured at once, beside the tasks, and not cached
+IDLE_S = 0.5  # no task for this long before the first measurement (twice as long after each interruption)
+MAX_IDLE_S = 8.0  # the longest idle spell asked for
+BESIDE_TASKS_AFTER_S = 30.0  # after `ready` with nothing measured: a provisional measurement beside the tasks
 
 
 class IdleBenchmark:
-    """Runs `measure` once the host has been idle long enough; `task_started` interrupts it."""
+    """Runs `measure` in idle spells; `task_started` interrupts a clean measurement.
+
+    `report(result, provisional)` gets every figure measured (a provisional one at most once, before the
+    clean one); `keep(result)` gets the clean one (cached).
+    """
 
     def __init__(
         self,
         model: str,
         measure: Callable[[], Coroutine[Any, Any, BenchResult]],
         idle: asyncio.Event,
-        report: Callable[[BenchResult], None],
+        report: Callable[[BenchResult, bool], None],
         keep: Callable[[BenchResult], None],
+        beside_tasks_after_s: float = BESIDE_TASKS_AFTER_S,
     ) -> None:
         self._model = model
         self._measure = measure
         self._idle = idle  # set while the host runs no task
-        self._report = report  # every result (to the daemon: advertised)
-        self._keep = keep  # a result measured with no task beside it (cached)
+        self._report = report
+        self._keep = keep
+        self._beside_tasks_after_s = beside_tasks_after_s
         self._task_came = asyncio.Event()
         self._measuring: asyncio.Task[BenchResult] | None = None
-        self._beside_a_task = False
+        self._cancellable = True
+        self._task_beside = False
         self.interruptions = 0
+        self.provisional: BenchResult | None = None
 
     def task_started(self) -> None:
-        """A task came: a measurement under way is cancelled (while interruptions may), the idle wait starts over."""
+        """A task came: the idle spell starts over, and a clean measurement under way is cancelled."""
         self._task_came.set()
         if self._measuring is None or self._measuring.done():
             return
-        if self.interruptions < MAX_INTERRUPTIONS:
+        if self._cancellable:
             self._measuring.cancel()
         else:
-            self._beside_a_task = True
+            self._task_beside = True
 
     async def run(self) -> BenchResult:
-        """Measure once; the result goes to `report` (and to `keep` if no task ran beside it), and is returned."""
+        """Measure until a clean figure is reported and kept (a provisional one first if tasks leave no idle
+        spell for `beside_tasks_after_s`); the clean figure is returned."""
+        loop = asyncio.get_running_loop()
+        provisional_at = loop.time() + self._beside_tasks_after_s
         wait_s = IDLE_S
         while True:
-            if self.interruptions < MAX_INTERRUPTIONS:
-                await self._idle_for(wait_s)
-            self._beside_a_task = not self._idle.is_set()
-            self._measuring = asyncio.create_task(self._measure(), name=f"benchmark-{self._model}")
-            try:
-                await asyncio.wait({self._measuring})
-            except asyncio.CancelledError:
-                self._measuring.cancel()
-                raise
-            if not self._measuring.cancelled():
-                return self._done(self._measuring.result())  # a ModelError propagates: the caller logs it
-            self.interruptions += 1
-            wait_s *= 2
-            log.info("model benchmark interrupted by a task", model=self._model, interruptions=self.interruptions)
+            limit = None if self.provisional is not None else max(provisional_at - loop.time(), 0.0)
+            idle = await self._idle_for(wait_s, limit)
+            result = await self._attempt(cancellable=idle)  # a ModelError propagates: the caller logs it
+            if result is None:
+                self.interruptions += 1
+                wait_s = min(wait_s * 2, MAX_IDLE_S)
+                log.info("model benchmark interrupted by a task", model=self._model, interruptions=self.interruptions)
+            elif idle or not self._task_beside:
+                self._report(result, False)
+                self._keep(result)
+                return result
+            else:
+                self.provisional = result
+                self._report(result, True)
+                log.warning(
+                    "model benchmarked beside tasks: advertised until measured idle, not cached", model=self._model
+                )
 
-    def _done(self, result: BenchResult) -> BenchResult:
-        self._report(result)
-        if self._beside_a_task:
-            log.warning("model benchmarked beside tasks: advertised, not cached", model=self._model)
-        else:
-            self._keep(result)
-        return result
+    async def _attempt(self, cancellable: bool) -> BenchResult | None:
+        """One measurement; None if a task cancelled it."""
+        self._cancellable, self._task_beside = cancellable, not self._idle.is_set()
+        measuring = self._measuring = asyncio.create_task(self._measure(), name=f"benchmark-{self._model}")
+        try:
+            await asyncio.wait({measuring})
+        except asyncio.CancelledError:  # the process is stopping: the measurement ends before the model closes
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+            raise
+        return None if measuring.cancelled() else measuring.result()
 
-    async def _idle_for(self, seconds: float) -> None:
-        """Return once no task has come for `seconds` and none is running."""
-        while True:
-            await self._idle.wait()
-            self._task_came.clear()
-            try:
-                async with asyncio.timeout(seconds):
-                    await self._task_came.wait()
-            except TimeoutError:
-                if self._idle.is_set():
-                    return
+    async def _idle_for(self, seconds: float, limit: float | None) -> bool:
+        """True once no task has come for `seconds` and none runs; False if `limit` seconds pass first."""
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    await self._idle.wait()
+                    self._task_came.clear()
+                    try:
+                        async with asyncio.timeout(seconds):
+                            await self._task_came.wait()
+                    except TimeoutError:
+                        if self._idle.is_set():
+                            return True
+        except TimeoutError:
+            return False

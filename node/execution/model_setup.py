@@ -10,9 +10,9 @@ A model that cannot be found or loaded, or that is slower than `min_tps`, raises
 ModelError naming the problem; the daemon then starts without it.
 
 The startup benchmark runs before `ready` when its result is cached (it is read), when
-`min_tps` is set (a model too slow must not serve first), or when the node serves more
-than one model (their processes start one after the other, so their measurements do not
-overlap). Otherwise a local model's first start is measured after `ready`, in idle time
+`min_tps` is set (a model too slow must not serve first), with `idle_only` (the node
+pauses while other programs load the machine), or when the node serves more than one
+model (their processes start one after the other, so their measurements do not overlap). Otherwise a local model's first start is measured after `ready`, in idle time
 (node/execution/idle_benchmark.py).
 """
 
@@ -163,8 +163,9 @@ def benchmark_file(settings: Settings) -> Path:
 
 def measured_after_ready(settings: Settings) -> bool:
     """Whether an uncached startup benchmark runs after `ready`: no `min_tps` to judge the model by first,
-    and one model (no other model's process measuring or serving beside it)."""
-    return not settings.min_tps and len(set(settings.models)) == 1
+    one model (no other model's process measuring or serving beside it), and not `idle_only` (its idle
+    spells come when other programs load the machine: the figure would be theirs)."""
+    return not settings.min_tps and not settings.idle_only and len(set(settings.models)) == 1
 
 
 class EmbeddingOnlyModel:

@@ -48,6 +48,7 @@ from node.execution.protocol import (
     DEADLINE_WHILE_RUNNING,
     MAX_ERROR_CHARS,
     MAX_FRAME_BYTES,
+    MAX_STEP_SECONDS,
     MAX_TPS,
     Benchmarked,
     Cancel,
@@ -269,18 +270,19 @@ async def serve(fd: int) -> int:
     if settings.exec_address_space_mb is None:
         apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
     host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
-    n_batch = runtime_options(settings).n_batch
+    generation_tps, step = _speed(model.parallel, prepared.prompt_tps, prepared.generation_tps, settings)
+    # Before `ready` goes: READY follows it, and the benchmarks read this line to know a measurement comes.
+    log.info("execution process ready", model=name, pid=os.getpid(), benchmark_later=prepared.benchmark_later)
     send(
         Ready(
             model=name,
             parallel=model.parallel,
-            generation_tps=prepared.generation_tps,
+            generation_tps=generation_tps,
             max_rss_mb=limits.max_rss_mb,
-            step_seconds=expected_step_seconds(model.parallel, prepared.prompt_tps, prepared.generation_tps, n_batch),
+            step_seconds=step,
             benchmark_later=prepared.benchmark_later,
         )
     )
-    log.info("execution process ready", model=name, pid=os.getpid())
     benchmarking = None
     if prepared.benchmark_later and isinstance(prepared.model, BatchedLlamaModel):
         benchmarking = asyncio.create_task(
@@ -313,16 +315,19 @@ async def benchmark_when_idle(
     """Measure the model's speed in idle time after `ready` and tell the daemon (`benchmarked`)."""
     cache = BenchmarkCache(benchmark_file(settings))
 
-    def report(result: BenchResult) -> None:
-        prompt_tps, generation_tps = round(result.prompt_tps, 1), round(result.generation_tps, 1)
-        step = expected_step_seconds(model.parallel, prompt_tps, generation_tps, runtime_options(settings).n_batch)
-        send(Benchmarked(model=model.name, generation_tps=min(generation_tps, MAX_TPS), step_seconds=step))
+    def report(result: BenchResult, provisional: bool) -> None:
+        generation_tps, step = _speed(model.parallel, result.prompt_tps, result.generation_tps, settings)
+        if generation_tps is not None:
+            send(
+                Benchmarked(model=model.name, generation_tps=generation_tps, step_seconds=step, provisional=provisional)
+            )
 
     def keep(result: BenchResult) -> None:
         try:
             cache.put(model, result)
         except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
             log.warning("model benchmark not cached", model=model.name, path=str(cache.path), error=str(exc))
+        log.info("model measured after ready", model=model.name, interruptions=idle_benchmark.interruptions)
 
     idle_benchmark = IdleBenchmark(model.name, lambda: benchmark(model), host.idle, report, keep)
     host.on_task_start = idle_benchmark.task_started
@@ -336,14 +341,17 @@ async def benchmark_when_idle(
         host.on_task_start = None
 
 
-def expected_step_seconds(
-    parallel: int, prompt_tps: float | None, generation_tps: float | None, n_batch: int
-) -> float | None:
-    """Seconds of one full batch step at the measured speed: a prompt chunk of n_batch tokens
-    plus one generated token per slot (None when the benchmark did not run)."""
+def _speed(
+    parallel: int, prompt_tps: float | None, generation_tps: float | None, settings: Settings
+) -> tuple[float | None, float | None]:
+    """(generation tokens/s, seconds of one full batch step) as `ready` and `benchmarked` carry them, within
+    their bounds (a remote engine's own timings can claim any speed); (None, None) when nothing was measured.
+
+    A full batch step is a prompt chunk of n_batch tokens plus one generated token per slot."""
     if not generation_tps or not prompt_tps:
-        return None
-    return n_batch / prompt_tps + parallel / generation_tps
+        return None, None
+    step = runtime_options(settings).n_batch / prompt_tps + parallel / generation_tps
+    return min(round(generation_tps, 1), MAX_TPS), min(step, MAX_STEP_SECONDS)
 
 
 def _pong(probe: Probe, model: ServedModel) -> Pong:

@@ -6,8 +6,8 @@ Daemon -> child: configure (once, first), run, cancel, probe.
 Child -> daemon: ready or load_failed (once, answering configure), delta (text of a
 streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
-stall watchdog reads it, see stall.py), benchmarked (at most once, and only after a
-`ready` that said its speed is measured later).
+stall watchdog reads it, see stall.py), benchmarked (only after a `ready` that said its
+speed is measured later: a clean figure, after at most one provisional one).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node
 MAX_PARALLEL = 1024  # sequences one execution process runs at once
 MAX_ID_CHARS = 256  # a task id or model name a child names (the wire's task ids are at most 128)
 MAX_TPS = 1e6  # tokens/s a child may report: what publishers clamp a heartbeat's `tps` to
+MAX_STEP_SECONDS = 3600.0  # a full batch step at the measured speed a child may report (it sizes the stall bound)
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
 MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024
@@ -93,18 +94,20 @@ class Ready(Message):
     max_rss_mb: int | None = Field(default=None, ge=1)  # the RSS limit the daemon enforces (None: none)
     # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
     # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
-    step_seconds: float | None = Field(default=None, ge=0)
+    step_seconds: float | None = Field(default=None, ge=0, le=MAX_STEP_SECONDS)
     # No speed cached: the child measures it once it is idle after `ready`, and says so in `benchmarked`.
     benchmark_later: bool = False
 
 
 class Benchmarked(Message):
-    """The speed a child measured after `ready` (it said `benchmark_later`); sent at most once."""
+    """The speed a child measured after `ready` (it said `benchmark_later`): one clean figure, after at most
+    one provisional figure (measured beside tasks: advertised until the clean one comes, never cached)."""
 
     kind: Literal["benchmarked"] = "benchmarked"
     model: ChildId
     generation_tps: float = Field(gt=0, le=MAX_TPS)
-    step_seconds: float | None = Field(default=None, ge=0)
+    step_seconds: float | None = Field(default=None, ge=0, le=MAX_STEP_SECONDS)
+    provisional: bool = False
 
 
 class LoadFailed(Message):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -45,3 +47,27 @@ async def test_a_restart_reads_the_cached_speed_before_ready(tmp_path: Path) -> 
         measured = dict(node.running.pool.tps)
     async with running_node(settings) as node:
         assert node.running.pool.tps == measured  # READY with it: nothing measured again
+
+
+async def test_a_restarted_execution_process_advertises_its_cached_speed_not_what_the_last_one_said(
+    tmp_path: Path,
+) -> None:
+    """A hijacked execution process can report any speed it likes (the daemon cannot check a measurement); once
+    it is replaced, the new process's figure (read from the cache) is the one advertised."""
+    settings = node_settings(tmp_path / "a", startup_benchmark=True)
+    async with running_node(settings) as node:
+        pool = node.running.pool
+        deadline = time.monotonic() + 60
+        while not pool.tps:
+            assert time.monotonic() < deadline, "the first start never measured its model"
+            await asyncio.sleep(0.1)
+        measured = dict(pool.tps)
+        pool.tps["smollm2:135m"] = 1e6  # what a hijacked process could have said
+        old = pool.process("smollm2:135m")
+        assert old is not None and old.pid is not None
+        os.kill(old.pid, signal.SIGKILL)
+        while pool.tps != measured:
+            assert time.monotonic() < deadline + 60, f"still advertising {pool.tps} after a restart"
+            await asyncio.sleep(0.1)
+        restarted = pool.process("smollm2:135m")
+        assert restarted is not None and restarted.pid != old.pid

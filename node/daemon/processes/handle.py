@@ -133,7 +133,7 @@ class ExecutionProcess:
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
-        self.benchmarked: Benchmarked | None = None  # the speed measured after `ready`, once it came
+        self.benchmarked: Benchmarked | None = None  # the latest speed measured after `ready`
         self.on_benchmarked: Callable[[ExecutionProcess], None] = lambda process: None
 
     @property
@@ -375,13 +375,13 @@ class ExecutionProcess:
         return None
 
     def _benchmark_expected(self, message: Benchmarked) -> bool:
-        """Its one `benchmarked`, for its model, after a `ready` that said the speed comes later."""
-        return (
-            self.ready is not None
-            and self.ready.benchmark_later
-            and self.benchmarked is None
-            and message.model == self.model
-        )
+        """A `benchmarked` for its model after a `ready` that said the speed comes later: a clean figure, after
+        at most one provisional figure (so at most two a process)."""
+        if self.ready is None or not self.ready.benchmark_later or message.model != self.model:
+            return False
+        if self.benchmarked is None:
+            return True
+        return self.benchmarked.provisional and not message.provisional
 
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child

@@ -114,9 +114,6 @@ class ExecutionPool:
         ready = await self._spawn(entry)
         self._entries[name] = entry
         self.parallel[name] = ready.parallel
-        if ready.generation_tps is not None:
-            self.tps[name] = ready.generation_tps
-            self._metrics.tokens_per_second.labels(model=name).set(ready.generation_tps)
         entry.watcher = asyncio.create_task(self._watch(entry), name=f"exec-watch-{name}")
 
     async def _spawn(self, entry: _ModelEntry) -> Ready:
@@ -143,6 +140,9 @@ class ExecutionPool:
                 f"model {entry.model}: the execution process did not answer its health probe ({exc})"
             ) from None
         entry.process = process
+        if ready.generation_tps is not None:  # a restart reads the cached figure: it replaces any before
+            self.tps[entry.model] = ready.generation_tps
+            self._metrics.tokens_per_second.labels(model=entry.model).set(ready.generation_tps)
         learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
         entry.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
         if process.benchmarked is not None:  # measured already, while its health probe was answered
@@ -152,7 +152,8 @@ class ExecutionPool:
         return ready
 
     def _on_benchmarked(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
-        """A speed measured after `ready` (a first start's): advertised, and the stall bound sized by it."""
+        """A speed measured after `ready` (a first start's; provisional, then clean): advertised, and the stall
+        bound sized by it."""
         measured = process.benchmarked
         if measured is None or entry.process is not process:  # not (or not yet) the model's serving process
             return

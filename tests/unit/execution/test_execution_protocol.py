@@ -92,6 +92,8 @@ def test_exit_descriptions_name_the_signal() -> None:
         ("an infinite measured speed", b'{"kind":"benchmarked","model":"m","generation_tps":Infinity}'),
         ("a measured speed past what publishers read", b'{"kind":"benchmarked","model":"m","generation_tps":2e6}'),
         ("a negative step", b'{"kind":"benchmarked","model":"m","generation_tps":5,"step_seconds":-1}'),
+        ("a step of ages", b'{"kind":"benchmarked","model":"m","generation_tps":5,"step_seconds":1e300}'),
+        ("a ready step of ages", b'{"kind":"ready","model":"m","parallel":1,"step_seconds":1e300}'),
         (
             "an infinite decode time",
             b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,"seconds_per_token":1e999}}',
@@ -129,21 +131,35 @@ def _ready_process(benchmark_later: bool) -> tuple[ExecutionProcess, list[Execut
     return process, seen
 
 
-def test_a_speed_measured_after_ready_reaches_the_owner_once() -> None:
+def test_a_speed_measured_after_ready_reaches_the_owner_provisional_then_clean_and_no_more() -> None:
     process, seen = _ready_process(benchmark_later=True)
-    process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=42.5, step_seconds=2.0))))
-    assert seen == [process] and process.benchmarked is not None and process.benchmarked.generation_tps == 42.5
-    with pytest.raises(ProtocolError, match="unexpected Benchmarked"):  # a second one: a child saying what it likes
-        process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=1e6))))
-    assert process.benchmarked.generation_tps == 42.5 and len(seen) == 1
+    provisional = Benchmarked(model="m", generation_tps=20.0, step_seconds=3.0, provisional=True)
+    process._dispatch(decode_from_child(encode(provisional)))
+    assert seen == [process] and process.benchmarked == provisional
+    clean = Benchmarked(model="m", generation_tps=42.5, step_seconds=2.0)
+    process._dispatch(decode_from_child(encode(clean)))
+    assert seen == [process, process] and process.benchmarked == clean
+    for late in (clean, provisional):  # after the clean figure: a child saying what it likes
+        with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
+            process._dispatch(decode_from_child(encode(late)))
+    assert process.benchmarked == clean and len(seen) == 2
+
+
+def test_a_second_provisional_speed_ends_the_child_as_broken() -> None:
+    process, seen = _ready_process(benchmark_later=True)
+    process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=20.0, provisional=True))))
+    with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
+        process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=1e6, provisional=True))))
+    assert process.benchmarked is not None and process.benchmarked.generation_tps == 20.0 and len(seen) == 1
 
 
 @pytest.mark.parametrize(
     ("benchmark_later", "model"), [(False, "m"), (True, "another-model")], ids=["not announced", "another model"]
 )
 def test_a_measured_speed_the_child_did_not_announce_ends_it_as_broken(benchmark_later: bool, model: str) -> None:
-    """Only a child whose `ready` said its speed comes later may send one, for its own model: a compromised
-    child cannot raise the speed the node advertises after the fact."""
+    """Only a child whose `ready` said its speed comes later may send one, for its own model: a child whose
+    speed was read from the cache cannot replace it (one that measures after `ready` reports what it
+    measures, which the daemon cannot check; a restarted process's cached figure replaces it)."""
     process, seen = _ready_process(benchmark_later)
     with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
         process._dispatch(decode_from_child(encode(Benchmarked(model=model, generation_tps=1e6))))

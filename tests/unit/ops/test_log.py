@@ -86,12 +86,18 @@ def test_a_failed_accept_repeated_every_tenth_of_a_second_is_logged_once_a_windo
 
 
 JSON_SCRIPT = """
-import logging, structlog
+import dataclasses, logging, structlog
 from node.ops.log import configure_logging
+
+@dataclasses.dataclass
+class Hidden:
+    secret: str = dataclasses.field(repr=False)
+
 configure_logging("info", "json")
 log = structlog.get_logger("node.gateway.service")
 log.info("task finished", error="\\x1b]0;owned\\x07\\u202eforged", model="caf\\u00e9")
 log.info("odd values", big=2**100, lone="a\\ud800b", raw=b"\\xff", keys={1: "x"})
+log.info("hidden fields", hidden=Hidden("s3cret"))
 logging.getLogger("libp2p").warning("stdlib \\u202e%s", "\\x1b[31m")
 """
 
@@ -99,13 +105,20 @@ logging.getLogger("libp2p").warning("stdlib \\u202e%s", "\\x1b[31m")
 def test_json_lines_are_ascii_whatever_the_values_hold() -> None:
     # Another party's text (a node's error, a model name) in a JSON line reaches whoever tails the log: every
     # character a terminal acts on, and every non-ASCII one (a bidi control), escaped; values pydantic-core's
-    # serializer refuses (a lone surrogate, bytes that are not UTF-8) still make a line.
+    # serializer refuses (a lone surrogate, bytes that are not UTF-8) still make a line; an object's fields its
+    # repr hides (a dataclass's repr=False) are never written.
     root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", JSON_SCRIPT], capture_output=True, timeout=60, cwd=root, check=True)
     assert done.stderr.isascii(), done.stderr
     lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
-    assert [line["event"] for line in lines] == ["task finished", "odd values", "stdlib \u202e\x1b[31m"]
-    finished, odd, _ = lines
+    assert [line["event"] for line in lines] == [
+        "task finished",
+        "odd values",
+        "hidden fields",
+        "stdlib \u202e\x1b[31m",
+    ]
+    finished, odd, hidden, _ = lines
     assert finished["error"] == "\x1b]0;owned\x07\u202eforged" and finished["model"] == "caf\u00e9"
     assert odd["big"] == 2**100 and odd["lone"] == "a\ud800b" and odd["keys"] == {"1": "x"}
-    assert odd["raw"] == repr(b"\xff")
+    assert odd["raw"] == repr(b"\xff") and hidden["hidden"] == "Hidden()"  # as its repr shows it: never the field
+    assert "s3cret" not in done.stderr.decode()
