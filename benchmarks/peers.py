@@ -123,6 +123,11 @@ class PeerProcess:
 
     def start(self) -> None:
         """Spawn the process and wait for READY; BenchmarkError with its log tail if it never gets there."""
+        if self.identity is not None and _quieter_than_info(self.args) and "--no-startup-benchmark" not in self.args:
+            raise BenchmarkError(
+                "a node measured after READY is waited for by its info log lines: run it at --log-level info "
+                "(or with --no-startup-benchmark)"
+            )
         env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_NODE_")}
         with open(self._stderr_path, "w") as stderr:
             started = time.perf_counter()
@@ -304,6 +309,12 @@ def _status_kib(pid: int, key: str) -> int:
         if line.startswith(f"{key}:"):
             return int(line.split()[1])
     raise BenchmarkError(f"/proc/{pid}/status has no {key}")
+
+
+def _quieter_than_info(args: list[str]) -> bool:
+    """The last --log-level given is above info (its last value wins, as the node's flags do)."""
+    levels = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--log-level"]
+    return bool(levels) and levels[-1].lower() not in ("debug", "info")
 
 
 def _repo_root() -> str:

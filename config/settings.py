@@ -122,7 +122,7 @@ class Settings(LayeredSettings):
         default=True,
         description=(
             "Measure tokens/s of each model at start (cached); a node of one model measures its first start "
-            "after READY, while idle"
+            "after READY, while idle (not with min_tps or idle_only)"
         ),
     )
     remote_health_interval: Seconds = Field(

@@ -10,12 +10,15 @@ asked for is twice as long (at most `MAX_IDLE_S`), so a busy model is not interr
 over and over.
 
 Tasks may never leave such a spell (any peer may send them, with keys of its own, or
-the node is simply busy): `BESIDE_TASKS_AFTER_S` after `ready` with nothing measured, a
-measurement runs beside the tasks, uncancelled, and its figure is advertised as
-provisional and not cached. The idle spells are still waited for, and the first clean
-measurement replaces it and is cached. So tasks never wait for the benchmark, a node
-always advertises a speed within a bounded time, and a figure skewed by tasks never
-sticks past the next idle spell.
+the node is simply busy): with nothing measured `BESIDE_TASKS_AFTER_S` after `ready`, a
+measurement runs beside the tasks, uncancelled (it holds one slot for a second or two),
+and its figure is advertised as provisional and never cached. Tasks can only lower such a
+figure, so while no idle spell comes another one is measured every `BESIDE_TASKS_EVERY_S`
+(at most `MAX_PROVISIONAL` in all) and reported when it is higher; the first clean
+measurement replaces them and is cached. A measurement that fails (the runtime failed a
+batch) is tried again after the next spell, `MAX_FAILURES` times. So a node advertises a
+speed ~30 s after READY at the latest whatever comes, and no figure skewed by tasks is
+ever cached.
 
 Only a node serving one model (without `min_tps` or `idle_only`) measures this way: two
 models' processes measuring at once would slow each other, so those start one after the
@@ -31,19 +34,24 @@ from typing import Any
 import structlog
 
 from models.benchmark import BenchResult
+from models.requests import ModelClosedError
+from node.execution.protocol import MAX_PROVISIONAL_SPEEDS
 
 log = structlog.get_logger(__name__)
 
 IDLE_S = 0.5  # no task for this long before the first measurement (twice as long after each interruption)
 MAX_IDLE_S = 8.0  # the longest idle spell asked for
 BESIDE_TASKS_AFTER_S = 30.0  # after `ready` with nothing measured: a provisional measurement beside the tasks
+BESIDE_TASKS_EVERY_S = 60.0  # then another while no idle spell came, reported if higher
+MAX_PROVISIONAL = MAX_PROVISIONAL_SPEEDS  # measurements beside tasks at most, so provisional figures reported
+MAX_FAILURES = 5  # measurements that failed before the benchmark gives up (the model serves on, unadvertised)
 
 
 class IdleBenchmark:
     """Runs `measure` in idle spells; `task_started` interrupts a clean measurement.
 
-    `report(result, provisional)` gets every figure measured (a provisional one at most once, before the
-    clean one); `keep(result)` gets the clean one (cached).
+    `report(result, provisional)` gets the figures to advertise: provisional ones (each higher than the last,
+    at most `MAX_PROVISIONAL`), then the clean one; `keep(result)` caches the clean one, before it is reported.
     """
 
     def __init__(
@@ -54,50 +62,66 @@ class IdleBenchmark:
         report: Callable[[BenchResult, bool], None],
         keep: Callable[[BenchResult], None],
         beside_tasks_after_s: float = BESIDE_TASKS_AFTER_S,
+        beside_tasks_every_s: float = BESIDE_TASKS_EVERY_S,
     ) -> None:
         self._model = model
         self._measure = measure
         self._idle = idle  # set while the host runs no task
         self._report = report
         self._keep = keep
-        self._beside_tasks_after_s = beside_tasks_after_s
+        self._beside_after_s = beside_tasks_after_s
+        self._beside_every_s = beside_tasks_every_s
         self._task_came = asyncio.Event()
         self._measuring: asyncio.Task[BenchResult] | None = None
         self._cancellable = True
         self._task_beside = False
         self.interruptions = 0
-        self.provisional: BenchResult | None = None
+        self.failures = 0
+        self.beside = 0  # measurements run beside tasks
+        self.provisional: list[BenchResult] = []  # the provisional figures reported
 
     def task_started(self) -> None:
         """A task came: the idle spell starts over, and a clean measurement under way is cancelled."""
         self._task_came.set()
         if self._measuring is None or self._measuring.done():
             return
+        self._task_beside = True
         if self._cancellable:
             self._measuring.cancel()
-        else:
-            self._task_beside = True
 
     async def run(self) -> BenchResult:
-        """Measure until a clean figure is reported and kept (a provisional one first if tasks leave no idle
-        spell for `beside_tasks_after_s`); the clean figure is returned."""
+        """Measure until a clean figure is kept and reported (provisional ones first while tasks leave no idle
+        spell); the clean figure is returned. Raises ModelClosedError if the model closes first."""
         loop = asyncio.get_running_loop()
-        provisional_at = loop.time() + self._beside_tasks_after_s
+        beside_at = loop.time() + self._beside_after_s
         wait_s = IDLE_S
         while True:
-            limit = None if self.provisional is not None else max(provisional_at - loop.time(), 0.0)
+            limit = max(beside_at - loop.time(), 0.0) if self.beside < MAX_PROVISIONAL else None
             idle = await self._idle_for(wait_s, limit)
-            result = await self._attempt(cancellable=idle)  # a ModelError propagates: the caller logs it
+            if not idle:
+                self.beside += 1
+                beside_at = loop.time() + self._beside_every_s
+            try:
+                result = await self._attempt(cancellable=idle)
+            except ModelClosedError:
+                raise
+            except Exception as exc:  # a batch the runtime failed: tried again after a spell, a few times
+                self.failures += 1
+                if self.failures >= MAX_FAILURES:
+                    raise
+                wait_s = min(wait_s * 2, MAX_IDLE_S)
+                log.warning("model benchmark failed; measured again later", model=self._model, error=repr(exc))
+                continue
             if result is None:
                 self.interruptions += 1
                 wait_s = min(wait_s * 2, MAX_IDLE_S)
                 log.info("model benchmark interrupted by a task", model=self._model, interruptions=self.interruptions)
-            elif idle or not self._task_beside:
-                self._report(result, False)
+            elif not self._task_beside:
                 self._keep(result)
+                self._report(result, False)
                 return result
-            else:
-                self.provisional = result
+            elif not self.provisional or result.generation_tps > self.provisional[-1].generation_tps:
+                self.provisional.append(result)
                 self._report(result, True)
                 log.warning(
                     "model benchmarked beside tasks: advertised until measured idle, not cached", model=self._model

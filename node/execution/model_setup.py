@@ -12,7 +12,8 @@ ModelError naming the problem; the daemon then starts without it.
 The startup benchmark runs before `ready` when its result is cached (it is read), when
 `min_tps` is set (a model too slow must not serve first), with `idle_only` (the node
 pauses while other programs load the machine), or when the node serves more than one
-model (their processes start one after the other, so their measurements do not overlap). Otherwise a local model's first start is measured after `ready`, in idle time
+model (their processes start one after the other, so their measurements do not
+overlap). Otherwise a local model's first start is measured after `ready`, in idle time
 (node/execution/idle_benchmark.py).
 """
 

@@ -351,7 +351,7 @@ def _speed(
     if not generation_tps or not prompt_tps:
         return None, None
     step = runtime_options(settings).n_batch / prompt_tps + parallel / generation_tps
-    return min(round(generation_tps, 1), MAX_TPS), min(step, MAX_STEP_SECONDS)
+    return min(max(round(generation_tps, 1), 0.1), MAX_TPS), min(step, MAX_STEP_SECONDS)
 
 
 def _pong(probe: Probe, model: ServedModel) -> Pong:

@@ -7,7 +7,7 @@ Child -> daemon: ready or load_failed (once, answering configure), delta (text o
 streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
 stall watchdog reads it, see stall.py), benchmarked (only after a `ready` that said its
-speed is measured later: a clean figure, after at most one provisional one).
+speed is measured later: a clean figure, after a few provisional ones at most).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ MAX_TRACE_TOKENS = 1 << 17  # per list of a trace: far beyond any context a node
 MAX_PARALLEL = 1024  # sequences one execution process runs at once
 MAX_ID_CHARS = 256  # a task id or model name a child names (the wire's task ids are at most 128)
 MAX_TPS = 1e6  # tokens/s a child may report: what publishers clamp a heartbeat's `tps` to
+MAX_PROVISIONAL_SPEEDS = 8  # provisional `benchmarked` a child may send (measured beside tasks)
 MAX_STEP_SECONDS = 3600.0  # a full batch step at the measured speed a child may report (it sizes the stall bound)
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
@@ -101,7 +102,7 @@ class Ready(Message):
 
 class Benchmarked(Message):
     """The speed a child measured after `ready` (it said `benchmark_later`): one clean figure, after at most
-    one provisional figure (measured beside tasks: advertised until the clean one comes, never cached)."""
+    MAX_PROVISIONAL_SPEEDS provisional ones (measured beside tasks: advertised until the clean one, never cached)."""
 
     kind: Literal["benchmarked"] = "benchmarked"
     model: ChildId

@@ -71,3 +71,16 @@ async def test_a_restarted_execution_process_advertises_its_cached_speed_not_wha
             await asyncio.sleep(0.1)
         restarted = pool.process("smollm2:135m")
         assert restarted is not None and restarted.pid != old.pid
+
+        # With nothing cached the forged figure goes too: none is advertised until the new process measures.
+        (settings.data_dir / "benchmarks.json").unlink()
+        pool.tps["smollm2:135m"] = 1e6
+        os.kill(restarted.pid, signal.SIGKILL)
+        while pool.process("smollm2:135m") in (None, restarted):
+            assert time.monotonic() < deadline + 120, "the execution process was not restarted"
+            await asyncio.sleep(0.05)
+        assert pool.tps.get("smollm2:135m", 0) < 1e6
+        while "smollm2:135m" not in pool.tps:
+            assert time.monotonic() < deadline + 180, "the restarted process never measured its model"
+            await asyncio.sleep(0.1)
+        assert pool.tps["smollm2:135m"] < 1e6

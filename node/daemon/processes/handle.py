@@ -27,6 +27,7 @@ from config.settings import Settings
 from node.daemon.failures import RecentFailures
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
+    MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
     Cancel,
     Configure,
@@ -134,6 +135,7 @@ class ExecutionProcess:
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
         self.benchmarked: Benchmarked | None = None  # the latest speed measured after `ready`
+        self._provisional_speeds = 0
         self.on_benchmarked: Callable[[ExecutionProcess], None] = lambda process: None
 
     @property
@@ -368,6 +370,7 @@ class ExecutionProcess:
                 return self._stray(message)
             probe.set_result(message)
         elif isinstance(message, Benchmarked) and self._benchmark_expected(message):
+            self._provisional_speeds += message.provisional
             self.benchmarked = message
             self.on_benchmarked(self)
         else:
@@ -376,12 +379,12 @@ class ExecutionProcess:
 
     def _benchmark_expected(self, message: Benchmarked) -> bool:
         """A `benchmarked` for its model after a `ready` that said the speed comes later: a clean figure, after
-        at most one provisional figure (so at most two a process)."""
+        at most MAX_PROVISIONAL_SPEEDS provisional ones, and none after the clean one."""
         if self.ready is None or not self.ready.benchmark_later or message.model != self.model:
             return False
-        if self.benchmarked is None:
-            return True
-        return self.benchmarked.provisional and not message.provisional
+        if self.benchmarked is not None and not self.benchmarked.provisional:
+            return False
+        return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child

@@ -140,9 +140,13 @@ class ExecutionPool:
                 f"model {entry.model}: the execution process did not answer its health probe ({exc})"
             ) from None
         entry.process = process
-        if ready.generation_tps is not None:  # a restart reads the cached figure: it replaces any before
+        # What this process says replaces what the last one said (a hijacked process may have said anything):
+        # the cached figure, or none until it measures.
+        if ready.generation_tps is not None:
             self.tps[entry.model] = ready.generation_tps
             self._metrics.tokens_per_second.labels(model=entry.model).set(ready.generation_tps)
+        elif self.tps.pop(entry.model, None) is not None:
+            self._metrics.tokens_per_second.remove(entry.model)
         learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
         entry.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
         if process.benchmarked is not None:  # measured already, while its health probe was answered

@@ -9,6 +9,7 @@ import pytest
 from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess, describe_exit
 from node.execution.process import sendable_text
 from node.execution.protocol import (
+    MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
     Pong,
     Probe,
@@ -145,12 +146,14 @@ def test_a_speed_measured_after_ready_reaches_the_owner_provisional_then_clean_a
     assert process.benchmarked == clean and len(seen) == 2
 
 
-def test_a_second_provisional_speed_ends_the_child_as_broken() -> None:
+def test_provisional_speeds_past_their_bound_end_the_child_as_broken() -> None:
     process, seen = _ready_process(benchmark_later=True)
-    process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=20.0, provisional=True))))
+    for tps in range(1, MAX_PROVISIONAL_SPEEDS + 1):
+        process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=tps, provisional=True))))
+    assert len(seen) == MAX_PROVISIONAL_SPEEDS
     with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
         process._dispatch(decode_from_child(encode(Benchmarked(model="m", generation_tps=1e6, provisional=True))))
-    assert process.benchmarked is not None and process.benchmarked.generation_tps == 20.0 and len(seen) == 1
+    assert process.benchmarked is not None and process.benchmarked.generation_tps == MAX_PROVISIONAL_SPEEDS
 
 
 @pytest.mark.parametrize(

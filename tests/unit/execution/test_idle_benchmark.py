@@ -12,8 +12,11 @@ import pytest
 from models.batching import BatchedLlamaModel
 from models.benchmark import BenchmarkCache, BenchResult, benchmark
 from models.options import RuntimeOptions
-from models.requests import ChatMessage, GenerationRequest
+from models.requests import ChatMessage, GenerationRequest, ModelError
 from node.execution.idle_benchmark import IDLE_S, IdleBenchmark
+from node.execution.process import _speed
+from node.execution.protocol import MAX_STEP_SECONDS, Benchmarked
+from tests.support.cluster import node_settings
 from tests.support.model_file import SMOLLM2
 
 
@@ -129,3 +132,39 @@ async def test_tasks_that_leave_no_idle_spell_get_a_provisional_speed_then_the_c
     result = await asyncio.wait_for(running, 60)  # the tasks stopped: an idle spell, a clean measurement
     assert reports == [(provisional, True), (result, False)]
     assert BenchmarkCache(path).get(model) == result
+
+
+async def test_a_measurement_that_fails_is_tried_again_after_a_spell(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    """The runtime fails every sequence of a batch it could not decode, the benchmark's included: one such
+    failure must not leave the node without a speed for the rest of its run."""
+    idle = asyncio.Event()
+    idle.set()
+    path = tmp_path / "benchmarks.json"
+    calls = 0
+
+    async def failing_once() -> BenchResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ModelError("batch step failed: the decode returned an error")
+        return await benchmark(model)
+
+    reports: list[tuple[BenchResult, bool]] = []
+    idle_benchmark = IdleBenchmark(
+        model.name,
+        failing_once,
+        idle,
+        lambda result, provisional: reports.append((result, provisional)),
+        lambda result: BenchmarkCache(path).put(model, result),
+    )
+    result = await asyncio.wait_for(idle_benchmark.run(), 60)
+    assert calls == 2 and idle_benchmark.failures == 1 and reports == [(result, False)]
+    assert BenchmarkCache(path).get(model) == result
+
+
+def test_a_speed_below_a_tenth_still_travels(tmp_path: Path) -> None:
+    """A very slow model (a large one on a small CPU) reports 0.1 tokens/s, not 0.0, which `benchmarked`
+    refuses (> 0) and would end the measurement."""
+    generation_tps, step = _speed(4, 100.0, 0.04, node_settings(tmp_path))
+    assert generation_tps == 0.1 and step is not None and 0 < step <= MAX_STEP_SECONDS
+    Benchmarked(model="m", generation_tps=generation_tps, step_seconds=step)  # within its bounds
