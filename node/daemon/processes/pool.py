@@ -141,11 +141,12 @@ class ExecutionPool:
             ) from None
         entry.process = process
         # What this process says replaces what the last one said (a hijacked process may have said anything):
-        # the cached figure, or none until it measures.
+        # the cached figure, or none until it measures. (A remote engine's figure, set by the health checks
+        # while the engine is up, stays when its process has none.)
         if ready.generation_tps is not None:
             self.tps[entry.model] = ready.generation_tps
             self._metrics.tokens_per_second.labels(model=entry.model).set(ready.generation_tps)
-        elif self.tps.pop(entry.model, None) is not None:
+        elif ready.benchmark_later and self.tps.pop(entry.model, None) is not None:
             self._metrics.tokens_per_second.remove(entry.model)
         learned = entry.stall.seconds_per_token if entry.stall is not None else 0.0
         entry.stall = StallWatch(self._settings.exec_stall_timeout, ready.step_seconds, learned)
