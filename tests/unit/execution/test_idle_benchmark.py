@@ -17,16 +17,13 @@ from node.execution.idle_benchmark import IDLE_S, IdleBenchmark
 from node.execution.process import _speed
 from node.execution.protocol import MAX_STEP_SECONDS, Benchmarked
 from tests.support.cluster import node_settings
-from tests.support.model_file import SMOLLM2
+from tests.support.model_file import loaded_smollm2
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[BatchedLlamaModel]:
-    loaded = asyncio.run(
-        BatchedLlamaModel.load("smollm2:135m", SMOLLM2, RuntimeOptions(n_ctx=512, n_threads=1), parallel=2)
-    )
-    yield loaded
-    asyncio.run(loaded.close())
+    with loaded_smollm2(RuntimeOptions(n_ctx=512, n_threads=1), parallel=2) as loaded:
+        yield loaded
 
 
 def _benchmark(
