@@ -25,7 +25,7 @@ from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
 BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured and cached (`model measured after ready`)
-BENCHMARK_CACHE_FILE = "benchmarks.json"  # in the data dir (node/execution/model_setup.py)
+BENCHMARK_CACHE_FILE = "execution/benchmarks.json"  # in the data dir (Settings.benchmark_cache_path)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
 
@@ -41,7 +41,7 @@ def node_process(
 ) -> PeerProcess:
     """A compute node with a fresh identity and data dir, default log level (info, JSON).
 
-    `benchmark_cache`: a `benchmarks.json` for the data dir (a restart's cached startup
+    `benchmark_cache`: an `execution/benchmarks.json` for the data dir (a restart's cached startup
     tokens/s benchmark); without it the node measures its model after READY, and `start` waits for that.
     """
     identity = Identity.generate()
@@ -49,6 +49,7 @@ def node_process(
     data_dir = Path(workdir.name)
     identity.save(data_dir / "identity.key")
     if benchmark_cache is not None:
+        (data_dir / BENCHMARK_CACHE_FILE).parent.mkdir()
         (data_dir / BENCHMARK_CACHE_FILE).write_bytes(benchmark_cache)
     args = [
         sys.executable,
@@ -218,7 +219,7 @@ class PeerProcess:
         return total
 
     def benchmark_cache(self) -> bytes | None:
-        """The node's cached startup benchmark (`benchmarks.json` in its data dir), if it wrote one."""
+        """The node's cached startup benchmark (`execution/benchmarks.json` in its data dir), if it wrote one."""
         try:
             return (Path(self._workdir.name) / BENCHMARK_CACHE_FILE).read_bytes()
         except FileNotFoundError:

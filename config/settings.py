@@ -217,6 +217,12 @@ class Settings(LayeredSettings):
         "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1), or for a remote engine its answers in flight "
         "at 4 x 16 MiB each) + 512, + 1024 with GPU offload; 0: off)",
     )
+    sandbox: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Confine each execution process (Linux Landlock): no access to the data dir's key, journal "
+        "and ledger, the key or config file, nor to the daemon's memory or signals; auto: where the kernel has "
+        "Landlock (a warning where not), on: a model whose process cannot be confined does not serve",
+    )
     exec_crash_limit: int = Field(
         default=3, ge=1, description="Crashes within exec_crash_window that take a model out of the heartbeats"
     )
@@ -336,6 +342,16 @@ class Settings(LayeredSettings):
     def models_dir(self) -> Path:
         """Where downloaded model files are kept."""
         return self.data_dir / "models"
+
+    @property
+    def execution_dir(self) -> Path:
+        """The one folder of data_dir that execution processes may write (their speed cache)."""
+        return self.data_dir / "execution"
+
+    @property
+    def benchmark_cache_path(self) -> Path:
+        """The models' measured speeds (startup benchmarks), cached per model file, build and threads."""
+        return self.execution_dir / "benchmarks.json"
 
     @property
     def journal_path(self) -> Path:

@@ -67,7 +67,7 @@ async def _bench(names: list[str], settings: Settings) -> int:
         model = await create_model(name, settings)
         try:
             print(" measuring...", end="", flush=True)
-            result = await measure_speed(model, settings.data_dir / "benchmarks.json", fresh=True)
+            result = await measure_speed(model, settings.benchmark_cache_path, fresh=True)
         finally:
             await model.close()
         print(f" prompt {result.prompt_tps:.1f} tok/s, generation {result.generation_tps:.1f} tok/s", flush=True)

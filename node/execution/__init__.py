@@ -3,10 +3,13 @@ that model's batched llama.cpp runtime, so a native crash or a runaway workflow 
 never the daemon. Nothing here runs in the daemon except protocol.py, the messages both sides speak
 (tests/project/test_architecture.py and tests/project/test_process_boundary.py hold the boundary).
 
-    protocol.py         the IPC messages (pydantic, one JSON object per line over a socketpair) and
-                        the deadline texts both sides report
-    process.py          the entry point and main loop (`python -m node.execution.process --fd N`):
-                        configure, load, ready, then TaskHost runs tasks until the daemon closes the socket
+    protocol.py         the IPC messages (pydantic, one JSON object per line over a socketpair), the
+                        sandbox policy, and the deadline texts both sides report
+    (__main__)          the launcher, `python -m node.execution --fd N`: confines the process, then
+                        runs process.py
+    sandbox.py          the confinement (Linux Landlock): no access to the daemon's files or processes
+    process.py          the main loop: configure, load, ready, then TaskHost runs tasks until the
+                        daemon closes the socket
     model_setup.py      builds the configured model (registry -> backend -> benchmark)
     idle_benchmark.py   a first start's benchmark, run after `ready` while no task runs
     workflow_setup.py   maps settings onto the workflow engine's tool and model options

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -130,10 +129,10 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
     if not settings.startup_benchmark:
         return PreparedModel(model)
     if measured_after_ready(settings) and isinstance(model, BatchedLlamaModel):
-        if BenchmarkCache(benchmark_file(settings)).get(model) is None:
+        if BenchmarkCache(settings.benchmark_cache_path).get(model) is None:
             return PreparedModel(model, benchmark_later=True)
     try:
-        result = await measure_speed(model, benchmark_file(settings))
+        result = await measure_speed(model, settings.benchmark_cache_path)
     except ModelError as exc:
         if isinstance(model, BatchedLlamaModel):
             await model.close()
@@ -155,11 +154,6 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
         await model.close()
         raise ModelError(f"{result.generation_tps:.1f} tokens/s is below min_tps {settings.min_tps:g}")
     return PreparedModel(model, round(result.generation_tps, 1), round(result.prompt_tps, 1))
-
-
-def benchmark_file(settings: Settings) -> Path:
-    """Where the startup benchmarks' results are cached."""
-    return settings.data_dir / "benchmarks.json"
 
 
 def measured_after_ready(settings: Settings) -> bool:

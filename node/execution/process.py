@@ -1,8 +1,8 @@
 """The execution process: one model's runtime and the workflow engine, behind the IPC boundary.
 
-Started by the daemon as `python -m node.execution.process --fd N` (a clean
-interpreter, never a fork of the threaded daemon), with one end of a socketpair as
-fd N. It reads `configure`, applies the operator's memory limit, loads and
+Started by the daemon as `python -m node.execution --fd N` (a clean interpreter, never a fork of
+the threaded daemon; the launcher, __main__.py, confines it first: sandbox.py), with one end of a
+socketpair as fd N. It reads `configure`, applies the operator's memory limit, loads and
 benchmarks the model, derives the limits left unset (memory_limits.py, from the GGUF
 header the load read), answers
 `ready` with its RSS limit (or `load_failed` and exits), then runs
@@ -38,7 +38,6 @@ from node.execution.idle_benchmark import IdleBenchmark
 from node.execution.memory_limits import memory_limits
 from node.execution.model_setup import (
     ServedModel,
-    benchmark_file,
     create_embedder,
     prepare_model,
     runtime_options,
@@ -68,6 +67,7 @@ from node.execution.protocol import (
     encode,
     read_line,
 )
+from node.execution.sandbox import SandboxOutcome
 from node.execution.workflow_setup import engine_options, tool_settings
 from node.ops.log import configure_logging
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
@@ -238,7 +238,7 @@ def sendable_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-async def serve(fd: int) -> int:
+async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     """Configure, load, serve until the daemon closes the socket; the process's exit code."""
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=MAX_FRAME_BYTES)
 
@@ -254,8 +254,16 @@ async def serve(fd: int) -> int:
         raise SystemExit(f"execution process: expected configure first, got {configure.kind}")
     settings = Settings.model_validate(configure.settings)
     configure_logging(settings.log_level, settings.log_format)
-    apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
     name = configure.model
+    if not sandbox.confined and sandbox.required:
+        send(LoadFailed(model=name, error=f"sandbox = on, but the execution process is not confined: {sandbox.detail}"))
+        await writer.drain()
+        return 0
+    if sandbox.confined:
+        log.info("execution process confined", model=name, sandbox=sandbox.detail)
+    elif settings.sandbox != "off":
+        log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
+    apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
     try:
         prepared = await prepare_model(name, settings)
         model = _test_wrapper()(prepared.model)
@@ -313,7 +321,7 @@ async def benchmark_when_idle(
     host: TaskHost, model: BatchedLlamaModel, settings: Settings, send: Callable[[Message], None]
 ) -> None:
     """Measure the model's speed in idle time after `ready` and tell the daemon (`benchmarked`)."""
-    cache = BenchmarkCache(benchmark_file(settings))
+    cache = BenchmarkCache(settings.benchmark_cache_path)
 
     def report(result: BenchResult, provisional: bool) -> None:
         generation_tps, step = _speed(model.parallel, result.prompt_tps, result.generation_tps, settings)
@@ -379,9 +387,10 @@ def _test_wrapper() -> Callable[[Any], Any]:
     return wrapper
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The execution process's entry point: serve the daemon on the socket `--fd`."""
-    parser = argparse.ArgumentParser(prog="python -m node.execution.process")
+def main(argv: list[str] | None = None, sandbox: SandboxOutcome | None = None) -> int:
+    """Serve the daemon on the socket `--fd` (`python -m node.execution` confines the process first and
+    passes what it managed as `sandbox`)."""
+    parser = argparse.ArgumentParser(prog="python -m node.execution")
     parser.add_argument("--fd", type=int, required=True, help="this end of the daemon's socketpair")
     parser.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid (orphan detection)")
     args = parser.parse_args(argv)
@@ -390,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     no_core_dumps()
     import uvloop
 
-    return uvloop.run(serve(args.fd))
+    return uvloop.run(serve(args.fd, sandbox or SandboxOutcome(False, "not confined (started without the launcher)")))
 
 
 if __name__ == "__main__":

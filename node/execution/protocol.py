@@ -49,6 +49,19 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class SandboxPolicy(BaseModel):
+    """What an execution process may not touch (node/execution/sandbox.py enforces it). It travels on the
+    child's command line (`--sandbox`, JSON), not in `configure`: the child confines itself before its
+    imports start threads, and a confinement covers only the thread that applies it and those it starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    required: bool = False  # `sandbox = "on"`: a child that cannot confine itself serves nothing
+    private: list[str]  # no access at all: the data dir (key, journal, ledger), the key file, the config file
+    readable: list[str] = []  # read only, though inside a private path: the models dir, the interpreter's code
+    writable: list[str] = []  # any access, though inside a private path: the execution processes' own folder
+
+
 class Configure(Message):
     """Which model to load, with the daemon's full settings (JSON) to build it from."""
 

@@ -34,7 +34,7 @@ async def test_a_first_start_serves_before_its_benchmark_and_advertises_the_spee
         assert known.tps == pool.tps and pool.tps["smollm2:135m"] > 0
         stall = pool._entries["smollm2:135m"].stall
         assert stall is not None and stall.step_s > 0  # the stall bound of a decode is sized by the measurement
-        assert (settings.data_dir / "benchmarks.json").exists()  # cached: the next start reads it
+        assert settings.benchmark_cache_path.exists()  # cached: the next start reads it
 
 
 async def test_a_restart_reads_the_cached_speed_before_ready(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ async def test_a_restarted_execution_process_advertises_its_cached_speed_not_wha
         assert restarted is not None and restarted.pid != old.pid
 
         # With nothing cached the forged figure goes too: none is advertised until the new process measures.
-        (settings.data_dir / "benchmarks.json").unlink()
+        settings.benchmark_cache_path.unlink()
         pool.tps["smollm2:135m"] = 1e6
         os.kill(restarted.pid, signal.SIGKILL)
         while pool.process("smollm2:135m") in (None, restarted):

@@ -12,7 +12,7 @@ for `models bench`, `doctor`'s memory check and `run-task --verify` (scorers.py)
 module-level imports are held to the rule, except scorers.py's, whose every use is a
 local model; an import inside a function is its command's business, and a module-level
 import of scorers.py elsewhere in the CLI is caught through what it loads. (The launcher names
-`node.execution.process` in the child's argv, a string, not an import.)
+`node.execution` in the child's argv, a string, not an import.)
 test_daemon_imports.py checks the same at run time, for what `start` imports.
 """
 

@@ -5,4 +5,5 @@ handle.py:   the daemon's view of one execution process: spawn, send, receive, k
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
 early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
+sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from config.settings import Settings
 from node.daemon.processes.handle import ExecutionProcess, child_settings
+from node.daemon.processes.sandbox_policy import prepare_sandbox
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -29,7 +30,7 @@ class EarlyProcess:
         models = list(dict.fromkeys(settings.models))
         if not models:
             return cls(None)
-        process = ExecutionProcess(models[0], child_settings(settings), lambda _: None)
+        process = ExecutionProcess(models[0], child_settings(settings), lambda _: None, prepare_sandbox(settings))
         await process.spawn()
         return cls(process)
 

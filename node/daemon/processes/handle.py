@@ -1,7 +1,7 @@
 """The daemon's handle on one execution process: spawn, talk, watch it end.
 
-`ExecutionProcess.start()` spawns a clean interpreter (`python -m
-node.execution.process`), hands it one end of a socketpair, sends `configure`
+`ExecutionProcess.start()` spawns a clean interpreter (`python -m node.execution`, which
+confines itself by the sandbox policy first), hands it one end of a socketpair, sends `configure`
 and waits for `ready`; `spawn()` alone starts the interpreter early (its imports
 beside the daemon's, see early.py) and `start()` then configures it. A reader task then routes answers to the tasks waiting for
 them. When the process ends, for whatever reason, every task still on it gets a
@@ -38,6 +38,7 @@ from node.execution.protocol import (
     ProtocolError,
     Ready,
     RunTask,
+    SandboxPolicy,
     TaskDelta,
     TaskDone,
     TaskFailed,
@@ -118,9 +119,16 @@ def describe_exit(returncode: int | None) -> str:
 class ExecutionProcess:
     """One running execution process for `model`."""
 
-    def __init__(self, model: str, settings: dict[str, Any], on_exit: Callable[[ExecutionProcess], None]) -> None:
+    def __init__(
+        self,
+        model: str,
+        settings: dict[str, Any],
+        on_exit: Callable[[ExecutionProcess], None],
+        sandbox: SandboxPolicy | None = None,
+    ) -> None:
         self.model = model
         self._settings = settings
+        self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -168,14 +176,16 @@ class ExecutionProcess:
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
+            sandbox = () if self._sandbox is None else ("--sandbox", self._sandbox.model_dump_json())
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "node.execution.process",
+                "node.execution",
                 "--fd",
                 str(child.fileno()),
                 "--parent-pid",
                 str(os.getpid()),
+                *sandbox,
                 pass_fds=(child.fileno(),),
                 # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT
                 # to the foreground group) and a group SIGTERM reach the daemon only, which

@@ -32,6 +32,7 @@ from node.daemon.processes.handle import (
     ExecutionProcessStartError,
     child_settings,
 )
+from node.daemon.processes.sandbox_policy import prepare_sandbox
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
@@ -80,6 +81,7 @@ class ExecutionPool:
         self._settings = settings
         # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = child_settings(settings)
+        self._sandbox = prepare_sandbox(settings)  # and no access to the data dir's files, the key's included
         self._early = early  # the first model's process, spawned before the daemon's imports
         self._metrics = metrics
         self._entries: dict[str, _ModelEntry] = {}
@@ -120,7 +122,7 @@ class ExecutionPool:
         """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
         process = self._early.take(entry.model) if self._early is not None else None
         if process is None:
-            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit)
+            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit, self._sandbox)
         process.on_exit = self._on_exit
         process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)
         try:

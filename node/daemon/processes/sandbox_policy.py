@@ -1,0 +1,85 @@
+"""What an execution process may not touch: the daemon's side of node/execution/sandbox.py.
+
+Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
+the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
+registry entry's own model file, the interpreter's code. Writable: the execution processes' own folder
+(`<data_dir>/execution`, the speed cache).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import structlog
+
+from config.settings import ConfigError, Settings
+from node.execution.protocol import SandboxPolicy
+
+log = structlog.get_logger("node.daemon.processes")
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]
+_OLD_BENCHMARK_CACHE = "benchmarks.json"  # in data_dir itself, before the execution folder
+
+
+class SandboxPolicyError(ConfigError):
+    """`sandbox = on`, but no policy can keep the private paths private (the message says why)."""
+
+
+def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
+    """The policy the execution processes confine themselves by (None: `sandbox = off`, or `auto` where the
+    node's own code lies in a private path). Makes the execution folder, which must exist before a
+    process confines itself, and moves an older node's speed cache into it."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private before anything is in it
+    settings.execution_dir.mkdir(mode=0o700, exist_ok=True)
+    old_cache = settings.data_dir / _OLD_BENCHMARK_CACHE
+    if old_cache.is_file() and not settings.benchmark_cache_path.exists():
+        os.replace(old_cache, settings.benchmark_cache_path)
+    if settings.sandbox == "off":
+        return None
+    private = [_real(settings.data_dir)]
+    if settings.secret_key_file is not None:
+        private.append(_real(settings.secret_key_file))
+    config_file = settings.model_config.get("toml_file")
+    if isinstance(config_file, str | os.PathLike):
+        private.append(_real(Path(config_file)))
+    readable = [_real(settings.models_dir), *(_real(path) for path in _model_files(settings))]
+    for code in _code_paths():
+        inside = _within(code, private)  # readable, then: unless it holds a private path itself
+        exposed = [path for path in private if _within(path, [code])]
+        if inside and exposed:
+            problem = f"the node's code at {code} is in a private path and holds {exposed[0]}"
+            if settings.sandbox == "on":
+                raise SandboxPolicyError(f"sandbox = on, but {problem}: move the data dir away from the code")
+            log.warning("execution processes not confined", reason=problem)
+            return None
+        if inside:
+            readable.append(code)
+    return SandboxPolicy(
+        required=settings.sandbox == "on",
+        private=[str(path) for path in private],
+        readable=[str(path) for path in readable],
+        writable=[str(_real(settings.execution_dir))],
+    )
+
+
+def _model_files(settings: Settings) -> list[Path]:
+    """Model files the registry overrides name by path (they may lie in the data dir)."""
+    paths = (entry.get("path") for entry in settings.registry.values())
+    return [Path(path).expanduser() for path in paths if isinstance(path, str) and path]
+
+
+def _code_paths() -> list[Path]:
+    """Where the execution process's interpreter reads code: its prefixes, this project, the import path."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(_PROJECT_ROOT)]
+    paths += [entry for entry in sys.path if entry and os.path.isdir(entry)]
+    return list(dict.fromkeys(_real(Path(path)) for path in paths))
+
+
+def _within(path: Path, folders: list[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path.expanduser()))

@@ -1,0 +1,28 @@
+"""`python -m node.execution --fd N --parent-pid P [--sandbox JSON]`: the execution process's launcher.
+
+It confines the process (sandbox.py) before anything heavy is imported, while the process has one
+thread: a confinement covers the thread that applies it and the threads it starts, and the imports of
+numpy and llama.cpp start threads. Then process.py's `main` serves the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from node.execution.protocol import SandboxPolicy
+from node.execution.sandbox import confine
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Confine, then serve (process.py)."""
+    parser = argparse.ArgumentParser(prog="python -m node.execution", add_help=False)
+    parser.add_argument("--sandbox", type=SandboxPolicy.model_validate_json, default=None)
+    args, rest = parser.parse_known_args(argv)
+    outcome = confine(args.sandbox)
+    from node.execution import process  # after the sandbox: its imports start threads
+
+    return process.main(rest, sandbox=outcome)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The execution process confines itself (Linux Landlock) before it imports llama.cpp or runs a workflow.
+
+The daemon and its execution processes run as one user, so without this a hostile workflow that took a
+process over (a bug in llama.cpp, a grammar, the engine) could read the node's identity key, rewrite its
+journal, read another publisher's results there, trace the daemon or kill it. Confined, the process:
+
+- cannot open anything under the policy's private paths (the data dir, the key file, the config file),
+  except the folders the policy names readable (the models dir, the interpreter's code if it lives
+  there) or writable (the execution processes' own folder, where the speed cache lives);
+- cannot trace or read the memory of any process outside its confinement (Landlock), read another
+  process's /proc folder (its environment, command line, maps: no rule allows them), or (Landlock ABI 6,
+  Linux 6.12) signal one: the daemon and the other models' processes included;
+- keeps everything else: the rest of the file system, devices (a GPU), the network (tools, remote engines).
+
+Landlock grants access beneath allowed paths, it cannot carve a hole, so "all but the private paths"
+is spelled out: every entry of the folders that lead to a private path is allowed on its own, and the
+private path gets no rule. Entries made later in those folders themselves are out of reach (nothing the
+process needs: its writes go to the writable folder). A confinement covers the thread that applies it and
+the threads that thread starts, never threads already running: `python -m node.execution` applies it
+first, before the imports that start threads (numpy's, llama.cpp's).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from py_landlock import AccessFs, Landlock, LandlockError, get_abi_version
+
+from node.execution.protocol import SandboxPolicy
+
+# What a rule on a file (not a folder) may grant; the rest of AccessFs is about a folder's entries.
+_FILE_RIGHTS = AccessFs.EXECUTE | AccessFs.WRITE_FILE | AccessFs.READ_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
+_ALL_RIGHTS = AccessFs(sum(AccessFs))
+_READ_RIGHTS = AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
+SIGNAL_SCOPE_ABI = 6  # Landlock's signal scope came in ABI 6 (Linux 6.12)
+_PROC = Path("/proc")
+
+
+class SandboxError(Exception):
+    """The execution process could not confine itself (the message says why)."""
+
+
+@dataclass(frozen=True)
+class SandboxOutcome:
+    """What the launcher managed: `confined` and what holds, or why not."""
+
+    confined: bool
+    detail: str
+    required: bool = False
+
+
+def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
+    """Each (path, rights) that Landlock is to allow: everything but the private paths, their readable and
+    writable exceptions with those rights. Symbolic links get no rule: what they lead to has its own."""
+    private = {_real(path) for path in policy.private}
+    exceptions = {_real(path): _READ_RIGHTS for path in policy.readable}
+    exceptions |= {_real(path): _ALL_RIGHTS for path in policy.writable}
+    exceptions = {path: rights for path, rights in exceptions.items() if _under(path, private)}
+    ahead = private | set(exceptions)  # the folders leading to these are walked, entry by entry
+
+    def walk(folder: Path) -> Iterator[tuple[Path, AccessFs]]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return  # unreadable or gone: nothing in it is allowed
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+                if entry.is_symlink():
+                    continue
+            except OSError:
+                continue
+            if path in exceptions:
+                yield path, exceptions[path] if is_folder else exceptions[path] & _FILE_RIGHTS
+            elif path == _PROC and is_folder:
+                yield from _own_proc_entries(path)
+            elif is_folder and any(path in target.parents for target in ahead):
+                yield from walk(path)
+            elif not _under(path, private):
+                yield path, _ALL_RIGHTS if is_folder else _FILE_RIGHTS
+
+    if Path("/") in private:
+        yield from ((path, rights) for path, rights in exceptions.items())
+        return
+    yield from walk(Path("/"))
+
+
+def _own_proc_entries(proc: Path) -> Iterator[tuple[Path, AccessFs]]:
+    """/proc but the folders of other processes: the daemon's environment (a key given as
+    COMPUTE_NODE_SECRET_KEY), command line and memory maps are none of this process's business."""
+    own = str(os.getpid())
+    for entry in os.scandir(proc):
+        if (entry.name.isdigit() and entry.name != own) or entry.is_symlink():
+            continue  # /proc/self and /proc/thread-self lead to this process's own folder
+        yield Path(entry.path), _ALL_RIGHTS if entry.is_dir(follow_symlinks=False) else _FILE_RIGHTS
+
+
+def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
+    """Confine this process by `policy` (None: the sandbox is off). Call it while the process has one
+    thread; an outcome that is not `confined` says why."""
+    if policy is None:
+        return SandboxOutcome(False, "the sandbox is off (sandbox = off)")
+    required = policy.required
+    if (threads := thread_count()) > 1:
+        return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)
+    try:
+        abi = get_abi_version()
+        sandbox = Landlock(strict=False).allow_all_network()  # tools and remote engines
+        for path, rights in rules(policy):
+            try:
+                sandbox.add_path_rule(path, access=rights)
+            except LandlockError:
+                continue  # gone since the walk: nothing to allow
+        sandbox.apply()
+    except (LandlockError, OSError) as exc:
+        return SandboxOutcome(False, f"Landlock is not available here: {exc}", required)
+    signals = "signals, " if abi >= SIGNAL_SCOPE_ABI else ""
+    return SandboxOutcome(True, f"Landlock ABI {abi}: files, {signals}tracing", required)
+
+
+def thread_count() -> int:
+    """This process's threads, native ones included (threading sees only Python's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _real(path: str) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def _under(path: Path, folders: set[Path]) -> bool:
+    return path in folders or any(folder in path.parents for folder in folders)

@@ -1,0 +1,72 @@
+"""A taken-over execution process cannot reach the daemon: a real node at default settings (no publisher
+allow-list, `sandbox = "auto"`) runs a task on an execution process whose runtime is replaced by
+tests/support/hijacked_runtime.py, which tries, from inside the process, what a hostile workflow that took
+it over would try; the result is what it managed. With `sandbox = "off"` the same probes read the key:
+the test tells the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from py_landlock import LandlockError, get_abi_version
+
+from node.execution.process import TEST_WRAPPER_ENV
+from node.execution.sandbox import SIGNAL_SCOPE_ABI
+from node.publisher.client import Client, Task
+from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV
+from workflows import Simple
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2:135m"
+
+
+def _landlock_abi() -> int:
+    try:
+        return int(get_abi_version())
+    except LandlockError:
+        return 0
+
+
+async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> dict[str, str]:
+    data_dir = tmp_path / "node"
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.hijacked_runtime:hijacked")
+    monkeypatch.setenv(HIJACK_DATA_DIR_ENV, str(data_dir))
+    async with running_node(node_settings(data_dir, sandbox=sandbox)) as server:
+        async with Client(peers=[dialable(server)]) as client:
+            task = Task(
+                workflow=Simple().workflow(prompt="Hello", max_tokens=8),
+                models=[MODEL],
+                nodes=[server.running.identity.address],
+            )
+            result = await client.execute(task, timeout=60)
+    probes: dict[str, str] = json.loads(result.text)
+    return probes
+
+
+@pytest.mark.skipif(_landlock_abi() < 1, reason="this kernel has no Landlock")
+async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    probes = await _probe(tmp_path, monkeypatch, "auto")
+    expected = {name: "PermissionError" for name in probes}
+    if _landlock_abi() < SIGNAL_SCOPE_ABI:
+        expected["signal the daemon"] = "allowed"  # Landlock scopes signals from ABI 6 (Linux 6.12)
+    assert probes == expected
+    assert not (tmp_path / "node" / "planted.key").exists()
+    assert (tmp_path / "node" / "identity.key").exists()
+    assert "execution process confined" in capfd.readouterr().err  # the child's own log line
+
+
+async def test_without_the_sandbox_the_same_probes_get_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    probes = await _probe(tmp_path, monkeypatch, "off")
+    assert probes["read identity key"] == "allowed"
+    assert probes["read identity key from a new thread"] == "allowed"
+    assert probes["signal the daemon"] == "allowed"
+    assert "confined" not in capfd.readouterr().err  # off: no line, no warning

@@ -1,0 +1,74 @@
+"""A taken-over execution process, for the sandbox's tests (COMPUTE_NODE_TEST_EXEC_WRAPPER=
+tests.support.hijacked_runtime:hijacked): every generation tries what a hostile workflow that took the
+process over would try against the daemon, and answers with what it managed, as JSON.
+
+HIJACK_DATA_DIR_ENV names the node's data dir. Each probe is harmless if it succeeds: a file opened
+read-only or a new one written, signal 0 (a permission check), /proc files opened and closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from models.requests import Generation, GenerationRequest, TextSink
+
+HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
+
+
+def attempt(action: Callable[[], object]) -> str:
+    """'allowed' or the name of the error that stopped `action`."""
+    try:
+        action()
+    except OSError as exc:
+        return type(exc).__name__
+    return "allowed"
+
+
+def probes(data_dir: Path) -> dict[str, str]:
+    """What a taken-over process can do to the daemon (the parent process) and its data dir."""
+    daemon = os.getppid()
+    results = {
+        "read identity key": attempt(lambda: (data_dir / "identity.key").read_bytes()),
+        "read journal": attempt(lambda: (data_dir / "journal.sqlite3").read_bytes()),
+        "list data dir": attempt(lambda: os.listdir(data_dir)),
+        "create file in data dir": attempt(lambda: (data_dir / "planted.key").write_text("x")),
+        "signal the daemon": attempt(lambda: os.kill(daemon, 0)),
+        "read the daemon's environment": attempt(lambda: Path(f"/proc/{daemon}/environ").read_bytes()),
+        "open the daemon's memory": attempt(lambda: open(f"/proc/{daemon}/mem", "rb").close()),
+    }
+    in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
+    thread = threading.Thread(
+        target=lambda: in_thread.update(key=attempt(lambda: (data_dir / "identity.key").read_bytes()))
+    )
+    thread.start()
+    thread.join()
+    results["read identity key from a new thread"] = in_thread["key"]
+    return results
+
+
+class Hijacked:
+    """The real model for everything but generation, which reports the probes instead."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.name = model.name
+        self.parallel = model.parallel
+
+    def progress(self) -> Any:
+        return self._model.progress()
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        text = json.dumps(probes(Path(os.environ[HIJACK_DATA_DIR_ENV])))
+        return Generation(text=text, finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+
+    async def close(self) -> None:
+        await self._model.close()
+
+
+def hijacked(model: Any) -> Hijacked:
+    return Hijacked(model)

@@ -1,0 +1,79 @@
+"""The daemon's sandbox policy for its execution processes (node/daemon/processes/sandbox_policy.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+
+from config.settings import ConfigError, Settings
+from node.daemon.processes.sandbox_policy import SandboxPolicyError, prepare_sandbox
+
+
+def _settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings.load(**{"data_dir": tmp_path / "data", **values})
+
+
+def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readable(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "node.key"
+    key_file.parent.mkdir()
+    key_file.write_text("11" * 32)
+    key_file.chmod(0o600)
+    config = tmp_path / "node.toml"
+    config.write_text('log_level = "info"\n')
+    settings = Settings.load(config, data_dir=tmp_path / "data", secret_key_file=key_file)
+    policy = prepare_sandbox(settings)
+    assert policy is not None and not policy.required
+    real = tmp_path.resolve()
+    assert policy.private == [str(real / "data"), str(real / "keys" / "node.key"), str(real / "node.toml")]
+    assert str(real / "data" / "models") in policy.readable
+    assert policy.writable == [str(real / "data" / "execution")]
+    assert (tmp_path / "data" / "execution").is_dir()  # made before any process confines itself
+    assert (tmp_path / "data" / "execution").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
+
+
+def test_a_registry_entrys_model_file_in_the_data_dir_stays_readable(tmp_path: Path) -> None:
+    model = tmp_path / "data" / "mine.gguf"
+    settings = _settings(tmp_path, registry={"mine": {"repo": "local", "path": str(model)}})
+    policy = prepare_sandbox(settings)
+    assert policy is not None and str(model.resolve()) in policy.readable
+
+
+def test_off_makes_no_policy_and_on_requires_one(tmp_path: Path) -> None:
+    assert prepare_sandbox(_settings(tmp_path, sandbox="off")) is None
+    policy = prepare_sandbox(_settings(tmp_path, sandbox="on"))
+    assert policy is not None and policy.required
+
+
+def test_an_older_nodes_speed_cache_moves_into_the_execution_folder(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "benchmarks.json").write_text('{"k": 1}')
+    settings = _settings(tmp_path)
+    prepare_sandbox(settings)
+    assert settings.benchmark_cache_path.read_text() == '{"k": 1}'
+    assert not (tmp_path / "data" / "benchmarks.json").exists()
+
+
+def test_code_in_the_data_dir_itself_cannot_be_confined_around(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data dir that is also where the interpreter reads code: its listing must stay readable for imports,
+    which would expose the key; `auto` runs unconfined with a warning, `on` refuses to start."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "data"), *sys.path])
+    with structlog.testing.capture_logs() as logs:
+        assert prepare_sandbox(_settings(tmp_path)) is None
+    assert [entry["event"] for entry in logs] == ["execution processes not confined"]
+    assert "holds" in logs[0]["reason"] and str((tmp_path / "data").resolve()) in logs[0]["reason"]
+    with pytest.raises(SandboxPolicyError, match="sandbox = on") as refused:
+        prepare_sandbox(_settings(tmp_path, sandbox="on"))
+    assert isinstance(refused.value, ConfigError)  # the CLI prints it as a configuration error
+
+
+def test_code_inside_the_data_dir_stays_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    venv = tmp_path / "data" / "venv" / "lib"
+    venv.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(venv), *sys.path])
+    policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None and str(venv.resolve()) in policy.readable

@@ -1,0 +1,156 @@
+"""The execution process's confinement (node/execution/sandbox.py): which rules the policy becomes, and,
+in a real process confined by Landlock, what it can and cannot reach."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from py_landlock import AccessFs, LandlockError, LandlockNotAvailableError, get_abi_version
+
+from node.execution import sandbox
+from node.execution.protocol import SandboxPolicy
+from node.execution.sandbox import SIGNAL_SCOPE_ABI, confine, rules
+
+ROOT = Path(__file__).resolve().parents[3]
+FILE_ONLY = AccessFs.EXECUTE | AccessFs.WRITE_FILE | AccessFs.READ_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
+
+
+def _abi() -> int:
+    try:
+        return int(get_abi_version())
+    except LandlockError:
+        return 0
+
+
+def _layout(tmp_path: Path) -> tuple[Path, SandboxPolicy]:
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "execution").mkdir()
+    (data / "identity.key").write_text("secret")
+    (data / "models" / "m.gguf").write_text("weights")
+    (tmp_path / "elsewhere.txt").write_text("public")
+    (tmp_path / "link-to-data").symlink_to(data)
+    policy = SandboxPolicy(private=[str(data)], readable=[str(data / "models")], writable=[str(data / "execution")])
+    return data, policy
+
+
+def test_rules_allow_all_but_the_private_paths_and_grant_their_exceptions(tmp_path: Path) -> None:
+    data, policy = _layout(tmp_path)
+    allowed = dict(rules(policy))
+    real = data.resolve()
+    inside = {path for path in allowed if path == real or real in path.parents}
+    assert inside == {real / "models", real / "execution"}  # no rule for the data dir, its key or its listing
+    assert allowed[real / "models"] == AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
+    assert allowed[real / "execution"] & AccessFs.MAKE_REG and allowed[real / "execution"] & AccessFs.REMOVE_FILE
+    assert allowed[tmp_path.resolve() / "elsewhere.txt"] == FILE_ONLY  # a file gets a file's rights only
+    assert tmp_path.resolve() / "link-to-data" not in allowed  # a link leads where its target's rules say
+    assert Path("/usr") in allowed and Path(f"/proc/{os.getpid()}") in allowed
+    assert Path(f"/proc/{os.getppid()}") not in allowed  # another process's /proc folder: environ, maps
+    assert not any(
+        path.parent == Path("/proc") and path.name.isdigit() and path.name != str(os.getpid()) for path in allowed
+    )
+
+
+def test_a_readable_or_writable_path_outside_the_private_ones_changes_nothing(tmp_path: Path) -> None:
+    data, policy = _layout(tmp_path)
+    wider = policy.model_copy(update={"readable": [*policy.readable, str(tmp_path / "elsewhere.txt")]})
+    assert dict(rules(wider)) == dict(rules(policy))  # it was allowed in full already
+
+
+_PROBE = """
+import json, os, sys, threading
+from pathlib import Path
+{before}
+from node.execution.protocol import SandboxPolicy
+from node.execution.sandbox import confine
+data = Path(sys.argv[1])
+outcome = confine(SandboxPolicy.model_validate_json(sys.argv[2]))
+def attempt(action):
+    try:
+        action()
+    except OSError as exc:
+        return type(exc).__name__
+    return "allowed"
+result = {{
+    "confined": outcome.confined,
+    "detail": outcome.detail,
+    "read key": attempt(lambda: (data / "identity.key").read_text()),
+    "read model": attempt(lambda: (data / "models" / "m.gguf").read_text()),
+    "write own folder": attempt(lambda: (data / "execution" / "cache.json").write_text("{{}}")),
+    "replace in own folder": attempt(lambda: os.replace(data / "execution" / "cache.json", data / "execution" / "c2")),
+    "create in data dir": attempt(lambda: (data / "planted").write_text("x")),
+    "unlink key": attempt(lambda: (data / "identity.key").unlink()),
+    "move key out": attempt(lambda: os.rename(data / "identity.key", data / "execution" / "key")),
+    "list data dir": attempt(lambda: os.listdir(data)),
+    "read through the link": attempt(lambda: (data.parent / "link-to-data" / "identity.key").read_text()),
+    "read elsewhere": attempt(lambda: (data.parent / "elsewhere.txt").read_text()),
+    "signal parent": attempt(lambda: os.kill(os.getppid(), 0)),
+    "parent environ": attempt(lambda: Path(f"/proc/{{os.getppid()}}/environ").read_bytes()),
+    "parent memory": attempt(lambda: open(f"/proc/{{os.getppid()}}/mem", "rb").close()),
+    "own status": attempt(lambda: Path("/proc/self/status").read_text()),
+}}
+seen = {{}}
+thread = threading.Thread(target=lambda: seen.update(key=attempt(lambda: (data / "identity.key").read_text())))
+thread.start(); thread.join()
+result["read key from a later thread"] = seen["key"]
+import llama_cpp  # the heavy imports still work, confined
+print(json.dumps(result))
+"""
+
+
+def _run_probe(tmp_path: Path, before: str = "") -> dict[str, object]:
+    data, policy = _layout(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(before=before), str(data), policy.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(_abi() < 1, reason="this kernel has no Landlock")
+def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: Path) -> None:
+    result = _run_probe(tmp_path)
+    assert result.pop("confined") is True
+    assert str(result.pop("detail")).startswith(f"Landlock ABI {_abi()}")
+    denied = {
+        "read key",
+        "create in data dir",
+        "unlink key",
+        "move key out",
+        "list data dir",
+        "read through the link",
+        "parent environ",
+        "parent memory",
+        "read key from a later thread",
+    } | ({"signal parent"} if _abi() >= SIGNAL_SCOPE_ABI else set())
+    assert {name for name, outcome in result.items() if outcome != "allowed"} == denied
+    assert set(result[name] for name in denied) == {"PermissionError"}
+    assert (tmp_path / "data" / "identity.key").read_text() == "secret"
+
+
+def test_a_process_with_threads_already_running_is_not_confined(tmp_path: Path) -> None:
+    result = _run_probe(tmp_path, before="import numpy  # starts its BLAS threads")
+    assert result["confined"] is False and "threads ran before the sandbox" in str(result["detail"])
+    assert result["read key"] == "allowed"  # and says so instead of pretending
+
+
+def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def unavailable() -> int:
+        raise LandlockNotAvailableError()
+
+    monkeypatch.setattr(sandbox, "get_abi_version", unavailable)
+    monkeypatch.setattr(sandbox, "thread_count", lambda: 1)  # whatever pytest runs beside
+    _, policy = _layout(tmp_path)
+    outcome = confine(policy.model_copy(update={"required": True}))
+    assert not outcome.confined and outcome.required and "Landlock is not available" in outcome.detail
+    assert confine(None).detail == "the sandbox is off (sandbox = off)"
