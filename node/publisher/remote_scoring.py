@@ -9,8 +9,8 @@ The answer of a remote scorer is trusted only as far as two rules go: its lists 
 one entry per token sent, and a failed check is confirmed by a second scorer where one exists
 (a lying scorer could otherwise get an honest node banned); when they disagree the result stays
 unverified. A scorer that errs, times out or answers
-malformed leaves the result unverified, except when it refuses the tokens the same way any
-node would (ids outside the model's vocabulary): that is the proof's fault.
+malformed leaves the result unverified; one that refuses the tokens the way any node would (ids
+outside the model's vocabulary) finds the proof at fault, which a second scorer must confirm too.
 """
 
 from __future__ import annotations
@@ -63,7 +63,12 @@ class ScorerUnavailableError(Exception):
 
 
 class TokensRefusedError(Exception):
-    """A scorer refused the proof's tokens the way every node would: the proof is at fault."""
+    """A scorer refused the proof's tokens the way every node would (ids outside the model's vocabulary): the
+    proof is at fault, if a second scorer agrees (the first one's error text is its own word, a lie included)."""
+
+    def __init__(self, reason: str, node: str) -> None:
+        super().__init__(reason)
+        self.node = node  # the scorer that refused ("" when unknown)
 
 
 def score_workflow(step: ProofGeneration, timeout: float) -> dict[str, Any]:
@@ -137,7 +142,7 @@ async def _score_step(
     except Exception as exc:  # noqa: BLE001 - any failure of the scorer leaves the result unverified
         reason = str(getattr(exc, "reason", exc))
         if OUT_OF_VOCABULARY in reason:
-            raise TokensRefusedError(reason) from None
+            raise TokensRefusedError(reason, str(getattr(exc, "node", ""))) from None
         raise ScorerUnavailableError(f"the score task failed: {reason}") from None
     try:
         scores = RemoteScores.model_validate_json(text)

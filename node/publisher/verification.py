@@ -281,7 +281,14 @@ class ResultVerifier:
             try:
                 scorer, scorers = await fetch_scores(runner, model, proof, exclude, self.remote_timeout)
             except TokensRefusedError as exc:
-                raise VerificationFailedError(f"the proof's tokens cannot be scored: {exc}") from None
+                refusal = VerificationError(f"the proof's tokens cannot be scored: {exc}")
+                if failure is not None:  # a second scorer finds the proof at fault too
+                    raise VerificationFailedError(str(failure)) from None
+                if not exc.node:  # a refusal nobody can be asked to confirm (the scorer is unknown)
+                    log.info("result not verified: unconfirmable refusal", node=node, model=model, reason=str(exc))
+                    return None
+                failure, exclude = refusal, exclude | {exc.node}
+                continue
             except ScorerUnavailableError as exc:
                 if failure is not None:  # no second scorer to ask: the first one's finding stands
                     log.info("remote failure unconfirmed: no second scorer", node=node, model=model, reason=str(exc))

@@ -76,7 +76,7 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
                 Choice(
                     message=assistant_message(result.text, prepared.tools),
                     finish_reason=finish_reason(
-                        prepared.tools, usage.completion_tokens, prepared.max_tokens, result.finish_reason
+                        bool(prepared.tools), usage.completion_tokens, prepared.max_tokens, result.finish_reason
                     ),
                 )
             ],

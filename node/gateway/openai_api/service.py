@@ -17,7 +17,7 @@ import structlog
 
 from node.gateway.openai_api.errors import OpenAIError, from_client_error
 from node.gateway.openai_api.schemas import ChatCompletionRequest, ModelCard, ModelList, Usage
-from node.gateway.openai_api.translate import max_tokens_of, uses_tools, workflow_for
+from node.gateway.openai_api.translate import max_tokens_of, offered_tools, workflow_for
 from node.gateway.service import MAX_LISTED_MODELS, GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.publisher.client import ClientError, Task, TaskResult
@@ -30,7 +30,7 @@ class Prepared:
     """A request translated and checked, ready to run."""
 
     task: Task
-    tools: bool
+    tools: tuple[str, ...]  # the tools a call may name (none: a plain generation)
     timeout: float
     max_tokens: int
 
@@ -88,7 +88,7 @@ class OpenAIService:
             )
         return Prepared(
             task=Task(workflow=workflow, models=[request.model]),
-            tools=uses_tools(workflow),
+            tools=offered_tools(workflow),
             timeout=timeout,
             max_tokens=max_tokens_of(request),
         )

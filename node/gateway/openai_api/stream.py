@@ -198,12 +198,12 @@ class ChatStream:
     def _final(self, result: TaskResult) -> list[str]:
         usage = usage_of(result)
         reason = finish_reason(
-            self.prepared.tools, usage.completion_tokens, self.prepared.max_tokens, result.finish_reason
+            bool(self.prepared.tools), usage.completion_tokens, self.prepared.max_tokens, result.finish_reason
         )
         events: list[str] = []
         if self.prepared.tools:
             try:
-                message = assistant_message(result.text, tools=True)
+                message = assistant_message(result.text, self.prepared.tools)
             except OpenAIError as exc:
                 return [_event(exc.body)]
             calls = [ChunkToolCall(id=c.id, function=c.function) for c in message.tool_calls or []]

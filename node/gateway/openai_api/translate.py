@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from node.gateway.openai_api.errors import OpenAIError
@@ -174,22 +175,41 @@ def _param_of(message: str) -> str | None:
     return None
 
 
-def uses_tools(workflow: dict[str, Any]) -> bool:
-    """Whether the workflow's task calls tools."""
-    return bool(workflow["tasks"][0]["operator"] == "function_calling_raw")
+def offered_tools(workflow: dict[str, Any]) -> tuple[str, ...]:
+    """The names of the tools the workflow's task may call (none: a plain generation)."""
+    if workflow["tasks"][0]["operator"] != "function_calling_raw":
+        return ()
+    return tuple(tool["name"] for tool in workflow["config"]["custom_tools"])
 
 
-def assistant_message(text: str, tools: bool) -> AssistantMessage:
-    """The answer as OpenAI's message: the text, or with tools the call the model made."""
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def assistant_message(text: str, tools: Sequence[str]) -> AssistantMessage:
+    """The answer as OpenAI's message: the text, or with `tools` offered the call the model made.
+
+    The node's text is its own word: a call is passed on only as an honest node's engine makes one
+    (workflows/tool_calls.py): one of the offered tools, its arguments a JSON object of finite numbers.
+    Anything else is a 502, never a call the client did not offer or cannot parse."""
     if not tools:
         return AssistantMessage(content=text)
     try:
-        call = json.loads(text)
+        call = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
         name, arguments = call["name"], call["arguments"]
-        function = FunctionCall(name=str(name), arguments=json.dumps(arguments, separators=(",", ":")))
+        if name not in tools or not isinstance(arguments, dict):
+            raise ValueError("not a call to an offered tool with an object of arguments")
+        function = FunctionCall(name=name, arguments=json.dumps(arguments, separators=(",", ":"), allow_nan=False))
     except (ValueError, KeyError, TypeError, RecursionError):  # pydantic's ValidationError is a ValueError
         raise OpenAIError(
-            502, "the node's tool call is not a JSON object with a name (1 to 256 characters) and arguments"
+            502, "the node's tool call is not a call to one of the request's tools with a JSON object of arguments"
         ) from None
     return AssistantMessage(
         content=None, tool_calls=[ToolCall(id=f"call_{secrets.token_urlsafe(12)}", function=function)]

@@ -135,6 +135,13 @@ async def test_a_callers_tool_call_nested_past_the_recursion_limit_is_a_400(tmp_
         DEEP,  # nested past the recursion limit
         json.dumps({"name": "f" * 1000, "arguments": {}}),
         json.dumps({"name": "", "arguments": {}}),
+        # What no honest engine answers (workflows/tool_calls.py): a tool the caller never offered, arguments
+        # that are no object, numbers JSON has not, a name with a NUL
+        json.dumps({"name": "run_shell", "arguments": {"cmd": "rm -rf ~"}}),
+        json.dumps({"name": "f", "arguments": [1, 2]}),
+        '{"name": "f", "arguments": {"a": NaN}}',
+        '{"name": "f", "arguments": 1e999}',
+        json.dumps({"name": "f\u0000", "arguments": {}}),
     ],
 )
 async def test_a_nodes_malformed_tool_call_is_a_502_naming_it(tmp_path: Path, call: str) -> None:

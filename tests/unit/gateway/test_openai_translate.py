@@ -122,13 +122,34 @@ def test_what_the_network_cannot_run_is_a_400_naming_the_field(fields: dict[str,
 
 
 def test_a_tool_call_result_becomes_tool_calls() -> None:
-    message = assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', tools=True)
+    message = assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', ("get_weather",))
     assert message.content is None
     [call] = message.tool_calls or []
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Izmir"}
     with pytest.raises(OpenAIError) as caught:
-        assistant_message("not a call", tools=True)
+        assistant_message("not a call", ("get_weather",))
     assert caught.value.status == 502
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "run_shell", "arguments": {"cmd": "rm -rf ~"}}',  # a tool the caller never offered
+        '{"name": "get_weather", "arguments": [1, 2]}',  # arguments that are no object
+        '{"name": "get_weather", "arguments": "{}"}',  # ... a string of one
+        '{"name": "get_weather", "arguments": {"a": NaN}}',  # not JSON
+        '{"name": "get_weather", "arguments": {"a": -Infinity}}',
+        '{"name": "get_weather", "arguments": {"a": 1e999}}',  # JSON, but no finite number
+        '{"name": "get_weather\\u0000", "arguments": {}}',
+        '{"name": ["get_weather"], "arguments": {}}',
+        '[{"name": "get_weather", "arguments": {}}]',
+    ],
+)
+def test_a_tool_call_an_honest_engine_cannot_make_is_a_502(text: str) -> None:
+    """The node's text is its own word: a call reaches the client only as workflows/tool_calls.py makes one."""
+    with pytest.raises(OpenAIError) as caught:
+        assistant_message(text, ("get_weather", "get_time"))
+    assert caught.value.status == 502 and "one of the request's tools" in caught.value.body.error.message
 
 
 @pytest.mark.parametrize(

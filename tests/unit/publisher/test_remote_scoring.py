@@ -18,10 +18,12 @@ from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
 from models.requests import ChatMessage, GenerationRequest
 from models.tracing import GenerationTrace, generation_traces
+from node.publisher.errors import TaskFailedError
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.proof import Proof, ProofGeneration
 from tests.support.model_file import loaded_smollm2
-from workflows import parse_workflow, run_workflow
+from workflows import WorkflowError, parse_workflow, run_workflow
+from workflows.errors import public_error_text
 
 MODEL = "smollm2:135m"
 Tamper = Callable[[str], str]
@@ -37,6 +39,13 @@ def _short(text: str) -> str:
     scores = json.loads(text)
     scores["ranks"] = scores["ranks"][:-1]
     return json.dumps(scores)
+
+
+_OOV = "to score is outside the model's vocabulary"
+
+
+def _refuse(text: str) -> str:
+    raise AssertionError("EngineRunner answers for a refusing node itself")
 
 
 class EngineRunner:
@@ -55,8 +64,13 @@ class EngineRunner:
     ) -> tuple[str, str]:
         node = next(n for n in self._nodes if n not in exclude)
         self.asked.append((node, set(exclude)))
-        text = (await run_workflow(parse_workflow(workflow), self._model)).text
+        try:
+            text = (await run_workflow(parse_workflow(workflow), self._model)).text
+        except WorkflowError as exc:  # the node's error result, as the Client raises it
+            raise TaskFailedError("score", public_error_text(exc), node) from None
         tamper = self._nodes[node]
+        if tamper is _refuse:  # an error result of its own making, in the engine's words
+            raise TaskFailedError("score", f"Invalid prompt: task 'score' failed: a token id {_OOV}", node)
         return (text if tamper is None else tamper(text)), node
 
 
@@ -146,3 +160,25 @@ async def test_no_other_node_leaves_it_unverified_but_ids_no_model_has_fail_it(
     empty = Proof(steps=[])
     result = await _verify(EngineRunner(model, {"producer": None, "a": None}), empty, text)
     assert isinstance(result, VerificationFailedError) and "no generation to check" in result.reason
+
+
+async def test_a_scorer_refusing_the_tokens_falsely_is_contradicted_by_a_second_one(
+    model: BatchedLlamaModel, honest: tuple[str, GenerationTrace]
+) -> None:
+    """The refusal is the scorer's own word: an error result claiming ids outside the vocabulary (the engine's
+    deterministic text, which any node can write) must not ban an honest producer while another scorer exists."""
+    text, trace = honest
+    runner = EngineRunner(model, {"producer": None, "liar": _refuse, "honest": None})
+    assert await _verify(runner, _proof(trace), text) is None  # unverified, not failed
+    assert [node for node, _ in runner.asked[-2:]] == ["liar", "honest"]
+    assert "liar" in runner.asked[-1][1]
+
+
+async def test_ids_no_model_has_are_refused_by_two_scorers_and_fail_the_proof(
+    model: BatchedLlamaModel, honest: tuple[str, GenerationTrace]
+) -> None:
+    text, trace = honest
+    runner = EngineRunner(model, {"producer": None, "a": None, "b": None})
+    result = await _verify(runner, _proof(trace, tokens=[10**7] * len(trace.tokens)), text)
+    assert isinstance(result, VerificationFailedError) and "vocabulary" in result.reason
+    assert {node for node, _ in runner.asked} == {"a", "b"}  # confirmed by the second
