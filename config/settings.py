@@ -83,7 +83,12 @@ class Settings(LayeredSettings):
     # Models and runtime
     models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")
     registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
-    n_ctx: int = Field(default=2048, ge=256, le=1 << 20, description="Context window per model")
+    n_ctx: int = Field(
+        default=2048,
+        ge=256,
+        le=1 << 20,
+        description="Context window of each slot (at most the model's trained context)",
+    )
     n_threads: int | None = Field(
         default=None, ge=1, le=4096, description="Threads per model (default: cores available)"
     )

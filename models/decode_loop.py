@@ -144,7 +144,9 @@ class DecodeLoop:
             why = take_first_error()  # e.g. a truncated file: "... data is not within the file bounds ..."
             raise ModelLoadError(f"llama.cpp could not load model file {self._path}" + (f": {why}" if why else ""))
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = opts.n_ctx * self.parallel
+        params.n_ctx = (
+            slot_context(opts.n_ctx, llama_cpp.llama_model_n_ctx_train(self._model), self._path) * self.parallel
+        )
         params.n_batch = opts.n_batch
         params.n_ubatch = min(opts.n_batch, 512)
         params.n_seq_max = self.parallel
@@ -157,7 +159,7 @@ class DecodeLoop:
             llama_cpp.llama_model_free(self._model)
             raise ModelLoadError(
                 f"llama.cpp could not create a {params.n_ctx}-token context for {self._path} "
-                f"({self.parallel} slots of {opts.n_ctx}); lower n_ctx or parallel"
+                f"({self.parallel} slots of {params.n_ctx // self.parallel}); lower n_ctx or parallel"
             )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -423,3 +425,19 @@ class DecodeLoop:
                 waiting, self._queue = list(self._queue), deque()
             for request in waiting:
                 request.deliver(error)
+
+
+def slot_context(n_ctx: int, n_ctx_train: int, path: Path) -> int:
+    """A slot's context: `n_ctx`, but never past the model's trained context (0: the file does not say).
+
+    Past it the model's text degrades, and no publisher could verify a proof of it: a verifier takes a
+    prompt longer than the trained context for a forged one (node/cli/scorers.py)."""
+    if 0 < n_ctx_train < n_ctx:
+        log.warning(
+            "n_ctx is past the model's trained context: slots hold the trained context",
+            n_ctx=n_ctx,
+            n_ctx_train=n_ctx_train,
+            path=str(path),
+        )
+        return n_ctx_train
+    return n_ctx

@@ -96,9 +96,15 @@ class TokenScorer:
             raise ModelLoadError(f"llama.cpp could not open {path} for scoring: {exc}") from exc
         self._lock = threading.Lock()
         self._n_ctx = self._llm.n_ctx()
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._llm.model)  # 0: the file does not say
         self._n_batch = llama_cpp.llama_n_batch(self._llm._ctx.ctx)  # llama.cpp caps it at n_ctx
         self._n_vocab = self._llm.n_vocab()
         self._cached: list[int] = []  # the tokens whose KV the context holds (sequence 0, positions 0..)
+
+    @property
+    def n_ctx(self) -> int:
+        """The longest sequence (prompt and tokens) this scorer takes."""
+        return self._n_ctx
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
         """Score `tokens` as the continuation of `prompt_tokens` (blocking; milliseconds per hundred tokens)."""

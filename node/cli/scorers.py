@@ -26,6 +26,8 @@ from node.publisher.verification import UncheckableError
 
 log = structlog.get_logger(__name__)
 
+_CONTEXT_STEP = 1024  # a scoring context grows to fit a step, in steps of this many tokens
+
 
 class LocalScorers:
     """Model name -> a TokenScorer of its file here, opened on first use (None: not on this machine)."""
@@ -43,6 +45,7 @@ class LocalScorers:
         self._precision = settings.verify_precision
         self._copies = copies
         self._scorers: dict[str, TokenScorer | None] = {}
+        self._paths: dict[str, Path | None] = {}
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> Path | None:
@@ -69,9 +72,31 @@ class LocalScorers:
         with self._lock:
             if name not in self._scorers:
                 path = self._path(name)
+                self._paths[name] = path
                 self._scorers[name] = None if path is None else TokenScorer(path, self._options)
-            scorer = self._scorers[name]
-            return None if scorer is None else CheckingScorer(scorer)
+            return None if self._scorers[name] is None else CheckingScorer(self, name)
+
+    def fitting(self, name: str, tokens: int) -> TokenScorer:
+        """`name`'s scorer, reopened with a larger context when `tokens` do not fit its own, up to the model's
+        trained context; ContextOverflowError past that (nodes never serve longer: models/decode_loop.py)."""
+        with self._lock:
+            scorer, path = self._scorers[name], self._paths[name]
+            assert scorer is not None and path is not None, "fitting() of a model whose file is not here"
+            if tokens <= scorer.n_ctx:
+                return scorer
+            if 0 < scorer.n_ctx_train < tokens:
+                raise ContextOverflowError(
+                    f"{tokens} tokens, more than the model's trained context of {scorer.n_ctx_train}: "
+                    "no node serves a prompt that long"
+                )
+            n_ctx = -(-tokens // _CONTEXT_STEP) * _CONTEXT_STEP
+            if scorer.n_ctx_train:
+                n_ctx = min(n_ctx, scorer.n_ctx_train)
+            log.info("opening a larger scoring context", model=name, n_ctx=n_ctx, tokens=tokens)
+            # The smaller one is freed once no check holds it any more (a check in another thread may).
+            grown = TokenScorer(path, self._options.model_copy(update={"n_ctx": n_ctx}))
+            self._scorers[name] = grown
+            return grown
 
     def close(self) -> None:
         """Free every opened model."""
@@ -83,19 +108,24 @@ class LocalScorers:
 
 
 class CheckingScorer:
-    """A TokenScorer as the proof checker asks: what it cannot check here (a generation longer than this
-    scoring context, a failure of llama.cpp) is UncheckableError, never the node's fault."""
+    """A model's scorer as the proof checker asks: a step longer than the scoring context gets a larger one
+    (up to the model's trained context; a longer step is the node's fault), and what it cannot check here
+    (a failure of llama.cpp, memory) is UncheckableError, never the node's fault."""
 
-    def __init__(self, scorer: TokenScorer) -> None:
-        self._scorer = scorer
+    def __init__(self, scorers: LocalScorers, name: str) -> None:
+        self._scorers = scorers
+        self._name = name
 
     def score(self, prompt_tokens: list[int], tokens: list[int]) -> ScoredTokens:
-        """Score the tokens; a failure to score raises UncheckableError."""
+        """Score the tokens; ContextOverflowError past the model's trained context, UncheckableError when
+        scoring fails here."""
         try:
-            return self._scorer.score(prompt_tokens, tokens)
-        except (ContextOverflowError, ScoringFailedError, MemoryError) as exc:
+            return self._scorers.fitting(self._name, len(prompt_tokens) + len(tokens)).score(prompt_tokens, tokens)
+        except ContextOverflowError:
+            raise  # past the trained context: the proof's fault
+        except (ModelLoadError, ScoringFailedError, MemoryError) as exc:  # a larger context that would not open
             raise UncheckableError(str(exc) or type(exc).__name__) from exc
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
         """The prompt tokens as text."""
-        return self._scorer.prompt_text(prompt_tokens)
+        return self._scorers.fitting(self._name, 0).prompt_text(prompt_tokens)

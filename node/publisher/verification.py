@@ -127,6 +127,12 @@ class ProofChecker:
             raise VerificationError("the result carries no proof")
         if not proof.steps:
             raise VerificationError("the proof has no generation to check")
+        if expected is not None:  # before any scoring: a step that cannot be scored here is no way around it
+            for number, generation in enumerate(proof.steps):
+                if not expected.holds(scorer.prompt_text(generation.prompt_tokens)):
+                    raise VerificationError(
+                        f"generation {number} was run on a prompt that does not hold the task's messages"
+                    )
         deviations: list[float] = []
         texts: list[str] = []
         for number, generation in enumerate(proof.steps):
@@ -137,10 +143,6 @@ class ProofChecker:
             except Exception as exc:  # noqa: BLE001 - tokens the model cannot take are the node's fault
                 raise VerificationError(f"generation {number}: tokens cannot be scored: {exc}") from None
             texts.append(scores.text)
-            if expected is not None and not expected.holds(scorer.prompt_text(generation.prompt_tokens)):
-                raise VerificationError(
-                    f"generation {number} was run on a prompt that does not hold the task's messages"
-                )
             for i, (claimed, actual) in enumerate(zip(generation.logprobs, scores.logprobs, strict=True)):
                 deviation = claimed - actual
                 if abs(deviation) > self.position_tolerance:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
@@ -229,3 +230,18 @@ async def test_gguf_header_with_garbage_fails_to_load(tmp_path: Path) -> None:
     garbage.write_bytes(b"GGUF" + os.urandom(64 * 1024))
     with pytest.raises(ModelLoadError, match="garbage.gguf"):
         await BatchedLlamaModel.load("x", garbage, OPTIONS, parallel=1)
+
+
+async def test_a_slot_never_holds_more_than_the_models_trained_context() -> None:
+    """Past it the text degrades and no publisher could verify a proof (a verifier takes a longer step for a
+    forged one: node/cli/scorers.py): n_ctx 16,384 on SmolLM2 (trained for 8,192) gives 8,192-token slots."""
+    with structlog.testing.capture_logs() as logs:
+        model = await BatchedLlamaModel.load("smollm2", SMOLLM2, RuntimeOptions(n_ctx=16384, n_threads=1), parallel=1)
+    try:
+        assert model.n_ctx == 8192
+        with pytest.raises(ContextOverflowError):
+            await model.generate(ask("Hi", max_tokens=8190))
+    finally:
+        await model.close()
+    warned = [entry for entry in logs if entry["event"].startswith("n_ctx is past the model's trained context")]
+    assert [(entry["n_ctx"], entry["n_ctx_train"]) for entry in warned] == [(16384, 8192)]
