@@ -59,7 +59,9 @@ class SandboxPolicy(BaseModel):
     required: bool = False  # `sandbox = "on"`: a child that cannot confine itself serves nothing
     private: list[str]  # no access at all: the data dir (key, journal, ledger), the key file, the config file
     readable: list[str] = []  # read only, though inside a private path: the models dir, the interpreter's code
-    writable: list[str] = []  # any access, though inside a private path: the execution processes' own folder
+    # Any access (elsewhere: read only): the execution processes' own folder, the only one inside a private
+    # path, and scratch folders (the temporary folder, /dev).
+    writable: list[str] = []
 
 
 class Configure(Message):

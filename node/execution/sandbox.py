@@ -7,15 +7,18 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
 - cannot open anything under the policy's private paths (the data dir, the key file, the config file),
   except the folders the policy names readable (the models dir, the interpreter's code if it lives
   there) or writable (the execution processes' own folder, where the speed cache lives);
+- can write only under the policy's writable paths (that folder, the temporary folder, /dev): not the
+  node's code, its virtual environment, the user's home or /etc, where a write would run as the
+  node the next time it starts; it reads the rest of the file system;
 - cannot trace or read the memory of any process outside its confinement (Landlock), read another
   process's /proc folder (its environment, command line, maps: no rule allows them), or (Landlock ABI 6,
   Linux 6.12) signal one: the daemon and the other models' processes included;
-- keeps everything else: the rest of the file system, devices (a GPU), the network (tools, remote engines).
+- keeps devices (a GPU) and the network (tools, remote engines).
 
 Landlock grants access beneath allowed paths, it cannot carve a hole, so "all but the private paths"
 is spelled out: every entry of the folders that lead to a private path is allowed on its own, and the
 private path gets no rule. Entries made later in those folders themselves are out of reach (nothing the
-process needs: its writes go to the writable folder). A confinement covers the thread that applies it and
+process needs: its writes go to the writable folders). A confinement covers the thread that applies it and
 the threads that thread starts, never threads already running: `python -m node.execution` applies it
 first, before the imports that start threads (numpy's, llama.cpp's).
 """
@@ -40,10 +43,6 @@ SIGNAL_SCOPE_ABI = 6  # Landlock's signal scope came in ABI 6 (Linux 6.12)
 _PROC = Path("/proc")
 
 
-class SandboxError(Exception):
-    """The execution process could not confine itself (the message says why)."""
-
-
 @dataclass(frozen=True)
 class SandboxOutcome:
     """What the launcher managed: `confined` and what holds, or why not."""
@@ -54,13 +53,14 @@ class SandboxOutcome:
 
 
 def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
-    """Each (path, rights) that Landlock is to allow: everything but the private paths, their readable and
-    writable exceptions with those rights. Symbolic links get no rule: what they lead to has its own."""
+    """Each (path, rights) that Landlock is to allow: nothing under the private paths but their readable
+    exceptions (read) and writable ones (any access); anywhere else, any access under the writable paths
+    (scratch folders, devices) and read access to the rest. Symbolic links get no rule: what they lead to
+    has its own."""
     private = {_real(path) for path in policy.private}
-    exceptions = {_real(path): _READ_RIGHTS for path in policy.readable}
-    exceptions |= {_real(path): _ALL_RIGHTS for path in policy.writable}
-    exceptions = {path: rights for path, rights in exceptions.items() if _under(path, private)}
-    ahead = private | set(exceptions)  # the folders leading to these are walked, entry by entry
+    readable = {path for path in map(_real, policy.readable) if _under(path, private)}
+    writable = {_real(path) for path in policy.writable}
+    ahead = private | readable | writable  # the folders leading to these are walked, entry by entry
 
     def walk(folder: Path) -> Iterator[tuple[Path, AccessFs]]:
         try:
@@ -75,19 +75,28 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
                     continue
             except OSError:
                 continue
-            if path in exceptions:
-                yield path, exceptions[path] if is_folder else exceptions[path] & _FILE_RIGHTS
+            if is_folder and any(path in target.parents for target in ahead):
+                yield from walk(path)
+            elif path in writable:
+                yield path, _rights(_ALL_RIGHTS, is_folder)
+            elif path in readable:
+                yield path, _rights(_READ_RIGHTS, is_folder)
+            elif _under(path, private):
+                continue
             elif path == _PROC and is_folder:
                 yield from _own_proc_entries(path)
-            elif is_folder and any(path in target.parents for target in ahead):
-                yield from walk(path)
-            elif not _under(path, private):
-                yield path, _ALL_RIGHTS if is_folder else _FILE_RIGHTS
+            else:
+                yield path, _rights(_ALL_RIGHTS if _under(path, writable) else _READ_RIGHTS, is_folder)
 
     if Path("/") in private:
-        yield from ((path, rights) for path, rights in exceptions.items())
+        yield from ((path, _READ_RIGHTS) for path in readable)
+        yield from ((path, _ALL_RIGHTS) for path in writable if path.is_dir())
         return
     yield from walk(Path("/"))
+
+
+def _rights(rights: AccessFs, is_folder: bool) -> AccessFs:
+    return rights if is_folder else rights & _FILE_RIGHTS
 
 
 def _own_proc_entries(proc: Path) -> Iterator[tuple[Path, AccessFs]]:
@@ -97,14 +106,15 @@ def _own_proc_entries(proc: Path) -> Iterator[tuple[Path, AccessFs]]:
     for entry in os.scandir(proc):
         if (entry.name.isdigit() and entry.name != own) or entry.is_symlink():
             continue  # /proc/self and /proc/thread-self lead to this process's own folder
-        yield Path(entry.path), _ALL_RIGHTS if entry.is_dir(follow_symlinks=False) else _FILE_RIGHTS
+        rights = _ALL_RIGHTS if entry.name == own else _READ_RIGHTS
+        yield Path(entry.path), _rights(rights, entry.is_dir(follow_symlinks=False))
 
 
 def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
     """Confine this process by `policy` (None: the sandbox is off). Call it while the process has one
     thread; an outcome that is not `confined` says why."""
     if policy is None:
-        return SandboxOutcome(False, "the sandbox is off (sandbox = off)")
+        return SandboxOutcome(False, "no sandbox policy (sandbox = off, or none the daemon could apply)")
     required = policy.required
     if (threads := thread_count()) > 1:
         return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)

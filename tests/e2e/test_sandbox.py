@@ -67,6 +67,7 @@ async def test_without_the_sandbox_the_same_probes_get_through(
 ) -> None:
     probes = await _probe(tmp_path, monkeypatch, "off")
     assert probes["read identity key"] == "allowed"
+    assert probes["open the node's code to write"] == "allowed"
     assert probes["read identity key from a new thread"] == "allowed"
     assert probes["signal the daemon"] == "allowed"
     assert "confined" not in capfd.readouterr().err  # off: no line, no warning

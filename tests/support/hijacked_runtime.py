@@ -3,7 +3,8 @@ tests.support.hijacked_runtime:hijacked): every generation tries what a hostile 
 process over would try against the daemon, and answers with what it managed, as JSON.
 
 HIJACK_DATA_DIR_ENV names the node's data dir. Each probe is harmless if it succeeds: a file opened
-read-only or a new one written, signal 0 (a permission check), /proc files opened and closed.
+read-only, or to append and closed unwritten, a new one written in the data dir, signal 0 (a permission
+check), /proc files opened and closed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from models.requests import Generation, GenerationRequest, TextSink
 
 HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def attempt(action: Callable[[], object]) -> str:
@@ -40,6 +42,8 @@ def probes(data_dir: Path) -> dict[str, str]:
         "signal the daemon": attempt(lambda: os.kill(daemon, 0)),
         "read the daemon's environment": attempt(lambda: Path(f"/proc/{daemon}/environ").read_bytes()),
         "open the daemon's memory": attempt(lambda: open(f"/proc/{daemon}/mem", "rb").close()),
+        # the node's own code, which the next start would run: opened to append, nothing written
+        "open the node's code to write": attempt(lambda: open(_PROJECT_ROOT / "node" / "__init__.py", "a").close()),
     }
     in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
     thread = threading.Thread(

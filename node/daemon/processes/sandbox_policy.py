@@ -3,13 +3,14 @@
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
 registry entry's own model file, the interpreter's code. Writable: the execution processes' own folder
-(`<data_dir>/execution`, the speed cache).
+(`<data_dir>/execution`, the speed cache), the temporary folder and /dev; the rest is read only.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,8 @@ log = structlog.get_logger("node.daemon.processes")
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 _OLD_BENCHMARK_CACHE = "benchmarks.json"  # in data_dir itself, before the execution folder
+# Where an execution process may write besides its own folder (devices: /dev/null, a GPU's, /dev/shm).
+_SCRATCH = ("/dev", "/var/tmp")
 
 
 class SandboxPolicyError(ConfigError):
@@ -56,11 +59,13 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
             return None
         if inside:
             readable.append(code)
+    scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
+    writable = [_real(settings.execution_dir), *(path for path in scratch if not _within(path, private))]
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
-        writable=[str(_real(settings.execution_dir))],
+        writable=[str(path) for path in dict.fromkeys(writable)],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
     real = tmp_path.resolve()
     assert policy.private == [str(real / "data"), str(real / "keys" / "node.key"), str(real / "node.toml")]
     assert str(real / "data" / "models") in policy.readable
-    assert policy.writable == [str(real / "data" / "execution")]
+    assert policy.writable[0] == str(real / "data" / "execution")
+    assert {"/tmp", "/dev"} <= set(policy.writable[1:])  # scratch: read only elsewhere
     assert (tmp_path / "data" / "execution").is_dir()  # made before any process confines itself
     assert (tmp_path / "data" / "execution").stat().st_mode & 0o077 == 0
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
@@ -77,3 +79,16 @@ def test_code_inside_the_data_dir_stays_readable(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(sys, "path", [str(venv), *sys.path])
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None and str(venv.resolve()) in policy.readable
+
+
+def test_a_temporary_folder_inside_the_data_dir_is_not_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data" / "tmp").mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "data" / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None
+    assert [path for path in policy.writable if str(tmp_path.resolve() / "data") in path] == [
+        str(tmp_path.resolve() / "data" / "execution")
+    ]

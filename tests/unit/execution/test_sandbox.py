@@ -17,7 +17,6 @@ from node.execution.protocol import SandboxPolicy
 from node.execution.sandbox import SIGNAL_SCOPE_ABI, confine, rules
 
 ROOT = Path(__file__).resolve().parents[3]
-FILE_ONLY = AccessFs.EXECUTE | AccessFs.WRITE_FILE | AccessFs.READ_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
 
 
 def _abi() -> int:
@@ -39,7 +38,7 @@ def _layout(tmp_path: Path) -> tuple[Path, SandboxPolicy]:
     return data, policy
 
 
-def test_rules_allow_all_but_the_private_paths_and_grant_their_exceptions(tmp_path: Path) -> None:
+def test_rules_read_all_but_the_private_paths_and_grant_their_exceptions(tmp_path: Path) -> None:
     data, policy = _layout(tmp_path)
     allowed = dict(rules(policy))
     real = data.resolve()
@@ -47,9 +46,10 @@ def test_rules_allow_all_but_the_private_paths_and_grant_their_exceptions(tmp_pa
     assert inside == {real / "models", real / "execution"}  # no rule for the data dir, its key or its listing
     assert allowed[real / "models"] == AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
     assert allowed[real / "execution"] & AccessFs.MAKE_REG and allowed[real / "execution"] & AccessFs.REMOVE_FILE
-    assert allowed[tmp_path.resolve() / "elsewhere.txt"] == FILE_ONLY  # a file gets a file's rights only
+    assert allowed[tmp_path.resolve() / "elsewhere.txt"] == AccessFs.EXECUTE | AccessFs.READ_FILE  # read only
+    assert allowed[Path("/usr")] == AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
     assert tmp_path.resolve() / "link-to-data" not in allowed  # a link leads where its target's rules say
-    assert Path("/usr") in allowed and Path(f"/proc/{os.getpid()}") in allowed
+    assert allowed[Path(f"/proc/{os.getpid()}")] & AccessFs.WRITE_FILE  # its own /proc files
     assert Path(f"/proc/{os.getppid()}") not in allowed  # another process's /proc folder: environ, maps
     assert not any(
         path.parent == Path("/proc") and path.name.isdigit() and path.name != str(os.getpid()) for path in allowed
@@ -89,6 +89,10 @@ result = {{
     "list data dir": attempt(lambda: os.listdir(data)),
     "read through the link": attempt(lambda: (data.parent / "link-to-data" / "identity.key").read_text()),
     "read elsewhere": attempt(lambda: (data.parent / "elsewhere.txt").read_text()),
+    "write elsewhere": attempt(lambda: (data.parent / "elsewhere.txt").write_text("changed")),
+    "open the node's code to write": attempt(lambda: open(sys.argv[3], "a").close()),
+    "write the scratch folder": attempt(lambda: (Path(sys.argv[4]) / "scratch.txt").write_text("x")),
+    "write /dev/null": attempt(lambda: open("/dev/null", "w").write("x")),
     "signal parent": attempt(lambda: os.kill(os.getppid(), 0)),
     "parent environ": attempt(lambda: Path(f"/proc/{{os.getppid()}}/environ").read_bytes()),
     "parent memory": attempt(lambda: open(f"/proc/{{os.getppid()}}/mem", "rb").close()),
@@ -105,8 +109,12 @@ print(json.dumps(result))
 
 def _run_probe(tmp_path: Path, before: str = "") -> dict[str, object]:
     data, policy = _layout(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    policy = policy.model_copy(update={"writable": [*policy.writable, str(scratch), "/dev"]})
+    argv = [str(data), policy.model_dump_json(), str(ROOT / "pyproject.toml"), str(scratch)]
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(before=before), str(data), policy.model_dump_json()],
+        [sys.executable, "-c", _PROBE.format(before=before), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -132,10 +140,13 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
         "parent environ",
         "parent memory",
         "read key from a later thread",
+        "write elsewhere",
+        "open the node's code to write",
     } | ({"signal parent"} if _abi() >= SIGNAL_SCOPE_ABI else set())
     assert {name for name, outcome in result.items() if outcome != "allowed"} == denied
     assert set(result[name] for name in denied) == {"PermissionError"}
     assert (tmp_path / "data" / "identity.key").read_text() == "secret"
+    assert (tmp_path / "elsewhere.txt").read_text() == "public"
 
 
 def test_a_process_with_threads_already_running_is_not_confined(tmp_path: Path) -> None:
@@ -153,4 +164,4 @@ def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, 
     _, policy = _layout(tmp_path)
     outcome = confine(policy.model_copy(update={"required": True}))
     assert not outcome.confined and outcome.required and "Landlock is not available" in outcome.detail
-    assert confine(None).detail == "the sandbox is off (sandbox = off)"
+    assert not confine(None).confined and "no sandbox policy" in confine(None).detail
