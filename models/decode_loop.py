@@ -434,7 +434,7 @@ def slot_context(n_ctx: int, n_ctx_train: int, path: Path) -> int:
     prompt longer than the trained context for a forged one (node/cli/scorers.py)."""
     if 0 < n_ctx_train < n_ctx:
         log.warning(
-            "n_ctx is past the model's trained context: slots hold the trained context",
+            "slot context capped at the model's trained context",
             n_ctx=n_ctx,
             n_ctx_train=n_ctx_train,
             path=str(path),

@@ -243,5 +243,5 @@ async def test_a_slot_never_holds_more_than_the_models_trained_context() -> None
             await model.generate(ask("Hi", max_tokens=8190))
     finally:
         await model.close()
-    warned = [entry for entry in logs if entry["event"].startswith("n_ctx is past the model's trained context")]
+    warned = [entry for entry in logs if entry["event"] == "slot context capped at the model's trained context"]
     assert [(entry["n_ctx"], entry["n_ctx_train"]) for entry in warned] == [(16384, 8192)]
