@@ -359,6 +359,12 @@ class Settings(LayeredSettings):
         return self.execution_dir / "benchmarks.json"
 
     @property
+    def remote_benchmark_cache_path(self) -> Path:
+        """The daemon's own cache of the speeds of remote engines down at start (never a file an execution
+        process can write: the daemon reads it)."""
+        return self.data_dir / "remote_benchmarks.json"
+
+    @property
     def journal_path(self) -> Path:
         """The task journal's SQLite file."""
         return self.data_dir / "journal.sqlite3"

@@ -177,7 +177,10 @@ class TokenScorer:
         )
 
     def prompt_text(self, prompt_tokens: list[int]) -> str:
-        """Prompt token ids as text (special tokens render as nothing): what a scored step was asked."""
+        """Prompt token ids as text (special tokens render as nothing): what a scored step was asked.
+        ModelError for an id outside the vocabulary (llama.cpp would abort the process on it)."""
+        if any(not 0 <= t < self._n_vocab for t in prompt_tokens):
+            raise ModelError("a token id is outside the model's vocabulary")
         with self._lock:
             return self._llm.detokenize(prompt_tokens).decode("utf-8", errors="replace")
 

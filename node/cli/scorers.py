@@ -32,8 +32,10 @@ _CONTEXT_STEP = 1024  # a scoring context grows to fit a step, in steps of this 
 class LocalScorers:
     """Model name -> a TokenScorer of its file here, opened on first use (None: not on this machine)."""
 
-    def __init__(self, settings: Settings, copies: Path, n_ctx: int = 4096) -> None:
-        """`copies`: the directory of the bf16 scoring copies (made once per model file)."""
+    def __init__(self, settings: Settings, copies: Path, n_ctx: int = 4096, max_n_ctx: int = 32768) -> None:
+        """`copies`: the directory of the bf16 scoring copies (made once per model file); `max_n_ctx`: the
+        largest scoring context opened for a long step (its KV cache and prefill are the verifier's cost)."""
+        self._max_n_ctx = max_n_ctx
         self._registry = Registry.builtin().with_overrides(settings.registry)
         self._store = ModelStore(settings.models_dir)
         self._options = RuntimeOptions(
@@ -78,7 +80,8 @@ class LocalScorers:
 
     def fitting(self, name: str, tokens: int) -> TokenScorer:
         """`name`'s scorer, reopened with a larger context when `tokens` do not fit its own, up to the model's
-        trained context; ContextOverflowError past that (nodes never serve longer: models/decode_loop.py)."""
+        trained context; ContextOverflowError past that (nodes never serve longer: models/decode_loop.py),
+        UncheckableError past `max_n_ctx` (within the trained context, which this verifier does not score)."""
         with self._lock:
             scorer, path = self._scorers[name], self._paths[name]
             assert scorer is not None and path is not None, "fitting() of a model whose file is not here"
@@ -89,7 +92,9 @@ class LocalScorers:
                     f"{tokens} tokens, more than the model's trained context of {scorer.n_ctx_train}: "
                     "no node serves a prompt that long"
                 )
-            n_ctx = -(-tokens // _CONTEXT_STEP) * _CONTEXT_STEP
+            if tokens > self._max_n_ctx:
+                raise UncheckableError(f"{tokens} tokens, more than this verifier scores ({self._max_n_ctx})")
+            n_ctx = min(-(-tokens // _CONTEXT_STEP) * _CONTEXT_STEP, self._max_n_ctx)
             if scorer.n_ctx_train:
                 n_ctx = min(n_ctx, scorer.n_ctx_train)
             log.info("opening a larger scoring context", model=name, n_ctx=n_ctx, tokens=tokens)
@@ -121,8 +126,8 @@ class CheckingScorer:
         scoring fails here."""
         try:
             return self._scorers.fitting(self._name, len(prompt_tokens) + len(tokens)).score(prompt_tokens, tokens)
-        except ContextOverflowError:
-            raise  # past the trained context: the proof's fault
+        except (ContextOverflowError, UncheckableError):
+            raise  # past the trained context: the proof's fault; past this verifier's: nobody's
         except (ModelLoadError, ScoringFailedError, MemoryError) as exc:  # a larger context that would not open
             raise UncheckableError(str(exc) or type(exc).__name__) from exc
 

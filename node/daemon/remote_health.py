@@ -55,7 +55,7 @@ class RemoteHealth:
         """
         registry = Registry.builtin().with_overrides(settings.registry)
         models = {name: await RemoteModel.open(registry.get(name), default_n_ctx=settings.n_ctx) for name in names}
-        bench_file = settings.benchmark_cache_path if settings.startup_benchmark else None
+        bench_file = settings.remote_benchmark_cache_path if settings.startup_benchmark else None
         return cls(models, metrics, tps, settings.remote_health_interval, bench_file)
 
     def advertised(self, names: list[str]) -> list[str]:

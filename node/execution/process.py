@@ -255,7 +255,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     settings = Settings.model_validate(configure.settings)
     configure_logging(settings.log_level, settings.log_format)
     name = configure.model
-    if not sandbox.confined and sandbox.required:
+    if not sandbox.confined and (sandbox.required or settings.sandbox == "on"):
         send(LoadFailed(model=name, error=f"sandbox = on, but the execution process is not confined: {sandbox.detail}"))
         await writer.drain()
         return 0

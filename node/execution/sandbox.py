@@ -33,6 +33,7 @@ from pathlib import Path
 
 from py_landlock import AccessFs, Landlock, LandlockError, get_abi_version
 
+from node.execution.privileges import deny_unix_sockets, drop_capabilities
 from node.execution.protocol import SandboxPolicy
 
 # What a rule on a file (not a folder) may grant; the rest of AccessFs is about a folder's entries.
@@ -41,6 +42,7 @@ _ALL_RIGHTS = AccessFs(sum(AccessFs))
 _READ_RIGHTS = AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
 SIGNAL_SCOPE_ABI = 6  # Landlock's signal scope came in ABI 6 (Linux 6.12)
 _PROC = Path("/proc")
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,13 @@ class SandboxOutcome:
 
 def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
     """Each (path, rights) that Landlock is to allow: nothing under the private paths but their readable
-    exceptions (read) and writable ones (any access); anywhere else, any access under the writable paths
-    (scratch folders, devices) and read access to the rest. Symbolic links get no rule: what they lead to
-    has its own."""
+    exceptions (read) and writable ones (any access); elsewhere read access, and any access under the
+    writable paths (scratch folders, devices) except under a readable one (the code: a write there would
+    run unconfined at the next start). Symbolic links get no rule: what they lead to has its own."""
     private = {_real(path) for path in policy.private}
-    readable = {path for path in map(_real, policy.readable) if _under(path, private)}
+    readable = {_real(path) for path in policy.readable}
     writable = {_real(path) for path in policy.writable}
+    readable = {path for path in readable if _under(path, private | writable)}  # elsewhere read only anyway
     ahead = private | readable | writable  # the folders leading to these are walked, entry by entry
 
     def walk(folder: Path) -> Iterator[tuple[Path, AccessFs]]:
@@ -75,7 +78,12 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
                     continue
             except OSError:
                 continue
-            if is_folder and any(path in target.parents for target in ahead):
+            if path == _PROC and is_folder:
+                # One rule on /proc itself: a rule on an entry in it is lost when the kernel drops and remakes
+                # the entry (memory pressure). Other processes' folders stay out of reach by Landlock's and
+                # the capabilities' tracing checks (the process has none), not by a rule.
+                yield path, _READ_RIGHTS
+            elif is_folder and any(path in target.parents for target in ahead):
                 yield from walk(path)
             elif path in writable:
                 yield path, _rights(_ALL_RIGHTS, is_folder)
@@ -83,13 +91,12 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
                 yield path, _rights(_READ_RIGHTS, is_folder)
             elif _under(path, private):
                 continue
-            elif path == _PROC and is_folder:
-                yield from _own_proc_entries(path)
             else:
-                yield path, _rights(_ALL_RIGHTS if _under(path, writable) else _READ_RIGHTS, is_folder)
+                rights = _ALL_RIGHTS if _under(path, writable) and not _under(path, readable) else _READ_RIGHTS
+                yield path, _rights(rights, is_folder)
 
     if Path("/") in private:
-        yield from ((path, _READ_RIGHTS) for path in readable)
+        yield from ((path, _READ_RIGHTS) for path in readable if path.exists())
         yield from ((path, _ALL_RIGHTS) for path in writable if path.is_dir())
         return
     yield from walk(Path("/"))
@@ -97,17 +104,6 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
 
 def _rights(rights: AccessFs, is_folder: bool) -> AccessFs:
     return rights if is_folder else rights & _FILE_RIGHTS
-
-
-def _own_proc_entries(proc: Path) -> Iterator[tuple[Path, AccessFs]]:
-    """/proc but the folders of other processes: the daemon's environment (a key given as
-    COMPUTE_NODE_SECRET_KEY), command line and memory maps are none of this process's business."""
-    own = str(os.getpid())
-    for entry in os.scandir(proc):
-        if (entry.name.isdigit() and entry.name != own) or entry.is_symlink():
-            continue  # /proc/self and /proc/thread-self lead to this process's own folder
-        rights = _ALL_RIGHTS if entry.name == own else _READ_RIGHTS
-        yield Path(entry.path), _rights(rights, entry.is_dir(follow_symlinks=False))
 
 
 def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
@@ -120,17 +116,25 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
         return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)
     try:
         abi = get_abi_version()
+    except LandlockError as exc:
+        return SandboxOutcome(False, f"Landlock is not available here: {exc}", required)
+    capabilities = drop_capabilities()  # before no_new_privs: a root process keeps none
+    for attempt in range(_ATTEMPTS):
         sandbox = Landlock(strict=False).allow_all_network()  # tools and remote engines
         for path, rights in rules(policy):
             try:
                 sandbox.add_path_rule(path, access=rights)
             except LandlockError:
                 continue  # gone since the walk: nothing to allow
-        sandbox.apply()
-    except (LandlockError, OSError) as exc:
-        return SandboxOutcome(False, f"Landlock is not available here: {exc}", required)
-    signals = "signals, " if abi >= SIGNAL_SCOPE_ABI else ""
-    return SandboxOutcome(True, f"Landlock ABI {abi}: files, {signals}tracing", required)
+        try:
+            sandbox.apply()
+            break
+        except (LandlockError, OSError) as exc:  # a path gone between the walk and apply(): walk again
+            if attempt == _ATTEMPTS - 1:
+                return SandboxOutcome(False, f"the sandbox could not be applied: {exc}", required)
+    sockets = deny_unix_sockets()
+    held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", sockets, capabilities]
+    return SandboxOutcome(True, f"Landlock ABI {abi}: " + ", ".join(part for part in held if part), required)
 
 
 def thread_count() -> int:

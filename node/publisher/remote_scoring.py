@@ -62,6 +62,10 @@ class ScorerUnavailableError(Exception):
     """No remote scorer gave an answer to judge by: the result stays unverified."""
 
 
+class NoOtherScorerError(ScorerUnavailableError):
+    """No live node outside those excluded serves the model: nobody else to ask."""
+
+
 class TokensRefusedError(Exception):
     """A scorer refused the proof's tokens the way every node would (ids outside the model's vocabulary): the
     proof is at fault, if a second scorer agrees (the first one's error text is its own word, a lie included)."""
@@ -116,7 +120,7 @@ async def fetch_scores(
     Raises ScorerUnavailableError (no other node, or no usable answer) or TokensRefusedError.
     """
     if not runner.others_serve(model, exclude):
-        raise ScorerUnavailableError(f"no node other than the result's serves {model}")
+        raise NoOtherScorerError(f"no node other than the result's (and those asked) serves {model}")
     results = await asyncio.gather(
         *(_score_step(runner, model, step, exclude, timeout) for step in proof.steps), return_exceptions=True
     )

@@ -36,6 +36,7 @@ import structlog
 from node.publisher.prompt_match import PromptExpectation
 from node.publisher.remote_scoring import (
     REMOTE_TIMEOUT_S,
+    NoOtherScorerError,
     ScorerUnavailableError,
     ScoreTaskRunner,
     TokensRefusedError,
@@ -129,7 +130,13 @@ class ProofChecker:
             raise VerificationError("the proof has no generation to check")
         if expected is not None:  # before any scoring: a step that cannot be scored here is no way around it
             for number, generation in enumerate(proof.steps):
-                if not expected.holds(scorer.prompt_text(generation.prompt_tokens)):
+                try:
+                    prompt = scorer.prompt_text(generation.prompt_tokens)
+                except UncheckableError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - ids the model does not have are the node's fault
+                    raise VerificationError(f"generation {number}: the prompt cannot be read: {exc}") from None
+                if not expected.holds(prompt):
                     raise VerificationError(
                         f"generation {number} was run on a prompt that does not hold the task's messages"
                     )
@@ -292,9 +299,17 @@ class ResultVerifier:
                 failure, exclude = refusal, exclude | {exc.node}
                 continue
             except ScorerUnavailableError as exc:
-                if failure is not None:  # no second scorer to ask: the first one's finding stands
+                if failure is not None and isinstance(exc, NoOtherScorerError):  # nobody else serves the model:
                     log.info("remote failure unconfirmed: no second scorer", node=node, model=model, reason=str(exc))
-                    raise VerificationFailedError(str(failure)) from None
+                    raise VerificationFailedError(str(failure)) from None  # the first one's finding stands
+                if failure is not None:  # a second scorer that errs or times out confirms nothing
+                    log.warning(
+                        "remote failure unconfirmed: the second scorer failed",
+                        node=node,
+                        model=model,
+                        first=str(failure),
+                    )
+                    return None
                 log.info("result not verified: no remote scorer answered", node=node, model=model, reason=str(exc))
                 return None
             try:

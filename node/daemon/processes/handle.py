@@ -50,7 +50,7 @@ from node.wire.topics import INTERRUPTED_PREFIX
 
 log = structlog.get_logger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]  # node/daemon/processes/handle.py -> the project
 # Answers for tasks or probes a process was not given, past which it counts as broken: an honest one sends a
 # few after a cancel or a probe's timeout, never hundreds a minute.
 MAX_STRAYS = 256
@@ -179,6 +179,7 @@ class ExecutionProcess:
             sandbox = () if self._sandbox is None else ("--sandbox", self._sandbox.model_dump_json())
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # no working directory first on sys.path: a confined process may write one (/tmp)
                 "-m",
                 "node.execution",
                 "--fd",

@@ -2,8 +2,9 @@
 
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
-registry entry's own model file, the interpreter's code. Writable: the execution processes' own folder
-(`<data_dir>/execution`, the speed cache), the temporary folder and /dev; the rest is read only.
+registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
+Writable: the execution processes' own folder (`<data_dir>/execution`, the speed cache), the temporary
+folder and /dev; the rest is read only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import structlog
 
 from config.settings import ConfigError, Settings
+from models.registry import Registry, RegistryError
+from models.requests import ModelError
 from node.execution.protocol import SandboxPolicy
 
 log = structlog.get_logger("node.daemon.processes")
@@ -48,17 +51,15 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     if isinstance(config_file, str | os.PathLike):
         private.append(_real(Path(config_file)))
     readable = [_real(settings.models_dir), *(_real(path) for path in _model_files(settings))]
-    for code in _code_paths():
-        inside = _within(code, private)  # readable, then: unless it holds a private path itself
+    for code in _code_paths():  # read only wherever it is: a write there would run unconfined next start
         exposed = [path for path in private if _within(path, [code])]
-        if inside and exposed:
+        if _within(code, private) and exposed:
             problem = f"the node's code at {code} is in a private path and holds {exposed[0]}"
             if settings.sandbox == "on":
                 raise SandboxPolicyError(f"sandbox = on, but {problem}: move the data dir away from the code")
             log.warning("execution processes not confined", reason=problem)
             return None
-        if inside:
-            readable.append(code)
+        readable.append(code)
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
     writable = [_real(settings.execution_dir), *(path for path in scratch if not _within(path, private))]
     return SandboxPolicy(
@@ -70,9 +71,33 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
 
 
 def _model_files(settings: Settings) -> list[Path]:
-    """Model files the registry overrides name by path (they may lie in the data dir)."""
-    paths = (entry.get("path") for entry in settings.registry.values())
-    return [Path(path).expanduser() for path in paths if isinstance(path, str) and path]
+    """Where the configured models' files may be, inside the data dir or not: a registry entry's own path
+    (with the parts of a split file beside it), the hub cache's folder of its repository (the systemd unit's
+    HF_HOME and the image's HOME put the cache in the data dir)."""
+    try:
+        registry = Registry.builtin().with_overrides(settings.registry)
+    except RegistryError:
+        return []  # check_models names it before any process starts
+    names = [*settings.models, *([settings.embedding_model] if settings.embedding_model else [])]
+    files = []
+    for name in dict.fromkeys(names):
+        try:
+            spec = registry.get(name)
+        except ModelError:
+            continue  # check_models named it before any process starts
+        if spec.path is not None:
+            files.append(spec.path.expanduser().parent)
+        if spec.repo is not None:
+            files.append(_hub_cache() / f"models--{spec.repo.replace('/', '--')}")
+    return files
+
+
+def _hub_cache() -> Path:
+    """huggingface_hub's cache folder, as its constants resolve it (without importing it in the daemon)."""
+    if cache := os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
 
 
 def _code_paths() -> list[Path]:

@@ -90,5 +90,21 @@ async def test_a_generation_longer_than_the_scoring_context_gets_a_larger_one_an
         expected = PromptExpectation.of(Simple().workflow(prompt="What is the capital of France?"), None)
         with pytest.raises(VerificationFailedError, match="does not hold the task's messages"):
             await verifier.verify("smollm2:135m", Proof(steps=[past_training]), "x", expected=expected)
+        # ...whose reading refuses ids the model does not have (llama.cpp aborted the publisher's process on them)
+        foreign_prompt = ProofGeneration(prompt_tokens=[1, 10**6], tokens=[2], logprobs=[-1.0], temperature=0.0)
+        with pytest.raises(VerificationFailedError, match="outside the model's vocabulary"):
+            await verifier.verify("smollm2:135m", Proof(steps=[foreign_prompt]), "x", expected=expected)
+    finally:
+        scorers.close()
+
+
+async def test_a_step_past_the_verifiers_own_cap_is_left_unverified(tmp_path: Path) -> None:
+    """Within the model's trained context but past what this verifier opens (its KV cache and prefill are
+    the verifier's cost): unverified, never failed: an honest node may serve that long."""
+    scorers = LocalScorers(Settings(verify_precision="model"), tmp_path / "scoring", n_ctx=512, max_n_ctx=1024)
+    verifier = ResultVerifier(1.0, scorers, remote=False)
+    long = ProofGeneration(prompt_tokens=[1] * 2000, tokens=[2], logprobs=[-1.0], temperature=0.0)
+    try:
+        assert await verifier.verify("smollm2:135m", Proof(steps=[long]), "x") is None
     finally:
         scorers.close()

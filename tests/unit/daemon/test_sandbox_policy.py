@@ -39,9 +39,22 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
 
 def test_a_registry_entrys_model_file_in_the_data_dir_stays_readable(tmp_path: Path) -> None:
     model = tmp_path / "data" / "mine.gguf"
-    settings = _settings(tmp_path, registry={"mine": {"repo": "local", "path": str(model)}})
+    settings = _settings(tmp_path, models=["mine"], registry={"mine": {"path": str(model)}})
     policy = prepare_sandbox(settings)
-    assert policy is not None and str(model.resolve()) in policy.readable
+    assert policy is not None and str(model.parent.resolve()) in policy.readable  # split parts beside it too
+
+
+def test_the_hub_cache_folder_of_a_configured_model_stays_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The systemd unit sets HF_HOME inside the data dir, the image's HOME is the data dir: a model found in the
+    hub cache lies in a private path."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "data" / "huggingface"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    settings = _settings(tmp_path, models=["mine"], registry={"mine": {"repo": "org/mine-GGUF", "file": "m.gguf"}})
+    policy = prepare_sandbox(settings)
+    hub = tmp_path.resolve() / "data" / "huggingface" / "hub" / "models--org--mine-GGUF"
+    assert policy is not None and str(hub) in policy.readable
 
 
 def test_off_makes_no_policy_and_on_requires_one(tmp_path: Path) -> None:

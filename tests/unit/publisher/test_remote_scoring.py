@@ -48,6 +48,10 @@ def _refuse(text: str) -> str:
     raise AssertionError("EngineRunner answers for a refusing node itself")
 
 
+def _busy(text: str) -> str:
+    raise AssertionError("EngineRunner answers for a busy node itself")
+
+
 class EngineRunner:
     """ScoreTaskRunner over the real engine: node `name` answers with `tamper(result)`."""
 
@@ -71,6 +75,8 @@ class EngineRunner:
         tamper = self._nodes[node]
         if tamper is _refuse:  # an error result of its own making, in the engine's words
             raise TaskFailedError("score", f"Invalid prompt: task 'score' failed: a token id {_OOV}", node)
+        if tamper is _busy:  # an error that says nothing of the proof
+            raise TaskFailedError("score", "busy: model smollm2:135m has 4 running and 64 queued tasks", node)
         return (text if tamper is None else tamper(text)), node
 
 
@@ -182,3 +188,15 @@ async def test_ids_no_model_has_are_refused_by_two_scorers_and_fail_the_proof(
     result = await _verify(runner, _proof(trace, tokens=[10**7] * len(trace.tokens)), text)
     assert isinstance(result, VerificationFailedError) and "vocabulary" in result.reason
     assert {node for node, _ in runner.asked} == {"a", "b"}  # confirmed by the second
+
+
+@pytest.mark.parametrize("first", [_refuse, _lower])
+async def test_a_second_scorer_that_fails_confirms_nothing(
+    model: BatchedLlamaModel, honest: tuple[str, GenerationTrace], first: Tamper
+) -> None:
+    """One liar and one node that errs (busy, a timeout: a Sybil's second node can do that at will): the first
+    finding stands only when no other node serves the model at all, never when the one asked fails."""
+    text, trace = honest
+    runner = EngineRunner(model, {"producer": None, "liar": first, "flaky": _busy})
+    assert await _verify(runner, _proof(trace), text) is None  # unverified, not failed
+    assert [node for node, _ in runner.asked] == ["liar", "flaky"]
