@@ -71,3 +71,21 @@ async def test_without_the_sandbox_the_same_probes_get_through(
     assert probes["read identity key from a new thread"] == "allowed"
     assert probes["signal the daemon"] == "allowed"
     assert "confined" not in capfd.readouterr().err  # off: no line, no warning
+
+
+async def test_a_module_planted_in_the_daemons_working_directory_is_never_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A confined process may write the temporary folder; a daemon started from there would run a planted
+    `node/execution/__main__.py`, unconfined, as its next execution process, were the working directory on
+    the child's import path (`python -P`)."""
+    cwd = tmp_path / "cwd"
+    planted = cwd / "node" / "execution"
+    planted.mkdir(parents=True)
+    (cwd / "node" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    monkeypatch.chdir(cwd)
+    async with running_node(node_settings(tmp_path / "node")) as server:
+        assert server.running is not None
+    assert not (tmp_path / "ran").exists()
