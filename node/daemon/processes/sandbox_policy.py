@@ -60,8 +60,11 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
             log.warning("execution processes not confined", reason=problem)
             return None
         readable.append(code)
+    # Scratch folders: never one in a private path, nor one the interpreter imports from (the daemon started
+    # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
-    writable = [_real(settings.execution_dir), *(path for path in scratch if not _within(path, private))]
+    scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
+    writable = [_real(settings.execution_dir), *scratch]
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],

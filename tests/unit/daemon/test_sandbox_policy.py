@@ -105,3 +105,17 @@ def test_a_temporary_folder_inside_the_data_dir_is_not_writable(
     assert [path for path in policy.writable if str(tmp_path.resolve() / "data") in path] == [
         str(tmp_path.resolve() / "data" / "execution")
     ]
+
+
+def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m node.cli start` run from the temporary folder puts it first on the daemon's import path."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(sys, "path", [str(scratch), *sys.path])
+    policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None
+    assert str(scratch.resolve()) in policy.readable and str(scratch.resolve()) not in policy.writable
