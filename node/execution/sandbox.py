@@ -7,20 +7,22 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
 - cannot open anything under the policy's private paths (the data dir, the key file, the config file),
   except the folders the policy names readable (the models dir, the interpreter's code if it lives
   there) or writable (the execution processes' own folder, where the speed cache lives);
-- can write only under the policy's writable paths (that folder, the temporary folder, /dev): not the
-  node's code, its virtual environment, the user's home or /etc, where a write would run as the
-  node the next time it starts; it reads the rest of the file system;
-- cannot trace or read the memory of any process outside its confinement (Landlock), read another
-  process's /proc folder (its environment, command line, maps: no rule allows them), or (Landlock ABI 6,
-  Linux 6.12) signal one: the daemon and the other models' processes included;
+- can write only under the policy's writable paths (that folder, the temporary folders, /dev), and never
+  the node's code, even there: not its virtual environment, the user's home or /etc either, where a write
+  would run as the node the next time it starts; it reads the rest of the file system;
+- cannot trace, read the memory or the /proc files (environment, maps) of any process outside its
+  confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new unix socket
+  (privileges.py), or (Landlock ABI 6, Linux 6.12) signal another process: the daemon and the other
+  models' processes included;
 - keeps devices (a GPU) and the network (tools, remote engines).
 
 Landlock grants access beneath allowed paths, it cannot carve a hole, so "all but the private paths"
 is spelled out: every entry of the folders that lead to a private path is allowed on its own, and the
 private path gets no rule. Entries made later in those folders themselves are out of reach (nothing the
 process needs: its writes go to the writable folders). A confinement covers the thread that applies it and
-the threads that thread starts, never threads already running: `python -m node.execution` applies it
-first, before the imports that start threads (numpy's, llama.cpp's).
+the threads that thread starts, never threads already running: `python -P -m node.execution` applies it
+first, before the imports that start threads (numpy's, llama.cpp's); `-P` keeps the daemon's working
+directory, which may be a writable one, off the import path.
 """
 
 from __future__ import annotations
