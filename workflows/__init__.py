@@ -39,6 +39,7 @@ from workflows.errors import (
 )
 from workflows.options import EngineOptions, SearchProvider, ToolSettings
 from workflows.schema import Workflow, parse_workflow
+from workflows.tool_calls import arguments_error
 
 __all__ = [
     "EgressRefusedError",
@@ -55,6 +56,7 @@ __all__ = [
     "WorkflowError",
     "WorkflowResult",
     "WorkflowValidationError",
+    "arguments_error",
     "parse_workflow",
     "public_error_text",
     "run_workflow",

@@ -11,6 +11,7 @@ import copy
 import json
 from typing import Any
 
+from models.grammar import answer_check
 from models.requests import ChatMessage
 from workflows.errors import StepError
 from workflows.tools.base import Tool
@@ -58,6 +59,14 @@ def call_schema(tools: list[Tool], max_length: int) -> dict[str, Any]:
         for tool in tools
     ]
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def arguments_error(parameters: dict[str, Any] | None, arguments: dict[str, Any]) -> str | None:
+    """The keyword of a tool's `parameters` schema that `arguments` break (None: none, or past the check's
+    budget): the check every call an engine makes passed (models/grammar/checks.py), for a reader of calls
+    it did not make (the gateway, of a node's answer)."""
+    check = answer_check(parameters or {"type": "object", "properties": {}})
+    return None if check is None else check(arguments)
 
 
 def with_tool_prompt(messages: list[ChatMessage], tools: list[Tool]) -> list[ChatMessage]:

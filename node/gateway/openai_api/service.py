@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -30,7 +31,7 @@ class Prepared:
     """A request translated and checked, ready to run."""
 
     task: Task
-    tools: tuple[str, ...]  # the tools a call may name (none: a plain generation)
+    tools: dict[str, dict[str, Any]]  # the tools a call may name, with their parameters (none: a plain generation)
     timeout: float
     max_tokens: int
 

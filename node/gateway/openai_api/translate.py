@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from node.gateway.openai_api.errors import OpenAIError
@@ -24,7 +24,7 @@ from node.gateway.openai_api.schemas import (
     NamedToolChoice,
     ToolCall,
 )
-from workflows import EngineOptions, WorkflowValidationError, parse_workflow
+from workflows import EngineOptions, WorkflowValidationError, arguments_error, parse_workflow
 
 # What a node generates when a workflow names no max_tokens; always sent, so the gateway knows the bound
 # it compares completion_tokens with (finish_reason "length"), whatever a node's default.
@@ -175,11 +175,11 @@ def _param_of(message: str) -> str | None:
     return None
 
 
-def offered_tools(workflow: dict[str, Any]) -> tuple[str, ...]:
-    """The names of the tools the workflow's task may call (none: a plain generation)."""
+def offered_tools(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tools the workflow's task may call, by name, with their parameters' schema (none: a plain generation)."""
     if workflow["tasks"][0]["operator"] != "function_calling_raw":
-        return ()
-    return tuple(tool["name"] for tool in workflow["config"]["custom_tools"])
+        return {}
+    return {tool["name"]: tool["parameters"] for tool in workflow["config"]["custom_tools"]}
 
 
 def _finite(number: str) -> float:
@@ -193,12 +193,12 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def assistant_message(text: str, tools: Sequence[str]) -> AssistantMessage:
-    """The answer as OpenAI's message: the text, or with `tools` offered the call the model made.
+def assistant_message(text: str, tools: Mapping[str, dict[str, Any]]) -> AssistantMessage:
+    """The answer as OpenAI's message: the text, or with `tools` offered (name -> parameters) the call made.
 
     The node's text is its own word: a call is passed on only as an honest node's engine makes one
-    (workflows/tool_calls.py): one of the offered tools, its arguments a JSON object of finite numbers.
-    Anything else is a 502, never a call the client did not offer or cannot parse."""
+    (workflows/tool_calls.py): one of the offered tools, its arguments a JSON object (numbers finite) that
+    the tool's parameters accept. Anything else is a 502, never a call the client did not offer or cannot use."""
     if not tools:
         return AssistantMessage(content=text)
     try:
@@ -211,6 +211,8 @@ def assistant_message(text: str, tools: Sequence[str]) -> AssistantMessage:
         raise OpenAIError(
             502, "the node's tool call is not a call to one of the request's tools with a JSON object of arguments"
         ) from None
+    if (broken := arguments_error(tools[name], arguments)) is not None:
+        raise OpenAIError(502, f"the node's tool call has arguments the tool's parameters refuse ({broken!r})")
     return AssistantMessage(
         content=None, tool_calls=[ToolCall(id=f"call_{secrets.token_urlsafe(12)}", function=function)]
     )

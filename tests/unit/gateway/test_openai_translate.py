@@ -122,12 +122,12 @@ def test_what_the_network_cannot_run_is_a_400_naming_the_field(fields: dict[str,
 
 
 def test_a_tool_call_result_becomes_tool_calls() -> None:
-    message = assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', ("get_weather",))
+    message = assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', {"get_weather": {}})
     assert message.content is None
     [call] = message.tool_calls or []
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Izmir"}
     with pytest.raises(OpenAIError) as caught:
-        assistant_message("not a call", ("get_weather",))
+        assistant_message("not a call", {"get_weather": {}})
     assert caught.value.status == 502
 
 
@@ -148,7 +148,7 @@ def test_a_tool_call_result_becomes_tool_calls() -> None:
 def test_a_tool_call_an_honest_engine_cannot_make_is_a_502(text: str) -> None:
     """The node's text is its own word: a call reaches the client only as workflows/tool_calls.py makes one."""
     with pytest.raises(OpenAIError) as caught:
-        assistant_message(text, ("get_weather", "get_time"))
+        assistant_message(text, {"get_weather": {}, "get_time": {}})
     assert caught.value.status == 502 and "one of the request's tools" in caught.value.body.error.message
 
 
@@ -198,3 +198,15 @@ def test_a_request_without_max_tokens_still_bounds_them_so_length_can_be_told() 
 def test_the_busy_429_says_when_to_retry() -> None:
     mapped = from_client_error(TaskFailedError("t", "busy: model m has 1 running and 8 queued tasks", "0xab"))
     assert mapped.response().headers["Retry-After"] == str(RETRY_AFTER)
+
+
+def test_a_tool_call_whose_arguments_the_tools_parameters_refuse_is_a_502() -> None:
+    """An honest engine decodes a call under the tool's parameters and checks it after: a node's answer that
+    the schema refuses is no call the client can use."""
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = {"get_weather": parameters}
+    assert assistant_message('{"name": "get_weather", "arguments": {"city": "Izmir"}}', tools).tool_calls
+    for arguments in ('{"town": "Izmir"}', '{"city": 42}'):
+        with pytest.raises(OpenAIError) as caught:
+            assistant_message(f'{{"name": "get_weather", "arguments": {arguments}}}', tools)
+        assert caught.value.status == 502 and "parameters refuse" in caught.value.body.error.message
