@@ -50,7 +50,8 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     config_file = settings.model_config.get("toml_file")
     if isinstance(config_file, str | os.PathLike):
         private.append(_real(Path(config_file)))
-    readable = [_real(settings.models_dir), *(_real(path) for path in _model_files(settings))]
+    models = [_real(path) for path in (settings.models_dir, *_model_files(settings))]
+    readable = [path for path in models if not any(_within(secret, [path]) for secret in private)]
     for code in _code_paths():  # read only wherever it is: a write there would run unconfined next start
         exposed = [path for path in private if _within(path, [code])]
         if _within(code, private) and exposed:
@@ -88,8 +89,8 @@ def _model_files(settings: Settings) -> list[Path]:
             spec = registry.get(name)
         except ModelError:
             continue  # check_models named it before any process starts
-        if spec.path is not None:
-            files.append(spec.path.expanduser().parent)
+        if spec.path is not None:  # the file, and its folder for a split file's parts (unless that is private)
+            files += [spec.path.expanduser(), spec.path.expanduser().parent]
         if spec.repo is not None:
             files.append(_hub_cache() / f"models--{spec.repo.replace('/', '--')}")
     return files

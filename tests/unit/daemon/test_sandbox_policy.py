@@ -41,7 +41,12 @@ def test_a_registry_entrys_model_file_in_the_data_dir_stays_readable(tmp_path: P
     model = tmp_path / "data" / "mine.gguf"
     settings = _settings(tmp_path, models=["mine"], registry={"mine": {"path": str(model)}})
     policy = prepare_sandbox(settings)
-    assert policy is not None and str(model.parent.resolve()) in policy.readable  # split parts beside it too
+    assert policy is not None and str(model.resolve()) in policy.readable
+    assert str(model.parent.resolve()) not in policy.readable  # the data dir itself: never readable whole
+    beside = tmp_path / "data" / "split" / "mine-00001-of-00002.gguf"
+    settings = _settings(tmp_path, models=["mine"], registry={"mine": {"path": str(beside)}})
+    policy = prepare_sandbox(settings)
+    assert policy is not None and str(beside.parent.resolve()) in policy.readable  # a split file's parts
 
 
 def test_the_hub_cache_folder_of_a_configured_model_stays_readable(
