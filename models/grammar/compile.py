@@ -2,7 +2,7 @@
 
 llguidance (https://github.com/guidance-ai/llguidance) builds the token mask of a
 grammar lazily, and counts the work of every step in "fuel": a grammar that would
-cost more than `GRAMMAR_LIMITS` allows fails (here, at compile time, or at the step
+cost more than `grammar_limits()` allows fails (here, at compile time, or at the step
 that runs out) instead of stalling the decode thread. Fuel is counted, not timed,
 so a grammar fails the same way on every node. The limits bound the mask of one
 token to a few milliseconds on a 2-core machine (README: the cost table).

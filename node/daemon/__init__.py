@@ -22,7 +22,7 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     recovery.py         start-up recovery of what a crash left in the journal
     heartbeat.py        Heartbeat: periodic signed heartbeats (models, capacity, speed)
     monitor.py          NodeMonitor: samples state for metrics, health, status and systemd
-    clock_watch.py      ClockWatch: every message refused for its time, none accepted: this machine's clock is wrong
+    clock_watch.py      ClockWatch: every message rejected for its time, none accepted: this machine's clock is wrong
     supervisor.py       Supervisor: restarts background loops with backoff; a dead one is fatal
     failures.py         RecentFailures: failures in a sliding window and their backoff (supervisor, execution pool)
     remote_health.py    health of the remote engines this node fronts

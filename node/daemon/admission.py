@@ -3,7 +3,8 @@
 Each hosted model runs at most its `concurrency` of tasks at once (by default
 its batched runtime's sequence slots) with at most `max_queue` more waiting; a
 task beyond that is busy at once (`BusyError`, which the caller turns into a
-"busy: ..." error result, never silence). Free capacity, as heartbeats report
+"busy: ..." error result, never silence; intake ignores a busy gossip task instead
+while `MAX_BUSY_ANSWERS` busy answers wait to be published, `busy_backlog`). Free capacity, as heartbeats report
 it, is the free running places plus the queue room; none while paused or draining.
 Each model has places of its own, so heartbeats report them per model too (`capacity_by_model`).
 A task's run place is given back when its execution is over, before its result is written

@@ -44,7 +44,7 @@ class DirectIntake:
         routes: DirectRoutes,
         on_reject: Callable[[str, str], None] | None = None,
         log_window_s: float = FAILURE_LOG_WINDOW_S,
-        on_valid: Callable[[str], None] | None = None,
+        on_valid: Callable[[], None] | None = None,
     ) -> None:
         self._intake = intake
         self._routes = routes
@@ -96,7 +96,7 @@ class DirectIntake:
             )
             return
         if self._on_valid is not None:
-            self._on_valid(TASK_TOPIC)
+            self._on_valid()
         task = inbound.body
         assert isinstance(task, TaskBody)
         try:

@@ -116,7 +116,7 @@ class TaskIntake:
         if direct and not runs:
             self.acceptance.seen.discard(task.task_id)
             reason = _busy_reason(self._admission)
-            self._metrics.tasks_busy.labels(reason=reason).inc()  # received, and neither taken nor ignored
+            self._metrics.tasks_busy.labels(reason=reason).inc()  # received, and neither accepted nor ignored
             if (not_logged := self._busy_log.may_log(reason)) is not None:
                 task_log.info("task busy", reason=reason, direct=True, not_logged_since=not_logged)
             return IntakeAnswer(AnswerStatus.BUSY, reason)

@@ -15,7 +15,7 @@ RUNNING is the state earlier versions wrote then, read as ACCEPTED is.
 Bounded by what the node owes, never by how many keys send tasks (keys are free):
 
 - live rows (ACCEPTED, RUNNING) hold the signed task only for a task admission
-  let run, so at most its capacity plus queue per model; a task refused as busy
+  let run, so at most its capacity plus queue per model; a task answered busy
   is journalled without its body, so that its error result is still published;
 - waiting rows (FINISHED) hold the result only: the task body goes when the task
   finishes. Past ``max_waiting_bytes`` of waiting results (the node had no peers
@@ -24,8 +24,8 @@ Bounded by what the node owes, never by how many keys send tasks (keys are free)
   a few fixed-size fields, to dedupe a re-delivered task until its deadline. Past
   ``max_records`` the records with the earliest deadlines are forgotten first.
 
-So no task is ever refused for room in the journal; only SQLite failures (disk
-full, a locked file, a number SQLite cannot store) refuse it, as a JournalError.
+So no task is ever turned away for room in the journal; only SQLite failures (disk
+full, a locked file, a number SQLite cannot store) fail a write, as a JournalError.
 Each is counted (`errors`), and `failing()` names the latest for a while after it:
 the node reports itself unhealthy and offers no free places meanwhile.
 """
@@ -153,7 +153,7 @@ class Journal:
         """Journal a newly accepted task; False if ``task_id`` was already there.
 
         ``task_message`` is the signed task for a task admission lets run, empty for
-        one it refuses (busy): only its id and its error result are kept. JournalError
+        one it answers busy: only its id and its error result are kept. JournalError
         when SQLite fails; then nothing was written.
         """
         with self._guard("journal", task_id):

@@ -2,7 +2,7 @@
 
 `run()` samples the network (peers, mesh per topic), capacity and the journal
 backlog every few seconds into the metrics, logs a status line every
-`log_interval` seconds, and pings the systemd watchdog from the main loop while
+30 s (`log_interval_s`), and pings the systemd watchdog from the main loop while
 every background loop is alive (so a stuck event loop, or a dead loop, stops
 the pings and systemd restarts the node).
 """
@@ -48,7 +48,7 @@ class NodeMonitor:
         capacity: Callable[[], tuple[int, int]] | None = None,  # (free, max) as heartbeats advertise it
         activity: NodeActivity | None = None,
         held: Callable[[], int] = lambda: 0,  # results the outbox holds in memory for a failing journal
-        clock: ClockWatch | None = None,  # messages refused for their time: is this machine's clock wrong?
+        clock: ClockWatch | None = None,  # messages rejected for their time: is this machine's clock wrong?
         startup_grace_s: float = 60.0,
         sample_interval_s: float = 5.0,
         log_interval_s: float = 30.0,

@@ -9,8 +9,9 @@ Journal entries whose deadline plus that grace has passed are pruned hourly
 
 A task that came on a direct-delivery stream gets its result envelope on that stream
 (`DirectRoutes`, node/daemon/routes.py), the same envelope gossip would carry; when
-the stream is gone the result is published on `results` as any other. Never both,
-and never twice: while `send` holds a result (on its stream, which can take seconds
+the stream is gone the result is published on `results` as any other; also there when
+the stream's peer did not sign the task (`DirectRoute.forwarded`: a relay, so the
+publisher may be listening on gossip only). Never twice: while `send` holds a result (on its stream, which can take seconds
 on a loaded node, or on gossip), the retry loop leaves its journal entry alone. Sends
 never wait for each other or for a flush: results of concurrent tasks go out side by
 side, each stamped and encoded once.

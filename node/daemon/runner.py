@@ -5,7 +5,7 @@ an invalid workflow, a workflow error, the deadline or max_time passing, a model
 failure, the execution process dying under it, or the node shutting down.
 
 Time limits are the daemon's: past the task's max_time or deadline it sends
-cancel, and a process that does not answer within `cancel_grace` is killed (its
+cancel, and a process that does not answer within `exec_cancel_grace` is killed (its
 other tasks may run once more). A task whose process died runs once more if its
 deadline leaves time; one that crashes its execution process twice is poison. When the stall
 watchdog killed the process (processes/stall.py), only the tasks inside the stalled

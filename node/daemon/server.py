@@ -3,8 +3,8 @@
 startup:  identity, journal and ledger -> execution processes (one per model: load,
           benchmark, health probe; see node/daemon/processes/) and the P2P host, started
           together -> remote engines' health -> the parts, wired (build.py) -> subscribe -> bootstrap
-          dials -> journal recovery -> background loops (intake, heartbeat, re-dial,
-          outbox, monitor) -> HTTP endpoint -> READY=1
+          dials -> journal recovery -> background loops (intake, heartbeat, re-dial, outbox,
+          remote health, ledger, idle watch) -> HTTP endpoint -> READY=1 -> the monitor (watchdog)
 serve:    wait for SIGINT/SIGTERM
 shutdown: STOPPING=1, stop admitting (a `leaving` heartbeat, capacity 0), drain: let running tasks
           finish up to `drain_timeout`, error the rest, flush results; then what startup opened
@@ -95,7 +95,7 @@ class NodeServer:
         self.settings = settings
         self._early = early  # the first model's execution process, spawned before this module was imported
         self.metrics = NodeMetrics()
-        self.clock = ClockWatch()  # messages refused for their time, against those accepted
+        self.clock = ClockWatch()  # messages rejected for their time, against those accepted
         self.notifier = SystemdNotifier.from_env()
         self.supervisor = Supervisor(self._on_fatal_loop)
         self.pause = PauseState(settings.data_dir)

@@ -4,7 +4,7 @@ settings.py  GatewaySettings (COMPUTE_NODE_GATEWAY_*, TOML via --config)
 schemas.py   the JSON shapes of the HTTP API (pydantic)
 database.py  the gateway's SQLite file: opening it, transactions, Table, one purge loop for every table
 store.py     TaskStore: task state of /v1/tasks (survives restarts until it expires)
-service.py   GatewayService: submits tasks, chooses nodes, records results, long polling; the pending caps
+service.py   GatewayService: submits tasks through the Client (which chooses nodes), records results, long polling; the pending caps
 auth.py      API keys and per-key rate limits
 limits.py    request body size limit and time limits on a request's arrival (slowloris): ASGI middleware, h11 protocol
 validation.py  the field at fault in a request that failed validation, named alike on every API

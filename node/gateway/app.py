@@ -116,7 +116,7 @@ def create_gateway_app(
 
     @app.post("/v1/tasks", status_code=202, response_model=Accepted, responses=_POST_ERRORS, tags=["tasks"])
     async def create_task(request: TaskRequest, key: Annotated[str, Depends(caller)]) -> Accepted:
-        """Validate the workflow, choose a node by heartbeat, sign and publish the task."""
+        """Validate the workflow, choose a node by measured reputation, sign and send the task."""
         [task_id] = accept(key, [request], "")
         return Accepted(id=task_id)
 

@@ -32,7 +32,9 @@ class TaskRequest(BaseModel):
     prompt: str | None = Field(default=None, description="The task's input (memory key __input)")
     timeout: float | None = Field(default=None, gt=0, description="Seconds until the task expires (default: gateway's)")
     nodes: list[Address] | None = Field(
-        default=None, min_length=1, description="Addresses of the nodes to pick; default: one chosen by heartbeat"
+        default=None,
+        min_length=1,
+        description="Addresses of the nodes to pick; default: one the gateway chooses by measured reputation",
     )
     public_key: PublicKeyHex | None = Field(
         default=None, description="Your secp256k1 public key (hex): the result is encrypted to it end to end"

@@ -1,8 +1,9 @@
 """The publisher side of the gateway: submit tasks, follow them to a result, record it.
 
-Each submitted task is followed by one asyncio task running `Client.execute` (node choice by
-heartbeat; a busy or failed node retried on another one with a new network task
-id; a workflow error not retried), recording each network task id it publishes
+Each submitted task is followed by one asyncio task running `Client.execute` (the Client
+chooses the node among those heartbeats show live, by measured reputation; a busy or failed
+node retried on another one with a new network task id; an `Invalid prompt:` error gets one
+second opinion, other workflow errors none), recording each network task id it publishes
 and the outcome in the store. The gateway id stays the same across retries. Long polling waits on
 an in-memory event per unfinished task.
 

@@ -1,6 +1,6 @@
 """The P2P layer: py-libp2p (Trio-only) in a thread of its own, used from asyncio. Imports only node.wire.topics.
 
-host.py            P2PHost: the asyncio face (start, dial, subscribe, publish, open_stream, wait_for_mesh)
+host.py            P2PHost: the asyncio face (start, connect, subscribe, relay, publish, open_stream, wait_for_mesh)
 trio_thread.py     TrioThread: runs the service under Trio in its own thread; calls into it and hands results back
 errors.py          P2PError and its kinds, as the asyncio side raises them; P2PServiceError and its, on the Trio side
 handoff.py         GossipQueues: gossip messages handed from the Trio thread to subscription queues, within a budget

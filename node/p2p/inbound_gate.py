@@ -105,7 +105,7 @@ class InboundGate:
         host = self._hosts.get(host_key(ip))
         return 0 if host is None else sum(1 for conn in host.open if _is_open(conn))
 
-    def admit(self, conn: ReadWriteCloser) -> str | None:
+    def let_in(self, conn: ReadWriteCloser) -> str | None:
         """None (counted from now until its socket closes), or why `conn` is refused (REFUSED_*)."""
         remote = conn.get_remote_address()
         if remote is None:
@@ -164,7 +164,7 @@ def install_gate(swarm: Swarm, gate: InboundGate) -> None:
     handle: InboundHandler = swarm._handle_inbound_connection
 
     async def gated(conn: ReadWriteCloser, listen_addr: Multiaddr) -> None:
-        if gate.admit(conn) is not None:
+        if gate.let_in(conn) is not None:
             try:
                 await conn.close()
             except Exception:  # noqa: BLE001 - the peer may have gone already

@@ -147,7 +147,7 @@ class GossipGate:
         self,
         on_reject: Callable[[str, str], None] | None = None,
         log_window_s: float = 10.0,
-        on_valid: Callable[[str], None] | None = None,
+        on_valid: Callable[[], None] | None = None,
     ) -> None:
         self._on_reject = on_reject
         self._on_valid = on_valid
@@ -171,7 +171,7 @@ class GossipGate:
             self._reject(topic, "internal", "validator failed", len(data))
             return None
         if self._on_valid is not None:
-            self._on_valid(topic)
+            self._on_valid()
         return inbound
 
     def _reject(self, topic: str, reason: str, detail: str, size: int) -> None:

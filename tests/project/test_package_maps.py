@@ -27,6 +27,7 @@ MAPPED = [
     "models",
     "models/grammar",
     "config",
+    "benchmarks",
 ]
 # A bare file or folder name; one inside a longer path (`node/gateway/settings.py`) is another package's.
 _MODULE = re.compile(r"(?<![\w/.])([a-z0-9_]+\.py)\b")

@@ -1,7 +1,7 @@
 """OpenAIService: runs chat completions on the network through the gateway's publisher Client.
 
-Each request is one `Client.execute` (the node chosen from heartbeats, retried on busy or
-failure), counted against the same pending caps as `/v1/tasks` while it runs.
+Each request is one `Client.execute` (the Client chooses the node by measured reputation
+among live ones, retried on busy or failure), counted against the same pending caps as `/v1/tasks` while it runs.
 """
 
 from __future__ import annotations

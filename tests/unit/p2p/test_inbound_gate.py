@@ -57,13 +57,13 @@ def test_a_host_past_its_open_cap_is_refused_until_one_of_its_connections_closes
 
     async def test(listener: trio.SocketListener, port: int) -> None:
         flood = await _accepted_from(listener, port, "127.0.0.2", 5)
-        assert [gate.admit(conn) for conn in flood] == [None, None, None, REFUSED_OPEN, REFUSED_OPEN]
+        assert [gate.let_in(conn) for conn in flood] == [None, None, None, REFUSED_OPEN, REFUSED_OPEN]
         other = await _accepted_from(listener, port, "127.0.0.3", 1)
-        assert gate.admit(other[0]) is None  # another host is not charged for the first one's
+        assert gate.let_in(other[0]) is None  # another host is not charged for the first one's
         assert gate.open_from("127.0.0.2") == 3
         await flood[0].close()
         again = await _accepted_from(listener, port, "127.0.0.2", 1)
-        assert gate.admit(again[0]) is None
+        assert gate.let_in(again[0]) is None
         assert gate.refused == {REFUSED_OPEN: 2, REFUSED_RATE: 0}
 
     _with_listener(test)
@@ -76,13 +76,13 @@ def test_a_host_churning_connections_is_refused_past_its_rate_until_the_minute_p
     async def test(listener: trio.SocketListener, port: int) -> None:
         verdicts = []
         for conn in await _accepted_from(listener, port, "127.0.0.2", 6):
-            verdicts.append(gate.admit(conn))
+            verdicts.append(gate.let_in(conn))
             await conn.close()  # open and closed at once: the open cap never bites
             clock.now += 1.0
         assert verdicts == [None] * 4 + [REFUSED_RATE] * 2
         clock.now += 60.0
         late = await _accepted_from(listener, port, "127.0.0.2", 1)
-        assert gate.admit(late[0]) is None
+        assert gate.let_in(late[0]) is None
 
     _with_listener(test)
 
@@ -94,12 +94,12 @@ def test_quiet_hosts_are_forgotten_so_many_addresses_cannot_grow_the_table() -> 
     async def test(listener: trio.SocketListener, port: int) -> None:
         for last in range(2, 12):
             for conn in await _accepted_from(listener, port, f"127.0.0.{last}", 1):
-                assert gate.admit(conn) is None
+                assert gate.let_in(conn) is None
                 await conn.close()
         assert gate.tracked_hosts == 10
         clock.now += 61.0
         kept = await _accepted_from(listener, port, "127.0.0.2", 1)
-        gate.admit(kept[0])
+        gate.let_in(kept[0])
         assert gate.tracked_hosts == 1
 
     _with_listener(test)
