@@ -202,7 +202,7 @@ class AttemptLoop:
         try:
             attempt = await hooks.send(self.task, node, max(self.deadline - loop.time(), 0.001), on_delta)
         except DeclinedError as exc:
-            hooks.reputation.record_busy(node.address)
+            hooks.reputation.record_declined(node.address)
             if self.doubted is not None:
                 raise self.doubted from None
             # A node not dialable is said once by the sender (a failed dial), or not at all (a host:port that failed
@@ -289,7 +289,7 @@ class AttemptLoop:
             return None
         if outcome != "result" and self.doubted is not None:
             if declined is not None:
-                reputation.record_busy(attempt.node)
+                reputation.record_declined(attempt.node)
             else:
                 reputation.record_error(attempt.node)
             raise self.doubted
@@ -300,7 +300,7 @@ class AttemptLoop:
             if declined == STREAMS_FULL:
                 self.tried.discard(attempt.node)  # its streams from us are full, not its places: it may run it
             else:
-                reputation.record_busy(attempt.node)
+                reputation.record_declined(attempt.node)
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
             self.need_new = self.speaker is None  # not a retry, as when it declines at once; none once text went out
             return None

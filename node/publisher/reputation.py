@@ -164,8 +164,9 @@ class Reputation:
         record.timeouts += 1
         self._save(record)
 
-    def record_busy(self, address: str, now: float | None = None) -> None:
-        """It declined a task (busy, ignored, or no answer), though its heartbeat made it a candidate."""
+    def record_declined(self, address: str, now: float | None = None) -> None:
+        """It declined a task (busy, ignored, not dialable, or no answer), though its heartbeat made it a
+        candidate; counted in the record's `busy` field (its stored and exported name) at `busy_weight`."""
         self._note_tried(address, 0.0, self.settings.busy_weight, now)
         record = self._touch(address, now)
         record.busy += 1

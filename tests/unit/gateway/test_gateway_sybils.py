@@ -62,7 +62,7 @@ async def test_the_reputation_listing_is_bounded_and_keeps_the_node_that_answere
     gateway, http = flooded
     reputation = gateway.service.client.reputation
     for i in range(FAKES):  # each key was tried once and declined: a row each, later than the honest answer
-        reputation.record_busy(Identity(random.Random(i).randbytes(32)).address)
+        reputation.record_declined(Identity(random.Random(i).randbytes(32)).address)
     listed = (await http.get("/v1/reputation")).json()
     assert listed["total"] == FAKES + 1 == len(reputation)
     assert len(listed["nodes"]) == MAX_LISTED_NODES

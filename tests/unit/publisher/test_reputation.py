@@ -65,7 +65,7 @@ def test_an_unseen_node_is_assumed_as_fast_as_the_median_measured_node() -> None
 def test_busy_counts_as_half_a_failure() -> None:
     table = Reputation()
     for _ in range(2):
-        table.record_busy(A, now=T0)
+        table.record_declined(A, now=T0)
     assert table.view(A, now=T0).success == pytest.approx(1 / 3)
 
 

@@ -150,7 +150,7 @@ def test_rows_of_keys_that_never_answered_go_before_a_node_that_did() -> None:
     honest = "a" * 40
     reputation.record_result(honest, 1.0, 10, 1.0, 10.0, now=NOW)
     for i in range(1000):  # each key declined one task, later than the honest node's last answer
-        reputation.record_busy(f"{i:040x}", now=NOW + 1 + i)
+        reputation.record_declined(f"{i:040x}", now=NOW + 1 + i)
     assert reputation.served(honest, now=NOW + 2000) and len(reputation) == 100
 
 
@@ -190,15 +190,15 @@ def test_rows_of_keys_that_never_answered_go_stalest_first_bans_kept_and_the_ord
     banned = "b" * 40
     reputation.record_verification(banned, passed=False, now=NOW)
     for i in range(1000):
-        reputation.record_busy(f"{i:040x}", now=NOW + 1 + i)
+        reputation.record_declined(f"{i:040x}", now=NOW + 1 + i)
         if i == 990:  # an older key declines again: it counts as updated now
-            reputation.record_busy(f"{895:040x}", now=NOW + 1 + i)
+            reputation.record_declined(f"{895:040x}", now=NOW + 1 + i)
     reputation.close()
     for table in (reputation, Reputation(path, ReputationSettings(max_rows=100))):
         kept = {view.address for view in table.views(now=NOW + 2000)}
         assert {honest, banned} <= kept
         assert kept - {honest, banned} == {f"{i:040x}" for i in (895, *range(903, 1000))}
     again = Reputation(path, ReputationSettings(max_rows=100))
-    again.record_busy("c" * 40, now=NOW + 3000)  # the stalest row that never answered goes
+    again.record_declined("c" * 40, now=NOW + 3000)  # the stalest row that never answered goes
     assert f"{903:040x}" not in {view.address for view in again.views(now=NOW + 3000)}
     assert f"{895:040x}" in {view.address for view in again.views(now=NOW + 3000)}
