@@ -12,6 +12,7 @@ from typing import Any
 
 import llama_cpp
 
+from models.llama_log import install_llama_log_router
 from models.requests import ModelLoadError
 
 # llama-cpp-python's Llama(verbose=False) points the process's stdout/stderr at
@@ -45,6 +46,7 @@ def construct_llama(path: Path, extra_buffers: bool = True, **params: Any) -> ll
 
 def open_vocab(path: Path) -> llama_cpp.Llama:
     """A tokenizer-only `Llama` of the model file (no weights, no context to speak of)."""
+    install_llama_log_router()  # its context's warning (no training context) goes to debug, not to a CLI's stderr
     try:
         return construct_llama(path, vocab_only=True, n_ctx=64)
     except Exception as exc:

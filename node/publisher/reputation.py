@@ -73,6 +73,10 @@ class Reputation:
         try:
             if path is not None:
                 Path(path).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Which nodes served this publisher, and how: owner-only, as the gateway's other files (SQLite
+                # gives its -wal and -shm files the database file's mode).
+                Path(path).expanduser().touch(mode=0o600, exist_ok=True)
+                Path(path).expanduser().chmod(0o600)
             self._db = sqlite3.connect(":memory:" if path is None else str(Path(path).expanduser()), timeout=5)
             self._db.execute("PRAGMA journal_mode=WAL")  # a commit per measurement must stay cheap
             self._db.execute("PRAGMA synchronous=NORMAL")

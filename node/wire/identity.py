@@ -194,7 +194,7 @@ class Identity:
     def _write(self, path: pathlib.Path, *, replace: bool) -> bool:
         """Write atomically via a temporary file; False if `path` exists and not `replace`."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a data dir: the node's own mode
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         except OSError as e:
             raise IdentityError(f"cannot create key file {path}: {e}") from e

@@ -113,6 +113,14 @@ def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert "invalid setting 'max_queue'" in done.stderr
 
 
+def test_a_data_dir_that_is_a_file_fails_at_start_naming_it(tmp_path: Path) -> None:
+    for data_dir in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        (tmp_path / "a-file").write_text("")
+        done = compute_node("start", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", timeout=60)
+        assert done.returncode == 1
+        assert done.stderr == f"compute-node: invalid setting 'data_dir': {data_dir} is not a directory\n"
+
+
 def test_unknown_model_fails_at_start_with_known_names(tmp_path: Path) -> None:
     done = compute_node(
         "start", "--data-dir", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--model", "nope:1b", timeout=60

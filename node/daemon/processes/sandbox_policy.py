@@ -40,8 +40,13 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     """The policy the execution processes confine themselves by (None: `sandbox = off`, or `auto` where the
     node's own code lies in a private path). Makes the execution folder, which must exist before a
     process confines itself, and moves an older node's speed cache into it."""
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private before anything is in it
-    settings.execution_dir.mkdir(mode=0o700, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private before anything is in it
+        settings.execution_dir.mkdir(mode=0o700, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # the path, or one above it, is a file
+        raise ConfigError(f"invalid setting 'data_dir': {settings.data_dir} is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"invalid setting 'data_dir': cannot make {settings.data_dir}: {exc.strerror}") from None
     old_cache = settings.data_dir / _OLD_BENCHMARK_CACHE
     if old_cache.is_file() and not settings.benchmark_cache_path.exists():
         os.replace(old_cache, settings.benchmark_cache_path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import llama_cpp
 import pytest
@@ -11,6 +14,8 @@ from models.llama_open import open_vocab
 from models.requests import ModelClosedError
 from models.vocab import ModelVocab
 from tests.support.model_file import SMOLLM2
+
+ROOT = Path(__file__).resolve().parents[3]
 
 TEXTS = [
     "",
@@ -66,3 +71,16 @@ def test_a_closed_vocab_refuses_calls(loaded: llama_cpp.llama_model_p) -> None:
         vocab.tokenize(b"hello", add_bos=False, special=False)
     with pytest.raises(ModelClosedError):
         vocab.detokenize([1, 2])
+
+
+def test_a_tokenizer_open_says_nothing_on_stderr() -> None:
+    """llama.cpp warns that a vocabulary-only context exceeds its training context (0): chatter, not a problem,
+    kept at debug (the log router) so a CLI that checks a file's type (run-task --verify) prints no warning."""
+    code = (
+        "from models.llama_open import file_type; from node.ops.log import configure_logging; "
+        f"configure_logging('warning', 'console'); print(file_type(__import__('pathlib').Path({str(SMOLLM2)!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"  # Q4_1
+    assert "n_ctx_train" not in done.stderr

@@ -139,6 +139,9 @@ def test_the_table_survives_a_restart_in_its_sqlite_file(tmp_path) -> None:
     table = Reputation(path)
     serve(table, A, 3, tps=40, claim=1e6)
     table.record_verification(B, passed=False)  # now: banned for a week from now
+    assert {file.name: file.stat().st_mode & 0o077 for file in path.parent.iterdir()} == {
+        name: 0 for name in ("reputation.sqlite3", "reputation.sqlite3-wal", "reputation.sqlite3-shm")
+    }  # owner-only: which nodes served this publisher
     table.close()
     rows = sqlite3.connect(path).execute("SELECT address FROM reputation ORDER BY address").fetchall()
     assert rows == [(A,), (B,)]

@@ -118,6 +118,7 @@ def test_key_file_created_0600_and_reused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "deep" / "dir" / "node.key"
     created = Identity.load_or_create(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0  # the folder it made (a data dir): owner-only
     assert path.read_text().strip() == created.secret.hex()
     assert Identity.load_or_create(path) == created
     assert [p.name for p in path.parent.iterdir()] == ["node.key"]  # no temp file left
