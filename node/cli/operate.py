@@ -66,9 +66,15 @@ def run_pause(settings: Settings, pause: bool) -> int:
     try:
         answer = httpx.post(url, timeout=10)
     except httpx.TransportError as exc:
-        state = PauseState(settings.data_dir)
-        view = state.pause() if pause else state.resume()
         where = settings.data_dir / PAUSE_FILE
+        if settings.data_dir.exists() and not settings.data_dir.is_dir():
+            print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            view = PauseState(settings.data_dir).pause() if pause else PauseState(settings.data_dir).resume()
+        except OSError as error:
+            print(f"compute-node: no node answered on {url}, and {where} cannot be changed: {error}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"no node answered on {url} ({type(exc).__name__}): the kept state is changed in {where}")
         print(f"paused: {str(view.paused).lower()} (a node started from {settings.data_dir} starts so)")
         return 0

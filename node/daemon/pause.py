@@ -112,7 +112,7 @@ def read_pause_file(path: Path) -> PauseFile | None:
 def write_pause_file(path: Path, reason: str) -> PauseFile:
     """Write the operator's pause atomically (a crash leaves the old file or the new one)."""
     kept = PauseFile(since=time.time(), reason=reason)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: the node's own mode
     tmp = path.with_suffix(".tmp")
     tmp.write_text(kept.model_dump_json())
     os.replace(tmp, path)

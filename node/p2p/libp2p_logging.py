@@ -18,6 +18,10 @@ LIBP2P_LOGGER = "libp2p"
 SERVICE_LOGGERS = tuple(
     f"libp2p.tools.anyio_service.TrioManager.{service}" for service in ("Swarm", "Pubsub", "GossipSub")
 )
+# The TCP transport logs every refused or unreachable dial as an ERROR, then raises; the caller reports the
+# failed dial itself (the node's connector, run-task), so the transport's line is demoted.
+TCP_LOGGER = "libp2p.transport.tcp.tcp"
+DIAL_FAILED = "Failed to open TCP stream"
 
 
 class ShutdownNoiseFilter(logging.Filter):
@@ -28,6 +32,17 @@ class ShutdownNoiseFilter(logging.Filter):
         if record.levelno >= logging.ERROR and record.exc_info and is_nursery_closed(record.exc_info[1]):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+class DialNoiseFilter(logging.Filter):
+    """Demote the TCP transport's ERROR for a dial that failed to DEBUG (its caller reports the failure)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Log a failed TCP dial as DEBUG."""
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(DIAL_FAILED):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
@@ -51,7 +66,7 @@ def route_libp2p_logging(level: int | str = logging.WARNING) -> None:
         if name != LIBP2P_LOGGER:
             logger.setLevel(logging.NOTSET)  # inherit the level set on `libp2p`
     logging.getLogger(LIBP2P_LOGGER).setLevel(level)
-    for name in SERVICE_LOGGERS:
+    for name, noise in [*((name, ShutdownNoiseFilter) for name in SERVICE_LOGGERS), (TCP_LOGGER, DialNoiseFilter)]:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, ShutdownNoiseFilter) for f in logger.filters):
-            logger.addFilter(ShutdownNoiseFilter())
+        if not any(isinstance(f, noise) for f in logger.filters):
+            logger.addFilter(noise())

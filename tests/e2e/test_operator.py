@@ -100,3 +100,6 @@ async def test_paused_node_takes_nothing_stays_paused_across_restart_and_the_led
     offline = cli("pause", "--data-dir", data, "--http-port", free_port())
     assert offline.returncode == 0 and "no node answered" in offline.stdout
     assert (data / PAUSE_FILE).exists()
+    (tmp_path / "a-file").write_text("")  # a data dir that cannot hold the kept state: said, never claimed kept
+    nowhere = cli("pause", "--data-dir", tmp_path / "a-file", "--http-port", free_port())
+    assert nowhere.returncode == 1 and "is not a directory" in nowhere.stderr and "paused" not in nowhere.stdout

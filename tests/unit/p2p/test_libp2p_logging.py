@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from node.p2p.libp2p_logging import SERVICE_LOGGERS, route_libp2p_logging
+from node.p2p.libp2p_logging import SERVICE_LOGGERS, TCP_LOGGER, route_libp2p_logging
 
 
 def test_libp2p_logs_reach_our_logging_and_shutdown_noise_is_demoted(caplog: pytest.LogCaptureFixture) -> None:
@@ -23,3 +23,14 @@ def test_libp2p_logs_reach_our_logging_and_shutdown_noise_is_demoted(caplog: pyt
     [record] = caplog.records
     assert record.levelname == "ERROR" and record.exc_info is not None
     assert isinstance(record.exc_info[1], ValueError)
+
+
+def test_a_failed_tcp_dial_is_demoted_and_other_transport_errors_stay(caplog: pytest.LogCaptureFixture) -> None:
+    """The caller reports a failed dial (the connector, run-task): the transport's own ERROR would repeat it."""
+    route_libp2p_logging("WARNING")
+    tcp_log = logging.getLogger(TCP_LOGGER)
+    with caplog.at_level(logging.WARNING):
+        tcp_log.error("Failed to open TCP stream: %s", ConnectionRefusedError(111, "Connection refused"))
+        tcp_log.error("Unexpected error opening TCP stream: %s", RuntimeError("odd"))
+    [record] = caplog.records
+    assert record.levelname == "ERROR" and record.getMessage().startswith("Unexpected error")
