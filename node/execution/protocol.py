@@ -62,9 +62,6 @@ class SandboxPolicy(BaseModel):
     # Any access (elsewhere: read only): the execution processes' own folder, the only one inside a private
     # path, and scratch folders (the temporary folder, /dev).
     writable: list[str] = []
-    # Set in the child's environment unless the operator set them: caches the rules would leave read only
-    # (CUDA's JIT cache in the home folder) moved into a writable folder.
-    environment: dict[str, str] = {}
 
 
 class Configure(Message):

@@ -45,11 +45,6 @@ def probes(data_dir: Path) -> dict[str, str]:
         # the node's own code, which the next start would run: opened to append, nothing written
         "open the node's code to write": attempt(lambda: open(_PROJECT_ROOT / "node" / "__init__.py", "a").close()),
     }
-    # Not hostile: where the sandbox moved CUDA's JIT cache (the home folder is read only), a GPU build writes
-    cuda_cache = os.environ.get("CUDA_CACHE_PATH")
-    results["write the CUDA JIT cache"] = (
-        attempt(lambda: _write_in(Path(cuda_cache), "kernel.bin")) if cuda_cache else "unset"
-    )
     in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
     thread = threading.Thread(
         target=lambda: in_thread.update(key=attempt(lambda: (data_dir / "identity.key").read_bytes()))
@@ -58,11 +53,6 @@ def probes(data_dir: Path) -> dict[str, str]:
     thread.join()
     results["read identity key from a new thread"] = in_thread["key"]
     return results
-
-
-def _write_in(folder: Path, name: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(b"x")
 
 
 class Hijacked:

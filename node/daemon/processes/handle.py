@@ -93,17 +93,15 @@ def child_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude={"secret_key", "secret_key_file"})
 
 
-def child_environment(environ: Mapping[str, str], sandbox: SandboxPolicy | None = None) -> dict[str, str]:
-    """The environment an execution process starts with: the daemon's, less the identity key, plus what
-    its sandbox policy sets where the operator did not (a cache moved into a writable folder).
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment an execution process starts with: the daemon's, less the identity key.
 
     Settings reach the child in `configure` (child_settings, without the key); a key given as
     COMPUTE_NODE_SECRET_KEY must not reach the process that runs workflows and llama.cpp either
     (nor COMPUTE_NODE_SECRET_KEY_FILE, the path to it).
     """
     drop = {Settings.env_var("secret_key"), Settings.env_var("secret_key_file")}
-    env = {name: value for name, value in environ.items() if name.upper() not in drop}
-    return {**(sandbox.environment if sandbox is not None else {}), **env}
+    return {name: value for name, value in environ.items() if name.upper() not in drop}
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -172,7 +170,7 @@ class ExecutionProcess:
         """Spawn the process: its interpreter starts and imports what loading a model needs, then
         waits for `configure` (`start`)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = child_environment(os.environ, self._sandbox)
+        env = child_environment(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.

@@ -3,8 +3,8 @@
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
 registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
-Writable: the execution processes' own folder (`<data_dir>/execution`: the speed cache, CUDA's JIT
-cache), the temporary folder and /dev; the rest is read only.
+Writable: the execution processes' own folder (`<data_dir>/execution`, the speed cache), the temporary
+folder and /dev; the rest is read only.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 _OLD_BENCHMARK_CACHE = "benchmarks.json"  # in data_dir itself, before the execution folder
 # Where an execution process may write besides its own folder (devices: /dev/null, a GPU's, /dev/shm).
 _SCRATCH = ("/dev", "/var/tmp")
-# CUDA's JIT cache (kernels compiled for the card from a build's PTX), by default in the home folder, which a
-# confined process cannot write: without a cache every start of an execution process would compile them again.
-_CUDA_CACHE = "CUDA_CACHE_PATH"
 
 
 class SandboxPolicyError(ConfigError):
@@ -73,32 +70,13 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
     scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
-    environment = {}
-    if cuda_cache := os.environ.get(_CUDA_CACHE):
-        scratch += _operators_cuda_cache(_real(Path(cuda_cache)), private + readable)
-    else:
-        environment[_CUDA_CACHE] = str(_real(settings.execution_dir) / "cuda-cache")
     writable = [_real(settings.execution_dir), *scratch]
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
         writable=[str(path) for path in dict.fromkeys(writable)],
-        environment=environment,
     )
-
-
-def _operators_cuda_cache(folder: Path, closed: list[Path]) -> list[Path]:
-    """The operator's CUDA_CACHE_PATH as a writable folder (made now: a rule needs it to exist), or none
-    with a warning when it lies in a private or code path or cannot be made."""
-    if not _within(folder, closed):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return [folder]
-        except OSError:
-            pass
-    log.warning("cuda jit cache not writable by execution processes", path=str(folder))
-    return []
 
 
 def _model_files(settings: Settings) -> list[Path]:

@@ -10,7 +10,6 @@ import pytest
 import structlog
 
 from config.settings import ConfigError, Settings
-from node.daemon.processes.handle import child_environment
 from node.daemon.processes.sandbox_policy import SandboxPolicyError, prepare_sandbox
 
 
@@ -125,36 +124,3 @@ def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
     assert str(scratch.resolve()) in policy.readable and str(scratch.resolve()) not in policy.writable
-
-
-def test_cudas_jit_cache_moves_into_the_execution_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The home folder is read only to a confined process: a GPU build's JIT cache goes where it may write."""
-    monkeypatch.delenv("CUDA_CACHE_PATH", raising=False)
-    policy = prepare_sandbox(_settings(tmp_path))
-    assert policy is not None
-    cache = tmp_path.resolve() / "data" / "execution" / "cuda-cache"
-    assert policy.environment == {"CUDA_CACHE_PATH": str(cache)}
-    env = child_environment({"PATH": "/bin"}, policy)
-    assert env == {"PATH": "/bin", "CUDA_CACHE_PATH": str(cache)}
-    assert child_environment({"PATH": "/bin"}, None) == {"PATH": "/bin"}  # sandbox off: CUDA's default
-
-
-def test_an_operators_cuda_cache_is_kept_and_made_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mine = tmp_path / "cache" / "cuda"
-    monkeypatch.setenv("CUDA_CACHE_PATH", str(mine))
-    policy = prepare_sandbox(_settings(tmp_path))
-    assert policy is not None and policy.environment == {}
-    assert str(mine.resolve()) in policy.writable and mine.is_dir()  # made: a rule needs it to exist
-    assert child_environment({"CUDA_CACHE_PATH": str(mine)}, policy) == {"CUDA_CACHE_PATH": str(mine)}
-
-
-def test_an_operators_cuda_cache_in_a_private_path_stays_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    inside = tmp_path / "data" / "cuda"
-    monkeypatch.setenv("CUDA_CACHE_PATH", str(inside))
-    with structlog.testing.capture_logs() as logs:
-        policy = prepare_sandbox(_settings(tmp_path))
-    assert policy is not None and not any(path.startswith(str(inside.resolve())) for path in policy.writable)
-    assert not inside.exists()
-    assert any(entry["event"] == "cuda jit cache not writable by execution processes" for entry in logs)
