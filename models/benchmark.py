@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,9 @@ if TYPE_CHECKING:  # the remote benchmark shares this cache without loading llam
     from models.batching import BatchedLlamaModel
 
 log = structlog.get_logger(__name__)
+
+# A cache holds a few hundred bytes per model and setup; past this it is not one this code wrote.
+MAX_CACHE_BYTES = 1 << 20
 
 # About 128 prompt tokens with a typical chat template; the text is fixed so
 # results are comparable between runs and nodes.
@@ -116,7 +120,7 @@ class ResultCache(Generic[M]):
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(_read_cache_file(self.path))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -192,3 +196,27 @@ class BenchmarkCache(ResultCache["BatchedLlamaModel"]):
 
     async def _benchmark(self, model: BatchedLlamaModel) -> BenchResult:
         return await benchmark(model)
+
+
+def _read_cache_file(path: Path) -> str:
+    """The cache file's text, if it is a regular file of at most MAX_CACHE_BYTES (OSError otherwise).
+
+    Execution processes write their speed cache, so a process a workflow took over may leave anything
+    there for the next one: a symbolic link (to /dev/zero), a FIFO (a read that never returns) or a huge
+    file would stall every later start of the model. None is followed, waited on or read whole.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > MAX_CACHE_BYTES:
+            raise OSError(f"{path} holds {info.st_size} bytes, more than a cache ({MAX_CACHE_BYTES})")
+        data = b""
+        while len(data) <= MAX_CACHE_BYTES and (piece := os.read(fd, MAX_CACHE_BYTES + 1 - len(data))):
+            data += piece
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CACHE_BYTES:
+        raise OSError(f"{path} grew past {MAX_CACHE_BYTES} bytes while read")
+    return data.decode("utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.benchmark import MAX_CACHE_BYTES, BenchmarkCache, BenchResult, benchmark
 from models.options import RuntimeOptions
 from tests.support.model_file import SMOLLM2
 
@@ -66,6 +67,36 @@ def test_unreadable_cache_counts_as_empty(model: BatchedLlamaModel, tmp_path: Pa
     assert cache.get(model) is None
     cache.put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
     assert cache.get(model) == BenchmarkCache(path).get(model)
+
+
+def test_a_planted_cache_is_neither_followed_nor_waited_on(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    """A taken-over execution process may leave anything in its speed cache for the next one: a link to
+    /dev/zero or to another file, a FIFO, a huge file. Each counts as empty at once, and a put replaces it."""
+    path = tmp_path / "bench.json"
+    real = tmp_path / "real.json"
+    BenchmarkCache(real).put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
+    before = real.read_text()
+    plants = {
+        "a link to /dev/zero": lambda: path.symlink_to("/dev/zero"),
+        "a link to a good cache": lambda: path.symlink_to(real),
+        "a FIFO": lambda: os.mkfifo(path),
+        "a huge file": lambda: path.write_bytes(b" " * (MAX_CACHE_BYTES + 1)),
+        "a folder": lambda: path.mkdir(),
+    }
+    for name, plant in plants.items():
+        plant()
+        started = time.monotonic()
+        assert BenchmarkCache(path).get(model) is None, name
+        assert time.monotonic() - started < 5, name
+        if not path.is_dir():
+            BenchmarkCache(path).put(model, BenchResult(prompt_tps=5.0, generation_tps=6.0))
+            assert path.is_file() and not path.is_symlink(), name  # replaced by a regular file
+            stored = BenchmarkCache(path).get(model)
+            assert stored is not None and stored.generation_tps == 6.0, name
+            path.unlink()
+        else:
+            path.rmdir()
+    assert real.read_text() == before  # the link's target is neither read nor written through
 
 
 async def test_a_cache_that_cannot_be_written_still_gives_the_measurement(
