@@ -47,8 +47,8 @@ _GENERATED_TOKENS = 48
 class BenchResult(BaseModel):
     """Measured speed of one model on this machine."""
 
-    prompt_tps: float = Field(gt=0)
-    generation_tps: float = Field(gt=0)
+    prompt_tps: float = Field(gt=0, allow_inf_nan=False)
+    generation_tps: float = Field(gt=0, allow_inf_nan=False)
     measured_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -69,6 +69,14 @@ def test_unreadable_cache_counts_as_empty(model: BatchedLlamaModel, tmp_path: Pa
     assert cache.get(model) == BenchmarkCache(path).get(model)
 
 
+def test_a_cache_with_infinite_speeds_counts_as_empty(model: BatchedLlamaModel, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    cache = BenchmarkCache(path)
+    cache.put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
+    path.write_text(path.read_text().replace("4.0", "Infinity"))  # Python's JSON reader takes it
+    assert "Infinity" in path.read_text() and cache.get(model) is None
+
+
 def test_a_planted_cache_is_neither_followed_nor_waited_on(model: BatchedLlamaModel, tmp_path: Path) -> None:
     """A taken-over execution process may leave anything in its speed cache for the next one: a link to
     /dev/zero or to another file, a FIFO, a huge file. Each counts as empty at once, and a put replaces it."""
