@@ -57,19 +57,27 @@ def run_doctor_command(settings: Settings, skip: list[str], listen_s: float) -> 
 
 
 def run_pause(settings: Settings, pause: bool) -> int:
-    """Ask the running node over its loopback HTTP port; with no node answering, change the kept state."""
+    """Ask the running node over its loopback HTTP port, with the control token from its data dir; with no
+    node answering, change the kept state."""
     import httpx
 
     from node.daemon.pause import PAUSE_FILE, PauseState
+    from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, read_control_token
 
     url = f"http://{_local_host(settings.http_host)}:{settings.http_port}/{'pause' if pause else 'resume'}"
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
+        return EXIT_ERROR
     try:
-        answer = httpx.post(url, timeout=10)
+        token = read_control_token(settings.data_dir)
+    except OSError as exc:
+        where = settings.data_dir / CONTROL_TOKEN_FILE
+        print(f"compute-node: cannot read {where} ({exc.strerror}): run this as the node's user", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        answer = httpx.post(url, timeout=10, headers={CONTROL_HEADER: token} if token else None)
     except httpx.TransportError as exc:
         where = settings.data_dir / PAUSE_FILE
-        if settings.data_dir.exists() and not settings.data_dir.is_dir():
-            print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
-            return EXIT_ERROR
         try:
             view = PauseState(settings.data_dir).pause() if pause else PauseState(settings.data_dir).resume()
         except OSError as error:

@@ -48,6 +48,7 @@ from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.stop_signals import STOP_SIGNALS, EarlyStops
 from node.daemon.supervisor import Supervisor, thread_alive
+from node.ops.control_token import write_control_token
 from node.ops.data_lock import DataDirLock
 from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app, is_loopback_address
 from node.ops.metrics import NodeMetrics
@@ -269,7 +270,9 @@ class NodeServer:
         if not settings.http_enabled:
             return None
         controls = PauseControls(
-            pause=lambda: self.pause.pause().model_dump(), resume=lambda: self.pause.resume().model_dump()
+            pause=lambda: self.pause.pause().model_dump(),
+            resume=lambda: self.pause.resume().model_dump(),
+            token=write_control_token(settings.data_dir),  # a new one each start: `compute-node pause` reads it
         )
         loopback = is_loopback_address(settings.http_host)  # a page rebinding its name to it is refused
         http = HttpServer(create_app(self.metrics, parts.monitor.health, self._status, controls, loopback))

@@ -8,5 +8,6 @@ systemd.py   SystemdNotifier: READY=1, STOPPING=1, watchdog pings (sd_notify)
 log.py       configure_logging: structlog JSON lines or a console, stdlib loggers alike
 inert_text.py  inert: another party's text with what a terminal would act on escaped (console logs, the CLI)
 open_files.py  raise_open_files_limit: the soft open-files limit raised to the hard one at start
+control_token.py  the token POST /pause and /resume require, written to the data dir at each start
 data_lock.py DataDirLock: one running node (or gateway) per data directory (an flock, dropped when its process ends)
 """

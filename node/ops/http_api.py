@@ -7,8 +7,9 @@ runs any ASGI app (this one, or the gateway's FastAPI app) with uvicorn as a tas
 inside the caller's own asyncio loop. The handlers run on the loop thread and may
 read daemon state without locks. uvicorn installs no signal handlers here (the
 daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
-the node: they answer only clients on a loopback address (403 otherwise), whatever
-host the endpoint listens on, and no request a browser makes for a web page (one that
+the node: they answer only requests that carry the node's control token (401
+otherwise; node/ops/control_token.py), from clients on a loopback address (403
+otherwise), whatever host the endpoint listens on, and no request a browser makes for a web page (one that
 carries `Origin` or `Sec-Fetch-Site`): a page of any site could otherwise pause the
 node through its operator's browser. Listening on a loopback address, the endpoint also
 answers only requests whose `Host` is a loopback name (421 otherwise): a page whose own
@@ -32,6 +33,7 @@ import structlog
 import uvicorn
 from pydantic import BaseModel
 
+from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, carries_token
 from node.ops.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
@@ -53,10 +55,12 @@ _PAGE_HEADERS = [(b"content-security-policy", PAGE_POLICY.encode()), (b"cache-co
 
 @dataclass(frozen=True)
 class PauseControls:
-    """What POST /pause and /resume call; each returns the new pause state."""
+    """What POST /pause and /resume call (each returns the new pause state), and the control token a
+    request must carry (node/ops/control_token.py)."""
 
     pause: Callable[[], dict[str, Any]]
     resume: Callable[[], dict[str, Any]]
+    token: str
 
 
 def status_page() -> str:
@@ -140,6 +144,12 @@ def create_app(
         if _from_web_page(headers):
             error = {"error": f"{path} answers no request a browser makes for a web page (Origin, Sec-Fetch-Site)"}
             return 403, json.dumps(error).encode(), _JSON
+        if controls is None or not carries_token(controls.token, headers):
+            error = {
+                "error": f"{path} needs the node's control token ({CONTROL_HEADER} header): `compute-node "
+                f"{path.strip('/')}` run as the node's user reads it from the data directory ({CONTROL_TOKEN_FILE})"
+            }
+            return 401, json.dumps(error).encode(), _JSON
         return 200, json.dumps(actions[path]()).encode(), _JSON
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,7 +17,8 @@ from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.sandbox import SIGNAL_SCOPE_ABI
 from node.publisher.client import Client, Task
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV
+from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV, HIJACK_HTTP_PORT_ENV
+from tests.support.nodeproc import free_port
 from workflows import Simple
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,10 @@ async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) 
     data_dir = tmp_path / "node"
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.hijacked_runtime:hijacked")
     monkeypatch.setenv(HIJACK_DATA_DIR_ENV, str(data_dir))
-    async with running_node(node_settings(data_dir, sandbox=sandbox)) as server:
+    port = free_port()
+    monkeypatch.setenv(HIJACK_HTTP_PORT_ENV, str(port))
+    settings = node_settings(data_dir, sandbox=sandbox, http_enabled=True, http_host="127.0.0.1", http_port=port)
+    async with running_node(settings) as server:
         async with Client(peers=[dialable(server)]) as client:
             task = Task(
                 workflow=Simple().workflow(prompt="Hello", max_tokens=8),
@@ -54,6 +58,7 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
 ) -> None:
     probes = await _probe(tmp_path, monkeypatch, "auto")
     expected = {name: "PermissionError" for name in probes}
+    expected["pause the node over its HTTP port"] = "HTTP 401"  # it has no control token (it cannot read it)
     if _landlock_abi() < SIGNAL_SCOPE_ABI:
         expected["signal the daemon"] = "allowed"  # Landlock scopes signals from ABI 6 (Linux 6.12)
     assert probes == expected
@@ -67,6 +72,7 @@ async def test_without_the_sandbox_the_same_probes_get_through(
 ) -> None:
     probes = await _probe(tmp_path, monkeypatch, "off")
     assert probes["read identity key"] == "allowed"
+    assert probes["read the control token"] == "allowed"  # and with it, pause the node: the sandbox is what keeps it
     assert probes["open the node's code to write"] == "allowed"
     assert probes["read identity key from a new thread"] == "allowed"
     assert probes["signal the daemon"] == "allowed"

@@ -9,6 +9,7 @@ check), /proc files opened and closed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 from models.requests import Generation, GenerationRequest, TextSink
 
 HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
+HIJACK_HTTP_PORT_ENV = "COMPUTE_NODE_TEST_HIJACK_HTTP_PORT"  # the daemon's loopback HTTP port, where set
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,6 +38,7 @@ def probes(data_dir: Path) -> dict[str, str]:
     daemon = os.getppid()
     results = {
         "read identity key": attempt(lambda: (data_dir / "identity.key").read_bytes()),
+        "read the control token": attempt(lambda: (data_dir / "control.token").read_bytes()),
         "read journal": attempt(lambda: (data_dir / "journal.sqlite3").read_bytes()),
         "list data dir": attempt(lambda: os.listdir(data_dir)),
         "create file in data dir": attempt(lambda: (data_dir / "planted.key").write_text("x")),
@@ -45,6 +48,8 @@ def probes(data_dir: Path) -> dict[str, str]:
         # the node's own code, which the next start would run: opened to append, nothing written
         "open the node's code to write": attempt(lambda: open(_PROJECT_ROOT / "node" / "__init__.py", "a").close()),
     }
+    if port := os.environ.get(HIJACK_HTTP_PORT_ENV):  # the sandbox keeps the network: the daemon's port is open
+        results["pause the node over its HTTP port"] = _post_status(int(port), "/pause")
     in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
     thread = threading.Thread(
         target=lambda: in_thread.update(key=attempt(lambda: (data_dir / "identity.key").read_bytes()))
@@ -53,6 +58,19 @@ def probes(data_dir: Path) -> dict[str, str]:
     thread.join()
     results["read identity key from a new thread"] = in_thread["key"]
     return results
+
+
+def _post_status(port: int, path: str) -> str:
+    """'allowed' if the daemon did what the POST asked, else 'HTTP <status>' or the error's name."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, headers={"Host": f"127.0.0.1:{port}"})
+        status = connection.getresponse().status
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        connection.close()
+    return "allowed" if status == 200 else f"HTTP {status}"
 
 
 class Hijacked:
