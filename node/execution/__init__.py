@@ -8,7 +8,7 @@ never the daemon. Nothing here runs in the daemon except protocol.py, the messag
     (__main__)          the launcher, `python -m node.execution --fd N`: confines the process, then
                         runs process.py
     sandbox.py          the confinement (Linux Landlock): no access to the daemon's files or processes
-    privileges.py       what Landlock leaves out: capabilities dropped, no new unix sockets (seccomp)
+    privileges.py       what Landlock leaves out: capabilities dropped; no new unix sockets, processes or listeners (seccomp)
     process.py          the main loop: configure, load, ready, then TaskHost runs tasks until the
                         daemon closes the socket
     model_setup.py      builds the configured model (registry -> backend -> benchmark)

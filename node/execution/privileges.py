@@ -3,14 +3,21 @@
 - Capabilities: a process running as root keeps none (no raw devices, modules, tracing past the
   ownership checks, or file access past permissions); dropped from every set, the bounding set
   included, so nothing it runs gets them back.
-- Unix sockets: Landlock (up to ABI 7) does not govern connecting to a named one, and a service of the
-  same user behind one (the session bus, systemd --user, ssh-agent, docker.sock) runs commands outside
-  the sandbox. A seccomp filter (libseccomp, through pyseccomp) refuses new AF_UNIX sockets, and
-  io_uring, which could open one without the socket() call; the socket to the daemon is inherited.
+- A seccomp filter (libseccomp, through pyseccomp) refuses what Landlock (up to ABI 7) leaves open:
+  - new AF_UNIX sockets: a service of the same user behind a named one (the session bus, systemd --user,
+    ssh-agent, docker.sock) runs commands outside the sandbox; and io_uring, which could open one without
+    the socket() call. The socket to the daemon is inherited.
+  - new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers ENOSYS, so that glibc starts
+    threads with clone): a forked process would outlive this one, holding its socket to the daemon and
+    answering the next tasks; threads still start (OpenMP, the decode loop, tools).
+  - listening sockets: with SO_REUSEPORT, which py-libp2p's listener sets, a socket of the same user on
+    the node's port would take a share of its inbound connections. Connecting stays open (tools, remote
+    engines); nothing here listens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -19,6 +26,7 @@ import socket
 _PR_CAPBSET_DROP = 24
 _CAP_LAST = 63  # past the last capability the kernel knows, PR_CAPBSET_DROP answers EINVAL
 _CAPABILITY_VERSION_3 = 0x20080522
+_CLONE_THREAD = 0x00010000  # linux/sched.h
 
 
 class _CapHeader(ctypes.Structure):
@@ -43,20 +51,28 @@ def drop_capabilities() -> str:
     return "no capabilities"
 
 
-def deny_unix_sockets() -> str:
-    """Refuse new AF_UNIX sockets and io_uring from now on; a phrase for the sandbox's log line."""
+def restrict_syscalls() -> str:
+    """Refuse new AF_UNIX sockets, io_uring, new processes and listening sockets from now on; a phrase for the
+    sandbox's log line."""
     try:
         import pyseccomp as seccomp
     except (ImportError, OSError) as exc:  # no libseccomp on this system
-        return f"unix sockets open (no libseccomp: {exc})"
+        return f"unix sockets, processes and listeners open (no libseccomp: {exc})"
+    refused, absent = errno.EACCES, errno.ENOSYS
     try:
         rules = seccomp.SyscallFilter(seccomp.ALLOW)
-        rules.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
-        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "io_uring_setup")
+        rules.add_rule(seccomp.ERRNO(refused), "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+        rules.add_rule(seccomp.ERRNO(absent), "io_uring_setup")
+        rules.add_rule(seccomp.ERRNO(refused), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
+        rules.add_rule(seccomp.ERRNO(absent), "clone3")  # its flags are behind a pointer: glibc falls back to clone
+        for name in ("fork", "vfork"):  # not on every architecture (aarch64 forks with clone)
+            with contextlib.suppress(RuntimeError, ValueError):
+                rules.add_rule(seccomp.ERRNO(refused), name)
+        rules.add_rule(seccomp.ERRNO(refused), "listen")
         rules.load()
-    except OSError as exc:
-        return f"unix sockets open (seccomp: {exc})"
-    return "no new unix sockets"
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"unix sockets, processes and listeners open (seccomp: {exc})"
+    return "no new unix sockets, processes or listeners"
 
 
 def _held() -> bool:

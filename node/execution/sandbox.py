@@ -7,14 +7,15 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
 - cannot open anything under the policy's private paths (the data dir, the key file, the config file),
   except the folders the policy names readable (the models dir, the interpreter's code if it lives
   there) or writable (the execution processes' own folder, where the speed cache lives);
-- can write only under the policy's writable paths (that folder, the temporary folders, /dev), and never
-  the node's code, even there: not its virtual environment, the user's home or /etc either, where a write
-  would run as the node the next time it starts; it reads the rest of the file system;
+- can write only under the policy's writable paths (that folder, the temporary folders, the devices it
+  keeps), and never the node's code, even there: not its virtual environment, the user's home or /etc
+  either, where a write would run as the node the next time it starts; it reads the rest of the file system;
 - cannot trace, read the memory or the /proc files (environment, maps) of any process outside its
-  confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new unix socket
-  (privileges.py), or (Landlock ABI 6, Linux 6.12) signal another process: the daemon and the other
-  models' processes included;
-- keeps devices (a GPU) and the network (tools, remote engines).
+  confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new unix socket,
+  start a process or listen (privileges.py), or (Landlock ABI 6, Linux 6.12) signal
+  another process: the daemon and the other models' processes included;
+- keeps /dev/null and the like, shared memory and a GPU's devices (/dev is otherwise private: the policy's
+  daemon side), and the network as a client (tools, remote engines).
 
 Landlock grants access beneath allowed paths, it cannot carve a hole, so "all but the private paths"
 is spelled out: every entry of the folders that lead to a private path is allowed on its own, and the
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from py_landlock import AccessFs, Landlock, LandlockError, get_abi_version
 
-from node.execution.privileges import deny_unix_sockets, drop_capabilities
+from node.execution.privileges import drop_capabilities, restrict_syscalls
 from node.execution.protocol import SandboxPolicy
 
 # What a rule on a file (not a folder) may grant; the rest of AccessFs is about a folder's entries.
@@ -134,8 +135,8 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
         except (LandlockError, OSError) as exc:  # a path gone between the walk and apply(): walk again
             if attempt == _ATTEMPTS - 1:
                 return SandboxOutcome(False, f"the sandbox could not be applied: {exc}", required)
-    sockets = deny_unix_sockets()
-    held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", sockets, capabilities]
+    syscalls = restrict_syscalls()
+    held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", syscalls, capabilities]
     return SandboxOutcome(True, f"Landlock ABI {abi}: " + ", ".join(part for part in held if part), required)
 
 

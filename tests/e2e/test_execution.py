@@ -7,6 +7,7 @@ SmolLM2 model, a real client over TCP on 127.0.0.1, and real signals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.exec_wrappers import BOMB, GRAMMAR_CRASH, SPIN
+from tests.support.exec_wrappers import BOMB, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
 from tests.support.model_file import SMOLLM2
 from tests.support.nodeproc import NodeProcess
 from workflows import Simple
@@ -233,6 +234,28 @@ async def test_a_task_that_crashes_its_process_twice_is_poison_and_the_task_besi
         result = await h.wait(honest_id, timeout=180)
         assert result.text.strip()
         assert h.crashes("memory") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_an_exit_is_seen_though_a_forked_process_keeps_the_socket(
+    tmp_path: Path, wrapped: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unconfined (the sandbox refuses fork): a process that forks, and leaves the fork holding its socket to the
+    daemon, still ends as an exit; its task is answered and the next task runs on a new process."""
+    pids = tmp_path / "forked.pids"
+    monkeypatch.setenv(FORKED_PIDS_ENV, str(pids))
+    try:
+        async with _harness(node_settings(tmp_path / "node", sandbox="off")) as h:
+            first = h.process().pid
+            reason = await h.failure(await h.submit(f"{FORK} now", timeout=60), timeout=60)
+            assert "crashed" in reason and "exit code 3" in reason, reason
+            result = await h.wait(await h.submit("Say hi.", timeout=60, max_tokens=8), timeout=60)
+            assert result.text.strip() and h.process().pid != first
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 @pytest.mark.slow

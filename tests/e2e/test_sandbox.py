@@ -8,6 +8,8 @@ the test tells the two apart.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.sandbox import SIGNAL_SCOPE_ABI
 from node.publisher.client import Client, Task
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV, HIJACK_HTTP_PORT_ENV
+from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV, HIJACK_DEVICE_ENV, HIJACK_HTTP_PORT_ENV
 from tests.support.nodeproc import free_port
 from workflows import Simple
 
@@ -33,12 +35,26 @@ def _landlock_abi() -> int:
         return 0
 
 
+def _a_disk_this_process_opens() -> str | None:
+    """A block device the test process itself may open (as root: a loop device, a disk), or None."""
+    for entry in sorted(os.scandir("/dev"), key=lambda entry: entry.name):
+        try:
+            if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
+                os.close(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK))
+                return entry.path
+        except OSError:
+            continue
+    return None
+
+
 async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> dict[str, str]:
     data_dir = tmp_path / "node"
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.hijacked_runtime:hijacked")
     monkeypatch.setenv(HIJACK_DATA_DIR_ENV, str(data_dir))
     port = free_port()
     monkeypatch.setenv(HIJACK_HTTP_PORT_ENV, str(port))
+    if (disk := _a_disk_this_process_opens()) is not None:
+        monkeypatch.setenv(HIJACK_DEVICE_ENV, disk)
     settings = node_settings(data_dir, sandbox=sandbox, http_enabled=True, http_host="127.0.0.1", http_port=port)
     async with running_node(settings) as server:
         async with Client(peers=[dialable(server)]) as client:
@@ -76,6 +92,8 @@ async def test_without_the_sandbox_the_same_probes_get_through(
     assert probes["open the node's code to write"] == "allowed"
     assert probes["read identity key from a new thread"] == "allowed"
     assert probes["signal the daemon"] == "allowed"
+    assert probes["fork a process"] == "allowed" and probes["listen on a TCP port"] == "allowed"
+    assert probes.get("open a disk device", "allowed") == "allowed"  # where the test may open one
     assert "confined" not in capfd.readouterr().err  # off: no line, no warning
 
 

@@ -27,6 +27,10 @@ GRAMMAR_CRASH = "#grammar-crash"  # a grammar sampler handed a token it cannot h
 STALL = "#stall"
 # ...or when it decodes a batch holding this task's tokens.
 STALL_DECODE = "#stall-decode"
+# Forks a process that keeps the socket to the daemon (in a session of its own), then exits: the daemon must see
+# the exit, though the socket stays open. The forked pids are appended to the file FORKED_PIDS_ENV names.
+FORK = "#fork"
+FORKED_PIDS_ENV = "COMPUTE_NODE_TEST_FORKED_PIDS"
 
 
 class Misbehaving:
@@ -60,6 +64,8 @@ class Misbehaving:
                 time.sleep(0.02)
         if GRAMMAR_CRASH in text:
             _crash_in_grammar(self._model)
+        if FORK in text:
+            _fork_and_exit()
         if STALL_DECODE in text:
             self._stall_decoding.add(request_owner.get() or "")
         elif STALL in text:
@@ -74,6 +80,17 @@ class Misbehaving:
 
     async def close(self) -> None:
         await self._model.close()
+
+
+def _fork_and_exit() -> None:
+    pid = os.fork()
+    if pid == 0:  # the forked process: holds every inherited descriptor, the daemon's socket among them
+        os.setsid()
+        time.sleep(120)
+        os._exit(0)
+    with open(os.environ[FORKED_PIDS_ENV], "a") as pids:
+        pids.write(f"{pid}\n")
+    os._exit(3)
 
 
 def _crash_in_grammar(model: Any) -> None:

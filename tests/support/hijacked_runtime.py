@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from models.requests import Generation, GenerationRequest, TextSink
 
 HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
 HIJACK_HTTP_PORT_ENV = "COMPUTE_NODE_TEST_HIJACK_HTTP_PORT"  # the daemon's loopback HTTP port, where set
+HIJACK_DEVICE_ENV = "COMPUTE_NODE_TEST_HIJACK_DEVICE"  # a device of the machine's (a disk), where one is set
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,7 +49,13 @@ def probes(data_dir: Path) -> dict[str, str]:
         "open the daemon's memory": attempt(lambda: open(f"/proc/{daemon}/mem", "rb").close()),
         # the node's own code, which the next start would run: opened to append, nothing written
         "open the node's code to write": attempt(lambda: open(_PROJECT_ROOT / "node" / "__init__.py", "a").close()),
+        # a process of its own would outlive this one, holding its socket to the daemon
+        "fork a process": attempt(_fork_and_reap),
+        # with SO_REUSEPORT (py-libp2p's listener sets it) a listener on the node's port takes its connections
+        "listen on a TCP port": attempt(_listen),
     }
+    if device := os.environ.get(HIJACK_DEVICE_ENV):  # a disk holds the data dir: a root node's process could read it
+        results["open a disk device"] = attempt(lambda: os.close(os.open(device, os.O_RDONLY | os.O_NONBLOCK)))
     if port := os.environ.get(HIJACK_HTTP_PORT_ENV):  # the sandbox keeps the network: the daemon's port is open
         results["pause the node over its HTTP port"] = _post_status(int(port), "/pause")
     in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
@@ -58,6 +66,20 @@ def probes(data_dir: Path) -> dict[str, str]:
     thread.join()
     results["read identity key from a new thread"] = in_thread["key"]
     return results
+
+
+def _fork_and_reap() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _listen() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
 
 
 def _post_status(port: int, path: str) -> str:

@@ -134,6 +134,7 @@ class ExecutionProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._exit_watch: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[TaskDone | TaskFailed]] = {}
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
@@ -235,6 +236,7 @@ class ExecutionProcess:
             )
         self.ready = message
         self._reader_task = asyncio.create_task(self._read(reader), name=f"exec-{self.model}")
+        self._exit_watch = asyncio.create_task(self._end_stream_at_exit(), name=f"exec-{self.model}-exit")
         log.info("execution process started", model=self.model, pid=self.pid, parallel=message.parallel)
         return message
 
@@ -355,6 +357,15 @@ class ExecutionProcess:
                     future.set_exception(exit_error)
             self.exited.set()
             self.on_exit(self)
+
+    async def _end_stream_at_exit(self) -> None:
+        """The process's exit ends its stream, though another process may hold the socket's other end (one
+        it forked: the sandbox refuses fork, and this does not count on it): the reader then sees the end,
+        and the process's tasks fail over as after any exit."""
+        assert self._proc is not None
+        await self._proc.wait()
+        if self._writer is not None:
+            self._writer.transport.abort()
 
     @property
     def exit_error(self) -> ExecutionProcessExitError | None:

@@ -4,11 +4,13 @@ Private: the data dir (the identity key, the journal and ledger with every publi
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
 registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
 Writable: the execution processes' own folder (`<data_dir>/execution`, the speed cache), the temporary
-folder and /dev; the rest is read only.
+folder, and in /dev, private otherwise, /dev/null and the like, shared memory and a GPU's nodes; the rest
+is read only.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import tempfile
@@ -25,8 +27,12 @@ log = structlog.get_logger("node.daemon.processes")
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 _OLD_BENCHMARK_CACHE = "benchmarks.json"  # in data_dir itself, before the execution folder
-# Where an execution process may write besides its own folder (devices: /dev/null, a GPU's, /dev/shm).
-_SCRATCH = ("/dev", "/var/tmp")
+# Where an execution process may write besides its own folder and the temporary folder.
+_SCRATCH = ("/var/tmp",)
+# /dev is private but for these (globs): a process of a node run as root keeps uid 0 without capabilities, and
+# file permissions alone let it open root's disks (which hold the data dir), consoles and terminals.
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm")
+_GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")  # CUDA; Vulkan and ROCm
 
 
 class SandboxPolicyError(ConfigError):
@@ -49,7 +55,7 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
         os.replace(old_cache, settings.benchmark_cache_path)
     if settings.sandbox == "off":
         return None
-    private = [_real(settings.data_dir)]
+    private = [_real(settings.data_dir), Path("/dev")]
     if settings.secret_key_file is not None:
         private.append(_real(settings.secret_key_file))
     config_file = settings.model_config.get("toml_file")
@@ -70,13 +76,19 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
     scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
-    writable = [_real(settings.execution_dir), *scratch]
+    writable = [_real(settings.execution_dir), *scratch, *_devices()]
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
         writable=[str(path) for path in dict.fromkeys(writable)],
     )
+
+
+def _devices() -> list[Path]:
+    """The devices an execution process may open: /dev/null and the like, shared memory, a GPU's nodes (as they
+    are now: one made later, such as /dev/nvidia-uvm on first use, is out of reach; make it at boot)."""
+    return [_real(Path(path)) for pattern in (*_DEVICES, *_GPU_DEVICES) for path in sorted(glob.glob(pattern))]
 
 
 def _model_files(settings: Settings) -> list[Path]:

@@ -28,10 +28,11 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
     policy = prepare_sandbox(settings)
     assert policy is not None and not policy.required
     real = tmp_path.resolve()
-    assert policy.private == [str(real / "data"), str(real / "keys" / "node.key"), str(real / "node.toml")]
+    assert policy.private == [str(real / "data"), "/dev", str(real / "keys" / "node.key"), str(real / "node.toml")]
     assert str(real / "data" / "models") in policy.readable
     assert policy.writable[0] == str(real / "data" / "execution")
-    assert {"/tmp", "/dev"} <= set(policy.writable[1:])  # scratch: read only elsewhere
+    assert {"/tmp", "/dev/null", "/dev/urandom"} <= set(policy.writable[1:])  # scratch: read only elsewhere
+    assert "/dev" not in policy.writable  # private but for those: a root node's process could open its disks
     assert (tmp_path / "data" / "execution").is_dir()  # made before any process confines itself
     assert (tmp_path / "data" / "execution").stat().st_mode & 0o077 == 0
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
