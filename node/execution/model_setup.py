@@ -133,6 +133,10 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
             return PreparedModel(model, benchmark_later=True)
     try:
         result = await measure_speed(model, settings.benchmark_cache_path)
+        if settings.min_tps and result.generation_tps < settings.min_tps:
+            # Never refused on a cached figure alone: execution processes write that cache, and one a workflow
+            # took over could leave a low figure there to keep the model from serving at every later start.
+            result = await measure_speed(model, settings.benchmark_cache_path, fresh=True)
     except ModelError as exc:
         if isinstance(model, BatchedLlamaModel):
             await model.close()
