@@ -155,9 +155,13 @@ class ResultCache(Generic[M]):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    async def measure(self, model: M, fresh: bool = False) -> BenchResult:
-        """The cached result, or a new benchmark stored for next time (`fresh`: always a new one)."""
+    async def measure(self, model: M, fresh: bool = False, at_least: float | None = None) -> BenchResult:
+        """The cached result, or a new benchmark stored for next time (`fresh`: always a new one; `at_least`:
+        a cached generation speed under it is measured again, never trusted alone to refuse a model)."""
         cached = None if fresh else self.get(model)
+        if cached is not None and at_least is not None and cached.generation_tps < at_least:
+            log.info("cached speed too low: measured again", model=model.name, generation_tps=cached.generation_tps)
+            cached = None
         if cached is not None:
             log.info(
                 "model benchmark cached",

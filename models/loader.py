@@ -43,13 +43,16 @@ async def open_model(
     return await BatchedLlamaModel.load(name, path, options, parallel=parallel)
 
 
-async def measure_speed(model: ServedModel, cache_file: Path, fresh: bool = False) -> BenchResult:
+async def measure_speed(
+    model: ServedModel, cache_file: Path, fresh: bool = False, at_least: float | None = None
+) -> BenchResult:
     """The model's measured speed: cached, or benchmarked now (against the engine for a remote model).
 
-    `fresh`: measure even when the cache has a result, and store the new one.
+    `fresh`: measure even when the cache has a result, and store the new one; `at_least`: a cached generation
+    speed under it is measured again.
     """
     if isinstance(model, BatchedLlamaModel):
-        return await BenchmarkCache(cache_file).measure(model, fresh=fresh)
+        return await BenchmarkCache(cache_file).measure(model, fresh=fresh, at_least=at_least)
     from models.remote.benchmark import RemoteBenchmarkCache
 
-    return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh)
+    return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh, at_least=at_least)

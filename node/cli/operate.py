@@ -65,12 +65,12 @@ def run_pause(settings: Settings, pause: bool) -> int:
     from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, read_control_token
 
     url = f"http://{_local_host(settings.http_host)}:{settings.http_port}/{'pause' if pause else 'resume'}"
-    if settings.data_dir.exists() and not settings.data_dir.is_dir():
-        print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
-        return EXIT_ERROR
     try:
+        if settings.data_dir.exists() and not settings.data_dir.is_dir():
+            print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
+            return EXIT_ERROR
         token = read_control_token(settings.data_dir)
-    except OSError as exc:
+    except OSError as exc:  # systemd's DynamicUser keeps the data dir in /var/lib/private, root's only
         where = settings.data_dir / CONTROL_TOKEN_FILE
         print(f"compute-node: cannot read {where} ({exc.strerror}): run this as the node's user", file=sys.stderr)
         return EXIT_ERROR

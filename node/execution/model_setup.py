@@ -132,11 +132,9 @@ async def prepare_model(name: str, settings: Settings) -> PreparedModel:
         if BenchmarkCache(settings.benchmark_cache_path).get(model) is None:
             return PreparedModel(model, benchmark_later=True)
     try:
-        result = await measure_speed(model, settings.benchmark_cache_path)
-        if settings.min_tps and result.generation_tps < settings.min_tps:
-            # Never refused on a cached figure alone: execution processes write that cache, and one a workflow
-            # took over could leave a low figure there to keep the model from serving at every later start.
-            result = await measure_speed(model, settings.benchmark_cache_path, fresh=True)
+        # Never refused on a cached figure alone: execution processes write that cache, and one a workflow took
+        # over could leave a low figure there to keep the model from serving at every later start.
+        result = await measure_speed(model, settings.benchmark_cache_path, at_least=settings.min_tps or None)
     except ModelError as exc:
         if isinstance(model, BatchedLlamaModel):
             await model.close()

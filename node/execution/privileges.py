@@ -13,11 +13,12 @@
   - listening sockets: with SO_REUSEPORT, which py-libp2p's listener sets, a socket of the same user on
     the node's port would take a share of its inbound connections. Connecting stays open (tools, remote
     engines); nothing here listens.
+  What that takes from an honest process, none of which it uses: `ctypes.util.find_library` (it runs
+  ldconfig), `platform.architecture`'s linkage (it runs `file`), multiprocessing and its shared memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -27,6 +28,7 @@ _PR_CAPBSET_DROP = 24
 _CAP_LAST = 63  # past the last capability the kernel knows, PR_CAPBSET_DROP answers EINVAL
 _CAPABILITY_VERSION_3 = 0x20080522
 _CLONE_THREAD = 0x00010000  # linux/sched.h
+_CLONE3 = 435  # clone3's number, the same on every architecture (Linux 5.3)
 
 
 class _CapHeader(ctypes.Structure):
@@ -59,16 +61,27 @@ def restrict_syscalls() -> str:
     except (ImportError, OSError) as exc:  # no libseccomp on this system
         return f"unix sockets, processes and listeners open (no libseccomp: {exc})"
     refused, absent = errno.EACCES, errno.ENOSYS
+    unix_socket = seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX)
+    new_process = seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)
+    wanted = [
+        ("socket", refused, unix_socket),
+        ("io_uring_setup", absent, None),
+        ("clone", refused, new_process),
+        ("clone3", absent, None),  # its flags are behind a pointer: glibc then starts threads with clone
+        ("fork", refused, None),  # fork and vfork: not on every architecture (aarch64 forks with clone)
+        ("vfork", refused, None),
+        ("listen", refused, None),
+    ]
     try:
         rules = seccomp.SyscallFilter(seccomp.ALLOW)
-        rules.add_rule(seccomp.ERRNO(refused), "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
-        rules.add_rule(seccomp.ERRNO(absent), "io_uring_setup")
-        rules.add_rule(seccomp.ERRNO(refused), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
-        rules.add_rule(seccomp.ERRNO(absent), "clone3")  # its flags are behind a pointer: glibc falls back to clone
-        for name in ("fork", "vfork"):  # not on every architecture (aarch64 forks with clone)
-            with contextlib.suppress(RuntimeError, ValueError):
-                rules.add_rule(seccomp.ERRNO(refused), name)
-        rules.add_rule(seccomp.ERRNO(refused), "listen")
+        for name, error, argument in wanted:
+            # A name this libseccomp does not know would fail the whole filter: fork and vfork where the
+            # architecture has none (nothing to refuse), clone3 before libseccomp 2.5 (by its number then).
+            number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+            if number < 0 and name == "clone3":
+                number = _CLONE3
+            if number >= 0:
+                rules.add_rule(seccomp.ERRNO(error), number, *([argument] if argument is not None else []))
         rules.load()
     except (OSError, RuntimeError, ValueError) as exc:
         return f"unix sockets, processes and listeners open (seccomp: {exc})"

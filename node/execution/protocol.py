@@ -62,6 +62,9 @@ class SandboxPolicy(BaseModel):
     # Any access (elsewhere: read only): the execution processes' own folder, the only one inside a private
     # path, and scratch folders (the temporary folder, /dev).
     writable: list[str] = []
+    # Devices (globs) it may open, any access, though /dev is private: expanded where the child confines
+    # itself, so a device a driver made after the daemon started is reached at the next start.
+    devices: list[str] = []
 
 
 class Configure(Message):

@@ -28,6 +28,7 @@ directory, which may be a writable one, off the import path.
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from collections.abc import Iterator
@@ -64,7 +65,8 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
     run unconfined at the next start). Symbolic links get no rule: what they lead to has its own."""
     private = {_real(path) for path in policy.private}
     readable = {_real(path) for path in policy.readable}
-    writable = {_real(path) for path in policy.writable}
+    devices = {_real(path) for pattern in policy.devices for path in glob.glob(pattern)}  # as they are now
+    writable = {_real(path) for path in policy.writable} | devices
     readable = {path for path in readable if _under(path, private | writable)}  # elsewhere read only anyway
     ahead = private | readable | writable  # the folders leading to these are walked, entry by entry
 
@@ -117,11 +119,11 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
     required = policy.required
     if (threads := thread_count()) > 1:
         return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)
+    capabilities = drop_capabilities()  # before no_new_privs: a root process keeps none
     try:
         abi = get_abi_version()
     except LandlockError as exc:
-        return SandboxOutcome(False, f"Landlock is not available here: {exc}", required)
-    capabilities = drop_capabilities()  # before no_new_privs: a root process keeps none
+        return SandboxOutcome(False, _without_files(f"Landlock is not available here: {exc}", capabilities), required)
     for attempt in range(_ATTEMPTS):
         sandbox = Landlock(strict=False).allow_all_network()  # tools and remote engines
         for path, rights in rules(policy):
@@ -134,10 +136,17 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
             break
         except (LandlockError, OSError) as exc:  # a path gone between the walk and apply(): walk again
             if attempt == _ATTEMPTS - 1:
-                return SandboxOutcome(False, f"the sandbox could not be applied: {exc}", required)
+                reason = f"the sandbox could not be applied: {exc}"
+                return SandboxOutcome(False, _without_files(reason, capabilities), required)
     syscalls = restrict_syscalls()
     held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", syscalls, capabilities]
     return SandboxOutcome(True, f"Landlock ABI {abi}: " + ", ".join(part for part in held if part), required)
+
+
+def _without_files(reason: str, capabilities: str) -> str:
+    """Why the files are not confined, and what holds all the same (the seccomp filter, no capabilities)."""
+    held = [part for part in (restrict_syscalls(), capabilities) if part]
+    return f"{reason}; still: {', '.join(held)}"
 
 
 def thread_count() -> int:

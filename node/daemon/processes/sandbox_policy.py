@@ -10,7 +10,6 @@ is read only.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import tempfile
@@ -32,7 +31,8 @@ _SCRATCH = ("/var/tmp",)
 # /dev is private but for these (globs): a process of a node run as root keeps uid 0 without capabilities, and
 # file permissions alone let it open root's disks (which hold the data dir), consoles and terminals.
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm")
-_GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")  # CUDA; Vulkan and ROCm
+# CUDA (and its caps), Vulkan and ROCm, CUDA on WSL2, CUDA on Jetson.
+_GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd", "/dev/dxg", "/dev/nvmap", "/dev/nvhost-*")
 
 
 class SandboxPolicyError(ConfigError):
@@ -76,19 +76,14 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
     scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
-    writable = [_real(settings.execution_dir), *scratch, *_devices()]
+    writable = [_real(settings.execution_dir), *scratch]
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
         writable=[str(path) for path in dict.fromkeys(writable)],
+        devices=[*_DEVICES, *_GPU_DEVICES],
     )
-
-
-def _devices() -> list[Path]:
-    """The devices an execution process may open: /dev/null and the like, shared memory, a GPU's nodes (as they
-    are now: one made later, such as /dev/nvidia-uvm on first use, is out of reach; make it at boot)."""
-    return [_real(Path(path)) for pattern in (*_DEVICES, *_GPU_DEVICES) for path in sorted(glob.glob(pattern))]
 
 
 def _model_files(settings: Settings) -> list[Path]:

@@ -81,6 +81,19 @@ def test_a_readable_or_writable_path_outside_the_private_ones_changes_nothing(tm
     assert dict(rules(wider)) == dict(rules(policy))  # it was allowed in full already
 
 
+def test_in_a_private_dev_only_the_devices_named_are_open(tmp_path: Path) -> None:
+    """/dev is private (a root node's process could open its disks); the policy's device globs are expanded
+    when the process confines itself, so a device made after the daemon started is reached at the next start."""
+    (tmp_path / "dev").mkdir()
+    for name in ("null", "nvidia0", "nvidia-uvm", "sda"):
+        (tmp_path / "dev" / name).write_text("")
+    policy = SandboxPolicy(private=[str(tmp_path / "dev")], devices=[str(tmp_path / "dev" / "nvidia*")])
+    allowed = {path.name for path, _ in rules(policy) if path.parent == tmp_path / "dev"}
+    assert allowed == {"nvidia0", "nvidia-uvm"}
+    (tmp_path / "dev" / "nvidia1").write_text("")  # a driver made it later
+    assert {path.name for path, _ in rules(policy) if path.parent == tmp_path / "dev"} == allowed | {"nvidia1"}
+
+
 _PROBE = """
 import json, os, sys, threading
 from pathlib import Path
@@ -200,7 +213,50 @@ def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(sandbox, "get_abi_version", unavailable)
     monkeypatch.setattr(sandbox, "thread_count", lambda: 1)  # whatever pytest runs beside
+    # Not on pytest's own process: the test below applies them for real, in a process of its own.
+    monkeypatch.setattr(sandbox, "drop_capabilities", lambda: "no capabilities")
+    monkeypatch.setattr(sandbox, "restrict_syscalls", lambda: "no new unix sockets, processes or listeners")
     _, policy = _layout(tmp_path)
     outcome = confine(policy.model_copy(update={"required": True}))
     assert not outcome.confined and outcome.required and "Landlock is not available" in outcome.detail
+    assert outcome.detail.endswith("still: no new unix sockets, processes or listeners, no capabilities")
     assert not confine(None).confined and "no sandbox policy" in confine(None).detail
+
+
+_WITHOUT_LANDLOCK = """
+import json, os, sys
+from py_landlock import LandlockNotAvailableError
+from node.execution import sandbox
+from node.execution.protocol import SandboxPolicy
+def unavailable():
+    raise LandlockNotAvailableError()
+sandbox.get_abi_version = unavailable
+outcome = sandbox.confine(SandboxPolicy.model_validate_json(sys.argv[1]))
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    fork = "allowed"
+except OSError as exc:
+    fork = type(exc).__name__
+print(json.dumps({"confined": outcome.confined, "detail": outcome.detail, "fork": fork}))
+"""
+
+
+def test_without_landlock_the_seccomp_filter_still_holds(tmp_path: Path) -> None:
+    """A kernel without Landlock, or a container's seccomp profile that refuses it: the files stay open, but no
+    process forked off and no listener on the node's port (the filter needs no Landlock)."""
+    _, policy = _layout(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LANDLOCK, policy.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["confined"] is False and "still: no new unix sockets, processes or listeners" in result["detail"]
+    assert result["fork"] == "PermissionError"

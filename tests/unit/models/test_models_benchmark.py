@@ -8,11 +8,12 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import MAX_CACHE_BYTES, BenchmarkCache, BenchResult, benchmark
+from models.benchmark import MAX_CACHE_BYTES, BenchmarkCache, BenchResult, ResultCache, benchmark
 from models.options import RuntimeOptions
 from tests.support.model_file import SMOLLM2
 
@@ -115,3 +116,32 @@ async def test_a_cache_that_cannot_be_written_still_gives_the_measurement(
     blocked.write_text("a file where the cache's directory should be")
     result = await BenchmarkCache(blocked / "bench.json").measure(model)
     assert result.generation_tps > 0 and result.prompt_tps > 0
+
+
+class _Named:
+    name = "stub"
+
+
+class _CountingCache(ResultCache[Any]):
+    """A cache whose benchmark is a counter (no model loaded)."""
+
+    runs = 0
+
+    def key(self, model: Any) -> str:
+        return "stub-key"
+
+    async def _benchmark(self, model: Any) -> BenchResult:
+        self.runs += 1
+        return BenchResult(prompt_tps=2.0, generation_tps=1.0)
+
+
+async def test_a_cached_speed_under_at_least_is_measured_again_and_a_fresh_one_is_measured_once(
+    tmp_path: Path,
+) -> None:
+    cache = _CountingCache(tmp_path / "bench.json")
+    await cache.measure(_Named(), at_least=1e6)  # nothing cached: measured once, never twice
+    assert cache.runs == 1
+    await cache.measure(_Named(), at_least=0.5)  # cached and fast enough
+    assert cache.runs == 1
+    await cache.measure(_Named(), at_least=1e6)  # cached but too slow: never trusted alone to refuse
+    assert cache.runs == 2
