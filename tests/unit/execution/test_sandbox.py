@@ -163,8 +163,13 @@ def _run_probe(tmp_path: Path, before: str = "") -> dict[str, object]:
         str(scratch),
         str(tmp_path / "service.sock"),
     ]
+    return _run_script(_PROBE.format(before=before), *argv)
+
+
+def _run_script(code: str, *argv: str) -> dict[str, object]:
+    """What a script printed (JSON), run in a process of its own: a confinement is for the whole process."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(before=before), *argv],
+        [sys.executable, "-c", code, *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -248,15 +253,6 @@ def test_without_landlock_the_seccomp_filter_still_holds(tmp_path: Path) -> None
     """A kernel without Landlock, or a container's seccomp profile that refuses it: the files stay open, but no
     process forked off and no listener on the node's port (the filter needs no Landlock)."""
     _, policy = _layout(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_LANDLOCK, policy.model_dump_json()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["confined"] is False and "still: no new unix sockets, processes or listeners" in result["detail"]
+    result = _run_script(_WITHOUT_LANDLOCK, policy.model_dump_json())
+    assert result["confined"] is False and "still: no new unix sockets, processes or listeners" in str(result["detail"])
     assert result["fork"] == "PermissionError"
