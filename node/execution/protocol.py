@@ -60,7 +60,7 @@ class SandboxPolicy(BaseModel):
     private: list[str]  # no access at all: the data dir (key, journal, ledger), the key file, the config file
     readable: list[str] = []  # read only, though inside a private path: the models dir, the interpreter's code
     # Any access (elsewhere: read only): the execution processes' own folder, the only one inside a private
-    # path, and scratch folders (the temporary folder, /dev).
+    # path, and scratch folders (the temporary folder, /var/tmp).
     writable: list[str] = []
     # Devices (globs) it may open, any access, though /dev is private: expanded where the child confines
     # itself, so a device a driver made after the daemon started is reached at the next start.
