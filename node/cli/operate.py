@@ -78,8 +78,9 @@ def run_pause(settings: Settings, pause: bool) -> int:
         answer = httpx.post(url, timeout=10, headers={CONTROL_HEADER: token} if token else None)
     except httpx.TransportError as exc:
         where = settings.data_dir / PAUSE_FILE
+        state = PauseState(settings.data_dir)
         try:
-            view = PauseState(settings.data_dir).pause() if pause else PauseState(settings.data_dir).resume()
+            view = state.pause() if pause else state.resume()
         except OSError as error:
             print(f"compute-node: no node answered on {url}, and {where} cannot be changed: {error}", file=sys.stderr)
             return EXIT_ERROR

@@ -45,6 +45,7 @@ def read_control_token(data_dir: Path) -> str | None:
 
 
 def carries_token(expected: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether the request's headers hold exactly one control header, equal to `expected` (constant time)."""
+    """Whether the request's headers hold exactly one control header, equal to `expected` (constant time); never
+    for an empty `expected`."""
     given = [value for name, value in headers if name.lower() == CONTROL_HEADER.encode()]
-    return len(given) == 1 and hmac.compare_digest(given[0], expected.encode())
+    return bool(expected) and len(given) == 1 and hmac.compare_digest(given[0], expected.encode())

@@ -135,6 +135,7 @@ def create_app(
     actions: dict[str, Callable[[], dict[str, Any]]] = (
         {PAUSE_PATH: controls.pause, RESUME_PATH: controls.resume} if controls is not None else {}
     )
+    token = controls.token if controls is not None else ""  # no controls: no action to answer
 
     def post(path: str, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes, str]:
         host = client[0] if client else ""
@@ -144,7 +145,7 @@ def create_app(
         if _from_web_page(headers):
             error = {"error": f"{path} answers no request a browser makes for a web page (Origin, Sec-Fetch-Site)"}
             return 403, json.dumps(error).encode(), _JSON
-        if controls is None or not carries_token(controls.token, headers):
+        if not carries_token(token, headers):
             error = {
                 "error": f"{path} needs the node's control token ({CONTROL_HEADER} header): `compute-node "
                 f"{path.strip('/')}` run as the node's user reads it from the data directory ({CONTROL_TOKEN_FILE})"

@@ -30,9 +30,8 @@ class ShutdownNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Log a nursery-closed error at shutdown as DEBUG, without its traceback."""
         if record.levelno >= logging.ERROR and record.exc_info and is_nursery_closed(record.exc_info[1]):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.exc_info, record.exc_text = None, None
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+            return _demote(record)
         return True
 
 
@@ -42,9 +41,14 @@ class DialNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Log a failed TCP dial as DEBUG."""
         if record.levelno >= logging.ERROR and str(record.msg).startswith(DIAL_FAILED):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+            return _demote(record)
         return True
+
+
+def _demote(record: logging.LogRecord) -> bool:
+    """Make `record` a DEBUG one; whether it is still logged (its logger's level admits DEBUG)."""
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def route_libp2p_logging(level: int | str = logging.WARNING) -> None:
