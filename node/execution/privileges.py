@@ -13,6 +13,8 @@
   - listening sockets: with SO_REUSEPORT, which py-libp2p's listener sets, a socket of the same user on
     the node's port would take a share of its inbound connections. Connecting stays open (tools, remote
     engines); nothing here listens.
+  - new namespaces (unshare, setns; clone is refused already): a user namespace gives the process every
+    capability inside it, and with them much more of the kernel to attack.
   What that takes from an honest process, none of which it uses: `ctypes.util.find_library` (it runs
   ldconfig), `platform.architecture`'s linkage (it runs `file`), multiprocessing and its shared memory.
 """
@@ -71,6 +73,8 @@ def restrict_syscalls() -> str:
         ("fork", refused, None),  # fork and vfork: not on every architecture (aarch64 forks with clone)
         ("vfork", refused, None),
         ("listen", refused, None),
+        ("unshare", refused, None),  # new namespaces: a user namespace hands back every capability inside it
+        ("setns", refused, None),
     ]
     try:
         rules = seccomp.SyscallFilter(seccomp.ALLOW)

@@ -9,6 +9,7 @@ check), /proc files opened and closed.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 from models.requests import Generation, GenerationRequest, TextSink
 
+_CLONE_NEWUSER = 0x10000000  # linux/sched.h
 HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
 HIJACK_HTTP_PORT_ENV = "COMPUTE_NODE_TEST_HIJACK_HTTP_PORT"  # the daemon's loopback HTTP port, where set
 HIJACK_DEVICE_ENV = "COMPUTE_NODE_TEST_HIJACK_DEVICE"  # a device of the machine's (a disk), where one is set
@@ -53,6 +55,8 @@ def probes(data_dir: Path) -> dict[str, str]:
         "fork a process": attempt(_fork_and_reap),
         # with SO_REUSEPORT (py-libp2p's listener sets it) a listener on the node's port takes its connections
         "listen on a TCP port": attempt(_listen),
+        # a user namespace hands back every capability inside it
+        "enter a new user namespace": attempt(_unshare_user_namespace),
     }
     if device := os.environ.get(HIJACK_DEVICE_ENV):  # a disk holds the data dir: a root node's process could read it
         results["open a disk device"] = attempt(lambda: os.close(os.open(device, os.O_RDONLY | os.O_NONBLOCK)))
@@ -73,6 +77,13 @@ def _fork_and_reap() -> None:
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
+
+
+def _unshare_user_namespace() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWUSER) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
 
 
 def _listen() -> None:
