@@ -24,8 +24,8 @@ from benchmarks.stats import BenchmarkError
 from node.wire.identity import Identity
 
 READY_TIMEOUT_S = 90.0
-BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured and cached (`model measured after ready`)
-BENCHMARK_CACHE_FILE = "execution/benchmarks.json"  # in the data dir (Settings.benchmark_cache_path)
+BENCHMARK_TIMEOUT_S = 60.0  # READY -> the first start's tokens/s measured and cached (`model speed cached`)
+BENCHMARK_CACHE_FILE = "speeds.json"  # in the data dir (Settings.benchmark_cache_path)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MODEL_CLASSES = {"models.batching": "BatchedLlamaModel (models.batching)"}
 
@@ -41,7 +41,7 @@ def node_process(
 ) -> PeerProcess:
     """A compute node with a fresh identity and data dir, default log level (info, JSON).
 
-    `benchmark_cache`: an `execution/benchmarks.json` for the data dir (a restart's cached startup
+    `benchmark_cache`: a `speeds.json` for the data dir (a restart's cached startup
     tokens/s benchmark); without it the node measures its model after READY, and `start` waits for that.
     """
     identity = Identity.generate()
@@ -49,7 +49,6 @@ def node_process(
     data_dir = Path(workdir.name)
     identity.save(data_dir / "identity.key")
     if benchmark_cache is not None:
-        (data_dir / BENCHMARK_CACHE_FILE).parent.mkdir()
         (data_dir / BENCHMARK_CACHE_FILE).write_bytes(benchmark_cache)
     args = [
         sys.executable,
@@ -148,13 +147,16 @@ class PeerProcess:
                 )
                 raise BenchmarkError(f"{self.args[2]} {why}: {tail}")
         self.startup_seconds = self._ready_at - started
-        if self._events("execution process ready", benchmark_later=True):
+        if self._events("execution process started", benchmark_later=True):
             self._wait_for_benchmark(deadline=time.perf_counter() + BENCHMARK_TIMEOUT_S)
 
     def _wait_for_benchmark(self, deadline: float) -> None:
         """Until a node that said it measures its model after READY (its first start, in idle time) did: a
         measurement still to come would run beside what a benchmark measures next (a baseline's turn included)."""
-        while not (self._events("model measured after ready") or self._events("model not benchmarked")):
+        # The daemon's own lines: the child's "model measured after ready" may be relayed before the daemon has
+        # written the figure it reported (two channels), and footprint.py reads the file next.
+        ended = ("model speed cached", "model benchmark not cached", "model not benchmarked")
+        while not any(self._events(event) for event in ended):
             if self._proc is None or self._proc.poll() is not None or time.perf_counter() > deadline:
                 tail = self.log_tail()
                 self.stop()
@@ -219,7 +221,7 @@ class PeerProcess:
         return total
 
     def benchmark_cache(self) -> bytes | None:
-        """The node's cached startup benchmark (`execution/benchmarks.json` in its data dir), if it wrote one."""
+        """The node's cached startup benchmark (`speeds.json` in its data dir), if it wrote one."""
         try:
             return (Path(self._workdir.name) / BENCHMARK_CACHE_FILE).read_bytes()
         except FileNotFoundError:

@@ -349,19 +349,14 @@ class Settings(LayeredSettings):
         return self.data_dir / "models"
 
     @property
-    def execution_dir(self) -> Path:
-        """The one folder of data_dir that execution processes may write (their speed cache)."""
-        return self.data_dir / "execution"
-
-    @property
     def benchmark_cache_path(self) -> Path:
-        """The models' measured speeds (startup benchmarks), cached per model file, build and threads."""
-        return self.execution_dir / "benchmarks.json"
+        """The models' measured speeds (startup benchmarks), cached per model file, build and threads: the
+        daemon's (execution processes get its entries in `configure` and report what they measure)."""
+        return self.data_dir / "speeds.json"
 
     @property
     def remote_benchmark_cache_path(self) -> Path:
-        """The daemon's own cache of the speeds of remote engines down at start (never a file an execution
-        process can write: the daemon reads it)."""
+        """The speeds of remote engines that were down at start, which the daemon measures itself."""
         return self.data_dir / "remote_benchmarks.json"
 
     @property

@@ -5,6 +5,10 @@ advertises in its heartbeats. The cache key covers everything the speed depends
 on: the model file (name, size, mtime), the llama.cpp build (version and CPU/GPU
 features) and the runtime options, so a restart with the same setup does not
 measure again while a new build, file or thread count does.
+
+Where results are kept is a SpeedStore: a CacheFile (JSON) in the process that owns
+it, or ReportedSpeeds in a process that is handed the entries and reports what it
+measures to their owner.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -99,26 +104,26 @@ class _Benchmarked(Protocol):
 M = TypeVar("M", bound=_Benchmarked)
 
 
-class ResultCache(Generic[M]):
-    """Benchmark results in a JSON file, keyed by what the measured speed depends on.
+class SpeedStore(Protocol):
+    """Where a ResultCache keeps its entries (key -> a BenchResult's JSON fields and the model's name)."""
 
-    A subclass says what the key is (`key`) and how to measure (`_benchmark`);
-    a result older than `max_age` (when set) counts as missing.
-    """
+    def entries(self) -> dict[str, dict[str, object]]:
+        """Every stored entry."""
+        ...
 
-    max_age: timedelta | None = None
+    def put(self, key: str, entry: dict[str, object]) -> None:
+        """Store one entry (OSError if it cannot)."""
+        ...
+
+
+class CacheFile:
+    """Entries in a JSON file, replaced atomically at each put: the daemon's and the CLI's store."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def key(self, model: M) -> str:
-        """What the measured speed depends on, hashed."""
-        raise NotImplementedError
-
-    async def _benchmark(self, model: M) -> BenchResult:
-        raise NotImplementedError
-
-    def _read(self) -> dict[str, dict[str, object]]:
+    def entries(self) -> dict[str, dict[str, object]]:
+        """The file's entries ({} when it is missing or unreadable, with a warning for the latter)."""
         try:
             data = json.loads(_read_cache_file(self.path))
         except FileNotFoundError:
@@ -128,9 +133,64 @@ class ResultCache(Generic[M]):
             return {}
         return data if isinstance(data, dict) else {}
 
+    def put(self, key: str, entry: dict[str, object]) -> None:
+        """Store one entry (atomically replacing the file; created 0600)."""
+        data = self.entries()
+        data[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class ReportedSpeeds:
+    """Entries handed over by another process, in memory; a put goes to `report(key, result)`.
+
+    An execution process's store: the daemon owns the cache file (in its private data dir), sends its
+    entries in `configure` and decides which measured figures it keeps.
+    """
+
+    def __init__(self, entries: dict[str, dict[str, object]], report: Callable[[str, BenchResult], None]) -> None:
+        self._entries = dict(entries)
+        self._report = report
+
+    def entries(self) -> dict[str, dict[str, object]]:
+        """The entries handed over, and those put since."""
+        return self._entries
+
+    def put(self, key: str, entry: dict[str, object]) -> None:
+        """Keep the entry for this process's life and report it."""
+        self._entries[key] = entry
+        self._report(key, BenchResult.model_validate(entry))
+
+
+class ResultCache(Generic[M]):
+    """Benchmark results keyed by what the measured speed depends on, in a SpeedStore (a path: a CacheFile).
+
+    A subclass says what the key is (`key`) and how to measure (`_benchmark`);
+    a result older than `max_age` (when set) counts as missing.
+    """
+
+    max_age: timedelta | None = None
+
+    def __init__(self, store: SpeedStore | Path) -> None:
+        self.store = CacheFile(store) if isinstance(store, Path) else store
+
+    def key(self, model: M) -> str:
+        """What the measured speed depends on, hashed."""
+        raise NotImplementedError
+
+    async def _benchmark(self, model: M) -> BenchResult:
+        raise NotImplementedError
+
     def get(self, model: M) -> BenchResult | None:
         """The cached result for this model and setup, if any (and fresh enough)."""
-        entry = self._read().get(self.key(model))
+        entry = self.store.entries().get(self.key(model))
         if entry is None:
             return None
         try:
@@ -142,22 +202,12 @@ class ResultCache(Generic[M]):
         return result
 
     def put(self, model: M, result: BenchResult) -> None:
-        """Store a result (atomically replacing the file)."""
-        data = self._read()
-        data[self.key(model)] = {"model": model.name, **result.model_dump(mode="json")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Store a result."""
+        self.store.put(self.key(model), {"model": model.name, **result.model_dump(mode="json")})
 
     async def measure(self, model: M, fresh: bool = False, at_least: float | None = None) -> BenchResult:
         """The cached result, or a new benchmark stored for next time (`fresh`: always a new one; `at_least`:
-        a cached generation speed under it is measured again, never trusted alone to refuse a model)."""
+        a cached generation speed under it is measured again: the machine may have been busy then)."""
         cached = None if fresh else self.get(model)
         if cached is not None and at_least is not None and cached.generation_tps < at_least:
             log.info("cached speed too low: measured again", model=model.name, generation_tps=cached.generation_tps)
@@ -174,7 +224,7 @@ class ResultCache(Generic[M]):
         try:
             self.put(model, result)
         except OSError as exc:  # a full disk or a read-only data dir: measured all the same, measured again next start
-            log.warning("model benchmark not cached", model=model.name, path=str(self.path), error=str(exc))
+            log.warning("model benchmark not cached", model=model.name, error=str(exc))
         return result
 
 
@@ -205,9 +255,9 @@ class BenchmarkCache(ResultCache["BatchedLlamaModel"]):
 def _read_cache_file(path: Path) -> str:
     """The cache file's text, if it is a regular file of at most MAX_CACHE_BYTES (OSError otherwise).
 
-    Execution processes write their speed cache, so a process a workflow took over may leave anything
-    there for the next one: a symbolic link (to /dev/zero), a FIFO (a read that never returns) or a huge
-    file would stall every later start of the model. None is followed, waited on or read whole.
+    The daemon's data dir is its own, but an operator's copy or an older node's file may be anything: a
+    symbolic link (to /dev/zero), a FIFO (a read that never returns) or a huge file would stall every start
+    of the model. None is followed, waited on or read whole.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:

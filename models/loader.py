@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache, BenchResult
+from models.benchmark import BenchmarkCache, BenchResult, SpeedStore
 from models.options import RuntimeOptions
 from models.registry import ModelSpec
 from models.requests import ModelError
@@ -44,15 +44,15 @@ async def open_model(
 
 
 async def measure_speed(
-    model: ServedModel, cache_file: Path, fresh: bool = False, at_least: float | None = None
+    model: ServedModel, store: SpeedStore | Path, fresh: bool = False, at_least: float | None = None
 ) -> BenchResult:
     """The model's measured speed: cached, or benchmarked now (against the engine for a remote model).
 
-    `fresh`: measure even when the cache has a result, and store the new one; `at_least`: a cached generation
-    speed under it is measured again.
+    `store`: where results are kept (a path: that JSON file); `fresh`: measure even when the cache has a
+    result, and store the new one; `at_least`: a cached generation speed under it is measured again.
     """
     if isinstance(model, BatchedLlamaModel):
-        return await BenchmarkCache(cache_file).measure(model, fresh=fresh, at_least=at_least)
+        return await BenchmarkCache(store).measure(model, fresh=fresh, at_least=at_least)
     from models.remote.benchmark import RemoteBenchmarkCache
 
-    return await RemoteBenchmarkCache(cache_file).measure(model, fresh=fresh, at_least=at_least)
+    return await RemoteBenchmarkCache(store).measure(model, fresh=fresh, at_least=at_least)

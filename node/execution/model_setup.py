@@ -27,7 +27,7 @@ import structlog
 
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache
+from models.benchmark import BenchmarkCache, SpeedStore
 from models.cpu import CpuInfo, extra_buffers_enabled
 from models.embedder import Embedder
 from models.loader import measure_speed, open_model
@@ -123,18 +123,17 @@ async def create_model(name: str, settings: Settings) -> BatchedLlamaModel | Rem
     return await open_model(name, registry.get(name), store, runtime_options(settings), parallel=settings.parallel)
 
 
-async def prepare_model(name: str, settings: Settings) -> PreparedModel:
-    """Create `name` and run the (cached) startup benchmark; ModelError if it is unusable here."""
+async def prepare_model(name: str, settings: Settings, speeds: SpeedStore) -> PreparedModel:
+    """Create `name` and run the startup benchmark (cached in `speeds`); ModelError if it is unusable here."""
     model = await create_model(name, settings)
     if not settings.startup_benchmark:
         return PreparedModel(model)
     if measured_after_ready(settings) and isinstance(model, BatchedLlamaModel):
-        if BenchmarkCache(settings.benchmark_cache_path).get(model) is None:
+        if BenchmarkCache(speeds).get(model) is None:
             return PreparedModel(model, benchmark_later=True)
     try:
-        # Never refused on a cached figure alone: execution processes write that cache, and one a workflow took
-        # over could leave a low figure there to keep the model from serving at every later start.
-        result = await measure_speed(model, settings.benchmark_cache_path, at_least=settings.min_tps or None)
+        # Never refused on a cached figure alone: the machine may have been busier when it was measured.
+        result = await measure_speed(model, speeds, at_least=settings.min_tps or None)
     except ModelError as exc:
         if isinstance(model, BatchedLlamaModel):
             await model.close()

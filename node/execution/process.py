@@ -29,7 +29,7 @@ import structlog
 
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
-from models.benchmark import BenchmarkCache, BenchResult, benchmark
+from models.benchmark import BenchmarkCache, BenchResult, ReportedSpeeds, SpeedStore, benchmark
 from models.progress import request_owner
 from models.requests import ModelError
 from models.tracing import GenerationTrace, generation_traces
@@ -53,6 +53,7 @@ from node.execution.protocol import (
     Cancel,
     Configure,
     LoadFailed,
+    Measured,
     Message,
     Pong,
     Probe,
@@ -253,7 +254,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     if not isinstance(configure, Configure):
         raise SystemExit(f"execution process: expected configure first, got {configure.kind}")
     settings = Settings.model_validate(configure.settings)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, "json")  # to the daemon, which logs each line again (child_output.py)
     name = configure.model
     if not sandbox.confined and (sandbox.required or settings.sandbox == "on"):
         send(LoadFailed(model=name, error=f"sandbox = on, but the execution process is not confined: {sandbox.detail}"))
@@ -264,8 +265,9 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     elif settings.sandbox != "off":
         log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
     apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
+    speeds = ReportedSpeeds(configure.speeds, lambda key, result: send(_measured(key, name, result)))
     try:
-        prepared = await prepare_model(name, settings)
+        prepared = await prepare_model(name, settings, speeds)
         model = _test_wrapper()(prepared.model)
         embedder: Any = model
         if settings.embedding_model and settings.embedding_model != name:
@@ -279,7 +281,6 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
         apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
     host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
     generation_tps, step = _speed(model.parallel, prepared.prompt_tps, prepared.generation_tps, settings)
-    # Before `ready` goes: READY follows it, and the benchmarks read this line to know a measurement comes.
     log.info("execution process ready", model=name, pid=os.getpid(), benchmark_later=prepared.benchmark_later)
     send(
         Ready(
@@ -294,7 +295,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     benchmarking = None
     if prepared.benchmark_later and isinstance(prepared.model, BatchedLlamaModel):
         benchmarking = asyncio.create_task(
-            benchmark_when_idle(host, prepared.model, settings, send), name="idle-benchmark"
+            benchmark_when_idle(host, prepared.model, settings, send, speeds), name="idle-benchmark"
         )
     try:
         while (line := await read_line(reader)) is not None:
@@ -318,10 +319,11 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
 
 
 async def benchmark_when_idle(
-    host: TaskHost, model: BatchedLlamaModel, settings: Settings, send: Callable[[Message], None]
+    host: TaskHost, model: BatchedLlamaModel, settings: Settings, send: Callable[[Message], None], speeds: SpeedStore
 ) -> None:
-    """Measure the model's speed in idle time after `ready` and tell the daemon (`benchmarked`)."""
-    cache = BenchmarkCache(settings.benchmark_cache_path)
+    """Measure the model's speed in idle time after `ready` and tell the daemon (`benchmarked`; the clean figure
+    also as `measured`, which the daemon caches if no task came to this process before it)."""
+    cache = BenchmarkCache(speeds)
 
     def report(result: BenchResult, provisional: bool) -> None:
         generation_tps, step = _speed(model.parallel, result.prompt_tps, result.generation_tps, settings)
@@ -333,8 +335,8 @@ async def benchmark_when_idle(
     def keep(result: BenchResult) -> None:
         try:
             cache.put(model, result)
-        except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
-            log.warning("model benchmark not cached", model=model.name, path=str(cache.path), error=str(exc))
+        except OSError as exc:  # the daemon's store is a file: a full disk or a read-only data dir
+            log.warning("model benchmark not cached", model=model.name, error=str(exc))
         log.info("model measured after ready", model=model.name, interruptions=idle_benchmark.interruptions)
 
     idle_benchmark = IdleBenchmark(model.name, lambda: benchmark(model), host.idle, report, keep)
@@ -360,6 +362,17 @@ def _speed(
         return None, None
     step = runtime_options(settings).n_batch / prompt_tps + parallel / generation_tps
     return min(max(round(generation_tps, 1), 0.1), MAX_TPS), min(step, MAX_STEP_SECONDS)
+
+
+def _measured(key: str, model: str, result: BenchResult) -> Measured:
+    """A measured speed as the daemon caches it (a remote engine's timings may claim past MAX_TPS)."""
+    return Measured(
+        key=key,
+        model=model,
+        prompt_tps=min(result.prompt_tps, MAX_TPS),
+        generation_tps=min(result.generation_tps, MAX_TPS),
+        measured_at=result.measured_at,
+    )
 
 
 def _pong(probe: Probe, model: ServedModel) -> Pong:

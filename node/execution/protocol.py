@@ -7,12 +7,14 @@ Child -> daemon: ready or load_failed (once, answering configure), delta (text o
 streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
 stall watchdog reads it, see stall.py), benchmarked (only after a `ready` that said its
-speed is measured later: a clean figure, after a few provisional ones at most).
+speed is measured later: a clean figure, after a few provisional ones at most), measured
+(a speed measured, for the daemon's cache: before `ready` or after it).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,6 +31,7 @@ MAX_PARALLEL = 1024  # sequences one execution process runs at once
 MAX_ID_CHARS = 256  # a task id or model name a child names (the wire's task ids are at most 128)
 MAX_TPS = 1e6  # tokens/s a child may report: what publishers clamp a heartbeat's `tps` to
 MAX_PROVISIONAL_SPEEDS = 8  # provisional `benchmarked` a child may send (measured beside tasks)
+MAX_MEASURED_SPEEDS = 4  # `measured` a child may send (one per startup benchmark; the daemon keeps them while taskless)
 MAX_STEP_SECONDS = 3600.0  # a full batch step at the measured speed a child may report (it sizes the stall bound)
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
@@ -59,8 +62,8 @@ class SandboxPolicy(BaseModel):
     required: bool = False  # `sandbox = "on"`: a child that cannot confine itself serves nothing
     private: list[str]  # no access at all: the data dir (key, journal, ledger), the key file, the config file
     readable: list[str] = []  # read only, though inside a private path: the models dir, the interpreter's code
-    # Any access (elsewhere: read only): the execution processes' own folder, the only one inside a private
-    # path, and scratch folders (the temporary folder, /var/tmp).
+    # Any access (elsewhere: read only): scratch folders (the temporary folder, /var/tmp), never one inside a
+    # private path.
     writable: list[str] = []
     # Devices (globs) it may open, any access, though /dev is private: expanded where the child confines
     # itself, so a device a driver made after the daemon started is reached at the next start.
@@ -73,6 +76,9 @@ class Configure(Message):
     kind: Literal["configure"] = "configure"
     model: str
     settings: dict[str, Any]
+    # The daemon's cache of measured speeds (key -> entry, models/benchmark.py): the child reads it and reports
+    # what it measures in `measured`; the file lies in the data dir, which the child cannot open.
+    speeds: dict[str, dict[str, Any]] = {}
 
 
 class RunTask(Message):
@@ -127,6 +133,19 @@ class Benchmarked(Message):
     generation_tps: float = Field(gt=0, le=MAX_TPS)
     step_seconds: float | None = Field(default=None, ge=0, le=MAX_STEP_SECONDS)
     provisional: bool = False
+
+
+class Measured(Message):
+    """A speed the child measured, as an entry of the daemon's speed cache under `key` (sent at once, before
+    `ready` or after it). The daemon keeps it only if it had sent the process no task yet: a process a
+    workflow took over could report any figure, and a kept one would outlive it."""
+
+    kind: Literal["measured"] = "measured"
+    key: str = Field(pattern=r"^[0-9a-f]{1,64}$")
+    model: ChildId
+    prompt_tps: float = Field(gt=0, le=MAX_TPS)
+    generation_tps: float = Field(gt=0, le=MAX_TPS)
+    measured_at: datetime
 
 
 class LoadFailed(Message):
@@ -202,7 +221,8 @@ class Pong(Message):
 
 ToChild = Annotated[Configure | RunTask | Cancel | Probe, Field(discriminator="kind")]
 FromChild = Annotated[
-    Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong | Benchmarked, Field(discriminator="kind")
+    Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong | Benchmarked | Measured,
+    Field(discriminator="kind"),
 ]
 _TO_CHILD: TypeAdapter[ToChild] = TypeAdapter(ToChild)
 _FROM_CHILD: TypeAdapter[FromChild] = TypeAdapter(FromChild)

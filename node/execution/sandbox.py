@@ -6,9 +6,9 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
 
 - cannot open anything under the policy's private paths (the data dir, the key file, the config file),
   except the folders the policy names readable (the models dir, the interpreter's code if it lives
-  there) or writable (the execution processes' own folder, where the speed cache lives);
-- can write only under the policy's writable paths (that folder, the temporary folders, the devices it
-  keeps), and never the node's code, even there: not its virtual environment, the user's home or /etc
+  there);
+- can write only under the policy's writable paths (the temporary folders) and the devices it keeps, and
+  never the node's code, even there: not its virtual environment, the user's home or /etc
   either, where a write would run as the node the next time it starts; it reads the rest of the file system;
 - cannot trace, read the memory or the /proc files (environment, maps) of any process outside its
   confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new unix socket,

@@ -40,4 +40,4 @@ async def test_models_commands_list_and_bench_a_remote_entry(tmp_path: Path) -> 
     assert "remote:model" in listing
     assert "remote:model: loading... measuring... prompt" in bench and "generation" in bench
     assert len(engine.requests) == 3  # warm-up, prompt-only, full
-    assert json.loads((tmp_path / "execution" / "benchmarks.json").read_text())
+    assert json.loads((tmp_path / "speeds.json").read_text())  # the daemon's cache, which the next start reads

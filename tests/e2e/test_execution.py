@@ -28,9 +28,9 @@ from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.exec_wrappers import BOMB, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
+from tests.support.exec_wrappers import BOMB, FORGE_LOG, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
 from tests.support.model_file import SMOLLM2
-from tests.support.nodeproc import NodeProcess
+from tests.support.nodeproc import NodeProcess, cli_env
 from workflows import Simple
 
 MODEL = "smollm2:135m"
@@ -331,6 +331,25 @@ def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_pa
     finally:
         if node.proc.poll() is None:
             node.stop()
+
+
+@pytest.mark.slow
+async def test_a_line_a_taken_over_process_writes_to_stderr_is_logged_as_that_process_s(tmp_path: Path) -> None:
+    """The execution process's stderr goes through the daemon: a line dressed as the daemon's ("node stopped") is
+    logged with the process named (`exec_pid`, set by the daemon), and the node serves on."""
+    node = NodeProcess(tmp_path, env=cli_env(**{TEST_WRAPPER_ENV: "tests.support.exec_wrappers:misbehave"}))
+    try:
+        child = _children(node.proc.pid)[0]
+        async with Client(peers=[node.addr]) as client:
+            task = Task(workflow=Simple().workflow(f"{FORGE_LOG} Hi", max_tokens=4), models=[MODEL])
+            assert (await client.execute(task, timeout=60)).text
+        forged = await asyncio.to_thread(node.wait_for_log, "node stopped", 30)
+        assert forged["exec_pid"] == child and forged["exec_model"] == MODEL and forged["forged"] == "\x1b[2J"
+        ready = node.wait_for_log("execution process ready")  # the child's own lines carry it too
+        assert ready["exec_pid"] == child == ready["pid"]
+        assert node.proc.poll() is None
+    finally:
+        node.stop()
 
 
 # Run as PID 1 of a fresh PID namespace, as a container runs the daemon: spawn an execution

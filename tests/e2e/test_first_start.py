@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task
 from tests.support.cluster import dialable, node_settings, running_node
+from tests.support.exec_wrappers import FORGE_SPEED, FORGED_TPS
 from workflows import Simple
 
 pytestmark = pytest.mark.slow
@@ -34,7 +36,7 @@ async def test_a_first_start_serves_before_its_benchmark_and_advertises_the_spee
         assert known.tps == pool.tps and pool.tps["smollm2:135m"] > 0
         stall = pool._entries["smollm2:135m"].stall
         assert stall is not None and stall.step_s > 0  # the stall bound of a decode is sized by the measurement
-        assert settings.benchmark_cache_path.exists()  # cached: the next start reads it
+        # Not cached (the daemon keeps a figure only from a process it had sent no task): the next start measures.
 
 
 async def test_a_restart_reads_the_cached_speed_before_ready(tmp_path: Path) -> None:
@@ -84,3 +86,26 @@ async def test_a_restarted_execution_process_advertises_its_cached_speed_not_wha
             assert time.monotonic() < deadline + 180, "the restarted process never measured its model"
             await asyncio.sleep(0.1)
         assert pool.tps["smollm2:135m"] < 1e6
+
+
+async def test_a_speed_a_taken_over_process_reports_is_not_kept_for_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The speed cache is the daemon's, in its data dir: a process a task has reached reports a forged figure for
+    the model's own cache key on its socket, and neither the cache nor the next start's advertised speed holds it."""
+    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:misbehave")
+    settings = node_settings(tmp_path / "a", startup_benchmark=True)
+    async with running_node(settings) as node, Client(peers=[dialable(node)]) as client:
+        pool = node.running.pool
+        deadline = time.monotonic() + 60
+        while not pool.tps:  # measured while idle, before any task: kept
+            assert time.monotonic() < deadline, "the first start never measured its model"
+            await asyncio.sleep(0.1)
+        measured = dict(pool.tps)
+        cached = settings.benchmark_cache_path.read_bytes()
+        task = Task(workflow=Simple().workflow(f"{FORGE_SPEED} Hi", max_tokens=4), models=["*"])
+        result = await client.execute(task, timeout=60)
+        assert result.text  # the task ran; the forged line went before its answer
+        assert settings.benchmark_cache_path.read_bytes() == cached
+    async with running_node(settings) as node:
+        assert node.running.pool.tps == measured and FORGED_TPS not in node.running.pool.tps.values()

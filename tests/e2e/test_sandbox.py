@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import structlog
 from py_landlock import LandlockError, get_abi_version
 
 from node.execution.process import TEST_WRAPPER_ENV
@@ -47,7 +48,8 @@ def _a_disk_this_process_opens() -> str | None:
     return None
 
 
-async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> dict[str, str]:
+async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> tuple[dict[str, str], list[str]]:
+    """What the probes found, and the events the node logged (its execution process's relayed among them)."""
     data_dir = tmp_path / "node"
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.hijacked_runtime:hijacked")
     monkeypatch.setenv(HIJACK_DATA_DIR_ENV, str(data_dir))
@@ -56,8 +58,8 @@ async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) 
     if (disk := _a_disk_this_process_opens()) is not None:
         monkeypatch.setenv(HIJACK_DEVICE_ENV, disk)
     settings = node_settings(data_dir, sandbox=sandbox, http_enabled=True, http_host="127.0.0.1", http_port=port)
-    async with running_node(settings) as server:
-        async with Client(peers=[dialable(server)]) as client:
+    with structlog.testing.capture_logs() as logs:
+        async with running_node(settings) as server, Client(peers=[dialable(server)]) as client:
             task = Task(
                 workflow=Simple().workflow(prompt="Hello", max_tokens=8),
                 models=[MODEL],
@@ -65,14 +67,14 @@ async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) 
             )
             result = await client.execute(task, timeout=60)
     probes: dict[str, str] = json.loads(result.text)
-    return probes
+    return probes, [str(entry["event"]) for entry in logs if "exec_pid" in entry]
 
 
 @pytest.mark.skipif(_landlock_abi() < 1, reason="this kernel has no Landlock")
 async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    probes = await _probe(tmp_path, monkeypatch, "auto")
+    probes, child_events = await _probe(tmp_path, monkeypatch, "auto")
     expected = {name: "PermissionError" for name in probes}
     expected["pause the node over its HTTP port"] = "HTTP 401"  # it has no control token (it cannot read it)
     if _landlock_abi() < SIGNAL_SCOPE_ABI:
@@ -80,13 +82,11 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
     assert probes == expected
     assert not (tmp_path / "node" / "planted.key").exists()
     assert (tmp_path / "node" / "identity.key").exists()
-    assert "execution process confined" in capfd.readouterr().err  # the child's own log line
+    assert "execution process confined" in child_events  # the child's own log line
 
 
-async def test_without_the_sandbox_the_same_probes_get_through(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    probes = await _probe(tmp_path, monkeypatch, "off")
+async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probes, child_events = await _probe(tmp_path, monkeypatch, "off")
     assert probes["read identity key"] == "allowed"
     assert probes["read the control token"] == "allowed"  # and with it, pause the node: the sandbox is what keeps it
     assert probes["open the node's code to write"] == "allowed"
@@ -96,7 +96,8 @@ async def test_without_the_sandbox_the_same_probes_get_through(
     # unconfined, the kernel answers (EINVAL for a process with threads), never the filter's EACCES
     assert probes["enter a new user namespace"] != "PermissionError"
     assert probes.get("open a disk device", "allowed") == "allowed"  # where the test may open one
-    assert "confined" not in capfd.readouterr().err  # off: no line, no warning
+    assert "execution process ready" in child_events  # its lines were relayed...
+    assert not [event for event in child_events if "confined" in event]  # ...and off: no line, no warning
 
 
 async def test_a_module_planted_in_the_daemons_working_directory_is_never_run(

@@ -11,13 +11,16 @@ import os
 import signal
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
+from models.benchmark import BenchmarkCache
 from models.progress import ProgressSnapshot, request_owner
 from models.requests import EmbeddingRequest, Generation, GenerationRequest, ScoreRequest, TextSink, TokenScores
-from node.execution.protocol import MAX_CHILD_LINE_BYTES
+from node.execution.protocol import MAX_CHILD_LINE_BYTES, Measured, encode
 
 SPIN = "#spin"  # a CPU loop that never yields and ignores cancellation
 BOMB = "#bomb"  # allocates (and touches) memory without bound
@@ -31,6 +34,16 @@ STALL_DECODE = "#stall-decode"
 # the exit, though the socket stays open. The forked pids are appended to the file FORKED_PIDS_ENV names.
 FORK = "#fork"
 FORKED_PIDS_ENV = "COMPUTE_NODE_TEST_FORKED_PIDS"
+# Writes a `measured` line of a forged speed (FORGED_TPS) for the model's real cache key on the socket to the
+# daemon, as a workflow that took the process over could, then generates as usual.
+FORGE_SPEED = "#forge-speed"
+FORGED_TPS = 99_999.0
+# Writes FORGED_LOG_LINE, a line that looks like the daemon's own (with an escape sequence), straight to stderr.
+FORGE_LOG = "#forge-log"
+FORGED_LOG_LINE = (
+    b'{"event": "node stopped", "level": "info", "logger": "node.daemon.server", "exec_pid": 1, '
+    b'"forged": "\\u001b[2J"}\n'
+)
 
 
 class Misbehaving:
@@ -66,6 +79,10 @@ class Misbehaving:
             _crash_in_grammar(self._model)
         if FORK in text:
             _fork_and_exit()
+        if FORGE_SPEED in text:
+            _forge_speed(self._model)
+        if FORGE_LOG in text:
+            os.write(2, FORGED_LOG_LINE)
         if STALL_DECODE in text:
             self._stall_decoding.add(request_owner.get() or "")
         elif STALL in text:
@@ -91,6 +108,14 @@ def _fork_and_exit() -> None:
     with open(os.environ[FORKED_PIDS_ENV], "a") as pids:
         pids.write(f"{pid}\n")
     os._exit(3)
+
+
+def _forge_speed(model: Any) -> None:
+    key = BenchmarkCache(Path(os.devnull)).key(model)  # what the model's cached speed is stored under
+    forged = Measured(
+        key=key, model=model.name, prompt_tps=FORGED_TPS, generation_tps=FORGED_TPS, measured_at=datetime.now(UTC)
+    )
+    os.write(int(sys.argv[sys.argv.index("--fd") + 1]), encode(forged))
 
 
 def _crash_in_grammar(model: Any) -> None:

@@ -6,4 +6,5 @@ pool.py:     the supervisor of all of them: start, route tasks, watch, restart w
 early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
+child_output.py:   its stderr, relayed into the daemon's log with the process named on every line.
 """

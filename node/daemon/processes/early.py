@@ -12,6 +12,7 @@ by the launcher.
 from __future__ import annotations
 
 from config.settings import Settings
+from models.benchmark import CacheFile
 from node.daemon.processes.handle import ExecutionProcess, child_settings
 from node.daemon.processes.sandbox_policy import prepare_sandbox
 
@@ -30,7 +31,13 @@ class EarlyProcess:
         models = list(dict.fromkeys(settings.models))
         if not models:
             return cls(None)
-        process = ExecutionProcess(models[0], child_settings(settings), lambda _: None, prepare_sandbox(settings))
+        process = ExecutionProcess(
+            models[0],
+            child_settings(settings),
+            lambda _: None,
+            prepare_sandbox(settings),
+            CacheFile(settings.benchmark_cache_path),
+        )
         await process.spawn()
         return cls(process)
 

@@ -4,8 +4,9 @@
 confines itself by the sandbox policy first), hands it one end of a socketpair, sends `configure`
 and waits for `ready`; `spawn()` alone starts the interpreter early (its imports
 beside the daemon's, see early.py) and `start()` then configures it. A reader task then routes answers to the tasks waiting for
-them. When the process ends, for whatever reason, every task still on it gets a
-`ExecutionProcessExitError` naming the signal or exit code, and `on_exit` is called once.
+them, and another relays its stderr into the daemon's log (child_output.py). When the process ends,
+for whatever reason, every task still on it gets a `ExecutionProcessExitError` naming the signal or
+exit code, and `on_exit` is called once.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from models.benchmark import SpeedStore
 from node.daemon.failures import RecentFailures
+from node.daemon.processes.child_output import read_pipe, relay_output
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
+    MAX_MEASURED_SPEEDS,
     MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
     Cancel,
     Configure,
     LoadFailed,
+    Measured,
     Message,
     Pong,
     Probe,
@@ -55,6 +60,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[3]  # node/daemon/processes/han
 # few after a cancel or a probe's timeout, never hundreds a minute.
 MAX_STRAYS = 256
 STRAY_WINDOW_S = 60.0
+OUTPUT_DRAIN_S = 1.0  # after a process's exit, what it wrote last still reaches the log within this
 
 
 class ExecutionProcessExitError(Exception):
@@ -125,16 +131,21 @@ class ExecutionProcess:
         settings: dict[str, Any],
         on_exit: Callable[[ExecutionProcess], None],
         sandbox: SandboxPolicy | None = None,
+        speeds: SpeedStore | None = None,
     ) -> None:
         self.model = model
         self._settings = settings
         self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
+        self._speeds = speeds  # the daemon's speed cache: sent in `configure`, kept `measured` go there
+        self._measured = 0  # `measured` messages received
+        self._runs_sent = 0  # tasks sent: once one is, the process's word on its speed is not kept
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._exit_watch: asyncio.Task[None] | None = None
+        self._output: asyncio.Task[None] | None = None  # relays the process's stderr into the daemon's log
         self._pending: dict[str, asyncio.Future[TaskDone | TaskFailed]] = {}
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
@@ -171,6 +182,9 @@ class ExecutionProcess:
         """Spawn the process: its interpreter starts and imports what loading a model needs, then
         waits for `configure` (`start`)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for the
+        # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
+        output, output_end = os.pipe()
         env = child_environment(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
@@ -195,10 +209,18 @@ class ExecutionProcess:
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=output_end,  # relayed into the daemon's log, the process named (child_output.py)
                 env=env,
             )
+        except BaseException:
+            os.close(output)
+            raise
         finally:
             child.close()
+            os.close(output_end)
+        self._output = asyncio.create_task(
+            relay_output(await read_pipe(output), self.model, self._proc.pid), name=f"exec-{self.model}-output"
+        )
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_CHILD_LINE_BYTES)
 
     async def start(self, timeout: float) -> Ready:
@@ -208,19 +230,18 @@ class ExecutionProcess:
             await self.spawn()
         assert self._proc is not None and self._reader is not None
         reader = self._reader
-        self._send(Configure(model=self.model, settings=self._settings))
+        speeds = self._speeds.entries() if self._speeds is not None else {}
+        self._send(Configure(model=self.model, settings=self._settings, speeds=speeds))
         try:
             # Not wait_for: on Python 3.11 it swallows a stop asked for during startup that lands as `ready` arrives.
             async with asyncio.timeout(timeout):
-                first = await read_line(reader, MAX_CHILD_LINE_BYTES)
+                message = await self._first_answer(reader)
         except TimeoutError:
             self._proc.kill()
             await self._reap(reader)  # closes our end of the socket too
             raise ExecutionProcessStartError(
                 f"model {self.model}: the execution process did not load within {timeout:g} s"
             ) from None
-        try:
-            message = decode_from_child(first) if first is not None else None
         except ProtocolError as exc:
             self._proc.kill()
             await self._reap(reader)
@@ -237,8 +258,23 @@ class ExecutionProcess:
         self.ready = message
         self._reader_task = asyncio.create_task(self._read(reader), name=f"exec-{self.model}")
         self._exit_watch = asyncio.create_task(self._end_stream_at_exit(), name=f"exec-{self.model}-exit")
-        log.info("execution process started", model=self.model, pid=self.pid, parallel=message.parallel)
+        log.info(
+            "execution process started",
+            model=self.model,
+            pid=self.pid,
+            parallel=message.parallel,
+            benchmark_later=message.benchmark_later,  # before READY: the benchmarks read it to know a measurement comes
+        )
         return message
+
+    async def _first_answer(self, reader: asyncio.StreamReader) -> Message | None:
+        """The answer to `configure` (None: the stream ended first), after the speeds measured while loading."""
+        while (line := await read_line(reader, MAX_CHILD_LINE_BYTES)) is not None:
+            message = decode_from_child(line)
+            if not isinstance(message, Measured):
+                return message
+            self._keep_speed(message)
+        return None
 
     async def run(self, request: RunTask, on_delta: Callable[[str], None] | None = None) -> TaskDone | TaskFailed:
         """Send a task and wait for its answer; ExecutionProcessExitError if the process ends first.
@@ -254,6 +290,7 @@ class ExecutionProcess:
         if on_delta is not None:
             self._delta_sinks[request.task_id] = on_delta
         try:
+            self._runs_sent += 1
             self._send(request)
             return await future
         except asyncio.CancelledError:
@@ -322,6 +359,7 @@ class ExecutionProcess:
             await self._proc.wait()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
+        await self._end_output()
 
     def rss_bytes(self) -> int | None:
         """Resident memory of the process, from /proc (None once it is gone)."""
@@ -391,6 +429,8 @@ class ExecutionProcess:
             if probe is None or probe.done():
                 return self._stray(message)
             probe.set_result(message)
+        elif isinstance(message, Measured):
+            self._keep_speed(message)
         elif isinstance(message, Benchmarked) and self._benchmark_expected(message):
             self._provisional_speeds += message.provisional
             self.benchmarked = message
@@ -408,6 +448,24 @@ class ExecutionProcess:
             return False
         return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
+    def _keep_speed(self, message: Measured) -> None:
+        """Cache a measured speed, if it came before any task (MAX_MEASURED_SPEEDS at most: past them, or later,
+        the child says what it likes, and its lines count as strays)."""
+        self._measured += 1
+        if self._runs_sent or self._measured > MAX_MEASURED_SPEEDS or message.model != self.model:
+            log.debug("measured speed not kept", model=self.model, tasks_sent=self._runs_sent)
+            return self._stray(message)
+        if self._speeds is None:
+            return None
+        entry = message.model_dump(mode="json", exclude={"kind", "key"})
+        try:
+            self._speeds.put(message.key, entry)
+        except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
+            log.warning("model benchmark not cached", model=self.model, error=str(exc))
+        else:
+            log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
+        return None
+
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child
         that sends what it likes (each line costs the daemon's event loop its parse)."""
@@ -424,3 +482,12 @@ class ExecutionProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+        await self._end_output()
+
+    async def _end_output(self) -> None:
+        """Let the relay log what the process wrote before its exit (a crash's message), then end it."""
+        if self._output is None:
+            return
+        await asyncio.wait({self._output}, timeout=OUTPUT_DRAIN_S)
+        self._output.cancel()
+        await asyncio.gather(self._output, return_exceptions=True)

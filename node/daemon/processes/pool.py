@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
+from models.benchmark import CacheFile
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.early import EarlyProcess
 from node.daemon.processes.handle import (
@@ -82,6 +83,7 @@ class ExecutionPool:
         # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = child_settings(settings)
         self._sandbox = prepare_sandbox(settings)  # and no access to the data dir's files, the key's included
+        self._speeds = CacheFile(settings.benchmark_cache_path)  # the processes' measured speeds, kept here
         self._early = early  # the first model's process, spawned before the daemon's imports
         self._metrics = metrics
         self._entries: dict[str, _ModelEntry] = {}
@@ -122,7 +124,7 @@ class ExecutionPool:
         """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
         process = self._early.take(entry.model) if self._early is not None else None
         if process is None:
-            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit, self._sandbox)
+            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit, self._sandbox, self._speeds)
         process.on_exit = self._on_exit
         process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)
         try:

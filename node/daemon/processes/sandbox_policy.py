@@ -3,14 +3,15 @@
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
 registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
-Writable: the execution processes' own folder (`<data_dir>/execution`, the speed cache), the temporary
-folder, and in /dev, private otherwise, /dev/null and the like, shared memory and a GPU's nodes; the rest
-is read only.
+Writable: the temporary folder, and in /dev, private otherwise, /dev/null and the like, shared memory and
+a GPU's nodes; the rest is read only. Nothing inside the data dir: a process reports the speeds it measures,
+and the daemon keeps them (node/daemon/processes/handle.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +26,10 @@ from node.execution.protocol import SandboxPolicy
 log = structlog.get_logger("node.daemon.processes")
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
-_OLD_BENCHMARK_CACHE = "benchmarks.json"  # in data_dir itself, before the execution folder
-# Where an execution process may write besides its own folder and the temporary folder.
+# What older nodes let execution processes write in the data dir: their speed cache, then the folder holding
+# it. A process a workflow had taken over may have left any figure (or anything) there.
+_OLD_SPEED_CACHES = ("benchmarks.json", "execution")
+# Where an execution process may write besides the temporary folder.
 _SCRATCH = ("/var/tmp",)
 # /dev is private but for these (globs): a process of a node run as root keeps uid 0 without capabilities, and
 # file permissions alone let it open root's disks (which hold the data dir), consoles and terminals.
@@ -41,18 +44,16 @@ class SandboxPolicyError(ConfigError):
 
 def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     """The policy the execution processes confine themselves by (None: `sandbox = off`, or `auto` where the
-    node's own code lies in a private path). Makes the execution folder, which must exist before a
-    process confines itself, and moves an older node's speed cache into it."""
+    node's own code lies in a private path). Makes the data dir, and removes what older nodes let execution
+    processes write there."""
     try:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private before anything is in it
-        settings.execution_dir.mkdir(mode=0o700, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # the path, or one above it, is a file
         raise ConfigError(f"invalid setting 'data_dir': {settings.data_dir} is not a directory") from None
     except OSError as exc:
         raise ConfigError(f"invalid setting 'data_dir': cannot make {settings.data_dir}: {exc.strerror}") from None
-    old_cache = settings.data_dir / _OLD_BENCHMARK_CACHE
-    if old_cache.is_file() and not settings.benchmark_cache_path.exists():
-        os.replace(old_cache, settings.benchmark_cache_path)
+    for name in _OLD_SPEED_CACHES:
+        _remove(settings.data_dir / name)
     if settings.sandbox == "off":
         return None
     private = [_real(settings.data_dir), Path("/dev")]
@@ -76,7 +77,7 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
     scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
     scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
-    writable = [_real(settings.execution_dir), *scratch]
+    writable = scratch
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
@@ -84,6 +85,17 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
         writable=[str(path) for path in dict.fromkeys(writable)],
         devices=[*_DEVICES, *_GPU_DEVICES],
     )
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder's tree, never following a link (one is removed itself)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # by file descriptors: a link inside is removed, not followed
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("old speed cache not removed", path=str(path), error=str(exc))
 
 
 def _model_files(settings: Settings) -> list[Path]:

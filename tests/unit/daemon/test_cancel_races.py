@@ -14,19 +14,7 @@ import node.daemon.idle as idle
 from node.daemon.idle import IdleWatch
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.supervisor import Supervisor
-
-
-class SpawnedChild:
-    """What `spawn` leaves for `start`: a child process that never needs killing here."""
-
-    pid = 4242
-    returncode = None
-
-    def kill(self) -> None:
-        pass
-
-    async def wait(self) -> int:
-        return 0
+from tests.support.spawned_child import SpawnedChild
 
 
 async def test_a_stop_that_lands_as_the_execution_process_says_ready_stops_the_start() -> None:

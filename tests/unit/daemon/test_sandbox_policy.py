@@ -30,12 +30,10 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
     real = tmp_path.resolve()
     assert policy.private == [str(real / "data"), "/dev", str(real / "keys" / "node.key"), str(real / "node.toml")]
     assert str(real / "data" / "models") in policy.readable
-    assert policy.writable[0] == str(real / "data" / "execution")
-    assert "/tmp" in policy.writable[1:]  # scratch: read only elsewhere
+    assert "/tmp" in policy.writable  # scratch: read only elsewhere
+    assert not [path for path in policy.writable if path.startswith(str(real / "data"))]  # nothing in the data dir
     assert {"/dev/null", "/dev/urandom", "/dev/nvidia*"} <= set(policy.devices)  # expanded where the child starts
     assert "/dev" not in policy.writable  # private but for those: a root node's process could open its disks
-    assert (tmp_path / "data" / "execution").is_dir()  # made before any process confines itself
-    assert (tmp_path / "data" / "execution").stat().st_mode & 0o077 == 0
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
 
 
@@ -70,13 +68,25 @@ def test_off_makes_no_policy_and_on_requires_one(tmp_path: Path) -> None:
     assert policy is not None and policy.required
 
 
-def test_an_older_nodes_speed_cache_moves_into_the_execution_folder(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "benchmarks.json").write_text('{"k": 1}')
+def test_what_older_nodes_let_execution_processes_write_in_the_data_dir_is_removed(tmp_path: Path) -> None:
+    """Their speed caches (in the data dir, then in its `execution/` folder): a process a workflow took over could
+    have left any figure there, or anything, a link out of the data dir included (removed, never followed)."""
+    data = tmp_path / "data"
+    (data / "execution" / "deeper").mkdir(parents=True)
+    (data / "benchmarks.json").write_text('{"k": 1}')
+    (data / "execution" / "benchmarks.json").write_text('{"k": 2}')
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("kept")
+    (data / "execution" / "deeper" / "link").symlink_to(outside, target_is_directory=True)
+    (data / "identity.key").write_text("11" * 32)
     settings = _settings(tmp_path)
     prepare_sandbox(settings)
-    assert settings.benchmark_cache_path.read_text() == '{"k": 1}'
-    assert not (tmp_path / "data" / "benchmarks.json").exists()
+    assert sorted(path.name for path in data.iterdir()) == ["identity.key"]
+    assert (outside / "keep.txt").read_text() == "kept"
+    (data / "execution").symlink_to(outside, target_is_directory=True)  # the folder itself a link: the link goes
+    prepare_sandbox(settings)
+    assert not (data / "execution").exists() and (outside / "keep.txt").read_text() == "kept"
 
 
 def test_code_in_the_data_dir_itself_cannot_be_confined_around(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,9 +119,7 @@ def test_a_temporary_folder_inside_the_data_dir_is_not_writable(
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
-    assert [path for path in policy.writable if str(tmp_path.resolve() / "data") in path] == [
-        str(tmp_path.resolve() / "data" / "execution")
-    ]
+    assert [path for path in policy.writable if str(tmp_path.resolve() / "data") in path] == []
 
 
 def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from models.benchmark import CacheFile
 from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess, describe_exit
 from node.execution.process import sendable_text
 from node.execution.protocol import (
     MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
+    Measured,
     Pong,
     Probe,
     ProtocolError,
@@ -22,6 +27,7 @@ from node.execution.protocol import (
     decode_to_child,
     encode,
 )
+from tests.support.spawned_child import SpawnedChild
 
 
 def test_messages_round_trip_as_json_lines() -> None:
@@ -96,6 +102,16 @@ def test_exit_descriptions_name_the_signal() -> None:
         ("a step of ages", b'{"kind":"benchmarked","model":"m","generation_tps":5,"step_seconds":1e300}'),
         ("a ready step of ages", b'{"kind":"ready","model":"m","parallel":1,"step_seconds":1e300}'),
         (
+            "a cache key that is a path",
+            b'{"kind":"measured","key":"../identity.key","model":"m","prompt_tps":1,"generation_tps":1,'
+            b'"measured_at":"2026-12-06T00:00:00Z"}',
+        ),
+        (
+            "a cached speed past what publishers read",
+            b'{"kind":"measured","key":"ab","model":"m","prompt_tps":1,"generation_tps":1e7,'
+            b'"measured_at":"2026-12-06T00:00:00Z"}',
+        ),
+        (
             "an infinite decode time",
             b'{"kind":"pong","probe_id":1,"progress":{"calls_done":1,"busy":0,"seconds_per_token":1e999}}',
         ),
@@ -167,3 +183,39 @@ def test_a_measured_speed_the_child_did_not_announce_ends_it_as_broken(benchmark
     with pytest.raises(ProtocolError, match="unexpected Benchmarked"):
         process._dispatch(decode_from_child(encode(Benchmarked(model=model, generation_tps=1e6))))
     assert seen == [] and process.benchmarked is None
+
+
+def _measured(tps: float) -> bytes:
+    return encode(
+        Measured(
+            key="ab12", model="m", prompt_tps=tps, generation_tps=tps, measured_at=datetime(2026, 12, 6, tzinfo=UTC)
+        )
+    )
+
+
+async def test_the_daemon_keeps_a_measured_speed_only_from_a_process_it_had_sent_no_task(tmp_path: Path) -> None:
+    """The speed cache is the daemon's: a figure measured while loading is kept; once a task went to the process,
+    a workflow may own it, and what it reports is not kept for the next process (nor the next start)."""
+    speeds = CacheFile(tmp_path / "speeds.json")
+    speeds.put("cd34", {"model": "m", "prompt_tps": 1.0, "generation_tps": 2.0, "measured_at": "2026-12-01T00:00:00Z"})
+    process = ExecutionProcess("m", {}, on_exit=lambda _: None, speeds=speeds)
+    process._proc = SpawnedChild()  # type: ignore[assignment]
+    reader = process._reader = asyncio.StreamReader()
+    sent: list[bytes] = []
+    process._send = lambda message: sent.append(encode(message))  # type: ignore[method-assign]
+    starting = asyncio.ensure_future(process.start(60.0))
+    reader.feed_data(_measured(50.0) + b'{"kind":"ready","model":"m","parallel":1,"benchmark_later":true}\n')
+    assert (await starting).parallel == 1
+    assert "cd34" in decode_to_child(sent[0]).speeds  # type: ignore[union-attr]  # the cache, in `configure`
+    assert speeds.entries()["ab12"]["generation_tps"] == 50.0  # measured before any task: kept
+
+    running = asyncio.ensure_future(process.run(RunTask(task_id="t", workflow={}, deadline_ns=0)))
+    await asyncio.sleep(0)
+    reader.feed_data(_measured(99_999.0))  # after a task went to it: what a taken-over process would say
+    reader.feed_data(encode(TaskDone(task_id="t", text="", steps=1, prompt_tokens=1, completion_tokens=1)))
+    assert isinstance(await running, TaskDone)
+    assert speeds.entries()["ab12"]["generation_tps"] == 50.0
+    assert process.alive  # one such line is no broken protocol: an honest process's idle measurement can follow a task
+    reader.feed_eof()
+    assert process._reader_task is not None
+    await process._reader_task

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models.benchmark import CacheFile
 from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
 from node.execution.model_setup import create_embedder, prepare_model
 from tests.support.cluster import node_settings
@@ -29,16 +30,16 @@ async def test_embedding_model_other_than_the_task_model_serves_only_embeddings(
 
 @pytest.mark.asyncio
 async def test_a_low_cached_speed_is_measured_again_before_min_tps_refuses_the_model(tmp_path: Path) -> None:
-    """Execution processes write the speed cache: one a workflow took over could leave a figure under `min_tps`
-    there, and the model would never serve again. A cached figure alone never refuses it."""
+    """A figure under `min_tps` in the cache (measured while the machine was busier) does not refuse the model for
+    good: it is measured again, and the fresh figure replaces it."""
     settings = node_settings(tmp_path, startup_benchmark=True, min_tps=1.0)
-    prepared = await prepare_model(MODEL, settings)
-    await prepared.model.close()
     cache = settings.benchmark_cache_path
+    prepared = await prepare_model(MODEL, settings, CacheFile(cache))
+    await prepared.model.close()
     planted = {key: {**entry, "generation_tps": 0.01, "prompt_tps": 0.01} for key, entry in _entries(cache).items()}
     assert planted
     cache.write_text(json.dumps(planted))
-    prepared = await prepare_model(MODEL, settings)  # measured again, not refused
+    prepared = await prepare_model(MODEL, settings, CacheFile(cache))  # measured again, not refused
     try:
         assert prepared.generation_tps is not None and prepared.generation_tps >= 1.0
         assert all(entry["generation_tps"] >= 1.0 for entry in _entries(cache).values())  # the fresh figure kept

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from models.batching import BatchedLlamaModel
-from models.benchmark import MAX_CACHE_BYTES, BenchmarkCache, BenchResult, ResultCache, benchmark
+from models.benchmark import (
+    MAX_CACHE_BYTES,
+    BenchmarkCache,
+    BenchResult,
+    CacheFile,
+    ReportedSpeeds,
+    ResultCache,
+    benchmark,
+)
 from models.options import RuntimeOptions
 from tests.support.model_file import SMOLLM2
 
@@ -79,8 +87,8 @@ def test_a_cache_with_infinite_speeds_counts_as_empty(model: BatchedLlamaModel, 
 
 
 def test_a_planted_cache_is_neither_followed_nor_waited_on(model: BatchedLlamaModel, tmp_path: Path) -> None:
-    """A taken-over execution process may leave anything in its speed cache for the next one: a link to
-    /dev/zero or to another file, a FIFO, a huge file. Each counts as empty at once, and a put replaces it."""
+    """The cache file may be anything (an operator's copy, an older node's, which execution processes wrote): a
+    link to /dev/zero or to another file, a FIFO, a huge file. Each counts as empty at once, and a put replaces it."""
     path = tmp_path / "bench.json"
     real = tmp_path / "real.json"
     BenchmarkCache(real).put(model, BenchResult(prompt_tps=3.0, generation_tps=4.0))
@@ -145,3 +153,18 @@ async def test_a_cached_speed_under_at_least_is_measured_again_and_a_fresh_one_i
     assert cache.runs == 1
     await cache.measure(_Named(), at_least=1e6)  # cached but too slow: never trusted alone to refuse
     assert cache.runs == 2
+
+
+async def test_a_process_handed_the_entries_reads_them_and_reports_what_it_measures(tmp_path: Path) -> None:
+    """An execution process's store: the daemon's file's entries, read; a new figure reported, never written."""
+    owner = CacheFile(tmp_path / "speeds.json")
+    await _CountingCache(owner).measure(_Named())  # the owner's own measurement, in its file
+    reported: list[tuple[str, BenchResult]] = []
+    handed = _CountingCache(ReportedSpeeds(owner.entries(), lambda key, result: reported.append((key, result))))
+    await handed.measure(_Named())
+    assert handed.runs == 0 and reported == []  # cached: read from what was handed over
+    await handed.measure(_Named(), fresh=True)
+    assert handed.runs == 1 and [key for key, _ in reported] == ["stub-key"]
+    assert reported[0][1].generation_tps == 1.0
+    assert handed.get(_Named()) == reported[0][1]  # kept for this process's life
+    assert [path.name for path in tmp_path.iterdir()] == ["speeds.json"]  # and nothing written
