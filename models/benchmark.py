@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 # A cache holds a few hundred bytes per model and setup; past this it is not one this code wrote.
 MAX_CACHE_BYTES = 1 << 20
+# An entry's field in place of a figure: measure this model before it serves (node/daemon/processes/handle.py).
+MEASURE_BEFORE_READY = "measure_before_ready"
 
 # About 128 prompt tokens with a typical chat template; the text is fixed so
 # results are comparable between runs and nodes.
@@ -123,7 +125,8 @@ class CacheFile:
         self.path = Path(path)
 
     def entries(self) -> dict[str, dict[str, object]]:
-        """The file's entries ({} when it is missing or unreadable, with a warning for the latter)."""
+        """The file's entries ({} when it is missing or unreadable, with a warning for the latter; an entry that
+        is not an object is left out)."""
         try:
             data = json.loads(_read_cache_file(self.path))
         except FileNotFoundError:
@@ -131,7 +134,9 @@ class CacheFile:
         except (OSError, ValueError) as exc:
             log.warning("benchmark cache unreadable", path=str(self.path), error=str(exc))
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return {key: entry for key, entry in data.items() if isinstance(entry, dict)}
 
     def put(self, key: str, entry: dict[str, object]) -> None:
         """Store one entry (atomically replacing the file; created 0600)."""
@@ -204,6 +209,11 @@ class ResultCache(Generic[M]):
     def put(self, model: M, result: BenchResult) -> None:
         """Store a result."""
         self.store.put(self.key(model), {"model": model.name, **result.model_dump(mode="json")})
+
+    def measure_before_ready(self, model: M) -> bool:
+        """Whether the store asks for this model's speed before it serves (MEASURE_BEFORE_READY: its last figure,
+        measured while it served, was not kept)."""
+        return self.store.entries().get(self.key(model), {}).get(MEASURE_BEFORE_READY) is True
 
     async def measure(self, model: M, fresh: bool = False, at_least: float | None = None) -> BenchResult:
         """The cached result, or a new benchmark stored for next time (`fresh`: always a new one; `at_least`:

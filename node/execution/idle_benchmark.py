@@ -51,7 +51,8 @@ class IdleBenchmark:
     """Runs `measure` in idle spells; `task_started` interrupts a clean measurement.
 
     `report(result, provisional)` gets the figures to advertise: provisional ones (each higher than the last,
-    at most `MAX_PROVISIONAL`), then the clean one; `keep(result)` caches the clean one, before it is reported.
+    at most `MAX_PROVISIONAL`), then the clean one; `keep(result)` offers the clean one for the cache, before it
+    is reported.
     """
 
     def __init__(

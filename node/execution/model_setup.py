@@ -129,7 +129,8 @@ async def prepare_model(name: str, settings: Settings, speeds: SpeedStore) -> Pr
     if not settings.startup_benchmark:
         return PreparedModel(model)
     if measured_after_ready(settings) and isinstance(model, BatchedLlamaModel):
-        if BenchmarkCache(speeds).get(model) is None:
+        cache = BenchmarkCache(speeds)
+        if cache.get(model) is None and not cache.measure_before_ready(model):
             return PreparedModel(model, benchmark_later=True)
     try:
         # Never refused on a cached figure alone: the machine may have been busier when it was measured.

@@ -333,10 +333,7 @@ async def benchmark_when_idle(
             )
 
     def keep(result: BenchResult) -> None:
-        try:
-            cache.put(model, result)
-        except OSError as exc:  # the daemon's store is a file: a full disk or a read-only data dir
-            log.warning("model benchmark not cached", model=model.name, error=str(exc))
+        cache.put(model, result)  # reported to the daemon (`measured`), which decides whether it is kept
         log.info("model measured after ready", model=model.name, interruptions=idle_benchmark.interruptions)
 
     idle_benchmark = IdleBenchmark(model.name, lambda: benchmark(model), host.idle, report, keep)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from models.benchmark import MEASURE_BEFORE_READY, CacheFile
 from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task
 from tests.support.cluster import dialable, node_settings, running_node
@@ -36,7 +37,10 @@ async def test_a_first_start_serves_before_its_benchmark_and_advertises_the_spee
         assert known.tps == pool.tps and pool.tps["smollm2:135m"] > 0
         stall = pool._entries["smollm2:135m"].stall
         assert stall is not None and stall.step_s > 0  # the stall bound of a decode is sized by the measurement
-        # Not cached (the daemon keeps a figure only from a process it had sent no task): the next start measures.
+        # The task most likely reached the process before its measurement ended: then the figure is not kept (a
+        # taken-over process could report anything) and the next start measures before READY instead.
+        (entry,) = CacheFile(settings.benchmark_cache_path).entries().values()
+        assert entry.get(MEASURE_BEFORE_READY) is True or round(entry["generation_tps"], 1) == pool.tps["smollm2:135m"]
 
 
 async def test_a_restart_reads_the_cached_speed_before_ready(tmp_path: Path) -> None:
@@ -109,3 +113,23 @@ async def test_a_speed_a_taken_over_process_reports_is_not_kept_for_the_next_sta
         assert settings.benchmark_cache_path.read_bytes() == cached
     async with running_node(settings) as node:
         assert node.running.pool.tps == measured and FORGED_TPS not in node.running.pool.tps.values()
+
+
+async def test_a_node_whose_first_task_came_before_its_measurement_measures_before_ready_next_time(
+    tmp_path: Path,
+) -> None:
+    """Its figure was not kept; the next start measures before READY, with no task possible yet, and keeps it."""
+    settings = node_settings(tmp_path / "a", startup_benchmark=True, heartbeat_interval=600)
+    async with running_node(settings) as node, Client(peers=[dialable(node)]) as client:
+        for _ in range(3):  # tasks from READY on: the measurement waits for an idle spell after them
+            await client.execute(Task(workflow=Simple().workflow("Hi", max_tokens=4), models=["*"]), timeout=60)
+        deadline = time.monotonic() + 60
+        while not node.running.pool.tps:
+            assert time.monotonic() < deadline, "never measured"
+            await asyncio.sleep(0.1)
+    (entry,) = CacheFile(settings.benchmark_cache_path).entries().values()
+    assert entry == {"model": "smollm2:135m", MEASURE_BEFORE_READY: True}
+    async with running_node(settings) as node:
+        assert node.running.pool.tps["smollm2:135m"] > 0  # READY with it: measured before
+    (entry,) = CacheFile(settings.benchmark_cache_path).entries().values()
+    assert round(entry["generation_tps"], 1) == node.running.pool.tps["smollm2:135m"]

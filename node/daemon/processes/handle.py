@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from models.benchmark import SpeedStore
+from models.benchmark import MEASURE_BEFORE_READY, SpeedStore
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.child_output import read_pipe, relay_output
 from node.execution.protocol import (
@@ -139,6 +139,7 @@ class ExecutionProcess:
         self._speeds = speeds  # the daemon's speed cache: sent in `configure`, kept `measured` go there
         self._measured = 0  # `measured` messages received
         self._runs_sent = 0  # tasks sent: once one is, the process's word on its speed is not kept
+        self._asked_before_ready = False  # its figure came after a task: the next start measures before ready
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -214,6 +215,7 @@ class ExecutionProcess:
             )
         except BaseException:
             os.close(output)
+            parent.close()
             raise
         finally:
             child.close()
@@ -449,21 +451,28 @@ class ExecutionProcess:
         return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
     def _keep_speed(self, message: Measured) -> None:
-        """Cache a measured speed, if it came before any task (MAX_MEASURED_SPEEDS at most: past them, or later,
-        the child says what it likes, and its lines count as strays)."""
+        """Cache a measured speed, if it came before any task (MAX_MEASURED_SPEEDS at most: past them the child
+        says what it likes, and its lines count as strays). One measured after a task is not kept: the store
+        asks the next start to measure before it serves instead, unless it holds a figure already."""
         self._measured += 1
-        if self._runs_sent or self._measured > MAX_MEASURED_SPEEDS or message.model != self.model:
-            log.debug("measured speed not kept", model=self.model, tasks_sent=self._runs_sent)
+        if self._measured > MAX_MEASURED_SPEEDS or message.model != self.model:
             return self._stray(message)
         if self._speeds is None:
             return None
-        entry = message.model_dump(mode="json", exclude={"kind", "key"})
+        entry: dict[str, object] = message.model_dump(mode="json", exclude={"kind", "key"})
+        if self._runs_sent:
+            if self._asked_before_ready or "generation_tps" in self._speeds.entries().get(message.key, {}):
+                return None
+            self._asked_before_ready = True
+            log.info("model speed not cached: a task came first", model=self.model, next_start="measured before ready")
+            entry = {"model": self.model, MEASURE_BEFORE_READY: True}
         try:
             self._speeds.put(message.key, entry)
         except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
             log.warning("model benchmark not cached", model=self.model, error=str(exc))
         else:
-            log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
+            if not self._runs_sent:
+                log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
         return None
 
     def _stray(self, message: Message) -> None:

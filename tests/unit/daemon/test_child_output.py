@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from node.daemon.processes.child_output import MAX_LINE_BYTES, MAX_LINES, relay_output
+from node.daemon.processes.child_output import MAX_LINE_BYTES, MAX_LINES, MAX_READ_BYTES, relay_output
 
 # A line that looks like the daemon's own: its logger, its event, the process fields themselves.
 FORGED = json.dumps(
@@ -22,7 +22,10 @@ FORGED = json.dumps(
         "timestamp": "2020-01-01T00:00:00Z",
         "exec_model": "another",
         "exec_pid": 1,
+        "exec_logger": "node.daemon.server",
         "task_id": "t1\x1b]0;owned\x07\x1b[2J",
+        # a field name holding a whole forged line for the console, which prints names as they are
+        "x\x1b]0;owned\x07\n2026-12-06T00:00:00Z [info     ] node stopped [node.daemon.server]\nx": 1,
     }
 )
 
@@ -50,7 +53,9 @@ def test_a_forged_line_is_logged_as_the_process_s_with_its_fields_and_no_termina
     assert [line["event"] for line in lines] == ["result published", "execution process output"]
     forged, raw = lines
     assert (forged["exec_model"], forged["exec_pid"]) == ("smollm2:135m", 4242)  # the daemon's, not the line's
+    assert (forged["logger"], forged["exec_logger"]) == ("node.execution", "node.daemon.outbox")
     assert forged["timestamp"] != "2020-01-01T00:00:00Z" and forged["task_id"].startswith("t1")
+    assert "node stopped" in forged["other_fields"] and not [key for key in forged if "\n" in key or "\x1b" in key]
     assert raw["level"] == "warning" and raw["line"].startswith("Fatal Python error") and raw["exec_pid"] == 4242
     console = _daemon_log("console")
     assert len(console.splitlines()) == 2 and console.count("exec_pid=4242") == 2
@@ -101,3 +106,19 @@ async def test_a_flood_is_relayed_up_to_its_bound_and_the_rest_counted() -> None
     logs = await _relay(b"line\n" * (MAX_LINES + 500))
     assert sum(entry["event"] == "execution process output" for entry in logs) == MAX_LINES
     assert logs[-1]["event"] == "execution process output dropped" and logs[-1]["lines"] == 500
+
+
+async def test_a_flood_past_the_read_budget_is_left_in_the_pipe_until_the_window_ends() -> None:
+    """Counting lines still costs a read per 64 KiB: past MAX_READ_BYTES in a window the relay stops reading, so
+    the process that floods blocks on its own writes, and the daemon's event loop is free."""
+    stream = asyncio.StreamReader()
+    stream.feed_data(b"x\n" * ((MAX_READ_BYTES + (4 << 20)) // 2))
+    with structlog.testing.capture_logs() as logs:
+        relay = asyncio.ensure_future(relay_output(stream, "m", 7))
+        await asyncio.sleep(0.5)
+        assert not relay.done()
+        assert len(stream._buffer) >= 3 << 20  # left unread  # type: ignore[attr-defined]
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+    assert sum(entry["event"] == "execution process output" for entry in logs) == MAX_LINES
+    assert logs[-1]["event"] == "execution process output dropped" and logs[-1]["lines"] > 1_000_000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.benchmark import CacheFile
+from models.benchmark import MEASURE_BEFORE_READY, BenchmarkCache, CacheFile
 from models.requests import ChatMessage, EmbeddingRequest, GenerationRequest, ModelError
 from node.execution.model_setup import create_embedder, prepare_model
 from tests.support.cluster import node_settings
@@ -49,3 +49,22 @@ async def test_a_low_cached_speed_is_measured_again_before_min_tps_refuses_the_m
 
 def _entries(cache: Path) -> dict[str, dict[str, float]]:
     return json.loads(cache.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_asks_for_it_has_the_speed_measured_before_ready(tmp_path: Path) -> None:
+    """One model, no `min_tps`: measured after `ready`, unless the daemon's store asks for it before (the last
+    figure came after a task and was not kept)."""
+    settings = node_settings(tmp_path, startup_benchmark=True)
+    cache = CacheFile(settings.benchmark_cache_path)
+    prepared = await prepare_model(MODEL, settings, cache)
+    key = BenchmarkCache(cache).key(prepared.model)
+    await prepared.model.close()
+    assert prepared.benchmark_later and prepared.generation_tps is None
+    cache.put(key, {"model": MODEL, MEASURE_BEFORE_READY: True})
+    prepared = await prepare_model(MODEL, settings, cache)
+    try:
+        assert not prepared.benchmark_later and prepared.generation_tps is not None
+        assert "generation_tps" in cache.entries()[key]  # the figure replaces the request
+    finally:
+        await prepared.model.close()

@@ -168,3 +168,10 @@ async def test_a_process_handed_the_entries_reads_them_and_reports_what_it_measu
     assert reported[0][1].generation_tps == 1.0
     assert handed.get(_Named()) == reported[0][1]  # kept for this process's life
     assert [path.name for path in tmp_path.iterdir()] == ["speeds.json"]  # and nothing written
+
+
+def test_an_entry_that_is_not_an_object_is_left_out(tmp_path: Path) -> None:
+    """A hand-edited cache: the rest of it still serves (the daemon sends the entries in every `configure`)."""
+    path = tmp_path / "speeds.json"
+    path.write_text('{"a": 1, "b": [2], "c": {"model": "m", "prompt_tps": 1.0, "generation_tps": 2.0}}')
+    assert list(CacheFile(path).entries()) == ["c"]
