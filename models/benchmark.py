@@ -174,6 +174,16 @@ class ReportedSpeeds:
         self._report(key, BenchResult.model_validate(entry))
 
 
+def stored_result(entry: dict[str, object] | None) -> BenchResult | None:
+    """The result an entry holds; None for none, a MEASURE_BEFORE_READY request or an entry that is not valid."""
+    if entry is None:
+        return None
+    try:
+        return BenchResult.model_validate(entry)
+    except ValidationError:
+        return None
+
+
 class ResultCache(Generic[M]):
     """Benchmark results keyed by what the measured speed depends on, in a SpeedStore (a path: a CacheFile).
 
@@ -195,12 +205,8 @@ class ResultCache(Generic[M]):
 
     def get(self, model: M) -> BenchResult | None:
         """The cached result for this model and setup, if any (and fresh enough)."""
-        entry = self.store.entries().get(self.key(model))
-        if entry is None:
-            return None
-        try:
-            result = BenchResult.model_validate(entry)
-        except ValidationError:
+        result = stored_result(self.store.entries().get(self.key(model)))
+        if result is None:
             return None
         if self.max_age is not None and datetime.now(UTC) - result.measured_at > self.max_age:
             return None

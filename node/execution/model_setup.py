@@ -90,6 +90,7 @@ class PreparedModel:
     generation_tps: float | None = None
     prompt_tps: float | None = None
     benchmark_later: bool = False  # no cached speed: measured after `ready`, in idle time
+    speed_key: str | None = None  # then: the speed cache's key it is measured for
 
     @property
     def gguf_metadata(self) -> Mapping[str, str] | None:
@@ -131,7 +132,7 @@ async def prepare_model(name: str, settings: Settings, speeds: SpeedStore) -> Pr
     if measured_after_ready(settings) and isinstance(model, BatchedLlamaModel):
         cache = BenchmarkCache(speeds)
         if cache.get(model) is None and not cache.measure_before_ready(model):
-            return PreparedModel(model, benchmark_later=True)
+            return PreparedModel(model, benchmark_later=True, speed_key=cache.key(model))
     try:
         # Never refused on a cached figure alone: the machine may have been busier when it was measured.
         result = await measure_speed(model, speeds, at_least=settings.min_tps or None)

@@ -290,6 +290,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
             max_rss_mb=limits.max_rss_mb,
             step_seconds=step,
             benchmark_later=prepared.benchmark_later,
+            speed_key=prepared.speed_key,
         )
     )
     benchmarking = None

@@ -120,8 +120,11 @@ class Ready(Message):
     # Expected seconds of one full batch step (a prompt chunk plus a token per slot), from the
     # benchmark; sizes the stall watchdog's bound for a decode call (None: not measured).
     step_seconds: float | None = Field(default=None, ge=0, le=MAX_STEP_SECONDS)
-    # No speed cached: the child measures it once it is idle after `ready`, and says so in `benchmarked`.
+    # No speed cached: the child measures it once it is idle after `ready`, and says so in `benchmarked`...
     benchmark_later: bool = False
+    # ...for this key of the daemon's speed cache (where the daemon asks the next start to measure before `ready`
+    # if a task comes first: never a key a child names after a task, which could be any).
+    speed_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,64}$")
 
 
 class Benchmarked(Message):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 from typing import Any
@@ -41,6 +42,9 @@ _RESERVED = frozenset(
 )
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # no leading "_": structlog's own (_record, _from_...)
+# Names the console renderer prints in a way of its own (a traceback's lines after the line, a second logger name
+# in brackets): a child's value there could print as a line without exec_pid. They go into `other_fields`.
+_RENDERED_APART = frozenset({"exception", "stack", "logger_name"})
 
 
 async def read_pipe(fd: int) -> asyncio.StreamReader:
@@ -79,32 +83,33 @@ async def relay_output(stream: asyncio.StreamReader, model: str, pid: int) -> No
                 _report_dropped(window, model, pid)
                 window = _Window(loop.time())
             window.read += len(chunk)
-            if window.spent:  # counting only: no split, no line
+            if window.spent:  # counting only (newlines: the count is off by one at most), no split, no line
                 window.dropped += chunk.count(b"\n")
-                pending, skipping = b"", True
+                pending, skipping = b"", not chunk.endswith(b"\n")
             else:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     if skipping:
                         skipping = False
-                    elif window.spent:
-                        window.dropped += 1
                     else:
-                        _relay(line[:MAX_LINE_BYTES], window, model, pid)
+                        _relay_or_count(line[:MAX_LINE_BYTES], window, model, pid)
                 if len(pending) > MAX_LINE_BYTES:
                     if not skipping:
-                        _relay(pending[:MAX_LINE_BYTES], window, model, pid)
+                        _relay_or_count(pending[:MAX_LINE_BYTES], window, model, pid)
                     pending, skipping = b"", True
             if window.read >= MAX_READ_BYTES:  # a flood: the process's writes block until the window ends
                 await asyncio.sleep(max(window.end - loop.time(), 0.0))
-        if pending and not skipping and not window.spent:
-            _relay(pending, window, model, pid)
+        if pending and not skipping:
+            _relay_or_count(pending, window, model, pid)
     finally:
         _report_dropped(window, model, pid)
 
 
-def _relay(line: bytes, window: _Window, model: str, pid: int) -> None:
+def _relay_or_count(line: bytes, window: _Window, model: str, pid: int) -> None:
+    if window.spent:
+        window.dropped += 1
+        return
     window.lines += 1
     window.relayed += len(line)
     try:
@@ -141,7 +146,7 @@ def log_line(line: bytes, model: str, pid: int) -> None:
             continue
         if key == "self":  # would clash with the log method's own argument
             extra["self_"] = value
-        elif _FIELD_NAME.fullmatch(key):
+        elif _FIELD_NAME.fullmatch(key) and key not in _RENDERED_APART:
             extra[key] = value
         else:
             other[key] = value
@@ -161,8 +166,19 @@ def log_line(line: bytes, model: str, pid: int) -> None:
 def _json_object(text: str) -> dict[str, Any] | None:
     if not text.startswith("{"):
         return None
-    try:
-        value = json.loads(text)
+    try:  # no NaN or Infinity: the daemon's JSON lines stay strict JSON
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except (ValueError, RecursionError):  # a line nested past the parser's depth is text too
         return None
     return value if isinstance(value, dict) else None
+
+
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON has")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not finite")
+    return value

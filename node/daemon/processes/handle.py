@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from models.benchmark import MEASURE_BEFORE_READY, SpeedStore
+from models.benchmark import MEASURE_BEFORE_READY, SpeedStore, stored_result
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.child_output import read_pipe, relay_output
 from node.execution.protocol import (
@@ -452,28 +452,34 @@ class ExecutionProcess:
 
     def _keep_speed(self, message: Measured) -> None:
         """Cache a measured speed, if it came before any task (MAX_MEASURED_SPEEDS at most: past them the child
-        says what it likes, and its lines count as strays). One measured after a task is not kept: the store
-        asks the next start to measure before it serves instead, unless it holds a figure already."""
+        says what it likes, and its lines count as strays). One measured after a task is not kept: under the key
+        `ready` named, the store asks the next start to measure before it serves instead, unless it holds a
+        figure already."""
         self._measured += 1
         if self._measured > MAX_MEASURED_SPEEDS or message.model != self.model:
             return self._stray(message)
         if self._speeds is None:
             return None
-        entry: dict[str, object] = message.model_dump(mode="json", exclude={"kind", "key"})
-        if self._runs_sent:
-            if self._asked_before_ready or "generation_tps" in self._speeds.entries().get(message.key, {}):
-                return None
-            self._asked_before_ready = True
-            log.info("model speed not cached: a task came first", model=self.model, next_start="measured before ready")
-            entry = {"model": self.model, MEASURE_BEFORE_READY: True}
+        if not self._runs_sent:
+            if self._put_speed(message.key, message.model_dump(mode="json", exclude={"kind", "key"})):
+                log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
+            return None
+        key = self.ready.speed_key if self.ready is not None else None  # said before any task: never the child's
+        if key is None or self._asked_before_ready or stored_result(self._speeds.entries().get(key)) is not None:
+            return None
+        self._asked_before_ready = True
+        log.info("model speed not cached: a task came first", model=self.model, next_start="measured before ready")
+        self._put_speed(key, {"model": self.model, MEASURE_BEFORE_READY: True})
+        return None
+
+    def _put_speed(self, key: str, entry: dict[str, object]) -> bool:
+        assert self._speeds is not None
         try:
-            self._speeds.put(message.key, entry)
+            self._speeds.put(key, entry)
         except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
             log.warning("model benchmark not cached", model=self.model, error=str(exc))
-        else:
-            if not self._runs_sent:
-                log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
-        return None
+            return False
+        return True
 
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child

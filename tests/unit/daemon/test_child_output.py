@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import structlog
 
+from node.daemon.processes import child_output
 from node.daemon.processes.child_output import MAX_LINE_BYTES, MAX_LINES, MAX_READ_BYTES, relay_output
 
 # A line that looks like the daemon's own: its logger, its event, the process fields themselves.
@@ -23,6 +25,9 @@ FORGED = json.dumps(
         "exec_model": "another",
         "exec_pid": 1,
         "exec_logger": "node.daemon.server",
+        # printed by the console apart from the line (a traceback's place): no control character needed
+        "stack": "2026-12-06T00:00:00Z [info     ] result published [node.daemon.outbox] task_id=t9",
+        "logger_name": "node.daemon.server",
         "task_id": "t1\x1b]0;owned\x07\x1b[2J",
         # a field name holding a whole forged line for the console, which prints names as they are
         "x\x1b]0;owned\x07\n2026-12-06T00:00:00Z [info     ] node stopped [node.daemon.server]\nx": 1,
@@ -31,6 +36,7 @@ FORGED = json.dumps(
 
 SCRIPT = f"""
 import sys
+from node.daemon.processes import child_output
 from node.daemon.processes.child_output import log_line
 from node.ops.log import configure_logging
 configure_logging("info", sys.argv[1])
@@ -56,6 +62,7 @@ def test_a_forged_line_is_logged_as_the_process_s_with_its_fields_and_no_termina
     assert (forged["logger"], forged["exec_logger"]) == ("node.execution", "node.daemon.outbox")
     assert forged["timestamp"] != "2020-01-01T00:00:00Z" and forged["task_id"].startswith("t1")
     assert "node stopped" in forged["other_fields"] and not [key for key in forged if "\n" in key or "\x1b" in key]
+    assert "result published" in forged["other_fields"] and "stack" not in forged and "logger_name" not in forged
     assert raw["level"] == "warning" and raw["line"].startswith("Fatal Python error") and raw["exec_pid"] == 4242
     console = _daemon_log("console")
     assert len(console.splitlines()) == 2 and console.count("exec_pid=4242") == 2
@@ -92,6 +99,7 @@ async def test_no_line_stops_the_relay() -> None:
         b"\xff\xfe not utf-8 \x00",
         b'{"event": "y", "level": "exception"}',
         b'{"level": "info"}',
+        b'{"event": "not json the daemon writes", "a": NaN, "b": 1e999}',
         b"[1, 2]",
         b"{}",
     ]
@@ -99,6 +107,7 @@ async def test_no_line_stops_the_relay() -> None:
     assert len(logs) == len(hostile) + 1 and logs[-1]["line"] == "the last line"
     assert logs[0]["self_"] == 1 and logs[0]["exec_pid"] == 7
     assert logs[4]["log_level"] == "warning"  # no such level: a warning
+    assert logs[6]["event"] == "execution process output" and "NaN" in logs[6]["line"]  # text, not fields
     assert not [entry for entry in logs if entry["event"] == "execution process output not logged"]
 
 
@@ -122,3 +131,19 @@ async def test_a_flood_past_the_read_budget_is_left_in_the_pipe_until_the_window
         await asyncio.gather(relay, return_exceptions=True)
     assert sum(entry["event"] == "execution process output" for entry in logs) == MAX_LINES
     assert logs[-1]["event"] == "execution process output dropped" and logs[-1]["lines"] > 1_000_000
+
+
+async def test_the_first_line_after_a_window_of_counted_lines_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(child_output, "WINDOW_S", 0.2)
+    stream = asyncio.StreamReader()
+    with structlog.testing.capture_logs() as logs:
+        relay = asyncio.ensure_future(relay_output(stream, "m", 7))
+        stream.feed_data(b"x\n" * (MAX_LINES + 10))  # the window's lines spent
+        await asyncio.sleep(0.05)
+        stream.feed_data(b"y\n" * 5)  # counted only
+        await asyncio.sleep(0.3)  # the window ends
+        stream.feed_data(b"Traceback (most recent call last):\n")
+        stream.feed_eof()
+        await relay
+    assert [entry["lines"] for entry in logs if entry["event"] == "execution process output dropped"] == [15]
+    assert logs[-1]["line"] == "Traceback (most recent call last):"

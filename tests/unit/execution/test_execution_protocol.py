@@ -224,20 +224,28 @@ async def test_the_daemon_keeps_a_measured_speed_only_from_a_process_it_had_sent
 async def test_a_speed_measured_after_a_task_asks_the_next_start_to_measure_before_it_serves(tmp_path: Path) -> None:
     """A busy node's first figure comes after its first task: not kept, and without a figure for the model the
     store asks the next start to measure before `ready`, when no task can have reached the process."""
-    speeds = CacheFile(tmp_path / "speeds.json")
-    process = ExecutionProcess("m", {}, on_exit=lambda _: None, speeds=speeds)
-    process._proc = SpawnedChild()  # type: ignore[assignment]
-    reader = process._reader = asyncio.StreamReader()
-    process._send = lambda message: None  # type: ignore[method-assign]
-    starting = asyncio.ensure_future(process.start(60.0))
-    reader.feed_data(b'{"kind":"ready","model":"m","parallel":1,"benchmark_later":true}\n')
-    await starting
-    running = asyncio.ensure_future(process.run(RunTask(task_id="t", workflow={}, deadline_ns=0)))
-    await asyncio.sleep(0)
-    reader.feed_data(_measured(99_999.0) + _measured(1.0))
-    reader.feed_data(encode(TaskDone(task_id="t", text="", steps=1, prompt_tokens=1, completion_tokens=1)))
-    await running
-    assert speeds.entries() == {"ab12": {"model": "m", MEASURE_BEFORE_READY: True}}  # no figure of the child's
-    reader.feed_eof()
-    assert process._reader_task is not None
-    await process._reader_task
+    for case, (ready, expected) in enumerate(
+        [
+            (b'{"kind":"ready","model":"m","parallel":1,"benchmark_later":true,"speed_key":"cd56"}\n', True),
+            (b'{"kind":"ready","model":"m","parallel":1}\n', False),  # it named no key: none a child names later
+        ]
+    ):
+        speeds = CacheFile(tmp_path / f"speeds-{case}.json")
+        speeds.put("cd56", {"model": "m", "generation_tps": "fast"})  # no valid figure: to be measured again
+        process = ExecutionProcess("m", {}, on_exit=lambda _: None, speeds=speeds)
+        process._proc = SpawnedChild()  # type: ignore[assignment]
+        reader = process._reader = asyncio.StreamReader()
+        process._send = lambda message: None  # type: ignore[method-assign]
+        starting = asyncio.ensure_future(process.start(60.0))
+        reader.feed_data(ready)
+        await starting
+        running = asyncio.ensure_future(process.run(RunTask(task_id="t", workflow={}, deadline_ns=0)))
+        await asyncio.sleep(0)
+        reader.feed_data(_measured(99_999.0) + _measured(1.0))  # after a task, for a key of the child's choice
+        reader.feed_data(encode(TaskDone(task_id="t", text="", steps=1, prompt_tokens=1, completion_tokens=1)))
+        await running
+        reader.feed_eof()
+        assert process._reader_task is not None
+        await process._reader_task
+        assert "ab12" not in speeds.entries()  # no figure of the child's, under no key it named
+        assert (speeds.entries()["cd56"] == {"model": "m", MEASURE_BEFORE_READY: True}) is expected
