@@ -6,8 +6,8 @@ workflow that took the process over could otherwise write lines that look like t
 published" for a task never run) or escape sequences for the operator's terminal. So each line is logged
 again by the daemon, under the logger `node.execution`, in the daemon's format (JSON escapes control characters,
 the console renderer makes them inert), with `exec_model` and `exec_pid` set by the daemon whatever the line
-said; the child's logger name goes in `exec_logger`, and a field whose name is not a plain identifier goes into
-`other_fields` as JSON text (the console prints names as they are).
+said; the child's logger name goes in `exec_logger`, and a field whose name is not a plain identifier (the console
+prints names as they are), or one the console prints apart from the line, goes into `other_fields` as JSON text.
 
 Bounds, per process: a line is cut at MAX_LINE_BYTES; in each WINDOW_S at most MAX_LINES lines and
 MAX_RELAYED_BYTES are logged, the rest only counted (`execution process output dropped`), at the cost of
