@@ -7,4 +7,5 @@ early.py:    the first model's process, spawned before the daemon's own imports 
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
 child_output.py:   its stderr, relayed into the daemon's log with the process named on every line.
+speed_keeper.py:   which speeds it measures the daemon keeps in its cache (none reported after a task).
 """

@@ -25,12 +25,12 @@ from typing import Any
 import structlog
 
 from config.settings import Settings
-from models.benchmark import MEASURE_BEFORE_READY, SpeedStore, stored_result
+from models.benchmark import SpeedStore
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.child_output import read_pipe, relay_output
+from node.daemon.processes.speed_keeper import SpeedKeeper
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
-    MAX_MEASURED_SPEEDS,
     MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
     Cancel,
@@ -136,10 +136,7 @@ class ExecutionProcess:
         self.model = model
         self._settings = settings
         self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
-        self._speeds = speeds  # the daemon's speed cache: sent in `configure`, kept `measured` go there
-        self._measured = 0  # `measured` messages received
-        self._runs_sent = 0  # tasks sent: once one is, the process's word on its speed is not kept
-        self._asked_before_ready = False  # its figure came after a task: the next start measures before ready
+        self._speeds = SpeedKeeper(model, speeds)  # the daemon's speed cache: sent in `configure`, `measured` offered
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -232,8 +229,7 @@ class ExecutionProcess:
             await self.spawn()
         assert self._proc is not None and self._reader is not None
         reader = self._reader
-        speeds = self._speeds.entries() if self._speeds is not None else {}
-        self._send(Configure(model=self.model, settings=self._settings, speeds=speeds))
+        self._send(Configure(model=self.model, settings=self._settings, speeds=self._speeds.entries()))
         try:
             # Not wait_for: on Python 3.11 it swallows a stop asked for during startup that lands as `ready` arrives.
             async with asyncio.timeout(timeout):
@@ -292,7 +288,7 @@ class ExecutionProcess:
         if on_delta is not None:
             self._delta_sinks[request.task_id] = on_delta
         try:
-            self._runs_sent += 1
+            self._speeds.task_sent()
             self._send(request)
             return await future
         except asyncio.CancelledError:
@@ -451,35 +447,8 @@ class ExecutionProcess:
         return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
     def _keep_speed(self, message: Measured) -> None:
-        """Cache a measured speed, if it came before any task (MAX_MEASURED_SPEEDS at most: past them the child
-        says what it likes, and its lines count as strays). One measured after a task is not kept: under the key
-        `ready` named, the store asks the next start to measure before it serves instead, unless it holds a
-        figure already."""
-        self._measured += 1
-        if self._measured > MAX_MEASURED_SPEEDS or message.model != self.model:
-            return self._stray(message)
-        if self._speeds is None:
-            return None
-        if not self._runs_sent:
-            if self._put_speed(message.key, message.model_dump(mode="json", exclude={"kind", "key"})):
-                log.info("model speed cached", model=self.model, generation_tps=round(message.generation_tps, 1))
-            return None
-        key = self.ready.speed_key if self.ready is not None else None  # said before any task: never the child's
-        if key is None or self._asked_before_ready or stored_result(self._speeds.entries().get(key)) is not None:
-            return None
-        self._asked_before_ready = True
-        log.info("model speed not cached: a task came first", model=self.model, next_start="measured before ready")
-        self._put_speed(key, {"model": self.model, MEASURE_BEFORE_READY: True})
-        return None
-
-    def _put_speed(self, key: str, entry: dict[str, object]) -> bool:
-        assert self._speeds is not None
-        try:
-            self._speeds.put(key, entry)
-        except OSError as exc:  # a full disk or a read-only data dir: measured again at the next start
-            log.warning("model benchmark not cached", model=self.model, error=str(exc))
-            return False
-        return True
+        if not self._speeds.offer(message, self.ready):
+            self._stray(message)
 
     def _stray(self, message: Message) -> None:
         """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child
