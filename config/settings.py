@@ -222,6 +222,14 @@ class Settings(LayeredSettings):
         "1.25 x (model file x 2 + KV cache of n_ctx x (parallel + 1), or for a remote engine its answers in flight "
         "at 4 x 16 MiB each) + 512, + 1024 with GPU offload; 0: off)",
     )
+    exec_scratch_mb: int = Field(
+        default=256,
+        ge=1,
+        le=1 << 30,
+        description="Disk space (MiB) an execution process may fill in its scratch folder (its only writable one, "
+        "in <data_dir>/scratch, removed when it ends) and the largest file it may write; past it, or past 1024 "
+        "files, it is killed and restarted",
+    )
     sandbox: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Confine each execution process (Linux Landlock): no access to the data dir's key, journal "
@@ -353,6 +361,11 @@ class Settings(LayeredSettings):
         """The models' measured speeds (startup benchmarks), cached per model file, build and threads: the
         daemon's (execution processes get its entries in `configure` and report what they measure)."""
         return self.data_dir / "speeds.json"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where each execution process gets its scratch folder (node/daemon/processes/scratch.py)."""
+        return self.data_dir / "scratch"
 
     @property
     def remote_benchmark_cache_path(self) -> Path:

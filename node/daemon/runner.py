@@ -30,7 +30,7 @@ from typing import Any
 from node.daemon.admission import AcceptedTask
 from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
-from node.daemon.processes.handle import ExecutionProcessExitError
+from node.daemon.processes.exits import ExecutionProcessExitError
 from node.daemon.processes.pool import ExecutionPool, ModelUnavailableError
 from node.daemon.rerun_gate import RerunGate
 from node.execution.protocol import DEADLINE_BEFORE_START, DEADLINE_WHILE_RUNNING, RunTask, TaskDone, TaskFailed

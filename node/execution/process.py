@@ -119,6 +119,14 @@ def apply_memory_limit(limit_mb: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def apply_file_size_limit(limit_mb: int) -> None:
+    """No file of this process grows past `limit_mb` (RLIMIT_FSIZE): a write past it fails (EFBIG), it does not
+    kill the process (SIGXFSZ ignored). The daemon bounds its scratch folder as a whole (scratch.py)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 class TaskHost:
     """Runs the daemon's tasks on one model, concurrently, and sends one answer per task."""
 
@@ -265,6 +273,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     elif settings.sandbox != "off":
         log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
     apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
+    apply_file_size_limit(settings.exec_scratch_mb)
     speeds = ReportedSpeeds(configure.speeds, lambda key, result: send(_measured(key, name, result)))
     try:
         prepared = await prepare_model(name, settings, speeds)

@@ -28,7 +28,7 @@ from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.exec_wrappers import BOMB, FORGE_LOG, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
+from tests.support.exec_wrappers import BOMB, FILL_SCRATCH, FORGE_LOG, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
 from tests.support.model_file import SMOLLM2
 from tests.support.nodeproc import NodeProcess, cli_env
 from workflows import Simple
@@ -196,6 +196,31 @@ async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: N
         assert not _alive(pid)
         result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
         assert result.text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_removed(
+    tmp_path: Path, wrapped: None
+) -> None:
+    """The scratch folder is the one a process may write; past exec_scratch_mb the daemon kills it, removes
+    what it wrote, and the model serves again from a new, empty folder."""
+    async with _harness(node_settings(tmp_path, exec_scratch_mb=8)) as h:
+        first = h.process().scratch.path
+        assert first.parent == tmp_path / "scratch" and os.listdir(first) == []
+        fill_id = await h.submit(f"{FILL_SCRATCH} now", timeout=120)
+        pid = await h.running(1)
+        reason = await h.failure(fill_id)  # killed past the bound, ran once more, killed again: poison
+        assert reason.startswith("Invalid prompt: ") and "scratch" in reason
+        assert h.crashes("scratch") == 2
+        assert not _alive(pid) and not first.exists()
+        await h.until(lambda: h.process() is not None and h.process().pid != pid and h.process().ready is not None)
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
+        folders = os.listdir(tmp_path / "scratch")
+        assert folders == [h.process().scratch.path.name]  # the killed ones' are gone
+        assert os.listdir(h.process().scratch.path) == []
+    assert os.listdir(tmp_path / "scratch") == []  # and the last one's at the stop
 
 
 @pytest.mark.slow

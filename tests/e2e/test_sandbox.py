@@ -16,6 +16,7 @@ import pytest
 import structlog
 from py_landlock import LandlockError, get_abi_version
 
+from node.daemon.processes.sandbox_policy import prepare_sandbox
 from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.sandbox import SIGNAL_SCOPE_ABI
 from node.publisher.client import Client, Task
@@ -77,11 +78,18 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
     probes, child_events = await _probe(tmp_path, monkeypatch, "auto")
     expected = {name: "PermissionError" for name in probes}
     expected["pause the node over its HTTP port"] = "HTTP 401"  # it has no control token (it cannot read it)
+    expected["write its scratch folder"] = "allowed"  # its one writable folder...
+    expected["write a file past exec_scratch_mb"] = "OSError"  # ...and no file past the bound (EFBIG)
+    policy = prepare_sandbox(node_settings(tmp_path / "node"))
+    if policy is not None and "/dev/shm" in policy.devices:
+        expected["create a file in /dev/shm"] = "allowed"  # kept on a host with a GPU
     if _landlock_abi() < SIGNAL_SCOPE_ABI:
         expected["signal the daemon"] = "allowed"  # Landlock scopes signals from ABI 6 (Linux 6.12)
     assert probes == expected
     assert not (tmp_path / "node" / "planted.key").exists()
     assert (tmp_path / "node" / "identity.key").exists()
+    assert "create a file in /tmp" in probes
+    assert os.listdir(tmp_path / "node" / "scratch") == []  # what it wrote there is gone with it
     assert "execution process confined" in child_events  # the child's own log line
 
 
@@ -96,6 +104,10 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
     # unconfined, the kernel answers (EINVAL for a process with threads), never the filter's EACCES
     assert probes["enter a new user namespace"] != "PermissionError"
     assert probes.get("open a disk device", "allowed") == "allowed"  # where the test may open one
+    assert probes["create a file in /tmp"] == "allowed"
+    assert probes["write its scratch folder"] == "allowed"  # a scratch folder and the file bound all the same
+    assert probes["write a file past exec_scratch_mb"] == "OSError"
+    assert os.listdir(tmp_path / "node" / "scratch") == []
     assert "execution process ready" in child_events  # its lines were relayed...
     assert not [event for event in child_events if "confined" in event]  # ...and off: no line, no warning
 
@@ -103,9 +115,9 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
 async def test_a_module_planted_in_the_daemons_working_directory_is_never_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A confined process may write the temporary folder; a daemon started from there would run a planted
-    `node/execution/__main__.py`, unconfined, as its next execution process, were the working directory on
-    the child's import path (`python -P`)."""
+    """A daemon started from a folder other processes of its user may write (the temporary folder) would run a
+    planted `node/execution/__main__.py`, unconfined, as its next execution process, were the working directory
+    on the child's import path (`python -P`)."""
     cwd = tmp_path / "cwd"
     planted = cwd / "node" / "execution"
     planted.mkdir(parents=True)

@@ -10,6 +10,7 @@ import ctypes
 import os
 import signal
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,9 @@ FORGED_LOG_LINE = (
     b'{"event": "node stopped", "level": "info", "logger": "node.daemon.server", "exec_pid": 1, '
     b'"forged": "\\u001b[2J"}\n'
 )
+# Writes files of 1 MiB into its scratch folder (TMPDIR) without end, as a workflow that took the process over
+# could: the daemon kills it past exec_scratch_mb.
+FILL_SCRATCH = "#fill-scratch"
 
 
 class Misbehaving:
@@ -83,6 +87,8 @@ class Misbehaving:
             _forge_speed(self._model)
         if FORGE_LOG in text:
             os.write(2, FORGED_LOG_LINE)
+        if FILL_SCRATCH in text:
+            _fill_scratch()
         if STALL_DECODE in text:
             self._stall_decoding.add(request_owner.get() or "")
         elif STALL in text:
@@ -108,6 +114,14 @@ def _fork_and_exit() -> None:
     with open(os.environ[FORKED_PIDS_ENV], "a") as pids:
         pids.write(f"{pid}\n")
     os._exit(3)
+
+
+def _fill_scratch() -> None:
+    chunk = os.urandom(1024 * 1024)
+    for index in range(100_000):
+        with open(os.path.join(tempfile.gettempdir(), f"fill-{index}"), "wb") as fill:
+            fill.write(chunk)
+        time.sleep(0.005)
 
 
 def _forge_speed(model: Any) -> None:

@@ -3,8 +3,9 @@ tests.support.hijacked_runtime:hijacked): every generation tries what a hostile 
 process over would try against the daemon, and answers with what it managed, as JSON.
 
 HIJACK_DATA_DIR_ENV names the node's data dir. Each probe is harmless if it succeeds: a file opened
-read-only, or to append and closed unwritten, a new one written in the data dir, signal 0 (a permission
-check), /proc files opened and closed.
+read-only, or to append and closed unwritten, a new one written in the data dir, one made and removed in a
+temporary folder, signal 0 (a permission check), /proc files opened and closed. One file is left in the
+process's scratch folder (SCRATCH_FILE), for the test to see it removed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import ctypes
 import http.client
 import json
 import os
+import resource
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,8 @@ HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
 HIJACK_HTTP_PORT_ENV = "COMPUTE_NODE_TEST_HIJACK_HTTP_PORT"  # the daemon's loopback HTTP port, where set
 HIJACK_DEVICE_ENV = "COMPUTE_NODE_TEST_HIJACK_DEVICE"  # a device of the machine's (a disk), where one is set
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SCRATCH_FILE = "left-behind"
+TEMPORARY_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 def attempt(action: Callable[[], object]) -> str:
@@ -57,7 +62,13 @@ def probes(data_dir: Path) -> dict[str, str]:
         "listen on a TCP port": attempt(_listen),
         # a user namespace hands back every capability inside it
         "enter a new user namespace": attempt(_unshare_user_namespace),
+        # its one writable folder, the daemon's to bound and remove
+        "write its scratch folder": attempt(lambda: _write_scratch(data_dir)),
+        "write a file past exec_scratch_mb": attempt(_write_past_the_file_size_limit),
     }
+    for folder in TEMPORARY_FOLDERS:  # what is left there outlives the process; on tmpfs it holds memory
+        if os.path.isdir(folder):
+            results[f"create a file in {folder}"] = attempt(lambda folder=folder: _create_and_remove(folder))
     if device := os.environ.get(HIJACK_DEVICE_ENV):  # a disk holds the data dir: a root node's process could read it
         results["open a disk device"] = attempt(lambda: os.close(os.open(device, os.O_RDONLY | os.O_NONBLOCK)))
     if port := os.environ.get(HIJACK_HTTP_PORT_ENV):  # the sandbox keeps the network: the daemon's port is open
@@ -77,6 +88,26 @@ def _fork_and_reap() -> None:
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
+
+
+def _write_scratch(data_dir: Path) -> None:
+    scratch = Path(tempfile.gettempdir())
+    if scratch.parent != data_dir / "scratch":
+        raise OSError(f"TMPDIR is {scratch}, not a folder of {data_dir / 'scratch'}")
+    (scratch / SCRATCH_FILE).write_text("x")
+
+
+def _write_past_the_file_size_limit() -> None:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    with tempfile.TemporaryFile() as file:
+        os.pwrite(file.fileno(), b"x", limit if limit != resource.RLIM_INFINITY else 1 << 30)
+
+
+def _create_and_remove(folder: str) -> None:
+    path = os.path.join(folder, f"compute-node-probe-{os.getpid()}")
+    with open(path, "x"):
+        pass
+    os.unlink(path)
 
 
 def _unshare_user_namespace() -> None:

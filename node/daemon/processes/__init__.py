@@ -2,10 +2,13 @@
 spawned, fed and watched from here; the daemon never loads a model itself.
 
 handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
+exits.py:    how a process's end is named: the errors its tasks and its start get.
+child_inputs.py:   what it is given: the settings and environment, less the node's identity key.
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
 early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
+scratch.py:        its scratch folder, the one it may write: bounded, removed after it.
 child_output.py:   its stderr, relayed into the daemon's log with the process named on every line.
 speed_keeper.py:   which speeds it measures the daemon keeps in its cache (none reported after a task).
 """

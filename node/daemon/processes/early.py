@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from config.settings import Settings
 from models.benchmark import CacheFile
-from node.daemon.processes.handle import ExecutionProcess, child_settings
+from node.daemon.processes.child_inputs import child_settings
+from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.sandbox_policy import prepare_sandbox
 
 CLOSE_TIMEOUT_S = 5.0
@@ -37,6 +38,7 @@ class EarlyProcess:
             lambda _: None,
             prepare_sandbox(settings),
             CacheFile(settings.benchmark_cache_path),
+            settings.scratch_dir,
         )
         await process.spawn()
         return cls(process)

@@ -14,20 +14,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from config.settings import Settings
 from models.benchmark import SpeedStore
 from node.daemon.failures import RecentFailures
+from node.daemon.processes.child_inputs import child_environment
 from node.daemon.processes.child_output import read_pipe, relay_output
+from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
+from node.daemon.processes.scratch import Scratch
 from node.daemon.processes.speed_keeper import SpeedKeeper
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
@@ -63,65 +64,6 @@ STRAY_WINDOW_S = 60.0
 OUTPUT_DRAIN_S = 1.0  # after a process's exit, what it wrote last still reaches the log within this
 
 
-class ExecutionProcessExitError(Exception):
-    """The execution process ended while a task was on it.
-
-    `crash` is True when it died by itself (a signal, an abort, its memory limit) and
-    False when the daemon stopped it for another reason (another task that would not
-    stop, a stalled decode loop, shutdown): only crashes count against a task as poison.
-    `suspects` are the tasks inside the native call that stalled (cause "stalled"), and
-    `sole_suspect` says that call was one task's own work (see stall.py).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        crash: bool,
-        cause: str,
-        suspects: frozenset[str] = frozenset(),
-        sole_suspect: bool = False,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.crash = crash
-        self.cause = cause  # "SIGSEGV", "exit code 1", "memory", "stalled", ...
-        self.suspects = suspects
-        self.sole_suspect = sole_suspect
-
-
-class ExecutionProcessStartError(Exception):
-    """The execution process could not load its model (the message names model and cause)."""
-
-
-def child_settings(settings: Settings) -> dict[str, Any]:
-    """The settings an execution process gets in `configure`: all but the node's identity key (and its file)."""
-    return settings.model_dump(mode="json", exclude={"secret_key", "secret_key_file"})
-
-
-def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment an execution process starts with: the daemon's, less the identity key.
-
-    Settings reach the child in `configure` (child_settings, without the key); a key given as
-    COMPUTE_NODE_SECRET_KEY must not reach the process that runs workflows and llama.cpp either
-    (nor COMPUTE_NODE_SECRET_KEY_FILE, the path to it).
-    """
-    drop = {Settings.env_var("secret_key"), Settings.env_var("secret_key_file")}
-    return {name: value for name, value in environ.items() if name.upper() not in drop}
-
-
-def describe_exit(returncode: int | None) -> str:
-    """'SIGSEGV' for a death by signal, 'exit code N' otherwise."""
-    if returncode is None:
-        return "unknown"
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 class ExecutionProcess:
     """One running execution process for `model`."""
 
@@ -132,10 +74,13 @@ class ExecutionProcess:
         on_exit: Callable[[ExecutionProcess], None],
         sandbox: SandboxPolicy | None = None,
         speeds: SpeedStore | None = None,
+        scratch_root: Path | None = None,
     ) -> None:
         self.model = model
         self._settings = settings
         self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
+        self._scratch_root = scratch_root  # where its scratch folder is made (None: it gets none)
+        self.scratch: Scratch | None = None  # the one folder it may write, removed after its exit (scratch.py)
         self._speeds = SpeedKeeper(model, speeds)  # the daemon's speed cache: sent in `configure`, `measured` offered
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
@@ -184,12 +129,18 @@ class ExecutionProcess:
         # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
         output, output_end = os.pipe()
         env = child_environment(os.environ)
+        policy = self._sandbox
+        if self._scratch_root is not None:
+            self.scratch = Scratch.make(self._scratch_root)
+            env["TMPDIR"] = env["LIBFFI_TMPDIR"] = str(self.scratch.path)  # Python's tempfile, libffi's closures
+            if policy is not None:
+                policy = policy.model_copy(update={"writable": [*policy.writable, str(self.scratch.path)]})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
             # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
-            sandbox = () if self._sandbox is None else ("--sandbox", self._sandbox.model_dump_json())
+            sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-P",  # no working directory first on sys.path: a confined process may write one (/tmp)
@@ -213,6 +164,7 @@ class ExecutionProcess:
         except BaseException:
             os.close(output)
             parent.close()
+            self._remove_scratch()
             raise
         finally:
             child.close()
@@ -357,6 +309,7 @@ class ExecutionProcess:
             await self._proc.wait()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
+        self._remove_scratch()
         await self._end_output()
 
     def rss_bytes(self) -> int | None:
@@ -466,7 +419,14 @@ class ExecutionProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+        self._remove_scratch()
         await self._end_output()
+
+    def _remove_scratch(self) -> None:
+        """Remove the scratch folder once the process has exited (or never started)."""
+        if self.scratch is not None and (self._proc is None or self._proc.returncode is not None):
+            self.scratch.remove()
+            self.scratch = None
 
     async def _end_output(self) -> None:
         """Let the relay log what the process wrote before its exit (a crash's message), then end it."""

@@ -26,14 +26,12 @@ import structlog
 from config.settings import Settings
 from models.benchmark import CacheFile
 from node.daemon.failures import RecentFailures
+from node.daemon.processes.child_inputs import child_settings
 from node.daemon.processes.early import EarlyProcess
-from node.daemon.processes.handle import (
-    ExecutionProcess,
-    ExecutionProcessExitError,
-    ExecutionProcessStartError,
-    child_settings,
-)
+from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError
+from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.sandbox_policy import prepare_sandbox
+from node.daemon.processes.scratch import remove_stale
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
@@ -83,6 +81,7 @@ class ExecutionPool:
         # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = child_settings(settings)
         self._sandbox = prepare_sandbox(settings)  # and no access to the data dir's files, the key's included
+        remove_stale(settings.scratch_dir)  # what the processes of a daemon that was killed wrote
         self._speeds = CacheFile(settings.benchmark_cache_path)  # the processes' measured speeds, kept here
         self._early = early  # the first model's process, spawned before the daemon's imports
         self._metrics = metrics
@@ -124,7 +123,9 @@ class ExecutionPool:
         """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
         process = self._early.take(entry.model) if self._early is not None else None
         if process is None:
-            process = ExecutionProcess(entry.model, self._settings_json, self._on_exit, self._sandbox, self._speeds)
+            process = ExecutionProcess(
+                entry.model, self._settings_json, self._on_exit, self._sandbox, self._speeds, self._settings.scratch_dir
+            )
         process.on_exit = self._on_exit
         process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)
         try:
@@ -322,11 +323,13 @@ class ExecutionPool:
             return
 
     async def _watch(self, entry: _ModelEntry) -> None:
-        """Kill the process when it outgrows its RSS limit or stops answering probes."""
+        """Kill the process when it outgrows its RSS limit or its scratch folder, or stops answering probes."""
         last_probe = time.monotonic()
         while True:
             await asyncio.sleep(RSS_CHECK_INTERVAL_S)
             process = entry.process
+            if process is not None and process.alive and self._over_scratch(process):
+                continue
             if process is None or not process.alive or not entry.ready.is_set():
                 last_probe = time.monotonic()
                 continue
@@ -350,6 +353,15 @@ class ExecutionPool:
             if time.monotonic() - last_probe >= interval and (entry.prober is None or entry.prober.done()):
                 last_probe = time.monotonic()
                 entry.prober = asyncio.create_task(self._probe(entry, process), name=f"exec-probe-{entry.model}")
+
+    def _over_scratch(self, process: ExecutionProcess) -> bool:
+        """Kill the process if its scratch folder holds more than it may (True: it was killed)."""
+        limit = self._settings.exec_scratch_mb
+        if process.scratch is None or (overflow := process.scratch.overflow(limit * MIB)) is None:
+            return False
+        log.error("execution process over its scratch limit", model=process.model, pid=process.pid, usage=overflow)
+        process.kill(f"execution process exceeded its scratch limit ({overflow})", crash=True, cause="scratch")
+        return True
 
     async def _probe(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
         try:

@@ -3,17 +3,18 @@
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
 the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
 registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
-Writable: the temporary folder, and in /dev, private otherwise, /dev/null and the like, shared memory and
-a GPU's nodes; the rest is read only. Nothing inside the data dir: a process reports the speeds it measures,
-and the daemon keeps them (node/daemon/processes/handle.py).
+Writable: nothing here; each process gets its own scratch folder (scratch.py) when it is spawned. In /dev,
+private otherwise: /dev/null and the like, and a GPU's nodes with shared memory where there is a GPU; the rest
+is read only. The temporary folders are not writable: what is left there outlives the process, and on tmpfs
+holds memory no limit of its counts. A process reports the speeds it measures, and the daemon keeps them
+(speed_keeper.py).
 """
 
 from __future__ import annotations
 
+import glob
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,7 @@ import structlog
 from config.settings import ConfigError, Settings
 from models.registry import Registry, RegistryError
 from models.requests import ModelError
+from node.daemon.processes.scratch import remove_tree
 from node.execution.protocol import SandboxPolicy
 
 log = structlog.get_logger("node.daemon.processes")
@@ -29,13 +31,13 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # What older nodes let execution processes write in the data dir: their speed cache, then the folder holding
 # it. A process a workflow had taken over may have left any figure (or anything) there.
 _OLD_SPEED_CACHES = ("benchmarks.json", "execution")
-# Where an execution process may write besides the temporary folder.
-_SCRATCH = ("/var/tmp",)
 # /dev is private but for these (globs): a process of a node run as root keeps uid 0 without capabilities, and
 # file permissions alone let it open root's disks (which hold the data dir), consoles and terminals.
-_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 # CUDA (and its caps), Vulkan and ROCm, CUDA on WSL2, CUDA on Jetson.
 _GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd", "/dev/dxg", "/dev/nvmap", "/dev/nvhost-*")
+# Kept where a GPU is: its drivers may use it (not tested on one); nothing on a CPU host does.
+_SHARED_MEMORY = "/dev/shm"
 
 
 class SandboxPolicyError(ConfigError):
@@ -53,7 +55,7 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     except OSError as exc:
         raise ConfigError(f"invalid setting 'data_dir': cannot make {settings.data_dir}: {exc.strerror}") from None
     for name in _OLD_SPEED_CACHES:
-        _remove(settings.data_dir / name)
+        remove_tree(settings.data_dir / name)
     if settings.sandbox == "off":
         return None
     private = [_real(settings.data_dir), Path("/dev")]
@@ -73,29 +75,14 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
             log.warning("execution processes not confined", reason=problem)
             return None
         readable.append(code)
-    # Scratch folders: never one in a private path, nor one the interpreter imports from (the daemon started
-    # from /tmp with `python -m` has it first on its path: a module planted there would run at its next start).
-    scratch = [_real(Path(folder)) for folder in (tempfile.gettempdir(), *_SCRATCH) if os.path.isdir(folder)]
-    scratch = [path for path in scratch if not _within(path, private) and not _within(path, readable)]
-    writable = scratch
+    gpu = any(glob.glob(pattern) for pattern in _GPU_DEVICES)
     return SandboxPolicy(
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
-        writable=[str(path) for path in dict.fromkeys(writable)],
-        devices=[*_DEVICES, *_GPU_DEVICES],
+        writable=[],  # the process's own scratch folder is added when it is spawned (handle.py)
+        devices=[*_DEVICES, *_GPU_DEVICES, *([_SHARED_MEMORY] if gpu else [])],
     )
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or a folder's tree, never following a link (one is removed itself)."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # by file descriptors: a link inside is removed, not followed
-        else:
-            path.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("old speed cache not removed", path=str(path), error=str(exc))
 
 
 def _model_files(settings: Settings) -> list[Path]:

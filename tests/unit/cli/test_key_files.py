@@ -15,7 +15,7 @@ from config.layered import read_secret_key_file
 from config.settings import ConfigError, Settings
 from node.cli.doctor.local import identity_check
 from node.cli.doctor.report import Status
-from node.daemon.processes.handle import child_environment, child_settings
+from node.daemon.processes.child_inputs import child_environment, child_settings
 from node.gateway.settings import GatewaySettings
 from node.wire.identity import Identity
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from node.daemon.ledger import Ledger
-from node.daemon.processes.handle import child_environment
+from node.daemon.processes.child_inputs import child_environment
 from node.gateway.database import open_database
 
 

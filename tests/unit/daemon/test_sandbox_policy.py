@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from config.settings import ConfigError, Settings
+from node.daemon.processes import sandbox_policy
 from node.daemon.processes.sandbox_policy import SandboxPolicyError, prepare_sandbox
 
 
@@ -30,8 +31,7 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
     real = tmp_path.resolve()
     assert policy.private == [str(real / "data"), "/dev", str(real / "keys" / "node.key"), str(real / "node.toml")]
     assert str(real / "data" / "models") in policy.readable
-    assert "/tmp" in policy.writable  # scratch: read only elsewhere
-    assert not [path for path in policy.writable if path.startswith(str(real / "data"))]  # nothing in the data dir
+    assert policy.writable == []  # each process gets its own scratch folder when spawned (scratch.py)
     assert {"/dev/null", "/dev/urandom", "/dev/nvidia*"} <= set(policy.devices)  # expanded where the child starts
     assert "/dev" not in policy.writable  # private but for those: a root node's process could open its disks
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
@@ -111,15 +111,28 @@ def test_code_inside_the_data_dir_stays_readable(tmp_path: Path, monkeypatch: py
     assert policy is not None and str(venv.resolve()) in policy.readable
 
 
-def test_a_temporary_folder_inside_the_data_dir_is_not_writable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "data" / "tmp").mkdir(parents=True)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "data" / "tmp"))
+@pytest.mark.parametrize("tmpdir", ["/tmp", "/var/tmp", "data/tmp"])
+def test_no_temporary_folder_is_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpdir: str) -> None:
+    """What a process leaves in a temporary folder outlives it (and on tmpfs holds memory no limit of its counts):
+    wherever the daemon's TMPDIR points, the policy makes nothing writable."""
+    folder = tmp_path / tmpdir
+    folder.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None and policy.writable == []
+
+
+@pytest.mark.parametrize(("gpu", "shared_memory"), [([], False), (["/dev/nvidia0"], True)])
+def test_shared_memory_is_kept_only_on_a_host_with_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu: list[str], shared_memory: bool
+) -> None:
+    """/dev/shm is tmpfs: its files outlive the process and hold memory. GPU drivers may use it."""
+    monkeypatch.setattr(sandbox_policy.glob, "glob", lambda pattern: gpu if pattern == "/dev/nvidia*" else [])
+    policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
-    assert [path for path in policy.writable if str(tmp_path.resolve() / "data") in path] == []
+    assert ("/dev/shm" in policy.devices) is shared_memory
+    assert "/dev/null" in policy.devices
 
 
 def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(
@@ -133,4 +146,4 @@ def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(
     monkeypatch.setattr(sys, "path", [str(scratch), *sys.path])
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
-    assert str(scratch.resolve()) in policy.readable and str(scratch.resolve()) not in policy.writable
+    assert str(scratch.resolve()) in policy.readable and policy.writable == []
