@@ -36,7 +36,9 @@ async def test_a_start_that_breaks_the_protocol_is_retried_with_backoff_until_on
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:oversized_first_line")
     monkeypatch.setenv(BAD_STARTS_ENV, str(bad_starts))
     metrics = NodeMetrics()
-    pool = ExecutionPool(node_settings(tmp_path / "node"), metrics)
+    # Unconfined: the wrapper counts the bad starts in the test's file, and a confined process writes only its
+    # own scratch folder.
+    pool = ExecutionPool(node_settings(tmp_path / "node", sandbox="off"), metrics)
     with structlog.testing.capture_logs() as logs:
         await asyncio.wait_for(pool.start(), 120)
         try:
@@ -75,7 +77,7 @@ async def test_a_model_whose_restarts_keep_failing_leaves_service_until_one_hold
     bad_starts = tmp_path / "bad-starts"
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:oversized_first_line")
     monkeypatch.setenv(BAD_STARTS_ENV, str(bad_starts))
-    pool = ExecutionPool(node_settings(tmp_path / "node", exec_crash_limit=2), NodeMetrics())
+    pool = ExecutionPool(node_settings(tmp_path / "node", exec_crash_limit=2, sandbox="off"), NodeMetrics())  # as above
     await asyncio.wait_for(pool.start(), 120)
     try:
         process = pool.process(MODEL)

@@ -23,12 +23,22 @@ import structlog
 
 from config.settings import Settings
 from node.daemon.journal import TaskState
+from node.daemon.processes import pool
 from node.daemon.processes.pool import NoUsableModelError
 from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
 from node.publisher.client import Client, Task, TaskFailedError, TaskResult
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.exec_wrappers import BOMB, FILL_SCRATCH, FORGE_LOG, FORK, FORKED_PIDS_ENV, GRAMMAR_CRASH, SPIN
+from tests.support.exec_wrappers import (
+    BOMB,
+    FILL_SCRATCH,
+    FORGE_LOG,
+    FORK,
+    FORKED_PIDS_ENV,
+    GRAMMAR_CRASH,
+    SPIN,
+    THREADS,
+)
 from tests.support.model_file import SMOLLM2
 from tests.support.nodeproc import NodeProcess, cli_env
 from workflows import Simple
@@ -221,6 +231,27 @@ async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_
         assert folders == [h.process().scratch.path.name]  # the killed ones' are gone
         assert os.listdir(h.process().scratch.path) == []
     assert os.listdir(tmp_path / "scratch") == []  # and the last one's at the stop
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_process_that_starts_threads_without_end_is_killed(
+    tmp_path: Path, wrapped: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each thread holds kernel memory its RSS does not count, and counts against the user's process limit."""
+    monkeypatch.setattr(pool, "MAX_THREADS", 300)  # the test's hog stops at its first kill; 4096 in a node
+    async with _harness(node_settings(tmp_path)) as h:
+        honest = h.process().thread_count()
+        assert 1 < honest < 300
+        threads_id = await h.submit(f"{THREADS} now", timeout=120)
+        pid = await h.running(1)
+        reason = await h.failure(threads_id)  # killed past the bound, ran once more, killed again: poison
+        assert reason.startswith("Invalid prompt: ") and "thread" in reason
+        assert h.crashes("threads") == 2
+        assert not _alive(pid)
+        await h.until(lambda: h.process() is not None and h.process().pid != pid and h.process().ready is not None)
+        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
+        assert result.text.strip()
 
 
 @pytest.mark.slow

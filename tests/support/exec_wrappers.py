@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,8 @@ FORGED_LOG_LINE = (
 # Writes files of 1 MiB into its scratch folder (TMPDIR) without end, as a workflow that took the process over
 # could: the daemon kills it past exec_scratch_mb.
 FILL_SCRATCH = "#fill-scratch"
+# Starts threads (small stacks, each waiting for ever) without end: the daemon kills it past pool.MAX_THREADS.
+THREADS = "#threads"
 
 
 class Misbehaving:
@@ -89,6 +92,8 @@ class Misbehaving:
             os.write(2, FORGED_LOG_LINE)
         if FILL_SCRATCH in text:
             _fill_scratch()
+        if THREADS in text:
+            _start_threads()
         if STALL_DECODE in text:
             self._stall_decoding.add(request_owner.get() or "")
         elif STALL in text:
@@ -114,6 +119,14 @@ def _fork_and_exit() -> None:
     with open(os.environ[FORKED_PIDS_ENV], "a") as pids:
         pids.write(f"{pid}\n")
     os._exit(3)
+
+
+def _start_threads() -> None:
+    threading.stack_size(64 * 1024)
+    forever = threading.Event()
+    for _ in range(100_000):
+        threading.Thread(target=forever.wait, daemon=True).start()
+        time.sleep(0.001)
 
 
 def _fill_scratch() -> None:

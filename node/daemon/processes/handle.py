@@ -124,14 +124,15 @@ class ExecutionProcess:
     async def spawn(self) -> None:
         """Spawn the process: its interpreter starts and imports what loading a model needs, then
         waits for `configure` (`start`)."""
+        if self._scratch_root is not None:
+            self.scratch = Scratch.make(self._scratch_root)  # first: nothing to close if it fails
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for the
         # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
         output, output_end = os.pipe()
         env = child_environment(os.environ)
         policy = self._sandbox
-        if self._scratch_root is not None:
-            self.scratch = Scratch.make(self._scratch_root)
+        if self.scratch is not None:
             env["TMPDIR"] = env["LIBFFI_TMPDIR"] = str(self.scratch.path)  # Python's tempfile, libffi's closures
             if policy is not None:
                 policy = policy.model_copy(update={"writable": [*policy.writable, str(self.scratch.path)]})
@@ -143,7 +144,7 @@ class ExecutionProcess:
             sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-P",  # no working directory first on sys.path: a confined process may write one (/tmp)
+                "-P",  # no working directory first on sys.path: other processes may write one (/tmp)
                 "-m",
                 "node.execution",
                 "--fd",
@@ -164,7 +165,8 @@ class ExecutionProcess:
         except BaseException:
             os.close(output)
             parent.close()
-            self._remove_scratch()
+            if self.scratch is not None:
+                self.scratch.remove()  # empty: no process wrote there
             raise
         finally:
             child.close()
@@ -309,7 +311,7 @@ class ExecutionProcess:
             await self._proc.wait()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
-        self._remove_scratch()
+        await self._remove_scratch()
         await self._end_output()
 
     def rss_bytes(self) -> int | None:
@@ -319,6 +321,16 @@ class ExecutionProcess:
         try:
             with open(f"/proc/{self.pid}/statm", "rb") as statm:
                 return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def thread_count(self) -> int | None:
+        """Threads of the process, from /proc (None once it is gone)."""
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                return int(stat.read().rpartition(b")")[2].split()[17])  # num_threads, after the command's name
         except (OSError, IndexError, ValueError):
             return None
 
@@ -419,14 +431,16 @@ class ExecutionProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
-        self._remove_scratch()
+        await self._remove_scratch()
         await self._end_output()
 
-    def _remove_scratch(self) -> None:
-        """Remove the scratch folder once the process has exited (or never started)."""
-        if self.scratch is not None and (self._proc is None or self._proc.returncode is not None):
-            self.scratch.remove()
+    async def _remove_scratch(self) -> None:
+        """Remove the scratch folder once the process has exited, in a thread: a process can leave a great many
+        files there between two of the pool's checks."""
+        scratch = self.scratch
+        if scratch is not None and self._proc is not None and self._proc.returncode is not None:
             self.scratch = None
+            await asyncio.to_thread(scratch.remove)
 
     async def _end_output(self) -> None:
         """Let the relay log what the process wrote before its exit (a crash's message), then end it."""

@@ -4,8 +4,8 @@ At start every configured model gets a process; the node serves the models whose
 process loaded and answered a health probe, and stops with a clear error if none
 did. While serving, a watch loop per model probes the process (every second while
 tasks run), checks its RSS against its limit (the operator's, or derived from the
-model: its `ready`) and its decode progress against the stall watchdog (stall.py),
-and kills it if any fails. A process that
+model: its `ready`), its threads and its scratch folder (scratch.py) against theirs,
+and its decode progress against the stall watchdog (stall.py), and kills it if any fails. A process that
 ends is counted in /metrics with its signal and restarted with exponential
 backoff; so is a start that fails in any way. After `exec_crash_limit` crashes
 within `exec_crash_window` seconds the model leaves the heartbeats until a
@@ -43,6 +43,10 @@ MIB = 1024 * 1024
 PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 30.0  # the child's loop is free unless a workflow blocks it; tasks have their own limits
 RSS_CHECK_INTERVAL_S = 0.5
+# An honest process runs its model's threads, the decode loop's, a few for tools: ~50 at 32 model threads. Each
+# thread holds kernel memory no limit of the process counts, and every thread of the node's user counts against
+# the user's process limit, which the daemon needs to start a process again.
+MAX_THREADS = 4096
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 RESTART_CHECK_S = 1.0  # how often a task waiting for a restart looks whether the restarts keep failing
@@ -323,12 +327,13 @@ class ExecutionPool:
             return
 
     async def _watch(self, entry: _ModelEntry) -> None:
-        """Kill the process when it outgrows its RSS limit or its scratch folder, or stops answering probes."""
+        """Kill the process when it outgrows its RSS limit, its threads or its scratch folder, or stops answering
+        probes."""
         last_probe = time.monotonic()
         while True:
             await asyncio.sleep(RSS_CHECK_INTERVAL_S)
             process = entry.process
-            if process is not None and process.alive and self._over_scratch(process):
+            if process is not None and process.alive and self._over_bounds(process):
                 continue
             if process is None or not process.alive or not entry.ready.is_set():
                 last_probe = time.monotonic()
@@ -354,8 +359,16 @@ class ExecutionPool:
                 last_probe = time.monotonic()
                 entry.prober = asyncio.create_task(self._probe(entry, process), name=f"exec-probe-{entry.model}")
 
-    def _over_scratch(self, process: ExecutionProcess) -> bool:
-        """Kill the process if its scratch folder holds more than it may (True: it was killed)."""
+    def _over_bounds(self, process: ExecutionProcess) -> bool:
+        """Kill the process if it holds more than it may of what its RSS does not count: threads, or files in
+        its scratch folder (True: it was killed)."""
+        threads = process.thread_count()
+        if threads is not None and threads > MAX_THREADS:
+            log.error("execution process over its thread limit", model=process.model, pid=process.pid, threads=threads)
+            process.kill(
+                f"execution process exceeded its thread limit ({threads} > {MAX_THREADS})", crash=True, cause="threads"
+            )
+            return True
         limit = self._settings.exec_scratch_mb
         if process.scratch is None or (overflow := process.scratch.overflow(limit * MIB)) is None:
             return False

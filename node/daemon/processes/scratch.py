@@ -12,7 +12,6 @@ descriptors and follows no link: the process owns what is inside.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -23,19 +22,22 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SCRATCH_MAX_ENTRIES = 1024  # files and folders, at any depth: an honest process keeps a few at most
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+SCRATCH_MAX_DEPTH = 16  # folders in folders: an honest process makes none
+_UNREADABLE = "a folder the daemon may not read"
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PARENT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # "..", which is no link
 
 
 @dataclass(frozen=True)
 class ScratchUsage:
-    """What a scratch folder holds: bytes on disk (allocated blocks, so a sparse file counts what it fills)
-    and entries, counted up to one past the bound (`entries > max_entries`: the walk stopped there), and
-    whether a folder in it could not be read (its process took the daemon's access away: what it holds is
-    hidden)."""
+    """What a scratch folder holds: bytes on disk (allocated blocks, so a sparse file counts what it fills),
+    entries counted up to one past the bound, and `unmeasured`: why the rest could not be measured (more
+    entries than the bound, folders nested past SCRATCH_MAX_DEPTH, a folder the daemon may not read: its
+    process owns it and can take the daemon's access away), or None."""
 
     bytes: int
     entries: int
-    hidden: bool = False
+    unmeasured: str | None = None
 
 
 class Scratch:
@@ -51,51 +53,45 @@ class Scratch:
         return cls(Path(tempfile.mkdtemp(dir=root, prefix=f"{os.getpid()}-")))
 
     def usage(self, max_entries: int = SCRATCH_MAX_ENTRIES) -> ScratchUsage:
-        """Walk the folder (no link followed), stopping past `max_entries` entries."""
+        """Walk the folder, one descriptor per level and no link followed, stopping past `max_entries`."""
         try:
-            folders = [os.open(self.path, _DIRECTORY_FLAGS)]
+            folders = [os.open(self.path, _FOLDER)]  # the open folders, from the top down to the one walked
         except PermissionError:
-            return ScratchUsage(0, 0, hidden=True)
+            return ScratchUsage(0, 0, _UNREADABLE)
         except OSError:
             return ScratchUsage(0, 0)  # gone
-        size = entries = 0
-        hidden = False
+        pending: list[list[str]] = []  # per open folder, the folders in it not walked yet
+        walked = ScratchUsage(0, 0)
         try:
-            while folders and entries <= max_entries and not hidden:
-                folder = folders.pop()
-                try:
-                    with os.scandir(folder) as listing:
-                        for entry in listing:
-                            entries += 1
-                            if entries > max_entries:
-                                break
-                            try:
-                                status = entry.stat(follow_symlinks=False)
-                                size += status.st_blocks * 512
-                                if stat.S_ISDIR(status.st_mode):
-                                    folders.append(os.open(entry.name, _DIRECTORY_FLAGS, dir_fd=folder))
-                            except PermissionError:
-                                hidden = True
-                            except OSError:
-                                continue  # removed or replaced meanwhile
-                except PermissionError:
-                    hidden = True
-                except OSError:
-                    continue
-                finally:
-                    os.close(folder)
+            while True:
+                walked, inner = _walk_one(folders[-1], walked, max_entries)
+                if walked.unmeasured is not None:
+                    return walked
+                pending.append(inner)
+                while True:  # the next folder to walk: down, or up and across
+                    while not pending[-1]:
+                        pending.pop()
+                        os.close(folders.pop())
+                        if not folders:
+                            return walked
+                    if len(folders) > SCRATCH_MAX_DEPTH:
+                        return ScratchUsage(walked.bytes, walked.entries, f"folders nested past {SCRATCH_MAX_DEPTH}")
+                    try:
+                        folders.append(os.open(pending[-1].pop(), _FOLDER, dir_fd=folders[-1]))
+                        break
+                    except PermissionError:
+                        return ScratchUsage(walked.bytes, walked.entries, _UNREADABLE)
+                    except OSError:
+                        continue  # gone meanwhile (its process is at work)
         finally:
             for folder in folders:
                 os.close(folder)
-        return ScratchUsage(size, entries, hidden)
 
     def overflow(self, max_bytes: int, max_entries: int = SCRATCH_MAX_ENTRIES) -> str | None:
         """Why the folder holds too much (None: it does not)."""
         usage = self.usage(max_entries)
-        if usage.hidden:
-            return "a folder the daemon may not read"
-        if usage.entries > max_entries:
-            return f"more than {max_entries} files and folders"
+        if usage.unmeasured is not None:
+            return usage.unmeasured
         if usage.bytes > max_bytes:
             return f"{usage.bytes // (1024 * 1024)} MiB > {max_bytes // (1024 * 1024)} MiB"
         return None
@@ -103,6 +99,29 @@ class Scratch:
     def remove(self) -> None:
         """Remove the folder and all in it (once its process has exited: nothing writes there any more)."""
         remove_tree(self.path)
+
+
+def _walk_one(folder: int, walked: ScratchUsage, max_entries: int) -> tuple[ScratchUsage, list[str]]:
+    """`walked` plus one folder's entries (not what its folders hold), and the names of its folders."""
+    size, entries, inner = walked.bytes, walked.entries, []
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                entries += 1
+                if entries > max_entries:
+                    return ScratchUsage(size, entries, f"more than {max_entries} files and folders"), []
+                try:
+                    status = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                size += status.st_blocks * 512
+                if stat.S_ISDIR(status.st_mode):
+                    inner.append(entry.name)
+    except PermissionError:
+        return ScratchUsage(size, entries, _UNREADABLE), []
+    except OSError:
+        pass  # gone meanwhile: what was listed counts
+    return ScratchUsage(size, entries), inner
 
 
 def remove_stale(root: Path) -> None:
@@ -118,31 +137,60 @@ def remove_stale(root: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a file, or a folder and everything in it, never following a link (a link is removed itself)."""
+    """Remove a file, or a folder and everything in it, never following a link (a link is removed itself).
+
+    Any depth (shutil.rmtree recurses, and a process can nest folders past Python's recursion limit in a
+    fraction of a second) with one descriptor open at a time, and folders whose owner took its own rights
+    away given them back: the process that owned the tree has exited, so nothing changes it meanwhile."""
     try:
         if not path.is_dir() or path.is_symlink():
             path.unlink(missing_ok=True)
             return
-        try:
-            shutil.rmtree(path)  # by file descriptors: a link inside is removed, not followed
-        except OSError:
-            _make_removable(path)  # a process took its own access to a folder away
-            shutil.rmtree(path)
+        _remove_folder(path)
     except OSError as exc:
         log.warning("folder not removed", path=str(path), error=str(exc))
 
 
-def _make_removable(path: Path) -> None:
-    """Give the owner every right on each folder of the tree, never through a link. The process that owned the
-    tree has exited, so nothing replaces a folder by a link between the check and the change."""
-    folders = [path]
-    while folders:
-        folder = folders.pop()
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                continue
-            os.chmod(folder, 0o700)
+def _remove_folder(path: Path) -> None:
+    folder = _open_own_folder(str(path), None)
+    names: list[str] = []  # the folders from `path` down to the open one
+    pending: list[list[str]] = []  # per level, the folders in it not removed yet
+    try:
+        while True:
+            inner = []
             with os.scandir(folder) as listing:
-                folders += [Path(entry.path) for entry in listing if entry.is_dir(follow_symlinks=False)]
-        except OSError:
-            continue
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        inner.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=folder)
+            pending.append(inner)
+            while not pending[-1]:
+                pending.pop()
+                if not names:
+                    break
+                parent = os.open("..", _PARENT, dir_fd=folder)
+                os.close(folder)
+                folder = parent
+                os.rmdir(names.pop(), dir_fd=folder)
+            if not pending:
+                break
+            name = pending[-1].pop()
+            inner_folder = _open_own_folder(name, folder)
+            os.close(folder)
+            folder = inner_folder
+            names.append(name)
+    finally:
+        os.close(folder)
+    os.rmdir(path)
+
+
+def _open_own_folder(name: str, parent: int | None) -> int:
+    """Open a folder of the tree, first giving its owner (this user) every right on it."""
+    try:
+        folder = os.open(name, _FOLDER, dir_fd=parent)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent)  # a folder, not a link: O_NOFOLLOW said no loop, the listing so
+        folder = os.open(name, _FOLDER, dir_fd=parent)
+    os.fchmod(folder, 0o700)  # files in it can be removed
+    return folder

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from node.daemon.processes.scratch import Scratch, remove_stale, remove_tree
+from node.daemon.processes.scratch import SCRATCH_MAX_DEPTH, Scratch, remove_stale, remove_tree
 
 MIB = 1024 * 1024
 
@@ -50,6 +51,47 @@ def test_past_the_entry_bound_the_walk_stops_and_says_so(tmp_path: Path) -> None
     assert scratch.usage(max_entries=10).entries == 11  # one past the bound: the walk stopped there
     assert scratch.overflow(MIB, max_entries=10) == "more than 10 files and folders"
     assert scratch.overflow(MIB, max_entries=40) is None
+
+
+def _nest(top: Path, depth: int, name: str = "d") -> None:
+    """Folders `depth` deep, each made relative to the last (the path grows past PATH_MAX)."""
+    folder = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=folder)
+        inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+        os.close(folder)
+        folder = inner
+    os.close(folder)
+
+
+def test_folders_nested_past_the_bound_count_as_over_and_any_depth_is_removed(tmp_path: Path) -> None:
+    """A process can nest folders past Python's recursion limit (shutil.rmtree's) and PATH_MAX in a moment."""
+    scratch = Scratch.make(tmp_path)
+    _nest(scratch.path, SCRATCH_MAX_DEPTH)
+    assert scratch.overflow(MIB) is None
+    (scratch.path / "deeper").mkdir()
+    _nest(scratch.path / "deeper", SCRATCH_MAX_DEPTH)
+    assert scratch.overflow(MIB) == f"folders nested past {SCRATCH_MAX_DEPTH}"
+    _nest(scratch.path / "deeper", 3000, "e")
+    scratch.remove()
+    assert os.listdir(tmp_path) == []
+
+
+def _walk_wide_with_few_descriptors() -> object:
+    scratch = Scratch(Path("wide"))
+    scratch.path.mkdir()
+    for index in range(600):
+        (scratch.path / str(index)).mkdir()
+        (scratch.path / str(index) / "f").write_bytes(b"x" * 4096)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    usage = scratch.usage(max_entries=5000)
+    remove_tree(scratch.path)
+    return [usage.entries, usage.bytes >= 600 * 4096, usage.unmeasured, scratch.path.exists()]
+
+
+def test_a_wide_tree_is_walked_and_removed_with_a_few_descriptors(tmp_path: Path) -> None:
+    """The daemon's descriptors serve its connections: a walk holds one per level, never one per folder."""
+    assert _as_an_unprivileged_owner(tmp_path, _walk_wide_with_few_descriptors) == [1200, True, None, False]
 
 
 def test_a_link_out_of_the_folder_is_neither_measured_nor_followed_when_removed(tmp_path: Path) -> None:
