@@ -1,4 +1,5 @@
-"""What Landlock leaves to other mechanisms, applied by sandbox.py's `confine` (Linux only).
+"""What Landlock leaves to other mechanisms, applied by sandbox.py's `confine` (Linux only), and the
+descriptors a process inherits, closed before it (`close_inherited_descriptors`).
 
 - Capabilities: a process running as root keeps none (no raw devices, modules, tracing past the
   ownership checks, or file access past permissions); dropped from every set, the bounding set
@@ -39,6 +40,14 @@ class _CapHeader(ctypes.Structure):
 
 class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def close_inherited_descriptors(keep: int) -> None:
+    """Close every descriptor but stdin, stdout, stderr and `keep` (the daemon's socket). The daemon's event
+    loop (uvloop) spawns this process without closing what the daemon itself inherited without close-on-exec
+    (a supervisor's, a shell's), and Landlock checks a file when it is opened, never a descriptor opened before."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def drop_capabilities() -> str:

@@ -408,6 +408,29 @@ async def test_a_line_a_taken_over_process_writes_to_stderr_is_logged_as_that_pr
         node.stop()
 
 
+@pytest.mark.slow
+def test_a_descriptor_the_daemon_inherited_does_not_reach_its_execution_process(tmp_path: Path) -> None:
+    """The daemon's event loop (uvloop) spawns without closing what the daemon inherited open (from a supervisor
+    or a shell); the sandbox checks files when they are opened, so such a descriptor would pass it by."""
+    inherited = tmp_path / "a-supervisors-file"
+    fd = os.open(inherited, os.O_RDWR | os.O_CREAT, 0o600)
+    os.set_inheritable(fd, True)
+    try:
+        node = NodeProcess(tmp_path / "node", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    try:
+        child = _children(node.proc.pid)[0]
+
+        def open_files(pid: int) -> set[str]:
+            return {os.readlink(entry.path) for entry in os.scandir(f"/proc/{pid}/fd")}
+
+        assert str(inherited) in open_files(node.proc.pid)  # the daemon has it...
+        assert str(inherited) not in open_files(child)  # ...its execution process does not
+    finally:
+        node.stop()
+
+
 # Run as PID 1 of a fresh PID namespace, as a container runs the daemon: spawn an execution
 # process the way handle.py does and ask it to configure a model that does not exist.
 _AS_PID_1 = """

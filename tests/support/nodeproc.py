@@ -51,9 +51,11 @@ class NodeProcess:
         port: int = 0,
         env: dict[str, str] | None = None,
         own_group: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         """`own_group`: the node leads a new process group (and session), as under a
-        terminal or a service manager, so a test can signal the whole group."""
+        terminal or a service manager, so a test can signal the whole group. `pass_fds`: descriptors it
+        inherits, as from a supervisor or a shell that leaves some open."""
         self.proc = subprocess.Popen(
             [*CLI, "start", "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--data-dir", str(data_dir), *extra],
             stdout=subprocess.PIPE,
@@ -62,6 +64,7 @@ class NodeProcess:
             env=env or cli_env(),
             cwd=ROOT,
             start_new_session=own_group,
+            pass_fds=pass_fds,
         )
         self.logs: list[dict] = []
         self._stderr_tail: list[str] = []
