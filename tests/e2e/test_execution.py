@@ -36,6 +36,7 @@ from tests.support.exec_wrappers import (
     FORK,
     FORKED_PIDS_ENV,
     GRAMMAR_CRASH,
+    HIDE_FILES,
     SPIN,
     THREADS,
 )
@@ -210,15 +211,17 @@ async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: N
 
 @pytest.mark.slow
 @pytest.mark.asyncio
+@pytest.mark.parametrize("marker", [FILL_SCRATCH, HIDE_FILES], ids=["files", "files-in-no-folder"])
 async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_removed(
-    tmp_path: Path, wrapped: None
+    tmp_path: Path, wrapped: None, marker: str
 ) -> None:
-    """The scratch folder is the one a process may write; past exec_scratch_mb the daemon kills it, removes
-    what it wrote, and the model serves again from a new, empty folder."""
+    """The scratch folder is the one a process may write; past exec_scratch_mb (with what it holds open in no
+    folder: files it removed, memfds) the daemon kills it, removes what it wrote, and the model serves again
+    from a new, empty folder."""
     async with _harness(node_settings(tmp_path, exec_scratch_mb=8)) as h:
         first = h.process().scratch.path
         assert first.parent == tmp_path / "scratch" and os.listdir(first) == []
-        fill_id = await h.submit(f"{FILL_SCRATCH} now", timeout=120)
+        fill_id = await h.submit(f"{marker} now", timeout=120)
         pid = await h.running(1)
         reason = await h.failure(fill_id)  # killed past the bound, ran once more, killed again: poison
         assert reason.startswith("Invalid prompt: ") and "scratch" in reason

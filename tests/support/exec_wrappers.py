@@ -47,8 +47,10 @@ FORGED_LOG_LINE = (
     b'"forged": "\\u001b[2J"}\n'
 )
 # Writes files of 1 MiB into its scratch folder (TMPDIR) without end, as a workflow that took the process over
-# could: the daemon kills it past exec_scratch_mb.
+# could: the daemon kills it past exec_scratch_mb...
 FILL_SCRATCH = "#fill-scratch"
+# ...and so does one that removes each file while it holds it open, or writes memfds, so no folder shows them.
+HIDE_FILES = "#hide-files"
 # Starts threads (small stacks, each waiting for ever) without end: the daemon kills it past pool.MAX_THREADS.
 THREADS = "#threads"
 
@@ -92,6 +94,8 @@ class Misbehaving:
             os.write(2, FORGED_LOG_LINE)
         if FILL_SCRATCH in text:
             _fill_scratch()
+        if HIDE_FILES in text:
+            _fill_scratch(hide=True)
         if THREADS in text:
             _start_threads()
         if STALL_DECODE in text:
@@ -129,11 +133,21 @@ def _start_threads() -> None:
         time.sleep(0.001)
 
 
-def _fill_scratch() -> None:
+def _fill_scratch(hide: bool = False) -> None:
     chunk = os.urandom(1024 * 1024)
+    held = []
     for index in range(100_000):
-        with open(os.path.join(tempfile.gettempdir(), f"fill-{index}"), "wb") as fill:
-            fill.write(chunk)
+        path = os.path.join(tempfile.gettempdir(), f"fill-{index}")
+        if not hide:
+            with open(path, "wb") as fill:
+                fill.write(chunk)
+        elif index % 2:
+            held.append(os.memfd_create(f"fill-{index}"))
+            os.write(held[-1], chunk)
+        else:
+            held.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.write(held[-1], chunk)
+            os.unlink(path)
         time.sleep(0.005)
 
 

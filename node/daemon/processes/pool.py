@@ -370,7 +370,7 @@ class ExecutionPool:
             )
             return True
         limit = self._settings.exec_scratch_mb
-        if process.scratch is None or (overflow := process.scratch.overflow(limit * MIB)) is None:
+        if process.scratch is None or (overflow := process.scratch.overflow(limit * MIB, process.pid)) is None:
             return False
         log.error("execution process over its scratch limit", model=process.model, pid=process.pid, usage=overflow)
         process.kill(f"execution process exceeded its scratch limit ({overflow})", crash=True, cause="scratch")

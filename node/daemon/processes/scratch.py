@@ -2,9 +2,10 @@
 
 A confined process writes nowhere else: not /tmp, /var/tmp or /dev/shm, whose files outlive it and, where they
 are tmpfs, hold memory that no limit of the process counts. Its folder is `<data_dir>/scratch/<daemon pid>-*`
-(its TMPDIR, libffi's too). The pool measures it with the RSS (`usage`) and kills a process past
-`exec_scratch_mb` or SCRATCH_MAX_ENTRIES entries; the process cannot grow a file past `exec_scratch_mb` either
-(RLIMIT_FSIZE, node/execution/process.py). The folder is removed when its process has exited, and what a daemon
+(its TMPDIR, libffi's too). The pool measures it with the RSS (`overflow`: the folder, and the files the
+process holds open in no folder) and kills a process past `exec_scratch_mb`, SCRATCH_MAX_ENTRIES entries or
+MAX_OPEN_FILES descriptors; the process cannot grow a file past `exec_scratch_mb` either (RLIMIT_FSIZE,
+node/execution/process.py). The folder is removed when its process has exited, and what a daemon
 that was killed left is removed at the next start (`remove_stale`). Every walk and removal goes by file
 descriptors and follows no link: the process owns what is inside.
 """
@@ -23,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 SCRATCH_MAX_ENTRIES = 1024  # files and folders, at any depth: an honest process keeps a few at most
 SCRATCH_MAX_DEPTH = 16  # folders in folders: an honest process makes none
+MAX_OPEN_FILES = 4096  # descriptors a process holds: an honest one ~30 (its sockets, pipes, the model file)
 _UNREADABLE = "a folder the daemon may not read"
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PARENT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # "..", which is no link
@@ -87,18 +89,45 @@ class Scratch:
             for folder in folders:
                 os.close(folder)
 
-    def overflow(self, max_bytes: int, max_entries: int = SCRATCH_MAX_ENTRIES) -> str | None:
-        """Why the folder holds too much (None: it does not)."""
+    def overflow(self, max_bytes: int, pid: int | None = None, max_entries: int = SCRATCH_MAX_ENTRIES) -> str | None:
+        """Why the folder, with the files process `pid` holds open in no folder, holds too much (None: it
+        does not)."""
         usage = self.usage(max_entries)
         if usage.unmeasured is not None:
             return usage.unmeasured
-        if usage.bytes > max_bytes:
-            return f"{usage.bytes // (1024 * 1024)} MiB > {max_bytes // (1024 * 1024)} MiB"
+        held = unlinked_files(pid) if pid is not None else ScratchUsage(0, 0)
+        if held.unmeasured is not None:
+            return held.unmeasured
+        if (size := usage.bytes + held.bytes) > max_bytes:
+            return f"{size // (1024 * 1024)} MiB > {max_bytes // (1024 * 1024)} MiB"
         return None
 
     def remove(self) -> None:
         """Remove the folder and all in it (once its process has exited: nothing writes there any more)."""
         remove_tree(self.path)
+
+
+def unlinked_files(pid: int, max_files: int = MAX_OPEN_FILES) -> ScratchUsage:
+    """The files process `pid` holds open that are in no folder (written, then removed while open; O_TMPFILE;
+    memfd_create): they take disk or memory until it closes them, and no walk of a folder finds them."""
+    size = count = 0
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as listing:
+            for entry in listing:
+                count += 1
+                if count > max_files:
+                    return ScratchUsage(size, count, f"more than {max_files} open files")
+                try:
+                    status = os.stat(entry.path)  # the open file itself, wherever it is
+                except OSError:
+                    continue  # closed meanwhile
+                if stat.S_ISREG(status.st_mode) and status.st_nlink == 0:
+                    size += status.st_blocks * 512
+    except PermissionError:  # it made itself undumpable: /proc/<pid>/fd is root's then
+        return ScratchUsage(size, count, "open files the daemon may not read")
+    except OSError:
+        pass  # exited
+    return ScratchUsage(size, count)
 
 
 def _walk_one(folder: int, walked: ScratchUsage, max_entries: int) -> tuple[ScratchUsage, list[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from node.daemon.processes.scratch import SCRATCH_MAX_DEPTH, Scratch, remove_stale, remove_tree
+from node.daemon.processes.scratch import SCRATCH_MAX_DEPTH, Scratch, remove_stale, remove_tree, unlinked_files
 
 MIB = 1024 * 1024
 
@@ -185,3 +185,31 @@ def test_a_killed_daemons_folders_are_removed_at_the_next_start_and_this_ones_ke
     assert sorted(os.listdir(root)) == [mine.path.name]
     assert tmp_path.exists() and logs == []
     remove_stale(tmp_path / "none")  # no scratch folder yet: nothing to do
+
+
+def test_files_held_open_in_no_folder_count_with_the_folder(tmp_path: Path) -> None:
+    """Written, then removed while open, a file takes its space until closed, and no walk finds it; so does a
+    memfd's memory."""
+    scratch = Scratch.make(tmp_path)
+    (scratch.path / "seen.bin").write_bytes(os.urandom(MIB))
+    before = unlinked_files(os.getpid()).bytes
+    hidden = os.open(scratch.path / "hidden.bin", os.O_RDWR | os.O_CREAT)
+    memory = os.memfd_create("hidden")
+    try:
+        os.write(hidden, os.urandom(2 * MIB))
+        os.unlink(scratch.path / "hidden.bin")
+        os.write(memory, os.urandom(2 * MIB))
+        assert scratch.usage().bytes < 2 * MIB  # the walk sees only seen.bin
+        assert unlinked_files(os.getpid()).bytes - before >= 4 * MIB
+        assert scratch.overflow(4 * MIB, os.getpid()) is not None
+        assert scratch.overflow(4 * MIB) is None  # without the process's descriptors
+    finally:
+        os.close(hidden)
+        os.close(memory)
+    assert unlinked_files(os.getpid()).bytes == before
+
+
+def test_past_the_descriptor_bound_the_count_stops_and_says_so() -> None:
+    held = unlinked_files(os.getpid(), max_files=3)
+    assert held.unmeasured == "more than 3 open files" and held.entries == 4
+    assert unlinked_files(2**22 + 7).unmeasured is None  # no such process: nothing held
