@@ -16,8 +16,16 @@ descriptors a process inherits, closed before it (`close_inherited_descriptors`)
     engines); nothing here listens.
   - new namespaces (unshare, setns; clone is refused already): a user namespace gives the process every
     capability inside it, and with them much more of the kernel to attack.
+  - changes of a file's mode, owner, times or extended attributes (Landlock governs none of them): the process
+    could make the node's key readable by every user, the data dir or the code unusable, or a folder of its
+    scratch unreadable to the daemon that measures it.
+  - fallocate with a mode (FALLOC_FL_KEEP_SIZE): it allocates blocks past the file's size, where RLIMIT_FSIZE,
+    which bounds each file, never looks. Mode 0 (posix_fallocate) grows the file and stays bounded.
+  - inotify and fanotify: a process watching its scratch folder sees the daemon's walk begin, and can move
+    what it wrote out of its way.
   What that takes from an honest process, none of which it uses: `ctypes.util.find_library` (it runs
-  ldconfig), `platform.architecture`'s linkage (it runs `file`), multiprocessing and its shared memory.
+  ldconfig), `platform.architecture`'s linkage (it runs `file`), multiprocessing and its shared memory,
+  `shutil.copy`'s mode bits.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ _CAP_LAST = 63  # past the last capability the kernel knows, PR_CAPBSET_DROP ans
 _CAPABILITY_VERSION_3 = 0x20080522
 _CLONE_THREAD = 0x00010000  # linux/sched.h
 _CLONE3 = 435  # clone3's number, the same on every architecture (Linux 5.3)
+_ATTRIBUTE_CHANGES = (  # a name this libseccomp does not know (fchmodat2, Linux 6.6) is skipped
+    *("chmod", "fchmod", "fchmodat", "fchmodat2"),
+    *("chown", "fchown", "lchown", "fchownat"),
+    *("utime", "utimes", "utimensat", "futimesat"),
+    *("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr"),
+)
 
 
 class _CapHeader(ctypes.Structure):
@@ -65,8 +79,8 @@ def drop_capabilities() -> str:
 
 
 def restrict_syscalls() -> str:
-    """Refuse new AF_UNIX sockets, io_uring, new processes and listening sockets from now on; a phrase for the
-    sandbox's log line."""
+    """Refuse new AF_UNIX sockets, io_uring, new processes, listening sockets, attribute changes, fallocate
+    with a mode and file watches from now on; a phrase for the sandbox's log line."""
     try:
         import pyseccomp as seccomp
     except (ImportError, OSError) as exc:  # no libseccomp on this system
@@ -74,6 +88,7 @@ def restrict_syscalls() -> str:
     refused, absent = errno.EACCES, errno.ENOSYS
     unix_socket = seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX)
     new_process = seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)
+    with_a_mode = seccomp.Arg(1, seccomp.NE, 0)
     wanted = [
         ("socket", refused, unix_socket),
         ("io_uring_setup", absent, None),
@@ -84,6 +99,11 @@ def restrict_syscalls() -> str:
         ("listen", refused, None),
         ("unshare", refused, None),  # new namespaces: a user namespace hands back every capability inside it
         ("setns", refused, None),
+        *((name, errno.EPERM, None) for name in _ATTRIBUTE_CHANGES),
+        ("fallocate", errno.EOPNOTSUPP, with_a_mode),  # posix_fallocate's fallback writes, within RLIMIT_FSIZE
+        ("inotify_init", refused, None),
+        ("inotify_init1", refused, None),
+        ("fanotify_init", refused, None),
     ]
     try:
         rules = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -98,7 +118,7 @@ def restrict_syscalls() -> str:
         rules.load()
     except (OSError, RuntimeError, ValueError) as exc:
         return f"unix sockets, processes and listeners open (seccomp: {exc})"
-    return "no new unix sockets, processes or listeners"
+    return "no new unix sockets, processes or listeners, no attribute changes or file watches"
 
 
 def _held() -> bool:

@@ -80,6 +80,7 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
     expected["pause the node over its HTTP port"] = "HTTP 401"  # it has no control token (it cannot read it)
     expected["write its scratch folder"] = "allowed"  # its one writable folder...
     expected["write a file past exec_scratch_mb"] = "OSError"  # ...and no file past the bound (EFBIG)
+    expected["allocate blocks past exec_scratch_mb"] = "OSError"  # fallocate with a mode: EOPNOTSUPP
     policy = prepare_sandbox(node_settings(tmp_path / "node"))
     if policy is not None and "/dev/shm" in policy.devices:
         expected["create a file in /dev/shm"] = "allowed"  # kept on a host with a GPU
@@ -107,6 +108,8 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
     assert probes["create a file in /tmp"] == "allowed"
     assert probes["write its scratch folder"] == "allowed"  # a scratch folder and the file bound all the same
     assert probes["write a file past exec_scratch_mb"] == "OSError"
+    assert probes["allocate blocks past exec_scratch_mb"] == "allowed"  # the seccomp filter's to refuse
+    assert probes["change the identity key's mode"] == "allowed" and probes["watch a folder (inotify)"] == "allowed"
     assert os.listdir(tmp_path / "node" / "scratch") == []
     assert "execution process ready" in child_events  # its lines were relayed...
     assert not [event for event in child_events if "confined" in event]  # ...and off: no line, no warning

@@ -65,6 +65,11 @@ def probes(data_dir: Path) -> dict[str, str]:
         # its one writable folder, the daemon's to bound and remove
         "write its scratch folder": attempt(lambda: _write_scratch(data_dir)),
         "write a file past exec_scratch_mb": attempt(_write_past_the_file_size_limit),
+        "allocate blocks past exec_scratch_mb": attempt(_allocate_past_the_file_size_limit),
+        # Landlock governs no attribute change: the key made readable to all (here: set to the mode it has)
+        "change the identity key's mode": attempt(lambda: os.chmod(data_dir / "identity.key", 0o600)),
+        # a watch on its scratch folder sees the daemon's walk begin
+        "watch a folder (inotify)": attempt(_inotify),
     }
     for folder in TEMPORARY_FOLDERS:  # what is left there outlives the process; on tmpfs it holds memory
         if os.path.isdir(folder):
@@ -101,6 +106,25 @@ def _write_past_the_file_size_limit() -> None:
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     with tempfile.TemporaryFile() as file:
         os.pwrite(file.fileno(), b"x", limit if limit != resource.RLIM_INFINITY else 1 << 30)
+
+
+def _allocate_past_the_file_size_limit() -> None:
+    """fallocate(FALLOC_FL_KEEP_SIZE) allocates blocks without growing the file: RLIMIT_FSIZE never sees them."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    with tempfile.TemporaryFile() as file:
+        if libc.fallocate(file.fileno(), 1, 0, min(limit, 1 << 30) + (1 << 20)) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number))
+
+
+def _inotify() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if (fd := libc.inotify_init1(0)) < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+    os.close(fd)
 
 
 def _create_and_remove(folder: str) -> None:

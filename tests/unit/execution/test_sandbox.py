@@ -220,11 +220,17 @@ def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(sandbox, "thread_count", lambda: 1)  # whatever pytest runs beside
     # Not on pytest's own process: the test below applies them for real, in a process of its own.
     monkeypatch.setattr(sandbox, "drop_capabilities", lambda: "no capabilities")
-    monkeypatch.setattr(sandbox, "restrict_syscalls", lambda: "no new unix sockets, processes or listeners")
+    monkeypatch.setattr(
+        sandbox,
+        "restrict_syscalls",
+        lambda: "no new unix sockets, processes or listeners, no attribute changes or file watches",
+    )
     _, policy = _layout(tmp_path)
     outcome = confine(policy.model_copy(update={"required": True}))
     assert not outcome.confined and outcome.required and "Landlock is not available" in outcome.detail
-    assert outcome.detail.endswith("still: no new unix sockets, processes or listeners, no capabilities")
+    assert outcome.detail.endswith(
+        "still: no new unix sockets, processes or listeners, no attribute changes or file watches, no capabilities"
+    )
     assert not confine(None).confined and "no sandbox policy" in confine(None).detail
 
 
