@@ -44,6 +44,8 @@ from node.execution.protocol import SandboxPolicy
 _FILE_RIGHTS = AccessFs.EXECUTE | AccessFs.WRITE_FILE | AccessFs.READ_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
 _ALL_RIGHTS = AccessFs(sum(AccessFs))
 _READ_RIGHTS = AccessFs.EXECUTE | AccessFs.READ_FILE | AccessFs.READ_DIR
+# A device, or a folder of them (/dev/dri): opened, read, written and driven, never a file made in it.
+_DEVICE_RIGHTS = AccessFs.READ_DIR | AccessFs.READ_FILE | AccessFs.WRITE_FILE | AccessFs.IOCTL_DEV
 SIGNAL_SCOPE_ABI = 6  # Landlock's signal scope came in ABI 6 (Linux 6.12)
 _PROC = Path("/proc")
 _ATTEMPTS = 3
@@ -61,14 +63,15 @@ class SandboxOutcome:
 def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
     """Each (path, rights) that Landlock is to allow: nothing under the private paths but their readable
     exceptions (read) and writable ones (any access); elsewhere read access, and any access under the
-    writable paths (scratch folders, devices) except under a readable one (the code: a write there would
-    run unconfined at the next start). Symbolic links get no rule: what they lead to has its own."""
+    writable paths (the scratch folder) except under a readable one (the code: a write there would run
+    unconfined at the next start); devices opened and driven, nothing made among them. Symbolic links get
+    no rule: what they lead to has its own."""
     private = {_real(path) for path in policy.private}
     readable = {_real(path) for path in policy.readable}
     devices = {_real(path) for pattern in policy.devices for path in glob.glob(pattern)}  # as they are now
-    writable = {_real(path) for path in policy.writable} | devices
-    readable = {path for path in readable if _under(path, private | writable)}  # elsewhere read only anyway
-    ahead = private | readable | writable  # the folders leading to these are walked, entry by entry
+    writable = {_real(path) for path in policy.writable}
+    readable = {path for path in readable if _under(path, private | writable | devices)}  # else read only anyway
+    ahead = private | readable | writable | devices  # the folders leading to these are walked, entry by entry
 
     def walk(folder: Path) -> Iterator[tuple[Path, AccessFs]]:
         try:
@@ -92,6 +95,8 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
                 yield from walk(path)
             elif path in writable:
                 yield path, _rights(_ALL_RIGHTS, is_folder)
+            elif path in devices:
+                yield path, _rights(_DEVICE_RIGHTS, is_folder)
             elif path in readable:
                 yield path, _rights(_READ_RIGHTS, is_folder)
             elif _under(path, private):
@@ -103,6 +108,7 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
     if Path("/") in private:
         yield from ((path, _READ_RIGHTS) for path in readable if path.exists())
         yield from ((path, _ALL_RIGHTS) for path in writable if path.is_dir())
+        yield from ((path, _rights(_DEVICE_RIGHTS, path.is_dir())) for path in devices)
         return
     yield from walk(Path("/"))
 

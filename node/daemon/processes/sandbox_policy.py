@@ -80,8 +80,9 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
         required=settings.sandbox == "on",
         private=[str(path) for path in private],
         readable=[str(path) for path in readable],
-        writable=[],  # the process's own scratch folder is added when it is spawned (handle.py)
-        devices=[*_DEVICES, *_GPU_DEVICES, *([_SHARED_MEMORY] if gpu else [])],
+        # The process's own scratch folder is added when it is spawned (handle.py).
+        writable=[_SHARED_MEMORY] if gpu else [],
+        devices=[*_DEVICES, *_GPU_DEVICES],
     )
 
 

@@ -131,7 +131,7 @@ def test_shared_memory_is_kept_only_on_a_host_with_a_gpu(
     monkeypatch.setattr(sandbox_policy.glob, "glob", lambda pattern: gpu if pattern == "/dev/nvidia*" else [])
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
-    assert ("/dev/shm" in policy.devices) is shared_memory
+    assert ("/dev/shm" in policy.writable) is shared_memory and "/dev/shm" not in policy.devices
     assert "/dev/null" in policy.devices
 
 

@@ -262,3 +262,27 @@ def test_without_landlock_the_seccomp_filter_still_holds(tmp_path: Path) -> None
     result = _run_script(_WITHOUT_LANDLOCK, policy.model_dump_json())
     assert result["confined"] is False and "still: no new unix sockets, processes or listeners" in str(result["detail"])
     assert result["fork"] == "PermissionError"
+
+
+def test_devices_are_opened_and_driven_but_nothing_is_made_among_them(tmp_path: Path) -> None:
+    """A device folder (/dev/dri) is where a node run as root could otherwise leave files (devtmpfs: memory, kept
+    till reboot); the scratch folder alone takes new files."""
+    devices = tmp_path / "dev"
+    (devices / "dri").mkdir(parents=True)
+    (devices / "card0").write_text("")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    policy = SandboxPolicy(
+        private=[str(devices)],
+        readable=[],
+        writable=[str(scratch)],
+        devices=[str(devices / "dri"), str(devices / "card0")],
+    )
+    granted = dict(rules(policy))
+    folder, device = granted[(devices / "dri").resolve()], granted[(devices / "card0").resolve()]
+    assert folder & (AccessFs.READ_FILE | AccessFs.WRITE_FILE | AccessFs.IOCTL_DEV | AccessFs.READ_DIR) == (
+        AccessFs.READ_FILE | AccessFs.WRITE_FILE | AccessFs.IOCTL_DEV | AccessFs.READ_DIR
+    )
+    made = AccessFs.MAKE_REG | AccessFs.MAKE_DIR | AccessFs.MAKE_SYM | AccessFs.MAKE_FIFO | AccessFs.REMOVE_FILE
+    assert folder & made == 0 and device & made == 0 and device & AccessFs.TRUNCATE == 0
+    assert granted[scratch.resolve()] & made == made
