@@ -47,6 +47,7 @@ from node.execution.protocol import (
     DEADLINE_WHILE_RUNNING,
     MAX_ERROR_CHARS,
     MAX_FRAME_BYTES,
+    MAX_OPEN_FILES,
     MAX_STEP_SECONDS,
     MAX_TPS,
     Benchmarked,
@@ -119,12 +120,16 @@ def apply_memory_limit(limit_mb: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def apply_file_size_limit(limit_mb: int) -> None:
+def apply_file_limits(limit_mb: int) -> None:
     """No file of this process grows past `limit_mb` (RLIMIT_FSIZE): a write past it fails (EFBIG), it does not
-    kill the process (SIGXFSZ ignored). The daemon bounds its scratch folder as a whole (scratch.py)."""
+    kill the process (SIGXFSZ ignored); and it holds at most MAX_OPEN_FILES descriptors. The daemon bounds its
+    scratch folder as a whole (node/daemon/processes/scratch.py)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     limit = limit_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    bound = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, bound), bound))
 
 
 class TaskHost:
@@ -273,7 +278,7 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     elif settings.sandbox != "off":
         log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
     apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
-    apply_file_size_limit(settings.exec_scratch_mb)
+    apply_file_limits(settings.exec_scratch_mb)
     speeds = ReportedSpeeds(configure.speeds, lambda key, result: send(_measured(key, name, result)))
     try:
         prepared = await prepare_model(name, settings, speeds)

@@ -33,6 +33,8 @@ MAX_TPS = 1e6  # tokens/s a child may report: what publishers clamp a heartbeat'
 MAX_PROVISIONAL_SPEEDS = 8  # provisional `benchmarked` a child may send (measured beside tasks)
 MAX_MEASURED_SPEEDS = 4  # `measured` a child may send (one per startup benchmark; the daemon keeps them while taskless)
 MAX_STEP_SECONDS = 3600.0  # a full batch step at the measured speed a child may report (it sizes the stall bound)
+# Descriptors an execution process may hold (RLIMIT_NOFILE; the daemon counts them too): an honest one ~30.
+MAX_OPEN_FILES = 4096
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
 MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024

@@ -23,7 +23,7 @@ import structlog
 
 from config.settings import Settings
 from node.daemon.journal import TaskState
-from node.daemon.processes import pool
+from node.daemon.processes import bounds
 from node.daemon.processes.pool import NoUsableModelError
 from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
@@ -37,6 +37,7 @@ from tests.support.exec_wrappers import (
     FORKED_PIDS_ENV,
     GRAMMAR_CRASH,
     HIDE_FILES,
+    MAP_FILES,
     SPIN,
     THREADS,
 )
@@ -211,7 +212,9 @@ async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: N
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-@pytest.mark.parametrize("marker", [FILL_SCRATCH, HIDE_FILES], ids=["files", "files-in-no-folder"])
+@pytest.mark.parametrize(
+    "marker", [FILL_SCRATCH, HIDE_FILES, MAP_FILES], ids=["files", "files-in-no-folder", "mapped-files-in-no-folder"]
+)
 async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_removed(
     tmp_path: Path, wrapped: None, marker: str
 ) -> None:
@@ -226,7 +229,8 @@ async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_
         reason = await h.failure(fill_id)  # killed past the bound, ran once more, killed again: poison
         assert reason.startswith("Invalid prompt: ") and "scratch" in reason
         assert h.crashes("scratch") == 2
-        assert not _alive(pid) and not first.exists()
+        assert not _alive(pid)
+        await h.until(lambda: not first.exists())  # removed beside the restart
         await h.until(lambda: h.process() is not None and h.process().pid != pid and h.process().ready is not None)
         result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
         assert result.text.strip()
@@ -242,9 +246,9 @@ async def test_a_process_that_starts_threads_without_end_is_killed(
     tmp_path: Path, wrapped: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each thread holds kernel memory its RSS does not count, and counts against the user's process limit."""
-    monkeypatch.setattr(pool, "MAX_THREADS", 300)  # the test's hog stops at its first kill; 4096 in a node
+    monkeypatch.setattr(bounds, "MAX_THREADS", 300)  # the test's hog stops at its first kill; 1024 in a node
     async with _harness(node_settings(tmp_path)) as h:
-        honest = h.process().thread_count()
+        honest = bounds.thread_count(h.process().pid)
         assert 1 < honest < 300
         threads_id = await h.submit(f"{THREADS} now", timeout=120)
         pid = await h.running(1)

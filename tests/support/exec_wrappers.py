@@ -7,6 +7,7 @@ this wrapper around the real model: a prompt holding a marker misbehaves on purp
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -49,8 +50,10 @@ FORGED_LOG_LINE = (
 # Writes files of 1 MiB into its scratch folder (TMPDIR) without end, as a workflow that took the process over
 # could: the daemon kills it past exec_scratch_mb...
 FILL_SCRATCH = "#fill-scratch"
-# ...and so does one that removes each file while it holds it open, or writes memfds, so no folder shows them.
+# ...and so does one that removes each file while it holds it open, or writes memfds, so no folder shows them...
 HIDE_FILES = "#hide-files"
+# ...or that maps each file, closes and removes it: only the mapping holds its blocks.
+MAP_FILES = "#map-files"
 # Starts threads (small stacks, each waiting for ever) without end: the daemon kills it past pool.MAX_THREADS.
 THREADS = "#threads"
 
@@ -95,7 +98,9 @@ class Misbehaving:
         if FILL_SCRATCH in text:
             _fill_scratch()
         if HIDE_FILES in text:
-            _fill_scratch(hide=True)
+            _fill_scratch(hide="open")
+        if MAP_FILES in text:
+            _fill_scratch(hide="mapped")
         if THREADS in text:
             _start_threads()
         if STALL_DECODE in text:
@@ -133,14 +138,20 @@ def _start_threads() -> None:
         time.sleep(0.001)
 
 
-def _fill_scratch(hide: bool = False) -> None:
+def _fill_scratch(hide: str = "") -> None:
     chunk = os.urandom(1024 * 1024)
-    held = []
+    held: list[Any] = []
     for index in range(100_000):
         path = os.path.join(tempfile.gettempdir(), f"fill-{index}")
         if not hide:
             with open(path, "wb") as fill:
                 fill.write(chunk)
+        elif hide == "mapped":
+            with open(path, "w+b") as fill:
+                fill.write(chunk)
+                fill.flush()
+                held.append(mmap.mmap(fill.fileno(), len(chunk)))
+            os.unlink(path)
         elif index % 2:
             held.append(os.memfd_create(f"fill-{index}"))
             os.write(held[-1], chunk)

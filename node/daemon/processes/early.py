@@ -11,6 +11,8 @@ by the launcher.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from config.settings import Settings
 from models.benchmark import CacheFile
 from node.daemon.processes.child_inputs import child_settings
@@ -42,6 +44,11 @@ class EarlyProcess:
         )
         await process.spawn()
         return cls(process)
+
+    @property
+    def scratch(self) -> Path | None:
+        """The process's scratch folder, while nobody took it."""
+        return self._process.scratch.path if self._process is not None and self._process.scratch else None
 
     def take(self, model: str) -> ExecutionProcess | None:
         """The process, once, if it was spawned for `model`."""

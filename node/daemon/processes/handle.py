@@ -12,6 +12,7 @@ exit code, and `on_exit` is called once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -81,6 +82,7 @@ class ExecutionProcess:
         self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
         self._scratch_root = scratch_root  # where its scratch folder is made (None: it gets none)
         self.scratch: Scratch | None = None  # the one folder it may write, removed after its exit (scratch.py)
+        self._removal: asyncio.Task[None] | None = None  # of the scratch folder, after the exit: close() awaits it
         self._speeds = SpeedKeeper(model, speeds)  # the daemon's speed cache: sent in `configure`, `measured` offered
         self.on_exit = on_exit  # the owner's, set again by a pool adopting an early-spawned process
         self._proc: asyncio.subprocess.Process | None = None
@@ -307,32 +309,15 @@ class ExecutionProcess:
         try:
             await asyncio.wait_for(self.exited.wait() if self._reader_task else self._proc.wait(), timeout)
         except TimeoutError:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                self._proc.kill()
             await self._proc.wait()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
-        await self._remove_scratch()
+        self._remove_scratch()
         await self._end_output()
-
-    def rss_bytes(self) -> int | None:
-        """Resident memory of the process, from /proc (None once it is gone)."""
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/statm", "rb") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            return None
-
-    def thread_count(self) -> int | None:
-        """Threads of the process, from /proc (None once it is gone)."""
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as stat:
-                return int(stat.read().rpartition(b")")[2].split()[17])  # num_threads, after the command's name
-        except (OSError, IndexError, ValueError):
-            return None
+        if self._removal is not None:
+            await self._removal
 
     def _send(self, message: Message) -> None:
         if self._writer is not None and not self._writer.is_closing():
@@ -431,16 +416,16 @@ class ExecutionProcess:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
-        await self._remove_scratch()
+        self._remove_scratch()
         await self._end_output()
 
-    async def _remove_scratch(self) -> None:
-        """Remove the scratch folder once the process has exited, in a thread: a process can leave a great many
-        files there between two of the pool's checks."""
+    def _remove_scratch(self) -> None:
+        """Remove the scratch folder once the process has exited, beside what follows its exit (its tasks'
+        errors, its restart): a process can leave a great many files there between two of the pool's checks."""
         scratch = self.scratch
         if scratch is not None and self._proc is not None and self._proc.returncode is not None:
             self.scratch = None
-            await asyncio.to_thread(scratch.remove)
+            self._removal = asyncio.create_task(scratch.remove_in_thread(), name=f"exec-{self.model}-scratch")
 
     async def _end_output(self) -> None:
         """Let the relay log what the process wrote before its exit (a crash's message), then end it."""

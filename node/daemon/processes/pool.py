@@ -26,6 +26,7 @@ import structlog
 from config.settings import Settings
 from models.benchmark import CacheFile
 from node.daemon.failures import RecentFailures
+from node.daemon.processes.bounds import breach, rss_bytes
 from node.daemon.processes.child_inputs import child_settings
 from node.daemon.processes.early import EarlyProcess
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError
@@ -43,10 +44,6 @@ MIB = 1024 * 1024
 PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 30.0  # the child's loop is free unless a workflow blocks it; tasks have their own limits
 RSS_CHECK_INTERVAL_S = 0.5
-# An honest process runs its model's threads, the decode loop's, a few for tools: ~50 at 32 model threads. Each
-# thread holds kernel memory no limit of the process counts, and every thread of the node's user counts against
-# the user's process limit, which the daemon needs to start a process again.
-MAX_THREADS = 4096
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 RESTART_CHECK_S = 1.0  # how often a task waiting for a restart looks whether the restarts keep failing
@@ -85,7 +82,8 @@ class ExecutionPool:
         # The node's identity key stays in the daemon: an execution process has no use for it.
         self._settings_json = child_settings(settings)
         self._sandbox = prepare_sandbox(settings)  # and no access to the data dir's files, the key's included
-        remove_stale(settings.scratch_dir)  # what the processes of a daemon that was killed wrote
+        # What the processes of a daemon that was killed wrote; the first process's folder is this daemon's.
+        remove_stale(settings.scratch_dir, keep=early.scratch if early is not None else None)
         self._speeds = CacheFile(settings.benchmark_cache_path)  # the processes' measured speeds, kept here
         self._early = early  # the first model's process, spawned before the daemon's imports
         self._metrics = metrics
@@ -180,12 +178,16 @@ class ExecutionPool:
         """Stop every process (their running tasks end with an 'interrupted' error)."""
         self._closing = True
         for entry in self._entries.values():
-            for task in (entry.restarter, entry.watcher, entry.prober):
+            for task in (entry.restarter, entry.prober):
                 if task is not None:
                     task.cancel()
+        # The watchers go on while the processes end (up to CLOSE_TIMEOUT_S): their bounds hold till the last.
         await asyncio.gather(
             *(s.process.close(CLOSE_TIMEOUT_S) for s in self._entries.values() if s.process is not None)
         )
+        for entry in self._entries.values():
+            if entry.watcher is not None:
+                entry.watcher.cancel()
 
     # ----------------------------------------------------------------- serving
     def available(self) -> list[str]:
@@ -333,12 +335,12 @@ class ExecutionPool:
         while True:
             await asyncio.sleep(RSS_CHECK_INTERVAL_S)
             process = entry.process
-            if process is not None and process.alive and self._over_bounds(process):
+            if process is not None and process.alive and await self._over_bounds(process):
                 continue
             if process is None or not process.alive or not entry.ready.is_set():
                 last_probe = time.monotonic()
                 continue
-            rss = process.rss_bytes()
+            rss = rss_bytes(process.pid)
             limit = process.ready.max_rss_mb if process.ready is not None else None  # the operator's or derived
             if rss is not None:
                 self._metrics.exec_rss_bytes.labels(model=entry.model).set(rss)
@@ -355,25 +357,25 @@ class ExecutionPool:
                     continue
             busy = process.running > 0 or (entry.stall is not None and entry.stall.busy)
             interval = STALL_PROBE_INTERVAL_S if busy else PROBE_INTERVAL_S
-            if time.monotonic() - last_probe >= interval and (entry.prober is None or entry.prober.done()):
+            probing = not self._closing and (entry.prober is None or entry.prober.done())
+            if time.monotonic() - last_probe >= interval and probing:
                 last_probe = time.monotonic()
                 entry.prober = asyncio.create_task(self._probe(entry, process), name=f"exec-probe-{entry.model}")
 
-    def _over_bounds(self, process: ExecutionProcess) -> bool:
-        """Kill the process if it holds more than it may of what its RSS does not count: threads, or files in
-        its scratch folder (True: it was killed)."""
-        threads = process.thread_count()
-        if threads is not None and threads > MAX_THREADS:
-            log.error("execution process over its thread limit", model=process.model, pid=process.pid, threads=threads)
-            process.kill(
-                f"execution process exceeded its thread limit ({threads} > {MAX_THREADS})", crash=True, cause="threads"
-            )
-            return True
-        limit = self._settings.exec_scratch_mb
-        if process.scratch is None or (overflow := process.scratch.overflow(limit * MIB, process.pid)) is None:
+    async def _over_bounds(self, process: ExecutionProcess) -> bool:
+        """Kill the process if it holds more than it may of what its RSS does not count (bounds.py; True: it was
+        killed)."""
+        if process.pid is None:
             return False
-        log.error("execution process over its scratch limit", model=process.model, pid=process.pid, usage=overflow)
-        process.kill(f"execution process exceeded its scratch limit ({overflow})", crash=True, cause="scratch")
+        pid, scratch, limit_mb = process.pid, process.scratch, self._settings.exec_scratch_mb
+        try:
+            found = await asyncio.to_thread(breach, pid, scratch, limit_mb)
+        except RuntimeError:  # no thread could start (the user's process limit): here, then
+            found = breach(pid, scratch, limit_mb)
+        if found is None or not process.alive:
+            return False
+        log.error("execution process over a bound", model=process.model, pid=process.pid, reason=found.reason)
+        process.kill(found.reason, crash=True, cause=found.cause)
         return True
 
     async def _probe(self, entry: _ModelEntry, process: ExecutionProcess) -> None:

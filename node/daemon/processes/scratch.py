@@ -1,8 +1,8 @@
 """Each execution process's scratch folder: the one folder it may write, measured and removed by the daemon.
 
 A confined process writes nowhere else: not /tmp, /var/tmp or /dev/shm, whose files outlive it and, where they
-are tmpfs, hold memory that no limit of the process counts. Its folder is `<data_dir>/scratch/<daemon pid>-*`
-(its TMPDIR, libffi's too). The pool measures it with the RSS (`overflow`: the folder, and the files the
+are tmpfs, hold memory that no limit of the process counts. Its folder is `<data_dir>/scratch/exec-*` (its
+TMPDIR, libffi's too). The pool measures it with the RSS (`overflow`: the folder, and the files the
 process holds open in no folder) and kills a process past `exec_scratch_mb`, SCRATCH_MAX_ENTRIES entries or
 MAX_OPEN_FILES descriptors; the process cannot grow a file past `exec_scratch_mb` either (RLIMIT_FSIZE,
 node/execution/process.py). The folder is removed when its process has exited, and what a daemon
@@ -12,6 +12,7 @@ descriptors and follows no link: the process owns what is inside.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import tempfile
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import structlog
 
+from node.execution.protocol import MAX_OPEN_FILES
+
 log = structlog.get_logger(__name__)
 
 SCRATCH_MAX_ENTRIES = 1024  # files and folders, at any depth: an honest process keeps a few at most
 SCRATCH_MAX_DEPTH = 16  # folders in folders: an honest process makes none
-MAX_OPEN_FILES = 4096  # descriptors a process holds: an honest one ~30 (its sockets, pipes, the model file)
+MAX_MAPS_BYTES = 4 * 1024 * 1024  # of /proc/<pid>/maps: an honest process's is ~40 KiB (~300 mappings)
 _UNREADABLE = "a folder the daemon may not read"
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PARENT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # "..", which is no link
@@ -50,9 +53,9 @@ class Scratch:
 
     @classmethod
     def make(cls, root: Path) -> Scratch:
-        """A new, empty folder under `root` (made private if need be), named for this daemon."""
+        """A new, empty folder under `root` (made private if need be)."""
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(Path(tempfile.mkdtemp(dir=root, prefix=f"{os.getpid()}-")))
+        return cls(Path(os.path.realpath(tempfile.mkdtemp(dir=root, prefix="exec-"))))  # as /proc names it
 
     def usage(self, max_entries: int = SCRATCH_MAX_ENTRIES) -> ScratchUsage:
         """Walk the folder, one descriptor per level and no link followed, stopping past `max_entries`."""
@@ -95,16 +98,26 @@ class Scratch:
         usage = self.usage(max_entries)
         if usage.unmeasured is not None:
             return usage.unmeasured
-        held = unlinked_files(pid) if pid is not None else ScratchUsage(0, 0)
-        if held.unmeasured is not None:
-            return held.unmeasured
-        if (size := usage.bytes + held.bytes) > max_bytes:
+        size = usage.bytes
+        if pid is not None:
+            for held in (unlinked_files(pid), unlinked_mappings(pid, self.path)):
+                if held.unmeasured is not None:
+                    return held.unmeasured
+                size += held.bytes
+        if size > max_bytes:
             return f"{size // (1024 * 1024)} MiB > {max_bytes // (1024 * 1024)} MiB"
         return None
 
     def remove(self) -> None:
         """Remove the folder and all in it (once its process has exited: nothing writes there any more)."""
         remove_tree(self.path)
+
+    async def remove_in_thread(self) -> None:
+        """`remove`, off the event loop: a process can leave a great many files between two checks."""
+        try:
+            await asyncio.to_thread(self.remove)
+        except RuntimeError:  # no thread could start (the user's process limit): here, then
+            self.remove()
 
 
 def unlinked_files(pid: int, max_files: int = MAX_OPEN_FILES) -> ScratchUsage:
@@ -127,6 +140,31 @@ def unlinked_files(pid: int, max_files: int = MAX_OPEN_FILES) -> ScratchUsage:
         return ScratchUsage(size, count, "open files the daemon may not read")
     except OSError:
         pass  # exited
+    return ScratchUsage(size, count)
+
+
+def unlinked_mappings(pid: int, folder: Path, max_read: int = MAX_MAPS_BYTES) -> ScratchUsage:
+    """The mappings process `pid` holds of files in no folder, from `folder` or memfds: a file removed after it
+    was mapped keeps its blocks while mapped, and MADV_PAGEOUT takes its pages out of the RSS. Counted at the
+    mappings' size (an upper bound of what they hold)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            text = maps.read(max_read + 1)
+    except PermissionError:  # it made itself undumpable
+        return ScratchUsage(0, 0, "memory mappings the daemon may not read")
+    except OSError:
+        return ScratchUsage(0, 0)  # exited
+    if len(text) > max_read:
+        return ScratchUsage(0, 0, f"more than {max_read // (1024 * 1024)} MiB of memory mappings")
+    size = count = 0
+    if b" (deleted)" in text:
+        inside = os.fsencode(folder) + b"/"
+        for line in text.splitlines():
+            fields = line.split(maxsplit=5)  # range, permissions, offset, device, inode, path
+            if len(fields) == 6 and fields[5].endswith(b" (deleted)") and fields[5].startswith((inside, b"/memfd:")):
+                start, _, end = fields[0].partition(b"-")
+                size += int(end, 16) - int(start, 16)
+                count += 1
     return ScratchUsage(size, count)
 
 
@@ -153,15 +191,16 @@ def _walk_one(folder: int, walked: ScratchUsage, max_entries: int) -> tuple[Scra
     return ScratchUsage(size, entries), inner
 
 
-def remove_stale(root: Path) -> None:
-    """Remove the scratch folders under `root` that are not this daemon's (a killed daemon's leftovers; the
-    data dir's lock says no other daemon uses them)."""
+def remove_stale(root: Path, keep: Path | None = None) -> None:
+    """Remove everything under `root` but `keep` (the first process's folder, made before the data dir was
+    locked): a killed daemon's leftovers, since the data dir's lock says no other daemon uses them. (Not by a
+    daemon's pid: in a container each daemon is pid 1.)"""
     try:
         names = os.listdir(root)
     except OSError:
         return  # none yet
     for name in names:
-        if not name.startswith(f"{os.getpid()}-"):
+        if keep is None or root / name != keep:
             remove_tree(root / name)
 
 
@@ -215,11 +254,11 @@ def _remove_folder(path: Path) -> None:
 
 
 def _open_own_folder(name: str, parent: int | None) -> int:
-    """Open a folder of the tree, first giving its owner (this user) every right on it."""
+    """Open a folder of the tree, first giving its owner (this user) every right on it. The mode is changed on
+    the folder opened (O_PATH needs no right on it), never through a name a link could have taken meanwhile."""
+    handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
-        folder = os.open(name, _FOLDER, dir_fd=parent)
-    except PermissionError:
-        os.chmod(name, 0o700, dir_fd=parent)  # a folder, not a link: O_NOFOLLOW said no loop, the listing so
-        folder = os.open(name, _FOLDER, dir_fd=parent)
-    os.fchmod(folder, 0o700)  # files in it can be removed
-    return folder
+        os.chmod(f"/proc/self/fd/{handle}", 0o700)  # files in it can be removed, folders in it listed
+        return os.open(".", _FOLDER, dir_fd=handle)
+    finally:
+        os.close(handle)

@@ -4,6 +4,7 @@ bounded in entries, removed without following links, and a killed daemon's remov
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import resource
 from collections.abc import Callable
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import structlog
 
-from node.daemon.processes.scratch import SCRATCH_MAX_DEPTH, Scratch, remove_stale, remove_tree, unlinked_files
+from node.daemon.processes.scratch import (
+    SCRATCH_MAX_DEPTH,
+    Scratch,
+    remove_stale,
+    remove_tree,
+    unlinked_files,
+    unlinked_mappings,
+)
 
 MIB = 1024 * 1024
 
@@ -19,7 +27,7 @@ MIB = 1024 * 1024
 def test_a_new_folder_is_private_named_for_this_daemon_and_empty(tmp_path: Path) -> None:
     scratch = Scratch.make(tmp_path / "scratch")
     assert scratch.path.parent == tmp_path / "scratch"
-    assert scratch.path.name.startswith(f"{os.getpid()}-")
+    assert scratch.path.name.startswith("exec-")
     assert scratch.path.stat().st_mode & 0o077 == 0 and (tmp_path / "scratch").stat().st_mode & 0o077 == 0
     assert scratch.usage().entries == 0 and scratch.overflow(MIB) is None
     assert Scratch.make(tmp_path / "scratch").path != scratch.path  # one per process
@@ -175,15 +183,18 @@ def test_removal_takes_everything_in_it(tmp_path: Path) -> None:
 
 
 def test_a_killed_daemons_folders_are_removed_at_the_next_start_and_this_ones_kept(tmp_path: Path) -> None:
+    """In a container every daemon is pid 1: the folders are told apart by which one the first process has."""
     root = tmp_path / "scratch"
+    stale = Scratch.make(root)  # a killed daemon's, named as this one's are
+    (stale.path / "inner").mkdir()
     mine = Scratch.make(root)  # the early process's, made before the pool starts
-    stale = root / "1-abcd"
-    (stale / "inner").mkdir(parents=True)
     (root / "stray-link").symlink_to(tmp_path)
     with structlog.testing.capture_logs() as logs:
-        remove_stale(root)
+        remove_stale(root, keep=mine.path)
     assert sorted(os.listdir(root)) == [mine.path.name]
     assert tmp_path.exists() and logs == []
+    remove_stale(root)
+    assert os.listdir(root) == []
     remove_stale(tmp_path / "none")  # no scratch folder yet: nothing to do
 
 
@@ -213,3 +224,36 @@ def test_past_the_descriptor_bound_the_count_stops_and_says_so() -> None:
     held = unlinked_files(os.getpid(), max_files=3)
     assert held.unmeasured == "more than 3 open files" and held.entries == 4
     assert unlinked_files(2**22 + 7).unmeasured is None  # no such process: nothing held
+
+
+def test_a_file_held_only_by_a_mapping_counts_and_so_does_a_mapped_memfd(tmp_path: Path) -> None:
+    """Mapped, then closed and removed, a file keeps its blocks while mapped (and MADV_PAGEOUT takes its pages out
+    of the RSS); a memfd mapped and closed likewise. A removed library elsewhere is not the process's to count."""
+    scratch = Scratch.make(tmp_path)
+    with open(scratch.path / "mapped.bin", "w+b") as file:
+        file.write(os.urandom(2 * MIB))
+        file.flush()
+        mapped = mmap.mmap(file.fileno(), 2 * MIB)
+    os.unlink(scratch.path / "mapped.bin")
+    memory = os.memfd_create("mapped")
+    os.write(memory, os.urandom(MIB))
+    mapped_memory = mmap.mmap(memory, MIB)
+    os.close(memory)
+    elsewhere = tmp_path / "elsewhere.bin"
+    elsewhere.write_bytes(os.urandom(MIB))
+    with open(elsewhere, "r+b") as file:
+        mapped_elsewhere = mmap.mmap(file.fileno(), MIB)
+    elsewhere.unlink()
+    try:
+        held = unlinked_mappings(os.getpid(), scratch.path)
+        assert held.entries == 2 and held.bytes == 3 * MIB
+        assert scratch.usage().bytes == 0 and scratch.overflow(2 * MIB) is None  # no walk finds them
+        assert scratch.overflow(2 * MIB, os.getpid()) is not None  # with this process's mappings
+        assert (
+            unlinked_mappings(os.getpid(), scratch.path, max_read=1024).unmeasured
+            == "more than 0 MiB of memory mappings"
+        )
+    finally:
+        for mapping in (mapped, mapped_memory, mapped_elsewhere):
+            mapping.close()
+    assert unlinked_mappings(os.getpid(), scratch.path).bytes == 0
