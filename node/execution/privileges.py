@@ -33,19 +33,27 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import socket
 
 _PR_CAPBSET_DROP = 24
 _CAP_LAST = 63  # past the last capability the kernel knows, PR_CAPBSET_DROP answers EINVAL
 _CAPABILITY_VERSION_3 = 0x20080522
-_CLONE_THREAD = 0x00010000  # linux/sched.h
-_CLONE3 = 435  # clone3's number, the same on every architecture (Linux 5.3)
-_ATTRIBUTE_CHANGES = (  # a name this libseccomp does not know (fchmodat2, Linux 6.6) is skipped
+_MAX_DESCRIPTORS = 1 << 20  # fs.nr_open's default, past which no process opens one
+# CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND, CLONE_THREAD (linux/sched.h): what glibc's threads share.
+_THREAD_FLAGS = (0x100, 0x200, 0x400, 0x800, 0x10000)
+# Syscalls newer than some libseccomp: by number (the same on every architecture since Linux 5.1's 424).
+_NEWER_SYSCALLS = {"clone3": 435, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+_ATTRIBUTE_CHANGES = (
     *("chmod", "fchmod", "fchmodat", "fchmodat2"),
     *("chown", "fchown", "lchown", "fchownat"),
     *("utime", "utimes", "utimensat", "futimesat"),
-    *("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr"),
+    *("setxattr", "lsetxattr", "fsetxattr", "setxattrat", "file_setattr"),
+    *("removexattr", "lremovexattr", "fremovexattr", "removexattrat"),
 )
+# FS_IOC_RESVSP, FS_IOC_RESVSP64, FS_IOC_ZERO_RANGE: blocks allocated past a file's size, as fallocate's modes.
+_PREALLOCATIONS = (0x40305828, 0x4030582A, 0x40305839)
+_F_NOTIFY = 1026
 
 
 class _CapHeader(ctypes.Structure):
@@ -60,8 +68,9 @@ def close_inherited_descriptors(keep: int) -> None:
     """Close every descriptor but stdin, stdout, stderr and `keep` (the daemon's socket). The daemon's event
     loop (uvloop) spawns this process without closing what the daemon itself inherited without close-on-exec
     (a supervisor's, a shell's), and Landlock checks a file when it is opened, never a descriptor opened before."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     os.closerange(3, keep)
-    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    os.closerange(keep + 1, _MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, _MAX_DESCRIPTORS))
 
 
 def drop_capabilities() -> str:
@@ -86,13 +95,17 @@ def restrict_syscalls() -> str:
     except (ImportError, OSError) as exc:  # no libseccomp on this system
         return f"unix sockets, processes and listeners open (no libseccomp: {exc})"
     refused, absent = errno.EACCES, errno.ENOSYS
-    unix_socket = seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX)
-    new_process = seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)
+
+    def int_argument(index: int, value: int) -> object:  # an int argument: the kernel reads its low 32 bits only
+        return seccomp.Arg(index, seccomp.MASKED_EQ, 0xFFFFFFFF, value)
+
     with_a_mode = seccomp.Arg(1, seccomp.NE, 0)
     wanted = [
-        ("socket", refused, unix_socket),
+        ("socket", refused, int_argument(0, socket.AF_UNIX)),
         ("io_uring_setup", absent, None),
-        ("clone", refused, new_process),
+        # Not a thread of this process unless every one of glibc's thread flags is set: without CLONE_FILES, say,
+        # a thread holds descriptors /proc/<pid>/fd never shows.
+        *(("clone", refused, seccomp.Arg(0, seccomp.MASKED_EQ, flag, 0)) for flag in _THREAD_FLAGS),
         ("clone3", absent, None),  # its flags are behind a pointer: glibc then starts threads with clone
         ("fork", refused, None),  # fork and vfork: not on every architecture (aarch64 forks with clone)
         ("vfork", refused, None),
@@ -101,18 +114,20 @@ def restrict_syscalls() -> str:
         ("setns", refused, None),
         *((name, errno.EPERM, None) for name in _ATTRIBUTE_CHANGES),
         ("fallocate", errno.EOPNOTSUPP, with_a_mode),  # posix_fallocate's fallback writes, within RLIMIT_FSIZE
+        *(("ioctl", errno.EOPNOTSUPP, int_argument(1, command)) for command in _PREALLOCATIONS),  # the same, older
         ("inotify_init", refused, None),
         ("inotify_init1", refused, None),
         ("fanotify_init", refused, None),
+        ("fcntl", refused, int_argument(1, _F_NOTIFY)),  # dnotify, the oldest watch
     ]
     try:
         rules = seccomp.SyscallFilter(seccomp.ALLOW)
         for name, error, argument in wanted:
             # A name this libseccomp does not know would fail the whole filter: fork and vfork where the
-            # architecture has none (nothing to refuse), clone3 before libseccomp 2.5 (by its number then).
+            # architecture has none (nothing to refuse); newer ones by their number, the same on every architecture.
             number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
-            if number < 0 and name == "clone3":
-                number = _CLONE3
+            if number < 0:
+                number = _NEWER_SYSCALLS.get(name, -1)
             if number >= 0:
                 rules.add_rule(seccomp.ERRNO(error), number, *([argument] if argument is not None else []))
         rules.load()

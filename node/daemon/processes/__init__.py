@@ -9,7 +9,7 @@ early.py:    the first model's process, spawned before the daemon's own imports 
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
 scratch.py:        its scratch folder, the one it may write: bounded, removed after it.
-bounds.py:         what the pool bounds besides its RSS: threads, the scratch folder, files in no folder.
+bounds.py:         what the pool bounds besides its RSS: threads, its main thread, the scratch folder, files in no folder.
 child_output.py:   its stderr, relayed into the daemon's log with the process named on every line.
 speed_keeper.py:   which speeds it measures the daemon keeps in its cache (none reported after a task).
 """

@@ -2,10 +2,9 @@
 
 A confined process writes nowhere else: not /tmp, /var/tmp or /dev/shm, whose files outlive it and, where they
 are tmpfs, hold memory that no limit of the process counts. Its folder is `<data_dir>/scratch/exec-*` (its
-TMPDIR, libffi's too). The pool measures it with the RSS (`overflow`: the folder, and the files the
-process holds open in no folder) and kills a process past `exec_scratch_mb`, SCRATCH_MAX_ENTRIES entries or
-MAX_OPEN_FILES descriptors; the process cannot grow a file past `exec_scratch_mb` either (RLIMIT_FSIZE,
-node/execution/process.py). The folder is removed when its process has exited, and what a daemon
+TMPDIR, libffi's too). The pool measures it with the RSS (`overflow`, with the files the process holds in
+no folder: bounds.py) and kills a process past `exec_scratch_mb` or SCRATCH_MAX_ENTRIES entries; the process
+cannot grow a file past `exec_scratch_mb` either (RLIMIT_FSIZE, node/execution/process.py). The folder is removed when its process has exited, and what a daemon
 that was killed left is removed at the next start (`remove_stale`). Every walk and removal goes by file
 descriptors and follows no link: the process owns what is inside.
 """
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import structlog
 
-from node.execution.protocol import MAX_OPEN_FILES
-
 log = structlog.get_logger(__name__)
 
 SCRATCH_MAX_ENTRIES = 1024  # files and folders, at any depth: an honest process keeps a few at most
 SCRATCH_MAX_DEPTH = 16  # folders in folders: an honest process makes none
-MAX_MAPS_BYTES = 4 * 1024 * 1024  # of /proc/<pid>/maps: an honest process's is ~40 KiB (~300 mappings)
 _UNREADABLE = "a folder the daemon may not read"
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The walk's reads leave no access time for the process to watch for (it owns the folders, so do we).
+_WALKED = _FOLDER | os.O_NOATIME
 _PARENT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # "..", which is no link
 
 
@@ -60,7 +58,7 @@ class Scratch:
     def usage(self, max_entries: int = SCRATCH_MAX_ENTRIES) -> ScratchUsage:
         """Walk the folder, one descriptor per level and no link followed, stopping past `max_entries`."""
         try:
-            folders = [os.open(self.path, _FOLDER)]  # the open folders, from the top down to the one walked
+            folders = [os.open(self.path, _WALKED)]  # the open folders, from the top down to the one walked
         except PermissionError:
             return ScratchUsage(0, 0, _UNREADABLE)
         except OSError:
@@ -82,7 +80,7 @@ class Scratch:
                     if len(folders) > SCRATCH_MAX_DEPTH:
                         return ScratchUsage(walked.bytes, walked.entries, f"folders nested past {SCRATCH_MAX_DEPTH}")
                     try:
-                        folders.append(os.open(pending[-1].pop(), _FOLDER, dir_fd=folders[-1]))
+                        folders.append(os.open(pending[-1].pop(), _WALKED, dir_fd=folders[-1]))
                         break
                     except PermissionError:
                         return ScratchUsage(walked.bytes, walked.entries, _UNREADABLE)
@@ -92,19 +90,16 @@ class Scratch:
             for folder in folders:
                 os.close(folder)
 
-    def overflow(self, max_bytes: int, pid: int | None = None, max_entries: int = SCRATCH_MAX_ENTRIES) -> str | None:
-        """Why the folder, with the files process `pid` holds open in no folder, holds too much (None: it
+    def overflow(
+        self, max_bytes: int, held: ScratchUsage | None = None, max_entries: int = SCRATCH_MAX_ENTRIES
+    ) -> str | None:
+        """Why the folder, with what its process `held` in no folder (bounds.py), holds too much (None: it
         does not)."""
         usage = self.usage(max_entries)
-        if usage.unmeasured is not None:
-            return usage.unmeasured
-        size = usage.bytes
-        if pid is not None:
-            for held in (unlinked_files(pid), unlinked_mappings(pid, self.path)):
-                if held.unmeasured is not None:
-                    return held.unmeasured
-                size += held.bytes
-        if size > max_bytes:
+        held = held or ScratchUsage(0, 0)
+        if (unmeasured := usage.unmeasured or held.unmeasured) is not None:
+            return unmeasured
+        if (size := usage.bytes + held.bytes) > max_bytes:
             return f"{size // (1024 * 1024)} MiB > {max_bytes // (1024 * 1024)} MiB"
         return None
 
@@ -118,54 +113,6 @@ class Scratch:
             await asyncio.to_thread(self.remove)
         except RuntimeError:  # no thread could start (the user's process limit): here, then
             self.remove()
-
-
-def unlinked_files(pid: int, max_files: int = MAX_OPEN_FILES) -> ScratchUsage:
-    """The files process `pid` holds open that are in no folder (written, then removed while open; O_TMPFILE;
-    memfd_create): they take disk or memory until it closes them, and no walk of a folder finds them."""
-    size = count = 0
-    try:
-        with os.scandir(f"/proc/{pid}/fd") as listing:
-            for entry in listing:
-                count += 1
-                if count > max_files:
-                    return ScratchUsage(size, count, f"more than {max_files} open files")
-                try:
-                    status = os.stat(entry.path)  # the open file itself, wherever it is
-                except OSError:
-                    continue  # closed meanwhile
-                if stat.S_ISREG(status.st_mode) and status.st_nlink == 0:
-                    size += status.st_blocks * 512
-    except PermissionError:  # it made itself undumpable: /proc/<pid>/fd is root's then
-        return ScratchUsage(size, count, "open files the daemon may not read")
-    except OSError:
-        pass  # exited
-    return ScratchUsage(size, count)
-
-
-def unlinked_mappings(pid: int, folder: Path, max_read: int = MAX_MAPS_BYTES) -> ScratchUsage:
-    """The mappings process `pid` holds of files in no folder, from `folder` or memfds: a file removed after it
-    was mapped keeps its blocks while mapped, and MADV_PAGEOUT takes its pages out of the RSS. Counted at the
-    mappings' size (an upper bound of what they hold)."""
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as maps:
-            text = maps.read(max_read + 1)
-    except PermissionError:  # it made itself undumpable
-        return ScratchUsage(0, 0, "memory mappings the daemon may not read")
-    except OSError:
-        return ScratchUsage(0, 0)  # exited
-    if len(text) > max_read:
-        return ScratchUsage(0, 0, f"more than {max_read // (1024 * 1024)} MiB of memory mappings")
-    size = count = 0
-    if b" (deleted)" in text:
-        inside = os.fsencode(folder) + b"/"
-        for line in text.splitlines():
-            fields = line.split(maxsplit=5)  # range, permissions, offset, device, inode, path
-            if len(fields) == 6 and fields[5].endswith(b" (deleted)") and fields[5].startswith((inside, b"/memfd:")):
-                start, _, end = fields[0].partition(b"-")
-                size += int(end, 16) - int(start, 16)
-                count += 1
-    return ScratchUsage(size, count)
 
 
 def _walk_one(folder: int, walked: ScratchUsage, max_entries: int) -> tuple[ScratchUsage, list[str]]:
@@ -200,7 +147,7 @@ def remove_stale(root: Path, keep: Path | None = None) -> None:
     except OSError:
         return  # none yet
     for name in names:
-        if keep is None or root / name != keep:
+        if keep is None or os.path.realpath(root / name) != os.path.realpath(keep):  # data_dir may hold a link
             remove_tree(root / name)
 
 

@@ -3,6 +3,7 @@ bounded in entries, removed without following links, and a killed daemon's remov
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -12,14 +13,8 @@ from pathlib import Path
 
 import structlog
 
-from node.daemon.processes.scratch import (
-    SCRATCH_MAX_DEPTH,
-    Scratch,
-    remove_stale,
-    remove_tree,
-    unlinked_files,
-    unlinked_mappings,
-)
+from node.daemon.processes.bounds import held_in_no_folder
+from node.daemon.processes.scratch import SCRATCH_MAX_DEPTH, Scratch, remove_stale, remove_tree
 
 MIB = 1024 * 1024
 
@@ -198,62 +193,84 @@ def test_a_killed_daemons_folders_are_removed_at_the_next_start_and_this_ones_ke
     remove_stale(tmp_path / "none")  # no scratch folder yet: nothing to do
 
 
+def _held(scratch: Scratch, per_file: int = 64 * MIB) -> int:
+    return held_in_no_folder(os.getpid(), scratch.path, per_file).bytes
+
+
 def test_files_held_open_in_no_folder_count_with_the_folder(tmp_path: Path) -> None:
     """Written, then removed while open, a file takes its space until closed, and no walk finds it; so does a
     memfd's memory."""
     scratch = Scratch.make(tmp_path)
     (scratch.path / "seen.bin").write_bytes(os.urandom(MIB))
-    before = unlinked_files(os.getpid()).bytes
+    before = _held(scratch)
     hidden = os.open(scratch.path / "hidden.bin", os.O_RDWR | os.O_CREAT)
     memory = os.memfd_create("hidden")
     try:
         os.write(hidden, os.urandom(2 * MIB))
         os.unlink(scratch.path / "hidden.bin")
         os.write(memory, os.urandom(2 * MIB))
+        again = os.dup(hidden)  # one file, however many descriptors
         assert scratch.usage().bytes < 2 * MIB  # the walk sees only seen.bin
-        assert unlinked_files(os.getpid()).bytes - before >= 4 * MIB
-        assert scratch.overflow(4 * MIB, os.getpid()) is not None
-        assert scratch.overflow(4 * MIB) is None  # without the process's descriptors
+        assert 4 * MIB <= _held(scratch) - before < 5 * MIB
+        held = held_in_no_folder(os.getpid(), scratch.path, 64 * MIB)
+        assert scratch.overflow(4 * MIB, held) is not None
+        assert scratch.overflow(4 * MIB) is None  # the folder alone
+        os.close(again)
     finally:
         os.close(hidden)
         os.close(memory)
-    assert unlinked_files(os.getpid()).bytes == before
+    assert _held(scratch) == before
 
 
-def test_past_the_descriptor_bound_the_count_stops_and_says_so() -> None:
-    held = unlinked_files(os.getpid(), max_files=3)
-    assert held.unmeasured == "more than 3 open files" and held.entries == 4
-    assert unlinked_files(2**22 + 7).unmeasured is None  # no such process: nothing held
+def _map_one_page(path: Path) -> int:
+    """Map a page of `path` as native code would (mmap.mmap keeps a descriptor of its own), then close it: the
+    mapping alone holds the file. Its address."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    assert address not in (None, ctypes.c_void_p(-1).value)
+    return int(address)
 
 
-def test_a_file_held_only_by_a_mapping_counts_and_so_does_a_mapped_memfd(tmp_path: Path) -> None:
-    """Mapped, then closed and removed, a file keeps its blocks while mapped (and MADV_PAGEOUT takes its pages out
-    of the RSS); a memfd mapped and closed likewise. A removed library elsewhere is not the process's to count."""
+def _unmap(address: int) -> None:
+    libc = ctypes.CDLL(None)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    assert libc.munmap(address, mmap.PAGESIZE) == 0
+
+
+def test_a_file_held_only_by_a_mapping_counts_at_its_size_bound_and_once(tmp_path: Path) -> None:
+    """Mapped (a single page is enough), then closed and removed, a file keeps its blocks, which the daemon cannot
+    read: it counts at the bound of a file's size. A memfd mapped and still open counts its blocks, once. A
+    removed file elsewhere (a library upgraded under a running process) is not the process's."""
     scratch = Scratch.make(tmp_path)
-    with open(scratch.path / "mapped.bin", "w+b") as file:
-        file.write(os.urandom(2 * MIB))
-        file.flush()
-        mapped = mmap.mmap(file.fileno(), 2 * MIB)
+    before = _held(scratch)
+    (scratch.path / "mapped.bin").write_bytes(os.urandom(2 * MIB))
+    one_page = _map_one_page(scratch.path / "mapped.bin")
     os.unlink(scratch.path / "mapped.bin")
     memory = os.memfd_create("mapped")
     os.write(memory, os.urandom(MIB))
-    mapped_memory = mmap.mmap(memory, MIB)
-    os.close(memory)
-    elsewhere = tmp_path / "elsewhere.bin"
-    elsewhere.write_bytes(os.urandom(MIB))
-    with open(elsewhere, "r+b") as file:
-        mapped_elsewhere = mmap.mmap(file.fileno(), MIB)
-    elsewhere.unlink()
+    mapped_memory = mmap.mmap(memory, MIB)  # open and mapped: counted once, at its blocks
+    (tmp_path / "elsewhere.bin").write_bytes(os.urandom(MIB))
+    elsewhere = _map_one_page(tmp_path / "elsewhere.bin")
+    (tmp_path / "elsewhere.bin").unlink()
     try:
-        held = unlinked_mappings(os.getpid(), scratch.path)
-        assert held.entries == 2 and held.bytes == 3 * MIB
-        assert scratch.usage().bytes == 0 and scratch.overflow(2 * MIB) is None  # no walk finds them
-        assert scratch.overflow(2 * MIB, os.getpid()) is not None  # with this process's mappings
-        assert (
-            unlinked_mappings(os.getpid(), scratch.path, max_read=1024).unmeasured
-            == "more than 0 MiB of memory mappings"
+        assert scratch.usage().bytes == 0
+        assert 65 * MIB <= _held(scratch, per_file=64 * MIB) - before < 66 * MIB
+        assert held_in_no_folder(os.getpid(), scratch.path, MIB, max_read=1024).unmeasured == (
+            "more than 0 MiB of memory mappings"
         )
     finally:
-        for mapping in (mapped, mapped_memory, mapped_elsewhere):
-            mapping.close()
-    assert unlinked_mappings(os.getpid(), scratch.path).bytes == 0
+        _unmap(one_page)
+        _unmap(elsewhere)
+        mapped_memory.close()
+        os.close(memory)
+    assert _held(scratch) == before
+
+
+def test_past_the_descriptor_bound_the_count_stops_and_says_so() -> None:
+    assert held_in_no_folder(2**22 + 7, Path("/nowhere"), MIB).unmeasured is None  # no such process: nothing held
