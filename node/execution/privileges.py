@@ -21,11 +21,15 @@ descriptors a process inherits, closed before it (`close_inherited_descriptors`)
     scratch unreadable to the daemon that measures it.
   - fallocate with a mode (FALLOC_FL_KEEP_SIZE): it allocates blocks past the file's size, where RLIMIT_FSIZE,
     which bounds each file, never looks. Mode 0 (posix_fallocate) grows the file and stays bounded.
-  - inotify and fanotify: a process watching its scratch folder sees the daemon's walk begin, and can move
-    what it wrote out of its way.
+  - inotify, fanotify and dnotify (fcntl F_NOTIFY): a process watching its scratch folder sees the daemon's
+    walk begin, and can move what it wrote out of its way. The same for the preallocation ioctls
+    (FS_IOC_RESVSP and the like), which do what fallocate's modes do.
+  - clones that are not threads of this process: without CLONE_FILES, say, a thread holds descriptors that
+    /proc/<pid>/fd never shows.
+  An int argument is compared on its low 32 bits, as the kernel reads it.
   What that takes from an honest process, none of which it uses: `ctypes.util.find_library` (it runs
   ldconfig), `platform.architecture`'s linkage (it runs `file`), multiprocessing and its shared memory,
-  `shutil.copy`'s mode bits.
+  `shutil.copy`, `copy2` and `copytree` (they copy mode bits and times; `copyfile` and `move` work).
 """
 
 from __future__ import annotations
