@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ MIB = 1024 * 1024
 # models at the bound stay within systemd's default TasksMax (15 % of the kernel's: 4,915 where it is 32,768).
 MAX_THREADS = 1024
 MAX_MAPS_BYTES = 4 * MIB  # of /proc/<pid>/maps: an honest process's is ~40 KiB (~300 mappings)
+EXIT_SETTLE_S = 0.2  # a process that exits whole shows its main thread gone and others not yet, this long at most
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,15 @@ class Breach:
 
 
 def breach(pid: int, scratch: Scratch | None, scratch_limit_mb: int) -> Breach | None:
-    """The first bound process `pid` is past, or None."""
-    max_threads = MAX_THREADS
+    """The first bound process `pid` is past, or None (blocks up to EXIT_SETTLE_S: run it in a thread)."""
     state, threads = _state(pid)
     if state in (b"Z", b"X") and threads > 1:
-        return Breach("hidden", "execution process's main thread exited while its other threads ran")
-    if threads > max_threads:
-        return Breach("threads", f"execution process exceeded its thread limit ({threads} > {max_threads})")
+        time.sleep(EXIT_SETTLE_S)  # a whole process's exit passes through this too, for a moment
+        state, threads = _state(pid)
+        if state in (b"Z", b"X") and threads > 1:
+            return Breach("hidden", "execution process's main thread exited while its other threads ran")
+    if threads > MAX_THREADS:
+        return Breach("threads", f"execution process exceeded its thread limit ({threads} > {MAX_THREADS})")
     if scratch is not None:
         held = held_in_no_folder(pid, scratch.path, scratch_limit_mb * MIB)
         if (overflow := scratch.overflow(scratch_limit_mb * MIB, held)) is not None:
