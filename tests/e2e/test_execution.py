@@ -13,107 +13,33 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
-from config.settings import Settings
-from node.daemon.journal import TaskState
-from node.daemon.processes import bounds
 from node.daemon.processes.pool import NoUsableModelError
 from node.daemon.server import NodeServer
 from node.execution.process import TEST_WRAPPER_ENV
-from node.publisher.client import Client, Task, TaskFailedError, TaskResult
-from tests.support.cluster import dialable, node_settings, running_node
+from node.publisher.client import Client, Task
+from tests.support.cluster import node_settings, running_node
+from tests.support.exec_harness import MODEL, STORY, alive, children, harness, misbehave
 from tests.support.exec_wrappers import (
     BOMB,
-    FILL_SCRATCH,
     FORGE_LOG,
     FORK,
     FORKED_PIDS_ENV,
     GRAMMAR_CRASH,
-    HIDE_FILES,
-    MAP_FILES,
     SPIN,
-    THREADS,
 )
 from tests.support.model_file import SMOLLM2
 from tests.support.nodeproc import NodeProcess, cli_env
 from workflows import Simple
 
-MODEL = "smollm2:135m"
-STORY = "Write a long story about a dragon who learns to bake bread, with many details."
-
-
-# ---------------------------------------------------------------- real nodes
-class Harness:
-    def __init__(self, server: NodeServer, client: Client) -> None:
-        self.server = server
-        self.client = client
-        self.address = server.running.identity.address
-
-    async def submit(self, prompt: str, timeout: float, max_tokens: int = 300, max_time: float | None = None) -> str:
-        workflow = Simple().workflow(prompt=prompt, max_tokens=max_tokens)
-        if max_time is not None:
-            workflow["config"]["max_time"] = max_time
-        return await self.client.submit(Task(workflow=workflow, models=[MODEL], nodes=[self.address]), timeout)
-
-    async def wait(self, task_id: str, timeout: float = 60) -> TaskResult:
-        return await self.client.wait(task_id, timeout, nodes=[self.address])
-
-    async def failure(self, task_id: str, timeout: float = 60) -> str:
-        with pytest.raises(TaskFailedError) as failed:
-            await self.wait(task_id, timeout)
-        return failed.value.reason
-
-    def process(self) -> Any:
-        return self.server.running.pool.process(MODEL)
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, "condition not reached in time"
-            await asyncio.sleep(0.02)
-
-    async def running(self, count: int, not_pid: int | None = None) -> int:
-        """Wait until the model's process (not `not_pid`) holds `count` tasks; its pid."""
-
-        def ready() -> bool:
-            process = self.process()
-            return process is not None and process.pid != not_pid and process.running >= count
-
-        await self.until(ready)
-        return self.process().pid
-
-    def crashes(self, cause: str) -> float:
-        value = self.server.metrics.registry.get_sample_value(
-            "compute_node_exec_crashes_total", {"model": MODEL, "cause": cause}
-        )
-        return value or 0.0
-
-    def assert_journal_all_ended(self, task_ids: list[str]) -> None:
-        journal = self.server.running.journal
-        assert journal.interrupted() == []
-        for task_id in task_ids:
-            entry = journal.get(task_id)
-            assert entry is not None and entry.state in (TaskState.FINISHED, TaskState.PUBLISHED), task_id
-
-
-@asynccontextmanager
-async def _harness(settings: Settings) -> AsyncIterator[Harness]:
-    async with running_node(settings) as server:
-        async with Client(peers=[dialable(server)]) as client:
-            yield Harness(server, client)
-
 
 @pytest.fixture
 def wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.exec_wrappers:misbehave")
-    monkeypatch.setenv("GGML_NO_BACKTRACE", "1")
+    misbehave(monkeypatch)
 
 
 @pytest.mark.slow
@@ -124,7 +50,7 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
 ) -> None:
     settings = node_settings(tmp_path, exec_crash_limit=2, heartbeat_interval=1.0)
     with structlog.testing.capture_logs() as logs:
-        async with _harness(settings) as h:
+        async with harness(settings) as h:
             long_id = await h.submit(STORY, timeout=120)  # time left to run again after one crash
             short_id = await h.submit(STORY, timeout=8)  # too little left: answered with the crash
             pid = await h.running(2)
@@ -158,7 +84,7 @@ async def test_signal_mid_task_errors_its_tasks_restarts_and_serves_the_next(
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_interrupted_task_runs_once_more_and_succeeds(tmp_path: Path) -> None:
-    async with _harness(node_settings(tmp_path)) as h:
+    async with harness(node_settings(tmp_path)) as h:
         task_id = await h.submit(STORY, timeout=120, max_tokens=64)
         os.kill(await h.running(1), signal.SIGKILL)
         result = await h.wait(task_id)
@@ -172,7 +98,7 @@ async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_inter
     tmp_path: Path, wrapped: None
 ) -> None:
     settings = node_settings(tmp_path, heartbeat_interval=1.0, exec_cancel_grace=2.0)
-    async with _harness(settings) as h:
+    async with harness(settings) as h:
         heartbeat = h.server.running.parts.heartbeat
         assert heartbeat is not None
         sent: list[float] = []
@@ -187,7 +113,7 @@ async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_inter
         pid = await h.running(1)
         reason = await h.failure(spin_id)
         assert reason.startswith("max_time exceeded")
-        assert not _alive(pid)  # it ignored the cancel: killed
+        assert not alive(pid)  # it ignored the cancel: killed
         assert len(sent) >= 4
         gaps = [b - a for a, b in zip(sent, sent[1:])]
         assert max(gaps) < 4.0, gaps  # the spin lasts ~6 s (max_time + margin + grace)
@@ -199,64 +125,13 @@ async def test_cpu_loop_is_stopped_at_max_time_while_heartbeats_keep_their_inter
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_memory_bomb_is_killed_at_the_rss_limit(tmp_path: Path, wrapped: None) -> None:
-    async with _harness(node_settings(tmp_path, exec_max_rss_mb=700)) as h:
+    async with harness(node_settings(tmp_path, exec_max_rss_mb=700)) as h:
         bomb_id = await h.submit(f"{BOMB} now", timeout=120)
         pid = await h.running(1)
         reason = await h.failure(bomb_id)  # killed at the limit, ran once more, killed again: poison
         assert reason.startswith("Invalid prompt: ") and "memory" in reason
         assert h.crashes("memory") == 2
-        assert not _alive(pid)
-        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
-        assert result.text.strip()
-
-
-@pytest.mark.slow
-@pytest.mark.asyncio
-@pytest.mark.parametrize(
-    "marker", [FILL_SCRATCH, HIDE_FILES, MAP_FILES], ids=["files", "files-in-no-folder", "mapped-files-in-no-folder"]
-)
-async def test_a_process_that_fills_its_scratch_folder_is_killed_and_the_folder_removed(
-    tmp_path: Path, wrapped: None, marker: str
-) -> None:
-    """The scratch folder is the one a process may write; past exec_scratch_mb (with what it holds open in no
-    folder: files it removed, memfds) the daemon kills it, removes what it wrote, and the model serves again
-    from a new, empty folder."""
-    async with _harness(node_settings(tmp_path, exec_scratch_mb=8)) as h:
-        first = h.process().scratch.path
-        assert first.parent == tmp_path / "scratch" and os.listdir(first) == []
-        fill_id = await h.submit(f"{marker} now", timeout=120)
-        pid = await h.running(1)
-        reason = await h.failure(fill_id)  # killed past the bound, ran once more, killed again: poison
-        assert reason.startswith("Invalid prompt: ") and "scratch" in reason
-        assert h.crashes("scratch") == 2
-        assert not _alive(pid)
-        await h.until(lambda: not first.exists())  # removed beside the restart
-        await h.until(lambda: h.process() is not None and h.process().pid != pid and h.process().ready is not None)
-        result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
-        assert result.text.strip()
-        folders = os.listdir(tmp_path / "scratch")
-        assert folders == [h.process().scratch.path.name]  # the killed ones' are gone
-        assert os.listdir(h.process().scratch.path) == []
-    assert os.listdir(tmp_path / "scratch") == []  # and the last one's at the stop
-
-
-@pytest.mark.slow
-@pytest.mark.asyncio
-async def test_a_process_that_starts_threads_without_end_is_killed(
-    tmp_path: Path, wrapped: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each thread holds kernel memory its RSS does not count, and counts against the user's process limit."""
-    monkeypatch.setattr(bounds, "MAX_THREADS", 300)  # the test's hog stops at its first kill; 1024 in a node
-    async with _harness(node_settings(tmp_path)) as h:
-        honest = bounds.thread_count(h.process().pid)
-        assert 1 < honest < 300
-        threads_id = await h.submit(f"{THREADS} now", timeout=120)
-        pid = await h.running(1)
-        reason = await h.failure(threads_id)  # killed past the bound, ran once more, killed again: poison
-        assert reason.startswith("Invalid prompt: ") and "thread" in reason
-        assert h.crashes("threads") == 2
-        assert not _alive(pid)
-        await h.until(lambda: h.process() is not None and h.process().pid != pid and h.process().ready is not None)
+        assert not alive(pid)
         result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
         assert result.text.strip()
 
@@ -266,7 +141,7 @@ async def test_a_process_that_starts_threads_without_end_is_killed(
 async def test_memory_bomb_on_default_settings_is_killed_by_the_derived_limit(tmp_path: Path, wrapped: None) -> None:
     settings = node_settings(tmp_path)
     assert settings.exec_max_rss_mb is None and settings.exec_address_space_mb is None  # "auto"
-    async with _harness(settings) as h:
+    async with harness(settings) as h:
         limit = h.process().ready.max_rss_mb
         # SmolLM2's file twice and its KV cache (n_ctx 1024 x 5 contexts), a quarter more, + 512 MiB.
         assert 700 < limit < 1200, limit
@@ -275,7 +150,7 @@ async def test_memory_bomb_on_default_settings_is_killed_by_the_derived_limit(tm
         reason = await h.failure(bomb_id)  # killed at the limit, ran once more, killed again: poison
         assert reason.startswith("Invalid prompt: ") and "memory" in reason
         assert h.crashes("memory") == 2
-        assert not _alive(pid)
+        assert not alive(pid)
         await h.until(lambda: h.process() is not None and h.process().pid != pid)  # the model restarted
         result = await h.wait(await h.submit("Say hello.", timeout=60, max_tokens=16))
         assert result.text.strip()
@@ -288,7 +163,7 @@ async def test_a_task_that_crashes_its_process_twice_is_poison_and_the_task_besi
 ) -> None:
     # Both tasks are on the process each time the bomb kills it. Before, every task on it counted both crashes:
     # the honest one was answered "Invalid prompt: ... crashed its execution process twice" too.
-    async with _harness(node_settings(tmp_path)) as h:
+    async with harness(node_settings(tmp_path)) as h:
         honest_id = await h.submit(STORY, timeout=180, max_tokens=800)
         await h.running(1)
         bomb_id = await h.submit(f"{BOMB} now", timeout=180)
@@ -309,7 +184,7 @@ async def test_an_exit_is_seen_though_a_forked_process_keeps_the_socket(
     pids = tmp_path / "forked.pids"
     monkeypatch.setenv(FORKED_PIDS_ENV, str(pids))
     try:
-        async with _harness(node_settings(tmp_path / "node", sandbox="off")) as h:
+        async with harness(node_settings(tmp_path / "node", sandbox="off")) as h:
             first = h.process().pid
             reason = await h.failure(await h.submit(f"{FORK} now", timeout=60), timeout=60)
             assert "crashed" in reason and "exit code 3" in reason, reason
@@ -327,7 +202,7 @@ async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_live
     tmp_path: Path, wrapped: None
 ) -> None:
     # The RSS guard off: this is the address-space limit's test alone.
-    async with _harness(node_settings(tmp_path, exec_address_space_mb=1536, exec_max_rss_mb=0)) as h:
+    async with harness(node_settings(tmp_path, exec_address_space_mb=1536, exec_max_rss_mb=0)) as h:
         pid = h.process().pid
         bomb_id = await h.submit(f"{BOMB} now", timeout=120)
         assert (await h.failure(bomb_id)).startswith("out of memory")
@@ -339,7 +214,7 @@ async def test_memory_bomb_fails_at_the_address_space_limit_and_the_process_live
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_grammar_that_crashes_llama_cpp_costs_one_restart(tmp_path: Path, wrapped: None) -> None:
-    async with _harness(node_settings(tmp_path)) as h:
+    async with harness(node_settings(tmp_path)) as h:
         crash_id = await h.submit(f"{GRAMMAR_CRASH} please", timeout=8)
         pid = h.process().pid
         assert await h.failure(crash_id) == "execution process crashed (SIGABRT)"
@@ -380,15 +255,15 @@ async def test_an_execution_process_that_crashes_at_start_names_the_model_and_th
 def test_daemon_holds_no_llama_cpp_and_its_execution_process_dies_with_it(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path)
     try:
-        children = _children(node.proc.pid)
-        assert len(children) == 1  # one model, one execution process
+        spawned = children(node.proc.pid)
+        assert len(spawned) == 1  # one model, one execution process
         # llama.cpp lives in the execution process only; the daemon never loads it.
         assert "libllama" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
-        assert "libllama" in Path(f"/proc/{children[0]}/maps").read_text()
+        assert "libllama" in Path(f"/proc/{spawned[0]}/maps").read_text()
         node.proc.kill()
         node.proc.wait(30)
         deadline = time.monotonic() + 30
-        while _alive(children[0]):
+        while alive(spawned[0]):
             assert time.monotonic() < deadline, "execution process outlived its daemon"
             time.sleep(0.05)
     finally:
@@ -402,7 +277,7 @@ async def test_a_line_a_taken_over_process_writes_to_stderr_is_logged_as_that_pr
     logged with the process named (`exec_pid`, set by the daemon), and the node serves on."""
     node = NodeProcess(tmp_path, env=cli_env(**{TEST_WRAPPER_ENV: "tests.support.exec_wrappers:misbehave"}))
     try:
-        child = _children(node.proc.pid)[0]
+        child = children(node.proc.pid)[0]
         async with Client(peers=[node.addr]) as client:
             task = Task(workflow=Simple().workflow(f"{FORGE_LOG} Hi", max_tokens=4), models=[MODEL])
             assert (await client.execute(task, timeout=60)).text
@@ -411,29 +286,6 @@ async def test_a_line_a_taken_over_process_writes_to_stderr_is_logged_as_that_pr
         ready = node.wait_for_log("execution process ready")  # the child's own lines carry it too
         assert ready["exec_pid"] == child == ready["pid"]
         assert node.proc.poll() is None
-    finally:
-        node.stop()
-
-
-@pytest.mark.slow
-def test_a_descriptor_the_daemon_inherited_does_not_reach_its_execution_process(tmp_path: Path) -> None:
-    """The daemon's event loop (uvloop) spawns without closing what the daemon inherited open (from a supervisor
-    or a shell); the sandbox checks files when they are opened, so such a descriptor would pass it by."""
-    inherited = tmp_path / "a-supervisors-file"
-    fd = os.open(inherited, os.O_RDWR | os.O_CREAT, 0o600)
-    os.set_inheritable(fd, True)
-    try:
-        node = NodeProcess(tmp_path / "node", pass_fds=(fd,))
-    finally:
-        os.close(fd)
-    try:
-        child = _children(node.proc.pid)[0]
-
-        def open_files(pid: int) -> set[str]:
-            return {os.readlink(entry.path) for entry in os.scandir(f"/proc/{pid}/fd")}
-
-        assert str(inherited) in open_files(node.proc.pid)  # the daemon has it...
-        assert str(inherited) not in open_files(child)  # ...its execution process does not
     finally:
         node.stop()
 
@@ -470,16 +322,3 @@ def test_an_execution_process_under_a_pid_1_daemon_does_not_take_itself_for_an_o
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert run.stdout.split() == ["1", "load_failed", "0"], run.stderr[-2000:]
-
-
-def _children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
