@@ -342,8 +342,8 @@ class Client:
                 return node
             if last_failure is not None and not self.nodes.serving(models, exclude=tried):
                 raise last_failure  # every node that could run it was tried
-            if loop.time() >= deadline:
-                raise NoNodeError(timeout, models, len(self.nodes.live()))
+            if loop.time() >= deadline:  # what the last node tried said, if one was: nodes were seen
+                raise last_failure or NoNodeError(timeout, models, len(self.nodes.live()))
             await asyncio.sleep(0.1)
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:
