@@ -72,9 +72,9 @@ def close_inherited_descriptors(keep: int) -> None:
     """Close every descriptor but stdin, stdout, stderr and `keep` (the daemon's socket). The daemon's event
     loop (uvloop) spawns this process without closing what the daemon itself inherited without close-on-exec
     (a supervisor's, a shell's), and Landlock checks a file when it is opened, never a descriptor opened before."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # never infinite: the kernel caps it at fs.nr_open
     os.closerange(3, keep)
-    os.closerange(keep + 1, _MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, _MAX_DESCRIPTORS))
+    os.closerange(keep + 1, min(hard, _MAX_DESCRIPTORS))
 
 
 def drop_capabilities() -> str:

@@ -127,8 +127,8 @@ def apply_file_limits(limit_mb: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     limit = limit_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    bound = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # never infinite: the kernel caps it at fs.nr_open
+    bound = min(hard, MAX_OPEN_FILES)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, bound), bound))
 
 
