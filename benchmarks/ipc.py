@@ -21,9 +21,10 @@ from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import MODEL_NAME, sample_workflow
 from config.settings import Settings
 from node.daemon.processes.pool import ExecutionPool
+from node.daemon.processes.tool_egress import tool_settings
 from node.execution.model_setup import create_model
 from node.execution.protocol import RunTask, TaskDone
-from node.execution.workflow_setup import engine_options, tool_settings
+from node.execution.workflow_setup import engine_options
 from node.ops.metrics import NodeMetrics
 from workflows import parse_workflow, run_workflow
 

@@ -16,8 +16,10 @@ return_value.py   the run's result string from the return value specification
 streamed_step.py  which step's generation is the result's text (the one that may stream progress)
 tool_calls.py     asking a model for a tool call and parsing it
 tools/            the tools a workflow may offer the model (built-in and custom)
-egress.py         safe outbound HTTP for tools (applies the allow-list and secrets options.py parsed)
-meta_charset.py   the charset an HTML page names in a <meta> tag, found as browsers find it (egress.py)
+tool_http.py      a tool's HTTP request and answer, and `ToolHttp`, the channel they travel (`fetch`)
+egress.py         safe outbound HTTP for tools: the network side (the daemon runs it; allow-list, secrets)
+response_text.py  an answer's body as text: decompressed under the cap, its charset found (where the workflow runs)
+meta_charset.py   the charset an HTML page names in a <meta> tag, found as browsers find it (response_text.py)
 backend.py        ModelBackend: the interface through which the engine calls models
 options.py        EngineOptions, ToolSettings: the operator's configuration of the engine (allow-list parsed once)
 errors.py         the engine's error types and their public text

@@ -1,37 +1,35 @@
-"""Safe outbound HTTP for tools.
+"""Safe outbound HTTP for tools: the network side, which the daemon runs for its execution processes.
 
 Every hop (the first request and each redirect, which we follow ourselves):
 1. the host is resolved and every address must be public (not loopback,
    private, link-local, site-local, multicast, reserved, unspecified; IPv4 and
    IPv6; an IPv6 address embedding an IPv4 one, as IPv4-mapped/compatible, 6to4
    and NAT64 do, is judged by that IPv4 address too; Teredo is refused) unless
-   the operator's allow-list names the host or a network holding the address;
+   the operator's allow-list names the host or a network holding the address,
+   or it is the first hop of a request to the operator's search provider;
 2. the connection goes to the address that was checked (no second DNS lookup
    an attacker could rebind), with the original Host header and TLS SNI;
-3. operator secrets are attached only to https hops to the host and port they
-   were configured for.
-Responses are capped in bytes as received (before any decompression) and again
-once decoded, and the whole exchange in time. Error texts name the cause, never
-the URL (it may come from the model or the task).
+3. operator secrets (`tool_secrets`, the search provider's key) are attached
+   only to https hops to the host and port they were configured for.
+Responses are capped in bytes as received, and the whole exchange in time; the
+body goes back undecoded (response_text.py decodes it where the workflow runs).
+Error texts name the cause, never the URL (it may come from the model or the task).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ipaddress
 import socket
-import zlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from workflows.errors import EgressRefusedError, ToolError
-from workflows.meta_charset import meta_charset
 from workflows.options import IPAddress, ToolSettings
+from workflows.tool_http import RawResponse, ToolRequest
 
-if TYPE_CHECKING:  # imported on the first request: a process that runs no tool never loads it
+if TYPE_CHECKING:  # imported on the first request: a process that makes none never loads it
     import httpx
 
 log = structlog.get_logger(__name__)
@@ -39,9 +37,9 @@ log = structlog.get_logger(__name__)
 _REDIRECTS = {301, 302, 303, 307, 308}
 # Headers a workflow may not set: they belong to the connection, not the request.
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
-# Encodings we decode ourselves under the byte cap (httpx would decode uncapped).
+# Encodings response_text.py decodes under the byte cap (httpx would decode uncapped).
 _ACCEPT_ENCODING = "gzip, deflate"
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_SEARCH_KEY_HEADER = "X-API-KEY"  # serper's
 
 
 _TEREDO = ipaddress.ip_network("2001::/32")
@@ -76,16 +74,6 @@ def is_public(address: IPAddress) -> bool:
     if embedded is not None:
         return _public_v4(embedded)
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
-
-
-@dataclass
-class HttpResponse:
-    """A tool's HTTP answer: status, URL and body text."""
-
-    status: int
-    url: str
-    text: str
-    content_type: str = ""  # the media type, lowercased, without parameters ("" when none was sent)
 
 
 def _default_port(url: httpx.URL) -> int:
@@ -130,13 +118,31 @@ class EgressPolicy:
                     )
         return addresses[0]
 
-    def secret_headers(self, url: httpx.URL) -> dict[str, str]:
-        """Headers the operator configured for this https host and port (443 unless the key names one)."""
+    def is_search_provider(self, url: httpx.URL) -> bool:
+        """Whether `url` is on the operator's search provider's origin (scheme, host and port)."""
+        import httpx
+
+        provider = self.settings.search
+        if provider is None:
+            return False
+        try:
+            origin = httpx.URL(provider.url)
+        except httpx.InvalidURL:
+            return False
+        return _origin(url) == _origin(origin)
+
+    def secret_headers(self, url: httpx.URL, *, search: bool = False) -> dict[str, str]:
+        """Headers the operator configured for this https host and port (443 unless the key names one), and
+        with `search`, the search provider's key on its own origin."""
+        headers: dict[str, str] = {}
+        provider = self.settings.search
+        if search and provider is not None and provider.kind == "serper" and provider.api_key is not None:
+            if self.is_search_provider(url):
+                headers[_SEARCH_KEY_HEADER] = provider.api_key.get_secret_value()
         if url.scheme != "https":
-            return {}
+            return headers
         host, port = url.host.lower(), _default_port(url)
         literal = _ip_literal(host)
-        headers: dict[str, str] = {}
         for entry, values in self.settings.secret_entries:
             if (entry.port or 443) != port:
                 continue
@@ -147,6 +153,10 @@ class EgressPolicy:
         return headers
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host.lower(), _default_port(url)
+
+
 def _ip_literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -154,26 +164,18 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-async def fetch(
-    settings: ToolSettings,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    params: dict[str, str] | None = None,
-    json_body: object = None,
-    trusted: bool = False,
-) -> HttpResponse:
-    """One HTTP exchange under the egress policy. `trusted` skips the address
-    check for the first hop only (an endpoint the operator configured)."""
+async def exchange(settings: ToolSettings, request: ToolRequest) -> RawResponse:
+    """One HTTP exchange under the egress policy, its body as received. A `search` request must go to the
+    operator's search provider: its first hop skips the address check (the operator configured it)."""
     import httpx
 
     policy = EgressPolicy(settings)
     try:
         async with asyncio.timeout(settings.http_timeout_s):
-            return await _exchange(
-                policy, method, httpx.URL(url).copy_merge_params(params or {}), headers or {}, json_body, trusted
-            )
+            url = httpx.URL(request.url).copy_merge_params(request.params)
+            if request.search and not policy.is_search_provider(url):
+                raise EgressRefusedError("tool request refused: a search request goes only to the search provider")
+            return await _exchange(policy, request, url)
     except TimeoutError:
         raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
     except httpx.InvalidURL:
@@ -185,160 +187,65 @@ async def fetch(
         raise ToolError(f"tool request failed: {type(e).__name__}") from None
 
 
-async def _exchange(
-    policy: EgressPolicy, method: str, url: httpx.URL, headers: dict[str, str], json_body: object, trusted: bool
-) -> HttpResponse:
+async def _exchange(policy: EgressPolicy, request: ToolRequest, url: httpx.URL) -> RawResponse:
     import httpx
 
     settings = policy.settings
+    method, json_body, headers = request.method, request.json_body, dict(request.headers)
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=settings.http_timeout_s) as client:
         for hop in range(settings.max_redirects + 1):
-            address = await policy.check(url, trusted=trusted and hop == 0)
+            address = await policy.check(url, trusted=request.search and hop == 0)
             hop_headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS})
-            hop_headers.update(policy.secret_headers(url))  # replaces same-named headers, any case
+            hop_headers.update(policy.secret_headers(url, search=request.search))  # replaces same-named, any case
             hop_headers["Host"] = url.netloc.decode()  # we connect to the checked address
             hop_headers["Accept-Encoding"] = _ACCEPT_ENCODING
             pinned = url.copy_with(host=str(address))
-            request = client.build_request(
+            built = client.build_request(
                 method,
                 pinned,
                 headers=hop_headers,
                 json=json_body,
                 extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
             )
-            response = await client.send(request, stream=True)
+            response = await client.send(built, stream=True)
             try:
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECTS or not location:
-                    media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-                    body = await _read_capped(response, settings.max_response_bytes, media)
-                    return HttpResponse(response.status_code, str(url), body, media)
+                    return RawResponse(
+                        status=response.status_code,
+                        url=str(url),
+                        content_type=response.headers.get("content-type", ""),
+                        content_encoding=response.headers.get("content-encoding", ""),
+                        body=await _read_capped(response, settings.max_response_bytes),
+                    )
             finally:
                 await response.aclose()
             next_url = url.join(location)
             log.debug("egress redirected", frm=str(url), to=str(next_url), status=response.status_code)
             if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                 method, json_body = "GET", None
-            if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):
+            if _origin(next_url) != _origin(url):
                 headers = {}  # the workflow's headers were meant for the first origin only
             url = next_url
     raise ToolError(f"tool request: too many redirects (more than {settings.max_redirects})")
 
 
-async def _read_capped(response: httpx.Response, limit: int, media: str) -> str:
-    """The body, at most `limit` bytes as received and at most `limit` bytes once decoded; `media`: its type."""
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body as received (before any Content-Encoding is undone), at most `limit` bytes."""
     data = bytearray()
-    async for piece in response.aiter_raw():  # as received: before any Content-Encoding is undone
+    async for piece in response.aiter_raw():
         data.extend(piece)
         if len(data) > limit:
             raise ToolError(f"tool response is larger than {limit} bytes")
-    body = bytes(data)
-    encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
-    for encoding in reversed(encodings):  # the last one applied is undone first
-        body = _decode(body, encoding, limit)
-    codec, start = _body_codec(body, response.charset_encoding, media)
-    return body[start:].decode(codec, errors="replace")
+    return bytes(data)
 
 
-# The charsets a response may name: codecs written in C, linear in the body. Any other (punycode is
-# quadratic Python, 288 s for 1 MB; rot13, hex and idna are no text codecs) is passed over (_body_codec).
-_TEXT_CODECS = frozenset(
-    codecs.lookup(name).name
-    for name in (
-        "utf-8",
-        "utf-8-sig",
-        "utf-16",
-        "utf-16-le",
-        "utf-16-be",
-        "utf-32",
-        "utf-32-le",
-        "utf-32-be",
-        "ascii",
-        "latin-1",
-        "iso8859-2",
-        "iso8859-5",
-        "iso8859-7",
-        "iso8859-9",
-        "iso8859-15",
-        "cp1250",
-        "cp1251",
-        "cp1252",
-        "cp1253",
-        "cp1254",
-        "cp1256",
-        "koi8-r",
-        "shift_jis",
-        "euc_jp",
-        "iso2022_jp",
-        "gbk",
-        "gb2312",
-        "gb18030",
-        "big5",
-        "euc_kr",
-    )
-)
+class DirectToolHttp:
+    """Tool requests made by this process itself (the workflow engine run alone, and its tests)."""
 
+    def __init__(self, settings: ToolSettings) -> None:
+        self.settings = settings
 
-def _known_codec(charset: str | None) -> str | None:
-    """The codec a charset label names when it is one of `_TEXT_CODECS`, else None."""
-    if not charset:
-        return None
-    try:
-        name = codecs.lookup(charset.strip()).name
-    except (LookupError, ValueError):  # ValueError: a NUL in the label
-        return None
-    name = _WHATWG_SUPERSETS.get(name, name)
-    return name if name in _TEXT_CODECS else None
-
-
-# WHATWG Encoding maps these labels to a superset, as every browser reads them: a page that says iso-8859-1 (or
-# ascii) and holds windows-1252's quotes and euro sign (0x80-0x9F) shows them, not C1 control characters.
-_WHATWG_SUPERSETS = {"iso8859-1": "cp1252", "ascii": "cp1252", "iso8859-9": "cp1254"}
-
-
-_UTF32 = frozenset({"utf-32", "utf-32-le", "utf-32-be"})
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF16_LE, "utf-16-le"))
-
-
-def _body_codec(body: bytes, charset: str | None, media: str) -> tuple[str, int]:
-    """The codec a body is read with and where its text starts, as browsers choose (WHATWG Encoding, "decode";
-    HTML, "encoding sniffing"): a byte order mark wins, then the Content-Type charset, then for HTML (or a body
-    sent without a type, which the reader takes for HTML) a `<meta>` charset in its first 1024 bytes, else UTF-8.
-    Only `_TEXT_CODECS` are used; a charset that names another is passed over."""
-    declared = _known_codec(charset)
-    if declared in _UTF32 and body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        return declared, 0  # the named UTF-32 codec reads its own mark (FF FE 00 00 would read as UTF-16 below)
-    for bom, codec in _BOMS:
-        if body.startswith(bom):
-            return codec, len(bom)
-    if declared is not None:
-        return declared, 0
-    if media in ("", "text/html"):
-        return meta_charset(body, _known_codec) or "utf-8", 0
-    return "utf-8", 0
-
-
-def _decode(body: bytes, encoding: str, limit: int) -> bytes:
-    if encoding == "identity":
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, _GZIP_WBITS, limit)
-    if encoding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
-        try:
-            return _inflate(body, zlib.MAX_WBITS, limit)
-        except zlib.error:
-            return _inflate(body, -zlib.MAX_WBITS, limit)
-    raise ToolError("tool response has an unsupported content encoding (only gzip and deflate are accepted)")
-
-
-def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)  # never more than one byte past the cap
-    except zlib.error as e:
-        if wbits == zlib.MAX_WBITS:
-            raise
-        raise ToolError(f"tool response is not valid compressed data ({e})") from None
-    if len(out) > limit:
-        raise ToolError(f"tool response is larger than {limit} bytes once decompressed")
-    return out
+    async def send(self, request: ToolRequest) -> RawResponse:
+        """The answer to `request`, under the egress policy."""
+        return await exchange(self.settings, request)

@@ -11,6 +11,7 @@ import structlog
 from models.requests import FinishReason, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
+from workflows.egress import DirectToolHttp
 from workflows.errors import (
     LimitExceededError,
     ModelFailedError,
@@ -26,6 +27,7 @@ from workflows.options import EngineOptions, ToolSettings, capped
 from workflows.return_value import build_result
 from workflows.schema import Edge, Workflow
 from workflows.streamed_step import streamed_step
+from workflows.tool_http import ToolHttp
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,7 @@ async def run_workflow(
     *,
     prompt: str | None = None,
     tools: ToolSettings | None = None,
+    http: ToolHttp | None = None,
     options: EngineOptions | None = None,
     embedder: ModelBackend | None = None,
     on_text: TextSink | None = None,
@@ -64,7 +67,8 @@ async def run_workflow(
     """Run a validated workflow on `model`; raises a WorkflowError subclass on failure.
 
     `prompt` becomes the cache entry `__input`; `embedder` (default: `model`)
-    provides the file store's embeddings. `max_time` is enforced while a task
+    provides the file store's embeddings; `http` carries the tools' requests (default: made by this
+    process, egress.py's `DirectToolHttp`). `max_time` is enforced while a task
     runs: an in-flight generation is cancelled. Every step yields to the event
     loop, memory writes are checked against `options.max_memory_bytes`, and a
     result over `options.max_result_bytes` raises ResultTooLargeError. `on_text` gets the
@@ -76,6 +80,7 @@ async def run_workflow(
     answer (" [1, 2]" -> "[1,2]", "1e5" -> "100000.0", "3.14159265358979323846" losing digits).
     """
     options = options or EngineOptions()
+    tools = tools or ToolSettings()
     verbatim = streamed_step(workflow)
     max_steps = int(capped(workflow.config.max_steps, options.max_steps_cap))
     max_time = capped(workflow.config.max_time, options.max_time_cap)
@@ -83,7 +88,8 @@ async def run_workflow(
         config=workflow.config,
         model=model,
         memory=Memory.create(embedder or model, workflow.external_memory, prompt, options.max_memory_bytes),
-        tools=tools or ToolSettings(),
+        tools=tools,
+        http=http or DirectToolHttp(tools),
         options=options,
         rng=random.Random(options.seed),
         sources=KeySources.of(workflow, prompt),

@@ -35,6 +35,7 @@ from workflows.schema import InputValue, RegexSchema, Step, WorkflowConfig
 from workflows.schema_limits import SchemaTooLargeError, check_schema
 from workflows.score_operator import score
 from workflows.tool_calls import call_schema, parse_call, with_tool_prompt
+from workflows.tool_http import ToolHttp
 from workflows.tools import build_tools, web_search
 
 DEFAULT_SEARCH_RESULTS = 5
@@ -56,6 +57,7 @@ class RunContext:
     model: ModelBackend
     memory: Memory
     tools: ToolSettings
+    http: ToolHttp  # where the tools' requests go (workflows/tool_http.py)
     options: EngineOptions
     rng: random.Random
     sources: KeySources | None = None  # what the task can fill: tells deterministic misses apart
@@ -171,7 +173,7 @@ def _is_grammar_error(error: ModelError) -> bool:
 
 
 async def _function_call(ctx: RunContext, messages: list[ChatMessage], *, execute: bool) -> str:
-    tools = build_tools(ctx.config, ctx.tools, ctx.options.tool_arg_max_length)
+    tools = build_tools(ctx.config, ctx.tools, ctx.http, ctx.options.tool_arg_max_length)
     if not tools:
         raise InvalidToolError("function calling needs tools, but config.tools and config.custom_tools offer none")
     schema = call_schema(tools, ctx.options.tool_arg_max_length)
@@ -200,7 +202,7 @@ async def _search(ctx: RunContext, messages: list[ChatMessage]) -> str:
     if not isinstance(spec, dict) or not isinstance(spec.get("query"), str):
         raise StepError('the search operator\'s last message must be a JSON object {"query": str, ...}')
     n = spec.get("n_results", DEFAULT_SEARCH_RESULTS)
-    return await web_search(ctx.tools, spec["query"], n if isinstance(n, int) else DEFAULT_SEARCH_RESULTS)
+    return await web_search(ctx.tools, ctx.http, spec["query"], n if isinstance(n, int) else DEFAULT_SEARCH_RESULTS)
 
 
 async def _sample(step: Step, ctx: RunContext) -> str:

@@ -8,12 +8,13 @@ never the daemon. Nothing here runs in the daemon except protocol.py, the messag
     (__main__)          the launcher, `python -m node.execution --fd N`: confines the process, then
                         runs process.py
     sandbox.py          the confinement (Linux Landlock): no access to the daemon's files or processes
-    privileges.py       what Landlock leaves out: capabilities dropped; no new unix sockets, processes or listeners (seccomp)
+    privileges.py       what Landlock leaves out: capabilities dropped; no new sockets, processes or listeners (seccomp)
     process.py          the main loop: configure, load, ready, then TaskHost runs tasks until the
                         daemon closes the socket
     model_setup.py      builds the configured model (registry -> backend -> benchmark)
     idle_benchmark.py   a first start's benchmark, run after `ready` while no task runs
-    workflow_setup.py   maps settings onto the workflow engine's tool and model options
+    workflow_setup.py   maps settings onto the workflow engine's options
+    tool_channel.py     the tools' HTTP requests, sent to the daemon, which makes them (no network here)
     memory_limits.py    the process's RSS and address-space limits, derived from its model when unset
     delta_coalescer.py  a streaming task's text deltas, gathered into fewer messages before they cross
 """

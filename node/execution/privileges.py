@@ -5,15 +5,19 @@ descriptors a process inherits, closed before it (`close_inherited_descriptors`)
   ownership checks, or file access past permissions); dropped from every set, the bounding set
   included, so nothing it runs gets them back.
 - A seccomp filter (libseccomp, through pyseccomp) refuses what Landlock (up to ABI 7) leaves open:
-  - new AF_UNIX sockets: a service of the same user behind a named one (the session bus, systemd --user,
-    ssh-agent, docker.sock) runs commands outside the sandbox; and io_uring, which could open one without
-    the socket() call. The socket to the daemon is inherited.
+  - new sockets: an internet one (the process of a local model has no use for the network: its tools'
+    requests go through the daemon, which checks where they go; from here the process could reach the
+    cloud's metadata service, the host's loopback services and its LAN), and for a remote engine's process,
+    which needs the network, a new AF_UNIX one still: a service of the same user behind a named one (the
+    session bus, systemd --user, ssh-agent, docker.sock) runs commands outside the sandbox. And io_uring,
+    which could open one without the socket() call. The socket to the daemon is inherited; socketpair
+    (the event loop's wake-up pipe) stays.
   - new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers ENOSYS, so that glibc starts
     threads with clone): a forked process would outlive this one, holding its socket to the daemon and
     answering the next tasks; threads still start (OpenMP, the decode loop, tools).
   - listening sockets: with SO_REUSEPORT, which py-libp2p's listener sets, a socket of the same user on
-    the node's port would take a share of its inbound connections. Connecting stays open (tools, remote
-    engines); nothing here listens.
+    the node's port would take a share of its inbound connections. Connecting stays open for a remote
+    engine; nothing here listens.
   - new namespaces (unshare, setns; clone is refused already): a user namespace gives the process every
     capability inside it, and with them much more of the kernel to attack.
   - changes of a file's mode, owner, times or extended attributes (Landlock governs none of them): the process
@@ -91,13 +95,14 @@ def drop_capabilities() -> str:
     return "no capabilities"
 
 
-def restrict_syscalls() -> str:
-    """Refuse new AF_UNIX sockets, io_uring, new processes, listening sockets, attribute changes, fallocate
-    with a mode and file watches from now on; a phrase for the sandbox's log line."""
+def restrict_syscalls(network: bool = False) -> str:
+    """Refuse new sockets (with `network`, a remote engine's: new AF_UNIX ones only), io_uring, new processes,
+    listening sockets, attribute changes, fallocate with a mode and file watches from now on; a phrase for the
+    sandbox's log line."""
     try:
         import pyseccomp as seccomp
     except (ImportError, OSError) as exc:  # no libseccomp on this system
-        return f"unix sockets, processes and listeners open (no libseccomp: {exc})"
+        return f"sockets, processes and listeners open (no libseccomp: {exc})"
     refused, absent = errno.EACCES, errno.ENOSYS
 
     def int_argument(index: int, value: int) -> object:  # an int argument: the kernel reads its low 32 bits only
@@ -105,7 +110,7 @@ def restrict_syscalls() -> str:
 
     with_a_mode = seccomp.Arg(1, seccomp.NE, 0)
     wanted = [
-        ("socket", refused, int_argument(0, socket.AF_UNIX)),
+        ("socket", refused, int_argument(0, socket.AF_UNIX) if network else None),
         ("io_uring_setup", absent, None),
         # Not a thread of this process unless every one of glibc's thread flags is set: without CLONE_FILES, say,
         # a thread holds descriptors /proc/<pid>/fd never shows.
@@ -136,8 +141,9 @@ def restrict_syscalls() -> str:
                 rules.add_rule(seccomp.ERRNO(error), number, *([argument] if argument is not None else []))
         rules.load()
     except (OSError, RuntimeError, ValueError) as exc:
-        return f"unix sockets, processes and listeners open (seccomp: {exc})"
-    return "no new unix sockets, processes or listeners, no attribute changes or file watches"
+        return f"sockets, processes and listeners open (seccomp: {exc})"
+    sockets = "no new unix sockets" if network else "no new sockets"
+    return f"{sockets}, processes or listeners, no attribute changes or file watches"
 
 
 def _held() -> bool:

@@ -64,17 +64,20 @@ from node.execution.protocol import (
     TaskDelta,
     TaskDone,
     TaskFailed,
+    ToolFetched,
     Trace,
     decode_to_child,
     encode,
     read_line,
 )
 from node.execution.sandbox import SandboxOutcome
-from node.execution.workflow_setup import engine_options, tool_settings
+from node.execution.tool_channel import DaemonToolHttp
+from node.execution.workflow_setup import engine_options
 from node.ops.log import configure_logging
 from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
 from workflows.backend import ModelBackend
 from workflows.errors import public_error_text
+from workflows.tool_http import ToolHttp
 
 log = structlog.get_logger("node.execution")
 
@@ -142,10 +145,12 @@ class TaskHost:
         tools: ToolSettings,
         options: EngineOptions,
         send: Callable[[Message], None],
+        http: ToolHttp,
     ) -> None:
         self._model = model
         self._embedder = embedder
         self._tools = tools
+        self._http = http  # the tools' requests go to the daemon (tool_channel.py)
         self._options = options
         self._send = send
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -227,6 +232,7 @@ class TaskHost:
                     self._model,
                     prompt=request.prompt,
                     tools=self._tools,
+                    http=self._http,
                     options=self._options,
                     embedder=self._embedder,
                     on_text=None if deltas is None else deltas.add,
@@ -293,7 +299,8 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
         return 0
     if settings.exec_address_space_mb is None:
         apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
-    host = TaskHost(model, embedder, tool_settings(settings), engine_options(settings), send)
+    http = DaemonToolHttp(send, settings.tool_timeout)
+    host = TaskHost(model, embedder, configure.tools, engine_options(settings), send, http)
     generation_tps, step = _speed(model.parallel, prepared.prompt_tps, prepared.generation_tps, settings)
     log.info("execution process ready", model=name, pid=os.getpid(), benchmark_later=prepared.benchmark_later)
     send(
@@ -321,6 +328,8 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
                 host.cancel(message)
             elif isinstance(message, Probe):
                 send(_pong(message, model))
+            elif isinstance(message, ToolFetched):
+                http.answer(message)
             await writer.drain()
     finally:
         if benchmarking is not None:

@@ -2,8 +2,9 @@
 
 Every message is a pydantic model, sent as one line of JSON (JSON never holds a raw
 newline) over a Unix socketpair; `asyncio.StreamReader.readline` does the framing.
-Daemon -> child: configure (once, first), run, cancel, probe.
-Child -> daemon: ready or load_failed (once, answering configure), delta (text of a
+Daemon -> child: configure (once, first), run, cancel, probe, fetched (the answer to a fetch).
+Child -> daemon: ready or load_failed (once, answering configure), fetch (a tool's HTTP request, which the
+daemon makes: the process has no network and no operator secret, workflows/tool_http.py), delta (text of a
 streaming run as it generates, in order, before its answer), done or failed
 (one per run), pong (one per probe, with the decode loop's progress: the daemon's
 stall watchdog reads it, see stall.py), benchmarked (only after a `ready` that said its
@@ -18,6 +19,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from workflows.options import ToolSettings
+from workflows.tool_http import RawResponse, ToolRequest
 
 # A workflow or a result is at most a few MB; a line past this is a broken peer.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -70,6 +74,9 @@ class SandboxPolicy(BaseModel):
     # Devices (globs) it may open, any access, though /dev is private: expanded where the child confines
     # itself, so a device a driver made after the daemon started is reached at the next start.
     devices: list[str] = []
+    # Internet sockets (a remote engine's HTTP client): none for a local model, whose tools' requests the daemon
+    # makes (node/daemon/processes/tool_egress.py).
+    network: bool = False
 
 
 class Configure(Message):
@@ -81,6 +88,8 @@ class Configure(Message):
     # The daemon's cache of measured speeds (key -> entry, models/benchmark.py): the child reads it and reports
     # what it measures in `measured`; the file lies in the data dir, which the child cannot open.
     speeds: dict[str, dict[str, Any]] = {}
+    # The tools it offers workflows, without the operator's secrets: the daemon adds those to the requests it makes.
+    tools: ToolSettings = ToolSettings()
 
 
 class RunTask(Message):
@@ -109,6 +118,24 @@ class Probe(Message):
 
     kind: Literal["probe"] = "probe"
     probe_id: int
+
+
+class ToolFetched(Message):
+    """The answer to a `fetch`: the response as received, or the error that stopped it."""
+
+    kind: Literal["fetched"] = "fetched"
+    request_id: int = Field(ge=0)
+    response: RawResponse | None = None
+    error: str | None = None  # a ToolError's text (never the URL)
+    refused: bool = False  # the egress policy refused the address (EgressRefusedError)
+
+
+class ToolFetch(Message):
+    """A tool's HTTP request, for the daemon to make under the egress policy; answered by `fetched`."""
+
+    kind: Literal["fetch"] = "fetch"
+    request_id: int = Field(ge=0, le=2**63)
+    request: ToolRequest
 
 
 class Ready(Message):
@@ -224,9 +251,9 @@ class Pong(Message):
     progress: Progress | None = None  # None for a backend without native calls here (a remote engine)
 
 
-ToChild = Annotated[Configure | RunTask | Cancel | Probe, Field(discriminator="kind")]
+ToChild = Annotated[Configure | RunTask | Cancel | Probe | ToolFetched, Field(discriminator="kind")]
 FromChild = Annotated[
-    Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong | Benchmarked | Measured,
+    Ready | LoadFailed | TaskDelta | TaskDone | TaskFailed | Pong | Benchmarked | Measured | ToolFetch,
     Field(discriminator="kind"),
 ]
 _TO_CHILD: TypeAdapter[ToChild] = TypeAdapter(ToChild)

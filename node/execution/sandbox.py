@@ -129,9 +129,10 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
     try:
         abi = get_abi_version()
     except LandlockError as exc:
-        return SandboxOutcome(False, _without_files(f"Landlock is not available here: {exc}", capabilities), required)
+        reason = f"Landlock is not available here: {exc}"
+        return SandboxOutcome(False, _without_files(reason, capabilities, policy.network), required)
     for attempt in range(_ATTEMPTS):
-        sandbox = Landlock(strict=False).allow_all_network()  # tools and remote engines
+        sandbox = Landlock(strict=False).allow_all_network()  # remote engines (seccomp refuses the rest)
         for path, rights in rules(policy):
             try:
                 sandbox.add_path_rule(path, access=rights)
@@ -143,15 +144,15 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
         except (LandlockError, OSError) as exc:  # a path gone between the walk and apply(): walk again
             if attempt == _ATTEMPTS - 1:
                 reason = f"the sandbox could not be applied: {exc}"
-                return SandboxOutcome(False, _without_files(reason, capabilities), required)
-    syscalls = restrict_syscalls()
+                return SandboxOutcome(False, _without_files(reason, capabilities, policy.network), required)
+    syscalls = restrict_syscalls(policy.network)
     held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", syscalls, capabilities]
     return SandboxOutcome(True, f"Landlock ABI {abi}: " + ", ".join(part for part in held if part), required)
 
 
-def _without_files(reason: str, capabilities: str) -> str:
+def _without_files(reason: str, capabilities: str, network: bool) -> str:
     """Why the files are not confined, and what holds all the same (the seccomp filter, no capabilities)."""
-    held = [part for part in (restrict_syscalls(), capabilities) if part]
+    held = [part for part in (restrict_syscalls(network), capabilities) if part]
     return f"{reason}; still: {', '.join(held)}"
 
 

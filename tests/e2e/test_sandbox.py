@@ -7,8 +7,10 @@ the test tells the two apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -21,7 +23,13 @@ from node.execution.process import TEST_WRAPPER_ENV
 from node.execution.sandbox import SIGNAL_SCOPE_ABI
 from node.publisher.client import Client, Task
 from tests.support.cluster import dialable, node_settings, running_node
-from tests.support.hijacked_runtime import HIJACK_DATA_DIR_ENV, HIJACK_DEVICE_ENV, HIJACK_HTTP_PORT_ENV
+from tests.support.hijacked_runtime import (
+    HIJACK_DATA_DIR_ENV,
+    HIJACK_DEVICE_ENV,
+    HIJACK_HTTP_PORT_ENV,
+    HIJACK_SECRETS_ENV,
+    SECRET_BYTES,
+)
 from tests.support.nodeproc import free_port
 from workflows import Simple
 
@@ -49,6 +57,19 @@ def _a_disk_this_process_opens() -> str | None:
     return None
 
 
+# What a taken-over process looks for in its own memory: the operator's secrets (the daemon keeps them) and, to
+# show the search finds what is there, a setting it is sent.
+SECRET_PROBES = {
+    "find the search provider's key in its memory": "cn-probe-search-key-",
+    "find a tool secret in its memory": "cn-probe-tool-secret-",
+    "find its tool_allow entry in its memory": "cn-probe-allowed-host-",
+}
+
+
+def _secret(prefix: str) -> str:
+    return prefix + secrets.token_hex(SECRET_BYTES)[: SECRET_BYTES - len(prefix)]
+
+
 async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> tuple[dict[str, str], list[str]]:
     """What the probes found, and the events the node logged (its execution process's relayed among them)."""
     data_dir = tmp_path / "node"
@@ -58,7 +79,20 @@ async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) 
     monkeypatch.setenv(HIJACK_HTTP_PORT_ENV, str(port))
     if (disk := _a_disk_this_process_opens()) is not None:
         monkeypatch.setenv(HIJACK_DEVICE_ENV, disk)
-    settings = node_settings(data_dir, sandbox=sandbox, http_enabled=True, http_host="127.0.0.1", http_port=port)
+    values = {name: _secret(prefix) for name, prefix in SECRET_PROBES.items()}
+    hashed = {name: [SECRET_PROBES[name], hashlib.sha256(value.encode()).hexdigest()] for name, value in values.items()}
+    monkeypatch.setenv(HIJACK_SECRETS_ENV, json.dumps(hashed))
+    settings = node_settings(
+        data_dir,
+        sandbox=sandbox,
+        http_enabled=True,
+        http_host="127.0.0.1",
+        http_port=port,
+        search_provider="serper",
+        search_api_key=values["find the search provider's key in its memory"],
+        tool_secrets={"api.example.com": {"X-Token": values["find a tool secret in its memory"]}},
+        tool_allow=[values["find its tool_allow entry in its memory"]],  # a setting it is sent
+    )
     with structlog.testing.capture_logs() as logs:
         async with running_node(settings) as server, Client(peers=[dialable(server)]) as client:
             task = Task(
@@ -77,7 +111,9 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
 ) -> None:
     probes, child_events = await _probe(tmp_path, monkeypatch, "auto")
     expected = {name: "PermissionError" for name in probes}
-    expected["pause the node over its HTTP port"] = "HTTP 401"  # it has no control token (it cannot read it)
+    expected["find the search provider's key in its memory"] = "not found"  # the daemon adds it to requests...
+    expected["find a tool secret in its memory"] = "not found"
+    expected["find its tool_allow entry in its memory"] = "found"  # ...and the search finds what it was sent
     expected["write its scratch folder"] = "allowed"  # its one writable folder...
     expected["write a file past exec_scratch_mb"] = "OSError"  # ...and no file past the bound (EFBIG)
     expected["allocate blocks past exec_scratch_mb"] = "OSError"  # fallocate with a mode: EOPNOTSUPP
@@ -106,6 +142,10 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
     assert probes["enter a new user namespace"] != "PermissionError"
     assert probes.get("open a disk device", "allowed") == "allowed"  # where the test may open one
     assert probes["create a file in /tmp"] == "allowed"
+    assert probes["open an internet socket"] == "allowed" and probes["pause the node over its HTTP port"] == "HTTP 401"
+    assert probes["find its tool_allow entry in its memory"] == "found"
+    assert probes["find the search provider's key in its memory"] == "not found"  # never sent, sandbox or not
+    assert probes["find a tool secret in its memory"] == "not found"
     assert probes["write its scratch folder"] == "allowed"  # a scratch folder and the file bound all the same
     assert probes["write a file past exec_scratch_mb"] == "OSError"
     assert probes["allocate blocks past exec_scratch_mb"] == "allowed"  # the seccomp filter's to refuse

@@ -11,6 +11,7 @@ process's scratch folder (SCRATCH_FILE), for the test to see it removed.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import http.client
 import json
 import os
@@ -28,6 +29,10 @@ _CLONE_NEWUSER = 0x10000000  # linux/sched.h
 HIJACK_DATA_DIR_ENV = "COMPUTE_NODE_TEST_HIJACK_DATA_DIR"
 HIJACK_HTTP_PORT_ENV = "COMPUTE_NODE_TEST_HIJACK_HTTP_PORT"  # the daemon's loopback HTTP port, where set
 HIJACK_DEVICE_ENV = "COMPUTE_NODE_TEST_HIJACK_DEVICE"  # a device of the machine's (a disk), where one is set
+# Values to look for in the process's own memory, as JSON {probe name: [prefix, sha256 of the whole value]}: the
+# value itself never reaches the process this way (its hash does), so a value found there came from the node.
+HIJACK_SECRETS_ENV = "COMPUTE_NODE_TEST_HIJACK_LOOK_FOR"
+SECRET_BYTES = 48  # each value looked for: its prefix and random characters up to this length
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCRATCH_FILE = "left-behind"
 TEMPORARY_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -76,8 +81,13 @@ def probes(data_dir: Path) -> dict[str, str]:
             results[f"create a file in {folder}"] = attempt(lambda folder=folder: _create_and_remove(folder))
     if device := os.environ.get(HIJACK_DEVICE_ENV):  # a disk holds the data dir: a root node's process could read it
         results["open a disk device"] = attempt(lambda: os.close(os.open(device, os.O_RDONLY | os.O_NONBLOCK)))
-    if port := os.environ.get(HIJACK_HTTP_PORT_ENV):  # the sandbox keeps the network: the daemon's port is open
+    if port := os.environ.get(HIJACK_HTTP_PORT_ENV):  # a loopback service: the daemon's own HTTP port
         results["pause the node over its HTTP port"] = _post_status(int(port), "/pause")
+    # the cloud's metadata service, the host's loopback services, its LAN: a tool's requests go through the daemon
+    results["open an internet socket"] = attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
+    results["open an IPv6 socket"] = attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close())
+    for name, (prefix, digest) in json.loads(os.environ.get(HIJACK_SECRETS_ENV, "{}")).items():
+        results[name] = _in_own_memory(prefix.encode(), digest)
     in_thread: dict[str, str] = {}  # a thread started now (as a tool or the decode loop would be)
     thread = threading.Thread(
         target=lambda: in_thread.update(key=attempt(lambda: (data_dir / "identity.key").read_bytes()))
@@ -86,6 +96,30 @@ def probes(data_dir: Path) -> dict[str, str]:
     thread.join()
     results["read identity key from a new thread"] = in_thread["key"]
     return results
+
+
+def _in_own_memory(prefix: bytes, digest: str) -> str:
+    """'found' if a value of SECRET_BYTES that starts with `prefix` and hashes to `digest` is in this process's
+    writable memory (its heap, where settings it was sent would be), else 'not found'."""
+    found = False
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as memory:
+        for line in maps:
+            span, mode = line.split()[:2]
+            start, end = (int(part, 16) for part in span.split("-"))
+            if not mode.startswith("rw") or end - start > 1 << 30:
+                continue
+            try:
+                memory.seek(start)
+                chunk = memory.read(end - start)
+            except OSError:
+                continue
+            at = chunk.find(prefix)
+            while at >= 0 and not found:
+                found = hashlib.sha256(chunk[at : at + SECRET_BYTES]).hexdigest() == digest
+                at = chunk.find(prefix, at + 1)
+            if found:
+                break
+    return "found" if found else "not found"
 
 
 def _fork_and_reap() -> None:

@@ -7,16 +7,16 @@ import html.parser
 import json
 from typing import Any, ClassVar
 
-from workflows.egress import fetch
 from workflows.errors import ToolError
 from workflows.options import SearchProvider, ToolSettings
+from workflows.tool_http import ToolHttp, fetch
 from workflows.tools.base import Tool
 
 DEFAULT_RESULTS = 5
 MAX_RESULTS = 20
 
 
-async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAULT_RESULTS) -> str:
+async def web_search(settings: ToolSettings, http: ToolHttp, query: str, n_results: int = DEFAULT_RESULTS) -> str:
     """Search through the configured provider; results as numbered text."""
     provider = settings.search
     if provider is None:
@@ -25,7 +25,9 @@ async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAUL
         raise ToolError("search: empty query")
     n = max(1, min(n_results, MAX_RESULTS))
     hits = await (
-        _searxng(settings, provider, query) if provider.kind == "searxng" else _serper(settings, provider, query, n)
+        _searxng(settings, http, provider, query)
+        if provider.kind == "searxng"
+        else _serper(settings, http, provider, query, n)
     )
     if not hits:
         return "No results."
@@ -34,15 +36,19 @@ async def web_search(settings: ToolSettings, query: str, n_results: int = DEFAUL
     )
 
 
-async def _searxng(settings: ToolSettings, provider: SearchProvider, query: str) -> list[tuple[str, str, str]]:
+async def _searxng(
+    settings: ToolSettings, http: ToolHttp, provider: SearchProvider, query: str
+) -> list[tuple[str, str, str]]:
     url = provider.url.rstrip("/") + "/search"
-    data = await _json(settings, "GET", url, params={"q": query, "format": "json"}, headers={})
+    data = await _json(settings, http, "GET", url, params={"q": query, "format": "json"})
     return _hits(data, "results", "url", "content")
 
 
-async def _serper(settings: ToolSettings, provider: SearchProvider, query: str, n: int) -> list[tuple[str, str, str]]:
-    key = provider.api_key.get_secret_value() if provider.api_key else ""
-    data = await _json(settings, "POST", provider.url, json_body={"q": query, "num": n}, headers={"X-API-KEY": key})
+async def _serper(
+    settings: ToolSettings, http: ToolHttp, provider: SearchProvider, query: str, n: int
+) -> list[tuple[str, str, str]]:
+    # The API key is the daemon's to add (egress.py): it never reaches the process that runs the workflow.
+    data = await _json(settings, http, "POST", provider.url, json_body={"q": query, "num": n})
     return _hits(data, "organic", "link", "snippet")
 
 
@@ -60,9 +66,9 @@ def _hits(data: dict[str, Any], key: str, url: str, snippet: str) -> list[tuple[
     return [(text(r.get("title")), text(r.get(url)), text(r.get(snippet))) for r in results if isinstance(r, dict)]
 
 
-async def _json(settings: ToolSettings, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    # The provider URL is operator-configured, so its first hop is trusted.
-    response = await fetch(settings, method, url, trusted=True, **kwargs)
+async def _json(settings: ToolSettings, http: ToolHttp, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    # The provider URL is operator-configured, so its first hop is trusted (a search request goes nowhere else).
+    response = await fetch(http, settings.max_response_bytes, method, url, search=True, **kwargs)
     if response.status >= 400:
         raise ToolError(f"search provider answered HTTP {response.status}")
     try:
@@ -74,11 +80,11 @@ async def _json(settings: ToolSettings, method: str, url: str, **kwargs: Any) ->
     return data
 
 
-def search_tool(settings: ToolSettings, max_length: int) -> Tool:
+def search_tool(settings: ToolSettings, http: ToolHttp, max_length: int) -> Tool:
     """The web search tool."""
 
     async def run(arguments: dict[str, Any]) -> str:
-        return await web_search(settings, str(arguments.get("query", "")))
+        return await web_search(settings, http, str(arguments.get("query", "")))
 
     return Tool(
         name="search",
@@ -130,12 +136,12 @@ def html_to_text(page: str) -> str:
     return "\n".join(extractor.parts)
 
 
-def reader_tool(settings: ToolSettings, name: str) -> Tool:
+def reader_tool(settings: ToolSettings, http: ToolHttp, name: str) -> Tool:
     """The tool that fetches a page by URL and returns its text."""
 
     async def run(arguments: dict[str, Any]) -> str:
         url = str(arguments.get("url", ""))
-        response = await fetch(settings, "GET", url)
+        response = await fetch(http, settings.max_response_bytes, "GET", url)
         if response.status >= 400:
             raise ToolError(f"reader: the page answered HTTP {response.status}")
         media = response.content_type

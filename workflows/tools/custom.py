@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflows.egress import fetch
 from workflows.errors import ToolError
 from workflows.options import ToolSettings
 from workflows.schema import CustomFunctionTool, HttpRequestTool
+from workflows.tool_http import ToolHttp, fetch
 from workflows.tools.base import Tool
 
 
@@ -17,7 +17,7 @@ def custom_tool(spec: CustomFunctionTool) -> Tool:
     return Tool(name=spec.name, description=spec.description, parameters=spec.parameters)
 
 
-def http_request_tool(spec: HttpRequestTool, settings: ToolSettings) -> Tool:
+def http_request_tool(spec: HttpRequestTool, settings: ToolSettings, http: ToolHttp) -> Tool:
     """A tool that sends the model's arguments to the workflow's URL."""
     parameters = {
         "type": "object",
@@ -29,7 +29,8 @@ def http_request_tool(spec: HttpRequestTool, settings: ToolSettings) -> Tool:
         values = {key: _as_text(arguments.get(key, "")) for key in spec.body}
         as_query = spec.method in ("GET", "DELETE")
         response = await fetch(
-            settings,
+            http,
+            settings.max_response_bytes,
             spec.method,
             spec.url,
             headers=spec.headers,

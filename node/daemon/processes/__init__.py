@@ -3,7 +3,8 @@ spawned, fed and watched from here; the daemon never loads a model itself.
 
 handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
 exits.py:    how a process's end is named: the errors its tasks and its start get.
-child_inputs.py:   what it is given: the settings and environment, less the node's identity key.
+child_inputs.py:   what it is given: the settings and environment, less the node's identity key and tool secrets.
+tool_egress.py:    its tools' HTTP requests, made here under the egress policy (it has no network of its own).
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
 early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.

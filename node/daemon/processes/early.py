@@ -11,13 +11,15 @@ by the launcher.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from config.settings import Settings
 from models.benchmark import CacheFile
-from node.daemon.processes.child_inputs import child_settings
+from node.daemon.processes.child_inputs import child_environment, child_settings
 from node.daemon.processes.handle import ExecutionProcess
-from node.daemon.processes.sandbox_policy import prepare_sandbox
+from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
+from node.daemon.processes.tool_egress import tool_settings
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -36,11 +38,13 @@ class EarlyProcess:
             return cls(None)
         process = ExecutionProcess(
             models[0],
-            child_settings(settings),
+            child_settings(settings, models[0]),
             lambda _: None,
-            prepare_sandbox(settings),
+            network_for(prepare_sandbox(settings), settings, models[0]),
             CacheFile(settings.benchmark_cache_path),
             settings.scratch_dir,
+            tool_settings(settings),
+            child_environment(os.environ, settings, models[0]),
         )
         await process.spawn()
         return cls(process)

@@ -31,6 +31,7 @@ from node.daemon.processes.child_output import read_pipe, relay_output
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
 from node.daemon.processes.scratch import Scratch
 from node.daemon.processes.speed_keeper import SpeedKeeper
+from node.daemon.processes.tool_egress import ToolEgress
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
     MAX_PROVISIONAL_SPEEDS,
@@ -49,11 +50,13 @@ from node.execution.protocol import (
     TaskDelta,
     TaskDone,
     TaskFailed,
+    ToolFetch,
     decode_from_child,
     encode,
     read_line,
 )
 from node.wire.topics import INTERRUPTED_PREFIX
+from workflows.options import ToolSettings
 
 log = structlog.get_logger(__name__)
 
@@ -76,9 +79,12 @@ class ExecutionProcess:
         sandbox: SandboxPolicy | None = None,
         speeds: SpeedStore | None = None,
         scratch_root: Path | None = None,
+        tools: ToolSettings | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.model = model
         self._settings = settings
+        self._environment = environment  # child_inputs.py's for its model (None: the daemon's, less its secrets)
         self._sandbox = sandbox  # what the child confines itself by (sandbox_policy.py); None: not confined
         self._scratch_root = scratch_root  # where its scratch folder is made (None: it gets none)
         self.scratch: Scratch | None = None  # the one folder it may write, removed after its exit (scratch.py)
@@ -95,6 +101,8 @@ class ExecutionProcess:
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
+        # Its tools' HTTP requests, made here (None: none made): the process has no network of its own.
+        self._egress = ToolEgress(tools, self._send, model)
         self._strays = RecentFailures()  # answers for tasks or probes this process does not have
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
@@ -132,7 +140,7 @@ class ExecutionProcess:
         # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for the
         # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
         output, output_end = os.pipe()
-        env = child_environment(os.environ)
+        env = dict(self._environment) if self._environment is not None else child_environment(os.environ)
         policy = self._sandbox
         if self.scratch is not None:
             env["TMPDIR"] = env["LIBFFI_TMPDIR"] = str(self.scratch.path)  # Python's tempfile, libffi's closures
@@ -185,7 +193,9 @@ class ExecutionProcess:
             await self.spawn()
         assert self._proc is not None and self._reader is not None
         reader = self._reader
-        self._send(Configure(model=self.model, settings=self._settings, speeds=self._speeds.entries()))
+        self._send(
+            Configure(model=self.model, settings=self._settings, speeds=self._speeds.entries(), tools=self._egress.told)
+        )
         try:
             # Not wait_for: on Python 3.11 it swallows a stop asked for during startup that lands as `ready` arrives.
             async with asyncio.timeout(timeout):
@@ -341,6 +351,7 @@ class ExecutionProcess:
             for future in futures:
                 if not future.done():
                     future.set_exception(exit_error)
+            await self._egress.close()
             self.exited.set()
             self.on_exit(self)
 
@@ -377,6 +388,9 @@ class ExecutionProcess:
             if probe is None or probe.done():
                 return self._stray(message)
             probe.set_result(message)
+        elif isinstance(message, ToolFetch):
+            if not self._egress.start(message):
+                return self._stray(message)  # past its bounds: a stream of them ends the process
         elif isinstance(message, Measured):
             self._keep_speed(message)
         elif isinstance(message, Benchmarked) and self._benchmark_expected(message):

@@ -16,6 +16,7 @@ out of them (`advertised`) until it serves again.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ from config.settings import Settings
 from models.benchmark import CacheFile
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.bounds import breach, rss_bytes
-from node.daemon.processes.child_inputs import child_settings
+from node.daemon.processes.child_inputs import child_environment, child_settings
 from node.daemon.processes.early import EarlyProcess
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError
 from node.daemon.processes.handle import ExecutionProcess
-from node.daemon.processes.sandbox_policy import prepare_sandbox
+from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
 from node.daemon.processes.scratch import remove_stale
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
+from node.daemon.processes.tool_egress import tool_settings
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
 from node.wire.topics import INTERRUPTED_PREFIX
@@ -79,8 +81,9 @@ class ExecutionPool:
 
     def __init__(self, settings: Settings, metrics: NodeMetrics, early: EarlyProcess | None = None) -> None:
         self._settings = settings
-        # The node's identity key stays in the daemon: an execution process has no use for it.
-        self._settings_json = child_settings(settings)
+        # The node's identity key and the tools' secrets stay in the daemon (child_inputs.py): the processes'
+        # tool requests are made here (tool_egress.py).
+        self._tools = tool_settings(settings)
         self._sandbox = prepare_sandbox(settings)  # and no access to the data dir's files, the key's included
         # What the processes of a daemon that was killed wrote; the first process's folder is this daemon's.
         remove_stale(settings.scratch_dir, keep=early.scratch if early is not None else None)
@@ -126,7 +129,14 @@ class ExecutionPool:
         process = self._early.take(entry.model) if self._early is not None else None
         if process is None:
             process = ExecutionProcess(
-                entry.model, self._settings_json, self._on_exit, self._sandbox, self._speeds, self._settings.scratch_dir
+                entry.model,
+                child_settings(self._settings, entry.model),
+                self._on_exit,
+                network_for(self._sandbox, self._settings, entry.model),
+                self._speeds,
+                self._settings.scratch_dir,
+                self._tools,
+                child_environment(os.environ, self._settings, entry.model),
             )
         process.on_exit = self._on_exit
         process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)

@@ -86,6 +86,20 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
     )
 
 
+def network_for(policy: SandboxPolicy | None, settings: Settings, model: str) -> SandboxPolicy | None:
+    """`policy` for `model`'s process: internet sockets only where a remote engine serves the model or its
+    embeddings. A local model's process has none: its tools' requests are the daemon's to make (tool_egress.py)."""
+    if policy is None:
+        return None
+    names = [model, *([settings.embedding_model] if settings.embedding_model else [])]
+    try:
+        registry = Registry.builtin().with_overrides(settings.registry)
+        remote = any(registry.get(name).is_remote for name in names)
+    except (RegistryError, ModelError):
+        remote = False  # check_models names it; such a process loads nothing
+    return policy.model_copy(update={"network": remote})
+
+
 def _model_files(settings: Settings) -> list[Path]:
     """Where the configured models' files may be, inside the data dir or not: a registry entry's own path
     (with the parts of a split file beside it), the hub cache's folder of its repository (the systemd unit's

@@ -96,7 +96,7 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
 
 def test_the_execution_process_gets_neither_the_key_nor_its_file(tmp_path: Path) -> None:
     settings = Settings.load(None, secret_key_file=str(_key_file(tmp_path, HEX)), data_dir=str(tmp_path))
-    sent = child_settings(settings)
+    sent = child_settings(settings, "m")
     assert "secret_key" not in sent and "secret_key_file" not in sent and HEX not in repr(sent)
     env = child_environment({"COMPUTE_NODE_SECRET_KEY_FILE": "/k", "compute_node_secret_key": HEX, "PATH": "/bin"})
     assert env == {"PATH": "/bin"}  # pydantic-settings reads the variables in any case

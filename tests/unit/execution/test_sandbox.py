@@ -127,6 +127,10 @@ result = {{
     "write /dev/null": attempt(lambda: open("/dev/null", "w").write("x")),
     "write code under the scratch folder": attempt(lambda: open(Path(sys.argv[4]) / "code" / "mod.py", "a").close()),
     "connect to a unix socket": attempt(lambda: __import__("socket").socket(1).connect(sys.argv[5])),
+    "open an internet socket": attempt(lambda: __import__("socket").socket(2, 1).close()),
+    "open an IPv6 socket": attempt(lambda: __import__("socket").socket(10, 2).close()),
+    "open a netlink socket": attempt(lambda: __import__("socket").socket(16, 3, 0).close()),
+    "make a socket pair": attempt(lambda: [end.close() for end in __import__("socket").socketpair()]),
     "signal parent": attempt(lambda: os.kill(os.getppid(), 0)),
     "parent environ": attempt(lambda: Path(f"/proc/{{os.getppid()}}/environ").read_bytes()),
     "parent memory": attempt(lambda: open(f"/proc/{{os.getppid()}}/mem", "rb").close()),
@@ -141,7 +145,7 @@ print(json.dumps(result))
 """
 
 
-def _run_probe(tmp_path: Path, before: str = "") -> dict[str, object]:
+def _run_probe(tmp_path: Path, before: str = "", network: bool = False) -> dict[str, object]:
     data, policy = _layout(tmp_path)
     scratch = tmp_path / "scratch"
     (scratch / "code").mkdir(parents=True)
@@ -151,6 +155,7 @@ def _run_probe(tmp_path: Path, before: str = "") -> dict[str, object]:
         update={
             "writable": [*policy.writable, str(scratch), "/dev"],
             "readable": [*policy.readable, str(scratch / "code")],
+            "network": network,
         }
     )
     service = socket.socket(socket.AF_UNIX)  # a service of the same user (the session bus, ssh-agent...)
@@ -184,7 +189,8 @@ def _run_script(code: str, *argv: str) -> dict[str, object]:
 def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: Path) -> None:
     result = _run_probe(tmp_path)
     assert result.pop("confined") is True
-    assert str(result.pop("detail")).startswith(f"Landlock ABI {_abi()}")
+    detail = str(result.pop("detail"))
+    assert detail.startswith(f"Landlock ABI {_abi()}") and "no new sockets, processes or listeners" in detail
     denied = {
         "read key",
         "create in data dir",
@@ -199,11 +205,24 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
         "open the node's code to write",
         "write code under the scratch folder",
         "connect to a unix socket",
+        # a local model's process has no network: its tools' requests are the daemon's to make
+        "open an internet socket",
+        "open an IPv6 socket",
+        "open a netlink socket",
     } | ({"signal parent"} if _abi() >= SIGNAL_SCOPE_ABI else set())
     assert {name for name, outcome in result.items() if outcome != "allowed"} == denied
     assert set(result[name] for name in denied) == {"PermissionError"}
     assert (tmp_path / "data" / "identity.key").read_text() == "secret"
     assert (tmp_path / "elsewhere.txt").read_text() == "public"
+
+
+@pytest.mark.skipif(_abi() < 1, reason="this kernel has no Landlock")
+def test_a_remote_engines_process_keeps_internet_sockets_and_no_unix_one(tmp_path: Path) -> None:
+    result = _run_probe(tmp_path, network=True)
+    assert result["confined"] is True and "no new unix sockets, processes or listeners" in str(result["detail"])
+    assert result["open an internet socket"] == result["open an IPv6 socket"] == "allowed"
+    assert result["connect to a unix socket"] == "PermissionError"
+    assert result["read key"] == "PermissionError"
 
 
 def test_a_process_with_threads_already_running_is_not_confined(tmp_path: Path) -> None:
@@ -223,13 +242,13 @@ def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(
         sandbox,
         "restrict_syscalls",
-        lambda: "no new unix sockets, processes or listeners, no attribute changes or file watches",
+        lambda network: "no new sockets, processes or listeners, no attribute changes or file watches",
     )
     _, policy = _layout(tmp_path)
     outcome = confine(policy.model_copy(update={"required": True}))
     assert not outcome.confined and outcome.required and "Landlock is not available" in outcome.detail
     assert outcome.detail.endswith(
-        "still: no new unix sockets, processes or listeners, no attribute changes or file watches, no capabilities"
+        "still: no new sockets, processes or listeners, no attribute changes or file watches, no capabilities"
     )
     assert not confine(None).confined and "no sandbox policy" in confine(None).detail
 
@@ -260,7 +279,7 @@ def test_without_landlock_the_seccomp_filter_still_holds(tmp_path: Path) -> None
     process forked off and no listener on the node's port (the filter needs no Landlock)."""
     _, policy = _layout(tmp_path)
     result = _run_script(_WITHOUT_LANDLOCK, policy.model_dump_json())
-    assert result["confined"] is False and "still: no new unix sockets, processes or listeners" in str(result["detail"])
+    assert result["confined"] is False and "still: no new sockets, processes or listeners" in str(result["detail"])
     assert result["fork"] == "PermissionError"
 
 

@@ -19,10 +19,11 @@ from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings
 from node.daemon.launch import check_tool_secrets
-from node.execution.workflow_setup import tool_settings
+from node.daemon.processes.tool_egress import tool_settings
 from tests.support.http_server import LocalServer, Route
+from tests.support.tool_fetch import fetch_here
 from workflows import EgressRefusedError, ToolError, ToolSettings
-from workflows.egress import EgressPolicy, fetch, is_public
+from workflows.egress import EgressPolicy, is_public
 
 LIMIT = 100_000
 
@@ -64,7 +65,7 @@ def test_public_forms_are_public(address: str) -> None:
 @pytest.mark.parametrize("host", ["[2002:7f00:1::]", "[64:ff9b::7f00:1]", "[::ffff:127.0.0.1]", "[fec0::1]"])
 async def test_fetch_refuses_embedded_loopback_before_connecting(host: str) -> None:
     with pytest.raises(EgressRefusedError, match="not public") as caught:
-        await fetch(ToolSettings(), "GET", f"http://{host}:9/secret-path-of-the-model")
+        await fetch_here(ToolSettings(), "GET", f"http://{host}:9/secret-path-of-the-model")
     assert "secret-path" not in str(caught.value) and host.strip("[]") not in str(caught.value)
 
 
@@ -142,7 +143,7 @@ def server() -> Iterator[LocalServer]:
 async def test_compression_bombs_stop_at_the_cap(server: LocalServer, path: str) -> None:
     settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
     with pytest.raises(ToolError, match=f"larger than {LIMIT} bytes once decompressed") as caught:
-        await fetch(settings, "GET", server.url(path))
+        await fetch_here(settings, "GET", server.url(path))
     assert "127.0.0.1" not in str(caught.value) and path not in str(caught.value)
     # Compression is asked for only in forms the node decodes itself.
     assert server.seen[-1].headers["accept-encoding"] == "gzip, deflate"
@@ -151,18 +152,18 @@ async def test_compression_bombs_stop_at_the_cap(server: LocalServer, path: str)
 async def test_the_cap_counts_bytes_as_received(server: LocalServer) -> None:
     settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
     with pytest.raises(ToolError, match=f"larger than {LIMIT} bytes$"):
-        await fetch(settings, "GET", server.url("/big-compressed"))
+        await fetch_here(settings, "GET", server.url("/big-compressed"))
 
 
 async def test_compressed_responses_within_the_cap_are_decoded(server: LocalServer) -> None:
     settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=LIMIT)
-    response = await fetch(settings, "GET", server.url("/small-gzip"), headers={"Accept-Encoding": "br"})
+    response = await fetch_here(settings, "GET", server.url("/small-gzip"), headers={"Accept-Encoding": "br"})
     assert response.text == "hello " * 100
     assert server.seen[-1].headers["accept-encoding"] == "gzip, deflate"  # the workflow cannot ask for br
     with pytest.raises(ToolError, match="unsupported content encoding"):
-        await fetch(settings, "GET", server.url("/brotli"))
+        await fetch_here(settings, "GET", server.url("/brotli"))
     with pytest.raises(ToolError, match="not valid compressed data"):
-        await fetch(settings, "GET", server.url("/bad-gzip"))
+        await fetch_here(settings, "GET", server.url("/bad-gzip"))
 
 
 @pytest.fixture
@@ -185,14 +186,14 @@ async def test_a_response_names_no_codec_but_a_text_one(charsets: LocalServer, n
     # hex and idna failed the task with an internal error. Any charset but a text codec is read as UTF-8.
     settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=1_000_000)
     started = time.monotonic()
-    response = await fetch(settings, "GET", charsets.url(f"/{name}"))
+    response = await fetch_here(settings, "GET", charsets.url(f"/{name}"))
     assert response.text == "ünïcödé-" * 50_000
     assert time.monotonic() - started < 10
 
 
 async def test_a_text_charset_is_still_read_as_named(charsets: LocalServer) -> None:
     settings = ToolSettings(egress_allow=["127.0.0.1"])
-    assert (await fetch(settings, "GET", charsets.url("/latin-1"))).text == "ünïcödé"
+    assert (await fetch_here(settings, "GET", charsets.url("/latin-1"))).text == "ünïcödé"
 
 
 @pytest.mark.parametrize(
@@ -206,10 +207,10 @@ async def test_a_text_charset_is_still_read_as_named(charsets: LocalServer) -> N
 async def test_an_unencodable_host_or_header_is_a_tool_error(url: str, headers: dict[str, str]) -> None:
     # These were `internal error: UnicodeError` (a traceback in the node's log), not the tool's error.
     with pytest.raises(ToolError, match="cannot be encoded|invalid URL"):
-        await fetch(ToolSettings(), "GET", url, headers=headers)
+        await fetch_here(ToolSettings(), "GET", url, headers=headers)
 
 
 async def test_a_header_value_that_is_not_latin_1_is_a_tool_error(charsets: LocalServer) -> None:
     settings = ToolSettings(egress_allow=["127.0.0.1"])
     with pytest.raises(ToolError, match="cannot be encoded"):
-        await fetch(settings, "GET", charsets.url("/utf-8"), headers={"X-A": "\u20ac"})
+        await fetch_here(settings, "GET", charsets.url("/utf-8"), headers={"X-A": "\u20ac"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workflows.egress import _body_codec, _known_codec
 from workflows.meta_charset import meta_charset
+from workflows.response_text import _body_codec, _known_codec
 
 
 @pytest.mark.parametrize(

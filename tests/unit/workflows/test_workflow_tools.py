@@ -16,6 +16,7 @@ import pytest
 from models.batching import BatchedLlamaModel
 from tests.support.http_server import LocalServer, Route
 from tests.support.protocol_files import EXAMPLES
+from tests.support.tool_fetch import fetch_here
 from workflows import (
     EgressRefusedError,
     EngineOptions,
@@ -25,10 +26,11 @@ from workflows import (
     parse_workflow,
     run_workflow,
 )
-from workflows.egress import fetch, is_public
+from workflows.egress import DirectToolHttp, is_public
 from workflows.options import AllowEntry
 from workflows.schema import HttpRequestTool, WorkflowConfig
 from workflows.tools import build_tools
+from workflows.tools.base import Tool
 from workflows.tools.custom import http_request_tool
 from workflows.tools.registry import configured_builtins
 
@@ -67,6 +69,11 @@ def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
     b.close()
 
 
+def _reader() -> Tool:
+    settings = ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"])
+    return configured_builtins(settings, DirectToolHttp(settings), 100)["reader"]
+
+
 def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> HttpRequestTool:
     return HttpRequestTool(
         mode="http_request", name="t", url=url, method=method, headers=headers or {}, body={"code": "a code"}
@@ -90,7 +97,7 @@ def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
     ],
 )
 async def test_non_public_targets_are_refused_before_connecting(url: str) -> None:
-    run = http_request_tool(_tool(url), ToolSettings()).run
+    run = http_request_tool(_tool(url), ToolSettings(), DirectToolHttp(ToolSettings())).run
     assert run is not None
     started = time.monotonic()
     with pytest.raises(EgressRefusedError, match="not public"):
@@ -112,7 +119,7 @@ def test_address_classification_and_allow_entries() -> None:
 async def test_allowed_loopback_server_is_reached(servers: tuple[LocalServer, LocalServer]) -> None:
     a, _ = servers
     settings = ToolSettings(egress_allow=[f"127.0.0.1:{a.port}"])
-    response = await fetch(settings, "GET", a.url("/to-self"))
+    response = await fetch_here(settings, "GET", a.url("/to-self"))
     assert response.text == "A-17 costs 42 EUR" and [s.path for s in a.seen] == ["/to-self", "/price"]
 
 
@@ -121,7 +128,7 @@ async def test_redirect_to_a_non_allowed_target_is_refused(servers: tuple[LocalS
     a, b = servers
     settings = ToolSettings(egress_allow=[f"127.0.0.1:{a.port}"])
     with pytest.raises(EgressRefusedError, match="not public"):
-        await fetch(settings, "GET", a.url(path))
+        await fetch_here(settings, "GET", a.url(path))
     assert b.seen == [] and [s.path for s in a.seen] == [path]
 
 
@@ -129,7 +136,7 @@ async def test_operator_secret_never_goes_over_plain_http(servers: tuple[LocalSe
     a, b = servers
     settings = ToolSettings(egress_allow=["127.0.0.1"], secrets={f"127.0.0.1:{a.port}": {"Authorization": "Bearer A"}})
     for url in (b.url("/"), a.url("/to-b")):
-        tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings)
+        tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings, DirectToolHttp(settings))
         assert tool.run is not None
         assert await tool.run({"code": "A-17"}) == "from B"
     # The key names A's host and port, but the request is http://: secrets go only over https.
@@ -144,10 +151,10 @@ async def test_responses_are_capped_in_bytes_and_time(servers: tuple[LocalServer
     a, _ = servers
     settings = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=1000, http_timeout_s=0.3)
     with pytest.raises(ToolError, match="larger than 1000 bytes"):
-        await fetch(settings, "GET", a.url("/big"))
+        await fetch_here(settings, "GET", a.url("/big"))
     started = time.monotonic()
     with pytest.raises(ToolError, match="timed out after 0.3 s"):
-        await fetch(settings, "GET", a.url("/slow"))
+        await fetch_here(settings, "GET", a.url("/slow"))
     assert time.monotonic() - started < 1.0
 
 
@@ -157,19 +164,20 @@ def _config(tools: list[str], custom: list[dict[str, Any]] | None = None) -> Wor
 
 def test_tool_names_all_unknown_and_unconfigured() -> None:
     nothing = ToolSettings()
-    assert build_tools(_config(["ALL"]), nothing, 100) == []
+    assert build_tools(_config(["ALL"]), nothing, DirectToolHttp(nothing), 100) == []
     with pytest.raises(ToolError, match="unknown tool 'weather'"):
-        build_tools(_config(["weather"]), nothing, 100)
+        build_tools(_config(["weather"]), nothing, DirectToolHttp(nothing), 100)
     with pytest.raises(ToolError, match="'search' is not available"):
-        build_tools(_config(["search"]), nothing, 100)
+        build_tools(_config(["search"]), nothing, DirectToolHttp(nothing), 100)
     configured = ToolSettings(search=SearchProvider(kind="searxng", url="http://127.0.0.1:1"), reader_enabled=True)
-    assert [t.name for t in build_tools(_config(["ALL"]), configured, 100)] == ["search", "reader"]
-    assert [t.name for t in build_tools(_config(["jina"]), configured, 100)] == ["reader"]
+    http = DirectToolHttp(configured)
+    assert [t.name for t in build_tools(_config(["ALL"]), configured, http, 100)] == ["search", "reader"]
+    assert [t.name for t in build_tools(_config(["jina"]), configured, http, 100)] == ["reader"]
 
 
 async def test_reader_fetches_a_page_as_text(servers: tuple[LocalServer, LocalServer]) -> None:
     a, _ = servers
-    reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+    reader = _reader()
     assert reader.run is not None
     assert await reader.run({"url": a.url("/page")}) == "Hello\nPlain text here."
 
@@ -260,7 +268,7 @@ async def test_a_search_answer_of_another_shape_is_a_tool_error_or_no_result(
 @pytest.mark.parametrize("url", ["http://127.0.0.1:65536/", "http://127.0.0.1:99999/", "https://127.0.0.1:70000/"])
 async def test_a_port_out_of_range_is_a_tool_error(url: str) -> None:
     with pytest.raises(ToolError):  # was ExceptionGroup: `internal error`
-        await fetch(ToolSettings(egress_allow=["127.0.0.1"]), "GET", url)
+        await fetch_here(ToolSettings(egress_allow=["127.0.0.1"]), "GET", url)
 
 
 async def test_the_reader_reads_a_page_by_its_content_type() -> None:
@@ -275,7 +283,7 @@ async def test_the_reader_reads_a_page_by_its_content_type() -> None:
         }
     )
     try:
-        reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+        reader = _reader()
         assert await reader.run({"url": server.url("/plain")}) == "if a<b and c>d then swap"  # lost "<b and c>"
         assert await reader.run({"url": server.url("/json")}) == '{"snippet": "<b>bold</b>"}'
         with pytest.raises(ToolError, match="not text"):  # was the bytes as mojibake, a terminal escape included
@@ -321,7 +329,7 @@ async def test_the_reader_reads_a_page_in_the_charset_its_meta_tag_names() -> No
         }
     )
     try:
-        reader = configured_builtins(ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"]), 100)["reader"]
+        reader = _reader()
         assert reader.run is not None
         for path, text in [
             ("/cp1252", french),
@@ -354,4 +362,4 @@ def test_a_custom_tool_named_as_a_builtin_the_workflow_asks_for_is_refused_on_ev
     )
     for settings in (ToolSettings(), ToolSettings(search=SearchProvider(kind="searxng", url="http://s.example"))):
         with pytest.raises(InvalidToolError, match="has the name of another tool"):  # was only where search is set
-            build_tools(config, settings, 100)
+            build_tools(config, settings, DirectToolHttp(settings), 100)

@@ -1,0 +1,126 @@
+"""The daemon's side of an execution process's tool requests: it makes them, under the egress policy.
+
+An execution process has no internet socket of its own (its seccomp filter refuses one where the model is
+local) and none of the operator's tool secrets (child_inputs.py). Its tools send each HTTP request here as
+`fetch` (node/execution/tool_channel.py); the daemon makes it with workflows/egress.py (addresses checked at
+every hop, secrets added where they may go, the body capped as received) and answers `fetched` with the body
+undecoded: decompressing and decoding a stranger's bytes is left to the process that runs the workflow.
+
+A process may have at most MAX_IN_FLIGHT requests open, each at most MAX_REQUEST_BYTES; past either, a request
+is answered with an error at once, and counted against the process as an answer nobody asked for (handle.py:
+an honest process sends neither). Each ends within the operator's `tool_timeout`; those still open when the
+process exits are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from pydantic import SecretStr, ValidationError
+from pydantic_core import to_json
+
+from config.settings import ConfigError, Settings
+from node.execution.protocol import MAX_ERROR_CHARS, Message, ToolFetch, ToolFetched
+from workflows.errors import EgressRefusedError, ToolError
+from workflows.options import SearchProvider, ToolSettings
+
+log = structlog.get_logger(__name__)
+
+# Requests one process may have open: an honest one runs a tool call or two per task, `parallel` tasks at once.
+MAX_IN_FLIGHT = 32
+# A request as JSON (URL, headers, query, body): an honest one carries the model's arguments, a few KiB; the
+# daemon holds each while it is open.
+MAX_REQUEST_BYTES = 1 << 20
+_SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
+
+
+def tool_settings(settings: Settings) -> ToolSettings:
+    """The tools' settings (search, egress, secrets, limits) of the settings; ConfigError if one is invalid."""
+    search = None
+    if settings.search_provider is not None:
+        key = settings.search_api_key
+        search = SearchProvider(kind=settings.search_provider, api_key=None if key is None else SecretStr(key))
+        if settings.search_url:
+            search = search.model_copy(update={"url": settings.search_url})
+    try:
+        return ToolSettings(
+            search=search,
+            reader_enabled=True,
+            egress_allow=settings.tool_allow,
+            secrets={
+                target: {name: SecretStr(value) for name, value in headers.items()}
+                for target, headers in settings.tool_secrets.items()
+            },
+            http_timeout_s=settings.tool_timeout,
+            max_response_bytes=settings.tool_max_bytes,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "tool settings"
+        raise ConfigError(f"invalid setting {_SETTING.get(field, field)!r}: {error['msg']}") from None
+
+
+def without_secrets(tools: ToolSettings) -> ToolSettings:
+    """What an execution process is told of the tools (in `configure`): all but the operator's secrets, which
+    the daemon adds to the requests it makes."""
+    search = None if tools.search is None else tools.search.model_copy(update={"api_key": None})
+    return ToolSettings.model_validate({**tools.model_dump(exclude={"search", "secrets"}), "search": search})
+
+
+class ToolEgress:
+    """One execution process's tool requests, made by the daemon."""
+
+    def __init__(self, tools: ToolSettings | None, answer: Callable[[Message], None], model: str) -> None:
+        self._tools = tools  # None: this process gets no tool request made (an error answers each)
+        self.told = ToolSettings() if tools is None else without_secrets(tools)  # what the process is told of them
+        self._answer = answer
+        self._model = model
+        self._open: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being made now."""
+        return len(self._open)
+
+    def start(self, message: ToolFetch) -> bool:
+        """Make the request in the background; its answer goes back as `fetched`. False when it was refused
+        for the bounds (MAX_IN_FLIGHT, MAX_REQUEST_BYTES), which an honest process never meets."""
+        if self._tools is None:
+            self._fail(message.request_id, "tool request failed: this node makes no tool requests")
+            return True
+        if len(self._open) >= MAX_IN_FLIGHT:
+            self._fail(message.request_id, f"tool request failed: {MAX_IN_FLIGHT} requests are open already")
+            return False
+        if len(to_json(message.request)) > MAX_REQUEST_BYTES:
+            self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")
+            return False
+        task = asyncio.create_task(self._make(self._tools, message), name=f"exec-{self._model}-fetch")
+        self._open.add(task)
+        task.add_done_callback(self._open.discard)
+        return True
+
+    async def close(self) -> None:
+        """Cancel the requests still open (the process exited: nobody reads their answers)."""
+        for task in self._open:
+            task.cancel()
+        await asyncio.gather(*self._open, return_exceptions=True)
+
+    async def _make(self, tools: ToolSettings, message: ToolFetch) -> None:
+        from workflows.egress import exchange  # httpx loads with the first request a node makes
+
+        try:
+            response = await exchange(tools, message.request)
+        except EgressRefusedError as exc:
+            self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS], refused=True))
+        except ToolError as exc:
+            self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS]))
+        except Exception:  # noqa: BLE001 - a bug here fails one tool call, never the daemon
+            log.exception("tool request failed", model=self._model)
+            self._answer(ToolFetched(request_id=message.request_id, error="tool request failed: internal error"))
+        else:
+            self._answer(ToolFetched(request_id=message.request_id, response=response))
+
+    def _fail(self, request_id: int, error: str) -> None:
+        self._answer(ToolFetched(request_id=request_id, error=error))

@@ -1,0 +1,151 @@
+"""The daemon makes its execution processes' tool requests (node/daemon/processes/tool_egress.py), and the
+process's channel to it (node/execution/tool_channel.py): real requests to a real HTTP server on loopback.
+
+A process that was taken over sends what it likes as `fetch`: any URL, `search` set on any request, more
+requests than any task makes. What it gets is what an honest tool gets: the egress policy, the operator's
+secrets added only where they may go, and a bounded number of requests open at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess
+from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, ToolEgress
+from node.execution.protocol import (
+    Message,
+    ProtocolError,
+    ToolFetch,
+    ToolFetched,
+    decode_from_child,
+    decode_to_child,
+    encode,
+)
+from node.execution.tool_channel import DaemonToolHttp
+from tests.support.http_server import LocalServer, Route
+from workflows.errors import EgressRefusedError, ToolError
+from workflows.options import SearchProvider, ToolSettings
+from workflows.tool_http import ToolRequest, fetch
+
+KEY = "serper-key-of-the-operator"
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    served = LocalServer(
+        {
+            "/page": Route(body=gzip.compress("grüße".encode()), headers={"content-encoding": "gzip"}),
+            "/slow": Route(delay_s=1.0),
+            "/search": Route(body=json.dumps({"organic": []}).encode()),
+        }
+    )
+    yield served
+    served.close()
+
+
+class Wire:
+    """Both ends of the socket, without the socket: each message encoded and decoded as the IPC does."""
+
+    def __init__(self, tools: ToolSettings | None) -> None:
+        self.answers: list[ToolFetched] = []
+        self.channel = DaemonToolHttp(self._to_daemon, timeout=5.0)
+        self.egress = ToolEgress(tools, self._to_child, "m")
+
+    def _to_daemon(self, message: Message) -> None:
+        request = decode_from_child(encode(message))
+        assert isinstance(request, ToolFetch)
+        self.egress.start(request)
+
+    def _to_child(self, message: Message) -> None:
+        answer = decode_to_child(encode(message))
+        assert isinstance(answer, ToolFetched)
+        self.answers.append(answer)
+        self.channel.answer(answer)
+
+
+async def test_a_request_goes_through_the_daemon_and_its_body_is_decoded_in_the_process(server: LocalServer) -> None:
+    wire = Wire(ToolSettings(egress_allow=["127.0.0.1"]))
+    response = await fetch(wire.channel, 1000, "GET", server.url("/page"))
+    assert (response.status, response.text) == (200, "grüße")
+    assert wire.answers[0].response is not None and wire.answers[0].response.body.startswith(b"\x1f\x8b")  # as sent
+
+
+async def test_the_daemons_egress_policy_holds_whatever_the_process_asks(server: LocalServer) -> None:
+    wire = Wire(ToolSettings())  # no allow-list: loopback is refused
+    with pytest.raises(EgressRefusedError, match="not public"):
+        await fetch(wire.channel, 1000, "GET", server.url("/page"))
+    # `search` set on a request that is not to the search provider: refused, not trusted
+    with pytest.raises(EgressRefusedError, match="only to the search provider"):
+        await wire.channel.send(ToolRequest(method="GET", url=server.url("/page"), search=True))
+    provider = Wire(ToolSettings(search=SearchProvider(kind="searxng", url="http://127.0.0.2:9/")))
+    with pytest.raises(EgressRefusedError, match="only to the search provider"):
+        await provider.channel.send(ToolRequest(method="GET", url=server.url("/page"), search=True))
+    assert server.seen == []  # nothing reached the server
+
+
+async def test_the_search_key_is_the_daemons_to_add_on_the_providers_origin_only(server: LocalServer) -> None:
+    serper = SearchProvider(kind="serper", url=server.url("/search"), api_key=SecretStr(KEY))
+    wire = Wire(ToolSettings(search=serper, egress_allow=["127.0.0.1"]))
+    await wire.channel.send(ToolRequest(method="POST", url=server.url("/search"), json_body={"q": "x"}, search=True))
+    assert server.seen[-1].headers["x-api-key"] == KEY  # the request carried none
+    await wire.channel.send(ToolRequest(method="GET", url=server.url("/page")))  # not a search request
+    assert "x-api-key" not in server.seen[-1].headers
+
+
+async def test_requests_past_the_bound_are_answered_at_once_and_close_cancels_the_rest(server: LocalServer) -> None:
+    wire = Wire(ToolSettings(egress_allow=["127.0.0.1"]))
+    calls = [
+        asyncio.create_task(wire.channel.send(ToolRequest(method="GET", url=server.url("/slow"))))
+        for _ in range(MAX_IN_FLIGHT + 5)
+    ]
+    await asyncio.sleep(0.2)
+    assert wire.egress.in_flight == MAX_IN_FLIGHT
+    refused = [answer for answer in wire.answers if answer.error and "open already" in answer.error]
+    assert len(refused) == 5
+    for call in calls[MAX_IN_FLIGHT:]:
+        with pytest.raises(ToolError, match="open already"):
+            await call
+    await wire.egress.close()  # the process exited
+    assert wire.egress.in_flight == 0
+    answered = len(wire.answers)
+    await asyncio.sleep(1.2)  # past the server's delay: a cancelled request answers nothing
+    assert len(wire.answers) == answered
+    for call in calls[:MAX_IN_FLIGHT]:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def test_a_process_without_tool_settings_gets_an_error_and_an_unknown_answer_is_dropped() -> None:
+    wire = Wire(None)
+    with pytest.raises(ToolError, match="makes no tool requests"):
+        await wire.channel.send(ToolRequest(method="GET", url="http://example.com/"))
+    wire.channel.answer(ToolFetched(request_id=999, error="stray"))  # nobody waits: nothing happens
+
+
+async def test_the_process_gives_up_when_the_daemon_never_answers() -> None:
+    sent: list[Message] = []
+    channel = DaemonToolHttp(sent.append, timeout=0.0)
+    channel._timeout = 0.05  # noqa: SLF001 - the grace past the daemon's own limit, shortened
+    with pytest.raises(ToolError, match="did not answer"):
+        await channel.send(ToolRequest(method="GET", url="http://example.com/"))
+    assert len(sent) == 1 and isinstance(sent[0], ToolFetch)
+
+
+async def test_a_stream_of_requests_past_the_bounds_ends_the_process_as_broken() -> None:
+    """An honest process never sends a request past MAX_REQUEST_BYTES, nor more than MAX_IN_FLIGHT at once: each
+    one counts as an answer nobody asked for, and a stream of them ends the process (handle.py's strays)."""
+    process = ExecutionProcess("m", {}, on_exit=lambda _: None, tools=ToolSettings())
+    huge = ToolFetch(
+        request_id=1, request=ToolRequest(method="POST", url="http://x/", json_body="x" * MAX_REQUEST_BYTES)
+    )
+    for _ in range(MAX_STRAYS):
+        process._dispatch(decode_from_child(encode(huge)))
+    with pytest.raises(ProtocolError, match="for tasks it was not given"):
+        process._dispatch(decode_from_child(encode(huge)))
+    assert process._egress.in_flight == 0  # none was made
