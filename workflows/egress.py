@@ -19,8 +19,10 @@ Error texts name the cause, never the URL (it may come from the model or the tas
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import structlog
@@ -80,23 +82,40 @@ def _default_port(url: httpx.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    literal = _ip_literal(host)
-    if literal is not None:
-        return [literal]
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ToolError(f"cannot resolve the tool's host: {e.strerror}") from None
-    # Drop IPv6 scope ids ("fe80::1%eth0") before parsing.
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+class Resolver:
+    """Host names resolved on threads of its own. A name a hostile DNS server answers slowly holds its thread
+    until the system's resolver gives up, whatever awaits it: on the event loop's shared pool it would hold up
+    every other lookup and task run there, on this one only the requests that share it."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tool-dns")
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses of `host` (a literal is its own); ToolError when it has none."""
+        literal = _ip_literal(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.run_in_executor(
+                self._executor, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            )
+        except socket.gaierror as e:
+            raise ToolError(f"cannot resolve the tool's host: {e.strerror}") from None
+        # Drop IPv6 scope ids ("fe80::1%eth0") before parsing.
+        return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+
+    def close(self) -> None:
+        """Stop taking lookups; one still running ends on its own (its thread is not waited for)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class EgressPolicy:
     """The operator's rules for where tool requests may go and what they carry."""
 
-    def __init__(self, settings: ToolSettings) -> None:
+    def __init__(self, settings: ToolSettings, resolver: Resolver) -> None:
         self.settings = settings
+        self.resolver = resolver
 
     async def check(self, url: httpx.URL, *, trusted: bool = False) -> IPAddress:
         """The address to connect to for `url`; raises EgressRefusedError if not allowed."""
@@ -105,7 +124,7 @@ class EgressPolicy:
         host, port = url.host.lower(), _default_port(url)
         if not 0 < port < 65536:
             raise ToolError("tool request: invalid URL (port out of range)")
-        addresses = await _resolve(host, port)
+        addresses = await self.resolver.resolve(host, port)
         if not trusted:
             for address in addresses:
                 if not is_public(address) and not any(
@@ -164,12 +183,13 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-async def exchange(settings: ToolSettings, request: ToolRequest) -> RawResponse:
-    """One HTTP exchange under the egress policy, its body as received. A `search` request must go to the
-    operator's search provider: its first hop skips the address check (the operator configured it)."""
+async def exchange(settings: ToolSettings, request: ToolRequest, resolver: Resolver) -> RawResponse:
+    """One HTTP exchange under the egress policy, its body as received, its host names looked up by `resolver`.
+    A `search` request must go to the operator's search provider: its first hop skips the address check (the
+    operator configured it)."""
     import httpx
 
-    policy = EgressPolicy(settings)
+    policy = EgressPolicy(settings, resolver)
     try:
         async with asyncio.timeout(settings.http_timeout_s):
             url = httpx.URL(request.url).copy_merge_params(request.params)
@@ -245,7 +265,10 @@ class DirectToolHttp:
 
     def __init__(self, settings: ToolSettings) -> None:
         self.settings = settings
+        self._resolver: Resolver | None = None  # made by the first request
 
     async def send(self, request: ToolRequest) -> RawResponse:
         """The answer to `request`, under the egress policy."""
-        return await exchange(self.settings, request)
+        if self._resolver is None:
+            self._resolver = Resolver()
+        return await exchange(self.settings, request, self._resolver)

@@ -23,6 +23,7 @@ from pydantic_core import to_json
 
 from config.settings import ConfigError, Settings
 from node.execution.protocol import MAX_ERROR_CHARS, Message, ToolFetch, ToolFetched
+from workflows.egress import Resolver, exchange  # httpx loads with the first request (egress.py)
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
 
@@ -78,6 +79,7 @@ class ToolEgress:
         self._answer = answer
         self._model = model
         self._open: set[asyncio.Task[None]] = set()
+        self._resolver: Resolver | None = None  # its own lookup threads (egress.py), made by the first request
 
     @property
     def in_flight(self) -> int:
@@ -96,7 +98,9 @@ class ToolEgress:
         if len(to_json(message.request)) > MAX_REQUEST_BYTES:
             self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")
             return False
-        task = asyncio.create_task(self._make(self._tools, message), name=f"exec-{self._model}-fetch")
+        if self._resolver is None:
+            self._resolver = Resolver()
+        task = asyncio.create_task(self._make(self._tools, self._resolver, message), name=f"exec-{self._model}-fetch")
         self._open.add(task)
         task.add_done_callback(self._open.discard)
         return True
@@ -106,12 +110,12 @@ class ToolEgress:
         for task in self._open:
             task.cancel()
         await asyncio.gather(*self._open, return_exceptions=True)
+        if self._resolver is not None:
+            self._resolver.close()
 
-    async def _make(self, tools: ToolSettings, message: ToolFetch) -> None:
-        from workflows.egress import exchange  # httpx loads with the first request a node makes
-
+    async def _make(self, tools: ToolSettings, resolver: Resolver, message: ToolFetch) -> None:
         try:
-            response = await exchange(tools, message.request)
+            response = await exchange(tools, message.request, resolver)
         except EgressRefusedError as exc:
             self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS], refused=True))
         except ToolError as exc:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -149,3 +152,40 @@ async def test_a_stream_of_requests_past_the_bounds_ends_the_process_as_broken()
     with pytest.raises(ProtocolError, match="for tasks it was not given"):
         process._dispatch(decode_from_child(encode(huge)))
     assert process._egress.in_flight == 0  # none was made
+
+
+async def test_a_lookup_that_hangs_holds_only_its_own_processes_requests(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile DNS server can hold a lookup until the system's resolver gives up. The daemon's lookups for one
+    process run on threads of that process's (egress.py's Resolver): the event loop's shared pool, which runs
+    the daemon's own work in threads, and another process's requests go on."""
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host.endswith(".hangs.example"):
+            released.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    settings = ToolSettings(egress_allow=["127.0.0.1", "localhost"], http_timeout_s=5.0)
+    hostile, honest = Wire(settings), Wire(settings)
+    hanging = [
+        asyncio.create_task(hostile.channel.send(ToolRequest(method="GET", url=f"http://n{i}.hangs.example/")))
+        for i in range(MAX_IN_FLIGHT)
+    ]
+    try:
+        await asyncio.sleep(0.2)
+        assert hostile.egress.in_flight == MAX_IN_FLIGHT
+        async with asyncio.timeout(2):
+            assert await asyncio.to_thread(lambda: "free") == "free"  # the loop's shared pool
+            answer = await honest.channel.send(ToolRequest(method="GET", url=f"http://localhost:{server.port}/page"))
+        assert answer.status == 200
+    finally:
+        released.set()
+        await hostile.egress.close()
+        for call in hanging:
+            call.cancel()
+        await asyncio.gather(*hanging, return_exceptions=True)
+        await honest.egress.close()

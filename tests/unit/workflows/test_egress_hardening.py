@@ -23,7 +23,7 @@ from node.daemon.processes.tool_egress import tool_settings
 from tests.support.http_server import LocalServer, Route
 from tests.support.tool_fetch import fetch_here
 from workflows import EgressRefusedError, ToolError, ToolSettings
-from workflows.egress import EgressPolicy, is_public
+from workflows.egress import EgressPolicy, Resolver, is_public
 
 LIMIT = 100_000
 
@@ -70,7 +70,7 @@ async def test_fetch_refuses_embedded_loopback_before_connecting(host: str) -> N
 
 
 def _headers(settings: ToolSettings, url: str) -> dict[str, str]:
-    return EgressPolicy(settings).secret_headers(httpx.URL(url))
+    return EgressPolicy(settings, Resolver()).secret_headers(httpx.URL(url))
 
 
 def test_secrets_only_over_https_to_the_configured_host_and_port() -> None:
