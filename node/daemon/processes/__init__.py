@@ -6,7 +6,8 @@ exits.py:    how a process's end is named: the errors its tasks and its start ge
 child_inputs.py:   what it is given: the settings and environment, less the node's identity key and tool secrets.
 tool_egress.py:    its tools' HTTP requests, made here under the egress policy (it has no network of its own).
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
-early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py).
+early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py), and
+             `execution_process`, which makes every process from what child_inputs.py lets it have.
 stall.py:    the stall watchdog: a decode loop that stops progressing, its bound and its suspects.
 sandbox_policy.py: what an execution process may not touch (the data dir, the key and config files).
 scratch.py:        its scratch folder, the one it may write: bounded, removed after it.

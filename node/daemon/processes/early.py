@@ -6,22 +6,48 @@ run beside the daemon's imports (libp2p's are most of them). The pool adopts it 
 that model's first process and configures it then, so its model load and startup
 benchmark run after the daemon's imports, as before (a benchmark measured beside
 them would be cached too low). One never adopted (startup failed first) is closed
-by the launcher.
+by the launcher. `execution_process` makes every process, this one and the pool's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from config.settings import Settings
-from models.benchmark import CacheFile
+from models.benchmark import CacheFile, SpeedStore
 from node.daemon.processes.child_inputs import child_environment, child_settings
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
 from node.daemon.processes.tool_egress import tool_settings
+from node.execution.protocol import SandboxPolicy
+from workflows.options import ToolSettings
 
 CLOSE_TIMEOUT_S = 5.0
+
+
+def execution_process(
+    settings: Settings,
+    model: str,
+    policy: SandboxPolicy | None,
+    speeds: SpeedStore,
+    tools: ToolSettings,
+    on_exit: Callable[[ExecutionProcess], None] = lambda _: None,
+) -> ExecutionProcess:
+    """A process for `model` (not spawned yet), given what child_inputs.py lets it have: its settings and
+    environment less the secrets it has no use for, its sandbox (`policy`, with internet sockets only for a
+    remote engine), and the tools' settings its requests are made with here."""
+    return ExecutionProcess(
+        model,
+        child_settings(settings, model),
+        on_exit,
+        network_for(policy, settings, model),
+        speeds,
+        settings.scratch_dir,
+        tools,
+        child_environment(os.environ, settings, model),
+    )
 
 
 class EarlyProcess:
@@ -36,16 +62,8 @@ class EarlyProcess:
         models = list(dict.fromkeys(settings.models))
         if not models:
             return cls(None)
-        process = ExecutionProcess(
-            models[0],
-            child_settings(settings, models[0]),
-            lambda _: None,
-            network_for(prepare_sandbox(settings), settings, models[0]),
-            CacheFile(settings.benchmark_cache_path),
-            settings.scratch_dir,
-            tool_settings(settings),
-            child_environment(os.environ, settings, models[0]),
-        )
+        policy, tools = prepare_sandbox(settings), tool_settings(settings)
+        process = execution_process(settings, models[0], policy, CacheFile(settings.benchmark_cache_path), tools)
         await process.spawn()
         return cls(process)
 

@@ -16,7 +16,6 @@ out of them (`advertised`) until it serves again.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ from config.settings import Settings
 from models.benchmark import CacheFile
 from node.daemon.failures import RecentFailures
 from node.daemon.processes.bounds import breach, rss_bytes
-from node.daemon.processes.child_inputs import child_environment, child_settings
-from node.daemon.processes.early import EarlyProcess
+from node.daemon.processes.early import EarlyProcess, execution_process
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError
 from node.daemon.processes.handle import ExecutionProcess
-from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
+from node.daemon.processes.sandbox_policy import prepare_sandbox
 from node.daemon.processes.scratch import remove_stale
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.daemon.processes.tool_egress import tool_settings
@@ -128,15 +126,8 @@ class ExecutionPool:
         """Start a process for the model; ExecutionProcessStartError whatever went wrong (the process is gone then)."""
         process = self._early.take(entry.model) if self._early is not None else None
         if process is None:
-            process = ExecutionProcess(
-                entry.model,
-                child_settings(self._settings, entry.model),
-                self._on_exit,
-                network_for(self._sandbox, self._settings, entry.model),
-                self._speeds,
-                self._settings.scratch_dir,
-                self._tools,
-                child_environment(os.environ, self._settings, entry.model),
+            process = execution_process(
+                self._settings, entry.model, self._sandbox, self._speeds, self._tools, self._on_exit
             )
         process.on_exit = self._on_exit
         process.on_benchmarked = lambda benchmarked: self._on_benchmarked(entry, benchmarked)
