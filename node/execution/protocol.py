@@ -74,9 +74,9 @@ class SandboxPolicy(BaseModel):
     # Devices (globs) it may open, any access, though /dev is private: expanded where the child confines
     # itself, so a device a driver made after the daemon started is reached at the next start.
     devices: list[str] = []
-    # Internet sockets (a remote engine's HTTP client): none for a local model, whose tools' requests the daemon
-    # makes (node/daemon/processes/tool_egress.py).
-    network: bool = False
+    # TCP ports it may connect to, its remote engines' (their HTTP clients'); none: no internet socket at all, as
+    # for a local model, whose tools' requests the daemon makes (node/daemon/processes/tool_egress.py).
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = []
 
 
 class Configure(Message):

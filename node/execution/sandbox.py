@@ -11,11 +11,12 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
   never the node's code, even there: not its virtual environment, the user's home or /etc
   either, where a write would run as the node the next time it starts; it reads the rest of the file system;
 - cannot trace, read the memory or the /proc files (environment, maps) of any process outside its
-  confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new unix socket,
-  start a process or listen (privileges.py), or (Landlock ABI 6, Linux 6.12) signal
-  another process: the daemon and the other models' processes included;
+  confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new socket (a remote
+  engine's process: a new unix socket), start a process or listen (privileges.py), or (Landlock ABI 6,
+  Linux 6.12) signal another process: the daemon and the other models' processes included;
 - keeps /dev/null and the like, shared memory and a GPU's devices (/dev is otherwise private: the policy's
-  daemon side), and the network as a client (tools, remote engines).
+  daemon side); a remote engine's process, TCP connections to its engines' ports (and DNS's), from Landlock
+  ABI 4 (Linux 6.7) to those ports only: on any host, as Landlock names no address.
 
 Landlock grants access beneath allowed paths, it cannot carve a hole, so "all but the private paths"
 is spelled out: every entry of the folders that lead to a private path is allowed on its own, and the
@@ -39,6 +40,8 @@ from py_landlock import AccessFs, Landlock, LandlockError, get_abi_version
 
 from node.execution.privileges import drop_capabilities, restrict_syscalls
 from node.execution.protocol import SandboxPolicy
+
+DNS_PORT = 53  # a resolver falls back to TCP for a long answer: a remote engine named by its host
 
 # What a rule on a file (not a folder) may grant; the rest of AccessFs is about a folder's entries.
 _FILE_RIGHTS = AccessFs.EXECUTE | AccessFs.WRITE_FILE | AccessFs.READ_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
@@ -126,13 +129,16 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
     if (threads := thread_count()) > 1:
         return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)
     capabilities = drop_capabilities()  # before no_new_privs: a root process keeps none
+    network = bool(policy.connect_ports)  # internet sockets at all: a remote engine's process
     try:
         abi = get_abi_version()
     except LandlockError as exc:
         reason = f"Landlock is not available here: {exc}"
-        return SandboxOutcome(False, _without_files(reason, capabilities, policy.network), required)
+        return SandboxOutcome(False, _without_files(reason, capabilities, network), required)
     for attempt in range(_ATTEMPTS):
-        sandbox = Landlock(strict=False).allow_all_network()  # remote engines (seccomp refuses the rest)
+        sandbox = Landlock(strict=False)  # no TCP bind or connect (from ABI 4) but to a remote engine's ports
+        if network:
+            sandbox.allow_network(*policy.connect_ports, DNS_PORT, bind=False, connect=True)
         for path, rights in rules(policy):
             try:
                 sandbox.add_path_rule(path, access=rights)
@@ -144,8 +150,8 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
         except (LandlockError, OSError) as exc:  # a path gone between the walk and apply(): walk again
             if attempt == _ATTEMPTS - 1:
                 reason = f"the sandbox could not be applied: {exc}"
-                return SandboxOutcome(False, _without_files(reason, capabilities, policy.network), required)
-    syscalls = restrict_syscalls(policy.network)
+                return SandboxOutcome(False, _without_files(reason, capabilities, network), required)
+    syscalls = restrict_syscalls(network)
     held = ["files", "signals" if abi >= SIGNAL_SCOPE_ABI else "", "tracing", syscalls, capabilities]
     return SandboxOutcome(True, f"Landlock ABI {abi}: " + ", ".join(part for part in held if part), required)
 

@@ -16,6 +16,7 @@ import glob
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -87,17 +88,22 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
 
 
 def network_for(policy: SandboxPolicy | None, settings: Settings, model: str) -> SandboxPolicy | None:
-    """`policy` for `model`'s process: internet sockets only where a remote engine serves the model or its
-    embeddings. A local model's process has none: its tools' requests are the daemon's to make (tool_egress.py)."""
+    """`policy` for `model`'s process: TCP connections to the ports of the remote engines that serve the model or
+    its embeddings, if any. A local model's process gets no socket: its tools' requests are the daemon's to make
+    (tool_egress.py)."""
     if policy is None:
         return None
     names = [model, *([settings.embedding_model] if settings.embedding_model else [])]
+    ports: set[int] = set()
     try:
         registry = Registry.builtin().with_overrides(settings.registry)
-        remote = any(registry.get(name).is_remote for name in names)
-    except (RegistryError, ModelError):
-        remote = False  # check_models names it; such a process loads nothing
-    return policy.model_copy(update={"network": remote})
+        for spec in (registry.get(name) for name in names):
+            if spec.is_remote and spec.base_url is not None:
+                url = urlsplit(spec.base_url)
+                ports.add(url.port or (443 if url.scheme == "https" else 80))
+    except (RegistryError, ModelError, ValueError):  # ValueError: a port out of range
+        ports = set()  # check_models names it; such a process loads nothing
+    return policy.model_copy(update={"connect_ports": sorted(ports)})
 
 
 def _model_files(settings: Settings) -> list[Path]:

@@ -11,7 +11,7 @@ import structlog
 
 from config.settings import ConfigError, Settings
 from node.daemon.processes import sandbox_policy
-from node.daemon.processes.sandbox_policy import SandboxPolicyError, prepare_sandbox
+from node.daemon.processes.sandbox_policy import SandboxPolicyError, network_for, prepare_sandbox
 
 
 def _settings(tmp_path: Path, **values: object) -> Settings:
@@ -147,3 +147,30 @@ def test_a_temporary_folder_the_interpreter_imports_from_is_not_writable(
     policy = prepare_sandbox(_settings(tmp_path))
     assert policy is not None
     assert str(scratch.resolve()) in policy.readable and policy.writable == []
+
+
+def test_only_a_remote_engines_process_may_connect_and_only_to_its_engines_ports(tmp_path: Path) -> None:
+    remote = {"backend": "openai", "model": "m"}
+    settings = _settings(
+        tmp_path,
+        models=["smollm2:135m", "tls-engine", "local-engine"],
+        registry={
+            "tls-engine": {**remote, "base_url": "https://engine.example/v1"},
+            "local-engine": {**remote, "base_url": "http://127.0.0.1:8000/v1"},
+            "embedder": {**remote, "base_url": "http://embed.example/v1"},
+        },
+    )
+    policy = prepare_sandbox(settings)
+    assert policy is not None and policy.connect_ports == []
+
+    def ports(settings: Settings, model: str) -> list[int]:
+        confined = network_for(policy, settings, model)
+        assert confined is not None
+        return confined.connect_ports
+
+    assert ports(settings, "smollm2:135m") == []  # a local model: no socket at all, its tools go through the daemon
+    assert ports(settings, "tls-engine") == [443]
+    assert ports(settings, "local-engine") == [8000]
+    with_embedder = settings.model_copy(update={"embedding_model": "embedder"})
+    assert ports(with_embedder, "smollm2:135m") == [80]  # its embeddings come from a remote engine
+    assert network_for(None, settings, "tls-engine") is None  # sandbox = off

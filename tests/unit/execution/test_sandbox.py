@@ -131,6 +131,8 @@ result = {{
     "open an IPv6 socket": attempt(lambda: __import__("socket").socket(10, 2).close()),
     "open a netlink socket": attempt(lambda: __import__("socket").socket(16, 3, 0).close()),
     "make a socket pair": attempt(lambda: [end.close() for end in __import__("socket").socketpair()]),
+    "connect to the engine's port": attempt(lambda: __import__("socket").create_connection(("127.0.0.1", int(sys.argv[6])), 5).close()),
+    "connect to another port": attempt(lambda: __import__("socket").create_connection(("127.0.0.1", int(sys.argv[7])), 5).close()),
     "signal parent": attempt(lambda: os.kill(os.getppid(), 0)),
     "parent environ": attempt(lambda: Path(f"/proc/{{os.getppid()}}/environ").read_bytes()),
     "parent memory": attempt(lambda: open(f"/proc/{{os.getppid()}}/mem", "rb").close()),
@@ -145,8 +147,11 @@ print(json.dumps(result))
 """
 
 
-def _run_probe(tmp_path: Path, before: str = "", network: bool = False) -> dict[str, object]:
+def _run_probe(tmp_path: Path, before: str = "", remote_engine: bool = False) -> dict[str, object]:
+    """What a confined process could do; with `remote_engine`, one whose policy lets it connect to an engine's
+    port (the first of two listeners on loopback)."""
     data, policy = _layout(tmp_path)
+    engine, other = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     scratch = tmp_path / "scratch"
     (scratch / "code").mkdir(parents=True)
     (scratch / "code" / "mod.py").write_text("")
@@ -155,7 +160,7 @@ def _run_probe(tmp_path: Path, before: str = "", network: bool = False) -> dict[
         update={
             "writable": [*policy.writable, str(scratch), "/dev"],
             "readable": [*policy.readable, str(scratch / "code")],
-            "network": network,
+            "connect_ports": [engine.getsockname()[1]] if remote_engine else [],
         }
     )
     service = socket.socket(socket.AF_UNIX)  # a service of the same user (the session bus, ssh-agent...)
@@ -167,6 +172,8 @@ def _run_probe(tmp_path: Path, before: str = "", network: bool = False) -> dict[
         str(ROOT / "pyproject.toml"),
         str(scratch),
         str(tmp_path / "service.sock"),
+        str(engine.getsockname()[1]),
+        str(other.getsockname()[1]),
     ]
     return _run_script(_PROBE.format(before=before), *argv)
 
@@ -209,6 +216,8 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
         "open an internet socket",
         "open an IPv6 socket",
         "open a netlink socket",
+        "connect to the engine's port",
+        "connect to another port",
     } | ({"signal parent"} if _abi() >= SIGNAL_SCOPE_ABI else set())
     assert {name for name, outcome in result.items() if outcome != "allowed"} == denied
     assert set(result[name] for name in denied) == {"PermissionError"}
@@ -218,9 +227,12 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
 
 @pytest.mark.skipif(_abi() < 1, reason="this kernel has no Landlock")
 def test_a_remote_engines_process_keeps_internet_sockets_and_no_unix_one(tmp_path: Path) -> None:
-    result = _run_probe(tmp_path, network=True)
+    result = _run_probe(tmp_path, remote_engine=True)
     assert result["confined"] is True and "no new unix sockets, processes or listeners" in str(result["detail"])
     assert result["open an internet socket"] == result["open an IPv6 socket"] == "allowed"
+    assert result["connect to the engine's port"] == "allowed"
+    # Landlock ABI 4 (Linux 6.7) names TCP ports: the metadata service's 80, the node's HTTP port...
+    assert result["connect to another port"] == ("PermissionError" if _abi() >= 4 else "allowed")
     assert result["connect to a unix socket"] == "PermissionError"
     assert result["read key"] == "PermissionError"
 
@@ -242,7 +254,7 @@ def test_without_landlock_the_outcome_says_why(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(
         sandbox,
         "restrict_syscalls",
-        lambda network: "no new sockets, processes or listeners, no attribute changes or file watches",
+        lambda network=False: "no new sockets, processes or listeners, no attribute changes or file watches",
     )
     _, policy = _layout(tmp_path)
     outcome = confine(policy.model_copy(update={"required": True}))
