@@ -101,8 +101,8 @@ class ExecutionProcess:
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
-        # Its tools' HTTP requests, made here (None: none made): the process has no network of its own.
-        self._egress = ToolEgress(tools, self._send, model)
+        unread = lambda: 0 if self._writer is None else self._writer.transport.get_write_buffer_size()  # noqa: E731
+        self._egress = ToolEgress(tools, self._send, model, unread)  # its tools' requests: it has no network
         self._strays = RecentFailures()  # answers for tasks or probes this process does not have
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()

@@ -6,9 +6,10 @@ local) and none of the operator's tool secrets (child_inputs.py). Its tools send
 every hop, secrets added where they may go, the body capped as received) and answers `fetched` with the body
 undecoded: decompressing and decoding a stranger's bytes is left to the process that runs the workflow.
 
-A process may have at most MAX_IN_FLIGHT requests open, each at most MAX_REQUEST_BYTES; past either, a request
-is answered with an error at once, and counted against the process as an answer nobody asked for (handle.py:
-an honest process sends neither). Each ends within the operator's `tool_timeout`; those still open when the
+A process may have at most MAX_IN_FLIGHT requests open, each at most MAX_REQUEST_BYTES, and no new one while
+more than MAX_UNREAD_BYTES it has not read wait in the socket's buffer (a process that asks and never reads
+would have the daemon hold every answer); past any of these, a request is answered with an error at once, and
+counted against the process as an answer nobody asked for (handle.py: an honest process meets none). Each ends within the operator's `tool_timeout`; those still open when the
 process exits are cancelled.
 """
 
@@ -34,6 +35,8 @@ MAX_IN_FLIGHT = 32
 # A request as JSON (URL, headers, query, body): an honest one carries the model's arguments, a few KiB; the
 # daemon holds each while it is open.
 MAX_REQUEST_BYTES = 1 << 20
+# What the daemon holds for a process that does not read its socket: answers are up to `tool_max_bytes` each.
+MAX_UNREAD_BYTES = 16 << 20
 _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 
@@ -73,8 +76,15 @@ def without_secrets(tools: ToolSettings) -> ToolSettings:
 class ToolEgress:
     """One execution process's tool requests, made by the daemon."""
 
-    def __init__(self, tools: ToolSettings | None, answer: Callable[[Message], None], model: str) -> None:
+    def __init__(
+        self,
+        tools: ToolSettings | None,
+        answer: Callable[[Message], None],
+        model: str,
+        unread: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._tools = tools  # None: this process gets no tool request made (an error answers each)
+        self._unread = unread  # bytes sent to the process and not read yet (its socket's write buffer)
         self.told = ToolSettings() if tools is None else without_secrets(tools)  # what the process is told of them
         self._answer = answer
         self._model = model
@@ -88,12 +98,15 @@ class ToolEgress:
 
     def start(self, message: ToolFetch) -> bool:
         """Make the request in the background; its answer goes back as `fetched`. False when it was refused
-        for the bounds (MAX_IN_FLIGHT, MAX_REQUEST_BYTES), which an honest process never meets."""
+        for the bounds (MAX_IN_FLIGHT, MAX_UNREAD_BYTES, MAX_REQUEST_BYTES), which an honest process never meets."""
         if self._tools is None:
             self._fail(message.request_id, "tool request failed: this node makes no tool requests")
             return True
         if len(self._open) >= MAX_IN_FLIGHT:
             self._fail(message.request_id, f"tool request failed: {MAX_IN_FLIGHT} requests are open already")
+            return False
+        if self._unread() > MAX_UNREAD_BYTES:
+            self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read")
             return False
         if len(to_json(message.request)) > MAX_REQUEST_BYTES:
             self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")

@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess
-from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, ToolEgress
+from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_UNREAD_BYTES, ToolEgress
 from node.execution.protocol import (
     Message,
     ProtocolError,
@@ -189,3 +189,34 @@ async def test_a_lookup_that_hangs_holds_only_its_own_processes_requests(
             call.cancel()
         await asyncio.gather(*hanging, return_exceptions=True)
         await honest.egress.close()
+
+
+async def test_no_new_request_is_made_while_the_process_leaves_its_answers_unread() -> None:
+    """A process that asks and never reads its socket would have the daemon hold every answer: past
+    MAX_UNREAD_BYTES waiting in the socket's buffer, its requests are refused (and counted, handle.py)."""
+    body = bytes(range(256)) * 4096  # 1 MiB, ~1.4 MiB as an answer's JSON
+    big = LocalServer({"/big": Route(body=body)})
+    ours, theirs = socket.socketpair()  # `theirs` is never read
+    _, writer = await asyncio.open_unix_connection(sock=ours)
+    tools = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=2 * len(body))
+    egress = ToolEgress(
+        tools, lambda message: writer.write(encode(message)), "m", writer.transport.get_write_buffer_size
+    )
+    refused_at = None
+    try:
+        for request_id in range(64):
+            started = egress.start(
+                ToolFetch(request_id=request_id, request=ToolRequest(method="GET", url=big.url("/big")))
+            )
+            if not started:
+                refused_at = request_id
+                break
+            while egress.in_flight:  # one at a time: the buffer grows by one answer a request
+                await asyncio.sleep(0.01)
+        assert refused_at is not None and refused_at >= MAX_UNREAD_BYTES // (2 * len(body))
+        assert writer.transport.get_write_buffer_size() <= MAX_UNREAD_BYTES + 2 * len(body)
+    finally:
+        await egress.close()
+        writer.transport.abort()
+        theirs.close()
+        big.close()
