@@ -19,11 +19,11 @@ Error texts name the cause, never the URL (it may come from the model or the tas
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -83,31 +83,57 @@ def _default_port(url: httpx.URL) -> int:
 
 
 class Resolver:
-    """Host names resolved on threads of its own. A name a hostile DNS server answers slowly holds its thread
-    until the system's resolver gives up, whatever awaits it: on the event loop's shared pool it would hold up
-    every other lookup and task run there, on this one only the requests that share it."""
+    """Host names resolved on threads of its own, at most `threads` at once, later lookups waiting for one.
+
+    A name a hostile DNS server answers slowly holds its thread until the system's resolver gives up (seconds per
+    name server), whatever awaits it: on the event loop's shared pool it would hold up every lookup and every task
+    run there; here it holds one of this resolver's threads, the requests that share it waiting. They are daemon
+    threads: a node that stops does not wait for one.
+    """
 
     def __init__(self, threads: int = 2) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tool-dns")
+        self._threads = threads
+        self._free: asyncio.Semaphore | None = None  # made on the first lookup, in its event loop
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         """The addresses of `host` (a literal is its own); ToolError when it has none."""
         literal = _ip_literal(host)
         if literal is not None:
             return [literal]
-        loop = asyncio.get_running_loop()
+        if self._free is None:
+            self._free = asyncio.Semaphore(self._threads)
+        free, loop = self._free, asyncio.get_running_loop()
+        await free.acquire()  # released when the thread ends, not when its caller gives up
+        answer: asyncio.Future[list[Any]] = loop.create_future()
+        threading.Thread(target=_look_up, args=(loop, answer, free, host, port), name="tool-dns", daemon=True).start()
         try:
-            infos = await loop.run_in_executor(
-                self._executor, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-            )
+            infos = await answer
         except socket.gaierror as e:
             raise ToolError(f"cannot resolve the tool's host: {e.strerror}") from None
         # Drop IPv6 scope ids ("fe80::1%eth0") before parsing.
         return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
-    def close(self) -> None:
-        """Stop taking lookups; one still running ends on its own (its thread is not waited for)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+def _look_up(
+    loop: asyncio.AbstractEventLoop, answer: asyncio.Future[list[Any]], free: asyncio.Semaphore, host: str, port: int
+) -> None:
+    """getaddrinfo on this thread; its outcome and the thread's slot go back to the event loop."""
+    try:
+        infos: list[Any] | None = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        error: BaseException | None = None
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the caller gets it
+        infos, error = None, exc
+
+    def settle() -> None:
+        free.release()
+        if not answer.done():
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(infos or [])
+
+    with contextlib.suppress(RuntimeError):  # the event loop closed meanwhile: nobody waits
+        loop.call_soon_threadsafe(settle)
 
 
 class EgressPolicy:

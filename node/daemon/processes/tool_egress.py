@@ -123,8 +123,6 @@ class ToolEgress:
         for task in self._open:
             task.cancel()
         await asyncio.gather(*self._open, return_exceptions=True)
-        if self._resolver is not None:
-            self._resolver.close()
 
     async def _make(self, tools: ToolSettings, resolver: Resolver, message: ToolFetch) -> None:
         try:

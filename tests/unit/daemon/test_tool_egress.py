@@ -178,6 +178,8 @@ async def test_a_lookup_that_hangs_holds_only_its_own_processes_requests(
     try:
         await asyncio.sleep(0.2)
         assert hostile.egress.in_flight == MAX_IN_FLIGHT
+        lookups = [thread for thread in threading.enumerate() if thread.name == "tool-dns"]
+        assert len(lookups) == 2 and all(thread.daemon for thread in lookups)  # the rest wait; an exit waits for none
         async with asyncio.timeout(2):
             assert await asyncio.to_thread(lambda: "free") == "free"  # the loop's shared pool
             answer = await honest.channel.send(ToolRequest(method="GET", url=f"http://localhost:{server.port}/page"))
