@@ -164,17 +164,17 @@ class EgressPolicy:
         return addresses[0]
 
     def is_search_provider(self, url: httpx.URL) -> bool:
-        """Whether `url` is on the operator's search provider's origin (scheme, host and port)."""
+        """Whether `url` is the operator's search endpoint: its origin (scheme, host and port) and path."""
         import httpx
 
         provider = self.settings.search
         if provider is None:
             return False
         try:
-            origin = httpx.URL(provider.url)
+            endpoint = httpx.URL(provider.endpoint)
         except httpx.InvalidURL:
             return False
-        return _origin(url) == _origin(origin)
+        return _origin(url) == _origin(endpoint) and url.raw_path.split(b"?")[0] == endpoint.raw_path.split(b"?")[0]
 
     def secret_headers(self, url: httpx.URL, *, search: bool = False) -> dict[str, str]:
         """Headers the operator configured for this https host and port (443 unless the key names one), and
@@ -220,7 +220,7 @@ async def exchange(settings: ToolSettings, request: ToolRequest, resolver: Resol
         async with asyncio.timeout(settings.http_timeout_s):
             url = httpx.URL(request.url).copy_merge_params(request.params)
             if request.search and not policy.is_search_provider(url):
-                raise EgressRefusedError("tool request refused: a search request goes only to the search provider")
+                raise EgressRefusedError("tool request refused: a search request goes only to the search endpoint")
             return await _exchange(policy, request, url)
     except TimeoutError:
         raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None

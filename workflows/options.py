@@ -78,6 +78,11 @@ class SearchProvider(BaseModel):
     url: str = "https://google.serper.dev/search"
     api_key: SecretStr | None = None
 
+    @property
+    def endpoint(self) -> str:
+        """The URL searches go to: a SearXNG instance's /search, Serper's API URL itself."""
+        return self.url.rstrip("/") + "/search" if self.kind == "searxng" else self.url
+
 
 class ToolSettings(BaseModel):
     """What tools this node offers and how tool HTTP may leave the machine."""

@@ -39,8 +39,7 @@ async def web_search(settings: ToolSettings, http: ToolHttp, query: str, n_resul
 async def _searxng(
     settings: ToolSettings, http: ToolHttp, provider: SearchProvider, query: str
 ) -> list[tuple[str, str, str]]:
-    url = provider.url.rstrip("/") + "/search"
-    data = await _json(settings, http, "GET", url, params={"q": query, "format": "json"})
+    data = await _json(settings, http, "GET", provider.endpoint, params={"q": query, "format": "json"})
     return _hits(data, "results", "url", "content")
 
 
@@ -48,7 +47,7 @@ async def _serper(
     settings: ToolSettings, http: ToolHttp, provider: SearchProvider, query: str, n: int
 ) -> list[tuple[str, str, str]]:
     # The API key is the daemon's to add (egress.py): it never reaches the process that runs the workflow.
-    data = await _json(settings, http, "POST", provider.url, json_body={"q": query, "num": n})
+    data = await _json(settings, http, "POST", provider.endpoint, json_body={"q": query, "num": n})
     return _hits(data, "organic", "link", "snippet")
 
 

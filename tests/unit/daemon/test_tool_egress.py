@@ -83,13 +83,22 @@ async def test_the_daemons_egress_policy_holds_whatever_the_process_asks(server:
     wire = Wire(ToolSettings())  # no allow-list: loopback is refused
     with pytest.raises(EgressRefusedError, match="not public"):
         await fetch(wire.channel, 1000, "GET", server.url("/page"))
-    # `search` set on a request that is not to the search provider: refused, not trusted
-    with pytest.raises(EgressRefusedError, match="only to the search provider"):
+    # `search` set on a request that is not to the search endpoint: refused, not trusted
+    with pytest.raises(EgressRefusedError, match="only to the search endpoint"):
         await wire.channel.send(ToolRequest(method="GET", url=server.url("/page"), search=True))
     provider = Wire(ToolSettings(search=SearchProvider(kind="searxng", url="http://127.0.0.2:9/")))
-    with pytest.raises(EgressRefusedError, match="only to the search provider"):
+    with pytest.raises(EgressRefusedError, match="only to the search endpoint"):
         await provider.channel.send(ToolRequest(method="GET", url=server.url("/page"), search=True))
+    # the operator's private SearXNG: its /search is trusted, not the rest of its origin
+    searxng = Wire(ToolSettings(search=SearchProvider(kind="searxng", url=server.url("/"))))
+    for elsewhere in ("/page", "/search/../page", "/searchx", "/"):
+        with pytest.raises(EgressRefusedError, match="only to the search endpoint"):
+            await searxng.channel.send(ToolRequest(method="GET", url=server.url(elsewhere), search=True))
     assert server.seen == []  # nothing reached the server
+    found = await searxng.channel.send(
+        ToolRequest(method="GET", url=server.url("/search"), params={"q": "x"}, search=True)
+    )
+    assert found.status == 200 and server.seen[-1].path == "/search?q=x"
 
 
 async def test_the_search_key_is_the_daemons_to_add_on_the_providers_origin_only(server: LocalServer) -> None:
