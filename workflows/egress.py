@@ -6,11 +6,12 @@ Every hop (the first request and each redirect, which we follow ourselves):
    IPv6; an IPv6 address embedding an IPv4 one, as IPv4-mapped/compatible, 6to4
    and NAT64 do, is judged by that IPv4 address too; Teredo is refused) unless
    the operator's allow-list names the host or a network holding the address,
-   or it is the first hop of a request to the operator's search provider;
+   or it is the first hop of a search request (to the operator's search endpoint);
 2. the connection goes to the address that was checked (no second DNS lookup
    an attacker could rebind), with the original Host header and TLS SNI;
-3. operator secrets (`tool_secrets`, the search provider's key) are attached
-   only to https hops to the host and port they were configured for.
+3. operator secrets (`tool_secrets`) are attached only to https hops to the
+   host and port they were configured for, the search provider's key only to
+   its search endpoint.
 Responses are capped in bytes as received, and the whole exchange in time; the
 body goes back undecoded (response_text.py decodes it where the workflow runs).
 Error texts name the cause, never the URL (it may come from the model or the task).
@@ -105,7 +106,13 @@ class Resolver:
         free, loop = self._free, asyncio.get_running_loop()
         await free.acquire()  # released when the thread ends, not when its caller gives up
         answer: asyncio.Future[list[Any]] = loop.create_future()
-        threading.Thread(target=_look_up, args=(loop, answer, free, host, port), name="tool-dns", daemon=True).start()
+        try:
+            threading.Thread(
+                target=_look_up, args=(loop, answer, free, host, port), name="tool-dns", daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had (the user's process limit)
+            free.release()
+            raise ToolError("cannot resolve the tool's host: no thread to look it up") from None
         try:
             infos = await answer
         except socket.gaierror as e:
