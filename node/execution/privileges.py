@@ -8,10 +8,11 @@ descriptors a process inherits, closed before it (`close_inherited_descriptors`)
   - new sockets: an internet one (the process of a local model has no use for the network: its tools'
     requests go through the daemon, which checks where they go; from here the process could reach the
     cloud's metadata service, the host's loopback services and its LAN), and for a remote engine's process,
-    which needs the network, a new AF_UNIX one still: a service of the same user behind a named one (the
-    session bus, systemd --user, ssh-agent, docker.sock) runs commands outside the sandbox. And io_uring,
-    which could open one without the socket() call. The socket to the daemon is inherited; socketpair
-    (the event loop's wake-up pipe) stays.
+    which needs the network, any but a TCP one (IPv4 or IPv6): an AF_UNIX one reaches a service of the same
+    user behind a named one (the session bus, systemd --user, ssh-agent, docker.sock), which runs commands
+    outside the sandbox; UDP, vsock and netlink reach what Landlock's port rules do not govern. And io_uring,
+    which could open one without the socket() call. The socket to the daemon is inherited; socketpair (the
+    event loop's wake-up pipe) stays, stream pairs only (a datagram one sends to any unix socket's path).
   - new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers ENOSYS, so that glibc starts
     threads with clone): a forked process would outlive this one, holding its socket to the daemon and
     answering the next tasks; threads still start (OpenMP, the decode loop, tools).
@@ -62,6 +63,12 @@ _ATTRIBUTE_CHANGES = (
 # FS_IOC_RESVSP, FS_IOC_RESVSP64, FS_IOC_ZERO_RANGE: blocks allocated past a file's size, as fallocate's modes.
 _PREALLOCATIONS = (0x40305828, 0x4030582A, 0x40305839)
 _F_NOTIFY = 1026
+# Socket families (AF_MAX is 46 on Linux 6.x: the kernel refuses any past it) and types (the low 4 bits of
+# socket()'s type argument): a rule compares one value, so each one refused has its own.
+_FAMILIES = range(64)
+_INTERNET = (socket.AF_INET, socket.AF_INET6)
+_SOCKET_TYPES = range(16)
+_SOCKET_TYPE_MASK = 0xF
 
 
 class _CapHeader(ctypes.Structure):
@@ -96,7 +103,7 @@ def drop_capabilities() -> str:
 
 
 def restrict_syscalls(network: bool = False) -> str:
-    """Refuse new sockets (with `network`, a remote engine's: new AF_UNIX ones only), io_uring, new processes,
+    """Refuse new sockets (with `network`, a remote engine's: all but TCP ones), io_uring, new processes,
     listening sockets, attribute changes, fallocate with a mode and file watches from now on; a phrase for the
     sandbox's log line."""
     try:
@@ -109,8 +116,21 @@ def restrict_syscalls(network: bool = False) -> str:
         return seccomp.Arg(index, seccomp.MASKED_EQ, 0xFFFFFFFF, value)
 
     with_a_mode = seccomp.Arg(1, seccomp.NE, 0)
+
+    def type_argument(index: int, value: int) -> object:  # a socket type: its low 4 bits, the rest are flags
+        return seccomp.Arg(index, seccomp.MASKED_EQ, _SOCKET_TYPE_MASK, value)
+
+    if network:  # a remote engine's HTTP client: TCP over IPv4 or IPv6, nothing else
+        sockets = [
+            *(("socket", refused, int_argument(0, family)) for family in _FAMILIES if family not in _INTERNET),
+            *(("socket", refused, type_argument(1, kind)) for kind in _SOCKET_TYPES if kind != socket.SOCK_STREAM),
+        ]
+    else:
+        sockets = [("socket", refused, None)]
     wanted = [
-        ("socket", refused, int_argument(0, socket.AF_UNIX) if network else None),
+        *sockets,
+        # A datagram pair's socket can send to any unix socket by its path (journald's, a service's): stream only.
+        *(("socketpair", refused, type_argument(1, kind)) for kind in _SOCKET_TYPES if kind != socket.SOCK_STREAM),
         ("io_uring_setup", absent, None),
         # Not a thread of this process unless every one of glibc's thread flags is set: without CLONE_FILES, say,
         # a thread holds descriptors /proc/<pid>/fd never shows.
@@ -142,8 +162,8 @@ def restrict_syscalls(network: bool = False) -> str:
         rules.load()
     except (OSError, RuntimeError, ValueError) as exc:
         return f"sockets, processes and listeners open (seccomp: {exc})"
-    sockets = "no new unix sockets" if network else "no new sockets"
-    return f"{sockets}, processes or listeners, no attribute changes or file watches"
+    refusal = "no new sockets but TCP" if network else "no new sockets"
+    return f"{refusal}, processes or listeners, no attribute changes or file watches"
 
 
 def _held() -> bool:

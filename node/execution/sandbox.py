@@ -130,6 +130,8 @@ def confine(policy: SandboxPolicy | None) -> SandboxOutcome:
         return SandboxOutcome(False, f"{threads} threads ran before the sandbox (it covers one)", required)
     capabilities = drop_capabilities()  # before no_new_privs: a root process keeps none
     network = bool(policy.connect_ports)  # internet sockets at all: a remote engine's process
+    if network:  # TCP only (privileges.py): the system's resolver asks its DNS servers over TCP too
+        os.environ["RES_OPTIONS"] = f"{os.environ.get('RES_OPTIONS', '')} use-vc".strip()
     try:
         abi = get_abi_version()
     except LandlockError as exc:

@@ -131,6 +131,11 @@ result = {{
     "open an IPv6 socket": attempt(lambda: __import__("socket").socket(10, 2).close()),
     "open a netlink socket": attempt(lambda: __import__("socket").socket(16, 3, 0).close()),
     "make a socket pair": attempt(lambda: [end.close() for end in __import__("socket").socketpair()]),
+    "make a datagram socket pair": attempt(lambda: [end.close() for end in __import__("socket").socketpair(1, 2)]),
+    "open a UDP socket": attempt(lambda: __import__("socket").socket(2, 2).close()),
+    "open an IPv6 TCP socket": attempt(lambda: __import__("socket").socket(10, 1 | 0o4000).close()),
+    "open a vsock socket": attempt(lambda: __import__("socket").socket(40, 1).close()),
+    "look up localhost": attempt(lambda: __import__("socket").getaddrinfo("localhost", 80, type=1)),
     "connect to the engine's port": attempt(lambda: __import__("socket").create_connection(("127.0.0.1", int(sys.argv[6])), 5).close()),
     "connect to another port": attempt(lambda: __import__("socket").create_connection(("127.0.0.1", int(sys.argv[7])), 5).close()),
     "signal parent": attempt(lambda: os.kill(os.getppid(), 0)),
@@ -216,8 +221,12 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
         "open an internet socket",
         "open an IPv6 socket",
         "open a netlink socket",
+        "open a UDP socket",
+        "open an IPv6 TCP socket",
+        "open a vsock socket",
         "connect to the engine's port",
         "connect to another port",
+        "make a datagram socket pair",  # it could send to any unix socket's path (journald's)
     } | ({"signal parent"} if _abi() >= SIGNAL_SCOPE_ABI else set())
     assert {name for name, outcome in result.items() if outcome != "allowed"} == denied
     assert set(result[name] for name in denied) == {"PermissionError"}
@@ -226,10 +235,14 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
 
 
 @pytest.mark.skipif(_abi() < 1, reason="this kernel has no Landlock")
-def test_a_remote_engines_process_keeps_internet_sockets_and_no_unix_one(tmp_path: Path) -> None:
+def test_a_remote_engines_process_keeps_tcp_sockets_to_its_engines_ports_only(tmp_path: Path) -> None:
     result = _run_probe(tmp_path, remote_engine=True)
-    assert result["confined"] is True and "no new unix sockets, processes or listeners" in str(result["detail"])
-    assert result["open an internet socket"] == result["open an IPv6 socket"] == "allowed"
+    assert result["confined"] is True and "no new sockets but TCP, processes or listeners" in str(result["detail"])
+    assert result["open an internet socket"] == result["open an IPv6 TCP socket"] == "allowed"  # with flags too
+    assert result["look up localhost"] == "allowed"
+    # TCP only: UDP, vsock and netlink reach what Landlock's port rules do not govern
+    for other in ("open an IPv6 socket", "open a UDP socket", "open a vsock socket", "open a netlink socket"):
+        assert result[other] == "PermissionError", other  # the IPv6 probe opens a datagram socket
     assert result["connect to the engine's port"] == "allowed"
     # Landlock ABI 4 (Linux 6.7) names TCP ports: the metadata service's 80, the node's HTTP port...
     assert result["connect to another port"] == ("PermissionError" if _abi() >= 4 else "allowed")
