@@ -253,11 +253,13 @@ async def _exchange(policy: EgressPolicy, request: ToolRequest, url: httpx.URL) 
             hop_headers["Host"] = url.netloc.decode()  # we connect to the checked address
             hop_headers["Accept-Encoding"] = _ACCEPT_ENCODING
             pinned = url.copy_with(host=str(address))
+            if json_body is not None:
+                hop_headers["Content-Type"] = "application/json"
             built = client.build_request(
                 method,
                 pinned,
                 headers=hop_headers,
-                json=json_body,
+                content=None if json_body is None else json_body.encode("utf-8", "surrogatepass"),
                 extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
             )
             response = await client.send(built, stream=True)

@@ -9,30 +9,36 @@ where the workflow runs (response_text.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workflows.errors import ToolError
 from workflows.response_text import body_text, media_type
 
-# Bounds on a request, which the daemon reads from a process that may have been taken over.
+# Bounds on a request, which the daemon reads from a process that may have been taken over: every field is text
+# of a bounded length (no JSON structure to walk), so a request costs the daemon no more than its bytes.
 MAX_URL_CHARS = 16 * 1024
-MAX_FIELDS = 256  # headers, and query parameters
-MAX_FIELD_CHARS = 64 * 1024
+MAX_FIELDS = 64  # headers, and query parameters
+MAX_NAME_CHARS = 256
+MAX_VALUE_CHARS = 16 * 1024
+MAX_BODY_CHARS = 1024 * 1024
+_Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+_Value = Annotated[str, Field(max_length=MAX_VALUE_CHARS)]
 
 
 class ToolRequest(BaseModel):
     """One HTTP request a tool makes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["GET", "POST", "PUT", "DELETE"]
     url: str = Field(max_length=MAX_URL_CHARS)
-    headers: dict[str, str] = Field(default_factory=dict, max_length=MAX_FIELDS)
-    params: dict[str, str] = Field(default_factory=dict, max_length=MAX_FIELDS)
-    json_body: JsonValue = None
+    headers: dict[_Name, _Value] = Field(default_factory=dict, max_length=MAX_FIELDS)
+    params: dict[_Name, _Value] = Field(default_factory=dict, max_length=MAX_FIELDS)
+    json_body: str | None = Field(default=None, max_length=MAX_BODY_CHARS)  # JSON text, sent as application/json
     # To the operator's search provider: its first hop may be a private address, and carries its API key.
     search: bool = False
 
@@ -45,8 +51,8 @@ class RawResponse(BaseModel):
 
     status: int = Field(ge=100, le=999)
     url: str = Field(max_length=MAX_URL_CHARS)
-    content_type: str = Field(default="", max_length=MAX_FIELD_CHARS)
-    content_encoding: str = Field(default="", max_length=MAX_FIELD_CHARS)
+    content_type: str = Field(default="", max_length=MAX_VALUE_CHARS)
+    content_encoding: str = Field(default="", max_length=MAX_VALUE_CHARS)
     body: bytes = b""
 
 
@@ -86,10 +92,12 @@ async def fetch(
             url=url,
             headers=headers or {},
             params=params or {},
-            json_body=json_body,  # type: ignore[arg-type]  # checked by the model: JSON values only
+            json_body=None if json_body is None else json.dumps(json_body, ensure_ascii=False, allow_nan=False),
             search=search,
         )
-    except ValidationError as exc:
+    except (ValidationError, ValueError, TypeError) as exc:
+        if not isinstance(exc, ValidationError):
+            raise ToolError("tool request: a body that is not JSON") from None
         field = ".".join(str(part) for part in exc.errors()[0]["loc"]) or "request"
         raise ToolError(f"tool request: invalid {field}") from None  # no value quoted: it may be task data
     raw = await http.send(request)

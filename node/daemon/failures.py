@@ -16,9 +16,9 @@ class RecentFailures:
     def __init__(self) -> None:
         self._times: deque[float] = deque()
 
-    def record(self, now: float, window_s: float) -> int:
-        """Note a failure at `now` (monotonic seconds); the count within the last `window_s`."""
-        self._times.append(now)
+    def record(self, now: float, window_s: float, weight: int = 1) -> int:
+        """Note a failure at `now` (monotonic seconds), `weight` times; the count within the last `window_s`."""
+        self._times.extend([now] * weight)
         while self._times and now - self._times[0] > window_s:
             self._times.popleft()
         return len(self._times)

@@ -25,12 +25,12 @@ from typing import Any
 import structlog
 
 from models.benchmark import SpeedStore
-from node.daemon.failures import RecentFailures
 from node.daemon.processes.child_inputs import child_environment
 from node.daemon.processes.child_output import read_pipe, relay_output
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
 from node.daemon.processes.scratch import Scratch
 from node.daemon.processes.speed_keeper import SpeedKeeper
+from node.daemon.processes.strays import StrayAnswers
 from node.daemon.processes.tool_egress import ToolEgress
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
@@ -61,10 +61,6 @@ from workflows.options import ToolSettings
 log = structlog.get_logger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]  # node/daemon/processes/handle.py -> the project
-# Answers for tasks or probes a process was not given, past which it counts as broken: an honest one sends a
-# few after a cancel or a probe's timeout, never hundreds a minute.
-MAX_STRAYS = 256
-STRAY_WINDOW_S = 60.0
 OUTPUT_DRAIN_S = 1.0  # after a process's exit, what it wrote last still reaches the log within this
 
 
@@ -103,7 +99,8 @@ class ExecutionProcess:
         self._probe_ids = itertools.count(1)
         unread = lambda: 0 if self._writer is None else self._writer.transport.get_write_buffer_size()  # noqa: E731
         self._egress = ToolEgress(tools, self._send, model, unread)  # its tools' requests: it has no network
-        self._strays = RecentFailures()  # answers for tasks or probes this process does not have
+        self._strays = StrayAnswers()  # answers for tasks or probes this process does not have (strays.py)
+        self._line_bytes = 0  # the size of the line being dispatched
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
@@ -336,7 +333,7 @@ class ExecutionProcess:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while (line := await read_line(reader, MAX_CHILD_LINE_BYTES)) is not None:
-                self._dispatch(decode_from_child(line))
+                self._dispatch(decode_from_child(line), len(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
             self.kill(f"execution process failed: {exc}", crash=True, cause="protocol")
@@ -369,7 +366,8 @@ class ExecutionProcess:
         """Why the process exited; None while it runs."""
         return self._exit
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message, size: int = 0) -> None:
+        self._line_bytes = size  # what a stray costs (_stray)
         if isinstance(message, TaskDelta):
             sink = self._delta_sinks.get(message.task_id)
             if sink is None:
@@ -415,10 +413,8 @@ class ExecutionProcess:
             self._stray(message)
 
     def _stray(self, message: Message) -> None:
-        """An answer nobody waits for: a few follow a cancel or a probe's timeout; a stream of them is a child
-        that sends what it likes (each line costs the daemon's event loop its parse)."""
-        if self._strays.record(asyncio.get_running_loop().time(), STRAY_WINDOW_S) > MAX_STRAYS:
-            raise ProtocolError(f"more than {MAX_STRAYS} answers in {STRAY_WINDOW_S:g} s for tasks it was not given")
+        """An answer nobody waits for: a stream of them ends the process (strays.py)."""
+        self._strays.note(asyncio.get_running_loop().time(), self._line_bytes)
 
     async def _reap(self, reader: asyncio.StreamReader) -> None:
         """Wait for the process to end after its stream closed (kill it if it lingers)."""

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess
+from node.daemon.processes.handle import ExecutionProcess
+from node.daemon.processes.strays import MAX_STRAYS, STRAY_BYTES
 from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_UNREAD_BYTES, ToolEgress
 from node.execution.protocol import (
     Message,
@@ -34,7 +35,7 @@ from node.execution.tool_channel import DaemonToolHttp
 from tests.support.http_server import LocalServer, Route
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
-from workflows.tool_http import ToolRequest, fetch
+from workflows.tool_http import MAX_FIELDS, MAX_URL_CHARS, MAX_VALUE_CHARS, ToolRequest, fetch
 
 KEY = "serper-key-of-the-operator"
 
@@ -104,7 +105,7 @@ async def test_the_daemons_egress_policy_holds_whatever_the_process_asks(server:
 async def test_the_search_key_is_the_daemons_to_add_on_the_providers_origin_only(server: LocalServer) -> None:
     serper = SearchProvider(kind="serper", url=server.url("/search"), api_key=SecretStr(KEY))
     wire = Wire(ToolSettings(search=serper, egress_allow=["127.0.0.1"]))
-    await wire.channel.send(ToolRequest(method="POST", url=server.url("/search"), json_body={"q": "x"}, search=True))
+    await wire.channel.send(ToolRequest(method="POST", url=server.url("/search"), json_body='{"q": "x"}', search=True))
     assert server.seen[-1].headers["x-api-key"] == KEY  # the request carried none
     await wire.channel.send(ToolRequest(method="GET", url=server.url("/page")))  # not a search request
     assert "x-api-key" not in server.seen[-1].headers
@@ -149,17 +150,31 @@ async def test_the_process_gives_up_when_the_daemon_never_answers() -> None:
     assert len(sent) == 1 and isinstance(sent[0], ToolFetch)
 
 
-async def test_a_stream_of_requests_past_the_bounds_ends_the_process_as_broken() -> None:
-    """An honest process never sends a request past MAX_REQUEST_BYTES, nor more than MAX_IN_FLIGHT at once: each
-    one counts as an answer nobody asked for, and a stream of them ends the process (handle.py's strays)."""
+async def test_requests_past_the_bounds_end_the_process_as_broken() -> None:
+    """What a process sends as `fetch` is text of bounded length, field by field (no JSON structure for the daemon
+    to walk): a field past its bound breaks the protocol at once. A request within those but larger than
+    MAX_REQUEST_BYTES as a whole, or past MAX_IN_FLIGHT, counts as an answer nobody asked for, once per
+    STRAY_BYTES of its line: a few of them end the process (strays.py)."""
     process = ExecutionProcess("m", {}, on_exit=lambda _: None, tools=ToolSettings())
-    huge = ToolFetch(
-        request_id=1, request=ToolRequest(method="POST", url="http://x/", json_body="x" * MAX_REQUEST_BYTES)
+    nested = b'{"kind":"fetch","request_id":1,"request":{"method":"POST","url":"http://x/","json_body":[[[[]]]]}}\n'
+    too_long = encode(ToolFetch(request_id=1, request=ToolRequest(method="GET", url="http://x/"))).replace(
+        b"http://x/", b"http://x/" + b"a" * MAX_URL_CHARS
     )
-    for _ in range(MAX_STRAYS):
-        process._dispatch(decode_from_child(encode(huge)))
+    for line in (nested, too_long):
+        with pytest.raises(ProtocolError):
+            decode_from_child(line)
+    fields = {f"X-{i}": "v" * MAX_VALUE_CHARS for i in range(MAX_FIELDS)}
+    large = encode(
+        ToolFetch(
+            request_id=1, request=ToolRequest(method="POST", url="http://x/", headers=fields, json_body="x" * 1000)
+        )
+    )
+    assert len(large) > MAX_REQUEST_BYTES
+    allowed = MAX_STRAYS // (1 + len(large) // STRAY_BYTES)
+    for _ in range(allowed):
+        process._dispatch(decode_from_child(large), len(large))
     with pytest.raises(ProtocolError, match="for tasks it was not given"):
-        process._dispatch(decode_from_child(encode(huge)))
+        process._dispatch(decode_from_child(large), len(large))
     assert process._egress.in_flight == 0  # none was made
 
 

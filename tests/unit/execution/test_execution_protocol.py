@@ -11,7 +11,8 @@ import pytest
 
 from models.benchmark import MEASURE_BEFORE_READY, CacheFile
 from node.daemon.processes.exits import describe_exit
-from node.daemon.processes.handle import MAX_STRAYS, ExecutionProcess
+from node.daemon.processes.handle import ExecutionProcess
+from node.daemon.processes.strays import MAX_STRAYS
 from node.execution.process import sendable_text
 from node.execution.protocol import (
     MAX_PROVISIONAL_SPEEDS,
