@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "ac
 # Encodings response_text.py decodes under the byte cap (httpx would decode uncapped).
 _ACCEPT_ENCODING = "gzip, deflate"
 _SEARCH_KEY_HEADER = "X-API-KEY"  # serper's
+# A body may arrive in this many pieces, and one more per PIECE_BYTES of it (_read_capped).
+SMALL_PIECES = 4096
+PIECE_BYTES = 1024
 
 
 _TEREDO = ipaddress.ip_network("2001::/32")
@@ -216,38 +220,59 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-async def exchange(settings: ToolSettings, request: ToolRequest, resolver: Resolver) -> RawResponse:
-    """One HTTP exchange under the egress policy, its body as received, its host names looked up by `resolver`.
-    A `search` request must go to the operator's search provider: its first hop skips the address check (the
-    operator configured it)."""
-    import httpx
+class Egress:
+    """Tool requests made from this process, under the egress policy: the daemon's for its execution processes
+    (node/daemon/processes/tool_egress.py), or the engine's own when it runs alone. One per process: its own
+    lookup threads (Resolver), and one TLS context (loading the CA bundle cost every request ~20 ms)."""
 
-    policy = EgressPolicy(settings, resolver)
-    try:
-        async with asyncio.timeout(settings.http_timeout_s):
-            url = httpx.URL(request.url).copy_merge_params(request.params)
-            if request.search and not policy.is_search_provider(url):
-                raise EgressRefusedError("tool request refused: a search request goes only to the search endpoint")
-            return await _exchange(policy, request, url)
-    except TimeoutError:
-        raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
-    except httpx.InvalidURL:
-        raise ToolError("tool request: invalid URL") from None
-    except UnicodeError:  # a host label IDNA refuses, a header value that is not Latin-1
-        raise ToolError("tool request: a host name or header value that cannot be encoded") from None
-    except httpx.HTTPError as e:
-        log.debug("egress failed", error=str(e))  # debug only: the text may hold the URL or a header value
-        raise ToolError(f"tool request failed: {type(e).__name__}") from None
+    def __init__(self, settings: ToolSettings) -> None:
+        self.settings = settings
+        self._policy = EgressPolicy(settings, Resolver())
+        self._tls: ssl.SSLContext | None = None  # made by the first request (httpx loads with it)
+
+    async def send(self, request: ToolRequest) -> RawResponse:
+        """One HTTP exchange, its body as received. A `search` request must go to the operator's search endpoint:
+        its first hop skips the address check (the operator configured it)."""
+        import httpx
+
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.http_timeout_s):
+                url = httpx.URL(request.url).copy_merge_params(request.params)
+                if request.search and not self._policy.is_search_provider(url):
+                    raise EgressRefusedError("tool request refused: a search request goes only to the search endpoint")
+                address = await self._policy.check(url, trusted=request.search)  # before any client is made
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context(trust_env=False)
+                return await _exchange(self._policy, self._tls, request, url, address)
+        except TimeoutError:
+            raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
+        except httpx.InvalidURL:
+            raise ToolError("tool request: invalid URL") from None
+        except UnicodeError:  # a host label IDNA refuses, a header value that is not Latin-1
+            raise ToolError("tool request: a host name or header value that cannot be encoded") from None
+        except httpx.HTTPError as e:
+            log.debug("egress failed", error=str(e))  # debug only: the text may hold the URL or a header value
+            raise ToolError(f"tool request failed: {type(e).__name__}") from None
 
 
-async def _exchange(policy: EgressPolicy, request: ToolRequest, url: httpx.URL) -> RawResponse:
+async def _exchange(
+    policy: EgressPolicy, tls: ssl.SSLContext, request: ToolRequest, url: httpx.URL, address: IPAddress
+) -> RawResponse:
     import httpx
 
     settings = policy.settings
     method, json_body, headers = request.method, request.json_body, dict(request.headers)
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=settings.http_timeout_s) as client:
+    async with httpx.AsyncClient(
+        verify=tls,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=settings.http_timeout_s,
+        limits=httpx.Limits(max_keepalive_connections=0),  # no connection outlives its hop: each names its host
+    ) as client:
         for hop in range(settings.max_redirects + 1):
-            address = await policy.check(url, trusted=request.search and hop == 0)
+            if hop:
+                address = await policy.check(url)
             hop_headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS})
             hop_headers.update(policy.secret_headers(url, search=request.search))  # replaces same-named, any case
             hop_headers["Host"] = url.netloc.decode()  # we connect to the checked address
@@ -286,24 +311,16 @@ async def _exchange(policy: EgressPolicy, request: ToolRequest, url: httpx.URL) 
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body as received (before any Content-Encoding is undone), at most `limit` bytes."""
+    """The body as received (before any Content-Encoding is undone), at most `limit` bytes, in at most
+    SMALL_PIECES pieces more than one per PIECE_BYTES (each piece, a chunk of a chunked body or a read of a
+    trickle, costs the event loop its parse: a million one-byte chunks took 10 s of it)."""
     data = bytearray()
+    pieces = 0
     async for piece in response.aiter_raw():
         data.extend(piece)
+        pieces += 1
         if len(data) > limit:
             raise ToolError(f"tool response is larger than {limit} bytes")
+        if pieces > SMALL_PIECES + len(data) // PIECE_BYTES:
+            raise ToolError("tool response arrives in too many small pieces")
     return bytes(data)
-
-
-class DirectToolHttp:
-    """Tool requests made by this process itself (the workflow engine run alone, and its tests)."""
-
-    def __init__(self, settings: ToolSettings) -> None:
-        self.settings = settings
-        self._resolver: Resolver | None = None  # made by the first request
-
-    async def send(self, request: ToolRequest) -> RawResponse:
-        """The answer to `request`, under the egress policy."""
-        if self._resolver is None:
-            self._resolver = Resolver()
-        return await exchange(self.settings, request, self._resolver)

@@ -11,7 +11,7 @@ import structlog
 from models.requests import FinishReason, ModelError, TextSink
 from workflows.backend import ModelBackend
 from workflows.conditions import evaluate
-from workflows.egress import DirectToolHttp
+from workflows.egress import Egress
 from workflows.errors import (
     LimitExceededError,
     ModelFailedError,
@@ -68,7 +68,7 @@ async def run_workflow(
 
     `prompt` becomes the cache entry `__input`; `embedder` (default: `model`)
     provides the file store's embeddings; `http` carries the tools' requests (default: made by this
-    process, egress.py's `DirectToolHttp`). `max_time` is enforced while a task
+    process, egress.py's `Egress`). `max_time` is enforced while a task
     runs: an in-flight generation is cancelled. Every step yields to the event
     loop, memory writes are checked against `options.max_memory_bytes`, and a
     result over `options.max_result_bytes` raises ResultTooLargeError. `on_text` gets the
@@ -89,7 +89,7 @@ async def run_workflow(
         model=model,
         memory=Memory.create(embedder or model, workflow.external_memory, prompt, options.max_memory_bytes),
         tools=tools,
-        http=http or DirectToolHttp(tools),
+        http=http or Egress(tools),
         options=options,
         rng=random.Random(options.seed),
         sources=KeySources.of(workflow, prompt),

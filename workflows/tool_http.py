@@ -3,7 +3,7 @@
 A tool never opens a socket itself. It hands a `ToolRequest` to a `ToolHttp` channel: in the node, the
 execution process's channel to the daemon (node/execution/tool_channel.py), which makes the request under
 the operator's egress policy (egress.py) and holds the operator's secrets; run in-process, egress.py's
-`DirectToolHttp`. What comes back is the body as received (`RawResponse`), which `fetch` decodes here,
+`Egress`. What comes back is the body as received (`RawResponse`), which `fetch` decodes here,
 where the workflow runs (response_text.py).
 """
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflows.egress import DirectToolHttp
+from workflows.egress import Egress
 from workflows.options import ToolSettings
 from workflows.tool_http import HttpResponse, fetch
 
 
 async def fetch_here(settings: ToolSettings, method: str, url: str, **kwargs: Any) -> HttpResponse:
-    """`fetch` through this process's own egress (egress.py's DirectToolHttp), capped at the settings' bytes."""
-    return await fetch(DirectToolHttp(settings), settings.max_response_bytes, method, url, **kwargs)
+    """`fetch` through this process's own egress (egress.py's Egress), capped at the settings' bytes."""
+    return await fetch(Egress(settings), settings.max_response_bytes, method, url, **kwargs)

@@ -6,7 +6,8 @@ local) and none of the operator's tool secrets (child_inputs.py). Its tools send
 every hop, secrets added where they may go, the body capped as received) and answers `fetched` with the body
 undecoded: decompressing and decoding a stranger's bytes is left to the process that runs the workflow.
 
-A process may have at most MAX_IN_FLIGHT requests open, each at most MAX_REQUEST_BYTES, and no new one while
+A process may have at most MAX_IN_FLIGHT requests open, start MAX_RATE a second on average, each at most
+MAX_REQUEST_BYTES, and no new one while
 more than MAX_UNREAD_BYTES it has not read wait in the socket's buffer (a process that asks and never reads
 would have the daemon hold every answer); past any of these, a request is answered with an error at once, and
 counted against the process as an answer nobody asked for (handle.py: an honest process meets none). Each ends within the operator's `tool_timeout`; those still open when the
@@ -16,6 +17,7 @@ process exits are cancelled.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -24,7 +26,7 @@ from pydantic_core import to_json
 
 from config.settings import ConfigError, Settings
 from node.execution.protocol import MAX_ERROR_CHARS, Message, ToolFetch, ToolFetched
-from workflows.egress import Resolver, exchange  # httpx loads with the first request (egress.py)
+from workflows.egress import Egress  # httpx loads with the first request (egress.py)
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
 
@@ -37,6 +39,9 @@ MAX_IN_FLIGHT = 32
 MAX_REQUEST_BYTES = 1 << 20
 # What the daemon holds for a process that does not read its socket: answers are up to `tool_max_bytes` each.
 MAX_UNREAD_BYTES = 16 << 20
+# Requests a second one process may start, on average (MAX_IN_FLIGHT at once): each costs the daemon's event loop
+# its lookup, connection and parse, even one refused at its first hop.
+MAX_RATE = 16.0
 _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 
@@ -89,7 +94,8 @@ class ToolEgress:
         self._answer = answer
         self._model = model
         self._open: set[asyncio.Task[None]] = set()
-        self._resolver: Resolver | None = None  # its own lookup threads (egress.py), made by the first request
+        self._egress: Egress | None = None  # its own lookups and TLS context (egress.py), made by the first request
+        self._tokens, self._counted_at = float(MAX_IN_FLIGHT), time.monotonic()  # MAX_RATE's bucket
 
     @property
     def in_flight(self) -> int:
@@ -98,12 +104,16 @@ class ToolEgress:
 
     def start(self, message: ToolFetch) -> bool:
         """Make the request in the background; its answer goes back as `fetched`. False when it was refused
-        for the bounds (MAX_IN_FLIGHT, MAX_UNREAD_BYTES, MAX_REQUEST_BYTES), which an honest process never meets."""
+        for the bounds (MAX_IN_FLIGHT, MAX_RATE, MAX_UNREAD_BYTES, MAX_REQUEST_BYTES), which an honest process never
+        meets."""
         if self._tools is None:
             self._fail(message.request_id, "tool request failed: this node makes no tool requests")
             return True
         if len(self._open) >= MAX_IN_FLIGHT:
             self._fail(message.request_id, f"tool request failed: {MAX_IN_FLIGHT} requests are open already")
+            return False
+        if not self._take_token():
+            self._fail(message.request_id, f"tool request failed: more than {MAX_RATE:g} a second")
             return False
         if self._unread() > MAX_UNREAD_BYTES:
             self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read")
@@ -111,11 +121,20 @@ class ToolEgress:
         if len(to_json(message.request)) > MAX_REQUEST_BYTES:
             self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")
             return False
-        if self._resolver is None:
-            self._resolver = Resolver()
-        task = asyncio.create_task(self._make(self._tools, self._resolver, message), name=f"exec-{self._model}-fetch")
+        if self._egress is None:
+            self._egress = Egress(self._tools)
+        task = asyncio.create_task(self._make(self._egress, message), name=f"exec-{self._model}-fetch")
         self._open.add(task)
         task.add_done_callback(self._open.discard)
+        return True
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(float(MAX_IN_FLIGHT), self._tokens + (now - self._counted_at) * MAX_RATE)
+        self._counted_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
         return True
 
     async def close(self) -> None:
@@ -124,9 +143,9 @@ class ToolEgress:
             task.cancel()
         await asyncio.gather(*self._open, return_exceptions=True)
 
-    async def _make(self, tools: ToolSettings, resolver: Resolver, message: ToolFetch) -> None:
+    async def _make(self, egress: Egress, message: ToolFetch) -> None:
         try:
-            response = await exchange(tools, message.request, resolver)
+            response = await egress.send(message.request)
         except EgressRefusedError as exc:
             self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS], refused=True))
         except ToolError as exc:

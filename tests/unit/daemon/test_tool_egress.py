@@ -13,15 +13,17 @@ import gzip
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from node.daemon.processes import tool_egress
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.strays import MAX_STRAYS, STRAY_BYTES
-from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_UNREAD_BYTES, ToolEgress
+from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_RATE, MAX_REQUEST_BYTES, MAX_UNREAD_BYTES, ToolEgress
 from node.execution.protocol import (
     Message,
     ProtocolError,
@@ -33,6 +35,7 @@ from node.execution.protocol import (
 )
 from node.execution.tool_channel import DaemonToolHttp
 from tests.support.http_server import LocalServer, Route
+from workflows.egress import SMALL_PIECES, Egress
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
 from workflows.tool_http import MAX_FIELDS, MAX_URL_CHARS, MAX_VALUE_CHARS, ToolRequest, fetch
@@ -246,3 +249,54 @@ async def test_no_new_request_is_made_while_the_process_leaves_its_answers_unrea
         writer.transport.abort()
         theirs.close()
         big.close()
+
+
+async def test_a_process_starts_at_most_max_rate_requests_a_second(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request costs the daemon's event loop its lookup, connection and parse, even one its first hop
+    refuses: past MAX_IN_FLIGHT at once and MAX_RATE a second on average, requests are refused (and counted)."""
+    now = [1000.0]
+    monkeypatch.setattr(tool_egress.time, "monotonic", lambda: now[0])
+    wire = Wire(ToolSettings())  # loopback refused: each request ends at its first hop, at once
+    refused_for_rate = 0
+    for _ in range(MAX_IN_FLIGHT + 1):
+        with pytest.raises(ToolError) as raised:
+            await wire.channel.send(ToolRequest(method="GET", url=server.url("/page")))
+        refused_for_rate += "a second" in str(raised.value)
+    assert refused_for_rate == 1  # the burst is MAX_IN_FLIGHT, then none until time passes
+    now[0] += 1.0
+    started = 0
+    for _ in range(int(MAX_RATE) + 1):
+        with pytest.raises(ToolError) as raised:
+            await wire.channel.send(ToolRequest(method="GET", url=server.url("/page")))
+        started += "a second" not in str(raised.value)
+    assert started == int(MAX_RATE)
+    assert server.seen == []
+
+
+async def test_a_body_in_a_great_many_small_pieces_is_cut_short() -> None:
+    """Each piece of a body (a chunk of a chunked one) costs the event loop its parse, whatever its size: a
+    million one-byte chunks took 10 s of it. Past SMALL_PIECES more than one per PIECE_BYTES, the request fails."""
+    chunks = b"1\r\nx\r\n" * (4 * SMALL_PIECES)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    chunked = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = chunked.sockets[0].getsockname()[1]
+    egress = Egress(ToolSettings(egress_allow=["127.0.0.1"]))
+    try:
+        started = time.thread_time()
+        with pytest.raises(ToolError, match="too many small pieces"):
+            await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))
+        assert time.thread_time() - started < 2.0  # a bounded cost, not one per chunk sent
+        honest = bytes(range(256)) * 64  # 16 KiB in 16 chunks of 1 KiB
+        chunks = b"".join(b"400\r\n" + honest[i : i + 1024] + b"\r\n" for i in range(0, len(honest), 1024))
+        assert (await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).body == honest
+    finally:
+        chunked.close()
+        await chunked.wait_closed()

@@ -26,7 +26,7 @@ from workflows import (
     parse_workflow,
     run_workflow,
 )
-from workflows.egress import DirectToolHttp, is_public
+from workflows.egress import Egress, is_public
 from workflows.options import AllowEntry
 from workflows.schema import HttpRequestTool, WorkflowConfig
 from workflows.tools import build_tools
@@ -71,7 +71,7 @@ def servers() -> Iterator[tuple[LocalServer, LocalServer]]:
 
 def _reader() -> Tool:
     settings = ToolSettings(reader_enabled=True, egress_allow=["127.0.0.1"])
-    return configured_builtins(settings, DirectToolHttp(settings), 100)["reader"]
+    return configured_builtins(settings, Egress(settings), 100)["reader"]
 
 
 def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> HttpRequestTool:
@@ -97,7 +97,7 @@ def _tool(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
     ],
 )
 async def test_non_public_targets_are_refused_before_connecting(url: str) -> None:
-    run = http_request_tool(_tool(url), ToolSettings(), DirectToolHttp(ToolSettings())).run
+    run = http_request_tool(_tool(url), ToolSettings(), Egress(ToolSettings())).run
     assert run is not None
     started = time.monotonic()
     with pytest.raises(EgressRefusedError, match="not public"):
@@ -136,7 +136,7 @@ async def test_operator_secret_never_goes_over_plain_http(servers: tuple[LocalSe
     a, b = servers
     settings = ToolSettings(egress_allow=["127.0.0.1"], secrets={f"127.0.0.1:{a.port}": {"Authorization": "Bearer A"}})
     for url in (b.url("/"), a.url("/to-b")):
-        tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings, DirectToolHttp(settings))
+        tool = http_request_tool(_tool(url, headers={"X-From-Workflow": "1"}), settings, Egress(settings))
         assert tool.run is not None
         assert await tool.run({"code": "A-17"}) == "from B"
     # The key names A's host and port, but the request is http://: secrets go only over https.
@@ -164,13 +164,13 @@ def _config(tools: list[str], custom: list[dict[str, Any]] | None = None) -> Wor
 
 def test_tool_names_all_unknown_and_unconfigured() -> None:
     nothing = ToolSettings()
-    assert build_tools(_config(["ALL"]), nothing, DirectToolHttp(nothing), 100) == []
+    assert build_tools(_config(["ALL"]), nothing, Egress(nothing), 100) == []
     with pytest.raises(ToolError, match="unknown tool 'weather'"):
-        build_tools(_config(["weather"]), nothing, DirectToolHttp(nothing), 100)
+        build_tools(_config(["weather"]), nothing, Egress(nothing), 100)
     with pytest.raises(ToolError, match="'search' is not available"):
-        build_tools(_config(["search"]), nothing, DirectToolHttp(nothing), 100)
+        build_tools(_config(["search"]), nothing, Egress(nothing), 100)
     configured = ToolSettings(search=SearchProvider(kind="searxng", url="http://127.0.0.1:1"), reader_enabled=True)
-    http = DirectToolHttp(configured)
+    http = Egress(configured)
     assert [t.name for t in build_tools(_config(["ALL"]), configured, http, 100)] == ["search", "reader"]
     assert [t.name for t in build_tools(_config(["jina"]), configured, http, 100)] == ["reader"]
 
@@ -362,4 +362,4 @@ def test_a_custom_tool_named_as_a_builtin_the_workflow_asks_for_is_refused_on_ev
     )
     for settings in (ToolSettings(), ToolSettings(search=SearchProvider(kind="searxng", url="http://s.example"))):
         with pytest.raises(InvalidToolError, match="has the name of another tool"):  # was only where search is set
-            build_tools(config, settings, DirectToolHttp(settings), 100)
+            build_tools(config, settings, Egress(settings), 100)
