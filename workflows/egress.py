@@ -45,7 +45,7 @@ _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "ac
 _ACCEPT_ENCODING = "gzip, deflate"
 _SEARCH_KEY_HEADER = "X-API-KEY"  # serper's
 # A body may arrive in this many pieces, and one more per PIECE_BYTES of it (_read_capped).
-SMALL_PIECES = 4096
+SMALL_PIECES = 1024
 PIECE_BYTES = 1024
 
 

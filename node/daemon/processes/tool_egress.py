@@ -41,7 +41,7 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_UNREAD_BYTES = 16 << 20
 # Requests a second one process may start, on average (MAX_IN_FLIGHT at once): each costs the daemon's event loop
 # its lookup, connection and parse, even one refused at its first hop.
-MAX_RATE = 16.0
+MAX_RATE = 8.0
 _SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
 
 
