@@ -124,6 +124,10 @@ def restrict_syscalls(network: bool = False) -> str:
         sockets = [
             *(("socket", refused, int_argument(0, family)) for family in _FAMILIES if family not in _INTERNET),
             *(("socket", refused, type_argument(1, kind)) for kind in _SOCKET_TYPES if kind != socket.SOCK_STREAM),
+            # TCP's protocol numbers only (0, IPPROTO_TCP): MPTCP (262), SCTP or SMC streams are no TCP to Landlock,
+            # whose port rules they pass. Compared whole: a value with high bits set is refused, as no libc sends one.
+            ("socket", refused, seccomp.Arg(2, seccomp.GT, socket.IPPROTO_TCP)),
+            *(("socket", refused, int_argument(2, number)) for number in range(1, socket.IPPROTO_TCP)),
         ]
     else:
         sockets = [("socket", refused, None)]

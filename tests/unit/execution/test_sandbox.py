@@ -134,6 +134,8 @@ result = {{
     "make a datagram socket pair": attempt(lambda: [end.close() for end in __import__("socket").socketpair(1, 2)]),
     "open a UDP socket": attempt(lambda: __import__("socket").socket(2, 2).close()),
     "open an IPv6 TCP socket": attempt(lambda: __import__("socket").socket(10, 1 | 0o4000).close()),
+    "open an MPTCP socket": attempt(lambda: __import__("socket").socket(2, 1, 262).close()),
+    "open a TCP socket by its protocol number": attempt(lambda: __import__("socket").socket(2, 1, 6).close()),
     "open a vsock socket": attempt(lambda: __import__("socket").socket(40, 1).close()),
     "look up localhost": attempt(lambda: __import__("socket").getaddrinfo("localhost", 80, type=1)),
     "connect to the engine's port": attempt(lambda: __import__("socket").create_connection(("127.0.0.1", int(sys.argv[6])), 5).close()),
@@ -223,6 +225,8 @@ def test_a_confined_process_keeps_its_own_paths_and_loses_the_daemons(tmp_path: 
         "open a netlink socket",
         "open a UDP socket",
         "open an IPv6 TCP socket",
+        "open an MPTCP socket",
+        "open a TCP socket by its protocol number",
         "open a vsock socket",
         "connect to the engine's port",
         "connect to another port",
@@ -241,7 +245,10 @@ def test_a_remote_engines_process_keeps_tcp_sockets_to_its_engines_ports_only(tm
     assert result["open an internet socket"] == result["open an IPv6 TCP socket"] == "allowed"  # with flags too
     assert result["look up localhost"] == "allowed"
     # TCP only: UDP, vsock and netlink reach what Landlock's port rules do not govern
-    for other in ("open an IPv6 socket", "open a UDP socket", "open a vsock socket", "open a netlink socket"):
+    assert result["open a TCP socket by its protocol number"] == "allowed"
+    # MPTCP (which falls back to TCP with any peer) is no TCP to Landlock's port rules: refused, as UDP, vsock...
+    others = ("open an MPTCP socket", "open an IPv6 socket", "open a UDP socket", "open a vsock socket")
+    for other in (*others, "open a netlink socket"):
         assert result[other] == "PermissionError", other  # the IPv6 probe opens a datagram socket
     assert result["connect to the engine's port"] == "allowed"
     # Landlock ABI 4 (Linux 6.7) names TCP ports: the metadata service's 80, the node's HTTP port...
