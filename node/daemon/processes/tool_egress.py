@@ -7,11 +7,11 @@ every hop, secrets added where they may go, the body capped as received) and ans
 undecoded: decompressing and decoding a stranger's bytes is left to the process that runs the workflow.
 
 A process may have at most MAX_IN_FLIGHT requests open, start MAX_RATE a second on average, each at most
-MAX_REQUEST_BYTES, and no new one while
-more than MAX_UNREAD_BYTES it has not read wait in the socket's buffer (a process that asks and never reads
-would have the daemon hold every answer); past any of these, a request is answered with an error at once, and
-counted against the process as an answer nobody asked for (handle.py: an honest process meets none). Each ends within the operator's `tool_timeout`; those still open when the
-process exits are cancelled.
+MAX_REQUEST_BYTES, and none while more than MAX_UNREAD_BYTES of its answers wait unread in the socket's buffer
+(a process that asks and never reads would have the daemon hold every answer); past any of these, a request is
+answered with an error at once and counted against the process as an answer nobody asked for (strays.py: an
+honest process meets none). An answer that would take the unread ones past MAX_UNREAD_BYTES is an error too.
+Each request ends within the operator's `tool_timeout`; those still open when the process exits are cancelled.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ToolEgress:
             self._fail(message.request_id, f"tool request failed: more than {MAX_RATE:g} a second")
             return False
         if self._unread() > MAX_UNREAD_BYTES:
-            self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read")
+            self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read yet")
             return False
         if len(to_json(message.request)) > MAX_REQUEST_BYTES:
             self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")
@@ -154,7 +154,10 @@ class ToolEgress:
             log.exception("tool request failed", model=self._model)
             self._answer(ToolFetched(request_id=message.request_id, error="tool request failed: internal error"))
         else:
-            self._answer(ToolFetched(request_id=message.request_id, response=response))
+            if self._unread() + len(response.body) * 4 // 3 > MAX_UNREAD_BYTES:  # the body travels in base64
+                self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read yet")
+            else:
+                self._answer(ToolFetched(request_id=message.request_id, response=response))
 
     def _fail(self, request_id: int, error: str) -> None:
         self._answer(ToolFetched(request_id=request_id, error=error))

@@ -220,33 +220,44 @@ async def test_a_lookup_that_hangs_holds_only_its_own_processes_requests(
         await honest.egress.close()
 
 
-async def test_no_new_request_is_made_while_the_process_leaves_its_answers_unread() -> None:
-    """A process that asks and never reads its socket would have the daemon hold every answer: past
-    MAX_UNREAD_BYTES waiting in the socket's buffer, its requests are refused (and counted, handle.py)."""
+def _read_to_the_end(end: socket.socket) -> bytes:
+    received = bytearray()
+    while chunk := end.recv(1 << 20):
+        received += chunk
+    return bytes(received)
+
+
+async def test_the_answers_a_process_leaves_unread_stay_within_max_unread_bytes() -> None:
+    """A process that asks and never reads its socket would have the daemon hold every answer: an answer that
+    would take what waits unread past MAX_UNREAD_BYTES is an error instead, however many requests were open."""
     body = bytes(range(256)) * 4096  # 1 MiB, ~1.4 MiB as an answer's JSON
     big = LocalServer({"/big": Route(body=body)})
-    ours, theirs = socket.socketpair()  # `theirs` is never read
+    ours, theirs = socket.socketpair()  # `theirs` is not read until the end
     _, writer = await asyncio.open_unix_connection(sock=ours)
     tools = ToolSettings(egress_allow=["127.0.0.1"], max_response_bytes=2 * len(body))
     egress = ToolEgress(
         tools, lambda message: writer.write(encode(message)), "m", writer.transport.get_write_buffer_size
     )
-    refused_at = None
     try:
-        for request_id in range(64):
-            started = egress.start(
+        for request_id in range(MAX_IN_FLIGHT):  # all open at once, all answered while nothing reads
+            assert egress.start(
                 ToolFetch(request_id=request_id, request=ToolRequest(method="GET", url=big.url("/big")))
             )
-            if not started:
-                refused_at = request_id
-                break
-            while egress.in_flight:  # one at a time: the buffer grows by one answer a request
-                await asyncio.sleep(0.01)
-        assert refused_at is not None and refused_at >= MAX_UNREAD_BYTES // (2 * len(body))
-        assert writer.transport.get_write_buffer_size() <= MAX_UNREAD_BYTES + 2 * len(body)
+        while egress.in_flight:
+            await asyncio.sleep(0.01)
+        assert writer.transport.get_write_buffer_size() <= MAX_UNREAD_BYTES  # 32 answers were ~45 MiB
+        theirs.settimeout(10)
+        reading = asyncio.create_task(asyncio.to_thread(_read_to_the_end, theirs))
+        writer.close()  # what waits in the buffer goes as the other end reads it
+        await writer.wait_closed()
+        answers = [decode_to_child(line + b"\n") for line in (await reading).splitlines()]
+        delivered = [a for a in answers if isinstance(a, ToolFetched) and a.response is not None]
+        failed = [a for a in answers if isinstance(a, ToolFetched) and a.error and "not read yet" in a.error]
+        assert len(delivered) + len(failed) == MAX_IN_FLIGHT and delivered and failed
     finally:
         await egress.close()
-        writer.transport.abort()
+        if not writer.is_closing():
+            writer.transport.abort()
         theirs.close()
         big.close()
 
