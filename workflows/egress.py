@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from workflows.cpu_meter import Allowance, metered
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import IPAddress, ToolSettings
 from workflows.tool_http import RawResponse, ToolRequest
@@ -47,6 +48,12 @@ _SEARCH_KEY_HEADER = "X-API-KEY"  # serper's
 # A body may arrive in this many pieces, and one more per PIECE_BYTES of it (_read_capped).
 SMALL_PIECES = 1024
 PIECE_BYTES = 1024
+# The CPU one Egress's requests may take of the thread they run on (the daemon's event loop): seconds a second, and
+# at most this many at once. An honest request takes a few ms; a hostile server's headers of 100 KiB in 20,000
+# lines took 85 ms a response, six responses a request with redirects.
+CPU_PER_SECOND = 0.05
+CPU_BURST = 0.5
+_CPU_SPENT = "the requests of this process used their share of the node's CPU"
 
 
 _TEREDO = ipaddress.ip_network("2001::/32")
@@ -229,6 +236,7 @@ class Egress:
         self.settings = settings
         self._policy = EgressPolicy(settings, Resolver())
         self._tls: ssl.SSLContext | None = None  # made by the first request (httpx loads with it)
+        self._cpu = Allowance(CPU_PER_SECOND, CPU_BURST)  # of the thread its requests run on (cpu_meter.py)
 
     async def send(self, request: ToolRequest) -> RawResponse:
         """One HTTP exchange, its body as received. A `search` request must go to the operator's search endpoint:
@@ -241,10 +249,13 @@ class Egress:
                 url = httpx.URL(request.url).copy_merge_params(request.params)
                 if request.search and not self._policy.is_search_provider(url):
                     raise EgressRefusedError("tool request refused: a search request goes only to the search endpoint")
+                if self._cpu.left() <= 0:
+                    raise ToolError(f"tool request refused: {_CPU_SPENT}")
                 address = await self._policy.check(url, trusted=request.search)  # before any client is made
                 if self._tls is None:
                     self._tls = httpx.create_ssl_context(trust_env=False)
-                return await _exchange(self._policy, self._tls, request, url, address)
+                exchange = _exchange(self._policy, self._tls, request, url, address)
+                return await metered(exchange, self._cpu, ToolError(f"tool request stopped: {_CPU_SPENT}"))
         except TimeoutError:
             raise ToolError(f"tool request timed out after {settings.http_timeout_s:g} s") from None
         except httpx.InvalidURL:

@@ -17,7 +17,6 @@ Each request ends within the operator's `tool_timeout`; those still open when th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import structlog
@@ -26,6 +25,7 @@ from pydantic_core import to_json
 
 from config.settings import ConfigError, Settings
 from node.execution.protocol import MAX_ERROR_CHARS, Message, ToolFetch, ToolFetched
+from workflows.cpu_meter import Allowance
 from workflows.egress import Egress  # httpx loads with the first request (egress.py)
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
@@ -95,7 +95,7 @@ class ToolEgress:
         self._model = model
         self._open: set[asyncio.Task[None]] = set()
         self._egress: Egress | None = None  # its own lookups and TLS context (egress.py), made by the first request
-        self._tokens, self._counted_at = float(MAX_IN_FLIGHT), time.monotonic()  # MAX_RATE's bucket
+        self._starts = Allowance(MAX_RATE, MAX_IN_FLIGHT)
 
     @property
     def in_flight(self) -> int:
@@ -112,7 +112,7 @@ class ToolEgress:
         if len(self._open) >= MAX_IN_FLIGHT:
             self._fail(message.request_id, f"tool request failed: {MAX_IN_FLIGHT} requests are open already")
             return False
-        if not self._take_token():
+        if not self._starts.spend(1):
             self._fail(message.request_id, f"tool request failed: more than {MAX_RATE:g} a second")
             return False
         if self._unread() > MAX_UNREAD_BYTES:
@@ -126,15 +126,6 @@ class ToolEgress:
         task = asyncio.create_task(self._make(self._egress, message), name=f"exec-{self._model}-fetch")
         self._open.add(task)
         task.add_done_callback(self._open.discard)
-        return True
-
-    def _take_token(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(float(MAX_IN_FLIGHT), self._tokens + (now - self._counted_at) * MAX_RATE)
-        self._counted_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
         return True
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ secrets added only where they may go, and a bounded number of requests open at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
@@ -20,7 +21,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from node.daemon.processes import tool_egress
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.strays import MAX_STRAYS, STRAY_BYTES
 from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_RATE, MAX_REQUEST_BYTES, MAX_UNREAD_BYTES, ToolEgress
@@ -35,7 +35,8 @@ from node.execution.protocol import (
 )
 from node.execution.tool_channel import DaemonToolHttp
 from tests.support.http_server import LocalServer, Route
-from workflows.egress import SMALL_PIECES, Egress
+from workflows import cpu_meter
+from workflows.egress import CPU_BURST, SMALL_PIECES, Egress
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import SearchProvider, ToolSettings
 from workflows.tool_http import MAX_FIELDS, MAX_URL_CHARS, MAX_VALUE_CHARS, ToolRequest, fetch
@@ -268,7 +269,7 @@ async def test_a_process_starts_at_most_max_rate_requests_a_second(
     """Each request costs the daemon's event loop its lookup, connection and parse, even one its first hop
     refuses: past MAX_IN_FLIGHT at once and MAX_RATE a second on average, requests are refused (and counted)."""
     now = [1000.0]
-    monkeypatch.setattr(tool_egress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(cpu_meter.time, "monotonic", lambda: now[0])
     wire = Wire(ToolSettings())  # loopback refused: each request ends at its first hop, at once
     refused_for_rate = 0
     for _ in range(MAX_IN_FLIGHT + 1):
@@ -311,3 +312,37 @@ async def test_a_body_in_a_great_many_small_pieces_is_cut_short() -> None:
     finally:
         chunked.close()
         await chunked.wait_closed()
+
+
+async def test_answers_whose_headers_cost_the_loop_are_stopped_at_the_processes_share_of_cpu() -> None:
+    """A hostile server's headers (~100 KiB in 20,000 tiny lines, on each of six responses with redirects) cost
+    the event loop their parse, ~85 ms a response; no cap on bytes or pieces bounds every shape of answer. A
+    process's requests get CPU_BURST of the loop's CPU at once and CPU_PER_SECOND after (workflows/cpu_meter.py)."""
+    lines = b"a:b\r\n" * 20000
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        hop = int(head.split(b" ")[1].strip(b"/") or b"0")
+        status = b"302 Found\r\nlocation: /%d\r\n" % (hop + 1) if hop < 5 else b"200 OK\r\n"
+        writer.write(b"HTTP/1.1 " + status + lines + b"content-length: 2\r\n\r\nok")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    egress = Egress(ToolSettings(egress_allow=["127.0.0.1"]))
+    outcomes = []
+    started = time.thread_time()
+    try:
+        for _ in range(6):
+            try:
+                outcomes.append((await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).status)
+            except ToolError as exc:
+                outcomes.append(str(exc))
+    finally:
+        server.close()
+        await server.wait_closed()
+    spent = time.thread_time() - started
+    assert any("share of the node's CPU" in str(outcome) for outcome in outcomes), outcomes
+    assert spent < CPU_BURST + 1.0  # the server's own work included: ~3 s of the loop's CPU without the meter
