@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from node.daemon.processes.child_output import read_pipe, relay_output
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
 from node.daemon.processes.scratch import Scratch
 from node.daemon.processes.speed_keeper import SpeedKeeper
-from node.daemon.processes.strays import StrayAnswers
+from node.daemon.processes.strays import ParseCost, StrayAnswers
 from node.daemon.processes.tool_egress import ToolEgress
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
@@ -99,7 +100,7 @@ class ExecutionProcess:
         self._probe_ids = itertools.count(1)
         unread = lambda: 0 if self._writer is None else self._writer.transport.get_write_buffer_size()  # noqa: E731
         self._egress = ToolEgress(tools, self._send, model, unread)  # its tools' requests: it has no network
-        self._strays = StrayAnswers()  # answers for tasks or probes this process does not have (strays.py)
+        self._strays, self._parse_cost = StrayAnswers(), ParseCost()  # what its lines cost without cause (strays.py)
         self._line_bytes = 0  # the size of the line being dispatched
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
@@ -333,7 +334,10 @@ class ExecutionProcess:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while (line := await read_line(reader, MAX_CHILD_LINE_BYTES)) is not None:
-                self._dispatch(decode_from_child(line), len(line))
+                started = time.thread_time()
+                message = decode_from_child(line)
+                self._parse_cost.note(time.thread_time() - started)
+                self._dispatch(message, len(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
             self.kill(f"execution process failed: {exc}", crash=True, cause="protocol")

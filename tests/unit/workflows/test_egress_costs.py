@@ -1,0 +1,77 @@
+"""What a hostile server's answer may cost the thread the egress runs on (the daemon's event loop, for its
+execution processes): a body in a great many small pieces, and headers of a great many lines on every redirect.
+Real servers on loopback; workflows/egress.py's piece bound and CPU allowance (workflows/cpu_meter.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from workflows.egress import CPU_BURST, SMALL_PIECES, Egress
+from workflows.errors import ToolError
+from workflows.options import ToolSettings
+from workflows.tool_http import ToolRequest
+
+
+async def test_a_body_in_a_great_many_small_pieces_is_cut_short() -> None:
+    """Each piece of a body (a chunk of a chunked one) costs the event loop its parse, whatever its size: a
+    million one-byte chunks took 10 s of it. Past SMALL_PIECES more than one per PIECE_BYTES, the request fails."""
+    chunks = b"1\r\nx\r\n" * (4 * SMALL_PIECES)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    chunked = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = chunked.sockets[0].getsockname()[1]
+    egress = Egress(ToolSettings(egress_allow=["127.0.0.1"]))
+    try:
+        started = time.thread_time()
+        with pytest.raises(ToolError, match="too many small pieces"):
+            await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))
+        assert time.thread_time() - started < 2.0  # a bounded cost, not one per chunk sent
+        honest = bytes(range(256)) * 64  # 16 KiB in 16 chunks of 1 KiB
+        chunks = b"".join(b"400\r\n" + honest[i : i + 1024] + b"\r\n" for i in range(0, len(honest), 1024))
+        assert (await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).body == honest
+    finally:
+        chunked.close()
+        await chunked.wait_closed()
+
+
+async def test_answers_whose_headers_cost_the_loop_are_stopped_at_the_processes_share_of_cpu() -> None:
+    """A hostile server's headers (~100 KiB in 20,000 tiny lines, on each of six responses with redirects) cost
+    the event loop their parse, ~85 ms a response; no cap on bytes or pieces bounds every shape of answer. A
+    process's requests get CPU_BURST of the loop's CPU at once and CPU_PER_SECOND after (workflows/cpu_meter.py)."""
+    lines = b"a:b\r\n" * 20000
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        hop = int(head.split(b" ")[1].strip(b"/") or b"0")
+        status = b"302 Found\r\nlocation: /%d\r\n" % (hop + 1) if hop < 5 else b"200 OK\r\n"
+        writer.write(b"HTTP/1.1 " + status + lines + b"content-length: 2\r\n\r\nok")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    egress = Egress(ToolSettings(egress_allow=["127.0.0.1"]))
+    outcomes = []
+    started = time.thread_time()
+    try:
+        for _ in range(6):
+            try:
+                outcomes.append((await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).status)
+            except ToolError as exc:
+                outcomes.append(str(exc))
+    finally:
+        server.close()
+        await server.wait_closed()
+    spent = time.thread_time() - started
+    assert any("share of the node's CPU" in str(outcome) for outcome in outcomes), outcomes
+    assert spent < CPU_BURST + 1.0  # the server's own work included: ~3 s of the loop's CPU without the meter
