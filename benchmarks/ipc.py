@@ -21,7 +21,7 @@ from benchmarks.stats import alternate, paired_ratio, summarize
 from benchmarks.workloads import MODEL_NAME, sample_workflow
 from config.settings import Settings
 from node.daemon.processes.pool import ExecutionPool
-from node.daemon.processes.tool_egress import tool_settings
+from node.daemon.processes.tool_settings import tool_settings
 from node.execution.model_setup import create_model
 from node.execution.protocol import RunTask, TaskDone
 from node.execution.workflow_setup import engine_options

@@ -154,7 +154,8 @@ class Settings(LayeredSettings):
     tool_max_bytes: int = Field(
         default=1_000_000,
         ge=1024,
-        description="Largest tool response, counted as received (before decompression) and after",
+        le=8 * 1024 * 1024,
+        description="Largest tool response, counted as received (before decompression) and after (at most 8 MiB)",
     )
     tool_arg_max_length: int = Field(
         default=200,

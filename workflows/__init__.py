@@ -17,7 +17,8 @@ streamed_step.py  which step's generation is the result's text (the one that may
 tool_calls.py     asking a model for a tool call and parsing it
 tools/            the tools a workflow may offer the model (built-in and custom)
 tool_http.py      a tool's HTTP request and answer, and `ToolHttp`, the channel they travel (`fetch`)
-cpu_meter.py      an allowance of CPU, and coroutines metered against it (egress.py: a hostile answer's parse)
+allowance.py      an amount that refills at a rate up to a burst (CPU seconds, requests)
+cpu_meter.py      coroutines metered against an allowance of CPU (egress.py: a hostile answer's parse)
 egress.py         safe outbound HTTP for tools: the network side (the daemon runs it; allow-list, secrets)
 response_text.py  an answer's body as text: decompressed under the cap, its charset found (where the workflow runs)
 meta_charset.py   the charset an HTML page names in a <meta> tag, found as browsers find it (response_text.py)

@@ -28,11 +28,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 
-from workflows.cpu_meter import Allowance, metered
+from workflows.allowance import Allowance
+from workflows.cpu_meter import metered
 from workflows.errors import EgressRefusedError, ToolError
 from workflows.options import IPAddress, ToolSettings
-from workflows.tool_http import RawResponse, ToolRequest
+from workflows.tool_http import MAX_URL_CHARS, RawResponse, ToolRequest
 
 if TYPE_CHECKING:  # imported on the first request: a process that makes none never loads it
     import httpx
@@ -45,9 +47,10 @@ _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "ac
 # Encodings response_text.py decodes under the byte cap (httpx would decode uncapped).
 _ACCEPT_ENCODING = "gzip, deflate"
 _SEARCH_KEY_HEADER = "X-API-KEY"  # serper's
-# A body may arrive in this many pieces, and one more per PIECE_BYTES of it (_read_capped).
+# A body may arrive in this many pieces, and one more per PIECE_BYTES of it (_read_capped): each costs the loop its
+# parse whatever its size; the CPU allowance below bounds the rest.
 SMALL_PIECES = 1024
-PIECE_BYTES = 1024
+PIECE_BYTES = 256
 # The CPU one Egress's requests may take of the thread they run on (the daemon's event loop): seconds a second, and
 # at most this many at once. An honest request takes a few ms; a hostile server's headers of 100 KiB in 20,000
 # lines took 85 ms a response, six responses a request with redirects.
@@ -247,6 +250,8 @@ class Egress:
         try:
             async with asyncio.timeout(settings.http_timeout_s):
                 url = httpx.URL(request.url).copy_merge_params(request.params)
+                if len(str(url)) > MAX_URL_CHARS:
+                    raise ToolError(f"tool request: a URL longer than {MAX_URL_CHARS} characters with its query")
                 if request.search and not self._policy.is_search_provider(url):
                     raise EgressRefusedError("tool request refused: a search request goes only to the search endpoint")
                 if self._cpu.left() <= 0:
@@ -265,6 +270,8 @@ class Egress:
         except httpx.HTTPError as e:
             log.debug("egress failed", error=str(e))  # debug only: the text may hold the URL or a header value
             raise ToolError(f"tool request failed: {type(e).__name__}") from None
+        except ValidationError:  # an answer out of RawResponse's bounds (a header of 16 KiB)
+            raise ToolError("tool request failed: the answer's headers are out of bounds") from None
 
 
 async def _exchange(
@@ -290,12 +297,12 @@ async def _exchange(
             hop_headers["Accept-Encoding"] = _ACCEPT_ENCODING
             pinned = url.copy_with(host=str(address))
             if json_body is not None:
-                hop_headers["Content-Type"] = "application/json"
+                hop_headers.setdefault("Content-Type", "application/json")  # a workflow's own is kept
             built = client.build_request(
                 method,
                 pinned,
                 headers=hop_headers,
-                content=None if json_body is None else json_body.encode("utf-8", "surrogatepass"),
+                content=None if json_body is None else json_body.encode(),
                 extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
             )
             response = await client.send(built, stream=True)

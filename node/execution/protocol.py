@@ -39,6 +39,10 @@ MAX_MEASURED_SPEEDS = 4  # `measured` a child may send (one per startup benchmar
 MAX_STEP_SECONDS = 3600.0  # a full batch step at the measured speed a child may report (it sizes the stall bound)
 # Descriptors an execution process may hold (RLIMIT_NOFILE; the daemon counts them too): an honest one ~30.
 MAX_OPEN_FILES = 4096
+# Tool requests (`fetch`) a process may have open, and start a second on average (the first MAX_TOOL_REQUESTS_OPEN
+# at once): the daemon refuses past them (node/daemon/processes/tool_egress.py); the child's channel keeps under.
+MAX_TOOL_REQUESTS_OPEN = 32
+TOOL_REQUESTS_PER_SECOND = 8.0
 # What the daemon reads from a child: parsing costs its event loop ~0.03-0.3 s a MiB, and the largest useful
 # line (a result past 256 KiB is sent as an error; a proof past 4 MiB is refused by publishers) is far below.
 MAX_CHILD_LINE_BYTES = 16 * 1024 * 1024

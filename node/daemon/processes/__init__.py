@@ -5,6 +5,7 @@ handle.py:   the daemon's view of one execution process: spawn, send, receive, k
 exits.py:    how a process's end is named: the errors its tasks and its start get.
 child_inputs.py:   what it is given: the settings and environment, less the node's identity key and tool secrets.
 tool_egress.py:    its tools' HTTP requests, made here under the egress policy (it has no network of its own).
+tool_settings.py:  the tools' settings: the operator's in full for those requests, and what it is told of them.
 strays.py:         what its lines cost without cause (answers nobody waits for, junk parsed), when it is broken.
 pool.py:     the supervisor of all of them: start, route tasks, watch, restart with backoff.
 early.py:    the first model's process, spawned before the daemon's own imports (node/daemon/launch.py), and

@@ -17,19 +17,14 @@ from models.requests import ModelError
 
 # What a process reads in place of the search provider's key, which it needs only to know one is configured.
 KEY_HELD_BY_THE_DAEMON = "held-by-the-daemon"
-# Words of the names credentials go by in an environment (HF_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, a
-# gateway's COMPUTE_NODE_GATEWAY_API_KEYS...): none is a process's to read, but a served engine's `api_key_env`.
-CREDENTIAL_WORDS = (
-    "TOKEN",
-    "SECRET",
-    "PASSWORD",
-    "PASSWD",
-    "API_KEY",
-    "APIKEY",
-    "ACCESS_KEY",
-    "PRIVATE_KEY",
-    "CREDENTIAL",
+# The words, and pairs of words, of the names credentials go by in an environment (HF_TOKEN, GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, a gateway's COMPUTE_NODE_GATEWAY_API_KEYS...), a name read as words
+# between underscores (TOKENIZERS_PARALLELISM holds none): no process's to read, but a served engine's
+# `api_key_env`.
+CREDENTIAL_WORDS = frozenset(
+    {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS"}
 )
+CREDENTIAL_PAIRS = frozenset({"API_KEY", "API_KEYS", "APIKEY", "ACCESS_KEY", "PRIVATE_KEY", "AUTH_KEY"})
 
 
 def child_settings(settings: Settings, model: str) -> dict[str, Any]:
@@ -49,7 +44,7 @@ def child_settings(settings: Settings, model: str) -> dict[str, Any]:
 
 def child_environment(environ: Mapping[str, str], settings: Settings | None = None, model: str = "") -> dict[str, str]:
     """The environment `model`'s execution process starts with: the daemon's, less every secret setting, every
-    remote engine's `api_key_env` and every variable named as credentials are (CREDENTIAL_WORDS), but the
+    remote engine's `api_key_env` and every variable named as credentials are (`names_a_credential`), but the
     `api_key_env` of an engine it serves (with `settings`).
 
     Settings reach the child in `configure` (child_settings, without the secrets); one given in the environment
@@ -65,8 +60,15 @@ def child_environment(environ: Mapping[str, str], settings: Settings | None = No
     return {
         name: value
         for name, value in environ.items()
-        if name.upper() in keep or not (name.upper() in drop or any(word in name.upper() for word in CREDENTIAL_WORDS))
+        if name.upper() in keep or not (name.upper() in drop or names_a_credential(name))
     }
+
+
+def names_a_credential(name: str) -> bool:
+    """Whether an environment variable's name is one credentials go by (CREDENTIAL_WORDS, CREDENTIAL_PAIRS)."""
+    words = name.upper().split("_")
+    pairs = {f"{first}_{second}" for first, second in zip(words, words[1:], strict=False)}
+    return not CREDENTIAL_WORDS.isdisjoint(words) or not CREDENTIAL_PAIRS.isdisjoint({*pairs, *words})
 
 
 def _served(settings: Settings, model: str) -> set[str]:

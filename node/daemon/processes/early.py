@@ -20,7 +20,7 @@ from models.benchmark import CacheFile, SpeedStore
 from node.daemon.processes.child_inputs import child_environment, child_settings
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
-from node.daemon.processes.tool_egress import tool_settings
+from node.daemon.processes.tool_settings import tool_settings
 from node.execution.protocol import SandboxPolicy
 from workflows.options import ToolSettings
 

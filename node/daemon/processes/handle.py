@@ -98,10 +98,8 @@ class ExecutionProcess:
         self._delta_sinks: dict[str, Callable[[str], None]] = {}
         self._probes: dict[int, asyncio.Future[Pong]] = {}
         self._probe_ids = itertools.count(1)
-        unread = lambda: 0 if self._writer is None else self._writer.transport.get_write_buffer_size()  # noqa: E731
-        self._egress = ToolEgress(tools, self._send, model, unread)  # its tools' requests: it has no network
+        self._egress = ToolEgress(tools, self._send, model, self._unread)  # its tools' requests: it has no network
         self._strays, self._parse_cost = StrayAnswers(), ParseCost()  # what its lines cost without cause (strays.py)
-        self._line_bytes = 0  # the size of the line being dispatched
         self._exit: ExecutionProcessExitError | None = None  # set by kill() before the process ends
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
@@ -235,7 +233,7 @@ class ExecutionProcess:
             message = decode_from_child(line)
             if not isinstance(message, Measured):
                 return message
-            self._keep_speed(message)
+            self._keep_speed(message, len(line))
         return None
 
     async def run(self, request: RunTask, on_delta: Callable[[str], None] | None = None) -> TaskDone | TaskFailed:
@@ -331,6 +329,9 @@ class ExecutionProcess:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(encode(message))
 
+    def _unread(self) -> int:
+        return 0 if self._writer is None else self._writer.transport.get_write_buffer_size()
+
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while (line := await read_line(reader, MAX_CHILD_LINE_BYTES)) is not None:
@@ -371,11 +372,10 @@ class ExecutionProcess:
         return self._exit
 
     def _dispatch(self, message: Message, size: int = 0) -> None:
-        self._line_bytes = size  # what a stray costs (_stray)
         if isinstance(message, TaskDelta):
             sink = self._delta_sinks.get(message.task_id)
             if sink is None:
-                return self._stray(message)
+                return self._stray(size)
             try:
                 sink(message.text)
             except Exception:  # noqa: BLE001 - progress is best effort; the answer still comes
@@ -383,18 +383,18 @@ class ExecutionProcess:
         elif isinstance(message, TaskDone | TaskFailed):
             future = self._pending.get(message.task_id)
             if future is None or future.done():
-                return self._stray(message)
+                return self._stray(size)
             future.set_result(message)
         elif isinstance(message, Pong):
             probe = self._probes.get(message.probe_id)
             if probe is None or probe.done():
-                return self._stray(message)
+                return self._stray(size)
             probe.set_result(message)
         elif isinstance(message, ToolFetch):
             if not self._egress.start(message):
-                return self._stray(message)  # past its bounds: a stream of them ends the process
+                return self._stray(size)  # past its bounds: a stream of them ends the process
         elif isinstance(message, Measured):
-            self._keep_speed(message)
+            self._keep_speed(message, size)
         elif isinstance(message, Benchmarked) and self._benchmark_expected(message):
             self._provisional_speeds += message.provisional
             self.benchmarked = message
@@ -412,13 +412,13 @@ class ExecutionProcess:
             return False
         return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
-    def _keep_speed(self, message: Measured) -> None:
+    def _keep_speed(self, message: Measured, size: int) -> None:
         if not self._speeds.offer(message, self.ready):
-            self._stray(message)
+            self._stray(size)
 
-    def _stray(self, message: Message) -> None:
-        """An answer nobody waits for: a stream of them ends the process (strays.py)."""
-        self._strays.note(asyncio.get_running_loop().time(), self._line_bytes)
+    def _stray(self, size: int) -> None:
+        """An answer nobody waits for, a line of `size` bytes: a stream of them ends the process (strays.py)."""
+        self._strays.note(asyncio.get_running_loop().time(), size)
 
     async def _reap(self, reader: asyncio.StreamReader) -> None:
         """Wait for the process to end after its stream closed (kill it if it lingers)."""

@@ -33,7 +33,7 @@ from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.sandbox_policy import prepare_sandbox
 from node.daemon.processes.scratch import remove_stale
 from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
-from node.daemon.processes.tool_egress import tool_settings
+from node.daemon.processes.tool_settings import tool_settings
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
 from node.wire.topics import INTERRUPTED_PREFIX

@@ -7,7 +7,8 @@
 - Lines that cost more to read than what they carry: a valid message can hide megabytes that are parsed and
   dropped (a JSON key given twice, the last one kept). Each line's parse past FREE_PARSE_S is taken from an
   allowance of PARSE_PER_SECOND (PARSE_BURST at once); past it, the process has broken the protocol. An honest
-  line parses in microseconds, the largest (a 4 MiB proof) in ~25 ms.
+  line parses in microseconds, the largest (a 4 MiB proof) in ~25 ms; a collection of the daemon's heap that a
+  parse sets off counts too, and the burst leaves room for it.
 handle.py ends a process that broke the protocol as a crash.
 """
 
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 from node.daemon.failures import RecentFailures
 from node.execution.protocol import ProtocolError
-from workflows.cpu_meter import Allowance
+from workflows.allowance import Allowance
 
 MAX_STRAYS = 256
 STRAY_WINDOW_S = 60.0
 STRAY_BYTES = 256 * 1024
 FREE_PARSE_S = 0.001
 PARSE_PER_SECOND = 0.1
-PARSE_BURST = 1.0
+PARSE_BURST = 2.0
 
 
 class StrayAnswers:
@@ -45,5 +46,8 @@ class ParseCost:
 
     def note(self, seconds: float) -> None:
         """A line took `seconds` of the event loop's CPU to parse; ProtocolError once the allowance is spent."""
-        if seconds > FREE_PARSE_S and not self._allowance.spend(seconds - FREE_PARSE_S):
+        if seconds <= FREE_PARSE_S:
+            return
+        self._allowance.take(seconds - FREE_PARSE_S)
+        if self._allowance.left() < 0:
             raise ProtocolError(f"its lines took more than {PARSE_PER_SECOND:g} s a second of the daemon's to parse")

@@ -17,65 +17,38 @@ Each request ends within the operator's `tool_timeout`; those still open when th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
-from pydantic import SecretStr, ValidationError
 from pydantic_core import to_json
 
-from config.settings import ConfigError, Settings
-from node.execution.protocol import MAX_ERROR_CHARS, Message, ToolFetch, ToolFetched
-from workflows.cpu_meter import Allowance
+from node.daemon.processes.tool_settings import without_secrets
+from node.execution.protocol import (
+    MAX_ERROR_CHARS,
+    MAX_TOOL_REQUESTS_OPEN,
+    TOOL_REQUESTS_PER_SECOND,
+    Message,
+    ToolFetch,
+    ToolFetched,
+)
+from workflows.allowance import Allowance
 from workflows.egress import Egress  # httpx loads with the first request (egress.py)
 from workflows.errors import EgressRefusedError, ToolError
-from workflows.options import SearchProvider, ToolSettings
+from workflows.options import ToolSettings
 
 log = structlog.get_logger(__name__)
 
-# Requests one process may have open: an honest one runs a tool call or two per task, `parallel` tasks at once.
-MAX_IN_FLIGHT = 32
+# Requests one process may have open, and start a second on average (MAX_IN_FLIGHT at once): the child's channel
+# keeps under both (tool_channel.py), so only a process that sends what it likes meets them. Each request costs the
+# event loop its lookup, connection and parse, even one refused at its first hop.
+MAX_IN_FLIGHT = MAX_TOOL_REQUESTS_OPEN
+MAX_RATE = TOOL_REQUESTS_PER_SECOND
 # A request as JSON (URL, headers, query, body): an honest one carries the model's arguments, a few KiB; the
 # daemon holds each while it is open.
 MAX_REQUEST_BYTES = 1 << 20
 # What the daemon holds for a process that does not read its socket: answers are up to `tool_max_bytes` each.
 MAX_UNREAD_BYTES = 16 << 20
-# Requests a second one process may start, on average (MAX_IN_FLIGHT at once): each costs the daemon's event loop
-# its lookup, connection and parse, even one refused at its first hop.
-MAX_RATE = 8.0
-_SETTING = {"secrets": "tool_secrets", "egress_allow": "tool_allow"}
-
-
-def tool_settings(settings: Settings) -> ToolSettings:
-    """The tools' settings (search, egress, secrets, limits) of the settings; ConfigError if one is invalid."""
-    search = None
-    if settings.search_provider is not None:
-        key = settings.search_api_key
-        search = SearchProvider(kind=settings.search_provider, api_key=None if key is None else SecretStr(key))
-        if settings.search_url:
-            search = search.model_copy(update={"url": settings.search_url})
-    try:
-        return ToolSettings(
-            search=search,
-            reader_enabled=True,
-            egress_allow=settings.tool_allow,
-            secrets={
-                target: {name: SecretStr(value) for name, value in headers.items()}
-                for target, headers in settings.tool_secrets.items()
-            },
-            http_timeout_s=settings.tool_timeout,
-            max_response_bytes=settings.tool_max_bytes,
-        )
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "tool settings"
-        raise ConfigError(f"invalid setting {_SETTING.get(field, field)!r}: {error['msg']}") from None
-
-
-def without_secrets(tools: ToolSettings) -> ToolSettings:
-    """What an execution process is told of the tools (in `configure`): all but the operator's secrets, which
-    the daemon adds to the requests it makes."""
-    search = None if tools.search is None else tools.search.model_copy(update={"api_key": None})
-    return ToolSettings.model_validate({**tools.model_dump(exclude={"search", "secrets"}), "search": search})
 
 
 class ToolEgress:
@@ -87,6 +60,7 @@ class ToolEgress:
         answer: Callable[[Message], None],
         model: str,
         unread: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tools = tools  # None: this process gets no tool request made (an error answers each)
         self._unread = unread  # bytes sent to the process and not read yet (its socket's write buffer)
@@ -95,7 +69,7 @@ class ToolEgress:
         self._model = model
         self._open: set[asyncio.Task[None]] = set()
         self._egress: Egress | None = None  # its own lookups and TLS context (egress.py), made by the first request
-        self._starts = Allowance(MAX_RATE, MAX_IN_FLIGHT)
+        self._starts = Allowance(MAX_RATE, MAX_IN_FLIGHT, clock)
 
     @property
     def in_flight(self) -> int:
@@ -112,7 +86,7 @@ class ToolEgress:
         if len(self._open) >= MAX_IN_FLIGHT:
             self._fail(message.request_id, f"tool request failed: {MAX_IN_FLIGHT} requests are open already")
             return False
-        if not self._starts.spend(1):
+        if self._starts.left() < 1:
             self._fail(message.request_id, f"tool request failed: more than {MAX_RATE:g} a second")
             return False
         if self._unread() > MAX_UNREAD_BYTES:
@@ -121,6 +95,7 @@ class ToolEgress:
         if len(to_json(message.request)) > MAX_REQUEST_BYTES:
             self._fail(message.request_id, f"tool request failed: larger than {MAX_REQUEST_BYTES} bytes")
             return False
+        self._starts.take(1)
         if self._egress is None:
             self._egress = Egress(self._tools)
         task = asyncio.create_task(self._make(self._egress, message), name=f"exec-{self._model}-fetch")
@@ -141,8 +116,9 @@ class ToolEgress:
             self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS], refused=True))
         except ToolError as exc:
             self._answer(ToolFetched(request_id=message.request_id, error=str(exc)[:MAX_ERROR_CHARS]))
-        except Exception:  # noqa: BLE001 - a bug here fails one tool call, never the daemon
-            log.exception("tool request failed", model=self._model)
+        except Exception as exc:  # noqa: BLE001 - a bug here fails one tool call, never the daemon
+            # The error's type only: its text may hold the URL, which may come from the task.
+            log.error("tool request failed", model=self._model, error=type(exc).__name__)
             self._answer(ToolFetched(request_id=message.request_id, error="tool request failed: internal error"))
         else:
             if self._unread() + len(response.body) * 4 // 3 > MAX_UNREAD_BYTES:  # the body travels in base64

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from config.settings import Settings
 from node.daemon.processes.child_inputs import KEY_HELD_BY_THE_DAEMON, child_environment, child_settings
-from node.daemon.processes.tool_egress import tool_settings, without_secrets
+from node.daemon.processes.tool_settings import tool_settings, without_secrets
 
 REMOTE = {"backend": "openai", "base_url": "https://engine.example/v1", "model": "m"}
 
@@ -52,10 +52,13 @@ def test_a_process_starts_without_the_variables_of_others_keys(tmp_path: Path) -
         "AWS_SECRET_ACCESS_KEY": "aws",
         "OPENAI_API_KEY": "o",
         "db_password": "p",
+        "GITHUB_TOKEN": "g",
         "PATH": "/bin",
         "COMPUTE_NODE_N_CTX": "512",
+        "TOKENIZERS_PARALLELISM": "false",  # words, not substrings: kept
+        "CUDA_VISIBLE_DEVICES": "0",
     }
-    kept = {"PATH": "/bin", "COMPUTE_NODE_N_CTX": "512"}
+    kept = {"PATH": "/bin", "COMPUTE_NODE_N_CTX": "512", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "0"}
     assert child_environment(environ, settings, "local-model") == kept
     # a served engine's own variable, named as it is: ENGINE_B_KEY holds none of the words
     assert child_environment(environ, settings, "remote-b") == {"ENGINE_B_KEY": "b", **kept}

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from workflows import cpu_meter
-from workflows.cpu_meter import Allowance, metered
+from workflows.allowance import Allowance
+from workflows.cpu_meter import metered
 from workflows.errors import ToolError
 
 
@@ -71,13 +71,55 @@ async def test_an_honest_coroutine_returns_and_a_cancellation_reaches_it() -> No
     assert seen == ["cancelled"]
 
 
-def test_an_allowance_refills_at_its_rate_up_to_its_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_allowance_refills_at_its_rate_up_to_its_burst() -> None:
     now = [100.0]
-    monkeypatch.setattr(cpu_meter.time, "monotonic", lambda: now[0])
-    allowance = Allowance(per_second=2.0, burst=4.0)
-    assert allowance.spend(5.0) and allowance.left() == -1.0
-    assert not allowance.spend(1.0)  # nothing left to take it from
+    allowance = Allowance(per_second=2.0, burst=4.0, clock=lambda: now[0])
+    allowance.take(5.0)
+    assert allowance.left() == -1.0  # overdrawn by the last step, whose cost is known once it ran
     now[0] += 1.0
     assert allowance.left() == 1.0
     now[0] += 10.0
     assert allowance.left() == 4.0  # never past the burst
+
+
+async def test_once_spent_no_further_step_runs_but_the_cleanup() -> None:
+    """The step that overdraws runs (its cost is known after it); the next one gets the error instead."""
+    steps: list[str] = []
+
+    async def two_heavy_steps() -> None:
+        try:
+            _burn(0.05)
+            steps.append("first")
+            await asyncio.sleep(0)
+            _burn(0.05)
+            steps.append("second")
+        finally:
+            steps.append("cleanup")
+
+    with pytest.raises(ToolError, match="spent"):
+        await metered(two_heavy_steps(), Allowance(per_second=0.0, burst=0.01), ToolError("spent"))
+    assert steps == ["first", "cleanup"]
+
+
+async def test_a_cancellation_is_never_replaced_by_the_error_even_once_spent() -> None:
+    """A cancellation (a deadline, the process's exit) passed in while the allowance is spent stays one."""
+    seen: list[str] = []
+
+    async def spends_then_waits() -> None:
+        _burn(0.02)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            await asyncio.sleep(0)  # cleanup that awaits
+            raise
+
+    async def through_the_meter() -> None:
+        await metered(spends_then_waits(), Allowance(per_second=0.0, burst=0.01), ToolError("spent"))
+
+    task = asyncio.create_task(through_the_meter())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"] and task.cancelled()

@@ -6,6 +6,7 @@ Every server here is a real HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import ipaddress
 import os
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings
 from node.daemon.launch import check_tool_secrets
-from node.daemon.processes.tool_egress import tool_settings
+from node.daemon.processes.tool_settings import tool_settings
 from tests.support.http_server import LocalServer, Route
 from tests.support.tool_fetch import fetch_here
 from workflows import EgressRefusedError, ToolError, ToolSettings
@@ -214,3 +215,38 @@ async def test_a_header_value_that_is_not_latin_1_is_a_tool_error(charsets: Loca
     settings = ToolSettings(egress_allow=["127.0.0.1"])
     with pytest.raises(ToolError, match="cannot be encoded"):
         await fetch_here(settings, "GET", charsets.url("/utf-8"), headers={"X-A": "\u20ac"})
+
+
+async def test_requests_and_answers_out_of_bounds_are_tool_errors_that_name_no_url(server: LocalServer) -> None:
+    """A query the model filled past MAX_URL_CHARS, or a server's header past what RawResponse carries, is a
+    ToolError that names no URL (not a validation error with the URL in it)."""
+    settings = ToolSettings(egress_allow=["127.0.0.1"])
+    with pytest.raises(ToolError, match="longer than") as raised:
+        await fetch_here(settings, "GET", server.url("/"), params={"q": "\u4e2d" * 2000})
+    assert "127.0.0.1" not in str(raised.value)
+
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; x=" + b"a" * 40_000 + b"\r\ncontent-length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    odd_server = await asyncio.start_server(odd, "127.0.0.1", 0)
+    port = odd_server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ToolError, match="out of bounds") as raised:
+            await fetch_here(settings, "GET", f"http://127.0.0.1:{port}/secret-path")
+        assert "secret-path" not in str(raised.value)
+    finally:
+        odd_server.close()
+        await odd_server.wait_closed()
+
+
+async def test_a_json_body_keeps_the_workflows_own_content_type(server: LocalServer) -> None:
+    settings = ToolSettings(egress_allow=["127.0.0.1"])
+    await fetch_here(settings, "POST", server.url("/"), json_body={"a": 1})
+    assert server.seen[-1].headers["content-type"] == "application/json" and server.seen[-1].body == b'{"a": 1}'
+    await fetch_here(settings, "POST", server.url("/"), json_body={"a": 1}, headers={"Content-Type": "application/x"})
+    assert server.seen[-1].headers["content-type"] == "application/x"
