@@ -2,13 +2,14 @@
 
 `metered` runs a coroutine step by step, taking each step's thread CPU time from an `Allowance`. Before a step,
 if the allowance is spent, `error` is thrown in at the coroutine's await point instead of the value it awaited,
-so its own cleanup (closing a connection) still runs; a cancellation or any other exception being passed in is
-never replaced. The egress uses it (egress.py): a hostile server's headers, trickled bytes or redirects cost the
+once, so its own cleanup (closing a connection) still runs; never in place of an exception being passed in, nor
+while the task is being cancelled (a timeout, a stop). The egress uses it (egress.py): a hostile server's headers, trickled bytes or redirects cost the
 event loop their parse, and no cap on bytes or pieces bounds that for every shape of answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
@@ -31,12 +32,10 @@ class _Metered(Awaitable[T]):
         coroutine, allowance = self._coroutine, self._allowance
         value: Any = None
         thrown: BaseException | None = None
-        stopped = False
+        injected = False
         while True:
-            if thrown is not None:
-                stopped = True  # a cancellation or another error on its way out: nothing replaces it, now or later
-            elif not stopped and allowance.left() <= 0:
-                stopped, value, thrown = True, None, self._error  # once: the cleanup that follows runs on
+            if thrown is None and not injected and allowance.left() <= 0 and not _cancelling():
+                injected, value, thrown = True, None, self._error  # once: the cleanup that follows runs on
             started = time.thread_time()
             try:
                 step = coroutine.send(value) if thrown is None else coroutine.throw(thrown)
@@ -48,3 +47,10 @@ class _Metered(Awaitable[T]):
                 value, thrown = (yield step), None
             except BaseException as exc:  # noqa: BLE001 - a cancellation, passed on into the coroutine
                 value, thrown = None, exc
+
+
+def _cancelling() -> bool:
+    """Whether this task is being cancelled (a timeout, a stop). A cancellation some library takes back, as anyio
+    does when its cancel scope around a connect ends, leaves the count at zero: metering goes on after it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

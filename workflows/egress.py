@@ -235,11 +235,12 @@ class Egress:
     (node/daemon/processes/tool_egress.py), or the engine's own when it runs alone. One per process: its own
     lookup threads (Resolver), and one TLS context (loading the CA bundle cost every request ~20 ms)."""
 
-    def __init__(self, settings: ToolSettings) -> None:
+    def __init__(self, settings: ToolSettings, cpu: Allowance | None = None) -> None:
         self.settings = settings
         self._policy = EgressPolicy(settings, Resolver())
         self._tls: ssl.SSLContext | None = None  # made by the first request (httpx loads with it)
-        self._cpu = Allowance(CPU_PER_SECOND, CPU_BURST)  # of the thread its requests run on (cpu_meter.py)
+        # Of the thread its requests run on (cpu_meter.py): CPU_BURST at once, CPU_PER_SECOND after.
+        self._cpu = cpu or Allowance(CPU_PER_SECOND, CPU_BURST)
 
     async def send(self, request: ToolRequest) -> RawResponse:
         """One HTTP exchange, its body as received. A `search` request must go to the operator's search endpoint:
