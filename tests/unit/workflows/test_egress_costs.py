@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -44,10 +45,10 @@ async def test_a_body_in_a_great_many_small_pieces_is_cut_short() -> None:
         await chunked.wait_closed()
 
 
-async def test_answers_whose_headers_cost_the_loop_are_stopped_at_the_processes_share_of_cpu() -> None:
-    """A hostile server's headers (~100 KiB in 20,000 tiny lines, on each of six responses with redirects) cost
-    the event loop their parse, ~85 ms a response; no cap on bytes or pieces bounds every shape of answer. A
-    process's requests get CPU_BURST of the loop's CPU at once and CPU_PER_SECOND after (workflows/cpu_meter.py)."""
+@pytest.fixture
+async def heavy_heads() -> AsyncIterator[int]:
+    """The port of a server whose answers carry heads of 20,000 tiny header lines (~100 KiB, ~85 ms of parse
+    each): /0 to /4 redirect to the next, /5 answers 200."""
     lines = b"a:b\r\n" * 20000
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,50 +61,39 @@ async def test_answers_whose_headers_cost_the_loop_are_stopped_at_the_processes_
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_answers_whose_headers_cost_the_loop_are_stopped_at_the_processes_share_of_cpu(heavy_heads: int) -> None:
+    """A hostile server's headers (~100 KiB in 20,000 tiny lines, on each of six responses with redirects) cost
+    the event loop their parse, ~85 ms a response; no cap on bytes or pieces bounds every shape of answer. A
+    process's requests get CPU_BURST of the loop's CPU at once and CPU_PER_SECOND after (workflows/cpu_meter.py)."""
+    port = heavy_heads
     egress = Egress(ToolSettings(egress_allow=["127.0.0.1"]))
     outcomes = []
     started = time.thread_time()
-    try:
-        for _ in range(6):
-            try:
-                outcomes.append((await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).status)
-            except ToolError as exc:
-                outcomes.append(str(exc))
-    finally:
-        server.close()
-        await server.wait_closed()
+    for _ in range(6):
+        try:
+            outcomes.append((await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))).status)
+        except ToolError as exc:
+            outcomes.append(str(exc))
     spent = time.thread_time() - started
     assert any("share of the node's CPU" in str(outcome) for outcome in outcomes), outcomes
     assert spent < CPU_BURST + 1.0  # the server's own work included: ~3 s of the loop's CPU without the meter
 
 
-async def test_the_meter_stops_a_real_request_midway_despite_the_connects_own_cancel_scope() -> None:
+async def test_the_meter_stops_a_real_request_midway_despite_the_connects_own_cancel_scope(heavy_heads: int) -> None:
     """httpx connects through anyio, whose cancel scope around the connect cancels the task and takes it back:
     the meter must go on after that (red team: it stopped for good at the first connect, and a request that
     started with any allowance left ran its whole timeout). One request, an allowance of 30 ms, heads of 20,000
     lines on six responses: stopped after about one head's parse (~85 ms), not all six (~0.5 s)."""
-    lines = b"a:b\r\n" * 20000
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        hop = int(head.split(b" ")[1].strip(b"/") or b"0")
-        status = b"302 Found\r\nlocation: /%d\r\n" % (hop + 1) if hop < 5 else b"200 OK\r\n"
-        writer.write(b"HTTP/1.1 " + status + lines + b"content-length: 2\r\n\r\nok")
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    port = heavy_heads
     settings = ToolSettings(egress_allow=["127.0.0.1"])
-    try:
-        await Egress(settings).send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/5"))  # imports, warm
-        egress = Egress(settings, cpu=Allowance(per_second=0.0, burst=0.03))
-        started = time.thread_time()
-        with pytest.raises(ToolError, match="stopped"):
-            await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))
-        assert time.thread_time() - started < 0.35  # the server's own work included
-    finally:
-        server.close()
-        await server.wait_closed()
+    await Egress(settings).send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/5"))  # imports, warm
+    egress = Egress(settings, cpu=Allowance(per_second=0.0, burst=0.03))
+    started = time.thread_time()
+    with pytest.raises(ToolError, match="stopped"):
+        await egress.send(ToolRequest(method="GET", url=f"http://127.0.0.1:{port}/"))
+    assert time.thread_time() - started < 0.35  # the server's own work included
