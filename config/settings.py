@@ -231,6 +231,11 @@ class Settings(LayeredSettings):
         "in <data_dir>/scratch, removed when it ends) and the largest file it may write; past it, or past 1024 "
         "files, it is killed and restarted",
     )
+    exec_env_pass: StrList = Field(
+        default=[],
+        description="Environment variables an execution process gets beside the system's, Python's and the "
+        "runtimes' (names; NAME* takes a prefix); by default no other reaches it",
+    )
     sandbox: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Confine each execution process (Linux Landlock): no access to the data dir's key, journal "

@@ -66,6 +66,14 @@ SECRET_PROBES = {
 }
 
 
+# And in its environment, which it starts with: a variable of the daemon's named as no credential is (what a
+# shell or a unit may hold) does not reach it; a runtime's does, to show the search finds what is there.
+ENV_PROBES = {
+    "find an unnamed variable of the daemon's environment in its memory": ("CN_PROBE_DATABASE_URL", "cn-probe-env-"),
+    "find a runtime's variable in its memory": ("LLAMA_CN_PROBE", "cn-probe-llama-"),
+}
+
+
 def _secret(prefix: str) -> str:
     return prefix + secrets.token_hex(SECRET_BYTES)[: SECRET_BYTES - len(prefix)]
 
@@ -80,7 +88,11 @@ async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) 
     if (disk := _a_disk_this_process_opens()) is not None:
         monkeypatch.setenv(HIJACK_DEVICE_ENV, disk)
     values = {name: _secret(prefix) for name, prefix in SECRET_PROBES.items()}
-    hashed = {name: [SECRET_PROBES[name], hashlib.sha256(value.encode()).hexdigest()] for name, value in values.items()}
+    prefixes = {**SECRET_PROBES, **{name: prefix for name, (_, prefix) in ENV_PROBES.items()}}
+    for name, (variable, prefix) in ENV_PROBES.items():
+        values[name] = _secret(prefix)
+        monkeypatch.setenv(variable, values[name])
+    hashed = {name: [prefixes[name], hashlib.sha256(value.encode()).hexdigest()] for name, value in values.items()}
     monkeypatch.setenv(HIJACK_SECRETS_ENV, json.dumps(hashed))
     settings = node_settings(
         data_dir,
@@ -114,6 +126,8 @@ async def test_a_taken_over_execution_process_cannot_reach_the_daemon(
     expected["find the search provider's key in its memory"] = "not found"  # the daemon adds it to requests...
     expected["find a tool secret in its memory"] = "not found"
     expected["find its tool_allow entry in its memory"] = "found"  # ...and the search finds what it was sent
+    expected["find an unnamed variable of the daemon's environment in its memory"] = "not found"
+    expected["find a runtime's variable in its memory"] = "found"
     expected["write its scratch folder"] = "allowed"  # its one writable folder...
     expected["write a file past exec_scratch_mb"] = "OSError"  # ...and no file past the bound (EFBIG)
     expected["allocate blocks past exec_scratch_mb"] = "OSError"  # fallocate with a mode: EOPNOTSUPP
@@ -146,6 +160,8 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
     assert probes["find its tool_allow entry in its memory"] == "found"
     assert probes["find the search provider's key in its memory"] == "not found"  # never sent, sandbox or not
     assert probes["find a tool secret in its memory"] == "not found"
+    assert probes["find an unnamed variable of the daemon's environment in its memory"] == "not found"
+    assert probes["find a runtime's variable in its memory"] == "found"
     assert probes["write its scratch folder"] == "allowed"  # a scratch folder and the file bound all the same
     assert probes["write a file past exec_scratch_mb"] == "OSError"
     assert probes["allocate blocks past exec_scratch_mb"] == "allowed"  # the seccomp filter's to refuse

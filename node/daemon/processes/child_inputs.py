@@ -1,26 +1,49 @@
 """What an execution process is given: the node's settings and environment, less the secrets it has no use for.
 
 The node's identity key; the operator's tool secrets (`tool_secrets`, `search_api_key`: the daemon makes the
-processes' tool requests and adds those itself, tool_egress.py); and the API keys of remote engines the process
-does not serve (a registry entry's `api_key`, or the variable its `api_key_env` names). A workflow that took a
-process over finds none of them there.
+processes' tool requests and adds those itself, tool_egress.py); the API keys of remote engines the process
+does not serve (a registry entry's `api_key`, or the variable its `api_key_env` names); and every environment
+variable it has no use for. A workflow that took a process over finds none of them there, so none can go out
+in its result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from config.settings import Settings
+from config.settings import ENV_PREFIX, Settings
 from models.registry import Registry
 from models.requests import ModelError
 
 # What a process reads in place of the search provider's key, which it needs only to know one is configured.
 KEY_HELD_BY_THE_DAEMON = "held-by-the-daemon"
+# The daemon's environment holds whatever the operator's shell, unit or container put there (a cloud's token
+# under any name): a process gets only what it may use. The system's (paths, user, locale, time zone, resolver,
+# certificates), Python's, the model store's (the hub cache), the tests' hooks, and the native runtime's knobs:
+# llama.cpp and ggml, the GPU stacks (CUDA, ROCm/HIP, SYCL/oneAPI, Vulkan, OpenCL), OpenMP, BLAS and glibc's
+# allocator. `exec_env_pass` adds to it.
+TEST_HOOKS = f"{ENV_PREFIX}TEST_"  # the tests' wrappers and probes read theirs in the process
+PASSED_NAMES = frozenset(
+    {
+        *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TZDIR", "TMPDIR", "TERM"),
+        *("LD_LIBRARY_PATH", "LD_PRELOAD", "GLIBC_TUNABLES", "RES_OPTIONS", "LOCALDOMAIN", "HOSTALIASES"),
+        *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+    }
+)
+PASSED_PREFIXES = (
+    *("LC_", "PYTHON", "XDG_", "HF_", "HUGGINGFACE_", TEST_HOOKS),
+    *("LLAMA_", "GGML_", "CUDA_", "CUBLAS_", "NVIDIA_", "__GL_", "HIP_", "ROCR_", "ROCM_", "HSA_", "AMD_", "GPU_"),
+    *("SYCL_", "ONEAPI_", "ZE_", "ZES_", "VK_", "MESA_", "OCL_", "OPENCL_"),
+    *("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "BLIS_", "MALLOC_"),
+)
+# Proxies (a proxy's URL may hold its password) go only to a process that serves a remote engine: a local
+# model's process opens no socket.
+PROXY_NAMES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"})
 # The words, and pairs of words, of the names credentials go by in an environment (HF_TOKEN, GITHUB_TOKEN,
 # AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, a gateway's COMPUTE_NODE_GATEWAY_API_KEYS...), a name read as words
-# between underscores (TOKENIZERS_PARALLELISM holds none): no process's to read, but a served engine's
-# `api_key_env`.
+# between underscores (TOKENIZERS_PARALLELISM holds none): none passes but a served engine's `api_key_env` and
+# a name `exec_env_pass` lists.
 CREDENTIAL_WORDS = frozenset(
     {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS"}
 )
@@ -43,25 +66,45 @@ def child_settings(settings: Settings, model: str) -> dict[str, Any]:
 
 
 def child_environment(environ: Mapping[str, str], settings: Settings | None = None, model: str = "") -> dict[str, str]:
-    """The environment `model`'s execution process starts with: the daemon's, less every secret setting, every
-    remote engine's `api_key_env` and every variable named as credentials are (`names_a_credential`), but the
-    `api_key_env` of an engine it serves (with `settings`).
+    """The environment `model`'s execution process starts with: the daemon's variables it may use (`passes`),
+    less those named as credentials are (`names_a_credential`) and every remote engine's `api_key_env`, but the
+    `api_key_env` of an engine it serves and what `exec_env_pass` lists (with `settings`).
 
-    Settings reach the child in `configure` (child_settings, without the secrets); one given in the environment
-    (COMPUTE_NODE_SECRET_KEY, COMPUTE_NODE_SEARCH_API_KEY, COMPUTE_NODE_TOOL_SECRETS, or the path to the key's
-    file) must not reach the process that runs workflows and llama.cpp either.
+    Settings reach the process in `configure` (child_settings, without the secrets): no COMPUTE_NODE_ variable
+    passes but the tests' hooks, so one given in the environment (COMPUTE_NODE_SECRET_KEY, its file's path,
+    COMPUTE_NODE_TOOL_SECRETS) reaches neither the process that runs workflows and llama.cpp.
     """
-    secrets = [*Settings.secret_settings, *(file for file in Settings.secret_settings.values() if file)]
-    drop = {Settings.env_var(name).upper() for name in secrets}
-    keep: set[str] = set()
+    served_keys: set[str] = set()
+    other_keys: set[str] = set()
+    listed: list[str] = []
+    remote = False
     if settings is not None:
-        every, keep = _key_variables(settings, model)
-        drop |= every - keep
-    return {
-        name: value
-        for name, value in environ.items()
-        if name.upper() in keep or not (name.upper() in drop or names_a_credential(name))
-    }
+        every, served_keys, remote = _engines(settings, model)
+        other_keys = every - served_keys
+        listed = [name.upper() for name in settings.exec_env_pass]
+    secrets = {Settings.env_var(name).upper() for name in Settings.secret_settings}
+    secrets |= {Settings.env_var(file).upper() for file in Settings.secret_settings.values() if file}
+    kept = {}
+    for name, value in environ.items():
+        upper = name.upper()
+        if upper in secrets:
+            continue
+        if upper in served_keys or _listed(upper, listed):
+            kept[name] = value
+        elif upper not in other_keys and not names_a_credential(name) and passes(upper, remote):
+            kept[name] = value
+    return kept
+
+
+def passes(name: str, remote: bool = False) -> bool:
+    """Whether an (upper-cased) variable is one an execution process may use: PASSED_NAMES, PASSED_PREFIXES, and
+    with a remote engine (`remote`) the proxies."""
+    return name in PASSED_NAMES or name.startswith(PASSED_PREFIXES) or (remote and name in PROXY_NAMES)
+
+
+def _listed(name: str, listed: Iterable[str]) -> bool:
+    """Whether `exec_env_pass` names it, or a prefix of it (`NAME*`)."""
+    return any(name.startswith(entry[:-1]) if entry.endswith("*") else name == entry for entry in listed)
 
 
 def names_a_credential(name: str) -> bool:
@@ -76,13 +119,14 @@ def _served(settings: Settings, model: str) -> set[str]:
     return {model, *([settings.embedding_model] if settings.embedding_model else [])}
 
 
-def _key_variables(settings: Settings, model: str) -> tuple[set[str], set[str]]:
-    """The `api_key_env` variables of every registry entry, and of those `model`'s process serves (upper-cased)."""
+def _engines(settings: Settings, model: str) -> tuple[set[str], set[str], bool]:
+    """The `api_key_env` variables of every registry entry and of those `model`'s process serves (upper-cased),
+    and whether a remote engine serves any of them."""
     try:
         registry = Registry.builtin().with_overrides(settings.registry)
-        variables = {name: registry.get(name).api_key_env for name in registry.names()}
+        specs = {name: registry.get(name) for name in registry.names()}
     except ModelError:  # an invalid entry: check_models names it, and no process loads it
-        return set(), set()
-    every = {variable.upper() for variable in variables.values() if variable}
-    served = {variable.upper() for name in _served(settings, model) if (variable := variables.get(name))}
-    return every, served
+        return set(), set(), False
+    served = [spec for name in _served(settings, model) if (spec := specs.get(name)) is not None]
+    every = {spec.api_key_env.upper() for spec in specs.values() if spec.api_key_env}
+    return every, {spec.api_key_env.upper() for spec in served if spec.api_key_env}, any(s.is_remote for s in served)

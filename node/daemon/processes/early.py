@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 from config.settings import Settings
 from models.benchmark import CacheFile, SpeedStore
 from node.daemon.processes.child_inputs import child_environment, child_settings
@@ -23,6 +25,8 @@ from node.daemon.processes.sandbox_policy import network_for, prepare_sandbox
 from node.daemon.processes.tool_settings import tool_settings
 from node.execution.protocol import SandboxPolicy
 from workflows.options import ToolSettings
+
+log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -38,6 +42,9 @@ def execution_process(
     """A process for `model` (not spawned yet), given what child_inputs.py lets it have: its settings and
     environment less the secrets it has no use for, its sandbox (`policy`, with internet sockets only for a
     remote engine), and the tools' settings its requests are made with here."""
+    environment = child_environment(os.environ, settings, model)
+    if withheld := sorted(set(os.environ) - set(environment)):  # names only: an operator's check of what passes
+        log.debug("environment withheld from the execution process", model=model, names=withheld)
     return ExecutionProcess(
         model,
         child_settings(settings, model),
@@ -46,7 +53,7 @@ def execution_process(
         speeds,
         settings.scratch_dir,
         tools,
-        child_environment(os.environ, settings, model),
+        environment,
     )
 
 

@@ -48,26 +48,60 @@ def test_a_process_starts_without_the_variables_of_others_keys(tmp_path: Path) -
         "COMPUTE_NODE_SEARCH_API_KEY": "s",
         "COMPUTE_NODE_TOOL_SECRETS": "{}",
         "COMPUTE_NODE_GATEWAY_API_KEYS": "k",
-        "HF_TOKEN": "hf",
+        "HF_TOKEN": "hf",  # a prefix that passes (HF_HOME), a name that does not
         "AWS_SECRET_ACCESS_KEY": "aws",
         "OPENAI_API_KEY": "o",
         "db_password": "p",
         "GITHUB_TOKEN": "g",
         "PATH": "/bin",
-        "COMPUTE_NODE_N_CTX": "512",
-        "TOKENIZERS_PARALLELISM": "false",  # words, not substrings: kept
+        "COMPUTE_NODE_N_CTX": "512",  # the process's settings come in `configure`, never from here
         "CUDA_VISIBLE_DEVICES": "0",
+        "LLAMA_ENGINE_KEY": "l",  # a passing prefix, no credential word: another engine's api_key_env all the same
     }
-    kept = {"PATH": "/bin", "COMPUTE_NODE_N_CTX": "512", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "0"}
+    settings = settings.model_copy(
+        update={"registry": {**settings.registry, "remote-l": {**REMOTE, "api_key_env": "LLAMA_ENGINE_KEY"}}}
+    )
+    kept = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}
     assert child_environment(environ, settings, "local-model") == kept
-    # a served engine's own variable, named as it is: ENGINE_B_KEY holds none of the words
+    # a served engine's own variable, whatever it is named
     assert child_environment(environ, settings, "remote-b") == {"ENGINE_B_KEY": "b", **kept}
     named_as_credentials = Settings.load(
         None, data_dir=str(tmp_path), registry={"remote-o": {**REMOTE, "api_key_env": "OPENAI_API_KEY"}}
     )
-    unnamed = {"ENGINE_B_KEY": "b", "ENGINE_C_KEY": "c"}  # no entry of this registry names them, nor do their words
-    assert child_environment(environ, named_as_credentials, "remote-o") == {"OPENAI_API_KEY": "o", **unnamed, **kept}
-    assert child_environment(environ, named_as_credentials, "local-model") == {**unnamed, **kept}
+    del environ["LLAMA_ENGINE_KEY"]  # no entry of this registry names it
+    assert child_environment(environ, named_as_credentials, "remote-o") == {"OPENAI_API_KEY": "o", **kept}
+    assert child_environment(environ, named_as_credentials, "local-model") == kept
+
+
+def test_a_process_gets_only_the_variables_it_may_use(tmp_path: Path) -> None:
+    """Whatever the daemon's environment holds under a name of no known kind stays there: the class, not the words."""
+    environ = {
+        # the system's, Python's, the hub cache's, the runtimes' and the tests' hooks: they pass
+        **{"HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "SSL_CERT_FILE": "/ca.pem"},
+        **{"PYTHONHASHSEED": "0", "HF_HOME": "/hf", "XDG_CACHE_HOME": "/c", "LLAMA_CPP_LIB_PATH": "/lib"},
+        **{"GGML_CUDA_NO_PINNED": "1", "OMP_WAIT_POLICY": "PASSIVE", "HSA_OVERRIDE_GFX_VERSION": "11.0.0"},
+        **{"MALLOC_ARENA_MAX": "2", "COMPUTE_NODE_TEST_EXEC_WRAPPER": "w"},
+        # what a shell, a unit or a container may hold under any name: none passes
+        **{"DATABASE_URL": "postgres://u:pw@db/x", "STRIPE_KEY": "sk", "MY_SERVICE_AUTH": "a", "GPG_KEY": "g"},
+        **{"NOTIFY_SOCKET": "/run/systemd/notify", "SSH_AUTH_SOCK": "/run/ssh", "KUBECONFIG": "/k"},
+        **{"HTTPS_PROXY": "http://user:pw@proxy:3128", "no_proxy": "localhost"},
+        **{"COMPUTE_NODE_SECRET_KEY_FILE": "/key", "COMPUTE_NODE_LISTEN": "/ip4/0.0.0.0/tcp/4001"},
+    }
+    passing = [
+        name for name in environ if name.startswith(("HOME", "LANG", "LC_", "TZ", "SSL", "PYTHON", "HF_", "XDG"))
+    ]
+    passing += ["LLAMA_CPP_LIB_PATH", "GGML_CUDA_NO_PINNED", "OMP_WAIT_POLICY", "HSA_OVERRIDE_GFX_VERSION"]
+    passing += ["MALLOC_ARENA_MAX", "COMPUTE_NODE_TEST_EXEC_WRAPPER"]
+    local = Settings.load(None, data_dir=str(tmp_path))
+    assert child_environment(environ, local, "smollm2:135m") == {name: environ[name] for name in passing}
+    # the proxies only where a remote engine serves: a local model's process opens no socket
+    remote = Settings.load(None, data_dir=str(tmp_path), models=["remote-a"], registry={"remote-a": REMOTE})
+    proxies = {"HTTPS_PROXY": environ["HTTPS_PROXY"], "no_proxy": "localhost"}
+    assert child_environment(environ, remote, "remote-a") == {**{name: environ[name] for name in passing}, **proxies}
+    # the operator adds names and prefixes, credentials among them if it says so, never the node's own secrets
+    listed = local.model_copy(update={"exec_env_pass": ["database_url", "MY_*", "COMPUTE_NODE_SECRET_KEY_FILE"]})
+    added = {"DATABASE_URL": environ["DATABASE_URL"], "MY_SERVICE_AUTH": "a"}
+    assert child_environment(environ, listed, "smollm2:135m") == {**{name: environ[name] for name in passing}, **added}
 
 
 def test_the_tools_the_process_is_told_of_carry_no_secret(tmp_path: Path) -> None:
