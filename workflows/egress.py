@@ -259,6 +259,7 @@ class Egress:
                     raise ToolError(f"tool request refused: {_CPU_SPENT}")
                 address = await self._policy.check(url, trusted=request.search)  # before any client is made
                 if self._tls is None:
+                    _load_http_stack()
                     self._tls = httpx.create_ssl_context(trust_env=False)
                 exchange = _exchange(self._policy, self._tls, request, url, address)
                 return await metered(exchange, self._cpu, ToolError(f"tool request stopped: {_CPU_SPENT}"))
@@ -273,6 +274,14 @@ class Egress:
             raise ToolError(f"tool request failed: {type(e).__name__}") from None
         except ValidationError:  # an answer out of RawResponse's bounds (a header of 16 KiB)
             raise ToolError("tool request failed: the answer's headers are out of bounds") from None
+
+
+def _load_http_stack() -> None:
+    """Import what an exchange loads the first time it runs (httpcore, h11, anyio's asyncio backend), before the
+    meter runs: the first request of a process was charged ~0.1 s of imports, a fifth of its CPU allowance."""
+    import anyio._backends._asyncio  # noqa: F401
+    import h11  # noqa: F401
+    import httpcore  # noqa: F401
 
 
 async def _exchange(
