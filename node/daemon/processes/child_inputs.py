@@ -33,9 +33,9 @@ PASSED_NAMES = frozenset(
 )
 PASSED_PREFIXES = (
     *("LC_", "PYTHON", "XDG_", "HF_", "HUGGINGFACE_", TEST_HOOKS),
-    *("LLAMA_", "GGML_", "CUDA_", "CUBLAS_", "NVIDIA_", "__GL_", "HIP_", "ROCR_", "ROCM_", "HSA_", "AMD_", "GPU_"),
-    *("SYCL_", "ONEAPI_", "ZE_", "ZES_", "VK_", "MESA_", "OCL_", "OPENCL_"),
-    *("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "BLIS_", "MALLOC_"),
+    *("LLAMA_", "GGML_", "CUDA_", "CUBLAS_", "NVIDIA_", "__GL_"),
+    *("HIP_", "HCC_", "ROCR_", "ROCM_", "HSA_", "AMD_", "GPU_", "SYCL_", "ONEAPI_", "UR_", "ZE_", "ZES_"),
+    *("VK_", "MESA_", "OCL_", "OPENCL_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO_", "BLIS_", "MALLOC_"),
 )
 # Proxies (a proxy's URL may hold its password) go only to a process that serves a remote engine: a local
 # model's process opens no socket.
