@@ -27,7 +27,8 @@ from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.gateway.validation import field_path
 from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
-from node.publisher.tasks import check_size, claimed_count
+from node.publisher.node_table import MAX_MEASURED
+from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
 from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
@@ -144,6 +145,11 @@ class SdkService:
         caps.add_source(store.pending_count)
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
         self._publishing: dict[str, asyncio.Future[None]] = {}  # network id -> its publish in flight
+        # Nodes that answered a task posted here, most recent last: listed to the SDK first. Kept apart from the
+        # client's reputation, which chooses nodes for every `/v1` caller: an SDK caller picks its task's node
+        # itself, so what that node did (a fast answer of junk, errors to a workflow sent to fail) is the
+        # caller's doing as much as the node's, and must not move another caller's choice.
+        self._answered: dict[str, None] = {}
 
     async def _published(self, network_id: str) -> str:
         """`network_id` once its publish in flight (by an earlier POST of the same task) went out; its error
@@ -170,10 +176,10 @@ class SdkService:
             return
         if not sdk_readable(inbound.signed.body):
             log.warning("result the sdk cannot read dropped", task_id=body.task_id, node=inbound.sender)
-            self.client.reputation.record_error(inbound.sender)
             return
         if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
-            self._measure(inbound.sender, body, time.time() - task.created_at)
+            if body.error is None:
+                self._note_answered(inbound.sender)
             log.info(
                 "result queued",
                 task_id=body.task_id,
@@ -182,25 +188,19 @@ class SdkService:
                 error=body.error is not None,
             )
 
-    def _measure(self, node: str, body: ResultBody, seconds: float) -> None:
-        """What a picked node did for the SDK counts in the gateway's record of its service, as a `/v1` task's
-        answer does: nodes measured serving are listed first (`alive_peers`), ahead of keys anyone can make."""
-        reputation = self.client.reputation
-        if body.error is not None:
-            reputation.record_error(node)
-            return
-        stats = body.stats
-        tokens = claimed_count((stats.model_extra or {}).get("completionTokens"), len(body.ciphertext or "") // 2)
-        known = self.client.nodes.get(node)
-        claimed_tps = known.claimed_tps([body.model]) if known is not None else 0.0
-        exec_seconds = (stats.execution_ended_at - stats.execution_started_at) / 1e9
-        reputation.record_result(node, seconds, tokens, exec_seconds, claimed_tps)
+    def _note_answered(self, node: str) -> None:
+        """`node` answered a task posted here: first in the SDK's listing (at most MAX_MEASURED such nodes)."""
+        self._answered.pop(node, None)
+        self._answered[node] = None
+        if len(self._answered) > MAX_MEASURED:
+            del self._answered[next(iter(self._answered))]
 
     def alive_peers(self) -> list[str]:
         """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES,
-        those this gateway measured serving first (anyone can make keys, and a heartbeat may be 256 KiB)."""
+        those that answered tasks posted here and those this gateway measured serving first (anyone can make keys, and a heartbeat may be 256 KiB)."""
         reputation, now = self.client.reputation, time.time()
-        live = sorted(self.client.nodes.listing(MAX_LISTED_NODES), key=lambda node: node.address)
+        first = list(reversed(self._answered))
+        live = sorted(self.client.nodes.listing(MAX_LISTED_NODES, first=first), key=lambda node: node.address)
         # What the gateway's own choice never takes, the SDK is not offered either: a node draining, or one
         # banned for failing a verification.
         return [

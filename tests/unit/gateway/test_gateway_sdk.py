@@ -171,11 +171,11 @@ def test_the_heartbeats_served_to_the_sdk_are_the_node_tables_within_its_byte_ca
     sdk.store.close()
 
 
-def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False) -> Inbound:
-    """A node's result for a task posted through /rpc, as the gateway's Client hears it."""
+def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False, error: str | None = None) -> Inbound:
+    """A node's result (or error) for a task posted through /rpc, as the gateway's Client hears it."""
     publisher = Identity.generate()
     now = time.time_ns()
-    output = Output("an answer", publisher.public_key_compressed.hex(), 5, 2)
+    output = error or Output("an answer", publisher.public_key_compressed.hex(), 5, 2)
     body = encode_body(result_body(network_task_id, "llama3.2:1b", output, received_at_ns=now - 10**9,
                                    started_at_ns=now - 10**9, ended_at_ns=now))  # fmt: skip
     if lowercase_z:  # RFC 3339 allows it, and the node's decoder reads it; the SDK does not
@@ -183,7 +183,7 @@ def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False) 
     return decode(RESULTS_TOPIC, seal(node, RESULTS_TOPIC, body))
 
 
-def test_results_the_sdk_reads_are_queued_and_measure_their_node(tmp_path: Path) -> None:
+def test_results_the_sdk_reads_are_queued_and_list_their_node_first(tmp_path: Path) -> None:
     # A lowercase `z` in a result's times made the SDK's execute() raise KeyError and lose the whole batch.
     node = Identity.generate()
     client = Client(peers=[])
@@ -194,13 +194,35 @@ def test_results_the_sdk_reads_are_queued_and_measure_their_node(tmp_path: Path)
         )
     sdk.observe(sdk_result(node, "t1--k1", lowercase_z=True))
     assert sdk.store.pop_results("k1", 10) == []
-    assert client.reputation.view(node.address).errors == pytest.approx(1, abs=0.01)
 
+    crowd = [Identity.generate() for _ in range(3)]
+    for identity in [node, *crowd]:  # heard before the crowd: last in the table's order
+        heard(sdk, identity)
     sdk.observe(sdk_result(node, "t2--k1"))
     assert len(sdk.store.pop_results("k1", 10)) == 1
-    view = client.reputation.view(node.address)
-    assert view.answered == pytest.approx(1, abs=0.01)  # measured serving: listed to the SDK first
-    assert client.reputation.served(node.address)
+    assert client.nodes.listing(1, first=list(sdk._answered))[0].address == node.address  # listed to the SDK first
+    # ...and nothing in the reputation every `/v1` caller's choice reads (below)
+    assert client.reputation.view(node.address).answered == 0 and client.reputation.view(node.address).errors == 0
+    sdk.store.close()
+
+
+def test_what_a_node_the_caller_picked_did_moves_no_other_callers_choice(tmp_path: Path) -> None:
+    """An SDK caller picks its task's node: a fast answer of junk would make that node the gateway's choice for
+    everyone (its speed measured from the size of what it sent), and errors to workflows sent to fail would keep
+    an honest node from being chosen at all. Neither reaches the reputation."""
+    honest, cheat = Identity.generate(), Identity.generate()
+    client = Client(peers=[])
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
+    for i in range(20):
+        for picked, outcome in ((honest, "Invalid prompt: a workflow sent to fail"), (cheat, None)):
+            network_id = f"{picked.address[-6:]}{i}"
+            row = task(task_id=network_id).model_copy(update={"picked": [picked.address], "created_at": time.time()})
+            assert sdk.store.insert(row)
+            sdk.observe(sdk_result(picked, f"{network_id}--k1", error=outcome))
+    for identity in (honest, cheat):
+        view = client.reputation.view(identity.address)
+        assert (view.answered, view.errors, view.measured_tps) == (0, 0, None)
+        assert not client.reputation.served(identity.address)
     sdk.store.close()
 
 
