@@ -40,7 +40,7 @@ from node.publisher.direct import STREAMS_FULL, DeclinedError, DirectDelivery, N
 from node.publisher.errors import TaskFailedError, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
-from node.publisher.tasks import Task, TaskResult
+from node.publisher.tasks import Task, TaskResult, generation_budget
 
 log = structlog.get_logger(__name__)
 
@@ -394,11 +394,12 @@ class AttemptLoop:
         self.retries, self.need_new = self.retries + 1, True
 
     def _record_result(self, result: TaskResult, seconds: float) -> None:
-        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes) against its claim.
+        """Its node answered after `seconds`: tokens from its stats (at most the result's bytes and the workflow's
+        generation budget: a node chooses both its claim and its result's size) against its claim.
 
         A score task's tokens are recorded apart: they do not measure the node's generating speed.
         """
-        tokens = result.completion_tokens
+        tokens = min(result.completion_tokens, generation_budget(self.task.workflow))
         exec_seconds = (result.stats.execution_ended_at - result.stats.execution_started_at) / 1e9
         known = self.hooks.nodes.get(result.node)
         claimed_tps = known.claimed_tps([result.model]) if known is not None else 0.0

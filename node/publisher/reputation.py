@@ -12,7 +12,9 @@ node's weight (`weight`) is
 - speed: tokens of its results per second of time to result on our clock, shrunk toward a prior
   for prior_seconds: the median speed of the nodes measured so far (prior_tps before any is; lower if
   the node itself claims less), never the claim. An unseen node is so assumed typical, not slow, and
-  is tried often enough to be measured.
+  is tried often enough to be measured. At most SPEED_CAP x that median (the lower middle of an even
+  count): a node chooses what its speed is measured from (the tokens it claims, within its result's size
+  and the task's budget) and can answer junk at once, and its share of the choice stays bounded.
   Results of score tasks (teacher forcing for verification, many times faster per token than
   generating) count for success but are kept apart (`scored`, `scoring_tps`): they never raise the speed.
 - capacity: its claimed `free`, capped at one more than the most tasks of ours it was seen serving at once.
@@ -50,6 +52,7 @@ from node.publisher.reputation_records import (
 log = structlog.get_logger(__name__)
 
 TYPICAL_EXACT_ROWS = 256  # up to this many nodes the median follows every change at once
+SPEED_CAP = 4.0  # a node's speed weighs at most this many times the median node's
 MAX_BANS_PASSED = 64  # banned rows an eviction passes over before it scans every row
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS reputation (address TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL)"
@@ -290,7 +293,8 @@ class Reputation:
         s = self.settings
         typical = self._typical_tps()
         prior = min(typical, claimed_tps) if claimed_tps > 0 else typical
-        return (record.tokens + prior * s.prior_seconds) / (record.result_seconds + s.prior_seconds)
+        speed = (record.tokens + prior * s.prior_seconds) / (record.result_seconds + s.prior_seconds)
+        return min(speed, SPEED_CAP * typical)
 
     def _typical_tps(self) -> float:
         """The median speed (tokens per second of time to result) of the nodes that answered and never
@@ -307,7 +311,8 @@ class Reputation:
                 for r in self._rows.values()
                 if r.answered > 0 and r.result_seconds > 0 and r.verify_failed == 0
             ]
-            self._typical = statistics.median(speeds) if speeds else self.settings.prior_tps
+            # The lower middle: of two nodes measured, one answering junk at once must not set it.
+            self._typical = statistics.median_low(speeds) if speeds else self.settings.prior_tps
         assert self._typical is not None
         return self._typical
 

@@ -67,7 +67,7 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
         except ClientGoneError:
             log.info("chat completion abandoned: the caller disconnected", key_id=key)
             return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
-        usage = usage_of(result)
+        usage = usage_of(result, prepared.max_tokens)
         return ChatCompletion(
             id=f"chatcmpl-{secrets.token_urlsafe(16)}",
             created=int(time.time()),

@@ -36,10 +36,11 @@ class Prepared:
     max_tokens: int
 
 
-def usage_of(result: TaskResult) -> Usage:
+def usage_of(result: TaskResult, max_tokens: int) -> Usage:
     """Token counts from the result's stats (extra fields `promptTokens`, `completionTokens`): what a node
-    claims, read as counts (TaskResult's), 0 when they are not."""
-    prompt, completion = result.prompt_tokens, result.completion_tokens
+    claims, read as counts (TaskResult's), 0 when they are not; the completion at most the request's
+    `max_tokens` (a node cannot have generated more: a claim past it is false)."""
+    prompt, completion = result.prompt_tokens, min(result.completion_tokens, max_tokens)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 

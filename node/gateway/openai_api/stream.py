@@ -196,7 +196,7 @@ class ChatStream:
             self._release()
 
     def _final(self, result: TaskResult) -> list[str]:
-        usage = usage_of(result)
+        usage = usage_of(result, self.prepared.max_tokens)
         reason = finish_reason(
             bool(self.prepared.tools), usage.completion_tokens, self.prepared.max_tokens, result.finish_reason
         )

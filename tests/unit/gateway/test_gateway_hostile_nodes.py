@@ -120,6 +120,20 @@ async def test_a_nodes_token_counts_are_counts_or_nothing(
         assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == usage[1]
 
 
+async def test_a_nodes_completion_tokens_are_at_most_the_requests_max_tokens(tmp_path: Path) -> None:
+    """A node claiming more tokens than the request let it generate (a red team's claimed 90,000 for 16) is
+    billed, and measured, as the request's bound."""
+    async with gateway_over(StreamingPeer(["o"], "ok", stats={"completionTokens": 400}), tmp_path) as http:
+        ask = {"model": "m", "messages": ASK, "max_tokens": 1}  # "ok": 2 bytes, so 2 before
+        answer = await http.post("/v1/chat/completions", json=ask)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] == 1
+        chat = ask | {"stream": True, "stream_options": {"include_usage": True}}
+        async with http.stream("POST", "/v1/chat/completions", json=chat) as streamed:
+            events = [line async for line in streamed.aiter_lines() if line.startswith("data: ")]
+        assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 1
+
+
 async def test_a_callers_tool_call_nested_past_the_recursion_limit_is_a_400(tmp_path: Path) -> None:
     async with gateway_over(StreamingPeer([], "ok"), tmp_path) as http:
         call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": DEEP}}

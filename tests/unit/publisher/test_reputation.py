@@ -6,11 +6,12 @@ import pytest
 
 from node.publisher.node_table import NodeTable
 from node.publisher.remote_scoring import score_workflow
-from node.publisher.reputation import Reputation, read_views
+from node.publisher.reputation import SPEED_CAP, Reputation, read_views
 from node.publisher.reputation_records import ReputationSettings
-from node.publisher.tasks import Task
+from node.publisher.tasks import Task, generation_budget
 from node.wire.messages import Capacity, HeartbeatBody
 from node.wire.proof import ProofGeneration
+from workflows.options import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 T0 = 1_000_000.0
@@ -56,10 +57,24 @@ def test_an_unseen_node_is_assumed_as_fast_as_the_median_measured_node() -> None
     assert table.view("new", now=T0).service_tps == pytest.approx(60)
     assert table.weight("new", claimed_free=4, claimed_tps=1e6, now=T0) == pytest.approx(0.5 * 60 * 1)
     assert table.weight("new", claimed_free=4, claimed_tps=20, now=T0) == pytest.approx(0.5 * 20 * 1)
-    serve(table, "new", 10, tps=200)  # a change of rows moves the median: (60 + 100) / 2
-    assert table.view("other", now=T0).service_tps == pytest.approx(80)
+    serve(table, "new", 10, tps=200)  # of an even count the lower middle: 40, 60, 100, 200
+    assert table.view("other", now=T0).service_tps == pytest.approx(60)
     table.record_verification(A, passed=False, now=T0)  # a caught node's speed no longer counts: 60, 100, 200
     assert table.view("other", now=T0).service_tps == pytest.approx(100)
+
+
+def test_a_node_that_answers_at_once_weighs_at_most_speed_cap_times_the_median() -> None:
+    """A node chooses what its speed is measured from (its claimed tokens, within its result's size) and can
+    answer junk at once: a red team's did, and took 99.97% of the choice from two honest nodes. Its speed counts
+    at most SPEED_CAP times the median node's, whichever of two nodes it is."""
+    table = Reputation()
+    serve(table, A, 10, tps=100)
+    serve(table, C, 1000, tps=2_000_000)  # against A alone: the lower middle of the two is A's
+    assert table.view(C, now=T0).service_tps == pytest.approx(SPEED_CAP * 100)
+    serve(table, B, 10, tps=100)
+    weights = {node: table.weight(node, claimed_free=4, claimed_tps=0, now=T0) for node in (A, B, C)}
+    # SPEED_CAP / (SPEED_CAP + 2) of the choice, a little more for its surer success (1000 answers against 10)
+    assert SPEED_CAP / (SPEED_CAP + 2) < weights[C] / sum(weights.values()) < 0.7
 
 
 def test_busy_counts_as_half_a_failure() -> None:
@@ -225,3 +240,15 @@ def test_a_workflow_with_a_score_step_is_a_scoring_task() -> None:
     assert not Task(workflow=generating, models=["m"]).scores_tokens
     assert not Task(workflow={}, models=["m"]).scores_tokens
     assert not Task(workflow={"tasks": "score"}, models=["m"]).scores_tokens  # malformed: the node refuses it
+
+
+def test_a_results_tokens_count_at_most_its_workflows_generation_budget() -> None:
+    """What a node's result is measured by: its claim, within the task's own bound (max_tokens per step, for
+    each of max_steps; a node's caps where the workflow names none or nonsense)."""
+    assert generation_budget({"config": {"max_tokens": 16, "max_steps": 2}}) == 32
+    assert generation_budget({"config": {"max_steps": 3}}) == 3 * DEFAULT_MAX_TOKENS
+    assert generation_budget({"config": {"max_tokens": 10**12, "max_steps": 10**12}}) == (
+        DEFAULT_MAX_TOKENS * DEFAULT_MAX_STEPS
+    )
+    assert generation_budget({"config": {"max_tokens": True, "max_steps": "9"}}) == DEFAULT_MAX_TOKENS
+    assert generation_budget({"config": []}) == generation_budget({}) == DEFAULT_MAX_TOKENS
