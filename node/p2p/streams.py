@@ -76,6 +76,7 @@ class _OpenStream:
     evicted: bool = False  # cut off while silent, to make room for a newer stream
     handed_over: bool = False  # inbound: its task frame went to the asyncio side
     counted: bool = True  # in its peer's count: until its last frame is written, or it is forgotten
+    keeps: bool = False  # keeps its connection from being trimmed: outbound, or inbound with its task handed over
 
 
 def refusal_frame(status: str, reason: str) -> bytes:
@@ -92,6 +93,7 @@ class StreamTable:
         self._on_frame = on_frame
         self._streams: dict[int, _OpenStream] = {}
         self._per_peer: dict[str, int] = {}
+        self._keeping: dict[str, int] = {}  # per peer, its streams that keep its connection (`keeps_connection`)
         self._ids = itertools.count(1)
         self.refused = 0  # streams refused or closed for breaking a limit or the protocol
         self._logged_at: dict[tuple[str, str], float] = {}  # (event, reason): one line a window (a few keys)
@@ -105,6 +107,13 @@ class StreamTable:
     def streams_of(self, peer: str) -> int:
         """Open streams of one peer (inbound and outbound)."""
         return self._per_peer.get(peer, 0)
+
+    def keeps_connection(self, peer: str) -> bool:
+        """Whether a stream of the peer's is of use: one we opened, or one whose task was handed over. An inbound
+        stream that has sent nothing yet is not: a peer holding one open (a new one before each first-frame
+        timeout) for free would keep its connection from being trimmed, and enough peers would take every
+        inbound connection the host has (a red team's 256, and no honest publisher could connect)."""
+        return self._keeping.get(peer, 0) > 0
 
     # --- inbound -----------------------------------------------------------
 
@@ -122,6 +131,7 @@ class StreamTable:
                     return
                 self._on_inbound(entry.id, peer, first)
                 entry.handed_over = True
+                self._keep(entry)
                 await self._hold_for_writes(entry)
         finally:
             await self._release(entry)
@@ -303,7 +313,15 @@ class StreamTable:
         entry = _OpenStream(next(self._ids), stream, peer, inbound)
         self._streams[entry.id] = entry
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        if not inbound:
+            self._keep(entry)
         return entry
+
+    def _keep(self, entry: _OpenStream) -> None:
+        """The stream keeps its connection from now until it is uncounted."""
+        if entry.counted and not entry.keeps:
+            entry.keeps = True
+            self._keeping[entry.peer] = self._keeping.get(entry.peer, 0) + 1
 
     def _forget(self, entry: _OpenStream) -> bool:
         """Take the stream out of the table and its peer's count; False if it was not in it."""
@@ -317,11 +335,13 @@ class StreamTable:
         if not entry.counted:
             return
         entry.counted = False
-        left = self._per_peer.get(entry.peer, 1) - 1
-        if left > 0:
-            self._per_peer[entry.peer] = left
-        else:
-            self._per_peer.pop(entry.peer, None)
+        counts = [self._per_peer, self._keeping] if entry.keeps else [self._per_peer]
+        for count in counts:
+            left = count.get(entry.peer, 1) - 1
+            if left > 0:
+                count[entry.peer] = left
+            else:
+                count.pop(entry.peer, None)
 
     async def _release(self, entry: _OpenStream) -> None:
         if not self._forget(entry):

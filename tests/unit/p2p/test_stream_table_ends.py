@@ -77,3 +77,33 @@ async def _last_frame_then_late_closes() -> None:
         table.close(handed[b"second"], graceful=False)
         await trio.testing.wait_all_tasks_blocked()
         assert streams[1].was_reset and table.streams_of("publisher") == 0 and table.open_count == 0
+
+
+class SilentStream(FakeStream):
+    """An inbound stream that sends nothing (a peer holding it open for its connection's sake)."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(peer, b"")
+        self._unread = []
+
+
+def test_only_a_stream_whose_task_was_handed_over_keeps_its_connection() -> None:
+    """A red team kept 256 connections from being trimmed with one silent stream each (a new one before each
+    first-frame timeout), and no honest publisher could connect: a stream that sent nothing keeps nothing."""
+    trio.run(_silent_and_handed_over)
+
+
+async def _silent_and_handed_over() -> None:
+    handed: dict[bytes, int] = {}
+    table = StreamTable(StreamLimits(), lambda i, p, f: handed.update({f: i}), lambda i, f: None)
+    silent, publisher = SilentStream("holder"), FakeStream("publisher", b"task")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(table.handle_inbound, silent)
+        nursery.start_soon(table.handle_inbound, publisher)
+        await trio.testing.wait_all_tasks_blocked()
+        assert table.streams_of("holder") == 1 and not table.keeps_connection("holder")
+        assert table.keeps_connection("publisher")  # its task is in the node's hands
+        await table.send(handed[b"task"], b"result", last=True)
+        assert not table.keeps_connection("publisher")  # answered: nothing left to keep it for
+        nursery.cancel_scope.cancel()
+    assert not table.keeps_connection("holder") and table.open_count == 0
