@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024  # base64 text, as the SDK checks before posting
 MAX_RESULTS_PER_POLL = 200
+# One listing of nodes at most: a few hundred honest heartbeats; a poll each, so no key is sent the table's 16 MiB
+# each time (a red team's key was sent 2.6 GB in 18 s).
+MAX_LISTING_BYTES = 1024 * 1024
 MAX_POLL_BYTES = 8 * 1024 * 1024  # one poll's results at most (each may be ~256 KiB): the rest go next poll
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
@@ -196,18 +199,23 @@ class SdkService:
             del self._answered[next(iter(self._answered))]
 
     def alive_peers(self) -> list[str]:
-        """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES,
-        those that answered tasks posted here and those this gateway measured serving first (anyone can make keys, and a heartbeat may be 256 KiB)."""
+        """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES and
+        MAX_LISTING_BYTES, those that answered tasks posted here and those this gateway measured serving first
+        (anyone can make keys, and heartbeats fill the table's 16 MiB), in the order of their addresses."""
         reputation, now = self.client.reputation, time.time()
-        first = list(reversed(self._answered))
-        live = sorted(self.client.nodes.listing(MAX_LISTED_NODES, first=first), key=lambda node: node.address)
-        # What the gateway's own choice never takes, the SDK is not offered either: a node draining, or one
-        # banned for failing a verification.
-        return [
-            _item(node.envelope, peer_id=node.peer_id)
-            for node in live
-            if node.envelope is not None and not node.leaving and not reputation.banned(node.address, now)
-        ]
+        items: dict[str, str] = {}
+        size = 0
+        for node in self.client.nodes.listing(MAX_LISTED_NODES, first=list(reversed(self._answered))):
+            # What the gateway's own choice never takes, the SDK is not offered either: a node draining, or one
+            # banned for failing a verification.
+            if node.envelope is None or node.leaving or reputation.banned(node.address, now):
+                continue
+            item = _item(node.envelope, peer_id=node.peer_id)
+            size += len(item)
+            if size > MAX_LISTING_BYTES:
+                break
+            items[node.address] = item
+        return [items[address] for address in sorted(items)]
 
     def results(self, key_id: str) -> list[str]:
         """This key's results not served before (each is served once)."""

@@ -4,6 +4,7 @@ gateway measured serving is always listed."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from node.gateway.dria_sdk.service import MAX_LISTING_BYTES
 from node.gateway.server import Gateway
 from node.gateway.service import MAX_LISTED_MODELS, MAX_LISTED_NODES
 from node.wire.identity import Identity
@@ -50,7 +52,9 @@ async def test_nodes_peers_and_models_listed_are_bounded_and_keep_the_measured_n
     assert len(nodes["nodes"]) == MAX_LISTED_NODES and nodes["total"] == live
     assert HONEST.address in {n["address"] for n in nodes["nodes"]}
     peers = (await http.get("/rpc/get_alive_peers")).json()["data"]["results"]
-    assert len(peers) == MAX_LISTED_NODES
+    # 64 model names a heartbeat: a megabyte's worth is ~540 of them, fewer than MAX_LISTED_NODES
+    assert 0 < len(peers) < MAX_LISTED_NODES and MAX_LISTING_BYTES - 4096 < sum(map(len, peers)) <= MAX_LISTING_BYTES
+    assert HONEST.peer_id in {json.loads(peer)["peer_id"] for peer in peers}  # measured serving: listed first
     models = [card["id"] for card in (await http.get("/v1/models")).json()["data"]]
     assert len(models) == MAX_LISTED_MODELS and "honest-model" in models
     assert (await http.get("/healthz")).json()["nodes"] == live
