@@ -19,7 +19,6 @@ from node.wire.envelope import sealed_size
 from node.wire.messages import Stats, TaskBody, TaskInput, encode_body
 from node.wire.results import FinishReason, result_finish_reason
 from node.wire.topics import MAX_MESSAGE_BYTES, TASK_TOPIC
-from workflows.options import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS
 
 MAX_TOKEN_COUNT = 2**31 - 1  # the most tokens a result's stats may claim for a prompt (beyond any context)
 
@@ -84,13 +83,19 @@ class TaskResult(BaseModel):
         return result_finish_reason(self.stats)
 
 
+# A node's default caps on a workflow's tokens a step and steps (workflows/options.py's DEFAULT_MAX_TOKENS and
+# DEFAULT_MAX_STEPS, which this side does not import): the bounds of a budget the workflow does not name.
+NODE_MAX_TOKENS = 4096
+NODE_MAX_STEPS = 1000
+
+
 def generation_budget(workflow: dict[str, Any]) -> int:
     """The most tokens a node can generate for `workflow`: its `config.max_tokens` (a node's cap where it names
     none) for each of its `config.max_steps` (each at most a node's cap). A node's claim past it is false."""
     config = workflow.get("config")
     config = config if isinstance(config, dict) else {}
-    per_step = _positive_int(config.get("max_tokens"), DEFAULT_MAX_TOKENS)
-    return min(per_step, DEFAULT_MAX_TOKENS) * min(_positive_int(config.get("max_steps"), 1), DEFAULT_MAX_STEPS)
+    per_step = _positive_int(config.get("max_tokens"), NODE_MAX_TOKENS)
+    return min(per_step, NODE_MAX_TOKENS) * min(_positive_int(config.get("max_steps"), 1), NODE_MAX_STEPS)
 
 
 def _positive_int(value: object, otherwise: int) -> int:

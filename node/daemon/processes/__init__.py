@@ -3,7 +3,7 @@ spawned, fed and watched from here; the daemon never loads a model itself.
 
 handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
 exits.py:    how a process's end is named: the errors its tasks and its start get.
-child_inputs.py:   what it is given: the settings and environment, less the node's identity key and tool secrets.
+child_inputs.py:   what it is given: the settings (less the identity key and tool secrets) and the environment variables it may use.
 tool_egress.py:    its tools' HTTP requests, made here under the egress policy (it has no network of its own).
 tool_settings.py:  the tools' settings: the operator's in full for those requests, and what it is told of them.
 strays.py:         what its lines cost without cause (answers nobody waits for, junk parsed), when it is broken.
