@@ -4,7 +4,9 @@ py-libp2p refuses every new connection once it holds its maximum (300, of which 
 inbound) and never closes an idle one: anyone able to make 250 peer ids (free) and connect
 them would lock every publisher and node out for as long as they stay connected. Like
 go-libp2p's connection manager, `ConnectionTrimmer` (a Trio task of the service) closes
-connections past `high_water`, down to `low_water`: inbound ones only, oldest first, never
+connections past `high_water`, down to `low_water` (connections, not peers: a peer id may hold three,
+py-libp2p's limit a peer, and ~100 ids holding three each filled the cap while the peers stayed under
+`high_water`): inbound ones only, oldest first, never
 one younger than `grace_s` (time for a publisher to open its stream), never a peer in our
 gossip mesh, with a direct-delivery stream open, or held in the service's `KeptPeers` (a publisher
 whose task is on the node: kept_peers.py). `choose_trimmed` is the pure choice.
@@ -32,8 +34,8 @@ class ConnectionBudget(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    high_water: int = Field(default=200, ge=1, description="trim when more peers than this are connected")
-    low_water: int = Field(default=150, ge=0, description="trim down to this many")
+    high_water: int = Field(default=200, ge=1, description="trim when more connections than this are open")
+    low_water: int = Field(default=150, ge=0, description="trim down to this many connections")
     grace_s: float = Field(default=10.0, ge=0, description="a new connection is kept at least this long")
     check_interval_s: float = Field(default=1.0, gt=0)
 
@@ -50,18 +52,27 @@ class PeerConnection:
 
     peer: str
     inbound: bool  # every connection to it was opened by the peer
+    connections: int  # how many it holds (py-libp2p allows a peer three)
     first_seen: float  # trio.current_time() when the trimmer first saw it
     protected: bool  # in our gossip mesh, with a direct-delivery stream open, or held (a publisher whose task is here)
 
 
 def choose_trimmed(peers: Iterable[PeerConnection], now: float, budget: ConnectionBudget) -> list[str]:
-    """The peers to disconnect: none at or under `high_water`; else the oldest idle inbound ones, down to `low_water`."""
+    """The peers to disconnect: none while their connections are at or under `high_water`; else the oldest idle
+    inbound ones, until the connections left are at most `low_water`."""
     peers = list(peers)
-    if len(peers) <= budget.high_water:
+    open_now = sum(p.connections for p in peers)
+    if open_now <= budget.high_water:
         return []
     idle = [p for p in peers if p.inbound and not p.protected and now - p.first_seen >= budget.grace_s]
     idle.sort(key=lambda p: p.first_seen)
-    return [p.peer for p in idle[: len(peers) - budget.low_water]]
+    chosen = []
+    for peer in idle:
+        if open_now <= budget.low_water:
+            break
+        chosen.append(peer.peer)
+        open_now -= peer.connections
+    return chosen
 
 
 class ConnectionTrimmer:
@@ -91,6 +102,7 @@ class ConnectionTrimmer:
                 PeerConnection(
                     name,
                     inbound=all(_direction(conn) == Direction.INBOUND for conn in connections[peer]),
+                    connections=len(connections[peer]),
                     first_seen=self._first_seen[peer],
                     protected=self._protected(peer),
                 )

@@ -17,8 +17,10 @@ from tests.support.p2p_hosts import LOOPBACK
 BUDGET = ConnectionBudget(high_water=4, low_water=2, grace_s=10.0)
 
 
-def peer(name: str, first_seen: float = 0.0, inbound: bool = True, protected: bool = False) -> PeerConnection:
-    return PeerConnection(name, inbound=inbound, first_seen=first_seen, protected=protected)
+def peer(
+    name: str, first_seen: float = 0.0, inbound: bool = True, protected: bool = False, connections: int = 1
+) -> PeerConnection:
+    return PeerConnection(name, inbound=inbound, first_seen=first_seen, protected=protected, connections=connections)
 
 
 def test_nothing_is_trimmed_at_or_under_the_high_water_mark() -> None:
@@ -40,6 +42,15 @@ def test_mesh_and_stream_peers_ours_and_new_ones_are_kept_even_if_fewer_are_trim
         peer("idle-c", first_seen=3.0),
     ]
     assert choose_trimmed(peers, now=100.0, budget=BUDGET) == ["idle-a", "idle-b", "idle-c"]
+
+
+def test_the_budget_counts_connections_not_peers() -> None:
+    """py-libp2p lets a peer id hold three connections: ~100 ids holding three each filled its inbound cap while
+    the peers stayed under the high water mark, and nothing was trimmed (a reviewer's lockout, 0 of 23 honest
+    tasks through). Each peer trimmed takes all its connections off the count."""
+    peers = [peer(f"p{i}", first_seen=float(i), connections=3) for i in range(2)]  # 6 connections, 2 peers
+    assert choose_trimmed(peers, now=100.0, budget=BUDGET) == ["p0", "p1"]  # 6 > 4: down to at most 2
+    assert choose_trimmed([peer("a", connections=3), peer("b", first_seen=1.0)], now=100.0, budget=BUDGET) == []
 
 
 def test_a_budget_whose_low_water_is_above_its_high_water_is_refused() -> None:
