@@ -322,13 +322,13 @@ class NodeTable:
         now = time.time() if now is None else now
         return sum(1 for node in self._nodes.values() if now - node.last_seen <= self._ttl)
 
-    def listing(self, limit: int, now: float | None = None, first: Sequence[str] = ()) -> list[KnownNode]:
-        """At most `limit` live nodes to show: `first`, then those measured serving (at most MAX_MEASURED), then
-        the most recently heard; bounded work whatever the table holds (anyone can make keys)."""
+    def listing(self, limit: int, now: float | None = None, then: Sequence[str] = ()) -> list[KnownNode]:
+        """At most `limit` live nodes to show: those measured serving first (at most MAX_MEASURED), `then` these,
+        then the most recently heard; bounded work whatever the table holds (anyone can make keys)."""
         now = time.time() if now is None else now
         chosen: dict[str, KnownNode] = {}
         measured = self.reputation.serving(MAX_MEASURED, self._rng) if self.reputation is not None else []
-        for address in [*first, *measured, *reversed(self._nodes)]:
+        for address in [*measured, *then, *reversed(self._nodes)]:
             if len(chosen) >= limit:
                 break
             node = self._nodes.get(address)

@@ -75,7 +75,7 @@ def add_sdk_routes(app: FastAPI, sdk: SdkService, keys: ApiKeys, limiter: RateLi
         if limiter.take(limit_key(request, key)) > 0:
             return _results([])
         try:
-            return _results(sdk.alive_peers())
+            return _results(sdk.alive_peers(key))
         except Exception:  # any other answer would stop the SDK's poll loop for good
             log.exception("listing peers failed")
             return _results([])

@@ -27,7 +27,6 @@ from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.gateway.validation import field_path
 from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
-from node.publisher.node_table import MAX_MEASURED
 from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
 from node.wire.inbound import Inbound
@@ -41,6 +40,9 @@ MAX_RESULTS_PER_POLL = 200
 # One listing of nodes at most: a few hundred honest heartbeats; a poll each, so no key is sent the table's 16 MiB
 # each time (a red team's key was sent 2.6 GB in 18 s).
 MAX_LISTING_BYTES = 1024 * 1024
+MAX_ITEM_BYTES = 16 * 1024  # a heartbeat listed before those past it (64 model names of 256 characters: ~140 KiB)
+MAX_ANSWERED_PER_KEY = 64  # nodes that answered a key's tasks, listed to it after the measured ones
+MAX_KEYS_REMEMBERED = 1024  # keys whose answering nodes are remembered (the most recent)
 MAX_POLL_BYTES = 8 * 1024 * 1024  # one poll's results at most (each may be ~256 KiB): the rest go next poll
 # The SDK splits the network id on "--" and expects exactly two parts.
 _SDK_TASK_ID = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
@@ -148,11 +150,11 @@ class SdkService:
         caps.add_source(store.pending_count)
         self.deadline_horizon = deadline_horizon  # how far ahead a posted task's deadline may lie
         self._publishing: dict[str, asyncio.Future[None]] = {}  # network id -> its publish in flight
-        # Nodes that answered a task posted here, most recent last: listed to the SDK first. Kept apart from the
-        # client's reputation, which chooses nodes for every `/v1` caller: an SDK caller picks its task's node
-        # itself, so what that node did (a fast answer of junk, errors to a workflow sent to fail) is the
-        # caller's doing as much as the node's, and must not move another caller's choice.
-        self._answered: dict[str, None] = {}
+        # Per API key, the nodes that answered its tasks, most recent last: listed to that key after the nodes
+        # this gateway measured serving. Kept apart from the client's reputation, which chooses nodes for every
+        # `/v1` caller, and from other keys' listings: an SDK caller picks its task's node itself, so what that
+        # node did (a fast answer of junk, errors to a workflow sent to fail) must not move another's choice.
+        self._answered: dict[str, dict[str, None]] = {}
 
     async def _published(self, network_id: str) -> str:
         """`network_id` once its publish in flight (by an earlier POST of the same task) went out; its error
@@ -182,7 +184,7 @@ class SdkService:
             return
         if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
             if body.error is None:
-                self._note_answered(inbound.sender)
+                self._note_answered(task.key_id, inbound.sender)
             log.info(
                 "result queued",
                 task_id=body.task_id,
@@ -191,30 +193,41 @@ class SdkService:
                 error=body.error is not None,
             )
 
-    def _note_answered(self, node: str) -> None:
-        """`node` answered a task posted here: first in the SDK's listing (at most MAX_MEASURED such nodes)."""
-        self._answered.pop(node, None)
-        self._answered[node] = None
-        if len(self._answered) > MAX_MEASURED:
+    def _note_answered(self, key_id: str, node: str) -> None:
+        """`node` answered a task `key_id` posted: in that key's listing after the measured nodes (the latest
+        MAX_ANSWERED_PER_KEY, for the latest MAX_KEYS_REMEMBERED keys)."""
+        nodes = self._answered.pop(key_id, {})
+        nodes.pop(node, None)
+        nodes[node] = None
+        if len(nodes) > MAX_ANSWERED_PER_KEY:
+            del nodes[next(iter(nodes))]
+        self._answered[key_id] = nodes
+        if len(self._answered) > MAX_KEYS_REMEMBERED:
             del self._answered[next(iter(self._answered))]
 
-    def alive_peers(self) -> list[str]:
-        """The latest heartbeat envelope of live nodes, as the node table holds it: at most MAX_LISTED_NODES and
-        MAX_LISTING_BYTES, those that answered tasks posted here and those this gateway measured serving first
-        (anyone can make keys, and heartbeats fill the table's 16 MiB), in the order of their addresses."""
+    def alive_peers(self, key_id: str = "") -> list[str]:
+        """The latest heartbeat envelope of live nodes, as the node table holds it, for `key_id`'s listing: at most
+        MAX_LISTED_NODES and MAX_LISTING_BYTES, by address. The nodes this gateway measured serving come first,
+        then those that answered the key's own tasks, then the most recently heard (anyone can make keys); an
+        envelope past MAX_ITEM_BYTES (an honest heartbeat's is a few KiB) only where the others left room."""
         reputation, now = self.client.reputation, time.time()
+        answered = list(reversed(self._answered.get(key_id, {})))
         items: dict[str, str] = {}
-        size = 0
-        for node in self.client.nodes.listing(MAX_LISTED_NODES, first=list(reversed(self._answered))):
+        large: list[tuple[str, str]] = []
+        room = MAX_LISTING_BYTES
+        for node in self.client.nodes.listing(MAX_LISTED_NODES, then=answered):
             # What the gateway's own choice never takes, the SDK is not offered either: a node draining, or one
             # banned for failing a verification.
             if node.envelope is None or node.leaving or reputation.banned(node.address, now):
                 continue
             item = _item(node.envelope, peer_id=node.peer_id)
-            size += len(item)
-            if size > MAX_LISTING_BYTES:
-                break
-            items[node.address] = item
+            if len(item) > MAX_ITEM_BYTES:
+                large.append((node.address, item))
+            elif len(item) <= room:
+                items[node.address], room = item, room - len(item)
+        for address, item in large:
+            if len(item) <= room:
+                items[address], room = item, room - len(item)
         return [items[address] for address in sorted(items)]
 
     def results(self, key_id: str) -> list[str]:

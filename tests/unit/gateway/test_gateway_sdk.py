@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from node.gateway.dria_sdk.service import (
+    MAX_LISTING_BYTES,
     SdkPayloadError,
     SdkService,
     decode_payload,
@@ -183,7 +184,7 @@ def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False, 
     return decode(RESULTS_TOPIC, seal(node, RESULTS_TOPIC, body))
 
 
-def test_results_the_sdk_reads_are_queued_and_list_their_node_first(tmp_path: Path) -> None:
+def test_results_the_sdk_reads_are_queued_and_list_their_node_to_its_key(tmp_path: Path) -> None:
     # A lowercase `z` in a result's times made the SDK's execute() raise KeyError and lose the whole batch.
     node = Identity.generate()
     client = Client(peers=[])
@@ -200,7 +201,9 @@ def test_results_the_sdk_reads_are_queued_and_list_their_node_first(tmp_path: Pa
         heard(sdk, identity)
     sdk.observe(sdk_result(node, "t2--k1"))
     assert len(sdk.store.pop_results("k1", 10)) == 1
-    assert client.nodes.listing(1, first=list(sdk._answered))[0].address == node.address  # listed to the SDK first
+    # listed to that key before the crowd heard later; another key's listing is its own
+    assert client.nodes.listing(1, then=list(sdk._answered["k1"]))[0].address == node.address
+    assert "k2" not in sdk._answered
     # ...and nothing in the reputation every `/v1` caller's choice reads (below)
     assert client.reputation.view(node.address).answered == 0 and client.reputation.view(node.address).errors == 0
     sdk.store.close()
@@ -296,3 +299,20 @@ def test_a_heartbeat_carrying_bulk_its_body_does_not_read_is_not_listed(tmp_path
     assert client.nodes.get(bulky.address) is not None and client.nodes.bytes_used < 20_000
     assert [json.loads(item)["peer_id"] for item in sdk.alive_peers()] == [newer.peer_id]
     sdk.store.close()
+
+
+def test_large_heartbeats_of_a_few_keys_crowd_no_honest_node_out_of_the_listing(tmp_path: Path) -> None:
+    """A reviewer's 12 keys signed the largest heartbeats the protocol allows (64 model names of 256 characters,
+    ~140 KiB listed each): the first seven filled the listing's megabyte, and 1 of 40 honest nodes was listed.
+    An item past MAX_ITEM_BYTES is listed only where the others left room."""
+    client = Client(peers=[])
+    sdk = SdkService(client, SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
+    honest = [Identity.generate() for _ in range(40)]
+    for identity in honest:
+        heard(sdk, identity)
+    for _ in range(30):
+        heard(sdk, Identity.generate(), models=64)  # ~45 KiB each, heard last: first among the recent
+    items = sdk.alive_peers("k1")
+    listed = {json.loads(item)["peer_id"] for item in items}
+    assert {identity.peer_id for identity in honest} <= listed
+    assert sum(map(len, items)) <= MAX_LISTING_BYTES and len(listed) < 70  # some large ones did not fit
