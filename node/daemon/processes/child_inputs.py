@@ -20,22 +20,26 @@ from models.requests import ModelError
 KEY_HELD_BY_THE_DAEMON = "held-by-the-daemon"
 # The daemon's environment holds whatever the operator's shell, unit or container put there (a cloud's token
 # under any name): a process gets only what it may use. The system's (paths, user, locale, time zone, resolver,
-# certificates), Python's, the model store's (the hub cache), the tests' hooks, and the native runtime's knobs:
-# llama.cpp and ggml, the GPU stacks (CUDA, ROCm/HIP, SYCL/oneAPI, Vulkan, OpenCL), OpenMP, BLAS and glibc's
-# allocator. `exec_env_pass` adds to it.
+# certificates), Python's, the model store's (where the hub cache is), the tests' hooks, and the native runtime's
+# knobs: llama.cpp and ggml, the GPU stacks (CUDA, ROCm/HIP, SYCL/oneAPI, Vulkan, OpenCL), OpenMP, BLAS and the
+# allocators. `exec_env_pass` adds to it.
 TEST_HOOKS = f"{ENV_PREFIX}TEST_"  # the tests' wrappers and probes read theirs in the process
 PASSED_NAMES = frozenset(
     {
-        *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TZDIR", "TMPDIR", "TERM"),
-        *("LD_LIBRARY_PATH", "LD_PRELOAD", "GLIBC_TUNABLES", "RES_OPTIONS", "LOCALDOMAIN", "HOSTALIASES"),
-        *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+        *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TZDIR", "TMPDIR", "TERM", "LOCPATH"),
+        *("LD_LIBRARY_PATH", "LD_PRELOAD", "GLIBC_TUNABLES", "GCONV_PATH", "RES_OPTIONS", "LOCALDOMAIN"),
+        *("HOSTALIASES", "SSL_CERT_FILE", "SSL_CERT_DIR", "NIX_SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+        # the hub cache where the models' files are looked up (never a download: no endpoint, no token)
+        *("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE"),
+        *("DRI_PRIME", "MKLROOT", "NEOREADDEBUGKEYS", "OVERRIDEDEFAULTFP64SETTINGS", "RUSTICL_ENABLE"),
     }
 )
 PASSED_PREFIXES = (
-    *("LC_", "PYTHON", "XDG_", "HF_", "HUGGINGFACE_", TEST_HOOKS),
-    *("LLAMA_", "GGML_", "CUDA_", "CUBLAS_", "NVIDIA_", "__GL_"),
-    *("HIP_", "HCC_", "ROCR_", "ROCM_", "HSA_", "AMD_", "GPU_", "SYCL_", "ONEAPI_", "UR_", "ZE_", "ZES_"),
-    *("VK_", "MESA_", "OCL_", "OPENCL_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO_", "BLIS_", "MALLOC_"),
+    *("LC_", "PYTHON", "XDG_", TEST_HOOKS, "LLAMA_", "GGML_", "OPENSSL_", "MALLOC_", "TCMALLOC_"),
+    *("CUDA_", "CUBLAS_", "CUBLASLT_", "NVIDIA_", "NCCL_", "__GL_", "__NV_", "__VK_"),
+    *("HIP_", "HIPBLASLT_", "HCC_", "ROCR_", "ROCM_", "ROC_", "ROCBLAS_", "TENSILE_", "HSA_", "AMD_", "GPU_"),
+    *("SYCL_", "ONEAPI_", "UR_", "ZE_", "ZES_", "IGC_", "VK_", "MESA_", "RADV_", "ANV_", "OCL_", "OPENCL_", "POCL_"),
+    *("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO_", "BLIS_"),
 )
 # Proxies (a proxy's URL may hold its password) go only to a process that serves a remote engine: a local
 # model's process opens no socket.
@@ -71,8 +75,9 @@ def child_environment(environ: Mapping[str, str], settings: Settings | None = No
     `api_key_env` of an engine it serves and what `exec_env_pass` lists (with `settings`).
 
     Settings reach the process in `configure` (child_settings, without the secrets): no COMPUTE_NODE_ variable
-    passes but the tests' hooks, so one given in the environment (COMPUTE_NODE_SECRET_KEY, its file's path,
-    COMPUTE_NODE_TOOL_SECRETS) reaches neither the process that runs workflows and llama.cpp.
+    passes but the tests' hooks, so none given in the environment (COMPUTE_NODE_SECRET_KEY, its file's path,
+    COMPUTE_NODE_TOOL_SECRETS) reaches the process that runs workflows and llama.cpp. Neither the node's secret
+    settings nor another engine's `api_key_env` pass whatever `exec_env_pass` says.
     """
     served_keys: set[str] = set()
     other_keys: set[str] = set()
@@ -87,11 +92,11 @@ def child_environment(environ: Mapping[str, str], settings: Settings | None = No
     kept = {}
     for name, value in environ.items():
         upper = name.upper()
-        if upper in secrets:
+        if upper in secrets or upper in other_keys:
             continue
         if upper in served_keys or _listed(upper, listed):
             kept[name] = value
-        elif upper not in other_keys and not names_a_credential(name) and passes(upper, remote):
+        elif not names_a_credential(name) and passes(upper, remote):
             kept[name] = value
     return kept
 

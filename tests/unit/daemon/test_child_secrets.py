@@ -79,6 +79,7 @@ def test_a_process_gets_only_the_variables_it_may_use(tmp_path: Path) -> None:
         # the system's, Python's, the hub cache's, the runtimes' and the tests' hooks: they pass
         **{"HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "SSL_CERT_FILE": "/ca.pem"},
         **{"PYTHONHASHSEED": "0", "HF_HOME": "/hf", "XDG_CACHE_HOME": "/c", "LLAMA_CPP_LIB_PATH": "/lib"},
+        **{"HF_ENDPOINT": "https://user:pw@mirror.example"},  # the process never downloads: not passed
         **{"GGML_CUDA_NO_PINNED": "1", "OMP_WAIT_POLICY": "PASSIVE", "HSA_OVERRIDE_GFX_VERSION": "11.0.0"},
         **{"MALLOC_ARENA_MAX": "2", "COMPUTE_NODE_TEST_EXEC_WRAPPER": "w"},
         # what a shell, a unit or a container may hold under any name: none passes
@@ -102,6 +103,12 @@ def test_a_process_gets_only_the_variables_it_may_use(tmp_path: Path) -> None:
     listed = local.model_copy(update={"exec_env_pass": ["database_url", "MY_*", "COMPUTE_NODE_SECRET_KEY_FILE"]})
     added = {"DATABASE_URL": environ["DATABASE_URL"], "MY_SERVICE_AUTH": "a"}
     assert child_environment(environ, listed, "smollm2:135m") == {**{name: environ[name] for name in passing}, **added}
+    # even "*" passes neither another engine's key nor the node's own secrets
+    engines = {"remote-a": {**REMOTE, "api_key_env": "VLLM_KEY_A"}, "remote-b": {**REMOTE, "api_key_env": "VLLM_KEY_B"}}
+    everything = Settings.load(None, data_dir=str(tmp_path), registry=engines, exec_env_pass=["*"])
+    got = child_environment({**environ, "VLLM_KEY_A": "a", "VLLM_KEY_B": "b"}, everything, "remote-a")
+    assert got["VLLM_KEY_A"] == "a" and "VLLM_KEY_B" not in got and "COMPUTE_NODE_SECRET_KEY_FILE" not in got
+    assert got["DATABASE_URL"] == environ["DATABASE_URL"]  # the rest: the operator said so
 
 
 def test_the_tools_the_process_is_told_of_carry_no_secret(tmp_path: Path) -> None:
