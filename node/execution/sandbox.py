@@ -4,9 +4,9 @@ The daemon and its execution processes run as one user, so without this a hostil
 process over (a bug in llama.cpp, a grammar, the engine) could read the node's identity key, rewrite its
 journal, read another publisher's results there, trace the daemon or kill it. Confined, the process:
 
-- cannot open anything under the policy's private paths (the data dir, the key file, the config file),
-  except the folders the policy names readable (the models dir, the interpreter's code if it lives
-  there);
+- cannot open anything under the policy's private paths (the data dir, the key file, the config file, the
+  home folder), except the folders the policy names readable (the models dir, the interpreter's code and the
+  libraries the environment names if they live there);
 - can write only under the policy's writable paths (the temporary folders) and the devices it keeps, and
   never the node's code, even there: not its virtual environment, the user's home or /etc
   either, where a write would run as the node the next time it starts; it reads the rest of the file system;

@@ -81,6 +81,10 @@ def _secret(prefix: str) -> str:
 async def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str) -> tuple[dict[str, str], list[str]]:
     """What the probes found, and the events the node logged (its execution process's relayed among them)."""
     data_dir = tmp_path / "node"
+    home = tmp_path / "home"  # the daemon's home folder, with a cloud CLI's credentials in it
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text("[default]\naws_secret_access_key = probe\n")
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv(TEST_WRAPPER_ENV, "tests.support.hijacked_runtime:hijacked")
     monkeypatch.setenv(HIJACK_DATA_DIR_ENV, str(data_dir))
     port = free_port()
@@ -162,6 +166,7 @@ async def test_without_the_sandbox_the_same_probes_get_through(tmp_path: Path, m
     assert probes["find a tool secret in its memory"] == "not found"
     assert probes["find an unnamed variable of the daemon's environment in its memory"] == "not found"
     assert probes["find a runtime's variable in its memory"] == "found"
+    assert probes["read a credential file in its home folder"] == "allowed"
     assert probes["write its scratch folder"] == "allowed"  # a scratch folder and the file bound all the same
     assert probes["write a file past exec_scratch_mb"] == "OSError"
     assert probes["allocate blocks past exec_scratch_mb"] == "allowed"  # the seccomp filter's to refuse

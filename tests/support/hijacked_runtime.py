@@ -75,6 +75,10 @@ def probes(data_dir: Path) -> dict[str, str]:
         "change the identity key's mode": attempt(lambda: os.chmod(data_dir / "identity.key", 0o600)),
         # a watch on its scratch folder sees the daemon's walk begin
         "watch a folder (inotify)": attempt(_inotify),
+        # where credentials live: a cloud CLI's, .netrc, the hub's token
+        "read a credential file in its home folder": attempt(
+            lambda: Path(os.environ.get("HOME", "/nonexistent"), ".aws", "credentials").read_bytes()
+        ),
     }
     for folder in TEMPORARY_FOLDERS:  # what is left there outlives the process; on tmpfs it holds memory
         if os.path.isdir(folder):

@@ -1,8 +1,10 @@
 """What an execution process may not touch: the daemon's side of node/execution/sandbox.py.
 
 Private: the data dir (the identity key, the journal and ledger with every publisher's tasks and results,
-the lock), the key file and the config file wherever they are. Readable inside them: the models dir, a
-registry entry's model file and its hub cache folder. Read only wherever it is: the interpreter's code.
+the lock), the key file and the config file wherever they are, and the home folder (where credentials live:
+~/.aws, ~/.netrc, the hub's token, a cloud CLI's files), unless it holds the system's folders (a service
+user's `/`). Readable inside them: the models dir, a registry entry's model file and its hub cache folder,
+the libraries and certificates the environment names. Read only wherever it is: the interpreter's code.
 Writable: nothing here; each process gets its own scratch folder (scratch.py) when it is spawned. In /dev,
 private otherwise: /dev/null and the like, and a GPU's nodes with shared memory where there is a GPU; the rest
 is read only. The temporary folders are not writable: what is left there outlives the process, and on tmpfs
@@ -37,6 +39,12 @@ _OLD_SPEED_CACHES = ("benchmarks.json", "execution")
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 # CUDA (and its caps), Vulkan and ROCm, CUDA on WSL2, CUDA on Jetson.
 _GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd", "/dev/dxg", "/dev/nvmap", "/dev/nvhost-*")
+# A home folder that is one of these or holds one, or lies in the system's code, is not made private (a service
+# user's home may be `/`; CUDA may lie in /usr/local or /opt).
+_SYSTEM_FOLDERS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/var", "/srv", "/run", "/tmp")
+_SYSTEM_CODE = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
+# Variables whose file or folder the process reads, wherever it is.
+_READ_BY_PATH = ("LLAMA_CPP_LIB_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 # Kept where a GPU is: its drivers may use it (not tested on one); nothing on a CPU host does.
 _SHARED_MEMORY = "/dev/shm"
 
@@ -59,13 +67,13 @@ def prepare_sandbox(settings: Settings) -> SandboxPolicy | None:
         remove_tree(settings.data_dir / name)
     if settings.sandbox == "off":
         return None
-    private = [_real(settings.data_dir), Path("/dev")]
+    private = [_real(settings.data_dir), Path("/dev"), *_home()]
     if settings.secret_key_file is not None:
         private.append(_real(settings.secret_key_file))
     config_file = settings.model_config.get("toml_file")
     if isinstance(config_file, str | os.PathLike):
         private.append(_real(Path(config_file)))
-    models = [_real(path) for path in (settings.models_dir, *_model_files(settings))]
+    models = [_real(path) for path in (settings.models_dir, *_model_files(settings), *_named_by_environment())]
     readable = [path for path in models if not any(_within(secret, [path]) for secret in private)]
     for code in _code_paths():  # read only wherever it is: a write there would run unconfined next start
         exposed = [path for path in private if _within(path, [code])]
@@ -126,6 +134,25 @@ def _model_files(settings: Settings) -> list[Path]:
         if spec.repo is not None:
             files.append(_hub_cache() / f"models--{spec.repo.replace('/', '--')}")
     return files
+
+
+def _home() -> list[Path]:
+    """The home folder, to make private: none where it is `/`, holds a system folder or lies in the system's code
+    (a service user's home may be `/`; one of `/opt` or in `/usr/local` may hold a GPU stack's libraries)."""
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if not home or home == "~":
+        return []
+    path = _real(Path(home))
+    holds_system = any(_within(Path(system), [path]) for system in _SYSTEM_FOLDERS)
+    return [] if holds_system or _within(path, [Path(system) for system in _SYSTEM_CODE]) else [path]
+
+
+def _named_by_environment() -> list[Path]:
+    """What the process reads by its environment (child_inputs.py): the libraries and certificates named there,
+    which may lie in a private path (a llama.cpp built in the home folder, a CA bundle kept there)."""
+    named = [os.environ.get(name, "") for name in _READ_BY_PATH]
+    named += os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    return [Path(path) for path in named if path and os.path.isabs(path) and os.path.exists(path)]
 
 
 def _hub_cache() -> Path:

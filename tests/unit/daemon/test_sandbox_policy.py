@@ -18,7 +18,10 @@ def _settings(tmp_path: Path, **values: object) -> Settings:
     return Settings.load(**{"data_dir": tmp_path / "data", **values})
 
 
-def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readable(tmp_path: Path) -> None:
+def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     key_file = tmp_path / "keys" / "node.key"
     key_file.parent.mkdir()
     key_file.write_text("11" * 32)
@@ -29,12 +32,43 @@ def test_the_data_dir_key_file_and_config_file_are_private_and_the_models_readab
     policy = prepare_sandbox(settings)
     assert policy is not None and not policy.required
     real = tmp_path.resolve()
-    assert policy.private == [str(real / "data"), "/dev", str(real / "keys" / "node.key"), str(real / "node.toml")]
+    home, key, config_file = str(real / "home"), str(real / "keys" / "node.key"), str(real / "node.toml")
+    assert policy.private == [str(real / "data"), "/dev", home, key, config_file]
     assert str(real / "data" / "models") in policy.readable
     assert policy.writable == []  # each process gets its own scratch folder when spawned (scratch.py)
     assert {"/dev/null", "/dev/urandom", "/dev/nvidia*"} <= set(policy.devices)  # expanded where the child starts
     assert "/dev" not in policy.writable  # private but for those: a root node's process could open its disks
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # the first folder the node makes is private too
+
+
+@pytest.mark.parametrize("home", ["/", "/opt", "/usr/local", "/var"])
+def test_a_home_folder_that_is_or_holds_a_system_folder_is_not_made_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: str
+) -> None:
+    """A service user's home may be `/`; one of `/opt` holds a GPU stack's libraries: private, they would
+    leave the process nothing to run with."""
+    monkeypatch.setenv("HOME", home)
+    policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None and home not in policy.private
+
+
+def test_in_a_private_home_what_the_environment_names_stays_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials live in the home folder (~/.aws, ~/.netrc, the hub's token): private. A llama.cpp built there or
+    a CA bundle kept there, named by the environment the process gets, stays readable."""
+    home = tmp_path / "home"
+    (home / "llama.cpp" / "build").mkdir(parents=True)
+    (home / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{home / 'llama.cpp' / 'build'}:/nonexistent")
+    monkeypatch.setenv("SSL_CERT_FILE", str(home / "ca.pem"))
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(home))  # the whole home: never made readable
+    policy = prepare_sandbox(_settings(tmp_path))
+    assert policy is not None and str(home.resolve()) in policy.private
+    readable = set(policy.readable)
+    assert {str(home.resolve() / "llama.cpp" / "build"), str(home.resolve() / "ca.pem")} <= readable
+    assert str(home.resolve()) not in readable and "/nonexistent" not in readable
 
 
 def test_a_registry_entrys_model_file_in_the_data_dir_stays_readable(tmp_path: Path) -> None:
