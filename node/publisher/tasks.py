@@ -83,19 +83,22 @@ class TaskResult(BaseModel):
         return result_finish_reason(self.stats)
 
 
-# A node's default caps on a workflow's tokens a step and steps (workflows/options.py's DEFAULT_MAX_TOKENS and
-# DEFAULT_MAX_STEPS, which this side does not import): the bounds of a budget the workflow does not name.
+# A node's default caps on a workflow's tokens a step, steps and tokens in all (workflows/options.py's
+# DEFAULT_MAX_TOKENS, DEFAULT_MAX_STEPS and DEFAULT_TASK_TOKENS, which this side does not import).
 NODE_MAX_TOKENS = 4096
 NODE_MAX_STEPS = 1000
+NODE_MAX_TASK_TOKENS = 32768
 
 
 def generation_budget(workflow: dict[str, Any]) -> int:
     """The most tokens a node can generate for `workflow`: its `config.max_tokens` (a node's cap where it names
-    none) for each of its `config.max_steps` (each at most a node's cap). A node's claim past it is false."""
+    none) for each of its `config.max_steps` (each at most a node's cap), at most a node's cap for a whole task.
+    A node's claim past it is false."""
     config = workflow.get("config")
     config = config if isinstance(config, dict) else {}
     per_step = _positive_int(config.get("max_tokens"), NODE_MAX_TOKENS)
-    return min(per_step, NODE_MAX_TOKENS) * min(_positive_int(config.get("max_steps"), 1), NODE_MAX_STEPS)
+    steps = min(_positive_int(config.get("max_steps"), 1), NODE_MAX_STEPS)
+    return min(min(per_step, NODE_MAX_TOKENS) * steps, NODE_MAX_TASK_TOKENS)
 
 
 def _positive_int(value: object, otherwise: int) -> int:

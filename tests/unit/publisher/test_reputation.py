@@ -8,10 +8,10 @@ from node.publisher.node_table import NodeTable
 from node.publisher.remote_scoring import score_workflow
 from node.publisher.reputation import SPEED_CAP, Reputation, read_views
 from node.publisher.reputation_records import ReputationSettings
-from node.publisher.tasks import NODE_MAX_STEPS, NODE_MAX_TOKENS, Task, generation_budget
+from node.publisher.tasks import NODE_MAX_STEPS, NODE_MAX_TASK_TOKENS, NODE_MAX_TOKENS, Task, generation_budget
 from node.wire.messages import Capacity, HeartbeatBody
 from node.wire.proof import ProofGeneration
-from workflows.options import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS
+from workflows.options import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS, DEFAULT_TASK_TOKENS
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 T0 = 1_000_000.0
@@ -245,11 +245,10 @@ def test_a_workflow_with_a_score_step_is_a_scoring_task() -> None:
 def test_a_results_tokens_count_at_most_its_workflows_generation_budget() -> None:
     """What a node's result is measured by: its claim, within the task's own bound (max_tokens per step, for
     each of max_steps; a node's caps where the workflow names none or nonsense)."""
-    assert (NODE_MAX_TOKENS, NODE_MAX_STEPS) == (DEFAULT_MAX_TOKENS, DEFAULT_MAX_STEPS)  # the node's, copied
+    copied = (NODE_MAX_TOKENS, NODE_MAX_STEPS, NODE_MAX_TASK_TOKENS)
+    assert copied == (DEFAULT_MAX_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TASK_TOKENS)  # the node's caps
     assert generation_budget({"config": {"max_tokens": 16, "max_steps": 2}}) == 32
     assert generation_budget({"config": {"max_steps": 3}}) == 3 * DEFAULT_MAX_TOKENS
-    assert generation_budget({"config": {"max_tokens": 10**12, "max_steps": 10**12}}) == (
-        DEFAULT_MAX_TOKENS * DEFAULT_MAX_STEPS
-    )
+    assert generation_budget({"config": {"max_tokens": 10**12, "max_steps": 10**12}}) == DEFAULT_TASK_TOKENS
     assert generation_budget({"config": {"max_tokens": True, "max_steps": "9"}}) == DEFAULT_MAX_TOKENS
     assert generation_budget({"config": []}) == generation_budget({}) == DEFAULT_MAX_TOKENS
