@@ -39,10 +39,21 @@ def settings_from(args: argparse.Namespace, settings_cls: type[S], dest_prefix: 
     for name, file_setting in settings_cls.secret_settings.items():
         if overrides.get(name) is not None:
             print(f"compute-node: warning: {secret_flag_warning(settings_cls, name, file_setting)}", file=sys.stderr)
+    if _holds_api_key(overrides.get("registry")):  # any local process reads a command line: the execution ones too
+        print(
+            "compute-node: warning: --registry holds an api_key, which shows in `ps` to every local user; give "
+            "the key with the entry's api_key_env, or the registry in the config file, instead",
+            file=sys.stderr,
+        )
     settings = settings_cls.load(args.config, **overrides)
     for line in settings_cls.unknown_env():
         print(f"compute-node: warning: {line}", file=sys.stderr)
     return settings
+
+
+def _holds_api_key(registry: object) -> bool:
+    """Whether a `--registry` value gives any entry its `api_key`."""
+    return isinstance(registry, dict) and any(isinstance(e, dict) and e.get("api_key") for e in registry.values())
 
 
 def secret_flag_warning(settings_cls: type[LayeredSettings], name: str, file_setting: str | None) -> str:

@@ -4,6 +4,7 @@ a key given as a flag still works, with a one-line warning pointing to the file 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,6 +149,18 @@ def test_a_key_given_as_a_flag_still_works_with_a_warning(tmp_path: Path) -> Non
     lines = gateway.stderr.splitlines()
     assert gateway.returncode == 1 and len(lines) == 2 and "Traceback" not in gateway.stderr, gateway.stderr
     assert "--secret-key-file FILE, COMPUTE_NODE_GATEWAY_SECRET_KEY" in lines[0] and ALMOST not in gateway.stderr
+
+
+def test_a_registry_flag_with_an_api_key_warns_that_it_shows(tmp_path: Path) -> None:
+    """A command line is read by any local process, a taken-over execution process's too (a reviewer's read the
+    daemon's `--registry '{"gpt": {"api_key": "sk-..."}}'` from /proc)."""
+    remote = {"backend": "openai", "base_url": "https://engine.example/v1", "model": "m"}
+    for entry, warned in (({**remote, "api_key": "sk-x"}, True), ({**remote, "api_key_env": "ENGINE_KEY"}, False)):
+        registry = json.dumps({"gpt": entry})
+        done = _cli(["identity", "--registry", registry, "--data-dir", str(tmp_path)], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert ("--registry holds an api_key, which shows in `ps`" in done.stderr) == warned, done.stderr
+        assert "sk-x" not in done.stderr
 
 
 RUN_TASK = ["run-task", "--peer", PEER, "--prompt", "hi", "--timeout", "1"]
