@@ -8,7 +8,7 @@ connections past `high_water`, down to `low_water` (connections, not peers: a pe
 py-libp2p's limit a peer, and ~100 ids holding three each filled the cap while the peers stayed under
 `high_water`): inbound ones only, oldest first, never
 one younger than `grace_s` (time for a publisher to open its stream), never a peer in our
-gossip mesh, with a direct-delivery stream open, or held in the service's `KeptPeers` (a publisher
+gossip mesh, with a direct-delivery stream whose task it accepted, or held in the service's `KeptPeers` (a publisher
 whose task is on the node: kept_peers.py). `choose_trimmed` is the pure choice.
 """
 

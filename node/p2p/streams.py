@@ -76,7 +76,7 @@ class _OpenStream:
     evicted: bool = False  # cut off while silent, to make room for a newer stream
     handed_over: bool = False  # inbound: its task frame went to the asyncio side
     counted: bool = True  # in its peer's count: until its last frame is written, or it is forgotten
-    keeps: bool = False  # keeps its connection from being trimmed: outbound, or inbound with its task handed over
+    keeps: bool = False  # keeps its connection from being trimmed: outbound, or inbound and its task accepted
 
 
 def refusal_frame(status: str, reason: str) -> bytes:
@@ -109,10 +109,12 @@ class StreamTable:
         return self._per_peer.get(peer, 0)
 
     def keeps_connection(self, peer: str) -> bool:
-        """Whether a stream of the peer's is of use: one we opened, or one whose task was handed over. An inbound
-        stream that has sent nothing yet is not: a peer holding one open (a new one before each first-frame
-        timeout) for free would keep its connection from being trimmed, and enough peers would take every
-        inbound connection the host has (a red team's 256, and no honest publisher could connect)."""
+        """Whether a stream of the peer's is of use: one we opened, or one whose task the node accepted (it was
+        written a frame that is not its last: the answer `accepted`, progress). One that has sent nothing, or a
+        task not yet answered, is not: a peer holding one open (a new one before each first-frame timeout, or
+        junk frames while the checks queue) for free would keep its connection from being trimmed, and enough
+        peers would take every inbound connection the host has (a red team's 256: no honest publisher could
+        connect)."""
         return self._keeping.get(peer, 0) > 0
 
     # --- inbound -----------------------------------------------------------
@@ -131,7 +133,6 @@ class StreamTable:
                     return
                 self._on_inbound(entry.id, peer, first)
                 entry.handed_over = True
-                self._keep(entry)
                 await self._hold_for_writes(entry)
         finally:
             await self._release(entry)
@@ -273,6 +274,8 @@ class StreamTable:
                     if last:
                         self._uncount(entry)
                         self.close(stream_id)
+                    else:
+                        self._keep(entry)  # a frame before the last: its task is the node's (`keeps_connection`)
                     return
                 except StreamError as exc:
                     entry.done.set()

@@ -87,7 +87,7 @@ class SilentStream(FakeStream):
         self._unread = []
 
 
-def test_only_a_stream_whose_task_was_handed_over_keeps_its_connection() -> None:
+def test_only_a_stream_whose_task_was_accepted_keeps_its_connection() -> None:
     """A red team kept 256 connections from being trimmed with one silent stream each (a new one before each
     first-frame timeout), and no honest publisher could connect: a stream that sent nothing keeps nothing."""
     trio.run(_silent_and_handed_over)
@@ -102,7 +102,9 @@ async def _silent_and_handed_over() -> None:
         nursery.start_soon(table.handle_inbound, publisher)
         await trio.testing.wait_all_tasks_blocked()
         assert table.streams_of("holder") == 1 and not table.keeps_connection("holder")
-        assert table.keeps_connection("publisher")  # its task is in the node's hands
+        assert not table.keeps_connection("publisher")  # handed over, not yet accepted: junk frames would be too
+        await table.send(handed[b"task"], b"accepted")
+        assert table.keeps_connection("publisher")  # its task is the node's
         await table.send(handed[b"task"], b"result", last=True)
         assert not table.keeps_connection("publisher")  # answered: nothing left to keep it for
         nursery.cancel_scope.cancel()
