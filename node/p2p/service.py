@@ -258,9 +258,8 @@ class P2PService:
                 nursery.cancel_scope.cancel()
 
     def _keeps_connection(self, peer: ID) -> bool:
-        """Whether a peer is of use now: held (`kept_peers`: a publisher whose task is here), with a
-        direct-delivery stream of use open (StreamTable.keeps_connection: not one that sent nothing yet), or in
-        one of our gossip meshes."""
+        """Whether a peer is of use now: held (`kept_peers`: a publisher whose task is here), with a stream whose
+        task was accepted (StreamTable.keeps_connection), or in one of our gossip meshes."""
         if self.kept_peers.keeps(peer) or self.streams.keeps_connection(peer.to_base58()):
             return True
         return self.gossip is not None and any(peer in peers for peers in self.gossip.router.mesh.values())
