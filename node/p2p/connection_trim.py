@@ -4,12 +4,12 @@ py-libp2p refuses every new connection once it holds its maximum (300, of which 
 inbound) and never closes an idle one: anyone able to make 250 peer ids (free) and connect
 them would lock every publisher and node out for as long as they stay connected. Like
 go-libp2p's connection manager, `ConnectionTrimmer` (a Trio task of the service) closes
-connections past `high_water`, down to `low_water` (connections, not peers: a peer id may hold three,
-py-libp2p's limit a peer, and ~100 ids holding three each filled the cap while the peers stayed under
-`high_water`): inbound ones only, oldest first, never
-one younger than `grace_s` (time for a publisher to open its stream), never a peer in our
-gossip mesh, with a direct-delivery stream whose task it accepted, or held in the service's `KeptPeers` (a publisher
-whose task is on the node: kept_peers.py). `choose_trimmed` is the pure choice.
+connections past `high_water`, down to `low_water` (connections, not peers: a peer id may hold
+three, py-libp2p's limit, and ~100 ids holding three each filled the cap while the peers stayed
+under `high_water`): inbound ones only, oldest first, never one younger than `grace_s` (time for a
+publisher to open its stream), never a peer in our gossip mesh, with a direct-delivery stream whose
+task the node accepted, or held in the service's `KeptPeers` (a publisher whose task is on the node:
+kept_peers.py). `choose_trimmed` is the pure choice.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PeerConnection:
     inbound: bool  # every connection to it was opened by the peer
     connections: int  # how many it holds (py-libp2p allows a peer three)
     first_seen: float  # trio.current_time() when the trimmer first saw it
-    protected: bool  # in our gossip mesh, with a direct-delivery stream open, or held (a publisher whose task is here)
+    protected: bool  # in our gossip mesh, with a stream whose task was accepted, or held (its task is here)
 
 
 def choose_trimmed(peers: Iterable[PeerConnection], now: float, budget: ConnectionBudget) -> list[str]:
