@@ -85,10 +85,14 @@ def _major_minor(version: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+def base64_chars(size: int) -> int:
+    """Characters of padded base64 for `size` bytes (JSON-safe: the same count inside a JSON string)."""
+    return 4 * ((size + 2) // 3)
+
+
 def sealed_size(topic: str, body: bytes) -> int:
     """Bytes `seal` would make of `body` for `topic` now (without signing it or building the envelope)."""
-    payload_chars = 4 * ((len(body) + 2) // 3)  # padded base64: JSON-safe, so the same count in the envelope
-    return _empty_envelope_bytes(topic) - 1 + len(str(time.time_ns())) + payload_chars
+    return _empty_envelope_bytes(topic) - 1 + len(str(time.time_ns())) + base64_chars(len(body))
 
 
 @functools.lru_cache(maxsize=8)

@@ -32,6 +32,7 @@ from node.execution.protocol import (
     ToolFetch,
     ToolFetched,
 )
+from node.wire.envelope import base64_chars
 from workflows.allowance import Allowance
 from workflows.egress import Egress  # httpx loads with the first request (egress.py)
 from workflows.errors import EgressRefusedError, ToolError
@@ -121,7 +122,7 @@ class ToolEgress:
             log.error("tool request failed", model=self._model, error=type(exc).__name__)
             self._answer(ToolFetched(request_id=message.request_id, error="tool request failed: internal error"))
         else:
-            if self._unread() + len(response.body) * 4 // 3 > MAX_UNREAD_BYTES:  # the body travels in base64
+            if self._unread() + base64_chars(len(response.body)) > MAX_UNREAD_BYTES:  # the body travels in base64
                 self._fail(message.request_id, "tool request failed: the answers to earlier ones are not read yet")
             else:
                 self._answer(ToolFetched(request_id=message.request_id, response=response))
