@@ -1,7 +1,7 @@
 """An amount that refills at a steady rate up to a burst: seconds of CPU, or requests.
 
 The tool egress spends one on its requests' CPU (cpu_meter.py) and on how many start; the daemon on what an
-execution process's lines cost to parse. `take` may go below zero (the last step's cost is only known once it
+execution process's lines cost to parse; the gateway one per caller on its requests (node/gateway/auth.py). `take` may go below zero (the last step's cost is only known once it
 ran); callers ask `left()` before starting what would spend it.
 """
 

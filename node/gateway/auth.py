@@ -14,7 +14,8 @@ import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from workflows.allowance import Allowance
 
 LOCAL_KEY_ID = "local"
 MAX_BUCKETS = 10_000
@@ -60,14 +61,8 @@ class ApiKeys:
         return ident if self._keys else f"address {client_host or 'unknown'}"
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 class RateLimiter:
-    """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute.
+    """A token bucket (workflows/allowance.py) per key: `burst` requests at once, refilled at `per_minute` a minute.
 
     At most `max_buckets` are kept: past it the least recently used goes (it is
     the one most likely refilled to a full bucket, the same as no bucket).
@@ -84,24 +79,22 @@ class RateLimiter:
         self._burst = float(burst)
         self._clock = clock
         self._max_buckets = max_buckets
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str, Allowance] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def take(self, key: str) -> float:
         """Spend one request of `key`: 0.0 if allowed, else the seconds until it would be."""
-        now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(tokens=self._burst, updated=now)
+            bucket = self._buckets[key] = Allowance(self._rate, self._burst, self._clock)
             while len(self._buckets) > self._max_buckets:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
-        bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        left = bucket.left()
+        if left >= 1.0:
+            bucket.take(1.0)
             return 0.0
-        return (1.0 - bucket.tokens) / self._rate
+        return (1.0 - left) / self._rate
