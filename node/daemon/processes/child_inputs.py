@@ -44,14 +44,12 @@ PASSED_PREFIXES = (
 # Proxies (a proxy's URL may hold its password) go only to a process that serves a remote engine: a local
 # model's process opens no socket.
 PROXY_NAMES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"})
-# The words, and pairs of words, of the names credentials go by in an environment (HF_TOKEN, GITHUB_TOKEN,
-# AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, a gateway's COMPUTE_NODE_GATEWAY_API_KEYS...), a name read as words
-# between underscores (TOKENIZERS_PARALLELISM holds none): none passes but a served engine's `api_key_env` and
-# a name `exec_env_pass` lists.
-CREDENTIAL_WORDS = frozenset(
-    {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS"}
-)
-CREDENTIAL_PAIRS = frozenset({"API_KEY", "API_KEYS", "APIKEY", "ACCESS_KEY", "PRIVATE_KEY", "AUTH_KEY"})
+# What the names of credentials hold (HF_TOKEN, HF_HUB_ACCESSTOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD...) anywhere
+# in them, and as words between underscores (OPENAI_API_KEY, STRIPE_KEY, GPU_PASS, DB_PWD, SERVICE_AUTH): no name
+# the allow-list passes holds either by chance, so none passes but a served engine's `api_key_env` and a name
+# `exec_env_pass` lists.
+CREDENTIAL_PARTS = ("TOKEN", "SECRET", "PASSW", "CREDENTIAL", "APIKEY", "ACCESSKEY")
+CREDENTIAL_WORDS = frozenset({"KEY", "KEYS", "PASS", "PWD", "AUTH", "CREDS"})
 
 
 def child_settings(settings: Settings, model: str) -> dict[str, Any]:
@@ -113,10 +111,9 @@ def _listed(name: str, listed: Iterable[str]) -> bool:
 
 
 def names_a_credential(name: str) -> bool:
-    """Whether an environment variable's name is one credentials go by (CREDENTIAL_WORDS, CREDENTIAL_PAIRS)."""
-    words = name.upper().split("_")
-    pairs = {f"{first}_{second}" for first, second in zip(words, words[1:], strict=False)}
-    return not CREDENTIAL_WORDS.isdisjoint(words) or not CREDENTIAL_PAIRS.isdisjoint({*pairs, *words})
+    """Whether an environment variable's name is one credentials go by (CREDENTIAL_PARTS, CREDENTIAL_WORDS)."""
+    upper = name.upper()
+    return any(part in upper for part in CREDENTIAL_PARTS) or not CREDENTIAL_WORDS.isdisjoint(upper.split("_"))
 
 
 def _served(settings: Settings, model: str) -> set[str]:

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from config.settings import Settings
-from node.daemon.processes.child_inputs import KEY_HELD_BY_THE_DAEMON, child_environment, child_settings
+from node.daemon.processes.child_inputs import (
+    KEY_HELD_BY_THE_DAEMON,
+    PASSED_NAMES,
+    child_environment,
+    child_settings,
+    names_a_credential,
+)
 from node.daemon.processes.tool_settings import tool_settings, without_secrets
 
 REMOTE = {"backend": "openai", "base_url": "https://engine.example/v1", "model": "m"}
@@ -118,3 +124,21 @@ def test_the_tools_the_process_is_told_of_carry_no_secret(tmp_path: Path) -> Non
     assert told.secrets == {} and told.search is not None and told.search.api_key is None
     assert told.search.url == tools.search.url and told.max_response_bytes == tools.max_response_bytes
     assert "operator" not in told.model_dump_json()
+
+
+def test_names_of_credentials_under_a_passing_prefix_do_not_pass(tmp_path: Path) -> None:
+    """The allow-list's prefixes take names nobody listed one by one: a credential among them is still withheld,
+    as a word (GPU_PASS) or anywhere in the name (HF_HUB_ACCESSTOKEN); no name the list passes looks like one."""
+    environ = {
+        "GPU_PASS": "p",
+        "HF_HUB_ACCESSTOKEN": "t",
+        "LLAMA_ARG_API_KEY": "k",
+        "OPENSSL_PWD": "w",
+        "AMD_AUTH": "a",
+        "CUDA_SECRETFILE": "s",
+        "GGML_CUDA_NO_PINNED": "1",
+    }
+    assert child_environment(environ, Settings.load(None, data_dir=str(tmp_path)), "smollm2:135m") == {
+        "GGML_CUDA_NO_PINNED": "1"
+    }
+    assert not [name for name in PASSED_NAMES if names_a_credential(name)]
