@@ -12,7 +12,7 @@ journal, read another publisher's results there, trace the daemon or kill it. Co
   either, where a write would run as the node the next time it starts; it reads the rest of the file system;
 - cannot trace, read the memory or the /proc files (environment, maps) of any process outside its
   confinement (Landlock's tracing scope, and no capabilities: privileges.py), open a new socket (a remote
-  engine's process: a new unix socket), start a process or listen (privileges.py), or (Landlock ABI 6,
+  engine's process: any but a TCP one), start a process or listen (privileges.py), or (Landlock ABI 6,
   Linux 6.12) signal another process: the daemon and the other models' processes included;
 - keeps /dev/null and the like, shared memory and a GPU's devices (/dev is otherwise private: the policy's
   daemon side); a remote engine's process, TCP connections to its engines' ports (and DNS's), from Landlock
