@@ -2,8 +2,8 @@
 
 A retry is a new attempt with a new task id; earlier attempts stay live, so a late result
 from a slow node is still taken (once: the Client accepts one result per call).
-`AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once),
-waits for the first news of any live attempt (`next_outcome`), and retries on an error
+`AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once; so too, unmarked,
+for a node that ran another key's task under our id), waits for the first news of any live attempt (`next_outcome`), and retries on an error
 result, a lost stream, a node silent for the attempt timeout, or (a task sent on gossip) a node whose
 connection to this publisher closed, up to `max_retries` times. Only a node the publisher was connected
 to can be seen to go: one reached through other peers is timed out as before. An attempt is failed once:
@@ -37,7 +37,8 @@ from typing import Any
 import structlog
 
 from node.publisher.direct import STREAMS_FULL, DeclinedError, DirectDelivery, NotDialableError, OnDelta
-from node.publisher.errors import TaskFailedError, TaskTimeoutError, VerificationFailedTaskError
+from node.publisher.errors import TaskFailedError, TaskIdTakenError, TaskTimeoutError, VerificationFailedTaskError
+from node.publisher.inbox import ID_TAKEN
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.tasks import Task, TaskResult, generation_budget
@@ -294,15 +295,24 @@ class AttemptLoop:
                 reputation.record_error(attempt.node)
             raise self.doubted
         if outcome == "lost" and declined is not None:  # a late answer but not accepted: nothing ran there
-            log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=declined)
-            del self.attempts[attempt.task_id]
-            await self.hooks.end(attempt)  # a late STREAMS_FULL: its next task goes on gossip (sender.py)
             if declined == STREAMS_FULL:
                 self.tried.discard(attempt.node)  # its streams from us are full, not its places: it may run it
             else:
                 reputation.record_declined(attempt.node)
-            self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
-            self.need_new = self.speaker is None  # not a retry, as when it declines at once; none once text went out
+            await self._not_run(attempt, TaskFailedError(attempt.task_id, declined, attempt.node))
+            return None
+        if (
+            outcome == "result"
+            and not attempt.result.cancelled()
+            and isinstance(attempt.result.exception(), TaskIdTakenError)
+        ):
+            # Its node ran another key's task under our id (inbox.py): ours never ran there, and the node is not
+            # to blame. Another node at once, with a new id, as after a decline; nothing is marked.
+            if self.doubted is not None:
+                raise self.doubted
+            if self._speaks(attempt):
+                raise TaskFailedError(attempt.task_id, "its node streamed text of another task", attempt.node)
+            await self._not_run(attempt, TaskIdTakenError(attempt.task_id, ID_TAKEN, attempt.node))
             return None
         if outcome == "lost" and attempt.direct is None:
             self._node_gone(attempt)
@@ -340,6 +350,15 @@ class AttemptLoop:
             await self.hooks.end(attempt)
             return None
         return result
+
+    async def _not_run(self, attempt: Attempt, failure: TaskFailedError) -> None:
+        """Its node did not run the task after all (a late decline, its id taken): the next node, not a retry, as
+        when a node declines at once; none once text went out."""
+        log.info("retrying on another node", task_id=attempt.task_id, node=attempt.node, reason=failure.reason)
+        del self.attempts[attempt.task_id]
+        await self.hooks.end(attempt)  # a late STREAMS_FULL: its next task goes on gossip (sender.py)
+        self.last_failure = failure
+        self.need_new = self.speaker is None
 
     async def _ended_late(self, attempt: Attempt, declined: str | None) -> None:
         """The stream (or, on gossip, the node's connection) of an attempt already timed out (`_silent`: marked

@@ -60,6 +60,12 @@ class TaskFailedError(ClientError):
         return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
 
 
+class TaskIdTakenError(TaskFailedError):
+    """Every node the task picked ran another key's task under its id (a peer saw the id and sent its own first):
+    a node runs a task id once, so none of them will run ours. Nothing of ours ran: the node is not to blame, and a
+    retry (a new task id) may go at once."""
+
+
 class VerificationFailedTaskError(TaskFailedError):
     """The node's result failed verification against its proof: not retried, the node is marked."""
 

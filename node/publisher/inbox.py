@@ -2,7 +2,8 @@
 
 A result is accepted once per task id, from a stream or from gossip alike: it must come from
 a picked node (when the task picked some), answer a task this publisher signed (when the node
-names the signer: `answers_another_publisher`), name a model the task accepts (a node runs one its
+names the signer: `answers_another_publisher`; once every node it picked ran another key's task under its
+id, it fails with TaskIdTakenError), name a model the task accepts (a node runs one its
 entries resolve to; verification and speed are judged by that name, so a node must not choose
 it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
@@ -15,7 +16,7 @@ import asyncio
 
 import structlog
 
-from node.publisher.errors import TaskFailedError
+from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
 from node.wire.identity import Identity
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 # An error result names its cause in a few words and is not encrypted (PROTOCOL.md section 5): past this
 # many characters the rest is cut, before it reaches a caller, a store or a log line.
 MAX_ERROR_CHARS = 1000
+ID_TAKEN = "it ran another publisher's task under this task id"  # TaskIdTakenError's reason
 
 
 class ResultInbox:
@@ -78,8 +80,14 @@ class ResultInbox:
             return
         if answers_another_publisher(body, self._address):
             # Another key's task run under our task id (a peer saw the id on gossip and sent its own task first):
-            # its result is encrypted to our key, but it is not the answer to what we asked.
+            # its result is encrypted to our key, but it is not the answer to what we asked, and its node runs the
+            # id once: ours will not come from it. Once no picked node is left to run it, the task fails at once
+            # (a retry takes a new id) instead of waiting out its timeout.
             log.warning("result of another publisher's task under our task id", task_id=body.task_id, node=sender)
+            if picked is not None:
+                picked.discard(sender)
+                if not picked:
+                    future.set_exception(TaskIdTakenError(body.task_id, ID_TAKEN, sender))
             return
         if body.error is not None:
             future.set_exception(TaskFailedError(body.task_id, _cut(body.error), sender))

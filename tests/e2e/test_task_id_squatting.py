@@ -4,8 +4,10 @@ ignores the publisher's as a duplicate (PROTOCOL.md: a task id runs at most once
 signed by the picked node and encrypted to the publisher's key, was accepted as the publisher's answer.
 
 Now a node names the address that signed the task in the result's `stats` (`publisher`), and a publisher
-takes no result of a task it did not sign. A real node in this process, a gossip publisher, and a relay
-between them that holds the publisher's task back until it has squatted its id.
+takes no result of a task it did not sign; nor does it wait out its attempt timeout for the answer that node
+will never give (TaskIdTakenError at once: a call's next attempt, under a new id, goes to another node). A real
+node in this process, a gossip publisher, and a relay between them that holds the publisher's task back until
+it has squatted its id.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from node.p2p.host import P2PHost
 from node.publisher.client import Client, Task
-from node.publisher.errors import ClientError
+from node.publisher.errors import TaskIdTakenError
 from node.publisher.gossip_peers import GossipPeerSettings
 from node.wire.envelope import seal
 from node.wire.identity import Identity
@@ -66,7 +68,10 @@ async def test_a_task_of_another_key_under_our_task_id_is_never_taken_as_our_ans
             body["input"] = {"workflow": returns("SQUATTED"), "model": [MODEL]}  # same id, the publisher's key
             stream = await relay.open_stream([address], seal(squatter, TASK_TOPIC, json.dumps(body).encode()), 5.0)
             await stream.receive(5.0)  # accepted
-            await stream.close(graceful=False)  # gone: the node publishes the result on gossip
+            result = await stream.receive(5.0)  # the node's signed result envelope, as it would go on gossip
+            assert result is not None
+            await stream.close()
+            await relay.publish(RESULTS_TOPIC, result)  # on gossip, where the publisher hears it
             await asyncio.sleep(0.5)
             await relay.publish(TASK_TOPIC, genuine)  # the node ignores it now: a duplicate id
 
@@ -83,12 +88,11 @@ async def test_a_task_of_another_key_under_our_task_id_is_never_taken_as_our_ans
                     break
                 await asyncio.sleep(0.1)
             squatting = asyncio.create_task(squat())
-            try:
-                result = await client.execute(Task(workflow=returns("GENUINE"), models=[MODEL]), timeout=8)
-            except ClientError:  # the node ran the squatter's task only: no answer of ours came
-                pass
-            else:
-                assert result.text == "GENUINE", result.text  # was "SQUATTED", signed by the picked node
+            # It took "SQUATTED" (signed by the picked node), then waited out the attempt timeout (4 s). The only
+            # node ran the squatter's task under our id, and no retry is allowed: the call fails at once.
+            with pytest.raises(TaskIdTakenError) as caught:
+                await client.execute(Task(workflow=returns("GENUINE"), models=[MODEL]), timeout=8)
+            assert caught.value.node == node.running.identity.address.lower().removeprefix("0x")
             await squatting
         finally:
             await client.close()
