@@ -164,8 +164,9 @@ class Settings(LayeredSettings):
     )
     tool_secrets: dict[str, dict[str, str]] = Field(
         default={},
-        description="Headers sent only over https to the named host and port (443 unless given), "
-        'e.g. {"api.x.com": {"Authorization": "..."}}; keys: host, host:port or https://host[:port]',
+        description="Headers sent only over https to the named host and port (443 unless given), and path "
+        'when the key names one, e.g. {"api.x.com": {"Authorization": "..."}}; keys: host, host:port, '
+        "https://host[:port] or https://host[:port]/path (that path and beneath it)",
     )
 
     # Operations

@@ -10,8 +10,8 @@ Every hop (the first request and each redirect, which we follow ourselves):
 2. the connection goes to the address that was checked (no second DNS lookup
    an attacker could rebind), with the original Host header and TLS SNI;
 3. operator secrets (`tool_secrets`) are attached only to https hops to the
-   host and port they were configured for, the search provider's key only to
-   its search endpoint.
+   host and port they were configured for (under the path, when the key names
+   one), the search provider's key only to its search endpoint.
 Responses are capped in bytes as received, and the whole exchange in time; the
 body goes back undecoded (response_text.py decodes it where the workflow runs).
 Error texts name the cause, never the URL (it may come from the model or the task).
@@ -209,12 +209,9 @@ class EgressPolicy:
             return headers
         host, port = url.host.lower(), _default_port(url)
         literal = _ip_literal(host)
-        for entry, values in self.settings.secret_entries:
-            if (entry.port or 443) != port:
-                continue
-            by_name = entry.name == host
-            by_address = literal is not None and entry.network is not None and entry.permits(host, port, literal)
-            if by_name or by_address:
+        path = url.raw_path.split(b"?", 1)[0].decode("ascii", errors="replace")
+        for target, values in self.settings.secret_entries:
+            if target.covers(host, port, literal, path):
                 headers.update({k: v.get_secret_value() for k, v in values.items()})
         return headers
 

@@ -50,16 +50,70 @@ class AllowEntry:
         return address.version == self.network.version and address in self.network
 
 
-def secret_target(key: str) -> AllowEntry:
-    """Where a `tool_secrets` key lets its headers go: `host`, `host:port` or `https://host[:port]`."""
-    scheme, sep, rest = key.strip().partition("://")
+@dataclass(frozen=True)
+class SecretTarget:
+    """Where a `tool_secrets` key lets its headers go: https to a host (or network) and port, under a path.
+
+    `path` is a prefix of whole segments: "/v1" covers "/v1" and "/v1/...", never "/v1beta". A request's path
+    that a server could read as another one (a "." or ".." segment, an escaped dot, slash or backslash, a
+    backslash) is under no prefix but "/": servers resolve those in ways this check cannot know."""
+
+    entry: AllowEntry
+    path: str = "/"
+
+    def covers(self, host: str, port: int, address: IPAddress | None, raw_path: str) -> bool:
+        """Whether an https request to `host`:`port` (`address`: the host as an IP literal) for `raw_path` (as
+        sent, without its query) gets the headers."""
+        if (self.entry.port or 443) != port:
+            return False
+        if self.entry.name is not None:
+            if self.entry.name != host:
+                return False
+        elif address is None or not self.entry.permits(host, port, address):
+            return False
+        if self.path == "/":
+            return True
+        if _ambiguous(raw_path):
+            return False
+        return raw_path == self.path or raw_path.startswith(self.path + "/")
+
+
+# In a request's path: escapes of ".", "/" and "\\", and a backslash (some servers take it for a slash).
+_ESCAPES = ("%2e", "%2f", "%5c", "\\")
+
+
+def _ambiguous(raw_path: str) -> bool:
+    lowered = raw_path.lower()
+    if any(escape in lowered for escape in _ESCAPES):
+        return True
+    return any(segment.split(";", 1)[0] in (".", "..") for segment in raw_path.split("/"))
+
+
+# A key's path: segments of these characters only (no escapes, no dot segments, no query).
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,=:@/")
+
+
+def secret_target(key: str) -> SecretTarget:
+    """Where a `tool_secrets` key lets its headers go: `host`, `host:port`, `https://host[:port]`, or
+    `https://host[:port]/path` (and beneath it only); a network (`10.0.0.0/8`) takes no path."""
+    text = key.strip()
+    scheme, sep, rest = text.partition("://")
+    path = "/"
     if sep:
         if scheme.lower() != "https":
             raise ValueError(f"{key!r}: secrets go only over https")
-        key = rest.rstrip("/")
-    if not key or ("/" in key and not _is_network(key)):
-        raise ValueError(f"{key!r}: write 'host', 'host:port' or 'https://host[:port]'")
-    return AllowEntry.parse(key)
+        text = rest.rstrip("/")
+        where, slash, tail = text.partition("/")
+        if slash and not _is_network(text):
+            path = "/" + tail
+            if _is_network(f"{where}/{tail.split('/', 1)[0]}"):
+                raise ValueError(f"{key!r}: a network takes no path")
+            if any(c not in _PATH_CHARS for c in tail) or _ambiguous(path) or "//" in path:
+                raise ValueError(f"{key!r}: a path of plain segments only (no escapes, '.', '..', '?' or '#')")
+            text = where
+    if not text or ("/" in text and not _is_network(text)):
+        raise ValueError(f"{key!r}: write 'host', 'host:port', 'https://host[:port]' or 'https://host[:port]/path'")
+    return SecretTarget(AllowEntry.parse(text), path)
 
 
 def _is_network(text: str) -> bool:
@@ -92,15 +146,15 @@ class ToolSettings(BaseModel):
     # Hosts ("api.example.com", "127.0.0.2", "127.0.0.1:8080") and CIDRs
     # ("10.1.0.0/16") tool requests may reach even though they are not public.
     egress_allow: list[str] = Field(default_factory=list)
-    # "host", "host:port" or "https://host[:port]" -> headers attached only to
-    # https requests to that host and port (443 unless named); http:// is refused.
+    # "host", "host:port", "https://host[:port]" or "https://host[:port]/path" -> headers attached only to
+    # https requests to that host and port (443 unless named), under that path; http:// is refused.
     secrets: dict[str, dict[str, SecretStr]] = Field(default_factory=dict)
     http_timeout_s: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=1_000_000, gt=0)
     max_redirects: int = Field(default=5, ge=0)
 
     _allow_entries: tuple[AllowEntry, ...] = PrivateAttr(default=())
-    _secret_entries: tuple[tuple[AllowEntry, dict[str, SecretStr]], ...] = PrivateAttr(default=())
+    _secret_entries: tuple[tuple[SecretTarget, dict[str, SecretStr]], ...] = PrivateAttr(default=())
 
     @field_validator("secrets")
     @classmethod
@@ -120,7 +174,7 @@ class ToolSettings(BaseModel):
         return self._allow_entries
 
     @property
-    def secret_entries(self) -> tuple[tuple[AllowEntry, dict[str, SecretStr]], ...]:
+    def secret_entries(self) -> tuple[tuple[SecretTarget, dict[str, SecretStr]], ...]:
         """`secrets`: where each key's headers may go, and the headers."""
         return self._secret_entries
 

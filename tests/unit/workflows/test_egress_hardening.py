@@ -95,7 +95,52 @@ def test_secrets_only_over_https_to_the_configured_host_and_port() -> None:
     assert _headers(by_url, "http://10.2.3.4/q") == {}
 
 
-@pytest.mark.parametrize("key", ["http://api.x.com", "ftp://api.x.com", "https://api.x.com/path", ""])
+def test_a_key_with_a_path_sends_its_secret_under_that_path_only() -> None:
+    auth = {"Authorization": "Bearer K"}
+    scoped = ToolSettings(secrets={"https://api.x.com/v1/repos/ours/": auth, "https://10.0.0.7:8443/api": {"X": "1"}})
+    for path in ("/v1/repos/ours", "/v1/repos/ours/", "/v1/repos/ours/issues?state=open", "/v1/repos/ours/a;b/c"):
+        assert _headers(scoped, f"https://api.x.com{path}") == auth, path
+    assert _headers(scoped, "https://10.0.0.7:8443/api/q") == {"X": "1"}
+    assert _headers(scoped, "https://10.0.0.7/api/q") == {}  # another port
+    for path in (
+        "/v1/user",  # another endpoint of the same host
+        "/v1/repos/ourselves",  # a prefix of whole segments, not of characters
+        "/V1/repos/ours",
+        "//v1/repos/ours",
+        "/v1/repos/ours/%2e%2e/%2e%2e/user",  # escaped dot segments a server may resolve after our check
+        "/v1/repos/ours/..%2f..%2fuser",
+        "/v1/repos/ours%2f..%2f..%2fuser",
+        "/v1/repos/ours/%2E%2E/x",
+        "/v1/repos/ours/..;/..;/user",  # a path parameter hides a dot segment from some checks, not from servers
+        "/v1/repos/ours/.;x/a",
+        "/v1/repos/ours\\..\\..\\user",
+        "/v1/repos/ours/%5c..%5cuser",
+        "/user?next=/v1/repos/ours",  # the query is no part of the path
+    ):
+        assert _headers(scoped, f"https://api.x.com{path}") == {}, path
+    # httpx resolves plain dot segments before sending: "/v1/repos/ours/../../user" is sent as "/v1/user".
+    assert httpx.URL("https://api.x.com/v1/repos/ours/../../user").raw_path == b"/v1/user"
+    assert _headers(scoped, "https://api.x.com/v1/repos/ours/../../user") == {}
+    assert _headers(scoped, "http://api.x.com/v1/repos/ours/x") == {}  # never over plain http
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "http://api.x.com",
+        "ftp://api.x.com",
+        "",
+        "api.x.com/path",  # a path only with https://, where it cannot be read as a network
+        "https://10.0.0.0/8/v1",  # a network takes no path
+        "https://api.x.com/v1/../admin",
+        "https://api.x.com/v1/./a",
+        "https://api.x.com/v1//a",
+        "https://api.x.com/v1%2fa",
+        "https://api.x.com/v1?a=b",
+        "https://api.x.com/v1#a",
+        "https://api.x.com/v1\\a",
+    ],
+)
 def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
     with pytest.raises(ValidationError):
         ToolSettings(secrets={key: {"Authorization": "x"}})
@@ -104,13 +149,15 @@ def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
 def test_a_node_refuses_a_secret_key_that_could_leak_before_it_starts_anything() -> None:
     # One rule (workflows.options.secret_target) for the launcher and the engine: the settings' own copy took
     # 'a/b', which the execution process then refused.
-    for key in ("http://api.x.com", "a/b", "https://api.x.com/path"):
+    for key in ("http://api.x.com", "a/b", "https://api.x.com/v1/../admin"):
         settings = Settings.load(tool_secrets={key: {"Authorization": "x"}})
         with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'"):
             check_tool_secrets(settings)
         with pytest.raises(ConfigError, match="invalid setting 'tool_secrets'"):
             tool_settings(settings)
-    fine = Settings.load(tool_secrets={"https://api.x.com:8443": {"A": "b"}, "api.y.com": {"A": "b"}})
+    fine = Settings.load(
+        tool_secrets={"https://api.x.com:8443": {"A": "b"}, "api.y.com": {"A": "b"}, "https://api.z.com/v1": {"A": "b"}}
+    )
     check_tool_secrets(fine)
     assert tool_settings(fine).secrets
 
