@@ -166,7 +166,8 @@ class Settings(LayeredSettings):
         default={},
         description="Headers sent only over https to the named host and port (443 unless given), and path "
         'when the key names one, e.g. {"api.x.com": {"Authorization": "..."}}; keys: host, host:port, '
-        "https://host[:port] or https://host[:port]/path (that path and beneath it)",
+        "https://host[:port] or https://host[:port]/path (that path and beneath it), optionally after methods "
+        '("GET,POST https://api.x.com/v1")',
     )
 
     # Operations

@@ -10,8 +10,9 @@ Every hop (the first request and each redirect, which we follow ourselves):
 2. the connection goes to the address that was checked (no second DNS lookup
    an attacker could rebind), with the original Host header and TLS SNI;
 3. operator secrets (`tool_secrets`) are attached only to https hops to the
-   host and port they were configured for (under the path, when the key names
-   one), the search provider's key only to its search endpoint.
+   host and port they were configured for (under the path, and of the methods,
+   when the key names them), the search provider's key only to its search
+   endpoint.
 Responses are capped in bytes as received, and the whole exchange in time; the
 body goes back undecoded (response_text.py decodes it where the workflow runs).
 Error texts name the cause, never the URL (it may come from the model or the task).
@@ -197,9 +198,9 @@ class EgressPolicy:
             return False
         return _origin(url) == _origin(endpoint) and url.raw_path.split(b"?")[0] == endpoint.raw_path.split(b"?")[0]
 
-    def secret_headers(self, url: httpx.URL, *, search: bool = False) -> dict[str, str]:
-        """Headers the operator configured for this https host and port (443 unless the key names one), and
-        with `search`, the search provider's key on its own origin."""
+    def secret_headers(self, url: httpx.URL, method: str = "GET", *, search: bool = False) -> dict[str, str]:
+        """Headers the operator configured for this https host and port (443 unless the key names one), path and
+        method (where the key names them), and with `search`, the search provider's key on its own origin."""
         headers: dict[str, str] = {}
         provider = self.settings.search
         if search and provider is not None and provider.kind == "serper" and provider.api_key is not None:
@@ -211,7 +212,7 @@ class EgressPolicy:
         literal = _ip_literal(host)
         path = url.raw_path.split(b"?", 1)[0].decode("ascii", errors="replace")
         for target, values in self.settings.secret_entries:
-            if target.covers(host, port, literal, path):
+            if target.covers(method, host, port, literal, path):
                 headers.update({k: v.get_secret_value() for k, v in values.items()})
         return headers
 
@@ -299,7 +300,9 @@ async def _exchange(
             if hop:
                 address = await policy.check(url)
             hop_headers = httpx.Headers({k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS})
-            hop_headers.update(policy.secret_headers(url, search=request.search))  # replaces same-named, any case
+            hop_headers.update(
+                policy.secret_headers(url, method, search=request.search)
+            )  # replaces same-named, any case
             hop_headers["Host"] = url.netloc.decode()  # we connect to the checked address
             hop_headers["Accept-Encoding"] = _ACCEPT_ENCODING
             pinned = url.copy_with(host=str(address))

@@ -60,11 +60,12 @@ class SecretTarget:
 
     entry: AllowEntry
     path: str = "/"
+    methods: frozenset[str] | None = None  # None: any a tool may send
 
-    def covers(self, host: str, port: int, address: IPAddress | None, raw_path: str) -> bool:
-        """Whether an https request to `host`:`port` (`address`: the host as an IP literal) for `raw_path` (as
-        sent, without its query) gets the headers."""
-        if (self.entry.port or 443) != port:
+    def covers(self, method: str, host: str, port: int, address: IPAddress | None, raw_path: str) -> bool:
+        """Whether an https `method` request to `host`:`port` (`address`: the host as an IP literal) for
+        `raw_path` (as sent, without its query) gets the headers."""
+        if (self.entry.port or 443) != port or (self.methods is not None and method.upper() not in self.methods):
             return False
         if self.entry.name is not None:
             if self.entry.name != host:
@@ -78,6 +79,7 @@ class SecretTarget:
         return raw_path == self.path or raw_path.startswith(self.path + "/")
 
 
+SECRET_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})  # a key may name these
 # In a request's path: escapes of ".", "/" and "\\", and a backslash (some servers take it for a slash).
 _ESCAPES = ("%2e", "%2f", "%5c", "\\")
 
@@ -95,8 +97,16 @@ _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 def secret_target(key: str) -> SecretTarget:
     """Where a `tool_secrets` key lets its headers go: `host`, `host:port`, `https://host[:port]`, or
-    `https://host[:port]/path` (and beneath it only); a network (`10.0.0.0/8`) takes no path."""
+    `https://host[:port]/path` (and beneath it only); a network (`10.0.0.0/8`) takes no path. Methods may
+    come first, `GET,POST https://host/path`: requests of other methods get no headers."""
     text = key.strip()
+    methods: frozenset[str] | None = None
+    if " " in text:
+        named, text = text.split(None, 1)
+        methods = frozenset(m.strip().upper() for m in named.split(","))
+        if not methods <= SECRET_METHODS:
+            raise ValueError(f"{key!r}: methods are {', '.join(sorted(SECRET_METHODS))}, before the target")
+        text = text.strip()
     scheme, sep, rest = text.partition("://")
     path = "/"
     if sep:
@@ -113,7 +123,7 @@ def secret_target(key: str) -> SecretTarget:
             text = where
     if not text or ("/" in text and not _is_network(text)):
         raise ValueError(f"{key!r}: write 'host', 'host:port', 'https://host[:port]' or 'https://host[:port]/path'")
-    return SecretTarget(AllowEntry.parse(text), path)
+    return SecretTarget(AllowEntry.parse(text), path, methods)
 
 
 def _is_network(text: str) -> bool:
@@ -146,8 +156,9 @@ class ToolSettings(BaseModel):
     # Hosts ("api.example.com", "127.0.0.2", "127.0.0.1:8080") and CIDRs
     # ("10.1.0.0/16") tool requests may reach even though they are not public.
     egress_allow: list[str] = Field(default_factory=list)
-    # "host", "host:port", "https://host[:port]" or "https://host[:port]/path" -> headers attached only to
-    # https requests to that host and port (443 unless named), under that path; http:// is refused.
+    # "host", "host:port", "https://host[:port]" or "https://host[:port]/path", optionally after methods
+    # ("GET,POST https://host/path") -> headers attached only to https requests to that host and port (443
+    # unless named), under that path, of those methods; http:// is refused.
     secrets: dict[str, dict[str, SecretStr]] = Field(default_factory=dict)
     http_timeout_s: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=1_000_000, gt=0)

@@ -70,8 +70,8 @@ async def test_fetch_refuses_embedded_loopback_before_connecting(host: str) -> N
     assert "secret-path" not in str(caught.value) and host.strip("[]") not in str(caught.value)
 
 
-def _headers(settings: ToolSettings, url: str) -> dict[str, str]:
-    return EgressPolicy(settings, Resolver()).secret_headers(httpx.URL(url))
+def _headers(settings: ToolSettings, url: str, method: str = "GET") -> dict[str, str]:
+    return EgressPolicy(settings, Resolver()).secret_headers(httpx.URL(url), method)
 
 
 def test_secrets_only_over_https_to_the_configured_host_and_port() -> None:
@@ -124,9 +124,25 @@ def test_a_key_with_a_path_sends_its_secret_under_that_path_only() -> None:
     assert _headers(scoped, "http://api.x.com/v1/repos/ours/x") == {}  # never over plain http
 
 
+def test_a_key_with_methods_sends_its_secret_with_those_methods_only() -> None:
+    auth = {"Authorization": "Bearer K"}
+    read_only = ToolSettings(secrets={"get,HEAD https://api.x.com/v1/repos/ours": auth, "POST api.y.com": {"Y": "1"}})
+    assert _headers(read_only, "https://api.x.com/v1/repos/ours/issues", "GET") == auth
+    assert _headers(read_only, "https://api.x.com/v1/repos/ours/issues", "head") == auth
+    for method in ("POST", "PUT", "PATCH", "DELETE"):  # a workflow may send any of these with a tool
+        assert _headers(read_only, "https://api.x.com/v1/repos/ours", method) == {}, method
+    assert _headers(read_only, "https://api.y.com/search", "POST") == {"Y": "1"}
+    assert _headers(read_only, "https://api.y.com/search", "GET") == {}
+    assert _headers(read_only, "https://api.x.com/v1/user", "GET") == {}  # the path still counts
+
+
 @pytest.mark.parametrize(
     "key",
     [
+        "FETCH https://api.x.com",  # not a method
+        "GET,POST,  https://api.x.com",
+        "GET https://api.x.com/v1 extra",
+        "GET http://api.x.com",
         "http://api.x.com",
         "ftp://api.x.com",
         "",
