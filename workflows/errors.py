@@ -65,6 +65,11 @@ class ContextTooSmallError(InvalidStepError):
     """A generation's prompt plus max_tokens do not fit one slot of the model's context (refused before it ran)."""
 
 
+class AnswerCutShortError(InvalidStepError):
+    """A generation under a schema ended at the max_tokens the workflow itself set, its answer incomplete: the
+    task asked for too few tokens, on any node (one whose lower cap cut it raises a plain StepError)."""
+
+
 class UnsupportedSchemaError(InvalidStepError):
     """A step's JSON schema cannot be turned into a grammar."""
 

@@ -18,6 +18,7 @@ from models.requests import (
 )
 from workflows.backend import ModelBackend
 from workflows.errors import (
+    AnswerCutShortError,
     ContextTooSmallError,
     InvalidStepError,
     InvalidToolError,
@@ -145,15 +146,20 @@ async def generate(
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens
     ctx.finish_reason = generation.finish_reason
-    hint = _cut_short_hint(request.max_tokens, ctx) if generation.finish_reason == "length" else ""
+    cut = generation.finish_reason == "length"
+    hint = _cut_short_hint(request.max_tokens, ctx) if cut else ""
+    # Cut at the workflow's own max_tokens, the answer is as short on any node: the task's error, not this node's.
+    # Cut at this node's lower cap, or with no max_tokens asked (each node has its own default), another may do.
+    cut_short = AnswerCutShortError if cut and request.max_tokens == ctx.config.max_tokens else StepError
     if isinstance(schema, RegexSchema):  # any text the regex matches; its matches need not be JSON
-        if generation.finish_reason == "length":
-            raise StepError(f"the model's answer is not a complete match of the schema's regex{hint}")
+        if cut:
+            raise cut_short(f"the model's answer is not a complete match of the schema's regex{hint}")
     elif schema is not None:
         try:
             answer = json.loads(generation.text)
         except ValueError:
-            raise StepError(f"the model's answer is not complete JSON for the schema{hint}") from None
+            error = cut_short if cut else StepError
+            raise error(f"the model's answer is not complete JSON for the schema{hint}") from None
         check = answer_check(schema)  # what decoding did not enforce (uniqueItems, not, a remote engine's answer)
         if check is not None and (broken := check(answer)) is not None:
             raise StepError(f"the model's answer breaks the schema's {broken!r}, which decoding did not enforce")

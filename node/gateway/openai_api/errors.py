@@ -81,12 +81,14 @@ def from_client_error(exc: ClientError) -> OpenAIError:
     if isinstance(exc, TaskTimeoutError):
         return OpenAIError(504, str(exc))
     if isinstance(exc, TaskFailedError):
+        # Cut at the request's max_tokens, the same on every node (`Invalid prompt: ` from nodes that say so), and
+        # the caller's to change: not a server error for clients to retry.
+        if TRUNCATED_JSON in exc.reason:
+            return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
         if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
             if CONTEXT_OVERFLOW in exc.reason:
                 return OpenAIError(400, exc.reason, "messages", code="context_length_exceeded")
             return OpenAIError(400, exc.reason, code="invalid_prompt")
-        if TRUNCATED_JSON in exc.reason:  # the same on every node: not a server error for clients to retry
-            return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
         if exc.reason.startswith(BUSY_REASON):
             return OpenAIError(
                 429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy", retry_after=RETRY_AFTER

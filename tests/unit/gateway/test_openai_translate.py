@@ -167,6 +167,15 @@ def test_a_tool_call_an_honest_engine_cannot_make_is_a_502(text: str) -> None:
             "max_tokens_too_small",
         ),  # fmt: skip
         (
+            TaskFailedError(
+                "t",
+                "Invalid prompt: step chat: not complete JSON for the schema (max_tokens reached: 12; raise it)",
+                "0xab",
+            ),
+            400,
+            "max_tokens_too_small",
+        ),  # fmt: skip
+        (
             TaskFailedError("t", "Invalid prompt: the task does not fit the model's context: 9000 > 2048", "0xab"),
             400,
             "context_length_exceeded",

@@ -20,6 +20,7 @@ from workflows import (
     parse_workflow,
     run_workflow,
 )
+from workflows.errors import INVALID_PROMPT, public_error_text
 
 # Keeps every generation short so the suite stays fast on 2 cores.
 FAST = EngineOptions(max_tokens_cap=64)
@@ -163,14 +164,26 @@ class _CutShort:
 
 
 @pytest.mark.parametrize(
-    ("asked", "cap", "advice"), [(3000, 120, "this node allows 120 of the 3000 asked"), (50, 120, "50; raise it")]
+    ("asked", "cap", "advice", "deterministic"),
+    [
+        (3000, 120, "this node allows 120 of the 3000 asked", False),  # a node with a higher cap may do
+        (50, 120, "50; raise it", True),  # the workflow's own max_tokens: as short on any node
+        (None, 120, "this node allows 120 of the", False),  # none asked: each node has its own default
+    ],
 )
-async def test_json_cut_short_names_the_limit_that_cut_it(asked: int, cap: int, advice: str) -> None:
-    workflow = _one_generation("Give JSON.", schema=json.dumps({"type": "object"}))
-    workflow["config"]["max_tokens"] = asked
-    with pytest.raises(WorkflowError, match=r"not complete JSON for the schema \(max_tokens reached: ") as caught:
-        await run_workflow(parse_workflow(workflow), cast(Any, _CutShort()), options=EngineOptions(max_tokens_cap=cap))
-    assert advice in str(caught.value)  # raising max_tokens cannot help when this node's cap cut it
+async def test_json_cut_short_names_the_limit_that_cut_it(
+    asked: int | None, cap: int, advice: str, deterministic: bool
+) -> None:
+    for schema in (json.dumps({"type": "object"}), base64.b64encode(b'[a-z{}":]+').decode()):  # JSON, a regex
+        workflow = _one_generation("Give JSON.", schema=schema)
+        workflow["config"]["max_tokens"] = asked
+        with pytest.raises(WorkflowError, match=r"not (complete JSON for|a complete match of) the schema") as caught:
+            await run_workflow(
+                parse_workflow(workflow), cast(Any, _CutShort()), options=EngineOptions(max_tokens_cap=cap)
+            )
+        assert advice in str(caught.value)  # raising max_tokens cannot help when this node's cap cut it
+        assert caught.value.deterministic is deterministic
+        assert public_error_text(caught.value).startswith(INVALID_PROMPT) is deterministic
 
 
 class _Says:
