@@ -32,6 +32,7 @@ from node.gateway.dria_sdk.routes import add_sdk_routes
 from node.gateway.dria_sdk.service import SdkService
 from node.gateway.host_check import LoopbackHostMiddleware
 from node.gateway.limits import BodyLimitMiddleware
+from node.gateway.openai_api.errors import error_body
 from node.gateway.openai_api.routes import add_openai_routes
 from node.gateway.openai_api.service import OpenAIService
 from node.gateway.schemas import (
@@ -76,9 +77,14 @@ def create_gateway_app(
         description="Publish LLM workflow tasks to the compute-node network over HTTP.",
         responses=_ERRORS,  # type: ignore[arg-type]
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout,
+        error_body=error_body,
+    )
     if not settings.api_keys:  # loopback only, no auth: refuse rebound names (added last: runs first)
-        app.add_middleware(LoopbackHostMiddleware)
+        app.add_middleware(LoopbackHostMiddleware, error_body=error_body)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(TooManyPendingError, _too_many_pending)  # type: ignore[arg-type]
     keys = ApiKeys(settings.api_keys)

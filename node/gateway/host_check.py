@@ -9,18 +9,18 @@ others get 421 and a message naming the header.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from node.gateway.limits import ErrorBody, plain_error
 from node.ops.http_api import LOOPBACK_HOST
 
 
 class LoopbackHostMiddleware:
     """Answer 421 to HTTP requests whose `Host` header is not a loopback name."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, error_body: ErrorBody = plain_error) -> None:
         self.app = app
+        self.error_body = error_body  # the answer's body by path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass HTTP requests for a loopback Host on; answer the others 421."""
@@ -37,7 +37,7 @@ class LoopbackHostMiddleware:
             f"Host header {shown}: this gateway has no api_keys and answers only 127.0.0.1, localhost "
             "or [::1] (set api_keys to serve other names)"
         )
-        payload = json.dumps({"detail": detail}).encode("utf-8")
+        payload = self.error_body(scope["path"], 421, detail)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 421, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

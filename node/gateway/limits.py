@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,13 +28,25 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 DISCARD_BYTES = 16 * 1024 * 1024
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies larger than `max_bytes` with 413, and bodies not received within `timeout_s` with 408."""
+ErrorBody = Callable[[str, int, str], bytes]  # (path, status, detail) -> the JSON body of an error answered early
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+
+def plain_error(path: str, status: int, detail: str) -> bytes:
+    """The gateway's own error body, `{"detail": ...}` (the OpenAI paths have theirs: openai_api/errors.py)."""
+    return json.dumps({"detail": detail}).encode("utf-8")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies larger than `max_bytes` with 413, and bodies not received within `timeout_s` with 408;
+    `error_body` shapes those answers by path."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0, error_body: ErrorBody = plain_error
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.error_body = error_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read the request body within the size and time limits (413, 408 past them), then pass it on."""
@@ -44,13 +57,15 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             if declared <= DISCARD_BYTES:
                 await _discard_body(receive, timeout_s=self.timeout_s)
-            await _refuse(send, 413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+            detail = f"request body of {declared} bytes exceeds the limit of {self.max_bytes}"
+            await _refuse(send, 413, self.error_body(scope["path"], 413, detail))
             return
         try:
             async with asyncio.timeout(self.timeout_s):
-                body = await self._read(receive, send)
+                body = await self._read(scope["path"], receive, send)
         except TimeoutError:
-            await _refuse(send, 408, f"request body not received within {self.timeout_s:g} s")
+            detail = f"request body not received within {self.timeout_s:g} s"
+            await _refuse(send, 408, self.error_body(scope["path"], 408, detail))
             return
         if body is None:
             return
@@ -65,7 +80,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, receive: Receive, send: Send) -> bytes | None:
+    async def _read(self, path: str, receive: Receive, send: Send) -> bytes | None:
         """The whole body; None when the client went away or it was too large (then answered 413)."""
         chunks: list[bytes] = []
         size = 0
@@ -78,7 +93,8 @@ class BodyLimitMiddleware:
             if size > self.max_bytes:
                 if message.get("more_body", False):
                     await _discard_body(receive, size)
-                await _refuse(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+                detail = f"request body exceeds the limit of {self.max_bytes} bytes"
+                await _refuse(send, 413, self.error_body(path, 413, detail))
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -135,8 +151,7 @@ def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
     return HeadTimeoutProtocol
 
 
-async def _refuse(send: Send, status: int, detail: str) -> None:
-    payload = json.dumps({"detail": detail}).encode("utf-8")
+async def _refuse(send: Send, status: int, payload: bytes) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),

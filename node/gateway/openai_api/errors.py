@@ -2,8 +2,10 @@
 
 400 invalid_request_error  a request the network cannot run (incl. a node's `Invalid prompt: ...`)
 401 authentication_error   no or unknown API key
-404 invalid_request_error  model_not_found: no live node serves the model (or embeddings at all)
-413 invalid_request_error  request_too_large: the task it makes is larger than the network carries
+404 invalid_request_error  model_not_found: no live node serves the model (or embeddings at all); unknown_url
+408 invalid_request_error  the body did not arrive in time
+413 invalid_request_error  request_too_large: the task it makes (or the body) is larger than allowed
+421 invalid_request_error  a Host header that is not loopback, on a gateway without api_keys
 429 rate_limit_exceeded    the key's rate or pending limit, or every node busy
 502 api_error              a node failed the task
 504 timeout                no result before the timeout
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
+from node.gateway.limits import plain_error
 from node.gateway.openai_api.schemas import ErrorDetail, ErrorResponse
 from node.gateway.service import RETRY_AFTER
 from node.publisher.client import (
@@ -25,11 +28,17 @@ from node.publisher.client import (
 )
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
 
+# The OpenAI paths: errors there have OpenAI's shape, even those answered before a route runs.
+PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
+MODEL_PATH = "/v1/models/"  # GET /v1/models/{model}: OpenAI's models.retrieve
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    421: "invalid_request_error",
     429: "rate_limit_exceeded",
     502: "api_error",
     503: "api_error",
@@ -66,6 +75,19 @@ class OpenAIError(Exception):
         """The error as a JSON response, with Retry-After when set."""
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers)
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether `path` is one of the OpenAI routes."""
+    return path in PATHS or path.startswith(MODEL_PATH)
+
+
+def error_body(path: str, status: int, detail: str) -> bytes:
+    """The body of an error answered before the app (a too-large body, a rebound Host): OpenAI's shape on the
+    OpenAI paths, the gateway's `{"detail": ...}` elsewhere."""
+    if not is_openai_path(path):
+        return plain_error(path, status, detail)
+    return OpenAIError(status, detail).body.model_dump_json().encode("utf-8")
 
 
 def from_client_error(exc: ClientError) -> OpenAIError:

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from node.gateway.openai_api.errors import OpenAIError
+from node.gateway.openai_api.errors import OpenAIError, is_openai_path
 from node.gateway.openai_api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -37,8 +37,6 @@ from node.gateway.openai_api.stream import ChatStream, ClientGoneError, finish_r
 from node.gateway.openai_api.translate import assistant_message
 from node.gateway.validation import first_error
 
-PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
-MODEL_PATH = "/v1/models/"  # GET /v1/models/{model}: OpenAI's models.retrieve
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 504)}
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]  # Starlette takes both kinds
 log = structlog.get_logger(__name__)
@@ -124,11 +122,17 @@ def _route_errors(app: FastAPI) -> None:
     async def on_openai_error(request: Request, exc: OpenAIError) -> Response:
         return exc.response()
 
-    def is_openai(path: str) -> bool:
-        return path in PATHS or path.startswith(MODEL_PATH)
+    def is_openai(request: Request) -> bool:
+        return is_openai_path(request.url.path)
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
-        if not is_openai(request.url.path):
+        path = request.url.path
+        if exc.status_code == 404 and "endpoint" not in request.scope and path.startswith("/v1/"):
+            # No route at all (the gateway's own 404s come from a route): an OpenAI client's call of an endpoint
+            # the gateway does not have gets an error its client can read, as OpenAI answers it.
+            message = f"unknown request URL: {request.method} {path}"
+            return OpenAIError(404, message, code="unknown_url").response()
+        if not is_openai(request):
             return await _handled(http_handler, request, exc)
         error = OpenAIError(exc.status_code, str(exc.detail))
         response = error.response()
@@ -136,7 +140,7 @@ def _route_errors(app: FastAPI) -> None:
         return response
 
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        if not is_openai(request.url.path):
+        if not is_openai(request):
             if validation_handler is None:
                 return JSONResponse({"detail": exc.errors()}, status_code=422)
             return await _handled(validation_handler, request, exc)

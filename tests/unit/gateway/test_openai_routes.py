@@ -69,3 +69,30 @@ async def test_a_stream_flag_that_is_no_boolean_is_refused_naming_it(tmp_path: P
                 assert answer.status_code == 400, answer.text  # was taken as a streamed request
                 assert answer.json()["error"]["param"] == "stream", answer.text
     assert peer.task_ids == []
+
+
+async def test_errors_answered_before_any_route_have_openais_shape_on_its_paths(tmp_path: Path) -> None:
+    # A too-large body, a rebound Host and an unknown /v1 URL were answered {"detail": ...} on every path: the
+    # OpenAI client showed its callers the raw body.
+    peer = StreamingPeer([], "Hello")
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x" * 1_100_000}]}  # past the 1 MiB default
+    async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            large = await http.post("/v1/chat/completions", json=chat)
+            assert large.status_code == 413
+            assert set(large.json()["error"]) == {"message", "type", "param", "code"}
+            assert "exceeds the limit" in large.json()["error"]["message"]
+            rebound = await http.post("/v1/chat/completions", json={"model": "m"}, headers={"Host": "evil.example"})
+            assert rebound.status_code == 421 and "Host header" in rebound.json()["error"]["message"]
+            unknown = await http.post("/v1/audio/speech", json={"model": "m", "input": "hi"})
+            assert unknown.status_code == 404
+            assert unknown.json()["error"]["code"] == "unknown_url" and "/v1/audio/speech" in unknown.text
+
+            # The gateway's own API keeps its shape, its own 404s included.
+            own = await http.post("/v1/tasks", json={"workflow": {}, "models": ["m"], "x": "x" * 1_100_000})
+            assert own.status_code == 413 and "exceeds the limit" in own.json()["detail"]
+            rebound_own = await http.get("/v1/tasks/t", headers={"Host": "evil.example"})
+            assert rebound_own.status_code == 421 and "Host header" in rebound_own.json()["detail"]
+            no_task = await http.get("/v1/tasks/no-such-task")
+            assert no_task.status_code == 404 and "no task" in no_task.json()["detail"]
+    assert peer.task_ids == []
