@@ -141,7 +141,10 @@ async def generate(
         if _is_grammar_error(e):  # the same schema fails on every node
             raise UnsupportedSchemaError(f"the task's schema is not supported: {e}") from e
         if isinstance(e, ContextOverflowError):  # refused before it ran: no retry makes it fit
-            raise ContextTooSmallError(f"the task does not fit the model's context: {e}") from e
+            asked = ctx.config.max_tokens or ctx.options.max_tokens
+            capped = f" (of the {asked} max_tokens asked, this node allows {request.max_tokens})"
+            detail = capped if request.max_tokens < asked else ""  # the error quotes what was sent, not asked
+            raise ContextTooSmallError(f"the task does not fit the model's context: {e}{detail}") from e
         raise ModelFailedError(f"model {ctx.model.name!r} failed: {e}") from e
     ctx.usage.prompt_tokens += generation.prompt_tokens
     ctx.usage.completion_tokens += generation.completion_tokens

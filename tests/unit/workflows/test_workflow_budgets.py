@@ -243,6 +243,13 @@ async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(m
     assert _calls_done(model) == calls_done  # refused before it ran: not one native call
     fits = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx // 2))
     assert (await run_workflow(fits, model, options=EngineOptions(max_tokens_cap=None))).text
+    # Asked more than this node's cap: the error quotes what was sent and what was asked (it quoted the cap alone).
+    huge = parse_workflow(Simple().workflow("Tell a story.", max_tokens=100_000))
+    with pytest.raises(InvalidStepError) as caught:
+        await run_workflow(huge, model, options=EngineOptions(max_tokens_cap=model.n_ctx))
+    text = public_error_text(caught.value)
+    assert f"plus max_tokens {model.n_ctx} need" in text, text
+    assert f"(of the 100000 max_tokens asked, this node allows {model.n_ctx})" in text, text
 
 
 async def test_the_most_post_process_steps_over_millions_of_characters_end_within_their_budget(
