@@ -22,9 +22,18 @@ EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
 
+def _number(text: str) -> float:
+    """`text` as a number; NaN when it is none, which every check below refuses with its own message (a
+    ValueError would make argparse say "invalid _seconds value")."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type)."""
-    value = float(text)
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
@@ -32,7 +41,7 @@ def _seconds(text: str) -> float:
 
 def _share(text: str) -> float:
     """A share within 0..1 (argparse type)."""
-    value = float(text)
+    value = _number(text)
     if not 0.0 <= value <= 1.0:  # NaN fails both
         raise argparse.ArgumentTypeError(f"must be within 0..1, not {text!r}")
     return value
@@ -40,10 +49,10 @@ def _share(text: str) -> float:
 
 def _positive_int(text: str) -> int:
     """An integer >= 1 (argparse type)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
-    return value
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(value)
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +42,10 @@ def add_operate_commands(
 
 def _days(text: str) -> float:
     """A finite number of days >= 0 (argparse type)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:  # argparse would say "invalid _days value"
+        value = math.nan
     if not 0 <= value < 1e6:  # NaN and inf fail too
         raise argparse.ArgumentTypeError(f"must be a number of days >= 0, not {text!r}")
     return value

@@ -23,7 +23,13 @@ BAD_FLAGS = [
     (["--timeout", "nan"], "--timeout: must be a positive number of seconds"),
     (["--timeout", "-5"], "--timeout: must be a positive number of seconds"),
     (["--timeout", "0"], "--timeout: must be a positive number of seconds"),
-    (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
+    (["--max-tokens", "0"], "--max-tokens: must be a whole number of at least 1"),
+    # No number at all: argparse named the function ("invalid _seconds value: 'abc'").
+    (["--timeout", "abc"], "--timeout: must be a positive number of seconds, not 'abc'"),
+    (["--max-tokens", "abc"], "--max-tokens: must be a whole number of at least 1, not 'abc'"),
+    (["--max-tokens", "1.5"], "--max-tokens: must be a whole number of at least 1"),
+    (["--max-tokens", "inf"], "--max-tokens: must be a whole number of at least 1"),
+    (["--verify", "half"], "--verify: must be within 0..1, not 'half'"),
 ]
 
 
@@ -32,10 +38,11 @@ def test_a_flag_out_of_range_is_a_usage_error(flags: list[str], named: str, caps
     with pytest.raises(SystemExit) as exited:
         main(["run-task", *PEER, "--model", "m", "--prompt", "hi", *flags])
     assert exited.value.code == 2
-    assert named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert named in err and "invalid _" not in err, err
 
 
-@pytest.mark.parametrize("days", ["nan", "inf", "-1"])
+@pytest.mark.parametrize("days", ["nan", "inf", "-1", "a week"])
 def test_ledger_days_out_of_range_is_a_usage_error(days: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["ledger", "--days", days])
@@ -66,6 +73,13 @@ def test_a_bad_key_is_named(tmp_path: Path) -> None:
         ["run-task", *PEER, "--model", "m", "--prompt", "hi", "--key", "zz", "--data-dir", str(tmp_path)]
     )
     assert err.startswith("compute-node: --key: ")
+
+
+def test_a_peer_address_without_its_peer_id_says_what_it_lacks(tmp_path: Path) -> None:
+    # It said "The last protocol should be `P_P2P` (421) instead of `6`" (py-libp2p's words).
+    argv = ["run-task", "--peer", "/ip4/127.0.0.1/tcp/9", "--model", "m", "--prompt", "hi", "--timeout", "5"]
+    err = _one_line_error([*argv, "--data-dir", str(tmp_path)])
+    assert "names no peer (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)" in err, err
 
 
 def test_a_bad_node_address_or_model_names_the_flag(tmp_path: Path) -> None:

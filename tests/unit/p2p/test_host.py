@@ -54,8 +54,10 @@ async def test_port_in_use_fails_naming_the_address(make_host: HostFactory) -> N
 
 async def test_dial_failures_raise_p2p_error(make_host: HostFactory) -> None:
     a, b = await make_host(), await make_host()
-    with pytest.raises(P2PError, match="invalid peer multiaddr"):
+    with pytest.raises(P2PError, match="names no peer"):
         await a.connect("not-a-multiaddr")
+    with pytest.raises(P2PError, match="invalid peer multiaddr"):
+        await a.connect("/ip4/127.0.0.1/tcp/1/p2p/not-a-peer-id")
     with pytest.raises(P2PError, match="our own"):
         await a.connect(a.listen_addrs[0])
     port = b.listen_addrs[0].split("/")[4]
