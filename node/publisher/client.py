@@ -80,6 +80,7 @@ __all__ = [
     "VerificationFailedTaskError",
 ]
 
+MAX_SHOWN_NAME = 64  # characters of a model name an error shows (a heartbeat's may be 256)
 PUBLISHER_STREAM_LIMITS = StreamLimits(max_streams=4096, max_streams_per_peer=1024)
 
 
@@ -345,8 +346,14 @@ class Client:
             if last_failure is not None and not self.nodes.serving(models, exclude=tried):
                 raise last_failure  # every node that could run it was tried
             if loop.time() >= deadline:  # what the last node tried said, if one was: nodes were seen
-                raise last_failure or NoNodeError(timeout, models, len(self.nodes.live()))
+                raise last_failure or self._no_node(timeout, models)
             await asyncio.sleep(0.1)
+
+    def _no_node(self, timeout: float, models: list[str]) -> NoNodeError:
+        live = self.nodes.live()
+        serving = sum(node.serves(models) for node in live)
+        served = {name[:MAX_SHOWN_NAME] for node in live for name in node.models}
+        return NoNodeError(timeout, models, len(live), serving, sorted(served))
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:
         """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`.

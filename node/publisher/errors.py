@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+
+MAX_NAMED_MODELS = 10  # models NoNodeError names (any key's heartbeat may list 64 of 256 characters)
 
 
 class ClientError(Exception):
@@ -39,10 +43,23 @@ class TaskTimeoutError(ClientError, TimeoutError):
 
 
 class NoNodeError(ClientError, TimeoutError):
-    """No live node hosting an acceptable model was seen before the timeout; nothing was published."""
+    """No live node hosting an acceptable model had room before the timeout; nothing was published.
 
-    def __init__(self, timeout: float, models: list[str], known: int) -> None:
-        super().__init__(f"no live node hosting any of {models} seen within {timeout:g} s ({known} live nodes known)")
+    `known`: the live nodes; `serving`: how many of them host one of `models` (all busy, then); `served`: the
+    models the live nodes host, named when none hosts one asked for (a misspelt name shows at once)."""
+
+    def __init__(
+        self, timeout: float, models: list[str], known: int, serving: int = 0, served: Sequence[str] = ()
+    ) -> None:
+        if serving:
+            nodes = "1 node hosts" if serving == 1 else f"{serving} nodes host"
+            text = f"no live node hosting any of {models} had room within {timeout:g} s ({nodes} them: busy)"
+        else:
+            live = "no live node" if not known else "1 live node" if known == 1 else f"{known} live nodes"
+            hosting = f", hosting {', '.join(sorted(served)[:MAX_NAMED_MODELS])}" if served else ""
+            more = f" and {len(served) - MAX_NAMED_MODELS} more" if len(served) > MAX_NAMED_MODELS else ""
+            text = f"no live node hosting any of {models} seen within {timeout:g} s ({live} known{hosting}{more})"
+        super().__init__(text)
 
 
 class TaskFailedError(ClientError):

@@ -1,10 +1,11 @@
-"""Which error results a publisher retries on another node: all but the deterministic ones."""
+"""Which error results a publisher retries on another node: all but the deterministic ones; what a call that found
+no node says."""
 
 from __future__ import annotations
 
 import pytest
 
-from node.publisher.client import Client, Task, TaskFailedError
+from node.publisher.client import Client, NoNodeError, Task, TaskFailedError
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
 from workflows import Simple
 from workflows.errors import INVALID_PROMPT
@@ -83,3 +84,14 @@ async def test_a_client_whose_first_start_found_no_peer_dials_again_on_the_next_
             await host.stop()
     finally:
         await client.close()
+
+
+def test_no_node_says_whether_the_model_is_hosted_and_what_is() -> None:
+    none = NoNodeError(15, ["llama3:70b"], 0)
+    assert str(none) == "no live node hosting any of ['llama3:70b'] seen within 15 s (no live node known)"
+    misspelt = NoNodeError(15, ["llama3:70b"], 3, 0, ["b", "a"])
+    assert str(misspelt).endswith("(3 live nodes known, hosting a, b)")
+    many = NoNodeError(15, ["x"], 1, 0, [f"m{i:02}" for i in range(25)])
+    assert str(many).endswith("hosting m00, m01, m02, m03, m04, m05, m06, m07, m08, m09 and 15 more)")
+    busy = NoNodeError(15, ["a"], 3, 2, ["a", "b"])  # hosted, but none had room (it said "no node hosting")
+    assert str(busy) == "no live node hosting any of ['a'] had room within 15 s (2 nodes host them: busy)"
