@@ -179,7 +179,7 @@ class Identity:
         identity = cls.generate()
         if not identity._write(path, replace=False):  # another process created it first
             return cls.load(path)
-        log.info("created node key", path=str(path), address=identity.address)
+        log.info("created key", path=str(path), address=identity.address)  # a node's, a gateway's or a publisher's
         return identity
 
     @classmethod
