@@ -267,7 +267,7 @@ class P2PService:
     # --- operations (call through spawn) ----------------------------------
 
     async def connect(self, addr: str, timeout: float) -> str:
-        """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names looked up as name_lookup.py says): its peer id."""
+        """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names as name_lookup.py says); the peer id."""
         assert self._host is not None
         if "/p2p/" not in addr:  # the library said "The last protocol should be `P_P2P` (421) instead of `6`"
             raise P2PServiceError(f"{addr!r} names no peer (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)")

@@ -2,11 +2,12 @@
 
 A retry is a new attempt with a new task id; earlier attempts stay live, so a late result
 from a slow node is still taken (once: the Client accepts one result per call).
-`AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once; so too, unmarked,
-for a node that ran another key's task under our id), waits for the first news of any live attempt (`next_outcome`), and retries on an error
-result, a lost stream, a node silent for the attempt timeout, or (a task sent on gossip) a node whose
-connection to this publisher closed, up to `max_retries` times. Only a node the publisher was connected
-to can be seen to go: one reached through other peers is timed out as before. An attempt is failed once:
+`AttemptLoop` runs one call: it chooses a node, sends (a decline: the next node at once; so too for a
+node that ran another key's task under our id), waits for the first news of any live attempt
+(`next_outcome`), and retries on an error result, a lost stream, a node silent for the attempt timeout,
+or (a task sent on gossip) a node whose connection to this publisher closed, up to `max_retries` times.
+Only a node the publisher was connected to can be seen to go: one reached through other peers is timed
+out as before. An attempt is failed once:
 the stream (or connection) of one already timed out that ends later is no second mark and no other retry.
 After MAX_UNMEASURED_ATTEMPTS nodes not measured serving, it keeps to nodes that were while one
 has room, and it stops at the deadline however many nodes decline.
@@ -301,17 +302,12 @@ class AttemptLoop:
                 reputation.record_declined(attempt.node)
             await self._not_run(attempt, TaskFailedError(attempt.task_id, declined, attempt.node))
             return None
-        if (
-            outcome == "result"
-            and not attempt.result.cancelled()
-            and isinstance(attempt.result.exception(), TaskIdTakenError)
-        ):
-            # Its node ran another key's task under our id (inbox.py): ours never ran there, and the node is not
-            # to blame. Another node at once, with a new id, as after a decline; nothing is marked.
+        if outcome == "result" and _id_taken(attempt):
+            # Its node ran another key's task under our id (inbox.py): ours never ran there. Another node at once,
+            # with a new id, and the node is marked as after a decline (it may be lying, to shed the task).
+            reputation.record_declined(attempt.node)
             if self.doubted is not None:
                 raise self.doubted
-            if self._speaks(attempt):
-                raise TaskFailedError(attempt.task_id, "its node streamed text of another task", attempt.node)
             await self._not_run(attempt, TaskIdTakenError(attempt.task_id, ID_TAKEN, attempt.node))
             return None
         if outcome == "lost" and attempt.direct is None:
@@ -425,6 +421,15 @@ class AttemptLoop:
         self.hooks.reputation.record_result(
             result.node, seconds, tokens, exec_seconds, claimed_tps, scoring=self.task.scores_tokens
         )
+
+
+def _id_taken(attempt: Attempt) -> bool:
+    """Its node says it ran another key's task under our id, and may have: sent on gossip, or on a stream the
+    node had not answered (an honest node answers a duplicate `ignored` there; one that took our task and then
+    says so lies, and its TaskIdTakenError is an error result like any other)."""
+    if attempt.result.cancelled() or not isinstance(attempt.result.exception(), TaskIdTakenError):
+        return False
+    return attempt.direct is None or not attempt.direct.answered
 
 
 def checked(attempt: Attempt) -> TaskResult:

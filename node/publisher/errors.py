@@ -79,8 +79,7 @@ class TaskFailedError(ClientError):
 
 class TaskIdTakenError(TaskFailedError):
     """Every node the task picked ran another key's task under its id (a peer saw the id and sent its own first):
-    a node runs a task id once, so none of them will run ours. Nothing of ours ran: the node is not to blame, and a
-    retry (a new task id) may go at once."""
+    a node runs a task id once, so none of them will run ours. A retry (a new task id) may go at once."""
 
 
 class VerificationFailedTaskError(TaskFailedError):

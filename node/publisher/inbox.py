@@ -82,7 +82,8 @@ class ResultInbox:
             # Another key's task run under our task id (a peer saw the id on gossip and sent its own task first):
             # its result is encrypted to our key, but it is not the answer to what we asked, and its node runs the
             # id once: ours will not come from it. Once no picked node is left to run it, the task fails at once
-            # (a retry takes a new id) instead of waiting out its timeout.
+            # (a retry takes a new id) instead of waiting out its timeout. Whether the node is to blame is the
+            # AttemptLoop's call: one that accepted our task on its stream and then says this lies.
             log.warning("result of another publisher's task under our task id", task_id=body.task_id, node=sender)
             if picked is not None:
                 picked.discard(sender)

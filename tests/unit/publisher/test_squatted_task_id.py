@@ -2,13 +2,15 @@
 one and ignores ours (it runs a task id once), then publishes the other's result, naming its signer
 (`stats.publisher`). The publisher does not wait out its attempt timeout for an answer that cannot come: once
 every picked node ran another key's task under the id, the task fails with TaskIdTakenError, and a call sends
-it to the next node at once under a new id, marking nothing (the node is not to blame)."""
+it to the next node at once under a new id, marking the node as after a decline. A node that accepted our task
+on its stream and then says so lies (an honest one answers a duplicate `ignored` there): an error like any."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -89,7 +91,8 @@ async def test_a_result_that_names_no_signer_is_taken_as_before() -> None:
 class SquattedNet:
     """Nodes `squatted` (chosen first; its task id is taken before ours arrives) and `honest` (answers)."""
 
-    def __init__(self, nodes: int = 2) -> None:
+    def __init__(self, nodes: int = 2, accepted_on_a_stream: bool = False) -> None:
+        self.accepted_on_a_stream = accepted_on_a_stream  # the squatted node answered our stream `accepted`
         self.squatted, self.honest = Identity.generate(), Identity.generate()
         serving = [self.squatted, self.honest][:nodes]
         self.nodes = NodeTable(rng=Prefer([i.address for i in serving]))
@@ -117,6 +120,11 @@ class SquattedNet:
         who = SQUATTER if node.address == self.squatted.address else US
         loop = asyncio.get_running_loop()  # its result comes a moment after the send, on gossip
         loop.call_later(0.01, self.inbox.accept, answer(task_id, who, "ANSWER"), node.address)
+        if self.accepted_on_a_stream:  # what AttemptLoop reads of a DirectDelivery
+            stream = SimpleNamespace(
+                answered=True, declined=None, lost=asyncio.Event(), last_progress=None, progress_text=""
+            )
+            return Attempt(task_id, node.address, future, direct=cast(Any, stream))
         return Attempt(task_id, node.address, future)
 
     async def verify(self, result: TaskResult) -> TaskResult:
@@ -125,19 +133,31 @@ class SquattedNet:
     async def end(self, attempt: Attempt) -> None:
         self.inbox.forget(attempt.task_id)
 
-    async def run(self, timeout: float = 30.0) -> TaskResult:
+    async def run(self, timeout: float = 30.0, retries: int = 0) -> TaskResult:
         hooks = AttemptHooks(self.nodes, self.reputation, self.choose, self.send, self.verify, self.end)
         # No retries: a node that ran another key's task under our id did not run ours, so the next is no retry.
-        return await AttemptLoop(hooks, Task(workflow={}, models=[MODEL]), timeout, 0, None).run()
+        return await AttemptLoop(hooks, Task(workflow={}, models=[MODEL]), timeout, retries, None).run()
 
 
-async def test_a_call_goes_to_the_next_node_at_once_under_a_new_id_and_marks_nothing() -> None:
+async def test_a_call_goes_to_the_next_node_at_once_under_a_new_id_as_after_a_decline() -> None:
     net = SquattedNet()
     result = await asyncio.wait_for(net.run(), 5)  # the attempt timeout would be 15 s
     assert result.text == "ANSWER" and result.node == net.honest.address
     assert net.sent == [("t0", net.squatted.address), ("t1", net.honest.address)]
     view = net.reputation.view(net.squatted.address)
-    assert (view.errors, view.timeouts, view.busy) == (0, 0, 0)
+    assert (view.errors, view.timeouts, view.busy) == (0, 0, 1)  # a decline's mark, as a stream's `ignored`
+
+
+async def test_a_node_that_accepted_our_task_on_its_stream_and_then_says_so_is_marked_with_an_error() -> None:
+    # It would shed any task unmarked (a reviewer's find): an honest node declines a duplicate on the stream.
+    net = SquattedNet(accepted_on_a_stream=True)
+    with pytest.raises(TaskIdTakenError):  # an error result like any other: a retry, and none is left
+        await asyncio.wait_for(net.run(), 5)
+    assert net.sent == [("t0", net.squatted.address)]
+    view = net.reputation.view(net.squatted.address)
+    assert (view.errors, view.busy) == (1, 0)
+    retried = SquattedNet(accepted_on_a_stream=True)
+    assert (await asyncio.wait_for(retried.run(retries=1), 5)).node == retried.honest.address
 
 
 async def test_with_no_other_node_the_call_fails_with_the_taken_id_not_a_timeout() -> None:
