@@ -7,6 +7,7 @@ made (`ToolSettings.allow_entries`, `secret_entries`); `egress.py` only applies 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,9 +55,10 @@ class AllowEntry:
 class SecretTarget:
     """Where a `tool_secrets` key lets its headers go: https to a host (or network) and port, under a path.
 
-    `path` is a prefix of whole segments: "/v1" covers "/v1" and "/v1/...", never "/v1beta". A request's path
-    that a server could read as another one (a "." or ".." segment, an escaped dot, slash or backslash, a
-    backslash) is under no prefix but "/": servers resolve those in ways this check cannot know."""
+    `path` is a prefix of whole segments: "/v1" covers "/v1" and "/v1/...", never "/v1beta". Under any prefix
+    but "/", a request's path must be plain (`_plain`): servers decode, trim and normalise the rest (escaped
+    dots, slashes and semicolons, double escapes, control and non-ASCII bytes, dot segments) in ways no check
+    here can know."""
 
     entry: AllowEntry
     path: str = "/"
@@ -74,25 +76,38 @@ class SecretTarget:
             return False
         if self.path == "/":
             return True
-        if _ambiguous(raw_path):
+        if not _plain(raw_path):
             return False
         return raw_path == self.path or raw_path.startswith(self.path + "/")
 
 
 SECRET_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})  # a key may name these
-# In a request's path: escapes of ".", "/" and "\\", and a backslash (some servers take it for a slash).
-_ESCAPES = ("%2e", "%2f", "%5c", "\\")
-
-
-def _ambiguous(raw_path: str) -> bool:
-    lowered = raw_path.lower()
-    if any(escape in lowered for escape in _ESCAPES):
-        return True
-    return any(segment.split(";", 1)[0] in (".", "..") for segment in raw_path.split("/"))
-
-
 # A key's path: segments of these characters only (no escapes, no dot segments, no query).
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,=:@/")
+# In a request's path, besides those: ";" (a segment's parameters) and escapes of these only, which every
+# server decodes alike (never a dot, slash, backslash, semicolon, percent, control or non-ASCII byte).
+_ESCAPABLE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _plain(raw_path: str) -> bool:
+    """Whether a request's path means one thing to every server: no dot segments (also behind ";"), only
+    `_PATH_CHARS`, ";" and escapes of `_ESCAPABLE`."""
+    if not all(c in _PATH_CHARS or c in ";%" for c in raw_path):
+        return False
+    unescaped = _ESCAPE.sub(lambda m: "" if chr(int(m.group(1), 16)) in _ESCAPABLE else "%", raw_path)
+    if "%" in unescaped:  # an escape of anything else, or a "%" that starts none
+        return False
+    return not any(segment.split(";", 1)[0] in (".", "..") for segment in raw_path.split("/"))
+
+
+def _ambiguous(path: str) -> bool:
+    """A key's path that is not plain: dot segments (its characters are checked apart)."""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+# A secret key's host part (a network is checked apart): a name or an IP literal, and a port.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 def secret_target(key: str) -> SecretTarget:
@@ -121,7 +136,7 @@ def secret_target(key: str) -> SecretTarget:
             if any(c not in _PATH_CHARS for c in tail) or _ambiguous(path) or "//" in path:
                 raise ValueError(f"{key!r}: a path of plain segments only (no escapes, '.', '..', '?' or '#')")
             text = where
-    if not text or ("/" in text and not _is_network(text)):
+    if not text or (not _is_network(text) and _HOST.fullmatch(text) is None):
         raise ValueError(f"{key!r}: write 'host', 'host:port', 'https://host[:port]' or 'https://host[:port]/path'")
     return SecretTarget(AllowEntry.parse(text), path, methods)
 

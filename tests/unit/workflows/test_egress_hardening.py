@@ -116,12 +116,22 @@ def test_a_key_with_a_path_sends_its_secret_under_that_path_only() -> None:
         "/v1/repos/ours\\..\\..\\user",
         "/v1/repos/ours/%5c..%5cuser",
         "/user?next=/v1/repos/ours",  # the query is no part of the path
+        # What some server double-decodes, trims or normalises (a reviewer's variants):
+        "/v1/repos/ours/%252e%252e/%252e%252e/user",
+        "/v1/repos/ours/..%3b/..%3b/user",
+        "/v1/repos/ours/..%00/..%00/user",
+        "/v1/repos/ours/..%09/user",
+        "/v1/repos/ours/%c0%ae%c0%ae/user",
+        "/v1/repos/ours/\uff0e\uff0e/\uff0e\uff0e/user",  # fullwidth dots (httpx sends them escaped)
+        "/v1/repos/ours/%",
+        "/v1/repos/ours/%zz",
     ):
         assert _headers(scoped, f"https://api.x.com{path}") == {}, path
     # httpx resolves plain dot segments before sending: "/v1/repos/ours/../../user" is sent as "/v1/user".
     assert httpx.URL("https://api.x.com/v1/repos/ours/../../user").raw_path == b"/v1/user"
     assert _headers(scoped, "https://api.x.com/v1/repos/ours/../../user") == {}
     assert _headers(scoped, "http://api.x.com/v1/repos/ours/x") == {}  # never over plain http
+    assert _headers(scoped, "https://api.x.com/v1/repos/ours/%61b-%7E") == auth  # escapes of letters mean them
 
 
 def test_a_key_with_methods_sends_its_secret_with_those_methods_only() -> None:
@@ -155,6 +165,11 @@ def test_a_key_with_methods_sends_its_secret_with_those_methods_only() -> None:
         "https://api.x.com/v1?a=b",
         "https://api.x.com/v1#a",
         "https://api.x.com/v1\\a",
+        # Host parts that would never match any request: refused, not kept meaning nothing.
+        "https://api.x.com?x=1",
+        "https://api.x.com\\v1",
+        "https://u@api.x.com/v1",
+        "api.x.com:port",
     ],
 )
 def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
