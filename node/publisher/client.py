@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -352,8 +353,13 @@ class Client:
     def _no_node(self, timeout: float, models: list[str]) -> NoNodeError:
         live = self.nodes.live()
         serving = sum(node.serves(models) for node in live)
-        served = {name[:MAX_SHOWN_NAME] for node in live for name in node.models}
-        return NoNodeError(timeout, models, len(live), serving, sorted(served))
+        # Each node lends its names one vote among them: one key's many names rank after names nodes share.
+        hosts: Counter[str] = Counter()
+        for node in live:
+            names = {name[:MAX_SHOWN_NAME] for name in node.models}
+            hosts.update({name: 1 / len(names) for name in names})
+        served = sorted(hosts, key=lambda name: (-hosts[name], name))
+        return NoNodeError(timeout, models, len(live), serving, served)
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:
         """Publish the task (deadline = now + timeout) and return its id; collect it with `wait`.

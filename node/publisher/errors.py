@@ -46,7 +46,8 @@ class NoNodeError(ClientError, TimeoutError):
     """No live node hosting an acceptable model had room before the timeout; nothing was published.
 
     `known`: the live nodes; `serving`: how many of them host one of `models` (all busy, then); `served`: the
-    models the live nodes host, named when none hosts one asked for (a misspelt name shows at once)."""
+    models the live nodes host, most hosted first, named when none hosts one asked for (a misspelt name shows at
+    once). Any key's heartbeat names models: each is quoted, and at most MAX_NAMED_MODELS are named."""
 
     def __init__(
         self, timeout: float, models: list[str], known: int, serving: int = 0, served: Sequence[str] = ()
@@ -56,10 +57,13 @@ class NoNodeError(ClientError, TimeoutError):
             text = f"no live node hosting any of {models} had room within {timeout:g} s ({nodes} them: busy)"
         else:
             live = "no live node" if not known else "1 live node" if known == 1 else f"{known} live nodes"
-            hosting = f", hosting {', '.join(sorted(served)[:MAX_NAMED_MODELS])}" if served else ""
+            hosting = f", hosting {', '.join(repr(name) for name in served[:MAX_NAMED_MODELS])}" if served else ""
             more = f" and {len(served) - MAX_NAMED_MODELS} more" if len(served) > MAX_NAMED_MODELS else ""
             text = f"no live node hosting any of {models} seen within {timeout:g} s ({live} known{hosting}{more})"
         super().__init__(text)
+        self.models = models
+        self.serving = serving
+        self.served = list(served)
 
 
 class TaskFailedError(ClientError):

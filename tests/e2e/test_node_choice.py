@@ -77,7 +77,7 @@ async def test_no_node_for_the_model_fails_after_the_timeout_with_a_clear_error(
         started = time.monotonic()
         with pytest.raises(NoNodeError, match=r"no live node hosting any of \['gemma3:270m'\] seen within 2 s") as no:
             await client.execute(Task(workflow=Simple().workflow("Hi"), models=["gemma3:270m"]), timeout=2)
-        assert str(no.value).endswith("(1 live node known, hosting smollm2:135m)"), no.value  # a misspelt name shows
+        assert str(no.value).endswith("(1 live node known, hosting 'smollm2:135m')"), no.value  # a misspelt name shows
         assert 1.9 < time.monotonic() - started < 5
 
 

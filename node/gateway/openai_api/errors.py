@@ -93,6 +93,8 @@ def error_body(path: str, status: int, detail: str) -> bytes:
 def from_client_error(exc: ClientError) -> OpenAIError:
     """The OpenAI error for a task the network did not complete."""
     if isinstance(exc, NoNodeError):
+        if not exc.serving:  # none hosts it now (they did when the request was checked): not a busy network
+            return OpenAIError(404, str(exc), "model", code="model_not_found")
         return OpenAIError(
             429, f"every node serving the model is busy: {exc}", code="nodes_busy", retry_after=RETRY_AFTER
         )

@@ -157,7 +157,8 @@ def test_a_tool_call_an_honest_engine_cannot_make_is_a_502(text: str) -> None:
     [
         (TaskFailedError("t", "Invalid prompt: no message", "0xab"), 400, "invalid_prompt"),
         (TaskFailedError("t", "busy: model m has 1 running and 8 queued tasks", "0xab"), 429, "nodes_busy"),
-        (NoNodeError(5, ["m"], 2), 429, "nodes_busy"),
+        (NoNodeError(5, ["m"], 2, 1), 429, "nodes_busy"),
+        (NoNodeError(5, ["m"], 2), 404, "model_not_found"),  # none hosts it now: not a busy network
         (TaskTimeoutError("t", 5), 504, "timeout"),
         (TaskFailedError("t", "model error: out of memory", "0xab"), 502, "node_error"),
         # The same on every node, and the caller's to change: a 502 made OpenAI's client send it three times.

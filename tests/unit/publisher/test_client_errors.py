@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 
 from node.publisher.client import Client, NoNodeError, Task, TaskFailedError
+from node.wire.identity import Identity
+from node.wire.messages import HeartbeatBody
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+from tests.support.heartbeats import signed_heartbeat
 from workflows import Simple
 from workflows.errors import INVALID_PROMPT
 
@@ -90,8 +93,26 @@ def test_no_node_says_whether_the_model_is_hosted_and_what_is() -> None:
     none = NoNodeError(15, ["llama3:70b"], 0)
     assert str(none) == "no live node hosting any of ['llama3:70b'] seen within 15 s (no live node known)"
     misspelt = NoNodeError(15, ["llama3:70b"], 3, 0, ["b", "a"])
-    assert str(misspelt).endswith("(3 live nodes known, hosting a, b)")
+    assert str(misspelt).endswith("(3 live nodes known, hosting 'b', 'a')") and misspelt.serving == 0
     many = NoNodeError(15, ["x"], 1, 0, [f"m{i:02}" for i in range(25)])
-    assert str(many).endswith("hosting m00, m01, m02, m03, m04, m05, m06, m07, m08, m09 and 15 more)")
+    assert str(many).endswith(
+        "hosting 'm00', 'm01', 'm02', 'm03', 'm04', 'm05', 'm06', 'm07', 'm08', 'm09' and 15 more)"
+    )
+    name = "gone: use --model y\x1b[2J, 'z'"
+    hostile = NoNodeError(15, ["x"], 1, 0, [name])  # any key's heartbeat names models
+    assert repr(name) in str(hostile) and "\x1b" not in str(hostile)  # quoted: one name, escapes inert
     busy = NoNodeError(15, ["a"], 3, 2, ["a", "b"])  # hosted, but none had room (it said "no node hosting")
     assert str(busy) == "no live node hosting any of ['a'] had room within 15 s (2 nodes host them: busy)"
+    assert busy.serving == 2
+
+
+async def test_the_models_named_are_those_most_nodes_host() -> None:
+    # One key's heartbeat may list 64 names sorting before every honest one (a reviewer's find).
+    client = Client(peers=[])
+    for identity, models in ((Identity.generate(), ["smol"]), (Identity.generate(), ["smol", "tiny"])):
+        inbound = signed_heartbeat(identity, models)
+        assert isinstance(inbound.body, HeartbeatBody) and client.nodes.update(inbound.sender, inbound.body)
+    junk = signed_heartbeat(Identity.generate(), [f"!{i:02}" for i in range(20)])
+    assert isinstance(junk.body, HeartbeatBody) and client.nodes.update(junk.sender, junk.body)
+    error = client._no_node(5, ["llama"])
+    assert error.served[:2] == ["smol", "tiny"] and "hosting 'smol', 'tiny', '!00'" in str(error)
