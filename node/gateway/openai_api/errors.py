@@ -78,7 +78,8 @@ class OpenAIError(Exception):
 
 
 def is_openai_path(path: str) -> bool:
-    """Whether `path` is one of the OpenAI routes."""
+    """Whether `path` is one of the OpenAI routes (with a trailing slash too: no route, but OpenAI's client)."""
+    path = path.rstrip("/") or path
     return path in PATHS or path.startswith(MODEL_PATH)
 
 
@@ -87,7 +88,8 @@ def error_body(path: str, status: int, detail: str) -> bytes:
     OpenAI paths, the gateway's `{"detail": ...}` elsewhere."""
     if not is_openai_path(path):
         return plain_error(path, status, detail)
-    return OpenAIError(status, detail).body.model_dump_json().encode("utf-8")
+    code = "request_too_large" if status == 413 else None
+    return OpenAIError(status, detail, code=code).body.model_dump_json().encode("utf-8")
 
 
 def from_client_error(exc: ClientError) -> OpenAIError:

@@ -10,6 +10,7 @@ Every error of these paths, the key check's and the body validation's included, 
 
 # No `from __future__ import annotations`: FastAPI evaluates the route signatures.
 import inspect
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from node.gateway.openai_api.errors import OpenAIError, is_openai_path
@@ -114,6 +116,11 @@ async def _handled(handler: Handler, request: Request, exc: Exception) -> Respon
     return await response if inspect.isawaitable(response) else response
 
 
+def _first_part(path: str) -> str:
+    """The first part of a /v1 path: "tasks" of /v1/tasks/{id} and of /v1/tasks:batch."""
+    return re.split(r"[/:]", path[len("/v1/") :], maxsplit=1)[0]
+
+
 def _route_errors(app: FastAPI) -> None:
     """OpenAI's error shape on the OpenAI paths; the app's own handlers elsewhere."""
     http_handler: Handler = app.exception_handlers.get(HTTPException) or http_exception_handler
@@ -125,11 +132,16 @@ def _route_errors(app: FastAPI) -> None:
     def is_openai(request: Request) -> bool:
         return is_openai_path(request.url.path)
 
+    def own(path: str) -> bool:  # under a /v1 route of the gateway's own API (the app's routes by then: all)
+        routes = (r.path for r in app.routes if isinstance(r, APIRoute) and not is_openai_path(r.path))
+        return _first_part(path) in {_first_part(route) for route in routes if route.startswith("/v1/")}
+
     async def on_http(request: Request, exc: HTTPException) -> Response:
         path = request.url.path
-        if exc.status_code == 404 and "endpoint" not in request.scope and path.startswith("/v1/"):
-            # No route at all (the gateway's own 404s come from a route): an OpenAI client's call of an endpoint
-            # the gateway does not have gets an error its client can read, as OpenAI answers it.
+        unrouted = exc.status_code == 404 and "endpoint" not in request.scope
+        if unrouted and path.startswith("/v1/") and (is_openai(request) or not own(path)):
+            # No route at all, and none of the gateway's own API's (/v1/tasks...: its own 404s come from a route):
+            # an OpenAI client's call of an endpoint the gateway does not have gets an error it can read.
             message = f"unknown request URL: {request.method} {path}"
             return OpenAIError(404, message, code="unknown_url").response()
         if not is_openai(request):

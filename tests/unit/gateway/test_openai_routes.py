@@ -78,10 +78,12 @@ async def test_errors_answered_before_any_route_have_openais_shape_on_its_paths(
     chat = {"model": "m", "messages": [{"role": "user", "content": "x" * 1_100_000}]}  # past the 1 MiB default
     async with gateway_over_streaming_peer(peer, tmp_path) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-            large = await http.post("/v1/chat/completions", json=chat)
-            assert large.status_code == 413
-            assert set(large.json()["error"]) == {"message", "type", "param", "code"}
-            assert "exceeds the limit" in large.json()["error"]["message"]
+            for path in ("/v1/chat/completions", "/v1/chat/completions/"):  # OpenAI's path, with its slash too
+                large = await http.post(path, json=chat)
+                assert large.status_code == 413, path
+                assert set(large.json()["error"]) == {"message", "type", "param", "code"}
+                assert "exceeds the limit" in large.json()["error"]["message"]
+                assert large.json()["error"]["code"] == "request_too_large"
             rebound = await http.post("/v1/chat/completions", json={"model": "m"}, headers={"Host": "evil.example"})
             assert rebound.status_code == 421 and "Host header" in rebound.json()["error"]["message"]
             unknown = await http.post("/v1/audio/speech", json={"model": "m", "input": "hi"})
@@ -95,4 +97,7 @@ async def test_errors_answered_before_any_route_have_openais_shape_on_its_paths(
             assert rebound_own.status_code == 421 and "Host header" in rebound_own.json()["detail"]
             no_task = await http.get("/v1/tasks/no-such-task")
             assert no_task.status_code == 404 and "no task" in no_task.json()["detail"]
+            for path in ("/v1/tasks/t/x", "/v1/tasks:batchh", "/v1/nodes/x", "/v1/reputation/x"):  # its typos
+                typo = await http.get(path)
+                assert typo.status_code in (404, 405) and "detail" in typo.json(), (path, typo.text)
     assert peer.task_ids == []
