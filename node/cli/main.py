@@ -49,10 +49,13 @@ def _share(text: str) -> float:
 
 def _positive_int(text: str) -> int:
     """An integer >= 1 (argparse type)."""
-    value = _number(text)
-    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+    try:
+        value = int(text)  # exact past 2**53, where a float would not be
+    except ValueError:
+        value = 0
+    if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return int(value)
+    return value
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:

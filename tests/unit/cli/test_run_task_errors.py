@@ -29,6 +29,7 @@ BAD_FLAGS = [
     (["--max-tokens", "abc"], "--max-tokens: must be a whole number of at least 1, not 'abc'"),
     (["--max-tokens", "1.5"], "--max-tokens: must be a whole number of at least 1"),
     (["--max-tokens", "inf"], "--max-tokens: must be a whole number of at least 1"),
+    (["--max-tokens", "1e3"], "--max-tokens: must be a whole number of at least 1"),
     (["--verify", "half"], "--verify: must be within 0..1, not 'half'"),
 ]
 
