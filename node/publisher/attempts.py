@@ -43,6 +43,7 @@ from node.publisher.inbox import ID_TAKEN
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.tasks import Task, TaskResult, generation_budget
+from node.wire.topics import CUT_SHORT_MARK
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +340,10 @@ class AttemptLoop:
         self._record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
         if self.doubted is not None:  # its node said the task could not run; another ran it
             log.warning("a deterministic error was contradicted", node=self.doubted.node, error=self.doubted.reason)
-            reputation.record_error(self.doubted.node)
+            if CUT_SHORT_MARK in self.doubted.reason:  # another model, or a sampled run, may fit where one did not
+                reputation.record_declined(self.doubted.node)
+            else:
+                reputation.record_error(self.doubted.node)
         if self.speaker is not None and not self._speaks(attempt):  # the caller has another node's text
             log.info("result not used: another node's text was streamed", task_id=attempt.task_id, node=attempt.node)
             del self.attempts[attempt.task_id]

@@ -27,6 +27,9 @@ FIRST_MODEL = "!"
 # An error result starting with this fails the same way on any node: publishers do not retry it.
 # Every other error is transient (busy, interrupted, a model or engine failure, a deadline).
 DETERMINISTIC_ERROR_PREFIX = "Invalid prompt: "
+# In the error of an answer under a schema that max_tokens cut short (workflows/operators.py `generate`): the
+# workflow's own max_tokens makes it deterministic, but another model or a sampled run may fit where one did not.
+CUT_SHORT_MARK = "(max_tokens reached"
 # Transient errors a node's ledger and a publisher tell apart by their start: no capacity now, and a run that
 # was cut off (a shutdown, a restart of the node or of its execution process).
 BUSY_PREFIX = "busy: "

@@ -26,7 +26,7 @@ from node.publisher.client import (
     TaskTimeoutError,
     TaskTooLargeError,
 )
-from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+from node.wire.topics import CUT_SHORT_MARK, DETERMINISTIC_ERROR_PREFIX
 
 # The OpenAI paths: errors there have OpenAI's shape, even those answered before a route runs.
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
@@ -48,7 +48,7 @@ _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_excee
 BUSY_REASON = "busy"  # how a node that declined for lack of capacity says so (DeclinedError reason prefix)
 # What a node's error says when max_tokens cut a JSON answer or a tool call short (workflows/operators.py
 # `generate`), and when the prompt and max_tokens do not fit the model's context (ContextTooSmallError).
-TRUNCATED_JSON = "(max_tokens reached"
+TRUNCATED_JSON = CUT_SHORT_MARK
 CONTEXT_OVERFLOW = "does not fit the model's context"
 
 

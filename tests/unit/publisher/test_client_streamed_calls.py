@@ -104,6 +104,23 @@ async def test_a_node_that_claims_a_deterministic_error_is_contradicted_by_a_sec
     assert client.reputation.view(liar.identity.address).errors > 0
 
 
+async def test_a_cut_short_answer_another_node_fits_marks_its_node_as_a_decline_not_an_error() -> None:
+    """A cut at the task's max_tokens is `Invalid prompt: ` (as short on any node of one model, greedy), but
+    another model or a sampled run may fit where one did not: the node that said so is not marked an error."""
+    cut = "Invalid prompt: task 'a' failed: the model's answer is not complete JSON for the schema "
+    short = StreamingPeer([], "", error=cut + "(max_tokens reached: 12; raise it or bound the schema)")
+    fits = StreamingPeer([], "{}")
+    async with client_of_many([short, fits], max_retries=2) as client:
+        for _ in range(200):  # as above: until the cutting node has had one
+            result = await client.execute(Task(workflow={}, models=["m"]), timeout=10)
+            assert result.node == fits.identity.address
+            if short.task_ids:
+                break
+    assert short.task_ids, "the cutting node was never chosen: nothing was tested"
+    view = client.reputation.view(short.identity.address)
+    assert (view.errors, view.busy) == (0, len(short.task_ids))
+
+
 async def test_a_deterministic_error_two_nodes_agree_on_ends_the_call_at_once() -> None:
     a = StreamingPeer([], "", error="Invalid prompt: the context cannot hold it")
     b = StreamingPeer([], "", error="Invalid prompt: the context cannot hold it")
