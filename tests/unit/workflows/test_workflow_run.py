@@ -11,6 +11,7 @@ import pytest
 
 from models.batching import BatchedLlamaModel
 from models.requests import Generation, GenerationRequest, TextSink
+from node.wire.topics import CUT_SHORT_MARK
 from tests.support.protocol_files import EXAMPLES
 from workflows import (
     EngineOptions,
@@ -182,6 +183,7 @@ async def test_json_cut_short_names_the_limit_that_cut_it(
                 parse_workflow(workflow), cast(Any, _CutShort()), options=EngineOptions(max_tokens_cap=cap)
             )
         assert advice in str(caught.value)  # raising max_tokens cannot help when this node's cap cut it
+        assert CUT_SHORT_MARK in str(caught.value)  # what publishers and the gateway look for
         assert caught.value.deterministic is deterministic
         assert public_error_text(caught.value).startswith(INVALID_PROMPT) is deterministic
 
