@@ -243,7 +243,8 @@ class PeerProcess:
             except ValueError:
                 continue
             if entry.get("event") == "model loaded":
-                logger = str(entry.get("logger", ""))
+                # The execution process's lines reach the daemon's log under its logger, naming their own.
+                logger = str(entry.get("exec_logger") or entry.get("logger", ""))
                 name = _MODEL_CLASSES.get(logger, f"model class of logger {logger!r}")
                 return f"{name}, parallel {entry['parallel']}" if "parallel" in entry else name
         return "unknown (no model_loaded log line)"
