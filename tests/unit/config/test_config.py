@@ -1,5 +1,6 @@
 """Settings precedence (defaults < TOML < environment < CLI) and clear errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,28 @@ def test_example_config_loads() -> None:
     settings = Settings.load(example)
     assert settings.data_dir == Path("/var/lib/compute-node")
     assert settings.listen == ["/ip4/0.0.0.0/tcp/4001"] and settings.max_queue == 8
+
+
+def test_the_example_config_loads_with_every_commented_setting_and_table_uncommented(tmp_path: Path) -> None:
+    # An operator uncommenting the registry example got "registry entry 'my-model:7b' is invalid: drain_timeout:
+    # Extra inputs are not permitted": the top-level keys after it fell into its TOML table (a user's find).
+    example = (Path(__file__).resolve().parents[3] / "config" / "example.toml").read_text()
+    setting = re.compile(r"^# (\[[^\]]+\]|[A-Za-z_][A-Za-z0-9_]* = )")
+    uncommented = "\n".join(line[2:] if setting.match(line) else line for line in example.splitlines())
+    assert uncommented.count("[registry.") == 3 and "[tool_secrets." in uncommented
+    (tmp_path / "mine.gguf").write_bytes(b"")
+    key = tmp_path / "node.key"
+    key.write_text("11" * 32)
+    key.chmod(0o600)
+    here = {"/srv/models/my-model-7b.Q4_K_M.gguf": str(tmp_path / "mine.gguf"), "/etc/compute-node/node.key": str(key)}
+    for there, mine in here.items():
+        uncommented = uncommented.replace(there, mine)
+    path = tmp_path / "all.toml"
+    path.write_text(uncommented)
+    settings = Settings.load(path)
+    assert settings.drain_timeout == 30 and settings.http_port == 9090 and settings.search_url is not None
+    assert set(settings.registry) == {"my-model:7b", "qwen2.5:0.5b-instruct-q4_K_M", "llama3.1:8b-instruct-fp16"}
+    assert list(settings.tool_secrets) == ["api.example.com"]
 
 
 def test_an_unknown_model_stops_the_start_naming_it(tmp_path: Path) -> None:
