@@ -92,9 +92,11 @@ class GatewayService:
         # At most one per task followed, so bounded by the pending caps.
         self._unsaved: dict[str, dict[str, Any]] = {}
         self._saver: asyncio.Task[None] | None = None
+        self.started_at: float | None = None  # loop time of `start`: nodes' heartbeats come in the seconds after
 
     async def start(self) -> None:
         """Join the network and resume waiting for tasks left pending by an earlier run."""
+        self.started_at = asyncio.get_running_loop().time()
         await self.client.start()
         for record in self.store.pending():
             if record.id in self._finished:  # submitted by this run while it joined the network: `_run` follows it

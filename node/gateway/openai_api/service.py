@@ -25,6 +25,10 @@ from node.publisher.client import ClientError, Task, TaskResult
 
 log = structlog.get_logger(__name__)
 
+# After the gateway starts, how long a request for a model no node serves yet waits for the nodes' heartbeats.
+JOINING_S = 10.0
+JOIN_POLL_S = 0.1
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -80,11 +84,12 @@ class OpenAIService:
                 return card
         raise OpenAIError(404, f"the model {model!r} is not served by any live node (see GET /v1/models)", "model")
 
-    def prepare(self, request: ChatCompletionRequest) -> Prepared:
-        """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model."""
+    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model (in the
+        first JOINING_S of the gateway, once one had the time to say so)."""
         timeout = self.settings.default_timeout
         workflow = workflow_for(request, timeout)
-        if not self.gateway.client.nodes.serving([request.model]):
+        if not await self._served(request.model):
             raise OpenAIError(
                 404, f"the model {request.model!r} is not served by any live node (see GET /v1/models)", "model"
             )
@@ -94,6 +99,19 @@ class OpenAIService:
             timeout=timeout,
             max_tokens=max_tokens_of(request),
         )
+
+    async def _served(self, model: str) -> bool:
+        """Whether a live node serves `model`; while the gateway joins the network (a restart: the requests
+        its socket held), it waits for the nodes' first heartbeats: a 404 is an answer OpenAI's client never
+        retries, and it came for ~3.4 s after each restart."""
+        loop, nodes = asyncio.get_running_loop(), self.gateway.client.nodes
+        started = self.gateway.started_at
+        joined_at = (started if started is not None else loop.time()) + JOINING_S
+        while not nodes.serving([model]):
+            if loop.time() >= joined_at:
+                return False
+            await asyncio.sleep(JOIN_POLL_S)
+        return True
 
     def hold(self, key: str) -> Callable[[], None]:
         """Count a completion in flight until the returned release is called (once or more);
