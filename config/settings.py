@@ -82,7 +82,11 @@ class Settings(LayeredSettings):
 
     # Models and runtime
     models: StrList = Field(default=[DEFAULT_MODEL], min_length=1, description="Models to host")
-    registry: dict[str, dict[str, Any]] = Field(default={}, description="Extra/override registry entries")
+    registry: dict[str, dict[str, Any]] = Field(
+        default={},
+        description="Registry entries beside (or over) the built-in models; from the environment or a flag they "
+        "replace the file's, as every setting does",
+    )
     n_ctx: int = Field(
         default=2048,
         ge=256,

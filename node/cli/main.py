@@ -267,6 +267,7 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
     from node.publisher.verification import ResultVerifier
     from node.wire.identity import IdentityError
+    from node.wire.topics import BUSY_PREFIX
 
     scorers = LocalScorers(Settings(), args.data_dir.expanduser() / "scoring") if args.verify > 0 else None
     try:
@@ -288,11 +289,15 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
         return EXIT_TIMEOUT
     except (TaskFailedError, ClientError, ValueError) as exc:  # a failed task's reason is the node's own text
         print(f"compute-node: {inert(_first_error(exc))}", file=sys.stderr)
-        return EXIT_ERROR
+        # Every node that could take it was busy (or paused): as when none was found, a script may try again.
+        busy = isinstance(exc, TaskFailedError) and exc.reason.startswith(BUSY_PREFIX)
+        return EXIT_TIMEOUT if busy else EXIT_ERROR
     finally:
         await asyncio.shield(client.close())
         if scorers is not None:
             scorers.close()
+    if args.verify >= 1 and result.verified is None:  # asked for every result, and this one could not be
+        print(f"compute-node: warning: not verified: no scorer for its model {inert(result.model)!r}", file=sys.stderr)
     # The node's text: as it is into a pipe or a file (the caller's data), inert on a terminal.
     print(inert(result.text, keep="\n\t") if sys.stdout.isatty() else result.text)
     return 0

@@ -87,6 +87,19 @@ def test_run_task_verifies_the_result_against_a_bf16_scoring_copy(node: NodeProc
     assert row["verify_passed"] > 0.99 and row["verify_failed"] == 0
 
 
+def test_run_task_warns_when_a_result_it_was_to_verify_could_not_be(tmp_path: Path) -> None:
+    # A model this publisher has no scorer for (an alias only the node knows): it exited 0, silent, unverified.
+    registry = json.dumps({"tiny:1b": {"alias": "smollm2:135m"}})
+    node = NodeProcess(tmp_path / "node", env=cli_env(COMPUTE_NODE_REGISTRY=registry, COMPUTE_NODE_MODELS="tiny:1b"))
+    try:
+        args = ("--peer", node.addr, "--model", "tiny:1b", "--prompt", "Hi", "--max-tokens", "8", "--verify", "1")
+        done = run_task(*args, "--data-dir", str(tmp_path / "publisher"))
+        assert done.returncode == 0 and done.stdout.strip(), done.stderr
+        assert "compute-node: warning: not verified: no scorer for its model 'tiny:1b'" in done.stderr, done.stderr
+    finally:
+        assert node.stop(signal.SIGTERM) == 0
+
+
 def test_run_task_with_a_workflow_file(node: NodeProcess) -> None:
     workflow = EXAMPLES / "simple_omitted.json"
     done = run_task(

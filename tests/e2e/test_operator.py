@@ -78,6 +78,8 @@ async def test_paused_node_takes_nothing_stays_paused_across_restart_and_the_led
         node = NodeProcess(data, env=env)  # a restart keeps the operator's pause
         assert status_of(port)["paused"]["paused"]
         assert await stream_answer(node.addr) == ("busy", "paused")
+        busy = cli("run-task", "--peer", node.addr, "--model", MODEL, "--prompt", "Hi", "--timeout", "20")
+        assert busy.returncode == 2 and "busy: paused" in busy.stderr, busy.stderr  # as no node: a script retries
         resumed = cli("resume", "--data-dir", data, "--http-port", port)
         assert resumed.returncode == 0 and "paused: false" in resumed.stdout, resumed.stderr
         assert status_of(port)["capacity"]["free"] > 0
