@@ -46,6 +46,11 @@ class PauseState:
         self._operator: PauseFile | None = read_pause_file(self._path)
         self._busy_since: float | None = None
         self._busy_reason: str | None = None
+        if self._operator is not None:  # kept from before this start: only /status said so
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._operator.since))
+            log.warning(
+                "node paused by the operator: it takes no task until resumed", since=started, path=str(self._path)
+            )
 
     @property
     def paused(self) -> bool:

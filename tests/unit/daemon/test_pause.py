@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from node.daemon.admission import Admission, BusyError
 from node.daemon.pause import PAUSE_FILE, PauseState
@@ -18,7 +19,9 @@ def test_operator_pause_survives_a_new_state_until_resumed(tmp_path: Path) -> No
     view = state.pause()
     assert view.paused and view.operator and view.since is not None
     assert (tmp_path / PAUSE_FILE).exists()
-    again = PauseState(tmp_path)  # as after a restart
+    with capture_logs() as logs:
+        again = PauseState(tmp_path)  # as after a restart: it says so (only /status did)
+    assert [e["log_level"] for e in logs if e["event"].startswith("node paused by the operator")] == ["warning"]
     assert again.paused and again.view().reason == "operator"
     assert not again.resume().paused
     assert not (tmp_path / PAUSE_FILE).exists()
