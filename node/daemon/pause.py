@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +24,8 @@ PAUSE_FILE = "paused.json"
 class PauseFile(BaseModel):
     """What `<data_dir>/paused.json` holds while the operator keeps the node paused."""
 
-    since: float  # unix seconds
-    reason: str = "operator"
+    since: float = Field(ge=0, le=2**33, allow_inf_nan=False)  # unix seconds (else the file reads as damaged)
+    reason: str = Field(default="operator", max_length=200)
 
 
 class PauseView(BaseModel):
@@ -46,11 +46,9 @@ class PauseState:
         self._operator: PauseFile | None = read_pause_file(self._path)
         self._busy_since: float | None = None
         self._busy_reason: str | None = None
-        if self._operator is not None:  # kept from before this start: only /status said so
-            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._operator.since))
-            log.warning(
-                "node paused by the operator: it takes no task until resumed", since=started, path=str(self._path)
-            )
+        if self._operator is not None:  # kept from before this start: only /status said so (`since` as the file has it)
+            since, path = self._operator.since, str(self._path)
+            log.warning("node paused by the operator: it takes no task until resumed", since=since, path=path)
 
     @property
     def paused(self) -> bool:

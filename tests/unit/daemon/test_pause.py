@@ -31,6 +31,10 @@ def test_operator_pause_survives_a_new_state_until_resumed(tmp_path: Path) -> No
 def test_a_damaged_pause_file_still_means_paused(tmp_path: Path) -> None:
     (tmp_path / PAUSE_FILE).write_text("{not json")
     assert PauseState(tmp_path).paused
+    for since in ("1e20", "-1e20", "Infinity", "NaN"):  # a start that logs it must not fail on it (a reviewer's find)
+        (tmp_path / PAUSE_FILE).write_text(f'{{"since": {since}}}')
+        state = PauseState(tmp_path)
+        assert state.paused and 0 < (state.view().since or 0) < 2**33  # /status writes it as JSON
 
 
 def test_machine_busy_pauses_and_ends_by_itself_but_not_the_operators(tmp_path: Path) -> None:
