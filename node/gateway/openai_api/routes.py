@@ -58,7 +58,7 @@ def add_openai_routes(app: FastAPI, service: OpenAIService, caller: Callable[...
         request: ChatCompletionRequest, key: Annotated[str, Depends(caller)], http: Request
     ) -> ChatCompletion | Response:
         """A chat completion, run as a one-step workflow task by a node of the network."""
-        prepared = await service.prepare(request)
+        prepared = await service.prepare(request, key)
         try:
             if request.stream:
                 include_usage = request.stream_options is not None and request.stream_options.include_usage

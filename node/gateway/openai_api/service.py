@@ -84,12 +84,12 @@ class OpenAIService:
                 return card
         raise OpenAIError(404, f"the model {model!r} is not served by any live node (see GET /v1/models)", "model")
 
-    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+    async def prepare(self, request: ChatCompletionRequest, key: str) -> Prepared:
         """The request as a task: 400 if the network cannot run it, 404 if no live node serves the model (in the
         first JOINING_S of the gateway, once one had the time to say so)."""
         timeout = self.settings.default_timeout
         workflow = workflow_for(request, timeout)
-        if not await self._served(request.model):
+        if not await self._served(request.model, key):
             raise OpenAIError(
                 404, f"the model {request.model!r} is not served by any live node (see GET /v1/models)", "model"
             )
@@ -100,18 +100,24 @@ class OpenAIService:
             max_tokens=max_tokens_of(request),
         )
 
-    async def _served(self, model: str) -> bool:
+    async def _served(self, model: str, key: str) -> bool:
         """Whether a live node serves `model`; while the gateway joins the network (a restart: the requests
         its socket held), it waits for the nodes' first heartbeats: a 404 is an answer OpenAI's client never
-        retries, and it came for ~3.4 s after each restart."""
+        retries, and it came for ~3.4 s after each restart. A waiting request counts against the pending caps."""
         loop, nodes = asyncio.get_running_loop(), self.gateway.client.nodes
         started = self.gateway.started_at
         joined_at = (started if started is not None else loop.time()) + JOINING_S
-        while not nodes.serving([model]):
-            if loop.time() >= joined_at:
-                return False
-            await asyncio.sleep(JOIN_POLL_S)
-        return True
+        if nodes.serving([model]) or loop.time() >= joined_at:
+            return nodes.serving([model])
+        release = self.hold(key)  # TooManyPendingError past a cap, as for the completion it may become
+        try:
+            while not nodes.serving([model]):
+                if loop.time() >= joined_at:
+                    return False
+                await asyncio.sleep(JOIN_POLL_S)
+            return True
+        finally:
+            release()
 
     def hold(self, key: str) -> Callable[[], None]:
         """Count a completion in flight until the returned release is called (once or more);
