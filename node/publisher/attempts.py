@@ -437,7 +437,11 @@ def _id_taken(attempt: Attempt) -> bool:
 
 
 def checked(attempt: Attempt) -> TaskResult:
-    """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed."""
+    """The attempt's result (TaskFailedError as it came); it must extend the text its node streamed. A node that
+    accepted the task on its stream, then says it ran another key's under its id (`_id_taken` is False), lies:
+    its error is an ordinary one, not TaskIdTakenError, which tells a caller a retry may go at once."""
+    if not attempt.result.cancelled() and isinstance(taken := attempt.result.exception(), TaskIdTakenError):
+        raise TaskFailedError(attempt.task_id, f"it accepted the task, then said {taken.reason}", attempt.node)
     result: TaskResult = attempt.result.result()
     streamed = attempt.direct.progress_text if attempt.direct is not None else ""
     if streamed and result.ciphertext is None and not result.text.startswith(streamed):

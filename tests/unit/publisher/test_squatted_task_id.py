@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop
-from node.publisher.errors import TaskIdTakenError
+from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
@@ -151,8 +151,10 @@ async def test_a_call_goes_to_the_next_node_at_once_under_a_new_id_as_after_a_de
 async def test_a_node_that_accepted_our_task_on_its_stream_and_then_says_so_is_marked_with_an_error() -> None:
     # It would shed any task unmarked (a reviewer's find): an honest node declines a duplicate on the stream.
     net = SquattedNet(accepted_on_a_stream=True)
-    with pytest.raises(TaskIdTakenError):  # an error result like any other: a retry, and none is left
+    with pytest.raises(TaskFailedError) as caught:  # an error result like any other: a retry, and none is left
         await asyncio.wait_for(net.run(), 5)
+    assert not isinstance(caught.value, TaskIdTakenError)  # which would tell the caller to retry at once
+    assert "it accepted the task, then said it ran another publisher's task" in caught.value.reason
     assert net.sent == [("t0", net.squatted.address)]
     view = net.reputation.view(net.squatted.address)
     assert (view.errors, view.busy) == (1, 0)
