@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import Counter
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -353,12 +353,17 @@ class Client:
     def _no_node(self, timeout: float, models: list[str]) -> NoNodeError:
         live = self.nodes.live()
         serving = sum(node.serves(models) for node in live)
-        # Each node lends its names one vote among them: one key's many names rank after names nodes share.
-        hosts: Counter[str] = Counter()
+        # Names of nodes measured serving first (keys are free; measurement is not), then by votes: each node
+        # lends its names one vote among them, so one key's many names rank after the names nodes share.
+        votes: dict[str, Fraction] = {}
+        measured: set[str] = set()
         for node in live:
             names = {name[:MAX_SHOWN_NAME] for name in node.models}
-            hosts.update({name: 1 / len(names) for name in names})
-        served = sorted(hosts, key=lambda name: (-hosts[name], name))
+            for name in names:
+                votes[name] = votes.get(name, Fraction(0)) + Fraction(1, len(names))
+            if self.reputation.served(node.address):
+                measured |= names
+        served = sorted(votes, key=lambda name: (name not in measured, -votes[name], name))
         return NoNodeError(timeout, models, len(live), serving, served)
 
     async def submit(self, task: Task, timeout: float = 60.0, proof: bool = False) -> str:

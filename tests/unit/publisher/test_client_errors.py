@@ -116,3 +116,20 @@ async def test_the_models_named_are_those_most_nodes_host() -> None:
     assert isinstance(junk.body, HeartbeatBody) and client.nodes.update(junk.sender, junk.body)
     error = client._no_node(5, ["llama"])
     assert error.served[:2] == ["smol", "tiny"] and "hosting 'smol', 'tiny', '!00'" in str(error)
+
+
+async def test_the_models_of_nodes_measured_serving_are_named_before_any_throwaway_keys() -> None:
+    # Ten fresh keys of one name each outvoted an honest node's four names (a reviewer's find); and 7 x 1/7 is 1.
+    client = Client(peers=[])
+    honest = Identity.generate()
+    for identity, models in [(honest, ["a", "b", "c", "d"])] + [(Identity.generate(), [f"!{i}"]) for i in range(10)]:
+        inbound = signed_heartbeat(identity, models)
+        assert isinstance(inbound.body, HeartbeatBody) and client.nodes.update(inbound.sender, inbound.body)
+    for _ in range(3):
+        client.reputation.record_result(honest.address, 2.0, 60, 1.5, 30)
+    assert client._no_node(5, ["llama"]).served[:4] == ["a", "b", "c", "d"]
+    ties = Client(peers=[])
+    for identity, models in [(Identity.generate(), [f"y{i}" for i in range(7)] + ["x"]), (Identity.generate(), ["y0"])]:
+        inbound = signed_heartbeat(identity, models)
+        assert isinstance(inbound.body, HeartbeatBody) and ties.nodes.update(inbound.sender, inbound.body)
+    assert ties._no_node(5, ["llama"]).served[:2] == ["y0", "x"]  # 1/8 + 1 first; then x before y1 (equal votes)
