@@ -212,8 +212,12 @@ class EgressPolicy:
         literal = _ip_literal(host)
         path = url.raw_path.split(b"?", 1)[0].decode("ascii", errors="replace")
         for target, values in self.settings.secret_entries:
-            if target.covers(method, host, port, literal, path):
+            if not target.reaches(method, host, port, literal):
+                continue
+            if target.covers(path):
                 headers.update({k: v.get_secret_value() for k, v in values.items()})
+            elif path == target.path or path.startswith(target.path + "/"):  # under it, but not plain (options.py)
+                log.debug("tool secret withheld: the request's path is not plain", host=host, prefix=target.path)
         return headers
 
 

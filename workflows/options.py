@@ -64,21 +64,20 @@ class SecretTarget:
     path: str = "/"
     methods: frozenset[str] | None = None  # None: any a tool may send
 
-    def covers(self, method: str, host: str, port: int, address: IPAddress | None, raw_path: str) -> bool:
-        """Whether an https `method` request to `host`:`port` (`address`: the host as an IP literal) for
-        `raw_path` (as sent, without its query) gets the headers."""
+    def reaches(self, method: str, host: str, port: int, address: IPAddress | None) -> bool:
+        """Whether an https `method` request to `host`:`port` (`address`: the host as an IP literal) is one the
+        key names, whatever its path."""
         if (self.entry.port or 443) != port or (self.methods is not None and method.upper() not in self.methods):
             return False
         if self.entry.name is not None:
-            if self.entry.name != host:
-                return False
-        elif address is None or not self.entry.permits(host, port, address):
-            return False
+            return self.entry.name == host
+        return address is not None and self.entry.permits(host, port, address)
+
+    def covers(self, raw_path: str) -> bool:
+        """Whether a request the key `reaches` for `raw_path` (as sent, without its query) gets the headers."""
         if self.path == "/":
             return True
-        if not _plain(raw_path):
-            return False
-        return raw_path == self.path or raw_path.startswith(self.path + "/")
+        return _plain(raw_path) and (raw_path == self.path or raw_path.startswith(self.path + "/"))
 
 
 SECRET_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})  # a key may name these
@@ -86,7 +85,7 @@ SECRET_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})  #
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,=:@/")
 # In a request's path, besides those: ";" (a segment's parameters) and escapes of these only, which every
 # server decodes alike (never a dot, slash, backslash, semicolon, percent, control or non-ASCII byte).
-_ESCAPABLE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~")
+_ESCAPABLE = _PATH_CHARS - {".", "/"}
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
@@ -98,16 +97,22 @@ def _plain(raw_path: str) -> bool:
     unescaped = _ESCAPE.sub(lambda m: "" if chr(int(m.group(1), 16)) in _ESCAPABLE else "%", raw_path)
     if "%" in unescaped:  # an escape of anything else, or a "%" that starts none
         return False
-    return not any(segment.split(";", 1)[0] in (".", "..") for segment in raw_path.split("/"))
+    return not any(_dots(segment.split(";", 1)[0]) for segment in raw_path.split("/"))
+
+
+def _dots(segment: str) -> bool:
+    """A segment of dots only: ".", "..", and "..." (which some servers trim to nothing)."""
+    return segment != "" and set(segment) == {"."}
 
 
 def _ambiguous(path: str) -> bool:
     """A key's path that is not plain: dot segments (its characters are checked apart)."""
-    return any(segment in (".", "..") for segment in path.split("/"))
+    return any(_dots(segment) for segment in path.split("/"))
 
 
 # A secret key's host part (a network is checked apart): a name or an IP literal, and a port.
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST = re.compile(rf"(\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::([0-9]{{1,5}}))?")
 
 
 def secret_target(key: str) -> SecretTarget:
@@ -131,12 +136,13 @@ def secret_target(key: str) -> SecretTarget:
         where, slash, tail = text.partition("/")
         if slash and not _is_network(text):
             path = "/" + tail
-            if _is_network(f"{where}/{tail.split('/', 1)[0]}"):
-                raise ValueError(f"{key!r}: a network takes no path")
+            if _is_network(f"{where}/{tail.split('/', 1)[0].split(':', 1)[0]}"):
+                raise ValueError(f"{key!r}: a network takes no path (nor a port after its prefix length)")
             if any(c not in _PATH_CHARS for c in tail) or _ambiguous(path) or "//" in path:
                 raise ValueError(f"{key!r}: a path of plain segments only (no escapes, '.', '..', '?' or '#')")
             text = where
-    if not text or (not _is_network(text) and _HOST.fullmatch(text) is None):
+    host = None if _is_network(text) else _HOST.fullmatch(text)
+    if not text or (host is None and not _is_network(text)) or (host and host[2] and not 0 < int(host[2]) < 65536):
         raise ValueError(f"{key!r}: write 'host', 'host:port', 'https://host[:port]' or 'https://host[:port]/path'")
     return SecretTarget(AllowEntry.parse(text), path, methods)
 

@@ -125,6 +125,8 @@ def test_a_key_with_a_path_sends_its_secret_under_that_path_only() -> None:
         "/v1/repos/ours/\uff0e\uff0e/\uff0e\uff0e/user",  # fullwidth dots (httpx sends them escaped)
         "/v1/repos/ours/%",
         "/v1/repos/ours/%zz",
+        "/v1/repos/ours/.../user",  # a segment of dots only: some servers trim it to nothing
+        "/v1/repos/ours/..%20/user",  # a space some servers trim
     ):
         assert _headers(scoped, f"https://api.x.com{path}") == {}, path
     # httpx resolves plain dot segments before sending: "/v1/repos/ours/../../user" is sent as "/v1/user".
@@ -132,6 +134,8 @@ def test_a_key_with_a_path_sends_its_secret_under_that_path_only() -> None:
     assert _headers(scoped, "https://api.x.com/v1/repos/ours/../../user") == {}
     assert _headers(scoped, "http://api.x.com/v1/repos/ours/x") == {}  # never over plain http
     assert _headers(scoped, "https://api.x.com/v1/repos/ours/%61b-%7E") == auth  # escapes of letters mean them
+    for plain in ("/v1/repos/ours/a%2Cb", "/v1/repos/ours/a%3Ab", "/v1/repos/ours/%40me", "/v1/repos/ours/..a"):
+        assert _headers(scoped, f"https://api.x.com{plain}") == auth, plain  # were withheld (a reviewer's find)
 
 
 def test_a_key_with_methods_sends_its_secret_with_those_methods_only() -> None:
@@ -170,6 +174,14 @@ def test_a_key_with_methods_sends_its_secret_with_those_methods_only() -> None:
         "https://api.x.com\\v1",
         "https://u@api.x.com/v1",
         "api.x.com:port",
+        "https://10.0.0.0/8:443",  # a network's prefix length read as a path
+        "api.x.com:99999",
+        "api.x.com:0",
+        "-",
+        ".",
+        "...",
+        "https://-bad.example/v1",
+        "https://api.x.com/v1/.../x",
     ],
 )
 def test_secret_keys_that_could_leak_are_refused(key: str) -> None:
