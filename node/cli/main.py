@@ -297,7 +297,12 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
         if scorers is not None:
             scorers.close()
     if args.verify >= 1 and result.verified is None:  # asked for every result, and this one could not be
-        print(f"compute-node: warning: not verified: no scorer for its model {inert(result.model)!r}", file=sys.stderr)
+        shown = inert(result.model)
+        print(
+            f"compute-node: warning: the result of {shown!r} is not verified (no scorer here, or its scorers could "
+            "not confirm it: see the log)",
+            file=sys.stderr,
+        )
     # The node's text: as it is into a pipe or a file (the caller's data), inert on a terminal.
     print(inert(result.text, keep="\n\t") if sys.stdout.isatty() else result.text)
     return 0

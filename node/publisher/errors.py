@@ -62,6 +62,7 @@ class NoNodeError(ClientError, TimeoutError):
             text = f"no live node hosting any of {models} seen within {timeout:g} s ({live} known{hosting}{more})"
         super().__init__(text)
         self.models = models
+        self.known = known
         self.serving = serving
         self.served = list(served)
 

@@ -95,7 +95,7 @@ def test_run_task_warns_when_a_result_it_was_to_verify_could_not_be(tmp_path: Pa
         args = ("--peer", node.addr, "--model", "tiny:1b", "--prompt", "Hi", "--max-tokens", "8", "--verify", "1")
         done = run_task(*args, "--data-dir", str(tmp_path / "publisher"))
         assert done.returncode == 0 and done.stdout.strip(), done.stderr
-        assert "compute-node: warning: not verified: no scorer for its model 'tiny:1b'" in done.stderr, done.stderr
+        assert "compute-node: warning: the result of 'tiny:1b' is not verified" in done.stderr, done.stderr
     finally:
         assert node.stop(signal.SIGTERM) == 0
 

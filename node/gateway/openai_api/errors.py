@@ -8,6 +8,7 @@
 421 invalid_request_error  a Host header that is not loopback, on a gateway without api_keys
 429 rate_limit_exceeded    the key's rate or pending limit, or every node busy
 502 api_error              a node failed the task
+503 api_error              no_nodes: no node of the network is reachable (the gateway lost it)
 504 timeout                no result before the timeout
 """
 
@@ -95,6 +96,8 @@ def error_body(path: str, status: int, detail: str) -> bytes:
 def from_client_error(exc: ClientError) -> OpenAIError:
     """The OpenAI error for a task the network did not complete."""
     if isinstance(exc, NoNodeError):
+        if not exc.known:  # no node at all: the gateway lost the network, not the model
+            return OpenAIError(503, f"no node of the network is reachable now: {exc}", code="no_nodes")
         if not exc.serving:  # none hosts it now (they did when the request was checked): not a busy network
             return OpenAIError(404, str(exc), "model", code="model_not_found")
         return OpenAIError(

@@ -159,6 +159,7 @@ def test_a_tool_call_an_honest_engine_cannot_make_is_a_502(text: str) -> None:
         (TaskFailedError("t", "busy: model m has 1 running and 8 queued tasks", "0xab"), 429, "nodes_busy"),
         (NoNodeError(5, ["m"], 2, 1), 429, "nodes_busy"),
         (NoNodeError(5, ["m"], 2), 404, "model_not_found"),  # none hosts it now: not a busy network
+        (NoNodeError(5, ["m"], 0), 503, "no_nodes"),  # no node at all: the gateway lost the network
         (TaskTimeoutError("t", 5), 504, "timeout"),
         (TaskFailedError("t", "model error: out of memory", "0xab"), 502, "node_error"),
         # The same on every node, and the caller's to change: a 502 made OpenAI's client send it three times.
