@@ -90,8 +90,8 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 def _plain(raw_path: str) -> bool:
-    """Whether a request's path means one thing to every server: no dot segments (also behind ";"), only
-    `_PATH_CHARS`, ";" and escapes of `_ESCAPABLE`."""
+    """Whether a request's path means one thing to every server: no segment of dots only (also behind ";"),
+    only `_PATH_CHARS`, ";" and escapes of `_ESCAPABLE`."""
     if not all(c in _PATH_CHARS or c in ";%" for c in raw_path):
         return False
     unescaped = _ESCAPE.sub(lambda m: "" if chr(int(m.group(1), 16)) in _ESCAPABLE else "%", raw_path)
@@ -106,7 +106,7 @@ def _dots(segment: str) -> bool:
 
 
 def _ambiguous(path: str) -> bool:
-    """A key's path that is not plain: dot segments (its characters are checked apart)."""
+    """A key's path that is not plain: a segment of dots only (its characters are checked apart)."""
     return any(_dots(segment) for segment in path.split("/"))
 
 
