@@ -15,25 +15,16 @@ from node.cli.gateway import add_gateway_command, run_gateway
 from node.cli.models import add_models_commands, run_models_command
 from node.cli.nodes import PUBLISHER_DATA_DIR, add_nodes_command, reputation_path, run_nodes
 from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
-from node.cli.settings import add_settings_flags, settings_from
+from node.cli.settings import add_settings_flags, flag_number, settings_from
 from node.ops.inert_text import inert
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
 
-def _number(text: str) -> float:
-    """`text` as a number; NaN when it is none, which every check below refuses with its own message (a
-    ValueError would make argparse say "invalid _seconds value")."""
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type)."""
-    value = _number(text)
+    value = flag_number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
@@ -41,7 +32,7 @@ def _seconds(text: str) -> float:
 
 def _share(text: str) -> float:
     """A share within 0..1 (argparse type)."""
-    value = _number(text)
+    value = flag_number(text)
     if not 0.0 <= value <= 1.0:  # NaN fails both
         raise argparse.ArgumentTypeError(f"must be within 0..1, not {text!r}")
     return value

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
 
 from config.settings import Settings
+from node.cli.settings import flag_number
 
 EXIT_ERROR = 1
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
@@ -42,10 +42,7 @@ def add_operate_commands(
 
 def _days(text: str) -> float:
     """A finite number of days >= 0 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:  # argparse would say "invalid _days value"
-        value = math.nan
+    value = flag_number(text)
     if not 0 <= value < 1e6:  # NaN and inf fail too
         raise argparse.ArgumentTypeError(f"must be a number of days >= 0, not {text!r}")
     return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import typing
 from pathlib import Path
@@ -12,6 +13,15 @@ from typing import TypeVar
 from config.layered import LayeredSettings
 
 S = TypeVar("S", bound=LayeredSettings)
+
+
+def flag_number(text: str) -> float:
+    """A flag's text as a number; NaN when it is none, which every range check refuses with its own message (a
+    ValueError from an argparse type makes argparse say "invalid _seconds value")."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def add_settings_flags(

@@ -47,9 +47,8 @@ _TYPES = {
 }
 _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
 BUSY_REASON = "busy"  # how a node that declined for lack of capacity says so (DeclinedError reason prefix)
-# What a node's error says when max_tokens cut a JSON answer or a tool call short (workflows/operators.py
-# `generate`), and when the prompt and max_tokens do not fit the model's context (ContextTooSmallError).
-TRUNCATED_JSON = CUT_SHORT_MARK
+# What a node's error says when the prompt and max_tokens do not fit the model's context (ContextTooSmallError);
+# one cut short by max_tokens carries node/wire/topics.py's CUT_SHORT_MARK.
 CONTEXT_OVERFLOW = "does not fit the model's context"
 
 
@@ -112,7 +111,7 @@ def from_client_error(exc: ClientError) -> OpenAIError:
     if isinstance(exc, TaskFailedError):
         # Cut at the request's max_tokens, the same on every node (`Invalid prompt: ` from nodes that say so), and
         # the caller's to change: not a server error for clients to retry.
-        if TRUNCATED_JSON in exc.reason:
+        if CUT_SHORT_MARK in exc.reason:
             return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
         if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
             if CONTEXT_OVERFLOW in exc.reason:
