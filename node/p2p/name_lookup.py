@@ -1,4 +1,4 @@
-"""Host names in the peer addresses an operator gives, looked up as every other program on the host does.
+"""Peer addresses: read (`peer_info`), and their host names looked up as every other program on the host does.
 
 py-libp2p resolves `/dns`, `/dns4` and `/dns6` with dnspython, which asks DNS servers only, so a name
 from /etc/hosts (`localhost`, Docker's `extra_hosts`, Kubernetes' `hostAliases`) or any other NSS
@@ -14,6 +14,9 @@ import socket
 
 import multiaddr
 import trio
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+from node.p2p.errors import P2PServiceError
 
 MAX_ADDRS = 8  # of one name's addresses, in the resolver's order (RFC 6724's preference)
 _FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
@@ -21,6 +24,17 @@ _FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_
 
 class NameLookupError(Exception):
     """The system resolver has no address for a name in a peer address."""
+
+
+def peer_info(addr: str) -> PeerInfo:
+    """The peer id and address of `addr` (.../p2p/<id>); P2PServiceError naming what is wrong (py-libp2p said
+    "The last protocol should be `P_P2P` (421) instead of `6`" of an address without its /p2p/ part)."""
+    if "/p2p/" not in addr:
+        raise P2PServiceError(f"{addr!r} names no peer (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:  # noqa: BLE001 - py-libp2p and multiaddr raise many kinds
+        raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
 
 
 async def looked_up(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:

@@ -27,7 +27,7 @@ from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.network.config import RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -50,7 +50,7 @@ from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
 from node.p2p.kept_peers import KeptPeers
-from node.p2p.name_lookup import NameLookupError, looked_up
+from node.p2p.name_lookup import NameLookupError, looked_up, peer_info
 from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
@@ -269,12 +269,7 @@ class P2PService:
     async def connect(self, addr: str, timeout: float) -> str:
         """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names as name_lookup.py says); the peer id."""
         assert self._host is not None
-        if "/p2p/" not in addr:  # the library said "The last protocol should be `P_P2P` (421) instead of `6`"
-            raise P2PServiceError(f"{addr!r} names no peer (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)")
-        try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-        except Exception as exc:
-            raise P2PServiceError(f"invalid peer multiaddr {addr!r}: {exc}") from exc
+        info = peer_info(addr)
         if info.peer_id == self._my_id:
             raise P2PServiceError(f"refusing to dial our own address {addr}")
         promoted = info.peer_id in self.stream_only
@@ -345,7 +340,7 @@ class P2PService:
         Its frames go to the frame sink."""
         assert self._host is not None and self._nursery is not None
         try:
-            infos = [info_from_p2p_addr(multiaddr.Multiaddr(addr)) for addr in addrs]
+            infos = [peer_info(addr) for addr in addrs]
             frame = first_frame if raw else encode_frame(first_frame, self._options.stream_limits.max_frame_bytes)
         except (FrameError, Exception) as exc:
             raise P2PServiceError(f"cannot open a stream to {addrs[:1]}: {exc}") from exc
@@ -397,7 +392,7 @@ class P2PService:
         host = self._host
         try:
             peer = ID.from_base58(peer_id)
-            infos = [info_from_p2p_addr(multiaddr.Multiaddr(addr)) for addr in addrs]
+            infos = [peer_info(addr) for addr in addrs]
             if not infos:
                 infos = [PeerInfo(peer, list(host.get_peerstore().addrs(peer)))]
         except Exception:  # noqa: BLE001 - a peer or address we cannot dial is no answer
