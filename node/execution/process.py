@@ -191,15 +191,17 @@ class TaskHost:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, request: RunTask) -> None:
-        task_log = log.bind(task_id=request.task_id, model=self._model.name)
-        request_owner.set(request.task_id)  # this asyncio task's context: the decode loop learns whose request it runs
+        # This asyncio task's context: every line logged while it runs (workflow, model, grammar, tools) names the
+        # task, and the decode loop learns whose request it runs.
+        structlog.contextvars.bind_contextvars(task_id=request.task_id, model=self._model.name)
+        request_owner.set(request.task_id)
         try:
             self._send(await self._execute(request))
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(request.task_id, "cancelled")
             self._send(TaskFailed(task_id=request.task_id, error=reason))
         except MemoryError:
-            task_log.error("task ran out of memory")
+            log.error("task ran out of memory")
             self._send(
                 TaskFailed(
                     task_id=request.task_id,
@@ -208,7 +210,7 @@ class TaskHost:
             )
         except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
             if not isinstance(exc, WorkflowError | ModelError):
-                task_log.exception("task crashed")
+                log.exception("task crashed")
             # The public text: `Invalid prompt: ` for deterministic errors; never the task's data
             # (error results are not encrypted).
             self._send(TaskFailed(task_id=request.task_id, error=public_error_text(exc)))

@@ -140,6 +140,7 @@ class ToolFetch(Message):
     kind: Literal["fetch"] = "fetch"
     request_id: int = Field(ge=0, le=2**63)
     request: ToolRequest
+    task_id: ChildId = ""  # the task whose tool asks, for the daemon's log lines only ("" outside a task)
 
 
 class Ready(Message):

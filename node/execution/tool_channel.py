@@ -15,6 +15,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
+from models.progress import request_owner
 from node.execution.protocol import (
     MAX_TOOL_REQUESTS_OPEN,
     TOOL_REQUESTS_PER_SECOND,
@@ -58,7 +59,7 @@ class DaemonToolHttp:
         request_id = next(self._ids)
         future: asyncio.Future[ToolFetched] = asyncio.get_running_loop().create_future()
         self._open[request_id] = future
-        self._send(ToolFetch(request_id=request_id, request=request))
+        self._send(ToolFetch(request_id=request_id, request=request, task_id=request_owner.get() or ""))
         try:
             async with asyncio.timeout(self._timeout):
                 answer = await asyncio.shield(future)  # a caller that gives up leaves the slot to the answer

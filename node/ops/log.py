@@ -1,8 +1,8 @@
 """Logging: structlog for our code, stdlib loggers (libp2p, llama.cpp) rendered the same way.
 
 JSON lines when stderr is not a terminal (production, systemd, Docker), a
-readable console otherwise. Task log lines carry `task_id` through
-`structlog.contextvars` or an explicitly bound logger.
+readable console otherwise. Task log lines carry `task_id`: the daemon binds it
+on the task's logger, an execution process in the task's context (`structlog.contextvars`).
 
 Our own events go from structlog straight to stderr (a level-filtering bound
 logger, one write per line): a task logs a few lines at info, and the stdlib

@@ -9,7 +9,9 @@ in its result.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from config.settings import ENV_PREFIX, Settings
@@ -65,6 +67,21 @@ def child_settings(settings: Settings, model: str) -> dict[str, Any]:
         for name, entry in dumped.get("registry", {}).items()
     }
     return dumped
+
+
+def launch_environment(
+    base: Mapping[str, str], scratch: Path | None, settings: Mapping[str, Any], project_root: Path
+) -> dict[str, str]:
+    """The environment a process is spawned with: `base` (child_environment's), its scratch folder as the
+    temporary one, the project's code first on its path, and glibc's arenas bounded under an address-space limit."""
+    env = dict(base)
+    if scratch is not None:
+        env["TMPDIR"] = env["LIBFFI_TMPDIR"] = str(scratch)  # Python's tempfile, libffi's closures
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root), env.get("PYTHONPATH", "")) if p)
+    if settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
+        # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env
 
 
 def child_environment(environ: Mapping[str, str], settings: Settings | None = None, model: str = "") -> dict[str, str]:

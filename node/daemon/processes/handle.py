@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from models.benchmark import SpeedStore
-from node.daemon.processes.child_inputs import child_environment
+from node.daemon.processes.child_inputs import child_environment, launch_environment
 from node.daemon.processes.child_output import read_pipe, relay_output
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
 from node.daemon.processes.scratch import Scratch
@@ -136,16 +136,12 @@ class ExecutionProcess:
         # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for the
         # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
         output, output_end = os.pipe()
-        env = dict(self._environment) if self._environment is not None else child_environment(os.environ)
+        base = self._environment if self._environment is not None else child_environment(os.environ)
+        scratch = None if self.scratch is None else self.scratch.path
+        env = launch_environment(base, scratch, self._settings, _PROJECT_ROOT)
         policy = self._sandbox
-        if self.scratch is not None:
-            env["TMPDIR"] = env["LIBFFI_TMPDIR"] = str(self.scratch.path)  # Python's tempfile, libffi's closures
-            if policy is not None:
-                policy = policy.model_copy(update={"writable": [*policy.writable, str(self.scratch.path)]})
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        if self._settings.get("exec_address_space_mb") != 0:  # set, or derived ("auto", None)
-            # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that is waste.
-            env.setdefault("MALLOC_ARENA_MAX", "2")
+        if policy is not None and scratch is not None:
+            policy = policy.model_copy(update={"writable": [*policy.writable, str(scratch)]})
         try:
             sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
             self._proc = await asyncio.create_subprocess_exec(
@@ -391,7 +387,8 @@ class ExecutionProcess:
                 return self._stray(size)
             probe.set_result(message)
         elif isinstance(message, ToolFetch):
-            if not self._egress.start(message):
+            # The task it names goes on the request's log lines only if it is one this process runs.
+            if not self._egress.start(message, message.task_id if message.task_id in self._pending else ""):
                 return self._stray(size)  # past its bounds: a stream of them ends the process
         elif isinstance(message, Measured):
             self._keep_speed(message, size)

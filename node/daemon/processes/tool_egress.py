@@ -77,10 +77,10 @@ class ToolEgress:
         """Requests being made now."""
         return len(self._open)
 
-    def start(self, message: ToolFetch) -> bool:
+    def start(self, message: ToolFetch, task_id: str = "") -> bool:
         """Make the request in the background; its answer goes back as `fetched`. False when it was refused
         for the bounds (MAX_IN_FLIGHT, MAX_RATE, MAX_UNREAD_BYTES, MAX_REQUEST_BYTES), which an honest process never
-        meets."""
+        meets. `task_id`: the task it is for (checked by the caller), named on the request's log lines."""
         if self._tools is None:
             self._fail(message.request_id, "tool request failed: this node makes no tool requests")
             return True
@@ -99,7 +99,7 @@ class ToolEgress:
         self._starts.take(1)
         if self._egress is None:
             self._egress = Egress(self._tools)
-        task = asyncio.create_task(self._make(self._egress, message), name=f"exec-{self._model}-fetch")
+        task = asyncio.create_task(self._make(self._egress, message, task_id), name=f"exec-{self._model}-fetch")
         self._open.add(task)
         task.add_done_callback(self._open.discard)
         return True
@@ -110,7 +110,9 @@ class ToolEgress:
             task.cancel()
         await asyncio.gather(*self._open, return_exceptions=True)
 
-    async def _make(self, egress: Egress, message: ToolFetch) -> None:
+    async def _make(self, egress: Egress, message: ToolFetch, task_id: str) -> None:
+        if task_id:
+            structlog.contextvars.bind_contextvars(task_id=task_id)  # this request's own context only
         try:
             response = await egress.send(message.request)
         except EgressRefusedError as exc:

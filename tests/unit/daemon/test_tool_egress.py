@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import SecretStr
 
+from models.progress import request_owner
 from node.daemon.processes.tool_egress import MAX_IN_FLIGHT, MAX_RATE, MAX_UNREAD_BYTES, ToolEgress
 from node.execution.protocol import (
     Message,
@@ -61,7 +63,7 @@ class Wire:
     def _to_daemon(self, message: Message) -> None:
         request = decode_from_child(encode(message))
         assert isinstance(request, ToolFetch)
-        self.egress.start(request)
+        self.egress.start(request, request.task_id)  # as the handle does for a task the process runs
 
     def _to_child(self, message: Message) -> None:
         answer = decode_to_child(encode(message))
@@ -75,6 +77,23 @@ async def test_a_request_goes_through_the_daemon_and_its_body_is_decoded_in_the_
     response = await fetch(wire.channel, 1000, "GET", server.url("/page"))
     assert (response.status, response.text) == (200, "grüße")
     assert wire.answers[0].response is not None and wire.answers[0].response.body.startswith(b"\x1f\x8b")  # as sent
+
+
+async def test_the_daemons_lines_about_a_request_name_the_task_that_made_it(server: LocalServer) -> None:
+    """An operator who reads "egress refused" in the daemon's log can tell which task's tool asked."""
+
+    async def task_run(task_id: str) -> None:  # each task runs in its own asyncio task, as in TaskHost
+        request_owner.set(task_id)
+        with pytest.raises(EgressRefusedError):
+            await fetch(wire.channel, 1000, "GET", server.url("/page"))
+
+    wire = Wire(ToolSettings())  # loopback is refused, and logged at debug
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+        await asyncio.gather(task_run("task-a"), task_run("task-b"))
+        with pytest.raises(EgressRefusedError):  # outside any task: no task id
+            await wire.channel.send(ToolRequest(method="GET", url=server.url("/page")))
+    refused = [line.get("task_id") for line in lines if line["event"] == "egress refused"]
+    assert sorted(refused, key=str) == [None, "task-a", "task-b"]
 
 
 async def test_the_daemons_egress_policy_holds_whatever_the_process_asks(server: LocalServer) -> None:
