@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from config.layered import ConfigError
 from config.settings import Settings
 from node.daemon.admission import CANCELLED_WAIT_S, Admission
 from node.daemon.build import (
@@ -39,24 +40,33 @@ from node.daemon.build import (
 from node.daemon.clock_watch import ClockWatch
 from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
-from node.daemon.ledger import Ledger
+from node.daemon.journal_file import JournalError
+from node.daemon.ledger import Ledger, LedgerError
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
-from node.daemon.processes.pool import CLOSE_TIMEOUT_S, ExecutionPool
+from node.daemon.processes.pool import CLOSE_TIMEOUT_S, ExecutionPool, NoUsableModelError
 from node.daemon.recovery import recover_interrupted
 from node.daemon.remote_health import RemoteHealth, remote_models
 from node.daemon.runner import RERUN_MIN_TIME_LEFT_S
 from node.daemon.stop_signals import STOP_SIGNALS, EarlyStops
 from node.daemon.supervisor import Supervisor, thread_alive
 from node.ops.control_token import write_control_token
-from node.ops.data_lock import DataDirLock
-from node.ops.http_api import HttpServer, PauseControls, check_can_listen, create_app, is_loopback_address
+from node.ops.data_lock import DataDirLock, DataDirLockedError
+from node.ops.http_api import (
+    HttpServer,
+    HttpServerError,
+    PauseControls,
+    check_can_listen,
+    create_app,
+    is_loopback_address,
+)
 from node.ops.metrics import NodeMetrics
-from node.ops.systemd import SystemdNotifier
+from node.ops.systemd import SocketActivationError, SystemdNotifier
+from node.p2p.errors import P2PError
 from node.p2p.frame_stream import FrameStream
 from node.p2p.handoff import GossipMessage
 from node.p2p.host import P2PHost
-from node.wire.identity import Identity
+from node.wire.identity import Identity, IdentityError
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
 
 log = structlog.get_logger(__name__)
@@ -69,6 +79,21 @@ START_MARGIN_S = 30.0  # at startup, beyond each model's exec_start_timeout: spa
 def stop_time_bound_s(drain_timeout: float) -> float:
     """The longest a graceful stop takes; systemd's TimeoutStopSec and Docker's --stop-timeout must exceed it."""
     return ANNOUNCE_LEAVING_S + drain_timeout + CANCELLED_WAIT_S + FLUSH_AT_STOP_S + CLOSE_TIMEOUT_S
+
+
+# Startup failures that name what the operator must mend: a setting, a file or folder, a key, a port, a model.
+OPERATOR_ERRORS = (
+    ConfigError,
+    OSError,
+    DataDirLockedError,
+    IdentityError,
+    JournalError,
+    LedgerError,
+    NoUsableModelError,
+    HttpServerError,
+    SocketActivationError,
+    P2PError,
+)
 
 
 class NodeNotRunningError(Exception):
@@ -379,9 +404,15 @@ async def serve_node(
     try:
         await server.serve(early_stops)
     except Exception as exc:  # noqa: BLE001 - startup failures end the process with one clear line
-        log.error("node failed", error=str(exc), error_type=type(exc).__name__)
+        # What an operator can mend (a setting, a file, a port) is one line; anything else is a bug: its traceback.
+        log.error("node failed", error=str(exc), error_type=type(exc).__name__, exc_info=not _operators(exc))
         print(f"compute-node: {exc}", file=sys.stderr)
         return 1
     if server.supervisor.fatal is not None:
         print(f"compute-node: background loop failed: {server.supervisor.fatal}", file=sys.stderr)
     return server.exit_code
+
+
+def _operators(exc: Exception) -> bool:
+    """Whether a startup failure is the operator's to mend, and names its cause in its message."""
+    return isinstance(exc, OPERATOR_ERRORS)

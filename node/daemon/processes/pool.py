@@ -136,6 +136,8 @@ class ExecutionPool:
         except ExecutionProcessStartError:
             raise
         except Exception as exc:  # a broken first line, a socket error...: the same as any failed start
+            if not isinstance(exc, OSError):  # a bug, here or in the child's first answer: keep its traceback
+                log.error("execution process start failed unexpectedly", model=entry.model, exc_info=True)
             await process.close(1.0)
             raise ExecutionProcessStartError(
                 f"model {entry.model}: the execution process failed to start ({type(exc).__name__}: {exc})"
