@@ -16,9 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from config.settings import DEFAULT_MODEL
 from models.requests import ModelError, UnknownModelError
-
-DEFAULT_MODEL = "smollm2:135m"
 
 
 class RegistryError(ModelError):

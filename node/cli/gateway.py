@@ -12,10 +12,9 @@ import argparse
 import sys
 
 from config.settings import ConfigError
-from node.cli.settings import add_settings_flags, settings_from
+from node.cli.settings import EXIT_ERROR, add_settings_flags, settings_from
 from node.gateway.settings import GatewaySettings
 
-EXIT_ERROR = 1
 DEST_PREFIX = "gateway_"
 
 

@@ -15,10 +15,9 @@ from node.cli.gateway import add_gateway_command, run_gateway
 from node.cli.models import add_models_commands, run_models_command
 from node.cli.nodes import PUBLISHER_DATA_DIR, add_nodes_command, reputation_path, run_nodes
 from node.cli.operate import add_operate_commands, run_doctor_command, run_ledger, run_pause
-from node.cli.settings import add_settings_flags, flag_number, settings_from
+from node.cli.settings import EXIT_ERROR, add_settings_flags, flag_number, settings_from
 from node.ops.inert_text import inert
 
-EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 
 

@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 
 from config.settings import Settings
-from node.cli.settings import flag_number
+from node.cli.settings import EXIT_ERROR, flag_number
 
-EXIT_ERROR = 1
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 

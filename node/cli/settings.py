@@ -14,6 +14,8 @@ from config.layered import LayeredSettings
 
 S = TypeVar("S", bound=LayeredSettings)
 
+EXIT_ERROR = 1  # every command's exit status when it failed (run-task's 2 is "no node now, try again")
+
 
 def flag_number(text: str) -> float:
     """A flag's text as a number; NaN when it is none, which every range check refuses with its own message (a

@@ -1,7 +1,7 @@
 """Operations: what an operator watches. Imports no other node package.
 
 metrics.py   NodeMetrics: the Prometheus metrics (names are stable: dashboards use them)
-http_api.py  HttpServer and the /, /metrics, /healthz, /status endpoint
+http_api.py  HttpServer and the /, /metrics, /healthz, /status, POST /pause and /resume endpoint
 status_page.html  the status page served at / (self-contained: inline CSS, JS and SVG chart; polls /status)
 activity.py  NodeActivity: tasks and tokens per minute for the last hour and the latest tasks, bounded
 systemd.py   SystemdNotifier: READY=1, STOPPING=1, watchdog pings (sd_notify)

@@ -13,7 +13,7 @@ stream_only.py     StreamOnlyPeers: the peers a publisher dialled only for strea
 peer_gone.py       PeerGoneNotifee: tells when a peer's last connection closed (a publisher's gossip task to it is lost), and when one opens
 libp2p_logging.py  routes py-libp2p's stdlib loggers into the application's logging
 connector.py       Connector: dials bootstrap peers, re-dials with backoff and jitter
-name_lookup.py     looked_up: /dns4 and /dns6 names in configured peer addresses, through the system resolver (/etc/hosts too)
+peer_addrs.py      peer_info: a peer address read, saying what it lacks; looked_up: its /dns, /dns4, /dns6 names through the system resolver
 frames.py          the direct-delivery frame codec: varint length + bytes (FrameReader, encode_frame)
 streams.py         StreamTable: the Trio side of direct-delivery streams and their limits (StreamLimits)
 frame_stream.py    FrameStream: the asyncio face of one direct-delivery stream (receive, send, close); FrameStreams by id

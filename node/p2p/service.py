@@ -50,7 +50,7 @@ from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
 from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
 from node.p2p.kept_peers import KeptPeers
-from node.p2p.name_lookup import NameLookupError, looked_up, peer_info
+from node.p2p.peer_addrs import NameLookupError, looked_up, peer_info
 from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
@@ -267,7 +267,7 @@ class P2PService:
     # --- operations (call through spawn) ----------------------------------
 
     async def connect(self, addr: str, timeout: float) -> str:
-        """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names as name_lookup.py says); the peer id."""
+        """Dial a /ip4, /ip6 or /dns[46] .../tcp/../p2p/<id> address (names as peer_addrs.py says); the peer id."""
         assert self._host is not None
         info = peer_info(addr)
         if info.peer_id == self._my_id:
@@ -342,7 +342,7 @@ class P2PService:
         try:
             infos = [peer_info(addr) for addr in addrs]
             frame = first_frame if raw else encode_frame(first_frame, self._options.stream_limits.max_frame_bytes)
-        except (FrameError, Exception) as exc:
+        except (FrameError, P2PServiceError) as exc:  # an address without its peer, a frame too large
             raise P2PServiceError(f"cannot open a stream to {addrs[:1]}: {exc}") from exc
         peer = infos[0].peer_id if infos else None
         if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:

@@ -31,7 +31,7 @@ from node.p2p.streams import TOO_MANY_FROM_PEER
 from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError
-from node.wire.topics import MAX_FRAME_BYTES, RESULTS_TOPIC
+from node.wire.topics import BUSY_PREFIX, MAX_FRAME_BYTES, RESULTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ OnDelta = Callable[[str], None]  # a piece of the final step's text, in order
 MAX_PROGRESS_CHARS = MAX_FRAME_BYTES // 2
 
 
-STREAMS_FULL = f"busy: {TOO_MANY_FROM_PEER}"  # a node's answer past its streams per publisher (it read nothing)
+STREAMS_FULL = f"{BUSY_PREFIX}{TOO_MANY_FROM_PEER}"  # a node's answer past its streams per publisher (it read nothing)
 
 
 class DeclinedError(Exception):
@@ -185,7 +185,7 @@ async def deliver(
             f"the stream did not open in time ({exc}); the node may have the task", may_have_task=True
         ) from None
     except StreamRefusedError as exc:  # before the task's first byte: it read nothing
-        raise DeclinedError(task_id, f"busy: stream refused ({exc})", on_gossip=True) from None
+        raise DeclinedError(task_id, f"{BUSY_PREFIX}stream refused ({exc})", on_gossip=True) from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:

@@ -30,6 +30,8 @@ DETERMINISTIC_ERROR_PREFIX = "Invalid prompt: "
 # In the error of an answer under a schema that max_tokens cut short (workflows/operators.py `generate`): the
 # workflow's own max_tokens makes it deterministic, but another model or a sampled run may fit where one did not.
 CUT_SHORT_MARK = "(max_tokens reached"
+# In the error of a task whose prompt and max_tokens cannot fit the model's context (workflows/operators.py).
+CONTEXT_OVERFLOW_MARK = "does not fit the model's context"
 # Transient errors a node's ledger and a publisher tell apart by their start: no capacity now, and a run that
 # was cut off (a shutdown, a restart of the node or of its execution process).
 BUSY_PREFIX = "busy: "

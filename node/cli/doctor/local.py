@@ -17,7 +17,6 @@ from node.cli.doctor.report import Check, fail, ok, warn
 
 MIN_FREE_BYTES = 1024**3
 SELFCHECK_TIMEOUT_S = 300.0
-CPU_DEFAULT_PARALLEL = 4
 GIB = 1024**3
 
 
@@ -183,10 +182,11 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def memory_check(settings: Settings, mem_available: Callable[[], int], node_running: bool) -> Check:
     """The configured models and their KV caches fit in the memory available now."""
+    from models.batching import DEFAULT_PARALLEL_CPU
     from models.requests import ModelError
     from node.execution.memory_limits import footprint_bytes
 
-    parallel = settings.parallel or CPU_DEFAULT_PARALLEL
+    parallel = settings.parallel or DEFAULT_PARALLEL_CPU  # the host's memory: a GPU's KV caches are not in it
     need = 0
     for name in settings.models:
         try:

@@ -27,7 +27,7 @@ from node.publisher.client import (
     TaskTimeoutError,
     TaskTooLargeError,
 )
-from node.wire.topics import CUT_SHORT_MARK, DETERMINISTIC_ERROR_PREFIX
+from node.wire.topics import BUSY_PREFIX, CONTEXT_OVERFLOW_MARK, CUT_SHORT_MARK, DETERMINISTIC_ERROR_PREFIX
 
 # The OpenAI paths: errors there have OpenAI's shape, even those answered before a route runs.
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
@@ -46,10 +46,6 @@ _TYPES = {
     504: "timeout",
 }
 _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
-BUSY_REASON = "busy"  # how a node that declined for lack of capacity says so (DeclinedError reason prefix)
-# What a node's error says when the prompt and max_tokens do not fit the model's context (ContextTooSmallError);
-# one cut short by max_tokens carries node/wire/topics.py's CUT_SHORT_MARK.
-CONTEXT_OVERFLOW = "does not fit the model's context"
 
 
 class OpenAIError(Exception):
@@ -114,10 +110,10 @@ def from_client_error(exc: ClientError) -> OpenAIError:
         if CUT_SHORT_MARK in exc.reason:
             return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
         if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
-            if CONTEXT_OVERFLOW in exc.reason:
+            if CONTEXT_OVERFLOW_MARK in exc.reason:
                 return OpenAIError(400, exc.reason, "messages", code="context_length_exceeded")
             return OpenAIError(400, exc.reason, code="invalid_prompt")
-        if exc.reason.startswith(BUSY_REASON):
+        if exc.reason.startswith(BUSY_PREFIX):
             return OpenAIError(
                 429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy", retry_after=RETRY_AFTER
             )

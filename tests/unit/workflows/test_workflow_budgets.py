@@ -14,6 +14,7 @@ from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.requests import ModelError
 from node.execution.workflow_setup import engine_options
+from node.wire.topics import CONTEXT_OVERFLOW_MARK
 from tests.support.hostile_workflows import (
     GRAMMAR_BOMBS,
     LOOPS,
@@ -238,7 +239,7 @@ async def test_a_task_that_cannot_fit_the_context_is_refused_as_invalid_prompt(m
     with pytest.raises(InvalidStepError) as caught:
         await run_workflow(workflow, model, options=EngineOptions(max_tokens_cap=None))
     text = public_error_text(caught.value)
-    assert text.startswith(INVALID_PROMPT) and "does not fit the model's context: the prompt's " in text, text
+    assert text.startswith(INVALID_PROMPT) and f"{CONTEXT_OVERFLOW_MARK}: the prompt's " in text, text  # the gateway's
     assert f"plus max_tokens {model.n_ctx} need" in text and f"the {model.n_ctx}-token context" in text, text
     assert _calls_done(model) == calls_done  # refused before it ran: not one native call
     fits = parse_workflow(Simple().workflow("Tell a story.", max_tokens=model.n_ctx // 2))

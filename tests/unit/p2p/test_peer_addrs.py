@@ -1,4 +1,4 @@
-"""Peer addresses given by name (node/p2p/name_lookup.py) are looked up with the system resolver, so names
+"""Peer addresses given by name (node/p2p/peer_addrs.py) are looked up with the system resolver, so names
 from /etc/hosts dial; a dial that fails says why (node/p2p/errors.py, `root_cause`)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import trio
 
 from node.p2p.errors import P2PError, root_cause
 from node.p2p.host import P2PHost
-from node.p2p.name_lookup import NameLookupError, looked_up
+from node.p2p.peer_addrs import NameLookupError, looked_up
 from tests.support.p2p_hosts import HostFactory
 
 PEER = "16Uiu2HAm1rzwuEzmG7LLHWRVp1odcWLpfoBt9cKg72b7DQB8XFp4"
