@@ -9,7 +9,8 @@ from typing import Any
 
 import llama_cpp
 
-from models.registry import DEFAULT_MODEL, Registry
+from config.settings import DEFAULT_MODEL
+from models.registry import Registry
 from models.store import ModelStore
 from workflows import Simple
 

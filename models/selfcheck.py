@@ -20,10 +20,11 @@ from pathlib import Path
 
 import structlog
 
+from config.settings import DEFAULT_MODEL
 from models.batching import BatchedLlamaModel
 from models.cpu import CpuInfo, ExtraBuffers, extra_buffers_enabled
 from models.options import RuntimeOptions
-from models.registry import DEFAULT_MODEL, Registry
+from models.registry import Registry
 from models.requests import ChatMessage, GenerationRequest, ModelError
 from models.store import ModelStore
 

@@ -5,7 +5,7 @@ from /etc/hosts (`localhost`, Docker's `extra_hosts`, Kubernetes' `hostAliases`)
 source fails to dial. `P2PService.connect` (bootstrap and static peers, a publisher's `--peer`, the
 doctor) looks such names up here with the system resolver (`getaddrinfo`) and dials the addresses it
 gives. `/dnsaddr` (a TXT record, DNS by definition) is left to py-libp2p. Names never come from peers:
-publishers drop them from heartbeat addresses (node/publisher/node_table.py, `dialable_addr`).
+publishers drop them from heartbeat addresses (node/publisher/heartbeat_claims.py, `dialable_addr`).
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ inbox.py       ResultInbox: the awaited tasks; accepts each one's result once (p
 gossip_peers.py  GossipPeerKeeper: keeps enough gossip peers, redials when they die or heartbeats stop
 node_table.py  NodeTable: the nodes seen in heartbeats (models, capacity in all and per model, speed, addrs, leaving), for choosing nodes
 node_index.py  ModelIndex: which nodes claim which model, so a choice draws a bounded sample instead of scanning
+heartbeat_claims.py  what a heartbeat claims, made safe: dialable addresses (dialable_addr), numbers clamped, envelopes not bulky
 reputation.py  Reputation: what this publisher measured of each node (SQLite), the weight node choice uses
 reputation_records.py  ReputationSettings, NodeRecord (one node's stored sums), Sums, ReputationView (shown to people)
 direct.py      deliver: one task on a stream to one node (its answer, progress frames, result)
-attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry); Attempt
+attempts.py    AttemptLoop: one execute call's attempts (choose, send, wait for the first news, retry)
+attempt.py     Attempt: one task id sent to one node; next_outcome, checked, id_taken: what its news means
 errors.py      ClientError and its kinds (too large, timeout, no node, task failed, verification failed), re-exported by client.py
 verification.py  ProofChecker, ResultVerifier: re-score a share of results' proofs and fail the ones that lie
 remote_scoring.py  verifying without the model file: proof steps scored by a `score` task on another node

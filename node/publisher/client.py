@@ -36,7 +36,8 @@ import structlog
 
 from node.p2p.host import P2PHost
 from node.p2p.streams import StreamLimits
-from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop, OnSubmit
+from node.publisher.attempt import Attempt
+from node.publisher.attempts import AttemptHooks, AttemptLoop, OnSubmit
 from node.publisher.direct import OnDelta
 from node.publisher.errors import (
     ClientError,

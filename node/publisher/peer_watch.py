@@ -22,7 +22,7 @@ import structlog
 
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
-from node.publisher.attempts import Attempt
+from node.publisher.attempt import Attempt
 from node.publisher.node_table import NodeTable
 
 log = structlog.get_logger(__name__)

@@ -26,7 +26,7 @@ import structlog
 from node.p2p.connector import transport_of
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
-from node.publisher.attempts import Attempt
+from node.publisher.attempt import Attempt
 from node.publisher.direct import (
     STREAMS_FULL,
     DeclinedError,

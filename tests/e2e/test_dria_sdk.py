@@ -28,7 +28,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from models.registry import DEFAULT_MODEL
+from config.settings import DEFAULT_MODEL
 from node.daemon.server import NodeServer
 from node.gateway.auth import key_id
 from node.gateway.server import Gateway

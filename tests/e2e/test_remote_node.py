@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from models.registry import DEFAULT_MODEL
+from config.settings import DEFAULT_MODEL
 from node.daemon.server import NodeServer
 from node.publisher.client import Client, Task, TaskFailedError, TaskTimeoutError
 from node.publisher.node_table import KnownNode

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from config.settings import Settings
 from node.daemon.server import NodeServer
-from node.publisher.node_table import MAX_CAPACITY, MAX_TPS
+from node.publisher.heartbeat_claims import MAX_CAPACITY, MAX_TPS
 from node.wire.messages import Capacity, HeartbeatBody
 from tests.support.cluster import running_node
 

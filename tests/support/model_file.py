@@ -10,9 +10,10 @@ from pathlib import Path
 
 import llama_cpp
 
+from config.settings import DEFAULT_MODEL
 from models.batching import BatchedLlamaModel
 from models.options import RuntimeOptions
-from models.registry import DEFAULT_MODEL, Registry
+from models.registry import Registry
 from models.store import ModelStore
 
 

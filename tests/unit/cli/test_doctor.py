@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from config.settings import Settings
-from models.registry import DEFAULT_MODEL, Registry
+from config.settings import DEFAULT_MODEL, Settings
+from models.registry import Registry
 from node.cli.doctor.local import (
     data_dir_check,
     identity_check,

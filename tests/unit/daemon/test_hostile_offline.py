@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from node.daemon.acceptance import Accept, Acceptance, Ignore
-from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.publisher.heartbeat_claims import MAX_CAPACITY, MAX_TPS
+from node.publisher.node_table import NodeTable
 from node.wire.identity import Identity
 from node.wire.inbound import InboundError, decode
 from node.wire.messages import HeartbeatBody, TaskBody

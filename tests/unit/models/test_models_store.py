@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import hf_hub_download
 
+from config.settings import DEFAULT_MODEL
 from models.loader import open_model
 from models.options import RuntimeOptions
-from models.registry import DEFAULT_MODEL, ModelSpec, Registry, RegistryError
+from models.registry import ModelSpec, Registry, RegistryError
 from models.requests import ModelError, UnknownModelError
 from models.store import ChecksumMismatchError, DownloadError, ModelStore
 

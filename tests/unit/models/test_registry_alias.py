@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from models.registry import DEFAULT_MODEL, Registry, RegistryError
+from config.settings import DEFAULT_MODEL
+from models.registry import Registry, RegistryError
 
 
 def test_an_alias_hosts_the_same_file_under_another_name() -> None:

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from node.p2p.host import P2PHost
-from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.publisher.heartbeat_claims import MAX_CAPACITY, MAX_TPS
+from node.publisher.node_table import NodeTable
 from node.wire.identity import Identity
 from node.wire.topics import TASK_TOPIC
 

@@ -16,7 +16,8 @@ import structlog
 
 from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
-from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop
+from node.publisher.attempt import Attempt
+from node.publisher.attempts import AttemptHooks, AttemptLoop
 from node.publisher.direct import NotDialableError
 from node.publisher.node_table import MAX_GONE, KnownNode, NodeTable
 from node.publisher.reputation import Reputation

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
-from node.publisher.attempts import NODE_GONE, Attempt, AttemptHooks, AttemptLoop
+from node.publisher.attempt import Attempt
+from node.publisher.attempts import NODE_GONE, AttemptHooks, AttemptLoop
 from node.publisher.errors import TaskTimeoutError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.publisher.node_table import NodeTable, dialable_addr
+from node.publisher.heartbeat_claims import dialable_addr
+from node.publisher.node_table import NodeTable
 from node.wire.identity import Identity
 from node.wire.messages import HeartbeatBody
 from tests.support.heartbeats import signed_heartbeat

@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from node.publisher.node_table import MAX_CAPACITY, NodeTable
+from node.publisher.heartbeat_claims import MAX_CAPACITY
+from node.publisher.node_table import NodeTable
 from node.publisher.reputation import Reputation
 from node.wire.messages import Capacity, HeartbeatBody, MessageError, decode_heartbeat
 

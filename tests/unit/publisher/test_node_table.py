@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from node.publisher.node_table import MAX_CAPACITY, MAX_TPS, NodeTable
+from node.publisher.heartbeat_claims import MAX_CAPACITY, MAX_TPS
+from node.publisher.node_table import NodeTable
 from node.publisher.reputation import Reputation
 from node.wire.messages import Capacity, HeartbeatBody, decode_heartbeat
 

@@ -14,7 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from node.publisher.attempts import Attempt, AttemptHooks, AttemptLoop
+from node.publisher.attempt import Attempt
+from node.publisher.attempts import AttemptHooks, AttemptLoop
 from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.inbox import ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
