@@ -62,7 +62,7 @@ def run_pause(settings: Settings, pause: bool) -> int:
     import httpx
 
     from node.daemon.pause import PAUSE_FILE, PauseState
-    from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, read_control_token
+    from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, ControlTokenError, read_control_token
 
     url = f"http://{_local_host(settings.http_host)}:{settings.http_port}/{'pause' if pause else 'resume'}"
     try:
@@ -70,6 +70,9 @@ def run_pause(settings: Settings, pause: bool) -> int:
             print(f"compute-node: the data directory {settings.data_dir} is not a directory", file=sys.stderr)
             return EXIT_ERROR
         token = read_control_token(settings.data_dir)
+    except ControlTokenError as exc:
+        print(f"compute-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as exc:  # systemd's DynamicUser keeps the data dir in /var/lib/private, root's only
         where = settings.data_dir / CONTROL_TOKEN_FILE
         print(f"compute-node: cannot read {where} ({exc.strerror}): run this as the node's user", file=sys.stderr)

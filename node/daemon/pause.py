@@ -56,18 +56,17 @@ class PauseState:
         return self._operator is not None or self._busy_since is not None
 
     def pause(self, reason: str = "operator") -> PauseView:
-        """The operator's pause: kept in the data dir until `resume`."""
+        """The operator's pause: kept in the data dir until `resume` (PauseFileError if it cannot be kept)."""
         if self._operator is None:
             self._operator = write_pause_file(self._path, reason)
             log.info("node paused", reason=reason)
         return self.view()
 
     def resume(self) -> PauseView:
-        """End the operator's pause (a pause for a busy machine ends by itself)."""
+        """End the operator's pause (a pause for a busy machine ends by itself); PauseFileError if its file stays."""
         if self._operator is not None:
+            remove_pause_file(self._path)  # first: a file that stays would pause the node again at its next start
             self._operator = None
-            with contextlib.suppress(FileNotFoundError):
-                self._path.unlink()
             log.info("node resumed")
         return self.view()
 
@@ -97,10 +96,14 @@ class PauseState:
         )
 
 
+class PauseFileError(OSError):
+    """The pause file could not be written or removed; the message names it and why."""
+
+
 def read_pause_file(path: Path) -> PauseFile | None:
     """The operator's pause kept at `path`, or None; an unreadable file still means paused."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # not decoded here: bytes that are no UTF-8 read as a damaged file
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -115,8 +118,21 @@ def read_pause_file(path: Path) -> PauseFile | None:
 def write_pause_file(path: Path, reason: str) -> PauseFile:
     """Write the operator's pause atomically (a crash leaves the old file or the new one)."""
     kept = PauseFile(since=time.time(), reason=reason)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: the node's own mode
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(kept.model_dump_json())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: the node's own mode
+        tmp.write_text(kept.model_dump_json())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise PauseFileError(f"cannot write the pause file {path}: {exc.strerror or exc}") from exc
     return kept
+
+
+def remove_pause_file(path: Path) -> None:
+    """End the kept pause; PauseFileError if the file stays (a node started from here would start paused)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise PauseFileError(f"cannot remove the pause file {path}: {exc.strerror or exc}") from exc

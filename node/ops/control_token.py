@@ -36,12 +36,22 @@ def write_control_token(data_dir: Path) -> str:
     return token
 
 
+class ControlTokenError(OSError):
+    """The token file holds no token (not ASCII); the message names it."""
+
+
 def read_control_token(data_dir: Path) -> str | None:
-    """The running node's token, None where no node has written one (OSError where it cannot be read)."""
+    """The running node's token, None where no node has written one (OSError where it cannot be read,
+    ControlTokenError where it holds no token)."""
+    path = data_dir / CONTROL_TOKEN_FILE
     try:
-        return (data_dir / CONTROL_TOKEN_FILE).read_text(encoding="ascii").strip()
+        return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise ControlTokenError(
+            f"{path} holds no token (not ASCII): a node started from {data_dir} writes it anew"
+        ) from None
 
 
 def carries_token(expected: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -151,7 +151,10 @@ def create_app(
                 f"{path.strip('/')}` run as the node's user reads it from the data directory ({CONTROL_TOKEN_FILE})"
             }
             return 401, json.dumps(error).encode(), _JSON
-        return 200, json.dumps(actions[path]()).encode(), _JSON
+        try:
+            return 200, json.dumps(actions[path]()).encode(), _JSON
+        except OSError as exc:  # the kept state cannot be written (a full disk): the node stays as it was
+            return 503, json.dumps({"error": str(exc)}).encode(), _JSON
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from node.daemon.admission import Admission, BusyError
-from node.daemon.pause import PAUSE_FILE, PauseState
+from node.daemon.pause import PAUSE_FILE, PauseFileError, PauseState
 from tests.unit.daemon.test_admission import Recorder, accepted
 
 
@@ -35,6 +35,29 @@ def test_a_damaged_pause_file_still_means_paused(tmp_path: Path) -> None:
         (tmp_path / PAUSE_FILE).write_text(f'{{"since": {since}}}')
         state = PauseState(tmp_path)
         assert state.paused and 0 < (state.view().since or 0) < 2**33  # /status writes it as JSON
+
+
+def test_a_pause_file_of_bytes_that_are_no_text_still_means_paused(tmp_path: Path) -> None:
+    (tmp_path / PAUSE_FILE).write_bytes(b"\xff\xfe\x00garbage")
+    assert PauseState(tmp_path).paused  # it started (it raised UnicodeDecodeError), and paused
+
+
+def test_a_pause_that_cannot_be_kept_says_so_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / PAUSE_FILE).mkdir()  # os.replace onto it fails, as on a full disk the write does
+    (tmp_path / PAUSE_FILE / "x").write_text("")
+    state = PauseState(tmp_path)  # unreadable: paused, kept by no file of ours
+    assert state.paused
+    with pytest.raises(PauseFileError, match=f"cannot remove the pause file {tmp_path / PAUSE_FILE}"):
+        state.resume()
+    assert state.paused  # the file stays, so a start from here would be paused: not resumed in memory only
+    (tmp_path / PAUSE_FILE / "x").unlink()
+    (tmp_path / PAUSE_FILE).rmdir()
+    fresh = PauseState(tmp_path)
+    (tmp_path / PAUSE_FILE).mkdir()
+    (tmp_path / PAUSE_FILE / "x").write_text("")
+    with pytest.raises(PauseFileError, match=f"cannot write the pause file {tmp_path / PAUSE_FILE}"):
+        fresh.pause()
+    assert not fresh.paused and sorted(p.name for p in tmp_path.iterdir()) == [PAUSE_FILE]  # no paused.tmp left
 
 
 def test_machine_busy_pauses_and_ends_by_itself_but_not_the_operators(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from node.ops.control_token import CONTROL_HEADER, read_control_token, write_control_token
+from node.ops.control_token import CONTROL_HEADER, ControlTokenError, read_control_token, write_control_token
 from node.ops.http_api import HealthReport, HttpServer, PauseControls, create_app
 from node.ops.metrics import NodeMetrics
 
@@ -129,3 +129,27 @@ def test_the_token_is_new_each_time_and_owner_only(tmp_path) -> None:  # type: i
     assert len(first) == 64 and first != second and read_control_token(tmp_path) == second
     assert (tmp_path / "control.token").stat().st_mode & 0o077 == 0
     assert [p.name for p in tmp_path.iterdir()] == ["control.token"]  # no temporary file left
+
+
+def test_a_token_file_that_holds_no_token_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "control.token").write_bytes("jeton-\u00e9".encode())
+    with pytest.raises(ControlTokenError, match="control.token holds no token"):
+        read_control_token(tmp_path)
+
+
+class FullDisk(PauseFlag):
+    def pause(self) -> dict[str, Any]:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_pause_that_cannot_be_kept_is_answered_503_with_its_cause() -> None:
+    flag = FullDisk()
+    server = HttpServer(app_for(flag))
+    await server.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
+            answer = await client.post("/pause", headers=AUTH)
+            assert answer.status_code == 503 and "No space left on device" in answer.json()["error"]
+            assert (await client.post("/resume", headers=AUTH)).status_code == 200  # the endpoint still serves
+    finally:
+        await server.stop()
