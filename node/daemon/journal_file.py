@@ -117,16 +117,20 @@ def open_journal_file(path: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         conn.close()
-        hint = ""
-        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            # Else systemd or Docker restarts the node into the same error for ever.
-            hint = "; move the file aside to start with an empty journal (results it held unpublished are lost)"
-        raise JournalError(f"cannot open journal {path}: {exc}{hint}") from exc
+        raise JournalError(f"cannot open journal {path}: {exc}{damage_hint(exc)}") from exc
     except JournalError:
         conn.close()
         raise
     log.debug("journal opened", path=str(path))
     return conn
+
+
+def damage_hint(exc: BaseException) -> str:
+    """What to do about a journal SQLite finds damaged (else systemd or Docker restarts the node into the same
+    error for ever); "" for any other error."""
+    if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return "; move the file aside to start with an empty journal (results it held unpublished are lost)"
+    return ""
 
 
 @contextmanager
@@ -139,7 +143,7 @@ def sqlite_errors(
         yield
     except (sqlite3.Error, OverflowError, ValueError) as exc:
         what = f"{action} task {task_id}" if task_id else action
-        error = f"journal {path}: cannot {what}: {type(exc).__name__}: {exc}"
+        error = f"journal {path}: cannot {what}: {type(exc).__name__}: {exc}{damage_hint(exc)}"
         if on_error is not None:
             on_error(error)
         raise JournalError(error) from exc

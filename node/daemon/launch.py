@@ -71,7 +71,13 @@ async def _launch(settings: Settings) -> int:
             limit=open_files,
             fix=f"raise the hard limit (ulimit -Hn, LimitNOFILE=) to {LOW_OPEN_FILES} or more",
         )
-    early = await EarlyProcess.spawn(settings)
+    try:
+        early = await EarlyProcess.spawn(settings)
+    except OSError as exc:  # a read-only or full data dir: the server's start says so in one line, or starts
+        import structlog
+
+        structlog.get_logger(__name__).warning("first execution process not spawned early", error=str(exc))
+        early = EarlyProcess(None)
     try:
         from node.daemon.server import serve_node  # the daemon's imports, beside the child's
 

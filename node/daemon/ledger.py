@@ -125,7 +125,30 @@ class Ledger:
 
     @classmethod
     def open(cls, path: Path, keep_days: float, max_rows: int) -> Ledger:
-        """Open (or create) the ledger at `path` and prune its old rows; LedgerError if it cannot be opened."""
+        """Open (or create) the ledger at `path` and prune its old rows; LedgerError if it cannot be opened.
+
+        A file SQLite finds damaged is moved aside (kept, its name saying so) and a new ledger started: it is an
+        account of finished tasks, and a node that refused to start for it would be restarted into the same
+        error for ever by systemd or Docker."""
+        try:
+            return cls._open(path, keep_days, max_rows)
+        except LedgerError as exc:
+            if getattr(exc.__cause__, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            try:
+                for suffix in ("", "-wal", "-shm"):  # its write-ahead log belongs to it, not to the new file
+                    if (part := Path(f"{path}{suffix}")).exists():
+                        part.rename(f"{aside}{suffix}")
+            except OSError as error:
+                raise LedgerError(f"{exc}; and it cannot be moved aside: {error}") from error
+            log.error(
+                "ledger damaged: moved aside, a new one started", path=str(path), moved_to=str(aside), error=str(exc)
+            )
+            return cls._open(path, keep_days, max_rows)
+
+    @classmethod
+    def _open(cls, path: Path, keep_days: float, max_rows: int) -> Ledger:
         conn: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ leaves no stale lock), and the file stays. Commands that only read the data dire
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -86,10 +87,15 @@ class DataDirLock:
                 self.path.unlink(missing_ok=True)
             file.close()
             raise
-        file.seek(0)
-        file.truncate()
-        file.write(f"{os.getpid()}\n")
-        file.flush()
+        try:
+            file.seek(0)
+            file.truncate()
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+        except OSError as exc:  # a full disk: the lock's file cannot say who holds it
+            with contextlib.suppress(OSError):  # its flush fails again; the descriptor is closed all the same
+                file.close()
+            raise DataDirLockedError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._file = file
         return True
 

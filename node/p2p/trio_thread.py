@@ -171,6 +171,8 @@ class TrioThread:
             else:
                 message = f"p2p host failed to start on {self._where}: {error!r}"
             self._ready.set_exception(P2PError(message))
+            if self._stopping:  # stop() while starting: the start() that awaited it may have been cancelled
+                self._ready.exception()  # so read here, or asyncio logs "Future exception was never retrieved"
         elif error is not None:
             if self._stopping:
                 log.warning("p2p host stopped with an error", error=repr(error))

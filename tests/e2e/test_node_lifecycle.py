@@ -265,3 +265,37 @@ async def test_a_node_whose_stderr_pipe_closed_still_stops_on_sigterm(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("damage", ["scratch_a_file", "lock_unwritable"])
+def test_a_data_dir_the_node_cannot_write_stops_it_with_one_line_that_names_it(tmp_path: Path, damage: str) -> None:
+    """A full or read-only data dir (a reviewer's tmpfs and bind mount): each failed with a bare traceback, the
+    execution process's scratch folder from the launcher, the lock file's pid write from the server."""
+    data = tmp_path / "node"
+    data.mkdir()
+    if damage == "scratch_a_file":
+        (data / "scratch").write_text("a file where the scratch folders go")
+        expected = f"cannot make an execution process's scratch folder in {data / 'scratch'}"
+        preexec = None
+    else:  # every write fails as on a full disk (EFBIG here), after the files are opened
+        expected = f"cannot write {data / 'node.lock'}: File too large"
+
+        def preexec() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    started = subprocess.run(
+        [*CLI, "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(data), "--http-port", "0"],
+        env=cli_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        preexec_fn=preexec,
+    )
+    assert started.returncode == 1, started.stderr[-3000:]
+    assert "Traceback" not in started.stderr, started.stderr[-3000:]
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("compute-node: ") and expected in last, started.stderr[-3000:]

@@ -132,51 +132,54 @@ class ExecutionProcess:
         waits for `configure` (`start`)."""
         if self._scratch_root is not None:
             self.scratch = Scratch.make(self._scratch_root)  # first: nothing to close if it fails
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for the
-        # pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
-        output, output_end = os.pipe()
-        base = self._environment if self._environment is not None else child_environment(os.environ)
-        scratch = None if self.scratch is None else self.scratch.path
-        env = launch_environment(base, scratch, self._settings, _PROJECT_ROOT)
-        policy = self._sandbox
-        if policy is not None and scratch is not None:
-            policy = policy.model_copy(update={"writable": [*policy.writable, str(scratch)]})
-        try:
-            sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-P",  # no working directory first on sys.path: other processes may write one (/tmp)
-                "-m",
-                "node.execution",
-                "--fd",
-                str(child.fileno()),
-                "--parent-pid",
-                str(os.getpid()),
-                *sandbox,
-                pass_fds=(child.fileno(),),
-                # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT
-                # to the foreground group) and a group SIGTERM reach the daemon only, which
-                # drains its tasks and then ends this process itself.
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=output_end,  # relayed into the daemon's log, the process named (child_output.py)
-                env=env,
-            )
-        except BaseException:
-            os.close(output)
-            parent.close()
-            if self.scratch is not None:
-                self.scratch.remove()  # empty: no process wrote there
-            raise
-        finally:
-            child.close()
-            os.close(output_end)
+        undo = contextlib.ExitStack()  # what a spawn that fails at any step leaves behind, undone
+        if (scratch := self.scratch) is not None:
+            undo.callback(scratch.remove)  # empty: no process wrote there
+        with undo:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            undo.callback(parent.close)
+            with child:  # the process's end: ours is closed once it has its own
+                # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for
+                # the pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
+                output, output_end = os.pipe()
+                undo.callback(os.close, output)
+                try:
+                    self._proc = await self._exec(child.fileno(), output_end)
+                finally:
+                    os.close(output_end)
+            undo.pop_all()  # spawned: the process has them now
         self._output = asyncio.create_task(
             relay_output(await read_pipe(output), self.model, self._proc.pid), name=f"exec-{self.model}-output"
         )
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_CHILD_LINE_BYTES)
+
+    async def _exec(self, fd: int, stderr: int) -> asyncio.subprocess.Process:
+        """Start `python -m node.execution` on the socket `fd`, its stderr to `stderr`, confined by the policy."""
+        base = self._environment if self._environment is not None else child_environment(os.environ)
+        scratch = None if self.scratch is None else self.scratch.path
+        policy = self._sandbox
+        if policy is not None and scratch is not None:
+            policy = policy.model_copy(update={"writable": [*policy.writable, str(scratch)]})
+        sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-P",  # no working directory first on sys.path: other processes may write one (/tmp)
+            "-m",
+            "node.execution",
+            "--fd",
+            str(fd),
+            "--parent-pid",
+            str(os.getpid()),
+            *sandbox,
+            pass_fds=(fd,),
+            # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT to the foreground
+            # group) and a group SIGTERM reach the daemon only, which drains its tasks, then ends this process.
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,  # relayed into the daemon's log, the process named (child_output.py)
+            env=launch_environment(base, scratch, self._settings, _PROJECT_ROOT),
+        )
 
     async def start(self, timeout: float) -> Ready:
         """Spawn (unless `spawn` did), configure and wait for `ready`; ExecutionProcessStartError names

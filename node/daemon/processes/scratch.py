@@ -31,6 +31,10 @@ _WALKED = _FOLDER | os.O_NOATIME
 _PARENT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # "..", which is no link
 
 
+class ScratchError(OSError):
+    """No scratch folder could be made; the message names where and why."""
+
+
 @dataclass(frozen=True)
 class ScratchUsage:
     """What a scratch folder holds: bytes on disk (allocated blocks, so a sparse file counts what it fills),
@@ -51,9 +55,12 @@ class Scratch:
 
     @classmethod
     def make(cls, root: Path) -> Scratch:
-        """A new, empty folder under `root` (made private if need be)."""
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(Path(os.path.realpath(tempfile.mkdtemp(dir=root, prefix="exec-"))))  # as /proc names it
+        """A new, empty folder under `root` (made private if need be); ScratchError naming `root` and the cause."""
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return cls(Path(os.path.realpath(tempfile.mkdtemp(dir=root, prefix="exec-"))))  # as /proc names it
+        except OSError as exc:  # a read-only or full data dir, `scratch` a file
+            raise ScratchError(f"cannot make an execution process's scratch folder in {root}: {exc}") from exc
 
     def usage(self, max_entries: int = SCRATCH_MAX_ENTRIES) -> ScratchUsage:
         """Walk the folder, one descriptor per level and no link followed, stopping past `max_entries`."""

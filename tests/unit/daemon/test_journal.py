@@ -171,6 +171,24 @@ def test_open_corrupt_file_names_path(tmp_path: Path) -> None:
     assert "move the file aside" in str(raised.value)  # else a supervisor restarts it into the same error
 
 
+def test_a_journal_damaged_past_its_header_says_what_to_do_too(tmp_path: Path) -> None:
+    """Its header intact, its pages garbage (a torn write, bit rot): the open passes, the compact step fails."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal.open(path)
+    for i in range(40):
+        journal.record_accepted(f"t{i}", "aa" * 20, time.time_ns() + 10**12, "m", b"x" * 2000, time.time_ns())
+    journal.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        file.seek(4096)  # past the first page: the header and the schema stay readable
+        file.write(bytes(range(256)) * ((size - 4096) // 256 + 1))
+    with pytest.raises(JournalError, match=str(path)) as raised:
+        Journal.open(path)
+    assert "move the file aside" in str(raised.value)
+
+
 def test_open_path_under_a_file_names_path(tmp_path: Path) -> None:
     """Works as root too: the parent 'directory' is a regular file."""
     blocker = tmp_path / "blocker"

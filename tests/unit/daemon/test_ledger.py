@@ -108,6 +108,21 @@ def test_a_ledger_of_another_layout_is_refused_at_open_naming_it(tmp_path: Path)
     fresh.close()
 
 
+def test_a_damaged_ledger_is_moved_aside_and_a_new_one_started(tmp_path: Path) -> None:
+    """A ledger SQLite cannot read stopped the node at every start (a restart loop under systemd): it is an
+    account of finished tasks, so it is kept under another name and the node goes on with a new one."""
+    path = tmp_path / "ledger.sqlite3"
+    garbage = b"not a database, but an operator's only copy of their accounts" * 100
+    path.write_bytes(garbage)
+    ledger = Ledger.open(path, keep_days=30, max_rows=1000)
+    ledger.record(entry("t1"))
+    assert ledger.flush() == 1
+    ledger.close()
+    assert [row.tasks for row in totals(path)["model"]] == [1]
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("ledger.sqlite3.damaged-")]
+    assert aside.read_bytes() == garbage
+
+
 async def test_a_ledger_that_cannot_be_written_drops_rows_and_keeps_running(tmp_path: Path) -> None:
     import asyncio
     import sqlite3

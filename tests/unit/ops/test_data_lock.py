@@ -131,3 +131,22 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     a_file.write_text("not a directory")
     with pytest.raises(DataDirLockedError, match=f"the data directory {a_file} is not a directory"):
         DataDirLock(a_file, "node").acquire()
+
+
+def test_a_lock_file_that_cannot_be_written_is_named_with_its_cause(tmp_path: Path) -> None:
+    """A full disk at start: the pid cannot be written into the lock file. RLIMIT_FSIZE 0 makes every write fail
+    (EFBIG) as ENOSPC does, in a child process, without a disk to fill."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from node.ops.data_lock import DataDirLock, DataDirLockedError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+        "try:\n"
+        "    DataDirLock(Path(sys.argv[1]), 'node').acquire()\n"
+        "except DataDirLockedError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cannot write {tmp_path / 'node.lock'}: File too large"
