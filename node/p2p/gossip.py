@@ -19,13 +19,13 @@ from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.io.exceptions import IOException, MessageTooLarge
 from libp2p.network.connection.exceptions import RawConnError
-from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.utils import maybe_consume_signed_record
-from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
@@ -48,6 +48,9 @@ log = structlog.get_logger(__name__)
 MAX_INBOUND_RPC_BYTES = 1 << 20
 HOUSEKEEPING_INTERVAL_S = 30.0
 STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer looks for its promotion
+# A pubsub write that failed after this long waited for a peer that read none of it (yamux gives up after 5 s
+# with the peer's receive window shut): `write_msg` disconnects such a peer.
+STALLED_WRITE_S = 4.0
 # Verdicts held between a message's validation and its hand-off (a subscription buffers 32 messages):
 # past either bound the oldest is forgotten, and its consumer checks the message again itself.
 VERDICTS_HELD = 256
@@ -163,6 +166,31 @@ class StreamPeerAwarePubsub(Pubsub):
             self.peer_topics.setdefault(topic, set()).add(peer_id)
         if count is not None:
             self._peer_subscription_count[peer_id] = count
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """Write one RPC (py-libp2p's write); a peer that read none of it for STALLED_WRITE_S is disconnected.
+
+        py-libp2p only dropped the stream then and opened a new one to the still-connected peer, dialling it
+        again if need be, and queued its RPCs anew: seven such peers on one IP, subscribed and never reading,
+        grew a node by ~4 MB a second while the network's traffic went on (native memory, held until they
+        left). A peer that reads none of its gossip is of no use to the mesh; disconnected (and forgotten, so
+        never dialled back), it may dial again within the inbound limits (inbound_gate.py)."""
+        data = rpc_msg.SerializeToString()
+        started = trio.current_time()
+        try:
+            await stream.write(encode_varint_prefixed(data))
+            return True
+        except (StreamClosed, StreamReset):
+            peer = stream.muxed_conn.peer_id
+            if trio.current_time() - started < STALLED_WRITE_S or not has_open_connection(self.host, peer):
+                self._handle_dead_peer(peer)  # as py-libp2p does: a new stream if it is still connected
+                return False
+        log.info("pubsub peer reads nothing: disconnected", peer=peer.to_base58())
+        try:
+            await self.host.disconnect(peer)  # its connections' end forgets it (_handle_dead_peer, not connected)
+        except Exception as exc:  # noqa: BLE001 - its connections are closing already
+            log.debug("pubsub peer not disconnected", peer=peer.to_base58(), error=repr(exc))
+        return False
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         if peer_id in self.stream_only:

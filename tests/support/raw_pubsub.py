@@ -170,13 +170,16 @@ def raw_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
 
 
 async def _run_peer(
-    addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool], serve_pubsub: bool
+    addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool], serve_pubsub: bool, reads: bool
 ) -> None:
     host, listen = raw_host(peer.key_pair)
     peer.host = host
 
     async def serve(stream: INetStream) -> None:
-        await _read_node_stream(peer, stream)
+        if reads:
+            await _read_node_stream(peer, stream)
+        else:
+            await trio.sleep_forever()  # taken, never read: the node's writes stall once its window is spent
 
     if serve_pubsub:
         host.set_stream_handler(TProtocol(PROTOCOL_ID_V11), serve)
@@ -193,13 +196,13 @@ async def _run_peer(
         await peers.stop.wait()
 
 
-async def _run(addr: str, peers: RawPeers, serve_pubsub: bool) -> None:
+async def _run(addr: str, peers: RawPeers, serve_pubsub: bool, reads: bool) -> None:
     peers.token = trio.lowlevel.current_trio_token()
     peers.stop = trio.Event()
     send, receive = trio.open_memory_channel[bool](len(peers.peers))
     async with trio.open_nursery() as nursery:
         for peer in peers.peers:
-            nursery.start_soon(_run_peer, addr, peer, peers, send, serve_pubsub)
+            nursery.start_soon(_run_peer, addr, peer, peers, send, serve_pubsub, reads)
         for _ in peers.peers:
             if not await receive.receive():
                 peers.failed += 1
@@ -212,12 +215,17 @@ def _new_peer() -> RawPeer:
 
 
 @asynccontextmanager
-async def raw_pubsub_peers(addr: str, count: int = 1, serve_pubsub: bool = True) -> AsyncIterator[RawPeers]:
+async def raw_pubsub_peers(
+    addr: str, count: int = 1, serve_pubsub: bool = True, reads: bool = True
+) -> AsyncIterator[RawPeers]:
     """`count` hostile peers, each with a pubsub stream open to `addr` (a /p2p/ multiaddr), while the context is open.
 
-    `serve_pubsub=False`: they refuse the node's own pubsub stream, so it never registers them as peers."""
+    `serve_pubsub=False`: they refuse the node's own pubsub stream, so it never registers them as peers.
+    `reads=False`: they take it and never read it."""
     peers = RawPeers([_new_peer() for _ in range(count)])
-    thread = threading.Thread(target=trio.run, args=(_run, addr, peers, serve_pubsub), name="raw-pubsub", daemon=True)
+    thread = threading.Thread(
+        target=trio.run, args=(_run, addr, peers, serve_pubsub, reads), name="raw-pubsub", daemon=True
+    )
     thread.start()
     try:
         await asyncio.to_thread(peers.ready.wait, DIAL_TIMEOUT_S + 10)
