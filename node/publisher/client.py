@@ -50,7 +50,7 @@ from node.publisher.errors import (
     VerificationFailedTaskError,
 )
 from node.publisher.gossip_peers import GossipPeerKeeper, GossipPeerSettings
-from node.publisher.inbox import ResultInbox
+from node.publisher.inbox import PEER_LOG_WINDOW_S, ResultInbox
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.peer_watch import PeerWatch
 from node.publisher.prompt_match import PromptExpectation
@@ -60,7 +60,7 @@ from node.publisher.sender import Delivery, TaskSender
 from node.publisher.tasks import Task, TaskResult, check_size, task_body
 from node.publisher.verification import ResultVerifier, VerificationFailedError
 from node.wire.identity import Identity
-from node.wire.inbound import GossipGate, Inbound, consume
+from node.wire.inbound import GossipGate, Inbound, LogWindow, consume
 from node.wire.messages import HeartbeatBody, ResultBody, TaskBody
 from node.wire.proof import ProofError, open_proof
 from node.wire.topics import HEARTBEAT_TOPIC, RESULTS_TOPIC, TASK_TOPIC
@@ -124,8 +124,7 @@ class Client:
             self.identity = Identity.from_hex(secret_key)
         else:
             self.identity = Identity.generate()
-        # One multiaddr as a str would be dialled character by character.
-        self._peers = [peers] if isinstance(peers, str) else list(peers)
+        self._peers = [peers] if isinstance(peers, str) else list(peers)  # a str: one multiaddr, not one per character
         self._listen = listen or ["/ip4/127.0.0.1/tcp/0"]
         self._connect_timeout = connect_timeout
         self._host: P2PHost | None = None
@@ -140,6 +139,7 @@ class Client:
         self.reputation = Reputation(reputation_path, reputation_settings)
         self.nodes = node_table or NodeTable(reputation=self.reputation)
         self.on_message = on_message  # called for every verified result and heartbeat
+        self._observer_log = LogWindow(PEER_LOG_WINDOW_S)  # it may fail on every message any peer sends
         self.verifier = verifier
         self._gossip_settings = gossip_peers
         self.gossip_keeper: GossipPeerKeeper | None = None
@@ -442,9 +442,9 @@ class Client:
             self._notify(inbound)
 
     def _notify(self, inbound: Inbound) -> None:
-        if self.on_message is None:
-            return
         try:
-            self.on_message(inbound)
+            if self.on_message is not None:
+                self.on_message(inbound)
         except Exception:  # the consumer loop must survive a failing observer
-            log.exception("message observer failed", topic=inbound.signed.topic)
+            if (not_logged := self._observer_log.may_log("failed")) is not None:
+                log.exception("message observer failed", topic=inbound.signed.topic, not_logged_since=not_logged)

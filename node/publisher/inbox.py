@@ -7,7 +7,8 @@ id, it fails with TaskIdTakenError), name a model the task accepts (a node runs 
 entries resolve to; verification and speed are judged by that name, so a node must not choose
 it), and its text must decrypt with the publisher's
 key, unless the task was sealed to another key (`Task.public_key`): then its ciphertext is
-handed back untouched. An error result's text is cut to MAX_ERROR_CHARS.
+handed back untouched. An error result's text is cut to MAX_ERROR_CHARS. A result refused is logged once
+per PEER_LOG_WINDOW_S for each reason, with how many were not: any gossip peer can send them without end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
 from node.wire.identity import Identity
+from node.wire.inbound import LogWindow
 from node.wire.messages import ResultBody
 from node.wire.results import answers_another_publisher
 from node.wire.topics import ANY_LOCAL_MODEL, ANY_MODEL, FIRST_MODEL
@@ -30,13 +32,17 @@ log = structlog.get_logger(__name__)
 # many characters the rest is cut, before it reaches a caller, a store or a log line.
 MAX_ERROR_CHARS = 1000
 ID_TAKEN = "it ran another publisher's task under this task id"  # TaskIdTakenError's reason
+# A line any peer's message can cause is logged once per this many seconds for each reason, with how many were not
+# logged since: any gossip peer, with any key, may publish results under a task id it saw on gossip.
+PEER_LOG_WINDOW_S = 10.0
 
 
 class ResultInbox:
     """The awaited tasks (a future each, with the nodes it picked) and the sealed ones."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, log_window_s: float = PEER_LOG_WINDOW_S) -> None:
         self._secret = secret
+        self._refused_log = LogWindow(log_window_s)
         self._address = Identity(secret).address  # who signs our tasks
         self._pending: dict[str, tuple[asyncio.Future[TaskResult], set[str] | None]] = {}
         self._models: dict[str, list[str]] = {}  # task id -> the models it accepts (absent: any)
@@ -76,7 +82,13 @@ class ResultInbox:
         if future.done():
             return
         if picked is not None and sender not in picked:
-            log.warning("result from a node that was not picked", task_id=body.task_id, node=sender)
+            if (not_logged := self._refused_log.may_log("not_picked")) is not None:
+                log.warning(
+                    "result from a node that was not picked",
+                    task_id=body.task_id,
+                    node=sender,
+                    not_logged_since=not_logged,
+                )
             return
         if answers_another_publisher(body, self._address):
             # Another key's task run under our task id (a peer saw the id on gossip and sent its own task first):
@@ -84,7 +96,13 @@ class ResultInbox:
             # id once: ours will not come from it. Once no picked node is left to run it, the task fails at once
             # (a retry takes a new id) instead of waiting out its timeout. Whether the node is to blame is the
             # AttemptLoop's call: one that accepted our task on its stream and then says this lies.
-            log.warning("result of another publisher's task under our task id", task_id=body.task_id, node=sender)
+            if (not_logged := self._refused_log.may_log("another_publisher")) is not None:
+                log.warning(
+                    "result of another publisher's task under our task id",
+                    task_id=body.task_id,
+                    node=sender,
+                    not_logged_since=not_logged,
+                )
             if picked is not None:
                 picked.discard(sender)
                 if not picked:

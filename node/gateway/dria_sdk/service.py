@@ -27,9 +27,10 @@ from node.gateway.dria_sdk.store import SdkStore, SdkTask
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.gateway.validation import field_path
 from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
+from node.publisher.inbox import PEER_LOG_WINDOW_S
 from node.publisher.tasks import check_size
 from node.wire.envelope import Envelope
-from node.wire.inbound import Inbound
+from node.wire.inbound import Inbound, LogWindow
 from node.wire.messages import Deadline, ResultBody, TaskBody, TaskInput
 from node.wire.results import answers_another_publisher
 
@@ -143,7 +144,14 @@ def _item(envelope: Envelope, **extra: str) -> str:
 class SdkService:
     """Publishes posted tasks and collects the envelopes the SDK polls for."""
 
-    def __init__(self, client: Client, store: SdkStore, caps: PendingCaps, deadline_horizon: float) -> None:
+    def __init__(
+        self,
+        client: Client,
+        store: SdkStore,
+        caps: PendingCaps,
+        deadline_horizon: float,
+        log_window_s: float = PEER_LOG_WINDOW_S,
+    ) -> None:
         self.client = client
         self.store = store
         self.caps = caps  # per key: per token without api_keys
@@ -155,6 +163,7 @@ class SdkService:
         # `/v1` caller, and from other keys' listings: an SDK caller picks its task's node itself, so what that
         # node did (a fast answer of junk, errors to a workflow sent to fail) must not move another's choice.
         self._answered: dict[str, dict[str, None]] = {}
+        self._refused_log = LogWindow(log_window_s)  # any gossip peer may send results under a posted task's id
 
     async def _published(self, network_id: str) -> str:
         """`network_id` once its publish in flight (by an earlier POST of the same task) went out; its error
@@ -173,14 +182,32 @@ class SdkService:
         if task is None:
             return
         if inbound.sender not in task.picked:
-            log.warning("result from a node that was not picked", task_id=body.task_id, node=inbound.sender)
+            if (not_logged := self._refused_log.may_log("not_picked")) is not None:
+                log.warning(
+                    "result from a node that was not picked",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if answers_another_publisher(body, self.client.identity.address):
             # Another key's task run under this task id first (its id is seen on gossip): not the SDK's answer.
-            log.warning("result of another publisher's task under our task id", task_id=body.task_id)
+            if (not_logged := self._refused_log.may_log("another_publisher")) is not None:
+                log.warning(
+                    "result of another publisher's task under our task id",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if not sdk_readable(inbound.signed.body):
-            log.warning("result the sdk cannot read dropped", task_id=body.task_id, node=inbound.sender)
+            if (not_logged := self._refused_log.may_log("unreadable")) is not None:
+                log.warning(
+                    "result the sdk cannot read dropped",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
             if body.error is None:

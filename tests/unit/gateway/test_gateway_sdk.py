@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from node.gateway.dria_sdk.service import (
     MAX_LISTING_BYTES,
@@ -172,13 +173,16 @@ def test_the_heartbeats_served_to_the_sdk_are_the_node_tables_within_its_byte_ca
     sdk.store.close()
 
 
-def sdk_result(node: Identity, network_task_id: str, lowercase_z: bool = False, error: str | None = None) -> Inbound:
-    """A node's result (or error) for a task posted through /rpc, as the gateway's Client hears it."""
+def sdk_result(
+    node: Identity, network_task_id: str, lowercase_z: bool = False, error: str | None = None, signer: str | None = None
+) -> Inbound:
+    """A node's result (or error) for a task posted through /rpc, as the gateway's Client hears it (`signer`: the
+    node says it ran a task that key signed)."""
     publisher = Identity.generate()
     now = time.time_ns()
     output = error or Output("an answer", publisher.public_key_compressed.hex(), 5, 2)
     body = encode_body(result_body(network_task_id, "llama3.2:1b", output, received_at_ns=now - 10**9,
-                                   started_at_ns=now - 10**9, ended_at_ns=now))  # fmt: skip
+                                   started_at_ns=now - 10**9, ended_at_ns=now, publisher=signer))  # fmt: skip
     if lowercase_z:  # RFC 3339 allows it, and the node's decoder reads it; the SDK does not
         body = re.sub(rb'(At":"[^"]*)Z"', rb'\1z"', body)
     return decode(RESULTS_TOPIC, seal(node, RESULTS_TOPIC, body))
@@ -206,6 +210,30 @@ def test_results_the_sdk_reads_are_queued_and_list_their_node_to_its_key(tmp_pat
     assert "k2" not in sdk._answered
     # ...and nothing in the reputation every `/v1` caller's choice reads (below)
     assert client.reputation.view(node.address).answered == 0 and client.reputation.view(node.address).errors == 0
+    sdk.store.close()
+
+
+def test_results_refused_are_logged_once_a_window_per_reason_with_the_count_held_back(tmp_path: Path) -> None:
+    """Any gossip peer may publish results under a posted task's id (it is seen on gossip): each one was logged,
+    three lines for three reasons, without a bound."""
+    picked, forger = Identity.generate(), Identity.generate()
+    sdk = SdkService(Client(peers=[]), SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0, 0.2)
+    assert sdk.store.insert(task().model_copy(update={"picked": [picked.address], "created_at": time.time()}))
+    refused = {
+        "result from a node that was not picked": sdk_result(forger, "t1--k1"),
+        "result of another publisher's task under our task id": sdk_result(picked, "t1--k1", signer=forger.address),
+        "result the sdk cannot read dropped": sdk_result(picked, "t1--k1", lowercase_z=True),
+    }
+    with capture_logs() as logs:
+        for inbound in refused.values():
+            for _ in range(500):
+                sdk.observe(inbound)
+        time.sleep(0.2)
+        for inbound in refused.values():
+            sdk.observe(inbound)
+    for event in refused:
+        assert [entry["not_logged_since"] for entry in logs if entry["event"] == event] == [0, 499]
+    assert sdk.store.pop_results("k1", 10) == []
     sdk.store.close()
 
 
