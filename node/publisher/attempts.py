@@ -95,6 +95,7 @@ class AttemptLoop:
     sent_at: float = 0.0
     deadline: float = 0.0
     last_failure: TaskFailedError | None = None
+    fates: list[str] = field(default_factory=list)  # what became of attempts without a result, for a timeout's text
 
     async def run(self) -> TaskResult:
         """The first accepted result; TaskTimeoutError, NoNodeError or the last TaskFailedError."""
@@ -113,7 +114,7 @@ class AttemptLoop:
                 if not live:
                     if self.last_failure is not None:
                         raise self.last_failure
-                    raise TaskTimeoutError(next(reversed(self.attempts), "-"), self.timeout)
+                    raise self._timed_out()
                 attempt, outcome = await next_outcome(live, self._give_up_at(live) - loop.time())
                 if attempt is None:
                     if self._give_up_at(live) > loop.time():
@@ -221,7 +222,7 @@ class AttemptLoop:
             self.judged.add(newest.task_id)
             self.hooks.reputation.record_timeout(newest.node)
         if asyncio.get_running_loop().time() >= self.deadline:
-            raise TaskTimeoutError(next(reversed(self.attempts)), self.timeout)
+            raise self._timed_out()
         if newest is not None and self._speaks(newest):
             raise TaskFailedError(
                 newest.task_id, "its node went silent after streaming part of the answer", newest.node
@@ -230,6 +231,7 @@ class AttemptLoop:
             raise self.doubted
         if not self.need_new and newest is not None:
             log.info("retrying on another node", task_id=newest.task_id, node=newest.node, reason="no result yet")
+            self.fates.append(f"node {newest.node} sent no result within {self._age(newest):.1f} s")
             self.retries, self.need_new = self.retries + 1, True
 
     async def _settle(self, attempt: Attempt, outcome: str) -> TaskResult | None:
@@ -265,6 +267,9 @@ class AttemptLoop:
             return None
         if outcome == "lost":
             reason = "stream closed without a result"
+            self.fates.append(
+                f"the stream of node {attempt.node} closed without a result after {self._age(attempt):.1f} s"
+            )
             self.judged.add(attempt.task_id)
             reputation.record_error(attempt.node)
             if self._speaks(attempt):
@@ -322,6 +327,9 @@ class AttemptLoop:
             del self.attempts[attempt.task_id]
             await self.hooks.end(attempt)
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
+        else:
+            went = "its stream closed" if attempt.direct is not None else "it disconnected"
+            self.fates.append(f"then {went} after {self._age(attempt):.1f} s")
 
     def _node_gone(self, attempt: Attempt) -> None:
         """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream (none
@@ -330,7 +338,20 @@ class AttemptLoop:
         marked only if its result never came (`_mark_gone`)."""
         self.judged.add(attempt.task_id)
         self.gone.add(attempt.task_id)
+        self.fates.append(f"node {attempt.node} disconnected without a result after {self._age(attempt):.1f} s")
         self._retry_after(attempt, NODE_GONE)
+
+    def _age(self, attempt: Attempt) -> float:
+        """Seconds since its node took the attempt."""
+        return asyncio.get_running_loop().time() - self.sent[attempt.task_id]
+
+    def _timed_out(self) -> TaskTimeoutError:
+        """TaskTimeoutError saying what became of the attempts (a stream closed, a node gone) and that no other node
+        could be asked, if so: the caller learns its node went away, not only that no result came."""
+        detail = "; ".join(self.fates)
+        if self.fates and not self.hooks.nodes.serving(self.task.models, exclude=self.tried):
+            detail += "; no other node serves its models"
+        return TaskTimeoutError(next(reversed(self.attempts), "-"), self.timeout, detail)
 
     def _mark_gone(self) -> None:
         """At the end of the call: an error for each node that went (`_node_gone`) without a result."""

@@ -407,7 +407,7 @@ class Client:
                 await self.start()
                 return await future
         except TimeoutError:
-            raise TaskTimeoutError(task_id, timeout) from None
+            raise TaskTimeoutError(task_id, timeout, "; ".join(self.nodes.departures(nodes or [], timeout))) from None
         finally:
             self._inbox.forget(task_id)
 

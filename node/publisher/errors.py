@@ -35,11 +35,14 @@ class TaskNotEncodableError(ClientError):
 
 
 class TaskTimeoutError(ClientError, TimeoutError):
-    """No result arrived before the timeout."""
+    """No result arrived before the timeout. `detail`: what the publisher saw become of the task's nodes (a stream
+    closed, a node gone), so a caller learns its node went away; a node may still publish a result on gossip, so
+    the call waited all the same."""
 
-    def __init__(self, task_id: str, timeout: float) -> None:
-        super().__init__(f"task {task_id}: no result within {timeout:g} s")
+    def __init__(self, task_id: str, timeout: float, detail: str = "") -> None:
+        super().__init__(f"task {task_id}: no result within {timeout:g} s" + (f": {detail}" if detail else ""))
         self.task_id = task_id
+        self.detail = detail
 
 
 class NoNodeError(ClientError, TimeoutError):

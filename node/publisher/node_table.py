@@ -52,6 +52,7 @@ SAMPLE = 64  # nodes not measured serving that one choice weighs at most (drawn 
 MAX_MEASURED = 256  # nodes measured serving that one choice weighs at most (drawn at random beyond)
 MAX_SPARED = 64  # nodes that served us passed over per eviction at most (when nearly all did, the oldest goes)
 MAX_GONE = 4096  # peers marked gone (`mark_gone`) held at most; past it, the oldest mark goes
+MAX_DEPARTURES = 4  # picked nodes `departures` names at most (a task may pick many)
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,26 @@ class NodeTable:
     def gone(self, peer_id: str) -> bool:
         """Whether the peer is marked gone (`mark_gone`) and not heard from since."""
         return peer_id in self._gone
+
+    def departures(self, addresses: Sequence[str], waited: float, now: float | None = None) -> list[str]:
+        """What this table knows of these nodes having gone, for the text of a wait that timed out after `waited`
+        seconds: marked gone since their last heartbeat (`mark_gone`: when, counted from the wait's start), or not
+        heard from within `ttl`. Nodes live as far as it knows, and unknown ones, go unnamed."""
+        now = time.time() if now is None else now
+        said: list[str] = []
+        for address in addresses[:MAX_DEPARTURES]:
+            node = self._nodes.get(address.lower().removeprefix("0x"))
+            if node is None:
+                continue
+            if (went := self._gone.get(node.peer_id)) is not None:
+                after = went - (now - waited)
+                when = f"after {after:.1f} s" if after >= 0 else "before the wait began"
+                said.append(
+                    f"node {node.address} became unreachable {when} (a connection to it closed or failed, none opened since)"
+                )
+            elif now - node.last_seen > self._ttl:
+                said.append(f"node {node.address} sent no heartbeat for {now - node.last_seen:.0f} s")
+        return said
 
     def get(self, address: str) -> KnownNode | None:
         """The node's last heartbeat (clamped), live or not; None if unknown."""
