@@ -4,6 +4,7 @@ settings.py  GatewaySettings (COMPUTE_NODE_GATEWAY_*, TOML via --config)
 schemas.py   the JSON shapes of the HTTP API (pydantic)
 database.py  the gateway's SQLite file: opening it, transactions, Table, one purge loop for every table
 store.py     TaskStore: task state of /v1/tasks (survives restarts until it expires)
+unsaved.py   UnsavedWrites: outcomes and network ids the store refused (a full disk), written when it can, and at a stop
 service.py   GatewayService: submits tasks through the Client (which chooses nodes), records results, long polling; the pending caps
 auth.py      API keys and per-key rate limits
 limits.py    request body size limit and time limits on a request's arrival (slowloris): ASGI middleware, h11 protocol

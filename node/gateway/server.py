@@ -96,6 +96,7 @@ class Gateway:
         except BaseException:
             await self.http.stop()
             await self.service.close()
+            await self.sdk.close()
             self._close_stores()
             self._lock.release()
             raise
@@ -109,6 +110,7 @@ class Gateway:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
         await self.service.close()
+        await self.sdk.close()
         self._close_stores()
         self._lock.release()
 

@@ -7,8 +7,9 @@ second opinion, other workflow errors none), recording each network task id it p
 and the outcome in the store. The gateway id stays the same across retries. Long polling waits on
 an in-memory event per unfinished task.
 
-An outcome the store cannot take (a full disk, an I/O error) is not lost: it is served from
-memory and written once the store takes writes again (`UNSAVED_RETRY_S`).
+An outcome or network task id the store cannot take (a full disk, an I/O error) is not lost: it is
+held in memory (the outcome served from there) and written once the store takes writes again, or at a
+graceful stop (`node/gateway/unsaved.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 import structlog
 
-from node.gateway.database import DatabaseError
 from node.gateway.schemas import TaskRequest
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskRecord, TaskStore
+from node.gateway.unsaved import UnsavedWrites
 from node.publisher.client import Client, ClientError, Task, TaskFailedError, TaskResult, TaskTimeoutError
 from node.publisher.node_table import KnownNode
 
@@ -33,7 +34,12 @@ log = structlog.get_logger(__name__)
 RETRY_AFTER = 5  # seconds suggested by every 429 and 503 of the gateway: pending caps, busy nodes, no store
 MAX_LISTED_NODES = 1000  # nodes (and SDK peers) one listing shows at most: anyone can make keys that heartbeat
 MAX_LISTED_MODELS = 1000  # models /v1/models shows at most (each heartbeat may name 64)
-UNSAVED_RETRY_S = 5.0  # seconds between two tries to write the outcomes the store could not take
+# A pending task stored without a network id: none had been published, or its id could not be stored
+# (a full disk) and a stop came before it could be: the gateway cannot tell which.
+UNTRACKED_AFTER_RESTART = (
+    "the gateway restarted without a record of a node taking the task (none had, or the gateway lost track "
+    "of it: its task database could not be written); submit it again"
+)
 
 
 class TooManyPendingError(Exception):
@@ -88,10 +94,7 @@ class GatewayService:
         self.store = store
         self._finished: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
-        # Outcomes the store refused (disk full, I/O error), by task id: served from here until written.
-        # At most one per task followed, so bounded by the pending caps.
-        self._unsaved: dict[str, dict[str, Any]] = {}
-        self._saver: asyncio.Task[None] | None = None
+        self._unsaved = UnsavedWrites(store)  # what the store refused (disk full): kept until written
         self.started_at: float | None = None  # loop time of `start`: nodes' heartbeats come in the seconds after
 
     async def start(self) -> None:
@@ -105,12 +108,14 @@ class GatewayService:
             self._spawn(self._resume(record))
 
     async def close(self) -> None:
-        """Stop following tasks (they stay pending in the store) and leave the network."""
-        tasks = list(self._followers) + ([self._saver] if self._saver is not None else [])
+        """Stop following tasks (they stay pending in the store), write what the store refused before if it
+        can now, and leave the network."""
+        tasks = list(self._followers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._followers.clear()
+        await self._unsaved.close()
         await self.client.close()
 
     def submit(self, key_id: str, requests: list[TaskRequest], timeouts: list[float], caps: PendingCaps) -> list[str]:
@@ -178,11 +183,7 @@ class GatewayService:
         task = _task_of(request)
 
         def published(network_id: str, node: str | None) -> None:
-            try:
-                self.store.published(task_id, network_id, node)
-            except DatabaseError as exc:  # only a restart needs the network id (to resume waiting): keep going
-                log.error("network task id not stored", id=task_id, network_id=network_id, error=str(exc))
-                return
+            self._unsaved.published(task_id, network_id, node)  # only a restart needs it: kept if refused
             log.debug("task published", id=task_id, network_id=network_id, node=node or request.nodes)
 
         try:
@@ -201,10 +202,8 @@ class GatewayService:
         if remaining <= 0:
             self._finish(record.id, "expired", error="no result before the deadline")
             return
-        if record.network_id is None:  # no node had taken it, and its workflow is not kept: it cannot go on
-            self._finish(
-                record.id, "error", error="the gateway restarted before any node took the task; submit it again"
-            )
+        if record.network_id is None:  # its workflow is not kept: it cannot go on
+            self._finish(record.id, "error", error=UNTRACKED_AFTER_RESTART)
             return
         nodes = record.picked or ([record.node] if record.node else None)
         try:
@@ -242,36 +241,15 @@ class GatewayService:
             )
 
     def _finish(self, task_id: str, status: str, **fields: object) -> None:
-        try:
-            self.store.finish(task_id, status, **fields)  # type: ignore[arg-type]
-        except DatabaseError as exc:
-            log.error(
-                "task outcome not stored; served from memory until the store takes it", id=task_id, error=str(exc)
-            )
-            self._unsaved[task_id] = {"status": status, **fields}
-            if self._saver is None or self._saver.done():
-                self._saver = asyncio.create_task(self._save_unsaved(), name="gateway-unsaved-outcomes")
+        self._unsaved.finish(task_id, status, fields)
         event = self._finished.pop(task_id, None)
         if event is not None:
             event.set()
         log.info("task finished", id=task_id, status=status, node=fields.get("node"), error=fields.get("error"))
 
     def _with_unsaved(self, record: TaskRecord) -> TaskRecord:
-        outcome = self._unsaved.get(record.id)
+        outcome = self._unsaved.outcome(record.id)
         return record if outcome is None else record.model_copy(update=outcome)
-
-    async def _save_unsaved(self) -> None:
-        """Write the outcomes the store refused, every UNSAVED_RETRY_S, until none is left."""
-        while self._unsaved:
-            await asyncio.sleep(UNSAVED_RETRY_S)
-            for task_id, outcome in list(self._unsaved.items()):
-                fields = dict(outcome)
-                try:
-                    self.store.finish(task_id, fields.pop("status"), **fields)
-                except DatabaseError:
-                    break  # the store still refuses: the rest wait for the next try
-                del self._unsaved[task_id]
-        log.info("unsaved task outcomes stored")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         follower = asyncio.create_task(coro)

@@ -2,5 +2,6 @@
 
 service.py  SdkService: tasks posted as the SDK posts them, published once; heartbeat and result envelopes kept raw
 store.py    SdkStore: those tasks and each key's result queue, a table of the gateway's database
+unqueued.py  UnqueuedResults: results the store refused (a full disk), queued when it can, and at a stop
 routes.py   the routes: GET /health, GET /rpc/get_alive_peers, GET /rpc/results, POST /rpc/task
 """

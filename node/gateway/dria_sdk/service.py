@@ -24,6 +24,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.gateway.dria_sdk.store import SdkStore, SdkTask
+from node.gateway.dria_sdk.unqueued import UnqueuedResults
 from node.gateway.service import MAX_LISTED_NODES, PendingCaps
 from node.gateway.validation import field_path
 from node.publisher.client import Client, ClientError, TaskNotEncodableError, TaskTooLargeError
@@ -164,6 +165,11 @@ class SdkService:
         # node did (a fast answer of junk, errors to a workflow sent to fail) must not move another's choice.
         self._answered: dict[str, dict[str, None]] = {}
         self._refused_log = LogWindow(log_window_s)  # any gossip peer may send results under a posted task's id
+        self._unqueued = UnqueuedResults(store)  # results the store refused (a full disk): queued once it can
+
+    async def close(self) -> None:
+        """Queue the results the store refused before, if it takes them now (at a graceful stop)."""
+        await self._unqueued.close()
 
     async def _published(self, network_id: str) -> str:
         """`network_id` once its publish in flight (by an earlier POST of the same task) went out; its error
@@ -209,7 +215,7 @@ class SdkService:
                     not_logged_since=not_logged,
                 )
             return
-        if self.store.add_result(body.task_id, _item(inbound.signed.envelope)):
+        if self._unqueued.add(body.task_id, _item(inbound.signed.envelope)):
             if body.error is None:
                 self._note_answered(task.key_id, inbound.sender)
             log.info(

@@ -18,10 +18,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from node.gateway import service as gateway_service
+from node.gateway import unsaved
 from node.gateway.database import DatabaseError, purge_loop
 from node.gateway.server import Gateway
 from node.gateway.store import TaskRecord, TaskStore
+from node.wire.identity import Identity
 from tests.support.gateway_net import gateway_over_silent_peer
 from tests.support.small_disk import small_disk as mounted_small_disk
 from workflows import Simple
@@ -112,7 +113,7 @@ async def test_the_purge_loop_outlives_a_store_that_refuses_writes(tmp_path: Pat
 
 @pytest_asyncio.fixture
 async def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    monkeypatch.setattr(gateway_service, "UNSAVED_RETRY_S", 0.1)
+    monkeypatch.setattr(unsaved, "UNSAVED_RETRY_S", 0.1)
     async with gateway_over_silent_peer(tmp_path, max_pending=1) as gw:
         yield gw
 
@@ -159,3 +160,82 @@ async def test_a_task_the_store_refuses_is_503_with_retry_after(gateway: Gateway
             assert answer.status_code == 503, (path, answer.text)
             assert int(answer.headers["retry-after"]) > 0, path  # README: come back later, as /rpc says too
     store._db.set_authorizer(None)
+
+
+def deny_updates(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_UPDATE else sqlite3.SQLITE_OK
+
+
+async def test_a_stop_soon_after_the_store_takes_writes_again_keeps_the_outcome_served_from_memory(
+    tmp_path: Path,
+) -> None:
+    """The retry loop writes every 5 s; a stop in between wrote nothing, and after the restart the outcome
+    served as it was was gone (the row, still pending, then expired or ended in a false error)."""
+    task = {"workflow": Simple().workflow(prompt="Hi", max_tokens=8), "models": ["llama3.2:1b"], "timeout": 1}
+    async with gateway_over_silent_peer(tmp_path) as gateway:
+        store = gateway.service.store
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            task_id = (await http.post("/v1/tasks", json=task)).json()["id"]
+            store._db.set_authorizer(deny_updates)
+            served = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 10})).json()
+        assert served["status"] == "error" and "no live node" in served["error"], served
+        assert store.get(task_id).status == "pending"
+        store._db.set_authorizer(None)  # the disk has room again; the gateway stops before its next try
+    async with gateway_over_silent_peer(tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            after = (await http.get(f"/v1/tasks/{task_id}")).json()
+    assert (after["status"], after["error"]) == (served["status"], served["error"]), after
+
+
+async def test_a_network_id_the_store_refused_is_kept_and_written_so_a_restart_waits_for_the_result(
+    tmp_path: Path,
+) -> None:
+    """The network id was dropped when its write failed: after a restart the gateway said no node had taken
+    a task a node had (it cannot wait for a result without the id)."""
+    picked = Identity.generate().address
+    task = {
+        "workflow": Simple().workflow(prompt="Hi", max_tokens=8),
+        "models": ["llama3.2:1b"],
+        "nodes": [picked],  # published on gossip at once, to the silent peer
+        "timeout": 120,
+    }
+    async with gateway_over_silent_peer(tmp_path) as gateway:
+        store = gateway.service.store
+        store._db.set_authorizer(deny_updates)  # the row goes in; its network id cannot
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            task_id = (await http.post("/v1/tasks", json=task)).json()["id"]
+            for _ in range(100):
+                if len(gateway.service._unsaved):
+                    break
+                await asyncio.sleep(0.05)
+        assert store.get(task_id).network_id is None
+        store._db.set_authorizer(None)
+    async with gateway_over_silent_peer(tmp_path) as gateway:
+        record = gateway.service.store.get(task_id)
+        assert record is not None and record.network_id is not None and record.node is None
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            view = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 1})).json()
+        assert view["status"] == "pending" and view.get("error") is None, view  # waiting for the node's result
+
+
+async def test_a_network_id_the_store_refused_is_written_by_the_retry_loop(gateway: Gateway) -> None:
+    store = gateway.service.store
+    task = {
+        "workflow": Simple().workflow(prompt="Hi", max_tokens=8),
+        "models": ["llama3.2:1b"],
+        "nodes": [Identity.generate().address],
+        "timeout": 120,
+    }
+    store._db.set_authorizer(deny_updates)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        task_id = (await http.post("/v1/tasks", json=task)).json()["id"]
+    for _ in range(100):
+        if len(gateway.service._unsaved):
+            break
+        await asyncio.sleep(0.05)
+    store._db.set_authorizer(None)
+    for _ in range(100):
+        if store.get(task_id).network_id is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert store.get(task_id).network_id is not None and not len(gateway.service._unsaved)

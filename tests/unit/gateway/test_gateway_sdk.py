@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import sqlite3
 import time
 import tracemalloc
 from pathlib import Path
@@ -234,6 +235,24 @@ def test_results_refused_are_logged_once_a_window_per_reason_with_the_count_held
     for event in refused:
         assert [entry["not_logged_since"] for entry in logs if entry["event"] == event] == [0, 499]
     assert sdk.store.pop_results("k1", 10) == []
+    sdk.store.close()
+
+
+async def test_a_result_the_store_refuses_is_held_and_queued_at_a_stop(tmp_path: Path) -> None:
+    """A node sends its result once: one the store refused (a full disk) was lost for good (the observer
+    raised into the client's log), and the SDK's poll never got it."""
+    node = Identity.generate()
+    sdk = SdkService(Client(peers=[]), SdkStore(tmp_path / "g.sqlite3", retention=60), PendingCaps(), 3600.0)
+    assert sdk.store.insert(task().model_copy(update={"picked": [node.address], "created_at": time.time()}))
+
+    def deny_updates(action: int, *_: object) -> int:
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_UPDATE else sqlite3.SQLITE_OK
+
+    sdk.store._db.set_authorizer(deny_updates)
+    sdk.observe(sdk_result(node, "t1--k1"))
+    sdk.store._db.set_authorizer(None)  # room again; a stop comes before the retry loop's next try
+    await sdk.close()
+    assert len(sdk.store.pop_results("k1", 10)) == 1
     sdk.store.close()
 
 

@@ -78,7 +78,7 @@ async def test_a_task_no_node_took_before_a_restart_ends_saying_so_not_expired(t
                 view = (await http.get(f"/v1/tasks/{task_id}", params={"wait": 5})).json()
             assert gateway.service.store.get(task_id).deadline - time.time() > 60
             assert view["status"] == "error", view  # was "expired", 'no result before the deadline', 2 min early
-            assert "restarted before any node took the task" in view["error"], view
+            assert "restarted without a record of a node taking the task" in view["error"], view
         finally:
             await gateway.stop()
     finally:
@@ -87,7 +87,7 @@ async def test_a_task_no_node_took_before_a_restart_ends_saying_so_not_expired(t
 
 async def test_a_task_posted_while_the_gateway_joins_is_not_taken_for_one_left_by_a_restart(tmp_path: Path) -> None:
     """HTTP listens before the gateway has joined the network; a task it takes meanwhile is this run's own, not
-    one an earlier run left pending (those end 'restarted before any node took the task' once it has joined)."""
+    one an earlier run left pending (those end 'restarted without a record of a node taking the task' once it has joined)."""
     peer = P2PHost(Identity.generate().secret, ["/ip4/127.0.0.1/tcp/0"])  # joins the task topic when told
     await peer.start()
     gateway = Gateway(GatewaySettings.load(data_dir=tmp_path, peers=[str(peer.listen_addrs[0])], port=0))
