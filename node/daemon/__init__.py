@@ -29,4 +29,5 @@ execution process (node/execution/) only its protocol, and nothing that loads ll
     pause.py            PauseState: the operator's pause (kept in the data dir) and idle_only's
     idle.py             IdleWatch: idle_only: pauses while other processes keep the CPUs (or a GPU) busy
     ledger.py           Ledger: SQLite record of every finished task, bounded by days and rows (`compute-node ledger`)
+    ledger_restore.py   restore_lost_rows: at a start, the ledger rows a kill lost, from the journal
 """

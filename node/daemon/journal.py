@@ -21,8 +21,10 @@ Bounded by what the node owes, never by how many keys send tasks (keys are free)
   finishes. Past ``max_waiting_bytes`` of waiting results (the node had no peers
   to publish to) the oldest waiting result is dropped: logged, never retried;
 - records (PUBLISHED, DROPPED) hold no body at all: the task id, its deadline and
-  a few fixed-size fields, to dedupe a re-delivered task until its deadline. Past
-  ``max_records`` the records with the earliest deadlines are forgotten first.
+  a few fixed-size fields, to dedupe a re-delivered task until its deadline, and its
+  ledger row (its error clipped; node/daemon/ledger_restore.py writes it at a start when
+  the ledger lost it). Past ``max_records`` the records with the earliest deadlines are
+  forgotten first.
 
 So no task is ever turned away for room in the journal; only SQLite failures (disk
 full, a locked file, a number SQLite cannot store) fail a write, as a JournalError.
@@ -192,13 +194,14 @@ class Journal:
             row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else TaskState(row[0])
 
-    def record_finished(self, task_id: str, result_body: bytes) -> None:
+    def record_finished(self, task_id: str, result_body: bytes, ledger_entry: str | None = None) -> None:
         """Store the encoded result/error body (unsealed), drop the task body, move to FINISHED.
 
         The result is never refused for room: the task was accepted, so its result is
         owed. Past ``max_waiting_bytes`` of waiting results the oldest others are dropped.
+        `ledger_entry`: the task's ledger row (JSON), kept past its publication in the same write.
         """
-        self._transition(task_id, TaskState.FINISHED, LIVE, result_body, drop_task=True)
+        self._transition(task_id, TaskState.FINISHED, LIVE, result_body, drop_task=True, ledger_entry=ledger_entry)
         self.waiting_bytes += len(result_body) + ROW_OVERHEAD_BYTES
         if self.waiting_bytes > self.max_waiting_bytes:
             try:
@@ -242,6 +245,14 @@ class Journal:
     def interrupted(self) -> list[JournalEntry]:
         """ACCEPTED or RUNNING entries, oldest first (left there by a crash)."""
         return self._select_states(LIVE)
+
+    def ledger_entries(self) -> list[str]:
+        """The ledger rows (JSON) of the finished tasks the journal still holds, oldest first."""
+        with self._guard("list ledger rows"):
+            rows = self._conn.execute(
+                "SELECT ledger_entry FROM tasks WHERE ledger_entry IS NOT NULL ORDER BY received_at_ns, rowid"
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def backlog(self) -> int:
         """How many FINISHED results are waiting to be published."""
@@ -343,6 +354,7 @@ class Journal:
         *,
         drop_task: bool = False,
         drop_result: bool = False,
+        ledger_entry: str | None = None,
     ) -> None:
         marks = ", ".join("?" for _ in allowed_from)
         assignments = ["state = ?", "updated_at_ns = ?"]
@@ -354,6 +366,9 @@ class Journal:
             assignments.append("task_message = x''")
         if drop_result:
             assignments.append("result_body = NULL")
+        if ledger_entry is not None:
+            assignments.append("ledger_entry = ?")
+            values.append(ledger_entry)
         with self._guard(f"move to {to.value}", task_id):
             cur = self._conn.execute(
                 f"UPDATE tasks SET {', '.join(assignments)} WHERE task_id = ? AND state IN ({marks})",

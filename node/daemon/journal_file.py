@@ -32,11 +32,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_message   BLOB NOT NULL,
     result_body    BLOB,
     received_at_ns INTEGER NOT NULL,
-    updated_at_ns  INTEGER NOT NULL
+    updated_at_ns  INTEGER NOT NULL,
+    ledger_entry   TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at_ns);
 CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (deadline_ns);
 """
+
+# Added after the first release (no new schema version: an older node names its columns and ignores it).
+_LEDGER_ENTRY_COLUMN = "ALTER TABLE tasks ADD COLUMN ledger_entry TEXT"
 
 COLUMNS = "task_id, publisher, deadline_ns, model, state, task_message, result_body, received_at_ns, updated_at_ns"
 
@@ -114,6 +118,8 @@ def open_journal_file(path: Path) -> sqlite3.Connection:
                 f"cannot open journal {path}: schema version {version}, this node knows {SCHEMA_VERSION}"
             )
         conn.executescript(SCHEMA)
+        if "ledger_entry" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
+            conn.execute(_LEDGER_ENTRY_COLUMN)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         conn.close()

@@ -4,13 +4,16 @@ One row per finished task (publisher, model, times, token counts, outcome) in
 `<data_dir>/ledger.sqlite3`. `record` is called on the event loop when a task
 finishes and only appends to memory; `run` writes the rows in a worker thread every
 few seconds and prunes rows older than `keep_days` and beyond `max_rows` (keys are
-free, so the bound is on rows, whoever sent them). `totals` reads it back for
+free, so the bound is on rows, whoever sent them). The rows a kill takes from memory come back at the next
+start from the journal, which keeps each (`journal_form`) with the task's record (node/daemon/ledger_restore.py).
+`totals` reads it back for
 `compute-node ledger`. (/status shows the last hour from node/ops/activity.py, not from here.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -85,6 +88,25 @@ class LedgerEntry(BaseModel):
     completion_tokens: int = 0
     outcome: Outcome
     error: str | None = None
+
+    def journal_form(self) -> str:
+        """The entry as a JSON array of its fields in order, its error clipped as the ledger keeps it: the
+        journal holds it with the task's record (node/daemon/ledger_restore.py), so it is kept small."""
+        error = self.error[:ERROR_CHARS] if self.error is not None else None
+        return json.dumps(
+            [*(getattr(self, name) for name in _ENTRY_FIELDS[:-1]), error], separators=(",", ":"), ensure_ascii=False
+        )
+
+    @classmethod
+    def from_journal_form(cls, text: str) -> LedgerEntry:
+        """The entry of `journal_form`'s text; ValueError (pydantic's ValidationError among them) if it is none."""
+        values = json.loads(text)
+        if not isinstance(values, list) or len(values) != len(_ENTRY_FIELDS):
+            raise ValueError("not a journalled ledger row")
+        return cls.model_validate(dict(zip(_ENTRY_FIELDS, values, strict=True)))
+
+
+_ENTRY_FIELDS = tuple(LedgerEntry.model_fields)  # error last
 
 
 class Totals(BaseModel):
@@ -213,6 +235,12 @@ class Ledger:
                 raise
             self.prune(time.time_ns())
         return len(rows)
+
+    def task_ids_since(self, since_ns: int) -> set[str]:
+        """The task ids of the rows that ended at `since_ns` or later."""
+        with self._lock:
+            rows = self._conn.execute("SELECT task_id FROM tasks WHERE ended_ns >= ?", (since_ns,)).fetchall()
+        return {row[0] for row in rows}
 
     def prune(self, now_ns: int) -> None:
         """Drop rows older than the kept days, then the oldest beyond the row cap."""

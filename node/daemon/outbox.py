@@ -73,15 +73,16 @@ class ResultOutbox:
         self._in_hand: set[str] = set()  # task ids whose result `send` is delivering now: flush leaves them alone
         self.unjournalled = UnjournalledResults()
 
-    async def send(self, body: ResultBody) -> bool:
+    async def send(self, body: ResultBody, ledger_entry: str | None = None) -> bool:
         """Journal the result and publish it if the node has peers; True if published now.
 
         The body is stamped and encoded once: the journal keeps the bytes that are published,
-        unless its stream took them and failed, which stamps it again for gossip.
+        unless its stream took them and failed, which stamps it again for gossip. `ledger_entry`:
+        the task's ledger row (JSON), journalled with it (`Journal.record_finished`).
         """
         body, encoded = _fitting(_stamped(body))
         try:
-            self._journal.record_finished(body.task_id, encoded)
+            self._journal.record_finished(body.task_id, encoded, ledger_entry)
         except JournalError as exc:
             log.error(
                 "result not journalled; held in memory until the journal takes it", task_id=body.task_id, error=str(exc)

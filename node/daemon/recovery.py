@@ -15,6 +15,7 @@ import structlog
 from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.daemon.journal import Journal
 from node.daemon.journal_file import JournalEntry
+from node.daemon.ledger import Ledger, LedgerEntry
 from node.daemon.outbox import ResultOutbox
 from node.wire.messages import MessageError, decode_task
 from node.wire.results import result_body
@@ -32,8 +33,10 @@ async def recover_interrupted(
     *,
     rerun: bool,
     min_time_left_s: float,
+    ledger: Ledger | None = None,
 ) -> tuple[int, int]:
-    """Re-run or error every interrupted task; returns (re-run, errored)."""
+    """Re-run or error every interrupted task; returns (re-run, errored). An errored task gets its ledger row
+    (outcome `interrupted`) as a drained one does; a re-run one gets it when it finishes."""
     rerun_count = errored = 0
     now = time.time_ns()
     for entry in journal.interrupted():
@@ -51,7 +54,19 @@ async def recover_interrupted(
             ended_at_ns=now,
             publisher=entry.publisher,
         )
-        await outbox.send(body)
+        row = LedgerEntry(
+            task_id=entry.task_id,
+            publisher=entry.publisher,
+            model=entry.model,
+            received_at=entry.received_at_ns / 1e9,
+            started_at=entry.updated_at_ns / 1e9,
+            ended_at=now / 1e9,
+            outcome="interrupted",
+            error=INTERRUPTED,
+        )
+        if ledger is not None:
+            ledger.record(row)
+        await outbox.send(body, ledger_entry=row.journal_form() if ledger is not None else None)
         errored += 1
     return rerun_count, errored
 

@@ -246,23 +246,24 @@ class TaskRunner:
             completion_tokens=output.completion_tokens if output is not None else None,
             elapsed_ms=(ended - started_ns) // 1_000_000,
         )
+        journalled_row: str | None = None
         if self._ledger is not None:
-            self._ledger.record(
-                LedgerEntry(
-                    task_id=task.task_id,
-                    publisher=accepted.publisher,
-                    model=accepted.model,
-                    received_at=accepted.received_at_ns / 1e9,
-                    started_at=started_ns / 1e9,
-                    ended_at=ended / 1e9,
-                    prompt_tokens=clamp_count(output.prompt_tokens) if output else 0,
-                    completion_tokens=clamp_count(output.completion_tokens) if output else 0,
-                    outcome=outcome_of(None if output is not None else error or "unknown error"),
-                    error=None if output is not None else error,
-                )
+            row = LedgerEntry(
+                task_id=task.task_id,
+                publisher=accepted.publisher,
+                model=accepted.model,
+                received_at=accepted.received_at_ns / 1e9,
+                started_at=started_ns / 1e9,
+                ended_at=ended / 1e9,
+                prompt_tokens=clamp_count(output.prompt_tokens) if output else 0,
+                completion_tokens=clamp_count(output.completion_tokens) if output else 0,
+                outcome=outcome_of(None if output is not None else error or "unknown error"),
+                error=None if output is not None else error,
             )
+            self._ledger.record(row)
+            journalled_row = row.journal_form()  # the ledger writes in a few seconds; a kill before is undone
         try:
-            await self._outbox.send(body)
+            await self._outbox.send(body, ledger_entry=journalled_row)
         except Exception:  # noqa: BLE001 - the journal keeps it; the outbox retries
             accepted.log.exception("result not sent")
 

@@ -42,6 +42,7 @@ from node.daemon.idle import IdleWatch
 from node.daemon.journal import Journal
 from node.daemon.journal_file import JournalError
 from node.daemon.ledger import Ledger, LedgerError
+from node.daemon.ledger_restore import restore_lost_rows
 from node.daemon.pause import PauseState
 from node.daemon.processes.early import EarlyProcess
 from node.daemon.processes.pool import CLOSE_TIMEOUT_S, ExecutionPool, NoUsableModelError
@@ -181,6 +182,7 @@ class NodeServer:
             parts.admission,
             rerun=self.settings.rerun_interrupted,
             min_time_left_s=RERUN_MIN_TIME_LEFT_S,  # as for a task whose execution process died
+            ledger=running.ledger,
         )
         self._start_loops(running, queues)
         running.http = await self._start_http(parts)
@@ -198,6 +200,7 @@ class NodeServer:
         opened.callback(journal.close)
         ledger = open_ledger(settings)
         opened.callback(ledger.close)
+        restore_lost_rows(journal, ledger)  # before the outbox's prune can forget what the journal holds
         check_embedding_model(settings)
         pool = ExecutionPool(settings, self.metrics, self._early)
         opened.push_async_callback(pool.close)

@@ -170,8 +170,8 @@ async def test_a_published_result_the_journal_cannot_mark_is_never_published_aga
     accept(scene, "t1")
     record_finished = scene.journal.record_finished
 
-    def then_refuse(task_id: str, body: bytes) -> None:  # the disk fails between the result's write and its mark
-        record_finished(task_id, body)
+    def then_refuse(task_id: str, body: bytes, ledger_entry: str | None = None) -> None:
+        record_finished(task_id, body, ledger_entry)  # the disk fails between the result's write and its mark
         refuse_updates(scene.journal)
 
     scene.journal.record_finished = then_refuse  # type: ignore[method-assign]

@@ -38,7 +38,7 @@ class SlowStreamOutbox:
         self.sending: list[str] = []
         self.read = asyncio.Event()
 
-    async def send(self, body: ResultBody) -> None:
+    async def send(self, body: ResultBody, ledger_entry: str | None = None) -> None:
         self.sending.append(body.task_id)
         await self.read.wait()
 
