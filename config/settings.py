@@ -188,7 +188,7 @@ class Settings(LayeredSettings):
     journal_max_records: int = Field(
         default=100_000,
         ge=1000,
-        description="Tasks remembered until their deadline to ignore a re-delivery (id and deadline, no body); "
+        description="Tasks remembered until their deadline to ignore a re-delivery (id, deadline and ledger row, no body); "
         "past it the earliest deadlines are forgotten first",
     )
     journal_retention: float | None = Field(

@@ -246,11 +246,14 @@ class Journal:
         """ACCEPTED or RUNNING entries, oldest first (left there by a crash)."""
         return self._select_states(LIVE)
 
-    def ledger_entries(self) -> list[str]:
-        """The ledger rows (JSON) of the finished tasks the journal still holds, oldest first."""
+    def ledger_entries(self, since_ns: int = 0) -> list[str]:
+        """The ledger rows (JSON) of the tasks the journal holds that finished at `since_ns` or later (their
+        record was last changed then or after), oldest first."""
         with self._guard("list ledger rows"):
             rows = self._conn.execute(
-                "SELECT ledger_entry FROM tasks WHERE ledger_entry IS NOT NULL ORDER BY received_at_ns, rowid"
+                "SELECT ledger_entry FROM tasks WHERE ledger_entry IS NOT NULL AND updated_at_ns >= ?"
+                " ORDER BY received_at_ns, rowid",
+                (since_ns,),
             ).fetchall()
         return [row[0] for row in rows]
 

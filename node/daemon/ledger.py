@@ -159,7 +159,7 @@ class Ledger:
                 raise
             aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
             try:
-                for suffix in ("", "-wal", "-shm"):  # its write-ahead log belongs to it, not to the new file
+                for suffix in ("-wal", "-shm", ""):  # its write-ahead log first: never left beside a new file
                     if (part := Path(f"{path}{suffix}")).exists():
                         part.rename(f"{aside}{suffix}")
             except OSError as error:
@@ -224,17 +224,31 @@ class Ledger:
                 break
         if rows:
             try:
-                with self._lock, self._conn:
-                    self._conn.executemany(
-                        "INSERT INTO tasks (task_id, publisher, model, received_ns, started_ns, ended_ns,"
-                        " prompt_tokens, completion_tokens, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        [_row(e) for e in rows],
-                    )
+                self.write(rows)
             except sqlite3.Error:
                 self.dropped += len(rows)
                 raise
-            self.prune(time.time_ns())
         return len(rows)
+
+    def write(self, entries: list[LedgerEntry]) -> None:
+        """Write `entries` at once (not through the pending rows, which hold PENDING_MAX), then prune."""
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO tasks (task_id, publisher, model, received_ns, started_ns, ended_ns,"
+                " prompt_tokens, completion_tokens, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [_row(e) for e in entries],
+            )
+        self.prune(time.time_ns())
+
+    def kept_since_ns(self, now_ns: int) -> int:
+        """The oldest end a row may have and be kept (`ledger_days`)."""
+        return now_ns - self._keep_ns
+
+    def newest_ended_ns(self) -> int | None:
+        """When the newest row's task ended; None for an empty ledger."""
+        with self._lock:
+            row = self._conn.execute("SELECT max(ended_ns) FROM tasks").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def task_ids_since(self, since_ns: int) -> set[str]:
         """The task ids of the rows that ended at `since_ns` or later."""

@@ -10,6 +10,7 @@ has not (by task id) is written to the ledger.
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import structlog
 
@@ -20,22 +21,28 @@ from node.daemon.ledger import Ledger, LedgerEntry
 log = structlog.get_logger(__name__)
 
 CLOCK_SLACK_NS = 1_000_000_000  # ended_ns went through a float: look a little earlier for a row's twin
+# A kill loses the rows noted since the writer's last flush (every 2 s), which ended after the newest row it
+# wrote: rows that ended earlier than that (less this slack: tasks end out of the order they are noted in) are
+# in the ledger, or were pruned on purpose (past `ledger_max_rows`), and are not looked at.
+RESTORE_WINDOW_NS = 5 * 1_000_000_000
 
 
 def restore_lost_rows(journal: Journal, ledger: Ledger) -> int:
-    """Write to the ledger the rows of finished tasks the journal holds and the ledger lacks; how many.
+    """Write to the ledger the rows of tasks that finished in its last moments (or, for a new ledger, in its kept
+    days) that the journal holds and the ledger lacks; how many.
 
     A journal or ledger that cannot be read or written is logged: the node serves all the same."""
     try:
-        entries = _entries(journal.ledger_entries())
+        newest = ledger.newest_ended_ns()
+        kept_since = ledger.kept_since_ns(time.time_ns())
+        since_ns = kept_since if newest is None else max(kept_since, newest - RESTORE_WINDOW_NS)
+        entries = _entries(journal.ledger_entries(since_ns))
         if not entries:
             return 0
-        since_ns = int(min(entry.ended_at for entry in entries) * 1e9) - CLOCK_SLACK_NS
-        known = ledger.task_ids_since(since_ns)
-        lost = [entry for entry in entries if entry.task_id not in known]
-        for entry in lost:
-            ledger.record(entry)
-        ledger.flush()
+        known = ledger.task_ids_since(int(min(entry.ended_at for entry in entries) * 1e9) - CLOCK_SLACK_NS)
+        lost = [entry for entry in entries if entry.task_id not in known and entry.ended_at * 1e9 >= since_ns]
+        if lost:
+            ledger.write(lost)
     except (JournalError, sqlite3.Error) as exc:
         log.error("ledger rows not restored from the journal", error=str(exc))
         return 0

@@ -87,7 +87,7 @@ class ResultOutbox:
             log.error(
                 "result not journalled; held in memory until the journal takes it", task_id=body.task_id, error=str(exc)
             )
-            self.unjournalled.hold_finished(body, encoded)
+            self.unjournalled.hold_finished(body, encoded, ledger_entry)
         self._in_hand.add(body.task_id)  # nothing awaited since the journal write: no flush has seen it
         try:
             if body.task_id in self.routes:

@@ -37,6 +37,7 @@ class HeldResult:
 
     body: ResultBody | None  # None: the journal has the result (FINISHED); only its publication is owed
     encoded: bytes = b""  # the body as journalled once the journal takes it
+    ledger_entry: str | None = None  # the task's ledger row, journalled with it (ledger_restore.py)
     published: bool = False
     since: float = field(default_factory=time.monotonic)
 
@@ -54,9 +55,9 @@ class UnjournalledResults:
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold_finished(self, body: ResultBody, encoded: bytes) -> None:
-        """A finished result the journal did not record: published from here."""
-        self._hold(body.task_id, HeldResult(body, encoded))
+    def hold_finished(self, body: ResultBody, encoded: bytes, ledger_entry: str | None = None) -> None:
+        """A finished result the journal did not record (and its ledger row): published from here."""
+        self._hold(body.task_id, HeldResult(body, encoded, ledger_entry))
 
     def hold_published(self, task_id: str) -> None:
         """A journalled result that went out but is not marked published; an unjournalled one that went out."""
@@ -109,6 +110,6 @@ def _settle(journal: Journal, task_id: str, held: HeldResult) -> None:
     if state != TaskState.FINISHED:  # accepted (or running): the result itself is owed
         if held.body is None:
             return  # nothing to write it with; recovery after a restart answers the task
-        journal.record_finished(task_id, held.encoded)
+        journal.record_finished(task_id, held.encoded, held.ledger_entry)
     if held.published:
         journal.mark_published(task_id)

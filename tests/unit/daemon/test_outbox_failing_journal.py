@@ -114,7 +114,7 @@ async def test_a_result_the_full_disk_refuses_is_published_and_journalled_once_t
     disk_full(scene.journal)
     errors = scene.journal.errors
 
-    assert await outbox.send(result(scene, "t1")) is True  # published at once, from memory
+    assert await outbox.send(result(scene, "t1"), ledger_entry='["its ledger row"]') is True  # at once, from memory
     assert await gossiped(scene) == ["t1"]
     assert scene.journal.state("t1") == TaskState.ACCEPTED  # the journal could not take it
     assert "t1" in outbox.unjournalled
@@ -127,6 +127,7 @@ async def test_a_result_the_full_disk_refuses_is_published_and_journalled_once_t
     disk_back(scene.journal)
     await outbox.flush()
     assert scene.journal.state("t1") == TaskState.PUBLISHED
+    assert scene.journal.ledger_entries() == ['["its ledger row"]']  # kept with it: a kill now loses no row
     assert len(outbox.unjournalled) == 0
     assert await outbox.flush() == 0
     assert await gossiped(scene) == [], "the result went out twice"
