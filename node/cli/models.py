@@ -7,6 +7,7 @@ import sys
 
 from config.settings import Settings
 from models.requests import ModelError
+from node.cli.settings import EXIT_ERROR
 
 # llama.cpp is imported only by the commands that use it: `compute-node start` goes
 # through this module, and the daemon itself never loads llama.cpp (its execution
@@ -54,8 +55,8 @@ def run_models_command(args: argparse.Namespace, settings: Settings) -> int:
             return uvloop.run(_bench(names, settings))
     except ModelError as exc:
         print(f"compute-node: {exc}", file=sys.stderr)
-        return 1
-    return 1
+        return EXIT_ERROR
+    return EXIT_ERROR
 
 
 async def _bench(names: list[str], settings: Settings) -> int:

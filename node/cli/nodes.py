@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from node.cli.settings import EXIT_ERROR
 from node.publisher.reputation import ReputationUnreadableError, read_views
 from node.publisher.reputation_records import ReputationView
 
@@ -39,7 +40,7 @@ def run_nodes(args: argparse.Namespace) -> int:
         views = read_views(reputation_path(args.data_dir))
     except ReputationUnreadableError as exc:
         print(f"compute-node nodes: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if args.json:
         print(json.dumps({"nodes": [view.model_dump() for view in views]}, indent=2))
         return 0

@@ -103,14 +103,14 @@ class PauseFileError(OSError):
 def read_pause_file(path: Path) -> PauseFile | None:
     """The operator's pause kept at `path`, or None; an unreadable file still means paused."""
     try:
-        text = path.read_bytes()  # not decoded here: bytes that are no UTF-8 read as a damaged file
+        kept = path.read_bytes()  # not decoded here: bytes that are no UTF-8 read as a damaged file
     except FileNotFoundError:
         return None
     except OSError as exc:
         log.warning("pause file unreadable: staying paused", path=str(path), error=str(exc))
         return PauseFile(since=time.time(), reason="operator (pause file unreadable)")
     try:
-        return PauseFile.model_validate_json(text)
+        return PauseFile.model_validate_json(kept)
     except ValidationError:
         return PauseFile(since=time.time(), reason="operator")
 

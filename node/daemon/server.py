@@ -409,6 +409,8 @@ async def serve_node(
     except Exception as exc:  # noqa: BLE001 - startup failures end the process with one clear line
         # What an operator can mend (a setting, a file, a port) is one line; anything else is a bug: its traceback.
         log.error("node failed", error=str(exc), error_type=type(exc).__name__, exc_info=not _operators(exc))
+        if _operators(exc):  # an OSError may still be a bug: its traceback at debug
+            log.debug("node failed: traceback", exc_info=True)
         print(f"compute-node: {exc}", file=sys.stderr)
         return 1
     if server.supervisor.fatal is not None:

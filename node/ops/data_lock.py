@@ -20,7 +20,7 @@ from typing import IO
 
 
 class DataDirLockedError(Exception):
-    """Another process holds this data directory's lock."""
+    """This data directory cannot be held: another process holds its lock, or it cannot be used (the message says)."""
 
 
 KINDS = ("node", "gateway")  # the daemons that lock a data directory, each by its own `<name>.lock`

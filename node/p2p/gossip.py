@@ -51,6 +51,7 @@ STREAM_ONLY_POLL_S = 0.5  # how often a held pubsub stream of a stream-only peer
 # A pubsub write that failed after this long waited for a peer that read none of it (yamux gives up after 5 s
 # with the peer's receive window shut): `write_msg` disconnects such a peer.
 STALLED_WRITE_S = 4.0
+STALLED_LOG_WINDOW_S = 10.0  # such disconnects are logged once a window, with the count so far
 # Verdicts held between a message's validation and its hand-off (a subscription buffers 32 messages):
 # past either bound the oldest is forgotten, and its consumer checks the message again itself.
 VERDICTS_HELD = 256
@@ -139,6 +140,9 @@ class StreamPeerAwarePubsub(Pubsub):
         self.seen_messages.stop()  # its sweeping thread: see seen_cache.py
         self.seen_messages = WindowedSeenCache(ttl)  # type: ignore[assignment]  # has/add, as py-libp2p uses it
         self._died_in_retry: set[ID] = set()  # connected peers whose stream failed while a retry registered it
+        self._disconnecting: set[ID] = set()  # peers `write_msg` found reading nothing, being disconnected
+        self._stalled = 0  # such peers disconnected so far
+        self._stalled_logged_at = -STALLED_LOG_WINDOW_S
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         # Called when the peer's last connection closed, and also when one pubsub stream failed:
@@ -185,11 +189,20 @@ class StreamPeerAwarePubsub(Pubsub):
             if trio.current_time() - started < STALLED_WRITE_S or not has_open_connection(self.host, peer):
                 self._handle_dead_peer(peer)  # as py-libp2p does: a new stream if it is still connected
                 return False
-        log.info("pubsub peer reads nothing: disconnected", peer=peer.to_base58())
+        if peer in self._disconnecting:  # gossipsub's own writes to the same stream stalled too
+            return False
+        self._disconnecting.add(peer)
+        self._stalled += 1
+        if (now := trio.current_time()) - self._stalled_logged_at >= STALLED_LOG_WINDOW_S:  # any peer can cause it
+            log.info("pubsub peer reads nothing: disconnected", peer=peer.to_base58(), count=self._stalled)
+            self._stalled_logged_at = now
         try:
             await self.host.disconnect(peer)  # its connections' end forgets it (_handle_dead_peer, not connected)
-        except Exception as exc:  # noqa: BLE001 - its connections are closing already
+        except Exception as exc:  # noqa: BLE001 - not disconnected: its stream is handled as py-libp2p would
             log.debug("pubsub peer not disconnected", peer=peer.to_base58(), error=repr(exc))
+            self._handle_dead_peer(peer)
+        finally:
+            self._disconnecting.discard(peer)
         return False
 
     async def _handle_new_peer(self, peer_id: ID) -> None:

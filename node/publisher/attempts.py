@@ -329,7 +329,7 @@ class AttemptLoop:
             self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
         else:
             went = "its stream closed" if attempt.direct is not None else "it disconnected"
-            self.fates.append(f"then {went} after {self._age(attempt):.1f} s")
+            self.fates.append(f"node {attempt.node} timed out, then {went} after {self._age(attempt):.1f} s")
 
     def _node_gone(self, attempt: Attempt) -> None:
         """A task on gossip whose node's connection to us closed: a retry at once, as for a lost stream (none

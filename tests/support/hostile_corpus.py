@@ -56,13 +56,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from config.settings import DEFAULT_MODEL
 from node.wire.envelope import payload_digest
 from node.wire.identity import Identity
 from node.wire.topics import PROTOCOL_NAME, PROTOCOL_VERSION
 from workflows import Simple
 
 CASE_DIR = Path(__file__).parent / "hostile"
-DEFAULT_MODEL = "smollm2:135m"
 DEADLINE_S = 60
 Verdict = Literal["reject", "ignore", "error_result", "result", "unsendable", "accept"]
 Signature = Literal["valid", "zero", "flip_recovery", "tamper_payload", "r_overflow", "s_zero", "high_s"]

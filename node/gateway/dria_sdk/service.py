@@ -206,7 +206,7 @@ class SdkService:
             if body.error is None:
                 self._note_answered(task.key_id, inbound.sender)
             log.info(
-                "result queued",
+                "result taken",  # queued, or held while the store refuses it (logged apart)
                 task_id=body.task_id,
                 node=inbound.sender,
                 key_id=task.key_id,
