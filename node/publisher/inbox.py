@@ -82,7 +82,13 @@ class ResultInbox:
         if future.done():
             return
         if picked is not None and sender not in picked:
-            self._refused("not_picked", "result from a node that was not picked", body.task_id, sender)
+            if (not_logged := self._refused_log.may_log("not_picked")) is not None:
+                log.warning(
+                    "result from a node that was not picked",
+                    task_id=body.task_id,
+                    node=sender,
+                    not_logged_since=not_logged,
+                )
             return
         if answers_another_publisher(body, self._address):
             # Another key's task run under our task id (a peer saw the id on gossip and sent its own task first):
@@ -90,9 +96,13 @@ class ResultInbox:
             # id once: ours will not come from it. Once no picked node is left to run it, the task fails at once
             # (a retry takes a new id) instead of waiting out its timeout. Whether the node is to blame is the
             # AttemptLoop's call: one that accepted our task on its stream and then says this lies.
-            self._refused(
-                "another_publisher", "result of another publisher's task under our task id", body.task_id, sender
-            )
+            if (not_logged := self._refused_log.may_log("another_publisher")) is not None:
+                log.warning(
+                    "result of another publisher's task under our task id",
+                    task_id=body.task_id,
+                    node=sender,
+                    not_logged_since=not_logged,
+                )
             if picked is not None:
                 picked.discard(sender)
                 if not picked:
@@ -110,11 +120,6 @@ class ResultInbox:
             future.set_result(self._open(body, sender))
         except TaskFailedError as exc:
             future.set_exception(exc)
-
-    def _refused(self, reason: str, event: str, task_id: str, node: str) -> None:
-        """Log a refused result, once per window for each `reason`: any gossip peer can send them without cost."""
-        if (not_logged := self._refused_log.may_log(reason)) is not None:
-            log.warning(event, task_id=task_id, node=node, not_logged_since=not_logged)
 
     def _open(self, body: ResultBody, node: str) -> TaskResult:
         assert body.ciphertext is not None

@@ -188,19 +188,32 @@ class SdkService:
         if task is None:
             return
         if inbound.sender not in task.picked:
-            self._refused("not_picked", "result from a node that was not picked", body.task_id, inbound.sender)
+            if (not_logged := self._refused_log.may_log("not_picked")) is not None:
+                log.warning(
+                    "result from a node that was not picked",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if answers_another_publisher(body, self.client.identity.address):
             # Another key's task run under this task id first (its id is seen on gossip): not the SDK's answer.
-            self._refused(
-                "another_publisher",
-                "result of another publisher's task under our task id",
-                body.task_id,
-                inbound.sender,
-            )
+            if (not_logged := self._refused_log.may_log("another_publisher")) is not None:
+                log.warning(
+                    "result of another publisher's task under our task id",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if not sdk_readable(inbound.signed.body):
-            self._refused("unreadable", "result the sdk cannot read dropped", body.task_id, inbound.sender)
+            if (not_logged := self._refused_log.may_log("unreadable")) is not None:
+                log.warning(
+                    "result the sdk cannot read dropped",
+                    task_id=body.task_id,
+                    node=inbound.sender,
+                    not_logged_since=not_logged,
+                )
             return
         if self._unqueued.add(body.task_id, _item(inbound.signed.envelope)):
             if body.error is None:
@@ -212,11 +225,6 @@ class SdkService:
                 key_id=task.key_id,
                 error=body.error is not None,
             )
-
-    def _refused(self, reason: str, event: str, task_id: str, node: str) -> None:
-        """Log a refused result, once per window for each `reason`: any gossip peer can send them without cost."""
-        if (not_logged := self._refused_log.may_log(reason)) is not None:
-            log.warning(event, task_id=task_id, node=node, not_logged_since=not_logged)
 
     def _note_answered(self, key_id: str, node: str) -> None:
         """`node` answered a task `key_id` posted: in that key's listing after the measured nodes (the latest
