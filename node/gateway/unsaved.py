@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -21,6 +22,23 @@ log = structlog.get_logger(__name__)
 
 UNSAVED_RETRY_S = 5.0  # seconds between two tries to write what the store could not take
 FINAL_SAVE_S = 2.0  # at most this long for the last try at a stop
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def write_held(held: dict[K, V], write: Callable[[K, V], object], until: float | None = None) -> bool:
+    """Write and forget each of `held` in turn, until the store refuses one (DatabaseError: it and the rest stay
+    for the next try) or `until` (monotonic) passes; True if none is left."""
+    for key, value in list(held.items()):
+        if until is not None and time.monotonic() > until:
+            return False
+        try:
+            write(key, value)
+        except DatabaseError:
+            return False
+        del held[key]
+    return True
 
 
 class UnsavedWrites:
@@ -64,23 +82,9 @@ class UnsavedWrites:
 
     def save(self, until: float | None = None) -> bool:
         """Write what is held, until the store refuses one or `until` (monotonic) passes; True if none is left."""
-        for task_id, (network_id, node) in list(self._published.items()):
-            if until is not None and time.monotonic() > until:
-                return False
-            try:
-                self._store.published(task_id, network_id, node)
-            except DatabaseError:
-                return False  # the store still refuses: the rest wait for the next try
-            del self._published[task_id]
-        for task_id, fields in list(self._outcomes.items()):
-            if until is not None and time.monotonic() > until:
-                return False
-            try:
-                self._write_outcome(task_id, fields)
-            except DatabaseError:
-                return False
-            del self._outcomes[task_id]
-        return True
+        return write_held(
+            self._published, lambda task_id, held: self._store.published(task_id, *held), until
+        ) and write_held(self._outcomes, self._write_outcome, until)
 
     async def close(self) -> None:
         """Stop the retry loop and try once more (within FINAL_SAVE_S); what is still refused is lost."""

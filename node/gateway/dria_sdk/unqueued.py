@@ -45,15 +45,7 @@ class UnqueuedResults:
 
     def save(self, until: float | None = None) -> bool:
         """Queue what is held, until the store refuses one or `until` (monotonic) passes; True if none is left."""
-        for network_id, item in list(self._held.items()):
-            if until is not None and time.monotonic() > until:
-                return False
-            try:
-                self._store.add_result(network_id, item)
-            except DatabaseError:
-                return False  # the store still refuses: the rest wait for the next try
-            del self._held[network_id]
-        return True
+        return unsaved.write_held(self._held, self._store.add_result, until)
 
     async def close(self) -> None:
         """Stop the retry loop and try once more (within FINAL_SAVE_S); what is still refused is lost."""
