@@ -24,6 +24,7 @@ bounded_yamux.py   BoundedYamux: streams a peer may open on one connection, its 
 inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake; each handler ends with its connection
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent
+sender_records.py  SenderRecords: the signed peer record on each pubsub RPC read, checked once per peer and bytes
 lean_libp2p.py     stand-ins for the parts of py-libp2p the node never runs (QUIC, mDNS, AutoTLS, WebSocket): ~16 MiB less
 """
 

@@ -24,10 +24,8 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
-from node.p2p.bounded_peerstore import MAX_RECORD_BYTES
 from node.p2p.errors import HostileRpcServiceError, NoMeshPeersServiceError, P2PServiceError
 from node.p2p.handoff import held_size
 from node.p2p.pacing import POLL_S, OutboundPacing
@@ -40,6 +38,7 @@ from node.p2p.pubsub_limits import (
     trim_rpc,
 )
 from node.p2p.seen_cache import WindowedSeenCache
+from node.p2p.sender_records import SenderRecords
 from node.p2p.stream_only import StreamOnlyPeers, has_open_connection
 from node.wire.topics import SEEN_WINDOW_S
 
@@ -123,7 +122,8 @@ class StreamPeerAwarePubsub(Pubsub):
     pubsub with us for the connection, so `connect` could not make it a gossip peer later (a
     publisher whose gossip peers died); once connected to, its stream is read from its start.
     A peer leaves `stream_only` once its last connection is gone (stream_only.py).
-    Its seen-message cache is `WindowedSeenCache` (seen_cache.py), not py-libp2p's.
+    Its seen-message cache is `WindowedSeenCache` (seen_cache.py), not py-libp2p's; the signed peer record on each RPC is
+    checked once per peer and bytes (sender_records.py).
 
     Its read loop is its own (`continuously_read_stream`): py-libp2p's let one RPC that is not
     protobuf, or one message whose key does not parse, end the whole host (the exception reached
@@ -143,6 +143,7 @@ class StreamPeerAwarePubsub(Pubsub):
         self._disconnecting: set[ID] = set()  # peers `write_msg` found reading nothing, being disconnected
         self._stalled = 0  # such peers disconnected so far
         self._stalled_logged_at = -STALLED_LOG_WINDOW_S
+        self._sender_records = SenderRecords(self.host)  # each RPC's signed peer record, checked once per bytes
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         # Called when the peer's last connection closed, and also when one pubsub stream failed:
@@ -150,6 +151,7 @@ class StreamPeerAwarePubsub(Pubsub):
         if not has_open_connection(self.host, peer_id):
             self.stream_only.discard(peer_id)
             self._died_in_retry.discard(peer_id)  # its retry gives up: nothing is held for a peer gone
+            self._sender_records.forget(peer_id)
             if peer_id not in self.peers:
                 # Its RPCs were read (scores per topic, IDONTWANTs, the IWANT budget), but py-libp2p clears
                 # a router's state only for peers it registered: one that never took our stream left it for good.
@@ -256,8 +258,9 @@ class StreamPeerAwarePubsub(Pubsub):
 
     async def _handle_rpc(self, peer: ID, rpc: rpc_pb2.RPC) -> None:
         """What py-libp2p's read loop does with one RPC, within pubsub_limits.py's bounds."""
-        if len(rpc.senderRecord) > MAX_RECORD_BYTES or not maybe_consume_signed_record(rpc, self.host, peer):
-            return  # a record too large to keep (bounded_peerstore.py) is dropped unread, as py-libp2p drops a bad one
+        if not self._sender_records.take(rpc, peer, trio.current_time()):
+            return  # as py-libp2p drops an RPC with a bad record (or, here, one too large to keep)
+        rpc.ClearField("senderRecord")  # taken: gossipsub's control handling would check it again
         trimmed = trim_rpc(rpc, self.topic_ids)
         if trimmed:
             log.debug("pubsub rpc trimmed", peer=peer.to_base58(), **vars(trimmed))
