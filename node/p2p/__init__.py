@@ -21,6 +21,7 @@ connection_trim.py ConnectionTrimmer: closes idle inbound connections past a bud
 kept_peers.py      KeptPeers: peers the trimmer leaves alone while held (a publisher whose task runs on the node)
 bounded_peerstore.py BoundedPeerStore: what a peer can make the peerstore hold (addresses, protocols, records); never our keys
 bounded_yamux.py   BoundedYamux: streams a peer may open on one connection, its receive windows, pings answered
+yamux_windows.py   use_half_window_updates: yamux streams announce room at half their window (go-yamux), not after every read
 inbound_gate.py    InboundGate: inbound connections per remote IP (IPv6 /56): open at once and new per minute, before the handshake; each handler ends with its connection
 announce.py        advertised_addrs: the dialable addresses a node puts in its heartbeats
 steady_addrs.py    SteadyAddrs: the host's addresses rebuilt every few seconds, not on every pubsub RPC sent

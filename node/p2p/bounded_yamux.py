@@ -50,6 +50,8 @@ from libp2p.stream_muxer.yamux.yamux import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.yamux_windows import use_half_window_updates
+
 log = structlog.get_logger(__name__)
 
 CLOSED_WINDOW = "receive_window"  # connections closed for data past a stream's window (a refusal reason)
@@ -222,7 +224,9 @@ def bounded_yamux_class(limits: MuxerLimits, refusals: MuxerRefusals) -> type[Bo
 
 
 def install_bounded_muxer(swarm: Swarm, limits: MuxerLimits, refusals: MuxerRefusals) -> None:
-    """Make every connection of `swarm` (inbound and dialled) use a BoundedYamux with `limits`."""
+    """Make every connection of `swarm` (inbound and dialled) use a BoundedYamux with `limits`, its streams
+    announcing room at half their window (yamux_windows.py)."""
+    use_half_window_updates()
     muxers: MuxerMultistream = swarm.upgrader.muxer_multistream
     muxer_class = bounded_yamux_class(limits, refusals)
 
