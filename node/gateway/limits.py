@@ -7,12 +7,9 @@ handed to the app as one message. A too-large body is read on (and dropped) up t
 reset the connection, and the client would lose the 413. A body declared larger than that is
 refused without reading it.
 
-`head_timeout_protocol`: uvicorn's h11 protocol, closing a connection whose request head has
-not arrived within a time limit of its opening (or of its previous response), and aborting one
-whose client has taken no bytes of its response for that long. uvicorn itself waits for a head,
-for a body, and for a reader, forever: a client holding connections open by sending nothing, or
-a byte now and then (slowloris), or a streamed answer's reader that stops reading, would hold
-the gateway's sockets (and that stream's place against the pending caps) for good.
+The request head, a reader that stops taking a streamed answer, and the number of connections open
+are bounded below the app, by the HTTP server's protocol (node/ops/http_limits.py): a streamed
+answer's reader that stops reading would otherwise hold that stream's place against the pending caps.
 """
 
 from __future__ import annotations
@@ -21,9 +18,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
-import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 DISCARD_BYTES = 16 * 1024 * 1024
 
@@ -99,56 +94,6 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol closing connections whose request head has not come within `timeout_s`, or
-    whose client took none of the response for `timeout_s` while the gateway had some to write."""
-
-    class HeadTimeoutProtocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _write_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._await_head()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._await_head()  # the next request's (uvicorn's keep-alive timeout ends only a silent wait)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            for timer in (self._head_timer, self._write_timer):
-                if timer is not None:
-                    timer.cancel()
-            super().connection_lost(exc)
-
-        def pause_writing(self) -> None:  # the transport's buffer is full: the client takes nothing
-            super().pause_writing()
-            if self._write_timer is None:
-                self._write_timer = self.loop.call_later(timeout_s, self._write_overdue)
-
-        def resume_writing(self) -> None:
-            if self._write_timer is not None:
-                self._write_timer.cancel()
-                self._write_timer = None
-            super().resume_writing()
-
-        def _write_overdue(self) -> None:
-            self._write_timer = None
-            self.transport.abort()  # close() would wait for the unsent bytes; the app hears the disconnect
-
-        def _await_head(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            self._head_timer = self.loop.call_later(timeout_s, self._head_overdue)
-
-        def _head_overdue(self) -> None:
-            self._head_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()  # no request began in time: nothing to answer
-
-    return HeadTimeoutProtocol
 
 
 async def _refuse(send: Send, status: int, payload: bytes) -> None:

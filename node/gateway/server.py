@@ -12,7 +12,6 @@ from node.gateway.app import create_gateway_app
 from node.gateway.database import purge_loop
 from node.gateway.dria_sdk.service import SdkService
 from node.gateway.dria_sdk.store import SdkStore
-from node.gateway.limits import head_timeout_protocol
 from node.gateway.service import GatewayService, PendingCaps
 from node.gateway.settings import GatewaySettings
 from node.gateway.store import TaskStore
@@ -24,6 +23,10 @@ from node.publisher.reputation_records import ReputationSettings
 from node.wire.identity import Identity, warn_if_shared
 
 log = structlog.get_logger(__name__)
+
+# HTTP connections open at once (past it a new one closes the oldest still waiting for its request's head):
+# well above what max_pending_total's long polls and streams hold, well below the open-files limit.
+MAX_CONNECTIONS = 4096
 
 
 class Gateway:
@@ -68,7 +71,8 @@ class Gateway:
         client.on_message = self.sdk.observe
         self.http = HttpServer(
             create_gateway_app(self.service, settings, self.sdk, caps),
-            protocol=head_timeout_protocol(settings.request_timeout),
+            head_timeout_s=settings.request_timeout,
+            max_connections=MAX_CONNECTIONS,
         )
         self._purger: asyncio.Task[None] | None = None
 

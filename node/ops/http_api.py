@@ -4,7 +4,8 @@
 routes, so a plain ASGI callable rather than FastAPI, which the daemon (the
 process that faces the network) does not import (~30 MiB, ~1 s). ``HttpServer``
 runs any ASGI app (this one, or the gateway's FastAPI app) with uvicorn as a task
-inside the caller's own asyncio loop. The handlers run on the loop thread and may
+inside the caller's own asyncio loop, its clients bounded in time and in connections
+(node/ops/http_limits.py). The handlers run on the loop thread and may
 read daemon state without locks. uvicorn installs no signal handlers here (the
 daemon owns SIGTERM/SIGINT) and logs only warnings. The POST endpoints change
 the node: they answer only requests that carry the node's control token (401
@@ -34,6 +35,7 @@ import uvicorn
 from pydantic import BaseModel
 
 from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, carries_token
+from node.ops.http_limits import bounded_protocol, connection_cap
 from node.ops.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
@@ -220,6 +222,10 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+# What one server's clients may hold (node/ops/http_limits.py): a node's endpoint serves an operator, a scraper
+# and a status page, each a request now and then; the gateway sets its own.
+HEAD_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
 FIRST_REQUEST_WAIT_S = 2.0  # at most, for connections accepted just before a stop to send their request
 
 
@@ -256,15 +262,21 @@ def _awaits_first_request(connection: object) -> bool:
 
 
 class HttpServer:
-    """Runs an ASGI app with uvicorn as a task on the current event loop."""
+    """Runs an ASGI app with uvicorn as a task on the current event loop, its clients bounded (http_limits.py)."""
 
     def __init__(
-        self, app: AsgiApp, *, shutdown_timeout: int = 5, protocol: type[asyncio.Protocol] | None = None
+        self,
+        app: AsgiApp,
+        *,
+        shutdown_timeout: int = 5,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        """`protocol`: uvicorn's HTTP protocol class to serve with (None: uvicorn's choice)."""
+        """`head_timeout_s`: what a client has to send a request's head, and to take some of its response;
+        `max_connections`: open at once (at most a quarter of the open-files limit)."""
         self._app = app
         self._shutdown_timeout = shutdown_timeout
-        self._protocol = protocol
+        self._protocol = bounded_protocol(head_timeout_s, connection_cap(max_connections))
         self._server: _SignalFreeServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.host: str | None = None
@@ -292,7 +304,7 @@ class HttpServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=self._shutdown_timeout,
-            http=self._protocol or "auto",
+            http=self._protocol,
             ws="none",  # nothing here serves WebSockets: uvicorn would load wsproto for them at start
         )
         self._server = _SignalFreeServer(config)

@@ -14,7 +14,6 @@ import httpx
 import pytest_asyncio
 from starlette.types import Receive, Scope, Send
 
-from node.gateway.limits import head_timeout_protocol
 from node.gateway.server import Gateway
 from node.ops.http_api import HttpServer
 from tests.support.gateway_net import gateway_over_silent_peer
@@ -101,7 +100,7 @@ async def test_a_client_that_stops_reading_a_streamed_answer_is_cut_off_after_th
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16_384)  # a network path's buffers, not loopback's
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    server = HttpServer(endless_stream, protocol=head_timeout_protocol(TIMEOUT))
+    server = HttpServer(endless_stream, head_timeout_s=TIMEOUT)
     await server.start("127.0.0.1", 0, listener)
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
