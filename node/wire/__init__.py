@@ -9,6 +9,7 @@ wire_time.py  nanosecond and RFC-3339 times on the wire
 bloom.py      the task's node filter (a bloom filter of addresses)
 proof.py      Proof: a task's generation steps (tokens, log-probabilities) sealed for its publisher to verify
 results.py    result_body: the one place a result (encrypted text or error) and its stats are built
+error_kinds.py  ErrorKind (invalid prompt, busy, interrupted, failed) of an error result: TaskError.of writes one, parse_error reads one
 inbound.py    envelope + body checks per topic: GossipGate (the gossip validator), decode, the consume loop
 direct.py     protocol 0.4 stream frames besides envelopes: StreamAnswer (accepted/busy/ignored/rejected), Progress
 """
