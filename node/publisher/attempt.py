@@ -14,6 +14,7 @@ from typing import Any
 from node.publisher.direct import DirectDelivery
 from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.tasks import TaskResult
+from node.wire.error_kinds import ErrorKind
 
 
 @dataclass
@@ -81,9 +82,11 @@ def checked(attempt: Attempt) -> TaskResult:
     accepted the task on its stream, then says it ran another key's under its id (`id_taken` is False), lies:
     its error is an ordinary one, not TaskIdTakenError, which tells a caller a retry may go at once."""
     if not attempt.result.cancelled() and isinstance(taken := attempt.result.exception(), TaskIdTakenError):
-        raise TaskFailedError(attempt.task_id, f"it accepted the task, then said {taken.reason}", attempt.node)
+        said = f"it accepted the task, then said {taken.reason}"
+        raise TaskFailedError(attempt.task_id, said, attempt.node, ErrorKind.FAILED)
     result: TaskResult = attempt.result.result()
     streamed = attempt.direct.progress_text if attempt.direct is not None else ""
     if streamed and result.ciphertext is None and not result.text.startswith(streamed):
-        raise TaskFailedError(attempt.task_id, "result does not match the text its node streamed", attempt.node)
+        mismatch = "result does not match the text its node streamed"
+        raise TaskFailedError(attempt.task_id, mismatch, attempt.node, ErrorKind.FAILED)
     return result

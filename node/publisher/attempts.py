@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from node.publisher.attempt import Attempt, checked, id_taken, next_outcome
-from node.publisher.direct import STREAMS_FULL, DeclinedError, NotDialableError, OnDelta
+from node.publisher.direct import DeclinedError, DeclineKind, NotDialableError, OnDelta
 from node.publisher.errors import TaskFailedError, TaskIdTakenError, TaskTimeoutError, VerificationFailedTaskError
 from node.publisher.inbox import ID_TAKEN
 from node.publisher.node_table import KnownNode, NodeTable
 from node.publisher.reputation import Reputation
 from node.publisher.tasks import Task, TaskResult, generation_budget
-from node.wire.topics import CUT_SHORT_MARK
+from node.wire.error_kinds import ErrorKind, ErrorLimit
 
 log = structlog.get_logger(__name__)
 
@@ -169,7 +169,7 @@ class AttemptLoop:
             if isinstance(exc, NotDialableError) and not hooks.nodes.serving(self.task.models, exclude=self.tried):
                 self.tried.discard(node.address)  # no other node: it gets the task again, on gossip this time
             # Not a retry (nothing ran); once every node declined, this is the error.
-            self.last_failure = TaskFailedError(exc.task_id, exc.reason, node.address)
+            self.last_failure = exc.failure(node.address)
             return False
         attempt.models = tuple(self.task.models)
         self.attempts[attempt.task_id] = attempt
@@ -224,9 +224,8 @@ class AttemptLoop:
         if asyncio.get_running_loop().time() >= self.deadline:
             raise self._timed_out()
         if newest is not None and self._speaks(newest):
-            raise TaskFailedError(
-                newest.task_id, "its node went silent after streaming part of the answer", newest.node
-            )
+            silent = "its node went silent after streaming part of the answer"
+            raise TaskFailedError(newest.task_id, silent, newest.node, ErrorKind.FAILED)
         if self.doubted is not None:
             raise self.doubted
         if not self.need_new and newest is not None:
@@ -248,11 +247,11 @@ class AttemptLoop:
                 reputation.record_error(attempt.node)
             raise self.doubted
         if outcome == "lost" and declined is not None:  # a late answer but not accepted: nothing ran there
-            if declined == STREAMS_FULL:
+            if declined.kind is DeclineKind.STREAMS_FULL:
                 self.tried.discard(attempt.node)  # its streams from us are full, not its places: it may run it
             else:
                 reputation.record_declined(attempt.node)
-            await self._not_run(attempt, TaskFailedError(attempt.task_id, declined, attempt.node))
+            await self._not_run(attempt, declined.failure(attempt.node))
             return None
         if outcome == "result" and id_taken(attempt):
             # Its node ran another key's task under our id (inbox.py): ours never ran there. Another node at once,
@@ -273,7 +272,8 @@ class AttemptLoop:
             self.judged.add(attempt.task_id)
             reputation.record_error(attempt.node)
             if self._speaks(attempt):
-                raise TaskFailedError(attempt.task_id, f"{reason} after streaming part of the answer", attempt.node)
+                cut = f"{reason} after streaming part of the answer"
+                raise TaskFailedError(attempt.task_id, cut, attempt.node, ErrorKind.FAILED)
             self._retry_after(attempt, reason)
             return None
         try:
@@ -294,7 +294,8 @@ class AttemptLoop:
         self._record_result(result, asyncio.get_running_loop().time() - self.sent[attempt.task_id])
         if self.doubted is not None:  # its node said the task could not run; another ran it
             log.warning("a deterministic error was contradicted", node=self.doubted.node, error=self.doubted.reason)
-            if CUT_SHORT_MARK in self.doubted.reason:  # another model, or a sampled run, may fit where one did not
+            # Cut short at max_tokens: another model, or a sampled run, may fit where one did not.
+            if self.doubted.limit is ErrorLimit.MAX_TOKENS:
                 reputation.record_declined(self.doubted.node)
             else:
                 reputation.record_error(self.doubted.node)
@@ -314,19 +315,18 @@ class AttemptLoop:
         self.last_failure = failure
         self.need_new = self.speaker is None
 
-    async def _ended_late(self, attempt: Attempt, declined: str | None) -> None:
+    async def _ended_late(self, attempt: Attempt, declined: DeclinedError | None) -> None:
         """The stream (or, on gossip, the node's connection) of an attempt already timed out (`_silent`: marked
         and retried once) ended: no second mark, no other retry, not the end of a second opinion. It stays
         live (a result that still comes, on gossip, is taken), unless it declined: nothing ran there. A speaker's
         stream that ends fails the call at once, as any speaker's does (no other node's answer can follow its text)."""
         if self._speaks(attempt):
-            raise TaskFailedError(
-                attempt.task_id, "stream closed without a result after streaming part of the answer", attempt.node
-            )
+            closed = "stream closed without a result after streaming part of the answer"
+            raise TaskFailedError(attempt.task_id, closed, attempt.node, ErrorKind.FAILED)
         if declined is not None:
             del self.attempts[attempt.task_id]
             await self.hooks.end(attempt)
-            self.last_failure = TaskFailedError(attempt.task_id, declined, attempt.node)
+            self.last_failure = declined.failure(attempt.node)
         else:
             went = "its stream closed" if attempt.direct is not None else "it disconnected"
             self.fates.append(f"node {attempt.node} timed out, then {went} after {self._age(attempt):.1f} s")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from enum import Enum
 
 import structlog
 
@@ -28,10 +29,12 @@ from node.p2p.errors import P2PError, StreamRefusedError, StreamTimeoutError
 from node.p2p.frame_stream import FrameStream
 from node.p2p.host import P2PHost
 from node.p2p.streams import TOO_MANY_FROM_PEER
-from node.wire.direct import AnswerStatus, decode_answer, decode_progress, frame_kind
+from node.publisher.errors import TaskFailedError
+from node.wire.direct import AnswerStatus, StreamAnswer, decode_answer, decode_progress, frame_kind
+from node.wire.error_kinds import ErrorKind
 from node.wire.inbound import Inbound, InboundError, decode
 from node.wire.messages import MessageError
-from node.wire.topics import BUSY_PREFIX, MAX_FRAME_BYTES, RESULTS_TOPIC
+from node.wire.topics import MAX_FRAME_BYTES, RESULTS_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -41,19 +44,50 @@ OnDelta = Callable[[str], None]  # a piece of the final step's text, in order
 MAX_PROGRESS_CHARS = MAX_FRAME_BYTES // 2
 
 
-STREAMS_FULL = f"{BUSY_PREFIX}{TOO_MANY_FROM_PEER}"  # a node's answer past its streams per publisher (it read nothing)
+class DeclineKind(Enum):
+    """Why a node did not take a task sent to it on a stream (`DeclinedError.kind`)."""
+
+    BUSY = "busy"  # it answered busy: no task place now
+    STREAMS_FULL = "streams full"  # it answered busy past its streams per publisher: it read nothing
+    REFUSED = "refused"  # the stream was refused before the task's first byte: it read nothing
+    IGNORED = "ignored"  # it answered ignored: not for it (model, picked, deadline, duplicate)
+    REJECTED = "rejected"  # it answered rejected: invalid
+    UNANSWERED = "unanswered"  # the stream closed without an answer
+    BAD_ANSWER = "bad answer"  # an answer that breaks the protocol, or answers another task
+    NOT_DIALABLE = "not dialable"  # no stream: the node could not be dialled (NotDialableError)
+
+    @property
+    def on_gossip(self) -> bool:
+        """The node read nothing of the task and takes no more streams from us now (past its streams per peer,
+        or a stream it reset on a live connection): it may be sent the task on gossip, where only its task
+        places count."""
+        return self in (DeclineKind.STREAMS_FULL, DeclineKind.REFUSED)
+
+    @property
+    def error_kind(self) -> ErrorKind:
+        """The kind of the failure a decline becomes once no node took the task: BUSY when the node was."""
+        busy = self in (DeclineKind.BUSY, DeclineKind.STREAMS_FULL, DeclineKind.REFUSED)
+        return ErrorKind.BUSY if busy else ErrorKind.FAILED
 
 
 class DeclinedError(Exception):
-    """The node did not take the task (or could not be asked); another node may. `on_gossip`: the node read
-    nothing of it and takes no more streams from us now (past its streams per peer, or a stream it reset on a
-    live connection), so it may be sent the task on gossip, where only its task places count."""
+    """The node did not take the task (or could not be asked), for the reason `kind` names; another node may.
+    `reason` says it in words (a busy node's starts `busy: `, as its error result would)."""
 
-    def __init__(self, task_id: str, reason: str, on_gossip: bool = False) -> None:
+    def __init__(self, task_id: str, reason: str, kind: DeclineKind) -> None:
         super().__init__(f"task {task_id} declined: {reason}")
         self.task_id = task_id
         self.reason = reason
-        self.on_gossip = on_gossip
+        self.kind = kind
+
+    @property
+    def on_gossip(self) -> bool:
+        """See DeclineKind.on_gossip."""
+        return self.kind.on_gossip
+
+    def failure(self, node: str) -> TaskFailedError:
+        """The failure this decline is once no other node takes the task (not a retry: nothing ran)."""
+        return TaskFailedError(self.task_id, self.reason, node, self.kind.error_kind)
 
 
 class UndialableError(Exception):
@@ -72,7 +106,7 @@ class NotDialableError(DeclinedError):
     (another key's dial of its host:ports failed), so nothing was learnt of the node itself."""
 
     def __init__(self, task_id: str, reason: str, dialled: bool = True) -> None:
-        super().__init__(task_id, reason)
+        super().__init__(task_id, reason, DeclineKind.NOT_DIALABLE)
         self.dialled = dialled
 
 
@@ -84,7 +118,7 @@ class DirectDelivery:
         self.stream = stream
         self.answered = answered  # False: the node's answer had not come within answer_timeout
         self.streamed = streamed  # the task asked for progress frames (`"stream": true`)
-        self.declined: str | None = None  # a late answer that was not `accepted`: why
+        self.declined: DeclinedError | None = None  # a late answer that was not `accepted`
         self.deltas: list[str] = []
         self.progress_chars = 0  # in `deltas` (an empty one counted as one), at most MAX_PROGRESS_CHARS
         self.lost: asyncio.Event = asyncio.Event()  # the stream ended (or broke) before a result came
@@ -147,24 +181,31 @@ class DirectDelivery:
         """Read the answer that came late; True when the node accepted the task."""
         frame = await self.stream.receive()
         if frame is None:
-            self.declined = "stream closed without an answer"
+            self.declined = DeclinedError(self.task_id, "stream closed without an answer", DeclineKind.UNANSWERED)
             return False
         self.declined = _declined_by(frame, self.task_id)
         self.answered = self.declined is None
         return self.answered
 
 
-def _declined_by(frame: bytes, task_id: str) -> str | None:
-    """Why the answer frame does not accept `task_id` (None: accepted)."""
+def _declined_by(frame: bytes, task_id: str) -> DeclinedError | None:
+    """How the answer frame does not accept `task_id` (None: accepted)."""
     try:
         answer = decode_answer(frame)
     except MessageError as exc:
-        return f"bad answer: {exc}"
+        return DeclinedError(task_id, f"bad answer: {exc}", DeclineKind.BAD_ANSWER)
     if answer.status is not AnswerStatus.ACCEPTED:
-        return f"{answer.status.value}: {answer.reason}"
+        return DeclinedError(task_id, f"{answer.status.value}: {answer.reason}", _decline_kind(answer))
     if answer.task_id != task_id:
-        return "answer for another task"
+        return DeclinedError(task_id, "answer for another task", DeclineKind.BAD_ANSWER)
     return None
+
+
+def _decline_kind(answer: StreamAnswer) -> DeclineKind:
+    """The kind of an answer that is not `accepted`."""
+    if answer.status is AnswerStatus.BUSY:
+        return DeclineKind.STREAMS_FULL if answer.reason == TOO_MANY_FROM_PEER else DeclineKind.BUSY
+    return DeclineKind.IGNORED if answer.status is AnswerStatus.IGNORED else DeclineKind.REJECTED
 
 
 async def deliver(
@@ -185,7 +226,7 @@ async def deliver(
             f"the stream did not open in time ({exc}); the node may have the task", may_have_task=True
         ) from None
     except StreamRefusedError as exc:  # before the task's first byte: it read nothing
-        raise DeclinedError(task_id, f"{BUSY_PREFIX}stream refused ({exc})", on_gossip=True) from None
+        raise DeclinedError(task_id, ErrorKind.BUSY.prefix + f"stream refused ({exc})", DeclineKind.REFUSED) from None
     except P2PError as exc:
         raise UndialableError(str(exc)) from None
     try:
@@ -197,8 +238,8 @@ async def deliver(
         await stream.close(graceful=False)  # the caller is gone: nobody reads this stream
         raise
     if frame is None:
-        raise DeclinedError(task_id, "stream closed without an answer")
+        raise DeclinedError(task_id, "stream closed without an answer", DeclineKind.UNANSWERED)
     if (declined := _declined_by(frame, task_id)) is not None:
-        await stream.close(graceful=not declined.startswith(("bad answer", "answer for another")))
-        raise DeclinedError(task_id, declined, on_gossip=declined == STREAMS_FULL)
+        await stream.close(graceful=declined.kind is not DeclineKind.BAD_ANSWER)
+        raise declined
     return DirectDelivery(task_id, stream, streamed=streamed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
+from node.wire.error_kinds import ErrorKind, TaskError, parse_error
 
 MAX_NAMED_MODELS = 10  # models NoNodeError names (any key's heartbeat may list 64 of 256 characters)
 
@@ -71,27 +71,39 @@ class NoNodeError(ClientError, TimeoutError):
 
 
 class TaskFailedError(ClientError):
-    """The executing node returned an error result."""
+    """The executing node returned an error result, or the task failed there as the publisher saw it.
 
-    def __init__(self, task_id: str, reason: str, node: str) -> None:
+    `kind`: what the failure was (node/wire/error_kinds.py); None: `reason` is the node's error text, and its kind,
+    and the limit it names (`limit`), are read from it. A kind given (the publisher's own reasons) names no limit."""
+
+    def __init__(self, task_id: str, reason: str, node: str, kind: ErrorKind | None = None) -> None:
         super().__init__(f"task {task_id} failed on node {node}: {reason}")
         self.task_id = task_id
         self.reason = reason
         self.node = node
+        error = parse_error(reason) if kind is None else TaskError(kind, reason)
+        self.kind = error.kind
+        self.limit = error.limit
 
     @property
     def retryable(self) -> bool:
         """Anything but a deterministic error (`Invalid prompt: ...`): another node may succeed."""
-        return not self.reason.startswith(DETERMINISTIC_ERROR_PREFIX)
+        return self.kind.retryable
 
 
 class TaskIdTakenError(TaskFailedError):
     """Every node the task picked ran another key's task under its id (a peer saw the id and sent its own first):
     a node runs a task id once, so none of them will run ours. A retry (a new task id) may go at once."""
 
+    def __init__(self, task_id: str, reason: str, node: str) -> None:
+        super().__init__(task_id, reason, node, ErrorKind.FAILED)
+
 
 class VerificationFailedTaskError(TaskFailedError):
     """The node's result failed verification against its proof: not retried, the node is marked."""
+
+    def __init__(self, task_id: str, reason: str, node: str) -> None:
+        super().__init__(task_id, reason, node, ErrorKind.FAILED)
 
     @property
     def retryable(self) -> bool:

@@ -20,6 +20,7 @@ import structlog
 from node.publisher.errors import TaskFailedError, TaskIdTakenError
 from node.publisher.tasks import TaskResult
 from node.wire.ecies import EciesError, decrypt
+from node.wire.error_kinds import ErrorKind
 from node.wire.identity import Identity
 from node.wire.inbound import LogWindow
 from node.wire.messages import ResultBody
@@ -109,12 +110,13 @@ class ResultInbox:
                     future.set_exception(TaskIdTakenError(body.task_id, ID_TAKEN, sender))
             return
         if body.error is not None:
+            # The node's text: its kind is read from it here, once (node/wire/error_kinds.py).
             future.set_exception(TaskFailedError(body.task_id, _cut(body.error), sender))
             return
         wanted = self._models.get(body.task_id)
         if wanted is not None and body.model not in wanted:  # e.g. one no scorer has: it would go unverified
             reason = f"result names the model {body.model[:64]!r}, which the task did not ask for"
-            future.set_exception(TaskFailedError(body.task_id, reason, sender))
+            future.set_exception(TaskFailedError(body.task_id, reason, sender, ErrorKind.FAILED))
             return
         try:
             future.set_result(self._open(body, sender))
@@ -130,7 +132,8 @@ class ResultInbox:
         try:
             text = decrypt(self._secret, bytes.fromhex(body.ciphertext)).decode("utf-8")
         except (EciesError, ValueError) as exc:
-            raise TaskFailedError(body.task_id, f"result does not decrypt with our key: {exc}", node) from None
+            reason = f"result does not decrypt with our key: {exc}"
+            raise TaskFailedError(body.task_id, reason, node, ErrorKind.FAILED) from None
         return TaskResult(
             task_id=body.task_id, text=text, node=node, model=body.model, stats=body.stats, proof=body.proof
         )

@@ -28,8 +28,8 @@ from node.p2p.errors import P2PError
 from node.p2p.host import P2PHost
 from node.publisher.attempt import Attempt
 from node.publisher.direct import (
-    STREAMS_FULL,
     DeclinedError,
+    DeclineKind,
     DirectDelivery,
     NotDialableError,
     OnDelta,
@@ -211,7 +211,7 @@ class TaskSender:
             if not exc.on_gossip:
                 self._inbox.forget(body.task_id)
                 raise
-            if exc.reason == STREAMS_FULL:
+            if exc.kind is DeclineKind.STREAMS_FULL:
                 self._full(node.address)
             log.info(
                 "node takes no more streams from us; sending on gossip",
@@ -256,7 +256,8 @@ class TaskSender:
             if attempt.direct in self._deliveries:
                 self._deliveries.discard(attempt.direct)
                 self._stream_ended(attempt.node)
-            if attempt.direct.declined == STREAMS_FULL:  # said late, past answer_timeout
+            declined = attempt.direct.declined
+            if declined is not None and declined.kind is DeclineKind.STREAMS_FULL:  # said late, past answer_timeout
                 self._full(attempt.node)
             await attempt.direct.close()
             return

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from node.publisher.client import Client, NoNodeError, Task, TaskFailedError
+from node.publisher.client import (
+    Client,
+    NoNodeError,
+    Task,
+    TaskFailedError,
+    TaskIdTakenError,
+    VerificationFailedTaskError,
+)
+from node.wire.error_kinds import ErrorKind, ErrorLimit
 from node.wire.identity import Identity
 from node.wire.messages import HeartbeatBody
 from node.wire.topics import DETERMINISTIC_ERROR_PREFIX
@@ -39,6 +47,21 @@ def test_transient_failures_are_retried(reason: str) -> None:
 @pytest.mark.parametrize("reason", DETERMINISTIC)
 def test_deterministic_failures_are_not(reason: str) -> None:
     assert not TaskFailedError("t", reason, "0xnode").retryable
+
+
+def test_a_nodes_error_text_is_read_into_its_kind_and_limit() -> None:
+    busy = TaskFailedError("t", TRANSIENT[0], "0xnode")
+    assert (busy.kind, busy.limit) == (ErrorKind.BUSY, None)
+    cut = TaskFailedError("t", "Invalid prompt: task 'a' failed: not complete JSON (max_tokens reached: 8)", "0xnode")
+    assert (cut.kind, cut.limit) == (ErrorKind.INVALID_PROMPT, ErrorLimit.MAX_TOKENS)
+
+
+def test_a_kind_given_is_kept_and_its_reason_not_read() -> None:
+    failure = TaskFailedError("t", "Invalid prompt: said by a node in a model name", "0xnode", ErrorKind.FAILED)
+    assert (failure.kind, failure.limit) == (ErrorKind.FAILED, None) and failure.retryable
+    taken = TaskIdTakenError("t", "Invalid prompt: (max_tokens reached", "0xnode")
+    assert (taken.kind, taken.limit) == (ErrorKind.FAILED, None)
+    assert not VerificationFailedTaskError("t", "busy: no", "0xnode").retryable  # never retried, whatever its text
 
 
 def test_the_engine_marks_deterministic_errors_with_the_protocol_prefix() -> None:
