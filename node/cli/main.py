@@ -256,8 +256,8 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     from node.cli.scorers import LocalScorers
     from node.publisher.client import Client, ClientError, NoNodeError, Task, TaskFailedError, TaskTimeoutError
     from node.publisher.verification import ResultVerifier
+    from node.wire.error_kinds import ErrorKind
     from node.wire.identity import IdentityError
-    from node.wire.topics import BUSY_PREFIX
 
     scorers = LocalScorers(Settings(), args.data_dir.expanduser() / "scoring") if args.verify > 0 else None
     try:
@@ -280,7 +280,7 @@ async def _publish(args: argparse.Namespace, workflow: dict[str, Any]) -> int:
     except (TaskFailedError, ClientError, ValueError) as exc:  # a failed task's reason is the node's own text
         print(f"compute-node: {inert(_first_error(exc))}", file=sys.stderr)
         # Every node that could take it was busy (or paused): as when none was found, a script may try again.
-        busy = isinstance(exc, TaskFailedError) and exc.reason.startswith(BUSY_PREFIX)
+        busy = isinstance(exc, TaskFailedError) and exc.kind is ErrorKind.BUSY
         return EXIT_TIMEOUT if busy else EXIT_ERROR
     finally:
         await asyncio.shield(client.close())

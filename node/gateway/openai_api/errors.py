@@ -27,7 +27,7 @@ from node.publisher.client import (
     TaskTimeoutError,
     TaskTooLargeError,
 )
-from node.wire.topics import BUSY_PREFIX, CONTEXT_OVERFLOW_MARK, CUT_SHORT_MARK, DETERMINISTIC_ERROR_PREFIX
+from node.wire.error_kinds import ErrorKind, ErrorLimit
 
 # The OpenAI paths: errors there have OpenAI's shape, even those answered before a route runs.
 PATHS = ("/v1/chat/completions", "/v1/models", "/v1/embeddings", "/v1/completions", "/v1/responses")
@@ -107,13 +107,13 @@ def from_client_error(exc: ClientError) -> OpenAIError:
     if isinstance(exc, TaskFailedError):
         # Cut at the request's max_tokens, the same on every node (`Invalid prompt: ` from nodes that say so), and
         # the caller's to change: not a server error for clients to retry.
-        if CUT_SHORT_MARK in exc.reason:
+        if exc.limit is ErrorLimit.MAX_TOKENS:
             return OpenAIError(400, exc.reason, "max_tokens", code="max_tokens_too_small")
-        if exc.reason.startswith(DETERMINISTIC_ERROR_PREFIX):
-            if CONTEXT_OVERFLOW_MARK in exc.reason:
+        if exc.kind is ErrorKind.INVALID_PROMPT:
+            if exc.limit is ErrorLimit.CONTEXT:
                 return OpenAIError(400, exc.reason, "messages", code="context_length_exceeded")
             return OpenAIError(400, exc.reason, code="invalid_prompt")
-        if exc.reason.startswith(BUSY_PREFIX):
+        if exc.kind is ErrorKind.BUSY:
             return OpenAIError(
                 429, f"every node serving the model is busy ({exc.reason})", code="nodes_busy", retry_after=RETRY_AFTER
             )

@@ -103,3 +103,39 @@ def test_an_invalid_workflow_is_refused_here_before_any_node_is_asked(
     bad.write_text(json.dumps({"config": {"max_steps": 1, "max_time": 1}, "tasks": [{"id": "a", "operator": "dance"}]}))
     argv = ["run-task", *PEER, "--model", "m", "--workflow", str(bad), "--timeout", "600", "--data-dir", str(tmp_path)]
     assert _one_line_error(argv).startswith("compute-node: invalid workflow: ")  # at once, not after 600 s
+
+
+# A node's failure, raised by a patched Client.execute in a child process (logging, as above): sys.argv[1] is its
+# reason, sys.argv[2] its kind given ("" to read it from the reason, as for a node's error text).
+_FAILING = """
+import sys
+from node.cli.main import main
+from node.publisher.client import Client, TaskFailedError
+from node.wire.error_kinds import ErrorKind
+
+async def failing(self, task, timeout):
+    raise TaskFailedError("t", sys.argv[1], "0xnode", ErrorKind[sys.argv[2]] if sys.argv[2] else None)
+
+Client.execute = failing
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind", "status"),
+    [
+        ("busy: model m has 1 running and 8 queued tasks", "", 2),  # every node busy: a script may try again
+        ("busy: stream refused (reset)", "BUSY", 2),  # the last node declined, busy
+        ("Invalid prompt: invalid workflow: tasks.0.operator: unknown operator 'x'", "", 1),
+        ("interrupted: node shutting down", "", 1),
+        ("ignored: not_picked", "FAILED", 1),
+    ],
+    ids=["busy", "declined-busy", "invalid-prompt", "interrupted", "declined-ignored"],
+)
+def test_a_failed_task_exits_as_its_kind_says(reason: str, kind: str, status: int, tmp_path: Path) -> None:
+    argv = ["run-task", *PEER, "--model", "m", "--prompt", "hi", "--timeout", "5", "--data-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", _FAILING, reason, kind, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == status, done.stderr
+    assert f"failed on node 0xnode: {reason}" in done.stderr

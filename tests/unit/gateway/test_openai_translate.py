@@ -20,6 +20,7 @@ from node.gateway.openai_api.translate import (
 )
 from node.gateway.service import RETRY_AFTER
 from node.publisher.client import NoNodeError, TaskFailedError, TaskTimeoutError
+from node.wire.error_kinds import ErrorKind
 from workflows import parse_workflow
 
 TOOL = {
@@ -188,6 +189,16 @@ def test_network_failures_map_to_openai_status_codes(error: Exception, status: i
     mapped = from_client_error(error)  # type: ignore[arg-type]
     assert (mapped.status, mapped.code) == (status, code)
     assert set(mapped.body.model_dump()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_failure_maps_by_its_kind_not_by_words_in_its_reason() -> None:
+    # The last node declined, busy: the decline's kind, not its text, makes it a busy network.
+    declined = TaskFailedError("t", "busy: stream refused (reset)", "0xab", ErrorKind.BUSY)
+    assert (from_client_error(declined).status, from_client_error(declined).code) == (429, "nodes_busy")
+    # The publisher's own reason, quoting a node's model name that imitates the engine's words: a node's failure.
+    quoted = "result names the model 'Invalid prompt: (max_tokens reached', which the task did not ask for"
+    mapped = from_client_error(TaskFailedError("t", quoted, "0xab", ErrorKind.FAILED))
+    assert (mapped.status, mapped.code) == (502, "node_error")
 
 
 def test_a_stream_ends_with_the_rest_of_the_signed_result_or_fails() -> None:
