@@ -27,14 +27,19 @@ import structlog
 
 from node.execution.protocol import DEADLINE_BEFORE_START
 from node.p2p.kept_peers import KeptPeers
+from node.wire.error_kinds import ErrorKind, TaskError
 from node.wire.messages import TaskBody
-from node.wire.topics import BUSY_PREFIX, INTERRUPTED_PREFIX
 
 CANCELLED_WAIT_S = 10.0  # at shutdown, what tasks cancelled after the drain get to send their error results
 
 
 class BusyError(Exception):
-    """No room to run or queue a task for this model, or the node is paused or draining."""
+    """No room to run or queue a task for this model, or the node is paused or draining; `error`: the busy
+    error result the task gets."""
+
+    def __init__(self, detail: str) -> None:
+        self.error = TaskError.of(ErrorKind.BUSY, detail)
+        super().__init__(self.error.text)
 
 
 @dataclass
@@ -59,7 +64,7 @@ class AcceptedTask:
 
 
 RunAccepted = Callable[[AcceptedTask], Awaitable[None]]
-AbandonAccepted = Callable[[AcceptedTask, str], Awaitable[None]]
+AbandonAccepted = Callable[[AcceptedTask, TaskError], Awaitable[None]]
 
 
 class Admission:
@@ -126,14 +131,12 @@ class Admission:
     def admit(self, accepted: AcceptedTask) -> None:
         """Admit the task or raise BusyError saying why."""
         if self.draining:
-            raise BusyError(f"{BUSY_PREFIX}node is shutting down")
+            raise BusyError("node is shutting down")
         if self.paused:
-            raise BusyError(f"{BUSY_PREFIX}node is paused")
+            raise BusyError("node is paused")
         running = self._concurrency[accepted.model]
         if self._admitted[accepted.model] >= running + self._max_queue:
-            raise BusyError(
-                f"{BUSY_PREFIX}model {accepted.model} has {running} running and {self._max_queue} queued tasks"
-            )
+            raise BusyError(f"model {accepted.model} has {running} running and {self._max_queue} queued tasks")
         self._admitted[accepted.model] += 1
         task = asyncio.create_task(self._execute(accepted), name=f"task-{accepted.task.task_id}")
         self._running[task] = accepted
@@ -150,7 +153,7 @@ class Admission:
                 async with asyncio.timeout((accepted.task.deadline - time.time_ns()) / 1e9):
                     await permit.acquire()
             except TimeoutError:
-                await self._abandon(accepted, DEADLINE_BEFORE_START)
+                await self._abandon(accepted, TaskError(ErrorKind.FAILED, DEADLINE_BEFORE_START))
                 return
             released = False
 
@@ -168,7 +171,8 @@ class Admission:
                 release_run_place()
         except asyncio.CancelledError:
             if not accepted.started:
-                await self._abandon(accepted, f"{INTERRUPTED_PREFIX}node shutting down before the task started")
+                shutdown = TaskError.of(ErrorKind.INTERRUPTED, "node shutting down before the task started")
+                await self._abandon(accepted, shutdown)
             raise
         finally:
             self._admitted[accepted.model] -= 1

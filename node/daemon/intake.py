@@ -149,7 +149,7 @@ class TaskIntake:
             self._admission.admit(accepted)
         except BusyError as exc:
             task_log.warning("task busy", reason=str(exc))
-            self._spawn(self._runner.abandon(_without_workflow(accepted), str(exc)))
+            self._spawn(self._runner.abandon(_without_workflow(accepted), exc.error))
             return IntakeAnswer(AnswerStatus.BUSY, _busy_reason(self._admission))
         return ACCEPTED
 

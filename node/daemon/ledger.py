@@ -24,8 +24,7 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel
 
-from node.wire.topics import BUSY_PREFIX, INTERRUPTED_PREFIX
-from workflows.errors import INVALID_PROMPT
+from node.wire.error_kinds import ErrorKind
 
 log = structlog.get_logger(__name__)
 
@@ -119,17 +118,17 @@ class Totals(BaseModel):
     completion_tokens: int
 
 
-def outcome_of(error: str | None) -> Outcome:
-    """The outcome class of a task's error text (None: it succeeded)."""
-    if error is None:
-        return "ok"
-    if error.startswith(INVALID_PROMPT):
-        return "invalid_prompt"
-    if error.startswith(BUSY_PREFIX):
-        return "busy"
-    if error.startswith(INTERRUPTED_PREFIX):
-        return "interrupted"
-    return "error"
+_OUTCOMES: dict[ErrorKind, Outcome] = {
+    ErrorKind.INVALID_PROMPT: "invalid_prompt",
+    ErrorKind.BUSY: "busy",
+    ErrorKind.INTERRUPTED: "interrupted",
+    ErrorKind.FAILED: "error",
+}
+
+
+def outcome_of(kind: ErrorKind | None) -> Outcome:
+    """The outcome of a task whose error is of `kind` (None: it succeeded)."""
+    return "ok" if kind is None else _OUTCOMES[kind]
 
 
 class Ledger:

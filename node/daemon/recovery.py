@@ -15,15 +15,15 @@ import structlog
 from node.daemon.admission import AcceptedTask, Admission, BusyError
 from node.daemon.journal import Journal
 from node.daemon.journal_file import JournalEntry
-from node.daemon.ledger import Ledger, LedgerEntry
+from node.daemon.ledger import Ledger, LedgerEntry, outcome_of
 from node.daemon.outbox import ResultOutbox
+from node.wire.error_kinds import ErrorKind, TaskError
 from node.wire.messages import MessageError, decode_task
 from node.wire.results import result_body
-from node.wire.topics import INTERRUPTED_PREFIX
 
 log = structlog.get_logger(__name__)
 
-INTERRUPTED = f"{INTERRUPTED_PREFIX}node restarted"
+INTERRUPTED = TaskError.of(ErrorKind.INTERRUPTED, "node restarted")
 
 
 async def recover_interrupted(
@@ -48,7 +48,7 @@ async def recover_interrupted(
         body = result_body(
             entry.task_id,
             entry.model,
-            INTERRUPTED,
+            INTERRUPTED.text,
             received_at_ns=entry.received_at_ns,
             started_at_ns=entry.updated_at_ns,
             ended_at_ns=now,
@@ -61,8 +61,8 @@ async def recover_interrupted(
             received_at=entry.received_at_ns / 1e9,
             started_at=entry.updated_at_ns / 1e9,
             ended_at=now / 1e9,
-            outcome="interrupted",
-            error=INTERRUPTED,
+            outcome=outcome_of(INTERRUPTED.kind),
+            error=INTERRUPTED.text,
         )
         if ledger is not None:
             ledger.record(row)

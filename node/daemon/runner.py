@@ -36,10 +36,10 @@ from node.daemon.rerun_gate import RerunGate
 from node.execution.protocol import DEADLINE_BEFORE_START, DEADLINE_WHILE_RUNNING, RunTask, TaskDone, TaskFailed
 from node.ops.activity import NodeActivity
 from node.ops.metrics import NodeMetrics
+from node.wire.error_kinds import ErrorKind, TaskError, parse_error
 from node.wire.proof import MAX_PROOF_STEPS, Proof, ProofGeneration
 from node.wire.results import Output, clamp_count, result_body
-from node.wire.topics import INTERRUPTED_PREFIX
-from workflows.errors import INVALID_PROMPT, max_time_exceeded
+from workflows.errors import max_time_exceeded
 from workflows.options import capped
 
 # A task the crash interrupted runs again only with at least this much of its deadline left.
@@ -81,7 +81,7 @@ class TaskRunner:
             try:
                 output = await self._execute(accepted)
             except asyncio.CancelledError:
-                await self._finish(accepted, started, error=f"{INTERRUPTED_PREFIX}node shutting down")
+                await self._finish(accepted, started, error=TaskError.of(ErrorKind.INTERRUPTED, "node shutting down"))
                 raise
             except ExecutionProcessExitError as exit_error:
                 error = self._after_process_exit(accepted, exit_error)
@@ -89,20 +89,20 @@ class TaskRunner:
                     continue
                 await self._finish(accepted, started, error=error)
             except _TaskFailure as failure:
-                await self._finish(accepted, started, error=str(failure))
+                await self._finish(accepted, started, error=failure.error)
             except Exception as exc:  # noqa: BLE001 - any bug still answers the publisher
                 accepted.log.exception("task crashed")
-                await self._finish(accepted, started, error=f"internal error: {type(exc).__name__}")
+                await self._finish(accepted, started, error=_failed(f"internal error: {type(exc).__name__}"))
             else:
                 await self._finish(accepted, started, output=output)
             return
 
-    async def abandon(self, accepted: AcceptedTask, reason: str) -> None:
+    async def abandon(self, accepted: AcceptedTask, reason: TaskError) -> None:
         """Send an error for a task that never started (cancelled while queued, or busy)."""
         await self._finish(accepted, time.time_ns(), error=reason)
 
-    def _after_process_exit(self, accepted: AcceptedTask, exit_error: ExecutionProcessExitError) -> str | None:
-        """None if the task runs once more, else its error text."""
+    def _after_process_exit(self, accepted: AcceptedTask, exit_error: ExecutionProcessExitError) -> TaskError | None:
+        """None if the task runs once more, else its error."""
         if accepted.task.task_id in exit_error.suspects:
             accepted.stalls += 1
             if exit_error.sole_suspect or accepted.stalls >= 2:
@@ -112,12 +112,14 @@ class TaskRunner:
                     stalls=accepted.stalls,
                     reason=exit_error.reason,
                 )
-                return f"{INVALID_PROMPT}the task stalled its execution process (no progress in its native calls)"
+                stalled = "the task stalled its execution process (no progress in its native calls)"
+                return TaskError.of(ErrorKind.INVALID_PROMPT, stalled)
         if exit_error.crash:
             accepted.crashes += 1
         if accepted.crashes >= 2:
             accepted.log.error("task crashed its execution process twice: poison", cause=exit_error.cause)
-            return f"{INVALID_PROMPT}the task crashed its execution process twice ({exit_error.cause})"
+            crashed = f"the task crashed its execution process twice ({exit_error.cause})"
+            return TaskError.of(ErrorKind.INVALID_PROMPT, crashed)
         time_left = (accepted.task.deadline - time.time_ns()) / 1e9
         if accepted.reruns == 0 and time_left > RERUN_MIN_TIME_LEFT_S:
             accepted.reruns += 1
@@ -127,12 +129,12 @@ class TaskRunner:
                 time_left_s=round(time_left, 1),
             )
             return None
-        return exit_error.reason
+        return exit_error.error
 
     async def _execute(self, accepted: AcceptedTask) -> Output:
         remaining = (accepted.task.deadline - time.time_ns()) / 1e9
         if remaining <= 0:
-            raise _TaskFailure(DEADLINE_BEFORE_START)
+            raise _TaskFailure(_failed(DEADLINE_BEFORE_START))
         # The workflow is validated (and its error answered) in the execution process; here
         # only its max_time matters, to stop a process that does not stop by itself.
         max_time = _max_time(accepted.task.input.workflow)
@@ -154,7 +156,7 @@ class TaskRunner:
             accepted.log.info("task streams its progress")
         outcome = await self._run_within(accepted, request, limit, reason)
         if isinstance(outcome, TaskFailed):
-            raise _TaskFailure(outcome.error)
+            raise _TaskFailure(parse_error(outcome.error))  # the execution process's text: its kind read here
         return Output(
             outcome.text,
             accepted.task.public_key,
@@ -175,7 +177,7 @@ class TaskRunner:
                 return _outcome(run)
             if not self._pool.cancel(accepted.model, request.task_id, reason):
                 run.cancel()  # still waiting for a process to come up
-                raise _TaskFailure(f"{reason} (waiting for the execution process to restart)")
+                raise _TaskFailure(_failed(f"{reason} (waiting for the execution process to restart)"))
             done, _ = await asyncio.wait({run}, timeout=self._cancel_grace_s)
             if done:
                 return _outcome(run)
@@ -189,7 +191,7 @@ class TaskRunner:
             if run.done() and not run.cancelled():
                 run.exception()  # this task's answer is `reason`, whatever the dying process said
             run.cancel()
-            raise _TaskFailure(reason)
+            raise _TaskFailure(_failed(reason))
         except asyncio.CancelledError:
             run.cancel()
             raise
@@ -210,20 +212,22 @@ class TaskRunner:
             return await self._pool.run(accepted.model, request, on_delta)
 
     async def _finish(
-        self, accepted: AcceptedTask, started_ns: int, *, output: Output | None = None, error: str | None = None
+        self, accepted: AcceptedTask, started_ns: int, *, output: Output | None = None, error: TaskError | None = None
     ) -> None:
         """Hand the task's result (or error) to the outbox; a result that cannot be built becomes an error result."""
         accepted.release_run_place()  # the model may run the next task while this result is written
         ended = time.time_ns()
         task = accepted.task
-        outcome: Output | str = output if output is not None else error or "unknown error"
+        text = error.text if error is not None else None  # the error result's, and the log's and the ledger's
+        outcome: Output | str = output if output is not None else text or "unknown error"
         times = {"received_at_ns": accepted.received_at_ns, "started_at_ns": started_ns, "ended_at_ns": ended}
         try:
             body = result_body(task.task_id, accepted.model, outcome, **times, publisher=accepted.publisher)
         except Exception as exc:  # noqa: BLE001 - the publisher still gets an answer
             accepted.log.exception("result could not be built; an error result goes in its place")
-            output, error = None, f"{RESULT_NOT_BUILT} ({type(exc).__name__})"
-            body = result_body(task.task_id, accepted.model, error, **times, publisher=accepted.publisher)
+            output, error = None, _failed(f"{RESULT_NOT_BUILT} ({type(exc).__name__})")
+            text = error.text
+            body = result_body(task.task_id, accepted.model, text, **times, publisher=accepted.publisher)
         if output is not None:
             self._metrics.tasks_completed.inc()
             self._metrics.tokens_generated.labels(model=accepted.model).inc(clamp_count(output.completion_tokens))
@@ -234,7 +238,7 @@ class TaskRunner:
             task_id=task.task_id,
             publisher=accepted.publisher,
             model=accepted.model,
-            error=None if output is not None else error,
+            error=None if output is not None else text,
             completion_tokens=clamp_count(output.completion_tokens) if output is not None else 0,
             received_at_ns=accepted.received_at_ns,
             ended_at_ns=ended,
@@ -242,7 +246,7 @@ class TaskRunner:
         accepted.log.info(
             "task finished",
             ok=error is None,
-            error=error,
+            error=text,
             completion_tokens=output.completion_tokens if output is not None else None,
             elapsed_ms=(ended - started_ns) // 1_000_000,
         )
@@ -257,8 +261,10 @@ class TaskRunner:
                 ended_at=ended / 1e9,
                 prompt_tokens=clamp_count(output.prompt_tokens) if output else 0,
                 completion_tokens=clamp_count(output.completion_tokens) if output else 0,
-                outcome=outcome_of(None if output is not None else error or "unknown error"),
-                error=None if output is not None else error,
+                outcome=outcome_of(
+                    None if output is not None else error.kind if error is not None else ErrorKind.FAILED
+                ),
+                error=None if output is not None else text,
             )
             self._ledger.record(row)
             journalled_row = row.journal_form()  # the ledger writes in a few seconds; a kill before is undone
@@ -278,14 +284,23 @@ def proof_of(done: TaskDone) -> Proof | None:
 
 
 class _TaskFailure(Exception):
-    """A failure that becomes the task's error result, with its reason."""
+    """A failure that becomes the task's error result, `error`."""
+
+    def __init__(self, error: TaskError) -> None:
+        super().__init__(error.text)
+        self.error = error
+
+
+def _failed(text: str) -> TaskError:
+    """A failure of no other kind: transient (a deadline, max_time, a bug, a model unavailable)."""
+    return TaskError(ErrorKind.FAILED, text)
 
 
 def _outcome(run: asyncio.Future[TaskDone | TaskFailed]) -> TaskDone | TaskFailed:
     try:
         return run.result()
     except ModelUnavailableError as exc:
-        raise _TaskFailure(str(exc)) from None
+        raise _TaskFailure(_failed(str(exc))) from None
 
 
 def _max_time(workflow: dict[str, Any]) -> float | None:

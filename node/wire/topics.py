@@ -33,7 +33,8 @@ CUT_SHORT_MARK = "(max_tokens reached"
 # In the error of a task whose prompt and max_tokens cannot fit the model's context (workflows/operators.py).
 CONTEXT_OVERFLOW_MARK = "does not fit the model's context"
 # Transient errors a node's ledger and a publisher tell apart by their start: no capacity now, and a run that
-# was cut off (a shutdown, a restart of the node or of its execution process).
+# was cut off (a shutdown, a restart of the node or of its execution process). These prefixes and marks are
+# read in one place, node/wire/error_kinds.py (ErrorKind, ErrorLimit).
 BUSY_PREFIX = "busy: "
 INTERRUPTED_PREFIX = "interrupted: "
 

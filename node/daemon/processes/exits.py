@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from node.wire.error_kinds import TaskError
+
 
 class ExecutionProcessExitError(Exception):
     """The execution process ended while a task was on it.
@@ -12,20 +14,22 @@ class ExecutionProcessExitError(Exception):
     False when the daemon stopped it for another reason (another task that would not
     stop, a stalled decode loop, shutdown): only crashes count against a task as poison.
     `suspects` are the tasks inside the native call that stalled (cause "stalled"), and
-    `sole_suspect` says that call was one task's own work (see stall.py).
+    `sole_suspect` says that call was one task's own work (see stall.py). `error` is the error result its
+    tasks get (`interrupted: ...` when the daemon stopped it under them); `reason`, its text.
     """
 
     def __init__(
         self,
-        reason: str,
+        error: TaskError,
         *,
         crash: bool,
         cause: str,
         suspects: frozenset[str] = frozenset(),
         sole_suspect: bool = False,
     ) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(error.text)
+        self.error = error
+        self.reason = error.text
         self.crash = crash
         self.cause = cause  # "SIGSEGV", "exit code 1", "memory", "stalled", ...
         self.suspects = suspects

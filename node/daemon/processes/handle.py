@@ -56,7 +56,7 @@ from node.execution.protocol import (
     encode,
     read_line,
 )
-from node.wire.topics import INTERRUPTED_PREFIX
+from node.wire.error_kinds import ErrorKind, TaskError
 from workflows.options import ToolSettings
 
 log = structlog.get_logger(__name__)
@@ -242,7 +242,7 @@ class ExecutionProcess:
         """
         if self._exit is not None or not self.alive:
             raise self._exit or ExecutionProcessExitError(
-                "execution process is not running", crash=False, cause="stopped"
+                TaskError(ErrorKind.FAILED, "execution process is not running"), crash=False, cause="stopped"
             )
         future: asyncio.Future[TaskDone | TaskFailed] = asyncio.get_running_loop().create_future()
         self._pending[request.task_id] = future
@@ -253,7 +253,7 @@ class ExecutionProcess:
             self._send(request)
             return await future
         except asyncio.CancelledError:
-            self.cancel(request.task_id, f"{INTERRUPTED_PREFIX}node shutting down")
+            self.cancel(request.task_id, TaskError.of(ErrorKind.INTERRUPTED, "node shutting down").text)
             raise
         finally:
             self._pending.pop(request.task_id, None)
@@ -282,19 +282,19 @@ class ExecutionProcess:
 
     def kill(
         self,
-        reason: str,
+        error: TaskError,
         *,
         crash: bool,
         cause: str,
         suspects: frozenset[str] = frozenset(),
         sole_suspect: bool = False,
     ) -> None:
-        """SIGKILL the process; its tasks get ExecutionProcessExitError(reason)."""
+        """SIGKILL the process; its tasks get ExecutionProcessExitError(error)."""
         if self._proc is None or self.exited.is_set():
             return
         if self._exit is None:
             self._exit = ExecutionProcessExitError(
-                reason, crash=crash, cause=cause, suspects=suspects, sole_suspect=sole_suspect
+                error, crash=crash, cause=cause, suspects=suspects, sole_suspect=sole_suspect
             )
         try:
             self._proc.kill()
@@ -305,7 +305,7 @@ class ExecutionProcess:
         """Ask the process to stop (end of stream), kill it if it has not after `timeout` s."""
         if self._exit is None:
             self._exit = ExecutionProcessExitError(
-                f"{INTERRUPTED_PREFIX}execution process stopped", crash=False, cause="stopped"
+                TaskError.of(ErrorKind.INTERRUPTED, "execution process stopped"), crash=False, cause="stopped"
             )
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()
@@ -340,12 +340,12 @@ class ExecutionProcess:
                 self._dispatch(message, len(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
-            self.kill(f"execution process failed: {exc}", crash=True, cause="protocol")
+            self.kill(TaskError(ErrorKind.FAILED, f"execution process failed: {exc}"), crash=True, cause="protocol")
         finally:
             await self._reap(reader)
             cause = describe_exit(self._proc.returncode if self._proc else None)
             exit_error = self._exit or ExecutionProcessExitError(
-                f"execution process crashed ({cause})", crash=True, cause=cause
+                TaskError(ErrorKind.FAILED, f"execution process crashed ({cause})"), crash=True, cause=cause
             )
             self._exit = exit_error
             futures: list[asyncio.Future[Any]] = [*self._pending.values(), *self._probes.values()]

@@ -36,7 +36,7 @@ from node.daemon.processes.stall import STALL_PROBE_INTERVAL_S, StallWatch
 from node.daemon.processes.tool_settings import tool_settings
 from node.execution.protocol import Ready, RunTask, TaskDone, TaskFailed
 from node.ops.metrics import NodeMetrics
-from node.wire.topics import INTERRUPTED_PREFIX
+from node.wire.error_kinds import ErrorKind, TaskError
 
 log = structlog.get_logger(__name__)
 
@@ -259,7 +259,7 @@ class ExecutionPool:
         if process is not None:
             log.error("killing execution process", model=model, pid=process.pid, reason=reason)
             process.kill(
-                f"{INTERRUPTED_PREFIX}execution process restarted (another task would not stop)",
+                TaskError.of(ErrorKind.INTERRUPTED, "execution process restarted (another task would not stop)"),
                 crash=False,
                 cause="stopped",
             )
@@ -356,7 +356,7 @@ class ExecutionPool:
                         rss_mib=rss // MIB,
                         limit_mib=limit,
                     )
-                    process.kill(reason, crash=True, cause="memory")
+                    process.kill(TaskError(ErrorKind.FAILED, reason), crash=True, cause="memory")
                     continue
             busy = process.running > 0 or (entry.stall is not None and entry.stall.busy)
             interval = STALL_PROBE_INTERVAL_S if busy else PROBE_INTERVAL_S
@@ -378,7 +378,7 @@ class ExecutionPool:
         if found is None or not process.alive:
             return False
         log.error("execution process over a bound", model=process.model, pid=process.pid, reason=found.reason)
-        process.kill(found.reason, crash=True, cause=found.cause)
+        process.kill(TaskError(ErrorKind.FAILED, found.reason), crash=True, cause=found.cause)
         return True
 
     async def _probe(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
@@ -387,7 +387,10 @@ class ExecutionPool:
         except TimeoutError:
             log.error("execution process does not answer its health probe", model=entry.model, pid=process.pid)
             process.kill(
-                f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                TaskError(
+                    ErrorKind.FAILED,
+                    f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                ),
                 crash=True,
                 cause="unresponsive",
             )
@@ -411,7 +414,7 @@ class ExecutionPool:
             sole_suspect=stall.sole,
         )
         process.kill(
-            f"{INTERRUPTED_PREFIX}execution process restarted ({stall.describe()})",
+            TaskError.of(ErrorKind.INTERRUPTED, f"execution process restarted ({stall.describe()})"),
             crash=False,
             cause="stalled",
             suspects=stall.task_ids,

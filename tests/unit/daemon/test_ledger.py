@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.daemon.ledger import ERROR_CHARS, PENDING_MAX, Ledger, LedgerEntry, LedgerError, outcome_of, totals
+from node.wire.error_kinds import ErrorKind, parse_error
 from workflows.errors import INVALID_PROMPT
 
 
@@ -33,17 +34,30 @@ def entry(
         ended_at=end,
         prompt_tokens=0 if error else 3,
         completion_tokens=0 if error else tokens,
-        outcome=outcome_of(error),
+        outcome=outcome_of(None if error is None else parse_error(error).kind),
         error=error,
     )
 
 
-def test_outcomes_follow_the_error_text() -> None:
+def test_outcomes_follow_the_error_kind() -> None:
     assert outcome_of(None) == "ok"
-    assert outcome_of(f"{INVALID_PROMPT}bad") == "invalid_prompt"
-    assert outcome_of("busy: node is paused") == "busy"
-    assert outcome_of("interrupted: node shutting down") == "interrupted"
-    assert outcome_of("deadline passed while the task was running") == "error"
+    assert outcome_of(ErrorKind.INVALID_PROMPT) == "invalid_prompt"
+    assert outcome_of(ErrorKind.BUSY) == "busy"
+    assert outcome_of(ErrorKind.INTERRUPTED) == "interrupted"
+    assert outcome_of(ErrorKind.FAILED) == "error"
+
+
+@pytest.mark.parametrize(
+    ("text", "outcome"),
+    [
+        (f"{INVALID_PROMPT}bad", "invalid_prompt"),
+        ("busy: node is paused", "busy"),
+        ("interrupted: node shutting down", "interrupted"),
+        ("deadline passed while the task was running", "error"),
+    ],
+)
+def test_an_error_text_read_at_its_edge_has_the_outcome_its_start_says(text: str, outcome: str) -> None:
+    assert outcome_of(parse_error(text).kind) == outcome
 
 
 def test_totals_by_day_model_publisher_and_outcome(tmp_path: Path) -> None:
