@@ -9,8 +9,9 @@ never the daemon. Nothing here runs in the daemon except protocol.py, the messag
                         runs process.py
     sandbox.py          the confinement (Linux Landlock): no access to the daemon's files or processes
     privileges.py       what Landlock leaves out: capabilities dropped; no new sockets, processes or listeners (seccomp)
-    process.py          the main loop: configure, load, ready, then TaskHost runs tasks until the
+    process.py          the main loop: configure, load, ready, then hands tasks to TaskHost until the
                         daemon closes the socket
+    task_host.py        TaskHost: runs the daemon's tasks concurrently, under their deadlines, one answer each
     model_setup.py      builds the configured model (registry -> backend -> benchmark)
     idle_benchmark.py   a first start's benchmark, run after `ready` while no task runs
     workflow_setup.py   maps settings onto the workflow engine's options

@@ -6,7 +6,7 @@ socketpair as fd N. It reads `configure`, applies the operator's memory limit, l
 benchmarks the model, derives the limits left unset (memory_limits.py, from the GGUF
 header the load read), answers
 `ready` with its RSS limit (or `load_failed` and exits), then runs
-tasks concurrently until the daemon closes the socket. Its logs go to the
+tasks concurrently (task_host.py) until the daemon closes the socket. Its logs go to the
 daemon's stderr. Anything that kills it (a signal, an abort in llama.cpp) costs
 only this process: the daemon answers its tasks and starts a new one.
 """
@@ -21,8 +21,8 @@ import os
 import resource
 import signal
 import socket
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,21 +30,17 @@ import structlog
 from config.settings import Settings
 from models.batching import BatchedLlamaModel
 from models.benchmark import BenchmarkCache, BenchResult, ReportedSpeeds, SpeedStore, benchmark
-from models.progress import request_owner
 from models.requests import ModelError
-from models.tracing import GenerationTrace, generation_traces
-from node.execution.delta_coalescer import DeltaCoalescer
 from node.execution.idle_benchmark import IdleBenchmark
-from node.execution.memory_limits import memory_limits
+from node.execution.memory_limits import MemoryLimits, memory_limits
 from node.execution.model_setup import (
+    PreparedModel,
     ServedModel,
     create_embedder,
     prepare_model,
     runtime_options,
 )
 from node.execution.protocol import (
-    DEADLINE_BEFORE_START,
-    DEADLINE_WHILE_RUNNING,
     MAX_ERROR_CHARS,
     MAX_FRAME_BYTES,
     MAX_OPEN_FILES,
@@ -61,23 +57,16 @@ from node.execution.protocol import (
     Progress,
     Ready,
     RunTask,
-    TaskDelta,
-    TaskDone,
-    TaskFailed,
     ToolFetched,
-    Trace,
     decode_to_child,
     encode,
     read_line,
 )
 from node.execution.sandbox import SandboxOutcome
+from node.execution.task_host import TaskHost
 from node.execution.tool_channel import DaemonToolHttp
 from node.execution.workflow_setup import engine_options
 from node.ops.log import configure_logging
-from workflows import EngineOptions, ToolSettings, WorkflowError, parse_workflow, run_workflow
-from workflows.backend import ModelBackend
-from workflows.errors import public_error_text
-from workflows.tool_http import ToolHttp
 
 log = structlog.get_logger("node.execution")
 
@@ -135,131 +124,6 @@ def apply_file_limits(limit_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, bound), bound))
 
 
-class TaskHost:
-    """Runs the daemon's tasks on one model, concurrently, and sends one answer per task."""
-
-    def __init__(
-        self,
-        model: ServedModel,
-        embedder: ModelBackend,
-        tools: ToolSettings,
-        options: EngineOptions,
-        send: Callable[[Message], None],
-        http: ToolHttp,
-    ) -> None:
-        self._model = model
-        self._embedder = embedder
-        self._tools = tools
-        self._http = http  # the tools' requests go to the daemon (tool_channel.py)
-        self._options = options
-        self._send = send
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancel_reasons: dict[str, str] = {}
-        self.idle = asyncio.Event()  # set while no task runs
-        self.idle.set()
-        self.on_task_start: Callable[[], None] | None = None  # an idle-time benchmark's interruption
-
-    def start(self, request: RunTask) -> None:
-        """Start running the task (failed at once if its id is already running)."""
-        if request.task_id in self._tasks:
-            self._send(TaskFailed(task_id=request.task_id, error="internal error: task already running"))
-            return
-        if self.on_task_start is not None:
-            self.on_task_start()
-        task = asyncio.create_task(self._run(request), name=f"task-{request.task_id}")
-        self._tasks[request.task_id] = task
-        self.idle.clear()
-        task.add_done_callback(lambda _: self._ended(request.task_id))
-
-    def _ended(self, task_id: str) -> None:
-        self._tasks.pop(task_id, None)
-        if not self._tasks:
-            self.idle.set()
-
-    def cancel(self, request: Cancel) -> None:
-        """Cancel the task, keeping the reason for its answer."""
-        task = self._tasks.get(request.task_id)
-        if task is not None:
-            self._cancel_reasons[request.task_id] = request.reason
-            task.cancel()
-
-    async def stop(self) -> None:
-        """Cancel every running task and wait for them."""
-        for task_id, task in list(self._tasks.items()):
-            self._cancel_reasons[task_id] = "interrupted: execution process stopping"
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-    async def _run(self, request: RunTask) -> None:
-        # This asyncio task's context: every line logged while it runs (workflow, model, grammar, tools) names the
-        # task, and the decode loop learns whose request it runs.
-        structlog.contextvars.bind_contextvars(task_id=request.task_id, model=self._model.name)
-        request_owner.set(request.task_id)
-        try:
-            self._send(await self._execute(request))
-        except asyncio.CancelledError:
-            reason = self._cancel_reasons.pop(request.task_id, "cancelled")
-            self._send(TaskFailed(task_id=request.task_id, error=reason))
-        except MemoryError:
-            log.error("task ran out of memory")
-            self._send(
-                TaskFailed(
-                    task_id=request.task_id,
-                    error="out of memory: the task exceeded its execution process's memory limit",
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure still answers the publisher
-            if not isinstance(exc, WorkflowError | ModelError):
-                log.exception("task crashed")
-            # The public text: `Invalid prompt: ` for deterministic errors; never the task's data
-            # (error results are not encrypted).
-            self._send(TaskFailed(task_id=request.task_id, error=public_error_text(exc)))
-
-    async def _execute(self, request: RunTask) -> TaskDone | TaskFailed:
-        workflow = parse_workflow(request.workflow)  # WorkflowValidationError: answered by _run
-        remaining = (request.deadline_ns - time.time_ns()) / 1e9
-        if remaining <= 0:
-            return TaskFailed(task_id=request.task_id, error=DEADLINE_BEFORE_START)
-        traces: list[GenerationTrace] | None = [] if request.proof else None
-        generation_traces.set(traces)  # this task's context: the runtime records its generations
-        deltas = None
-        if request.stream:
-            deltas = DeltaCoalescer(
-                lambda text: self._send(TaskDelta(task_id=request.task_id, text=sendable_text(text)))
-            )
-        try:
-            async with asyncio.timeout(remaining):
-                result = await run_workflow(
-                    workflow,
-                    self._model,
-                    prompt=request.prompt,
-                    tools=self._tools,
-                    http=self._http,
-                    options=self._options,
-                    embedder=self._embedder,
-                    on_text=None if deltas is None else deltas.add,
-                )
-        except TimeoutError:
-            return TaskFailed(task_id=request.task_id, error=DEADLINE_WHILE_RUNNING)
-        finally:
-            if deltas is not None:
-                deltas.close()  # the last delta goes before the answer
-        return TaskDone(
-            task_id=request.task_id,
-            text=sendable_text(result.text),
-            steps=result.steps,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            finish_reason=result.finish_reason,
-            traces=None if traces is None else [Trace.model_validate(t.model_dump()) for t in traces],
-        )
-
-
-def sendable_text(text: str) -> str:
-    """`text` as it can travel: a lone surrogate (a remote engine's JSON may hold one) becomes "?"."""
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
 async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     """Configure, load, serve until the daemon closes the socket; the process's exit code."""
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=MAX_FRAME_BYTES)
@@ -277,71 +141,115 @@ async def serve(fd: int, sandbox: SandboxOutcome) -> int:
     settings = Settings.model_validate(configure.settings)
     configure_logging(settings.log_level, "json")  # to the daemon, which logs each line again (child_output.py)
     name = configure.model
-    if not sandbox.confined and (sandbox.required or settings.sandbox == "on"):
-        send(LoadFailed(model=name, error=f"sandbox = on, but the execution process is not confined: {sandbox.detail}"))
+    if (refusal := _sandbox_refusal(name, settings, sandbox)) is not None:
+        send(LoadFailed(model=name, error=refusal))
         await writer.drain()
         return 0
-    if sandbox.confined:
-        log.info("execution process confined", model=name, sandbox=sandbox.detail)
-    elif settings.sandbox != "off":
-        log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
     apply_memory_limit(settings.exec_address_space_mb)  # the operator's: loading included
     apply_file_limits(settings.exec_scratch_mb)
     speeds = ReportedSpeeds(configure.speeds, lambda key, result: send(_measured(key, name, result)))
     try:
-        prepared = await prepare_model(name, settings, speeds)
-        model = _test_wrapper()(prepared.model)
-        embedder: Any = model
-        if settings.embedding_model and settings.embedding_model != name:
-            embedder = await create_embedder(settings.embedding_model, settings)
-        limits = memory_limits(settings, name, model.parallel, prepared.gguf_metadata)
+        loaded = await _load(name, settings, speeds)
     except (ModelError, OSError) as exc:
         send(LoadFailed(model=name, error=str(exc)[:MAX_ERROR_CHARS]))
         await writer.drain()
         return 0
     if settings.exec_address_space_mb is None:
-        apply_memory_limit(limits.address_space_mb)  # derived: from what the loaded model maps
+        apply_memory_limit(loaded.limits.address_space_mb)  # derived: from what the loaded model maps
     http = DaemonToolHttp(send, settings.tool_timeout)
-    host = TaskHost(model, embedder, configure.tools, engine_options(settings), send, http)
-    generation_tps, step = _speed(model.parallel, prepared.prompt_tps, prepared.generation_tps, settings)
+    host = TaskHost(loaded.model, loaded.embedder, configure.tools, engine_options(settings), send, http)
+    prepared = loaded.prepared
     log.info("execution process ready", model=name, pid=os.getpid(), benchmark_later=prepared.benchmark_later)
-    send(
-        Ready(
-            model=name,
-            parallel=model.parallel,
-            generation_tps=generation_tps,
-            max_rss_mb=limits.max_rss_mb,
-            step_seconds=step,
-            benchmark_later=prepared.benchmark_later,
-            speed_key=prepared.speed_key,
-        )
-    )
+    send(_ready(name, loaded, settings))
     benchmarking = None
     if prepared.benchmark_later and isinstance(prepared.model, BatchedLlamaModel):
         benchmarking = asyncio.create_task(
             benchmark_when_idle(host, prepared.model, settings, send, speeds), name="idle-benchmark"
         )
     try:
-        while (line := await read_line(reader)) is not None:
-            message = decode_to_child(line)
-            if isinstance(message, RunTask):
-                host.start(message)
-            elif isinstance(message, Cancel):
-                host.cancel(message)
-            elif isinstance(message, Probe):
-                send(_pong(message, model))
-            elif isinstance(message, ToolFetched):
-                http.answer(message)
-            await writer.drain()
+        await _answer_the_daemon(reader, writer, host, http, loaded.model, send)
     finally:
         if benchmarking is not None:
             benchmarking.cancel()
             await asyncio.gather(benchmarking, return_exceptions=True)
         await host.stop()
-        await model.close()
-        if embedder is not model:
-            await embedder.close()
+        await loaded.close()
     return 0
+
+
+def _sandbox_refusal(name: str, settings: Settings, sandbox: SandboxOutcome) -> str | None:
+    """Why the process may not load its model unconfined (None: it may); logs whether it is confined."""
+    if not sandbox.confined and (sandbox.required or settings.sandbox == "on"):
+        return f"sandbox = on, but the execution process is not confined: {sandbox.detail}"
+    if sandbox.confined:
+        log.info("execution process confined", model=name, sandbox=sandbox.detail)
+    elif settings.sandbox != "off":
+        log.warning("execution process not confined", model=name, sandbox=sandbox.detail)
+    return None
+
+
+@dataclass(frozen=True)
+class _LoadedModel:
+    """What `configure` loaded: the model as prepared and as served, its embedder, its memory limits."""
+
+    prepared: PreparedModel
+    model: Any  # the prepared model, through the test wrapper when one is set
+    embedder: Any  # the model itself, unless another embedding model is set
+    limits: MemoryLimits
+
+    async def close(self) -> None:
+        """Close the model and a separate embedder."""
+        await self.model.close()
+        if self.embedder is not self.model:
+            await self.embedder.close()
+
+
+async def _load(name: str, settings: Settings, speeds: ReportedSpeeds) -> _LoadedModel:
+    """Load (and benchmark, unless cached or measured later) the model, its embedder; derive the memory limits."""
+    prepared = await prepare_model(name, settings, speeds)
+    model = _test_wrapper()(prepared.model)
+    embedder: Any = model
+    if settings.embedding_model and settings.embedding_model != name:
+        embedder = await create_embedder(settings.embedding_model, settings)
+    limits = memory_limits(settings, name, model.parallel, prepared.gguf_metadata)
+    return _LoadedModel(prepared, model, embedder, limits)
+
+
+def _ready(name: str, loaded: _LoadedModel, settings: Settings) -> Ready:
+    """The `ready` answer: the model's parallel slots, its speed (or that it is measured later), its RSS limit."""
+    prepared, parallel = loaded.prepared, loaded.model.parallel
+    generation_tps, step = _speed(parallel, prepared.prompt_tps, prepared.generation_tps, settings)
+    return Ready(
+        model=name,
+        parallel=parallel,
+        generation_tps=generation_tps,
+        max_rss_mb=loaded.limits.max_rss_mb,
+        step_seconds=step,
+        benchmark_later=prepared.benchmark_later,
+        speed_key=prepared.speed_key,
+    )
+
+
+async def _answer_the_daemon(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: TaskHost,
+    http: DaemonToolHttp,
+    model: ServedModel,
+    send: Callable[[Message], None],
+) -> None:
+    """Serve the daemon's messages until it closes the socket."""
+    while (line := await read_line(reader)) is not None:
+        message = decode_to_child(line)
+        if isinstance(message, RunTask):
+            host.start(message)
+        elif isinstance(message, Cancel):
+            host.cancel(message)
+        elif isinstance(message, Probe):
+            send(_pong(message, model))
+        elif isinstance(message, ToolFetched):
+            http.answer(message)
+        await writer.drain()
 
 
 async def benchmark_when_idle(

@@ -137,7 +137,7 @@ def test_the_check_catches_an_import_of_llama_cpp_in_the_daemon(tmp_path: Path) 
         [
             ("node.daemon.runner", "import llama_cpp\n"),
             ("node.daemon.intake", "def later() -> None:\n    from node.execution import model_setup\n"),
-            ("node.daemon.build", "from node.execution.process import TaskHost\n"),
+            ("node.daemon.build", "from node.execution.task_host import TaskHost\n"),
             ("node.daemon.build", "from node.execution import memory_limits\n"),
             ("node.cli.main", "from models.decode_loop import DecodeLoop\n"),
             ("node.cli.main", "from node.cli.scorers import LocalScorers\n"),  # at module level: loads llama.cpp

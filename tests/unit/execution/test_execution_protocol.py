@@ -13,7 +13,6 @@ from models.benchmark import MEASURE_BEFORE_READY, CacheFile
 from node.daemon.processes.exits import describe_exit
 from node.daemon.processes.handle import ExecutionProcess
 from node.daemon.processes.strays import MAX_STRAYS
-from node.execution.process import sendable_text
 from node.execution.protocol import (
     MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
@@ -29,6 +28,7 @@ from node.execution.protocol import (
     decode_to_child,
     encode,
 )
+from node.execution.task_host import sendable_text
 from tests.support.spawned_child import SpawnedChild
 
 

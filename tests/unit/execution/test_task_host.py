@@ -14,8 +14,8 @@ from typing import Any, cast
 import structlog
 
 from node.execution.model_setup import ServedModel
-from node.execution.process import TaskHost
 from node.execution.protocol import Message, RunTask, TaskDone
+from node.execution.task_host import TaskHost
 from workflows import EngineOptions, ToolSettings
 from workflows.backend import ModelBackend
 from workflows.tool_http import ToolHttp
