@@ -4,7 +4,8 @@ host.py            P2PHost: the asyncio face (start, connect, subscribe, relay, 
 trio_thread.py     TrioThread: runs the service under Trio in its own thread; calls into it and hands results back
 errors.py          P2PError and its kinds, as the asyncio side raises them; P2PServiceError and its, on the Trio side
 handoff.py         GossipQueues: gossip messages handed from the Trio thread to subscription queues, within a budget
-service.py         P2PService: the Trio side (libp2p host, TCP + Noise + Yamux; dials, opens direct-delivery streams)
+service.py         P2PService: the Trio side (runs the libp2p host and its gossip; dials, opens direct-delivery streams)
+libp2p_host.py     the libp2p host as the service starts it: TCP + Noise + Yamux, listen ports checked, its swarm bounded
 gossip.py          Gossip: gossipsub on the host (topics, validators, hand-off to the message sink, paced publishing)
 pacing.py          OutboundPacing: a publish waits for room in peers' outbound queues, within a budget of time no peer can stall
 pubsub_limits.py   bounds on one peer's pubsub RPCs (trim_rpc), IWANT answers (BoundedGossipSub), expired backoff

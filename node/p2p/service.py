@@ -3,40 +3,31 @@
 py-libp2p is Trio-only, so `P2PService.run` is meant to be the main function of
 `trio.run` in a dedicated thread (node/p2p/host.py does that). Every method here runs
 on that Trio thread; nothing here knows about asyncio. Each workaround for a measured py-libp2p behaviour
-is commented where it is made. Gossip (gossipsub, topics, paced publishing) is gossip.py's `Gossip`;
-the direct-delivery streams are streams.py's `StreamTable`, opened (dialled) here.
+is commented where it is made (those of the host's start in libp2p_host.py, which makes the host). Gossip
+(gossipsub, topics, paced publishing) is gossip.py's `Gossip`; the direct-delivery streams are streams.py's
+`StreamTable`, opened (dialled) here.
 """
 
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import multiaddr
 import structlog
 import trio
-from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.secp256k1 import create_new_key_pair
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
-from libp2p.host.ping import ID as PING_PROTOCOL_ID
-from libp2p.network.config import RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.p2p.bounded_peerstore import BoundedPeerStore
-from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals, install_bounded_muxer
+from node.p2p.bounded_yamux import MuxerLimits, MuxerRefusals
 from node.p2p.connection_trim import ConnectionBudget, ConnectionTrimmer
 from node.p2p.errors import (
     NoMeshPeersServiceError,
@@ -48,8 +39,9 @@ from node.p2p.errors import (
 )
 from node.p2p.frames import FrameError, encode_frame
 from node.p2p.gossip import MAX_INBOUND_RPC_BYTES, Gossip, MessageSink, TopicValidator
-from node.p2p.inbound_gate import InboundGate, InboundLimits, end_handlers_with_their_connections, install_gate
+from node.p2p.inbound_gate import InboundGate, InboundLimits
 from node.p2p.kept_peers import KeptPeers
+from node.p2p.libp2p_host import bound_the_swarm, check_listening, lift_inbound_cap, listen_multiaddrs, new_libp2p_host
 from node.p2p.peer_addrs import NameLookupError, looked_up, peer_info
 from node.p2p.peer_gone import PeerGoneNotifee, PeerSink
 from node.p2p.steady_addrs import keep_addrs_steady
@@ -87,26 +79,6 @@ class ServiceOptions(BaseModel):
     connection_budget: ConnectionBudget = ConnectionBudget()
     inbound_limits: InboundLimits | None = None  # per remote host (a node); None: no per-host limit
     muxer_limits: MuxerLimits = MuxerLimits()  # per connection, inbound and dialled alike
-
-
-def _probe_port_free(addr: str, maddr: multiaddr.Multiaddr) -> None:
-    """Fail when a fixed TCP port is taken.
-
-    libp2p binds with SO_REUSEPORT, so a second host on a busy port would
-    silently share it; a plain bind (SO_REUSEADDR only) still fails then.
-    """
-    protocols = {p.name for p in maddr.protocols()}
-    if "tcp" not in protocols or int(maddr.value_for_protocol("tcp")) == 0:
-        return
-    family, ip_proto = (socket.AF_INET6, "ip6") if "ip6" in protocols else (socket.AF_INET, "ip4")
-    if ip_proto not in protocols:
-        return
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((maddr.value_for_protocol(ip_proto), int(maddr.value_for_protocol("tcp"))))
-        except OSError as exc:
-            raise P2PServiceError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
 
 
 class P2PService:
@@ -182,22 +154,8 @@ class P2PService:
         self._nursery.start_soon(fn, *args)
 
     async def _serve(self, on_ready: Callable[[], None]) -> None:
-        maddrs = []
-        for addr in self._options.listen_addrs:
-            try:
-                maddr = multiaddr.Multiaddr(addr)
-            except Exception as exc:
-                raise P2PServiceError(f"invalid listen multiaddr {addr!r}: {exc}") from exc
-            _probe_port_free(addr, maddr)
-            maddrs.append(maddr)
-        noise_key = create_x25519_key_pair().private_key
-        host = new_host(
-            key_pair=self._key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key)},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            peerstore_opt=BoundedPeerStore(),
-            listen_addrs=maddrs,
-        )
+        maddrs = listen_multiaddrs(self._options.listen_addrs)
+        host = new_libp2p_host(self._key_pair, maddrs)
         gossip = Gossip(
             host,
             self._my_id,
@@ -212,27 +170,14 @@ class P2PService:
             muxer_limits = self._options.muxer_limits
             if self._options.serve_streams:
                 muxer_limits = muxer_limits.with_room_for(self._options.stream_limits.max_streams_per_peer)
-            install_bounded_muxer(network, muxer_limits, self.muxer_refusals)
-            # One dial, one connection: py-libp2p retries each failed dial 3 times by default (0.1 + 0.2 + 0.4 s), so
-            # every dial of ours, each already paced (the connector's backoff, the gossip keeper's, a publisher's
-            # undialable marks), was 4 connections to its host:port and 0.7 s before a dead node counted as such.
-            network.retry_config = RetryConfig(max_retries=0)
-            end_handlers_with_their_connections(network)
-            if self.inbound_gate is not None:
-                install_gate(network, self.inbound_gate)
+            bound_the_swarm(network, muxer_limits, self.muxer_refusals, self.inbound_gate)
         if self._on_peer_gone is not None:
             network.register_notifee(PeerGoneNotifee(host, self._on_peer_gone, self._on_peer_back))
-        # libp2p ping (/ipfs/ping/1.0.0), which nothing here uses, echoes each 32 bytes a peer sends as a frame of its
-        # own: 64 KiB of pings cost the P2P thread ~0.5 s (~260 us a ping), so ~120 KB/s from one peer would fill it.
-        host.remove_stream_handler(PING_PROTOCOL_ID)
         if self._options.serve_streams:
             host.set_stream_handler(TProtocol(DIRECT_PROTOCOL), self.streams.handle_inbound)
         async with host.run(maddrs), background_trio_service(gossip.pubsub), background_trio_service(gossip.router):
             await gossip.pubsub.wait_until_ready()
-            listeners = host.get_network().listeners
-            missing = [addr for addr, m in zip(self._options.listen_addrs, maddrs) if str(m) not in listeners]
-            if missing:
-                raise P2PServiceError(f"cannot listen on {', '.join(missing)}")
+            check_listening(host, self._options.listen_addrs, maddrs)
             self.listen_addrs = [str(a) for a in host.get_addrs()]
             if isinstance(host, BasicHost):
                 keep_addrs_steady(host)  # listening now; py-libp2p asks for them on every pubsub RPC it sends
@@ -240,11 +185,7 @@ class P2PService:
                 self._nursery = nursery
                 nursery.start_soon(gossip.housekeeping)
                 if isinstance(network := host.get_network(), Swarm):
-                    # py-libp2p's inbound cap (250 slots) releases a slot only when the swarm stops, not
-                    # when its connection closes: after 250 inbound connections in all, however short,
-                    # no peer could connect again. The live count stays bounded by its max_connections
-                    # check and by the trimmer.
-                    network._inbound_limiter = trio.CapacityLimiter(math.inf)
+                    lift_inbound_cap(network)
                     self.trimmer = ConnectionTrimmer(network, self._options.connection_budget, self._keeps_connection)
                     nursery.start_soon(self.trimmer.run)
                 log.info("p2p host listening", peer_id=self.peer_id, addrs=self.listen_addrs)
@@ -277,23 +218,7 @@ class P2PService:
         with trio.move_on_after(timeout) as scope:
             try:
                 found = [a for named in info.addrs for a in await looked_up(named)]
-                # py-libp2p dials one address per transport (the first): a name's addresses are tried in turn,
-                # so /dns/localhost (::1 first) reaches a node listening on IPv4 only.
-                # Each gets its share of the time left (the last all of it): one that takes the TCP connection and
-                # then says nothing does not starve the others.
-                for index, one in enumerate(found):
-                    single = PeerInfo(info.peer_id, [one])
-                    self._allow_dial(info.peer_id, [single])
-                    last = index == len(found) - 1
-                    share = math.inf if last else (scope.deadline - trio.current_time()) / (len(found) - index)
-                    try:
-                        with trio.move_on_after(share) as turn:
-                            await self._host.connect(single)
-                        if not turn.cancelled_caught:
-                            break
-                    except Exception:
-                        if last:
-                            raise
+                await self._dial_in_turn(info.peer_id, found, scope.deadline)
                 if promoted and self.gossip is not None:
                     # Already connected for streams: no new connection tells pubsub of it.
                     await self.gossip.pubsub.ensure_peer_stream(info.peer_id, timeout)
@@ -304,6 +229,28 @@ class P2PService:
         if scope.cancelled_caught:
             raise P2PServiceError(f"dialing {addr} timed out after {timeout:g} s")
         return info.peer_id.to_base58()
+
+    async def _dial_in_turn(self, peer: ID, addrs: list[multiaddr.Multiaddr], deadline: float) -> None:
+        """Dial `peer` at each of `addrs` in turn until one connects (the last one's error raised).
+
+        py-libp2p dials one address per transport (the first): a name's addresses are tried in turn,
+        so /dns/localhost (::1 first) reaches a node listening on IPv4 only.
+        Each gets its share of the time left before `deadline` (the last all of it): one that takes the TCP
+        connection and then says nothing does not starve the others."""
+        assert self._host is not None
+        for index, one in enumerate(addrs):
+            single = PeerInfo(peer, [one])
+            self._allow_dial(peer, [single])
+            last = index == len(addrs) - 1
+            share = math.inf if last else (deadline - trio.current_time()) / (len(addrs) - index)
+            try:
+                with trio.move_on_after(share) as turn:
+                    await self._host.connect(single)
+                if not turn.cancelled_caught:
+                    return
+            except Exception:
+                if last:
+                    raise
 
     def _allow_dial(self, peer: ID, infos: list[PeerInfo]) -> None:
         """Lift libp2p's 60 s bar on a peer whose addresses all failed (its negative cache), and
@@ -339,20 +286,14 @@ class P2PService:
         write `first_frame` (`raw`: the bytes as they are, unframed); returns the stream id.
         Its frames go to the frame sink."""
         assert self._host is not None and self._nursery is not None
-        try:
-            infos = [peer_info(addr) for addr in addrs]
-            frame = first_frame if raw else encode_frame(first_frame, self._options.stream_limits.max_frame_bytes)
-        except (FrameError, P2PServiceError) as exc:  # an address without its peer, a frame too large
-            raise P2PServiceError(f"cannot open a stream to {addrs[:1]}: {exc}") from exc
-        peer = infos[0].peer_id if infos else None
-        if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
-            raise P2PServiceError("a stream needs addresses of one other peer")
+        peer, infos, frame = self._stream_target(addrs, first_frame, raw)
         connected = False
         host = self._host
         if not self._options.gossip_with_stream_peers and not host.get_network().get_connections(peer):
             # Before the dial: pubsub hears of the connection as it opens.
             self.stream_only.add(peer, lambda p: has_open_connection(host, p))
         self._allow_dial(peer, infos)
+        stream_id = 0
         with trio.move_on_after(timeout) as scope:
             try:
                 await host.connect(PeerInfo(peer, [a for info in infos for a in info.addrs]))
@@ -362,26 +303,45 @@ class P2PService:
                 self._forget_undialled(peer)
                 refused = StreamRefusedServiceError if connected else P2PServiceError  # the peer is there, or not
                 raise refused(f"opening a stream to {peer.to_base58()} failed: {root_cause(exc)}") from exc
-            stream_id = 0  # counted before the task is written: past our own limits the peer reads nothing of it
-            try:
-                stream_id = self.streams.register_outbound(stream, peer.to_base58())
-                if frame:
-                    await stream.write(frame)
-            except BaseException as exc:
-                self.streams.forget_outbound(stream_id)
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await stream.reset()
-                if isinstance(exc, StreamGoneError):  # our limits: the peer read nothing, nor is it undialable
-                    raise StreamRefusedServiceError(str(exc)) from None
-                if isinstance(exc, Exception):
-                    raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
-                raise
+            stream_id = await self._write_first_frame(stream, peer, frame)
         if scope.cancelled_caught and not connected:
             self._forget_undialled(peer)
             raise P2PServiceError(f"dialing {peer.to_base58()} timed out after {timeout:g} s")
         if scope.cancelled_caught:  # connected, but the peer does not serve the stream: frozen or overloaded
             raise StreamTimeoutServiceError(f"opening a stream to {peer.to_base58()} timed out after {timeout:g} s")
         self._nursery.start_soon(self.streams.serve, stream_id)
+        return stream_id
+
+    def _stream_target(self, addrs: list[str], first_frame: bytes, raw: bool) -> tuple[ID, list[PeerInfo], bytes]:
+        """The one other peer `addrs` name, each address read, and `first_frame` as it is written (`raw`: as it is);
+        P2PServiceError when they are not that."""
+        try:
+            infos = [peer_info(addr) for addr in addrs]
+            frame = first_frame if raw else encode_frame(first_frame, self._options.stream_limits.max_frame_bytes)
+        except (FrameError, P2PServiceError) as exc:  # an address without its peer, a frame too large
+            raise P2PServiceError(f"cannot open a stream to {addrs[:1]}: {exc}") from exc
+        peer = infos[0].peer_id if infos else None
+        if peer is None or any(info.peer_id != peer for info in infos) or peer == self._my_id:
+            raise P2PServiceError("a stream needs addresses of one other peer")
+        return peer, infos, frame
+
+    async def _write_first_frame(self, stream: INetStream, peer: ID, frame: bytes) -> int:
+        """Count the stream as ours, then write `frame` on it (nothing when empty); the stream id. A stream that
+        fails here is forgotten and reset."""
+        stream_id = 0  # counted before the task is written: past our own limits the peer reads nothing of it
+        try:
+            stream_id = self.streams.register_outbound(stream, peer.to_base58())
+            if frame:
+                await stream.write(frame)
+        except BaseException as exc:
+            self.streams.forget_outbound(stream_id)
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.reset()
+            if isinstance(exc, StreamGoneError):  # our limits: the peer read nothing, nor is it undialable
+                raise StreamRefusedServiceError(str(exc)) from None
+            if isinstance(exc, Exception):
+                raise P2PServiceError(f"writing to {peer.to_base58()} failed: {exc}") from exc
+            raise
         return stream_id
 
     async def reachable(self, peer_id: str, addrs: list[str], timeout: float) -> bool:
