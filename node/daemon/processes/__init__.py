@@ -3,6 +3,7 @@ spawned, fed and watched from here; the daemon never loads a model itself.
 
 handle.py:   the daemon's view of one execution process: spawn, send, receive, kill, exit status.
 exits.py:    how a process's end is named: the errors its tasks and its start get.
+child_spawn.py:    how it is spawned: a clean interpreter on one end of a socketpair, its stderr on a pipe, its own session.
 child_inputs.py:   what it is given: the settings (less the identity key and tool secrets) and the environment variables it may use.
 tool_egress.py:    its tools' HTTP requests, made here under the egress policy (it has no network of its own).
 tool_settings.py:  the tools' settings: the operator's in full for those requests, and what it is told of them.

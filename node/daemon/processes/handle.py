@@ -1,7 +1,7 @@
 """The daemon's handle on one execution process: spawn, talk, watch it end.
 
 `ExecutionProcess.start()` spawns a clean interpreter (`python -m node.execution`, which
-confines itself by the sandbox policy first), hands it one end of a socketpair, sends `configure`
+confines itself by the sandbox policy first; child_spawn.py), hands it one end of a socketpair, sends `configure`
 and waits for `ready`; `spawn()` alone starts the interpreter early (its imports
 beside the daemon's, see early.py) and `start()` then configures it. A reader task then routes answers to the tasks waiting for
 them, and another relays its stderr into the daemon's log (child_output.py). When the process ends,
@@ -14,10 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +22,8 @@ from typing import Any
 import structlog
 
 from models.benchmark import SpeedStore
-from node.daemon.processes.child_inputs import child_environment, launch_environment
 from node.daemon.processes.child_output import read_pipe, relay_output
+from node.daemon.processes.child_spawn import spawn_child
 from node.daemon.processes.exits import ExecutionProcessExitError, ExecutionProcessStartError, describe_exit
 from node.daemon.processes.scratch import Scratch
 from node.daemon.processes.speed_keeper import SpeedKeeper
@@ -61,7 +57,6 @@ from workflows.options import ToolSettings
 
 log = structlog.get_logger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]  # node/daemon/processes/handle.py -> the project
 OUTPUT_DRAIN_S = 1.0  # after a process's exit, what it wrote last still reaches the log within this
 
 
@@ -132,53 +127,18 @@ class ExecutionProcess:
         waits for `configure` (`start`)."""
         if self._scratch_root is not None:
             self.scratch = Scratch.make(self._scratch_root)  # first: nothing to close if it fails
-        undo = contextlib.ExitStack()  # what a spawn that fails at any step leaves behind, undone
-        if (scratch := self.scratch) is not None:
-            undo.callback(scratch.remove)  # empty: no process wrote there
-        with undo:
-            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            undo.callback(parent.close)
-            with child:  # the process's end: ours is closed once it has its own
-                # A pipe of our own, not asyncio's: a process's `wait()` then waits for its exit alone, never for
-                # the pipe's other end, which a process it forked could hold (_end_stream_at_exit counts on that).
-                output, output_end = os.pipe()
-                undo.callback(os.close, output)
-                try:
-                    self._proc = await self._exec(child.fileno(), output_end)
-                finally:
-                    os.close(output_end)
-            undo.pop_all()  # spawned: the process has them now
+        with contextlib.ExitStack() as undo:  # a spawn that fails leaves no scratch folder behind
+            if (scratch := self.scratch) is not None:
+                undo.callback(scratch.remove)  # empty: no process wrote there
+            path = None if scratch is None else scratch.path
+            spawned = await spawn_child(self._settings, self._environment, self._sandbox, path)
+            undo.pop_all()
+        self._proc = spawned.process
         self._output = asyncio.create_task(
-            relay_output(await read_pipe(output), self.model, self._proc.pid), name=f"exec-{self.model}-output"
+            relay_output(await read_pipe(spawned.output), self.model, self._proc.pid), name=f"exec-{self.model}-output"
         )
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_CHILD_LINE_BYTES)
-
-    async def _exec(self, fd: int, stderr: int) -> asyncio.subprocess.Process:
-        """Start `python -m node.execution` on the socket `fd`, its stderr to `stderr`, confined by the policy."""
-        base = self._environment if self._environment is not None else child_environment(os.environ)
-        scratch = None if self.scratch is None else self.scratch.path
-        policy = self._sandbox
-        if policy is not None and scratch is not None:
-            policy = policy.model_copy(update={"writable": [*policy.writable, str(scratch)]})
-        sandbox = () if policy is None else ("--sandbox", policy.model_dump_json())
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",  # no working directory first on sys.path: other processes may write one (/tmp)
-            "-m",
-            "node.execution",
-            "--fd",
-            str(fd),
-            "--parent-pid",
-            str(os.getpid()),
-            *sandbox,
-            pass_fds=(fd,),
-            # Out of the terminal's and the service manager's signal path: Ctrl-C (SIGINT to the foreground
-            # group) and a group SIGTERM reach the daemon only, which drains its tasks, then ends this process.
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,  # relayed into the daemon's log, the process named (child_output.py)
-            env=launch_environment(base, scratch, self._settings, _PROJECT_ROOT),
+        self._reader, self._writer = await asyncio.open_unix_connection(
+            sock=spawned.channel, limit=MAX_CHILD_LINE_BYTES
         )
 
     async def start(self, timeout: float) -> Ready:
