@@ -101,7 +101,7 @@ class P2PHost:
         and not yet taken by the consumer; more is dropped. `on_inbound_stream`: take
         direct-delivery streams (`/compute/task/0.4.0`) within `stream_limits`.
         `gossip_with_stream_peers` False (a publisher): a peer dialled by `open_stream` alone is no
-        gossip peer (see node/p2p/gossip.py, `StreamPeerAwarePubsub`). `inbound_limits`: the most
+        gossip peer (see node/p2p/pubsub.py, `StreamPeerAwarePubsub`). `inbound_limits`: the most
         inbound connections one remote host may have open and open per minute (node/p2p/inbound_gate.py).
         `on_peer_gone(peer id)`: a peer's last connection closed (it died, or it or we hung up; node/p2p/peer_gone.py).
         `on_peer_back(peer id)`: a connection to a peer opened (heard only with `on_peer_gone`).

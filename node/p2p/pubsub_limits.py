@@ -15,7 +15,7 @@ inbound_gate.py). Measured against py-libp2p 0.8.1 before these bounds (tests/un
 - A PRUNE's backoff is at most MAX_BACKOFF_S (its expired entries are dropped by housekeeping).
 
 `trim_rpc` cuts an inbound RPC down to what the host acts on; `BoundedGossipSub` answers IWANT
-within the budget. The read loop that uses them is `StreamPeerAwarePubsub` (gossip.py).
+within the budget. The read loop that uses them is `StreamPeerAwarePubsub` (pubsub.py).
 """
 
 from __future__ import annotations

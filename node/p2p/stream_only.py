@@ -1,7 +1,7 @@
 """StreamOnlyPeers: the peers a publisher dialled only for direct-delivery streams, pruned and bounded.
 
 A publisher (`gossip_with_stream_peers` off) keeps every node it dials for a task out of its
-gossip (gossip.py, `StreamPeerAwarePubsub`). The nodes it dials come from heartbeats, which
+gossip (pubsub.py, `StreamPeerAwarePubsub`). The nodes it dials come from heartbeats, which
 anyone can sign under as many peer ids as they like, so the set must not outlive the peers in
 it: an entry goes when its peer's last connection closes, when its dial fails, and in the
 periodic sweep of entries without a connection; and it holds at most `limit` peers.

@@ -11,8 +11,8 @@ from typing import Any
 from libp2p.peer.id import ID
 
 from node.p2p.errors import NoMeshPeersError
-from node.p2p.gossip import StreamPeerAwarePubsub
 from node.p2p.host import P2PHost
+from node.p2p.pubsub import StreamPeerAwarePubsub
 from tests.support.p2p_hosts import TOPIC, HostFactory, receive, wait_for_mesh
 
 

@@ -1,4 +1,4 @@
-"""A pubsub peer that takes the host's gossip stream and never reads it is disconnected (node/p2p/gossip.py,
+"""A pubsub peer that takes the host's gossip stream and never reads it is disconnected (node/p2p/pubsub.py,
 `write_msg`); a peer that reads stays.
 
 py-libp2p dropped only the stream whose write had waited 5 s for the peer's window, opened another to the
