@@ -25,6 +25,7 @@ meta_charset.py   the charset an HTML page names in a <meta> tag, found as brows
 backend.py        ModelBackend: the interface through which the engine calls models
 options.py        EngineOptions, ToolSettings: the operator's configuration of the engine (allow-list parsed once)
 errors.py         the engine's error types and their public text
+strict_json.py    json.loads hooks that refuse what is not JSON (NaN, Infinity, numbers past a float's range)
 builders.py       publisher-side builders of common workflows (`Simple`)
 """
 

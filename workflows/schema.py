@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.grammar import GrammarError, json_schema_grammar, regex_grammar
 from workflows.errors import WorkflowValidationError
 from workflows.schema_limits import check_schema
+from workflows.strict_json import no_constant
 
 InputType = Literal["input", "read", "pop", "peek", "get_all", "size", "string", "search"]
 OutputType = Literal["write", "push", "insert"]
@@ -135,22 +136,18 @@ class Step(_Model):
         return raw
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _decode_schema(raw: str) -> dict[str, Any] | RegexSchema:
     """A JSON-schema string, or the base64 of a JSON schema or of a regex."""
     try:
         try:
-            parsed = json.loads(raw, parse_constant=_no_constant)
+            parsed = json.loads(raw, parse_constant=no_constant)
         except json.JSONDecodeError:
             try:
                 decoded = base64.b64decode(raw, validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
                 raise ValueError("is neither a JSON schema string nor base64 of a JSON schema or regex") from None
             try:
-                parsed = json.loads(decoded, parse_constant=_no_constant)
+                parsed = json.loads(decoded, parse_constant=no_constant)
             except json.JSONDecodeError:
                 return RegexSchema(decoded)
     except RecursionError:
@@ -329,7 +326,7 @@ def parse_workflow(raw: dict[str, Any] | str | bytes) -> Workflow:
     """Validate a workflow; raises WorkflowValidationError naming the field at fault."""
     if isinstance(raw, (str, bytes)):
         try:
-            raw = json.loads(raw, parse_constant=_no_constant)
+            raw = json.loads(raw, parse_constant=no_constant)
         except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
             raise WorkflowValidationError(f"workflow: not valid JSON ({e})") from None
         except RecursionError:

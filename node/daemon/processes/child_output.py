@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 from typing import Any
 
 import structlog
+
+from workflows.strict_json import finite_float, no_constant
 
 log = structlog.get_logger(__name__)
 child_log = structlog.get_logger("node.execution")  # every relayed line's logger, whatever the child named
@@ -167,18 +168,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
     if not text.startswith("{"):
         return None
     try:  # no NaN or Infinity: the daemon's JSON lines stay strict JSON
-        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+        value = json.loads(text, parse_constant=no_constant, parse_float=finite_float)
     except (ValueError, RecursionError):  # a line nested past the parser's depth is text too
         return None
     return value if isinstance(value, dict) else None
-
-
-def _not_a_number(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON has")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not finite")
-    return value
