@@ -16,5 +16,5 @@ sandbox_policy.py: what an execution process may not touch (the data dir, the ke
 scratch.py:        its scratch folder, the one it may write: bounded, removed after it.
 bounds.py:         what the pool bounds besides its RSS: threads, its main thread, the scratch folder, files in no folder.
 child_output.py:   its stderr, relayed into the daemon's log with the process named on every line.
-speed_keeper.py:   which speeds it measures the daemon keeps in its cache (none reported after a task).
+speed_keeper.py:   which speeds it measures the daemon keeps in its cache (none reported after a task), and which it advertises.
 """

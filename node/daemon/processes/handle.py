@@ -31,7 +31,6 @@ from node.daemon.processes.strays import ParseCost, StrayAnswers
 from node.daemon.processes.tool_egress import ToolEgress
 from node.execution.protocol import (
     MAX_CHILD_LINE_BYTES,
-    MAX_PROVISIONAL_SPEEDS,
     Benchmarked,
     Cancel,
     Configure,
@@ -99,7 +98,6 @@ class ExecutionProcess:
         self.exited = asyncio.Event()
         self.ready: Ready | None = None
         self.benchmarked: Benchmarked | None = None  # the latest speed measured after `ready`
-        self._provisional_speeds = 0
         self.on_benchmarked: Callable[[ExecutionProcess], None] = lambda process: None
 
     @property
@@ -355,22 +353,12 @@ class ExecutionProcess:
                 return self._stray(size)  # past its bounds: a stream of them ends the process
         elif isinstance(message, Measured):
             self._keep_speed(message, size)
-        elif isinstance(message, Benchmarked) and self._benchmark_expected(message):
-            self._provisional_speeds += message.provisional
+        elif isinstance(message, Benchmarked) and self._speeds.takes_benchmark(message, self.ready, self.benchmarked):
             self.benchmarked = message
             self.on_benchmarked(self)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} message")
         return None
-
-    def _benchmark_expected(self, message: Benchmarked) -> bool:
-        """A `benchmarked` for its model after a `ready` that said the speed comes later: a clean figure, after
-        at most MAX_PROVISIONAL_SPEEDS provisional ones, and none after the clean one."""
-        if self.ready is None or not self.ready.benchmark_later or message.model != self.model:
-            return False
-        if self.benchmarked is not None and not self.benchmarked.provisional:
-            return False
-        return not message.provisional or self._provisional_speeds < MAX_PROVISIONAL_SPEEDS
 
     def _keep_speed(self, message: Measured, size: int) -> None:
         if not self._speeds.offer(message, self.ready):

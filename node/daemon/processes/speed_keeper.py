@@ -6,6 +6,9 @@ every later start. So a figure is kept only from a process that has been sent no
 at most: past them the process says what it likes). One measured after a task is not kept: under the key the
 process named in `ready` (before any task), the store asks the next start to measure before it serves
 instead, once, unless it holds a valid figure already.
+
+The speed a process measures after `ready` (`benchmarked`, advertised, never cached) is taken only as `ready`
+announced it: for its model, a clean figure after at most MAX_PROVISIONAL_SPEEDS provisional ones.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from __future__ import annotations
 import structlog
 
 from models.benchmark import MEASURE_BEFORE_READY, SpeedStore, stored_result
-from node.execution.protocol import MAX_MEASURED_SPEEDS, Measured, Ready
+from node.execution.protocol import MAX_MEASURED_SPEEDS, MAX_PROVISIONAL_SPEEDS, Benchmarked, Measured, Ready
 
 log = structlog.get_logger(__name__)
 
 
 class SpeedKeeper:
-    """One execution process's side of the daemon's speed cache."""
+    """One execution process's side of the daemon's speed cache, and of the speed it advertises after `ready`."""
 
     def __init__(self, model: str, store: SpeedStore | None) -> None:
         self._model = model
@@ -27,6 +30,7 @@ class SpeedKeeper:
         self._measured = 0  # `measured` messages received
         self._tasks_sent = 0
         self._asked_before_ready = False  # the next start is asked to measure before ready
+        self._provisional = 0  # provisional `benchmarked` speeds taken
 
     def entries(self) -> dict[str, dict[str, object]]:
         """What `configure` carries to the process."""
@@ -53,6 +57,19 @@ class SpeedKeeper:
         self._asked_before_ready = True
         log.info("model speed not cached: a task came first", model=self._model, next_start="measured before ready")
         self._put(key, {"model": self._model, MEASURE_BEFORE_READY: True})
+        return True
+
+    def takes_benchmark(self, message: Benchmarked, ready: Ready | None, latest: Benchmarked | None) -> bool:
+        """Whether a `benchmarked` is to be taken (`latest`: the one taken before): for its model, after a `ready`
+        that said the speed comes later; a clean figure, after at most MAX_PROVISIONAL_SPEEDS provisional ones,
+        and none after the clean one."""
+        if ready is None or not ready.benchmark_later or message.model != self._model:
+            return False
+        if latest is not None and not latest.provisional:
+            return False
+        if message.provisional and self._provisional >= MAX_PROVISIONAL_SPEEDS:
+            return False
+        self._provisional += message.provisional
         return True
 
     def _put(self, key: str, entry: dict[str, object]) -> bool:
