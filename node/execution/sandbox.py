@@ -69,51 +69,73 @@ def rules(policy: SandboxPolicy) -> Iterator[tuple[Path, AccessFs]]:
     writable paths (the scratch folder) except under a readable one (the code: a write there would run
     unconfined at the next start); devices opened and driven, nothing made among them. Symbolic links get
     no rule: what they lead to has its own."""
-    private = {_real(path) for path in policy.private}
-    readable = {_real(path) for path in policy.readable}
-    devices = {_real(path) for pattern in policy.devices for path in glob.glob(pattern)}  # as they are now
-    writable = {_real(path) for path in policy.writable}
-    readable = {path for path in readable if _under(path, private | writable | devices)}  # else read only anyway
-    ahead = private | readable | writable | devices  # the folders leading to these are walked, entry by entry
-
-    def walk(folder: Path) -> Iterator[tuple[Path, AccessFs]]:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError:
-            return  # unreadable or gone: nothing in it is allowed
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                is_folder = entry.is_dir(follow_symlinks=False)
-                if entry.is_symlink():
-                    continue
-            except OSError:
-                continue
-            if path == _PROC and is_folder:
-                # One rule on /proc itself: a rule on an entry in it is lost when the kernel drops and remakes
-                # the entry (memory pressure). Other processes' folders stay out of reach by Landlock's and
-                # the capabilities' tracing checks (the process has none), not by a rule.
-                yield path, _READ_RIGHTS
-            elif is_folder and any(path in target.parents for target in ahead):
-                yield from walk(path)
-            elif path in writable:
-                yield path, _rights(_ALL_RIGHTS, is_folder)
-            elif path in devices:
-                yield path, _rights(_DEVICE_RIGHTS, is_folder)
-            elif path in readable:
-                yield path, _rights(_READ_RIGHTS, is_folder)
-            elif _under(path, private):
-                continue
-            else:
-                rights = _ALL_RIGHTS if _under(path, writable) and not _under(path, readable) else _READ_RIGHTS
-                yield path, _rights(rights, is_folder)
-
-    if Path("/") in private:
-        yield from ((path, _READ_RIGHTS) for path in readable if path.exists())
-        yield from ((path, _ALL_RIGHTS) for path in writable if path.is_dir())
-        yield from ((path, _rights(_DEVICE_RIGHTS, path.is_dir())) for path in devices)
+    targets = _Targets.of(policy)
+    if Path("/") in targets.private:
+        yield from ((path, _READ_RIGHTS) for path in targets.readable if path.exists())
+        yield from ((path, _ALL_RIGHTS) for path in targets.writable if path.is_dir())
+        yield from ((path, _rights(_DEVICE_RIGHTS, path.is_dir())) for path in targets.devices)
         return
-    yield from walk(Path("/"))
+    yield from _walk(Path("/"), targets)
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The policy's paths, resolved as they are now; `ahead`: all of them, the folders leading to which are walked."""
+
+    private: frozenset[Path]
+    readable: frozenset[Path]  # only those under a private, writable or device path: elsewhere read only anyway
+    writable: frozenset[Path]
+    devices: frozenset[Path]
+    ahead: frozenset[Path]
+
+    @classmethod
+    def of(cls, policy: SandboxPolicy) -> _Targets:
+        private = frozenset(_real(path) for path in policy.private)
+        devices = frozenset(_real(path) for pattern in policy.devices for path in glob.glob(pattern))  # as they are now
+        writable = frozenset(_real(path) for path in policy.writable)
+        readable = frozenset(
+            path for path in (_real(path) for path in policy.readable) if _under(path, private | writable | devices)
+        )
+        return cls(private, readable, writable, devices, private | readable | writable | devices)
+
+
+def _walk(folder: Path, targets: _Targets) -> Iterator[tuple[Path, AccessFs]]:
+    """The rules of `folder`'s entries, entry by entry; a folder leading to a target is walked in turn."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return  # unreadable or gone: nothing in it is allowed
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+            if entry.is_symlink():
+                continue
+        except OSError:
+            continue
+        if is_folder and path != _PROC and any(path in target.parents for target in targets.ahead):
+            yield from _walk(path, targets)
+        elif (rights := _entry_rights(path, is_folder, targets)) is not None:
+            yield path, rights
+
+
+def _entry_rights(path: Path, is_folder: bool, targets: _Targets) -> AccessFs | None:
+    """What one entry not walked into is allowed (None: nothing, it is private)."""
+    if path == _PROC and is_folder:
+        # One rule on /proc itself: a rule on an entry in it is lost when the kernel drops and remakes
+        # the entry (memory pressure). Other processes' folders stay out of reach by Landlock's and
+        # the capabilities' tracing checks (the process has none), not by a rule.
+        return _READ_RIGHTS
+    if path in targets.writable:
+        return _rights(_ALL_RIGHTS, is_folder)
+    if path in targets.devices:
+        return _rights(_DEVICE_RIGHTS, is_folder)
+    if path in targets.readable:
+        return _rights(_READ_RIGHTS, is_folder)
+    if _under(path, targets.private):
+        return None
+    rights = _ALL_RIGHTS if _under(path, targets.writable) and not _under(path, targets.readable) else _READ_RIGHTS
+    return _rights(rights, is_folder)
 
 
 def _rights(rights: AccessFs, is_folder: bool) -> AccessFs:
@@ -176,5 +198,5 @@ def _real(path: str) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def _under(path: Path, folders: set[Path]) -> bool:
+def _under(path: Path, folders: frozenset[Path]) -> bool:
     return path in folders or any(folder in path.parents for folder in folders)
