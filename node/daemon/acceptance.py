@@ -121,7 +121,7 @@ class Acceptance:
         self._hosted = list(hosted_models)
         self._publishers = {p.lower() for p in publishers} if publishers else None
         self._rng = rng or random.Random()
-        self.seen = seen or SeenTasks()
+        self.seen = seen if seen is not None else SeenTasks()  # an empty one passed is falsy (it has a length)
         self._horizon_ns = int(horizon_s * 1e9)
         # The hosted models serving now (what heartbeats advertise): a crash-looping
         # model or a down remote engine takes no task, so another node can.

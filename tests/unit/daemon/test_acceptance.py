@@ -53,6 +53,18 @@ def test_accepts_a_matching_task_once() -> None:
     assert acceptance.decide(PUBLISHER.address, body, now) == Ignore("duplicate")
 
 
+def test_the_seen_ids_passed_are_the_ones_kept_and_their_bound_holds() -> None:
+    # An empty SeenTasks is falsy (it has a length): `seen or SeenTasks()` swapped the node's, bounded by
+    # journal_max_records, for a default one of 100,000.
+    seen = SeenTasks(max_entries=2)
+    acceptance = Acceptance(NODE.address, HOSTED, seen=seen)
+    assert acceptance.seen is seen
+    now = time.time_ns()
+    for i in range(3):
+        assert acceptance.decide(PUBLISHER.address, task(f"t{i}", deadline_in_s=60 + i), now) == Accept("smollm2:135m")
+    assert len(seen) == 2
+
+
 def test_picked_nodes() -> None:
     acceptance = Acceptance(NODE.address, HOSTED)
     now = time.time_ns()
