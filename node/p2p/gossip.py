@@ -2,9 +2,9 @@
 
 Its Pubsub is pubsub.py's `StreamPeerAwarePubsub` (the read loop per peer, stream-only peers, peers that read
 nothing). Everything here runs on the Trio thread (see service.py). Delivery rule: messages this
-host publishes itself are NOT handed to its own message sink (libp2p would deliver them
-locally; they are filtered out), and its own publishes skip the topic validator (they are
-size-checked before publishing instead).
+host publishes itself are NOT handed to its own message sink, and skip the topic validator (they are
+size-checked before publishing instead): `StreamPeerAwarePubsub.publish` hands them to the router
+alone, and the checks below still pass or drop any of ours that would come another way.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamErro
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from node.p2p.errors import HostileRpcServiceError
@@ -99,6 +100,28 @@ class StreamPeerAwarePubsub(Pubsub):
             self.peer_topics.setdefault(topic, set()).add(peer_id)
         if count is not None:
             self._peer_subscription_count[peer_id] = count
+
+    async def publish(self, topic_id: str | list[str], data: bytes) -> None:
+        """py-libp2p's publish of a message of ours, without what its `push_msg` does for any message that our
+        own needs not: verify the signature just made (~47 us), run the topic validators (ours pass our own
+        messages) and deliver it to our own subscriptions (the message sink leaves our own out). Signed, marked
+        seen (the same data published again is not sent again: message ids are the content's) and handed to the
+        router as before."""
+        if self.sign_key is None or not self.strict_signing:
+            await super().publish(topic_id, data)
+            return
+        msg = rpc_pb2.Message(
+            data=data,
+            topicIDs=[topic_id] if isinstance(topic_id, str) else topic_id,
+            from_id=self.my_id.to_bytes(),
+            seqno=self._next_seqno(),
+        )
+        msg.signature = self.sign_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = self.host.get_public_key().serialize()
+        if self._is_msg_seen(msg):
+            return
+        self._mark_msg_seen(msg)
+        await self.router.publish(self.my_id, msg)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         """Write one RPC (py-libp2p's write); a peer that read none of it for STALLED_WRITE_S is disconnected.
