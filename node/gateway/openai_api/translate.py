@@ -25,6 +25,7 @@ from node.gateway.openai_api.schemas import (
     ToolCall,
 )
 from workflows import EngineOptions, WorkflowValidationError, arguments_error, parse_workflow
+from workflows.strict_json import finite_float, no_constant
 
 # What a node generates when a workflow names no max_tokens; always sent, so the gateway knows the bound
 # it compares completion_tokens with (finish_reason "length"), whatever a node's default.
@@ -182,17 +183,6 @@ def offered_tools(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {tool["name"]: tool["parameters"] for tool in workflow["config"]["custom_tools"]}
 
 
-def _finite(number: str) -> float:
-    value = float(number)
-    if not math.isfinite(value):
-        raise ValueError(f"{number} is not a finite number")
-    return value
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def assistant_message(text: str, tools: Mapping[str, dict[str, Any]]) -> AssistantMessage:
     """The answer as OpenAI's message: the text, or with `tools` offered (name -> parameters) the call made.
 
@@ -202,7 +192,7 @@ def assistant_message(text: str, tools: Mapping[str, dict[str, Any]]) -> Assista
     if not tools:
         return AssistantMessage(content=text)
     try:
-        call = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        call = json.loads(text, parse_float=finite_float, parse_constant=no_constant)
         name, arguments = call["name"], call["arguments"]
         if name not in tools or not isinstance(arguments, dict):
             raise ValueError("not a call to an offered tool with an object of arguments")
