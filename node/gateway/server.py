@@ -24,7 +24,7 @@ from node.wire.identity import Identity, warn_if_shared
 
 log = structlog.get_logger(__name__)
 
-# HTTP connections open at once (past it a new one closes the oldest still waiting for its request's head):
+# HTTP connections open at once (past it a new one closes the oldest the server owes nothing: http_limits.py):
 # well above what max_pending_total's long polls and streams hold, well below the open-files limit.
 MAX_CONNECTIONS = 4096
 

@@ -2,9 +2,11 @@
 
 `bounded_protocol`: uvicorn's h11 protocol that closes a connection whose request head has not
 arrived within a time limit of its opening (or of its previous response), aborts one whose client
-has taken no bytes of its response for that long, and keeps at most `max_connections` open: past
-it, a new connection closes the oldest one still waiting for a request head (a client that sent
-nothing, or part of a head), or is itself closed when every connection is in a request.
+has not taken enough of its response for that long for the server to write again (the transport's
+buffer stayed full), and keeps at most `max_connections` open: past it, a new connection closes the
+oldest one the server owes nothing (waiting for a request head: a client that sent nothing, or part
+of a head; or answered while the client still owes a request body nobody reads), or is itself closed
+when every connection is in a request.
 
 uvicorn itself waits for a head, for a body, and for a reader, forever, and holds any number of
 connections: a client holding connections open by sending nothing, or a byte now and then
@@ -54,13 +56,14 @@ def bounded_protocol(timeout_s: float, max_connections: int) -> type[H11Protocol
             self._await_head()
 
         def _close_oldest_waiting(self) -> bool:
-            """Close the oldest other connection waiting for a request head; False if there is none."""
+            """Close the oldest other connection waiting for a request head, or answered while the client
+            still owes its request's body (which the app never read); False if there is none."""
             waiting = [
                 other
                 for other in self.connections
                 if other is not self
                 and isinstance(other, BoundedProtocol)
-                and other.conn.their_state is h11.IDLE
+                and _awaits_nothing_of_ours(other)
                 and not other.transport.is_closing()
             ]
             if not waiting:
@@ -106,3 +109,11 @@ def bounded_protocol(timeout_s: float, max_connections: int) -> type[H11Protocol
                 self.transport.close()  # no request began in time: nothing to answer
 
     return BoundedProtocol
+
+
+def _awaits_nothing_of_ours(protocol: H11Protocol) -> bool:
+    """Whether the server owes this connection nothing: it waits for a request's head, or its request was
+    answered and the client still owes a body nobody reads (a `Content-Length` it never sends, held until
+    uvicorn's keep-alive timeout: 64 such connections every 5 s held the node's endpoint)."""
+    conn = protocol.conn
+    return conn.their_state is h11.IDLE or (conn.our_state is h11.DONE and conn.their_state is h11.SEND_BODY)

@@ -5,6 +5,7 @@ them goes for a new one; a connection in a request is never cut for another."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -82,6 +83,27 @@ async def test_past_the_cap_a_new_connection_closes_the_oldest_waiting_for_a_hea
         assert await still_open(partial) <= CAP
     finally:
         close(idle + partial)
+
+
+async def test_answered_requests_whose_body_never_comes_make_room_too(node_endpoint: HttpServer) -> None:
+    # The endpoint answers without reading a body: a POST that promises one and never sends it stayed open until
+    # uvicorn's keep-alive timeout (5 s), past the head timeout's reach: 64 such, reopened every 5 s, held the cap.
+    assert node_endpoint.port is not None
+    promised = b"POST /pause HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+    held = await connect(node_endpoint.port, CAP, promised)
+    try:
+        for reader, _ in held:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 4")  # answered, its body unread (404 here: no pause route)
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                assert length is not None
+                await reader.readexactly(int(length[1]))  # so that a close reads as one (still_open)
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{node_endpoint.port}", timeout=2) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        assert await still_open(held) < CAP
+    finally:
+        close(held)
 
 
 async def test_a_connection_that_sends_no_head_in_time_is_closed(node_endpoint: HttpServer) -> None:
