@@ -153,7 +153,7 @@ class Admission:
                 async with asyncio.timeout((accepted.task.deadline - time.time_ns()) / 1e9):
                     await permit.acquire()
             except TimeoutError:
-                await self._abandon(accepted, TaskError(ErrorKind.FAILED, DEADLINE_BEFORE_START))
+                await self._abandon(accepted, TaskError.failed(DEADLINE_BEFORE_START))
                 return
             released = False
 

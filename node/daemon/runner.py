@@ -92,7 +92,7 @@ class TaskRunner:
                 await self._finish(accepted, started, error=failure.error)
             except Exception as exc:  # noqa: BLE001 - any bug still answers the publisher
                 accepted.log.exception("task crashed")
-                await self._finish(accepted, started, error=_failed(f"internal error: {type(exc).__name__}"))
+                await self._finish(accepted, started, error=TaskError.failed(f"internal error: {type(exc).__name__}"))
             else:
                 await self._finish(accepted, started, output=output)
             return
@@ -134,7 +134,7 @@ class TaskRunner:
     async def _execute(self, accepted: AcceptedTask) -> Output:
         remaining = (accepted.task.deadline - time.time_ns()) / 1e9
         if remaining <= 0:
-            raise _TaskFailure(_failed(DEADLINE_BEFORE_START))
+            raise _TaskFailure(TaskError.failed(DEADLINE_BEFORE_START))
         # The workflow is validated (and its error answered) in the execution process; here
         # only its max_time matters, to stop a process that does not stop by itself.
         max_time = _max_time(accepted.task.input.workflow)
@@ -177,7 +177,7 @@ class TaskRunner:
                 return _outcome(run)
             if not self._pool.cancel(accepted.model, request.task_id, reason):
                 run.cancel()  # still waiting for a process to come up
-                raise _TaskFailure(_failed(f"{reason} (waiting for the execution process to restart)"))
+                raise _TaskFailure(TaskError.failed(f"{reason} (waiting for the execution process to restart)"))
             done, _ = await asyncio.wait({run}, timeout=self._cancel_grace_s)
             if done:
                 return _outcome(run)
@@ -191,7 +191,7 @@ class TaskRunner:
             if run.done() and not run.cancelled():
                 run.exception()  # this task's answer is `reason`, whatever the dying process said
             run.cancel()
-            raise _TaskFailure(_failed(reason))
+            raise _TaskFailure(TaskError.failed(reason))
         except asyncio.CancelledError:
             run.cancel()
             raise
@@ -225,7 +225,7 @@ class TaskRunner:
             body = result_body(task.task_id, accepted.model, outcome, **times, publisher=accepted.publisher)
         except Exception as exc:  # noqa: BLE001 - the publisher still gets an answer
             accepted.log.exception("result could not be built; an error result goes in its place")
-            output, error = None, _failed(f"{RESULT_NOT_BUILT} ({type(exc).__name__})")
+            output, error = None, TaskError.failed(f"{RESULT_NOT_BUILT} ({type(exc).__name__})")
             text = error.text
             body = result_body(task.task_id, accepted.model, text, **times, publisher=accepted.publisher)
         if output is not None:
@@ -291,16 +291,11 @@ class _TaskFailure(Exception):
         self.error = error
 
 
-def _failed(text: str) -> TaskError:
-    """A failure of no other kind: transient (a deadline, max_time, a bug, a model unavailable)."""
-    return TaskError(ErrorKind.FAILED, text)
-
-
 def _outcome(run: asyncio.Future[TaskDone | TaskFailed]) -> TaskDone | TaskFailed:
     try:
         return run.result()
     except ModelUnavailableError as exc:
-        raise _TaskFailure(_failed(str(exc))) from None
+        raise _TaskFailure(TaskError.failed(str(exc))) from None
 
 
 def _max_time(workflow: dict[str, Any]) -> float | None:

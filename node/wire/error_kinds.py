@@ -66,6 +66,11 @@ class TaskError:
         """The error of `kind` whose text is its prefix, then `detail`."""
         return cls(kind, kind.prefix + detail)
 
+    @classmethod
+    def failed(cls, text: str) -> TaskError:
+        """A failure of no other kind (FAILED has no prefix): transient, e.g. a deadline, a crash, a bug."""
+        return cls(ErrorKind.FAILED, text)
+
 
 def parse_error(text: str) -> TaskError:
     """The kind (and limit) of an error result's text: a text of no known start is FAILED. A text that names

@@ -200,7 +200,7 @@ class ExecutionProcess:
         """
         if self._exit is not None or not self.alive:
             raise self._exit or ExecutionProcessExitError(
-                TaskError(ErrorKind.FAILED, "execution process is not running"), crash=False, cause="stopped"
+                TaskError.failed("execution process is not running"), crash=False, cause="stopped"
             )
         future: asyncio.Future[TaskDone | TaskFailed] = asyncio.get_running_loop().create_future()
         self._pending[request.task_id] = future
@@ -298,12 +298,12 @@ class ExecutionProcess:
                 self._dispatch(message, len(line))
         except ProtocolError as exc:
             log.error("execution process broke the protocol", model=self.model, error=str(exc))
-            self.kill(TaskError(ErrorKind.FAILED, f"execution process failed: {exc}"), crash=True, cause="protocol")
+            self.kill(TaskError.failed(f"execution process failed: {exc}"), crash=True, cause="protocol")
         finally:
             await self._reap(reader)
             cause = describe_exit(self._proc.returncode if self._proc else None)
             exit_error = self._exit or ExecutionProcessExitError(
-                TaskError(ErrorKind.FAILED, f"execution process crashed ({cause})"), crash=True, cause=cause
+                TaskError.failed(f"execution process crashed ({cause})"), crash=True, cause=cause
             )
             self._exit = exit_error
             futures: list[asyncio.Future[Any]] = [*self._pending.values(), *self._probes.values()]

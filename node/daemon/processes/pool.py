@@ -356,7 +356,7 @@ class ExecutionPool:
                         rss_mib=rss // MIB,
                         limit_mib=limit,
                     )
-                    process.kill(TaskError(ErrorKind.FAILED, reason), crash=True, cause="memory")
+                    process.kill(TaskError.failed(reason), crash=True, cause="memory")
                     continue
             busy = process.running > 0 or (entry.stall is not None and entry.stall.busy)
             interval = STALL_PROBE_INTERVAL_S if busy else PROBE_INTERVAL_S
@@ -378,7 +378,7 @@ class ExecutionPool:
         if found is None or not process.alive:
             return False
         log.error("execution process over a bound", model=process.model, pid=process.pid, reason=found.reason)
-        process.kill(TaskError(ErrorKind.FAILED, found.reason), crash=True, cause=found.cause)
+        process.kill(TaskError.failed(found.reason), crash=True, cause=found.cause)
         return True
 
     async def _probe(self, entry: _ModelEntry, process: ExecutionProcess) -> None:
@@ -387,9 +387,8 @@ class ExecutionPool:
         except TimeoutError:
             log.error("execution process does not answer its health probe", model=entry.model, pid=process.pid)
             process.kill(
-                TaskError(
-                    ErrorKind.FAILED,
-                    f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)",
+                TaskError.failed(
+                    f"execution process stopped answering ({PROBE_TIMEOUT_S:g} s without a health probe answer)"
                 ),
                 crash=True,
                 cause="unresponsive",
