@@ -58,11 +58,12 @@ def run_doctor_command(settings: Settings, skip: list[str], listen_s: float) -> 
 
 def run_pause(settings: Settings, pause: bool) -> int:
     """Ask the running node over its loopback HTTP port, with the control token from its data dir; with no
-    node answering, change the kept state."""
+    node answering, change the kept state (unless a node runs on the data dir: its HTTP port is another)."""
     import httpx
 
     from node.daemon.pause import PAUSE_FILE, PauseState
     from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, ControlTokenError, read_control_token
+    from node.ops.data_lock import lock_holder
 
     url = f"http://{_local_host(settings.http_host)}:{settings.http_port}/{'pause' if pause else 'resume'}"
     try:
@@ -81,6 +82,15 @@ def run_pause(settings: Settings, pause: bool) -> int:
         answer = httpx.post(url, timeout=10, headers={CONTROL_HEADER: token} if token else None)
     except httpx.TransportError as exc:
         where = settings.data_dir / PAUSE_FILE
+        holder = lock_holder(settings.data_dir, "node")
+        if holder is not None:  # its HTTP port is another: the file would change only its next start
+            print(
+                f"compute-node: no node answered on {url}, but a node is running on {settings.data_dir} (pid {holder}): "
+                "give this command the config file or --http-port / --http-host it was started with; "
+                f"{where} is left as it is",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         state = PauseState(settings.data_dir)
         try:
             view = state.pause() if pause else state.resume()

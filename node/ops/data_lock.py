@@ -7,7 +7,8 @@ before it opens anything there, and refuses to start while another holds it, nam
 process. A node and a gateway never share one: a directory that holds the other kind's lock file
 is refused (both would sign with its `identity.key`, one peer id that cannot dial itself). The kernel drops the lock when its process ends, however it ends (a `kill -9`
 leaves no stale lock), and the file stays. Commands that only read the data directory
-(`compute-node status`, `ledger`, `nodes`) take no lock.
+(`compute-node ledger`, `nodes`, `identity`) take no lock; `pause` and `resume` ask `lock_holder` whether a
+node runs there.
 """
 
 from __future__ import annotations
@@ -120,6 +121,26 @@ class DataDirLock:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def lock_holder(data_dir: Path, name: str) -> str | None:
+    """The pid its lock file names when a process holds `<data_dir>/<name>.lock` now, else None (also where the
+    kernel's lock table cannot be read). Read from /proc/locks, not by trying the lock: a node starting at that
+    instant would find it taken and refuse to start."""
+    path = Path(data_dir) / f"{name}.lock"
+    try:
+        there = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as table:
+            rows = table.read().splitlines()
+        holder = path.read_text(encoding="ascii").strip() or "unknown"
+    except (OSError, UnicodeDecodeError):
+        return None
+    device = f"{os.major(there.st_dev):02x}:{os.minor(there.st_dev):02x}:{there.st_ino}"
+    for row in rows:  # "12: FLOCK  ADVISORY  WRITE 19565 fe:00:2245410 0 EOF"; a waiter's row has "->" after its number
+        fields = row.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+            return holder
+    return None
 
 
 def _is_at(file: IO[str], path: Path) -> bool:
