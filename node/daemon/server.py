@@ -194,7 +194,10 @@ class NodeServer:
         settings, opened = self.settings, self._opened
         opened.enter_context(DataDirLock(settings.data_dir, "node"))  # before anything in it is opened
         if settings.http_enabled:
-            check_can_listen(settings.http_host, settings.http_port)  # bound last: a taken port is found first
+            try:
+                check_can_listen(settings.http_host, settings.http_port)  # bound last: a taken port is found first
+            except HttpServerError as exc:  # the address alone does not say which setting it is
+                raise HttpServerError(f"{exc} (http_host / http_port; http_enabled = false serves none)") from exc
         identity = open_identity(settings)
         journal = open_journal(settings)
         opened.callback(journal.close)

@@ -73,7 +73,9 @@ async def test_a_taken_http_port_stops_the_start_before_any_model_loads(tmp_path
         server = NodeServer(node_settings(tmp_path / "node", http_enabled=True, http_port=port))
         try:
             with structlog.testing.capture_logs() as logs:
-                with pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
+                with pytest.raises(
+                    HttpServerError, match=f"cannot listen on 127.0.0.1:{port}: .* \\(http_host / http_port;"
+                ):
                     await server.startup()
         finally:
             await server.shutdown()
