@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gateway":
             return run_gateway(args)
         if args.command in ("pause", "resume"):
+            from node.ops.log import configure_logging
+
+            configure_logging("error", "console")  # the command says what it did; the node's own log lines would not
             return run_pause(_settings_from(args), pause=args.command == "pause")
         if args.command == "doctor":
             from node.ops.log import configure_logging
