@@ -54,6 +54,8 @@ class DirectIntake:
         self._checks = FrameChecks()
         self._failures = LogWindow(FAILURE_LOG_WINDOW_S)  # a frame that makes a check fail may come again and again
         self._rejections = LogWindow(log_window_s)  # streams are cheap: one line per reason a window, as gossip's
+        # An answer a peer resets its stream before: free for it (no task runs), so one line per status a window.
+        self._undelivered = LogWindow(log_window_s)
 
     def on_stream(self, stream: FrameStream, first: bytes) -> None:
         """The P2P layer's inbound-stream callback (on the event loop): answer in a task of its own."""
@@ -120,14 +122,20 @@ class DirectIntake:
             self._routes.drop(task.task_id)
             await stream.close(graceful=False)
 
-    @staticmethod
-    async def _answer(stream: FrameStream, answer: StreamAnswer, last: bool = False) -> bool:
+    async def _answer(self, stream: FrameStream, answer: StreamAnswer, last: bool = False) -> bool:
         """Write the answer (`last`: a refusal, the stream closed with it, or after it failed); False if it could not be."""
         try:
             await stream.send(encode_frame_body(answer), last)
             return True
         except P2PError as exc:
-            log.info("direct answer not delivered", task_id=answer.task_id, error=str(exc))
+            if (not_logged := self._undelivered.may_log(answer.status)) is not None:
+                log.info(
+                    "direct answer not delivered",
+                    task_id=answer.task_id,
+                    status=answer.status.value,
+                    error=str(exc),
+                    not_logged_since=not_logged,
+                )
             if last:
                 await stream.close()
             return False
