@@ -8,6 +8,7 @@ service.py         P2PService: the Trio side (runs the libp2p host and its gossi
 libp2p_host.py     the libp2p host as the service starts it: TCP + Noise + Yamux, listen ports checked, its swarm bounded
 gossip.py          Gossip: gossipsub on the host (topics, validators, hand-off to the message sink, paced publishing)
 pubsub.py          StreamPeerAwarePubsub: py-libp2p's Pubsub with our read loop per peer; stream-only peers left out, non-readers disconnected
+outbound_queue.py  ByteBoundedRpcQueue: each pubsub peer's outbound queue bounded in bytes, all of them within one budget
 pacing.py          OutboundPacing: a publish waits for room in peers' outbound queues, within a budget of time no peer can stall
 pubsub_limits.py   bounds on one peer's pubsub RPCs (trim_rpc), IWANT answers (BoundedGossipSub), expired backoff
 seen_cache.py      WindowedSeenCache: gossip's seen message ids for the replay window, in time buckets (no sweeping thread)

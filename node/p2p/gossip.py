@@ -22,6 +22,7 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from node.p2p.errors import NoMeshPeersServiceError, P2PServiceError
 from node.p2p.handoff import held_size
+from node.p2p.outbound_queue import OutboundBudget
 from node.p2p.pacing import POLL_S, OutboundPacing
 from node.p2p.pubsub import StreamPeerAwarePubsub
 from node.p2p.pubsub_limits import (
@@ -130,6 +131,7 @@ class Gossip:
             host,
             self.router,
             stream_only=stream_only,
+            outbound_budget=OutboundBudget.for_messages(max_message_bytes),
             strict_signing=True,
             msg_id_constructor=content_message_id,
             max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES,

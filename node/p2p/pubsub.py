@@ -4,7 +4,8 @@ Gossip (gossip.py) runs gossipsub on it. What it changes of py-libp2p's, each me
 direct-delivery streams gets no pubsub stream (stream_only.py); each peer's RPCs are read on its own loop, cut to
 pubsub_limits.py's bounds, and one that cannot be handled drops that peer's stream, never the host; a peer that
 reads none of our gossip for STALLED_WRITE_S is disconnected (`write_msg`); a still-connected peer whose stream
-failed keeps its subscriptions. Everything here runs on the Trio thread (see service.py).
+failed keeps its subscriptions; each peer's outbound queue is bounded in bytes, and all of them together
+(outbound_queue.py). Everything here runs on the Trio thread (see service.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamErro
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from node.p2p.errors import HostileRpcServiceError
+from node.p2p.outbound_queue import OutboundBudget, OutboundQueues
 from node.p2p.pubsub_limits import trim_rpc
 from node.p2p.seen_cache import WindowedSeenCache
 from node.p2p.sender_records import SenderRecords
@@ -61,9 +64,13 @@ class StreamPeerAwarePubsub(Pubsub):
     waits for its stream to be read), and a peer whose RPC cannot be handled loses its stream.
     """
 
-    def __init__(self, *args: Any, stream_only: StreamOnlyPeers, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, stream_only: StreamOnlyPeers, outbound_budget: OutboundBudget, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.stream_only = stream_only
+        self.outbound = OutboundQueues(outbound_budget)  # every peer's queue, bounded in bytes
+        self.peer_queues = self.outbound
         ttl = self.seen_messages.ttl
         self.seen_messages.stop()  # its sweeping thread: see seen_cache.py
         self.seen_messages = WindowedSeenCache(ttl)  # type: ignore[assignment]  # has/add, as py-libp2p uses it
@@ -156,6 +163,10 @@ class StreamPeerAwarePubsub(Pubsub):
         finally:
             self._disconnecting.discard(peer)
         return False
+
+    async def handle_sending_messages(self, peer_id: ID, stream: INetStream, queue: RpcQueue) -> None:
+        """py-libp2p's sending loop, on the byte-bounded queue that took the place of the one it made."""
+        await super().handle_sending_messages(peer_id, stream, self.outbound.sender_queue(queue))
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         if peer_id in self.stream_only:

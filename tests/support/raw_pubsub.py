@@ -6,7 +6,7 @@ to the node; `RawPeers.send(i, rpc)` writes one varint-prefixed RPC on peer i's 
 unchecked; `RawPeers.send_frames(i, frames)` writes raw yamux frames on its connection, and
 `RawPeers.write_stream(i, protocol, data)` writes data on a new stream of another protocol. `RawPeers.identify_over(i)`: whether
 peer i's own identify of the node (py-libp2p's, in the background) is over, so its streams are settled. Each peer serves the node's own pubsub stream and counts what arrives on it
-(`received_rpcs`, `received_messages`, `received_bytes`), so a test can see what the node
+(`received_rpcs`, `received_messages`, `received_bytes`; or reads only a `Trickle` of it), so a test can see what the node
 answered. `signed_message` makes a message signed as py-libp2p signs it, by peer i's key.
 """
 
@@ -169,14 +169,38 @@ def raw_host(key_pair: KeyPair) -> tuple[IHost, multiaddr.Multiaddr]:
     return host, listen
 
 
+@dataclass(frozen=True)
+class Trickle:
+    """How a peer that reads a trickle of the node's stream reads it: `chunk` bytes every `every_s`."""
+
+    chunk: int = 1024
+    every_s: float = 2.0
+
+
+async def _trickle(peer: RawPeer, stream: INetStream, trickle: Trickle) -> None:
+    try:
+        while True:
+            peer.received_bytes += len(await stream.read(trickle.chunk))
+            await trio.sleep(trickle.every_s)
+    except Exception:  # noqa: BLE001 - the node closed or reset its stream: reading stops
+        return
+
+
 async def _run_peer(
-    addr: str, peer: RawPeer, peers: RawPeers, opened: trio.MemorySendChannel[bool], serve_pubsub: bool, reads: bool
+    addr: str,
+    peer: RawPeer,
+    peers: RawPeers,
+    opened: trio.MemorySendChannel[bool],
+    serve_pubsub: bool,
+    reads: bool | Trickle,
 ) -> None:
     host, listen = raw_host(peer.key_pair)
     peer.host = host
 
     async def serve(stream: INetStream) -> None:
-        if reads:
+        if isinstance(reads, Trickle):
+            await _trickle(peer, stream, reads)
+        elif reads:
             await _read_node_stream(peer, stream)
         else:
             await trio.sleep_forever()  # taken, never read: the node's writes stall once its window is spent
@@ -196,7 +220,7 @@ async def _run_peer(
         await peers.stop.wait()
 
 
-async def _run(addr: str, peers: RawPeers, serve_pubsub: bool, reads: bool) -> None:
+async def _run(addr: str, peers: RawPeers, serve_pubsub: bool, reads: bool | Trickle) -> None:
     peers.token = trio.lowlevel.current_trio_token()
     peers.stop = trio.Event()
     send, receive = trio.open_memory_channel[bool](len(peers.peers))
@@ -216,12 +240,13 @@ def _new_peer() -> RawPeer:
 
 @asynccontextmanager
 async def raw_pubsub_peers(
-    addr: str, count: int = 1, serve_pubsub: bool = True, reads: bool = True
+    addr: str, count: int = 1, serve_pubsub: bool = True, reads: bool | Trickle = True
 ) -> AsyncIterator[RawPeers]:
     """`count` hostile peers, each with a pubsub stream open to `addr` (a /p2p/ multiaddr), while the context is open.
 
     `serve_pubsub=False`: they refuse the node's own pubsub stream, so it never registers them as peers.
-    `reads=False`: they take it and never read it."""
+    `reads=False`: they take it and never read it; `reads=Trickle(...)`: they read a trickle of it (counted in
+    `received_bytes` only)."""
     peers = RawPeers([_new_peer() for _ in range(count)])
     thread = threading.Thread(
         target=trio.run, args=(_run, addr, peers, serve_pubsub, reads), name="raw-pubsub", daemon=True
