@@ -15,6 +15,13 @@ A red team's 20,000 idle connections to a node's endpoint took every descriptor 
 publisher could dial it until they closed, and asyncio logged each refused accept (a million
 traceback lines, 370 MB, in two minutes). The timeout alone does not bound them: a client that
 reconnects within it holds as many as it opens.
+
+A request whose head parses and whose body does not (a broken chunk) is answered 400 and closed by uvicorn,
+which then logged the app's answer to it as an ERROR with its traceback ("Exception in ASGI application", h11
+refusing a second response), and when the app had answered already, asyncio logged one more ("Fatal error:
+protocol.data_received() call failed"): two tracebacks any client could have written per request. Here the
+request ends as a client's disconnect does (the app's sends are dropped), and an answer already begun is
+followed by no 400: the connection closes.
 """
 
 from __future__ import annotations
@@ -76,6 +83,14 @@ def bounded_protocol(timeout_s: float, max_connections: int) -> type[H11Protocol
             super().on_response_complete()
             self._opened_at = self.loop.time()  # waiting for a head again: as old as that wait
             self._await_head()  # the next request's (uvicorn's keep-alive timeout ends only a silent wait)
+
+        def send_400_response(self, msg: str) -> None:
+            if self.cycle is not None:  # its request is over: the app's answer goes nowhere, as after a disconnect
+                self.cycle.disconnected = True
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                super().send_400_response(msg)
+            else:
+                self.transport.close()  # an answer already begun: no 400 can follow it
 
         def connection_lost(self, exc: Exception | None) -> None:
             for timer in (self._head_timer, self._write_timer):

@@ -1,8 +1,9 @@
 """What a client can make an HttpServer log (node/ops/http_log_limits.py, node/ops/http_limits.py), on 127.0.0.1:
-malformed requests and upgrade attempts at most once a window per kind, with how many were not logged; an app's
-own exception still every time.
+malformed requests and upgrade attempts at most once a window per kind, with how many were not logged; a broken
+body after a head no error at all; an app's own exception still every time.
 
-uvicorn logged a warning for each malformed request and two for each upgrade attempt."""
+uvicorn logged a warning for each malformed request, two for each upgrade attempt, and two tracebacks (its own
+and asyncio's) for a request whose body broke after its head."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ HOST = "127.0.0.1"
 WINDOW_S = 0.5
 GARBAGE = b"\x16\x03\x01 not http\r\n\r\n"  # a TLS hello's first bytes, say
 UPGRADE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+BROKEN_CHUNK = b"zz\r\n"  # not a chunk size
 HELD_BACK = re.compile(r"\((\d+) more like it not logged since the last")
 
 
@@ -125,3 +128,13 @@ async def test_upgrade_attempts_are_logged_once_a_window(port: int, lines: Lines
     took = await many(port, count, UPGRADE)
     for kind in ("Unsupported upgrade request.", "No supported WebSocket library detected."):
         assert 1 <= len(lines.starting(kind)) <= 2 + took / WINDOW_S, kind  # uvicorn: 100 each
+
+
+async def test_a_body_broken_after_its_head_logs_no_error(port: int, lines: Lines) -> None:
+    answers = await asyncio.gather(
+        *(exchange(port, CHUNKED_HEAD + BROKEN_CHUNK) for _ in range(10)),  # broken before the app answers
+        *(exchange(port, CHUNKED_HEAD, BROKEN_CHUNK) for _ in range(10)),  # broken after
+    )
+    assert all(answer.startswith(b"HTTP/1.1 400 ") for answer in answers[:10])
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers[10:])  # its answer, then closed
+    assert lines.errors() == []  # uvicorn: an "Exception in ASGI application" or asyncio's "Fatal error" each
