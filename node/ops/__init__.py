@@ -3,7 +3,6 @@
 metrics.py   NodeMetrics: the Prometheus metrics (names are stable: dashboards use them)
 http_api.py  HttpServer and the /, /metrics, /healthz, /status, POST /pause and /resume endpoint
 http_limits.py  bounded_protocol: what an HTTP client may hold (a request head's time, a reader's, connections)
-http_log_limits.py  ClientNoiseFilter: uvicorn's lines any client can cause (malformed requests, upgrades), once a window
 status_page.html  the status page served at / (self-contained: inline CSS, JS and SVG chart; polls /status)
 activity.py  NodeActivity: tasks and tokens per minute for the last hour and the latest tasks, bounded
 systemd.py   SystemdNotifier: READY=1, STOPPING=1, watchdog pings (sd_notify)

@@ -36,7 +36,6 @@ from pydantic import BaseModel
 
 from node.ops.control_token import CONTROL_HEADER, CONTROL_TOKEN_FILE, carries_token
 from node.ops.http_limits import bounded_protocol, connection_cap
-from node.ops.http_log_limits import limit_client_noise
 from node.ops.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
@@ -297,7 +296,6 @@ class HttpServer:
         else:
             sock = _bind(host, port)
         self.host, self.port = host, sock.getsockname()[1]
-        limit_client_noise()  # uvicorn's line per malformed request, once a window (http_log_limits.py)
         config = uvicorn.Config(
             self._app,
             log_config=None,  # keep the daemon's logging setup

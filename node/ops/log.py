@@ -8,7 +8,8 @@ Our own events go from structlog straight to stderr (a level-filtering bound
 logger, one write per line): a task logs a few lines at info, and the stdlib
 route (a LogRecord made, copied and formatted per line) cost ~20 us a line
 against ~6 us. Stdlib loggers still go through a handler whose formatter runs
-the same processors, so both kinds of line look alike.
+the same processors, so both kinds of line look alike, and lets a library's warnings through once a
+window per call site (`LibraryNoiseFilter`): many are another party's doing, one a request or a dial.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import structlog
 from node.ops.inert_text import inert
 
 LogFormat = Literal["auto", "json", "console"]
-REPEATED_ERROR_WINDOW_S = 10.0
+LIBRARY_NOISE_WINDOW_S = 10.0  # a library's call site logs at most once in it (LibraryNoiseFilter)
 
 
 class NamedWriteLogger(structlog.WriteLogger):
@@ -94,38 +95,50 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, inert_values, renderer],
         )
     )
+    handler.addFilter(LibraryNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries log at their own levels; keep their noise at warnings unless debugging.
     for noisy in ("libp2p", "multiaddr", "httpx", "httpcore", "uvicorn", "huggingface_hub", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-    # Out of file descriptors, trio's listener logs each failed accept with a traceback and retries every
-    # 0.1 s: ~10 lines a second (31 MB an hour) for as long as the descriptors stay used up.
-    accepts = logging.getLogger("trio.serve_listeners")
-    if not any(isinstance(f, RepeatedErrorFilter) for f in accepts.filters):
-        accepts.addFilter(RepeatedErrorFilter(REPEATED_ERROR_WINDOW_S))
 
 
-class RepeatedErrorFilter(logging.Filter):
-    """One record a window, without its traceback, saying how many were held back since the last."""
+CallSite = tuple[str, str, int]  # logger, file, line
 
-    def __init__(self, window_s: float) -> None:
+
+class LibraryNoiseFilter(logging.Filter):
+    """The libraries' records at WARNING and above: at most one per call site a `window_s`.
+
+    Our own lines go from structlog straight to the log; what reaches the stdlib handler is the libraries'
+    (py-libp2p, uvicorn, asyncio, trio, httpx, llama.cpp's), and many of their warnings are another party's
+    doing, one a connection or a request: two ERRORs of py-libp2p for each dial whose handshake fails (a peer
+    that advertises a listener answering nothing), uvicorn's for each request it cannot parse or upgrade it
+    does not serve, trio's for each accept out of descriptors (every 0.1 s while they last). Each call site
+    passes once a window, its traceback kept; the first through after held-back ones says how many. Keyed by
+    call site, not text: a message formatted before logging (a peer id, the peer's bytes) differs each time.
+    The keys are bounded by the call sites of the installed code. Below WARNING every record passes.
+    """
+
+    def __init__(self, window_s: float = LIBRARY_NOISE_WINDOW_S) -> None:
         super().__init__()
-        self._window_s = window_s
-        self._last = -window_s
-        self._held_back = 0
+        self.window_s = window_s
+        self._last: dict[CallSite, float] = {}
+        self._held_back: dict[CallSite, int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Let one record through a window, saying how many were held back; drop the rest."""
+        """Pass a record below WARNING; of the rest, one a window per call site, saying how many were held back."""
+        if record.levelno < logging.WARNING:
+            return True
+        site = (record.name, record.pathname, record.lineno)
         now = time.monotonic()
-        if now - self._last < self._window_s:
-            self._held_back += 1
+        if now - self._last.get(site, -self.window_s) < self.window_s:
+            self._held_back[site] = self._held_back.get(site, 0) + 1
             return False
-        self._last = now
-        record.msg = f"{record.getMessage()} ({self._held_back} more like it not logged since the last)"
-        record.args, record.exc_info, record.exc_text = (), None, None
-        self._held_back = 0
+        self._last[site] = now
+        if held_back := self._held_back.pop(site, 0):
+            record.msg = f"{record.getMessage()} ({held_back} more like it not logged since the last)"
+            record.args = ()
         return True
 
 
