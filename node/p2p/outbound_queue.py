@@ -12,20 +12,34 @@ peers, ~2.5 GB. Here each queue is a `ByteBoundedRpcQueue`, which also counts by
   the mesh working. A push past it is refused, as py-libp2p refuses a push to a queue of 32: the
   router drops that RPC (a debug line of py-libp2p's, off at the node's log level) and keeps a
   dropped GRAFT or PRUNE to send with the peer's next RPC; nothing is retried in a loop.
-- All queues together hold at most `total_bytes`. A push that would pass it first evicts the oldest
-  data RPCs (control never) of the peers holding the most bytes, while they hold more than the
-  pushing peer would after the push; if that is not enough room, the push is refused. So slow
-  peers fill the budget only until a lighter one needs room: an honest peer, whose queue a healthy
-  reader keeps near empty, is never refused for their bytes.
+- The data RPCs waiting in all queues together (`held`) are kept within `total_bytes`. A peer with
+  nothing waiting may always have one (a reader that keeps up: one RPC being written, the next
+  waiting); past that, a data push that would pass the total first evicts the oldest waiting data
+  RPCs (never control) of the peers with the most waiting, the slowest readers first among equals,
+  while they have at least as much waiting as the pushing peer would; if that is not enough room, the
+  push is refused. What cannot be evicted is not in the total: the RPC each sending loop is writing (a
+  trickle reader keeps one for minutes) and control, each bounded per peer above. So slow peers fill
+  the total only until a lighter one needs room, and a peer that keeps up is never refused for their
+  bytes. (The first version counted the RPCs being written too and evicted only from strictly heavier
+  peers: 65 trickle readers, each writing one IWANT answer, pinned the total and every honest push was
+  refused; a last reviewer's find.)
+- Each RPC carries one message at most (`max_message_size` is the largest message and its overhead,
+  not py-libp2p's 1 MiB): an IWANT answer of several messages is split, so what a peer's sending
+  loop holds is one message, never four.
+
+Memory, at most: `total_bytes` waiting, plus for each pubsub peer one RPC being written, one waiting
+and its control reserve: 64 MiB + 300 x (2 x ~0.26 + 0.5) MiB ~ 370 MiB at the connection limits,
+against py-libp2p's 300 x 32 x 1 MiB. A peer that holds its whole cap is one that reads less than the
+gossip it is sent.
 
 Sizes, measured (three reader hosts in a process of their own, 255 KiB messages published on two
 cores, queues sampled every 2 ms): readers that keep up (10 messages/s, all delivered) left at most
 one RPC queued (261,523 bytes) beside the one being written; past what they keep up with (20/s, 83 %
 delivered) their queues filled to 32 RPCs (8.4 MB) and dropped the rest anyway. `peer_bytes` is
-PEER_QUEUE_MESSAGES of the largest messages: the depth publishing waits at (pacing.py, 8 RPCs) in
-the largest ones, ~2 MiB at the default 256 KiB limit. TOTAL_QUEUE_BYTES, 64 MiB, is ~30 peers at
-that cap; should all 300 peers the connection limits allow be full, 218 KiB each (before: ~2.5 GB).
-Each push is one `ByteSize()`; a budget full costs a pass over the queues (300 at most) per push.
+PEER_QUEUE_MESSAGES of the largest messages: the depth publishing waits at (pacing.py) and the room it
+then uses, ~2.6 MiB at the default 256 KiB limit. TOTAL_QUEUE_BYTES, 64 MiB, is ~25 peers' waiting
+data at that cap. Each push is one `ByteSize()`; a data push when the total is full costs a sort of
+the queues (300 at most).
 """
 
 from __future__ import annotations
@@ -39,9 +53,14 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize, OutBoundQueueSize, PriorityQueue, RpcQueue
 
+from node.p2p.pacing import QUEUE_DEPTH
+
 log = structlog.get_logger(__name__)
 
-PEER_QUEUE_MESSAGES = 8  # largest messages one peer's queue may hold (pacing.py waits at 8 RPCs)
+# Largest messages one peer's queue may hold, the one being written included. pacing.py holds our own publishes
+# while a peer has more than QUEUE_DEPTH waiting (the one being written not counted), then adds one: with less room
+# than that, a burst of large publishes would be refused here before pacing ever waited.
+PEER_QUEUE_MESSAGES = QUEUE_DEPTH + 2
 RPC_OVERHEAD_BYTES = 8 * 1024  # a message's key, signature, ids and topic, and the RPC's signed peer record
 CONTROL_RESERVE_BYTES = 512 * 1024  # control past a full queue of data: an IWANT of 5,000 ids is ~340 KB
 TOTAL_QUEUE_BYTES = 64 * 1024 * 1024  # all peers' queues together
@@ -51,11 +70,12 @@ DROP_LOG_WINDOW_S = 10.0  # refusals and evictions are logged once a window, wit
 class OutboundBudget:
     """The byte caps of every peer's outbound queue, and the bytes all of them hold together."""
 
-    def __init__(self, peer_bytes: int, *, control_reserve: int, total_bytes: int) -> None:
+    def __init__(self, peer_bytes: int, *, control_reserve: int, total_bytes: int, rpc_bytes: int) -> None:
         self.peer_bytes = peer_bytes
         self.control_reserve = control_reserve
         self.total_bytes = total_bytes
-        self.held = 0  # bytes in all queues, the RPCs being written included
+        self.rpc_bytes = rpc_bytes  # the largest RPC a queue sends: one message and its overhead
+        self.held = 0  # bytes of the data RPCs waiting in all queues (not those being written, not control)
         self.refused = 0  # pushes refused so far
         self.evicted = 0  # queued RPCs dropped so far to make room for a lighter peer's
         self.queues: set[ByteBoundedRpcQueue] = set()  # the open ones
@@ -64,16 +84,18 @@ class OutboundBudget:
     @classmethod
     def for_messages(cls, max_message_bytes: int) -> OutboundBudget:
         """The node's budget for gossip messages of at most `max_message_bytes`."""
+        rpc_bytes = max_message_bytes + RPC_OVERHEAD_BYTES
         return cls(
-            PEER_QUEUE_MESSAGES * (max_message_bytes + RPC_OVERHEAD_BYTES),
+            PEER_QUEUE_MESSAGES * rpc_bytes,
             control_reserve=CONTROL_RESERVE_BYTES,
             total_bytes=TOTAL_QUEUE_BYTES,
+            rpc_bytes=rpc_bytes,
         )
 
     def admit(self, queue: ByteBoundedRpcQueue, size: int, priority: bool) -> bool:
         """Whether `queue` may take an RPC of `size` bytes, after evicting heavier peers' data if the total needs it."""
         cap = self.peer_bytes + (self.control_reserve if priority else 0)
-        if queue.held + size > cap or not self._make_room(queue, size):
+        if queue.held + size > cap or not (priority or not queue.waiting or self._make_room(queue, size)):
             self.refused += 1
             self._note_drop()
             return False
@@ -82,11 +104,10 @@ class OutboundBudget:
     def _make_room(self, queue: ByteBoundedRpcQueue, size: int) -> bool:
         if self.held + size <= self.total_bytes:
             return True
-        after = queue.held + size
-        for heavier in sorted(self.queues, key=lambda q: q.held, reverse=True):
-            if heavier.held <= after:
-                break  # the rest hold less still
-            while heavier.held > after and self.held + size > self.total_bytes and heavier.evict_oldest_data():
+        after, now = queue.waiting + size, time.monotonic()
+        others = (q for q in self.queues if q is not queue and q.waiting >= after)
+        for heavier in sorted(others, key=lambda q: (q.waiting, q.writing_for(now)), reverse=True):
+            while heavier.waiting >= after and self.held + size > self.total_bytes and heavier.evict_oldest_data():
                 self.evicted += 1
             if self.held + size <= self.total_bytes:
                 self._note_drop()
@@ -117,12 +138,12 @@ class _SizedQueue(PriorityQueue):
         (self._priority if priority else self._non_priority).append(rpc)
         (self._priority_sizes if priority else self._data_sizes).append(size)
 
-    def pop_sized(self) -> tuple[rpc_pb2.RPC, int] | None:
-        """The next RPC, control first, and its size; None when empty."""
+    def pop_sized(self) -> tuple[rpc_pb2.RPC, int, bool] | None:
+        """The next RPC, control first, its size and whether it was data; None when empty."""
         if self._priority:
-            return self._priority.popleft(), self._priority_sizes.popleft()
+            return self._priority.popleft(), self._priority_sizes.popleft(), False
         if self._non_priority:
-            return self._non_priority.popleft(), self._data_sizes.popleft()
+            return self._non_priority.popleft(), self._data_sizes.popleft(), True
         return None
 
     def remove_oldest_data(self) -> int | None:
@@ -146,17 +167,20 @@ class ByteBoundedRpcQueue(RpcQueue):
 
     `held` counts the bytes of the RPCs queued and the one the sending loop took last, until it asks for the next:
     py-libp2p's loop takes an RPC, writes it and only then takes another, so that one is still being written.
-    Closed (the peer gone or its stream failed), it drops what it holds: py-libp2p's went on handing its
-    RPCs to a sending loop whose stream had failed."""
+    `waiting` counts the data RPCs queued alone: its share of the budget's total. Closed (the peer gone or its
+    stream failed), it drops what it holds: py-libp2p's went on handing its RPCs to a sending loop whose stream
+    had failed."""
 
     def __init__(
         self, budget: OutboundBudget, max_size: int = OutBoundQueueSize, max_message_size: int = DefaultMaxMessageSize
     ) -> None:
-        super().__init__(max_size, max_message_size)
+        super().__init__(max_size, min(max_message_size, budget.rpc_bytes))  # one message an RPC: see the module
         self._queue: _SizedQueue = _SizedQueue(max_size)
         self._budget = budget
         self.held = 0
+        self.waiting = 0  # bytes of the data RPCs queued
         self._writing = 0  # bytes of the RPC the sending loop took last
+        self._writing_since: float | None = None  # when it took it (None: it is waiting for one)
         budget.queues.add(self)
 
     def push(self, rpc: rpc_pb2.RPC, priority: bool = False) -> bool:
@@ -167,41 +191,52 @@ class ByteBoundedRpcQueue(RpcQueue):
         if not self._budget.admit(self, size, priority):
             return False
         self._queue.push_sized(rpc, priority, size)
-        self._add(size)
+        self.held += size
+        if not priority:
+            self._wait(size)
         self._notify.set()
         self._notify = trio.Event()
         return True
 
     async def pop(self) -> rpc_pb2.RPC | None:
         """The next RPC, once there is one; None once closed. The one taken before is written by now."""
-        self._add(-self._writing)
-        self._writing = 0
+        self.held -= self._writing
+        self._writing, self._writing_since = 0, None
         while True:
             if (popped := self._queue.pop_sized()) is not None:
-                rpc, self._writing = popped
+                rpc, self._writing, data = popped
+                self._writing_since = time.monotonic()
+                if data:
+                    self._wait(-self._writing)  # being written now: no longer in the total
                 return rpc
             if self._closed:
                 return None
             await self._notify.wait()
+
+    def writing_for(self, now: float) -> float:
+        """Seconds the sending loop has been writing its RPC (0.0 when it waits for one): how slow the reader is."""
+        return 0.0 if self._writing_since is None else now - self._writing_since
 
     def evict_oldest_data(self) -> bool:
         """Drop the oldest data RPC queued (not one being written, never control): whether there was one."""
         size = self._queue.remove_oldest_data()
         if size is None:
             return False
-        self._add(-size)
+        self.held -= size
+        self._wait(-size)
         return True
 
     def close(self) -> None:
         """Stop the sending loop and release every byte held."""
         super().close()
         self._queue.clear()
-        self._add(-self.held)
-        self._writing = 0
+        self._wait(-self.waiting)
+        self.held = self._writing = 0
+        self._writing_since = None
         self._budget.queues.discard(self)
 
-    def _add(self, delta: int) -> None:
-        self.held += delta
+    def _wait(self, delta: int) -> None:
+        self.waiting += delta
         self._budget.held += delta
 
 

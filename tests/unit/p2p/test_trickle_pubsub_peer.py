@@ -67,3 +67,25 @@ async def test_a_peer_reading_a_trickle_holds_at_most_its_cap_while_a_reader_get
             most = max(most, await on_trio(host, lambda g: queued_bytes(g, slow_id)))
         assert cap.peer_bytes - 2 * MESSAGE_BYTES < most <= cap.peer_bytes  # full, and no more
         assert slow_id in await host.peers()  # reading, so never disconnected as a peer that reads nothing
+
+
+async def test_messages_of_the_largest_size_still_go_out_one_to_an_rpc(make_host: HostFactory) -> None:
+    """A queue splits what it sends at one largest message and its overhead (not py-libp2p's 1 MiB), and drops a
+    part past that as oversized: the largest message the host publishes must still fit, with its signature, key
+    and the RPC's signed peer record."""
+    host: P2PHost = await make_host()
+    await host.subscribe(TOPIC)
+    async with raw_pubsub_peers(host.listen_addrs[0], 1) as reader:
+        await reader.send(0, subscriptions([TOPIC]))
+
+        async def meshed() -> bool:
+            return bool(await on_trio(host, lambda g: in_mesh(g, reader[0].peer_id.to_base58())))
+
+        await wait_until(meshed, "the reader in the node's mesh", timeout=30)
+        for sent in range(1, 4):
+            await host.publish(TOPIC, secrets.token_bytes(host.max_message_bytes))
+
+            async def read(count: int = sent) -> bool:
+                return reader[0].received_messages >= count
+
+            await wait_until(read, f"the reader to receive largest message {sent}")
