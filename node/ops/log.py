@@ -104,7 +104,16 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
-CallSite = tuple[str, str, int]  # logger, file, line
+CallSite = tuple[object, ...]  # logger, file, line (and, with an exception, its type and innermost frame)
+
+
+def _origin(exc: BaseException) -> tuple[str, str, int]:
+    """Where an exception was raised: its type and its innermost frame (bounded by the code, as call sites are)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+    return (type(exc).__qualname__, *where)
 
 
 class LibraryNoiseFilter(logging.Filter):
@@ -130,7 +139,9 @@ class LibraryNoiseFilter(logging.Filter):
         """Pass a record below WARNING; of the rest, one a window per call site, saying how many were held back."""
         if record.levelno < logging.WARNING:
             return True
-        site = (record.name, record.pathname, record.lineno)
+        site: CallSite = (record.name, record.pathname, record.lineno)
+        if record.exc_info and record.exc_info[1] is not None:  # one call site reports many failures (asyncio's
+            site += _origin(record.exc_info[1])  # handler: every task's): each origin is a site of its own
         now = time.monotonic()
         if now - self._last.get(site, -self.window_s) < self.window_s:
             self._held_back[site] = self._held_back.get(site, 0) + 1

@@ -84,3 +84,21 @@ def test_dials_that_fail_their_handshake_log_each_of_py_libp2ps_lines_once() -> 
     libp2p = [line for line in lines if line["logger"].startswith("libp2p")]
     assert 1 <= len(libp2p) <= 2, libp2p
     assert len({line["logger"] for line in libp2p}) == len(libp2p)  # one a call site
+
+
+def failure(exc: BaseException, line: int = 1771) -> logging.LogRecord:
+    """asyncio's default handler: every task's unhandled exception is logged from one line of base_events.py."""
+    try:
+        raise exc
+    except BaseException as raised:
+        info = (type(raised), raised, raised.__traceback__)
+    return logging.LogRecord("asyncio", logging.ERROR, "/lib/asyncio/base_events.py", line, "Task failed", (), info)
+
+
+def test_one_call_site_reporting_failures_of_many_origins_passes_each_origin() -> None:
+    """One client-caused error at asyncio's handler must not hide a bug of ours logged from the same line."""
+    noise = LibraryNoiseFilter(window_s=60)
+    assert noise.filter(failure(ConnectionResetError("peer")))
+    assert not noise.filter(failure(ConnectionResetError("peer again")))  # the same origin: held back
+    assert noise.filter(failure(KeyError("ours")))
+    assert noise.filter(failure(ZeroDivisionError()))
