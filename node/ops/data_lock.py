@@ -135,12 +135,24 @@ def lock_holder(data_dir: Path, name: str) -> str | None:
         holder = path.read_text(encoding="ascii").strip() or "unknown"
     except (OSError, UnicodeDecodeError):
         return None
-    device = f"{os.major(there.st_dev):02x}:{os.minor(there.st_dev):02x}:{there.st_ino}"
-    for row in rows:  # "12: FLOCK  ADVISORY  WRITE 19565 fe:00:2245410 0 EOF"; a waiter's row has "->" after its number
+    return holder if flock_held(rows, there.st_dev, there.st_ino, holder) else None
+
+
+def flock_held(rows: list[str], device: int, inode: int, holder: str) -> bool:
+    """Whether /proc/locks' `rows` show a held (not awaited) flock on the file of `device` and `inode`.
+
+    A row: "12: FLOCK  ADVISORY  WRITE 19565 fe:00:2245410 0 EOF"; a waiter's has "->" after its number. On btrfs
+    stat's device is the subvolume's and /proc/locks' the filesystem's: there the inode and `holder`'s pid decide."""
+    exact = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+    for row in rows:
         fields = row.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
-            return holder
-    return None
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and (fields[5] == exact or (fields[5].endswith(f":{inode}") and fields[4] == holder))
+        ):
+            return True
+    return False
 
 
 def _is_at(file: IO[str], path: Path) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from node.ops.data_lock import DataDirLock, DataDirLockedError
+from node.ops.data_lock import DataDirLock, DataDirLockedError, flock_held
 
 
 def test_a_second_lock_on_a_data_dir_is_refused_until_the_first_is_released(tmp_path: Path) -> None:
@@ -150,3 +150,27 @@ def test_a_lock_file_that_cannot_be_written_is_named_with_its_cause(tmp_path: Pa
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"cannot write {tmp_path / 'node.lock'}: File too large"
+
+
+# /proc/locks as this machine wrote it (ext4 on fe:00) with rows for a btrfs subvolume's file, whose stat device
+# (0:43 here) is not the filesystem's the kernel names (00:2d), a waiter's row, and other kinds of lock.
+PROC_LOCKS = [
+    "1: FLOCK  ADVISORY  WRITE 19565 fe:00:2245410 0 EOF",
+    "1: -> FLOCK  ADVISORY  WRITE 20001 fe:00:2245410 0 EOF",
+    "2: POSIX  ADVISORY  WRITE 311 fe:00:777 0 EOF",
+    "3: FLOCK  ADVISORY  WRITE 4242 00:2d:263 0 EOF",
+    "4: OFDLCK ADVISORY  READ  -1 fe:00:999 0 EOF",
+]
+
+
+def test_the_lock_table_is_read_for_held_flocks_on_the_file_alone() -> None:
+    ext4 = os.makedev(0xFE, 0)
+    assert flock_held(PROC_LOCKS, ext4, 2245410, "19565")
+    assert flock_held(PROC_LOCKS, ext4, 2245410, "unknown")  # the device and inode are enough
+    assert not flock_held(PROC_LOCKS, ext4, 777, "311")  # a POSIX lock: not ours
+    assert not flock_held(PROC_LOCKS, ext4, 999, "-1")
+    assert not flock_held(PROC_LOCKS[1:], ext4, 2245410, "20001")  # only waiting for it
+    btrfs_subvolume = os.makedev(0, 0x43)
+    assert flock_held(PROC_LOCKS, btrfs_subvolume, 263, "4242")  # the inode, and the pid the lock file names
+    assert not flock_held(PROC_LOCKS, btrfs_subvolume, 263, "4243")
+    assert not flock_held(PROC_LOCKS, btrfs_subvolume, 26, "4242")
