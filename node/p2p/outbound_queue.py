@@ -63,12 +63,12 @@ log = structlog.get_logger(__name__)
 PEER_QUEUE_MESSAGES = QUEUE_DEPTH + 2
 RPC_OVERHEAD_BYTES = 8 * 1024  # a message's key, signature, ids and topic, and the RPC's signed peer record
 CONTROL_RESERVE_BYTES = 512 * 1024  # control past a full queue of data: an IWANT of 5,000 ids is ~340 KB
-TOTAL_QUEUE_BYTES = 64 * 1024 * 1024  # all peers' queues together
+TOTAL_QUEUE_BYTES = 64 * 1024 * 1024  # the data waiting in all peers' queues together
 DROP_LOG_WINDOW_S = 10.0  # refusals and evictions are logged once a window, with the counts so far
 
 
 class OutboundBudget:
-    """The byte caps of every peer's outbound queue, and the bytes all of them hold together."""
+    """The byte caps of every peer's outbound queue, and the data waiting in all of them together."""
 
     def __init__(self, peer_bytes: int, *, control_reserve: int, total_bytes: int, rpc_bytes: int) -> None:
         self.peer_bytes = peer_bytes
