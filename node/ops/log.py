@@ -125,8 +125,9 @@ class LibraryNoiseFilter(logging.Filter):
     that advertises a listener answering nothing), uvicorn's for each request it cannot parse or upgrade it
     does not serve, trio's for each accept out of descriptors (every 0.1 s while they last). Each call site
     passes once a window, its traceback kept; the first through after held-back ones says how many. Keyed by
-    call site, not text: a message formatted before logging (a peer id, the peer's bytes) differs each time.
-    The keys are bounded by the call sites of the installed code. Below WARNING every record passes.
+    call site, not text: a message formatted before logging (a peer id, the peer's bytes) differs each time;
+    a record with an exception by the exception's type and innermost frame too (asyncio reports every task's
+    from one line). The keys are bounded by the code installed. Below WARNING every record passes.
     """
 
     def __init__(self, window_s: float = LIBRARY_NOISE_WINDOW_S) -> None:
